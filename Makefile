@@ -1,0 +1,47 @@
+# Two commands: `make run` (install everything, start the server) and `make test` (install everything, run the suite).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= config/deploybot.example.yml
+
+.PHONY: run test lint format bench system-deps setup clean
+
+# Debian packages the real components need (HAProxy for traffic, git for git: revisions).
+system-deps:
+	@if ! command -v haproxy >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing haproxy (apt)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy git >/dev/null; \
+		else \
+			echo "warning: haproxy is not installed and this is not root: install it (apt-get install haproxy) for load-balanced groups"; \
+		fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: system-deps $(STAMP)
+
+run: setup
+	$(BIN)/deploybot serve --config $(CONFIG)
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var

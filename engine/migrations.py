@@ -1,0 +1,162 @@
+"""The store's schema, as an ordered set of sqlite-utils ``Migrations``.
+
+Each migration runs once per database file, inside a transaction together with the record of it having been
+applied (``_sqlite_migrations``), so reopening a database is a no-op and a half-applied schema cannot exist.
+Never edit a migration that has shipped: add a new one below it. DDL is written out by hand (not inferred from
+rows) so the constraints that protect the data (NOT NULL, CHECK, AUTOINCREMENT, the append-only triggers)
+are visible in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sqlite_utils import Database, Migrations
+
+MIGRATIONS = Migrations("deploybot")
+
+# The TEXT columns that hold JSON documents (the store encodes and decodes them); keep in step with the DDL.
+JSON_COLUMNS: Mapping[str, frozenset[str]] = {
+    "revisions": frozenset({"appspec"}),
+    "deployments": frozenset({"request", "state"}),
+    "event_log": frozenset({"data"}),
+    "host_commands": frozenset({"payload", "result"}),
+    "agents": frozenset({"tags"}),
+}
+
+_INITIAL_SCHEMA = (
+    """
+    CREATE TABLE revisions (
+        sha256 TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        "commit" TEXT,
+        size INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        appspec TEXT,
+        platform TEXT NOT NULL DEFAULT 'server'
+    )
+    """,
+    "CREATE INDEX revisions_by_created_at ON revisions (created_at)",
+    """
+    CREATE TABLE deployments (
+        id TEXT PRIMARY KEY,
+        application TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        group_name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        revision_sha256 TEXT,
+        config_name TEXT,
+        deployment_type TEXT,
+        created_by TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        ended_at REAL,
+        error_code TEXT,
+        error_message TEXT,
+        rollback_of TEXT,
+        rolled_back_by TEXT,
+        request TEXT,
+        state TEXT,
+        description TEXT
+    )
+    """,
+    "CREATE INDEX deployments_by_group ON deployments (group_name, status, created_at)",
+    "CREATE INDEX deployments_by_application ON deployments (application, environment, created_at)",
+    "CREATE INDEX deployments_by_status ON deployments (status)",
+    """
+    CREATE TABLE target_events (
+        deployment_id TEXT NOT NULL,
+        target TEXT NOT NULL,
+        event TEXT NOT NULL,
+        seq INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL DEFAULT 'Pending',
+        started_at REAL,
+        ended_at REAL,
+        error_code INTEGER,
+        message TEXT,
+        log_tail TEXT,
+        PRIMARY KEY (deployment_id, target, event)
+    )
+    """,
+    """
+    CREATE TABLE event_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        deployment_id TEXT,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT
+    )
+    """,
+    "CREATE INDEX event_log_by_deployment ON event_log (deployment_id, id)",
+    # The audit trail must survive bugs and hand edits: the database itself refuses to rewrite history.
+    """
+    CREATE TRIGGER event_log_no_update BEFORE UPDATE ON event_log
+    BEGIN SELECT RAISE(ABORT, 'event_log is append-only'); END
+    """,
+    """
+    CREATE TRIGGER event_log_no_delete BEFORE DELETE ON event_log
+    BEGIN SELECT RAISE(ABORT, 'event_log is append-only'); END
+    """,
+    """
+    CREATE TABLE host_commands (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        host TEXT NOT NULL,
+        deployment_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        payload TEXT,
+        status TEXT NOT NULL DEFAULT 'Pending'
+            CHECK (status IN ('Pending', 'InProgress', 'Succeeded', 'Failed', 'Cancelled')),
+        created_at REAL NOT NULL,
+        claimed_at REAL,
+        finished_at REAL,
+        result TEXT
+    )
+    """,
+    "CREATE INDEX host_commands_queue ON host_commands (host, status, id)",
+    "CREATE INDEX host_commands_by_deployment ON host_commands (deployment_id, status)",
+    """
+    CREATE TABLE agents (
+        name TEXT PRIMARY KEY,
+        tags TEXT,
+        version TEXT,
+        last_seen REAL NOT NULL,
+        state TEXT
+    )
+    """,
+    """
+    CREATE TABLE locks (
+        application TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        reason TEXT,
+        created_at REAL NOT NULL,
+        expires_at REAL,
+        PRIMARY KEY (application, environment)
+    )
+    """,
+    """
+    CREATE TABLE deliveries (
+        id TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        received_at REAL NOT NULL
+    )
+    """,
+)
+
+
+@MIGRATIONS(name="0001_initial_schema")
+def _initial_schema(db: Database) -> None:
+    for statement in _INITIAL_SCHEMA:
+        db.execute(statement)
+
+
+def apply_migrations(db: Database) -> list[str]:
+    """Bring ``db`` up to the newest schema; returns the names of the migrations applied just now."""
+    pending = [migration.name for migration in MIGRATIONS.pending(db)]
+    MIGRATIONS.apply(db)
+    return pending
+
+
+def applied_migrations(db: Database) -> list[str]:
+    return [migration.name for migration in MIGRATIONS.applied(db)]

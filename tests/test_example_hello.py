@@ -1,0 +1,211 @@
+"""The hello example revision: its hook scripts run in order, like the agent runs them, against a temp prefix.
+
+Each test gets its own DEPLOYBOT_PREFIX and free port, installs the bundle's `files` there the way the agent
+would, and always stops the server afterwards, even when an assertion fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello"
+SCRIPTS = ("before_install.sh", "start.sh", "stop.sh", "validate.sh")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def is_running(pid: int) -> bool:
+    """Alive and not a zombie: an orphaned server may never be reaped inside a container."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """One simulated host: its prefix directory and the environment the agent gives hook scripts."""
+
+    prefix: Path
+    port: int
+
+    @property
+    def app_dir(self) -> Path:
+        return self.prefix / "opt" / "hello"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.prefix / "var" / "run" / "hello.pid"
+
+    def env(self, event: str, **extra: str) -> dict[str, str]:
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LIFECYCLE_EVENT": event,
+            "DEPLOYMENT_ID": "d-TEST00001",
+            "APPLICATION_NAME": "hello",
+            "DEPLOYMENT_GROUP_NAME": "hello-staging",
+            "DEPLOYMENT_GROUP_ID": "hello-staging",
+            "DEPLOYBOT_HOST": "host-a",
+            "DEPLOYBOT_PREFIX": str(self.prefix),
+            "DEPLOYBOT_PYTHON": sys.executable,
+            "PORT": str(self.port),
+            "HELLO_VALIDATE_ATTEMPTS": "4",  # fail in ~1 s instead of 5 s
+            **extra,
+        }
+
+    def run(self, script: str, event: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(EXAMPLE / "scripts" / script)],
+            env=self.env(event, **extra),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    def install(self) -> None:
+        """What the agent does between BeforeInstall and AfterInstall for this appspec's `files`."""
+        shutil.copytree(EXAMPLE / "app", self.app_dir, dirs_exist_ok=True)
+        shutil.copy2(EXAMPLE / "VERSION", self.app_dir / "VERSION")
+
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
+            return response.read().decode()
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    host = Host(prefix=tmp_path / "host-a", port=free_port())
+    try:
+        yield host
+    finally:
+        host.run("stop.sh", "ApplicationStop")
+        if host.pid_file.exists():  # stop.sh itself broke: do not leak the server
+            pid = int(host.pid_file.read_text())
+            if is_running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def deploy(host: Host, **extra: str) -> subprocess.CompletedProcess[str]:
+    """BeforeInstall, Install, ApplicationStart; returns ValidateService's result."""
+    assert host.run("before_install.sh", "BeforeInstall").returncode == 0
+    host.install()
+    started = host.run("start.sh", "ApplicationStart", **extra)
+    assert started.returncode == 0, started.stderr
+    return host.run("validate.sh", "ValidateService", **extra)
+
+
+def test_appspec_declares_files_and_hooks() -> None:
+    spec = yaml.safe_load((EXAMPLE / "appspec.yml").read_text())
+    assert spec["version"] == 0.0
+    assert spec["os"] == "linux"
+    assert spec["files"] == [
+        {"source": "app", "destination": "/opt/hello"},
+        {"source": "VERSION", "destination": "/opt/hello"},
+    ]
+    hooks = {
+        event: [(h["location"], h["timeout"]) for h in scripts] for event, scripts in spec["hooks"].items()
+    }
+    assert hooks == {
+        "ApplicationStop": [("scripts/stop.sh", 30)],
+        "BeforeInstall": [("scripts/before_install.sh", 30)],
+        "ApplicationStart": [("scripts/start.sh", 30)],
+        "ValidateService": [("scripts/validate.sh", 60)],
+    }
+    for scripts in hooks.values():
+        for location, _timeout in scripts:
+            assert (EXAMPLE / location).is_file()
+
+
+def test_appspec_passes_deploybots_parser() -> None:
+    appspec = pytest.importorskip("engine.appspec")
+    if not hasattr(appspec, "parse_appspec"):
+        pytest.skip("engine.appspec.parse_appspec not available yet")
+    spec = appspec.parse_appspec((EXAMPLE / "appspec.yml").read_text())
+    assert len(spec.hooks) == 4
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_scripts_are_executable_with_a_shebang(script: str) -> None:
+    path = EXAMPLE / "scripts" / script
+    assert os.access(path, os.X_OK), f"{script} needs the executable bit: the agent runs it directly"
+    assert path.read_text().startswith("#!/usr/bin/env bash\n")
+
+
+def test_deploy_serves_the_version_then_stop_leaves_nothing_running(host: Host) -> None:
+    validated = deploy(host)
+    assert validated.returncode == 0, validated.stderr
+    version = (EXAMPLE / "VERSION").read_text().strip()
+    assert host.get("/") == f"hello {version} from host-a\n"
+    assert host.get("/health") == "ok\n"
+    pid = int(host.pid_file.read_text())
+    assert is_running(pid)
+
+    stopped = host.run("stop.sh", "ApplicationStop")
+
+    assert stopped.returncode == 0, stopped.stderr
+    assert not is_running(pid)
+    assert not host.pid_file.exists()
+    after = host.run("validate.sh", "ValidateService")
+    assert after.returncode == 1
+    assert "did not answer 200" in after.stderr
+
+
+def test_start_replaces_a_server_left_behind(host: Host) -> None:
+    assert deploy(host).returncode == 0
+    first = int(host.pid_file.read_text())
+
+    assert deploy(host).returncode == 0  # no ApplicationStop in between, as after a failed deployment
+
+    assert not is_running(first)
+    assert is_running(int(host.pid_file.read_text()))
+
+
+@pytest.mark.parametrize("how", ["marker file", "environment"])
+def test_validate_fails_when_health_fails(host: Host, how: str) -> None:
+    extra = {"HELLO_FAIL_HEALTH": "1"} if how == "environment" else {}
+    if how == "marker file":
+        host.app_dir.mkdir(parents=True)
+        (host.app_dir / "fail-health").touch()
+
+    validated = deploy(host, **extra)
+
+    assert validated.returncode == 1
+    assert "HTTP 500" in validated.stderr
+    assert host.get("/").startswith("hello ")  # the app runs, it is only unhealthy
+
+
+@pytest.mark.parametrize("pid_file_text", [None, "999999999\n", "garbage\n"])
+def test_stop_never_fails_when_nothing_runs(host: Host, pid_file_text: str | None) -> None:
+    if pid_file_text is not None:
+        host.pid_file.parent.mkdir(parents=True)
+        host.pid_file.write_text(pid_file_text)
+
+    stopped = host.run("stop.sh", "ApplicationStop")
+
+    assert stopped.returncode == 0, stopped.stderr
+    assert not host.pid_file.exists()
+
+
+@pytest.mark.parametrize("script", ["start.sh", "validate.sh"])
+def test_scripts_need_a_port(host: Host, script: str) -> None:
+    result = host.run(script, "ApplicationStart", PORT="")
+    assert result.returncode == 1
+    assert "PORT is not set" in result.stderr

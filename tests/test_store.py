@@ -1,0 +1,451 @@
+"""SqliteStore against real SQLite files: schema, queue semantics, JSON, threading, event-loop behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.store import SqliteStore
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = await SqliteStore.open(tmp_path / "state.db")
+    yield opened
+    await opened.close()
+
+
+def deployment(id: str, **overrides: Any) -> dict[str, Any]:
+    record = {
+        "id": id,
+        "application": "shop",
+        "environment": "staging",
+        "group_name": "shop-staging",
+        "status": "Created",
+        "created_at": T0,
+    }
+    return record | overrides
+
+
+def raw(path: Path) -> sqlite3.Connection:
+    """A second, independent connection: what another process (or a careless human) would see."""
+    return sqlite3.connect(path)
+
+
+# -- schema and file
+
+
+async def test_open_creates_parent_dirs_and_migrations_are_idempotent_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "var" / "nested" / "state.db"
+    first = await SqliteStore.open(path)
+    assert await first.applied_migrations() == ["0001_initial_schema"]
+    await first.put_revision("a" * 64, source="dir", commit=None, size=1, created_at=T0)
+    await first.close()
+
+    for _ in range(2):
+        again = await SqliteStore.open(path)
+        assert await again.applied_migrations() == ["0001_initial_schema"]
+        assert await again.get_revision("a" * 64) is not None
+        await again.close()
+    with raw(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone() == (1,)
+
+
+async def test_wal_mode_is_enabled_and_persists_in_the_file(store: SqliteStore) -> None:
+    assert await store.journal_mode() == "wal"
+    await store.append_log("opened", at=T0, actor="test")
+    assert store.path.with_name("state.db-wal").exists()
+    with raw(store.path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE event_log SET kind = 'rewritten'",
+        "DELETE FROM event_log",
+        "DELETE FROM event_log WHERE id = 1",
+    ],
+)
+async def test_event_log_rejects_update_and_delete(store: SqliteStore, statement: str) -> None:
+    await store.append_log("deployment.created", at=T0, actor="alice", deployment_id="d-1", data={"n": 1})
+    with raw(store.path) as conn, pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute(statement)
+    [entry] = await store.read_log()
+    assert (entry["kind"], entry["data"]) == ("deployment.created", {"n": 1})
+
+
+async def test_closed_store_refuses_calls(tmp_path: Path) -> None:
+    closed = await SqliteStore.open(tmp_path / "state.db")
+    await closed.close()
+    await closed.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        await closed.get_deployment("d-1")
+
+
+# -- threading and the event loop
+
+
+async def test_only_the_store_thread_touches_the_connection(tmp_path: Path) -> None:
+    seen: set[int] = set()
+    statements: list[str] = []
+
+    def on_statement(sql: str) -> None:
+        seen.add(threading.get_ident())
+        statements.append(sql)
+
+    async with await SqliteStore.open(tmp_path / "state.db", on_statement=on_statement) as traced:
+        await traced.put_revision("b" * 64, source="git:main", commit="abc", size=10, created_at=T0)
+        await traced.create_deployment(deployment("d-1"))
+        await traced.update_deployment("d-1", status="InProgress", state={"batch": 0})
+        await traced.upsert_target_event("d-1", "web-1", "BeforeInstall", seq=1, status="Succeeded")
+        command_id = await traced.enqueue_command("web-1", "d-1", "BeforeInstall", {"x": 1}, at=T0)
+        await asyncio.gather(*(traced.claim_next_command("web-1", at=T0) for _ in range(5)))
+        await traced.complete_command(command_id, "Succeeded", {}, at=T0)
+        await traced.append_log("x", at=T0, actor="test")
+        await traced.upsert_agent("web-1", last_seen=T0)
+        await traced.put_lock("shop", "prod", owner="alice", created_at=T0)
+        await traced.list_deployments()
+        await traced.read_log()
+        thread = traced.thread_ident
+
+    assert len(statements) > 20
+    assert seen == {thread}
+    assert thread != threading.get_ident()
+
+
+async def test_event_loop_keeps_running_during_a_slow_batch_write(tmp_path: Path) -> None:
+    slow = threading.Event()
+
+    def slow_disk(sql: str) -> None:  # runs on the store thread: simulates a slow disk for each INSERT
+        if slow.is_set() and sql.startswith("INSERT"):
+            time.sleep(0.0002)
+
+    loop = asyncio.get_running_loop()
+    ticks: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(loop.time())
+            await asyncio.sleep(0.005)
+
+    async with await SqliteStore.open(tmp_path / "state.db", on_statement=slow_disk) as slow_store:
+        entries = [{"kind": "tick", "at": T0 + i, "actor": "bench", "data": {"i": i}} for i in range(2000)]
+        ticking = asyncio.create_task(ticker())
+        await asyncio.sleep(0.02)
+        slow.set()
+        started = loop.time()
+        ids = await slow_store.append_logs(entries)
+        finished = loop.time()
+        ticking.cancel()
+
+        assert ids == list(range(1, 2001))
+        assert len(await slow_store.read_log(limit=5000)) == 2000
+    during = [t for t in ticks if started <= t <= finished]
+    gaps = [b - a for a, b in itertools.pairwise(during)]
+    assert finished - started > 0.3, "the write was not slow enough to prove anything"
+    assert len(during) >= 20
+    assert max(gaps) < 0.1
+
+
+# -- host command queue
+
+
+async def test_concurrent_claims_hand_out_each_command_exactly_once(store: SqliteStore) -> None:
+    mine = [await store.enqueue_command("web-1", "d-1", "Install", {"n": i}, at=T0 + i) for i in range(20)]
+    others = [await store.enqueue_command("web-2", "d-1", "Install", {"n": i}, at=T0) for i in range(5)]
+
+    claims = await asyncio.gather(*(store.claim_next_command("web-1", at=T0 + 100) for _ in range(50)))
+
+    handed_out = [c["id"] for c in claims if c is not None]
+    assert sorted(handed_out) == mine
+    assert claims.count(None) == 30
+    assert all(c["status"] == "InProgress" and c["claimed_at"] == T0 + 100 for c in claims if c)
+    assert [c["id"] for c in await store.list_commands(host="web-2", status="Pending")] == others
+
+
+async def test_claims_from_two_connections_on_one_file_never_double_hand_out(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    async with await SqliteStore.open(path) as a, await SqliteStore.open(path) as b:
+        ids = [await a.enqueue_command("web-1", "d-1", "Install", None, at=T0) for _ in range(30)]
+        claims = await asyncio.gather(
+            *(s.claim_next_command("web-1", at=T0) for _ in range(25) for s in (a, b))
+        )
+    handed_out = [c["id"] for c in claims if c is not None]
+    assert sorted(handed_out) == ids
+
+
+async def test_commands_of_one_host_are_invisible_to_another(store: SqliteStore) -> None:
+    command_id = await store.enqueue_command("web-1", "d-1", "Install", {"secret": "web-1 only"}, at=T0)
+    assert await store.claim_next_command("web-2", at=T0) is None
+    assert await store.list_commands(host="web-2") == []
+    claimed = await store.claim_next_command("web-1", at=T0)
+    assert claimed is not None and claimed["id"] == command_id
+    assert await store.complete_command(command_id, "Succeeded", {}, at=T0, host="web-2") is False
+    assert (await store.get_command(command_id))["status"] == "InProgress"
+
+
+async def test_complete_command_is_idempotent(store: SqliteStore) -> None:
+    command_id = await store.enqueue_command("web-1", "d-1", "AfterInstall", None, at=T0)
+    await store.claim_next_command("web-1", at=T0 + 1)
+
+    assert await store.complete_command(command_id, "Failed", {"error_code": 4}, at=T0 + 2, host="web-1")
+    assert not await store.complete_command(command_id, "Succeeded", {"error_code": 0}, at=T0 + 3)
+    assert not await store.complete_command(9999, "Succeeded", None, at=T0)
+
+    finished = await store.get_command(command_id)
+    assert (finished["status"], finished["result"], finished["finished_at"]) == (
+        "Failed",
+        {"error_code": 4},
+        T0 + 2,
+    )
+    assert await store.claim_next_command("web-1", at=T0 + 4) is None
+    with pytest.raises(ValueError, match="InProgress"):
+        await store.complete_command(command_id, "InProgress", None, at=T0)
+
+
+async def test_cancel_commands_cancels_only_pending_ones_of_that_deployment(store: SqliteStore) -> None:
+    running = await store.enqueue_command("web-1", "d-1", "Install", None, at=T0)
+    await store.claim_next_command("web-1", at=T0)
+    pending = [await store.enqueue_command(h, "d-1", "Install", None, at=T0) for h in ("web-1", "web-2")]
+    other = await store.enqueue_command("web-1", "d-2", "Install", None, at=T0)
+
+    assert await store.cancel_commands("d-1", at=T0 + 5) == 2
+    assert await store.cancel_commands("d-1", at=T0 + 6) == 0
+
+    status = {c["id"]: (c["status"], c["finished_at"]) for c in await store.list_commands()}
+    assert status[running] == ("InProgress", None)
+    assert [status[i] for i in pending] == [("Cancelled", T0 + 5)] * 2
+    assert status[other] == ("Pending", None)
+    assert [c["id"] for c in await store.list_commands(deployment_id="d-1", status="Cancelled")] == pending
+
+
+# -- revisions, deployments, target events, log
+
+
+async def test_revisions_are_stored_once_per_sha(store: SqliteStore) -> None:
+    spec = {"files": [{"source": "/", "destination": "/srv/app"}], "hooks": {"BeforeInstall": []}}
+    assert await store.put_revision(
+        "c" * 64, source="dir:a", commit=None, size=5, created_at=T0, appspec=spec
+    )
+    assert not await store.put_revision("c" * 64, source="dir:b", commit="x", size=5, created_at=T0 + 1)
+    await store.put_revision(
+        "d" * 64, source="git:main", commit="abc", size=7, created_at=T0 + 2, platform="ecs"
+    )
+
+    assert [r["sha256"] for r in await store.list_revisions(10)] == ["d" * 64, "c" * 64]
+    assert await store.list_revisions(1) == [await store.get_revision("d" * 64)]
+    kept = await store.get_revision("c" * 64)
+    assert (kept["source"], kept["appspec"], kept["platform"]) == ("dir:a", spec, "server")
+    assert await store.get_revision("e" * 64) is None
+
+
+async def test_json_columns_round_trip(store: SqliteStore) -> None:
+    request = {
+        "revision": {"source": "git:main"},
+        "hosts": ["web-1", "web-2"],
+        "dry": False,
+        "n": 1.5,
+        "x": None,
+    }
+    state = {"batches": [["web-1"], ["web-2"]], "traffic": {"green": 20}, "note": "déjà ✓"}
+    await store.create_deployment(deployment("d-1", request=request, state=state))
+    assert await store.get_deployment("d-1") == deployment("d-1", request=request, state=state) | {
+        k: None
+        for k in ("revision_sha256", "config_name", "deployment_type", "created_by", "started_at", "ended_at",
+                  "error_code", "error_message", "rollback_of", "rolled_back_by", "description")
+    }  # fmt: skip
+
+    assert await store.update_deployment("d-1", state={"batches": []}, status="InProgress", started_at=T0 + 1)
+    updated = await store.get_deployment("d-1")
+    assert (updated["state"], updated["request"], updated["status"]) == (
+        {"batches": []},
+        request,
+        "InProgress",
+    )
+
+    await store.upsert_agent("web-1", last_seen=T0, tags={"role": "web", "az": "a"})
+    assert (await store.get_agent("web-1"))["tags"] == {"role": "web", "az": "a"}
+    command_id = await store.enqueue_command("web-1", "d-1", "Install", {"spec": request}, at=T0)
+    assert (await store.get_command(command_id))["payload"] == {"spec": request}
+    await store.append_log("k", at=T0, actor="a", data={"list": [1, {"b": True}]})
+    assert (await store.read_log())[0]["data"] == {"list": [1, {"b": True}]}
+
+
+async def test_update_deployment_rejects_unknown_columns_and_reports_missing_rows(store: SqliteStore) -> None:
+    with pytest.raises(ValueError, match="colour"):
+        await store.create_deployment(deployment("d-1", colour="blue"))
+    await store.create_deployment(deployment("d-1"))
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.create_deployment(deployment("d-1"))
+    with pytest.raises(ValueError, match="colour"):
+        await store.update_deployment("d-1", colour="blue")
+    assert await store.update_deployment("nope", status="Failed") is False
+    assert await store.update_deployment("d-1") is True
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({}, ["d-5", "d-4", "d-3", "d-2", "d-1"]),
+        ({"newest_first": False}, ["d-1", "d-2", "d-3", "d-4", "d-5"]),
+        ({"limit": 2}, ["d-5", "d-4"]),
+        ({"limit": None}, ["d-5", "d-4", "d-3", "d-2", "d-1"]),
+        ({"application": "blog"}, ["d-5"]),
+        ({"environment": "production"}, ["d-4", "d-3"]),
+        ({"application": "shop", "environment": "staging"}, ["d-2", "d-1"]),
+        ({"group_name": "shop-production"}, ["d-4", "d-3"]),
+        ({"status": "Succeeded"}, ["d-3", "d-1"]),
+        ({"status": ["Failed", "InProgress"]}, ["d-5", "d-4", "d-2"]),
+        ({"status": []}, []),
+        ({"application": "shop", "status": "Failed", "environment": "production"}, ["d-4"]),
+        ({"application": "nope"}, []),
+    ],
+)
+async def test_list_deployments_filters(
+    store: SqliteStore, filters: dict[str, Any], expected: list[str]
+) -> None:
+    rows = [
+        ("d-1", "shop", "staging", "Succeeded"),
+        ("d-2", "shop", "staging", "Failed"),
+        ("d-3", "shop", "production", "Succeeded"),
+        ("d-4", "shop", "production", "Failed"),
+        ("d-5", "blog", "staging", "InProgress"),
+    ]
+    for i, (id, app, env, status) in enumerate(rows):
+        await store.create_deployment(
+            deployment(
+                id,
+                application=app,
+                environment=env,
+                group_name=f"{app}-{env}",
+                status=status,
+                created_at=T0 + i,
+            )
+        )
+    assert [d["id"] for d in await store.list_deployments(**filters)] == expected
+
+
+async def test_last_successful_and_unfinished_deployments(store: SqliteStore) -> None:
+    statuses = ["Succeeded", "Succeeded", "Failed", "Queued", "InProgress", "Stopped", "WaitingApproval"]
+    for i, status in enumerate(statuses):
+        ended = T0 + i + 0.5 if status in {"Succeeded", "Failed", "Stopped"} else None
+        await store.create_deployment(deployment(f"d-{i}", status=status, created_at=T0 + i, ended_at=ended))
+    await store.create_deployment(deployment("x-1", group_name="other", status="Failed", created_at=T0))
+
+    assert (await store.last_successful("shop-staging"))["id"] == "d-1"
+    assert await store.last_successful("other") is None
+    assert [d["id"] for d in await store.unfinished_deployments()] == ["d-3", "d-4", "d-6"]
+
+
+async def test_target_events_upsert_changes_only_given_fields_and_list_in_order(store: SqliteStore) -> None:
+    for target in ("web-2", "web-1"):
+        for seq, event in enumerate(["ApplicationStop", "DownloadBundle", "BeforeInstall"]):
+            await store.upsert_target_event("d-1", target, event, seq=seq)
+    await store.upsert_target_event("d-1", "web-1", "BeforeInstall", status="InProgress", started_at=T0)
+    await store.upsert_target_event(
+        "d-1", "web-1", "BeforeInstall", status="Failed", ended_at=T0 + 2, error_code=4, log_tail="boom\n"
+    )
+    await store.upsert_target_event("d-1", "web-1", "BeforeInstall")  # no fields: a no-op, not an error
+    await store.upsert_target_event("d-2", "web-1", "Install", seq=0)
+
+    events = await store.list_target_events("d-1")
+    assert [(e["target"], e["event"]) for e in events] == [
+        ("web-1", "ApplicationStop"), ("web-1", "DownloadBundle"), ("web-1", "BeforeInstall"),
+        ("web-2", "ApplicationStop"), ("web-2", "DownloadBundle"), ("web-2", "BeforeInstall"),
+    ]  # fmt: skip
+    failed = events[2]
+    assert {k: failed[k] for k in ("seq", "status", "started_at", "ended_at", "error_code", "log_tail")} == {
+        "seq": 2, "status": "Failed", "started_at": T0, "ended_at": T0 + 2, "error_code": 4,
+        "log_tail": "boom\n",
+    }  # fmt: skip
+    assert events[0]["status"] == "Pending"
+    with pytest.raises(ValueError, match="colour"):
+        await store.upsert_target_event("d-1", "web-1", "Install", colour="red")
+
+
+async def test_read_log_pages_and_filters(store: SqliteStore) -> None:
+    ids = [
+        await store.append_log("e", at=T0 + i, actor="bot", deployment_id=f"d-{i % 2}", data={"i": i})
+        for i in range(6)
+    ]
+    assert ids == sorted(ids)
+    assert [e["data"]["i"] for e in await store.read_log()] == [0, 1, 2, 3, 4, 5]
+    assert [e["data"]["i"] for e in await store.read_log(after_id=ids[2], limit=2)] == [3, 4]
+    assert [e["data"]["i"] for e in await store.read_log(deployment_id="d-1")] == [1, 3, 5]
+    assert [e["data"]["i"] for e in await store.read_log(deployment_id="d-0", after_id=ids[0])] == [2, 4]
+    assert (await store.read_log(limit=1))[0] | {"id": 0} == {
+        "id": 0, "deployment_id": "d-0", "at": T0, "actor": "bot", "kind": "e", "data": {"i": 0}
+    }  # fmt: skip
+
+
+# -- agents, locks, deliveries
+
+
+async def test_upsert_agent_keeps_fields_that_are_not_given(store: SqliteStore) -> None:
+    await store.upsert_agent("web-2", last_seen=T0, tags={"role": "web"}, version="0.1.0", state="Idle")
+    await store.upsert_agent("web-2", last_seen=T0 + 5)
+    await store.upsert_agent("web-1", last_seen=T0 + 6, state="Busy")
+    assert await store.get_agent("web-2") == {
+        "name": "web-2", "tags": {"role": "web"}, "version": "0.1.0", "last_seen": T0 + 5, "state": "Idle"
+    }  # fmt: skip
+    assert [a["name"] for a in await store.list_agents()] == ["web-1", "web-2"]
+    assert await store.get_agent("web-3") is None
+
+
+async def test_locks_put_replace_delete(store: SqliteStore) -> None:
+    await store.put_lock("shop", "production", owner="alice", created_at=T0, reason="freeze")
+    await store.put_lock("blog", "staging", owner="bob", created_at=T0, expires_at=T0 + 60)
+    await store.put_lock("shop", "production", owner="carol", created_at=T0 + 1)
+
+    assert await store.get_lock("shop", "production") == {
+        "application": "shop", "environment": "production", "owner": "carol", "reason": None,
+        "created_at": T0 + 1, "expires_at": None,
+    }  # fmt: skip
+    assert [(x["application"], x["environment"]) for x in await store.list_locks()] == [
+        ("blog", "staging"),
+        ("shop", "production"),
+    ]
+    assert await store.delete_lock("shop", "production") is True
+    assert await store.delete_lock("shop", "production") is False
+    assert await store.get_lock("shop", "production") is None
+
+
+async def test_record_delivery_deduplicates(store: SqliteStore) -> None:
+    assert await store.record_delivery("gh-1", "github", T0) is True
+    assert await store.record_delivery("gh-1", "github", T0 + 1) is False
+    assert await store.record_delivery("gh-2", "github", T0 + 1) is True
+
+
+async def test_reopening_after_close_keeps_every_kind_of_data(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    async with await SqliteStore.open(path) as first:
+        await first.put_revision("f" * 64, source="dir", commit=None, size=3, created_at=T0)
+        await first.create_deployment(deployment("d-1", state={"step": 3}))
+        await first.upsert_target_event("d-1", "web-1", "Install", seq=4, status="Succeeded")
+        await first.append_log("deployment.created", at=T0, actor="alice", deployment_id="d-1")
+        command_id = await first.enqueue_command("web-1", "d-1", "Install", {"a": 1}, at=T0)
+        await first.upsert_agent("web-1", last_seen=T0, tags={"role": "web"})
+        await first.put_lock("shop", "production", owner="alice", created_at=T0)
+        await first.record_delivery("gh-1", "github", T0)
+
+    async with await SqliteStore.open(path) as second:
+        assert (await second.get_revision("f" * 64))["size"] == 3
+        assert (await second.get_deployment("d-1"))["state"] == {"step": 3}
+        assert [e["seq"] for e in await second.list_target_events("d-1")] == [4]
+        assert [e["kind"] for e in await second.read_log(deployment_id="d-1")] == ["deployment.created"]
+        assert (await second.claim_next_command("web-1", at=T0))["id"] == command_id
+        assert (await second.get_agent("web-1"))["tags"] == {"role": "web"}
+        assert (await second.get_lock("shop", "production"))["owner"] == "alice"
+        assert await second.record_delivery("gh-1", "github", T0) is False
+        assert await second.append_log("later", at=T0, actor="bob") == 2
