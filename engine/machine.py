@@ -504,7 +504,6 @@ class DeploymentMachine:
         return commands
 
     def _finish(self, status: DeploymentStatus) -> list[Command]:
-        self._archive_targets()
         self.state.status = status
         return [Finish(status, self.state.error_code, self.state.message)]
 

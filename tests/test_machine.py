@@ -136,7 +136,8 @@ def test_failed_host_runs_no_more_events_and_message_names_it() -> None:
     assert isinstance(finish, Finish) and finish.status is DeploymentStatus.FAILED
     assert "ValidateService failed on web-1: exit code 1" in finish.message
     assert CancelTargets(("web-2",)) in commands
-    assert machine.state.finished_targets["web-2"]["ApplicationStop"] == "Skipped"
+    assert machine.state.targets["web-2"].statuses[E.APPLICATION_STOP] == "Skipped"
+    assert machine.state.targets["web-2"].status == "Skipped"
 
 
 def test_event_order_with_load_balancer() -> None:
@@ -215,7 +216,7 @@ def test_target_lost_fails_its_current_event() -> None:
     commands = machine.send(TargetLost("web-1", "no heartbeat for 60 s"))
     assert commands[-1].status is DeploymentStatus.FAILED
     assert "ApplicationStop failed on web-1: no heartbeat for 60 s" in commands[-1].message
-    assert machine.send.__self__.state.finished_targets["web-1"]["ApplicationStop"] == "Failed"
+    assert machine.state.targets["web-1"].statuses[E.APPLICATION_STOP] == "Failed"
 
 
 def test_target_lost_for_idle_host_is_ignored() -> None:

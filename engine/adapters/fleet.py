@@ -1,0 +1,202 @@
+"""Server side of the agent protocol: per-host command queues in the store, long-poll wake-ups, heartbeats.
+
+Each host has its own queue (rows of ``host_commands``) and its own token; an agent sees only its own commands.
+A long poll parks on an ``asyncio.Event`` for its host, so a command enqueued for an idle agent is handed over in
+the same event-loop turn — that is where the sub-50 ms pickup comes from. A host whose agent stops talking while it
+owns work is failed after ``heartbeat_timeout`` seconds, so nothing waits "Pending" forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from engine.errors import NotFound
+from engine.model import LifecycleEvent, ScriptErrorCode
+from engine.ports import Clock
+from engine.store import SqliteStore
+
+log = logging.getLogger(__name__)
+
+ResultCallback = Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]]
+"""Called with (command row, result) once a command's result is stored."""
+
+
+class Fleet:
+    def __init__(
+        self,
+        store: SqliteStore,
+        *,
+        data_dir: Path,
+        clock: Clock,
+        bundle_dir: Path,
+        on_result: ResultCallback,
+        heartbeat_timeout: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.bundle_dir = bundle_dir
+        self.heartbeat_timeout = heartbeat_timeout
+        self._on_result = on_result
+        self._token_file = data_dir / "agent-tokens.json"
+        self._tokens: dict[str, str] = self._load_tokens()
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._last_seen: dict[str, float] = {}
+        self._started_at = clock.now()
+        self._monitor: asyncio.Task[None] | None = None
+
+    # -- tokens ----------------------------------------------------------------------------------------------
+
+    def _load_tokens(self) -> dict[str, str]:
+        if not self._token_file.exists():
+            return {}
+        data: dict[str, str] = json.loads(self._token_file.read_text())
+        return data
+
+    def token_for(self, host: str) -> str:
+        """The host's agent token, created (and written with mode 0600) on first use."""
+        if host not in self._tokens:
+            self._tokens[host] = secrets.token_urlsafe(24)
+            self._token_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._token_file.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(self._tokens, f, indent=1)
+            os.replace(tmp, self._token_file)
+        return self._tokens[host]
+
+    def authenticate(self, token: str) -> str | None:
+        found = None
+        for host, known in self._tokens.items():
+            if hmac.compare_digest(known.encode(), token.encode()):
+                found = host
+        return found
+
+    # -- the queue -------------------------------------------------------------------------------------------
+
+    async def dispatch(self, deployment_id: str, target: str, event: LifecycleEvent, spec: Mapping[str, Any]) -> None:
+        """Queue ``event`` for ``target``; a command that already exists is not queued twice (resume-safe)."""
+        existing = [
+            c
+            for c in await self.store.list_commands(host=target, deployment_id=deployment_id)
+            if c["event"] == str(event) and c["status"] != "Cancelled"
+        ]
+        if existing:
+            command = existing[-1]
+            if command["status"] in ("Succeeded", "Failed") and command.get("result"):
+                await self._on_result(command, command["result"])
+            return
+        await self.store.enqueue_command(target, deployment_id, str(event), dict(spec), at=self.clock.now())
+        self._wakeup(target).set()
+
+    async def cancel(self, deployment_id: str) -> None:
+        await self.store.cancel_commands(deployment_id, at=self.clock.now())
+
+    def _wakeup(self, host: str) -> asyncio.Event:
+        return self._wakeups.setdefault(host, asyncio.Event())
+
+    async def next_command(self, host: str, *, wait: float) -> dict[str, Any] | None:
+        """Long poll: the host's next command, as soon as there is one, or None after ``wait`` seconds."""
+        self._last_seen[host] = self.clock.now()
+        deadline = self.clock.monotonic() + wait
+        while True:
+            wakeup = self._wakeup(host)
+            wakeup.clear()
+            row = await self.store.claim_next_command(host, at=self.clock.now())
+            if row is not None:
+                self._last_seen[host] = self.clock.now()
+                return _command_object(row)
+            remaining = deadline - self.clock.monotonic()
+            if remaining <= 0:
+                self._last_seen[host] = self.clock.now()
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), remaining)
+
+    async def report_result(self, host: str, command_id: int, result: dict[str, Any]) -> None:
+        self._last_seen[host] = self.clock.now()
+        command = await self.store.get_command(command_id)
+        if command is None or command["host"] != host:
+            raise NotFound(f"no command {command_id} for host {host}")
+        status = "Succeeded" if result.get("status") == "Succeeded" else "Failed"
+        if await self.store.complete_command(command_id, status, result, at=self.clock.now()):
+            await self._on_result(command, result)
+
+    async def heartbeat(self, host: str, info: Mapping[str, Any]) -> None:
+        now = self.clock.now()
+        self._last_seen[host] = now
+        await self.store.upsert_agent(
+            host,
+            last_seen=now,
+            tags=dict(info.get("tags") or {}),
+            version=info.get("version"),
+            state="online",
+        )
+
+    def last_seen(self, host: str) -> float | None:
+        return self._last_seen.get(host)
+
+    def bundle_path(self, sha256: str) -> Path | None:
+        if not all(c in "0123456789abcdef" for c in sha256) or len(sha256) != 64:
+            return None
+        path = self.bundle_dir / f"{sha256}.tar.gz"
+        return path if path.exists() else None
+
+    # -- lost agents -----------------------------------------------------------------------------------------
+
+    def start_monitor(self, interval: float = 1.0) -> None:
+        self._monitor = asyncio.ensure_future(self._watch_heartbeats(interval))
+
+    async def stop_monitor(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+
+    async def _watch_heartbeats(self, interval: float) -> None:
+        while True:
+            await self.clock.sleep(interval)
+            try:
+                await self.fail_silent_hosts()
+            except Exception:  # the monitor must outlive a bad round; the next one tries again
+                log.exception("heartbeat check failed")
+
+    async def fail_silent_hosts(self) -> list[int]:
+        """Fail every open command of a host not heard from for ``heartbeat_timeout`` seconds."""
+        now = self.clock.now()
+        failed: list[int] = []
+        for status in ("InProgress", "Pending"):
+            for command in await self.store.list_commands(status=status):
+                seen = self._last_seen.get(command["host"], max(self._started_at, command["created_at"]))
+                if now - seen < self.heartbeat_timeout:
+                    continue
+                silent = int(now - seen)
+                result = {
+                    "status": "Failed",
+                    "error_code": int(ScriptErrorCode.UNKNOWN_ERROR),
+                    "message": f"the agent on {command['host']} has not been heard from for {silent} s "
+                    f"(heartbeat limit {self.heartbeat_timeout:g} s)",
+                    "log_tail": "",
+                    "ended_at": now,
+                }
+                if await self.store.complete_command(command["id"], "Failed", result, at=now):
+                    failed.append(command["id"])
+                    await self._on_result(command, result)
+        return failed
+
+
+def _command_object(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "deployment_id": row["deployment_id"],
+        "event": row["event"],
+        "spec": row["payload"],
+    }

@@ -1,0 +1,253 @@
+"""The async driver of one deployment: feeds the pure machine, persists every transition, executes its commands.
+
+Rules:
+1. One inbox, one consumer: every input (agent results, timers, traffic results, stop requests) is queued and the
+   machine sees them one at a time, so no two transitions ever interleave.
+2. Persist, then act: the machine's new state is written before any of its commands runs. A server killed between
+   the two re-executes the commands on resume; every command is idempotent (dispatch skips a command that already
+   exists, weights are absolute, timers keep their absolute deadline).
+3. The runner never decides anything; it only translates commands to ports and results to events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from engine.errors import EngineError, InvalidTransition
+from engine.lifecycle import TRAFFIC_EVENTS
+from engine.machine import (
+    CancelTargets,
+    Command,
+    DeploymentMachine,
+    Event,
+    EventFailed,
+    EventSucceeded,
+    Finish,
+    RunEvent,
+    ShiftTraffic,
+    Started,
+    StartRollback,
+    StartTimer,
+    TimerElapsed,
+    TrafficShifted,
+    TrafficShiftFailed,
+)
+from engine.model import DeploymentStatus, EventStatus, LifecycleEvent, ScriptErrorCode
+from engine.ports import Clock, HostExecutor, TrafficRouter
+from engine.snapshot import stages_to_json, state_to_json
+from engine.stages import TrafficStage, WaitStage
+from engine.store import SqliteStore
+
+log = logging.getLogger(__name__)
+
+
+class DeploymentRunner:
+    def __init__(
+        self,
+        deployment_id: str,
+        machine: DeploymentMachine,
+        *,
+        store: SqliteStore,
+        executor: HostExecutor,
+        router: TrafficRouter | None,
+        group: str,
+        spec: Mapping[str, Any],
+        clock: Clock,
+        on_change: Callable[[str], Awaitable[None]],
+        on_rollback: Callable[[str, StartRollback], Awaitable[None]],
+        on_finish: Callable[[str], Awaitable[None]],
+        timers: dict[str, float] | None = None,
+    ) -> None:
+        self.deployment_id = deployment_id
+        self.machine = machine
+        self.store = store
+        self.executor = executor
+        self.router = router
+        self.group = group
+        self.spec = dict(spec)
+        self.clock = clock
+        self._on_change = on_change
+        self._on_rollback = on_rollback
+        self._on_finish = on_finish
+        self.timers: dict[str, float] = dict(timers or {})
+        self.inbox: asyncio.Queue[Event] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._synced: dict[tuple[str, str], str] = {}
+        self._recorded: set[tuple[str, str]] = set()
+        self.finished = asyncio.Event()
+
+    # -- inputs ----------------------------------------------------------------------------------------------
+
+    def post(self, event: Event) -> None:
+        self.inbox.put_nowait(event)
+
+    async def record_result(self, target: str, event: LifecycleEvent, result: Mapping[str, Any]) -> None:
+        """An agent (or adapter) finished ``event`` on ``target``: keep its details, then tell the machine."""
+        succeeded = result.get("status") == "Succeeded"
+        fields = {
+            "status": str(EventStatus.SUCCEEDED if succeeded else EventStatus.FAILED),
+            "started_at": result.get("started_at"),
+            "ended_at": result.get("ended_at") or self.clock.now(),
+            "error_code": int(result.get("error_code", 0 if succeeded else ScriptErrorCode.UNKNOWN_ERROR)),
+            "message": str(result.get("message", "")),
+            "log_tail": str(result.get("log_tail", "")),
+        }
+        await self.store.upsert_target_event(
+            self.deployment_id, target, str(event), **{k: v for k, v in fields.items() if v is not None}
+        )
+        self._recorded.add((target, str(event)))
+        if succeeded:
+            self.post(EventSucceeded(target, event))
+        else:
+            self.post(EventFailed(target, event, fields["error_code"], fields["message"]))
+
+    # -- the loop --------------------------------------------------------------------------------------------
+
+    async def run(self, *, resume: bool = False) -> None:
+        try:
+            if resume and self.machine.state.status is not DeploymentStatus.CREATED:
+                await self._resume()
+            else:
+                await self._step(Started())
+            while not self.machine.state.status.is_final:
+                await self._step(await self.inbox.get())
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            self.finished.set()
+
+    async def _step(self, event: Event) -> None:
+        try:
+            commands = self.machine.send(event)
+        except InvalidTransition as exc:
+            log.info("deployment %s ignored %s: %s", self.deployment_id, type(event).__name__, exc)
+            return
+        await self._persist()
+        for command in commands:
+            await self._execute(command)
+        await self._on_change(self.deployment_id)
+
+    async def _persist(self) -> None:
+        state = self.machine.state
+        fields: dict[str, Any] = {"status": str(state.status), "state": self.snapshot()}
+        if state.status.is_final:  # the outcome lands in one write, never a "Failed" without its reason
+            fields.update(
+                ended_at=self.clock.now(),
+                error_code=str(state.error_code) if state.error_code else None,
+                error_message=state.message or None,
+            )
+        await self._sync_target_rows()
+        await self.store.update_deployment(self.deployment_id, **fields)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "stages": stages_to_json(self.machine.stages),
+            "machine": state_to_json(self.machine.state),
+            "timers": self.timers,
+            "spec": self.spec,
+        }
+
+    async def _sync_target_rows(self) -> None:
+        """Write the per-target event statuses the machine changed (Pending rows, Skipped, Unknown)."""
+        for target, progress in self.machine.state.targets.items():
+            for seq, event in enumerate(progress.events):
+                status = str(progress.statuses[event])
+                key = (target, str(event))
+                if self._synced.get(key) == status:
+                    continue
+                if key in self._recorded:
+                    continue  # written with its details by record_result; the machine may not have seen it yet
+                self._synced[key] = status
+                fields: dict[str, Any] = {"status": status, "seq": seq}
+                if status == EventStatus.IN_PROGRESS:
+                    fields["started_at"] = self.clock.now()
+                await self.store.upsert_target_event(self.deployment_id, target, str(event), **fields)
+
+    # -- commands --------------------------------------------------------------------------------------------
+
+    async def _execute(self, command: Command) -> None:
+        if isinstance(command, RunEvent):
+            if command.event in TRAFFIC_EVENTS:
+                self._spawn(self._route_target(command.target, command.event))
+            else:
+                await self.executor.dispatch(self.deployment_id, command.target, command.event, self.spec)
+        elif isinstance(command, CancelTargets):
+            await self.executor.cancel(self.deployment_id)
+        elif isinstance(command, ShiftTraffic):
+            self._spawn(self._shift(command.percent))
+        elif isinstance(command, StartTimer):
+            self.timers[command.name] = self.clock.now() + command.seconds
+            await self.store.update_deployment(self.deployment_id, state=self.snapshot())
+            self._arm(command.name)
+        elif isinstance(command, StartRollback):
+            await self._on_rollback(self.deployment_id, command)
+        elif isinstance(command, Finish):
+            await self._on_finish(self.deployment_id)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _arm(self, name: str) -> None:
+        async def fire() -> None:
+            delay = self.timers[name] - self.clock.now()
+            if delay > 0:
+                await self.clock.sleep(delay)
+            self.timers.pop(name, None)
+            self.post(TimerElapsed(name))
+
+        self._spawn(fire())
+
+    async def _shift(self, percent: int) -> None:
+        if self.router is None:
+            self.post(TrafficShifted(percent))
+            return
+        try:
+            await self.router.set_weight(self.group, percent)
+        except EngineError as exc:
+            self.post(TrafficShiftFailed(str(exc)))
+            return
+        self.post(TrafficShifted(percent))
+
+    async def _route_target(self, target: str, event: LifecycleEvent) -> None:
+        started = self.clock.now()
+        result: dict[str, Any] = {"status": "Succeeded", "started_at": started}
+        if self.router is not None:
+            try:
+                if event is LifecycleEvent.BLOCK_TRAFFIC:
+                    await self.router.block(self.group, target)
+                else:
+                    await self.router.allow(self.group, target)
+            except EngineError as exc:
+                result = {"status": "Failed", "error_code": 5, "message": str(exc), "started_at": started}
+        result["ended_at"] = self.clock.now()
+        await self.record_result(target, event, result)
+
+    # -- resume after a restart ------------------------------------------------------------------------------
+
+    async def _resume(self) -> None:
+        """Re-issue whatever the persisted state is waiting on (rule 2: every re-issue is idempotent)."""
+        state = self.machine.state
+        for key, progress in state.targets.items():
+            for event, status in progress.statuses.items():
+                self._synced[(key, str(event))] = str(status)
+        for target, progress in state.targets.items():
+            if progress.status is EventStatus.IN_PROGRESS:
+                await self._execute(RunEvent(target, progress.current))
+        stage = self.machine.stage
+        for name in list(self.timers):
+            if name == state.timer:
+                self._arm(name)
+            else:
+                self.timers.pop(name)
+        if isinstance(stage, TrafficStage) and state.timer is None and not state.paused:
+            with contextlib.suppress(IndexError):
+                self._spawn(self._shift(stage.steps[state.traffic_step].percent))
+        if isinstance(stage, WaitStage) and state.timer and state.timer not in self.timers:
+            self.post(TimerElapsed(state.timer))
+        await self._on_change(self.deployment_id)

@@ -1,0 +1,608 @@
+"""The Deployer facade: the one object every front (CLI, API, Slack, GitHub) talks to.
+
+It owns the per-group queue (at most one deployment in flight per group; the rest wait FIFO), one runner per
+active deployment, rollbacks (a new deployment of the last good revision, linked both ways), and resuming
+unfinished deployments after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.adapters.fleet import Fleet
+from engine.clock import SystemClock
+from engine.configs import (
+    DEFAULT_SERVER_CONFIG,
+    TrafficStep,
+    config_for_group,
+    traffic_config_for_hosts,
+    traffic_steps,
+)
+from engine.errors import DeploymentNotFound, DeploymentRefused, EngineError, InvalidTransition
+from engine.machine import (
+    ContinueRequested,
+    DeploymentMachine,
+    Event,
+    MachineOptions,
+    PauseRequested,
+    PromoteRequested,
+    ResumeRequested,
+    StartRollback,
+    StopRequested,
+)
+from engine.model import (
+    ROLLBACK_CREATOR,
+    DeploymentStatus,
+    DeploymentType,
+    LifecycleEvent,
+    Platform,
+    Revision,
+)
+from engine.plan import build_plan
+from engine.ports import Clock, Notifier, TrafficRouter
+from engine.revisions import RevisionStore
+from engine.runner import DeploymentRunner
+from engine.snapshot import stages_from_json, stages_to_json, state_from_json
+from engine.stages import ALL_AT_ONCE, StageOptions, deployment_stages
+from engine.store import SqliteStore
+from engine.topology import DeploymentGroup, EngineConfig
+from engine.views import deployment_json
+
+log = logging.getLogger(__name__)
+
+_ACTIVE = ("Created", "InProgress", "Ready", "Baking")
+_CONTROL_EVENTS: dict[str, type[Event]] = {
+    "continue": ContinueRequested,
+    "pause": PauseRequested,
+    "resume": ResumeRequested,
+    "promote": PromoteRequested,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DeployRequest:
+    application: str
+    environment: str
+    revision: str | None = None
+    config_name: str | None = None
+    actor: str = "cli"
+    description: str = ""
+
+
+def new_deployment_id() -> str:
+    """CodeDeploy-shaped ids: ``d-`` and nine upper-case letters or digits."""
+    alphabet = string.ascii_uppercase + string.digits
+    return "d-" + "".join(secrets.choice(alphabet) for _ in range(9))
+
+
+class Deployer:
+    def __init__(
+        self,
+        config: EngineConfig,
+        store: SqliteStore,
+        *,
+        data_dir: Path,
+        clock: Clock,
+        routers: Mapping[str, TrafficRouter],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.data_dir = data_dir
+        self.clock = clock
+        self.routers = dict(routers)
+        self.revisions = RevisionStore(store, data_dir / "revisions", clock)
+        self.fleet = Fleet(
+            store,
+            data_dir=data_dir,
+            clock=clock,
+            bundle_dir=self.revisions.directory,
+            on_result=self._on_command_result,
+            heartbeat_timeout=config.server.heartbeat_timeout,
+        )
+        self.notifiers: list[Notifier] = []
+        self._runners: dict[str, DeploymentRunner] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._busy: dict[str, str] = {}  # group name -> the deployment in flight
+        self._versions: dict[str, int] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def open(
+        cls,
+        config: EngineConfig,
+        *,
+        data_dir: Path,
+        clock: Clock | None = None,
+        routers: Mapping[str, TrafficRouter] | None = None,
+    ) -> Deployer:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        store = await SqliteStore.open(data_dir / "deploybot.db")
+        deployer = cls(config, store, data_dir=data_dir, clock=clock or SystemClock(), routers=routers or {})
+        for host in config.hosts:
+            deployer.fleet.token_for(host)
+        await deployer.resume_unfinished()
+        deployer.fleet.start_monitor()
+        return deployer
+
+    async def close(self) -> None:
+        await self.fleet.stop_monitor()
+        tasks = [*self._tasks.values(), *self._background]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.store.close()
+
+    # -- revisions -------------------------------------------------------------------------------------------
+
+    async def store_revision(self, path: Path, *, source: str) -> dict[str, Any]:
+        revision = await self.revisions.add(path, label=source)
+        return {"sha256": revision.sha256, "size": revision.size, "source": revision.source}
+
+    async def _revision_for(self, request: DeployRequest, group: DeploymentGroup) -> Revision:
+        wanted = request.revision or self.config.application(group.application).revision
+        if not wanted:
+            raise DeploymentRefused(
+                f"application {group.application} has no default revision; pass one (--revision DIR)"
+            )
+        if wanted.startswith("sha256:"):
+            return await self.revisions.get(wanted.removeprefix("sha256:"))
+        base = Path(self.config.base_dir)
+        if wanted.startswith("git:"):
+            return await self.revisions.add(wanted, git_repo=base)
+        path = Path(wanted) if Path(wanted).is_absolute() else base / wanted
+        return await self.revisions.add(path, label=wanted)
+
+    # -- starting --------------------------------------------------------------------------------------------
+
+    async def start(self, request: DeployRequest) -> dict[str, Any]:
+        group = self.config.group(request.application, request.environment)
+        revision = await self._revision_for(request, group)
+        return await self._create(group, revision, request.config_name, request.actor, request.description)
+
+    async def _create(
+        self,
+        group: DeploymentGroup,
+        revision: Revision,
+        config_name: str | None,
+        actor: str,
+        description: str,
+        *,
+        rollback_of: str | None = None,
+    ) -> dict[str, Any]:
+        name = config_name or group.deployment_config or DEFAULT_SERVER_CONFIG
+        config = config_for_group(name, group.platform, self.config.deployment_configs)
+        async with self._lock:
+            if rollback_of is None:
+                duplicate = await self._duplicate(group, revision)
+                if duplicate is not None:
+                    return await self.get(duplicate)
+            deployment_id = new_deployment_id()
+            stages = deployment_stages(self._stage_options(group, config), self._target_names(group))
+            state = {
+                "stages": stages_to_json(stages),
+                "spec": self._agent_spec(deployment_id, group, revision),
+            }
+            now = self.clock.now()
+            await self.store.create_deployment(
+                {
+                    "id": deployment_id,
+                    "application": group.application,
+                    "environment": group.environment,
+                    "group_name": group.name,
+                    "status": str(DeploymentStatus.QUEUED),
+                    "revision_sha256": revision.sha256,
+                    "config_name": config.name,
+                    "deployment_type": str(group.deployment_type),
+                    "created_by": ROLLBACK_CREATOR if rollback_of else actor,
+                    "created_at": now,
+                    "description": description,
+                    "rollback_of": rollback_of,
+                    "request": {"actor": actor, "config": config_name},
+                    "state": state,
+                }
+            )
+            await self.store.append_log(
+                "deployment.requested",
+                at=now,
+                actor=actor,
+                deployment_id=deployment_id,
+                data={"group": group.name, "revision": revision.sha256, "rollback_of": rollback_of},
+            )
+            if rollback_of is not None:
+                await self.store.update_deployment(rollback_of, rolled_back_by=deployment_id)
+            await self._start_next(group.name, prefer=deployment_id if rollback_of else None)
+        return await self.get(deployment_id)
+
+    async def _duplicate(self, group: DeploymentGroup, revision: Revision) -> str | None:
+        for row in await self.store.list_deployments(group_name=group.name, status=["Queued", *_ACTIVE]):
+            if row["revision_sha256"] == revision.sha256 and row["created_by"] != ROLLBACK_CREATOR:
+                return str(row["id"])
+        return None
+
+    def _target_names(self, group: DeploymentGroup) -> tuple[str, ...]:
+        return tuple(host.name for host in self.config.targets(group))
+
+    def _stage_options(self, group: DeploymentGroup, config: Any) -> StageOptions:
+        steps: tuple[TrafficStep, ...] = (TrafficStep(100, 0),)
+        if group.traffic_config:
+            steps = traffic_steps(
+                traffic_config_for_hosts(group.traffic_config, self.config.deployment_configs).traffic_routing
+            )
+        elif config.traffic_routing is not None:
+            steps = traffic_steps(config.traffic_routing)
+        health = config.minimum_healthy_hosts or ALL_AT_ONCE
+        lb = group.load_balancer
+        options = group.blue_green
+        ready = None
+        if options.ready_action == "STOP_DEPLOYMENT":
+            ready = options.ready_wait_minutes * 60.0
+        return StageOptions(
+            platform=group.platform,
+            deployment_type=group.deployment_type,
+            health=health,
+            traffic_steps=steps,
+            with_load_balancer=lb is not None and lb.type != "none",
+            ready_wait_seconds=ready,
+            termination_wait_seconds=options.termination_wait_minutes * 60.0,
+        )
+
+    def _agent_spec(self, deployment_id: str, group: DeploymentGroup, revision: Revision) -> dict[str, Any]:
+        return {
+            "deployment_id": deployment_id,
+            "application_name": group.application,
+            "deployment_group_name": group.name,
+            "deployment_group_id": group.group_id(),
+            "deployment_type": str(group.deployment_type),
+            "creator": "user",
+            "revision": {
+                "sha256": revision.sha256,
+                "url": f"/agent/v1/bundles/{revision.sha256}",
+                "size": revision.size,
+                "commit": revision.commit,
+            },
+            "file_exists_behavior": group.file_exists_behavior,
+            "ignore_application_stop_failures": group.ignore_application_stop_failures,
+            "appspec_filename": "appspec.yml",
+        }
+
+    # -- the queue -------------------------------------------------------------------------------------------
+
+    async def _start_next(self, group_name: str, *, prefer: str | None = None) -> None:
+        """Start the oldest queued deployment of a free group (a rollback jumps the queue)."""
+        if group_name in self._busy:
+            return
+        queued = await self.store.list_deployments(group_name=group_name, status="Queued", newest_first=False)
+        if not queued:
+            return
+        chosen = next((r for r in queued if r["id"] == prefer), None) or next(
+            (r for r in queued if r["created_by"] == ROLLBACK_CREATOR), queued[0]
+        )
+        await self.store.update_deployment(chosen["id"], status="Created", started_at=self.clock.now())
+        chosen = await self.store.get_deployment(chosen["id"])
+        assert chosen is not None
+        self._launch(chosen, resume=False)
+
+    def _launch(self, row: Mapping[str, Any], *, resume: bool) -> None:
+        state = row["state"]
+        group = self._group_of(row)
+        stages = stages_from_json(state["stages"])
+        machine_state = state_from_json(state["machine"]) if resume and state.get("machine") else None
+        spec = dict(state["spec"])
+        is_rollback = row["created_by"] == ROLLBACK_CREATOR
+        if is_rollback:
+            spec["creator"] = ROLLBACK_CREATOR
+        machine = DeploymentMachine(
+            stages,
+            MachineOptions(
+                auto_rollback=group.auto_rollback if group else MachineOptions().auto_rollback,
+                ignore_application_stop_failures=bool(spec.get("ignore_application_stop_failures")),
+                is_rollback=is_rollback,
+            ),
+            machine_state,
+        )
+        runner = DeploymentRunner(
+            row["id"],
+            machine,
+            store=self.store,
+            executor=self.fleet,
+            router=self.routers.get(row["group_name"]),
+            group=row["group_name"],
+            spec=spec,
+            clock=self.clock,
+            on_change=self._changed_hook,
+            on_rollback=self._on_rollback,
+            on_finish=self._on_finish,
+            timers=state.get("timers") if resume else None,
+        )
+        self._busy[row["group_name"]] = row["id"]
+        self._runners[row["id"]] = runner
+        self._tasks[row["id"]] = asyncio.ensure_future(self._run(runner, resume=resume))
+
+    async def _run(self, runner: DeploymentRunner, *, resume: bool) -> None:
+        try:
+            await runner.run(resume=resume)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("deployment %s crashed in the runner", runner.deployment_id)
+            await self.store.update_deployment(
+                runner.deployment_id,
+                status="Failed",
+                ended_at=self.clock.now(),
+                error_code="INTERNAL_ERROR",
+                error_message="deploybot hit an internal error; see the server log",
+            )
+            await self._on_finish(runner.deployment_id)
+
+    def _group_of(self, row: Mapping[str, Any]) -> DeploymentGroup | None:
+        try:
+            return self.config.group(row["application"], row["environment"])
+        except EngineError:
+            return None
+
+    async def _on_finish(self, deployment_id: str) -> None:
+        runner = self._runners.pop(deployment_id, None)
+        self._tasks.pop(deployment_id, None)
+        row = await self.store.get_deployment(deployment_id)
+        if row is None:
+            return
+        await self.store.append_log(
+            "deployment.finished",
+            at=self.clock.now(),
+            actor="deploybot",
+            deployment_id=deployment_id,
+            data={"status": row["status"], "error_code": row.get("error_code")},
+        )
+        if self._busy.get(row["group_name"]) == deployment_id:
+            del self._busy[row["group_name"]]
+        await self._changed_hook(deployment_id)
+        del runner
+        await self._start_next(row["group_name"])
+
+    async def _on_rollback(self, deployment_id: str, command: StartRollback) -> None:
+        row = await self.store.get_deployment(deployment_id)
+        group = self._group_of(row) if row else None
+        if row is None or group is None:
+            return
+        await self.store.append_log(
+            "rollback.triggered",
+            at=self.clock.now(),
+            actor="deploybot",
+            deployment_id=deployment_id,
+            data={"trigger": str(command.trigger), "rerouted": command.rerouted},
+        )
+        good = await self._last_good_revision(group.name, exclude=row["revision_sha256"])
+        if good is None:
+            await self.store.append_log(
+                "rollback.skipped",
+                at=self.clock.now(),
+                actor="deploybot",
+                deployment_id=deployment_id,
+                data={"reason": "no earlier successful revision to roll back to"},
+            )
+            return
+        # The failing deployment still holds the group; the rollback is queued first in line.
+        self._spawn_after_finish(deployment_id, group, good)
+
+    def _spawn_after_finish(self, deployment_id: str, group: DeploymentGroup, revision: Revision) -> None:
+        async def create() -> None:
+            runner = self._runners.get(deployment_id)
+            if runner is not None:
+                await runner.finished.wait()
+            await self._create(
+                group,
+                revision,
+                None,
+                ROLLBACK_CREATOR,
+                f"rollback of {deployment_id}",
+                rollback_of=deployment_id,
+            )
+
+        task = asyncio.ensure_future(create())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _last_good_revision(self, group_name: str, *, exclude: str | None = None) -> Revision | None:
+        for row in await self.store.list_deployments(group_name=group_name, status="Succeeded", limit=50):
+            if row["revision_sha256"] != exclude:
+                with contextlib.suppress(EngineError):
+                    return await self.revisions.get(row["revision_sha256"])
+        return None
+
+    # -- results from agents ---------------------------------------------------------------------------------
+
+    async def _on_command_result(self, command: Mapping[str, Any], result: Mapping[str, Any]) -> None:
+        runner = self._runners.get(command["deployment_id"])
+        if runner is None:
+            return  # the deployment ended (stopped, failed); the late result is kept in host_commands
+        await runner.record_result(command["host"], LifecycleEvent(command["event"]), result)
+
+    # -- control ---------------------------------------------------------------------------------------------
+
+    async def stop(self, deployment_id: str, *, rollback: bool | None = None, actor: str = "cli") -> dict[str, Any]:
+        row = await self._row(deployment_id)
+        await self.store.append_log(
+            "deployment.stop_requested",
+            at=self.clock.now(),
+            actor=actor,
+            deployment_id=deployment_id,
+            data={"rollback": rollback},
+        )
+        if row["status"] == "Queued":
+            await self.store.update_deployment(
+                deployment_id,
+                status="Stopped",
+                ended_at=self.clock.now(),
+                error_code="MANUAL_STOP",
+                error_message=f"cancelled by {actor} while queued",
+            )
+            await self._changed_hook(deployment_id)
+            return await self.get(deployment_id)
+        runner = self._runners.get(deployment_id)
+        if runner is None:
+            raise InvalidTransition(row["status"], "StopRequested")
+        runner.post(StopRequested(rollback=rollback, actor=actor))
+        await asyncio.wait_for(runner.finished.wait(), timeout=30)
+        return await self.get(deployment_id)
+
+    async def control(self, deployment_id: str, action: str, *, actor: str = "cli") -> dict[str, Any]:
+        event_type = _CONTROL_EVENTS.get(action)
+        if event_type is None:
+            raise DeploymentRefused(f"unknown action {action!r}; use one of {', '.join(_CONTROL_EVENTS)}")
+        row = await self._row(deployment_id)
+        runner = self._runners.get(deployment_id)
+        if runner is None:
+            raise InvalidTransition(row["status"], event_type.__name__)
+        await self.store.append_log(
+            f"deployment.{action}", at=self.clock.now(), actor=actor, deployment_id=deployment_id
+        )
+        runner.post(event_type())
+        return await self.get(deployment_id)
+
+    async def rollback(self, application: str, environment: str, *, actor: str = "cli") -> dict[str, Any]:
+        """Manual rollback: stop a running deployment with rollback, or redeploy the previous good revision."""
+        group = self.config.group(application, environment)
+        busy = self._busy.get(group.name)
+        if busy is not None:
+            return await self.stop(busy, rollback=True, actor=actor)
+        succeeded = await self.store.list_deployments(group_name=group.name, status="Succeeded", limit=1)
+        latest = await self.store.list_deployments(group_name=group.name, limit=1)
+        if not latest:
+            raise DeploymentRefused(f"nothing has been deployed to {group.name} yet")
+        current = succeeded[0]["revision_sha256"] if succeeded else None
+        good = await self._last_good_revision(group.name, exclude=current)
+        if good is None:
+            raise DeploymentRefused(f"{group.name} has no earlier successful revision to roll back to")
+        await self.store.append_log(
+            "rollback.requested", at=self.clock.now(), actor=actor, deployment_id=latest[0]["id"]
+        )
+        return await self._create(group, good, None, actor, f"manual rollback by {actor}", rollback_of=latest[0]["id"])
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    async def _row(self, deployment_id: str) -> dict[str, Any]:
+        row = await self.store.get_deployment(deployment_id)
+        if row is None:
+            raise DeploymentNotFound(deployment_id)
+        return row
+
+    async def get(self, deployment_id: str) -> dict[str, Any]:
+        row = await self._row(deployment_id)
+        events = await self.store.list_target_events(deployment_id)
+        revision = await self.store.get_revision(row["revision_sha256"])
+        position = None
+        if row["status"] == "Queued":
+            queued = await self.store.list_deployments(
+                group_name=row["group_name"], status="Queued", newest_first=False
+            )
+            position = next((i + 1 for i, r in enumerate(queued) if r["id"] == deployment_id), None)
+        return deployment_json(
+            row,
+            events,
+            revision=revision,
+            version=self._versions.get(deployment_id, 0),
+            queue_position=position,
+        )
+
+    async def history(self, application: str, environment: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        app = self.config.application(application)
+        env = app.environment(environment) if environment else None
+        rows = await self.store.list_deployments(application=app.name, environment=env, limit=limit)
+        return [await self.get(r["id"]) for r in rows]
+
+    async def watch(self, deployment_id: str, *, after: int = 0, timeout: float = 25.0) -> dict[str, Any]:
+        await self._row(deployment_id)
+        if self._versions.get(deployment_id, 0) <= after and deployment_id in self._runners:
+            changed = self._changed.setdefault(deployment_id, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout)
+        return await self.get(deployment_id)
+
+    async def plan(self, request: DeployRequest) -> dict[str, Any]:
+        """The dry run: what a deployment of this group would do, from config alone (changes nothing)."""
+        group = self.config.group(request.application, request.environment)
+        config = config_for_group(
+            request.config_name or group.deployment_config, group.platform, self.config.deployment_configs
+        )
+        traffic = (
+            traffic_config_for_hosts(group.traffic_config, self.config.deployment_configs)
+            if group.traffic_config and group.platform is Platform.SERVER
+            else None
+        )
+        targets = self._target_names(group)
+        plan = build_plan(
+            application=group.application,
+            environment=group.environment,
+            group=group.name,
+            platform=group.platform,
+            deployment_type=group.deployment_type,
+            config=config,
+            targets=targets,
+            traffic_config=traffic if group.deployment_type is DeploymentType.BLUE_GREEN else None,
+            with_load_balancer=self._stage_options(group, config).with_load_balancer,
+        )
+        stages = deployment_stages(self._stage_options(group, config), targets)
+        return {**plan.as_dict(), "stages": stages_to_json(stages)}
+
+    def applications(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": app.name,
+                "platform": str(app.platform),
+                "environments": [
+                    {
+                        "name": env,
+                        "group": app.groups[env].name,
+                        "deployment_type": str(app.groups[env].deployment_type),
+                        "deployment_config": app.groups[env].deployment_config,
+                        "targets": list(self._target_names(app.groups[env])),
+                    }
+                    for env in app.environments
+                ],
+            }
+            for app in self.config.applications.values()
+        ]
+
+    async def _changed_hook(self, deployment_id: str) -> None:
+        self._versions[deployment_id] = self._versions.get(deployment_id, 0) + 1
+        event = self._changed.pop(deployment_id, None)
+        if event is not None:
+            event.set()
+        if self.notifiers:
+            document = await self.get(deployment_id)
+            for notifier in self.notifiers:
+                try:
+                    await notifier.deployment_changed(document)
+                except Exception:  # a broken notifier must never break a deployment
+                    log.exception("notifier %r failed", notifier)
+
+    # -- restart ---------------------------------------------------------------------------------------------
+
+    async def resume_unfinished(self) -> None:
+        """Pick up what a previous server left: running deployments resume, queued ones wait their turn."""
+        rows = await self.store.unfinished_deployments()
+        for row in sorted(rows, key=lambda r: r["created_at"]):
+            if row["status"] == "Queued" or row["group_name"] in self._busy:
+                continue
+            await self.store.append_log(
+                "deployment.resumed",
+                at=self.clock.now(),
+                actor="deploybot",
+                deployment_id=row["id"],
+                data={"status": row["status"]},
+            )
+            self._launch(row, resume=True)
+        for group_name in {r["group_name"] for r in rows}:
+            await self._start_next(group_name)

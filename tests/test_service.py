@@ -1,0 +1,292 @@
+"""The Deployer facade with its real store, runner and fleet; hosts are scripted agents speaking to the Fleet port.
+
+(End-to-end tests with real agent processes are in test_e2e_*.py; these cover the orchestration rules fast.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from engine.errors import AppSpecInvalid, DeploymentNotFound, DeploymentRefused
+from engine.loader import parse_config
+from engine.service import Deployer, DeployRequest
+
+CONFIG = """
+server: {data_dir: var, heartbeat_timeout: %(heartbeat)s}
+hosts:
+  - {name: s1, tags: {env: staging}}
+  - {name: s2, tags: {env: staging}}
+  - {name: p1, tags: {env: production}}
+  - {name: p2, tags: {env: production}}
+  - {name: p3, tags: {env: production}}
+  - {name: p4, tags: {env: production}}
+applications:
+  app:
+    platform: server
+    revision: rev-a
+    environments: [staging, production]
+    deployment_groups:
+      staging:
+        deployment_type: in-place
+        deployment_config: CodeDeployDefault.AllAtOnce
+        targets: {tags: {env: staging}}
+      production:
+        deployment_type: in-place
+        deployment_config: CodeDeployDefault.OneAtATime
+        targets: {tags: {env: production}}
+        auto_rollback: {enabled: true, events: [DEPLOYMENT_FAILURE]}
+"""
+
+APPSPEC = "version: 0.0\nos: linux\nfiles:\n  - source: VERSION\n    destination: /opt/app\n"
+
+Behaviour = Callable[[str, str, str], str | None]  # (host, event, sha256) -> failure message or None
+
+
+def make_revision(root: Path, name: str, version: str, appspec: str = APPSPEC) -> Path:
+    path = root / name
+    path.mkdir()
+    (path / "appspec.yml").write_text(appspec)
+    (path / "VERSION").write_text(version)
+    return path
+
+
+class ScriptedFleet:
+    """One task per host, long-polling the real Fleet and answering each command as ``behaviour`` says."""
+
+    def __init__(self, deployer: Deployer, hosts: list[str], behaviour: Behaviour, delay: float = 0.0) -> None:
+        self.deployer, self.behaviour, self.delay = deployer, behaviour, delay
+        self.log: list[tuple[str, str, str]] = []  # (host, deployment id, event)
+        self.tasks = [asyncio.ensure_future(self._agent(h)) for h in hosts]
+
+    async def _agent(self, host: str) -> None:
+        fleet = self.deployer.fleet
+        while True:
+            command = await fleet.next_command(host, wait=0.5)
+            if command is None:
+                continue
+            self.log.append((host, command["deployment_id"], command["event"]))
+            await asyncio.sleep(self.delay)
+            failure = self.behaviour(host, command["event"], command["spec"]["revision"]["sha256"])
+            result = {"status": "Failed", "error_code": 4, "message": failure} if failure else {"status": "Succeeded"}
+            await fleet.report_result(host, command["id"], {**result, "log_tail": f"{host} {command['event']}"})
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    make_revision(tmp_path, "rev-a", "1")
+    make_revision(tmp_path, "rev-b", "2")
+    return tmp_path
+
+
+async def open_deployer(workdir: Path, heartbeat: float = 60) -> Deployer:
+    config = parse_config(CONFIG % {"heartbeat": max(heartbeat, 1)}, filename="test.yml", base_dir=str(workdir))
+    # The config file allows whole seconds; tests use a shorter limit to stay fast.
+    config = dataclasses.replace(config, server=dataclasses.replace(config.server, heartbeat_timeout=heartbeat))
+    return await Deployer.open(config, data_dir=workdir / "var")
+
+
+@pytest.fixture
+async def deployer(workdir: Path) -> AsyncIterator[Deployer]:
+    d = await open_deployer(workdir)
+    yield d
+    await d.close()
+
+
+async def wait_final(deployer: Deployer, deployment_id: str, timeout: float = 10) -> dict:
+    async with asyncio.timeout(timeout):
+        while True:
+            doc = await deployer.watch(deployment_id, after=0, timeout=0.2)
+            if doc["status"] in ("Succeeded", "Failed", "Stopped"):
+                return doc
+
+
+def never_fails(host: str, event: str, sha: str) -> str | None:
+    return None
+
+
+async def test_in_place_deployment_succeeds_and_records_every_event(deployer: Deployer) -> None:
+    agents = ScriptedFleet(deployer, ["s1", "s2"], never_fails)
+    try:
+        started = await deployer.start(DeployRequest("app", "staging", actor="alice"))
+        doc = await wait_final(deployer, started["id"])
+    finally:
+        await agents.close()
+    assert doc["status"] == "Succeeded", doc
+    assert doc["created_by"] == "alice"
+    assert [t["name"] for t in doc["targets"]] == ["s1", "s2"]
+    events = [e["name"] for e in doc["targets"][0]["events"]]
+    assert events == [
+        "ApplicationStop",
+        "DownloadBundle",
+        "BeforeInstall",
+        "Install",
+        "AfterInstall",
+        "ApplicationStart",
+        "ValidateService",
+    ]
+    assert all(e["status"] == "Succeeded" and e["log_tail"] for t in doc["targets"] for e in t["events"])
+    log = await deployer.store.read_log(deployment_id=doc["id"])
+    assert [entry["kind"] for entry in log][0] == "deployment.requested"
+    assert log[-1]["kind"] == "deployment.finished"
+
+
+async def test_bad_appspec_is_refused_before_any_host(deployer: Deployer, workdir: Path) -> None:
+    make_revision(workdir, "bad", "3", appspec='version: "0.0"\nos: linux\n')
+    with pytest.raises(AppSpecInvalid) as info:
+        await deployer.start(DeployRequest("app", "staging", revision="bad"))
+    assert info.value.problems[0].line == 1
+    assert await deployer.store.list_commands() == []
+
+
+async def test_failure_rolls_back_to_last_good_revision(deployer: Deployer) -> None:
+    sha_b: list[str] = []
+
+    def fail_b_on_p2(host: str, event: str, sha: str) -> str | None:
+        if sha_b and sha == sha_b[0] and host == "p2" and event == "ValidateService":
+            return "health check failed"
+        return None
+
+    agents = ScriptedFleet(deployer, ["p1", "p2", "p3", "p4"], fail_b_on_p2)
+    try:
+        good = await wait_final(deployer, (await deployer.start(DeployRequest("app", "production")))["id"])
+        assert good["status"] == "Succeeded"
+        b = await deployer.start(DeployRequest("app", "production", revision="rev-b"))
+        sha_b.append(b["revision"]["sha256"])
+        failed = await wait_final(deployer, b["id"])
+        assert failed["status"] == "Failed"
+        assert failed["error"]["code"] == "HEALTH_CONSTRAINTS"
+        assert "ValidateService failed on p2: health check failed" in failed["error"]["message"]
+        assert [t["status"] for t in failed["targets"]] == ["Succeeded", "Failed", "Skipped", "Skipped"]
+        async with asyncio.timeout(5):
+            while not (await deployer.get(b["id"]))["rollback"]["by"]:
+                await asyncio.sleep(0.02)
+        rollback_id = (await deployer.get(b["id"]))["rollback"]["by"]
+        rollback = await wait_final(deployer, rollback_id)
+    finally:
+        await agents.close()
+    assert rollback["status"] == "Succeeded"
+    assert rollback["created_by"] == "codeDeployRollback"
+    assert rollback["rollback"]["of"] == b["id"]
+    assert rollback["revision"]["sha256"] == good["revision"]["sha256"]
+
+
+async def test_one_deployment_per_group_fifo_and_duplicates_collapse(deployer: Deployer) -> None:
+    in_flight: set[str] = set()
+    overlaps: list[set[str]] = []
+
+    def track(host: str, event: str, sha: str) -> str | None:
+        return None
+
+    agents = ScriptedFleet(deployer, ["s1", "s2"], track, delay=0.01)
+    original_dispatch = deployer.fleet.dispatch
+
+    async def observing_dispatch(deployment_id, target, event, spec):  # records concurrency at the port
+        in_flight.add(deployment_id)
+        running = {d for d in in_flight if (await deployer.store.get_deployment(d))["status"] == "InProgress"}
+        if len(running) > 1:
+            overlaps.append(running)
+        await original_dispatch(deployment_id, target, event, spec)
+
+    deployer.fleet.dispatch = observing_dispatch  # type: ignore[method-assign]
+    try:
+        first = await deployer.start(DeployRequest("app", "staging"))
+        second = await deployer.start(DeployRequest("app", "staging", revision="rev-b"))
+        again = await deployer.start(DeployRequest("app", "staging", revision="rev-b"))
+        assert again["id"] == second["id"]
+        assert second["status"] == "Queued" and second["queue_position"] == 1
+        assert (await wait_final(deployer, first["id"]))["status"] == "Succeeded"
+        assert (await wait_final(deployer, second["id"]))["status"] == "Succeeded"
+    finally:
+        await agents.close()
+    assert overlaps == []
+    first_row = await deployer.store.get_deployment(first["id"])
+    second_row = await deployer.store.get_deployment(second["id"])
+    assert first_row["ended_at"] <= second_row["started_at"]
+
+
+async def test_queued_deployment_can_be_cancelled(deployer: Deployer) -> None:
+    first = await deployer.start(DeployRequest("app", "staging"))
+    second = await deployer.start(DeployRequest("app", "staging", revision="rev-b"))
+    stopped = await deployer.stop(second["id"], actor="bob")
+    assert stopped["status"] == "Stopped" and "bob" in stopped["error"]["message"]
+    assert (await deployer.get(first["id"]))["status"] == "InProgress"
+
+
+async def test_stop_running_deployment(deployer: Deployer) -> None:
+    started = await deployer.start(DeployRequest("app", "staging"))
+    doc = await deployer.stop(started["id"], actor="carol")
+    assert doc["status"] == "Stopped"
+    assert doc["error"] == {"code": "MANUAL_STOP", "message": "stopped by carol"}
+    assert all(c["status"] == "Cancelled" for c in await deployer.store.list_commands(deployment_id=doc["id"]))
+
+
+async def test_silent_agent_fails_its_host(workdir: Path) -> None:
+    deployer = await open_deployer(workdir, heartbeat=0.5)
+    agents = ScriptedFleet(deployer, ["s1"], never_fails)  # s2 has no agent at all
+    try:
+        started = await deployer.start(DeployRequest("app", "staging"))
+        doc = await wait_final(deployer, started["id"])
+    finally:
+        await agents.close()
+        await deployer.close()
+    s2 = next(t for t in doc["targets"] if t["name"] == "s2")
+    assert s2["status"] == "Failed"
+    assert "has not been heard from" in s2["events"][0]["message"]
+    assert doc["status"] == "Succeeded"  # AllAtOnce: one good host is enough
+
+
+async def test_restart_resumes_unfinished_deployment(workdir: Path) -> None:
+    first = await open_deployer(workdir)
+    started = await first.start(DeployRequest("app", "staging"))
+    async with asyncio.timeout(5):
+        while len(await first.store.list_commands(status="Pending")) < 2:
+            await asyncio.sleep(0.01)
+    await first.close()  # the server goes away mid-deployment
+
+    second = await open_deployer(workdir)
+    agents = ScriptedFleet(second, ["s1", "s2"], never_fails)
+    try:
+        doc = await wait_final(second, started["id"])
+        log = [e["kind"] for e in await second.store.read_log(deployment_id=started["id"])]
+        commands = [(c["host"], c["event"]) for c in await second.store.list_commands(deployment_id=started["id"])]
+    finally:
+        await agents.close()
+        await second.close()
+    assert doc["status"] == "Succeeded"
+    assert "deployment.resumed" in log
+    # nothing was dispatched twice
+    assert len(commands) == len(set(commands))
+
+
+async def test_manual_rollback_redeploys_previous_revision(deployer: Deployer) -> None:
+    agents = ScriptedFleet(deployer, ["s1", "s2"], never_fails)
+    try:
+        a = await wait_final(deployer, (await deployer.start(DeployRequest("app", "staging")))["id"])
+        b = await wait_final(deployer, (await deployer.start(DeployRequest("app", "staging", revision="rev-b")))["id"])
+        rollback = await deployer.rollback("app", "STAGING", actor="dave")
+        done = await wait_final(deployer, rollback["id"])
+    finally:
+        await agents.close()
+    assert done["status"] == "Succeeded"
+    assert done["revision"]["sha256"] == a["revision"]["sha256"]
+    assert done["rollback"]["of"] == b["id"]
+
+
+async def test_errors_name_what_is_missing(deployer: Deployer) -> None:
+    with pytest.raises(DeploymentNotFound):
+        await deployer.get("d-NOPE")
+    with pytest.raises(DeploymentRefused):
+        await deployer.rollback("app", "production")
