@@ -528,9 +528,12 @@ class DeploymentMachine:
         return counts
 
     def _health_message(self, counts: dict[str, int]) -> str:
+        n, minimum = len(self.state.targets), self.state.minimum_healthy
+        if counts["pending"] == 0:
+            return f"{counts['succeeded']} of {n} hosts succeeded; at least {max(minimum, 1)} must"
         return (
-            f"{counts['failed']} of {len(self.state.targets)} hosts failed; the minimum of "
-            f"{self.state.minimum_healthy} healthy hosts cannot be kept"
+            f"{counts['failed']} of {n} hosts failed; deploying to the other {counts['pending']} would leave "
+            f"fewer than the minimum of {minimum} healthy hosts"
         )
 
     def _traffic_moved(self) -> bool:

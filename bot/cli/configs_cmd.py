@@ -28,7 +28,9 @@ from engine.configs import (
     validate_custom_config,
 )
 from engine.errors import UnknownDeploymentConfig
-from engine.model import Platform
+from engine.model import DeploymentType, LifecycleEvent, Platform
+from engine.simulate import simulate
+from engine.stages import StageOptions, deployment_stages
 
 _TRAFFIC_WORDS = {
     "allatonce": TrafficRoutingType.ALL_AT_ONCE,
@@ -74,6 +76,11 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
         help="ad-hoc traffic routing: AllAtOnce, canary:PERCENT:MINUTES, linear:PERCENT:MINUTES",
     )
     parser.add_argument("--hosts", type=int, metavar="N", help="fleet size (required for host configurations)")
+    parser.add_argument(
+        "--fail",
+        metavar="POSITIONS",
+        help="predict the outcome when these hosts fail (1-based positions in deployment order, e.g. 3,5)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
 
@@ -227,15 +234,43 @@ def _parse_traffic(text: str) -> TrafficRouting:
 
 
 def predict_outcome(args: argparse.Namespace, config: DeploymentConfig) -> Mapping[str, Any] | None:
-    """The predicted result for the failures given with ``--fail``; None until that option exists."""
-    return None
+    """Run the real state machine on ``--hosts`` hosts with the ``--fail`` positions failing ValidateService."""
+    if args.fail is None:
+        return None
+    mhh = config.minimum_healthy_hosts
+    if mhh is None or args.hosts is None:
+        raise UsageProblem("--fail needs a host configuration and --hosts N")
+    try:
+        positions = sorted({int(p) for p in args.fail.split(",") if p.strip()})
+    except ValueError:
+        raise UsageProblem(f"--fail wants host positions like 3,5, not {args.fail!r}") from None
+    if any(p < 1 or p > args.hosts for p in positions):
+        raise UsageProblem(f"--fail positions must be between 1 and {args.hosts}")
+    hosts = tuple(f"host-{i}" for i in range(1, args.hosts + 1))
+    stages = deployment_stages(StageOptions(Platform.SERVER, DeploymentType.IN_PLACE, mhh), hosts)
+    result = simulate(stages, {f"host-{p}": LifecycleEvent.VALIDATE_SERVICE for p in positions})
+    return {
+        "status": str(result.status),
+        "error_code": str(result.error_code) if result.error_code else None,
+        "message": result.message,
+        "failing": positions,
+        "hosts_attempted": len(result.attempted),
+        "waves": [len(w) for w in result.waves],
+    }
 
 
 def render_outcome(outcome: Mapping[str, Any] | None) -> list[str]:
     """Text lines for a predicted outcome (the lead's ``--fail``); nothing when there is none."""
     if outcome is None:
         return []
-    return [_row("outcome", ", ".join(f"{k}={v}" for k, v in outcome.items()))]
+    verdict = str(outcome["status"]) + (f" ({outcome['error_code']})" if outcome["error_code"] else "")
+    failing = ", ".join(str(p) for p in outcome["failing"]) or "none"
+    waves = " + ".join(str(w) for w in outcome["waves"]) or "none"
+    return [
+        _row("if hosts fail", failing),
+        _row("outcome", verdict),
+        _row("hosts attempted", f"{outcome['hosts_attempted']} (waves: {waves})"),
+    ]
 
 
 def render_explain(config: DeploymentConfig, data: Mapping[str, Any]) -> list[str]:

@@ -1,0 +1,561 @@
+"""engine/loader.py and `deploybot config check`: every kind of problem at its exact line:column, a full round trip,
+the embedded default config, and the CLI through a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.configs import (
+    DeploymentConfig,
+    MinimumHealthyHosts,
+    MinimumHealthyHostsType,
+    TrafficRouting,
+    TrafficRoutingType,
+)
+from engine.errors import ConfigError, Problem
+from engine.loader import DEFAULT_CONFIG_PATH, load_config, parse_config
+from engine.model import AutoRollback, AutoRollbackEvent, DeploymentType, Platform
+from engine.topology import (
+    AlarmConfiguration,
+    Application,
+    BlueGreenOptions,
+    DeploymentGroup,
+    EngineConfig,
+    Host,
+    LoadBalancer,
+    ServerSettings,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data" / "config"
+
+# Eight lines; the group body of each GROUP case starts on line 9, indented by 8 spaces.
+GROUP_PREFIX = """\
+hosts:
+  - {name: web-1, local: true, port: 9101, tags: {env: staging}}
+  - {name: web-2, local: true, port: 9102, tags: {env: staging}}
+applications:
+  hello:
+    environments: [staging]
+    deployment_groups:
+      staging:
+"""
+GROUP = "applications.hello.deployment_groups.staging"
+
+
+def problems_of(text: str) -> list[tuple[int, int, str, str]]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, filename="deploybot.yml")
+    assert all(p.file == "deploybot.yml" for p in caught.value.problems)
+    return [(p.line, p.column, p.message, p.path) for p in caught.value.problems]
+
+
+GROUP_CASES = {
+    "unknown deployment config": (
+        "        targets: {hosts: [web-1]}\n        deployment_config: CodeDeployDefault.OneAtATme\n",
+        [
+            (
+                10,
+                28,
+                "unknown deployment configuration 'CodeDeployDefault.OneAtATme' "
+                "(did you mean 'CodeDeployDefault.OneAtATime'?)",
+                f"{GROUP}.deployment_config",
+            )
+        ],
+    ),
+    "config of another platform": (
+        "        targets: {hosts: [web-1]}\n        deployment_config: CodeDeployDefault.LambdaAllAtOnce\n",
+        [
+            (
+                10,
+                28,
+                "'CodeDeployDefault.LambdaAllAtOnce' cannot be used here: expected a configuration with "
+                "minimum_healthy_hosts",
+                f"{GROUP}.deployment_config",
+            )
+        ],
+    ),
+    "unknown target host": (
+        "        targets: {hosts: [web-1, web1]}\n",
+        [(9, 34, "unknown host 'web1' (did you mean 'web-1'?)", f"{GROUP}.targets.hosts[1]")],
+    ),
+    "tag selector matching no host": (
+        "        targets: {tags: {env: prod}}\n",
+        [(9, 25, "no declared host has the tags env=prod", f"{GROUP}.targets.tags")],
+    ),
+    "missing targets": (
+        "        deployment_config: CodeDeployDefault.AllAtOnce\n",
+        [(9, 9, "missing required key 'targets'", f"{GROUP}.targets")],
+    ),
+    "hosts and tags together": (
+        "        targets: {hosts: [web-1], tags: {env: staging}}\n",
+        [(9, 18, "expected exactly one of 'hosts' (names) or 'tags' (a selector)", f"{GROUP}.targets")],
+    ),
+    "wrong type": (
+        "        targets: {hosts: [web-1]}\n        required_approvals: two\n",
+        [(10, 29, "expected an integer, got a string", f"{GROUP}.required_approvals")],
+    ),
+    "bad choice with suggestion": (
+        "        targets: {hosts: [web-1]}\n        deployment_type: inplace\n",
+        [
+            (
+                10,
+                26,
+                "expected one of in-place, blue-green, got 'inplace' (did you mean 'in-place'?)",
+                f"{GROUP}.deployment_type",
+            )
+        ],
+    ),
+    "unknown key with suggestion": (
+        "        targets: {hosts: [web-1]}\n        deployment_confg: X\n",
+        [(10, 9, "unknown key 'deployment_confg' (did you mean 'deployment_config'?)", f"{GROUP}.deployment_confg")],
+    ),
+    "traffic config on in-place": (
+        "        targets: {hosts: [web-1]}\n        traffic_config: CodeDeployDefault.ECSAllAtOnce\n",
+        [(10, 25, "traffic_config applies only to blue-green deployments", f"{GROUP}.traffic_config")],
+    ),
+    "blue-green without load balancer": (
+        "        targets: {hosts: [web-1]}\n        deployment_type: blue-green\n",
+        [(10, 26, "blue-green deployments need a load_balancer to move traffic", f"{GROUP}.deployment_type")],
+    ),
+    "load balancer port taken by a local host": (
+        "        targets: {hosts: [web-1]}\n        load_balancer: {type: haproxy, port: 9101}\n",
+        [
+            (
+                10,
+                46,
+                "port 9101 of the load balancer of hello/staging is already used by local host 'web-1'",
+                f"{GROUP}.load_balancer.port",
+            )
+        ],
+    ),
+    "haproxy without port": (
+        "        targets: {hosts: [web-1]}\n        load_balancer: {type: haproxy}\n",
+        [(10, 24, "missing required key 'port' (the HAProxy frontend port)", f"{GROUP}.load_balancer.port")],
+    ),
+    "unknown rollback event": (
+        "        targets: {hosts: [web-1]}\n        auto_rollback: {enabled: true, events: [DEPLOYMENT_FAIL]}\n",
+        [
+            (
+                10,
+                49,
+                "expected one of DEPLOYMENT_FAILURE, DEPLOYMENT_STOP_ON_ALARM, DEPLOYMENT_STOP_ON_REQUEST, "
+                "got 'DEPLOYMENT_FAIL' (did you mean 'DEPLOYMENT_FAILURE'?)",
+                f"{GROUP}.auto_rollback.events[0]",
+            )
+        ],
+    ),
+    "too many approvals": (
+        "        targets: {hosts: [web-1]}\n        approvers: [bob]\n        required_approvals: 2\n",
+        [(11, 29, "2 approvals required but only 1 approvers", f"{GROUP}.required_approvals")],
+    ),
+    "extra key not whitelisted": (
+        "        targets: {hosts: [web-1]}\n        function_nme: f\n",
+        [(10, 9, "unknown key 'function_nme' (did you mean 'function_name'?)", f"{GROUP}.function_nme")],
+    ),
+}
+
+
+@pytest.mark.parametrize("body, expected", GROUP_CASES.values(), ids=GROUP_CASES.keys())
+def test_group_problems_are_located(body: str, expected: list[tuple[int, int, str, str]]) -> None:
+    assert problems_of(GROUP_PREFIX + body) == expected
+
+
+TOP_CASES = {
+    "bad listen address": (
+        "server:\n  listen: localhost\n",
+        [(2, 11, "bad listen address 'localhost': expected HOST:PORT, like 127.0.0.1:8080", "server.listen")],
+    ),
+    "listen port out of range": (
+        "server:\n  listen: 127.0.0.1:99999\n",
+        [(2, 11, "bad listen address '127.0.0.1:99999': expected HOST:PORT, like 127.0.0.1:8080", "server.listen")],
+    ),
+    "unknown key": (
+        "server:\n  heartbeat_timout: 5\n",
+        [(2, 3, "unknown key 'heartbeat_timout' (did you mean 'heartbeat_timeout'?)", "server.heartbeat_timout")],
+    ),
+    "unknown key without a close match": (
+        "colour: blue\n",
+        [(1, 1, "unknown key 'colour'; expected one of: applications, deployment_configs, hosts, server", "colour")],
+    ),
+    "wrong scalar type": (
+        "server:\n  heartbeat_timeout: soon\n",
+        [(2, 22, "expected a number, got a string", "server.heartbeat_timeout")],
+    ),
+    "list instead of mapping": (
+        "server: [a]\n",
+        [(1, 9, "expected a mapping, got a list", "server")],
+    ),
+    "non-string key": (
+        "server:\n  1: x\n",
+        [(2, 3, "expected a string key, got an integer (quote it)", "server")],
+    ),
+    "top level is not a mapping": (
+        "- a\n",
+        [(1, 1, "expected a mapping, got a list", "")],
+    ),
+    "missing host name": (
+        "hosts:\n  - {local: true}\n",
+        [(2, 5, "missing required key 'name'", "hosts[0].name")],
+    ),
+    "duplicate host": (
+        "hosts:\n  - {name: a}\n  - {name: a}\n",
+        [(3, 12, "host 'a' is declared twice", "hosts[1].name")],
+    ),
+    "two local hosts on one port": (
+        "hosts:\n  - {name: a, local: true, port: 9000}\n  - {name: b, local: true, port: 9000}\n",
+        [(3, 34, "port 9000 of local host 'b' is already used by local host 'a'", "hosts[1].port")],
+    ),
+    "local host on the server port": (
+        "server: {listen: '127.0.0.1:9000'}\nhosts:\n  - {name: a, local: true, port: 9000}\n",
+        [(3, 34, "port 9000 of local host 'a' is already used by the server's listen address", "hosts[0].port")],
+    ),
+    "bad host name": (
+        "hosts:\n  - {name: 'web 1'}\n",
+        [(2, 12, "bad host name 'web 1': use letters, digits, '.', '_' or '-'", "hosts[0].name")],
+    ),
+    "duplicate YAML key": (
+        "server:\n  listen: 127.0.0.1:1\n  listen: 127.0.0.1:2\n",
+        [(3, 3, "duplicate key 'listen' (first given on line 2)", "server.listen")],
+    ),
+    "invalid YAML": (
+        "server:\n  listen: a: b\n",
+        [(2, 12, "invalid YAML: mapping values are not allowed here", "")],
+    ),
+    "several documents": (
+        "server: {}\n---\nhosts: []\n",
+        [(2, 1, "invalid YAML: expected a single document in the stream, but found another document", "")],
+    ),
+    "environment without a group": (
+        "applications:\n  hello:\n    environments: [prod]\n    deployment_groups: {}\n",
+        [
+            (
+                3,
+                20,
+                "environment 'prod' has no deployment group (add deployment_groups.prod)",
+                "applications.hello.environments[0]",
+            )
+        ],
+    ),
+    "group for an undeclared environment": (
+        "hosts: [{name: a}]\napplications:\n  hello:\n    environments: [staging]\n    deployment_groups:\n"
+        "      staging: {targets: {hosts: [a]}}\n      qa: {targets: {hosts: [a]}}\n",
+        [
+            (
+                7,
+                7,
+                "deployment group for undeclared environment 'qa'; known: staging",
+                "applications.hello.deployment_groups.qa",
+            )
+        ],
+    ),
+    "missing required application keys": (
+        "applications:\n  hello:\n    platform: server\n",
+        [
+            (3, 5, "missing required key 'environments'", "applications.hello.environments"),
+            (3, 5, "missing required key 'deployment_groups'", "applications.hello.deployment_groups"),
+        ],
+    ),
+    "environment listed twice": (
+        "applications:\n  hello:\n    environments: [prod, Prod]\n    deployment_groups: {}\n",
+        [
+            (
+                3,
+                20,
+                "environment 'prod' has no deployment group (add deployment_groups.prod)",
+                "applications.hello.environments[0]",
+            ),
+            (3, 26, "environment 'Prod' is listed twice", "applications.hello.environments[1]"),
+        ],
+    ),
+    "applications differing only in case": (
+        "applications:\n  hello: {platform: lambda, environments: [p], deployment_groups: {p: {}}}\n"
+        "  Hello: {platform: lambda, environments: [p], deployment_groups: {p: {}}}\n",
+        [(3, 3, "application 'Hello' differs from 'hello' only in case", "applications.Hello")],
+    ),
+    "auto deploy to an unknown environment": (
+        "applications:\n  fn:\n    platform: lambda\n"
+        "    github: {repository: acme/fn, auto_deploy: {branch: main, to: prd}}\n"
+        "    environments: [prod]\n    deployment_groups: {prod: {}}\n",
+        [(4, 67, "unknown environment 'prd' (did you mean 'prod'?)", "applications.fn.github.auto_deploy.to")],
+    ),
+    "lambda group in place": (
+        "applications:\n  fn:\n    platform: lambda\n    environments: [prod]\n"
+        "    deployment_groups: {prod: {deployment_type: in-place}}\n",
+        [(5, 49, "lambda deployments are always blue-green", "applications.fn.deployment_groups.prod.deployment_type")],
+    ),
+    "null host item": (
+        "hosts:\n  -\n  - {name: a}\n",
+        [(2, 4, "expected a mapping, got null", "hosts[0]")],
+    ),
+    "null targets on a server group": (
+        "applications:\n  hello:\n    environments: [prod]\n    deployment_groups:\n      prod:\n        targets:\n",
+        [
+            (
+                6,
+                17,
+                "expected a mapping with 'hosts' or 'tags', got null",
+                "applications.hello.deployment_groups.prod.targets",
+            )
+        ],
+    ),
+    "duplicate group name": (
+        "applications:\n  a:\n    platform: lambda\n    environments: [x]\n    deployment_groups: {x: {name: g}}\n"
+        "  b:\n    platform: lambda\n    environments: [y]\n    deployment_groups: {y: {name: g}}\n",
+        [(9, 35, "deployment group name 'g' is also used by a/x", "applications.b.deployment_groups.y.name")],
+    ),
+    "custom config with a reserved name": (
+        "deployment_configs:\n  CodeDeployDefault.Mine:\n    compute_platform: server\n"
+        "    minimum_healthy_hosts: {type: HOST_COUNT, value: 1}\n",
+        [
+            (
+                2,
+                3,
+                "custom configuration names may not start with 'CodeDeployDefault.'",
+                "deployment_configs.CodeDeployDefault.Mine",
+            )
+        ],
+    ),
+    "custom config out of range": (
+        "deployment_configs:\n  Most:\n    compute_platform: server\n"
+        "    minimum_healthy_hosts: {type: FLEET_PERCENT, value: 100}\n",
+        [(2, 3, "FLEET_PERCENT must be 0-99, not 100", "deployment_configs.Most")],
+    ),
+    "custom config without platform": (
+        "deployment_configs:\n  Mine: {minimum_healthy_hosts: {type: HOST_COUNT, value: 1}}\n",
+        [(2, 9, "missing required key 'compute_platform'", "deployment_configs.Mine.compute_platform")],
+    ),
+}
+
+
+@pytest.mark.parametrize("text, expected", TOP_CASES.values(), ids=TOP_CASES.keys())
+def test_problems_are_located(text: str, expected: list[tuple[int, int, str, str]]) -> None:
+    assert problems_of(text) == expected
+
+
+def test_all_problems_are_collected_in_file_order() -> None:
+    text = (
+        "hosts:\n  - {name: a, local: tru}\n"
+        "applications:\n  hello:\n    environments: [staging]\n    deployment_groups:\n"
+        "      staging: {targets: {hosts: [b]}, deployment_config: Nope}\n"
+        "server: {listen: nowhere}\n"
+    )
+    found = problems_of(text)
+    assert [(line, column) for line, column, _, _ in found] == [(2, 22), (7, 35), (7, 59), (8, 18)]
+    assert [message.split(" ")[0] for _, _, message, _ in found] == ["expected", "unknown", "unknown", "bad"]
+
+
+def test_problem_renders_as_file_line_column() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config("server: {listen: 1}\n", filename="conf.yml")
+    assert str(caught.value) == "conf.yml:1:18: expected a string, got an integer (server.listen)"
+
+
+def test_full_file_round_trip() -> None:
+    config = load_config(DATA / "full.yml")
+    staging = DeploymentGroup(
+        name="hello-stg",
+        application="hello",
+        environment="staging",
+        platform=Platform.SERVER,
+        deployment_type=DeploymentType.IN_PLACE,
+        deployment_config="KeepOneHealthy",
+        traffic_config=None,
+        hosts=("staging-2", "staging-1"),
+        load_balancer=LoadBalancer("haproxy", 8100, "/health", 2.0),
+        alarms=AlarmConfiguration(True, True, ({"name": "cpu-high"}, {"name": "errors"})),
+        auto_rollback=AutoRollback(
+            True, frozenset({AutoRollbackEvent.DEPLOYMENT_FAILURE, AutoRollbackEvent.DEPLOYMENT_STOP_ON_ALARM})
+        ),
+        file_exists_behavior="OVERWRITE",  # from the merge key
+        ignore_application_stop_failures=True,
+        deployers=("alice",),
+        approvers=("bob", "carol"),
+        required_approvals=1,
+    )
+    production = DeploymentGroup(
+        name="hello-production",
+        application="hello",
+        environment="production",
+        platform=Platform.SERVER,
+        deployment_type=DeploymentType.BLUE_GREEN,
+        deployment_config="CodeDeployDefault.HalfAtATime",
+        traffic_config="Canary20Percent1Minute",
+        target_tags={"env": "production"},
+        load_balancer=LoadBalancer(
+            "elbv2",
+            extra={"listener_arn": "arn:aws:elasticloadbalancing:listener/1", "target_groups": ["blue", "green"]},
+        ),
+        auto_rollback=AutoRollback(True, frozenset({AutoRollbackEvent.DEPLOYMENT_FAILURE})),
+        blue_green=BlueGreenOptions("STOP_DEPLOYMENT", 30, "TERMINATE", 5),
+    )
+    billing = DeploymentGroup(
+        name="billing-prod",
+        application="billing",
+        environment="prod",
+        platform=Platform.LAMBDA,
+        deployment_type=DeploymentType.BLUE_GREEN,
+        deployment_config="LambdaLinear25",
+        traffic_config="LambdaLinear25",
+        extra={"function_name": "billing", "alias": "live"},
+    )
+    expected = EngineConfig(
+        source=str(DATA / "full.yml"),
+        server=ServerSettings(
+            "0.0.0.0", 9000, str(DATA / "state"), "https://deploy.example.com/", 30.5, ("alice", "bob")
+        ),
+        applications={
+            "hello": Application(
+                "hello",
+                Platform.SERVER,
+                ("staging", "production"),
+                {"staging": staging, "production": production},
+                revision=str(ROOT / "tests" / "data" / "examples" / "hello"),
+                slack_channel="#deploys",
+                github_repository="acme/hello",
+                auto_deploy={"branch": "main", "to": "staging"},
+                extra={"description": "the demo"},
+            ),
+            "billing": Application("billing", Platform.LAMBDA, ("prod",), {"prod": billing}),
+        },
+        hosts={
+            "staging-1": Host("staging-1", {"env": "staging"}, True, 9101),
+            "staging-2": Host("staging-2", {"env": "staging"}, True, 9102),
+            "prod-1": Host("prod-1", {"env": "production", "zone": "a"}),
+            "prod-2": Host("prod-2", {"env": "production", "zone": "b"}),
+        },
+        deployment_configs={
+            "KeepOneHealthy": DeploymentConfig(
+                "KeepOneHealthy", Platform.SERVER, MinimumHealthyHosts(MinimumHealthyHostsType.HOST_COUNT, 1)
+            ),
+            "Canary20Percent1Minute": DeploymentConfig(
+                "Canary20Percent1Minute",
+                Platform.SERVER,
+                traffic_routing=TrafficRouting(TrafficRoutingType.CANARY, 20, 1),
+            ),
+            "LambdaLinear25": DeploymentConfig(
+                "LambdaLinear25", Platform.LAMBDA, traffic_routing=TrafficRouting(TrafficRoutingType.LINEAR, 25, 2)
+            ),
+        },
+        base_dir=str(DATA),
+    )
+    assert config == expected
+    assert list(config.applications) == ["hello", "billing"]
+    assert config.server.url == "https://deploy.example.com"
+    assert [host.name for host in config.targets(production)] == ["prod-1", "prod-2"]
+
+
+def test_example_config_loads_clean() -> None:
+    config = load_config(DEFAULT_CONFIG_PATH)
+    hello = config.application("hello")
+    assert hello.environments == ("staging", "production")
+    assert Path(hello.revision or "", "appspec.yml").is_file()
+    staging, production = config.group("hello", "staging"), config.group("hello", "production")
+    assert staging.deployment_config == "CodeDeployDefault.AllAtOnce"
+    assert production.deployment_config == "CodeDeployDefault.OneAtATime"
+    assert [h.name for h in config.targets(staging)] == ["staging-1", "staging-2"]
+    assert [(h.name, h.port) for h in config.targets(production)] == [
+        (f"production-{i}", 9200 + i) for i in range(1, 5)
+    ]
+    assert all(host.local for host in config.hosts.values())
+    assert staging.auto_rollback.applies_to(AutoRollbackEvent.DEPLOYMENT_FAILURE)
+    assert production.auto_rollback.applies_to(AutoRollbackEvent.DEPLOYMENT_FAILURE)
+    assert staging.load_balancer is None and production.load_balancer is None
+    assert (config.server.listen_host, config.server.listen_port) == ("127.0.0.1", 8080)
+    assert config.server.data_dir == str(ROOT / "var")
+    assert "load_balancer: {type: haproxy" in DEFAULT_CONFIG_PATH.read_text()  # the commented-out example
+
+
+def test_paths_resolve_against_base_dir_but_git_refs_stay() -> None:
+    text = (
+        "server: {data_dir: state}\napplications:\n  fn:\n    platform: ecs\n    revision: git:main\n"
+        "    environments: [prod]\n    deployment_groups: {prod: {}}\n"
+    )
+    config = parse_config(text, base_dir="/srv/deploybot")
+    assert config.server.data_dir == "/srv/deploybot/state"
+    assert config.application("fn").revision == "git:main"
+    group = config.group("fn", "prod")
+    assert (group.deployment_type, group.deployment_config, group.traffic_config) == (
+        DeploymentType.BLUE_GREEN,
+        "CodeDeployDefault.ECSAllAtOnce",
+        "CodeDeployDefault.ECSAllAtOnce",
+    )
+
+
+def test_empty_file_is_an_empty_config() -> None:
+    config = parse_config("# nothing yet\n")
+    assert (config.applications, config.hosts, config.server) == ({}, {}, ServerSettings())
+
+
+def test_tag_selection_needs_every_tag() -> None:
+    text = GROUP_PREFIX.replace(
+        "tags: {env: staging}}\n  - {name: web-2", "tags: {env: staging, zone: a}}\n  - {name: web-2"
+    )
+    config = parse_config(text + "        targets: {tags: {env: staging, zone: a}}\n")
+    assert [h.name for h in config.targets(config.group("HELLO", "Staging"))] == ["web-1"]
+
+
+def test_unreadable_files() -> None:
+    with pytest.raises(FileNotFoundError):
+        load_config(DATA / "missing.yml")
+    with pytest.raises(ConfigError) as caught:
+        load_config(DATA / "latin1.yml")
+    assert caught.value.problems == [Problem(str(DATA / "latin1.yml"), 1, 1, "not UTF-8 text (bad byte at offset 5)")]
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def deploybot(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def test_cli_check_valid_file() -> None:
+    result = deploybot("config", "check", "config/deploybot.example.yml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "config/deploybot.example.yml: valid"
+    assert "applications  1: hello" in result.stdout
+    assert "hello-production" in result.stdout and "hosts         6 (6 local)" in result.stdout
+
+
+def test_cli_check_invalid_file_lists_located_problems() -> None:
+    result = deploybot("config", "check", "tests/data/config/invalid.yml")
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 4
+    assert all(re.fullmatch(r"tests/data/config/invalid\.yml:\d+:\d+: .+ \([\w.\[\]-]+\)", line) for line in lines)
+    assert lines[0] == (
+        "tests/data/config/invalid.yml:3:3: unknown key 'heartbeat_timout' (did you mean 'heartbeat_timeout'?) "
+        "(server.heartbeat_timout)"
+    )
+    assert result.stdout == ""
+
+
+def test_cli_check_json() -> None:
+    valid = json.loads(deploybot("config", "check", "--json", "config/deploybot.example.yml").stdout)
+    assert valid["valid"] is True and valid["errors"] == []
+    groups = valid["summary"]["applications"][0]["groups"]
+    assert [(g["environment"], len(g["targets"])) for g in groups] == [("staging", 2), ("production", 4)]
+    result = deploybot("config", "check", "--json", "tests/data/config/invalid.yml")
+    invalid = json.loads(result.stdout)
+    assert result.returncode == 1 and invalid["valid"] is False and invalid["summary"] is None
+    assert invalid["errors"][0] == {
+        "line": 3,
+        "column": 3,
+        "message": "unknown key 'heartbeat_timout' (did you mean 'heartbeat_timeout'?)",
+        "path": "server.heartbeat_timout",
+    }
+
+
+def test_cli_check_missing_file() -> None:
+    result = deploybot("config", "check", "tests/data/config/missing.yml")
+    assert result.returncode == 2
+    assert "cannot read tests/data/config/missing.yml" in result.stderr
