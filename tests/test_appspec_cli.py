@@ -1,0 +1,114 @@
+"""``deploybot appspec validate``, run as a real subprocess: exit codes, ``FILE:LINE:COL: message`` lines, --json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.appspec import normalized, parse_appspec
+from engine.errors import AppSpecInvalid
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "tests" / "data" / "appspec"
+
+
+def deploybot(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "bot", *map(str, args)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "platform"),
+    [("server/docs_example.yml", "server"), ("lambda/docs_example.json", "lambda"), ("ecs/docs_example.yml", "ecs")],
+)
+def test_valid_file_exits_0(name: str, platform: str) -> None:
+    result = deploybot("appspec", "validate", CORPUS / name, "--platform", platform)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == f"{CORPUS / name}: valid {platform} AppSpec\n"
+
+
+def test_default_platform_is_server() -> None:
+    result = deploybot("appspec", "validate", CORPUS / "server/minimal.yml", "--json")
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["platform"] == "server"
+
+
+def test_invalid_file_prints_every_problem_as_file_line_column() -> None:
+    path = CORPUS / "server/many_problems.yml"
+    result = deploybot("appspec", "validate", path)
+    assert (result.returncode, result.stdout) == (1, "")
+    lines = result.stderr.splitlines()
+    assert [line.split(": ", 1)[0] for line in lines] == [
+        f"{path}:2:10",
+        f"{path}:3:5",
+        f"{path}:6:18",
+        f"{path}:8:3",
+        f"{path}:12:11",
+        f"{path}:13:23",
+    ]
+    assert lines[0].startswith(f"{path}:2:10: The deployment failed because an invalid version value (1.0)")
+    assert "tabs" not in result.stderr
+
+
+def test_json_for_a_valid_file_holds_the_normalized_spec() -> None:
+    path = CORPUS / "server/docs_example.yml"
+    result = deploybot("appspec", "validate", path, "--json")
+    assert (result.returncode, result.stderr) == (0, "")
+    document = json.loads(result.stdout)
+    assert document == {
+        "valid": True,
+        "platform": "server",
+        "errors": [],
+        "spec": normalized(parse_appspec(path.read_text())),
+    }
+    assert document["spec"]["hooks"]["ValidateService"] == [
+        {"location": "Scripts/MonitorService.sh", "timeout": 3600, "runas": "codedeployuser"}
+    ]
+
+
+def test_json_for_an_invalid_file_lists_the_errors_and_exits_1() -> None:
+    path = CORPUS / "lambda/docs_example.yml"
+    result = deploybot("appspec", "validate", path, "--platform", "ecs", "--json")
+    assert (result.returncode, result.stderr) == (1, "")
+    document = json.loads(result.stdout)
+    assert list(document) == ["valid", "platform", "errors", "spec"]
+    assert (document["valid"], document["platform"], document["spec"]) == (False, "ecs", None)
+    with pytest.raises(AppSpecInvalid) as caught:
+        parse_appspec(path.read_text(), platform="ecs")
+    assert document["errors"] == [
+        {"line": p.line, "column": p.column, "message": p.message} for p in caught.value.problems
+    ]
+    assert document["errors"][0] == {
+        "line": 4,
+        "column": 5,
+        "message": "the ECS resource must be named TargetService, not 'myLambdaFunction'",
+    }
+
+
+def test_a_file_that_is_not_utf8_is_invalid_at_the_bad_byte(tmp_path: Path) -> None:
+    path = tmp_path / "appspec.yml"
+    path.write_bytes(b"version: 0.0\nos: li\xffnux\n")
+    result = deploybot("appspec", "validate", path)
+    assert result.returncode == 1
+    assert result.stderr == f"{path}:2:7: the file is not UTF-8 text: save it as UTF-8\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("appspec", "validate", "no/such/appspec.yml"), "cannot read no/such/appspec.yml: No such file or directory"),
+        (("appspec", "validate", "no/such/appspec.yml", "--json"), "cannot read no/such/appspec.yml"),
+        (("appspec", "validate", "tests"), "cannot read tests: Is a directory"),
+        (("appspec", "validate", "tests/data/appspec/server/minimal.yml", "--platform", "k8s"), "invalid choice"),
+        (("appspec", "validate"), "the following arguments are required: FILE"),
+        (("appspec",), "usage: deploybot appspec"),
+    ],
+)
+def test_usage_errors_exit_2(args: tuple[str, ...], message: str) -> None:
+    result = deploybot(*args)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert message in result.stderr

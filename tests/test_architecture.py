@@ -1,0 +1,89 @@
+"""DESIGN §2's dependency rules, checked on the source with ``ast`` so a violation fails the build."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+import engine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PURE_CORE = {
+    "engine/model.py",
+    "engine/errors.py",
+    "engine/appspec.py",
+    "engine/configs.py",
+    "engine/lifecycle.py",
+    "engine/plan.py",
+    "engine/machine.py",
+    "engine/stages.py",
+    "engine/simulate.py",
+    "engine/snapshot.py",
+    "engine/views.py",
+    "engine/topology.py",
+    "engine/ports.py",
+}
+YAML_ALLOWED = {"engine/appspec.py", "engine/loader.py"}
+IO_LIBRARIES = {"aiohttp", "aioboto3", "aiobotocore", "boto3", "botocore", "sqlite3", "sqlite_utils", "asyncio"}
+CHAT_LIBRARIES = {"slack_bolt", "slack_sdk", "gidgethub"}
+ENGINE_INTERNALS = {"engine.store", "engine.migrations", "engine.runner"}
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
+@pytest.mark.parametrize("module", sorted(PURE_CORE))
+def test_pure_core_imports_only_stdlib_and_core(module: str) -> None:
+    core_modules = {m.removesuffix(".py").replace("/", ".") for m in PURE_CORE}
+    for name in imports(ROOT / module):
+        if top(name) == "engine":
+            assert name in core_modules or name == "engine", f"{module} imports {name}, which is not pure"
+        elif top(name) == "yaml":
+            assert module in YAML_ALLOWED, f"{module} imports yaml"
+        else:
+            assert top(name) in sys.stdlib_module_names, f"{module} imports {name}"
+            assert top(name) not in IO_LIBRARIES, f"{module} imports {name}, an I/O library"
+
+
+@pytest.mark.parametrize("module", ["engine/runner.py", "engine/service.py"])
+def test_runner_and_service_use_ports_not_libraries(module: str) -> None:
+    for name in imports(ROOT / module):
+        assert top(name) not in IO_LIBRARIES - {"asyncio"}, f"{module} imports {name}"
+
+
+def test_engine_never_imports_bot_or_chat_libraries() -> None:
+    for path in (ROOT / "engine").rglob("*.py"):
+        for name in imports(path):
+            assert top(name) != "bot", f"{path} imports {name}"
+            assert top(name) not in CHAT_LIBRARIES, f"{path} imports {name}"
+
+
+def test_bot_uses_engine_internals_only_in_the_composition_root() -> None:
+    composition = {"bot/app.py", "bot/cli/server_cmd.py"}
+    for path in (ROOT / "bot").rglob("*.py"):
+        relative = path.relative_to(ROOT).as_posix()
+        for name in imports(path):
+            if name in ENGINE_INTERNALS or name.startswith("engine.adapters"):
+                assert relative in composition, f"{relative} imports {name}; only the composition root may"
+
+
+def test_public_surface_is_sorted_and_importable() -> None:
+    assert engine.__all__ == sorted(engine.__all__)
+    for name in engine.__all__:
+        assert hasattr(engine, name), name
