@@ -1,0 +1,171 @@
+"""The agent protocol under ``/agent/v1`` (DESIGN §3.2, contracts "Agent protocol"): HTTP in, one Fleet call out.
+
+Each agent authenticates with its own token, which the Fleet maps to a host name; every route acts for that host
+only, so an agent can neither take nor report another host's commands (the Fleet answers NotFound → 404).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from bot.api import HttpProblem, bad_request, bearer_token, json_errors, json_object, json_response
+
+MAX_POLL_SECONDS = 60.0
+DEFAULT_POLL_SECONDS = 25.0
+MAX_LOG_TAIL_BYTES = 4096
+RESULT_STATUSES = ("Succeeded", "Failed")
+SHUTDOWN_CLAIM_GRACE = 0.2
+
+
+class AgentFleet(Protocol):
+    """What the agent routes need from engine.adapters.fleet.Fleet."""
+
+    def authenticate(self, token: str) -> str | None: ...
+    async def next_command(self, host: str, *, wait: float) -> dict[str, Any] | None: ...
+    async def report_result(self, host: str, command_id: int, result: dict[str, Any]) -> None: ...
+    async def heartbeat(self, host: str, info: Mapping[str, Any]) -> None: ...
+    def bundle_path(self, sha256: str) -> Path | None: ...
+
+
+FLEET = web.AppKey("agent_fleet", AgentFleet)
+HOST = web.RequestKey("agent_host", str)
+CLOSING = web.AppKey("agent_closing", asyncio.Event)
+
+_RESULT_USAGE = (
+    'POST /agent/v1/commands/{id}/result {"status": "Succeeded"|"Failed", "error_code": 0..7, "message": str,'
+    ' "log_tail": str, "started_at": epoch, "ended_at": epoch}'
+)
+_HEARTBEAT_USAGE = 'POST /agent/v1/heartbeat {"tags": {...}, "version": str, "running_command": int|null}'
+_POLL_USAGE = "GET /agent/v1/commands/next?wait=SECONDS (at most 60)"
+
+
+@web.middleware
+async def _require_agent_token(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    token = bearer_token(request)
+    host = request.app[FLEET].authenticate(token) if token else None
+    if host is None:
+        raise HttpProblem(401, "Unauthorized", "unknown agent token: use the token `deploybot serve` issued")
+    request[HOST] = host
+    return await handler(request)
+
+
+def _clip_tail(text: str) -> str:
+    """The protocol allows 4096 bytes of log tail; keep the end, which is where the error usually is."""
+    data = text.encode("utf-8", errors="replace")
+    return text if len(data) <= MAX_LOG_TAIL_BYTES else data[-MAX_LOG_TAIL_BYTES:].decode("utf-8", "ignore")
+
+
+def _result(body: Mapping[str, Any]) -> dict[str, Any]:
+    status = body.get("status")
+    if status not in RESULT_STATUSES:
+        raise bad_request(f"'status' must be one of {', '.join(RESULT_STATUSES)}", _RESULT_USAGE)
+    error_code = body.get("error_code", 0)
+    if isinstance(error_code, bool) or not isinstance(error_code, int) or not 0 <= error_code <= 7:
+        raise bad_request("'error_code' must be an integer from 0 to 7", _RESULT_USAGE)
+    for key in ("message", "log_tail"):
+        if not isinstance(body.get(key, ""), str):
+            raise bad_request(f"{key!r} must be a string", _RESULT_USAGE)
+    for key in ("started_at", "ended_at"):
+        value = body.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise bad_request(f"{key!r} must be an epoch time in seconds", _RESULT_USAGE)
+    return {
+        "status": status,
+        "error_code": error_code,
+        "message": body.get("message", ""),
+        "log_tail": _clip_tail(body.get("log_tail", "")),
+        "started_at": body.get("started_at"),
+        "ended_at": body.get("ended_at"),
+    }
+
+
+async def next_command(request: web.Request) -> web.Response:
+    """Long poll; answered the moment a command is queued for this host, else 204 after ``wait`` seconds."""
+    raw = request.query.get("wait", "")
+    try:
+        wait = float(raw) if raw else DEFAULT_POLL_SECONDS
+    except ValueError:
+        raise bad_request(f"'wait' must be a number of seconds, got {raw!r}", _POLL_USAGE) from None
+    wait = min(max(wait, 0.0), MAX_POLL_SECONDS) if wait == wait else DEFAULT_POLL_SECONDS
+    poll = asyncio.ensure_future(request.app[FLEET].next_command(request[HOST], wait=wait))
+    closing = asyncio.ensure_future(request.app[CLOSING].wait())
+    try:
+        await asyncio.wait({poll, closing}, return_when=asyncio.FIRST_COMPLETED)
+        if not poll.done():
+            # Shutting down: a claim already under way is still delivered; an idle wait ends now, so the
+            # server stops at once instead of holding every agent's poll open until its timeout.
+            await asyncio.wait({poll}, timeout=SHUTDOWN_CLAIM_GRACE)
+    finally:
+        closing.cancel()
+        if not poll.done():
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
+    command = None if poll.cancelled() else poll.result()
+    if command is None:
+        return web.Response(status=204)
+    return json_response({"command": command})
+
+
+async def report_result(request: web.Request) -> web.Response:
+    """Idempotent: the Fleet ignores a repeated result for a finished command (the agent may retry on timeout)."""
+    result = _result(await json_object(request, _RESULT_USAGE))
+    await request.app[FLEET].report_result(request[HOST], int(request.match_info["id"]), result)
+    return json_response({"ok": True})
+
+
+async def report_progress(request: web.Request) -> web.Response:
+    """Optional live log tail; the Fleet has no use for it yet, so it is accepted and dropped (202)."""
+    body = await json_object(request, 'POST /agent/v1/commands/{id}/progress {"log_tail": str}')
+    if not isinstance(body.get("log_tail", ""), str):
+        raise bad_request("'log_tail' must be a string", 'POST /agent/v1/commands/{id}/progress {"log_tail": str}')
+    return json_response({"ok": True}, status=202)
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    body = await json_object(request, _HEARTBEAT_USAGE, optional=True)
+    tags = body.get("tags") or {}
+    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+        raise bad_request("'tags' must be an object of strings", _HEARTBEAT_USAGE)
+    await request.app[FLEET].heartbeat(request[HOST], body)
+    return json_response({"ok": True})
+
+
+async def download_bundle(request: web.Request) -> web.StreamResponse:
+    sha256 = request.match_info["sha256"]
+    path = request.app[FLEET].bundle_path(sha256)
+    if path is None:
+        raise HttpProblem(404, "RevisionNotFound", f"no stored revision {sha256}", sha256=sha256)
+    headers = {"Content-Type": "application/gzip", "X-Deploybot-Sha256": sha256}
+    return web.FileResponse(path, headers=headers)
+
+
+async def _end_long_polls(app: web.Application) -> None:
+    app[CLOSING].set()
+
+
+def create_agent_app(fleet: AgentFleet) -> web.Application:
+    """The ``/agent/v1`` sub-application (mount it with ``app.add_subapp("/agent/v1", ...)``)."""
+    app = web.Application(middlewares=[json_errors, _require_agent_token], client_max_size=1024**2)
+    app[FLEET] = fleet
+    app[CLOSING] = asyncio.Event()
+    app.on_shutdown.append(_end_long_polls)
+    command = "/commands/{id:\\d+}"
+    app.add_routes(
+        [
+            web.get("/commands/next", next_command),
+            web.post(command + "/result", report_result),
+            web.post(command + "/progress", report_progress),
+            web.post("/heartbeat", heartbeat),
+            web.get("/bundles/{sha256:[0-9a-f]{64}}", download_bundle),
+        ]
+    )
+    return app

@@ -1,0 +1,381 @@
+"""The JSON API under ``/api/v1`` (used by the CLI and scripts) and ``GET /healthz``: HTTP in, one Deployer call out.
+
+Rules: every route needs ``Authorization: Bearer <token>``; handlers only parse, call the engine and serialize;
+engine errors become ``{"error": "<ExceptionClassName>", "message": ..., **data}`` in exactly one place
+(``error_response``), so the status codes stay consistent across routes and the agent protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import hmac
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from engine.errors import (
+    AppSpecInvalid,
+    BundleError,
+    ConfigError,
+    DeploymentRefused,
+    EngineError,
+    InvalidTransition,
+    NotFound,
+    UnknownDeploymentConfig,
+)
+from engine.service import DeployRequest
+
+log = logging.getLogger(__name__)
+
+MAX_BUNDLE_BYTES = 512 * 1024**2
+MAX_WATCH_SECONDS = 60.0
+ACTOR_HEADER = "X-Deploybot-Actor"
+SOURCE_HEADER = "X-Deploybot-Source"
+CONTROL_ACTIONS = ("continue", "pause", "resume", "promote")
+
+try:
+    VERSION = metadata.version("deploybot")
+except metadata.PackageNotFoundError:  # pragma: no cover - running from a plain checkout
+    VERSION = "0+unknown"
+
+_STATUS_BY_ERROR: tuple[tuple[type[EngineError], int], ...] = (
+    (NotFound, 404),
+    (AppSpecInvalid, 422),
+    (ConfigError, 422),
+    (BundleError, 422),
+    (UnknownDeploymentConfig, 422),
+    (DeploymentRefused, 409),
+    (InvalidTransition, 409),
+)
+
+
+class DeploymentService(Protocol):
+    """What the API needs from engine.service.Deployer (a structural type, so tests can hand in a fake)."""
+
+    async def store_revision(self, path: Path, *, source: str) -> dict[str, Any]: ...
+    async def start(self, request: DeployRequest) -> dict[str, Any]: ...
+    async def get(self, deployment_id: str) -> dict[str, Any]: ...
+    async def history(
+        self, application: str, environment: str | None = None, limit: int = 20
+    ) -> list[dict[str, Any]]: ...
+    async def stop(self, deployment_id: str, *, rollback: bool | None = None, actor: str = "cli") -> dict[str, Any]: ...
+    async def rollback(self, application: str, environment: str, *, actor: str = "cli") -> dict[str, Any]: ...
+    async def control(self, deployment_id: str, action: str, *, actor: str = "cli") -> dict[str, Any]: ...
+    async def plan(self, request: DeployRequest) -> dict[str, Any]: ...
+    async def watch(self, deployment_id: str, *, after: int = 0, timeout: float = 25.0) -> dict[str, Any]: ...
+    def applications(self) -> list[dict[str, Any]]: ...
+
+
+DEPLOYER = web.AppKey("api_deployer", DeploymentService)
+API_TOKENS = web.AppKey("api_tokens", frozenset)
+UPLOAD_DIR = web.AppKey("api_upload_dir", Path)
+MAX_BUNDLE = web.AppKey("api_max_bundle_bytes", int)
+
+
+class HttpProblem(Exception):
+    """A request the edge itself refuses (bad JSON, missing field, no token): rendered like engine errors."""
+
+    def __init__(self, status: int, error: str, message: str, **data: object) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message, self.data = status, error, message, data
+
+
+def bad_request(message: str, usage: str) -> HttpProblem:
+    return HttpProblem(400, "BadRequest", message, usage=usage)
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+
+
+def _plain(value: object) -> object:
+    """Error attributes as JSON values (Problems → objects, tuples → lists, anything odd → str)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value.value if isinstance(value, enum.Enum) else value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def error_status(exc: EngineError) -> int:
+    """The HTTP status of an engine error (contract: NotFound 404, invalid input 422, refusals 409, else 400)."""
+    for cls, status in _STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return status
+    return 400
+
+
+def error_body(exc: EngineError) -> dict[str, Any]:
+    """``{"error": ClassName, "message": str(exc), **the exception's data}`` — the data is what scripts branch on."""
+    body: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
+    for key, value in vars(exc).items():
+        if not key.startswith("_") and key not in body:
+            body[key] = _plain(value)
+    return body
+
+
+def error_response(exc: EngineError) -> web.Response:
+    return json_response(error_body(exc), status=error_status(exc))
+
+
+_dumps = functools.partial(json.dumps, default=str)
+
+
+def json_response(data: object, *, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Turn every failure into the JSON error shape, so clients never have to parse HTML or plain text."""
+    try:
+        return await handler(request)
+    except EngineError as exc:
+        return error_response(exc)
+    except HttpProblem as exc:
+        return json_response({"error": exc.error, "message": exc.message, **exc.data}, status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        name = type(exc).__name__.removeprefix("HTTP")
+        return json_response({"error": name, "message": exc.reason}, status=exc.status)
+    except Exception as exc:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return json_response({"error": "InternalError", "message": f"{type(exc).__name__}: {exc}"}, status=500)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+@web.middleware
+async def _require_api_token(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    token = bearer_token(request)
+    if token is None or not any(hmac.compare_digest(token, known) for known in request.app[API_TOKENS]):
+        raise HttpProblem(401, "Unauthorized", "missing or bad API token: send 'Authorization: Bearer <token>'")
+    return await handler(request)
+
+
+# ---------------------------------------------------------------------------------------------------- parsing
+
+
+async def json_object(request: web.Request, usage: str, *, optional: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object; an empty body is ``{}`` when ``optional``."""
+    raw = await request.read()
+    if not raw.strip() and optional:
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise bad_request(f"the body is not JSON: {exc}", usage) from exc
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object", usage)
+    return body
+
+
+def _string(body: Mapping[str, Any], key: str, usage: str, *, required: bool = False) -> str | None:
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        wanted = "is required" if value is None else "must be a non-empty string"
+        raise bad_request(f"{key!r} {wanted}", usage)
+    return value.strip()
+
+
+def _number(request: web.Request, key: str, default: float, low: float, high: float, usage: str) -> float:
+    raw = request.query.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise bad_request(f"query parameter {key!r} must be a number, got {raw!r}", usage) from None
+    if value != value or value < low:  # NaN or too small
+        raise bad_request(f"query parameter {key!r} must be at least {low:g}", usage)
+    return min(value, high)
+
+
+def actor_of(request: web.Request) -> str:
+    """Who asked: the CLI sends the OS user name; anything else calling the API is "api"."""
+    actor = request.headers.get(ACTOR_HEADER, "").strip()
+    return actor[:100] if actor else "api"
+
+
+_DEPLOY_USAGE = (
+    'POST /api/v1/deployments {"application": str, "environment": str, "revision"?: "sha256:<hex>"|path|"git:REF",'
+    ' "config"?: str, "description"?: str}'
+)
+_PLAN_USAGE = 'POST /api/v1/plan {"application": str, "environment": str, "revision"?: str, "config"?: str}'
+_UPLOAD_USAGE = "POST /api/v1/revisions with the bundle (.tar.gz) as the raw body, header X-Deploybot-Source"
+_LIST_USAGE = "GET /api/v1/deployments?application=APP&environment=ENV&limit=N"
+_WATCH_USAGE = "GET /api/v1/deployments/{id}/watch?after=VERSION&wait=SECONDS"
+_STOP_USAGE = 'POST /api/v1/deployments/{id}/stop {"rollback"?: true|false|null}'
+
+
+def _deploy_request(request: web.Request, body: Mapping[str, Any], usage: str) -> DeployRequest:
+    description = body.get("description") or ""
+    if not isinstance(description, str):
+        raise bad_request("'description' must be a string", usage)
+    return DeployRequest(
+        application=_string(body, "application", usage, required=True) or "",
+        environment=_string(body, "environment", usage, required=True) or "",
+        revision=_string(body, "revision", usage),
+        config_name=_string(body, "config", usage),
+        actor=actor_of(request),
+        description=description,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- handlers
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness for load balancers and the CLI's "is the server running?" check; no auth, no engine call."""
+    return json_response({"ok": True, "version": VERSION})
+
+
+async def upload_revision(request: web.Request) -> web.Response:
+    """Stream the bundle to a temp file (never into memory), then let the engine validate and store it."""
+    limit = request.app[MAX_BUNDLE]
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    upload_dir = request.app[UPLOAD_DIR]
+    upload_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="upload-", suffix=".tar.gz", dir=upload_dir)
+    path = Path(name)
+    try:
+        size = 0
+        with os.fdopen(fd, "wb") as out:
+            async for chunk in request.content.iter_chunked(1 << 20):
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                out.write(chunk)
+        if size == 0:
+            raise bad_request("the body is empty", _UPLOAD_USAGE)
+        source = request.headers.get(SOURCE_HEADER, "").strip()[:500] or "upload"
+        stored = await request.app[DEPLOYER].store_revision(path, source=source)
+    finally:
+        path.unlink(missing_ok=True)
+    return json_response(stored, status=201)
+
+
+def _too_large(limit: int) -> HttpProblem:
+    return HttpProblem(413, "PayloadTooLarge", f"bundles are limited to {limit:,} bytes", limit_bytes=limit)
+
+
+async def start_deployment(request: web.Request) -> web.Response:
+    body = await json_object(request, _DEPLOY_USAGE)
+    deployment = await request.app[DEPLOYER].start(_deploy_request(request, body, _DEPLOY_USAGE))
+    return json_response(deployment, status=201)
+
+
+async def list_deployments(request: web.Request) -> web.Response:
+    """Newest first; without ``application``, the newest across every application."""
+    deployer = request.app[DEPLOYER]
+    limit = int(_number(request, "limit", 20, 1, 500, _LIST_USAGE))
+    application = request.query.get("application") or None
+    environment = request.query.get("environment") or None
+    if application is not None:
+        deployments = await deployer.history(application, environment, limit)
+    else:
+        if environment is not None:
+            raise bad_request("'environment' needs 'application'", _LIST_USAGE)
+        deployments = []
+        for app in deployer.applications():
+            deployments.extend(await deployer.history(str(app["name"]), None, limit))
+        deployments.sort(key=lambda d: d.get("created_at") or 0, reverse=True)
+        deployments = deployments[:limit]
+    return json_response({"deployments": deployments})
+
+
+async def get_deployment(request: web.Request) -> web.Response:
+    return json_response(await request.app[DEPLOYER].get(request.match_info["id"]))
+
+
+async def watch_deployment(request: web.Request) -> web.Response:
+    """Long poll: answers as soon as the deployment's version passes ``after`` (or with the current one at ``wait``)."""
+    after = int(_number(request, "after", 0, 0, float(2**62), _WATCH_USAGE))
+    wait = _number(request, "wait", 25.0, 0, MAX_WATCH_SECONDS, _WATCH_USAGE)
+    deployer = request.app[DEPLOYER]
+    return json_response(await deployer.watch(request.match_info["id"], after=after, timeout=wait))
+
+
+async def stop_deployment(request: web.Request) -> web.Response:
+    body = await json_object(request, _STOP_USAGE, optional=True)
+    rollback = body.get("rollback")
+    if rollback is not None and not isinstance(rollback, bool):
+        raise bad_request("'rollback' must be true, false or null", _STOP_USAGE)
+    deployment = await request.app[DEPLOYER].stop(request.match_info["id"], rollback=rollback, actor=actor_of(request))
+    return json_response(deployment)
+
+
+async def control_deployment(request: web.Request) -> web.Response:
+    deployer = request.app[DEPLOYER]
+    deployment = await deployer.control(request.match_info["id"], request.match_info["action"], actor=actor_of(request))
+    return json_response(deployment)
+
+
+async def rollback_environment(request: web.Request) -> web.Response:
+    """Redeploy the last good revision: a new deployment, hence 201."""
+    application, environment = request.match_info["app"], request.match_info["env"]
+    deployment = await request.app[DEPLOYER].rollback(application, environment, actor=actor_of(request))
+    return json_response(deployment, status=201)
+
+
+async def plan_deployment(request: web.Request) -> web.Response:
+    body = await json_object(request, _PLAN_USAGE)
+    return json_response(await request.app[DEPLOYER].plan(_deploy_request(request, body, _PLAN_USAGE)))
+
+
+async def list_applications(request: web.Request) -> web.Response:
+    return json_response({"applications": request.app[DEPLOYER].applications()})
+
+
+def create_api_app(
+    deployer: DeploymentService,
+    *,
+    tokens: frozenset[str],
+    upload_dir: Path,
+    max_bundle_bytes: int = MAX_BUNDLE_BYTES,
+) -> web.Application:
+    """The ``/api/v1`` sub-application (mount it with ``app.add_subapp("/api/v1", ...)``)."""
+    app = web.Application(middlewares=[json_errors, _require_api_token], client_max_size=1024**2)
+    app[DEPLOYER] = deployer
+    app[API_TOKENS] = tokens
+    app[UPLOAD_DIR] = upload_dir
+    app[MAX_BUNDLE] = max_bundle_bytes
+    deployment = "/deployments/{id}"
+    app.add_routes(
+        [
+            web.post("/revisions", upload_revision),
+            web.post("/deployments", start_deployment),
+            web.get("/deployments", list_deployments),
+            web.get(deployment, get_deployment),
+            web.get(deployment + "/watch", watch_deployment),
+            web.post(deployment + "/stop", stop_deployment),
+            web.post(deployment + "/{action:" + "|".join(CONTROL_ACTIONS) + "}", control_deployment),
+            web.post("/applications/{app}/environments/{env}/rollback", rollback_environment),
+            web.post("/plan", plan_deployment),
+            web.get("/applications", list_applications),
+        ]
+    )
+    return app

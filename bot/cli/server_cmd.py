@@ -1,0 +1,190 @@
+"""``deploybot serve`` (the server: HTTP + engine + the local agent fleet) and ``deploybot agent`` (one host agent).
+
+``serve`` binds its socket before anything else, so ``--port 0`` works: the real port is known before the local
+agents are given the server's URL. It runs until SIGINT/SIGTERM, then stops in reverse order: HTTP (in-flight long
+polls get a short grace), the local agents, and last the Deployer, which persists what is running so the next
+start resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import inspect
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bot.settings import Settings, ensure_api_token_file
+
+if TYPE_CHECKING:
+    from engine.topology import EngineConfig
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 2.0  # agents' long polls last 25 s; nothing else is worth waiting for
+EXAMPLE_CONFIG = Path("config") / "deploybot.example.yml"
+
+
+def default_config_path(cwd: Path) -> Path:
+    """config/deploybot.example.yml of the checkout we run from: under ``cwd`` (or a parent), else this package's."""
+    from bot.client import find_repo_root
+
+    root = find_repo_root(cwd)
+    if root is not None:
+        return root / EXAMPLE_CONFIG
+    from engine.loader import DEFAULT_CONFIG_PATH
+
+    return DEFAULT_CONFIG_PATH
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host.strip("[]"), port), family=family, backlog=256)
+
+
+def _local_url(host: str, port: int) -> str:
+    """How agents on this machine reach the server (a wildcard listen address is not connectable)."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host in ("::", "[::]"):
+        host = "::1"
+    return f"http://[{host.strip('[]')}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _serve(config: EngineConfig, settings: Settings, config_path: Path) -> None:
+    from aiohttp import web
+
+    from bot.app import create_app
+    from bot.localfleet import LocalFleet, agent_processes
+    from engine.service import Deployer
+
+    sock = _listen_socket(config.server.listen_host, config.server.listen_port)
+    url = _local_url(config.server.listen_host, sock.getsockname()[1])
+    try:
+        deployer = await Deployer.open(config, data_dir=settings.data_dir)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        agents = agent_processes(
+            config.local_hosts(), server_url=url, data_dir=settings.data_dir, token_for=deployer.fleet.token_for
+        )
+        app = create_app(settings, deployer=deployer, local_fleet=LocalFleet(agents) if agents else None)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+        await runner.setup()
+        try:
+            await web.SockSite(runner, sock, shutdown_timeout=SHUTDOWN_GRACE_SECONDS).start()
+            print(f"deploybot listening on {url}", flush=True)
+            print(f"  config {config_path}, data in {settings.data_dir}", flush=True)
+            print(f"  API token in {settings.api_token_file} (or $DEPLOYBOT_TOKEN)", flush=True)
+            if agents:
+                names = ", ".join(agent.name for agent in agents)
+                where = settings.data_dir / "hosts" / "NAME" / "agent.log"
+                print(f"  local agents: {names} (logs in {where})", flush=True)
+            if config.server.public_url:
+                print(f"  public URL {config.server.public_url}", flush=True)
+            await _until_signalled()
+            print("deploybot shutting down", flush=True)
+        finally:
+            await runner.cleanup()
+    finally:
+        await deployer.close()
+    print("deploybot stopped", flush=True)
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    from engine.errors import ConfigError
+    from engine.loader import load_config
+
+    config_path = Path(args.config) if args.config else default_config_path(Path.cwd())
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot read {config_path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if args.port is not None:
+        config = dataclasses.replace(config, server=dataclasses.replace(config.server, listen_port=args.port))
+    settings = Settings.from_env(os.environ, data_dir=Path(config.server.data_dir))
+    if ensure_api_token_file(settings.api_token_file):
+        print(f"created API token {settings.api_token_file}", flush=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(_serve(config, settings, config_path))
+    except OSError as exc:
+        address = f"{config.server.listen_host}:{config.server.listen_port}"
+        print(f"error: cannot listen on {address}: {exc.strerror or exc} (try --port)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _agent_command(args: argparse.Namespace) -> int:
+    from engine.agent import AgentOptions, run_agent
+
+    options: dict[str, Any] = {
+        "server": args.server,
+        "name": args.name,
+        "token": args.token,
+        "tags": dict(args.tag),
+        "env": dict(args.env),
+    }
+    if args.root:
+        options["root"] = Path(args.root)
+    if args.prefix:
+        options["prefix"] = Path(args.prefix)
+    try:
+        outcome = run_agent(AgentOptions(**options))
+        if inspect.isawaitable(outcome):
+            outcome = asyncio.run(outcome)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        return 130
+    return int(outcome or 0)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = subparsers.add_parser("serve", help="run the server (HTTP API, agent protocol, engine, local fleet)")
+    serve.add_argument("--config", metavar="FILE", help=f"config file (default: {EXAMPLE_CONFIG} of the checkout)")
+    serve.add_argument("--port", type=int, metavar="N", help="listen on this port (0: any free one)")
+    serve.set_defaults(func=_serve_command)
+
+    agent = subparsers.add_parser("agent", help="run a host agent (long-polls the server for lifecycle events)")
+    agent.add_argument("--server", required=True, metavar="URL", help="the deploybot server")
+    agent.add_argument("--name", required=True, help="this host's name in the config")
+    agent.add_argument("--token", required=True, help="this host's agent token")
+    agent.add_argument("--root", metavar="DIR", help="the agent's working directory (deployments, logs)")
+    agent.add_argument("--prefix", metavar="DIR", help="place absolute appspec destinations under DIR")
+    agent.add_argument(
+        "--tag", type=_key_value, action="append", default=[], metavar="K=V", help="a host tag (repeatable)"
+    )
+    agent.add_argument(
+        "--env", type=_key_value, action="append", default=[], metavar="K=V", help="hook environment (repeatable)"
+    )
+    agent.set_defaults(func=_agent_command)

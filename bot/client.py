@@ -1,0 +1,247 @@
+"""The CLI's async HTTP client for the JSON API, and where the CLI finds its server and token (does I/O).
+
+Failures a person can fix get their own exception and a sentence that says how: no server (start it), a bad token
+(where we looked), an engine refusal (the server's ``error``/``message`` and data, kept for ``--json`` callers).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+DEFAULT_SERVER_URL = "http://127.0.0.1:8080"
+EXAMPLE_CONFIG = Path("config") / "deploybot.example.yml"
+TOKEN_FILE = Path("var") / "api-token"
+
+
+class ClientError(Exception):
+    """Root of the errors the CLI turns into one line on stderr."""
+
+
+class ServerUnreachable(ClientError):
+    def __init__(self, url: str, detail: str = "") -> None:
+        self.url = url
+        self.detail = detail
+        super().__init__(f"deploybot server is not running at {url} — start it with `make run`")
+
+
+class BadToken(ClientError):
+    def __init__(self, looked_in: tuple[str, ...], found: bool) -> None:
+        self.looked_in = looked_in
+        self.found = found
+        where = ", ".join(looked_in)
+        super().__init__(f"bad API token (looked in {where}{'' if found else '; found none'})")
+
+
+_PROBLEMS_HEADLINE = {"AppSpecInvalid": "the revision's AppSpec is invalid", "ConfigError": "the config is invalid"}
+
+
+class ApiError(ClientError):
+    """The server refused: ``error`` is the engine's exception class name, ``body`` the whole JSON answer."""
+
+    def __init__(self, status: int, error: str, message: str, body: Mapping[str, Any]) -> None:
+        self.status = status
+        self.error = error
+        self.message = message
+        self.body = dict(body)
+        super().__init__(message)
+
+    def lines(self) -> list[str]:
+        """The message, then one ``file:line:column: message`` per located problem."""
+        problems = self.body.get("problems") or ()
+        out = [_PROBLEMS_HEADLINE.get(self.error, self.error) + ":" if problems else self.message]
+        for problem in problems:
+            if isinstance(problem, Mapping):
+                where = f"{problem.get('file')}:{problem.get('line')}:{problem.get('column')}"
+                out.append(f"  {where}: {problem.get('message')}")
+        if self.body.get("usage"):
+            out.append(f"  usage: {self.body['usage']}")
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLookup:
+    """The API token the CLI found (or not), and every place it looked, for the 401 message."""
+
+    token: str | None
+    looked_in: tuple[str, ...]
+
+
+def find_repo_root(start: Path) -> Path | None:
+    """The nearest directory at or above ``start`` holding config/deploybot.example.yml, else this checkout's."""
+    for directory in (start.resolve(), *start.resolve().parents):
+        if (directory / EXAMPLE_CONFIG).is_file():
+            return directory
+    package_root = Path(__file__).resolve().parent.parent
+    return package_root if (package_root / EXAMPLE_CONFIG).is_file() else None
+
+
+def find_api_token(environ: Mapping[str, str], cwd: Path) -> TokenLookup:
+    """DEPLOYBOT_TOKEN, else ``var/api-token`` under ``cwd``, else under the repo root (where serve writes it)."""
+    looked_in = ["$DEPLOYBOT_TOKEN"]
+    if token := environ.get("DEPLOYBOT_TOKEN", "").strip():
+        return TokenLookup(token, tuple(looked_in))
+    candidates = [cwd / TOKEN_FILE]
+    root = find_repo_root(cwd)
+    if root is not None and (root / TOKEN_FILE).resolve() != candidates[0].resolve():
+        candidates.append(root / TOKEN_FILE)
+    for path in candidates:
+        looked_in.append(str(path))
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            continue
+        if token:
+            return TokenLookup(token, tuple(looked_in))
+    return TokenLookup(None, tuple(looked_in))
+
+
+def default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return "cli"
+
+
+class ApiClient:
+    """One aiohttp session against one server; use as ``async with ApiClient(url, token=...) as api:``."""
+
+    def __init__(self, base_url: str, *, token: TokenLookup, actor: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.actor = actor or default_actor()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ApiClient:
+        headers = {"X-Deploybot-Actor": self.actor}
+        if self.token.token:
+            headers["Authorization"] = f"Bearer {self.token.token}"
+        # Long polls last up to 60 s; only connecting has a short limit.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=120)
+        self._session = aiohttp.ClientSession(headers=headers, timeout=timeout)
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        assert self._session is not None, "use ApiClient as an async context manager"
+        url = self.base_url + path
+        try:
+            async with self._session.request(method, url, **kwargs) as response:
+                raw = await response.read()
+                status = response.status
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise ServerUnreachable(self.base_url, str(exc)) from exc
+        if status == 204:
+            return None
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            text = raw[:200].decode("utf-8", "replace")
+            raise ApiError(status, "BadResponse", f"not a deploybot answer from {url}: {text}", {}) from None
+        if status == 401:
+            raise BadToken(self.token.looked_in, self.token.token is not None)
+        if status >= 400:
+            body = body if isinstance(body, dict) else {}
+            error = str(body.get("error") or f"HTTP{status}")
+            raise ApiError(status, error, str(body.get("message") or error), body)
+        return body
+
+    # -- the API, one method per route ------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("GET", "/healthz")
+        return result
+
+    async def upload_revision(self, bundle: Path, *, source: str) -> dict[str, Any]:
+        headers = {"Content-Type": "application/gzip", "X-Deploybot-Source": source}
+        with bundle.open("rb") as body:
+            result: dict[str, Any] = await self._request("POST", "/api/v1/revisions", data=body, headers=headers)
+        return result
+
+    async def start(
+        self,
+        application: str,
+        environment: str,
+        *,
+        revision: str | None = None,
+        config: str | None = None,
+        description: str = "",
+    ) -> dict[str, Any]:
+        body = _request_body(application, environment, revision, config, description)
+        result: dict[str, Any] = await self._request("POST", "/api/v1/deployments", json=body)
+        return result
+
+    async def plan(
+        self, application: str, environment: str, *, revision: str | None = None, config: str | None = None
+    ) -> dict[str, Any]:
+        body = _request_body(application, environment, revision, config, "")
+        result: dict[str, Any] = await self._request("POST", "/api/v1/plan", json=body)
+        return result
+
+    async def get(self, deployment_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("GET", f"/api/v1/deployments/{quote(deployment_id, safe='')}")
+        return result
+
+    async def list_deployments(
+        self, application: str | None = None, environment: str | None = None, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        params: dict[str, str] = {"limit": str(limit)}
+        if application:
+            params["application"] = application
+        if environment:
+            params["environment"] = environment
+        result = await self._request("GET", "/api/v1/deployments", params=params)
+        return list(result["deployments"])
+
+    async def watch(self, deployment_id: str, *, after: int, wait: float = 25.0) -> dict[str, Any]:
+        params = {"after": str(after), "wait": f"{wait:g}"}
+        path = f"/api/v1/deployments/{quote(deployment_id, safe='')}/watch"
+        result: dict[str, Any] = await self._request("GET", path, params=params)
+        return result
+
+    async def stop(self, deployment_id: str, *, rollback: bool | None = None) -> dict[str, Any]:
+        path = f"/api/v1/deployments/{quote(deployment_id, safe='')}/stop"
+        result: dict[str, Any] = await self._request("POST", path, json={"rollback": rollback})
+        return result
+
+    async def control(self, deployment_id: str, action: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request(
+            "POST", f"/api/v1/deployments/{quote(deployment_id, safe='')}/{action}"
+        )
+        return result
+
+    async def rollback(self, application: str, environment: str) -> dict[str, Any]:
+        app, env = quote(application, safe=""), quote(environment, safe="")
+        path = f"/api/v1/applications/{app}/environments/{env}/rollback"
+        result: dict[str, Any] = await self._request("POST", path)
+        return result
+
+    async def applications(self) -> list[dict[str, Any]]:
+        result = await self._request("GET", "/api/v1/applications")
+        return list(result["applications"])
+
+
+def _request_body(
+    application: str, environment: str, revision: str | None, config: str | None, description: str
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"application": application, "environment": environment}
+    if revision:
+        body["revision"] = revision
+    if config:
+        body["config"] = config
+    if description:
+        body["description"] = description
+    return body

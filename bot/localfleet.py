@@ -1,0 +1,162 @@
+"""Supervisor of the local agent processes ``deploybot serve`` spawns for the config's ``local: true`` hosts.
+
+Theory of operation: one asyncio task per agent runs spawn → wait → (crashed?) back off → spawn again, until
+``stop()``. A crash-looping agent is restarted after 0.5 s, 1 s, 2 s ... up to 30 s; a run that lasted
+``stable_after`` seconds resets the delay. Agents get their own session (``start_new_session``) so a Ctrl-C in the
+terminal reaches only the server, which then stops them in order: SIGTERM, a grace period, then SIGKILL to the
+agent's whole process group. Output goes to ``<data>/hosts/NAME/agent.log`` (appended, one banner per start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.topology import Host
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentProcess:
+    """How to run one local agent: its host name, full argv and log file."""
+
+    name: str
+    argv: tuple[str, ...]
+    log_path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    initial_delay: float = 0.5
+    max_delay: float = 30.0
+    stable_after: float = 30.0
+    stop_timeout: float = 5.0
+
+
+def agent_processes(
+    hosts: Iterable[Host],
+    *,
+    server_url: str,
+    data_dir: Path,
+    token_for: Callable[[str], str],
+    python: str = sys.executable,
+) -> tuple[AgentProcess, ...]:
+    """The agent command line of every local host: ``python -m bot agent --server URL --name NAME ...``.
+
+    Each host gets ``<data>/hosts/NAME`` as its agent root and ``.../fs`` as the prefix that absolute appspec
+    destinations are placed under, so the local fleet never writes outside the data directory. ``PORT`` tells the
+    deployed application where to listen; ``DEPLOYBOT_PYTHON`` lets hook scripts run the server's interpreter.
+    """
+    processes = []
+    for host in hosts:
+        if not host.local:
+            continue
+        root = (data_dir / "hosts" / host.name).absolute()
+        argv = [python, "-m", "bot", "agent", "--server", server_url, "--name", host.name]
+        argv += ["--token", token_for(host.name), "--root", str(root), "--prefix", str(root / "fs")]
+        if host.port is not None:
+            argv += ["--env", f"PORT={host.port}"]
+        argv += ["--env", f"DEPLOYBOT_PYTHON={python}"]
+        for key, value in sorted(host.tags.items()):
+            argv += ["--tag", f"{key}={value}"]
+        processes.append(AgentProcess(host.name, tuple(argv), root / "agent.log"))
+    return tuple(processes)
+
+
+class LocalFleet:
+    """Keeps a set of agent processes running until ``stop()``; restarts crashed ones with backoff."""
+
+    def __init__(self, agents: Sequence[AgentProcess], policy: RestartPolicy | None = None) -> None:
+        self.agents = tuple(agents)
+        self.policy = policy or RestartPolicy()
+        self.restarts: dict[str, int] = {agent.name: 0 for agent in self.agents}
+        self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+
+    def pids(self) -> dict[str, int]:
+        """The process id of every agent currently running."""
+        return {name: p.pid for name, p in self._processes.items() if p.returncode is None}
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        for agent in self.agents:
+            self._tasks.append(asyncio.create_task(self._supervise(agent), name=f"local-agent-{agent.name}"))
+
+    async def stop(self) -> None:
+        """SIGTERM every agent, SIGKILL the process groups of those still alive after the grace period."""
+        self._stopping.set()
+        await self._terminate([p for p in self._processes.values() if p.returncode is None])
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        # An agent whose spawn was in flight when stop() began is only known now.
+        await self._terminate([p for p in self._processes.values() if p.returncode is None])
+
+    async def _terminate(self, running: list[asyncio.subprocess.Process]) -> None:
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+        if not running:
+            return
+        waiters = [asyncio.ensure_future(p.wait()) for p in running]
+        await asyncio.wait(waiters, timeout=self.policy.stop_timeout)
+        for process in running:
+            if process.returncode is None:
+                log.warning("local agent pid %d ignored SIGTERM; killing its process group", process.pid)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)
+        await asyncio.gather(*waiters)
+
+    async def _supervise(self, agent: AgentProcess) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self.policy.initial_delay
+        while not self._stopping.is_set():
+            started = loop.time()
+            try:
+                returncode = await self._run_once(agent)
+            except OSError as exc:  # a missing interpreter or an unwritable log: retried like a crash
+                log.error("cannot start local agent %s: %s", agent.name, exc)
+                returncode = None
+            if self._stopping.is_set():
+                return
+            if loop.time() - started >= self.policy.stable_after:
+                delay = self.policy.initial_delay
+            log.warning(
+                "local agent %s exited (code %s); restarting in %.1f s (log: %s)",
+                agent.name,
+                returncode,
+                delay,
+                agent.log_path,
+            )
+            self.restarts[agent.name] += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            delay = min(delay * 2, self.policy.max_delay)
+
+    async def _run_once(self, agent: AgentProcess) -> int:
+        agent.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with agent.log_path.open("ab") as out:
+            out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting agent {agent.name}\n".encode())
+            out.flush()
+            process = await asyncio.create_subprocess_exec(
+                *agent.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._processes[agent.name] = process
+        return await process.wait()

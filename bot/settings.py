@@ -1,0 +1,107 @@
+"""The bot's settings: secrets come only from the environment, never from the YAML config (which is committed).
+
+``Settings.from_env`` takes the environment as a plain mapping (starlette's ``Config(environ=...)``), so tests pass
+a dict instead of patching ``os.environ``. Secret fields are left out of ``repr`` so a logged Settings leaks nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+DEFAULT_GITHUB_API_URL = "https://api.github.com"
+API_TOKEN_FILENAME = "api-token"
+
+
+def _get(environ: Mapping[str, str], name: str) -> str | None:
+    """An environment variable, with empty or blank values counting as unset (``FOO= make run``)."""
+    value = environ.get(name, "").strip()
+    return value or None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the HTTP server needs besides the engine configuration.
+
+    ``api_token`` (DEPLOYBOT_TOKEN) and the contents of ``api_token_file`` are both accepted as bearer tokens for
+    the JSON API: the env var for scripts and CI, the file (written by ``deploybot serve``) for the local CLI.
+    """
+
+    data_dir: Path = Path("var")
+    api_token_file: Path = Path("var") / API_TOKEN_FILENAME
+    api_token: str | None = field(default=None, repr=False)
+    slack_bot_token: str | None = field(default=None, repr=False)
+    slack_signing_secret: str | None = field(default=None, repr=False)
+    slack_app_token: str | None = field(default=None, repr=False)
+    slack_api_url: str = DEFAULT_SLACK_API_URL
+    github_webhook_secret: str | None = field(default=None, repr=False)
+    github_token: str | None = field(default=None, repr=False)
+    github_api_url: str = DEFAULT_GITHUB_API_URL
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], *, data_dir: Path | str | None = None) -> Settings:
+        """Read the settings from ``environ``.
+
+        Args:
+            environ: usually ``os.environ``.
+            data_dir: the server's data directory (``server.data_dir`` of the config); falls back to
+                DEPLOYBOT_DATA_DIR, then ``var``. The API token file is ``<data_dir>/api-token`` unless
+                DEPLOYBOT_TOKEN_FILE says otherwise.
+        """
+        base = Path(data_dir if data_dir is not None else _get(environ, "DEPLOYBOT_DATA_DIR") or "var")
+        token_file = _get(environ, "DEPLOYBOT_TOKEN_FILE")
+        return cls(
+            data_dir=base,
+            api_token_file=Path(token_file) if token_file else base / API_TOKEN_FILENAME,
+            api_token=_get(environ, "DEPLOYBOT_TOKEN"),
+            slack_bot_token=_get(environ, "SLACK_BOT_TOKEN"),
+            slack_signing_secret=_get(environ, "SLACK_SIGNING_SECRET"),
+            slack_app_token=_get(environ, "SLACK_APP_TOKEN"),
+            slack_api_url=_get(environ, "SLACK_API_URL") or DEFAULT_SLACK_API_URL,
+            github_webhook_secret=_get(environ, "GITHUB_WEBHOOK_SECRET"),
+            github_token=_get(environ, "GITHUB_TOKEN"),
+            github_api_url=_get(environ, "GITHUB_API_URL") or DEFAULT_GITHUB_API_URL,
+        )
+
+    @property
+    def upload_dir(self) -> Path:
+        """Where uploaded bundles are streamed before the engine stores them (same filesystem: cheap moves)."""
+        return self.data_dir / "uploads"
+
+    @property
+    def slack_enabled(self) -> bool:
+        return bool(self.slack_bot_token and (self.slack_signing_secret or self.slack_app_token))
+
+    @property
+    def github_enabled(self) -> bool:
+        return bool(self.github_webhook_secret)
+
+    def api_tokens(self) -> frozenset[str]:
+        """The bearer tokens the JSON API accepts: DEPLOYBOT_TOKEN and the token file's content (reads the file)."""
+        tokens = {self.api_token} if self.api_token else set()
+        try:
+            from_file = self.api_token_file.read_text(encoding="utf-8").strip()
+        except (FileNotFoundError, NotADirectoryError):
+            from_file = ""
+        if from_file:
+            tokens.add(from_file)
+        return frozenset(tokens)
+
+
+def ensure_api_token_file(path: Path) -> bool:
+    """Create ``path`` holding a fresh random token, mode 0600, unless it exists; True when it was created.
+
+    ``O_EXCL`` makes two servers starting at once agree on one token instead of overwriting each other's.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(secrets.token_urlsafe(32) + "\n")
+    return True

@@ -1,0 +1,304 @@
+"""FakeDeployer and FakeFleet: hand-written stand-ins with the shape of engine.service.Deployer and
+engine.adapters.fleet.Fleet (contracts.md), so bot/ routes and the CLI are tested over real HTTP without an engine.
+
+They record every call, raise the real engine errors, and can play a deployment forward (``script``) so the CLI's
+``--wait`` follows real long polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from engine.errors import (
+    ApplicationNotFound,
+    AppSpecInvalid,
+    DeploymentNotFound,
+    DeploymentRefused,
+    EnvironmentNotFound,
+    InvalidTransition,
+    NotFound,
+    Problem,
+    RevisionNotFound,
+    UnknownDeploymentConfig,
+)
+
+EVENTS = ("ApplicationStop", "DownloadBundle", "BeforeInstall", "Install", "ApplicationStart", "ValidateService")
+FINAL = ("Succeeded", "Failed", "Stopped")
+
+
+class FakeFleet:
+    """Per-host command queues; tokens are ``token-<host>``."""
+
+    def __init__(self, hosts: tuple[str, ...] = ("web-1", "web-2"), bundle_dir: Path | None = None) -> None:
+        self.tokens = {f"token-{host}": host for host in hosts}
+        self.bundle_dir = bundle_dir
+        self.queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self.owners: dict[int, str] = {}
+        self.results: list[tuple[str, int, dict[str, Any]]] = []
+        self.finished: set[int] = set()
+        self.heartbeats: list[tuple[str, dict[str, Any]]] = []
+        self.waits: list[float] = []
+
+    def enqueue(self, host: str, command: dict[str, Any]) -> None:
+        self.owners[command["id"]] = host
+        self._queue(host).put_nowait(command)
+
+    def _queue(self, host: str) -> asyncio.Queue[dict[str, Any]]:
+        return self.queues.setdefault(host, asyncio.Queue())
+
+    def authenticate(self, token: str) -> str | None:
+        return self.tokens.get(token)
+
+    def token_for(self, host: str) -> str:
+        return f"token-{host}"
+
+    async def next_command(self, host: str, *, wait: float) -> dict[str, Any] | None:
+        self.waits.append(wait)
+        queue = self._queue(host)
+        if not queue.empty():  # like the real Fleet: claim first, then wait
+            return queue.get_nowait()
+        try:
+            return await asyncio.wait_for(queue.get(), wait)
+        except TimeoutError:
+            return None
+
+    async def report_result(self, host: str, command_id: int, result: dict[str, Any]) -> None:
+        if self.owners.get(command_id) != host:
+            raise NotFound(f"no command {command_id} for host {host}")
+        if command_id in self.finished:
+            return
+        self.finished.add(command_id)
+        self.results.append((host, command_id, result))
+
+    async def heartbeat(self, host: str, info: Mapping[str, Any]) -> None:
+        self.heartbeats.append((host, dict(info)))
+
+    def bundle_path(self, sha256: str) -> Path | None:
+        if self.bundle_dir is None:
+            return None
+        path = self.bundle_dir / f"{sha256}.tar.gz"
+        return path if path.exists() else None
+
+
+class FakeDeployer:
+    """Applications ``hello`` (staging, production) and ``api`` (production); hosts web-1 and web-2.
+
+    ``script`` decides what a started deployment does on its own: None (stays Created), "succeed" or "fail".
+    Uploaded bundles whose bytes start with ``b"bad"`` or whose source says "broken" have an invalid AppSpec.
+    """
+
+    def __init__(self, *, fleet: FakeFleet | None = None, script: str | None = None, step: float = 0.01) -> None:
+        self.fleet = fleet or FakeFleet()
+        self.script = script
+        self.step = step
+        self.apps = {"hello": ("staging", "production"), "api": ("production",)}
+        self.calls: list[tuple[Any, ...]] = []
+        self.revisions: dict[str, bytes] = {}
+        self.deployments: dict[str, dict[str, Any]] = {}
+        self._changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._clock = 1_700_000_000.0
+
+    # -- helpers for tests --------------------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        self._clock += 1
+        return self._clock
+
+    def advance(self, deployment_id: str, **changes: Any) -> dict[str, Any]:
+        deployment = self.deployments[deployment_id]
+        deployment.update(changes)
+        deployment["version"] += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return deployment
+
+    def set_event(self, deployment_id: str, host: str, event: str, status: str, **extra: Any) -> None:
+        deployment = self.deployments[deployment_id]
+        for target in deployment["targets"]:
+            if target["name"] == host:
+                for item in target["events"]:
+                    if item["name"] == event:
+                        item.update(status=status, **extra)
+                statuses = {e["status"] for e in target["events"]}
+                target["status"] = next(
+                    (s for s in ("Failed", "InProgress") if s in statuses),
+                    "Succeeded" if statuses == {"Succeeded"} else "Pending",
+                )
+        self.advance(deployment_id)
+
+    def _resolve(self, application: str, environment: str) -> tuple[str, str]:
+        app = next((a for a in self.apps if a.casefold() == application.casefold()), None)
+        if app is None:
+            raise ApplicationNotFound(application, tuple(self.apps))
+        env = next((e for e in self.apps[app] if e.casefold() == environment.casefold()), None)
+        if env is None:
+            raise EnvironmentNotFound(app, environment, self.apps[app])
+        return app, env
+
+    def _create(self, application: str, environment: str, revision: str, actor: str, **extra: Any) -> dict[str, Any]:
+        ident = f"d-{len(self.deployments) + 1:09d}"
+        deployment = {
+            "id": ident,
+            "application": application,
+            "environment": environment,
+            "group": f"{application}-{environment}",
+            "status": "Created",
+            "revision": {"sha256": revision, "source": "fake", "commit": None},
+            "config": extra.pop("config", None) or "CodeDeployDefault.OneAtATime",
+            "deployment_type": "IN_PLACE",
+            "created_by": actor,
+            "created_at": self._now(),
+            "started_at": None,
+            "ended_at": None,
+            "error": None,
+            "rollback": {"of": extra.pop("rollback_of", None), "by": None},
+            "version": 1,
+            "queue_position": None,
+            "targets": [
+                {"name": host, "status": "Pending", "events": [_event(name) for name in EVENTS]}
+                for host in ("web-1", "web-2")
+            ],
+            "traffic": None,
+            **extra,
+        }
+        self.deployments[ident] = deployment
+        if self.script is not None:
+            task = asyncio.get_running_loop().create_task(self._play(ident, self.script))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return deployment
+
+    async def _play(self, ident: str, outcome: str) -> None:
+        await asyncio.sleep(self.step)
+        self.advance(ident, status="InProgress", started_at=self._now())
+        for host in ("web-1", "web-2"):
+            for event in EVENTS:
+                await asyncio.sleep(self.step)
+                failing = outcome == "fail" and host == "web-2" and event == "ValidateService"
+                self.set_event(ident, host, event, "InProgress")
+                if failing:
+                    self.set_event(
+                        ident,
+                        host,
+                        event,
+                        "Failed",
+                        error_code=1,
+                        message="script failed",
+                        log_tail="curl: (7) Failed to connect to 127.0.0.1 port 9102",
+                    )
+                    error = {"code": "HEALTH_CONSTRAINTS", "message": "ValidateService failed on web-2"}
+                    self.advance(ident, status="Failed", ended_at=self._now(), error=error)
+                    return
+                self.set_event(ident, host, event, "Succeeded")
+        self.advance(ident, status="Succeeded", ended_at=self._now())
+
+    # -- the Deployer contract ----------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def store_revision(self, path: Path, *, source: str) -> dict[str, Any]:
+        data = path.read_bytes()
+        self.calls.append(("store_revision", source, data))
+        if data.startswith(b"bad") or "broken" in source:
+            raise AppSpecInvalid([Problem("appspec.yml", 3, 5, "unknown key 'hoks' (did you mean 'hooks'?)")])
+        sha = hashlib.sha256(data).hexdigest()
+        self.revisions[sha] = data
+        return {"sha256": sha, "size": len(data), "source": source}
+
+    async def start(self, request: Any) -> dict[str, Any]:
+        self.calls.append(("start", request))
+        app, env = self._resolve(request.application, request.environment)
+        if request.config_name == "Nope":
+            raise UnknownDeploymentConfig(request.config_name)
+        if app == "api":
+            raise DeploymentRefused("api/production is locked", holder="alice")
+        revision = request.revision or "sha256:" + "0" * 64
+        if revision.startswith("sha256:") and request.revision and revision[7:] not in self.revisions:
+            raise RevisionNotFound(revision[7:])
+        return dict(self._create(app, env, revision[7:], request.actor, config=request.config_name))
+
+    async def get(self, deployment_id: str) -> dict[str, Any]:
+        if deployment_id not in self.deployments:
+            raise DeploymentNotFound(deployment_id)
+        return dict(self.deployments[deployment_id])
+
+    async def history(self, application: str, environment: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        self.calls.append(("history", application, environment, limit))
+        app, env = self._resolve(application, environment or self.apps.get(application, ("",))[0])
+        found = [
+            d
+            for d in self.deployments.values()
+            if d["application"] == app and (environment is None or d["environment"] == env)
+        ]
+        return sorted(found, key=lambda d: d["created_at"], reverse=True)[:limit]
+
+    async def watch(self, deployment_id: str, *, after: int = 0, timeout: float = 25.0) -> dict[str, Any]:
+        self.calls.append(("watch", deployment_id, after, timeout))
+        deployment = await self.get(deployment_id)
+        if deployment["version"] <= after and deployment["status"] not in FINAL:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+        return await self.get(deployment_id)
+
+    async def stop(self, deployment_id: str, *, rollback: bool | None = None, actor: str = "cli") -> dict[str, Any]:
+        self.calls.append(("stop", deployment_id, rollback, actor))
+        deployment = await self.get(deployment_id)
+        if deployment["status"] in FINAL:
+            raise InvalidTransition(deployment["status"], "StopRequested")
+        error = {"code": "MANUAL_STOP", "message": f"stopped by {actor}"}
+        return dict(self.advance(deployment_id, status="Stopped", ended_at=self._now(), error=error))
+
+    async def rollback(self, application: str, environment: str, *, actor: str = "cli") -> dict[str, Any]:
+        self.calls.append(("rollback", application, environment, actor))
+        app, env = self._resolve(application, environment)
+        previous = [d for d in self.deployments.values() if d["application"] == app and d["environment"] == env]
+        if not previous:
+            raise DeploymentRefused(f"nothing has been deployed to {app}-{env} yet")
+        return dict(self._create(app, env, previous[0]["revision"]["sha256"], actor, rollback_of=previous[-1]["id"]))
+
+    async def control(self, deployment_id: str, action: str, *, actor: str = "cli") -> dict[str, Any]:
+        self.calls.append(("control", deployment_id, action, actor))
+        deployment = await self.get(deployment_id)
+        if deployment["status"] in FINAL:
+            raise InvalidTransition(deployment["status"], action)
+        return dict(self.advance(deployment_id, paused=action == "pause"))
+
+    async def plan(self, request: Any) -> dict[str, Any]:
+        self.calls.append(("plan", request))
+        app, env = self._resolve(request.application, request.environment)
+        plan = {
+            "application": app,
+            "environment": env,
+            "group": f"{app}-{env}",
+            "config": {"name": request.config_name or "CodeDeployDefault.OneAtATime"},
+            "minimum_healthy": 1,
+            "batches": [["web-1"], ["web-2"]],
+            "events": list(EVENTS),
+            "traffic_steps": [{"percent": 100, "wait_seconds": 0}],
+            "startable": True,
+            "problem": None,
+        }
+        return {"plan": plan, "stages": []}
+
+    def applications(self) -> list[dict[str, Any]]:
+        return [{"name": name, "environments": [{"name": env} for env in envs]} for name, envs in self.apps.items()]
+
+
+def _event(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "status": "Pending",
+        "started_at": None,
+        "ended_at": None,
+        "error_code": None,
+        "message": "",
+        "log_tail": "",
+    }

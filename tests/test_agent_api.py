@@ -1,0 +1,182 @@
+"""The agent protocol routes over real HTTP on 127.0.0.1, backed by FakeFleet (contracts: "Agent protocol")."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from fake_deployer import FakeDeployer, FakeFleet
+
+from bot.agent_api import MAX_LOG_TAIL_BYTES
+from bot.app import create_app
+from bot.settings import Settings
+
+WEB1 = {"Authorization": "Bearer token-web-1"}
+WEB2 = {"Authorization": "Bearer token-web-2"}
+
+
+@dataclass
+class Agents:
+    client: TestClient[web.Request, web.Application]
+    fleet: FakeFleet
+    bundle_dir: Path
+
+
+@pytest.fixture
+async def agents(tmp_path: Path) -> AsyncIterator[Agents]:
+    bundle_dir = tmp_path / "bundles"
+    bundle_dir.mkdir()
+    fleet = FakeFleet(bundle_dir=bundle_dir)
+    settings = Settings.from_env({}, data_dir=tmp_path)
+    app = create_app(settings, deployer=FakeDeployer(fleet=fleet))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        yield Agents(client, fleet, bundle_dir)
+
+
+def _command(ident: int) -> dict[str, Any]:
+    return {"id": ident, "deployment_id": "d-1", "event": "BeforeInstall", "spec": {"deployment_id": "d-1"}}
+
+
+def _result(**changes: Any) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "status": "Succeeded",
+        "error_code": 0,
+        "message": "",
+        "log_tail": "ok\n",
+        "started_at": now,
+        "ended_at": now,
+        **changes,
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/agent/v1/commands/next?wait=0"),
+        ("POST", "/agent/v1/commands/1/result"),
+        ("POST", "/agent/v1/heartbeat"),
+        ("GET", "/agent/v1/bundles/" + "a" * 64),
+    ],
+)
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer token-web-9"}], ids=["none", "unknown"])
+async def test_unknown_agent_tokens_get_401(agents: Agents, method: str, path: str, headers: dict[str, str]) -> None:
+    async with agents.client.request(method, path, headers=headers, json={}) as response:
+        assert response.status == 401
+        assert (await response.json())["error"] == "Unauthorized"
+    assert agents.fleet.heartbeats == [] and agents.fleet.results == []
+
+
+async def test_next_command_returns_a_queued_command_for_this_host_only(agents: Agents) -> None:
+    agents.fleet.enqueue("web-1", _command(7))
+    async with agents.client.get("/agent/v1/commands/next?wait=0.05", headers=WEB2) as response:
+        assert response.status == 204
+    async with agents.client.get("/agent/v1/commands/next?wait=5", headers=WEB1) as response:
+        assert response.status == 200
+        assert (await response.json()) == {"command": _command(7)}
+
+
+async def test_long_poll_wakes_when_a_command_arrives(agents: Agents) -> None:
+    poll = asyncio.create_task(agents.client.get("/agent/v1/commands/next?wait=10", headers=WEB1))
+    await asyncio.sleep(0.05)
+    assert not poll.done()
+    started = time.monotonic()
+    agents.fleet.enqueue("web-1", _command(3))
+    response = await asyncio.wait_for(poll, 2)
+    assert response.status == 200
+    assert (await response.json())["command"]["id"] == 3
+    assert time.monotonic() - started < 1
+    response.release()
+
+
+@pytest.mark.parametrize(("query", "wait"), [("wait=600", 60.0), ("wait=-5", 0.0), ("", 25.0), ("wait=0.2", 0.2)])
+async def test_poll_wait_is_clamped(agents: Agents, query: str, wait: float) -> None:
+    agents.fleet.enqueue("web-1", _command(1))  # answered at once, whatever the wait
+    async with agents.client.get(f"/agent/v1/commands/next?{query}", headers=WEB1) as response:
+        assert response.status == 200
+    assert agents.fleet.waits == [wait]
+
+
+async def test_result_is_recorded_and_repeats_are_accepted(agents: Agents) -> None:
+    agents.fleet.enqueue("web-1", _command(5))
+    for _ in range(2):
+        async with agents.client.post("/agent/v1/commands/5/result", json=_result(), headers=WEB1) as response:
+            assert response.status == 200
+            assert (await response.json()) == {"ok": True}
+    assert [(host, ident, r["status"]) for host, ident, r in agents.fleet.results] == [("web-1", 5, "Succeeded")]
+
+
+async def test_reporting_another_hosts_command_is_a_404(agents: Agents) -> None:
+    agents.fleet.enqueue("web-1", _command(5))
+    async with agents.client.post("/agent/v1/commands/5/result", json=_result(), headers=WEB2) as response:
+        assert response.status == 404
+        assert (await response.json())["error"] == "NotFound"
+    assert agents.fleet.results == []
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"status": "Done"}, {"error_code": 9}, {"error_code": "1"}, {"log_tail": 5}, {"ended_at": "soon"}],
+)
+async def test_malformed_results_are_a_400(agents: Agents, changes: dict[str, Any]) -> None:
+    agents.fleet.enqueue("web-1", _command(5))
+    async with agents.client.post("/agent/v1/commands/5/result", json=_result(**changes), headers=WEB1) as r:
+        assert r.status == 400
+        assert (await r.json())["usage"].startswith("POST /agent/v1/commands/{id}/result")
+    assert agents.fleet.results == []
+
+
+async def test_long_log_tails_keep_their_last_4096_bytes(agents: Agents) -> None:
+    agents.fleet.enqueue("web-1", _command(5))
+    tail = "x" * 10_000 + "the error is here"
+    async with agents.client.post("/agent/v1/commands/5/result", json=_result(log_tail=tail), headers=WEB1) as r:
+        assert r.status == 200
+    kept = agents.fleet.results[0][2]["log_tail"]
+    assert len(kept.encode()) == MAX_LOG_TAIL_BYTES
+    assert kept.endswith("the error is here")
+
+
+async def test_heartbeat_and_progress(agents: Agents) -> None:
+    beat = {"tags": {"env": "staging"}, "version": "0.1.0", "running_command": None}
+    async with agents.client.post("/agent/v1/heartbeat", json=beat, headers=WEB2) as response:
+        assert response.status == 200
+    assert agents.fleet.heartbeats == [("web-2", beat)]
+    async with agents.client.post("/agent/v1/heartbeat", json={"tags": ["x"]}, headers=WEB2) as response:
+        assert response.status == 400
+    async with agents.client.post("/agent/v1/commands/1/progress", json={"log_tail": "…"}, headers=WEB2) as r:
+        assert r.status == 202
+
+
+async def test_bundle_download_serves_the_stored_file(agents: Agents) -> None:
+    data = bytes(range(256)) * 1000
+    sha = hashlib.sha256(data).hexdigest()
+    (agents.bundle_dir / f"{sha}.tar.gz").write_bytes(data)
+    async with agents.client.get(f"/agent/v1/bundles/{sha}", headers=WEB1) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "application/gzip"
+        assert "Content-Encoding" not in response.headers
+        assert hashlib.sha256(await response.read()).hexdigest() == sha
+    async with agents.client.get("/agent/v1/bundles/" + "0" * 64, headers=WEB1) as response:
+        assert response.status == 404
+        assert (await response.json())["error"] == "RevisionNotFound"
+    async with agents.client.get("/agent/v1/bundles/not-a-sha", headers=WEB1) as response:
+        assert response.status == 404
+
+
+async def test_server_shutdown_ends_idle_long_polls_at_once(agents: Agents) -> None:
+    poll = asyncio.create_task(agents.client.get("/agent/v1/commands/next?wait=30", headers=WEB1))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await agents.client.app.shutdown()  # what AppRunner.cleanup() runs before waiting for handlers
+    response = await asyncio.wait_for(poll, 2)
+    assert response.status == 204
+    assert time.monotonic() - started < 1
+    response.release()
