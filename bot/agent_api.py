@@ -30,6 +30,7 @@ class AgentFleet(Protocol):
     async def next_command(self, host: str, *, wait: float) -> dict[str, Any] | None: ...
     async def report_result(self, host: str, command_id: int, result: dict[str, Any]) -> None: ...
     async def heartbeat(self, host: str, info: Mapping[str, Any]) -> None: ...
+    async def release(self, host: str, command_id: int) -> None: ...
     def bundle_path(self, sha256: str) -> Path | None: ...
 
 
@@ -111,6 +112,10 @@ async def next_command(request: web.Request) -> web.Response:
                 await poll
     command = None if poll.cancelled() else poll.result()
     if command is None:
+        return web.Response(status=204)
+    if request.transport is None or request.transport.is_closing():
+        # The agent hung up while we waited (it died or restarted): nobody would receive this command.
+        await request.app[FLEET].release(request[HOST], command["id"])
         return web.Response(status=204)
     return json_response({"command": command})
 

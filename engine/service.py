@@ -393,26 +393,11 @@ class Deployer:
                 data={"reason": "no earlier successful revision to roll back to"},
             )
             return
-        # The failing deployment still holds the group; the rollback is queued first in line.
-        self._spawn_after_finish(deployment_id, group, good)
-
-    def _spawn_after_finish(self, deployment_id: str, group: DeploymentGroup, revision: Revision) -> None:
-        async def create() -> None:
-            runner = self._runners.get(deployment_id)
-            if runner is not None:
-                await runner.finished.wait()
-            await self._create(
-                group,
-                revision,
-                None,
-                ROLLBACK_CREATOR,
-                f"rollback of {deployment_id}",
-                rollback_of=deployment_id,
-            )
-
-        task = asyncio.ensure_future(create())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        # The failing deployment still holds the group, so the rollback is queued; it is first in line when the
+        # group frees up, and the link is in place before anyone watching sees the failure.
+        await self._create(
+            group, good, None, ROLLBACK_CREATOR, f"rollback of {deployment_id}", rollback_of=deployment_id
+        )
 
     async def _last_good_revision(self, group_name: str, *, exclude: str | None = None) -> Revision | None:
         for row in await self.store.list_deployments(group_name=group_name, status="Succeeded", limit=50):

@@ -45,11 +45,12 @@ class SimulationResult:
 
 def simulate(
     stages: tuple[Stage, ...],
-    failing: Mapping[str, LifecycleEvent] = {},
-    options: MachineOptions = MachineOptions(),
+    failing: Mapping[str, LifecycleEvent] | None = None,
+    options: MachineOptions | None = None,
 ) -> SimulationResult:
     """Drive a fresh machine to its end; ``failing`` maps a target to the event that fails on it."""
-    machine = DeploymentMachine(stages, options)
+    machine = DeploymentMachine(stages, options or MachineOptions())
+    failing = failing or {}
     result = SimulationResult(DeploymentStatus.CREATED, None, "")
     inbox: deque[Event] = deque([Started()])
     while inbox:

@@ -356,6 +356,11 @@ class SqliteStore:
         )
         return await self._fetch_one("host_commands", sql, (at, host), write=True)
 
+    async def release_command(self, command_id: int) -> bool:
+        """Put a claimed command back in the queue (its claimant never received it); False if not InProgress."""
+        sql = "UPDATE host_commands SET status = 'Pending', claimed_at = NULL WHERE id = ? AND status = 'InProgress'"
+        return await self._change(sql, (command_id,)) == 1
+
     async def complete_command(
         self,
         command_id: int,

@@ -43,6 +43,7 @@ class FakeFleet:
         self.finished: set[int] = set()
         self.heartbeats: list[tuple[str, dict[str, Any]]] = []
         self.waits: list[float] = []
+        self.released: list[int] = []
 
     def enqueue(self, host: str, command: dict[str, Any]) -> None:
         self.owners[command["id"]] = host
@@ -66,6 +67,9 @@ class FakeFleet:
             return await asyncio.wait_for(queue.get(), wait)
         except TimeoutError:
             return None
+
+    async def release(self, host: str, command_id: int) -> None:
+        self.released.append(command_id)
 
     async def report_result(self, host: str, command_id: int, result: dict[str, Any]) -> None:
         if self.owners.get(command_id) != host:

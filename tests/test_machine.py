@@ -367,7 +367,7 @@ def test_termination_wait_is_baking_and_reroutable() -> None:
 
 
 def test_watch_window_ends_in_success() -> None:
-    result = simulate(in_place(1, ONE) + (WaitStage("watch", WaitKind.WATCH, 120),))
+    result = simulate((*in_place(1, ONE), WaitStage("watch", WaitKind.WATCH, 120)))
     assert result.status is DeploymentStatus.SUCCEEDED and result.waited == 120
 
 

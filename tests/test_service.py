@@ -139,7 +139,7 @@ async def test_in_place_deployment_succeeds_and_records_every_event(deployer: De
     ]
     assert all(e["status"] == "Succeeded" and e["log_tail"] for t in doc["targets"] for e in t["events"])
     log = await deployer.store.read_log(deployment_id=doc["id"])
-    assert [entry["kind"] for entry in log][0] == "deployment.requested"
+    assert log[0]["kind"] == "deployment.requested"
     assert log[-1]["kind"] == "deployment.finished"
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import inspect
 import logging
 import os
 import signal
@@ -149,6 +148,7 @@ def _serve_command(args: argparse.Namespace) -> int:
 def _agent_command(args: argparse.Namespace) -> int:
     from engine.agent import AgentOptions, run_agent
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options: dict[str, Any] = {
         "server": args.server,
         "name": args.name,
@@ -161,12 +161,10 @@ def _agent_command(args: argparse.Namespace) -> int:
     if args.prefix:
         options["prefix"] = Path(args.prefix)
     try:
-        outcome = run_agent(AgentOptions(**options))
-        if inspect.isawaitable(outcome):
-            outcome = asyncio.run(outcome)  # type: ignore[arg-type]
+        asyncio.run(run_agent(AgentOptions(**options)))
     except KeyboardInterrupt:
         return 130
-    return int(outcome or 0)
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -26,6 +26,9 @@ from engine.store import SqliteStore
 
 log = logging.getLogger(__name__)
 
+CLAIM_GRACE = 10.0
+"""Seconds a claimed command may go unmentioned by its agent's heartbeats before it is handed out again."""
+
 ResultCallback = Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]]
 """Called with (command row, result) once a command's result is stored."""
 
@@ -130,16 +133,29 @@ class Fleet:
         if await self.store.complete_command(command_id, status, result, at=self.clock.now()):
             await self._on_result(command, result)
 
+    async def release(self, host: str, command_id: int) -> None:
+        """The agent that claimed ``command_id`` is gone before it got it: queue it again for the next poll."""
+        if await self.store.release_command(command_id):
+            log.info("requeued command %s: the poll that claimed it was no longer connected", command_id)
+            self._wakeup(host).set()
+
     async def heartbeat(self, host: str, info: Mapping[str, Any]) -> None:
         now = self.clock.now()
         self._last_seen[host] = now
         await self.store.upsert_agent(
-            host,
-            last_seen=now,
-            tags=dict(info.get("tags") or {}),
-            version=info.get("version"),
-            state="online",
+            host, last_seen=now, tags=dict(info.get("tags") or {}), version=info.get("version"), state="online"
         )
+        await self._requeue_lost_claims(host, info.get("running_command"), now)
+
+    async def _requeue_lost_claims(self, host: str, running: object, now: float) -> None:
+        """A claim the live agent does not know about was lost in transit (e.g. a poll answered to a dead agent).
+
+        Agents name their command in every heartbeat until its result is accepted, so a claim older than
+        ``CLAIM_GRACE`` that the agent does not name never reached it and is safe to hand out again.
+        """
+        for command in await self.store.list_commands(host=host, status="InProgress"):
+            if command["id"] != running and now - (command.get("claimed_at") or now) > CLAIM_GRACE:
+                await self.release(host, command["id"])
 
     def last_seen(self, host: str) -> float | None:
         return self._last_seen.get(host)

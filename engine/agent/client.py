@@ -1,0 +1,304 @@
+"""The agent's HTTP side: long-poll for commands, run them one at a time, report results, send heartbeats (I/O).
+
+Theory of operation:
+  - ``GET /agent/v1/commands/next?wait=N`` is a long poll (HTTP timeout above N). A received command runs at once
+    and the next poll starts as soon as its result is accepted: an idle agent never sleeps between polls.
+  - Connection errors and unexpected answers back off 0.5 s, doubling to 5 s; any good answer resets the delay.
+  - Before a command runs, ``ongoing-command/<id>`` is written; once it has run, the result is stored there too and
+    POSTed until the server accepts it (it may be restarting). On start, every leftover record is reported: its
+    stored result if it had one, else Failed with code 7 (the command was cut short by an agent restart).
+  - Heartbeats go out every ``heartbeat_interval`` seconds from their own task, whatever the poll loop is doing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from engine.agent.executor import CommandExecutor
+from engine.agent.hooks import HookOutcome, HookRunner
+from engine.agent.layout import AgentLayout, OngoingCommand
+from engine.agent.protocol import RESTART_MESSAGE, Command, CommandResult, MalformedCommand
+from engine.model import ScriptErrorCode
+
+log = logging.getLogger("deploybot.agent")
+
+_FIRST_DELAY = 0.5
+_MAX_DELAY = 5.0
+_NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("deploybot")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOptions:
+    """What ``deploybot agent`` was given. ``prefix`` maps absolute install paths under a directory (local fleets)."""
+
+    server: str
+    name: str
+    token: str
+    root: Path | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    prefix: Path | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    poll_wait: int = 25
+    heartbeat_interval: float = 5.0
+
+    @property
+    def agent_root(self) -> Path:
+        """``--root``, else ``var/agents/<name>`` (relative to the working directory)."""
+        return self.root if self.root is not None else Path("var") / "agents" / self.name
+
+
+def parse_assignments(items: Iterable[str], *, what: str = "KEY=VALUE") -> dict[str, str]:
+    """``["k=v", ...]`` from repeated ``--tag``/``--env`` options; raises ValueError naming the bad item."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected {what}, got {item!r}")
+        pairs[key] = value
+    return pairs
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        self.status = status
+        super().__init__(f"HTTP {status}: {body[:200]}")
+
+
+class Agent:
+    """One host's agent, bound to an open aiohttp session."""
+
+    def __init__(
+        self, options: AgentOptions, session: aiohttp.ClientSession, *, hook_runner: HookRunner | None = None
+    ) -> None:
+        self.options = options
+        self.layout = AgentLayout(options.agent_root)
+        self.running_command: int | None = None
+        self._session = session
+        self._base = options.server.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {options.token}", "User-Agent": f"deploybot-agent/{_version()}"}
+        self.executor = CommandExecutor(
+            self.layout,
+            host=options.name,
+            fetch=self._fetch_bundle,
+            prefix=options.prefix,
+            extra_env=options.env,
+            hook_runner=hook_runner,
+        )
+
+    def _url(self, path: str) -> str:
+        return path if "://" in path else self._base + path
+
+    async def run(self) -> None:
+        """Recover, then poll and run commands until cancelled."""
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        heartbeats = asyncio.create_task(self._heartbeats(), name="agent-heartbeats")
+        try:
+            await self.recover()
+            await self._poll_loop()
+        finally:
+            heartbeats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeats
+
+    async def recover(self) -> None:
+        """Report the commands a previous agent process left unfinished (§8)."""
+        for ongoing in self.layout.ongoing():
+            body = (
+                ongoing.result
+                or CommandResult.of(
+                    ScriptErrorCode.FAILED_AFTER_RESTART, RESTART_MESSAGE, "", ongoing.started_at, time.time()
+                ).to_json()
+            )
+            log.warning("reporting command %s (%s) left over by a previous run", ongoing.command_id, ongoing.event)
+            await self._post_result(ongoing.command_id, body)
+            self.layout.clear_ongoing(ongoing.command_id)
+
+    # --- polling ------------------------------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        delay = _FIRST_DELAY
+        while True:
+            try:
+                body = await self._poll()
+            except (*_NETWORK_ERRORS, _Refused, ValueError) as exc:
+                log.warning("poll failed (%s); retrying in %.1f s", exc or type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_DELAY)
+                continue
+            delay = _FIRST_DELAY
+            if body is None:
+                continue
+            try:
+                await self._handle(body)
+            except Exception:  # e.g. a full disk: keep the agent alive, the server times the event out
+                log.exception("could not handle command %s", body.get("id"))
+                await asyncio.sleep(_FIRST_DELAY)
+
+    async def _poll(self) -> dict[str, Any] | None:
+        wait = self.options.poll_wait
+        timeout = aiohttp.ClientTimeout(total=wait + 15, sock_connect=10)
+        url = self._url(f"/agent/v1/commands/next?wait={wait}")
+        async with self._session.get(url, headers=self._headers, timeout=timeout) as response:
+            if response.status == 204:
+                return None
+            if response.status != 200:
+                raise _Refused(response.status, await response.text())
+            payload = await response.json()
+        command = payload.get("command") if isinstance(payload, dict) else None
+        return command if isinstance(command, dict) else None
+
+    # --- running a command --------------------------------------------------------------------------------------
+
+    async def _handle(self, body: Mapping[str, Any]) -> None:
+        started = time.time()
+        try:
+            command = Command.from_json(body)
+        except MalformedCommand as bad:
+            log.error("%s", bad.reason)
+            if bad.command_id is not None:
+                result = CommandResult.of(ScriptErrorCode.UNKNOWN_ERROR, bad.reason, "", started, time.time())
+                await self._post_result(bad.command_id, result.to_json())
+            return
+        record = OngoingCommand(command.id, command.deployment_id, command.event, started)
+        self.layout.mark_ongoing(record)
+        self.running_command = command.id
+        log.info("command %s: %s of %s", command.id, command.event, command.deployment_id)
+        try:
+            outcome = await self.executor.execute(command)
+        except asyncio.CancelledError:
+            await self._report_interrupted(command.id, started)
+            raise
+        except Exception as exc:  # an agent bug must still end as a result, never as a stuck event
+            log.exception("command %s crashed", command.id)
+            outcome = HookOutcome(ScriptErrorCode.UNKNOWN_ERROR, f"agent error: {type(exc).__name__}: {exc}")
+        result = CommandResult.of(outcome.code, outcome.message, outcome.log_tail, started, time.time()).to_json()
+        log.info("command %s: %s (%s) %s", command.id, result["status"], result["error_code"], outcome.message)
+        self.layout.mark_ongoing(record, result=result)
+        await self._post_result(command.id, result)
+        self.layout.clear_ongoing(command.id)
+        # Only now is the command off our hands: heartbeats name it until the server has its result, so the
+        # server never mistakes a finished-but-unreported command for one this agent never received.
+        self.running_command = None
+
+    async def _report_interrupted(self, command_id: int, started: float) -> None:
+        """One quick try to fail the command when the agent is stopped mid-run; else the next start reports it."""
+        message = "Failed: the agent was stopped while the lifecycle event was running."
+        body = CommandResult.of(ScriptErrorCode.FAILED_AFTER_RESTART, message, "", started, time.time()).to_json()
+        with contextlib.suppress(Exception):
+            url = self._url(f"/agent/v1/commands/{command_id}/result")
+            timeout = aiohttp.ClientTimeout(total=2)
+            async with self._session.post(url, json=body, headers=self._headers, timeout=timeout) as response:
+                if response.status < 300:
+                    self.layout.clear_ongoing(command_id)
+
+    async def _post_result(self, command_id: int, body: Mapping[str, Any]) -> bool:
+        """POST until accepted; False when the server refuses it for good (a 4xx other than auth/throttling)."""
+        url = self._url(f"/agent/v1/commands/{command_id}/result")
+        delay = _FIRST_DELAY
+        while True:
+            try:
+                timeout = aiohttp.ClientTimeout(total=30, sock_connect=10)
+                async with self._session.post(url, json=body, headers=self._headers, timeout=timeout) as response:
+                    if response.status < 300:
+                        return True
+                    text = await response.text()
+                    if 400 <= response.status < 500 and response.status not in (401, 403, 408, 429):
+                        log.error(
+                            "server refused the result of command %s: HTTP %s %s", command_id, response.status, text
+                        )
+                        return False
+                    log.warning("result of command %s not accepted: HTTP %s", command_id, response.status)
+            except _NETWORK_ERRORS as exc:
+                log.warning("posting the result of command %s failed (%s); retrying", command_id, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _MAX_DELAY)
+
+    async def _fetch_bundle(self, url: str, dest: Path) -> str:
+        """Stream the bundle to ``dest`` (3 tries on network errors); returns the sha256 of what was written."""
+        delay = 1.0
+        for attempt in range(3):
+            try:
+                return await self._download(url, dest)
+            except _NETWORK_ERRORS:
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _download(self, url: str, dest: Path) -> str:
+        digest = hashlib.sha256()
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+        async with self._session.get(self._url(url), headers=self._headers, timeout=timeout) as response:
+            if response.status != 200:
+                raise _Refused(response.status, await response.text())
+            with dest.open("wb") as out:
+                async for chunk in response.content.iter_chunked(1024 * 1024):
+                    digest.update(chunk)
+                    out.write(chunk)
+        return digest.hexdigest()
+
+    # --- heartbeats ---------------------------------------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        url = self._url("/agent/v1/heartbeat")
+        while True:
+            body = {"tags": dict(self.options.tags), "version": _version(), "running_command": self.running_command}
+            try:
+                timeout = aiohttp.ClientTimeout(total=10)
+                async with self._session.post(url, json=body, headers=self._headers, timeout=timeout) as response:
+                    if response.status >= 300:
+                        log.warning("heartbeat refused: HTTP %s", response.status)
+            except Exception as exc:  # a heartbeat must never stop the agent
+                log.debug("heartbeat failed: %s", exc)
+            await asyncio.sleep(self.options.heartbeat_interval)
+
+
+async def run_agent(options: AgentOptions) -> None:
+    """The ``deploybot agent`` entry point: runs until cancelled or sent SIGTERM/SIGINT (then returns cleanly)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    stop_requested = False
+
+    def stop() -> None:
+        nonlocal stop_requested
+        stop_requested = True
+        task.cancel()
+
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread: the caller cancels us instead
+    try:
+        async with aiohttp.ClientSession() as session:
+            await Agent(options, session).run()
+    except asyncio.CancelledError:
+        if not stop_requested:
+            raise
+        log.info("agent %s stopped", options.name)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

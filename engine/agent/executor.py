@@ -1,0 +1,235 @@
+"""One command from the server, run on this host: DownloadBundle, Install or a hook event (I/O, reference §4.5, §5).
+
+Every outcome is a HookOutcome (code, message, log tail); nothing raises past ``execute`` except cancellation. The
+HTTP side (fetching the bundle) is injected as ``fetch`` so this module knows nothing of aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+
+from engine.agent.hooks import HookOutcome, HookRunner
+from engine.agent.installer import InstallError, install
+from engine.agent.layout import AgentLayout
+from engine.agent.output import ScriptLog
+from engine.agent.protocol import Command, DeploymentSpec
+from engine.appspec import ServerAppSpec, parse_appspec
+from engine.bundles import safe_extract
+from engine.errors import AppSpecInvalid, BundleError
+from engine.lifecycle import SERVER_HOOKABLE, ScriptSource, script_source
+from engine.model import LifecycleEvent, Platform, ScriptErrorCode
+
+BundleFetcher = Callable[[str, Path], Awaitable[str]]
+"""``fetch(url, dest) -> sha256 hex`` of what was written to ``dest``."""
+
+_OK = ScriptErrorCode.SUCCEEDED
+_UNKNOWN = ScriptErrorCode.UNKNOWN_ERROR
+_SCRIPT_ENV_NAMES = (
+    "LIFECYCLE_EVENT",
+    "DEPLOYMENT_ID",
+    "APPLICATION_NAME",
+    "DEPLOYMENT_GROUP_NAME",
+    "DEPLOYMENT_GROUP_ID",
+    "BUNDLE_COMMIT",
+    "DEPLOYBOT_HOST",
+    "DEPLOYBOT_PREFIX",
+)
+
+
+class _Failed(Exception):
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+def hook_environment(
+    spec: DeploymentSpec,
+    event: LifecycleEvent,
+    *,
+    host: str,
+    prefix: Path | None,
+    extra: Mapping[str, str],
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The agent's environment, the ``--env`` pairs, then CodeDeploy's variables and ours (those always win)."""
+    env = {key: value for key, value in (os.environ if base is None else base).items() if key not in _SCRIPT_ENV_NAMES}
+    env.update(extra)
+    env.update(
+        LIFECYCLE_EVENT=str(event),
+        DEPLOYMENT_ID=spec.short_deployment_id,
+        APPLICATION_NAME=spec.application_name,
+        DEPLOYMENT_GROUP_NAME=spec.deployment_group_name,
+        DEPLOYMENT_GROUP_ID=spec.deployment_group_id,
+        DEPLOYBOT_HOST=host,
+        DEPLOYBOT_PREFIX=str(prefix) if prefix is not None else "",
+    )
+    if spec.revision is not None and spec.revision.commit:
+        env["BUNDLE_COMMIT"] = spec.revision.commit
+    return env
+
+
+class CommandExecutor:
+    """Runs commands one at a time against an AgentLayout."""
+
+    def __init__(
+        self,
+        layout: AgentLayout,
+        *,
+        host: str,
+        fetch: BundleFetcher,
+        prefix: Path | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        hook_runner: HookRunner | None = None,
+    ) -> None:
+        self.layout = layout
+        self.host = host
+        self.prefix = prefix
+        self.extra_env = dict(extra_env or {})
+        self._fetch = fetch
+        self._runner = hook_runner or HookRunner()
+
+    async def execute(self, command: Command) -> HookOutcome:
+        try:
+            if command.event == LifecycleEvent.DOWNLOAD_BUNDLE:
+                return await self._download(command.spec)
+            if command.event == LifecycleEvent.INSTALL:
+                return await self._install(command.spec)
+            if command.event in SERVER_HOOKABLE:
+                return await self._hook(LifecycleEvent(command.event), command.spec)
+            return HookOutcome(_UNKNOWN, f"Unsupported command type: {command.event}")
+        except _Failed as failed:
+            return HookOutcome(_UNKNOWN, failed.message)
+
+    def _deployment_dir(self, spec: DeploymentSpec) -> Path:
+        return self.layout.ensure_deployment_dir(spec.deployment_group_id, spec.deployment_id, dict(spec.raw))
+
+    # --- DownloadBundle -----------------------------------------------------------------------------------------
+
+    async def _download(self, spec: DeploymentSpec) -> HookOutcome:
+        revision = spec.revision
+        if revision is None:
+            raise _Failed("DownloadBundle: the command names no revision")
+        deployment_dir = self._deployment_dir(spec)
+        bundle = self.layout.bundle_path(deployment_dir)
+        partial = bundle.with_name(bundle.name + ".part")
+        try:
+            sha256 = await self._fetch(revision.url, partial)
+        except Exception as exc:
+            partial.unlink(missing_ok=True)
+            raise _Failed(f"DownloadBundle: could not download {revision.url}: {exc}") from exc
+        if sha256 != revision.sha256:
+            partial.unlink(missing_ok=True)
+            raise _Failed(
+                f"DownloadBundle: the bundle's sha256 is {sha256} but the revision is {revision.sha256} "
+                f"({revision.url}); the download was corrupted or the server sent another revision"
+            )
+        os.replace(partial, bundle)
+        archive = self.layout.archive_dir(deployment_dir)
+        try:
+            await asyncio.to_thread(_extract_fresh, bundle, archive)
+        except BundleError as exc:
+            raise _Failed(f"DownloadBundle: unsafe or unreadable bundle: {exc}") from exc
+        self.layout.record_most_recent_install(spec.deployment_group_id, deployment_dir)
+        removed = await asyncio.to_thread(self.layout.prune_revisions, spec.deployment_group_id, deployment_dir)
+        note = f"; removed {len(removed)} old revision(s)" if removed else ""
+        return HookOutcome(_OK, f"downloaded and extracted revision {revision.sha256[:12]}{note}")
+
+    # --- Install ------------------------------------------------------------------------------------------------
+
+    async def _install(self, spec: DeploymentSpec) -> HookOutcome:
+        deployment_dir = self._deployment_dir(spec)
+        archive = self.layout.archive_dir(deployment_dir)
+        if not archive.is_dir():
+            raise _Failed("Install: the revision is not on this host (DownloadBundle did not run here)")
+        names = dict.fromkeys((spec.appspec_filename, "appspec.yaml", "appspec.yml"))
+        appspec = _load_appspec(archive, tuple(names))
+        try:
+            report = await asyncio.to_thread(
+                install,
+                appspec,
+                archive_dir=archive,
+                cleanup_file=self.layout.cleanup_file(spec.deployment_group_id),
+                file_exists_behavior=spec.file_exists_behavior,
+                prefix=self.prefix,
+            )
+        except InstallError as exc:
+            self._log_line(deployment_dir, LifecycleEvent.INSTALL, f"failed: {exc.reason}")
+            raise _Failed(exc.reason) from exc
+        except OSError as exc:
+            self._log_line(deployment_dir, LifecycleEvent.INSTALL, f"failed: {exc}")
+            raise _Failed(f"Install failed: {exc}") from exc
+        self.layout.record_last_successful_install(spec.deployment_group_id, deployment_dir)
+        summary = report.summary()
+        self._log_line(deployment_dir, LifecycleEvent.INSTALL, summary)
+        return HookOutcome(_OK, summary)
+
+    def _log_line(self, deployment_dir: Path, event: LifecycleEvent, text: str) -> None:
+        with ScriptLog(self.layout.script_log_path(deployment_dir)) as log:
+            log.header(f"LifecycleEvent - {event}")
+            log.header(text)
+
+    # --- hook events --------------------------------------------------------------------------------------------
+
+    async def _hook(self, event: LifecycleEvent, spec: DeploymentSpec) -> HookOutcome:
+        deployment_dir = self._deployment_dir(spec)
+        source_dir = self._script_source_dir(event, spec, deployment_dir)
+        if source_dir is None:
+            return HookOutcome(_OK, "no scripts: no earlier install of this deployment group on this host")
+        archive = self.layout.archive_dir(source_dir)
+        appspec = _load_appspec(archive, (spec.appspec_filename,))
+        scripts = appspec.hooks.get(event, ())
+        if not scripts:
+            return HookOutcome(_OK, "no scripts")
+        env = hook_environment(spec, event, host=self.host, prefix=self.prefix, extra=self.extra_env)
+        with ScriptLog(self.layout.script_log_path(deployment_dir)) as log:
+            # A failure is reported as it is even with ignore_application_stop_failures: the server decides to go on.
+            return await self._runner.run_event(event, scripts, archive_dir=archive, env=env, log=log)
+
+    def _script_source_dir(self, event: LifecycleEvent, spec: DeploymentSpec, deployment_dir: Path) -> Path | None:
+        """The deployment directory whose archive holds this event's scripts (§4.5); None means a no-op."""
+        if self.layout.archive_dir(deployment_dir).is_dir():
+            return deployment_dir
+        source = script_source(event, blue_green_rollback=spec.blue_green_rollback)
+        if source is ScriptSource.CURRENT:
+            raise _Failed(f"{event}: the revision is not on this host (DownloadBundle did not run here)")
+        group = spec.deployment_group_id
+        if source is ScriptSource.MOST_RECENT:
+            earlier = self.layout.most_recent_install(group)
+        else:
+            earlier = self.layout.last_successful_install(group)
+        if earlier is None or not self.layout.archive_dir(earlier).is_dir():
+            return None
+        return earlier
+
+
+def _extract_fresh(bundle: Path, archive: Path) -> None:
+    if archive.exists():
+        shutil.rmtree(archive)
+    safe_extract(bundle, archive)
+
+
+def _load_appspec(archive: Path, names: tuple[str, ...]) -> ServerAppSpec:
+    """The first of ``names`` found in ``archive``, parsed strictly for the server platform."""
+    for name in names:
+        path = archive / name
+        if path.is_file():
+            break
+    else:
+        raise _Failed(
+            "The CodeDeploy agent did not find an AppSpec file within the unpacked revision directory at "
+            f'revision-relative path "{names[0]}". The revision was unpacked to directory "{archive}", and the '
+            "AppSpec file was expected but not found at path "
+            f'"{archive / names[0]}". Consult the AWS CodeDeploy Appspec documentation for more information at '
+            "http://docs.aws.amazon.com/codedeploy/latest/userguide/reference-appspec-file.html"
+        )
+    try:
+        spec = parse_appspec(path.read_text(errors="replace"), platform=Platform.SERVER, filename=name)
+    except AppSpecInvalid as exc:
+        raise _Failed("invalid AppSpec file:\n" + "\n".join(str(problem) for problem in exc.problems)) from exc
+    if not isinstance(spec, ServerAppSpec):
+        raise _Failed(f"{name} is not a server AppSpec")
+    return spec

@@ -1,0 +1,191 @@
+"""The agent's on-disk layout: deployment directories, install records, revision retention, crash tracking (I/O).
+
+    <root>/deployments/<group-id>/<deployment-id>/deployment.json     the command spec, written once
+                                                 /bundle.tar.gz       the downloaded canonical bundle
+                                                 /deployment-archive/ the extracted revision
+                                                 /logs/scripts.log    hook output (see output.py)
+    <root>/deployment-instructions/<group-id>-cleanup                 what the last Install created (§1.3)
+    <root>/deployment-instructions/<group-id>_last_successful_install <group-id>/<deployment-id>, end of Install
+    <root>/deployment-instructions/<group-id>_most_recent_install     <group-id>/<deployment-id>, end of Download
+    <root>/ongoing-command/<command-id>                               a command being run (crash recovery, §8)
+
+Ids from the server become single path components (percent-encoded), so no id can name a path outside the root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+KEPT_REVISIONS = 5
+"""Archives kept per group besides the current one (CodeDeploy's ``max_revisions``)."""
+
+
+def _component(value: str) -> str:
+    """``value`` as one safe file name."""
+    name = quote(value, safe="-_.@+=")
+    if name in ("", ".", ".."):
+        name = name.replace(".", "%2E") or "%00"
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class OngoingCommand:
+    """A command the agent was running when it last stopped."""
+
+    command_id: int
+    deployment_id: str
+    event: str
+    started_at: float
+    result: Mapping[str, Any] | None = None
+    """The result body, once the command has run but before the server accepted it."""
+
+
+class AgentLayout:
+    """Paths and small records under one agent root directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._instructions = root / "deployment-instructions"
+        self._ongoing = root / "ongoing-command"
+
+    # --- deployment directories ---------------------------------------------------------------------------------
+
+    def group_dir(self, group_id: str) -> Path:
+        return self.root / "deployments" / _component(group_id)
+
+    def deployment_dir(self, group_id: str, deployment_id: str) -> Path:
+        return self.group_dir(group_id) / _component(deployment_id)
+
+    @staticmethod
+    def archive_dir(deployment_dir: Path) -> Path:
+        return deployment_dir / "deployment-archive"
+
+    @staticmethod
+    def bundle_path(deployment_dir: Path) -> Path:
+        return deployment_dir / "bundle.tar.gz"
+
+    @staticmethod
+    def script_log_path(deployment_dir: Path) -> Path:
+        return deployment_dir / "logs" / "scripts.log"
+
+    def ensure_deployment_dir(self, group_id: str, deployment_id: str, spec: object) -> Path:
+        """The deployment's directory, created with its ``deployment.json`` (its creation time orders retention)."""
+        path = self.deployment_dir(group_id, deployment_id)
+        (path / "logs").mkdir(parents=True, exist_ok=True)
+        record = path / "deployment.json"
+        if not record.exists():
+            _write_atomic(record, json.dumps(spec, sort_keys=True, default=str))
+        return path
+
+    # --- install records (§4.5) ---------------------------------------------------------------------------------
+
+    def cleanup_file(self, group_id: str) -> Path:
+        return self._instructions / f"{_component(group_id)}-cleanup"
+
+    def last_successful_install(self, group_id: str) -> Path | None:
+        return self._read_record(group_id, "last_successful_install")
+
+    def most_recent_install(self, group_id: str) -> Path | None:
+        return self._read_record(group_id, "most_recent_install")
+
+    def record_last_successful_install(self, group_id: str, deployment_dir: Path) -> None:
+        self._write_record(group_id, "last_successful_install", deployment_dir)
+
+    def record_most_recent_install(self, group_id: str, deployment_dir: Path) -> None:
+        self._write_record(group_id, "most_recent_install", deployment_dir)
+
+    def _record_path(self, group_id: str, kind: str) -> Path:
+        return self._instructions / f"{_component(group_id)}_{kind}"
+
+    def _read_record(self, group_id: str, kind: str) -> Path | None:
+        try:
+            relative = self._record_path(group_id, kind).read_text().strip()
+        except FileNotFoundError:
+            return None
+        path = self.root / "deployments" / relative
+        return path if relative and path.is_dir() else None
+
+    def _write_record(self, group_id: str, kind: str, deployment_dir: Path) -> None:
+        relative = deployment_dir.relative_to(self.root / "deployments").as_posix()
+        self._instructions.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self._record_path(group_id, kind), relative + "\n")
+
+    # --- retention ----------------------------------------------------------------------------------------------
+
+    def prune_revisions(self, group_id: str, current: Path, keep: int = KEPT_REVISIONS) -> list[Path]:
+        """Delete a group's oldest deployment directories beyond ``keep`` besides ``current``.
+
+        The last successful and most recent installs are never deleted (hooks of later deployments run them).
+        """
+        protected = {current, self.last_successful_install(group_id), self.most_recent_install(group_id)}
+        group = self.group_dir(group_id)
+        if not group.is_dir():
+            return []
+        others = [path for path in group.iterdir() if path.is_dir() and path not in protected]
+        others.sort(key=_created_at, reverse=True)
+        removed = others[keep:]
+        for path in removed:
+            shutil.rmtree(path, ignore_errors=True)
+        return removed
+
+    # --- crash tracking (§8) ------------------------------------------------------------------------------------
+
+    def mark_ongoing(self, command: OngoingCommand, *, result: Mapping[str, Any] | None = None) -> None:
+        """Record a command as running, or (with ``result``) as run but not yet reported."""
+        self._ongoing.mkdir(parents=True, exist_ok=True)
+        body = {
+            "command_id": command.command_id,
+            "deployment_id": command.deployment_id,
+            "event": command.event,
+            "started_at": command.started_at,
+            "result": dict(result) if result is not None else None,
+        }
+        _write_atomic(self._ongoing / str(command.command_id), json.dumps(body))
+
+    def clear_ongoing(self, command_id: int) -> None:
+        (self._ongoing / str(command_id)).unlink(missing_ok=True)
+
+    def ongoing(self) -> list[OngoingCommand]:
+        """Commands left running by a previous agent process (unreadable records are named by their file)."""
+        if not self._ongoing.is_dir():
+            return []
+        found = []
+        for path in sorted(self._ongoing.iterdir()):
+            if not path.name.isdigit():
+                continue
+            try:
+                body = json.loads(path.read_text())
+            except (OSError, ValueError):
+                body = {}
+            found.append(
+                OngoingCommand(
+                    command_id=int(path.name),
+                    deployment_id=str(body.get("deployment_id", "")),
+                    event=str(body.get("event", "")),
+                    started_at=float(body.get("started_at", path.stat().st_mtime)),
+                    result=body.get("result") if isinstance(body.get("result"), dict) else None,
+                )
+            )
+        return found
+
+
+def _created_at(path: Path) -> float:
+    try:
+        return (path / "deployment.json").stat().st_mtime
+    except OSError:
+        return path.stat().st_mtime
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write-then-rename, so a killed agent never leaves a half-written record (no fsync: the host is not the risk)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
+    partial.write_text(text)
+    os.replace(partial, path)

@@ -1,0 +1,412 @@
+"""The agent against a small fake server speaking the agent protocol on 127.0.0.1 (real HTTP, real agent loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from engine.agent import Agent, AgentOptions, parse_assignments, run_agent
+from engine.agent.hooks import HookRunner
+from engine.agent.layout import AgentLayout, OngoingCommand
+from engine.bundles import build_bundle
+
+TOKEN = "agent-token-1"
+
+
+@dataclass
+class FakeFleet:
+    """The server side of the protocol, recording what the agent sent."""
+
+    commands: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+    result_attempts: dict[int, int] = field(default_factory=dict)
+    refuse_results: int = 0
+    refuse_polls: int = 0
+    poll_times: list[float] = field(default_factory=list)
+    heartbeats: list[dict[str, Any]] = field(default_factory=list)
+    bundles: dict[str, bytes] = field(default_factory=dict)
+    waiting: asyncio.Event = field(default_factory=asyncio.Event)
+    result_arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+    url: str = ""
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/agent/v1/commands/next", self._next)
+        app.router.add_post("/agent/v1/commands/{id}/result", self._result)
+        app.router.add_post("/agent/v1/heartbeat", self._heartbeat)
+        app.router.add_get("/agent/v1/bundles/{sha}", self._bundle)
+        return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return web.json_response({"error": "unknown agent token"}, status=401)
+        return await handler(request)
+
+    async def _next(self, request: web.Request) -> web.Response:
+        self.poll_times.append(time.monotonic())
+        if self.refuse_polls:
+            self.refuse_polls -= 1
+            return web.json_response({"error": "restarting"}, status=503)
+        self.waiting.set()
+        try:
+            command = await asyncio.wait_for(self.commands.get(), float(request.query["wait"]))
+        except TimeoutError:
+            return web.Response(status=204)
+        finally:
+            self.waiting.clear()
+        return web.json_response({"command": command})
+
+    async def _result(self, request: web.Request) -> web.Response:
+        command_id = int(request.match_info["id"])
+        self.result_attempts[command_id] = self.result_attempts.get(command_id, 0) + 1
+        if self.refuse_results:
+            self.refuse_results -= 1
+            return web.json_response({"error": "restarting"}, status=503)
+        body = await request.json()
+        body["received_at"] = time.time()
+        self.results.setdefault(command_id, body)
+        async with self.result_arrived:
+            self.result_arrived.notify_all()
+        return web.json_response({"ok": True})
+
+    async def _heartbeat(self, request: web.Request) -> web.Response:
+        self.heartbeats.append(await request.json())
+        return web.json_response({"ok": True})
+
+    async def _bundle(self, request: web.Request) -> web.Response:
+        data = self.bundles.get(request.match_info["sha"])
+        if data is None:
+            return web.Response(status=404)
+        return web.Response(body=data, content_type="application/gzip")
+
+    async def enqueue(self, command: dict[str, Any]) -> float:
+        """Hand ``command`` to the waiting long poll; returns the epoch time it was enqueued."""
+        await asyncio.wait_for(self.waiting.wait(), 5)
+        now = time.time()
+        await self.commands.put(command)
+        return now
+
+    async def result(self, command_id: int, timeout: float = 10) -> dict[str, Any]:
+        async with self.result_arrived:
+            await asyncio.wait_for(self.result_arrived.wait_for(lambda: command_id in self.results), timeout)
+        return self.results[command_id]
+
+
+@pytest.fixture
+async def fleet() -> AsyncIterator[FakeFleet]:
+    fake = FakeFleet()
+    runner = web.AppRunner(fake.app(), shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    fake.url = f"http://127.0.0.1:{port}"
+    yield fake
+    await runner.cleanup()
+
+
+def options(fleet: FakeFleet, root: Path, **overrides: Any) -> AgentOptions:
+    values: dict[str, Any] = {
+        "server": fleet.url,
+        "name": "web-1",
+        "token": TOKEN,
+        "root": root,
+        "tags": {"role": "web"},
+        "poll_wait": 5,
+        "heartbeat_interval": 0.1,
+    }
+    return AgentOptions(**(values | overrides))
+
+
+@contextlib.asynccontextmanager
+async def running_agent(opts: AgentOptions) -> AsyncIterator[Agent]:
+    async with aiohttp.ClientSession() as session:
+        agent = Agent(opts, session, hook_runner=HookRunner(kill_grace=0.2, output_grace=0.5))
+        task = asyncio.create_task(agent.run())
+        try:
+            yield agent
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def command(command_id: int, event: str, *, sha: str = "0" * 64, deployment: str = "d-1", **spec: Any) -> dict:
+    return {
+        "id": command_id,
+        "deployment_id": deployment,
+        "event": event,
+        "spec": {
+            "deployment_id": deployment,
+            "application_name": "hello",
+            "deployment_group_name": "hello-staging",
+            "deployment_group_id": "hello-staging",
+            "deployment_type": "IN_PLACE",
+            "creator": "user",
+            "revision": {"sha256": sha, "url": f"/agent/v1/bundles/{sha}", "size": 0, "commit": None},
+            "file_exists_behavior": "DISALLOW",
+            "ignore_application_stop_failures": False,
+            "appspec_filename": "appspec.yml",
+        }
+        | spec,
+    }
+
+
+async def test_idle_agent_starts_a_command_within_50_ms(fleet: FakeFleet, tmp_path: Path) -> None:
+    latencies = []
+    async with running_agent(options(fleet, tmp_path / "agent")):
+        for command_id in range(1, 8):
+            enqueued = await fleet.enqueue(command(command_id, "ApplicationStop"))
+            result = await fleet.result(command_id)
+            assert result["status"] == "Succeeded" and result["error_code"] == 0
+            assert result["message"].startswith("no scripts")
+            latencies.append(result["started_at"] - enqueued)
+    assert statistics.median(latencies) < 0.05, latencies
+    assert max(latencies) < 0.2, latencies
+
+
+async def test_download_install_and_hooks_end_to_end(fleet: FakeFleet, tmp_path: Path) -> None:
+    revision = tmp_path / "revision"
+    (revision / "scripts").mkdir(parents=True)
+    (revision / "site").mkdir()
+    (revision / "site" / "index.html").write_text("hello v1\n")
+    (revision / "scripts" / "after.sh").write_text(
+        '#!/bin/sh\necho "after install on $DEPLOYBOT_HOST in $DEPLOYBOT_PREFIX for $DEPLOYMENT_ID ($COLOR)"\n'
+    )
+    (revision / "appspec.yml").write_text(
+        "version: 0.0\nos: linux\nfiles:\n  - source: site\n    destination: /srv/www\n"
+        "hooks:\n  AfterInstall:\n    - location: scripts/after.sh\n      timeout: 30\n"
+    )
+    built = build_bundle(revision, tmp_path / "bundles")
+    fleet.bundles[built.sha256] = built.path.read_bytes()
+    prefix = tmp_path / "prefix"
+    root = tmp_path / "agent"
+    async with running_agent(options(fleet, root, prefix=prefix, env={"COLOR": "blue"})):
+        for command_id, event in enumerate(("ApplicationStop", "DownloadBundle", "BeforeInstall", "Install"), 1):
+            await fleet.enqueue(command(command_id, event, sha=built.sha256))
+            result = await fleet.result(command_id)
+            assert result["status"] == "Succeeded", (event, result)
+        await fleet.enqueue(command(5, "AfterInstall", sha=built.sha256))
+        after = await fleet.result(5)
+
+        wrong = "f" * 64
+        fleet.bundles[wrong] = built.path.read_bytes()
+        await fleet.enqueue(command(6, "DownloadBundle", sha=wrong, deployment="d-2"))
+        mismatch = await fleet.result(6)
+        await fleet.enqueue(command(7, "BlockTraffic", sha=built.sha256))
+        unsupported = await fleet.result(7)
+
+    assert (prefix / "srv" / "www" / "index.html").read_text() == "hello v1\n"
+    assert after["status"] == "Succeeded"
+    assert f"after install on web-1 in {prefix} for d-1 (blue)" in after["log_tail"]
+    layout = AgentLayout(root)
+    assert layout.last_successful_install("hello-staging") == layout.deployment_dir("hello-staging", "d-1")
+    log_text = (layout.deployment_dir("hello-staging", "d-1") / "logs" / "scripts.log").read_text()
+    assert "LifecycleEvent - AfterInstall" in log_text and "Script - scripts/after.sh" in log_text
+    assert mismatch["status"] == "Failed" and mismatch["error_code"] == 5
+    assert f"sha256 is {built.sha256} but the revision is {wrong}" in mismatch["message"]
+    assert unsupported["error_code"] == 5 and unsupported["message"] == "Unsupported command type: BlockTraffic"
+
+
+async def test_results_are_retried_until_the_server_accepts_them(fleet: FakeFleet, tmp_path: Path) -> None:
+    fleet.refuse_results = 2
+    async with running_agent(options(fleet, tmp_path / "agent")) as agent:
+        await fleet.enqueue(command(11, "ApplicationStop"))
+        result = await fleet.result(11)
+        assert fleet.result_attempts[11] == 3
+        assert result["status"] == "Succeeded"
+        await fleet.enqueue(command(12, "ApplicationStop"))  # and the agent goes on polling afterwards
+        assert (await fleet.result(12))["status"] == "Succeeded"
+        assert agent.layout.ongoing() == []
+
+
+async def test_polls_back_off_while_the_server_refuses(fleet: FakeFleet, tmp_path: Path) -> None:
+    fleet.refuse_polls = 2
+    async with running_agent(options(fleet, tmp_path / "agent")):
+        await asyncio.wait_for(fleet.waiting.wait(), 5)
+    gaps = [later - earlier for earlier, later in zip(fleet.poll_times, fleet.poll_times[1:], strict=False)]
+    assert 0.45 < gaps[0] < 0.8 and 0.95 < gaps[1] < 1.4, gaps
+
+
+async def test_commands_left_by_a_crashed_agent_are_failed_with_code_7(fleet: FakeFleet, tmp_path: Path) -> None:
+    root = tmp_path / "agent"
+    layout = AgentLayout(root)
+    layout.mark_ongoing(OngoingCommand(42, "d-9", "AfterInstall", time.time() - 30))
+    finished = {"status": "Succeeded", "error_code": 0, "message": "done", "log_tail": "", "started_at": 1.0}
+    layout.mark_ongoing(OngoingCommand(43, "d-9", "ValidateService", 1.0), result=finished | {"ended_at": 2.0})
+    async with running_agent(options(fleet, root)):
+        crashed = await fleet.result(42)
+        unreported = await fleet.result(43)
+    assert crashed["status"] == "Failed" and crashed["error_code"] == 7
+    assert crashed["message"] == "Failed: Failing in-progress lifecycle event after an agent restart."
+    assert unreported["status"] == "Succeeded" and unreported["message"] == "done"  # its real result, not code 7
+    assert layout.ongoing() == []
+
+
+async def test_heartbeats_carry_tags_and_the_running_command(fleet: FakeFleet, tmp_path: Path) -> None:
+    revision = tmp_path / "revision"
+    (revision / "scripts").mkdir(parents=True)
+    (revision / "scripts" / "slow.sh").write_text("#!/bin/sh\nsleep 0.5\n")
+    (revision / "appspec.yml").write_text(
+        "version: 0.0\nos: linux\nhooks:\n  ApplicationStart:\n    - location: scripts/slow.sh\n"
+    )
+    built = build_bundle(revision, tmp_path / "bundles")
+    fleet.bundles[built.sha256] = built.path.read_bytes()
+    async with running_agent(options(fleet, tmp_path / "agent")):
+        await fleet.enqueue(command(1, "DownloadBundle", sha=built.sha256))
+        await fleet.result(1)
+        await fleet.enqueue(command(2, "ApplicationStart", sha=built.sha256))
+        assert (await fleet.result(2))["status"] == "Succeeded"
+    assert all(beat["tags"] == {"role": "web"} and beat["version"] for beat in fleet.heartbeats)
+    assert 2 in [beat["running_command"] for beat in fleet.heartbeats]
+    assert fleet.heartbeats[0]["running_command"] is None
+
+
+async def test_stopping_mid_command_kills_the_script_and_reports_it(fleet: FakeFleet, tmp_path: Path) -> None:
+    revision = tmp_path / "revision"
+    (revision / "scripts").mkdir(parents=True)
+    (revision / "scripts" / "hang.sh").write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\nsleep 30\n")
+    (revision / "appspec.yml").write_text(
+        "version: 0.0\nos: linux\nhooks:\n  ValidateService:\n    - location: scripts/hang.sh\n"
+    )
+    built = build_bundle(revision, tmp_path / "bundles")
+    fleet.bundles[built.sha256] = built.path.read_bytes()
+    root = tmp_path / "agent"
+    async with running_agent(options(fleet, root)) as agent:
+        await fleet.enqueue(command(1, "DownloadBundle", sha=built.sha256))
+        await fleet.result(1)
+        await fleet.enqueue(command(2, "ValidateService", sha=built.sha256))
+        while agent.running_command != 2 or not (tmp_path / "pid").exists():
+            await asyncio.sleep(0.01)
+    result = await fleet.result(2)
+    assert result["status"] == "Failed" and result["error_code"] == 7
+    pid = int((tmp_path / "pid").read_text())
+    await asyncio.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
+    assert AgentLayout(root).ongoing() == []
+
+
+async def test_run_agent_returns_cleanly_on_sigterm(fleet: FakeFleet, tmp_path: Path) -> None:
+    task = asyncio.create_task(run_agent(options(fleet, tmp_path / "agent")))
+    await asyncio.wait_for(fleet.waiting.wait(), 5)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(task, 5)  # returns, does not raise
+    assert task.done() and task.exception() is None
+
+    task = asyncio.create_task(run_agent(options(fleet, tmp_path / "agent")))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task  # a plain cancellation stays a cancellation
+
+
+def test_parse_assignments() -> None:
+    assert parse_assignments(["role=web", "zone=a=b", "empty="]) == {"role": "web", "zone": "a=b", "empty": ""}
+    with pytest.raises(ValueError, match="expected KEY=VALUE, got 'oops'"):
+        parse_assignments(["oops"])
+
+
+# --- the executor directly: which revision's scripts run, and failures that become results ----------------------
+
+
+def write_revision(root: Path, version: str, *, appspec_extra: str = "") -> Path:
+    (root / "scripts").mkdir(parents=True)
+    for event in ("stop", "block"):
+        (root / "scripts" / f"{event}.sh").write_text(f"#!/bin/sh\necho {event} {version}\nexit ${{FAIL:-0}}\n")
+    (root / "appspec.yml").write_text(
+        "version: 0.0\nos: linux\nhooks:\n"
+        "  ApplicationStop:\n    - location: scripts/stop.sh\n"
+        "  BeforeBlockTraffic:\n    - location: scripts/block.sh\n" + appspec_extra
+    )
+    return root
+
+
+async def test_pre_download_hooks_run_the_right_earlier_revision(tmp_path: Path) -> None:
+    from engine.agent.executor import CommandExecutor
+    from engine.agent.protocol import Command
+
+    bundles = {
+        version: build_bundle(write_revision(tmp_path / version, version), tmp_path / "bundles")
+        for version in ("v1", "v2")
+    }
+    by_sha = {built.sha256: built for built in bundles.values()}
+
+    async def fetch(url: str, dest: Path) -> str:
+        sha = url.rsplit("/", 1)[1]
+        dest.write_bytes(by_sha[sha].path.read_bytes())
+        return sha
+
+    executor = CommandExecutor(AgentLayout(tmp_path / "agent"), host="web-1", fetch=fetch)
+
+    async def run(event: str, deployment: str, version: str, **spec: Any) -> Any:
+        body = command(1, event, sha=bundles[version].sha256, deployment=deployment, **spec)
+        return await executor.execute(Command.from_json(body))
+
+    first_stop = await run("ApplicationStop", "d-1", "v1")
+    assert first_stop.succeeded and first_stop.message.startswith("no scripts")  # first deployment: a no-op
+    for event in ("DownloadBundle", "Install"):
+        assert (await run(event, "d-1", "v1")).succeeded
+    assert "stop v1" in (await run("ApplicationStop", "d-2", "v2")).log_tail  # the last successful install
+    assert (await run("DownloadBundle", "d-2", "v2")).succeeded  # v2 becomes the most recent, not successful
+    assert "stop v2" in (await run("ApplicationStop", "d-2", "v2")).log_tail  # its own archive exists now
+
+    plain = await run("BeforeBlockTraffic", "d-3", "v1")
+    rollback = await run("BeforeBlockTraffic", "d-4", "v1", creator="codeDeployRollback", deployment_type="BLUE_GREEN")
+    assert "block v1" in plain.log_tail  # last successful install
+    assert "block v2" in rollback.log_tail  # blue/green rollback: the most recent install
+
+    executor.extra_env["FAIL"] = "3"
+    failed = await run("ApplicationStop", "d-5", "v1")
+    tolerated = await run("ApplicationStop", "d-6", "v1", ignore_application_stop_failures=True)
+    assert failed.code == 4 and failed.message.endswith("failed with exit code 3")
+    assert tolerated.code == 4  # reported as it is: the server's machine decides to go on
+    assert (await run("BeforeInstall", "d-7", "v1")).code == 5  # a current-revision hook with no download
+
+
+async def test_invalid_appspec_and_install_conflicts_are_code_5(tmp_path: Path) -> None:
+    from engine.agent.executor import CommandExecutor
+    from engine.agent.protocol import Command
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "appspec.yml").write_text("version: '0.0'\nos: linux\n")
+    clash = tmp_path / "clash"
+    (clash / "site").mkdir(parents=True)
+    (clash / "site" / "index.html").write_text("new\n")
+    (clash / "appspec.yml").write_text("version: 0.0\nos: linux\nfiles:\n  - source: site\n    destination: /www\n")
+    prefix = tmp_path / "prefix"
+    (prefix / "www").mkdir(parents=True)
+    (prefix / "www" / "index.html").write_text("someone else's\n")
+    built = {name: build_bundle(tmp_path / name, tmp_path / "bundles") for name in ("bad", "clash")}
+
+    async def fetch(url: str, dest: Path) -> str:
+        sha = url.rsplit("/", 1)[1]
+        dest.write_bytes(next(b for b in built.values() if b.sha256 == sha).path.read_bytes())
+        return sha
+
+    executor = CommandExecutor(AgentLayout(tmp_path / "agent"), host="web-1", fetch=fetch, prefix=prefix)
+    for name, deployment in (("bad", "d-1"), ("clash", "d-2")):
+        downloaded = await executor.execute(
+            Command.from_json(command(1, "DownloadBundle", sha=built[name].sha256, deployment=deployment))
+        )
+        assert downloaded.succeeded
+    invalid = await executor.execute(Command.from_json(command(2, "BeforeInstall", sha=built["bad"].sha256)))
+    clashing = await executor.execute(
+        Command.from_json(command(3, "Install", sha=built["clash"].sha256, deployment="d-2"))
+    )
+    assert invalid.code == 5 and invalid.message.startswith("invalid AppSpec file:\nappspec.yml:1:")
+    assert clashing.code == 5 and "a specified file already exists at this location" in clashing.message
+    assert (prefix / "www" / "index.html").read_text() == "someone else's\n"
