@@ -72,6 +72,7 @@ class DeploymentService(Protocol):
     async def control(self, deployment_id: str, action: str, *, actor: str = "cli") -> dict[str, Any]: ...
     async def plan(self, request: DeployRequest) -> dict[str, Any]: ...
     async def watch(self, deployment_id: str, *, after: int = 0, timeout: float = 25.0) -> dict[str, Any]: ...
+    async def event_log(self, deployment_id: str) -> list[dict[str, Any]]: ...
     def applications(self) -> list[dict[str, Any]]: ...
 
 
@@ -311,6 +312,11 @@ async def get_deployment(request: web.Request) -> web.Response:
     return json_response(await request.app[DEPLOYER].get(request.match_info["id"]))
 
 
+async def deployment_log(request: web.Request) -> web.Response:
+    """The append-only audit trail of one deployment: who asked for what, and what happened, in order."""
+    return json_response(await request.app[DEPLOYER].event_log(request.match_info["id"]))
+
+
 async def watch_deployment(request: web.Request) -> web.Response:
     """Long poll: answers as soon as the deployment's version passes ``after`` (or with the current one at ``wait``)."""
     after = int(_number(request, "after", 0, 0, float(2**62), _WATCH_USAGE))
@@ -371,6 +377,7 @@ def create_api_app(
             web.get("/deployments", list_deployments),
             web.get(deployment, get_deployment),
             web.get(deployment + "/watch", watch_deployment),
+            web.get(deployment + "/log", deployment_log),
             web.post(deployment + "/stop", stop_deployment),
             web.post(deployment + "/{action:" + "|".join(CONTROL_ACTIONS) + "}", control_deployment),
             web.post("/applications/{app}/environments/{env}/rollback", rollback_environment),

@@ -5,6 +5,12 @@ Theory of operation: one asyncio task per agent runs spawn → wait → (crashed
 ``stable_after`` seconds resets the delay. Agents get their own session (``start_new_session``) so a Ctrl-C in the
 terminal reaches only the server, which then stops them in order: SIGTERM, a grace period, then SIGKILL to the
 agent's whole process group. Output goes to ``<data>/hosts/NAME/agent.log`` (appended, one banner per start).
+
+Local agents stand in for real hosts, so they outlive a server that dies without stopping them (kill -9): they
+finish their hook and keep offering its result. Each agent's pid is kept in ``<data>/hosts/NAME/agent.pid``; a
+restarted server adopts a still-running agent whose command line is exactly the one it would start, instead of
+starting a second agent for the same host. An agent with a different command line (another URL or token) is
+stopped and replaced.
 """
 
 from __future__ import annotations
@@ -82,10 +88,12 @@ class LocalFleet:
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._adopted: dict[str, int] = {}
 
     def pids(self) -> dict[str, int]:
-        """The process id of every agent currently running."""
-        return {name: p.pid for name, p in self._processes.items() if p.returncode is None}
+        """The process id of every agent currently running (started or adopted)."""
+        running = {name: p.pid for name, p in self._processes.items() if p.returncode is None}
+        return {**self._adopted, **running}
 
     async def start(self) -> None:
         self._stopping.clear()
@@ -95,6 +103,7 @@ class LocalFleet:
     async def stop(self) -> None:
         """SIGTERM every agent, SIGKILL the process groups of those still alive after the grace period."""
         self._stopping.set()
+        await asyncio.gather(*(_stop_pid(pid, self.policy.stop_timeout) for pid in self._adopted.values()))
         await self._terminate([p for p in self._processes.values() if p.returncode is None])
         for task in self._tasks:
             task.cancel()
@@ -123,6 +132,7 @@ class LocalFleet:
     async def _supervise(self, agent: AgentProcess) -> None:
         loop = asyncio.get_running_loop()
         delay = self.policy.initial_delay
+        await self._adopt_or_replace(agent)
         while not self._stopping.is_set():
             started = loop.time()
             try:
@@ -159,4 +169,63 @@ class LocalFleet:
                 start_new_session=True,
             )
         self._processes[agent.name] = process
+        _pid_file(agent).write_text(str(process.pid))
         return await process.wait()
+
+    async def _adopt_or_replace(self, agent: AgentProcess) -> None:
+        """Wait on an agent left running by a previous server, if it is exactly ours; stop it otherwise."""
+        pid = _running_pid(agent)
+        if pid is None:
+            return
+        if _cmdline(pid) != agent.argv:
+            log.info("stopping local agent %s (pid %d) started with other options", agent.name, pid)
+            await _stop_pid(pid, self.policy.stop_timeout)
+            return
+        log.info("adopted local agent %s (pid %d) left running by a previous server", agent.name, pid)
+        self._adopted[agent.name] = pid
+        while not self._stopping.is_set() and _alive(pid):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 0.5)
+        self._adopted.pop(agent.name, None)
+        if self._stopping.is_set():
+            await _stop_pid(pid, self.policy.stop_timeout)
+
+
+def _pid_file(agent: AgentProcess) -> Path:
+    return agent.log_path.parent / "agent.pid"
+
+
+def _running_pid(agent: AgentProcess) -> int | None:
+    try:
+        pid = int(_pid_file(agent).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    """True for a live process; a zombie (exited, not yet reaped by init) counts as gone."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _cmdline(pid: int) -> tuple[str, ...]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ()
+    return tuple(part.decode(errors="replace") for part in raw.split(b"\0") if part)
+
+
+async def _stop_pid(pid: int, timeout: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)

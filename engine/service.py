@@ -507,6 +507,13 @@ class Deployer:
         rows = await self.store.list_deployments(application=app.name, environment=env, limit=limit)
         return [await self.get(r["id"]) for r in rows]
 
+    async def event_log(self, deployment_id: str) -> list[dict[str, Any]]:
+        await self._row(deployment_id)
+        return [
+            {k: entry[k] for k in ("id", "at", "actor", "kind", "data")}
+            for entry in await self.store.read_log(deployment_id=deployment_id)
+        ]
+
     async def watch(self, deployment_id: str, *, after: int = 0, timeout: float = 25.0) -> dict[str, Any]:
         await self._row(deployment_id)
         if self._versions.get(deployment_id, 0) <= after and deployment_id in self._runners:

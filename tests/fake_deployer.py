@@ -292,6 +292,10 @@ class FakeDeployer:
         }
         return {"plan": plan, "stages": []}
 
+    async def event_log(self, deployment_id: str) -> list[dict[str, Any]]:
+        await self.get(deployment_id)
+        return [{"id": 1, "at": 0.0, "actor": "api", "kind": "deployment.requested", "data": None}]
+
     def applications(self) -> list[dict[str, Any]]:
         return [{"name": name, "environments": [{"name": env} for env in envs]} for name, envs in self.apps.items()]
 

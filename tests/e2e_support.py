@@ -1,0 +1,180 @@
+"""A real ``deploybot serve`` process for end-to-end tests: start, kill -9, restart, talk to its API, clean up.
+
+Everything a test starts is stopped in ``cleanup()``: the server, its local agents (found by their pid files),
+agents the test ran itself, and any process a hook script recorded in a ``*.pid`` file under the test's directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+FINAL = ("Succeeded", "Failed", "Stopped")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_revision(root: Path, name: str, hooks: dict[str, str], *, timeout: int = 60) -> Path:
+    """A revision directory whose hooks are the given bash bodies (``{"ValidateService": "exit 0"}``)."""
+    path = root / name
+    (path / "scripts").mkdir(parents=True)
+    (path / "VERSION").write_text(name)
+    lines = ["version: 0.0", "os: linux", "files:", "  - source: VERSION", "    destination: /opt/e2e", "hooks:"]
+    for event, body in hooks.items():
+        script = path / "scripts" / f"{event}.sh"
+        script.write_text(f"#!/bin/bash\nset -eu\n{body}\n")
+        script.chmod(0o755)
+        lines += [f"  {event}:", f"    - location: scripts/{event}.sh", f"      timeout: {timeout}"]
+    (path / "appspec.yml").write_text("\n".join(lines) + "\n")
+    return path
+
+
+class DeploybotServer:
+    def __init__(self, workdir: Path, config_text: str, *, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.config = workdir / "deploybot.yml"
+        self.config.write_text(config_text)
+        self.data_dir = workdir / "var"
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+        self.extra_processes: list[subprocess.Popen[bytes]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 30) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("DEPLOYBOT_TOKEN", "DEPLOYBOT_URL")}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bot", "serve", "--config", str(self.config), "--port", str(self.port)],
+            cwd=self.workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        listening = threading.Event()
+        process = self.process
+
+        def read() -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                self.output.append(line)
+                if "listening on" in line:
+                    listening.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not listening.wait(timeout):
+            raise AssertionError("server did not start:\n" + "".join(self.output))
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(30)
+
+    def run_agent(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
+        """An agent this test runs itself (a host not marked ``local``), with the token the server issued."""
+        tokens = json.loads((self.data_dir / "agent-tokens.json").read_text())
+        root = self.data_dir / "hosts" / name
+        root.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "bot", "agent", "--server", self.url, "--name", name]
+        argv += ["--token", tokens[name], "--root", str(root), "--prefix", str(root / "fs"), *extra]
+        with (root / "agent.log").open("ab") as log:
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.extra_processes.append(process)
+        return process
+
+    def cleanup(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(30)
+            if self.process.poll() is None:
+                self.process.kill()
+        for process in self.extra_processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+        for pid_file in self.workdir.rglob("*.pid"):
+            with contextlib.suppress(ValueError, OSError):
+                os.killpg(int(pid_file.read_text().strip()), signal.SIGKILL)
+            with contextlib.suppress(ValueError, OSError):
+                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+
+    # -- the API ---------------------------------------------------------------------------------------------
+
+    def api(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> tuple[int, Any]:
+        token = (self.data_dir / "api-token").read_text().strip()
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Authorization": f"Bearer {token}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def deploy(self, application: str, environment: str, revision: Path | str) -> dict[str, Any]:
+        status, body = self.api(
+            "POST",
+            "/api/v1/deployments",
+            {"application": application, "environment": environment, "revision": str(revision)},
+        )
+        assert status == 201, body
+        return dict(body)
+
+    def deployment(self, deployment_id: str) -> dict[str, Any]:
+        status, body = self.api("GET", f"/api/v1/deployments/{deployment_id}")
+        assert status == 200, body
+        return dict(body)
+
+    def wait_for(self, deployment_id: str, predicate: Any, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(urllib.error.URLError, ConnectionError):
+                doc = self.deployment(deployment_id)
+                if predicate(doc):
+                    return doc
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting on {deployment_id}: {doc}")
+            time.sleep(0.05)
+
+    def wait_final(self, deployment_id: str, timeout: float = 60) -> dict[str, Any]:
+        return self.wait_for(deployment_id, lambda d: d["status"] in FINAL, timeout)
+
+
+def event(doc: dict[str, Any], target: str, name: str) -> dict[str, Any]:
+    host = next(t for t in doc["targets"] if t["name"] == target)
+    return next(e for e in host["events"] if e["name"] == name)
+
+
+def statuses(doc: dict[str, Any]) -> dict[str, str]:
+    return {t["name"]: t["status"] for t in doc["targets"]}
+
+
+def listening_url(output: list[str]) -> str:
+    match = re.search(r"listening on (\S+)", "".join(output))
+    assert match, output
+    return match.group(1)
