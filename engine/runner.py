@@ -152,20 +152,21 @@ class DeploymentRunner:
         }
 
     async def _sync_target_rows(self) -> None:
-        """Write the per-target event statuses the machine changed (Pending rows, Skipped, Unknown)."""
+        """Write the per-target event statuses the machine changed (Pending rows, Skipped, Unknown) in one go."""
+        rows: list[dict[str, Any]] = []
+        now = self.clock.now()
         for target, progress in self.machine.state.targets.items():
             for seq, event in enumerate(progress.events):
                 status = str(progress.statuses[event])
                 key = (target, str(event))
-                if self._synced.get(key) == status:
-                    continue
-                if key in self._recorded:
-                    continue  # written with its details by record_result; the machine may not have seen it yet
+                if self._synced.get(key) == status or key in self._recorded:
+                    continue  # unchanged, or written with its details by record_result
                 self._synced[key] = status
-                fields: dict[str, Any] = {"status": status, "seq": seq}
+                row: dict[str, Any] = {"target": target, "event": str(event), "status": status, "seq": seq}
                 if status == EventStatus.IN_PROGRESS:
-                    fields["started_at"] = self.clock.now()
-                await self.store.upsert_target_event(self.deployment_id, target, str(event), **fields)
+                    row["started_at"] = now
+                rows.append(row)
+        await self.store.upsert_target_events(self.deployment_id, rows)
 
     # -- commands --------------------------------------------------------------------------------------------
 

@@ -310,6 +310,29 @@ class SqliteStore:
         )
         await self._change(sql, (deployment_id, target, event, *fields.values()))
 
+    async def upsert_target_events(self, deployment_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Many ``upsert_target_event`` calls in one transaction; each row has ``target``, ``event`` and fields."""
+        if not rows:
+            return
+        statements = []
+        for row in rows:
+            fields = {k: v for k, v in row.items() if k not in ("target", "event")}
+            _check_columns("target_events", fields, self._columns["target_events"] - {*_TARGET_EVENT_KEY})
+            columns = [*_TARGET_EVENT_KEY, *fields]
+            on_conflict = "UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in fields) if fields else "NOTHING"
+            sql = (
+                f"INSERT INTO target_events ({', '.join(columns)}) VALUES ({_placeholders(len(columns))})"
+                f" ON CONFLICT (deployment_id, target, event) DO {on_conflict}"
+            )
+            statements.append((sql, (deployment_id, row["target"], row["event"], *fields.values())))
+
+        def write(db: Database) -> None:
+            with _write(db) as conn:
+                for sql, params in statements:
+                    conn.execute(sql, params)
+
+        await self._run(write)
+
     async def list_target_events(self, deployment_id: str) -> list[Row]:
         sql = "SELECT * FROM target_events WHERE deployment_id = ? ORDER BY target, seq, rowid"
         return await self._fetch("target_events", sql, (deployment_id,))
