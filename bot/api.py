@@ -74,6 +74,7 @@ class DeploymentService(Protocol):
     async def watch(self, deployment_id: str, *, after: int = 0, timeout: float = 25.0) -> dict[str, Any]: ...
     async def event_log(self, deployment_id: str) -> list[dict[str, Any]]: ...
     def applications(self) -> list[dict[str, Any]]: ...
+    async def hosts(self) -> list[dict[str, Any]]: ...
 
 
 DEPLOYER = web.AppKey("api_deployer", DeploymentService)
@@ -352,6 +353,10 @@ async def plan_deployment(request: web.Request) -> web.Response:
     return json_response(await request.app[DEPLOYER].plan(_deploy_request(request, body, _PLAN_USAGE)))
 
 
+async def list_hosts(request: web.Request) -> web.Response:
+    return json_response({"hosts": await request.app[DEPLOYER].hosts()})
+
+
 async def list_applications(request: web.Request) -> web.Response:
     return json_response({"applications": request.app[DEPLOYER].applications()})
 
@@ -383,6 +388,7 @@ def create_api_app(
             web.post("/applications/{app}/environments/{env}/rollback", rollback_environment),
             web.post("/plan", plan_deployment),
             web.get("/applications", list_applications),
+            web.get("/hosts", list_hosts),
         ]
     )
     return app

@@ -229,6 +229,10 @@ class ApiClient:
         result: dict[str, Any] = await self._request("POST", path)
         return result
 
+    async def hosts(self) -> list[dict[str, Any]]:
+        result = await self._request("GET", "/api/v1/hosts")
+        return list(result["hosts"])
+
     async def applications(self) -> list[dict[str, Any]]:
         result = await self._request("GET", "/api/v1/applications")
         return list(result["applications"])

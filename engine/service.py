@@ -548,6 +548,31 @@ class Deployer:
         stages = deployment_stages(self._stage_options(group, config), targets)
         return {**plan.as_dict(), "stages": stages_to_json(stages)}
 
+    async def hosts(self) -> list[dict[str, Any]]:
+        """Every configured host with its agent's state: online while heard from within the heartbeat limit."""
+        now = self.clock.now()
+        running = {c["host"]: c for c in await self.store.list_commands(status="InProgress")}
+        out = []
+        for host in self.config.hosts.values():
+            agent = await self.store.get_agent(host.name) or {}
+            seen = self.fleet.last_seen(host.name) or agent.get("last_seen")
+            online = seen is not None and now - seen < self.config.server.heartbeat_timeout
+            command = running.get(host.name)
+            out.append(
+                {
+                    "name": host.name,
+                    "tags": dict(host.tags),
+                    "local": host.local,
+                    "agent": "online" if online else ("offline" if seen else "never seen"),
+                    "last_seen": seen,
+                    "version": agent.get("version"),
+                    "running": {"deployment_id": command["deployment_id"], "event": command["event"]}
+                    if command
+                    else None,
+                }
+            )
+        return out
+
     def applications(self) -> list[dict[str, Any]]:
         return [
             {

@@ -296,6 +296,19 @@ class FakeDeployer:
         await self.get(deployment_id)
         return [{"id": 1, "at": 0.0, "actor": "api", "kind": "deployment.requested", "data": None}]
 
+    async def hosts(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": "web-1",
+                "tags": {},
+                "local": True,
+                "agent": "online",
+                "last_seen": 1.0,
+                "version": "0",
+                "running": None,
+            }
+        ]
+
     def applications(self) -> list[dict[str, Any]]:
         return [{"name": name, "environments": [{"name": env} for env in envs]} for name, envs in self.apps.items()]
 

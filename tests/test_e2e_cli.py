@@ -58,6 +58,12 @@ class Server:
             check=False,
         )
 
+    def cli_local(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """A command that runs on the server's machine without talking to it (no --server option)."""
+        return subprocess.run(
+            [sys.executable, "-m", "bot", *argv], cwd=self.data_dir.parent, capture_output=True, text=True, timeout=30
+        )
+
 
 def _write_config(tmp_path: Path, ports: dict[str, int]) -> Path:
     hosts = "\n".join(
@@ -154,6 +160,13 @@ def test_deploy_wait_status_history_then_clean_shutdown(server: Server) -> None:
 
     history = server.cli("history", "hello", "--json")
     assert [d["id"] for d in json.loads(history.stdout)] == [ident]
+
+    hosts = server.cli("hosts", "--json")
+    assert hosts.returncode == 0, hosts.stderr
+    assert {h["name"]: h["agent"] for h in json.loads(hosts.stdout)} == dict.fromkeys(HOSTS, "online")
+    token = server.cli_local("agent-token", HOSTS[0], "--config", str(server.data_dir.parent / "deploybot.yml"))
+    issued = json.loads((server.data_dir / "agent-tokens.json").read_text())
+    assert token.returncode == 0 and token.stdout.strip() == issued[HOSTS[0]]
 
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(20) == 0

@@ -1,4 +1,6 @@
-"""The ``deploybot`` command: one argparse sub-command group per module, each exposing ``register(subparsers)``.
+"""deploybot: a CodeDeploy-style deployment engine (server, host agent and command line).
+
+Each sub-command lives in one module of ``bot.cli`` that exposes ``register(subparsers)``.
 
 Exit codes: 0 success, 1 failure (invalid file, failed deployment, refused request), 2 usage error.
 """
@@ -17,11 +19,16 @@ _COMMAND_MODULES = (
     "bot.cli.config_cmd",
     "bot.cli.server_cmd",
     "bot.cli.deploy_cmd",
+    "bot.cli.hosts_cmd",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deploybot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="deploybot",
+        description="A CodeDeploy-style deployment engine: applications, deployment groups, revisions, agents.",
+        epilog="Start with `make run`, then `deploybot deploy hello --to staging --wait`. See README.md.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         try:
