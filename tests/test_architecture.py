@@ -16,6 +16,11 @@ PURE_CORE = {
     "engine/model.py",
     "engine/errors.py",
     "engine/appspec.py",
+    "engine/appspec_server.py",
+    "engine/appspec_permissions.py",
+    "engine/appspec_resources.py",
+    "engine/yamlnode.py",
+    "engine/loader_groups.py",
     "engine/configs.py",
     "engine/lifecycle.py",
     "engine/plan.py",
@@ -27,7 +32,15 @@ PURE_CORE = {
     "engine/topology.py",
     "engine/ports.py",
 }
-YAML_ALLOWED = {"engine/appspec.py", "engine/loader.py"}
+YAML_ALLOWED = {
+    "engine/yamlnode.py",
+    "engine/appspec.py",
+    "engine/appspec_server.py",
+    "engine/appspec_permissions.py",
+    "engine/appspec_resources.py",
+    "engine/loader.py",
+    "engine/loader_groups.py",
+}
 IO_LIBRARIES = {"aiohttp", "aioboto3", "aiobotocore", "boto3", "botocore", "sqlite3", "sqlite_utils", "asyncio"}
 CHAT_LIBRARIES = {"slack_bolt", "slack_sdk", "gidgethub"}
 ENGINE_INTERNALS = {"engine.store", "engine.migrations", "engine.runner"}

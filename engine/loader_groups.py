@@ -1,0 +1,349 @@
+"""Config loader, part two (pure): the host fleet and deployment groups, with what hangs off a group.
+
+A group names its targets (hosts or a tag selector), its configurations, load balancer, alarms, automatic rollback
+and blue/green options; each is checked against what the rest of the file declares (hosts, custom configurations,
+ports in use), so a group that could not deploy is refused when the file is read. engine.loader calls in here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from functools import partial
+from typing import NamedTuple
+
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from engine.configs import (
+    DeploymentConfig,
+    IncompatibleDeploymentConfig,
+    close_config_names,
+    config_for_group,
+    default_config_name,
+    traffic_config_for_hosts,
+)
+from engine.errors import UnknownDeploymentConfig
+from engine.model import AutoRollback, AutoRollbackEvent, DeploymentType, Platform
+from engine.topology import AlarmConfiguration, BlueGreenOptions, DeploymentGroup, Host, LoadBalancer
+from engine.yamlnode import Entry, NodeReader, did_you_mean, is_null
+
+# Keys of later features that are kept verbatim in the ``extra`` of the object they belong to. Anything else
+# unknown is an error, so a typo never silently disables a setting.
+GROUP_EXTRA_KEYS = (
+    "function_name",
+    "alias",
+    "cluster",
+    "service",
+    "auto_scaling_groups",
+    "region",
+    "endpoint_url",
+)
+LOAD_BALANCER_EXTRA_KEYS = (
+    "listener_arn",
+    "test_listener_arn",
+    "target_groups",
+    "region",
+    "endpoint_url",
+    "backend",
+)
+
+DEPLOYMENT_TYPES = {"in-place": DeploymentType.IN_PLACE, "blue-green": DeploymentType.BLUE_GREEN}
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_MAX_WAIT_MINUTES = 2880
+_FILE_EXISTS = ("DISALLOW", "OVERWRITE", "RETAIN")
+_READY_ACTIONS = ("CONTINUE_DEPLOYMENT", "STOP_DEPLOYMENT")
+_TERMINATE_ACTIONS = ("TERMINATE", "KEEP_ALIVE")
+_GROUP_KEYS = (
+    *("name", "deployment_type", "deployment_config", "traffic_config", "targets", "load_balancer", "alarms"),
+    *("auto_rollback", "blue_green", "file_exists_behavior", "ignore_application_stop_failures"),
+    *("deployers", "approvers", "required_approvals", *GROUP_EXTRA_KEYS),
+)
+
+
+class Fleet(NamedTuple):
+    hosts: dict[str, Host]
+    ports: dict[int, str]  # port -> who uses it (local hosts, server, haproxy), for collision reports
+
+
+class GroupContext(NamedTuple):
+    """What a group is checked against: the rest of the file."""
+
+    fleet: Fleet
+    configs: dict[str, DeploymentConfig]
+    base_dir: str
+    group_names: dict[str, str]  # group name -> "app/env" that uses it
+
+
+def read_name(reader: NodeReader, node: Node, path: str, what: str) -> str | None:
+    """A name that is safe in ids, file names and chat commands."""
+    value = reader.string(node, path)
+    if value is not None and not NAME.match(value):
+        reader.report(node, f"bad {what} name {value!r}: use letters, digits, '.', '_' or '-'", path)
+    return value
+
+
+def resolve_path(base_dir: str, value: str) -> str:
+    """Paths in the file are relative to its directory; ``git:REF`` and URLs are kept as they are."""
+    if value.startswith("git:") or "://" in value:
+        return value
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(value)))
+
+
+def extra_values(reader: NodeReader, fields: dict[str, Entry], keys: Iterable[str]) -> dict[str, object]:
+    """The whitelisted keys of later features, as plain Python, for an ``extra`` mapping."""
+    return {key: reader.plain(fields[key].value, fields[key].path) for key in keys if key in fields}
+
+
+def parse_hosts(reader: NodeReader, node: Node, server_port: int) -> Fleet:
+    """The ``hosts`` list; the server's own port is taken, so no local host may listen on it."""
+    fleet = Fleet({}, {server_port: "the server's listen address"} if server_port else {})
+    for item, path in reader.items(node, "hosts"):
+        fields = reader.fields(item, path, ("name", "local", "port", "tags"), required=("name",))
+        name = reader.get(fields, "name", partial(read_name, reader), None, "host")
+        if name is None:
+            continue
+        host = Host(
+            name=name,
+            tags=reader.get(fields, "tags", reader.string_map, {}),
+            local=reader.get(fields, "local", reader.boolean, False),
+            port=reader.get(fields, "port", reader.integer, None, 1, 65535),
+        )
+        if name in fleet.hosts:
+            reader.report(fields["name"].value, f"host {name!r} is declared twice", fields["name"].path)
+            continue
+        fleet.hosts[name] = host
+        if host.local and host.port is not None:
+            claim_port(reader, fleet, host.port, f"local host {name!r}", fields["port"])
+    return fleet
+
+
+def claim_port(reader: NodeReader, fleet: Fleet, port: int, user: str, entry: Entry) -> None:
+    if port in fleet.ports:
+        reader.report(entry.value, f"port {port} of {user} is already used by {fleet.ports[port]}", entry.path)
+    else:
+        fleet.ports[port] = user
+
+
+def parse_group(
+    reader: NodeReader, app: str, environment: str, platform: Platform, entry: Entry, ctx: GroupContext
+) -> DeploymentGroup:
+    """The deployment group of ``app`` in ``environment``, checked against the rest of the file (``ctx``)."""
+    required = ("targets",) if platform is Platform.SERVER else ()
+    fields = reader.fields(entry.value, entry.path, _GROUP_KEYS, required=required)
+    name = reader.get(fields, "name", partial(read_name, reader), f"{app}-{environment}", "deployment group")
+    if name in ctx.group_names:
+        where = fields.get("name") or Entry(entry.key, entry.key, entry.path)
+        reader.report(
+            where.value, f"deployment group name {name!r} is also used by {ctx.group_names[name]}", where.path
+        )
+    ctx.group_names.setdefault(name, f"{app}/{environment}")
+    server = platform is Platform.SERVER
+    kind = DEPLOYMENT_TYPES[
+        reader.get(fields, "deployment_type", reader.choice, "in-place" if server else "blue-green", DEPLOYMENT_TYPES)
+    ]
+    blue_green = kind is DeploymentType.BLUE_GREEN
+    if not server and not blue_green:
+        where = fields["deployment_type"]
+        reader.report(where.value, f"{platform} deployments are always blue-green", where.path)
+    config = reader.get(fields, "deployment_config", reader.string, default_config_name(platform))
+    _check_config(reader, fields.get("deployment_config"), config, platform, "deployment", ctx)
+    traffic = reader.get(fields, "traffic_config", reader.string, None)
+    if (where := fields.get("traffic_config")) is not None and traffic is not None:
+        if server and not blue_green:
+            reader.report(where.value, "traffic_config applies only to blue-green deployments", where.path)
+        elif server:
+            _check_config(reader, where, traffic, platform, "traffic", ctx)
+        elif traffic != config:
+            message = f"a {platform} group shifts traffic by its deployment_config; leave traffic_config out"
+            reader.report(where.value, message, where.path)
+    if not server:
+        traffic = config
+    hosts, tags = _targets(reader, fields.get("targets"), platform, ctx)
+    load_balancer = _load_balancer(reader, fields.get("load_balancer"), platform, f"{app}/{environment}", ctx)
+    if server and blue_green and load_balancer is None and "deployment_type" in fields:
+        where = fields["deployment_type"]
+        reader.report(where.value, "blue-green deployments need a load_balancer to move traffic", where.path)
+    approvers = reader.get(fields, "approvers", reader.strings, ())
+    required_approvals = reader.get(fields, "required_approvals", reader.integer, 0)
+    if approvers and required_approvals > len(approvers):
+        where = fields["required_approvals"]
+        reader.report(
+            where.value,
+            f"{required_approvals} approvals required but only {len(approvers)} approvers",
+            where.path,
+        )
+    return DeploymentGroup(
+        name=name,
+        application=app,
+        environment=environment,
+        platform=platform,
+        deployment_type=kind,
+        deployment_config=config,
+        traffic_config=traffic,
+        hosts=hosts,
+        target_tags=tags,
+        load_balancer=load_balancer,
+        alarms=_alarms(reader, fields.get("alarms")),
+        auto_rollback=_auto_rollback(reader, fields.get("auto_rollback")),
+        blue_green=_blue_green_options(reader, fields.get("blue_green"), blue_green),
+        file_exists_behavior=reader.get(fields, "file_exists_behavior", reader.choice, "DISALLOW", _FILE_EXISTS),
+        ignore_application_stop_failures=reader.get(fields, "ignore_application_stop_failures", reader.boolean, False),
+        deployers=reader.get(fields, "deployers", reader.strings, ()),
+        approvers=approvers,
+        required_approvals=required_approvals,
+        extra=extra_values(reader, fields, GROUP_EXTRA_KEYS),
+    )
+
+
+def _check_config(
+    reader: NodeReader, entry: Entry | None, name: str, platform: Platform, usage: str, ctx: GroupContext
+) -> None:
+    """Report a configuration name that is unknown or cannot serve as this group's deployment/traffic config."""
+    if entry is None:
+        return
+    try:
+        if usage == "deployment":
+            config_for_group(name, platform, ctx.configs)
+        else:
+            traffic_config_for_hosts(name, ctx.configs)
+    except UnknownDeploymentConfig:
+        close = close_config_names(name, ctx.configs)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        reader.report(entry.value, f"unknown deployment configuration {name!r}{hint}", entry.path)
+    except IncompatibleDeploymentConfig:
+        if usage == "traffic":
+            needs = "a configuration with traffic_routing"
+        elif platform is Platform.SERVER:
+            needs = "a configuration with minimum_healthy_hosts"
+        else:
+            needs = f"a {platform} traffic configuration, like {default_config_name(platform)}"
+        reader.report(entry.value, f"{name!r} cannot be used here: expected {needs}", entry.path)
+
+
+def _targets(
+    reader: NodeReader, entry: Entry | None, platform: Platform, ctx: GroupContext
+) -> tuple[tuple[str, ...], dict[str, str]]:
+    if entry is None or (is_null(entry.value) and platform is not Platform.SERVER):
+        return (), {}
+    if platform is Platform.SERVER and is_null(entry.value):
+        reader.expect(entry.value, "a mapping with 'hosts' or 'tags'", entry.path)
+        return (), {}
+    if platform is not Platform.SERVER:
+        reader.report(entry.key, f"a {platform} group has no host targets", entry.path)
+        return (), {}
+    fields = reader.fields(entry.value, entry.path, ("hosts", "tags"))
+    if len(fields) != 1:
+        if isinstance(entry.value, MappingNode) and len(entry.value.value) == len(fields):
+            reader.report(entry.value, "expected exactly one of 'hosts' (names) or 'tags' (a selector)", entry.path)
+        return (), {}
+    hosts: list[str] = []
+    if (names := fields.get("hosts")) is not None:
+        listed = reader.items(names.value, names.path)
+        for item, path in listed:
+            host = reader.string(item, path)
+            if host is not None and host not in ctx.fleet.hosts:
+                hint = did_you_mean(host, ctx.fleet.hosts, list_known=True)
+                reader.report(item, f"unknown host {host!r}{hint}", path)
+            elif host in hosts:
+                reader.report(item, f"host {host!r} is listed twice", path)
+            elif host is not None:
+                hosts.append(host)
+        if not listed and isinstance(names.value, SequenceNode):
+            reader.report(names.value, "expected at least one host", names.path)
+        return tuple(hosts), {}
+    selector = fields["tags"]
+    tags = reader.string_map(selector.value, selector.path)
+    if not any(host.matches(tags) for host in ctx.fleet.hosts.values()):
+        shown = ", ".join(f"{key}={value}" for key, value in tags.items()) or "nothing"
+        reader.report(selector.value, f"no declared host has the tags {shown}", selector.path)
+    return (), tags
+
+
+def _load_balancer(
+    reader: NodeReader, entry: Entry | None, platform: Platform, group: str, ctx: GroupContext
+) -> LoadBalancer | None:
+    if entry is None or is_null(entry.value):
+        return None
+    if isinstance(entry.value, ScalarNode) and entry.value.value == "none":
+        return None
+    keys = ("type", "port", "health_check", "deregistration_delay", *LOAD_BALANCER_EXTRA_KEYS)
+    fields = reader.fields(entry.value, entry.path, keys, required=("type",))
+    kind = reader.get(fields, "type", reader.choice, "none", ("haproxy", "elbv2", "none"))
+    if kind == "none":
+        return None
+    if platform is Platform.LAMBDA or (platform is Platform.ECS and kind == "haproxy"):
+        reader.report(
+            fields["type"].value, f"a {platform} group cannot use a {kind} load balancer", fields["type"].path
+        )
+    port = reader.get(fields, "port", reader.integer, None, 1, 65535)
+    if kind == "haproxy" and port is None and "port" not in fields:
+        reader.report(entry.value, "missing required key 'port' (the HAProxy frontend port)", f"{entry.path}.port")
+    elif kind == "haproxy" and port is not None:
+        claim_port(reader, ctx.fleet, port, f"the load balancer of {group}", fields["port"])
+    health_check = reader.get(fields, "health_check", reader.string, "/health")
+    if not health_check.startswith("/"):
+        where = fields["health_check"]
+        reader.report(where.value, f"expected a path starting with '/', got {health_check!r}", where.path)
+    return LoadBalancer(
+        type=kind,
+        port=port,
+        health_check=health_check,
+        deregistration_delay=reader.get(fields, "deregistration_delay", reader.number, 5.0, 0),
+        extra=extra_values(reader, fields, LOAD_BALANCER_EXTRA_KEYS),
+    )
+
+
+def _alarms(reader: NodeReader, entry: Entry | None) -> AlarmConfiguration:
+    if entry is None:
+        return AlarmConfiguration()
+    fields = reader.fields(entry.value, entry.path, ("enabled", "ignore_poll_alarm_failure", "alarms"))
+    alarms: list[dict[str, object]] = []
+    listed = reader.items(fields["alarms"].value, fields["alarms"].path) if "alarms" in fields else []
+    for item, path in listed:
+        if isinstance(item, MappingNode):
+            alarm = reader.fields(item, path, ("name",), required=("name",))
+            name = reader.get(alarm, "name", reader.string, None)
+        else:
+            name = reader.string(item, path)
+        if name is not None and any(a["name"] == name for a in alarms):
+            reader.report(item, f"alarm {name!r} is listed twice", path)
+        elif name is not None:
+            alarms.append({"name": name})
+    if len(alarms) > 10:
+        reader.report(fields["alarms"].value, f"at most 10 alarms, got {len(alarms)}", fields["alarms"].path)
+    return AlarmConfiguration(
+        enabled=reader.get(fields, "enabled", reader.boolean, False),
+        ignore_poll_alarm_failure=reader.get(fields, "ignore_poll_alarm_failure", reader.boolean, False),
+        alarms=tuple(alarms),
+    )
+
+
+def _auto_rollback(reader: NodeReader, entry: Entry | None) -> AutoRollback:
+    if entry is None:
+        return AutoRollback()
+    fields = reader.fields(entry.value, entry.path, ("enabled", "events"))
+    enabled = reader.get(fields, "enabled", reader.boolean, False)
+    if "events" not in fields or is_null(fields["events"].value):
+        return AutoRollback(enabled, frozenset({AutoRollbackEvent.DEPLOYMENT_FAILURE} if enabled else ()))
+    names = tuple(AutoRollbackEvent)
+    events = [
+        reader.choice(item, path, names) for item, path in reader.items(fields["events"].value, fields["events"].path)
+    ]
+    return AutoRollback(enabled, frozenset(AutoRollbackEvent(event) for event in events if event is not None))
+
+
+def _blue_green_options(reader: NodeReader, entry: Entry | None, blue_green: bool) -> BlueGreenOptions:
+    if entry is None or is_null(entry.value):
+        return BlueGreenOptions()
+    if not blue_green:
+        reader.report(entry.key, "blue_green options apply only to blue-green deployments", entry.path)
+    keys = ("ready_action", "ready_wait_minutes", "terminate_action", "termination_wait_minutes")
+    fields = reader.fields(entry.value, entry.path, keys)
+    minutes = (reader.integer, 0, 0, _MAX_WAIT_MINUTES)
+    return BlueGreenOptions(
+        ready_action=reader.get(fields, "ready_action", reader.choice, "CONTINUE_DEPLOYMENT", _READY_ACTIONS),
+        ready_wait_minutes=reader.get(fields, "ready_wait_minutes", *minutes),
+        terminate_action=reader.get(fields, "terminate_action", reader.choice, "KEEP_ALIVE", _TERMINATE_ACTIONS),
+        termination_wait_minutes=reader.get(fields, "termination_wait_minutes", *minutes),
+    )
