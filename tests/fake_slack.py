@@ -1,0 +1,156 @@
+"""FakeSlack: a local aiohttp server playing Slack's Web API (``POST /api/<method>``) and ``response_url``s.
+
+It records every call (method, JSON/form payload, Authorization header, monotonic time) so tests assert on the
+real Block Kit payloads the bot sent. ``rate_limit_once(method, retry_after)`` makes the next call of that method
+answer HTTP 429 with ``Retry-After``, as Slack does. It runs on the test's event loop (``async with``) or, for a
+bot running in another process, on its own thread (``start_in_thread``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+CHANNELS = {"#deploys": "C0DEPLOYS", "deploys": "C0DEPLOYS"}
+
+
+@dataclass
+class Call:
+    method: str
+    payload: dict[str, Any]
+    authorization: str | None
+    at: float = field(default_factory=time.monotonic)
+
+
+class FakeSlack:
+    def __init__(self, *, usergroups: dict[str, list[str]] | None = None) -> None:
+        self.calls: list[Call] = []
+        self.responses: list[tuple[str, dict[str, Any]]] = []  # (response_url path id, JSON body)
+        self.usergroups = usergroups or {}
+        self._rate_limited: dict[str, int] = {}
+        self._ts = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.port = 0
+
+    # -- what tests use --------------------------------------------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/"
+
+    def response_url(self, name: str = "cmd") -> str:
+        return f"http://127.0.0.1:{self.port}/response/{name}"
+
+    def rate_limit_once(self, method: str, retry_after: int = 1) -> None:
+        self._rate_limited[method] = retry_after
+
+    def of(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method]
+
+    def messages(self) -> list[Call]:
+        """Every chat.postMessage and chat.update, in order."""
+        return [c for c in self.calls if c.method in ("chat.postMessage", "chat.update")]
+
+    # -- the server ------------------------------------------------------------------------------------------
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/api/{method}", self._api)  # a few methods are GETs (usergroups.users.list)
+        app.router.add_post("/response/{name}", self._response)
+        return app
+
+    async def _payload(self, request: web.Request) -> dict[str, Any]:
+        if request.method == "GET":
+            return dict(request.query)
+        if request.content_type == "application/json":
+            return dict(await request.json())
+        form = dict(await request.post())
+        for key in ("blocks", "attachments", "view"):
+            if isinstance(form.get(key), str):
+                form[key] = json.loads(str(form[key]))
+        return {k: v for k, v in form.items() if isinstance(v, str | list | dict)}
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        payload = await self._payload(request)
+        self.calls.append(Call(method, payload, request.headers.get("Authorization")))
+        retry_after = self._rate_limited.pop(method, None)
+        if retry_after is not None:
+            self.calls[-1].payload["_answered"] = 429
+            return web.json_response(
+                {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": str(retry_after)}
+            )
+        if method == "auth.test":
+            return web.json_response(
+                {"ok": True, "team_id": "T0TEAM", "user_id": "U0BOT", "bot_id": "B0BOT", "url": "https://x.slack.com/"}
+            )
+        if method == "chat.postMessage":
+            channel = CHANNELS.get(str(payload.get("channel")), str(payload.get("channel")))
+            ts = f"1700000000.{next(self._ts):06d}"
+            return web.json_response({"ok": True, "channel": channel, "ts": ts, "message": {"ts": ts}})
+        if method == "chat.update":
+            return web.json_response({"ok": True, "channel": payload.get("channel"), "ts": payload.get("ts")})
+        if method == "chat.postEphemeral":
+            return web.json_response({"ok": True, "message_ts": "1700000000.999999"})
+        if method == "usergroups.users.list":
+            users = self.usergroups.get(str(payload.get("usergroup")), [])
+            return web.json_response({"ok": True, "users": users})
+        if method == "users.info":
+            user = str(payload.get("user"))
+            return web.json_response({"ok": True, "user": {"id": user, "name": user.lower()}})
+        return web.json_response({"ok": True})
+
+    async def _response(self, request: web.Request) -> web.Response:
+        self.responses.append((request.match_info["name"], dict(await request.json())))
+        return web.json_response({"ok": True})
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self._app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> FakeSlack:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def start_in_thread(self) -> None:
+        started = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            loop.run_until_complete(self.start())
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(self.stop())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        if not started.wait(10):
+            raise RuntimeError("fake Slack did not start")
+
+    def stop_thread(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)

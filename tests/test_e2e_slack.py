@@ -1,0 +1,134 @@
+"""Slack end to end: a real ``deploybot serve`` (real engine, real local agents) with Slack on, talking to a fake
+Slack Web API; ``/deploy hello to staging`` → the thread's parent message ends "Succeeded" → its Rollback button
+rolls back to the previous revision, which succeeds. An unauthorized user is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import DeploybotServer, write_revision
+from fake_slack import FakeSlack
+from slack_support import BOT_TOKEN, SECRET, button_body, signed, slash_body
+
+CONFIG = """server: {data_dir: var}
+hosts:
+  - {name: stage-1, local: true}
+  - {name: stage-2, local: true}
+  - {name: prod-1, local: true}
+applications:
+  hello:
+    platform: server
+    revision: rev-2
+    slack_channel: "#deploys"
+    environments: [staging, production]
+    deployment_groups:
+      staging:
+        deployment_config: CodeDeployDefault.AllAtOnce
+        targets: {hosts: [stage-1, stage-2]}
+      production:
+        deployment_config: CodeDeployDefault.AllAtOnce
+        targets: {hosts: [prod-1]}
+"""
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    fake = FakeSlack()
+    fake.start_in_thread()
+    try:
+        yield fake
+    finally:
+        fake.stop_thread()
+
+
+@pytest.fixture
+def server(tmp_path: Path, slack: FakeSlack, monkeypatch: pytest.MonkeyPatch) -> Iterator[DeploybotServer]:
+    for name, value in {
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SECRET,
+        "SLACK_API_URL": slack.api_url,
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SLACK_APP_TOKEN", raising=False)
+    write_revision(tmp_path, "rev-1", {"ValidateService": "exit 0"})
+    write_revision(tmp_path, "rev-2", {"ValidateService": "exit 0"})
+    running = DeploybotServer(tmp_path, CONFIG)
+    try:
+        running.start()
+        yield running
+    finally:
+        running.cleanup()
+
+
+def post(server: DeploybotServer, body: str) -> tuple[int, str, float]:
+    request = urllib.request.Request(server.url + "/slack/events", data=body.encode(), headers=signed(body))
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, response.read().decode(), time.perf_counter() - started
+
+
+def wait(predicate: Any, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def test_deploy_from_slack_then_roll_back_with_the_button(server: DeploybotServer, slack: FakeSlack) -> None:
+    assert any("Slack: on (events at /slack/events)" in line for line in server.output)
+    first = server.deploy("hello", "staging", server.workdir / "rev-1")  # something to roll back to
+    assert server.wait_final(first["id"])["status"] == "Succeeded"
+
+    status, text, seconds = post(server, slash_body("hello to staging"))
+    assert status == 200 and "Deploying hello to staging" in text and seconds < 3.0
+    history = wait(
+        lambda: [
+            d
+            for d in server.api("GET", "/api/v1/deployments?application=hello")[1]["deployments"]
+            if d["id"] != first["id"]
+        ]
+    )
+    deployment_id = history[0]["id"]
+    assert server.wait_final(deployment_id)["status"] == "Succeeded"
+    ts = wait(
+        lambda: next((c.payload["ts"] for c in slack.of("chat.update") if deployment_id in c.payload["text"]), None)
+    )
+
+    def parent_says(word: str) -> bool:
+        edits = [c for c in slack.of("chat.update") if c.payload["ts"] == ts]
+        return bool(edits) and word in edits[-1].payload["text"]
+
+    wait(lambda: parent_says("Succeeded"))
+
+    status, _, seconds = post(server, button_body("rollback", deployment_id, response_url=slack.response_url("rb")))
+    assert status == 200 and seconds < 3.0
+    rollback_id = wait(lambda: server.deployment(deployment_id)["rollback"]["by"])
+    rollback = server.wait_final(rollback_id)
+    assert rollback["status"] == "Succeeded"
+    assert rollback["revision"]["sha256"] == first["revision"]["sha256"]
+    wait(
+        lambda: any(
+            rollback_id in c.payload.get("text", "") and c.payload.get("thread_ts") == ts
+            for c in slack.of("chat.postMessage")
+        )
+    )
+
+
+def test_unauthorized_user_is_refused_with_the_reason(server: DeploybotServer, slack: FakeSlack) -> None:
+    status, _, _ = post(
+        server, slash_body("hello to production", user="U0MALLORY", response_url=slack.response_url("x"))
+    )
+    assert status == 200
+    refusal = wait(lambda: next((body["text"] for name, body in slack.responses if name == "x"), None))
+    assert "You may not deploy hello to production" in refusal
+    assert "production is closed by default" in refusal
+    assert server.api("GET", "/api/v1/deployments?application=hello")[1]["deployments"] == []

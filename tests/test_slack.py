@@ -1,0 +1,395 @@
+"""The Slack front for real: the bolt app on our aiohttp server (signed requests in), the real Deployer with
+scripted agents at the Fleet port, and a fake Slack Web API that records every call (Block Kit out)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession
+from aiohttp.test_utils import TestServer
+from fake_slack import FakeSlack
+from slack_support import BOT_TOKEN, SECRET, ScriptedAgents, button_body, signed, slash_body
+
+from bot.app import create_app
+from bot.settings import Settings
+from bot.slack.app import SLACK
+from engine.loader import parse_config
+from engine.service import Deployer, DeployRequest
+
+CONFIG = """
+server: {data_dir: var}
+hosts:
+  - {name: s1, tags: {env: staging}}
+  - {name: s2, tags: {env: staging}}
+  - {name: p1, tags: {env: production}}
+applications:
+  app:
+    platform: server
+    revision: rev-a
+    slack_channel: "#deploys"
+    environments: [staging, production]
+    deployment_groups:
+      staging:
+        deployment_config: CodeDeployDefault.AllAtOnce
+        targets: {tags: {env: staging}}
+      production:
+        deployment_config: CodeDeployDefault.OneAtATime
+        targets: {tags: {env: production}}
+        slack_deployers: [U0ALICE, S0OPS]
+"""
+APPSPEC = "version: 0.0\nos: linux\nfiles:\n  - source: VERSION\n    destination: /opt/app\n"
+
+
+class Rig:
+    def __init__(self, slack: FakeSlack, deployer: Deployer, url: str, session: ClientSession, app: Any) -> None:
+        self.slack, self.deployer, self.url, self.session, self.app = slack, deployer, url, session, app
+
+    @property
+    def notifier(self) -> Any:
+        return self.app[SLACK].notifier
+
+    async def post(self, body: str, headers: dict[str, str]) -> tuple[int, str, float]:
+        started = time.perf_counter()
+        async with self.session.post(self.url + "/slack/events", data=body, headers=headers) as response:
+            text = await response.text()
+        return response.status, text, time.perf_counter() - started
+
+    async def command(self, text: str, *, user: str = "U0ALICE", retry: int | None = None) -> tuple[int, str, float]:
+        body = slash_body(text, user=user, response_url=self.slack.response_url(f"{user}-{len(self.slack.responses)}"))
+        return await self.post(body, signed(body, retry=retry))
+
+    async def click(self, action: str, deployment_id: str, *, user: str = "U0ALICE") -> tuple[int, str, float]:
+        body = button_body(action, deployment_id, user=user, response_url=self.slack.response_url("click"))
+        return await self.post(body, signed(body))
+
+    async def settle(self) -> None:
+        await self.app[SLACK].chatops.drain()
+        await self.notifier.idle(15)
+
+    async def final(self, deployment_id: str, timeout: float = 10) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            while True:
+                doc = await self.deployer.watch(deployment_id, after=0, timeout=0.2)
+                if doc["status"] in ("Succeeded", "Failed", "Stopped"):
+                    return doc
+
+
+def make_revision(root: Path, name: str, version: str) -> None:
+    (root / name).mkdir()
+    (root / name / "appspec.yml").write_text(APPSPEC)
+    (root / name / "VERSION").write_text(version)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    make_revision(tmp_path, "rev-a", "1")
+    make_revision(tmp_path, "rev-b", "2")
+    config = parse_config(CONFIG, filename="test.yml", base_dir=str(tmp_path))
+    deployer = await Deployer.open(config, data_dir=tmp_path / "var")
+    agents = ScriptedAgents(deployer, ["s1", "s2", "p1"])
+    async with FakeSlack(usergroups={"S0OPS": ["U0CAROL"]}) as slack:
+        settings = Settings(
+            data_dir=tmp_path / "var",
+            slack_bot_token=BOT_TOKEN,
+            slack_signing_secret=SECRET,
+            slack_api_url=slack.api_url,
+        )
+        app = create_app(settings, deployer=deployer)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        try:
+            async with ClientSession() as session:
+                yield Rig(slack, deployer, str(server.make_url("")).rstrip("/"), session, app)
+        finally:
+            await server.close()
+            await agents.close()
+            await deployer.close()
+
+
+def texts(blocks: list[dict[str, Any]]) -> str:
+    """Every text in a Block Kit message, flattened, for assertions."""
+    out: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            if isinstance(value.get("text"), str):
+                out.append(value["text"])
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(blocks)
+    return "\n".join(out)
+
+
+def buttons(blocks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {e["action_id"]: e for b in blocks if b["type"] == "actions" for e in b["elements"]}
+
+
+async def test_bad_and_stale_signatures_are_refused_with_401(rig: Rig) -> None:
+    body = slash_body("app to staging")
+    assert (await rig.post(body, signed(body, secret="wrong-secret")))[0] == 401
+    assert (await rig.post(body, signed(body, ts=time.time() - 600)))[0] == 401
+    unsigned = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert (await rig.post(body, unsigned))[0] == 401
+    click = button_body("stop", "d-AAAAAAAAA")
+    assert (await rig.post(click, signed(click, secret="wrong-secret")))[0] == 401
+    await rig.settle()
+    assert rig.slack.calls == [] and rig.slack.responses == []
+    assert await rig.deployer.history("app") == []
+
+
+async def test_slash_command_acks_fast_then_the_thread_tells_the_deployment(rig: Rig) -> None:
+    status, text, seconds = await rig.command("APP to Staging")
+    assert status == 200 and "Deploying app to staging" in text
+    assert seconds < 3.0, f"ack took {seconds:.3f} s"
+    await rig.app[SLACK].chatops.drain()
+    [started] = await rig.deployer.history("app")
+    doc = await rig.final(started["id"])
+    assert doc["status"] == "Succeeded" and doc["created_by"] == "U0ALICE"
+    await rig.settle()
+
+    parent = rig.slack.of("chat.postMessage")[0]
+    assert parent.payload["channel"] == "#deploys" and "thread_ts" not in parent.payload
+    assert parent.authorization == f"Bearer {BOT_TOKEN}"
+    header = parent.payload["blocks"][0]
+    assert header == {"type": "header", "text": {"type": "plain_text", "text": "app → staging"}}
+    first = texts(parent.payload["blocks"])
+    for field in ("*Application*\napp", "*Environment*\nstaging", "*Started by*\n<@U0ALICE>", "AllAtOnce"):
+        assert field in first
+    replies = [c.payload for c in rig.slack.of("chat.postMessage")[1:]]
+    ts = "1700000000.000001"
+    assert replies and all(r["thread_ts"] == ts and r["channel"] == "C0DEPLOYS" for r in replies)
+    assert any(r["text"].startswith("Batch: s1, s2") for r in replies)
+    assert "*Succeeded*" in replies[-1]["text"] and "2/2 hosts" in replies[-1]["text"]
+
+    updates = rig.slack.of("chat.update")
+    assert updates and all(u.payload["ts"] == ts and u.payload["channel"] == "C0DEPLOYS" for u in updates)
+    last = updates[-1].payload
+    assert "Succeeded" in last["text"] and ":white_check_mark: Succeeded" in texts(last["blocks"])
+    assert "hosts 2/2 done" in texts(last["blocks"])
+    assert set(buttons(last["blocks"])) == {"deploy.promote", "deploy.rollback"}
+    promote = buttons(last["blocks"])["deploy.promote"]
+    assert promote["text"]["text"] == "Promote to production" and promote["value"] == doc["id"]
+    assert buttons(last["blocks"])["deploy.rollback"]["confirm"]["confirm"]["text"] == "Roll back"
+    gaps = [b.at - a.at for a, b in itertools.pairwise(updates)]
+    assert all(gap >= 0.95 for gap in gaps), gaps  # at most one edit per second per message
+    ephemeral = rig.slack.responses[-1][1]
+    assert ephemeral["response_type"] == "ephemeral" and doc["id"] in ephemeral["text"]
+
+
+async def test_retries_and_double_submissions_start_one_deployment(rig: Rig) -> None:
+    results = await asyncio.gather(
+        rig.command("app to staging"),
+        rig.command("app to staging", retry=1),
+        rig.command("app to staging", retry=2),
+    )
+    assert [r[0] for r in results] == [200, 200, 200]
+    again = await rig.command("app   to STAGING")
+    assert "Already on it" in again[1]
+    await rig.settle()
+    assert len(await rig.deployer.history("app")) == 1
+
+
+async def test_malformed_and_unknown_names_get_usage_and_a_suggestion(rig: Rig) -> None:
+    status, text, _ = await rig.command("app staging")
+    assert status == 200 and "Usage: /deploy APP[@REF] to ENV" in text
+    assert "Did you mean `/deploy app to staging`?" in text
+    _, text, _ = await rig.command("app to prod")
+    assert "unknown environment 'prod' of app (did you mean production?)" in text
+    _, text, _ = await rig.command("rolback app in staging")
+    assert "/deploy rollback app in staging" in text
+    _, text, _ = await rig.command("help")
+    assert "/deploy where APP" in text
+    await rig.settle()
+    assert await rig.deployer.history("app") == []
+
+
+async def test_production_refuses_users_not_listed_and_admits_a_user_group_member(rig: Rig) -> None:
+    status, _, _ = await rig.command("app to production", user="U0BOB")
+    assert status == 200
+    await rig.settle()
+    refusal = rig.slack.responses[-1][1]["text"]
+    assert "You may not deploy app to production" in refusal
+    assert "only <@U0ALICE>, <!subteam^S0OPS> may deploy in app/production (slack_deployers)" in refusal
+    assert await rig.deployer.history("app") == []
+    _, _, _ = await rig.command("rollback app in production", user="U0ALICE")
+    await rig.settle()
+    assert "production is closed by default" in rig.slack.responses[-1][1]["text"]
+
+    await rig.command("app to production", user="U0CAROL")  # member of S0OPS
+    await rig.settle()
+    [doc] = await rig.deployer.history("app")
+    assert doc["created_by"] == "U0CAROL"
+    assert rig.slack.of("usergroups.users.list")[0].payload["usergroup"] == "S0OPS"
+
+
+async def test_buttons_on_a_finished_deployment_are_answered_and_shown(rig: Rig) -> None:
+    started = await rig.deployer.start(DeployRequest("app", "staging", actor="cli-user"))
+    await rig.final(started["id"])
+    await rig.notifier.idle(15)  # CLI deployments get their thread too
+    assert rig.slack.of("chat.postMessage")[0].payload["channel"] == "#deploys"
+    status, body, seconds = await rig.click("stop", started["id"], user="U0BOB")
+    assert status == 200 and body == "" and seconds < 3.0
+    await rig.settle()
+    assert rig.slack.responses[-1][1]["text"] == f"`{started['id']}` is Succeeded: nothing to stop."
+    last = rig.slack.of("chat.update")[-1].payload
+    assert "<@U0BOB> clicked Stop: `" in texts(last["blocks"]) and "already Succeeded" in texts(last["blocks"])
+
+
+async def test_rollback_button_starts_a_rollback_shown_in_both_threads(rig: Rig) -> None:
+    first = await rig.deployer.start(DeployRequest("app", "staging", revision="rev-a", actor="cli"))
+    await rig.final(first["id"])
+    second = await rig.deployer.start(DeployRequest("app", "staging", revision="rev-b", actor="cli"))
+    await rig.final(second["id"])
+    await rig.notifier.idle(15)
+    await rig.click("rollback", second["id"])
+    await rig.settle()
+    rollback_id = (await rig.deployer.get(second["id"]))["rollback"]["by"]
+    assert rollback_id
+    rollback = await rig.final(rollback_id)
+    assert rollback["status"] == "Succeeded" and rollback["revision"]["sha256"] == first["revision"]["sha256"]
+    await rig.notifier.idle(15)
+    thread = rig.notifier.thread_of(second["id"])
+    assert thread is not None
+    in_thread = [c.payload["text"] for c in rig.slack.of("chat.postMessage") if c.payload.get("thread_ts") == thread[1]]
+    assert any("Rollback started: `" + rollback_id in t for t in in_thread)
+    assert any(t.startswith(":white_check_mark: Rollback `" + rollback_id + "` finished: Succeeded") for t in in_thread)
+    assert any("<@U0ALICE> clicked Rollback: rollback `" + rollback_id in t for t in in_thread)
+    parents = [c for c in rig.slack.of("chat.postMessage") if "thread_ts" not in c.payload]
+    assert texts(parents[-1].payload["blocks"]).startswith("Rollback: app → staging")
+
+
+async def test_a_429_is_waited_out_and_the_edit_still_lands(rig: Rig) -> None:
+    rig.slack.rate_limit_once("chat.update", retry_after=1)
+    started = await rig.deployer.start(DeployRequest("app", "staging", actor="cli"))
+    await rig.final(started["id"])
+    await rig.notifier.idle(15)
+    updates = rig.slack.of("chat.update")
+    assert updates[0].payload.get("_answered") == 429
+    assert updates[1].at - updates[0].at >= 0.95  # Retry-After honoured
+    assert rig.notifier.rate_limited == 1
+    assert "Succeeded" in updates[-1].payload["text"]
+
+
+async def test_slack_off_without_settings(tmp_path: Path) -> None:
+    make_revision(tmp_path, "rev-a", "1")
+    config = parse_config(CONFIG, filename="test.yml", base_dir=str(tmp_path))
+    deployer = await Deployer.open(config, data_dir=tmp_path / "var")
+    try:
+        app = create_app(Settings(data_dir=tmp_path / "var"), deployer=deployer)
+        assert SLACK not in app
+        assert all(getattr(r, "path", "") != "/slack/events" for r in app.router.resources())
+        assert not isinstance(deployer.notifiers, type(None)) and deployer.notifiers == []
+    finally:
+        await deployer.close()
+
+
+def test_serve_says_whether_slack_is_on() -> None:
+    from bot.cli.server_cmd import _slack_line
+
+    assert _slack_line(Settings()) == "Slack: off (set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET)"
+    on = Settings(slack_bot_token="xoxb", slack_signing_secret="s")
+    assert _slack_line(on) == "Slack: on (events at /slack/events)"
+
+
+async def test_a_restarted_notifier_keeps_editing_the_same_message(tmp_path: Path) -> None:
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    from bot.slack.notifier import SlackNotifier
+
+    make_revision(tmp_path, "rev-a", "1")
+    config = parse_config(CONFIG, filename="test.yml", base_dir=str(tmp_path))
+    doc = {
+        "id": "d-RESTART01",
+        "application": "app",
+        "environment": "staging",
+        "status": "InProgress",
+        "revision": {"sha256": "ab" * 32, "source": "rev-a", "commit": None},
+        "config": "X",
+        "created_by": "cli",
+        "created_at": 1.0,
+        "started_at": 1.0,
+        "ended_at": None,
+        "error": None,
+        "rollback": {"of": None, "by": None},
+        "targets": [],
+        "traffic": None,
+    }
+    async with FakeSlack() as slack:
+        state = tmp_path / "var" / "slack-threads.json"
+        first = SlackNotifier(AsyncWebClient(token=BOT_TOKEN, base_url=slack.api_url), config, state)
+        await first.deployment_changed(doc)
+        await first.idle()
+        await first.close()
+        second = SlackNotifier(AsyncWebClient(token=BOT_TOKEN, base_url=slack.api_url), config, state)
+        await second.deployment_changed({**doc, "status": "Succeeded", "ended_at": 3.0})
+        await second.idle()
+        await second.close()
+    assert [c.method for c in slack.messages()] == ["chat.postMessage", "chat.update"]
+    _parent, edit = slack.messages()
+    assert edit.payload["ts"] == "1700000000.000001" and edit.payload["channel"] == "C0DEPLOYS"
+    assert "Succeeded" in edit.payload["text"]
+
+
+async def test_a_broken_slack_never_reaches_the_engine(tmp_path: Path) -> None:
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    from bot.slack.notifier import SlackNotifier
+
+    make_revision(tmp_path, "rev-a", "1")
+    config = parse_config(CONFIG, filename="test.yml", base_dir=str(tmp_path))
+    dead = AsyncWebClient(token=BOT_TOKEN, base_url="http://127.0.0.1:9/api/", timeout=1)
+    notifier = SlackNotifier(dead, config, tmp_path / "threads.json")
+    await notifier.deployment_changed({"id": "d-X", "application": "app", "environment": "staging"})  # malformed
+    await notifier.deployment_changed(
+        {
+            "id": "d-Y",
+            "application": "app",
+            "environment": "staging",
+            "status": "Succeeded",
+            "targets": [],
+            "revision": {},
+            "rollback": {},
+        }
+    )
+    await notifier.idle()
+    await notifier.close()
+    assert notifier.thread_of("d-Y") is None
+
+
+async def test_read_commands_answer_in_words(rig: Rig) -> None:
+    started = await rig.deployer.start(DeployRequest("app", "staging", actor="cli"))
+    await rig.final(started["id"])
+    answers = {}
+    for text in (
+        "status",
+        f"status {started['id']}",
+        "where app",
+        "history app staging",
+        "plan app to production",
+        "lock app production db work",
+        "unlock app production",
+    ):
+        await rig.command(text, user="U0ALICE")
+        await rig.settle()
+        answers[text] = rig.slack.responses[-1][1]["text"]
+    assert started["id"] in answers["status"] and "Succeeded" in answers[f"status {started['id']}"]
+    assert (
+        answers["where app"].startswith("*app*\n• *staging*: `") and "• *production*: nothing" in answers["where app"]
+    )
+    assert answers["history app staging"].count("\n") == 0 and "by cli" in answers["history app staging"]
+    assert (
+        answers["plan app to production"].startswith("*Plan: app → production*")
+        and "Batch 1: p1" in answers["plan app to production"]
+    )
+    assert answers["lock app production db work"] == ":lock: <@U0ALICE> locked app/production: db work"
+    assert answers["unlock app production"] == ":unlock: <@U0ALICE> unlocked app/production"
