@@ -1,0 +1,55 @@
+"""A commit becomes a revision: its tarball from the GitHub API, the top directory stripped, stored by sha256.
+
+GitHub's tarballs hold one directory (``owner-repo-<sha>/``) around the repository; the revision is what is inside
+it, with the commit recorded so hooks see ``BUNDLE_COMMIT`` exactly as for ``git:REF`` revisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+from bot.github.client import GitHubClient
+from engine.bundles import safe_extract
+from engine.errors import BundleError
+
+
+class RevisionSink(Protocol):
+    async def store_revision(self, path: Path, *, source: str, commit: str | None = None) -> dict[str, Any]: ...
+
+
+def revision_label(repository: str, sha: str) -> str:
+    """How the revision's source reads in status and history: ``github:acme/api@1a2b3c4d5e6f``."""
+    return f"github:{repository}@{sha[:12]}"
+
+
+async def revision_from_commit(
+    client: GitHubClient, deployer: RevisionSink, repository: str, sha: str, *, scratch: Path
+) -> dict[str, Any]:
+    """Download, unpack and store the commit; returns Deployer.store_revision's ``{"sha256", "size", "source"}``.
+
+    Raises GitHubUnavailable (download), BundleError (unsafe or odd tarball), AppSpecInvalid (bad appspec.yml).
+    """
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="github-", dir=scratch) as work_name:
+        work = Path(work_name)
+        archive = await client.download_tarball(repository, sha, work / "commit.tar.gz")
+        root = await asyncio.to_thread(_unpack, archive, work / "tree")
+        return await deployer.store_revision(root, source=revision_label(repository, sha), commit=sha)
+
+
+def _unpack(archive: Path, dest: Path) -> Path:
+    safe_extract(archive, dest)
+    archive.unlink()
+    return strip_top_directory(dest)
+
+
+def strip_top_directory(tree: Path) -> Path:
+    """The one directory a GitHub tarball wraps the repository in (``pax_global_header`` aside)."""
+    entries = [entry for entry in tree.iterdir() if entry.name != "pax_global_header"]
+    if len(entries) != 1 or not entries[0].is_dir() or entries[0].is_symlink():
+        names = ", ".join(sorted(entry.name for entry in entries)) or "nothing"
+        raise BundleError("a GitHub tarball holds exactly one top directory", names)
+    return entries[0]

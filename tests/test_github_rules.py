@@ -1,0 +1,149 @@
+"""The pure rules of the GitHub front: deployment → GitHub status, the check gate, auto_deploy rules, AppSpec
+annotations, and the one-line description ``deploybot serve`` prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bot.github import describe
+from bot.github.checks import annotations, check_run, validate
+from bot.github.notifier import GitHubStatus, github_status
+from bot.github.triggers import MergeRule, Verdict, checks_verdict, merge_rules
+from bot.settings import Settings
+from engine.errors import Problem
+from engine.loader import parse_config
+from engine.model import Platform
+
+
+def doc(status: str, **extra: Any) -> dict[str, Any]:
+    return {"id": "d-1", "environment": "staging", "status": status, "rollback": {"of": None, "by": None}, **extra}
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        (doc("Queued", queue_position=2), GitHubStatus("queued", "queued (position 2)")),
+        (doc("WaitingApproval"), GitHubStatus("queued", "waiting for approval")),
+        (
+            doc("InProgress", targets=[{"status": "Succeeded"}, {"status": "InProgress"}]),
+            GitHubStatus("in_progress", "1/2 hosts done"),
+        ),
+        (
+            doc("InProgress", config="CodeDeployDefault.LambdaCanary10Percent5Minutes", traffic={"percent": 10}),
+            GitHubStatus("in_progress", "canary 10 %"),
+        ),
+        (doc("Baking"), GitHubStatus("in_progress", "watching alarms after the deployment")),
+        (doc("Succeeded"), GitHubStatus("success", "deployed to staging")),
+        (
+            doc("Failed", error={"message": "ValidateService failed on web-2"}, rollback={"of": None, "by": "d-2"}),
+            GitHubStatus("failure", "rolled back: ValidateService failed on web-2"),
+        ),
+        (doc("Failed", error={"message": "x" * 300}), GitHubStatus("failure", "failed: " + "x" * 131 + "…")),
+        (doc("Stopped", error={"message": "stopped by alice"}), GitHubStatus("error", "stopped: stopped by alice")),
+        (doc("Succeeded", rollback={"of": "d-0", "by": None}), GitHubStatus("success", "rolled back d-0")),
+    ],
+)
+def test_github_status_of_a_deployment(document: dict[str, Any], expected: GitHubStatus) -> None:
+    assert github_status(document) == expected
+    assert len(expected.description) <= 140
+
+
+GREEN_RUN = {"name": "lint", "status": "completed", "conclusion": "success"}
+
+
+@pytest.mark.parametrize(
+    ("statuses", "runs", "expected"),
+    [
+        ([{"context": "ci", "state": "success"}], [GREEN_RUN], Verdict.GREEN),
+        ([{"context": "ci", "state": "success"}], [{**GREEN_RUN, "conclusion": "skipped"}], Verdict.GREEN),
+        ([{"context": "ci", "state": "pending"}], [GREEN_RUN], Verdict.PENDING),
+        ([], [GREEN_RUN], Verdict.PENDING),  # a required context that has not reported yet
+        ([{"context": "ci", "state": "error"}], [], Verdict.RED),
+        ([{"context": "ci", "state": "success"}], [{**GREEN_RUN, "conclusion": "timed_out"}], Verdict.RED),
+        (
+            [{"context": "ci", "state": "success"}],
+            [{**GREEN_RUN, "status": "queued", "conclusion": None}],
+            Verdict.PENDING,
+        ),
+        # the newest status of a context wins (GitHub lists newest first)
+        ([{"context": "ci", "state": "success"}, {"context": "ci", "state": "failure"}], [GREEN_RUN], Verdict.GREEN),
+    ],
+)
+def test_checks_verdict(statuses: list[dict[str, Any]], runs: list[dict[str, Any]], expected: Verdict) -> None:
+    verdict, why = checks_verdict(("ci", "lint"), statuses, runs)
+    assert verdict is expected
+    assert why
+
+
+CONFIG = """
+hosts: [{name: h1}]
+applications:
+  web:
+    environments: [Staging, prod]
+    github: {repository: Acme/Web, auto_deploy: {branch: main, to: Staging, require_checks: [ci]}}
+    deployment_groups: {Staging: {targets: {hosts: [h1]}}, prod: {targets: {hosts: [h1]}}}
+  docs:
+    environments: [prod]
+    github: {repository: acme/web}
+    deployment_groups: {prod: {targets: {hosts: [h1]}}}
+"""
+
+
+def test_merge_rules_match_repository_case_insensitively_and_the_branch_exactly() -> None:
+    config = parse_config(CONFIG)
+    assert merge_rules(config, "acme/web", "main") == [MergeRule("web", "Staging", "main", ("ci",), 1800.0)]
+    assert merge_rules(config, "acme/web", "Main") == []
+    assert merge_rules(config, "acme/other", "main") == []
+
+
+def test_loader_rejects_a_timeout_without_checks_and_unknown_url_environments() -> None:
+    from engine.errors import ConfigError
+
+    bad = CONFIG.replace("require_checks: [ci]", "checks_timeout_minutes: 5").replace(
+        "github: {repository: acme/web}", "github: {repository: acme/web, environment_urls: {qa: http://qa}}"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(bad)
+    messages = [p.message for p in caught.value.problems]
+    assert "checks_timeout_minutes needs require_checks" in messages
+    assert any("unknown environment 'qa'" in m for m in messages)
+
+
+APPSPEC = """version: 0.0
+os: linux
+hooks:
+  AfterInstall:
+    - location: scripts/migrate.sh
+"""
+
+
+def test_validate_reports_hook_scripts_the_pull_request_deletes_at_their_line() -> None:
+    problems = validate(APPSPEC, filename="appspec.yml", platform=Platform.SERVER, removed=["scripts/migrate.sh"])
+    assert [(p.line, p.message) for p in problems] == [
+        (5, "hook script scripts/migrate.sh is deleted by this pull request")
+    ]
+    assert validate(APPSPEC, filename="appspec.yml", platform=Platform.SERVER) == []
+
+
+def test_check_run_annotations_carry_line_and_column() -> None:
+    problems = [Problem("appspec.yml", 3, 7, "bad")]
+    [annotation] = annotations(problems, "appspec.yml")
+    assert (annotation["start_line"], annotation["end_line"], annotation["start_column"]) == (3, 3, 7)
+    assert check_run("abc", "appspec.yml", problems)["conclusion"] == "failure"
+    assert check_run("abc", "appspec.yml", [])["conclusion"] == "success"
+    assert len(annotations([problems[0]] * 80, "appspec.yml")) == 50
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, "GitHub: off"),
+        ({"GITHUB_WEBHOOK_SECRET": "s"}, "GitHub: on (webhook POST /github/webhook, no credentials"),
+        ({"GITHUB_WEBHOOK_SECRET": "s", "GITHUB_TOKEN": "t"}, "GitHub: on (webhook POST /github/webhook, token"),
+        ({"GITHUB_TOKEN": "t"}, "GitHub: on (no webhook secret, token"),
+    ],
+)
+def test_describe(environ: dict[str, str], expected: str) -> None:
+    assert describe(Settings.from_env(environ), environ).startswith(expected)
