@@ -1,0 +1,59 @@
+"""The yardstick for orchestration overhead: the same per-host work done by a plain asyncio script, no deploybot.
+
+For each of N "hosts", concurrently: extract the canonical bundle with ``engine.bundles.safe_extract`` into the
+host's own directory, copy the appspec's files the way Install would (shutil), then run the four hook scripts one
+after another as subprocesses (stdin from /dev/null, output captured). Whatever deploybot takes beyond this is
+orchestration: HTTP round trips, the state machine, SQLite writes, bundle download and agent bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from pathlib import Path
+
+from bench.revisions import FILES, HOOK_EVENTS, hook_script
+from engine.bundles import build_bundle, safe_extract
+
+
+def _extract_and_copy(bundle: Path, host_dir: Path) -> Path:
+    archive = host_dir / "archive"
+    safe_extract(bundle, archive)
+    for source, destination in FILES:
+        target = host_dir / "fs" / destination.lstrip("/")
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(archive / source, target / os.path.basename(source))
+    return archive
+
+
+async def _one_host(bundle: Path, host_dir: Path) -> None:
+    archive = await asyncio.to_thread(_extract_and_copy, bundle, host_dir)
+    for event in HOOK_EVENTS:
+        process = await asyncio.create_subprocess_exec(
+            str(archive / hook_script(event)),
+            cwd=archive,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        await process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"{event} exited {process.returncode} on {host_dir.name}")
+
+
+async def _all_hosts(bundle: Path, root: Path, hosts: int) -> float:
+    started = time.perf_counter()
+    await asyncio.gather(*(_one_host(bundle, root / f"host-{index:03d}") for index in range(hosts)))
+    return time.perf_counter() - started
+
+
+def canonical_bundle(revision: Path, dest_dir: Path) -> Path:
+    """The bundle the server would build for ``revision`` (built once, like the server does)."""
+    return build_bundle(revision, dest_dir).path
+
+
+def run_baseline(bundle: Path, root: Path, *, hosts: int) -> float:
+    """Seconds for one run of all ``hosts``, into fresh directories under ``root``."""
+    return asyncio.run(_all_hosts(bundle, root, hosts))

@@ -1,0 +1,142 @@
+"""Where a deployment's time goes, per lifecycle event, from timestamps the system already records.
+
+Theory of operation: for one host, every event is a host command with four clocks on one machine — the server
+queues it (``host_commands.created_at``), an agent's long poll claims it (``claimed_at``), the agent runs it
+(``started_at``/``ended_at`` in the deployment JSON), and the server takes the result (``finished_at``). So the
+time from one event's end to the next one's start splits into: the result's trip to the server, the server's own
+work until the next command is queued (state machine, SQLite, dispatch), the wait until a poll claims it, and the
+trip back to the agent. Medians are over hosts. CPU seconds from /proc (the server's, the agents', and the hook
+processes the agents reaped) say whether the 2 cores were saturated, and by whom.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+SEGMENTS = ("result to server", "server until queued", "queued until claimed", "claimed until started", "running")
+
+
+@dataclass(frozen=True, slots=True)
+class CpuTimes:
+    server: float
+    agents: float
+    hooks: float
+
+    def minus(self, earlier: CpuTimes) -> CpuTimes:
+        return CpuTimes(self.server - earlier.server, self.agents - earlier.agents, self.hooks - earlier.hooks)
+
+
+def _stat_times(pid: int) -> tuple[float, float]:
+    """(own CPU, reaped children's CPU) in seconds; zeros for a process that is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0, 0.0
+    utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
+    return (utime + stime) / _TICKS, (cutime + cstime) / _TICKS
+
+
+def cpu_times(server_pid: int, agent_pids: Iterable[int]) -> CpuTimes:
+    own = [_stat_times(pid) for pid in agent_pids]
+    return CpuTimes(_stat_times(server_pid)[0], sum(o for o, _ in own), sum(c for _, c in own))
+
+
+def command_times(database: Path, deployment_id: str) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """(host, event) -> (created_at, claimed_at, finished_at) of the deployment's host commands, read-only.
+
+    Empty when the table is not there or has another shape: the breakdown then shows only the agent's clocks.
+    """
+    sql = "SELECT host, event, created_at, claimed_at, finished_at FROM host_commands WHERE deployment_id = ?"
+    with contextlib.suppress(sqlite3.Error):
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)) as db:
+            rows = db.execute(sql, (deployment_id,)).fetchall()
+        return {(h, e): (c, cl, f) for h, e, c, cl, f in rows if None not in (c, cl, f)}
+    return {}
+
+
+@dataclass(frozen=True, slots=True)
+class EventTiming:
+    name: str
+    segments_ms: tuple[float | None, ...]  # medians over hosts, in SEGMENTS order (None: not measurable)
+    last_end_s: float  # when the last host finished this event, seconds after creation
+
+
+@dataclass(frozen=True, slots=True)
+class Breakdown:
+    events: tuple[EventTiming, ...]
+    finish_ms: float  # last event end on any host -> deployment ended_at
+    total_s: float  # ended_at - created_at
+
+
+def _segments(
+    previous_end: float, previous_finished: float | None, event: dict[str, Any], command: tuple[float, ...] | None
+) -> tuple[float | None, ...]:
+    start, end = float(event["started_at"]), float(event["ended_at"])
+    if command is None:
+        return (None, None, None, None, end - start)
+    created, claimed, _ = command
+    report = previous_finished - previous_end if previous_finished is not None else 0.0
+    server_from = previous_finished if previous_finished is not None else previous_end
+    return (report, created - server_from, claimed - created, start - claimed, end - start)
+
+
+def breakdown(doc: dict[str, Any], commands: dict[tuple[str, str], tuple[float, float, float]]) -> Breakdown:
+    created = float(doc["created_at"])
+    names = [event["name"] for event in doc["targets"][0]["events"]]
+    samples: dict[str, list[tuple[float | None, ...]]] = {name: [] for name in names}
+    ends: dict[str, float] = dict.fromkeys(names, 0.0)
+    last_end = created
+    for target in doc["targets"]:
+        previous_end, previous_finished = created, None
+        for event in target["events"]:
+            command = commands.get((target["name"], event["name"]))
+            samples[event["name"]].append(_segments(previous_end, previous_finished, event, command))
+            previous_end = float(event["ended_at"])
+            previous_finished = command[2] if command else None
+            ends[event["name"]] = max(ends[event["name"]], previous_end - created)
+        last_end = max(last_end, previous_end)
+    events = []
+    for name in names:
+        columns = list(zip(*samples[name], strict=True))
+        medians = tuple(
+            None if any(v is None for v in column) else statistics.median(column) * 1000 for column in columns
+        )
+        events.append(EventTiming(name, medians, ends[name]))
+    return Breakdown(tuple(events), (float(doc["ended_at"]) - last_end) * 1000, float(doc["ended_at"]) - created)
+
+
+def render(title: str, result: Breakdown, cpu: CpuTimes | None, console: Console) -> None:
+    table = Table(title=title + " (medians over hosts, ms)", title_justify="left")
+    table.add_column("event")
+    for segment in SEGMENTS:
+        table.add_column(segment, justify="right")
+    table.add_column("last host done (s)", justify="right")
+    totals = [0.0] * len(SEGMENTS)
+    for event in result.events:
+        cells = []
+        for index, value in enumerate(event.segments_ms):
+            cells.append("-" if value is None else f"{value:.1f}")
+            totals[index] += value or 0.0
+        table.add_row(event.name, *cells, f"{event.last_end_s:.2f}")
+    table.add_row("[bold]sum", *(f"[bold]{value:.0f}" for value in totals), "")
+    console.print(table)
+    console.print(f"  {result.finish_ms:.0f} ms from the last event to 'Succeeded'; total {result.total_s:.2f} s")
+    if cpu is not None:
+        cores = os.cpu_count() or 1
+        used = cpu.server + cpu.agents + cpu.hooks
+        console.print(
+            f"  CPU: server {cpu.server:.2f} s, agents {cpu.agents:.2f} s, hook processes {cpu.hooks:.2f} s "
+            f"= {used:.2f} s of {result.total_s * cores:.2f} s available ({cores} cores x wall); "
+            f"load average now {os.getloadavg()[0]:.1f}"
+        )

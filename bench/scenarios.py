@@ -1,0 +1,193 @@
+"""The three DESIGN §5 scenarios measured on a real server: pickup latency, orchestration overhead, scale.
+
+Each runs in its own temporary directory with its own ``deploybot serve`` and local agents, waits until every agent
+has sent a heartbeat, deploys once untimed (so agents are in their steady idle long poll and the group has a
+previous install, as in every later run), then measures. A deployment that does not succeed voids the scenario.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bench import phases
+from bench.baseline import canonical_bundle, run_baseline
+from bench.figures import Figure, median, percentile
+from bench.profile import Profiler
+from bench.revisions import write_revision
+from bench.server import BenchServer, fleet_config, host_names
+from bench.slack import slack_ack
+from bench.traffic import traffic
+
+PICKUP_TARGET_MS = 50.0
+OVERHEAD_TARGET_RATIO = 1.5
+SCALE_TARGET_S = 10.0
+SCALE_TARGET_HOSTS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    console: Console
+    hosts_large: int = SCALE_TARGET_HOSTS
+    pickup_runs: int = 20
+    overhead_hosts: int = 20
+    overhead_runs: int = 3
+    keep: bool = False
+    profile_dir: Path | None = None  # set: py-spy the server during the last timed deployment, files go here
+
+
+@contextlib.contextmanager
+def _scenario_dir(name: str, keep: bool, console: Console) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=f"deploybot-bench-{name}-"))
+    try:
+        yield path
+    finally:
+        if keep:
+            console.print(f"  [dim]kept {path}[/dim]")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    doc: dict[str, Any]
+    cpu: phases.CpuTimes
+    breakdown: phases.Breakdown
+
+    @property
+    def duration(self) -> float:
+        return float(self.doc["ended_at"]) - float(self.doc["created_at"])
+
+
+def _timed_deployment(server: BenchServer, revision: Path, *, poll: float, profiler: Profiler | None = None) -> _Run:
+    """Deploy and wait; the final deployment JSON, the CPU each kind of process used, where the time went.
+
+    ``poll`` only sets how often the bench asks (each GET of a 200-host deployment costs the server ~15 ms of
+    CPU); the duration comes from the server's own timestamps.
+    """
+    assert server.process is not None
+    agents = server.agent_pids()
+    before = phases.cpu_times(server.process.pid, agents)
+    with profiler or contextlib.nullcontext():
+        _, deployment_id = server.deploy(revision)
+        doc = server.wait_final(deployment_id, timeout=300, poll=poll)
+    cpu = phases.cpu_times(server.process.pid, agents).minus(before)
+    commands = phases.command_times(server.data_dir / "deploybot.db", deployment_id)
+    return _Run(doc, cpu, phases.breakdown(doc, commands))
+
+
+def _profiler(settings: Settings, server: BenchServer, name: str) -> Profiler | None:
+    if settings.profile_dir is None or server.process is None:
+        return None
+    return Profiler(server.process.pid, settings.profile_dir / f"profile-{name}.txt", settings.console)
+
+
+def pickup(settings: Settings) -> list[Figure]:
+    """One idle agent: POST → ``started_at`` of ApplicationStop, ``pickup_runs`` times, one deployment at a time."""
+    console = settings.console
+    with _scenario_dir("pickup", settings.keep, console) as workdir:
+        revision = write_revision(workdir / "revision", hooks=False)
+        with _server(workdir, 1) as server:
+            server.wait_agents_online(1)
+            server.wait_final(server.deploy(revision)[1])
+            latencies, requests = [], []
+            for _ in range(settings.pickup_runs):
+                time.sleep(0.2)  # the agent is back in its idle long poll
+                t0, deployment_id = server.deploy(revision)
+                doc = server.wait_final(deployment_id)
+                first = doc["targets"][0]["events"][0]
+                if first["name"] != "ApplicationStop":
+                    raise AssertionError(f"first event is {first['name']}, expected ApplicationStop")
+                latencies.append((float(first["started_at"]) - t0) * 1000)
+                requests.append((float(doc["created_at"]) - t0) * 1000)
+    console.print(f"  pickup latencies (ms): {' '.join(f'{value:.1f}' for value in latencies)}")
+    runs = f"{len(latencies)} deployments"
+    return [
+        Figure("pickup latency, median", median(latencies), "ms", PICKUP_TARGET_MS, runs),
+        Figure("pickup latency, p90", percentile(latencies, 90), "ms", None, runs),
+        Figure("pickup: POST to created_at, median", median(requests), "ms", None, "within pickup: API + bundle build"),
+    ]
+
+
+def overhead(settings: Settings) -> list[Figure]:
+    """N hosts AllAtOnce with trivial hooks vs. the plain script; medians of ``overhead_runs`` each.
+
+    The two alternate (plain, deploybot, plain, ...) with the server's agents idle during the plain runs, so a
+    load spike from something else on the machine hits both sides alike.
+    """
+    console = settings.console
+    hosts, runs = settings.overhead_hosts, settings.overhead_runs
+    with _scenario_dir("overhead", settings.keep, console) as workdir:
+        revision = write_revision(workdir / "revision", hooks=True)
+        bundle = canonical_bundle(revision, workdir / "bundle")
+        with _server(workdir / "server", hosts) as server:
+            server.wait_agents_online(hosts)
+            server.wait_final(server.deploy(revision)[1])
+            plain: list[float] = []
+            measured: list[_Run] = []
+            profiler = None
+            for run in range(runs):
+                plain.append(run_baseline(bundle, workdir / "baseline" / str(run), hosts=hosts))
+                if run == runs - 1:
+                    profiler = _profiler(settings, server, "overhead")
+                measured.append(_timed_deployment(server, revision, poll=0.1, profiler=profiler))
+    durations = [run.duration for run in measured]
+    console.print(f"  plain script (s): {' '.join(f'{value:.3f}' for value in plain)}")
+    console.print(f"  deploybot (s):    {' '.join(f'{value:.3f}' for value in durations)}")
+    middle = sorted(measured, key=lambda run: run.duration)[len(measured) // 2]
+    phases.render(f"overhead: the median {hosts}-host deployment", middle.breakdown, middle.cpu, console)
+    if profiler is not None:
+        profiler.summary()
+    deploybot, baseline = median(durations), median(plain)
+    note = f"median of {runs}"
+    return [
+        Figure(f"{hosts} hosts AllAtOnce, deploybot", deploybot, "s", None, note + ", ended_at - created_at"),
+        Figure(f"{hosts} hosts, plain asyncio script", baseline, "s", None, note + ", same work, no deploybot"),
+        Figure("orchestration overhead (ratio)", deploybot / baseline, "x", OVERHEAD_TARGET_RATIO, "deploybot / plain"),
+    ]
+
+
+def scale(settings: Settings) -> list[Figure]:
+    """``hosts_large`` local agents, AllAtOnce, trivial hooks: one timed deployment after all agents are up."""
+    console = settings.console
+    hosts = settings.hosts_large
+    with _scenario_dir("scale", settings.keep, console) as workdir:
+        revision = write_revision(workdir / "revision", hooks=True)
+        with _server(workdir / "server", hosts) as server:
+            started = time.monotonic()
+            server.wait_agents_online(hosts, timeout=240)
+            startup = time.monotonic() - started
+            console.print(f"  {hosts} agents online {startup:.1f} s after the server listened")
+            server.wait_final(server.deploy(revision)[1], timeout=300, poll=1.0)
+            profiler = _profiler(settings, server, "scale")
+            run = _timed_deployment(server, revision, poll=1.0, profiler=profiler)
+    phases.render(f"scale: the {hosts}-host deployment", run.breakdown, run.cpu, console)
+    if profiler is not None:
+        profiler.summary()
+    note = "target is for 200 hosts" if hosts != SCALE_TARGET_HOSTS else "one deployment after a warm-up"
+    return [
+        Figure(f"{hosts} hosts AllAtOnce, trivial hooks", run.duration, "s", SCALE_TARGET_S, note),
+        Figure(f"scale: {hosts} agents start-up (not timed)", startup, "s", None, "until all sent a heartbeat"),
+    ]
+
+
+def _server(workdir: Path, hosts: int) -> BenchServer:
+    names = host_names(hosts)
+    return BenchServer(workdir, fleet_config(names), hosts=names)
+
+
+SCENARIOS: dict[str, Callable[[Settings], list[Figure]]] = {
+    "pickup": pickup,
+    "overhead": overhead,
+    "scale": scale,
+    "traffic": traffic,
+    "slack": slack_ack,
+}
