@@ -58,8 +58,40 @@ _STATUS_BY_ERROR: tuple[tuple[type[EngineError], int], ...] = (
 )
 
 
+class ReleaseService(Protocol):
+    """What the API needs from engine.release_flow.ReleaseFlow (the Deployer's ``release``)."""
+
+    async def promote(
+        self,
+        application: str,
+        source: str,
+        target: str,
+        *,
+        actor: str,
+        override: bool = False,
+        revision: str | None = None,
+    ) -> dict[str, Any]: ...
+    async def where(self, application: str) -> dict[str, Any]: ...
+    async def lock(
+        self,
+        application: str,
+        environment: str,
+        *,
+        actor: str,
+        reason: str = "",
+        expires_in_minutes: float | None = None,
+    ) -> dict[str, Any]: ...
+    async def unlock(self, application: str, environment: str, *, actor: str) -> dict[str, Any]: ...
+    async def locks(self) -> list[dict[str, Any]]: ...
+    async def approve(self, deployment_id: str, *, actor: str) -> dict[str, Any]: ...
+    async def reject(self, deployment_id: str, *, actor: str, reason: str = "") -> dict[str, Any]: ...
+    async def queue(self, application: str | None = None, environment: str | None = None) -> list[dict[str, Any]]: ...
+
+
 class DeploymentService(Protocol):
     """What the API needs from engine.service.Deployer (a structural type, so tests can hand in a fake)."""
+
+    release: ReleaseService
 
     async def store_revision(self, path: Path, *, source: str) -> dict[str, Any]: ...
     async def start(self, request: DeployRequest) -> dict[str, Any]: ...
@@ -225,11 +257,23 @@ _DEPLOY_USAGE = (
     'POST /api/v1/deployments {"application": str, "environment": str, "revision"?: "sha256:<hex>"|path|"git:REF",'
     ' "config"?: str, "description"?: str}'
 )
-_PLAN_USAGE = 'POST /api/v1/plan {"application": str, "environment": str, "revision"?: str, "config"?: str}'
+_PLAN_USAGE = (
+    'POST /api/v1/plan {"application": str, "environment": str, "revision"?: str, "config"?: str, "from"?: ENV}'
+)
 _UPLOAD_USAGE = "POST /api/v1/revisions with the bundle (.tar.gz) as the raw body, header X-Deploybot-Source"
 _LIST_USAGE = "GET /api/v1/deployments?application=APP&environment=ENV&limit=N"
 _WATCH_USAGE = "GET /api/v1/deployments/{id}/watch?after=VERSION&wait=SECONDS"
 _STOP_USAGE = 'POST /api/v1/deployments/{id}/stop {"rollback"?: true|false|null}'
+_PROMOTE_USAGE = (
+    'POST /api/v1/applications/{app}/promote {"from": ENV, "to": ENV, "override"?: bool, "revision"?: "sha256:<hex>"}'
+)
+_LOCK_USAGE = (
+    'POST /api/v1/locks {"application": APP|"*", "environment": ENV, "reason"?: str, "expires_in_minutes"?: number}'
+    ' (application "*": the global freeze)'
+)
+_UNLOCK_USAGE = 'DELETE /api/v1/locks {"application": APP|"*", "environment": ENV} or ?application=APP&environment=ENV'
+_REJECT_USAGE = 'POST /api/v1/deployments/{id}/reject {"reason"?: str}'
+_QUEUE_USAGE = "GET /api/v1/queue?application=APP&environment=ENV"
 
 
 def _deploy_request(request: web.Request, body: Mapping[str, Any], usage: str) -> DeployRequest:
@@ -243,6 +287,7 @@ def _deploy_request(request: web.Request, body: Mapping[str, Any], usage: str) -
         config_name=_string(body, "config", usage),
         actor=actor_of(request),
         description=description,
+        ignore_alarms=body.get("ignore_alarms") is True,
     )
 
 
@@ -349,8 +394,101 @@ async def rollback_environment(request: web.Request) -> web.Response:
 
 
 async def plan_deployment(request: web.Request) -> web.Response:
+    """A dry run; with ``"from": ENV`` it plans the promotion of what last succeeded there."""
     body = await json_object(request, _PLAN_USAGE)
-    return json_response(await request.app[DEPLOYER].plan(_deploy_request(request, body, _PLAN_USAGE)))
+    deploy = _deploy_request(request, body, _PLAN_USAGE)
+    if (source := _string(body, "from", _PLAN_USAGE)) is not None:
+        deploy = dataclasses.replace(deploy, promoted_from=source, source="promotion")
+    return json_response(await request.app[DEPLOYER].plan(deploy))
+
+
+# ---------------------------------------------------------------------------------------------------- release flow
+
+
+def _flag(body: Mapping[str, Any], key: str, usage: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise bad_request(f"{key!r} must be true or false", usage)
+    return value
+
+
+def _text(body: Mapping[str, Any], key: str, usage: str) -> str:
+    value = body.get(key) or ""
+    if not isinstance(value, str):
+        raise bad_request(f"{key!r} must be a string", usage)
+    return value.strip()[:500]
+
+
+async def promote_application(request: web.Request) -> web.Response:
+    """Deploy to ``to`` the exact bundle that last succeeded in ``from``: a new deployment, hence 201."""
+    body = await json_object(request, _PROMOTE_USAGE)
+    deployment = await request.app[DEPLOYER].release.promote(
+        request.match_info["app"],
+        _string(body, "from", _PROMOTE_USAGE, required=True) or "",
+        _string(body, "to", _PROMOTE_USAGE, required=True) or "",
+        actor=actor_of(request),
+        override=_flag(body, "override", _PROMOTE_USAGE),
+        revision=_string(body, "revision", _PROMOTE_USAGE),
+    )
+    return json_response(deployment, status=201)
+
+
+async def where_application(request: web.Request) -> web.Response:
+    return json_response(await request.app[DEPLOYER].release.where(request.match_info["app"]))
+
+
+async def list_locks(request: web.Request) -> web.Response:
+    return json_response({"locks": await request.app[DEPLOYER].release.locks()})
+
+
+def _lock_target(source: Mapping[str, Any], usage: str) -> tuple[str, str]:
+    application = _string(source, "application", usage, required=True) or ""
+    if application == "*":
+        return "*", "*"
+    return application, _string(source, "environment", usage, required=True) or ""
+
+
+async def create_lock(request: web.Request) -> web.Response:
+    body = await json_object(request, _LOCK_USAGE)
+    application, environment = _lock_target(body, _LOCK_USAGE)
+    minutes = body.get("expires_in_minutes")
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int | float) or minutes <= 0):
+        raise bad_request("'expires_in_minutes' must be a positive number", _LOCK_USAGE)
+    lock = await request.app[DEPLOYER].release.lock(
+        application,
+        environment,
+        actor=actor_of(request),
+        reason=_text(body, "reason", _LOCK_USAGE),
+        expires_in_minutes=None if minutes is None else float(minutes),
+    )
+    return json_response(lock, status=201)
+
+
+async def delete_lock(request: web.Request) -> web.Response:
+    body = await json_object(request, _UNLOCK_USAGE, optional=True) or dict(request.query)
+    application, environment = _lock_target(body, _UNLOCK_USAGE)
+    result = await request.app[DEPLOYER].release.unlock(application, environment, actor=actor_of(request))
+    return json_response(result)
+
+
+async def approve_deployment(request: web.Request) -> web.Response:
+    release = request.app[DEPLOYER].release
+    return json_response(await release.approve(request.match_info["id"], actor=actor_of(request)))
+
+
+async def reject_deployment(request: web.Request) -> web.Response:
+    body = await json_object(request, _REJECT_USAGE, optional=True)
+    release = request.app[DEPLOYER].release
+    reason = _text(body, "reason", _REJECT_USAGE)
+    return json_response(await release.reject(request.match_info["id"], actor=actor_of(request), reason=reason))
+
+
+async def list_queue(request: web.Request) -> web.Response:
+    application = request.query.get("application") or None
+    environment = request.query.get("environment") or None
+    if environment is not None and application is None:
+        raise bad_request("'environment' needs 'application'", _QUEUE_USAGE)
+    return json_response({"queue": await request.app[DEPLOYER].release.queue(application, environment)})
 
 
 async def list_hosts(request: web.Request) -> web.Response:
@@ -387,6 +525,14 @@ def create_api_app(
             web.post(deployment + "/{action:" + "|".join(CONTROL_ACTIONS) + "}", control_deployment),
             web.post("/applications/{app}/environments/{env}/rollback", rollback_environment),
             web.post("/plan", plan_deployment),
+            web.post("/applications/{app}/promote", promote_application),
+            web.get("/applications/{app}/where", where_application),
+            web.get("/locks", list_locks),
+            web.post("/locks", create_lock),
+            web.delete("/locks", delete_lock),
+            web.post(deployment + "/approve", approve_deployment),
+            web.post(deployment + "/reject", reject_deployment),
+            web.get("/queue", list_queue),
             web.get("/applications", list_applications),
             web.get("/hosts", list_hosts),
         ]

@@ -16,8 +16,10 @@ from aiohttp import web
 
 from bot.agent_api import AgentFleet, create_agent_app
 from bot.api import DeploymentService, create_api_app, healthz, json_errors
+from bot.github import setup_github
 from bot.localfleet import LocalFleet
 from bot.settings import Settings
+from bot.slack import setup_slack
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ def create_app(
     app.add_subapp("/api/v1", create_api_app(deployer, tokens=tokens, upload_dir=settings.upload_dir))
     app.add_subapp("/agent/v1", create_agent_app(deployer.fleet))
     app.cleanup_ctx.append(_uploads)
+    setup_slack(app, settings, deployer)
+    setup_github(app, settings, deployer)
     if local_fleet is not None:
         app[LOCAL_FLEET] = local_fleet
         app.cleanup_ctx.append(_local_fleet)

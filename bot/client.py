@@ -179,15 +179,26 @@ class ApiClient:
         revision: str | None = None,
         config: str | None = None,
         description: str = "",
+        ignore_alarms: bool = False,
     ) -> dict[str, Any]:
         body = _request_body(application, environment, revision, config, description)
+        if ignore_alarms:
+            body["ignore_alarms"] = True
         result: dict[str, Any] = await self._request("POST", "/api/v1/deployments", json=body)
         return result
 
     async def plan(
-        self, application: str, environment: str, *, revision: str | None = None, config: str | None = None
+        self,
+        application: str,
+        environment: str,
+        *,
+        revision: str | None = None,
+        config: str | None = None,
+        from_env: str | None = None,
     ) -> dict[str, Any]:
         body = _request_body(application, environment, revision, config, "")
+        if from_env:
+            body["from"] = from_env
         result: dict[str, Any] = await self._request("POST", "/api/v1/plan", json=body)
         return result
 
@@ -228,6 +239,61 @@ class ApiClient:
         path = f"/api/v1/applications/{app}/environments/{env}/rollback"
         result: dict[str, Any] = await self._request("POST", path)
         return result
+
+    # -- release flow
+
+    async def promote(
+        self,
+        application: str,
+        source: str,
+        target: str,
+        *,
+        override: bool = False,
+        revision: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"from": source, "to": target, "override": override}
+        if revision:
+            body["revision"] = revision
+        path = f"/api/v1/applications/{quote(application, safe='')}/promote"
+        result: dict[str, Any] = await self._request("POST", path, json=body)
+        return result
+
+    async def where(self, application: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("GET", f"/api/v1/applications/{quote(application, safe='')}/where")
+        return result
+
+    async def locks(self) -> list[dict[str, Any]]:
+        result = await self._request("GET", "/api/v1/locks")
+        return list(result["locks"])
+
+    async def lock(
+        self, application: str, environment: str, *, reason: str = "", minutes: float | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"application": application, "environment": environment, "reason": reason}
+        if minutes is not None:
+            body["expires_in_minutes"] = minutes
+        result: dict[str, Any] = await self._request("POST", "/api/v1/locks", json=body)
+        return result
+
+    async def unlock(self, application: str, environment: str) -> dict[str, Any]:
+        body = {"application": application, "environment": environment}
+        result: dict[str, Any] = await self._request("DELETE", "/api/v1/locks", json=body)
+        return result
+
+    async def approve(self, deployment_id: str) -> dict[str, Any]:
+        path = f"/api/v1/deployments/{quote(deployment_id, safe='')}/approve"
+        result: dict[str, Any] = await self._request("POST", path)
+        return result
+
+    async def reject(self, deployment_id: str, *, reason: str = "") -> dict[str, Any]:
+        path = f"/api/v1/deployments/{quote(deployment_id, safe='')}/reject"
+        result: dict[str, Any] = await self._request("POST", path, json={"reason": reason})
+        return result
+
+    async def queue(self, application: str | None = None, environment: str | None = None) -> list[dict[str, Any]]:
+        params = {k: v for k, v in (("application", application), ("environment", environment)) if v}
+        result = await self._request("GET", "/api/v1/queue", params=params)
+        return list(result["queue"])
 
     async def hosts(self) -> list[dict[str, Any]]:
         result = await self._request("GET", "/api/v1/hosts")

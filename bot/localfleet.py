@@ -68,7 +68,7 @@ def agent_processes(
             continue
         root = (data_dir / "hosts" / host.name).absolute()
         argv = [python, "-m", "bot", "agent", "--server", server_url, "--name", host.name]
-        argv += ["--token", token_for(host.name), "--root", str(root), "--prefix", str(root / "fs")]
+        argv += [f"--token={token_for(host.name)}", "--root", str(root), "--prefix", str(root / "fs")]
         if host.port is not None:
             argv += ["--env", f"PORT={host.port}"]
         argv += ["--env", f"DEPLOYBOT_PYTHON={python}"]

@@ -1,8 +1,58 @@
 """deploybot's engine: CodeDeploy's model (applications, groups, configurations, revisions, deployments, targets).
 
-This module is the public surface ``bot/`` may import; keep ``__all__`` sorted (a test checks it).
+This module is the public surface ``bot/`` may use; keep the export list sorted (a test checks it). The composition
+root (bot/app.py, bot/cli/server_cmd.py) alone also reaches the store and the adapters.
 """
 
-from engine.errors import EngineError
+from engine.appspec import AppSpec, normalized, parse_appspec
+from engine.configs import BUILTIN_CONFIGS, DeploymentConfig, resolve_config
+from engine.errors import (
+    AdapterError,
+    AppSpecInvalid,
+    BundleError,
+    ConfigError,
+    DeploymentNotFound,
+    DeploymentRefused,
+    EngineError,
+    InvalidTransition,
+    NotFound,
+    Problem,
+    UnknownDeploymentConfig,
+)
+from engine.loader import load_config, parse_config
+from engine.model import DeploymentStatus, DeploymentType, EventStatus, LifecycleEvent, Platform
+from engine.service import Deployer, DeployRequest
+from engine.topology import Application, DeploymentGroup, EngineConfig, Host
 
-__all__ = ["EngineError"]
+__all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
+    "AdapterError",
+    "AppSpec",
+    "AppSpecInvalid",
+    "Application",
+    "BUILTIN_CONFIGS",
+    "BundleError",
+    "ConfigError",
+    "DeployRequest",
+    "Deployer",
+    "DeploymentConfig",
+    "DeploymentGroup",
+    "DeploymentNotFound",
+    "DeploymentRefused",
+    "DeploymentStatus",
+    "DeploymentType",
+    "EngineConfig",
+    "EngineError",
+    "EventStatus",
+    "Host",
+    "InvalidTransition",
+    "LifecycleEvent",
+    "NotFound",
+    "Platform",
+    "Problem",
+    "UnknownDeploymentConfig",
+    "load_config",
+    "normalized",
+    "parse_appspec",
+    "parse_config",
+    "resolve_config",
+]

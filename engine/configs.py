@@ -57,7 +57,7 @@ class TrafficRouting:
 
     type: TrafficRoutingType
     percentage: int = 0
-    interval_minutes: int = 0
+    interval_minutes: float = 0  # whole minutes in CodeDeploy; deploybot also takes fractions (0.5 = 30 s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,7 @@ class TrafficStep:
     """``percent``: cumulative share on the replacement after this step; ``wait_seconds``: wait after it."""
 
     percent: int
-    wait_seconds: int
+    wait_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,9 +246,9 @@ def traffic_steps(routing: TrafficRouting | None) -> tuple[TrafficStep, ...]:
     return (*(TrafficStep(p, wait) for p in shares), TrafficStep(100, 0))
 
 
-def traffic_span_minutes(routing: TrafficRouting | None) -> int:
+def traffic_span_minutes(routing: TrafficRouting | None) -> float:
     """Minutes from the first shift to the last (the limit is 2880)."""
-    return sum(step.wait_seconds for step in traffic_steps(routing)) // 60
+    return sum(step.wait_seconds for step in traffic_steps(routing)) / 60
 
 
 # -------------------------------------------------------------------------------- validation
@@ -303,12 +303,12 @@ def _traffic_routing_problems(routing: TrafficRouting) -> list[str]:
     problems = []
     if not 1 <= routing.percentage <= 99:
         problems.append(f"{routing.type} percentage must be 1-99, not {routing.percentage}")
-    if routing.interval_minutes < 1:
-        problems.append(f"{routing.type} interval must be at least 1 minute, not {routing.interval_minutes}")
+    if routing.interval_minutes <= 0:
+        problems.append(f"{routing.type} interval must be more than 0 minutes, not {routing.interval_minutes}")
     if not problems and traffic_span_minutes(routing) > MAX_TRAFFIC_SPAN_MINUTES:
         span = traffic_span_minutes(routing)
         problems.append(
-            f"{routing.type} takes {span} minutes from the first shift to the last; "
+            f"{routing.type} takes {span:g} minutes from the first shift to the last; "
             f"the limit is {MAX_TRAFFIC_SPAN_MINUTES}"
         )
     return problems

@@ -179,7 +179,7 @@ def _deployment_configs(reader: NodeReader, node: Node) -> dict[str, DeploymentC
             routing = TrafficRouting(
                 TrafficRoutingType(reader.get(sub, "type", reader.choice, "AllAtOnce", tuple(TrafficRoutingType))),
                 reader.get(sub, "percentage", reader.integer, 0),
-                reader.get(sub, "interval_minutes", reader.integer, 0),
+                reader.get(sub, "interval_minutes", reader.number, 0),
             )
         config = DeploymentConfig(name, platform, mhh, routing)
         for message in validate_custom_config(config):
@@ -222,7 +222,7 @@ def _application(reader: NodeReader, name: str, entry: Entry, ctx: GroupContext)
         if environment not in group_entries:
             message = f"environment {environment!r} has no deployment group (add deployment_groups.{environment})"
             reader.report(item, message, path)
-    repository, auto_deploy = _github(reader, fields, declared)
+    repository, auto_deploy, environment_urls = _github(reader, fields, declared)
     revision = reader.get(fields, "revision", reader.string, None)
     return Application(
         name=name,
@@ -233,27 +233,42 @@ def _application(reader: NodeReader, name: str, entry: Entry, ctx: GroupContext)
         slack_channel=reader.get(fields, "slack_channel", reader.string, None),
         github_repository=repository,
         auto_deploy=auto_deploy,
+        github_environment_urls=environment_urls,
         extra=extra_values(reader, fields, APPLICATION_EXTRA_KEYS),
     )
 
 
 def _github(
     reader: NodeReader, fields: dict[str, Entry], environments: Collection[str]
-) -> tuple[str | None, dict[str, str] | None]:
+) -> tuple[str | None, dict[str, object] | None, dict[str, str]]:
     if (entry := fields.get("github")) is None:
-        return None, None
-    github = reader.fields(entry.value, entry.path, ("repository", "auto_deploy"), required=("repository",))
+        return None, None, {}
+    allowed = ("repository", "auto_deploy", "environment_urls")
+    github = reader.fields(entry.value, entry.path, allowed, required=("repository",))
     repository = reader.get(github, "repository", reader.string, None)
     if repository is not None and not _REPOSITORY.match(repository):
         where = github["repository"]
         reader.report(where.value, f"expected OWNER/NAME, got {repository!r}", where.path)
+    urls: dict[str, str] = reader.get(github, "environment_urls", reader.string_map, {})
+    for env in urls:
+        if env not in environments:
+            where = github["environment_urls"]
+            hint = did_you_mean(env, environments, list_known=True)
+            reader.report(where.value, f"unknown environment {env!r}{hint}", f"{where.path}.{env}")
     if (auto := github.get("auto_deploy")) is None or is_null(auto.value):
-        return repository, None
-    rule = reader.fields(auto.value, auto.path, ("branch", "to"), required=("branch", "to"))
+        return repository, None, urls
+    keys = ("branch", "to", "require_checks", "checks_timeout_minutes")
+    rule = reader.fields(auto.value, auto.path, keys, required=("branch", "to"))
     target = rule.get("to")
     if target is not None and (env := reader.string(target.value, target.path)) and env not in environments:
         reader.report(
             target.value, f"unknown environment {env!r}{did_you_mean(env, environments, list_known=True)}", target.path
         )
-    values = {key: reader.get(rule, key, reader.string, "") for key in ("branch", "to")}
-    return repository, values
+    values: dict[str, object] = {key: reader.get(rule, key, reader.string, "") for key in ("branch", "to")}
+    if "require_checks" in rule:
+        values["require_checks"] = reader.get(rule, "require_checks", reader.strings, ())
+        values["checks_timeout_minutes"] = reader.get(rule, "checks_timeout_minutes", reader.number, 30.0)
+    elif "checks_timeout_minutes" in rule:
+        where = rule["checks_timeout_minutes"]
+        reader.report(where.key, "checks_timeout_minutes needs require_checks", where.path)
+    return repository, values, urls

@@ -48,6 +48,8 @@ LOAD_BALANCER_EXTRA_KEYS = (
     "backend",
 )
 
+SLACK_GROUP_KEYS = ("slack_deployers", "slack_approvers", "slack_rollbackers")
+SLACK_ID = re.compile(r"^[UWS][A-Z0-9]{2,}$")  # a Slack user (U…, W…) or user group (S…)
 DEPLOYMENT_TYPES = {"in-place": DeploymentType.IN_PLACE, "blue-green": DeploymentType.BLUE_GREEN}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _MAX_WAIT_MINUTES = 2880
@@ -57,8 +59,15 @@ _TERMINATE_ACTIONS = ("TERMINATE", "KEEP_ALIVE")
 _GROUP_KEYS = (
     *("name", "deployment_type", "deployment_config", "traffic_config", "targets", "load_balancer", "alarms"),
     *("auto_rollback", "blue_green", "file_exists_behavior", "ignore_application_stop_failures"),
-    *("deployers", "approvers", "required_approvals", *GROUP_EXTRA_KEYS),
+    *("deployers", "approvers", "required_approvals", "watch_minutes", *GROUP_EXTRA_KEYS),
+    *("lock_policy", "approval_ttl_minutes", "min_soak_minutes"),
+    *SLACK_GROUP_KEYS,
 )
+_LOCK_POLICIES = ("refuse", "queue")
+_WEEK = 7 * 24 * 60  # minutes: the longest approval lifetime or soak time
+_ALARM_TYPES = ("cloudwatch", "haproxy", "http")
+_ALARM_KEYS = ("name", "type", "max_5xx_percent", "max_response_ms", "window_seconds", "min_requests", "url")
+_ALARM_KEYS_ALL = (*_ALARM_KEYS, "expect_status")
 
 
 class Fleet(NamedTuple):
@@ -184,7 +193,7 @@ def parse_group(
         hosts=hosts,
         target_tags=tags,
         load_balancer=load_balancer,
-        alarms=_alarms(reader, fields.get("alarms")),
+        alarms=_alarms(reader, fields.get("alarms"), load_balancer),
         auto_rollback=_auto_rollback(reader, fields.get("auto_rollback")),
         blue_green=_blue_green_options(reader, fields.get("blue_green"), blue_green),
         file_exists_behavior=reader.get(fields, "file_exists_behavior", reader.choice, "DISALLOW", _FILE_EXISTS),
@@ -192,8 +201,26 @@ def parse_group(
         deployers=reader.get(fields, "deployers", reader.strings, ()),
         approvers=approvers,
         required_approvals=required_approvals,
+        watch_minutes=reader.get(fields, "watch_minutes", reader.number, 0.0, 0, _MAX_WAIT_MINUTES),
+        lock_policy=reader.get(fields, "lock_policy", reader.choice, "refuse", _LOCK_POLICIES),
+        approval_ttl_minutes=reader.get(fields, "approval_ttl_minutes", reader.number, 60.0, 0.01, _WEEK),
+        min_soak_minutes=reader.get(fields, "min_soak_minutes", reader.number, 0.0, 0, _WEEK),
+        **_slack_ids(reader, fields),
         extra=extra_values(reader, fields, GROUP_EXTRA_KEYS),
     )
+
+
+def _slack_ids(reader: NodeReader, fields: dict[str, Entry]) -> dict[str, tuple[str, ...]]:
+    """The ``slack_*`` permission lists: Slack ids only, since display names change and are not unique."""
+    out: dict[str, tuple[str, ...]] = {}
+    for key in SLACK_GROUP_KEYS:
+        ids = reader.get(fields, key, reader.strings, ())
+        for item in ids:
+            if not SLACK_ID.match(item):
+                message = f"{item!r} is not a Slack user id (U…/W…) or user-group id (S…)"
+                reader.report(fields[key].value, message, fields[key].path)
+        out[key] = tuple(ids)
+    return out
 
 
 def _check_config(
@@ -294,29 +321,58 @@ def _load_balancer(
     )
 
 
-def _alarms(reader: NodeReader, entry: Entry | None) -> AlarmConfiguration:
+def _alarms(reader: NodeReader, entry: Entry | None, load_balancer: LoadBalancer | None) -> AlarmConfiguration:
     if entry is None:
         return AlarmConfiguration()
-    fields = reader.fields(entry.value, entry.path, ("enabled", "ignore_poll_alarm_failure", "alarms"))
+    keys = ("enabled", "ignore_poll_alarm_failure", "alarms", "poll_seconds")
+    fields = reader.fields(entry.value, entry.path, keys)
     alarms: list[dict[str, object]] = []
     listed = reader.items(fields["alarms"].value, fields["alarms"].path) if "alarms" in fields else []
     for item, path in listed:
-        if isinstance(item, MappingNode):
-            alarm = reader.fields(item, path, ("name",), required=("name",))
-            name = reader.get(alarm, "name", reader.string, None)
-        else:
-            name = reader.string(item, path)
+        alarm = _alarm(reader, item, path, load_balancer) if isinstance(item, MappingNode) else None
+        name = alarm["name"] if alarm else reader.string(item, path)
         if name is not None and any(a["name"] == name for a in alarms):
             reader.report(item, f"alarm {name!r} is listed twice", path)
         elif name is not None:
-            alarms.append({"name": name})
+            alarms.append(alarm or {"name": name, "type": "cloudwatch"})
     if len(alarms) > 10:
         reader.report(fields["alarms"].value, f"at most 10 alarms, got {len(alarms)}", fields["alarms"].path)
     return AlarmConfiguration(
         enabled=reader.get(fields, "enabled", reader.boolean, False),
         ignore_poll_alarm_failure=reader.get(fields, "ignore_poll_alarm_failure", reader.boolean, False),
         alarms=tuple(alarms),
+        poll_seconds=reader.get(fields, "poll_seconds", reader.number, 5.0, 0.1, 3600),
     )
+
+
+def _alarm(reader: NodeReader, item: MappingNode, path: str, load_balancer: LoadBalancer | None) -> dict[str, object]:
+    """One alarm: a CloudWatch alarm by name, or deploybot's own HAProxy-statistics and HTTP-probe alarms."""
+    fields = reader.fields(item, path, _ALARM_KEYS_ALL, required=("name",))
+    kind = reader.get(fields, "type", reader.choice, "cloudwatch", _ALARM_TYPES)
+    alarm: dict[str, object] = {"name": reader.get(fields, "name", reader.string, ""), "type": kind}
+    if kind == "haproxy":
+        if load_balancer is None or load_balancer.type != "haproxy":
+            reader.report(fields["type"].value, "a haproxy alarm needs the group's load_balancer to be haproxy", path)
+        alarm["max_5xx_percent"] = reader.get(fields, "max_5xx_percent", reader.number, 5.0, 0, 100)
+        alarm["max_response_ms"] = reader.get(fields, "max_response_ms", reader.number, None, 0)
+        alarm["window_seconds"] = reader.get(fields, "window_seconds", reader.number, 60.0, 1)
+        alarm["min_requests"] = reader.get(fields, "min_requests", reader.integer, 20, 0)
+    elif kind == "http":
+        url = reader.get(fields, "url", reader.string, None)
+        if url is None:
+            reader.report(item, "missing required key 'url' (the URL an http alarm probes)", f"{path}.url")
+        alarm["url"] = url
+        alarm["expect_status"] = reader.get(fields, "expect_status", reader.integer, 200, 100, 599)
+    for key in set(fields) - {"name", "type"} - _KEYS_OF[kind]:
+        reader.report(fields[key].key, f"{key!r} does not apply to a {kind} alarm", f"{path}.{key}")
+    return alarm
+
+
+_KEYS_OF = {
+    "cloudwatch": frozenset(),
+    "haproxy": frozenset({"max_5xx_percent", "max_response_ms", "window_seconds", "min_requests"}),
+    "http": frozenset({"url", "expect_status"}),
+}
 
 
 def _auto_rollback(reader: NodeReader, entry: Entry | None) -> AutoRollback:
@@ -340,7 +396,7 @@ def _blue_green_options(reader: NodeReader, entry: Entry | None, blue_green: boo
         reader.report(entry.key, "blue_green options apply only to blue-green deployments", entry.path)
     keys = ("ready_action", "ready_wait_minutes", "terminate_action", "termination_wait_minutes")
     fields = reader.fields(entry.value, entry.path, keys)
-    minutes = (reader.integer, 0, 0, _MAX_WAIT_MINUTES)
+    minutes = (reader.number, 0, 0, _MAX_WAIT_MINUTES)  # fractions allowed (deploybot extension)
     return BlueGreenOptions(
         ready_action=reader.get(fields, "ready_action", reader.choice, "CONTINUE_DEPLOYMENT", _READY_ACTIONS),
         ready_wait_minutes=reader.get(fields, "ready_wait_minutes", *minutes),

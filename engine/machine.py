@@ -35,6 +35,30 @@ from typing import Any
 
 from engine.configs import minimum_healthy_count
 from engine.errors import InvalidTransition
+from engine.events import (
+    AlarmFired,
+    CancelTargets,
+    Command,
+    ContinueRequested,
+    Event,
+    EventFailed,
+    EventSucceeded,
+    Finish,
+    PauseRequested,
+    PromoteRequested,
+    ResumeRequested,
+    RunEvent,
+    ShiftTraffic,
+    StartBlocked,
+    Started,
+    StartRollback,
+    StartTimer,
+    StopRequested,
+    TargetLost,
+    TimerElapsed,
+    TrafficShifted,
+    TrafficShiftFailed,
+)
 from engine.model import (
     AutoRollback,
     AutoRollbackEvent,
@@ -44,139 +68,6 @@ from engine.model import (
     LifecycleEvent,
 )
 from engine.stages import Stage, TargetStage, TrafficStage, WaitKind, WaitStage
-
-# -- inputs (past tense) ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Started:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class EventSucceeded:
-    target: str
-    event: LifecycleEvent
-
-
-@dataclass(frozen=True, slots=True)
-class EventFailed:
-    target: str
-    event: LifecycleEvent
-    code: int = 4
-    message: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class TargetLost:
-    """The target stopped answering (agent heartbeats missed); its current event fails."""
-
-    target: str
-    reason: str = "the host's agent stopped sending heartbeats"
-
-
-@dataclass(frozen=True, slots=True)
-class TrafficShifted:
-    percent: int
-
-
-@dataclass(frozen=True, slots=True)
-class TrafficShiftFailed:
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class TimerElapsed:
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class StopRequested:
-    rollback: bool | None = None  # None: follow the group's auto-rollback setting
-    actor: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class AlarmFired:
-    alarms: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ContinueRequested:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class PauseRequested:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class ResumeRequested:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class PromoteRequested:
-    """Skip the remaining traffic steps and waits of the current traffic stage."""
-
-
-Event = (
-    Started
-    | EventSucceeded
-    | EventFailed
-    | TargetLost
-    | TrafficShifted
-    | TrafficShiftFailed
-    | TimerElapsed
-    | StopRequested
-    | AlarmFired
-    | ContinueRequested
-    | PauseRequested
-    | ResumeRequested
-    | PromoteRequested
-)
-
-# -- outputs (imperative) -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RunEvent:
-    target: str
-    event: LifecycleEvent
-
-
-@dataclass(frozen=True, slots=True)
-class CancelTargets:
-    targets: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ShiftTraffic:
-    percent: int  # share of traffic on the replacement
-    rollback: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class StartTimer:
-    name: str
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class StartRollback:
-    trigger: AutoRollbackEvent
-    rerouted: bool = False  # traffic already went back to the original fleet
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    status: DeploymentStatus
-    error_code: ErrorCode | None = None
-    message: str = ""
-
-
-Command = RunEvent | CancelTargets | ShiftTraffic | StartTimer | StartRollback | Finish
 
 # -- state --------------------------------------------------------------------------------------------------
 
@@ -314,6 +205,10 @@ class DeploymentMachine:
                 )
             return self._enter_stage(self.state.stage_index + 1)
         return []
+
+    def _on_start_blocked(self, ev: StartBlocked) -> list[Command]:
+        self.state.error_code, self.state.message = ev.code, ev.message
+        return self._finish(DeploymentStatus.STOPPED)
 
     def _on_stop_requested(self, ev: StopRequested) -> list[Command]:
         who = f" by {ev.actor}" if ev.actor else ""
@@ -546,10 +441,8 @@ class DeploymentMachine:
         )
 
     def _original_kept(self) -> bool:
-        return all(
-            not (isinstance(s, WaitStage) and s.kind is WaitKind.TERMINATION)
-            for s in self.stages[: self.state.stage_index]
-        )
+        """Until a stage that releases the original fleet has passed, traffic can go back to it."""
+        return not any(s.ends_reroute for s in self.stages[: self.state.stage_index])
 
     def _archive_targets(self) -> None:
         for name, progress in self.state.targets.items():
@@ -578,6 +471,7 @@ _ACTIVE_HANDLERS: dict[type, Handler] = {
 _TRANSITIONS: dict[DeploymentStatus, dict[type, Handler]] = {
     DeploymentStatus.CREATED: {
         Started: DeploymentMachine._on_started,
+        StartBlocked: DeploymentMachine._on_start_blocked,
         StopRequested: DeploymentMachine._on_stop_requested,
     },
     **{status: _ACTIVE_HANDLERS for status in _ACTIVE},

@@ -151,6 +151,42 @@ def _initial_schema(db: Database) -> None:
         db.execute(statement)
 
 
+_APPROVALS = (
+    # One row per approve/reject decision, bound to the exact revision of one group; never rewritten, so the
+    # approvals a deployment started on stay provable. Expiry is data (``expires_at``), compared by the caller.
+    """
+    CREATE TABLE approvals (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        deployment_id TEXT NOT NULL,
+        application TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        revision_sha256 TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        decision TEXT NOT NULL CHECK (decision IN ('approved', 'rejected')),
+        reason TEXT,
+        created_at REAL NOT NULL,
+        expires_at REAL
+    )
+    """,
+    "CREATE INDEX approvals_by_revision ON approvals (application, environment, revision_sha256, created_at)",
+    "CREATE INDEX approvals_by_deployment ON approvals (deployment_id)",
+    """
+    CREATE TRIGGER approvals_no_update BEFORE UPDATE ON approvals
+    BEGIN SELECT RAISE(ABORT, 'approvals are append-only'); END
+    """,
+    """
+    CREATE TRIGGER approvals_no_delete BEFORE DELETE ON approvals
+    BEGIN SELECT RAISE(ABORT, 'approvals are append-only'); END
+    """,
+)
+
+
+@MIGRATIONS(name="0002_approvals")
+def _approvals(db: Database) -> None:
+    for statement in _APPROVALS:
+        db.execute(statement)
+
+
 def apply_migrations(db: Database) -> list[str]:
     """Bring ``db`` up to the newest schema; returns the names of the migrations applied just now."""
     pending = [migration.name for migration in MIGRATIONS.pending(db)]

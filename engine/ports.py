@@ -35,8 +35,13 @@ class HostExecutor(Protocol):
 class TrafficRouter(Protocol):
     """Moves traffic for one deployment group (argo-rollouts' TrafficRoutingReconciler, narrowed)."""
 
-    async def set_weight(self, group: str, percent: int) -> None:
-        """Send ``percent`` of the group's traffic to the replacement fleet, the rest to the original."""
+    async def prepare(self, group: str, original: Sequence[str], replacement: Sequence[str]) -> None:
+        """Name the two fleets of a blue/green deployment before any ``set_weight``."""
+
+    async def set_weight(self, group: str, percent: int, *, wait: bool = True) -> None:
+        """Send ``percent`` of the group's traffic to the replacement fleet, the rest to the original.
+
+        With ``wait``, only once the servers that are to take traffic pass the balancer's own health check."""
 
     async def verify_weight(self, group: str, percent: int) -> bool | None:
         """True/False when the router can tell; None when it cannot verify (a distinct answer)."""

@@ -39,19 +39,24 @@ class RevisionStore:
         label: str | None = None,
         git_repo: Path | None = None,
         platform: Platform = Platform.SERVER,
+        commit: str | None = None,
     ) -> Revision:
-        """Normalize ``source`` into a canonical bundle, validate its AppSpec, and keep it (once per sha256)."""
+        """Normalize ``source`` into a canonical bundle, validate its AppSpec, and keep it (once per sha256).
+
+        ``commit`` names the commit an archive came from (a GitHub tarball), so hooks get ``BUNDLE_COMMIT``.
+        """
         built, appspec = await asyncio.to_thread(self._build_and_check, str(source), git_repo, platform)
+        commit = commit or built.commit
         await self.store.put_revision(
             built.sha256,
             source=label or built.source,
-            commit=built.commit,
+            commit=commit,
             size=built.size,
             created_at=self.clock.now(),
             appspec=appspec,
             platform=str(platform),
         )
-        return Revision(built.sha256, label or built.source, built.commit, built.size)
+        return Revision(built.sha256, label or built.source, commit, built.size)
 
     def _build_and_check(self, source: str, git_repo: Path | None, platform: Platform) -> tuple[Any, Any]:
         with tempfile.TemporaryDirectory(dir=self.directory) as tmp:

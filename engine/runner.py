@@ -18,17 +18,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from engine.errors import EngineError, InvalidTransition
-from engine.lifecycle import TRAFFIC_EVENTS
-from engine.machine import (
+from engine.events import (
+    AlarmFired,
     CancelTargets,
     Command,
-    DeploymentMachine,
     Event,
     EventFailed,
     EventSucceeded,
     Finish,
     RunEvent,
     ShiftTraffic,
+    StartBlocked,
     Started,
     StartRollback,
     StartTimer,
@@ -36,13 +36,18 @@ from engine.machine import (
     TrafficShifted,
     TrafficShiftFailed,
 )
-from engine.model import DeploymentStatus, EventStatus, LifecycleEvent, ScriptErrorCode
-from engine.ports import Clock, HostExecutor, TrafficRouter
+from engine.lifecycle import TRAFFIC_EVENTS
+from engine.machine import DeploymentMachine
+from engine.model import DeploymentStatus, ErrorCode, EventStatus, LifecycleEvent, ScriptErrorCode
+from engine.ports import AlarmSource, Clock, HostExecutor, TrafficRouter
 from engine.snapshot import stages_to_json, state_to_json
 from engine.stages import TrafficStage, WaitStage
 from engine.store import SqliteStore
+from engine.topology import AlarmConfiguration
 
 log = logging.getLogger(__name__)
+
+MAX_BATCH = 1000
 
 
 class DeploymentRunner:
@@ -61,6 +66,9 @@ class DeploymentRunner:
         on_rollback: Callable[[str, StartRollback], Awaitable[None]],
         on_finish: Callable[[str], Awaitable[None]],
         timers: dict[str, float] | None = None,
+        alarms: AlarmSource | None = None,
+        alarm_config: AlarmConfiguration | None = None,
+        roles: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
     ) -> None:
         self.deployment_id = deployment_id
         self.machine = machine
@@ -74,6 +82,9 @@ class DeploymentRunner:
         self._on_rollback = on_rollback
         self._on_finish = on_finish
         self.timers: dict[str, float] = dict(timers or {})
+        self.alarms = alarms
+        self.alarm_config = alarm_config or AlarmConfiguration()
+        self.roles = roles  # (original, replacement) of a blue/green deployment
         self.inbox: asyncio.Queue[Event] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._synced: dict[tuple[str, str], str] = {}
@@ -109,22 +120,42 @@ class DeploymentRunner:
 
     async def run(self, *, resume: bool = False) -> None:
         try:
+            if self.roles is not None and self.router is not None:
+                await self.router.prepare(self.group, *self.roles)
             if resume and self.machine.state.status is not DeploymentStatus.CREATED:
                 await self._resume()
             else:
-                await self._step(Started())
+                blocked = await self._alarms_before_start()
+                await self._step(StartBlocked(ErrorCode.ALARM_ACTIVE, blocked) if blocked else Started())
+            if self.alarms is not None:
+                self._spawn(self._watch_alarms())
             while not self.machine.state.status.is_final:
-                await self._step(await self.inbox.get())
+                batch = [await self.inbox.get()]
+                while not self.inbox.empty() and len(batch) < MAX_BATCH:
+                    batch.append(self.inbox.get_nowait())
+                await self._step(*batch)
         finally:
             for task in self._tasks:
                 task.cancel()
             self.finished.set()
 
-    async def _step(self, event: Event) -> None:
-        try:
-            commands = self.machine.send(event)
-        except InvalidTransition as exc:
-            log.info("deployment %s ignored %s: %s", self.deployment_id, type(event).__name__, exc)
+    async def _step(self, *events: Event) -> None:
+        """Feed the machine every event that is waiting, persist the result once, then act on it (rule 2).
+
+        Batching is what keeps a 200-host deployment cheap: results that arrive together cost one write.
+        """
+        commands: list[Command] = []
+        accepted = False
+        for event in events:
+            if self.machine.state.status.is_final:
+                log.info("deployment %s ended; ignored %s", self.deployment_id, type(event).__name__)
+                continue
+            try:
+                commands += self.machine.send(event)
+                accepted = True
+            except InvalidTransition as exc:
+                log.info("deployment %s ignored %s: %s", self.deployment_id, type(event).__name__, exc)
+        if not accepted:
             return
         await self._persist()
         for command in commands:
@@ -178,6 +209,8 @@ class DeploymentRunner:
                 await self.executor.dispatch(self.deployment_id, command.target, command.event, self.spec)
         elif isinstance(command, CancelTargets):
             await self.executor.cancel(self.deployment_id)
+        elif isinstance(command, ShiftTraffic) and command.rollback:
+            await self._reroute(command.percent)
         elif isinstance(command, ShiftTraffic):
             self._spawn(self._shift(command.percent))
         elif isinstance(command, StartTimer):
@@ -215,6 +248,32 @@ class DeploymentRunner:
             return
         self.post(TrafficShifted(percent))
 
+    async def _reroute(self, percent: int) -> None:
+        """Rollback of a traffic shift: done inline, before the deployment is finished, and timed."""
+        if self.router is None:
+            return
+        started = self.clock.monotonic()
+        try:  # no health wait: the original fleet was serving a moment ago, and speed is the point
+            await self.router.set_weight(self.group, percent, wait=False)
+        except EngineError as exc:
+            log.error("deployment %s: reroute to the original fleet failed: %s", self.deployment_id, exc)
+            await self.store.append_log(
+                "traffic.reroute_failed",
+                at=self.clock.now(),
+                actor="deploybot",
+                deployment_id=self.deployment_id,
+                data={"error": str(exc)},
+            )
+            return
+        elapsed_ms = round((self.clock.monotonic() - started) * 1000, 1)
+        await self.store.append_log(
+            "traffic.rerouted",
+            at=self.clock.now(),
+            actor="deploybot",
+            deployment_id=self.deployment_id,
+            data={"percent": percent, "milliseconds": elapsed_ms},
+        )
+
     async def _route_target(self, target: str, event: LifecycleEvent) -> None:
         started = self.clock.now()
         result: dict[str, Any] = {"status": "Succeeded", "started_at": started}
@@ -229,7 +288,49 @@ class DeploymentRunner:
         result["ended_at"] = self.clock.now()
         await self.record_result(target, event, result)
 
+    # -- alarms ----------------------------------------------------------------------------------------------
+
+    async def _alarms_before_start(self) -> str | None:
+        """An alarm already firing blocks the start instead of rolling back at once (no rollback loop)."""
+        if self.alarms is None or self.spec.get("ignore_alarms"):
+            return None
+        try:
+            firing = await self.alarms.firing(self.alarm_config.alarms)
+        except EngineError as exc:
+            log.warning("deployment %s: alarms unreadable before start: %s", self.deployment_id, exc)
+            return None
+        if not firing:
+            return None
+        return (
+            f"alarm {', '.join(firing)} was already firing before the deployment started; nothing was changed "
+            "(deploy again with --ignore-alarms to go ahead anyway)"
+        )
+
+    async def _watch_alarms(self) -> None:
+        """Poll the group's alarms for as long as the deployment runs; the first one that fires stops it."""
+        while not self.machine.state.status.is_final:
+            await self.clock.sleep(self.alarm_config.poll_seconds)
+            if self.alarms is None or self.machine.state.status.is_final:
+                return
+            try:
+                firing = await self.alarms.firing(self.alarm_config.alarms)
+            except EngineError as exc:
+                if self.alarm_config.ignore_poll_alarm_failure:
+                    log.info("deployment %s: alarms unreadable, going on as configured: %s", self.deployment_id, exc)
+                    continue
+                firing = (f"(alarm state unreadable: {exc})",)
+            if firing:
+                details = getattr(self.alarms, "details", {})
+                self.post(AlarmFired(tuple(_described(name, details.get(name, ())) for name in firing)))
+                return
+
     # -- resume after a restart ------------------------------------------------------------------------------
+
+    def _traffic_started(self) -> bool:
+        index = self.machine.state.stage_index
+        return any(isinstance(s, TrafficStage) for s in self.machine.stages[: index + 1]) and (
+            self.machine.state.traffic_step >= 0 or not isinstance(self.machine.stage, TrafficStage)
+        )
 
     async def _resume(self) -> None:
         """Re-issue whatever the persisted state is waiting on (rule 2: every re-issue is idempotent)."""
@@ -246,9 +347,18 @@ class DeploymentRunner:
                 self._arm(name)
             else:
                 self.timers.pop(name)
+        if self.router is not None and self._traffic_started():
+            try:  # the balancer may have been restarted: put the weights back where the machine left them
+                await self.router.set_weight(self.group, state.traffic_percent)
+            except EngineError as exc:
+                log.warning("deployment %s: could not restore traffic weights: %s", self.deployment_id, exc)
         if isinstance(stage, TrafficStage) and state.timer is None and not state.paused:
             with contextlib.suppress(IndexError):
                 self._spawn(self._shift(stage.steps[state.traffic_step].percent))
         if isinstance(stage, WaitStage) and state.timer and state.timer not in self.timers:
             self.post(TimerElapsed(state.timer))
         await self._on_change(self.deployment_id)
+
+
+def _described(name: str, details: tuple[str, ...]) -> str:
+    return f"{name} ({'; '.join(details)})" if details else name

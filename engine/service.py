@@ -12,7 +12,7 @@ import contextlib
 import logging
 import secrets
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,31 +27,38 @@ from engine.configs import (
     traffic_steps,
 )
 from engine.errors import DeploymentNotFound, DeploymentRefused, EngineError, InvalidTransition
-from engine.machine import (
+from engine.events import (
     ContinueRequested,
-    DeploymentMachine,
     Event,
-    MachineOptions,
     PauseRequested,
     PromoteRequested,
     ResumeRequested,
     StartRollback,
     StopRequested,
 )
+from engine.machine import DeploymentMachine, MachineOptions
 from engine.model import (
     ROLLBACK_CREATOR,
-    DeploymentStatus,
     DeploymentType,
     LifecycleEvent,
     Platform,
     Revision,
 )
 from engine.plan import build_plan
-from engine.ports import Clock, Notifier, TrafficRouter
+from engine.ports import AlarmSource, Clock, Notifier, TrafficRouter
+from engine.release_flow import ReleaseFlow
 from engine.revisions import RevisionStore
 from engine.runner import DeploymentRunner
 from engine.snapshot import stages_from_json, stages_to_json, state_from_json
-from engine.stages import ALL_AT_ONCE, StageOptions, deployment_stages
+from engine.stages import (
+    ALL_AT_ONCE,
+    Stage,
+    StageOptions,
+    TargetStage,
+    TrafficStage,
+    blue_green_rollback_stages,
+    deployment_stages,
+)
 from engine.store import SqliteStore
 from engine.topology import DeploymentGroup, EngineConfig
 from engine.views import deployment_json
@@ -67,6 +74,10 @@ _CONTROL_EVENTS: dict[str, type[Event]] = {
 }
 
 
+AlarmFactory = Callable[[DeploymentGroup, Sequence[str]], AlarmSource | None]
+"""Builds the alarms of one deployment of a group (given the targets getting the new revision)."""
+
+
 @dataclass(frozen=True, slots=True)
 class DeployRequest:
     application: str
@@ -75,6 +86,9 @@ class DeployRequest:
     config_name: str | None = None
     actor: str = "cli"
     description: str = ""
+    ignore_alarms: bool = False  # start even though one of the group's alarms is firing
+    source: str = "manual"  # engine.release.RequestSource: manual | merge | promotion | rollback
+    promoted_from: str | None = None  # the environment a promotion takes its revision from
 
 
 def new_deployment_id() -> str:
@@ -92,8 +106,10 @@ class Deployer:
         data_dir: Path,
         clock: Clock,
         routers: Mapping[str, TrafficRouter],
+        alarm_factory: AlarmFactory | None = None,
     ) -> None:
         self.config = config
+        self.alarm_factory = alarm_factory
         self.store = store
         self.data_dir = data_dir
         self.clock = clock
@@ -115,6 +131,7 @@ class Deployer:
         self._changed: dict[str, asyncio.Event] = {}
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self.release = ReleaseFlow(self)  # locks, approvals, promotion; consulted by _create and _start_next
 
     @classmethod
     async def open(
@@ -124,12 +141,21 @@ class Deployer:
         data_dir: Path,
         clock: Clock | None = None,
         routers: Mapping[str, TrafficRouter] | None = None,
+        alarm_factory: AlarmFactory | None = None,
     ) -> Deployer:
         data_dir.mkdir(parents=True, exist_ok=True)
         store = await SqliteStore.open(data_dir / "deploybot.db")
-        deployer = cls(config, store, data_dir=data_dir, clock=clock or SystemClock(), routers=routers or {})
+        deployer = cls(
+            config,
+            store,
+            data_dir=data_dir,
+            clock=clock or SystemClock(),
+            routers=routers or {},
+            alarm_factory=alarm_factory,
+        )
         for host in config.hosts:
             deployer.fleet.token_for(host)
+        await deployer.restore_traffic()
         await deployer.resume_unfinished()
         deployer.fleet.start_monitor()
         return deployer
@@ -146,8 +172,8 @@ class Deployer:
 
     # -- revisions -------------------------------------------------------------------------------------------
 
-    async def store_revision(self, path: Path, *, source: str) -> dict[str, Any]:
-        revision = await self.revisions.add(path, label=source)
+    async def store_revision(self, path: Path, *, source: str, commit: str | None = None) -> dict[str, Any]:
+        revision = await self.revisions.add(path, label=source, commit=commit)
         return {"sha256": revision.sha256, "size": revision.size, "source": revision.source}
 
     async def _revision_for(self, request: DeployRequest, group: DeploymentGroup) -> Revision:
@@ -169,7 +195,15 @@ class Deployer:
     async def start(self, request: DeployRequest) -> dict[str, Any]:
         group = self.config.group(request.application, request.environment)
         revision = await self._revision_for(request, group)
-        return await self._create(group, revision, request.config_name, request.actor, request.description)
+        return await self._create(
+            group,
+            revision,
+            request.config_name,
+            request.actor,
+            request.description,
+            ignore_alarms=request.ignore_alarms,
+            request=request,
+        )
 
     async def _create(
         self,
@@ -180,6 +214,9 @@ class Deployer:
         description: str,
         *,
         rollback_of: str | None = None,
+        stages: tuple[Stage, ...] | None = None,
+        ignore_alarms: bool = False,
+        request: DeployRequest | None = None,
     ) -> dict[str, Any]:
         name = config_name or group.deployment_config or DEFAULT_SERVER_CONFIG
         config = config_for_group(name, group.platform, self.config.deployment_configs)
@@ -188,12 +225,15 @@ class Deployer:
                 duplicate = await self._duplicate(group, revision)
                 if duplicate is not None:
                     return await self.get(duplicate)
+            source = "rollback" if rollback_of else "manual"
+            request = request or DeployRequest(group.application, group.environment, actor=actor, source=source)
+            admission = await self.release.admit(group, revision, request)
+            if admission.refused:
+                raise DeploymentRefused(admission.reason or "refused", **admission.details)
             deployment_id = new_deployment_id()
-            stages = deployment_stages(self._stage_options(group, config), self._target_names(group))
-            state = {
-                "stages": stages_to_json(stages),
-                "spec": self._agent_spec(deployment_id, group, revision),
-            }
+            stages = stages or await self._stages_for(group, config)
+            spec = {**self._agent_spec(deployment_id, group, revision), "ignore_alarms": ignore_alarms}
+            state = {"stages": stages_to_json(stages), "spec": spec}
             now = self.clock.now()
             await self.store.create_deployment(
                 {
@@ -201,7 +241,7 @@ class Deployer:
                     "application": group.application,
                     "environment": group.environment,
                     "group_name": group.name,
-                    "status": str(DeploymentStatus.QUEUED),
+                    "status": str(admission.status),
                     "revision_sha256": revision.sha256,
                     "config_name": config.name,
                     "deployment_type": str(group.deployment_type),
@@ -209,7 +249,12 @@ class Deployer:
                     "created_at": now,
                     "description": description,
                     "rollback_of": rollback_of,
-                    "request": {"actor": actor, "config": config_name},
+                    "request": {
+                        "actor": actor,
+                        "config": config_name,
+                        "source": request.source,
+                        "from": request.promoted_from,
+                    },
                     "state": state,
                 }
             )
@@ -226,13 +271,36 @@ class Deployer:
         return await self.get(deployment_id)
 
     async def _duplicate(self, group: DeploymentGroup, revision: Revision) -> str | None:
-        for row in await self.store.list_deployments(group_name=group.name, status=["Queued", *_ACTIVE]):
+        waiting = ["Queued", "WaitingApproval", *_ACTIVE]
+        for row in await self.store.list_deployments(group_name=group.name, status=waiting):
             if row["revision_sha256"] == revision.sha256 and row["created_by"] != ROLLBACK_CREATOR:
                 return str(row["id"])
         return None
 
     def _target_names(self, group: DeploymentGroup) -> tuple[str, ...]:
         return tuple(host.name for host in self.config.targets(group))
+
+    async def _stages_for(self, group: DeploymentGroup, config: Any) -> tuple[Stage, ...]:
+        """The stages of a new deployment; blue/green installs on the pool's idle side and shifts to it."""
+        targets = self._target_names(group)
+        options = self._stage_options(group, config)
+        if group.platform is Platform.SERVER and group.deployment_type is DeploymentType.BLUE_GREEN:
+            live, idle = await self._sides(group)
+            return deployment_stages(options, idle, live)
+        return deployment_stages(options, targets)
+
+    async def _sides(self, group: DeploymentGroup) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(live, idle) halves of a blue/green group's pool: live is where the last successful deployment put
+        traffic; before any, the first half of the pool."""
+        pool = self._target_names(group)
+        half = (len(pool) + 1) // 2
+        live: tuple[str, ...] = pool[:half]
+        for row in await self.store.list_deployments(group_name=group.name, status="Succeeded", limit=1):
+            stages = row["state"].get("stages", [])
+            installed = next((s["targets"] for s in stages if s["kind"] == "targets"), None)
+            if installed and set(installed) <= set(pool):
+                live = tuple(installed)
+        return live, tuple(t for t in pool if t not in live)
 
     def _stage_options(self, group: DeploymentGroup, config: Any) -> StageOptions:
         steps: tuple[TrafficStep, ...] = (TrafficStep(100, 0),)
@@ -256,6 +324,8 @@ class Deployer:
             with_load_balancer=lb is not None and lb.type != "none",
             ready_wait_seconds=ready,
             termination_wait_seconds=options.termination_wait_minutes * 60.0,
+            stop_original=options.terminate_action == "TERMINATE",
+            watch_seconds=group.watch_minutes * 60.0,
         )
 
     def _agent_spec(self, deployment_id: str, group: DeploymentGroup, revision: Revision) -> dict[str, Any]:
@@ -284,6 +354,7 @@ class Deployer:
         if group_name in self._busy:
             return
         queued = await self.store.list_deployments(group_name=group_name, status="Queued", newest_first=False)
+        queued = await self.release.startable(group_name, queued)  # a lock holds all but automatic rollbacks
         if not queued:
             return
         chosen = next((r for r in queued if r["id"] == prefer), None) or next(
@@ -325,6 +396,12 @@ class Deployer:
             on_rollback=self._on_rollback,
             on_finish=self._on_finish,
             timers=state.get("timers") if resume else None,
+            # A rollback is never gated or stopped by alarms: the alarm that caused it may well still be firing.
+            alarms=self.alarm_factory(group, _installed_targets(stages))
+            if group and self.alarm_factory and not is_rollback
+            else None,
+            alarm_config=group.alarms if group else None,
+            roles=_blue_green_roles(stages),
         )
         self._busy[row["group_name"]] = row["id"]
         self._runners[row["id"]] = runner
@@ -394,9 +471,17 @@ class Deployer:
             )
             return
         # The failing deployment still holds the group, so the rollback is queued; it is first in line when the
-        # group frees up, and the link is in place before anyone watching sees the failure.
+        # group frees up, and the link is in place before anyone watching sees the failure. When traffic was
+        # already rerouted (blue/green), the rollback only runs the allow/block-traffic hooks: nothing is redeployed.
+        roles = _blue_green_roles(stages_from_json(row["state"]["stages"])) if command.rerouted else None
         await self._create(
-            group, good, None, ROLLBACK_CREATOR, f"rollback of {deployment_id}", rollback_of=deployment_id
+            group,
+            good,
+            None,
+            ROLLBACK_CREATOR,
+            f"rollback of {deployment_id}" + (" (traffic rerouted to the original fleet)" if roles else ""),
+            rollback_of=deployment_id,
+            stages=blue_green_rollback_stages(*roles) if roles else None,
         )
 
     async def _last_good_revision(self, group_name: str, *, exclude: str | None = None) -> Revision | None:
@@ -425,13 +510,14 @@ class Deployer:
             deployment_id=deployment_id,
             data={"rollback": rollback},
         )
-        if row["status"] == "Queued":
+        if row["status"] in ("Queued", "WaitingApproval"):
             await self.store.update_deployment(
                 deployment_id,
                 status="Stopped",
                 ended_at=self.clock.now(),
                 error_code="MANUAL_STOP",
-                error_message=f"cancelled by {actor} while queued",
+                error_message=f"cancelled by {actor} while "
+                + ("queued" if row["status"] == "Queued" else "waiting for approval"),
             )
             await self._changed_hook(deployment_id)
             return await self.get(deployment_id)
@@ -493,13 +579,14 @@ class Deployer:
                 group_name=row["group_name"], status="Queued", newest_first=False
             )
             position = next((i + 1 for i, r in enumerate(queued) if r["id"] == deployment_id), None)
-        return deployment_json(
+        document = deployment_json(
             row,
             events,
             revision=revision,
             version=self._versions.get(deployment_id, 0),
             queue_position=position,
         )
+        return await self.release.decorate(row, document)
 
     async def history(self, application: str, environment: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         app = self.config.application(application)
@@ -546,7 +633,7 @@ class Deployer:
             with_load_balancer=self._stage_options(group, config).with_load_balancer,
         )
         stages = deployment_stages(self._stage_options(group, config), targets)
-        return {**plan.as_dict(), "stages": stages_to_json(stages)}
+        return await self.release.plan(group, request, {**plan.as_dict(), "stages": stages_to_json(stages)})
 
     async def hosts(self) -> list[dict[str, Any]]:
         """Every configured host with its agent's state: online while heard from within the heartbeat limit."""
@@ -607,11 +694,27 @@ class Deployer:
 
     # -- restart ---------------------------------------------------------------------------------------------
 
+    async def restore_traffic(self) -> None:
+        """Put blue/green traffic back on each group's live side (a fresh balancer starts with none), except
+        where an unfinished deployment will restore its own weights when it resumes."""
+        unfinished = {r["group_name"] for r in await self.store.unfinished_deployments()}
+        for group in self.config.groups():
+            router = self.routers.get(group.name)
+            blue_green = group.platform is Platform.SERVER and group.deployment_type is DeploymentType.BLUE_GREEN
+            if router is None or not blue_green or group.name in unfinished:
+                continue
+            live, idle = await self._sides(group)
+            try:
+                await router.prepare(group.name, live, idle)
+                await router.set_weight(group.name, 0, wait=False)
+            except EngineError as exc:
+                log.error("could not route %s to its live side %s: %s", group.name, ", ".join(live), exc)
+
     async def resume_unfinished(self) -> None:
         """Pick up what a previous server left: running deployments resume, queued ones wait their turn."""
         rows = await self.store.unfinished_deployments()
         for row in sorted(rows, key=lambda r: r["created_at"]):
-            if row["status"] == "Queued" or row["group_name"] in self._busy:
+            if row["status"] in ("Queued", "WaitingApproval") or row["group_name"] in self._busy:
                 continue
             await self.store.append_log(
                 "deployment.resumed",
@@ -623,3 +726,16 @@ class Deployer:
             self._launch(row, resume=True)
         for group_name in {r["group_name"] for r in rows}:
             await self._start_next(group_name)
+
+
+def _installed_targets(stages: tuple[Stage, ...]) -> tuple[str, ...]:
+    """The targets that receive the new revision (the first target stage): the ones whose health alarms watch."""
+    return next((s.targets for s in stages if isinstance(s, TargetStage)), ())
+
+
+def _blue_green_roles(stages: tuple[Stage, ...]) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(original, replacement) of a server blue/green deployment, read off its stages; None for anything else."""
+    if not any(isinstance(s, TrafficStage) for s in stages):
+        return None
+    original = next((s.targets for s in stages if isinstance(s, TargetStage) and s.name == "block-original"), ())
+    return original, _installed_targets(stages)

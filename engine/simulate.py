@@ -11,14 +11,12 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from engine.machine import (
+from engine.events import (
     Command,
-    DeploymentMachine,
     Event,
     EventFailed,
     EventSucceeded,
     Finish,
-    MachineOptions,
     RunEvent,
     ShiftTraffic,
     Started,
@@ -27,6 +25,7 @@ from engine.machine import (
     TimerElapsed,
     TrafficShifted,
 )
+from engine.machine import DeploymentMachine, MachineOptions
 from engine.model import DeploymentStatus, ErrorCode, LifecycleEvent
 from engine.stages import Stage
 

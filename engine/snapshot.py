@@ -26,6 +26,7 @@ def stages_to_json(stages: tuple[Stage, ...]) -> list[dict[str, Any]]:
                     "events": [str(e) for e in stage.events],
                     "health": {"type": str(stage.health.type), "value": stage.health.value},
                     "enforce_health": stage.enforce_health,
+                    "ends_reroute": stage.ends_reroute,
                 }
             )
         elif isinstance(stage, TrafficStage):
@@ -39,6 +40,7 @@ def stages_to_json(stages: tuple[Stage, ...]) -> list[dict[str, Any]]:
                     "wait_kind": str(stage.kind),
                     "seconds": stage.seconds,
                     "stop_on_timeout": stage.stop_on_timeout,
+                    "ends_reroute": stage.ends_reroute,
                 }
             )
     return out
@@ -56,6 +58,7 @@ def stages_from_json(data: list[dict[str, Any]]) -> tuple[Stage, ...]:
                     tuple(LifecycleEvent(e) for e in item["events"]),
                     health,
                     item["enforce_health"],
+                    item.get("ends_reroute", False),
                 )
             )
         elif item["kind"] == "traffic":
@@ -63,7 +66,13 @@ def stages_from_json(data: list[dict[str, Any]]) -> tuple[Stage, ...]:
             stages.append(TrafficStage(item["name"], steps))
         else:
             stages.append(
-                WaitStage(item["name"], WaitKind(item["wait_kind"]), item["seconds"], item["stop_on_timeout"])
+                WaitStage(
+                    item["name"],
+                    WaitKind(item["wait_kind"]),
+                    item["seconds"],
+                    item["stop_on_timeout"],
+                    item.get("ends_reroute", False),
+                )
             )
     return tuple(stages)
 

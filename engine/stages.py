@@ -37,6 +37,7 @@ class TargetStage:
     events: tuple[LifecycleEvent, ...]
     health: MinimumHealthyHosts = ALL_AT_ONCE
     enforce_health: bool = True  # False for the original fleet's block-traffic pass: every host must succeed
+    ends_reroute: bool = False  # once passed, the original fleet can no longer take traffic back
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,7 @@ class WaitStage:
     kind: WaitKind
     seconds: float
     stop_on_timeout: bool = False  # READY with STOP_DEPLOYMENT: the wait ending without "continue" stops it
+    ends_reroute: bool = False  # Lambda/ECS: the original version or task set is released when the wait ends
 
 
 Stage = TargetStage | TrafficStage | WaitStage
@@ -67,6 +69,7 @@ class StageOptions:
     with_load_balancer: bool = False
     ready_wait_seconds: float | None = None  # None: continue at once (CONTINUE_DEPLOYMENT)
     termination_wait_seconds: float = 0.0
+    stop_original: bool = False  # blue/green TERMINATE: stop the original fleet's application after the wait
     watch_seconds: float = 0.0
 
 
@@ -107,6 +110,11 @@ def _server_blue_green(options: StageOptions, green: tuple[str, ...], blue: tupl
         )
     if options.termination_wait_seconds > 0:
         stages.append(WaitStage("termination", WaitKind.TERMINATION, options.termination_wait_seconds))
+    if options.stop_original and blue:
+        # On hosts "terminate" means stopping the old application: ApplicationStop runs the original fleet's own
+        # (last successful) scripts. After this a rollback has to redeploy.
+        stop = (LifecycleEvent.APPLICATION_STOP,)
+        stages.append(TargetStage("stop-original", blue, stop, enforce_health=False, ends_reroute=True))
     return stages
 
 
@@ -120,5 +128,20 @@ def _serverless(options: StageOptions, targets: tuple[str, ...]) -> list[Stage]:
         TargetStage("after-allow", targets, events[cut + 1 :]),
     ]
     if options.termination_wait_seconds > 0:
-        stages.append(WaitStage("termination", WaitKind.TERMINATION, options.termination_wait_seconds))
+        stages.append(
+            WaitStage("termination", WaitKind.TERMINATION, options.termination_wait_seconds, ends_reroute=True)
+        )
     return stages
+
+
+def blue_green_rollback_stages(original: Sequence[str], replacement: Sequence[str]) -> tuple[Stage, ...]:
+    """The rollback of a server blue/green deployment whose traffic was already rerouted (reference §4.2):
+    the original hosts run the allow-traffic events, the replacement hosts the block-traffic ones."""
+    rollback_original = event_order(Platform.SERVER, DeploymentType.BLUE_GREEN, role=FleetRole.ORIGINAL, rollback=True)
+    rollback_replacement = event_order(
+        Platform.SERVER, DeploymentType.BLUE_GREEN, role=FleetRole.REPLACEMENT, rollback=True
+    )
+    return (
+        TargetStage("allow-original", tuple(original), rollback_original, enforce_health=False),
+        TargetStage("block-replacement", tuple(replacement), rollback_replacement, enforce_health=False),
+    )

@@ -475,12 +475,57 @@ class SqliteStore:
         sql = "SELECT * FROM locks WHERE application = ? AND environment = ?"
         return await self._fetch_one("locks", sql, (application, environment))
 
-    async def delete_lock(self, application: str, environment: str) -> bool:
+    async def delete_lock(self, application: str, environment: str, *, created_at: float | None = None) -> bool:
+        """Remove the lock; given ``created_at``, only that very lock (not one set again in the meantime)."""
         sql = "DELETE FROM locks WHERE application = ? AND environment = ?"
-        return await self._change(sql, (application, environment)) == 1
+        params: tuple[Any, ...] = (application, environment)
+        if created_at is not None:
+            sql += " AND created_at = ?"
+            params = (*params, created_at)
+        return await self._change(sql, params) == 1
 
     async def list_locks(self) -> list[Row]:
         return await self._fetch("locks", "SELECT * FROM locks ORDER BY application, environment")
+
+    # -- approvals (append only)
+
+    async def add_approval(
+        self,
+        deployment_id: str,
+        *,
+        application: str,
+        environment: str,
+        revision_sha256: str,
+        actor: str,
+        decision: str,
+        created_at: float,
+        expires_at: float | None = None,
+        reason: str | None = None,
+    ) -> int:
+        """Record one approve/reject decision; its id."""
+        sql = (
+            "INSERT INTO approvals (deployment_id, application, environment, revision_sha256, actor, decision,"
+            f" reason, created_at, expires_at) VALUES ({_placeholders(9)})"
+        )
+        row = (deployment_id, application, environment, revision_sha256, actor, decision, reason)
+        return (await self._insert(sql, [(*row, created_at, expires_at)]))[0]
+
+    async def list_approvals(
+        self,
+        *,
+        application: str | None = None,
+        environment: str | None = None,
+        revision_sha256: str | None = None,
+        deployment_id: str | None = None,
+    ) -> list[Row]:
+        """Decisions matching every given filter, oldest first."""
+        where, params = _filters(
+            application=application,
+            environment=environment,
+            revision_sha256=revision_sha256,
+            deployment_id=deployment_id,
+        )
+        return await self._fetch("approvals", f"SELECT * FROM approvals WHERE {where} ORDER BY id", params)
 
     # -- webhook deliveries
 

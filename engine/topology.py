@@ -57,7 +57,8 @@ class AlarmConfiguration:
 
     enabled: bool = False
     ignore_poll_alarm_failure: bool = False
-    alarms: tuple[Mapping[str, object], ...] = ()
+    alarms: tuple[Mapping[str, object], ...] = ()  # {"name", "type": cloudwatch|haproxy|http, thresholds...}
+    poll_seconds: float = 5.0
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -69,9 +70,9 @@ class BlueGreenOptions:
     """CodeDeploy's ``blueGreenDeploymentConfiguration``: when to reroute, and what to do with the old fleet."""
 
     ready_action: str = "CONTINUE_DEPLOYMENT"
-    ready_wait_minutes: int = 0
+    ready_wait_minutes: float = 0
     terminate_action: str = "KEEP_ALIVE"
-    termination_wait_minutes: int = 0
+    termination_wait_minutes: float = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,17 @@ class DeploymentGroup:
     deployers: tuple[str, ...] = ()
     approvers: tuple[str, ...] = ()
     required_approvals: int = 0
+    watch_minutes: float = 0  # alarms stay armed this long after success; a firing alarm then rolls back
+    # Release flow: what a request meets while locked, how long an approval counts, and how long a revision must
+    # have run here before it may be promoted from here.
+    lock_policy: str = "refuse"  # "refuse" | "queue"
+    approval_ttl_minutes: float = 60
+    min_soak_minutes: float = 0
+    # Slack: who may deploy / approve / roll back here, as Slack user ids (U…, W…) or user-group ids (S…); empty
+    # means "not configured" (anyone, except in production, where nobody may until someone is listed).
+    slack_deployers: tuple[str, ...] = ()
+    slack_approvers: tuple[str, ...] = ()
+    slack_rollbackers: tuple[str, ...] = ()
     extra: Mapping[str, object] = field(default_factory=dict)
 
     def group_id(self) -> str:
@@ -119,7 +131,10 @@ class Application:
     revision: str | None = None
     slack_channel: str | None = None
     github_repository: str | None = None
-    auto_deploy: Mapping[str, str] | None = None
+    # {"branch": str, "to": str} and, when a gate is configured, "require_checks": tuple[str, ...] (status contexts
+    # or check-run names that must be green) and "checks_timeout_minutes": float.
+    auto_deploy: Mapping[str, object] | None = None
+    github_environment_urls: Mapping[str, str] = field(default_factory=dict)  # environment -> its public URL
     extra: Mapping[str, object] = field(default_factory=dict)
 
     def environment(self, name: str) -> str:

@@ -25,12 +25,15 @@ PURE_CORE = {
     "engine/lifecycle.py",
     "engine/plan.py",
     "engine/machine.py",
+    "engine/events.py",
     "engine/stages.py",
     "engine/simulate.py",
     "engine/snapshot.py",
     "engine/views.py",
     "engine/topology.py",
     "engine/ports.py",
+    "engine/release.py",
+    "engine/promotion.py",
 }
 YAML_ALLOWED = {
     "engine/yamlnode.py",

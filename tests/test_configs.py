@@ -361,7 +361,7 @@ def test_valid_custom_configs(config: DeploymentConfig) -> None:
         ),
         (_traffic(TrafficRouting(CANARY, 0, 5)), "percentage must be 1-99, not 0"),
         (_traffic(TrafficRouting(LINEAR, 100, 5)), "percentage must be 1-99, not 100"),
-        (_traffic(TrafficRouting(LINEAR, 10, 0)), "interval must be at least 1 minute"),
+        (_traffic(TrafficRouting(LINEAR, 10, 0)), "interval must be more than 0 minutes"),
         (_traffic(TrafficRouting(LINEAR, 10, 321)), "2889 minutes"),
         (_traffic(TrafficRouting(CANARY, 10, 2881)), "the limit is 2880"),
         (_traffic(TrafficRouting(ALL, 10, 0)), "AllAtOnce traffic routing takes no percentage"),

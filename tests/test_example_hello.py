@@ -120,9 +120,7 @@ def test_appspec_declares_files_and_hooks() -> None:
         {"source": "app", "destination": "/opt/hello"},
         {"source": "VERSION", "destination": "/opt/hello"},
     ]
-    hooks = {
-        event: [(h["location"], h["timeout"]) for h in scripts] for event, scripts in spec["hooks"].items()
-    }
+    hooks = {event: [(h["location"], h["timeout"]) for h in scripts] for event, scripts in spec["hooks"].items()}
     assert hooks == {
         "ApplicationStop": [("scripts/stop.sh", 30)],
         "BeforeInstall": [("scripts/before_install.sh", 30)],

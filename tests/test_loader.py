@@ -369,7 +369,9 @@ def test_full_file_round_trip() -> None:
         traffic_config=None,
         hosts=("staging-2", "staging-1"),
         load_balancer=LoadBalancer("haproxy", 8100, "/health", 2.0),
-        alarms=AlarmConfiguration(True, True, ({"name": "cpu-high"}, {"name": "errors"})),
+        alarms=AlarmConfiguration(
+            True, True, ({"name": "cpu-high", "type": "cloudwatch"}, {"name": "errors", "type": "cloudwatch"})
+        ),
         auto_rollback=AutoRollback(
             True, frozenset({AutoRollbackEvent.DEPLOYMENT_FAILURE, AutoRollbackEvent.DEPLOYMENT_STOP_ON_ALARM})
         ),
@@ -559,3 +561,65 @@ def test_cli_check_missing_file() -> None:
     result = deploybot("config", "check", "tests/data/config/missing.yml")
     assert result.returncode == 2
     assert "cannot read tests/data/config/missing.yml" in result.stderr
+
+
+ALARMS_BASE = """
+hosts: [{name: h1, local: true, port: 9301}]
+applications:
+  app:
+    platform: server
+    environments: [prod]
+    deployment_groups:
+      prod:
+        targets: {hosts: [h1]}
+        load_balancer: %(lb)s
+        watch_minutes: 0.5
+        alarms:
+          enabled: true
+          poll_seconds: 0.5
+          alarms:
+%(alarms)s
+"""
+
+
+def _group_alarms(lb: str, alarms: str):
+    config = parse_config(ALARMS_BASE % {"lb": lb, "alarms": alarms}, filename="a.yml")
+    return config.group("app", "prod")
+
+
+def test_deploybot_alarm_kinds_with_thresholds() -> None:
+    group = _group_alarms(
+        "{type: haproxy, port: 9400}",
+        "            - {name: green-5xx, type: haproxy, max_5xx_percent: 2, window_seconds: 30}\n"
+        "            - {name: probe, type: http, url: 'http://127.0.0.1:9301/health'}\n"
+        "            - cpu-high\n",
+    )
+    assert group.watch_minutes == 0.5
+    assert group.alarms.poll_seconds == 0.5
+    assert group.alarms.alarms == (
+        {
+            "name": "green-5xx",
+            "type": "haproxy",
+            "max_5xx_percent": 2,
+            "max_response_ms": None,
+            "window_seconds": 30,
+            "min_requests": 20,
+        },
+        {"name": "probe", "type": "http", "url": "http://127.0.0.1:9301/health", "expect_status": 200},
+        {"name": "cpu-high", "type": "cloudwatch"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("lb", "alarm", "message"),
+    [
+        ("none", "{name: x, type: haproxy}", "needs the group's load_balancer to be haproxy"),
+        ("none", "{name: x, type: http}", "missing required key 'url'"),
+        ("none", "{name: x, type: http, url: 'http://a', max_5xx_percent: 3}", "does not apply to a http alarm"),
+        ("none", "{name: x, type: datadog}", "datadog"),
+    ],
+)
+def test_alarm_problems(lb: str, alarm: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _group_alarms(lb, f"            - {alarm}\n")
+    assert message in str(info.value)

@@ -8,20 +8,19 @@ import pytest
 
 from engine.configs import BUILTIN_CONFIGS, MinimumHealthyHosts, MinimumHealthyHostsType, TrafficStep
 from engine.errors import InvalidTransition
-from engine.machine import (
+from engine.events import (
     AlarmFired,
     CancelTargets,
     ContinueRequested,
-    DeploymentMachine,
     EventFailed,
     EventSucceeded,
     Finish,
-    MachineOptions,
     PauseRequested,
     PromoteRequested,
     ResumeRequested,
     RunEvent,
     ShiftTraffic,
+    StartBlocked,
     Started,
     StartRollback,
     StartTimer,
@@ -31,11 +30,20 @@ from engine.machine import (
     TrafficShifted,
     TrafficShiftFailed,
 )
+from engine.machine import DeploymentMachine, MachineOptions
 from engine.model import AutoRollback, AutoRollbackEvent, DeploymentStatus, DeploymentType, ErrorCode, Platform
 from engine.model import LifecycleEvent as E
 from engine.simulate import simulate
 from engine.snapshot import stages_from_json, stages_to_json, state_from_json, state_to_json
-from engine.stages import StageOptions, TargetStage, TrafficStage, WaitKind, WaitStage, deployment_stages
+from engine.stages import (
+    StageOptions,
+    TargetStage,
+    TrafficStage,
+    WaitKind,
+    WaitStage,
+    blue_green_rollback_stages,
+    deployment_stages,
+)
 
 ONE = BUILTIN_CONFIGS["CodeDeployDefault.OneAtATime"].minimum_healthy_hosts
 HALF = BUILTIN_CONFIGS["CodeDeployDefault.HalfAtATime"].minimum_healthy_hosts
@@ -419,3 +427,41 @@ def test_snapshot_round_trip_resumes_identically() -> None:
     assert restored.stages == stages
     assert restored.send(TimerElapsed("1:traffic:0")) == machine.send(TimerElapsed("1:traffic:0"))
     assert state_to_json(restored.state) == state_to_json(machine.state)
+
+
+def test_start_blocked_stops_without_rollback() -> None:
+    machine = DeploymentMachine(in_place(2, ONE), MachineOptions(auto_rollback=ROLLBACK_ALL))
+    commands = machine.send(StartBlocked(ErrorCode.ALARM_ACTIVE, "alarm api-5xx was already firing"))
+    assert commands == [Finish(DeploymentStatus.STOPPED, ErrorCode.ALARM_ACTIVE, "alarm api-5xx was already firing")]
+    with pytest.raises(InvalidTransition):
+        machine.send(Started())
+
+
+def test_blue_green_rollback_stages() -> None:
+    stages = blue_green_rollback_stages(("blue-1",), ("green-1",))
+    assert [(s.name, s.targets, s.events) for s in stages] == [
+        ("allow-original", ("blue-1",), (E.BEFORE_ALLOW_TRAFFIC, E.ALLOW_TRAFFIC, E.AFTER_ALLOW_TRAFFIC)),
+        ("block-replacement", ("green-1",), (E.BEFORE_BLOCK_TRAFFIC, E.BLOCK_TRAFFIC, E.AFTER_BLOCK_TRAFFIC)),
+    ]
+    assert simulate(stages).status is DeploymentStatus.SUCCEEDED
+
+
+def test_terminate_stops_the_original_fleet_and_ends_the_reroute() -> None:
+    options = StageOptions(
+        Platform.SERVER,
+        DeploymentType.BLUE_GREEN,
+        ALL,
+        traffic_steps=CANARY,
+        termination_wait_seconds=60,
+        stop_original=True,
+    )
+    stages = deployment_stages(options, ("green-1",), ("blue-1",))
+    assert [s.name for s in stages][-2:] == ["termination", "stop-original"]
+    assert stages[-1].events == (E.APPLICATION_STOP,) and stages[-1].targets == ("blue-1",)
+    auto = MachineOptions(auto_rollback=ROLLBACK_ON_FAILURE)
+    failing_stop = simulate(stages, {"blue-1": E.APPLICATION_STOP}, auto)
+    assert failing_stop.status is DeploymentStatus.FAILED
+    assert failing_stop.rollback == StartRollback(AutoRollbackEvent.DEPLOYMENT_FAILURE, rerouted=True)
+    assert simulate(stages).status is DeploymentStatus.SUCCEEDED
+    restored = stages_from_json(stages_to_json(stages))
+    assert restored == stages

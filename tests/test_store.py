@@ -48,17 +48,17 @@ def raw(path: Path) -> sqlite3.Connection:
 async def test_open_creates_parent_dirs_and_migrations_are_idempotent_across_reopen(tmp_path: Path) -> None:
     path = tmp_path / "var" / "nested" / "state.db"
     first = await SqliteStore.open(path)
-    assert await first.applied_migrations() == ["0001_initial_schema"]
+    assert await first.applied_migrations() == ["0001_initial_schema", "0002_approvals"]
     await first.put_revision("a" * 64, source="dir", commit=None, size=1, created_at=T0)
     await first.close()
 
     for _ in range(2):
         again = await SqliteStore.open(path)
-        assert await again.applied_migrations() == ["0001_initial_schema"]
+        assert await again.applied_migrations() == ["0001_initial_schema", "0002_approvals"]
         assert await again.get_revision("a" * 64) is not None
         await again.close()
     with raw(path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone() == (1,)
+        assert conn.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone() == (2,)
 
 
 async def test_wal_mode_is_enabled_and_persists_in_the_file(store: SqliteStore) -> None:
@@ -178,9 +178,7 @@ async def test_claims_from_two_connections_on_one_file_never_double_hand_out(tmp
     path = tmp_path / "state.db"
     async with await SqliteStore.open(path) as a, await SqliteStore.open(path) as b:
         ids = [await a.enqueue_command("web-1", "d-1", "Install", None, at=T0) for _ in range(30)]
-        claims = await asyncio.gather(
-            *(s.claim_next_command("web-1", at=T0) for _ in range(25) for s in (a, b))
-        )
+        claims = await asyncio.gather(*(s.claim_next_command("web-1", at=T0) for _ in range(25) for s in (a, b)))
     handed_out = [c["id"] for c in claims if c is not None]
     assert sorted(handed_out) == ids
 
@@ -235,13 +233,9 @@ async def test_cancel_commands_cancels_only_pending_ones_of_that_deployment(stor
 
 async def test_revisions_are_stored_once_per_sha(store: SqliteStore) -> None:
     spec = {"files": [{"source": "/", "destination": "/srv/app"}], "hooks": {"BeforeInstall": []}}
-    assert await store.put_revision(
-        "c" * 64, source="dir:a", commit=None, size=5, created_at=T0, appspec=spec
-    )
+    assert await store.put_revision("c" * 64, source="dir:a", commit=None, size=5, created_at=T0, appspec=spec)
     assert not await store.put_revision("c" * 64, source="dir:b", commit="x", size=5, created_at=T0 + 1)
-    await store.put_revision(
-        "d" * 64, source="git:main", commit="abc", size=7, created_at=T0 + 2, platform="ecs"
-    )
+    await store.put_revision("d" * 64, source="git:main", commit="abc", size=7, created_at=T0 + 2, platform="ecs")
 
     assert [r["sha256"] for r in await store.list_revisions(10)] == ["d" * 64, "c" * 64]
     assert await store.list_revisions(1) == [await store.get_revision("d" * 64)]
@@ -312,9 +306,7 @@ async def test_update_deployment_rejects_unknown_columns_and_reports_missing_row
         ({"application": "nope"}, []),
     ],
 )
-async def test_list_deployments_filters(
-    store: SqliteStore, filters: dict[str, Any], expected: list[str]
-) -> None:
+async def test_list_deployments_filters(store: SqliteStore, filters: dict[str, Any], expected: list[str]) -> None:
     rows = [
         ("d-1", "shop", "staging", "Succeeded"),
         ("d-2", "shop", "staging", "Failed"),
@@ -376,8 +368,7 @@ async def test_target_events_upsert_changes_only_given_fields_and_list_in_order(
 
 async def test_read_log_pages_and_filters(store: SqliteStore) -> None:
     ids = [
-        await store.append_log("e", at=T0 + i, actor="bot", deployment_id=f"d-{i % 2}", data={"i": i})
-        for i in range(6)
+        await store.append_log("e", at=T0 + i, actor="bot", deployment_id=f"d-{i % 2}", data={"i": i}) for i in range(6)
     ]
     assert ids == sorted(ids)
     assert [e["data"]["i"] for e in await store.read_log()] == [0, 1, 2, 3, 4, 5]

@@ -116,7 +116,14 @@ async def follow(api: ApiClient, deployment: Mapping[str, Any], *, as_json: bool
 
 async def _deploy(args: argparse.Namespace, api: ApiClient) -> int:
     revision = await _upload(api, args.revision) if args.revision else None
-    deployment = await api.start(args.app, args.to, revision=revision, config=args.config, description=args.description)
+    deployment = await api.start(
+        args.app,
+        args.to,
+        revision=revision,
+        config=args.config,
+        description=args.description,
+        ignore_alarms=args.ignore_alarms,
+    )
     if args.wait:
         return await follow(api, deployment, as_json=args.json)
     _show(deployment, args.json)
@@ -127,13 +134,13 @@ async def _deploy(args: argparse.Namespace, api: ApiClient) -> int:
 
 async def _plan(args: argparse.Namespace, api: ApiClient) -> int:
     revision = await _upload(api, args.revision) if args.revision else None
-    result = await api.plan(args.app, args.to, revision=revision, config=args.config)
+    result = await api.plan(args.app, args.to, revision=revision, config=args.config, from_env=args.from_env)
     if args.json:
         _print_json(result)
     else:
         _stdout().print(view.plan_view(result))
     plan = result.get("plan") or result
-    return 1 if plan.get("startable") is False else 0
+    return 1 if plan.get("startable") is False or result.get("blocked") else 0
 
 
 def _show(deployment: Mapping[str, Any], as_json: bool) -> None:
@@ -221,11 +228,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _revision_options(deploy)
     deploy.add_argument("--wait", action="store_true", help="follow it until it ends; exit 1 unless it Succeeded")
     deploy.add_argument("--description", default="", help="a note kept with the deployment")
+    deploy.add_argument(
+        "--ignore-alarms", action="store_true", help="start even though one of the group's alarms is firing"
+    )
     _common(deploy)
     deploy.set_defaults(func=_run(_deploy))
 
-    plan = subparsers.add_parser("plan", help="dry run: batches, hooks, traffic steps; changes nothing")
+    plan = subparsers.add_parser(
+        "plan", help="dry run: revision and diff, gates, batches, hooks, traffic, rollback, ETA; changes nothing"
+    )
     _revision_options(plan)
+    plan.add_argument("--from", dest="from_env", metavar="ENV", help="plan promoting what last succeeded in ENV")
     _common(plan)
     plan.set_defaults(func=_run(_plan))
 

@@ -50,6 +50,16 @@ def when(epoch: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
 
 
+def span(seconds: float | None) -> str:
+    """``45 s``, ``12 min``, ``2 h 5 min``; ``?`` when unknown."""
+    if seconds is None:
+        return "?"
+    if seconds < 60:
+        return f"{max(seconds, 0):.0f} s"
+    total = round(seconds / 60)
+    return f"{total} min" if total < 60 else f"{total // 60} h {total % 60} min"
+
+
 def duration(deployment: Mapping[str, Any]) -> str:
     start, end = deployment.get("started_at") or deployment.get("created_at"), deployment.get("ended_at")
     return f"{end - start:.1f} s" if start and end else "-"
@@ -79,7 +89,9 @@ def headline(deployment: Mapping[str, Any]) -> Text:
     if deployment.get("traffic"):
         text.append(f"  traffic {deployment['traffic'].get('percent', 0)}%")
     if deployment.get("queue_position"):
-        text.append(f"  queued (#{deployment['queue_position']})", style="dim")
+        eta = deployment.get("eta_seconds")
+        starts = f", starts in ~{span(eta)}" if eta is not None else ""
+        text.append(f"  queued (#{deployment['queue_position']}{starts})", style="dim")
     if deployment.get("paused"):
         text.append("  paused", style="magenta")
     return text
@@ -94,8 +106,11 @@ def hint(deployment: Mapping[str, Any]) -> str | None:
         return f"waiting to reroute traffic: `deploybot continue {ident}`"
     if status == "Baking":
         return f"baking before the next traffic step: `deploybot promote-now {ident}` skips the wait"
+    waiting = (deployment.get("waiting_for") or {}).get("message")
     if status == "WaitingApproval":
-        return "waiting for approval"
+        return f"{waiting or 'waiting for approval'}: `deploybot approve {ident}` (or `deploybot reject {ident}`)"
+    if waiting:
+        return str(waiting)
     return None
 
 
@@ -200,7 +215,8 @@ class Progress:
 
 def deployments_table(deployments: Sequence[Mapping[str, Any]]) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("id", "application", "environment", "status", "revision", "config", "by", "created"):
+    columns = ("id", "application", "environment", "status", "revision", "config", "by", "created", "took", "rollback")
+    for column in columns:
         table.add_column(column, no_wrap=True)
     for d in deployments:
         table.add_row(
@@ -212,8 +228,15 @@ def deployments_table(deployments: Sequence[Mapping[str, Any]]) -> Table:
             str(d.get("config") or "-"),
             str(d.get("created_by") or "-"),
             when(d.get("created_at")),
+            duration(d),
+            _rollback_link(d.get("rollback") or {}),
         )
     return table
+
+
+def _rollback_link(rollback: Mapping[str, Any]) -> str:
+    links = [f"of {rollback['of']}" if rollback.get("of") else "", f"by {rollback['by']}" if rollback.get("by") else ""]
+    return ", ".join(link for link in links if link) or "-"
 
 
 def plan_view(result: Mapping[str, Any]) -> Group:
@@ -237,4 +260,60 @@ def plan_view(result: Mapping[str, Any]) -> Group:
             parts.append(Text(f"  traffic {step.get('percent')}%, then wait {step.get('wait_seconds')} s"))
     if plan.get("startable") is False:
         parts.append(Text(f"cannot start: {plan.get('problem')}", style="bold red"))
+    parts.extend(release_plan_lines(result))
     return Group(*parts)
+
+
+_GATE_STYLE = {"clear": "green", "wait": "yellow", "refuse": "bold red"}
+
+
+def release_plan_lines(result: Mapping[str, Any]) -> list[Text]:
+    """The release side of a plan: revision and diff, gates, scripts, waits, alarms, rollback target, ETA."""
+    lines: list[Text] = []
+    revision, current = result.get("revision"), result.get("current")
+    if isinstance(revision, Mapping):
+        stored = "" if revision.get("stored") else " (not stored yet)"
+        lines.append(Text(f"revision {short_sha(revision)} from {revision.get('source')}{stored}"))
+    if isinstance(current, Mapping):
+        lines.append(
+            Text(f"  now running {short_sha(current)} since {when(current.get('since'))} (by {current.get('by')})")
+        )
+    elif "current" in result:
+        lines.append(Text("  nothing runs there yet"))
+    diff = result.get("diff") or {}
+    if diff.get("same"):
+        lines.append(Text("  the same bundle already runs there"))
+    for commit in diff.get("commits") or ():
+        lines.append(Text(f"  + {str(commit.get('sha'))[:10]} {commit.get('subject')} ({commit.get('author')})"))
+    for gate in result.get("gates") or ():
+        line = Text(f"gate {gate.get('gate')}: ")
+        line.append(str(gate.get("state")), style=_GATE_STYLE.get(str(gate.get("state")), ""))
+        line.append(f" — {gate.get('message')}")
+        lines.append(line)
+    for hook in result.get("hooks") or ():
+        scripts = ", ".join(str(s.get("location", s)) if isinstance(s, Mapping) else str(s) for s in hook["scripts"])
+        if scripts:
+            lines.append(Text(f"  {hook['event']}: {scripts} ({hook.get('scripts_from')})"))
+    for wait in result.get("waits") or ():
+        lines.append(Text(f"  wait {wait.get('name')} ({wait.get('kind')}): {span(wait.get('seconds'))}"))
+    alarms = result.get("alarms") or {}
+    if alarms:
+        armed = ", ".join(alarms.get("armed") or ()) or "none"
+        watch = f", watched {alarms.get('watch_minutes')} min after success" if alarms.get("watch_minutes") else ""
+        lines.append(Text(f"alarms armed: {armed}{watch}"))
+    rollback = result.get("rollback") or {}
+    if rollback:
+        target = rollback.get("to")
+        where = "nowhere (no earlier success)"
+        if target:
+            kept = "bundle stored" if target.get("bundle_stored") else "bundle MISSING"
+            where = f"{short_sha(target)} of {target.get('deployment_id')} ({kept})"
+        auto = "automatic" if rollback.get("enabled") else "manual only"
+        lines.append(Text(f"rollback ({auto}) would return to {where}"))
+    eta = result.get("eta") or {}
+    if eta:
+        took = span(eta.get("duration_seconds"))
+        lines.append(
+            Text(f"ETA: starts in ~{span(eta.get('starts_in_seconds'))}, takes ~{took} ({eta.get('based_on')} runs)")
+        )
+    return lines

@@ -22,7 +22,10 @@ from typing import TYPE_CHECKING, Any
 from bot.settings import Settings, ensure_api_token_file
 
 if TYPE_CHECKING:
-    from engine.topology import EngineConfig
+    from collections.abc import Sequence
+
+    from engine.ports import AlarmSource
+    from engine.topology import DeploymentGroup, EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +78,49 @@ async def _until_signalled() -> None:
             loop.remove_signal_handler(sig)
 
 
+def _slack_line(settings: Settings) -> str:
+    if not settings.slack_enabled:
+        return "Slack: off (set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET)"
+    ways = (["events at /slack/events"] if settings.slack_signing_secret else []) + (
+        ["Socket Mode"] if settings.slack_app_token else []
+    )
+    return f"Slack: on ({', '.join(ways)})"
+
+
 async def _serve(config: EngineConfig, settings: Settings, config_path: Path) -> None:
     from aiohttp import web
 
     from bot.app import create_app
+    from bot.github import describe as describe_github
     from bot.localfleet import LocalFleet, agent_processes
+    from engine.adapters.haproxy_stack import build_alarms, haproxy_groups, start_haproxy
+    from engine.clock import SystemClock
     from engine.service import Deployer
 
     sock = _listen_socket(config.server.listen_host, config.server.listen_port)
     url = _local_url(config.server.listen_host, sock.getsockname()[1])
+    clock = SystemClock()
     try:
-        deployer = await Deployer.open(config, data_dir=settings.data_dir)
+        haproxy = await start_haproxy(config, run_dir=settings.data_dir / "haproxy", clock=clock)
     except BaseException:
         sock.close()
+        raise
+
+    def alarms(group: DeploymentGroup, targets: Sequence[str]) -> AlarmSource | None:
+        return build_alarms(group, targets, runtime=haproxy.runtime if haproxy else None, clock=clock)
+
+    try:
+        deployer = await Deployer.open(
+            config,
+            data_dir=settings.data_dir,
+            clock=clock,
+            routers=haproxy.routers() if haproxy else None,
+            alarm_factory=alarms,
+        )
+    except BaseException:
+        sock.close()
+        if haproxy:
+            await haproxy.stop()
         raise
     try:
         agents = agent_processes(
@@ -98,6 +131,7 @@ async def _serve(config: EngineConfig, settings: Settings, config_path: Path) ->
         await runner.setup()
         try:
             await web.SockSite(runner, sock, shutdown_timeout=SHUTDOWN_GRACE_SECONDS).start()
+            haproxy_socket = settings.data_dir / "haproxy" / "haproxy.sock"
             print(f"deploybot listening on {url}", flush=True)
             print(f"  config {config_path}, data in {settings.data_dir}", flush=True)
             print(f"  API token in {settings.api_token_file} (or $DEPLOYBOT_TOKEN)", flush=True)
@@ -105,19 +139,27 @@ async def _serve(config: EngineConfig, settings: Settings, config_path: Path) ->
                 names = ", ".join(agent.name for agent in agents)
                 where = settings.data_dir / "hosts" / "NAME" / "agent.log"
                 print(f"  local agents: {names} (logs in {where})", flush=True)
+            for group in haproxy_groups(config):
+                assert group.load_balancer is not None
+                port = group.load_balancer.port
+                print(f"  HAProxy: {group.name} on http://127.0.0.1:{port} (runtime API {haproxy_socket})", flush=True)
             if config.server.public_url:
                 print(f"  public URL {config.server.public_url}", flush=True)
+            print(f"  {_slack_line(settings)}", flush=True)
+            print(f"  {describe_github(settings)}", flush=True)
             await _until_signalled()
             print("deploybot shutting down", flush=True)
         finally:
             await runner.cleanup()
     finally:
         await deployer.close()
+        if haproxy:
+            await haproxy.stop()
     print("deploybot stopped", flush=True)
 
 
 def _serve_command(args: argparse.Namespace) -> int:
-    from engine.errors import ConfigError
+    from engine.errors import ConfigError, EngineError
     from engine.loader import load_config
 
     config_path = Path(args.config) if args.config else default_config_path(Path.cwd())
@@ -138,6 +180,9 @@ def _serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(_serve(config, settings, config_path))
+    except EngineError as exc:  # e.g. HAProxy missing or its port taken
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         address = f"{config.server.listen_host}:{config.server.listen_port}"
         print(f"error: cannot listen on {address}: {exc.strerror or exc} (try --port)", file=sys.stderr)

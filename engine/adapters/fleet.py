@@ -67,7 +67,8 @@ class Fleet:
     def token_for(self, host: str) -> str:
         """The host's agent token, created (and written with mode 0600) on first use."""
         if host not in self._tokens:
-            self._tokens[host] = secrets.token_urlsafe(24)
+            # A fixed prefix: a token_urlsafe value may start with "-", which a command line takes for an option.
+            self._tokens[host] = "dbt_" + secrets.token_urlsafe(24)
             self._token_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._token_file.with_suffix(".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

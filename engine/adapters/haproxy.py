@@ -306,13 +306,17 @@ class HAProxyRouter:
         pool = self._pool(group)
         self._roles[group] = _Roles(tuple(pool.server(t) for t in original), tuple(pool.server(t) for t in replacement))
 
+    async def prepare(self, group: str, original: Sequence[str], replacement: Sequence[str]) -> None:
+        """TrafficRouter.prepare: the roles for the deployment about to shift traffic."""
+        self.set_roles(group, original, replacement)
+
     def _roles_of(self, group: str) -> _Roles:
         roles = self._roles.get(group)
         if roles is None:
             raise AdapterError(COMPONENT, f"group {group!r}: no original/replacement roles set for this deployment")
         return roles
 
-    async def set_weight(self, group: str, percent: int) -> None:
+    async def set_weight(self, group: str, percent: int, *, wait: bool = True) -> None:
         """Give the replacement fleet ``percent`` % of requests (weights: see ``fleet_weights``).
 
         Servers that are to take traffic are weighted and set ``ready`` first (a rollback must bring back an
@@ -331,8 +335,23 @@ class HAProxyRouter:
             await self.runtime.set_weight(pool.backend, server, weight)
             await self.runtime.set_state(pool.backend, server, AdminState.READY)
 
-        await asyncio.gather(*(open_up(s, w) for s, w in wanted.items() if w > 0))
+        receiving = [s for s, w in wanted.items() if w > 0]
+        await asyncio.gather(*(open_up(s, wanted[s]) for s in receiving))
+        if wait and percent > 0:  # never move traffic onto a replacement HAProxy still thinks is DOWN
+            await self._until_up(pool, [s for s in receiving if s in roles.replacement])
         await asyncio.gather(*(self.runtime.set_weight(pool.backend, s, 0) for s, w in wanted.items() if w == 0))
+
+    async def _until_up(self, pool: GroupPool, servers: Sequence[str]) -> None:
+        deadline = self.clock.monotonic() + self.allow_timeout
+        while True:
+            states = await self.runtime.server_states(pool.backend)
+            down = [s for s in servers if s not in states or not states[s].up]
+            if not down:
+                return
+            if self.clock.monotonic() >= deadline:
+                detail = ", ".join(f"{s} ({states[s].status}, {states[s].check})" if s in states else s for s in down)
+                raise AdapterError(COMPONENT, f"{pool.backend}: not UP after {self.allow_timeout:g}s: {detail}")
+            await self.clock.sleep(self.poll_interval)
 
     async def verify_weight(self, group: str, percent: int) -> bool | None:
         """Read the weights back: is the replacement share within ±1 point of ``percent``? None if unreadable.

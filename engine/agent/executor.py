@@ -7,6 +7,7 @@ HTTP side (fetching the bundle) is injected as ``fetch`` so this module knows no
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 from collections.abc import Awaitable, Callable, Mapping
@@ -212,6 +213,12 @@ def _extract_fresh(bundle: Path, archive: Path) -> None:
     safe_extract(bundle, archive)
 
 
+@functools.lru_cache(maxsize=16)
+def _parse_server_appspec(text: str, name: str) -> object:
+    """Every event of a deployment reads the same AppSpec; parse each distinct text once (values are frozen)."""
+    return parse_appspec(text, platform=Platform.SERVER, filename=name)
+
+
 def _load_appspec(archive: Path, names: tuple[str, ...]) -> ServerAppSpec:
     """The first of ``names`` found in ``archive``, parsed strictly for the server platform."""
     for name in names:
@@ -227,7 +234,7 @@ def _load_appspec(archive: Path, names: tuple[str, ...]) -> ServerAppSpec:
             "http://docs.aws.amazon.com/codedeploy/latest/userguide/reference-appspec-file.html"
         )
     try:
-        spec = parse_appspec(path.read_text(errors="replace"), platform=Platform.SERVER, filename=name)
+        spec = _parse_server_appspec(path.read_text(errors="replace"), name)
     except AppSpecInvalid as exc:
         raise _Failed("invalid AppSpec file:\n" + "\n".join(str(problem) for problem in exc.problems)) from exc
     if not isinstance(spec, ServerAppSpec):

@@ -2,7 +2,9 @@
 
 It answers `GET /` with its version and host so a deployment's progress is visible with curl, and
 `GET /health` for ValidateService and load balancers. A revision can be made deliberately unhealthy
-(to try out failures and rollbacks) with `HELLO_FAIL_HEALTH=1` or a `fail-health` file next to this one.
+(to try out failures and rollbacks) with `HELLO_FAIL_HEALTH=1` or a `fail-health` file next to this one, and
+a build that passes its health check but answers `GET /` with 500 (what only traffic alarms catch) with
+`HELLO_FAIL_REQUESTS=1` or a `fail-requests` file.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from types import FrameType
 
 HERE = Path(__file__).resolve().parent
 FAIL_HEALTH_MARKER = HERE / "fail-health"
+FAIL_REQUESTS_MARKER = HERE / "fail-requests"
 
 
 def read_version() -> str:
@@ -33,6 +36,10 @@ def health_should_fail() -> bool:
     return os.environ.get("HELLO_FAIL_HEALTH") == "1" or FAIL_HEALTH_MARKER.exists()
 
 
+def requests_should_fail() -> bool:
+    return os.environ.get("HELLO_FAIL_REQUESTS") == "1" or FAIL_REQUESTS_MARKER.exists()
+
+
 class HelloHandler(BaseHTTPRequestHandler):
     app_version = read_version()
     host_name = os.environ.get("DEPLOYBOT_HOST") or socket.gethostname()
@@ -43,6 +50,8 @@ class HelloHandler(BaseHTTPRequestHandler):
                 self.reply(HTTPStatus.INTERNAL_SERVER_ERROR, "unhealthy\n")
             else:
                 self.reply(HTTPStatus.OK, "ok\n")
+        elif self.path == "/" and requests_should_fail():
+            self.reply(HTTPStatus.INTERNAL_SERVER_ERROR, f"hello {self.app_version} is broken\n")
         elif self.path == "/":
             self.reply(HTTPStatus.OK, f"hello {self.app_version} from {self.host_name}\n")
         else:
