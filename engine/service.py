@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine import rollbacks
 from engine.adapters.fleet import Fleet
+from engine.blueprint import Blueprint, blue_green_roles, installed_targets
 from engine.clock import SystemClock
 from engine.configs import (
     DEFAULT_SERVER_CONFIG,
-    TrafficStep,
     config_for_group,
     traffic_config_for_hosts,
-    traffic_steps,
 )
 from engine.errors import DeploymentNotFound, DeploymentRefused, EngineError, InvalidTransition
 from engine.events import (
@@ -36,6 +36,7 @@ from engine.events import (
     StartRollback,
     StopRequested,
 )
+from engine.inventory import Inventory
 from engine.machine import DeploymentMachine, MachineOptions
 from engine.model import (
     ROLLBACK_CREATOR,
@@ -51,13 +52,7 @@ from engine.revisions import RevisionStore
 from engine.runner import DeploymentRunner
 from engine.snapshot import stages_from_json, stages_to_json, state_from_json
 from engine.stages import (
-    ALL_AT_ONCE,
     Stage,
-    StageOptions,
-    TargetStage,
-    TrafficStage,
-    blue_green_rollback_stages,
-    deployment_stages,
 )
 from engine.store import SqliteStore
 from engine.topology import DeploymentGroup, EngineConfig
@@ -123,6 +118,8 @@ class Deployer:
             on_result=self._on_command_result,
             heartbeat_timeout=config.server.heartbeat_timeout,
         )
+        self.blueprint = Blueprint(config, store)
+        self.inventory = Inventory(config, store, self.fleet, clock, self.blueprint)
         self.notifiers: list[Notifier] = []
         self._runners: dict[str, DeploymentRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -231,8 +228,8 @@ class Deployer:
             if admission.refused:
                 raise DeploymentRefused(admission.reason or "refused", **admission.details)
             deployment_id = new_deployment_id()
-            stages = stages or await self._stages_for(group, config)
-            spec = {**self._agent_spec(deployment_id, group, revision), "ignore_alarms": ignore_alarms}
+            stages = stages or await self.blueprint.stages_for(group, config)
+            spec = {**self.blueprint.agent_spec(deployment_id, group, revision), "ignore_alarms": ignore_alarms}
             state = {"stages": stages_to_json(stages), "spec": spec}
             now = self.clock.now()
             await self.store.create_deployment(
@@ -276,78 +273,6 @@ class Deployer:
             if row["revision_sha256"] == revision.sha256 and row["created_by"] != ROLLBACK_CREATOR:
                 return str(row["id"])
         return None
-
-    def _target_names(self, group: DeploymentGroup) -> tuple[str, ...]:
-        return tuple(host.name for host in self.config.targets(group))
-
-    async def _stages_for(self, group: DeploymentGroup, config: Any) -> tuple[Stage, ...]:
-        """The stages of a new deployment; blue/green installs on the pool's idle side and shifts to it."""
-        targets = self._target_names(group)
-        options = self._stage_options(group, config)
-        if group.platform is Platform.SERVER and group.deployment_type is DeploymentType.BLUE_GREEN:
-            live, idle = await self._sides(group)
-            return deployment_stages(options, idle, live)
-        return deployment_stages(options, targets)
-
-    async def _sides(self, group: DeploymentGroup) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """(live, idle) halves of a blue/green group's pool: live is where the last successful deployment put
-        traffic; before any, the first half of the pool."""
-        pool = self._target_names(group)
-        half = (len(pool) + 1) // 2
-        live: tuple[str, ...] = pool[:half]
-        for row in await self.store.list_deployments(group_name=group.name, status="Succeeded", limit=1):
-            stages = row["state"].get("stages", [])
-            installed = next((s["targets"] for s in stages if s["kind"] == "targets"), None)
-            if installed and set(installed) <= set(pool):
-                live = tuple(installed)
-        return live, tuple(t for t in pool if t not in live)
-
-    def _stage_options(self, group: DeploymentGroup, config: Any) -> StageOptions:
-        steps: tuple[TrafficStep, ...] = (TrafficStep(100, 0),)
-        if group.traffic_config:
-            steps = traffic_steps(
-                traffic_config_for_hosts(group.traffic_config, self.config.deployment_configs).traffic_routing
-            )
-        elif config.traffic_routing is not None:
-            steps = traffic_steps(config.traffic_routing)
-        health = config.minimum_healthy_hosts or ALL_AT_ONCE
-        lb = group.load_balancer
-        options = group.blue_green
-        ready = None
-        if options.ready_action == "STOP_DEPLOYMENT":
-            ready = options.ready_wait_minutes * 60.0
-        return StageOptions(
-            platform=group.platform,
-            deployment_type=group.deployment_type,
-            health=health,
-            traffic_steps=steps,
-            with_load_balancer=lb is not None and lb.type != "none",
-            ready_wait_seconds=ready,
-            termination_wait_seconds=options.termination_wait_minutes * 60.0,
-            stop_original=options.terminate_action == "TERMINATE",
-            watch_seconds=group.watch_minutes * 60.0,
-        )
-
-    def _agent_spec(self, deployment_id: str, group: DeploymentGroup, revision: Revision) -> dict[str, Any]:
-        return {
-            "deployment_id": deployment_id,
-            "application_name": group.application,
-            "deployment_group_name": group.name,
-            "deployment_group_id": group.group_id(),
-            "deployment_type": str(group.deployment_type),
-            "creator": "user",
-            "revision": {
-                "sha256": revision.sha256,
-                "url": f"/agent/v1/bundles/{revision.sha256}",
-                "size": revision.size,
-                "commit": revision.commit,
-            },
-            "file_exists_behavior": group.file_exists_behavior,
-            "ignore_application_stop_failures": group.ignore_application_stop_failures,
-            "appspec_filename": "appspec.yml",
-        }
-
-    # -- the queue -------------------------------------------------------------------------------------------
 
     async def _start_next(self, group_name: str, *, prefer: str | None = None) -> None:
         """Start the oldest queued deployment of a free group (a rollback jumps the queue)."""
@@ -397,11 +322,11 @@ class Deployer:
             on_finish=self._on_finish,
             timers=state.get("timers") if resume else None,
             # A rollback is never gated or stopped by alarms: the alarm that caused it may well still be firing.
-            alarms=self.alarm_factory(group, _installed_targets(stages))
+            alarms=self.alarm_factory(group, installed_targets(stages))
             if group and self.alarm_factory and not is_rollback
             else None,
             alarm_config=group.alarms if group else None,
-            roles=_blue_green_roles(stages),
+            roles=blue_green_roles(stages),
         )
         self._busy[row["group_name"]] = row["id"]
         self._runners[row["id"]] = runner
@@ -449,49 +374,7 @@ class Deployer:
         await self._start_next(row["group_name"])
 
     async def _on_rollback(self, deployment_id: str, command: StartRollback) -> None:
-        row = await self.store.get_deployment(deployment_id)
-        group = self._group_of(row) if row else None
-        if row is None or group is None:
-            return
-        await self.store.append_log(
-            "rollback.triggered",
-            at=self.clock.now(),
-            actor="deploybot",
-            deployment_id=deployment_id,
-            data={"trigger": str(command.trigger), "rerouted": command.rerouted},
-        )
-        good = await self._last_good_revision(group.name, exclude=row["revision_sha256"])
-        if good is None:
-            await self.store.append_log(
-                "rollback.skipped",
-                at=self.clock.now(),
-                actor="deploybot",
-                deployment_id=deployment_id,
-                data={"reason": "no earlier successful revision to roll back to"},
-            )
-            return
-        # The failing deployment still holds the group, so the rollback is queued; it is first in line when the
-        # group frees up, and the link is in place before anyone watching sees the failure. When traffic was
-        # already rerouted (blue/green), the rollback only runs the allow/block-traffic hooks: nothing is redeployed.
-        roles = _blue_green_roles(stages_from_json(row["state"]["stages"])) if command.rerouted else None
-        await self._create(
-            group,
-            good,
-            None,
-            ROLLBACK_CREATOR,
-            f"rollback of {deployment_id}" + (" (traffic rerouted to the original fleet)" if roles else ""),
-            rollback_of=deployment_id,
-            stages=blue_green_rollback_stages(*roles) if roles else None,
-        )
-
-    async def _last_good_revision(self, group_name: str, *, exclude: str | None = None) -> Revision | None:
-        for row in await self.store.list_deployments(group_name=group_name, status="Succeeded", limit=50):
-            if row["revision_sha256"] != exclude:
-                with contextlib.suppress(EngineError):
-                    return await self.revisions.get(row["revision_sha256"])
-        return None
-
-    # -- results from agents ---------------------------------------------------------------------------------
+        await rollbacks.automatic(self, deployment_id, command)
 
     async def _on_command_result(self, command: Mapping[str, Any], result: Mapping[str, Any]) -> None:
         runner = self._runners.get(command["deployment_id"])
@@ -544,22 +427,7 @@ class Deployer:
 
     async def rollback(self, application: str, environment: str, *, actor: str = "cli") -> dict[str, Any]:
         """Manual rollback: stop a running deployment with rollback, or redeploy the previous good revision."""
-        group = self.config.group(application, environment)
-        busy = self._busy.get(group.name)
-        if busy is not None:
-            return await self.stop(busy, rollback=True, actor=actor)
-        succeeded = await self.store.list_deployments(group_name=group.name, status="Succeeded", limit=1)
-        latest = await self.store.list_deployments(group_name=group.name, limit=1)
-        if not latest:
-            raise DeploymentRefused(f"nothing has been deployed to {group.name} yet")
-        current = succeeded[0]["revision_sha256"] if succeeded else None
-        good = await self._last_good_revision(group.name, exclude=current)
-        if good is None:
-            raise DeploymentRefused(f"{group.name} has no earlier successful revision to roll back to")
-        await self.store.append_log(
-            "rollback.requested", at=self.clock.now(), actor=actor, deployment_id=latest[0]["id"]
-        )
-        return await self._create(group, good, None, actor, f"manual rollback by {actor}", rollback_of=latest[0]["id"])
+        return await rollbacks.manual(self, application, environment, actor=actor)
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -620,7 +488,11 @@ class Deployer:
             if group.traffic_config and group.platform is Platform.SERVER
             else None
         )
-        targets = self._target_names(group)
+        targets = self.blueprint.target_names(group)
+        blue_green = group.platform is Platform.SERVER and group.deployment_type is DeploymentType.BLUE_GREEN
+        original: tuple[str, ...] = ()
+        if blue_green:  # the revision goes to the idle half of the pool, exactly as a deployment would do it
+            original, targets = await self.blueprint.sides(group)
         plan = build_plan(
             application=group.application,
             environment=group.environment,
@@ -630,54 +502,19 @@ class Deployer:
             config=config,
             targets=targets,
             traffic_config=traffic if group.deployment_type is DeploymentType.BLUE_GREEN else None,
-            with_load_balancer=self._stage_options(group, config).with_load_balancer,
+            with_load_balancer=self.blueprint.stage_options(group, config).with_load_balancer,
         )
-        stages = deployment_stages(self._stage_options(group, config), targets)
-        return await self.release.plan(group, request, {**plan.as_dict(), "stages": stages_to_json(stages)})
+        stages = await self.blueprint.stages_for(group, config)
+        document = {**plan.as_dict(), "stages": stages_to_json(stages)}
+        if blue_green:
+            document["original"] = list(original)
+        return await self.release.plan(group, request, document)
 
     async def hosts(self) -> list[dict[str, Any]]:
-        """Every configured host with its agent's state: online while heard from within the heartbeat limit."""
-        now = self.clock.now()
-        running = {c["host"]: c for c in await self.store.list_commands(status="InProgress")}
-        out = []
-        for host in self.config.hosts.values():
-            agent = await self.store.get_agent(host.name) or {}
-            seen = self.fleet.last_seen(host.name) or agent.get("last_seen")
-            online = seen is not None and now - seen < self.config.server.heartbeat_timeout
-            command = running.get(host.name)
-            out.append(
-                {
-                    "name": host.name,
-                    "tags": dict(host.tags),
-                    "local": host.local,
-                    "agent": "online" if online else ("offline" if seen else "never seen"),
-                    "last_seen": seen,
-                    "version": agent.get("version"),
-                    "running": {"deployment_id": command["deployment_id"], "event": command["event"]}
-                    if command
-                    else None,
-                }
-            )
-        return out
+        return await self.inventory.hosts()
 
     def applications(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": app.name,
-                "platform": str(app.platform),
-                "environments": [
-                    {
-                        "name": env,
-                        "group": app.groups[env].name,
-                        "deployment_type": str(app.groups[env].deployment_type),
-                        "deployment_config": app.groups[env].deployment_config,
-                        "targets": list(self._target_names(app.groups[env])),
-                    }
-                    for env in app.environments
-                ],
-            }
-            for app in self.config.applications.values()
-        ]
+        return self.inventory.applications()
 
     async def _changed_hook(self, deployment_id: str) -> None:
         self._versions[deployment_id] = self._versions.get(deployment_id, 0) + 1
@@ -703,7 +540,7 @@ class Deployer:
             blue_green = group.platform is Platform.SERVER and group.deployment_type is DeploymentType.BLUE_GREEN
             if router is None or not blue_green or group.name in unfinished:
                 continue
-            live, idle = await self._sides(group)
+            live, idle = await self.blueprint.sides(group)
             try:
                 await router.prepare(group.name, live, idle)
                 await router.set_weight(group.name, 0, wait=False)
@@ -726,16 +563,3 @@ class Deployer:
             self._launch(row, resume=True)
         for group_name in {r["group_name"] for r in rows}:
             await self._start_next(group_name)
-
-
-def _installed_targets(stages: tuple[Stage, ...]) -> tuple[str, ...]:
-    """The targets that receive the new revision (the first target stage): the ones whose health alarms watch."""
-    return next((s.targets for s in stages if isinstance(s, TargetStage)), ())
-
-
-def _blue_green_roles(stages: tuple[Stage, ...]) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """(original, replacement) of a server blue/green deployment, read off its stages; None for anything else."""
-    if not any(isinstance(s, TrafficStage) for s in stages):
-        return None
-    original = next((s.targets for s in stages if isinstance(s, TargetStage) and s.name == "block-original"), ())
-    return original, _installed_targets(stages)

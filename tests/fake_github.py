@@ -47,6 +47,7 @@ class FakeGitHub:
     token_lifetime: float = 3600.0
     clock: Callable[[], float] = time.time  # what "now" is for the expiry of issued tokens
     redirect_to: str | None = None  # absolute base URL for tarball redirects (another host); default: same host
+    tarball_failures: int = 0  # answer this many tarball downloads with 502 before serving them
     calls: list[Call] = field(default_factory=list)
     deployments: dict[int, dict[str, Any]] = field(default_factory=dict)
     tokens_issued: int = 0
@@ -108,6 +109,9 @@ class FakeGitHub:
         self.calls.append(Call(request.method, request.path, dict(request.query), auth, body))
         parts = request.path.strip("/").split("/")
         method = request.method
+        if parts[:1] == ["codeload"] and self.tarball_failures > 0:
+            self.tarball_failures -= 1
+            return _error(502, "bad gateway")
         if parts[:1] == ["codeload"]:
             _, owner, repo, sha = parts
             return web.Response(body=self.tarball(owner, repo, sha), content_type="application/x-gzip")

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from fake_github import FakeGitHub, pull_request_payload, push_payload, signed
 
 from bot.app import create_app
-from bot.github import GITHUB, GitHubFront
+from bot.github import GITHUB, GitHubFront, triggers
 from bot.settings import Settings
 from engine.loader import parse_config
 from engine.service import Deployer
@@ -237,6 +237,24 @@ async def test_a_locked_environment_refuses_the_merge_and_says_so_on_the_commit(
     [status] = [c.body for c in world.github.called("POST", f"/repos/{REPO}/statuses/{SHA1}")]
     assert status["state"] == "error" and status["context"] == "deploybot/auto-deploy/staging"
     assert "not deployed" in status["description"]
+
+
+async def test_a_tarball_hiccup_is_retried_and_a_lasting_failure_is_said_on_the_commit(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(triggers, "DOWNLOAD_RETRY_SECONDS", (0.05, 0.05, 0.05))
+    world.github.tarball_failures = 2  # two 502s, then the tarball
+    await world.send("push", push_payload(REPO, "main", SHA1), "d-1")
+    await world.settle()
+    [deployment] = await world.history()
+    assert deployment["status"] == "Succeeded"
+
+    world.github.tarball_failures = 10  # more than the retries
+    await world.send("push", push_payload(REPO, "main", SHA2), "d-2")
+    await world.settle()
+    assert len(await world.history()) == 1
+    [status] = [c.body for c in world.github.called("POST", f"/repos/{REPO}/statuses/{SHA2}")]
+    assert status["state"] == "error" and "could not download the commit" in status["description"]
 
 
 @pytest.mark.parametrize(

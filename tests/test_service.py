@@ -290,3 +290,36 @@ async def test_errors_name_what_is_missing(deployer: Deployer) -> None:
         await deployer.get("d-NOPE")
     with pytest.raises(DeploymentRefused):
         await deployer.rollback("app", "production")
+
+
+async def test_plan_of_a_blue_green_group_shows_the_idle_half(tmp_path: Path) -> None:
+    make_revision(tmp_path, "rev-a", "1")
+    text = """
+server: {data_dir: var}
+hosts: [{name: b1, port: 9901}, {name: b2, port: 9902}, {name: b3, port: 9903}, {name: b4, port: 9904}]
+applications:
+  app:
+    platform: server
+    revision: rev-a
+    environments: [prod]
+    deployment_groups:
+      prod:
+        deployment_type: blue-green
+        deployment_config: CodeDeployDefault.AllAtOnce
+        traffic_config: CodeDeployDefault.LambdaCanary10Percent5Minutes
+        targets: {hosts: [b1, b2, b3, b4]}
+        load_balancer: {type: haproxy, port: 9910}
+"""
+    deployer = await Deployer.open(parse_config(text, base_dir=str(tmp_path)), data_dir=tmp_path / "var")
+    try:
+        plan = await deployer.plan(DeployRequest("app", "prod"))
+        started = await deployer.start(DeployRequest("app", "prod"))
+        stages = (await deployer.store.get_deployment(started["id"]))["state"]["stages"]
+        await deployer.stop(started["id"])
+    finally:
+        await deployer.close()
+    assert plan["batches"] == [["b3", "b4"]] and plan["original"] == ["b1", "b2"]
+    assert [s["targets"] for s in plan["stages"] if s["kind"] == "targets"] == [
+        s["targets"] for s in stages if s["kind"] == "targets"
+    ]
+    assert [s["percent"] for s in plan["traffic_steps"]] == [10, 100]

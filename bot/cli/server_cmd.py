@@ -132,7 +132,7 @@ async def _serve(config: EngineConfig, settings: Settings, config_path: Path) ->
         try:
             await web.SockSite(runner, sock, shutdown_timeout=SHUTDOWN_GRACE_SECONDS).start()
             haproxy_socket = settings.data_dir / "haproxy" / "haproxy.sock"
-            print(f"deploybot listening on {url}", flush=True)
+            print(f"deploybot {config_path.name}:", flush=True)
             print(f"  config {config_path}, data in {settings.data_dir}", flush=True)
             print(f"  API token in {settings.api_token_file} (or $DEPLOYBOT_TOKEN)", flush=True)
             if agents:
@@ -147,6 +147,7 @@ async def _serve(config: EngineConfig, settings: Settings, config_path: Path) ->
                 print(f"  public URL {config.server.public_url}", flush=True)
             print(f"  {_slack_line(settings)}", flush=True)
             print(f"  {describe_github(settings)}", flush=True)
+            print(f"deploybot listening on {url}", flush=True)  # last: everything above is ready by now
             await _until_signalled()
             print("deploybot shutting down", flush=True)
         finally:

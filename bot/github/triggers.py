@@ -30,6 +30,8 @@ from engine.topology import Application, EngineConfig
 
 log = logging.getLogger(__name__)
 
+DOWNLOAD_RETRY_SECONDS = (2.0, 10.0, 30.0)
+
 GREEN_CONCLUSIONS = frozenset({"success", "neutral", "skipped"})
 STATUS_CONTEXT = "deploybot/auto-deploy"
 
@@ -163,7 +165,9 @@ class DeployTriggers:
         if rule.require_checks and not await self._wait_for_checks(rule, repository, sha):
             return
         try:
-            stored = await revision_from_commit(self.client, self.deployer, repository, sha, scratch=self.scratch)
+            stored = await self._download(repository, sha, rule)
+            if stored is None:
+                return
             await self.deployer.start(
                 DeployRequest(
                     rule.application,
@@ -179,6 +183,24 @@ class DeployTriggers:
             await self._commit_status(repository, sha, rule, "failure", f"not deployed: {first}")
         except EngineError as exc:
             await self._commit_status(repository, sha, rule, "error", f"not deployed: {exc}")
+
+    async def _download(self, repository: str, sha: str, rule: MergeRule) -> dict[str, Any] | None:
+        """The commit as a stored revision; a GitHub hiccup is retried (like CodeDeploy's agent: 3 more tries) and a
+        lasting failure is said on the commit, so a merge is never dropped silently."""
+        for attempt, pause in enumerate((*DOWNLOAD_RETRY_SECONDS, None)):
+            try:
+                return await revision_from_commit(self.client, self.deployer, repository, sha, scratch=self.scratch)
+            except (AppSpecInvalid, EngineError):
+                raise
+            except Exception as exc:  # network, GitHub 5xx, a truncated tarball: worth another try
+                if pause is None:
+                    log.warning("GitHub: giving up on %s@%s after %d tries: %s", repository, sha[:7], attempt + 1, exc)
+                    text = f"not deployed: could not download the commit ({type(exc).__name__}: {exc})"
+                    await self._commit_status(repository, sha, rule, "error", text[:140])
+                    return None
+                log.info("GitHub: download of %s@%s failed (%s); retrying in %g s", repository, sha[:7], exc, pause)
+                await asyncio.sleep(pause)
+        return None
 
     async def _wait_for_checks(self, rule: MergeRule, repository: str, sha: str) -> bool:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,106 @@
+"""The shape of a new deployment of a group: its stages, blue/green sides and the spec agents receive.
+
+Everything here is decided from the config and the group's history when a deployment is created; the result is
+stored with the deployment, so a config edited later never changes a deployment under way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.configs import TrafficStep, traffic_config_for_hosts, traffic_steps
+from engine.model import DeploymentType, Platform, Revision
+from engine.stages import ALL_AT_ONCE, Stage, StageOptions, TargetStage, TrafficStage, deployment_stages
+from engine.store import SqliteStore
+from engine.topology import DeploymentGroup, EngineConfig
+
+
+class Blueprint:
+    def __init__(self, config: EngineConfig, store: SqliteStore) -> None:
+        self.config = config
+        self.store = store
+
+    def target_names(self, group: DeploymentGroup) -> tuple[str, ...]:
+        return tuple(host.name for host in self.config.targets(group))
+
+    async def stages_for(self, group: DeploymentGroup, config: Any) -> tuple[Stage, ...]:
+        """The stages of a new deployment; blue/green installs on the pool's idle side and shifts to it."""
+        targets = self.target_names(group)
+        options = self.stage_options(group, config)
+        if group.platform is Platform.SERVER and group.deployment_type is DeploymentType.BLUE_GREEN:
+            live, idle = await self.sides(group)
+            return deployment_stages(options, idle, live)
+        return deployment_stages(options, targets)
+
+    async def sides(self, group: DeploymentGroup) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(live, idle) halves of a blue/green group's pool: live is where the last successful deployment put
+        traffic; before any, the first half of the pool."""
+        pool = self.target_names(group)
+        half = (len(pool) + 1) // 2
+        live: tuple[str, ...] = pool[:half]
+        for row in await self.store.list_deployments(group_name=group.name, status="Succeeded", limit=1):
+            stages = row["state"].get("stages", [])
+            installed = next((s["targets"] for s in stages if s["kind"] == "targets"), None)
+            if installed and set(installed) <= set(pool):
+                live = tuple(installed)
+        return live, tuple(t for t in pool if t not in live)
+
+    def stage_options(self, group: DeploymentGroup, config: Any) -> StageOptions:
+        steps: tuple[TrafficStep, ...] = (TrafficStep(100, 0),)
+        if group.traffic_config:
+            steps = traffic_steps(
+                traffic_config_for_hosts(group.traffic_config, self.config.deployment_configs).traffic_routing
+            )
+        elif config.traffic_routing is not None:
+            steps = traffic_steps(config.traffic_routing)
+        health = config.minimum_healthy_hosts or ALL_AT_ONCE
+        lb = group.load_balancer
+        options = group.blue_green
+        ready = None
+        if options.ready_action == "STOP_DEPLOYMENT":
+            ready = options.ready_wait_minutes * 60.0
+        return StageOptions(
+            platform=group.platform,
+            deployment_type=group.deployment_type,
+            health=health,
+            traffic_steps=steps,
+            with_load_balancer=lb is not None and lb.type != "none",
+            ready_wait_seconds=ready,
+            termination_wait_seconds=options.termination_wait_minutes * 60.0,
+            stop_original=options.terminate_action == "TERMINATE",
+            watch_seconds=group.watch_minutes * 60.0,
+        )
+
+    def agent_spec(self, deployment_id: str, group: DeploymentGroup, revision: Revision) -> dict[str, Any]:
+        return {
+            "deployment_id": deployment_id,
+            "application_name": group.application,
+            "deployment_group_name": group.name,
+            "deployment_group_id": group.group_id(),
+            "deployment_type": str(group.deployment_type),
+            "creator": "user",
+            "revision": {
+                "sha256": revision.sha256,
+                "url": f"/agent/v1/bundles/{revision.sha256}",
+                "size": revision.size,
+                "commit": revision.commit,
+            },
+            "file_exists_behavior": group.file_exists_behavior,
+            "ignore_application_stop_failures": group.ignore_application_stop_failures,
+            "appspec_filename": "appspec.yml",
+        }
+
+    # -- the queue -------------------------------------------------------------------------------------------
+
+
+def installed_targets(stages: tuple[Stage, ...]) -> tuple[str, ...]:
+    """The targets that receive the new revision (the first target stage): the ones whose health alarms watch."""
+    return next((s.targets for s in stages if isinstance(s, TargetStage)), ())
+
+
+def blue_green_roles(stages: tuple[Stage, ...]) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(original, replacement) of a server blue/green deployment, read off its stages; None for anything else."""
+    if not any(isinstance(s, TrafficStage) for s in stages):
+        return None
+    original = next((s.targets for s in stages if isinstance(s, TargetStage) and s.name == "block-original"), ())
+    return original, installed_targets(stages)

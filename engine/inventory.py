@@ -1,0 +1,65 @@
+"""What is configured and how its hosts' agents are doing: the answers of ``deploybot hosts`` and the
+applications listing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.adapters.fleet import Fleet
+from engine.blueprint import Blueprint
+from engine.ports import Clock
+from engine.store import SqliteStore
+from engine.topology import EngineConfig
+
+
+class Inventory:
+    def __init__(self, config: EngineConfig, store: SqliteStore, fleet: Fleet, clock: Clock, blueprint: Blueprint):
+        self.config = config
+        self.store = store
+        self.fleet = fleet
+        self.clock = clock
+        self.blueprint = blueprint
+
+    async def hosts(self) -> list[dict[str, Any]]:
+        """Every configured host with its agent's state: online while heard from within the heartbeat limit."""
+        now = self.clock.now()
+        running = {c["host"]: c for c in await self.store.list_commands(status="InProgress")}
+        out = []
+        for host in self.config.hosts.values():
+            agent = await self.store.get_agent(host.name) or {}
+            seen = self.fleet.last_seen(host.name) or agent.get("last_seen")
+            online = seen is not None and now - seen < self.config.server.heartbeat_timeout
+            command = running.get(host.name)
+            out.append(
+                {
+                    "name": host.name,
+                    "tags": dict(host.tags),
+                    "local": host.local,
+                    "agent": "online" if online else ("offline" if seen else "never seen"),
+                    "last_seen": seen,
+                    "version": agent.get("version"),
+                    "running": {"deployment_id": command["deployment_id"], "event": command["event"]}
+                    if command
+                    else None,
+                }
+            )
+        return out
+
+    def applications(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": app.name,
+                "platform": str(app.platform),
+                "environments": [
+                    {
+                        "name": env,
+                        "group": app.groups[env].name,
+                        "deployment_type": str(app.groups[env].deployment_type),
+                        "deployment_config": app.groups[env].deployment_config,
+                        "targets": list(self.blueprint.target_names(app.groups[env])),
+                    }
+                    for env in app.environments
+                ],
+            }
+            for app in self.config.applications.values()
+        ]
