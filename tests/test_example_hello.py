@@ -152,7 +152,7 @@ def test_deploy_serves_the_version_then_stop_leaves_nothing_running(host: Host) 
     assert validated.returncode == 0, validated.stderr
     version = (EXAMPLE / "VERSION").read_text().strip()
     assert host.get("/") == f"hello {version} from host-a\n"
-    assert host.get("/health") == "ok\n"
+    assert host.get("/health") == "ok 1.0.0\n"
     pid = int(host.pid_file.read_text())
     assert is_running(pid)
 
@@ -207,3 +207,20 @@ def test_scripts_need_a_port(host: Host, script: str) -> None:
     result = host.run(script, "ApplicationStart", PORT="")
     assert result.returncode == 1
     assert "PORT is not set" in result.stderr
+
+
+def test_validate_fails_when_an_older_server_still_holds_the_port(host: Host, tmp_path: Path) -> None:
+    assert deploy(host).returncode == 0  # 1.0.0 answers on the port
+    squatter_pid = int(host.pid_file.read_text())
+    newer = Host(prefix=tmp_path / "host-b", port=host.port)  # another install on the same port
+    try:
+        assert newer.run("before_install.sh", "BeforeInstall").returncode == 0
+        newer.install()
+        (newer.app_dir / "VERSION").write_text("2.0.0\n")
+        assert newer.run("start.sh", "ApplicationStart").returncode == 0  # its server cannot bind and exits
+        validated = newer.run("validate.sh", "ValidateService")
+    finally:
+        newer.run("stop.sh", "ApplicationStop")
+    assert validated.returncode == 1
+    assert "expected 2.0.0" in validated.stderr and "from version 1.0.0" in validated.stderr
+    assert is_running(squatter_pid)

@@ -49,7 +49,7 @@ class HelloHandler(BaseHTTPRequestHandler):
             if health_should_fail():
                 self.reply(HTTPStatus.INTERNAL_SERVER_ERROR, "unhealthy\n")
             else:
-                self.reply(HTTPStatus.OK, "ok\n")
+                self.reply(HTTPStatus.OK, f"ok {self.app_version}\n")  # says which revision answers
         elif self.path == "/" and requests_should_fail():
             self.reply(HTTPStatus.INTERNAL_SERVER_ERROR, f"hello {self.app_version} is broken\n")
         elif self.path == "/":

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# ValidateService: succeed once /health answers 200, fail with a clear message otherwise.
+# ValidateService: succeed once /health answers 200 from the version just installed (not from some older server
+# still holding the port), fail with a clear message otherwise.
 set -euo pipefail
 
 if [[ -z "${PORT:-}" ]]; then
@@ -9,20 +10,22 @@ fi
 url="http://127.0.0.1:$PORT/health"
 attempts="${HELLO_VALIDATE_ATTEMPTS:-20}"
 log_file="${DEPLOYBOT_PREFIX:-}/var/log/hello.log"
+version="$(tr -d '[:space:]' < "${DEPLOYBOT_PREFIX:-}/opt/hello/VERSION" 2>/dev/null || true)"
 
 # Python rather than curl: curl may be missing on a minimal host, Python runs the app anyway.
-if ! "${DEPLOYBOT_PYTHON:-python3}" - "$url" "$attempts" <<'PY'; then
+if ! "${DEPLOYBOT_PYTHON:-python3}" - "$url" "$attempts" "$version" <<'PY'; then
 import sys, time, urllib.error, urllib.request
 
-url, attempts = sys.argv[1], int(sys.argv[2])
+url, attempts, version = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 last = "no answer"
 for _ in range(attempts):
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
-            if response.status == 200:
-                print(f"{url} answered 200")
+            body = response.read().decode(errors="replace").split()
+            if response.status == 200 and (not version or body[-1:] == [version]):
+                print(f"{url} answered 200 from version {version or '?'}")
                 sys.exit(0)
-            last = f"HTTP {response.status}"
+            last = f"HTTP {response.status} from version {body[-1] if body else '?'}, expected {version}"
     except urllib.error.HTTPError as error:
         last = f"HTTP {error.code}"
     except OSError as error:
