@@ -16,6 +16,7 @@ from aiohttp import web
 
 from bot.agent_api import AgentFleet, create_agent_app
 from bot.api import DeploymentService, create_api_app, healthz, json_errors
+from bot.codedeploy import setup_codedeploy
 from bot.github import setup_github
 from bot.localfleet import LocalFleet
 from bot.settings import Settings
@@ -79,6 +80,7 @@ def create_app(
     app.cleanup_ctx.append(_uploads)
     setup_slack(app, settings, deployer)
     setup_github(app, settings, deployer)
+    setup_codedeploy(app, settings, deployer)
     if local_fleet is not None:
         app[LOCAL_FLEET] = local_fleet
         app.cleanup_ctx.append(_local_fleet)

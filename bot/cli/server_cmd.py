@@ -181,7 +181,7 @@ def _serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(_serve(config, settings, config_path))
-    except EngineError as exc:  # e.g. HAProxy missing or its port taken
+    except (EngineError, ValueError) as exc:  # HAProxy missing or its port taken; a malformed setting
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -1,0 +1,108 @@
+"""CodeDeploy's JSON 1.1 wire protocol on ``POST /codedeploy``, so boto3's ``codedeploy`` client works unchanged.
+
+Request: ``X-Amz-Target: CodeDeploy_20141006.<Operation>``, a JSON body, a SigV4 signature. Answer:
+``application/x-amz-json-1.1``; errors are ``{"__type": "<Name>Exception", "message": ...}`` with status 400, which
+botocore maps to its modeled exception classes (``client.exceptions.DeploymentDoesNotExistException``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from bot.codedeploy.operations import CodeDeployOperations
+from bot.codedeploy.shapes import ApiError
+from bot.codedeploy.sigv4 import AccessKey, SignatureRejected, verify
+from engine.errors import (
+    ApplicationNotFound,
+    AppSpecInvalid,
+    BundleError,
+    DeploymentNotFound,
+    DeploymentRefused,
+    EngineError,
+    EnvironmentNotFound,
+    InvalidTransition,
+    RevisionNotFound,
+    UnknownDeploymentConfig,
+)
+
+log = logging.getLogger(__name__)
+
+PATH = "/codedeploy"
+TARGET_PREFIX = "CodeDeploy_20141006."
+CONTENT_TYPE = "application/x-amz-json-1.1"
+
+_ENGINE_ERRORS: tuple[tuple[type[EngineError], str], ...] = (
+    (DeploymentNotFound, "DeploymentDoesNotExist"),
+    (ApplicationNotFound, "ApplicationDoesNotExist"),
+    (EnvironmentNotFound, "DeploymentGroupDoesNotExist"),
+    (RevisionNotFound, "RevisionDoesNotExist"),
+    (UnknownDeploymentConfig, "DeploymentConfigDoesNotExist"),
+    (AppSpecInvalid, "InvalidRevision"),
+    (BundleError, "InvalidRevision"),
+    (InvalidTransition, "InvalidOperation"),
+    (DeploymentRefused, "InvalidOperation"),
+)
+
+
+def aws_error(name: str, message: str, *, status: int = 400) -> web.Response:
+    return _answer({"__type": f"{name}Exception", "message": message}, status=status)
+
+
+def _answer(body: dict[str, Any], *, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=json.dumps(body, default=str).encode(), content_type=CONTENT_TYPE)
+
+
+def engine_error_name(exc: EngineError) -> str:
+    for cls, name in _ENGINE_ERRORS:
+        if isinstance(exc, cls):
+            return name
+    return "InvalidOperation"
+
+
+class CodeDeployEndpoint:
+    """The aiohttp handler: verify the signature, pick the operation, turn every failure into an AWS error."""
+
+    def __init__(self, operations: CodeDeployOperations, keys: dict[str, AccessKey]) -> None:
+        self.operations = operations
+        self.keys = keys
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            key = verify(
+                self.keys,
+                method=request.method,
+                url=f"{request.scheme}://{request.host}{request.raw_path}",
+                headers=request.headers,
+                body=body,
+            )
+        except SignatureRejected as exc:
+            return aws_error(exc.error, exc.message)
+        target = request.headers.get("X-Amz-Target", "")
+        name = target.removeprefix(TARGET_PREFIX)
+        operation = self.operations.table.get(name) if target.startswith(TARGET_PREFIX) else None
+        if operation is None:
+            supported = ", ".join(sorted(self.operations.table))
+            what = f"operation {name!r}" if target.startswith(TARGET_PREFIX) else f"X-Amz-Target {target!r}"
+            return aws_error(
+                "UnknownOperation", f"deploybot does not support the CodeDeploy {what}; it supports {supported}"
+            )
+        try:
+            payload = json.loads(body) if body.strip() else {}
+        except ValueError as exc:
+            return aws_error("Serialization", f"the body is not JSON: {exc}")
+        if not isinstance(payload, dict):
+            return aws_error("Serialization", "the body must be a JSON object")
+        try:
+            return _answer(await operation(payload, key.actor))
+        except ApiError as exc:
+            return aws_error(exc.name, exc.message)
+        except EngineError as exc:
+            return aws_error(engine_error_name(exc), str(exc))
+        except Exception:
+            log.exception("CodeDeploy %s failed", name)
+            return aws_error("InternalFailure", "deploybot hit an internal error; see the server log", status=500)
