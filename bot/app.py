@@ -19,6 +19,7 @@ from bot.api import DeploymentService, create_api_app, healthz, json_errors
 from bot.codedeploy import setup_codedeploy
 from bot.github import setup_github
 from bot.localfleet import LocalFleet
+from bot.pages import setup_pages
 from bot.settings import Settings
 from bot.slack import setup_slack
 
@@ -81,6 +82,7 @@ def create_app(
     setup_slack(app, settings, deployer)
     setup_github(app, settings, deployer)
     setup_codedeploy(app, settings, deployer)
+    setup_pages(app, settings, deployer)
     if local_fleet is not None:
         app[LOCAL_FLEET] = local_fleet
         app.cleanup_ctx.append(_local_fleet)

@@ -42,6 +42,7 @@ class Settings:
     github_token: str | None = field(default=None, repr=False)
     github_api_url: str = DEFAULT_GITHUB_API_URL
     aws_keys: str | None = field(default=None, repr=False)  # DEPLOYBOT_AWS_KEYS: ACCESS_KEY:SECRET:ACTOR[,...]
+    pages_secret: str | None = field(default=None, repr=False)  # DEPLOYBOT_PAGES_SECRET: signs page links
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, data_dir: Path | str | None = None) -> Settings:
@@ -67,6 +68,7 @@ class Settings:
             github_token=_get(environ, "GITHUB_TOKEN"),
             github_api_url=_get(environ, "GITHUB_API_URL") or DEFAULT_GITHUB_API_URL,
             aws_keys=_get(environ, "DEPLOYBOT_AWS_KEYS"),
+            pages_secret=_get(environ, "DEPLOYBOT_PAGES_SECRET"),
         )
 
     @property

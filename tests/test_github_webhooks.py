@@ -148,7 +148,7 @@ async def test_a_push_to_main_deploys_the_commit_to_staging_and_reports_it(world
     assert set(states[1:-1]) == {"in_progress"}
     final = world.github.deployments[1]["statuses"][-1]
     assert final["environment_url"] == "https://staging.example"
-    assert final["log_url"].endswith(f"/api/v1/deployments/{deployment['id']}")
+    assert f"/deployments/{deployment['id']}" in final["log_url"]  # the deployment's page
 
 
 async def test_a_newer_success_marks_the_replaced_github_deployment_inactive(world: World) -> None:

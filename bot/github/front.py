@@ -21,6 +21,7 @@ from bot.github.client import GitHubAuth, GitHubClient
 from bot.github.notifier import GitHubNotifier
 from bot.github.triggers import DeployTriggers
 from bot.github.webhooks import receive, router
+from bot.pages.links import page_url
 from bot.settings import Settings
 from engine.topology import EngineConfig
 
@@ -85,6 +86,7 @@ class GitHubFront:
                 self.config,
                 state_file=self.settings.data_dir / STATE_FILENAME,
                 public_url=self.config.server.url,
+                page_link=lambda deployment_id: page_url(self.settings, deployment_id, base_url=self.config.server.url),
             )
             self.notifier.start()
             self.deployer.notifiers.append(self.notifier)

@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,11 +81,21 @@ def _short(text: str) -> str:
 
 
 class GitHubNotifier:
-    def __init__(self, client: GitHubClient, config: EngineConfig, *, state_file: Path, public_url: str) -> None:
+    def __init__(
+        self,
+        client: GitHubClient,
+        config: EngineConfig,
+        *,
+        state_file: Path,
+        public_url: str,
+        page_link: Callable[[str], str] | None = None,
+    ) -> None:
         self.client = client
         self.config = config
         self.state_file = state_file
         self.public_url = public_url.rstrip("/")
+        # The deployment's page (a signed link, so whoever reads the status can open it); the API URL otherwise.
+        self.page_link = page_link or (lambda deployment_id: f"{self.public_url}/api/v1/deployments/{deployment_id}")
         self._state = _load(state_file)
         self._expected: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._queue: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
@@ -196,7 +206,7 @@ class GitHubNotifier:
             "state": status.state,
             "description": status.description,
             "environment": environment,
-            "log_url": f"{self.public_url}/api/v1/deployments/{deployment_id}",
+            "log_url": self.page_link(deployment_id),
         }
         app = next((a for a in self.config.applications.values() if a.github_repository == repository), None)
         url = app.github_environment_urls.get(environment) if app else None

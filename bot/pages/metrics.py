@@ -1,0 +1,155 @@
+"""``GET /metrics`` in Prometheus text format, from a private CollectorRegistry per app (tests never collide).
+
+Engine state (deployments by status, hosts by agent state, queue, traffic) is async to read while collectors are
+sync, so the scrape handler refreshes a snapshot first and the collector yields it. Event durations come from a
+Notifier that sees every finished event once; request latency of the chat/webhook fronts from a middleware.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from bot.api import DeploymentService
+
+TIMED_ROUTES = ("/slack/events", "/github/webhook")
+EVENT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+REMEMBERED_DEPLOYMENTS = 256
+_FINISHED_EVENT = frozenset({"Succeeded", "Failed", "Skipped"})
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """The engine's state as of the last scrape."""
+
+    deployments: Counter[str] = field(default_factory=Counter)
+    hosts: Counter[str] = field(default_factory=Counter)
+    queue_length: int = 0
+    traffic: dict[str, int] = field(default_factory=dict)
+
+
+class EngineCollector(Collector):
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        s = self.snapshot
+        by_status = GaugeMetricFamily("deploybot_deployments", "Deployments in the store by status", labels=["status"])
+        for status, count in sorted(s.deployments.items()):
+            by_status.add_metric([status], count)
+        yield by_status
+        hosts = GaugeMetricFamily("deploybot_hosts", "Configured hosts by agent state", labels=["agent"])
+        for state, count in sorted(s.hosts.items()):
+            hosts.add_metric([state], count)
+        yield hosts
+        yield GaugeMetricFamily("deploybot_queue_length", "Deployments waiting in the queue", value=s.queue_length)
+        traffic = GaugeMetricFamily(
+            "deploybot_traffic_weight_percent", "Traffic on the new side, by group", labels=["group"]
+        )
+        for group, percent in sorted(s.traffic.items()):
+            traffic.add_metric([group], percent)
+        yield traffic
+
+
+class EventDurations:
+    """A Notifier: observes each lifecycle event's duration once, when the event reaches a final status."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.histogram = Histogram(
+            "deploybot_lifecycle_event_seconds",
+            "Duration of lifecycle events on hosts",
+            ["event", "status"],
+            registry=registry,
+            buckets=EVENT_BUCKETS,
+        )
+        # (target, event) already observed, per recent deployment; notifications keep coming after a deployment
+        # turns final, so the oldest deployments are forgotten by count rather than by status
+        self._seen: OrderedDict[str, set[tuple[str, str]]] = OrderedDict()
+
+    async def deployment_changed(self, deployment: Mapping[str, Any]) -> None:
+        seen = self._seen.setdefault(deployment["id"], set())
+        self._seen.move_to_end(deployment["id"])
+        while len(self._seen) > REMEMBERED_DEPLOYMENTS:
+            self._seen.popitem(last=False)
+        for target in deployment.get("targets", []):
+            for event in target["events"]:
+                key = (target["name"], event["name"])
+                started, ended = event.get("started_at"), event.get("ended_at")
+                if key in seen or event["status"] not in _FINISHED_EVENT or started is None or ended is None:
+                    continue
+                seen.add(key)
+                self.histogram.labels(event["name"], event["status"]).observe(max(0.0, ended - started))
+
+
+@dataclass(slots=True)
+class Metrics:
+    registry: CollectorRegistry
+    snapshot: Snapshot
+    durations: EventDurations
+    requests: Histogram
+    deployer: DeploymentService
+
+
+def create_metrics(deployer: DeploymentService) -> Metrics:
+    registry = CollectorRegistry(auto_describe=False)
+    snapshot = Snapshot()
+    registry.register(EngineCollector(snapshot))
+    requests = Histogram(
+        "deploybot_http_request_seconds", "Latency of front-end HTTP requests", ["route"], registry=registry
+    )
+    return Metrics(registry, snapshot, EventDurations(registry), requests, deployer)
+
+
+async def refresh(snapshot: Snapshot, deployer: DeploymentService) -> None:
+    """Re-read the engine state (at scrape time; a scrape every 15 s costs a few small queries)."""
+    store = getattr(deployer, "store", None)
+    deployments: Counter[str] = Counter()
+    traffic: dict[str, int] = {}
+    if store is not None:
+        rows = await store.list_deployments(limit=None)
+        deployments.update(r["status"] for r in rows)
+    for app in deployer.applications():
+        for env in app["environments"]:
+            latest = await deployer.history(app["name"], env["name"], limit=1)
+            if store is None:
+                deployments.update(d["status"] for d in latest)
+            if latest and latest[0].get("traffic") is not None:
+                traffic[env["group"]] = latest[0]["traffic"]["percent"]
+    snapshot.deployments = deployments
+    snapshot.traffic = traffic
+    snapshot.hosts = Counter(h["agent"] for h in await deployer.hosts())
+    snapshot.queue_length = len(await deployer.release.queue())
+
+
+def timing_middleware(metrics: Metrics) -> Any:
+    @web.middleware
+    async def timed(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path not in TIMED_ROUTES:
+            return await handler(request)
+        started = time.perf_counter()
+        try:
+            return await handler(request)
+        finally:
+            metrics.requests.labels(request.path).observe(time.perf_counter() - started)
+
+    return timed
+
+
+METRICS = web.AppKey("pages_metrics", Metrics)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    await refresh(metrics.snapshot, metrics.deployer)
+    response = web.Response(body=generate_latest(metrics.registry))
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    response.charset = "utf-8"
+    return response

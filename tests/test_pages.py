@@ -1,0 +1,213 @@
+"""The HTML pages over real HTTP: a real Deployer with scripted agents, one host failing with hostile output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from test_service import ScriptedFleet, make_revision, open_deployer
+
+from bot.app import create_app
+from bot.pages.links import deployment_path, signed_query
+from bot.pages.views import traffic_svg_path
+from bot.settings import Settings
+from engine.service import Deployer, DeployRequest
+
+TOKEN = "page-test-token"
+SECRET = "page-test-secret"
+HOSTILE = "<script>alert(1)</script> & done"
+FAILING = "p2"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class HostileFleet(ScriptedFleet):
+    """FAILING fails AfterInstall of the bad revision, printing markup; every other event succeeds."""
+
+    bad_sha = ""
+
+    async def _agent(self, host: str) -> None:
+        fleet = self.deployer.fleet
+        while True:
+            command = await fleet.next_command(host, wait=0.5)
+            if command is None:
+                continue
+            await asyncio.sleep(self.delay)
+            bad = command["spec"]["revision"]["sha256"] == self.bad_sha
+            if bad and host == FAILING and command["event"] == "AfterInstall":
+                result = {"status": "Failed", "error_code": 4, "message": "script exited 1", "log_tail": HOSTILE}
+            else:
+                result = {"status": "Succeeded", "log_tail": f"{host} {command['event']} ok"}
+            await fleet.report_result(host, command["id"], result)
+
+
+@dataclass
+class Site:
+    client: TestClient[web.Request, web.Application]
+    deployer: Deployer
+    agents: HostileFleet
+
+    async def deploy(self, revision: str = "rev-b") -> str:
+        """Start a production deployment (OneAtATime over p1..p4); rev-b fails on p2."""
+        started = await self.deployer.start(DeployRequest("app", "production", revision=revision, actor="alice"))
+        return str(started["id"])
+
+    async def finished(self, deployment_id: str) -> dict:
+        """The document once the runner is done with it (its status turns final a moment before that)."""
+        async with asyncio.timeout(10):
+            while "deployment.finished" not in [e["kind"] for e in await self.deployer.event_log(deployment_id)]:
+                await asyncio.sleep(0.02)
+        return await self.deployer.get(deployment_id)
+
+    async def settle(self) -> None:
+        for row in await self.deployer.store.list_deployments(limit=None):
+            await self.finished(row["id"])
+
+
+async def open_site(tmp_path: Path, *, delay: float = 0.0) -> AsyncIterator[Site]:
+    make_revision(tmp_path, "rev-a", "1")
+    make_revision(tmp_path, "rev-b", "2")
+    deployer = await open_deployer(tmp_path)
+    settings = Settings(data_dir=tmp_path / "var", api_token=TOKEN, pages_secret=SECRET)
+    agents = HostileFleet(deployer, ["p1", "p2", "p3", "p4"], lambda *_: None, delay=delay)
+    agents.bad_sha = (await deployer.store_revision(tmp_path / "rev-b", source="rev-b"))["sha256"]
+    try:
+        async with TestClient(TestServer(create_app(settings, deployer=deployer), host="127.0.0.1")) as client:
+            site = Site(client, deployer, agents)
+            yield site
+            await site.settle()
+    finally:
+        await agents.close()
+        await deployer.close()
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    async for s in open_site(tmp_path):
+        yield s
+
+
+@pytest.fixture
+async def slow_site(tmp_path: Path) -> AsyncIterator[Site]:
+    async for s in open_site(tmp_path, delay=0.15):
+        yield s
+
+
+def signed(deployment_id: str, *, expires_in: float = 3600, secret: str = SECRET) -> str:
+    path = deployment_path(deployment_id)
+    return f"{path}?{signed_query(path, int(time.time() + expires_in), secret)}"
+
+
+async def test_page_shows_grid_with_failed_cell_and_escaped_log_tail(site: Site) -> None:
+    assert (await site.finished(await site.deploy("rev-a")))["status"] == "Succeeded"
+    deployment_id = await site.deploy()
+    failed = await site.finished(deployment_id)
+    assert failed["status"] == "Failed"
+    rollback_id = failed["rollback"]["by"]
+    assert rollback_id and (await site.finished(rollback_id))["status"] == "Succeeded"
+    response = await site.client.get(f"/deployments/{deployment_id}", headers=AUTH)
+    html = await response.text()
+    assert response.status == 200, html
+    assert 'data-host="p2" data-event="AfterInstall" data-status="Failed"' in html
+    assert 'data-host="p1" data-event="Install" data-status="Succeeded"' in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; done" in html
+    assert HOSTILE not in html
+    assert "alice" in html and "CodeDeployDefault.OneAtATime" in html
+    assert "deployment.requested" in html  # the event log table
+    assert "EventSource" not in html  # a finished page does not stream
+    assert f'href="/deployments/{rollback_id}"' in html
+    rollback_page = await (await site.client.get(f"/deployments/{rollback_id}", headers=AUTH)).text()
+    assert f'href="/deployments/{deployment_id}"' in rollback_page
+
+
+async def test_list_filters_by_status_and_application(site: Site) -> None:
+    deployment_id = await site.deploy()
+    await site.finished(deployment_id)
+    cases = [({"status": "Failed"}, True), ({"status": "Succeeded"}, False), ({"application": "app"}, True)]
+    for query, listed in cases:
+        response = await site.client.get("/deployments", params=query, headers=AUTH)
+        assert response.status == 200
+        assert (f'href="/deployments/{deployment_id}"' in await response.text()) is listed, query
+
+
+async def test_event_stream_pushes_updates_while_the_deployment_runs(slow_site: Site) -> None:
+    deployment_id = await slow_site.deploy()
+    page = await slow_site.client.get(signed(deployment_id))
+    assert "EventSource" in await page.text()
+    updates: list[dict] = []
+    path, _, query = signed(deployment_id).partition("?")
+    async with asyncio.timeout(15):
+        response = await slow_site.client.get(f"{path}/events?after=0&{query}")
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        async for raw in response.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("data: "):
+                updates.append(json.loads(line.removeprefix("data: ")))
+    statuses = [u["status"] for u in updates]
+    assert len(updates) >= 2 and "InProgress" in statuses, statuses
+    assert statuses[-1] == "Failed"
+    assert [u["version"] for u in updates] == sorted({u["version"] for u in updates})
+    assert 'data-status="Failed"' in updates[-1]["grid"]
+
+
+@pytest.mark.parametrize(
+    ("make_url", "reason"),
+    [
+        (lambda d: signed(d, expires_in=-5), "expired"),
+        (lambda d: signed(d)[:-3] + "000", "tampered"),
+        (lambda d: signed(d, secret="other"), "tampered"),
+        (lambda d: signed("some-other-id").replace("some-other-id", d), "tampered"),
+        (lambda d: f"/deployments/{d}?exp=soon&sig=x", "malformed"),
+        (lambda d: f"/deployments/{d}", "missing"),
+    ],
+)
+async def test_bad_links_get_a_403_page_saying_why(site: Site, make_url, reason: str) -> None:
+    deployment_id = await site.deploy()
+    response = await site.client.get(make_url(deployment_id))
+    assert response.status == 403
+    assert response.content_type == "text/html"
+    assert f'data-reason="{reason}"' in await response.text()
+
+
+async def test_valid_signed_link_opens_only_its_own_page(site: Site) -> None:
+    deployment_id = await site.deploy()
+    assert (await site.client.get(signed(deployment_id))).status == 200
+    _, _, query = signed(deployment_id).partition("?")
+    assert (await site.client.get(f"/deployments?{query}")).status == 403
+
+
+async def test_login_sets_an_httponly_session_cookie(site: Site) -> None:
+    bad = await site.client.get("/login", params={"token": "nope"}, allow_redirects=False)
+    assert bad.status == 403
+    response = await site.client.get("/login", params={"token": TOKEN}, allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"] == "/deployments"
+    cookie = response.cookies["deploybot_session"]
+    assert cookie["httponly"] and TOKEN not in cookie.value
+    listing = await site.client.get("/deployments")  # the client's jar sends the cookie
+    assert listing.status == 200 and "<h1>Deployments</h1>" in await listing.text()
+    site.client.session.cookie_jar.clear()
+    assert (await site.client.get("/deployments")).status == 403
+
+
+async def test_unknown_deployment_is_a_404_page(site: Site) -> None:
+    response = await site.client.get("/deployments/d-nope", headers=AUTH)
+    assert response.status == 404 and "d-nope" in await response.text()
+
+
+@pytest.mark.parametrize(
+    ("points", "expected"),
+    [
+        ([], ""),
+        ([(0.0, 0)], ""),
+        ([(0.0, 0), (10.0, 100)], "M0.0,60.0 L300.0,60.0 L300.0,0.0"),
+        ([(0.0, 0), (5.0, 50), (10.0, 50)], "M0.0,60.0 L150.0,60.0 L150.0,30.0 L300.0,30.0 L300.0,30.0"),
+    ],
+)
+def test_traffic_svg_path_steps_through_the_weights(points: list[tuple[float, int]], expected: str) -> None:
+    assert traffic_svg_path(points) == expected
