@@ -9,20 +9,18 @@ version that served it, which is how the share per step is measured.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import itertools
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from rich.console import Console
 
 from bench.figures import Figure
+from bench.load import Load
 from bench.server import BenchServer, free_port
 
 if TYPE_CHECKING:
@@ -33,57 +31,6 @@ LOAD_RATE = 250.0
 STEP_SECONDS = 4.0  # linear 20 % every STEP_SECONDS
 SHARE_TARGET_PP = 1.0
 ROLLBACK_TARGET_MS = 200.0
-
-
-class Load:
-    """``rate`` requests per second from a few keep-alive threads; answers as (time, status, body)."""
-
-    def __init__(self, url: str, rate: float, threads: int = 5, max_seconds: float = 180) -> None:
-        self.parts = urlsplit(url)
-        self.interval = threads / rate
-        self.max_seconds = max_seconds
-        self.results: list[tuple[float, int, str]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
-
-    def _run(self) -> None:
-        connection: http.client.HTTPConnection | None = None
-        deadline = time.monotonic() + self.max_seconds
-        next_at = time.monotonic()
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                connection = connection or http.client.HTTPConnection(self.parts.hostname, self.parts.port, timeout=5)
-                connection.request("GET", "/")
-                response = connection.getresponse()
-                record = (time.monotonic(), response.status, response.read().decode(errors="replace"))
-            except (OSError, http.client.HTTPException):
-                record = (time.monotonic(), 0, "")
-                if connection is not None:
-                    connection.close()
-                connection = None
-            with self._lock:
-                self.results.append(record)
-            next_at += self.interval
-            time.sleep(max(0.0, next_at - time.monotonic()))
-
-    def failed(self) -> int:
-        return sum(1 for _, status, _ in self.results if status != 200)
-
-    def rate(self) -> float:
-        if len(self.results) < 2:
-            return 0.0
-        return len(self.results) / (self.results[-1][0] - self.results[0][0])
 
 
 def _revision(workdir: Path, version: str) -> Path:
@@ -127,7 +74,7 @@ def in_place(workdir: Path, console: Console) -> list[Figure]:
     group = "        deployment_config: CodeDeployDefault.OneAtATime"
     with _server(workdir, group) as (server, url):
         server.wait_final(server.deploy(_revision(workdir, "1.0.0"))[1])
-        with Load(url, LOAD_RATE) as load:
+        with Load(url, rate=LOAD_RATE, threads=5, max_seconds=180) as load:
             time.sleep(1)
             doc = server.wait_final(server.deploy(_revision(workdir, "2.0.0"))[1], timeout=180)
             time.sleep(1)
@@ -146,7 +93,7 @@ def blue_green(workdir: Path, console: Console) -> list[Figure]:
         blue_green: {termination_wait_minutes: 1}"""
     with _server(workdir, group) as (server, url):
         server.wait_final(server.deploy(_revision(workdir, "1.0.0"))[1])
-        with Load(url, LOAD_RATE) as load:
+        with Load(url, rate=LOAD_RATE, threads=5, max_seconds=180) as load:
             time.sleep(1)
             _, deployment_id = server.deploy(_revision(workdir, "2.0.0"))
             steps: list[tuple[float, int]] = []  # (monotonic time the percent was first seen, percent)

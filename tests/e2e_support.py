@@ -21,6 +21,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.load import Load
+
+__all__ = ["DeploybotServer", "Load", "event", "free_port", "statuses", "write_revision"]
+
 FINAL = ("Succeeded", "Failed", "Stopped")
 
 
@@ -178,63 +182,3 @@ def listening_url(output: list[str]) -> str:
     match = re.search(r"listening on (\S+)", "".join(output))
     assert match, output
     return match.group(1)
-
-
-class Load:
-    """Steady HTTP load on one URL from a few threads (keep-alive), bounded in rate and duration.
-
-    Records every answer as (monotonic time, status or 0 for a connection failure, body).
-    """
-
-    def __init__(self, url: str, *, rate: float = 200.0, threads: int = 4, max_seconds: float = 120.0) -> None:
-        self.url = url
-        self.interval = threads / rate
-        self.max_seconds = max_seconds
-        self.results: list[tuple[float, int, str]] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
-
-    def _run(self) -> None:
-        import http.client
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(self.url)
-        connection: http.client.HTTPConnection | None = None
-        deadline = time.monotonic() + self.max_seconds
-        next_at = time.monotonic()
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                if connection is None:
-                    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
-                connection.request("GET", parts.path or "/")
-                response = connection.getresponse()
-                record = (time.monotonic(), response.status, response.read().decode(errors="replace"))
-            except (OSError, http.client.HTTPException):
-                record = (time.monotonic(), 0, "")
-                if connection is not None:
-                    connection.close()
-                connection = None
-            with self._lock:
-                self.results.append(record)
-            next_at += self.interval
-            time.sleep(max(0.0, next_at - time.monotonic()))
-
-    def failures(self) -> list[tuple[float, int, str]]:
-        return [r for r in self.results if r[1] != 200]
-
-    def bodies_after(self, moment: float) -> list[str]:
-        return [body for at, status, body in self.results if at > moment and status == 200]

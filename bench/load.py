@@ -1,0 +1,72 @@
+"""Steady HTTP load on one URL, bounded in rate and duration: the bench's traffic scenario and the traffic tests
+use this one generator, so what the tests assert is what the bench measures.
+
+A few threads each keep one keep-alive connection (a fresh one after a failure) and record every answer as
+(monotonic time, status or 0 for a connection failure, body).
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from urllib.parse import urlsplit
+
+
+class Load:
+    def __init__(self, url: str, *, rate: float = 200.0, threads: int = 4, max_seconds: float = 120.0) -> None:
+        self.parts = urlsplit(url)
+        self.interval = threads / rate
+        self.max_seconds = max_seconds
+        self.results: list[tuple[float, int, str]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+
+    def _run(self) -> None:
+        connection: http.client.HTTPConnection | None = None
+        deadline = time.monotonic() + self.max_seconds
+        next_at = time.monotonic()
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                connection = connection or http.client.HTTPConnection(self.parts.hostname, self.parts.port, timeout=5)
+                connection.request("GET", self.parts.path or "/")
+                response = connection.getresponse()
+                record = (time.monotonic(), response.status, response.read().decode(errors="replace"))
+            except (OSError, http.client.HTTPException):
+                record = (time.monotonic(), 0, "")
+                if connection is not None:
+                    connection.close()
+                connection = None
+            with self._lock:
+                self.results.append(record)
+            next_at += self.interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    def failures(self) -> list[tuple[float, int, str]]:
+        return [r for r in self.results if r[1] != 200]
+
+    def failed(self) -> int:
+        return len(self.failures())
+
+    def rate(self) -> float:
+        """Answers per second actually achieved."""
+        if len(self.results) < 2:
+            return 0.0
+        return len(self.results) / (self.results[-1][0] - self.results[0][0])
+
+    def bodies_after(self, moment: float) -> list[str]:
+        return [body for at, status, body in self.results if at > moment and status == 200]
