@@ -100,7 +100,6 @@ class DeploymentState:
     paused: bool = False
     error_code: ErrorCode | None = None
     message: str = ""
-    finished_targets: dict[str, dict[str, Any]] = field(default_factory=dict)  # earlier stages, for the record
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +257,7 @@ class DeploymentMachine:
     # -- stage walking ---------------------------------------------------------------------------------------
 
     def _enter_stage(self, index: int) -> list[Command]:
-        self._archive_targets()
+        self.state.targets = {}  # a new stage; the per-target record of earlier stages is the store's
         self.state.stage_index = index
         if index >= len(self.stages):
             return self._finish(DeploymentStatus.SUCCEEDED)
@@ -443,12 +442,6 @@ class DeploymentMachine:
     def _original_kept(self) -> bool:
         """Until a stage that releases the original fleet has passed, traffic can go back to it."""
         return not any(s.ends_reroute for s in self.stages[: self.state.stage_index])
-
-    def _archive_targets(self) -> None:
-        for name, progress in self.state.targets.items():
-            record = self.state.finished_targets.setdefault(name, {})
-            record.update({str(e): str(s) for e, s in progress.statuses.items()})
-        self.state.targets = {}
 
 
 Handler = Callable[[DeploymentMachine, Any], list[Command]]

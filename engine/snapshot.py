@@ -97,7 +97,6 @@ def state_to_json(state: DeploymentState) -> dict[str, Any]:
         "paused": state.paused,
         "error_code": str(state.error_code) if state.error_code else None,
         "message": state.message,
-        "finished_targets": state.finished_targets,
     }
 
 
@@ -122,5 +121,4 @@ def state_from_json(data: dict[str, Any]) -> DeploymentState:
         paused=data["paused"],
         error_code=ErrorCode(data["error_code"]) if data["error_code"] else None,
         message=data["message"],
-        finished_targets=data["finished_targets"],
     )
