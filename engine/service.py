@@ -355,7 +355,7 @@ class Deployer:
             return None
 
     async def _on_finish(self, deployment_id: str) -> None:
-        runner = self._runners.pop(deployment_id, None)
+        self._runners.pop(deployment_id, None)
         self._tasks.pop(deployment_id, None)
         row = await self.store.get_deployment(deployment_id)
         if row is None:
@@ -370,7 +370,6 @@ class Deployer:
         if self._busy.get(row["group_name"]) == deployment_id:
             del self._busy[row["group_name"]]
         await self._changed_hook(deployment_id)
-        del runner
         await self._start_next(row["group_name"])
 
     async def _on_rollback(self, deployment_id: str, command: StartRollback) -> None:
