@@ -115,3 +115,18 @@ class AdapterError(EngineError):
         self.component = component
         self.detail = detail
         super().__init__(f"{component}: {detail}")
+
+
+class LifecycleHookNotFound(NotFound):
+    """A status callback for a hook execution that is not waiting (unknown, already answered, or timed out)."""
+
+    def __init__(self, execution_id: str, deployment_id: str | None = None) -> None:
+        self.execution_id = execution_id
+        self.deployment_id = deployment_id
+        super().__init__(f"no lifecycle hook execution {execution_id!r} is waiting for a status")
+
+
+class InvalidLifecycleHookStatus(EngineError):
+    def __init__(self, status: str) -> None:
+        self.status = status
+        super().__init__(f"a lifecycle hook status must be Succeeded or Failed, got {status!r}")

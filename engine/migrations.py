@@ -22,6 +22,9 @@ JSON_COLUMNS: Mapping[str, frozenset[str]] = {
     "event_log": frozenset({"data"}),
     "host_commands": frozenset({"payload", "result"}),
     "agents": frozenset({"tags"}),
+    "registered_revisions": frozenset({"location"}),
+    "onprem_instances": frozenset({"tags"}),
+    "api_deployment_configs": frozenset({"definition"}),
 }
 
 _INITIAL_SCHEMA = (
@@ -184,6 +187,53 @@ _APPROVALS = (
 @MIGRATIONS(name="0002_approvals")
 def _approvals(db: Database) -> None:
     for statement in _APPROVALS:
+        db.execute(statement)
+
+
+_API_REGISTRY = (
+    # Where a revision came from when it was not a local file: {"s3": {bucket, key, version, etag}} or
+    # {"github": {repository, commit}}; hooks see it as BUNDLE_* variables, the CodeDeploy API as revisionLocation.
+    "ALTER TABLE revisions ADD COLUMN location TEXT",
+    # CodeDeploy's RegisterApplicationRevision: a revision location registered with an application, with when it
+    # was first and last deployed. ``revision_key`` is the location's canonical JSON (the natural key).
+    """
+    CREATE TABLE registered_revisions (
+        application TEXT NOT NULL,
+        revision_key TEXT NOT NULL,
+        location TEXT NOT NULL,
+        revision_sha256 TEXT,
+        description TEXT,
+        registered_at REAL NOT NULL,
+        first_used_at REAL,
+        last_used_at REAL,
+        PRIMARY KEY (application, revision_key)
+    )
+    """,
+    # RegisterOnPremisesInstance: hosts that joined through the API rather than the config file.
+    """
+    CREATE TABLE onprem_instances (
+        name TEXT PRIMARY KEY,
+        iam_arn TEXT,
+        tags TEXT NOT NULL DEFAULT '{}',
+        registered_at REAL NOT NULL,
+        deregistered_at REAL
+    )
+    """,
+    # CreateDeploymentConfig: configurations made through the API (the config file's stay read-only).
+    """
+    CREATE TABLE api_deployment_configs (
+        name TEXT PRIMARY KEY,
+        compute_platform TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )
+    """,
+)
+
+
+@MIGRATIONS(name="0003_api_registry")
+def _api_registry(db: Database) -> None:
+    for statement in _API_REGISTRY:
         db.execute(statement)
 
 

@@ -152,6 +152,17 @@ class Application:
 
 
 @dataclass(frozen=True, slots=True)
+class AwsAccount:
+    """Where AWS calls for a group go: region, an optional named profile (otherwise the standard credential chain:
+    environment, shared files, instance role) and an optional ``endpoint_url`` for any AWS-compatible endpoint."""
+
+    name: str = "default"
+    region: str | None = None
+    profile: str | None = None
+    endpoint_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     """The ``server`` section. ``data_dir`` is already resolved against the config file's directory."""
 
@@ -182,6 +193,11 @@ class EngineConfig:
     hosts: Mapping[str, Host]
     deployment_configs: Mapping[str, DeploymentConfig]
     base_dir: str = "."
+    aws_accounts: Mapping[str, AwsAccount] = field(default_factory=dict)
+
+    def aws_account(self, name: str = "default") -> AwsAccount:
+        """The named account; "default" exists even when the config has no ``aws`` section (standard chain)."""
+        return self.aws_accounts.get(name) or AwsAccount(name)
 
     def application(self, name: str) -> Application:
         """The application called ``name``, ignoring case; raises ApplicationNotFound listing the known ones."""
