@@ -40,6 +40,7 @@ MAX_BUNDLE_BYTES = 512 * 1024**2
 MAX_WATCH_SECONDS = 60.0
 ACTOR_HEADER = "X-Deploybot-Actor"
 SOURCE_HEADER = "X-Deploybot-Source"
+APPLICATION_HEADER = "X-Deploybot-Application"  # an upload for this application: its platform checks the AppSpec
 CONTROL_ACTIONS = ("continue", "pause", "resume", "promote")
 
 try:
@@ -93,7 +94,9 @@ class DeploymentService(Protocol):
 
     release: ReleaseService
 
-    async def store_revision(self, path: Path, *, source: str) -> dict[str, Any]: ...
+    async def store_revision(
+        self, path: Path, *, source: str, commit: str | None = None, application: str | None = None
+    ) -> dict[str, Any]: ...
     async def start(self, request: DeployRequest) -> dict[str, Any]: ...
     async def get(self, deployment_id: str) -> dict[str, Any]: ...
     async def history(
@@ -300,7 +303,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def upload_revision(request: web.Request) -> web.Response:
-    """Stream the bundle to a temp file (never into memory), then let the engine validate and store it."""
+    """Stream the bundle to a temp file (never into memory), then let the engine validate and store it.
+
+    A JSON body instead names an S3 object the server fetches (``deploybot push``)."""
+    if request.content_type == "application/json":
+        from bot.api_hooks import register_s3_revision  # bot.api_hooks builds on this module
+
+        return await register_s3_revision(request)
     limit = request.app[MAX_BUNDLE]
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
@@ -319,7 +328,8 @@ async def upload_revision(request: web.Request) -> web.Response:
         if size == 0:
             raise bad_request("the body is empty", _UPLOAD_USAGE)
         source = request.headers.get(SOURCE_HEADER, "").strip()[:500] or "upload"
-        stored = await request.app[DEPLOYER].store_revision(path, source=source)
+        application = request.headers.get(APPLICATION_HEADER, "").strip() or None
+        stored = await request.app[DEPLOYER].store_revision(path, source=source, application=application)
     finally:
         path.unlink(missing_ok=True)
     return json_response(stored, status=201)
@@ -537,4 +547,7 @@ def create_api_app(
             web.get("/hosts", list_hosts),
         ]
     )
+    from bot.api_hooks import hook_routes  # bot.api_hooks builds on this module
+
+    app.add_routes(hook_routes())
     return app

@@ -165,8 +165,10 @@ class ApiClient:
         result: dict[str, Any] = await self._request("GET", "/healthz")
         return result
 
-    async def upload_revision(self, bundle: Path, *, source: str) -> dict[str, Any]:
+    async def upload_revision(self, bundle: Path, *, source: str, application: str | None = None) -> dict[str, Any]:
         headers = {"Content-Type": "application/gzip", "X-Deploybot-Source": source}
+        if application:
+            headers["X-Deploybot-Application"] = application  # its platform decides how the AppSpec is checked
         with bundle.open("rb") as body:
             result: dict[str, Any] = await self._request("POST", "/api/v1/revisions", data=body, headers=headers)
         return result

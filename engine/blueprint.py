@@ -6,31 +6,68 @@ stored with the deployment, so a config edited later never changes a deployment 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from engine.configs import TrafficStep, traffic_config_for_hosts, traffic_steps
+from engine.errors import DeploymentRefused
 from engine.model import DeploymentType, Platform, Revision
 from engine.stages import ALL_AT_ONCE, Stage, StageOptions, TargetStage, TrafficStage, deployment_stages
 from engine.store import SqliteStore
 from engine.topology import DeploymentGroup, EngineConfig
+
+# Extra ways a server group finds its hosts: instances registered through the CodeDeploy API (matched by the
+# group's tag selector) and EC2 instances found by tag when a deployment is created.
+RegisteredHosts = Callable[[Mapping[str, str]], tuple[str, ...]]
+Ec2Lookup = Callable[[DeploymentGroup], Awaitable[tuple[str, ...]]]
+
+DEFAULT_HOOK_TIMEOUT_MINUTES = 60.0  # CodeDeploy's limit for a Lambda/ECS hook to report its status
 
 
 class Blueprint:
     def __init__(self, config: EngineConfig, store: SqliteStore) -> None:
         self.config = config
         self.store = store
+        self.registered_hosts: RegisteredHosts | None = None
+        self.ec2_lookup: Ec2Lookup | None = None
 
     def target_names(self, group: DeploymentGroup) -> tuple[str, ...]:
-        return tuple(host.name for host in self.config.targets(group))
+        """The group's targets as far as they are known without asking anyone: declared hosts, registered
+        instances matching its tags, the Lambda alias or ECS service it names."""
+        if group.platform is Platform.ECS:
+            return (f"{group.extra.get('cluster')}:{group.extra.get('service')}",)
+        if group.platform is Platform.LAMBDA:
+            named = group.extra.get("function_name"), group.extra.get("alias")
+            return (f"{named[0]}:{named[1]}",) if all(named) else ()
+        names = [host.name for host in self.config.targets(group)]
+        if group.target_tags and self.registered_hosts is not None:
+            names += [name for name in self.registered_hosts(group.target_tags) if name not in names]
+        return tuple(names)
 
-    async def stages_for(self, group: DeploymentGroup, config: Any) -> tuple[Stage, ...]:
+    async def resolve_targets(self, group: DeploymentGroup, appspec: Mapping[str, Any] | None) -> tuple[str, ...]:
+        """The targets of a new deployment; raises DeploymentRefused when there are none."""
+        if group.platform is Platform.LAMBDA:
+            assert appspec is not None
+            return (f"{appspec['function_name']}:{appspec['alias']}",)
+        names = list(self.target_names(group))
+        ec2_tags = group.extra.get("ec2_tags")
+        if ec2_tags and self.ec2_lookup is not None:
+            names += [name for name in await self.ec2_lookup(group) if name not in names]
+        if not names:
+            selector = ec2_tags or group.target_tags
+            shown = ", ".join(f"{k}={v}" for k, v in dict(selector or {}).items()) or "nothing"
+            raise DeploymentRefused(f"{group.name} has no targets: no host or instance has the tags {shown}")
+        return tuple(names)
+
+    async def stages_for(
+        self, group: DeploymentGroup, config: Any, targets: tuple[str, ...] | None = None
+    ) -> tuple[Stage, ...]:
         """The stages of a new deployment; blue/green installs on the pool's idle side and shifts to it."""
-        targets = self.target_names(group)
         options = self.stage_options(group, config)
         if group.platform is Platform.SERVER and group.deployment_type is DeploymentType.BLUE_GREEN:
             live, idle = await self.sides(group)
             return deployment_stages(options, idle, live)
-        return deployment_stages(options, targets)
+        return deployment_stages(options, targets if targets is not None else self.target_names(group))
 
     async def sides(self, group: DeploymentGroup) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(live, idle) halves of a blue/green group's pool: live is where the last successful deployment put
@@ -71,7 +108,33 @@ class Blueprint:
             watch_seconds=group.watch_minutes * 60.0,
         )
 
-    def agent_spec(self, deployment_id: str, group: DeploymentGroup, revision: Revision) -> dict[str, Any]:
+    def agent_spec(
+        self,
+        deployment_id: str,
+        group: DeploymentGroup,
+        revision: Revision,
+        appspec: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """What every target of the deployment is told (agents; Lambda/ECS drivers get the AppSpec and AWS bits)."""
+        spec = self._common_spec(deployment_id, group, revision)
+        if group.platform is Platform.SERVER:
+            return spec
+        spec["appspec"] = dict(appspec or {})
+        spec["aws_account"] = str(group.extra.get("aws_account", "default"))
+        minutes = group.extra.get("hook_timeout_minutes", DEFAULT_HOOK_TIMEOUT_MINUTES)
+        spec["hook_timeout_seconds"] = float(minutes) * 60  # type: ignore[arg-type]
+        if group.platform is Platform.ECS:
+            lb = group.load_balancer.extra if group.load_balancer else {}
+            spec["ecs"] = {
+                "cluster": group.extra.get("cluster"),
+                "service": group.extra.get("service"),
+                "listener_arn": lb.get("listener_arn"),
+                "test_listener_arn": lb.get("test_listener_arn"),
+                "target_groups": list(lb.get("target_groups") or []),  # type: ignore[call-overload]
+            }
+        return spec
+
+    def _common_spec(self, deployment_id: str, group: DeploymentGroup, revision: Revision) -> dict[str, Any]:
         return {
             "deployment_id": deployment_id,
             "application_name": group.application,
@@ -84,6 +147,7 @@ class Blueprint:
                 "url": f"/agent/v1/bundles/{revision.sha256}",
                 "size": revision.size,
                 "commit": revision.commit,
+                "location": getattr(revision, "location", None),
             },
             "file_exists_behavior": group.file_exists_behavior,
             "ignore_application_stop_failures": group.ignore_application_stop_failures,

@@ -21,6 +21,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import stat
 import subprocess
 import tarfile
@@ -50,6 +51,9 @@ class BuiltBundle:
     source: str
 
 
+APPSPEC_FILE_SUFFIXES = (".yml", ".yaml", ".json")
+
+
 def build_bundle(source: str | Path, dest_dir: Path, *, git_repo: Path | None = None) -> BuiltBundle:
     """Normalize ``source`` into ``dest_dir/<sha256>.tar.gz``.
 
@@ -67,6 +71,11 @@ def build_bundle(source: str | Path, dest_dir: Path, *, git_repo: Path | None = 
             path = Path(source)
             if path.is_dir():
                 root = path
+            elif path.is_file() and path.suffix.lower() in APPSPEC_FILE_SUFFIXES:
+                # A Lambda or ECS revision is just its AppSpec (CodeDeploy's "String" revision): bundle it alone.
+                root = scratch / "tree"
+                root.mkdir()
+                shutil.copyfile(path, root / "appspec.yml")
             elif path.is_file():
                 root = scratch / "tree"
                 _unpack_archive(path, root)

@@ -42,7 +42,7 @@ from engine.loader_groups import (
     resolve_path,
 )
 from engine.model import Platform
-from engine.topology import Application, DeploymentGroup, EngineConfig, ServerSettings
+from engine.topology import Application, AwsAccount, DeploymentGroup, EngineConfig, ServerSettings
 from engine.yamlnode import NULL_TAG, Entry, NodeReader, did_you_mean, is_null
 
 __all__ = [
@@ -79,11 +79,12 @@ def parse_config(text: str, *, filename: str = "<config>", base_dir: str = ".") 
     # Top-level "x-..." keys are ignored, so they can hold YAML anchors shared by groups (as in docker compose).
     pairs = root.value if isinstance(root, MappingNode) else []
     keys = [k.value for k, _ in pairs if isinstance(k, ScalarNode) and str(k.value).startswith("x-")]
-    top = reader.fields(root, "", ("server", "deployment_configs", "hosts", "applications", *keys))
+    top = reader.fields(root, "", ("server", "aws", "deployment_configs", "hosts", "applications", *keys))
     server = _server(reader, top["server"].value if "server" in top else null, base_dir)
     configs = _deployment_configs(reader, top["deployment_configs"].value if "deployment_configs" in top else null)
     fleet = parse_hosts(reader, top["hosts"].value if "hosts" in top else null, server.listen_port)
-    ctx = GroupContext(fleet, configs, base_dir, {})
+    accounts = _aws_accounts(reader, top["aws"].value if "aws" in top else null)
+    ctx = GroupContext(fleet, configs, base_dir, {}, accounts)
     applications: dict[str, Application] = {}
     apps_node = top["applications"].value if "applications" in top else null
     for name, entry in reader.named(apps_node, "applications").items():
@@ -95,7 +96,7 @@ def parse_config(text: str, *, filename: str = "<config>", base_dir: str = ".") 
         applications[name] = _application(reader, name, entry, ctx)
     if reader.problems:
         raise ConfigError(reader.sorted_problems())
-    return EngineConfig(filename, server, applications, fleet.hosts, configs, base_dir)
+    return EngineConfig(filename, server, applications, fleet.hosts, configs, base_dir, accounts)
 
 
 def load_config(path: str | Path) -> EngineConfig:
@@ -157,6 +158,20 @@ def _server(reader: NodeReader, node: Node, base_dir: str) -> ServerSettings:
         heartbeat_timeout=reader.get(entries, "heartbeat_timeout", reader.number, 60.0, 1),
         admins=reader.get(entries, "admins", reader.strings, ()),
     )
+
+
+def _aws_accounts(reader: NodeReader, node: Node) -> dict[str, AwsAccount]:
+    """``aws: {NAME: {region, profile, endpoint_url}}``; credentials never live here (standard chain or profile)."""
+    accounts: dict[str, AwsAccount] = {}
+    for name, entry in reader.named(node, "aws").items():
+        fields = reader.fields(entry.value, entry.path, ("region", "profile", "endpoint_url"))
+        accounts[name] = AwsAccount(
+            name=name,
+            region=reader.get(fields, "region", reader.string, None),
+            profile=reader.get(fields, "profile", reader.string, None),
+            endpoint_url=reader.get(fields, "endpoint_url", partial(_url, reader), None),
+        )
+    return accounts
 
 
 def _deployment_configs(reader: NodeReader, node: Node) -> dict[str, DeploymentConfig]:

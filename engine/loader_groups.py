@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import NamedTuple
 
@@ -31,20 +31,18 @@ from engine.yamlnode import Entry, NodeReader, did_you_mean, is_null
 # Keys of later features that are kept verbatim in the ``extra`` of the object they belong to. Anything else
 # unknown is an error, so a typo never silently disables a setting.
 GROUP_EXTRA_KEYS = (
-    "function_name",
-    "alias",
-    "cluster",
-    "service",
-    "auto_scaling_groups",
-    "region",
-    "endpoint_url",
+    "function_name",  # Lambda: when set, a revision whose AppSpec names another function is refused
+    "alias",  # Lambda: likewise for the alias
+    "cluster",  # ECS
+    "service",  # ECS
+    "aws_account",  # the `aws` account the group's AWS calls use (default "default")
+    "hook_timeout_minutes",  # Lambda/ECS: how long a hook function may take to report its status (default 60)
 )
+# `extra["ec2_tags"]` is set from `targets: {ec2_tags: ...}` (resolved with DescribeInstances at each deployment).
 LOAD_BALANCER_EXTRA_KEYS = (
     "listener_arn",
     "test_listener_arn",
     "target_groups",
-    "region",
-    "endpoint_url",
     "backend",
 )
 
@@ -82,6 +80,7 @@ class GroupContext(NamedTuple):
     configs: dict[str, DeploymentConfig]
     base_dir: str
     group_names: dict[str, str]  # group name -> "app/env" that uses it
+    aws_accounts: Mapping[str, object] = {}  # the `aws` section's account names
 
 
 def read_name(reader: NodeReader, node: Node, path: str, what: str) -> str | None:
@@ -168,7 +167,7 @@ def parse_group(
             reader.report(where.value, message, where.path)
     if not server:
         traffic = config
-    hosts, tags = _targets(reader, fields.get("targets"), platform, ctx)
+    hosts, tags, ec2_tags = _targets(reader, fields.get("targets"), platform, ctx)
     load_balancer = _load_balancer(reader, fields.get("load_balancer"), platform, f"{app}/{environment}", ctx)
     if server and blue_green and load_balancer is None and "deployment_type" in fields:
         where = fields["deployment_type"]
@@ -206,8 +205,52 @@ def parse_group(
         approval_ttl_minutes=reader.get(fields, "approval_ttl_minutes", reader.number, 60.0, 0.01, _WEEK),
         min_soak_minutes=reader.get(fields, "min_soak_minutes", reader.number, 0.0, 0, _WEEK),
         **_slack_ids(reader, fields),
-        extra=extra_values(reader, fields, GROUP_EXTRA_KEYS),
+        extra=_aws_extra(reader, fields, platform, blue_green, load_balancer, entry, ctx)
+        | ({"ec2_tags": ec2_tags} if ec2_tags else {}),
     )
+
+
+def _aws_extra(
+    reader: NodeReader,
+    fields: dict[str, Entry],
+    platform: Platform,
+    blue_green: bool,
+    load_balancer: LoadBalancer | None,
+    entry: Entry,
+    ctx: GroupContext,
+) -> dict[str, object]:
+    """The AWS settings of a group, checked: what ECS and ELBv2 need is present and the account is declared."""
+    extra = extra_values(reader, fields, GROUP_EXTRA_KEYS)
+    for key in ("cluster", "service"):
+        if platform is Platform.ECS and key not in fields:
+            reader.report(entry.value, f"missing required key {key!r} (the ECS {key} to deploy to)", entry.path)
+        elif platform is not Platform.ECS and key in fields:
+            reader.report(fields[key].key, f"{key!r} applies only to ECS groups", fields[key].path)
+    if (where := fields.get("aws_account")) is not None:
+        account = reader.string(where.value, where.path)
+        if account is not None and account != "default" and account not in ctx.aws_accounts:
+            hint = did_you_mean(account, ctx.aws_accounts, list_known=True)
+            reader.report(where.value, f"unknown aws account {account!r}{hint}", where.path)
+    if (where := fields.get("hook_timeout_minutes")) is not None:
+        reader.number(where.value, where.path, 0.01, 60)
+    if platform is Platform.ECS and (load_balancer is None or load_balancer.type != "elbv2"):
+        message = "an ECS group needs a load_balancer of type elbv2 (a listener and two target groups)"
+        reader.report(entry.value, message, entry.path)
+    if load_balancer is not None and load_balancer.type == "elbv2":
+        _check_elbv2(reader, fields["load_balancer"], load_balancer, two_sides=blue_green)
+    return extra
+
+
+def _check_elbv2(reader: NodeReader, where: Entry, lb: LoadBalancer, *, two_sides: bool) -> None:
+    """In place: one target group hosts leave and rejoin. Blue/green (server or ECS): two target groups behind the
+    production listener, whose weights move."""
+    groups = lb.extra.get("target_groups")
+    wanted = 2 if two_sides else 1
+    if not isinstance(groups, list) or len(groups) != wanted or not all(isinstance(g, str) for g in groups):
+        what = "two target group ARNs (blue and green)" if two_sides else "one target group ARN"
+        reader.report(where.value, f"an elbv2 load_balancer needs target_groups: {what}", f"{where.path}.target_groups")
+    if two_sides and not lb.extra.get("listener_arn"):
+        reader.report(where.value, "a blue-green elbv2 load_balancer needs listener_arn (production)", where.path)
 
 
 def _slack_ids(reader: NodeReader, fields: dict[str, Entry]) -> dict[str, tuple[str, ...]]:
@@ -250,20 +293,27 @@ def _check_config(
 
 def _targets(
     reader: NodeReader, entry: Entry | None, platform: Platform, ctx: GroupContext
-) -> tuple[tuple[str, ...], dict[str, str]]:
+) -> tuple[tuple[str, ...], dict[str, str], dict[str, str]]:
+    """(named hosts, a selector over declared hosts, a selector over EC2 instance tags): one of them is set."""
     if entry is None or (is_null(entry.value) and platform is not Platform.SERVER):
-        return (), {}
+        return (), {}, {}
     if platform is Platform.SERVER and is_null(entry.value):
         reader.expect(entry.value, "a mapping with 'hosts' or 'tags'", entry.path)
-        return (), {}
+        return (), {}, {}
     if platform is not Platform.SERVER:
         reader.report(entry.key, f"a {platform} group has no host targets", entry.path)
-        return (), {}
-    fields = reader.fields(entry.value, entry.path, ("hosts", "tags"))
+        return (), {}, {}
+    fields = reader.fields(entry.value, entry.path, ("hosts", "tags", "ec2_tags"))
     if len(fields) != 1:
         if isinstance(entry.value, MappingNode) and len(entry.value.value) == len(fields):
-            reader.report(entry.value, "expected exactly one of 'hosts' (names) or 'tags' (a selector)", entry.path)
-        return (), {}
+            message = "expected exactly one of 'hosts' (names), 'tags' (a selector) or 'ec2_tags' (EC2 instance tags)"
+            reader.report(entry.value, message, entry.path)
+        return (), {}, {}
+    if (ec2 := fields.get("ec2_tags")) is not None:
+        selector = reader.string_map(ec2.value, ec2.path)
+        if not selector:
+            reader.report(ec2.value, "expected at least one tag to select EC2 instances by", ec2.path)
+        return (), {}, selector
     hosts: list[str] = []
     if (names := fields.get("hosts")) is not None:
         listed = reader.items(names.value, names.path)
@@ -278,13 +328,13 @@ def _targets(
                 hosts.append(host)
         if not listed and isinstance(names.value, SequenceNode):
             reader.report(names.value, "expected at least one host", names.path)
-        return tuple(hosts), {}
+        return tuple(hosts), {}, {}
     selector = fields["tags"]
     tags = reader.string_map(selector.value, selector.path)
     if not any(host.matches(tags) for host in ctx.fleet.hosts.values()):
         shown = ", ".join(f"{key}={value}" for key, value in tags.items()) or "nothing"
         reader.report(selector.value, f"no declared host has the tags {shown}", selector.path)
-    return (), tags
+    return (), tags, {}
 
 
 def _load_balancer(

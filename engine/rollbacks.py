@@ -7,12 +7,15 @@ rollback deployment only runs the allow/block-traffic hooks (reference §4.2): n
 from __future__ import annotations
 
 import contextlib
+import json
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.blueprint import blue_green_roles
 from engine.errors import DeploymentRefused, EngineError
 from engine.events import StartRollback
-from engine.model import ROLLBACK_CREATOR, Revision
+from engine.model import ROLLBACK_CREATOR, Platform, Revision
 from engine.snapshot import stages_from_json
 from engine.stages import blue_green_rollback_stages
 
@@ -33,6 +36,18 @@ async def automatic(deployer: Deployer, deployment_id: str, command: StartRollba
         deployment_id=deployment_id,
         data={"trigger": str(command.trigger), "rerouted": command.rerouted},
     )
+    if group.platform is not Platform.SERVER:
+        # Lambda and ECS: the alias or listener is already back on the original version (the machine rerouted
+        # before this) and the driver removes the replacement task set when the deployment ends; nothing to redeploy.
+        what = "alias back on CurrentVersion" if group.platform is Platform.LAMBDA else "listener back on the original"
+        await deployer.store.append_log(
+            "rollback.rerouted",
+            at=deployer.clock.now(),
+            actor="deploybot",
+            deployment_id=deployment_id,
+            data={"reason": f"{group.platform}: {what}" if command.rerouted else "no traffic had moved"},
+        )
+        return
     good = await last_good_revision(deployer, group.name, exclude=row["revision_sha256"])
     if good is None:
         await deployer.store.append_log(
@@ -78,6 +93,8 @@ async def manual(deployer: Deployer, application: str, environment: str, *, acto
     if not latest:
         raise DeploymentRefused(f"nothing has been deployed to {group.name} yet")
     current = succeeded[0]["revision_sha256"] if succeeded else None
+    if group.platform is Platform.LAMBDA and succeeded:
+        return await _reverse_lambda(deployer, group, succeeded[0], actor=actor)
     good = await last_good_revision(deployer, group.name, exclude=current)
     if good is None:
         raise DeploymentRefused(f"{group.name} has no earlier successful revision to roll back to")
@@ -85,3 +102,37 @@ async def manual(deployer: Deployer, application: str, environment: str, *, acto
         "rollback.requested", at=deployer.clock.now(), actor=actor, deployment_id=latest[0]["id"]
     )
     return await deployer._create(group, good, None, actor, f"manual rollback by {actor}", rollback_of=latest[0]["id"])
+
+
+async def _reverse_lambda(deployer: Deployer, group: Any, latest: dict[str, Any], *, actor: str) -> dict[str, Any]:
+    """A Lambda alias rolls back by shifting from the version it now serves to the one it served before: the
+    latest successful AppSpec with CurrentVersion and TargetVersion swapped (hooks kept, so they check it too)."""
+    appspec = dict(latest["state"]["spec"].get("appspec") or {})
+    if not appspec:
+        raise DeploymentRefused(f"{group.name}: the last deployment has no AppSpec to reverse")
+    hooks = [{event: fn} for event, functions in (appspec.get("hooks") or {}).items() for fn in functions]
+    document = {
+        "version": 0.0,
+        "Resources": [
+            {
+                str(appspec["function_name"]): {
+                    "Type": "AWS::Lambda::Function",
+                    "Properties": {
+                        "Name": appspec["function_name"],
+                        "Alias": appspec["alias"],
+                        "CurrentVersion": str(appspec["target_version"]),
+                        "TargetVersion": str(appspec["current_version"]),
+                    },
+                }
+            }
+        ],
+        **({"Hooks": hooks} if hooks else {}),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "appspec.json"
+        path.write_text(json.dumps(document))
+        revision = await deployer.revisions.add(path, label=f"rollback of {latest['id']}", platform=Platform.LAMBDA)
+    await deployer.store.append_log(
+        "rollback.requested", at=deployer.clock.now(), actor=actor, deployment_id=latest["id"]
+    )
+    return await deployer._create(group, revision, None, actor, f"manual rollback by {actor}", rollback_of=latest["id"])

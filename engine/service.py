@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from engine import rollbacks
+from engine.adapters.aws import AwsAccounts
 from engine.adapters.fleet import Fleet
+from engine.aws_runtime import AwsRuntime
 from engine.blueprint import Blueprint, blue_green_roles, installed_targets
 from engine.clock import SystemClock
 from engine.configs import (
@@ -48,6 +50,7 @@ from engine.model import (
 from engine.plan import build_plan
 from engine.ports import AlarmSource, Clock, Notifier, TrafficRouter
 from engine.release_flow import ReleaseFlow
+from engine.revision_sources import RevisionSources
 from engine.revisions import RevisionStore
 from engine.runner import DeploymentRunner
 from engine.snapshot import stages_from_json, stages_to_json, state_from_json
@@ -102,6 +105,7 @@ class Deployer:
         clock: Clock,
         routers: Mapping[str, TrafficRouter],
         alarm_factory: AlarmFactory | None = None,
+        aws: AwsAccounts | None = None,
     ) -> None:
         self.config = config
         self.alarm_factory = alarm_factory
@@ -119,6 +123,12 @@ class Deployer:
             heartbeat_timeout=config.server.heartbeat_timeout,
         )
         self.blueprint = Blueprint(config, store)
+        self.aws = AwsRuntime(
+            config, clock=clock, on_result=self._on_command_result, revisions=self.revisions, accounts=aws
+        )
+        self.sources = RevisionSources(config, self.store, self.revisions, self.aws)
+        self.hooks = self.aws.hooks  # Lambda/ECS hook executions waiting for their status callback
+        self.blueprint.ec2_lookup = self.aws.ec2_instances
         self.inventory = Inventory(config, store, self.fleet, clock, self.blueprint)
         self.notifiers: list[Notifier] = []
         self._runners: dict[str, DeploymentRunner] = {}
@@ -139,6 +149,7 @@ class Deployer:
         clock: Clock | None = None,
         routers: Mapping[str, TrafficRouter] | None = None,
         alarm_factory: AlarmFactory | None = None,
+        aws: AwsAccounts | None = None,
     ) -> Deployer:
         data_dir.mkdir(parents=True, exist_ok=True)
         store = await SqliteStore.open(data_dir / "deploybot.db")
@@ -149,6 +160,7 @@ class Deployer:
             clock=clock or SystemClock(),
             routers=routers or {},
             alarm_factory=alarm_factory,
+            aws=aws,
         )
         for host in config.hosts:
             deployer.fleet.token_for(host)
@@ -165,27 +177,37 @@ class Deployer:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.aws.close()
         await self.store.close()
 
     # -- revisions -------------------------------------------------------------------------------------------
 
-    async def store_revision(self, path: Path, *, source: str, commit: str | None = None) -> dict[str, Any]:
-        revision = await self.revisions.add(path, label=source, commit=commit)
+    async def store_revision(
+        self, path: Path, *, source: str, commit: str | None = None, application: str | None = None
+    ) -> dict[str, Any]:
+        """Keep an uploaded bundle; its AppSpec is checked for ``application``'s platform (server by default)."""
+        platform = self.config.application(application).platform if application else Platform.SERVER
+        revision = await self.revisions.add(path, label=source, commit=commit, platform=platform)
         return {"sha256": revision.sha256, "size": revision.size, "source": revision.source}
 
     async def _revision_for(self, request: DeployRequest, group: DeploymentGroup) -> Revision:
-        wanted = request.revision or self.config.application(group.application).revision
-        if not wanted:
-            raise DeploymentRefused(
-                f"application {group.application} has no default revision; pass one (--revision DIR)"
-            )
-        if wanted.startswith("sha256:"):
-            return await self.revisions.get(wanted.removeprefix("sha256:"))
-        base = Path(self.config.base_dir)
-        if wanted.startswith("git:"):
-            return await self.revisions.add(wanted, git_repo=base)
-        path = Path(wanted) if Path(wanted).is_absolute() else base / wanted
-        return await self.revisions.add(path, label=wanted)
+        return await self.sources.for_request(request.revision, group)
+
+    async def fetch_s3_revision(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        version: str | None = None,
+        etag: str | None = None,
+        bundle_type: str | None = None,
+        account: str = "default",
+        platform: Platform = Platform.SERVER,
+    ) -> Revision:
+        """An S3 revision, downloaded, checked (ETag, sha256) and stored with its location."""
+        return await self.aws.fetch_s3_revision(
+            bucket, key, version=version, etag=etag, bundle_type=bundle_type, account=account, platform=platform
+        )
 
     # -- starting --------------------------------------------------------------------------------------------
 
@@ -228,8 +250,14 @@ class Deployer:
             if admission.refused:
                 raise DeploymentRefused(admission.reason or "refused", **admission.details)
             deployment_id = new_deployment_id()
-            stages = stages or await self.blueprint.stages_for(group, config)
-            spec = {**self.blueprint.agent_spec(deployment_id, group, revision), "ignore_alarms": ignore_alarms}
+            appspec = await self.sources.appspec_for(group, revision)
+            if stages is None:
+                targets = await self.blueprint.resolve_targets(group, appspec)
+                stages = await self.blueprint.stages_for(group, config, targets)
+            spec = {
+                **self.blueprint.agent_spec(deployment_id, group, revision, appspec),
+                "ignore_alarms": ignore_alarms,
+            }
             state = {"stages": stages_to_json(stages), "spec": spec}
             now = self.clock.now()
             await self.store.create_deployment(
@@ -308,12 +336,13 @@ class Deployer:
             ),
             machine_state,
         )
+        driver = self.aws.driver(group.platform) if group else None
         runner = DeploymentRunner(
             row["id"],
             machine,
             store=self.store,
-            executor=self.fleet,
-            router=self.routers.get(row["group_name"]),
+            executor=driver.executor(row["id"], group, spec) if driver and group else self.fleet,
+            router=driver.router(row["id"], group, spec) if driver and group else self.routers.get(row["group_name"]),
             group=row["group_name"],
             spec=spec,
             clock=self.clock,
@@ -367,6 +396,11 @@ class Deployer:
             deployment_id=deployment_id,
             data={"status": row["status"], "error_code": row.get("error_code")},
         )
+        group = self._group_of(row)
+        driver = self.aws.driver(group.platform) if group else None
+        if driver is not None and group is not None:
+            self.hooks.cancel(deployment_id)
+            await driver.finished(deployment_id, group, row["state"]["spec"], row["status"])
         if self._busy.get(row["group_name"]) == deployment_id:
             del self._busy[row["group_name"]]
         await self._changed_hook(deployment_id)
@@ -423,6 +457,25 @@ class Deployer:
         )
         runner.post(event_type())
         return await self.get(deployment_id)
+
+    async def put_hook_status(
+        self, execution_id: str, status: str, *, deployment_id: str | None = None, actor: str = "api"
+    ) -> dict[str, Any]:
+        """A Lambda/ECS hook function reports its result (PutLifecycleEventHookExecutionStatus)."""
+        execution = self.hooks.resolve(execution_id, status, deployment_id=deployment_id)
+        await self.store.append_log(
+            "hook.status",
+            at=self.clock.now(),
+            actor=actor,
+            deployment_id=execution.deployment_id,
+            data={
+                "execution_id": execution_id,
+                "status": status,
+                "event": execution.event,
+                "function": execution.function,
+            },
+        )
+        return {"lifecycleEventHookExecutionId": execution_id, **execution.describe(), "status": status}
 
     async def rollback(self, application: str, environment: str, *, actor: str = "cli") -> dict[str, Any]:
         """Manual rollback: stop a running deployment with rollback, or redeploy the previous good revision."""

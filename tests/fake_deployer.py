@@ -208,7 +208,9 @@ class FakeDeployer:
         for task in list(self._tasks):
             task.cancel()
 
-    async def store_revision(self, path: Path, *, source: str) -> dict[str, Any]:
+    async def store_revision(
+        self, path: Path, *, source: str, commit: str | None = None, application: str | None = None
+    ) -> dict[str, Any]:
         data = path.read_bytes()
         self.calls.append(("store_revision", source, data))
         if data.startswith(b"bad") or "broken" in source:

@@ -95,7 +95,14 @@ GROUP_CASES = {
     ),
     "hosts and tags together": (
         "        targets: {hosts: [web-1], tags: {env: staging}}\n",
-        [(9, 18, "expected exactly one of 'hosts' (names) or 'tags' (a selector)", f"{GROUP}.targets")],
+        [
+            (
+                9,
+                18,
+                "expected exactly one of 'hosts' (names), 'tags' (a selector) or 'ec2_tags' (EC2 instance tags)",
+                f"{GROUP}.targets",
+            )
+        ],
     ),
     "wrong type": (
         "        targets: {hosts: [web-1]}\n        required_approvals: two\n",
@@ -182,7 +189,14 @@ TOP_CASES = {
     ),
     "unknown key without a close match": (
         "colour: blue\n",
-        [(1, 1, "unknown key 'colour'; expected one of: applications, deployment_configs, hosts, server", "colour")],
+        [
+            (
+                1,
+                1,
+                "unknown key 'colour'; expected one of: applications, aws, deployment_configs, hosts, server",
+                "colour",
+            )
+        ],
     ),
     "wrong scalar type": (
         "server:\n  heartbeat_timeout: soon\n",
@@ -476,7 +490,7 @@ def test_example_config_loads_clean() -> None:
 
 def test_paths_resolve_against_base_dir_but_git_refs_stay() -> None:
     text = (
-        "server: {data_dir: state}\napplications:\n  fn:\n    platform: ecs\n    revision: git:main\n"
+        "server: {data_dir: state}\napplications:\n  fn:\n    platform: lambda\n    revision: git:main\n"
         "    environments: [prod]\n    deployment_groups: {prod: {}}\n"
     )
     config = parse_config(text, base_dir="/srv/deploybot")
@@ -485,8 +499,8 @@ def test_paths_resolve_against_base_dir_but_git_refs_stay() -> None:
     group = config.group("fn", "prod")
     assert (group.deployment_type, group.deployment_config, group.traffic_config) == (
         DeploymentType.BLUE_GREEN,
-        "CodeDeployDefault.ECSAllAtOnce",
-        "CodeDeployDefault.ECSAllAtOnce",
+        "CodeDeployDefault.LambdaAllAtOnce",
+        "CodeDeployDefault.LambdaAllAtOnce",
     )
 
 

@@ -78,16 +78,21 @@ def _run(command: Command) -> Callable[[argparse.Namespace], int]:
 # ---------------------------------------------------------------------------------------------------- commands
 
 
-async def _upload(api: ApiClient, source: str) -> str:
-    """Build the canonical bundle locally (the server may be elsewhere), upload it, return ``sha256:<hex>``."""
+async def _upload(api: ApiClient, source: str, application: str) -> str:
+    """Build the canonical bundle locally (the server may be elsewhere), upload it, return ``sha256:<hex>``.
+
+    ``sha256:`` and ``s3://`` revisions are already where the server can reach them and pass through unchanged."""
     from engine.bundles import build_bundle
+
+    if source.startswith(("sha256:", "s3://")):
+        return source
 
     err = _stderr()
     with tempfile.TemporaryDirectory(prefix="deploybot-bundle-") as scratch:
         built = await asyncio.to_thread(build_bundle, source, Path(scratch))
         err.print(f"bundle {built.sha256[:12]} ({built.size} bytes) from {built.source}", markup=False)
         label = built.source.encode("ascii", "backslashreplace").decode("ascii")
-        stored = await api.upload_revision(built.path, source=label)
+        stored = await api.upload_revision(built.path, source=label, application=application)
     return f"sha256:{stored['sha256']}"
 
 
@@ -115,7 +120,7 @@ async def follow(api: ApiClient, deployment: Mapping[str, Any], *, as_json: bool
 
 
 async def _deploy(args: argparse.Namespace, api: ApiClient) -> int:
-    revision = await _upload(api, args.revision) if args.revision else None
+    revision = await _upload(api, args.revision, args.app) if args.revision else None
     deployment = await api.start(
         args.app,
         args.to,
@@ -133,7 +138,7 @@ async def _deploy(args: argparse.Namespace, api: ApiClient) -> int:
 
 
 async def _plan(args: argparse.Namespace, api: ApiClient) -> int:
-    revision = await _upload(api, args.revision) if args.revision else None
+    revision = await _upload(api, args.revision, args.app) if args.revision else None
     result = await api.plan(args.app, args.to, revision=revision, config=args.config, from_env=args.from_env)
     if args.json:
         _print_json(result)
@@ -218,7 +223,8 @@ def _revision_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--revision",
         metavar="SOURCE",
-        help="DIR, FILE.tar.gz, FILE.zip or git:REF, bundled here and uploaded (default: the app's revision)",
+        help="DIR, FILE.tar.gz, FILE.zip, an AppSpec file (Lambda/ECS) or git:REF, bundled here and uploaded; "
+        "s3://BUCKET/KEY and sha256:HEX are fetched or looked up by the server (default: the app's revision)",
     )
     parser.add_argument("--config", metavar="NAME", help="deployment configuration (default: the group's)")
 

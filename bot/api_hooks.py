@@ -1,0 +1,75 @@
+"""API routes for what runs outside our agents: Lambda/ECS hook functions reporting their status, and revisions
+the server fetches from S3 (registered by ``deploybot push``).
+
+``PUT /api/v1/lifecycle-hooks/{execution_id}`` is the same callback as CodeDeploy's
+PutLifecycleEventHookExecutionStatus, for hook functions that would rather call deploybot's own API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from bot.api import DEPLOYER, actor_of, bad_request, json_object, json_response
+
+_HOOK_USAGE = 'PUT /api/v1/lifecycle-hooks/{execution_id} {"status": "Succeeded"|"Failed", "deployment_id"?: str}'
+_S3_USAGE = (
+    'POST /api/v1/revisions {"s3": {"bucket": str, "key": str, "version"?: str, "etag"?: str, '
+    '"bundle_type"?: "tgz"|"tar"|"zip"}, "application"?: str, "account"?: str}'
+)
+
+
+async def put_hook_status(request: web.Request) -> web.Response:
+    body = await json_object(request, _HOOK_USAGE)
+    status = body.get("status")
+    if not isinstance(status, str):
+        raise bad_request("'status' is required: Succeeded or Failed", _HOOK_USAGE)
+    deployment_id = body.get("deployment_id")
+    result = await request.app[DEPLOYER].put_hook_status(
+        request.match_info["execution_id"],
+        status,
+        deployment_id=deployment_id if isinstance(deployment_id, str) else None,
+        actor=actor_of(request),
+    )
+    return json_response(result)
+
+
+async def list_hook_executions(request: web.Request) -> web.Response:
+    """The hook executions waiting for a callback (optionally of one deployment): what an operator unblocks."""
+    deployment_id = request.query.get("deployment_id") or None
+    return json_response({"executions": request.app[DEPLOYER].hooks.pending(deployment_id)})
+
+
+async def register_s3_revision(request: web.Request) -> web.Response:
+    body = await json_object(request, _S3_USAGE)
+    location: Any = body.get("s3")
+    if not isinstance(location, dict) or not isinstance(location.get("bucket"), str) or not location.get("key"):
+        raise bad_request("'s3' with 'bucket' and 'key' is required", _S3_USAGE)
+    deployer = request.app[DEPLOYER]
+    application = body.get("application")
+    platform = deployer.config.application(application).platform if isinstance(application, str) else None
+    optional = {k: location.get(k) for k in ("version", "etag", "bundle_type")}
+    revision = await deployer.fetch_s3_revision(
+        location["bucket"],
+        str(location["key"]),
+        **{k: v if isinstance(v, str) else None for k, v in optional.items()},
+        account=str(body.get("account") or "default"),
+        **({"platform": platform} if platform is not None else {}),
+    )
+    return json_response(
+        {
+            "sha256": revision.sha256,
+            "size": revision.size,
+            "source": revision.source,
+            "location": getattr(revision, "location", None),
+        },
+        status=201,
+    )
+
+
+def hook_routes() -> list[web.RouteDef]:
+    return [
+        web.put("/lifecycle-hooks/{execution_id}", put_hook_status),
+        web.get("/lifecycle-hooks", list_hook_executions),
+    ]
