@@ -307,7 +307,7 @@ async def upload_revision(request: web.Request) -> web.Response:
 
     A JSON body instead names an S3 object the server fetches (``deploybot push``)."""
     if request.content_type == "application/json":
-        from bot.api_hooks import register_s3_revision  # bot.api_hooks builds on this module
+        from bot.api_external import register_s3_revision  # bot.api_external builds on this module
 
         return await register_s3_revision(request)
     limit = request.app[MAX_BUNDLE]
@@ -547,7 +547,7 @@ def create_api_app(
             web.get("/hosts", list_hosts),
         ]
     )
-    from bot.api_hooks import hook_routes  # bot.api_hooks builds on this module
+    from bot.api_external import external_routes  # bot.api_external builds on this module
 
-    app.add_routes(hook_routes())
+    app.add_routes(external_routes())
     return app

@@ -301,6 +301,17 @@ class ApiClient:
         result = await self._request("GET", "/api/v1/hosts")
         return list(result["hosts"])
 
+    async def hook_executions(self, deployment_id: str | None = None) -> list[dict[str, Any]]:
+        params = {"deployment_id": deployment_id} if deployment_id else {}
+        result = await self._request("GET", "/api/v1/lifecycle-hooks", params=params)
+        return list(result["executions"])
+
+    async def put_hook_status(self, execution_id: str, status: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request(
+            "PUT", f"/api/v1/lifecycle-hooks/{execution_id}", json={"status": status}
+        )
+        return result
+
     async def applications(self) -> list[dict[str, Any]]:
         result = await self._request("GET", "/api/v1/applications")
         return list(result["applications"])

@@ -20,6 +20,8 @@ _COMMAND_MODULES = (
     "bot.cli.server_cmd",
     "bot.cli.deploy_cmd",
     "bot.cli.hosts_cmd",
+    "bot.cli.push_cmd",
+    "bot.cli.hooks_cmd",
     "bot.cli.release_cmd",
 )
 

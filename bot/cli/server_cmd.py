@@ -93,6 +93,8 @@ async def _serve(config: EngineConfig, settings: Settings, config_path: Path) ->
     from bot.app import create_app
     from bot.github import describe as describe_github
     from bot.localfleet import LocalFleet, agent_processes
+    from engine.adapters.aws import AwsAccounts
+    from engine.adapters.elbv2 import build_elb_routers
     from engine.adapters.haproxy_stack import build_alarms, haproxy_groups, start_haproxy
     from engine.clock import SystemClock
     from engine.service import Deployer
@@ -106,16 +108,22 @@ async def _serve(config: EngineConfig, settings: Settings, config_path: Path) ->
         sock.close()
         raise
 
+    # One set of AWS clients for everything (made on first use: a server without AWS groups never creates one).
+    aws = AwsAccounts(dict(config.aws_accounts))
+
     def alarms(group: DeploymentGroup, targets: Sequence[str]) -> AlarmSource | None:
-        return build_alarms(group, targets, runtime=haproxy.runtime if haproxy else None, clock=clock)
+        account = aws.clients(str(group.extra.get("aws_account", "default")))
+        return build_alarms(group, targets, runtime=haproxy.runtime if haproxy else None, clock=clock, aws=account)
 
     try:
+        routers = {**(haproxy.routers() if haproxy else {}), **build_elb_routers(config, aws, clock=clock)}
         deployer = await Deployer.open(
             config,
             data_dir=settings.data_dir,
             clock=clock,
-            routers=haproxy.routers() if haproxy else None,
+            routers=routers,
             alarm_factory=alarms,
+            aws=aws,
         )
     except BaseException:
         sock.close()

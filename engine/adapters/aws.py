@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from typing import Any
 
 import aioboto3
@@ -71,10 +72,17 @@ class AwsAccounts:
 
 
 def aws_error(service: str, exc: Exception) -> AdapterError:
-    """An AWS failure as an AdapterError naming the service, the AWS error code and message."""
+    """An AWS failure as an AdapterError naming the service, the AWS error code and message (plain words, at
+    most 500 characters: an endpoint answering with an HTML error page must not flood a chat thread)."""
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        return AdapterError(service, f"{error.get('Code', 'Error')}: {error.get('Message', str(exc))}")
+        return AdapterError(service, f"{error.get('Code', 'Error')}: {plain_words(str(error.get('Message', exc)))}")
     if isinstance(exc, BotoCoreError):
-        return AdapterError(service, str(exc))
-    return AdapterError(service, f"{type(exc).__name__}: {exc}")
+        return AdapterError(service, plain_words(str(exc)))
+    return AdapterError(service, f"{type(exc).__name__}: {plain_words(str(exc))}")
+
+
+def plain_words(text: str, limit: int = 500) -> str:
+    """``text`` without HTML tags and runs of whitespace, cut to ``limit`` characters."""
+    words = " ".join(re.sub(r"<[^>]*>", " ", text).split())
+    return words if len(words) <= limit else words[: limit - 1] + "…"

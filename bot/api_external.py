@@ -1,5 +1,6 @@
-"""API routes for what runs outside our agents: Lambda/ECS hook functions reporting their status, and revisions
-the server fetches from S3 (registered by ``deploybot push``).
+"""API routes for what lives outside the config file and our agents: Lambda/ECS hook functions reporting their
+status, revisions the server fetches from S3 (registered by ``deploybot push``), and agent tokens for instances that
+join by EC2 tag or registration rather than being listed under ``hosts``.
 
 ``PUT /api/v1/lifecycle-hooks/{execution_id}`` is the same callback as CodeDeploy's
 PutLifecycleEventHookExecutionStatus, for hook functions that would rather call deploybot's own API.
@@ -12,8 +13,10 @@ from typing import Any
 from aiohttp import web
 
 from bot.api import DEPLOYER, actor_of, bad_request, json_object, json_response
+from engine.loader_groups import NAME
 
 _HOOK_USAGE = 'PUT /api/v1/lifecycle-hooks/{execution_id} {"status": "Succeeded"|"Failed", "deployment_id"?: str}'
+_TOKEN_USAGE = 'POST /api/v1/agent-tokens {"name": "i-0abc123..."}'
 _S3_USAGE = (
     'POST /api/v1/revisions {"s3": {"bucket": str, "key": str, "version"?: str, "etag"?: str, '
     '"bundle_type"?: "tgz"|"tar"|"zip"}, "application"?: str, "account"?: str}'
@@ -68,8 +71,20 @@ async def register_s3_revision(request: web.Request) -> web.Response:
     )
 
 
-def hook_routes() -> list[web.RouteDef]:
+async def issue_agent_token(request: web.Request) -> web.Response:
+    """The agent token of ``name`` (made on first request): an EC2 instance's user data or an on-premises
+    installer calls this with the API token, then starts ``deploybot agent --name NAME --token TOKEN``."""
+    body = await json_object(request, _TOKEN_USAGE)
+    name = body.get("name")
+    if not isinstance(name, str) or not NAME.match(name):
+        raise bad_request("'name' must be a host name: letters, digits, '.', '_' or '-'", _TOKEN_USAGE)
+    token = request.app[DEPLOYER].fleet.token_for(name)
+    return json_response({"name": name, "token": token}, status=201)
+
+
+def external_routes() -> list[web.RouteDef]:
     return [
         web.put("/lifecycle-hooks/{execution_id}", put_hook_status),
         web.get("/lifecycle-hooks", list_hook_executions),
+        web.post("/agent-tokens", issue_agent_token),
     ]

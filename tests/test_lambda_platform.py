@@ -1,0 +1,211 @@
+"""The Lambda platform driver against moto in server mode: alias weights read back with GetAlias, hooks invoked
+through moto's non-Docker backend and answered through ``HookExecutions`` as the API callback would."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from engine.adapters.aws import AwsClients
+from engine.adapters.lambda_ import LambdaAliasRouter, LambdaDriver
+from engine.adapters.lambda_hooks import LambdaHookInvoker
+from engine.clock import SystemClock
+from engine.errors import AdapterError
+from engine.lifecycle_hooks import HookExecutions
+from engine.model import LifecycleEvent, ScriptErrorCode
+from engine.topology import AwsAccount
+from tests.aws_fixtures import (
+    LambdaSetup,
+    ResultInbox,
+    SharedAccounts,
+    alias_now,
+    create_hook_function,
+    create_lambda_function,
+    lambda_group,
+    lambda_spec,
+    pending_hooks,
+)
+from tests.moto_support import aws, aws_env, moto_endpoint, moto_reset  # noqa: F401
+
+BEFORE = LifecycleEvent.BEFORE_ALLOW_TRAFFIC
+AFTER = LifecycleEvent.AFTER_ALLOW_TRAFFIC
+
+
+@dataclass
+class World:
+    clients: AwsClients
+    setup: LambdaSetup
+    hooks: HookExecutions
+    inbox: ResultInbox
+    driver: LambdaDriver
+
+
+@pytest.fixture
+async def world(aws: AwsClients) -> AsyncIterator[World]:  # noqa: F811
+    setup = await create_lambda_function(aws)
+    await create_hook_function(aws, "check-before")
+    await create_hook_function(aws, "check-after")
+    accounts = SharedAccounts(aws)
+    hooks, inbox = HookExecutions(), ResultInbox()
+    try:
+        yield World(aws, setup, hooks, inbox, LambdaDriver(accounts, hooks, SystemClock(), inbox))
+    finally:
+        await accounts.close()
+
+
+def router_for(world: World, **appspec: str) -> LambdaAliasRouter:
+    spec = lambda_spec(world.setup)
+    spec["appspec"].update(appspec)
+    return world.driver.router("d-1", lambda_group(world.setup), spec)
+
+
+async def test_target_name_is_function_and_alias(world: World) -> None:
+    spec = lambda_spec(world.setup)
+    assert world.driver.target_name(lambda_group(world.setup), spec["appspec"]) == "api:live"
+
+
+async def test_linear_shift_steps_the_alias_weights_in_order(world: World) -> None:
+    router = router_for(world)
+    seen = []
+    for percent in range(10, 101, 10):
+        await router.set_weight("g", percent)
+        seen.append(await alias_now(world.clients, world.setup))
+        assert await router.verify_weight("g", percent) is True
+    assert seen == [("1", {"2": p / 100}) for p in range(10, 100, 10)] + [("2", {})]
+    assert await router.verify_weight("g", 50) is False
+
+
+async def test_reroute_after_thirty_percent_restores_the_alias_without_weights(world: World) -> None:
+    router = router_for(world)
+    await router.set_weight("g", 30)
+    assert await alias_now(world.clients, world.setup) == ("1", {"2": 0.3})
+    await router.set_weight("g", 0, wait=False)
+    assert await alias_now(world.clients, world.setup) == ("1", {})
+    assert await router.verify_weight("g", 0) is True
+
+
+async def test_a_fresh_router_can_resume_or_reroute_a_promoted_alias(world: World) -> None:
+    await router_for(world).set_weight("g", 100)
+    resumed = router_for(world)  # a restarted server: the alias already points at TargetVersion
+    await resumed.set_weight("g", 100)
+    assert await alias_now(world.clients, world.setup) == ("2", {})
+    await router_for(world).set_weight("g", 0)
+    assert await alias_now(world.clients, world.setup) == ("1", {})
+
+
+@pytest.mark.parametrize(
+    ("appspec", "words"),
+    [
+        ({"alias": "missing"}, "alias api:missing does not exist"),
+        ({"target_version": "9"}, r"version 9 of function api \(TargetVersion in the AppSpec\) does not exist"),
+        ({"current_version": "3", "target_version": "2"}, "points at version 1, not at the AppSpec's CurrentVersion 3"),
+    ],
+)
+async def test_a_wrong_alias_or_version_is_refused_before_any_change(
+    world: World, appspec: dict[str, str], words: str
+) -> None:
+    with pytest.raises(AdapterError, match=words):
+        await router_for(world, **appspec).set_weight("g", 10)
+    assert await alias_now(world.clients, world.setup) == ("1", {})
+
+
+@pytest.mark.parametrize("percent", [-1, 101, 150])
+async def test_weights_are_validated_by_us_not_by_moto(world: World, percent: int) -> None:
+    with pytest.raises(AdapterError, match="from 0 to 100"):
+        await router_for(world).set_weight("g", percent)
+    assert await alias_now(world.clients, world.setup) == ("1", {})
+
+
+def hooked_spec(world: World, timeout: float = 10.0) -> dict[str, object]:
+    hooks = {"BeforeAllowTraffic": ["check-before"], "AfterAllowTraffic": ["check-after"]}
+    return lambda_spec(world.setup, "d-1", hooks=hooks, hook_timeout_seconds=timeout)
+
+
+@pytest.mark.parametrize(
+    ("callback", "status", "code"), [("Succeeded", "Succeeded", 0), ("Failed", "Failed", ScriptErrorCode.SCRIPT_FAILED)]
+)
+async def test_a_hook_result_follows_its_callback(world: World, callback: str, status: str, code: int) -> None:
+    executor = world.driver.executor("d-1", lambda_group(world.setup), hooked_spec(world))
+    await asyncio.wait_for(executor.dispatch("d-1", "api:live", BEFORE, hooked_spec(world)), 1)  # returns at once
+    [execution] = await pending_hooks(world.hooks, "d-1")
+    assert (execution["function"], execution["event"], execution["target"]) == ("check-before", BEFORE, "api:live")
+    assert world.inbox.results == []  # still waiting for the callback
+    world.hooks.resolve(execution["execution_id"], callback, deployment_id="d-1")
+    command, result = await world.inbox.next()
+    assert command == {"deployment_id": "d-1", "host": "api:live", "event": "BeforeAllowTraffic"}
+    assert (result["status"], result["error_code"]) == (status, code)
+    assert "check-before" in result["message"] and execution["execution_id"] in result["message"]
+    assert result["started_at"] <= result["ended_at"]
+    assert world.hooks.pending("d-1") == []
+
+
+async def test_a_hook_that_never_calls_back_fails_at_its_timeout(world: World) -> None:
+    executor = world.driver.executor("d-1", lambda_group(world.setup), hooked_spec(world, 0.3))
+    await executor.dispatch("d-1", "api:live", AFTER, hooked_spec(world, 0.3))
+    [execution] = await pending_hooks(world.hooks, "d-1")
+    _, result = await world.inbox.next()
+    assert (result["status"], result["error_code"]) == ("Failed", ScriptErrorCode.SCRIPT_TIMED_OUT)
+    assert "check-after" in result["message"] and execution["execution_id"] in result["message"]
+    assert "0.3 seconds" in result["message"]
+    with pytest.raises(Exception, match="is waiting"):  # a late callback finds nothing
+        world.hooks.resolve(execution["execution_id"], "Succeeded")
+
+
+async def test_an_event_without_hooks_succeeds_at_once(world: World) -> None:
+    spec = lambda_spec(world.setup, "d-1")
+    await world.driver.executor("d-1", lambda_group(world.setup), spec).dispatch("d-1", "api:live", BEFORE, spec)
+    _, result = await world.inbox.next()
+    assert result["status"] == "Succeeded" and "no hook functions for BeforeAllowTraffic" in result["message"]
+
+
+async def test_several_hooks_run_in_order_and_stop_at_the_first_failure(world: World) -> None:
+    spec = lambda_spec(world.setup, "d-1", hooks={"BeforeAllowTraffic": ["check-before", "check-after"]})
+    await world.driver.executor("d-1", lambda_group(world.setup), spec).dispatch("d-1", "api:live", BEFORE, spec)
+    [first] = await pending_hooks(world.hooks, "d-1")
+    assert first["function"] == "check-before"
+    world.hooks.resolve(first["execution_id"], "Succeeded")
+    [second] = await pending_hooks(world.hooks, "d-1")
+    assert second["function"] == "check-after"
+    world.hooks.resolve(second["execution_id"], "Failed")
+    _, result = await world.inbox.next()
+    assert result["status"] == "Failed" and "check-after" in result["message"]
+
+
+async def test_a_repeated_dispatch_while_waiting_invokes_once(world: World) -> None:
+    executor = world.driver.executor("d-1", lambda_group(world.setup), hooked_spec(world))
+    await executor.dispatch("d-1", "api:live", BEFORE, hooked_spec(world))
+    await pending_hooks(world.hooks, "d-1")
+    await executor.dispatch("d-1", "api:live", BEFORE, hooked_spec(world))
+    await asyncio.sleep(0.2)
+    assert len(world.hooks.pending("d-1")) == 1
+
+
+async def test_cancel_stops_the_wait_and_reports_nothing(world: World) -> None:
+    executor = world.driver.executor("d-1", lambda_group(world.setup), hooked_spec(world))
+    await executor.dispatch("d-1", "api:live", BEFORE, hooked_spec(world))
+    await pending_hooks(world.hooks, "d-1")
+    await asyncio.wait_for(executor.cancel("d-1"), 2)
+    await asyncio.sleep(0.1)
+    assert world.hooks.pending("d-1") == [] and world.inbox.results == []
+
+
+async def test_an_unreachable_lambda_endpoint_fails_the_hook_without_leaving_it_pending(aws_env: None) -> None:  # noqa: F811
+    clients = AwsClients(AwsAccount("default", region="us-east-1", endpoint_url="http://127.0.0.1:9"))
+    hooks = HookExecutions()
+    try:
+        result = await LambdaHookInvoker(clients, hooks, SystemClock()).run("d-1", "api:live", "X", ["fn"], 5)
+    finally:
+        await clients.close()
+    assert (result["status"], result["error_code"]) == ("Failed", ScriptErrorCode.SCRIPT_FAILED)
+    assert "fn" in result["message"] and "could not be invoked" in result["message"]
+    assert hooks.pending() == []
+
+
+async def test_finished_changes_nothing(world: World) -> None:
+    await router_for(world).set_weight("g", 100)
+    spec = lambda_spec(world.setup)
+    await world.driver.finished("d-1", lambda_group(world.setup), spec, "Succeeded")
+    assert await alias_now(world.clients, world.setup) == ("2", {})
