@@ -301,6 +301,11 @@ class ApiClient:
         result = await self._request("GET", "/api/v1/hosts")
         return list(result["hosts"])
 
+    async def register_s3_revision(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"s3": {bucket, key, version?, etag?, bundle_type?}, "application"?: APP}``: the server fetches it."""
+        result: dict[str, Any] = await self._request("POST", "/api/v1/revisions", json=dict(body))
+        return result
+
     async def hook_executions(self, deployment_id: str | None = None) -> list[dict[str, Any]]:
         params = {"deployment_id": deployment_id} if deployment_id else {}
         result = await self._request("GET", "/api/v1/lifecycle-hooks", params=params)

@@ -17,7 +17,7 @@ MIGRATIONS = Migrations("deploybot")
 
 # The TEXT columns that hold JSON documents (the store encodes and decodes them); keep in step with the DDL.
 JSON_COLUMNS: Mapping[str, frozenset[str]] = {
-    "revisions": frozenset({"appspec"}),
+    "revisions": frozenset({"appspec", "location"}),
     "deployments": frozenset({"request", "state"}),
     "event_log": frozenset({"data"}),
     "host_commands": frozenset({"payload", "result"}),

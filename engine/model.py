@@ -8,7 +8,9 @@ users' knowledge of CodeDeploy all agree.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class Platform(enum.StrEnum):
@@ -145,12 +147,16 @@ class AutoRollback:
 
 @dataclass(frozen=True, slots=True)
 class Revision:
-    """A stored revision bundle: identified by the sha256 of its canonical tar.gz."""
+    """A stored revision bundle: identified by the sha256 of its canonical tar.gz.
+
+    ``location`` is where it was fetched from when not a local file, e.g. ``{"s3": {"bucket", "key", "version",
+    "etag", "bundle_type"}}``: hooks see it as BUNDLE_* variables, the CodeDeploy API as ``revisionLocation``."""
 
     sha256: str
     source: str
     commit: str | None = None
     size: int = 0
+    location: Mapping[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,12 @@ class RevisionStore:
         git_repo: Path | None = None,
         platform: Platform = Platform.SERVER,
         commit: str | None = None,
+        location: Mapping[str, Any] | None = None,
     ) -> Revision:
         """Normalize ``source`` into a canonical bundle, validate its AppSpec, and keep it (once per sha256).
 
-        ``commit`` names the commit an archive came from (a GitHub tarball), so hooks get ``BUNDLE_COMMIT``.
+        ``commit`` names the commit an archive came from (a GitHub tarball), so hooks get ``BUNDLE_COMMIT``;
+        ``location`` where it was fetched from (``{"s3": {...}}``), so hooks get ``BUNDLE_BUCKET`` and the rest.
         """
         built, appspec = await asyncio.to_thread(self._build_and_check, str(source), git_repo, platform)
         commit = commit or built.commit
@@ -55,8 +58,9 @@ class RevisionStore:
             created_at=self.clock.now(),
             appspec=appspec,
             platform=str(platform),
+            location=location,
         )
-        return Revision(built.sha256, label or built.source, commit, built.size)
+        return Revision(built.sha256, label or built.source, commit, built.size, location)
 
     def _build_and_check(self, source: str, git_repo: Path | None, platform: Platform) -> tuple[Any, Any]:
         with tempfile.TemporaryDirectory(dir=self.directory) as tmp:
@@ -71,7 +75,7 @@ class RevisionStore:
         row = await self.store.get_revision(sha256)
         if row is None or not self.path(sha256).exists():
             raise RevisionNotFound(sha256)
-        return Revision(row["sha256"], row["source"], row.get("commit"), row.get("size") or 0)
+        return Revision(row["sha256"], row["source"], row.get("commit"), row.get("size") or 0, row.get("location"))
 
 
 def _check_appspec(bundle: Path, platform: Platform) -> dict[str, Any]:

@@ -238,14 +238,20 @@ class DeploymentRunner:
         self._spawn(fire())
 
     async def _shift(self, percent: int) -> None:
-        if self.router is None:
-            self.post(TrafficShifted(percent))
-            return
-        try:
-            await self.router.set_weight(self.group, percent)
-        except EngineError as exc:
-            self.post(TrafficShiftFailed(str(exc)))
-            return
+        if self.router is not None:
+            try:
+                await self.router.set_weight(self.group, percent)
+            except EngineError as exc:
+                self.post(TrafficShiftFailed(str(exc)))
+                return
+        # one entry per completed shift: the deployment page draws weights over time from these
+        await self.store.append_log(
+            "traffic.shifted",
+            at=self.clock.now(),
+            actor="deploybot",
+            deployment_id=self.deployment_id,
+            data={"percent": percent},
+        )
         self.post(TrafficShifted(percent))
 
     async def _reroute(self, percent: int) -> None:
@@ -296,9 +302,15 @@ class DeploymentRunner:
             return None
         try:
             firing = await self.alarms.firing(self.alarm_config.alarms)
-        except EngineError as exc:
+        except Exception as exc:  # an adapter bug must not look like "no alarm firing"
             log.warning("deployment %s: alarms unreadable before start: %s", self.deployment_id, exc)
-            return None
+            if self.alarm_config.ignore_poll_alarm_failure:
+                return None
+            # Reference §7.2: alarms that cannot be read stop the deployment unless ignore_poll_alarm_failure.
+            return (
+                f"the alarms could not be read before the deployment started ({exc}); nothing was changed "
+                "(set ignore_poll_alarm_failure, or deploy again with --ignore-alarms to go ahead anyway)"
+            )
         if not firing:
             return None
         return (
@@ -314,7 +326,7 @@ class DeploymentRunner:
                 return
             try:
                 firing = await self.alarms.firing(self.alarm_config.alarms)
-            except EngineError as exc:
+            except Exception as exc:  # any failure to read is "cannot tell", never a silently dead watcher
                 if self.alarm_config.ignore_poll_alarm_failure:
                     log.info("deployment %s: alarms unreadable, going on as configured: %s", self.deployment_id, exc)
                     continue

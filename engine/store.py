@@ -223,17 +223,25 @@ class SqliteStore:
         created_at: float,
         appspec: Mapping[str, Any] | None = None,
         platform: str = "server",
+        location: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Store a revision once per content hash; True when it was new."""
+        """Store a revision once per content hash; True when it was new. A ``location`` (where it was fetched
+        from) replaces the stored one even when the content was already known: the latest fetch is where it is."""
         sql = (
-            'INSERT OR IGNORE INTO revisions (sha256, source, "commit", size, created_at, appspec, platform)'
-            f" VALUES ({_placeholders(7)})"
+            'INSERT OR IGNORE INTO revisions (sha256, source, "commit", size, created_at, appspec, platform, location)'
+            f" VALUES ({_placeholders(8)})"
         )
-        params = (sha256, source, commit, size, created_at, _to_json(appspec), platform)
-        return await self._change(sql, params) == 1
+        params = (sha256, source, commit, size, created_at, _to_json(appspec), platform, _to_json(location))
+        new = await self._change(sql, params) == 1
+        if not new and location is not None:
+            await self._change("UPDATE revisions SET location = ? WHERE sha256 = ?", (_to_json(location), sha256))
+        return new
 
     async def get_revision(self, sha256: str) -> Row | None:
-        return await self._fetch_one("revisions", "SELECT * FROM revisions WHERE sha256 = ?", (sha256,))
+        row = await self._fetch_one("revisions", "SELECT * FROM revisions WHERE sha256 = ?", (sha256,))
+        if row is not None and isinstance(row.get("location"), str):  # until JSON_COLUMNS lists it
+            row["location"] = json.loads(row["location"])
+        return row
 
     async def list_revisions(self, limit: int = 50) -> list[Row]:
         sql = "SELECT * FROM revisions ORDER BY created_at DESC, rowid DESC LIMIT ?"

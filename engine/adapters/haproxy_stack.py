@@ -19,6 +19,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.adapters.haproxy import GroupPool, HAProxyRouter, HAProxyRuntime, haproxy_name
 from engine.adapters.haproxy_process import HAProxyGroup, HAProxyProcess, HAProxyServer, render_config
@@ -27,6 +28,9 @@ from engine.errors import AdapterError
 from engine.model import DeploymentType
 from engine.ports import Clock, TrafficRouter
 from engine.topology import DeploymentGroup, EngineConfig
+
+if TYPE_CHECKING:
+    from engine.adapters.aws import AwsClients
 
 log = logging.getLogger(__name__)
 
@@ -148,16 +152,25 @@ async def _stop_pid(pid: int, grace: float) -> None:
 
 
 def build_alarms(
-    group: DeploymentGroup, targets: Sequence[str], *, runtime: HAProxyRuntime | None = None, clock: Clock
+    group: DeploymentGroup,
+    targets: Sequence[str],
+    *,
+    runtime: HAProxyRuntime | None = None,
+    clock: Clock,
+    aws: AwsClients | None = None,
 ) -> AlarmSet | None:
     """The group's alarms for one deployment: HAProxy statistics of ``targets`` (the hosts getting the new
-    revision) and HTTP probes. CloudWatch alarms are reported as unreadable until an AWS adapter is configured."""
+    revision), HTTP probes, and CloudWatch alarms through ``aws`` (the group's account; all of them read in one
+    DescribeAlarms per poll). An alarm whose source is not configured has no check, so AlarmSet reports it
+    unreadable."""
     if not group.alarms.enabled or not group.alarms.alarms:
         return None
     checks: dict[str, AlarmCheck] = {}
+    cloudwatch_names: list[str] = []
     for alarm in group.alarms.alarms:
         name = str(alarm["name"])
-        if alarm.get("type") == "haproxy" and runtime is not None:
+        kind = alarm.get("type", "cloudwatch")
+        if kind == "haproxy" and runtime is not None:
             checks[name] = HAProxyStatsAlarm(
                 runtime,
                 backend_name(group),
@@ -169,10 +182,16 @@ def build_alarms(
                 clock=clock,
                 name=name,
             )
-        elif alarm.get("type") == "http":
+        elif kind == "http":
             checks[name] = HttpProbeAlarm(
                 str(alarm["url"]), expect_status=int(_number(alarm, "expect_status", 200)), name=name
             )
+        elif kind == "cloudwatch" and aws is not None:
+            cloudwatch_names.append(name)
+    if cloudwatch_names and aws is not None:
+        from engine.adapters.cloudwatch import cloudwatch_checks  # aioboto3 only for groups that use AWS
+
+        checks.update(cloudwatch_checks(aws, cloudwatch_names))
     return AlarmSet(checks)
 
 

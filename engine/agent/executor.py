@@ -36,6 +36,10 @@ _SCRIPT_ENV_NAMES = (
     "DEPLOYMENT_GROUP_NAME",
     "DEPLOYMENT_GROUP_ID",
     "BUNDLE_COMMIT",
+    "BUNDLE_BUCKET",
+    "BUNDLE_KEY",
+    "BUNDLE_VERSION",
+    "BUNDLE_ETAG",
     "DEPLOYBOT_HOST",
     "DEPLOYBOT_PREFIX",
 )
@@ -70,7 +74,19 @@ def hook_environment(
     )
     if spec.revision is not None and spec.revision.commit:
         env["BUNDLE_COMMIT"] = spec.revision.commit
+    env.update(s3_bundle_environment(spec.raw.get("revision")))
     return env
+
+
+def s3_bundle_environment(revision: object) -> dict[str, str]:
+    """BUNDLE_BUCKET/KEY/VERSION/ETAG of a revision fetched from S3 (``revision["location"]["s3"]``); empty
+    otherwise. BUNDLE_VERSION and BUNDLE_ETAG are left out when the object has none, as CodeDeploy does (§5)."""
+    location = revision.get("location") if isinstance(revision, Mapping) else None
+    s3 = location.get("s3") if isinstance(location, Mapping) else None
+    if not isinstance(s3, Mapping):
+        return {}
+    names = {"bucket": "BUNDLE_BUCKET", "key": "BUNDLE_KEY", "version": "BUNDLE_VERSION", "etag": "BUNDLE_ETAG"}
+    return {env: str(s3[field]) for field, env in names.items() if s3.get(field) not in (None, "")}
 
 
 class CommandExecutor:
