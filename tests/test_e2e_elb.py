@@ -1,5 +1,6 @@
 """An EC2 fleet behind an ELBv2 target group, end to end: the group's hosts are found by EC2 tags (moto holds the
-instances), each runs a real local agent named by its instance id, and an in-place OneAtATime deployment takes
+instances), each runs a real agent named by its instance id (one is not in the config: it joins with a token from
+the API, as an autoscaled instance would), and an in-place OneAtATime deployment takes
 each host out of the target group (BlockTraffic) and puts it back (AllowTraffic) one at a time — as
 ``describe_target_health`` shows while it runs."""
 
@@ -39,7 +40,9 @@ async def create_fleet(aws: AwsClients) -> tuple[list[str], str]:  # noqa: F811
 
 
 def config_text(endpoint: str, instances: list[str], target_group: str) -> str:
-    hosts = "".join(f"  - {{name: {name}, local: true, port: {free_port()}}}\n" for name in instances)
+    """The first instances are declared as local hosts; the last one is not in the file at all (it joins with an
+    agent token from the API, as an autoscaled instance would)."""
+    hosts = "".join(f"  - {{name: {name}, local: true, port: {free_port()}}}\n" for name in instances[:-1])
     return (
         "server: {data_dir: var}\n"
         f"aws:\n  default: {{region: {REGION}, endpoint_url: '{endpoint}'}}\n"
@@ -83,6 +86,9 @@ async def test_ec2_hosts_by_tag_leave_and_rejoin_the_target_group_one_at_a_time(
     sampler = asyncio.ensure_future(sample())
     try:
         await asyncio.to_thread(server.start)
+        status, issued = await asyncio.to_thread(server.api, "POST", "/api/v1/agent-tokens", {"name": instances[-1]})
+        assert status == 201 and issued["token"].startswith("dbt_"), issued
+        server.run_agent(instances[-1])
         deployment = await asyncio.to_thread(server.deploy, "web", "production", revision)
         final = await asyncio.to_thread(server.wait_final, deployment["id"], 90)
         await asyncio.sleep(0.2)
