@@ -75,7 +75,7 @@ def build_bundle(source: str | Path, dest_dir: Path, *, git_repo: Path | None = 
                 # A Lambda or ECS revision is just its AppSpec (CodeDeploy's "String" revision): bundle it alone.
                 root = scratch / "tree"
                 root.mkdir()
-                shutil.copyfile(path, root / "appspec.yml")
+                shutil.copy2(path, root / "appspec.yml")  # keeps its mtime: same file, same sha256
             elif path.is_file():
                 root = scratch / "tree"
                 _unpack_archive(path, root)

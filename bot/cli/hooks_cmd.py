@@ -8,6 +8,7 @@ function crashed before it could, and who would otherwise wait for the hook time
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 
 from rich.console import Console
@@ -33,7 +34,8 @@ async def _hooks(args: argparse.Namespace, api: ApiClient) -> int:
     for e in executions:
         waited = f"{now - e['started_at']:.0f} s"
         table.add_row(e["execution_id"], e["deployment_id"], e["event"], e["function"], waited)
-    Console(soft_wrap=True).print(table)
+    # Wide enough for whole ids and event names even when piped (rich assumes 80 columns without a terminal).
+    Console(soft_wrap=True, width=max(shutil.get_terminal_size((160, 24)).columns, 120)).print(table)
     return 0
 
 

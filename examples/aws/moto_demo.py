@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import time
 import urllib.request
@@ -35,6 +36,7 @@ def package(body: str) -> bytes:
 
 
 def main() -> None:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log would drown the one line that matters
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         os.environ.setdefault(key, "testing")
     server = ThreadedMotoServer(ip_address=HOST, port=PORT, verbose=False)
