@@ -7,14 +7,18 @@ CONFIG ?= config/deploybot.example.yml
 
 .PHONY: run test lint format bench system-deps setup clean
 
-# Debian packages the real components need (HAProxy for traffic, git for git: revisions).
+# Debian packages the real components need (HAProxy for traffic, git for git: revisions, Chromium for the browser
+# test of the deployment pages).
 system-deps:
-	@if ! command -v haproxy >/dev/null 2>&1; then \
+	@missing=""; \
+	command -v haproxy >/dev/null 2>&1 || missing="$$missing haproxy"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "installing haproxy (apt)"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy git >/dev/null; \
+			echo "installing$$missing (apt)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy git chromium >/dev/null; \
 		else \
-			echo "warning: haproxy is not installed and this is not root: install it (apt-get install haproxy) for load-balanced groups"; \
+			echo "warning: not installed:$$missing, and this is not root: apt-get install$$missing (haproxy for load-balanced groups, chromium for the pages browser test)"; \
 		fi; \
 	fi
 

@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from test_service import ScriptedFleet, make_revision, open_deployer
 
 from bot.app import create_app
+from bot.pages.chart import chart_view, traffic_chart, traffic_svg_path
 from bot.pages.links import deployment_path, signed_query
-from bot.pages.views import traffic_svg_path
 from bot.settings import Settings
 from engine.service import Deployer, DeployRequest
 
@@ -154,6 +154,9 @@ async def test_event_stream_pushes_updates_while_the_deployment_runs(slow_site: 
     assert statuses[-1] == "Failed"
     assert [u["version"] for u in updates] == sorted({u["version"] for u in updates})
     assert 'data-status="Failed"' in updates[-1]["grid"]
+    assert "<th>error</th>" in updates[-1]["summary"]  # the header, log and chart are live too
+    assert "<td>deployment.requested</td>" in updates[-1]["log"]
+    assert all(u["chart"] is None for u in updates)  # an in-place deployment moves no traffic
 
 
 @pytest.mark.parametrize(
@@ -210,4 +213,68 @@ async def test_unknown_deployment_is_a_404_page(site: Site) -> None:
     ],
 )
 def test_traffic_svg_path_steps_through_the_weights(points: list[tuple[float, int]], expected: str) -> None:
-    assert traffic_svg_path(points) == expected
+    assert traffic_svg_path(points, width=300, height=60) == expected
+
+
+def _doc(**fields: object) -> dict:
+    return {"id": "d-1", "started_at": 100.0, "ended_at": 110.0, "traffic": {"percent": 100}, "error": None} | fields
+
+
+def _entry(at: float, kind: str, **data: object) -> dict:
+    return {"at": at, "kind": kind, "data": data or None, "actor": "deploybot"}
+
+
+CANARY_LOG = [_entry(100.0, "deployment.requested"), _entry(102.0, "traffic.shifted", percent=20)]
+
+
+@pytest.mark.parametrize(
+    ("document", "log", "points", "marks"),
+    [
+        # in-place: no traffic, no chart
+        (_doc(traffic=None), CANARY_LOG, None, None),
+        # a finished canary: 0 at the start, the 20 % step, 100 % after the wait, held to the end
+        (
+            _doc(),
+            [*CANARY_LOG, _entry(106.0, "traffic.shifted", percent=100)],
+            [(100.0, 0), (102.0, 20), (106.0, 100), (110.0, 100)],
+            [],
+        ),
+        # a running linear deployment is drawn up to now (200), at its current weight
+        (
+            _doc(ended_at=None, traffic={"percent": 50}),
+            [*CANARY_LOG, _entry(103.0, "traffic.shifted", percent=50)],
+            [(100.0, 0), (102.0, 20), (103.0, 50), (200.0, 50)],
+            [],
+        ),
+        # an alarm stops the canary at 20 %: alarm at the end, then the reroute and the rollback right after it
+        (
+            _doc(traffic={"percent": 0}, error={"code": "ALARM_ACTIVE", "message": "alarm probe fired"}),
+            [
+                *CANARY_LOG,
+                _entry(110.2, "traffic.rerouted", percent=0, milliseconds=12.5),
+                _entry(110.3, "rollback.triggered", trigger="DEPLOYMENT_STOP_ON_ALARM", rerouted=True),
+            ],
+            [(100.0, 0), (102.0, 20), (110.2, 0), (110.3, 0)],
+            [(110.0, "alarm", "alarm probe fired"), (110.2, "rollback", None), (110.3, "rollback", None)],
+        ),
+    ],
+)
+def test_traffic_chart_has_a_point_per_shift_and_marks_alarms_and_rollbacks(document, log, points, marks) -> None:
+    chart = traffic_chart(document, log, now=200.0)
+    if points is None:
+        assert chart is None
+        return
+    assert chart is not None and list(chart.points) == points
+    assert [(m.at, str(m.kind)) for m in chart.marks] == [(at, kind) for at, kind, _ in marks]
+    assert all(label is None or m.label == label for m, (_, _, label) in zip(chart.marks, marks, strict=True))
+
+
+def test_chart_view_places_a_dot_per_weight_change_and_a_line_per_mark() -> None:
+    log = [*CANARY_LOG, _entry(106.0, "traffic.shifted", percent=100), _entry(106.5, "traffic.shifted", percent=100)]
+    view = chart_view(traffic_chart(_doc(), log, now=0), width=100, height=100)
+    assert [(s.x, s.y, s.percent) for s in view.steps] == [(0.0, 100.0, 0), (20.0, 80.0, 20), (60.0, 0.0, 100)]
+    assert view.percents == "0,20,100" and view.seconds == 10.0 and view.marks == ()
+    assert view.path.startswith("M0.0,100.0 L20.0,100.0 L20.0,80.0 L60.0,80.0 L60.0,0.0")
+    stopped = _doc(traffic={"percent": 0}, error={"code": "ALARM_ACTIVE", "message": "m"}, ended_at=105.0)
+    view = chart_view(traffic_chart(stopped, [*CANARY_LOG, _entry(110.0, "traffic.rerouted", percent=0)], now=0))
+    assert view.percents == "0,20,0" and [(m.kind, m.x) for m in view.marks] == [("alarm", 280.0), ("rollback", 560.0)]

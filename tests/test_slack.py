@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from aiohttp import ClientSession
@@ -17,6 +18,7 @@ from fake_slack import FakeSlack
 from slack_support import BOT_TOKEN, SECRET, ScriptedAgents, button_body, signed, slash_body
 
 from bot.app import create_app
+from bot.pages.links import LinkCheck, deployment_path, verify
 from bot.settings import Settings
 from bot.slack.app import SLACK
 from engine.loader import parse_config
@@ -44,6 +46,7 @@ applications:
         slack_deployers: [U0ALICE, S0OPS]
 """
 APPSPEC = "version: 0.0\nos: linux\nfiles:\n  - source: VERSION\n    destination: /opt/app\n"
+PAGES_SECRET = "slack-test-pages-secret"
 
 
 class Rig:
@@ -99,6 +102,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             slack_bot_token=BOT_TOKEN,
             slack_signing_secret=SECRET,
             slack_api_url=slack.api_url,
+            pages_secret=PAGES_SECRET,
         )
         app = create_app(settings, deployer=deployer)
         server = TestServer(app, host="127.0.0.1")
@@ -184,6 +188,41 @@ async def test_slash_command_acks_fast_then_the_thread_tells_the_deployment(rig:
     assert all(gap >= 0.95 for gap in gaps), gaps  # at most one edit per second per message
     ephemeral = rig.slack.responses[-1][1]
     assert ephemeral["response_type"] == "ephemeral" and doc["id"] in ephemeral["text"]
+
+
+def page_link(blocks: list[dict[str, Any]]) -> str:
+    [block] = [b for b in blocks if b.get("block_id") == "deployment-page"]
+    assert block["accessory"]["action_id"] == "page.view" and block["accessory"]["text"]["text"] == "View deployment"
+    assert f"<{block['accessory']['url']}|" in block["text"]["text"]
+    return str(block["accessory"]["url"])
+
+
+async def test_parent_message_links_to_the_deployment_page_with_a_signed_link(rig: Rig) -> None:
+    started = await rig.deployer.start(DeployRequest("app", "staging", actor="cli"))
+    doc = await rig.final(started["id"])
+    await rig.notifier.idle(15)
+    parent = rig.slack.of("chat.postMessage")[0].payload
+    url = page_link(parent["blocks"])
+    edits = [u.payload["blocks"] for u in rig.slack.of("chat.update")]
+    assert edits and all(page_link(blocks) == url for blocks in edits)  # one link per thread, not one per edit
+    kinds = [b["type"] for b in edits[-1]]
+    assert kinds.index("section", 2) < kinds.index("actions")  # the link sits above the action buttons
+    parts = urlsplit(url)
+    params = dict(parse_qsl(parts.query))
+    assert (parts.netloc, parts.path) == ("127.0.0.1:8080", deployment_path(doc["id"]))  # the config's server url
+    assert verify(deployment_path(doc["id"]), params["exp"], params["sig"], PAGES_SECRET, now=time.time()) == (
+        LinkCheck.VALID
+    )
+    assert int(params["exp"]) > time.time() + 6 * 24 * 3600  # the default week
+    assert verify(deployment_path("d-OTHER"), params["exp"], params["sig"], PAGES_SECRET, now=time.time()) == (
+        LinkCheck.TAMPERED
+    )
+    async with rig.session.get(f"{rig.url}{parts.path}?{parts.query}") as page:  # the link opens the page, no login
+        assert page.status == 200 and doc["id"] in await page.text()
+    click = button_body("view", doc["id"]).replace("deploy.view", "page.view")
+    status, body, _ = await rig.post(click, signed(click))
+    await rig.settle()
+    assert (status, body) == (200, "") and rig.slack.responses == []  # acknowledged; nothing else happens
 
 
 async def test_retries_and_double_submissions_start_one_deployment(rig: Rig) -> None:

@@ -1,15 +1,17 @@
 """The HTML pages: ``/deployments`` (filterable list) and ``/deployments/{id}`` (header, hosts-by-events grid,
-traffic, event log), plus ``/deployments/{id}/events``, a Server-Sent Events stream of the re-rendered grid while
-the deployment runs. Everything comes from the same deployment JSON the API serves."""
+traffic chart, event log), plus ``/deployments/{id}/events``, a Server-Sent Events stream of the re-rendered summary,
+grid, chart and log while the deployment runs. Everything comes from the same deployment JSON the API serves."""
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from aiohttp import web
 
 from bot.api import DeploymentService
+from bot.pages.chart import ChartView, chart_view, traffic_chart
 from bot.pages.render import FINAL_STATUSES, render, render_text
 from engine.errors import NotFound
 
@@ -36,39 +38,10 @@ async def list_page(request: web.Request) -> web.StreamResponse:
     return render("list.html", deployments=rows[:LIST_LIMIT], filters=wanted, applications=applications)
 
 
-def traffic_points(document: dict[str, Any], log: list[dict[str, Any]]) -> list[tuple[float, int]]:
-    """(time, percent) from event-log entries that carry a percent, ending at the current weight."""
-    if document.get("traffic") is None:
-        return []
-    points = [
-        (float(e["at"]), int(e["data"]["percent"]))
-        for e in log
-        if e["kind"].startswith("traffic") and isinstance(e.get("data"), dict) and "percent" in e["data"]
-    ]
-    start = document.get("started_at") or document.get("created_at")
-    if start is not None:
-        points.insert(0, (float(start), 0))
-    points.append((float(document.get("ended_at") or (points[-1][0] if points else 0)), document["traffic"]["percent"]))
-    return points
-
-
-def traffic_svg_path(points: list[tuple[float, int]], width: int = 300, height: int = 60) -> str:
-    """A step line of weight over time, scaled into the SVG box (pure arithmetic, so it is tested directly)."""
-    if len(points) < 2:
-        return ""
-    t0, t1 = points[0][0], points[-1][0]
-    span = (t1 - t0) or 1.0
-    parts: list[str] = []
-    last_y = None
-    for at, percent in points:
-        x = round((at - t0) / span * width, 1)
-        y = round(height - percent / 100 * height, 1)
-        if last_y is None:
-            parts.append(f"M{x},{y}")
-        else:
-            parts.append(f"L{x},{last_y} L{x},{y}")
-        last_y = y
-    return " ".join(parts)
+def _chart(document: dict[str, Any], log: list[dict[str, Any]]) -> ChartView | None:
+    """The traffic chart's geometry, or None for a deployment that moves no traffic."""
+    chart = traffic_chart(document, log, now=time.time())
+    return chart_view(chart) if chart is not None else None
 
 
 async def detail_page(request: web.Request) -> web.StreamResponse:
@@ -79,23 +52,28 @@ async def detail_page(request: web.Request) -> web.StreamResponse:
         log = await deployer.event_log(deployment_id)
     except NotFound:
         return render("missing.html", status=404, deployment_id=deployment_id)
-    points = traffic_points(document, log)
     return render(
         "detail.html",
         d=document,
         log=log,
-        traffic_path=traffic_svg_path(points),
+        chart=_chart(document, log),
         live=document["status"] not in FINAL_STATUSES,
         query_string=request.query_string,
     )
 
 
-def _update(document: dict[str, Any]) -> str:
+async def _update(deployer: DeploymentService, document: dict[str, Any]) -> str:
+    """Everything on the page that changes while a deployment runs, re-rendered by the same templates."""
+    log = await deployer.event_log(document["id"])
+    chart = _chart(document, log)
     payload = {
         "status": document["status"],
         "version": document["version"],
         "traffic": document.get("traffic"),
+        "summary": render_text("summary.html", d=document),
         "grid": render_text("grid.html", d=document),
+        "chart": render_text("chart.html", chart=chart) if chart is not None else None,
+        "log": render_text("log.html", log=log),
     }
     return f"event: deployment\ndata: {json.dumps(payload)}\n\n"
 
@@ -117,7 +95,7 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     try:
         while True:
             if document["version"] > version or document["status"] in FINAL_STATUSES:
-                await response.write(_update(document).encode())
+                await response.write((await _update(deployer, document)).encode())
                 version = document["version"]
             else:
                 await response.write(b": keepalive\n\n")

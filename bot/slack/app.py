@@ -27,10 +27,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot import commands as cmd
 from bot.api import DeploymentService
 from bot.messages import ACTION_PREFIX
+from bot.pages.links import page_url
 from bot.policy import SlackPolicy
 from bot.settings import Settings
 from bot.slack.chatops import ChatOps, GroupMembership, Reply
-from bot.slack.notifier import SlackNotifier
+from bot.slack.notifier import PAGE_ACTION, SlackNotifier
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,10 @@ def build_bolt_app(
         name = str(action["action_id"]).removeprefix(ACTION_PREFIX)
         chatops.spawn(chatops.click(name, str(action.get("value")), user=user, reply=_reply_via(respond)))
 
+    @bolt.action(PAGE_ACTION)
+    async def on_page_link(ack: Any) -> None:
+        await ack()  # the browser opens the link; Slack only wants to hear the click was received
+
     return bolt
 
 
@@ -168,7 +173,12 @@ def setup_slack(app: web.Application, settings: Settings, deployer: DeploymentSe
         return False
     client = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
     config = getattr(deployer, "config")  # noqa: B009 - the real Deployer; Slack needs app channels and groups
-    notifier = SlackNotifier(client, config, settings.data_dir / THREADS_FILE)
+    notifier = SlackNotifier(
+        client,
+        config,
+        settings.data_dir / THREADS_FILE,
+        page_link=lambda deployment_id: page_url(settings, deployment_id, base_url=config.server.url),
+    )
     chatops = ChatOps(deployer, notifier, SlackPolicy.from_config(config), GroupMembership(client))
     bolt = build_bolt_app(settings, chatops, client, deployer)
     app[SLACK] = SlackFront(bolt, chatops, notifier, settings, deployer)

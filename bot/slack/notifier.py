@@ -9,6 +9,10 @@ happened meanwhile into one edit, and skipping edits that would change nothing).
 
 Where each parent message lives (channel id and ts) is kept in a small JSON file under the data directory, so a
 restarted server keeps editing the same message instead of starting a second thread.
+
+The parent message ends with a "View deployment" button to the deployment's page (a signed, expiring link from
+``page_link``). The link is made once per thread: a fresh expiry on every render would make every edit look like a
+change.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
+from slack_sdk.models.blocks import ButtonElement, MarkdownTextObject, SectionBlock
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.messages import (
@@ -42,6 +47,21 @@ from engine.topology import EngineConfig
 log = logging.getLogger(__name__)
 
 MAX_RATE_LIMIT_RETRIES = 5
+PAGE_ACTION = "page.view"  # a URL button: Slack still sends the click, bot.slack.app only acknowledges it
+PAGE_BLOCK = "deployment-page"
+
+
+def page_block(url: str) -> dict[str, Any]:
+    """A section linking to the deployment page: host-by-event grid, script output, traffic chart."""
+    button = ButtonElement(text="View deployment", action_id=PAGE_ACTION, url=url)
+    text = MarkdownTextObject(text=f"<{url}|Deployment page>: each host's events, script output, traffic")
+    return SectionBlock(block_id=PAGE_BLOCK, text=text, accessory=button).to_dict()
+
+
+def with_page_link(blocks: list[dict[str, Any]], url: str) -> list[dict[str, Any]]:
+    """``blocks`` with the page link placed before the action buttons (or last when there are none)."""
+    at = next((i for i, b in enumerate(blocks) if b.get("type") == "actions"), len(blocks))
+    return [*blocks[:at], page_block(url), *blocks[at:]]
 
 
 class ThreadStore:
@@ -76,6 +96,7 @@ class _Thread:
     replies: list[str] = field(default_factory=list)
     note: str | None = None
     rollbacks_announced: set[str] = field(default_factory=set)
+    page_url: str | None = None  # made once, so the link (and its expiry) is the same in every edit
     posted: str | None = None  # JSON of the blocks last sent
     last_edit: float = float("-inf")
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -93,8 +114,10 @@ class SlackNotifier:
         *,
         min_edit_interval: float = 1.0,
         channel_wait: float = 5.0,
+        page_link: Callable[[str], str] | None = None,
     ) -> None:
         self.client = client
+        self.page_link = page_link  # deployment id -> the page's URL (bot.pages.links.page_url)
         self.config = config
         self.store = ThreadStore(state_file)
         self.min_edit_interval = min_edit_interval
@@ -293,7 +316,16 @@ class SlackNotifier:
             next_environment=next_env,
             note=thread.note,
         )
-        return deployment_blocks(doc, context)
+        blocks = deployment_blocks(doc, context)
+        if self.page_link is None:
+            return blocks
+        if thread.page_url is None:
+            try:
+                thread.page_url = self.page_link(thread.deployment_id)
+            except Exception:  # a message without the link beats no message
+                log.exception("no page link for %s", thread.deployment_id)
+                return blocks
+        return with_page_link(blocks, thread.page_url)
 
     async def _call(self, method: str, **kwargs: Any) -> dict[str, Any] | None:
         """One Web API call; waits out 429s (Retry-After), logs and swallows anything else."""

@@ -1,0 +1,107 @@
+"""The live deployment page in a real browser: headless Chromium (Debian's package) opens the page of a running
+deployment on a real ``deploybot serve`` with real agents, and watches the host grid turn Succeeded without a reload.
+
+A screenshot of the finished page is kept in var/test-artifacts/ (CI can upload it; var/ is not committed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cdp import CHROMIUM, Chromium, Page
+from e2e_support import DeploybotServer, write_revision
+
+from bot.pages.links import page_url
+from bot.settings import Settings
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "var" / "test-artifacts"
+PAGES_SECRET = "browser-test-pages-secret"
+HOSTS = ("h1", "h2")
+CONFIG = """server: {data_dir: var}
+hosts:
+  - {name: h1, local: true}
+  - {name: h2, local: true}
+applications:
+  app:
+    platform: server
+    environments: [prod]
+    deployment_groups:
+      prod:
+        deployment_config: CodeDeployDefault.AllAtOnce
+        targets: {hosts: [h1, h2]}
+"""
+# What the page's grid shows, read in the page itself: every cell's status and the deployment's status.
+GRID = """({
+  marker: window.__noReload === undefined ? null : window.__noReload,
+  status: document.getElementById("status").textContent,
+  cells: Array.from(document.querySelectorAll("#grid td[data-status]")).map(td => td.dataset.status),
+})"""
+
+
+@pytest.fixture
+def chromium() -> Path:
+    """Chromium, or a skip saying how to get it; as root (CI) a missing browser is a failure: make installs it."""
+    if CHROMIUM.exists():
+        return CHROMIUM
+    if os.geteuid() == 0:
+        pytest.fail(f"{CHROMIUM} is missing: `make system-deps` installs it (apt-get install chromium)")
+    pytest.skip(f"{CHROMIUM} is not installed and this is not root: apt-get install chromium (or make system-deps)")
+
+
+@pytest.fixture
+async def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[DeploybotServer]:
+    monkeypatch.setenv("DEPLOYBOT_PAGES_SECRET", PAGES_SECRET)  # the server signs and checks links with it
+    running = DeploybotServer(tmp_path, CONFIG)
+    try:
+        await asyncio.to_thread(running.start)
+        yield running
+    finally:
+        await asyncio.to_thread(running.cleanup)
+
+
+async def grid(page: Page) -> dict[str, Any]:
+    return dict(await page.evaluate(GRID))
+
+
+async def test_live_page_turns_the_grid_succeeded_without_a_reload(
+    chromium: Path, server: DeploybotServer, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    slow = write_revision(tmp_path, "slow", {"AfterInstall": "sleep 1.5", "ValidateService": "exit 0"})
+    async with Chromium(chromium) as browser:
+        page = await browser.page()
+        deployment = await asyncio.to_thread(server.deploy, "app", "prod", slow)
+        running = await asyncio.to_thread(
+            server.wait_for, deployment["id"], lambda d: d["status"] == "InProgress" and d["targets"], 20
+        )
+        url = page_url(Settings(pages_secret=PAGES_SECRET), running["id"], base_url=server.url)
+        await page.navigate(url)
+        await page.evaluate("window.__noReload = 1")
+        first = await grid(page)
+        assert first["status"] == "InProgress", first
+        assert first["cells"] and set(first["cells"]) != {"Succeeded"}, first  # seen before it was done
+
+        seen = [first]
+        async with asyncio.timeout(20):
+            while not (seen[-1]["status"] == "Succeeded" and set(seen[-1]["cells"]) == {"Succeeded"}):
+                await asyncio.sleep(0.1)
+                now = await grid(page)
+                if now != seen[-1]:
+                    seen.append(now)
+        shot = await page.screenshot(ARTIFACTS / "pages-live-deployment.png")
+    print(f"\nscreenshot: {shot}")
+
+    done = seen[-1]
+    assert done["marker"] == 1, "the page reloaded: the marker set after load is gone"
+    assert len(done["cells"]) == len(HOSTS) * 7  # ApplicationStop .. ValidateService on each host
+    assert len(seen) >= 3, seen  # the grid changed in steps while we watched, not once at the end
+    assert any("InProgress" in s["cells"] for s in seen)
+    assert (await asyncio.to_thread(server.deployment, running["id"]))["status"] == "Succeeded"
+    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert time.monotonic() - started < 30
