@@ -1,15 +1,22 @@
 """What is configured and how its hosts' agents are doing: the answers of ``deploybot hosts`` and the
-applications listing."""
+applications listing.
+
+Hosts come from the config file and, when the CodeDeploy API registered on-premises instances, from the registry
+(``source`` says which); a deregistered instance is no longer listed.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.adapters.fleet import Fleet
 from engine.blueprint import Blueprint
 from engine.ports import Clock
 from engine.store import SqliteStore
 from engine.topology import EngineConfig
+
+if TYPE_CHECKING:
+    from engine.registry import Registry
 
 
 class Inventory:
@@ -19,22 +26,30 @@ class Inventory:
         self.fleet = fleet
         self.clock = clock
         self.blueprint = blueprint
+        self.registry: Registry | None = None  # set by the Deployer; None: config hosts only
 
     async def hosts(self) -> list[dict[str, Any]]:
-        """Every configured host with its agent's state: online while heard from within the heartbeat limit."""
+        """Every configured or registered host with its agent's state: online while heard from within the
+        heartbeat limit."""
         now = self.clock.now()
         running = {c["host"]: c for c in await self.store.list_commands(status="InProgress")}
+        known: list[tuple[str, dict[str, str], bool, str]] = [
+            (host.name, dict(host.tags), host.local, "config") for host in self.config.hosts.values()
+        ]
+        if self.registry is not None:
+            known += [(i.name, dict(i.tags), False, "api") for i in self.registry.instances() if i.registered]
         out = []
-        for host in self.config.hosts.values():
-            agent = await self.store.get_agent(host.name) or {}
-            seen = self.fleet.last_seen(host.name) or agent.get("last_seen")
+        for name, tags, local, source in known:
+            agent = await self.store.get_agent(name) or {}
+            seen = self.fleet.last_seen(name) or agent.get("last_seen")
             online = seen is not None and now - seen < self.config.server.heartbeat_timeout
-            command = running.get(host.name)
+            command = running.get(name)
             out.append(
                 {
-                    "name": host.name,
-                    "tags": dict(host.tags),
-                    "local": host.local,
+                    "name": name,
+                    "tags": tags,
+                    "local": local,
+                    "source": source,
                     "agent": "online" if online else ("offline" if seen else "never seen"),
                     "last_seen": seen,
                     "version": agent.get("version"),

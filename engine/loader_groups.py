@@ -331,9 +331,10 @@ def _targets(
         return tuple(hosts), {}, {}
     selector = fields["tags"]
     tags = reader.string_map(selector.value, selector.path)
-    if not any(host.matches(tags) for host in ctx.fleet.hosts.values()):
-        shown = ", ".join(f"{key}={value}" for key, value in tags.items()) or "nothing"
-        reader.report(selector.value, f"no declared host has the tags {shown}", selector.path)
+    if not tags:
+        reader.report(selector.value, "expected at least one tag to select hosts by", selector.path)
+    # A selector may match no declared host: instances registered through the CodeDeploy API join by their tags.
+    # A deployment to a group that matches nothing is refused, naming the tags.
     return (), tags, {}
 
 

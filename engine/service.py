@@ -47,8 +47,10 @@ from engine.model import (
     Platform,
     Revision,
 )
+from engine.overrides import GroupOverrides
 from engine.plan import build_plan
 from engine.ports import AlarmSource, Clock, Notifier, TrafficRouter
+from engine.registry import Registry
 from engine.release_flow import ReleaseFlow
 from engine.revision_sources import RevisionSources
 from engine.revisions import RevisionStore
@@ -87,6 +89,7 @@ class DeployRequest:
     ignore_alarms: bool = False  # start even though one of the group's alarms is firing
     source: str = "manual"  # engine.release.RequestSource: manual | merge | promotion | rollback
     promoted_from: str | None = None  # the environment a promotion takes its revision from
+    overrides: GroupOverrides | None = None  # CreateDeployment's per-deployment changes to the group's settings
 
 
 def new_deployment_id() -> str:
@@ -130,6 +133,8 @@ class Deployer:
         self.hooks = self.aws.hooks  # Lambda/ECS hook executions waiting for their status callback
         self.blueprint.ec2_lookup = self.aws.ec2_instances
         self.inventory = Inventory(config, store, self.fleet, clock, self.blueprint)
+        self.registry = self.inventory.registry = Registry(config, store, clock, self.revisions)
+        self.blueprint.registered_hosts = self.registry.instances_matching  # on-premises instances from the API
         self.notifiers: list[Notifier] = []
         self._runners: dict[str, DeploymentRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -164,6 +169,7 @@ class Deployer:
         )
         for host in config.hosts:
             deployer.fleet.token_for(host)
+        await deployer.registry.load()
         await deployer.restore_traffic()
         await deployer.resume_unfinished()
         deployer.fleet.start_monitor()
@@ -237,8 +243,11 @@ class Deployer:
         ignore_alarms: bool = False,
         request: DeployRequest | None = None,
     ) -> dict[str, Any]:
+        overrides = request.overrides if request is not None and request.overrides else None
+        group = overrides.apply(group) if overrides else group
         name = config_name or group.deployment_config or DEFAULT_SERVER_CONFIG
-        config = config_for_group(name, group.platform, self.config.deployment_configs)
+        configs = {**self.config.deployment_configs, **self.registry.deployment_configs()}  # file + API-made
+        config = config_for_group(name, group.platform, configs)
         async with self._lock:
             if rollback_of is None:
                 duplicate = await self._duplicate(group, revision)
@@ -257,6 +266,7 @@ class Deployer:
             spec = {
                 **self.blueprint.agent_spec(deployment_id, group, revision, appspec),
                 "ignore_alarms": ignore_alarms,
+                "overrides": overrides.to_json() if overrides else {},
             }
             state = {"stages": stages_to_json(stages), "spec": spec}
             now = self.clock.now()
@@ -321,6 +331,8 @@ class Deployer:
     def _launch(self, row: Mapping[str, Any], *, resume: bool) -> None:
         state = row["state"]
         group = self._group_of(row)
+        if group is not None and state["spec"].get("overrides"):
+            group = GroupOverrides.from_json(state["spec"]["overrides"]).apply(group)
         stages = stages_from_json(state["stages"])
         machine_state = state_from_json(state["machine"]) if resume and state.get("machine") else None
         spec = dict(state["spec"])
@@ -533,7 +545,9 @@ class Deployer:
         """The dry run: what a deployment of this group would do, from config alone (changes nothing)."""
         group = self.config.group(request.application, request.environment)
         config = config_for_group(
-            request.config_name or group.deployment_config, group.platform, self.config.deployment_configs
+            request.config_name or group.deployment_config,
+            group.platform,
+            {**self.config.deployment_configs, **self.registry.deployment_configs()},
         )
         traffic = (
             traffic_config_for_hosts(group.traffic_config, self.config.deployment_configs)

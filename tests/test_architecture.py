@@ -34,6 +34,9 @@ PURE_CORE = {
     "engine/ports.py",
     "engine/release.py",
     "engine/promotion.py",
+    "engine/registrations.py",
+    "engine/overrides.py",
+    "engine/platforms.py",
 }
 YAML_ALLOWED = {
     "engine/yamlnode.py",

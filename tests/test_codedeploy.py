@@ -7,6 +7,7 @@ agents of test_service. boto3 is synchronous, so its calls run in a thread while
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import functools
 from collections.abc import AsyncIterator, Callable
@@ -27,9 +28,11 @@ from test_service import ScriptedFleet, make_revision, never_fails, open_deploye
 from bot.app import create_app
 from bot.codedeploy import CODEDEPLOY, sigv4
 from bot.settings import Settings
+from engine.loader import parse_config
 from engine.service import Deployer, DeployRequest
 
 KEYS = "AKIDEPLOYBOT:s3cret:alice,AKIOTHER:other:bob"
+HOSTS = ("s1", "s2", "p1", "p2", "p3", "p4")
 
 
 @dataclass
@@ -39,13 +42,14 @@ class Served:
     agents: ScriptedFleet
     app: web.Application
 
-    def client(self, access_key: str = "AKIDEPLOYBOT", secret: str = "s3cret") -> Any:
+    def client(self, access_key: str = "AKIDEPLOYBOT", secret: str = "s3cret", session_token: str | None = None) -> Any:
         return boto3.client(
             "codedeploy",
             endpoint_url=self.url,
             region_name="us-east-1",
             aws_access_key_id=access_key,
             aws_secret_access_key=secret,
+            aws_session_token=session_token,
             config=Config(retries={"max_attempts": 1}),
         )
 
@@ -54,14 +58,21 @@ async def call(fn: Callable[..., Any], **kwargs: Any) -> Any:
     return await asyncio.to_thread(functools.partial(fn, **kwargs))
 
 
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Served]:
+@contextlib.asynccontextmanager
+async def serving(
+    tmp_path: Path, *, config: str | None = None, hosts: tuple[str, ...] = HOSTS, **settings: Any
+) -> AsyncIterator[Served]:
+    """The whole app on 127.0.0.1 with a real Deployer (test_service's config unless ``config`` is given) and
+    scripted agents for ``hosts``; ``settings`` go to Settings (e.g. github_token, github_api_url)."""
     make_revision(tmp_path, "rev-a", "1")
     make_revision(tmp_path, "rev-b", "2")
-    deployer = await open_deployer(tmp_path)
-    agents = ScriptedFleet(deployer, ["s1", "s2", "p1", "p2", "p3", "p4"], never_fails)
-    settings = Settings(data_dir=tmp_path / "var", aws_keys=KEYS)
-    app = create_app(settings, deployer=deployer)
+    if config is None:
+        deployer = await open_deployer(tmp_path)
+    else:
+        parsed = parse_config(config, filename="test.yml", base_dir=str(tmp_path))
+        deployer = await Deployer.open(parsed, data_dir=tmp_path / "var")
+    agents = ScriptedFleet(deployer, list(hosts), never_fails)
+    app = create_app(Settings(data_dir=tmp_path / "var", aws_keys=KEYS, **settings), deployer=deployer)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -73,6 +84,12 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         await agents.close()
         await runner.cleanup()
         await deployer.close()
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    async with serving(tmp_path) as running:
+        yield running
 
 
 async def test_applications_groups_and_configs(served: Served) -> None:
@@ -125,8 +142,18 @@ async def test_applications_groups_and_configs(served: Served) -> None:
                 "deploymentGroupName": "app-staging",
                 "revision": {"revisionType": "GitHub", "gitHubLocation": {"repository": "a/b", "commitId": "abc"}},
             },
-            "InvalidRevisionException",
+            "InvalidRevisionException",  # not a commit SHA
         ),
+        (
+            "create_deployment",
+            {
+                "applicationName": "app",
+                "deploymentGroupName": "app-staging",
+                "revision": {"revisionType": "S3", "s3Location": {"bucket": "deploybot", "key": "sha256:" + "0" * 64}},
+            },
+            "RevisionDoesNotExistException",
+        ),
+        ("batch_get_deployments", {"deploymentIds": []}, "DeploymentIdRequiredException"),
     ],
 )
 async def test_errors_are_modeled_exceptions(served: Served, operation: str, kwargs: dict, exception: str) -> None:
@@ -139,10 +166,24 @@ async def test_errors_are_modeled_exceptions(served: Served, operation: str, kwa
 async def test_unsupported_operation_is_a_clear_400(served: Served) -> None:
     client = served.client()
     with pytest.raises(ClientError) as info:
-        await call(client.list_on_premises_instances)
+        await call(client.create_application, applicationName="new")
     assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
     assert info.value.response["Error"]["Code"] == "UnknownOperationException"
-    assert "ListOnPremisesInstances" in info.value.response["Error"]["Message"]
+    assert "CreateApplication" in info.value.response["Error"]["Message"]
+
+
+async def test_temporary_credentials_are_accepted(served: Served) -> None:
+    """boto3 with a session token sends (and signs) X-Amz-Security-Token; its value is not checked."""
+    client = served.client(session_token="FwoGZXIvYXdzEBYaDAnything")
+    assert (await call(client.list_applications))["applications"] == ["app"]
+
+
+def test_an_unsigned_security_token_is_refused() -> None:
+    keys = sigv4.parse_keys(KEYS)
+    headers = {**_signed(b"{}"), "X-Amz-Security-Token": "added-after-signing"}
+    with pytest.raises(sigv4.SignatureRejected) as info:
+        sigv4.verify(keys, method="POST", url=_SIGNED_URL, headers=headers, body=b"{}")
+    assert info.value.error == "IncompleteSignature"
 
 
 @pytest.mark.parametrize(
@@ -265,10 +306,13 @@ async def test_stop_with_rollback_links_both_deployments(served: Served) -> None
         await call(client.stop_deployment, deploymentId=deployment_id)
 
 
+_SIGNED_URL = "http://127.0.0.1:8080/codedeploy/?a=1&b=two%20words"
+
+
 def _signed(body: bytes, secret: str = "s3cret") -> dict[str, str]:
     request = AWSRequest(
         method="POST",
-        url="http://127.0.0.1:8080/codedeploy/?a=1&b=two%20words",
+        url=_SIGNED_URL,
         headers={"X-Amz-Target": "CodeDeploy_20141006.ListApplications", "Content-Type": "application/json"},
         data=body,
     )
@@ -286,7 +330,7 @@ def _signed(body: bytes, secret: str = "s3cret") -> dict[str, str]:
 )
 def test_verify_recomputes_the_signature(signed_body: bytes, sent_body: bytes, secret: str, accepted: bool) -> None:
     keys = sigv4.parse_keys(KEYS)
-    url = "http://127.0.0.1:8080/codedeploy/?a=1&b=two%20words"
+    url = _SIGNED_URL
     headers = _signed(signed_body, secret)
     if accepted:
         assert sigv4.verify(keys, method="POST", url=url, headers=headers, body=sent_body).actor == "alice"
@@ -313,7 +357,7 @@ async def test_failed_hook_shows_in_diagnostics(served: Served) -> None:
     assert [e["lifecycleEventName"] for e in failed] == ["ApplicationStart"]
     assert failed[0]["diagnostics"]["errorCode"] == "ScriptFailed"
     assert failed[0]["diagnostics"]["message"] == "exit 3"
-    with pytest.raises(client.exceptions.DeploymentIsNotInReadyStateException):
+    with pytest.raises(client.exceptions.DeploymentAlreadyCompletedException):
         await call(client.continue_deployment, deploymentId=deployment_id)
     with pytest.raises(client.exceptions.InvalidDeploymentStatusException):
         await call(client.list_deployments, includeOnlyStatuses=["Sideways"])

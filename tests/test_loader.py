@@ -85,9 +85,9 @@ GROUP_CASES = {
         "        targets: {hosts: [web-1, web1]}\n",
         [(9, 34, "unknown host 'web1' (did you mean 'web-1'?)", f"{GROUP}.targets.hosts[1]")],
     ),
-    "tag selector matching no host": (
-        "        targets: {tags: {env: prod}}\n",
-        [(9, 25, "no declared host has the tags env=prod", f"{GROUP}.targets.tags")],
+    "empty tag selector": (
+        "        targets: {tags: {}}\n",
+        [(9, 25, "expected at least one tag to select hosts by", f"{GROUP}.targets.tags")],
     ),
     "missing targets": (
         "        deployment_config: CodeDeployDefault.AllAtOnce\n",

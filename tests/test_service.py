@@ -323,3 +323,14 @@ applications:
         s["targets"] for s in stages if s["kind"] == "targets"
     ]
     assert [s["percent"] for s in plan["traffic_steps"]] == [10, 100]
+
+
+async def test_a_group_whose_tags_match_no_host_is_refused_naming_the_tags(workdir: Path) -> None:
+    text = (CONFIG % {"heartbeat": 60}).replace("targets: {tags: {env: staging}}", "targets: {tags: {env: edge}}")
+    deployer = await Deployer.open(parse_config(text, base_dir=str(workdir)), data_dir=workdir / "var")
+    try:
+        with pytest.raises(DeploymentRefused, match="app-staging has no targets: no host or instance has the tags"):
+            await deployer.start(DeployRequest("app", "staging"))
+        assert await deployer.store.list_deployments(group_name="app-staging") == []
+    finally:
+        await deployer.close()

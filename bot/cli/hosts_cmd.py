@@ -49,16 +49,20 @@ def _agent_token(args: argparse.Namespace) -> int:
     except (OSError, ConfigError) as exc:
         print(f"error: cannot read {path}: {exc}", file=sys.stderr)
         return 2
-    if args.name not in config.hosts:
-        print(f"error: {args.name!r} is not a host in {path} (hosts: {', '.join(config.hosts)})", file=sys.stderr)
-        return 1
     tokens_file = Path(config.server.data_dir) / "agent-tokens.json"
     try:
         tokens: dict[str, Any] = json.loads(tokens_file.read_text())
     except OSError:
         print(f"error: no {tokens_file} yet: start the server once (`make run`) to issue agent tokens", file=sys.stderr)
         return 1
-    token = tokens.get(args.name)
+    token = tokens.get(args.name)  # a config host, or an instance registered through the API or an agent-tokens call
+    if token is None and args.name not in config.hosts:
+        print(
+            f"error: {args.name!r} is not a host in {path} (hosts: {', '.join(config.hosts)}) and has no token: "
+            "register it (CodeDeploy RegisterOnPremisesInstance) or POST /api/v1/agent-tokens",
+            file=sys.stderr,
+        )
+        return 1
     if token is None:
         print(f"error: no token for {args.name} yet: restart the server after adding the host", file=sys.stderr)
         return 1

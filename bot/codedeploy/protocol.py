@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.codedeploy.base import Answer
 from bot.codedeploy.operations import CodeDeployOperations
 from bot.codedeploy.shapes import ApiError
 from bot.codedeploy.sigv4 import AccessKey, SignatureRejected, verify
@@ -24,10 +25,12 @@ from engine.errors import (
     DeploymentRefused,
     EngineError,
     EnvironmentNotFound,
+    InvalidLifecycleHookStatus,
     InvalidTransition,
     RevisionNotFound,
     UnknownDeploymentConfig,
 )
+from engine.registrations import InstanceNotRegistered
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,8 @@ _ENGINE_ERRORS: tuple[tuple[type[EngineError], str], ...] = (
     (EnvironmentNotFound, "DeploymentGroupDoesNotExist"),
     (RevisionNotFound, "RevisionDoesNotExist"),
     (UnknownDeploymentConfig, "DeploymentConfigDoesNotExist"),
+    (InstanceNotRegistered, "InstanceNotRegistered"),
+    (InvalidLifecycleHookStatus, "InvalidLifecycleEventHookExecutionStatus"),
     (AppSpecInvalid, "InvalidRevision"),
     (BundleError, "InvalidRevision"),
     (InvalidTransition, "InvalidOperation"),
@@ -52,8 +57,10 @@ def aws_error(name: str, message: str, *, status: int = 400) -> web.Response:
     return _answer({"__type": f"{name}Exception", "message": message}, status=status)
 
 
-def _answer(body: dict[str, Any], *, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(body, default=str).encode(), content_type=CONTENT_TYPE)
+def _answer(body: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=json.dumps(body, default=str).encode(), content_type=CONTENT_TYPE, headers=headers
+    )
 
 
 def engine_error_name(exc: EngineError) -> str:
@@ -98,7 +105,10 @@ class CodeDeployEndpoint:
         if not isinstance(payload, dict):
             return aws_error("Serialization", "the body must be a JSON object")
         try:
-            return _answer(await operation(payload, key.actor))
+            answer = await operation(payload, key.actor)
+            if isinstance(answer, Answer):
+                return _answer(answer.body, headers=dict(answer.headers))
+            return _answer(answer)
         except ApiError as exc:
             return aws_error(exc.name, exc.message)
         except EngineError as exc:

@@ -1,8 +1,8 @@
 """CodeDeploy's service-model shapes built from deploybot's own documents (pure: no I/O, no engine calls).
 
-A deploybot deployment document (engine.views) becomes ``DeploymentInfo``, its targets ``InstanceTarget``s with
-``lifecycleEvents``; configurations become ``DeploymentConfigInfo``. Revisions travel in the S3 shape with the
-bucket ``deploybot`` and the deploybot revision (``sha256:<hex>``, a path or ``git:REF``) as the key.
+A deploybot deployment document (engine.views) becomes ``DeploymentInfo``, its targets ``InstanceTarget``s (and
+the legacy ``InstanceSummary``s) with ``lifecycleEvents``; configurations become ``DeploymentConfigInfo``;
+registered revisions ``GenericRevisionInfo`` and on-premises hosts ``InstanceInfo``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 from engine.configs import DeploymentConfig, MinimumHealthyHostsType, TrafficRoutingType
 from engine.model import ROLLBACK_CREATOR, Platform, ScriptErrorCode
+from engine.registrations import OnPremInstance, RegisteredRevision
 
-REVISION_BUCKET = "deploybot"
 PLATFORMS = {Platform.SERVER: "Server", Platform.LAMBDA: "Lambda", Platform.ECS: "ECS"}
 _STATUS = {"WaitingApproval": "Queued"}  # deploybot's approval gate looks like a queue to CodeDeploy clients
 _OVERVIEW_KEYS = ("Pending", "InProgress", "Succeeded", "Failed", "Skipped", "Ready")
@@ -28,12 +28,14 @@ class ApiError(Exception):
         self.name, self.message = name, message
 
 
-def config_info(config: DeploymentConfig) -> dict[str, Any]:
+def config_info(config: DeploymentConfig, created_at: float | None = None) -> dict[str, Any]:
     info: dict[str, Any] = {
         "deploymentConfigId": config.name,
         "deploymentConfigName": config.name,
         "computePlatform": PLATFORMS[config.compute_platform],
     }
+    if created_at is not None:
+        info["createTime"] = created_at
     mhh = config.minimum_healthy_hosts
     if mhh is not None:  # OneAtATime is "every host but one"; CodeDeploy shows it as FLEET_PERCENT 99
         most = mhh.type is MinimumHealthyHostsType.MOST_CONCURRENCY
@@ -78,25 +80,8 @@ def lifecycle_error(code: object) -> str:
     return label if label in _LIFECYCLE_ERRORS else "UnknownError"
 
 
-def revision_spec(revision: object) -> str | None:
-    """The DeployRequest revision named by a CodeDeploy ``RevisionLocation`` (None: the application default)."""
-    if revision is None:
-        return None
-    supported = (
-        f'deploybot supports {{"revisionType": "S3", "s3Location": {{"bucket": "{REVISION_BUCKET}", '
-        '"key": "sha256:<hex>" | path | "git:REF"}}, or no revision for the application\'s default'
-    )
-    if not isinstance(revision, Mapping) or revision.get("revisionType") != "S3":
-        kind = revision.get("revisionType") if isinstance(revision, Mapping) else revision
-        raise ApiError("InvalidRevision", f"revisionType {kind!r} is not supported: {supported}")
-    location = revision.get("s3Location") or {}
-    key = location.get("key")
-    if location.get("bucket") != REVISION_BUCKET or not isinstance(key, str) or not key.strip():
-        raise ApiError("InvalidRevision", f"S3 bucket {location.get('bucket')!r} is not supported: {supported}")
-    return key.strip()
-
-
-def deployment_info(doc: Mapping[str, Any]) -> dict[str, Any]:
+def deployment_info(doc: Mapping[str, Any], revision: Mapping[str, Any]) -> dict[str, Any]:
+    """``revision``: the RevisionLocation the deployment was made from (its stored bundle when none is known)."""
     overview = dict.fromkeys(_OVERVIEW_KEYS, 0)
     for target in doc["targets"]:
         if target["status"] in overview:
@@ -110,14 +95,7 @@ def deployment_info(doc: Mapping[str, Any]) -> dict[str, Any]:
         "creator": ROLLBACK_CREATOR if doc["created_by"] == ROLLBACK_CREATOR else "user",
         "description": doc["description"],
         "deploymentOverview": overview,
-        "revision": {
-            "revisionType": "S3",
-            "s3Location": {
-                "bucket": REVISION_BUCKET,
-                "key": "sha256:" + doc["revision"]["sha256"],
-                "bundleType": "tgz",
-            },
-        },
+        "revision": dict(revision),
     }
     if doc.get("deployment_type"):
         info["deploymentStyle"] = {"deploymentType": doc["deployment_type"]}
@@ -139,19 +117,86 @@ def deployment_info(doc: Mapping[str, Any]) -> dict[str, Any]:
     return info
 
 
-def target_json(doc: Mapping[str, Any], names: list[str], target_id: str) -> dict[str, Any]:
+def target_json(
+    doc: Mapping[str, Any], names: list[str], target_id: str, labels: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """``labels``: Blue (original) / Green (replacement) per target of a blue/green deployment."""
     if target_id not in names:
         raise ApiError("DeploymentTargetDoesNotExist", f"Deployment {doc['id']} has no target {target_id!r}")
-    found = next((t for t in doc["targets"] if t["name"] == target_id), None)
+    instance: dict[str, Any] = {"deploymentId": doc["id"], "targetId": target_id, "targetArn": target_id}
+    instance.update(_progress(doc, target_id))
+    if labels and target_id in labels:
+        instance["instanceLabel"] = labels[target_id]
+    return {"deploymentTargetType": "InstanceTarget", "instanceTarget": instance}
+
+
+def instance_summary(doc: Mapping[str, Any], instance_id: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    """The legacy ``InstanceSummary`` (ListDeploymentInstances and friends) of one target."""
+    summary: dict[str, Any] = {"deploymentId": doc["id"], "instanceId": instance_id}
+    summary.update(_progress(doc, instance_id))
+    if instance_id in labels:
+        summary["instanceType"] = labels[instance_id]
+    return summary
+
+
+def _progress(doc: Mapping[str, Any], name: str) -> dict[str, Any]:
+    found = next((t for t in doc["targets"] if t["name"] == name), None)
     events = found["events"] if found else []
     times = [t for e in events for t in (e.get("started_at"), e.get("ended_at")) if t is not None]
-    instance: dict[str, Any] = {
-        "deploymentId": doc["id"],
-        "targetId": target_id,
-        "targetArn": target_id,
+    out: dict[str, Any] = {
         "status": found["status"] if found else "Pending",
         "lifecycleEvents": [event_json(e) for e in events],
     }
     if times:
-        instance["lastUpdatedAt"] = max(times)
-    return {"deploymentTargetType": "InstanceTarget", "instanceTarget": instance}
+        out["lastUpdatedAt"] = max(times)
+    return out
+
+
+def blue_green_labels(state: Mapping[str, Any]) -> dict[str, str]:
+    """Blue for the original fleet, Green for the replacement, read off a stored deployment's stages (empty for
+    anything but a server blue/green deployment)."""
+    stages = state.get("stages") or []
+    if not any(stage.get("kind") == "traffic" for stage in stages):
+        return {}
+    target_stages = [stage for stage in stages if stage.get("kind") == "targets"]
+    labels: dict[str, str] = {}
+    for stage in target_stages:
+        if stage.get("name") == "block-original":
+            labels.update(dict.fromkeys(stage["targets"], "Blue"))
+    if target_stages:
+        labels.update(dict.fromkeys(target_stages[0]["targets"], "Green"))
+    return labels
+
+
+def revision_info(
+    revision: RegisteredRevision, used: tuple[float | None, float | None, tuple[str, ...]]
+) -> dict[str, Any]:
+    """``GenericRevisionInfo``; ``used``: (first, last, groups) of the deployments of its bundle, which every front
+    makes (the registration's own times, set by CreateDeployment, stand in when there are none)."""
+    first, last, groups = used
+    info: dict[str, Any] = {"registerTime": revision.registered_at, "deploymentGroups": list(groups)}
+    if revision.description:
+        info["description"] = revision.description
+    if first is None:
+        first, last = revision.first_used_at, revision.last_used_at
+    if first is not None:
+        info["firstUsedTime"] = first
+    if last is not None:
+        info["lastUsedTime"] = last
+    return info
+
+
+def instance_info(name: str, tags: Mapping[str, str], instance: OnPremInstance | None) -> dict[str, Any]:
+    """``InstanceInfo`` of a host: registered through the API (``instance``) or declared in the config file."""
+    info: dict[str, Any] = {
+        "instanceName": name,
+        "instanceArn": f"arn:deploybot:codedeploy:::instance/{name}",
+        "tags": [{"Key": k, "Value": v} for k, v in sorted(tags.items())],
+    }
+    if instance is not None:
+        info["registerTime"] = instance.registered_at
+        if instance.deregistered_at is not None:
+            info["deregisterTime"] = instance.deregistered_at
+        if instance.iam_arn:
+            info["iamSessionArn" if ":sts:" in instance.iam_arn else "iamUserArn"] = instance.iam_arn
+    return info

@@ -111,6 +111,11 @@ def verify(
             f"{current.strftime(SIGV4_TIMESTAMP)}",
         )
     wanted = {name.lower() for name in auth.signed_headers}
+    # Temporary credentials (AWS_SESSION_TOKEN) add X-Amz-Security-Token: its value means nothing to deploybot,
+    # but it must be covered by the signature like every other header the client sent with it.
+    sent = {name.lower() for name in headers}
+    if "x-amz-security-token" in sent and "x-amz-security-token" not in wanted:
+        raise SignatureRejected("IncompleteSignature", "X-Amz-Security-Token must be listed in SignedHeaders")
     signed_headers = {name: value for name, value in headers.items() if name.lower() in wanted}
     rebuilt = AWSRequest(method=method, url=url, headers=signed_headers, data=body)
     rebuilt.context["timestamp"] = amz_date

@@ -69,13 +69,23 @@ class Fleet:
         if host not in self._tokens:
             # A fixed prefix: a token_urlsafe value may start with "-", which a command line takes for an option.
             self._tokens[host] = "dbt_" + secrets.token_urlsafe(24)
-            self._token_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._token_file.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(self._tokens, f, indent=1)
-            os.replace(tmp, self._token_file)
+            self._save_tokens()
         return self._tokens[host]
+
+    def revoke_token(self, host: str) -> bool:
+        """Forget the host's token (a deregistered instance): its agent is refused from now on."""
+        if self._tokens.pop(host, None) is None:
+            return False
+        self._save_tokens()
+        return True
+
+    def _save_tokens(self) -> None:
+        self._token_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._token_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self._tokens, f, indent=1)
+        os.replace(tmp, self._token_file)
 
     def authenticate(self, token: str) -> str | None:
         found = None

@@ -1,0 +1,201 @@
+"""Applications, deployment groups and deployment configurations through the CodeDeploy API.
+
+Applications and groups are the config file's (read-only here). Configurations are the built-ins, the config
+file's and those made with CreateDeploymentConfig; only the last can be deleted, and only while nothing uses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bot.codedeploy.base import OperationsBase, required, string_list
+from bot.codedeploy.shapes import PLATFORMS, ApiError, config_info
+from engine.configs import (
+    BUILTIN_CONFIGS,
+    BUILTIN_PREFIX,
+    MAX_NAME_LENGTH,
+    DeploymentConfig,
+    MinimumHealthyHosts,
+    MinimumHealthyHostsType,
+    TrafficRouting,
+    TrafficRoutingType,
+)
+from engine.registrations import DeploymentConfigExists, DeploymentConfigInUse, DeploymentConfigReadOnly
+from engine.registrations import InvalidDeploymentConfig as InvalidConfig
+from engine.topology import Application, DeploymentGroup
+
+_PLATFORM_NAMES = {name: platform for platform, name in PLATFORMS.items()}
+_MHH_WORDS = ("minimum_healthy", "FLEET_PERCENT", "HOST_COUNT", "MOST_CONCURRENCY")
+
+
+class ApplicationOperations(OperationsBase):
+    OPERATIONS = (
+        "ListApplications",
+        "GetApplication",
+        "BatchGetApplications",
+        "ListDeploymentGroups",
+        "GetDeploymentGroup",
+        "BatchGetDeploymentGroups",
+        "ListDeploymentConfigs",
+        "GetDeploymentConfig",
+        "CreateDeploymentConfig",
+        "DeleteDeploymentConfig",
+    )
+
+    # -- applications and groups ------------------------------------------------------------------------------
+
+    def _app_info(self, app: Application) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "applicationId": app.name,
+            "applicationName": app.name,
+            "computePlatform": PLATFORMS[app.platform],
+            "linkedToGitHub": bool(app.github_repository),
+        }
+        if app.github_repository:
+            info["gitHubAccountName"] = app.github_repository.split("/")[0]
+        return info
+
+    async def list_applications(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        return self.paged(sorted(self.deployer.config.applications), body, "applications")
+
+    async def get_application(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        return {"application": self._app_info(self.application_of(body))}
+
+    async def batch_get_applications(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        names = string_list(body, "applicationNames", "ApplicationNameRequired")
+        return {"applicationsInfo": [self._app_info(self.application(n)) for n in names]}
+
+    async def list_deployment_groups(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        app = self.application_of(body)
+        answer = self.paged([app.groups[env].name for env in app.environments], body, "deploymentGroups")
+        return {"applicationName": app.name, **answer}
+
+    def _group_info(self, group: DeploymentGroup) -> dict[str, Any]:
+        if group.hosts:  # named hosts have no tag; show them as Name filters so the target list is visible
+            filters = [{"Key": "Name", "Value": host, "Type": "KEY_AND_VALUE"} for host in group.hosts]
+        else:
+            filters = [{"Key": k, "Value": v, "Type": "KEY_AND_VALUE"} for k, v in group.target_tags.items()]
+        with_traffic = group.load_balancer is not None and group.load_balancer.type != "none"
+        return {
+            "applicationName": group.application,
+            "deploymentGroupId": group.group_id(),
+            "deploymentGroupName": group.name,
+            "deploymentConfigName": group.deployment_config,
+            "onPremisesInstanceTagFilters": filters,
+            "deploymentStyle": {
+                "deploymentType": str(group.deployment_type),
+                "deploymentOption": "WITH_TRAFFIC_CONTROL" if with_traffic else "WITHOUT_TRAFFIC_CONTROL",
+            },
+            "autoRollbackConfiguration": {
+                "enabled": group.auto_rollback.enabled,
+                "events": sorted(str(e) for e in group.auto_rollback.events),
+            },
+            "alarmConfiguration": {
+                "enabled": group.alarms.enabled,
+                "ignorePollAlarmFailure": group.alarms.ignore_poll_alarm_failure,
+                "alarms": [{"name": name} for name in group.alarms.names],
+            },
+            "computePlatform": PLATFORMS[group.platform],
+        }
+
+    async def get_deployment_group(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        return {"deploymentGroupInfo": self._group_info(self.group_of(body))}
+
+    async def batch_get_deployment_groups(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        app = self.application_of(body)
+        names = string_list(body, "deploymentGroupNames", "DeploymentGroupNameRequired")
+        infos, missing = [], []
+        for name in names:
+            try:
+                infos.append(self._group_info(self.group_in(app, name)))
+            except ApiError:
+                missing.append(name)
+        answer: dict[str, Any] = {"deploymentGroupsInfo": infos}
+        if missing:
+            answer["errorMessage"] = f"No deployment group {', '.join(missing)} in {app.name}"
+        return answer
+
+    # -- configurations -----------------------------------------------------------------------------------------
+
+    async def list_deployment_configs(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        return self.paged([*BUILTIN_CONFIGS, *self.configs()], body, "deploymentConfigsList")
+
+    async def get_deployment_config(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        name = required(body, "deploymentConfigName", "DeploymentConfigNameRequired")
+        config = self.config_named(name)
+        return {"deploymentConfigInfo": config_info(config, self.registry.config_created_at(name))}
+
+    async def create_deployment_config(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        name = required(body, "deploymentConfigName", "DeploymentConfigNameRequired")
+        if name.startswith(BUILTIN_PREFIX) or len(name) > MAX_NAME_LENGTH:
+            raise ApiError(
+                "InvalidDeploymentConfigName",
+                f"{name!r}: names are 1-{MAX_NAME_LENGTH} characters and may not start with {BUILTIN_PREFIX}",
+            )
+        platform_name = body.get("computePlatform") or "Server"
+        if platform_name not in _PLATFORM_NAMES:
+            raise ApiError("InvalidComputePlatform", f"computePlatform {platform_name!r} is not Server, Lambda or ECS")
+        if body.get("zonalConfig"):
+            raise ApiError("InvalidZonalDeploymentConfiguration", "deploybot does not deploy by availability zone")
+        config = DeploymentConfig(
+            name,
+            _PLATFORM_NAMES[platform_name],
+            _minimum_healthy_hosts(body.get("minimumHealthyHosts")),
+            _traffic_routing(body.get("trafficRoutingConfig")),
+        )
+        try:
+            await self.registry.create_config(config)
+        except DeploymentConfigExists:
+            raise ApiError("DeploymentConfigAlreadyExists", f"A deployment configuration named {name} exists") from None
+        except InvalidConfig as exc:
+            mhh = any(word in problem for problem in exc.problems for word in _MHH_WORDS)
+            kind = "InvalidMinimumHealthyHostValue" if mhh else "InvalidTrafficRoutingConfiguration"
+            raise ApiError(kind, f"{name}: {'; '.join(exc.problems)}") from None
+        return {"deploymentConfigId": name}
+
+    async def delete_deployment_config(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        name = required(body, "deploymentConfigName", "DeploymentConfigNameRequired")
+        try:
+            await self.registry.delete_config(name)
+        except DeploymentConfigReadOnly as exc:
+            where = "is built in" if exc.origin == "built-in" else "comes from the config file; edit it there"
+            raise ApiError("InvalidOperation", f"{name} {where}: it cannot be deleted") from None
+        except DeploymentConfigInUse as exc:
+            raise ApiError("DeploymentConfigInUse", f"{name} is used by {', '.join(exc.users)}") from None
+        return {}
+
+
+def _minimum_healthy_hosts(value: object) -> MinimumHealthyHosts | None:
+    if value is None:
+        return None
+    kinds = ("HOST_COUNT", "FLEET_PERCENT")
+    if not isinstance(value, Mapping) or value.get("type") not in kinds or not isinstance(value.get("value"), int):
+        raise ApiError(
+            "InvalidMinimumHealthyHostValue", "minimumHealthyHosts needs type HOST_COUNT|FLEET_PERCENT and value"
+        )
+    return MinimumHealthyHosts(MinimumHealthyHostsType(value["type"]), int(value["value"]))
+
+
+def _traffic_routing(value: object) -> TrafficRouting | None:
+    if value is None:
+        return None
+    kinds = {t.value: t for t in TrafficRoutingType}
+    if not isinstance(value, Mapping) or value.get("type") not in kinds:
+        raise ApiError(
+            "InvalidTrafficRoutingConfiguration", f"trafficRoutingConfig.type must be one of {', '.join(kinds)}"
+        )
+    kind = kinds[str(value["type"])]
+    if kind is TrafficRoutingType.ALL_AT_ONCE:
+        return TrafficRouting(kind)
+    member, prefix = (
+        ("timeBasedCanary", "canary") if kind is TrafficRoutingType.CANARY else ("timeBasedLinear", "linear")
+    )
+    step = value.get(member)
+    percentage = step.get(f"{prefix}Percentage") if isinstance(step, Mapping) else None
+    interval = step.get(f"{prefix}Interval") if isinstance(step, Mapping) else None
+    if not isinstance(percentage, int) or not isinstance(interval, int):
+        raise ApiError(
+            "InvalidTrafficRoutingConfiguration", f"{kind} needs {member} {{{prefix}Percentage, {prefix}Interval}}"
+        )
+    return TrafficRouting(kind, percentage, interval)

@@ -1,0 +1,150 @@
+"""What every group of CodeDeploy operations shares: request checks, paging, and lookups in CodeDeploy's words.
+
+Each operation is an ``async (body, actor) -> dict | Answer`` method named after the operation in snake case
+(``ListApplications`` → ``list_applications``); a class lists the operations it answers in ``OPERATIONS``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bot.codedeploy.shapes import ApiError
+from engine.configs import DeploymentConfig, resolve_config
+from engine.errors import ApplicationNotFound, UnknownDeploymentConfig
+from engine.topology import Application, DeploymentGroup
+
+if TYPE_CHECKING:
+    from bot.github.client import GitHubClient
+    from engine.registry import Registry
+
+DEFAULT_PAGE_SIZE = 100
+BATCH_LIMIT = 100
+FINAL_STATUSES = ("Succeeded", "Failed", "Stopped")
+_DEPLOYMENT_ID = re.compile(r"^d-[A-Z0-9]{9}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A response body with extra HTTP headers (for what the service model has no field for)."""
+
+    body: dict[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+Operation = Callable[[Mapping[str, Any], str], Awaitable[dict[str, Any] | Answer]]
+
+
+def required(body: Mapping[str, Any], key: str, missing: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(missing, f"{key} is required")
+    return value.strip()
+
+
+def string_list(body: Mapping[str, Any], key: str, missing: str, *, limit: int = BATCH_LIMIT) -> list[str]:
+    """A required, non-empty list of strings of at most ``limit`` items (BatchLimitExceeded beyond)."""
+    values = body.get(key)
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
+        raise ApiError(missing, f"{key} must be a non-empty list of names")
+    if len(values) > limit:
+        raise ApiError("BatchLimitExceeded", f"{key} holds {len(values)} items; the limit is {limit}")
+    return [str(v) for v in values]
+
+
+def checked_id(value: str) -> str:
+    if not _DEPLOYMENT_ID.match(value):
+        raise ApiError("InvalidDeploymentId", f"{value!r} is not a deployment id (d- and nine letters or digits)")
+    return value
+
+
+def deployment_id(body: Mapping[str, Any]) -> str:
+    return checked_id(required(body, "deploymentId", "DeploymentIdRequired"))
+
+
+def offset(body: Mapping[str, Any]) -> int:
+    token = body.get("nextToken")
+    if token is None:
+        return 0
+    if not isinstance(token, str) or not token.isdigit():
+        raise ApiError("InvalidNextToken", f"nextToken {token!r} was not issued by this server")
+    return int(token)
+
+
+def page(items: Sequence[Any], start: int, size: int) -> tuple[list[Any], str | None]:
+    chunk = list(items[start : start + size])
+    return chunk, str(start + size) if start + size < len(items) else None
+
+
+def operation_method(name: str) -> str:
+    """``ListApplications`` → ``list_applications``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+class OperationsBase:
+    """State and lookups shared by the operation groups (mixed into CodeDeployOperations)."""
+
+    OPERATIONS: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        deployer: Any,
+        *,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        github: GitHubClient | None = None,
+        scratch: Path | None = None,
+    ) -> None:
+        self.deployer = deployer
+        self.page_size = page_size
+        self.github = github  # set while the app runs when GitHub credentials exist (GitHub revisions)
+        self.scratch = scratch or Path(deployer.data_dir) / "codedeploy"
+
+    @property
+    def registry(self) -> Registry:
+        return self.deployer.registry  # type: ignore[no-any-return]
+
+    def paged(self, items: Sequence[Any], body: Mapping[str, Any], key: str) -> dict[str, Any]:
+        chunk, token = page(items, offset(body), self.page_size)
+        return {key: chunk, **({"nextToken": token} if token else {})}
+
+    def configs(self) -> dict[str, DeploymentConfig]:
+        """Custom configurations: the config file's and those created through the API."""
+        return {**self.deployer.config.deployment_configs, **self.registry.deployment_configs()}
+
+    def config_named(self, name: str) -> DeploymentConfig:
+        try:
+            return resolve_config(name, self.configs())
+        except UnknownDeploymentConfig:
+            raise ApiError(
+                "DeploymentConfigDoesNotExist", f"No deployment configuration found for name: {name}"
+            ) from None
+
+    def application(self, name: str) -> Application:
+        try:
+            return self.deployer.config.application(name)  # type: ignore[no-any-return]
+        except ApplicationNotFound:
+            raise ApiError("ApplicationDoesNotExist", f"No application found for name: {name}") from None
+
+    def application_of(self, body: Mapping[str, Any]) -> Application:
+        return self.application(required(body, "applicationName", "ApplicationNameRequired"))
+
+    def group_of(self, body: Mapping[str, Any]) -> DeploymentGroup:
+        """The group named by ``deploymentGroupName`` (its group name or, as a convenience, its environment)."""
+        app = self.application_of(body)
+        return self.group_in(app, required(body, "deploymentGroupName", "DeploymentGroupNameRequired"))
+
+    def group_in(self, app: Application, name: str) -> DeploymentGroup:
+        for environment, group in app.groups.items():
+            if name in (group.name, environment) or name.casefold() == environment.casefold():
+                return group
+        names = ", ".join(g.name for g in app.groups.values())
+        raise ApiError("DeploymentGroupDoesNotExist", f"No deployment group {name!r} in {app.name} (has: {names})")
+
+    async def deployment_row(self, deployment: str) -> dict[str, Any]:
+        row = await self.deployer.store.get_deployment(checked_id(deployment))
+        if row is None:
+            raise ApiError("DeploymentDoesNotExist", f"Deployment {deployment} does not exist")
+        return row  # type: ignore[no-any-return]

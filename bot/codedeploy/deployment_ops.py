@@ -1,0 +1,243 @@
+"""Deployments through the CodeDeploy API: create, read, list, stop, continue, skip the termination wait, and the
+status callback of Lambda/ECS lifecycle hooks.
+
+Each maps onto one Deployer call with the access key's actor, so a deployment made here shows in Slack, GitHub
+and the CLI like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bot.codedeploy.base import FINAL_STATUSES, checked_id, deployment_id, string_list
+from bot.codedeploy.fetching import RevisionFetching
+from bot.codedeploy.locations import normalized_location, stored_location
+from bot.codedeploy.shapes import ApiError, deployment_info
+from engine.errors import EngineError, InvalidLifecycleHookStatus, LifecycleHookNotFound
+from engine.model import AutoRollback, AutoRollbackEvent
+from engine.overrides import FILE_EXISTS_BEHAVIORS, GroupOverrides
+from engine.service import DeployRequest
+from engine.topology import AlarmConfiguration
+
+LISTABLE_STATUSES = ("Created", "Queued", "InProgress", "Baking", "Succeeded", "Failed", "Stopped", "Ready")
+WAIT_TYPES = ("READY_WAIT", "TERMINATION_WAIT")
+HOOK_STATUSES = ("Succeeded", "Failed")
+NOT_STARTED = ("Queued", "WaitingApproval")
+
+
+def current_wait(row: Mapping[str, Any]) -> str | None:
+    """The kind of wait (``ready``, ``termination``, ``watch``) a stored deployment is in, or None."""
+    state = row.get("state") or {}
+    index = (state.get("machine") or {}).get("stage_index")
+    stages = state.get("stages") or []
+    if not isinstance(index, int) or not 0 <= index < len(stages) or stages[index].get("kind") != "wait":
+        return None
+    return str(stages[index].get("wait_kind"))
+
+
+class DeploymentOperations(RevisionFetching):
+    OPERATIONS = (
+        "CreateDeployment",
+        "GetDeployment",
+        "BatchGetDeployments",
+        "ListDeployments",
+        "StopDeployment",
+        "ContinueDeployment",
+        "SkipWaitTimeForInstanceTermination",
+        "PutLifecycleEventHookExecutionStatus",
+    )
+
+    async def create_deployment(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        group = self.group_of(body)
+        app = self.application(group.application)
+        config_name = body.get("deploymentConfigName")
+        if config_name is not None:
+            self.config_named(str(config_name))
+        location = normalized_location(body["revision"]) if body.get("revision") is not None else None
+        request = DeployRequest(
+            application=group.application,
+            environment=group.environment,
+            revision=await self.deployable(app, group, location) if location else None,
+            config_name=str(config_name) if config_name else None,
+            actor=actor,
+            description=str(body.get("description") or ""),
+            overrides=group_overrides(body),
+        )
+        try:
+            deployment = await self.deployer.start(request)
+        except EngineError as exc:
+            if request.revision is None and "no default revision" in str(exc):
+                raise ApiError("RevisionRequired", str(exc)) from None
+            raise
+        if location is not None:
+            await self.registry.mark_used(app.name, location, sha256=deployment["revision"]["sha256"])
+        return {"deploymentId": deployment["id"]}
+
+    async def _deployment_info(self, deployment: str) -> dict[str, Any]:
+        doc = await self.deployer.get(checked_id(deployment))
+        sha256 = doc["revision"]["sha256"]
+        location = self.registry.location_of(doc["application"], sha256) or stored_location(sha256)
+        return deployment_info(doc, location)
+
+    async def get_deployment(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        return {"deploymentInfo": await self._deployment_info(deployment_id(body))}
+
+    async def batch_get_deployments(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        ids = string_list(body, "deploymentIds", "DeploymentIdRequired")
+        return {"deploymentsInfo": [await self._deployment_info(i) for i in ids]}
+
+    async def list_deployments(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        application = group_name = None
+        if body.get("applicationName"):
+            application = self.application(str(body["applicationName"])).name
+            if body.get("deploymentGroupName"):
+                group_name = self.group_of(body).name
+        elif body.get("deploymentGroupName"):
+            raise ApiError("ApplicationNameRequired", "deploymentGroupName needs applicationName")
+        statuses = [str(s) for s in body.get("includeOnlyStatuses") or []]
+        unknown = [s for s in statuses if s not in LISTABLE_STATUSES]
+        if unknown:
+            raise ApiError(
+                "InvalidDeploymentStatus", f"unknown status {unknown[0]!r}; use {', '.join(LISTABLE_STATUSES)}"
+            )
+        if "Queued" in statuses:
+            statuses.append("WaitingApproval")
+        rows = await self.deployer.store.list_deployments(
+            application=application, group_name=group_name, status=statuses or None, limit=None
+        )
+        return self.paged([row["id"] for row in rows], body, "deployments")
+
+    async def stop_deployment(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        deployment = deployment_id(body)
+        current = await self.deployer.get(deployment)
+        if current["status"] in FINAL_STATUSES:
+            raise ApiError("DeploymentAlreadyCompleted", f"Deployment {deployment} is already {current['status']}")
+        rollback = body.get("autoRollbackEnabled")
+        doc = await self.deployer.stop(
+            deployment, rollback=rollback if isinstance(rollback, bool) else None, actor=actor
+        )
+        message = f"Deployment {deployment} is {doc['status']}"
+        if doc["rollback"]["by"]:
+            message += f"; rolled back by {doc['rollback']['by']}"
+        return {"status": "Succeeded" if doc["status"] == "Stopped" else "Pending", "statusMessage": message}
+
+    async def _waiting_row(self, deployment: str) -> dict[str, Any]:
+        row = await self.deployment_row(deployment)
+        if row["status"] in FINAL_STATUSES:
+            raise ApiError("DeploymentAlreadyCompleted", f"Deployment {deployment} is already {row['status']}")
+        return row
+
+    async def continue_deployment(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        """READY_WAIT: install done, shift traffic now (a deploybot-paused deployment resumes); TERMINATION_WAIT:
+        release the original fleet now, like SkipWaitTimeForInstanceTermination."""
+        deployment = deployment_id(body)
+        wait_type = body.get("deploymentWaitType") or "READY_WAIT"
+        if wait_type not in WAIT_TYPES:
+            raise ApiError(
+                "InvalidDeploymentWaitType", f"deploymentWaitType {wait_type!r} is not {' or '.join(WAIT_TYPES)}"
+            )
+        row = await self._waiting_row(deployment)
+        if wait_type == "TERMINATION_WAIT":
+            return await self._end_termination_wait(deployment, row, actor)
+        wait = current_wait(row)
+        if wait == "ready":
+            await self.deployer.control(deployment, "continue", actor=actor)
+        elif ((row.get("state") or {}).get("machine") or {}).get("paused"):
+            await self.deployer.control(deployment, "resume", actor=actor)
+        else:
+            raise ApiError("DeploymentIsNotInReadyState", f"Deployment {deployment} is {row['status']}, not Ready")
+        return {}
+
+    async def skip_wait_time_for_instance_termination(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        deployment = deployment_id(body)
+        if (await self.deployment_row(deployment)).get("deployment_type") != "BLUE_GREEN":
+            raise ApiError(
+                "UnsupportedActionForDeploymentType", f"Deployment {deployment} is in-place: it keeps no original fleet"
+            )
+        row = await self._waiting_row(deployment)
+        if row["status"] in NOT_STARTED:
+            raise ApiError("DeploymentNotStarted", f"Deployment {deployment} has not started ({row['status']})")
+        return await self._end_termination_wait(deployment, row, actor)
+
+    async def _end_termination_wait(self, deployment: str, row: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        if current_wait(row) != "termination":
+            raise ApiError(
+                "DeploymentIsNotInReadyState",
+                f"Deployment {deployment} is {row['status']} and not waiting to release its original instances",
+            )
+        await self.deployer.control(deployment, "continue", actor=actor)
+        return {}
+
+    async def put_lifecycle_event_hook_execution_status(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
+        execution_id = body.get("lifecycleEventHookExecutionId")
+        if not isinstance(execution_id, str) or not execution_id.strip():
+            raise ApiError("InvalidLifecycleEventHookExecutionId", "lifecycleEventHookExecutionId is required")
+        status = body.get("status")
+        if status not in HOOK_STATUSES:
+            raise ApiError("InvalidLifecycleEventHookExecutionStatus", f"status {status!r} must be Succeeded or Failed")
+        deployment = deployment_id(body) if body.get("deploymentId") is not None else None
+        row = await self.deployment_row(deployment) if deployment else None
+        if row is not None and self._platform_of(row) == "server":
+            raise ApiError(
+                "UnsupportedActionForDeploymentType",
+                f"Deployment {deployment} deploys to hosts, whose agents report hooks themselves",
+            )
+        try:
+            answer = await self.deployer.put_hook_status(
+                execution_id.strip(), str(status), deployment_id=deployment, actor=actor
+            )
+        except InvalidLifecycleHookStatus:
+            raise ApiError("InvalidLifecycleEventHookExecutionStatus", f"status {status!r} is not accepted") from None
+        except LifecycleHookNotFound:
+            where = f" of deployment {deployment}" if deployment else ""
+            raise ApiError(
+                "LifecycleEventAlreadyCompleted",
+                f"No hook execution {execution_id}{where} is waiting for a status: it was already reported, "
+                "timed out, or its deployment ended",
+            ) from None
+        return {"lifecycleEventHookExecutionId": answer["lifecycleEventHookExecutionId"]}
+
+    def _platform_of(self, row: Mapping[str, Any]) -> str | None:
+        try:
+            return str(self.deployer.config.group(row["application"], row["environment"]).platform)
+        except EngineError:
+            return None
+
+
+def group_overrides(body: Mapping[str, Any]) -> GroupOverrides | None:
+    """CreateDeployment's per-deployment settings: fileExistsBehavior, ignoreApplicationStopFailures,
+    autoRollbackConfiguration and overrideAlarmConfiguration (CloudWatch alarms by name)."""
+    behavior = body.get("fileExistsBehavior")
+    if behavior is not None and behavior not in FILE_EXISTS_BEHAVIORS:
+        raise ApiError(
+            "InvalidFileExistsBehavior", f"fileExistsBehavior must be one of {', '.join(FILE_EXISTS_BEHAVIORS)}"
+        )
+    ignore_stop = body.get("ignoreApplicationStopFailures")
+    rollback = None
+    if isinstance(raw := body.get("autoRollbackConfiguration"), Mapping):
+        try:
+            events = frozenset(AutoRollbackEvent(e) for e in raw.get("events") or ())
+        except ValueError as exc:
+            raise ApiError("InvalidAutoRollbackConfig", f"unknown rollback event: {exc}") from None
+        enabled = bool(raw.get("enabled"))
+        if enabled and not events:
+            events = frozenset({AutoRollbackEvent.DEPLOYMENT_FAILURE})
+        rollback = AutoRollback(enabled, events)
+    alarms = None
+    if isinstance(raw := body.get("overrideAlarmConfiguration"), Mapping):
+        names = [str(a.get("name")) for a in raw.get("alarms") or () if isinstance(a, Mapping) and a.get("name")]
+        if len(names) > 10:
+            raise ApiError("InvalidAlarmConfig", f"at most 10 alarms, got {len(names)}")
+        alarms = AlarmConfiguration(
+            enabled=bool(raw.get("enabled")),
+            ignore_poll_alarm_failure=bool(raw.get("ignorePollAlarmFailure")),
+            alarms=tuple({"name": name, "type": "cloudwatch"} for name in names),
+        )
+    overrides = GroupOverrides(
+        file_exists_behavior=str(behavior) if behavior is not None else None,
+        ignore_application_stop_failures=bool(ignore_stop) if ignore_stop is not None else None,
+        auto_rollback=rollback,
+        alarms=alarms,
+    )
+    return overrides if overrides.to_json() else None
