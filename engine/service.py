@@ -26,8 +26,8 @@ from engine.clock import SystemClock
 from engine.configs import (
     DEFAULT_SERVER_CONFIG,
     config_for_group,
-    traffic_config_for_hosts,
 )
+from engine.dry_run import dry_run
 from engine.errors import DeploymentNotFound, DeploymentRefused, EngineError, InvalidTransition
 from engine.events import (
     ContinueRequested,
@@ -48,7 +48,6 @@ from engine.model import (
     Revision,
 )
 from engine.overrides import GroupOverrides
-from engine.plan import build_plan
 from engine.ports import AlarmSource, Clock, Notifier, TrafficRouter
 from engine.registry import Registry
 from engine.release_flow import ReleaseFlow
@@ -543,38 +542,7 @@ class Deployer:
 
     async def plan(self, request: DeployRequest) -> dict[str, Any]:
         """The dry run: what a deployment of this group would do, from config alone (changes nothing)."""
-        group = self.config.group(request.application, request.environment)
-        config = config_for_group(
-            request.config_name or group.deployment_config,
-            group.platform,
-            {**self.config.deployment_configs, **self.registry.deployment_configs()},
-        )
-        traffic = (
-            traffic_config_for_hosts(group.traffic_config, self.config.deployment_configs)
-            if group.traffic_config and group.platform is Platform.SERVER
-            else None
-        )
-        targets = self.blueprint.target_names(group)
-        blue_green = group.platform is Platform.SERVER and group.deployment_type is DeploymentType.BLUE_GREEN
-        original: tuple[str, ...] = ()
-        if blue_green:  # the revision goes to the idle half of the pool, exactly as a deployment would do it
-            original, targets = await self.blueprint.sides(group)
-        plan = build_plan(
-            application=group.application,
-            environment=group.environment,
-            group=group.name,
-            platform=group.platform,
-            deployment_type=group.deployment_type,
-            config=config,
-            targets=targets,
-            traffic_config=traffic if group.deployment_type is DeploymentType.BLUE_GREEN else None,
-            with_load_balancer=self.blueprint.stage_options(group, config).with_load_balancer,
-        )
-        stages = await self.blueprint.stages_for(group, config)
-        document = {**plan.as_dict(), "stages": stages_to_json(stages)}
-        if blue_green:
-            document["original"] = list(original)
-        return await self.release.plan(group, request, document)
+        return await dry_run(self, request)
 
     async def hosts(self) -> list[dict[str, Any]]:
         return await self.inventory.hosts()

@@ -78,7 +78,9 @@ async def test_pushed_revision_deploys_from_s3_and_hooks_see_the_object(
         head = await s3.head_object(Bucket="artifacts", Key=key)
         etag = head["ETag"].strip('"')
 
-        deployed = await asyncio.to_thread(cli, server, "deploy", "hello", "--to", "staging", "--revision", url, "--wait")
+        deployed = await asyncio.to_thread(
+            cli, server, "deploy", "hello", "--to", "staging", "--revision", url, "--wait"
+        )
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         status, history = await asyncio.to_thread(server.api, "GET", "/api/v1/deployments?application=hello")
         assert status == 200
