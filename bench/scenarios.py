@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from bench import phases
+from bench.aws import aws_reroute
 from bench.baseline import canonical_bundle, run_baseline
 from bench.figures import Figure, median, percentile
 from bench.profile import Profiler
@@ -190,4 +191,5 @@ SCENARIOS: dict[str, Callable[[Settings], list[Figure]]] = {
     "scale": scale,
     "traffic": traffic,
     "slack": slack_ack,
+    "aws": aws_reroute,
 }
