@@ -130,6 +130,8 @@ class Deployer:
         )
         self.sources = RevisionSources(config, self.store, self.revisions, self.aws)
         self.hooks = self.aws.hooks  # Lambda/ECS hook executions waiting for their status callback
+        # An S3 revision, downloaded, checked (ETag, sha256) and stored with its location (API, CodeDeploy API).
+        self.fetch_s3_revision = self.aws.fetch_s3_revision
         self.blueprint.ec2_lookup = self.aws.ec2_instances
         self.inventory = Inventory(config, store, self.fleet, clock, self.blueprint)
         self.registry = self.inventory.registry = Registry(config, store, clock, self.revisions)
@@ -197,22 +199,6 @@ class Deployer:
 
     async def _revision_for(self, request: DeployRequest, group: DeploymentGroup) -> Revision:
         return await self.sources.for_request(request.revision, group)
-
-    async def fetch_s3_revision(
-        self,
-        bucket: str,
-        key: str,
-        *,
-        version: str | None = None,
-        etag: str | None = None,
-        bundle_type: str | None = None,
-        account: str = "default",
-        platform: Platform = Platform.SERVER,
-    ) -> Revision:
-        """An S3 revision, downloaded, checked (ETag, sha256) and stored with its location."""
-        return await self.aws.fetch_s3_revision(
-            bucket, key, version=version, etag=etag, bundle_type=bundle_type, account=account, platform=platform
-        )
 
     # -- starting --------------------------------------------------------------------------------------------
 
