@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from engine.adapters.aws import AwsClients
-from engine.adapters.ecs import EcsDriver
+from engine.adapters.ecs import EcsDriver, wait_until_steady
 from engine.clock import SystemClock
 from engine.errors import AdapterError
 from engine.lifecycle_hooks import HookExecutions
@@ -92,6 +92,7 @@ async def test_install_creates_one_task_set_on_the_idle_target_group_even_when_d
     _, second = await world.inbox.next()
     assert (first["status"], second["status"]) == ("Succeeded", "Succeeded")
     assert "created task set" in first["message"] and "reused" in second["message"]
+    assert "steady" in first["message"]  # Install ends once the replacement's tasks run
     assert len(world.inbox.results) == 2
     sets = await task_sets_now(world.clients, world.setup)
     [replacement] = [ts for ts in sets if ts["externalId"] == "d-1"]
@@ -208,3 +209,38 @@ async def test_finished_never_raises(world: World) -> None:
     await world.driver.finished("d-1", ecs_group(world.setup), spec, "Failed")
     await world.driver.finished("d-1", ecs_group(world.setup), spec, "Succeeded")
     assert set(await world.task_sets()) == {"original"}
+
+
+class _StartingTaskSet:
+    """Our own EcsService seam, answering with a task set whose tasks never all start."""
+
+    deployment_id = "d-9"
+
+    async def replacement(self) -> dict[str, Any]:
+        return {
+            "taskSetArn": "arn:ts/d-9",
+            "stabilityStatus": "STABILIZING",
+            "runningCount": 1,
+            "computedDesiredCount": 4,
+        }
+
+
+class _FastClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def monotonic(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+async def test_install_fails_when_the_task_set_never_becomes_steady() -> None:
+    clock = _FastClock()
+    with pytest.raises(AdapterError, match=r"not steady after 60 s: 1/4 tasks running"):
+        await wait_until_steady(_StartingTaskSet(), clock, timeout=60)  # type: ignore[arg-type]
+    assert clock.t == pytest.approx(60)

@@ -18,7 +18,13 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from engine.adapters.aws import AwsAccounts, AwsClients, aws_error
-from engine.adapters.lambda_hooks import BackgroundExecutor, LambdaHookInvoker, account_name, hook_result
+from engine.adapters.lambda_hooks import (
+    DEFAULT_HOOK_TIMEOUT,
+    BackgroundExecutor,
+    LambdaHookInvoker,
+    account_name,
+    hook_result,
+)
 from engine.errors import AdapterError
 from engine.lifecycle import ECS_HOOKABLE
 from engine.lifecycle_hooks import HookExecutions
@@ -180,6 +186,8 @@ class EcsDriver:
                 return await invoker.run_appspec_hooks(deployment_id, target, event, spec)
             if event is LifecycleEvent.INSTALL:
                 message = await install(ecs, spec["appspec"])
+                timeout = float(spec.get("hook_timeout_seconds") or DEFAULT_HOOK_TIMEOUT)
+                message += "; " + await wait_until_steady(ecs, self.clock, timeout=timeout)
             elif event is LifecycleEvent.ALLOW_TEST_TRAFFIC:
                 message = await allow_test_traffic(ecs)
             else:
@@ -245,6 +253,25 @@ async def install(ecs: EcsService, appspec: Mapping[str, Any]) -> str:
         raise
     await _drop_duplicates(ecs, await ecs.replacements(), keep=created["taskSetArn"])
     return f"created task set {created['taskSetArn']} ({appspec['task_definition']}) behind {target_group}"
+
+
+STEADY_POLL_SECONDS = 5.0
+
+
+async def wait_until_steady(ecs: EcsService, clock: Clock, *, timeout: float) -> str:
+    """Install ends when the replacement task set's tasks run (``stabilityStatus`` STEADY_STATE), as CodeDeploy's
+    does: test traffic must never reach a task set that is still starting. Raises AdapterError at ``timeout``."""
+    deadline = clock.monotonic() + timeout
+    while True:
+        task_set = await ecs.replacement()
+        if task_set is None:
+            raise AdapterError("ecs", f"the task set of deployment {ecs.deployment_id} disappeared while starting")
+        counts = f"{task_set.get('runningCount', '?')}/{task_set.get('computedDesiredCount', '?')} tasks running"
+        if task_set.get("stabilityStatus") == "STEADY_STATE":
+            return f"steady ({counts})"
+        if clock.monotonic() >= deadline:
+            raise AdapterError("ecs", f"task set {task_set['taskSetArn']} not steady after {timeout:.0f} s: {counts}")
+        await clock.sleep(min(STEADY_POLL_SECONDS, max(deadline - clock.monotonic(), 0.01)))
 
 
 async def _drop_duplicates(ecs: EcsService, task_sets: Sequence[Mapping[str, Any]], *, keep: str) -> None:
