@@ -77,7 +77,9 @@ class Sink:
     def __init__(self) -> None:
         self.stored: list[tuple[Path, str, str | None, list[str]]] = []
 
-    async def store_revision(self, path: Path, *, source: str, commit: str | None = None) -> dict[str, Any]:
+    async def store_revision(
+        self, path: Path, *, source: str, commit: str | None = None, application: str | None = None
+    ) -> dict[str, Any]:
         names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*"))
         self.stored.append((path, source, commit, names))
         assert (path / "bin" / "run").stat().st_mode & 0o111  # modes survive

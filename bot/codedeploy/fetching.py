@@ -29,7 +29,9 @@ class _PlatformSink:
     def __init__(self, deployer: Any, platform: Platform, repository: str) -> None:
         self.deployer, self.platform, self.repository = deployer, platform, repository
 
-    async def store_revision(self, path: Path, *, source: str, commit: str | None = None) -> dict[str, Any]:
+    async def store_revision(
+        self, path: Path, *, source: str, commit: str | None = None, application: str | None = None
+    ) -> dict[str, Any]:
         location = {"github": {"repository": self.repository, "commit": commit}}
         revision = await self.deployer.revisions.add(
             path, label=source, commit=commit, platform=self.platform, location=location

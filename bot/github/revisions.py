@@ -17,7 +17,9 @@ from engine.errors import BundleError
 
 
 class RevisionSink(Protocol):
-    async def store_revision(self, path: Path, *, source: str, commit: str | None = None) -> dict[str, Any]: ...
+    async def store_revision(
+        self, path: Path, *, source: str, commit: str | None = None, application: str | None = None
+    ) -> dict[str, Any]: ...
 
 
 def revision_label(repository: str, sha: str) -> str:
@@ -26,9 +28,16 @@ def revision_label(repository: str, sha: str) -> str:
 
 
 async def revision_from_commit(
-    client: GitHubClient, deployer: RevisionSink, repository: str, sha: str, *, scratch: Path
+    client: GitHubClient,
+    deployer: RevisionSink,
+    repository: str,
+    sha: str,
+    *,
+    scratch: Path,
+    application: str | None = None,
 ) -> dict[str, Any]:
     """Download, unpack and store the commit; returns Deployer.store_revision's ``{"sha256", "size", "source"}``.
+    With ``application``, its AppSpec is checked for that application's platform (a Lambda or ECS repository).
 
     Raises GitHubUnavailable (download), BundleError (unsafe or odd tarball), AppSpecInvalid (bad appspec.yml).
     """
@@ -37,7 +46,8 @@ async def revision_from_commit(
         work = Path(work_name)
         archive = await client.download_tarball(repository, sha, work / "commit.tar.gz")
         root = await asyncio.to_thread(_unpack, archive, work / "tree")
-        return await deployer.store_revision(root, source=revision_label(repository, sha), commit=sha)
+        label = revision_label(repository, sha)
+        return await deployer.store_revision(root, source=label, commit=sha, application=application)
 
 
 def _unpack(archive: Path, dest: Path) -> Path:

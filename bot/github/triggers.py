@@ -189,7 +189,9 @@ class DeployTriggers:
         lasting failure is said on the commit, so a merge is never dropped silently."""
         for attempt, pause in enumerate((*DOWNLOAD_RETRY_SECONDS, None)):
             try:
-                return await revision_from_commit(self.client, self.deployer, repository, sha, scratch=self.scratch)
+                return await revision_from_commit(
+                    self.client, self.deployer, repository, sha, scratch=self.scratch, application=rule.application
+                )
             except (AppSpecInvalid, EngineError):
                 raise
             except Exception as exc:  # network, GitHub 5xx, a truncated tarball: worth another try
@@ -256,7 +258,9 @@ class DeployTriggers:
         sha, github_id = str(deployment["sha"]), int(deployment["id"])
         creator = (deployment.get("creator") or {}).get("login") or "github"
         try:
-            stored = await revision_from_commit(self.client, self.deployer, repository, sha, scratch=self.scratch)
+            stored = await revision_from_commit(
+                self.client, self.deployer, repository, sha, scratch=self.scratch, application=app.name
+            )
             if self.notifier is not None:
                 self.notifier.expect(
                     app.name, environment, stored["sha256"], repository=repository, github_id=github_id
