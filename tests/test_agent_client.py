@@ -39,6 +39,9 @@ class FakeFleet:
     bundles: dict[str, bytes] = field(default_factory=dict)
     waiting: asyncio.Event = field(default_factory=asyncio.Event)
     result_arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+    hand_over: dict[int, dict[str, Any]] = field(default_factory=dict)  # result id -> command in its answer
+    result_queries: dict[int, dict[str, str]] = field(default_factory=dict)
+    polls_before_result: dict[int, int] = field(default_factory=dict)
     url: str = ""
 
     def app(self) -> web.Application:
@@ -78,8 +81,12 @@ class FakeFleet:
         body = await request.json()
         body["received_at"] = time.time()
         self.results.setdefault(command_id, body)
+        self.result_queries.setdefault(command_id, dict(request.query))
+        self.polls_before_result.setdefault(command_id, len(self.poll_times))
         async with self.result_arrived:
             self.result_arrived.notify_all()
+        if command_id in self.hand_over and "next" in request.query:
+            return web.json_response({"ok": True, "command": self.hand_over.pop(command_id)})
         return web.json_response({"ok": True})
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
@@ -219,6 +226,15 @@ async def test_download_install_and_hooks_end_to_end(fleet: FakeFleet, tmp_path:
     assert mismatch["status"] == "Failed" and mismatch["error_code"] == 5
     assert f"sha256 is {built.sha256} but the revision is {wrong}" in mismatch["message"]
     assert unsupported["error_code"] == 5 and unsupported["message"] == "Unsupported command type: BlockTraffic"
+
+
+async def test_a_command_handed_over_with_a_result_runs_without_a_poll(fleet: FakeFleet, tmp_path: Path) -> None:
+    fleet.hand_over[1] = command(2, "ApplicationStop", deployment="d-2")
+    async with running_agent(options(fleet, tmp_path / "agent")):
+        await fleet.enqueue(command(1, "ApplicationStop"))
+        assert (await fleet.result(2))["status"] == "Succeeded"
+    assert "next" in fleet.result_queries[1] and "next" in fleet.result_queries[2]
+    assert fleet.polls_before_result[2] == fleet.polls_before_result[1] == 1  # 2 came with 1's answer, not a poll
 
 
 async def test_results_are_retried_until_the_server_accepts_them(fleet: FakeFleet, tmp_path: Path) -> None:
