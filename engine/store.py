@@ -32,6 +32,7 @@ Row = dict[str, Any]
 FINAL_DEPLOYMENT_STATUSES = ("Succeeded", "Failed", "Stopped")
 FINAL_COMMAND_STATUSES = frozenset({"Succeeded", "Failed", "Cancelled"})
 _TARGET_EVENT_KEY = ("deployment_id", "target", "event")
+_COMMAND_HEAD = "id, host, deployment_id, event, status, created_at, claimed_at, finished_at"
 
 
 def _to_json(value: Any) -> str | None:
@@ -414,6 +415,21 @@ class SqliteStore:
 
     async def get_command(self, command_id: int) -> Row | None:
         return await self._fetch_one("host_commands", "SELECT * FROM host_commands WHERE id = ?", (command_id,))
+
+    async def get_command_head(self, command_id: int) -> Row | None:
+        """The command without its payload and result: what taking an agent's result needs, without decoding
+        the deployment spec every command carries."""
+        sql = f"SELECT {_COMMAND_HEAD} FROM host_commands WHERE id = ?"
+        return await self._fetch_one("host_commands", sql, (command_id,))
+
+    async def latest_command(self, host: str, deployment_id: str, event: str) -> Row | None:
+        """The newest command (not Cancelled) for ``event`` of the deployment on ``host``, with its result but
+        without its payload; None when there is none."""
+        sql = (
+            f"SELECT {_COMMAND_HEAD}, result FROM host_commands"
+            " WHERE host = ? AND deployment_id = ? AND event = ? AND status != 'Cancelled' ORDER BY id DESC LIMIT 1"
+        )
+        return await self._fetch_one("host_commands", sql, (host, deployment_id, event))
 
     async def list_commands(
         self,
