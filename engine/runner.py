@@ -174,6 +174,22 @@ class DeploymentRunner:
         await self._sync_target_rows()
         await self.store.update_deployment(self.deployment_id, **fields)
 
+    def milestones(self) -> tuple[Any, ...]:
+        """What notifiers react to, as a comparable value: everything but which lifecycle event each host is at."""
+        state = self.machine.state
+        hosts = tuple(progress.status for progress in state.targets.values())
+        return (
+            state.status,
+            state.stage_index,
+            state.traffic_step,
+            state.traffic_percent,
+            state.timer,
+            state.paused,
+            state.error_code,
+            state.message,
+            hosts,
+        )
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "stages": stages_to_json(self.machine.stages),
