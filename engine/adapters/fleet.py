@@ -102,13 +102,12 @@ class Fleet:
 
     async def dispatch(self, deployment_id: str, target: str, event: LifecycleEvent, spec: Mapping[str, Any]) -> None:
         """Queue ``event`` for ``target``; a command that already exists is not queued twice (resume-safe)."""
-        command = await self.store.latest_command(target, deployment_id, str(event))
-        if command is not None:
-            if command["status"] in ("Succeeded", "Failed") and command.get("result"):
-                await self._on_result(command, command["result"])
-            return
-        await self.store.enqueue_command(target, deployment_id, str(event), dict(spec), at=self.clock.now())
-        self._queued(target)
+        now = self.clock.now()
+        command = await self.store.enqueue_command_once(target, deployment_id, str(event), dict(spec), at=now)
+        if command is None:
+            self._queued(target)
+        elif command["status"] in ("Succeeded", "Failed") and command.get("result"):
+            await self._on_result(command, command["result"])
 
     async def cancel(self, deployment_id: str) -> None:
         await self.store.cancel_commands(deployment_id, at=self.clock.now())
@@ -150,11 +149,11 @@ class Fleet:
 
     async def report_result(self, host: str, command_id: int, result: dict[str, Any]) -> None:
         self._last_seen[host] = self.clock.now()
-        command = await self.store.get_command_head(command_id)
-        if command is None or command["host"] != host:
-            raise NotFound(f"no command {command_id} for host {host}")
         status = "Succeeded" if result.get("status") == "Succeeded" else "Failed"
-        if await self.store.complete_command(command_id, status, result, at=self.clock.now()):
+        command, finished = await self.store.finish_command(command_id, host, status, result, at=self.clock.now())
+        if command is None:
+            raise NotFound(f"no command {command_id} for host {host}")
+        if finished:
             await self._on_result(command, result)
 
     async def release(self, host: str, command_id: int) -> None:
