@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import statistics
@@ -270,6 +271,21 @@ async def test_commands_left_by_a_crashed_agent_are_failed_with_code_7(fleet: Fa
     assert crashed["message"] == "Failed: Failing in-progress lifecycle event after an agent restart."
     assert unreported["status"] == "Succeeded" and unreported["message"] == "done"  # its real result, not code 7
     assert layout.ongoing() == []
+
+
+def test_ongoing_records_torn_or_written_by_an_older_agent(tmp_path: Path) -> None:
+    layout = AgentLayout(tmp_path)
+    layout.mark_ongoing(OngoingCommand(1, "d-1", "Install", 5.0))
+    layout.mark_ongoing(OngoingCommand(1, "d-1", "Install", 5.0), result={"status": "Succeeded", "message": "ok"})
+    layout.mark_ongoing(OngoingCommand(2, "d-1", "AfterInstall", 6.0))
+    (tmp_path / "ongoing-command" / "2.result").write_text('{"status": "Succ')  # killed while writing it
+    old = {"command_id": 3, "deployment_id": "d-1", "event": "Install", "started_at": 7.0, "result": {"status": "x"}}
+    (tmp_path / "ongoing-command" / "3").write_text(json.dumps(old))  # one file, as agents before .result wrote
+    found = {record.command_id: record.result for record in layout.ongoing()}
+    assert found == {1: {"status": "Succeeded", "message": "ok"}, 2: None, 3: {"status": "x"}}
+    for command_id in found:
+        layout.clear_ongoing(command_id)
+    assert layout.ongoing() == [] and list((tmp_path / "ongoing-command").iterdir()) == []
 
 
 async def test_heartbeats_carry_tags_and_the_running_command(fleet: FakeFleet, tmp_path: Path) -> None:
