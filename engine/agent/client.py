@@ -189,7 +189,7 @@ class Agent:
         record = OngoingCommand(command.id, command.deployment_id, command.event, started)
         self.layout.mark_ongoing(record)
         self.running_command = command.id
-        log.info("command %s: %s of %s", command.id, command.event, command.deployment_id)
+        log.debug("command %s: %s of %s", command.id, command.event, command.deployment_id)
         try:
             outcome = await self.executor.execute(command)
         except asyncio.CancelledError:
@@ -199,7 +199,16 @@ class Agent:
             log.exception("command %s crashed", command.id)
             outcome = HookOutcome(ScriptErrorCode.UNKNOWN_ERROR, f"agent error: {type(exc).__name__}: {exc}")
         result = CommandResult.of(outcome.code, outcome.message, outcome.log_tail, started, time.time()).to_json()
-        log.info("command %s: %s (%s) %s", command.id, result["status"], result["error_code"], outcome.message)
+        # One line per command, when it ends: the agent's log is written for every lifecycle event of every host.
+        log.info(
+            "command %s: %s of %s: %s (%s) %s",
+            command.id,
+            command.event,
+            command.deployment_id,
+            result["status"],
+            result["error_code"],
+            outcome.message,
+        )
         self.layout.mark_ongoing(record, result=result)
         handed_over: list[dict[str, Any]] = []
         await self._post_result(command.id, result, handed_over=handed_over)

@@ -56,6 +56,7 @@ class AgentLayout:
         self.root = root
         self._instructions = root / "deployment-instructions"
         self._ongoing = root / "ongoing-command"
+        self._ongoing_made = False  # made once: a mkdir of an existing directory raises and catches an error
 
     # --- deployment directories ---------------------------------------------------------------------------------
 
@@ -147,7 +148,16 @@ class AgentLayout:
         this for every lifecycle event. Neither needs to be atomic: a record cut short by a kill reads as "no
         result", which is what a kill a moment earlier would have left, and is reported as code 7 all the same.
         """
-        self._ongoing.mkdir(parents=True, exist_ok=True)
+        try:
+            self._mark_ongoing(command, result)
+        except FileNotFoundError:  # the directory was removed under us: make it again
+            self._ongoing_made = False
+            self._mark_ongoing(command, result)
+
+    def _mark_ongoing(self, command: OngoingCommand, result: Mapping[str, Any] | None) -> None:
+        if not self._ongoing_made:
+            self._ongoing.mkdir(parents=True, exist_ok=True)
+            self._ongoing_made = True
         name = str(command.command_id)
         if result is not None:
             _write_fresh(self._ongoing / f"{name}.result", json.dumps(dict(result)))
