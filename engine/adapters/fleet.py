@@ -144,8 +144,11 @@ class Fleet:
             if remaining <= 0:
                 self._last_seen[host] = self.clock.now()
                 return None
+            # asyncio.timeout, not wait_for: on 3.11 wait_for returns normally when the poll is cancelled just as
+            # its wake-up arrives, and the cancelled poller would then go on polling for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await wakeup.wait()
 
     async def report_result(self, host: str, command_id: int, result: dict[str, Any]) -> None:
         self._last_seen[host] = self.clock.now()
