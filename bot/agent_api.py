@@ -21,6 +21,7 @@ DEFAULT_POLL_SECONDS = 25.0
 MAX_LOG_TAIL_BYTES = 4096
 RESULT_STATUSES = ("Succeeded", "Failed")
 SHUTDOWN_CLAIM_GRACE = 0.2
+MAX_NEXT_SECONDS = 1.0
 
 
 class AgentFleet(Protocol):
@@ -39,8 +40,8 @@ HOST = web.RequestKey("agent_host", str)
 CLOSING = web.AppKey("agent_closing", asyncio.Event)
 
 _RESULT_USAGE = (
-    'POST /agent/v1/commands/{id}/result {"status": "Succeeded"|"Failed", "error_code": 0..7, "message": str,'
-    ' "log_tail": str, "started_at": epoch, "ended_at": epoch}'
+    'POST /agent/v1/commands/{id}/result[?next=SECONDS] {"status": "Succeeded"|"Failed", "error_code": 0..7,'
+    ' "message": str, "log_tail": str, "started_at": epoch, "ended_at": epoch}'
 )
 _HEARTBEAT_USAGE = 'POST /agent/v1/heartbeat {"tags": {...}, "version": str, "running_command": int|null}'
 _POLL_USAGE = "GET /agent/v1/commands/next?wait=SECONDS (at most 60)"
@@ -88,14 +89,18 @@ def _result(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-async def next_command(request: web.Request) -> web.Response:
-    """Long poll; answered the moment a command is queued for this host, else 204 after ``wait`` seconds."""
-    raw = request.query.get("wait", "")
+def _seconds(request: web.Request, name: str, usage: str, *, default: float, limit: float) -> float:
+    """Query parameter ``name`` as seconds, clamped to ``[0, limit]``; ``default`` when empty or NaN."""
+    raw = request.query.get(name, "")
     try:
-        wait = float(raw) if raw else DEFAULT_POLL_SECONDS
+        value = float(raw) if raw else default
     except ValueError:
-        raise bad_request(f"'wait' must be a number of seconds, got {raw!r}", _POLL_USAGE) from None
-    wait = min(max(wait, 0.0), MAX_POLL_SECONDS) if wait == wait else DEFAULT_POLL_SECONDS
+        raise bad_request(f"{name!r} must be a number of seconds, got {raw!r}", usage) from None
+    return min(max(value, 0.0), limit) if value == value else default
+
+
+async def _long_poll(request: web.Request, wait: float) -> dict[str, Any] | None:
+    """The host's next command within ``wait`` seconds, claimed for this request; None when there is none."""
     poll = asyncio.ensure_future(request.app[FLEET].next_command(request[HOST], wait=wait))
     closing = asyncio.ensure_future(request.app[CLOSING].wait())
     try:
@@ -111,20 +116,37 @@ async def next_command(request: web.Request) -> web.Response:
             with contextlib.suppress(asyncio.CancelledError):
                 await poll
     command = None if poll.cancelled() else poll.result()
-    if command is None:
-        return web.Response(status=204)
-    if request.transport is None or request.transport.is_closing():
+    if command is not None and (request.transport is None or request.transport.is_closing()):
         # The agent hung up while we waited (it died or restarted): nobody would receive this command.
         await request.app[FLEET].release(request[HOST], command["id"])
+        return None
+    return command
+
+
+async def next_command(request: web.Request) -> web.Response:
+    """Long poll; answered the moment a command is queued for this host, else 204 after ``wait`` seconds."""
+    wait = _seconds(request, "wait", _POLL_USAGE, default=DEFAULT_POLL_SECONDS, limit=MAX_POLL_SECONDS)
+    command = await _long_poll(request, wait)
+    if command is None:
         return web.Response(status=204)
     return json_response({"command": command})
 
 
 async def report_result(request: web.Request) -> web.Response:
-    """Idempotent: the Fleet ignores a repeated result for a finished command (the agent may retry on timeout)."""
+    """Idempotent: the Fleet ignores a repeated result for a finished command (the agent may retry on timeout).
+
+    ``?next=SECONDS`` (at most MAX_NEXT_SECONDS) also hands over the host's next command when one is queued within
+    that time: the server usually queues it a few milliseconds after taking the result, and answering here saves
+    the agent a long-poll round trip per lifecycle event. Only agents that ask get a ``command``, so an older
+    agent never receives (and strands) a command it would not look for.
+    """
     result = _result(await json_object(request, _RESULT_USAGE))
+    wait = _seconds(request, "next", _RESULT_USAGE, default=0.0, limit=MAX_NEXT_SECONDS)
     await request.app[FLEET].report_result(request[HOST], int(request.match_info["id"]), result)
-    return json_response({"ok": True})
+    if "next" not in request.query:
+        return json_response({"ok": True})
+    command = await _long_poll(request, wait)
+    return json_response({"ok": True} if command is None else {"ok": True, "command": command})
 
 
 async def report_progress(request: web.Request) -> web.Response:

@@ -89,6 +89,7 @@ class DeploymentRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._synced: dict[tuple[str, str], str] = {}
         self._recorded: set[tuple[str, str]] = set()
+        self._details: list[dict[str, Any]] = []  # results recorded since the last write, saved with the next step
         self.finished = asyncio.Event()
 
     # -- inputs ----------------------------------------------------------------------------------------------
@@ -97,7 +98,12 @@ class DeploymentRunner:
         self.inbox.put_nowait(event)
 
     async def record_result(self, target: str, event: LifecycleEvent, result: Mapping[str, Any]) -> None:
-        """An agent (or adapter) finished ``event`` on ``target``: keep its details, then tell the machine."""
+        """An agent (or adapter) finished ``event`` on ``target``: keep its details, then tell the machine.
+
+        The details are written with the step that takes the result (one transaction with the new state), before
+        anything acts on it. Should the server die first, the result is still in ``host_commands``, and resuming
+        re-dispatches the event, which hands that stored result over again instead of running it twice.
+        """
         succeeded = result.get("status") == "Succeeded"
         fields = {
             "status": str(EventStatus.SUCCEEDED if succeeded else EventStatus.FAILED),
@@ -107,10 +113,11 @@ class DeploymentRunner:
             "message": str(result.get("message", "")),
             "log_tail": str(result.get("log_tail", "")),
         }
-        await self.store.upsert_target_event(
-            self.deployment_id, target, str(event), **{k: v for k, v in fields.items() if v is not None}
-        )
+        details = {k: v for k, v in fields.items() if v is not None}
+        self._details.append({"target": target, "event": str(event), **details})
         self._recorded.add((target, str(event)))
+        if self.machine.state.status.is_final:  # no step will come to write them: a late result is kept all the same
+            await self.store.save_progress(self.deployment_id, self._take_details())
         if succeeded:
             self.post(EventSucceeded(target, event))
         else:
@@ -156,6 +163,8 @@ class DeploymentRunner:
             except InvalidTransition as exc:
                 log.info("deployment %s ignored %s: %s", self.deployment_id, type(event).__name__, exc)
         if not accepted:
+            if self._details:  # results the machine had no use for (it has ended): still kept with their details
+                await self.store.save_progress(self.deployment_id, self._take_details())
             return
         await self._persist()
         for command in commands:
@@ -171,8 +180,27 @@ class DeploymentRunner:
                 error_code=str(state.error_code) if state.error_code else None,
                 error_message=state.message or None,
             )
-        await self._sync_target_rows()
-        await self.store.update_deployment(self.deployment_id, **fields)
+        await self.store.save_progress(self.deployment_id, self._take_details() + self._target_rows(), **fields)
+
+    def _take_details(self) -> list[dict[str, Any]]:
+        details, self._details = self._details, []
+        return details
+
+    def milestones(self) -> tuple[Any, ...]:
+        """What notifiers react to, as a comparable value: everything but which lifecycle event each host is at."""
+        state = self.machine.state
+        hosts = tuple(progress.status for progress in state.targets.values())
+        return (
+            state.status,
+            state.stage_index,
+            state.traffic_step,
+            state.traffic_percent,
+            state.timer,
+            state.paused,
+            state.error_code,
+            state.message,
+            hosts,
+        )
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -182,8 +210,8 @@ class DeploymentRunner:
             "spec": self.spec,
         }
 
-    async def _sync_target_rows(self) -> None:
-        """Write the per-target event statuses the machine changed (Pending rows, Skipped, Unknown) in one go."""
+    def _target_rows(self) -> list[dict[str, Any]]:
+        """The per-target event statuses the machine changed (Pending rows, Skipped, Unknown), to write in one go."""
         rows: list[dict[str, Any]] = []
         now = self.clock.now()
         for target, progress in self.machine.state.targets.items():
@@ -197,7 +225,7 @@ class DeploymentRunner:
                 if status == EventStatus.IN_PROGRESS:
                     row["started_at"] = now
                 rows.append(row)
-        await self.store.upsert_target_events(self.deployment_id, rows)
+        return rows
 
     # -- commands --------------------------------------------------------------------------------------------
 

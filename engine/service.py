@@ -47,6 +47,7 @@ from engine.model import (
     Platform,
     Revision,
 )
+from engine.notifications import Notifications
 from engine.overrides import GroupOverrides
 from engine.ports import AlarmSource, Clock, Notifier, TrafficRouter
 from engine.registry import Registry
@@ -137,6 +138,7 @@ class Deployer:
         self.registry = self.inventory.registry = Registry(config, store, clock, self.revisions)
         self.blueprint.registered_hosts = self.registry.instances_matching  # on-premises instances from the API
         self.notifiers: list[Notifier] = []
+        self._notifications = Notifications(self.notifiers, self.get)
         self._runners: dict[str, DeploymentRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._busy: dict[str, str] = {}  # group name -> the deployment in flight
@@ -178,6 +180,7 @@ class Deployer:
 
     async def close(self) -> None:
         await self.fleet.stop_monitor()
+        await self._notifications.close()
         tasks = [*self._tasks.values(), *self._background]
         for task in tasks:
             task.cancel()
@@ -541,13 +544,8 @@ class Deployer:
         event = self._changed.pop(deployment_id, None)
         if event is not None:
             event.set()
-        if self.notifiers:
-            document = await self.get(deployment_id)
-            for notifier in self.notifiers:
-                try:
-                    await notifier.deployment_changed(document)
-                except Exception:  # a broken notifier must never break a deployment
-                    log.exception("notifier %r failed", notifier)
+        runner = self._runners.get(deployment_id)
+        await self._notifications.changed(deployment_id, runner.milestones() if runner is not None else None)
 
     # -- restart ---------------------------------------------------------------------------------------------
 

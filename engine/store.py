@@ -32,6 +32,11 @@ Row = dict[str, Any]
 FINAL_DEPLOYMENT_STATUSES = ("Succeeded", "Failed", "Stopped")
 FINAL_COMMAND_STATUSES = frozenset({"Succeeded", "Failed", "Cancelled"})
 _TARGET_EVENT_KEY = ("deployment_id", "target", "event")
+_COMMAND_HEAD = "id, host, deployment_id, event, status, created_at, claimed_at, finished_at"
+_LATEST_COMMAND = (
+    f"SELECT {_COMMAND_HEAD}, result FROM host_commands"
+    " WHERE host = ? AND deployment_id = ? AND event = ? AND status != 'Cancelled' ORDER BY id DESC LIMIT 1"
+)
 
 
 def _to_json(value: Any) -> str | None:
@@ -320,26 +325,40 @@ class SqliteStore:
 
     async def upsert_target_events(self, deployment_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Many ``upsert_target_event`` calls in one transaction; each row has ``target``, ``event`` and fields."""
-        if not rows:
-            return
-        statements = []
-        for row in rows:
-            fields = {k: v for k, v in row.items() if k not in ("target", "event")}
-            _check_columns("target_events", fields, self._columns["target_events"] - {*_TARGET_EVENT_KEY})
-            columns = [*_TARGET_EVENT_KEY, *fields]
-            on_conflict = "UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in fields) if fields else "NOTHING"
-            sql = (
-                f"INSERT INTO target_events ({', '.join(columns)}) VALUES ({_placeholders(len(columns))})"
-                f" ON CONFLICT (deployment_id, target, event) DO {on_conflict}"
-            )
-            statements.append((sql, (deployment_id, row["target"], row["event"], *fields.values())))
+        if rows:
+            await self.save_progress(deployment_id, rows)
 
-        def write(db: Database) -> None:
+    async def save_progress(
+        self, deployment_id: str, rows: Sequence[Mapping[str, Any]], **deployment: Any
+    ) -> bool | None:
+        """``upsert_target_events(rows)`` and ``update_deployment(**deployment)`` in one transaction: a step of a
+        deployment is one write, not one per table. False when the deployment row is missing, None without
+        ``deployment``."""
+        statements = [self._target_event_upsert(deployment_id, row) for row in rows]
+        if deployment:
+            _check_columns("deployments", deployment, self._columns["deployments"] - {"id"})
+            encoded = _encoded("deployments", deployment)
+            assignments = ", ".join(f'"{c}" = ?' for c in encoded)
+            update = f"UPDATE deployments SET {assignments} WHERE id = ?"
+            statements.append((update, (*encoded.values(), deployment_id)))
+
+        def write(db: Database) -> bool | None:
             with _write(db) as conn:
-                for sql, params in statements:
-                    conn.execute(sql, params)
+                changed = [conn.execute(sql, params).rowcount for sql, params in statements]
+            return changed[-1] == 1 if deployment else None
 
-        await self._run(write)
+        return await self._run(write)
+
+    def _target_event_upsert(self, deployment_id: str, row: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        fields = {k: v for k, v in row.items() if k not in ("target", "event")}
+        _check_columns("target_events", fields, self._columns["target_events"] - {*_TARGET_EVENT_KEY})
+        columns = [*_TARGET_EVENT_KEY, *fields]
+        on_conflict = "UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in fields) if fields else "NOTHING"
+        sql = (
+            f"INSERT INTO target_events ({', '.join(columns)}) VALUES ({_placeholders(len(columns))})"
+            f" ON CONFLICT (deployment_id, target, event) DO {on_conflict}"
+        )
+        return sql, (deployment_id, row["target"], row["event"], *fields.values())
 
     async def list_target_events(self, deployment_id: str) -> list[Row]:
         sql = "SELECT * FROM target_events WHERE deployment_id = ? ORDER BY target, seq, rowid"
@@ -378,6 +397,24 @@ class SqliteStore:
         sql = f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({_placeholders(5)})"
         return (await self._insert(sql, [(host, deployment_id, event, _to_json(payload), at)]))[0]
 
+    async def enqueue_command_once(
+        self, host: str, deployment_id: str, event: str, payload: Mapping[str, Any] | None, *, at: float
+    ) -> Row | None:
+        """``enqueue_command`` unless ``latest_command`` finds one (then that one, and nothing is queued): a
+        re-issued dispatch after a restart costs one transaction, not a read and a write."""
+        insert = (
+            f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({_placeholders(5)})"
+        )
+
+        def enqueue(db: Database) -> Row | None:
+            with _write(db) as conn:
+                existing = _rows("host_commands", conn.execute(_LATEST_COMMAND, (host, deployment_id, event)))
+                if not existing:
+                    conn.execute(insert, (host, deployment_id, event, _to_json(payload), at))
+            return existing[0] if existing else None
+
+        return await self._run(enqueue)
+
     async def claim_next_command(self, host: str, *, at: float) -> Row | None:
         """Hand out the host's oldest Pending command, marking it InProgress in the same statement."""
         sql = (
@@ -412,8 +449,41 @@ class SqliteStore:
         )
         return await self._change(sql, (status, _to_json(result), at, command_id, *params)) == 1
 
+    async def finish_command(
+        self, command_id: int, host: str, status: str, result: Mapping[str, Any] | None, *, at: float
+    ) -> tuple[Row | None, bool]:
+        """An agent's report: (the command without payload, None when it is not ``host``'s; whether this report
+        finished it, as ``complete_command``), in one transaction."""
+        if status not in FINAL_COMMAND_STATUSES:
+            raise ValueError(f"not a final command status: {status!r}")
+        head = f"SELECT {_COMMAND_HEAD} FROM host_commands WHERE id = ? AND host = ?"
+        update = (
+            "UPDATE host_commands SET status = ?, result = ?, finished_at = ?"
+            " WHERE id = ? AND status IN ('Pending', 'InProgress')"
+        )
+
+        def finish(db: Database) -> tuple[Row | None, bool]:
+            with _write(db) as conn:
+                rows = _rows("host_commands", conn.execute(head, (command_id, host)))
+                if not rows:
+                    return None, False
+                return rows[0], conn.execute(update, (status, _to_json(result), at, command_id)).rowcount == 1
+
+        return await self._run(finish)
+
     async def get_command(self, command_id: int) -> Row | None:
         return await self._fetch_one("host_commands", "SELECT * FROM host_commands WHERE id = ?", (command_id,))
+
+    async def get_command_head(self, command_id: int) -> Row | None:
+        """The command without its payload and result: what taking an agent's result needs, without decoding
+        the deployment spec every command carries."""
+        sql = f"SELECT {_COMMAND_HEAD} FROM host_commands WHERE id = ?"
+        return await self._fetch_one("host_commands", sql, (command_id,))
+
+    async def latest_command(self, host: str, deployment_id: str, event: str) -> Row | None:
+        """The newest command (not Cancelled) for ``event`` of the deployment on ``host``, with its result but
+        without its payload; None when there is none."""
+        return await self._fetch_one("host_commands", _LATEST_COMMAND, (host, deployment_id, event))
 
     async def list_commands(
         self,

@@ -114,6 +114,44 @@ async def test_result_is_recorded_and_repeats_are_accepted(agents: Agents) -> No
     assert [(host, ident, r["status"]) for host, ident, r in agents.fleet.results] == [("web-1", 5, "Succeeded")]
 
 
+async def test_a_result_asking_for_next_is_answered_with_the_next_command(agents: Agents) -> None:
+    agents.fleet.enqueue("web-1", _command(5))
+    agents.fleet.enqueue("web-1", _command(6))
+    agents.fleet.queues["web-1"].get_nowait()  # 5 is claimed
+    async with agents.client.post("/agent/v1/commands/5/result?next=0.2", json=_result(), headers=WEB1) as response:
+        assert response.status == 200
+        assert (await response.json()) == {"ok": True, "command": _command(6)}
+    async with agents.client.post("/agent/v1/commands/6/result?next=0.05", json=_result(), headers=WEB1) as response:
+        assert (await response.json()) == {"ok": True}  # nothing queued within the wait
+    assert [ident for _, ident, _ in agents.fleet.results] == [5, 6]
+    assert agents.fleet.waits == [0.2, 0.05]
+
+
+async def test_a_result_without_next_never_hands_over_a_command(agents: Agents) -> None:
+    """An older agent does not look for a command in the answer: it must stay queued for its next poll."""
+    agents.fleet.enqueue("web-1", _command(5))
+    agents.fleet.enqueue("web-1", _command(6))
+    agents.fleet.queues["web-1"].get_nowait()
+    async with agents.client.post("/agent/v1/commands/5/result", json=_result(), headers=WEB1) as response:
+        assert (await response.json()) == {"ok": True}
+    assert agents.fleet.waits == [] and agents.fleet.queues["web-1"].qsize() == 1
+
+
+@pytest.mark.parametrize(("query", "wait"), [("next=600", 1.0), ("next=-1", 0.0), ("next=", 0.0)])
+async def test_next_wait_is_clamped(agents: Agents, query: str, wait: float) -> None:
+    agents.fleet.enqueue("web-1", _command(5))
+    async with agents.client.post(f"/agent/v1/commands/5/result?{query}", json=_result(), headers=WEB1) as response:
+        assert response.status == 200
+    assert agents.fleet.waits == [wait]
+
+
+async def test_a_bad_next_is_a_400_and_the_result_is_not_recorded(agents: Agents) -> None:
+    agents.fleet.enqueue("web-1", _command(5))
+    async with agents.client.post("/agent/v1/commands/5/result?next=soon", json=_result(), headers=WEB1) as r:
+        assert r.status == 400
+    assert agents.fleet.results == []
+
+
 async def test_reporting_another_hosts_command_is_a_404(agents: Agents) -> None:
     agents.fleet.enqueue("web-1", _command(5))
     async with agents.client.post("/agent/v1/commands/5/result", json=_result(), headers=WEB2) as response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import statistics
@@ -39,6 +40,9 @@ class FakeFleet:
     bundles: dict[str, bytes] = field(default_factory=dict)
     waiting: asyncio.Event = field(default_factory=asyncio.Event)
     result_arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+    hand_over: dict[int, dict[str, Any]] = field(default_factory=dict)  # result id -> command in its answer
+    result_queries: dict[int, dict[str, str]] = field(default_factory=dict)
+    polls_before_result: dict[int, int] = field(default_factory=dict)
     url: str = ""
 
     def app(self) -> web.Application:
@@ -78,8 +82,12 @@ class FakeFleet:
         body = await request.json()
         body["received_at"] = time.time()
         self.results.setdefault(command_id, body)
+        self.result_queries.setdefault(command_id, dict(request.query))
+        self.polls_before_result.setdefault(command_id, len(self.poll_times))
         async with self.result_arrived:
             self.result_arrived.notify_all()
+        if command_id in self.hand_over and "next" in request.query:
+            return web.json_response({"ok": True, "command": self.hand_over.pop(command_id)})
         return web.json_response({"ok": True})
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
@@ -221,6 +229,15 @@ async def test_download_install_and_hooks_end_to_end(fleet: FakeFleet, tmp_path:
     assert unsupported["error_code"] == 5 and unsupported["message"] == "Unsupported command type: BlockTraffic"
 
 
+async def test_a_command_handed_over_with_a_result_runs_without_a_poll(fleet: FakeFleet, tmp_path: Path) -> None:
+    fleet.hand_over[1] = command(2, "ApplicationStop", deployment="d-2")
+    async with running_agent(options(fleet, tmp_path / "agent")):
+        await fleet.enqueue(command(1, "ApplicationStop"))
+        assert (await fleet.result(2))["status"] == "Succeeded"
+    assert "next" in fleet.result_queries[1] and "next" in fleet.result_queries[2]
+    assert fleet.polls_before_result[2] == fleet.polls_before_result[1] == 1  # 2 came with 1's answer, not a poll
+
+
 async def test_results_are_retried_until_the_server_accepts_them(fleet: FakeFleet, tmp_path: Path) -> None:
     fleet.refuse_results = 2
     async with running_agent(options(fleet, tmp_path / "agent")) as agent:
@@ -254,6 +271,21 @@ async def test_commands_left_by_a_crashed_agent_are_failed_with_code_7(fleet: Fa
     assert crashed["message"] == "Failed: Failing in-progress lifecycle event after an agent restart."
     assert unreported["status"] == "Succeeded" and unreported["message"] == "done"  # its real result, not code 7
     assert layout.ongoing() == []
+
+
+def test_ongoing_records_torn_or_written_by_an_older_agent(tmp_path: Path) -> None:
+    layout = AgentLayout(tmp_path)
+    layout.mark_ongoing(OngoingCommand(1, "d-1", "Install", 5.0))
+    layout.mark_ongoing(OngoingCommand(1, "d-1", "Install", 5.0), result={"status": "Succeeded", "message": "ok"})
+    layout.mark_ongoing(OngoingCommand(2, "d-1", "AfterInstall", 6.0))
+    (tmp_path / "ongoing-command" / "2.result").write_text('{"status": "Succ')  # killed while writing it
+    old = {"command_id": 3, "deployment_id": "d-1", "event": "Install", "started_at": 7.0, "result": {"status": "x"}}
+    (tmp_path / "ongoing-command" / "3").write_text(json.dumps(old))  # one file, as agents before .result wrote
+    found = {record.command_id: record.result for record in layout.ongoing()}
+    assert found == {1: {"status": "Succeeded", "message": "ok"}, 2: None, 3: {"status": "x"}}
+    for command_id in found:
+        layout.clear_ongoing(command_id)
+    assert layout.ongoing() == [] and list((tmp_path / "ongoing-command").iterdir()) == []
 
 
 async def test_heartbeats_carry_tags_and_the_running_command(fleet: FakeFleet, tmp_path: Path) -> None:

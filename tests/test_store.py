@@ -440,3 +440,37 @@ async def test_reopening_after_close_keeps_every_kind_of_data(tmp_path: Path) ->
         assert (await second.get_lock("shop", "production"))["owner"] == "alice"
         assert await second.record_delivery("gh-1", "github", T0) is False
         assert await second.append_log("later", at=T0, actor="bob") == 2
+
+
+async def test_save_progress_writes_target_events_and_the_deployment_in_one_go(store: SqliteStore) -> None:
+    await store.create_deployment(
+        {
+            "id": "d-p",
+            "application": "a",
+            "environment": "e",
+            "group_name": "g",
+            "revision_sha256": "0" * 64,
+            "status": "InProgress",
+            "created_at": T0,
+        }
+    )
+    rows = [{"target": "web-1", "event": "Install", "status": "Succeeded", "seq": 3, "message": "ok"}]
+    assert await store.save_progress("d-p", rows, status="Succeeded", state={"x": 1}) is True
+    assert (await store.get_deployment("d-p"))["state"] == {"x": 1}
+    assert [(r["target"], r["event"], r["message"]) for r in await store.list_target_events("d-p")] == [
+        ("web-1", "Install", "ok")
+    ]
+    assert await store.save_progress("d-missing", [], status="Failed") is False
+
+
+async def test_enqueue_command_once_and_finish_command(store: SqliteStore) -> None:
+    assert await store.enqueue_command_once("web-1", "d-1", "Install", {"n": 1}, at=T0) is None
+    existing = await store.enqueue_command_once("web-1", "d-1", "Install", {"n": 2}, at=T0)
+    assert existing is not None and "payload" not in existing and existing["status"] == "Pending"
+    assert len(await store.list_commands(host="web-1")) == 1
+    assert await store.finish_command(existing["id"], "web-2", "Succeeded", {"ok": 1}, at=T0) == (None, False)
+    head, finished = await store.finish_command(existing["id"], "web-1", "Succeeded", {"ok": 1}, at=T0)
+    assert finished and head is not None and head["event"] == "Install"
+    assert (await store.finish_command(existing["id"], "web-1", "Failed", None, at=T0))[1] is False
+    again = await store.enqueue_command_once("web-1", "d-1", "Install", None, at=T0)
+    assert again is not None and again["result"] == {"ok": 1}

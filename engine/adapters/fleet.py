@@ -52,6 +52,10 @@ class Fleet:
         self._token_file = data_dir / "agent-tokens.json"
         self._tokens: dict[str, str] = self._load_tokens()
         self._wakeups: dict[str, asyncio.Event] = {}
+        # Per host: a counter bumped whenever a command may have become Pending, and the value it had when a claim
+        # last found nothing. While the two agree the queue is known empty and a poll skips the (write) claim.
+        self._queue_changes: dict[str, int] = {}
+        self._empty_at: dict[str, int] = {}
         self._last_seen: dict[str, float] = {}
         self._started_at = clock.now()
         self._monitor: asyncio.Task[None] | None = None
@@ -98,24 +102,32 @@ class Fleet:
 
     async def dispatch(self, deployment_id: str, target: str, event: LifecycleEvent, spec: Mapping[str, Any]) -> None:
         """Queue ``event`` for ``target``; a command that already exists is not queued twice (resume-safe)."""
-        existing = [
-            c
-            for c in await self.store.list_commands(host=target, deployment_id=deployment_id)
-            if c["event"] == str(event) and c["status"] != "Cancelled"
-        ]
-        if existing:
-            command = existing[-1]
-            if command["status"] in ("Succeeded", "Failed") and command.get("result"):
-                await self._on_result(command, command["result"])
-            return
-        await self.store.enqueue_command(target, deployment_id, str(event), dict(spec), at=self.clock.now())
-        self._wakeup(target).set()
+        now = self.clock.now()
+        command = await self.store.enqueue_command_once(target, deployment_id, str(event), dict(spec), at=now)
+        if command is None:
+            self._queued(target)
+        elif command["status"] in ("Succeeded", "Failed") and command.get("result"):
+            await self._on_result(command, command["result"])
 
     async def cancel(self, deployment_id: str) -> None:
         await self.store.cancel_commands(deployment_id, at=self.clock.now())
 
     def _wakeup(self, host: str) -> asyncio.Event:
         return self._wakeups.setdefault(host, asyncio.Event())
+
+    def _queued(self, host: str) -> None:
+        """A command may be Pending for ``host`` now (call after the store has it): claim again, wake its poll."""
+        self._queue_changes[host] = self._queue_changes.get(host, 0) + 1
+        self._wakeup(host).set()
+
+    async def _claim(self, host: str) -> dict[str, Any] | None:
+        changes = self._queue_changes.get(host, 0)
+        if self._empty_at.get(host) == changes:
+            return None  # nothing was queued since a claim found the queue empty
+        row = await self.store.claim_next_command(host, at=self.clock.now())
+        if row is None:
+            self._empty_at[host] = changes  # read before the claim: a command queued meanwhile bumped it
+        return row
 
     async def next_command(self, host: str, *, wait: float) -> dict[str, Any] | None:
         """Long poll: the host's next command, as soon as there is one, or None after ``wait`` seconds."""
@@ -124,7 +136,7 @@ class Fleet:
         while True:
             wakeup = self._wakeup(host)
             wakeup.clear()
-            row = await self.store.claim_next_command(host, at=self.clock.now())
+            row = await self._claim(host)
             if row is not None:
                 self._last_seen[host] = self.clock.now()
                 return _command_object(row)
@@ -132,23 +144,26 @@ class Fleet:
             if remaining <= 0:
                 self._last_seen[host] = self.clock.now()
                 return None
+            # asyncio.timeout, not wait_for: on 3.11 wait_for returns normally when the poll is cancelled just as
+            # its wake-up arrives, and the cancelled poller would then go on polling for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await wakeup.wait()
 
     async def report_result(self, host: str, command_id: int, result: dict[str, Any]) -> None:
         self._last_seen[host] = self.clock.now()
-        command = await self.store.get_command(command_id)
-        if command is None or command["host"] != host:
-            raise NotFound(f"no command {command_id} for host {host}")
         status = "Succeeded" if result.get("status") == "Succeeded" else "Failed"
-        if await self.store.complete_command(command_id, status, result, at=self.clock.now()):
+        command, finished = await self.store.finish_command(command_id, host, status, result, at=self.clock.now())
+        if command is None:
+            raise NotFound(f"no command {command_id} for host {host}")
+        if finished:
             await self._on_result(command, result)
 
     async def release(self, host: str, command_id: int) -> None:
         """The agent that claimed ``command_id`` is gone before it got it: queue it again for the next poll."""
         if await self.store.release_command(command_id):
             log.info("requeued command %s: the poll that claimed it was no longer connected", command_id)
-            self._wakeup(host).set()
+            self._queued(host)
 
     async def heartbeat(self, host: str, info: Mapping[str, Any]) -> None:
         now = self.clock.now()

@@ -3,6 +3,9 @@
 Theory of operation:
   - ``GET /agent/v1/commands/next?wait=N`` is a long poll (HTTP timeout above N). A received command runs at once
     and the next poll starts as soon as its result is accepted: an idle agent never sleeps between polls.
+  - A result is POSTed with ``?next=S``: the server answers with the host's next command when it queues one within
+    S seconds (it usually does, milliseconds after taking the result), which saves one round trip per lifecycle
+    event. A server that does not know ``next`` answers without a command, and the agent simply polls.
   - Connection errors and unexpected answers back off 0.5 s, doubling to 5 s; any good answer resets the delay.
   - Before a command runs, ``ongoing-command/<id>`` is written; once it has run, the result is stored there too and
     POSTed until the server accepts it (it may be restarting). On start, every leftover record is reported: its
@@ -35,6 +38,8 @@ from engine.model import ScriptErrorCode
 log = logging.getLogger("deploybot.agent")
 
 _FIRST_DELAY = 0.5
+NEXT_WAIT = 0.25
+"""Seconds the server may hold a result POST to hand over the next command (see the module docstring)."""
 _MAX_DELAY = 5.0
 _NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 
@@ -136,21 +141,24 @@ class Agent:
 
     async def _poll_loop(self) -> None:
         delay = _FIRST_DELAY
+        body: dict[str, Any] | None = None
         while True:
-            try:
-                body = await self._poll()
-            except (*_NETWORK_ERRORS, _Refused, ValueError) as exc:
-                log.warning("poll failed (%s); retrying in %.1f s", exc or type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _MAX_DELAY)
-                continue
-            delay = _FIRST_DELAY
             if body is None:
-                continue
+                try:
+                    body = await self._poll()
+                except (*_NETWORK_ERRORS, _Refused, ValueError) as exc:
+                    log.warning("poll failed (%s); retrying in %.1f s", exc or type(exc).__name__, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _MAX_DELAY)
+                    continue
+                delay = _FIRST_DELAY
+                if body is None:
+                    continue
             try:
-                await self._handle(body)
+                body = await self._handle(body)
             except Exception:  # e.g. a full disk: keep the agent alive, the server times the event out
                 log.exception("could not handle command %s", body.get("id"))
+                body = None
                 await asyncio.sleep(_FIRST_DELAY)
 
     async def _poll(self) -> dict[str, Any] | None:
@@ -163,12 +171,12 @@ class Agent:
             if response.status != 200:
                 raise _Refused(response.status, await response.text())
             payload = await response.json()
-        command = payload.get("command") if isinstance(payload, dict) else None
-        return command if isinstance(command, dict) else None
+        return _command_in(payload)
 
     # --- running a command --------------------------------------------------------------------------------------
 
-    async def _handle(self, body: Mapping[str, Any]) -> None:
+    async def _handle(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Run one command and report it; the next command when the server handed one over with the answer."""
         started = time.time()
         try:
             command = Command.from_json(body)
@@ -177,11 +185,11 @@ class Agent:
             if bad.command_id is not None:
                 result = CommandResult.of(ScriptErrorCode.UNKNOWN_ERROR, bad.reason, "", started, time.time())
                 await self._post_result(bad.command_id, result.to_json())
-            return
+            return None
         record = OngoingCommand(command.id, command.deployment_id, command.event, started)
         self.layout.mark_ongoing(record)
         self.running_command = command.id
-        log.info("command %s: %s of %s", command.id, command.event, command.deployment_id)
+        log.debug("command %s: %s of %s", command.id, command.event, command.deployment_id)
         try:
             outcome = await self.executor.execute(command)
         except asyncio.CancelledError:
@@ -191,13 +199,24 @@ class Agent:
             log.exception("command %s crashed", command.id)
             outcome = HookOutcome(ScriptErrorCode.UNKNOWN_ERROR, f"agent error: {type(exc).__name__}: {exc}")
         result = CommandResult.of(outcome.code, outcome.message, outcome.log_tail, started, time.time()).to_json()
-        log.info("command %s: %s (%s) %s", command.id, result["status"], result["error_code"], outcome.message)
+        # One line per command, when it ends: the agent's log is written for every lifecycle event of every host.
+        log.info(
+            "command %s: %s of %s: %s (%s) %s",
+            command.id,
+            command.event,
+            command.deployment_id,
+            result["status"],
+            result["error_code"],
+            outcome.message,
+        )
         self.layout.mark_ongoing(record, result=result)
-        await self._post_result(command.id, result)
+        handed_over: list[dict[str, Any]] = []
+        await self._post_result(command.id, result, handed_over=handed_over)
         self.layout.clear_ongoing(command.id)
         # Only now is the command off our hands: heartbeats name it until the server has its result, so the
         # server never mistakes a finished-but-unreported command for one this agent never received.
         self.running_command = None
+        return handed_over[0] if handed_over else None
 
     async def _report_interrupted(self, command_id: int, started: float) -> None:
         """One quick try to fail the command when the agent is stopped mid-run; else the next start reports it."""
@@ -210,15 +229,27 @@ class Agent:
                 if response.status < 300:
                     self.layout.clear_ongoing(command_id)
 
-    async def _post_result(self, command_id: int, body: Mapping[str, Any]) -> bool:
-        """POST until accepted; False when the server refuses it for good (a 4xx other than auth/throttling)."""
+    async def _post_result(
+        self, command_id: int, body: Mapping[str, Any], *, handed_over: list[dict[str, Any]] | None = None
+    ) -> bool:
+        """POST until accepted; False when the server refuses it for good (a 4xx other than auth/throttling).
+
+        Given ``handed_over``, the server may answer with the host's next command, which is appended to it: from
+        then on that command is this agent's to run (the server has claimed it for us).
+        """
         url = self._url(f"/agent/v1/commands/{command_id}/result")
+        if handed_over is not None:
+            url += f"?next={NEXT_WAIT:g}"
         delay = _FIRST_DELAY
         while True:
             try:
                 timeout = aiohttp.ClientTimeout(total=30, sock_connect=10)
                 async with self._session.post(url, json=body, headers=self._headers, timeout=timeout) as response:
                     if response.status < 300:
+                        if handed_over is not None:
+                            command = _command_in(await _json_or_none(response))
+                            if command is not None:
+                                handed_over.append(command)
                         return True
                     text = await response.text()
                     if 400 <= response.status < 500 and response.status not in (401, 403, 408, 429):
@@ -271,6 +302,19 @@ class Agent:
             except Exception as exc:  # a heartbeat must never stop the agent
                 log.debug("heartbeat failed: %s", exc)
             await asyncio.sleep(self.options.heartbeat_interval)
+
+
+def _command_in(payload: object) -> dict[str, Any] | None:
+    """The ``command`` object of a poll or result answer, if it has one."""
+    command = payload.get("command") if isinstance(payload, dict) else None
+    return command if isinstance(command, dict) else None
+
+
+async def _json_or_none(response: aiohttp.ClientResponse) -> object:
+    """The answer's JSON; None for an empty or non-JSON body (an accepted result needs no body)."""
+    with contextlib.suppress(ValueError, aiohttp.ContentTypeError):
+        return await response.json()
+    return None
 
 
 async def run_agent(options: AgentOptions) -> None:

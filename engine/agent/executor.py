@@ -108,6 +108,7 @@ class CommandExecutor:
         self.extra_env = dict(extra_env or {})
         self._fetch = fetch
         self._runner = hook_runner or HookRunner()
+        self._ensured: tuple[tuple[str, str], Path] | None = None  # the deployment directory made last
 
     async def execute(self, command: Command) -> HookOutcome:
         try:
@@ -122,7 +123,13 @@ class CommandExecutor:
             return HookOutcome(_UNKNOWN, failed.message)
 
     def _deployment_dir(self, spec: DeploymentSpec) -> Path:
-        return self.layout.ensure_deployment_dir(spec.deployment_group_id, spec.deployment_id, dict(spec.raw))
+        """The deployment's directory, made by its first command; the next ones only check it is still there."""
+        key = (spec.deployment_group_id, spec.deployment_id)
+        if self._ensured is not None and self._ensured[0] == key and self._ensured[1].is_dir():
+            return self._ensured[1]
+        path = self.layout.ensure_deployment_dir(*key, dict(spec.raw))
+        self._ensured = (key, path)
+        return path
 
     # --- DownloadBundle -----------------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@
     <root>/deployment-instructions/<group-id>_last_successful_install <group-id>/<deployment-id>, end of Install
     <root>/deployment-instructions/<group-id>_most_recent_install     <group-id>/<deployment-id>, end of Download
     <root>/ongoing-command/<command-id>                               a command being run (crash recovery, §8)
+    <root>/ongoing-command/<command-id>.result                        its result until the server has it
 
 Ids from the server become single path components (percent-encoded), so no id can name a path outside the root.
 """
@@ -55,6 +56,7 @@ class AgentLayout:
         self.root = root
         self._instructions = root / "deployment-instructions"
         self._ongoing = root / "ongoing-command"
+        self._ongoing_made = False  # made once: a mkdir of an existing directory raises and catches an error
 
     # --- deployment directories ---------------------------------------------------------------------------------
 
@@ -139,42 +141,74 @@ class AgentLayout:
     # --- crash tracking (§8) ------------------------------------------------------------------------------------
 
     def mark_ongoing(self, command: OngoingCommand, *, result: Mapping[str, Any] | None = None) -> None:
-        """Record a command as running, or (with ``result``) as run but not yet reported."""
-        self._ongoing.mkdir(parents=True, exist_ok=True)
+        """Record a command as running, or (with ``result``) as run but not yet reported.
+
+        Two fresh files per command, ``<id>`` then ``<id>.result``, each written once and never replaced: replacing
+        a file (rename over it, or truncate and rewrite) costs the filesystem several times more, and an agent does
+        this for every lifecycle event. Neither needs to be atomic: a record cut short by a kill reads as "no
+        result", which is what a kill a moment earlier would have left, and is reported as code 7 all the same.
+        """
+        try:
+            self._mark_ongoing(command, result)
+        except FileNotFoundError:  # the directory was removed under us: make it again
+            self._ongoing_made = False
+            self._mark_ongoing(command, result)
+
+    def _mark_ongoing(self, command: OngoingCommand, result: Mapping[str, Any] | None) -> None:
+        if not self._ongoing_made:
+            self._ongoing.mkdir(parents=True, exist_ok=True)
+            self._ongoing_made = True
+        name = str(command.command_id)
+        if result is not None:
+            _write_fresh(self._ongoing / f"{name}.result", json.dumps(dict(result)))
+            if (self._ongoing / name).exists():
+                return
         body = {
             "command_id": command.command_id,
             "deployment_id": command.deployment_id,
             "event": command.event,
             "started_at": command.started_at,
-            "result": dict(result) if result is not None else None,
+            "result": None,
         }
-        _write_atomic(self._ongoing / str(command.command_id), json.dumps(body))
+        if result is None:  # a command handed out again starts afresh
+            (self._ongoing / f"{name}.result").unlink(missing_ok=True)
+        _write_fresh(self._ongoing / name, json.dumps(body))
 
     def clear_ongoing(self, command_id: int) -> None:
+        (self._ongoing / f"{command_id}.result").unlink(missing_ok=True)
         (self._ongoing / str(command_id)).unlink(missing_ok=True)
 
     def ongoing(self) -> list[OngoingCommand]:
-        """Commands left running by a previous agent process (unreadable records are named by their file)."""
+        """Commands left running by a previous agent process (unreadable records are named by their file).
+
+        The result is read from ``<id>.result``, or from the record itself as agents before it wrote it there."""
         if not self._ongoing.is_dir():
             return []
         found = []
         for path in sorted(self._ongoing.iterdir()):
             if not path.name.isdigit():
                 continue
-            try:
-                body = json.loads(path.read_text())
-            except (OSError, ValueError):
-                body = {}
+            body = _read_object(path)
+            result = _read_object(path.with_name(f"{path.name}.result")) or body.get("result")
             found.append(
                 OngoingCommand(
                     command_id=int(path.name),
                     deployment_id=str(body.get("deployment_id", "")),
                     event=str(body.get("event", "")),
                     started_at=float(body.get("started_at", path.stat().st_mtime)),
-                    result=body.get("result") if isinstance(body.get("result"), dict) else None,
+                    result=result if isinstance(result, dict) and result else None,
                 )
             )
         return found
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; empty when it is missing, cut short or not an object."""
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _created_at(path: Path) -> float:
@@ -185,7 +219,26 @@ def _created_at(path: Path) -> float:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write-then-rename, so a killed agent never leaves a half-written record (no fsync: the host is not the risk)."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
-    partial.write_text(text)
-    os.replace(partial, path)
+    """Write-then-rename, so a killed agent never leaves a half-written record (no fsync: the host is not the risk).
+
+    Plain ``os`` calls rather than ``Path.write_text``: the agent writes such records twice per command, and a text
+    file object costs more than the write itself.
+    """
+    target = os.fspath(path)
+    head, name = os.path.split(target)
+    partial = os.path.join(head, f".{name}.{os.getpid()}.{time.monotonic_ns()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(partial, target)
+
+
+def _write_fresh(path: Path, text: str) -> None:
+    """Create (or truncate) ``path`` and write ``text``: not atomic, for records whose torn state is harmless."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)

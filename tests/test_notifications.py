@@ -1,0 +1,80 @@
+"""Notifications: milestones at once, per-host progress merged within the interval but never lost."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from engine.notifications import Notifications
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.documents: list[dict[str, Any]] = []
+
+    async def deployment_changed(self, deployment: Mapping[str, Any]) -> None:
+        self.documents.append(dict(deployment))
+
+
+def setup(interval: float = 0.05) -> tuple[Notifications, Recorder, dict[str, int]]:
+    recorder = Recorder()
+    version = {"d-1": 0}
+
+    async def fetch(deployment_id: str) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return {"id": deployment_id, "version": version[deployment_id]}
+
+    return Notifications([recorder], fetch, interval=interval), recorder, version
+
+
+async def test_milestone_changes_are_delivered_at_once_every_time() -> None:
+    notifications, recorder, version = setup(interval=60)
+    for step, signature in enumerate(["InProgress", "web-1 done", "Succeeded"], start=1):
+        version["d-1"] = step
+        await notifications.changed("d-1", signature)
+    assert [d["version"] for d in recorder.documents] == [1, 2, 3]
+
+
+async def test_progress_in_a_burst_is_merged_and_the_latest_follows() -> None:
+    notifications, recorder, version = setup(interval=0.05)
+    for step in range(1, 6):  # five moves from one lifecycle event to the next, same milestones
+        version["d-1"] = step
+        await notifications.changed("d-1", "InProgress")
+    assert [d["version"] for d in recorder.documents] == [1]
+    await asyncio.sleep(0.15)
+    assert [d["version"] for d in recorder.documents] == [1, 5]
+
+
+async def test_a_milestone_after_merged_progress_makes_the_trailing_delivery_unneeded() -> None:
+    notifications, recorder, version = setup(interval=0.05)
+    version["d-1"] = 1
+    await notifications.changed("d-1", "InProgress")
+    version["d-1"] = 2
+    await notifications.changed("d-1", "InProgress")
+    version["d-1"] = 3
+    await notifications.changed("d-1", None)  # unknown to the runner (finished): always at once
+    await asyncio.sleep(0.15)
+    assert [d["version"] for d in recorder.documents] == [1, 3]
+
+
+async def test_progress_after_a_milestone_inside_the_interval_is_still_delivered() -> None:
+    notifications, recorder, version = setup(interval=0.05)
+    version["d-1"] = 1
+    await notifications.changed("d-1", "A")
+    version["d-1"] = 2
+    await notifications.changed("d-1", "A")  # merged: a trailing delivery is armed
+    version["d-1"] = 3
+    await notifications.changed("d-1", "B")  # at once
+    version["d-1"] = 4
+    await notifications.changed("d-1", "B")  # merged again, while the first trailing delivery still waits
+    await asyncio.sleep(0.2)
+    assert [d["version"] for d in recorder.documents][-1] == 4
+    await notifications.close()
+
+
+async def test_without_notifiers_nothing_is_read() -> None:
+    async def fetch(deployment_id: str) -> dict[str, Any]:
+        raise AssertionError("read without a notifier")
+
+    await Notifications([], fetch).changed("d-1", "x")
