@@ -25,6 +25,7 @@ from typing import Any, Self, TypeVar
 from sqlite_utils import Database
 
 from engine.migrations import JSON_COLUMNS, applied_migrations, apply_migrations
+from engine.store_release import ReleaseRecords, placeholders, where_clause
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -80,24 +81,7 @@ def _check_columns(table: str, given: Iterable[str], known: Iterable[str]) -> No
         raise ValueError(f"unknown {table} columns: {', '.join(unknown)}")
 
 
-def _filters(**equal: str | Sequence[str] | None) -> tuple[str, list[Any]]:
-    """A WHERE clause (``1 = 1`` when empty) for the given column filters; None means "any",
-    a sequence means "one of"."""
-    where, params = ["1 = 1"], []
-    for column, value in equal.items():
-        if value is None:
-            continue
-        values = (value,) if isinstance(value, str) else tuple(value)
-        where.append(f"{column} IN ({_placeholders(len(values))})")
-        params.extend(values)
-    return " AND ".join(where), params
-
-
-def _placeholders(n: int) -> str:
-    return ", ".join("?" * n)
-
-
-class SqliteStore:
+class SqliteStore(ReleaseRecords):
     """The persistence port of the engine; see the module docstring for the threading model."""
 
     def __init__(
@@ -234,7 +218,7 @@ class SqliteStore:
         from) replaces the stored one even when the content was already known: the latest fetch is where it is."""
         sql = (
             'INSERT OR IGNORE INTO revisions (sha256, source, "commit", size, created_at, appspec, platform, location)'
-            f" VALUES ({_placeholders(8)})"
+            f" VALUES ({placeholders(8)})"
         )
         params = (sha256, source, commit, size, created_at, _to_json(appspec), platform, _to_json(location))
         new = await self._change(sql, params) == 1
@@ -259,7 +243,7 @@ class SqliteStore:
         _check_columns("deployments", record, self._columns["deployments"])
         row = _encoded("deployments", record)
         columns = ", ".join(f'"{c}"' for c in row)
-        await self._insert(f"INSERT INTO deployments ({columns}) VALUES ({_placeholders(len(row))})", [[*row.values()]])
+        await self._insert(f"INSERT INTO deployments ({columns}) VALUES ({placeholders(len(row))})", [[*row.values()]])
 
     async def get_deployment(self, deployment_id: str) -> Row | None:
         return await self._fetch_one("deployments", "SELECT * FROM deployments WHERE id = ?", (deployment_id,))
@@ -286,7 +270,9 @@ class SqliteStore:
         limit: int | None = 50,
         newest_first: bool = True,
     ) -> list[Row]:
-        where, params = _filters(application=application, environment=environment, group_name=group_name, status=status)
+        where, params = where_clause(
+            application=application, environment=environment, group_name=group_name, status=status
+        )
         order = "DESC" if newest_first else "ASC"
         sql = f"SELECT * FROM deployments WHERE {where} ORDER BY created_at {order}, rowid {order}"
         if limit is not None:
@@ -305,7 +291,7 @@ class SqliteStore:
     async def unfinished_deployments(self) -> list[Row]:
         """Deployments to resume after a restart, oldest first."""
         sql = (
-            f"SELECT * FROM deployments WHERE status NOT IN ({_placeholders(len(FINAL_DEPLOYMENT_STATUSES))})"
+            f"SELECT * FROM deployments WHERE status NOT IN ({placeholders(len(FINAL_DEPLOYMENT_STATUSES))})"
             " ORDER BY created_at, rowid"
         )
         return await self._fetch("deployments", sql, FINAL_DEPLOYMENT_STATUSES)
@@ -318,7 +304,7 @@ class SqliteStore:
         columns = [*_TARGET_EVENT_KEY, *fields]
         on_conflict = "UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in fields) if fields else "NOTHING"
         sql = (
-            f"INSERT INTO target_events ({', '.join(columns)}) VALUES ({_placeholders(len(columns))})"
+            f"INSERT INTO target_events ({', '.join(columns)}) VALUES ({placeholders(len(columns))})"
             f" ON CONFLICT (deployment_id, target, event) DO {on_conflict}"
         )
         await self._change(sql, (deployment_id, target, event, *fields.values()))
@@ -355,7 +341,7 @@ class SqliteStore:
         columns = [*_TARGET_EVENT_KEY, *fields]
         on_conflict = "UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in fields) if fields else "NOTHING"
         sql = (
-            f"INSERT INTO target_events ({', '.join(columns)}) VALUES ({_placeholders(len(columns))})"
+            f"INSERT INTO target_events ({', '.join(columns)}) VALUES ({placeholders(len(columns))})"
             f" ON CONFLICT (deployment_id, target, event) DO {on_conflict}"
         )
         return sql, (deployment_id, row["target"], row["event"], *fields.values())
@@ -381,11 +367,11 @@ class SqliteStore:
     async def append_logs(self, entries: Iterable[Mapping[str, Any]]) -> list[int]:
         """Append many entries (keys as ``append_log``'s arguments) in one transaction; returns their ids."""
         rows = [(e.get("deployment_id"), e["at"], e["actor"], e["kind"], _to_json(e.get("data"))) for e in entries]
-        sql = f"INSERT INTO event_log (deployment_id, at, actor, kind, data) VALUES ({_placeholders(5)})"
+        sql = f"INSERT INTO event_log (deployment_id, at, actor, kind, data) VALUES ({placeholders(5)})"
         return await self._insert(sql, rows)
 
     async def read_log(self, *, deployment_id: str | None = None, after_id: int = 0, limit: int = 1000) -> list[Row]:
-        where, params = _filters(deployment_id=deployment_id)
+        where, params = where_clause(deployment_id=deployment_id)
         sql = f"SELECT * FROM event_log WHERE id > ? AND {where} ORDER BY id LIMIT ?"
         return await self._fetch("event_log", sql, (after_id, *params, limit))
 
@@ -394,7 +380,7 @@ class SqliteStore:
     async def enqueue_command(
         self, host: str, deployment_id: str, event: str, payload: Mapping[str, Any] | None, *, at: float
     ) -> int:
-        sql = f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({_placeholders(5)})"
+        sql = f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
         return (await self._insert(sql, [(host, deployment_id, event, _to_json(payload), at)]))[0]
 
     async def enqueue_command_once(
@@ -403,7 +389,7 @@ class SqliteStore:
         """``enqueue_command`` unless ``latest_command`` finds one (then that one, and nothing is queued): a
         re-issued dispatch after a restart costs one transaction, not a read and a write."""
         insert = (
-            f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({_placeholders(5)})"
+            f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
         )
 
         def enqueue(db: Database) -> Row | None:
@@ -442,7 +428,7 @@ class SqliteStore:
         another host's. That makes repeated agent reports harmless."""
         if status not in FINAL_COMMAND_STATUSES:
             raise ValueError(f"not a final command status: {status!r}")
-        where, params = _filters(host=host)
+        where, params = where_clause(host=host)
         sql = (
             "UPDATE host_commands SET status = ?, result = ?, finished_at = ?"
             f" WHERE id = ? AND status IN ('Pending', 'InProgress') AND {where}"
@@ -492,7 +478,7 @@ class SqliteStore:
         deployment_id: str | None = None,
         status: str | Sequence[str] | None = None,
     ) -> list[Row]:
-        where, params = _filters(host=host, deployment_id=deployment_id, status=status)
+        where, params = where_clause(host=host, deployment_id=deployment_id, status=status)
         return await self._fetch("host_commands", f"SELECT * FROM host_commands WHERE {where} ORDER BY id", params)
 
     async def cancel_commands(self, deployment_id: str, *, at: float) -> int:
@@ -528,86 +514,3 @@ class SqliteStore:
 
     async def list_agents(self) -> list[Row]:
         return await self._fetch("agents", "SELECT * FROM agents ORDER BY name")
-
-    # -- locks
-
-    async def put_lock(
-        self,
-        application: str,
-        environment: str,
-        *,
-        owner: str,
-        created_at: float,
-        reason: str | None = None,
-        expires_at: float | None = None,
-    ) -> None:
-        """Set (or replace) the environment's lock; whether a lock may be replaced is policy, not ours.
-        Expiry is data: the caller compares ``expires_at`` with its clock."""
-        sql = (
-            "INSERT OR REPLACE INTO locks (application, environment, owner, reason, created_at, expires_at)"
-            f" VALUES ({_placeholders(6)})"
-        )
-        await self._change(sql, (application, environment, owner, reason, created_at, expires_at))
-
-    async def get_lock(self, application: str, environment: str) -> Row | None:
-        sql = "SELECT * FROM locks WHERE application = ? AND environment = ?"
-        return await self._fetch_one("locks", sql, (application, environment))
-
-    async def delete_lock(self, application: str, environment: str, *, created_at: float | None = None) -> bool:
-        """Remove the lock; given ``created_at``, only that very lock (not one set again in the meantime)."""
-        sql = "DELETE FROM locks WHERE application = ? AND environment = ?"
-        params: tuple[Any, ...] = (application, environment)
-        if created_at is not None:
-            sql += " AND created_at = ?"
-            params = (*params, created_at)
-        return await self._change(sql, params) == 1
-
-    async def list_locks(self) -> list[Row]:
-        return await self._fetch("locks", "SELECT * FROM locks ORDER BY application, environment")
-
-    # -- approvals (append only)
-
-    async def add_approval(
-        self,
-        deployment_id: str,
-        *,
-        application: str,
-        environment: str,
-        revision_sha256: str,
-        actor: str,
-        decision: str,
-        created_at: float,
-        expires_at: float | None = None,
-        reason: str | None = None,
-    ) -> int:
-        """Record one approve/reject decision; its id."""
-        sql = (
-            "INSERT INTO approvals (deployment_id, application, environment, revision_sha256, actor, decision,"
-            f" reason, created_at, expires_at) VALUES ({_placeholders(9)})"
-        )
-        row = (deployment_id, application, environment, revision_sha256, actor, decision, reason)
-        return (await self._insert(sql, [(*row, created_at, expires_at)]))[0]
-
-    async def list_approvals(
-        self,
-        *,
-        application: str | None = None,
-        environment: str | None = None,
-        revision_sha256: str | None = None,
-        deployment_id: str | None = None,
-    ) -> list[Row]:
-        """Decisions matching every given filter, oldest first."""
-        where, params = _filters(
-            application=application,
-            environment=environment,
-            revision_sha256=revision_sha256,
-            deployment_id=deployment_id,
-        )
-        return await self._fetch("approvals", f"SELECT * FROM approvals WHERE {where} ORDER BY id", params)
-
-    # -- webhook deliveries
-
-    async def record_delivery(self, delivery_id: str, source: str, at: float) -> bool:
-        """Remember a webhook delivery id; False when it was seen before (a retry to ignore)."""
-        sql = "INSERT OR IGNORE INTO deliveries (id, source, received_at) VALUES (?, ?, ?)"
-        return await self._change(sql, (delivery_id, source, at)) == 1
