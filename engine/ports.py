@@ -60,4 +60,6 @@ class AlarmSource(Protocol):
 
 class Notifier(Protocol):
     async def deployment_changed(self, deployment: Mapping[str, Any]) -> None:
-        """Told after every persisted transition (Slack thread, GitHub status, page); must not raise."""
+        """Told after persisted transitions (Slack thread, GitHub status, metrics); must not raise. Status, stage,
+        traffic and per-host outcomes come at once; mere per-host event progress may be merged into the latest
+        document within 50 ms (engine/notifications.py)."""
