@@ -124,6 +124,13 @@ class BenchServer:
             if str(self.workdir) in _cmdline(pid):
                 with contextlib.suppress(OSError):
                     os.killpg(pid, signal.SIGKILL)
+        # What the deployed revision started (the hello app daemonizes out of the agent's process group): it would
+        # outlive the scenario, its directory deleted, and load the machine for every later figure.
+        for pid_file in (self.data_dir / "hosts").glob("*/fs/var/run/*.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pid_file.read_text().strip())
+                if os.readlink(f"/proc/{pid}/cwd").startswith(str(self.workdir)):
+                    os.kill(pid, signal.SIGKILL)
 
     def agent_pids(self) -> list[int]:
         """Pids from the local fleet's ``var/hosts/NAME/agent.pid`` files (live or not)."""
