@@ -250,15 +250,15 @@ class SqliteStore(ReleaseRecords):
 
     async def update_deployment(self, deployment_id: str, **fields: Any) -> bool:
         """Set the given columns; False when no such deployment exists."""
-        _check_columns("deployments", fields, self._columns["deployments"] - {"id"})
         if not fields:
             return await self.get_deployment(deployment_id) is not None
+        return await self._change(*self._deployment_update(deployment_id, fields)) == 1
+
+    def _deployment_update(self, deployment_id: str, fields: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        _check_columns("deployments", fields, self._columns["deployments"] - {"id"})
         row = _encoded("deployments", fields)
         assignments = ", ".join(f'"{c}" = ?' for c in row)
-        return (
-            await self._change(f"UPDATE deployments SET {assignments} WHERE id = ?", (*row.values(), deployment_id))
-            == 1
-        )
+        return f"UPDATE deployments SET {assignments} WHERE id = ?", (*row.values(), deployment_id)
 
     async def list_deployments(
         self,
@@ -300,14 +300,7 @@ class SqliteStore(ReleaseRecords):
 
     async def upsert_target_event(self, deployment_id: str, target: str, event: str, **fields: Any) -> None:
         """Create the (deployment, target, event) row or change only the given fields of it."""
-        _check_columns("target_events", fields, self._columns["target_events"] - {*_TARGET_EVENT_KEY})
-        columns = [*_TARGET_EVENT_KEY, *fields]
-        on_conflict = "UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in fields) if fields else "NOTHING"
-        sql = (
-            f"INSERT INTO target_events ({', '.join(columns)}) VALUES ({placeholders(len(columns))})"
-            f" ON CONFLICT (deployment_id, target, event) DO {on_conflict}"
-        )
-        await self._change(sql, (deployment_id, target, event, *fields.values()))
+        await self._change(*self._target_event_upsert(deployment_id, {"target": target, "event": event, **fields}))
 
     async def upsert_target_events(self, deployment_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Many ``upsert_target_event`` calls in one transaction; each row has ``target``, ``event`` and fields."""
@@ -322,11 +315,7 @@ class SqliteStore(ReleaseRecords):
         ``deployment``."""
         statements = [self._target_event_upsert(deployment_id, row) for row in rows]
         if deployment:
-            _check_columns("deployments", deployment, self._columns["deployments"] - {"id"})
-            encoded = _encoded("deployments", deployment)
-            assignments = ", ".join(f'"{c}" = ?' for c in encoded)
-            update = f"UPDATE deployments SET {assignments} WHERE id = ?"
-            statements.append((update, (*encoded.values(), deployment_id)))
+            statements.append(self._deployment_update(deployment_id, deployment))
 
         def write(db: Database) -> bool | None:
             with _write(db) as conn:
