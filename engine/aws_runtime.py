@@ -8,11 +8,9 @@ never creates a client, and needs no credentials.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from engine.adapters.aws import AwsAccounts
-from engine.errors import DeploymentRefused
 from engine.lifecycle_hooks import HookExecutions
 from engine.model import Platform, Revision
 from engine.platforms import OnResult, PlatformDriver
@@ -85,20 +83,3 @@ class AwsRuntime:
 
     async def close(self) -> None:
         await self.accounts.close()
-
-
-def parse_s3_url(url: str) -> dict[str, Any]:
-    """``s3://bucket/key[?versionId=V&etag=E]`` → {bucket, key, version, etag}; raises DeploymentRefused."""
-    from urllib.parse import parse_qs, urlsplit
-
-    parts = urlsplit(url)
-    key = parts.path.lstrip("/")
-    if parts.scheme != "s3" or not parts.netloc or not key:
-        raise DeploymentRefused(f"bad S3 revision {url!r}: expected s3://BUCKET/KEY[?versionId=V]")
-    query: Mapping[str, list[str]] = parse_qs(parts.query)
-    return {
-        "bucket": parts.netloc,
-        "key": key,
-        "version": (query.get("versionId") or [None])[0],
-        "etag": (query.get("etag") or [None])[0],
-    }

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.aws_runtime import AwsRuntime, parse_s3_url
+from engine.adapters.s3 import parse_s3_revision_url
+from engine.aws_runtime import AwsRuntime
 from engine.errors import DeploymentRefused
 from engine.model import Platform, Revision
 from engine.revisions import RevisionStore
@@ -36,7 +37,10 @@ class RevisionSources:
         if wanted.startswith("sha256:"):
             return await self.revisions.get(wanted.removeprefix("sha256:"))
         if wanted.startswith("s3://"):
-            location = parse_s3_url(wanted)
+            try:
+                location = parse_s3_revision_url(wanted)
+            except ValueError as exc:
+                raise DeploymentRefused(f"bad S3 revision: {exc}") from None
             account = str(group.extra.get("aws_account", "default"))
             return await self.aws.fetch_s3_revision(**location, account=account, platform=group.platform)
         base = Path(self.config.base_dir)

@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 
 from engine.adapters.aws import AwsClients
-from engine.adapters.s3 import S3Location, S3Revisions, object_key, parse_s3_uri, push_revision
+from engine.adapters.s3 import (
+    S3Location,
+    S3Revisions,
+    object_key,
+    parse_s3_revision_url,
+    parse_s3_uri,
+    push_revision,
+)
 from engine.agent.executor import hook_environment, s3_bundle_environment
 from engine.agent.protocol import Command
 from engine.bundles import read_member
@@ -270,3 +277,15 @@ def test_hooks_get_bundle_variables_of_an_s3_revision() -> None:
     assert "BUNDLE_VERSION" not in unversioned and unversioned["BUNDLE_ETAG"] == "e7"
     plain = hook_environment(command({}).spec, LifecycleEvent.AFTER_INSTALL, host="h", prefix=None, extra={}, base=base)
     assert not [k for k in plain if k.startswith("BUNDLE_")], "a local revision has no BUNDLE_* (stale ones dropped)"
+
+
+def test_a_pinned_url_reads_back_as_its_location() -> None:
+    pushed = S3Location("artifacts", "rel/app-1.tar.gz", "v7", "abc", "f" * 64)
+    assert parse_s3_revision_url(pushed.pinned_uri) == {
+        "bucket": "artifacts",
+        "key": "rel/app-1.tar.gz",
+        "version": "v7",
+        "etag": "abc",
+    }
+    with pytest.raises(ValueError, match="expected s3://BUCKET/KEY"):
+        parse_s3_revision_url("s3://artifacts")

@@ -17,7 +17,6 @@ import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
 
 from bot.cli.deploy_cmd import _common, _print_json, _run, _stderr, _stdout
 from bot.client import ApiClient
@@ -89,9 +88,7 @@ async def _push_and_register(args: argparse.Namespace, api: ApiClient) -> int:
     out = _stdout()
     out.print(f"registered revision sha256:{stored.get('sha256', pushed.sha256)} of {args.app}", markup=False)
     # The version and ETag pin this very upload: a later push to the same key is not what gets deployed.
-    pinned = {"versionId": pushed.version, "etag": pushed.etag}
-    query = urlencode({k: v for k, v in pinned.items() if v})
-    revision = shlex.quote(f"{pushed.uri}?{query}" if query else pushed.uri)
+    revision = shlex.quote(pushed.pinned_uri)
     out.print(f"deploy it with: deploybot deploy {args.app} --to ENV --revision {revision}", markup=False)
     return 0
 

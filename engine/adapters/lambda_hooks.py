@@ -14,13 +14,12 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from engine.adapters.aws import AwsClients, aws_error
+from engine.adapters.aws import AwsClients, aws_error, plain_words
 from engine.errors import AdapterError, EngineError, LifecycleHookNotFound
 from engine.lifecycle_hooks import HookExecutions
 from engine.model import LifecycleEvent, ScriptErrorCode
@@ -189,6 +188,5 @@ class BackgroundExecutor:
 def _failed(message: str) -> dict[str, Any]:
     """An event that raised instead of returning a result (the runner stamps the time). An endpoint's HTML error
     page (a proxy, or moto's 500) is cut down to its words so the event's message stays readable."""
-    words = " ".join(re.sub(r"<[^>]+>", " ", message).split())
-    text = words if len(words) <= MAX_MESSAGE else words[: MAX_MESSAGE - 1] + "…"
+    text = plain_words(message, MAX_MESSAGE)
     return {"status": "Failed", "error_code": int(ScriptErrorCode.UNKNOWN_ERROR), "message": text, "log_tail": ""}

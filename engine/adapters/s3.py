@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import parse_qs, urlencode
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -55,6 +56,14 @@ class S3Location:
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
 
+    @property
+    def pinned_uri(self) -> str:
+        """``s3://bucket/key?versionId=V&etag=E``: this very upload (a later push to the same key is not it);
+        ``parse_s3_revision_url`` reads it back."""
+        pinned = {"versionId": self.version, "etag": self.etag}
+        query = urlencode({k: v for k, v in pinned.items() if v})
+        return f"{self.uri}?{query}" if query else self.uri
+
     def revision_location(self) -> dict[str, Any]:
         """``{"s3": {bucket, key, version, etag, bundle_type}}``: what the API and the revisions table keep."""
         return {"s3": {k: v for k, v in asdict(self).items() if k != "sha256"}}
@@ -71,6 +80,21 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     if not 3 <= len(bucket) <= 63 or not re.fullmatch(r"[a-z0-9][a-z0-9.-]*[a-z0-9]", bucket):
         raise ValueError(f"{bucket!r} is not an S3 bucket name (3-63 lower-case letters, digits, dots, hyphens)")
     return bucket, path.strip("/")
+
+
+def parse_s3_revision_url(url: str) -> dict[str, str | None]:
+    """``s3://bucket/key[?versionId=V&etag=E]`` → {bucket, key, version, etag}; raises ValueError."""
+    path, _, query = url.partition("?")
+    bucket, key = parse_s3_uri(path)
+    if not key:
+        raise ValueError(f"expected s3://BUCKET/KEY[?versionId=V&etag=E], got {url!r}")
+    pinned = parse_qs(query)
+    return {
+        "bucket": bucket,
+        "key": key,
+        "version": (pinned.get("versionId") or [None])[0],
+        "etag": (pinned.get("etag") or [None])[0],
+    }
 
 
 def object_key(prefix: str, application: str, sha256: str) -> str:
