@@ -12,6 +12,7 @@ from typing import Any
 from engine.configs import TrafficStep, traffic_config_for_hosts, traffic_steps
 from engine.errors import DeploymentRefused
 from engine.model import DeploymentType, Platform, Revision
+from engine.platforms import serverless_target
 from engine.stages import ALL_AT_ONCE, Stage, StageOptions, TargetStage, TrafficStage, deployment_stages
 from engine.store import SqliteStore
 from engine.topology import DeploymentGroup, EngineConfig
@@ -35,7 +36,7 @@ class Blueprint:
         """The group's targets as far as they are known without asking anyone: declared hosts, registered
         instances matching its tags, the Lambda alias or ECS service it names."""
         if group.platform is Platform.ECS:
-            return (f"{group.extra.get('cluster')}:{group.extra.get('service')}",)
+            return (serverless_target(group, {}),)
         if group.platform is Platform.LAMBDA:
             named = group.extra.get("function_name"), group.extra.get("alias")
             return (f"{named[0]}:{named[1]}",) if all(named) else ()
@@ -48,7 +49,7 @@ class Blueprint:
         """The targets of a new deployment; raises DeploymentRefused when there are none."""
         if group.platform is Platform.LAMBDA:
             assert appspec is not None
-            return (f"{appspec['function_name']}:{appspec['alias']}",)
+            return (serverless_target(group, appspec),)
         names = list(self.target_names(group))
         ec2_tags = group.extra.get("ec2_tags")
         if ec2_tags and self.ec2_lookup is not None:

@@ -11,12 +11,21 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from engine.model import Platform
 from engine.ports import HostExecutor, TrafficRouter
 from engine.topology import DeploymentGroup
 
 # The Fleet's result callback, shared by every executor: command {"deployment_id", "host", "event"} and result
 # {"status": "Succeeded"|"Failed", "error_code", "message", "log_tail", "started_at", "ended_at"}.
 OnResult = Callable[[Mapping[str, Any], Mapping[str, Any]], Awaitable[None]]
+
+
+def serverless_target(group: DeploymentGroup, appspec: Mapping[str, Any]) -> str:
+    """The one target of a Lambda or ECS deployment: ``function:alias`` from the AppSpec, or ``cluster:service``
+    from the group."""
+    if group.platform is Platform.LAMBDA:
+        return f"{appspec['function_name']}:{appspec['alias']}"
+    return f"{group.extra.get('cluster', '')}:{group.extra.get('service', '')}"
 
 
 class PlatformDriver(Protocol):

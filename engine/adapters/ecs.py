@@ -17,9 +17,10 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from engine.adapters.aws import AwsAccounts, AwsClients, aws_error
+from engine.adapters.aws import AwsClients, aws_error
 from engine.adapters.lambda_hooks import (
     DEFAULT_HOOK_TIMEOUT,
+    AwsDriver,
     BackgroundExecutor,
     LambdaHookInvoker,
     account_name,
@@ -27,9 +28,7 @@ from engine.adapters.lambda_hooks import (
 )
 from engine.errors import AdapterError
 from engine.lifecycle import ECS_HOOKABLE
-from engine.lifecycle_hooks import HookExecutions
 from engine.model import LifecycleEvent, ScriptErrorCode
-from engine.platforms import OnResult
 from engine.ports import Clock
 from engine.topology import DeploymentGroup
 
@@ -159,17 +158,8 @@ def client_token(deployment_id: str) -> str:
     return hashlib.sha256(deployment_id.encode()).hexdigest()[:36]
 
 
-class EcsDriver:
+class EcsDriver(AwsDriver):
     """``PlatformDriver`` for ECS services with the EXTERNAL deployment controller."""
-
-    def __init__(self, accounts: AwsAccounts, hooks: HookExecutions, clock: Clock, on_result: OnResult) -> None:
-        self.accounts = accounts
-        self.hooks = hooks
-        self.clock = clock
-        self.on_result = on_result
-
-    def target_name(self, group: DeploymentGroup, appspec: Mapping[str, Any]) -> str:
-        return f"{group.extra.get('cluster', '')}:{group.extra.get('service', '')}"
 
     def ecs_service(self, deployment_id: str, group: DeploymentGroup, spec: Mapping[str, Any]) -> EcsService:
         return EcsService(self.accounts.clients(account_name(group, spec)), deployment_id, spec["ecs"])

@@ -16,30 +16,18 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from engine.adapters.aws import AwsAccounts, AwsClients, aws_error
-from engine.adapters.lambda_hooks import BackgroundExecutor, LambdaHookInvoker, account_name, hook_result
+from engine.adapters.aws import AwsClients, aws_error
+from engine.adapters.lambda_hooks import AwsDriver, BackgroundExecutor, LambdaHookInvoker, account_name, hook_result
 from engine.errors import AdapterError
 from engine.lifecycle import LAMBDA_HOOKABLE
-from engine.lifecycle_hooks import HookExecutions
 from engine.model import LifecycleEvent, ScriptErrorCode
-from engine.platforms import OnResult
-from engine.ports import Clock
 from engine.topology import DeploymentGroup
 
 log = logging.getLogger(__name__)
 
 
-class LambdaDriver:
+class LambdaDriver(AwsDriver):
     """``PlatformDriver`` for Lambda: one executor (hooks) and one router (the alias) per deployment."""
-
-    def __init__(self, accounts: AwsAccounts, hooks: HookExecutions, clock: Clock, on_result: OnResult) -> None:
-        self.accounts = accounts
-        self.hooks = hooks
-        self.clock = clock
-        self.on_result = on_result
-
-    def target_name(self, group: DeploymentGroup, appspec: Mapping[str, Any]) -> str:
-        return f"{appspec['function_name']}:{appspec['alias']}"
 
     def executor(self, deployment_id: str, group: DeploymentGroup, spec: Mapping[str, Any]) -> BackgroundExecutor:
         invoker = LambdaHookInvoker(self.accounts.clients(account_name(group, spec)), self.hooks, self.clock)

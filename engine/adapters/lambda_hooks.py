@@ -19,11 +19,11 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from engine.adapters.aws import AwsClients, aws_error, plain_words
+from engine.adapters.aws import AwsAccounts, AwsClients, aws_error, plain_words
 from engine.errors import AdapterError, EngineError, LifecycleHookNotFound
 from engine.lifecycle_hooks import HookExecutions
 from engine.model import LifecycleEvent, ScriptErrorCode
-from engine.platforms import OnResult
+from engine.platforms import OnResult, serverless_target
 from engine.ports import Clock
 from engine.topology import DeploymentGroup
 
@@ -126,6 +126,20 @@ class LambdaHookInvoker:
         if response.get("FunctionError"):
             raise AdapterError("lambda", f"invoke of {function} returned FunctionError {response['FunctionError']}")
         log.info("invoked hook %s for deployment %s (execution %s)", function, deployment_id, execution_id)
+
+
+class AwsDriver:
+    """What the Lambda and ECS drivers share: the accounts, the hook executions, the clock, the result callback,
+    and how their one target is named."""
+
+    def __init__(self, accounts: AwsAccounts, hooks: HookExecutions, clock: Clock, on_result: OnResult) -> None:
+        self.accounts = accounts
+        self.hooks = hooks
+        self.clock = clock
+        self.on_result = on_result
+
+    def target_name(self, group: DeploymentGroup, appspec: Mapping[str, Any]) -> str:
+        return serverless_target(group, appspec)
 
 
 class BackgroundExecutor:
