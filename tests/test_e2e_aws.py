@@ -318,3 +318,32 @@ async def test_ecs_canary_moves_listener_weights_and_deletes_the_original_task_s
     assert [(t["externalId"], t["status"]) for t in remaining] == [(deployment["id"], "PRIMARY")], remaining
     assert remaining[0]["taskDefinition"].endswith(f"{setup.family}:2")
     assert final["targets"][0]["name"] == setup.target
+
+
+async def test_a_manual_rollback_shifts_the_alias_back_to_the_version_it_served_before(
+    tmp_path: Path,
+    aws: AwsClients,  # noqa: F811
+    moto_reset: str,  # noqa: F811
+    server_for: Callable[[str], Awaitable[DeploybotServer]],
+) -> None:
+    setup = await create_lambda_function(aws)
+    server = await server_for(lambda_config(moto_reset))
+    deployment = await asyncio.to_thread(server.deploy, "api", "prod", lambda_appspec(tmp_path, setup))
+    assert (await asyncio.to_thread(server.wait_final, deployment["id"]))["status"] == "Succeeded"
+    assert await alias_now(aws, setup) == ("2", {})
+
+    async def reversed_alias() -> tuple[str, float]:
+        version, weights = await alias_now(aws, setup)
+        return version, round(weights.get(setup.current_version, 0.0), 2)  # the weight now goes to version 1
+
+    with Sampler(reversed_alias) as sampler:
+        status, rollback = await asyncio.to_thread(
+            server.api, "POST", "/api/v1/applications/api/environments/prod/rollback", {}
+        )
+        assert status in (200, 201), rollback
+        final = await asyncio.to_thread(server.wait_final, rollback["id"])
+        await asyncio.sleep(0.1)
+    assert final["status"] == "Succeeded", final
+    assert final["rollback"]["of"] == deployment["id"], final
+    # The reversed AppSpec shifts from 2 back to 1 through the group's linear configuration.
+    assert sampler.seen == [("2", 0.0), ("2", 0.25), ("2", 0.5), ("2", 0.75), ("1", 0.0)]
