@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.blueprint import blue_green_roles
@@ -128,10 +126,7 @@ async def _reverse_lambda(deployer: Deployer, group: Any, latest: dict[str, Any]
         ],
         **({"Hooks": hooks} if hooks else {}),
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "appspec.json"
-        path.write_text(json.dumps(document))
-        revision = await deployer.revisions.add(path, label=f"rollback of {latest['id']}", platform=Platform.LAMBDA)
+    revision = await deployer.registry.store_inline_appspec(json.dumps(document), Platform.LAMBDA)
     await deployer.store.append_log(
         "rollback.requested", at=deployer.clock.now(), actor=actor, deployment_id=latest["id"]
     )
