@@ -19,10 +19,10 @@ from typing import Any
 from moto.server import ThreadedMotoServer
 
 from bench.figures import Figure, median, percentile
-from engine.adapters.aws import AwsClients
-from engine.adapters.elbv2 import ElbGroup, ElbRouter
-from engine.adapters.lambda_ import LambdaAliasRouter
-from engine.topology import AwsAccount, Host
+from engine.adapters.aws.accounts import AwsClients
+from engine.adapters.aws.elbv2 import ElbGroup, ElbRouter
+from engine.adapters.aws.lambda_ import LambdaAliasRouter
+from engine.core.config.model import AwsAccount, Host
 
 RUNS = 20
 REROUTE_TARGET_MS = 1000.0  # "blue/green rollback is a traffic reroute in under a second"

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from engine.errors import (
+from engine.core.errors import (
     AppSpecInvalid,
     BundleError,
     ConfigError,
@@ -32,7 +32,7 @@ from engine.errors import (
     NotFound,
     UnknownDeploymentConfig,
 )
-from engine.service import DeployRequest
+from engine.runtime.deployer import DeployRequest
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[EngineError], int], ...] = (
 
 
 class ReleaseService(Protocol):
-    """What the API needs from engine.release_flow.ReleaseFlow (the Deployer's ``release``)."""
+    """What the API needs from engine.release.flow.ReleaseFlow (the Deployer's ``release``)."""
 
     async def promote(
         self,
@@ -90,7 +90,7 @@ class ReleaseService(Protocol):
 
 
 class DeploymentService(Protocol):
-    """What the API needs from engine.service.Deployer (a structural type, so tests can hand in a fake)."""
+    """What the API needs from engine.runtime.deployer.Deployer (a structural type, so tests can hand in a fake)."""
 
     release: ReleaseService
 

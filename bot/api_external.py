@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.api import DEPLOYER, actor_of, bad_request, json_object, json_response
-from engine.loader_groups import NAME
+from engine.core.config.groups import NAME
 
 _HOOK_USAGE = 'PUT /api/v1/lifecycle-hooks/{execution_id} {"status": "Succeeded"|"Failed", "deployment_id"?: str}'
 _TOKEN_USAGE = 'POST /api/v1/agent-tokens {"name": "i-0abc123..."}'

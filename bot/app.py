@@ -64,7 +64,7 @@ def create_app(
 
     Args:
         settings: secrets and paths from the environment (``Settings.from_env``).
-        deployer: an opened engine.service.Deployer (or a fake of the same shape in tests).
+        deployer: an opened engine.runtime.deployer.Deployer (or a fake of the same shape in tests).
         local_fleet: agent processes to supervise for the app's lifetime (``deploybot serve``'s local hosts).
     """
     tokens = settings.api_tokens()

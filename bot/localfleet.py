@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.topology import Host
+from engine.core.config.model import Host
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,11 @@ This module is the public surface ``bot/`` may use; keep the export list sorted 
 root (bot/app.py, bot/cli/server_cmd.py) alone also reaches the store and the adapters.
 """
 
-from engine.appspec import AppSpec, normalized, parse_appspec
-from engine.configs import BUILTIN_CONFIGS, DeploymentConfig, resolve_config
-from engine.errors import (
+from engine.core.appspec import AppSpec, normalized, parse_appspec
+from engine.core.config.model import Application, DeploymentGroup, EngineConfig, Host
+from engine.core.config.parse import load_config, parse_config
+from engine.core.configs import BUILTIN_CONFIGS, DeploymentConfig, resolve_config
+from engine.core.errors import (
     AdapterError,
     AppSpecInvalid,
     BundleError,
@@ -19,10 +21,8 @@ from engine.errors import (
     Problem,
     UnknownDeploymentConfig,
 )
-from engine.loader import load_config, parse_config
-from engine.model import DeploymentStatus, DeploymentType, EventStatus, LifecycleEvent, Platform
-from engine.service import Deployer, DeployRequest
-from engine.topology import Application, DeploymentGroup, EngineConfig, Host
+from engine.core.model import DeploymentStatus, DeploymentType, EventStatus, LifecycleEvent, Platform
+from engine.runtime.deployer import Deployer, DeployRequest
 
 __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "AdapterError",

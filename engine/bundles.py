@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from engine.errors import BundleError
+from engine.core.errors import BundleError
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 _APPSPEC_NAME = re.compile("appspec", re.IGNORECASE)

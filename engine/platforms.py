@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from engine.model import Platform
+from engine.core.config.model import DeploymentGroup
+from engine.core.model import Platform
 from engine.ports import HostExecutor, TrafficRouter
-from engine.topology import DeploymentGroup
 
 # The Fleet's result callback, shared by every executor: command {"deployment_id", "host", "event"} and result
 # {"status": "Succeeded"|"Failed", "error_code", "message", "log_tail", "started_at", "ended_at"}.

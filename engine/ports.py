@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from engine.model import LifecycleEvent
+from engine.core.model import LifecycleEvent
 
 
 class Clock(Protocol):
@@ -62,4 +62,4 @@ class Notifier(Protocol):
     async def deployment_changed(self, deployment: Mapping[str, Any]) -> None:
         """Told after persisted transitions (Slack thread, GitHub status, metrics); must not raise. Status, stage,
         traffic and per-host outcomes come at once; mere per-host event progress may be merged into the latest
-        document within 50 ms (engine/notifications.py)."""
+        document within 50 ms (engine/runtime/notifications.py)."""

@@ -2,7 +2,7 @@
 
 Each ``create_*`` function builds, through the same ``AwsClients`` the engine uses, the AWS side a deployment group
 points at, and returns a small frozen record of the names and ARNs a test needs. The ``*_spec`` functions build the
-deployment ``spec`` a driver receives (the shape engine/blueprint.py produces for Lambda and ECS), and
+deployment ``spec`` a driver receives (the shape engine/runtime/blueprint.py produces for Lambda and ECS), and
 the ``*_now`` functions read back what moto holds, so tests assert on describe calls, never on what was sent.
 
 moto traps handled here (shared/reference/components.md §4): Lambda functions must be created after the non-Docker
@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine.adapters.aws import AwsAccounts, AwsClients
-from engine.lifecycle_hooks import HookExecutions
-from engine.model import DeploymentType, Platform
-from engine.topology import DeploymentGroup, LoadBalancer
+from engine.adapters.aws.accounts import AwsAccounts, AwsClients
+from engine.adapters.aws.hook_executions import HookExecutions
+from engine.core.config.model import DeploymentGroup, LoadBalancer
+from engine.core.model import DeploymentType, Platform
 
 ROLE_POLICY = {
     "Version": "2012-10-17",

@@ -1,4 +1,4 @@
-"""FakeDeployer and FakeFleet: hand-written stand-ins with the shape of engine.service.Deployer and
+"""FakeDeployer and FakeFleet: hand-written stand-ins with the shape of engine.runtime.deployer.Deployer and
 engine.adapters.fleet.Fleet (contracts.md), so bot/ routes and the CLI are tested over real HTTP without an engine.
 
 They record every call, raise the real engine errors, and can play a deployment forward (``script``) so the CLI's
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.errors import (
+from engine.core.errors import (
     ApplicationNotFound,
     AppSpecInvalid,
     DeploymentNotFound,

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from moto.server import ThreadedMotoServer
 
-from engine.adapters.aws import AwsClients
-from engine.topology import AwsAccount
+from engine.adapters.aws.accounts import AwsClients
+from engine.core.config.model import AwsAccount
 
 REGION = "us-east-1"
 

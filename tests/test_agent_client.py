@@ -368,7 +368,7 @@ def write_revision(root: Path, version: str, *, appspec_extra: str = "") -> Path
 
 async def test_pre_download_hooks_run_the_right_earlier_revision(tmp_path: Path) -> None:
     from engine.agent.executor import CommandExecutor
-    from engine.agent.protocol import Command
+    from engine.core.agent_protocol import Command
 
     bundles = {
         version: build_bundle(write_revision(tmp_path / version, version), tmp_path / "bundles")
@@ -410,7 +410,7 @@ async def test_pre_download_hooks_run_the_right_earlier_revision(tmp_path: Path)
 
 async def test_invalid_appspec_and_install_conflicts_are_code_5(tmp_path: Path) -> None:
     from engine.agent.executor import CommandExecutor
-    from engine.agent.protocol import Command
+    from engine.core.agent_protocol import Command
 
     bad = tmp_path / "bad"
     bad.mkdir()

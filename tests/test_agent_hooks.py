@@ -17,9 +17,9 @@ import pytest
 from engine.agent.executor import hook_environment
 from engine.agent.hooks import HookOutcome, HookRunner
 from engine.agent.output import ScriptLog, TailBuffer
-from engine.agent.protocol import DeploymentSpec, RevisionRef
-from engine.appspec import HookScript
-from engine.model import LifecycleEvent, ScriptErrorCode
+from engine.core.agent_protocol import DeploymentSpec, RevisionRef
+from engine.core.appspec import HookScript
+from engine.core.model import LifecycleEvent, ScriptErrorCode
 
 EVENT = LifecycleEvent.AFTER_INSTALL
 

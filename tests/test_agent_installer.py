@@ -14,7 +14,7 @@ import pytest
 
 from engine.agent.installer import InstallError, install, map_destination, replay_cleanup
 from engine.agent.layout import AgentLayout
-from engine.appspec import FileMapping, Permission, SELinuxContext, ServerAppSpec
+from engine.core.appspec import FileMapping, Permission, SELinuxContext, ServerAppSpec
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ import test_haproxy
 from aiohttp import web
 from test_haproxy import StackFactory, free_port, spread
 
-from engine.adapters.haproxy import HAProxyRuntime
-from engine.alarms import (
+from engine.adapters.alarms import (
     AlarmSample,
     AlarmSet,
     HAProxyStatsAlarm,
@@ -20,7 +19,8 @@ from engine.alarms import (
     breaches,
     window_stats,
 )
-from engine.errors import AdapterError
+from engine.adapters.haproxy.runtime import HAProxyRuntime
+from engine.core.errors import AdapterError
 
 # The real HAProxy + aiohttp backends fixtures of test_haproxy.py, shared rather than copied.
 run_dir = test_haproxy.run_dir

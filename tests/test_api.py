@@ -16,7 +16,7 @@ from fake_deployer import FakeDeployer
 from bot.api import create_api_app, error_body, error_status
 from bot.app import create_app
 from bot.settings import Settings
-from engine.errors import (
+from engine.core.errors import (
     AdapterError,
     ConfigError,
     DeploymentNotFound,

@@ -1,4 +1,4 @@
-"""engine.appspec against the corpus in tests/data/appspec: every valid file's normalized spec, every invalid file's
+"""core.appspec against the corpus in tests/data/appspec: every valid file's normalized spec, every invalid file's
 exact problem positions (1-based line:column) and a fragment of each message, in order."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.appspec import (
+from engine.core.appspec import (
     EcsAppSpec,
     FileMapping,
     HookScript,
@@ -18,8 +18,8 @@ from engine.appspec import (
     normalized,
     parse_appspec,
 )
-from engine.errors import AppSpecInvalid
-from engine.model import LifecycleEvent, Platform
+from engine.core.errors import AppSpecInvalid
+from engine.core.model import LifecycleEvent, Platform
 
 CORPUS = Path(__file__).parent / "data" / "appspec"
 EXAMPLE = Path(__file__).parent.parent / "examples" / "hello" / "appspec.yml"

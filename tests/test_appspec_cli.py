@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.appspec import normalized, parse_appspec
-from engine.errors import AppSpecInvalid
+from engine.core.appspec import normalized, parse_appspec
+from engine.core.errors import AppSpecInvalid
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "data" / "appspec"

@@ -13,43 +13,43 @@ import engine
 ROOT = Path(__file__).resolve().parent.parent
 
 PURE_CORE = {
-    "engine/model.py",
-    "engine/errors.py",
-    "engine/appspec.py",
-    "engine/appspec_server.py",
-    "engine/appspec_permissions.py",
-    "engine/appspec_resources.py",
-    "engine/yamlnode.py",
-    "engine/loader_groups.py",
-    "engine/configs.py",
-    "engine/lifecycle.py",
-    "engine/plan.py",
-    "engine/machine.py",
-    "engine/events.py",
-    "engine/stages.py",
-    "engine/simulate.py",
-    "engine/snapshot.py",
-    "engine/views.py",
-    "engine/topology.py",
+    "engine/core/model.py",
+    "engine/core/errors.py",
+    "engine/core/appspec/model.py",
+    "engine/core/appspec/server.py",
+    "engine/core/appspec/permissions.py",
+    "engine/core/appspec/serverless.py",
+    "engine/core/yamlnode.py",
+    "engine/core/config/groups.py",
+    "engine/core/configs.py",
+    "engine/core/lifecycle.py",
+    "engine/core/plan.py",
+    "engine/core/machine.py",
+    "engine/core/events.py",
+    "engine/core/stages.py",
+    "engine/core/simulate.py",
+    "engine/core/snapshot.py",
+    "engine/core/document.py",
+    "engine/core/config/model.py",
     "engine/ports.py",
-    "engine/release.py",
-    "engine/promotion.py",
-    "engine/registrations.py",
-    "engine/overrides.py",
+    "engine/release/rules.py",
+    "engine/release/promotion.py",
+    "engine/core/registrations.py",
+    "engine/core/overrides.py",
     "engine/platforms.py",
 }
 YAML_ALLOWED = {
-    "engine/yamlnode.py",
-    "engine/appspec.py",
-    "engine/appspec_server.py",
-    "engine/appspec_permissions.py",
-    "engine/appspec_resources.py",
-    "engine/loader.py",
-    "engine/loader_groups.py",
+    "engine/core/yamlnode.py",
+    "engine/core/appspec/model.py",
+    "engine/core/appspec/server.py",
+    "engine/core/appspec/permissions.py",
+    "engine/core/appspec/serverless.py",
+    "engine/core/config/parse.py",
+    "engine/core/config/groups.py",
 }
 IO_LIBRARIES = {"aiohttp", "aioboto3", "aiobotocore", "boto3", "botocore", "sqlite3", "sqlite_utils", "asyncio"}
 CHAT_LIBRARIES = {"slack_bolt", "slack_sdk", "gidgethub"}
-ENGINE_INTERNALS = {"engine.store", "engine.migrations", "engine.runner"}
+ENGINE_INTERNALS = {"engine.store.sqlite", "engine.store.migrations", "engine.runtime.runner"}
 
 
 def imports(path: Path) -> set[str]:
@@ -80,7 +80,7 @@ def test_pure_core_imports_only_stdlib_and_core(module: str) -> None:
             assert top(name) not in IO_LIBRARIES, f"{module} imports {name}, an I/O library"
 
 
-@pytest.mark.parametrize("module", ["engine/runner.py", "engine/service.py"])
+@pytest.mark.parametrize("module", ["engine/runtime/runner.py", "engine/runtime/deployer.py"])
 def test_runner_and_service_use_ports_not_libraries(module: str) -> None:
     for name in imports(ROOT / module):
         assert top(name) not in IO_LIBRARIES - {"asyncio"}, f"{module} imports {name}"

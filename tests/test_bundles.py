@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from engine.bundles import build_bundle, read_member, safe_extract
-from engine.errors import BundleError
+from engine.core.errors import BundleError
 
 
 def make_revision(root: Path) -> Path:

@@ -26,10 +26,11 @@ from botocore.exceptions import ClientError, WaiterError
 from test_service import ScriptedFleet, make_revision, never_fails, open_deployer
 
 from bot.app import create_app
+from bot.assembly import assemble_deployer
 from bot.codedeploy import CODEDEPLOY, sigv4
 from bot.settings import Settings
-from engine.loader import parse_config
-from engine.service import Deployer, DeployRequest
+from engine.core.config.parse import parse_config
+from engine.runtime.deployer import Deployer, DeployRequest
 
 KEYS = "AKIDEPLOYBOT:s3cret:alice,AKIOTHER:other:bob"
 HOSTS = ("s1", "s2", "p1", "p2", "p3", "p4")
@@ -70,7 +71,7 @@ async def serving(
         deployer = await open_deployer(tmp_path)
     else:
         parsed = parse_config(config, filename="test.yml", base_dir=str(tmp_path))
-        deployer = await Deployer.open(parsed, data_dir=tmp_path / "var")
+        deployer = await assemble_deployer(parsed, data_dir=tmp_path / "var")
     agents = ScriptedFleet(deployer, list(hosts), never_fails)
     app = create_app(Settings(data_dir=tmp_path / "var", aws_keys=KEYS, **settings), deployer=deployer)
     runner = web.AppRunner(app)

@@ -9,9 +9,9 @@ import pytest
 from botocore.exceptions import WaiterError
 from test_codedeploy import Served, call, serving
 
-from engine.model import AutoRollback, AutoRollbackEvent
-from engine.overrides import GroupOverrides
-from engine.topology import AlarmConfiguration
+from engine.core.config.model import AlarmConfiguration
+from engine.core.model import AutoRollback, AutoRollbackEvent
+from engine.core.overrides import GroupOverrides
 
 
 async def test_overrides_apply_to_one_deployment_only(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine.configs import (
+from engine.core.configs import (
     BUILTIN_CONFIGS,
     DEFAULT_SERVER_CONFIG,
     DeploymentConfig,
@@ -29,8 +29,8 @@ from engine.configs import (
     traffic_steps,
     validate_custom_config,
 )
-from engine.errors import UnknownDeploymentConfig
-from engine.model import ErrorCode, Platform
+from engine.core.errors import UnknownDeploymentConfig
+from engine.core.model import ErrorCode, Platform
 
 P = "CodeDeployDefault."
 HOST_COUNT, FLEET_PERCENT, MOST_CONCURRENCY = (

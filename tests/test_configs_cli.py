@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.configs import BUILTIN_CONFIGS
+from engine.core.configs import BUILTIN_CONFIGS
 
 ROOT = Path(__file__).resolve().parent.parent
 P = "CodeDeployDefault."

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from engine.adapters.aws import AwsClients
+from engine.adapters.aws.accounts import AwsClients
 from tests.aws_fixtures import (
     EcsSetup,
     LambdaSetup,

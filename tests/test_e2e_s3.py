@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.adapters.aws import AwsClients
+from engine.adapters.aws.accounts import AwsClients
 from tests.e2e_support import DeploybotServer, free_port, write_revision
 from tests.moto_support import REGION, aws, aws_env, moto_endpoint, moto_reset  # noqa: F401
 

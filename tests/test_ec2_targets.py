@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine.adapters.aws import AwsClients
-from engine.adapters.ec2 import instances_with_tags
-from engine.errors import AdapterError
-from engine.topology import AwsAccount
+from engine.adapters.aws.accounts import AwsClients
+from engine.adapters.aws.ec2 import instances_with_tags
+from engine.core.config.model import AwsAccount
+from engine.core.errors import AdapterError
 from tests.moto_support import REGION, aws, aws_env, moto_endpoint, moto_reset  # noqa: F401
 
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from engine.adapters.aws import AwsClients
-from engine.adapters.ecs import EcsDriver, wait_until_steady
-from engine.clock import SystemClock
-from engine.errors import AdapterError
-from engine.lifecycle_hooks import HookExecutions
-from engine.model import LifecycleEvent, ScriptErrorCode
+from engine.adapters.aws.accounts import AwsClients
+from engine.adapters.aws.ecs import EcsDriver, wait_until_steady
+from engine.adapters.aws.hook_executions import HookExecutions
+from engine.core.errors import AdapterError
+from engine.core.model import LifecycleEvent, ScriptErrorCode
+from engine.runtime.clock import SystemClock
 from tests.aws_fixtures import (
     EcsSetup,
     ResultInbox,

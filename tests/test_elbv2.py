@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from engine.adapters.aws import AwsAccounts, AwsClients
-from engine.adapters.elbv2 import (
+from engine.adapters.aws.accounts import AwsAccounts, AwsClients
+from engine.adapters.aws.elbv2 import (
     ElbGroup,
     ElbRouter,
     build_elb_routers,
@@ -20,9 +20,7 @@ from engine.adapters.elbv2 import (
     listener_weights,
     target_description,
 )
-from engine.errors import AdapterError
-from engine.model import DeploymentType, Platform
-from engine.topology import (
+from engine.core.config.model import (
     Application,
     AwsAccount,
     DeploymentGroup,
@@ -31,6 +29,8 @@ from engine.topology import (
     LoadBalancer,
     ServerSettings,
 )
+from engine.core.errors import AdapterError
+from engine.core.model import DeploymentType, Platform
 from tests.moto_support import REGION, aws, aws_env, moto_endpoint, moto_reset  # noqa: F401
 
 HOSTS = {name: Host(name, port=8080) for name in ("10.0.1.10", "10.0.1.11", "10.0.2.10", "10.0.2.11")}

@@ -133,9 +133,9 @@ def test_appspec_declares_files_and_hooks() -> None:
 
 
 def test_appspec_passes_deploybots_parser() -> None:
-    appspec = pytest.importorskip("engine.appspec")
+    appspec = pytest.importorskip("engine.core.appspec")
     if not hasattr(appspec, "parse_appspec"):
-        pytest.skip("engine.appspec.parse_appspec not available yet")
+        pytest.skip("engine.core.appspec.parse_appspec not available yet")
     spec = appspec.parse_appspec((EXAMPLE / "appspec.yml").read_text())
     assert len(spec.hooks) == 4
 

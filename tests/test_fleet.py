@@ -13,9 +13,9 @@ from aiohttp import web
 
 from bot.agent_api import create_agent_app
 from engine.adapters.fleet import CLAIM_GRACE, Fleet
-from engine.errors import NotFound
-from engine.model import LifecycleEvent
-from engine.store import SqliteStore
+from engine.core.errors import NotFound
+from engine.core.model import LifecycleEvent
+from engine.store.sqlite import SqliteStore
 
 
 class ManualClock:

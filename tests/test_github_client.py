@@ -15,9 +15,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fake_github import FakeGitHub
 
+from bot.assembly import assemble_deployer
 from bot.github.client import GitHubAuth, GitHubClient, GitHubUnavailable
 from bot.github.revisions import revision_from_commit, strip_top_directory
-from engine.errors import AppSpecInvalid, BundleError
+from engine.core.errors import AppSpecInvalid, BundleError
 
 SHA = "f" * 40
 APPSPEC = "version: 0.0\nos: linux\nfiles:\n  - source: app.py\n    destination: /opt/api\n"
@@ -101,12 +102,11 @@ async def test_a_commit_becomes_a_revision_without_the_top_directory(
 async def test_a_commit_with_a_bad_appspec_is_refused_by_the_real_revision_store(
     github: FakeGitHub, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    from engine.loader import parse_config
-    from engine.service import Deployer
+    from engine.core.config.parse import parse_config
 
     github.commits[SHA]["appspec.yml"] = "version: 0.0\nos: windows-ish\n"
     config = parse_config("hosts: []\napplications: {}\n", base_dir=str(tmp_path))
-    deployer = await Deployer.open(config, data_dir=tmp_path / "var")
+    deployer = await assemble_deployer(config, data_dir=tmp_path / "var")
     try:
         client = GitHubClient(session, GitHubAuth(token="ghp_x"), base_url=github.url)
         with pytest.raises(AppSpecInvalid) as caught:

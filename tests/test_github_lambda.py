@@ -10,11 +10,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from fake_github import FakeGitHub, push_payload, signed
 
 from bot.app import create_app
+from bot.assembly import assemble_deployer
 from bot.github import GITHUB
 from bot.settings import Settings
-from engine.adapters.aws import AwsClients
-from engine.loader import parse_config
-from engine.service import Deployer
+from engine.adapters.aws.accounts import AwsClients
+from engine.core.config.parse import parse_config
 from tests.aws_fixtures import alias_now, create_lambda_function
 from tests.moto_support import REGION, aws, aws_env, moto_endpoint, moto_reset  # noqa: F401
 
@@ -44,7 +44,7 @@ async def test_a_merge_deploys_the_lambda_appspec_of_the_commit(
         "    deployment_groups:\n      prod: {deployment_config: CodeDeployDefault.LambdaAllAtOnce}\n",
         base_dir=str(tmp_path),
     )
-    deployer = await Deployer.open(config, data_dir=tmp_path / "var")
+    deployer = await assemble_deployer(config, data_dir=tmp_path / "var")
     environ = {"GITHUB_WEBHOOK_SECRET": SECRET, "GITHUB_TOKEN": "ghp_test", "GITHUB_API_URL": github.url}
     app = create_app(Settings.from_env(environ, data_dir=tmp_path / "var"), deployer=deployer)
     try:

@@ -12,9 +12,9 @@ from bot.github.checks import annotations, check_run, validate
 from bot.github.notifier import GitHubStatus, github_status
 from bot.github.triggers import MergeRule, Verdict, checks_verdict, merge_rules
 from bot.settings import Settings
-from engine.errors import Problem
-from engine.loader import parse_config
-from engine.model import Platform
+from engine.core.config.parse import parse_config
+from engine.core.errors import Problem
+from engine.core.model import Platform
 
 
 def doc(status: str, **extra: Any) -> dict[str, Any]:
@@ -99,7 +99,7 @@ def test_merge_rules_match_repository_case_insensitively_and_the_branch_exactly(
 
 
 def test_loader_rejects_a_timeout_without_checks_and_unknown_url_environments() -> None:
-    from engine.errors import ConfigError
+    from engine.core.errors import ConfigError
 
     bad = CONFIG.replace("require_checks: [ci]", "checks_timeout_minutes: 5").replace(
         "github: {repository: acme/web}", "github: {repository: acme/web, environment_urls: {qa: http://qa}}"

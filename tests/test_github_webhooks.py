@@ -16,10 +16,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from fake_github import FakeGitHub, pull_request_payload, push_payload, signed
 
 from bot.app import create_app
+from bot.assembly import assemble_deployer
 from bot.github import GITHUB, GitHubFront, triggers
 from bot.settings import Settings
-from engine.loader import parse_config
-from engine.service import Deployer
+from engine.core.config.parse import parse_config
+from engine.runtime.deployer import Deployer
 
 SECRET = "webhook-secret"
 REPO = "acme/api"
@@ -114,7 +115,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         github.commits[sha] = {"appspec.yml": APPSPEC, "VERSION": sha[:7], "scripts/validate.sh": "exit 0\n"}
     await github.start()
     config = parse_config(CONFIG, base_dir=str(tmp_path))
-    deployer = await Deployer.open(config, data_dir=tmp_path / "var")
+    deployer = await assemble_deployer(config, data_dir=tmp_path / "var")
     environ = {"GITHUB_WEBHOOK_SECRET": SECRET, "GITHUB_TOKEN": "ghp_test", "GITHUB_API_URL": github.url}
     settings = Settings.from_env(environ, data_dir=tmp_path / "var")
     app = create_app(settings, deployer=deployer)

@@ -22,7 +22,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from engine.adapters.haproxy import (
+from engine.adapters.haproxy.process import HAProxyGroup, HAProxyProcess, HAProxyServer
+from engine.adapters.haproxy.runtime import (
     AdminState,
     FleetWeights,
     GroupPool,
@@ -33,9 +34,8 @@ from engine.adapters.haproxy import (
     parse_servers_state,
     parse_stat_csv,
 )
-from engine.adapters.haproxy_process import HAProxyGroup, HAProxyProcess, HAProxyServer
-from engine.clock import SystemClock
-from engine.errors import AdapterError
+from engine.core.errors import AdapterError
+from engine.runtime.clock import SystemClock
 
 # -- helpers shared with test_alarms.py ---------------------------------------------------------------------------
 

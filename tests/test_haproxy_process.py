@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from engine.adapters.haproxy import AdminState
-from engine.adapters.haproxy_process import (
+from engine.adapters.haproxy.process import (
     HAProxyGroup,
     HAProxyProcess,
     HAProxyServer,
     find_haproxy,
     render_config,
 )
-from engine.errors import AdapterError
+from engine.adapters.haproxy.runtime import AdminState
+from engine.core.errors import AdapterError
 
 
 @pytest.fixture

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from engine.adapters.aws import AwsClients
-from engine.adapters.lambda_ import LambdaAliasRouter, LambdaDriver
-from engine.adapters.lambda_hooks import LambdaHookInvoker
-from engine.clock import SystemClock
-from engine.errors import AdapterError
-from engine.lifecycle_hooks import HookExecutions
-from engine.model import LifecycleEvent, ScriptErrorCode
-from engine.topology import AwsAccount
+from engine.adapters.aws.accounts import AwsClients
+from engine.adapters.aws.hook_executions import HookExecutions
+from engine.adapters.aws.lambda_ import LambdaAliasRouter, LambdaDriver
+from engine.adapters.aws.lambda_hooks import LambdaHookInvoker
+from engine.core.config.model import AwsAccount
+from engine.core.errors import AdapterError
+from engine.core.model import LifecycleEvent, ScriptErrorCode
+from engine.runtime.clock import SystemClock
 from tests.aws_fixtures import (
     LambdaSetup,
     ResultInbox,

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from engine.lifecycle import (
+from engine.core.lifecycle import (
     ECS_HOOKABLE,
     LAMBDA_HOOKABLE,
     SERVER_HOOKABLE,
@@ -18,7 +18,7 @@ from engine.lifecycle import (
     hookable_events,
     script_source,
 )
-from engine.model import DeploymentType, LifecycleEvent, Platform
+from engine.core.model import DeploymentType, LifecycleEvent, Platform
 
 IN_PLACE, BLUE_GREEN = DeploymentType.IN_PLACE, DeploymentType.BLUE_GREEN
 

@@ -1,4 +1,4 @@
-"""engine/loader.py and `deploybot config check`: every kind of problem at its exact line:column, a full round trip,
+"""core/config/parse.py and `deploybot config check`: every kind of problem at its exact line:column, a full round trip,
 the embedded default config, and the CLI through a real subprocess."""
 
 from __future__ import annotations
@@ -11,17 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.configs import (
-    DeploymentConfig,
-    MinimumHealthyHosts,
-    MinimumHealthyHostsType,
-    TrafficRouting,
-    TrafficRoutingType,
-)
-from engine.errors import ConfigError, Problem
-from engine.loader import DEFAULT_CONFIG_PATH, load_config, parse_config
-from engine.model import AutoRollback, AutoRollbackEvent, DeploymentType, Platform
-from engine.topology import (
+from engine.core.config.model import (
     AlarmConfiguration,
     Application,
     BlueGreenOptions,
@@ -31,6 +21,16 @@ from engine.topology import (
     LoadBalancer,
     ServerSettings,
 )
+from engine.core.config.parse import DEFAULT_CONFIG_PATH, load_config, parse_config
+from engine.core.configs import (
+    DeploymentConfig,
+    MinimumHealthyHosts,
+    MinimumHealthyHostsType,
+    TrafficRouting,
+    TrafficRoutingType,
+)
+from engine.core.errors import ConfigError, Problem
+from engine.core.model import AutoRollback, AutoRollbackEvent, DeploymentType, Platform
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data" / "config"

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from bot.localfleet import AgentProcess, LocalFleet, RestartPolicy, agent_processes
-from engine.topology import Host
+from engine.core.config.model import Host
 
 FAST = RestartPolicy(initial_delay=0.05, max_delay=0.2, stable_after=30.0, stop_timeout=0.5)
 

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 
-from engine.configs import BUILTIN_CONFIGS, MinimumHealthyHosts, MinimumHealthyHostsType, TrafficStep
-from engine.errors import InvalidTransition
-from engine.events import (
+from engine.core.configs import BUILTIN_CONFIGS, MinimumHealthyHosts, MinimumHealthyHostsType, TrafficStep
+from engine.core.errors import InvalidTransition
+from engine.core.events import (
     AlarmFired,
     CancelTargets,
     ContinueRequested,
@@ -30,12 +30,12 @@ from engine.events import (
     TrafficShifted,
     TrafficShiftFailed,
 )
-from engine.machine import DeploymentMachine, MachineOptions
-from engine.model import AutoRollback, AutoRollbackEvent, DeploymentStatus, DeploymentType, ErrorCode, Platform
-from engine.model import LifecycleEvent as E
-from engine.simulate import simulate
-from engine.snapshot import stages_from_json, stages_to_json, state_from_json, state_to_json
-from engine.stages import (
+from engine.core.machine import DeploymentMachine, MachineOptions
+from engine.core.model import AutoRollback, AutoRollbackEvent, DeploymentStatus, DeploymentType, ErrorCode, Platform
+from engine.core.model import LifecycleEvent as E
+from engine.core.simulate import simulate
+from engine.core.snapshot import stages_from_json, stages_to_json, state_from_json, state_to_json
+from engine.core.stages import (
     StageOptions,
     TargetStage,
     TrafficStage,

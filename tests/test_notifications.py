@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from engine.notifications import Notifications
+from engine.runtime.notifications import Notifications
 
 
 class Recorder:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from engine.configs import (
+from engine.core.configs import (
     BUILTIN_CONFIGS,
     DeploymentConfig,
     IncompatibleDeploymentConfig,
@@ -17,9 +17,9 @@ from engine.configs import (
     TrafficRoutingType,
     TrafficStep,
 )
-from engine.lifecycle import FleetRole, event_order
-from engine.model import DeploymentType, ErrorCode, LifecycleEvent, Platform
-from engine.plan import Plan, batch_traffic_steps, build_plan, host_batches
+from engine.core.lifecycle import FleetRole, event_order
+from engine.core.model import DeploymentType, ErrorCode, LifecycleEvent, Platform
+from engine.core.plan import Plan, batch_traffic_steps, build_plan, host_batches
 
 P = "CodeDeployDefault."
 HOST_COUNT, FLEET_PERCENT = MinimumHealthyHostsType.HOST_COUNT, MinimumHealthyHostsType.FLEET_PERCENT

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.policy import Permission, SlackPolicy, is_production
-from engine.loader import parse_config
+from engine.core.config.parse import parse_config
 
 CONFIG = """
 hosts:

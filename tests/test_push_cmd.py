@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from bot.cli import main
-from engine.adapters.aws import AwsClients
+from engine.adapters.aws.accounts import AwsClients
 from tests.moto_support import aws, aws_env, moto_endpoint, moto_reset  # noqa: F401
 
 HELLO = Path(__file__).resolve().parent.parent / "examples" / "hello"

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from test_service import CONFIG
 
-from engine.configs import (
+from engine.core.config.model import EngineConfig
+from engine.core.config.parse import parse_config
+from engine.core.configs import (
     DeploymentConfig,
     MinimumHealthyHosts,
     MinimumHealthyHostsType,
@@ -18,10 +20,9 @@ from engine.configs import (
     TrafficRoutingType,
     config_for_group,
 )
-from engine.errors import AppSpecInvalid, UnknownDeploymentConfig
-from engine.loader import parse_config
-from engine.model import Platform
-from engine.registrations import (
+from engine.core.errors import AppSpecInvalid, UnknownDeploymentConfig
+from engine.core.model import Platform
+from engine.core.registrations import (
     ConfiguredHostReadOnly,
     DeploymentConfigExists,
     DeploymentConfigInUse,
@@ -33,10 +34,9 @@ from engine.registrations import (
     TooManyTags,
     revision_key,
 )
-from engine.registry import Registry
-from engine.revisions import RevisionStore
-from engine.store import SqliteStore
-from engine.topology import EngineConfig
+from engine.runtime.registry import Registry
+from engine.runtime.revisions import RevisionStore
+from engine.store.sqlite import SqliteStore
 
 LAMBDA_APPSPEC = """version: 0.0
 Resources:

@@ -1,4 +1,4 @@
-"""The release-flow rules (engine/release.py): pure functions, table-driven, time passed in as numbers."""
+"""The release-flow rules (engine/release/rules.py): pure functions, table-driven, time passed in as numbers."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from engine.model import DeploymentStatus
-from engine.promotion import Tenure, check_promotion, tenure
-from engine.release import (
+from engine.core.model import DeploymentStatus
+from engine.release.promotion import Tenure, check_promotion, tenure
+from engine.release.rules import (
     Admission,
     Approval,
     ApprovalPolicy,

@@ -16,10 +16,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from test_service import ScriptedFleet, make_revision, never_fails
 
 from bot.app import create_app
+from bot.assembly import assemble_deployer
 from bot.cli import main
 from bot.settings import Settings
-from engine.loader import parse_config
-from engine.service import Deployer
+from engine.core.config.parse import parse_config
+from engine.runtime.deployer import Deployer
 
 TOKEN = "release-token"
 CONFIG = """
@@ -74,7 +75,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     make_revision(tmp_path, "rev-a", "1")
     make_revision(tmp_path, "rev-b", "2")
     config = parse_config(CONFIG, filename="api.yml", base_dir=str(tmp_path))
-    deployer = await Deployer.open(config, data_dir=tmp_path / "var")
+    deployer = await assemble_deployer(config, data_dir=tmp_path / "var")
     settings = Settings.from_env({"DEPLOYBOT_TOKEN": TOKEN}, data_dir=tmp_path / "var")
     agents = ScriptedFleet(deployer, ["s1", "p1", "g1"], never_fails)
     try:

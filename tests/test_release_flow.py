@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 from test_service import APPSPEC, ScriptedFleet, make_revision, never_fails, wait_final
 
-from engine.clock import SystemClock
-from engine.errors import DeploymentRefused
-from engine.loader import parse_config
-from engine.service import Deployer, DeployRequest
+from bot.assembly import assemble_deployer
+from engine.core.config.parse import parse_config
+from engine.core.errors import DeploymentRefused
+from engine.runtime.clock import SystemClock
+from engine.runtime.deployer import Deployer, DeployRequest
 
 CONFIG = """
 server: {data_dir: var, admins: [root]}
@@ -91,7 +92,7 @@ async def open_env(workdir: Path, *, soak: float = 0, policy: str = "refuse", ap
     text = CONFIG % {"soak": soak, "policy": policy, "approvals": approvals}
     config = parse_config(text, filename="release.yml", base_dir=str(workdir))
     clock = ShiftedClock()
-    return Env(await Deployer.open(config, data_dir=workdir / "var", clock=clock), clock, workdir)
+    return Env(await assemble_deployer(config, data_dir=workdir / "var", clock=clock), clock, workdir)
 
 
 @pytest.fixture

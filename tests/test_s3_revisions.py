@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from engine.adapters.aws import AwsClients
-from engine.adapters.s3 import (
+from engine.adapters.aws.accounts import AwsClients
+from engine.adapters.aws.s3 import (
     S3Location,
     S3Revisions,
     object_key,
@@ -23,13 +23,13 @@ from engine.adapters.s3 import (
     push_revision,
 )
 from engine.agent.executor import hook_environment, s3_bundle_environment
-from engine.agent.protocol import Command
 from engine.bundles import read_member
-from engine.clock import SystemClock
-from engine.errors import AdapterError, BundleError
-from engine.model import LifecycleEvent, Platform
-from engine.revisions import RevisionStore
-from engine.store import SqliteStore
+from engine.core.agent_protocol import Command
+from engine.core.errors import AdapterError, BundleError
+from engine.core.model import LifecycleEvent, Platform
+from engine.runtime.clock import SystemClock
+from engine.runtime.revisions import RevisionStore
+from engine.store.sqlite import SqliteStore
 from tests.moto_support import aws, aws_env, moto_endpoint, moto_reset  # noqa: F401
 
 HELLO = Path(__file__).resolve().parent.parent / "examples" / "hello"

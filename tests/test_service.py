@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import AppSpecInvalid, DeploymentNotFound, DeploymentRefused
-from engine.loader import parse_config
-from engine.service import Deployer, DeployRequest
+from bot.assembly import assemble_deployer
+from engine.core.config.parse import parse_config
+from engine.core.errors import AppSpecInvalid, DeploymentNotFound, DeploymentRefused
+from engine.runtime.deployer import Deployer, DeployRequest
 
 CONFIG = """
 server: {data_dir: var, heartbeat_timeout: %(heartbeat)s}
@@ -95,7 +96,7 @@ async def open_deployer(workdir: Path, heartbeat: float = 60) -> Deployer:
     config = parse_config(CONFIG % {"heartbeat": max(heartbeat, 1)}, filename="test.yml", base_dir=str(workdir))
     # The config file allows whole seconds; tests use a shorter limit to stay fast.
     config = dataclasses.replace(config, server=dataclasses.replace(config.server, heartbeat_timeout=heartbeat))
-    return await Deployer.open(config, data_dir=workdir / "var")
+    return await assemble_deployer(config, data_dir=workdir / "var")
 
 
 @pytest.fixture
@@ -310,7 +311,7 @@ applications:
         targets: {hosts: [b1, b2, b3, b4]}
         load_balancer: {type: haproxy, port: 9910}
 """
-    deployer = await Deployer.open(parse_config(text, base_dir=str(tmp_path)), data_dir=tmp_path / "var")
+    deployer = await assemble_deployer(parse_config(text, base_dir=str(tmp_path)), data_dir=tmp_path / "var")
     try:
         plan = await deployer.plan(DeployRequest("app", "prod"))
         started = await deployer.start(DeployRequest("app", "prod"))
@@ -327,7 +328,7 @@ applications:
 
 async def test_a_group_whose_tags_match_no_host_is_refused_naming_the_tags(workdir: Path) -> None:
     text = (CONFIG % {"heartbeat": 60}).replace("targets: {tags: {env: staging}}", "targets: {tags: {env: edge}}")
-    deployer = await Deployer.open(parse_config(text, base_dir=str(workdir)), data_dir=workdir / "var")
+    deployer = await assemble_deployer(parse_config(text, base_dir=str(workdir)), data_dir=workdir / "var")
     try:
         with pytest.raises(DeploymentRefused, match="app-staging has no targets: no host or instance has the tags"):
             await deployer.start(DeployRequest("app", "staging"))

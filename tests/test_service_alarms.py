@@ -11,10 +11,11 @@ import pytest
 from aiohttp import web
 from test_service import ScriptedFleet, make_revision, never_fails, wait_final
 
-from engine.adapters.haproxy_stack import build_alarms
-from engine.clock import SystemClock
-from engine.loader import parse_config
-from engine.service import Deployer, DeployRequest
+from bot.assembly import assemble_deployer
+from engine.adapters.haproxy.stack import build_alarms
+from engine.core.config.parse import parse_config
+from engine.runtime.clock import SystemClock
+from engine.runtime.deployer import Deployer, DeployRequest
 
 CONFIG = """
 server: {data_dir: var}
@@ -60,7 +61,7 @@ async def open_deployer(tmp_path: Path, url: str, watch: float = 0) -> Deployer:
     make_revision(tmp_path, "rev-b", "2")
     config = parse_config(CONFIG % {"url": url, "watch": watch}, filename="t.yml", base_dir=str(tmp_path))
     clock = SystemClock()
-    return await Deployer.open(
+    return await assemble_deployer(
         config,
         data_dir=tmp_path / "var",
         clock=clock,

@@ -18,11 +18,12 @@ from fake_slack import FakeSlack
 from slack_support import BOT_TOKEN, SECRET, ScriptedAgents, button_body, signed, slash_body
 
 from bot.app import create_app
+from bot.assembly import assemble_deployer
 from bot.pages.links import LinkCheck, deployment_path, verify
 from bot.settings import Settings
 from bot.slack.app import SLACK
-from engine.loader import parse_config
-from engine.service import Deployer, DeployRequest
+from engine.core.config.parse import parse_config
+from engine.runtime.deployer import Deployer, DeployRequest
 
 CONFIG = """
 server: {data_dir: var}
@@ -94,7 +95,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     make_revision(tmp_path, "rev-a", "1")
     make_revision(tmp_path, "rev-b", "2")
     config = parse_config(CONFIG, filename="test.yml", base_dir=str(tmp_path))
-    deployer = await Deployer.open(config, data_dir=tmp_path / "var")
+    deployer = await assemble_deployer(config, data_dir=tmp_path / "var")
     agents = ScriptedAgents(deployer, ["s1", "s2", "p1"])
     async with FakeSlack(usergroups={"S0OPS": ["U0CAROL"]}) as slack:
         settings = Settings(
@@ -322,7 +323,7 @@ async def test_a_429_is_waited_out_and_the_edit_still_lands(rig: Rig) -> None:
 async def test_slack_off_without_settings(tmp_path: Path) -> None:
     make_revision(tmp_path, "rev-a", "1")
     config = parse_config(CONFIG, filename="test.yml", base_dir=str(tmp_path))
-    deployer = await Deployer.open(config, data_dir=tmp_path / "var")
+    deployer = await assemble_deployer(config, data_dir=tmp_path / "var")
     try:
         app = create_app(Settings(data_dir=tmp_path / "var"), deployer=deployer)
         assert SLACK not in app

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from engine.store import SqliteStore
+from engine.store.sqlite import SqliteStore
 
 T0 = 1_700_000_000.0
 

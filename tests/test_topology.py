@@ -1,12 +1,12 @@
-"""engine/topology.py: lookups people type in chat (case-insensitive), target selection, stable group ids."""
+"""engine/core/config/model.py: lookups people type in chat (case-insensitive), target selection, stable group ids."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.errors import ApplicationNotFound, EnvironmentNotFound, UnknownDeploymentConfig
-from engine.model import DeploymentType, Platform
-from engine.topology import Application, DeploymentGroup, EngineConfig, Host, ServerSettings
+from engine.core.config.model import Application, DeploymentGroup, EngineConfig, Host, ServerSettings
+from engine.core.errors import ApplicationNotFound, EnvironmentNotFound, UnknownDeploymentConfig
+from engine.core.model import DeploymentType, Platform
 
 
 def group(app: str, env: str, **kwargs: object) -> DeploymentGroup:

@@ -1,4 +1,4 @@
-"""engine/yamlnode.py: the node reader both YAML formats share: positions, typed values, merge keys, repeats, hints."""
+"""core/yamlnode.py: the node reader both YAML formats share: positions, typed values, merge keys, repeats, hints."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import yaml
 from yaml.nodes import MappingNode, Node
 
-from engine.yamlnode import (
+from engine.core.yamlnode import (
     UNREADABLE,
     NodeReader,
     did_you_mean,

@@ -11,9 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from engine.appspec import AppSpec, normalized, parse_appspec
-from engine.errors import AppSpecInvalid, Problem
-from engine.model import Platform
+from engine.core.appspec import AppSpec, normalized, parse_appspec
+from engine.core.errors import AppSpecInvalid, Problem
+from engine.core.model import Platform
 
 _USAGE_ERROR = 2
 

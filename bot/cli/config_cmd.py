@@ -11,9 +11,9 @@ import json
 import sys
 from typing import Any
 
-from engine.errors import ConfigError
-from engine.loader import load_config
-from engine.topology import EngineConfig
+from engine.core.config.model import EngineConfig
+from engine.core.config.parse import load_config
+from engine.core.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from engine.configs import (
+from engine.core.configs import (
     BUILTIN_CONFIGS,
     BUILTIN_PREFIX,
     DeploymentConfig,
@@ -27,10 +27,10 @@ from engine.configs import (
     traffic_span_minutes,
     validate_custom_config,
 )
-from engine.errors import UnknownDeploymentConfig
-from engine.model import DeploymentType, LifecycleEvent, Platform
-from engine.simulate import simulate
-from engine.stages import StageOptions, deployment_stages
+from engine.core.errors import UnknownDeploymentConfig
+from engine.core.model import DeploymentType, LifecycleEvent, Platform
+from engine.core.simulate import simulate
+from engine.core.stages import StageOptions, deployment_stages
 
 _TRAFFIC_WORDS = {
     "allatonce": TrafficRoutingType.ALL_AT_ONCE,

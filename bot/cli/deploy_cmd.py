@@ -21,7 +21,7 @@ from rich.console import Console
 
 from bot.cli import deploy_view as view
 from bot.client import DEFAULT_SERVER_URL, ApiClient, ApiError, ClientError, find_api_token
-from engine.errors import EngineError
+from engine.core.errors import EngineError
 
 Command = Callable[[argparse.Namespace, ApiClient], Awaitable[int]]
 _IDLE_WATCH_PAUSE = 1.0  # a watch answered without a change (e.g. queued): don't spin

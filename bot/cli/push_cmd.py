@@ -23,7 +23,7 @@ from bot.client import ApiClient
 from engine import ConfigError, load_config
 
 if TYPE_CHECKING:
-    from engine.topology import AwsAccount
+    from engine.core.config.model import AwsAccount
 
 
 class _Usage(Exception):
@@ -31,7 +31,7 @@ class _Usage(Exception):
 
 
 def _bucket_and_prefix(uri: str) -> tuple[str, str]:
-    from engine.adapters.s3 import parse_s3_uri
+    from engine.adapters.aws.s3 import parse_s3_uri
 
     try:
         return parse_s3_uri(uri)
@@ -40,7 +40,7 @@ def _bucket_and_prefix(uri: str) -> tuple[str, str]:
 
 
 def _account(args: argparse.Namespace) -> AwsAccount:
-    from engine.topology import AwsAccount
+    from engine.core.config.model import AwsAccount
 
     if args.config is None:
         if args.account not in (None, "default"):
@@ -69,8 +69,8 @@ async def register_s3_revision(
 
 
 async def _push_and_register(args: argparse.Namespace, api: ApiClient) -> int:
-    from engine.adapters.aws import AwsClients
-    from engine.adapters.s3 import push_revision
+    from engine.adapters.aws.accounts import AwsClients
+    from engine.adapters.aws.s3 import push_revision
 
     clients = AwsClients(args.aws_account)
     try:

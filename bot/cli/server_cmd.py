@@ -19,13 +19,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bot.assembly import assemble_deployer
 from bot.settings import Settings, ensure_api_token_file
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from engine.core.config.model import DeploymentGroup, EngineConfig
     from engine.ports import AlarmSource
-    from engine.topology import DeploymentGroup, EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def default_config_path(cwd: Path) -> Path:
     root = find_repo_root(cwd)
     if root is not None:
         return root / EXAMPLE_CONFIG
-    from engine.loader import DEFAULT_CONFIG_PATH
+    from engine.core.config.parse import DEFAULT_CONFIG_PATH
 
     return DEFAULT_CONFIG_PATH
 
@@ -93,11 +94,10 @@ async def _serve(config: EngineConfig, settings: Settings, config_path: Path) ->
     from bot.app import create_app
     from bot.github import describe as describe_github
     from bot.localfleet import LocalFleet, agent_processes
-    from engine.adapters.aws import AwsAccounts
-    from engine.adapters.elbv2 import build_elb_routers
-    from engine.adapters.haproxy_stack import build_alarms, haproxy_groups, start_haproxy
-    from engine.clock import SystemClock
-    from engine.service import Deployer
+    from engine.adapters.aws.accounts import AwsAccounts
+    from engine.adapters.aws.elbv2 import build_elb_routers
+    from engine.adapters.haproxy.stack import build_alarms, haproxy_groups, start_haproxy
+    from engine.runtime.clock import SystemClock
 
     sock = _listen_socket(config.server.listen_host, config.server.listen_port)
     url = _local_url(config.server.listen_host, sock.getsockname()[1])
@@ -117,7 +117,7 @@ async def _serve(config: EngineConfig, settings: Settings, config_path: Path) ->
 
     try:
         routers = {**(haproxy.routers() if haproxy else {}), **build_elb_routers(config, aws, clock=clock)}
-        deployer = await Deployer.open(
+        deployer = await assemble_deployer(
             config,
             data_dir=settings.data_dir,
             clock=clock,
@@ -168,8 +168,8 @@ async def _serve(config: EngineConfig, settings: Settings, config_path: Path) ->
 
 
 def _serve_command(args: argparse.Namespace) -> int:
-    from engine.errors import ConfigError, EngineError
-    from engine.loader import load_config
+    from engine.core.config.parse import load_config
+    from engine.core.errors import ConfigError, EngineError
 
     config_path = Path(args.config) if args.config else default_config_path(Path.cwd())
     try:

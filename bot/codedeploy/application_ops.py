@@ -11,7 +11,8 @@ from typing import Any
 
 from bot.codedeploy.base import OperationsBase, required, string_list
 from bot.codedeploy.shapes import PLATFORMS, ApiError, config_info
-from engine.configs import (
+from engine.core.config.model import Application, DeploymentGroup
+from engine.core.configs import (
     BUILTIN_CONFIGS,
     BUILTIN_PREFIX,
     MAX_NAME_LENGTH,
@@ -21,9 +22,8 @@ from engine.configs import (
     TrafficRouting,
     TrafficRoutingType,
 )
-from engine.registrations import DeploymentConfigExists, DeploymentConfigInUse, DeploymentConfigReadOnly
-from engine.registrations import InvalidDeploymentConfig as InvalidConfig
-from engine.topology import Application, DeploymentGroup
+from engine.core.registrations import DeploymentConfigExists, DeploymentConfigInUse, DeploymentConfigReadOnly
+from engine.core.registrations import InvalidDeploymentConfig as InvalidConfig
 
 _PLATFORM_NAMES = {name: platform for platform, name in PLATFORMS.items()}
 _MHH_WORDS = ("minimum_healthy", "FLEET_PERCENT", "HOST_COUNT", "MOST_CONCURRENCY")

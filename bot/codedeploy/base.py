@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.codedeploy.shapes import ApiError
-from engine.configs import DeploymentConfig, resolve_config
-from engine.errors import ApplicationNotFound, UnknownDeploymentConfig
-from engine.topology import Application, DeploymentGroup
+from engine.core.config.model import Application, DeploymentGroup
+from engine.core.configs import DeploymentConfig, resolve_config
+from engine.core.errors import ApplicationNotFound, UnknownDeploymentConfig
 
 if TYPE_CHECKING:
     from bot.github.client import GitHubClient
-    from engine.registry import Registry
+    from engine.runtime.registry import Registry
 
 DEFAULT_PAGE_SIZE = 100
 BATCH_LIMIT = 100

@@ -14,11 +14,11 @@ from bot.codedeploy.base import FINAL_STATUSES, checked_id, deployment_id, strin
 from bot.codedeploy.fetching import RevisionFetching
 from bot.codedeploy.locations import normalized_location, stored_location
 from bot.codedeploy.shapes import ApiError, deployment_info
-from engine.errors import EngineError, InvalidLifecycleHookStatus, LifecycleHookNotFound
-from engine.model import AutoRollback, AutoRollbackEvent
-from engine.overrides import FILE_EXISTS_BEHAVIORS, GroupOverrides
-from engine.service import DeployRequest
-from engine.topology import AlarmConfiguration
+from engine.core.config.model import AlarmConfiguration
+from engine.core.errors import EngineError, InvalidLifecycleHookStatus, LifecycleHookNotFound
+from engine.core.model import AutoRollback, AutoRollbackEvent
+from engine.core.overrides import FILE_EXISTS_BEHAVIORS, GroupOverrides
+from engine.runtime.deployer import DeployRequest
 
 LISTABLE_STATUSES = ("Created", "Queued", "InProgress", "Baking", "Succeeded", "Failed", "Stopped", "Ready")
 WAIT_TYPES = ("READY_WAIT", "TERMINATION_WAIT")

@@ -16,9 +16,9 @@ from bot.codedeploy.locations import inline_content, is_pinned, stored_key
 from bot.codedeploy.shapes import ApiError
 from bot.github.client import GitHubUnavailable
 from bot.github.revisions import revision_from_commit, revision_label
-from engine.errors import AdapterError, RevisionNotFound
-from engine.model import Platform
-from engine.topology import Application, DeploymentGroup
+from engine.core.config.model import Application, DeploymentGroup
+from engine.core.errors import AdapterError, RevisionNotFound
+from engine.core.model import Platform
 
 _MISSING_S3 = ("NoSuchKey", "NoSuchBucket", "NoSuchVersion", "NotFound", "404")
 

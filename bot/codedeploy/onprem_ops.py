@@ -15,7 +15,7 @@ from typing import Any
 
 from bot.codedeploy.base import Answer, OperationsBase, required, string_list
 from bot.codedeploy.shapes import ApiError, instance_info
-from engine.registrations import (
+from engine.core.registrations import (
     ConfiguredHostReadOnly,
     IamArnAlreadyRegistered,
     InstanceAlreadyRegistered,

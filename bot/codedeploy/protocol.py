@@ -17,7 +17,7 @@ from bot.codedeploy.base import Answer
 from bot.codedeploy.operations import CodeDeployOperations
 from bot.codedeploy.shapes import ApiError
 from bot.codedeploy.sigv4 import AccessKey, SignatureRejected, verify
-from engine.errors import (
+from engine.core.errors import (
     ApplicationNotFound,
     AppSpecInvalid,
     BundleError,
@@ -30,7 +30,7 @@ from engine.errors import (
     RevisionNotFound,
     UnknownDeploymentConfig,
 )
-from engine.registrations import InstanceNotRegistered
+from engine.core.registrations import InstanceNotRegistered
 
 log = logging.getLogger(__name__)
 

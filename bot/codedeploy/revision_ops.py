@@ -14,8 +14,8 @@ from bot.codedeploy.base import required
 from bot.codedeploy.fetching import RevisionFetching
 from bot.codedeploy.locations import normalized_location
 from bot.codedeploy.shapes import ApiError, revision_info
-from engine.registrations import RegisteredRevision
-from engine.topology import Application
+from engine.core.config.model import Application
+from engine.core.registrations import RegisteredRevision
 
 REVISION_BATCH_LIMIT = 25
 SORT_KEYS = ("registerTime", "firstUsedTime", "lastUsedTime")  # also the GenericRevisionInfo members

@@ -1,6 +1,6 @@
 """CodeDeploy's service-model shapes built from deploybot's own documents (pure: no I/O, no engine calls).
 
-A deploybot deployment document (engine.views) becomes ``DeploymentInfo``, its targets ``InstanceTarget``s (and
+A deploybot deployment document (engine.core.document) becomes ``DeploymentInfo``, its targets ``InstanceTarget``s (and
 the legacy ``InstanceSummary``s) with ``lifecycleEvents``; configurations become ``DeploymentConfigInfo``;
 registered revisions ``GenericRevisionInfo`` and on-premises hosts ``InstanceInfo``.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from engine.configs import DeploymentConfig, MinimumHealthyHostsType, TrafficRoutingType
-from engine.model import ROLLBACK_CREATOR, Platform, ScriptErrorCode
-from engine.registrations import OnPremInstance, RegisteredRevision
+from engine.core.configs import DeploymentConfig, MinimumHealthyHostsType, TrafficRoutingType
+from engine.core.model import ROLLBACK_CREATOR, Platform, ScriptErrorCode
+from engine.core.registrations import OnPremInstance, RegisteredRevision
 
 PLATFORMS = {Platform.SERVER: "Server", Platform.LAMBDA: "Lambda", Platform.ECS: "ECS"}
 _STATUS = {"WaitingApproval": "Queued"}  # deploybot's approval gate looks like a queue to CodeDeploy clients

@@ -11,7 +11,7 @@ from typing import Any
 
 from bot.codedeploy.base import OperationsBase, deployment_id, required, string_list
 from bot.codedeploy.shapes import ApiError, blue_green_labels, instance_summary, target_json
-from engine.errors import EngineError
+from engine.core.errors import EngineError
 
 INSTANCE_STATUSES = ("Pending", "InProgress", "Succeeded", "Failed", "Skipped", "Unknown", "Ready")
 INSTANCE_TYPES = ("Blue", "Green")

@@ -15,9 +15,9 @@ from typing import Any
 from gidgethub import BadRequest
 from gidgethub.abc import GitHubAPI
 
-from engine.appspec import ServerAppSpec, parse_appspec
-from engine.errors import AppSpecInvalid, Problem
-from engine.model import Platform
+from engine.core.appspec import ServerAppSpec, parse_appspec
+from engine.core.errors import AppSpecInvalid, Problem
+from engine.core.model import Platform
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from bot.github.triggers import DeployTriggers
 from bot.github.webhooks import receive, router
 from bot.pages.links import page_url
 from bot.settings import Settings
-from engine.topology import EngineConfig
+from engine.core.config.model import EngineConfig
 
 log = logging.getLogger(__name__)
 

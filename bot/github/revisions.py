@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from bot.github.client import GitHubClient
 from engine.bundles import safe_extract
-from engine.errors import BundleError
+from engine.core.errors import BundleError
 
 
 class RevisionSink(Protocol):

@@ -24,9 +24,9 @@ from typing import Any
 from bot.github.client import GitHubClient
 from bot.github.notifier import PAYLOAD_KEY, GitHubNotifier
 from bot.github.revisions import revision_from_commit
-from engine.errors import AppSpecInvalid, EngineError
-from engine.service import DeployRequest
-from engine.topology import Application, EngineConfig
+from engine.core.config.model import Application, EngineConfig
+from engine.core.errors import AppSpecInvalid, EngineError
+from engine.runtime.deployer import DeployRequest
 
 log = logging.getLogger(__name__)
 

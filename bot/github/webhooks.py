@@ -16,7 +16,7 @@ from gidgethub import BadRequest, ValidationFailure, routing, sansio
 
 from bot.github.checks import check_pull_request
 from bot.github.triggers import applications_of
-from engine.model import Platform
+from engine.core.model import Platform
 
 if TYPE_CHECKING:
     from bot.github.front import GitHubFront

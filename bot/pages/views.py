@@ -13,7 +13,7 @@ from aiohttp import web
 from bot.api import DeploymentService
 from bot.pages.chart import ChartView, chart_view, traffic_chart
 from bot.pages.render import FINAL_STATUSES, render, render_text
-from engine.errors import NotFound
+from engine.core.errors import NotFound
 
 PAGES_DEPLOYER = web.AppKey("pages_deployer", DeploymentService)
 LIST_LIMIT = 100

@@ -21,8 +21,8 @@ from bot.messages import ACTIVE, FINAL, deployment_line, history_text, who
 from bot.policy import Permission, SlackPolicy
 from bot.slack.notifier import SlackNotifier
 from bot.slack.replies import plan_text, where_text
-from engine.errors import EngineError
-from engine.service import DeployRequest
+from engine.core.errors import EngineError
+from engine.runtime.deployer import DeployRequest
 
 log = logging.getLogger(__name__)
 

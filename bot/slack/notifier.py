@@ -42,7 +42,7 @@ from bot.messages import (
     rollback_finished_text,
     who,
 )
-from engine.topology import EngineConfig
+from engine.core.config.model import EngineConfig
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.errors import NotFound
-from engine.model import LifecycleEvent, ScriptErrorCode
+from engine.core.errors import NotFound
+from engine.core.model import LifecycleEvent, ScriptErrorCode
 from engine.ports import Clock
-from engine.store import SqliteStore
+from engine.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 

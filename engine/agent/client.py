@@ -32,8 +32,8 @@ import aiohttp
 from engine.agent.executor import CommandExecutor
 from engine.agent.hooks import HookOutcome, HookRunner
 from engine.agent.layout import AgentLayout, OngoingCommand
-from engine.agent.protocol import RESTART_MESSAGE, Command, CommandResult, MalformedCommand
-from engine.model import ScriptErrorCode
+from engine.core.agent_protocol import RESTART_MESSAGE, Command, CommandResult, MalformedCommand
+from engine.core.model import ScriptErrorCode
 
 log = logging.getLogger("deploybot.agent")
 

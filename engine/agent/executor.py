@@ -17,12 +17,12 @@ from engine.agent.hooks import HookOutcome, HookRunner
 from engine.agent.installer import InstallError, install
 from engine.agent.layout import AgentLayout
 from engine.agent.output import ScriptLog
-from engine.agent.protocol import Command, DeploymentSpec
-from engine.appspec import ServerAppSpec, parse_appspec
 from engine.bundles import safe_extract
-from engine.errors import AppSpecInvalid, BundleError
-from engine.lifecycle import SERVER_HOOKABLE, ScriptSource, script_source
-from engine.model import LifecycleEvent, Platform, ScriptErrorCode
+from engine.core.agent_protocol import Command, DeploymentSpec
+from engine.core.appspec import ServerAppSpec, parse_appspec
+from engine.core.errors import AppSpecInvalid, BundleError
+from engine.core.lifecycle import SERVER_HOOKABLE, ScriptSource, script_source
+from engine.core.model import LifecycleEvent, Platform, ScriptErrorCode
 
 BundleFetcher = Callable[[str, Path], Awaitable[str]]
 """``fetch(url, dest) -> sha256 hex`` of what was written to ``dest``."""

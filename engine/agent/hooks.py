@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.agent.output import ScriptLog, TailBuffer
-from engine.appspec import HookScript
-from engine.model import LifecycleEvent, ScriptErrorCode
+from engine.core.appspec import HookScript
+from engine.core.model import LifecycleEvent, ScriptErrorCode
 
 
 @dataclass(frozen=True, slots=True)

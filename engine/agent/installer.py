@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from engine.appspec import Permission, ServerAppSpec
-from engine.errors import EngineError
+from engine.core.appspec import Permission, ServerAppSpec
+from engine.core.errors import EngineError
 
 FILE_EXISTS_BEHAVIORS = ("DISALLOW", "OVERWRITE", "RETAIN")
 

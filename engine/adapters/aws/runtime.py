@@ -1,0 +1,85 @@
+"""What the Deployer needs from AWS, in one place: the Lambda and ECS drivers, hook executions waiting for their
+callbacks, EC2 instances found by tag, and S3 revisions.
+
+Nothing here talks to AWS until a group or a revision asks for it: a server that deploys only to its own agents
+never creates a client, and needs no credentials.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from engine.adapters.aws.accounts import AwsAccounts
+from engine.adapters.aws.hook_executions import HookExecutions
+from engine.core.config.model import DeploymentGroup, EngineConfig
+from engine.core.model import Platform, Revision
+from engine.platforms import OnResult, PlatformDriver
+from engine.ports import Clock
+
+if TYPE_CHECKING:
+    from engine.runtime.revisions import RevisionStore
+
+log = logging.getLogger(__name__)
+
+
+class AwsRuntime:
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        clock: Clock,
+        on_result: OnResult,
+        revisions: RevisionStore,
+        accounts: AwsAccounts | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.revisions = revisions
+        self.accounts = accounts or AwsAccounts(dict(config.aws_accounts))
+        self.hooks = HookExecutions()
+        self._on_result = on_result
+        self._drivers: dict[Platform, PlatformDriver] = {}
+
+    def driver(self, platform: Platform) -> PlatformDriver | None:
+        """The driver of a Lambda or ECS group (made on first use); None for server groups (agents)."""
+        if platform is Platform.SERVER:
+            return None
+        if platform not in self._drivers:
+            if platform is Platform.LAMBDA:
+                from engine.adapters.aws.lambda_ import LambdaDriver
+
+                self._drivers[platform] = LambdaDriver(self.accounts, self.hooks, self.clock, self._on_result)
+            else:
+                from engine.adapters.aws.ecs import EcsDriver
+
+                self._drivers[platform] = EcsDriver(self.accounts, self.hooks, self.clock, self._on_result)
+        return self._drivers[platform]
+
+    async def ec2_instances(self, group: DeploymentGroup) -> tuple[str, ...]:
+        """Running EC2 instances carrying the group's ``ec2_tags``, by instance id (the agents' host names)."""
+        from engine.adapters.aws.ec2 import instances_with_tags
+
+        tags = group.extra.get("ec2_tags") or {}
+        clients = self.accounts.clients(str(group.extra.get("aws_account", "default")))
+        return await instances_with_tags(clients, dict(tags))  # type: ignore[call-overload]
+
+    async def fetch_s3_revision(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        version: str | None = None,
+        etag: str | None = None,
+        bundle_type: str | None = None,
+        account: str = "default",
+        platform: Platform = Platform.SERVER,
+    ) -> Revision:
+        """Download an S3 revision, check its ETag and sha256, and store it with its location."""
+        from engine.adapters.aws.s3 import S3Revisions
+
+        fetcher = S3Revisions(self.accounts.clients(account), self.revisions)
+        return await fetcher.fetch(bucket, key, version=version, etag=etag, bundle_type=bundle_type, platform=platform)
+
+    async def close(self) -> None:
+        await self.accounts.close()

@@ -1,0 +1,126 @@
+"""The agent protocol's JSON bodies as typed values (pure): commands in, results out (contracts: "Agent protocol")."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.core.model import ROLLBACK_CREATOR, DeploymentType, EventStatus, ScriptErrorCode
+
+RESTART_MESSAGE = "Failed: Failing in-progress lifecycle event after an agent restart."
+LOG_TAIL_BYTES = 4096
+
+
+class MalformedCommand(ValueError):
+    """A command body the agent cannot read; ``command_id`` is set when the id itself was readable."""
+
+    def __init__(self, reason: str, command_id: int | None = None) -> None:
+        self.reason = reason
+        self.command_id = command_id
+        super().__init__(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionRef:
+    sha256: str
+    url: str
+    size: int = 0
+    commit: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentSpec:
+    deployment_id: str
+    application_name: str
+    deployment_group_name: str
+    deployment_group_id: str
+    deployment_type: str = DeploymentType.IN_PLACE
+    creator: str = "user"
+    revision: RevisionRef | None = None
+    file_exists_behavior: str = "DISALLOW"
+    ignore_application_stop_failures: bool = False
+    appspec_filename: str = "appspec.yml"
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def blue_green_rollback(self) -> bool:
+        return self.creator == ROLLBACK_CREATOR and self.deployment_type == DeploymentType.BLUE_GREEN
+
+    @property
+    def short_deployment_id(self) -> str:
+        """``DEPLOYMENT_ID`` for scripts: the part after ``deployment/`` when the id is an ARN (§5)."""
+        return self.deployment_id.rsplit("deployment/", 1)[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    id: int
+    deployment_id: str
+    event: str
+    spec: DeploymentSpec
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Command:
+        raw_id = body.get("id")
+        command_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
+        if command_id is None:
+            raise MalformedCommand(f"command without an integer id: {raw_id!r}")
+        try:
+            spec = body["spec"]
+            revision = spec.get("revision")
+            return cls(
+                id=command_id,
+                deployment_id=str(body["deployment_id"]),
+                event=str(body["event"]),
+                spec=DeploymentSpec(
+                    deployment_id=str(spec["deployment_id"]),
+                    application_name=str(spec["application_name"]),
+                    deployment_group_name=str(spec["deployment_group_name"]),
+                    deployment_group_id=str(spec["deployment_group_id"]),
+                    deployment_type=str(spec.get("deployment_type") or DeploymentType.IN_PLACE),
+                    creator=str(spec.get("creator") or "user"),
+                    revision=None
+                    if not revision
+                    else RevisionRef(
+                        sha256=str(revision["sha256"]),
+                        url=str(revision["url"]),
+                        size=int(revision.get("size") or 0),
+                        commit=str(revision["commit"]) if revision.get("commit") else None,
+                    ),
+                    file_exists_behavior=str(spec.get("file_exists_behavior") or "DISALLOW").upper(),
+                    ignore_application_stop_failures=bool(spec.get("ignore_application_stop_failures", False)),
+                    appspec_filename=str(spec.get("appspec_filename") or "appspec.yml"),
+                    raw=dict(spec),
+                ),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise MalformedCommand(f"malformed command {command_id}: missing or invalid {exc}", command_id) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    status: EventStatus
+    error_code: ScriptErrorCode
+    message: str
+    log_tail: str
+    started_at: float
+    ended_at: float
+
+    @classmethod
+    def of(
+        cls, code: ScriptErrorCode, message: str, log_tail: str, started_at: float, ended_at: float
+    ) -> CommandResult:
+        status = EventStatus.SUCCEEDED if code is ScriptErrorCode.SUCCEEDED else EventStatus.FAILED
+        return cls(status, code, message, log_tail, started_at, ended_at)
+
+    def to_json(self) -> dict[str, Any]:
+        tail = self.log_tail.encode()[-LOG_TAIL_BYTES:].decode("utf-8", errors="ignore")
+        return {
+            "status": str(self.status),
+            "error_code": int(self.error_code),
+            "message": self.message,
+            "log_tail": tail,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+        }

@@ -1,0 +1,239 @@
+"""The typed configuration: applications, their environments and deployment groups, the host fleet (pure).
+
+config/parse.py builds these from the YAML file and guarantees their consistency (every environment has exactly one
+group, every target host is declared, every configuration name resolves), so code holding an ``EngineConfig`` can
+look things up without re-validating. Names of applications and environments are matched case-insensitively,
+because they are typed by people in chat ("deploy Hello to Production").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from engine.core.errors import ApplicationNotFound, EnvironmentNotFound
+from engine.core.model import AutoRollback, DeploymentType, Platform
+
+if TYPE_CHECKING:
+    from engine.core.configs import DeploymentConfig
+
+_UNSAFE_ID_CHARS = re.compile(r"[^a-z0-9._-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """One host of the fleet. ``local`` hosts are agent processes that ``deploybot serve`` spawns itself;
+    ``port`` is where the deployed application listens on that host (what a load balancer forwards to)."""
+
+    name: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    local: bool = False
+    port: int | None = None
+
+    def matches(self, selector: Mapping[str, str]) -> bool:
+        """True when the host carries every tag of ``selector`` (an empty selector matches nothing)."""
+        return bool(selector) and all(self.tags.get(key) == value for key, value in selector.items())
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancer:
+    """Traffic control for a server group: ``haproxy`` (local, via its runtime API) or ``elbv2`` (AWS).
+
+    ``extra`` holds the whitelisted type-specific keys (see loader.LOAD_BALANCER_EXTRA_KEYS).
+    """
+
+    type: str
+    port: int | None = None
+    health_check: str = "/health"
+    deregistration_delay: float = 5.0
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmConfiguration:
+    """CodeDeploy's ``alarmConfiguration``: any listed alarm in ALARM stops the deployment."""
+
+    enabled: bool = False
+    ignore_poll_alarm_failure: bool = False
+    alarms: tuple[Mapping[str, object], ...] = ()  # {"name", "type": cloudwatch|haproxy|http, thresholds...}
+    poll_seconds: float = 5.0
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(str(alarm["name"]) for alarm in self.alarms)
+
+
+@dataclass(frozen=True, slots=True)
+class BlueGreenOptions:
+    """CodeDeploy's ``blueGreenDeploymentConfiguration``: when to reroute, and what to do with the old fleet."""
+
+    ready_action: str = "CONTINUE_DEPLOYMENT"
+    ready_wait_minutes: float = 0
+    terminate_action: str = "KEEP_ALIVE"
+    termination_wait_minutes: float = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentGroup:
+    """The one deployment group of an application in one environment."""
+
+    name: str
+    application: str
+    environment: str
+    platform: Platform
+    deployment_type: DeploymentType
+    deployment_config: str
+    traffic_config: str | None
+    hosts: tuple[str, ...] = ()
+    target_tags: Mapping[str, str] = field(default_factory=dict)
+    load_balancer: LoadBalancer | None = None
+    alarms: AlarmConfiguration = AlarmConfiguration()
+    auto_rollback: AutoRollback = field(default_factory=AutoRollback)
+    blue_green: BlueGreenOptions = BlueGreenOptions()
+    file_exists_behavior: str = "DISALLOW"
+    ignore_application_stop_failures: bool = False
+    deployers: tuple[str, ...] = ()
+    approvers: tuple[str, ...] = ()
+    required_approvals: int = 0
+    watch_minutes: float = 0  # alarms stay armed this long after success; a firing alarm then rolls back
+    # Release flow: what a request meets while locked, how long an approval counts, and how long a revision must
+    # have run here before it may be promoted from here.
+    lock_policy: str = "refuse"  # "refuse" | "queue"
+    approval_ttl_minutes: float = 60
+    min_soak_minutes: float = 0
+    # Slack: who may deploy / approve / roll back here, as Slack user ids (U…, W…) or user-group ids (S…); empty
+    # means "not configured" (anyone, except in production, where nobody may until someone is listed).
+    slack_deployers: tuple[str, ...] = ()
+    slack_approvers: tuple[str, ...] = ()
+    slack_rollbackers: tuple[str, ...] = ()
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+    def group_id(self) -> str:
+        """A stable id that survives renaming the group and case changes: ``hello-staging``; safe in file names."""
+        raw = f"{self.application}-{self.environment}".lower()
+        return _UNSAFE_ID_CHARS.sub("_", raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Application:
+    """An application, its environments in promotion order and one group per environment.
+
+    ``revision`` is the default revision source: a path already resolved against the config file's directory by the
+    loader (or ``git:REF``).
+    """
+
+    name: str
+    platform: Platform
+    environments: tuple[str, ...]
+    groups: Mapping[str, DeploymentGroup]
+    revision: str | None = None
+    slack_channel: str | None = None
+    github_repository: str | None = None
+    # {"branch": str, "to": str} and, when a gate is configured, "require_checks": tuple[str, ...] (status contexts
+    # or check-run names that must be green) and "checks_timeout_minutes": float.
+    auto_deploy: Mapping[str, object] | None = None
+    github_environment_urls: Mapping[str, str] = field(default_factory=dict)  # environment -> its public URL
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+    def environment(self, name: str) -> str:
+        """The declared spelling of environment ``name`` (case-insensitive); raises EnvironmentNotFound."""
+        wanted = name.casefold()
+        for environment in self.environments:
+            if environment.casefold() == wanted:
+                return environment
+        raise EnvironmentNotFound(self.name, name, self.environments)
+
+    def next_environment(self, environment: str) -> str | None:
+        """The environment after ``environment`` in promotion order, None for the last one."""
+        index = self.environments.index(self.environment(environment))
+        return self.environments[index + 1] if index + 1 < len(self.environments) else None
+
+
+@dataclass(frozen=True, slots=True)
+class AwsAccount:
+    """Where AWS calls for a group go: region, an optional named profile (otherwise the standard credential chain:
+    environment, shared files, instance role) and an optional ``endpoint_url`` for any AWS-compatible endpoint."""
+
+    name: str = "default"
+    region: str | None = None
+    profile: str | None = None
+    endpoint_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The ``server`` section. ``data_dir`` is already resolved against the config file's directory."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    data_dir: str = "var"
+    public_url: str | None = None
+    heartbeat_timeout: float = 60.0
+    admins: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        """Where agents and users reach the server: ``public_url`` or the listen address."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"http://{host}:{self.listen_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """The whole configuration. ``deployment_configs`` holds the custom configurations only (built-ins live in
+    engine.core.configs); ``source`` is the file it came from and ``base_dir`` that file's directory."""
+
+    source: str
+    server: ServerSettings
+    applications: Mapping[str, Application]
+    hosts: Mapping[str, Host]
+    deployment_configs: Mapping[str, DeploymentConfig]
+    base_dir: str = "."
+    aws_accounts: Mapping[str, AwsAccount] = field(default_factory=dict)
+
+    def aws_account(self, name: str = "default") -> AwsAccount:
+        """The named account; "default" exists even when the config has no ``aws`` section (standard chain)."""
+        return self.aws_accounts.get(name) or AwsAccount(name)
+
+    def application(self, name: str) -> Application:
+        """The application called ``name``, ignoring case; raises ApplicationNotFound listing the known ones."""
+        found = self.applications.get(name)
+        if found is not None:
+            return found
+        wanted = name.casefold()
+        for application in self.applications.values():
+            if application.name.casefold() == wanted:
+                return application
+        raise ApplicationNotFound(name, tuple(self.applications))
+
+    def group(self, application: str, environment: str) -> DeploymentGroup:
+        """The group of ``application`` in ``environment`` (both case-insensitive); raises EnvironmentNotFound."""
+        app = self.application(application)
+        return app.groups[app.environment(environment)]
+
+    def targets(self, group: DeploymentGroup) -> tuple[Host, ...]:
+        """The hosts a group deploys to: its named hosts in the given order, else the hosts matching its tags in
+        declaration order."""
+        if group.hosts:
+            return tuple(self.hosts[name] for name in group.hosts)
+        return tuple(host for host in self.hosts.values() if host.matches(group.target_tags))
+
+    def groups(self) -> Iterator[DeploymentGroup]:
+        """Every deployment group, application by application, in promotion order."""
+        for application in self.applications.values():
+            for environment in application.environments:
+                yield application.groups[environment]
+
+    def local_hosts(self) -> tuple[Host, ...]:
+        """The hosts ``deploybot serve`` spawns as agent processes."""
+        return tuple(host for host in self.hosts.values() if host.local)
+
+    def deployment_config(self, name: str) -> DeploymentConfig:
+        """Resolve a configuration name, built-in or custom; raises UnknownDeploymentConfig."""
+        from engine.core.configs import resolve_config
+
+        return resolve_config(name, self.deployment_configs)

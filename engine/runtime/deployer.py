@@ -1,0 +1,583 @@
+"""The Deployer facade: the one object every front (CLI, API, Slack, GitHub) talks to.
+
+It owns the per-group queue (at most one deployment in flight per group; the rest wait FIFO), one runner per
+active deployment, rollbacks (a new deployment of the last good revision, linked both ways), and resuming
+unfinished deployments after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import string
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.adapters.aws.accounts import AwsAccounts
+from engine.adapters.aws.runtime import AwsRuntime
+from engine.adapters.fleet import Fleet
+from engine.core.config.model import DeploymentGroup, EngineConfig
+from engine.core.configs import (
+    DEFAULT_SERVER_CONFIG,
+    config_for_group,
+)
+from engine.core.document import deployment_json
+from engine.core.errors import DeploymentNotFound, DeploymentRefused, EngineError, InvalidTransition
+from engine.core.events import (
+    ContinueRequested,
+    Event,
+    PauseRequested,
+    PromoteRequested,
+    ResumeRequested,
+    StartRollback,
+    StopRequested,
+)
+from engine.core.machine import DeploymentMachine, MachineOptions
+from engine.core.model import (
+    ROLLBACK_CREATOR,
+    DeploymentType,
+    LifecycleEvent,
+    Platform,
+    Revision,
+)
+from engine.core.overrides import GroupOverrides
+from engine.core.snapshot import stages_from_json, stages_to_json, state_from_json
+from engine.core.stages import (
+    Stage,
+)
+from engine.ports import AlarmSource, Clock, Notifier, TrafficRouter
+from engine.release.flow import ReleaseFlow
+from engine.runtime import rollbacks
+from engine.runtime.blueprint import Blueprint, blue_green_roles, installed_targets
+from engine.runtime.clock import SystemClock
+from engine.runtime.dry_run import dry_run
+from engine.runtime.inventory import Inventory
+from engine.runtime.notifications import Notifications
+from engine.runtime.registry import Registry
+from engine.runtime.revision_sources import RevisionSources
+from engine.runtime.revisions import RevisionStore
+from engine.runtime.runner import DeploymentRunner
+from engine.store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+_ACTIVE = ("Created", "InProgress", "Ready", "Baking")
+_CONTROL_EVENTS: dict[str, type[Event]] = {
+    "continue": ContinueRequested,
+    "pause": PauseRequested,
+    "resume": ResumeRequested,
+    "promote": PromoteRequested,
+}
+
+
+AlarmFactory = Callable[[DeploymentGroup, Sequence[str]], AlarmSource | None]
+"""Builds the alarms of one deployment of a group (given the targets getting the new revision)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeployRequest:
+    application: str
+    environment: str
+    revision: str | None = None
+    config_name: str | None = None
+    actor: str = "cli"
+    description: str = ""
+    ignore_alarms: bool = False  # start even though one of the group's alarms is firing
+    source: str = "manual"  # engine.release.rules.RequestSource: manual | merge | promotion | rollback
+    promoted_from: str | None = None  # the environment a promotion takes its revision from
+    overrides: GroupOverrides | None = None  # CreateDeployment's per-deployment changes to the group's settings
+
+
+def new_deployment_id() -> str:
+    """CodeDeploy-shaped ids: ``d-`` and nine upper-case letters or digits."""
+    alphabet = string.ascii_uppercase + string.digits
+    return "d-" + "".join(secrets.choice(alphabet) for _ in range(9))
+
+
+class Deployer:
+    def __init__(
+        self,
+        config: EngineConfig,
+        store: SqliteStore,
+        *,
+        data_dir: Path,
+        clock: Clock,
+        routers: Mapping[str, TrafficRouter],
+        alarm_factory: AlarmFactory | None = None,
+        aws: AwsAccounts | None = None,
+    ) -> None:
+        self.config = config
+        self.alarm_factory = alarm_factory
+        self.store = store
+        self.data_dir = data_dir
+        self.clock = clock
+        self.routers = dict(routers)
+        self.revisions = RevisionStore(store, data_dir / "revisions", clock)
+        self.fleet = Fleet(
+            store,
+            data_dir=data_dir,
+            clock=clock,
+            bundle_dir=self.revisions.directory,
+            on_result=self._on_command_result,
+            heartbeat_timeout=config.server.heartbeat_timeout,
+        )
+        self.blueprint = Blueprint(config, store)
+        self.aws = AwsRuntime(
+            config, clock=clock, on_result=self._on_command_result, revisions=self.revisions, accounts=aws
+        )
+        self.sources = RevisionSources(config, self.store, self.revisions, self.aws)
+        self.hooks = self.aws.hooks  # Lambda/ECS hook executions waiting for their status callback
+        # An S3 revision, downloaded, checked (ETag, sha256) and stored with its location (API, CodeDeploy API).
+        self.fetch_s3_revision = self.aws.fetch_s3_revision
+        self.blueprint.ec2_lookup = self.aws.ec2_instances
+        self.inventory = Inventory(config, store, self.fleet, clock, self.blueprint)
+        self.registry = self.inventory.registry = Registry(config, store, clock, self.revisions)
+        self.blueprint.registered_hosts = self.registry.instances_matching  # on-premises instances from the API
+        self.notifiers: list[Notifier] = []
+        self._notifications = Notifications(self.notifiers, self.get)
+        self._runners: dict[str, DeploymentRunner] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._busy: dict[str, str] = {}  # group name -> the deployment in flight
+        self._versions: dict[str, int] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+        self.release = ReleaseFlow(self)  # locks, approvals, promotion; consulted by _create and _start_next
+
+    @classmethod
+    async def open(
+        cls,
+        config: EngineConfig,
+        *,
+        data_dir: Path,
+        clock: Clock | None = None,
+        routers: Mapping[str, TrafficRouter] | None = None,
+        alarm_factory: AlarmFactory | None = None,
+        aws: AwsAccounts | None = None,
+    ) -> Deployer:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        store = await SqliteStore.open(data_dir / "deploybot.db")
+        deployer = cls(
+            config,
+            store,
+            data_dir=data_dir,
+            clock=clock or SystemClock(),
+            routers=routers or {},
+            alarm_factory=alarm_factory,
+            aws=aws,
+        )
+        for host in config.hosts:
+            deployer.fleet.token_for(host)
+        await deployer.registry.load()
+        await deployer.restore_traffic()
+        await deployer.resume_unfinished()
+        deployer.fleet.start_monitor()
+        return deployer
+
+    async def close(self) -> None:
+        await self.fleet.stop_monitor()
+        await self._notifications.close()
+        tasks = [*self._tasks.values(), *self._background]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.aws.close()
+        await self.store.close()
+
+    # -- revisions -------------------------------------------------------------------------------------------
+
+    async def store_revision(
+        self, path: Path, *, source: str, commit: str | None = None, application: str | None = None
+    ) -> dict[str, Any]:
+        """Keep an uploaded bundle; its AppSpec is checked for ``application``'s platform (server by default)."""
+        platform = self.config.application(application).platform if application else Platform.SERVER
+        revision = await self.revisions.add(path, label=source, commit=commit, platform=platform)
+        return {"sha256": revision.sha256, "size": revision.size, "source": revision.source}
+
+    async def _revision_for(self, request: DeployRequest, group: DeploymentGroup) -> Revision:
+        return await self.sources.for_request(request.revision, group)
+
+    # -- starting --------------------------------------------------------------------------------------------
+
+    async def start(self, request: DeployRequest) -> dict[str, Any]:
+        group = self.config.group(request.application, request.environment)
+        revision = await self._revision_for(request, group)
+        return await self._create(
+            group,
+            revision,
+            request.config_name,
+            request.actor,
+            request.description,
+            ignore_alarms=request.ignore_alarms,
+            request=request,
+        )
+
+    async def _create(
+        self,
+        group: DeploymentGroup,
+        revision: Revision,
+        config_name: str | None,
+        actor: str,
+        description: str,
+        *,
+        rollback_of: str | None = None,
+        stages: tuple[Stage, ...] | None = None,
+        ignore_alarms: bool = False,
+        request: DeployRequest | None = None,
+    ) -> dict[str, Any]:
+        overrides = request.overrides if request is not None and request.overrides else None
+        group = overrides.apply(group) if overrides else group
+        name = config_name or group.deployment_config or DEFAULT_SERVER_CONFIG
+        configs = {**self.config.deployment_configs, **self.registry.deployment_configs()}  # file + API-made
+        config = config_for_group(name, group.platform, configs)
+        async with self._lock:
+            if rollback_of is None:
+                duplicate = await self._duplicate(group, revision)
+                if duplicate is not None:
+                    return await self.get(duplicate)
+            source = "rollback" if rollback_of else "manual"
+            request = request or DeployRequest(group.application, group.environment, actor=actor, source=source)
+            admission = await self.release.admit(group, revision, request)
+            if admission.refused:
+                raise DeploymentRefused(admission.reason or "refused", **admission.details)
+            deployment_id = new_deployment_id()
+            appspec = await self.sources.appspec_for(group, revision)
+            if stages is None:
+                targets = await self.blueprint.resolve_targets(group, appspec)
+                stages = await self.blueprint.stages_for(group, config, targets)
+            spec = {
+                **self.blueprint.agent_spec(deployment_id, group, revision, appspec),
+                "ignore_alarms": ignore_alarms,
+                "overrides": overrides.to_json() if overrides else {},
+            }
+            state = {"stages": stages_to_json(stages), "spec": spec}
+            now = self.clock.now()
+            await self.store.create_deployment(
+                {
+                    "id": deployment_id,
+                    "application": group.application,
+                    "environment": group.environment,
+                    "group_name": group.name,
+                    "status": str(admission.status),
+                    "revision_sha256": revision.sha256,
+                    "config_name": config.name,
+                    "deployment_type": str(group.deployment_type),
+                    "created_by": ROLLBACK_CREATOR if rollback_of else actor,
+                    "created_at": now,
+                    "description": description,
+                    "rollback_of": rollback_of,
+                    "request": {
+                        "actor": actor,
+                        "config": config_name,
+                        "source": request.source,
+                        "from": request.promoted_from,
+                    },
+                    "state": state,
+                }
+            )
+            await self.store.append_log(
+                "deployment.requested",
+                at=now,
+                actor=actor,
+                deployment_id=deployment_id,
+                data={"group": group.name, "revision": revision.sha256, "rollback_of": rollback_of},
+            )
+            if rollback_of is not None:
+                await self.store.update_deployment(rollback_of, rolled_back_by=deployment_id)
+            await self._start_next(group.name, prefer=deployment_id if rollback_of else None)
+        return await self.get(deployment_id)
+
+    async def _duplicate(self, group: DeploymentGroup, revision: Revision) -> str | None:
+        waiting = ["Queued", "WaitingApproval", *_ACTIVE]
+        for row in await self.store.list_deployments(group_name=group.name, status=waiting):
+            if row["revision_sha256"] == revision.sha256 and row["created_by"] != ROLLBACK_CREATOR:
+                return str(row["id"])
+        return None
+
+    async def _start_next(self, group_name: str, *, prefer: str | None = None) -> None:
+        """Start the oldest queued deployment of a free group (a rollback jumps the queue)."""
+        if group_name in self._busy:
+            return
+        queued = await self.store.list_deployments(group_name=group_name, status="Queued", newest_first=False)
+        queued = await self.release.startable(group_name, queued)  # a lock holds all but automatic rollbacks
+        if not queued:
+            return
+        chosen = next((r for r in queued if r["id"] == prefer), None) or next(
+            (r for r in queued if r["created_by"] == ROLLBACK_CREATOR), queued[0]
+        )
+        await self.store.update_deployment(chosen["id"], status="Created", started_at=self.clock.now())
+        chosen = await self.store.get_deployment(chosen["id"])
+        assert chosen is not None
+        self._launch(chosen, resume=False)
+
+    def _launch(self, row: Mapping[str, Any], *, resume: bool) -> None:
+        state = row["state"]
+        group = self._group_of(row)
+        if group is not None and state["spec"].get("overrides"):
+            group = GroupOverrides.from_json(state["spec"]["overrides"]).apply(group)
+        stages = stages_from_json(state["stages"])
+        machine_state = state_from_json(state["machine"]) if resume and state.get("machine") else None
+        spec = dict(state["spec"])
+        is_rollback = row["created_by"] == ROLLBACK_CREATOR
+        if is_rollback:
+            spec["creator"] = ROLLBACK_CREATOR
+        machine = DeploymentMachine(
+            stages,
+            MachineOptions(
+                auto_rollback=group.auto_rollback if group else MachineOptions().auto_rollback,
+                ignore_application_stop_failures=bool(spec.get("ignore_application_stop_failures")),
+                is_rollback=is_rollback,
+            ),
+            machine_state,
+        )
+        driver = self.aws.driver(group.platform) if group else None
+        runner = DeploymentRunner(
+            row["id"],
+            machine,
+            store=self.store,
+            executor=driver.executor(row["id"], group, spec) if driver and group else self.fleet,
+            router=driver.router(row["id"], group, spec) if driver and group else self.routers.get(row["group_name"]),
+            group=row["group_name"],
+            spec=spec,
+            clock=self.clock,
+            on_change=self._changed_hook,
+            on_rollback=self._on_rollback,
+            on_finish=self._on_finish,
+            timers=state.get("timers") if resume else None,
+            # A rollback is never gated or stopped by alarms: the alarm that caused it may well still be firing.
+            alarms=self.alarm_factory(group, installed_targets(stages))
+            if group and self.alarm_factory and not is_rollback
+            else None,
+            alarm_config=group.alarms if group else None,
+            roles=blue_green_roles(stages),
+        )
+        self._busy[row["group_name"]] = row["id"]
+        self._runners[row["id"]] = runner
+        self._tasks[row["id"]] = asyncio.ensure_future(self._run(runner, resume=resume))
+
+    async def _run(self, runner: DeploymentRunner, *, resume: bool) -> None:
+        try:
+            await runner.run(resume=resume)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("deployment %s crashed in the runner", runner.deployment_id)
+            await self.store.update_deployment(
+                runner.deployment_id,
+                status="Failed",
+                ended_at=self.clock.now(),
+                error_code="INTERNAL_ERROR",
+                error_message="deploybot hit an internal error; see the server log",
+            )
+            await self._on_finish(runner.deployment_id)
+
+    def _group_of(self, row: Mapping[str, Any]) -> DeploymentGroup | None:
+        try:
+            return self.config.group(row["application"], row["environment"])
+        except EngineError:
+            return None
+
+    async def _on_finish(self, deployment_id: str) -> None:
+        self._runners.pop(deployment_id, None)
+        self._tasks.pop(deployment_id, None)
+        row = await self.store.get_deployment(deployment_id)
+        if row is None:
+            return
+        await self.store.append_log(
+            "deployment.finished",
+            at=self.clock.now(),
+            actor="deploybot",
+            deployment_id=deployment_id,
+            data={"status": row["status"], "error_code": row.get("error_code")},
+        )
+        group = self._group_of(row)
+        driver = self.aws.driver(group.platform) if group else None
+        if driver is not None and group is not None:
+            self.hooks.cancel(deployment_id)
+            await driver.finished(deployment_id, group, row["state"]["spec"], row["status"])
+        if self._busy.get(row["group_name"]) == deployment_id:
+            del self._busy[row["group_name"]]
+        await self._changed_hook(deployment_id)
+        await self._start_next(row["group_name"])
+
+    async def _on_rollback(self, deployment_id: str, command: StartRollback) -> None:
+        await rollbacks.automatic(self, deployment_id, command)
+
+    async def _on_command_result(self, command: Mapping[str, Any], result: Mapping[str, Any]) -> None:
+        runner = self._runners.get(command["deployment_id"])
+        if runner is None:
+            return  # the deployment ended (stopped, failed); the late result is kept in host_commands
+        await runner.record_result(command["host"], LifecycleEvent(command["event"]), result)
+
+    # -- control ---------------------------------------------------------------------------------------------
+
+    async def stop(self, deployment_id: str, *, rollback: bool | None = None, actor: str = "cli") -> dict[str, Any]:
+        row = await self._row(deployment_id)
+        await self.store.append_log(
+            "deployment.stop_requested",
+            at=self.clock.now(),
+            actor=actor,
+            deployment_id=deployment_id,
+            data={"rollback": rollback},
+        )
+        if row["status"] in ("Queued", "WaitingApproval"):
+            await self.store.update_deployment(
+                deployment_id,
+                status="Stopped",
+                ended_at=self.clock.now(),
+                error_code="MANUAL_STOP",
+                error_message=f"cancelled by {actor} while "
+                + ("queued" if row["status"] == "Queued" else "waiting for approval"),
+            )
+            await self._changed_hook(deployment_id)
+            return await self.get(deployment_id)
+        runner = self._runners.get(deployment_id)
+        if runner is None:
+            raise InvalidTransition(row["status"], "StopRequested")
+        runner.post(StopRequested(rollback=rollback, actor=actor))
+        await asyncio.wait_for(runner.finished.wait(), timeout=30)
+        return await self.get(deployment_id)
+
+    async def control(self, deployment_id: str, action: str, *, actor: str = "cli") -> dict[str, Any]:
+        event_type = _CONTROL_EVENTS.get(action)
+        if event_type is None:
+            raise DeploymentRefused(f"unknown action {action!r}; use one of {', '.join(_CONTROL_EVENTS)}")
+        row = await self._row(deployment_id)
+        runner = self._runners.get(deployment_id)
+        if runner is None:
+            raise InvalidTransition(row["status"], event_type.__name__)
+        await self.store.append_log(
+            f"deployment.{action}", at=self.clock.now(), actor=actor, deployment_id=deployment_id
+        )
+        runner.post(event_type())
+        return await self.get(deployment_id)
+
+    async def put_hook_status(
+        self, execution_id: str, status: str, *, deployment_id: str | None = None, actor: str = "api"
+    ) -> dict[str, Any]:
+        """A Lambda/ECS hook function reports its result (PutLifecycleEventHookExecutionStatus)."""
+        execution = self.hooks.resolve(execution_id, status, deployment_id=deployment_id)
+        await self.store.append_log(
+            "hook.status",
+            at=self.clock.now(),
+            actor=actor,
+            deployment_id=execution.deployment_id,
+            data={
+                "execution_id": execution_id,
+                "status": status,
+                "event": execution.event,
+                "function": execution.function,
+            },
+        )
+        return {"lifecycleEventHookExecutionId": execution_id, **execution.describe(), "status": status}
+
+    async def rollback(self, application: str, environment: str, *, actor: str = "cli") -> dict[str, Any]:
+        """Manual rollback: stop a running deployment with rollback, or redeploy the previous good revision."""
+        return await rollbacks.manual(self, application, environment, actor=actor)
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    async def _row(self, deployment_id: str) -> dict[str, Any]:
+        row = await self.store.get_deployment(deployment_id)
+        if row is None:
+            raise DeploymentNotFound(deployment_id)
+        return row
+
+    async def get(self, deployment_id: str) -> dict[str, Any]:
+        row = await self._row(deployment_id)
+        events = await self.store.list_target_events(deployment_id)
+        revision = await self.store.get_revision(row["revision_sha256"])
+        position = None
+        if row["status"] == "Queued":
+            queued = await self.store.list_deployments(
+                group_name=row["group_name"], status="Queued", newest_first=False
+            )
+            position = next((i + 1 for i, r in enumerate(queued) if r["id"] == deployment_id), None)
+        document = deployment_json(
+            row,
+            events,
+            revision=revision,
+            version=self._versions.get(deployment_id, 0),
+            queue_position=position,
+        )
+        return await self.release.decorate(row, document)
+
+    async def history(self, application: str, environment: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        app = self.config.application(application)
+        env = app.environment(environment) if environment else None
+        rows = await self.store.list_deployments(application=app.name, environment=env, limit=limit)
+        return [await self.get(r["id"]) for r in rows]
+
+    async def event_log(self, deployment_id: str) -> list[dict[str, Any]]:
+        await self._row(deployment_id)
+        return [
+            {k: entry[k] for k in ("id", "at", "actor", "kind", "data")}
+            for entry in await self.store.read_log(deployment_id=deployment_id)
+        ]
+
+    async def watch(self, deployment_id: str, *, after: int = 0, timeout: float = 25.0) -> dict[str, Any]:
+        await self._row(deployment_id)
+        if self._versions.get(deployment_id, 0) <= after and deployment_id in self._runners:
+            changed = self._changed.setdefault(deployment_id, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout)
+        return await self.get(deployment_id)
+
+    async def plan(self, request: DeployRequest) -> dict[str, Any]:
+        """The dry run: what a deployment of this group would do, from config alone (changes nothing)."""
+        return await dry_run(self, request)
+
+    async def hosts(self) -> list[dict[str, Any]]:
+        return await self.inventory.hosts()
+
+    def applications(self) -> list[dict[str, Any]]:
+        return self.inventory.applications()
+
+    async def _changed_hook(self, deployment_id: str) -> None:
+        self._versions[deployment_id] = self._versions.get(deployment_id, 0) + 1
+        event = self._changed.pop(deployment_id, None)
+        if event is not None:
+            event.set()
+        runner = self._runners.get(deployment_id)
+        await self._notifications.changed(deployment_id, runner.milestones() if runner is not None else None)
+
+    # -- restart ---------------------------------------------------------------------------------------------
+
+    async def restore_traffic(self) -> None:
+        """Put blue/green traffic back on each group's live side (a fresh balancer starts with none), except
+        where an unfinished deployment will restore its own weights when it resumes."""
+        unfinished = {r["group_name"] for r in await self.store.unfinished_deployments()}
+        for group in self.config.groups():
+            router = self.routers.get(group.name)
+            blue_green = group.platform is Platform.SERVER and group.deployment_type is DeploymentType.BLUE_GREEN
+            if router is None or not blue_green or group.name in unfinished:
+                continue
+            live, idle = await self.blueprint.sides(group)
+            try:
+                await router.prepare(group.name, live, idle)
+                await router.set_weight(group.name, 0, wait=False)
+            except EngineError as exc:
+                log.error("could not route %s to its live side %s: %s", group.name, ", ".join(live), exc)
+
+    async def resume_unfinished(self) -> None:
+        """Pick up what a previous server left: running deployments resume, queued ones wait their turn."""
+        rows = await self.store.unfinished_deployments()
+        for row in sorted(rows, key=lambda r: r["created_at"]):
+            if row["status"] in ("Queued", "WaitingApproval") or row["group_name"] in self._busy:
+                continue
+            await self.store.append_log(
+                "deployment.resumed",
+                at=self.clock.now(),
+                actor="deploybot",
+                deployment_id=row["id"],
+                data={"status": row["status"]},
+            )
+            self._launch(row, resume=True)
+        for group_name in {r["group_name"] for r in rows}:
+            await self._start_next(group_name)

@@ -1,0 +1,99 @@
+"""The revision store: every bundle kept once under ``<data>/revisions/<sha256>.tar.gz``, its AppSpec checked first.
+
+A revision is validated when it is stored, so a bad AppSpec is refused with its line:column problems before any
+deployment (and any host) sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from engine.bundles import build_bundle, read_member
+from engine.core.appspec import normalized, parse_appspec
+from engine.core.errors import AppSpecInvalid, Problem, RevisionNotFound
+from engine.core.model import Platform, Revision
+from engine.ports import Clock
+from engine.store.sqlite import SqliteStore
+
+APPSPEC_NAMES = ("appspec.yml", "appspec.yaml")
+
+
+class RevisionStore:
+    def __init__(self, store: SqliteStore, directory: Path, clock: Clock) -> None:
+        self.store = store
+        self.directory = directory
+        self.clock = clock
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        return self.directory / f"{sha256}.tar.gz"
+
+    async def add(
+        self,
+        source: str | Path,
+        *,
+        label: str | None = None,
+        git_repo: Path | None = None,
+        platform: Platform = Platform.SERVER,
+        commit: str | None = None,
+        location: Mapping[str, Any] | None = None,
+    ) -> Revision:
+        """Normalize ``source`` into a canonical bundle, validate its AppSpec, and keep it (once per sha256).
+
+        ``commit`` names the commit an archive came from (a GitHub tarball), so hooks get ``BUNDLE_COMMIT``;
+        ``location`` where it was fetched from (``{"s3": {...}}``), so hooks get ``BUNDLE_BUCKET`` and the rest.
+        """
+        built, appspec = await asyncio.to_thread(self._build_and_check, str(source), git_repo, platform)
+        commit = commit or built.commit
+        await self.store.put_revision(
+            built.sha256,
+            source=label or built.source,
+            commit=commit,
+            size=built.size,
+            created_at=self.clock.now(),
+            appspec=appspec,
+            platform=str(platform),
+            location=location,
+        )
+        return Revision(built.sha256, label or built.source, commit, built.size, location)
+
+    def _build_and_check(self, source: str, git_repo: Path | None, platform: Platform) -> tuple[Any, Any]:
+        with tempfile.TemporaryDirectory(dir=self.directory) as tmp:
+            built = build_bundle(source, Path(tmp), git_repo=git_repo)
+            appspec = _check_appspec(built.path, platform)
+            final = self.path(built.sha256)
+            if not final.exists():
+                shutil.move(str(built.path), final)
+            return built, appspec
+
+    async def get(self, sha256: str) -> Revision:
+        row = await self.store.get_revision(sha256)
+        if row is None or not self.path(sha256).exists():
+            raise RevisionNotFound(sha256)
+        return Revision(row["sha256"], row["source"], row.get("commit"), row.get("size") or 0, row.get("location"))
+
+
+def _check_appspec(bundle: Path, platform: Platform) -> dict[str, Any]:
+    for name in APPSPEC_NAMES:
+        data = read_member(bundle, name)
+        if data is not None:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise AppSpecInvalid([Problem(name, 1, 1, f"the AppSpec is not UTF-8 text ({exc.reason})")]) from exc
+            return normalized(parse_appspec(text, platform=platform, filename=name))
+    raise AppSpecInvalid(
+        [
+            Problem(
+                "appspec.yml",
+                1,
+                1,
+                "the revision has no appspec.yml at its root; add one (see examples/hello)",
+            )
+        ]
+    )

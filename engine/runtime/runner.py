@@ -1,0 +1,404 @@
+"""The async driver of one deployment: feeds the pure machine, persists every transition, executes its commands.
+
+Rules:
+1. One inbox, one consumer: every input (agent results, timers, traffic results, stop requests) is queued and the
+   machine sees them one at a time, so no two transitions ever interleave.
+2. Persist, then act: the machine's new state is written before any of its commands runs. A server killed between
+   the two re-executes the commands on resume; every command is idempotent (dispatch skips a command that already
+   exists, weights are absolute, timers keep their absolute deadline).
+3. The runner never decides anything; it only translates commands to ports and results to events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from engine.core.config.model import AlarmConfiguration
+from engine.core.errors import EngineError, InvalidTransition
+from engine.core.events import (
+    AlarmFired,
+    CancelTargets,
+    Command,
+    Event,
+    EventFailed,
+    EventSucceeded,
+    Finish,
+    RunEvent,
+    ShiftTraffic,
+    StartBlocked,
+    Started,
+    StartRollback,
+    StartTimer,
+    TimerElapsed,
+    TrafficShifted,
+    TrafficShiftFailed,
+)
+from engine.core.lifecycle import TRAFFIC_EVENTS
+from engine.core.machine import DeploymentMachine
+from engine.core.model import DeploymentStatus, ErrorCode, EventStatus, LifecycleEvent, ScriptErrorCode
+from engine.core.snapshot import stages_to_json, state_to_json
+from engine.core.stages import TrafficStage, WaitStage
+from engine.ports import AlarmSource, Clock, HostExecutor, TrafficRouter
+from engine.store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1000
+
+
+class DeploymentRunner:
+    def __init__(
+        self,
+        deployment_id: str,
+        machine: DeploymentMachine,
+        *,
+        store: SqliteStore,
+        executor: HostExecutor,
+        router: TrafficRouter | None,
+        group: str,
+        spec: Mapping[str, Any],
+        clock: Clock,
+        on_change: Callable[[str], Awaitable[None]],
+        on_rollback: Callable[[str, StartRollback], Awaitable[None]],
+        on_finish: Callable[[str], Awaitable[None]],
+        timers: dict[str, float] | None = None,
+        alarms: AlarmSource | None = None,
+        alarm_config: AlarmConfiguration | None = None,
+        roles: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
+    ) -> None:
+        self.deployment_id = deployment_id
+        self.machine = machine
+        self.store = store
+        self.executor = executor
+        self.router = router
+        self.group = group
+        self.spec = dict(spec)
+        self.clock = clock
+        self._on_change = on_change
+        self._on_rollback = on_rollback
+        self._on_finish = on_finish
+        self.timers: dict[str, float] = dict(timers or {})
+        self.alarms = alarms
+        self.alarm_config = alarm_config or AlarmConfiguration()
+        self.roles = roles  # (original, replacement) of a blue/green deployment
+        self.inbox: asyncio.Queue[Event] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._synced: dict[tuple[str, str], str] = {}
+        self._recorded: set[tuple[str, str]] = set()
+        self._details: list[dict[str, Any]] = []  # results recorded since the last write, saved with the next step
+        self.finished = asyncio.Event()
+
+    # -- inputs ----------------------------------------------------------------------------------------------
+
+    def post(self, event: Event) -> None:
+        self.inbox.put_nowait(event)
+
+    async def record_result(self, target: str, event: LifecycleEvent, result: Mapping[str, Any]) -> None:
+        """An agent (or adapter) finished ``event`` on ``target``: keep its details, then tell the machine.
+
+        The details are written with the step that takes the result (one transaction with the new state), before
+        anything acts on it. Should the server die first, the result is still in ``host_commands``, and resuming
+        re-dispatches the event, which hands that stored result over again instead of running it twice.
+        """
+        succeeded = result.get("status") == "Succeeded"
+        fields = {
+            "status": str(EventStatus.SUCCEEDED if succeeded else EventStatus.FAILED),
+            "started_at": result.get("started_at"),
+            "ended_at": result.get("ended_at") or self.clock.now(),
+            "error_code": int(result.get("error_code", 0 if succeeded else ScriptErrorCode.UNKNOWN_ERROR)),
+            "message": str(result.get("message", "")),
+            "log_tail": str(result.get("log_tail", "")),
+        }
+        details = {k: v for k, v in fields.items() if v is not None}
+        self._details.append({"target": target, "event": str(event), **details})
+        self._recorded.add((target, str(event)))
+        if self.machine.state.status.is_final:  # no step will come to write them: a late result is kept all the same
+            await self.store.save_progress(self.deployment_id, self._take_details())
+        if succeeded:
+            self.post(EventSucceeded(target, event))
+        else:
+            self.post(EventFailed(target, event, fields["error_code"], fields["message"]))
+
+    # -- the loop --------------------------------------------------------------------------------------------
+
+    async def run(self, *, resume: bool = False) -> None:
+        try:
+            if self.roles is not None and self.router is not None:
+                await self.router.prepare(self.group, *self.roles)
+            if resume and self.machine.state.status is not DeploymentStatus.CREATED:
+                await self._resume()
+            else:
+                blocked = await self._alarms_before_start()
+                await self._step(StartBlocked(ErrorCode.ALARM_ACTIVE, blocked) if blocked else Started())
+            if self.alarms is not None:
+                self._spawn(self._watch_alarms())
+            while not self.machine.state.status.is_final:
+                batch = [await self.inbox.get()]
+                while not self.inbox.empty() and len(batch) < MAX_BATCH:
+                    batch.append(self.inbox.get_nowait())
+                await self._step(*batch)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            self.finished.set()
+
+    async def _step(self, *events: Event) -> None:
+        """Feed the machine every event that is waiting, persist the result once, then act on it (rule 2).
+
+        Batching is what keeps a 200-host deployment cheap: results that arrive together cost one write.
+        """
+        commands: list[Command] = []
+        accepted = False
+        for event in events:
+            if self.machine.state.status.is_final:
+                log.info("deployment %s ended; ignored %s", self.deployment_id, type(event).__name__)
+                continue
+            try:
+                commands += self.machine.send(event)
+                accepted = True
+            except InvalidTransition as exc:
+                log.info("deployment %s ignored %s: %s", self.deployment_id, type(event).__name__, exc)
+        if not accepted:
+            if self._details:  # results the machine had no use for (it has ended): still kept with their details
+                await self.store.save_progress(self.deployment_id, self._take_details())
+            return
+        await self._persist()
+        for command in commands:
+            await self._execute(command)
+        await self._on_change(self.deployment_id)
+
+    async def _persist(self) -> None:
+        state = self.machine.state
+        fields: dict[str, Any] = {"status": str(state.status), "state": self.snapshot()}
+        if state.status.is_final:  # the outcome lands in one write, never a "Failed" without its reason
+            fields.update(
+                ended_at=self.clock.now(),
+                error_code=str(state.error_code) if state.error_code else None,
+                error_message=state.message or None,
+            )
+        await self.store.save_progress(self.deployment_id, self._take_details() + self._target_rows(), **fields)
+
+    def _take_details(self) -> list[dict[str, Any]]:
+        details, self._details = self._details, []
+        return details
+
+    def milestones(self) -> tuple[Any, ...]:
+        """What notifiers react to, as a comparable value: everything but which lifecycle event each host is at."""
+        state = self.machine.state
+        hosts = tuple(progress.status for progress in state.targets.values())
+        return (
+            state.status,
+            state.stage_index,
+            state.traffic_step,
+            state.traffic_percent,
+            state.timer,
+            state.paused,
+            state.error_code,
+            state.message,
+            hosts,
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "stages": stages_to_json(self.machine.stages),
+            "machine": state_to_json(self.machine.state),
+            "timers": self.timers,
+            "spec": self.spec,
+        }
+
+    def _target_rows(self) -> list[dict[str, Any]]:
+        """The per-target event statuses the machine changed (Pending rows, Skipped, Unknown), to write in one go."""
+        rows: list[dict[str, Any]] = []
+        now = self.clock.now()
+        for target, progress in self.machine.state.targets.items():
+            for seq, event in enumerate(progress.events):
+                status = str(progress.statuses[event])
+                key = (target, str(event))
+                if self._synced.get(key) == status or key in self._recorded:
+                    continue  # unchanged, or written with its details by record_result
+                self._synced[key] = status
+                row: dict[str, Any] = {"target": target, "event": str(event), "status": status, "seq": seq}
+                if status == EventStatus.IN_PROGRESS:
+                    row["started_at"] = now
+                rows.append(row)
+        return rows
+
+    # -- commands --------------------------------------------------------------------------------------------
+
+    async def _execute(self, command: Command) -> None:
+        if isinstance(command, RunEvent):
+            if command.event in TRAFFIC_EVENTS:
+                self._spawn(self._route_target(command.target, command.event))
+            else:
+                await self.executor.dispatch(self.deployment_id, command.target, command.event, self.spec)
+        elif isinstance(command, CancelTargets):
+            await self.executor.cancel(self.deployment_id)
+        elif isinstance(command, ShiftTraffic) and command.rollback:
+            await self._reroute(command.percent)
+        elif isinstance(command, ShiftTraffic):
+            self._spawn(self._shift(command.percent))
+        elif isinstance(command, StartTimer):
+            self.timers[command.name] = self.clock.now() + command.seconds
+            await self.store.update_deployment(self.deployment_id, state=self.snapshot())
+            self._arm(command.name)
+        elif isinstance(command, StartRollback):
+            await self._on_rollback(self.deployment_id, command)
+        elif isinstance(command, Finish):
+            await self._on_finish(self.deployment_id)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _arm(self, name: str) -> None:
+        async def fire() -> None:
+            delay = self.timers[name] - self.clock.now()
+            if delay > 0:
+                await self.clock.sleep(delay)
+            self.timers.pop(name, None)
+            self.post(TimerElapsed(name))
+
+        self._spawn(fire())
+
+    async def _shift(self, percent: int) -> None:
+        if self.router is not None:
+            try:
+                await self.router.set_weight(self.group, percent)
+            except EngineError as exc:
+                self.post(TrafficShiftFailed(str(exc)))
+                return
+        # one entry per completed shift: the deployment page draws weights over time from these
+        await self.store.append_log(
+            "traffic.shifted",
+            at=self.clock.now(),
+            actor="deploybot",
+            deployment_id=self.deployment_id,
+            data={"percent": percent},
+        )
+        self.post(TrafficShifted(percent))
+
+    async def _reroute(self, percent: int) -> None:
+        """Rollback of a traffic shift: done inline, before the deployment is finished, and timed."""
+        if self.router is None:
+            return
+        started = self.clock.monotonic()
+        try:  # no health wait: the original fleet was serving a moment ago, and speed is the point
+            await self.router.set_weight(self.group, percent, wait=False)
+        except EngineError as exc:
+            log.error("deployment %s: reroute to the original fleet failed: %s", self.deployment_id, exc)
+            await self.store.append_log(
+                "traffic.reroute_failed",
+                at=self.clock.now(),
+                actor="deploybot",
+                deployment_id=self.deployment_id,
+                data={"error": str(exc)},
+            )
+            return
+        elapsed_ms = round((self.clock.monotonic() - started) * 1000, 1)
+        await self.store.append_log(
+            "traffic.rerouted",
+            at=self.clock.now(),
+            actor="deploybot",
+            deployment_id=self.deployment_id,
+            data={"percent": percent, "milliseconds": elapsed_ms},
+        )
+
+    async def _route_target(self, target: str, event: LifecycleEvent) -> None:
+        started = self.clock.now()
+        result: dict[str, Any] = {"status": "Succeeded", "started_at": started}
+        if self.router is not None:
+            try:
+                if event is LifecycleEvent.BLOCK_TRAFFIC:
+                    await self.router.block(self.group, target)
+                else:
+                    await self.router.allow(self.group, target)
+            except EngineError as exc:
+                result = {"status": "Failed", "error_code": 5, "message": str(exc), "started_at": started}
+        result["ended_at"] = self.clock.now()
+        await self.record_result(target, event, result)
+
+    # -- alarms ----------------------------------------------------------------------------------------------
+
+    async def _alarms_before_start(self) -> str | None:
+        """An alarm already firing blocks the start instead of rolling back at once (no rollback loop)."""
+        if self.alarms is None or self.spec.get("ignore_alarms"):
+            return None
+        try:
+            firing = await self.alarms.firing(self.alarm_config.alarms)
+        except Exception as exc:  # an adapter bug must not look like "no alarm firing"
+            log.warning("deployment %s: alarms unreadable before start: %s", self.deployment_id, exc)
+            if self.alarm_config.ignore_poll_alarm_failure:
+                return None
+            # Reference §7.2: alarms that cannot be read stop the deployment unless ignore_poll_alarm_failure.
+            return (
+                f"the alarms could not be read before the deployment started ({exc}); nothing was changed "
+                "(set ignore_poll_alarm_failure, or deploy again with --ignore-alarms to go ahead anyway)"
+            )
+        if not firing:
+            return None
+        return (
+            f"alarm {', '.join(firing)} was already firing before the deployment started; nothing was changed "
+            "(deploy again with --ignore-alarms to go ahead anyway)"
+        )
+
+    async def _watch_alarms(self) -> None:
+        """Poll the group's alarms for as long as the deployment runs; the first one that fires stops it."""
+        while not self.machine.state.status.is_final:
+            await self.clock.sleep(self.alarm_config.poll_seconds)
+            if self.alarms is None or self.machine.state.status.is_final:
+                return
+            try:
+                firing = await self.alarms.firing(self.alarm_config.alarms)
+            except Exception as exc:  # any failure to read is "cannot tell", never a silently dead watcher
+                if self.alarm_config.ignore_poll_alarm_failure:
+                    log.info("deployment %s: alarms unreadable, going on as configured: %s", self.deployment_id, exc)
+                    continue
+                firing = (f"(alarm state unreadable: {exc})",)
+            if firing:
+                details = getattr(self.alarms, "details", {})
+                self.post(AlarmFired(tuple(_described(name, details.get(name, ())) for name in firing)))
+                return
+
+    # -- resume after a restart ------------------------------------------------------------------------------
+
+    def _traffic_started(self) -> bool:
+        index = self.machine.state.stage_index
+        return any(isinstance(s, TrafficStage) for s in self.machine.stages[: index + 1]) and (
+            self.machine.state.traffic_step >= 0 or not isinstance(self.machine.stage, TrafficStage)
+        )
+
+    async def _resume(self) -> None:
+        """Re-issue whatever the persisted state is waiting on (rule 2: every re-issue is idempotent)."""
+        state = self.machine.state
+        for key, progress in state.targets.items():
+            for event, status in progress.statuses.items():
+                self._synced[(key, str(event))] = str(status)
+        for target, progress in state.targets.items():
+            if progress.status is EventStatus.IN_PROGRESS:
+                await self._execute(RunEvent(target, progress.current))
+        stage = self.machine.stage
+        for name in list(self.timers):
+            if name == state.timer:
+                self._arm(name)
+            else:
+                self.timers.pop(name)
+        if self.router is not None and self._traffic_started():
+            try:  # the balancer may have been restarted: put the weights back where the machine left them
+                await self.router.set_weight(self.group, state.traffic_percent)
+            except EngineError as exc:
+                log.warning("deployment %s: could not restore traffic weights: %s", self.deployment_id, exc)
+        if isinstance(stage, TrafficStage) and state.timer is None and not state.paused:
+            with contextlib.suppress(IndexError):
+                self._spawn(self._shift(stage.steps[state.traffic_step].percent))
+        if isinstance(stage, WaitStage) and state.timer and state.timer not in self.timers:
+            self.post(TimerElapsed(state.timer))
+        await self._on_change(self.deployment_id)
+
+
+def _described(name: str, details: tuple[str, ...]) -> str:
+    return f"{name} ({'; '.join(details)})" if details else name

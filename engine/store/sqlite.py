@@ -1,0 +1,505 @@
+"""SqliteStore: all of deploybot's state in one SQLite file (WAL), behind an async API.
+
+Theory of operation: the store owns exactly one connection, created inside — and only ever used from — a
+single-thread ``ThreadPoolExecutor``. Every public method is a coroutine that ships a small closure to that
+thread, so SQL never blocks the event loop, writes are serialized without any Python lock, and SQLite's
+threading rules are kept by construction. Writes run in ``BEGIN IMMEDIATE`` transactions so a second process
+(a CLI reading the same file, a test) can only make us wait, never corrupt a read-modify-write.
+
+The store never reads the clock: every timestamp (float epoch seconds) comes from the caller, which owns time.
+Structured fields are JSON columns: dicts in, dicts out. Rows come back as plain dicts keyed by column name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+from sqlite_utils import Database
+
+from engine.store.migrations import JSON_COLUMNS, applied_migrations, apply_migrations
+from engine.store.release_records import ReleaseRecords, placeholders, where_clause
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+FINAL_DEPLOYMENT_STATUSES = ("Succeeded", "Failed", "Stopped")
+FINAL_COMMAND_STATUSES = frozenset({"Succeeded", "Failed", "Cancelled"})
+_TARGET_EVENT_KEY = ("deployment_id", "target", "event")
+_COMMAND_HEAD = "id, host, deployment_id, event, status, created_at, claimed_at, finished_at"
+_LATEST_COMMAND = (
+    f"SELECT {_COMMAND_HEAD}, result FROM host_commands"
+    " WHERE host = ? AND deployment_id = ? AND event = ? AND status != 'Cancelled' ORDER BY id DESC LIMIT 1"
+)
+
+
+def _to_json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _encoded(table: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    json_columns = JSON_COLUMNS.get(table, frozenset())
+    return {k: _to_json(v) if k in json_columns else v for k, v in fields.items()}
+
+
+def _rows(table: str, cursor: sqlite3.Cursor) -> list[Row]:
+    names = [d[0] for d in cursor.description]
+    json_columns = JSON_COLUMNS.get(table, frozenset())
+    rows = []
+    for values in cursor.fetchall():
+        row = dict(zip(names, values, strict=True))
+        for column in json_columns & row.keys():
+            if row[column] is not None:
+                row[column] = json.loads(row[column])
+        rows.append(row)
+    return rows
+
+
+@contextlib.contextmanager
+def _write(db: Database) -> Iterator[sqlite3.Connection]:
+    """One write transaction; IMMEDIATE takes the write lock up front, so read-then-write cannot go stale."""
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db.conn
+        db.conn.execute("COMMIT")
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
+
+
+def _check_columns(table: str, given: Iterable[str], known: Iterable[str]) -> None:
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {table} columns: {', '.join(unknown)}")
+
+
+class SqliteStore(ReleaseRecords):
+    """The persistence port of the engine; see the module docstring for the threading model."""
+
+    def __init__(
+        self,
+        path: Path,
+        executor: ThreadPoolExecutor,
+        db: Database,
+        thread_ident: int,
+        columns: Mapping[str, frozenset[str]],
+    ) -> None:
+        self._path = path
+        self._executor = executor
+        self._db = db
+        self._thread_ident = thread_ident
+        self._columns = columns  # read from the migrated schema, so a new column needs no code change here
+        self._closed = False
+
+    # -- lifecycle
+
+    @classmethod
+    async def open(cls, path: str | Path, *, on_statement: Callable[[str], None] | None = None) -> SqliteStore:
+        """Open (creating dirs and file as needed) and migrate. ``on_statement`` sees every SQL statement run,
+        on the store's thread (for tracing and for tests that check which thread touches the connection)."""
+        path = Path(path)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deploybot-store")
+
+        def connect() -> tuple[Database, int, dict[str, frozenset[str]]]:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, check_same_thread=False, timeout=10.0)
+            try:
+                if on_statement is not None:
+                    conn.set_trace_callback(on_statement)
+                db = Database(conn, execute_plugins=False)
+                db.enable_wal()
+                # WAL + NORMAL: a commit survives a crash of this process (kill -9); only power loss can drop
+                # the last few, which is the usual trade for not fsyncing every target event.
+                db.execute("PRAGMA synchronous=NORMAL")
+                apply_migrations(db)
+            except BaseException:
+                conn.close()
+                raise
+            columns = {t.name: frozenset(c.name for c in t.columns) for t in db.tables}
+            return db, threading.get_ident(), columns
+
+        try:
+            db, ident, columns = await asyncio.get_running_loop().run_in_executor(executor, connect)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(path, executor, db, ident, columns)
+
+    async def close(self) -> None:
+        """Close after every call already submitted has finished; later calls raise RuntimeError."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
+        self._executor.shutdown(wait=False)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def thread_ident(self) -> int:
+        """``threading.get_ident()`` of the one thread that owns the connection."""
+        return self._thread_ident
+
+    async def _run(self, fn: Callable[[Database], T]) -> T:
+        if self._closed:
+            raise RuntimeError(f"SqliteStore({self._path}) is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._db)
+
+    async def _fetch(self, table: str, sql: str, params: Sequence[Any] = (), *, write: bool = False) -> list[Row]:
+        """Rows of ``sql``, ``table``'s JSON columns decoded; ``write`` for ``... RETURNING`` statements."""
+
+        def fetch(db: Database) -> list[Row]:
+            if not write:
+                return _rows(table, db.conn.execute(sql, params))
+            with _write(db) as conn:
+                return _rows(table, conn.execute(sql, params))
+
+        return await self._run(fetch)
+
+    async def _fetch_one(self, table: str, sql: str, params: Sequence[Any] = (), *, write: bool = False) -> Row | None:
+        rows = await self._fetch(table, sql, params, write=write)
+        return rows[0] if rows else None
+
+    async def _change(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one write statement in its own transaction; the number of rows it changed."""
+
+        def change(db: Database) -> int:
+            with _write(db) as conn:
+                return conn.execute(sql, params).rowcount
+
+        return await self._run(change)
+
+    async def _insert(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[int]:
+        """Insert rows in one transaction; their rowids."""
+
+        def insert(db: Database) -> list[int]:
+            with _write(db) as conn:
+                return [conn.execute(sql, row).lastrowid or 0 for row in rows]
+
+        return await self._run(insert)
+
+    async def applied_migrations(self) -> list[str]:
+        return await self._run(applied_migrations)
+
+    async def journal_mode(self) -> str:
+        return await self._run(lambda db: db.conn.execute("PRAGMA journal_mode").fetchone()[0])
+
+    # -- revisions
+
+    async def put_revision(
+        self,
+        sha256: str,
+        *,
+        source: str,
+        commit: str | None,
+        size: int,
+        created_at: float,
+        appspec: Mapping[str, Any] | None = None,
+        platform: str = "server",
+        location: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Store a revision once per content hash; True when it was new. A ``location`` (where it was fetched
+        from) replaces the stored one even when the content was already known: the latest fetch is where it is."""
+        sql = (
+            'INSERT OR IGNORE INTO revisions (sha256, source, "commit", size, created_at, appspec, platform, location)'
+            f" VALUES ({placeholders(8)})"
+        )
+        params = (sha256, source, commit, size, created_at, _to_json(appspec), platform, _to_json(location))
+        new = await self._change(sql, params) == 1
+        if not new and location is not None:
+            await self._change("UPDATE revisions SET location = ? WHERE sha256 = ?", (_to_json(location), sha256))
+        return new
+
+    async def get_revision(self, sha256: str) -> Row | None:
+        row = await self._fetch_one("revisions", "SELECT * FROM revisions WHERE sha256 = ?", (sha256,))
+        if row is not None and isinstance(row.get("location"), str):  # until JSON_COLUMNS lists it
+            row["location"] = json.loads(row["location"])
+        return row
+
+    async def list_revisions(self, limit: int = 50) -> list[Row]:
+        sql = "SELECT * FROM revisions ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        return await self._fetch("revisions", sql, (limit,))
+
+    # -- deployments
+
+    async def create_deployment(self, record: Mapping[str, Any]) -> None:
+        """Insert a new deployment; a duplicate id raises ``sqlite3.IntegrityError``."""
+        _check_columns("deployments", record, self._columns["deployments"])
+        row = _encoded("deployments", record)
+        columns = ", ".join(f'"{c}"' for c in row)
+        await self._insert(f"INSERT INTO deployments ({columns}) VALUES ({placeholders(len(row))})", [[*row.values()]])
+
+    async def get_deployment(self, deployment_id: str) -> Row | None:
+        return await self._fetch_one("deployments", "SELECT * FROM deployments WHERE id = ?", (deployment_id,))
+
+    async def update_deployment(self, deployment_id: str, **fields: Any) -> bool:
+        """Set the given columns; False when no such deployment exists."""
+        if not fields:
+            return await self.get_deployment(deployment_id) is not None
+        return await self._change(*self._deployment_update(deployment_id, fields)) == 1
+
+    def _deployment_update(self, deployment_id: str, fields: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        _check_columns("deployments", fields, self._columns["deployments"] - {"id"})
+        row = _encoded("deployments", fields)
+        assignments = ", ".join(f'"{c}" = ?' for c in row)
+        return f"UPDATE deployments SET {assignments} WHERE id = ?", (*row.values(), deployment_id)
+
+    async def list_deployments(
+        self,
+        *,
+        application: str | None = None,
+        environment: str | None = None,
+        group_name: str | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = 50,
+        newest_first: bool = True,
+    ) -> list[Row]:
+        where, params = where_clause(
+            application=application, environment=environment, group_name=group_name, status=status
+        )
+        order = "DESC" if newest_first else "ASC"
+        sql = f"SELECT * FROM deployments WHERE {where} ORDER BY created_at {order}, rowid {order}"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return await self._fetch("deployments", sql, params)
+
+    async def last_successful(self, group_name: str) -> Row | None:
+        """The group's most recently finished Succeeded deployment (its revision is "last successful")."""
+        sql = (
+            "SELECT * FROM deployments WHERE group_name = ? AND status = 'Succeeded'"
+            " ORDER BY COALESCE(ended_at, created_at) DESC, rowid DESC LIMIT 1"
+        )
+        return await self._fetch_one("deployments", sql, (group_name,))
+
+    async def unfinished_deployments(self) -> list[Row]:
+        """Deployments to resume after a restart, oldest first."""
+        sql = (
+            f"SELECT * FROM deployments WHERE status NOT IN ({placeholders(len(FINAL_DEPLOYMENT_STATUSES))})"
+            " ORDER BY created_at, rowid"
+        )
+        return await self._fetch("deployments", sql, FINAL_DEPLOYMENT_STATUSES)
+
+    # -- target events
+
+    async def upsert_target_event(self, deployment_id: str, target: str, event: str, **fields: Any) -> None:
+        """Create the (deployment, target, event) row or change only the given fields of it."""
+        await self._change(*self._target_event_upsert(deployment_id, {"target": target, "event": event, **fields}))
+
+    async def upsert_target_events(self, deployment_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Many ``upsert_target_event`` calls in one transaction; each row has ``target``, ``event`` and fields."""
+        if rows:
+            await self.save_progress(deployment_id, rows)
+
+    async def save_progress(
+        self, deployment_id: str, rows: Sequence[Mapping[str, Any]], **deployment: Any
+    ) -> bool | None:
+        """``upsert_target_events(rows)`` and ``update_deployment(**deployment)`` in one transaction: a step of a
+        deployment is one write, not one per table. False when the deployment row is missing, None without
+        ``deployment``."""
+        statements = [self._target_event_upsert(deployment_id, row) for row in rows]
+        if deployment:
+            statements.append(self._deployment_update(deployment_id, deployment))
+
+        def write(db: Database) -> bool | None:
+            with _write(db) as conn:
+                changed = [conn.execute(sql, params).rowcount for sql, params in statements]
+            return changed[-1] == 1 if deployment else None
+
+        return await self._run(write)
+
+    def _target_event_upsert(self, deployment_id: str, row: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        fields = {k: v for k, v in row.items() if k not in ("target", "event")}
+        _check_columns("target_events", fields, self._columns["target_events"] - {*_TARGET_EVENT_KEY})
+        columns = [*_TARGET_EVENT_KEY, *fields]
+        on_conflict = "UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in fields) if fields else "NOTHING"
+        sql = (
+            f"INSERT INTO target_events ({', '.join(columns)}) VALUES ({placeholders(len(columns))})"
+            f" ON CONFLICT (deployment_id, target, event) DO {on_conflict}"
+        )
+        return sql, (deployment_id, row["target"], row["event"], *fields.values())
+
+    async def list_target_events(self, deployment_id: str) -> list[Row]:
+        sql = "SELECT * FROM target_events WHERE deployment_id = ? ORDER BY target, seq, rowid"
+        return await self._fetch("target_events", sql, (deployment_id,))
+
+    # -- event log (append only)
+
+    async def append_log(
+        self,
+        kind: str,
+        *,
+        at: float,
+        actor: str,
+        deployment_id: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> int:
+        entry = {"kind": kind, "at": at, "actor": actor, "deployment_id": deployment_id, "data": data}
+        return (await self.append_logs([entry]))[0]
+
+    async def append_logs(self, entries: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Append many entries (keys as ``append_log``'s arguments) in one transaction; returns their ids."""
+        rows = [(e.get("deployment_id"), e["at"], e["actor"], e["kind"], _to_json(e.get("data"))) for e in entries]
+        sql = f"INSERT INTO event_log (deployment_id, at, actor, kind, data) VALUES ({placeholders(5)})"
+        return await self._insert(sql, rows)
+
+    async def read_log(self, *, deployment_id: str | None = None, after_id: int = 0, limit: int = 1000) -> list[Row]:
+        where, params = where_clause(deployment_id=deployment_id)
+        sql = f"SELECT * FROM event_log WHERE id > ? AND {where} ORDER BY id LIMIT ?"
+        return await self._fetch("event_log", sql, (after_id, *params, limit))
+
+    # -- host commands (the agents' work queue)
+
+    async def enqueue_command(
+        self, host: str, deployment_id: str, event: str, payload: Mapping[str, Any] | None, *, at: float
+    ) -> int:
+        sql = f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
+        return (await self._insert(sql, [(host, deployment_id, event, _to_json(payload), at)]))[0]
+
+    async def enqueue_command_once(
+        self, host: str, deployment_id: str, event: str, payload: Mapping[str, Any] | None, *, at: float
+    ) -> Row | None:
+        """``enqueue_command`` unless ``latest_command`` finds one (then that one, and nothing is queued): a
+        re-issued dispatch after a restart costs one transaction, not a read and a write."""
+        insert = (
+            f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
+        )
+
+        def enqueue(db: Database) -> Row | None:
+            with _write(db) as conn:
+                existing = _rows("host_commands", conn.execute(_LATEST_COMMAND, (host, deployment_id, event)))
+                if not existing:
+                    conn.execute(insert, (host, deployment_id, event, _to_json(payload), at))
+            return existing[0] if existing else None
+
+        return await self._run(enqueue)
+
+    async def claim_next_command(self, host: str, *, at: float) -> Row | None:
+        """Hand out the host's oldest Pending command, marking it InProgress in the same statement."""
+        sql = (
+            "UPDATE host_commands SET status = 'InProgress', claimed_at = ? WHERE id = ("
+            " SELECT id FROM host_commands WHERE host = ? AND status = 'Pending' ORDER BY id LIMIT 1"
+            ") RETURNING *"
+        )
+        return await self._fetch_one("host_commands", sql, (at, host), write=True)
+
+    async def release_command(self, command_id: int) -> bool:
+        """Put a claimed command back in the queue (its claimant never received it); False if not InProgress."""
+        sql = "UPDATE host_commands SET status = 'Pending', claimed_at = NULL WHERE id = ? AND status = 'InProgress'"
+        return await self._change(sql, (command_id,)) == 1
+
+    async def complete_command(
+        self,
+        command_id: int,
+        status: str,
+        result: Mapping[str, Any] | None,
+        *,
+        at: float,
+        host: str | None = None,
+    ) -> bool:
+        """Finish a command; False (and no change) when it is unknown, already finished, or (given ``host``)
+        another host's. That makes repeated agent reports harmless."""
+        if status not in FINAL_COMMAND_STATUSES:
+            raise ValueError(f"not a final command status: {status!r}")
+        where, params = where_clause(host=host)
+        sql = (
+            "UPDATE host_commands SET status = ?, result = ?, finished_at = ?"
+            f" WHERE id = ? AND status IN ('Pending', 'InProgress') AND {where}"
+        )
+        return await self._change(sql, (status, _to_json(result), at, command_id, *params)) == 1
+
+    async def finish_command(
+        self, command_id: int, host: str, status: str, result: Mapping[str, Any] | None, *, at: float
+    ) -> tuple[Row | None, bool]:
+        """An agent's report: (the command without payload, None when it is not ``host``'s; whether this report
+        finished it, as ``complete_command``), in one transaction."""
+        if status not in FINAL_COMMAND_STATUSES:
+            raise ValueError(f"not a final command status: {status!r}")
+        head = f"SELECT {_COMMAND_HEAD} FROM host_commands WHERE id = ? AND host = ?"
+        update = (
+            "UPDATE host_commands SET status = ?, result = ?, finished_at = ?"
+            " WHERE id = ? AND status IN ('Pending', 'InProgress')"
+        )
+
+        def finish(db: Database) -> tuple[Row | None, bool]:
+            with _write(db) as conn:
+                rows = _rows("host_commands", conn.execute(head, (command_id, host)))
+                if not rows:
+                    return None, False
+                return rows[0], conn.execute(update, (status, _to_json(result), at, command_id)).rowcount == 1
+
+        return await self._run(finish)
+
+    async def get_command(self, command_id: int) -> Row | None:
+        return await self._fetch_one("host_commands", "SELECT * FROM host_commands WHERE id = ?", (command_id,))
+
+    async def get_command_head(self, command_id: int) -> Row | None:
+        """The command without its payload and result: what taking an agent's result needs, without decoding
+        the deployment spec every command carries."""
+        sql = f"SELECT {_COMMAND_HEAD} FROM host_commands WHERE id = ?"
+        return await self._fetch_one("host_commands", sql, (command_id,))
+
+    async def latest_command(self, host: str, deployment_id: str, event: str) -> Row | None:
+        """The newest command (not Cancelled) for ``event`` of the deployment on ``host``, with its result but
+        without its payload; None when there is none."""
+        return await self._fetch_one("host_commands", _LATEST_COMMAND, (host, deployment_id, event))
+
+    async def list_commands(
+        self,
+        *,
+        host: str | None = None,
+        deployment_id: str | None = None,
+        status: str | Sequence[str] | None = None,
+    ) -> list[Row]:
+        where, params = where_clause(host=host, deployment_id=deployment_id, status=status)
+        return await self._fetch("host_commands", f"SELECT * FROM host_commands WHERE {where} ORDER BY id", params)
+
+    async def cancel_commands(self, deployment_id: str, *, at: float) -> int:
+        """Cancel the deployment's Pending commands (InProgress ones are the agent's to finish): how many."""
+        sql = (
+            "UPDATE host_commands SET status = 'Cancelled', finished_at = ?"
+            " WHERE deployment_id = ? AND status = 'Pending'"
+        )
+        return await self._change(sql, (at, deployment_id))
+
+    # -- agents
+
+    async def upsert_agent(
+        self,
+        name: str,
+        *,
+        last_seen: float,
+        tags: Mapping[str, str] | None = None,
+        version: str | None = None,
+        state: str | None = None,
+    ) -> None:
+        """Record a heartbeat; fields given as None keep their stored value."""
+        sql = (
+            "INSERT INTO agents (name, tags, version, last_seen, state) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen,"
+            " tags = COALESCE(excluded.tags, tags), version = COALESCE(excluded.version, version),"
+            " state = COALESCE(excluded.state, state)"
+        )
+        await self._change(sql, (name, _to_json(tags), version, last_seen, state))
+
+    async def get_agent(self, name: str) -> Row | None:
+        return await self._fetch_one("agents", "SELECT * FROM agents WHERE name = ?", (name,))
+
+    async def list_agents(self) -> list[Row]:
+        return await self._fetch("agents", "SELECT * FROM agents ORDER BY name")
