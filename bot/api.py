@@ -32,7 +32,7 @@ from engine.core.errors import (
     NotFound,
     UnknownDeploymentConfig,
 )
-from engine.runtime.deployer import DeployRequest
+from engine.core.requests import DeployRequest
 
 log = logging.getLogger(__name__)
 

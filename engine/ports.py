@@ -1,14 +1,34 @@
-"""The narrow interfaces the runner and service use to reach the world (pure: Protocols only).
+"""The narrow interfaces the runtime and release layers use to reach the world (Protocols only, no behaviour).
 
-Each real component gets one adapter in engine/adapters/ implementing one of these; tests use fakes at this seam.
+Each real component gets one adapter in engine/adapters/ (or engine/store/) implementing one of these; the
+composition root (bot/assembly.py) picks the implementations and hands them to the Deployer, and tests use fakes
+at this seam. Nothing in engine/runtime/ or engine/release/ names a concrete store or adapter.
+
+    store        DeploymentStore, CommandQueue, ReleaseRecords, RegistryRecords (together: Store)
+    hosts        HostExecutor (run lifecycle events), HostFleet (the agents behind it)
+    traffic      TrafficRouter (set_weight / verify_weight), AlarmSource
+    platforms    PlatformDriver (Lambda, ECS), PlatformRuntime (the AWS side as a whole), RevisionArchive
+    people       Notifier
+    time         Clock
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
-from engine.core.model import LifecycleEvent
+from engine.core.config.model import DeploymentGroup
+from engine.core.model import LifecycleEvent, Platform, Revision
+from engine.core.requests import DeployRequest
+
+Row = dict[str, Any]
+"""A stored row: column name -> value, JSON columns decoded."""
+
+OnResult = Callable[[Mapping[str, Any], Mapping[str, Any]], Awaitable[None]]
+"""Where executors deliver a lifecycle event's outcome: command {"deployment_id", "host", "event"} and result
+{"status": "Succeeded"|"Failed", "error_code", "message", "log_tail", "started_at", "ended_at"}."""
 
 
 class Clock(Protocol):
@@ -63,3 +83,299 @@ class Notifier(Protocol):
         """Told after persisted transitions (Slack thread, GitHub status, metrics); must not raise. Status, stage,
         traffic and per-host outcomes come at once; mere per-host event progress may be merged into the latest
         document within 50 ms (engine/runtime/notifications.py)."""
+
+
+# -- platforms ----------------------------------------------------------------------------------------------------
+
+
+class PlatformDriver(Protocol):
+    """A compute platform that is not our own agents (Lambda, ECS): it acts on AWS resources named by the
+    deployment's own AppSpec, so it makes an executor and a router for that one deployment."""
+
+    def target_name(self, group: DeploymentGroup, appspec: Mapping[str, Any]) -> str:
+        """The one target of a deployment: ``function:alias`` (Lambda) or ``cluster:service`` (ECS)."""
+
+    def executor(self, deployment_id: str, group: DeploymentGroup, spec: Mapping[str, Any]) -> HostExecutor:
+        """Runs the deployment's lifecycle events; results go to the driver's OnResult."""
+
+    def router(self, deployment_id: str, group: DeploymentGroup, spec: Mapping[str, Any]) -> TrafficRouter:
+        """Shifts the deployment's traffic (alias weights, listener weights); ``set_weight(group, 0)`` reroutes."""
+
+    async def finished(self, deployment_id: str, group: DeploymentGroup, spec: Mapping[str, Any], status: str) -> None:
+        """The deployment ended with ``status``: release what is no longer needed. Must not raise."""
+
+
+class HookExecution(Protocol):
+    deployment_id: str
+    event: str
+    function: str
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class HookCallbacks(Protocol):
+    """Lambda/ECS hook executions waiting for their status callback (PutLifecycleEventHookExecutionStatus)."""
+
+    def resolve(self, execution_id: str, status: str, *, deployment_id: str | None = None) -> HookExecution: ...
+
+    def cancel(self, deployment_id: str) -> None: ...
+
+
+class PlatformRuntime(Protocol):
+    """What the Deployer needs from AWS: platform drivers, hook callbacks, EC2 instances by tag, S3 revisions."""
+
+    @property
+    def hooks(self) -> HookCallbacks: ...
+
+    def driver(self, platform: Platform) -> PlatformDriver | None:
+        """The driver of a Lambda or ECS group; None for server groups (agents)."""
+
+    async def ec2_instances(self, group: DeploymentGroup) -> tuple[str, ...]: ...
+
+    async def fetch_s3_revision(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        version: str | None = None,
+        etag: str | None = None,
+        bundle_type: str | None = None,
+        account: str = "default",
+        platform: Platform = Platform.SERVER,
+    ) -> Revision: ...
+
+    async def fetch_s3_url(
+        self, url: str, *, account: str = "default", platform: Platform = Platform.SERVER
+    ) -> Revision:
+        """``fetch_s3_revision`` of an ``s3://bucket/key[?versionId=..&etag=..&bundleType=..]`` URL; raises
+        ValueError when the URL is not one."""
+
+    async def close(self) -> None: ...
+
+
+class RevisionArchive(Protocol):
+    """Where revision bundles are kept, once per sha256 (engine/runtime/revisions.py)."""
+
+    @property
+    def directory(self) -> Path: ...
+
+    def path(self, sha256: str) -> Path: ...
+
+    async def add(
+        self,
+        source: str | Path,
+        *,
+        label: str | None = None,
+        git_repo: Path | None = None,
+        platform: Platform = Platform.SERVER,
+        commit: str | None = None,
+        location: Mapping[str, Any] | None = None,
+    ) -> Revision: ...
+
+    async def get(self, sha256: str) -> Revision: ...
+
+
+# -- hosts --------------------------------------------------------------------------------------------------------
+
+
+class HostFleet(HostExecutor, Protocol):
+    """The agents of the server platform, as the runtime sees them (engine/adapters/fleet.py)."""
+
+    def token_for(self, host: str) -> str:
+        """The host's agent token, made on first use."""
+
+    def last_seen(self, host: str) -> float | None: ...
+
+    def start_monitor(self, interval: float = 1.0) -> None:
+        """Start failing the commands of hosts whose agents stopped sending heartbeats."""
+
+    async def stop_monitor(self) -> None: ...
+
+
+# -- the store ----------------------------------------------------------------------------------------------------
+
+
+class DeploymentStore(Protocol):
+    """Deployments, their targets' events, revisions and the append-only audit log."""
+
+    async def close(self) -> None: ...
+
+    async def put_revision(
+        self,
+        sha256: str,
+        *,
+        source: str,
+        commit: str | None,
+        size: int,
+        created_at: float,
+        appspec: Mapping[str, Any] | None = None,
+        platform: str = "server",
+        location: Mapping[str, Any] | None = None,
+    ) -> bool: ...
+    async def get_revision(self, sha256: str) -> Row | None: ...
+    async def create_deployment(self, record: Mapping[str, Any]) -> None: ...
+    async def get_deployment(self, deployment_id: str) -> Row | None: ...
+    async def update_deployment(self, deployment_id: str, **fields: Any) -> bool: ...
+    async def list_deployments(
+        self,
+        *,
+        application: str | None = None,
+        environment: str | None = None,
+        group_name: str | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = 50,
+        newest_first: bool = True,
+    ) -> list[Row]: ...
+    async def unfinished_deployments(self) -> list[Row]: ...
+    async def save_progress(
+        self, deployment_id: str, rows: Sequence[Mapping[str, Any]], **deployment: Any
+    ) -> bool | None: ...
+    async def list_target_events(self, deployment_id: str) -> list[Row]: ...
+    async def append_log(
+        self,
+        kind: str,
+        *,
+        at: float,
+        actor: str,
+        deployment_id: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> int: ...
+    async def append_logs(self, entries: Iterable[Mapping[str, Any]]) -> list[int]: ...
+    async def read_log(
+        self, *, deployment_id: str | None = None, after_id: int = 0, limit: int = 1000
+    ) -> list[Row]: ...
+    async def get_agent(self, name: str) -> Row | None: ...
+    async def list_agents(self) -> list[Row]: ...
+
+
+class CommandQueue(Protocol):
+    """Per-host command queues of the agent protocol, and what the agents last said of themselves."""
+
+    async def enqueue_command_once(
+        self, host: str, deployment_id: str, event: str, payload: Mapping[str, Any] | None, *, at: float
+    ) -> Row | None: ...
+    async def claim_next_command(self, host: str, *, at: float) -> Row | None: ...
+    async def release_command(self, command_id: int) -> bool: ...
+    async def complete_command(
+        self, command_id: int, status: str, result: Mapping[str, Any] | None, *, at: float, host: str | None = None
+    ) -> bool: ...
+    async def finish_command(
+        self, command_id: int, host: str, status: str, result: Mapping[str, Any] | None, *, at: float
+    ) -> tuple[Row | None, bool]: ...
+    async def list_commands(
+        self, *, host: str | None = None, deployment_id: str | None = None, status: str | Sequence[str] | None = None
+    ) -> list[Row]: ...
+    async def cancel_commands(self, deployment_id: str, *, at: float) -> int: ...
+    async def upsert_agent(
+        self,
+        name: str,
+        *,
+        last_seen: float,
+        tags: Mapping[str, str] | None = None,
+        version: str | None = None,
+        state: str | None = None,
+    ) -> None: ...
+
+
+class ReleaseRecords(Protocol):
+    """Environment locks, approvals (append only) and the deliveries of webhooks already taken."""
+
+    async def put_lock(
+        self,
+        application: str,
+        environment: str,
+        *,
+        owner: str,
+        created_at: float,
+        reason: str | None = None,
+        expires_at: float | None = None,
+    ) -> None: ...
+    async def get_lock(self, application: str, environment: str) -> Row | None: ...
+    async def delete_lock(self, application: str, environment: str, *, created_at: float | None = None) -> bool: ...
+    async def list_locks(self) -> list[Row]: ...
+    async def add_approval(
+        self,
+        deployment_id: str,
+        *,
+        application: str,
+        environment: str,
+        revision_sha256: str,
+        actor: str,
+        decision: str,
+        created_at: float,
+        expires_at: float | None = None,
+        reason: str | None = None,
+    ) -> int: ...
+    async def list_approvals(
+        self,
+        *,
+        application: str | None = None,
+        environment: str | None = None,
+        revision_sha256: str | None = None,
+        deployment_id: str | None = None,
+    ) -> list[Row]: ...
+    async def record_delivery(self, delivery_id: str, source: str, at: float) -> bool: ...
+
+
+class RegistryRecords(Protocol):
+    """What the CodeDeploy API registers: revisions, on-premises instances, deployment configurations."""
+
+    async def list_api_configs(self) -> list[Row]: ...
+    async def insert_api_config(
+        self, name: str, compute_platform: str, definition: Mapping[str, Any], *, at: float
+    ) -> None: ...
+    async def delete_api_config(self, name: str) -> None: ...
+    async def unfinished_deployments_using(self, config_name: str) -> list[str]: ...
+    async def list_onprem_instances(self) -> list[Row]: ...
+    async def register_onprem_instance(
+        self, name: str, *, iam_arn: str | None, tags: Mapping[str, str], at: float
+    ) -> Row: ...
+    async def deregister_onprem_instance(self, name: str, *, at: float) -> Row | None: ...
+    async def set_onprem_tags(self, name: str, tags: Mapping[str, str]) -> Row | None: ...
+    async def list_registered_revisions(self) -> list[Row]: ...
+    async def upsert_registered_revision(
+        self,
+        application: str,
+        key: str,
+        location: Mapping[str, Any],
+        *,
+        sha256: str | None,
+        description: str | None,
+        registered_at: float,
+        used_at: float | None,
+    ) -> Row: ...
+
+
+class Store(DeploymentStore, CommandQueue, ReleaseRecords, RegistryRecords, Protocol):
+    """All of deploybot's state (engine/store/sqlite.py today)."""
+
+
+# -- the runtime's own seams, for the release layer ---------------------------------------------------------------
+
+
+class DeploymentQueue(Protocol):
+    """One deployment in flight per group (engine/runtime/queue.py), as the release flow uses it: decide under
+    the one lock, start what a lock or an approval held back, and run lock-expiry timers in the background."""
+
+    @property
+    def lock(self) -> asyncio.Lock: ...
+
+    async def start_next(self, group_name: str) -> None:
+        """Start the group's next deployment if it is free; the caller holds ``lock``."""
+
+    async def start_held(self, group_name: str) -> None:
+        """``start_next`` under ``lock``."""
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` in the background until it ends or the queue closes."""
+
+
+class Deployments(Protocol):
+    """The Deployer as the release flow needs it: start a request, read a document, signal a change."""
+
+    async def start(self, request: DeployRequest) -> dict[str, Any]: ...
+
+    async def get(self, deployment_id: str) -> dict[str, Any]: ...
+
+    async def changed(self, deployment_id: str) -> None:
+        """Wake the deployment's watchers and tell the notifiers (Slack thread, GitHub status)."""

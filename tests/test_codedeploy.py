@@ -30,7 +30,8 @@ from bot.assembly import assemble_deployer
 from bot.codedeploy import CODEDEPLOY, sigv4
 from bot.settings import Settings
 from engine.core.config.parse import parse_config
-from engine.runtime.deployer import Deployer, DeployRequest
+from engine.core.requests import DeployRequest
+from engine.runtime.deployer import Deployer
 
 KEYS = "AKIDEPLOYBOT:s3cret:alice,AKIOTHER:other:bob"
 HOSTS = ("s1", "s2", "p1", "p2", "p3", "p4")

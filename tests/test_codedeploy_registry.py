@@ -12,7 +12,7 @@ import pytest
 from botocore.exceptions import ClientError
 from test_codedeploy import Served, call, serving
 
-from engine.runtime.deployer import DeployRequest
+from engine.core.requests import DeployRequest
 
 
 @pytest.fixture

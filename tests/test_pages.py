@@ -18,7 +18,8 @@ from bot.app import create_app
 from bot.pages.chart import chart_view, traffic_chart, traffic_svg_path
 from bot.pages.links import deployment_path, signed_query
 from bot.settings import Settings
-from engine.runtime.deployer import Deployer, DeployRequest
+from engine.core.requests import DeployRequest
+from engine.runtime.deployer import Deployer
 
 TOKEN = "page-test-token"
 SECRET = "page-test-secret"

@@ -22,8 +22,9 @@ from test_service import APPSPEC, ScriptedFleet, make_revision, never_fails, wai
 from bot.assembly import assemble_deployer
 from engine.core.config.parse import parse_config
 from engine.core.errors import DeploymentRefused
+from engine.core.requests import DeployRequest
 from engine.runtime.clock import SystemClock
-from engine.runtime.deployer import Deployer, DeployRequest
+from engine.runtime.deployer import Deployer
 
 CONFIG = """
 server: {data_dir: var, admins: [root]}

@@ -16,7 +16,8 @@ import pytest
 from bot.assembly import assemble_deployer
 from engine.core.config.parse import parse_config
 from engine.core.errors import AppSpecInvalid, DeploymentNotFound, DeploymentRefused
-from engine.runtime.deployer import Deployer, DeployRequest
+from engine.core.requests import DeployRequest
+from engine.runtime.deployer import Deployer
 
 CONFIG = """
 server: {data_dir: var, heartbeat_timeout: %(heartbeat)s}

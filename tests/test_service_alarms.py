@@ -14,8 +14,9 @@ from test_service import ScriptedFleet, make_revision, never_fails, wait_final
 from bot.assembly import assemble_deployer
 from engine.adapters.haproxy.stack import build_alarms
 from engine.core.config.parse import parse_config
+from engine.core.requests import DeployRequest
 from engine.runtime.clock import SystemClock
-from engine.runtime.deployer import Deployer, DeployRequest
+from engine.runtime.deployer import Deployer
 
 CONFIG = """
 server: {data_dir: var}

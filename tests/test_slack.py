@@ -23,7 +23,8 @@ from bot.pages.links import LinkCheck, deployment_path, verify
 from bot.settings import Settings
 from bot.slack.app import SLACK
 from engine.core.config.parse import parse_config
-from engine.runtime.deployer import Deployer, DeployRequest
+from engine.core.requests import DeployRequest
+from engine.runtime.deployer import Deployer
 
 CONFIG = """
 server: {data_dir: var}

@@ -18,7 +18,7 @@ from engine.core.config.model import AlarmConfiguration
 from engine.core.errors import EngineError, InvalidLifecycleHookStatus, LifecycleHookNotFound
 from engine.core.model import AutoRollback, AutoRollbackEvent
 from engine.core.overrides import FILE_EXISTS_BEHAVIORS, GroupOverrides
-from engine.runtime.deployer import DeployRequest
+from engine.core.requests import DeployRequest
 
 LISTABLE_STATUSES = ("Created", "Queued", "InProgress", "Baking", "Succeeded", "Failed", "Stopped", "Ready")
 WAIT_TYPES = ("READY_WAIT", "TERMINATION_WAIT")

@@ -26,7 +26,7 @@ from bot.github.notifier import PAYLOAD_KEY, GitHubNotifier
 from bot.github.revisions import revision_from_commit
 from engine.core.config.model import Application, EngineConfig
 from engine.core.errors import AppSpecInvalid, EngineError
-from engine.runtime.deployer import DeployRequest
+from engine.core.requests import DeployRequest
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from bot.policy import Permission, SlackPolicy
 from bot.slack.notifier import SlackNotifier
 from bot.slack.replies import plan_text, where_text
 from engine.core.errors import EngineError
-from engine.runtime.deployer import DeployRequest
+from engine.core.requests import DeployRequest
 
 log = logging.getLogger(__name__)
 

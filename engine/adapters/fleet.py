@@ -21,8 +21,7 @@ from typing import Any
 
 from engine.core.errors import NotFound
 from engine.core.model import LifecycleEvent, ScriptErrorCode
-from engine.ports import Clock
-from engine.store.sqlite import SqliteStore
+from engine.ports import Clock, CommandQueue
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ ResultCallback = Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]]
 class Fleet:
     def __init__(
         self,
-        store: SqliteStore,
+        store: CommandQueue,
         *,
         data_dir: Path,
         clock: Clock,

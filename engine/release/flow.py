@@ -1,4 +1,5 @@
-"""ReleaseFlow: engine.release.rules's rules applied to the store; the Deployer owns one as ``deployer.release``.
+"""ReleaseFlow: the release rules (engine.release.rules) applied to the store; the Deployer owns one as
+``deployer.release``.
 
 The Deployer asks it two questions: may this new request start (``admit``: refused, queued, or waiting for
 approval) and which queued deployments may start now (``startable``: a lock holds all but automatic rollbacks).
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from engine.core.config.model import DeploymentGroup
-from engine.core.errors import DeploymentRefused
+from engine.core.config.model import DeploymentGroup, EngineConfig
+from engine.core.errors import DeploymentNotFound, DeploymentRefused
 from engine.core.model import ROLLBACK_CREATOR, DeploymentStatus, Revision
+from engine.core.requests import DeployRequest
+from engine.ports import Clock, DeploymentQueue, Deployments, RevisionArchive, Store
 from engine.release import views as release_views
 from engine.release.plan import release_plan
 from engine.release.promotion import check_promotion, tenure
@@ -39,38 +42,51 @@ from engine.release.rules import (
     lock_conflict,
     rejection_refusal,
 )
-
-if TYPE_CHECKING:
-    from engine.runtime.deployer import Deployer, DeployRequest
-
 from engine.release.views import HISTORY
 
 
 class ReleaseFlow:
-    def __init__(self, deployer: Deployer) -> None:
-        self.deployer = deployer
+    """Given the store, the clock, the group queue (to start what it held back) and the deployments (to start
+    a promotion, read and signal documents) — never the Deployer itself."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        store: Store,
+        clock: Clock,
+        *,
+        queue: DeploymentQueue,
+        documents: Deployments,
+        revisions: RevisionArchive,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.group_queue = queue
+        self.deployments = documents
+        self.revisions = revisions
         self._expiry_timers: dict[tuple[str, str], tuple[float, asyncio.Task[None]]] = {}
 
     @property
-    def _store(self) -> Any:
-        return self.deployer.store
+    def _store(self) -> Store:
+        return self.store
 
     def _now(self) -> float:
-        return self.deployer.clock.now()
+        return self.clock.now()
 
     def is_admin(self, actor: str) -> bool:
-        return actor in self.deployer.config.server.admins
+        return actor in self.config.server.admins
 
     def approval_policy(self, group: DeploymentGroup) -> ApprovalPolicy:
         return ApprovalPolicy(
             group.required_approvals,
             group.approvers,
-            self.deployer.config.server.admins,
+            self.config.server.admins,
             group.approval_ttl_minutes * 60.0,
         )
 
     def group_named(self, name: str) -> DeploymentGroup | None:
-        return next((g for g in self.deployer.config.groups() if g.name == name), None)
+        return next((g for g in self.config.groups() if g.name == name), None)
 
     async def _log(self, kind: str, actor: str, *, deployment_id: str | None = None, **data: Any) -> None:
         await self._store.append_log(kind, at=self._now(), actor=actor, deployment_id=deployment_id, data=data)
@@ -116,10 +132,8 @@ class ReleaseFlow:
         return [row for row in queued if is_automatic_rollback(row)]
 
     async def _start_held(self, groups: Iterable[DeploymentGroup]) -> None:
-        deployer = self.deployer
         for group in groups:
-            async with deployer._lock:
-                await deployer._start_next(group.name)
+            await self.group_queue.start_held(group.name)
 
     # -- locks ---------------------------------------------------------------------------------------------------
 
@@ -139,14 +153,11 @@ class ReleaseFlow:
         known = self._expiry_timers.get(key)
         if known is not None and known[0] == lock.expires_at and not known[1].done():
             return
-        task = asyncio.ensure_future(self._expire_later(lock.expires_at))
+        task = self.group_queue.spawn(self._expire_later(lock.expires_at))
         self._expiry_timers[key] = (lock.expires_at, task)
-        background = self.deployer._background
-        background.add(task)
-        task.add_done_callback(background.discard)
 
     async def _expire_later(self, expires_at: float) -> None:
-        clock = self.deployer.clock
+        clock = self.clock
         while (left := expires_at - clock.now()) > 0:
             await clock.sleep(min(left, 5.0) + 0.01)  # re-read the clock: wall time may jump
         await self.release_expired()
@@ -167,7 +178,7 @@ class ReleaseFlow:
     def _groups_under(self, locks: Iterable[Lock]) -> list[DeploymentGroup]:
         groups: dict[str, DeploymentGroup] = {}
         for lock in locks:
-            for group in self.deployer.config.groups():
+            for group in self.config.groups():
                 if lock.is_freeze or (group.application, group.environment) == (lock.application, lock.environment):
                     groups[group.name] = group
         return list(groups.values())
@@ -176,7 +187,7 @@ class ReleaseFlow:
         """Declared spellings of an environment, or the freeze's ``("*", "*")``."""
         if application == EVERYWHERE:
             return EVERYWHERE, EVERYWHERE
-        app = self.deployer.config.application(application)
+        app = self.config.application(application)
         return app.name, app.environment(environment)
 
     async def lock(
@@ -249,8 +260,8 @@ class ReleaseFlow:
         )
 
     async def _waiting(self, deployment_id: str) -> tuple[dict[str, Any], DeploymentGroup, str]:
-        row = await self.deployer._row(deployment_id)
-        group = self.deployer.config.group(row["application"], row["environment"])
+        row = await self._row(deployment_id)
+        group = self.config.group(row["application"], row["environment"])
         requester = str((row.get("request") or {}).get("actor") or row.get("created_by"))
         return row, group, requester
 
@@ -283,13 +294,18 @@ class ReleaseFlow:
             expires_at=expires_at,
         )
         await self._queue_if_approved(deployment_id, group, requester)
-        await self.deployer._changed_hook(deployment_id)
-        return await self.deployer.get(deployment_id)
+        await self.deployments.changed(deployment_id)
+        return await self.deployments.get(deployment_id)
+
+    async def _row(self, deployment_id: str) -> dict[str, Any]:
+        row = await self.store.get_deployment(deployment_id)
+        if row is None:
+            raise DeploymentNotFound(deployment_id)
+        return row
 
     async def _queue_if_approved(self, deployment_id: str, group: DeploymentGroup, requester: str) -> None:
-        deployer = self.deployer
-        async with deployer._lock:
-            row = await deployer._row(deployment_id)
+        async with self.group_queue.lock:
+            row = await self._row(deployment_id)
             if row["status"] != DeploymentStatus.WAITING_APPROVAL:
                 return
             state = await self.approval_state(group, row["revision_sha256"], requester, self._now())
@@ -300,15 +316,14 @@ class ReleaseFlow:
             await self._log(
                 "approval.satisfied", "deploybot", deployment_id=deployment_id, approved_by=list(state.approved_by)
             )
-            await deployer._start_next(group.name)
+            await self.group_queue.start_next(group.name)
 
     async def reject(self, deployment_id: str, *, actor: str, reason: str = "") -> dict[str, Any]:
         """Stop a deployment waiting for approval (approvers, admins, or its requester withdrawing it)."""
         row, group, requester = await self._waiting(deployment_id)
         policy = self.approval_policy(group)
-        deployer = self.deployer
-        async with deployer._lock:
-            row = await deployer._row(deployment_id)
+        async with self.group_queue.lock:
+            row = await self._row(deployment_id)
             refusal = rejection_refusal(
                 policy, actor=actor, requester=requester, status=row["status"], deployment_id=deployment_id
             )
@@ -330,8 +345,8 @@ class ReleaseFlow:
                 deployment_id, status="Stopped", ended_at=now, error_code="MANUAL_STOP", error_message=message
             )
             await self._log("approval.rejected", actor, deployment_id=deployment_id, reason=reason)
-        await deployer._changed_hook(deployment_id)
-        return await deployer.get(deployment_id)
+        await self.deployments.changed(deployment_id)
+        return await self.deployments.get(deployment_id)
 
     # -- promotion -----------------------------------------------------------------------------------------------
 
@@ -347,9 +362,7 @@ class ReleaseFlow:
     ) -> dict[str, Any]:
         """Deploy to ``target`` the very bundle that last succeeded in ``source`` (or ``revision``, which must
         have succeeded there); refused with every reason that applies."""
-        from engine.runtime.deployer import DeployRequest  # the service imports this module
-
-        app = self.deployer.config.application(application)
+        app = self.config.application(application)
         src, dst = app.environment(source), app.environment(target)
         source_group = app.groups[src]
         rows = await self._store.list_deployments(group_name=source_group.name, limit=HISTORY)
@@ -368,7 +381,13 @@ class ReleaseFlow:
             override=override,
             is_admin=self.is_admin(actor),
         )
-        data = {"application": app.name, "from": src, "to": dst, "revision": decision.revision, "override": override}
+        data: dict[str, Any] = {
+            "application": app.name,
+            "from": src,
+            "to": dst,
+            "revision": decision.revision,
+            "override": override,
+        }
         if not decision.allowed:
             await self._log("promotion.refused", actor, **data, reason=decision.reason)
             checks = [r.check for r in decision.refusals]
@@ -377,7 +396,7 @@ class ReleaseFlow:
         await self._log("promotion.requested", actor, **data, overridden=overridden)
         assert decision.revision is not None
         origin = f" ({current.deployment_id})" if current and current.revision == decision.revision else ""
-        return await self.deployer.start(
+        return await self.deployments.start(
             DeployRequest(
                 app.name,
                 dst,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine.bundles import build_bundle, read_member
 from engine.core.appspec import normalized, parse_appspec
@@ -19,23 +19,20 @@ from engine.core.config.model import DeploymentGroup
 from engine.core.errors import AppSpecInvalid, Problem, RevisionNotFound
 from engine.core.lifecycle import TRAFFIC_EVENTS, ScriptSource, script_source
 from engine.core.model import LifecycleEvent, Platform
+from engine.core.requests import DeployRequest
+from engine.release.context import ReleaseContext
 from engine.release.promotion import Tenure, check_promotion, tenure
 from engine.release.rules import ETA_SAMPLE, LockPolicy, durations_of, lock_message, median_duration, minutes
-
-if TYPE_CHECKING:
-    from engine.release.flow import ReleaseFlow
-    from engine.runtime.deployer import DeployRequest
 
 _MAX_COMMITS = 50
 
 
 async def release_plan(
-    flow: ReleaseFlow, group: DeploymentGroup, request: DeployRequest, base: dict[str, Any]
+    flow: ReleaseContext, group: DeploymentGroup, request: DeployRequest, base: dict[str, Any]
 ) -> dict[str, Any]:
     """``base`` (batches, events, traffic steps, stages) completed with what the release flow knows."""
-    deployer = flow.deployer
-    store = deployer.store
-    now = deployer.clock.now()
+    store = flow.store
+    now = flow.clock.now()
     rows = await store.list_deployments(group_name=group.name, limit=200)
     current = tenure(rows)
     gates: list[dict[str, Any]] = []
@@ -43,7 +40,7 @@ async def release_plan(
     if request.promoted_from:
         wanted, promotion_gate = await _promotion(flow, group, request, now)
         gates.append(promotion_gate)
-    revision, appspec = await _revision(deployer, group, wanted)
+    revision, appspec = await _revision(flow, group, wanted)
     running_appspec = None
     if current is not None:
         running_appspec = ((await store.get_revision(current.revision)) or {}).get("appspec")
@@ -55,7 +52,7 @@ async def release_plan(
         **base,
         "revision": revision,
         "current": await _current(store, current),
-        "diff": await _diff(Path(deployer.config.base_dir), current, revision, await _commit_of(store, current)),
+        "diff": await _diff(Path(flow.config.base_dir), current, revision, await _commit_of(store, current)),
         "gates": gates,
         "blocked": any(g["state"] == "refuse" for g in gates),
         "hooks": _hooks(base, appspec, running_appspec),
@@ -69,7 +66,7 @@ async def release_plan(
             "armed": list(group.alarms.names) if group.alarms.enabled else [],
             "watch_minutes": group.watch_minutes,
         },
-        "rollback": await _rollback_target(deployer, group, rows, revision.get("sha256")),
+        "rollback": await _rollback_target(flow, group, rows, revision.get("sha256")),
         "eta": {
             "duration_seconds": median_duration(durations),
             "based_on": len(durations[:ETA_SAMPLE]),
@@ -79,14 +76,14 @@ async def release_plan(
 
 
 async def _promotion(
-    flow: ReleaseFlow, group: DeploymentGroup, request: DeployRequest, now: float
+    flow: ReleaseContext, group: DeploymentGroup, request: DeployRequest, now: float
 ) -> tuple[str | None, dict[str, Any]]:
     """The revision a promotion would carry, and the promotion gate (order, success, soak) it would meet."""
-    config = flow.deployer.config
+    config = flow.config
     app = config.application(group.application)
     source = app.environment(request.promoted_from or "")
     source_group = app.groups[source]
-    current = tenure(await flow.deployer.store.list_deployments(group_name=source_group.name, limit=200))
+    current = tenure(await flow.store.list_deployments(group_name=source_group.name, limit=200))
     decision = check_promotion(
         application=app.name,
         environments=app.environments,
@@ -108,24 +105,24 @@ async def _promotion(
     return (f"sha256:{decision.revision}" if decision.revision else None), gate
 
 
-async def _revision(deployer: Any, group: DeploymentGroup, wanted: str | None) -> tuple[dict[str, Any], Any]:
+async def _revision(flow: ReleaseContext, group: DeploymentGroup, wanted: str | None) -> tuple[dict[str, Any], Any]:
     """The revision a deployment would get, with its AppSpec, learnt without storing anything."""
-    wanted = wanted or deployer.config.application(group.application).revision
+    wanted = wanted or flow.config.application(group.application).revision
     if not wanted:
         return {"sha256": None, "source": None, "commit": None, "stored": False}, None
     if wanted.startswith("sha256:"):
         sha = wanted.removeprefix("sha256:")
-        row = await deployer.store.get_revision(sha)
+        row = await flow.store.get_revision(sha)
         if row is None:
             raise RevisionNotFound(sha)
-        stored = deployer.revisions.path(sha).exists()
+        stored = flow.revisions.path(sha).exists()
         return {"sha256": sha, "source": row["source"], "commit": row.get("commit"), "stored": stored}, row["appspec"]
-    base = Path(deployer.config.base_dir)
+    base = Path(flow.config.base_dir)
     source = wanted if wanted.startswith("git:") or Path(wanted).is_absolute() else str(base / wanted)
     platform = group.platform
     sha, commit, appspec = await asyncio.to_thread(_inspect, source, base, platform)
-    row = await deployer.store.get_revision(sha)
-    stored = row is not None and deployer.revisions.path(sha).exists()
+    row = await flow.store.get_revision(sha)
+    stored = row is not None and flow.revisions.path(sha).exists()
     return {"sha256": sha, "source": wanted, "commit": commit, "stored": stored}, appspec
 
 
@@ -194,7 +191,7 @@ async def _git_log(repo: Path, old: str, new: str) -> list[dict[str, str]] | Non
     return commits
 
 
-async def _lock_gate(flow: ReleaseFlow, group: DeploymentGroup, now: float) -> dict[str, Any]:
+async def _lock_gate(flow: ReleaseContext, group: DeploymentGroup, now: float) -> dict[str, Any]:
     lock = await flow.blocking(group, watch_expiry=False)
     if lock is None:
         return {"gate": "lock", "state": "clear", "message": "not locked"}
@@ -204,7 +201,7 @@ async def _lock_gate(flow: ReleaseFlow, group: DeploymentGroup, now: float) -> d
 
 
 async def _approval_gate(
-    flow: ReleaseFlow, group: DeploymentGroup, revision: str | None, requester: str, now: float
+    flow: ReleaseContext, group: DeploymentGroup, revision: str | None, requester: str, now: float
 ) -> dict[str, Any]:
     if group.required_approvals <= 0:
         return {"gate": "approval", "state": "clear", "message": "no approval required"}
@@ -225,7 +222,7 @@ async def _approval_gate(
 
 
 async def _queue_gate(
-    flow: ReleaseFlow, group: DeploymentGroup, rows: list[dict[str, Any]], now: float
+    flow: ReleaseContext, group: DeploymentGroup, rows: list[dict[str, Any]], now: float
 ) -> dict[str, Any]:
     running = next((r for r in rows if r["status"] in ("Created", "InProgress", "Ready", "Baking")), None)
     queued = sum(1 for r in rows if r["status"] == "Queued")
@@ -268,7 +265,7 @@ def _hooks(base: dict[str, Any], appspec: Any, running: Any) -> list[dict[str, A
 
 
 async def _rollback_target(
-    deployer: Any, group: DeploymentGroup, rows: list[dict[str, Any]], new: str | None
+    flow: ReleaseContext, group: DeploymentGroup, rows: list[dict[str, Any]], new: str | None
 ) -> dict[str, Any]:
     """Where an automatic rollback of this deployment would go: the last good revision other than ``new``."""
     target = next((r for r in rows if r["status"] == "Succeeded" and r["revision_sha256"] != new), None)
@@ -276,6 +273,6 @@ async def _rollback_target(
     result: dict[str, Any] = {"enabled": auto.enabled, "events": sorted(str(e) for e in auto.events), "to": None}
     if target is not None:
         sha = target["revision_sha256"]
-        stored = await deployer.store.get_revision(sha) is not None and deployer.revisions.path(sha).exists()
+        stored = await flow.store.get_revision(sha) is not None and flow.revisions.path(sha).exists()
         result["to"] = {"sha256": sha, "deployment_id": target["id"], "bundle_stored": stored}
     return result

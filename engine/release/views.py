@@ -5,9 +5,10 @@ JSON carries (source, duration, ETA, what it waits for, approvals). Reads only; 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine.core.model import DeploymentStatus
+from engine.release.context import ReleaseContext
 from engine.release.promotion import tenure
 from engine.release.rules import (
     ETA_SAMPLE,
@@ -19,24 +20,21 @@ from engine.release.rules import (
     queue_eta,
 )
 
-if TYPE_CHECKING:
-    from engine.release.flow import ReleaseFlow
-
 ACTIVE_STATUSES = ("Created", "InProgress", "Ready", "Baking")
 WAITING_STATUSES = ("Queued", "WaitingApproval")
 HISTORY = 200  # deployments of a group looked at for "what runs there since when"
 
 
-async def where(flow: ReleaseFlow, application: str) -> dict[str, Any]:
+async def where(flow: ReleaseContext, application: str) -> dict[str, Any]:
     """Per environment, in promotion order: what runs there, since when, who put it there, and what waits."""
-    app = flow.deployer.config.application(application)
-    locks, now = await flow.all_locks(), flow.deployer.clock.now()
+    app = flow.config.application(application)
+    locks, now = await flow.all_locks(), flow.clock.now()
     environments = []
     for env in app.environments:
         group = app.groups[env]
-        rows = await flow.deployer.store.list_deployments(group_name=group.name, limit=HISTORY)
+        rows = await flow.store.list_deployments(group_name=group.name, limit=HISTORY)
         held = tenure(rows)
-        revision = await flow.deployer.store.get_revision(held.revision) if held else None
+        revision = await flow.store.get_revision(held.revision) if held else None
         lock = blocking_lock(locks, app.name, env, now)
         in_flight = next((r for r in rows if r["status"] in ACTIVE_STATUSES), None)
         latest = next((r for r in rows if r["status"] in ("Succeeded", "Failed", "Stopped")), None)
@@ -67,34 +65,34 @@ async def where(flow: ReleaseFlow, application: str) -> dict[str, Any]:
 
 
 async def queue(
-    flow: ReleaseFlow, application: str | None = None, environment: str | None = None
+    flow: ReleaseContext, application: str | None = None, environment: str | None = None
 ) -> list[dict[str, Any]]:
     """Waiting deployments (queued in FIFO order with position and ETA, then those awaiting approval)."""
-    groups = list(flow.deployer.config.groups())
+    groups = list(flow.config.groups())
     if application is not None:
-        app = flow.deployer.config.application(application)
+        app = flow.config.application(application)
         envs = (app.environment(environment),) if environment else app.environments
         groups = [app.groups[env] for env in envs]
     out = []
     for group in groups:
         for status in WAITING_STATUSES:
-            rows = await flow.deployer.store.list_deployments(
+            rows = await flow.store.list_deployments(
                 group_name=group.name, status=status, newest_first=False, limit=None
             )
-            out.extend([await flow.deployer.get(r["id"]) for r in rows])
+            out.extend([await flow.deployments.get(r["id"]) for r in rows])
     return out
 
 
-async def eta(flow: ReleaseFlow, group_name: str, position: int) -> float | None:
+async def eta(flow: ReleaseContext, group_name: str, position: int) -> float | None:
     """Seconds until the deployment at queue ``position`` (1-based) of the group starts; None if unknown."""
-    store, now = flow.deployer.store, flow.deployer.clock.now()
+    store, now = flow.store, flow.clock.now()
     durations = durations_of(await store.list_deployments(group_name=group_name, status="Succeeded", limit=ETA_SAMPLE))
     running = await store.list_deployments(group_name=group_name, status=list(ACTIVE_STATUSES), limit=1)
     elapsed = now - (running[0]["started_at"] or running[0]["created_at"]) if running else None
     return queue_eta(durations, queued_ahead=max(position - 1, 0), running_elapsed=elapsed)
 
 
-async def decorate(flow: ReleaseFlow, row: Mapping[str, Any], document: dict[str, Any]) -> dict[str, Any]:
+async def decorate(flow: ReleaseContext, row: Mapping[str, Any], document: dict[str, Any]) -> dict[str, Any]:
     """The release-flow fields of the deployment JSON: source, duration, ETA, what it waits for, approvals."""
     request = row.get("request") or {}
     document["source"] = request.get("source", str(RequestSource.MANUAL))
@@ -106,7 +104,7 @@ async def decorate(flow: ReleaseFlow, row: Mapping[str, Any], document: dict[str
     status = row["status"]
     group = flow.group_named(row["group_name"]) if status in WAITING_STATUSES else None
     if group is not None and status == DeploymentStatus.QUEUED:
-        now = flow.deployer.clock.now()
+        now = flow.clock.now()
         lock = None if is_automatic_rollback(row) else await flow.blocking(group)
         eta = await flow.eta(group.name, document.get("queue_position") or 1)
         if lock is not None:
@@ -116,7 +114,7 @@ async def decorate(flow: ReleaseFlow, row: Mapping[str, Any], document: dict[str
         document["eta_seconds"] = eta
     elif group is not None:
         requester = str(request.get("actor") or row.get("created_by"))
-        state = await flow.approval_state(group, row["revision_sha256"], requester, flow.deployer.clock.now())
+        state = await flow.approval_state(group, row["revision_sha256"], requester, flow.clock.now())
         approval = state.as_dict(flow.approval_policy(group))
         document["approval"] = approval
         who = ", ".join(group.approvers) if group.approvers else "anyone but the requester"

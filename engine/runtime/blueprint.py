@@ -15,7 +15,7 @@ from engine.core.errors import DeploymentRefused
 from engine.core.model import DeploymentType, Platform, Revision
 from engine.core.stages import ALL_AT_ONCE, Stage, StageOptions, TargetStage, TrafficStage, deployment_stages
 from engine.platforms import serverless_target
-from engine.store.sqlite import SqliteStore
+from engine.ports import DeploymentStore
 
 # Extra ways a server group finds its hosts: instances registered through the CodeDeploy API (matched by the
 # group's tag selector) and EC2 instances found by tag when a deployment is created.
@@ -26,11 +26,18 @@ DEFAULT_HOOK_TIMEOUT_MINUTES = 60.0  # CodeDeploy's limit for a Lambda/ECS hook 
 
 
 class Blueprint:
-    def __init__(self, config: EngineConfig, store: SqliteStore) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        store: DeploymentStore,
+        *,
+        registered_hosts: RegisteredHosts | None = None,
+        ec2_lookup: Ec2Lookup | None = None,
+    ) -> None:
         self.config = config
         self.store = store
-        self.registered_hosts: RegisteredHosts | None = None
-        self.ec2_lookup: Ec2Lookup | None = None
+        self.registered_hosts = registered_hosts
+        self.ec2_lookup = ec2_lookup
 
     def target_names(self, group: DeploymentGroup) -> tuple[str, ...]:
         """The group's targets as far as they are known without asking anyone: declared hosts, registered
@@ -55,8 +62,8 @@ class Blueprint:
         if ec2_tags and self.ec2_lookup is not None:
             names += [name for name in await self.ec2_lookup(group) if name not in names]
         if not names:
-            selector = ec2_tags or group.target_tags
-            shown = ", ".join(f"{k}={v}" for k, v in dict(selector or {}).items()) or "nothing"
+            selector = ec2_tags if isinstance(ec2_tags, Mapping) and ec2_tags else group.target_tags
+            shown = ", ".join(f"{k}={v}" for k, v in selector.items()) or "nothing"
             raise DeploymentRefused(f"{group.name} has no targets: no host or instance has the tags {shown}")
         return tuple(names)
 

@@ -1,8 +1,9 @@
-"""The Deployer facade: the one object every front (CLI, API, Slack, GitHub) talks to.
+"""The Deployer facade: the one object every front (CLI, API, Slack, GitHub) talks to (engine.DeploymentService).
 
-It owns the per-group queue (at most one deployment in flight per group; the rest wait FIFO), one runner per
-active deployment, rollbacks (a new deployment of the last good revision, linked both ways), and resuming
-unfinished deployments after a restart.
+It is given its parts — the store, the agents' fleet, the AWS platforms, the revision archive, the clock and the
+group queue — by the composition root (bot/assembly.py), and owns one runner per active deployment, rollbacks
+(a new deployment of the last good revision, linked both ways), and resuming unfinished deployments after a
+restart. At most one deployment is in flight per group; the rest wait in the GroupQueue.
 """
 
 from __future__ import annotations
@@ -13,13 +14,9 @@ import logging
 import secrets
 import string
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.adapters.aws.accounts import AwsAccounts
-from engine.adapters.aws.runtime import AwsRuntime
-from engine.adapters.fleet import Fleet
 from engine.core.config.model import DeploymentGroup, EngineConfig
 from engine.core.configs import (
     DEFAULT_SERVER_CONFIG,
@@ -29,7 +26,6 @@ from engine.core.document import deployment_json
 from engine.core.errors import DeploymentNotFound, DeploymentRefused, EngineError, InvalidTransition
 from engine.core.events import (
     ContinueRequested,
-    Event,
     PauseRequested,
     PromoteRequested,
     ResumeRequested,
@@ -45,28 +41,28 @@ from engine.core.model import (
     Revision,
 )
 from engine.core.overrides import GroupOverrides
+from engine.core.requests import DeployRequest
 from engine.core.snapshot import stages_from_json, stages_to_json, state_from_json
 from engine.core.stages import (
     Stage,
 )
-from engine.ports import AlarmSource, Clock, Notifier, TrafficRouter
+from engine.ports import AlarmSource, Clock, HostFleet, Notifier, PlatformRuntime, RevisionArchive, Store, TrafficRouter
 from engine.release.flow import ReleaseFlow
-from engine.runtime import rollbacks
 from engine.runtime.blueprint import Blueprint, blue_green_roles, installed_targets
-from engine.runtime.clock import SystemClock
 from engine.runtime.dry_run import dry_run
 from engine.runtime.inventory import Inventory
 from engine.runtime.notifications import Notifications
+from engine.runtime.queue import GroupQueue
 from engine.runtime.registry import Registry
+from engine.runtime.results import CommandResults
 from engine.runtime.revision_sources import RevisionSources
-from engine.runtime.revisions import RevisionStore
+from engine.runtime.rollbacks import Rollbacks
 from engine.runtime.runner import DeploymentRunner
-from engine.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
 _ACTIVE = ("Created", "InProgress", "Ready", "Baking")
-_CONTROL_EVENTS: dict[str, type[Event]] = {
+_CONTROL_EVENTS: dict[str, type[ContinueRequested | PauseRequested | ResumeRequested | PromoteRequested]] = {
     "continue": ContinueRequested,
     "pause": PauseRequested,
     "resume": ResumeRequested,
@@ -76,20 +72,6 @@ _CONTROL_EVENTS: dict[str, type[Event]] = {
 
 AlarmFactory = Callable[[DeploymentGroup, Sequence[str]], AlarmSource | None]
 """Builds the alarms of one deployment of a group (given the targets getting the new revision)."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeployRequest:
-    application: str
-    environment: str
-    revision: str | None = None
-    config_name: str | None = None
-    actor: str = "cli"
-    description: str = ""
-    ignore_alarms: bool = False  # start even though one of the group's alarms is firing
-    source: str = "manual"  # engine.release.rules.RequestSource: manual | merge | promotion | rollback
-    promoted_from: str | None = None  # the environment a promotion takes its revision from
-    overrides: GroupOverrides | None = None  # CreateDeployment's per-deployment changes to the group's settings
 
 
 def new_deployment_id() -> str:
@@ -102,86 +84,62 @@ class Deployer:
     def __init__(
         self,
         config: EngineConfig,
-        store: SqliteStore,
         *,
-        data_dir: Path,
+        store: Store,
+        fleet: HostFleet,
+        platforms: PlatformRuntime,
+        revisions: RevisionArchive,
+        results: CommandResults,
         clock: Clock,
-        routers: Mapping[str, TrafficRouter],
+        queue: GroupQueue,
+        routers: Mapping[str, TrafficRouter] | None = None,
         alarm_factory: AlarmFactory | None = None,
-        aws: AwsAccounts | None = None,
     ) -> None:
         self.config = config
-        self.alarm_factory = alarm_factory
         self.store = store
-        self.data_dir = data_dir
+        self.fleet = fleet
+        self.aws = platforms
+        self.revisions = revisions
         self.clock = clock
-        self.routers = dict(routers)
-        self.revisions = RevisionStore(store, data_dir / "revisions", clock)
-        self.fleet = Fleet(
-            store,
-            data_dir=data_dir,
-            clock=clock,
-            bundle_dir=self.revisions.directory,
-            on_result=self._on_command_result,
-            heartbeat_timeout=config.server.heartbeat_timeout,
-        )
-        self.blueprint = Blueprint(config, store)
-        self.aws = AwsRuntime(
-            config, clock=clock, on_result=self._on_command_result, revisions=self.revisions, accounts=aws
-        )
-        self.sources = RevisionSources(config, self.store, self.revisions, self.aws)
-        self.hooks = self.aws.hooks  # Lambda/ECS hook executions waiting for their status callback
+        self.queue = queue
+        self.routers = dict(routers or {})
+        self.alarm_factory = alarm_factory
+        self.hooks = platforms.hooks  # Lambda/ECS hook executions waiting for their status callback
         # An S3 revision, downloaded, checked (ETag, sha256) and stored with its location (API, CodeDeploy API).
-        self.fetch_s3_revision = self.aws.fetch_s3_revision
-        self.blueprint.ec2_lookup = self.aws.ec2_instances
-        self.inventory = Inventory(config, store, self.fleet, clock, self.blueprint)
-        self.registry = self.inventory.registry = Registry(config, store, clock, self.revisions)
-        self.blueprint.registered_hosts = self.registry.instances_matching  # on-premises instances from the API
+        self.fetch_s3_revision = platforms.fetch_s3_revision
+        self.registry = Registry(config, store, clock, revisions)
+        self.blueprint = Blueprint(
+            config, store, registered_hosts=self.registry.instances_matching, ec2_lookup=platforms.ec2_instances
+        )
+        self.sources = RevisionSources(config, store, revisions, platforms)
+        self.inventory = Inventory(config, store, fleet, clock, self.blueprint, self.registry)
         self.notifiers: list[Notifier] = []
         self._notifications = Notifications(self.notifiers, self.get)
         self._runners: dict[str, DeploymentRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._busy: dict[str, str] = {}  # group name -> the deployment in flight
         self._versions: dict[str, int] = {}
         self._changed: dict[str, asyncio.Event] = {}
-        self._lock = asyncio.Lock()
-        self._background: set[asyncio.Task[None]] = set()
-        self.release = ReleaseFlow(self)  # locks, approvals, promotion; consulted by _create and _start_next
+        # Locks, approvals, promotion; consulted when a deployment is created and when a group's next one starts.
+        self.release = ReleaseFlow(config, store, clock, queue=queue, documents=self, revisions=revisions)
+        self.rollbacks = Rollbacks(config, store, clock, revisions, self.registry, create=self._create)
+        results.subscribe(self._on_command_result)
+        queue.serve(self._start_next)
 
-    @classmethod
-    async def open(
-        cls,
-        config: EngineConfig,
-        *,
-        data_dir: Path,
-        clock: Clock | None = None,
-        routers: Mapping[str, TrafficRouter] | None = None,
-        alarm_factory: AlarmFactory | None = None,
-        aws: AwsAccounts | None = None,
-    ) -> Deployer:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        store = await SqliteStore.open(data_dir / "deploybot.db")
-        deployer = cls(
-            config,
-            store,
-            data_dir=data_dir,
-            clock=clock or SystemClock(),
-            routers=routers or {},
-            alarm_factory=alarm_factory,
-            aws=aws,
-        )
-        for host in config.hosts:
-            deployer.fleet.token_for(host)
-        await deployer.registry.load()
-        await deployer.restore_traffic()
-        await deployer.resume_unfinished()
-        deployer.fleet.start_monitor()
-        return deployer
+    async def open(self) -> None:
+        """Take up what the store holds: agent tokens for the configured hosts, the API's registrations, traffic
+        on each blue/green group's live side, and every unfinished deployment where it stopped."""
+        for host in self.config.hosts:
+            self.fleet.token_for(host)
+        await self.registry.load()
+        await self.restore_traffic()
+        await self.resume_unfinished()
+        self.fleet.start_monitor()
 
     async def close(self) -> None:
         await self.fleet.stop_monitor()
         await self._notifications.close()
-        tasks = [*self._tasks.values(), *self._background]
+        await self.queue.close()
+        tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -236,7 +194,7 @@ class Deployer:
         name = config_name or group.deployment_config or DEFAULT_SERVER_CONFIG
         configs = {**self.config.deployment_configs, **self.registry.deployment_configs()}  # file + API-made
         config = config_for_group(name, group.platform, configs)
-        async with self._lock:
+        async with self.queue.lock:
             if rollback_of is None:
                 duplicate = await self._duplicate(group, revision)
                 if duplicate is not None:
@@ -302,19 +260,19 @@ class Deployer:
 
     async def _start_next(self, group_name: str, *, prefer: str | None = None) -> None:
         """Start the oldest queued deployment of a free group (a rollback jumps the queue)."""
-        if group_name in self._busy:
+        if self.queue.in_flight(group_name) is not None:
             return
-        queued = await self.store.list_deployments(group_name=group_name, status="Queued", newest_first=False)
-        queued = await self.release.startable(group_name, queued)  # a lock holds all but automatic rollbacks
+        waiting = await self.store.list_deployments(group_name=group_name, status="Queued", newest_first=False)
+        queued = await self.release.startable(group_name, waiting)  # a lock holds all but automatic rollbacks
         if not queued:
             return
         chosen = next((r for r in queued if r["id"] == prefer), None) or next(
             (r for r in queued if r["created_by"] == ROLLBACK_CREATOR), queued[0]
         )
         await self.store.update_deployment(chosen["id"], status="Created", started_at=self.clock.now())
-        chosen = await self.store.get_deployment(chosen["id"])
-        assert chosen is not None
-        self._launch(chosen, resume=False)
+        started = await self.store.get_deployment(chosen["id"])
+        assert started is not None
+        self._launch(started, resume=False)
 
     def _launch(self, row: Mapping[str, Any], *, resume: bool) -> None:
         state = row["state"]
@@ -346,7 +304,7 @@ class Deployer:
             group=row["group_name"],
             spec=spec,
             clock=self.clock,
-            on_change=self._changed_hook,
+            on_change=self.changed,
             on_rollback=self._on_rollback,
             on_finish=self._on_finish,
             timers=state.get("timers") if resume else None,
@@ -357,7 +315,7 @@ class Deployer:
             alarm_config=group.alarms if group else None,
             roles=blue_green_roles(stages),
         )
-        self._busy[row["group_name"]] = row["id"]
+        self.queue.occupy(row["group_name"], row["id"])
         self._runners[row["id"]] = runner
         self._tasks[row["id"]] = asyncio.ensure_future(self._run(runner, resume=resume))
 
@@ -401,13 +359,15 @@ class Deployer:
         if driver is not None and group is not None:
             self.hooks.cancel(deployment_id)
             await driver.finished(deployment_id, group, row["state"]["spec"], row["status"])
-        if self._busy.get(row["group_name"]) == deployment_id:
-            del self._busy[row["group_name"]]
-        await self._changed_hook(deployment_id)
+        self.queue.vacate(row["group_name"], deployment_id)
+        await self.changed(deployment_id)
         await self._start_next(row["group_name"])
 
     async def _on_rollback(self, deployment_id: str, command: StartRollback) -> None:
-        await rollbacks.automatic(self, deployment_id, command)
+        row = await self.store.get_deployment(deployment_id)
+        group = self._group_of(row) if row else None
+        if row is not None and group is not None:
+            await self.rollbacks.automatic(row, group, command)
 
     async def _on_command_result(self, command: Mapping[str, Any], result: Mapping[str, Any]) -> None:
         runner = self._runners.get(command["deployment_id"])
@@ -435,7 +395,7 @@ class Deployer:
                 error_message=f"cancelled by {actor} while "
                 + ("queued" if row["status"] == "Queued" else "waiting for approval"),
             )
-            await self._changed_hook(deployment_id)
+            await self.changed(deployment_id)
             return await self.get(deployment_id)
         runner = self._runners.get(deployment_id)
         if runner is None:
@@ -479,7 +439,11 @@ class Deployer:
 
     async def rollback(self, application: str, environment: str, *, actor: str = "cli") -> dict[str, Any]:
         """Manual rollback: stop a running deployment with rollback, or redeploy the previous good revision."""
-        return await rollbacks.manual(self, application, environment, actor=actor)
+        group = self.config.group(application, environment)
+        running = self.queue.in_flight(group.name)
+        if running is not None:
+            return await self.stop(running, rollback=True, actor=actor)
+        return await self.rollbacks.manual(group, actor=actor)
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -531,7 +495,16 @@ class Deployer:
 
     async def plan(self, request: DeployRequest) -> dict[str, Any]:
         """The dry run: what a deployment of this group would do, from config alone (changes nothing)."""
-        return await dry_run(self, request)
+        group = self.config.group(request.application, request.environment)
+        configs = {**self.config.deployment_configs, **self.registry.deployment_configs()}
+        document = await dry_run(
+            group,
+            request.config_name,
+            configs=configs,
+            file_configs=self.config.deployment_configs,
+            blueprint=self.blueprint,
+        )
+        return await self.release.plan(group, request, document)
 
     async def hosts(self) -> list[dict[str, Any]]:
         return await self.inventory.hosts()
@@ -539,7 +512,8 @@ class Deployer:
     def applications(self) -> list[dict[str, Any]]:
         return self.inventory.applications()
 
-    async def _changed_hook(self, deployment_id: str) -> None:
+    async def changed(self, deployment_id: str) -> None:
+        """Something about the deployment changed: wake its watchers and tell the notifiers."""
         self._versions[deployment_id] = self._versions.get(deployment_id, 0) + 1
         event = self._changed.pop(deployment_id, None)
         if event is not None:
@@ -569,7 +543,7 @@ class Deployer:
         """Pick up what a previous server left: running deployments resume, queued ones wait their turn."""
         rows = await self.store.unfinished_deployments()
         for row in sorted(rows, key=lambda r: r["created_at"]):
-            if row["status"] in ("Queued", "WaitingApproval") or row["group_name"] in self._busy:
+            if row["status"] in ("Queued", "WaitingApproval") or self.queue.in_flight(row["group_name"]):
                 continue
             await self.store.append_log(
                 "deployment.resumed",

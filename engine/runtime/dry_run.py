@@ -6,47 +6,49 @@ release flow add its gates, diff and ETA; nothing is stored and no host is touch
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
-from engine.core.configs import config_for_group, traffic_config_for_hosts
+from engine.core.config.model import DeploymentGroup
+from engine.core.configs import DeploymentConfig, config_for_group, traffic_config_for_hosts
 from engine.core.model import DeploymentType, Platform
 from engine.core.plan import build_plan
 from engine.core.snapshot import stages_to_json
-
-if TYPE_CHECKING:
-    from engine.runtime.deployer import Deployer, DeployRequest
+from engine.runtime.blueprint import Blueprint
 
 
-async def dry_run(deployer: Deployer, request: DeployRequest) -> dict[str, Any]:
-    group = deployer.config.group(request.application, request.environment)
-    config = config_for_group(
-        request.config_name or group.deployment_config,
-        group.platform,
-        {**deployer.config.deployment_configs, **deployer.registry.deployment_configs()},
-    )
+async def dry_run(
+    group: DeploymentGroup,
+    config_name: str | None,
+    *,
+    configs: Mapping[str, DeploymentConfig],
+    file_configs: Mapping[str, DeploymentConfig],
+    blueprint: Blueprint,
+) -> dict[str, Any]:
+    """The plan document of a deployment of ``group`` (before the release flow's gates): ``configs`` are every
+    custom configuration (file and API), ``file_configs`` the file's alone (traffic configs for host fleets)."""
+    config = config_for_group(config_name or group.deployment_config, group.platform, configs)
     traffic = (
-        traffic_config_for_hosts(group.traffic_config, deployer.config.deployment_configs)
+        traffic_config_for_hosts(group.traffic_config, file_configs)
         if group.traffic_config and group.platform is Platform.SERVER
         else None
     )
-    targets = deployer.blueprint.target_names(group)
     blue_green = group.platform is Platform.SERVER and group.deployment_type is DeploymentType.BLUE_GREEN
-    original: tuple[str, ...] = ()
-    if blue_green:  # the revision goes to the idle half of the pool, exactly as a deployment would do it
-        original, targets = await deployer.blueprint.sides(group)
+    # The same stages a deployment would walk (blue/green installs on the idle half of the pool), so the plan
+    # cannot disagree with the machine: it is read from them.
+    stages = await blueprint.stages_for(group, config)
     plan = build_plan(
+        stages,
         application=group.application,
         environment=group.environment,
         group=group.name,
         platform=group.platform,
         deployment_type=group.deployment_type,
         config=config,
-        targets=targets,
         traffic_config=traffic if group.deployment_type is DeploymentType.BLUE_GREEN else None,
-        with_load_balancer=deployer.blueprint.stage_options(group, config).with_load_balancer,
     )
-    stages = await deployer.blueprint.stages_for(group, config)
     document = {**plan.as_dict(), "stages": stages_to_json(stages)}
     if blue_green:
+        original, _ = await blueprint.sides(group)
         document["original"] = list(original)
-    return await deployer.release.plan(group, request, document)
+    return document

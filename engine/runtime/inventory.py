@@ -7,26 +7,30 @@ Hosts come from the config file and, when the CodeDeploy API registered on-premi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from engine.adapters.fleet import Fleet
 from engine.core.config.model import EngineConfig
-from engine.ports import Clock
+from engine.ports import Clock, HostFleet, Store
 from engine.runtime.blueprint import Blueprint
-from engine.store.sqlite import SqliteStore
-
-if TYPE_CHECKING:
-    from engine.runtime.registry import Registry
+from engine.runtime.registry import Registry
 
 
 class Inventory:
-    def __init__(self, config: EngineConfig, store: SqliteStore, fleet: Fleet, clock: Clock, blueprint: Blueprint):
+    def __init__(
+        self,
+        config: EngineConfig,
+        store: Store,
+        fleet: HostFleet,
+        clock: Clock,
+        blueprint: Blueprint,
+        registry: Registry,
+    ) -> None:
         self.config = config
         self.store = store
         self.fleet = fleet
         self.clock = clock
         self.blueprint = blueprint
-        self.registry: Registry | None = None  # set by the Deployer; None: config hosts only
+        self.registry = registry
 
     async def hosts(self) -> list[dict[str, Any]]:
         """Every configured or registered host with its agent's state: online while heard from within the
@@ -36,8 +40,7 @@ class Inventory:
         known: list[tuple[str, dict[str, str], bool, str]] = [
             (host.name, dict(host.tags), host.local, "config") for host in self.config.hosts.values()
         ]
-        if self.registry is not None:
-            known += [(i.name, dict(i.tags), False, "api") for i in self.registry.instances() if i.registered]
+        known += [(i.name, dict(i.tags), False, "api") for i in self.registry.instances() if i.registered]
         out = []
         for name, tags, local, source in known:
             agent = await self.store.get_agent(name) or {}

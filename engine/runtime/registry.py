@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -44,9 +43,7 @@ from engine.core.registrations import (
     revision_from_row,
     revision_key,
 )
-from engine.ports import Clock
-from engine.runtime.revisions import RevisionStore
-from engine.store.sqlite import FINAL_DEPLOYMENT_STATUSES, SqliteStore
+from engine.ports import Clock, RegistryRecords, RevisionArchive
 
 INLINE_MTIME = 0  # inline AppSpecs are bundled with a fixed mtime, so the same text is always the same sha256
 
@@ -64,7 +61,7 @@ class _Mirror:
 class Registry:
     """The Deployer's ``registry``: writes go to SQLite first, then to the mirror every read uses."""
 
-    def __init__(self, config: EngineConfig, store: SqliteStore, clock: Clock, revisions: RevisionStore) -> None:
+    def __init__(self, config: EngineConfig, store: RegistryRecords, clock: Clock, revisions: RevisionArchive) -> None:
         self.config = config
         self.store = store
         self.clock = clock
@@ -74,12 +71,12 @@ class Registry:
     async def load(self) -> None:
         """Fill the in-memory mirror from the tables (once, at open)."""
         mirror = _Mirror()
-        for row in await self.store._fetch("registered_revisions", "SELECT * FROM registered_revisions"):
+        for row in await self.store.list_registered_revisions():
             revision = revision_from_row(row)
             mirror.revisions[(revision.application, revision.key)] = revision
-        for row in await self.store._fetch("onprem_instances", "SELECT * FROM onprem_instances"):
+        for row in await self.store.list_onprem_instances():
             mirror.instances[row["name"]] = instance_from_row(row)
-        for row in await self.store._fetch("api_deployment_configs", "SELECT * FROM api_deployment_configs"):
+        for row in await self.store.list_api_configs():
             mirror.configs[row["name"]] = ApiConfig(config_from_row(row), row["created_at"])
         self._mirror = mirror
 
@@ -102,8 +99,7 @@ class Registry:
         if problems:
             raise InvalidDeploymentConfig(name, tuple(problems))
         now = self.clock.now()
-        sql = "INSERT INTO api_deployment_configs (name, compute_platform, definition, created_at) VALUES (?, ?, ?, ?)"
-        await self.store._change(sql, (name, str(config.compute_platform), _json(config_definition(config)), now))
+        await self.store.insert_api_config(name, str(config.compute_platform), config_definition(config), at=now)
         self._mirror.configs[name] = ApiConfig(config, now)
 
     async def delete_config(self, name: str) -> None:
@@ -115,14 +111,10 @@ class Registry:
         if name not in self._mirror.configs:
             raise UnknownDeploymentConfig(name)
         users = [g.name for g in self.config.groups() if name in (g.deployment_config, g.traffic_config)]
-        sql = (
-            "SELECT id FROM deployments WHERE config_name = ?"
-            f" AND status NOT IN ({', '.join('?' * len(FINAL_DEPLOYMENT_STATUSES))})"
-        )
-        users += [row["id"] for row in await self.store._fetch("deployments", sql, (name, *FINAL_DEPLOYMENT_STATUSES))]
+        users += await self.store.unfinished_deployments_using(name)
         if users:
             raise DeploymentConfigInUse(name, tuple(users))
-        await self.store._change("DELETE FROM api_deployment_configs WHERE name = ?", (name,))
+        await self.store.delete_api_config(name)
         self._mirror.configs.pop(name, None)
 
     # -- on-premises instances -------------------------------------------------------------------------------
@@ -158,23 +150,14 @@ class Registry:
         tags = dict(tags or {})
         if len(tags) > MAX_INSTANCE_TAGS:
             raise TooManyTags(name, len(tags))
-        sql = (
-            "INSERT INTO onprem_instances (name, iam_arn, tags, registered_at, deregistered_at)"
-            " VALUES (?, ?, ?, ?, NULL) ON CONFLICT (name) DO UPDATE SET iam_arn = excluded.iam_arn,"
-            " tags = excluded.tags, registered_at = excluded.registered_at, deregistered_at = NULL RETURNING *"
-        )
-        row = await self.store._fetch_one(
-            "onprem_instances", sql, (name, iam_arn, _json(tags), self.clock.now()), write=True
-        )
-        assert row is not None
+        row = await self.store.register_onprem_instance(name, iam_arn=iam_arn, tags=tags, at=self.clock.now())
         return self._remember(row)
 
     async def deregister_instance(self, name: str) -> OnPremInstance:
         """Raises ConfiguredHostReadOnly or InstanceNotRegistered (also for one deregistered before)."""
         self._registered(name)
-        sql = "UPDATE onprem_instances SET deregistered_at = ? WHERE name = ? RETURNING *"
-        row = await self.store._fetch_one("onprem_instances", sql, (self.clock.now(), name), write=True)
-        assert row is not None
+        row = await self.store.deregister_onprem_instance(name, at=self.clock.now())
+        assert row is not None  # _registered found it
         return self._remember(row)
 
     async def add_tags(self, names: Sequence[str], tags: Mapping[str, str]) -> None:
@@ -201,9 +184,8 @@ class Registry:
 
     async def _set_tags(self, changed: Mapping[str, Mapping[str, str]]) -> None:
         # Every instance was checked before the first write, so a refusal never leaves half of them changed.
-        sql = "UPDATE onprem_instances SET tags = ? WHERE name = ? RETURNING *"
         for name, tags in changed.items():
-            row = await self.store._fetch_one("onprem_instances", sql, (_json(tags), name), write=True)
+            row = await self.store.set_onprem_tags(name, tags)
             if row is not None:
                 self._remember(row)
 
@@ -258,28 +240,15 @@ class Registry:
         description: str | None,
         used_at: float | None,
     ) -> RegisteredRevision:
-        sql = (
-            "INSERT INTO registered_revisions (application, revision_key, location, revision_sha256, description,"
-            " registered_at, first_used_at, last_used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (application, revision_key) DO UPDATE SET"
-            " location = excluded.location,"
-            " revision_sha256 = COALESCE(excluded.revision_sha256, revision_sha256),"
-            " description = COALESCE(excluded.description, description),"
-            " first_used_at = COALESCE(first_used_at, excluded.first_used_at),"
-            " last_used_at = COALESCE(excluded.last_used_at, last_used_at) RETURNING *"
-        )
-        params = (
+        row = await self.store.upsert_registered_revision(
             application,
             revision_key(location),
-            _json(location),
-            sha256,
-            description,
-            self.clock.now(),
-            used_at,
-            used_at,
+            location,
+            sha256=sha256,
+            description=description,
+            registered_at=self.clock.now(),
+            used_at=used_at,
         )
-        row = await self.store._fetch_one("registered_revisions", sql, params, write=True)
-        assert row is not None
         revision = revision_from_row(row)
         self._mirror.revisions[(application, revision.key)] = revision
         return revision
@@ -304,7 +273,3 @@ def _write_inline_tree(tree: Path, content: str) -> None:
     tree.chmod(0o755)
     for path in (appspec, tree):
         os.utime(path, (INLINE_MTIME, INLINE_MTIME))
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -11,17 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.adapters.aws.runtime import AwsRuntime
-from engine.adapters.aws.s3 import parse_s3_revision_url
 from engine.core.config.model import DeploymentGroup, EngineConfig
 from engine.core.errors import DeploymentRefused
 from engine.core.model import Platform, Revision
-from engine.runtime.revisions import RevisionStore
-from engine.store.sqlite import SqliteStore
+from engine.ports import DeploymentStore, PlatformRuntime, RevisionArchive
 
 
 class RevisionSources:
-    def __init__(self, config: EngineConfig, store: SqliteStore, revisions: RevisionStore, aws: AwsRuntime) -> None:
+    def __init__(
+        self, config: EngineConfig, store: DeploymentStore, revisions: RevisionArchive, aws: PlatformRuntime
+    ) -> None:
         self.config = config
         self.store = store
         self.revisions = revisions
@@ -37,12 +36,11 @@ class RevisionSources:
         if wanted.startswith("sha256:"):
             return await self.revisions.get(wanted.removeprefix("sha256:"))
         if wanted.startswith("s3://"):
+            account = str(group.extra.get("aws_account", "default"))
             try:
-                location = parse_s3_revision_url(wanted)
+                return await self.aws.fetch_s3_url(wanted, account=account, platform=group.platform)
             except ValueError as exc:
                 raise DeploymentRefused(f"bad S3 revision: {exc}") from None
-            account = str(group.extra.get("aws_account", "default"))
-            return await self.aws.fetch_s3_revision(**location, account=account, platform=group.platform)
         base = Path(self.config.base_dir)
         if wanted.startswith("git:"):
             return await self.revisions.add(wanted, git_repo=base, platform=group.platform)

@@ -17,14 +17,13 @@ from engine.bundles import build_bundle, read_member
 from engine.core.appspec import normalized, parse_appspec
 from engine.core.errors import AppSpecInvalid, Problem, RevisionNotFound
 from engine.core.model import Platform, Revision
-from engine.ports import Clock
-from engine.store.sqlite import SqliteStore
+from engine.ports import Clock, DeploymentStore
 
 APPSPEC_NAMES = ("appspec.yml", "appspec.yaml")
 
 
 class RevisionStore:
-    def __init__(self, store: SqliteStore, directory: Path, clock: Clock) -> None:
+    def __init__(self, store: DeploymentStore, directory: Path, clock: Clock) -> None:
         self.store = store
         self.directory = directory
         self.clock = clock

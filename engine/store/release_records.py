@@ -15,7 +15,8 @@ Row = dict[str, Any]
 def where_clause(**equal: str | Sequence[str] | None) -> tuple[str, list[Any]]:
     """A WHERE clause (``1 = 1`` when empty) for the given column filters; None means "any",
     a sequence means "one of"."""
-    where, params = ["1 = 1"], []
+    where: list[str] = ["1 = 1"]
+    params: list[Any] = []
     for column, value in equal.items():
         if value is None:
             continue

@@ -25,6 +25,7 @@ from typing import Any, Self, TypeVar
 from sqlite_utils import Database
 
 from engine.store.migrations import JSON_COLUMNS, applied_migrations, apply_migrations
+from engine.store.registry_records import RegistryRecords
 from engine.store.release_records import ReleaseRecords, placeholders, where_clause
 
 T = TypeVar("T")
@@ -81,7 +82,7 @@ def _check_columns(table: str, given: Iterable[str], known: Iterable[str]) -> No
         raise ValueError(f"unknown {table} columns: {', '.join(unknown)}")
 
 
-class SqliteStore(ReleaseRecords):
+class SqliteStore(ReleaseRecords, RegistryRecords):
     """The persistence port of the engine; see the module docstring for the threading model."""
 
     def __init__(

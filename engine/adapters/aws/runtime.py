@@ -8,17 +8,12 @@ never creates a client, and needs no credentials.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from engine.adapters.aws.accounts import AwsAccounts
 from engine.adapters.aws.hook_executions import HookExecutions
 from engine.core.config.model import DeploymentGroup, EngineConfig
 from engine.core.model import Platform, Revision
-from engine.platforms import OnResult, PlatformDriver
-from engine.ports import Clock
-
-if TYPE_CHECKING:
-    from engine.runtime.revisions import RevisionStore
+from engine.ports import Clock, OnResult, PlatformDriver, RevisionArchive
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +25,7 @@ class AwsRuntime:
         *,
         clock: Clock,
         on_result: OnResult,
-        revisions: RevisionStore,
+        revisions: RevisionArchive,
         accounts: AwsAccounts | None = None,
     ) -> None:
         self.config = config
@@ -80,6 +75,19 @@ class AwsRuntime:
 
         fetcher = S3Revisions(self.accounts.clients(account), self.revisions)
         return await fetcher.fetch(bucket, key, version=version, etag=etag, bundle_type=bundle_type, platform=platform)
+
+    async def fetch_s3_url(
+        self, url: str, *, account: str = "default", platform: Platform = Platform.SERVER
+    ) -> Revision:
+        """``fetch_s3_revision`` of an ``s3://`` revision URL; ValueError when it is not one."""
+        from engine.adapters.aws.s3 import parse_s3_revision_url
+
+        location = parse_s3_revision_url(url)
+        bucket, key = location["bucket"], location["key"]
+        assert bucket and key  # the parser refuses a URL without them
+        return await self.fetch_s3_revision(
+            bucket, key, version=location["version"], etag=location["etag"], account=account, platform=platform
+        )
 
     async def close(self) -> None:
         await self.accounts.close()
