@@ -31,9 +31,12 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, TYPE_CHECKING, BinaryIO, Protocol
 
 from engine.core.errors import BundleError
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 _APPSPEC_NAME = re.compile("appspec", re.IGNORECASE)
@@ -125,6 +128,14 @@ def read_member(bundle: Path, name: str) -> bytes | None:
 # --- building ---------------------------------------------------------------------------------------------------
 
 
+class _Sink(Protocol):
+    """What gzip needs of the stream it writes to (typeshed's ``gzip._WritableFileobj``)."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def flush(self) -> object: ...
+
+
 class _HashingWriter(io.RawIOBase):
     """A write-only stream that hashes and counts what passes through to the file."""
 
@@ -134,9 +145,9 @@ class _HashingWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data: bytes) -> int:  # type: ignore[override]
+    def write(self, data: ReadableBuffer, /) -> int:
         self._hash.update(data)
-        self.size += len(data)
+        self.size += memoryview(data).nbytes
         return self._target.write(data)
 
     @property
@@ -144,7 +155,7 @@ class _HashingWriter(io.RawIOBase):
         return self._hash.hexdigest()
 
 
-def _write_canonical_tar(root: Path, out: BinaryIO, *, skip: Path) -> None:
+def _write_canonical_tar(root: Path, out: _Sink, *, skip: Path) -> None:
     with (
         gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=6) as gz,
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
@@ -317,7 +328,7 @@ class _Extraction:
             os.mkdir(path, 0o755)
         self.dir_attrs.append((path, mode & 0o1777, mtime))
 
-    def add_file(self, name: str, stream: BinaryIO, size: int, mode: int, mtime: int) -> None:
+    def add_file(self, name: str, stream: IO[bytes], size: int, mode: int, mtime: int) -> None:
         self._reserve(name, size)
         path = self._target(name)
         if os.path.lexists(path):

@@ -387,6 +387,46 @@ def test_lambda_stages() -> None:
     assert result.status is DeploymentStatus.SUCCEEDED and result.traffic == [10, 100]
 
 
+# -- rollback: reroute or redeploy ---------------------------------------------------------------------------
+
+ONE_STEP_TO_ZERO = (TrafficStep(0, 0),)  # a traffic stage that leaves no traffic on the replacement
+PREPARE = TargetStage("prepare", ("fn",), (E.BEFORE_ALLOW_TRAFFIC,))
+AFTER_ALLOW = TargetStage("after-allow", ("fn",), (E.AFTER_ALLOW_TRAFFIC,))
+RELEASE = TargetStage("release", ("fn",), (E.APPLICATION_STOP,), ends_reroute=True)
+
+REROUTES = [
+    # (name, stages, failing, rerouted): a failure with auto-rollback on; is the rollback a reroute?
+    ("in-place: redeploy", in_place(2, ONE), fail_validate(1), False),
+    (
+        "lambda canary, after-allow fails: traffic moved",
+        deployment_stages(StageOptions(Platform.LAMBDA, DeploymentType.BLUE_GREEN, ALL, CANARY), ("fn",)),
+        {"fn": E.AFTER_ALLOW_TRAFFIC},
+        True,
+    ),
+    # No traffic on the replacement, but a traffic stage has passed: the ends_reroute check walks past it
+    # (a TrafficStage has no ends_reroute; this raised AttributeError).
+    (
+        "three stages, no traffic moved, original kept",
+        (PREPARE, TrafficStage("traffic", ONE_STEP_TO_ZERO), AFTER_ALLOW),
+        {"fn": E.AFTER_ALLOW_TRAFFIC},
+        True,
+    ),
+    (
+        "no traffic moved, original released",
+        (PREPARE, TrafficStage("traffic", ONE_STEP_TO_ZERO), RELEASE, AFTER_ALLOW),
+        {"fn": E.AFTER_ALLOW_TRAFFIC},
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(("stages", "failing", "rerouted"), [c[1:] for c in REROUTES], ids=[c[0] for c in REROUTES])
+def test_rollback_reroutes_only_while_the_original_can_take_traffic_back(stages, failing, rerouted) -> None:
+    result = simulate(stages, failing, MachineOptions(auto_rollback=ROLLBACK_ON_FAILURE))
+    assert result.status is DeploymentStatus.FAILED
+    assert result.rollback == StartRollback(AutoRollbackEvent.DEPLOYMENT_FAILURE, rerouted=rerouted)
+
+
 # -- illegal transitions --------------------------------------------------------------------------------------
 
 ILLEGAL = [

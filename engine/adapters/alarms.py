@@ -19,10 +19,10 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from engine.adapters.clock import SystemClock
 from engine.adapters.haproxy.runtime import HAProxyRuntime
 from engine.core.errors import AdapterError
 from engine.ports import Clock
-from engine.runtime.clock import SystemClock
 
 
 @dataclass(frozen=True, slots=True)

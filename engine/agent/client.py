@@ -31,8 +31,15 @@ import aiohttp
 
 from engine.agent.executor import CommandExecutor
 from engine.agent.hooks import HookOutcome, HookRunner
-from engine.agent.layout import AgentLayout, OngoingCommand
-from engine.core.agent_protocol import RESTART_MESSAGE, Command, CommandResult, MalformedCommand
+from engine.agent.layout import AgentLayout, OngoingCommand, StoredResult
+from engine.core.agent_protocol import (
+    RESTART_MESSAGE,
+    Command,
+    CommandResult,
+    HeartbeatBody,
+    MalformedCommand,
+    ResultBody,
+)
 from engine.core.model import ScriptErrorCode
 
 log = logging.getLogger("deploybot.agent")
@@ -71,15 +78,19 @@ class AgentOptions:
         return self.root if self.root is not None else Path("var") / "agents" / self.name
 
 
+def parse_assignment(item: str, *, what: str = "KEY=VALUE") -> tuple[str, str]:
+    """``"k=v"`` (one ``--tag``/``--env`` option) as ``("k", "v")``; the value may hold ``=`` or be empty. Raises
+    ValueError naming the item when it has no ``=`` or no key."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected {what}, got {item!r}")
+    return key, value
+
+
 def parse_assignments(items: Iterable[str], *, what: str = "KEY=VALUE") -> dict[str, str]:
-    """``["k=v", ...]`` from repeated ``--tag``/``--env`` options; raises ValueError naming the bad item."""
-    pairs: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected {what}, got {item!r}")
-        pairs[key] = value
-    return pairs
+    """``["k=v", ...]`` from repeated ``--tag``/``--env`` options (the last of a key wins); raises ValueError naming
+    the bad item."""
+    return dict(parse_assignment(item, what=what) for item in items)
 
 
 class _Refused(Exception):
@@ -127,7 +138,7 @@ class Agent:
     async def recover(self) -> None:
         """Report the commands a previous agent process left unfinished (§8)."""
         for ongoing in self.layout.ongoing():
-            body = (
+            body: ResultBody | StoredResult = (
                 ongoing.result
                 or CommandResult.of(
                     ScriptErrorCode.FAILED_AFTER_RESTART, RESTART_MESSAGE, "", ongoing.started_at, time.time()
@@ -154,10 +165,11 @@ class Agent:
                 delay = _FIRST_DELAY
                 if body is None:
                     continue
+            command = body
             try:
-                body = await self._handle(body)
+                body = await self._handle(command)
             except Exception:  # e.g. a full disk: keep the agent alive, the server times the event out
-                log.exception("could not handle command %s", body.get("id"))
+                log.exception("could not handle command %s", command.get("id"))
                 body = None
                 await asyncio.sleep(_FIRST_DELAY)
 
@@ -183,8 +195,8 @@ class Agent:
         except MalformedCommand as bad:
             log.error("%s", bad.reason)
             if bad.command_id is not None:
-                result = CommandResult.of(ScriptErrorCode.UNKNOWN_ERROR, bad.reason, "", started, time.time())
-                await self._post_result(bad.command_id, result.to_json())
+                refused = CommandResult.of(ScriptErrorCode.UNKNOWN_ERROR, bad.reason, "", started, time.time())
+                await self._post_result(bad.command_id, refused.to_json())
             return None
         record = OngoingCommand(command.id, command.deployment_id, command.event, started)
         self.layout.mark_ongoing(record)
@@ -230,9 +242,16 @@ class Agent:
                     self.layout.clear_ongoing(command_id)
 
     async def _post_result(
-        self, command_id: int, body: Mapping[str, Any], *, handed_over: list[dict[str, Any]] | None = None
+        self,
+        command_id: int,
+        body: ResultBody | StoredResult,
+        *,
+        handed_over: list[dict[str, Any]] | None = None,
     ) -> bool:
         """POST until accepted; False when the server refuses it for good (a 4xx other than auth/throttling).
+
+        ``body`` is a result made now, or one stored by a previous run (posted as it was stored: it is not checked
+        here, the server does).
 
         Given ``handed_over``, the server may answer with the host's next command, which is appended to it: from
         then on that command is this agent's to run (the server has claimed it for us).
@@ -293,7 +312,11 @@ class Agent:
     async def _heartbeats(self) -> None:
         url = self._url("/agent/v1/heartbeat")
         while True:
-            body = {"tags": dict(self.options.tags), "version": _version(), "running_command": self.running_command}
+            body: HeartbeatBody = {
+                "tags": dict(self.options.tags),
+                "version": _version(),
+                "running_command": self.running_command,
+            }
             try:
                 timeout = aiohttp.ClientTimeout(total=10)
                 async with self._session.post(url, json=body, headers=self._headers, timeout=timeout) as response:

@@ -28,6 +28,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from engine.agent.output import ScriptLog, TailBuffer
 from engine.core.appspec import HookScript
@@ -183,9 +184,15 @@ class _RunAsRefused(Exception):
     pass
 
 
-def _command_for(
-    script: HookScript, path: Path, env: Mapping[str, str]
-) -> tuple[list[str], dict[str, object], dict[str, str]]:
+class _Identity(TypedDict, total=False):
+    """Popen's ``user``/``group``/``extra_groups`` for a ``runas`` script; empty to keep the agent's own."""
+
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
+def _command_for(script: HookScript, path: Path, env: Mapping[str, str]) -> tuple[list[str], _Identity, dict[str, str]]:
     """argv, Popen identity arguments and environment for ``script``."""
     child_env = dict(env)
     command = [str(path)]
@@ -201,7 +208,7 @@ def _command_for(
         raise _RunAsRefused(f"was not run: no such user {script.runas!r}") from None
     groups = os.getgrouplist(user.pw_name, user.pw_gid)
     child_env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name, SHELL=user.pw_shell)
-    identity: dict[str, object] = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": groups}
+    identity: _Identity = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": groups}
     return command, identity, child_env
 
 

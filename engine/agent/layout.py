@@ -25,6 +25,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from engine.core.agent_protocol import ResultBody
+
+StoredResult = Mapping[str, object]
+"""A result body read back from an ongoing-command record: a ResultBody as this agent writes it, but unchecked (a
+record cut short reads as none, one of an older agent may lack keys); it is reported as it is and the server checks
+it."""
+
 KEPT_REVISIONS = 5
 """Archives kept per group besides the current one (CodeDeploy's ``max_revisions``)."""
 
@@ -45,7 +52,7 @@ class OngoingCommand:
     deployment_id: str
     event: str
     started_at: float
-    result: Mapping[str, Any] | None = None
+    result: StoredResult | None = None
     """The result body, once the command has run but before the server accepted it."""
 
 
@@ -140,7 +147,7 @@ class AgentLayout:
 
     # --- crash tracking (§8) ------------------------------------------------------------------------------------
 
-    def mark_ongoing(self, command: OngoingCommand, *, result: Mapping[str, Any] | None = None) -> None:
+    def mark_ongoing(self, command: OngoingCommand, *, result: ResultBody | None = None) -> None:
         """Record a command as running, or (with ``result``) as run but not yet reported.
 
         Two fresh files per command, ``<id>`` then ``<id>.result``, each written once and never replaced: replacing
@@ -154,7 +161,7 @@ class AgentLayout:
             self._ongoing_made = False
             self._mark_ongoing(command, result)
 
-    def _mark_ongoing(self, command: OngoingCommand, result: Mapping[str, Any] | None) -> None:
+    def _mark_ongoing(self, command: OngoingCommand, result: ResultBody | None) -> None:
         if not self._ongoing_made:
             self._ongoing.mkdir(parents=True, exist_ok=True)
             self._ongoing_made = True

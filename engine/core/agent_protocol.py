@@ -1,15 +1,65 @@
-"""The agent protocol's JSON bodies as typed values (pure): commands in, results out (contracts: "Agent protocol")."""
+"""The agent protocol's JSON bodies as typed values (pure): commands in, results out (contracts: "Agent protocol").
+
+On the wire (``/agent/v1``), one TypedDict per body:
+  - ``CommandBody``: a command the server hands an agent (the ``command`` of a poll answer, or of a result answer
+    with ``?next=``); the agent reads it with ``Command.from_json``, which checks it.
+  - ``ResultBody``: what the agent POSTs to ``commands/<id>/result`` (``CommandResult.to_json`` makes it).
+  - ``HeartbeatBody``: what the agent POSTs to ``heartbeat``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from engine.core.model import ROLLBACK_CREATOR, DeploymentType, EventStatus, ScriptErrorCode
 
 RESTART_MESSAGE = "Failed: Failing in-progress lifecycle event after an agent restart."
 LOG_TAIL_BYTES = 4096
+
+
+ResultStatus = Literal["Succeeded", "Failed"]
+"""A result's ``status`` on the wire."""
+_EndStatus = Literal[EventStatus.SUCCEEDED, EventStatus.FAILED]
+"""The same as an EventStatus."""
+
+
+class CommandBody(TypedDict):
+    """A command, as the server sends it."""
+
+    id: int
+    deployment_id: str
+    event: str
+    """A LifecycleEvent: DownloadBundle, Install or a hook event."""
+    spec: Mapping[str, Any]
+    """The deployment's spec, the same for every command of a deployment: the JSON object ``DeploymentSpec`` reads
+    (its field names; ``revision`` an object with ``sha256``, ``url``, ``size``, ``commit``, ``location``), plus
+    whatever else the server keeps there, which the agent ignores (``DeploymentSpec.raw``)."""
+
+
+class ResultBody(TypedDict):
+    """The result of one command, as the agent reports it."""
+
+    status: ResultStatus
+    error_code: int
+    """A ScriptErrorCode: 0 (succeeded) to 7 (cut short by an agent restart)."""
+    message: str
+    log_tail: str
+    """The end of the event's script output, at most LOG_TAIL_BYTES of UTF-8."""
+    started_at: float
+    ended_at: float
+    """Epoch seconds, on the agent's clock."""
+
+
+class HeartbeatBody(TypedDict):
+    """An agent's heartbeat, every few seconds whatever it is doing."""
+
+    tags: dict[str, str]
+    version: str
+    running_command: int | None
+    """The command the agent has not yet seen accepted (running or being reported); the server hands out again a
+    claimed command its agent does not name."""
 
 
 class MalformedCommand(ValueError):
@@ -100,7 +150,7 @@ class Command:
 
 @dataclass(frozen=True, slots=True)
 class CommandResult:
-    status: EventStatus
+    status: _EndStatus
     error_code: ScriptErrorCode
     message: str
     log_tail: str
@@ -111,13 +161,13 @@ class CommandResult:
     def of(
         cls, code: ScriptErrorCode, message: str, log_tail: str, started_at: float, ended_at: float
     ) -> CommandResult:
-        status = EventStatus.SUCCEEDED if code is ScriptErrorCode.SUCCEEDED else EventStatus.FAILED
+        status: _EndStatus = EventStatus.SUCCEEDED if code is ScriptErrorCode.SUCCEEDED else EventStatus.FAILED
         return cls(status, code, message, log_tail, started_at, ended_at)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ResultBody:
         tail = self.log_tail.encode()[-LOG_TAIL_BYTES:].decode("utf-8", errors="ignore")
         return {
-            "status": str(self.status),
+            "status": "Succeeded" if self.status is EventStatus.SUCCEEDED else "Failed",
             "error_code": int(self.error_code),
             "message": self.message,
             "log_tail": tail,

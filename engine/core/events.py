@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.core.model import AutoRollbackEvent, DeploymentStatus, ErrorCode, LifecycleEvent
+from engine.core.model import AutoRollbackEvent, DeploymentStatus, ErrorCode, LifecycleEvent, ScriptErrorCode
 
 # -- inputs (past tense) ------------------------------------------------------------------------------------
 
@@ -28,7 +28,7 @@ class EventSucceeded:
 class EventFailed:
     target: str
     event: LifecycleEvent
-    code: int = 4
+    code: int = ScriptErrorCode.SCRIPT_FAILED
     message: str = ""
 
 

@@ -66,6 +66,7 @@ from engine.core.model import (
     ErrorCode,
     EventStatus,
     LifecycleEvent,
+    ScriptErrorCode,
 )
 from engine.core.stages import Stage, TargetStage, TrafficStage, WaitKind, WaitStage
 
@@ -172,7 +173,7 @@ class DeploymentMachine:
         progress = self.state.targets.get(ev.target)
         if progress is None or progress.status is not EventStatus.IN_PROGRESS:
             return []  # a host that is not working for us right now may come and go freely
-        return self._on_event_failed(EventFailed(ev.target, progress.current, 5, ev.reason))
+        return self._on_event_failed(EventFailed(ev.target, progress.current, ScriptErrorCode.UNKNOWN_ERROR, ev.reason))
 
     def _on_traffic_shifted(self, ev: TrafficShifted) -> list[Command]:
         stage = self.stage
@@ -440,8 +441,12 @@ class DeploymentMachine:
         )
 
     def _original_kept(self) -> bool:
-        """Until a stage that releases the original fleet has passed, traffic can go back to it."""
-        return not any(s.ends_reroute for s in self.stages[: self.state.stage_index])
+        """Until a stage that releases the original fleet has passed, traffic can go back to it.
+
+        Only target and wait stages can release it; a traffic stage has no ``ends_reroute`` of its own."""
+        return not any(
+            not isinstance(s, TrafficStage) and s.ends_reroute for s in self.stages[: self.state.stage_index]
+        )
 
 
 Handler = Callable[[DeploymentMachine, Any], list[Command]]

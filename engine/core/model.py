@@ -41,10 +41,14 @@ class DeploymentStatus(enum.StrEnum):
 
     @property
     def is_final(self) -> bool:
-        return self in _FINAL_STATUSES
+        return self in FINAL_STATUSES
 
 
-_FINAL_STATUSES = frozenset({DeploymentStatus.SUCCEEDED, DeploymentStatus.FAILED, DeploymentStatus.STOPPED})
+FINAL_STATUSES: frozenset[DeploymentStatus] = frozenset(
+    {DeploymentStatus.SUCCEEDED, DeploymentStatus.FAILED, DeploymentStatus.STOPPED}
+)
+"""The statuses a deployment never leaves. Members are str, so a status string read from JSON or SQL tests ``in``
+it as well (``"Failed" in FINAL_STATUSES``)."""
 
 
 class EventStatus(enum.StrEnum):

@@ -1,13 +1,9 @@
 """What a deployment will do when nothing fails: host batches, events per target, traffic steps (pure).
 
-The plan is the dry run behind ``deploybot plan`` and the runner's starting schedule. It never predicts
-failures; the state machine decides what happens when a host fails (the stop rule of reference §6.1).
-
-Batches: in CodeDeploy a new host starts as soon as one finishes, but with uniform hosts that is the same as
-fixed batches of ``max_concurrent`` hosts, in target order, which is what users can reason about.
-Blue/green on hosts: the deployment configuration batches the install on the replacement fleet; traffic then
-moves either with a traffic configuration (deploybot extension: canary/linear on hosts) or, without one, batch
-by batch.
+The plan is the dry run behind ``deploybot plan``. It is read off the very stages the state machine walks
+(engine/core/stages.py) and the batches and the start check come from running that machine (engine/core/simulate.py),
+so the plan and a deployment cannot disagree: there is no second definition of batching or traffic here. It never
+predicts failures; the machine decides what happens when a host fails (the stop rule of reference §6.1).
 """
 
 from __future__ import annotations
@@ -16,40 +12,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.core.configs import (
-    DeploymentConfig,
-    IncompatibleDeploymentConfig,
-    MinimumHealthyHosts,
-    TrafficStep,
-    max_concurrent,
-    minimum_healthy_count,
-    start_problem,
-    traffic_steps,
-)
-from engine.core.lifecycle import FleetRole, event_order
-from engine.core.model import DeploymentType, ErrorCode, LifecycleEvent, Platform
-
-
-def host_batches(targets: Sequence[str], mhh: MinimumHealthyHosts) -> tuple[tuple[str, ...], ...]:
-    """Targets cut into batches of ``max_concurrent`` (at least 1), in order; () for no targets."""
-    size = max(max_concurrent(mhh, len(targets)), 1)
-    return tuple(tuple(targets[i : i + size]) for i in range(0, len(targets), size))
-
-
-def batch_traffic_steps(batches: Sequence[Sequence[str]]) -> tuple[TrafficStep, ...]:
-    """Traffic moved to replacement hosts batch by batch (blue/green without a traffic configuration)."""
-    total = sum(len(b) for b in batches)
-    steps, done = [], 0
-    for batch in batches:
-        done += len(batch)
-        steps.append(TrafficStep(100 if done == total else done * 100 // total, 0))
-    return tuple(steps)
+from engine.core.configs import DeploymentConfig, TrafficStep, minimum_healthy_count
+from engine.core.model import DeploymentStatus, DeploymentType, ErrorCode, LifecycleEvent, Platform
+from engine.core.simulate import simulate
+from engine.core.stages import Stage, TargetStage, TrafficStage
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """``events`` run on each target of ``batches`` (the replacement fleet in blue/green), ``original_events``
-    on each original host afterwards. ``problem`` is set exactly when ``startable`` is false."""
+    """``events`` run on each target of ``batches`` (the fleet that receives the revision), ``original_events`` on
+    each host of ``original`` (the blue/green fleet that gives way) afterwards. ``problem`` is set exactly when
+    ``startable`` is false."""
 
     application: str
     environment: str
@@ -65,15 +38,17 @@ class Plan:
     deployment_type: DeploymentType = DeploymentType.IN_PLACE
     traffic_config: DeploymentConfig | None = None
     original_events: tuple[LifecycleEvent, ...] = ()
+    original: tuple[str, ...] = ()
 
     @property
     def targets(self) -> tuple[str, ...]:
         return tuple(t for batch in self.batches for t in batch)
 
     @property
-    def traffic_wait_seconds(self) -> int:
-        """Time spent waiting between traffic shifts (the part of the duration hooks do not decide)."""
-        return sum(step.wait_seconds for step in self.traffic_steps)
+    def traffic_wait_seconds(self) -> float:
+        """Time spent waiting between traffic shifts (the part of the duration hooks do not decide); the machine
+        moves on at once after the last shift, so a wait there would never be spent."""
+        return sum(step.wait_seconds for step in self.traffic_steps[:-1])
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form, for ``deploybot plan --json`` and the API."""
@@ -97,6 +72,7 @@ class Plan:
 
 
 def build_plan(
+    stages: Sequence[Stage],
     *,
     application: str,
     environment: str,
@@ -104,67 +80,59 @@ def build_plan(
     platform: Platform,
     deployment_type: DeploymentType,
     config: DeploymentConfig,
-    targets: Sequence[str] = (),
     traffic_config: DeploymentConfig | None = None,
-    with_load_balancer: bool = False,
-    rollback: bool = False,
 ) -> Plan:
-    """Plan a deployment of one group.
+    """Plan a deployment of one group from the stages it would run (``Blueprint.stages_for``).
 
-    ``config`` is the resolved deployment configuration (see ``configs.config_for_group``); ``targets`` the
-    host names in scheduling order (server; the replacement fleet for blue/green) or the one function/service
-    (Lambda/ECS, may be empty). ``traffic_config`` only for server blue/green. Raises
-    IncompatibleDeploymentConfig when a configuration cannot apply to this group.
+    ``config`` and ``traffic_config`` are only named in the plan: what they mean is already in ``stages``, and they
+    were checked against the group when resolved (``configs.config_for_group``, ``traffic_config_for_hosts``).
     """
-    if platform is not Platform.SERVER:
-        if config.traffic_routing is None or config.compute_platform is not platform:
-            raise IncompatibleDeploymentConfig(config.name, platform, "deployment")
-        return Plan(
-            application,
-            environment,
-            group,
-            config,
-            minimum_healthy=0,
-            batches=(tuple(targets),) if targets else (),
-            events=event_order(platform, deployment_type),
-            traffic_steps=traffic_steps(config.traffic_routing),
-            startable=True,
-            problem=None,
-            platform=platform,
-            deployment_type=deployment_type,
-        )
-
-    mhh = config.minimum_healthy_hosts
-    if mhh is None:
-        raise IncompatibleDeploymentConfig(config.name, platform, "deployment")
-    blue_green = deployment_type is DeploymentType.BLUE_GREEN
-    if traffic_config is not None and (not blue_green or traffic_config.traffic_routing is None):
-        raise IncompatibleDeploymentConfig(traffic_config.name, platform, "traffic")
-    problem = start_problem(mhh, len(targets))
-    batches = host_batches(targets, mhh) if problem is None else ()
-    if blue_green:
-        events = event_order(platform, deployment_type, role=FleetRole.REPLACEMENT, rollback=rollback)
-        original = event_order(platform, deployment_type, role=FleetRole.ORIGINAL, rollback=rollback)
-        if traffic_config is not None:
-            steps = traffic_steps(traffic_config.traffic_routing)
-        else:
-            steps = batch_traffic_steps(batches)
-    else:
-        events = event_order(platform, deployment_type, with_load_balancer=with_load_balancer)
-        original, steps = (), ()
+    stages = tuple(stages)
+    fleets = [s.targets for s in stages if isinstance(s, TargetStage)]
+    installed = fleets[0] if fleets else ()
+    original = next((f for f in fleets if f != installed), ())
+    first = next((s for s in stages if isinstance(s, TargetStage)), None)
+    run = simulate(stages)
+    problem = run.error_code if run.status is DeploymentStatus.FAILED else None
+    if problem is ErrorCode.NO_INSTANCES and platform is not Platform.SERVER:
+        problem = None  # the Lambda function is named by the AppSpec, which only a deployment reads
+    steps = tuple(step for s in stages if isinstance(s, TrafficStage) for step in s.steps)
     return Plan(
         application,
         environment,
         group,
         config,
-        minimum_healthy=minimum_healthy_count(mhh, len(targets)),
-        batches=batches,
-        events=events,
+        minimum_healthy=_minimum_healthy(first),
+        batches=tuple(wave for wave in run.waves if set(wave) <= set(installed)) if problem is None else (),
+        events=_fleet_events(stages, installed, receives_traffic=True),
         traffic_steps=steps if problem is None else (),
         startable=problem is None,
         problem=problem,
         platform=platform,
         deployment_type=deployment_type,
         traffic_config=traffic_config,
-        original_events=original,
+        original_events=_fleet_events(stages, original, receives_traffic=False) if original else (),
+        original=original,
     )
+
+
+def _minimum_healthy(stage: TargetStage | None) -> int:
+    """The machine's minimum for the first stage: its health rule, or every host when it does not enforce one."""
+    if stage is None:
+        return 0
+    n = len(stage.targets)
+    return minimum_healthy_count(stage.health, n) if stage.enforce_health else n
+
+
+def _fleet_events(
+    stages: tuple[Stage, ...], fleet: tuple[str, ...], *, receives_traffic: bool
+) -> tuple[LifecycleEvent, ...]:
+    """The events one host of ``fleet`` goes through, in stage order. A traffic stage is the AllowTraffic event of
+    the fleet that receives the revision: stages.py cuts that fleet's event order exactly there."""
+    events: list[LifecycleEvent] = []
+    for stage in stages:
+        if isinstance(stage, TargetStage) and stage.targets == fleet:
+            events.extend(stage.events)
+        elif isinstance(stage, TrafficStage) and receives_traffic:
+            events.append(LifecycleEvent.ALLOW_TRAFFIC)
+    return tuple(events)

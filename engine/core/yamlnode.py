@@ -12,8 +12,8 @@ speaks the CodeDeploy agent's).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Collection, Iterable
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import NamedTuple, TypeVar
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
@@ -28,6 +28,8 @@ UNREADABLE = object()
 """What ``NodeReader.value`` gives for a mapping, a list or a scalar it cannot read."""
 
 _T = TypeVar("_T")
+_D = TypeVar("_D")
+_N = TypeVar("_N", int, float)
 _SCALAR_TAGS = {TAG + name for name in ("null", "bool", "int", "float", "str", "timestamp")}
 _KINDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false", "null": "null"}
 _KINDS |= {"timestamp": "a date", "binary": "binary data", "set": "a set", "omap": "an ordered mapping"}
@@ -265,7 +267,7 @@ class NodeReader:
             self.report(node, f"cannot read value: {exc}", path)
         return None
 
-    def scalar(self, node: Node, path: str, kinds: Collection[str], expected: str) -> Any:
+    def scalar(self, node: Node, path: str, kinds: Collection[str], expected: str) -> object:
         """A scalar of one of the YAML ``kinds`` ("str", "int", ...); None after a problem."""
         if not (isinstance(node, ScalarNode) and node.tag.removeprefix(TAG) in kinds):
             self.expect(node, expected, path)
@@ -273,38 +275,44 @@ class NodeReader:
         value = self.value(node, path)
         return None if value is UNREADABLE else value
 
+    # The typed getters below narrow with isinstance only for the type checker: a scalar of the YAML kinds they ask
+    # for is always constructed as the matching Python type (str → str, int → int, float → float, bool → bool).
+
     def string(self, node: Node, path: str) -> str | None:
         value = self.scalar(node, path, {"str"}, "a string")
         if value == "":
             self.report(node, "expected a non-empty string", path)
             return None
-        return value  # type: ignore[no-any-return]
+        return value if isinstance(value, str) else None
 
     def integer(self, node: Node, path: str, low: int = 0, high: int | None = None) -> int | None:
         value = self.scalar(node, path, {"int"}, "an integer")
-        return value if value is None else self._within(node, path, value, low, high)
+        return self._within(node, path, value, low, high) if isinstance(value, int) else None
 
     def number(self, node: Node, path: str, low: float = 0, high: float | None = None) -> float | None:
         value = self.scalar(node, path, {"int", "float"}, "a number")
-        return value if value is None else self._within(node, path, float(value), low, high)
+        return self._within(node, path, float(value), low, high) if isinstance(value, int | float) else None
 
-    def _within(self, node: Node, path: str, value: _T, low: Any, high: Any) -> _T | None:
-        if not value >= low or (high is not None and not value <= high):  # type: ignore[operator]  # NaN too
+    def _within(self, node: Node, path: str, value: _N, low: float, high: float | None) -> _N | None:
+        if not value >= low or (high is not None and not value <= high):  # NaN too
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
             self.report(node, f"expected a value {bound}, got {value}", path)
             return None
         return value
 
     def boolean(self, node: Node, path: str) -> bool | None:
-        return self.scalar(node, path, {"bool"}, "true or false")  # type: ignore[no-any-return]
+        value = self.scalar(node, path, {"bool"}, "true or false")
+        return value if isinstance(value, bool) else None
 
     def choice(self, node: Node, path: str, choices: Collection[str]) -> str | None:
         value = self.scalar(node, path, {"str"}, f"one of {', '.join(choices)}")
-        if value is not None and value not in choices:
+        if not isinstance(value, str):
+            return None
+        if value not in choices:
             hint = did_you_mean(value, choices)
             self.report(node, f"expected one of {', '.join(choices)}, got {value!r}{hint}", path)
             return None
-        return value  # type: ignore[no-any-return]
+        return value
 
     # ------------------------------------------------------------------------------------------------ collections
 
@@ -368,8 +376,11 @@ class NodeReader:
         pairs = {key: self.string(entry.value, entry.path) for key, entry in self.named(node, path).items()}
         return {key: value for key, value in pairs.items() if value is not None}
 
-    def get(self, entries: dict[str, Entry], key: str, read: Callable[..., _T | None], default: _T, *args: Any) -> _T:
-        """``read`` the value under ``key``; absent, null or invalid values give ``default``."""
+    def get(
+        self, entries: Mapping[str, Entry], key: str, read: Callable[..., _T | None], default: _D, *args: object
+    ) -> _T | _D:
+        """``read`` the value under ``key``; absent, null or invalid values give ``default`` (which may be of
+        another type than what ``read`` gives, e.g. None, or 0 for a number)."""
         entry = entries.get(key)
         if entry is None or is_null(entry.value):
             return default

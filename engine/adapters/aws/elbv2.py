@@ -32,11 +32,11 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from engine.adapters.aws.accounts import AwsAccounts, AwsClients, aws_error
+from engine.adapters.clock import SystemClock
 from engine.core.config.model import EngineConfig, Host
 from engine.core.errors import AdapterError
 from engine.core.model import Platform
 from engine.ports import Clock, TrafficRouter
-from engine.runtime.clock import SystemClock
 
 COMPONENT = "elbv2"
 MAX_WEIGHT = 999  # AWS's limit per target group in a weighted forward action

@@ -24,8 +24,8 @@ from engine.adapters.aws.hook_executions import HookExecutions
 from engine.core.config.model import DeploymentGroup
 from engine.core.errors import AdapterError, EngineError, LifecycleHookNotFound
 from engine.core.model import LifecycleEvent, ScriptErrorCode
-from engine.platforms import OnResult, serverless_target
-from engine.ports import Clock
+from engine.core.serverless import serverless_target
+from engine.ports import Clock, OnResult
 
 log = logging.getLogger(__name__)
 

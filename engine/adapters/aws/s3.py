@@ -22,7 +22,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypedDict
 from urllib.parse import parse_qs, urlencode
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -31,7 +31,7 @@ from engine.adapters.aws.accounts import AwsClients, aws_error
 from engine.bundles import DEFAULT_MAX_BYTES, build_bundle
 from engine.core.errors import BundleError
 from engine.core.model import Platform, Revision
-from engine.runtime.revisions import RevisionStore
+from engine.ports import RevisionArchive
 
 COMPONENT = "s3"
 BUNDLE_TYPES = ("tgz", "tar", "zip", "YAML", "JSON")  # CodeDeploy's bundleType values
@@ -82,7 +82,16 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, path.strip("/")
 
 
-def parse_s3_revision_url(url: str) -> dict[str, str | None]:
+class S3RevisionUrl(TypedDict):
+    """A parsed ``s3://`` revision URL; its keys are ``fetch_s3_revision``'s parameters of the same names."""
+
+    bucket: str
+    key: str
+    version: str | None
+    etag: str | None
+
+
+def parse_s3_revision_url(url: str) -> S3RevisionUrl:
     """``s3://bucket/key[?versionId=V&etag=E]`` → {bucket, key, version, etag}; raises ValueError."""
     path, _, query = url.partition("?")
     bucket, key = parse_s3_uri(path)
@@ -92,8 +101,8 @@ def parse_s3_revision_url(url: str) -> dict[str, str | None]:
     return {
         "bucket": bucket,
         "key": key,
-        "version": (pinned.get("versionId") or [None])[0],
-        "etag": (pinned.get("etag") or [None])[0],
+        "version": next(iter(pinned.get("versionId") or ()), None),
+        "etag": next(iter(pinned.get("etag") or ()), None),
     }
 
 
@@ -127,9 +136,9 @@ async def push_revision(
 
 
 class S3Revisions:
-    """Fetches revisions from S3 into the RevisionStore, checked on the way."""
+    """Fetches revisions from S3 into the revision archive (the RevisionStore), checked on the way."""
 
-    def __init__(self, clients: AwsClients, revisions: RevisionStore, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, clients: AwsClients, revisions: RevisionArchive, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.clients = clients
         self.revisions = revisions
         self.max_bytes = max_bytes

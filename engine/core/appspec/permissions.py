@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from yaml.nodes import Node, SequenceNode
+from yaml.nodes import Node, ScalarNode, SequenceNode
 
 from engine.core.appspec.model import FAILED, AppSpecReader, Permission, SELinuxContext
 from engine.core.yamlnode import Entry, as_written, is_null, quoted
@@ -104,7 +104,8 @@ def _mode(reader: AppSpecReader, node: Node) -> str | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         text = str(value)
-        if node.style is None and re.fullmatch(r"[-+]?0[0-7_]+", node.value):
+        # An int comes from a ScalarNode only (reader.value gives UNREADABLE for the rest): style None is unquoted.
+        if isinstance(node, ScalarNode) and node.style is None and re.fullmatch(r"[-+]?0[0-7_]+", node.value):
             outcome = _mode_problem(text) or f"The agent would set mode {text.rjust(3, '0')} instead."
             reader.report(
                 node,

@@ -25,8 +25,13 @@ from engine.core.yamlnode import Entry, as_written, is_null, quoted
 _NOT_RESOURCES = " (it belongs to server AppSpec files: validate this file with platform server)"
 _RESOURCE_KEYS = ("version", "Resources", "Hooks")
 _LAMBDA_PROPERTIES = ("Name", "Alias", "CurrentVersion", "TargetVersion")
-_ECS_PROPERTIES = ("TaskDefinition", "LoadBalancerInfo", "PlatformVersion", "NetworkConfiguration")
-_ECS_PROPERTIES += ("CapacityProviderStrategy",)
+_ECS_PROPERTIES = (
+    "TaskDefinition",
+    "LoadBalancerInfo",
+    "PlatformVersion",
+    "NetworkConfiguration",
+    "CapacityProviderStrategy",
+)
 _AWSVPC_KEYS = ("Subnets", "SecurityGroups", "AssignPublicIp")
 
 

@@ -157,14 +157,16 @@ def parse_group(
     config = reader.get(fields, "deployment_config", reader.string, default_config_name(platform))
     _check_config(reader, fields.get("deployment_config"), config, platform, "deployment", ctx)
     traffic = reader.get(fields, "traffic_config", reader.string, None)
-    if (where := fields.get("traffic_config")) is not None and traffic is not None:
+    if (traffic_entry := fields.get("traffic_config")) is not None and traffic is not None:
         if server and not blue_green:
-            reader.report(where.value, "traffic_config applies only to blue-green deployments", where.path)
+            reader.report(
+                traffic_entry.value, "traffic_config applies only to blue-green deployments", traffic_entry.path
+            )
         elif server:
-            _check_config(reader, where, traffic, platform, "traffic", ctx)
+            _check_config(reader, traffic_entry, traffic, platform, "traffic", ctx)
         elif traffic != config:
             message = f"a {platform} group shifts traffic by its deployment_config; leave traffic_config out"
-            reader.report(where.value, message, where.path)
+            reader.report(traffic_entry.value, message, traffic_entry.path)
     if not server:
         traffic = config
     hosts, tags, ec2_tags = _targets(reader, fields.get("targets"), platform, ctx)
@@ -329,10 +331,10 @@ def _targets(
         if not listed and isinstance(names.value, SequenceNode):
             reader.report(names.value, "expected at least one host", names.path)
         return tuple(hosts), {}, {}
-    selector = fields["tags"]
-    tags = reader.string_map(selector.value, selector.path)
+    tags_entry = fields["tags"]
+    tags = reader.string_map(tags_entry.value, tags_entry.path)
     if not tags:
-        reader.report(selector.value, "expected at least one tag to select hosts by", selector.path)
+        reader.report(tags_entry.value, "expected at least one tag to select hosts by", tags_entry.path)
     # A selector may match no declared host: instances registered through the CodeDeploy API join by their tags.
     # A deployment to a group that matches nothing is refused, naming the tags.
     return (), tags, {}

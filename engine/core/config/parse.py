@@ -275,9 +275,9 @@ def _github(
     keys = ("branch", "to", "require_checks", "checks_timeout_minutes")
     rule = reader.fields(auto.value, auto.path, keys, required=("branch", "to"))
     target = rule.get("to")
-    if target is not None and (env := reader.string(target.value, target.path)) and env not in environments:
+    if target is not None and (to := reader.string(target.value, target.path)) and to not in environments:
         reader.report(
-            target.value, f"unknown environment {env!r}{did_you_mean(env, environments, list_known=True)}", target.path
+            target.value, f"unknown environment {to!r}{did_you_mean(to, environments, list_known=True)}", target.path
         )
     values: dict[str, object] = {key: reader.get(rule, key, reader.string, "") for key in ("branch", "to")}
     if "require_checks" in rule:
