@@ -15,7 +15,8 @@ from pathlib import Path
 from rich.console import Console
 
 from bench.figures import Figure, render, write_json
-from bench.scenarios import SCALE_TARGET_HOSTS, SCENARIOS, Settings
+from bench.scenarios import SCENARIOS
+from bench.settings import SCALE_TARGET_HOSTS, Settings
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

@@ -19,6 +19,7 @@ from typing import Any
 from moto.server import ThreadedMotoServer
 
 from bench.figures import Figure, median, percentile
+from bench.settings import Settings
 from engine.adapters.aws.accounts import AwsClients
 from engine.adapters.aws.elbv2 import ElbGroup, ElbRouter
 from engine.adapters.aws.lambda_ import LambdaAliasRouter
@@ -110,8 +111,8 @@ async def _measure(endpoint: str) -> tuple[list[float], list[float]]:
     return lambda_ms, listener_ms
 
 
-def aws_reroute(settings: object) -> list[Figure]:
-    console = settings.console  # type: ignore[attr-defined]
+def aws_reroute(settings: Settings) -> list[Figure]:
+    console = settings.console
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         os.environ.setdefault(key, "testing")

@@ -25,24 +25,13 @@ from bench.figures import Figure, median, percentile
 from bench.profile import Profiler
 from bench.revisions import write_revision
 from bench.server import BenchServer, fleet_config, host_names
+from bench.settings import SCALE_TARGET_HOSTS, Settings
 from bench.slack import slack_ack
 from bench.traffic import traffic
 
 PICKUP_TARGET_MS = 50.0
 OVERHEAD_TARGET_RATIO = 1.5
 SCALE_TARGET_S = 10.0
-SCALE_TARGET_HOSTS = 200
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    console: Console
-    hosts_large: int = SCALE_TARGET_HOSTS
-    pickup_runs: int = 20
-    overhead_hosts: int = 20
-    overhead_runs: int = 3
-    keep: bool = False
-    profile_dir: Path | None = None  # set: py-spy the server during the last timed deployment, files go here
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from bench.figures import Figure, median, percentile
 from bench.server import APPLICATION, ENVIRONMENT, BenchError, BenchServer, fleet_config, host_names
+from bench.settings import Settings
 
 ACK_TARGET_MS = 100.0
 CONCURRENT = 50
@@ -134,8 +135,8 @@ async def _burst(url: str, response_url: str, round_: int) -> list[float]:
         return list(await asyncio.gather(*(one(body, headers) for body, headers in requests)))
 
 
-def slack_ack(settings: object) -> list[Figure]:
-    console = settings.console  # type: ignore[attr-defined]
+def slack_ack(settings: Settings) -> list[Figure]:
+    console = settings.console
     workdir = Path(tempfile.mkdtemp(prefix="deploybot-bench-slack-"))
     try:
         with _Sink() as sink:

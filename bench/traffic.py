@@ -15,16 +15,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from bench.figures import Figure
 from bench.load import Load
 from bench.server import BenchServer, free_port
-
-if TYPE_CHECKING:
-    from bench.scenarios import Settings
+from bench.settings import Settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello"
 LOAD_RATE = 250.0

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 
-from bot.api import HttpProblem, bad_request, bearer_token, json_errors, json_object, json_response
+from bot.http import HttpProblem, bad_request, bearer_token, json_errors, json_object, json_response
+from engine import AgentFleet
 
 MAX_POLL_SECONDS = 60.0
 DEFAULT_POLL_SECONDS = 25.0
@@ -22,18 +22,6 @@ MAX_LOG_TAIL_BYTES = 4096
 RESULT_STATUSES = ("Succeeded", "Failed")
 SHUTDOWN_CLAIM_GRACE = 0.2
 MAX_NEXT_SECONDS = 1.0
-
-
-class AgentFleet(Protocol):
-    """What the agent routes need from engine.adapters.fleet.Fleet."""
-
-    def authenticate(self, token: str) -> str | None: ...
-    async def next_command(self, host: str, *, wait: float) -> dict[str, Any] | None: ...
-    async def report_result(self, host: str, command_id: int, result: dict[str, Any]) -> None: ...
-    async def heartbeat(self, host: str, info: Mapping[str, Any]) -> None: ...
-    async def release(self, host: str, command_id: int) -> None: ...
-    def bundle_path(self, sha256: str) -> Path | None: ...
-
 
 FLEET = web.AppKey("agent_fleet", AgentFleet)
 HOST = web.RequestKey("agent_host", str)

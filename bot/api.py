@@ -1,44 +1,38 @@
 """The JSON API under ``/api/v1`` (used by the CLI and scripts) and ``GET /healthz``: HTTP in, one Deployer call out.
 
 Rules: every route needs ``Authorization: Bearer <token>``; handlers only parse, call the engine and serialize;
-engine errors become ``{"error": "<ExceptionClassName>", "message": ..., **data}`` in exactly one place
-(``error_response``), so the status codes stay consistent across routes and the agent protocol.
+engine errors become the JSON error shape in exactly one place (bot/http.py), as on the agent protocol. The routes
+for what lives outside the config file (hook callbacks, S3 revisions, agent tokens) are in bot/api_external.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
-import functools
 import hmac
-import json
-import logging
 import os
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 
-from engine.core.errors import (
-    AppSpecInvalid,
-    BundleError,
-    ConfigError,
-    DeploymentRefused,
-    EngineError,
-    InvalidTransition,
-    NotFound,
-    UnknownDeploymentConfig,
+from bot.api_external import external_routes, register_s3_revision
+from bot.http import (
+    DEPLOYER,
+    HttpProblem,
+    actor_of,
+    bad_request,
+    bearer_token,
+    json_errors,
+    json_object,
+    json_response,
 )
-from engine.core.requests import DeployRequest
-
-log = logging.getLogger(__name__)
+from engine import DeploymentService, DeployRequest
 
 MAX_BUNDLE_BYTES = 512 * 1024**2
 MAX_WATCH_SECONDS = 60.0
-ACTOR_HEADER = "X-Deploybot-Actor"
 SOURCE_HEADER = "X-Deploybot-Source"
 APPLICATION_HEADER = "X-Deploybot-Application"  # an upload for this application: its platform checks the AppSpec
 CONTROL_ACTIONS = ("continue", "pause", "resume", "promote")
@@ -48,156 +42,9 @@ try:
 except metadata.PackageNotFoundError:  # pragma: no cover - running from a plain checkout
     VERSION = "0+unknown"
 
-_STATUS_BY_ERROR: tuple[tuple[type[EngineError], int], ...] = (
-    (NotFound, 404),
-    (AppSpecInvalid, 422),
-    (ConfigError, 422),
-    (BundleError, 422),
-    (UnknownDeploymentConfig, 422),
-    (DeploymentRefused, 409),
-    (InvalidTransition, 409),
-)
-
-
-class ReleaseService(Protocol):
-    """What the API needs from engine.release.flow.ReleaseFlow (the Deployer's ``release``)."""
-
-    async def promote(
-        self,
-        application: str,
-        source: str,
-        target: str,
-        *,
-        actor: str,
-        override: bool = False,
-        revision: str | None = None,
-    ) -> dict[str, Any]: ...
-    async def where(self, application: str) -> dict[str, Any]: ...
-    async def lock(
-        self,
-        application: str,
-        environment: str,
-        *,
-        actor: str,
-        reason: str = "",
-        expires_in_minutes: float | None = None,
-    ) -> dict[str, Any]: ...
-    async def unlock(self, application: str, environment: str, *, actor: str) -> dict[str, Any]: ...
-    async def locks(self) -> list[dict[str, Any]]: ...
-    async def approve(self, deployment_id: str, *, actor: str) -> dict[str, Any]: ...
-    async def reject(self, deployment_id: str, *, actor: str, reason: str = "") -> dict[str, Any]: ...
-    async def queue(self, application: str | None = None, environment: str | None = None) -> list[dict[str, Any]]: ...
-
-
-class DeploymentService(Protocol):
-    """What the API needs from engine.runtime.deployer.Deployer (a structural type, so tests can hand in a fake)."""
-
-    release: ReleaseService
-
-    async def store_revision(
-        self, path: Path, *, source: str, commit: str | None = None, application: str | None = None
-    ) -> dict[str, Any]: ...
-    async def start(self, request: DeployRequest) -> dict[str, Any]: ...
-    async def get(self, deployment_id: str) -> dict[str, Any]: ...
-    async def history(
-        self, application: str, environment: str | None = None, limit: int = 20
-    ) -> list[dict[str, Any]]: ...
-    async def stop(self, deployment_id: str, *, rollback: bool | None = None, actor: str = "cli") -> dict[str, Any]: ...
-    async def rollback(self, application: str, environment: str, *, actor: str = "cli") -> dict[str, Any]: ...
-    async def control(self, deployment_id: str, action: str, *, actor: str = "cli") -> dict[str, Any]: ...
-    async def plan(self, request: DeployRequest) -> dict[str, Any]: ...
-    async def watch(self, deployment_id: str, *, after: int = 0, timeout: float = 25.0) -> dict[str, Any]: ...
-    async def event_log(self, deployment_id: str) -> list[dict[str, Any]]: ...
-    def applications(self) -> list[dict[str, Any]]: ...
-    async def hosts(self) -> list[dict[str, Any]]: ...
-
-
-DEPLOYER = web.AppKey("api_deployer", DeploymentService)
 API_TOKENS = web.AppKey("api_tokens", frozenset)
 UPLOAD_DIR = web.AppKey("api_upload_dir", Path)
 MAX_BUNDLE = web.AppKey("api_max_bundle_bytes", int)
-
-
-class HttpProblem(Exception):
-    """A request the edge itself refuses (bad JSON, missing field, no token): rendered like engine errors."""
-
-    def __init__(self, status: int, error: str, message: str, **data: object) -> None:
-        super().__init__(message)
-        self.status, self.error, self.message, self.data = status, error, message, data
-
-
-def bad_request(message: str, usage: str) -> HttpProblem:
-    return HttpProblem(400, "BadRequest", message, usage=usage)
-
-
-# ---------------------------------------------------------------------------------------------------- errors
-
-
-def _plain(value: object) -> object:
-    """Error attributes as JSON values (Problems → objects, tuples → lists, anything odd → str)."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value.value if isinstance(value, enum.Enum) else value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_plain(v) for v in value]
-    return str(value)
-
-
-def error_status(exc: EngineError) -> int:
-    """The HTTP status of an engine error (contract: NotFound 404, invalid input 422, refusals 409, else 400)."""
-    for cls, status in _STATUS_BY_ERROR:
-        if isinstance(exc, cls):
-            return status
-    return 400
-
-
-def error_body(exc: EngineError) -> dict[str, Any]:
-    """``{"error": ClassName, "message": str(exc), **the exception's data}`` — the data is what scripts branch on."""
-    body: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
-    for key, value in vars(exc).items():
-        if not key.startswith("_") and key not in body:
-            body[key] = _plain(value)
-    return body
-
-
-def error_response(exc: EngineError) -> web.Response:
-    return json_response(error_body(exc), status=error_status(exc))
-
-
-_dumps = functools.partial(json.dumps, default=str)
-
-
-def json_response(data: object, *, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=_dumps)
-
-
-@web.middleware
-async def json_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Turn every failure into the JSON error shape, so clients never have to parse HTML or plain text."""
-    try:
-        return await handler(request)
-    except EngineError as exc:
-        return error_response(exc)
-    except HttpProblem as exc:
-        return json_response({"error": exc.error, "message": exc.message, **exc.data}, status=exc.status)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        name = type(exc).__name__.removeprefix("HTTP")
-        return json_response({"error": name, "message": exc.reason}, status=exc.status)
-    except Exception as exc:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return json_response({"error": "InternalError", "message": f"{type(exc).__name__}: {exc}"}, status=500)
-
-
-def bearer_token(request: web.Request) -> str | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
 @web.middleware
@@ -211,20 +58,6 @@ async def _require_api_token(
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
-
-
-async def json_object(request: web.Request, usage: str, *, optional: bool = False) -> dict[str, Any]:
-    """The request body as a JSON object; an empty body is ``{}`` when ``optional``."""
-    raw = await request.read()
-    if not raw.strip() and optional:
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise bad_request(f"the body is not JSON: {exc}", usage) from exc
-    if not isinstance(body, dict):
-        raise bad_request("the body must be a JSON object", usage)
-    return body
 
 
 def _string(body: Mapping[str, Any], key: str, usage: str, *, required: bool = False) -> str | None:
@@ -248,12 +81,6 @@ def _number(request: web.Request, key: str, default: float, low: float, high: fl
     if value != value or value < low:  # NaN or too small
         raise bad_request(f"query parameter {key!r} must be at least {low:g}", usage)
     return min(value, high)
-
-
-def actor_of(request: web.Request) -> str:
-    """Who asked: the CLI sends the OS user name; anything else calling the API is "api"."""
-    actor = request.headers.get(ACTOR_HEADER, "").strip()
-    return actor[:100] if actor else "api"
 
 
 _DEPLOY_USAGE = (
@@ -307,8 +134,6 @@ async def upload_revision(request: web.Request) -> web.Response:
 
     A JSON body instead names an S3 object the server fetches (``deploybot push``)."""
     if request.content_type == "application/json":
-        from bot.api_external import register_s3_revision  # bot.api_external builds on this module
-
         return await register_s3_revision(request)
     limit = request.app[MAX_BUNDLE]
     if request.content_length is not None and request.content_length > limit:
@@ -547,7 +372,5 @@ def create_api_app(
             web.get("/hosts", list_hosts),
         ]
     )
-    from bot.api_external import external_routes  # bot.api_external builds on this module
-
     app.add_routes(external_routes())
     return app

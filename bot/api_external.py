@@ -8,12 +8,13 @@ PutLifecycleEventHookExecutionStatus, for hook functions that would rather call 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from bot.api import DEPLOYER, actor_of, bad_request, json_object, json_response
-from engine.core.config.groups import NAME
+from bot.http import DEPLOYER, actor_of, bad_request, json_object, json_response
+from engine import NAME_PATTERN, Platform
 
 _HOOK_USAGE = 'PUT /api/v1/lifecycle-hooks/{execution_id} {"status": "Succeeded"|"Failed", "deployment_id"?: str}'
 _TOKEN_USAGE = 'POST /api/v1/agent-tokens {"name": "i-0abc123..."}'
@@ -45,30 +46,32 @@ async def list_hook_executions(request: web.Request) -> web.Response:
 
 
 async def register_s3_revision(request: web.Request) -> web.Response:
+    """``POST /api/v1/revisions`` with a JSON body (bot/api.py routes it here): the server fetches the S3 object."""
     body = await json_object(request, _S3_USAGE)
     location: Any = body.get("s3")
     if not isinstance(location, dict) or not isinstance(location.get("bucket"), str) or not location.get("key"):
         raise bad_request("'s3' with 'bucket' and 'key' is required", _S3_USAGE)
     deployer = request.app[DEPLOYER]
     application = body.get("application")
-    platform = deployer.config.application(application).platform if isinstance(application, str) else None
-    optional = {k: location.get(k) for k in ("version", "etag", "bundle_type")}
+    platform = deployer.config.application(application).platform if isinstance(application, str) else Platform.SERVER
     revision = await deployer.fetch_s3_revision(
         location["bucket"],
         str(location["key"]),
-        **{k: v if isinstance(v, str) else None for k, v in optional.items()},
+        version=_optional(location, "version"),
+        etag=_optional(location, "etag"),
+        bundle_type=_optional(location, "bundle_type"),
         account=str(body.get("account") or "default"),
-        **({"platform": platform} if platform is not None else {}),
+        platform=platform,
     )
     return json_response(
-        {
-            "sha256": revision.sha256,
-            "size": revision.size,
-            "source": revision.source,
-            "location": getattr(revision, "location", None),
-        },
+        {"sha256": revision.sha256, "size": revision.size, "source": revision.source, "location": revision.location},
         status=201,
     )
+
+
+def _optional(location: Mapping[str, Any], key: str) -> str | None:
+    value = location.get(key)
+    return value if isinstance(value, str) else None
 
 
 async def issue_agent_token(request: web.Request) -> web.Response:
@@ -76,7 +79,7 @@ async def issue_agent_token(request: web.Request) -> web.Response:
     installer calls this with the API token, then starts ``deploybot agent --name NAME --token TOKEN``."""
     body = await json_object(request, _TOKEN_USAGE)
     name = body.get("name")
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise bad_request("'name' must be a host name: letters, digits, '.', '_' or '-'", _TOKEN_USAGE)
     token = request.app[DEPLOYER].fleet.token_for(name)
     return json_response({"name": name, "token": token}, status=201)

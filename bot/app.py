@@ -10,30 +10,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Protocol
 
 from aiohttp import web
 
-from bot.agent_api import AgentFleet, create_agent_app
-from bot.api import DeploymentService, create_api_app, healthz, json_errors
+from bot.agent_api import create_agent_app
+from bot.api import create_api_app, healthz
 from bot.codedeploy import setup_codedeploy
 from bot.github import setup_github
+from bot.http import json_errors
 from bot.localfleet import LocalFleet
 from bot.pages import setup_pages
 from bot.settings import Settings
 from bot.slack import setup_slack
+from engine import DeploymentService
 
 log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 DEPLOYER = web.AppKey("deployer", DeploymentService)
 LOCAL_FLEET = web.AppKey("local_fleet", LocalFleet)
-
-
-class ServedDeployer(DeploymentService, Protocol):
-    """The Deployer as the whole app sees it: the API's service plus the Fleet behind the agent protocol."""
-
-    fleet: AgentFleet
 
 
 async def _uploads(app: web.Application) -> AsyncIterator[None]:
@@ -58,7 +53,7 @@ async def _local_fleet(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(
-    settings: Settings, *, deployer: ServedDeployer, local_fleet: LocalFleet | None = None
+    settings: Settings, *, deployer: DeploymentService, local_fleet: LocalFleet | None = None
 ) -> web.Application:
     """The server's aiohttp application.
 

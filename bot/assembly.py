@@ -11,10 +11,10 @@ from pathlib import Path
 
 from engine.adapters.aws.accounts import AwsAccounts
 from engine.adapters.aws.runtime import AwsRuntime
+from engine.adapters.clock import SystemClock
 from engine.adapters.fleet import Fleet
 from engine.core.config.model import EngineConfig
 from engine.ports import Clock, TrafficRouter
-from engine.runtime.clock import SystemClock
 from engine.runtime.deployer import AlarmFactory, Deployer
 from engine.runtime.queue import GroupQueue
 from engine.runtime.results import CommandResults

@@ -261,8 +261,10 @@ def _deploy_or_unknown(words: list[str], names: _Names) -> Command:
     tail = rest[2:]
     if tail:
         if not _keyword(tail[0], "with") or len(tail) != 2:
-            fixed = None if _keyword(tail[-1], "with") else " ".join([first, "to", rest[1], "with", tail[-1]])
-            raise ParseError("expected `with CONFIG` after the environment", usage, fixed and "/deploy " + fixed)
+            corrected = None if _keyword(tail[-1], "with") else " ".join([first, "to", rest[1], "with", tail[-1]])
+            raise ParseError(
+                "expected `with CONFIG` after the environment", usage, corrected and "/deploy " + corrected
+            )
         config = tail[1]
     app = names.app(app_word, usage, _Rebuild([app_word + (f"@{ref}" if ref else ""), *rest], 0) if not ref else None)
     env = names.env(app, rest[1], usage, _Rebuild(words, 2))

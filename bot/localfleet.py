@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.core.config.model import Host
+from engine import Host
 
 log = logging.getLogger(__name__)
 

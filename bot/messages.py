@@ -24,7 +24,8 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-FINAL = frozenset({"Succeeded", "Failed", "Stopped"})
+from engine import FINAL_STATUSES
+
 ACTIVE = frozenset({"Created", "InProgress", "Ready", "Baking"})
 ACTION_PREFIX = "deploy."
 STATUS_ICON = {
@@ -114,7 +115,7 @@ def progress_text(doc: Mapping[str, Any]) -> str:
 def status_text(doc: Mapping[str, Any]) -> str:
     status = doc["status"]
     text = f"{STATUS_ICON.get(status, '')} {status}".strip()
-    if status in FINAL and duration_of(doc) is not None:
+    if status in FINAL_STATUSES and duration_of(doc) is not None:
         text += f" in {duration_text(duration_of(doc))}"
     error = doc.get("error")
     if error and error.get("message"):
@@ -251,7 +252,7 @@ def milestones(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> li
     rolled_back_by = (after.get("rollback") or {}).get("by")
     if rolled_back_by and rolled_back_by != ((before or {}).get("rollback") or {}).get("by"):
         out.append(Milestone(MilestoneKind.ROLLBACK_STARTED, f":rewind: Rollback started: `{rolled_back_by}`"))
-    if after["status"] in FINAL and (before is None or before["status"] not in FINAL):
+    if after["status"] in FINAL_STATUSES and (before is None or before["status"] not in FINAL_STATUSES):
         out.append(Milestone(MilestoneKind.FINISHED, summary_text(after)))
     return out
 
@@ -294,7 +295,7 @@ def deployment_line(doc: Mapping[str, Any]) -> str:
     """One line per deployment, for status and history replies."""
     revision = doc.get("revision") or {}
     rev = (revision.get("commit") or "")[:7] or str(revision.get("sha256") or "")[:12]
-    when = duration_text(duration_of(doc)) if doc["status"] in FINAL else progress_text(doc)
+    when = duration_text(duration_of(doc)) if doc["status"] in FINAL_STATUSES else progress_text(doc)
     return (
         f"{STATUS_ICON.get(doc['status'], '')} `{doc['id']}` {doc['application']} → {doc['environment']} "
         f"`{rev}` {doc['status']} ({when}) by {who(doc.get('created_by'))}"

@@ -13,7 +13,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from engine.core.config.model import EngineConfig
+from engine import EngineConfig
 
 PRODUCTION_NAMES = frozenset({"production", "prod", "prd", "live"})
 

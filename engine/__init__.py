@@ -1,58 +1,176 @@
 """deploybot's engine: CodeDeploy's model (applications, groups, configurations, revisions, deployments, targets).
 
-This module is the public surface ``bot/`` may use; keep the export list sorted (a test checks it). The composition
-root (bot/app.py, bot/cli/server_cmd.py) alone also reaches the store and the adapters.
+This module is the public surface ``bot/`` may use: the values, errors and pure functions the doors and the CLI
+work with, and the DeploymentService Protocol (engine/service.py) they are typed against. Keep the export list
+sorted (a test checks it). Only the composition root (bot/app.py, bot/assembly.py, bot/cli/server_cmd.py, and
+bot/cli/push_cmd.py, which uploads to S3 itself) reaches the runtime, the store and the adapters.
 """
 
-from engine.core.appspec import AppSpec, normalized, parse_appspec
-from engine.core.config.model import Application, DeploymentGroup, EngineConfig, Host
+from engine.bundles import build_bundle, safe_extract
+from engine.core.appspec import AppSpec, ServerAppSpec, normalized, parse_appspec
+from engine.core.config.groups import NAME as NAME_PATTERN
+from engine.core.config.model import (
+    AlarmConfiguration,
+    Application,
+    AwsAccount,
+    DeploymentGroup,
+    EngineConfig,
+    Host,
+)
 from engine.core.config.parse import load_config, parse_config
-from engine.core.configs import BUILTIN_CONFIGS, DeploymentConfig, resolve_config
+from engine.core.configs import (
+    BUILTIN_CONFIGS,
+    BUILTIN_PREFIX,
+    DeploymentConfig,
+    MinimumHealthyHosts,
+    MinimumHealthyHostsType,
+    TrafficRouting,
+    TrafficRoutingType,
+    close_config_names,
+    default_config_name,
+    resolve_config,
+    traffic_span_minutes,
+    validate_custom_config,
+)
+from engine.core.configs import MAX_NAME_LENGTH as MAX_CONFIG_NAME_LENGTH
+from engine.core.configs import describe as describe_config
 from engine.core.errors import (
     AdapterError,
+    ApplicationNotFound,
     AppSpecInvalid,
     BundleError,
     ConfigError,
     DeploymentNotFound,
     DeploymentRefused,
     EngineError,
+    EnvironmentNotFound,
+    InvalidLifecycleHookStatus,
     InvalidTransition,
+    LifecycleHookNotFound,
     NotFound,
     Problem,
+    RevisionNotFound,
     UnknownDeploymentConfig,
 )
-from engine.core.model import DeploymentStatus, DeploymentType, EventStatus, LifecycleEvent, Platform
-from engine.runtime.deployer import Deployer, DeployRequest
+from engine.core.model import (
+    FINAL_STATUSES,
+    ROLLBACK_CREATOR,
+    AutoRollback,
+    AutoRollbackEvent,
+    DeploymentStatus,
+    DeploymentType,
+    EventStatus,
+    LifecycleEvent,
+    Platform,
+    Revision,
+    ScriptErrorCode,
+)
+from engine.core.overrides import FILE_EXISTS_BEHAVIORS, GroupOverrides
+from engine.core.registrations import (
+    ConfiguredHostReadOnly,
+    DeploymentConfigExists,
+    DeploymentConfigInUse,
+    DeploymentConfigReadOnly,
+    IamArnAlreadyRegistered,
+    InstanceAlreadyRegistered,
+    InstanceNotRegistered,
+    InvalidDeploymentConfig,
+    OnPremInstance,
+    RegisteredRevision,
+    TooManyTags,
+)
+from engine.core.simulate import simulate
+from engine.core.stages import StageOptions, deployment_stages
+from engine.service import (
+    AgentFleet,
+    DeploymentRecords,
+    DeploymentService,
+    DeployRequest,
+    HookExecutions,
+    Registrations,
+    ReleaseService,
+    RevisionLibrary,
+)
 
 __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "AdapterError",
+    "AgentFleet",
+    "AlarmConfiguration",
     "AppSpec",
     "AppSpecInvalid",
     "Application",
+    "ApplicationNotFound",
+    "AutoRollback",
+    "AutoRollbackEvent",
+    "AwsAccount",
     "BUILTIN_CONFIGS",
+    "BUILTIN_PREFIX",
     "BundleError",
     "ConfigError",
+    "ConfiguredHostReadOnly",
     "DeployRequest",
-    "Deployer",
     "DeploymentConfig",
+    "DeploymentConfigExists",
+    "DeploymentConfigInUse",
+    "DeploymentConfigReadOnly",
     "DeploymentGroup",
     "DeploymentNotFound",
+    "DeploymentRecords",
     "DeploymentRefused",
+    "DeploymentService",
     "DeploymentStatus",
     "DeploymentType",
     "EngineConfig",
     "EngineError",
+    "EnvironmentNotFound",
     "EventStatus",
+    "FILE_EXISTS_BEHAVIORS",
+    "FINAL_STATUSES",
+    "GroupOverrides",
+    "HookExecutions",
     "Host",
+    "IamArnAlreadyRegistered",
+    "InstanceAlreadyRegistered",
+    "InstanceNotRegistered",
+    "InvalidDeploymentConfig",
+    "InvalidLifecycleHookStatus",
     "InvalidTransition",
     "LifecycleEvent",
+    "LifecycleHookNotFound",
+    "MAX_CONFIG_NAME_LENGTH",
+    "MinimumHealthyHosts",
+    "MinimumHealthyHostsType",
+    "NAME_PATTERN",
     "NotFound",
+    "OnPremInstance",
     "Platform",
     "Problem",
+    "ROLLBACK_CREATOR",
+    "RegisteredRevision",
+    "Registrations",
+    "ReleaseService",
+    "Revision",
+    "RevisionLibrary",
+    "RevisionNotFound",
+    "ScriptErrorCode",
+    "ServerAppSpec",
+    "StageOptions",
+    "TooManyTags",
+    "TrafficRouting",
+    "TrafficRoutingType",
     "UnknownDeploymentConfig",
+    "build_bundle",
+    "close_config_names",
+    "default_config_name",
+    "deployment_stages",
+    "describe_config",
     "load_config",
     "normalized",
     "parse_appspec",
     "parse_config",
     "resolve_config",
+    "safe_extract",
+    "simulate",
+    "traffic_span_minutes",
+    "validate_custom_config",
 ]

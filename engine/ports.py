@@ -120,6 +120,9 @@ class HookCallbacks(Protocol):
 
     def cancel(self, deployment_id: str) -> None: ...
 
+    def pending(self, deployment_id: str | None = None) -> list[dict[str, Any]]:
+        """The executions still waiting for their callback (what an operator may unblock)."""
+
 
 class PlatformRuntime(Protocol):
     """What the Deployer needs from AWS: platform drivers, hook callbacks, EC2 instances by tag, S3 revisions."""
@@ -179,7 +182,8 @@ class RevisionArchive(Protocol):
 
 
 class HostFleet(HostExecutor, Protocol):
-    """The agents of the server platform, as the runtime sees them (engine/adapters/fleet.py)."""
+    """The agents of the server platform (engine/adapters/fleet.py): the runtime dispatches to them, the doors
+    serve their protocol."""
 
     def token_for(self, host: str) -> str:
         """The host's agent token, made on first use."""
@@ -190,6 +194,22 @@ class HostFleet(HostExecutor, Protocol):
         """Start failing the commands of hosts whose agents stopped sending heartbeats."""
 
     async def stop_monitor(self) -> None: ...
+
+    # The agent protocol's side (bot/agent_api.py acts for the host a token names):
+
+    def authenticate(self, token: str) -> str | None: ...
+
+    def revoke_token(self, host: str) -> bool: ...
+
+    async def next_command(self, host: str, *, wait: float) -> dict[str, Any] | None: ...
+
+    async def report_result(self, host: str, command_id: int, result: dict[str, Any]) -> None: ...
+
+    async def heartbeat(self, host: str, info: Mapping[str, Any]) -> None: ...
+
+    async def release(self, host: str, command_id: int) -> None: ...
+
+    def bundle_path(self, sha256: str) -> Path | None: ...
 
 
 # -- the store ----------------------------------------------------------------------------------------------------

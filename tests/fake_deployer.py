@@ -1,8 +1,9 @@
-"""FakeDeployer and FakeFleet: hand-written stand-ins with the shape of engine.runtime.deployer.Deployer and
-engine.adapters.fleet.Fleet (contracts.md), so bot/ routes and the CLI are tested over real HTTP without an engine.
+"""FakeDeployer and FakeFleet: hand-written stand-ins of engine.DeploymentService and engine.AgentFleet (the
+Protocols of engine/service.py), so bot/ routes and the CLI are tested over real HTTP without an engine.
 
 They record every call, raise the real engine errors, and can play a deployment forward (``script``) so the CLI's
-``--wait`` follows real long polls.
+``--wait`` follows real long polls. What the tests never reach through the fake (the release flow's gates, hook
+callbacks, S3, the CodeDeploy API's registrations) is there in shape only: empty, or refused with an engine error.
 """
 
 from __future__ import annotations
@@ -10,25 +11,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import (
+from engine import (
+    FINAL_STATUSES,
+    AdapterError,
     ApplicationNotFound,
     AppSpecInvalid,
+    DeploymentConfig,
     DeploymentNotFound,
     DeploymentRefused,
+    DeployRequest,
+    EngineConfig,
     EnvironmentNotFound,
     InvalidTransition,
+    LifecycleHookNotFound,
     NotFound,
+    OnPremInstance,
+    Platform,
     Problem,
+    RegisteredRevision,
+    Revision,
     RevisionNotFound,
     UnknownDeploymentConfig,
+    parse_config,
 )
+from engine.ports import Notifier
 
 EVENTS = ("ApplicationStop", "DownloadBundle", "BeforeInstall", "Install", "ApplicationStart", "ValidateService")
-FINAL = ("Succeeded", "Failed", "Stopped")
+CONFIG = """
+hosts:
+  - {name: web-1}
+  - {name: web-2}
+applications:
+  hello:
+    environments: [staging, production]
+    deployment_groups:
+      staging: {targets: {hosts: [web-1, web-2]}}
+      production: {targets: {hosts: [web-1, web-2]}}
+  api:
+    environments: [production]
+    deployment_groups:
+      production: {targets: {hosts: [web-1, web-2]}}
+"""
 
 
 class FakeFleet:
@@ -57,6 +84,9 @@ class FakeFleet:
 
     def token_for(self, host: str) -> str:
         return f"token-{host}"
+
+    def revoke_token(self, host: str) -> bool:
+        return self.tokens.pop(f"token-{host}", None) is not None
 
     async def next_command(self, host: str, *, wait: float) -> dict[str, Any] | None:
         self.waits.append(wait)
@@ -89,6 +119,244 @@ class FakeFleet:
         return path if path.exists() else None
 
 
+class FakeClock:
+    """Engine time that moves one second per reading, so ``created_at`` and friends are distinct and predictable."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.at = start
+
+    def now(self) -> float:
+        self.at += 1
+        return self.at
+
+    def monotonic(self) -> float:
+        return self.at
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class FakeRevisions:
+    """Uploaded bundles by sha256 (tests iterate it); ``add``/``get`` are the RevisionLibrary side."""
+
+    def __init__(self) -> None:
+        self.bundles: dict[str, bytes] = {}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.bundles)
+
+    def __contains__(self, sha256: object) -> bool:
+        return sha256 in self.bundles
+
+    def keep(self, data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        self.bundles[sha] = data
+        return sha
+
+    async def add(
+        self,
+        source: str | Path,
+        *,
+        label: str | None = None,
+        platform: Platform = Platform.SERVER,
+        commit: str | None = None,
+        location: Mapping[str, Any] | None = None,
+    ) -> Revision:
+        data = Path(source).read_bytes()
+        return Revision(self.keep(data), label or str(source), commit, len(data), location)
+
+    async def get(self, sha256: str) -> Revision:
+        if sha256 not in self.bundles:
+            raise RevisionNotFound(sha256)
+        return Revision(sha256, "fake", None, len(self.bundles[sha256]))
+
+
+class FakeRecords:
+    """The fake's deployments as stored rows, plus the audit log and webhook deliveries."""
+
+    def __init__(self, deployments: Mapping[str, dict[str, Any]]) -> None:
+        self.deployments = deployments
+        self.log: list[dict[str, Any]] = []
+        self.deliveries: set[str] = set()
+
+    @staticmethod
+    def _row(doc: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "id": doc["id"],
+            "application": doc["application"],
+            "environment": doc["environment"],
+            "group_name": doc["group"],
+            "status": doc["status"],
+            "revision_sha256": doc["revision"]["sha256"],
+            "created_by": doc["created_by"],
+            "created_at": doc["created_at"],
+            "state": {},
+        }
+
+    async def get_deployment(self, deployment_id: str) -> dict[str, Any] | None:
+        doc = self.deployments.get(deployment_id)
+        return None if doc is None else self._row(doc)
+
+    async def list_deployments(
+        self,
+        *,
+        application: str | None = None,
+        environment: str | None = None,
+        group_name: str | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = 50,
+        newest_first: bool = True,
+    ) -> list[dict[str, Any]]:
+        statuses = (status,) if isinstance(status, str) else status
+        rows = [
+            self._row(doc)
+            for doc in self.deployments.values()
+            if application in (None, doc["application"])
+            and environment in (None, doc["environment"])
+            and group_name in (None, doc["group"])
+            and (statuses is None or doc["status"] in statuses)
+        ]
+        rows.sort(key=lambda row: row["created_at"], reverse=newest_first)
+        return rows if limit is None else rows[:limit]
+
+    async def append_log(
+        self,
+        kind: str,
+        *,
+        at: float,
+        actor: str,
+        deployment_id: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> int:
+        entry = {"kind": kind, "at": at, "actor": actor, "deployment_id": deployment_id, "data": data}
+        self.log.append({"id": len(self.log) + 1, **entry})
+        return len(self.log)
+
+    async def record_delivery(self, delivery_id: str, source: str, at: float) -> bool:
+        first = delivery_id not in self.deliveries
+        self.deliveries.add(delivery_id)
+        return first
+
+
+class FakeRelease:
+    """No gates: nothing is locked or queued. Promotion, locks and approvals are refused (the real release flow is
+    tested with the real Deployer in tests/test_release_api.py)."""
+
+    @staticmethod
+    def _refused(what: str) -> DeploymentRefused:
+        return DeploymentRefused(f"FakeDeployer has no release flow: {what}")
+
+    async def promote(
+        self,
+        application: str,
+        source: str,
+        target: str,
+        *,
+        actor: str,
+        override: bool = False,
+        revision: str | None = None,
+    ) -> dict[str, Any]:
+        raise self._refused("promote")
+
+    async def where(self, application: str) -> dict[str, Any]:
+        raise self._refused("where")
+
+    async def lock(
+        self,
+        application: str,
+        environment: str,
+        *,
+        actor: str,
+        reason: str = "",
+        expires_in_minutes: float | None = None,
+    ) -> dict[str, Any]:
+        raise self._refused("lock")
+
+    async def unlock(self, application: str, environment: str, *, actor: str) -> dict[str, Any]:
+        raise self._refused("unlock")
+
+    async def locks(self) -> list[dict[str, Any]]:
+        return []
+
+    async def approve(self, deployment_id: str, *, actor: str) -> dict[str, Any]:
+        raise self._refused("approve")
+
+    async def reject(self, deployment_id: str, *, actor: str, reason: str = "") -> dict[str, Any]:
+        raise self._refused("reject")
+
+    async def queue(self, application: str | None = None, environment: str | None = None) -> list[dict[str, Any]]:
+        return []
+
+
+class FakeHooks:
+    """No Lambda/ECS hook ever waits for its callback."""
+
+    def pending(self, deployment_id: str | None = None) -> list[dict[str, Any]]:
+        return []
+
+
+class FakeRegistry:
+    """Nothing registered through the CodeDeploy API, and nothing can be."""
+
+    @staticmethod
+    def _refused(what: str) -> DeploymentRefused:
+        return DeploymentRefused(f"FakeDeployer registers nothing: {what}")
+
+    def deployment_configs(self) -> Mapping[str, DeploymentConfig]:
+        return {}
+
+    def config_created_at(self, name: str) -> float | None:
+        return None
+
+    async def create_config(self, config: DeploymentConfig) -> None:
+        raise self._refused("create_config")
+
+    async def delete_config(self, name: str) -> None:
+        raise self._refused("delete_config")
+
+    def instances(self) -> list[OnPremInstance]:
+        return []
+
+    async def register_instance(
+        self, name: str, *, iam_arn: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> OnPremInstance:
+        raise self._refused("register_instance")
+
+    async def deregister_instance(self, name: str) -> OnPremInstance:
+        raise self._refused("deregister_instance")
+
+    async def add_tags(self, names: Sequence[str], tags: Mapping[str, str]) -> None:
+        raise self._refused("add_tags")
+
+    async def remove_tags(self, names: Sequence[str], tags: Iterable[tuple[str, str | None]]) -> None:
+        raise self._refused("remove_tags")
+
+    def revisions(self, application: str) -> list[RegisteredRevision]:
+        return []
+
+    def revision(self, application: str, location: Mapping[str, Any]) -> RegisteredRevision | None:
+        return None
+
+    def location_of(self, application: str, sha256: str) -> Mapping[str, Any] | None:
+        return None
+
+    async def register_revision(
+        self,
+        application: str,
+        location: Mapping[str, Any],
+        *,
+        sha256: str | None = None,
+        description: str | None = None,
+    ) -> RegisteredRevision:
+        raise self._refused("register_revision")
+
+    async def mark_used(self, application: str, location: Mapping[str, Any], *, sha256: str) -> RegisteredRevision:
+        raise self._refused("mark_used")
+
+    async def store_inline_appspec(self, content: str, platform: Platform) -> Revision:
+        raise self._refused("store_inline_appspec")
+
+
 class FakeDeployer:
     """Applications ``hello`` (staging, production) and ``api`` (production); hosts web-1 and web-2.
 
@@ -97,22 +365,27 @@ class FakeDeployer:
     """
 
     def __init__(self, *, fleet: FakeFleet | None = None, script: str | None = None, step: float = 0.01) -> None:
+        self.config: EngineConfig = parse_config(CONFIG)
         self.fleet = fleet or FakeFleet()
         self.script = script
         self.step = step
         self.apps = {"hello": ("staging", "production"), "api": ("production",)}
         self.calls: list[tuple[Any, ...]] = []
-        self.revisions: dict[str, bytes] = {}
+        self.revisions = FakeRevisions()
         self.deployments: dict[str, dict[str, Any]] = {}
+        self.clock = FakeClock()
+        self.store = FakeRecords(self.deployments)
+        self.release = FakeRelease()
+        self.hooks = FakeHooks()
+        self.registry = FakeRegistry()
+        self.notifiers: list[Notifier] = []
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._clock = 1_700_000_000.0
 
     # -- helpers for tests --------------------------------------------------------------------------------------
 
     def _now(self) -> float:
-        self._clock += 1
-        return self._clock
+        return self.clock.now()
 
     def advance(self, deployment_id: str, **changes: Any) -> dict[str, Any]:
         deployment = self.deployments[deployment_id]
@@ -215,11 +488,24 @@ class FakeDeployer:
         self.calls.append(("store_revision", source, data))
         if data.startswith(b"bad") or "broken" in source:
             raise AppSpecInvalid([Problem("appspec.yml", 3, 5, "unknown key 'hoks' (did you mean 'hooks'?)")])
-        sha = hashlib.sha256(data).hexdigest()
-        self.revisions[sha] = data
+        sha = self.revisions.keep(data)
         return {"sha256": sha, "size": len(data), "source": source}
 
-    async def start(self, request: Any) -> dict[str, Any]:
+    async def fetch_s3_revision(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        version: str | None = None,
+        etag: str | None = None,
+        bundle_type: str | None = None,
+        account: str = "default",
+        platform: Platform = Platform.SERVER,
+    ) -> Revision:
+        self.calls.append(("fetch_s3_revision", bucket, key))
+        raise AdapterError("s3", "FakeDeployer reaches no S3")
+
+    async def start(self, request: DeployRequest) -> dict[str, Any]:
         self.calls.append(("start", request))
         app, env = self._resolve(request.application, request.environment)
         if request.config_name == "Nope":
@@ -249,7 +535,7 @@ class FakeDeployer:
     async def watch(self, deployment_id: str, *, after: int = 0, timeout: float = 25.0) -> dict[str, Any]:
         self.calls.append(("watch", deployment_id, after, timeout))
         deployment = await self.get(deployment_id)
-        if deployment["version"] <= after and deployment["status"] not in FINAL:
+        if deployment["version"] <= after and deployment["status"] not in FINAL_STATUSES:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
         return await self.get(deployment_id)
@@ -257,7 +543,7 @@ class FakeDeployer:
     async def stop(self, deployment_id: str, *, rollback: bool | None = None, actor: str = "cli") -> dict[str, Any]:
         self.calls.append(("stop", deployment_id, rollback, actor))
         deployment = await self.get(deployment_id)
-        if deployment["status"] in FINAL:
+        if deployment["status"] in FINAL_STATUSES:
             raise InvalidTransition(deployment["status"], "StopRequested")
         error = {"code": "MANUAL_STOP", "message": f"stopped by {actor}"}
         return dict(self.advance(deployment_id, status="Stopped", ended_at=self._now(), error=error))
@@ -273,11 +559,11 @@ class FakeDeployer:
     async def control(self, deployment_id: str, action: str, *, actor: str = "cli") -> dict[str, Any]:
         self.calls.append(("control", deployment_id, action, actor))
         deployment = await self.get(deployment_id)
-        if deployment["status"] in FINAL:
+        if deployment["status"] in FINAL_STATUSES:
             raise InvalidTransition(deployment["status"], action)
         return dict(self.advance(deployment_id, paused=action == "pause"))
 
-    async def plan(self, request: Any) -> dict[str, Any]:
+    async def plan(self, request: DeployRequest) -> dict[str, Any]:
         self.calls.append(("plan", request))
         app, env = self._resolve(request.application, request.environment)
         plan = {
@@ -293,6 +579,12 @@ class FakeDeployer:
             "problem": None,
         }
         return {"plan": plan, "stages": []}
+
+    async def put_hook_status(
+        self, execution_id: str, status: str, *, deployment_id: str | None = None, actor: str = "api"
+    ) -> dict[str, Any]:
+        self.calls.append(("put_hook_status", execution_id, status, actor))
+        raise LifecycleHookNotFound(execution_id, deployment_id)
 
     async def event_log(self, deployment_id: str) -> list[dict[str, Any]]:
         await self.get(deployment_id)

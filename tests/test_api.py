@@ -13,8 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from fake_deployer import FakeDeployer
 
-from bot.api import create_api_app, error_body, error_status
+from bot.api import create_api_app
 from bot.app import create_app
+from bot.http import error_body, error_status
 from bot.settings import Settings
 from engine.core.errors import (
     AdapterError,

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from bot.github import describe
-from bot.github.checks import annotations, check_run, validate
+from bot.github.checks import check_annotations as annotations
+from bot.github.checks import check_run, validate
 from bot.github.notifier import GitHubStatus, github_status
 from bot.github.triggers import MergeRule, Verdict, checks_verdict, merge_rules
 from bot.settings import Settings

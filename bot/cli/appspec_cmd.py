@@ -11,9 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from engine.core.appspec import AppSpec, normalized, parse_appspec
-from engine.core.errors import AppSpecInvalid, Problem
-from engine.core.model import Platform
+from engine import AppSpec, AppSpecInvalid, Platform, Problem, normalized, parse_appspec
 
 _USAGE_ERROR = 2
 

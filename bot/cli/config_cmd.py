@@ -11,9 +11,7 @@ import json
 import sys
 from typing import Any
 
-from engine.core.config.model import EngineConfig
-from engine.core.config.parse import load_config
-from engine.core.errors import ConfigError
+from engine import ConfigError, EngineConfig, load_config
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

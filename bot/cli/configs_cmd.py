@@ -13,24 +13,27 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from engine.core.configs import (
+from engine import (
     BUILTIN_CONFIGS,
     BUILTIN_PREFIX,
     DeploymentConfig,
+    DeploymentType,
+    LifecycleEvent,
     MinimumHealthyHosts,
     MinimumHealthyHostsType,
+    Platform,
+    StageOptions,
     TrafficRouting,
     TrafficRoutingType,
+    UnknownDeploymentConfig,
     close_config_names,
     default_config_name,
-    describe,
+    deployment_stages,
+    describe_config,
+    simulate,
     traffic_span_minutes,
     validate_custom_config,
 )
-from engine.core.errors import UnknownDeploymentConfig
-from engine.core.model import DeploymentType, LifecycleEvent, Platform
-from engine.core.simulate import simulate
-from engine.core.stages import StageOptions, deployment_stages
 
 _TRAFFIC_WORDS = {
     "allatonce": TrafficRoutingType.ALL_AT_ONCE,
@@ -103,7 +106,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def _list_entry(config: DeploymentConfig) -> dict[str, Any]:
-    entry = {key: value for key, value in describe(config).items() if key != "builtin"}
+    entry = {key: value for key, value in describe_config(config).items() if key != "builtin"}
     entry["default"] = default_config_name(config.compute_platform) == config.name
     entry["meaning"] = meaning(config)
     return entry
@@ -150,7 +153,7 @@ def _traffic_meaning(routing: TrafficRouting) -> str:
     raise AssertionError(routing)
 
 
-def _minutes(value: int) -> str:
+def _minutes(value: float) -> str:
     return f"{value} minute" if value == 1 else f"{value} minutes"
 
 
@@ -170,7 +173,7 @@ def run_explain(args: argparse.Namespace) -> int:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    data = describe(config, args.hosts)
+    data = describe_config(config, args.hosts)
     if outcome is not None:
         data["outcome"] = dict(outcome)
     if args.json:
@@ -274,7 +277,7 @@ def render_outcome(outcome: Mapping[str, Any] | None) -> list[str]:
 
 
 def render_explain(config: DeploymentConfig, data: Mapping[str, Any]) -> list[str]:
-    """Text lines for ``describe``'s data."""
+    """Text lines for ``describe_config``'s data."""
     lines = [f"{config.name} ({config.compute_platform}, {data['kind']}): {meaning(config)}"]
     if "hosts" in data:
         n, minimum = data["hosts"], data["minimum_healthy_count"]

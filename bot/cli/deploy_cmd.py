@@ -21,7 +21,7 @@ from rich.console import Console
 
 from bot.cli import deploy_view as view
 from bot.client import DEFAULT_SERVER_URL, ApiClient, ApiError, ClientError, find_api_token
-from engine.core.errors import EngineError
+from engine import FINAL_STATUSES, EngineError
 
 Command = Callable[[argparse.Namespace, ApiClient], Awaitable[int]]
 _IDLE_WATCH_PAUSE = 1.0  # a watch answered without a change (e.g. queued): don't spin
@@ -82,7 +82,7 @@ async def _upload(api: ApiClient, source: str, application: str) -> str:
     """Build the canonical bundle locally (the server may be elsewhere), upload it, return ``sha256:<hex>``.
 
     ``sha256:`` and ``s3://`` revisions are already where the server can reach them and pass through unchanged."""
-    from engine.bundles import build_bundle
+    from engine import build_bundle
 
     if source.startswith(("sha256:", "s3://")):
         return source
@@ -101,7 +101,7 @@ async def follow(api: ApiClient, deployment: Mapping[str, Any], *, as_json: bool
     current = dict(deployment)
     with view.Progress(_stderr() if as_json else _stdout()) as progress:
         progress.update(current)
-        while current.get("status") not in view.FINAL_STATUSES:
+        while current.get("status") not in FINAL_STATUSES:
             after = int(current.get("version") or 0)
             latest = await api.watch(str(current["id"]), after=after)
             if int(latest.get("version") or 0) <= after and latest.get("status") == current.get("status"):
@@ -154,7 +154,7 @@ def _show(deployment: Mapping[str, Any], as_json: bool) -> None:
         return
     out = _stdout()
     out.print(view.deployment_view(deployment))
-    if deployment.get("status") in view.FINAL_STATUSES:
+    if deployment.get("status") in FINAL_STATUSES:
         out.print(view.summary(deployment), markup=False)
         for line in view.failure_report(deployment):
             out.print(line, markup=False, highlight=False, soft_wrap=True)

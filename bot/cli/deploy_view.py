@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-FINAL_STATUSES = frozenset({"Succeeded", "Failed", "Stopped"})
+from engine import FINAL_STATUSES
 
 _STYLE = {
     "Succeeded": "green",
@@ -160,7 +160,7 @@ def failure_report(deployment: Mapping[str, Any]) -> list[str]:
 
 def summary(deployment: Mapping[str, Any]) -> str:
     status = deployment.get("status")
-    mark = "✓" if status == "Succeeded" else "✗" if status in ("Failed", "Stopped") else "•"
+    mark = "✓" if status == "Succeeded" else "✗" if status in FINAL_STATUSES else "•"
     return f"{mark} {deployment.get('id')} {status} after {duration(deployment)}"
 
 

@@ -18,8 +18,7 @@ from rich.table import Table
 
 from bot.cli.deploy_cmd import _common, _print_json, _run
 from bot.client import ApiClient
-from engine.core.config.parse import load_config
-from engine.core.errors import ConfigError
+from engine import ConfigError, load_config
 
 
 async def _hosts(args: argparse.Namespace, api: ApiClient) -> int:

@@ -16,14 +16,11 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bot.cli.deploy_cmd import _common, _print_json, _run, _stderr, _stdout
 from bot.client import ApiClient
-from engine import ConfigError, load_config
-
-if TYPE_CHECKING:
-    from engine.core.config.model import AwsAccount
+from engine import AwsAccount, ConfigError, load_config
 
 
 class _Usage(Exception):
@@ -40,8 +37,6 @@ def _bucket_and_prefix(uri: str) -> tuple[str, str]:
 
 
 def _account(args: argparse.Namespace) -> AwsAccount:
-    from engine.core.config.model import AwsAccount
-
     if args.config is None:
         if args.account not in (None, "default"):
             raise _Usage("--account names an account of a config file's `aws` section: give --config FILE too")

@@ -96,8 +96,8 @@ async def _serve(config: EngineConfig, settings: Settings, config_path: Path) ->
     from bot.localfleet import LocalFleet, agent_processes
     from engine.adapters.aws.accounts import AwsAccounts
     from engine.adapters.aws.elbv2 import build_elb_routers
+    from engine.adapters.clock import SystemClock
     from engine.adapters.haproxy.stack import build_alarms, haproxy_groups, start_haproxy
-    from engine.runtime.clock import SystemClock
 
     sock = _listen_socket(config.server.listen_host, config.server.listen_port)
     url = _local_url(config.server.listen_host, sock.getsockname()[1])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -20,6 +19,7 @@ from bot.codedeploy.protocol import PATH, CodeDeployEndpoint
 from bot.codedeploy.sigv4 import parse_keys
 from bot.github.client import GitHubAuth, GitHubClient
 from bot.settings import Settings
+from engine import DeploymentService
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ CODEDEPLOY = web.AppKey("codedeploy", CodeDeployEndpoint)
 
 
 def setup_codedeploy(
-    app: web.Application, settings: Settings, deployer: Any, *, environ: Mapping[str, str] | None = None
+    app: web.Application, settings: Settings, deployer: DeploymentService, *, environ: Mapping[str, str] | None = None
 ) -> bool:
     """Mount ``POST /codedeploy`` when access keys are configured; False, and nothing mounted, otherwise.
 

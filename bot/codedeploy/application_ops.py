@@ -7,30 +7,33 @@ file's and those made with CreateDeploymentConfig; only the last can be deleted,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from bot.codedeploy.base import OperationsBase, required, string_list
 from bot.codedeploy.shapes import PLATFORMS, ApiError, config_info
-from engine.core.config.model import Application, DeploymentGroup
-from engine.core.configs import (
+from engine import (
     BUILTIN_CONFIGS,
     BUILTIN_PREFIX,
-    MAX_NAME_LENGTH,
+    MAX_CONFIG_NAME_LENGTH,
+    Application,
     DeploymentConfig,
+    DeploymentConfigExists,
+    DeploymentConfigInUse,
+    DeploymentConfigReadOnly,
+    DeploymentGroup,
+    InvalidDeploymentConfig,
     MinimumHealthyHosts,
     MinimumHealthyHostsType,
     TrafficRouting,
     TrafficRoutingType,
 )
-from engine.core.registrations import DeploymentConfigExists, DeploymentConfigInUse, DeploymentConfigReadOnly
-from engine.core.registrations import InvalidDeploymentConfig as InvalidConfig
 
 _PLATFORM_NAMES = {name: platform for platform, name in PLATFORMS.items()}
 _MHH_WORDS = ("minimum_healthy", "FLEET_PERCENT", "HOST_COUNT", "MOST_CONCURRENCY")
 
 
 class ApplicationOperations(OperationsBase):
-    OPERATIONS = (
+    OPERATIONS: ClassVar[tuple[str, ...]] = (
         "ListApplications",
         "GetApplication",
         "BatchGetApplications",
@@ -128,10 +131,10 @@ class ApplicationOperations(OperationsBase):
 
     async def create_deployment_config(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
         name = required(body, "deploymentConfigName", "DeploymentConfigNameRequired")
-        if name.startswith(BUILTIN_PREFIX) or len(name) > MAX_NAME_LENGTH:
+        if name.startswith(BUILTIN_PREFIX) or len(name) > MAX_CONFIG_NAME_LENGTH:
             raise ApiError(
                 "InvalidDeploymentConfigName",
-                f"{name!r}: names are 1-{MAX_NAME_LENGTH} characters and may not start with {BUILTIN_PREFIX}",
+                f"{name!r}: names are 1-{MAX_CONFIG_NAME_LENGTH} characters and may not start with {BUILTIN_PREFIX}",
             )
         platform_name = body.get("computePlatform") or "Server"
         if platform_name not in _PLATFORM_NAMES:
@@ -148,7 +151,7 @@ class ApplicationOperations(OperationsBase):
             await self.registry.create_config(config)
         except DeploymentConfigExists:
             raise ApiError("DeploymentConfigAlreadyExists", f"A deployment configuration named {name} exists") from None
-        except InvalidConfig as exc:
+        except InvalidDeploymentConfig as exc:
             mhh = any(word in problem for problem in exc.problems for word in _MHH_WORDS)
             kind = "InvalidMinimumHealthyHostValue" if mhh else "InvalidTrafficRoutingConfiguration"
             raise ApiError(kind, f"{name}: {'; '.join(exc.problems)}") from None

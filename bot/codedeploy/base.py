@@ -10,20 +10,23 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 from bot.codedeploy.shapes import ApiError
-from engine.core.config.model import Application, DeploymentGroup
-from engine.core.configs import DeploymentConfig, resolve_config
-from engine.core.errors import ApplicationNotFound, UnknownDeploymentConfig
-
-if TYPE_CHECKING:
-    from bot.github.client import GitHubClient
-    from engine.runtime.registry import Registry
+from bot.github.client import GitHubClient
+from engine import (
+    Application,
+    ApplicationNotFound,
+    DeploymentConfig,
+    DeploymentGroup,
+    DeploymentService,
+    Registrations,
+    UnknownDeploymentConfig,
+    resolve_config,
+)
 
 DEFAULT_PAGE_SIZE = 100
 BATCH_LIMIT = 100
-FINAL_STATUSES = ("Succeeded", "Failed", "Stopped")
 _DEPLOYMENT_ID = re.compile(r"^d-[A-Z0-9]{9}$")
 
 
@@ -85,26 +88,29 @@ def operation_method(name: str) -> str:
 
 
 class OperationsBase:
-    """State and lookups shared by the operation groups (mixed into CodeDeployOperations)."""
+    """State and lookups shared by the operation groups (mixed into CodeDeployOperations).
 
-    OPERATIONS: tuple[str, ...] = ()
+    ``OPERATIONS`` is each group's own list (CodeDeployOperations reads it from every class of its MRO), not an
+    attribute meant to be inherited: every group declares it with this same type."""
+
+    OPERATIONS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
-        deployer: Any,
+        deployer: DeploymentService,
         *,
+        scratch: Path,
         page_size: int = DEFAULT_PAGE_SIZE,
         github: GitHubClient | None = None,
-        scratch: Path | None = None,
     ) -> None:
         self.deployer = deployer
         self.page_size = page_size
         self.github = github  # set while the app runs when GitHub credentials exist (GitHub revisions)
-        self.scratch = scratch or Path(deployer.data_dir) / "codedeploy"
+        self.scratch = scratch  # where GitHub revisions are downloaded and unpacked
 
     @property
-    def registry(self) -> Registry:
-        return self.deployer.registry  # type: ignore[no-any-return]
+    def registry(self) -> Registrations:
+        return self.deployer.registry
 
     def paged(self, items: Sequence[Any], body: Mapping[str, Any], key: str) -> dict[str, Any]:
         chunk, token = page(items, offset(body), self.page_size)
@@ -124,7 +130,7 @@ class OperationsBase:
 
     def application(self, name: str) -> Application:
         try:
-            return self.deployer.config.application(name)  # type: ignore[no-any-return]
+            return self.deployer.config.application(name)
         except ApplicationNotFound:
             raise ApiError("ApplicationDoesNotExist", f"No application found for name: {name}") from None
 
@@ -147,4 +153,4 @@ class OperationsBase:
         row = await self.deployer.store.get_deployment(checked_id(deployment))
         if row is None:
             raise ApiError("DeploymentDoesNotExist", f"Deployment {deployment} does not exist")
-        return row  # type: ignore[no-any-return]
+        return row

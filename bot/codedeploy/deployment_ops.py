@@ -8,17 +8,24 @@ and the CLI like any other.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
-from bot.codedeploy.base import FINAL_STATUSES, checked_id, deployment_id, string_list
+from bot.codedeploy.base import checked_id, deployment_id, string_list
 from bot.codedeploy.fetching import RevisionFetching
 from bot.codedeploy.locations import normalized_location, stored_location
 from bot.codedeploy.shapes import ApiError, deployment_info
-from engine.core.config.model import AlarmConfiguration
-from engine.core.errors import EngineError, InvalidLifecycleHookStatus, LifecycleHookNotFound
-from engine.core.model import AutoRollback, AutoRollbackEvent
-from engine.core.overrides import FILE_EXISTS_BEHAVIORS, GroupOverrides
-from engine.core.requests import DeployRequest
+from engine import (
+    FILE_EXISTS_BEHAVIORS,
+    FINAL_STATUSES,
+    AlarmConfiguration,
+    AutoRollback,
+    AutoRollbackEvent,
+    DeployRequest,
+    EngineError,
+    GroupOverrides,
+    InvalidLifecycleHookStatus,
+    LifecycleHookNotFound,
+)
 
 LISTABLE_STATUSES = ("Created", "Queued", "InProgress", "Baking", "Succeeded", "Failed", "Stopped", "Ready")
 WAIT_TYPES = ("READY_WAIT", "TERMINATION_WAIT")
@@ -37,7 +44,7 @@ def current_wait(row: Mapping[str, Any]) -> str | None:
 
 
 class DeploymentOperations(RevisionFetching):
-    OPERATIONS = (
+    OPERATIONS: ClassVar[tuple[str, ...]] = (
         "CreateDeployment",
         "GetDeployment",
         "BatchGetDeployments",

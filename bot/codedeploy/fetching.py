@@ -16,9 +16,7 @@ from bot.codedeploy.locations import inline_content, is_pinned, stored_key
 from bot.codedeploy.shapes import ApiError
 from bot.github.client import GitHubUnavailable
 from bot.github.revisions import revision_from_commit, revision_label
-from engine.core.config.model import Application, DeploymentGroup
-from engine.core.errors import AdapterError, RevisionNotFound
-from engine.core.model import Platform
+from engine import AdapterError, Application, DeploymentGroup, DeploymentService, Platform, RevisionNotFound
 
 _MISSING_S3 = ("NoSuchKey", "NoSuchBucket", "NoSuchVersion", "NotFound", "404")
 
@@ -26,7 +24,7 @@ _MISSING_S3 = ("NoSuchKey", "NoSuchBucket", "NoSuchVersion", "NotFound", "404")
 class _PlatformSink:
     """bot/github's RevisionSink storing with the group's platform and the commit as the revision's location."""
 
-    def __init__(self, deployer: Any, platform: Platform, repository: str) -> None:
+    def __init__(self, deployer: DeploymentService, platform: Platform, repository: str) -> None:
         self.deployer, self.platform, self.repository = deployer, platform, repository
 
     async def store_revision(

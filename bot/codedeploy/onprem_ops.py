@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from bot.codedeploy.base import Answer, OperationsBase, required, string_list
 from bot.codedeploy.shapes import ApiError, instance_info
-from engine.core.registrations import (
+from engine import (
     ConfiguredHostReadOnly,
     IamArnAlreadyRegistered,
     InstanceAlreadyRegistered,
@@ -57,13 +57,13 @@ def _matches(tags: Mapping[str, str], filters: list[Mapping[str, Any]]) -> bool:
             return True
         if kind == "VALUE_ONLY" and value in tags.values():
             return True
-        if kind == "KEY_AND_VALUE" and key in tags and tags[key] == value:
+        if kind == "KEY_AND_VALUE" and isinstance(key, str) and key in tags and tags[key] == value:
             return True
     return False
 
 
 class OnPremOperations(OperationsBase):
-    OPERATIONS = (
+    OPERATIONS: ClassVar[tuple[str, ...]] = (
         "RegisterOnPremisesInstance",
         "DeregisterOnPremisesInstance",
         "ListOnPremisesInstances",

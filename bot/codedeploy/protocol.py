@@ -17,7 +17,7 @@ from bot.codedeploy.base import Answer
 from bot.codedeploy.operations import CodeDeployOperations
 from bot.codedeploy.shapes import ApiError
 from bot.codedeploy.sigv4 import AccessKey, SignatureRejected, verify
-from engine.core.errors import (
+from engine import (
     ApplicationNotFound,
     AppSpecInvalid,
     BundleError,
@@ -25,12 +25,12 @@ from engine.core.errors import (
     DeploymentRefused,
     EngineError,
     EnvironmentNotFound,
+    InstanceNotRegistered,
     InvalidLifecycleHookStatus,
     InvalidTransition,
     RevisionNotFound,
     UnknownDeploymentConfig,
 )
-from engine.core.registrations import InstanceNotRegistered
 
 log = logging.getLogger(__name__)
 

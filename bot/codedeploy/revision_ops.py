@@ -8,14 +8,13 @@ fetched until a deployment needs it. CreateDeployment registers its location too
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from bot.codedeploy.base import required
 from bot.codedeploy.fetching import RevisionFetching
 from bot.codedeploy.locations import normalized_location
 from bot.codedeploy.shapes import ApiError, revision_info
-from engine.core.config.model import Application
-from engine.core.registrations import RegisteredRevision
+from engine import Application, RegisteredRevision
 
 REVISION_BATCH_LIMIT = 25
 SORT_KEYS = ("registerTime", "firstUsedTime", "lastUsedTime")  # also the GenericRevisionInfo members
@@ -23,7 +22,7 @@ Usage = tuple[float | None, float | None, tuple[str, ...]]
 
 
 class RevisionOperations(RevisionFetching):
-    OPERATIONS = (
+    OPERATIONS: ClassVar[tuple[str, ...]] = (
         "RegisterApplicationRevision",
         "ListApplicationRevisions",
         "GetApplicationRevision",

@@ -10,9 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from engine.core.configs import DeploymentConfig, MinimumHealthyHostsType, TrafficRoutingType
-from engine.core.model import ROLLBACK_CREATOR, Platform, ScriptErrorCode
-from engine.core.registrations import OnPremInstance, RegisteredRevision
+from engine import (
+    ROLLBACK_CREATOR,
+    DeploymentConfig,
+    MinimumHealthyHostsType,
+    OnPremInstance,
+    Platform,
+    RegisteredRevision,
+    ScriptErrorCode,
+    TrafficRoutingType,
+)
 
 PLATFORMS = {Platform.SERVER: "Server", Platform.LAMBDA: "Lambda", Platform.ECS: "ECS"}
 _STATUS = {"WaitingApproval": "Queued"}  # deploybot's approval gate looks like a queue to CodeDeploy clients

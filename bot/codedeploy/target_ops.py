@@ -7,18 +7,18 @@ A blue/green deployment labels its original fleet Blue and its replacement Green
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from bot.codedeploy.base import OperationsBase, deployment_id, required, string_list
 from bot.codedeploy.shapes import ApiError, blue_green_labels, instance_summary, target_json
-from engine.core.errors import EngineError
+from engine import EngineError
 
 INSTANCE_STATUSES = ("Pending", "InProgress", "Succeeded", "Failed", "Skipped", "Unknown", "Ready")
 INSTANCE_TYPES = ("Blue", "Green")
 
 
 class TargetOperations(OperationsBase):
-    OPERATIONS = (
+    OPERATIONS: ClassVar[tuple[str, ...]] = (
         "ListDeploymentTargets",
         "GetDeploymentTarget",
         "BatchGetDeploymentTargets",

@@ -15,9 +15,7 @@ from typing import Any
 from gidgethub import BadRequest
 from gidgethub.abc import GitHubAPI
 
-from engine.core.appspec import ServerAppSpec, parse_appspec
-from engine.core.errors import AppSpecInvalid, Problem
-from engine.core.model import Platform
+from engine import AppSpecInvalid, Platform, Problem, ServerAppSpec, parse_appspec
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +50,8 @@ def _hooks_of(text: str, path: str, platform: Platform) -> tuple[str, ...]:
         return ()
 
 
-def annotations(problems: Sequence[Problem], path: str) -> list[dict[str, Any]]:
+def check_annotations(problems: Sequence[Problem], path: str) -> list[dict[str, Any]]:
+    """A check run's annotations: one per problem, at its line and column (GitHub takes at most 50 a request)."""
     return [
         {
             "path": path,
@@ -72,7 +71,7 @@ def check_run(head_sha: str, path: str, problems: Sequence[Problem]) -> dict[str
     if problems:
         count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
         summary = "\n".join(f"- `{p.file}:{p.line}:{p.column}` {p.message}" for p in problems)
-        output = {"title": f"{path}: {count}", "summary": summary, "annotations": annotations(problems, path)}
+        output = {"title": f"{path}: {count}", "summary": summary, "annotations": check_annotations(problems, path)}
     else:
         output = {"title": f"{path} is valid", "summary": f"`deploybot appspec validate {path}` found no problem."}
     return {

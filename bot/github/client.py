@@ -182,9 +182,3 @@ def _epoch(text: object, fallback: float) -> float:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return fallback
-
-
-def api_status(exc: BaseException) -> int | None:
-    """The HTTP status of a gidgethub error (None for anything else)."""
-    status = getattr(exc, "status_code", None)
-    return int(status) if status is not None else None

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -20,10 +19,10 @@ from gidgethub import sansio
 from bot.github.client import GitHubAuth, GitHubClient
 from bot.github.notifier import GitHubNotifier
 from bot.github.triggers import DeployTriggers
-from bot.github.webhooks import receive, router
+from bot.github.webhooks import router, webhook_handler
 from bot.pages.links import page_url
 from bot.settings import Settings
-from engine.core.config.model import EngineConfig
+from engine import DeploymentService, EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,9 @@ STATE_FILENAME = "github-deployments.json"
 
 
 class GitHubFront:
-    def __init__(self, settings: Settings, deployer: Any, auth: GitHubAuth, *, poll_seconds: float = 15.0) -> None:
+    def __init__(
+        self, settings: Settings, deployer: DeploymentService, auth: GitHubAuth, *, poll_seconds: float = 15.0
+    ) -> None:
         self.settings = settings
         self.deployer = deployer
         self.auth = auth
@@ -46,7 +47,7 @@ class GitHubFront:
 
     @property
     def config(self) -> EngineConfig:
-        return self.deployer.config  # type: ignore[no-any-return]
+        return self.deployer.config
 
     async def first_delivery(self, delivery_id: str) -> bool:
         return bool(await self.deployer.store.record_delivery(delivery_id, "github", self.deployer.clock.now()))
@@ -118,7 +119,7 @@ GITHUB = web.AppKey("github", GitHubFront)
 def setup_github(
     app: web.Application,
     settings: Settings,
-    deployer: Any,
+    deployer: DeploymentService,
     *,
     environ: Mapping[str, str] | None = None,
     poll_seconds: float = 15.0,
@@ -131,7 +132,7 @@ def setup_github(
     front = GitHubFront(settings, deployer, auth, poll_seconds=poll_seconds)
     app[GITHUB] = front
     if settings.github_webhook_secret:
-        app.router.add_post(WEBHOOK_PATH, receive)
+        app.router.add_post(WEBHOOK_PATH, webhook_handler(front))
     if not auth.usable:
         log.warning("GitHub: webhooks verified but no GITHUB_TOKEN or GitHub App: nothing can be reported back")
     app.cleanup_ctx.append(front.lifecycle)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.github.client import GitHubClient
-from engine.core.config.model import Application, EngineConfig
+from engine import Application, EngineConfig
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bot.github.client import GitHubClient
-from engine.bundles import safe_extract
-from engine.core.errors import BundleError
+from engine import BundleError, safe_extract
 
 
 class RevisionSink(Protocol):

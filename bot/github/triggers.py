@@ -24,9 +24,7 @@ from typing import Any
 from bot.github.client import GitHubClient
 from bot.github.notifier import PAYLOAD_KEY, GitHubNotifier
 from bot.github.revisions import revision_from_commit
-from engine.core.config.model import Application, EngineConfig
-from engine.core.errors import AppSpecInvalid, EngineError
-from engine.core.requests import DeployRequest
+from engine import Application, AppSpecInvalid, DeploymentService, DeployRequest, EngineConfig, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +32,7 @@ DOWNLOAD_RETRY_SECONDS = (2.0, 10.0, 30.0)
 
 GREEN_CONCLUSIONS = frozenset({"success", "neutral", "skipped"})
 STATUS_CONTEXT = "deploybot/auto-deploy"
+CHECKS_TIMEOUT_SECONDS = 1800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +41,7 @@ class MergeRule:
     environment: str
     branch: str
     require_checks: tuple[str, ...] = ()
-    checks_timeout_seconds: float = 1800.0
+    checks_timeout_seconds: float = CHECKS_TIMEOUT_SECONDS
 
 
 def applications_of(config: EngineConfig, repository: str) -> list[Application]:
@@ -55,15 +54,16 @@ def merge_rules(config: EngineConfig, repository: str, branch: str) -> list[Merg
     for app in applications_of(config, repository):
         auto = app.auto_deploy or {}
         if auto.get("branch") == branch and auto.get("to"):
+            # The config parser made these a tuple of strings and a number (engine's Application.auto_deploy).
             checks = auto.get("require_checks") or ()
-            timeout = auto.get("checks_timeout_minutes") or 30.0
+            minutes = auto.get("checks_timeout_minutes") or 30.0
             rules.append(
                 MergeRule(
                     app.name,
                     app.environment(str(auto["to"])),
                     branch,
-                    tuple(str(c) for c in checks),  # type: ignore[union-attr]
-                    float(timeout) * 60.0,  # type: ignore[arg-type]
+                    tuple(str(c) for c in checks) if isinstance(checks, tuple | list) else (),
+                    float(minutes) * 60.0 if isinstance(minutes, int | float) else CHECKS_TIMEOUT_SECONDS,
                 )
             )
     return rules
@@ -108,7 +108,7 @@ class DeployTriggers:
     def __init__(
         self,
         client: GitHubClient,
-        deployer: Any,
+        deployer: DeploymentService,
         notifier: GitHubNotifier | None,
         *,
         scratch: Path,
@@ -123,7 +123,7 @@ class DeployTriggers:
 
     @property
     def config(self) -> EngineConfig:
-        return self.deployer.config  # type: ignore[no-any-return]
+        return self.deployer.config
 
     def spawn(self, work: Awaitable[None], what: str) -> None:
         async def guarded() -> None:

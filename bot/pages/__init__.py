@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from bot.api import DeploymentService
 from bot.pages.access import PAGES_SETTINGS, login, page_access
 from bot.pages.links import page_url, sign, verify
 from bot.pages.metrics import METRICS, EventDurations, create_metrics, metrics_endpoint, timing_middleware
 from bot.pages.views import PAGES_DEPLOYER, detail_page, event_stream, list_page
 from bot.settings import Settings
+from engine import DeploymentService
 
 __all__ = ["page_url", "setup_pages", "sign", "verify"]
 
@@ -24,15 +24,11 @@ async def _observe_events(
     app: web.Application, *, deployer: DeploymentService, durations: EventDurations
 ) -> AsyncIterator[None]:
     """The duration Notifier listens for the app's lifetime only (paired start/stop, like the other fronts)."""
-    notifiers = getattr(deployer, "notifiers", None)
-    if not isinstance(notifiers, list):  # a fake deployer without notifiers: nothing to observe
-        yield
-        return
-    notifiers.append(durations)
+    deployer.notifiers.append(durations)
     try:
         yield
     finally:
-        notifiers.remove(durations)
+        deployer.notifiers.remove(durations)
 
 
 def setup_pages(app: web.Application, settings: Settings, deployer: DeploymentService) -> None:

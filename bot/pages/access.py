@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from bot.api import bearer_token
+from bot.http import bearer_token
 from bot.pages.links import LinkCheck, deployment_path, pages_secret, verify
 from bot.pages.render import render
 from bot.settings import Settings

@@ -107,8 +107,9 @@ def traffic_chart(document: Mapping[str, Any], log: Sequence[Mapping[str, Any]],
         if kind == "traffic.rerouted":
             marks.append(Mark(at, MarkKind.ROLLBACK, f"traffic rerouted to the original fleet ({percent}%)"))
         elif kind == "rollback.triggered":
-            data = entry.get("data") if isinstance(entry.get("data"), Mapping) else {}
-            marks.append(Mark(at, MarkKind.ROLLBACK, f"rollback triggered ({data.get('trigger', 'manual')})"))
+            data = entry.get("data")
+            trigger = data.get("trigger", "manual") if isinstance(data, Mapping) else "manual"
+            marks.append(Mark(at, MarkKind.ROLLBACK, f"rollback triggered ({trigger})"))
     error = document.get("error") or {}
     if error.get("code") == ALARM_ERROR:
         alarm_at = document.get("ended_at") or now

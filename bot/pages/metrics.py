@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from bot.api import DeploymentService
+from engine import DeploymentService
 
 TIMED_ROUTES = ("/slack/events", "/github/webhook")
 EVENT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -110,17 +110,11 @@ def create_metrics(deployer: DeploymentService) -> Metrics:
 
 async def refresh(snapshot: Snapshot, deployer: DeploymentService) -> None:
     """Re-read the engine state (at scrape time; a scrape every 15 s costs a few small queries)."""
-    store = getattr(deployer, "store", None)
-    deployments: Counter[str] = Counter()
+    deployments = Counter(row["status"] for row in await deployer.store.list_deployments(limit=None))
     traffic: dict[str, int] = {}
-    if store is not None:
-        rows = await store.list_deployments(limit=None)
-        deployments.update(r["status"] for r in rows)
     for app in deployer.applications():
         for env in app["environments"]:
             latest = await deployer.history(app["name"], env["name"], limit=1)
-            if store is None:
-                deployments.update(d["status"] for d in latest)
             if latest and latest[0].get("traffic") is not None:
                 traffic[env["group"]] = latest[0]["traffic"]["percent"]
     snapshot.deployments = deployments

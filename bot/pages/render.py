@@ -8,7 +8,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-FINAL_STATUSES = frozenset({"Succeeded", "Failed", "Stopped"})
+from engine import FINAL_STATUSES
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("bot.pages", "templates"),

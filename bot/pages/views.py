@@ -10,10 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.api import DeploymentService
 from bot.pages.chart import ChartView, chart_view, traffic_chart
-from bot.pages.render import FINAL_STATUSES, render, render_text
-from engine.core.errors import NotFound
+from bot.pages.render import render, render_text
+from engine import FINAL_STATUSES, DeploymentService, NotFound
 
 PAGES_DEPLOYER = web.AppKey("pages_deployer", DeploymentService)
 LIST_LIMIT = 100

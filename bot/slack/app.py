@@ -25,13 +25,13 @@ from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import commands as cmd
-from bot.api import DeploymentService
 from bot.messages import ACTION_PREFIX
 from bot.pages.links import page_url
 from bot.policy import SlackPolicy
 from bot.settings import Settings
 from bot.slack.chatops import ChatOps, GroupMembership, Reply
 from bot.slack.notifier import PAGE_ACTION, SlackNotifier
+from engine import DeploymentService
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def setup_slack(app: web.Application, settings: Settings, deployer: DeploymentSe
     if not settings.slack_enabled:
         return False
     client = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
-    config = getattr(deployer, "config")  # noqa: B009 - the real Deployer; Slack needs app channels and groups
+    config = deployer.config
     notifier = SlackNotifier(
         client,
         config,
@@ -197,7 +197,7 @@ def setup_slack(app: web.Application, settings: Settings, deployer: DeploymentSe
 
 async def _slack_lifetime(app: web.Application) -> AsyncIterator[None]:
     front = app[SLACK]
-    notifiers: list[Any] = getattr(front.deployer, "notifiers", [])
+    notifiers = front.deployer.notifiers
     notifiers.append(front.notifier)
     socket_mode = None
     if front.settings.slack_app_token:

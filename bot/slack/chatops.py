@@ -16,13 +16,11 @@ from typing import Any, Protocol
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import commands as cmd
-from bot.api import DeploymentService
-from bot.messages import ACTIVE, FINAL, deployment_line, history_text, who
+from bot.messages import ACTIVE, deployment_line, history_text, who
 from bot.policy import Permission, SlackPolicy
 from bot.slack.notifier import SlackNotifier
 from bot.slack.replies import plan_text, where_text
-from engine.core.errors import EngineError
-from engine.core.requests import DeployRequest
+from engine import FINAL_STATUSES, DeploymentService, DeployRequest, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +64,7 @@ _CLICK_NEEDS: dict[str, tuple[frozenset[str], str]] = {
     "approve": (frozenset({"WaitingApproval"}), "it is not waiting for approval"),
     "reject": (frozenset({"WaitingApproval"}), "it is not waiting for approval"),
     "promote": (frozenset({"Succeeded"}), "only a deployment that succeeded can be promoted"),
-    "rollback": (ACTIVE | FINAL, "nothing to roll back yet"),
+    "rollback": (ACTIVE | FINAL_STATUSES, "nothing to roll back yet"),
 }
 _PERMISSION = {"approve": Permission.APPROVE, "reject": Permission.APPROVE, "rollback": Permission.ROLLBACK}
 

@@ -33,7 +33,6 @@ from slack_sdk.models.blocks import ButtonElement, MarkdownTextObject, SectionBl
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.messages import (
-    FINAL,
     MessageContext,
     MilestoneKind,
     deployment_blocks,
@@ -42,7 +41,7 @@ from bot.messages import (
     rollback_finished_text,
     who,
 )
-from engine.core.config.model import EngineConfig
+from engine import FINAL_STATUSES, EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +147,7 @@ class SlackNotifier:
             self._announce_rollback(doc)
         for milestone in milestones(thread.seen, doc):
             if milestone.kind is MilestoneKind.ROLLBACK_STARTED:
-                rollback_id = (doc.get("rollback") or {}).get("by")
+                rollback_id = str(doc["rollback"]["by"])  # the milestone exists because the rollback has an id
                 if rollback_id in thread.rollbacks_announced:
                     continue
                 thread.rollbacks_announced.add(rollback_id)
@@ -156,7 +155,7 @@ class SlackNotifier:
         thread.seen = thread.doc = doc
         if doc["status"] == "Succeeded" and (doc.get("revision") or {}).get("commit"):
             self._last_commit[(doc["application"], doc["environment"])] = doc["revision"]["commit"]
-        if doc["status"] in FINAL and (doc.get("rollback") or {}).get("of"):
+        if doc["status"] in FINAL_STATUSES and (doc.get("rollback") or {}).get("of"):
             self._reply_to(doc["rollback"]["of"], rollback_finished_text(doc))
         self._wake(thread)
 
@@ -243,7 +242,7 @@ class SlackNotifier:
                 await self._edit(thread)
                 await self._post_replies(thread)
                 thread.working = False
-                if not thread.wake.is_set() and thread.doc["status"] in FINAL:
+                if not thread.wake.is_set() and thread.doc["status"] in FINAL_STATUSES:
                     return
         except asyncio.CancelledError:
             raise

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from engine.core.model import DeploymentStatus
+from engine.core.model import FINAL_STATUSES, DeploymentStatus
 from engine.release.context import ReleaseContext
 from engine.release.promotion import tenure
 from engine.release.rules import (
@@ -37,7 +37,7 @@ async def where(flow: ReleaseContext, application: str) -> dict[str, Any]:
         revision = await flow.store.get_revision(held.revision) if held else None
         lock = blocking_lock(locks, app.name, env, now)
         in_flight = next((r for r in rows if r["status"] in ACTIVE_STATUSES), None)
-        latest = next((r for r in rows if r["status"] in ("Succeeded", "Failed", "Stopped")), None)
+        latest = next((r for r in rows if r["status"] in FINAL_STATUSES), None)
         environments.append(
             {
                 "environment": env,

@@ -13,8 +13,8 @@ from engine.core.config.model import DeploymentGroup, EngineConfig
 from engine.core.configs import TrafficStep, traffic_config_for_hosts, traffic_steps
 from engine.core.errors import DeploymentRefused
 from engine.core.model import DeploymentType, Platform, Revision
+from engine.core.serverless import serverless_target
 from engine.core.stages import ALL_AT_ONCE, Stage, StageOptions, TargetStage, TrafficStage, deployment_stages
-from engine.platforms import serverless_target
 from engine.ports import DeploymentStore
 
 # Extra ways a server group finds its hosts: instances registered through the CodeDeploy API (matched by the

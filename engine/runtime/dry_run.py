@@ -49,6 +49,5 @@ async def dry_run(
     )
     document = {**plan.as_dict(), "stages": stages_to_json(stages)}
     if blue_green:
-        original, _ = await blueprint.sides(group)
-        document["original"] = list(original)
+        document["original"] = list(plan.original)
     return document

@@ -7,6 +7,9 @@ Rules:
    the two re-executes the commands on resume; every command is idempotent (dispatch skips a command that already
    exists, weights are absolute, timers keep their absolute deadline).
 3. The runner never decides anything; it only translates commands to ports and results to events.
+4. A traffic shift is done when the router reads its weights back as asked (argo-rollouts' VerifyWeight): until then
+   the machine does not hear ``TrafficShifted``, so the step holds; a router that cannot tell is trusted (noted once),
+   and weights that stay wrong past ``verify_timeout`` are a ``TrafficShiftFailed``.
 """
 
 from __future__ import annotations
@@ -42,12 +45,13 @@ from engine.core.machine import DeploymentMachine
 from engine.core.model import DeploymentStatus, ErrorCode, EventStatus, LifecycleEvent, ScriptErrorCode
 from engine.core.snapshot import stages_to_json, state_to_json
 from engine.core.stages import TrafficStage, WaitStage
-from engine.ports import AlarmSource, Clock, HostExecutor, TrafficRouter
-from engine.store.sqlite import SqliteStore
+from engine.ports import AlarmSource, Clock, DeploymentStore, HostExecutor, TrafficRouter
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
+VERIFY_INTERVAL_SECONDS = 10.0  # argo-rollouts' default retry interval for an unverified weight
+VERIFY_TIMEOUT_SECONDS = 600.0  # argo-rollouts' default progressDeadlineSeconds
 
 
 class DeploymentRunner:
@@ -56,7 +60,7 @@ class DeploymentRunner:
         deployment_id: str,
         machine: DeploymentMachine,
         *,
-        store: SqliteStore,
+        store: DeploymentStore,
         executor: HostExecutor,
         router: TrafficRouter | None,
         group: str,
@@ -69,6 +73,8 @@ class DeploymentRunner:
         alarms: AlarmSource | None = None,
         alarm_config: AlarmConfiguration | None = None,
         roles: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
+        verify_interval: float = VERIFY_INTERVAL_SECONDS,
+        verify_timeout: float = VERIFY_TIMEOUT_SECONDS,
     ) -> None:
         self.deployment_id = deployment_id
         self.machine = machine
@@ -85,6 +91,10 @@ class DeploymentRunner:
         self.alarms = alarms
         self.alarm_config = alarm_config or AlarmConfiguration()
         self.roles = roles  # (original, replacement) of a blue/green deployment
+        self.verify_interval = verify_interval
+        self.verify_timeout = verify_timeout
+        self._shifts = 0  # traffic shifts started; a shift overtaken by a later one (a promotion) stays silent
+        self._unverifiable_noted = False
         self.inbox: asyncio.Queue[Event] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._synced: dict[tuple[str, str], str] = {}
@@ -105,12 +115,14 @@ class DeploymentRunner:
         re-dispatches the event, which hands that stored result over again instead of running it twice.
         """
         succeeded = result.get("status") == "Succeeded"
+        error_code = int(result.get("error_code", 0 if succeeded else ScriptErrorCode.UNKNOWN_ERROR))
+        message = str(result.get("message", ""))
         fields = {
             "status": str(EventStatus.SUCCEEDED if succeeded else EventStatus.FAILED),
             "started_at": result.get("started_at"),
             "ended_at": result.get("ended_at") or self.clock.now(),
-            "error_code": int(result.get("error_code", 0 if succeeded else ScriptErrorCode.UNKNOWN_ERROR)),
-            "message": str(result.get("message", "")),
+            "error_code": error_code,
+            "message": message,
             "log_tail": str(result.get("log_tail", "")),
         }
         details = {k: v for k, v in fields.items() if v is not None}
@@ -121,7 +133,7 @@ class DeploymentRunner:
         if succeeded:
             self.post(EventSucceeded(target, event))
         else:
-            self.post(EventFailed(target, event, fields["error_code"], fields["message"]))
+            self.post(EventFailed(target, event, error_code, message))
 
     # -- the loop --------------------------------------------------------------------------------------------
 
@@ -266,21 +278,71 @@ class DeploymentRunner:
         self._spawn(fire())
 
     async def _shift(self, percent: int) -> None:
+        self._shifts += 1
+        shift = self._shifts
         if self.router is not None:
             try:
                 await self.router.set_weight(self.group, percent)
             except EngineError as exc:
                 self.post(TrafficShiftFailed(str(exc)))
                 return
+            failure = await self._verify(percent, shift)
+            if shift != self._shifts:
+                return  # a later shift took over: it reports for itself, and these weights are gone
+            if failure is not None:
+                self.post(TrafficShiftFailed(failure))
+                return
         # one entry per completed shift: the deployment page draws weights over time from these
-        await self.store.append_log(
-            "traffic.shifted",
-            at=self.clock.now(),
-            actor="deploybot",
-            deployment_id=self.deployment_id,
-            data={"percent": percent},
-        )
+        await self._log("traffic.shifted", percent=percent)
         self.post(TrafficShifted(percent))
+
+    async def _verify(self, percent: int, shift: int) -> str | None:
+        """Read the weights back until they show ``percent`` (rule 4): None once the step may go on, else why the
+        shift failed. Entries never carry ``percent`` for unverified weights: the page draws those as traffic."""
+        assert self.router is not None
+        started, checks, holding = self.clock.monotonic(), 0, False
+        while shift == self._shifts:
+            checks += 1
+            problem = f"the router does not show {percent}% of the traffic on the replacement"
+            try:
+                verified = await self.router.verify_weight(self.group, percent)
+            except EngineError as exc:
+                verified, problem = False, f"the router's weights could not be read back ({exc})"
+            if verified is None:
+                await self._note_unverifiable(percent)
+                return None
+            elapsed = self.clock.monotonic() - started
+            if verified:
+                if holding:
+                    await self._log("traffic.verified", wanted_percent=percent, checks=checks, seconds=elapsed)
+                return None
+            if elapsed >= self.verify_timeout:
+                return f"{problem} {elapsed:g} s after the shift ({checks} checks)"
+            if not holding:
+                holding = True
+                reason = (
+                    f"{problem} yet: the traffic step holds and checks again every {self.verify_interval:g} s "
+                    f"for up to {self.verify_timeout:g} s"
+                )
+                log.warning("deployment %s: %s", self.deployment_id, reason)
+                await self._log("traffic.verify_holding", wanted_percent=percent, reason=reason)
+                await self._on_change(self.deployment_id)
+            await self.clock.sleep(min(self.verify_interval, self.verify_timeout - elapsed))
+        return None
+
+    async def _note_unverifiable(self, percent: int) -> None:
+        """A router that cannot read its weights back is trusted, and the deployment's log says so once."""
+        if self._unverifiable_noted:
+            return
+        self._unverifiable_noted = True
+        reason = "the router cannot read its weights back, so traffic shifts go on unverified"
+        log.info("deployment %s: %s", self.deployment_id, reason)
+        await self._log("traffic.unverified", wanted_percent=percent, reason=reason)
+
+    async def _log(self, kind: str, **data: Any) -> None:
+        await self.store.append_log(
+            kind, at=self.clock.now(), actor="deploybot", deployment_id=self.deployment_id, data=data
+        )
 
     async def _reroute(self, percent: int) -> None:
         """Rollback of a traffic shift: done inline, before the deployment is finished, and timed."""
@@ -291,22 +353,10 @@ class DeploymentRunner:
             await self.router.set_weight(self.group, percent, wait=False)
         except EngineError as exc:
             log.error("deployment %s: reroute to the original fleet failed: %s", self.deployment_id, exc)
-            await self.store.append_log(
-                "traffic.reroute_failed",
-                at=self.clock.now(),
-                actor="deploybot",
-                deployment_id=self.deployment_id,
-                data={"error": str(exc)},
-            )
+            await self._log("traffic.reroute_failed", error=str(exc))
             return
         elapsed_ms = round((self.clock.monotonic() - started) * 1000, 1)
-        await self.store.append_log(
-            "traffic.rerouted",
-            at=self.clock.now(),
-            actor="deploybot",
-            deployment_id=self.deployment_id,
-            data={"percent": percent, "milliseconds": elapsed_ms},
-        )
+        await self._log("traffic.rerouted", percent=percent, milliseconds=elapsed_ms)
 
     async def _route_target(self, target: str, event: LifecycleEvent) -> None:
         started = self.clock.now()
@@ -318,7 +368,12 @@ class DeploymentRunner:
                 else:
                     await self.router.allow(self.group, target)
             except EngineError as exc:
-                result = {"status": "Failed", "error_code": 5, "message": str(exc), "started_at": started}
+                result = {
+                    "status": "Failed",
+                    "error_code": int(ScriptErrorCode.UNKNOWN_ERROR),
+                    "message": str(exc),
+                    "started_at": started,
+                }
         result["ended_at"] = self.clock.now()
         await self.record_result(target, event, result)
 

@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from engine.core.model import DeploymentStatus
+from engine.core.model import FINAL_STATUSES
 from engine.store.release_records import placeholders
 
 Row = dict[str, Any]
@@ -67,7 +67,7 @@ class RegistryRecords:
 
     async def unfinished_deployments_using(self, config_name: str) -> list[str]:
         """Ids of deployments with this configuration that have not ended (they still read it)."""
-        final = sorted(str(status) for status in DeploymentStatus if status.is_final)
+        final = sorted(FINAL_STATUSES)
         sql = f"SELECT id FROM deployments WHERE config_name = ? AND status NOT IN ({placeholders(len(final))})"
         return [row["id"] for row in await self._fetch("deployments", sql, (config_name, *final))]
 

@@ -24,6 +24,7 @@ from typing import Any, Self, TypeVar
 
 from sqlite_utils import Database
 
+from engine.core.model import FINAL_STATUSES
 from engine.store.migrations import JSON_COLUMNS, applied_migrations, apply_migrations
 from engine.store.registry_records import RegistryRecords
 from engine.store.release_records import ReleaseRecords, placeholders, where_clause
@@ -31,7 +32,6 @@ from engine.store.release_records import ReleaseRecords, placeholders, where_cla
 T = TypeVar("T")
 Row = dict[str, Any]
 
-FINAL_DEPLOYMENT_STATUSES = ("Succeeded", "Failed", "Stopped")
 FINAL_COMMAND_STATUSES = frozenset({"Succeeded", "Failed", "Cancelled"})
 _TARGET_EVENT_KEY = ("deployment_id", "target", "event")
 _COMMAND_HEAD = "id, host, deployment_id, event, status, created_at, claimed_at, finished_at"
@@ -292,10 +292,10 @@ class SqliteStore(ReleaseRecords, RegistryRecords):
     async def unfinished_deployments(self) -> list[Row]:
         """Deployments to resume after a restart, oldest first."""
         sql = (
-            f"SELECT * FROM deployments WHERE status NOT IN ({placeholders(len(FINAL_DEPLOYMENT_STATUSES))})"
+            f"SELECT * FROM deployments WHERE status NOT IN ({placeholders(len(FINAL_STATUSES))})"
             " ORDER BY created_at, rowid"
         )
-        return await self._fetch("deployments", sql, FINAL_DEPLOYMENT_STATUSES)
+        return await self._fetch("deployments", sql, sorted(FINAL_STATUSES))
 
     # -- target events
 
@@ -303,15 +303,10 @@ class SqliteStore(ReleaseRecords, RegistryRecords):
         """Create the (deployment, target, event) row or change only the given fields of it."""
         await self._change(*self._target_event_upsert(deployment_id, {"target": target, "event": event, **fields}))
 
-    async def upsert_target_events(self, deployment_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Many ``upsert_target_event`` calls in one transaction; each row has ``target``, ``event`` and fields."""
-        if rows:
-            await self.save_progress(deployment_id, rows)
-
     async def save_progress(
         self, deployment_id: str, rows: Sequence[Mapping[str, Any]], **deployment: Any
     ) -> bool | None:
-        """``upsert_target_events(rows)`` and ``update_deployment(**deployment)`` in one transaction: a step of a
+        """the target rows and ``update_deployment(**deployment)`` in one transaction: a step of a
         deployment is one write, not one per table. False when the deployment row is missing, None without
         ``deployment``."""
         statements = [self._target_event_upsert(deployment_id, row) for row in rows]
@@ -376,7 +371,7 @@ class SqliteStore(ReleaseRecords, RegistryRecords):
     async def enqueue_command_once(
         self, host: str, deployment_id: str, event: str, payload: Mapping[str, Any] | None, *, at: float
     ) -> Row | None:
-        """``enqueue_command`` unless ``latest_command`` finds one (then that one, and nothing is queued): a
+        """``enqueue_command`` unless a command for the event is already there (then that one, and nothing is queued): a
         re-issued dispatch after a restart costs one transaction, not a read and a write."""
         insert = (
             f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
@@ -449,17 +444,6 @@ class SqliteStore(ReleaseRecords, RegistryRecords):
 
     async def get_command(self, command_id: int) -> Row | None:
         return await self._fetch_one("host_commands", "SELECT * FROM host_commands WHERE id = ?", (command_id,))
-
-    async def get_command_head(self, command_id: int) -> Row | None:
-        """The command without its payload and result: what taking an agent's result needs, without decoding
-        the deployment spec every command carries."""
-        sql = f"SELECT {_COMMAND_HEAD} FROM host_commands WHERE id = ?"
-        return await self._fetch_one("host_commands", sql, (command_id,))
-
-    async def latest_command(self, host: str, deployment_id: str, event: str) -> Row | None:
-        """The newest command (not Cancelled) for ``event`` of the deployment on ``host``, with its result but
-        without its payload; None when there is none."""
-        return await self._fetch_one("host_commands", _LATEST_COMMAND, (host, deployment_id, event))
 
     async def list_commands(
         self,

@@ -1,0 +1,21 @@
+"""What one ``python -m bench`` run asks of every scenario: each scenario is ``(Settings) -> list[Figure]``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+SCALE_TARGET_HOSTS = 200  # DESIGN §5: 200 hosts AllAtOnce in 10 s
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    console: Console
+    hosts_large: int = SCALE_TARGET_HOSTS
+    pickup_runs: int = 20
+    overhead_hosts: int = 20
+    overhead_runs: int = 3
+    keep: bool = False
+    profile_dir: Path | None = None  # set: py-spy the server during the last timed deployment, files go here
