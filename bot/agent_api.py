@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.http import HttpProblem, bad_request, bearer_token, json_errors, json_object, json_response
-from engine import AgentFleet
+from engine import AgentFleet, ScriptErrorCode
 
 MAX_POLL_SECONDS = 60.0
 DEFAULT_POLL_SECONDS = 25.0
@@ -58,8 +58,9 @@ def _result(body: Mapping[str, Any]) -> dict[str, Any]:
     if status not in RESULT_STATUSES:
         raise bad_request(f"'status' must be one of {', '.join(RESULT_STATUSES)}", _RESULT_USAGE)
     error_code = body.get("error_code", 0)
-    if isinstance(error_code, bool) or not isinstance(error_code, int) or not 0 <= error_code <= 7:
-        raise bad_request("'error_code' must be an integer from 0 to 7", _RESULT_USAGE)
+    lowest, highest = int(min(ScriptErrorCode)), int(max(ScriptErrorCode))
+    if isinstance(error_code, bool) or not isinstance(error_code, int) or not lowest <= error_code <= highest:
+        raise bad_request(f"'error_code' must be an integer from {lowest} to {highest}", _RESULT_USAGE)
     for key in ("message", "log_tail"):
         if not isinstance(body.get(key, ""), str):
             raise bad_request(f"{key!r} must be a string", _RESULT_USAGE)

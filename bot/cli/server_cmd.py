@@ -47,10 +47,13 @@ def default_config_path(cwd: Path) -> Path:
 
 
 def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, value
+    """The agent's own KEY=VALUE rule, worded for argparse (a plain ValueError would become "invalid value")."""
+    from engine.agent import parse_assignment  # the agent's modules load only when an option needs them
+
+    try:
+        return parse_assignment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _listen_socket(host: str, port: int) -> socket.socket:

@@ -24,7 +24,17 @@ from engine import (
 PLATFORMS = {Platform.SERVER: "Server", Platform.LAMBDA: "Lambda", Platform.ECS: "ECS"}
 _STATUS = {"WaitingApproval": "Queued"}  # deploybot's approval gate looks like a queue to CodeDeploy clients
 _OVERVIEW_KEYS = ("Pending", "InProgress", "Succeeded", "Failed", "Skipped", "Ready")
-_LIFECYCLE_ERRORS = {"ScriptMissing", "ScriptNotExecutable", "ScriptTimedOut", "ScriptFailed", "UnknownError"}
+# The script errors CodeDeploy's LifecycleErrorCode has; the agent's others (6, 7) map to UnknownError.
+_LIFECYCLE_ERRORS = {
+    code.label
+    for code in (
+        ScriptErrorCode.SCRIPT_MISSING,
+        ScriptErrorCode.SCRIPT_NOT_EXECUTABLE,
+        ScriptErrorCode.SCRIPT_TIMED_OUT,
+        ScriptErrorCode.SCRIPT_FAILED,
+        ScriptErrorCode.UNKNOWN_ERROR,
+    )
+}
 
 
 class ApiError(Exception):
@@ -83,8 +93,8 @@ def lifecycle_error(code: object) -> str:
     try:
         label = ScriptErrorCode(int(str(code))).label
     except ValueError:
-        return "UnknownError"
-    return label if label in _LIFECYCLE_ERRORS else "UnknownError"
+        return ScriptErrorCode.UNKNOWN_ERROR.label
+    return label if label in _LIFECYCLE_ERRORS else ScriptErrorCode.UNKNOWN_ERROR.label
 
 
 def deployment_info(doc: Mapping[str, Any], revision: Mapping[str, Any]) -> dict[str, Any]:
