@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,17 +20,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from conftest import free_port
+
 from bench.load import Load
 
 __all__ = ["DeploybotServer", "Load", "event", "free_port", "statuses", "write_revision"]
 
 FINAL = ("Succeeded", "Failed", "Stopped")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_revision(root: Path, name: str, hooks: dict[str, str], *, timeout: int = 60) -> Path:

@@ -11,11 +11,11 @@ from botocore.config import Config
 from engine.adapters.alarms import AlarmSet
 from engine.adapters.aws.accounts import AwsClients
 from engine.adapters.aws.cloudwatch import CloudWatchAlarms, cloudwatch_checks
+from engine.adapters.clock import SystemClock
 from engine.adapters.haproxy.stack import build_alarms
 from engine.core.config.model import AlarmConfiguration, AwsAccount, DeploymentGroup
 from engine.core.errors import AdapterError
 from engine.core.model import DeploymentType, Platform
-from engine.runtime.clock import SystemClock
 from tests.moto_support import REGION, aws, aws_env, moto_endpoint, moto_reset  # noqa: F401
 
 

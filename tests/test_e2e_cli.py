@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 try:
     import engine.runtime.deployer  # noqa: F401
@@ -30,12 +31,6 @@ except ImportError as exc:  # pragma: no cover - only until the engine's Deploye
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello"
 HOSTS = ("e2e-1", "e2e-2")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -98,7 +93,7 @@ def _stop_hello_servers(data_dir: Path) -> None:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    ports = {name: _free_port() for name in HOSTS}
+    ports = {name: free_port() for name in HOSTS}
     config = _write_config(tmp_path, ports)
     env = {k: v for k, v in os.environ.items() if k != "DEPLOYBOT_TOKEN"}
     process = subprocess.Popen(

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from conftest import FakeClock
 
 from engine.adapters.aws.accounts import AwsClients
 from engine.adapters.aws.ecs import EcsDriver, wait_until_steady
 from engine.adapters.aws.hook_executions import HookExecutions
+from engine.adapters.clock import SystemClock
 from engine.core.errors import AdapterError
 from engine.core.model import LifecycleEvent, ScriptErrorCode
-from engine.runtime.clock import SystemClock
 from tests.aws_fixtures import (
     EcsSetup,
     ResultInbox,
@@ -225,22 +226,8 @@ class _StartingTaskSet:
         }
 
 
-class _FastClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
-
-
 async def test_install_fails_when_the_task_set_never_becomes_steady() -> None:
-    clock = _FastClock()
+    clock = FakeClock()
     with pytest.raises(AdapterError, match=r"not steady after 60 s: 1/4 tasks running"):
-        await wait_until_steady(_StartingTaskSet(), clock, timeout=60)  # type: ignore[arg-type]
-    assert clock.t == pytest.approx(60)
+        await clock.run(wait_until_steady(_StartingTaskSet(), clock, timeout=60))  # type: ignore[arg-type]
+    assert clock.monotonic() == pytest.approx(60)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -19,15 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello"
 SCRIPTS = ("before_install.sh", "start.sh", "stop.sh", "validate.sh")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def is_running(pid: int) -> bool:

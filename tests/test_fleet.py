@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from conftest import HANG_GUARD, FakeClock, eventually
 
 from bot.agent_api import create_agent_app
 from engine.adapters.fleet import CLAIM_GRACE, Fleet
@@ -18,34 +20,35 @@ from engine.core.model import LifecycleEvent
 from engine.store.sqlite import SqliteStore
 
 
-class ManualClock:
-    """Wall time that tests move by hand; monotonic time is real so long polls still time out."""
-
-    def __init__(self) -> None:
-        self.t = 1_000_000.0
-
-    def now(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return asyncio.get_running_loop().time()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
 @pytest.fixture
-async def fleet(tmp_path: Path) -> AsyncIterator[tuple[Fleet, list, ManualClock]]:
+async def fleet(tmp_path: Path, fake_clock: FakeClock) -> AsyncIterator[tuple[Fleet, list, FakeClock]]:
+    """The Fleet on a fake clock: a long poll never times out on its own, only a dispatch (or wait=0) ends it."""
     store = await SqliteStore.open(tmp_path / "db.sqlite")
     results: list[tuple[dict[str, Any], dict[str, Any]]] = []
 
     async def on_result(command: dict[str, Any], result: dict[str, Any]) -> None:
         results.append((command, result))
 
-    clock = ManualClock()
-    fleet = Fleet(store, data_dir=tmp_path, clock=clock, bundle_dir=tmp_path, on_result=on_result, heartbeat_timeout=60)
-    yield fleet, results, clock
+    fleet = Fleet(
+        store, data_dir=tmp_path, clock=fake_clock, bundle_dir=tmp_path, on_result=on_result, heartbeat_timeout=60
+    )
+    yield fleet, results, fake_clock
     await store.close()
+
+
+def tell_when_a_claim_finds_nothing(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """An event set when a poll found the host's queue empty: from then on that poll is parked, waiting to be woken."""
+    found_nothing = asyncio.Event()
+    claim = fleet.store.claim_next_command
+
+    async def claim_and_tell(host: str, **kwargs: Any) -> dict[str, Any] | None:
+        row = await claim(host, **kwargs)
+        if row is None:
+            found_nothing.set()
+        return row
+
+    monkeypatch.setattr(fleet.store, "claim_next_command", claim_and_tell)
+    return found_nothing
 
 
 SPEC = {"deployment_id": "d-1"}
@@ -64,16 +67,18 @@ async def test_each_host_sees_only_its_own_commands(fleet) -> None:
     assert len(results) == 1
 
 
-async def test_long_poll_wakes_at_once(fleet) -> None:
-    fleet, _, _ = fleet
-    poll = asyncio.ensure_future(fleet.next_command("web-1", wait=5))
-    await asyncio.sleep(0.05)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
+async def test_a_parked_long_poll_is_woken_by_the_dispatch_not_by_its_timeout(
+    fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet, _, clock = fleet
+    parked = tell_when_a_claim_finds_nothing(fleet, monkeypatch)
+    poll = asyncio.ensure_future(fleet.next_command("web-1", wait=3600))
+    await asyncio.wait_for(parked.wait(), HANG_GUARD)
+    assert not poll.done()
     await fleet.dispatch("d-1", "web-1", LifecycleEvent.INSTALL, SPEC)
-    command = await poll
-    assert command is not None
-    assert loop.time() - start < 0.05
+    command = await asyncio.wait_for(poll, HANG_GUARD)  # the hour-long wait cannot have run out: only a wake-up
+    assert command is not None and command["event"] == "Install"
+    assert clock.monotonic() == 0  # the fake clock never moved: the poll ended on the dispatch
 
 
 async def test_dispatch_is_idempotent(fleet) -> None:
@@ -94,7 +99,7 @@ async def test_claim_the_agent_never_got_is_handed_out_again(fleet) -> None:
     lost = await fleet.next_command("web-1", wait=0)  # answered to a poll whose agent had died
     await fleet.heartbeat("web-1", {"running_command": None})
     assert await fleet.next_command("web-1", wait=0) is None  # within the grace: it may still be on its way
-    clock.t += CLAIM_GRACE + 1
+    await clock.advance(CLAIM_GRACE + 1)
     await fleet.heartbeat("web-1", {"running_command": lost["id"]})  # the agent has it: leave it alone
     assert await fleet.next_command("web-1", wait=0) is None
     await fleet.heartbeat("web-1", {"running_command": None})
@@ -107,15 +112,31 @@ async def test_silent_host_fails_its_open_commands(fleet) -> None:
     await fleet.dispatch("d-1", "web-1", LifecycleEvent.INSTALL, SPEC)
     await fleet.next_command("web-1", wait=0)
     assert await fleet.fail_silent_hosts() == []
-    clock.t += 61
+    await clock.advance(61)
     assert len(await fleet.fail_silent_hosts()) == 1
     assert "has not been heard from for 61 s" in results[0][1]["message"]
 
 
-async def test_poll_abandoned_by_a_dead_agent_does_not_swallow_a_command(fleet) -> None:
+async def test_poll_abandoned_by_a_dead_agent_does_not_swallow_a_command(
+    fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fleet, _, _ = fleet
+    parked = tell_when_a_claim_finds_nothing(fleet, monkeypatch)
+    polls: list[web.Request] = []
+    answered = asyncio.Event()
+
+    @web.middleware
+    async def watch_polls(request: web.Request, handler: Any) -> web.StreamResponse:
+        if not request.path.endswith("/commands/next"):
+            return await handler(request)
+        polls.append(request)
+        try:
+            return await handler(request)
+        finally:
+            answered.set()
+
     token = fleet.token_for("web-1")
-    app = web.Application()
+    app = web.Application(middlewares=[watch_polls])
     app.add_subapp("/agent/v1", create_agent_app(fleet))
     runner = web.AppRunner(app)
     await runner.setup()
@@ -127,11 +148,18 @@ async def test_poll_abandoned_by_a_dead_agent_does_not_swallow_a_command(fleet) 
     try:
         async with aiohttp.ClientSession() as session:
             poll = asyncio.ensure_future(session.get(url, headers=headers))
-            await asyncio.sleep(0.1)
+            await asyncio.wait_for(parked.wait(), HANG_GUARD)  # the server holds the poll
             poll.cancel()  # the agent dies mid-poll
-            await asyncio.sleep(0.05)
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
+        [dead] = polls
+        # what the server checks before it hands a claimed command to a poll
+        await eventually(lambda: dead.transport is None or dead.transport.is_closing(), "the server saw the hang-up")
+        assert not answered.is_set()  # the dead poll is still held by the server
         await fleet.dispatch("d-1", "web-1", LifecycleEvent.INSTALL, SPEC)
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(answered.wait(), HANG_GUARD)  # the dead poll was woken, claimed it and gave it back
+        [pending] = await fleet.store.list_commands(host="web-1", status="Pending")
+        assert pending["event"] == "Install"
         async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
             assert response.status == 200
             assert (await response.json())["command"]["event"] == "Install"

@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from conftest import deployer_from, eventually
 from fake_github import FakeGitHub, pull_request_payload, push_payload, signed
 
 from bot.app import create_app
-from bot.assembly import assemble_deployer
 from bot.github import GITHUB, GitHubFront, triggers
 from bot.settings import Settings
-from engine.core.config.parse import parse_config
 from engine.runtime.deployer import Deployer
 
 SECRET = "webhook-secret"
@@ -76,16 +75,15 @@ class World:
 
     async def settle(self) -> None:
         """Every event handled, every started deployment finished, every status posted."""
-        await self.front.idle()
         notifier = self.front.notifier
         assert notifier is not None
-        for _ in range(500):
-            rows = await self.deployer.store.list_deployments(limit=50)
-            reported = [notifier.reported(r["id"]) for r in rows]
-            if all(state in ("success", "failure", "error") for state in reported):
-                break
-            await asyncio.sleep(0.02)
+
+        async def settled() -> bool:
             await self.front.idle()
+            rows = await self.deployer.store.list_deployments(limit=50)
+            return all(notifier.reported(r["id"]) in ("success", "failure", "error") for r in rows)
+
+        await eventually(settled, "every deployment finished and reported", poll=0.02)
 
     async def history(self, application: str = "api") -> list[dict[str, Any]]:
         return await self.deployer.history(application)
@@ -114,8 +112,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     for sha in (SHA1, SHA2):
         github.commits[sha] = {"appspec.yml": APPSPEC, "VERSION": sha[:7], "scripts/validate.sh": "exit 0\n"}
     await github.start()
-    config = parse_config(CONFIG, base_dir=str(tmp_path))
-    deployer = await assemble_deployer(config, data_dir=tmp_path / "var")
+    deployer = await deployer_from(CONFIG, tmp_path)
     environ = {"GITHUB_WEBHOOK_SECRET": SECRET, "GITHUB_TOKEN": "ghp_test", "GITHUB_API_URL": github.url}
     settings = Settings.from_env(environ, data_dir=tmp_path / "var")
     app = create_app(settings, deployer=deployer)
@@ -221,8 +218,12 @@ async def test_pending_checks_are_waited_for_then_the_commit_deploys(world: Worl
     world.github.statuses[SHA1] = [{"context": "ci/test", "state": "pending"}]
     world.github.check_runs[SHA1] = [{"name": "lint", "status": "in_progress", "conclusion": None}]
     await world.send("push", push_payload("acme/gated", "main", SHA1), "d-1")
-    await asyncio.sleep(0.3)
+    checks = f"/repos/acme/gated/commits/{SHA1}/check-runs"
+    # A second look at the checks proves the first found them pending and chose to wait (no clock to move: the
+    # trigger sleeps on asyncio itself).
+    await eventually(lambda: len(world.github.exactly("GET", checks)) >= 2, "the checks are polled twice")
     assert await world.history("gated") == []
+    assert world.github.called("GET", "/repos/acme/gated/tarball") == []
     world.github.statuses[SHA1].append({"context": "ci/test", "state": "success"})
     world.github.check_runs[SHA1] = [{"name": "lint", "status": "completed", "conclusion": "success"}]
     await world.settle()

@@ -9,9 +9,7 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import tempfile
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +19,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from conftest import HANG_GUARD, FakeClock, eventually, free_port
 
+from engine.adapters.clock import SystemClock
 from engine.adapters.haproxy.process import HAProxyGroup, HAProxyProcess, HAProxyServer
 from engine.adapters.haproxy.runtime import (
     AdminState,
@@ -29,19 +29,22 @@ from engine.adapters.haproxy.runtime import (
     GroupPool,
     HAProxyRouter,
     HAProxyRuntime,
+    ServerState,
     fleet_weights,
     haproxy_name,
     parse_servers_state,
     parse_stat_csv,
 )
 from engine.core.errors import AdapterError
-from engine.runtime.clock import SystemClock
+from engine.ports import Clock
 
 # -- helpers shared with test_alarms.py ---------------------------------------------------------------------------
 
 
 class Backend:
-    """An aiohttp app on 127.0.0.1 port 0 answering its own name; can answer 500s, fail /health, or be slow."""
+    """An aiohttp app on 127.0.0.1 port 0 answering its own name; can answer 500s, fail /health, or be slow.
+
+    A request with ``?hold`` is held until ``release`` is set (``holding`` is set once one is held)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -51,12 +54,17 @@ class Backend:
         self.served = 0  # requests to / and /slow, not health checks
         self.in_flight = 0
         self.port = 0
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
     async def _root(self, request: web.Request) -> web.Response:
         self.served += 1
         self.in_flight += 1
         try:
+            if "hold" in request.query:
+                self.holding.set()
+                await self.release.wait()
             seconds = float(request.query.get("seconds", self.delay))
             if seconds:
                 await asyncio.sleep(seconds)
@@ -82,12 +90,6 @@ class Backend:
             await self._runner.cleanup()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Stack:
     """HAProxy with one group "web" (frontend + backend) over the given backends."""
@@ -97,15 +99,20 @@ class Stack:
     backends: dict[str, Backend]
     url: str
 
-    def router(self, **options: float) -> HAProxyRouter:
+    def router(self, clock: Clock | None = None, **options: float) -> HAProxyRouter:
         pool = GroupPool.of_hosts("web", list(self.backends))
-        return HAProxyRouter(self.runtime, {"web": pool}, clock=SystemClock(), **options)
+        return HAProxyRouter(self.runtime, {"web": pool}, clock=clock or SystemClock(), **options)
 
-    async def wait_status(self, server: str, status: str, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while (await self.runtime.server_states("web"))[server].status != status:
-            assert time.monotonic() < deadline, f"{server} never became {status}"
-            await asyncio.sleep(0.05)
+    async def state(self, server: str) -> ServerState:
+        return (await self.runtime.server_states("web"))[server]
+
+    async def wait_status(self, server: str, status: str) -> None:
+        """Until HAProxy's own health checks say ``status`` (they run on HAProxy's clock, not ours)."""
+
+        async def reached() -> bool:
+            return (await self.state(server)).status == status
+
+        await eventually(reached, f"{server} becomes {status}", poll=0.05)
 
 
 StackFactory = Callable[[Sequence[str]], Awaitable[Stack]]
@@ -251,48 +258,64 @@ async def test_runtime_errors_are_adapter_errors(stack: StackFactory, run_dir: P
 
 async def test_block_drains_new_requests_and_lets_in_flight_ones_finish(stack: StackFactory) -> None:
     s = await stack(["a", "b"])
-    router = s.router(deregistration_delay=8.0)
-    await s.runtime.set_state("web", "b", "maint")  # so the slow request lands on a
+    a = s.backends["a"]
+    clock = FakeClock()  # the 8 s deregistration delay can only run out if the test moves this clock
+    router = s.router(clock, deregistration_delay=8.0, poll_interval=0.25)
+    await s.runtime.set_state("web", "b", "maint")  # so the held request lands on a
     async with aiohttp.ClientSession() as session:
-        slow = asyncio.create_task(session.get(f"{s.url}?seconds=2.5"))
-        while s.backends["a"].in_flight == 0:
-            await asyncio.sleep(0.01)
-        await router.allow("web", "b")
-        started = time.monotonic()
+        held = asyncio.create_task(session.get(f"{s.url}?hold"))
+        await asyncio.wait_for(a.holding.wait(), HANG_GUARD)
+        await s.runtime.set_state("web", "b", "ready")
+        await s.wait_status("b", "UP")
         blocking = asyncio.create_task(router.block("web", "a"))
-        await asyncio.sleep(0.1)
-        served_by_a = s.backends["a"].served
+        await clock.sleeping()  # drained, and polling a's sessions
+        served_by_a = a.served
         answers = await spread(s.url, 100)
-        assert not blocking.done()  # still waiting for the in-flight request
-        await blocking
-        elapsed = time.monotonic() - started
-        assert s.backends["a"].in_flight == 0  # it returned only once the slow request was answered
-        response = await slow
+        await clock.advance(0.25)  # one more look while the request is in flight: still blocking
+        assert not blocking.done() and clock.sleepers == [0.25]
+        a.release.set()
+        response = await held
         assert (response.status, await response.text()) == (200, "a")
+        await eventually(_no_sessions(s, "a"), "HAProxy counts the answered request off a")
+        await clock.advance(0.25)  # the next look sees no session: block returns
+        await asyncio.wait_for(blocking, HANG_GUARD)
     assert answers == Counter({"b": 100})
-    assert s.backends["a"].served == served_by_a
-    assert elapsed < 5.0  # returned when scur hit 0, long before the 8 s delay
-    assert (await s.runtime.server_states("web"))["a"].admin is AdminState.DRAIN
+    assert a.served == served_by_a
+    assert clock.monotonic() == 0.5  # two looks, far short of the 8 s delay: it returned because a was idle
+    assert (await s.state("a")).admin is AdminState.DRAIN
+
+
+def _no_sessions(s: Stack, server: str) -> Callable[[], Awaitable[bool]]:
+    async def idle() -> bool:
+        return (await s.state(server)).sessions == 0
+
+    return idle
 
 
 async def test_block_gives_up_waiting_after_the_deregistration_delay(stack: StackFactory) -> None:
     s = await stack(["a"])
-    router = s.router(deregistration_delay=0.3)
+    a = s.backends["a"]
+    clock = FakeClock()
+    router = s.router(clock, deregistration_delay=1.0, poll_interval=0.25)
     async with aiohttp.ClientSession() as session:
-        slow = asyncio.create_task(session.get(f"{s.url}?seconds=1.5"))
-        while s.backends["a"].in_flight == 0:
-            await asyncio.sleep(0.01)
-        started = time.monotonic()
-        await router.block("web", "a")
-        assert 0.25 < time.monotonic() - started < 1.0
-        assert (await s.runtime.server_states("web"))["a"].sessions == 1
-        response = await slow
+        held = asyncio.create_task(session.get(f"{s.url}?hold"))
+        await asyncio.wait_for(a.holding.wait(), HANG_GUARD)
+        blocking = asyncio.create_task(router.block("web", "a"))
+        await clock.sleeping()
+        await clock.advance(0.75)  # three more looks inside the delay, each seeing the request
+        assert not blocking.done()
+        await clock.advance(0.25)  # the delay is over
+        await asyncio.wait_for(blocking, HANG_GUARD)
+        assert clock.monotonic() == 1.0
+        assert (await s.state("a")).sessions == 1  # given up on, not finished
+        a.release.set()
+        response = await held
         assert response.status == 200  # draining never cuts a request
 
 
 async def test_allow_waits_for_the_health_check_after_maintenance(stack: StackFactory) -> None:
     s = await stack(["a", "b"])
-    router = s.router(allow_timeout=5.0)
+    router = s.router(allow_timeout=HANG_GUARD)  # waits on HAProxy's real checks; the limit only guards a hang
     await s.runtime.set_state("web", "a", "maint")
     await router.allow("web", "a")
     state = (await s.runtime.server_states("web"))["a"]
@@ -302,14 +325,16 @@ async def test_allow_waits_for_the_health_check_after_maintenance(stack: StackFa
 
 async def test_allow_times_out_naming_the_server_and_its_check(stack: StackFactory) -> None:
     s = await stack(["a", "b"])
-    router = s.router(allow_timeout=1.0, deregistration_delay=0.5)
-    await router.block("web", "a")
+    clock = FakeClock()
+    router = s.router(clock, allow_timeout=1.0, deregistration_delay=0.5, poll_interval=0.25)
+    await clock.run(router.block("web", "a"))
     s.backends["a"].healthy = False
     await s.wait_status("a", "DOWN")
-    started = time.monotonic()
+    start = clock.monotonic()
     with pytest.raises(AdapterError) as caught:
-        await router.allow("web", "a")
-    assert 0.9 < time.monotonic() - started < 2.0
+        await clock.run(router.allow("web", "a"))
+    assert clock.monotonic() - start == 1.0  # gave up exactly at allow_timeout, after looking every poll_interval
+    assert clock.slept[-4:] == [0.25] * 4
     assert "web/a" in caught.value.detail and "DOWN" in caught.value.detail
     assert "L7STS" in caught.value.detail  # HAProxy's own verdict: wrong status from /health
 
@@ -346,17 +371,18 @@ async def test_measured_split_matches_the_weight(stack: StackFactory, shape: tup
     assert abs(100 * green / 1000 - percent) <= 1.5
 
 
-async def test_reroute_to_original_fleet_is_fast_even_after_block(stack: StackFactory) -> None:
+async def test_reroute_to_the_original_fleet_after_block_waits_for_nothing(stack: StackFactory) -> None:
     s = await stack(["blue0", "blue1", "green0", "green1"])
-    router = s.router(deregistration_delay=0.2)
+    clock = FakeClock()
+    router = s.router(clock, deregistration_delay=0.2)
     router.set_roles("web", ["blue0", "blue1"], ["green0", "green1"])
-    await router.set_weight("web", 100)
+    await clock.run(router.set_weight("web", 100))
     for original in ("blue0", "blue1"):
-        await router.block("web", original)  # BlockTraffic on the original fleet after the shift
-    started = time.perf_counter()
-    await router.set_weight("web", 0)
-    elapsed = time.perf_counter() - started
-    assert elapsed < 0.2, f"reroute took {elapsed * 1000:.0f} ms"
+        await clock.run(router.block("web", original))  # BlockTraffic on the original fleet after the shift
+    waits, at = len(clock.slept), clock.monotonic()
+    await clock.run(router.set_weight("web", 0))
+    # A rollback's reroute is runtime commands only: no health wait, no drain wait (its speed is `make bench`'s).
+    assert (len(clock.slept), clock.monotonic()) == (waits, at)
     assert await router.verify_weight("web", 0) is True
     answers = await spread(s.url, 200)
     assert answers == Counter({"blue0": 100, "blue1": 100})
@@ -369,8 +395,7 @@ async def test_dead_haproxy_gives_adapter_errors_only(stack: StackFactory) -> No
     await router.set_weight("web", 50)
     assert s.process.pid is not None
     os.kill(s.process.pid, signal.SIGKILL)
-    while s.process.running:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: not s.process.running, "HAProxyProcess notices the kill")
     operations = [
         router.set_weight("web", 0),
         router.block("web", "blue0"),

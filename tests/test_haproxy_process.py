@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from engine.adapters.haproxy.process import (
     HAProxyGroup,
@@ -29,12 +30,6 @@ def run_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="hap", dir="/tmp"))  # unix socket paths must stay short
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def web_group(port: int, *servers: HAProxyServer, name: str = "web") -> HAProxyGroup:

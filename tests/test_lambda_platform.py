@@ -13,10 +13,10 @@ from engine.adapters.aws.accounts import AwsClients
 from engine.adapters.aws.hook_executions import HookExecutions
 from engine.adapters.aws.lambda_ import LambdaAliasRouter, LambdaDriver
 from engine.adapters.aws.lambda_hooks import LambdaHookInvoker
+from engine.adapters.clock import SystemClock
 from engine.core.config.model import AwsAccount
 from engine.core.errors import AdapterError
 from engine.core.model import LifecycleEvent, ScriptErrorCode
-from engine.runtime.clock import SystemClock
 from tests.aws_fixtures import (
     LambdaSetup,
     ResultInbox,

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import FakeClock, engine_config
 from test_service import CONFIG
 
 from engine.core.config.model import EngineConfig
-from engine.core.config.parse import parse_config
 from engine.core.configs import (
     DeploymentConfig,
     MinimumHealthyHosts,
@@ -46,17 +46,6 @@ Resources:
 """
 
 
-class StepClock:
-    """Every reading is one second after the previous one."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        self.t += 1
-        return self.t
-
-
 @dataclass
 class World:
     registry: Registry
@@ -72,9 +61,9 @@ class World:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    config = parse_config(CONFIG % {"heartbeat": 60}, filename="test.yml", base_dir=str(tmp_path))
+    config = engine_config(CONFIG % {"heartbeat": 60}, tmp_path)
     store = await SqliteStore.open(tmp_path / "var" / "deploybot.db")
-    clock = StepClock()
+    clock = FakeClock(tick=1.0)  # every reading a second after the one before
     registry = Registry(config, store, clock, RevisionStore(store, tmp_path / "var" / "revisions", clock))
     await registry.load()
     try:

@@ -1,7 +1,8 @@
 """The release flow through the real Deployer (store, runner, fleet); hosts are scripted agents (see test_service).
 
-Promotion, locks and the freeze, the queue with ETAs, approvals, the dry run and the audit trail. Time that must
-pass (soak, approval lifetime) is moved with a shifted clock; lock expiry uses real, sub-second expiries.
+Promotion, locks and the freeze, the queue with ETAs, approvals, the dry run and the audit trail. Time is a FakeClock:
+wall time jumps over a soak or an approval lifetime, the clock is advanced to a lock's expiry, and every reading is a
+millisecond after the one before (distinct, ordered timestamps and durations above 0).
 """
 
 from __future__ import annotations
@@ -11,19 +12,16 @@ import dataclasses
 import itertools
 import sqlite3
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import FakeClock, deployer_from
 from test_service import APPSPEC, ScriptedFleet, make_revision, never_fails, wait_final
 
-from bot.assembly import assemble_deployer
-from engine.core.config.parse import parse_config
 from engine.core.errors import DeploymentRefused
 from engine.core.requests import DeployRequest
-from engine.runtime.clock import SystemClock
 from engine.runtime.deployer import Deployer
 
 CONFIG = """
@@ -60,23 +58,10 @@ applications:
 ALL_HOSTS = ["d1", "s1", "s2", "p1", "p2"]
 
 
-class ShiftedClock(SystemClock):
-    """The system clock, moved forward on demand (soak times and approval lifetimes are minutes long)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def now(self) -> float:
-        return time.time() + self.offset
-
-    def advance(self, minutes: float) -> None:
-        self.offset += minutes * 60
-
-
 @dataclasses.dataclass
 class Env:
     deployer: Deployer
-    clock: ShiftedClock
+    clock: FakeClock
     workdir: Path
 
     async def deploy(self, environment: str, revision: str | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -88,12 +73,15 @@ class Env:
     async def log_kinds(self) -> list[str]:
         return [e["kind"] for e in await self.deployer.store.read_log()]
 
+    def running(self, environment: str) -> str | None:
+        """The deployment the group runs now: set the moment one is launched, before any command goes out."""
+        return self.deployer.queue.in_flight(self.deployer.config.group("app", environment).name)
+
 
 async def open_env(workdir: Path, *, soak: float = 0, policy: str = "refuse", approvals: int = 0) -> Env:
     text = CONFIG % {"soak": soak, "policy": policy, "approvals": approvals}
-    config = parse_config(text, filename="release.yml", base_dir=str(workdir))
-    clock = ShiftedClock()
-    return Env(await assemble_deployer(config, data_dir=workdir / "var", clock=clock), clock, workdir)
+    clock = FakeClock(tick=0.001)
+    return Env(await deployer_from(text, workdir, clock=clock, filename="release.yml"), clock, workdir)
 
 
 @pytest.fixture
@@ -185,7 +173,7 @@ async def test_promotion_waits_for_the_soak_time_unless_an_admin_overrides(env: 
     with pytest.raises(DeploymentRefused, match="only an admin"):
         await env.deployer.release.promote("app", "staging", "production", actor="bob", override=True)
 
-    env.clock.advance(31)
+    env.clock.jump(31 * 60)
     promoted = await env.deployer.release.promote("app", "staging", "production", actor="bob")
     assert promoted["revision"]["sha256"] == staged["revision"]["sha256"]
     assert (await wait_final(env.deployer, promoted["id"]))["status"] == "Succeeded"
@@ -246,7 +234,8 @@ async def test_with_policy_queue_a_lock_holds_requests_until_unlocked(env: Env) 
     assert held["status"] == "Queued" and held["queue_position"] == 1
     assert held["waiting_for"]["gate"] == "lock"
     assert held["waiting_for"]["message"] == "app/staging is locked by alice: load test"
-    await asyncio.sleep(0.2)
+    # The request was decided before it returned: queued, and nothing launched that could send a command later.
+    assert env.running("staging") is None
     assert await env.deployer.store.list_commands(deployment_id=held["id"]) == []
     await env.deployer.release.unlock("app", "staging", actor="alice")
     assert (await wait_final(env.deployer, held["id"]))["status"] == "Succeeded"
@@ -254,10 +243,15 @@ async def test_with_policy_queue_a_lock_holds_requests_until_unlocked(env: Env) 
 
 @pytest.mark.parametrize("env", [{"policy": "queue"}], indirect=True)
 async def test_an_expired_lock_releases_itself_and_starts_what_it_held(env: Env) -> None:
-    lock = await env.deployer.release.lock("app", "staging", actor="alice", reason="brb", expires_in_minutes=0.01)
-    assert lock["expires_at"] == pytest.approx(env.clock.now() + 0.6, abs=0.2)
+    lock = await env.deployer.release.lock("app", "staging", actor="alice", reason="brb", expires_in_minutes=0.5)
+    assert lock["expires_at"] == pytest.approx(env.clock.now() + 30, abs=0.1)
     held = await env.deploy("staging")
     assert held["status"] == "Queued" and held["waiting_for"]["lock"]["owner"] == "alice"
+    await env.clock.advance(29)  # the expiry timer has looked at the clock on the way: not yet
+    assert (await env.deployer.get(held["id"]))["status"] == "Queued" and env.running("staging") is None
+    assert [lock["owner"] for lock in await env.deployer.release.locks()] == ["alice"]
+    await env.clock.advance(2)  # the timer fired: the lock went and what it held started, prompted by nothing else
+    assert (await env.deployer.get(held["id"]))["status"] != "Queued"
     assert (await wait_final(env.deployer, held["id"]))["status"] == "Succeeded"
     assert await env.deployer.release.locks() == []
     assert await env.deployer.store.list_locks() == []
@@ -269,7 +263,7 @@ async def test_an_expired_lock_no_longer_refuses(env: Env) -> None:
     await env.deployer.release.lock("app", "staging", actor="alice", expires_in_minutes=60)
     with pytest.raises(DeploymentRefused, match=r"^app/staging is locked by alice \(expires in 1 h\)$"):
         await env.deploy("staging")
-    env.clock.advance(61)
+    env.clock.jump(61 * 60)
     assert (await env.deployed("staging"))["status"] == "Succeeded"
 
 
@@ -387,7 +381,7 @@ async def test_approvals_distinct_approvers_exact_revision_and_expiry(env: Env) 
     assert (await release.approve(other["id"], actor="cat"))["status"] == "WaitingApproval"
     assert (await env.deployer.get(waiting["id"]))["approval"]["approved_by"] == ["bob"]  # cat approved rev-b
 
-    env.clock.advance(11)  # approvals last 10 minutes
+    env.clock.jump(11 * 60)  # approvals last 10 minutes
     assert (await env.deployer.get(waiting["id"]))["approval"]["missing"] == 2
     await release.approve(waiting["id"], actor="cat")
     started = await release.approve(waiting["id"], actor="bob")
@@ -518,7 +512,9 @@ async def test_a_restart_keeps_a_deployment_waiting_for_approval(workdir: Path) 
     await env.deployer.close()
     again = await open_env(workdir, approvals=1)
     try:
-        await asyncio.sleep(0.1)
+        # Opening resumed what was unfinished before it returned: any launch would be under way and logged by now.
+        assert again.running("production") is None
+        assert "deployment.resumed" not in await again.log_kinds()
         assert (await again.deployer.get(waiting["id"]))["status"] == "WaitingApproval"
         assert await again.deployer.store.list_commands(deployment_id=waiting["id"]) == []
     finally:

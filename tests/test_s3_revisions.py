@@ -22,12 +22,12 @@ from engine.adapters.aws.s3 import (
     parse_s3_uri,
     push_revision,
 )
+from engine.adapters.clock import SystemClock
 from engine.agent.executor import hook_environment, s3_bundle_environment
 from engine.bundles import read_member
 from engine.core.agent_protocol import Command
 from engine.core.errors import AdapterError, BundleError
 from engine.core.model import LifecycleEvent, Platform
-from engine.runtime.clock import SystemClock
 from engine.runtime.revisions import RevisionStore
 from engine.store.sqlite import SqliteStore
 from tests.moto_support import aws, aws_env, moto_endpoint, moto_reset  # noqa: F401

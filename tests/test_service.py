@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from conftest import deployer_from
 
 from bot.assembly import assemble_deployer
 from engine.core.config.parse import parse_config
@@ -94,10 +94,8 @@ def workdir(tmp_path: Path) -> Path:
 
 
 async def open_deployer(workdir: Path, heartbeat: float = 60) -> Deployer:
-    config = parse_config(CONFIG % {"heartbeat": max(heartbeat, 1)}, filename="test.yml", base_dir=str(workdir))
     # The config file allows whole seconds; tests use a shorter limit to stay fast.
-    config = dataclasses.replace(config, server=dataclasses.replace(config.server, heartbeat_timeout=heartbeat))
-    return await assemble_deployer(config, data_dir=workdir / "var")
+    return await deployer_from(CONFIG % {"heartbeat": max(heartbeat, 1)}, workdir, heartbeat_timeout=heartbeat)
 
 
 @pytest.fixture

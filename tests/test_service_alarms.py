@@ -12,10 +12,10 @@ from aiohttp import web
 from test_service import ScriptedFleet, make_revision, never_fails, wait_final
 
 from bot.assembly import assemble_deployer
+from engine.adapters.clock import SystemClock
 from engine.adapters.haproxy.stack import build_alarms
 from engine.core.config.parse import parse_config
 from engine.core.requests import DeployRequest
-from engine.runtime.clock import SystemClock
 from engine.runtime.deployer import Deployer
 
 CONFIG = """

@@ -6,12 +6,12 @@ import asyncio
 import itertools
 import sqlite3
 import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import HANG_GUARD
 
 from engine.store.sqlite import SqliteStore
 
@@ -125,37 +125,35 @@ async def test_only_the_store_thread_touches_the_connection(tmp_path: Path) -> N
 
 
 async def test_event_loop_keeps_running_during_a_slow_batch_write(tmp_path: Path) -> None:
-    slow = threading.Event()
-
-    def slow_disk(sql: str) -> None:  # runs on the store thread: simulates a slow disk for each INSERT
-        if slow.is_set() and sql.startswith("INSERT"):
-            time.sleep(0.0002)
-
+    """The store thread stops halfway through a 2000-row batch until the event loop has run other work (timers and
+    this coroutine). Were SQL run on the loop's thread, nothing could run meanwhile and the hold would give up."""
     loop = asyncio.get_running_loop()
-    ticks: list[float] = []
+    armed = threading.Event()
+    halfway = asyncio.Event()
+    resume = threading.Event()
+    inserts = itertools.count(1)
+    held: list[tuple[bool, int]] = []  # (resumed by the loop, thread)
 
-    async def ticker() -> None:
-        while True:
-            ticks.append(loop.time())
-            await asyncio.sleep(0.005)
+    def slow_disk(sql: str) -> None:  # runs on the store thread for every statement, one per row of the batch
+        if armed.is_set() and sql.startswith("INSERT") and next(inserts) == 1000:
+            loop.call_soon_threadsafe(halfway.set)
+            held.append((resume.wait(HANG_GUARD), threading.get_ident()))
 
     async with await SqliteStore.open(tmp_path / "state.db", on_statement=slow_disk) as slow_store:
         entries = [{"kind": "tick", "at": T0 + i, "actor": "bench", "data": {"i": i}} for i in range(2000)]
-        ticking = asyncio.create_task(ticker())
-        await asyncio.sleep(0.02)
-        slow.set()
-        started = loop.time()
-        ids = await slow_store.append_logs(entries)
-        finished = loop.time()
-        ticking.cancel()
+        armed.set()
+        writing = asyncio.ensure_future(slow_store.append_logs(entries))
+        await asyncio.wait_for(halfway.wait(), HANG_GUARD)
+        for _ in range(20):  # timers keep firing while the batch is half written
+            await asyncio.sleep(0.001)
+        assert not writing.done()
+        resume.set()
+        ids = await asyncio.wait_for(writing, HANG_GUARD)
 
         assert ids == list(range(1, 2001))
         assert len(await slow_store.read_log(limit=5000)) == 2000
-    during = [t for t in ticks if started <= t <= finished]
-    gaps = [b - a for a, b in itertools.pairwise(during)]
-    assert finished - started > 0.3, "the write was not slow enough to prove anything"
-    assert len(during) >= 20
-    assert max(gaps) < 0.1
+        assert held == [(True, slow_store.thread_ident)]
+    assert slow_store.thread_ident != threading.get_ident()
 
 
 # -- host command queue
