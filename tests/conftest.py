@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-if TYPE_CHECKING:  # imported where used, so that this file loads whatever state the engine's modules are in
+if TYPE_CHECKING:  # the builders import the engine when called: a test that uses only the clock does not load it
     from engine.core.config.model import EngineConfig
     from engine.ports import Clock
     from engine.runtime.deployer import Deployer
@@ -64,12 +64,15 @@ class FakeClock:
       - ``jump(s)``: wall time alone jumps (an NTP step; a soak time or an approval lifetime passing); ``monotonic``
         and the sleepers do not move.
       - ``tick``: every ``now()`` reading moves wall time on by ``tick`` (distinct, ordered timestamps).
+      - ``auto``: every ``sleep`` moves time forward by its own length at once (for code where one thing at a time
+        waits, when only the times matter).
       - ``sleepers``: the parked sleepers' remaining seconds, soonest first; ``slept``: every ``sleep`` asked for.
     """
 
-    def __init__(self, start: float = 1_700_000_000.0, *, tick: float = 0.0) -> None:
+    def __init__(self, start: float = 1_700_000_000.0, *, tick: float = 0.0, auto: bool = False) -> None:
         self.start = start
         self.tick = tick
+        self.auto = auto
         self.slept: list[float] = []
         self._elapsed = 0.0
         self._wall_shift = 0.0
@@ -90,7 +93,8 @@ class FakeClock:
 
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
-        if seconds <= 0:
+        if seconds <= 0 or self.auto:
+            self._elapsed += max(seconds, 0.0)
             await asyncio.sleep(0)
             return
         task = asyncio.current_task()

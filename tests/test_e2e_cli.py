@@ -24,11 +24,6 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-try:
-    import engine.runtime.deployer  # noqa: F401
-except ImportError as exc:  # pragma: no cover - only until the engine's Deployer lands
-    pytestmark = pytest.mark.skip(reason=f"engine.runtime.deployer cannot be imported yet ({exc})")
-
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello"
 HOSTS = ("e2e-1", "e2e-2")
 

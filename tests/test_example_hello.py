@@ -20,6 +20,8 @@ import pytest
 import yaml
 from conftest import free_port
 
+from engine.core.appspec import parse_appspec
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello"
 SCRIPTS = ("before_install.sh", "start.sh", "stop.sh", "validate.sh")
 
@@ -127,10 +129,7 @@ def test_appspec_declares_files_and_hooks() -> None:
 
 
 def test_appspec_passes_deploybots_parser() -> None:
-    appspec = pytest.importorskip("engine.core.appspec")
-    if not hasattr(appspec, "parse_appspec"):
-        pytest.skip("engine.core.appspec.parse_appspec not available yet")
-    spec = appspec.parse_appspec((EXAMPLE / "appspec.yml").read_text())
+    spec = parse_appspec((EXAMPLE / "appspec.yml").read_text())
     assert len(spec.hooks) == 4
 
 
