@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import FakeClock
 
 from engine.core.configs import TrafficStep
 from engine.core.errors import AdapterError
@@ -23,47 +24,6 @@ from engine.store.sqlite import SqliteStore
 
 T0 = 1_000.0
 CANARY = (TrafficStep(20, 300), TrafficStep(100, 0))
-
-
-class FakeClock:
-    """Time the test owns. ``auto``: a sleep moves time forward by exactly that much (for runs where one thing waits
-    at a time). Otherwise sleepers wait until the test calls ``advance``; ``until_sleeping`` waits for them."""
-
-    def __init__(self, *, auto: bool = True) -> None:
-        self.t = T0
-        self.auto = auto
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
-        self._changed = asyncio.Event()
-
-    def now(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        if self.auto:
-            self.t += seconds
-            await asyncio.sleep(0)
-            return
-        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sleepers.append((self.t + seconds, wake))
-        self._changed.set()
-        try:
-            await wake
-        finally:
-            self._sleepers = [(at, f) for at, f in self._sleepers if f is not wake]
-
-    async def until_sleeping(self, count: int) -> None:
-        while len(self._sleepers) < count:
-            self._changed.clear()
-            await self._changed.wait()
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-        for at, wake in self._sleepers:
-            if at <= self.t and not wake.done():
-                wake.set_result(None)
 
 
 Answer = bool | None | Exception
@@ -178,7 +138,7 @@ async def traffic_log(store: SqliteStore) -> list[tuple[str, float, dict[str, An
 
 
 async def test_a_shift_holds_until_the_router_verifies_it(store: SqliteStore) -> None:
-    router = FakeRouter(FakeClock(), script={20: [False, False, False]})
+    router = FakeRouter(FakeClock(T0, auto=True), script={20: [False, False, False]})
     runner = await run_blue_green(store, router, verify_interval=10)
     assert runner.machine.state.status is DeploymentStatus.SUCCEEDED
     # checked every 10 s on the runner's clock; the machine stayed at 0 % until the fourth check said yes
@@ -197,7 +157,7 @@ async def test_a_shift_holds_until_the_router_verifies_it(store: SqliteStore) ->
 
 
 async def test_a_router_that_cannot_verify_is_trusted_and_noted_once(store: SqliteStore) -> None:
-    router = FakeRouter(FakeClock(), then=None)
+    router = FakeRouter(FakeClock(T0, auto=True), then=None)
     runner = await run_blue_green(store, router)
     assert runner.machine.state.status is DeploymentStatus.SUCCEEDED
     assert router.weights == [20, 100] and [c[0] for c in router.checks] == [20, 100]
@@ -211,7 +171,7 @@ async def test_a_router_that_cannot_verify_is_trusted_and_noted_once(store: Sqli
 
 
 async def test_weights_that_never_verify_fail_the_step_at_the_timeout(store: SqliteStore) -> None:
-    router = FakeRouter(FakeClock(), then=False)
+    router = FakeRouter(FakeClock(T0, auto=True), then=False)
     runner = await run_blue_green(store, router, verify_interval=10, verify_timeout=60)
     state = runner.machine.state
     assert (state.status, state.error_code) == (DeploymentStatus.FAILED, ErrorCode.INTERNAL_ERROR)
@@ -227,7 +187,7 @@ async def test_weights_that_never_verify_fail_the_step_at_the_timeout(store: Sql
 
 
 async def test_weights_that_cannot_be_read_are_checked_again(store: SqliteStore) -> None:
-    router = FakeRouter(FakeClock(), script={20: [AdapterError("haproxy", "socket closed")]})
+    router = FakeRouter(FakeClock(T0, auto=True), script={20: [AdapterError("haproxy", "socket closed")]})
     runner = await run_blue_green(store, router, verify_interval=5)
     assert runner.machine.state.status is DeploymentStatus.SUCCEEDED
     log = await traffic_log(store)
@@ -238,15 +198,15 @@ async def test_weights_that_cannot_be_read_are_checked_again(store: SqliteStore)
 async def test_a_promotion_overtakes_a_held_shift(store: SqliteStore) -> None:
     """The 20 % step never verifies; promoting shifts to 100 %, and the abandoned 20 % check must neither check
     again nor fail the deployment when its timeout comes."""
-    clock = FakeClock(auto=False)
+    clock = FakeClock(T0)
     router = FakeRouter(clock, then=False, script={100: [False, True]})
     await create_row(store)
     runner = blue_green(store, router, verify_interval=60, verify_timeout=60)
     run = asyncio.ensure_future(runner.run())
-    await clock.until_sleeping(1)  # the 20 % step holds
+    await clock.sleeping(1)  # the 20 % step holds
     runner.post(PromoteRequested())
-    await clock.until_sleeping(2)  # and so does the 100 % shift, at first
-    clock.advance(60)  # the 20 % check's timeout: it would fail the deployment were it still current
+    await clock.sleeping(2)  # and so does the 100 % shift, at first
+    await clock.advance(60)  # the 20 % check's timeout: it would fail the deployment were it still current
     await run
     assert runner.machine.state.status is DeploymentStatus.SUCCEEDED
     assert router.weights == [20, 100]
