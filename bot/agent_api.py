@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.http import HttpProblem, bad_request, bearer_token, json_errors, json_object, json_response
-from engine import AgentFleet, ScriptErrorCode
+from engine import AgentFleet, CommandBody, HeartbeatBody, ResultBody, ScriptErrorCode
 
 MAX_POLL_SECONDS = 60.0
 DEFAULT_POLL_SECONDS = 25.0
@@ -53,7 +53,7 @@ def _clip_tail(text: str) -> str:
     return text if len(data) <= MAX_LOG_TAIL_BYTES else data[-MAX_LOG_TAIL_BYTES:].decode("utf-8", "ignore")
 
 
-def _result(body: Mapping[str, Any]) -> dict[str, Any]:
+def _result(body: Mapping[str, Any]) -> ResultBody:
     status = body.get("status")
     if status not in RESULT_STATUSES:
         raise bad_request(f"'status' must be one of {', '.join(RESULT_STATUSES)}", _RESULT_USAGE)
@@ -68,14 +68,14 @@ def _result(body: Mapping[str, Any]) -> dict[str, Any]:
         value = body.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise bad_request(f"{key!r} must be an epoch time in seconds", _RESULT_USAGE)
-    return {
-        "status": status,
-        "error_code": error_code,
-        "message": body.get("message", ""),
-        "log_tail": _clip_tail(body.get("log_tail", "")),
-        "started_at": body.get("started_at"),
-        "ended_at": body.get("ended_at"),
-    }
+    return ResultBody(
+        status="Succeeded" if status == "Succeeded" else "Failed",
+        error_code=error_code,
+        message=body.get("message", ""),
+        log_tail=_clip_tail(body.get("log_tail", "")),
+        started_at=body.get("started_at"),
+        ended_at=body.get("ended_at"),
+    )
 
 
 def _seconds(request: web.Request, name: str, usage: str, *, default: float, limit: float) -> float:
@@ -88,7 +88,7 @@ def _seconds(request: web.Request, name: str, usage: str, *, default: float, lim
     return min(max(value, 0.0), limit) if value == value else default
 
 
-async def _long_poll(request: web.Request, wait: float) -> dict[str, Any] | None:
+async def _long_poll(request: web.Request, wait: float) -> CommandBody | None:
     """The host's next command within ``wait`` seconds, claimed for this request; None when there is none."""
     poll = asyncio.ensure_future(request.app[FLEET].next_command(request[HOST], wait=wait))
     closing = asyncio.ensure_future(request.app[CLOSING].wait())
@@ -151,7 +151,14 @@ async def heartbeat(request: web.Request) -> web.Response:
     tags = body.get("tags") or {}
     if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
         raise bad_request("'tags' must be an object of strings", _HEARTBEAT_USAGE)
-    await request.app[FLEET].heartbeat(request[HOST], body)
+    version = body.get("version", "")
+    if not isinstance(version, str):
+        raise bad_request("'version' must be a string", _HEARTBEAT_USAGE)
+    running = body.get("running_command")
+    if running is not None and (isinstance(running, bool) or not isinstance(running, int)):
+        raise bad_request("'running_command' must be a command id or null", _HEARTBEAT_USAGE)
+    info = HeartbeatBody(tags=dict(tags), version=version, running_command=running)
+    await request.app[FLEET].heartbeat(request[HOST], info)
     return json_response({"ok": True})
 
 

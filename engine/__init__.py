@@ -7,6 +7,7 @@ bot/cli/push_cmd.py, which uploads to S3 itself) reaches the runtime, the store 
 """
 
 from engine.bundles import build_bundle, safe_extract
+from engine.core.agent_protocol import CommandBody, HeartbeatBody, ResultBody
 from engine.core.appspec import AppSpec, ServerAppSpec, normalized, parse_appspec
 from engine.core.config.groups import NAME as NAME_PATTERN
 from engine.core.config.model import (
@@ -106,6 +107,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "BUILTIN_CONFIGS",
     "BUILTIN_PREFIX",
     "BundleError",
+    "CommandBody",
     "ConfigError",
     "ConfiguredHostReadOnly",
     "DeployRequest",
@@ -127,6 +129,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "FILE_EXISTS_BEHAVIORS",
     "FINAL_STATUSES",
     "GroupOverrides",
+    "HeartbeatBody",
     "HookExecutions",
     "Host",
     "IamArnAlreadyRegistered",
@@ -149,6 +152,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "RegisteredRevision",
     "Registrations",
     "ReleaseService",
+    "ResultBody",
     "Revision",
     "RevisionLibrary",
     "RevisionNotFound",

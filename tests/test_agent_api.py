@@ -193,6 +193,24 @@ async def test_heartbeat_and_progress(agents: Agents) -> None:
         assert r.status == 202
 
 
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"tags": ["x"]}, "'tags' must be an object of strings"),
+        ({"version": {}}, "'version' must be a string"),
+        ({"running_command": "7"}, "'running_command' must be a command id or null"),
+        ({"running_command": True}, "'running_command' must be a command id or null"),
+    ],
+)
+async def test_malformed_heartbeats_are_a_400_and_not_recorded(
+    agents: Agents, body: dict[str, Any], words: str
+) -> None:
+    async with agents.client.post("/agent/v1/heartbeat", json=body, headers=WEB2) as response:
+        assert response.status == 400
+        assert words in (await response.json())["message"]
+    assert agents.fleet.heartbeats == []
+
+
 async def test_bundle_download_serves_the_stored_file(agents: Agents) -> None:
     data = bytes(range(256)) * 1000
     sha = hashlib.sha256(data).hexdigest()

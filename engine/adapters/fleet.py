@@ -15,21 +15,19 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from engine.core.agent_protocol import CommandBody, HeartbeatBody, ResultBody
 from engine.core.errors import NotFound
 from engine.core.model import LifecycleEvent, ScriptErrorCode
-from engine.ports import Clock, CommandQueue
+from engine.ports import Clock, CommandQueue, OnResult
 
 log = logging.getLogger(__name__)
 
 CLAIM_GRACE = 10.0
 """Seconds a claimed command may go unmentioned by its agent's heartbeats before it is handed out again."""
-
-ResultCallback = Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]]
-"""Called with (command row, result) once a command's result is stored."""
 
 
 class Fleet:
@@ -40,7 +38,7 @@ class Fleet:
         data_dir: Path,
         clock: Clock,
         bundle_dir: Path,
-        on_result: ResultCallback,
+        on_result: OnResult,
         heartbeat_timeout: float = 60.0,
     ) -> None:
         self.store = store
@@ -128,7 +126,7 @@ class Fleet:
             self._empty_at[host] = changes  # read before the claim: a command queued meanwhile bumped it
         return row
 
-    async def next_command(self, host: str, *, wait: float) -> dict[str, Any] | None:
+    async def next_command(self, host: str, *, wait: float) -> CommandBody | None:
         """Long poll: the host's next command, as soon as there is one, or None after ``wait`` seconds."""
         self._last_seen[host] = self.clock.now()
         deadline = self.clock.monotonic() + wait
@@ -149,7 +147,7 @@ class Fleet:
                 async with asyncio.timeout(remaining):
                     await wakeup.wait()
 
-    async def report_result(self, host: str, command_id: int, result: dict[str, Any]) -> None:
+    async def report_result(self, host: str, command_id: int, result: ResultBody) -> None:
         self._last_seen[host] = self.clock.now()
         status = "Succeeded" if result.get("status") == "Succeeded" else "Failed"
         command, finished = await self.store.finish_command(command_id, host, status, result, at=self.clock.now())
@@ -164,7 +162,7 @@ class Fleet:
             log.info("requeued command %s: the poll that claimed it was no longer connected", command_id)
             self._queued(host)
 
-    async def heartbeat(self, host: str, info: Mapping[str, Any]) -> None:
+    async def heartbeat(self, host: str, info: HeartbeatBody) -> None:
         now = self.clock.now()
         self._last_seen[host] = now
         await self.store.upsert_agent(
@@ -220,24 +218,20 @@ class Fleet:
                 if now - seen < self.heartbeat_timeout:
                     continue
                 silent = int(now - seen)
-                result = {
-                    "status": "Failed",
-                    "error_code": int(ScriptErrorCode.UNKNOWN_ERROR),
-                    "message": f"the agent on {command['host']} has not been heard from for {silent} s "
+                result = ResultBody(
+                    status="Failed",
+                    error_code=int(ScriptErrorCode.UNKNOWN_ERROR),
+                    message=f"the agent on {command['host']} has not been heard from for {silent} s "
                     f"(heartbeat limit {self.heartbeat_timeout:g} s)",
-                    "log_tail": "",
-                    "ended_at": now,
-                }
+                    log_tail="",
+                    started_at=None,
+                    ended_at=now,
+                )
                 if await self.store.complete_command(command["id"], "Failed", result, at=now):
                     failed.append(command["id"])
                     await self._on_result(command, result)
         return failed
 
 
-def _command_object(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "deployment_id": row["deployment_id"],
-        "event": row["event"],
-        "spec": row["payload"],
-    }
+def _command_object(row: Mapping[str, Any]) -> CommandBody:
+    return CommandBody(id=row["id"], deployment_id=row["deployment_id"], event=row["event"], spec=row["payload"])

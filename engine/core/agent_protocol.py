@@ -47,9 +47,10 @@ class ResultBody(TypedDict):
     message: str
     log_tail: str
     """The end of the event's script output, at most LOG_TAIL_BYTES of UTF-8."""
-    started_at: float
-    ended_at: float
-    """Epoch seconds, on the agent's clock."""
+    started_at: float | None
+    ended_at: float | None
+    """Epoch seconds, on the agent's clock (this agent always sends both; the server accepts null from older
+    agents, and a result it makes itself for a silent host has no start)."""
 
 
 class HeartbeatBody(TypedDict):
