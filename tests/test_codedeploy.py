@@ -44,11 +44,17 @@ class Served:
     agents: ScriptedFleet
     app: web.Application
 
-    def client(self, access_key: str = "AKIDEPLOYBOT", secret: str = "s3cret", session_token: str | None = None) -> Any:
+    def client(
+        self,
+        access_key: str = "AKIDEPLOYBOT",
+        secret: str = "s3cret",
+        session_token: str | None = None,
+        region: str = "us-east-1",  # the server's default DEPLOYBOT_AWS_REGION
+    ) -> Any:
         return boto3.client(
             "codedeploy",
             endpoint_url=self.url,
-            region_name="us-east-1",
+            region_name=region,
             aws_access_key_id=access_key,
             aws_secret_access_key=secret,
             aws_session_token=session_token,
@@ -206,8 +212,9 @@ def test_expired_signature_is_refused() -> None:
     signed_at = "20260101T000000Z"
     headers = {
         "Authorization": "AWS4-HMAC-SHA256 Credential=AKIDEPLOYBOT/20260101/us-east-1/codedeploy/aws4_request, "
-        "SignedHeaders=host;x-amz-date, Signature=00",
+        "SignedHeaders=host;x-amz-date;x-amz-target, Signature=00",
         "X-Amz-Date": signed_at,
+        "X-Amz-Target": "CodeDeploy_20141006.ListApplications",
         "Host": "127.0.0.1",
     }
     later = datetime.datetime(2026, 1, 1, 0, 6, tzinfo=datetime.UTC)
@@ -318,7 +325,7 @@ def _signed(body: bytes, secret: str = "s3cret") -> dict[str, str]:
         headers={"X-Amz-Target": "CodeDeploy_20141006.ListApplications", "Content-Type": "application/json"},
         data=body,
     )
-    SigV4Auth(Credentials("AKIDEPLOYBOT", secret), "codedeploy", "eu-west-1").add_auth(request)
+    SigV4Auth(Credentials("AKIDEPLOYBOT", secret), "codedeploy", "us-east-1").add_auth(request)
     return {**dict(request.headers.items()), "Host": "127.0.0.1:8080"}
 
 

@@ -1,5 +1,6 @@
 """The AWS CLI (awscli, a test dependency) against a running deploybot: ``aws deploy ... --endpoint-url``, run as a
-real subprocess with credentials in its environment, exactly as a CI job would."""
+real subprocess with credentials in its environment, exactly as a CI job would. The server is configured for the
+CLI's region (DEPLOYBOT_AWS_REGION=eu-west-1), as a deployment outside us-east-1 would be."""
 
 from __future__ import annotations
 
@@ -14,21 +15,26 @@ from typing import Any
 import pytest
 from test_codedeploy import Served, call, serving
 
+REGION = "eu-west-1"
+
 
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Served]:
+async def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Served]:
+    monkeypatch.setenv("DEPLOYBOT_AWS_REGION", REGION)
     async with serving(tmp_path) as running:
         yield running
 
 
-async def aws(served: Served, home: Path, *args: str, secret: str = "s3cret") -> tuple[int, Any, str]:
+async def aws(
+    served: Served, home: Path, *args: str, secret: str = "s3cret", region: str = REGION
+) -> tuple[int, Any, str]:
     """``aws deploy ARGS`` with JSON output: (exit code, parsed stdout or None, stderr)."""
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(home),
         "AWS_ACCESS_KEY_ID": "AKIDEPLOYBOT",
         "AWS_SECRET_ACCESS_KEY": secret,
-        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_DEFAULT_REGION": region,
         "AWS_CONFIG_FILE": str(home / "no-config"),
         "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-credentials"),
         "AWS_EC2_METADATA_DISABLED": "true",
@@ -70,7 +76,7 @@ async def test_aws_deploy_creates_and_reads_a_deployment(served: Served, tmp_pat
     )
     assert code == 0, err
     deployment_id = created["deploymentId"]
-    waiter = served.client().get_waiter("deployment_successful")
+    waiter = served.client(region=REGION).get_waiter("deployment_successful")
     await call(waiter.wait, deploymentId=deployment_id, WaiterConfig={"Delay": 1, "MaxAttempts": 15})
 
     code, got, err = await aws(served, tmp_path, "get-deployment", "--deployment-id", deployment_id)
@@ -90,3 +96,6 @@ async def test_aws_cli_errors_and_refusals(served: Served, tmp_path: Path) -> No
     assert code != 0 and "DeploymentDoesNotExistException" in err
     code, _, err = await aws(served, tmp_path, "list-applications", secret="wrong")
     assert code != 0 and "InvalidSignatureException" in err
+    code, _, err = await aws(served, tmp_path, "list-applications", region="us-east-1")
+    assert code != 0 and "InvalidSignatureException" in err
+    assert "region us-east-1 does not match this server's eu-west-1" in err

@@ -1,6 +1,7 @@
 """The CodeDeploy-compatible front: boto3's ``codedeploy`` client (SigV4, JSON 1.1) against ``POST /codedeploy``.
 
 ``setup_codedeploy`` is the one entry point for bot/app.py; it mounts nothing unless DEPLOYBOT_AWS_KEYS is set.
+DEPLOYBOT_AWS_REGION is the region signatures must be scoped to (``*``: any; unset: us-east-1, see sigv4).
 GitHub revisions are downloaded with bot/github's client, made (with its own HTTP session) while the app runs when
 GitHub credentials exist.
 """
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from bot.codedeploy.operations import CodeDeployOperations
 from bot.codedeploy.protocol import PATH, CodeDeployEndpoint
-from bot.codedeploy.sigv4 import parse_keys
+from bot.codedeploy.sigv4 import DEFAULT_REGION, parse_keys, parse_region
 from bot.github.client import GitHubAuth, GitHubClient
 from bot.settings import Settings
 from engine import DeploymentService
@@ -31,15 +32,20 @@ def setup_codedeploy(
 ) -> bool:
     """Mount ``POST /codedeploy`` when access keys are configured; False, and nothing mounted, otherwise.
 
-    A malformed DEPLOYBOT_AWS_KEYS raises ValueError: a server that silently drops its keys would look broken later.
+    ``environ`` (default ``os.environ``) gives DEPLOYBOT_AWS_REGION and the GitHub App's credentials. A malformed
+    DEPLOYBOT_AWS_KEYS or DEPLOYBOT_AWS_REGION raises ValueError: a server that silently drops its keys (or accepts
+    any region instead of the one meant) would look broken later.
     """
-    keys = parse_keys(settings.aws_keys)
+    env = os.environ if environ is None else environ
+    raw_region = env.get("DEPLOYBOT_AWS_REGION")
+    region = parse_region(raw_region)
+    keys = parse_keys(settings.aws_keys, region=region)
     if not keys:
         return False
     operations = CodeDeployOperations(deployer, scratch=settings.data_dir / "codedeploy")
     endpoint = CodeDeployEndpoint(operations, keys)
     app[CODEDEPLOY] = endpoint
-    auth = GitHubAuth.from_environment(os.environ if environ is None else environ, token=settings.github_token)
+    auth = GitHubAuth.from_environment(env, token=settings.github_token)
     if auth.usable:
 
         async def github_client(_: web.Application) -> AsyncIterator[None]:
@@ -53,7 +59,8 @@ def setup_codedeploy(
         app.cleanup_ctx.append(github_client)
     app.router.add_post(PATH, endpoint.handle)
     app.router.add_post(PATH + "/", endpoint.handle)
-    log.info("CodeDeploy API on %s for %d access key(s)", PATH, len(keys))
+    unset = "" if (raw_region or "").strip() else f" (DEPLOYBOT_AWS_REGION unset: {DEFAULT_REGION})"
+    log.info("CodeDeploy API on %s for %d access key(s), signed for region %s%s", PATH, len(keys), region, unset)
     return True
 
 
