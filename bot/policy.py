@@ -13,9 +13,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from engine import EngineConfig
-
-PRODUCTION_NAMES = frozenset({"production", "prod", "prd", "live"})
+from engine import EngineConfig, is_production
 
 
 class Permission(enum.StrEnum):
@@ -43,10 +41,6 @@ class EnvironmentRule:
 class Decision:
     allowed: bool
     reason: str  # why not (or, when allowed, by which rule), in words for the chat
-
-
-def is_production(environment: str) -> bool:
-    return environment.casefold() in PRODUCTION_NAMES
 
 
 def mention(slack_id: str) -> str:

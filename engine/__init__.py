@@ -17,6 +17,7 @@ from engine.core.config.model import (
     DeploymentGroup,
     EngineConfig,
     Host,
+    User,
 )
 from engine.core.config.parse import load_config, parse_config
 from engine.core.configs import (
@@ -67,6 +68,7 @@ from engine.core.model import (
     ScriptErrorCode,
 )
 from engine.core.overrides import FILE_EXISTS_BEHAVIORS, GroupOverrides
+from engine.core.policy import BOOTSTRAP_ADMIN, Action, Decision, is_production, may
 from engine.core.registrations import (
     ConfiguredHostReadOnly,
     DeploymentConfigExists,
@@ -94,6 +96,7 @@ from engine.service import (
 )
 
 __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
+    "Action",
     "AdapterError",
     "AgentFleet",
     "AlarmConfiguration",
@@ -104,12 +107,14 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "AutoRollback",
     "AutoRollbackEvent",
     "AwsAccount",
+    "BOOTSTRAP_ADMIN",
     "BUILTIN_CONFIGS",
     "BUILTIN_PREFIX",
     "BundleError",
     "CommandBody",
     "ConfigError",
     "ConfiguredHostReadOnly",
+    "Decision",
     "DeployRequest",
     "DeploymentConfig",
     "DeploymentConfigExists",
@@ -163,12 +168,15 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "TrafficRouting",
     "TrafficRoutingType",
     "UnknownDeploymentConfig",
+    "User",
     "build_bundle",
     "close_config_names",
     "default_config_name",
     "deployment_stages",
     "describe_config",
+    "is_production",
     "load_config",
+    "may",
     "normalized",
     "parse_appspec",
     "parse_config",

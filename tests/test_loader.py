@@ -20,6 +20,7 @@ from engine.core.config.model import (
     Host,
     LoadBalancer,
     ServerSettings,
+    User,
 )
 from engine.core.config.parse import DEFAULT_CONFIG_PATH, load_config, parse_config
 from engine.core.configs import (
@@ -193,7 +194,8 @@ TOP_CASES = {
             (
                 1,
                 1,
-                "unknown key 'colour'; expected one of: applications, aws, deployment_configs, hosts, server",
+                "unknown key 'colour'; expected one of: applications, aws, deployment_configs, hosts, roles, server, "
+                "users",
                 "colour",
             )
         ],
@@ -488,6 +490,17 @@ def test_example_config_loads_clean() -> None:
     assert "load_balancer: {type: haproxy" in DEFAULT_CONFIG_PATH.read_text()  # the commented-out example
 
 
+def test_example_users_and_roles_are_valid_once_uncommented() -> None:
+    lines = DEFAULT_CONFIG_PATH.read_text().splitlines()
+    start = lines.index("# users:")
+    block = [line.removeprefix("# ") for line in lines[start:] if line.startswith("# ")]
+    example = "\n".join(block[: next(i for i, line in enumerate(block) if line.startswith("..."))])
+    config = parse_config(example + "\nserver: {admins: ['@release']}\n")
+    assert list(config.users or {}) == ["alice", "bob"]
+    assert config.members(config.server.admins) == ("alice", "bob")
+    assert load_config(DEFAULT_CONFIG_PATH).users is None  # the embedded default keeps names free-form
+
+
 def test_paths_resolve_against_base_dir_but_git_refs_stay() -> None:
     text = (
         "server: {data_dir: state}\napplications:\n  fn:\n    platform: lambda\n    revision: git:main\n"
@@ -523,6 +536,196 @@ def test_unreadable_files() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(DATA / "latin1.yml")
     assert caught.value.problems == [Problem(str(DATA / "latin1.yml"), 1, 1, "not UTF-8 text (bad byte at offset 5)")]
+
+
+# ---------------------------------------------------------------------------------------------------- people
+
+# Six lines: the users and roles every PEOPLE case starts from.
+PEOPLE = """\
+users:
+  alice: {slack: U0ALICE, github: Alice-GH}
+  bob: {slack: W0BOB, aws_access_key_id: AKIABOB000000001}
+  carol:
+roles:
+  release: [alice, bob]
+"""
+# Thirteen lines; the group keys of each case go on line 14, indented by 8 spaces.
+PEOPLE_GROUP = (
+    PEOPLE
+    + """\
+hosts: [{name: h1}]
+applications:
+  hello:
+    environments: [staging]
+    deployment_groups:
+      staging:
+        targets: {hosts: [h1]}
+"""
+)
+
+PEOPLE_CASES = {
+    "unknown deployer, with a hint": (
+        PEOPLE_GROUP + "        deployers: [alice, bobb]\n",
+        [(14, 28, "unknown user 'bobb' (did you mean 'bob'?)", f"{GROUP}.deployers[1]")],
+    ),
+    "unknown approver, listing the known users": (
+        PEOPLE_GROUP + "        approvers: [zed]\n",
+        [(14, 21, "unknown user 'zed'; known: alice, bob, carol", f"{GROUP}.approvers[0]")],
+    ),
+    "user names are matched exactly": (
+        PEOPLE_GROUP + "        rollbackers: [Alice]\n",
+        [(14, 23, "unknown user 'Alice' (did you mean 'alice'?)", f"{GROUP}.rollbackers[0]")],
+    ),
+    "unknown role": (
+        PEOPLE_GROUP + "        deployers: ['@relase']\n",
+        [(14, 21, "unknown role '@relase' (did you mean '@release'?)", f"{GROUP}.deployers[0]")],
+    ),
+    "a name listed twice": (
+        PEOPLE_GROUP + "        rollbackers: [bob, bob]\n",
+        [(14, 28, "'bob' is listed twice", f"{GROUP}.rollbackers[1]")],
+    ),
+    "required approvals count the role's members": (
+        PEOPLE_GROUP + "        approvers: ['@release']\n        required_approvals: 3\n",
+        [(15, 29, "3 approvals required but only 2 approvers", f"{GROUP}.required_approvals")],
+    ),
+    "admin that is not a user": (
+        PEOPLE + "server: {admins: [carol, root]}\n",
+        [(7, 26, "unknown user 'root'; known: alice, bob, carol", "server.admins[1]")],
+    ),
+    "the bootstrap admin is never listed": (
+        PEOPLE + "server: {admins: [deploybot-admin]}\n",
+        [
+            (
+                7,
+                19,
+                "'deploybot-admin' is the bootstrap admin: it may do everything and is never listed",
+                "server.admins[0]",
+            )
+        ],
+    ),
+    "role member that is not a user": (
+        "users: {alice: {}}\nroles:\n  ops: [alice, alicia]\n",
+        [(3, 16, "unknown user 'alicia' (did you mean 'alice'?)", "roles.ops[1]")],
+    ),
+    "role inside a role": (
+        "roles:\n  ops: [alice]\n  release: ['@ops']\n",
+        [(3, 13, "a role lists users, not other roles: '@ops'", "roles.release[0]")],
+    ),
+    "role without a roles section": (
+        "server: {admins: ['@ops']}\n",
+        [(1, 19, "unknown role '@ops' (declare it under roles)", "server.admins[0]")],
+    ),
+    "bad role name": (
+        "roles:\n  Release: []\n",
+        [(2, 3, "bad role name 'Release': use lower-case letters, digits, '.', '_' or '-'", "roles.Release")],
+    ),
+    "bad user name": (
+        "users:\n  Alice: {}\n",
+        [(2, 3, "bad user name 'Alice': use lower-case letters, digits, '.', '_' or '-'", "users.Alice")],
+    ),
+    "reserved user name": (
+        "users:\n  deploybot-admin: {}\n",
+        [(2, 3, "'deploybot-admin' is reserved for the bootstrap admin (the API token)", "users.deploybot-admin")],
+    ),
+    "unknown user key": (
+        "users:\n  alice: {slack_id: U0ALICE}\n",
+        [(2, 11, "unknown key 'slack_id' (did you mean 'slack'?)", "users.alice.slack_id")],
+    ),
+    "user that is not a mapping": (
+        "users:\n  alice: U0ALICE\n",
+        [(2, 10, "expected a mapping, got a string", "users.alice")],
+    ),
+    "a Slack user-group id is not a user's": (
+        "users:\n  alice: {slack: S0OPS}\n",
+        [(2, 18, "'S0OPS' is not a Slack user id (U… or W…)", "users.alice.slack")],
+    ),
+    "bad GitHub login": (
+        "users:\n  alice: {github: 'alice smith'}\n",
+        [(2, 19, "'alice smith' is not a GitHub login", "users.alice.github")],
+    ),
+    "the secret instead of the access key id": (
+        "users:\n  alice: {aws_access_key_id: 'wJalrXUtnFEMI/K7MDENG/bPxRfiCY'}\n",
+        [
+            (
+                2,
+                30,
+                "'wJalrXUtnFEMI/K7MDENG/bPxRfiCY' is not an access key id (letters and digits, like AKIA…; the secret "
+                "never goes here)",
+                "users.alice.aws_access_key_id",
+            )
+        ],
+    ),
+    "one Slack id for two users": (
+        PEOPLE.replace("roles:", "  dave: {slack: W0BOB}\nroles:"),
+        [(5, 17, "Slack user id 'W0BOB' is already used by user 'bob'", "users.dave.slack")],
+    ),
+    "one GitHub login for two users, in another case": (
+        "users:\n  alice: {github: Alice-GH}\n  alicia: {github: alice-gh}\n",
+        [(3, 20, "GitHub login 'alice-gh' is already used by user 'alice'", "users.alicia.github")],
+    ),
+    "one access key id for two users": (
+        "users:\n  a: {aws_access_key_id: AKIA0001}\n  b: {aws_access_key_id: AKIA0001}\n",
+        [(3, 26, "access key id 'AKIA0001' is already used by user 'a'", "users.b.aws_access_key_id")],
+    ),
+}
+
+
+@pytest.mark.parametrize("text, expected", PEOPLE_CASES.values(), ids=PEOPLE_CASES.keys())
+def test_people_problems_are_located(text: str, expected: list[tuple[int, int, str, str]]) -> None:
+    assert problems_of(text) == expected
+
+
+def test_users_roles_and_permission_lists_round_trip() -> None:
+    text = PEOPLE.replace("roles:\n", "roles:\n  ops: [carol]\n") + (
+        "server: {admins: ['@ops']}\n"
+        + PEOPLE_GROUP.removeprefix(PEOPLE)
+        + "        deployers: [carol, '@release']\n        approvers: [alice]\n        rollbackers: [bob]\n"
+    )
+    config = parse_config(text)
+    assert config.users == {
+        "alice": User("alice", slack="U0ALICE", github="Alice-GH"),
+        "bob": User("bob", slack="W0BOB", aws_access_key_id="AKIABOB000000001"),
+        "carol": User("carol"),
+    }
+    assert config.roles == {"ops": ("carol",), "release": ("alice", "bob")}
+    group = config.group("hello", "staging")
+    assert (group.deployers, group.approvers, group.rollbackers) == (("carol", "@release"), ("alice",), ("bob",))
+    assert config.server.admins == ("@ops",)
+    assert config.members(group.deployers) == ("carol", "alice", "bob")
+    assert config.members([*config.server.admins, "carol", "@nobody"]) == ("carol",)
+
+
+@pytest.mark.parametrize(
+    ("lookup", "key", "user"),
+    [
+        ("user_by_slack", "U0ALICE", "alice"),
+        ("user_by_slack", "W0BOB", "bob"),
+        ("user_by_slack", "u0alice", None),  # Slack ids are exact
+        ("user_by_github", "Alice-GH", "alice"),
+        ("user_by_github", "ALICE-gh", "alice"),  # GitHub logins ignore case
+        ("user_by_github", "bob", None),
+        ("user_by_access_key", "AKIABOB000000001", "bob"),
+        ("user_by_access_key", "akiabob000000001", None),
+    ],
+)
+def test_identity_lookups(lookup: str, key: str, user: str | None) -> None:
+    config = parse_config(PEOPLE)
+    assert getattr(config, lookup)(key) == user
+
+
+def test_names_are_free_form_without_a_users_section() -> None:
+    text = GROUP_PREFIX.replace(
+        "hosts:\n", "roles: {oncall: [Pat.Smith, 'ci bot']}\nserver: {admins: [Root]}\nhosts:\n"
+    )
+    config = parse_config(text + "        targets: {hosts: [web-1]}\n        deployers: [anyone-at-all, '@oncall']\n")
+    assert config.users is None
+    assert config.server.admins == ("Root",)
+    assert config.members(config.group("hello", "staging").deployers) == ("anyone-at-all", "Pat.Smith", "ci bot")
+    assert (config.user_by_slack("U0ALICE"), config.user_by_github("x"), config.user_by_access_key("AKIA")) == (
+        None,
+        None,
+        None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.policy import Permission, SlackPolicy, is_production
+from bot.policy import Permission, SlackPolicy
+from engine import is_production
 from engine.core.config.parse import parse_config
 
 CONFIG = """

@@ -16,6 +16,7 @@ import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from engine.core import policy
 from engine.core.config.model import DeploymentGroup, EngineConfig
 from engine.core.errors import DeploymentNotFound, DeploymentRefused
 from engine.core.model import ROLLBACK_CREATOR, DeploymentStatus, Revision
@@ -75,13 +76,14 @@ class ReleaseFlow:
         return self.clock.now()
 
     def is_admin(self, actor: str) -> bool:
-        return actor in self.config.server.admins
+        return policy.is_admin(self.config, actor)
 
     def approval_policy(self, group: DeploymentGroup) -> ApprovalPolicy:
+        """The group's approvers and the admins, with ``@role`` entries expanded to the people they stand for."""
         return ApprovalPolicy(
             group.required_approvals,
-            group.approvers,
-            self.config.server.admins,
+            self.config.members(group.approvers),
+            policy.admins(self.config),
             group.approval_ttl_minutes * 60.0,
         )
 

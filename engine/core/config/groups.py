@@ -1,8 +1,9 @@
 """Config loader, part two (pure): the host fleet and deployment groups, with what hangs off a group.
 
 A group names its targets (hosts or a tag selector), its configurations, load balancer, alarms, automatic rollback
-and blue/green options; each is checked against what the rest of the file declares (hosts, custom configurations,
-ports in use), so a group that could not deploy is refused when the file is read. parse.py calls in here.
+and blue/green options, and who may act on it; each is checked against what the rest of the file declares (hosts,
+custom configurations, ports in use, users and roles), so a group that could not deploy is refused when the file is
+read. parse.py calls in here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from typing import NamedTuple
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from engine.core.config.model import AlarmConfiguration, BlueGreenOptions, DeploymentGroup, Host, LoadBalancer
+from engine.core.config.model import (
+    ROLE_PREFIX,
+    AlarmConfiguration,
+    BlueGreenOptions,
+    DeploymentGroup,
+    Host,
+    LoadBalancer,
+    User,
+    expand,
+)
 from engine.core.configs import (
     DeploymentConfig,
     IncompatibleDeploymentConfig,
@@ -26,6 +36,7 @@ from engine.core.configs import (
 )
 from engine.core.errors import UnknownDeploymentConfig
 from engine.core.model import AutoRollback, AutoRollbackEvent, DeploymentType, Platform
+from engine.core.policy import BOOTSTRAP_ADMIN
 from engine.core.yamlnode import Entry, NodeReader, did_you_mean, is_null
 
 # Keys of later features that are kept verbatim in the ``extra`` of the object they belong to. Anything else
@@ -57,7 +68,7 @@ _TERMINATE_ACTIONS = ("TERMINATE", "KEEP_ALIVE")
 _GROUP_KEYS = (
     *("name", "deployment_type", "deployment_config", "traffic_config", "targets", "load_balancer", "alarms"),
     *("auto_rollback", "blue_green", "file_exists_behavior", "ignore_application_stop_failures"),
-    *("deployers", "approvers", "required_approvals", "watch_minutes", *GROUP_EXTRA_KEYS),
+    *("deployers", "approvers", "rollbackers", "required_approvals", "watch_minutes", *GROUP_EXTRA_KEYS),
     *("lock_policy", "approval_ttl_minutes", "min_soak_minutes"),
     *SLACK_GROUP_KEYS,
 )
@@ -73,6 +84,14 @@ class Fleet(NamedTuple):
     ports: dict[int, str]  # port -> who uses it (local hosts, server, haproxy), for collision reports
 
 
+class People(NamedTuple):
+    """What a permission list may name: the declared users (None: no ``users`` section, names are free-form) and
+    the declared roles (role name -> its users)."""
+
+    users: Mapping[str, User] | None = None
+    roles: Mapping[str, tuple[str, ...]] = {}
+
+
 class GroupContext(NamedTuple):
     """What a group is checked against: the rest of the file."""
 
@@ -81,6 +100,7 @@ class GroupContext(NamedTuple):
     base_dir: str
     group_names: dict[str, str]  # group name -> "app/env" that uses it
     aws_accounts: Mapping[str, object] = {}  # the `aws` section's account names
+    people: People = People()
 
 
 def read_name(reader: NodeReader, node: Node, path: str, what: str) -> str | None:
@@ -89,6 +109,44 @@ def read_name(reader: NodeReader, node: Node, path: str, what: str) -> str | Non
     if value is not None and not NAME.match(value):
         reader.report(node, f"bad {what} name {value!r}: use letters, digits, '.', '_' or '-'", path)
     return value
+
+
+def read_people(
+    reader: NodeReader, node: Node, path: str, people: People, *, allow_roles: bool = True
+) -> tuple[str, ...]:
+    """A permission list (``server.admins``, a group's ``deployers``, ...) as written: user names and ``@role``s.
+
+    A role must be declared; once a ``users`` section exists, so must every user. The bootstrap admin is never
+    listed: it may do everything already. A role's own member list takes users only (``allow_roles=False``).
+    """
+    names: list[str] = []
+    for item, item_path in reader.items(node, path):
+        name = reader.string(item, item_path)
+        if name is None:
+            continue
+        if name in names:
+            reader.report(item, f"{name!r} is listed twice", item_path)
+        elif (problem := person_problem(name, people, allow_roles=allow_roles)) is not None:
+            reader.report(item, problem, item_path)
+        else:
+            names.append(name)
+    return tuple(names)
+
+
+def person_problem(name: str, people: People, *, allow_roles: bool) -> str | None:
+    """Why ``name`` may not stand in a permission list, or None."""
+    if name == BOOTSTRAP_ADMIN:
+        return f"{name!r} is the bootstrap admin: it may do everything and is never listed"
+    if name.startswith(ROLE_PREFIX):
+        if not allow_roles:
+            return f"a role lists users, not other roles: {name!r}"
+        if name.removeprefix(ROLE_PREFIX) in people.roles:
+            return None
+        known = [ROLE_PREFIX + role for role in people.roles]
+        return f"unknown role {name!r}{did_you_mean(name, known, list_known=True) or ' (declare it under roles)'}"
+    if people.users is None or name in people.users:
+        return None
+    return f"unknown user {name!r}{did_you_mean(name, people.users, list_known=True)}"
 
 
 def resolve_path(base_dir: str, value: str) -> str:
@@ -174,13 +232,15 @@ def parse_group(
     if server and blue_green and load_balancer is None and "deployment_type" in fields:
         where = fields["deployment_type"]
         reader.report(where.value, "blue-green deployments need a load_balancer to move traffic", where.path)
-    approvers = reader.get(fields, "approvers", reader.strings, ())
+    read_list = partial(read_people, reader)
+    approvers = reader.get(fields, "approvers", read_list, (), ctx.people)
     required_approvals = reader.get(fields, "required_approvals", reader.integer, 0)
-    if approvers and required_approvals > len(approvers):
+    approver_count = len(expand(approvers, ctx.people.roles))
+    if approvers and required_approvals > approver_count:
         where = fields["required_approvals"]
         reader.report(
             where.value,
-            f"{required_approvals} approvals required but only {len(approvers)} approvers",
+            f"{required_approvals} approvals required but only {approver_count} approvers",
             where.path,
         )
     return DeploymentGroup(
@@ -199,8 +259,9 @@ def parse_group(
         blue_green=_blue_green_options(reader, fields.get("blue_green"), blue_green),
         file_exists_behavior=reader.get(fields, "file_exists_behavior", reader.choice, "DISALLOW", _FILE_EXISTS),
         ignore_application_stop_failures=reader.get(fields, "ignore_application_stop_failures", reader.boolean, False),
-        deployers=reader.get(fields, "deployers", reader.strings, ()),
+        deployers=reader.get(fields, "deployers", read_list, (), ctx.people),
         approvers=approvers,
+        rollbackers=reader.get(fields, "rollbackers", read_list, (), ctx.people),
         required_approvals=required_approvals,
         watch_minutes=reader.get(fields, "watch_minutes", reader.number, 0.0, 0, _MAX_WAIT_MINUTES),
         lock_policy=reader.get(fields, "lock_policy", reader.choice, "refuse", _LOCK_POLICIES),

@@ -3,13 +3,14 @@
 config/parse.py builds these from the YAML file and guarantees their consistency (every environment has exactly one
 group, every target host is declared, every configuration name resolves), so code holding an ``EngineConfig`` can
 look things up without re-validating. Names of applications and environments are matched case-insensitively,
-because they are typed by people in chat ("deploy Hello to Production").
+because they are typed by people in chat ("deploy Hello to Production"). User and role names are lower-case by
+their pattern and matched exactly: each door turns its caller into one of them (engine.core.policy decides).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,31 @@ if TYPE_CHECKING:
     from engine.core.configs import DeploymentConfig
 
 _UNSAFE_ID_CHARS = re.compile(r"[^a-z0-9._-]+")
+ROLE_PREFIX = "@"
+"""How a permission list names a role rather than a user: ``@release``."""
+
+
+def expand(entries: Iterable[str], roles: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The user names a permission list stands for, in order without repeats: each ``@role`` replaced by its
+    members (an undeclared role stands for nobody; the loader refuses it anyway)."""
+    names: dict[str, None] = {}
+    for entry in entries:
+        if entry.startswith(ROLE_PREFIX):
+            names.update(dict.fromkeys(roles.get(entry.removeprefix(ROLE_PREFIX), ())))
+        else:
+            names[entry] = None
+    return tuple(names)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """One person, and the ids each door knows them by. Every door turns its caller into this one name (a Slack
+    user id, a GitHub login, a CodeDeploy API access key id, an API token) before the policy is asked."""
+
+    name: str
+    slack: str | None = None  # a Slack user id, U… or W…
+    github: str | None = None  # a GitHub login (GitHub ignores its case, and so does the lookup)
+    aws_access_key_id: str | None = None  # the id of a key in DEPLOYBOT_AWS_KEYS; never the secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +120,11 @@ class DeploymentGroup:
     blue_green: BlueGreenOptions = BlueGreenOptions()
     file_exists_behavior: str = "DISALLOW"
     ignore_application_stop_failures: bool = False
+    # Who may act here, as written: user names and ``@role``s (EngineConfig.members expands them). Empty means
+    # "not set": anyone, except in production, where only admins (see engine.core.policy).
     deployers: tuple[str, ...] = ()
     approvers: tuple[str, ...] = ()
+    rollbackers: tuple[str, ...] = ()  # unset: the deployers
     required_approvals: int = 0
     watch_minutes: float = 0  # alarms stay armed this long after success; a firing alarm then rolls back
     # Release flow: what a request meets while locked, how long an approval counts, and how long a revision must
@@ -171,7 +200,7 @@ class ServerSettings:
     data_dir: str = "var"
     public_url: str | None = None
     heartbeat_timeout: float = 60.0
-    admins: tuple[str, ...] = ()
+    admins: tuple[str, ...] = ()  # user names and @roles, as written
 
     @property
     def url(self) -> str:
@@ -185,7 +214,11 @@ class ServerSettings:
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     """The whole configuration. ``deployment_configs`` holds the custom configurations only (built-ins live in
-    engine.core.configs); ``source`` is the file it came from and ``base_dir`` that file's directory."""
+    engine.core.configs); ``source`` is the file it came from and ``base_dir`` that file's directory.
+
+    ``users`` is None when the file declares no ``users`` section: names in permission lists are then free-form
+    (whatever a door calls its caller). Once declared, it is the whole vocabulary: the loader refuses any other name.
+    """
 
     source: str
     server: ServerSettings
@@ -194,6 +227,35 @@ class EngineConfig:
     deployment_configs: Mapping[str, DeploymentConfig]
     base_dir: str = "."
     aws_accounts: Mapping[str, AwsAccount] = field(default_factory=dict)
+    users: Mapping[str, User] | None = None
+    roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # role name (without "@") -> user names
+    # Door identities -> user name, built once here so every request's lookup is one dict access.
+    _by_slack: Mapping[str, str] = field(init=False, repr=False, compare=False)
+    _by_github: Mapping[str, str] = field(init=False, repr=False, compare=False)  # casefolded login
+    _by_access_key: Mapping[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        users = tuple((self.users or {}).values())
+        object.__setattr__(self, "_by_slack", {u.slack: u.name for u in users if u.slack})
+        object.__setattr__(self, "_by_github", {u.github.casefold(): u.name for u in users if u.github})
+        object.__setattr__(self, "_by_access_key", {u.aws_access_key_id: u.name for u in users if u.aws_access_key_id})
+
+    def user_by_slack(self, slack_id: str) -> str | None:
+        """The user whose Slack user id this is, or None (unknown, or no ``users`` section)."""
+        return self._by_slack.get(slack_id)
+
+    def user_by_github(self, login: str) -> str | None:
+        """The user with this GitHub login (ignoring case, as GitHub does), or None."""
+        return self._by_github.get(login.casefold())
+
+    def user_by_access_key(self, access_key_id: str) -> str | None:
+        """The user a CodeDeploy API access key id belongs to, or None."""
+        return self._by_access_key.get(access_key_id)
+
+    def members(self, entries: Iterable[str]) -> tuple[str, ...]:
+        """The user names a permission list (``server.admins``, a group's ``deployers``, ...) stands for, with its
+        ``@role``s expanded; what ``actor in ...`` checks must use."""
+        return expand(entries, self.roles)
 
     def aws_account(self, name: str = "default") -> AwsAccount:
         """The named account; "default" exists even when the config has no ``aws`` section (standard chain)."""

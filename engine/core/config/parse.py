@@ -4,8 +4,8 @@
 fixing a config wants the whole list at once. The file is read as a node tree by engine.core.yamlnode (so values keep
 their marks and keys given twice are caught); merge keys (``<<: *defaults``) work. The format is documented at the
 top of config/deploybot.example.yml; paths in it (``data_dir``, ``revision``) are resolved against the file's
-directory. This module reads the top level, the server, custom configurations and applications; config/groups.py
-reads the hosts and each deployment group.
+directory. This module reads the top level, the users and roles, the server, custom configurations and
+applications; config/groups.py reads the hosts and each deployment group.
 """
 
 from __future__ import annotations
@@ -26,13 +26,15 @@ from engine.core.config.groups import (
     LOAD_BALANCER_EXTRA_KEYS,
     NAME,
     GroupContext,
+    People,
     extra_values,
     parse_group,
     parse_hosts,
     read_name,
+    read_people,
     resolve_path,
 )
-from engine.core.config.model import Application, AwsAccount, DeploymentGroup, EngineConfig, ServerSettings
+from engine.core.config.model import Application, AwsAccount, DeploymentGroup, EngineConfig, ServerSettings, User
 from engine.core.configs import (
     DeploymentConfig,
     MinimumHealthyHosts,
@@ -43,6 +45,7 @@ from engine.core.configs import (
 )
 from engine.core.errors import ConfigError, Problem
 from engine.core.model import Platform
+from engine.core.policy import BOOTSTRAP_ADMIN
 from engine.core.yamlnode import NULL_TAG, Entry, NodeReader, did_you_mean, is_null
 
 __all__ = [
@@ -62,6 +65,18 @@ APPLICATION_EXTRA_KEYS = ("description",)
 """Application keys of later features, kept verbatim in ``Application.extra`` (the group's are GROUP_EXTRA_KEYS)."""
 _HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
 _REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+PERSON_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+"""A user or role name: lower-case, so that one person never has two spellings; matched exactly."""
+# What each door knows a user by: (label in messages, pattern, what a bad value is told).
+_USER_IDS = {
+    "slack": ("Slack user id", re.compile(r"^[UW][A-Z0-9]{2,}$"), "a Slack user id (U… or W…)"),
+    "github": ("GitHub login", re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}$"), "a GitHub login"),
+    "aws_access_key_id": (
+        "access key id",
+        re.compile(r"^[A-Za-z0-9]{4,128}$"),
+        "an access key id (letters and digits, like AKIA…; the secret never goes here)",
+    ),
+}
 _APPLICATION_KEYS = (
     *("platform", "revision", "slack_channel", "github", "environments", "deployment_groups"),
     *APPLICATION_EXTRA_KEYS,
@@ -79,12 +94,16 @@ def parse_config(text: str, *, filename: str = "<config>", base_dir: str = ".") 
     # Top-level "x-..." keys are ignored, so they can hold YAML anchors shared by groups (as in docker compose).
     pairs = root.value if isinstance(root, MappingNode) else []
     keys = [k.value for k, _ in pairs if isinstance(k, ScalarNode) and str(k.value).startswith("x-")]
-    top = reader.fields(root, "", ("server", "aws", "deployment_configs", "hosts", "applications", *keys))
-    server = _server(reader, top["server"].value if "server" in top else null, base_dir)
+    sections = ("server", "users", "roles", "aws", "deployment_configs", "hosts", "applications")
+    top = reader.fields(root, "", (*sections, *keys))
+    users = _users(reader, top["users"].value) if "users" in top else None
+    roles = _roles(reader, top["roles"].value if "roles" in top else null, People(users))
+    people = People(users, roles)
+    server = _server(reader, top["server"].value if "server" in top else null, base_dir, people)
     configs = _deployment_configs(reader, top["deployment_configs"].value if "deployment_configs" in top else null)
     fleet = parse_hosts(reader, top["hosts"].value if "hosts" in top else null, server.listen_port)
     accounts = _aws_accounts(reader, top["aws"].value if "aws" in top else null)
-    ctx = GroupContext(fleet, configs, base_dir, {}, accounts)
+    ctx = GroupContext(fleet, configs, base_dir, {}, accounts, people)
     applications: dict[str, Application] = {}
     apps_node = top["applications"].value if "applications" in top else null
     for name, entry in reader.named(apps_node, "applications").items():
@@ -96,7 +115,7 @@ def parse_config(text: str, *, filename: str = "<config>", base_dir: str = ".") 
         applications[name] = _application(reader, name, entry, ctx)
     if reader.problems:
         raise ConfigError(reader.sorted_problems())
-    return EngineConfig(filename, server, applications, fleet.hosts, configs, base_dir, accounts)
+    return EngineConfig(filename, server, applications, fleet.hosts, configs, base_dir, accounts, users, roles)
 
 
 def load_config(path: str | Path) -> EngineConfig:
@@ -146,7 +165,7 @@ def _url(reader: NodeReader, node: Node, path: str) -> str | None:
     return value
 
 
-def _server(reader: NodeReader, node: Node, base_dir: str) -> ServerSettings:
+def _server(reader: NodeReader, node: Node, base_dir: str, people: People) -> ServerSettings:
     keys = ("listen", "data_dir", "public_url", "heartbeat_timeout", "admins")
     entries = reader.fields(node, "server", keys)
     host, port = reader.get(entries, "listen", partial(_listen, reader), ("127.0.0.1", 8080))
@@ -156,8 +175,51 @@ def _server(reader: NodeReader, node: Node, base_dir: str) -> ServerSettings:
         data_dir=resolve_path(base_dir, reader.get(entries, "data_dir", reader.string, "var")),
         public_url=reader.get(entries, "public_url", partial(_url, reader), None),
         heartbeat_timeout=reader.get(entries, "heartbeat_timeout", reader.number, 60.0, 1),
-        admins=reader.get(entries, "admins", reader.strings, ()),
+        admins=reader.get(entries, "admins", partial(read_people, reader), (), people),
     )
+
+
+def _users(reader: NodeReader, node: Node) -> dict[str, User]:
+    """``users: {NAME: {slack, github, aws_access_key_id}}``: one name per person, and the id each door knows them
+    by; an id may belong to one user only, or a door could not tell who asks."""
+    users: dict[str, User] = {}
+    owners: dict[tuple[str, str], str] = {}  # (key, id as compared) -> the user it belongs to
+    for name, entry in reader.named(node, "users").items():
+        refused = None
+        if not PERSON_NAME.match(name):
+            refused = f"bad user name {name!r}: use lower-case letters, digits, '.', '_' or '-'"
+        elif name == BOOTSTRAP_ADMIN:
+            refused = f"{name!r} is reserved for the bootstrap admin (the API token)"
+        if refused is not None:
+            reader.report(entry.key, refused, entry.path)
+        fields = reader.fields(entry.value, entry.path, tuple(_USER_IDS))
+        ids: dict[str, str | None] = {}
+        for key, (label, pattern, expected) in _USER_IDS.items():
+            value = ids[key] = reader.get(fields, key, reader.string, None)
+            if value is None:
+                continue
+            where = fields[key]
+            compared = value.casefold() if key == "github" else value
+            if not pattern.match(value):
+                reader.report(where.value, f"{value!r} is not {expected}", where.path)
+            elif (other := owners.setdefault((key, compared), name)) != name:
+                reader.report(where.value, f"{label} {value!r} is already used by user {other!r}", where.path)
+        if refused is None:  # a refused name is not offered as a spelling hint
+            users[name] = User(name, ids["slack"], ids["github"], ids["aws_access_key_id"])
+    return users
+
+
+def _roles(reader: NodeReader, node: Node, people: People) -> dict[str, tuple[str, ...]]:
+    """``roles: {ROLE: [USER, ...]}``, named elsewhere as ``@ROLE``; a role lists users only, so roles never nest."""
+    roles: dict[str, tuple[str, ...]] = {}
+    for name, entry in reader.named(node, "roles").items():
+        members = read_people(reader, entry.value, entry.path, people, allow_roles=False)
+        if PERSON_NAME.match(name):
+            roles[name] = members
+        else:
+            message = f"bad role name {name!r}: use lower-case letters, digits, '.', '_' or '-'"
+            reader.report(entry.key, message, entry.path)
+    return roles
 
 
 def _aws_accounts(reader: NodeReader, node: Node) -> dict[str, AwsAccount]:
