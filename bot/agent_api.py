@@ -1,7 +1,8 @@
 """The agent protocol under ``/agent/v1`` (DESIGN §3.2, contracts "Agent protocol"): HTTP in, one Fleet call out.
 
 Each agent authenticates with its own token, which the Fleet maps to a host name; every route acts for that host
-only, so an agent can neither take nor report another host's commands (the Fleet answers NotFound → 404).
+only, so an agent can neither take nor report another host's commands (the Fleet answers NotFound → 404), nor
+download a revision none of its host's deployments uses (404 as for a bundle that does not exist).
 """
 
 from __future__ import annotations
@@ -163,8 +164,11 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 
 async def download_bundle(request: web.Request) -> web.StreamResponse:
+    """The bundle of a revision this host's deployments use. Any other is a 404 like a missing one, never a 403:
+    an agent token must not learn which revisions exist."""
     sha256 = request.match_info["sha256"]
-    path = request.app[FLEET].bundle_path(sha256)
+    fleet = request.app[FLEET]
+    path = await fleet.bundle_for(request[HOST], sha256)
     if path is None:
         raise HttpProblem(404, "RevisionNotFound", f"no stored revision {sha256}", sha256=sha256)
     headers = {"Content-Type": "application/gzip", "X-Deploybot-Sha256": sha256}

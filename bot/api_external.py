@@ -13,11 +13,11 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.http import DEPLOYER, actor_of, bad_request, json_object, json_response
+from bot.http import DEPLOYER, HttpProblem, actor_of, bad_request, json_object, json_response
 from engine import NAME_PATTERN, Platform
 
 _HOOK_USAGE = 'PUT /api/v1/lifecycle-hooks/{execution_id} {"status": "Succeeded"|"Failed", "deployment_id"?: str}'
-_TOKEN_USAGE = 'POST /api/v1/agent-tokens {"name": "i-0abc123..."}'
+_TOKEN_USAGE = 'POST /api/v1/agent-tokens {"name": "i-0abc123...", "rotate"?: true}'
 _S3_USAGE = (
     'POST /api/v1/revisions {"s3": {"bucket": str, "key": str, "version"?: str, "etag"?: str, '
     '"bundle_type"?: "tgz"|"tar"|"zip"}, "application"?: str, "account"?: str}'
@@ -75,14 +75,35 @@ def _optional(location: Mapping[str, Any], key: str) -> str | None:
 
 
 async def issue_agent_token(request: web.Request) -> web.Response:
-    """The agent token of ``name`` (made on first request): an EC2 instance's user data or an on-premises
-    installer calls this with the API token, then starts ``deploybot agent --name NAME --token TOKEN``."""
+    """Issue ``name`` an agent token, answered once (201): an EC2 instance's user data or an on-premises installer
+    calls this with the API token and writes the token to the file ``deploybot agent --token-file`` reads.
+
+    A host that holds a token gets 409: an existing token is never shown again (it would let an API caller act as a
+    running agent unnoticed). ``"rotate": true`` issues a new one and revokes the old at once: its agent gets 401
+    from its next request. Both are in the audit log."""
     body = await json_object(request, _TOKEN_USAGE)
     name = body.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise bad_request("'name' must be a host name: letters, digits, '.', '_' or '-'", _TOKEN_USAGE)
-    token = request.app[DEPLOYER].fleet.token_for(name)
-    return json_response({"name": name, "token": token}, status=201)
+    rotate = body.get("rotate", False)
+    if not isinstance(rotate, bool):
+        raise bad_request("'rotate' must be true or false", _TOKEN_USAGE)
+    deployer = request.app[DEPLOYER]
+    fleet = deployer.fleet
+    if not rotate and fleet.has_token(name):
+        raise HttpProblem(
+            409,
+            "AgentTokenExists",
+            f"{name} has an agent token already, and it is not shown again; to replace it, send "
+            f'{{"name": "{name}", "rotate": true}}: a new token is issued and the old one stops working at once',
+            name=name,
+        )
+    if rotate:
+        fleet.revoke_token(name)
+    token = fleet.token_for(name)
+    kind = "agent_token.rotated" if rotate else "agent_token.issued"
+    await deployer.store.append_log(kind, at=deployer.clock.now(), actor=actor_of(request), data={"host": name})
+    return json_response({"name": name, "token": token, "rotated": rotate}, status=201)
 
 
 def external_routes() -> list[web.RouteDef]:

@@ -9,8 +9,13 @@ agent's whole process group. Output goes to ``<data>/hosts/NAME/agent.log`` (app
 Local agents stand in for real hosts, so they outlive a server that dies without stopping them (kill -9): they
 finish their hook and keep offering its result. Each agent's pid is kept in ``<data>/hosts/NAME/agent.pid``; a
 restarted server adopts a still-running agent whose command line is exactly the one it would start, instead of
-starting a second agent for the same host. An agent with a different command line (another URL or token) is
+starting a second agent for the same host. An agent with a different command line (another URL or options) is
 stopped and replaced.
+
+Secrets stay with the server: an agent starts with only AGENT_ENV of the server's environment (its hooks run there,
+and the server's holds Slack, GitHub, AWS and API secrets), and its token is read from a 0600 file under
+``<data>/local-agent-tokens/`` (``--token-file``), never given on the command line, which ``ps`` shows anyone.
+The files written here (token files, ``agent.log``, ``agent.pid``) are 0600, in 0700 directories.
 """
 
 from __future__ import annotations
@@ -22,13 +27,19 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine import Host
 
 log = logging.getLogger(__name__)
+
+AGENT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+"""The only variables of the server's environment a local agent gets: the names the agent itself passes on to hooks
+(engine.agent.BASIC_ENV, which bot/ may not import; a test keeps the two equal)."""
+TOKEN_DIR = "local-agent-tokens"
+"""Directory (0700) of the data directory holding each local agent's token file, ``NAME.token`` (0600)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +67,8 @@ def agent_processes(
     token_for: Callable[[str], str],
     python: str = sys.executable,
 ) -> tuple[AgentProcess, ...]:
-    """The agent command line of every local host: ``python -m bot agent --server URL --name NAME ...``.
+    """The agent command line of every local host: ``python -m bot agent --server URL --name NAME ...``; writes each
+    host's token file (``--token-file``).
 
     Each host gets ``<data>/hosts/NAME`` as its agent root and ``.../fs`` as the prefix that absolute appspec
     destinations are placed under, so the local fleet never writes outside the data directory. ``PORT`` tells the
@@ -67,8 +79,9 @@ def agent_processes(
         if not host.local:
             continue
         root = (data_dir / "hosts" / host.name).absolute()
+        token_file = write_token_file(data_dir.absolute() / TOKEN_DIR, host.name, token_for(host.name))
         argv = [python, "-m", "bot", "agent", "--server", server_url, "--name", host.name]
-        argv += [f"--token={token_for(host.name)}", "--root", str(root), "--prefix", str(root / "fs")]
+        argv += ["--token-file", str(token_file), "--root", str(root), "--prefix", str(root / "fs")]
         if host.port is not None:
             argv += ["--env", f"PORT={host.port}"]
         argv += ["--env", f"DEPLOYBOT_PYTHON={python}"]
@@ -76,6 +89,33 @@ def agent_processes(
             argv += ["--tag", f"{key}={value}"]
         processes.append(AgentProcess(host.name, tuple(argv), root / "agent.log"))
     return tuple(processes)
+
+
+def write_token_file(directory: Path, name: str, token: str) -> Path:
+    """``directory/NAME.token`` holding ``token``: mode 0600 in a 0700 directory, replaced whole (an agent reading it
+    after a 401 never sees half a token)."""
+    private_dir(directory)
+    path = directory / f"{name}.token"
+    partial = directory / f".{name}.token.partial"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(fd, 0o600)  # a partial file left by a crash may have had another mode
+        out.write(token + "\n")
+    os.replace(partial, path)
+    return path
+
+
+def private_dir(path: Path) -> None:
+    """Make ``path`` (and missing parents) with mode 0700; an existing one is tightened to 0700."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o777 != 0o700:
+        path.chmod(0o700)
+
+
+def agent_environment(source: Mapping[str, str] | None = None) -> dict[str, str]:
+    """AGENT_ENV of ``source`` (the server's environment): what a local agent process starts with."""
+    server = os.environ if source is None else source
+    return {name: server[name] for name in AGENT_ENV if name in server}
 
 
 class LocalFleet:
@@ -157,8 +197,10 @@ class LocalFleet:
             delay = min(delay * 2, self.policy.max_delay)
 
     async def _run_once(self, agent: AgentProcess) -> int:
-        agent.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with agent.log_path.open("ab") as out:
+        private_dir(agent.log_path.parent)
+        fd = os.open(agent.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab") as out:
+            os.fchmod(fd, 0o600)  # a log made by an older server was world-readable
             out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting agent {agent.name}\n".encode())
             out.flush()
             process = await asyncio.create_subprocess_exec(
@@ -167,9 +209,12 @@ class LocalFleet:
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                env=agent_environment(),
             )
         self._processes[agent.name] = process
-        _pid_file(agent).write_text(str(process.pid))
+        pid_fd = os.open(_pid_file(agent), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(pid_fd, "w") as pid_file:
+            pid_file.write(str(process.pid))
         return await process.wait()
 
     async def _adopt_or_replace(self, agent: AgentProcess) -> None:

@@ -98,9 +98,10 @@ class DeploybotServer:
         root = self.data_dir / "hosts" / name
         root.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "bot", "agent", "--server", self.url, "--name", name]
-        argv += [f"--token={tokens[name]}", "--root", str(root), "--prefix", str(root / "fs"), *extra]
+        argv += ["--root", str(root), "--prefix", str(root / "fs"), *extra]
+        env = {**os.environ, "DEPLOYBOT_AGENT_TOKEN": tokens[name]}  # never on the command line
         with (root / "agent.log").open("ab") as log:
-            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         self.extra_processes.append(process)
         return process
 

@@ -1,4 +1,5 @@
-"""The agent protocol routes over real HTTP on 127.0.0.1, backed by FakeFleet (contracts: "Agent protocol")."""
+"""The agent protocol routes over real HTTP on 127.0.0.1, backed by FakeFleet (contracts: "Agent protocol"); bundle
+downloads by the real Fleet and store, which know whose deployments use a revision."""
 
 from __future__ import annotations
 
@@ -13,11 +14,16 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from conftest import FakeClock
 from fake_deployer import FakeDeployer, FakeFleet
 
-from bot.agent_api import MAX_LOG_TAIL_BYTES
+from bot.agent_api import MAX_LOG_TAIL_BYTES, create_agent_app
 from bot.app import create_app
 from bot.settings import Settings
+from engine.adapters.fleet import Fleet
+from engine.core.agent_protocol import ResultBody
+from engine.core.model import LifecycleEvent
+from engine.store.sqlite import SqliteStore
 
 WEB1 = {"Authorization": "Bearer token-web-1"}
 WEB2 = {"Authorization": "Bearer token-web-2"}
@@ -211,20 +217,54 @@ async def test_malformed_heartbeats_are_a_400_and_not_recorded(
     assert agents.fleet.heartbeats == []
 
 
-async def test_bundle_download_serves_the_stored_file(agents: Agents) -> None:
-    data = bytes(range(256)) * 1000
-    sha = hashlib.sha256(data).hexdigest()
-    (agents.bundle_dir / f"{sha}.tar.gz").write_bytes(data)
-    async with agents.client.get(f"/agent/v1/bundles/{sha}", headers=WEB1) as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"] == "application/gzip"
-        assert "Content-Encoding" not in response.headers
-        assert hashlib.sha256(await response.read()).hexdigest() == sha
-    async with agents.client.get("/agent/v1/bundles/" + "0" * 64, headers=WEB1) as response:
-        assert response.status == 404
-        assert (await response.json())["error"] == "RevisionNotFound"
-    async with agents.client.get("/agent/v1/bundles/not-a-sha", headers=WEB1) as response:
-        assert response.status == 404
+async def test_an_agent_downloads_only_the_bundles_of_its_own_hosts_deployments(
+    tmp_path: Path, fake_clock: FakeClock
+) -> None:
+    store = await SqliteStore.open(tmp_path / "deploybot.db")
+
+    async def on_result(command: dict[str, Any], result: Any) -> None:
+        pass
+
+    bundles = tmp_path / "revisions"
+    bundles.mkdir()
+    fleet = Fleet(store, data_dir=tmp_path, clock=fake_clock, bundle_dir=bundles, on_result=on_result)
+    sha = {}
+    for name, host in (("one", "web-1"), ("two", "web-2")):
+        data = bytes(range(256)) * 1000 + name.encode()
+        sha[name] = hashlib.sha256(data).hexdigest()
+        (bundles / f"{sha[name]}.tar.gz").write_bytes(data)
+        row = {"application": "hello", "environment": "staging", "group_name": "hello-staging", "status": "Created"}
+        await store.create_deployment({"id": f"d-{name}", "revision_sha256": sha[name], "created_at": 1.0, **row})
+        await fleet.dispatch(f"d-{name}", host, LifecycleEvent.DOWNLOAD_BUNDLE, {"deployment_id": f"d-{name}"})
+    headers = {host: {"Authorization": f"Bearer {fleet.token_for(host)}"} for host in ("web-1", "web-2", "web-3")}
+    app = web.Application()
+    app.add_subapp("/agent/v1", create_agent_app(fleet))
+    try:
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+
+            async def download(sha256: str, host: str) -> tuple[int, Any]:
+                async with client.get(f"/agent/v1/bundles/{sha256}", headers=headers[host]) as response:
+                    if response.status != 200:
+                        return response.status, await response.json()
+                    assert response.headers["Content-Type"] == "application/gzip"
+                    assert "Content-Encoding" not in response.headers
+                    return 200, hashlib.sha256(await response.read()).hexdigest()
+
+            assert await download(sha["one"], "web-1") == (200, sha["one"])
+            assert await download(sha["two"], "web-2") == (200, sha["two"])
+            other, missing = await download(sha["two"], "web-1"), await download("0" * 64, "web-1")
+            assert other[0] == missing[0] == 404  # another host's bundle looks like one that does not exist
+            assert other[1]["error"] == missing[1]["error"] == "RevisionNotFound"
+            assert (await download(sha["one"], "web-3"))[0] == 404  # a host with no command at all
+            command = await fleet.next_command("web-1", wait=0)
+            assert command is not None
+            done = ResultBody(status="Succeeded", error_code=0, message="", log_tail="", started_at=1.0, ended_at=2.0)
+            await fleet.report_result("web-1", command["id"], done)
+            assert await download(sha["one"], "web-1") == (200, sha["one"])  # a host that had the command
+            async with client.get("/agent/v1/bundles/not-a-sha", headers=headers["web-1"]) as response:
+                assert response.status == 404
+    finally:
+        await store.close()
 
 
 async def test_server_shutdown_ends_idle_long_polls_at_once(agents: Agents) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +19,7 @@ import pytest
 from aiohttp import web
 from conftest import HANG_GUARD, FakeClock, eventually
 
-from engine.agent import Agent, AgentOptions, parse_assignments, run_agent
+from engine.agent import Agent, AgentOptions, parse_assignments, read_token_file, run_agent
 from engine.agent import client as agent_client
 from engine.agent.hooks import HookRunner
 from engine.agent.layout import AgentLayout, OngoingCommand
@@ -47,6 +48,8 @@ class FakeFleet:
     hand_over: dict[int, dict[str, Any]] = field(default_factory=dict)  # result id -> command in its answer
     result_queries: dict[int, dict[str, str]] = field(default_factory=dict)
     polls_before_result: dict[int, int] = field(default_factory=dict)
+    token: str = TOKEN  # the one token accepted (a rotation changes it)
+    refused: int = 0  # requests answered 401
     url: str = ""
 
     def app(self) -> web.Application:
@@ -59,7 +62,8 @@ class FakeFleet:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            self.refused += 1
             return web.json_response({"error": "unknown agent token"}, status=401)
         return await handler(request)
 
@@ -240,6 +244,12 @@ async def test_download_install_and_hooks_end_to_end(fleet: FakeFleet, tmp_path:
 
     assert (prefix / "srv" / "www" / "index.html").read_text() == "hello v1\n"
     assert after["status"] == "Succeeded"
+    deployment = AgentLayout(root).deployment_dir("hello-staging", "d-1")
+    written = [deployment / "bundle.tar.gz", deployment / "deployment.json", deployment / "logs" / "scripts.log"]
+    written += (root / "deployment-instructions").iterdir()
+    assert {str(path.relative_to(root)): oct(path.stat().st_mode & 0o777) for path in written} == {
+        str(path.relative_to(root)): "0o600" for path in written
+    }
     assert f"after install on web-1 in {prefix} for d-1 (blue)" in after["log_tail"]
     layout = AgentLayout(root)
     assert layout.last_successful_install("hello-staging") == layout.deployment_dir("hello-staging", "d-1")
@@ -401,6 +411,60 @@ async def test_run_agent_returns_cleanly_on_sigterm(fleet: FakeFleet, tmp_path: 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task  # a plain cancellation stays a cancellation
+
+
+async def test_hooks_get_the_basics_not_the_agents_environment(
+    fleet: FakeFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An agent on a real host may have been started with secrets in its environment: none reaches a hook.
+    monkeypatch.setenv("DEPLOYBOT_AGENT_TOKEN", TOKEN)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-key")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    revision = tmp_path / "revision"
+    (revision / "scripts").mkdir(parents=True)
+    (revision / "scripts" / "env.sh").write_text("#!/bin/sh\nenv\n")
+    (revision / "appspec.yml").write_text(
+        "version: 0.0\nos: linux\nhooks:\n  ValidateService:\n    - location: scripts/env.sh\n"
+    )
+    built = build_bundle(revision, tmp_path / "bundles")
+    fleet.bundles[built.sha256] = built.path.read_bytes()
+    env = {"COLOR": "blue", "DEPLOYBOT_AGENT_TOKEN": TOKEN}  # not even through --env
+    async with running_agent(options(fleet, tmp_path / "agent", env=env)):
+        await fleet.enqueue(command(1, "DownloadBundle", sha=built.sha256))
+        await fleet.result(1)
+        await fleet.enqueue(command(2, "ValidateService", sha=built.sha256))
+        tail = (await fleet.result(2))["log_tail"]
+    names = {line.partition("=")[0] for line in tail.splitlines()}
+    assert {"PATH", "LANG", "COLOR", "LIFECYCLE_EVENT", "DEPLOYMENT_ID", "DEPLOYBOT_HOST"} <= names
+    assert not names & {"DEPLOYBOT_AGENT_TOKEN", "AWS_SECRET_ACCESS_KEY"}
+    assert TOKEN not in tail and "secret-key" not in tail
+
+
+async def test_a_rotated_token_is_read_again_from_the_token_file_after_a_401(fleet: FakeFleet, tmp_path: Path) -> None:
+    token_file = tmp_path / "agent.token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    async with running_agent(options(fleet, tmp_path / "agent", token="", token_file=token_file)):
+        await fleet.enqueue(command(1, "ApplicationStop"))
+        assert (await fleet.result(1))["status"] == "Succeeded"
+        fleet.token = "rotated-token"  # the server rotated it: the old one is refused from now on
+        token_file.write_text("rotated-token\n")  # and the operator wrote the new one to the file
+        # Whichever request meets the 401 first (heartbeat, result or poll), the agent reads the file again: only
+        # that way can the result of command 2 get through.
+        await fleet.enqueue(command(2, "ApplicationStop"))
+        assert (await fleet.result(2))["status"] == "Succeeded"
+    assert fleet.refused >= 1
+
+
+def test_token_files_and_options_keep_the_token_to_themselves(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"cannot read the agent token file {tmp_path / 'missing.token'}")):
+        read_token_file(tmp_path / "missing.token")
+    (tmp_path / "empty.token").write_text(" \n")
+    with pytest.raises(ValueError, match=re.escape(f"the agent token file {tmp_path / 'empty.token'} is empty")):
+        read_token_file(tmp_path / "empty.token")
+    (tmp_path / "good.token").write_text("  dbt_abc\n")
+    assert read_token_file(tmp_path / "good.token") == "dbt_abc"
+    assert "dbt_abc" not in repr(AgentOptions(server="http://x", name="web-1", token="dbt_abc"))
 
 
 def test_parse_assignments() -> None:

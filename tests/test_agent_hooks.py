@@ -88,11 +88,22 @@ async def run(archive: Path, log: ScriptLog, *scripts: HookScript, runner: HookR
     return await runner.run_event(EVENT, scripts, archive_dir=archive, env=env_for(archive), log=log)
 
 
-def test_environment_carries_codedeploy_and_deploybot_variables(tmp_path: Path) -> None:
-    base = {"PATH": "/bin", "LIFECYCLE_EVENT": "stale", "BUNDLE_COMMIT": "stale"}
-    env = hook_environment(spec(), EVENT, host="web-1", prefix=tmp_path, extra={"DEPLOYMENT_ID": "x"}, base=base)
+def test_environment_has_codedeploy_and_deploybot_variables_and_only_the_agents_basics(tmp_path: Path) -> None:
+    base = {
+        "PATH": "/bin",
+        "TZ": "UTC",
+        "LIFECYCLE_EVENT": "stale",
+        "BUNDLE_COMMIT": "stale",
+        # the agent's own environment beyond the basics: never a hook's
+        "DEPLOYBOT_AGENT_TOKEN": "agent-secret",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret",
+        "SSH_AUTH_SOCK": "/tmp/agent.sock",
+    }
+    extra = {"DEPLOYMENT_ID": "x", "DEPLOYBOT_AGENT_TOKEN": "agent-secret"}  # not even through --env
+    env = hook_environment(spec(), EVENT, host="web-1", prefix=tmp_path, extra=extra, base=base)
     assert env == {
         "PATH": "/bin",
+        "TZ": "UTC",
         "LIFECYCLE_EVENT": "AfterInstall",
         "DEPLOYMENT_ID": "d-ABCDEF123",  # the part after "deployment/" of an ARN; --env cannot override it
         "APPLICATION_NAME": "hello",

@@ -1,15 +1,19 @@
-"""LocalFleet with real child processes: command lines, restart with backoff, SIGTERM then SIGKILL on stop."""
+"""LocalFleet with real child processes: command lines, token files, a clean environment, private files, restart
+with backoff, SIGTERM then SIGKILL on stop."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from bot.localfleet import AgentProcess, LocalFleet, RestartPolicy, agent_processes
+import pytest
+
+from bot.localfleet import AGENT_ENV, TOKEN_DIR, AgentProcess, LocalFleet, RestartPolicy, agent_processes
 from engine.core.config.model import Host
 
 FAST = RestartPolicy(initial_delay=0.05, max_delay=0.2, stable_after=30.0, stop_timeout=0.5)
@@ -45,6 +49,7 @@ def test_agent_processes_builds_one_command_per_local_host(tmp_path: Path) -> No
     )
     assert [p.name for p in processes] == ["web-1", "worker"]
     root = tmp_path.absolute() / "hosts" / "web-1"
+    tokens = tmp_path.absolute() / TOKEN_DIR
     assert processes[0].argv == (
         "/py",
         "-m",
@@ -54,7 +59,8 @@ def test_agent_processes_builds_one_command_per_local_host(tmp_path: Path) -> No
         "http://127.0.0.1:8123",
         "--name",
         "web-1",
-        "--token=tok-web-1",
+        "--token-file",
+        str(tokens / "web-1.token"),
         "--root",
         str(root),
         "--prefix",
@@ -70,6 +76,35 @@ def test_agent_processes_builds_one_command_per_local_host(tmp_path: Path) -> No
     )
     assert processes[0].log_path == root / "agent.log"
     assert "PORT=" not in " ".join(processes[1].argv)
+    assert not any("tok-" in part for process in processes for part in process.argv)  # `ps` shows the argv
+    assert (tokens / "web-1.token").read_text() == "tok-web-1\n"
+    assert tokens.stat().st_mode & 0o777 == 0o700
+    assert {path.name: path.stat().st_mode & 0o777 for path in tokens.iterdir()} == {
+        "web-1.token": 0o600,
+        "worker.token": 0o600,
+    }
+
+
+async def test_agents_start_with_only_the_basics_of_the_servers_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("SLACK_BOT_TOKEN", "DEPLOYBOT_TOKEN", "AWS_SECRET_ACCESS_KEY", "DEPLOYBOT_AGENT_TOKEN"):
+        monkeypatch.setenv(name, "secret")
+    monkeypatch.setenv("TZ", "UTC")
+    seen = tmp_path / "environ.json"
+    code = f"import json, os; open({str(seen)!r}, 'w').write(json.dumps(dict(os.environ))); print('up', flush=True)"
+    agent = _python(tmp_path, "web-1", code + "; import time; time.sleep(60)")
+    fleet = LocalFleet([agent], FAST)
+    await fleet.start()
+    try:
+        await _eventually(lambda: seen.exists() and seen.read_text())
+    finally:
+        await fleet.stop()
+    environ = json.loads(seen.read_text())
+    assert set(environ) <= set(AGENT_ENV) and environ["TZ"] == "UTC" and environ["PATH"] == os.environ["PATH"]
+    modes = {path.name: path.stat().st_mode & 0o777 for path in agent.log_path.parent.iterdir()}
+    assert modes == {"agent.log": 0o600, "agent.pid": 0o600}
+    assert agent.log_path.parent.stat().st_mode & 0o777 == 0o700
 
 
 async def test_a_crashing_agent_is_restarted_with_growing_delays(tmp_path: Path) -> None:

@@ -202,14 +202,38 @@ def _serve_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _agent_token(args: argparse.Namespace) -> str:
+    """The token from ``--token-file``, else $DEPLOYBOT_AGENT_TOKEN (dropped from the environment once read, so no
+    child inherits it); ValueError saying what to give. A token on the command line is refused: ``ps`` shows it."""
+    from engine.agent import TOKEN_VARIABLE, read_token_file
+
+    if args.token is not None:
+        raise ValueError(
+            f"--token is not accepted (any user can read a command line with ps): "
+            f"use --token-file PATH or set {TOKEN_VARIABLE}"
+        )
+    token = os.environ.pop(TOKEN_VARIABLE, "").strip()
+    if args.token_file:
+        return read_token_file(Path(args.token_file))
+    if not token:
+        raise ValueError(f"no agent token: give --token-file PATH or set {TOKEN_VARIABLE}")
+    return token
+
+
 def _agent_command(args: argparse.Namespace) -> int:
     from engine.agent import AgentOptions, run_agent
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        token = _agent_token(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     options: dict[str, Any] = {
         "server": args.server,
         "name": args.name,
-        "token": args.token,
+        "token": token,
+        "token_file": Path(args.token_file) if args.token_file else None,
         "tags": dict(args.tag),
         "env": dict(args.env),
     }
@@ -233,7 +257,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     agent = subparsers.add_parser("agent", help="run a host agent (long-polls the server for lifecycle events)")
     agent.add_argument("--server", required=True, metavar="URL", help="the deploybot server")
     agent.add_argument("--name", required=True, help="this host's name in the config")
-    agent.add_argument("--token", required=True, help="this host's agent token")
+    agent.add_argument("--token-file", metavar="PATH", help="file holding this host's agent token (mode 0600)")
+    agent.add_argument("--token", help=argparse.SUPPRESS)  # refused with a message saying what to use instead
     agent.add_argument("--root", metavar="DIR", help="the agent's working directory (deployments, logs)")
     agent.add_argument("--prefix", metavar="DIR", help="place absolute appspec destinations under DIR")
     agent.add_argument(

@@ -4,6 +4,10 @@ Each host has its own queue (rows of ``host_commands``) and its own token; an ag
 A long poll parks on an ``asyncio.Event`` for its host, so a command enqueued for an idle agent is handed over in
 the same event-loop turn — that is where the sub-50 ms pickup comes from. A host whose agent stops talking while it
 owns work is failed after ``heartbeat_timeout`` seconds, so nothing waits "Pending" forever.
+
+An agent downloads only the bundles of its own host's deployments (``bundle_for``), and a token is handed out once:
+the doors issue one for a host without (``has_token``) and otherwise only rotate it (``revoke_token``, then
+``token_for``). The tokens live in ``<data>/agent-tokens.json`` (0600) in a data directory kept 0700.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class Fleet:
         self.heartbeat_timeout = heartbeat_timeout
         self._on_result = on_result
         self._token_file = data_dir / "agent-tokens.json"
+        _private_dir(data_dir)
         self._tokens: dict[str, str] = self._load_tokens()
         self._wakeups: dict[str, asyncio.Event] = {}
         # Per host: a counter bumped whenever a command may have become Pending, and the value it had when a claim
@@ -65,6 +70,10 @@ class Fleet:
         data: dict[str, str] = json.loads(self._token_file.read_text())
         return data
 
+    def has_token(self, host: str) -> bool:
+        """Whether ``host`` holds a token: the doors issue one only to a host without, and otherwise rotate it."""
+        return host in self._tokens
+
     def token_for(self, host: str) -> str:
         """The host's agent token, created (and written with mode 0600) on first use."""
         if host not in self._tokens:
@@ -81,7 +90,7 @@ class Fleet:
         return True
 
     def _save_tokens(self) -> None:
-        self._token_file.parent.mkdir(parents=True, exist_ok=True)
+        _private_dir(self._token_file.parent)
         tmp = self._token_file.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -184,10 +193,19 @@ class Fleet:
         return self._last_seen.get(host)
 
     def bundle_path(self, sha256: str) -> Path | None:
+        """The stored bundle ``sha256``, whoever asks (see ``bundle_for`` for an agent's request)."""
         if not all(c in "0123456789abcdef" for c in sha256) or len(sha256) != 64:
             return None
         path = self.bundle_dir / f"{sha256}.tar.gz"
         return path if path.exists() else None
+
+    async def bundle_for(self, host: str, sha256: str) -> Path | None:
+        """The stored bundle ``sha256`` if ``host`` has (or had) a command of a deployment of it, else None: an
+        agent fetches its own deployments' revisions only, and cannot tell another's from one that does not exist."""
+        path = self.bundle_path(sha256)
+        if path is None or not await self.store.host_uses_revision(host, sha256):
+            return None
+        return path
 
     # -- lost agents -----------------------------------------------------------------------------------------
 
@@ -231,6 +249,15 @@ class Fleet:
                     failed.append(command["id"])
                     await self._on_result(command, result)
         return failed
+
+
+def _private_dir(path: Path) -> None:
+    """Make ``path`` with mode 0700, or tighten an existing one that others could read, saying so once."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777
+    if mode != 0o700:
+        path.chmod(0o700)
+        log.warning("%s was mode %o; now 0700: it holds agent tokens, the database and deployment output", path, mode)
 
 
 def _command_object(row: Mapping[str, Any]) -> CommandBody:

@@ -11,6 +11,9 @@ Theory of operation:
     POSTed until the server accepts it (it may be restarting). On start, every leftover record is reported: its
     stored result if it had one, else Failed with code 7 (the command was cut short by an agent restart).
   - Heartbeats go out every ``heartbeat_interval`` seconds from their own task, whatever the poll loop is doing.
+  - The token comes from a file (``--token-file``) or DEPLOYBOT_AGENT_TOKEN, never a command line (``ps`` shows
+    those). A 401 makes the agent read its token file again, so a token rotated on the server and written to the
+    file is picked up without a restart.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Iterable, Mapping
@@ -29,7 +33,7 @@ from typing import Any
 
 import aiohttp
 
-from engine.agent.executor import CommandExecutor
+from engine.agent.executor import TOKEN_VARIABLE, CommandExecutor
 from engine.agent.hooks import HookOutcome, HookRunner
 from engine.agent.layout import AgentLayout, OngoingCommand, StoredResult
 from engine.core.agent_protocol import (
@@ -60,11 +64,16 @@ def _version() -> str:
 
 @dataclass(frozen=True, slots=True)
 class AgentOptions:
-    """What ``deploybot agent`` was given. ``prefix`` maps absolute install paths under a directory (local fleets)."""
+    """What ``deploybot agent`` was given. ``prefix`` maps absolute install paths under a directory (local fleets).
+
+    ``token`` is the agent token as read at start; ``token_file``, when given, is where it came from and is read
+    again after a 401. The token is left out of the repr, so logging the options never logs it.
+    """
 
     server: str
     name: str
-    token: str
+    token: str = field(default="", repr=False)
+    token_file: Path | None = None
     root: Path | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     prefix: Path | None = None
@@ -76,6 +85,22 @@ class AgentOptions:
     def agent_root(self) -> Path:
         """``--root``, else ``var/agents/<name>`` (relative to the working directory)."""
         return self.root if self.root is not None else Path("var") / "agents" / self.name
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path``, without surrounding whitespace; ValueError naming the file when it is unreadable or
+    empty. A file others may read is used but warned about: the token is as good as a password for this host."""
+    try:
+        token = path.read_text().strip()
+        mode = path.stat().st_mode
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ValueError(f"cannot read the agent token file {path}: {reason}") from None
+    if not token:
+        raise ValueError(f"the agent token file {path} is empty")
+    if mode & 0o077:
+        log.warning("agent token file %s can be read by other users (mode %o): chmod 600 it", path, mode & 0o777)
+    return token
 
 
 def parse_assignment(item: str, *, what: str = "KEY=VALUE") -> tuple[str, str]:
@@ -110,7 +135,11 @@ class Agent:
         self.running_command: int | None = None
         self._session = session
         self._base = options.server.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {options.token}", "User-Agent": f"deploybot-agent/{_version()}"}
+        token = options.token or (read_token_file(options.token_file) if options.token_file else "")
+        if not token:
+            raise ValueError(f"no agent token: give a token file or set {TOKEN_VARIABLE}")
+        self._token = token
+        self._headers = {"Authorization": f"Bearer {token}", "User-Agent": f"deploybot-agent/{_version()}"}
         self.executor = CommandExecutor(
             self.layout,
             host=options.name,
@@ -122,6 +151,22 @@ class Agent:
 
     def _url(self, path: str) -> str:
         return path if "://" in path else self._base + path
+
+    def _refused(self, status: int) -> bool:
+        """After a refusal: on a 401, read the token file again; True when it held a new token (retry at once)."""
+        if status != 401 or self.options.token_file is None:
+            return False
+        try:
+            token = read_token_file(self.options.token_file)
+        except ValueError as exc:
+            log.warning("%s", exc)
+            return False
+        if token == self._token:
+            return False
+        log.info("the server refused the agent token; using the new one in %s", self.options.token_file)
+        self._token = token
+        self._headers["Authorization"] = f"Bearer {token}"
+        return True
 
     async def run(self) -> None:
         """Recover, then poll and run commands until cancelled."""
@@ -158,6 +203,8 @@ class Agent:
                 try:
                     body = await self._poll()
                 except (*_NETWORK_ERRORS, _Refused, ValueError) as exc:
+                    if isinstance(exc, _Refused) and self._refused(exc.status):
+                        continue
                     log.warning("poll failed (%s); retrying in %.1f s", exc or type(exc).__name__, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _MAX_DELAY)
@@ -276,6 +323,8 @@ class Agent:
                             "server refused the result of command %s: HTTP %s %s", command_id, response.status, text
                         )
                         return False
+                    if self._refused(response.status):
+                        continue
                     log.warning("result of command %s not accepted: HTTP %s", command_id, response.status)
             except _NETWORK_ERRORS as exc:
                 log.warning("posting the result of command %s failed (%s); retrying", command_id, exc)
@@ -288,6 +337,10 @@ class Agent:
         for attempt in range(3):
             try:
                 return await self._download(url, dest)
+            except _Refused as refused:
+                if attempt == 2 or not self._refused(refused.status):
+                    raise
+                continue
             except _NETWORK_ERRORS:
                 if attempt == 2:
                     raise
@@ -301,7 +354,7 @@ class Agent:
         async with self._session.get(self._url(url), headers=self._headers, timeout=timeout) as response:
             if response.status != 200:
                 raise _Refused(response.status, await response.text())
-            with dest.open("wb") as out:
+            with open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
                 async for chunk in response.content.iter_chunked(1024 * 1024):
                     digest.update(chunk)
                     out.write(chunk)
@@ -320,7 +373,7 @@ class Agent:
             try:
                 timeout = aiohttp.ClientTimeout(total=10)
                 async with self._session.post(url, json=body, headers=self._headers, timeout=timeout) as response:
-                    if response.status >= 300:
+                    if response.status >= 300 and not self._refused(response.status):
                         log.warning("heartbeat refused: HTTP %s", response.status)
             except Exception as exc:  # a heartbeat must never stop the agent
                 log.debug("heartbeat failed: %s", exc)

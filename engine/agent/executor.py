@@ -29,20 +29,11 @@ BundleFetcher = Callable[[str, Path], Awaitable[str]]
 
 _OK = ScriptErrorCode.SUCCEEDED
 _UNKNOWN = ScriptErrorCode.UNKNOWN_ERROR
-_SCRIPT_ENV_NAMES = (
-    "LIFECYCLE_EVENT",
-    "DEPLOYMENT_ID",
-    "APPLICATION_NAME",
-    "DEPLOYMENT_GROUP_NAME",
-    "DEPLOYMENT_GROUP_ID",
-    "BUNDLE_COMMIT",
-    "BUNDLE_BUCKET",
-    "BUNDLE_KEY",
-    "BUNDLE_VERSION",
-    "BUNDLE_ETAG",
-    "DEPLOYBOT_HOST",
-    "DEPLOYBOT_PREFIX",
-)
+BASIC_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+"""The only variables of the agent's own environment that hooks get: what a script needs to find programs, a home,
+its locale, time zone and scratch space. Anything else there may be a secret (the agent's token, cloud keys)."""
+TOKEN_VARIABLE = "DEPLOYBOT_AGENT_TOKEN"
+"""The agent token's environment variable (``deploybot agent``): never handed to a hook, not even through ``--env``."""
 
 
 class _Failed(Exception):
@@ -60,9 +51,11 @@ def hook_environment(
     extra: Mapping[str, str],
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The agent's environment, the ``--env`` pairs, then CodeDeploy's variables and ours (those always win)."""
-    env = {key: value for key, value in (os.environ if base is None else base).items() if key not in _SCRIPT_ENV_NAMES}
-    env.update(extra)
+    """BASIC_ENV from the agent's environment (``base``), the ``--env`` pairs, then CodeDeploy's variables and ours
+    (those always win). Nothing else of the agent's environment reaches a script: it may hold secrets."""
+    source = os.environ if base is None else base
+    env = {name: source[name] for name in BASIC_ENV if name in source}
+    env.update((key, value) for key, value in extra.items() if key != TOKEN_VARIABLE)
     env.update(
         LIFECYCLE_EVENT=str(event),
         DEPLOYMENT_ID=spec.short_deployment_id,

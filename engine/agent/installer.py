@@ -169,7 +169,7 @@ def install(
     copied: list[Path] = []
     created: list[Path] = []
     retained: list[Path] = []
-    with cleanup_file.open("a") as record:
+    with open(os.open(cleanup_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as record:
         for target, source in plan.steps:
             if source is None:
                 if _make_dir(target):

@@ -11,6 +11,8 @@
     <root>/ongoing-command/<command-id>.result                        its result until the server has it
 
 Ids from the server become single path components (percent-encoded), so no id can name a path outside the root.
+Records and bundles are written 0600 (only the agent's user reads them); directories keep the umask's mode, so a
+``runas`` script can still reach its ``deployment-archive``.
 """
 
 from __future__ import annotations
@@ -234,7 +236,7 @@ def _write_atomic(path: Path, text: str) -> None:
     target = os.fspath(path)
     head, name = os.path.split(target)
     partial = os.path.join(head, f".{name}.{os.getpid()}.{time.monotonic_ns()}")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, text.encode())
     finally:
@@ -244,7 +246,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _write_fresh(path: Path, text: str) -> None:
     """Create (or truncate) ``path`` and write ``text``: not atomic, for records whose torn state is harmless."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, text.encode())
     finally:

@@ -7,6 +7,7 @@ tail buffer whose last bytes go back to the server as ``log_tail``.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import BinaryIO
@@ -59,7 +60,8 @@ class ScriptLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.cap = cap
-        self._file: BinaryIO = path.open("ab")
+        # 0600: script output may hold whatever a hook printed; only the agent's user reads it.
+        self._file: BinaryIO = open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")  # noqa: SIM115
         self._size = self._file.tell()
         self._at_line_start = True
         self.dropped = 0

@@ -1,12 +1,14 @@
 """The revision store: every bundle kept once under ``<data>/revisions/<sha256>.tar.gz``, its AppSpec checked first.
 
 A revision is validated when it is stored, so a bad AppSpec is refused with its line:column problems before any
-deployment (and any host) sees it.
+deployment (and any host) sees it. Bundles are the application's code (and whatever it was shipped with): each is
+0600 in a 0700 directory, and agents fetch only their own deployments' (engine/adapters/fleet.py ``bundle_for``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -27,7 +29,9 @@ class RevisionStore:
         self.store = store
         self.directory = directory
         self.clock = clock
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if directory.stat().st_mode & 0o777 != 0o700:
+            directory.chmod(0o700)
 
     def path(self, sha256: str) -> Path:
         return self.directory / f"{sha256}.tar.gz"
@@ -67,6 +71,7 @@ class RevisionStore:
             appspec = _check_appspec(built.path, platform)
             final = self.path(built.sha256)
             if not final.exists():
+                os.chmod(built.path, 0o600)  # before it is in place: no moment where others could read it
                 shutil.move(str(built.path), final)
             return built, appspec
 

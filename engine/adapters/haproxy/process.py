@@ -8,7 +8,8 @@ API (engine/adapters/haproxy/runtime.py), never through a reload. Choices that m
   verdict, and a dead server is noticed in ``fall * inter`` (1 s by default here).
 - ``retries 2`` + ``option redispatch`` + ``retry-on conn-failure empty-response``: a request that meets a server
   being stopped is retried on another one instead of failing.
-- ``stats socket ... level admin``: the runtime API, mode 600 so only this user can steer traffic.
+- ``stats socket ... level admin``: the runtime API, mode 600 so only this user can steer traffic; the run directory
+  is 0700 and the configuration and log 0600.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from engine.adapters.haproxy.runtime import COMPONENT, AdminState, HAProxyRuntime, haproxy_name
 from engine.core.errors import AdapterError
@@ -140,6 +142,13 @@ def find_haproxy(binary: str = "haproxy") -> str:
     return found
 
 
+def _private_file(path: Path, flag: int) -> BinaryIO:
+    """``path`` opened for writing (``flag``: O_TRUNC or O_APPEND), created 0600; an existing one is made 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flag, 0o600)
+    os.fchmod(fd, 0o600)
+    return open(fd, "wb" if flag == os.O_TRUNC else "ab")
+
+
 class HAProxyProcess:
     """One HAProxy in the foreground (``-db``) as a child of this process, configured for ``groups``."""
 
@@ -189,18 +198,21 @@ class HAProxyProcess:
         binary = find_haproxy(self.binary)
         if len(str(self.socket_path)) > _MAX_SOCKET_PATH:
             raise AdapterError(COMPONENT, f"socket path too long for a unix socket: {self.socket_path}")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(
-            render_config(
-                self.groups,
-                socket_path=self.socket_path,
-                stats_port=self.stats_port,
-                check_interval_ms=self.check_interval_ms,
-            )
+        # 0700/0600: the runtime socket steers traffic, and the config and log name every backend.
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.run_dir.stat().st_mode & 0o777 != 0o700:
+            self.run_dir.chmod(0o700)
+        config = render_config(
+            self.groups,
+            socket_path=self.socket_path,
+            stats_port=self.stats_port,
+            check_interval_ms=self.check_interval_ms,
         )
+        with _private_file(self.config_path, os.O_TRUNC) as out:
+            out.write(config.encode())
         await self._check_config(binary)
         self.socket_path.unlink(missing_ok=True)
-        with self.log_path.open("ab") as log:
+        with _private_file(self.log_path, os.O_APPEND) as log:
             self._process = await asyncio.create_subprocess_exec(
                 binary, "-f", str(self.config_path), "-db", stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log
             )
