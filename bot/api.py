@@ -1,14 +1,19 @@
 """The JSON API under ``/api/v1`` (used by the CLI and scripts) and ``GET /healthz``: HTTP in, one Deployer call out.
 
-Rules: every route needs ``Authorization: Bearer <token>``; handlers only parse, call the engine and serialize;
-engine errors become the JSON error shape in exactly one place (bot/http.py), as on the agent protocol. The routes
-for what lives outside the config file (hook callbacks, S3 revisions, agent tokens) are in bot/api_external.py.
+Rules: every route needs ``Authorization: Bearer <token>``, a per-user API token the engine checks against the store
+on every request (so a revocation counts at once); its user is who asks, for every route and audit entry (no header
+can say otherwise). Handlers only parse, call the engine and serialize; engine errors become the JSON error shape in
+exactly one place (bot/http.py), as on the agent protocol. The routes for what lives outside the config file (hook
+callbacks, S3 revisions, agent tokens) are in bot/api_external.py.
+
+The bootstrap secrets (var/api-token, DEPLOYBOT_TOKEN) are handed to ``create_api_app`` only to be registered, by
+hash, as the bootstrap admin's tokens when the app starts (engine/runtime/tokens.py says how rotation works).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hmac
+import logging
 import os
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,7 +25,9 @@ from aiohttp import web
 
 from bot.api_external import external_routes, register_s3_revision
 from bot.http import (
+    ACTOR,
     DEPLOYER,
+    DURATION_FORMAT,
     HttpProblem,
     actor_of,
     bad_request,
@@ -28,8 +35,12 @@ from bot.http import (
     json_errors,
     json_object,
     json_response,
+    parse_duration,
+    unauthorized,
 )
-from engine import DeploymentService, DeployRequest
+from engine import BOOTSTRAP_ADMIN, Action, DeploymentService, DeployRequest, may
+
+log = logging.getLogger(__name__)
 
 MAX_BUNDLE_BYTES = 512 * 1024**2
 MAX_WATCH_SECONDS = 60.0
@@ -42,19 +53,35 @@ try:
 except metadata.PackageNotFoundError:  # pragma: no cover - running from a plain checkout
     VERSION = "0+unknown"
 
-API_TOKENS = web.AppKey("api_tokens", frozenset)
+BOOTSTRAP_TOKENS = web.AppKey("api_bootstrap_tokens", frozenset[str])
 UPLOAD_DIR = web.AppKey("api_upload_dir", Path)
 MAX_BUNDLE = web.AppKey("api_max_bundle_bytes", int)
+MAX_LABEL_LENGTH = 100
 
 
 @web.middleware
 async def _require_api_token(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
+    """Resolve the bearer token to its user, or answer 401 with the reason (missing, unknown, expired, revoked)."""
     token = bearer_token(request)
-    if token is None or not any(hmac.compare_digest(token, known) for known in request.app[API_TOKENS]):
-        raise HttpProblem(401, "Unauthorized", "missing or bad API token: send 'Authorization: Bearer <token>'")
+    if token is None:
+        raise unauthorized(None)
+    check = await request.app[DEPLOYER].tokens.authenticate(token)
+    if check.user is None:
+        raise unauthorized(check)
+    request[ACTOR] = check.user
     return await handler(request)
+
+
+async def _register_bootstrap_tokens(app: web.Application) -> None:
+    """At start: the configured bootstrap secrets become the bootstrap admin's tokens (once each, by hash)."""
+    bootstrap: frozenset[str] = app[BOOTSTRAP_TOKENS]
+    change = await app[DEPLOYER].tokens.register_bootstrap(bootstrap)
+    for token in change.registered:
+        log.info("registered a bootstrap API token of %s as %s", token.user, token.id)
+    for token in change.revoked:
+        log.warning("revoked bootstrap API token %s: var/api-token and DEPLOYBOT_TOKEN no longer hold it", token.id)
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
@@ -326,6 +353,70 @@ async def list_queue(request: web.Request) -> web.Response:
     return json_response({"queue": await request.app[DEPLOYER].release.queue(application, environment)})
 
 
+# ---------------------------------------------------------------------------------------------------- API tokens
+
+_TOKEN_USAGE = (
+    f'POST /api/v1/tokens {{"user": USER, "name"?: str, "expires_in"?: {DURATION_FORMAT}}} (admins only; '
+    "the answer holds the token, shown this once)"
+)
+
+
+def _require_admin(request: web.Request) -> str:
+    """Tokens are for admins for now: the bootstrap admin or ``server.admins`` (engine.core.policy's ADMIN)."""
+    actor = actor_of(request)
+    decision = may(request.app[DEPLOYER].config, actor, Action.ADMIN, None)
+    if not decision.allowed:
+        raise HttpProblem(403, "Forbidden", f"{actor} may not manage API tokens: {decision.rule}", rule=decision.rule)
+    return actor
+
+
+def _label(body: Mapping[str, Any], key: str, default: str | None = None) -> str:
+    value = _string(body, key, _TOKEN_USAGE, required=default is None) or default or ""
+    if len(value) > MAX_LABEL_LENGTH or any(c.isspace() or not c.isprintable() for c in value):
+        raise bad_request(f"{key!r} must be at most {MAX_LABEL_LENGTH} printable characters, no spaces", _TOKEN_USAGE)
+    return value
+
+
+async def create_token(request: web.Request) -> web.Response:
+    """A new token for a user; the only answer that ever holds it (``Cache-Control: no-store``)."""
+    actor = _require_admin(request)
+    body = await json_object(request, _TOKEN_USAGE)
+    deployer = request.app[DEPLOYER]
+    user, name = _label(body, "user"), _label(body, "name", "default")
+    if user == BOOTSTRAP_ADMIN:
+        raise bad_request(f"{BOOTSTRAP_ADMIN} is reserved for the bootstrap token (var/api-token)", _TOKEN_USAGE)
+    users = deployer.config.users
+    if users is not None and user not in users:
+        raise bad_request(f"{user!r} is not a declared user (users: {', '.join(sorted(users))})", _TOKEN_USAGE)
+    expires_in = None
+    if body.get("expires_in") is not None:
+        try:
+            expires_in = parse_duration(body["expires_in"])
+        except ValueError as exc:
+            raise bad_request(f"'expires_in': {exc}", _TOKEN_USAGE) from None
+    token, plaintext = await deployer.tokens.create(user, name=name, expires_in=expires_in, actor=actor)
+    response = json_response({**token.describe(deployer.clock.now()), "token": plaintext}, status=201)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    """Every token (or one user's), with its status; never a token or its hash."""
+    _require_admin(request)
+    deployer = request.app[DEPLOYER]
+    tokens = await deployer.tokens.list(request.query.get("user") or None)
+    now = deployer.clock.now()
+    return json_response({"tokens": [token.describe(now) for token in tokens]})
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    """Refused from the next request on, on every server sharing the store; revoking twice is harmless."""
+    actor = _require_admin(request)
+    deployer = request.app[DEPLOYER]
+    token = await deployer.tokens.revoke(request.match_info["id"], actor=actor)
+    return json_response(token.describe(deployer.clock.now()))
+
+
 async def list_hosts(request: web.Request) -> web.Response:
     return json_response({"hosts": await request.app[DEPLOYER].hosts()})
 
@@ -341,10 +432,14 @@ def create_api_app(
     upload_dir: Path,
     max_bundle_bytes: int = MAX_BUNDLE_BYTES,
 ) -> web.Application:
-    """The ``/api/v1`` sub-application (mount it with ``app.add_subapp("/api/v1", ...)``)."""
+    """The ``/api/v1`` sub-application (mount it with ``app.add_subapp("/api/v1", ...)``).
+
+    ``tokens``: the bootstrap secrets (var/api-token, DEPLOYBOT_TOKEN), registered as the bootstrap admin's tokens
+    when the app starts; every request is checked against the store, not against these."""
     app = web.Application(middlewares=[json_errors, _require_api_token], client_max_size=1024**2)
     app[DEPLOYER] = deployer
-    app[API_TOKENS] = tokens
+    app[BOOTSTRAP_TOKENS] = tokens
+    app.on_startup.append(_register_bootstrap_tokens)
     app[UPLOAD_DIR] = upload_dir
     app[MAX_BUNDLE] = max_bundle_bytes
     deployment = "/deployments/{id}"
@@ -370,6 +465,9 @@ def create_api_app(
             web.get("/queue", list_queue),
             web.get("/applications", list_applications),
             web.get("/hosts", list_hosts),
+            web.post("/tokens", create_token),
+            web.get("/tokens", list_tokens),
+            web.delete("/tokens/{id}", revoke_token),
         ]
     )
     app.add_routes(external_routes())

@@ -65,7 +65,8 @@ def create_app(
     tokens = settings.api_tokens()
     if not tokens:
         log.warning(
-            "no API token configured (DEPLOYBOT_TOKEN or %s): the JSON API refuses every call", settings.api_token_file
+            "no bootstrap token (DEPLOYBOT_TOKEN or %s): only API tokens already in the database are accepted",
+            settings.api_token_file,
         )
     app = web.Application(middlewares=[json_errors])
     app[SETTINGS] = settings

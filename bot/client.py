@@ -1,12 +1,12 @@
 """The CLI's async HTTP client for the JSON API, and where the CLI finds its server and token (does I/O).
 
 Failures a person can fix get their own exception and a sentence that says how: no server (start it), a bad token
-(where we looked), an engine refusal (the server's ``error``/``message`` and data, kept for ``--json`` callers).
+(why the server refused it, and where we looked), an engine refusal (the server's ``error``/``message`` and data,
+kept for ``--json`` callers). Who the caller is comes from the token alone: the client sends no name of its own.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,11 +34,18 @@ class ServerUnreachable(ClientError):
 
 
 class BadToken(ClientError):
-    def __init__(self, looked_in: tuple[str, ...], found: bool) -> None:
+    """The server answered 401: ``reason`` is its word for why (missing, unknown token, expired, revoked)."""
+
+    def __init__(self, looked_in: tuple[str, ...], found: bool, reason: str = "", message: str = "") -> None:
         self.looked_in = looked_in
         self.found = found
+        self.reason = reason
         where = ", ".join(looked_in)
-        super().__init__(f"bad API token (looked in {where}{'' if found else '; found none'})")
+        if not found:
+            text = f"no API token (looked in {where}; found none): set DEPLOYBOT_TOKEN or ask an admin for one"
+        else:
+            text = f"bad API token: {message or reason or 'refused'} (looked in {where})"
+        super().__init__(text)
 
 
 _PROBLEMS_HEADLINE = {"AppSpecInvalid": "the revision's AppSpec is invalid", "ConfigError": "the config is invalid"}
@@ -104,24 +111,16 @@ def find_api_token(environ: Mapping[str, str], cwd: Path) -> TokenLookup:
     return TokenLookup(None, tuple(looked_in))
 
 
-def default_actor() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (containers)
-        return "cli"
-
-
 class ApiClient:
     """One aiohttp session against one server; use as ``async with ApiClient(url, token=...) as api:``."""
 
-    def __init__(self, base_url: str, *, token: TokenLookup, actor: str | None = None) -> None:
+    def __init__(self, base_url: str, *, token: TokenLookup) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
-        self.actor = actor or default_actor()
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ApiClient:
-        headers = {"X-Deploybot-Actor": self.actor}
+        headers: dict[str, str] = {}
         if self.token.token:
             headers["Authorization"] = f"Bearer {self.token.token}"
         # Long polls last up to 60 s; only connecting has a short limit.
@@ -152,7 +151,9 @@ class ApiClient:
             text = raw[:200].decode("utf-8", "replace")
             raise ApiError(status, "BadResponse", f"not a deploybot answer from {url}: {text}", {}) from None
         if status == 401:
-            raise BadToken(self.token.looked_in, self.token.token is not None)
+            refusal = body if isinstance(body, dict) else {}
+            reason, message = str(refusal.get("reason") or ""), str(refusal.get("message") or "")
+            raise BadToken(self.token.looked_in, self.token.token is not None, reason, message)
         if status >= 400:
             body = body if isinstance(body, dict) else {}
             error = str(body.get("error") or f"HTTP{status}")
@@ -320,6 +321,24 @@ class ApiClient:
     async def applications(self) -> list[dict[str, Any]]:
         result = await self._request("GET", "/api/v1/applications")
         return list(result["applications"])
+
+    # -- API tokens (admins)
+
+    async def create_token(self, user: str, *, name: str, expires_in: float | None = None) -> dict[str, Any]:
+        """The new token's document; its ``token`` is the secret, shown this once."""
+        body: dict[str, Any] = {"user": user, "name": name}
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        result: dict[str, Any] = await self._request("POST", "/api/v1/tokens", json=body)
+        return result
+
+    async def tokens(self, user: str | None = None) -> list[dict[str, Any]]:
+        result = await self._request("GET", "/api/v1/tokens", params={"user": user} if user else {})
+        return list(result["tokens"])
+
+    async def revoke_token(self, token_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("DELETE", f"/api/v1/tokens/{quote(token_id, safe='')}")
+        return result
 
 
 def _request_body(

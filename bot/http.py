@@ -3,6 +3,9 @@
 Engine errors become ``{"error": "<ExceptionClassName>", "message": ..., **data}`` in exactly one place
 (``error_response``), so the status codes stay consistent across routes and the agent protocol; the edge's own
 refusals (bad JSON, a missing field, no token) are ``HttpProblem``s rendered the same way.
+
+Who asks is never taken from a header the caller writes: the ``/api/v1`` auth middleware (bot/api.py) resolves the
+bearer token to its user and stores it on the request (``ACTOR``); ``actor_of`` reads it back.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import enum
 import functools
 import json
 import logging
+import math
+import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -26,12 +32,15 @@ from engine import (
     EngineError,
     InvalidTransition,
     NotFound,
+    TokenCheck,
+    TokenRefusal,
     UnknownDeploymentConfig,
 )
 
 log = logging.getLogger(__name__)
 
-ACTOR_HEADER = "X-Deploybot-Actor"
+ACTOR = web.RequestKey("deploybot_actor", str)
+"""The user of the API token the request carried, set by the ``/api/v1`` auth middleware once it checked it."""
 
 DEPLOYER = web.AppKey("api_deployer", DeploymentService)
 """The Deployer behind the ``/api/v1`` routes (bot/api.py sets it; every route module of the API reads it)."""
@@ -48,11 +57,15 @@ _STATUS_BY_ERROR: tuple[tuple[type[EngineError], int], ...] = (
 
 
 class HttpProblem(Exception):
-    """A request the edge itself refuses (bad JSON, missing field, no token): rendered like engine errors."""
+    """A request the edge itself refuses (bad JSON, missing field, no token): rendered like engine errors.
+    ``headers`` go on the response (``WWW-Authenticate`` of a 401)."""
 
-    def __init__(self, status: int, error: str, message: str, **data: object) -> None:
+    def __init__(
+        self, status: int, error: str, message: str, *, headers: Mapping[str, str] | None = None, **data: object
+    ) -> None:
         super().__init__(message)
         self.status, self.error, self.message, self.data = status, error, message, data
+        self.headers = dict(headers or {})
 
 
 def bad_request(message: str, usage: str) -> HttpProblem:
@@ -113,7 +126,9 @@ async def json_errors(
     except EngineError as exc:
         return error_response(exc)
     except HttpProblem as exc:
-        return json_response({"error": exc.error, "message": exc.message, **exc.data}, status=exc.status)
+        response = json_response({"error": exc.error, "message": exc.message, **exc.data}, status=exc.status)
+        response.headers.update(exc.headers)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -147,6 +162,79 @@ async def json_object(request: web.Request, usage: str, *, optional: bool = Fals
 
 
 def actor_of(request: web.Request) -> str:
-    """Who asked: the CLI sends the OS user name; anything else calling the API is "api"."""
-    actor = request.headers.get(ACTOR_HEADER, "").strip()
-    return actor[:100] if actor else "api"
+    """Who asked: the user of the API token the request carried (never a header the caller writes). A route
+    outside the auth middleware has no actor and gets a 401 rather than an anonymous audit entry."""
+    actor = request.get(ACTOR)
+    if not isinstance(actor, str):
+        raise unauthorized(None)
+    return actor
+
+
+# ---------------------------------------------------------------------------------------------------- tokens
+
+
+def _utc(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+
+
+def refusal_reason(check: TokenCheck | None) -> str:
+    """The reason of a refused credential in one or two words: ``missing``, ``unknown token``, ``expired``,
+    ``revoked`` (what the 401's ``reason`` says and a script may branch on)."""
+    if check is None:
+        return "missing"
+    return "unknown token" if check.refusal in (None, TokenRefusal.UNKNOWN) else str(check.refusal)
+
+
+def refusal_message(check: TokenCheck | None) -> str:
+    """A sentence for a refused credential: what is wrong and what to do."""
+    token = check.token if check is not None else None
+    if check is None:
+        return "missing API token: send 'Authorization: Bearer <token>'"
+    if check.refusal is TokenRefusal.REVOKED and token is not None and token.revoked_at is not None:
+        return f"revoked: API token {token.id} was revoked at {_utc(token.revoked_at)}; ask an admin for a new one"
+    if check.refusal is TokenRefusal.EXPIRED and token is not None and token.expires_at is not None:
+        return f"expired: API token {token.id} expired at {_utc(token.expires_at)}; ask an admin for a new one"
+    if check.refusal is TokenRefusal.SESSION_ENDED:
+        return "session ended: log in again"
+    return "unknown token: the server has no such API token"
+
+
+def unauthorized(check: TokenCheck | None) -> HttpProblem:
+    """The 401 of a missing (``check`` None) or refused credential, with RFC 6750's ``WWW-Authenticate``."""
+    challenge = 'Bearer realm="deploybot"'
+    if check is not None:
+        challenge += f', error="invalid_token", error_description="{refusal_reason(check)}"'
+    return HttpProblem(
+        401,
+        "Unauthorized",
+        refusal_message(check),
+        reason=refusal_reason(check),
+        headers={"WWW-Authenticate": challenge},
+    )
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_DURATION_SECONDS = 10 * 365 * 86400
+DURATION_FORMAT = "seconds, or a duration such as 90m, 12h, 30d, 1w2d"
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a JSON number or a text such as ``30d``, ``12h``, ``90m``, ``1w2d`` or ``3600`` (the API's and
+    the CLI's one reading of a lifetime). ValueError, with words for the caller, when it is not a positive one."""
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION.findall(text)
+            if parts and "".join(number + unit for number, unit in parts) == text:
+                seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"expected {DURATION_FORMAT}, got {value!r}")
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"at most 10 years ({MAX_DURATION_SECONDS} seconds), got {value!r}")
+    return seconds

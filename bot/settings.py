@@ -15,6 +15,7 @@ from pathlib import Path
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 DEFAULT_GITHUB_API_URL = "https://api.github.com"
 API_TOKEN_FILENAME = "api-token"
+BOOTSTRAP_TOKEN_PREFIX = "dbt_"  # as engine/runtime/tokens.py's TOKEN_PREFIX: recognisable by secret scanners
 
 
 def _get(environ: Mapping[str, str], name: str) -> str | None:
@@ -27,8 +28,10 @@ def _get(environ: Mapping[str, str], name: str) -> str | None:
 class Settings:
     """Everything the HTTP server needs besides the engine configuration.
 
-    ``api_token`` (DEPLOYBOT_TOKEN) and the contents of ``api_token_file`` are both accepted as bearer tokens for
-    the JSON API: the env var for scripts and CI, the file (written by ``deploybot serve``) for the local CLI.
+    ``api_token`` (DEPLOYBOT_TOKEN) and the contents of ``api_token_file`` are the bootstrap admin's secrets: the
+    file (written by ``deploybot serve``) for the local CLI, the env var for scripts and CI. The server registers
+    them once, by hash, as tokens of the bootstrap admin; from then on the store decides (a revoked one stays
+    refused). Everyone else gets a per-user token (``deploybot token create``).
     """
 
     data_dir: Path = Path("var")
@@ -85,7 +88,8 @@ class Settings:
         return bool(self.github_webhook_secret)
 
     def api_tokens(self) -> frozenset[str]:
-        """The bearer tokens the JSON API accepts: DEPLOYBOT_TOKEN and the token file's content (reads the file)."""
+        """The bootstrap secrets to register at start: DEPLOYBOT_TOKEN and the token file's content (reads the
+        file). Not what the API accepts: that is whatever the store holds unrevoked and unexpired."""
         tokens = {self.api_token} if self.api_token else set()
         try:
             from_file = self.api_token_file.read_text(encoding="utf-8").strip()
@@ -97,7 +101,8 @@ class Settings:
 
 
 def ensure_api_token_file(path: Path) -> bool:
-    """Create ``path`` holding a fresh random token, mode 0600, unless it exists; True when it was created.
+    """Create ``path`` holding a fresh random bootstrap token (``dbt_`` + 43 URL-safe characters, like every API
+    token), mode 0600, unless it exists; True when it was created.
 
     ``O_EXCL`` makes two servers starting at once agree on one token instead of overwriting each other's.
     """
@@ -107,5 +112,5 @@ def ensure_api_token_file(path: Path) -> bool:
     except FileExistsError:
         return False
     with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(secrets.token_urlsafe(32) + "\n")
+        out.write(BOOTSTRAP_TOKEN_PREFIX + secrets.token_urlsafe(32) + "\n")
     return True

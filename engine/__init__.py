@@ -84,8 +84,10 @@ from engine.core.registrations import (
 )
 from engine.core.simulate import simulate
 from engine.core.stages import StageOptions, deployment_stages
+from engine.runtime.tokens import ApiToken, TokenCheck, TokenRefusal
 from engine.service import (
     AgentFleet,
+    ApiTokenService,
     DeploymentRecords,
     DeploymentService,
     DeployRequest,
@@ -100,6 +102,8 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "AdapterError",
     "AgentFleet",
     "AlarmConfiguration",
+    "ApiToken",
+    "ApiTokenService",
     "AppSpec",
     "AppSpecInvalid",
     "Application",
@@ -164,6 +168,8 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "ScriptErrorCode",
     "ServerAppSpec",
     "StageOptions",
+    "TokenCheck",
+    "TokenRefusal",
     "TooManyTags",
     "TrafficRouting",
     "TrafficRoutingType",

@@ -4,7 +4,7 @@ Each real component gets one adapter in engine/adapters/ (or engine/store/) impl
 composition root (bot/assembly.py) picks the implementations and hands them to the Deployer, and tests use fakes
 at this seam. Nothing in engine/runtime/ or engine/release/ names a concrete store or adapter.
 
-    store        DeploymentStore, CommandQueue, ReleaseRecords, RegistryRecords (together: Store)
+    store        DeploymentStore, CommandQueue, ReleaseRecords, RegistryRecords, TokenRecords (together: Store)
     hosts        HostExecutor (run lifecycle events), HostFleet (the agents behind it)
     traffic      TrafficRouter (set_weight / verify_weight), AlarmSource
     platforms    PlatformDriver (Lambda, ECS), PlatformRuntime (the AWS side as a whole), RevisionArchive
@@ -212,6 +212,10 @@ class HostFleet(HostExecutor, Protocol):
 
     def bundle_path(self, sha256: str) -> Path | None: ...
 
+    def has_token(self, host: str) -> bool: ...
+
+    async def bundle_for(self, host: str, sha256: str) -> Path | None: ...
+
 
 # -- the store ----------------------------------------------------------------------------------------------------
 
@@ -287,6 +291,9 @@ class CommandQueue(Protocol):
         self, *, host: str | None = None, deployment_id: str | None = None, status: str | Sequence[str] | None = None
     ) -> list[Row]: ...
     async def cancel_commands(self, deployment_id: str, *, at: float) -> int: ...
+    async def host_uses_revision(self, host: str, sha256: str) -> bool:
+        """Whether ``host`` has (or had) a command of a deployment of revision ``sha256``."""
+
     async def upsert_agent(
         self,
         name: str,
@@ -367,7 +374,31 @@ class RegistryRecords(Protocol):
     ) -> Row: ...
 
 
-class Store(DeploymentStore, CommandQueue, ReleaseRecords, RegistryRecords, Protocol):
+class TokenRecords(Protocol):
+    """Per-user API tokens, kept by the sha256 of the token (never the token): engine/runtime/tokens.py's rows."""
+
+    async def insert_api_token(
+        self,
+        token_id: str,
+        *,
+        user: str,
+        name: str,
+        token_sha256: str,
+        created_at: float,
+        expires_at: float | None = None,
+    ) -> bool:
+        """False when a token with this hash exists already (revoked or not): nothing is added then."""
+
+    async def api_token_by_hash(self, token_sha256: str) -> Row | None: ...
+    async def get_api_token(self, token_id: str) -> Row | None: ...
+    async def list_api_tokens(self, *, user: str | None = None) -> list[Row]: ...
+    async def revoke_api_token(self, token_id: str, *, at: float) -> Row | None:
+        """The row after revoking it (a first revocation stays); None when there is no such token."""
+
+    async def touch_api_token(self, token_id: str, *, at: float) -> None: ...
+
+
+class Store(DeploymentStore, CommandQueue, ReleaseRecords, RegistryRecords, TokenRecords, Protocol):
     """All of deploybot's state (engine/store/sqlite.py today)."""
 
 

@@ -11,6 +11,7 @@ Documents (deployments, plans, hosts, locks) are JSON, hence ``dict[str, Any]``.
       store              DeploymentRecords: stored deployment rows, the audit log, webhook deliveries
       revisions          RevisionLibrary: the stored revision bundles
       registry           Registrations: what the CodeDeploy API registers (configs, instances, revisions)
+      tokens             ApiTokenService: per-user API tokens (who is asking), page sessions, the bootstrap token
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from engine.core.model import Platform, Revision
 from engine.core.registrations import OnPremInstance, RegisteredRevision
 from engine.core.requests import DeployRequest
 from engine.ports import Clock, Notifier
+from engine.runtime.tokens import ApiToken, BootstrapChange, TokenCheck
 
 
 class ReleaseService(Protocol):
@@ -84,6 +86,12 @@ class AgentFleet(Protocol):
     def token_for(self, host: str) -> str: ...
 
     def revoke_token(self, host: str) -> bool: ...
+
+    def has_token(self, host: str) -> bool:
+        """Whether the host holds an agent token (which is never shown again once issued)."""
+
+    async def bundle_for(self, host: str, sha256: str) -> Path | None:
+        """The bundle, when one of ``host``'s commands uses that revision; None otherwise (not another host's)."""
 
 
 class HookExecutions(Protocol):
@@ -182,6 +190,31 @@ class Registrations(Protocol):
     async def store_inline_appspec(self, content: str, platform: Platform) -> Revision: ...
 
 
+class ApiTokenService(Protocol):
+    """Per-user API tokens (engine/runtime/tokens.py): the doors learn who is asking from a credential, checked
+    against the store on every request, so a revocation or an expiry counts at once on every server."""
+
+    async def create(
+        self, user: str, *, name: str, expires_in: float | None = None, actor: str = "api"
+    ) -> tuple[ApiToken, str]:
+        """The new token and its plaintext, shown once; ValueError for a bad user, name or lifetime."""
+
+    async def authenticate(self, token: str) -> TokenCheck: ...
+
+    async def start_session(self, token: str) -> TokenCheck:
+        """``authenticate``, with the page session cookie's value on success."""
+
+    async def resume_session(self, session: str) -> TokenCheck: ...
+
+    async def list(self, user: str | None = None) -> list[ApiToken]: ...
+
+    async def revoke(self, token_id: str, *, actor: str = "api") -> ApiToken:
+        """Raises TokenNotFound (a NotFound) for an unknown id; revoking twice keeps the first time."""
+
+    async def register_bootstrap(self, tokens: Iterable[str]) -> BootstrapChange:
+        """Register var/api-token's and DEPLOYBOT_TOKEN's secrets once, revoke bootstrap tokens no longer there."""
+
+
 class DeploymentService(Protocol):
     """What every door needs from the Deployer (engine.runtime.deployer.Deployer).
 
@@ -214,6 +247,9 @@ class DeploymentService(Protocol):
 
     @property
     def registry(self) -> Registrations: ...
+
+    @property
+    def tokens(self) -> ApiTokenService: ...
 
     # -- revisions
 

@@ -39,6 +39,7 @@ from engine import (
     parse_config,
 )
 from engine.ports import Notifier
+from engine.runtime.tokens import ApiTokens
 
 EVENTS = ("ApplicationStop", "DownloadBundle", "BeforeInstall", "Install", "ApplicationStart", "ValidateService")
 CONFIG = """
@@ -84,6 +85,12 @@ class FakeFleet:
 
     def token_for(self, host: str) -> str:
         return f"token-{host}"
+
+    def has_token(self, host: str) -> bool:
+        return host in self.tokens.values()
+
+    async def bundle_for(self, host: str, sha256: str) -> Path | None:
+        return self.bundle_path(sha256)
 
     def revoke_token(self, host: str) -> bool:
         return self.tokens.pop(f"token-{host}", None) is not None
@@ -172,12 +179,62 @@ class FakeRevisions:
 
 
 class FakeRecords:
-    """The fake's deployments as stored rows, plus the audit log and webhook deliveries."""
+    """The fake's deployments as stored rows, plus the audit log, webhook deliveries and API token rows (in memory,
+    behind the real engine ApiTokens, so the doors' token checks are the real ones)."""
 
     def __init__(self, deployments: Mapping[str, dict[str, Any]]) -> None:
         self.deployments = deployments
         self.log: list[dict[str, Any]] = []
         self.deliveries: set[str] = set()
+        self.api_tokens: dict[str, dict[str, Any]] = {}
+
+    # -- engine.ports.TokenRecords
+
+    async def insert_api_token(
+        self,
+        token_id: str,
+        *,
+        user: str,
+        name: str,
+        token_sha256: str,
+        created_at: float,
+        expires_at: float | None = None,
+    ) -> bool:
+        if token_id in self.api_tokens or await self.api_token_by_hash(token_sha256) is not None:
+            return False
+        self.api_tokens[token_id] = {
+            "id": token_id,
+            "user": user,
+            "name": name,
+            "token_sha256": token_sha256,
+            "created_at": created_at,
+            "expires_at": expires_at,
+            "revoked_at": None,
+            "last_used_at": None,
+        }
+        return True
+
+    async def api_token_by_hash(self, token_sha256: str) -> dict[str, Any] | None:
+        row = next((r for r in self.api_tokens.values() if r["token_sha256"] == token_sha256), None)
+        return None if row is None else dict(row)
+
+    async def get_api_token(self, token_id: str) -> dict[str, Any] | None:
+        row = self.api_tokens.get(token_id)
+        return None if row is None else dict(row)
+
+    async def list_api_tokens(self, *, user: str | None = None) -> list[dict[str, Any]]:
+        rows = [dict(r) for r in self.api_tokens.values() if user in (None, r["user"])]
+        return sorted(rows, key=lambda r: (r["created_at"], r["id"]))
+
+    async def revoke_api_token(self, token_id: str, *, at: float) -> dict[str, Any] | None:
+        row = self.api_tokens.get(token_id)
+        if row is not None and row["revoked_at"] is None:
+            row["revoked_at"] = at
+        return None if row is None else dict(row)
+
+    async def touch_api_token(self, token_id: str, *, at: float) -> None:
+        row = self.api_tokens[token_id]
+        row["last_used_at"] = max(at, row["last_used_at"] or at)
 
     @staticmethod
     def _row(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -362,6 +419,8 @@ class FakeDeployer:
 
     ``script`` decides what a started deployment does on its own: None (stays Created), "succeed" or "fail".
     Uploaded bundles whose bytes start with ``b"bad"`` or whose source says "broken" have an invalid AppSpec.
+    ``tokens`` is the real ApiTokens over in-memory rows: the app registers its bootstrap token (as deploybot-admin)
+    when it starts, and ``token_for(user)`` makes a token a test acts as someone else with.
     """
 
     def __init__(self, *, fleet: FakeFleet | None = None, script: str | None = None, step: float = 0.01) -> None:
@@ -375,6 +434,7 @@ class FakeDeployer:
         self.deployments: dict[str, dict[str, Any]] = {}
         self.clock = FakeClock()
         self.store = FakeRecords(self.deployments)
+        self.tokens = ApiTokens(self.store, self.clock)  # type: ignore[arg-type]  # the token rows and the log only
         self.release = FakeRelease()
         self.hooks = FakeHooks()
         self.registry = FakeRegistry()
@@ -386,6 +446,11 @@ class FakeDeployer:
 
     def _now(self) -> float:
         return self.clock.now()
+
+    async def token_for(self, user: str, *, name: str = "test") -> str:
+        """A fresh API token of ``user`` (its plaintext)."""
+        _, plaintext = await self.tokens.create(user, name=name)
+        return plaintext
 
     def advance(self, deployment_id: str, **changes: Any) -> dict[str, Any]:
         deployment = self.deployments[deployment_id]

@@ -82,8 +82,10 @@ async def test_api_refuses_requests_without_the_token(
 ) -> None:
     async with api.client.request(method, path, headers=headers, json={}) as response:
         assert response.status == 401
+        assert response.headers["WWW-Authenticate"].startswith('Bearer realm="deploybot"')
         body = await response.json()
     assert body["error"] == "Unauthorized"
+    assert body["reason"] == ("unknown token" if headers.get("Authorization") == "Bearer wrong" else "missing")
     assert api.deployer.calls == []
 
 
@@ -136,21 +138,18 @@ async def test_upload_refuses_empty_and_oversized_bodies(tmp_path: Path) -> None
     assert list(tmp_path.iterdir()) == []
 
 
-async def test_start_passes_the_request_and_actor_to_the_engine(api: Api) -> None:
+async def test_start_passes_the_request_and_the_tokens_user_to_the_engine(api: Api) -> None:
     revision = "sha256:" + (await api.call("POST", "/api/v1/revisions", data=b"good", status=201))["sha256"]
     deployment = await api.deploy(revision=revision, config="CodeDeployDefault.AllAtOnce", description="hotfix")
     assert deployment["status"] == "Created"
     request = api.deployer.calls[-1][1]
     assert (request.application, request.environment, request.revision) == ("hello", "staging", revision)
-    assert (request.config_name, request.description, request.actor) == ("CodeDeployDefault.AllAtOnce", "hotfix", "api")
-    await api.call(
-        "POST",
-        "/api/v1/deployments",
-        json={"application": "hello", "environment": "staging"},
-        headers={"X-Deploybot-Actor": "alice"},
-        status=201,
-    )
-    assert api.deployer.calls[-1][1].actor == "alice"
+    assert (request.config_name, request.description) == ("CodeDeployDefault.AllAtOnce", "hotfix")
+    assert request.actor == "deploybot-admin"  # the bootstrap token's user
+    alice = {"Authorization": f"Bearer {await api.deployer.token_for('alice')}"}
+    body = {"application": "hello", "environment": "staging"}
+    await api.call("POST", "/api/v1/deployments", json=body, headers={**alice, "X-Deploybot-Actor": "root"}, status=201)
+    assert api.deployer.calls[-1][1].actor == "alice"  # a header cannot say who asks
 
 
 @pytest.mark.parametrize(
@@ -302,15 +301,14 @@ async def test_watch_wait_is_capped_at_60_seconds(api: Api) -> None:
 async def test_stop_control_rollback_plan_and_applications(api: Api) -> None:
     deployment = await api.deploy()
     ident = deployment["id"]
+    bob = {"Authorization": f"Bearer {await api.deployer.token_for('bob')}"}
     for action in ("pause", "resume", "continue", "promote"):
-        await api.call(
-            "POST", f"/api/v1/deployments/{ident}/{action}", headers={"X-Deploybot-Actor": "bob"}, status=200
-        )
+        await api.call("POST", f"/api/v1/deployments/{ident}/{action}", headers=bob, status=200)
         assert api.deployer.calls[-1] == ("control", ident, action, "bob")
     await api.call("POST", f"/api/v1/deployments/{ident}/explode", status=404)
     stopped = await api.call("POST", f"/api/v1/deployments/{ident}/stop", json={"rollback": True}, status=200)
     assert stopped["status"] == "Stopped"
-    assert api.deployer.calls[-1] == ("stop", ident, True, "api")
+    assert api.deployer.calls[-1] == ("stop", ident, True, "deploybot-admin")
     again = await api.call("POST", f"/api/v1/deployments/{ident}/stop", status=409)
     assert again["error"] == "InvalidTransition"
     bad = await api.call("POST", f"/api/v1/deployments/{ident}/stop", json={"rollback": "yes"}, status=400)

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from bot.app import create_app
 from bot.cli import deploy_view, main
-from bot.client import default_actor, find_api_token
+from bot.client import find_api_token
 from bot.settings import Settings
 
 TOKEN = "cli-test-token"
@@ -64,13 +64,17 @@ async def cli(
     await server.close()
 
 
-async def test_deploy_json_starts_a_deployment_as_the_os_user(cli: Cli) -> None:
+async def test_deploy_json_starts_a_deployment_as_the_tokens_user(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     deployment = await cli.json("deploy", "hello", "--to", "staging", "--config", "CodeDeployDefault.AllAtOnce")
     assert deployment["status"] == "Created"
     request = cli.deployer.calls[-1][1]
     assert (request.application, request.environment, request.revision) == ("hello", "staging", None)
     assert request.config_name == "CodeDeployDefault.AllAtOnce"
-    assert request.actor == default_actor()
+    assert request.actor == "deploybot-admin"  # DEPLOYBOT_TOKEN is the server's bootstrap token
+    monkeypatch.setenv("DEPLOYBOT_TOKEN", await cli.deployer.token_for("carol"))
+    monkeypatch.setenv("LOGNAME", "mallory")  # the OS user says nothing about who asks
+    await cli.json("deploy", "hello", "--to", "staging")
+    assert cli.deployer.calls[-1][1].actor == "carol"
 
 
 async def test_deploy_revision_builds_the_bundle_locally_and_uploads_it(cli: Cli) -> None:
@@ -141,7 +145,7 @@ async def test_status_history_and_controls(cli: Cli) -> None:
         assert code == 0, err
         assert cli.deployer.calls[-1][:3] == ("control", ident, action)
     assert (await cli.json("stop", ident, "--rollback"))["status"] == "Stopped"
-    assert cli.deployer.calls[-1] == ("stop", ident, True, default_actor())
+    assert cli.deployer.calls[-1] == ("stop", ident, True, "deploybot-admin")
     rollback = await cli.json("rollback", "hello", "--in", "staging")
     assert rollback["rollback"]["of"] == ident
 
@@ -192,11 +196,12 @@ async def test_bad_token_says_where_it_looked(cli: Cli, monkeypatch: pytest.Monk
     monkeypatch.setenv("DEPLOYBOT_TOKEN", "wrong")
     code, _, err = await cli.run("status")
     assert code == 1
-    assert "bad API token (looked in $DEPLOYBOT_TOKEN)" in err
+    assert "error: bad API token: unknown token: the server has no such API token" in err
+    assert err.rstrip().endswith("(looked in $DEPLOYBOT_TOKEN)")
     monkeypatch.delenv("DEPLOYBOT_TOKEN")
     code, _, err = await cli.run("status")
     assert code == 1
-    assert f"bad API token (looked in $DEPLOYBOT_TOKEN, {tmp_path / 'var' / 'api-token'}" in err
+    assert f"API token (looked in $DEPLOYBOT_TOKEN, {tmp_path / 'var' / 'api-token'}" in err
 
 
 def test_token_lookup_order(tmp_path: Path) -> None:

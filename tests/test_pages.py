@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,6 +15,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from test_service import ScriptedFleet, make_revision, open_deployer
 
 from bot.app import create_app
@@ -79,7 +86,8 @@ async def open_site(tmp_path: Path, *, delay: float = 0.0) -> AsyncIterator[Site
     agents = HostileFleet(deployer, ["p1", "p2", "p3", "p4"], lambda *_: None, delay=delay)
     agents.bad_sha = (await deployer.store_revision(tmp_path / "rev-b", source="rev-b"))["sha256"]
     try:
-        async with TestClient(TestServer(create_app(settings, deployer=deployer), host="127.0.0.1")) as client:
+        app = create_app(settings, deployer=deployer)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             site = Site(client, deployer, agents)
             yield site
             await site.settle()
@@ -186,17 +194,93 @@ async def test_valid_signed_link_opens_only_its_own_page(site: Site) -> None:
     assert (await site.client.get(f"/deployments?{query}")).status == 403
 
 
-async def test_login_sets_an_httponly_session_cookie(site: Site) -> None:
-    bad = await site.client.get("/login", params={"token": "nope"}, allow_redirects=False)
-    assert bad.status == 403
-    response = await site.client.get("/login", params={"token": TOKEN}, allow_redirects=False)
+async def test_login_is_a_post_form_with_a_strict_httponly_session_cookie(site: Site) -> None:
+    form = await site.client.get("/login")
+    assert form.status == 200 and '<form method="post" action="/login">' in await form.text()
+    assert 'type="password" name="token"' in await form.text()
+    alice = (await site.deployer.tokens.create("alice", name="browser"))[1]
+
+    in_url = await site.client.get("/login", params={"token": alice}, allow_redirects=False)
+    assert in_url.status == 400 and "deploybot_session" not in in_url.cookies
+    assert "use the login form at /login" in await in_url.text()
+    bad = await site.client.post("/login", data={"token": "nope"}, allow_redirects=False)
+    assert bad.status == 403 and 'data-reason="unknown token"' in await bad.text()
+
+    response = await site.client.post("/login", data={"token": alice}, allow_redirects=False)
     assert response.status == 303 and response.headers["Location"] == "/deployments"
+    set_cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie and "Secure" not in set_cookie  # plain HTTP
     cookie = response.cookies["deploybot_session"]
-    assert cookie["httponly"] and TOKEN not in cookie.value
+    assert cookie.value.startswith("tok-") and alice not in cookie.value and alice not in set_cookie
     listing = await site.client.get("/deployments")  # the client's jar sends the cookie
     assert listing.status == 200 and "<h1>Deployments</h1>" in await listing.text()
     site.client.session.cookie_jar.clear()
     assert (await site.client.get("/deployments")).status == 403
+
+
+async def test_revoking_the_token_logs_the_page_out_on_the_next_request(site: Site) -> None:
+    token, alice = await site.deployer.tokens.create("alice", name="browser")
+    await site.client.post("/login", data={"token": alice}, allow_redirects=False)
+    assert (await site.client.get("/deployments")).status == 200
+    await site.deployer.tokens.revoke(token.id, actor="root")
+    response = await site.client.get("/deployments")
+    page = await response.text()
+    assert response.status == 403 and 'data-reason="revoked"' in page and "Logged out" in page
+    assert response.cookies["deploybot_session"].value == ""  # and the browser drops it
+    assert (await site.client.get("/deployments", headers={"Authorization": f"Bearer {alice}"})).status == 403
+
+
+async def test_a_forged_or_stale_session_cookie_opens_nothing(site: Site) -> None:
+    _, alice = await site.deployer.tokens.create("alice", name="browser")
+    response = await site.client.post("/login", data={"token": alice}, allow_redirects=False)
+    value = response.cookies["deploybot_session"].value
+    token_id, issued, mac = value.split(".")
+    site.client.session.cookie_jar.clear()
+    for forged in (f"{token_id}.{issued}.{'0' * 64}", f"{token_id}.{int(issued) + 1}.{mac}", "tok-x.1.y", "junk"):
+        answer = await site.client.get("/deployments", cookies={"deploybot_session": forged})
+        assert answer.status == 403 and 'data-reason="unknown token"' in await answer.text(), forged
+
+
+def _self_signed(directory: Path) -> ssl.SSLContext:
+    """A certificate for 127.0.0.1, so the pages can be served over real HTTPS."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    return context
+
+
+async def test_the_session_cookie_is_secure_over_https(tmp_path: Path) -> None:
+    deployer = await open_deployer(tmp_path)
+    settings = Settings(data_dir=tmp_path / "var", api_token=TOKEN, pages_secret=SECRET)
+    server = TestServer(create_app(settings, deployer=deployer), host="127.0.0.1")
+    try:
+        await server.start_server(ssl=_self_signed(tmp_path))
+        async with TestClient(server) as client:
+            assert str(server.make_url("/")).startswith("https://")
+            response = await client.post("/login", data={"token": TOKEN}, allow_redirects=False, ssl=False)
+            assert response.status == 303
+            set_cookie = response.headers["Set-Cookie"]
+            assert "Secure" in set_cookie and "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
+    finally:
+        await server.close()
+        await deployer.close()
 
 
 async def test_unknown_deployment_is_a_404_page(site: Site) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,16 @@ class Api:
     client: TestClient[Any, Any]
     deployer: Deployer
     url: str
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    async def token(self, actor: str) -> str:
+        """``actor``'s own API token (made on first use): who asks is whose token it is."""
+        if actor not in self.tokens:
+            self.tokens[actor] = (await self.deployer.tokens.create(actor, name="test"))[1]
+        return self.tokens[actor]
 
     async def call(self, method: str, path: str, *, status: int, actor: str = "alice", **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {TOKEN}", "X-Deploybot-Actor": actor}
+        headers = {"Authorization": f"Bearer {await self.token(actor)}"}
         async with self.client.request(method, "/api/v1" + path, headers=headers, **kwargs) as response:
             body = await response.json()
             assert response.status == status, body
@@ -213,11 +220,10 @@ async def test_plan_from_an_environment_plans_the_promotion(api: Api) -> None:
 
 @pytest.fixture
 def cli(api: Api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Any:
-    monkeypatch.setenv("DEPLOYBOT_TOKEN", TOKEN)
     monkeypatch.chdir(tmp_path)
 
     async def run(*argv: str, user: str = "alice") -> tuple[int, str, str]:
-        monkeypatch.setenv("LOGNAME", user)  # the CLI sends the OS user as the actor
+        monkeypatch.setenv("DEPLOYBOT_TOKEN", await api.token(user))  # the CLI acts as its token's user
         capsys.readouterr()
         code = await asyncio.to_thread(main, [*argv, "--server", api.url])
         out, err = capsys.readouterr()

@@ -72,7 +72,7 @@ def test_repr_leaks_no_secret() -> None:
     assert "api_token_file" in text
 
 
-def test_api_tokens_come_from_the_env_and_the_file(tmp_path: Path) -> None:
+def test_bootstrap_tokens_come_from_the_env_and_the_file(tmp_path: Path) -> None:
     assert Settings.from_env({}, data_dir=tmp_path).api_tokens() == frozenset()
     assert Settings.from_env({"DEPLOYBOT_TOKEN": "env"}, data_dir=tmp_path).api_tokens() == {"env"}
     (tmp_path / "api-token").write_text("file-token\n")
@@ -84,7 +84,7 @@ def test_token_file_is_created_once_private_and_random(tmp_path: Path) -> None:
     assert ensure_api_token_file(first) is True
     token = first.read_text()
     assert stat.S_IMODE(first.stat().st_mode) == 0o600
-    assert len(token.strip()) >= 32
+    assert token.startswith("dbt_") and len(token.strip()) == 4 + 43  # an API token like any other
     assert ensure_api_token_file(first) is False
     assert first.read_text() == token
     ensure_api_token_file(second)

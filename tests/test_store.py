@@ -45,20 +45,23 @@ def raw(path: Path) -> sqlite3.Connection:
 # -- schema and file
 
 
+MIGRATION_NAMES = ["0001_initial_schema", "0002_approvals", "0003_api_registry", "0004_api_tokens"]
+
+
 async def test_open_creates_parent_dirs_and_migrations_are_idempotent_across_reopen(tmp_path: Path) -> None:
     path = tmp_path / "var" / "nested" / "state.db"
     first = await SqliteStore.open(path)
-    assert await first.applied_migrations() == ["0001_initial_schema", "0002_approvals", "0003_api_registry"]
+    assert await first.applied_migrations() == MIGRATION_NAMES
     await first.put_revision("a" * 64, source="dir", commit=None, size=1, created_at=T0)
     await first.close()
 
     for _ in range(2):
         again = await SqliteStore.open(path)
-        assert await again.applied_migrations() == ["0001_initial_schema", "0002_approvals", "0003_api_registry"]
+        assert await again.applied_migrations() == MIGRATION_NAMES
         assert await again.get_revision("a" * 64) is not None
         await again.close()
     with raw(path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone() == (3,)
+        assert conn.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone() == (4,)
 
 
 async def test_wal_mode_is_enabled_and_persists_in_the_file(store: SqliteStore) -> None:

@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "bot.cli.push_cmd",
     "bot.cli.hooks_cmd",
     "bot.cli.release_cmd",
+    "bot.cli.token_cmd",
 )
 
 

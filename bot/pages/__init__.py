@@ -40,6 +40,7 @@ def setup_pages(app: web.Application, settings: Settings, deployer: DeploymentSe
     app.middlewares.append(timing_middleware(metrics))
     app.cleanup_ctx.append(functools.partial(_observe_events, deployer=deployer, durations=metrics.durations))
     app.router.add_get("/login", login)
+    app.router.add_post("/login", login)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/deployments", page_access(list_page))
     app.router.add_get("/deployments/{id}", page_access(detail_page))

@@ -58,6 +58,7 @@ from engine.runtime.results import CommandResults
 from engine.runtime.revision_sources import RevisionSources
 from engine.runtime.rollbacks import Rollbacks
 from engine.runtime.runner import DeploymentRunner
+from engine.runtime.tokens import ApiTokens
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class Deployer:
         # Locks, approvals, promotion; consulted when a deployment is created and when a group's next one starts.
         self.release = ReleaseFlow(config, store, clock, queue=queue, documents=self, revisions=revisions)
         self.rollbacks = Rollbacks(config, store, clock, revisions, self.registry, create=self._create)
+        self.tokens = ApiTokens(store, clock)  # per-user API tokens: who asks, checked against the store per request
         results.subscribe(self._on_command_result)
         queue.serve(self._start_next)
 

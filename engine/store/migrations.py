@@ -237,6 +237,44 @@ def _api_registry(db: Database) -> None:
         db.execute(statement)
 
 
+_API_TOKENS = (
+    # Per-user API tokens: only the sha256 of a token is kept, so the database never holds a usable credential.
+    # A row outlives its revocation (``revoked_at``): that is what keeps a revoked bootstrap token refused even
+    # while var/api-token still holds it. Expiry is data (``expires_at``), compared by the caller.
+    """
+    CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY,
+        user TEXT NOT NULL,
+        name TEXT NOT NULL,
+        token_sha256 TEXT NOT NULL UNIQUE CHECK (length(token_sha256) = 64),
+        created_at REAL NOT NULL,
+        expires_at REAL,
+        revoked_at REAL,
+        last_used_at REAL
+    )
+    """,
+    "CREATE INDEX api_tokens_by_user ON api_tokens (user, created_at)",
+    # Who a token is, and its revocation, are history: only last use (and a first revocation) may change.
+    """
+    CREATE TRIGGER api_tokens_keep_identity BEFORE UPDATE ON api_tokens
+    WHEN NEW.id IS NOT OLD.id OR NEW.user IS NOT OLD.user OR NEW.token_sha256 IS NOT OLD.token_sha256
+        OR NEW.created_at IS NOT OLD.created_at OR NEW.expires_at IS NOT OLD.expires_at
+        OR (OLD.revoked_at IS NOT NULL AND NEW.revoked_at IS NOT OLD.revoked_at)
+    BEGIN SELECT RAISE(ABORT, 'an API token keeps its identity, expiry and revocation'); END
+    """,
+    """
+    CREATE TRIGGER api_tokens_no_delete BEFORE DELETE ON api_tokens
+    BEGIN SELECT RAISE(ABORT, 'API tokens are revoked, never deleted'); END
+    """,
+)
+
+
+@MIGRATIONS(name="0004_api_tokens")
+def _api_tokens(db: Database) -> None:
+    for statement in _API_TOKENS:
+        db.execute(statement)
+
+
 def apply_migrations(db: Database) -> list[str]:
     """Bring ``db`` up to the newest schema; returns the names of the migrations applied just now."""
     pending = [migration.name for migration in MIGRATIONS.pending(db)]

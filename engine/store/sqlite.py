@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,6 +29,7 @@ from engine.core.model import FINAL_STATUSES
 from engine.store.migrations import JSON_COLUMNS, applied_migrations, apply_migrations
 from engine.store.registry_records import RegistryRecords
 from engine.store.release_records import ReleaseRecords, placeholders, where_clause
+from engine.store.token_records import TokenRecords
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -76,13 +78,23 @@ def _write(db: Database) -> Iterator[sqlite3.Connection]:
         raise
 
 
+def _owner_only(path: Path) -> None:
+    """Create the database file 0600, or tighten an existing one and its -wal/-shm: it holds every deployment's output
+    and the audit log. SQLite gives the -wal and -shm files it creates the database file's mode."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for file in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
+        with contextlib.suppress(FileNotFoundError, PermissionError):  # another user's database: theirs to tighten
+            os.chmod(file, 0o600)
+
+
 def _check_columns(table: str, given: Iterable[str], known: Iterable[str]) -> None:
     unknown = sorted(set(given) - set(known))
     if unknown:
         raise ValueError(f"unknown {table} columns: {', '.join(unknown)}")
 
 
-class SqliteStore(ReleaseRecords, RegistryRecords):
+class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords):
     """The persistence port of the engine; see the module docstring for the threading model."""
 
     def __init__(
@@ -111,6 +123,7 @@ class SqliteStore(ReleaseRecords, RegistryRecords):
 
         def connect() -> tuple[Database, int, dict[str, frozenset[str]]]:
             path.parent.mkdir(parents=True, exist_ok=True)
+            _owner_only(path)
             conn = sqlite3.connect(path, check_same_thread=False, timeout=10.0)
             try:
                 if on_statement is not None:
@@ -462,6 +475,15 @@ class SqliteStore(ReleaseRecords, RegistryRecords):
             " WHERE deployment_id = ? AND status = 'Pending'"
         )
         return await self._change(sql, (at, deployment_id))
+
+    async def host_uses_revision(self, host: str, sha256: str) -> bool:
+        """Whether ``host`` has (or had) a command of a deployment of revision ``sha256``: the bundles its agent
+        may download."""
+        sql = (
+            "SELECT 1 FROM host_commands JOIN deployments ON deployments.id = host_commands.deployment_id"
+            " WHERE host_commands.host = ? AND deployments.revision_sha256 = ? LIMIT 1"
+        )
+        return bool(await self._run(lambda db: db.conn.execute(sql, (host, sha256)).fetchone()))
 
     # -- agents
 
