@@ -23,13 +23,12 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError, WaiterError
-from test_service import ScriptedFleet, make_revision, never_fails, open_deployer
+from conftest import deployer_from
+from test_service import CONFIG, ScriptedFleet, make_revision, never_fails
 
 from bot.app import create_app
-from bot.assembly import assemble_deployer
 from bot.codedeploy import CODEDEPLOY, sigv4
 from bot.settings import Settings
-from engine.core.config.parse import parse_config
 from engine.core.requests import DeployRequest
 from engine.runtime.deployer import Deployer
 
@@ -68,19 +67,25 @@ async def call(fn: Callable[..., Any], **kwargs: Any) -> Any:
 
 @contextlib.asynccontextmanager
 async def serving(
-    tmp_path: Path, *, config: str | None = None, hosts: tuple[str, ...] = HOSTS, **settings: Any
+    tmp_path: Path,
+    *,
+    config: str | None = None,
+    hosts: tuple[str, ...] = HOSTS,
+    keys: str = KEYS,
+    admins: tuple[str, ...] = ("alice",),
+    **settings: Any,
 ) -> AsyncIterator[Served]:
     """The whole app on 127.0.0.1 with a real Deployer (test_service's config unless ``config`` is given) and
-    scripted agents for ``hosts``; ``settings`` go to Settings (e.g. github_token, github_api_url)."""
+    scripted agents for ``hosts``; ``settings`` go to Settings (e.g. github_token, github_api_url).
+
+    ``keys`` is DEPLOYBOT_AWS_KEYS. Every CodeDeploy call asks the policy, so the key these tests sign with (alice's)
+    belongs to an admin: ``admins`` replaces the config's ``server.admins`` (empty: the config's own are kept)."""
     make_revision(tmp_path, "rev-a", "1")
     make_revision(tmp_path, "rev-b", "2")
-    if config is None:
-        deployer = await open_deployer(tmp_path)
-    else:
-        parsed = parse_config(config, filename="test.yml", base_dir=str(tmp_path))
-        deployer = await assemble_deployer(parsed, data_dir=tmp_path / "var")
+    text = CONFIG % {"heartbeat": 60} if config is None else config
+    deployer = await (deployer_from(text, tmp_path, admins=admins) if admins else deployer_from(text, tmp_path))
     agents = ScriptedFleet(deployer, list(hosts), never_fails)
-    app = create_app(Settings(data_dir=tmp_path / "var", aws_keys=KEYS, **settings), deployer=deployer)
+    app = create_app(Settings(data_dir=tmp_path / "var", aws_keys=keys, **settings), deployer=deployer)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

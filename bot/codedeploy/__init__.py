@@ -1,7 +1,8 @@
 """The CodeDeploy-compatible front: boto3's ``codedeploy`` client (SigV4, JSON 1.1) against ``POST /codedeploy``.
 
 ``setup_codedeploy`` is the one entry point for bot/app.py; it mounts nothing unless DEPLOYBOT_AWS_KEYS is set.
-DEPLOYBOT_AWS_REGION is the region signatures must be scoped to (``*``: any; unset: us-east-1, see sigv4).
+DEPLOYBOT_AWS_REGION is the region signatures must be scoped to (``*``: any; unset: us-east-1, see sigv4). Each key
+is a deploybot user, and every operation asks the policy (access.py).
 GitHub revisions are downloaded with bot/github's client, made (with its own HTTP session) while the app runs when
 GitHub credentials exist.
 """
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 import aiohttp
 from aiohttp import web
 
+from bot.codedeploy.access import key_problems
 from bot.codedeploy.operations import CodeDeployOperations
 from bot.codedeploy.protocol import PATH, CodeDeployEndpoint
 from bot.codedeploy.sigv4 import DEFAULT_REGION, parse_keys, parse_region
@@ -42,6 +44,8 @@ def setup_codedeploy(
     keys = parse_keys(settings.aws_keys, region=region)
     if not keys:
         return False
+    for problem in key_problems(deployer.config, keys):
+        log.warning("DEPLOYBOT_AWS_KEYS: %s", problem)
     operations = CodeDeployOperations(deployer, scratch=settings.data_dir / "codedeploy")
     endpoint = CodeDeployEndpoint(operations, keys)
     app[CODEDEPLOY] = endpoint

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from bot.codedeploy.access import ADMIN, READ, Access
 from bot.codedeploy.base import OperationsBase, required, string_list
 from bot.codedeploy.shapes import PLATFORMS, ApiError, config_info
 from engine import (
@@ -33,18 +34,18 @@ _MHH_WORDS = ("minimum_healthy", "FLEET_PERCENT", "HOST_COUNT", "MOST_CONCURRENC
 
 
 class ApplicationOperations(OperationsBase):
-    OPERATIONS: ClassVar[tuple[str, ...]] = (
-        "ListApplications",
-        "GetApplication",
-        "BatchGetApplications",
-        "ListDeploymentGroups",
-        "GetDeploymentGroup",
-        "BatchGetDeploymentGroups",
-        "ListDeploymentConfigs",
-        "GetDeploymentConfig",
-        "CreateDeploymentConfig",
-        "DeleteDeploymentConfig",
-    )
+    OPERATIONS: ClassVar[Mapping[str, Access]] = {
+        "ListApplications": READ,
+        "GetApplication": READ,
+        "BatchGetApplications": READ,
+        "ListDeploymentGroups": READ,
+        "GetDeploymentGroup": READ,
+        "BatchGetDeploymentGroups": READ,
+        "ListDeploymentConfigs": READ,
+        "GetDeploymentConfig": READ,
+        "CreateDeploymentConfig": ADMIN,
+        "DeleteDeploymentConfig": ADMIN,
+    }
 
     # -- applications and groups ------------------------------------------------------------------------------
 
@@ -155,6 +156,7 @@ class ApplicationOperations(OperationsBase):
             mhh = any(word in problem for problem in exc.problems for word in _MHH_WORDS)
             kind = "InvalidMinimumHealthyHostValue" if mhh else "InvalidTrafficRoutingConfiguration"
             raise ApiError(kind, f"{name}: {'; '.join(exc.problems)}") from None
+        await self.audit("deployment_config.created", actor, config=name)
         return {"deploymentConfigId": name}
 
     async def delete_deployment_config(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
@@ -166,6 +168,7 @@ class ApplicationOperations(OperationsBase):
             raise ApiError("InvalidOperation", f"{name} {where}: it cannot be deleted") from None
         except DeploymentConfigInUse as exc:
             raise ApiError("DeploymentConfigInUse", f"{name} is used by {', '.join(exc.users)}") from None
+        await self.audit("deployment_config.deleted", actor, config=name)
         return {}
 
 

@@ -1,7 +1,8 @@
 """What every group of CodeDeploy operations shares: request checks, paging, and lookups in CodeDeploy's words.
 
 Each operation is an ``async (body, actor) -> dict | Answer`` method named after the operation in snake case
-(``ListApplications`` → ``list_applications``); a class lists the operations it answers in ``OPERATIONS``.
+(``ListApplications`` → ``list_applications``), ``actor`` being the caller's deploybot user (access.py); a class
+lists the operations it answers in ``OPERATIONS``, each with the ``Access`` it needs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from bot.codedeploy.access import Access, Target
 from bot.codedeploy.shapes import ApiError
 from bot.github.client import GitHubClient
 from engine import (
@@ -20,6 +22,7 @@ from engine import (
     DeploymentConfig,
     DeploymentGroup,
     DeploymentService,
+    EngineError,
     Registrations,
     UnknownDeploymentConfig,
     resolve_config,
@@ -27,6 +30,7 @@ from engine import (
 
 DEFAULT_PAGE_SIZE = 100
 BATCH_LIMIT = 100
+HOOK_STATUSES = ("Succeeded", "Failed")  # what a Lambda/ECS hook function may report
 _DEPLOYMENT_ID = re.compile(r"^d-[A-Z0-9]{9}$")
 
 
@@ -68,6 +72,27 @@ def deployment_id(body: Mapping[str, Any]) -> str:
     return checked_id(required(body, "deploymentId", "DeploymentIdRequired"))
 
 
+def hook_request(body: Mapping[str, Any]) -> tuple[str, str, str | None]:
+    """PutLifecycleEventHookExecutionStatus's (execution id, status, deployment id or None), checked in that order."""
+    execution_id = body.get("lifecycleEventHookExecutionId")
+    if not isinstance(execution_id, str) or not execution_id.strip():
+        raise ApiError("InvalidLifecycleEventHookExecutionId", "lifecycleEventHookExecutionId is required")
+    status = body.get("status")
+    if status not in HOOK_STATUSES:
+        raise ApiError("InvalidLifecycleEventHookExecutionStatus", f"status {status!r} must be Succeeded or Failed")
+    deployment = deployment_id(body) if body.get("deploymentId") is not None else None
+    return execution_id.strip(), str(status), deployment
+
+
+def hook_not_waiting(execution_id: str, deployment: str | None) -> ApiError:
+    where = f" of deployment {deployment}" if deployment else ""
+    return ApiError(
+        "LifecycleEventAlreadyCompleted",
+        f"No hook execution {execution_id}{where} is waiting for a status: it was already reported, "
+        "timed out, or its deployment ended",
+    )
+
+
 def offset(body: Mapping[str, Any]) -> int:
     token = body.get("nextToken")
     if token is None:
@@ -90,10 +115,10 @@ def operation_method(name: str) -> str:
 class OperationsBase:
     """State and lookups shared by the operation groups (mixed into CodeDeployOperations).
 
-    ``OPERATIONS`` is each group's own list (CodeDeployOperations reads it from every class of its MRO), not an
+    ``OPERATIONS`` is each group's own table (CodeDeployOperations reads it from every class of its MRO), not an
     attribute meant to be inherited: every group declares it with this same type."""
 
-    OPERATIONS: ClassVar[tuple[str, ...]] = ()
+    OPERATIONS: ClassVar[Mapping[str, Access]] = {}
 
     def __init__(
         self,
@@ -149,8 +174,36 @@ class OperationsBase:
         names = ", ".join(g.name for g in app.groups.values())
         raise ApiError("DeploymentGroupDoesNotExist", f"No deployment group {name!r} in {app.name} (has: {names})")
 
+    async def audit(self, kind: str, actor: str, **data: Any) -> None:
+        """An audit log entry for a change to what is registered, made by ``actor`` (the caller's user)."""
+        await self.deployer.store.append_log(kind, at=self.deployer.clock.now(), actor=actor, data=data)
+
     async def deployment_row(self, deployment: str) -> dict[str, Any]:
         row = await self.deployer.store.get_deployment(checked_id(deployment))
         if row is None:
             raise ApiError("DeploymentDoesNotExist", f"Deployment {deployment} does not exist")
         return row
+
+    async def group_asked(self, access: Access, body: Mapping[str, Any]) -> DeploymentGroup | None:
+        """The deployment group ``access`` asks the policy about (None: no group, or one the config no longer has);
+        raises what the operation itself would for a request naming nothing that exists."""
+        if access.target is Target.GROUP:
+            return self.group_of(body)
+        if access.target is Target.DEPLOYMENT:
+            return await self.group_of_deployment(deployment_id(body))
+        if access.target is Target.HOOK:
+            execution_id, _, deployment = hook_request(body)
+            if deployment is None:
+                waiting = [e for e in self.deployer.hooks.pending() if e["execution_id"] == execution_id]
+                if not waiting:
+                    raise hook_not_waiting(execution_id, None)
+                deployment = str(waiting[0]["deployment_id"])
+            return await self.group_of_deployment(deployment)
+        return None
+
+    async def group_of_deployment(self, deployment: str) -> DeploymentGroup | None:
+        row = await self.deployment_row(deployment)
+        try:
+            return self.deployer.config.group(row["application"], row["environment"])
+        except EngineError:
+            return None

@@ -1,8 +1,8 @@
 """Deployments through the CodeDeploy API: create, read, list, stop, continue, skip the termination wait, and the
 status callback of Lambda/ECS lifecycle hooks.
 
-Each maps onto one Deployer call with the access key's actor, so a deployment made here shows in Slack, GitHub
-and the CLI like any other.
+Each maps onto one Deployer call with the caller's deploybot user as the actor, so a deployment made here shows in
+Slack, GitHub and the CLI like any other.
 """
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from bot.codedeploy.base import checked_id, deployment_id, string_list
+from bot.codedeploy.access import READ, Access, Target
+from bot.codedeploy.base import checked_id, deployment_id, hook_not_waiting, hook_request, string_list
 from bot.codedeploy.fetching import RevisionFetching
 from bot.codedeploy.locations import normalized_location, stored_location
 from bot.codedeploy.shapes import ApiError, deployment_info
 from engine import (
     FILE_EXISTS_BEHAVIORS,
     FINAL_STATUSES,
+    Action,
     AlarmConfiguration,
     AutoRollback,
     AutoRollbackEvent,
@@ -29,7 +31,6 @@ from engine import (
 
 LISTABLE_STATUSES = ("Created", "Queued", "InProgress", "Baking", "Succeeded", "Failed", "Stopped", "Ready")
 WAIT_TYPES = ("READY_WAIT", "TERMINATION_WAIT")
-HOOK_STATUSES = ("Succeeded", "Failed")
 NOT_STARTED = ("Queued", "WaitingApproval")
 
 
@@ -44,16 +45,16 @@ def current_wait(row: Mapping[str, Any]) -> str | None:
 
 
 class DeploymentOperations(RevisionFetching):
-    OPERATIONS: ClassVar[tuple[str, ...]] = (
-        "CreateDeployment",
-        "GetDeployment",
-        "BatchGetDeployments",
-        "ListDeployments",
-        "StopDeployment",
-        "ContinueDeployment",
-        "SkipWaitTimeForInstanceTermination",
-        "PutLifecycleEventHookExecutionStatus",
-    )
+    OPERATIONS: ClassVar[Mapping[str, Access]] = {
+        "CreateDeployment": Access(Action.DEPLOY, Target.GROUP),
+        "GetDeployment": READ,
+        "BatchGetDeployments": READ,
+        "ListDeployments": READ,
+        "StopDeployment": Access(Action.CONTROL, Target.DEPLOYMENT, rollback_flag="autoRollbackEnabled"),
+        "ContinueDeployment": Access(Action.CONTROL, Target.DEPLOYMENT),
+        "SkipWaitTimeForInstanceTermination": Access(Action.CONTROL, Target.DEPLOYMENT),
+        "PutLifecycleEventHookExecutionStatus": Access(Action.CONTROL, Target.HOOK),
+    }
 
     async def create_deployment(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
         group = self.group_of(body)
@@ -177,13 +178,7 @@ class DeploymentOperations(RevisionFetching):
         return {}
 
     async def put_lifecycle_event_hook_execution_status(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
-        execution_id = body.get("lifecycleEventHookExecutionId")
-        if not isinstance(execution_id, str) or not execution_id.strip():
-            raise ApiError("InvalidLifecycleEventHookExecutionId", "lifecycleEventHookExecutionId is required")
-        status = body.get("status")
-        if status not in HOOK_STATUSES:
-            raise ApiError("InvalidLifecycleEventHookExecutionStatus", f"status {status!r} must be Succeeded or Failed")
-        deployment = deployment_id(body) if body.get("deploymentId") is not None else None
+        execution_id, status, deployment = hook_request(body)
         row = await self.deployment_row(deployment) if deployment else None
         if row is not None and self._platform_of(row) == "server":
             raise ApiError(
@@ -191,18 +186,11 @@ class DeploymentOperations(RevisionFetching):
                 f"Deployment {deployment} deploys to hosts, whose agents report hooks themselves",
             )
         try:
-            answer = await self.deployer.put_hook_status(
-                execution_id.strip(), str(status), deployment_id=deployment, actor=actor
-            )
+            answer = await self.deployer.put_hook_status(execution_id, status, deployment_id=deployment, actor=actor)
         except InvalidLifecycleHookStatus:
             raise ApiError("InvalidLifecycleEventHookExecutionStatus", f"status {status!r} is not accepted") from None
         except LifecycleHookNotFound:
-            where = f" of deployment {deployment}" if deployment else ""
-            raise ApiError(
-                "LifecycleEventAlreadyCompleted",
-                f"No hook execution {execution_id}{where} is waiting for a status: it was already reported, "
-                "timed out, or its deployment ended",
-            ) from None
+            raise hook_not_waiting(execution_id, deployment) from None
         return {"lifecycleEventHookExecutionId": answer["lifecycleEventHookExecutionId"]}
 
     def _platform_of(self, row: Mapping[str, Any]) -> str | None:

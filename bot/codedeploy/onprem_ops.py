@@ -13,6 +13,7 @@ import re
 from collections.abc import Awaitable, Mapping
 from typing import Any, ClassVar
 
+from bot.codedeploy.access import ADMIN, READ, Access
 from bot.codedeploy.base import Answer, OperationsBase, required, string_list
 from bot.codedeploy.shapes import ApiError, instance_info
 from engine import (
@@ -63,15 +64,15 @@ def _matches(tags: Mapping[str, str], filters: list[Mapping[str, Any]]) -> bool:
 
 
 class OnPremOperations(OperationsBase):
-    OPERATIONS: ClassVar[tuple[str, ...]] = (
-        "RegisterOnPremisesInstance",
-        "DeregisterOnPremisesInstance",
-        "ListOnPremisesInstances",
-        "GetOnPremisesInstance",
-        "BatchGetOnPremisesInstances",
-        "AddTagsToOnPremisesInstances",
-        "RemoveTagsFromOnPremisesInstances",
-    )
+    OPERATIONS: ClassVar[Mapping[str, Access]] = {
+        "RegisterOnPremisesInstance": ADMIN,
+        "DeregisterOnPremisesInstance": ADMIN,
+        "ListOnPremisesInstances": READ,
+        "GetOnPremisesInstance": READ,
+        "BatchGetOnPremisesInstances": READ,
+        "AddTagsToOnPremisesInstances": ADMIN,
+        "RemoveTagsFromOnPremisesInstances": ADMIN,
+    }
 
     async def register_on_premises_instance(self, body: Mapping[str, Any], actor: str) -> Answer:
         name = _instance_name(body)
@@ -90,9 +91,7 @@ class OnPremOperations(OperationsBase):
             kind = "IamSessionArnAlreadyRegistered" if session else "IamUserArnAlreadyRegistered"
             raise ApiError(kind, f"{exc.arn} is already registered for {exc.holder}") from None
         token = self.deployer.fleet.token_for(name)
-        await self.deployer.store.append_log(
-            "instance.registered", at=self.deployer.clock.now(), actor=actor, data={"instance": name}
-        )
+        await self.audit("instance.registered", actor, instance=name)
         return Answer({"deploybotAgentToken": token}, {TOKEN_HEADER: token})
 
     async def deregister_on_premises_instance(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
@@ -104,9 +103,7 @@ class OnPremOperations(OperationsBase):
         except InstanceNotRegistered:
             raise ApiError("InstanceNotRegistered", f"No registered instance named {name}") from None
         self.deployer.fleet.revoke_token(name)  # its agent is refused from now on
-        await self.deployer.store.append_log(
-            "instance.deregistered", at=self.deployer.clock.now(), actor=actor, data={"instance": name}
-        )
+        await self.audit("instance.deregistered", actor, instance=name)
         return {}
 
     def _hosts(self) -> dict[str, dict[str, Any]]:
@@ -153,11 +150,13 @@ class OnPremOperations(OperationsBase):
         if any(value is None for _, value in tags):
             raise ApiError("InvalidTag", "each tag to add needs a Value")
         await self._tagging(self.registry.add_tags(names, {k: str(v) for k, v in tags}))
+        await self.audit("instance.tagged", actor, instances=names, tags={k: str(v) for k, v in tags})
         return {}
 
     async def remove_tags_from_on_premises_instances(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
         names, tags = self._tag_request(body)
         await self._tagging(self.registry.remove_tags(names, tags))
+        await self.audit("instance.untagged", actor, instances=names, tags=[[k, v] for k, v in tags])
         return {}
 
     def _tag_request(self, body: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, str | None]]]:

@@ -1,6 +1,7 @@
 """CodeDeploy's JSON 1.1 wire protocol on ``POST /codedeploy``, so boto3's ``codedeploy`` client works unchanged.
 
-Request: ``X-Amz-Target: CodeDeploy_20141006.<Operation>``, a JSON body, a SigV4 signature. Answer:
+Request: ``X-Amz-Target: CodeDeploy_20141006.<Operation>``, a JSON body, a SigV4 signature by a key that is a
+deploybot user, who must be allowed the operation (access.py). Answer:
 ``application/x-amz-json-1.1``; errors are ``{"__type": "<Name>Exception", "message": ...}`` with status 400, which
 botocore maps to its modeled exception classes (``client.exceptions.DeploymentDoesNotExistException``).
 """
@@ -13,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.codedeploy.access import AccessDenied, user_of
 from bot.codedeploy.base import Answer
 from bot.codedeploy.operations import CodeDeployOperations
 from bot.codedeploy.shapes import ApiError
@@ -89,6 +91,11 @@ class CodeDeployEndpoint:
             )
         except SignatureRejected as exc:
             return aws_error(exc.error, exc.message)
+        try:
+            user = user_of(self.operations.deployer.config, key)
+        except AccessDenied as exc:
+            log.warning("CodeDeploy API: %s", exc.message)
+            return aws_error(exc.name, exc.message)
         target = request.headers.get("X-Amz-Target", "")
         name = target.removeprefix(TARGET_PREFIX)
         operation = self.operations.table.get(name) if target.startswith(TARGET_PREFIX) else None
@@ -105,10 +112,14 @@ class CodeDeployEndpoint:
         if not isinstance(payload, dict):
             return aws_error("Serialization", "the body must be a JSON object")
         try:
-            answer = await operation(payload, key.actor)
+            await self.operations.authorize(name, payload, user)
+            answer = await operation(payload, user)
             if isinstance(answer, Answer):
                 return _answer(answer.body, headers=dict(answer.headers))
             return _answer(answer)
+        except AccessDenied as exc:
+            await self._record_denial(name, exc)
+            return aws_error(exc.name, exc.message)
         except ApiError as exc:
             return aws_error(exc.name, exc.message)
         except EngineError as exc:
@@ -116,3 +127,23 @@ class CodeDeployEndpoint:
         except Exception:
             log.exception("CodeDeploy %s failed", name)
             return aws_error("InternalFailure", "deploybot hit an internal error; see the server log", status=500)
+
+    async def _record_denial(self, operation: str, refused: AccessDenied) -> None:
+        """The audit log keeps who was refused what, and by which rule (nothing else changes)."""
+        decision = refused.decision
+        if decision is None or decision.actor is None:
+            return
+        log.info("CodeDeploy API: %s", refused.message)
+        deployer = self.operations.deployer
+        await deployer.store.append_log(
+            "access.denied",
+            at=deployer.clock.now(),
+            actor=decision.actor,
+            data={
+                "door": "codedeploy",
+                "operation": operation,
+                "action": str(decision.action),
+                "target": decision.target,
+                "rule": decision.rule,
+            },
+        )

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from bot.codedeploy.access import ADMIN, READ, Access
 from bot.codedeploy.base import required
 from bot.codedeploy.fetching import RevisionFetching
-from bot.codedeploy.locations import normalized_location
+from bot.codedeploy.locations import INLINE_TYPES, normalized_location
 from bot.codedeploy.shapes import ApiError, revision_info
 from engine import Application, RegisteredRevision
 
@@ -22,22 +23,24 @@ Usage = tuple[float | None, float | None, tuple[str, ...]]
 
 
 class RevisionOperations(RevisionFetching):
-    OPERATIONS: ClassVar[tuple[str, ...]] = (
-        "RegisterApplicationRevision",
-        "ListApplicationRevisions",
-        "GetApplicationRevision",
-        "BatchGetApplicationRevisions",
-    )
+    OPERATIONS: ClassVar[Mapping[str, Access]] = {
+        "RegisterApplicationRevision": ADMIN,
+        "ListApplicationRevisions": READ,
+        "GetApplicationRevision": READ,
+        "BatchGetApplicationRevisions": READ,
+    }
 
     async def register_application_revision(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
         app = self.application_of(body)
         location = normalized_location(body.get("revision"))
         description = body.get("description")
+        sha256 = await self.known_sha(app, location)
         await self.registry.register_revision(
-            app.name,
-            location,
-            sha256=await self.known_sha(app, location),
-            description=str(description) if description else None,
+            app.name, location, sha256=sha256, description=str(description) if description else None
+        )
+        inline = location["revisionType"] in INLINE_TYPES  # the AppSpec itself: its sha256 says which
+        await self.audit(
+            "revision.registered", actor, application=app.name, location=None if inline else location, sha256=sha256
         )
         return {}
 

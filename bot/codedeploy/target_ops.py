@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from bot.codedeploy.access import READ, Access
 from bot.codedeploy.base import OperationsBase, deployment_id, required, string_list
 from bot.codedeploy.shapes import ApiError, blue_green_labels, instance_summary, target_json
 from engine import EngineError
@@ -18,14 +19,14 @@ INSTANCE_TYPES = ("Blue", "Green")
 
 
 class TargetOperations(OperationsBase):
-    OPERATIONS: ClassVar[tuple[str, ...]] = (
-        "ListDeploymentTargets",
-        "GetDeploymentTarget",
-        "BatchGetDeploymentTargets",
-        "ListDeploymentInstances",
-        "GetDeploymentInstance",
-        "BatchGetDeploymentInstances",
-    )
+    OPERATIONS: ClassVar[Mapping[str, Access]] = {
+        "ListDeploymentTargets": READ,
+        "GetDeploymentTarget": READ,
+        "BatchGetDeploymentTargets": READ,
+        "ListDeploymentInstances": READ,
+        "GetDeploymentInstance": READ,
+        "BatchGetDeploymentInstances": READ,
+    }
 
     async def _targets(self, deployment: str) -> tuple[dict[str, Any], list[str], dict[str, str]]:
         """(document, every target name in stage order, Blue/Green labels)."""
