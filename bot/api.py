@@ -30,8 +30,10 @@ from bot.http import (
     DURATION_FORMAT,
     HttpProblem,
     actor_of,
+    authorize,
     bad_request,
     bearer_token,
+    deployment_group,
     json_errors,
     json_object,
     json_response,
@@ -193,7 +195,10 @@ def _too_large(limit: int) -> HttpProblem:
 
 async def start_deployment(request: web.Request) -> web.Response:
     body = await json_object(request, _DEPLOY_USAGE)
-    deployment = await request.app[DEPLOYER].start(_deploy_request(request, body, _DEPLOY_USAGE))
+    deploy = _deploy_request(request, body, _DEPLOY_USAGE)
+    deployer = request.app[DEPLOYER]
+    await authorize(request, Action.DEPLOY, deployer.config.group(deploy.application, deploy.environment))
+    deployment = await deployer.start(deploy)
     return json_response(deployment, status=201)
 
 
@@ -238,20 +243,25 @@ async def stop_deployment(request: web.Request) -> web.Response:
     rollback = body.get("rollback")
     if rollback is not None and not isinstance(rollback, bool):
         raise bad_request("'rollback' must be true, false or null", _STOP_USAGE)
-    deployment = await request.app[DEPLOYER].stop(request.match_info["id"], rollback=rollback, actor=actor_of(request))
+    group = await deployment_group(request, request.match_info["id"])
+    actor = await authorize(request, Action.ROLLBACK if rollback else Action.CONTROL, group)
+    deployment = await request.app[DEPLOYER].stop(request.match_info["id"], rollback=rollback, actor=actor)
     return json_response(deployment)
 
 
 async def control_deployment(request: web.Request) -> web.Response:
     deployer = request.app[DEPLOYER]
-    deployment = await deployer.control(request.match_info["id"], request.match_info["action"], actor=actor_of(request))
+    actor = await authorize(request, Action.CONTROL, await deployment_group(request, request.match_info["id"]))
+    deployment = await deployer.control(request.match_info["id"], request.match_info["action"], actor=actor)
     return json_response(deployment)
 
 
 async def rollback_environment(request: web.Request) -> web.Response:
     """Redeploy the last good revision: a new deployment, hence 201."""
     application, environment = request.match_info["app"], request.match_info["env"]
-    deployment = await request.app[DEPLOYER].rollback(application, environment, actor=actor_of(request))
+    deployer = request.app[DEPLOYER]
+    actor = await authorize(request, Action.ROLLBACK, deployer.config.group(application, environment))
+    deployment = await deployer.rollback(application, environment, actor=actor)
     return json_response(deployment, status=201)
 
 
@@ -284,11 +294,15 @@ def _text(body: Mapping[str, Any], key: str, usage: str) -> str:
 async def promote_application(request: web.Request) -> web.Response:
     """Deploy to ``to`` the exact bundle that last succeeded in ``from``: a new deployment, hence 201."""
     body = await json_object(request, _PROMOTE_USAGE)
-    deployment = await request.app[DEPLOYER].release.promote(
+    source = _string(body, "from", _PROMOTE_USAGE, required=True) or ""
+    target = _string(body, "to", _PROMOTE_USAGE, required=True) or ""
+    deployer = request.app[DEPLOYER]
+    actor = await authorize(request, Action.DEPLOY, deployer.config.group(request.match_info["app"], target))
+    deployment = await deployer.release.promote(
         request.match_info["app"],
-        _string(body, "from", _PROMOTE_USAGE, required=True) or "",
-        _string(body, "to", _PROMOTE_USAGE, required=True) or "",
-        actor=actor_of(request),
+        source,
+        target,
+        actor=actor,
         override=_flag(body, "override", _PROMOTE_USAGE),
         revision=_string(body, "revision", _PROMOTE_USAGE),
     )
@@ -310,16 +324,24 @@ def _lock_target(source: Mapping[str, Any], usage: str) -> tuple[str, str]:
     return application, _string(source, "environment", usage, required=True) or ""
 
 
+async def _authorize_lock(request: web.Request, application: str, environment: str) -> str:
+    """Locking one environment is its deployers'; the global freeze (``*``) is the admins'."""
+    if "*" in (application, environment):
+        return await authorize(request, Action.FREEZE, None)
+    return await authorize(request, Action.LOCK, request.app[DEPLOYER].config.group(application, environment))
+
+
 async def create_lock(request: web.Request) -> web.Response:
     body = await json_object(request, _LOCK_USAGE)
     application, environment = _lock_target(body, _LOCK_USAGE)
     minutes = body.get("expires_in_minutes")
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int | float) or minutes <= 0):
         raise bad_request("'expires_in_minutes' must be a positive number", _LOCK_USAGE)
+    actor = await _authorize_lock(request, application, environment)
     lock = await request.app[DEPLOYER].release.lock(
         application,
         environment,
-        actor=actor_of(request),
+        actor=actor,
         reason=_text(body, "reason", _LOCK_USAGE),
         expires_in_minutes=None if minutes is None else float(minutes),
     )
@@ -329,20 +351,26 @@ async def create_lock(request: web.Request) -> web.Response:
 async def delete_lock(request: web.Request) -> web.Response:
     body = await json_object(request, _UNLOCK_USAGE, optional=True) or dict(request.query)
     application, environment = _lock_target(body, _UNLOCK_USAGE)
-    result = await request.app[DEPLOYER].release.unlock(application, environment, actor=actor_of(request))
+    actor = await _authorize_lock(request, application, environment)
+    result = await request.app[DEPLOYER].release.unlock(application, environment, actor=actor)
     return json_response(result)
 
 
 async def approve_deployment(request: web.Request) -> web.Response:
-    release = request.app[DEPLOYER].release
-    return json_response(await release.approve(request.match_info["id"], actor=actor_of(request)))
+    actor = await authorize(request, Action.APPROVE, await deployment_group(request, request.match_info["id"]))
+    return json_response(await request.app[DEPLOYER].release.approve(request.match_info["id"], actor=actor))
 
 
 async def reject_deployment(request: web.Request) -> web.Response:
     body = await json_object(request, _REJECT_USAGE, optional=True)
     release = request.app[DEPLOYER].release
     reason = _text(body, "reason", _REJECT_USAGE)
-    return json_response(await release.reject(request.match_info["id"], actor=actor_of(request), reason=reason))
+    group = await deployment_group(request, request.match_info["id"])
+    # Approvers reject; the requester may withdraw their own request (CONTROL), which the release flow checks.
+    config = request.app[DEPLOYER].config
+    action = Action.APPROVE if may(config, actor_of(request), Action.APPROVE, group).allowed else Action.CONTROL
+    actor = await authorize(request, action, group)
+    return json_response(await release.reject(request.match_info["id"], actor=actor, reason=reason))
 
 
 async def list_queue(request: web.Request) -> web.Response:
@@ -361,13 +389,9 @@ _TOKEN_USAGE = (
 )
 
 
-def _require_admin(request: web.Request) -> str:
-    """Tokens are for admins for now: the bootstrap admin or ``server.admins`` (engine.core.policy's ADMIN)."""
-    actor = actor_of(request)
-    decision = may(request.app[DEPLOYER].config, actor, Action.ADMIN, None)
-    if not decision.allowed:
-        raise HttpProblem(403, "Forbidden", f"{actor} may not manage API tokens: {decision.rule}", rule=decision.rule)
-    return actor
+async def _require_admin(request: web.Request) -> str:
+    """Tokens are the admins': the bootstrap admin or ``server.admins`` (engine.core.policy's ADMIN)."""
+    return await authorize(request, Action.ADMIN, None)
 
 
 def _label(body: Mapping[str, Any], key: str, default: str | None = None) -> str:
@@ -379,7 +403,7 @@ def _label(body: Mapping[str, Any], key: str, default: str | None = None) -> str
 
 async def create_token(request: web.Request) -> web.Response:
     """A new token for a user; the only answer that ever holds it (``Cache-Control: no-store``)."""
-    actor = _require_admin(request)
+    actor = await _require_admin(request)
     body = await json_object(request, _TOKEN_USAGE)
     deployer = request.app[DEPLOYER]
     user, name = _label(body, "user"), _label(body, "name", "default")
@@ -402,7 +426,7 @@ async def create_token(request: web.Request) -> web.Response:
 
 async def list_tokens(request: web.Request) -> web.Response:
     """Every token (or one user's), with its status; never a token or its hash."""
-    _require_admin(request)
+    await _require_admin(request)
     deployer = request.app[DEPLOYER]
     tokens = await deployer.tokens.list(request.query.get("user") or None)
     now = deployer.clock.now()
@@ -411,7 +435,7 @@ async def list_tokens(request: web.Request) -> web.Response:
 
 async def revoke_token(request: web.Request) -> web.Response:
     """Refused from the next request on, on every server sharing the store; revoking twice is harmless."""
-    actor = _require_admin(request)
+    actor = await _require_admin(request)
     deployer = request.app[DEPLOYER]
     token = await deployer.tokens.revoke(request.match_info["id"], actor=actor)
     return json_response(token.describe(deployer.clock.now()))

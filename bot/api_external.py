@@ -13,8 +13,17 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.http import DEPLOYER, HttpProblem, actor_of, bad_request, json_object, json_response
-from engine import NAME_PATTERN, Platform
+from bot.http import (
+    DEPLOYER,
+    HttpProblem,
+    actor_of,
+    authorize,
+    bad_request,
+    deployment_group,
+    json_object,
+    json_response,
+)
+from engine import NAME_PATTERN, Action, Platform
 
 _HOOK_USAGE = 'PUT /api/v1/lifecycle-hooks/{execution_id} {"status": "Succeeded"|"Failed", "deployment_id"?: str}'
 _TOKEN_USAGE = 'POST /api/v1/agent-tokens {"name": "i-0abc123...", "rotate"?: true}'
@@ -30,11 +39,17 @@ async def put_hook_status(request: web.Request) -> web.Response:
     if not isinstance(status, str):
         raise bad_request("'status' is required: Succeeded or Failed", _HOOK_USAGE)
     deployment_id = body.get("deployment_id")
-    result = await request.app[DEPLOYER].put_hook_status(
-        request.match_info["execution_id"],
+    deployer = request.app[DEPLOYER]
+    execution_id = request.match_info["execution_id"]
+    waiting = next((e for e in deployer.hooks.pending() if e.get("execution_id") == execution_id), None)
+    owner = deployment_id if isinstance(deployment_id, str) else (waiting or {}).get("deployment_id")
+    group = await deployment_group(request, owner) if isinstance(owner, str) else None
+    actor = await authorize(request, Action.CONTROL, group)
+    result = await deployer.put_hook_status(
+        execution_id,
         status,
         deployment_id=deployment_id if isinstance(deployment_id, str) else None,
-        actor=actor_of(request),
+        actor=actor,
     )
     return json_response(result)
 
@@ -80,7 +95,8 @@ async def issue_agent_token(request: web.Request) -> web.Response:
 
     A host that holds a token gets 409: an existing token is never shown again (it would let an API caller act as a
     running agent unnoticed). ``"rotate": true`` issues a new one and revokes the old at once: its agent gets 401
-    from its next request. Both are in the audit log."""
+    from its next request. Both are in the audit log. Admins only: an agent token runs code as root on a host."""
+    await authorize(request, Action.ADMIN, None)
     body = await json_object(request, _TOKEN_USAGE)
     name = body.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.match(name):

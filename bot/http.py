@@ -24,9 +24,12 @@ from typing import Any
 from aiohttp import web
 
 from engine import (
+    VERBS,
+    Action,
     AppSpecInvalid,
     BundleError,
     ConfigError,
+    DeploymentGroup,
     DeploymentRefused,
     DeploymentService,
     EngineError,
@@ -35,6 +38,7 @@ from engine import (
     TokenCheck,
     TokenRefusal,
     UnknownDeploymentConfig,
+    may,
 )
 
 log = logging.getLogger(__name__)
@@ -168,6 +172,38 @@ def actor_of(request: web.Request) -> str:
     if not isinstance(actor, str):
         raise unauthorized(None)
     return actor
+
+
+async def authorize(request: web.Request, action: Action, group: DeploymentGroup | None) -> str:
+    """The caller, when ``may`` lets them do ``action`` to ``group``; otherwise 403 naming who, what and the rule that
+    refused, and an ``access.denied`` audit entry (the same rule every door asks: engine.core.policy)."""
+    actor = actor_of(request)
+    deployer = request.app[DEPLOYER]
+    decision = may(deployer.config, actor, action, group)
+    if decision.allowed:
+        return actor
+    await deployer.store.append_log(
+        "access.denied",
+        at=deployer.clock.now(),
+        actor=actor,
+        data={"door": "api", "action": str(action), "target": decision.target, "rule": decision.rule},
+    )
+    raise HttpProblem(
+        403,
+        "Forbidden",
+        f"{actor} may not {VERBS[action]} on {decision.target}: {decision.rule}",
+        actor=actor,
+        action=str(action),
+        target=decision.target,
+        rule=decision.rule,
+    )
+
+
+async def deployment_group(request: web.Request, deployment_id: str) -> DeploymentGroup | None:
+    """The group of a stored deployment (None when the config no longer has it: then only admins may act on it)."""
+    deployer = request.app[DEPLOYER]
+    document = await deployer.get(deployment_id)
+    return next((g for g in deployer.config.groups() if g.name == document["group"]), None)
 
 
 # ---------------------------------------------------------------------------------------------------- tokens

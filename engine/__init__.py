@@ -68,7 +68,7 @@ from engine.core.model import (
     ScriptErrorCode,
 )
 from engine.core.overrides import FILE_EXISTS_BEHAVIORS, GroupOverrides
-from engine.core.policy import BOOTSTRAP_ADMIN, Action, Decision, is_production, may
+from engine.core.policy import BOOTSTRAP_ADMIN, VERBS, Action, Decision, is_production, may
 from engine.core.registrations import (
     ConfiguredHostReadOnly,
     DeploymentConfigExists,
@@ -175,6 +175,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "TrafficRoutingType",
     "UnknownDeploymentConfig",
     "User",
+    "VERBS",
     "build_bundle",
     "close_config_names",
     "default_config_name",

@@ -33,6 +33,7 @@ applications:
       staging:
         deployment_config: CodeDeployDefault.AllAtOnce
         targets: {hosts: [stg-1, stg-2]}
+        deployers: [alice, github]   # merges act as the integration user "github"
 """
 APPSPEC = """version: 0.0
 os: linux
@@ -121,7 +122,8 @@ def test_a_push_to_main_is_deployed_by_real_agents_and_reported_to_github(
     created = fake.exactly("POST", "/repos/acme/api/deployments")
     assert len(created) == 1 and created[0].body["ref"] == SHA1
     document = server.deployment(created[0].body["payload"]["deploybot"]["deployment_id"])
-    assert document["status"] == "Succeeded" and document["created_by"] == "github:octocat"
+    assert document["status"] == "Succeeded" and document["created_by"] == "github"
+    assert document["description"] == f"merge into main ({SHA1[:7]}) by octocat"
     commits = {p.read_text().strip() for p in tmp_path.rglob("bundle-commit")}
     assert commits == {SHA1}  # BUNDLE_COMMIT reached the hooks on both hosts
     assert len(list(tmp_path.rglob("bundle-commit"))) == 2

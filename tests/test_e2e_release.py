@@ -48,7 +48,7 @@ def test_promote_staging_to_production_through_the_api(server: DeploybotServer, 
     )
     assert status == 201, lock
     status, refused = server.api("POST", "/api/v1/applications/app/promote", {"from": "staging", "to": "production"})
-    assert status == 409 and refused["message"] == "app/production is locked by api: audit"
+    assert status == 409 and refused["message"] == "app/production is locked by deploybot-admin: audit"
     status, _ = server.api("DELETE", "/api/v1/locks", {"application": "app", "environment": "production"})
     assert status == 200
 

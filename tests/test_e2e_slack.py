@@ -129,6 +129,8 @@ def test_unauthorized_user_is_refused_with_the_reason(server: DeploybotServer, s
     )
     assert status == 200
     refusal = wait(lambda: next((body["text"] for name, body in slack.responses if name == "x"), None))
-    assert "You may not deploy hello to production" in refusal
-    assert "production is closed by default" in refusal
+    assert refusal == (
+        ":no_entry: <@U0MALLORY> may not deploy hello to production "
+        "(rule: hello-production has no deployers list: production needs one)"
+    )
     assert server.api("GET", "/api/v1/deployments?application=hello")[1]["deployments"] == []

@@ -3,10 +3,10 @@ server one) and deployed, moving the alias in moto — the same merge flow as fo
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
+from conftest import eventually
 from fake_github import FakeGitHub, push_payload, signed
 
 from bot.app import create_app
@@ -41,7 +41,9 @@ async def test_a_merge_deploys_the_lambda_appspec_of_the_commit(
         f"server: {{data_dir: var}}\naws:\n  default: {{region: {REGION}, endpoint_url: '{moto_reset}'}}\n"
         "applications:\n  fn:\n    platform: lambda\n    environments: [prod]\n"
         "    github: {repository: acme/fn, auto_deploy: {branch: main, to: prod}}\n"
-        "    deployment_groups:\n      prod: {deployment_config: CodeDeployDefault.LambdaAllAtOnce}\n",
+        "    deployment_groups:\n"
+        # prod is production: merges deploy there only when its deployers list the integration user
+        "      prod: {deployment_config: CodeDeployDefault.LambdaAllAtOnce, deployers: [github]}\n",
         base_dir=str(tmp_path),
     )
     deployer = await assemble_deployer(config, data_dir=tmp_path / "var")
@@ -53,11 +55,13 @@ async def test_a_merge_deploys_the_lambda_appspec_of_the_commit(
             async with client.post("/github/webhook", data=body, headers=headers) as response:
                 assert response.status == 202
             await app[GITHUB].idle()
-            for _ in range(200):
+
+            async def finished() -> bool:
                 history = await deployer.history("fn")
-                if history and history[0]["status"] in ("Succeeded", "Failed", "Stopped"):
-                    break
-                await asyncio.sleep(0.05)
+                return bool(history) and history[0]["status"] in ("Succeeded", "Failed", "Stopped")
+
+            await eventually(finished, "the merge's deployment finished")
+            history = await deployer.history("fn")
     finally:
         await deployer.close()
         await github.close()

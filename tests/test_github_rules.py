@@ -112,6 +112,50 @@ def test_loader_rejects_a_timeout_without_checks_and_unknown_url_environments() 
     assert any("unknown environment 'qa'" in m for m in messages)
 
 
+@pytest.mark.parametrize(
+    ("github", "people", "deploy_as"),
+    [
+        ("{repository: acme/web}", "", "github"),  # the default integration user
+        ("{repository: acme/web, deploy_as: merge-bot}", "", "merge-bot"),
+        ("{repository: acme/web, deploy_as: ci}", "users: {ci: {}}\n", "ci"),
+    ],
+)
+def test_the_integration_user_merges_deploy_as(github: str, people: str, deploy_as: str) -> None:
+    text = people + CONFIG.replace("github: {repository: acme/web}", f"github: {github}")
+    assert parse_config(text).application("docs").github_deploy_as == deploy_as
+    assert parse_config(CONFIG).application("web").github_deploy_as == "github"
+
+
+@pytest.mark.parametrize(
+    ("deploy_as", "people", "message"),
+    [
+        ("merge-bott", "users: {merge-bot: {}}\n", "unknown user 'merge-bott' (did you mean 'merge-bot'?)"),
+        ("'@ci'", "roles: {ci: [x]}\n", "deploy_as names one user, not a role: '@ci'"),
+        (
+            "deploybot-admin",
+            "",
+            "'deploybot-admin' is the bootstrap admin: it may do everything and is never listed",
+        ),
+    ],
+    ids=["unknown-user", "role", "bootstrap-admin"],
+)
+def test_loader_refuses_an_integration_user_that_cannot_be(deploy_as: str, people: str, message: str) -> None:
+    from engine.core.errors import ConfigError
+
+    text = people + CONFIG.replace(
+        "github: {repository: acme/web}", f"github: {{repository: acme/web, deploy_as: {deploy_as}}}"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, filename="deploybot.yml")
+    [problem] = caught.value.problems
+    assert (problem.message, problem.path) == (message, "applications.docs.github.deploy_as")
+    lines = text.splitlines()
+    assert (problem.file, problem.line) == (
+        "deploybot.yml",
+        next(i for i, line in enumerate(lines, 1) if "deploy_as" in line),
+    )
+
+
 APPSPEC = """version: 0.0
 os: linux
 hooks:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,14 +39,14 @@ applications:
       environment_urls: {staging: "https://staging.example"}
     deployment_groups:
       staging: {deployment_config: CodeDeployDefault.AllAtOnce, targets: {tags: {env: staging}}}
-      production: {targets: {tags: {env: production}}}
+      production: {targets: {tags: {env: production}}, deployers: [ci-bot]}
   gated:
     environments: [prod]
     github:
       repository: acme/gated
       auto_deploy: {branch: main, to: prod, require_checks: [ci/test, lint], checks_timeout_minutes: 1}
     deployment_groups:
-      prod: {targets: {hosts: [p1]}}
+      prod: {targets: {hosts: [p1]}, deployers: [github]}
 """
 APPSPEC = """version: 0.0
 os: linux
@@ -106,26 +107,35 @@ async def _hosts(deployer: Deployer, names: list[str]) -> None:
             task.cancel()
 
 
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
+@asynccontextmanager
+async def open_world(tmp_path: Path, config: str = CONFIG) -> AsyncIterator[World]:
+    """The app for ``config`` with the fake GitHub (serving SHA1 and SHA2) and hosts s1, s2, p1 answering."""
     github = FakeGitHub()
     for sha in (SHA1, SHA2):
         github.commits[sha] = {"appspec.yml": APPSPEC, "VERSION": sha[:7], "scripts/validate.sh": "exit 0\n"}
     await github.start()
-    deployer = await deployer_from(CONFIG, tmp_path)
+    deployer = await deployer_from(config, tmp_path)
     environ = {"GITHUB_WEBHOOK_SECRET": SECRET, "GITHUB_TOKEN": "ghp_test", "GITHUB_API_URL": github.url}
     settings = Settings.from_env(environ, data_dir=tmp_path / "var")
     app = create_app(settings, deployer=deployer)
     front = app[GITHUB]
     front.poll_seconds = 0.05
     hosts = asyncio.ensure_future(_hosts(deployer, ["s1", "s2", "p1"]))
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        yield World(client, github, deployer, front)
-    hosts.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await hosts
-    await deployer.close()
-    await github.close()
+    try:
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            yield World(client, github, deployer, front)
+    finally:
+        hosts.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hosts
+        await deployer.close()
+        await github.close()
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    async with open_world(tmp_path) as opened:
+        yield opened
 
 
 async def test_a_push_to_main_deploys_the_commit_to_staging_and_reports_it(world: World) -> None:
@@ -133,7 +143,8 @@ async def test_a_push_to_main_deploys_the_commit_to_staging_and_reports_it(world
     await world.settle()
     [deployment] = await world.history()
     assert (deployment["environment"], deployment["status"]) == ("staging", "Succeeded")
-    assert deployment["created_by"] == "github:octocat"
+    assert deployment["created_by"] == "github"  # the integration user, whoever pushed
+    assert deployment["description"] == f"merge into main ({SHA1[:7]}) by octocat"
     assert deployment["revision"]["commit"] == SHA1
     assert deployment["revision"]["source"] == f"github:{REPO}@{SHA1[:12]}"
     [tarball] = world.github.called("GET", f"/repos/{REPO}/tarball/{SHA1}")
@@ -175,7 +186,8 @@ async def test_a_merged_pull_request_alone_deploys_its_merge_commit(world: World
     await world.settle()
     [deployment] = await world.history()
     assert deployment["revision"]["commit"] == SHA2
-    assert deployment["created_by"] == "github:merger"
+    assert deployment["created_by"] == "github"
+    assert deployment["description"].endswith("by merger")
 
 
 @pytest.mark.parametrize(
@@ -330,7 +342,7 @@ async def test_a_deployment_created_on_github_is_run_and_reported_on_that_deploy
     await world.settle()
     [deployment] = await world.history()
     assert (deployment["environment"], deployment["status"]) == ("production", "Succeeded")
-    assert deployment["created_by"] == "github:ci-bot"
+    assert deployment["created_by"] == "ci-bot"  # no users section: the sender's login is the name
     assert world.github.exactly("POST", f"/repos/{REPO}/deployments") == []  # adopted, not created
     states = world.github.deployment_states(4242)
     assert states[0] == "queued" and states[-1] == "success"
@@ -345,3 +357,219 @@ async def test_deployment_events_for_deploybots_own_or_unknown_environments_are_
     await world.settle()
     assert await world.history() == []
     assert world.github.calls == []
+
+
+# ------------------------------------------------------------------------------------------ who merges and deploys
+
+
+def permission_config(
+    *,
+    to: str = "staging",
+    staging: str = "",
+    production: str = "",
+    deploy_as: str = "",
+    people: str = "",
+    admins: str = "[]",
+) -> str:
+    """One application, acme/api, whose merges into main deploy ``to`` an environment; ``staging`` and
+    ``production`` are extra keys of those groups (``deployers: [...]``), ``people`` a users/roles section."""
+    integration = f", deploy_as: {deploy_as}" if deploy_as else ""
+    return f"""
+server: {{data_dir: var, admins: {admins}}}
+{people}
+hosts:
+  - {{name: s1, tags: {{env: staging}}}}
+  - {{name: s2, tags: {{env: staging}}}}
+  - {{name: p1, tags: {{env: production}}}}
+applications:
+  api:
+    environments: [staging, production]
+    github: {{repository: acme/api, auto_deploy: {{branch: main, to: {to}}}{integration}}}
+    deployment_groups:
+      staging: {{deployment_config: CodeDeployDefault.AllAtOnce, targets: {{tags: {{env: staging}}}}, {staging}}}
+      production: {{targets: {{tags: {{env: production}}}}, {production}}}
+"""
+
+
+# (config, the user the merge acts as, the rule that refuses it or None when it deploys)
+MERGE_CASES: dict[str, tuple[str, str, str | None]] = {
+    "staging, no list: anyone": (permission_config(), "github", None),
+    "staging, integration user listed": (permission_config(staging="deployers: [alice, github]"), "github", None),
+    "staging, integration user not listed": (
+        permission_config(staging="deployers: [alice]"),
+        "github",
+        "api-staging.deployers: alice",
+    ),
+    "production, no list: nobody": (
+        permission_config(to="production"),
+        "github",
+        "api-production has no deployers list: production needs one",
+    ),
+    "production, integration user listed": (
+        permission_config(to="production", production="deployers: [github]"),
+        "github",
+        None,
+    ),
+    "production, integration user in a listed role": (
+        permission_config(to="production", production="deployers: ['@ci']", people="roles: {ci: [github]}"),
+        "github",
+        None,
+    ),
+    "production, integration user is an admin": (permission_config(to="production", admins="[github]"), "github", None),
+    "deploy_as, listed": (
+        permission_config(to="production", production="deployers: [merge-bot]", deploy_as="merge-bot"),
+        "merge-bot",
+        None,
+    ),
+    "deploy_as, only the default listed": (
+        permission_config(to="production", production="deployers: [github]", deploy_as="merge-bot"),
+        "merge-bot",
+        "api-production.deployers: github",
+    ),
+    "users declared, integration user declared and listed": (
+        permission_config(
+            to="production", production="deployers: [github]", people="users: {alice: {github: alice-gh}, github: {}}"
+        ),
+        "github",
+        None,
+    ),
+    "users declared, integration user not declared": (
+        permission_config(people="users: {alice: {github: alice-gh}}"),
+        "github",
+        "github is not a declared user",
+    ),
+}
+
+
+@pytest.mark.parametrize(("config", "actor", "rule"), MERGE_CASES.values(), ids=MERGE_CASES.keys())
+async def test_a_merge_deploys_as_the_integration_user_if_it_may(
+    tmp_path: Path, config: str, actor: str, rule: str | None
+) -> None:
+    async with open_world(tmp_path, config) as world:
+        to = (world.deployer.config.application("api").auto_deploy or {})["to"]
+        assert await world.send("push", push_payload(REPO, "main", SHA1), "d-1") == 202
+        await world.settle()
+        history = await world.history()
+        statuses = [c.body for c in world.github.called("POST", f"/repos/{REPO}/statuses/{SHA1}")]
+        refusals = [e for e in await world.deployer.store.read_log() if e["kind"] == "deployment.refused"]
+        if rule is None:
+            [deployment] = history
+            assert (deployment["environment"], deployment["status"]) == (to, "Succeeded")
+            assert deployment["created_by"] == actor and deployment["source"] == "merge"
+            assert statuses == [] and refusals == []
+            return
+        assert history == []  # refused before anything was downloaded or started
+        assert world.github.called("GET", f"/repos/{REPO}/tarball") == []
+        assert statuses == [
+            {
+                "state": "failure",
+                "context": f"deploybot/auto-deploy/{to}",
+                "description": f"not deployed: {actor} may not deploy ({rule})",
+            }
+        ]
+        [refused] = refusals
+        assert refused["actor"] == actor
+        assert refused["data"] == {
+            "application": "api",
+            "environment": to,
+            "source": "merge",
+            "repository": REPO,
+            "commit": SHA1,
+            "pushed_by": "octocat",
+            "action": "deploy",
+            "rule": rule,
+            "reason": rule,
+        }
+
+
+def deployment_event(environment: str, sender: str, github_id: int = 4242) -> dict[str, Any]:
+    return {
+        "action": "created",
+        "deployment": {
+            "id": github_id,
+            "sha": SHA2,
+            "ref": "main",
+            "environment": environment,
+            "task": "deploy",
+            "creator": {"login": "someone-else"},  # the sender decides, as the webhook names them
+        },
+        "repository": {"full_name": REPO},
+        "sender": {"login": sender},
+    }
+
+
+USERS = "users: {alice: {github: Alice-GH}, bob: {github: bob-gh}}"
+# (config, environment, sender login, the user it acts as, the rule that refuses it or None when it deploys)
+DEPLOYMENT_EVENT_CASES: dict[str, tuple[str, str, str, str | None, str | None]] = {
+    "free-form login, listed": (
+        permission_config(production="deployers: [ci-bot]"),
+        "production",
+        "ci-bot",
+        "ci-bot",
+        None,
+    ),
+    "free-form login, not listed": (
+        permission_config(production="deployers: [ci-bot]"),
+        "production",
+        "mallory",
+        "mallory",
+        "api-production.deployers: ci-bot",
+    ),
+    "mapped login (any case), listed": (
+        permission_config(production="deployers: [alice]", people=USERS),
+        "production",
+        "alice-gh",
+        "alice",
+        None,
+    ),
+    "mapped login, not listed": (
+        permission_config(production="deployers: [alice]", people=USERS),
+        "production",
+        "bob-gh",
+        "bob",
+        "api-production.deployers: alice",
+    ),
+    "mapped login, staging without a list": (permission_config(people=USERS), "staging", "bob-gh", "bob", None),
+    "mapped login, production without a list": (
+        permission_config(people=USERS),
+        "production",
+        "alice-gh",
+        "alice",
+        "api-production has no deployers list: production needs one",
+    ),
+    "unmapped login": (
+        permission_config(people=USERS),
+        "staging",
+        "octocat",
+        None,
+        "GitHub user octocat is not mapped to a deploybot user; ask an admin to add `github: octocat` under users:",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("config", "environment", "sender", "actor", "rule"),
+    DEPLOYMENT_EVENT_CASES.values(),
+    ids=DEPLOYMENT_EVENT_CASES.keys(),
+)
+async def test_a_github_deployment_acts_as_its_senders_user_if_they_may(
+    tmp_path: Path, config: str, environment: str, sender: str, actor: str | None, rule: str | None
+) -> None:
+    async with open_world(tmp_path, config) as world:
+        assert await world.send("deployment", deployment_event(environment, sender), "d-1") == 202
+        await world.settle()
+        history = await world.history()
+        statuses = world.github.deployments[4242]["statuses"]
+        refusals = [e for e in await world.deployer.store.read_log() if e["kind"] == "deployment.refused"]
+        if rule is None:
+            [deployment] = history
+            assert (deployment["environment"], deployment["status"]) == (environment, "Succeeded")
+            assert deployment["created_by"] == actor
+            assert statuses[-1]["state"] == "success" and refusals == []
+            return
+        assert history == [] and world.github.called("GET", f"/repos/{REPO}/tarball") == []
+        said = f"not deployed: {actor} may not deploy ({rule})" if actor else f"not deployed: {rule}"
+        assert [(s["state"], s["description"]) for s in statuses] == [("failure", said[:140])]
+        [refused] = refusals
+        assert refused["actor"] == (actor or sender)
+        assert (refused["data"]["rule"], refused["data"]["source"]) == (rule, "github-deployment")

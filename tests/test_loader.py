@@ -670,6 +670,47 @@ PEOPLE_CASES = {
 }
 
 
+def _retired(key: str, replacement: str, example: str) -> str:
+    return (
+        f"{key!r} is retired: declare each person under users: with their Slack id "
+        f"(users: {{alice: {{slack: {example}}}}}) and list their names under {replacement} "
+        "(a Slack user group becomes a role: roles: {ops: [alice, bob]}, listed as '@ops')"
+    )
+
+
+# The Slack-only permission lists are gone: one rule (engine.may) over users and roles decides at every door.
+SLACK_KEY_CASES = {
+    "slack_deployers": (
+        PEOPLE_GROUP + "        slack_deployers: [S0OPS, U0ALICE]\n",
+        [(14, 9, _retired("slack_deployers", "deployers", "U0ALICE"), f"{GROUP}.slack_deployers")],
+    ),
+    "slack_approvers": (
+        PEOPLE_GROUP + "        slack_approvers: [W0BOB]\n",
+        [(14, 9, _retired("slack_approvers", "approvers", "W0BOB"), f"{GROUP}.slack_approvers")],
+    ),
+    "slack_rollbackers, a user group only, without a users section": (
+        PEOPLE_GROUP.removeprefix(PEOPLE) + "        slack_rollbackers: [S0OPS]\n",
+        [(8, 9, _retired("slack_rollbackers", "rollbackers", "U0123ABC"), f"{GROUP}.slack_rollbackers")],
+    ),
+    "all three at once, each where it is": (
+        PEOPLE_GROUP
+        + "        slack_deployers: [U0ALICE]\n        slack_approvers: []\n        slack_rollbackers: x\n",
+        [
+            (14, 9, _retired("slack_deployers", "deployers", "U0ALICE"), f"{GROUP}.slack_deployers"),
+            (15, 9, _retired("slack_approvers", "approvers", "U0123ABC"), f"{GROUP}.slack_approvers"),
+            (16, 9, _retired("slack_rollbackers", "rollbackers", "U0123ABC"), f"{GROUP}.slack_rollbackers"),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("text, expected", SLACK_KEY_CASES.values(), ids=SLACK_KEY_CASES.keys())
+def test_retired_slack_permission_keys_say_what_to_write_instead(
+    text: str, expected: list[tuple[int, int, str, str]]
+) -> None:
+    assert problems_of(text) == expected
+
+
 @pytest.mark.parametrize("text, expected", PEOPLE_CASES.values(), ids=PEOPLE_CASES.keys())
 def test_people_problems_are_located(text: str, expected: list[tuple[int, int, str, str]]) -> None:
     assert problems_of(text) == expected

@@ -35,7 +35,7 @@ applications:
     environments: [staging, production]
     deployment_groups:
       staging: {deployment_config: CodeDeployDefault.AllAtOnce, targets: {hosts: [s1]}}
-      production: {deployment_config: CodeDeployDefault.AllAtOnce, targets: {hosts: [p1]}}
+      production: {deployment_config: CodeDeployDefault.AllAtOnce, targets: {hosts: [p1]}, deployers: [alice, bob]}
   gated:
     revision: rev-a
     environments: [prod]
@@ -45,6 +45,7 @@ applications:
         targets: {hosts: [g1]}
         required_approvals: 1
         approvers: [bob]
+        deployers: [alice, carol]
 """
 
 
@@ -132,7 +133,7 @@ async def test_promote_carries_the_sha256_and_refusals_are_409_with_their_data(a
         ("/locks", {"application": "app", "environment": "staging", "expires_in_minutes": -1}, 400, "positive"),
         ("/locks", {"application": "app", "environment": "staging", "expires_in_minutes": True}, 400, "positive"),
         ("/locks", {"application": "app", "environment": "nowhere"}, 404, "has no environment"),
-        ("/locks", {"application": "*", "reason": "x"}, 409, "only an admin (server.admins) may freeze"),
+        ("/locks", {"application": "*", "reason": "x"}, 403, "only admins may freeze deployments (server.admins)"),
     ],
 )
 async def test_release_requests_are_validated(
@@ -167,7 +168,7 @@ async def test_locks_refuse_deployments_with_the_owner_and_reason_then_release(a
     assert frozen["scope"] == "freeze"
     refused = await api.call("POST", "/deployments", json=deploy_body("production"), status=409)
     assert refused["message"] == "deployments are frozen everywhere by root: release day"
-    await api.call("DELETE", "/locks", json={"application": "*"}, status=409, actor="alice")
+    await api.call("DELETE", "/locks", json={"application": "*"}, status=403, actor="alice")
     await api.call("DELETE", "/locks", json={"application": "*"}, status=200, actor="root")
 
 
@@ -181,9 +182,10 @@ async def test_approve_and_reject_through_the_api(api: Api) -> None:
         "approvers": ["bob"],
         "expires_at": None,
     }
-    own = await api.call("POST", f"/deployments/{waiting['id']}/approve", status=409, actor="alice")
-    assert own["message"] == f"alice requested {waiting['id']} and cannot approve it; ask one of the approvers"
-    await api.call("POST", f"/deployments/{waiting['id']}/approve", status=409, actor="mallory")
+    # The door asks the one policy first: only gated-prod's approvers may approve at all (403 with the rule).
+    for outsider in ("alice", "mallory"):
+        refused = await api.call("POST", f"/deployments/{waiting['id']}/approve", status=403, actor=outsider)
+        assert refused["rule"] == "gated-prod.approvers: bob"
     approved = await api.call("POST", f"/deployments/{waiting['id']}/approve", status=200, actor="bob")
     assert approved["status"] != "WaitingApproval"
     assert (await api.final(waiting["id"]))["approval"] == {"approved_by": ["bob"]}
@@ -251,7 +253,7 @@ async def test_cli_release_commands(api: Api, cli: Any) -> None:
     assert code == 0 and out.startswith("released: app/production locked by alice")
 
     code, _, err = await cli("freeze", "--reason", "release day")
-    assert code == 1 and "only an admin (server.admins) may freeze deployments" in err
+    assert code == 1 and "only admins may freeze deployments (server.admins)" in err
     assert (await cli("freeze", "--reason", "release day", user="root"))[0] == 0
     code, _, err = await cli("deploy", "app", "--to", "staging")
     assert code == 1 and "deployments are frozen everywhere by root: release day" in err
@@ -271,7 +273,7 @@ async def test_cli_release_commands(api: Api, cli: Any) -> None:
     code, out, _ = await cli("queue", "gated")
     assert ident in out and "waiting for 1 more approval(s) from bob" in out
     code, _, err = await cli("approve", ident)
-    assert code == 1 and "cannot approve it" in err
+    assert code == 1 and "alice may not approve on gated-prod: gated-prod.approvers: bob" in err
     code, out, err = await cli("approve", ident, "--json", user="bob")
     assert code == 0, err
     assert json.loads(out)["id"] == ident

@@ -28,6 +28,7 @@ from engine.runtime.deployer import Deployer
 
 CONFIG = """
 server: {data_dir: var}
+roles: {ops: [U0CAROL]}   # no users section: Slack user ids are the names
 hosts:
   - {name: s1, tags: {env: staging}}
   - {name: s2, tags: {env: staging}}
@@ -45,7 +46,7 @@ applications:
       production:
         deployment_config: CodeDeployDefault.OneAtATime
         targets: {tags: {env: production}}
-        slack_deployers: [U0ALICE, S0OPS]
+        deployers: [U0ALICE, "@ops"]
 """
 APPSPEC = "version: 0.0\nos: linux\nfiles:\n  - source: VERSION\n    destination: /opt/app\n"
 PAGES_SECRET = "slack-test-pages-secret"
@@ -98,7 +99,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     config = parse_config(CONFIG, filename="test.yml", base_dir=str(tmp_path))
     deployer = await assemble_deployer(config, data_dir=tmp_path / "var")
     agents = ScriptedAgents(deployer, ["s1", "s2", "p1"])
-    async with FakeSlack(usergroups={"S0OPS": ["U0CAROL"]}) as slack:
+    async with FakeSlack() as slack:
         settings = Settings(
             data_dir=tmp_path / "var",
             slack_bot_token=BOT_TOKEN,
@@ -254,23 +255,24 @@ async def test_malformed_and_unknown_names_get_usage_and_a_suggestion(rig: Rig) 
     assert await rig.deployer.history("app") == []
 
 
-async def test_production_refuses_users_not_listed_and_admits_a_user_group_member(rig: Rig) -> None:
+async def test_production_refuses_users_not_listed_and_admits_a_role_member(rig: Rig) -> None:
     status, _, _ = await rig.command("app to production", user="U0BOB")
     assert status == 200
     await rig.settle()
     refusal = rig.slack.responses[-1][1]["text"]
-    assert "You may not deploy app to production" in refusal
-    assert "only <@U0ALICE>, <!subteam^S0OPS> may deploy in app/production (slack_deployers)" in refusal
+    assert refusal == (
+        ":no_entry: <@U0BOB> may not deploy app to production (rule: app-production.deployers: <@U0ALICE>, @ops)"
+    )
     assert await rig.deployer.history("app") == []
-    _, _, _ = await rig.command("rollback app in production", user="U0ALICE")
+    await rig.command("rollback app in production", user="U0BOB")  # no rollbackers: the deployers decide
     await rig.settle()
-    assert "production is closed by default" in rig.slack.responses[-1][1]["text"]
+    assert "may not roll back app in production (rule: app-production.deployers: " in rig.slack.responses[-1][1]["text"]
 
-    await rig.command("app to production", user="U0CAROL")  # member of S0OPS
+    await rig.command("app to production", user="U0CAROL")  # in @ops, a role of Slack ids
     await rig.settle()
     [doc] = await rig.deployer.history("app")
     assert doc["created_by"] == "U0CAROL"
-    assert rig.slack.of("usergroups.users.list")[0].payload["usergroup"] == "S0OPS"
+    assert rig.slack.of("usergroups.users.list") == []  # roles replace Slack user groups: nothing to look up
 
 
 async def test_buttons_on_a_finished_deployment_are_answered_and_shown(rig: Rig) -> None:

@@ -111,8 +111,8 @@ async def test_a_forged_actor_header_changes_nothing(door: Door) -> None:
     assert (await door.call("POST", "/locks", token=alice, json=lock, headers=forged, status=201))["owner"] == "alice"
     # root is an admin: a forged name would have been allowed to freeze; alice's token is not.
     freeze = {"application": "*", "reason": "x"}
-    refused = await door.call("POST", "/locks", token=alice, json=freeze, headers=forged, status=409)
-    assert "only an admin" in refused["message"]
+    refused = await door.call("POST", "/locks", token=alice, json=freeze, headers=forged, status=403)
+    assert (refused["actor"], refused["rule"]) == ("alice", "only admins may freeze deployments (server.admins)")
     await door.call("DELETE", "/locks", token=alice, json=lock, headers=forged, status=200)
     request = {"application": "app", "environment": "staging"}
     started = await door.call("POST", "/deployments", token=alice, json=request, headers=forged, status=201)
@@ -224,7 +224,7 @@ async def test_only_admins_manage_tokens_and_bodies_are_checked(door: Door) -> N
     alice = (await door.create("alice"))["token"]
     for method, path in (("POST", "/tokens"), ("GET", "/tokens"), ("DELETE", "/tokens/tok-x")):
         refused = await door.call(method, path, token=alice, json={"user": "bob"}, status=403)
-        assert refused["message"] == f"alice may not manage API tokens: {ADMINS_ONLY}"
+        assert refused["message"] == f"alice may not administer deploybot on *: {ADMINS_ONLY}"
         assert refused["rule"] == ADMINS_ONLY
     root = (await door.create("root"))["token"]
     assert (await door.create("bob", token=root))["user"] == "bob"  # server.admins may
@@ -420,7 +420,7 @@ async def test_cli_token_create_list_revoke(door: Door, cli: Any) -> None:
     code, out, err = await cli("status", token=token)  # alice's token works for alice
     assert code == 0, err
     code, out, err = await cli("token", "list", token=token)
-    assert code == 1 and "error: alice may not manage API tokens: only admins may administer deploybot" in err
+    assert code == 1 and "error: alice may not administer deploybot on *: only admins may administer deploybot" in err
 
     code, out, err = await cli("token", "revoke", alice_id)
     assert code == 0 and out.strip() == f"revoked {alice_id} of alice (laptop)"

@@ -5,6 +5,13 @@ the commit is recorded in the webhook-delivery table under its own key, so the p
 of the same merge commit start one deployment. With ``require_checks`` the commit waits until every named status
 context / check run is green; a red one (or the timeout) cancels with a commit status saying why.
 
+Who asks: a merge acts as the application's integration user (``github.deploy_as``, default ``github``), whoever
+pushed; a deployment created on GitHub acts as the deploybot user of its sender's login (bot.policy). Either is
+checked with ``engine.may`` before anything is downloaded, so a group whose ``deployers`` list is set deploys merges
+only when it lists the integration user, and production with no list never does. A refusal is never silent: it is
+appended to the audit log (``deployment.refused``, with the rule) and said on GitHub — a failed commit status
+``deploybot/auto-deploy/<environment>`` for a merge, a failed deployment status for a GitHub deployment.
+
 Everything goes through ``Deployer.start`` so locks, the queue and approvals apply; merges carry ``source="merge"``.
 Work that can take minutes (waiting for checks, downloading the tarball) runs in its own task, never in the
 webhook's request.
@@ -24,7 +31,18 @@ from typing import Any
 from bot.github.client import GitHubClient
 from bot.github.notifier import PAYLOAD_KEY, GitHubNotifier
 from bot.github.revisions import revision_from_commit
-from engine import Application, AppSpecInvalid, DeploymentService, DeployRequest, EngineConfig, EngineError
+from bot.policy import actor_from_github
+from engine import (
+    Action,
+    Application,
+    AppSpecInvalid,
+    Decision,
+    DeploymentService,
+    DeployRequest,
+    EngineConfig,
+    EngineError,
+    may,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +168,19 @@ class DeployTriggers:
     async def _first_time(self, key: str) -> bool:
         return bool(await self.deployer.store.record_delivery(key, "github", self.deployer.clock.now()))
 
+    def _may_deploy(self, actor: str | None, application: str, environment: str) -> Decision:
+        return may(self.config, actor, Action.DEPLOY, self.config.group(application, environment))
+
+    async def _log_refusal(self, actor: str, application: str, environment: str, *, rule: str, **data: Any) -> None:
+        """The audit entry of a refused request: ``deployment.refused`` (as the release flow writes its own), with
+        the rule that decided as its reason."""
+        await self.deployer.store.append_log(
+            "deployment.refused",
+            at=self.deployer.clock.now(),
+            actor=actor or "(unknown)",
+            data={"application": application, "environment": environment, **data, "rule": rule, "reason": rule},
+        )
+
     # -- merges ----------------------------------------------------------------------------------------------
 
     async def merged(self, repository: str, branch: str, sha: str, actor: str) -> list[MergeRule]:
@@ -161,7 +192,24 @@ class DeployTriggers:
                 started.append(rule)
         return started
 
-    async def _deploy_merge(self, rule: MergeRule, repository: str, sha: str, actor: str) -> None:
+    async def _deploy_merge(self, rule: MergeRule, repository: str, sha: str, pusher: str) -> None:
+        actor = self.config.application(rule.application).github_deploy_as
+        decision = self._may_deploy(actor, rule.application, rule.environment)
+        if not decision.allowed:
+            await self._log_refusal(
+                actor,
+                rule.application,
+                rule.environment,
+                source="merge",
+                repository=repository,
+                commit=sha,
+                pushed_by=pusher,
+                action=str(decision.action),
+                rule=decision.rule,
+            )
+            text = f"not deployed: {actor} may not deploy ({decision.rule})"
+            await self._commit_status(repository, sha, rule, "failure", text)
+            return
         if rule.require_checks and not await self._wait_for_checks(rule, repository, sha):
             return
         try:
@@ -173,8 +221,8 @@ class DeployTriggers:
                     rule.application,
                     rule.environment,
                     revision=f"sha256:{stored['sha256']}",
-                    actor=f"github:{actor}",
-                    description=f"merge into {rule.branch} ({sha[:7]})",
+                    actor=actor,
+                    description=f"merge into {rule.branch} ({sha[:7]}) by {pusher}",
                     source="merge",
                 )
             )
@@ -235,8 +283,11 @@ class DeployTriggers:
 
     # -- GitHub deployments ----------------------------------------------------------------------------------
 
-    async def github_deployment(self, repository: str, deployment: Mapping[str, Any]) -> bool:
-        """A deployment created on GitHub for an environment deploybot manages: run it (True when taken)."""
+    async def github_deployment(
+        self, repository: str, deployment: Mapping[str, Any], sender: str | None = None
+    ) -> bool:
+        """A deployment created on GitHub for an environment deploybot manages: run it as the deploybot user of
+        ``sender`` (the webhook's sender login; else the deployment's creator), if they may (True when taken)."""
         payload = deployment.get("payload")
         if isinstance(payload, Mapping) and PAYLOAD_KEY in payload:
             return False  # one deploybot created itself
@@ -248,15 +299,44 @@ class DeployTriggers:
             if environment is not None and await self._first_time(
                 f"deployment:{repository.lower()}:{deployment['id']}"
             ):
-                self.spawn(self._run_deployment(app, environment, repository, deployment), "a GitHub deployment")
+                work = self._run_deployment(app, environment, repository, deployment, sender)
+                self.spawn(work, "a GitHub deployment")
                 return True
         return False
 
+    def _sender_refusal(self, actor: str | None, login: str, application: str, environment: str) -> str | None:
+        """None when the sender of a GitHub deployment may deploy there; else why not (the rule, or what to map)."""
+        if actor is None:
+            who = login or "(unknown)"
+            return (
+                f"GitHub user {who} is not mapped to a deploybot user; ask an admin to add `github: {who}` under users:"
+            )
+        decision = self._may_deploy(actor, application, environment)
+        return None if decision.allowed else decision.rule
+
     async def _run_deployment(
-        self, app: Application, environment: str, repository: str, deployment: Mapping[str, Any]
+        self, app: Application, environment: str, repository: str, deployment: Mapping[str, Any], sender: str | None
     ) -> None:
         sha, github_id = str(deployment["sha"]), int(deployment["id"])
-        creator = (deployment.get("creator") or {}).get("login") or "github"
+        login = sender or str((deployment.get("creator") or {}).get("login") or "")
+        actor = actor_from_github(self.config, login)
+        rule = self._sender_refusal(actor, login, app.name, environment)
+        if rule is not None:
+            await self._log_refusal(
+                actor or login,
+                app.name,
+                environment,
+                source="github-deployment",
+                repository=repository,
+                commit=sha,
+                github_deployment=github_id,
+                action=str(Action.DEPLOY),
+                rule=rule,
+            )
+            text = f"not deployed: {actor} may not deploy ({rule})" if actor else f"not deployed: {rule}"
+            await self._deployment_status(repository, github_id, environment, "failure", text)
+            return
+        assert actor is not None  # an unmapped login is always refused
         try:
             stored = await revision_from_commit(
                 self.client, self.deployer, repository, sha, scratch=self.scratch, application=app.name
@@ -271,8 +351,8 @@ class DeployTriggers:
                     app.name,
                     environment,
                     revision=f"sha256:{stored['sha256']}",
-                    actor=f"github:{creator}",
-                    description=f"GitHub deployment {github_id}",
+                    actor=actor,
+                    description=f"GitHub deployment {github_id} by {login}",
                 )
             )
         except AppSpecInvalid as exc:

@@ -111,4 +111,7 @@ for _action in ("opened", "reopened", "synchronize", "ready_for_review"):
 
 @router.register("deployment", action="created")
 async def on_deployment(event: sansio.Event, front: WebhookFront, *args: Any, **kwargs: Any) -> None:
-    await front.triggers.github_deployment(_repository(event), event.data["deployment"])
+    sender = (event.data.get("sender") or {}).get("login")
+    await front.triggers.github_deployment(
+        _repository(event), event.data["deployment"], str(sender) if sender else None
+    )

@@ -27,9 +27,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot import commands as cmd
 from bot.messages import ACTION_PREFIX
 from bot.pages.links import page_url
-from bot.policy import SlackPolicy
 from bot.settings import Settings
-from bot.slack.chatops import ChatOps, GroupMembership, Reply
+from bot.slack.chatops import ChatOps, Reply
+from bot.slack.grammar import Freeze, SlackCommand, Unfreeze, help_text, parse
 from bot.slack.notifier import PAGE_ACTION, SlackNotifier
 from engine import DeploymentService
 
@@ -38,7 +38,10 @@ log = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
 THREADS_FILE = "slack-threads.json"
 DUPLICATE_WINDOW_SECONDS = 30.0
-_MUTATING = (cmd.Deploy, cmd.Promote, cmd.Rollback, cmd.Control, cmd.Decide, cmd.Lock, cmd.Unlock)
+_MUTATING = (
+    *(cmd.Deploy, cmd.Promote, cmd.Rollback, cmd.Control, cmd.Decide, cmd.Lock, cmd.Unlock),
+    *(Freeze, Unfreeze),
+)
 
 
 @dataclass
@@ -87,7 +90,7 @@ def _reply_via(respond: Any) -> Reply:
     return reply
 
 
-def _ack_text(command: cmd.Command) -> str:
+def _ack_text(command: SlackCommand) -> str:
     match command:
         case cmd.Deploy(app, env, ref, _):
             return f"Deploying {app}{f'@{ref}' if ref else ''} to {env}…"
@@ -99,6 +102,10 @@ def _ack_text(command: cmd.Command) -> str:
             return f"{action.capitalize()} `{deployment_id}`…"
         case cmd.Lock(app, env) | cmd.Unlock(app, env):
             return f"{type(command).__name__} {app}/{env}…"
+        case Freeze():
+            return "Freezing every environment…"
+        case Unfreeze():
+            return "Lifting the freeze…"
     return "Looking…"
 
 
@@ -129,12 +136,12 @@ def build_bolt_app(
             await ack()  # Slack re-sending what we already took: answered, nothing started
             return
         try:
-            parsed = cmd.parse_command(text, catalog_of(deployer))
+            parsed = parse(text, catalog_of(deployer))
         except cmd.ParseError as exc:
             await ack(text=str(exc), response_type="ephemeral")
             return
         if isinstance(parsed, cmd.Help):
-            await ack(text=cmd.help_text(), response_type="ephemeral")
+            await ack(text=help_text(), response_type="ephemeral")
             return
         if not first and isinstance(parsed, _MUTATING):
             await ack(text=f"Already on it: `/deploy {text}` was asked a moment ago; nothing new started.")
@@ -179,7 +186,7 @@ def setup_slack(app: web.Application, settings: Settings, deployer: DeploymentSe
         settings.data_dir / THREADS_FILE,
         page_link=lambda deployment_id: page_url(settings, deployment_id, base_url=config.server.url),
     )
-    chatops = ChatOps(deployer, notifier, SlackPolicy.from_config(config), GroupMembership(client))
+    chatops = ChatOps(deployer, notifier)
     bolt = build_bolt_app(settings, chatops, client, deployer)
     app[SLACK] = SlackFront(bolt, chatops, notifier, settings, deployer)
     if settings.slack_signing_secret:

@@ -1,58 +1,37 @@
-"""ChatOps: what a parsed ``/deploy`` command or a button click does — policy check, one engine call, a reply.
+"""ChatOps: what a parsed ``/deploy`` command or a button click does — permission check, one engine call, a reply.
 
 It runs after the acknowledgement, in a background task (engine calls may take seconds), and knows nothing of
 bolt: replies go through a ``Reply`` callable (bolt's ``respond``, i.e. the request's ``response_url``), and what
 happens to a deployment is shown on its thread by the SlackNotifier. Every refusal says why.
+
+Who may: the caller's Slack id becomes a deploybot user (bot.policy.actor_from_slack; a Slack account no ``users``
+entry claims is refused, told which line to add), and ``engine.may`` decides each command and button as the
+``Action`` it is: deploy and promote (into the target) DEPLOY; stop, pause, resume, continue CONTROL; rollback
+ROLLBACK; approve and reject APPROVE (the requester may always withdraw their own); lock and unlock LOCK; freeze and
+unfreeze FREEZE. The mapped name is the actor of every engine call, so deployments and the audit log record it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
-from slack_sdk.web.async_client import AsyncWebClient
-
 from bot import commands as cmd
-from bot.messages import ACTIVE, deployment_line, history_text, who
-from bot.policy import Permission, SlackPolicy
+from bot.messages import ACTIVE, deployment_line, history_text
+from bot.slack.grammar import Freeze, SlackCommand, Unfreeze, help_text
 from bot.slack.notifier import SlackNotifier
-from bot.slack.replies import plan_text, where_text
-from engine import FINAL_STATUSES, DeploymentService, DeployRequest, EngineError
+from bot.slack.replies import Caller, Refusal, not_mapped, plan_text, refused, where_text
+from engine import FINAL_STATUSES, Action, DeploymentService, DeployRequest, EngineConfig, EngineError, may
 
 log = logging.getLogger(__name__)
 
-MEMBERSHIP_TTL_SECONDS = 60.0
+FREEZE_TARGET = "*"  # the release flow's lock of every application and environment
 
 
 class Reply(Protocol):
     async def __call__(self, text: str, *, in_channel: bool = False) -> None: ...
-
-
-class GroupMembership:
-    """Which of the given Slack user groups a user is in (``usergroups.users.list``, cached for a minute)."""
-
-    def __init__(self, client: AsyncWebClient, ttl: float = MEMBERSHIP_TTL_SECONDS) -> None:
-        self.client, self.ttl = client, ttl
-        self._members: dict[str, tuple[float, frozenset[str]]] = {}
-
-    async def groups_of(self, user: str, groups: tuple[str, ...]) -> frozenset[str]:
-        found = set()
-        for group in groups:
-            cached = self._members.get(group)
-            if cached is None or time.monotonic() - cached[0] > self.ttl:
-                try:
-                    answer = await self.client.usergroups_users_list(usergroup=group)
-                    cached = (time.monotonic(), frozenset(answer.get("users") or ()))
-                except Exception as exc:  # cannot tell: not a member (the refusal names the group)
-                    log.warning("cannot list members of Slack user group %s: %s", group, exc)
-                    cached = (time.monotonic() - self.ttl, frozenset())
-                self._members[group] = cached
-            if user in cached[1]:
-                found.add(group)
-        return frozenset(found)
 
 
 # (status the deployment must be in, what the click says when it is not)
@@ -66,15 +45,26 @@ _CLICK_NEEDS: dict[str, tuple[frozenset[str], str]] = {
     "promote": (frozenset({"Succeeded"}), "only a deployment that succeeded can be promoted"),
     "rollback": (ACTIVE | FINAL_STATUSES, "nothing to roll back yet"),
 }
-_PERMISSION = {"approve": Permission.APPROVE, "reject": Permission.APPROVE, "rollback": Permission.ROLLBACK}
+_CLICK_ACTION = {
+    "stop": Action.CONTROL,
+    "pause": Action.CONTROL,
+    "resume": Action.CONTROL,
+    "continue": Action.CONTROL,
+    "approve": Action.APPROVE,
+    "reject": Action.APPROVE,
+    "promote": Action.DEPLOY,
+    "rollback": Action.ROLLBACK,
+}
 
 
 class ChatOps:
-    def __init__(
-        self, deployer: DeploymentService, notifier: SlackNotifier, policy: SlackPolicy, membership: GroupMembership
-    ) -> None:
-        self.deployer, self.notifier, self.policy, self.membership = deployer, notifier, policy, membership
+    def __init__(self, deployer: DeploymentService, notifier: SlackNotifier) -> None:
+        self.deployer, self.notifier = deployer, notifier
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def config(self) -> EngineConfig:
+        return self.deployer.config
 
     def spawn(self, work: Awaitable[None]) -> None:
         """Run after the ack; keep a reference so the task is not collected, and log what it raises."""
@@ -98,49 +88,62 @@ class ChatOps:
             task.cancel()
         await self.drain(1.0)
 
-    async def allowed(self, permission: Permission, application: str, environment: str, user: str) -> str | None:
-        """None when ``user`` may; else the reason, in words."""
-        groups = self.policy.groups_to_check(permission, application, environment)
-        member_of = await self.membership.groups_of(user, groups) if groups else frozenset()
-        decision = self.policy.decide(permission, application, environment, user, member_of)
-        return None if decision.allowed else decision.reason
+    def caller(self, slack_id: str) -> Caller:
+        return Caller.of(self.config, slack_id)
+
+    def refusal(
+        self, caller: Caller, action: Action, what: str, application: str | None = None, environment: str = ""
+    ) -> Refusal | None:
+        """None when ``caller`` may do ``action`` (to the group of ``application`` in ``environment``; none for a
+        freeze); else the refusal, in words: who, what, and the rule that decided."""
+        if caller.user is None:
+            log.info("Slack: %s is not mapped to a deploybot user; refused: %s", caller.slack_id, what)
+            return not_mapped(caller, what)
+        group = self.config.group(application, environment) if application is not None else None
+        decision = may(self.config, caller.user, action, group)
+        if decision.allowed:
+            return None
+        log.info("Slack: %s (%s) may not %s: %s", caller.user, caller.slack_id, what, decision.rule)
+        return refused(caller, what, decision)
 
     # -- slash commands --------------------------------------------------------------------------------------
 
-    async def run_command(self, command: cmd.Command, *, user: str, channel: str, reply: Reply) -> None:
+    async def run_command(self, command: SlackCommand, *, user: str, channel: str, reply: Reply) -> None:
+        """``user``: the Slack user id of whoever typed the command."""
         try:
-            await self._run(command, user, channel, reply)
+            await self._run(command, self.caller(user), channel, reply)
         except EngineError as exc:
             await reply(f":warning: {exc}")
 
-    async def _run(self, command: cmd.Command, user: str, channel: str, reply: Reply) -> None:
+    async def _run(self, command: SlackCommand, caller: Caller, channel: str, reply: Reply) -> None:
         deployer = self.deployer
+        actor = caller.user or caller.slack_id  # the read-only commands answer anyone; the rest need ``user``
         match command:
             case cmd.Deploy(app, env, ref, config):
-                if refusal := await self.allowed(Permission.DEPLOY, app, env, user):
-                    return await reply(f":no_entry: You may not deploy {app} to {env}: {refusal}")
+                if refusal := self.refusal(caller, Action.DEPLOY, f"deploy {app} to {env}", app, env):
+                    return await reply(refusal.text)
                 request = DeployRequest(
                     app,
                     env,
                     revision=f"git:{ref}" if ref else None,
                     config_name=config,
-                    actor=user,
+                    actor=actor,
                     description="requested in Slack",
                 )
                 await self._started(await deployer.start(request), channel, reply)
             case cmd.Promote(app, target, source):
-                if refusal := await self.allowed(Permission.DEPLOY, app, target, user):
-                    return await reply(f":no_entry: You may not promote {app} to {target}: {refusal}")
+                if refusal := self.refusal(caller, Action.DEPLOY, f"promote {app} to {target}", app, target):
+                    return await reply(refusal.text)
                 source = source or _previous_environment(deployer, app, target)
-                doc = await deployer.release.promote(app, source, target, actor=user)
+                doc = await deployer.release.promote(app, source, target, actor=actor)
                 await self._started(doc, channel, reply)
             case cmd.Rollback(app, env):
-                if refusal := await self.allowed(Permission.ROLLBACK, app, env, user):
-                    return await reply(f":no_entry: You may not roll back {app} in {env}: {refusal}")
-                await self._started(await deployer.rollback(app, env, actor=user), channel, reply)
+                if refusal := self.refusal(caller, Action.ROLLBACK, f"roll back {app} in {env}", app, env):
+                    return await reply(refusal.text)
+                await self._started(await self._rollback(app, env, caller), channel, reply)
             case cmd.Control(action, deployment_id) | cmd.Decide(action, deployment_id):
                 reason = command.reason if isinstance(command, cmd.Decide) else ""
-                await self.click(action, deployment_id, user=user, reply=reply, reason=reason)
+                await self._click(action, deployment_id, caller, reply, reason)
             case cmd.Status(app, deployment_id):
                 await reply(await self._status(app, deployment_id))
             case cmd.Where(app):
@@ -148,21 +151,45 @@ class ChatOps:
             case cmd.History(app, env):
                 await reply(history_text(await deployer.history(app, env, limit=10)))
             case cmd.Lock(app, env, reason):
-                if refusal := await self.allowed(Permission.DEPLOY, app, env, user):
-                    return await reply(f":no_entry: You may not lock {app}/{env}: {refusal}")
-                await deployer.release.lock(app, env, actor=user, reason=reason)
-                text = f":lock: {who(user)} locked {app}/{env}" + (f": {reason}" if reason else "")
+                if refusal := self.refusal(caller, Action.LOCK, f"lock {app}/{env}", app, env):
+                    return await reply(refusal.text)
+                await deployer.release.lock(app, env, actor=actor, reason=reason)
+                text = f":lock: {caller.shown} locked {app}/{env}" + (f": {reason}" if reason else "")
                 await reply(text, in_channel=True)
             case cmd.Unlock(app, env):
-                if refusal := await self.allowed(Permission.DEPLOY, app, env, user):
-                    return await reply(f":no_entry: You may not unlock {app}/{env}: {refusal}")
-                released = bool((await deployer.release.unlock(app, env, actor=user))["released"])
-                text = f":unlock: {who(user)} unlocked {app}/{env}" if released else f"{app}/{env} was not locked"
+                if refusal := self.refusal(caller, Action.LOCK, f"unlock {app}/{env}", app, env):
+                    return await reply(refusal.text)
+                released = bool((await deployer.release.unlock(app, env, actor=actor))["released"])
+                text = f":unlock: {caller.shown} unlocked {app}/{env}" if released else f"{app}/{env} was not locked"
+                await reply(text, in_channel=released)
+            case Freeze(reason):
+                if refusal := self.refusal(caller, Action.FREEZE, "freeze deployments"):
+                    return await reply(refusal.text)
+                await deployer.release.lock(FREEZE_TARGET, FREEZE_TARGET, actor=actor, reason=reason)
+                text = f":ice_cube: {caller.shown} froze every environment" + (f": {reason}" if reason else "")
+                await reply(text, in_channel=True)
+            case Unfreeze():
+                if refusal := self.refusal(caller, Action.FREEZE, "lift the freeze"):
+                    return await reply(refusal.text)
+                released = bool((await deployer.release.unlock(FREEZE_TARGET, FREEZE_TARGET, actor=actor))["released"])
+                text = f":sunny: {caller.shown} lifted the freeze" if released else "nothing was frozen"
                 await reply(text, in_channel=released)
             case cmd.Plan(app, env):
-                await reply(plan_text(await deployer.plan(DeployRequest(app, env, actor=user))))
+                await reply(plan_text(await deployer.plan(DeployRequest(app, env, actor=actor))))
             case cmd.Help():
-                await reply(cmd.help_text())
+                await reply(help_text())
+
+    async def _rollback(self, application: str, environment: str, caller: Caller) -> dict[str, Any]:
+        """Roll the group back as ``caller``; the notifier shows them (not the rollback's ``codeDeployRollback``
+        creator) as whoever asked for it."""
+        assert caller.user is not None  # checked by ``refusal`` first
+        self.notifier.expect_rollback(application, environment, caller.user)
+        try:
+            result = await self.deployer.rollback(application, environment, actor=caller.user)
+        finally:
+            self.notifier.forget_rollback(application, environment)
+        self.notifier.rollback_requested(result, caller.user)
+        return result
 
     async def _started(self, doc: Mapping[str, Any], channel: str, reply: Reply) -> None:
         await self.notifier.hint_channel(doc["id"], channel)
@@ -185,8 +212,14 @@ class ChatOps:
     # -- buttons (and the stop/pause/approve/... commands) ---------------------------------------------------
 
     async def click(self, action: str, deployment_id: str, *, user: str, reply: Reply, reason: str = "") -> None:
-        """A button (or its command): checked against the deployment's state and the environment's policy, done,
-        and shown on the parent message with who clicked and what happened."""
+        """A button (or its command) clicked by Slack user ``user``: checked against the deployment's state and who
+        may, done, and shown on the parent message with who clicked and what happened."""
+        try:
+            await self._click(action, deployment_id, self.caller(user), reply, reason)
+        except EngineError as exc:
+            await reply(f":warning: {exc}")
+
+    async def _click(self, action: str, deployment_id: str, caller: Caller, reply: Reply, reason: str) -> None:
         label = action.capitalize()
         try:
             doc = await self.deployer.get(deployment_id)
@@ -194,50 +227,55 @@ class ChatOps:
             return await reply(f":warning: {exc}")
         needs, otherwise = _CLICK_NEEDS[action]
         if doc["status"] not in needs:
-            text = f"{who(user)} clicked {label}: `{deployment_id}` is already {doc['status']}, {otherwise}"
+            text = f"{caller.shown} clicked {label}: `{deployment_id}` is already {doc['status']}, {otherwise}"
             await self.notifier.note(doc, text, reply=False)
             return await reply(f"`{deployment_id}` is {doc['status']}: {otherwise}.")
         app, env = doc["application"], doc["environment"]
-        permission = _PERMISSION.get(action, Permission.DEPLOY)
         target = env
         if action == "promote":
             target = _next_environment(self.deployer, app, env) or env
-        refusal = await self.allowed(permission, app, target, user)
-        if refusal and action == "reject" and doc.get("created_by") == user:
+        what = f"promote `{deployment_id}` to {target}" if action == "promote" else f"{action} `{deployment_id}`"
+        refusal = self.refusal(caller, _CLICK_ACTION[action], what, app, target)
+        if refusal and action == "reject" and caller.user is not None and doc.get("created_by") == caller.user:
             refusal = None  # withdrawing one's own request
         if refusal:
-            await self.notifier.note(doc, f"{who(user)} clicked {label}: refused ({refusal})", reply=False)
-            return await reply(f":no_entry: You may not {action} `{deployment_id}`: {refusal}")
+            await self.notifier.note(doc, f"{caller.shown} clicked {label}: refused ({refusal.reason})", reply=False)
+            return await reply(refusal.text)
+        assert caller.user is not None  # an unmapped caller is always refused
         try:
-            text, latest = await self._act(action, doc, user, reason)
+            text, latest = await self._act(action, doc, caller, reason)
         except EngineError as exc:
-            await self.notifier.note(doc, f"{who(user)} clicked {label}: {exc}", reply=False)
+            await self.notifier.note(doc, f"{caller.shown} clicked {label}: {exc}", reply=False)
             return await reply(f":warning: {exc}")
-        await self.notifier.note(latest, f"{who(user)} clicked {label}: {text}")
+        await self.notifier.note(latest, f"{caller.shown} clicked {label}: {text}")
 
-    async def _act(self, action: str, doc: Mapping[str, Any], user: str, reason: str) -> tuple[str, dict[str, Any]]:
+    async def _act(
+        self, action: str, doc: Mapping[str, Any], caller: Caller, reason: str
+    ) -> tuple[str, dict[str, Any]]:
         deployer, deployment_id = self.deployer, doc["id"]
+        actor = caller.user
+        assert actor is not None  # an unmapped caller is always refused before this
         if action == "rollback":
-            result = await deployer.rollback(doc["application"], doc["environment"], actor=user)
+            result = await self._rollback(doc["application"], doc["environment"], caller)
             if result["id"] == deployment_id:
                 return f"stopped, {result['status']}; rolling back", result
             return f"rollback `{result['id']}` started", await deployer.get(deployment_id)
         if action == "stop":
-            result = await deployer.stop(deployment_id, actor=user)
+            result = await deployer.stop(deployment_id, actor=actor)
             return f"now {result['status']}", result
         if action in ("pause", "resume", "continue"):
-            result = await deployer.control(deployment_id, action, actor=user)
+            result = await deployer.control(deployment_id, action, actor=actor)
             return {"pause": "paused", "resume": "resumed", "continue": "continuing"}[action], result
         if action == "approve":
-            result = await deployer.release.approve(deployment_id, actor=user)
+            result = await deployer.release.approve(deployment_id, actor=actor)
             return f"approved; now {result['status']}", result
         if action == "reject":
-            result = await deployer.release.reject(deployment_id, actor=user, reason=reason)
+            result = await deployer.release.reject(deployment_id, actor=actor, reason=reason)
             return "rejected" + (f": {reason}" if reason else ""), result
         target = _next_environment(deployer, doc["application"], doc["environment"])
         if target is None:
             raise _NoNextEnvironment(doc["environment"])
-        promoted = await deployer.release.promote(doc["application"], doc["environment"], target, actor=user)
+        promoted = await deployer.release.promote(doc["application"], doc["environment"], target, actor=actor)
         return f"promoted to {target} as `{promoted['id']}`", dict(doc)
 
 

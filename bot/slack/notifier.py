@@ -10,6 +10,11 @@ happened meanwhile into one edit, and skipping edits that would change nothing).
 Where each parent message lives (channel id and ts) is kept in a small JSON file under the data directory, so a
 restarted server keeps editing the same message instead of starting a second thread.
 
+People are shown as Slack mentions: a deployment's ``created_by`` that is a declared user with a ``slack:`` id is
+rendered as that id (``<@U…>``). A rollback is created by ``codeDeployRollback``; when someone asked for it in Slack,
+ChatOps tells the notifier (``expect_rollback`` before the engine call, ``rollback_requested`` after), and the
+threads show that person as who started it instead.
+
 The parent message ends with a "View deployment" button to the deployment's page (a signed, expiring link from
 ``page_link``). The link is made once per thread: a fresh expiry on every render would make every edit look like a
 change.
@@ -41,7 +46,7 @@ from bot.messages import (
     rollback_finished_text,
     who,
 )
-from engine import FINAL_STATUSES, EngineConfig
+from engine import FINAL_STATUSES, ROLLBACK_CREATOR, EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +131,11 @@ class SlackNotifier:
         self._channel_hints: dict[str, str] = {}
         self._hinted = asyncio.Condition()
         self._last_commit: dict[tuple[str, str], str] = {}
+        # Who asked for a rollback in Slack: by the rollback's id, by the id of the deployment it will roll back
+        # (a running one stopped with rollback), and by group while the engine call that creates it runs.
+        self._requesters: dict[str, str] = {}
+        self._requesters_of: dict[str, str] = {}
+        self._expected_rollbacks: dict[tuple[str, str], str] = {}
 
     # -- the engine's side (engine.ports.Notifier) -----------------------------------------------------------
 
@@ -138,6 +148,7 @@ class SlackNotifier:
     def _record(self, doc: dict[str, Any]) -> None:
         thread = self._threads.get(doc["id"])
         if thread is None:
+            self._claim_rollback(doc)
             known = self.store.get(doc["id"])
             # After a restart the thread already told the story so far: continue from here, replay nothing.
             thread = _Thread(doc["id"], doc, seen=doc if known else None)
@@ -167,7 +178,7 @@ class SlackNotifier:
             return
         original.rollbacks_announced.add(doc["id"])
         original.doc = {**original.doc, "rollback": {**(original.doc.get("rollback") or {}), "by": doc["id"]}}
-        original.replies.append(f":rewind: Rollback started: `{doc['id']}` by {who(doc.get('created_by'))}")
+        original.replies.append(f":rewind: Rollback started: `{doc['id']}` by {who(self._shown_actor(doc))}")
         self._wake(original)
 
     def _reply_to(self, deployment_id: str, text: str) -> None:
@@ -176,7 +187,45 @@ class SlackNotifier:
             thread.replies.append(text)
             self._wake(thread)
 
+    def _claim_rollback(self, doc: Mapping[str, Any]) -> None:
+        """A new rollback someone asked for in Slack: remember them as its requester."""
+        rolls_back = (doc.get("rollback") or {}).get("of")
+        if not rolls_back or doc.get("created_by") != ROLLBACK_CREATOR or doc["id"] in self._requesters:
+            return
+        requester = self._requesters_of.pop(rolls_back, None) or self._expected_rollbacks.pop(
+            (doc["application"], doc["environment"]), None
+        )
+        if requester is not None:
+            self._requesters[doc["id"]] = requester
+
+    def _shown_actor(self, doc: Mapping[str, Any]) -> str | None:
+        """Who started the deployment, as the thread shows them: the Slack requester of a rollback, and a declared
+        user as their Slack id (a mention) when they have one."""
+        actor = self._requesters.get(doc["id"]) or doc.get("created_by")
+        user = (self.config.users or {}).get(actor or "")
+        return user.slack if user is not None and user.slack else actor
+
     # -- the Slack app's side --------------------------------------------------------------------------------
+
+    def expect_rollback(self, application: str, environment: str, requester: str) -> None:
+        """``requester`` is asking the engine to roll this group back now: the rollback it creates is theirs."""
+        self._expected_rollbacks[(application, environment)] = requester
+
+    def forget_rollback(self, application: str, environment: str) -> None:
+        self._expected_rollbacks.pop((application, environment), None)
+
+    def rollback_requested(self, result: Mapping[str, Any], requester: str) -> None:
+        """What the engine answered a rollback with: the rollback deployment itself, or the running deployment it
+        stopped (whose rollback the engine creates once it has stopped)."""
+        if (result.get("rollback") or {}).get("of"):
+            self._requesters.setdefault(result["id"], requester)
+            thread = self._threads.get(result["id"])
+            if thread is not None:
+                self._wake(thread)  # re-render "Started by"
+        elif not (result.get("rollback") or {}).get("by"):
+            self._requesters_of[result["id"]] = requester
+        else:
+            self._requesters.setdefault(result["rollback"]["by"], requester)
 
     async def hint_channel(self, deployment_id: str, channel: str) -> None:
         """Where to open the thread when the application names no ``slack_channel`` (the command's channel)."""
@@ -315,7 +364,7 @@ class SlackNotifier:
             next_environment=next_env,
             note=thread.note,
         )
-        blocks = deployment_blocks(doc, context)
+        blocks = deployment_blocks({**doc, "created_by": self._shown_actor(doc)}, context)
         if self.page_link is None:
             return blocks
         if thread.page_url is None:

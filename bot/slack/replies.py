@@ -1,13 +1,74 @@
-"""Text answers to the read-only commands (pure): ``where`` and ``plan`` as Slack mrkdwn."""
+"""Text answers (pure): who is asking and why they may not, and the read-only commands ``where`` and ``plan``, as
+Slack mrkdwn.
+
+People are shown as Slack mentions (``<@U0123ABC>``, which Slack renders as the person's name), followed by their
+deploybot user name when it differs; a refusal names who, what, and the rule of ``engine.may`` that decided.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from bot.messages import duration_text, who
+from bot.policy import actor_from_slack
+from engine import Decision, EngineConfig
 
 GATE_ICON = {"clear": ":white_check_mark:", "wait": ":hourglass_flowing_sand:", "refuse": ":no_entry:"}
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who clicked or typed: their Slack user id and the deploybot user it maps to (None: not mapped)."""
+
+    slack_id: str
+    user: str | None
+
+    @classmethod
+    def of(cls, config: EngineConfig, slack_id: str) -> Caller:
+        return cls(slack_id, actor_from_slack(config, slack_id))
+
+    @property
+    def shown(self) -> str:
+        """``<@U0123ABC> (alice)``; just the mention when the Slack id is the name (no ``users`` section)."""
+        mention = who(self.slack_id)
+        return mention if self.user in (None, self.slack_id) else f"{mention} ({self.user})"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a caller may not: ``text`` answers them, ``reason`` is what the parent message shows after "refused"."""
+
+    text: str
+    reason: str
+
+
+NOT_MAPPED = "not mapped to a deploybot user"
+
+
+def not_mapped(caller: Caller, what: str) -> Refusal:
+    """The refusal for a Slack user no ``users`` entry claims: what to add, and where."""
+    text = (
+        f":no_entry: {caller.shown} may not {what}: your Slack account is not mapped to a deploybot user; "
+        f"ask an admin to add `slack: {caller.slack_id}` under users:"
+    )
+    return Refusal(text, NOT_MAPPED)
+
+
+def rule_text(rule: str) -> str:
+    """A rule of ``engine.may`` with the Slack user ids of a permission list shown as mentions (configs without
+    ``users`` list Slack ids): ``app-production.deployers: <@U0ALICE>, @release``."""
+    head, colon, listed = rule.partition(": ")
+    if not colon or "." not in head:
+        return rule
+    return f"{head}: " + ", ".join(who(entry) for entry in listed.split(", "))
+
+
+def refused(caller: Caller, what: str, decision: Decision) -> Refusal:
+    """``:no_entry: <@U0BOB> (bob) may not deploy app to production (rule: app-production.deployers: alice)``."""
+    reason = f"rule: {rule_text(decision.rule)}"
+    return Refusal(f":no_entry: {caller.shown} may not {what} ({reason})", reason)
 
 
 def _revision(revision: Mapping[str, Any] | None) -> str:

@@ -55,7 +55,7 @@ class Decision:
     rule: str
 
 
-_VERBS = {
+VERBS: dict[Action, str] = {
     Action.DEPLOY: "deploy",
     Action.CONTROL: "control deployments",
     Action.ROLLBACK: "roll back",
@@ -104,7 +104,7 @@ def may(config: EngineConfig, actor: str | None, action: Action, group: Deployme
     """May ``actor`` (a user name, None when the door could not tell who asks) do ``action`` to ``group`` (None for
     what has no group: FREEZE, ADMIN)?"""
     target = group.name if group is not None else "*"
-    verb = _VERBS[action]
+    verb = VERBS[action]
 
     def decided(allowed: bool, rule: str) -> Decision:
         return Decision(allowed, actor, action, target, rule)

@@ -57,8 +57,8 @@ LOAD_BALANCER_EXTRA_KEYS = (
     "backend",
 )
 
-SLACK_GROUP_KEYS = ("slack_deployers", "slack_approvers", "slack_rollbackers")
-SLACK_ID = re.compile(r"^[UWS][A-Z0-9]{2,}$")  # a Slack user (U…, W…) or user group (S…)
+# The retired Slack-only permission lists, and the list each became: they are refused with what to write instead.
+SLACK_GROUP_KEYS = {"slack_deployers": "deployers", "slack_approvers": "approvers", "slack_rollbackers": "rollbackers"}
 DEPLOYMENT_TYPES = {"in-place": DeploymentType.IN_PLACE, "blue-green": DeploymentType.BLUE_GREEN}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _MAX_WAIT_MINUTES = 2880
@@ -232,6 +232,7 @@ def parse_group(
     if server and blue_green and load_balancer is None and "deployment_type" in fields:
         where = fields["deployment_type"]
         reader.report(where.value, "blue-green deployments need a load_balancer to move traffic", where.path)
+    _retired_slack_keys(reader, fields)
     read_list = partial(read_people, reader)
     approvers = reader.get(fields, "approvers", read_list, (), ctx.people)
     required_approvals = reader.get(fields, "required_approvals", reader.integer, 0)
@@ -267,7 +268,6 @@ def parse_group(
         lock_policy=reader.get(fields, "lock_policy", reader.choice, "refuse", _LOCK_POLICIES),
         approval_ttl_minutes=reader.get(fields, "approval_ttl_minutes", reader.number, 60.0, 0.01, _WEEK),
         min_soak_minutes=reader.get(fields, "min_soak_minutes", reader.number, 0.0, 0, _WEEK),
-        **_slack_ids(reader, fields),
         extra=_aws_extra(reader, fields, platform, blue_green, load_balancer, entry, ctx)
         | ({"ec2_tags": ec2_tags} if ec2_tags else {}),
     )
@@ -316,17 +316,20 @@ def _check_elbv2(reader: NodeReader, where: Entry, lb: LoadBalancer, *, two_side
         reader.report(where.value, "a blue-green elbv2 load_balancer needs listener_arn (production)", where.path)
 
 
-def _slack_ids(reader: NodeReader, fields: dict[str, Entry]) -> dict[str, tuple[str, ...]]:
-    """The ``slack_*`` permission lists: Slack ids only, since display names change and are not unique."""
-    out: dict[str, tuple[str, ...]] = {}
-    for key in SLACK_GROUP_KEYS:
-        ids = reader.get(fields, key, reader.strings, ())
-        for item in ids:
-            if not SLACK_ID.match(item):
-                message = f"{item!r} is not a Slack user id (U…/W…) or user-group id (S…)"
-                reader.report(fields[key].value, message, fields[key].path)
-        out[key] = tuple(ids)
-    return out
+def _retired_slack_keys(reader: NodeReader, fields: dict[str, Entry]) -> None:
+    """``slack_deployers`` and friends are gone: every door now maps its caller to one user (``users:``), and one
+    rule decides (engine.core.policy). Say what to write instead, where the old key is, with one of its own ids."""
+    for key, replacement in SLACK_GROUP_KEYS.items():
+        if (entry := fields.get(key)) is None:
+            continue
+        listed = reader.plain(entry.value, entry.path)
+        ids = [i for i in listed if isinstance(i, str) and i[:1] in ("U", "W")] if isinstance(listed, list) else []
+        message = (
+            f"{key!r} is retired: declare each person under users: with their Slack id "
+            f"(users: {{alice: {{slack: {ids[0] if ids else 'U0123ABC'}}}}}) and list their names under {replacement} "
+            "(a Slack user group becomes a role: roles: {ops: [alice, bob]}, listed as '@ops')"
+        )
+        reader.report(entry.key, message, entry.path)
 
 
 def _check_config(

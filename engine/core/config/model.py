@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 _UNSAFE_ID_CHARS = re.compile(r"[^a-z0-9._-]+")
 ROLE_PREFIX = "@"
 """How a permission list names a role rather than a user: ``@release``."""
+GITHUB_USER = "github"
+"""Who merge-triggered deployments act as unless an application's ``github.deploy_as`` names another user: a
+group whose ``deployers`` list is set must list it for merges to deploy there (with a ``users`` section, it must be
+declared there too)."""
 
 
 def expand(entries: Iterable[str], roles: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
@@ -164,6 +168,7 @@ class Application:
     # or check-run names that must be green) and "checks_timeout_minutes": float.
     auto_deploy: Mapping[str, object] | None = None
     github_environment_urls: Mapping[str, str] = field(default_factory=dict)  # environment -> its public URL
+    github_deploy_as: str = GITHUB_USER  # the user merges into ``auto_deploy.branch`` deploy as
     extra: Mapping[str, object] = field(default_factory=dict)
 
     def environment(self, name: str) -> str:

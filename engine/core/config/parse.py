@@ -30,11 +30,21 @@ from engine.core.config.groups import (
     extra_values,
     parse_group,
     parse_hosts,
+    person_problem,
     read_name,
     read_people,
     resolve_path,
 )
-from engine.core.config.model import Application, AwsAccount, DeploymentGroup, EngineConfig, ServerSettings, User
+from engine.core.config.model import (
+    GITHUB_USER,
+    ROLE_PREFIX,
+    Application,
+    AwsAccount,
+    DeploymentGroup,
+    EngineConfig,
+    ServerSettings,
+    User,
+)
 from engine.core.configs import (
     DeploymentConfig,
     MinimumHealthyHosts,
@@ -299,7 +309,7 @@ def _application(reader: NodeReader, name: str, entry: Entry, ctx: GroupContext)
         if environment not in group_entries:
             message = f"environment {environment!r} has no deployment group (add deployment_groups.{environment})"
             reader.report(item, message, path)
-    repository, auto_deploy, environment_urls = _github(reader, fields, declared)
+    repository, auto_deploy, environment_urls, deploy_as = _github(reader, fields, declared, ctx.people)
     revision = reader.get(fields, "revision", reader.string, None)
     return Application(
         name=name,
@@ -311,17 +321,19 @@ def _application(reader: NodeReader, name: str, entry: Entry, ctx: GroupContext)
         github_repository=repository,
         auto_deploy=auto_deploy,
         github_environment_urls=environment_urls,
+        github_deploy_as=deploy_as,
         extra=extra_values(reader, fields, APPLICATION_EXTRA_KEYS),
     )
 
 
 def _github(
-    reader: NodeReader, fields: dict[str, Entry], environments: Collection[str]
-) -> tuple[str | None, dict[str, object] | None, dict[str, str]]:
+    reader: NodeReader, fields: dict[str, Entry], environments: Collection[str], people: People
+) -> tuple[str | None, dict[str, object] | None, dict[str, str], str]:
     if (entry := fields.get("github")) is None:
-        return None, None, {}
-    allowed = ("repository", "auto_deploy", "environment_urls")
+        return None, None, {}, GITHUB_USER
+    allowed = ("repository", "auto_deploy", "environment_urls", "deploy_as")
     github = reader.fields(entry.value, entry.path, allowed, required=("repository",))
+    deploy_as = _deploy_as(reader, github.get("deploy_as"), people)
     repository = reader.get(github, "repository", reader.string, None)
     if repository is not None and not _REPOSITORY.match(repository):
         where = github["repository"]
@@ -333,7 +345,7 @@ def _github(
             hint = did_you_mean(env, environments, list_known=True)
             reader.report(where.value, f"unknown environment {env!r}{hint}", f"{where.path}.{env}")
     if (auto := github.get("auto_deploy")) is None or is_null(auto.value):
-        return repository, None, urls
+        return repository, None, urls, deploy_as
     keys = ("branch", "to", "require_checks", "checks_timeout_minutes")
     rule = reader.fields(auto.value, auto.path, keys, required=("branch", "to"))
     target = rule.get("to")
@@ -348,4 +360,19 @@ def _github(
     elif "checks_timeout_minutes" in rule:
         where = rule["checks_timeout_minutes"]
         reader.report(where.key, "checks_timeout_minutes needs require_checks", where.path)
-    return repository, values, urls
+    return repository, values, urls, deploy_as
+
+
+def _deploy_as(reader: NodeReader, entry: Entry | None, people: People) -> str:
+    """``github.deploy_as``: the one user (not a role) merges deploy as; a declared one once ``users`` exists."""
+    name = None if entry is None else reader.string(entry.value, entry.path)
+    if entry is None or name is None:
+        return GITHUB_USER
+    if name.startswith(ROLE_PREFIX):
+        problem: str | None = f"deploy_as names one user, not a role: {name!r}"
+    else:
+        problem = person_problem(name, people, allow_roles=False)
+    if problem is not None:
+        reader.report(entry.value, problem, entry.path)
+        return GITHUB_USER
+    return name
