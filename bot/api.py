@@ -168,7 +168,7 @@ async def upload_revision(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     upload_dir = request.app[UPLOAD_DIR]
-    upload_dir.mkdir(parents=True, exist_ok=True)
+    upload_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="upload-", suffix=".tar.gz", dir=upload_dir)
     path = Path(name)
     try:

@@ -34,7 +34,7 @@ async def assemble_deployer(
     """A Deployer over ``data_dir`` (SQLite, revision bundles, agent tokens), resumed where a previous server
     left off. ``aws``: one set of AWS clients shared with the routers and alarms (made from the config if None)."""
     clock = clock or SystemClock()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = await SqliteStore.open(data_dir / "deploybot.db")
     try:
         revisions = RevisionStore(store, data_dir / "revisions", clock)

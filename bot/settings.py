@@ -106,7 +106,7 @@ def ensure_api_token_file(path: Path) -> bool:
 
     ``O_EXCL`` makes two servers starting at once agree on one token instead of overwriting each other's.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -30,10 +30,9 @@ class Call:
 
 
 class FakeSlack:
-    def __init__(self, *, usergroups: dict[str, list[str]] | None = None) -> None:
+    def __init__(self) -> None:
         self.calls: list[Call] = []
         self.responses: list[tuple[str, dict[str, Any]]] = []  # (response_url path id, JSON body)
-        self.usergroups = usergroups or {}
         self._rate_limited: dict[str, int] = {}
         self._ts = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -64,7 +63,7 @@ class FakeSlack:
 
     def _app(self) -> web.Application:
         app = web.Application()
-        app.router.add_route("*", "/api/{method}", self._api)  # a few methods are GETs (usergroups.users.list)
+        app.router.add_route("*", "/api/{method}", self._api)  # a few Web API methods are GETs
         app.router.add_post("/response/{name}", self._response)
         return app
 
@@ -101,9 +100,6 @@ class FakeSlack:
             return web.json_response({"ok": True, "channel": payload.get("channel"), "ts": payload.get("ts")})
         if method == "chat.postEphemeral":
             return web.json_response({"ok": True, "message_ts": "1700000000.999999"})
-        if method == "usergroups.users.list":
-            users = self.usergroups.get(str(payload.get("usergroup")), [])
-            return web.json_response({"ok": True, "users": users})
         if method == "users.info":
             user = str(payload.get("user"))
             return web.json_response({"ok": True, "user": {"id": user, "name": user.lower()}})

@@ -58,6 +58,19 @@ async def test_registered_instance_gets_a_token_shows_in_hosts_and_is_deployed_t
     assert [t for batch in doc["batches"] for t in batch] == ["s1", "s2"]
 
 
+async def test_registering_never_hands_out_a_token_the_name_already_holds(served: Served) -> None:
+    client = served.client()
+    earlier = served.deployer.fleet.token_for("edge-9")  # e.g. issued by POST /api/v1/agent-tokens before
+    answer = await call(client.register_on_premises_instance, instanceName="edge-9")
+    token = answer["ResponseMetadata"]["HTTPHeaders"]["x-deploybot-agent-token"]
+    assert token != earlier
+    assert served.deployer.fleet.authenticate(earlier) is None
+    assert served.deployer.fleet.authenticate(token) == "edge-9"
+    await call(client.deregister_on_premises_instance, instanceName="edge-9")
+    again = await call(client.register_on_premises_instance, instanceName="edge-9")
+    assert again["ResponseMetadata"]["HTTPHeaders"]["x-deploybot-agent-token"] not in (earlier, token)
+
+
 async def test_listing_getting_and_tagging_instances(served: Served) -> None:
     client = served.client()
     for name, tags in (("edge-1", {"env": "edge", "role": "web"}), ("edge-2", {"env": "edge"}), ("edge-3", {})):

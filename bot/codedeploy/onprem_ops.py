@@ -90,6 +90,9 @@ class OnPremOperations(OperationsBase):
         except IamArnAlreadyRegistered as exc:
             kind = "IamSessionArnAlreadyRegistered" if session else "IamUserArnAlreadyRegistered"
             raise ApiError(kind, f"{exc.arn} is already registered for {exc.holder}") from None
+        # Always a new token: one the name may hold already (from POST /agent-tokens, or a host since removed from
+        # the config) is revoked, never handed out again.
+        self.deployer.fleet.revoke_token(name)
         token = self.deployer.fleet.token_for(name)
         await self.audit("instance.registered", actor, instance=name)
         return Answer({"deploybotAgentToken": token}, {TOKEN_HEADER: token})

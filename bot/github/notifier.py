@@ -232,6 +232,7 @@ class GitHubNotifier:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         partial = self.state_file.with_suffix(".tmp")
         partial.write_text(json.dumps(self._state, indent=1, sort_keys=True), encoding="utf-8")
+        partial.chmod(0o600)  # the data dir's files are deploybot's alone
         os.replace(partial, self.state_file)
 
 

@@ -87,6 +87,7 @@ class ThreadStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_suffix(".tmp")
         temporary.write_text(json.dumps(self._threads, indent=0), encoding="utf-8")
+        temporary.chmod(0o600)  # the data dir's files are deploybot's alone
         os.replace(temporary, self.path)
 
 

@@ -108,6 +108,7 @@ async def start_haproxy(
     if handle is None:
         await process.start()
         pid_file.write_text(str(process.pid))
+        pid_file.chmod(0o600)
         handle = process
     pools = {
         group.name: GroupPool.of_hosts(
