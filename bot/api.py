@@ -40,7 +40,7 @@ from bot.http import (
     parse_duration,
     unauthorized,
 )
-from engine import BOOTSTRAP_ADMIN, Action, DeploymentService, DeployRequest, may
+from engine import BOOTSTRAP_ADMIN, Action, DeploymentService, DeployRequest
 
 log = logging.getLogger(__name__)
 
@@ -366,9 +366,9 @@ async def reject_deployment(request: web.Request) -> web.Response:
     release = request.app[DEPLOYER].release
     reason = _text(body, "reason", _REJECT_USAGE)
     group = await deployment_group(request, request.match_info["id"])
-    # Approvers reject; the requester may withdraw their own request (CONTROL), which the release flow checks.
-    config = request.app[DEPLOYER].config
-    action = Action.APPROVE if may(config, actor_of(request), Action.APPROVE, group).allowed else Action.CONTROL
+    # Approvers reject; the requester may withdraw their own request, which is controlling their own deployment.
+    requester = (await request.app[DEPLOYER].get(request.match_info["id"])).get("created_by")
+    action = Action.CONTROL if requester == actor_of(request) else Action.APPROVE
     actor = await authorize(request, action, group)
     return json_response(await release.reject(request.match_info["id"], actor=actor, reason=reason))
 
