@@ -3,11 +3,17 @@
 Failures a person can fix get their own exception and a sentence that says how: no server (start it), a bad token
 (why the server refused it, and where we looked), an engine refusal (the server's ``error``/``message`` and data,
 kept for ``--json`` callers). Who the caller is comes from the token alone: the client sends no name of its own.
+
+An https:// server's certificate is always verified, TLS 1.2 or later: against the CA file given (``--ca-file``,
+else $DEPLOYBOT_CA_FILE) or the system CAs. A certificate that fails is its own error (ServerNotTrusted), saying
+what failed and how to give the CA; there is no option to skip verification.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +26,8 @@ import aiohttp
 DEFAULT_SERVER_URL = "http://127.0.0.1:8080"
 EXAMPLE_CONFIG = Path("config") / "deploybot.example.yml"
 TOKEN_FILE = Path("var") / "api-token"
+CA_FILE_VARIABLE = "DEPLOYBOT_CA_FILE"
+"""The environment variable naming the CA file (PEM) that signed an https:// server's certificate."""
 
 
 class ClientError(Exception):
@@ -31,6 +39,58 @@ class ServerUnreachable(ClientError):
         self.url = url
         self.detail = detail
         super().__init__(f"deploybot server is not running at {url} — start it with `make run`")
+
+
+class ConnectionDropped(ServerUnreachable):
+    """No HTTP answer: the server closed the connection (``detail`` empty) or sent something else (``detail``:
+    aiohttp's words for it). Often a plain http:// URL for an HTTPS server."""
+
+    def __init__(self, url: str, detail: str = "") -> None:
+        self.url = url
+        self.detail = detail
+        what = "answered something that is not HTTP" if detail else "closed the connection without answering"
+        hint = " (if it speaks HTTPS, use an https:// URL)" if url.lower().startswith("http://") else ""
+        ClientError.__init__(self, f"the server at {url} {what}{hint}")
+
+
+class ServerNotTrusted(ClientError):
+    """The server's TLS certificate failed verification; ``reason`` is OpenSSL's word for why (e.g. "self-signed
+    certificate in certificate chain", "IP address mismatch, ...")."""
+
+    def __init__(self, url: str, reason: str, *, ca_file: str | None = None) -> None:
+        self.url = url
+        self.reason = reason
+        trusted = f"the CA file {ca_file}" if ca_file else "the system CAs"
+        super().__init__(
+            f"cannot trust the server {url}: certificate verify failed: {reason} (checked against {trusted}; "
+            f"give the CA that signed its certificate with --ca-file PATH or ${CA_FILE_VARIABLE})"
+        )
+
+
+class TlsFailed(ClientError):
+    """The TLS handshake failed for another reason than the certificate (e.g. the server does not speak TLS)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        super().__init__(f"TLS with {url} failed: {reason} (is it a plain http:// server?)")
+
+
+class BadCaFile(ClientError):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot use the CA file {path}: {reason}")
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Certificates and host names verified, TLS 1.2 or later, trusting ``ca_file`` (PEM) if given, else the system
+    CAs; BadCaFile naming the file when it cannot be read or holds no certificate."""
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except ssl.SSLError:  # before OSError, its base class
+        raise BadCaFile(str(ca_file), "no PEM certificate in it") from None
+    except OSError as exc:
+        raise BadCaFile(str(ca_file), str(exc.strerror or exc)) from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 class BadToken(ClientError):
@@ -112,11 +172,25 @@ def find_api_token(environ: Mapping[str, str], cwd: Path) -> TokenLookup:
 
 
 class ApiClient:
-    """One aiohttp session against one server; use as ``async with ApiClient(url, token=...) as api:``."""
+    """One aiohttp session against one server; use as ``async with ApiClient(url, token=...) as api:``.
 
-    def __init__(self, base_url: str, *, token: TokenLookup) -> None:
+    ``ca_file`` (``--ca-file``) is the PEM file of the CA that signed an https:// server's certificate; without it,
+    $DEPLOYBOT_CA_FILE of ``environ`` (default: the process environment), else the system CAs.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: TokenLookup,
+        ca_file: str | Path | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
+        environ = os.environ if environ is None else environ
+        chosen = ca_file if ca_file is not None else environ.get(CA_FILE_VARIABLE, "").strip()
+        self.ca_file: str | None = str(chosen) if chosen else None
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ApiClient:
@@ -125,7 +199,8 @@ class ApiClient:
             headers["Authorization"] = f"Bearer {self.token.token}"
         # Long polls last up to 60 s; only connecting has a short limit.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=120)
-        self._session = aiohttp.ClientSession(headers=headers, timeout=timeout)
+        connector = aiohttp.TCPConnector(ssl=tls_context(self.ca_file))
+        self._session = aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector)
         return self
 
     async def __aexit__(
@@ -141,6 +216,15 @@ class ApiClient:
             async with self._session.request(method, url, **kwargs) as response:
                 raw = await response.read()
                 status = response.status
+        except aiohttp.ClientConnectorCertificateError as exc:
+            reason = getattr(exc.certificate_error, "verify_message", "") or str(exc.certificate_error)
+            raise ServerNotTrusted(self.base_url, reason, ca_file=self.ca_file) from None
+        except aiohttp.ClientSSLError as exc:  # e.g. an https:// URL for a plain-HTTP server
+            raise TlsFailed(self.base_url, getattr(exc.os_error, "reason", None) or str(exc.os_error)) from None
+        except aiohttp.ServerDisconnectedError:
+            raise ConnectionDropped(self.base_url) from None
+        except aiohttp.ClientResponseError as exc:  # a status line that is not HTTP
+            raise ConnectionDropped(self.base_url, exc.message or "malformed") from None
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise ServerUnreachable(self.base_url, str(exc)) from exc
         if status == 204:

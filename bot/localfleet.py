@@ -66,9 +66,11 @@ def agent_processes(
     data_dir: Path,
     token_for: Callable[[str], str],
     python: str = sys.executable,
+    ca_file: Path | None = None,
 ) -> tuple[AgentProcess, ...]:
     """The agent command line of every local host: ``python -m bot agent --server URL --name NAME ...``; writes each
-    host's token file (``--token-file``).
+    host's token file (``--token-file``). ``ca_file`` (``server.tls.ca``) is passed as ``--ca-file``: an https://
+    server's certificate is then verified against it, else against the system CAs.
 
     Each host gets ``<data>/hosts/NAME`` as its agent root and ``.../fs`` as the prefix that absolute appspec
     destinations are placed under, so the local fleet never writes outside the data directory. ``PORT`` tells the
@@ -82,6 +84,8 @@ def agent_processes(
         token_file = write_token_file(data_dir.absolute() / TOKEN_DIR, host.name, token_for(host.name))
         argv = [python, "-m", "bot", "agent", "--server", server_url, "--name", host.name]
         argv += ["--token-file", str(token_file), "--root", str(root), "--prefix", str(root / "fs")]
+        if ca_file is not None:
+            argv += ["--ca-file", str(ca_file.absolute())]
         if host.port is not None:
             argv += ["--env", f"PORT={host.port}"]
         argv += ["--env", f"DEPLOYBOT_PYTHON={python}"]

@@ -20,6 +20,7 @@ from engine.core.config.model import (
     Host,
     LoadBalancer,
     ServerSettings,
+    TlsSettings,
     User,
 )
 from engine.core.config.parse import DEFAULT_CONFIG_PATH, load_config, parse_config
@@ -515,6 +516,47 @@ def test_paths_resolve_against_base_dir_but_git_refs_stay() -> None:
         "CodeDeployDefault.LambdaAllAtOnce",
         "CodeDeployDefault.LambdaAllAtOnce",
     )
+
+
+TLS_CASES = {
+    "cert without key": (
+        "server:\n  tls: {cert: server.pem}\n",
+        [(2, 8, "missing required key 'key'", "server.tls.key")],
+    ),
+    "key without cert": (
+        "server:\n  tls:\n    key: server.key\n",
+        [(3, 5, "missing required key 'cert'", "server.tls.cert")],
+    ),
+    "unknown key": (
+        "server:\n  tls: {cert: a.pem, key: k.pem, chain: c.pem}\n",
+        [(2, 34, "unknown key 'chain'; expected one of: ca, cert, key", "server.tls.chain")],
+    ),
+    "not a mapping": ("server:\n  tls: a.pem\n", [(2, 8, "expected a mapping, got a string", "server.tls")]),
+    "wrong types": (
+        "server:\n  tls: {cert: 3, key: '', ca: [x]}\n",
+        [
+            (2, 15, "expected a string, got an integer", "server.tls.cert"),
+            (2, 23, "expected a non-empty string", "server.tls.key"),
+            (2, 31, "expected a string, got a list", "server.tls.ca"),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize(("text", "expected"), TLS_CASES.values(), ids=TLS_CASES)
+def test_server_tls_problems_are_located(text: str, expected: list[tuple[int, int, str, str]]) -> None:
+    assert problems_of(text) == expected
+
+
+def test_server_tls_paths_resolve_against_the_config_files_directory() -> None:
+    text = "server:\n  listen: 0.0.0.0:8443\n  tls: {cert: tls/server.pem, key: /etc/deploybot/server.key}\n"
+    server = parse_config(text, base_dir="/srv/deploybot").server
+    assert server.tls == TlsSettings("/srv/deploybot/tls/server.pem", "/etc/deploybot/server.key", None)
+    assert server.url == "https://0.0.0.0:8443"
+    with_ca = parse_config("server:\n  tls: {cert: s.pem, key: s.key, ca: ../ca.pem}\n", base_dir="/srv/d").server
+    assert with_ca.tls == TlsSettings("/srv/d/s.pem", "/srv/d/s.key", "/srv/ca.pem")
+    assert parse_config("server: {tls: null}\n").server.tls is None  # like any key: null is absent
+    assert parse_config("server: {}\n").server.url == "http://127.0.0.1:8080"
 
 
 def test_empty_file_is_an_empty_config() -> None:

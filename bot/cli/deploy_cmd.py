@@ -54,7 +54,7 @@ def _run(command: Command) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         async def main() -> int:
             token = find_api_token(os.environ, Path.cwd())
-            async with ApiClient(args.server, token=token) as api:
+            async with ApiClient(args.server, token=token, ca_file=args.ca_file) as api:
                 return await command(args, api)
 
         try:
@@ -214,6 +214,12 @@ def _control(action: str) -> Command:
 def _common(parser: argparse.ArgumentParser, *, json_help: str = "print one JSON document") -> None:
     default = os.environ.get("DEPLOYBOT_URL") or DEFAULT_SERVER_URL
     parser.add_argument("--server", default=default, help=f"server URL (default $DEPLOYBOT_URL or {default})")
+    parser.add_argument(
+        "--ca-file",
+        metavar="PATH",
+        help="PEM file of the CA that signed an https:// server's certificate (default $DEPLOYBOT_CA_FILE, else the "
+        "system CAs)",
+    )
     parser.add_argument("--json", action="store_true", help=json_help)
 
 

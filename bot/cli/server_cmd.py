@@ -4,6 +4,11 @@
 agents are given the server's URL. It runs until SIGINT/SIGTERM, then stops in reverse order: HTTP (in-flight long
 polls get a short grace), the local agents, and last the Deployer, which persists what is running so the next
 start resumes it.
+
+With ``server.tls`` it speaks HTTPS only (TLS 1.2 or later). The certificate files are checked before anything
+starts — each readable and PEM, the key unencrypted and matching the certificate, and the certificate trusted by
+``server.tls.ca`` (or the system CAs) for the address local agents connect to — so a mistake is one line naming the
+file, never a traceback or a crash-looping agent. Local agents get ``--ca-file`` with ``server.tls.ca``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +31,7 @@ from bot.settings import Settings, ensure_api_token_file
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from engine.core.config.model import DeploymentGroup, EngineConfig
+    from engine.core.config.model import DeploymentGroup, EngineConfig, TlsSettings
     from engine.ports import AlarmSource
 
 log = logging.getLogger(__name__)
@@ -61,13 +67,102 @@ def _listen_socket(host: str, port: int) -> socket.socket:
     return socket.create_server((host.strip("[]"), port), family=family, backlog=256)
 
 
-def _local_url(host: str, port: int) -> str:
-    """How agents on this machine reach the server (a wildcard listen address is not connectable)."""
+def _local_host(host: str) -> str:
+    """The address agents on this machine connect to (a wildcard listen address is not connectable)."""
     if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host in ("::", "[::]"):
-        host = "::1"
-    return f"http://[{host.strip('[]')}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return "127.0.0.1"
+    if host in ("::", "[::]"):
+        return "::1"
+    return host.strip("[]")
+
+
+def _local_url(host: str, port: int, scheme: str = "http") -> str:
+    """How agents on this machine reach the server."""
+    host = _local_host(host)
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+class TlsFileError(ValueError):
+    """A ``server.tls`` file the server cannot use; the message names the file and says why."""
+
+
+def _read_pem(what: str, path: str, marker: bytes, kind: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise TlsFileError(f"server.tls.{what} {path}: cannot read it: {exc.strerror or exc}") from None
+    if marker not in data:
+        raise TlsFileError(f"server.tls.{what} {path}: no PEM {kind} in it (expected a -----BEGIN ... block)")
+    return data
+
+
+def _no_password() -> bytes:
+    raise TlsFileError("encrypted")  # never prompt on the terminal; the key's check below words the problem
+
+
+def server_tls_context(tls: TlsSettings) -> ssl.SSLContext:
+    """The server's SSLContext (TLS 1.2 or later) from ``server.tls``; TlsFileError naming the file that is
+    unreadable, not PEM, encrypted or not the certificate's key."""
+    _read_pem("cert", tls.cert, b"-----BEGIN CERTIFICATE-----", "certificate")
+    key = _read_pem("key", tls.key, b"PRIVATE KEY-----", "private key")
+    if b"ENCRYPTED" in key:
+        raise TlsFileError(f"server.tls.key {tls.key}: the key is encrypted: give it unencrypted (mode 0600)")
+    if tls.ca is not None:
+        _read_pem("ca", tls.ca, b"-----BEGIN CERTIFICATE-----", "certificate")
+        try:
+            ssl.create_default_context(cafile=tls.ca)
+        except ssl.SSLError as exc:
+            raise TlsFileError(f"server.tls.ca {tls.ca}: not a usable CA certificate: {exc.reason or exc}") from None
+    if os.stat(tls.key).st_mode & 0o077:
+        log.warning("server.tls.key %s can be read by other users: chmod 600 it", tls.key)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(tls.cert, tls.key, password=_no_password)
+    except TlsFileError:
+        raise TlsFileError(f"server.tls.key {tls.key}: the key is encrypted: give it unencrypted (mode 0600)") from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise TlsFileError(
+                f"server.tls.key {tls.key} is not the key of the certificate in server.tls.cert {tls.cert}"
+            ) from None
+        raise TlsFileError(
+            f"server.tls: cannot load the certificate {tls.cert} with the key {tls.key}: {exc.reason or exc}"
+        ) from None
+    return context
+
+
+def check_local_trust(server: ssl.SSLContext, tls: TlsSettings, host: str | None) -> None:
+    """TlsFileError unless a client trusting ``server.tls.ca`` (else the system CAs) accepts the certificate for
+    ``host`` (where local agents connect; None: the chain alone). A TLS handshake in memory: no socket involved."""
+    from engine.agent.client import tls_context
+
+    client = tls_context(Path(tls.ca) if tls.ca else None)
+    client.check_hostname = host is not None
+    to_server, to_agent = ssl.MemoryBIO(), ssl.MemoryBIO()  # each end writes into the other's incoming buffer
+    ends = [
+        client.wrap_bio(to_agent, to_server, server_hostname=host or "deploybot"),
+        server.wrap_bio(to_server, to_agent, server_side=True),
+    ]
+    try:
+        for _ in range(8):  # TLS 1.3 needs three flights; 1.2 four
+            for end in list(ends):
+                try:
+                    end.do_handshake()
+                    ends.remove(end)
+                except ssl.SSLWantReadError:
+                    pass
+            if not ends:
+                return
+    except ssl.SSLCertVerificationError as exc:
+        trusted_by = f"server.tls.ca {tls.ca}" if tls.ca else "the system CAs (set server.tls.ca for a private CA)"
+        where = f" for {host} (where local agents connect)" if host else ""
+        raise TlsFileError(
+            f"server.tls.cert {tls.cert} is not trusted by {trusted_by}{where}: certificate verify failed: "
+            f"{exc.verify_message}"
+        ) from None
+    except ssl.SSLError as exc:
+        raise TlsFileError(f"server.tls: a test handshake with {tls.cert} failed: {exc.reason or exc}") from None
 
 
 async def _until_signalled() -> None:
@@ -91,7 +186,9 @@ def _slack_line(settings: Settings) -> str:
     return f"Slack: on ({', '.join(ways)})"
 
 
-async def _serve(config: EngineConfig, settings: Settings, config_path: Path) -> None:
+async def _serve(
+    config: EngineConfig, settings: Settings, config_path: Path, tls: ssl.SSLContext | None = None
+) -> None:
     from aiohttp import web
 
     from bot.app import create_app
@@ -103,7 +200,7 @@ async def _serve(config: EngineConfig, settings: Settings, config_path: Path) ->
     from engine.adapters.haproxy.stack import build_alarms, haproxy_groups, start_haproxy
 
     sock = _listen_socket(config.server.listen_host, config.server.listen_port)
-    url = _local_url(config.server.listen_host, sock.getsockname()[1])
+    url = _local_url(config.server.listen_host, sock.getsockname()[1], "https" if tls else "http")
     clock = SystemClock()
     try:
         haproxy = await start_haproxy(config, run_dir=settings.data_dir / "haproxy", clock=clock)
@@ -134,14 +231,20 @@ async def _serve(config: EngineConfig, settings: Settings, config_path: Path) ->
             await haproxy.stop()
         raise
     try:
+        ca = config.server.tls.ca if tls is not None and config.server.tls is not None else None
+        ca_file = Path(ca) if ca else None
         agents = agent_processes(
-            config.local_hosts(), server_url=url, data_dir=settings.data_dir, token_for=deployer.fleet.token_for
+            config.local_hosts(),
+            server_url=url,
+            data_dir=settings.data_dir,
+            token_for=deployer.fleet.token_for,
+            ca_file=ca_file,
         )
         app = create_app(settings, deployer=deployer, local_fleet=LocalFleet(agents) if agents else None)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
         await runner.setup()
         try:
-            await web.SockSite(runner, sock, shutdown_timeout=SHUTDOWN_GRACE_SECONDS).start()
+            await web.SockSite(runner, sock, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, ssl_context=tls).start()
             haproxy_socket = settings.data_dir / "haproxy" / "haproxy.sock"
             print(f"deploybot {config_path.name}:", flush=True)
             print(f"  config {config_path}, data in {settings.data_dir}", flush=True)
@@ -156,6 +259,8 @@ async def _serve(config: EngineConfig, settings: Settings, config_path: Path) ->
                 print(f"  HAProxy: {group.name} on http://127.0.0.1:{port} (runtime API {haproxy_socket})", flush=True)
             if config.server.public_url:
                 print(f"  public URL {config.server.public_url}", flush=True)
+            if tls and config.server.tls:
+                print(f"  {_tls_line(config.server.tls)}", flush=True)
             print(f"  {_slack_line(settings)}", flush=True)
             print(f"  {describe_github(settings)}", flush=True)
             print(f"deploybot listening on {url}", flush=True)  # last: everything above is ready by now
@@ -168,6 +273,24 @@ async def _serve(config: EngineConfig, settings: Settings, config_path: Path) ->
         if haproxy:
             await haproxy.stop()
     print("deploybot stopped", flush=True)
+
+
+def _tls_line(tls: TlsSettings) -> str:
+    if tls.ca:
+        return f"TLS: certificate {tls.cert}; agents and the CLI elsewhere need --ca-file {tls.ca}"
+    return f"TLS: certificate {tls.cert} (agents and the CLI verify it against the system CAs)"
+
+
+def _tls_for(config: EngineConfig) -> ssl.SSLContext | None:
+    """The server's SSLContext when ``server.tls`` is set, checked as the module docstring says; TlsFileError."""
+    tls = config.server.tls
+    if tls is None:
+        return None
+    context = server_tls_context(tls)
+    local = _local_host(config.server.listen_host) if config.local_hosts() else None
+    if local is not None or tls.ca is not None:
+        check_local_trust(context, tls, local)
+    return context
 
 
 def _serve_command(args: argparse.Namespace) -> int:
@@ -186,12 +309,17 @@ def _serve_command(args: argparse.Namespace) -> int:
         return 1
     if args.port is not None:
         config = dataclasses.replace(config, server=dataclasses.replace(config.server, listen_port=args.port))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        tls = _tls_for(config)
+    except TlsFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     settings = Settings.from_env(os.environ, data_dir=Path(config.server.data_dir))
     if ensure_api_token_file(settings.api_token_file):
         print(f"created API token {settings.api_token_file}", flush=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(_serve(config, settings, config_path))
+        asyncio.run(_serve(config, settings, config_path, tls))
     except (EngineError, ValueError) as exc:  # HAProxy missing or its port taken; a malformed setting
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -222,10 +350,13 @@ def _agent_token(args: argparse.Namespace) -> str:
 
 def _agent_command(args: argparse.Namespace) -> int:
     from engine.agent import AgentOptions, run_agent
+    from engine.agent.client import ServerNotTrusted, tls_context
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         token = _agent_token(args)
+        if args.ca_file:
+            tls_context(Path(args.ca_file))  # an unusable CA file is a usage error, said before anything starts
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -241,8 +372,13 @@ def _agent_command(args: argparse.Namespace) -> int:
         options["root"] = Path(args.root)
     if args.prefix:
         options["prefix"] = Path(args.prefix)
+    if args.ca_file:
+        options["ca_file"] = Path(args.ca_file)
     try:
         asyncio.run(run_agent(AgentOptions(**options)))
+    except ServerNotTrusted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0
@@ -261,6 +397,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     agent.add_argument("--token", help=argparse.SUPPRESS)  # refused with a message saying what to use instead
     agent.add_argument("--root", metavar="DIR", help="the agent's working directory (deployments, logs)")
     agent.add_argument("--prefix", metavar="DIR", help="place absolute appspec destinations under DIR")
+    agent.add_argument(
+        "--ca-file",
+        metavar="PATH",
+        help="PEM file of the CA that signed an https:// server's certificate (default: the system CAs)",
+    )
     agent.add_argument(
         "--tag", type=_key_value, action="append", default=[], metavar="K=V", help="a host tag (repeatable)"
     )

@@ -14,6 +14,10 @@ Theory of operation:
   - The token comes from a file (``--token-file``) or DEPLOYBOT_AGENT_TOKEN, never a command line (``ps`` shows
     those). A 401 makes the agent read its token file again, so a token rotated on the server and written to the
     file is picked up without a restart.
+  - An https:// server's certificate is always verified (TLS 1.2 or later): against the system CAs, or the CA file
+    given with ``--ca-file`` for a private CA. There is no way to skip it. A certificate that fails verification is
+    not a network hiccup that waiting cures: the agent stops with ServerNotTrusted (``deploybot agent`` exits 1
+    with one line saying why), instead of retrying forever unseen.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import hashlib
 import logging
 import os
 import signal
+import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -64,7 +69,8 @@ def _version() -> str:
 
 @dataclass(frozen=True, slots=True)
 class AgentOptions:
-    """What ``deploybot agent`` was given. ``prefix`` maps absolute install paths under a directory (local fleets).
+    """What ``deploybot agent`` was given. ``prefix`` maps absolute install paths under a directory (local fleets);
+    ``ca_file`` is the PEM file of the CA that signed an https:// server's certificate (default: the system CAs).
 
     ``token`` is the agent token as read at start; ``token_file``, when given, is where it came from and is read
     again after a 401. The token is left out of the repr, so logging the options never logs it.
@@ -80,6 +86,7 @@ class AgentOptions:
     env: Mapping[str, str] = field(default_factory=dict)
     poll_wait: int = 25
     heartbeat_interval: float = 5.0
+    ca_file: Path | None = None
 
     @property
     def agent_root(self) -> Path:
@@ -101,6 +108,35 @@ def read_token_file(path: Path) -> str:
     if mode & 0o077:
         log.warning("agent token file %s can be read by other users (mode %o): chmod 600 it", path, mode & 0o777)
     return token
+
+
+def tls_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """The client side of TLS: certificates and host names verified, TLS 1.2 or later, trusting ``ca_file`` (PEM)
+    when given, else the system CAs. ValueError naming the file when it cannot be read or holds no certificate."""
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    except ssl.SSLError:
+        raise ValueError(f"cannot use the CA file {ca_file}: no PEM certificate in it") from None
+    except OSError as exc:
+        raise ValueError(f"cannot use the CA file {ca_file}: {exc.strerror or exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class ServerNotTrusted(Exception):
+    """The server's TLS certificate failed verification (wrong or missing CA, a name the certificate does not
+    cover, an expired certificate): fatal to the agent, since retrying cannot fix it."""
+
+    def __init__(
+        self, server: str, error: aiohttp.ClientConnectorCertificateError, ca_file: Path | None = None
+    ) -> None:
+        self.server = server
+        detail = getattr(error.certificate_error, "verify_message", "") or str(error.certificate_error)
+        trusted = f"the CA file {ca_file}" if ca_file is not None else "the system CAs"
+        super().__init__(
+            f"cannot trust the server {server}: certificate verify failed: {detail} (checked against {trusted}; "
+            "give the CA that signed its certificate with --ca-file PATH)"
+        )
 
 
 def parse_assignment(item: str, *, what: str = "KEY=VALUE") -> tuple[str, str]:
@@ -168,6 +204,11 @@ class Agent:
         self._headers["Authorization"] = f"Bearer {token}"
         return True
 
+    def _check_trusted(self, error: BaseException) -> None:
+        """Raise ServerNotTrusted for a certificate that failed verification (any other error is retried)."""
+        if isinstance(error, aiohttp.ClientConnectorCertificateError):
+            raise ServerNotTrusted(self._base, error, self.options.ca_file) from None
+
     async def run(self) -> None:
         """Recover, then poll and run commands until cancelled."""
         self.layout.root.mkdir(parents=True, exist_ok=True)
@@ -203,6 +244,7 @@ class Agent:
                 try:
                     body = await self._poll()
                 except (*_NETWORK_ERRORS, _Refused, ValueError) as exc:
+                    self._check_trusted(exc)
                     if isinstance(exc, _Refused) and self._refused(exc.status):
                         continue
                     log.warning("poll failed (%s); retrying in %.1f s", exc or type(exc).__name__, delay)
@@ -215,6 +257,8 @@ class Agent:
             command = body
             try:
                 body = await self._handle(command)
+            except ServerNotTrusted:
+                raise
             except Exception:  # e.g. a full disk: keep the agent alive, the server times the event out
                 log.exception("could not handle command %s", command.get("id"))
                 body = None
@@ -327,6 +371,7 @@ class Agent:
                         continue
                     log.warning("result of command %s not accepted: HTTP %s", command_id, response.status)
             except _NETWORK_ERRORS as exc:
+                self._check_trusted(exc)
                 log.warning("posting the result of command %s failed (%s); retrying", command_id, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_DELAY)
@@ -341,7 +386,8 @@ class Agent:
                 if attempt == 2 or not self._refused(refused.status):
                     raise
                 continue
-            except _NETWORK_ERRORS:
+            except _NETWORK_ERRORS as exc:
+                self._check_trusted(exc)
                 if attempt == 2:
                     raise
                 await asyncio.sleep(delay)
@@ -394,7 +440,13 @@ async def _json_or_none(response: aiohttp.ClientResponse) -> object:
 
 
 async def run_agent(options: AgentOptions) -> None:
-    """The ``deploybot agent`` entry point: runs until cancelled or sent SIGTERM/SIGINT (then returns cleanly)."""
+    """The ``deploybot agent`` entry point: runs until cancelled or sent SIGTERM/SIGINT (then returns cleanly).
+
+    Raises ServerNotTrusted when the server's certificate fails verification, ValueError for an unusable CA file.
+    """
+    context = tls_context(options.ca_file)
+    if options.ca_file is not None and not options.server.lower().startswith("https://"):
+        log.warning("--ca-file %s is not used: the server URL %s is not https://", options.ca_file, options.server)
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -413,7 +465,7 @@ async def run_agent(options: AgentOptions) -> None:
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread: the caller cancels us instead
     try:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
             await Agent(options, session).run()
     except asyncio.CancelledError:
         if not stop_requested:

@@ -136,11 +136,6 @@ class DeploymentGroup:
     lock_policy: str = "refuse"  # "refuse" | "queue"
     approval_ttl_minutes: float = 60
     min_soak_minutes: float = 0
-    # Slack: who may deploy / approve / roll back here, as Slack user ids (U…, W…) or user-group ids (S…); empty
-    # means "not configured" (anyone, except in production, where nobody may until someone is listed).
-    slack_deployers: tuple[str, ...] = ()
-    slack_approvers: tuple[str, ...] = ()
-    slack_rollbackers: tuple[str, ...] = ()
     extra: Mapping[str, object] = field(default_factory=dict)
 
     def group_id(self) -> str:
@@ -197,8 +192,22 @@ class AwsAccount:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """``server.tls``: the server speaks HTTPS with ``cert`` (PEM: its certificate, then any intermediates) and
+    ``key`` (PEM, unencrypted). ``ca`` is the CA certificate that signed ``cert``, for a private CA: local agents
+    are given it and the server prints it for remote ones; without it clients use the system CAs. Paths are resolved
+    against the config file's directory; whether the files are readable and match is checked when the server
+    starts (this module does no I/O)."""
+
+    cert: str
+    key: str
+    ca: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
-    """The ``server`` section. ``data_dir`` is already resolved against the config file's directory."""
+    """The ``server`` section. ``data_dir`` (and ``tls``'s paths) are already resolved against the config file's
+    directory."""
 
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
@@ -206,6 +215,12 @@ class ServerSettings:
     public_url: str | None = None
     heartbeat_timeout: float = 60.0
     admins: tuple[str, ...] = ()  # user names and @roles, as written
+    tls: TlsSettings | None = None
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when the server speaks TLS (``server.tls``), else ``http``."""
+        return "https" if self.tls is not None else "http"
 
     @property
     def url(self) -> str:
@@ -213,7 +228,7 @@ class ServerSettings:
         if self.public_url:
             return self.public_url.rstrip("/")
         host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
-        return f"http://{host}:{self.listen_port}"
+        return f"{self.scheme}://{host}:{self.listen_port}"
 
 
 @dataclass(frozen=True, slots=True)

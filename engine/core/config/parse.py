@@ -43,6 +43,7 @@ from engine.core.config.model import (
     DeploymentGroup,
     EngineConfig,
     ServerSettings,
+    TlsSettings,
     User,
 )
 from engine.core.configs import (
@@ -175,8 +176,24 @@ def _url(reader: NodeReader, node: Node, path: str) -> str | None:
     return value
 
 
+def _tls(reader: NodeReader, node: Node, path: str, base_dir: str) -> TlsSettings | None:
+    """``server.tls: {cert: PATH, key: PATH, ca: PATH}``: cert and key together (ca optional), each resolved against
+    the config file's directory. Their contents are checked when the server starts (reading them is I/O)."""
+    entries = reader.fields(node, path, ("cert", "key", "ca"), required=("cert", "key"))
+    cert = reader.get(entries, "cert", reader.string, None)
+    key = reader.get(entries, "key", reader.string, None)
+    ca = reader.get(entries, "ca", reader.string, None)
+    if cert is None or key is None:
+        return None
+    return TlsSettings(
+        cert=resolve_path(base_dir, cert),
+        key=resolve_path(base_dir, key),
+        ca=resolve_path(base_dir, ca) if ca is not None else None,
+    )
+
+
 def _server(reader: NodeReader, node: Node, base_dir: str, people: People) -> ServerSettings:
-    keys = ("listen", "data_dir", "public_url", "heartbeat_timeout", "admins")
+    keys = ("listen", "data_dir", "public_url", "heartbeat_timeout", "admins", "tls")
     entries = reader.fields(node, "server", keys)
     host, port = reader.get(entries, "listen", partial(_listen, reader), ("127.0.0.1", 8080))
     return ServerSettings(
@@ -186,6 +203,7 @@ def _server(reader: NodeReader, node: Node, base_dir: str, people: People) -> Se
         public_url=reader.get(entries, "public_url", partial(_url, reader), None),
         heartbeat_timeout=reader.get(entries, "heartbeat_timeout", reader.number, 60.0, 1),
         admins=reader.get(entries, "admins", partial(read_people, reader), (), people),
+        tls=reader.get(entries, "tls", partial(_tls, reader), None, base_dir),
     )
 
 
