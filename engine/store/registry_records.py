@@ -8,13 +8,11 @@ engine/runtime/registry.py keeps the in-memory mirror and the rules on top of th
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 from engine.core.model import FINAL_STATUSES
-from engine.store.release_records import placeholders
-
-Row = dict[str, Any]
+from engine.store.statements import Row, SqlAccess, placeholders
 
 _UPSERT_REVISION = (
     "INSERT INTO registered_revisions (application, revision_key, location, revision_sha256, description,"
@@ -37,19 +35,9 @@ def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
-class RegistryRecords:
+class RegistryRecords(SqlAccess):
     """Registered revisions, on-premises instances and API-made configurations; the accessors below are
     SqliteStore's (declared for type checkers)."""
-
-    if TYPE_CHECKING:
-
-        async def _fetch(
-            self, table: str, sql: str, params: Sequence[Any] = (), *, write: bool = False
-        ) -> list[Row]: ...
-        async def _fetch_one(
-            self, table: str, sql: str, params: Sequence[Any] = (), *, write: bool = False
-        ) -> Row | None: ...
-        async def _change(self, sql: str, params: Sequence[Any] = ()) -> int: ...
 
     # -- deployment configurations
 

@@ -28,7 +28,8 @@ from sqlite_utils import Database
 from engine.core.model import FINAL_STATUSES
 from engine.store.migrations import JSON_COLUMNS, applied_migrations, apply_migrations
 from engine.store.registry_records import RegistryRecords
-from engine.store.release_records import ReleaseRecords, placeholders, where_clause
+from engine.store.release_records import ReleaseRecords
+from engine.store.statements import placeholders, where_clause
 from engine.store.token_records import TokenRecords
 
 T = TypeVar("T")

@@ -7,28 +7,13 @@ a token never reaches this module.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
-from engine.store.release_records import placeholders
-
-Row = dict[str, Any]
+from engine.store.statements import Row, SqlAccess, placeholders
 
 _COLUMNS = "id, user, name, token_sha256, created_at, expires_at, revoked_at, last_used_at"
 
 
-class TokenRecords:
+class TokenRecords(SqlAccess):
     """API token rows; the accessors below are SqliteStore's (declared for type checkers)."""
-
-    if TYPE_CHECKING:
-
-        async def _fetch(
-            self, table: str, sql: str, params: Sequence[Any] = (), *, write: bool = False
-        ) -> list[Row]: ...
-        async def _fetch_one(
-            self, table: str, sql: str, params: Sequence[Any] = (), *, write: bool = False
-        ) -> Row | None: ...
-        async def _change(self, sql: str, params: Sequence[Any] = ()) -> int: ...
 
     async def insert_api_token(
         self,
