@@ -36,8 +36,7 @@ def _json(value: object) -> str:
 
 
 class RegistryRecords(SqlAccess):
-    """Registered revisions, on-premises instances and API-made configurations; the accessors below are
-    SqliteStore's (declared for type checkers)."""
+    """Registered revisions, on-premises instances and API-made configurations."""
 
     # -- deployment configurations
 

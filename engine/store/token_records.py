@@ -13,7 +13,7 @@ _COLUMNS = "id, user, name, token_sha256, created_at, expires_at, revoked_at, la
 
 
 class TokenRecords(SqlAccess):
-    """API token rows; the accessors below are SqliteStore's (declared for type checkers)."""
+    """API token rows (only their sha256, never a token)."""
 
     async def insert_api_token(
         self,
