@@ -1,11 +1,15 @@
 """The composition root: the one place that picks the store and the adapters and hands them to the Deployer.
 
-``deploybot serve`` calls ``assemble_deployer`` with the routers and alarms it built from the config; tests call it
-with a fake clock. Nothing in engine/ chooses a concrete store, fleet or AWS runtime for itself.
+``deploybot serve`` calls ``lock_data_dir`` first (one server per data directory), then ``assemble_deployer`` with
+the routers and alarms it built from the config; tests call it with a fake clock. Nothing in engine/ chooses a
+concrete store, fleet or AWS runtime for itself.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,6 +24,44 @@ from engine.runtime.queue import GroupQueue
 from engine.runtime.results import CommandResults
 from engine.runtime.revisions import RevisionStore
 from engine.store.sqlite import SqliteStore
+
+LOCK_FILE = "server.lock"
+"""The file in the data directory that ``deploybot serve`` holds an exclusive flock on, holding its pid."""
+
+
+class DataDirInUse(Exception):
+    """Another process holds the data directory's lock; the message names it (by pid when it wrote one)."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Take the data directory for this process, before anything opens its database, agents or HAProxy files.
+
+    Two servers on one data directory would both dispatch from one SQLite file and replace each other's local
+    agents. An exclusive ``flock`` on ``<data>/server.lock`` makes the second refuse to start; the kernel drops the
+    lock when the holder dies, however (kill -9 included), so there is nothing stale to clean up. The holder writes
+    its pid into the file so the refusal can name it. Returns the file descriptor: keep it open for the process's
+    life (it is not inherited by child processes). Raises DataDirInUse, or OSError when the directory is unusable.
+    """
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            who = f"pid {holder}" if holder.isdigit() else "a process that has not written its pid yet"
+            raise DataDirInUse(
+                f"the data directory {data_dir} is in use by another deploybot serve ({who}): stop it first, "
+                "or give this one another server.data_dir"
+            ) from None
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o600)  # a file made by hand or by another umask is tightened like the rest of the dir
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 async def assemble_deployer(

@@ -7,21 +7,27 @@ terminal reaches only the server, which then stops them in order: SIGTERM, a gra
 agent's whole process group. Output goes to ``<data>/hosts/NAME/agent.log`` (appended, one banner per start).
 
 Local agents stand in for real hosts, so they outlive a server that dies without stopping them (kill -9): they
-finish their hook and keep offering its result. Each agent's pid is kept in ``<data>/hosts/NAME/agent.pid``; a
-restarted server adopts a still-running agent whose command line is exactly the one it would start, instead of
-starting a second agent for the same host. An agent with a different command line (another URL or options) is
-stopped and replaced.
+finish their hook and keep offering its result. Each running agent's pid is kept in ``<data>/hosts/NAME/agent.pid``
+and, in ``agent.process``, with its start time (``/proc/PID/stat`` field 22), which tells that very process from
+a later one given the same pid; both files go when the agent exits. A restarted server trusts a pid only when that
+process is still the one recorded: then it adopts the agent if its command line is exactly the one it would start
+(instead of starting a second agent for the same host), and stops and replaces it otherwise (another URL or
+options). A pid that is no longer the recorded agent (it exited, or the pid was reused by an unrelated process) is
+stale: one line in the log, and it is never signalled. A bare ``agent.pid`` of an older server, with no start time,
+is trusted only for an exact command line, and then only adopted.
 
 Secrets stay with the server: an agent starts with only AGENT_ENV of the server's environment (its hooks run there,
 and the server's holds Slack, GitHub, AWS and API secrets), and its token is read from a 0600 file under
 ``<data>/local-agent-tokens/`` (``--token-file``), never given on the command line, which ``ps`` shows anyone.
-The files written here (token files, ``agent.log``, ``agent.pid``) are 0600, in 0700 directories.
+The files written here (token files, ``agent.log``, ``agent.pid``, ``agent.process``) are 0600, in 0700
+directories.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -132,12 +138,12 @@ class LocalFleet:
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
-        self._adopted: dict[str, int] = {}
+        self._adopted: dict[str, _Process] = {}
 
     def pids(self) -> dict[str, int]:
         """The process id of every agent currently running (started or adopted)."""
         running = {name: p.pid for name, p in self._processes.items() if p.returncode is None}
-        return {**self._adopted, **running}
+        return {**{name: p.pid for name, p in self._adopted.items()}, **running}
 
     async def start(self) -> None:
         self._stopping.clear()
@@ -147,7 +153,7 @@ class LocalFleet:
     async def stop(self) -> None:
         """SIGTERM every agent, SIGKILL the process groups of those still alive after the grace period."""
         self._stopping.set()
-        await asyncio.gather(*(_stop_pid(pid, self.policy.stop_timeout) for pid in self._adopted.values()))
+        await asyncio.gather(*(_stop(process, self.policy.stop_timeout) for process in self._adopted.values()))
         await self._terminate([p for p in self._processes.values() if p.returncode is None])
         for task in self._tasks:
             task.cancel()
@@ -216,49 +222,134 @@ class LocalFleet:
                 env=agent_environment(),
             )
         self._processes[agent.name] = process
-        pid_fd = os.open(_pid_file(agent), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(pid_fd, "w") as pid_file:
-            pid_file.write(str(process.pid))
-        return await process.wait()
+        try:
+            started = _Process.of(process.pid)
+            if started is not None:  # None: it is gone already, and its exit is what happens next
+                try:
+                    _record(agent, started)
+                except OSError as exc:  # the agent runs all the same; a restarted server just cannot adopt it
+                    log.warning("cannot record local agent %s's pid in %s: %s", agent.name, _pid_file(agent), exc)
+            return await process.wait()
+        finally:
+            if process.returncode is not None:  # a pid file names a running agent only
+                _forget(agent)
 
     async def _adopt_or_replace(self, agent: AgentProcess) -> None:
-        """Wait on an agent left running by a previous server, if it is exactly ours; stop it otherwise."""
-        pid = _running_pid(agent)
-        if pid is None:
+        """Wait on an agent left running by a previous server, if it is exactly ours; stop it if it is ours with
+        other options; leave any other process alone."""
+        process = _recorded(agent)
+        if process is None:
             return
-        if _cmdline(pid) != agent.argv:
-            log.info("stopping local agent %s (pid %d) started with other options", agent.name, pid)
-            await _stop_pid(pid, self.policy.stop_timeout)
+        if _cmdline(process.pid) != agent.argv:
+            log.info("stopping local agent %s (pid %d) started with other options", agent.name, process.pid)
+            await _stop(process, self.policy.stop_timeout)
+            _forget(agent)
             return
-        log.info("adopted local agent %s (pid %d) left running by a previous server", agent.name, pid)
-        self._adopted[agent.name] = pid
-        while not self._stopping.is_set() and _alive(pid):
+        log.info("adopted local agent %s (pid %d) left running by a previous server", agent.name, process.pid)
+        self._adopted[agent.name] = process
+        with contextlib.suppress(OSError):
+            _record(agent, process)  # an older server's bare agent.pid gains the start time
+        while not self._stopping.is_set() and process.running():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), 0.5)
         self._adopted.pop(agent.name, None)
         if self._stopping.is_set():
-            await _stop_pid(pid, self.policy.stop_timeout)
+            await _stop(process, self.policy.stop_timeout)
+        if not process.running():
+            _forget(agent)
+
+
+@dataclass(frozen=True, slots=True)
+class _Process:
+    """One process, told apart from a later one that gets the same pid by its start time (clock ticks after boot,
+    ``/proc/PID/stat`` field 22: a reused pid has a later one)."""
+
+    pid: int
+    start_time: int
+
+    @classmethod
+    def of(cls, pid: int) -> _Process | None:
+        """The process ``pid`` is now; None when there is none (or only a zombie)."""
+        start_time = _start_time(pid)
+        return cls(pid, start_time) if start_time is not None else None
+
+    def running(self) -> bool:
+        """Still alive, not a zombie, and still this very process."""
+        return _start_time(self.pid) == self.start_time
 
 
 def _pid_file(agent: AgentProcess) -> Path:
     return agent.log_path.parent / "agent.pid"
 
 
-def _running_pid(agent: AgentProcess) -> int | None:
+def _process_file(agent: AgentProcess) -> Path:
+    return agent.log_path.parent / "agent.process"
+
+
+def _record(agent: AgentProcess, process: _Process) -> None:
+    """``agent.process`` (pid and start time: what ``_recorded`` trusts) first, then the bare ``agent.pid``."""
+    identity = json.dumps({"pid": process.pid, "start_time": process.start_time})
+    _write_private(_process_file(agent), identity + "\n")
+    _write_private(_pid_file(agent), f"{process.pid}\n")
+
+
+def _forget(agent: AgentProcess) -> None:
+    _pid_file(agent).unlink(missing_ok=True)
+    _process_file(agent).unlink(missing_ok=True)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """``path`` replaced whole (mode 0600): a reader never sees half a pid."""
+    partial = path.with_name(f".{path.name}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(fd, 0o600)
+        out.write(text)
+    os.replace(partial, path)
+
+
+def _recorded(agent: AgentProcess) -> _Process | None:
+    """The agent a previous server recorded, if that very process is still running; None when there is no record,
+    or (saying so in one line) when the pid no longer is that agent: it must never be signalled."""
+    recorded = _read_record(agent)
+    if recorded is None:
+        return None
+    pid, start_time = recorded
+    process = _Process.of(pid)
+    if process is not None and (start_time == process.start_time if start_time is not None else _exact(agent, pid)):
+        return process
+    state = "no longer running" if process is None else "another process now (the pid was reused)"
+    log.info("local agent %s: ignoring stale %s: pid %d is %s", agent.name, _pid_file(agent).name, pid, state)
+    return None
+
+
+def _read_record(agent: AgentProcess) -> tuple[int, int | None] | None:
+    """The recorded pid and start time; an ``agent.pid`` of an older server gives a pid without a start time."""
     try:
-        pid = int(_pid_file(agent).read_text().strip())
+        body = json.loads(_process_file(agent).read_text())
+        return int(body["pid"]), int(body["start_time"])
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    try:
+        return int(_pid_file(agent).read_text().strip()), None
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) else None
 
 
-def _alive(pid: int) -> bool:
-    """True for a live process; a zombie (exited, not yet reaped by init) counts as gone."""
+def _exact(agent: AgentProcess, pid: int) -> bool:
+    """Without a recorded start time only the exact command line we would start marks a process as our agent."""
+    return _cmdline(pid) == agent.argv
+
+
+def _start_time(pid: int) -> int | None:
+    """Field 22 of ``/proc/PID/stat``; None for no such process or a zombie (exited, not yet reaped by init)."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return False
-    return state != "Z"
+        return None
+    if len(fields) < 20 or fields[0] == "Z":
+        return None
+    return int(fields[19])
 
 
 def _cmdline(pid: int) -> tuple[str, ...]:
@@ -269,12 +360,15 @@ def _cmdline(pid: int) -> tuple[str, ...]:
     return tuple(part.decode(errors="replace") for part in raw.split(b"\0") if part)
 
 
-async def _stop_pid(pid: int, timeout: float) -> None:
+async def _stop(process: _Process, timeout: float) -> None:
+    """SIGTERM, then SIGKILL to its process group after ``timeout``; each signal only while it is still ``process``."""
+    if not process.running():
+        return
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+        os.kill(process.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while process.running() and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    if _alive(pid):
+    if process.running():
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(process.pid, signal.SIGKILL)

@@ -8,6 +8,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -21,11 +23,12 @@ from conftest import HANG_GUARD, FakeClock, eventually
 
 from engine.agent import Agent, AgentOptions, parse_assignments, read_token_file, run_agent
 from engine.agent import client as agent_client
-from engine.agent.hooks import HookRunner
+from engine.agent.hooks import HookGroup, HookRunner
 from engine.agent.layout import AgentLayout, OngoingCommand
 from engine.bundles import build_bundle
 
 TOKEN = "agent-token-1"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -49,6 +52,8 @@ class FakeFleet:
     result_queries: dict[int, dict[str, str]] = field(default_factory=dict)
     polls_before_result: dict[int, int] = field(default_factory=dict)
     token: str = TOKEN  # the one token accepted (a rotation changes it)
+    observe: Callable[[int], object] | None = None  # called as each command's first result arrives
+    observed: dict[int, object] = field(default_factory=dict)  # what it returned, by command id
     refused: int = 0  # requests answered 401
     url: str = ""
 
@@ -91,6 +96,8 @@ class FakeFleet:
             return web.json_response({"error": "restarting"}, status=503)
         body = await request.json()
         body["received_at"] = time.time()
+        if self.observe is not None and command_id not in self.observed:
+            self.observed[command_id] = self.observe(command_id)
         self.results.setdefault(command_id, body)
         self.result_queries.setdefault(command_id, dict(request.query))
         self.polls_before_result.setdefault(command_id, len(self.poll_times))
@@ -389,6 +396,84 @@ async def test_stopping_mid_command_kills_the_script_and_reports_it(fleet: FakeF
     # SIGKILL went to the script's group before the result was sent; the kernel ends it right after
     await eventually(lambda: _dead_or_zombie(pid), f"script {pid} is killed")
     assert AgentLayout(root).ongoing() == []
+
+
+async def test_an_agent_restarted_after_kill_9_ends_the_orphaned_hook_before_reporting_code_7(
+    fleet: FakeFleet, tmp_path: Path
+) -> None:
+    revision = tmp_path / "revision"
+    (revision / "scripts").mkdir(parents=True)
+    pids = {name: tmp_path / f"{name}.pid" for name in ("script", "child")}
+    (revision / "scripts" / "hang.sh").write_text(
+        f"#!/bin/sh\necho $$ > {pids['script']}\nsleep 60 &\necho $! > {pids['child']}\nwait\n"
+    )
+    (revision / "appspec.yml").write_text(
+        "version: 0.0\nos: linux\nhooks:\n  ValidateService:\n    - location: scripts/hang.sh\n"
+    )
+    built = build_bundle(revision, tmp_path / "bundles")
+    fleet.bundles[built.sha256] = built.path.read_bytes()
+    token_file = tmp_path / "agent.token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    argv = [sys.executable, "-m", "bot", "agent", "--server", fleet.url, "--name", "web-1"]
+    argv += ["--token-file", str(token_file), "--root", str(tmp_path / "agent")]
+    log = (tmp_path / "agent.log").open("ab")
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start_agent() -> subprocess.Popen[bytes]:
+        agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+        started.append(agent)
+        return agent
+
+    def running(name: str) -> bool:
+        return not _dead_or_zombie(int(pids[name].read_text()))
+
+    try:
+        first = start_agent()
+        await fleet.enqueue(command(1, "DownloadBundle", sha=built.sha256))
+        await fleet.result(1)
+        await fleet.enqueue(command(2, "ValidateService", sha=built.sha256))
+        await eventually(lambda: all(path.exists() and path.read_text() for path in pids.values()), "the hook runs")
+        await eventually((tmp_path / "agent" / "ongoing-command" / "2.group").exists, "the agent noted its group")
+        first.kill()  # kill -9: the agent cannot end its hook
+        await asyncio.to_thread(first.wait, HANG_GUARD)
+        assert running("script") and running("child")  # orphaned: its own session outlives the agent
+
+        fleet.observe = lambda command_id: {name: running(name) for name in pids}
+        start_agent()
+        result = await fleet.result(2)
+        assert result["status"] == "Failed" and result["error_code"] == 7
+        assert fleet.observed[2] == {"script": False, "child": False}  # both gone before the result was sent
+        assert "ended the hook script (process group" in (tmp_path / "agent.log").read_text()
+    finally:
+        for agent in started:
+            agent.kill()
+            await asyncio.to_thread(agent.wait, HANG_GUARD)
+        log.close()
+        for path in pids.values():
+            with contextlib.suppress(ValueError, OSError):
+                os.kill(int(path.read_text()), signal.SIGKILL)
+
+
+async def test_a_recorded_hook_group_that_is_no_longer_the_script_is_never_signalled(
+    fleet: FakeFleet, tmp_path: Path
+) -> None:
+    unrelated = subprocess.Popen(["sleep", "60"], start_new_session=True)  # was given the dead script's pid
+    try:
+        layout = AgentLayout(tmp_path / "agent")
+        layout.mark_ongoing(OngoingCommand(42, "d-9", "AfterInstall", time.time() - 30))
+        layout.mark_group(42, HookGroup(unrelated.pid, start_time=1))  # the script started right after boot
+        assert [record.group for record in layout.ongoing()] == [HookGroup(unrelated.pid, 1)]
+        async with running_agent(options(fleet, tmp_path / "agent")):
+            crashed = await fleet.result(42)
+            await fleet.heartbeat_naming(42)
+        assert crashed["error_code"] == 7
+        assert unrelated.poll() is None
+        assert fleet.heartbeats[0]["running_command"] == 42  # named until its result is in, as a command run now
+        assert layout.ongoing() == [] and list((tmp_path / "agent" / "ongoing-command").iterdir()) == []
+    finally:
+        unrelated.kill()
+        unrelated.wait(HANG_GUARD)
 
 
 def _dead_or_zombie(pid: int) -> bool:

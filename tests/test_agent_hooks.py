@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
 import signal
 import stat
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import HANG_GUARD, eventually
 
 from engine.agent.executor import hook_environment
-from engine.agent.hooks import HookOutcome, HookRunner
+from engine.agent.hooks import HookGroup, HookOutcome, HookRunner
 from engine.agent.output import ScriptLog, TailBuffer
 from engine.core.agent_protocol import DeploymentSpec, RevisionRef
 from engine.core.appspec import HookScript
@@ -273,3 +276,47 @@ async def test_runas_needs_a_root_agent(archive: Path, log: ScriptLog) -> None:
     outcome = await run(archive, log, HookScript(location, runas="nobody"))
     assert outcome.code is ScriptErrorCode.SCRIPT_FAILED
     assert "runas requires the agent to run as root" in outcome.message
+
+
+async def test_each_script_tells_its_process_group_while_it_runs(archive: Path, log: ScriptLog) -> None:
+    told: list[HookGroup | None] = []
+
+    def tell(group: HookGroup | None) -> None:
+        told.append(group)
+        (archive / "out" / f"told-{len(told)}").touch()  # each script waits to be told about, so it is
+
+    wait = 'while [ ! -e "$OUT/told-{}" ]; do sleep 0.01; done\n'
+    first = script(archive, "first.sh", 'echo $$ > "$OUT/first"\n' + wait.format(1))
+    second = script(
+        archive, "second.sh", 'echo $$ > "$OUT/second"\nsleep 30 > /dev/null 2>&1 < /dev/null &\n' + wait.format(3)
+    )
+    scripts = [HookScript(first), HookScript(second)]
+    outcome = await HookRunner().run_event(
+        EVENT, scripts, archive_dir=archive, env=env_for(archive), log=log, on_group=tell
+    )
+    assert outcome.succeeded, outcome.message
+    pids = [int((archive / "out" / name).read_text()) for name in ("first", "second")]
+    assert [group.pgid if group else None for group in told] == [pids[0], None, pids[1], None]
+    # the second script's group lives on in its server; "None" told the agent it is no longer a hook to end
+    os.killpg(pids[1], signal.SIGKILL)
+
+
+async def test_an_orphaned_script_is_ended_only_while_it_is_still_that_script(tmp_path: Path) -> None:
+    # a script left by a killed agent, which ignores SIGTERM: SIGKILL after the grace ends it, and its child
+    ready = tmp_path / "ready"
+    orphan = subprocess.Popen(
+        ["sh", "-c", f"trap '' TERM; sleep 60 & touch {ready}; while :; do sleep 0.05; done"], start_new_session=True
+    )
+    try:
+        await eventually(ready.exists, "the script ignores SIGTERM")
+        group = HookGroup.of(orphan.pid)
+        assert group is not None and group.pgid == orphan.pid
+        runner = HookRunner(kill_grace=0.2)
+        assert not await runner.end_orphan(HookGroup(orphan.pid, group.start_time - 1))  # the pid was reused
+        assert orphan.poll() is None
+        assert await runner.end_orphan(group)
+        assert orphan.wait(HANG_GUARD) == -signal.SIGKILL
+        assert not await runner.end_orphan(group)  # gone: nothing to signal, and nothing is
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(orphan.pid, signal.SIGKILL)

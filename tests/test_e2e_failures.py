@@ -108,14 +108,21 @@ def test_agent_killed_mid_hook_fails_host_within_heartbeat_limit_and_rolls_back(
     )
     server = start(servers, tmp_path, text)
     agent = server.run_agent("h2")
-    good = server.wait_final(server.deploy("app", "prod", write_revision(tmp_path, "good", {}))["id"])
+    pid_file, seen = tmp_path / "hang.pid", tmp_path / "hang-seen-by-rollback"
+    # The rollback redeploys "good": its BeforeInstall on h2 notes whether the orphaned hook is still running.
+    check = (
+        f'if [ "$DEPLOYBOT_HOST" = h2 ] && [ -f {pid_file} ]; then p=$(cat {pid_file}); '
+        f'if [ -e /proc/$p ] && ! grep -q ") Z" /proc/$p/stat; then echo running; else echo gone; fi >> {seen}; fi'
+    )
+    good_revision = write_revision(tmp_path, "good", {"BeforeInstall": check})
+    good = server.wait_final(server.deploy("app", "prod", good_revision)["id"])
     assert good["status"] == "Succeeded"
 
-    pid_file = tmp_path / "hang.pid"
     hang = {"BeforeInstall": f'if [ "$DEPLOYBOT_HOST" = h2 ]; then echo $$ > {pid_file}; sleep 60; fi'}
     bad = server.deploy("app", "prod", write_revision(tmp_path, "hangs", hang))
     server.wait_for(bad["id"], lambda d: event(d, "h2", "BeforeInstall")["status"] == "InProgress")
-    while not pid_file.exists():
+    record = server.data_dir / "hosts" / "h2" / "ongoing-command"
+    while not pid_file.exists() or not list(record.glob("[0-9]*.group")):  # the agent has noted the script's group
         time.sleep(0.02)
     agent.send_signal(signal.SIGKILL)
     # The failure is written before the rollback it causes is created (write-ahead), so a poller may see "Failed"
@@ -128,9 +135,10 @@ def test_agent_killed_mid_hook_fails_host_within_heartbeat_limit_and_rolls_back(
     assert "(heartbeat limit 2 s)" in event(doc, "h2", "BeforeInstall")["message"]
     rollback_id = doc["rollback"]["by"]
 
-    server.run_agent("h2")  # the host comes back; the rollback can reach it
+    server.run_agent("h2")  # the host comes back: it ends the orphaned hook, then the rollback can reach it
     rollback = server.wait_final(rollback_id, timeout=60)
     assert rollback["status"] == "Succeeded"
+    assert seen.read_text() == "gone\n"  # the hook the killed agent left did not run on into the rollback
     assert rollback["revision"]["sha256"] == good["revision"]["sha256"]
     assert rollback["created_by"] == "codeDeployRollback"
 

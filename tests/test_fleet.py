@@ -117,6 +117,29 @@ async def test_silent_host_fails_its_open_commands(fleet) -> None:
     assert "has not been heard from for 61 s" in results[0][1]["message"]
 
 
+async def test_a_wall_clock_step_fails_nothing_and_hides_no_silence(fleet) -> None:
+    fleet, results, clock = fleet
+    await fleet.dispatch("d-1", "web-1", LifecycleEvent.INSTALL, SPEC)
+    claimed = await fleet.next_command("web-1", wait=0)  # on its way to the agent
+    await fleet.dispatch("d-1", "web-2", LifecycleEvent.INSTALL, SPEC)  # web-2's agent has not been heard from yet
+    assert await fleet.fail_silent_hosts() == []
+    clock.jump(120)  # NTP steps the wall clock forward: no time has passed for anyone
+    assert await fleet.fail_silent_hosts() == []
+    await fleet.heartbeat("web-1", {"running_command": None})
+    [in_progress] = await fleet.store.list_commands(host="web-1", status="InProgress")
+    assert in_progress["id"] == claimed["id"]  # the claim in transit is still within its grace
+    assert fleet.last_seen("web-1") == clock.start + 120  # `deploybot hosts` shows wall time
+    assert results == []
+
+    clock.jump(-3600)  # a step back hides no silence either
+    await clock.advance(61)
+    assert len(await fleet.fail_silent_hosts()) == 2
+    assert [result["message"] for _, result in results] == [
+        "the agent on web-1 has not been heard from for 61 s (heartbeat limit 60 s)",
+        "the agent on web-2 has not been heard from for 61 s (heartbeat limit 60 s)",
+    ]
+
+
 async def test_poll_abandoned_by_a_dead_agent_does_not_swallow_a_command(
     fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,14 +4,19 @@ with backoff, SIGTERM then SIGKILL on stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import HANG_GUARD, eventually
 
 from bot.localfleet import AGENT_ENV, TOKEN_DIR, AgentProcess, LocalFleet, RestartPolicy, agent_processes
 from engine.core.config.model import Host
@@ -98,13 +103,14 @@ async def test_agents_start_with_only_the_basics_of_the_servers_environment(
     await fleet.start()
     try:
         await _eventually(lambda: seen.exists() and seen.read_text())
+        modes = {path.name: path.stat().st_mode & 0o777 for path in agent.log_path.parent.iterdir()}
     finally:
         await fleet.stop()
     environ = json.loads(seen.read_text())
     assert set(environ) <= set(AGENT_ENV) and environ["TZ"] == "UTC" and environ["PATH"] == os.environ["PATH"]
-    modes = {path.name: path.stat().st_mode & 0o777 for path in agent.log_path.parent.iterdir()}
-    assert modes == {"agent.log": 0o600, "agent.pid": 0o600}
+    assert modes == {"agent.log": 0o600, "agent.pid": 0o600, "agent.process": 0o600}
     assert agent.log_path.parent.stat().st_mode & 0o777 == 0o700
+    assert sorted(path.name for path in agent.log_path.parent.iterdir()) == ["agent.log"]  # no pid of a gone agent
 
 
 async def test_a_crashing_agent_is_restarted_with_growing_delays(tmp_path: Path) -> None:
@@ -165,3 +171,106 @@ async def test_an_agent_that_cannot_start_is_retried_not_fatal(tmp_path: Path) -
     await _eventually(lambda: fleet.restarts["ghost"] >= 2)
     await fleet.stop()
     assert fleet.pids() == {}
+
+
+SLEEPER = "import time; print('up', flush=True); time.sleep(60)"
+PREVIOUS_SERVER = """
+import asyncio, sys
+from pathlib import Path
+from bot.localfleet import AgentProcess, LocalFleet
+
+async def main():
+    await LocalFleet([AgentProcess(sys.argv[1], tuple(sys.argv[3:]), Path(sys.argv[2]))]).start()
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan may never be reaped inside a container)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def processes() -> Iterator[list[int]]:
+    """Pids (process groups) the test started outside a LocalFleet: killed at the end whatever happened."""
+    started: list[int] = []
+    yield started
+    for pid in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+async def _left_by_a_dead_server(agent: AgentProcess, processes: list[int]) -> int:
+    """``agent`` started by a real LocalFleet in another process, which is then killed with SIGKILL (the agent
+    lives on, in its own session, as after a server crash); returns the agent's pid."""
+    argv = [sys.executable, "-c", PREVIOUS_SERVER, agent.name, str(agent.log_path), *agent.argv]
+    runs = agent.log_path.read_text().count("up\n") if agent.log_path.exists() else 0
+    server = subprocess.Popen(argv, cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
+    processes.append(server.pid)
+    pid_file = agent.log_path.parent / "agent.pid"
+    await eventually(lambda: pid_file.exists() and agent.log_path.read_text().count("up\n") > runs, "agent up")
+    pid = int(pid_file.read_text())
+    processes.append(pid)
+    server.kill()
+    server.wait(HANG_GUARD)
+    assert _running(pid)
+    return pid
+
+
+async def test_a_restarted_fleet_adopts_its_own_agent_and_replaces_one_with_other_options(
+    tmp_path: Path, processes: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="bot.localfleet")
+    agent = _python(tmp_path, "web-1", SLEEPER)
+    left = await _left_by_a_dead_server(agent, processes)
+    fleet = LocalFleet([agent], FAST)
+    await fleet.start()
+    try:
+        await eventually(lambda: fleet.pids() == {"web-1": left}, "the agent left running is adopted")
+    finally:
+        await fleet.stop()
+    assert f"adopted local agent web-1 (pid {left})" in caplog.text
+    await eventually(lambda: not _running(left), "the adopted agent is stopped with the fleet")
+
+    left = await _left_by_a_dead_server(agent, processes)
+    other = _python(tmp_path, "web-1", SLEEPER + "  # another server URL")
+    fleet = LocalFleet([other], FAST)
+    await fleet.start()
+    try:
+        await eventually(lambda: fleet.pids().get("web-1") not in (None, left), "a new agent runs")
+        assert not _running(left)  # stopped before its replacement started
+    finally:
+        await fleet.stop()
+    assert f"stopping local agent web-1 (pid {left}) started with other options" in caplog.text
+
+
+@pytest.mark.parametrize("record", ["wrong start time", "bare pid of an older server"])
+async def test_a_stale_pid_file_never_signals_the_process_that_now_has_the_pid(
+    tmp_path: Path, processes: list[int], caplog: pytest.LogCaptureFixture, record: str
+) -> None:
+    caplog.set_level("INFO", logger="bot.localfleet")
+    unrelated = subprocess.Popen(["sleep", "60"], start_new_session=True)  # got the pid after the agent died
+    processes.append(unrelated.pid)
+    agent = _python(tmp_path, "web-1", SLEEPER)
+    agent.log_path.parent.mkdir(parents=True)
+    (agent.log_path.parent / "agent.pid").write_text(f"{unrelated.pid}\n")
+    if record == "wrong start time":
+        identity = {"pid": unrelated.pid, "start_time": 1}  # the agent that had the pid started at boot
+        (agent.log_path.parent / "agent.process").write_text(json.dumps(identity))
+    fleet = LocalFleet([agent], FAST)
+    await fleet.start()
+    try:
+        await eventually(lambda: fleet.pids().get("web-1") not in (None, unrelated.pid), "a new agent runs")
+        assert int((agent.log_path.parent / "agent.pid").read_text()) == fleet.pids()["web-1"]
+    finally:
+        await fleet.stop()
+    assert unrelated.poll() is None  # never signalled: neither when the fleet started, nor when it stopped
+    stale = [r.getMessage() for r in caplog.records if "stale" in r.getMessage()]
+    assert stale == [
+        f"local agent web-1: ignoring stale agent.pid: pid {unrelated.pid} is another process now (the pid was reused)"
+    ]

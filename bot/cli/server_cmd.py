@@ -1,7 +1,9 @@
 """``deploybot serve`` (the server: HTTP + engine + the local agent fleet) and ``deploybot agent`` (one host agent).
 
-``serve`` binds its socket before anything else, so ``--port 0`` works: the real port is known before the local
-agents are given the server's URL. It runs until SIGINT/SIGTERM, then stops in reverse order: HTTP (in-flight long
+``serve`` first takes the data directory's lock (``bot.assembly.lock_data_dir``): a second server on the same data
+directory says which pid holds it and exits 1 before it touches the database, the agents or HAProxy. It binds its
+socket before anything else is started, so ``--port 0`` works: the real port is known before the local agents are
+given the server's URL. It runs until SIGINT/SIGTERM, then stops in reverse order: HTTP (in-flight long
 polls get a short grace), the local agents, and last the Deployer, which persists what is running so the next
 start resumes it.
 
@@ -25,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.assembly import assemble_deployer
+from bot.assembly import DataDirInUse, assemble_deployer, lock_data_dir
 from bot.settings import Settings, ensure_api_token_file
 
 if TYPE_CHECKING:
@@ -316,17 +318,28 @@ def _serve_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     settings = Settings.from_env(os.environ, data_dir=Path(config.server.data_dir))
-    if ensure_api_token_file(settings.api_token_file):
-        print(f"created API token {settings.api_token_file}", flush=True)
     try:
-        asyncio.run(_serve(config, settings, config_path, tls))
-    except (EngineError, ValueError) as exc:  # HAProxy missing or its port taken; a malformed setting
+        lock = lock_data_dir(settings.data_dir)  # first: nothing may touch a data dir another server is using
+    except DataDirInUse as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        address = f"{config.server.listen_host}:{config.server.listen_port}"
-        print(f"error: cannot listen on {address}: {exc.strerror or exc} (try --port)", file=sys.stderr)
+        print(f"error: cannot use the data directory {settings.data_dir}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    try:
+        if ensure_api_token_file(settings.api_token_file):
+            print(f"created API token {settings.api_token_file}", flush=True)
+        try:
+            asyncio.run(_serve(config, settings, config_path, tls))
+        except (EngineError, ValueError) as exc:  # HAProxy missing or its port taken; a malformed setting
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            address = f"{config.server.listen_host}:{config.server.listen_port}"
+            print(f"error: cannot listen on {address}: {exc.strerror or exc} (try --port)", file=sys.stderr)
+            return 1
+    finally:
+        os.close(lock)  # the data directory is free again (the kernel drops the lock at any exit anyway)
     return 0
 
 

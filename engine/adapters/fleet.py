@@ -5,6 +5,11 @@ A long poll parks on an ``asyncio.Event`` for its host, so a command enqueued fo
 the same event-loop turn — that is where the sub-50 ms pickup comes from. A host whose agent stops talking while it
 owns work is failed after ``heartbeat_timeout`` seconds, so nothing waits "Pending" forever.
 
+Every interval here (an agent's silence, a claim's grace) is measured on ``clock.monotonic()``, kept in memory: a
+wall-clock step (NTP, a VM resumed) must neither fail live agents nor keep dead ones alive. Wall time (``now()``)
+is only what the store records and ``deploybot hosts`` shows. Nothing monotonic survives a restart, so a host or a
+claim this server has not seen yet counts from when it first noticed it (the server's start, a monitor round).
+
 An agent downloads only the bundles of its own host's deployments (``bundle_for``), and a token is handed out once:
 the doors issue one for a host without (``has_token``) and otherwise only rotate it (``revoke_token``, then
 ``token_for``). The tokens live in ``<data>/agent-tokens.json`` (0600) in a data directory kept 0700.
@@ -58,8 +63,11 @@ class Fleet:
         # last found nothing. While the two agree the queue is known empty and a poll skips the (write) claim.
         self._queue_changes: dict[str, int] = {}
         self._empty_at: dict[str, int] = {}
-        self._last_seen: dict[str, float] = {}
-        self._started_at = clock.now()
+        self._last_seen: dict[str, float] = {}  # wall clock, for display only
+        self._heard: dict[str, float] = {}  # monotonic: when each host's agent last talked to us
+        self._claimed: dict[int, float] = {}  # monotonic: when this server handed out each InProgress command
+        self._noticed: dict[int, float] = {}  # monotonic: the first monitor round that saw each open command
+        self._started = clock.monotonic()
         self._monitor: asyncio.Task[None] | None = None
 
     # -- tokens ----------------------------------------------------------------------------------------------
@@ -133,22 +141,28 @@ class Fleet:
         row = await self.store.claim_next_command(host, at=self.clock.now())
         if row is None:
             self._empty_at[host] = changes  # read before the claim: a command queued meanwhile bumped it
+        else:
+            self._claimed[row["id"]] = self.clock.monotonic()
         return row
+
+    def _heard_from(self, host: str) -> None:
+        self._heard[host] = self.clock.monotonic()
+        self._last_seen[host] = self.clock.now()
 
     async def next_command(self, host: str, *, wait: float) -> CommandBody | None:
         """Long poll: the host's next command, as soon as there is one, or None after ``wait`` seconds."""
-        self._last_seen[host] = self.clock.now()
+        self._heard_from(host)
         deadline = self.clock.monotonic() + wait
         while True:
             wakeup = self._wakeup(host)
             wakeup.clear()
             row = await self._claim(host)
             if row is not None:
-                self._last_seen[host] = self.clock.now()
+                self._heard_from(host)
                 return _command_object(row)
             remaining = deadline - self.clock.monotonic()
             if remaining <= 0:
-                self._last_seen[host] = self.clock.now()
+                self._heard_from(host)
                 return None
             # asyncio.timeout, not wait_for: on 3.11 wait_for returns normally when the poll is cancelled just as
             # its wake-up arrives, and the cancelled poller would then go on polling for ever.
@@ -157,39 +171,48 @@ class Fleet:
                     await wakeup.wait()
 
     async def report_result(self, host: str, command_id: int, result: ResultBody) -> None:
-        self._last_seen[host] = self.clock.now()
+        self._heard_from(host)
         status = "Succeeded" if result.get("status") == "Succeeded" else "Failed"
         command, finished = await self.store.finish_command(command_id, host, status, result, at=self.clock.now())
         if command is None:
             raise NotFound(f"no command {command_id} for host {host}")
+        self._claimed.pop(command_id, None)
         if finished:
             await self._on_result(command, result)
 
     async def release(self, host: str, command_id: int) -> None:
         """The agent that claimed ``command_id`` is gone before it got it: queue it again for the next poll."""
+        self._claimed.pop(command_id, None)
         if await self.store.release_command(command_id):
             log.info("requeued command %s: the poll that claimed it was no longer connected", command_id)
             self._queued(host)
 
     async def heartbeat(self, host: str, info: HeartbeatBody) -> None:
-        now = self.clock.now()
-        self._last_seen[host] = now
+        self._heard_from(host)
         await self.store.upsert_agent(
-            host, last_seen=now, tags=dict(info.get("tags") or {}), version=info.get("version"), state="online"
+            host,
+            last_seen=self._last_seen[host],
+            tags=dict(info.get("tags") or {}),
+            version=info.get("version"),
+            state="online",
         )
-        await self._requeue_lost_claims(host, info.get("running_command"), now)
+        await self._requeue_lost_claims(host, info.get("running_command"))
 
-    async def _requeue_lost_claims(self, host: str, running: object, now: float) -> None:
+    async def _requeue_lost_claims(self, host: str, running: object) -> None:
         """A claim the live agent does not know about was lost in transit (e.g. a poll answered to a dead agent).
 
         Agents name their command in every heartbeat until its result is accepted, so a claim older than
-        ``CLAIM_GRACE`` that the agent does not name never reached it and is safe to hand out again.
+        ``CLAIM_GRACE`` that the agent does not name never reached it and is safe to hand out again. A claim made
+        before this server started counts from its start.
         """
+        now = self.clock.monotonic()
         for command in await self.store.list_commands(host=host, status="InProgress"):
-            if command["id"] != running and now - (command.get("claimed_at") or now) > CLAIM_GRACE:
+            claimed = self._claimed.get(command["id"], self._started)
+            if command["id"] != running and now - claimed > CLAIM_GRACE:
                 await self.release(host, command["id"])
 
     def last_seen(self, host: str) -> float | None:
+        """Wall-clock time the host's agent last talked to this server (what ``deploybot hosts`` shows)."""
         return self._last_seen.get(host)
 
     def bundle_path(self, sha256: str) -> Path | None:
@@ -227,15 +250,23 @@ class Fleet:
                 log.exception("heartbeat check failed")
 
     async def fail_silent_hosts(self) -> list[int]:
-        """Fail every open command of a host not heard from for ``heartbeat_timeout`` seconds."""
-        now = self.clock.now()
+        """Fail every open command of a host not heard from for ``heartbeat_timeout`` seconds (monotonic).
+
+        A host this server never heard from counts from when the command was first noticed here: a monitor round
+        of this server, so the server's start for commands left open by a previous one.
+        """
+        now = self.clock.monotonic()
         failed: list[int] = []
+        open_ids: set[int] = set()
         for status in ("InProgress", "Pending"):
             for command in await self.store.list_commands(status=status):
-                seen = self._last_seen.get(command["host"], max(self._started_at, command["created_at"]))
+                open_ids.add(command["id"])
+                noticed = self._noticed.setdefault(command["id"], now)
+                seen = self._heard.get(command["host"], noticed)
                 if now - seen < self.heartbeat_timeout:
                     continue
                 silent = int(now - seen)
+                ended_at = self.clock.now()
                 result = ResultBody(
                     status="Failed",
                     error_code=int(ScriptErrorCode.UNKNOWN_ERROR),
@@ -243,11 +274,17 @@ class Fleet:
                     f"(heartbeat limit {self.heartbeat_timeout:g} s)",
                     log_tail="",
                     started_at=None,
-                    ended_at=now,
+                    ended_at=ended_at,
                 )
-                if await self.store.complete_command(command["id"], "Failed", result, at=now):
+                if await self.store.complete_command(command["id"], "Failed", result, at=ended_at):
                     failed.append(command["id"])
                     await self._on_result(command, result)
+        # Forget finished commands, so the maps stay as small as the queue; a claim made during this round was not
+        # listed, and is kept.
+        for gone in self._noticed.keys() - open_ids:
+            del self._noticed[gone]
+        for gone in [i for i, at in self._claimed.items() if at < now and i not in open_ids]:
+            del self._claimed[gone]
         return failed
 
 

@@ -8,8 +8,11 @@ Theory of operation:
     event. A server that does not know ``next`` answers without a command, and the agent simply polls.
   - Connection errors and unexpected answers back off 0.5 s, doubling to 5 s; any good answer resets the delay.
   - Before a command runs, ``ongoing-command/<id>`` is written; once it has run, the result is stored there too and
-    POSTed until the server accepts it (it may be restarting). On start, every leftover record is reported: its
-    stored result if it had one, else Failed with code 7 (the command was cut short by an agent restart).
+    POSTed until the server accepts it (it may be restarting). While a hook script runs, its process group is
+    recorded next to it. On start, every leftover record is reported: its stored result if it had one, else Failed
+    with code 7 (the command was cut short by an agent restart) — but first the script a killed agent left running
+    is ended (its group SIGTERMed, then SIGKILLed), if it is still that script, so an orphaned hook never runs on
+    into the rollback the failure starts.
   - Heartbeats go out every ``heartbeat_interval`` seconds from their own task, whatever the poll loop is doing.
   - The token comes from a file (``--token-file``) or DEPLOYBOT_AGENT_TOKEN, never a command line (``ps`` shows
     those). A 401 makes the agent read its token file again, so a token rotated on the server and written to the
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -39,7 +43,7 @@ from typing import Any
 import aiohttp
 
 from engine.agent.executor import TOKEN_VARIABLE, CommandExecutor
-from engine.agent.hooks import HookOutcome, HookRunner
+from engine.agent.hooks import HookGroup, HookOutcome, HookRunner
 from engine.agent.layout import AgentLayout, OngoingCommand, StoredResult
 from engine.core.agent_protocol import (
     RESTART_MESSAGE,
@@ -176,13 +180,14 @@ class Agent:
             raise ValueError(f"no agent token: give a token file or set {TOKEN_VARIABLE}")
         self._token = token
         self._headers = {"Authorization": f"Bearer {token}", "User-Agent": f"deploybot-agent/{_version()}"}
+        self.hook_runner = hook_runner or HookRunner()
         self.executor = CommandExecutor(
             self.layout,
             host=options.name,
             fetch=self._fetch_bundle,
             prefix=options.prefix,
             extra_env=options.env,
-            hook_runner=hook_runner,
+            hook_runner=self.hook_runner,
         )
 
     def _url(self, path: str) -> str:
@@ -222,8 +227,19 @@ class Agent:
                 await heartbeats
 
     async def recover(self) -> None:
-        """Report the commands a previous agent process left unfinished (§8)."""
+        """Report the commands a previous agent process left unfinished (§8), after ending their orphaned scripts.
+
+        Heartbeats name each one until its result is accepted, as for a command run now: ending a script takes up
+        to two kill graces, and the server must not hand the command out again meanwhile."""
         for ongoing in self.layout.ongoing():
+            self.running_command = ongoing.command_id
+            if ongoing.group is not None and await self.hook_runner.end_orphan(ongoing.group):
+                log.warning(
+                    "ended the hook script (process group %d) of command %s (%s) left running by a previous run",
+                    ongoing.group.pgid,
+                    ongoing.command_id,
+                    ongoing.event,
+                )
             body: ResultBody | StoredResult = (
                 ongoing.result
                 or CommandResult.of(
@@ -233,6 +249,7 @@ class Agent:
             log.warning("reporting command %s (%s) left over by a previous run", ongoing.command_id, ongoing.event)
             await self._post_result(ongoing.command_id, body)
             self.layout.clear_ongoing(ongoing.command_id)
+            self.running_command = None
 
     # --- polling ------------------------------------------------------------------------------------------------
 
@@ -294,7 +311,7 @@ class Agent:
         self.running_command = command.id
         log.debug("command %s: %s of %s", command.id, command.event, command.deployment_id)
         try:
-            outcome = await self.executor.execute(command)
+            outcome = await self.executor.execute(command, on_group=functools.partial(self._record_group, command.id))
         except asyncio.CancelledError:
             await self._report_interrupted(command.id, started)
             raise
@@ -320,6 +337,13 @@ class Agent:
         # server never mistakes a finished-but-unreported command for one this agent never received.
         self.running_command = None
         return handed_over[0] if handed_over else None
+
+    def _record_group(self, command_id: int, group: HookGroup | None) -> None:
+        """Keep the running script's process group in the crash record; a failure to write it stops nothing."""
+        try:
+            self.layout.mark_group(command_id, group)
+        except OSError as exc:
+            log.warning("cannot record the script of command %s (%s): a crash would leave it running", command_id, exc)
 
     async def _report_interrupted(self, command_id: int, started: float) -> None:
         """One quick try to fail the command when the agent is stopped mid-run; else the next start reports it."""

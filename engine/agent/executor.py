@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
-from engine.agent.hooks import HookOutcome, HookRunner
+from engine.agent.hooks import HookOutcome, HookRunner, OnGroup
 from engine.agent.installer import InstallError, install
 from engine.agent.layout import AgentLayout
 from engine.agent.output import ScriptLog
@@ -103,14 +103,15 @@ class CommandExecutor:
         self._runner = hook_runner or HookRunner()
         self._ensured: tuple[tuple[str, str], Path] | None = None  # the deployment directory made last
 
-    async def execute(self, command: Command) -> HookOutcome:
+    async def execute(self, command: Command, *, on_group: OnGroup | None = None) -> HookOutcome:
+        """Run ``command``; ``on_group`` is told the process group of each hook script it runs (HookRunner)."""
         try:
             if command.event == LifecycleEvent.DOWNLOAD_BUNDLE:
                 return await self._download(command.spec)
             if command.event == LifecycleEvent.INSTALL:
                 return await self._install(command.spec)
             if command.event in SERVER_HOOKABLE:
-                return await self._hook(LifecycleEvent(command.event), command.spec)
+                return await self._hook(LifecycleEvent(command.event), command.spec, on_group)
             return HookOutcome(_UNKNOWN, f"Unsupported command type: {command.event}")
         except _Failed as failed:
             return HookOutcome(_UNKNOWN, failed.message)
@@ -191,7 +192,7 @@ class CommandExecutor:
 
     # --- hook events --------------------------------------------------------------------------------------------
 
-    async def _hook(self, event: LifecycleEvent, spec: DeploymentSpec) -> HookOutcome:
+    async def _hook(self, event: LifecycleEvent, spec: DeploymentSpec, on_group: OnGroup | None) -> HookOutcome:
         deployment_dir = self._deployment_dir(spec)
         source_dir = self._script_source_dir(event, spec, deployment_dir)
         if source_dir is None:
@@ -204,7 +205,9 @@ class CommandExecutor:
         env = hook_environment(spec, event, host=self.host, prefix=self.prefix, extra=self.extra_env)
         with ScriptLog(self.layout.script_log_path(deployment_dir)) as log:
             # A failure is reported as it is even with ignore_application_stop_failures: the server decides to go on.
-            return await self._runner.run_event(event, scripts, archive_dir=archive, env=env, log=log)
+            return await self._runner.run_event(
+                event, scripts, archive_dir=archive, env=env, log=log, on_group=on_group
+            )
 
     def _script_source_dir(self, event: LifecycleEvent, spec: DeploymentSpec, deployment_dir: Path) -> Path | None:
         """The deployment directory whose archive holds this event's scripts (§4.5); None means a no-op."""

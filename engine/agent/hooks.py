@@ -11,6 +11,11 @@ Theory of operation, per script:
      waits until the deadline but at most ``output_grace`` seconds, then kills the group (code 6). A child that
      redirected its output (``cmd >/dev/null 2>&1 &``) is left alone: that is how hooks start servers.
   5. A non-zero exit is code 4.
+  6. While a script runs, ``on_group`` is told its process group (``HookGroup``: the leader's pid and start time),
+     and told None once the script has exited: the agent keeps it in its crash record, so an agent killed mid-hook
+     can end the orphaned script when it starts again (``end_orphan``), before it reports code 7. Only a group
+     whose leader is still that very script is signalled: once the script is gone, what is left in its group is
+     what it started on purpose (a server), and a pid may have been reused.
 Output goes to the capped ScriptLog and a bounded TailBuffer as it arrives (never accumulated), so a flood cannot
 exhaust memory. ``runas`` switches user in the child (setuid/setgid/initgroups via Popen's ``user``/``group``/
 ``extra_groups``) and therefore needs a root agent; the child stays in the group the runner can kill.
@@ -25,7 +30,7 @@ import pwd
 import signal
 import stat
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -46,6 +51,29 @@ class HookOutcome:
     @property
     def succeeded(self) -> bool:
         return self.code is ScriptErrorCode.SUCCEEDED
+
+
+@dataclass(frozen=True, slots=True)
+class HookGroup:
+    """A running script's process group: its leader's pid (the group id: each script starts its own session) and
+    the leader's start time (``/proc/PID/stat`` field 22), which tells it from a later process with the same pid."""
+
+    pgid: int
+    start_time: int
+
+    @classmethod
+    def of(cls, pid: int) -> HookGroup | None:
+        """The group led by the process ``pid`` now; None when there is no such process (or only a zombie)."""
+        start_time = _process_start_time(pid)
+        return cls(pid, start_time) if start_time is not None else None
+
+    def leader_running(self) -> bool:
+        """Whether the leader is alive and still the very process recorded."""
+        return _process_start_time(self.pgid) == self.start_time
+
+
+OnGroup = Callable[[HookGroup | None], None]
+"""Told each script's process group once it runs, and None once it has exited."""
 
 
 class _ScriptProtocol(asyncio.SubprocessProtocol):
@@ -86,6 +114,7 @@ class HookRunner:
         archive_dir: Path,
         env: Mapping[str, str],
         log: ScriptLog,
+        on_group: OnGroup | None = None,
     ) -> HookOutcome:
         """Run ``scripts`` in order; the first failure ends the event. ``log_tail`` covers the whole event."""
         tail = TailBuffer()
@@ -93,7 +122,7 @@ class HookRunner:
         for script in scripts:
             log.header(f"Script - {script.location}")
             try:
-                outcome = await self._run_script(script, archive_dir, env, log, tail)
+                outcome = await self._run_script(script, archive_dir, env, log, tail, on_group)
             finally:
                 log.end_script()
             if not outcome.succeeded:
@@ -102,7 +131,13 @@ class HookRunner:
         return HookOutcome(ScriptErrorCode.SUCCEEDED, f"{len(scripts)} script(s) succeeded", tail.text())
 
     async def _run_script(
-        self, script: HookScript, archive_dir: Path, env: Mapping[str, str], log: ScriptLog, tail: TailBuffer
+        self,
+        script: HookScript,
+        archive_dir: Path,
+        env: Mapping[str, str],
+        log: ScriptLog,
+        tail: TailBuffer,
+        on_group: OnGroup | None,
     ) -> HookOutcome:
         location = script.location.strip()
         path = Path(os.path.abspath(os.path.join(archive_dir, location.lstrip("/"))))
@@ -142,6 +177,9 @@ class HookRunner:
             )
         pgid = transport.get_pid()
         try:
+            group = HookGroup.of(pgid) if on_group is not None else None
+            if on_group is not None and group is not None:
+                on_group(group)
             if not await _until(protocol.exited, deadline):
                 await self._kill_group(pgid, protocol)
                 return HookOutcome(
@@ -167,6 +205,8 @@ class HookRunner:
             raise
         finally:
             transport.close()
+            if on_group is not None:
+                on_group(None)
 
     async def _kill_group(self, pgid: int, protocol: _ScriptProtocol) -> None:
         """SIGTERM the whole process group, SIGKILL what is left after the grace, then let the pipe drain."""
@@ -178,6 +218,23 @@ class HookRunner:
             _signal_group(pgid, signal.SIGKILL)
         await _until(protocol.exited, loop.time() + 1.0)
         await _until(protocol.output_closed, loop.time() + 1.0)
+
+    async def end_orphan(self, group: HookGroup) -> bool:
+        """End the group of a script a previous agent process left running: SIGTERM, SIGKILL after ``kill_grace``,
+        until none of it is alive. Only when its leader is still that script (see the module docstring); True then.
+        """
+        if not group.leader_running() or not _signal_group(group.pgid, signal.SIGTERM):
+            return False
+        loop = asyncio.get_running_loop()
+        grace_end = loop.time() + self.kill_grace
+        while loop.time() < grace_end and _group_alive(group.pgid):
+            await asyncio.sleep(0.02)
+        if _group_alive(group.pgid):
+            _signal_group(group.pgid, signal.SIGKILL)
+            gone_by = loop.time() + self.kill_grace  # SIGKILL cannot be refused: this only lets the kernel act
+            while loop.time() < gone_by and _group_alive(group.pgid):
+                await asyncio.sleep(0.02)
+        return True
 
 
 class _RunAsRefused(Exception):
@@ -246,6 +303,17 @@ def _signal_group(pgid: int, sig: signal.Signals) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def _process_start_time(pid: int) -> int | None:
+    """Field 22 of ``/proc/PID/stat`` (clock ticks after boot); None for no such process or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if len(fields) < 20 or fields[0] == "Z":
+        return None
+    return int(fields[19])
 
 
 def _group_alive(pgid: int) -> bool:

@@ -9,6 +9,7 @@
     <root>/deployment-instructions/<group-id>_most_recent_install     <group-id>/<deployment-id>, end of Download
     <root>/ongoing-command/<command-id>                               a command being run (crash recovery, §8)
     <root>/ongoing-command/<command-id>.result                        its result until the server has it
+    <root>/ongoing-command/<command-id>.group                         the process group of its running script
 
 Ids from the server become single path components (percent-encoded), so no id can name a path outside the root.
 Records and bundles are written 0600 (only the agent's user reads them); directories keep the umask's mode, so a
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from engine.agent.hooks import HookGroup
 from engine.core.agent_protocol import ResultBody
 
 StoredResult = Mapping[str, object]
@@ -56,6 +58,8 @@ class OngoingCommand:
     started_at: float
     result: StoredResult | None = None
     """The result body, once the command has run but before the server accepted it."""
+    group: HookGroup | None = None
+    """The process group of the hook script it was running, if it was (the agent ends it before reporting)."""
 
 
 class AgentLayout:
@@ -183,14 +187,34 @@ class AgentLayout:
             (self._ongoing / f"{name}.result").unlink(missing_ok=True)
         _write_fresh(self._ongoing / name, json.dumps(body))
 
+    def mark_group(self, command_id: int, group: HookGroup | None) -> None:
+        """Record the process group of the script ``command_id`` runs now, or (None) that no script of it runs.
+
+        Written whole (write-then-rename): it is what an agent restarted after a crash signals, so a torn record
+        must read as none rather than as another group. Once per script, not per event.
+        """
+        path = self._ongoing / f"{command_id}.group"
+        if group is None:
+            path.unlink(missing_ok=True)
+            return
+        text = json.dumps({"pgid": group.pgid, "start_time": group.start_time})
+        try:
+            _write_atomic(path, text)
+        except FileNotFoundError:  # the directory was removed under us: make it again
+            self._ongoing.mkdir(parents=True, exist_ok=True)
+            self._ongoing_made = True
+            _write_atomic(path, text)
+
     def clear_ongoing(self, command_id: int) -> None:
         (self._ongoing / f"{command_id}.result").unlink(missing_ok=True)
+        (self._ongoing / f"{command_id}.group").unlink(missing_ok=True)
         (self._ongoing / str(command_id)).unlink(missing_ok=True)
 
     def ongoing(self) -> list[OngoingCommand]:
         """Commands left running by a previous agent process (unreadable records are named by their file).
 
-        The result is read from ``<id>.result``, or from the record itself as agents before it wrote it there."""
+        The result is read from ``<id>.result``, or from the record itself as agents before it wrote it there; the
+        running script's process group from ``<id>.group``."""
         if not self._ongoing.is_dir():
             return []
         found = []
@@ -206,9 +230,19 @@ class AgentLayout:
                     event=str(body.get("event", "")),
                     started_at=float(body.get("started_at", path.stat().st_mtime)),
                     result=result if isinstance(result, dict) and result else None,
+                    group=_read_group(path.with_name(f"{path.name}.group")),
                 )
             )
         return found
+
+
+def _read_group(path: Path) -> HookGroup | None:
+    """The process group recorded in ``path``; None when there is none or it is not one (never guess a pid)."""
+    body = _read_object(path)
+    pgid, start_time = body.get("pgid"), body.get("start_time")
+    if type(pgid) is not int or type(start_time) is not int or pgid <= 1:
+        return None
+    return HookGroup(pgid, start_time)
 
 
 def _read_object(path: Path) -> dict[str, Any]:
