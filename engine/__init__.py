@@ -84,17 +84,15 @@ from engine.core.registrations import (
 )
 from engine.core.simulate import simulate
 from engine.core.stages import StageOptions, deployment_stages
+from engine.ports import AgentFleet, HookCallbacks, RevisionArchive
 from engine.runtime.tokens import ApiToken, TokenCheck, TokenRefusal
 from engine.service import (
-    AgentFleet,
     ApiTokenService,
     DeploymentRecords,
     DeploymentService,
     DeployRequest,
-    HookExecutions,
     Registrations,
     ReleaseService,
-    RevisionLibrary,
 )
 
 __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
@@ -139,7 +137,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "FINAL_STATUSES",
     "GroupOverrides",
     "HeartbeatBody",
-    "HookExecutions",
+    "HookCallbacks",
     "Host",
     "IamArnAlreadyRegistered",
     "InstanceAlreadyRegistered",
@@ -163,7 +161,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "ReleaseService",
     "ResultBody",
     "Revision",
-    "RevisionLibrary",
+    "RevisionArchive",
     "RevisionNotFound",
     "ScriptErrorCode",
     "ServerAppSpec",

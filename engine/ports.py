@@ -182,25 +182,19 @@ class RevisionArchive(Protocol):
 # -- hosts --------------------------------------------------------------------------------------------------------
 
 
-class HostFleet(HostExecutor, Protocol):
-    """The agents of the server platform (engine/adapters/fleet.py): the runtime dispatches to them, the doors
-    serve their protocol."""
+class AgentFleet(Protocol):
+    """The agents as the doors see them: the agent protocol's routes act for the host a token names, and the API
+    and the CodeDeploy API issue and revoke those tokens."""
+
+    def authenticate(self, token: str) -> str | None: ...
 
     def token_for(self, host: str) -> str:
         """The host's agent token, made on first use."""
 
-    def last_seen(self, host: str) -> float | None: ...
-
-    def start_monitor(self, interval: float = 1.0) -> None:
-        """Start failing the commands of hosts whose agents stopped sending heartbeats."""
-
-    async def stop_monitor(self) -> None: ...
-
-    # The agent protocol's side (bot/agent_api.py acts for the host a token names):
-
-    def authenticate(self, token: str) -> str | None: ...
-
     def revoke_token(self, host: str) -> bool: ...
+
+    def has_token(self, host: str) -> bool:
+        """Whether the host holds an agent token (which is never shown again once issued)."""
 
     async def next_command(self, host: str, *, wait: float) -> CommandBody | None: ...
 
@@ -212,9 +206,20 @@ class HostFleet(HostExecutor, Protocol):
 
     def bundle_path(self, sha256: str) -> Path | None: ...
 
-    def has_token(self, host: str) -> bool: ...
+    async def bundle_for(self, host: str, sha256: str) -> Path | None:
+        """The bundle, when one of ``host``'s commands uses that revision; None otherwise (not another host's)."""
 
-    async def bundle_for(self, host: str, sha256: str) -> Path | None: ...
+
+class HostFleet(HostExecutor, AgentFleet, Protocol):
+    """The agents of the server platform (engine/adapters/fleet.py): the runtime dispatches to them and watches
+    their heartbeats; the doors serve their protocol (AgentFleet)."""
+
+    def last_seen(self, host: str) -> float | None: ...
+
+    def start_monitor(self, interval: float = 1.0) -> None:
+        """Start failing the commands of hosts whose agents stopped sending heartbeats."""
+
+    async def stop_monitor(self) -> None: ...
 
 
 # -- the store ----------------------------------------------------------------------------------------------------

@@ -6,10 +6,10 @@ Documents (deployments, plans, hosts, locks) are JSON, hence ``dict[str, Any]``.
 
     DeploymentService    the whole facade: start, read, control deployments; its parts below as read-only members
       release            ReleaseService: promotion, locks, approvals, the queue
-      fleet              AgentFleet: the agent protocol's routes and agent tokens
-      hooks              HookExecutions: Lambda/ECS hooks waiting for their status callback
+      fleet              AgentFleet (engine.ports): the agent protocol's routes and agent tokens
+      hooks              HookCallbacks (engine.ports): Lambda/ECS hooks waiting for their status callback
       store              DeploymentRecords: stored deployment rows, the audit log, webhook deliveries
-      revisions          RevisionLibrary: the stored revision bundles
+      revisions          RevisionArchive (engine.ports): the stored revision bundles
       registry           Registrations: what the CodeDeploy API registers (configs, instances, revisions)
       tokens             ApiTokenService: per-user API tokens (who is asking), page sessions, the bootstrap token
 """
@@ -20,13 +20,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.core.agent_protocol import CommandBody, HeartbeatBody, ResultBody
 from engine.core.config.model import EngineConfig
 from engine.core.configs import DeploymentConfig
 from engine.core.model import Platform, Revision
 from engine.core.registrations import OnPremInstance, RegisteredRevision
 from engine.core.requests import DeployRequest
-from engine.ports import Clock, Notifier
+from engine.ports import AgentFleet, Clock, HookCallbacks, Notifier, RevisionArchive
 from engine.runtime.tokens import ApiToken, BootstrapChange, TokenCheck
 
 
@@ -67,39 +66,6 @@ class ReleaseService(Protocol):
     async def queue(self, application: str | None = None, environment: str | None = None) -> list[dict[str, Any]]: ...
 
 
-class AgentFleet(Protocol):
-    """The agents as the doors see them: the agent protocol's routes act for the host a token names, and the API
-    and the CodeDeploy API issue and revoke those tokens."""
-
-    def authenticate(self, token: str) -> str | None: ...
-
-    async def next_command(self, host: str, *, wait: float) -> CommandBody | None: ...
-
-    async def report_result(self, host: str, command_id: int, result: ResultBody) -> None: ...
-
-    async def heartbeat(self, host: str, info: HeartbeatBody) -> None: ...
-
-    async def release(self, host: str, command_id: int) -> None: ...
-
-    def bundle_path(self, sha256: str) -> Path | None: ...
-
-    def token_for(self, host: str) -> str: ...
-
-    def revoke_token(self, host: str) -> bool: ...
-
-    def has_token(self, host: str) -> bool:
-        """Whether the host holds an agent token (which is never shown again once issued)."""
-
-    async def bundle_for(self, host: str, sha256: str) -> Path | None:
-        """The bundle, when one of ``host``'s commands uses that revision; None otherwise (not another host's)."""
-
-
-class HookExecutions(Protocol):
-    """Lambda/ECS hook executions waiting for their status callback (what an operator may unblock)."""
-
-    def pending(self, deployment_id: str | None = None) -> list[dict[str, Any]]: ...
-
-
 class DeploymentRecords(Protocol):
     """The stored rows the doors read beside the documents: deployments (CodeDeploy's listings, metrics), the audit
     log (who registered what) and webhook deliveries (a redelivered webhook is taken once)."""
@@ -128,22 +94,6 @@ class DeploymentRecords(Protocol):
     ) -> int: ...
 
     async def record_delivery(self, delivery_id: str, source: str, at: float) -> bool: ...
-
-
-class RevisionLibrary(Protocol):
-    """Revision bundles, kept once per sha256 (a CodeDeploy GitHub revision is stored with its location)."""
-
-    async def add(
-        self,
-        source: str | Path,
-        *,
-        label: str | None = None,
-        platform: Platform = Platform.SERVER,
-        commit: str | None = None,
-        location: Mapping[str, Any] | None = None,
-    ) -> Revision: ...
-
-    async def get(self, sha256: str) -> Revision: ...
 
 
 class Registrations(Protocol):
@@ -231,7 +181,7 @@ class DeploymentService(Protocol):
     def fleet(self) -> AgentFleet: ...
 
     @property
-    def hooks(self) -> HookExecutions: ...
+    def hooks(self) -> HookCallbacks: ...
 
     @property
     def notifiers(self) -> list[Notifier]: ...
@@ -243,7 +193,7 @@ class DeploymentService(Protocol):
     def store(self) -> DeploymentRecords: ...
 
     @property
-    def revisions(self) -> RevisionLibrary: ...
+    def revisions(self) -> RevisionArchive: ...
 
     @property
     def registry(self) -> Registrations: ...

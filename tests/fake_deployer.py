@@ -144,7 +144,7 @@ class FakeClock:
 
 
 class FakeRevisions:
-    """Uploaded bundles by sha256 (tests iterate it); ``add``/``get`` are the RevisionLibrary side."""
+    """Uploaded bundles by sha256 (tests iterate it); ``add``/``get`` are the RevisionArchive side."""
 
     def __init__(self) -> None:
         self.bundles: dict[str, bytes] = {}
