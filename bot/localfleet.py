@@ -37,13 +37,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import Host
+from engine import BASIC_ENV, Host, ProcessIdentity
 
 log = logging.getLogger(__name__)
 
-AGENT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
-"""The only variables of the server's environment a local agent gets: the names the agent itself passes on to hooks
-(engine.agent.BASIC_ENV, which bot/ may not import; a test keeps the two equal)."""
+AGENT_ENV = BASIC_ENV
+"""The only variables of the server's environment a local agent gets: the ones the agent itself passes on to hooks."""
 TOKEN_DIR = "local-agent-tokens"
 """Directory (0700) of the data directory holding each local agent's token file, ``NAME.token`` (0600)."""
 
@@ -138,7 +137,7 @@ class LocalFleet:
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
-        self._adopted: dict[str, _Process] = {}
+        self._adopted: dict[str, ProcessIdentity] = {}
 
     def pids(self) -> dict[str, int]:
         """The process id of every agent currently running (started or adopted)."""
@@ -223,7 +222,7 @@ class LocalFleet:
             )
         self._processes[agent.name] = process
         try:
-            started = _Process.of(process.pid)
+            started = ProcessIdentity.of(process.pid)
             if started is not None:  # None: it is gone already, and its exit is what happens next
                 try:
                     _record(agent, started)
@@ -259,25 +258,6 @@ class LocalFleet:
             _forget(agent)
 
 
-@dataclass(frozen=True, slots=True)
-class _Process:
-    """One process, told apart from a later one that gets the same pid by its start time (clock ticks after boot,
-    ``/proc/PID/stat`` field 22: a reused pid has a later one)."""
-
-    pid: int
-    start_time: int
-
-    @classmethod
-    def of(cls, pid: int) -> _Process | None:
-        """The process ``pid`` is now; None when there is none (or only a zombie)."""
-        start_time = _start_time(pid)
-        return cls(pid, start_time) if start_time is not None else None
-
-    def running(self) -> bool:
-        """Still alive, not a zombie, and still this very process."""
-        return _start_time(self.pid) == self.start_time
-
-
 def _pid_file(agent: AgentProcess) -> Path:
     return agent.log_path.parent / "agent.pid"
 
@@ -286,7 +266,7 @@ def _process_file(agent: AgentProcess) -> Path:
     return agent.log_path.parent / "agent.process"
 
 
-def _record(agent: AgentProcess, process: _Process) -> None:
+def _record(agent: AgentProcess, process: ProcessIdentity) -> None:
     """``agent.process`` (pid and start time: what ``_recorded`` trusts) first, then the bare ``agent.pid``."""
     identity = json.dumps({"pid": process.pid, "start_time": process.start_time})
     _write_private(_process_file(agent), identity + "\n")
@@ -308,14 +288,14 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def _recorded(agent: AgentProcess) -> _Process | None:
+def _recorded(agent: AgentProcess) -> ProcessIdentity | None:
     """The agent a previous server recorded, if that very process is still running; None when there is no record,
     or (saying so in one line) when the pid no longer is that agent: it must never be signalled."""
     recorded = _read_record(agent)
     if recorded is None:
         return None
     pid, start_time = recorded
-    process = _Process.of(pid)
+    process = ProcessIdentity.of(pid)
     if process is not None and (start_time == process.start_time if start_time is not None else _exact(agent, pid)):
         return process
     state = "no longer running" if process is None else "another process now (the pid was reused)"
@@ -341,17 +321,6 @@ def _exact(agent: AgentProcess, pid: int) -> bool:
     return _cmdline(pid) == agent.argv
 
 
-def _start_time(pid: int) -> int | None:
-    """Field 22 of ``/proc/PID/stat``; None for no such process or a zombie (exited, not yet reaped by init)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if len(fields) < 20 or fields[0] == "Z":
-        return None
-    return int(fields[19])
-
-
 def _cmdline(pid: int) -> tuple[str, ...]:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -360,7 +329,7 @@ def _cmdline(pid: int) -> tuple[str, ...]:
     return tuple(part.decode(errors="replace") for part in raw.split(b"\0") if part)
 
 
-async def _stop(process: _Process, timeout: float) -> None:
+async def _stop(process: ProcessIdentity, timeout: float) -> None:
     """SIGTERM, then SIGKILL to its process group after ``timeout``; each signal only while it is still ``process``."""
     if not process.running():
         return

@@ -7,7 +7,7 @@ bot/cli/push_cmd.py, which uploads to S3 itself) reaches the runtime, the store 
 """
 
 from engine.bundles import build_bundle, safe_extract
-from engine.core.agent_protocol import CommandBody, HeartbeatBody, ResultBody
+from engine.core.agent_protocol import BASIC_ENV, CommandBody, HeartbeatBody, ResultBody
 from engine.core.appspec import AppSpec, ServerAppSpec, normalized, parse_appspec
 from engine.core.config.groups import NAME as NAME_PATTERN
 from engine.core.config.model import (
@@ -85,6 +85,7 @@ from engine.core.registrations import (
 from engine.core.simulate import simulate
 from engine.core.stages import StageOptions, deployment_stages
 from engine.ports import AgentFleet, HookCallbacks, RevisionArchive
+from engine.processes import ProcessIdentity
 from engine.runtime.tokens import ApiToken, TokenCheck, TokenRefusal
 from engine.service import (
     ApiTokenService,
@@ -109,6 +110,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "AutoRollback",
     "AutoRollbackEvent",
     "AwsAccount",
+    "BASIC_ENV",
     "BOOTSTRAP_ADMIN",
     "BUILTIN_CONFIGS",
     "BUILTIN_PREFIX",
@@ -155,6 +157,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "OnPremInstance",
     "Platform",
     "Problem",
+    "ProcessIdentity",
     "ROLLBACK_CREATOR",
     "RegisteredRevision",
     "Registrations",

@@ -18,7 +18,7 @@ from engine.agent.installer import InstallError, install
 from engine.agent.layout import AgentLayout
 from engine.agent.output import ScriptLog
 from engine.bundles import safe_extract
-from engine.core.agent_protocol import Command, DeploymentSpec
+from engine.core.agent_protocol import BASIC_ENV, Command, DeploymentSpec
 from engine.core.appspec import ServerAppSpec, parse_appspec
 from engine.core.errors import AppSpecInvalid, BundleError
 from engine.core.lifecycle import SERVER_HOOKABLE, ScriptSource, script_source
@@ -29,9 +29,6 @@ BundleFetcher = Callable[[str, Path], Awaitable[str]]
 
 _OK = ScriptErrorCode.SUCCEEDED
 _UNKNOWN = ScriptErrorCode.UNKNOWN_ERROR
-BASIC_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
-"""The only variables of the agent's own environment that hooks get: what a script needs to find programs, a home,
-its locale, time zone and scratch space. Anything else there may be a secret (the agent's token, cloud keys)."""
 TOKEN_VARIABLE = "DEPLOYBOT_AGENT_TOKEN"
 """The agent token's environment variable (``deploybot agent``): never handed to a hook, not even through ``--env``."""
 

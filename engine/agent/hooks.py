@@ -38,6 +38,7 @@ from typing import TypedDict
 from engine.agent.output import ScriptLog, TailBuffer
 from engine.core.appspec import HookScript
 from engine.core.model import LifecycleEvent, ScriptErrorCode
+from engine.processes import ProcessIdentity
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,23 +54,15 @@ class HookOutcome:
         return self.code is ScriptErrorCode.SUCCEEDED
 
 
-@dataclass(frozen=True, slots=True)
-class HookGroup:
-    """A running script's process group: its leader's pid (the group id: each script starts its own session) and
-    the leader's start time (``/proc/PID/stat`` field 22), which tells it from a later process with the same pid."""
+class HookGroup(ProcessIdentity):
+    """A running script's process group, by its leader: each script starts its own session, so the leader's pid is
+    the group id, and its start time tells it from a later process with the same pid."""
 
-    pgid: int
-    start_time: int
+    __slots__ = ()
 
-    @classmethod
-    def of(cls, pid: int) -> HookGroup | None:
-        """The group led by the process ``pid`` now; None when there is no such process (or only a zombie)."""
-        start_time = _process_start_time(pid)
-        return cls(pid, start_time) if start_time is not None else None
-
-    def leader_running(self) -> bool:
-        """Whether the leader is alive and still the very process recorded."""
-        return _process_start_time(self.pgid) == self.start_time
+    @property
+    def pgid(self) -> int:
+        return self.pid
 
 
 OnGroup = Callable[[HookGroup | None], None]
@@ -223,7 +216,7 @@ class HookRunner:
         """End the group of a script a previous agent process left running: SIGTERM, SIGKILL after ``kill_grace``,
         until none of it is alive. Only when its leader is still that script (see the module docstring); True then.
         """
-        if not group.leader_running() or not _signal_group(group.pgid, signal.SIGTERM):
+        if not group.running() or not _signal_group(group.pgid, signal.SIGTERM):
             return False
         loop = asyncio.get_running_loop()
         grace_end = loop.time() + self.kill_grace
@@ -303,17 +296,6 @@ def _signal_group(pgid: int, sig: signal.Signals) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
-
-
-def _process_start_time(pid: int) -> int | None:
-    """Field 22 of ``/proc/PID/stat`` (clock ticks after boot); None for no such process or a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if len(fields) < 20 or fields[0] == "Z":
-        return None
-    return int(fields[19])
 
 
 def _group_alive(pgid: int) -> bool:

@@ -17,6 +17,10 @@ from engine.core.model import ROLLBACK_CREATOR, DeploymentType, EventStatus, Scr
 
 RESTART_MESSAGE = "Failed: Failing in-progress lifecycle event after an agent restart."
 LOG_TAIL_BYTES = 4096
+BASIC_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+"""The only variables of an agent's own environment that hooks get (and all a local agent gets of the server's):
+what a script needs to find programs, a home, its locale, time zone and scratch space. Anything else there may be a
+secret (the agent's token, cloud keys, the server's Slack and GitHub credentials)."""
 
 
 ResultStatus = Literal["Succeeded", "Failed"]
