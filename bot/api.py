@@ -367,7 +367,8 @@ async def reject_deployment(request: web.Request) -> web.Response:
     reason = _text(body, "reason", _REJECT_USAGE)
     group = await deployment_group(request, request.match_info["id"])
     # Approvers reject; the requester may withdraw their own request, which is controlling their own deployment.
-    requester = (await request.app[DEPLOYER].get(request.match_info["id"])).get("created_by")
+    row = await request.app[DEPLOYER].store.get_deployment(request.match_info["id"])
+    requester = row["created_by"] if row else None
     action = Action.CONTROL if requester == actor_of(request) else Action.APPROVE
     actor = await authorize(request, action, group)
     return json_response(await release.reject(request.match_info["id"], actor=actor, reason=reason))

@@ -30,6 +30,7 @@ from engine import (
     BundleError,
     ConfigError,
     DeploymentGroup,
+    DeploymentNotFound,
     DeploymentRefused,
     DeploymentService,
     EngineError,
@@ -200,10 +201,13 @@ async def authorize(request: web.Request, action: Action, group: DeploymentGroup
 
 
 async def deployment_group(request: web.Request, deployment_id: str) -> DeploymentGroup | None:
-    """The group of a stored deployment (None when the config no longer has it: then only admins may act on it)."""
+    """The group of a stored deployment (None when the config no longer has it: then only admins may act on it).
+    Reads the row, not the whole document: the route builds that once, after the decision."""
     deployer = request.app[DEPLOYER]
-    document = await deployer.get(deployment_id)
-    return next((g for g in deployer.config.groups() if g.name == document["group"]), None)
+    row = await deployer.store.get_deployment(deployment_id)
+    if row is None:
+        raise DeploymentNotFound(deployment_id)
+    return next((g for g in deployer.config.groups() if g.name == row["group_name"]), None)
 
 
 # ---------------------------------------------------------------------------------------------------- tokens
