@@ -54,6 +54,7 @@ from engine.core.errors import (
     RevisionNotFound,
     UnknownDeploymentConfig,
 )
+from engine.core.intents import OPEN_INTENT_STATES, IntentState
 from engine.core.model import (
     FINAL_STATUSES,
     ROLLBACK_CREATOR,
@@ -144,6 +145,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "IamArnAlreadyRegistered",
     "InstanceAlreadyRegistered",
     "InstanceNotRegistered",
+    "IntentState",
     "InvalidDeploymentConfig",
     "InvalidLifecycleHookStatus",
     "InvalidTransition",
@@ -154,6 +156,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "MinimumHealthyHostsType",
     "NAME_PATTERN",
     "NotFound",
+    "OPEN_INTENT_STATES",
     "OnPremInstance",
     "Platform",
     "Problem",

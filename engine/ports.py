@@ -4,7 +4,8 @@ Each real component gets one adapter in engine/adapters/ (or engine/store/) impl
 composition root (bot/assembly.py) picks the implementations and hands them to the Deployer, and tests use fakes
 at this seam. Nothing in engine/runtime/ or engine/release/ names a concrete store or adapter.
 
-    store        DeploymentStore, CommandQueue, ReleaseRecords, RegistryRecords, TokenRecords (together: Store)
+    store        DeploymentStore, CommandQueue, ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords
+                 (together: Store)
     hosts        HostExecutor (run lifecycle events), HostFleet (the agents behind it)
     traffic      TrafficRouter (set_weight / verify_weight), AlarmSource
     platforms    PlatformDriver (Lambda, ECS), PlatformRuntime (the AWS side as a whole), RevisionArchive
@@ -15,7 +16,7 @@ at this seam. Nothing in engine/runtime/ or engine/release/ names a concrete sto
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -403,7 +404,50 @@ class TokenRecords(Protocol):
     async def touch_api_token(self, token_id: str, *, at: float) -> None: ...
 
 
-class Store(DeploymentStore, CommandQueue, ReleaseRecords, RegistryRecords, TokenRecords, Protocol):
+class IntentRecords(Protocol):
+    """What the doors were asked, by key (engine/core/intents.py; engine/store/intent_records.py)."""
+
+    async def add_intent(
+        self,
+        key: str,
+        *,
+        source: str,
+        kind: str,
+        payload: Mapping[str, Any],
+        at: float,
+        scope: str | None = None,
+        actor: str | None = None,
+        state: str = "pending",
+        not_before: float | None = None,
+    ) -> tuple[Row, bool]:
+        """The row under ``key`` and whether this call added it (False: a retry or replay of one already taken)."""
+
+    async def get_intent(self, key: str) -> Row | None: ...
+    async def move_intent(
+        self,
+        key: str,
+        state: str,
+        *,
+        at: float,
+        only_from: Collection[str] | None = None,
+        outcome: Mapping[str, Any] | None = ...,
+        not_before: float | None = ...,
+        attempt: bool = False,
+    ) -> Row | None:
+        """The row after the move; None when nothing changed (no such key, or not in ``only_from``)."""
+
+    async def list_intents(
+        self,
+        *,
+        source: str | None = None,
+        kind: str | None = None,
+        scope: str | None = None,
+        states: Collection[str] | None = None,
+        limit: int | None = None,
+    ) -> list[Row]: ...
+
+
+class Store(DeploymentStore, CommandQueue, ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords, Protocol):
     """All of deploybot's state (engine/store/sqlite.py today)."""
 
 

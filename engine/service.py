@@ -25,7 +25,7 @@ from engine.core.configs import DeploymentConfig
 from engine.core.model import Platform, Revision
 from engine.core.registrations import OnPremInstance, RegisteredRevision
 from engine.core.requests import DeployRequest
-from engine.ports import AgentFleet, Clock, HookCallbacks, Notifier, RevisionArchive
+from engine.ports import AgentFleet, Clock, HookCallbacks, IntentRecords, Notifier, RevisionArchive
 from engine.runtime.tokens import ApiToken, BootstrapChange, TokenCheck
 
 
@@ -66,9 +66,10 @@ class ReleaseService(Protocol):
     async def queue(self, application: str | None = None, environment: str | None = None) -> list[dict[str, Any]]: ...
 
 
-class DeploymentRecords(Protocol):
+class DeploymentRecords(IntentRecords, Protocol):
     """The stored rows the doors read beside the documents: deployments (CodeDeploy's listings, metrics), the audit
-    log (who registered what) and webhook deliveries (a redelivered webhook is taken once)."""
+    log (who registered what), webhook deliveries (a redelivered webhook is taken once) and the intents the doors
+    took (engine/core/intents.py)."""
 
     async def get_deployment(self, deployment_id: str) -> dict[str, Any] | None: ...
 

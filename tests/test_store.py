@@ -45,7 +45,7 @@ def raw(path: Path) -> sqlite3.Connection:
 # -- schema and file
 
 
-MIGRATION_NAMES = ["0001_initial_schema", "0002_approvals", "0003_api_registry", "0004_api_tokens"]
+MIGRATION_NAMES = ["0001_initial_schema", "0002_approvals", "0003_api_registry", "0004_api_tokens", "0005_intents"]
 
 
 async def test_open_creates_parent_dirs_and_migrations_are_idempotent_across_reopen(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ async def test_open_creates_parent_dirs_and_migrations_are_idempotent_across_reo
         assert await again.get_revision("a" * 64) is not None
         await again.close()
     with raw(path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone() == (4,)
+        assert conn.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone() == (len(MIGRATION_NAMES),)
 
 
 async def test_wal_mode_is_enabled_and_persists_in_the_file(store: SqliteStore) -> None:

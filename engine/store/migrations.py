@@ -25,6 +25,7 @@ JSON_COLUMNS: Mapping[str, frozenset[str]] = {
     "registered_revisions": frozenset({"location"}),
     "onprem_instances": frozenset({"tags"}),
     "api_deployment_configs": frozenset({"definition"}),
+    "intents": frozenset({"payload", "outcome"}),
 }
 
 _INITIAL_SCHEMA = (
@@ -272,6 +273,47 @@ _API_TOKENS = (
 @MIGRATIONS(name="0004_api_tokens")
 def _api_tokens(db: Database) -> None:
     for statement in _API_TOKENS:
+        db.execute(statement)
+
+
+_INTENTS = (
+    # What the doors were asked (engine/core/intents.py): stored before the request is acknowledged, keyed so a
+    # retry, replay or redelivery finds the same row. ``seq`` is arrival order (merges of one scope follow it);
+    # ``not_before`` is when a waiting intent is looked at again.
+    """
+    CREATE TABLE intents (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL UNIQUE,
+        source TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        scope TEXT,
+        actor TEXT,
+        state TEXT NOT NULL
+            CHECK (state IN ('pending', 'waiting', 'running', 'done', 'failed', 'superseded')),
+        payload TEXT NOT NULL,
+        outcome TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        not_before REAL
+    )
+    """,
+    "CREATE INDEX intents_by_state ON intents (source, state, seq)",
+    "CREATE INDEX intents_by_scope ON intents (scope, seq)",
+    # Who asked and what is history: only the state, the outcome and when to look again may change.
+    """
+    CREATE TRIGGER intents_keep_request BEFORE UPDATE ON intents
+    WHEN NEW.seq IS NOT OLD.seq OR NEW.key IS NOT OLD.key OR NEW.source IS NOT OLD.source
+        OR NEW.kind IS NOT OLD.kind OR NEW.scope IS NOT OLD.scope OR NEW.actor IS NOT OLD.actor
+        OR NEW.created_at IS NOT OLD.created_at
+    BEGIN SELECT RAISE(ABORT, 'an intent keeps what was asked, by whom and when'); END
+    """,
+)
+
+
+@MIGRATIONS(name="0005_intents")
+def _intents(db: Database) -> None:
+    for statement in _INTENTS:
         db.execute(statement)
 
 

@@ -26,10 +26,11 @@ from typing import Any, Self, TypeVar
 from sqlite_utils import Database
 
 from engine.core.model import FINAL_STATUSES
+from engine.store.intent_records import IntentRecords
 from engine.store.migrations import JSON_COLUMNS, applied_migrations, apply_migrations
 from engine.store.registry_records import RegistryRecords
 from engine.store.release_records import ReleaseRecords
-from engine.store.statements import placeholders, where_clause
+from engine.store.statements import placeholders, to_json, where_clause
 from engine.store.token_records import TokenRecords
 
 T = TypeVar("T")
@@ -44,13 +45,9 @@ _LATEST_COMMAND = (
 )
 
 
-def _to_json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
-
-
 def _encoded(table: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     json_columns = JSON_COLUMNS.get(table, frozenset())
-    return {k: _to_json(v) if k in json_columns else v for k, v in fields.items()}
+    return {k: to_json(v) if k in json_columns else v for k, v in fields.items()}
 
 
 def _rows(table: str, cursor: sqlite3.Cursor) -> list[Row]:
@@ -95,7 +92,7 @@ def _check_columns(table: str, given: Iterable[str], known: Iterable[str]) -> No
         raise ValueError(f"unknown {table} columns: {', '.join(unknown)}")
 
 
-class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords):
+class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords):
     """The persistence port of the engine; see the module docstring for the threading model."""
 
     def __init__(
@@ -235,10 +232,10 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords):
             'INSERT OR IGNORE INTO revisions (sha256, source, "commit", size, created_at, appspec, platform, location)'
             f" VALUES ({placeholders(8)})"
         )
-        params = (sha256, source, commit, size, created_at, _to_json(appspec), platform, _to_json(location))
+        params = (sha256, source, commit, size, created_at, to_json(appspec), platform, to_json(location))
         new = await self._change(sql, params) == 1
         if not new and location is not None:
-            await self._change("UPDATE revisions SET location = ? WHERE sha256 = ?", (_to_json(location), sha256))
+            await self._change("UPDATE revisions SET location = ? WHERE sha256 = ?", (to_json(location), sha256))
         return new
 
     async def get_revision(self, sha256: str) -> Row | None:
@@ -365,7 +362,7 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords):
 
     async def append_logs(self, entries: Iterable[Mapping[str, Any]]) -> list[int]:
         """Append many entries (keys as ``append_log``'s arguments) in one transaction; returns their ids."""
-        rows = [(e.get("deployment_id"), e["at"], e["actor"], e["kind"], _to_json(e.get("data"))) for e in entries]
+        rows = [(e.get("deployment_id"), e["at"], e["actor"], e["kind"], to_json(e.get("data"))) for e in entries]
         sql = f"INSERT INTO event_log (deployment_id, at, actor, kind, data) VALUES ({placeholders(5)})"
         return await self._insert(sql, rows)
 
@@ -380,7 +377,7 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords):
         self, host: str, deployment_id: str, event: str, payload: Mapping[str, Any] | None, *, at: float
     ) -> int:
         sql = f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
-        return (await self._insert(sql, [(host, deployment_id, event, _to_json(payload), at)]))[0]
+        return (await self._insert(sql, [(host, deployment_id, event, to_json(payload), at)]))[0]
 
     async def enqueue_command_once(
         self, host: str, deployment_id: str, event: str, payload: Mapping[str, Any] | None, *, at: float
@@ -395,7 +392,7 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords):
             with _write(db) as conn:
                 existing = _rows("host_commands", conn.execute(_LATEST_COMMAND, (host, deployment_id, event)))
                 if not existing:
-                    conn.execute(insert, (host, deployment_id, event, _to_json(payload), at))
+                    conn.execute(insert, (host, deployment_id, event, to_json(payload), at))
             return existing[0] if existing else None
 
         return await self._run(enqueue)
@@ -432,7 +429,7 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords):
             "UPDATE host_commands SET status = ?, result = ?, finished_at = ?"
             f" WHERE id = ? AND status IN ('Pending', 'InProgress') AND {where}"
         )
-        return await self._change(sql, (status, _to_json(result), at, command_id, *params)) == 1
+        return await self._change(sql, (status, to_json(result), at, command_id, *params)) == 1
 
     async def finish_command(
         self, command_id: int, host: str, status: str, result: Mapping[str, Any] | None, *, at: float
@@ -452,7 +449,7 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords):
                 rows = _rows("host_commands", conn.execute(head, (command_id, host)))
                 if not rows:
                     return None, False
-                return rows[0], conn.execute(update, (status, _to_json(result), at, command_id)).rowcount == 1
+                return rows[0], conn.execute(update, (status, to_json(result), at, command_id)).rowcount == 1
 
         return await self._run(finish)
 
@@ -504,7 +501,7 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords):
             " tags = COALESCE(excluded.tags, tags), version = COALESCE(excluded.version, version),"
             " state = COALESCE(excluded.state, state)"
         )
-        await self._change(sql, (name, _to_json(tags), version, last_seen, state))
+        await self._change(sql, (name, to_json(tags), version, last_seen, state))
 
     async def get_agent(self, name: str) -> Row | None:
         return await self._fetch_one("agents", "SELECT * FROM agents WHERE name = ?", (name,))

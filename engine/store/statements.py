@@ -3,10 +3,16 @@ call (declared here for type checkers; SqliteStore defines them and runs them on
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 Row = dict[str, Any]
+
+
+def to_json(value: Any) -> str | None:
+    """A JSON column's text (None stays NULL)."""
+    return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
 def where_clause(**equal: str | Sequence[str] | None) -> tuple[str, list[Any]]:
