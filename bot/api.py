@@ -40,6 +40,7 @@ from bot.http import (
     parse_duration,
     unauthorized,
 )
+from bot.idempotency import idempotent_requests
 from engine import BOOTSTRAP_ADMIN, Action, DeploymentService, DeployRequest
 
 log = logging.getLogger(__name__)
@@ -461,7 +462,7 @@ def create_api_app(
 
     ``tokens``: the bootstrap secrets (var/api-token, DEPLOYBOT_TOKEN), registered as the bootstrap admin's tokens
     when the app starts; every request is checked against the store, not against these."""
-    app = web.Application(middlewares=[json_errors, _require_api_token], client_max_size=1024**2)
+    app = web.Application(middlewares=[json_errors, _require_api_token, idempotent_requests()], client_max_size=1024**2)
     app[DEPLOYER] = deployer
     app[BOOTSTRAP_TOKENS] = tokens
     app.on_startup.append(_register_bootstrap_tokens)

@@ -11,9 +11,11 @@ what failed and how to give the CA; there is no option to skip verification.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import ssl
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,14 @@ EXAMPLE_CONFIG = Path("config") / "deploybot.example.yml"
 TOKEN_FILE = Path("var") / "api-token"
 CA_FILE_VARIABLE = "DEPLOYBOT_CA_FILE"
 """The environment variable naming the CA file (PEM) that signed an https:// server's certificate."""
+IDEMPOTENCY_HEADER = "Idempotency-Key"  # bot/idempotency.py: a repeat with the same key gets the first answer
+RESEND_PAUSES = (0.5, 2.0)  # seconds before sending a changing request again (same key) after a dropped connection
+
+
+def _resendable(kwargs: Mapping[str, Any]) -> bool:
+    """A request whose body is a stream (an uploaded bundle) was consumed by the first try."""
+    body = kwargs.get("data")
+    return body is None or isinstance(body, bytes | str)
 
 
 class ClientError(Exception):
@@ -210,6 +220,25 @@ class ApiClient:
             await self._session.close()
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One API call. A call that changes something carries a fresh ``Idempotency-Key`` and is sent again with
+        the same key when the connection drops before the answer, or while the first is still running: the server
+        answers a repeat with the first one's answer (bot/idempotency.py), so nothing is done twice."""
+        if method in ("GET", "HEAD"):
+            return await self._send(method, path, **kwargs)
+        headers = {**kwargs.pop("headers", {}), IDEMPOTENCY_HEADER: uuid.uuid4().hex}
+        for pause in (*RESEND_PAUSES, None):
+            try:
+                return await self._send(method, path, headers=headers, **kwargs)
+            except ConnectionDropped:
+                if pause is None or not _resendable(kwargs):
+                    raise
+            except ApiError as exc:
+                if pause is None or exc.error != "RequestInProgress":
+                    raise
+            await asyncio.sleep(pause)
+        raise AssertionError("unreachable: the last try returns or raises")
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> Any:
         assert self._session is not None, "use ApiClient as an async context manager"
         url = self.base_url + path
         try:
