@@ -41,8 +41,9 @@ async def put_hook_status(request: web.Request) -> web.Response:
     deployment_id = body.get("deployment_id")
     deployer = request.app[DEPLOYER]
     execution_id = request.match_info["execution_id"]
-    waiting = next((e for e in deployer.hooks.pending() if e.get("execution_id") == execution_id), None)
-    owner = deployment_id if isinstance(deployment_id, str) else (waiting or {}).get("deployment_id")
+    # The execution's deployment decides who may answer; found even once answered, so a repeat is not refused here.
+    known = None if isinstance(deployment_id, str) else await deployer.hooks.find(execution_id)
+    owner = deployment_id if isinstance(deployment_id, str) else (known or {}).get("deployment_id")
     group = await deployment_group(request, owner) if isinstance(owner, str) else None
     actor = await authorize(request, Action.CONTROL, group)
     result = await deployer.put_hook_status(

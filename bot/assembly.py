@@ -89,7 +89,10 @@ async def assemble_deployer(
             on_result=results.deliver,
             heartbeat_timeout=config.server.heartbeat_timeout,
         )
-        platforms = AwsRuntime(config, clock=clock, on_result=results.deliver, revisions=revisions, accounts=aws)
+        platforms = AwsRuntime(
+            config, clock=clock, on_result=results.deliver, revisions=revisions, hook_records=store, accounts=aws
+        )
+        await platforms.open()
         deployer = Deployer(
             config,
             store=store,

@@ -4,8 +4,8 @@ Each real component gets one adapter in engine/adapters/ (or engine/store/) impl
 composition root (bot/assembly.py) picks the implementations and hands them to the Deployer, and tests use fakes
 at this seam. Nothing in engine/runtime/ or engine/release/ names a concrete store or adapter.
 
-    store        DeploymentStore, CommandQueue, ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords
-                 (together: Store)
+    store        DeploymentStore, CommandQueue, ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords,
+                 HookExecutionRecords (together: Store)
     hosts        HostExecutor (run lifecycle events), HostFleet (the agents behind it)
     traffic      TrafficRouter (set_weight / verify_weight), AlarmSource
     platforms    PlatformDriver (Lambda, ECS), PlatformRuntime (the AWS side as a whole), RevisionArchive
@@ -108,6 +108,7 @@ class PlatformDriver(Protocol):
 
 
 class HookExecution(Protocol):
+    execution_id: str
     deployment_id: str
     event: str
     function: str
@@ -116,11 +117,24 @@ class HookExecution(Protocol):
 
 
 class HookCallbacks(Protocol):
-    """Lambda/ECS hook executions waiting for their status callback (PutLifecycleEventHookExecutionStatus)."""
+    """Lambda/ECS hook executions waiting for their status callback (PutLifecycleEventHookExecutionStatus).
 
-    def resolve(self, execution_id: str, status: str, *, deployment_id: str | None = None) -> HookExecution: ...
+    They are stored, so a status is taken by whichever server runs when it arrives, and a status already taken
+    is final."""
 
-    def cancel(self, deployment_id: str) -> None: ...
+    async def resolve(
+        self, execution_id: str, status: str, *, deployment_id: str | None = None
+    ) -> tuple[HookExecution, bool]:
+        """Take a status callback: the execution, and whether this call reported its status (False: the same
+        status again, already taken, which changes nothing). Raises LifecycleHookNotFound when no such execution
+        waits (a different status for one already reported is a LifecycleHookNotFound that says so), and
+        InvalidLifecycleHookStatus."""
+
+    async def find(self, execution_id: str) -> dict[str, Any] | None:
+        """An execution by id, waiting or not (``pending``'s shape plus ``status``); None when there is none."""
+
+    def cancel(self, deployment_id: str) -> None:
+        """The deployment ended: its executions stop waiting (their stop is recorded by whoever waits on them)."""
 
     def pending(self, deployment_id: str | None = None) -> list[dict[str, Any]]:
         """The executions still waiting for their callback (what an operator may unblock)."""
@@ -447,7 +461,52 @@ class IntentRecords(Protocol):
     ) -> list[Row]: ...
 
 
-class Store(DeploymentStore, CommandQueue, ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords, Protocol):
+class HookExecutionRecords(Protocol):
+    """Lambda/ECS hook executions, one per (deployment, target, event, function), by execution id
+    (engine/store/hook_records.py; the states are engine/adapters/aws/hook_executions.py's)."""
+
+    async def add_hook_execution(
+        self,
+        execution_id: str,
+        *,
+        deployment_id: str,
+        target: str,
+        event: str,
+        function: str,
+        state: str,
+        at: float,
+    ) -> tuple[Row, bool]:
+        """The hook's execution and whether this call added it (False: one was stored before; that row, untouched)."""
+
+    async def get_hook_execution(self, execution_id: str) -> Row | None: ...
+    async def move_hook_execution(
+        self,
+        execution_id: str,
+        state: str,
+        *,
+        at: float,
+        only_from: Collection[str],
+        status: str | None = None,
+        detail: str | None = None,
+    ) -> Row | None:
+        """The row after the move; None when nothing changed (no such execution, or not in ``only_from``)."""
+
+    async def list_hook_executions(
+        self, *, deployment_id: str | None = None, states: Collection[str] | None = None, running_only: bool = False
+    ) -> list[Row]:
+        """Oldest first; ``running_only`` leaves out the executions of deployments that have ended."""
+
+
+class Store(
+    DeploymentStore,
+    CommandQueue,
+    ReleaseRecords,
+    RegistryRecords,
+    TokenRecords,
+    IntentRecords,
+    HookExecutionRecords,
+    Protocol,
+):
     """All of deploybot's state (engine/store/sqlite.py today)."""
 
 

@@ -351,6 +351,9 @@ class FakeHooks:
     def pending(self, deployment_id: str | None = None) -> list[dict[str, Any]]:
         return []
 
+    async def find(self, execution_id: str) -> dict[str, Any] | None:
+        return None
+
 
 class FakeRegistry:
     """Nothing registered through the CodeDeploy API, and nothing can be."""

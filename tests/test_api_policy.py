@@ -355,7 +355,7 @@ async def _hook(door: Door, env: Env | None) -> dict[str, Any]:
     arranged = await _running(door, env)
     host = HOSTS[arranged["env"].group]
     at = door.deployer.clock.now()
-    execution = door.deployer.hooks.start(arranged["id"], host, "AfterInstall", "matrix-hook", at=at)
+    execution, _ = await door.deployer.hooks.start(arranged["id"], host, "AfterInstall", "matrix-hook", at=at)
     return {**arranged, "execution": execution}
 
 

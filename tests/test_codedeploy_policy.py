@@ -211,7 +211,8 @@ async def paused_deployment(cell: Cell) -> None:
 async def waiting_hook(cell: Cell) -> None:
     await started(cell)
     hooks = cell.deployer.hooks
-    execution = hooks.start(cell.state["id"], "fn:live", "BeforeAllowTraffic", "check-fn", at=0.0)
+    at = cell.deployer.clock.now()  # the hook's timeout counts from its start
+    execution, _ = await hooks.start(cell.state["id"], "fn:live", "BeforeAllowTraffic", "check-fn", at=at)
     cell.state["execution"] = execution.execution_id
     cell.state["waiting"] = asyncio.ensure_future(hooks.wait(execution, 30))
 

@@ -120,7 +120,8 @@ async def test_hook_status_callbacks(served: Served) -> None:
     created = await call(client.create_deployment, applicationName="app", deploymentGroupName="app-staging")
     deployment_id = created["deploymentId"]
     hooks = served.deployer.hooks
-    execution = hooks.start(deployment_id, "fn:live", "BeforeAllowTraffic", "check-fn", at=0.0)
+    at = served.deployer.clock.now()
+    execution, _ = await hooks.start(deployment_id, "fn:live", "BeforeAllowTraffic", "check-fn", at=at)
     waiting = asyncio.ensure_future(hooks.wait(execution, 10))
     answer = await call(
         client.put_lifecycle_event_hook_execution_status,
@@ -131,8 +132,13 @@ async def test_hook_status_callbacks(served: Served) -> None:
     assert await waiting == "Succeeded"  # the waiting hook got the callback
     log = await served.deployer.event_log(deployment_id)
     assert any(e["kind"] == "hook.status" and e["actor"] == "alice" for e in log)
+    repeat = {"lifecycleEventHookExecutionId": execution.execution_id, "status": "Succeeded"}  # the same, again
+    answer = await call(client.put_lifecycle_event_hook_execution_status, **repeat)
+    assert answer["lifecycleEventHookExecutionId"] == execution.execution_id
+    kinds = [e["kind"] for e in await served.deployer.event_log(deployment_id) if e["kind"].startswith("hook.")]
+    assert kinds == ["hook.status", "hook.status_repeated"]
 
-    again = {"lifecycleEventHookExecutionId": execution.execution_id, "status": "Failed"}
+    again = {"lifecycleEventHookExecutionId": execution.execution_id, "status": "Failed"}  # a status is final
     with pytest.raises(client.exceptions.LifecycleEventAlreadyCompletedException):
         await call(client.put_lifecycle_event_hook_execution_status, **again)
     with pytest.raises(client.exceptions.InvalidLifecycleEventHookExecutionStatusException):

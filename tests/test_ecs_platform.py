@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from engine.adapters.aws.hook_executions import HookExecutions
 from engine.adapters.clock import SystemClock
 from engine.core.errors import AdapterError
 from engine.core.model import LifecycleEvent, ScriptErrorCode
+from engine.store.sqlite import SqliteStore
 from tests.aws_fixtures import (
     EcsSetup,
     ResultInbox,
@@ -72,14 +74,18 @@ class World:
 
 
 @pytest.fixture
-async def world(aws: AwsClients) -> AsyncIterator[World]:  # noqa: F811
+async def world(aws: AwsClients, tmp_path: Path) -> AsyncIterator[World]:  # noqa: F811
     setup = await create_ecs_service(aws)
     accounts = SharedAccounts(aws)
-    hooks, inbox = HookExecutions(), ResultInbox()
+    store = await SqliteStore.open(tmp_path / "state.db")  # where hook executions are kept
+    clock = SystemClock()
+    hooks, inbox = HookExecutions(store, clock), ResultInbox()
     try:
-        yield World(aws, setup, hooks, inbox, EcsDriver(accounts, hooks, SystemClock(), inbox))
+        yield World(aws, setup, hooks, inbox, EcsDriver(accounts, hooks, clock, inbox))
     finally:
+        hooks.close()
         await accounts.close()
+        await store.close()
 
 
 async def test_install_creates_one_task_set_on_the_idle_target_group_even_when_dispatched_twice(world: World) -> None:
@@ -143,9 +149,33 @@ async def test_ecs_hooks_wait_for_their_callback(world: World) -> None:
     await executor.dispatch("d-1", world.setup.target, LifecycleEvent.AFTER_ALLOW_TEST_TRAFFIC, spec)
     [execution] = await pending_hooks(world.hooks, "d-1")
     assert (execution["function"], execution["target"]) == ("smoke", "prod:api")
-    world.hooks.resolve(execution["execution_id"], "Succeeded")
+    await world.hooks.resolve(execution["execution_id"], "Succeeded")
     _, result = await world.inbox.next()
     assert result["status"] == "Succeeded" and execution["execution_id"] in result["message"]
+
+
+async def test_an_ecs_hook_resumed_after_a_restart_waits_for_the_same_execution(world: World, tmp_path: Path) -> None:
+    """The server goes away while AfterAllowTestTraffic waits; the next one (a new HookExecutions and driver on the
+    same store) re-dispatches the event, as a resumed deployment does, and takes the status of the first execution."""
+    await create_hook_function(world.clients, "smoke")
+    spec = ecs_spec(world.setup, "d-1", hooks={"AfterAllowTestTraffic": ["smoke"]})
+    event = LifecycleEvent.AFTER_ALLOW_TEST_TRAFFIC
+    await world.driver.executor("d-1", ecs_group(world.setup), spec).dispatch("d-1", world.setup.target, event, spec)
+    [first] = await pending_hooks(world.hooks, "d-1")
+    world.hooks.close()  # the first server closes: its wait ends and records nothing
+
+    async with await SqliteStore.open(tmp_path / "state.db") as store:
+        clock, inbox = SystemClock(), ResultInbox()
+        hooks = HookExecutions(store, clock)
+        await hooks.load()
+        assert [e["execution_id"] for e in hooks.pending("d-1")] == [first["execution_id"]]
+        driver = EcsDriver(SharedAccounts(world.clients), hooks, clock, inbox)
+        await driver.executor("d-1", ecs_group(world.setup), spec).dispatch("d-1", world.setup.target, event, spec)
+        _, reported = await hooks.resolve(first["execution_id"], "Succeeded", deployment_id="d-1")
+        _, result = await inbox.next()
+        hooks.close()
+    assert reported is True and world.inbox.results == []
+    assert result["status"] == "Succeeded" and first["execution_id"] in result["message"]
 
 
 async def test_canary_moves_production_weights_promotes_the_replacement_and_reroutes_back(world: World) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from conftest import FakeClock
 
 from engine.adapters.aws.accounts import AwsClients
 from engine.adapters.aws.hook_executions import HookExecutions
@@ -15,8 +17,9 @@ from engine.adapters.aws.lambda_ import LambdaAliasRouter, LambdaDriver
 from engine.adapters.aws.lambda_hooks import LambdaHookInvoker
 from engine.adapters.clock import SystemClock
 from engine.core.config.model import AwsAccount
-from engine.core.errors import AdapterError
+from engine.core.errors import AdapterError, LifecycleHookNotFound
 from engine.core.model import LifecycleEvent, ScriptErrorCode
+from engine.store.sqlite import SqliteStore
 from tests.aws_fixtures import (
     LambdaSetup,
     ResultInbox,
@@ -41,19 +44,25 @@ class World:
     hooks: HookExecutions
     inbox: ResultInbox
     driver: LambdaDriver
+    clock: FakeClock
+    store: SqliteStore
 
 
 @pytest.fixture
-async def world(aws: AwsClients) -> AsyncIterator[World]:  # noqa: F811
+async def world(aws: AwsClients, tmp_path: Path) -> AsyncIterator[World]:  # noqa: F811
     setup = await create_lambda_function(aws)
     await create_hook_function(aws, "check-before")
     await create_hook_function(aws, "check-after")
     accounts = SharedAccounts(aws)
-    hooks, inbox = HookExecutions(), ResultInbox()
+    store = await SqliteStore.open(tmp_path / "state.db")  # where hook executions are kept
+    clock = FakeClock()  # hook timeouts run on it
+    hooks, inbox = HookExecutions(store, clock), ResultInbox()
     try:
-        yield World(aws, setup, hooks, inbox, LambdaDriver(accounts, hooks, SystemClock(), inbox))
+        yield World(aws, setup, hooks, inbox, LambdaDriver(accounts, hooks, clock, inbox), clock, store)
     finally:
+        hooks.close()
         await accounts.close()
+        await store.close()
 
 
 def router_for(world: World, **appspec: str) -> LambdaAliasRouter:
@@ -133,7 +142,7 @@ async def test_a_hook_result_follows_its_callback(world: World, callback: str, s
     [execution] = await pending_hooks(world.hooks, "d-1")
     assert (execution["function"], execution["event"], execution["target"]) == ("check-before", BEFORE, "api:live")
     assert world.inbox.results == []  # still waiting for the callback
-    world.hooks.resolve(execution["execution_id"], callback, deployment_id="d-1")
+    await world.hooks.resolve(execution["execution_id"], callback, deployment_id="d-1")
     command, result = await world.inbox.next()
     assert command == {"deployment_id": "d-1", "host": "api:live", "event": "BeforeAllowTraffic"}
     assert (result["status"], result["error_code"]) == (status, code)
@@ -143,15 +152,19 @@ async def test_a_hook_result_follows_its_callback(world: World, callback: str, s
 
 
 async def test_a_hook_that_never_calls_back_fails_at_its_timeout(world: World) -> None:
-    executor = world.driver.executor("d-1", lambda_group(world.setup), hooked_spec(world, 0.3))
-    await executor.dispatch("d-1", "api:live", AFTER, hooked_spec(world, 0.3))
+    executor = world.driver.executor("d-1", lambda_group(world.setup), hooked_spec(world, 30))
+    await executor.dispatch("d-1", "api:live", AFTER, hooked_spec(world, 30))
     [execution] = await pending_hooks(world.hooks, "d-1")
+    await world.clock.sleeping(1)  # the wait for the callback
+    assert world.clock.sleepers == [30]
+    await world.clock.advance(30, settle=False)
     _, result = await world.inbox.next()
     assert (result["status"], result["error_code"]) == ("Failed", ScriptErrorCode.SCRIPT_TIMED_OUT)
     assert "check-after" in result["message"] and execution["execution_id"] in result["message"]
-    assert "0.3 seconds" in result["message"]
-    with pytest.raises(Exception, match="is waiting"):  # a late callback finds nothing
-        world.hooks.resolve(execution["execution_id"], "Succeeded")
+    assert "30 seconds" in result["message"]
+    with pytest.raises(LifecycleHookNotFound, match="is waiting"):  # a late callback finds nothing
+        await world.hooks.resolve(execution["execution_id"], "Succeeded")
+    assert (await world.store.get_hook_execution(execution["execution_id"]) or {})["state"] == "timed_out"
 
 
 async def test_an_event_without_hooks_succeeds_at_once(world: World) -> None:
@@ -166,10 +179,10 @@ async def test_several_hooks_run_in_order_and_stop_at_the_first_failure(world: W
     await world.driver.executor("d-1", lambda_group(world.setup), spec).dispatch("d-1", "api:live", BEFORE, spec)
     [first] = await pending_hooks(world.hooks, "d-1")
     assert first["function"] == "check-before"
-    world.hooks.resolve(first["execution_id"], "Succeeded")
+    await world.hooks.resolve(first["execution_id"], "Succeeded")
     [second] = await pending_hooks(world.hooks, "d-1")
     assert second["function"] == "check-after"
-    world.hooks.resolve(second["execution_id"], "Failed")
+    await world.hooks.resolve(second["execution_id"], "Failed")
     _, result = await world.inbox.next()
     assert result["status"] == "Failed" and "check-after" in result["message"]
 
@@ -177,31 +190,40 @@ async def test_several_hooks_run_in_order_and_stop_at_the_first_failure(world: W
 async def test_a_repeated_dispatch_while_waiting_invokes_once(world: World) -> None:
     executor = world.driver.executor("d-1", lambda_group(world.setup), hooked_spec(world))
     await executor.dispatch("d-1", "api:live", BEFORE, hooked_spec(world))
-    await pending_hooks(world.hooks, "d-1")
-    await executor.dispatch("d-1", "api:live", BEFORE, hooked_spec(world))
-    await asyncio.sleep(0.2)
-    assert len(world.hooks.pending("d-1")) == 1
+    [execution] = await pending_hooks(world.hooks, "d-1")
+    await executor.dispatch("d-1", "api:live", BEFORE, hooked_spec(world))  # the event is running: a no-op
+    assert world.hooks.pending("d-1") == [execution]
+    assert len(await world.store.list_hook_executions(deployment_id="d-1")) == 1
 
 
 async def test_cancel_stops_the_wait_and_reports_nothing(world: World) -> None:
     executor = world.driver.executor("d-1", lambda_group(world.setup), hooked_spec(world))
     await executor.dispatch("d-1", "api:live", BEFORE, hooked_spec(world))
-    await pending_hooks(world.hooks, "d-1")
-    await asyncio.wait_for(executor.cancel("d-1"), 2)
-    await asyncio.sleep(0.1)
+    [execution] = await pending_hooks(world.hooks, "d-1")
+    await asyncio.wait_for(executor.cancel("d-1"), 2)  # returns once the event's task has ended
     assert world.hooks.pending("d-1") == [] and world.inbox.results == []
+    assert (await world.store.get_hook_execution(execution["execution_id"]) or {})["state"] == "stopped"
+    with pytest.raises(LifecycleHookNotFound):  # a late callback finds nothing
+        await world.hooks.resolve(execution["execution_id"], "Succeeded")
 
 
-async def test_an_unreachable_lambda_endpoint_fails_the_hook_without_leaving_it_pending(aws_env: None) -> None:  # noqa: F811
+async def test_an_unreachable_lambda_endpoint_fails_the_hook_without_leaving_it_pending(
+    aws_env: None,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     clients = AwsClients(AwsAccount("default", region="us-east-1", endpoint_url="http://127.0.0.1:9"))
-    hooks = HookExecutions()
+    store = await SqliteStore.open(tmp_path / "state.db")
+    hooks = HookExecutions(store, SystemClock())
     try:
         result = await LambdaHookInvoker(clients, hooks, SystemClock()).run("d-1", "api:live", "X", ["fn"], 5)
+        [row] = await store.list_hook_executions(deployment_id="d-1")
     finally:
         await clients.close()
+        await store.close()
     assert (result["status"], result["error_code"]) == ("Failed", ScriptErrorCode.SCRIPT_FAILED)
     assert "fn" in result["message"] and "could not be invoked" in result["message"]
     assert hooks.pending() == []
+    assert row["state"] == "not_invoked" and row["detail"] in result["message"]
 
 
 async def test_finished_changes_nothing(world: World) -> None:

@@ -45,7 +45,14 @@ def raw(path: Path) -> sqlite3.Connection:
 # -- schema and file
 
 
-MIGRATION_NAMES = ["0001_initial_schema", "0002_approvals", "0003_api_registry", "0004_api_tokens", "0005_intents"]
+MIGRATION_NAMES = [
+    "0001_initial_schema",
+    "0002_approvals",
+    "0003_api_registry",
+    "0004_api_tokens",
+    "0005_intents",
+    "0006_hook_executions",
+]
 
 
 async def test_open_creates_parent_dirs_and_migrations_are_idempotent_across_reopen(tmp_path: Path) -> None:

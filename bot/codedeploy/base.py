@@ -193,11 +193,11 @@ class OperationsBase:
             return await self.group_of_deployment(deployment_id(body))
         if access.target is Target.HOOK:
             execution_id, _, deployment = hook_request(body)
-            if deployment is None:
-                waiting = [e for e in self.deployer.hooks.pending() if e["execution_id"] == execution_id]
-                if not waiting:
+            if deployment is None:  # found even once answered, so that the same status again is answered alike
+                known = await self.deployer.hooks.find(execution_id)
+                if known is None:
                     raise hook_not_waiting(execution_id, None)
-                deployment = str(waiting[0]["deployment_id"])
+                deployment = str(known["deployment_id"])
             return await self.group_of_deployment(deployment)
         return None
 

@@ -423,10 +423,12 @@ class Deployer:
     async def put_hook_status(
         self, execution_id: str, status: str, *, deployment_id: str | None = None, actor: str = "api"
     ) -> dict[str, Any]:
-        """A Lambda/ECS hook function reports its result (PutLifecycleEventHookExecutionStatus)."""
-        execution = self.hooks.resolve(execution_id, status, deployment_id=deployment_id)
+        """A Lambda/ECS hook function reports its result (PutLifecycleEventHookExecutionStatus). The status is
+        stored, so it counts even when the deployment has not resumed yet; the same status again is answered alike
+        and logged as a repeat (it moves nothing), a different one is refused (LifecycleHookNotFound)."""
+        execution, reported = await self.hooks.resolve(execution_id, status, deployment_id=deployment_id)
         await self.store.append_log(
-            "hook.status",
+            "hook.status" if reported else "hook.status_repeated",
             at=self.clock.now(),
             actor=actor,
             deployment_id=execution.deployment_id,

@@ -317,6 +317,53 @@ def _intents(db: Database) -> None:
         db.execute(statement)
 
 
+_HOOK_EXECUTIONS = (
+    # Lambda/ECS lifecycle hook executions (engine/adapters/aws/hook_executions.py): stored before the function is
+    # invoked, one per (deployment, target, event, function), so a restarted server waits for the same execution id
+    # instead of invoking again. ``state``: invoking (stored; the invoke call had not answered yet), waiting
+    # (invoked), reported (``status`` is what the function reported), not_invoked (``detail`` says why),
+    # timed_out, stopped.
+    """
+    CREATE TABLE hook_executions (
+        execution_id TEXT PRIMARY KEY,
+        deployment_id TEXT NOT NULL,
+        target TEXT NOT NULL,
+        event TEXT NOT NULL,
+        function TEXT NOT NULL,
+        state TEXT NOT NULL
+            CHECK (state IN ('invoking', 'waiting', 'reported', 'not_invoked', 'timed_out', 'stopped')),
+        status TEXT CHECK (status IN ('Succeeded', 'Failed')),
+        detail TEXT,
+        started_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (deployment_id, target, event, function),
+        CHECK ((state = 'reported') = (status IS NOT NULL))
+    )
+    """,
+    "CREATE INDEX hook_executions_by_state ON hook_executions (state, deployment_id)",
+    # Which execution it is never changes, and an ended execution stays as it ended: a status is reported once.
+    """
+    CREATE TRIGGER hook_executions_keep_identity BEFORE UPDATE ON hook_executions
+    WHEN NEW.execution_id IS NOT OLD.execution_id OR NEW.deployment_id IS NOT OLD.deployment_id
+        OR NEW.target IS NOT OLD.target OR NEW.event IS NOT OLD.event OR NEW.function IS NOT OLD.function
+        OR NEW.started_at IS NOT OLD.started_at
+        OR (OLD.state NOT IN ('invoking', 'waiting')
+            AND (NEW.state IS NOT OLD.state OR NEW.status IS NOT OLD.status OR NEW.detail IS NOT OLD.detail))
+    BEGIN SELECT RAISE(ABORT, 'a hook execution keeps its identity, and its outcome once it has one'); END
+    """,
+    """
+    CREATE TRIGGER hook_executions_no_delete BEFORE DELETE ON hook_executions
+    BEGIN SELECT RAISE(ABORT, 'hook executions are history, never deleted'); END
+    """,
+)
+
+
+@MIGRATIONS(name="0006_hook_executions")
+def _hook_executions(db: Database) -> None:
+    for statement in _HOOK_EXECUTIONS:
+        db.execute(statement)
+
+
 def apply_migrations(db: Database) -> list[str]:
     """Bring ``db`` up to the newest schema; returns the names of the migrations applied just now."""
     pending = [migration.name for migration in MIGRATIONS.pending(db)]

@@ -26,6 +26,7 @@ from typing import Any, Self, TypeVar
 from sqlite_utils import Database
 
 from engine.core.model import FINAL_STATUSES
+from engine.store.hook_records import HookExecutionRecords
 from engine.store.intent_records import IntentRecords
 from engine.store.migrations import JSON_COLUMNS, applied_migrations, apply_migrations
 from engine.store.registry_records import RegistryRecords
@@ -92,7 +93,7 @@ def _check_columns(table: str, given: Iterable[str], known: Iterable[str]) -> No
         raise ValueError(f"unknown {table} columns: {', '.join(unknown)}")
 
 
-class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords):
+class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords, HookExecutionRecords):
     """The persistence port of the engine; see the module docstring for the threading model."""
 
     def __init__(

@@ -6,6 +6,9 @@ CodeDeploy runs a Lambda/ECS hook by invoking the named function asynchronously 
 callback are separate requests, so the wait is parked in ``HookExecutions`` and may last up to an hour: that is why
 the platforms' executors run every event as a background task (``BackgroundExecutor``) and report through the
 shared ``OnResult`` callback, exactly as an agent's result comes back for a host.
+
+Each execution is stored before its function is invoked (engine/adapters/aws/hook_executions.py), so a hook is
+invoked at most once per deployment even across a restart: the resumed event waits for the stored execution id.
 """
 
 from __future__ import annotations
@@ -20,18 +23,18 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from engine.adapters.aws.accounts import AwsAccounts, AwsClients, aws_error, plain_words
-from engine.adapters.aws.hook_executions import HookExecutions
+from engine.adapters.aws.hook_executions import NOT_INVOKED, STOPPED, HookExecutions
 from engine.core.config.model import DeploymentGroup
-from engine.core.errors import AdapterError, EngineError, LifecycleHookNotFound
+from engine.core.errors import AdapterError, EngineError
 from engine.core.model import LifecycleEvent, ScriptErrorCode
 from engine.core.serverless import serverless_target
 from engine.ports import Clock, OnResult
 
 log = logging.getLogger(__name__)
 
-STOPPED = "Stopped"
-"""A result status that is never reported: the deployment was stopped while the event ran (the machine has already
-marked the event Unknown, and a late "Failed" would overwrite that)."""
+# STOPPED (from hook_executions) is also a result status that is never reported: the deployment was stopped while
+# the event ran (the machine has already marked the event Unknown, and a late "Failed" would overwrite that), or the
+# server is closing (the next one takes the hook up).
 
 CANCEL_GRACE_SECONDS = 60.0
 """How long ``cancel`` waits for in-flight AWS calls (an ECS task set being created) so that the driver's
@@ -80,16 +83,28 @@ class LambdaHookInvoker:
         started = self.clock.now()
         done: list[str] = []
         for function in functions:
-            execution = self.hooks.start(deployment_id, target, str(event), function, at=self.clock.now())
+            execution, fresh = await self.hooks.start(deployment_id, target, str(event), function, at=self.clock.now())
             named = f"{event} hook {function} (execution {execution.execution_id})"
-            try:
-                await self._invoke(function, deployment_id, execution.execution_id)
-            except AdapterError as exc:
-                with contextlib.suppress(LifecycleHookNotFound):  # end the execution so it stops being "pending"
-                    self.hooks.resolve(execution.execution_id, "Failed")
-                await self.hooks.wait(execution, 0)
-                message = f"{named} could not be invoked: {exc.detail}"
+            if fresh:
+                try:
+                    await self._invoke(function, deployment_id, execution.execution_id)
+                except AdapterError as exc:
+                    if self.hooks.closed:  # the server is closing, which is why the call failed: nothing to record
+                        return hook_result(STOPPED, started, self.clock.now(), f"{named}: the server closed")
+                    await self.hooks.not_invoked(execution, exc.detail)
+                    message = f"{named} could not be invoked: {exc.detail}"
+                    return hook_result("Failed", started, self.clock.now(), message, ScriptErrorCode.SCRIPT_FAILED)
+                await self.hooks.invoked(execution)
+            elif execution.state == NOT_INVOKED:
+                message = f"{named} could not be invoked: {execution.detail}"
                 return hook_result("Failed", started, self.clock.now(), message, ScriptErrorCode.SCRIPT_FAILED)
+            else:  # started before (a resumed deployment): at most one invocation, so wait for the same execution
+                log.info(
+                    "%s for deployment %s was started before (%s): not invoked again",
+                    named,
+                    deployment_id,
+                    execution.state,
+                )
             status = await self.hooks.wait(execution, timeout)
             if status is None:
                 message = f"{named} did not report a status within {timeout:g} seconds"
@@ -187,8 +202,12 @@ class BackgroundExecutor:
         except EngineError as exc:
             result = _failed(f"{event} failed: {exc}")
         except Exception as exc:  # a bug must fail the event, never leave the deployment waiting forever
-            log.exception("deployment %s: %s on %s crashed", deployment_id, event, target)
+            if not self._hooks.closed:
+                log.exception("deployment %s: %s on %s crashed", deployment_id, event, target)
             result = _failed(f"{event} failed: {type(exc).__name__}: {exc}")
+        if self._hooks.closed:  # the server closed under the event (its store, its clients): the next one resumes it
+            log.info("deployment %s: %s on %s left to the next server: %s", deployment_id, event, target, result)
+            return
         if result["status"] == STOPPED or deployment_id in self._cancelled:
             log.info("deployment %s: %s on %s ended after the stop: %s", deployment_id, event, target, result)
             return

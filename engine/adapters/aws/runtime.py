@@ -2,7 +2,9 @@
 callbacks, EC2 instances found by tag, and S3 revisions.
 
 Nothing here talks to AWS until a group or a revision asks for it: a server that deploys only to its own agents
-never creates a client, and needs no credentials.
+never creates a client, and needs no credentials. Hook executions are kept through the store's
+``HookExecutionRecords`` port, given by the composition root: ``open`` takes up the ones an earlier server left
+waiting, before any deployment resumes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from engine.adapters.aws.accounts import AwsAccounts
 from engine.adapters.aws.hook_executions import HookExecutions
 from engine.core.config.model import DeploymentGroup, EngineConfig
 from engine.core.model import Platform, Revision
-from engine.ports import Clock, OnResult, PlatformDriver, RevisionArchive
+from engine.ports import Clock, HookExecutionRecords, OnResult, PlatformDriver, RevisionArchive
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +28,20 @@ class AwsRuntime:
         clock: Clock,
         on_result: OnResult,
         revisions: RevisionArchive,
+        hook_records: HookExecutionRecords,
         accounts: AwsAccounts | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.revisions = revisions
         self.accounts = accounts or AwsAccounts(dict(config.aws_accounts))
-        self.hooks = HookExecutions()
+        self.hooks = HookExecutions(hook_records, clock)
         self._on_result = on_result
         self._drivers: dict[Platform, PlatformDriver] = {}
+
+    async def open(self) -> None:
+        """Take up the hook executions an earlier server left waiting (the doors list them at once)."""
+        await self.hooks.load()
 
     def driver(self, platform: Platform) -> PlatformDriver | None:
         """The driver of a Lambda or ECS group (made on first use); None for server groups (agents)."""
@@ -90,4 +97,6 @@ class AwsRuntime:
         )
 
     async def close(self) -> None:
+        """Hook waits end first, recording nothing (the next server waits on), then the AWS clients close."""
+        self.hooks.close()
         await self.accounts.close()
