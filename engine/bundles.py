@@ -11,11 +11,19 @@ and directories are written first, never through a symlink (each parent is check
 created last and every one is then resolved with ``realpath`` against the *final* tree, so a chain of links cannot
 point outside ``dest``. Hard links become copies of a member already extracted. Devices, fifos and sparse members
 are refused. Setuid/setgid bits are dropped.
+
+Bounded work (``BundleLimits``): the member count, the total unpacked size, and each path's length and depth are
+checked from the archive's headers (a zip's central directory) before anything is extracted, and from a
+directory's entries before anything is packed, so 100,000 empty members are refused after reading 20,001 headers,
+not after making 100,000 inodes. The same limits hold on the server (building) and on the agent (extracting); each
+error names its limit. ``build_bundle`` reads the root's AppSpec and hands it to ``check`` before packing, so a
+revision without a valid AppSpec is refused before the expensive step.
 """
 
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -28,10 +36,10 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO, Protocol
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from engine.core.errors import BundleError
 
@@ -39,10 +47,86 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
+APPSPEC_NAMES = ("appspec.yml", "appspec.yaml")
+"""The AppSpec files ``build_bundle`` hands to its ``check``, the first found at the revision's root."""
 _APPSPEC_NAME = re.compile("appspec", re.IGNORECASE)
 _CHUNK = 1024 * 1024
+_APPSPEC_READ = 16 * 1024 * 1024
+"""The most of an AppSpec file ``build_bundle`` reads into memory (the parser's own limit is far lower)."""
 _ZIP_UNIX = 3
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile)
+
+
+@dataclass(frozen=True, slots=True)
+class BundleLimits:
+    """What one bundle may hold; each field is named in the error that refuses a bundle over it (``bundle.<field>``).
+
+    The defaults are far above any real application (a large web app has a few thousand files, paths under 200
+    characters) and far below what would exhaust a host's inodes, disk or time.
+    """
+
+    max_members: int = 20_000
+    """Files, directories and links together."""
+    max_unpacked_bytes: int = DEFAULT_MAX_BYTES
+    """The total size of the files once unpacked (2 GiB)."""
+    max_path_length: int = 1024
+    """Bytes in one member's path inside the bundle (and in a link's target)."""
+    max_path_depth: int = 64
+    """Directories one member's path goes through, plus one."""
+
+    def check_member(self, name: str, target: str = "") -> None:
+        """Refuse a member whose path (or link ``target``) is too long or too deep."""
+        if len(name.encode()) > self.max_path_length or len(target.encode()) > self.max_path_length:
+            raise BundleError(
+                f"bundle has a path longer than {self.max_path_length} bytes (limit bundle.max_path_length)",
+                name[:200] + "…" if len(name) > 200 else name,
+            )
+        if name.count("/") + 1 > self.max_path_depth:
+            raise BundleError(
+                f"bundle has a path deeper than {self.max_path_depth} levels (limit bundle.max_path_depth)",
+                name[:200] + "…" if len(name) > 200 else name,
+            )
+
+
+BUNDLE_LIMITS = BundleLimits()
+"""The limits the server and the agent apply (docs/configuration.md lists them)."""
+
+
+class _Tally:
+    """Counts members and bytes against the limits, refusing the first member over either."""
+
+    def __init__(self, limits: BundleLimits) -> None:
+        self.limits = limits
+        self.members = 0
+        self.bytes = 0
+
+    def add(self, name: str, size: int = 0, target: str = "") -> None:
+        self.members += 1
+        if self.members > self.limits.max_members:
+            raise BundleError(
+                f"bundle has more than {self.limits.max_members} members (limit bundle.max_members)", name
+            )
+        self.limits.check_member(name, target)
+        self.bytes += size
+        if self.bytes > self.limits.max_unpacked_bytes:
+            raise BundleError(
+                f"bundle content exceeds the limit of {self.limits.max_unpacked_bytes} bytes unpacked "
+                "(limit bundle.max_unpacked_bytes)",
+                name,
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class AppSpecFile:
+    """The AppSpec file found at a revision's root, as read before the bundle was packed."""
+
+    name: str
+    data: bytes
+
+
+AppSpecCheck = Callable[[AppSpecFile | None], Any]
+"""Given the root's AppSpec (None when there is none) before packing; raises to refuse the revision, and what it
+returns is kept as ``BuiltBundle.checked``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,16 +136,26 @@ class BuiltBundle:
     size: int
     commit: str | None
     source: str
+    checked: Any = None
+    """What ``build_bundle``'s ``check`` returned (None without one)."""
 
 
 APPSPEC_FILE_SUFFIXES = (".yml", ".yaml", ".json")
 
 
-def build_bundle(source: str | Path, dest_dir: Path, *, git_repo: Path | None = None) -> BuiltBundle:
-    """Normalize ``source`` into ``dest_dir/<sha256>.tar.gz``.
+def build_bundle(
+    source: str | Path,
+    dest_dir: Path,
+    *,
+    git_repo: Path | None = None,
+    check: AppSpecCheck | None = None,
+    limits: BundleLimits = BUNDLE_LIMITS,
+) -> BuiltBundle:
+    """Normalize ``source`` into ``dest_dir/<sha256>.tar.gz``; ``check`` sees the AppSpec before anything is packed.
 
     Raises:
-        BundleError: the source is missing, of an unknown kind, unsafe, or ``git`` failed.
+        BundleError: the source is missing, of an unknown kind, unsafe, over one of ``limits``, or ``git`` failed.
+        Whatever ``check`` raises (an AppSpecInvalid), before the bundle is packed.
     """
     dest_dir.mkdir(parents=True, exist_ok=True)
     text = str(source)
@@ -69,7 +163,7 @@ def build_bundle(source: str | Path, dest_dir: Path, *, git_repo: Path | None = 
         scratch = Path(scratch_name)
         commit: str | None = None
         if text.startswith("git:"):
-            root, commit = _unpack_git(text[4:], git_repo or Path.cwd(), scratch)
+            root, commit = _unpack_git(text[4:], git_repo or Path.cwd(), scratch, limits)
         else:
             path = Path(source)
             if path.is_dir():
@@ -81,32 +175,42 @@ def build_bundle(source: str | Path, dest_dir: Path, *, git_repo: Path | None = 
                 shutil.copy2(path, root / "appspec.yml")  # keeps its mtime: same file, same sha256
             elif path.is_file():
                 root = scratch / "tree"
-                _unpack_archive(path, root)
+                _unpack_archive(path, root, limits)
             else:
                 raise BundleError("revision source does not exist", text)
         root = _revision_root(root)
+        checked = check(_root_appspec(root)) if check is not None else None
         skip = dest_dir.resolve()
         if skip == root.resolve():
             raise BundleError("the bundle directory cannot be the revision directory itself", text)
+        entries = _walk_sorted(root, skip, limits)
         partial = scratch / "bundle.tar.gz"
         with partial.open("wb") as raw:
             writer = _HashingWriter(raw)
-            _write_canonical_tar(root, writer, skip=skip)
+            _write_canonical_tar(root, entries, writer)
         final = dest_dir / f"{writer.sha256}.tar.gz"
         os.replace(partial, final)
-        return BuiltBundle(path=final, sha256=writer.sha256, size=writer.size, commit=commit, source=text)
+        return BuiltBundle(
+            path=final, sha256=writer.sha256, size=writer.size, commit=commit, source=text, checked=checked
+        )
 
 
-def safe_extract(bundle: Path, dest: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-    """Extract a tar (any compression) into ``dest`` without writing anything outside it.
+def safe_extract(
+    bundle: Path, dest: Path, *, max_bytes: int | None = None, limits: BundleLimits = BUNDLE_LIMITS
+) -> None:
+    """Extract a tar (any compression) into ``dest`` without writing anything outside it. Every header is read and
+    checked against ``limits`` (``max_bytes`` overrides its unpacked size) before ``dest`` is even made.
 
     Raises:
-        BundleError: an absolute name, a ``..`` component, a link escaping ``dest``, a device or fifo, more than
-            ``max_bytes`` of content, or an unreadable archive.
+        BundleError: an absolute name, a ``..`` component, a link escaping ``dest``, a device or fifo, a bundle over
+            one of ``limits``, or an unreadable archive.
     """
+    if max_bytes is not None:
+        limits = dataclasses.replace(limits, max_unpacked_bytes=max_bytes)
     try:
         with tarfile.open(bundle, "r:*") as archive:
-            _extract_tar(archive, dest, max_bytes)
+            _check_tar_headers(archive, limits)
+            _extract_tar(archive, dest, limits.max_unpacked_bytes)
     except _READ_ERRORS as exc:
         raise BundleError("unreadable archive", f"{bundle}: {exc}") from exc
 
@@ -155,12 +259,12 @@ class _HashingWriter(io.RawIOBase):
         return self._hash.hexdigest()
 
 
-def _write_canonical_tar(root: Path, out: _Sink, *, skip: Path) -> None:
+def _write_canonical_tar(root: Path, entries: list[tuple[str, Path]], out: _Sink) -> None:
     with (
         gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=6) as gz,
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
-        for rel, path in _walk_sorted(root, skip):
+        for rel, path in entries:
             info = _canonical_info(rel, path, root)
             if info.isfile():
                 with path.open("rb") as handle:
@@ -169,7 +273,10 @@ def _write_canonical_tar(root: Path, out: _Sink, *, skip: Path) -> None:
                 tar.addfile(info)
 
 
-def _walk_sorted(root: Path, skip: Path) -> Iterator[tuple[str, Path]]:
+def _walk_sorted(root: Path, skip: Path, limits: BundleLimits) -> list[tuple[str, Path]]:
+    """Every entry under ``root`` in canonical order, counted against ``limits`` as the walk goes (so a directory of
+    a million files is refused after the first ``max_members``, before anything is packed)."""
+    tally = _Tally(limits)
     entries: list[tuple[tuple[str, ...], Path]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         base = Path(dirpath)
@@ -181,13 +288,15 @@ def _walk_sorted(root: Path, skip: Path) -> Iterator[tuple[str, Path]]:
             elif child.resolve() != skip:
                 kept.append(name)
                 entries.append((child.relative_to(root).parts, child))
+                tally.add("/".join(entries[-1][0]))
         dirnames[:] = kept
         for name in filenames:
             child = base / name
             entries.append((child.relative_to(root).parts, child))
+            st = child.lstat()
+            tally.add("/".join(entries[-1][0]), st.st_size if stat.S_ISREG(st.st_mode) else 0)
     entries.sort(key=lambda entry: entry[0])
-    for parts, path in entries:
-        yield "/".join(parts), path
+    return [("/".join(parts), path) for parts, path in entries]
 
 
 def _canonical_info(rel: str, path: Path, root: Path) -> tarfile.TarInfo:
@@ -215,6 +324,19 @@ def _canonical_info(rel: str, path: Path, root: Path) -> tarfile.TarInfo:
     return info
 
 
+def _root_appspec(root: Path) -> AppSpecFile | None:
+    """The first of APPSPEC_NAMES that is a regular file at ``root`` (a link is not read, as in the bundle)."""
+    for name in APPSPEC_NAMES:
+        path = root / name
+        if path.is_file() and not path.is_symlink():
+            with path.open("rb") as handle:
+                data = handle.read(_APPSPEC_READ + 1)
+            if len(data) > _APPSPEC_READ:
+                raise BundleError(f"the AppSpec file is larger than {_APPSPEC_READ} bytes", name)
+            return AppSpecFile(name, data)
+    return None
+
+
 def _revision_root(root: Path) -> Path:
     """The agent's unpack rule: one directory alone at the root that holds an appspec becomes the root."""
     entries = list(root.iterdir())
@@ -225,24 +347,24 @@ def _revision_root(root: Path) -> Path:
     return root
 
 
-def _unpack_archive(path: Path, dest: Path) -> None:
+def _unpack_archive(path: Path, dest: Path, limits: BundleLimits) -> None:
     if zipfile.is_zipfile(path):
         try:
-            _extract_zip(path, dest, DEFAULT_MAX_BYTES)
+            _extract_zip(path, dest, limits)
         except _READ_ERRORS as exc:
             raise BundleError("unreadable archive", f"{path}: {exc}") from exc
     elif tarfile.is_tarfile(path):
-        safe_extract(path, dest)
+        safe_extract(path, dest, limits=limits)
     else:
         raise BundleError("revision file is neither a tar nor a zip archive", str(path))
 
 
-def _unpack_git(ref: str, repo: Path, scratch: Path) -> tuple[Path, str]:
+def _unpack_git(ref: str, repo: Path, scratch: Path, limits: BundleLimits) -> tuple[Path, str]:
     commit = _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").decode().strip()
     archive = scratch / "git.tar"
     archive.write_bytes(_git(repo, "archive", "--format=tar", commit, config="tar.umask=0022"))
     root = scratch / "tree"
-    safe_extract(archive, root)
+    safe_extract(archive, root, limits=limits)
     return root, commit
 
 
@@ -315,9 +437,11 @@ class _Extraction:
         return os.path.join(path, parts[-1])
 
     def _reserve(self, name: str, size: int) -> None:
+        """Headers were checked before extraction; this holds for hard-link copies, which add bytes of their own."""
         self.total += size
         if self.total > self.max_bytes:
-            raise BundleError(f"archive content exceeds the limit of {self.max_bytes} bytes", name)
+            limit = "(limit bundle.max_unpacked_bytes)"
+            raise BundleError(f"bundle content exceeds the limit of {self.max_bytes} bytes unpacked {limit}", name)
 
     def add_dir(self, name: str, mode: int, mtime: int) -> None:
         path = self._target(name)
@@ -380,6 +504,14 @@ class _Extraction:
             os.utime(path, (mtime, mtime))
 
 
+def _check_tar_headers(archive: tarfile.TarFile, limits: BundleLimits) -> None:
+    """Read every header (``archive.next`` caches them for the extraction) and refuse the first over ``limits``."""
+    tally = _Tally(limits)
+    while (member := archive.next()) is not None:
+        size = member.size if member.isreg() else 0
+        tally.add(member.name, size, member.linkname if member.issym() or member.islnk() else "")
+
+
 def _extract_tar(archive: tarfile.TarFile, dest: Path, max_bytes: int) -> None:
     job = _Extraction(dest, max_bytes)
     for member in archive:
@@ -405,9 +537,12 @@ def _extract_tar(archive: tarfile.TarFile, dest: Path, max_bytes: int) -> None:
     job.finish()
 
 
-def _extract_zip(path: Path, dest: Path, max_bytes: int) -> None:
-    job = _Extraction(dest, max_bytes)
+def _extract_zip(path: Path, dest: Path, limits: BundleLimits) -> None:
     with zipfile.ZipFile(path) as archive:
+        tally = _Tally(limits)
+        for info in archive.infolist():  # the central directory: every header, before anything is written
+            tally.add(info.filename, info.file_size)
+        job = _Extraction(dest, limits.max_unpacked_bytes)
         for info in archive.infolist():
             name = _normalize_name(info.filename)
             if not name:

@@ -163,6 +163,26 @@ async def test_missing_script_is_code_1_with_the_absolute_path(archive: Path, lo
     assert outcome.message == f"Script does not exist at specified location: {archive / 'scripts' / 'nope.sh'}"
 
 
+@pytest.mark.parametrize("location", ["../../victim.sh", "/../../victim.sh", "scripts/link.sh"])
+async def test_a_location_that_resolves_outside_the_revision_is_code_5_and_touches_nothing(
+    tmp_path: Path, log: ScriptLog, location: str
+) -> None:
+    # The runner's own check, with the AppSpec validator bypassed: the script is named directly, or through a link
+    # the bundle extraction would have refused.
+    archive = tmp_path / "deployment" / "group" / "archive"
+    (archive / "scripts").mkdir(parents=True)
+    victim = tmp_path / "deployment" / "victim.sh"
+    ran = tmp_path / "ran"
+    victim.write_text(f"#!/bin/sh\ntouch {ran}\n")
+    victim.chmod(0o644)
+    (archive / "scripts" / "link.sh").symlink_to(victim)
+    outcome = await HookRunner().run_event(EVENT, [HookScript(location)], archive_dir=archive, env={}, log=log)
+    assert outcome.code is ScriptErrorCode.UNKNOWN_ERROR
+    assert f"resolves to {victim}, outside the revision ({archive})" in outcome.message
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644  # never made executable
+    assert victim.read_text() == f"#!/bin/sh\ntouch {ran}\n" and not ran.exists()  # never run
+
+
 async def test_non_executable_script_is_made_executable(archive: Path, log: ScriptLog) -> None:
     location = script(archive, "plain.sh", "echo ran\n", executable=False)
     outcome = await run(archive, log, HookScript(location))

@@ -504,3 +504,45 @@ def test_merge_keys_and_version_zero_are_accepted() -> None:
     )
     spec = normalized(parse_appspec(text))
     assert spec["hooks"] == {"AfterInstall": [hook("a.sh", 5)], "ValidateService": [hook("b.sh", 5)]}
+
+
+@pytest.mark.parametrize(
+    ("location", "column", "fragment"),
+    [
+        ("../../victim", 17, "hook location '../../victim' has a '..' segment"),
+        ("scripts/../../victim", 17, "has a '..' segment"),
+        ("'scripts\\..\\..\\victim'", 17, "has a '..' segment"),
+        ("/etc/cron.daily/x", 17, "hook location '/etc/cron.daily/x' is an absolute path"),
+        ("'C:\\Windows\\x.ps1'", 17, "is an absolute path"),
+    ],
+)
+def test_a_hook_location_that_could_leave_the_revision_is_refused_at_its_line_and_column(
+    location: str, column: int, fragment: str
+) -> None:
+    text = (
+        f"version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n    - location: scripts/ok.sh\n    - location: {location}\n"
+    )
+    with pytest.raises(AppSpecInvalid) as caught:
+        parse_appspec(text, filename="appspec.yml")
+    (problem,) = caught.value.problems
+    assert (problem.file, problem.line, problem.column) == ("appspec.yml", 6, column)
+    assert fragment in problem.message and "such as scripts/start.sh" in problem.message
+    assert str(problem).startswith(f"appspec.yml:6:{column}: ")
+
+
+def test_names_with_dots_inside_the_revision_are_still_hook_locations() -> None:
+    text = "version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n    - location: scripts/..hidden/run..sh\n"
+    spec = normalized(parse_appspec(text))
+    assert spec["hooks"] == {"AfterInstall": [hook("scripts/..hidden/run..sh")]}
+
+
+def test_validation_returns_the_first_50_problems_and_counts_the_rest() -> None:
+    text = "version: 0.0\nos: linux\n" + "".join(f"typo{n}: x\n" for n in range(120))
+    with pytest.raises(AppSpecInvalid) as caught:
+        parse_appspec(text)
+    problems = caught.value.problems
+    assert len(problems) == 51
+    assert [p.line for p in problems[:50]] == list(range(3, 53))
+    assert "unknown key 'typo0'" in problems[0].message
+    assert (problems[50].line, problems[50].column) == (53, 1)  # where the first one left out is
+    assert problems[50].message == "and 70 more problems (only the first 50 are listed)"

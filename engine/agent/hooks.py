@@ -1,6 +1,9 @@
 """Hook script runner: one lifecycle event's scripts, in order, with CodeDeploy's error codes (I/O, reference §1.5).
 
 Theory of operation, per script:
+  0. ``<archive>/<location>``, with every link resolved, must stay inside the revision, or nothing is touched and
+     the event fails with code 5 (the AppSpec validator refuses ``..`` and absolute locations first; this is the
+     agent's own check, which also covers links).
   1. ``<archive>/<location>`` must exist (else code 1) and be executable; the runner does ``chmod +x`` itself
      (code 2 if that fails).
   2. The script is exec'd directly (no shell), stdin is /dev/null, stdout and stderr share one pipe, and it runs in
@@ -134,6 +137,13 @@ class HookRunner:
     ) -> HookOutcome:
         location = script.location.strip()
         path = Path(os.path.abspath(os.path.join(archive_dir, location.lstrip("/"))))
+        resolved = os.path.realpath(path)
+        if not is_inside(resolved, os.path.realpath(archive_dir)):
+            return HookOutcome(
+                ScriptErrorCode.UNKNOWN_ERROR,
+                f"Script location {location} resolves to {resolved}, outside the revision ({archive_dir}): "
+                "refused, nothing was changed or run",
+            )
         if not path.is_file():
             return HookOutcome(ScriptErrorCode.SCRIPT_MISSING, f"Script does not exist at specified location: {path}")
         try:
@@ -228,6 +238,11 @@ class HookRunner:
             while loop.time() < gone_by and _group_alive(group.pgid):
                 await asyncio.sleep(0.02)
         return True
+
+
+def is_inside(path: str, root: str) -> bool:
+    """True when the (already resolved) ``path`` is ``root`` or below it."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 class _RunAsRefused(Exception):

@@ -8,9 +8,16 @@ Theory of operation:
   3. Execute the plan, appending each created path to the new cleanup record as it happens (a crash mid-install
      still leaves an accurate record). RETAINed files are not recorded, as in the agent (§10.4).
   4. Apply permissions to this install's copies and created directories: chmod, setfacl, SELinux context, chown.
+     Never through a link: a link in a permissions entry is left as it is, and so is its target (CodeDeploy's
+     agent changes the target).
 
 ``prefix`` (deploybot's extension for simulated fleets on one machine) maps every absolute ``destination`` and
 permission ``object`` under a directory, so two local hosts never write the same paths.
+
+Containment (checked while planning, so a refusal leaves nothing copied): under a ``prefix``, every destination
+and every path the plan creates must resolve, links followed, inside the prefix (``destination: /../..`` is
+refused, not mapped above it). A link from the revision is copied as a link only when what it points to, resolved
+where it lands, stays inside its mapping's destination; otherwise the install is refused (code 5, naming it).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from engine.agent.hooks import is_inside
 from engine.core.appspec import Permission, ServerAppSpec
 from engine.core.errors import EngineError
 
@@ -91,13 +99,37 @@ def replay_cleanup(cleanup_file: Path) -> int:
     return removed
 
 
+def _resolved(path: Path) -> str:
+    """Where ``path`` would be written: its directory with every existing link resolved, then its own name (a link
+    at ``path`` itself is replaced, never written through)."""
+    return os.path.join(os.path.realpath(path.parent), path.name)
+
+
 @dataclass
 class _Plan:
+    prefix: Path | None = None
+    """Under a prefix, everything planned must resolve inside it."""
     steps: list[tuple[Path, Path | None]] = field(default_factory=list)  # (target, source or None for mkdir)
     mkdirs: set[Path] = field(default_factory=set)
     copies: dict[Path, Path] = field(default_factory=dict)
 
+    def contain(self, path: Path, what: str, *, follow: bool = False) -> None:
+        """Refuse ``path`` (``what`` names it in the AppSpec's terms) when it resolves outside the prefix.
+
+        ``follow``: ``path`` is a directory written into, so a link there is followed too."""
+        if self.prefix is None:
+            return
+        resolved = os.path.realpath(path) if follow else _resolved(path)
+        if not is_inside(resolved, os.path.realpath(self.prefix)):
+            raise InstallError(
+                f"{what} resolves to {resolved}, outside this host's prefix ({self.prefix}): refused, nothing "
+                "was installed",
+                path,
+            )
+
     def mkdir(self, path: Path) -> None:
+        if self.prefix is None or not Path(os.path.abspath(self.prefix)).is_relative_to(path):
+            self.contain(path, f"the directory {path}")  # (the prefix itself, and its parents, may be made)
         if path in self.copies:
             raise InstallError(
                 f"The deployment failed because the application specification file calls for creating the "
@@ -118,6 +150,7 @@ class _Plan:
             self.mkdir(parent)
 
     def copy(self, source: Path, target: Path) -> None:
+        self.contain(target, f"the file {target}")
         other = self.copies.get(target)
         if other is not None and other != source:
             raise InstallError(
@@ -185,20 +218,20 @@ def install(
 
 
 def _plan(spec: ServerAppSpec, archive_dir: Path, prefix: Path | None) -> _Plan:
-    plan = _Plan()
+    plan = _Plan(prefix)
     real_archive = os.path.realpath(archive_dir)
     for mapping in spec.files:
         source = Path(os.path.normpath(os.path.join(archive_dir, mapping.source.lstrip("/"))))
-        real = os.path.realpath(source)
-        if real != real_archive and not real.startswith(real_archive + os.sep):
+        if not is_inside(os.path.realpath(source), real_archive):
             raise InstallError(f"the files source {mapping.source} is outside the revision", mapping.source)
         destination = map_destination(mapping.destination, prefix)
+        plan.contain(destination, f"the files destination {mapping.destination}", follow=True)
         if source.is_dir():
             plan.mkdir_parents(destination)
             _plan_tree(plan, source, destination)
         elif os.path.lexists(source):
             plan.mkdir_parents(destination)
-            plan.copy(source, destination / source.name)
+            _plan_entry(plan, source, destination / source.name, destination)
         else:
             raise InstallError(f"the files source {mapping.source} does not exist in the revision", source)
     return plan
@@ -215,7 +248,21 @@ def _plan_tree(plan: _Plan, source: Path, destination: Path) -> None:
         for name in dirnames:
             plan.mkdir(destination / relative / name)
         for name in sorted([*filenames, *links]):
-            plan.copy(base / name, destination / relative / name)
+            _plan_entry(plan, base / name, destination / relative / name, destination)
+
+
+def _plan_entry(plan: _Plan, source: Path, target: Path, destination: Path) -> None:
+    """One file or link; a link only when it points, from where it lands, inside its mapping's destination."""
+    if os.path.islink(source):
+        text = os.readlink(source)
+        pointed = os.path.realpath(os.path.join(target.parent, text))
+        if os.path.isabs(text) or not is_inside(pointed, os.path.realpath(destination)):
+            raise InstallError(
+                f"the link {target} -> {text} would point to {pointed}, outside its destination ({destination}): "
+                "refused, nothing was installed",
+                target,
+            )
+    plan.copy(source, target)
 
 
 def _make_dir(path: Path) -> bool:
@@ -306,6 +353,8 @@ def _apply_permissions(
             if "directory" in permission.types:
                 targets += [path for path in created if _matches(permission, obj, path)]
         for target in targets:
+            if os.path.islink(target):
+                continue  # neither the link nor what it points to (see the module docstring)
             if target in assigned:
                 raise InstallError(
                     f"The deployment failed because the permissions setting for ({target}) is specified more than "
@@ -323,13 +372,12 @@ def _is_default_acl(entry: str) -> bool:
 
 
 def _set_permissions(path: Path, permission: Permission) -> None:
-    """chmod, setfacl, SELinux context, chown: the agent's order. Links only get their owner changed."""
-    is_link = os.path.islink(path)
-    if permission.mode is not None and not is_link:
+    """chmod, setfacl, SELinux context, chown: the agent's order. ``path`` is never a link (see the caller)."""
+    if permission.mode is not None:
         os.chmod(path, int(permission.mode, 8))
-    if permission.acls and not is_link:
+    if permission.acls:
         _set_acls(path, permission.acls)
-    if permission.context is not None and not is_link:
+    if permission.context is not None:
         _set_context(path, permission)
     if permission.owner is not None or permission.group is not None:
         uid = _uid(permission.owner, path) if permission.owner is not None else -1

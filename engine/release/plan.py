@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.bundles import build_bundle, read_member
+from engine.bundles import AppSpecFile, build_bundle
 from engine.core.appspec import normalized, parse_appspec
 from engine.core.config.model import DeploymentGroup
 from engine.core.errors import AppSpecInvalid, Problem, RevisionNotFound
@@ -127,14 +127,16 @@ async def _revision(flow: ReleaseContext, group: DeploymentGroup, wanted: str | 
 
 
 def _inspect(source: str, git_repo: Path, platform: Platform) -> tuple[str, str | None, dict[str, Any]]:
+    def check(found: AppSpecFile | None) -> dict[str, Any]:
+        """Before the bundle is packed: a revision without a valid AppSpec costs no packing."""
+        if found is None:
+            raise AppSpecInvalid([Problem("appspec.yml", 1, 1, "the revision has no appspec.yml at its root")])
+        text = found.data.decode("utf-8", "replace")
+        return normalized(parse_appspec(text, platform=platform, filename=found.name))
+
     with tempfile.TemporaryDirectory(prefix="deploybot-plan-") as scratch:
-        built = build_bundle(source, Path(scratch), git_repo=git_repo)
-        for name in ("appspec.yml", "appspec.yaml"):
-            data = read_member(built.path, name)
-            if data is not None:
-                spec = parse_appspec(data.decode("utf-8", "replace"), platform=platform, filename=name)
-                return built.sha256, built.commit, normalized(spec)
-    raise AppSpecInvalid([Problem("appspec.yml", 1, 1, "the revision has no appspec.yml at its root")])
+        built = build_bundle(source, Path(scratch), git_repo=git_repo, check=check)
+        return built.sha256, built.commit, built.checked
 
 
 async def _commit_of(store: Any, held: Tenure | None) -> str | None:

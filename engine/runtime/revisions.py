@@ -8,6 +8,7 @@ deployment (and any host) sees it. Bundles are the application's code (and whate
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import tempfile
@@ -15,13 +16,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.bundles import build_bundle, read_member
+from engine.bundles import AppSpecFile, build_bundle
 from engine.core.appspec import normalized, parse_appspec
 from engine.core.errors import AppSpecInvalid, Problem, RevisionNotFound
 from engine.core.model import Platform, Revision
 from engine.ports import Clock, DeploymentStore
-
-APPSPEC_NAMES = ("appspec.yml", "appspec.yaml")
 
 
 class RevisionStore:
@@ -67,8 +66,9 @@ class RevisionStore:
 
     def _build_and_check(self, source: str, git_repo: Path | None, platform: Platform) -> tuple[Any, Any]:
         with tempfile.TemporaryDirectory(dir=self.directory) as tmp:
-            built = build_bundle(source, Path(tmp), git_repo=git_repo)
-            appspec = _check_appspec(built.path, platform)
+            check = functools.partial(check_appspec, platform=platform)
+            built = build_bundle(source, Path(tmp), git_repo=git_repo, check=check)  # checked before packing
+            appspec = built.checked
             final = self.path(built.sha256)
             if not final.exists():
                 os.chmod(built.path, 0o600)  # before it is in place: no moment where others could read it
@@ -82,15 +82,14 @@ class RevisionStore:
         return Revision(row["sha256"], row["source"], row.get("commit"), row.get("size") or 0, row.get("location"))
 
 
-def _check_appspec(bundle: Path, platform: Platform) -> dict[str, Any]:
-    for name in APPSPEC_NAMES:
-        data = read_member(bundle, name)
-        if data is not None:
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise AppSpecInvalid([Problem(name, 1, 1, f"the AppSpec is not UTF-8 text ({exc.reason})")]) from exc
-            return normalized(parse_appspec(text, platform=platform, filename=name))
+def check_appspec(found: AppSpecFile | None, *, platform: Platform) -> dict[str, Any]:
+    """The normalized AppSpec of a revision's root (``build_bundle``'s ``check``, before the bundle is packed)."""
+    if found is not None:
+        try:
+            text = found.data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise AppSpecInvalid([Problem(found.name, 1, 1, f"the AppSpec is not UTF-8 text ({exc.reason})")]) from exc
+        return normalized(parse_appspec(text, platform=platform, filename=found.name))
     raise AppSpecInvalid(
         [
             Problem(

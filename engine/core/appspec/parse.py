@@ -21,7 +21,7 @@ from engine.core.appspec.model import (
 )
 from engine.core.appspec.server import parse_server
 from engine.core.appspec.serverless import parse_ecs, parse_lambda
-from engine.core.errors import AppSpecInvalid
+from engine.core.errors import AppSpecInvalid, Problem
 from engine.core.model import Platform
 
 _EMPTY_SERVER = (
@@ -47,8 +47,23 @@ def parse_appspec(text: str, *, platform: Platform = Platform.SERVER, filename: 
         else:
             spec = parse_ecs(reader, root)
     if reader.problems or spec is None:
-        raise AppSpecInvalid(reader.sorted_problems())
+        raise AppSpecInvalid(capped(reader.sorted_problems()))
     return spec
+
+
+MAX_PROBLEMS = 50
+"""The most problems one validation returns; the rest are counted in one last "and N more" problem, so a file of
+300,000 bad keys cannot produce a 100 MB answer."""
+
+
+def capped(problems: list[Problem], limit: int = MAX_PROBLEMS) -> list[Problem]:
+    """The first ``limit`` problems and, when there are more, one more at the first omitted position counting them."""
+    if len(problems) <= limit:
+        return problems
+    rest = problems[limit]
+    more = len(problems) - limit
+    message = f"and {more} more problem{'s' if more > 1 else ''} (only the first {limit} are listed)"
+    return [*problems[:limit], Problem(rest.file, rest.line, rest.column, message)]
 
 
 # ---------------------------------------------------------------------------------------------------- normalized

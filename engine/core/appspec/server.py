@@ -114,6 +114,10 @@ def _scripts(reader: AppSpecReader, event: str, key: Node, node: Node) -> tuple[
         location = reader.text(found["location"].value, "location") if "location" in found else None
         if location is None or not location.strip():
             reader.report(found["location"].value if "location" in found else item, _NO_LOCATION)
+        else:
+            escape = _location_escape(location.strip())
+            if escape:
+                reader.report(found["location"].value, escape)
         timeout = 3600
         if "timeout" in found:
             given = reader.whole_number(found["timeout"].value)
@@ -137,6 +141,20 @@ def _scripts(reader: AppSpecReader, event: str, key: Node, node: Node) -> tuple[
             "lower the timeouts",
         )
     return tuple(scripts)
+
+
+def _location_escape(location: str) -> str | None:
+    """Why a hook ``location`` could name a file outside the revision (absolute, or a ``..`` segment); None if not.
+
+    The agent runs ``<revision>/<location>``: an absolute path or ``..`` would make it chmod and run a file of the
+    host instead (the agent checks again after resolving links, engine/agent/hooks.py).
+    """
+    fix = "name the script by its path inside the revision, such as scripts/start.sh"
+    if location.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[\\/]", location):
+        return f"hook location {location!r} is an absolute path; {fix}"
+    if ".." in re.split(r"[\\/]", location):
+        return f"hook location {location!r} has a '..' segment and could leave the revision; {fix}"
+    return None
 
 
 def _files(reader: AppSpecReader, node: Node, os_name: str | None) -> tuple[FileMapping, ...]:
