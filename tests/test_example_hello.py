@@ -11,6 +11,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,7 +64,7 @@ class Host:
             "DEPLOYBOT_PREFIX": str(self.prefix),
             "DEPLOYBOT_PYTHON": sys.executable,
             "PORT": str(self.port),
-            "HELLO_VALIDATE_ATTEMPTS": "4",  # fail in ~1 s instead of 5 s
+            "HELLO_VALIDATE_ATTEMPTS": "400",  # success ends the wait; only a hang guard under load
             **extra,
         }
 
@@ -80,6 +82,18 @@ class Host:
         """What the agent does between BeforeInstall and AfterInstall for this appspec's `files`."""
         shutil.copytree(EXAMPLE / "app", self.app_dir, dirs_exist_ok=True)
         shutil.copy2(EXAMPLE / "VERSION", self.app_dir / "VERSION")
+
+    def wait_answering(self) -> None:
+        """Until the server answers HTTP at all (any status): what a failing check must see before it counts."""
+        for _ in range(400):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5).close()
+                return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"nothing answers on port {self.port}")
 
     def get(self, path: str) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
@@ -100,11 +114,15 @@ def host(tmp_path: Path) -> Iterator[Host]:
 
 
 def deploy(host: Host, **extra: str) -> subprocess.CompletedProcess[str]:
-    """BeforeInstall, Install, ApplicationStart; returns ValidateService's result."""
+    """BeforeInstall, Install, ApplicationStart; returns ValidateService's result. A check expected to fail
+    (``HELLO_VALIDATE_ATTEMPTS`` given) runs once the server answers, so it fails on the answer, not on a slow
+    start."""
     assert host.run("before_install.sh", "BeforeInstall").returncode == 0
     host.install()
     started = host.run("start.sh", "ApplicationStart", **extra)
     assert started.returncode == 0, started.stderr
+    if "HELLO_VALIDATE_ATTEMPTS" in extra:
+        host.wait_answering()
     return host.run("validate.sh", "ValidateService", **extra)
 
 
@@ -154,7 +172,7 @@ def test_deploy_serves_the_version_then_stop_leaves_nothing_running(host: Host) 
     assert stopped.returncode == 0, stopped.stderr
     assert not is_running(pid)
     assert not host.pid_file.exists()
-    after = host.run("validate.sh", "ValidateService")
+    after = host.run("validate.sh", "ValidateService", HELLO_VALIDATE_ATTEMPTS="4")
     assert after.returncode == 1
     assert "did not answer 200" in after.stderr
 
@@ -171,7 +189,7 @@ def test_start_replaces_a_server_left_behind(host: Host) -> None:
 
 @pytest.mark.parametrize("how", ["marker file", "environment"])
 def test_validate_fails_when_health_fails(host: Host, how: str) -> None:
-    extra = {"HELLO_FAIL_HEALTH": "1"} if how == "environment" else {}
+    extra = {"HELLO_VALIDATE_ATTEMPTS": "4", **({"HELLO_FAIL_HEALTH": "1"} if how == "environment" else {})}
     if how == "marker file":
         host.app_dir.mkdir(parents=True)
         (host.app_dir / "fail-health").touch()
@@ -211,7 +229,7 @@ def test_validate_fails_when_an_older_server_still_holds_the_port(host: Host, tm
         newer.install()
         (newer.app_dir / "VERSION").write_text("2.0.0\n")
         assert newer.run("start.sh", "ApplicationStart").returncode == 0  # its server cannot bind and exits
-        validated = newer.run("validate.sh", "ValidateService")
+        validated = newer.run("validate.sh", "ValidateService", HELLO_VALIDATE_ATTEMPTS="4")  # 1.0.0 answers at once
     finally:
         newer.run("stop.sh", "ApplicationStop")
     assert validated.returncode == 1
