@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from conftest import eventually
 from fake_deployer import FakeDeployer
 
 from bot.api import create_api_app
@@ -284,7 +285,7 @@ async def test_watch_long_polls_until_the_version_moves(api: Api) -> None:
     poll = asyncio.create_task(
         api.call("GET", f"/api/v1/deployments/{deployment['id']}/watch?after=1&wait=10", status=200)
     )
-    await asyncio.sleep(0.05)
+    await eventually(lambda: ("watch", deployment["id"], 1, 10.0) in api.deployer.calls, "the long poll to wait")
     assert not poll.done()
     api.deployer.advance(deployment["id"], status="InProgress")
     changed = await asyncio.wait_for(poll, 2)

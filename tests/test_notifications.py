@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from conftest import FakeClock
+
 from engine.runtime.notifications import Notifications
 
 
@@ -17,7 +19,8 @@ class Recorder:
         self.documents.append(dict(deployment))
 
 
-def setup(interval: float = 0.05) -> tuple[Notifications, Recorder, dict[str, int]]:
+def setup(interval: float = 0.05) -> tuple[Notifications, Recorder, dict[str, int], FakeClock]:
+    """Notifications on a FakeClock the test moves, throttling progress to one delivery per ``interval``."""
     recorder = Recorder()
     version = {"d-1": 0}
 
@@ -25,11 +28,12 @@ def setup(interval: float = 0.05) -> tuple[Notifications, Recorder, dict[str, in
         await asyncio.sleep(0)
         return {"id": deployment_id, "version": version[deployment_id]}
 
-    return Notifications([recorder], fetch, interval=interval), recorder, version
+    clock = FakeClock()
+    return Notifications([recorder], fetch, interval=interval, timer=clock), recorder, version, clock
 
 
 async def test_milestone_changes_are_delivered_at_once_every_time() -> None:
-    notifications, recorder, version = setup(interval=60)
+    notifications, recorder, version, _ = setup(interval=60)
     for step, signature in enumerate(["InProgress", "web-1 done", "Succeeded"], start=1):
         version["d-1"] = step
         await notifications.changed("d-1", signature)
@@ -37,29 +41,31 @@ async def test_milestone_changes_are_delivered_at_once_every_time() -> None:
 
 
 async def test_progress_in_a_burst_is_merged_and_the_latest_follows() -> None:
-    notifications, recorder, version = setup(interval=0.05)
+    notifications, recorder, version, clock = setup(interval=0.05)
     for step in range(1, 6):  # five moves from one lifecycle event to the next, same milestones
         version["d-1"] = step
         await notifications.changed("d-1", "InProgress")
     assert [d["version"] for d in recorder.documents] == [1]
-    await asyncio.sleep(0.15)
+    await clock.sleeping(1)  # the trailing delivery waits for the interval to end
+    await clock.advance(0.05)
     assert [d["version"] for d in recorder.documents] == [1, 5]
 
 
 async def test_a_milestone_after_merged_progress_makes_the_trailing_delivery_unneeded() -> None:
-    notifications, recorder, version = setup(interval=0.05)
+    notifications, recorder, version, clock = setup(interval=0.05)
     version["d-1"] = 1
     await notifications.changed("d-1", "InProgress")
     version["d-1"] = 2
     await notifications.changed("d-1", "InProgress")
     version["d-1"] = 3
     await notifications.changed("d-1", None)  # unknown to the runner (finished): always at once
-    await asyncio.sleep(0.15)
+    await clock.sleeping(1)
+    await clock.advance(0.05)  # the trailing delivery wakes and finds the latest document already shown
     assert [d["version"] for d in recorder.documents] == [1, 3]
 
 
 async def test_progress_after_a_milestone_inside_the_interval_is_still_delivered() -> None:
-    notifications, recorder, version = setup(interval=0.05)
+    notifications, recorder, version, clock = setup(interval=0.05)
     version["d-1"] = 1
     await notifications.changed("d-1", "A")
     version["d-1"] = 2
@@ -68,7 +74,9 @@ async def test_progress_after_a_milestone_inside_the_interval_is_still_delivered
     await notifications.changed("d-1", "B")  # at once
     version["d-1"] = 4
     await notifications.changed("d-1", "B")  # merged again, while the first trailing delivery still waits
-    await asyncio.sleep(0.2)
+    await clock.sleeping(1)
+    await clock.advance(0.05)
+    await clock.advance(0.05)
     assert [d["version"] for d in recorder.documents][-1] == 4
     await notifications.close()
 

@@ -10,8 +10,9 @@ was a sizeable share of the server's CPU. So:
     was delivered less than ``interval`` seconds ago; then one delivery of the latest document follows when the
     interval is up. Per-host progress inside a burst thus arrives merged, never lost, and at most that late.
 
-Deliveries for one deployment are serialized, so notifiers see its documents in order. The interval is real time
-(the event loop's), not the engine's Clock: it is a throttle on our own work, not part of any deployment.
+Deliveries for one deployment are serialized, so notifiers see its documents in order. The interval is the event
+loop's time by default, not the engine's Clock: it is a throttle on our own work, not part of any deployment (tests
+hand in a fake ``timer`` to move it themselves).
 """
 
 from __future__ import annotations
@@ -20,9 +21,28 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from engine.ports import Notifier
+
+
+class Timer(Protocol):
+    """The two readings of time the throttle needs (the engine's ``Clock`` has both)."""
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class _LoopTime:
+    """The event loop's own time: what a throttle of our own work runs on."""
+
+    def monotonic(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +69,12 @@ class Notifications:
         fetch: Callable[[str], Awaitable[Mapping[str, Any]]],
         *,
         interval: float = PROGRESS_INTERVAL,
+        timer: Timer | None = None,
     ) -> None:
         self.notifiers = notifiers
         self._fetch = fetch
         self.interval = interval
+        self._timer = timer or _LoopTime()
         self._deployments: dict[str, _Deployment] = {}
 
     async def changed(self, deployment_id: str, milestones: Hashable | None = None) -> None:
@@ -61,17 +83,16 @@ class Notifications:
             return
         state = self._deployments.setdefault(deployment_id, _Deployment())
         state.changes += 1
-        loop = asyncio.get_running_loop()
         if milestones is not None and milestones == state.milestones:
             due = state.delivered_at + self.interval
-            if loop.time() < due:
+            if self._timer.monotonic() < due:
                 if state.trailing is None:
                     state.trailing = asyncio.ensure_future(self._trailing(deployment_id, state, due))
                 return
         await self._deliver(deployment_id, state, milestones)
 
     async def _trailing(self, deployment_id: str, state: _Deployment, due: float) -> None:
-        await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
+        await self._timer.sleep(max(0.0, due - self._timer.monotonic()))
         state.trailing = None
         if state.changes > state.delivered:  # else a later delivery already showed the latest document
             try:
@@ -82,7 +103,7 @@ class Notifications:
     async def _deliver(self, deployment_id: str, state: _Deployment, milestones: Hashable | None) -> None:
         async with state.lock:
             state.milestones = milestones
-            state.delivered_at = asyncio.get_running_loop().time()
+            state.delivered_at = self._timer.monotonic()
             state.delivered = state.changes
             document = await self._fetch(deployment_id)
             for notifier in self.notifiers:
