@@ -23,7 +23,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError, WaiterError
-from conftest import deployer_from
+from conftest import deployer_from, eventually
 from test_service import CONFIG, ScriptedFleet, make_revision, never_fails
 
 from bot.app import create_app
@@ -296,7 +296,7 @@ async def test_stop_with_rollback_links_both_deployments(served: Served) -> None
     )
     waiter = client.get_waiter("deployment_successful")
     await call(waiter.wait, deploymentId=first["deploymentId"], WaiterConfig={"Delay": 1, "MaxAttempts": 20})
-    served.agents.delay = 0.3  # every hook now sleeps: the next deployment is still running when stopped
+    served.agents.gate = asyncio.Event()  # hooks now wait: the next deployment is still running when stopped
     second = await call(
         client.create_deployment,
         applicationName="app",
@@ -304,10 +304,11 @@ async def test_stop_with_rollback_links_both_deployments(served: Served) -> None
         revision={"revisionType": "S3", "s3Location": {"bucket": "deploybot", "key": "rev-b"}},
     )
     deployment_id = second["deploymentId"]
-    await asyncio.sleep(0.5)
+    await eventually(lambda: any(d == deployment_id for _, d, _ in served.agents.log), "a host to be at work")
     running = (await call(client.get_deployment, deploymentId=deployment_id))["deploymentInfo"]
     assert running["status"] == "InProgress"
     stopped = await call(client.stop_deployment, deploymentId=deployment_id, autoRollbackEnabled=True)
+    served.agents.gate.set()
     assert stopped["status"] == "Succeeded"
     info = (await call(client.get_deployment, deploymentId=deployment_id))["deploymentInfo"]
     assert info["status"] == "Stopped"

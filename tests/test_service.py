@@ -63,6 +63,7 @@ class ScriptedFleet:
 
     def __init__(self, deployer: Deployer, hosts: list[str], behaviour: Behaviour, delay: float = 0.0) -> None:
         self.deployer, self.behaviour, self.delay = deployer, behaviour, delay
+        self.gate: asyncio.Event | None = None  # when set to an Event: every answer waits until it is set
         self.log: list[tuple[str, str, str]] = []  # (host, deployment id, event)
         self.tasks = [asyncio.ensure_future(self._agent(h)) for h in hosts]
 
@@ -74,6 +75,8 @@ class ScriptedFleet:
                 continue
             self.log.append((host, command["deployment_id"], command["event"]))
             await asyncio.sleep(self.delay)
+            if self.gate is not None:
+                await self.gate.wait()
             failure = self.behaviour(host, command["event"], command["spec"]["revision"]["sha256"])
             result = {"status": "Failed", "error_code": 4, "message": failure} if failure else {"status": "Succeeded"}
             await fleet.report_result(host, command["id"], {**result, "log_tail": f"{host} {command['event']}"})
