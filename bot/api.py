@@ -24,6 +24,16 @@ from typing import Any
 from aiohttp import web
 
 from bot.api_external import external_routes, register_s3_revision
+from bot.github import GITHUB
+from bot.github.client import GitHubUnavailable
+from bot.github.revisions import (
+    GITHUB_REVISION_PREFIX,
+    CommitNotFound,
+    CommitRef,
+    GitHubNotConfigured,
+    RepositoryNotConfigured,
+    parse_github_revision,
+)
 from bot.http import (
     ACTOR,
     DEPLOYER,
@@ -114,8 +124,8 @@ def _number(request: web.Request, key: str, default: float, low: float, high: fl
 
 
 _DEPLOY_USAGE = (
-    'POST /api/v1/deployments {"application": str, "environment": str, "revision"?: "sha256:<hex>"|path|"git:REF",'
-    ' "config"?: str, "description"?: str}'
+    'POST /api/v1/deployments {"application": str, "environment": str, "revision"?: "sha256:<hex>"|path|"git:REF"'
+    '|"github:OWNER/REPO@SHA", "config"?: str, "description"?: str}'
 )
 _PLAN_USAGE = (
     'POST /api/v1/plan {"application": str, "environment": str, "revision"?: str, "config"?: str, "from"?: ENV}'
@@ -198,9 +208,57 @@ async def start_deployment(request: web.Request) -> web.Response:
     body = await json_object(request, _DEPLOY_USAGE)
     deploy = _deploy_request(request, body, _DEPLOY_USAGE)
     deployer = request.app[DEPLOYER]
+    commit = _github_commit(deploy.revision)
     await authorize(request, Action.DEPLOY, deployer.config.group(deploy.application, deploy.environment))
+    if commit is not None:
+        deploy = dataclasses.replace(deploy, revision=await _github_revision(request, deploy.application, commit))
     deployment = await deployer.start(deploy)
     return json_response(deployment, status=201)
+
+
+def _github_commit(revision: str | None) -> CommitRef | None:
+    """The commit a ``github:OWNER/REPO@SHA`` revision names (None for any other revision); 400 when malformed."""
+    if revision is None or not revision.startswith(GITHUB_REVISION_PREFIX):
+        return None
+    try:
+        return parse_github_revision(revision)
+    except ValueError as exc:
+        raise bad_request(str(exc), _DEPLOY_USAGE) from None
+
+
+async def _github_revision(request: web.Request, application: str, commit: CommitRef) -> str:
+    """The server downloads the commit with its GitHub credentials, as for a merge: ``sha256:<hex>``."""
+    front = request.config_dict.get(GITHUB)
+    try:
+        if front is None:
+            raise GitHubNotConfigured()
+        stored = await front.commit_revision(application, commit)
+    except RepositoryNotConfigured as exc:
+        where = f"its repository is {exc.configured}" if exc.configured else "it has no github.repository"
+        raise HttpProblem(
+            400,
+            "RepositoryNotConfigured",
+            f"{exc.repository} is not a GitHub repository of {application}: {where}",
+            application=application,
+            repository=exc.repository,
+            configured=exc.configured,
+        ) from None
+    except CommitNotFound as exc:
+        raise HttpProblem(
+            404, "CommitNotFound", f"{exc.repository} has no commit {exc.sha}", repository=exc.repository, sha=exc.sha
+        ) from None
+    except GitHubNotConfigured:
+        raise HttpProblem(
+            409,
+            "GitHubNotConfigured",
+            "this server cannot fetch github: revisions: GitHub is not configured "
+            "(set GITHUB_TOKEN, or GITHUB_APP_ID and its key, where `deploybot serve` runs)",
+        ) from None
+    except GitHubUnavailable as exc:
+        raise HttpProblem(
+            502, "GitHubUnavailable", f"GitHub failed: {exc}; try again", github_status=exc.status
+        ) from None
+    return f"sha256:{stored['sha256']}"
 
 
 async def list_deployments(request: web.Request) -> web.Response:
@@ -376,11 +434,17 @@ async def reject_deployment(request: web.Request) -> web.Response:
 
 
 async def list_queue(request: web.Request) -> web.Response:
+    """Deployments waiting (position, ETA, what holds them), then GitHub merges and deployments not yet started
+    (``"kind": "merge"``: repository, commit, what they wait for, since when)."""
     application = request.query.get("application") or None
     environment = request.query.get("environment") or None
     if environment is not None and application is None:
         raise bad_request("'environment' needs 'application'", _QUEUE_USAGE)
-    return json_response({"queue": await request.app[DEPLOYER].release.queue(application, environment)})
+    queue = await request.app[DEPLOYER].release.queue(application, environment)
+    github = request.config_dict.get(GITHUB)
+    if github is not None:
+        queue = [*queue, *await github.waiting(application, environment)]
+    return json_response({"queue": queue})
 
 
 # ---------------------------------------------------------------------------------------------------- API tokens

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +178,9 @@ class FakeRevisions:
         return Revision(sha256, "fake", None, len(self.bundles[sha256]))
 
 
+_UNCHANGED: Any = object()
+
+
 class FakeRecords:
     """The fake's deployments as stored rows, plus the audit log, webhook deliveries and API token rows (in memory,
     behind the real engine ApiTokens, so the doors' token checks are the real ones)."""
@@ -187,6 +190,87 @@ class FakeRecords:
         self.log: list[dict[str, Any]] = []
         self.deliveries: set[str] = set()
         self.api_tokens: dict[str, dict[str, Any]] = {}
+        self.intents: dict[str, dict[str, Any]] = {}
+
+    # -- engine.ports.IntentRecords (in memory, with the store's one-row-per-key and compare-and-move)
+
+    async def add_intent(
+        self,
+        key: str,
+        *,
+        source: str,
+        kind: str,
+        payload: Mapping[str, Any],
+        at: float,
+        scope: str | None = None,
+        actor: str | None = None,
+        state: str = "pending",
+        not_before: float | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        if key in self.intents:
+            return dict(self.intents[key]), False
+        self.intents[key] = {
+            "seq": len(self.intents) + 1,
+            "key": key,
+            "source": source,
+            "kind": kind,
+            "scope": scope,
+            "actor": actor,
+            "state": state,
+            "payload": dict(payload),
+            "outcome": None,
+            "attempts": 0,
+            "created_at": at,
+            "updated_at": at,
+            "not_before": not_before,
+        }
+        return dict(self.intents[key]), True
+
+    async def get_intent(self, key: str) -> dict[str, Any] | None:
+        row = self.intents.get(key)
+        return None if row is None else dict(row)
+
+    async def move_intent(
+        self,
+        key: str,
+        state: str,
+        *,
+        at: float,
+        only_from: Collection[str] | None = None,
+        outcome: Mapping[str, Any] | None = _UNCHANGED,
+        not_before: float | None = _UNCHANGED,
+        attempt: bool = False,
+    ) -> dict[str, Any] | None:
+        row = self.intents.get(key)
+        if row is None or (only_from is not None and row["state"] not in only_from):
+            return None
+        row.update(state=state, updated_at=at)
+        if outcome is not _UNCHANGED:
+            row["outcome"] = None if outcome is None else dict(outcome)
+        if not_before is not _UNCHANGED:
+            row["not_before"] = not_before
+        if attempt:
+            row["attempts"] += 1
+        return dict(row)
+
+    async def list_intents(
+        self,
+        *,
+        source: str | None = None,
+        kind: str | None = None,
+        scope: str | None = None,
+        states: Collection[str] | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        rows = [
+            dict(r)
+            for r in self.intents.values()
+            if (source is None or r["source"] == source)
+            and (kind is None or r["kind"] == kind)
+            and (scope is None or r["scope"] == scope)
+            and (states is None or r["state"] in states)
+        ]
+        return rows[:limit] if limit is not None else rows
 
     # -- engine.ports.TokenRecords
 

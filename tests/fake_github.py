@@ -1,14 +1,17 @@
 """A local fake of the GitHub REST API (aiohttp on 127.0.0.1, port 0) that records every call.
 
 It serves what deploybot uses: commit tarballs (``/repos/o/r/tarball/REF`` answers 302 to another path of the same
-host, which returns a gzip tarball with one top directory, like codeload), combined statuses and check runs with
-configurable colours, deployments and their statuses, check runs (or 403 when ``check_runs_allowed`` is False),
-commit statuses, pull request files, file contents, and GitHub App installation tokens (the JWT is verified
-against the app's public key). ``signed`` builds a webhook request the way GitHub signs it.
+host, which returns a gzip tarball with one top directory, like codeload; 404 for a commit it does not hold),
+commits by full or short SHA, combined statuses and check runs with configurable colours, deployments and their
+statuses, check runs (or 403 when ``check_runs_allowed`` is False), commit statuses, pull request files, file
+contents, and GitHub App installation tokens (the JWT is verified against the app's public key). A tarball can be
+held back until the test sets its ``tarball_gates`` event (a slow download, without time). ``signed`` builds a
+webhook request the way GitHub signs it; the ``*_payload`` helpers build the events' bodies.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -48,6 +51,7 @@ class FakeGitHub:
     clock: Callable[[], float] = time.time  # what "now" is for the expiry of issued tokens
     redirect_to: str | None = None  # absolute base URL for tarball redirects (another host); default: same host
     tarball_failures: int = 0  # answer this many tarball downloads with 502 before serving them
+    tarball_gates: dict[str, asyncio.Event] = field(default_factory=dict)  # sha -> served once the test sets it
     calls: list[Call] = field(default_factory=list)
     deployments: dict[int, dict[str, Any]] = field(default_factory=dict)
     tokens_issued: int = 0
@@ -114,6 +118,9 @@ class FakeGitHub:
             return _error(502, "bad gateway")
         if parts[:1] == ["codeload"]:
             _, owner, repo, sha = parts
+            gate = self.tarball_gates.get(sha)
+            if gate is not None:
+                await gate.wait()
             return web.Response(body=self.tarball(owner, repo, sha), content_type="application/x-gzip")
         if parts[:2] == ["app", "installations"] and parts[3:] == ["access_tokens"]:
             return self._access_token(auth)
@@ -124,8 +131,15 @@ class FakeGitHub:
             self._check_jwt(auth)
             return web.json_response({"id": self.installation_id})
         if rest[:1] == ["tarball"] and method == "GET":
+            if rest[1] not in self.commits:
+                return _error(404, "Not Found")
             base = self.redirect_to or ""
             raise web.HTTPFound(f"{base}/codeload/{owner}/{repo}/{rest[1]}")
+        if rest[:1] == ["commits"] and len(rest) == 2 and method == "GET":
+            matches = [sha for sha in self.commits if sha.startswith(rest[1].lower())]
+            if len(matches) != 1:
+                return _error(404 if not matches else 422, "No commit found for SHA: " + rest[1])
+            return web.json_response({"sha": matches[0]})
         if rest[:1] == ["commits"] and rest[2:] == ["status"]:
             statuses = list(reversed(self.statuses.get(rest[1], [])))
             return web.json_response({"state": "pending", "statuses": statuses})
@@ -216,4 +230,44 @@ def pull_request_payload(
         },
         "sender": {"login": "author"},
         "repository": {"full_name": repository},
+    }
+
+
+def status_payload(repository: str, sha: str, context: str, state: str) -> dict[str, Any]:
+    """A ``status`` event: a commit status was posted (``state`` pending, success, failure or error)."""
+    return {"sha": sha, "context": context, "state": state, "repository": {"full_name": repository}}
+
+
+def check_run_payload(repository: str, sha: str, name: str, conclusion: str | None) -> dict[str, Any]:
+    """A ``check_run`` event: completed with ``conclusion``, or (None) created and queued."""
+    run = {
+        "head_sha": sha,
+        "name": name,
+        "status": "completed" if conclusion else "queued",
+        "conclusion": conclusion,
+    }
+    return {
+        "action": "completed" if conclusion else "created",
+        "check_run": run,
+        "repository": {"full_name": repository},
+    }
+
+
+def deployment_payload(
+    repository: str, sha: str, environment: str, *, github_id: int = 4242, sender: str = "ci-bot"
+) -> dict[str, Any]:
+    """A ``deployment`` event: someone created a deployment on GitHub."""
+    deployment = {
+        "id": github_id,
+        "sha": sha,
+        "ref": "main",
+        "environment": environment,
+        "task": "deploy",
+        "creator": {"login": sender},
+    }
+    return {
+        "action": "created",
+        "deployment": deployment,
+        "repository": {"full_name": repository},
+        "sender": {"login": sender},
     }

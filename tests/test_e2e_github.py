@@ -1,6 +1,7 @@
 """End to end: a real ``deploybot serve`` with its local agents, GitHub pointed at the fake API (in its own thread),
 and a signed push webhook sent over HTTP. The commit is fetched as a tarball, deployed to staging by real agents
-(whose hooks see BUNDLE_COMMIT), and the fake sees the GitHub deployment and its statuses in order."""
+(whose hooks see BUNDLE_COMMIT), and the fake sees the GitHub deployment and its statuses in order. A merge waiting
+for its checks survives kill -9 of the server."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from e2e_support import DeploybotServer
-from fake_github import FakeGitHub, push_payload, signed
+from fake_github import FakeGitHub, push_payload, signed, status_payload
 
 SECRET = "e2e-secret"
 SHA1, SHA2 = "1" * 40, "2" * 40
@@ -75,12 +76,16 @@ def github() -> Iterator[ThreadedFake]:
 
 
 @pytest.fixture
-def server(tmp_path: Path, github: ThreadedFake, monkeypatch: pytest.MonkeyPatch) -> Iterator[DeploybotServer]:
+def github_env(github: ThreadedFake, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GITHUB_WEBHOOK_SECRET", SECRET)
     monkeypatch.setenv("GITHUB_TOKEN", "ghp_e2e")
     monkeypatch.setenv("GITHUB_API_URL", github.url)
     for name in ("GITHUB_APP_ID", "GITHUB_APP_PRIVATE_KEY", "GITHUB_APP_PRIVATE_KEY_FILE"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def server(tmp_path: Path, github_env: None) -> Iterator[DeploybotServer]:
     server = DeploybotServer(tmp_path, CONFIG)
     try:
         server.start()
@@ -89,8 +94,10 @@ def server(tmp_path: Path, github: ThreadedFake, monkeypatch: pytest.MonkeyPatch
         server.cleanup()
 
 
-def send(server: DeploybotServer, payload: dict[str, object], delivery: str, secret: str = SECRET) -> int:
-    body, headers = signed(secret, "push", payload, delivery)
+def send(
+    server: DeploybotServer, payload: dict[str, object], delivery: str, secret: str = SECRET, *, event: str = "push"
+) -> int:
+    body, headers = signed(secret, event, payload, delivery)
     request = urllib.request.Request(server.url + "/github/webhook", data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -135,3 +142,31 @@ def test_a_push_to_main_is_deployed_by_real_agents_and_reported_to_github(
     wait_until(lambda: fake.deployment_states(1)[-1] == "inactive", timeout=10)
     assert len(fake.exactly("POST", "/repos/acme/api/deployments")) == 2
     assert {p.read_text().strip() for p in tmp_path.rglob("bundle-commit")} == {SHA2}
+
+
+def test_a_merge_waiting_for_checks_survives_kill_9_and_deploys_once_when_ci_turns_green(
+    tmp_path: Path, github: ThreadedFake, github_env: None
+) -> None:
+    fake = github.fake
+    fake.statuses[SHA1] = [{"context": "ci/test", "state": "pending"}]
+    gated = CONFIG.replace("to: staging}", "to: staging, require_checks: [ci/test]}")
+    server = DeploybotServer(tmp_path, gated)
+    try:
+        server.start()
+        assert send(server, push_payload("acme/api", "main", SHA1), "e2e-1") == 202
+        pending = {"state": "pending", "context": "deploybot/auto-deploy/staging", "description": "waiting for ci/test"}
+        wait_until(lambda: [c.body for c in fake.called("POST", f"/repos/acme/api/statuses/{SHA1}")] == [pending])
+        server.kill9()  # mid-wait: nothing but the store knows about the merge now
+        server.start()
+        fake.statuses[SHA1].append({"context": "ci/test", "state": "success"})
+        assert send(server, status_payload("acme/api", SHA1, "ci/test", "success"), "e2e-2", event="status") == 202
+        wait_until(lambda: 1 in fake.deployments and fake.deployment_states(1)[-1:] == ["success"])
+        status, body = server.api("GET", "/api/v1/deployments?application=api")
+        assert status == 200
+        [deployment] = body["deployments"]
+        assert (deployment["status"], deployment["revision"]["commit"]) == ("Succeeded", SHA1)
+        assert len(fake.exactly("POST", "/repos/acme/api/deployments")) == 1
+        assert len(fake.called("GET", f"/repos/acme/api/tarball/{SHA1}")) == 1
+        assert send(server, push_payload("acme/api", "main", SHA1), "e2e-1") == 200  # redelivered: it deployed
+    finally:
+        server.cleanup()

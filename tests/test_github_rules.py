@@ -1,17 +1,24 @@
-"""The pure rules of the GitHub front: deployment → GitHub status, the check gate, auto_deploy rules, AppSpec
-annotations, and the one-line description ``deploybot serve`` prints."""
+"""The pure rules of the GitHub front: deployment → GitHub status, the check gate, auto_deploy rules, which intents
+a webhook makes and how they show in the queue, ``github:`` revisions, AppSpec annotations, the one-line description
+``deploybot serve`` prints, and a seeded fuzz of the webhook parsers."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import random
 from typing import Any
 
 import pytest
+from fake_github import check_run_payload, deployment_payload, pull_request_payload, push_payload, status_payload
 
 from bot.github import describe
 from bot.github.checks import check_annotations as annotations
 from bot.github.checks import check_run, validate
+from bot.github.intents import CheckReport, Kind, check_report, intents_of_event, queue_entry
 from bot.github.notifier import GitHubStatus, github_status
-from bot.github.triggers import MergeRule, Verdict, checks_verdict, merge_rules
+from bot.github.revisions import CommitRef, parse_github_revision
+from bot.github.rules import MergeRule, Verdict, checks_verdict, merge_rules
 from bot.settings import Settings
 from engine.core.config.parse import parse_config
 from engine.core.errors import Problem
@@ -192,3 +199,165 @@ def test_check_run_annotations_carry_line_and_column() -> None:
 )
 def test_describe(environ: dict[str, str], expected: str) -> None:
     assert describe(Settings.from_env(environ), environ).startswith(expected)
+
+
+# ------------------------------------------------------------------------------------------------ intents of events
+
+SHA = "a" * 40
+MERGE_KEY = f"github:merge:acme/web:web:Staging:{SHA}"
+
+
+@pytest.mark.parametrize(
+    ("event", "payload", "keys"),
+    [
+        ("push", push_payload("Acme/Web", "main", SHA), [MERGE_KEY]),
+        ("pull_request", pull_request_payload("acme/web", 7, "c" * 40, action="closed", merge_sha=SHA), [MERGE_KEY]),
+        ("push", push_payload("acme/web", "dev", SHA), []),
+        ("push", {**push_payload("acme/web", "main", SHA), "ref": "refs/tags/v1"}, []),
+        ("push", {**push_payload("acme/web", "main", "0" * 40)}, []),
+        ("push", push_payload("acme/web", "main", "not-a-sha"), []),
+        ("pull_request", pull_request_payload("acme/web", 7, SHA, action="closed"), []),
+        ("deployment", deployment_payload("acme/web", SHA, "PROD", github_id=9), ["github:deployment:acme/web:9"]),
+        ("deployment", deployment_payload("acme/web", SHA, "qa"), []),
+        ("status", status_payload("acme/web", SHA, "ci", "success"), []),
+    ],
+    ids=[
+        "push",
+        "merged-pr",
+        "other-branch",
+        "tag",
+        "zero-sha",
+        "bad-sha",
+        "closed-pr",
+        "deployment",
+        "unknown-env",
+        "status",
+    ],
+)
+def test_the_intents_a_delivery_makes(event: str, payload: dict[str, Any], keys: list[str]) -> None:
+    intents = intents_of_event(parse_config(CONFIG), event, payload, now=100.0)
+    assert [i.key for i in intents] == keys
+
+
+def test_a_merge_intent_keeps_its_rule_and_deadline_and_acts_as_the_integration_user() -> None:
+    [merge] = intents_of_event(parse_config(CONFIG), "push", push_payload("acme/web", "main", SHA), now=100.0)
+    assert (merge.kind, merge.scope, merge.actor) == (Kind.MERGE, "web/Staging", "github")
+    assert merge.payload["require_checks"] == ["ci"]
+    assert merge.payload["deadline"] == 100.0 + 1800.0
+    assert merge.payload["pushed_by"] == "octocat"
+
+
+@pytest.mark.parametrize(
+    ("event", "payload", "expected"),
+    [
+        ("status", status_payload("a/b", SHA, "ci", "success"), CheckReport("a/b", SHA, True, "status ci success")),
+        ("status", status_payload("a/b", SHA, "ci", "failure"), CheckReport("a/b", SHA, False, "status ci failure")),
+        (
+            "check_run",
+            check_run_payload("a/b", SHA, "lint", "neutral"),
+            CheckReport("a/b", SHA, True, "check run lint neutral"),
+        ),
+        (
+            "check_run",
+            check_run_payload("a/b", SHA, "lint", None),
+            CheckReport("a/b", SHA, False, "check run lint queued"),
+        ),
+        ("status", status_payload("a/b", SHA, "deploybot/auto-deploy/prod", "success"), None),  # our own
+        ("push", push_payload("a/b", "main", SHA), None),
+    ],
+)
+def test_check_reports(event: str, payload: dict[str, Any], expected: CheckReport | None) -> None:
+    assert check_report(event, payload) == expected
+
+
+def test_a_waiting_merge_in_the_queue_says_what_it_waits_for_and_since_when() -> None:
+    row = {
+        "key": MERGE_KEY,
+        "kind": "merge",
+        "state": "waiting",
+        "actor": "github",
+        "created_at": 100.0,
+        "not_before": 115.0,
+        "payload": {"repository": "acme/web", "sha": SHA, "application": "web", "environment": "Staging"},
+        "outcome": {"waiting": "checks", "message": "waiting for ci"},
+    }
+    entry = queue_entry(row)
+    assert (entry["id"], entry["status"], entry["since"]) == ("acme/web@aaaaaaa", "WaitingForChecks", 100.0)
+    assert entry["waiting_for"] == {"message": "waiting for ci"}
+    assert queue_entry({**row, "state": "running", "outcome": None})["status"] == "Preparing"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"github:acme/api@{SHA}", CommitRef("acme/api", SHA)),
+        ("github:Acme/my.repo@ABCDEF1", CommitRef("Acme/my.repo", "abcdef1")),
+        ("github:acme/api", "is not github:OWNER/REPO@SHA"),
+        ("github:acme@abcdef1", "is not a GitHub repository"),
+        ("github:acme/api@main", "is not a commit SHA"),
+        ("github:acme/api@abc", "is not a commit SHA"),
+    ],
+)
+def test_github_revisions(text: str, expected: CommitRef | str) -> None:
+    if isinstance(expected, CommitRef):
+        assert parse_github_revision(text) == expected
+        return
+    with pytest.raises(ValueError, match=expected):
+        parse_github_revision(text)
+
+
+JUNK: tuple[Any, ...] = (
+    None,
+    True,
+    0,
+    -1,
+    2**70,
+    1.5,
+    "",
+    "x",
+    "refs/heads/main",
+    "0" * 40,
+    SHA,
+    [],
+    [1],
+    {},
+    {"a": 1},
+)
+
+
+def _mutate(rng: random.Random, value: Any) -> Any:
+    """``value`` with some of its parts replaced by junk of any JSON type, or dropped."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            roll = rng.random()
+            if roll < 0.1:
+                continue
+            out[key] = rng.choice(JUNK) if roll < 0.3 else _mutate(rng, item)
+        return out
+    if isinstance(value, list):
+        return [_mutate(rng, item) for item in value]
+    return rng.choice(JUNK) if rng.random() < 0.3 else value
+
+
+def test_the_webhook_parsers_take_any_json_without_a_traceback() -> None:
+    config = parse_config(CONFIG)
+    bases = [
+        ("push", push_payload("acme/web", "main", SHA)),
+        ("pull_request", pull_request_payload("acme/web", 7, SHA, action="closed", merge_sha=SHA)),
+        ("deployment", deployment_payload("acme/web", SHA, "prod")),
+        ("status", status_payload("acme/web", SHA, "ci", "success")),
+        ("check_run", check_run_payload("acme/web", SHA, "ci", "success")),
+        ("check_suite", {"check_suite": {"head_sha": SHA, "status": "completed"}, "repository": {"full_name": "x"}}),
+    ]
+    rng = random.Random(1616)
+    made = 0
+    for _ in range(3000):
+        event, base = rng.choice(bases)
+        payload = _mutate(rng, copy.deepcopy(base))
+        made += len(intents_of_event(config, event, payload, now=0.0))
+        check_report(event, payload)
+        text = "github:" + "".join(rng.choice("ab/@.-_0123456789fF \n") for _ in range(rng.randrange(20)))
+        with contextlib.suppress(ValueError):  # its own refusal is fine; anything else is a bug
+            parse_github_revision(text)
+    assert made > 0  # some mutants still were merges: the fuzz reached past the first checks

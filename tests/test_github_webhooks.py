@@ -1,5 +1,6 @@
 """Signed webhooks through the real aiohttp app (create_app) and gidgethub's verification, a real Deployer on SQLite,
-scripted hosts on the real Fleet, and the fake GitHub API recording every call deploybot makes."""
+scripted hosts on the real Fleet, and the fake GitHub API recording every call deploybot makes. Time is a FakeClock:
+waits for checks and download retries move only when a test advances it."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import deployer_from, eventually
+from conftest import FakeClock, deployer_from, eventually
 from fake_github import FakeGitHub, pull_request_payload, push_payload, signed
 
 from bot.app import create_app
-from bot.github import GITHUB, GitHubFront, triggers
+from bot.github import GITHUB, GitHubFront
+from bot.github.triggers import DOWNLOAD_RETRY_SECONDS
 from bot.settings import Settings
 from engine.runtime.deployer import Deployer
 
@@ -68,11 +70,29 @@ class World:
     github: FakeGitHub
     deployer: Deployer
     front: GitHubFront
+    clock: FakeClock
 
     async def send(self, event: str, payload: dict[str, Any], delivery: str, *, secret: str = SECRET) -> int:
+        return (await self.answer(event, payload, delivery, secret=secret))[0]
+
+    async def answer(
+        self, event: str, payload: dict[str, Any], delivery: str, *, secret: str = SECRET
+    ) -> tuple[int, dict[str, Any]]:
         body, headers = signed(secret, event, payload, delivery)
         async with self.client.post("/github/webhook", data=body, headers=headers) as response:
-            return response.status
+            return response.status, await response.json()
+
+    async def later(self, seconds: float) -> None:
+        """Move the clock on (a poll, a retry comes due), then let the GitHub work settle."""
+        await self.clock.advance(seconds)
+        await self.front.idle()
+
+    def commit_statuses(self, sha: str, repository: str = REPO) -> list[tuple[str, str]]:
+        """(state, description) of every commit status deploybot posted on ``sha``, in order."""
+        return [
+            (c.body["state"], c.body["description"])
+            for c in self.github.called("POST", f"/repos/{repository}/statuses/{sha}")
+        ]
 
     async def settle(self) -> None:
         """Every event handled, every started deployment finished, every status posted."""
@@ -107,29 +127,41 @@ async def _hosts(deployer: Deployer, names: list[str]) -> None:
             task.cancel()
 
 
-@asynccontextmanager
-async def open_world(tmp_path: Path, config: str = CONFIG) -> AsyncIterator[World]:
-    """The app for ``config`` with the fake GitHub (serving SHA1 and SHA2) and hosts s1, s2, p1 answering."""
+def fake_github() -> FakeGitHub:
+    """The fake GitHub API holding SHA1 and SHA2 (an AppSpec, VERSION and a passing hook script)."""
     github = FakeGitHub()
     for sha in (SHA1, SHA2):
         github.commits[sha] = {"appspec.yml": APPSPEC, "VERSION": sha[:7], "scripts/validate.sh": "exit 0\n"}
-    await github.start()
-    deployer = await deployer_from(config, tmp_path)
+    return github
+
+
+@asynccontextmanager
+async def open_world(
+    tmp_path: Path, config: str = CONFIG, *, github: FakeGitHub | None = None, clock: FakeClock | None = None
+) -> AsyncIterator[World]:
+    """The app for ``config`` on the data dir ``tmp_path/var``, with the fake GitHub (``fake_github()`` unless one
+    is given: a restarted server talks to the same one) and hosts s1, s2, p1 answering."""
+    own_github = github is None
+    if github is None:
+        github = fake_github()
+        await github.start()
+    clock = clock or FakeClock(tick=0.001)  # distinct, ordered timestamps
+    deployer = await deployer_from(config, tmp_path, clock=clock)
     environ = {"GITHUB_WEBHOOK_SECRET": SECRET, "GITHUB_TOKEN": "ghp_test", "GITHUB_API_URL": github.url}
     settings = Settings.from_env(environ, data_dir=tmp_path / "var")
     app = create_app(settings, deployer=deployer)
     front = app[GITHUB]
-    front.poll_seconds = 0.05
     hosts = asyncio.ensure_future(_hosts(deployer, ["s1", "s2", "p1"]))
     try:
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-            yield World(client, github, deployer, front)
+            yield World(client, github, deployer, front, clock)
     finally:
         hosts.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await hosts
         await deployer.close()
-        await github.close()
+        if own_github:
+            await github.close()
 
 
 @pytest.fixture
@@ -226,21 +258,23 @@ async def test_red_checks_cancel_the_merge_deployment_with_a_message(world: Worl
     ]
 
 
-async def test_pending_checks_are_waited_for_then_the_commit_deploys(world: World) -> None:
+async def test_pending_checks_are_polled_on_the_clock_then_the_commit_deploys(world: World) -> None:
     world.github.statuses[SHA1] = [{"context": "ci/test", "state": "pending"}]
     world.github.check_runs[SHA1] = [{"name": "lint", "status": "in_progress", "conclusion": None}]
     await world.send("push", push_payload("acme/gated", "main", SHA1), "d-1")
+    await world.front.idle()
     checks = f"/repos/acme/gated/commits/{SHA1}/check-runs"
-    # A second look at the checks proves the first found them pending and chose to wait (no clock to move: the
-    # trigger sleeps on asyncio itself).
-    await eventually(lambda: len(world.github.exactly("GET", checks)) >= 2, "the checks are polled twice")
+    await world.later(world.front.poll_seconds)  # the second look, when the clock says so
+    assert len(world.github.exactly("GET", checks)) == 2
     assert await world.history("gated") == []
     assert world.github.called("GET", "/repos/acme/gated/tarball") == []
     world.github.statuses[SHA1].append({"context": "ci/test", "state": "success"})
     world.github.check_runs[SHA1] = [{"name": "lint", "status": "completed", "conclusion": "success"}]
+    await world.later(world.front.poll_seconds)
     await world.settle()
     [deployment] = await world.history("gated")
     assert deployment["status"] == "Succeeded"
+    assert len(world.github.exactly("GET", checks)) == 3
 
 
 async def test_a_locked_environment_refuses_the_merge_and_says_so_on_the_commit(world: World) -> None:
@@ -253,20 +287,30 @@ async def test_a_locked_environment_refuses_the_merge_and_says_so_on_the_commit(
     assert "not deployed" in status["description"]
 
 
-async def test_a_tarball_hiccup_is_retried_and_a_lasting_failure_is_said_on_the_commit(
-    world: World, monkeypatch: pytest.MonkeyPatch
+async def test_a_tarball_hiccup_is_retried_on_the_clock_and_a_lasting_failure_is_said_on_the_commit(
+    world: World,
 ) -> None:
-    monkeypatch.setattr(triggers, "DOWNLOAD_RETRY_SECONDS", (0.05, 0.05, 0.05))
     world.github.tarball_failures = 2  # two 502s, then the tarball
     await world.send("push", push_payload(REPO, "main", SHA1), "d-1")
+    await world.front.idle()
+    tarballs = f"/repos/{REPO}/tarball"
+    assert len(world.github.called("GET", tarballs)) == 1
+    for pause in DOWNLOAD_RETRY_SECONDS[:2]:
+        assert await world.history() == []  # nothing retries before its time
+        await world.later(pause)
     await world.settle()
     [deployment] = await world.history()
     assert deployment["status"] == "Succeeded"
+    assert len(world.github.called("GET", tarballs)) == 3
 
     world.github.tarball_failures = 10  # more than the retries
     await world.send("push", push_payload(REPO, "main", SHA2), "d-2")
+    await world.front.idle()
+    for pause in DOWNLOAD_RETRY_SECONDS:
+        await world.later(pause)
     await world.settle()
     assert len(await world.history()) == 1
+    assert len(world.github.called("GET", tarballs)) == 3 + 1 + len(DOWNLOAD_RETRY_SECONDS)
     [status] = [c.body for c in world.github.called("POST", f"/repos/{REPO}/statuses/{SHA2}")]
     assert status["state"] == "error" and "could not download the commit" in status["description"]
 
@@ -288,7 +332,7 @@ async def test_a_bad_signature_is_refused_and_nothing_is_stored(world: World, he
         assert response.status == 401
     await world.settle()
     assert await world.history() == []
-    assert await world.deployer.store.record_delivery("d-1", "probe", 0.0)  # the id was never recorded
+    assert await world.deployer.store.get_intent("github:delivery:d-1") is None  # the id was never recorded
 
 
 async def test_a_pull_request_with_a_broken_appspec_gets_a_failing_check_run_on_the_right_line(world: World) -> None:

@@ -24,6 +24,7 @@ from bot.client import DEFAULT_SERVER_URL, ApiClient, ApiError, ClientError, fin
 from engine import FINAL_STATUSES, EngineError
 
 Command = Callable[[argparse.Namespace, ApiClient], Awaitable[int]]
+GITHUB_PREFIX = "github:"  # github:OWNER/REPO@SHA: the server downloads the commit from GitHub
 _IDLE_WATCH_PAUSE = 1.0  # a watch answered without a change (e.g. queued): don't spin
 
 
@@ -81,10 +82,11 @@ def _run(command: Command) -> Callable[[argparse.Namespace], int]:
 async def _upload(api: ApiClient, source: str, application: str) -> str:
     """Build the canonical bundle locally (the server may be elsewhere), upload it, return ``sha256:<hex>``.
 
-    ``sha256:`` and ``s3://`` revisions are already where the server can reach them and pass through unchanged."""
+    ``sha256:`` and ``s3://`` revisions are already where the server can reach them, and ``github:`` ones are
+    downloaded by the server (it holds the GitHub credentials): they pass through unchanged."""
     from engine import build_bundle
 
-    if source.startswith(("sha256:", "s3://")):
+    if source.startswith(("sha256:", "s3://", GITHUB_PREFIX)):
         return source
 
     err = _stderr()
@@ -138,6 +140,8 @@ async def _deploy(args: argparse.Namespace, api: ApiClient) -> int:
 
 
 async def _plan(args: argparse.Namespace, api: ApiClient) -> int:
+    if args.revision and args.revision.startswith(GITHUB_PREFIX):
+        raise ClientError("plan takes no github: revision (only deploy fetches one); plan the same commit as git:SHA")
     revision = await _upload(api, args.revision, args.app) if args.revision else None
     result = await api.plan(args.app, args.to, revision=revision, config=args.config, from_env=args.from_env)
     if args.json:
@@ -166,6 +170,11 @@ async def _status(args: argparse.Namespace, api: ApiClient) -> int:
         return 0
     deployments = await api.list_deployments(limit=args.limit)
     _show_list(deployments, args.json)
+    if not args.json:
+        merges = [entry for entry in await api.queue() if entry.get("kind") in view.GITHUB_KINDS]
+        if merges:
+            _stdout().print("\nGitHub merges and deployments not started yet:", markup=False)
+            _stdout().print(view.github_waiting_table(merges))
     return 0
 
 
@@ -230,7 +239,8 @@ def _revision_options(parser: argparse.ArgumentParser) -> None:
         "--revision",
         metavar="SOURCE",
         help="DIR, FILE.tar.gz, FILE.zip, an AppSpec file (Lambda/ECS) or git:REF, bundled here and uploaded; "
-        "s3://BUCKET/KEY and sha256:HEX are fetched or looked up by the server (default: the app's revision)",
+        "s3://BUCKET/KEY, github:OWNER/REPO@SHA and sha256:HEX are fetched or looked up by the server (default: "
+        "the app's revision)",
     )
     parser.add_argument("--config", metavar="NAME", help="deployment configuration (default: the group's)")
 

@@ -234,6 +234,29 @@ def deployments_table(deployments: Sequence[Mapping[str, Any]]) -> Table:
     return table
 
 
+GITHUB_KINDS = frozenset({"merge", "github-deployment"})
+"""Queue entries (``GET /api/v1/queue``) that are GitHub requests not yet started, not deployments."""
+
+
+def github_waiting_table(entries: Sequence[Mapping[str, Any]]) -> Table:
+    """Merges (and GitHub deployments) the server holds before they become deployments: which commit, where,
+    waiting for what, since when."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("commit", "application", "environment", "status", "waiting for", "since", "next look"):
+        table.add_column(column, no_wrap=True)
+    for entry in entries:
+        table.add_row(
+            str(entry.get("id")),
+            str(entry.get("application")),
+            str(entry.get("environment")),
+            Text(str(entry.get("status")), style="magenta"),
+            str((entry.get("waiting_for") or {}).get("message") or "-"),
+            when(entry.get("since")),
+            when(entry.get("next_look_at")),
+        )
+    return table
+
+
 def _rollback_link(rollback: Mapping[str, Any]) -> str:
     links = [f"of {rollback['of']}" if rollback.get("of") else "", f"by {rollback['by']}" if rollback.get("by") else ""]
     return ", ".join(link for link in links if link) or "-"

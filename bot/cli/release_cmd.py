@@ -142,12 +142,19 @@ async def _reject(args: argparse.Namespace, api: ApiClient) -> int:
 
 async def _queue(args: argparse.Namespace, api: ApiClient) -> int:
     waiting = await api.queue(args.app, args.env)
+    github = [entry for entry in waiting if entry.get("kind") in view.GITHUB_KINDS]
+    deployments = [entry for entry in waiting if entry.get("kind") not in view.GITHUB_KINDS]
     if args.json:
         _print_json(waiting)
     elif not waiting:
         _stdout().print("nothing is waiting")
     else:
-        _stdout().print(queue_table(waiting))
+        if deployments:
+            _stdout().print(queue_table(deployments))
+        if github and deployments:
+            _stdout().print("\nGitHub merges and deployments not started yet:", markup=False)
+        if github:
+            _stdout().print(view.github_waiting_table(github))
     return 0
 
 
@@ -238,7 +245,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(reject)
     reject.set_defaults(func=_run(_reject))
 
-    queue = subparsers.add_parser("queue", help="deployments waiting: position, ETA, what holds them")
+    queue = subparsers.add_parser(
+        "queue", help="deployments waiting (position, ETA, what holds them) and GitHub merges waiting for checks"
+    )
     queue.add_argument("app", nargs="?", help="application name (default: all)")
     queue.add_argument("--env", help="only this environment")
     _common(queue)

@@ -1,7 +1,11 @@
-"""The GitHub front as one object on the aiohttp app: webhook secret, API client, triggers, notifier and worker.
+"""The GitHub front as one object on the aiohttp app: webhook intake, API client, triggers, workers and notifier.
 
-The aiohttp client session (and so everything that talks to GitHub) exists only while the app runs: it is made
-and closed in a ``cleanup_ctx`` pair, which also registers the GitHubNotifier with the Deployer and removes it.
+``receive`` runs inside the webhook request: it stores the delivery's intents (bot/github/intents.py) and the
+delivery itself, re-opens what a redelivery or a green check asks to try again, and wakes the scope workers
+(bot/github/worker.py) — all before GitHub gets its answer. The aiohttp client session (and so everything that
+talks to GitHub) exists only while the app runs: it is made and closed in a ``cleanup_ctx`` pair, which also
+registers the GitHubNotifier with the Deployer, resumes the open intents a previous server left, and stops the
+workers (their intents stay in the store for the next start).
 """
 
 from __future__ import annotations
@@ -11,23 +15,46 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
-from gidgethub import sansio
+from gidgethub import BadRequest, sansio
 
-from bot.github.client import GitHubAuth, GitHubClient
+from bot.github.client import GitHubAuth, GitHubClient, GitHubUnavailable
+from bot.github.intents import (
+    CHECK_FAILURES,
+    SOURCE,
+    CheckReport,
+    Kind,
+    check_report,
+    delivery_key,
+    intents_of_event,
+    queue_entry,
+    scope_of,
+)
 from bot.github.notifier import GitHubNotifier
+from bot.github.revisions import (
+    CommitNotFound,
+    CommitRef,
+    GitHubNotConfigured,
+    RepositoryNotConfigured,
+    revision_from_commit,
+)
+from bot.github.rules import CHECKS_TIMEOUT_SECONDS, merge_rules
 from bot.github.triggers import DeployTriggers
-from bot.github.webhooks import router, webhook_handler
+from bot.github.webhooks import Receipt, Received, router, webhook_handler
+from bot.github.worker import IntentWorkers
 from bot.pages.links import page_url
 from bot.settings import Settings
-from engine import DeploymentService, EngineConfig
+from engine import OPEN_INTENT_STATES, DeploymentService, EngineConfig, IntentState
 
 log = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/github/webhook"
 STATE_FILENAME = "github-deployments.json"
+_OPEN = tuple(str(state) for state in OPEN_INTENT_STATES)
 
 
 class GitHubFront:
@@ -43,26 +70,162 @@ class GitHubFront:
         # Made at start-up (they need the running loop's client session):
         self.client: GitHubClient
         self.triggers: DeployTriggers
+        self.workers: IntentWorkers
         self.notifier: GitHubNotifier | None = None
+        self._running = False
 
     @property
     def config(self) -> EngineConfig:
         return self.deployer.config
 
-    async def first_delivery(self, delivery_id: str) -> bool:
-        return bool(await self.deployer.store.record_delivery(delivery_id, "github", self.deployer.clock.now()))
+    # -- the webhook's intake (inside the request) ------------------------------------------------------------
 
-    def enqueue(self, event: sansio.Event) -> None:
+    async def receive(self, event: sansio.Event) -> Received:
+        """Store what ``event`` asks for before it is answered; a redelivery re-tries what failed."""
+        store, now = self.deployer.store, self.deployer.clock.now()
+        key = delivery_key(event.delivery_id)
+        seen = await store.get_intent(key)
+        if seen is not None:
+            return await self._redelivered(seen, now)
+        keys = []
+        for new in intents_of_event(self.config, event.event, event.data, now=now):
+            row, added = await store.add_intent(
+                new.key,
+                source=SOURCE,
+                kind=new.kind,
+                scope=new.scope,
+                actor=new.actor,
+                payload=new.payload,
+                at=now,
+            )
+            keys.append(new.key)
+            if added and new.kind == Kind.MERGE:
+                await self._supersede_failed(row, now)
+            self.workers.wake(new.scope)
+        report = check_report(event.event, event.data)
+        if report is not None:
+            keys.extend(await self._look_again(report, now))
+        action = event.data.get("action")
+        await store.add_intent(
+            key,
+            source=SOURCE,
+            kind=Kind.DELIVERY,
+            payload={"event": event.event, "action": action if isinstance(action, str) else None, "intents": keys},
+            at=now,
+            state=IntentState.DONE,
+        )
         self._queue.put_nowait(event)
+        return Received(Receipt.QUEUED, tuple(keys))
+
+    async def _redelivered(self, delivery: Mapping[str, Any], now: float) -> Received:
+        """The same delivery again (GitHub's Redeliver): what it asked for and failed is tried again."""
+        retried = []
+        for key in delivery["payload"].get("intents") or []:
+            row = await self.deployer.store.get_intent(str(key))
+            if row is not None and row["state"] == IntentState.FAILED and await self._reopen(row, now, retry=True):
+                retried.append(str(key))
+        return Received(Receipt.RETRYING if retried else Receipt.DUPLICATE, tuple(retried))
+
+    async def _reopen(self, row: Mapping[str, Any], now: float, **why: Any) -> bool:
+        """A failed merge or GitHub deployment back to pending, with a fresh deadline for its checks."""
+        timeout = float(row["payload"].get("checks_timeout") or CHECKS_TIMEOUT_SECONDS)
+        # What the commit (or GitHub deployment) says now, so the next step knows to say something else.
+        outcome = {**why, "deadline": now + timeout, "posted": (row["outcome"] or {}).get("message")}
+        moved = await self.deployer.store.move_intent(
+            row["key"], IntentState.PENDING, at=now, only_from=[IntentState.FAILED], outcome=outcome
+        )
+        if moved is None:
+            return False
+        log.info("GitHub: trying %s again (%s)", row["key"], why)
+        self.workers.wake(str(row["scope"]))
+        return True
+
+    async def _supersede_failed(self, row: Mapping[str, Any], now: float) -> None:
+        """A new merge makes older failed ones of its scope moot: neither a re-run nor a redelivery revives them."""
+        failed = await self.deployer.store.list_intents(
+            source=SOURCE, kind=Kind.MERGE, scope=row["scope"], states=[IntentState.FAILED]
+        )
+        for older in failed:
+            if int(older["seq"]) < int(row["seq"]):
+                outcome = {**(older["outcome"] or {}), "by": row["payload"]["sha"], "by_key": row["key"]}
+                await self.deployer.store.move_intent(
+                    older["key"], IntentState.SUPERSEDED, at=now, only_from=[IntentState.FAILED], outcome=outcome
+                )
+
+    async def _look_again(self, report: CheckReport, now: float) -> list[str]:
+        """A check reported on a commit: its waiting merges look again now, and a green one re-opens a merge that
+        failed on its checks. Returns the keys re-opened."""
+        reopened = []
+        for rule in merge_rules(self.config, report.repository):
+            scope = scope_of(rule.application, rule.environment)
+            rows = await self.deployer.store.list_intents(
+                source=SOURCE, kind=Kind.MERGE, scope=scope, states=[*_OPEN, IntentState.FAILED]
+            )
+            for row in rows:
+                if row["payload"].get("sha") != report.sha:
+                    continue
+                if row["state"] in _OPEN:
+                    self.workers.wake(scope, recheck=True)
+                    continue
+                failed_on_checks = (row["outcome"] or {}).get("reason") in CHECK_FAILURES
+                if report.green and failed_on_checks and await self._reopen(row, now, reopened_by=report.what):
+                    reopened.append(str(row["key"]))
+        return reopened
+
+    # -- what the API asks -------------------------------------------------------------------------------------
+
+    async def waiting(self, application: str | None = None, environment: str | None = None) -> list[dict[str, Any]]:
+        """Open merges and GitHub deployments, oldest first, as the queue shows them."""
+        rows = await self.deployer.store.list_intents(source=SOURCE, states=_OPEN)
+        entries = [queue_entry(row) for row in rows if row["kind"] in (Kind.MERGE, Kind.DEPLOYMENT)]
+        return [
+            entry
+            for entry in entries
+            if application in (None, entry["application"]) and environment in (None, entry["environment"])
+        ]
+
+    async def commit_revision(self, application: str, ref: CommitRef) -> dict[str, Any]:
+        """Download commit ``ref`` of ``application``'s repository and store it as a revision, as a merge would
+        (``deploybot deploy --revision github:...``). Raises RepositoryNotConfigured, GitHubNotConfigured,
+        CommitNotFound, GitHubUnavailable (GitHub failed), or the engine's AppSpecInvalid / BundleError."""
+        configured = self.config.application(application).github_repository
+        if not configured or configured.lower() != ref.repository.lower():
+            raise RepositoryNotConfigured(application, ref.repository, configured)
+        if not self.auth.usable or not self._running:
+            raise GitHubNotConfigured()
+        try:
+            gh = await self.client.api(configured)
+            commit = await gh.getitem(f"/repos/{configured}/commits/{ref.sha}")
+        except BadRequest as exc:
+            if exc.status_code in (404, 422):
+                raise CommitNotFound(configured, ref.sha) from None
+            raise GitHubUnavailable(f"looking up {configured}@{ref.sha}", int(exc.status_code)) from None
+        sha = str(commit["sha"])
+        try:
+            return await revision_from_commit(
+                self.client, self.deployer, configured, sha, scratch=self.scratch, application=application
+            )
+        except GitHubUnavailable as exc:
+            if exc.status == 404:
+                raise CommitNotFound(configured, ref.sha) from None
+            raise
+
+    @property
+    def scratch(self) -> Path:
+        """Where tarballs are unpacked on their way into the revision store."""
+        return self.settings.data_dir / "github"
+
+    # -- background work ---------------------------------------------------------------------------------------
 
     async def idle(self) -> None:
-        """Wait until every received event and what it started (checks, downloads, statuses) is done (tests)."""
+        """Until every received event and every intent is done or parked, and every status posted (tests)."""
         await self._queue.join()
-        await self.triggers.idle()
+        await self.workers.idle()
         if self.notifier is not None:
             await self.notifier.idle()
 
     async def _work(self) -> None:
+        """What needs no durable record (a pull request's AppSpec check), in arrival order."""
         while True:
             event = await self._queue.get()
             try:
@@ -92,20 +255,24 @@ class GitHubFront:
             self.notifier.start()
             self.deployer.notifiers.append(self.notifier)
         self.triggers = DeployTriggers(
-            self.client,
-            self.deployer,
-            self.notifier,
-            scratch=self.settings.data_dir / "github",
-            poll_seconds=self.poll_seconds,
+            self.client, self.deployer, self.notifier, scratch=self.scratch, poll_seconds=self.poll_seconds
+        )
+        self.workers = IntentWorkers(
+            self.deployer.store, self.deployer.clock, self.triggers, retry_seconds=self.poll_seconds
         )
         worker = asyncio.ensure_future(self._work())
+        self._running = True
+        resumed = await self.workers.resume()
+        if resumed:
+            log.info("GitHub: resumed the open merges and deployments of %d environment(s)", resumed)
         try:
             yield
         finally:
+            self._running = False
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
-            await self.triggers.close()
+            await self.workers.close()
             if self.notifier is not None:
                 with contextlib.suppress(ValueError):
                     self.deployer.notifiers.remove(self.notifier)

@@ -2,12 +2,18 @@
 
 GitHub's tarballs hold one directory (``owner-repo-<sha>/``) around the repository; the revision is what is inside
 it, with the commit recorded so hooks see ``BUNDLE_COMMIT`` exactly as for ``git:REF`` revisions.
+
+``github:OWNER/REPO@SHA`` names a commit to deploy by hand (``deploybot deploy APP --revision github:...``): the
+server, which holds the GitHub credentials, downloads it like a merge. The errors below carry what was asked; the
+API chooses the words.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,6 +25,51 @@ class RevisionSink(Protocol):
     async def store_revision(
         self, path: Path, *, source: str, commit: str | None = None, application: str | None = None
     ) -> dict[str, Any]: ...
+
+
+GITHUB_REVISION_PREFIX = "github:"
+_REPOSITORY = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
+_SHA = re.compile(r"[0-9a-fA-F]{7,40}")
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRef:
+    repository: str  # owner/name
+    sha: str  # 7 to 40 hex digits, as given
+
+
+def parse_github_revision(text: str) -> CommitRef:
+    """``github:OWNER/REPO@SHA`` (pure); ValueError saying what is wrong."""
+    body = text.removeprefix(GITHUB_REVISION_PREFIX)
+    repository, at, sha = body.rpartition("@")
+    if not text.startswith(GITHUB_REVISION_PREFIX) or not at:
+        raise ValueError(f"{text!r} is not github:OWNER/REPO@SHA")
+    if not _REPOSITORY.fullmatch(repository):
+        raise ValueError(f"{repository!r} is not a GitHub repository (OWNER/REPO)")
+    if not _SHA.fullmatch(sha):
+        raise ValueError(f"{sha!r} is not a commit SHA (7 to 40 hex digits)")
+    return CommitRef(repository, sha.lower())
+
+
+class CommitRevisionError(Exception):
+    """A ``github:`` revision deploybot cannot fetch (the API answers 4xx with these attributes)."""
+
+
+class GitHubNotConfigured(CommitRevisionError):
+    def __init__(self) -> None:
+        super().__init__("GitHub is not configured on this server")
+
+
+class RepositoryNotConfigured(CommitRevisionError):
+    def __init__(self, application: str, repository: str, configured: str | None) -> None:
+        super().__init__(f"{repository} is not the GitHub repository of {application} ({configured})")
+        self.application, self.repository, self.configured = application, repository, configured
+
+
+class CommitNotFound(CommitRevisionError):
+    def __init__(self, repository: str, sha: str) -> None:
+        super().__init__(f"no commit {sha} in {repository}")
+        self.repository, self.sha = repository, sha
 
 
 def revision_label(repository: str, sha: str) -> str:

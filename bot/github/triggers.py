@@ -1,128 +1,84 @@
-"""What GitHub events make deploybot deploy: merges into an auto_deploy branch, and GitHub deployments.
+"""What GitHub's intents become: merges into an auto_deploy branch and GitHub deployments, deployed step by step.
 
-A merge (a push to the branch, or the pull request that produced it) is deployed once per commit and environment:
-the commit is recorded in the webhook-delivery table under its own key, so the push and the ``closed`` pull request
-of the same merge commit start one deployment. With ``require_checks`` the commit waits until every named status
-context / check run is green; a red one (or the timeout) cancels with a commit status saying why.
+``DeployTriggers.advance`` is one step of the work on a stored intent (bot/github/intents.py), run by the intent's
+scope worker (bot/github/worker.py); it answers where the intent goes next and never sleeps: a wait (for required
+checks, before another download) is a ``Next.waiting`` with the time to look again, kept in the store.
+
+A merge: may its integration user deploy there → are its required checks green (pending: a pending commit status
+``deploybot/auto-deploy/<environment>`` saying what it waits for, and a look again after ``poll_seconds`` or on
+the next check event; red or past the deadline: a failure status) → the commit's tarball, retried on transient
+errors (5xx, the network) after ``DOWNLOAD_RETRY_SECONDS`` → claim the start (a newer merge of the scope may have
+superseded it) → ``Deployer.start`` with ``source="merge"``, so locks, the queue and approvals apply.
+
+A GitHub deployment: may the deploybot user of its sender deploy there → the tarball (a 404 is a failure status
+at once) → ``Deployer.start``, reported on that GitHub deployment by the GitHubNotifier. Every way it can end
+without a deployment posts a final deployment status with the reason.
 
 Who asks: a merge acts as the application's integration user (``github.deploy_as``, default ``github``), whoever
 pushed; a deployment created on GitHub acts as the deploybot user of its sender's login (bot.policy). Either is
 checked with ``engine.may`` before anything is downloaded, so a group whose ``deployers`` list is set deploys merges
 only when it lists the integration user, and production with no list never does. A refusal is never silent: it is
-appended to the audit log (``deployment.refused``, with the rule) and said on GitHub — a failed commit status
-``deploybot/auto-deploy/<environment>`` for a merge, a failed deployment status for a GitHub deployment.
+appended to the audit log (``deployment.refused``, with the rule) and said on GitHub.
 
-Everything goes through ``Deployer.start`` so locks, the queue and approvals apply; merges carry ``source="merge"``.
-Work that can take minutes (waiting for checks, downloading the tarball) runs in its own task, never in the
-webhook's request.
+A restart may find an intent whose step had claimed its start (``outcome.phase == "starting"``): the deployment it
+asked for is looked up first, so it is not started twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bot.github.client import GitHubClient
-from bot.github.notifier import PAYLOAD_KEY, GitHubNotifier
+import aiohttp
+from gidgethub import GitHubException
+
+from bot.github.client import GitHubClient, GitHubUnavailable
+from bot.github.intents import Failure, Kind, Next
+from bot.github.notifier import GitHubNotifier
 from bot.github.revisions import revision_from_commit
-from bot.policy import actor_from_github
+from bot.github.rules import STATUS_CONTEXT, Verdict, checks_verdict
+from bot.github.worker import Claim
 from engine import (
     Action,
-    Application,
     AppSpecInvalid,
     Decision,
     DeploymentService,
     DeployRequest,
     EngineConfig,
     EngineError,
+    IntentState,
     may,
 )
 
 log = logging.getLogger(__name__)
 
 DOWNLOAD_RETRY_SECONDS = (2.0, 10.0, 30.0)
+"""The pauses before each new try of a tarball download that failed for a while (like CodeDeploy's agent: 3 more)."""
 
-GREEN_CONCLUSIONS = frozenset({"success", "neutral", "skipped"})
-STATUS_CONTEXT = "deploybot/auto-deploy"
-CHECKS_TIMEOUT_SECONDS = 1800.0
-
-
-@dataclass(frozen=True, slots=True)
-class MergeRule:
-    application: str
-    environment: str
-    branch: str
-    require_checks: tuple[str, ...] = ()
-    checks_timeout_seconds: float = CHECKS_TIMEOUT_SECONDS
+Say = Callable[[str, str], Awaitable[None]]  # (state, description) on the commit or the GitHub deployment
 
 
-def applications_of(config: EngineConfig, repository: str) -> list[Application]:
-    return [a for a in config.applications.values() if (a.github_repository or "").lower() == repository.lower()]
+def transient(exc: BaseException) -> bool:
+    """Worth another try later: GitHub's 5xx or 429, the network, a connection cut mid-download."""
+    if isinstance(exc, GitHubUnavailable):
+        return exc.status is not None and (exc.status >= 500 or exc.status == 429)
+    return isinstance(exc, aiohttp.ClientError | OSError | TimeoutError)
 
 
-def merge_rules(config: EngineConfig, repository: str, branch: str) -> list[MergeRule]:
-    """The auto_deploy rules a merge into ``branch`` of ``repository`` triggers (pure)."""
-    rules = []
-    for app in applications_of(config, repository):
-        auto = app.auto_deploy or {}
-        if auto.get("branch") == branch and auto.get("to"):
-            # The config parser made these a tuple of strings and a number (engine's Application.auto_deploy).
-            checks = auto.get("require_checks") or ()
-            minutes = auto.get("checks_timeout_minutes") or 30.0
-            rules.append(
-                MergeRule(
-                    app.name,
-                    app.environment(str(auto["to"])),
-                    branch,
-                    tuple(str(c) for c in checks) if isinstance(checks, tuple | list) else (),
-                    float(minutes) * 60.0 if isinstance(minutes, int | float) else CHECKS_TIMEOUT_SECONDS,
-                )
-            )
-    return rules
-
-
-class Verdict(StrEnum):
-    GREEN = "green"
-    RED = "red"
-    PENDING = "pending"
-
-
-def checks_verdict(
-    required: Sequence[str], statuses: Sequence[Mapping[str, Any]], check_runs: Sequence[Mapping[str, Any]]
-) -> tuple[Verdict, str]:
-    """Green when every required context is green, red as soon as one is red, else pending (pure)."""
-    waiting = []
-    for name in required:
-        state = _state_of(name, statuses, check_runs)
-        if state in ("failure", "error", "cancelled", "timed_out", "action_required", "stale", "startup_failure"):
-            return Verdict.RED, f"check {name} is {state}"
-        if state != "success":
-            waiting.append(name)
-    if waiting:
-        return Verdict.PENDING, "waiting for " + ", ".join(waiting)
-    return Verdict.GREEN, "all required checks passed"
-
-
-def _state_of(name: str, statuses: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]]) -> str:
-    status = next((s for s in statuses if s.get("context") == name), None)  # newest first, as GitHub lists them
-    if status is not None:
-        return str(status.get("state"))
-    run = next((r for r in runs if r.get("name") == name), None)
-    if run is None:
-        return "missing"
-    if run.get("status") != "completed":
-        return "pending"
-    conclusion = str(run.get("conclusion"))
-    return "success" if conclusion in GREEN_CONCLUSIONS else conclusion
+def download_problem(repository: str, sha: str, exc: BaseException) -> str:
+    if isinstance(exc, GitHubUnavailable) and exc.status == 404:
+        return f"commit {sha[:7]} not found in {repository} (HTTP 404)"
+    return f"could not download the commit ({type(exc).__name__}: {exc})"
 
 
 class DeployTriggers:
+    """The steps of GitHub's intents (the worker's ``Steps``)."""
+
     def __init__(
         self,
         client: GitHubClient,
@@ -137,36 +93,41 @@ class DeployTriggers:
         self.notifier = notifier
         self.scratch = scratch
         self.poll_seconds = poll_seconds
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def config(self) -> EngineConfig:
         return self.deployer.config
 
-    def spawn(self, work: Awaitable[None], what: str) -> None:
-        async def guarded() -> None:
-            try:
-                await work
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("GitHub: %s failed", what)
+    async def advance(self, intent: dict[str, Any], claim: Claim) -> Next:
+        payload = intent["payload"]
+        self.client.remember_installation(str(payload["repository"]), payload.get("installation"))
+        started = await self._started_before(intent)
+        if started is not None:
+            return Next.done(deployment=started)
+        if intent["kind"] == Kind.MERGE:
+            return await self._advance_merge(intent, claim)
+        if intent["kind"] == Kind.DEPLOYMENT:
+            return await self._advance_deployment(intent, claim)
+        return Next.failed(Failure.ERROR, f"not a GitHub intent deploybot knows: {intent['kind']}")
 
-        task = asyncio.ensure_future(guarded())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def superseded(self, intent: dict[str, Any], newer: dict[str, Any]) -> None:
+        payload, by = intent["payload"], str(newer["payload"].get("sha") or "")
+        text = f"not deployed: superseded by {by[:7]}"
+        await self._commit_status(payload["repository"], payload["sha"], payload["environment"], "error", text)
 
-    async def idle(self) -> None:
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-    async def _first_time(self, key: str) -> bool:
-        return bool(await self.deployer.store.record_delivery(key, "github", self.deployer.clock.now()))
+    async def _started_before(self, intent: Mapping[str, Any]) -> str | None:
+        """The deployment a step started just before a restart (it claimed, then the server stopped)."""
+        outcome = intent["outcome"] or {}
+        if outcome.get("phase") != "starting":
+            return None
+        payload = intent["payload"]
+        rows = await self.deployer.store.list_deployments(
+            application=str(payload["application"]), environment=str(payload["environment"]), limit=20
+        )
+        for row in rows:
+            if row.get("revision_sha256") == outcome["sha256"] and float(row["created_at"]) >= outcome["asked_at"]:
+                return str(row["id"])
+        return None
 
     def _may_deploy(self, actor: str | None, application: str, environment: str) -> Decision:
         return may(self.config, actor, Action.DEPLOY, self.config.group(application, environment))
@@ -183,126 +144,150 @@ class DeployTriggers:
 
     # -- merges ----------------------------------------------------------------------------------------------
 
-    async def merged(self, repository: str, branch: str, sha: str, actor: str) -> list[MergeRule]:
-        """A commit landed on ``branch``: deploy it wherever an auto_deploy rule says (once per environment)."""
-        started = []
-        for rule in merge_rules(self.config, repository, branch):
-            if await self._first_time(f"merge:{repository.lower()}:{rule.application}:{rule.environment}:{sha}"):
-                self.spawn(self._deploy_merge(rule, repository, sha, actor), f"deploying {repository}@{sha[:7]}")
-                started.append(rule)
-        return started
+    async def _advance_merge(self, intent: Mapping[str, Any], claim: Claim) -> Next:
+        payload = intent["payload"]
+        repository, sha = str(payload["repository"]), str(payload["sha"])
+        application, environment = str(payload["application"]), str(payload["environment"])
+        actor = str(intent["actor"])
 
-    async def _deploy_merge(self, rule: MergeRule, repository: str, sha: str, pusher: str) -> None:
-        actor = self.config.application(rule.application).github_deploy_as
-        decision = self._may_deploy(actor, rule.application, rule.environment)
+        async def say(state: str, text: str) -> None:
+            await self._commit_status(repository, sha, environment, state, text)
+
+        decision = self._may_deploy(actor, application, environment)
         if not decision.allowed:
             await self._log_refusal(
                 actor,
-                rule.application,
-                rule.environment,
+                application,
+                environment,
                 source="merge",
                 repository=repository,
                 commit=sha,
-                pushed_by=pusher,
+                pushed_by=payload["pushed_by"],
                 action=str(decision.action),
                 rule=decision.rule,
             )
             text = f"not deployed: {actor} may not deploy ({decision.rule})"
-            await self._commit_status(repository, sha, rule, "failure", text)
-            return
-        if rule.require_checks and not await self._wait_for_checks(rule, repository, sha):
-            return
+            await say("failure", text)
+            return Next.failed(Failure.REFUSED, text)
+        posted = (intent["outcome"] or {}).get("posted")
+        held = await self._checks_gate(intent, say) if payload.get("require_checks") else None
+        fetched = held or await self._fetch(intent, say)
+        if isinstance(fetched, Next):
+            if fetched.state == IntentState.WAITING and posted and "posted" not in fetched.outcome:
+                return dataclasses.replace(fetched, outcome={**fetched.outcome, "posted": posted})
+            return fetched
+        await claim(fetched)
+        request = DeployRequest(
+            application,
+            environment,
+            revision=f"sha256:{fetched}",
+            actor=actor,
+            description=f"merge into {payload['branch']} ({sha[:7]}) by {payload['pushed_by']}",
+            source="merge",
+        )
         try:
-            stored = await self._download(repository, sha, rule)
-            if stored is None:
-                return
-            await self.deployer.start(
-                DeployRequest(
-                    rule.application,
-                    rule.environment,
-                    revision=f"sha256:{stored['sha256']}",
-                    actor=actor,
-                    description=f"merge into {rule.branch} ({sha[:7]}) by {pusher}",
-                    source="merge",
-                )
-            )
+            document = await self.deployer.start(request)
         except AppSpecInvalid as exc:
-            first = exc.problems[0]
-            await self._commit_status(repository, sha, rule, "failure", f"not deployed: {first}")
+            text = f"not deployed: {exc.problems[0]}"
+            await say("failure", text)
+            return Next.failed(Failure.INVALID, text)
         except EngineError as exc:
-            await self._commit_status(repository, sha, rule, "error", f"not deployed: {exc}")
+            text = f"not deployed: {exc}"
+            await say("error", text)
+            return Next.failed(Failure.ENGINE, text)
+        if posted:  # the commit said it was waiting, or why it was not deployed: it is deploying now
+            await say("success", f"deploying as {document['id']}")
+        return Next.done(deployment=str(document["id"]))
 
-    async def _download(self, repository: str, sha: str, rule: MergeRule) -> dict[str, Any] | None:
-        """The commit as a stored revision; a GitHub hiccup is retried (like CodeDeploy's agent: 3 more tries) and a
-        lasting failure is said on the commit, so a merge is never dropped silently."""
-        for attempt, pause in enumerate((*DOWNLOAD_RETRY_SECONDS, None)):
-            try:
-                return await revision_from_commit(
-                    self.client, self.deployer, repository, sha, scratch=self.scratch, application=rule.application
-                )
-            except (AppSpecInvalid, EngineError):
-                raise
-            except Exception as exc:  # network, GitHub 5xx, a truncated tarball: worth another try
-                if pause is None:
-                    log.warning("GitHub: giving up on %s@%s after %d tries: %s", repository, sha[:7], attempt + 1, exc)
-                    text = f"not deployed: could not download the commit ({type(exc).__name__}: {exc})"
-                    await self._commit_status(repository, sha, rule, "error", text[:140])
-                    return None
-                log.info("GitHub: download of %s@%s failed (%s); retrying in %g s", repository, sha[:7], exc, pause)
-                await asyncio.sleep(pause)
-        return None
-
-    async def _wait_for_checks(self, rule: MergeRule, repository: str, sha: str) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + rule.checks_timeout_seconds
-        while True:
+    async def _checks_gate(self, intent: Mapping[str, Any], say: Say) -> Next | None:
+        """None when every required check is green; else where the merge goes (waiting, or failed with a status)."""
+        payload, outcome = intent["payload"], intent["outcome"] or {}
+        repository, sha = str(payload["repository"]), str(payload["sha"])
+        now = self.deployer.clock.now()
+        deadline = float(outcome.get("deadline") or payload.get("deadline") or now)
+        kept = {"deadline": outcome["deadline"]} if outcome.get("deadline") else {}
+        posted = outcome.get("posted")
+        try:
             gh = await self.client.api(repository)
             combined = await gh.getitem(f"/repos/{repository}/commits/{sha}/status")
             runs = await gh.getitem(f"/repos/{repository}/commits/{sha}/check-runs")
             verdict, why = checks_verdict(
-                rule.require_checks, combined.get("statuses") or [], runs.get("check_runs") or []
+                payload["require_checks"], combined.get("statuses") or [], runs.get("check_runs") or []
             )
-            if verdict is Verdict.GREEN:
-                return True
-            if verdict is Verdict.RED or loop.time() >= deadline:
-                reason = why if verdict is Verdict.RED else f"timed out {why}"
-                log.info("GitHub: not deploying %s@%s to %s: %s", repository, sha[:7], rule.environment, reason)
-                await self._commit_status(repository, sha, rule, "failure", f"not deployed: {reason}")
-                return False
-            await asyncio.sleep(min(self.poll_seconds, max(deadline - loop.time(), 0.01)))
+        except (GitHubException, GitHubUnavailable, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            verdict, why = Verdict.PENDING, f"waiting for GitHub to answer ({type(exc).__name__})"
+            log.info("GitHub: could not read the checks of %s@%s: %s", repository, sha[:7], exc)
+        if verdict is Verdict.GREEN:
+            return None
+        if verdict is Verdict.RED:
+            text = f"not deployed: {why}"
+            await say("failure", text)
+            return Next.failed(Failure.RED, text)
+        if now >= deadline:
+            text = f"not deployed: timed out {why}"
+            await say("failure", text)
+            return Next.failed(Failure.TIMEOUT, text)
+        if posted != why:
+            await say("pending", why)
+        return Next.waiting(min(now + self.poll_seconds, deadline), "checks", why, posted=why, **kept)
 
-    async def _commit_status(self, repository: str, sha: str, rule: MergeRule, state: str, text: str) -> None:
-        """Say on the commit why it was not deployed (best effort: the reason is logged anyway)."""
-        log.warning("GitHub: %s@%s → %s: %s", repository, sha[:7], rule.environment, text)
+    async def _commit_status(self, repository: str, sha: str, environment: str, state: str, text: str) -> None:
+        """Say on the commit where its deployment stands (best effort: the reason is logged anyway)."""
+        log.log(
+            logging.INFO if state in ("pending", "success") else logging.WARNING,
+            "GitHub: %s@%s → %s: %s",
+            repository,
+            sha[:7],
+            environment,
+            text,
+        )
         with contextlib.suppress(Exception):
             gh = await self.client.api(repository)
             await gh.post(
                 f"/repos/{repository}/statuses/{sha}",
-                data={"state": state, "context": f"{STATUS_CONTEXT}/{rule.environment}", "description": text[:140]},
+                data={"state": state, "context": f"{STATUS_CONTEXT}/{environment}", "description": text[:140]},
             )
 
-    # -- GitHub deployments ----------------------------------------------------------------------------------
+    # -- downloads -------------------------------------------------------------------------------------------
 
-    async def github_deployment(
-        self, repository: str, deployment: Mapping[str, Any], sender: str | None = None
-    ) -> bool:
-        """A deployment created on GitHub for an environment deploybot manages: run it as the deploybot user of
-        ``sender`` (the webhook's sender login; else the deployment's creator), if they may (True when taken)."""
-        payload = deployment.get("payload")
-        if isinstance(payload, Mapping) and PAYLOAD_KEY in payload:
-            return False  # one deploybot created itself
-        if not str(deployment.get("task") or "deploy").startswith("deploy"):
-            return False
-        wanted = str(deployment.get("environment") or "").casefold()
-        for app in applications_of(self.config, repository):
-            environment = next((e for e in app.environments if e.casefold() == wanted), None)
-            if environment is not None and await self._first_time(
-                f"deployment:{repository.lower()}:{deployment['id']}"
-            ):
-                work = self._run_deployment(app, environment, repository, deployment, sender)
-                self.spawn(work, "a GitHub deployment")
-                return True
-        return False
+    async def _fetch(self, intent: Mapping[str, Any], say: Say) -> str | Next:
+        """The commit as a stored revision (its sha256), or where the intent goes when it cannot be had now."""
+        payload, outcome = intent["payload"], intent["outcome"] or {}
+        repository, sha = str(payload["repository"]), str(payload["sha"])
+        try:
+            stored = await revision_from_commit(
+                self.client,
+                self.deployer,
+                repository,
+                sha,
+                scratch=self.scratch,
+                application=str(payload["application"]),
+            )
+            return str(stored["sha256"])
+        except asyncio.CancelledError:
+            raise
+        except AppSpecInvalid as exc:
+            text = f"not deployed: {exc.problems[0]}"
+            await say("failure", text)
+            return Next.failed(Failure.INVALID, text)
+        except EngineError as exc:
+            text = f"not deployed: {exc}"
+            await say("failure", text)
+            return Next.failed(Failure.INVALID, text)
+        except Exception as exc:
+            failures = int(outcome.get("failures") or 0) if outcome.get("waiting") == "download" else 0
+            if transient(exc) and failures < len(DOWNLOAD_RETRY_SECONDS):
+                pause = DOWNLOAD_RETRY_SECONDS[failures]
+                log.info("GitHub: download of %s@%s failed (%s); retrying in %g s", repository, sha[:7], exc, pause)
+                until = self.deployer.clock.now() + pause
+                message = f"retrying the download after {type(exc).__name__}: {exc}"[:200]
+                return Next.waiting(until, "download", message, attempt=True, failures=failures + 1)
+            problem = download_problem(repository, sha, exc)
+            state = "error" if transient(exc) else "failure"
+            await say(state, f"not deployed: {problem}")
+            return Next.failed(Failure.DOWNLOAD, f"not deployed: {problem}")
+
+    # -- GitHub deployments ----------------------------------------------------------------------------------
 
     def _sender_refusal(self, actor: str | None, login: str, application: str, environment: str) -> str | None:
         """None when the sender of a GitHub deployment may deploy there; else why not (the rule, or what to map)."""
@@ -314,17 +299,20 @@ class DeployTriggers:
         decision = self._may_deploy(actor, application, environment)
         return None if decision.allowed else decision.rule
 
-    async def _run_deployment(
-        self, app: Application, environment: str, repository: str, deployment: Mapping[str, Any], sender: str | None
-    ) -> None:
-        sha, github_id = str(deployment["sha"]), int(deployment["id"])
-        login = sender or str((deployment.get("creator") or {}).get("login") or "")
-        actor = actor_from_github(self.config, login)
-        rule = self._sender_refusal(actor, login, app.name, environment)
+    async def _advance_deployment(self, intent: Mapping[str, Any], claim: Claim) -> Next:
+        payload = intent["payload"]
+        repository, sha, github_id = str(payload["repository"]), str(payload["sha"]), int(payload["github_id"])
+        application, environment = str(payload["application"]), str(payload["environment"])
+        login, actor = str(payload.get("login") or ""), intent["actor"]
+
+        async def say(state: str, text: str) -> None:
+            await self._deployment_status(repository, github_id, environment, state, text)
+
+        rule = self._sender_refusal(actor, login, application, environment)
         if rule is not None:
             await self._log_refusal(
                 actor or login,
-                app.name,
+                application,
                 environment,
                 source="github-deployment",
                 repository=repository,
@@ -334,37 +322,36 @@ class DeployTriggers:
                 rule=rule,
             )
             text = f"not deployed: {actor} may not deploy ({rule})" if actor else f"not deployed: {rule}"
-            await self._deployment_status(repository, github_id, environment, "failure", text)
-            return
+            await say("failure", text)
+            return Next.failed(Failure.REFUSED, text)
         assert actor is not None  # an unmapped login is always refused
+        fetched = await self._fetch(intent, say)
+        if isinstance(fetched, Next):
+            return fetched
+        await claim(fetched)
+        if self.notifier is not None:
+            self.notifier.expect(application, environment, fetched, repository=repository, github_id=github_id)
+        asked_at = self.deployer.clock.now()
+        request = DeployRequest(
+            application,
+            environment,
+            revision=f"sha256:{fetched}",
+            actor=actor,
+            description=f"GitHub deployment {github_id} by {login}",
+        )
         try:
-            stored = await revision_from_commit(
-                self.client, self.deployer, repository, sha, scratch=self.scratch, application=app.name
-            )
-            if self.notifier is not None:
-                self.notifier.expect(
-                    app.name, environment, stored["sha256"], repository=repository, github_id=github_id
-                )
-            asked_at = self.deployer.clock.now()
-            document = await self.deployer.start(
-                DeployRequest(
-                    app.name,
-                    environment,
-                    revision=f"sha256:{stored['sha256']}",
-                    actor=actor,
-                    description=f"GitHub deployment {github_id} by {login}",
-                )
-            )
-        except AppSpecInvalid as exc:
-            await self._deployment_status(repository, github_id, environment, "failure", str(exc.problems[0]))
-            return
+            document = await self.deployer.start(request)
         except EngineError as exc:
-            await self._deployment_status(repository, github_id, environment, "error", str(exc))
-            return
+            if self.notifier is not None:
+                self.notifier.forget(application, environment, fetched)
+            invalid = isinstance(exc, AppSpecInvalid)
+            text = f"not deployed: {exc.problems[0] if isinstance(exc, AppSpecInvalid) else exc}"
+            await say("failure" if invalid else "error", text)
+            return Next.failed(Failure.INVALID if invalid else Failure.ENGINE, text)
         if document["created_at"] < asked_at and self.notifier is not None:  # the same revision was already going
-            self.notifier.forget(app.name, environment, stored["sha256"])
-            text = f"already deploying this revision as {document['id']}"
-            await self._deployment_status(repository, github_id, environment, "inactive", text)
+            self.notifier.forget(application, environment, fetched)
+            await say("inactive", f"already deploying this revision as {document['id']}")
+        return Next.done(deployment=str(document["id"]))
 
     async def _deployment_status(
         self, repository: str, github_id: int, environment: str, state: str, text: str

@@ -1,16 +1,24 @@
-"""POST /github/webhook: verify with gidgethub, remember the delivery, answer, and let a worker act on it.
+"""POST /github/webhook: verify with gidgethub, store what the delivery asks for, then answer.
 
-GitHub gives a webhook 10 s and retries (or lets people redeliver) what it thinks failed, so the request only
-checks the signature (``X-Hub-Signature-256``; 401 when missing or wrong, and nothing is recorded), records the
-``X-GitHub-Delivery`` id (a delivery seen before is answered 200 and dropped) and enqueues the event. The gidgethub
-``Router`` handlers below run in the background worker of ``GitHubFront`` (bot/github/front.py), which hands itself
-to them: they and the request see it only as a ``WebhookFront``, so this module does not depend on the front.
+GitHub gives a webhook 10 s and retries (or lets people redeliver) what it thinks failed. The request checks the
+signature (``X-Hub-Signature-256``; 401 when missing or wrong, and nothing is recorded), then hands the event to
+the front's ``receive``, which stores its intents (merges, GitHub deployments, re-opened merges) and the delivery
+before the answer goes out:
+
+    202 {"queued": true}                a new delivery: its work runs from the store
+    202 {"retrying": [keys]}            a redelivery of a delivery whose merge or deployment failed: tried again
+    200 {"duplicate": true}             a redelivery of one that is done, or still going
+
+The gidgethub ``Router`` below handles what needs no durable record (the AppSpec check of a pull request) in the
+front's background worker, which hands itself to the handlers as a ``WebhookFront``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -18,13 +26,26 @@ from gidgethub import BadRequest, ValidationFailure, routing, sansio
 
 from bot.github.checks import check_pull_request
 from bot.github.client import GitHubClient
-from bot.github.triggers import DeployTriggers, applications_of
+from bot.github.intents import repository_of
+from bot.github.rules import applications_of
 from engine import EngineConfig, Platform
 
 log = logging.getLogger(__name__)
 
 router = routing.Router()
 _HEADERS = ("content-type", "x-github-event", "x-github-delivery", "x-hub-signature-256")
+
+
+class Receipt(StrEnum):
+    QUEUED = "queued"
+    RETRYING = "retrying"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    receipt: Receipt
+    intents: tuple[str, ...] = ()  # the keys it made or re-opened (retried, for a redelivery)
 
 
 class WebhookFront(Protocol):
@@ -39,12 +60,7 @@ class WebhookFront(Protocol):
     @property
     def client(self) -> GitHubClient: ...
 
-    @property
-    def triggers(self) -> DeployTriggers: ...
-
-    async def first_delivery(self, delivery_id: str) -> bool: ...
-
-    def enqueue(self, event: sansio.Event) -> None: ...
+    async def receive(self, event: sansio.Event) -> Received: ...
 
 
 def webhook_handler(front: WebhookFront) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -62,43 +78,20 @@ def webhook_handler(front: WebhookFront) -> Callable[[web.Request], Awaitable[we
             return web.json_response({"error": f"not a GitHub webhook: {exc!r}"}, status=400)
         if event.event == "ping":
             return web.json_response({"ok": True, "pong": True})
-        if not await front.first_delivery(event.delivery_id):
+        if not isinstance(event.data, dict):
+            return web.json_response({"error": "not a GitHub webhook: the body is not a JSON object"}, status=400)
+        received = await front.receive(event)
+        if received.receipt is Receipt.DUPLICATE:
             return web.json_response({"ok": True, "duplicate": True})
-        front.enqueue(event)
+        if received.receipt is Receipt.RETRYING:
+            return web.json_response({"ok": True, "retrying": list(received.intents)}, status=202)
         return web.json_response({"ok": True, "queued": True}, status=202)
 
     return receive
 
 
-def _repository(event: sansio.Event) -> str:
-    return str(event.data["repository"]["full_name"])
-
-
-def _sender(event: sansio.Event) -> str:
-    return str((event.data.get("sender") or {}).get("login") or "github")
-
-
-@router.register("push")
-async def on_push(event: sansio.Event, front: WebhookFront, *args: Any, **kwargs: Any) -> None:
-    data = event.data
-    ref, sha = str(data.get("ref") or ""), str(data.get("after") or "")
-    if not ref.startswith("refs/heads/") or data.get("deleted") or not sha.strip("0"):
-        return  # a tag, or a deleted branch
-    actor = (data.get("pusher") or {}).get("name") or _sender(event)
-    await front.triggers.merged(_repository(event), ref.removeprefix("refs/heads/"), sha, str(actor))
-
-
-@router.register("pull_request", action="closed")
-async def on_pull_request_closed(event: sansio.Event, front: WebhookFront, *args: Any, **kwargs: Any) -> None:
-    pull = event.data["pull_request"]
-    if not pull.get("merged") or not pull.get("merge_commit_sha"):
-        return
-    actor = (pull.get("merged_by") or {}).get("login") or _sender(event)
-    await front.triggers.merged(_repository(event), str(pull["base"]["ref"]), str(pull["merge_commit_sha"]), actor)
-
-
 async def on_pull_request_changed(event: sansio.Event, front: WebhookFront, *args: Any, **kwargs: Any) -> None:
-    repository = _repository(event)
+    repository = repository_of(event.data)
     apps = applications_of(front.config, repository)
     platform = apps[0].platform if apps else Platform.SERVER
     gh = await front.client.api(repository)
@@ -107,11 +100,3 @@ async def on_pull_request_changed(event: sansio.Event, front: WebhookFront, *arg
 
 for _action in ("opened", "reopened", "synchronize", "ready_for_review"):
     router.add(on_pull_request_changed, "pull_request", action=_action)
-
-
-@router.register("deployment", action="created")
-async def on_deployment(event: sansio.Event, front: WebhookFront, *args: Any, **kwargs: Any) -> None:
-    sender = (event.data.get("sender") or {}).get("login")
-    await front.triggers.github_deployment(
-        _repository(event), event.data["deployment"], str(sender) if sender else None
-    )
