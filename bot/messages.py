@@ -3,11 +3,16 @@ milestones worth a thread reply between two versions of the same deployment.
 
 The parent message is rebuilt from scratch from the latest deployment JSON each time (and edited in place), so it
 can never drift from the engine's state; milestones are the only thing computed from a difference.
+
+Each button carries what it was rendered for (``ButtonState``: the deployment id, its status, whether it was paused,
+and for Promote the exact revision sha256 of the thread) as compact JSON in its ``value``, so a click acts on what the
+person saw or is told what changed (bot/slack/clicks.py). Rollback, Promote and Stop ask for confirmation first.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +46,7 @@ STATUS_ICON = {
 }
 LOG_TAIL_CHARS = 1500
 _SLACK_USER = re.compile(r"^[UW][A-Z0-9]{3,}$")  # Slack user ids; CLI user names are lower case
+_DEPLOYMENT_ID = re.compile(r"^d-[A-Za-z0-9]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +57,55 @@ class MessageContext:
     previous_commit: str | None = None  # what ran before, for the compare link
     next_environment: str | None = None  # the "Promote to ..." button
     note: str | None = None  # the last click: who did what, and what happened
+    approvers: tuple[str, ...] = ()  # who may approve, as Slack ids or names (mentioned while it waits)
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonState:
+    """What a button was rendered for, carried in its ``value``: a click is checked against it.
+
+    ``status`` is None for a button rendered before buttons carried their state (its value was the bare id).
+    """
+
+    deployment_id: str
+    status: str | None = None
+    paused: bool = False
+    sha256: str | None = None  # Promote: the revision the thread shows, which is what gets promoted
+
+    def to_value(self) -> str:
+        """Compact JSON, far below Slack's 2000 characters for a button value."""
+        value: dict[str, Any] = {"id": self.deployment_id, "status": self.status}
+        if self.paused:
+            value["paused"] = True
+        if self.sha256:
+            value["sha256"] = self.sha256
+        return json.dumps(value, separators=(",", ":"))
+
+    @classmethod
+    def from_value(cls, value: str) -> ButtonState | None:
+        """The state a clicked button carries; a bare deployment id (an older message) has no state; None when
+        the value is neither."""
+        value = value.strip()
+        if _DEPLOYMENT_ID.match(value):
+            return cls(value)
+        try:
+            data = json.loads(value)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not _DEPLOYMENT_ID.match(data["id"]):
+            return None
+        status, sha256 = data.get("status"), data.get("sha256")
+        return cls(
+            data["id"],
+            status if isinstance(status, str) else None,
+            data.get("paused") is True,
+            sha256 if isinstance(sha256, str) else None,
+        )
+
+    @classmethod
+    def of(cls, doc: Mapping[str, Any], *, with_revision: bool = False) -> ButtonState:
+        sha256 = str((doc.get("revision") or {}).get("sha256") or "") or None
+        return cls(str(doc["id"]), str(doc["status"]), bool(doc.get("paused")), sha256 if with_revision else None)
 
 
 def who(actor: str | None) -> str:
@@ -78,6 +133,17 @@ def duration_of(doc: Mapping[str, Any]) -> float | None:
     return ended - started if started is not None and ended is not None else None
 
 
+def source_label(source: str | None) -> str:
+    """A revision's source as people should see it: the name of a local directory or bundle, never the server's
+    absolute path (``/srv/deploybot/releases/hello-2.tar.gz`` -> ``hello-2.tar.gz``); ``git:``, ``s3://`` and
+    other sources as they are."""
+    if not source:
+        return ""
+    if source.startswith("/"):
+        return source.rstrip("/").rsplit("/", 1)[-1]
+    return source
+
+
 def revision_text(doc: Mapping[str, Any], ctx: MessageContext = MessageContext()) -> str:
     """Short sha and commit title, with a compare (or commit) link when the revision came from GitHub."""
     revision = doc.get("revision") or {}
@@ -85,7 +151,7 @@ def revision_text(doc: Mapping[str, Any], ctx: MessageContext = MessageContext()
     title = revision.get("title") or doc.get("commit_title")
     sha256 = str(revision.get("sha256") or "")
     if not commit:
-        source = revision.get("source") or ""
+        source = source_label(revision.get("source"))
         return f"`{sha256[:12]}`" + (f" {source}" if source else "")
     short = f"`{commit[:7]}`"
     text = short + (f" {title}" if title else "")
@@ -123,9 +189,31 @@ def status_text(doc: Mapping[str, Any]) -> str:
     return text
 
 
-def fallback_text(doc: Mapping[str, Any]) -> str:
-    """The notification text (and what screen readers say) of the parent message."""
-    return f"{doc['application']} → {doc['environment']}: {doc['status']} ({doc['id']})"
+def fallback_text(doc: Mapping[str, Any], ctx: MessageContext = MessageContext()) -> str:
+    """The notification text (and what screen readers say) of the parent message; while it waits for approval it
+    names who may approve, so they are notified."""
+    text = f"{doc['application']} → {doc['environment']}: {doc['status']} ({doc['id']})"
+    if doc["status"] == "WaitingApproval" and ctx.approvers:
+        text += " — approval needed from " + ", ".join(who(a) for a in ctx.approvers)
+    return text
+
+
+def approval_text(doc: Mapping[str, Any], ctx: MessageContext = MessageContext()) -> str | None:
+    """While a deployment waits for approval: how many more, from whom (mentioned), and who approved so far; the
+    engine's own words when nobody is to be mentioned."""
+    if doc["status"] != "WaitingApproval":
+        return None
+    approval = doc.get("approval") or {}
+    text = ":raised_hand: *Waiting for approval*"
+    if ctx.approvers:
+        missing = approval.get("missing")
+        text += (f": {missing} more" if missing else "") + " from " + ", ".join(who(a) for a in ctx.approvers)
+    elif (doc.get("waiting_for") or {}).get("message"):
+        text += f" ({doc['waiting_for']['message']})"
+    approved = approval.get("approved_by") or []
+    if approved:
+        text += " · approved by " + ", ".join(who(a) for a in approved)
+    return text
 
 
 def deployment_blocks(doc: Mapping[str, Any], ctx: MessageContext = MessageContext()) -> list[dict[str, Any]]:
@@ -147,13 +235,16 @@ def deployment_blocks(doc: Mapping[str, Any], ctx: MessageContext = MessageConte
         SectionBlock(fields=fields),
         SectionBlock(text=MarkdownTextObject(text=f"*Progress* {progress_text(doc)}")),
     ]
+    waiting_text = approval_text(doc, ctx)
+    if waiting_text:
+        blocks.append(SectionBlock(block_id="approval", text=MarkdownTextObject(text=waiting_text[:2900])))
     context = [f"`{doc['id']}`"]
     if rollback.get("of"):
         context.append(f"rollback of `{rollback['of']}`")
     if rollback.get("by"):
         context.append(f"rolled back by `{rollback['by']}`")
     waiting = doc.get("waiting_for") or {}
-    if waiting.get("message"):
+    if waiting.get("message") and not waiting_text:  # an approval is said in full above
         context.append(str(waiting["message"]))
     if ctx.note:
         context.append(ctx.note)
@@ -164,38 +255,55 @@ def deployment_blocks(doc: Mapping[str, Any], ctx: MessageContext = MessageConte
     return [block.to_dict() for block in blocks]
 
 
-def _button(action: str, label: str, doc: Mapping[str, Any], style: str | None = None, **kw: Any) -> ButtonElement:
-    return ButtonElement(text=label, action_id=ACTION_PREFIX + action, value=doc["id"], style=style, **kw)
+def _button(
+    action: str, label: str, state: ButtonState, style: str | None = None, confirm: ConfirmObject | None = None
+) -> ButtonElement:
+    return ButtonElement(
+        text=label, action_id=ACTION_PREFIX + action, value=state.to_value(), style=style, confirm=confirm
+    )
+
+
+def _confirm(title: str, text: str, confirm: str) -> ConfirmObject:
+    return ConfirmObject(title=title, text=text, confirm=confirm, deny="Cancel", style="danger")
 
 
 def deployment_buttons(doc: Mapping[str, Any], ctx: MessageContext = MessageContext()) -> list[ButtonElement]:
-    """What can be done now: control while running, decide while waiting, promote or roll back when done."""
+    """What can be done now: control while running, decide while waiting, promote or roll back when done. Each
+    carries the state it was rendered for (``ButtonState``); Rollback, Promote and Stop ask for confirmation."""
     status = doc["status"]
+    state = ButtonState.of(doc)
     where = f"{doc['application']} in {doc['environment']}"
-    confirm = ConfirmObject(
-        title="Roll back?",
-        text=f"Roll back {where} to its previous good revision?",
-        confirm="Roll back",
-        deny="Cancel",
-        style="danger",
+    rollback = _button(
+        "rollback",
+        "Rollback",
+        state,
+        "danger",
+        _confirm("Roll back?", f"Roll back {where} to its previous good revision?", "Roll back"),
     )
-    rollback = _button("rollback", "Rollback", doc, "danger", confirm=confirm)
+    stop = _button("stop", "Stop", state, "danger", _confirm("Stop?", f"Stop `{doc['id']}` ({where})?", "Stop"))
     if status == "WaitingApproval":
-        return [_button("approve", "Approve", doc, "primary"), _button("reject", "Reject", doc, "danger")]
+        return [_button("approve", "Approve", state, "primary"), _button("reject", "Reject", state, "danger")]
     if status == "Queued":
-        return [_button("stop", "Stop", doc, "danger")]
+        return [stop]
     if status in ACTIVE:
-        pause = _button("resume", "Resume", doc) if doc.get("paused") else _button("pause", "Pause", doc)
-        buttons = [_button("stop", "Stop", doc, "danger"), pause]
+        pause = _button("resume", "Resume", state) if doc.get("paused") else _button("pause", "Pause", state)
+        buttons = [stop, pause]
         if status == "Ready":
-            buttons.append(_button("continue", "Continue", doc, "primary"))
+            buttons.append(_button("continue", "Continue", state, "primary"))
         if not (doc.get("rollback") or {}).get("of"):
             buttons.append(rollback)
         return buttons
     if status == "Succeeded":
         buttons = []
         if ctx.next_environment:
-            buttons.append(_button("promote", f"Promote to {ctx.next_environment}"[:75], doc, "primary"))
+            revision = ButtonState.of(doc, with_revision=True)
+            short = f"`{(revision.sha256 or '')[:12]}`"
+            confirm = _confirm(
+                f"Promote to {ctx.next_environment}?"[:100],
+                f"Deploy {short} (what this thread shows) to {doc['application']} in {ctx.next_environment}?",
+                "Promote",
+            )
+            buttons.append(_button("promote", f"Promote to {ctx.next_environment}"[:75], revision, "primary", confirm))
         if not (doc.get("rollback") or {}).get("by"):
             buttons.append(rollback)
         return buttons
@@ -212,6 +320,8 @@ class MilestoneKind(enum.StrEnum):
     ALARM = "alarm"
     ROLLBACK_STARTED = "rollback_started"
     ROLLBACK_FINISHED = "rollback_finished"
+    APPROVED = "approved"
+    APPROVAL_EXPIRED = "approval_expired"
     FINISHED = "finished"
 
 
@@ -249,11 +359,36 @@ def milestones(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> li
     old_error = (before or {}).get("error") or {}
     if error.get("code") == "ALARM_ACTIVE" and old_error.get("code") != "ALARM_ACTIVE":
         out.append(Milestone(MilestoneKind.ALARM, f":rotating_light: Alarm fired: {error.get('message', '')}"))
+    out += _approval_milestones(before, after)
     rolled_back_by = (after.get("rollback") or {}).get("by")
     if rolled_back_by and rolled_back_by != ((before or {}).get("rollback") or {}).get("by"):
         out.append(Milestone(MilestoneKind.ROLLBACK_STARTED, f":rewind: Rollback started: `{rolled_back_by}`"))
     if after["status"] in FINAL_STATUSES and (before is None or before["status"] not in FINAL_STATUSES):
         out.append(Milestone(MilestoneKind.FINISHED, summary_text(after)))
+    return out
+
+
+def _approval_milestones(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[Milestone]:
+    """Approvals given and lapsed while the deployment waited (a rejection ends it: the summary says so)."""
+    if before is None or before["status"] != "WaitingApproval":
+        return []
+    had = list((before.get("approval") or {}).get("approved_by") or [])
+    has = list((after.get("approval") or {}).get("approved_by") or [])
+    out = []
+    for name in has:
+        if name not in had:
+            text = f":white_check_mark: Approved by {who(name)}"
+            if after["status"] == "WaitingApproval":
+                missing = (after.get("approval") or {}).get("missing")
+                text += f"; {missing} more needed" if missing else ""
+            else:
+                text += f"; now {after['status']}"
+            out.append(Milestone(MilestoneKind.APPROVED, text))
+    if after["status"] == "WaitingApproval":
+        for name in had:
+            if name not in has:
+                text = f":hourglass: The approval by {who(name)} expired; it needs approving again"
+                out.append(Milestone(MilestoneKind.APPROVAL_EXPIRED, text))
     return out
 
 

@@ -2,8 +2,10 @@
 
 It records every call (method, JSON/form payload, Authorization header, monotonic time) so tests assert on the
 real Block Kit payloads the bot sent. ``rate_limit_once(method, retry_after)`` makes the next call of that method
-answer HTTP 429 with ``Retry-After``, as Slack does. It runs on the test's event loop (``async with``) or, for a
-bot running in another process, on its own thread (``start_in_thread``).
+answer HTTP 429 with ``Retry-After``, as Slack does. ``go_down()`` is an outage: every Web API call answers HTTP 503
+(recorded, with ``_answered``), or with ``refuse=True`` the port stops accepting connections; ``come_back()`` ends
+it. ``answered()`` are the calls Slack really took. It runs on the test's event loop (``async with``) or, for a bot
+running in another process, on its own thread (``start_in_thread``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class FakeSlack:
         self._rate_limited: dict[str, int] = {}
         self._ts = itertools.count(1)
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self.unavailable = False  # every Web API call answers 503
+        self._refusing = False  # the port is closed
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
@@ -55,9 +60,30 @@ class FakeSlack:
     def of(self, method: str) -> list[Call]:
         return [c for c in self.calls if c.method == method]
 
+    def taken(self, method: str) -> list[Call]:
+        """The calls of ``method`` Slack really took (not answered 429 or 503)."""
+        return [c for c in self.of(method) if "_answered" not in c.payload]
+
     def messages(self) -> list[Call]:
         """Every chat.postMessage and chat.update, in order."""
         return [c for c in self.calls if c.method in ("chat.postMessage", "chat.update")]
+
+    async def go_down(self, *, refuse: bool = False) -> None:
+        """An outage: 503 for every Web API call, or (``refuse``) no connections at all."""
+        if refuse:
+            assert self._site is not None
+            await self._site.stop()
+            self._refusing = True
+        else:
+            self.unavailable = True
+
+    async def come_back(self) -> None:
+        self.unavailable = False
+        if self._refusing:
+            self._refusing = False
+            assert self._runner is not None
+            self._site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+            await self._site.start()
 
     # -- the server ------------------------------------------------------------------------------------------
 
@@ -82,6 +108,9 @@ class FakeSlack:
         method = request.match_info["method"]
         payload = await self._payload(request)
         self.calls.append(Call(method, payload, request.headers.get("Authorization")))
+        if self.unavailable:
+            self.calls[-1].payload["_answered"] = 503
+            return web.json_response({"ok": False, "error": "service_unavailable"}, status=503)
         retry_after = self._rate_limited.pop(method, None)
         if retry_after is not None:
             self.calls[-1].payload["_answered"] = 429
@@ -112,7 +141,7 @@ class FakeSlack:
     async def start(self) -> None:
         self._runner = web.AppRunner(self._app(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = self._site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         server = site._server
         assert server is not None

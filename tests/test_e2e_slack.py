@@ -1,6 +1,8 @@
 """Slack end to end: a real ``deploybot serve`` (real engine, real local agents) with Slack on, talking to a fake
-Slack Web API; ``/deploy hello to staging`` → the thread's parent message ends "Succeeded" → its Rollback button
-rolls back to the previous revision, which succeeds. An unauthorized user is refused with the reason.
+Slack Web API; ``/deploy hello to staging`` → the thread's parent message ends "Succeeded" (its Revision a name, not
+the server's path) → its Rollback button, clicked with the value the message carries, rolls back to the previous
+revision, which succeeds, and the rollback's thread shows who clicked. An unauthorized user is refused with the
+reason.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import pytest
 from e2e_support import DeploybotServer, write_revision
 from fake_slack import FakeSlack
-from slack_support import BOT_TOKEN, SECRET, button_body, signed, slash_body
+from slack_support import BOT_TOKEN, SECRET, button_body, signed, slash_body, texts
 
 CONFIG = """server: {data_dir: var}
 hosts:
@@ -108,8 +110,15 @@ def test_deploy_from_slack_then_roll_back_with_the_button(server: DeploybotServe
         return bool(edits) and word in edits[-1].payload["text"]
 
     wait(lambda: parent_says("Succeeded"))
+    parent = [c for c in slack.of("chat.update") if c.payload["ts"] == ts][-1].payload["blocks"]
+    shown = texts(parent)
+    assert "*Revision*\n`" in shown and " rev-2" in shown and str(server.workdir) not in shown  # no server path
+    [rollback_button] = [
+        e for b in parent if b["type"] == "actions" for e in b["elements"] if e["action_id"] == "deploy.rollback"
+    ]
 
-    status, _, seconds = post(server, button_body("rollback", deployment_id, response_url=slack.response_url("rb")))
+    body = button_body("rollback", rollback_button["value"], response_url=slack.response_url("rb"), message_ts=ts)
+    status, _, seconds = post(server, body)
     assert status == 200 and seconds < 3.0
     rollback_id = wait(lambda: server.deployment(deployment_id)["rollback"]["by"])
     rollback = server.wait_final(rollback_id)
@@ -121,6 +130,15 @@ def test_deploy_from_slack_then_roll_back_with_the_button(server: DeploybotServe
             for c in slack.of("chat.postMessage")
         )
     )
+
+    def rollback_parent() -> str:
+        versions = [
+            c.payload for c in slack.messages() if "thread_ts" not in c.payload and rollback_id in c.payload["text"]
+        ]
+        return texts(versions[-1]["blocks"]) if versions else ""
+
+    wait(lambda: "Succeeded" in rollback_parent())
+    assert "*Started by*\n<@U0ALICE>" in rollback_parent()  # who clicked, not the engine's codeDeployRollback
 
 
 def test_unauthorized_user_is_refused_with_the_reason(server: DeploybotServer, slack: FakeSlack) -> None:

@@ -1,4 +1,4 @@
-"""Deployment JSON -> Block Kit parent message and milestone replies (pure)."""
+"""Deployment JSON -> Block Kit parent message, its buttons' values and milestone replies (pure)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ import pytest
 from slack_sdk.models.blocks import Block
 
 from bot.messages import (
+    ButtonState,
     MessageContext,
     MilestoneKind,
     deployment_blocks,
     deployment_buttons,
+    fallback_text,
     milestones,
     progress_text,
     revision_text,
     rollback_finished_text,
+    source_label,
 )
 
 
@@ -127,10 +130,22 @@ def test_progress_counts_hosts_and_traffic() -> None:
 def test_buttons_follow_the_state(status: str, extra: dict[str, Any], actions: list[str]) -> None:
     buttons = deployment_buttons(doc(status, **extra), MessageContext(next_environment="production"))
     assert [b.action_id for b in buttons] == [f"deploy.{a}" for a in actions]
-    assert all(b.value == "d-ABCDEFGH1" for b in buttons)
+    for button in buttons:
+        state = ButtonState.from_value(str(button.value))
+        assert state is not None and (state.deployment_id, state.status) == ("d-ABCDEFGH1", status)
+        assert state.paused is bool(extra.get("paused"))
+        assert state.sha256 == ("ab" * 32 if button.action_id == "deploy.promote" else None)
+        assert len(str(button.value)) < 2000
+    confirms = {b.action_id: b.to_dict().get("confirm") for b in buttons}
+    for action in ("rollback", "stop", "promote"):
+        if action in actions:
+            confirm = confirms[f"deploy.{action}"]
+            assert confirm is not None and confirm["style"] == "danger" and confirm["deny"]["text"] == "Cancel"
     if "rollback" in actions:
-        rollback = next(b for b in buttons if b.action_id == "deploy.rollback").to_dict()
-        assert rollback["style"] == "danger" and rollback["confirm"]["title"]["text"] == "Roll back?"
+        assert confirms["deploy.rollback"]["title"]["text"] == "Roll back?"
+    for action in ("pause", "resume", "continue", "approve", "reject"):
+        if action in actions:
+            assert confirms[f"deploy.{action}"] is None
 
 
 def test_no_promote_button_from_the_last_environment() -> None:
@@ -178,3 +193,103 @@ def test_milestones_batches_failures_traffic_and_the_end() -> None:
 def test_rollback_finished_text() -> None:
     text = rollback_finished_text(doc("Succeeded", id="d-R", ended_at=105.0))
     assert text == ":white_check_mark: Rollback `d-R` finished: Succeeded in 5s"
+
+
+def test_a_button_value_carries_the_state_it_was_rendered_for() -> None:
+    state = ButtonState("d-ABCDEFGH1", "Succeeded", False, "ab" * 32)
+    assert ButtonState.from_value(state.to_value()) == state
+    assert state.to_value() == '{"id":"d-ABCDEFGH1","status":"Succeeded","sha256":"' + "ab" * 32 + '"}'
+    paused = ButtonState("d-ABCDEFGH1", "InProgress", True)
+    assert ButtonState.from_value(paused.to_value()) == paused
+    assert ButtonState.from_value("d-ABCDEFGH1") == ButtonState("d-ABCDEFGH1")  # an older message: no state
+    for junk in ("", "null", "[]", '{"id": 3}', '{"id": "x y"}', '{"status": "Succeeded"}', "d-", "{"):
+        assert ButtonState.from_value(junk) is None
+    odd = ButtonState.from_value('{"id":"d-X","status":7,"paused":"yes","sha256":["a"]}')
+    assert odd == ButtonState("d-X")
+
+
+def test_button_values_from_anywhere_never_raise() -> None:
+    """Seeded fuzz: a click's value comes from the network."""
+    import json
+    import random
+
+    rng = random.Random(1616)
+    pieces = [
+        '{"id":',
+        '"d-AB1"',
+        ',"status":',
+        '"Succeeded"',
+        "null",
+        "true",
+        "[",
+        "]",
+        "}",
+        '"sha256":',
+        "1e999",
+        ",",
+    ]
+    for _ in range(3000):
+        value = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+        if rng.random() < 0.3:
+            value = "".join(chr(rng.randint(0, 0x2FF)) for _ in range(rng.randint(0, 40)))
+        state = ButtonState.from_value(value)
+        assert state is None or state.deployment_id.startswith("d-")
+        if state is not None:
+            assert json.loads(state.to_value())["id"] == state.deployment_id
+
+
+@pytest.mark.parametrize(
+    ("source", "shown"),
+    [
+        ("/srv/deploybot/work/rev-2", "rev-2"),
+        ("/tmp/x/hello-2.tar.gz", "hello-2.tar.gz"),
+        ("/srv/app/", "app"),
+        ("examples/hello", "examples/hello"),
+        ("git:main", "git:main"),
+        ("s3://bucket/key.zip", "s3://bucket/key.zip"),
+        (None, ""),
+    ],
+)
+def test_the_revision_field_never_shows_the_servers_absolute_path(source: str | None, shown: str) -> None:
+    d = doc(revision={"sha256": "cd" * 32, "source": source, "commit": None})
+    assert revision_text(d) == f"`{'cd' * 6}`" + (f" {shown}" if shown else "")
+    assert source_label(source) == shown
+
+
+def test_a_deployment_waiting_for_approval_shows_who_may_approve() -> None:
+    waiting = doc(
+        "WaitingApproval",
+        approval={"required": 2, "approved_by": ["U0APRIL"], "missing": 1, "approvers": [], "expires_at": None},
+        waiting_for={"gate": "approval", "message": "waiting for 1 more approval(s) from april"},
+    )
+    ctx = MessageContext(approvers=("U0APRIL", "U0AMY"))
+    blocks = deployment_blocks(waiting, ctx)
+    [approval] = [b for b in blocks if b.get("block_id") == "approval"]
+    assert approval["text"]["text"] == (
+        ":raised_hand: *Waiting for approval*: 1 more from <@U0APRIL>, <@U0AMY> · approved by <@U0APRIL>"
+    )
+    assert "waiting for 1 more approval(s)" not in texts(blocks)  # said once, in full
+    assert fallback_text(waiting, ctx).endswith("— approval needed from <@U0APRIL>, <@U0AMY>")
+    assert ":raised_hand: *Waiting for approval* (waiting for 1 more approval(s) from april)" in texts(
+        deployment_blocks(waiting)
+    )  # nobody to mention: the engine's words
+    assert [b.get("block_id") for b in deployment_blocks(doc("Queued"))].count("approval") == 0
+
+
+def test_milestones_of_approvals_given_and_expired() -> None:
+    def waiting(*approved: str, status: str = "WaitingApproval") -> dict[str, Any]:
+        missing = max(2 - len(approved), 0)
+        return doc(status, approval={"approved_by": list(approved), "missing": missing, "required": 2})
+
+    [given] = milestones(waiting(), waiting("U0APRIL"))
+    assert (
+        given.kind is MilestoneKind.APPROVED
+        and given.text == ":white_check_mark: Approved by <@U0APRIL>; 1 more needed"
+    )
+    [last] = milestones(waiting("U0APRIL"), waiting("U0APRIL", "U0AMY", status="Queued"))
+    assert last.text == ":white_check_mark: Approved by <@U0AMY>; now Queued"
+    [lapsed] = milestones(waiting("U0APRIL"), waiting())
+    assert lapsed.kind is MilestoneKind.APPROVAL_EXPIRED
+    assert lapsed.text == ":hourglass: The approval by <@U0APRIL> expired; it needs approving again"
+    assert milestones(waiting("U0APRIL"), waiting("U0APRIL")) == []
+    assert milestones(None, waiting("U0APRIL")) == []  # a thread opened late tells no approval story

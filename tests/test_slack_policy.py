@@ -30,6 +30,7 @@ from slack_support import BOT_TOKEN, SECRET, ScriptedAgents, button_body, signed
 
 from bot.app import create_app
 from bot.assembly import assemble_deployer
+from bot.messages import ButtonState
 from bot.settings import Settings
 from bot.slack.app import SLACK
 from engine import ROLLBACK_CREATOR, Action, DeployRequest
@@ -158,7 +159,10 @@ class Rig:
         return await self.post(slash_body(text, user=user, response_url=self.slack.response_url(reply_to)))
 
     async def click(self, action: str, deployment_id: str, *, user: str, reply_to: str) -> None:
-        await self.post(button_body(action, deployment_id, user=user, response_url=self.slack.response_url(reply_to)))
+        """Click the button as the thread renders it for the deployment's state now (bot.messages.ButtonState)."""
+        doc = await self.deployer.get(deployment_id)
+        value = ButtonState.of(doc, with_revision=action == "promote").to_value()
+        await self.post(button_body(action, value, user=user, response_url=self.slack.response_url(reply_to)))
 
     def replies(self, reply_to: str) -> list[str]:
         return [str(body.get("text")) for name, body in self.slack.responses if name == reply_to]
@@ -407,6 +411,19 @@ async def _prepare_running(rig: Rig, cell: Cell) -> str | None:
     return str(doc["id"])
 
 
+async def _prepare_paused(rig: Rig, cell: Cell) -> str | None:
+    """A deployment in progress that someone paused (so it shows Resume)."""
+    deployment_id = await _prepare_running(rig, cell)
+    assert deployment_id is not None
+    await rig.deployer.control(deployment_id, "pause", actor="cli")
+
+    async def paused() -> bool:
+        return bool((await rig.deployer.get(deployment_id))["paused"])
+
+    await eventually(paused, f"{deployment_id} paused")
+    return deployment_id
+
+
 def _observe_control(action: str) -> Observe:
     async def observe(rig: Rig, cell: Cell, deployment_id: str | None) -> str:
         by = [e["actor"] for e in await rig.log(f"deployment.{action}", deployment_id)]
@@ -455,7 +472,7 @@ ENTRIES: dict[str, Entry] = {
     ),
     "button pause": Entry(Action.CONTROL, _button("pause"), _observe_control("pause"), _prepare_running, agents=False),
     "button resume": Entry(
-        Action.CONTROL, _button("resume"), _observe_control("resume"), _prepare_running, agents=False
+        Action.CONTROL, _button("resume"), _observe_control("resume"), _prepare_paused, agents=False
     ),
     "button continue": Entry(
         Action.CONTROL, _button("continue"), _observe_control("continue"), _prepare_running, agents=False

@@ -1,4 +1,6 @@
-"""The Slack front: bolt listeners (bot.slack.app), command/button actions (chatops) and the threaded notifier."""
+"""The Slack front: bolt listeners (bot.slack.app), requests stored as intents (intents) and acted on once
+(chatops), whether a click is still true (clicks), and the threaded notifier with its outbox (notifier, outbox,
+threads)."""
 
 from __future__ import annotations
 

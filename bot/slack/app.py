@@ -1,11 +1,14 @@
 """The Slack front: a slack-bolt AsyncApp on our aiohttp server (``POST /slack/events``) or over Socket Mode.
 
-Every listener acknowledges first — parse errors and help straight in the ack, everything else with a one-line
-"on it" — and only then hands the work to ChatOps in a background task, so Slack's 3-second limit holds however
-long the engine takes. Slack re-sends a request it thinks we missed (``X-Slack-Retry-Num``); a retry, or the same
-command from the same person in the same channel within ``DUPLICATE_WINDOW_SECONDS``, never starts anything twice.
-Signatures are checked by bolt (401 for a bad or stale one). ``authorize=`` hands bolt the bot token directly, so no
-request waits for an ``auth.test`` round trip.
+Every listener acknowledges within Slack's 3 seconds — parse errors and help straight in the ack, everything else
+with a one-line "on it" — and only then does the work, in a background task, however long the engine takes. Before
+it acknowledges a command that changes something, or any click, the request is stored as an intent keyed by what
+Slack sends again on a retry or a replay (the command's ``trigger_id``; the click's user, action, ``action_ts`` and
+message): a request already taken is answered with what came of it and never acts twice, however late inside
+Slack's 5-minute signature window, while the same words typed again are a new request (bot/slack/intents.py). At
+start, intents a previous server took and did not finish are run, and deployments of the last day that have no
+thread get one (the notifier's outbox). Signatures are checked by bolt (401 for a bad or stale one).
+``authorize=`` hands bolt the bot token directly, so no request waits for an ``auth.test`` round trip.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +30,7 @@ from bot import commands as cmd
 from bot.messages import ACTION_PREFIX
 from bot.pages.links import page_url
 from bot.settings import Settings
-from bot.slack.chatops import ChatOps, Reply
+from bot.slack.chatops import ChatOps, ClickAsked, CommandAsked, catalog_of
 from bot.slack.grammar import Freeze, SlackCommand, Unfreeze, help_text, parse
 from bot.slack.notifier import PAGE_ACTION, SlackNotifier
 from engine import DeploymentService
@@ -37,11 +39,8 @@ log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
 THREADS_FILE = "slack-threads.json"
-DUPLICATE_WINDOW_SECONDS = 30.0
-_MUTATING = (
-    *(cmd.Deploy, cmd.Promote, cmd.Rollback, cmd.Control, cmd.Decide, cmd.Lock, cmd.Unlock),
-    *(Freeze, Unfreeze),
-)
+CATCH_UP_SECONDS = 24 * 3600.0  # at start, deployments this recent that have no thread get one
+CATCH_UP_LIMIT = 500  # ... looking at this many of the newest deployments at most
 
 
 @dataclass
@@ -56,38 +55,9 @@ class SlackFront:
 SLACK = web.AppKey("slack", SlackFront)
 
 
-class RecentRequests:
-    """Keys seen in the last ``window`` seconds: Slack's retries and double submissions are answered once."""
-
-    def __init__(self, window: float = DUPLICATE_WINDOW_SECONDS) -> None:
-        self.window = window
-        self._seen: dict[tuple[str, ...], float] = {}
-
-    def first_time(self, key: tuple[str, ...]) -> bool:
-        now = time.monotonic()
-        if len(self._seen) > 1000:
-            self._seen = {k: t for k, t in self._seen.items() if now - t < self.window}
-        seen = self._seen.get(key)
-        if seen is not None and now - seen < self.window:
-            return False
-        self._seen[key] = now
-        return True
-
-
-def catalog_of(deployer: DeploymentService) -> dict[str, list[str]]:
-    return {app["name"]: [env["name"] for env in app["environments"]] for app in deployer.applications()}
-
-
 def _header(request: AsyncBoltRequest, name: str) -> str | None:
     values = request.headers.get(name.lower()) or []
     return values[0] if values else None
-
-
-def _reply_via(respond: Any) -> Reply:
-    async def reply(text: str, *, in_channel: bool = False) -> None:
-        await respond(text=text, response_type="in_channel" if in_channel else "ephemeral", replace_original=False)
-
-    return reply
 
 
 def _ack_text(command: SlackCommand) -> str:
@@ -125,16 +95,10 @@ def build_bolt_app(
         authorize=authorize,
         process_before_response=False,
     )
-    recent = RecentRequests()
 
     @bolt.command(re.compile(r"^/deploy"))
-    async def on_deploy(ack: Any, command: Mapping[str, Any], request: AsyncBoltRequest, respond: Any) -> None:
-        text, user, channel = str(command.get("text") or ""), str(command["user_id"]), str(command["channel_id"])
-        key = (channel, user, " ".join(text.casefold().split()))
-        first = recent.first_time(key)
-        if not first and _header(request, "X-Slack-Retry-Num") is not None:
-            await ack()  # Slack re-sending what we already took: answered, nothing started
-            return
+    async def on_deploy(ack: Any, command: Mapping[str, Any], request: AsyncBoltRequest) -> None:
+        text = str(command.get("text") or "")
         try:
             parsed = parse(text, catalog_of(deployer))
         except cmd.ParseError as exc:
@@ -143,20 +107,36 @@ def build_bolt_app(
         if isinstance(parsed, cmd.Help):
             await ack(text=help_text(), response_type="ephemeral")
             return
-        if not first and isinstance(parsed, _MUTATING):
-            await ack(text=f"Already on it: `/deploy {text}` was asked a moment ago; nothing new started.")
-            return
-        await ack(text=_ack_text(parsed), response_type="ephemeral")
-        chatops.spawn(chatops.run_command(parsed, user=user, channel=channel, reply=_reply_via(respond)))
+        asked = CommandAsked(
+            text=text,
+            user=str(command["user_id"]),
+            channel=str(command.get("channel_id") or ""),
+            response_url=str(command.get("response_url") or ""),
+            trigger_id=str(command.get("trigger_id") or "") or None,
+            team_domain=str(command.get("team_domain") or "") or None,
+            signed_at=_header(request, "X-Slack-Request-Timestamp"),
+            body=request.raw_body.encode(),
+        )
+        again = await chatops.take_command(parsed, asked)  # stored before the ack; a replay gets what came of it
+        await ack(text=again or _ack_text(parsed), response_type="ephemeral")
 
     @bolt.action(re.compile("^" + re.escape(ACTION_PREFIX)))
-    async def on_button(ack: Any, body: Mapping[str, Any], action: Mapping[str, Any], respond: Any) -> None:
+    async def on_button(ack: Any, body: Mapping[str, Any], action: Mapping[str, Any]) -> None:
+        message = body.get("message") or {}
+        container = body.get("container") or {}
+        asked = ClickAsked(
+            action=str(action["action_id"]).removeprefix(ACTION_PREFIX),
+            action_id=str(action["action_id"]),
+            value=str(action.get("value") or ""),
+            user=str(body["user"]["id"]),
+            channel=str((body.get("channel") or {}).get("id") or container.get("channel_id") or ""),
+            message_ts=str(message.get("ts") or container.get("message_ts") or ""),
+            action_ts=str(action.get("action_ts") or ""),
+            response_url=str(body.get("response_url") or ""),
+            team_domain=str((body.get("team") or {}).get("domain") or "") or None,
+        )
+        await chatops.take_click(asked)  # stored before the ack; the same click again is not acted on twice
         await ack()
-        user = str(body["user"]["id"])
-        if not recent.first_time(("action", user, str(action.get("action_ts")), str(action.get("action_id")))):
-            return
-        name = str(action["action_id"]).removeprefix(ACTION_PREFIX)
-        chatops.spawn(chatops.click(name, str(action.get("value")), user=user, reply=_reply_via(respond)))
 
     @bolt.action(PAGE_ACTION)
     async def on_page_link(ack: Any) -> None:
@@ -178,13 +158,16 @@ def setup_slack(app: web.Application, settings: Settings, deployer: DeploymentSe
     """
     if not settings.slack_enabled:
         return False
-    client = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
+    # No retries inside the client: the notifier's outbox retries on its own clock (bot/slack/outbox.py).
+    client = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url, retry_handlers=[])
     config = deployer.config
     notifier = SlackNotifier(
         client,
         config,
         settings.data_dir / THREADS_FILE,
         page_link=lambda deployment_id: page_url(settings, deployment_id, base_url=config.server.url),
+        clock=deployer.clock,
+        fetch=deployer.get,
     )
     chatops = ChatOps(deployer, notifier)
     bolt = build_bolt_app(settings, chatops, client, deployer)
@@ -206,6 +189,8 @@ async def _slack_lifetime(app: web.Application) -> AsyncIterator[None]:
     front = app[SLACK]
     notifiers = front.deployer.notifiers
     notifiers.append(front.notifier)
+    await front.chatops.resume()  # listed before the server takes requests, so nothing is run twice
+    front.chatops.spawn(_catch_up_later(front))
     socket_mode = None
     if front.settings.slack_app_token:
         from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
@@ -226,3 +211,25 @@ async def _slack_lifetime(app: web.Application) -> AsyncIterator[None]:
                 await socket_mode.close_async()
         await front.chatops.close()
         await front.notifier.close()
+
+
+async def _catch_up_later(front: SlackFront) -> None:
+    await catch_up(front.deployer, front.notifier)
+
+
+async def catch_up(deployer: DeploymentService, notifier: SlackNotifier) -> list[str]:
+    """The outbox after a restart: deployments of the last day without a thread get one (the thread store is the
+    record of what was posted). The ids given a thread."""
+    since = deployer.clock.now() - CATCH_UP_SECONDS
+    rows = reversed(await deployer.store.list_deployments(limit=CATCH_UP_LIMIT))  # oldest first
+    recent = [r for r in rows if float(r.get("created_at") or 0) >= since and not notifier.has_thread(str(r["id"]))]
+    docs = []
+    for row in recent:
+        try:
+            docs.append(await deployer.get(str(row["id"])))
+        except Exception:
+            log.exception("could not read %s to give it a Slack thread", row["id"])
+    taken = notifier.catch_up(docs)
+    if taken:
+        log.info("Slack: giving %d deployment(s) of the last day their thread", len(taken))
+    return taken

@@ -251,6 +251,9 @@ class Deployer:
             if rollback_of is not None:
                 await self.store.update_deployment(rollback_of, rolled_back_by=deployment_id)
             await self._start_next(group.name, prefer=deployment_id if rollback_of else None)
+        if deployment_id not in self._runners:
+            # It waits (for approval, or in the queue): no runner reports it, so tell the notifiers it exists.
+            await self.changed(deployment_id)
         return await self.get(deployment_id)
 
     async def _duplicate(self, group: DeploymentGroup, revision: Revision) -> str | None:
