@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 class Load:
     def __init__(self, url: str, *, rate: float = 200.0, threads: int = 4, max_seconds: float = 120.0) -> None:
         self.parts = urlsplit(url)
+        self.host = self.parts.hostname or "127.0.0.1"
         self.interval = threads / rate
         self.max_seconds = max_seconds
         self.results: list[tuple[float, int, str]] = []
@@ -42,7 +43,7 @@ class Load:
         next_at = time.monotonic()
         while not self._stop.is_set() and time.monotonic() < deadline:
             try:
-                connection = connection or http.client.HTTPConnection(self.parts.hostname, self.parts.port, timeout=5)
+                connection = connection or http.client.HTTPConnection(self.host, self.parts.port, timeout=5)
                 connection.request("GET", self.parts.path or "/")
                 response = connection.getresponse()
                 record = (time.monotonic(), response.status, response.read().decode(errors="replace"))

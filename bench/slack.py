@@ -102,11 +102,12 @@ def _signed_command(text: str, user: str, response_url: str) -> tuple[str, dict[
             "channel_id": "C0BENCH",
             "user_id": user,
             "response_url": response_url,
-            "trigger_id": "1.2.3",
+            "trigger_id": f"{time.monotonic_ns()}.bench",  # each command is a new request (bot/slack/intents.py)
         }
     )
     stamp = str(int(time.time()))
     signature = SignatureVerifier(SECRET).generate_signature(timestamp=stamp, body=body)
+    assert signature is not None  # only None without a signing secret
     headers = {
         "X-Slack-Request-Timestamp": stamp,
         "X-Slack-Signature": signature,
