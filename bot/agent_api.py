@@ -23,6 +23,13 @@ MAX_LOG_TAIL_BYTES = 4096
 RESULT_STATUSES = ("Succeeded", "Failed")
 SHUTDOWN_CLAIM_GRACE = 0.2
 MAX_NEXT_SECONDS = 1.0
+MAX_COMMAND_ID = 2**63 - 1
+"""The largest id the store can hold (SQLite's INTEGER); a longer one in a route is no command."""
+MAX_EPOCH = 32_503_680_000
+"""2999-12-31: a result's times past it are no times (and past year 9999 nothing can show them as a date)."""
+MAX_TAGS = 64
+MAX_TAG_LENGTH = 256
+"""What a heartbeat may carry: an agent reports a handful of short tags and its version."""
 
 FLEET = web.AppKey("agent_fleet", AgentFleet)
 HOST = web.RequestKey("agent_host", str)
@@ -67,8 +74,10 @@ def _result(body: Mapping[str, Any]) -> ResultBody:
             raise bad_request(f"{key!r} must be a string", _RESULT_USAGE)
     for key in ("started_at", "ended_at"):
         value = body.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise bad_request(f"{key!r} must be an epoch time in seconds", _RESULT_USAGE)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_EPOCH
+        ):
+            raise bad_request(f"{key!r} must be an epoch time in seconds (before the year 3000)", _RESULT_USAGE)
     return ResultBody(
         status="Succeeded" if status == "Succeeded" else "Failed",
         error_code=error_code,
@@ -132,11 +141,19 @@ async def report_result(request: web.Request) -> web.Response:
     """
     result = _result(await json_object(request, _RESULT_USAGE))
     wait = _seconds(request, "next", _RESULT_USAGE, default=0.0, limit=MAX_NEXT_SECONDS)
-    await request.app[FLEET].report_result(request[HOST], int(request.match_info["id"]), result)
+    await request.app[FLEET].report_result(request[HOST], _command_id(request), result)
     if "next" not in request.query:
         return json_response({"ok": True})
     command = await _long_poll(request, wait)
     return json_response({"ok": True} if command is None else {"ok": True, "command": command})
+
+
+def _command_id(request: web.Request) -> int:
+    """The route's command id; one past what the store can hold is no command at all (404, as for any unknown id)."""
+    text = request.match_info["id"]
+    if len(text) > len(str(MAX_COMMAND_ID)) or int(text) > MAX_COMMAND_ID:
+        raise HttpProblem(404, "NotFound", f"no command {text[:30]} for host {request[HOST]}")
+    return int(text)
 
 
 async def report_progress(request: web.Request) -> web.Response:
@@ -152,11 +169,14 @@ async def heartbeat(request: web.Request) -> web.Response:
     tags = body.get("tags") or {}
     if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
         raise bad_request("'tags' must be an object of strings", _HEARTBEAT_USAGE)
+    if len(tags) > MAX_TAGS or any(len(text) > MAX_TAG_LENGTH for pair in tags.items() for text in pair):
+        message = f"'tags' may hold {MAX_TAGS} tags of at most {MAX_TAG_LENGTH} characters each"
+        raise bad_request(message, _HEARTBEAT_USAGE)
     version = body.get("version", "")
-    if not isinstance(version, str):
-        raise bad_request("'version' must be a string", _HEARTBEAT_USAGE)
+    if not isinstance(version, str) or len(version) > MAX_TAG_LENGTH:
+        raise bad_request(f"'version' must be a string of at most {MAX_TAG_LENGTH} characters", _HEARTBEAT_USAGE)
     running = body.get("running_command")
-    if running is not None and (isinstance(running, bool) or not isinstance(running, int)):
+    if running is not None and (isinstance(running, bool) or not isinstance(running, int) or running < 0):
         raise bad_request("'running_command' must be a command id or null", _HEARTBEAT_USAGE)
     info = HeartbeatBody(tags=dict(tags), version=version, running_command=running)
     await request.app[FLEET].heartbeat(request[HOST], info)

@@ -38,6 +38,7 @@ from bot.http import (
     ACTOR,
     DEPLOYER,
     DURATION_FORMAT,
+    MAX_DURATION_SECONDS,
     HttpProblem,
     actor_of,
     authorize,
@@ -394,8 +395,12 @@ async def create_lock(request: web.Request) -> web.Response:
     body = await json_object(request, _LOCK_USAGE)
     application, environment = _lock_target(body, _LOCK_USAGE)
     minutes = body.get("expires_in_minutes")
-    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int | float) or minutes <= 0):
-        raise bad_request("'expires_in_minutes' must be a positive number", _LOCK_USAGE)
+    if minutes is not None and (
+        isinstance(minutes, bool)
+        or not isinstance(minutes, int | float)
+        or not 0 < minutes <= MAX_DURATION_SECONDS / 60
+    ):
+        raise bad_request("'expires_in_minutes' must be a positive number of minutes, at most 10 years", _LOCK_USAGE)
     actor = await _authorize_lock(request, application, environment)
     lock = await request.app[DEPLOYER].release.lock(
         application,

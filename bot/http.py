@@ -2,7 +2,9 @@
 
 Engine errors become ``{"error": "<ExceptionClassName>", "message": ..., **data}`` in exactly one place
 (``error_response``), so the status codes stay consistent across routes and the agent protocol; the edge's own
-refusals (bad JSON, a missing field, no token) are ``HttpProblem``s rendered the same way.
+refusals (bad JSON, a missing field, no token) are ``HttpProblem``s rendered the same way. Bodies are read by
+``parse_json`` within fixed bounds (nesting, number size, no NaN), responses never hold NaN or Infinity, and the
+OSErrors a request can cause rather than a bug (a full disk: 507; a name too long: 400) are answered as such.
 
 Who asks is never taken from a header the caller writes: the ``/api/v1`` auth middleware (bot/api.py) resolves the
 bearer token to its user and stores it on the request (``ACTOR``); ``actor_of`` reads it back.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import functools
 import json
 import logging
@@ -114,7 +117,8 @@ def error_response(exc: EngineError) -> web.Response:
     return json_response(error_body(exc), status=error_status(exc))
 
 
-_dumps = functools.partial(json.dumps, default=str)
+_dumps = functools.partial(json.dumps, default=str, allow_nan=False)
+"""``allow_nan=False``: NaN and Infinity are not JSON; a response holding one fails (500) rather than send it."""
 
 
 def json_response(data: object, *, status: int = 200) -> web.Response:
@@ -140,11 +144,84 @@ async def json_errors(
         name = type(exc).__name__.removeprefix("HTTP")
         return json_response({"error": name, "message": exc.reason}, status=exc.status)
     except Exception as exc:
+        if isinstance(exc, OSError) and (refusal := _os_refusal(request, exc)) is not None:
+            log.error("%s %s: %s", request.method, request.path, exc)
+            body = {"error": refusal.error, "message": refusal.message, **refusal.data}
+            return json_response(body, status=refusal.status)
         log.exception("unhandled error in %s %s", request.method, request.path)
         return json_response({"error": "InternalError", "message": f"{type(exc).__name__}: {exc}"}, status=500)
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _os_refusal(request: web.Request, exc: OSError) -> HttpProblem | None:
+    """The answer to an OSError a request met that is not the server's bug: a full disk (507, so the client knows
+    retrying later may work and the operator knows where to look) or a name too long for the file system (400:
+    only a request makes such names). None for any other OSError (a 500)."""
+    if exc.errno in _DISK_FULL:
+        deployer = request.config_dict.get(DEPLOYER)
+        data_dir = getattr(getattr(getattr(deployer, "config", None), "server", None), "data_dir", None)
+        where = f" (data dir {data_dir})" if data_dir else ""
+        message = f"disk full on the server{where}: {exc.strerror}; free space there, then retry"
+        return HttpProblem(507, "InsufficientStorage", message, data_dir=data_dir)
+    if exc.errno == errno.ENAMETOOLONG:
+        return HttpProblem(400, "BadRequest", "a name in the request is too long for the server's file system")
+    return None
+
+
 # ---------------------------------------------------------------------------------------------------- requests
+
+MAX_JSON_DEPTH = 32
+"""The deepest nesting a request body may have: every body the API takes is at most a few levels deep, and a deeper
+one would only cost recursion (the parser's, then every walk over the value)."""
+MAX_JSON_NUMBER = 2**53
+"""The largest magnitude of a number in a request body (JavaScript's exact integers): a count, an id, a number of
+minutes or seconds past it is a mistake or an attack, and past it every duration overflows downstream."""
+
+
+class JsonRefused(ValueError):
+    """A body that is JSON but past the limits a request body keeps to."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not abs(value) <= MAX_JSON_NUMBER:  # inf from 1e400 too
+        raise JsonRefused(f"number {text[:40]} out of range (at most {MAX_JSON_NUMBER:,} in size)")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > len(str(MAX_JSON_NUMBER)) or abs(int(text)) > MAX_JSON_NUMBER:
+        raise JsonRefused(f"number {text[:40]} out of range (at most {MAX_JSON_NUMBER:,} in size)")
+    return int(text)
+
+
+def _no_constant(name: str) -> object:
+    raise JsonRefused(f"{name} is not a JSON number")
+
+
+def parse_json(raw: bytes | str) -> object:
+    """A request body as JSON, bounded: no NaN or Infinity, numbers at most ``MAX_JSON_NUMBER`` in size, nesting at
+    most ``MAX_JSON_DEPTH`` deep. ``JsonRefused`` past a limit, ValueError for what is not JSON."""
+    try:
+        value = json.loads(raw, parse_float=_finite, parse_int=_bounded_int, parse_constant=_no_constant)
+    except RecursionError:
+        raise JsonRefused(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise JsonRefused(f"nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def json_depth(value: object) -> int:
+    """How deeply lists and objects nest in a JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -158,7 +235,9 @@ async def json_object(request: web.Request, usage: str, *, optional: bool = Fals
     if not raw.strip() and optional:
         return {}
     try:
-        body = json.loads(raw)
+        body = parse_json(raw)
+    except JsonRefused as exc:
+        raise bad_request(f"the body is refused: {exc}", usage) from exc
     except ValueError as exc:
         raise bad_request(f"the body is not JSON: {exc}", usage) from exc
     if not isinstance(body, dict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,55 @@ def test_usage_errors_exit_2(args: tuple[str, ...], message: str) -> None:
     result = deploybot(*args)
     assert (result.returncode, result.stdout) == (2, "")
     assert message in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------- hostile files
+
+BILLION_LAUGHS = (
+    'version: 0.0\nos: linux\nx: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    + "".join(
+        f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]\n" for prev, name in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("version: 0.0\nos: !!bool x\n", "2:5: 'x' is not a valid !!bool value: fix it or remove the tag"),
+        ("version: 0.0\nos: !!timestamp x\n", "2:5: 'x' is not a valid !!timestamp value: fix it or remove the tag"),
+        (
+            "version: 0.0\nos: !!python/object/apply:os.system [id]\n",
+            "2:5: unsupported YAML tag !!python/object/apply:os.system",
+        ),
+        ("version: 0.0\nos: " + "[" * 5000 + "]" * 5000 + "\n", "2:105: the AppSpec nests deeper than 100 levels"),
+        (BILLION_LAUGHS, "7:8: the AppSpec has more than 20,000 values (through alias *d)"),
+        ("version: 0.0\nos: &o\n  k: *o\n", "3:6: alias *o is inside the node it refers to (a cycle)"),
+    ],
+    ids=["bool-tag", "timestamp-tag", "python-tag", "5000-deep", "billion-laughs", "alias-cycle"],
+)
+def test_hostile_files_give_file_line_col_not_a_traceback(tmp_path: Path, text: str, line: str) -> None:
+    path = tmp_path / "a.yml"
+    path.write_text(text)
+    result = deploybot("appspec", "validate", path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.startswith(f"{path}:{line}")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_4_mb_appspec_of_300000_keys_is_refused_in_well_under_a_second_naming_the_limit(tmp_path: Path) -> None:
+    text = "version: 0.0\nos: linux\nhooks:\n" + "".join(f"  Key{index}: value\n" for index in range(300_000))
+    assert len(text) > 4_000_000
+    started = time.perf_counter()
+    with pytest.raises(AppSpecInvalid) as caught:
+        parse_appspec(text)
+    assert time.perf_counter() - started < 0.2
+    [problem] = caught.value.problems
+    assert problem.message == f"the AppSpec is {len(text):,} bytes, over the limit of 262,144 bytes for one AppSpec"
+    path = tmp_path / "appspec.yml"
+    path.write_text(text)
+    result = deploybot("appspec", "validate", path, "--json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["errors"] == [
+        {"line": problem.line, "column": problem.column, "message": problem.message}
+    ]

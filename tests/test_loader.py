@@ -923,3 +923,49 @@ def test_alarm_problems(lb: str, alarm: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         _group_alarms(lb, f"            - {alarm}\n")
     assert message in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------- hostile files
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "hosts:\n  - {name: h1, local: !!bool x}\n",
+            "2:23: 'x' is not a valid !!bool value: fix it or remove the tag",
+        ),
+        ("server:\n  listen: !!timestamp x\n", "2:11: 'x' is not a valid !!timestamp value: fix it or remove the tag"),
+        ("x-a: !!python/object/apply:os.system [id]\n", "1:6: unsupported YAML tag !!python/object/apply:os.system"),
+        ("server: " + "[" * 5000 + "]" * 5000 + "\n", "1:109: the config file nests deeper than 100 levels"),
+        ("server:\n  heartbeat_timeout: .inf\n", "2:22: expected a finite number, got .inf (server.heartbeat_timeout)"),
+        ("server:\n  heartbeat_timeout: 1.0e+308\n", "2:22: expected a value between 1 and 86400, got 1e+308"),
+        ("server:\n  heartbeat_timeout: .nan\n", "2:22: expected a finite number, got .nan (server.heartbeat_timeout)"),
+    ],
+    ids=["bool-tag", "timestamp-tag", "python-tag", "5000-deep", "infinite-number", "huge-number", "nan"],
+)
+def test_cli_check_refuses_hostile_configs_with_file_line_col(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "deploybot.yml"
+    path.write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "config", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.startswith(f"{path}:{expected}"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_numbers_without_a_ceiling_of_their_own_get_the_default_one() -> None:
+    text = (
+        "hosts: [{name: h1}]\ndeployment_configs:\n  c: {compute_platform: server,\n"
+        "      minimum_healthy_hosts: {type: HOST_COUNT, value: 99999999999999999999999}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, filename="f.yml")
+    assert [(p.line, p.message) for p in caught.value.problems] == [
+        (4, "expected a value between 0 and 1000000000, got 99999999999999999999999")
+    ]

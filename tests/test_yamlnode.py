@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +14,7 @@ from yaml.nodes import MappingNode, Node
 from engine.core.yamlnode import (
     UNREADABLE,
     NodeReader,
+    YamlLimits,
     did_you_mean,
     merged_entries,
     repeated_keys,
@@ -53,11 +56,29 @@ TYPED: dict[str, tuple[str, Read, object, list[tuple[int, int, str, str]]]] = {
         [(1, 4, "expected a value between 1 and 65535, got 70000", "k")],
     ),
     "float is a number": ("k: 2.5", lambda r, n: r.number(n, "k"), 2.5, []),
-    "NaN is out of range": (
+    "NaN is not a number": (
         "k: .nan",
         lambda r, n: r.number(n, "k"),
         None,
-        [(1, 4, "expected a value at least 0, got nan", "k")],
+        [(1, 4, "expected a finite number, got .nan", "k")],
+    ),
+    "infinity is not a number": (
+        "k: .inf",
+        lambda r, n: r.number(n, "k", 1),
+        None,
+        [(1, 4, "expected a finite number, got .inf", "k")],
+    ),
+    "1e308 is past the default ceiling": (
+        "k: 1.0e+308",
+        lambda r, n: r.number(n, "k"),
+        None,
+        [(1, 4, "expected a value between 0 and 1000000000, got 1e+308", "k")],
+    ),
+    "an integer without a ceiling gets the default one": (
+        "k: 99999999999999999999999",
+        lambda r, n: r.integer(n, "k"),
+        None,
+        [(1, 4, "expected a value between 0 and 1000000000, got 99999999999999999999999", "k")],
     ),
     "boolean": ("k: yes", lambda r, n: r.boolean(n, "k"), True, []),
     "list is not a boolean": (
@@ -208,3 +229,121 @@ def test_an_unreadable_value_is_reported_once() -> None:
     assert reader.value(node) is UNREADABLE
     reader.report(node, "a later problem about the same value")
     assert problems(reader) == [(1, 4, "unsupported YAML tag !custom: remove it", "")]
+
+
+# ---------------------------------------------------------------------------------------------------- hostile input
+
+LIMITS = YamlLimits(what="test file", max_bytes=64 * 1024, max_nodes=200, max_depth=10)
+"""Ten levels: the root mapping is the first, a value in it (a scalar too) the second."""
+
+
+def composed(text: str, limits: YamlLimits = LIMITS) -> tuple[Node | None, list[tuple[int, int, str, str]]]:
+    reader = NodeReader("f.yml", limits)
+    root = reader.compose(text, lambda exc: f"syntax: {type(exc).__name__}")
+    return root, problems(reader)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("k: !!bool x\n", (1, 4, "'x' is not a valid !!bool value: fix it or remove the tag")),
+        ("k: !!timestamp x\n", (1, 4, "'x' is not a valid !!timestamp value: fix it or remove the tag")),
+        ('k: !!int ""\n', (1, 4, "'' is not a valid !!int value: fix it or remove the tag")),
+        ("k: !!int 0x_\n", (1, 4, "cannot read '0x_': invalid literal for int() with base 16: ''")),
+        ("k: !!python/object:os.system {}\n", (1, 4, "unsupported YAML tag !!python/object:os.system: remove it")),
+        ("k: !!python/name:os.system x\n", (1, 4, "unsupported YAML tag !!python/name:os.system: remove it")),
+        ("k: !!binary aGk=\n", (1, 4, "unsupported YAML tag !!binary: remove it")),
+        ("k: !!set {a}\n", (1, 4, "unsupported YAML tag !!set: remove it")),
+        ("k: !!str [a]\n", (1, 4, "unsupported YAML tag !!str: remove it")),
+        ("k: !custom x\n", (1, 4, "unsupported YAML tag !custom: remove it")),
+    ],
+)
+def test_tags_outside_the_safe_set_and_bad_tagged_scalars_are_located(
+    text: str, expected: tuple[int, int, str]
+) -> None:
+    root, found = composed(text)
+    assert root is not None
+    assert found == [(*expected, "")]
+
+
+def test_safe_tags_are_read() -> None:
+    root, found = composed("a: !!bool yes\nb: !!int '7'\nc: !!str 1\nd: !!timestamp 2024-01-02\ne: !!map {}\n")
+    assert found == []
+    reader = NodeReader("f.yml")
+    assert reader.plain(root, "") == {"a": True, "b": 7, "c": "1", "d": datetime.date(2024, 1, 2), "e": {}}  # type: ignore[arg-type]
+
+
+def test_a_refused_scalar_is_reported_once_and_read_as_unreadable() -> None:
+    reader = NodeReader("f.yml")
+    root = reader.compose("k: !!bool x\n", str)
+    assert isinstance(root, MappingNode)
+    assert reader.boolean(root.value[0][1], "k") is None
+    assert reader.plain(root, "") == {"k": None}
+    assert problems(reader) == [(1, 4, "'x' is not a valid !!bool value: fix it or remove the tag", "")]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("k: " + "[" * 5000 + "]" * 5000, (1, 14, "the test file nests deeper than 10 levels: the nesting limit")),
+        (
+            "k: " + "{a: " * 5000 + "1" + "}" * 5000,
+            (1, 37, "the test file nests deeper than 10 levels: the nesting limit"),
+        ),
+        (
+            "".join(f"{'  ' * level}k:\n" for level in range(12)),
+            (10, 19, "the test file nests deeper than 10 levels: the nesting limit"),
+        ),
+        (
+            "a: &a [[[[[[[[x]]]]]]]]\nb: [[*a]]\n",
+            (2, 6, "the test file nests deeper than 10 levels (through alias *a): the nesting limit"),
+        ),
+    ],
+    ids=["flow-lists", "flow-mappings", "block-mappings", "through-an-alias"],
+)
+def test_nesting_past_the_depth_limit_is_one_located_problem(text: str, expected: tuple[int, int, str]) -> None:
+    root, found = composed(text)
+    assert root is None
+    assert found == [(*expected, "")]
+
+
+def test_a_billion_laughs_stops_at_the_alias_that_crosses_the_node_limit() -> None:
+    text = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    text += "".join(
+        f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]\n" for prev, name in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    started = time.perf_counter()
+    root, found = composed(text)
+    assert time.perf_counter() - started < 0.5
+    assert root is None
+    assert found == [
+        (3, 8, "the test file has more than 200 values (through alias *b): the limit for one test file", "")
+    ]
+
+
+def test_an_alias_inside_its_own_anchor_is_refused() -> None:
+    root, found = composed("a: &a\n  b: *a\n")
+    assert root is None
+    assert found == [
+        (2, 6, "alias *a is inside the node it refers to (a cycle): anchors cannot refer to themselves", "")
+    ]
+
+
+def test_a_document_past_the_size_limit_is_refused_before_it_is_read() -> None:
+    text = "a: 1\n" + "".join(f"k{index}: v\n" for index in range(300_000))
+    started = time.perf_counter()
+    root, found = composed(text)
+    assert time.perf_counter() - started < 0.5
+    assert root is None
+    assert found == [
+        (7406, 6, f"the test file is {len(text):,} bytes, over the limit of 65,536 bytes for one test file", "")
+    ]
+
+
+def test_the_node_limit_counts_values_keys_and_collections() -> None:
+    assert composed("[" + ", ".join(["x"] * 199) + "]")[1] == []
+    root, found = composed("[" + ", ".join(["x"] * 200) + "]")
+    assert (root, found) == (
+        None,
+        [(1, 599, "the test file has more than 200 values: the limit for one test file", "")],
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -31,7 +32,7 @@ from bot.assembly import DataDirInUse, assemble_deployer, lock_data_dir
 from bot.settings import Settings, ensure_api_token_file
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from engine.core.config.model import DeploymentGroup, EngineConfig, TlsSettings
     from engine.ports import AlarmSource
@@ -167,13 +168,16 @@ def check_local_trust(server: ssl.SSLContext, tls: TlsSettings, host: str | None
         raise TlsFileError(f"server.tls: a test handshake with {tls.cert} failed: {exc.reason or exc}") from None
 
 
-async def _until_signalled() -> None:
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[asyncio.Event]:
+    """An event SIGINT or SIGTERM sets, handled from before "listening on" is printed: whoever reads that line and
+    signals at once gets a clean stop, not the default handler's kill."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        yield stop
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -247,27 +251,30 @@ async def _serve(
         await runner.setup()
         try:
             await web.SockSite(runner, sock, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, ssl_context=tls).start()
-            haproxy_socket = settings.data_dir / "haproxy" / "haproxy.sock"
-            print(f"deploybot {config_path.name}:", flush=True)
-            print(f"  config {config_path}, data in {settings.data_dir}", flush=True)
-            print(f"  API token in {settings.api_token_file} (or $DEPLOYBOT_TOKEN)", flush=True)
-            if agents:
-                names = ", ".join(agent.name for agent in agents)
-                where = settings.data_dir / "hosts" / "NAME" / "agent.log"
-                print(f"  local agents: {names} (logs in {where})", flush=True)
-            for group in haproxy_groups(config):
-                assert group.load_balancer is not None
-                port = group.load_balancer.port
-                print(f"  HAProxy: {group.name} on http://127.0.0.1:{port} (runtime API {haproxy_socket})", flush=True)
-            if config.server.public_url:
-                print(f"  public URL {config.server.public_url}", flush=True)
-            if tls and config.server.tls:
-                print(f"  {_tls_line(config.server.tls)}", flush=True)
-            print(f"  {_slack_line(settings)}", flush=True)
-            print(f"  {describe_github(settings)}", flush=True)
-            print(f"deploybot listening on {url}", flush=True)  # last: everything above is ready by now
-            await _until_signalled()
-            print("deploybot shutting down", flush=True)
+            with _stop_signals() as stopped:
+                haproxy_socket = settings.data_dir / "haproxy" / "haproxy.sock"
+                print(f"deploybot {config_path.name}:", flush=True)
+                print(f"  config {config_path}, data in {settings.data_dir}", flush=True)
+                print(f"  API token in {settings.api_token_file} (or $DEPLOYBOT_TOKEN)", flush=True)
+                if agents:
+                    names = ", ".join(agent.name for agent in agents)
+                    where = settings.data_dir / "hosts" / "NAME" / "agent.log"
+                    print(f"  local agents: {names} (logs in {where})", flush=True)
+                for group in haproxy_groups(config):
+                    assert group.load_balancer is not None
+                    port = group.load_balancer.port
+                    print(
+                        f"  HAProxy: {group.name} on http://127.0.0.1:{port} (runtime API {haproxy_socket})", flush=True
+                    )
+                if config.server.public_url:
+                    print(f"  public URL {config.server.public_url}", flush=True)
+                if tls and config.server.tls:
+                    print(f"  {_tls_line(config.server.tls)}", flush=True)
+                print(f"  {_slack_line(settings)}", flush=True)
+                print(f"  {describe_github(settings)}", flush=True)
+                print(f"deploybot listening on {url}", flush=True)  # last: everything above is ready by now
+                await stopped.wait()
+                print("deploybot shutting down", flush=True)
         finally:
             await runner.cleanup()
     finally:
@@ -275,6 +282,22 @@ async def _serve(
         if haproxy:
             await haproxy.stop()
     print("deploybot stopped", flush=True)
+
+
+DATABASE_FILE = "deploybot.db"
+"""The database in the data directory (bot.assembly opens the same file)."""
+
+
+async def _check_database(path: Path, *, init: bool) -> None:
+    """Open and close the database before anything else starts, so a damaged, unreadable or empty (without
+    ``--init``) file stops ``serve`` with the store's one line (DatabaseUnusable) instead of a traceback later."""
+    from engine.store.sqlite import SqliteStore
+
+    empty = path.is_file() and path.stat().st_size == 0
+    store = await SqliteStore.open(path, init=init)
+    await store.close()
+    if empty:
+        print(f"initialized an empty database in {path} (--init)", flush=True)
 
 
 def _tls_line(tls: TlsSettings) -> str:
@@ -330,6 +353,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         if ensure_api_token_file(settings.api_token_file):
             print(f"created API token {settings.api_token_file}", flush=True)
         try:
+            asyncio.run(_check_database(settings.data_dir / DATABASE_FILE, init=args.init))
             asyncio.run(_serve(config, settings, config_path, tls))
         except (EngineError, ValueError) as exc:  # HAProxy missing or its port taken; a malformed setting
             print(f"error: {exc}", file=sys.stderr)
@@ -401,6 +425,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve = subparsers.add_parser("serve", help="run the server (HTTP API, agent protocol, engine, local fleet)")
     serve.add_argument("--config", metavar="FILE", help=f"config file (default: {EXAMPLE_CONFIG} of the checkout)")
     serve.add_argument("--port", type=int, metavar="N", help="listen on this port (0: any free one)")
+    serve.add_argument(
+        "--init",
+        action="store_true",
+        help="start on a zero-byte database file as an empty database (refused without it: it may be a lost one)",
+    )
     serve.set_defaults(func=_serve_command)
 
     agent = subparsers.add_parser("agent", help="run a host agent (long-polls the server for lifecycle events)")

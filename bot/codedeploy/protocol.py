@@ -19,6 +19,7 @@ from bot.codedeploy.base import Answer
 from bot.codedeploy.operations import CodeDeployOperations
 from bot.codedeploy.shapes import ApiError
 from bot.codedeploy.sigv4 import AccessKey, SignatureRejected, verify
+from bot.http import parse_json
 from engine import (
     ApplicationNotFound,
     AppSpecInvalid,
@@ -60,9 +61,8 @@ def aws_error(name: str, message: str, *, status: int = 400) -> web.Response:
 
 
 def _answer(body: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=json.dumps(body, default=str).encode(), content_type=CONTENT_TYPE, headers=headers
-    )
+    encoded = json.dumps(body, default=str, allow_nan=False).encode()
+    return web.Response(status=status, body=encoded, content_type=CONTENT_TYPE, headers=headers)
 
 
 def engine_error_name(exc: EngineError) -> str:
@@ -106,7 +106,7 @@ class CodeDeployEndpoint:
                 "UnknownOperation", f"deploybot does not support the CodeDeploy {what}; it supports {supported}"
             )
         try:
-            payload = json.loads(body) if body.strip() else {}
+            payload = parse_json(body) if body.strip() else {}
         except ValueError as exc:
             return aws_error("Serialization", f"the body is not JSON: {exc}")
         if not isinstance(payload, dict):

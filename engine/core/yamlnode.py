@@ -5,18 +5,29 @@ Both YAML formats people write by hand (appspec.yml and the deploybot config) ar
 constructor silently keeps the last one). ``NodeReader`` turns nodes into typed values and each failure into a
 ``Problem`` at the node it is about, then hands the caller a default so it can go on and find the rest: someone
 fixing a file wants the whole list at once. Merge keys (``<<: *defaults``) work.
+
 The typed getters word problems as "expected X, got Y"; a format may put its own wording on top (core/appspec
 speaks the CodeDeploy agent's).
+
+Hostile input is refused with a position, never a traceback: ``compose`` reads through a composer that enforces
+``YamlLimits`` (the size of the text, the number of nodes counting each alias as the nodes it stands for, so a
+"billion laughs" stops at the alias that crosses the limit, and the nesting depth, so no walk can recurse without
+bound) and refuses explicit tags outside the safe set (``!!str``, ``!!int``, ``!!float``, ``!!bool``, ``!!null``,
+``!!timestamp``, ``!!map``, ``!!seq``) and explicitly tagged scalars it cannot read (``!!bool x``).
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import NamedTuple, TypeVar
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.error import Mark
+from yaml.events import AliasEvent, ScalarEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from engine.core.errors import Problem
@@ -33,8 +44,155 @@ _N = TypeVar("_N", int, float)
 _SCALAR_TAGS = {TAG + name for name in ("null", "bool", "int", "float", "str", "timestamp")}
 _KINDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false", "null": "null"}
 _KINDS |= {"timestamp": "a date", "binary": "binary data", "set": "a set", "omap": "an ordered mapping"}
+LARGEST_NUMBER = 1_000_000_000
+"""The ceiling of a number whose key sets none: no count, size or duration deploybot reads comes near it, and it
+keeps every value far from what a timedelta, a sleep or an SQLite integer can hold."""
+_COLLECTION_TAGS = {TAG + "map", TAG + "seq"}
 _CONSTRUCTOR = SafeConstructor()
 """PyYAML's safe constructor for single scalars; it is stateless for them (no document, no anchors)."""
+_CONSTRUCT_ERRORS = (yaml.YAMLError, ValueError, LookupError, AttributeError, TypeError, OverflowError)
+"""What PyYAML's scalar constructors raise for a value their tag does not fit (``!!bool x`` is a KeyError,
+``!!timestamp x`` an AttributeError, ``!!int ""`` an IndexError)."""
+
+
+@dataclass(frozen=True, slots=True)
+class YamlLimits:
+    """The most work one document may ask for; each is checked before or while composing, never after."""
+
+    what: str = "document"
+    """What the document is, for messages ("AppSpec", "config file")."""
+    max_bytes: int = 2 * 1024 * 1024
+    max_nodes: int = 200_000
+    """Values, keys and collections, each alias counted as every node it stands for."""
+    max_depth: int = 100
+    """Collections inside collections, through aliases too."""
+
+
+class YamlRefused(yaml.MarkedYAMLError):
+    """A document the composer will not go on reading (a limit, a cycle); ``problem`` is the whole message."""
+
+
+def shown_tag(tag: str) -> str:
+    """A tag as people write it: ``!!bool`` rather than ``tag:yaml.org,2002:bool``."""
+    return "!!" + tag.removeprefix(TAG) if tag.startswith(TAG) else tag
+
+
+def construct_scalar(node: ScalarNode) -> tuple[object, str | None]:
+    """A scalar of one of the safe tags as Python, or ``(UNREADABLE, why)``."""
+    construct = yaml.SafeLoader.yaml_constructors.get(node.tag) if node.tag in _SCALAR_TAGS else None
+    if construct is None:
+        return UNREADABLE, f"unsupported YAML tag {shown_tag(node.tag)}: remove it"
+    try:
+        return construct(_CONSTRUCTOR, node), None
+    except _CONSTRUCT_ERRORS as exc:
+        if isinstance(exc, ValueError):
+            return UNREADABLE, f"cannot read {node.value!r}: {exc}"
+        return UNREADABLE, f"{node.value!r} is not a valid {shown_tag(node.tag)} value: fix it or remove the tag"
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader whose composer counts, measures depth and checks explicit tags as it goes.
+
+    Each anchored node remembers how many nodes it stands for and how deep it goes, so an alias adds its whole
+    expansion without being expanded. An alias to a node still being composed (a cycle) is refused: it would
+    expand forever.
+    """
+
+    def __init__(self, text: str, limits: YamlLimits) -> None:
+        super().__init__(text)
+        self.limits = limits
+        self.nodes = 0
+        self.depth = 0
+        self.deepest = 0
+        self.expansions: dict[int, tuple[int, int]] = {}  # id(anchored node) -> (nodes, height)
+        self.rejected: list[tuple[Node, str]] = []
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        event = self.peek_event()
+        if isinstance(event, AliasEvent):
+            anchored = self.anchors.get(event.anchor)
+            if anchored is not None:
+                size, height = self._expansion(anchored, str(event.anchor), event.start_mark)
+                self._count(size, self.depth + height, event.start_mark, f"alias *{event.anchor}")
+            return self._composed(parent, index)
+        self._count(1, self.depth + 1, event.start_mark, "")
+        start, outer_deepest = self.nodes, self.deepest
+        self.depth += 1
+        self.deepest = self.depth
+        node = self._composed(parent, index)
+        self.depth -= 1
+        if event.anchor is not None:
+            self.expansions[id(node)] = (self.nodes - start + 1, self.deepest - self.depth)
+        self.deepest = max(outer_deepest, self.deepest)
+        if event.tag not in (None, "!"):
+            self._check_tag(node, isinstance(event, ScalarEvent))
+        return node
+
+    def _composed(self, parent: Node | None, index: Any) -> Node:
+        node = super().compose_node(parent, index)
+        assert node is not None  # PyYAML composes a node from every node event
+        return node
+
+    def fetch_flow_collection_start(self, token_class: Any) -> None:
+        """The scanner's ``[`` and ``{``: refused past the depth limit here already, because the scanner looks up to
+        1,024 characters ahead for each open bracket (a possible key) and that look-ahead is quadratic."""
+        if self.flow_level >= self.limits.max_depth:
+            self._count(0, self.flow_level + 1, self.get_mark(), "")
+        super().fetch_flow_collection_start(token_class)
+
+    def _expansion(self, node: Node, anchor: str, mark: Any) -> tuple[int, int]:
+        if id(node) not in self.expansions:
+            message = f"alias *{anchor} is inside the node it refers to (a cycle): anchors cannot refer to themselves"
+            raise YamlRefused(problem=message, problem_mark=mark)
+        return self.expansions[id(node)]
+
+    def _count(self, nodes: int, depth: int, mark: Any, through: str) -> None:
+        self.nodes += nodes
+        by = f" (through {through})" if through else ""
+        limits = self.limits
+        if self.nodes > limits.max_nodes:
+            message = (
+                f"the {limits.what} has more than {limits.max_nodes:,} values{by}: the limit for one {limits.what}"
+            )
+            raise YamlRefused(problem=message, problem_mark=mark)
+        if depth > limits.max_depth:
+            message = f"the {limits.what} nests deeper than {limits.max_depth} levels{by}: the nesting limit"
+            raise YamlRefused(problem=message, problem_mark=mark)
+
+    def _check_tag(self, node: Node, scalar: bool) -> None:
+        if isinstance(node, ScalarNode) and scalar:
+            _, why = construct_scalar(node)
+            if why is not None:
+                self.rejected.append((node, why))
+        elif node.tag not in _COLLECTION_TAGS:
+            self.rejected.append((node, f"unsupported YAML tag {shown_tag(node.tag)}: remove it"))
+
+
+def compose_limited(text: str, limits: YamlLimits) -> tuple[Node | None, list[tuple[Node, str]]]:
+    """The node tree of a one-document text and its scalars refused for their tags.
+
+    Raises ``YamlRefused`` past a limit and ``yaml.YAMLError`` for a syntax error.
+    """
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limits.max_bytes:
+        line, column = _position_of_byte(text, limits.max_bytes)
+        message = (
+            f"the {limits.what} is {size:,} bytes, over the limit of {limits.max_bytes:,} bytes for one {limits.what}"
+        )
+        raise YamlRefused(problem=message, problem_mark=Mark("", limits.max_bytes, line - 1, column - 1, "", 0))
+    loader = _LimitedLoader(text, limits)
+    try:
+        node: Node | None = loader.get_single_node()
+        return node, loader.rejected
+    finally:
+        loader.dispose()
+
+
+def _position_of_byte(text: str, offset: int) -> tuple[int, int]:
+    """Line and column (1-based) of the character holding byte ``offset`` of the UTF-8 text."""
+    index = len(text.encode("utf-8", "surrogatepass")[:offset].decode("utf-8", "ignore"))
+    before = text[:index]
+    return before.count("\n") + 1, index - (before.rfind("\n") + 1) + 1
 
 
 class Entry(NamedTuple):
@@ -182,11 +340,15 @@ def json_tabs_to_spaces(text: str) -> str:
 class NodeReader:
     """Typed access to YAML nodes; every failure becomes a Problem, and the caller gets a default to go on with."""
 
-    def __init__(self, filename: str) -> None:
+    limits = YamlLimits()
+    """What ``compose`` allows; a format sets its own (class attribute or ``limits=``)."""
+
+    def __init__(self, filename: str, limits: YamlLimits | None = None) -> None:
         self.filename = filename
         self.problems: list[Problem] = []
         self._unreadable: set[int] = set()
-        self._constructor = SafeConstructor()
+        if limits is not None:
+            self.limits = limits
 
     # ------------------------------------------------------------------------------------------------ problems
 
@@ -214,16 +376,23 @@ class NodeReader:
         """The node tree of a one-document text; None when it is empty or, with a problem reported, invalid.
 
         ``describe`` words a syntax error. ``json_tabs`` accepts JSON with tabs between tokens (JSON allows
-        them, YAML does not).
+        them, YAML does not). A document past ``self.limits`` is one problem, worded here; scalars refused for
+        their tags are reported and read as unreadable.
         """
         try:
-            return yaml.compose(text, Loader=yaml.SafeLoader)
+            root, rejected = compose_limited(text, self.limits)
+        except YamlRefused as exc:
+            self.report_at(*syntax_position(exc, text), str(exc.problem))
+            return None
         except yaml.YAMLError as exc:
             problem = str(getattr(exc, "problem", ""))
             if json_tabs and "'\\t'" in problem and text.lstrip("\ufeff \r\n").startswith(("{", "[")):
                 return self.compose(json_tabs_to_spaces(text), describe)
             self.report_at(*syntax_position(exc, text), describe(exc))
-        return None
+            return None
+        for node, why in rejected:
+            self.report_unreadable(node, why)
+        return root
 
     def check_duplicates(self, node: Node, path: str = "", seen: set[int] | None = None) -> None:
         """Report repeated mapping keys anywhere in the tree (merge keys are not repeats)."""
@@ -247,25 +416,37 @@ class NodeReader:
         """The Python value of a scalar as YAML 1.1 reads it (``0755`` is 493); ``UNREADABLE`` otherwise."""
         if not isinstance(node, ScalarNode):
             return UNREADABLE
-        construct = yaml.SafeLoader.yaml_constructors.get(node.tag) if node.tag in _SCALAR_TAGS else None
-        if construct is None:
-            self.report_unreadable(node, f"unsupported YAML tag {node.tag}: remove it", path)
-            return UNREADABLE
-        try:
-            return construct(_CONSTRUCTOR, node)
-        except (yaml.YAMLError, ValueError) as exc:
-            self.report_unreadable(node, f"cannot read {node.value!r}: {exc}", path)
-            return UNREADABLE
+        value, why = construct_scalar(node)
+        if why is not None:
+            self.report_unreadable(node, why, path)
+        return value
 
     def plain(self, node: Node, path: str) -> object:
-        """Any YAML value as plain Python (lists, mappings and all)."""
+        """Any YAML value as plain Python (lists, mappings and all); None after a problem.
+
+        Built here from the nodes (scalars through ``value``), not by PyYAML's constructor, so the same tags are
+        refused everywhere and every problem has its position. Depth is bounded by the composer's limits.
+        """
+        if isinstance(node, ScalarNode):
+            value = self.value(node, path)
+            return None if value is UNREADABLE else value
+        if isinstance(node, SequenceNode):
+            return [self.plain(item, f"{path}[{index}]") for index, item in enumerate(node.value)]
+        if not isinstance(node, MappingNode):
+            return None
         try:
-            return self._constructor.construct_object(node, deep=True)
+            pairs = merged_entries(node)
         except yaml.MarkedYAMLError as exc:
             self.report(node, f"cannot read value: {exc.problem}", path)
-        except ValueError as exc:
-            self.report(node, f"cannot read value: {exc}", path)
-        return None
+            return None
+        mapping: dict[object, object] = {}
+        for key, value in pairs:
+            name = self.value(key, path) if isinstance(key, ScalarNode) else UNREADABLE
+            if name is UNREADABLE:
+                self.report(key, f"cannot read value: a key must be a plain value, not {kind(key)}", path)
+                return None
+            mapping[name] = self.plain(value, join(path, str(name)))
+        return mapping
 
     def scalar(self, node: Node, path: str, kinds: Collection[str], expected: str) -> object:
         """A scalar of one of the YAML ``kinds`` ("str", "int", ...); None after a problem."""
@@ -285,18 +466,20 @@ class NodeReader:
             return None
         return value if isinstance(value, str) else None
 
-    def integer(self, node: Node, path: str, low: int = 0, high: int | None = None) -> int | None:
+    def integer(self, node: Node, path: str, low: int = 0, high: int = LARGEST_NUMBER) -> int | None:
         value = self.scalar(node, path, {"int"}, "an integer")
         return self._within(node, path, value, low, high) if isinstance(value, int) else None
 
-    def number(self, node: Node, path: str, low: float = 0, high: float | None = None) -> float | None:
+    def number(self, node: Node, path: str, low: float = 0, high: float = LARGEST_NUMBER) -> float | None:
         value = self.scalar(node, path, {"int", "float"}, "a number")
         return self._within(node, path, float(value), low, high) if isinstance(value, int | float) else None
 
-    def _within(self, node: Node, path: str, value: _N, low: float, high: float | None) -> _N | None:
-        if not value >= low or (high is not None and not value <= high):  # NaN too
-            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-            self.report(node, f"expected a value {bound}, got {value}", path)
+    def _within(self, node: Node, path: str, value: _N, low: float, high: float) -> _N | None:
+        if not math.isfinite(value):
+            self.report(node, f"expected a finite number, got {as_written(node)}", path)
+            return None
+        if not low <= value <= high:
+            self.report(node, f"expected a value between {low} and {high}, got {value}", path)
             return None
         return value
 

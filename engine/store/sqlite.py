@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import sqlite3
@@ -25,6 +26,7 @@ from typing import Any, Self, TypeVar
 
 from sqlite_utils import Database
 
+from engine.core.errors import EngineError
 from engine.core.model import FINAL_STATUSES
 from engine.store.hook_records import HookExecutionRecords
 from engine.store.intent_records import IntentRecords
@@ -77,6 +79,42 @@ def _write(db: Database) -> Iterator[sqlite3.Connection]:
         raise
 
 
+class DatabaseUnusable(EngineError):
+    """The database file cannot be used as it is (.path, .reason, .fix); the message is one line for the operator."""
+
+    def __init__(self, path: Path, reason: str, fix: str) -> None:
+        self.path, self.reason, self.fix = path, reason, fix
+        super().__init__(f"cannot use the database {path}: {reason}; {fix}")
+
+
+_UNREADABLE_FIX = "check that the file and its directory belong to the user running deploybot and are writable"
+_DAMAGED_FIX = (
+    "stop every deploybot using it, then restore it from a backup (or move it aside and run `deploybot serve "
+    "--init` to start with an empty database)"
+)
+
+
+def _unusable(path: Path, exc: sqlite3.DatabaseError) -> DatabaseUnusable:
+    """SQLite's refusal in the operator's terms: damaged (restore it) or out of reach (fix permissions)."""
+    reason = str(exc)
+    reach = ("unable to open", "readonly", "read-only", "disk i/o error", "permission")
+    if isinstance(exc, sqlite3.OperationalError) and any(word in reason.lower() for word in reach):
+        return DatabaseUnusable(path, reason, _UNREADABLE_FIX)
+    if "not a database" in reason or "malformed" in reason:
+        reason = f"it is not an SQLite database or is damaged ({reason})"
+    return DatabaseUnusable(path, reason, _DAMAGED_FIX)
+
+
+def _refuse_empty(path: Path, init: bool) -> None:
+    """A zero-byte database file is refused unless ``init`` (see ``SqliteStore.open``)."""
+    if not init and path.is_file() and path.stat().st_size == 0:
+        fix = (
+            "if it was lost, restore it from a backup; if this is a new server, remove the file or run "
+            "`deploybot serve --init` once to start with an empty database"
+        )
+        raise DatabaseUnusable(path, "the file is empty (0 bytes), not a database", fix)
+
+
 def _owner_only(path: Path) -> None:
     """Create the database file 0600, or tighten an existing one and its -wal/-shm: it holds every deployment's output
     and the audit log. SQLite gives the -wal and -shm files it creates the database file's mode."""
@@ -114,16 +152,30 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords, 
     # -- lifecycle
 
     @classmethod
-    async def open(cls, path: str | Path, *, on_statement: Callable[[str], None] | None = None) -> SqliteStore:
+    async def open(
+        cls, path: str | Path, *, on_statement: Callable[[str], None] | None = None, init: bool = False
+    ) -> SqliteStore:
         """Open (creating dirs and file as needed) and migrate. ``on_statement`` sees every SQL statement run,
-        on the store's thread (for tracing and for tests that check which thread touches the connection)."""
+        on the store's thread (for tracing and for tests that check which thread touches the connection).
+
+        Raises ``DatabaseUnusable`` (one sentence: which file, what is wrong, what to do) for a file that is not
+        an SQLite database or is damaged, one that cannot be read or written, and a zero-byte file unless
+        ``init``: an empty file where a database should be is more likely a lost one than a new one (a new server
+        has no file at all), so starting afresh on it must be asked for (``deploybot serve --init``).
+        """
         path = Path(path)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deploybot-store")
 
         def connect() -> tuple[Database, int, dict[str, frozenset[str]]]:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _owner_only(path)
-            conn = sqlite3.connect(path, check_same_thread=False, timeout=10.0)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _refuse_empty(path, init)
+                _owner_only(path)
+                conn = sqlite3.connect(path, check_same_thread=False, timeout=10.0)
+            except OSError as exc:
+                raise DatabaseUnusable(path, exc.strerror or str(exc), _UNREADABLE_FIX) from exc
+            except sqlite3.DatabaseError as exc:
+                raise _unusable(path, exc) from exc
             try:
                 if on_statement is not None:
                     conn.set_trace_callback(on_statement)
@@ -133,10 +185,13 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords, 
                 # the last few, which is the usual trade for not fsyncing every target event.
                 db.execute("PRAGMA synchronous=NORMAL")
                 apply_migrations(db)
+                columns = {t.name: frozenset(c.name for c in t.columns) for t in db.tables}
+            except sqlite3.DatabaseError as exc:
+                conn.close()
+                raise _unusable(path, exc) from exc
             except BaseException:
                 conn.close()
                 raise
-            columns = {t.name: frozenset(c.name for c in t.columns) for t in db.tables}
             return db, threading.get_ident(), columns
 
         try:
@@ -172,7 +227,12 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords, 
     async def _run(self, fn: Callable[[Database], T]) -> T:
         if self._closed:
             raise RuntimeError(f"SqliteStore({self._path}) is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._db)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._db)
+        except sqlite3.OperationalError as exc:
+            if "disk is full" in str(exc):  # the doors answer a full disk as such (bot/http.py: 507)
+                raise OSError(errno.ENOSPC, f"{exc} ({self._path})") from exc
+            raise
 
     async def _fetch(self, table: str, sql: str, params: Sequence[Any] = (), *, write: bool = False) -> list[Row]:
         """Rows of ``sql``, ``table``'s JSON columns decoded; ``write`` for ``... RETURNING`` statements."""

@@ -29,6 +29,7 @@ from engine.core.yamlnode import (
     UNREADABLE,
     Entry,
     NodeReader,
+    YamlLimits,
     as_written,
     did_you_mean,
     is_null,
@@ -149,8 +150,15 @@ FAILED = "The deployment failed because"
 """How the agent starts a problem with the AppSpec file; the rules below reuse its wording."""
 
 
+APPSPEC_LIMITS = YamlLimits(what="AppSpec", max_bytes=256 * 1024, max_nodes=20_000, max_depth=100)
+"""The most an AppSpec may ask of the parser. Real ones are a few KiB; these refuse a 4 MB file of 300,000 keys
+before it is parsed (size) and a small file whose aliases expand (nodes) in a fraction of a second."""
+
+
 class AppSpecReader(NodeReader):
     """engine.core.yamlnode's reader with the AppSpec wording: problems name the section and say how to fix them."""
+
+    limits = APPSPEC_LIMITS
 
     def mapping(self, node: Node, what: str) -> list[tuple[str, Node, Node]] | None:
         """The entries of a mapping node, keys as text; reports a non-mapping and repeated keys (the first counts)."""

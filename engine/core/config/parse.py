@@ -57,7 +57,7 @@ from engine.core.configs import (
 from engine.core.errors import ConfigError, Problem
 from engine.core.model import Platform
 from engine.core.policy import BOOTSTRAP_ADMIN
-from engine.core.yamlnode import NULL_TAG, Entry, NodeReader, did_you_mean, is_null
+from engine.core.yamlnode import NULL_TAG, Entry, NodeReader, YamlLimits, did_you_mean, is_null
 
 __all__ = [
     "APPLICATION_EXTRA_KEYS",
@@ -88,6 +88,9 @@ _USER_IDS = {
         "an access key id (letters and digits, like AKIA…; the secret never goes here)",
     ),
 }
+CONFIG_LIMITS = YamlLimits(what="config file", max_bytes=4 * 1024 * 1024, max_nodes=200_000, max_depth=100)
+"""The most a config file may ask of the parser: room for thousands of hosts, refused before parsing past that."""
+_DAY_SECONDS = 24 * 60 * 60
 _APPLICATION_KEYS = (
     *("platform", "revision", "slack_channel", "github", "environments", "deployment_groups"),
     *APPLICATION_EXTRA_KEYS,
@@ -96,7 +99,7 @@ _APPLICATION_KEYS = (
 
 def parse_config(text: str, *, filename: str = "<config>", base_dir: str = ".") -> EngineConfig:
     """Parse and check a whole config; raises ConfigError with every problem found, sorted by position."""
-    reader = NodeReader(filename)
+    reader = NodeReader(filename, CONFIG_LIMITS)
     null = ScalarNode(NULL_TAG, "")
     root = reader.compose(text, _yaml_problem) or null
     if reader.problems:
@@ -201,7 +204,7 @@ def _server(reader: NodeReader, node: Node, base_dir: str, people: People) -> Se
         listen_port=port,
         data_dir=resolve_path(base_dir, reader.get(entries, "data_dir", reader.string, "var")),
         public_url=reader.get(entries, "public_url", partial(_url, reader), None),
-        heartbeat_timeout=reader.get(entries, "heartbeat_timeout", reader.number, 60.0, 1),
+        heartbeat_timeout=reader.get(entries, "heartbeat_timeout", reader.number, 60.0, 1, _DAY_SECONDS),
         admins=reader.get(entries, "admins", partial(read_people, reader), (), people),
         tls=reader.get(entries, "tls", partial(_tls, reader), None, base_dir),
     )
