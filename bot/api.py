@@ -52,7 +52,15 @@ from bot.http import (
     unauthorized,
 )
 from bot.idempotency import idempotent_requests
-from engine import BOOTSTRAP_ADMIN, Action, DeploymentService, DeployRequest
+from engine import (
+    BOOTSTRAP_ADMIN,
+    Action,
+    DeploymentService,
+    DeployRequest,
+    EngineConfig,
+    names_server_path,
+    path_within,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,14 +159,39 @@ def _deploy_request(request: web.Request, body: Mapping[str, Any], usage: str) -
     description = body.get("description") or ""
     if not isinstance(description, str):
         raise bad_request("'description' must be a string", usage)
+    application = _string(body, "application", usage, required=True) or ""
+    revision = _string(body, "revision", usage)
+    if revision is not None and names_server_path(revision):
+        _check_server_path(request.app[DEPLOYER].config, application, revision)
     return DeployRequest(
-        application=_string(body, "application", usage, required=True) or "",
+        application=application,
         environment=_string(body, "environment", usage, required=True) or "",
-        revision=_string(body, "revision", usage),
+        revision=revision,
         config_name=_string(body, "config", usage),
         actor=actor_of(request),
         description=description,
         ignore_alarms=body.get("ignore_alarms") is True,
+    )
+
+
+def _check_server_path(config: EngineConfig, application: str, revision: str) -> None:
+    """403 unless the server path ``revision`` lies, links followed, under the application's own ``revision`` or a
+    ``server.revision_roots`` entry (engine/core/revision_paths.py). The answer is the same whether or not the path
+    exists: nothing about a refused path is read or told."""
+    roots = [*config.server.revision_roots]
+    app = next((a for a in config.applications.values() if a.name.casefold() == application.casefold()), None)
+    if app is not None and app.revision and names_server_path(app.revision):
+        roots.append(app.revision)
+    resolved = os.path.realpath(os.path.join(config.base_dir, revision))
+    if path_within(resolved, [os.path.realpath(root) for root in roots]):
+        return
+    allowed = ", ".join(roots) or "none configured"
+    raise HttpProblem(
+        403,
+        "RevisionPathRefused",
+        f"{revision!r} is a path on the server outside where revisions may be read from ({allowed}); upload the "
+        "bundle instead (`deploybot deploy --revision DIR` does), or name sha256:, s3://, git: or github:",
+        rule="server.revision_roots",
     )
 
 

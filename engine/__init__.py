@@ -83,6 +83,7 @@ from engine.core.registrations import (
     RegisteredRevision,
     TooManyTags,
 )
+from engine.core.revision_paths import names_server_path, path_within
 from engine.core.simulate import simulate
 from engine.core.stages import StageOptions, deployment_stages
 from engine.ports import AgentFleet, HookCallbacks, RevisionArchive
@@ -188,9 +189,11 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "is_production",
     "load_config",
     "may",
+    "names_server_path",
     "normalized",
     "parse_appspec",
     "parse_config",
+    "path_within",
     "resolve_config",
     "safe_extract",
     "simulate",

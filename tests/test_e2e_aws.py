@@ -43,7 +43,7 @@ def lambda_config(endpoint: str, *, alarms: bool = False, hook_timeout_minutes: 
         else ""
     )
     return (
-        "server: {data_dir: var}\n"
+        "server: {data_dir: var, revision_roots: [..]}\n"  # the test writes its revisions beside the server dir
         f"aws:\n  default: {{region: us-east-1, endpoint_url: '{endpoint}'}}\n"
         "deployment_configs:\n"
         "  Linear25Fast:\n"
@@ -253,7 +253,7 @@ async def test_a_hook_that_never_calls_back_fails_at_its_timeout_and_nothing_mov
 
 def ecs_config(endpoint: str, setup: EcsSetup) -> str:
     return (
-        "server: {data_dir: var}\n"
+        "server: {data_dir: var, revision_roots: [..]}\n"  # the test writes its revisions beside the server dir
         f"aws:\n  default: {{region: us-east-1, endpoint_url: '{endpoint}'}}\n"
         "deployment_configs:\n"
         "  Canary10Fast:\n"

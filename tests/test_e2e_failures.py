@@ -30,7 +30,7 @@ def config(
     local = tuple(hosts) if local is None else local
     host_lines = "\n".join(f"  - {{name: {h}, local: {'true' if h in local else 'false'}}}" for h in hosts)
     auto = "{enabled: true, events: [DEPLOYMENT_FAILURE]}" if rollback else "{enabled: false}"
-    return f"""server: {{data_dir: var, heartbeat_timeout: {heartbeat}}}
+    return f"""server: {{data_dir: var, heartbeat_timeout: {heartbeat}, revision_roots: [.]}}
 hosts:
 {host_lines}
 applications:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from e2e_support import DeploybotServer, write_revision
 
-CONFIG = """server: {data_dir: var}
+CONFIG = """server: {data_dir: var, revision_roots: [.]}
 hosts:
   - {name: stage-1, local: true}
   - {name: prod-1, local: true}

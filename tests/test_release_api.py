@@ -24,7 +24,7 @@ from engine.runtime.deployer import Deployer
 
 TOKEN = "release-token"
 CONFIG = """
-server: {data_dir: var, admins: [root]}
+server: {data_dir: var, admins: [root], revision_roots: [.]}
 hosts:
   - {name: s1}
   - {name: p1}

@@ -117,6 +117,8 @@ async def _revision(flow: ReleaseContext, group: DeploymentGroup, wanted: str | 
             raise RevisionNotFound(sha)
         stored = flow.revisions.path(sha).exists()
         return {"sha256": sha, "source": row["source"], "commit": row.get("commit"), "stored": stored}, row["appspec"]
+    if wanted.startswith(("s3://", "github:")):  # fetched when deployed, not for a plan: its AppSpec is unknown yet
+        return {"sha256": None, "source": wanted, "commit": None, "stored": False}, None
     base = Path(flow.config.base_dir)
     source = wanted if wanted.startswith("git:") or Path(wanted).is_absolute() else str(base / wanted)
     platform = group.platform

@@ -216,6 +216,9 @@ class ServerSettings:
     heartbeat_timeout: float = 60.0
     admins: tuple[str, ...] = ()  # user names and @roles, as written
     tls: TlsSettings | None = None
+    revision_roots: tuple[str, ...] = ()
+    """Directories (resolved against the config file's) under which an API caller may name a server-side path as a
+    revision, besides each application's own ``revision``; see engine/core/revision_paths.py."""
 
     @property
     def scheme(self) -> str:

@@ -196,7 +196,7 @@ def _tls(reader: NodeReader, node: Node, path: str, base_dir: str) -> TlsSetting
 
 
 def _server(reader: NodeReader, node: Node, base_dir: str, people: People) -> ServerSettings:
-    keys = ("listen", "data_dir", "public_url", "heartbeat_timeout", "admins", "tls")
+    keys = ("listen", "data_dir", "public_url", "heartbeat_timeout", "admins", "tls", "revision_roots")
     entries = reader.fields(node, "server", keys)
     host, port = reader.get(entries, "listen", partial(_listen, reader), ("127.0.0.1", 8080))
     return ServerSettings(
@@ -207,6 +207,9 @@ def _server(reader: NodeReader, node: Node, base_dir: str, people: People) -> Se
         heartbeat_timeout=reader.get(entries, "heartbeat_timeout", reader.number, 60.0, 1, _DAY_SECONDS),
         admins=reader.get(entries, "admins", partial(read_people, reader), (), people),
         tls=reader.get(entries, "tls", partial(_tls, reader), None, base_dir),
+        revision_roots=tuple(
+            resolve_path(base_dir, root) for root in reader.get(entries, "revision_roots", reader.strings, ())
+        ),
     )
 
 
