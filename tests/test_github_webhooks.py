@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -333,6 +335,18 @@ async def test_a_bad_signature_is_refused_and_nothing_is_stored(world: World, he
     await world.settle()
     assert await world.history() == []
     assert await world.deployer.store.get_intent("github:delivery:d-1") is None  # the id was never recorded
+
+
+async def test_a_signed_body_nested_too_deeply_is_a_400_and_nothing_is_stored(world: World) -> None:
+    body = ("[" * 100_000 + "]" * 100_000).encode()
+    _, headers = signed(SECRET, "push", {}, "d-deep")
+    headers["X-Hub-Signature-256"] = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    async with world.client.post("/github/webhook", data=body, headers=headers) as response:
+        assert (response.status, (await response.json())["error"]) == (
+            400,
+            "not a GitHub webhook: the JSON nests too deeply",
+        )
+    assert await world.deployer.store.get_intent("github:delivery:d-deep") is None
 
 
 async def test_a_pull_request_with_a_broken_appspec_gets_a_failing_check_run_on_the_right_line(world: World) -> None:

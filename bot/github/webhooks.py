@@ -74,6 +74,8 @@ def webhook_handler(front: WebhookFront) -> Callable[[web.Request], Awaitable[we
             event = sansio.Event.from_http(headers, body, secret=front.secret)
         except ValidationFailure as exc:
             return web.json_response({"error": f"bad webhook signature: {exc}"}, status=401)
+        except RecursionError:  # signed, so from GitHub or the secret's holder, but still never a 500
+            return web.json_response({"error": "not a GitHub webhook: the JSON nests too deeply"}, status=400)
         except (BadRequest, KeyError, ValueError) as exc:
             return web.json_response({"error": f"not a GitHub webhook: {exc!r}"}, status=400)
         if event.event == "ping":
