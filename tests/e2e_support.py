@@ -11,18 +11,22 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from conftest import free_port
 
 from bench.load import Load
+from engine import build_bundle, names_server_path
 
 __all__ = ["DeploybotServer", "Load", "event", "free_port", "statuses", "write_revision"]
 
@@ -55,6 +59,7 @@ class DeploybotServer:
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []
         self.extra_processes: list[subprocess.Popen[bytes]] = []
+        self.context: ssl.SSLContext | None = None  # how to trust an https:// server (tests/test_tls.py)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -124,23 +129,48 @@ class DeploybotServer:
 
     # -- the API ---------------------------------------------------------------------------------------------
 
-    def api(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> tuple[int, Any]:
+    def api(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Any]:
         token = (self.data_dir / "api-token").read_text().strip()
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        request = urllib.request.Request(
-            self.url + path, data=data, method=method, headers={"Authorization": f"Bearer {token}"}
-        )
+        sent = {**(headers or {}), "Authorization": f"Bearer {token}"}
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=sent)
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:
+            with urllib.request.urlopen(request, timeout=60, context=self.context) as response:
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"null")
 
+    def upload(self, revision: Path | str, application: str) -> str:
+        """What ``deploybot deploy --revision PATH`` does with a local path: bundle it here, upload it, and name
+        the stored bundle (``sha256:<hex>``); the server reads no path of ours."""
+        with tempfile.TemporaryDirectory(prefix="e2e-bundle-") as scratch:
+            built = build_bundle(str(revision), Path(scratch))
+            headers = {
+                "Content-Type": "application/gzip",
+                "X-Deploybot-Source": str(revision),
+                "X-Deploybot-Application": application,
+            }
+            status, stored = self.api("POST", "/api/v1/revisions", raw=built.path.read_bytes(), headers=headers)
+        assert status == 201, f"upload of {revision} refused: {stored}"
+        return f"sha256:{stored['sha256']}"
+
     def deploy(self, application: str, environment: str, revision: Path | str) -> dict[str, Any]:
+        """Deploy ``revision`` through the API; a local path is uploaded first, as the CLI does."""
+        named = str(revision)
+        if names_server_path(named):
+            named = self.upload(revision, application)
         status, body = self.api(
             "POST",
             "/api/v1/deployments",
-            {"application": application, "environment": environment, "revision": str(revision)},
+            {"application": application, "environment": environment, "revision": named},
         )
         assert status == 201, body
         return dict(body)

@@ -14,20 +14,14 @@ from typing import Any
 import pytest
 
 from engine.adapters.aws.accounts import AwsClients
-from engine.adapters.aws.s3 import (
-    S3Location,
-    S3Revisions,
-    object_key,
-    parse_s3_revision_url,
-    parse_s3_uri,
-    push_revision,
-)
+from engine.adapters.aws.s3 import S3Location, S3Revisions, object_key, push_revision
 from engine.adapters.clock import SystemClock
 from engine.agent.executor import hook_environment, s3_bundle_environment
 from engine.bundles import read_member
 from engine.core.agent_protocol import Command
 from engine.core.errors import AdapterError, BundleError
 from engine.core.model import LifecycleEvent, Platform
+from engine.core.s3_urls import parse_s3_revision_url, parse_s3_uri
 from engine.runtime.revisions import RevisionStore
 from engine.store.sqlite import SqliteStore
 from tests.moto_support import aws, aws_env, moto_endpoint, moto_reset  # noqa: F401

@@ -173,17 +173,6 @@ class TlsServer(DeploybotServer):
         self.ca = ca
         self.context = ssl.create_default_context(cafile=str(ca))
 
-    def api(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> tuple[int, Any]:
-        token = (self.data_dir / "api-token").read_text().strip()
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        headers = {"Authorization": f"Bearer {token}"}
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=HANG_GUARD, context=self.context) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
-
     def cli(self, *argv: str, env: dict[str, str] | None = None, server: str = "") -> subprocess.CompletedProcess[str]:
         """``deploybot ARGV --server URL`` from the server's directory (where it finds the API token file)."""
         return subprocess.run(

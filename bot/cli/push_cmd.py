@@ -28,7 +28,7 @@ class _Usage(Exception):
 
 
 def _bucket_and_prefix(uri: str) -> tuple[str, str]:
-    from engine.adapters.aws.s3 import parse_s3_uri
+    from engine.core.s3_urls import parse_s3_uri
 
     try:
         return parse_s3_uri(uri)

@@ -103,6 +103,16 @@ class BundleError(EngineError):
         super().__init__(f"{reason}: {member}" if member else reason)
 
 
+class BadRevisionName(EngineError):
+    """A revision named in a form that cannot name anything (a malformed ``s3://`` URL): the request is at fault,
+    nothing was fetched."""
+
+    def __init__(self, revision: str, reason: str) -> None:
+        self.revision = revision if len(revision) <= 200 else revision[:200] + "…"
+        self.reason = reason
+        super().__init__(f"bad revision: {reason}")
+
+
 class DeploymentRefused(EngineError):
     def __init__(self, reason: str, **details: object) -> None:
         self.reason = reason

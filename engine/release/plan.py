@@ -20,6 +20,7 @@ from engine.core.errors import AppSpecInvalid, Problem, RevisionNotFound
 from engine.core.lifecycle import TRAFFIC_EVENTS, ScriptSource, script_source
 from engine.core.model import LifecycleEvent, Platform
 from engine.core.requests import DeployRequest
+from engine.core.s3_urls import checked_s3_revision_url
 from engine.release.context import ReleaseContext
 from engine.release.promotion import Tenure, check_promotion, tenure
 from engine.release.rules import ETA_SAMPLE, LockPolicy, durations_of, lock_message, median_duration, minutes
@@ -117,6 +118,8 @@ async def _revision(flow: ReleaseContext, group: DeploymentGroup, wanted: str | 
             raise RevisionNotFound(sha)
         stored = flow.revisions.path(sha).exists()
         return {"sha256": sha, "source": row["source"], "commit": row.get("commit"), "stored": stored}, row["appspec"]
+    if wanted.startswith("s3://"):
+        checked_s3_revision_url(wanted)
     if wanted.startswith(("s3://", "github:")):  # fetched when deployed, not for a plan: its AppSpec is unknown yet
         return {"sha256": None, "source": wanted, "commit": None, "stored": False}, None
     base = Path(flow.config.base_dir)

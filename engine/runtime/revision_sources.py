@@ -14,6 +14,7 @@ from typing import Any
 from engine.core.config.model import DeploymentGroup, EngineConfig
 from engine.core.errors import DeploymentRefused
 from engine.core.model import Platform, Revision
+from engine.core.s3_urls import checked_s3_revision_url
 from engine.ports import DeploymentStore, PlatformRuntime, RevisionArchive
 
 
@@ -36,11 +37,9 @@ class RevisionSources:
         if wanted.startswith("sha256:"):
             return await self.revisions.get(wanted.removeprefix("sha256:"))
         if wanted.startswith("s3://"):
+            checked_s3_revision_url(wanted)
             account = str(group.extra.get("aws_account", "default"))
-            try:
-                return await self.aws.fetch_s3_url(wanted, account=account, platform=group.platform)
-            except ValueError as exc:
-                raise DeploymentRefused(f"bad S3 revision: {exc}") from None
+            return await self.aws.fetch_s3_url(wanted, account=account, platform=group.platform)
         base = Path(self.config.base_dir)
         if wanted.startswith("git:"):
             return await self.revisions.add(wanted, git_repo=base, platform=group.platform)

@@ -87,7 +87,7 @@ class AwsRuntime:
         self, url: str, *, account: str = "default", platform: Platform = Platform.SERVER
     ) -> Revision:
         """``fetch_s3_revision`` of an ``s3://`` revision URL; ValueError when it is not one."""
-        from engine.adapters.aws.s3 import parse_s3_revision_url
+        from engine.core.s3_urls import parse_s3_revision_url
 
         location = parse_s3_revision_url(url)
         bucket, key = location["bucket"], location["key"]

@@ -22,8 +22,8 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypedDict
-from urllib.parse import parse_qs, urlencode
+from typing import Any, BinaryIO
+from urllib.parse import urlencode
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -70,40 +70,6 @@ class S3Location:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/some/prefix`` → ("bucket", "some/prefix"); raises ValueError naming what is wrong."""
-    if not uri.startswith("s3://"):
-        raise ValueError(f"expected s3://BUCKET/PREFIX, got {uri!r}")
-    bucket, _, path = uri[len("s3://") :].partition("/")
-    if not 3 <= len(bucket) <= 63 or not re.fullmatch(r"[a-z0-9][a-z0-9.-]*[a-z0-9]", bucket):
-        raise ValueError(f"{bucket!r} is not an S3 bucket name (3-63 lower-case letters, digits, dots, hyphens)")
-    return bucket, path.strip("/")
-
-
-class S3RevisionUrl(TypedDict):
-    """A parsed ``s3://`` revision URL; its keys are ``fetch_s3_revision``'s parameters of the same names."""
-
-    bucket: str
-    key: str
-    version: str | None
-    etag: str | None
-
-
-def parse_s3_revision_url(url: str) -> S3RevisionUrl:
-    """``s3://bucket/key[?versionId=V&etag=E]`` → {bucket, key, version, etag}; raises ValueError."""
-    path, _, query = url.partition("?")
-    bucket, key = parse_s3_uri(path)
-    if not key:
-        raise ValueError(f"expected s3://BUCKET/KEY[?versionId=V&etag=E], got {url!r}")
-    pinned = parse_qs(query)
-    return {
-        "bucket": bucket,
-        "key": key,
-        "version": next(iter(pinned.get("versionId") or ()), None),
-        "etag": next(iter(pinned.get("etag") or ()), None),
-    }
 
 
 def object_key(prefix: str, application: str, sha256: str) -> str:
