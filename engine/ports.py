@@ -63,7 +63,8 @@ class TrafficRouter(Protocol):
     async def set_weight(self, group: str, percent: int, *, wait: bool = True) -> None:
         """Send ``percent`` of the group's traffic to the replacement fleet, the rest to the original.
 
-        With ``wait``, only once the servers that are to take traffic pass the balancer's own health check."""
+        With ``wait``, only once the balancer has seen the servers that are to take traffic healthy since this call
+        (a check newer than their restart): weights follow health, never lead it."""
 
     async def verify_weight(self, group: str, percent: int) -> bool | None:
         """True/False when the router can tell; None when it cannot verify (a distinct answer)."""

@@ -202,6 +202,7 @@ async def test_listener_weights_step_and_roll_back(aws: AwsClients, balancer: Ba
         seen.append(await weights(aws, balancer.listener))
         assert await elb.verify_weight("web-prod", percent) is True
         assert await elb.verify_weight("web-prod", (percent + 50) % 100) is False
+        assert await elb.verify_weight("web-prod", abs(percent - 1)) is False  # exact: one point off holds the step
     assert seen == [
         {balancer.blue: 90, balancer.green: 10},
         {balancer.blue: 50, balancer.green: 50},

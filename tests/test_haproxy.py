@@ -365,6 +365,7 @@ async def test_measured_split_matches_the_weight(stack: StackFactory, shape: tup
     await router.set_weight("web", percent)
     assert await router.verify_weight("web", percent) is True
     assert await router.verify_weight("web", percent - 5) is False
+    assert await router.verify_weight("web", percent - 1) is False  # exact: what is reported is what HAProxy holds
     answers = await spread(s.url, 1000)
     assert sum(answers.values()) == 1000 and not [a for a in answers if a.startswith("HTTP")]
     green = sum(n for name, n in answers.items() if name.startswith("green"))

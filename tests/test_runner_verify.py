@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeClock
+from conftest import FakeClock, eventually
 
 from engine.core.configs import TrafficStep
 from engine.core.errors import AdapterError
@@ -179,11 +179,14 @@ async def test_weights_that_never_verify_fail_the_step_at_the_timeout(store: Sql
         "traffic shift failed: the router does not show 20% of the traffic on the replacement 60 s after the shift"
         " (7 checks)"
     )
-    assert [at for _, at, _ in router.checks] == [T0 + 10 * i for i in range(7)]
-    assert router.weights == [20] and state.traffic_percent == 0  # the machine never took the shift as done
+    assert [at for percent, at, _ in router.checks if percent == 20] == [T0 + 10 * i for i in range(7)]
+    assert state.traffic_percent == 0  # the machine never took the shift as done
+    assert router.weights == [20, 0]  # and the failed deployment's weights were taken off, then read back
     row = await store.get_deployment("d-1")
     assert row is not None and (row["status"], row["error_message"]) == ("Failed", state.message)
-    assert [kind for kind, _, _ in await traffic_log(store)] == ["traffic.verify_holding"]
+    log = await traffic_log(store)
+    assert [kind for kind, _, _ in log] == ["traffic.verify_holding", "traffic.rerouted"]
+    assert log[1][2]["verified"] is False  # this router never verifies anything: the log says so
 
 
 async def test_weights_that_cannot_be_read_are_checked_again(store: SqliteStore) -> None:
@@ -197,7 +200,7 @@ async def test_weights_that_cannot_be_read_are_checked_again(store: SqliteStore)
 
 async def test_a_promotion_overtakes_a_held_shift(store: SqliteStore) -> None:
     """The 20 % step never verifies; promoting shifts to 100 %, and the abandoned 20 % check must neither check
-    again nor fail the deployment when its timeout comes."""
+    again nor fail the deployment when its timeout comes: the new shift cancels it."""
     clock = FakeClock(T0)
     router = FakeRouter(clock, then=False, script={100: [False, True]})
     await create_row(store)
@@ -205,7 +208,9 @@ async def test_a_promotion_overtakes_a_held_shift(store: SqliteStore) -> None:
     run = asyncio.ensure_future(runner.run())
     await clock.sleeping(1)  # the 20 % step holds
     runner.post(PromoteRequested())
-    await clock.sleeping(2)  # and so does the 100 % shift, at first
+    await eventually(lambda: [c for c in router.checks if c[0] == 100], "the 100 % shift is checked")
+    await clock.sleeping(1)  # the 100 % shift holds too, at first
+    assert clock.sleepers == [60]  # and it alone: the 20 % check went with its shift
     await clock.advance(60)  # the 20 % check's timeout: it would fail the deployment were it still current
     await run
     assert runner.machine.state.status is DeploymentStatus.SUCCEEDED

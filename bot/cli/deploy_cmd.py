@@ -251,7 +251,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     deploy.add_argument("--wait", action="store_true", help="follow it until it ends; exit 1 unless it Succeeded")
     deploy.add_argument("--description", default="", help="a note kept with the deployment")
     deploy.add_argument(
-        "--ignore-alarms", action="store_true", help="start even though one of the group's alarms is firing"
+        "--ignore-alarms",
+        action="store_true",
+        help="start even though one of the group's alarms is firing; no alarm stops this deployment",
     )
     _common(deploy)
     deploy.set_defaults(func=_run(_deploy))

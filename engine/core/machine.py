@@ -23,6 +23,11 @@ Rules:
 3. Illegal input raises ``InvalidTransition``; the state is unchanged when it does.
 4. A rollback is never decided by a rollback deployment (no rollback loops). When traffic already moved to a
    replacement fleet, rollback is a reroute (``ShiftTraffic(0)``), not a redeploy.
+5. Weights are always taken off a deployment that did not succeed, whatever its rollback setting: any ending other
+   than success, from the first shift on — and for a server blue/green deployment from its start — reroutes
+   (``ShiftTraffic(0, rollback=True)``) while the original fleet can still take the traffic back, leaving it exactly
+   where it was before the deployment. A rollback of such a deployment is then that reroute (``rerouted=True``):
+   nothing is reinstalled on hosts that are serving.
 
 The transition table ``_TRANSITIONS`` maps (status, event type) to a handler; anything not in it is illegal.
 """
@@ -68,7 +73,7 @@ from engine.core.model import (
     LifecycleEvent,
     ScriptErrorCode,
 )
-from engine.core.stages import Stage, TargetStage, TrafficStage, WaitKind, WaitStage
+from engine.core.stages import Stage, TargetStage, TrafficStage, WaitKind, WaitStage, has_original_fleet
 
 # -- state --------------------------------------------------------------------------------------------------
 
@@ -388,12 +393,12 @@ class DeploymentMachine:
         if unfinished:
             commands.append(CancelTargets(unfinished))
         self.state.timer = None
+        rerouted = self._reroutable()
+        if rerouted:  # rule 5
+            commands.append(ShiftTraffic(0, rollback=True))
+            self.state.traffic_percent = 0
         wants = explicit if explicit is not None else self.options.auto_rollback.applies_to(trigger)
         if wants and not self.options.is_rollback:
-            rerouted = self._traffic_moved()
-            if rerouted:
-                commands.append(ShiftTraffic(0, rollback=True))
-                self.state.traffic_percent = 0
             commands.append(StartRollback(trigger, rerouted=rerouted))
         commands.extend(self._finish(status))
         return commands
@@ -431,14 +436,18 @@ class DeploymentMachine:
             f"fewer than the minimum of {minimum} healthy hosts"
         )
 
-    def _traffic_moved(self) -> bool:
-        """Has any traffic reached the replacement, with the original still able to take it back?"""
-        if self.state.traffic_percent > 0:
+    def _reroutable(self) -> bool:
+        """Rule 5: may traffic be on the replacement, or on its way there, with the original still able to take it
+        all back? From the first shift on (a shift that failed half-way counts); for a server blue/green deployment
+        from its start, since a reroute there only restores the weights the group had before."""
+        if self.state.stage_index < 0 or not self._original_kept():
+            return False
+        traffic_at = next((i for i, s in enumerate(self.stages) if isinstance(s, TrafficStage)), None)
+        if traffic_at is None:
+            return False
+        if self.state.traffic_percent > 0 or self.state.stage_index >= traffic_at:
             return True
-        return (
-            any(isinstance(s, TrafficStage) for s in self.stages[: max(self.state.stage_index, 0)])
-            and self._original_kept()
-        )
+        return has_original_fleet(self.stages)
 
     def _original_kept(self) -> bool:
         """Until a stage that releases the original fleet has passed, traffic can go back to it.

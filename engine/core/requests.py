@@ -15,7 +15,7 @@ class DeployRequest:
     config_name: str | None = None
     actor: str = "cli"
     description: str = ""
-    ignore_alarms: bool = False  # start even though one of the group's alarms is firing
+    ignore_alarms: bool = False  # start even though an alarm is firing, and let no alarm stop the deployment
     source: str = "manual"  # engine.release.rules.RequestSource: manual | merge | promotion | rollback
     promoted_from: str | None = None  # the environment a promotion takes its revision from
     overrides: GroupOverrides | None = None  # CreateDeployment's per-deployment changes to the group's settings

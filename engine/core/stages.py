@@ -134,6 +134,15 @@ def _serverless(options: StageOptions, targets: tuple[str, ...]) -> list[Stage]:
     return stages
 
 
+def has_original_fleet(stages: Sequence[Stage]) -> bool:
+    """A server blue/green deployment: after its traffic stage an original fleet gives way by BlockTraffic, and until
+    then it serves (Lambda and ECS have no such fleet: their original is a version or a task set)."""
+    traffic_at = next((i for i, s in enumerate(stages) if isinstance(s, TrafficStage)), None)
+    return traffic_at is not None and any(
+        isinstance(s, TargetStage) and LifecycleEvent.BLOCK_TRAFFIC in s.events for s in stages[traffic_at + 1 :]
+    )
+
+
 def blue_green_rollback_stages(original: Sequence[str], replacement: Sequence[str]) -> tuple[Stage, ...]:
     """The rollback of a server blue/green deployment whose traffic was already rerouted (reference §4.2):
     the original hosts run the allow-traffic events, the replacement hosts the block-traffic ones."""

@@ -1,7 +1,9 @@
 """Rollbacks: a new deployment of the last good revision, linked both ways to the one it rolls back.
 
-When traffic already moved to a blue/green replacement, the machine has rerouted it before this runs, and the
-rollback deployment only runs the allow/block-traffic hooks (reference §4.2): nothing is reinstalled.
+A server blue/green deployment that did not succeed has been rerouted by the machine before this runs — whether it
+failed before, during or after its shift — as long as its original fleet still serves the good revision
+(``StartRollback.rerouted``); the rollback deployment then only runs the allow/block-traffic hooks (reference §4.2):
+nothing is reinstalled, least of all on hosts that are serving.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ Rules:
 4. A traffic shift is done when the router reads its weights back as asked (argo-rollouts' VerifyWeight): until then
    the machine does not hear ``TrafficShifted``, so the step holds; a router that cannot tell is trusted (noted once),
    and weights that stay wrong past ``verify_timeout`` are a ``TrafficShiftFailed``.
+5. A shift or a reroute (``ShiftTraffic(rollback=True)``) first cancels the shift in flight, so no late weight lands
+   after it; a reroute is read back too: the log says whether the original fleet holds all the traffic again.
+6. ``ignore_alarms`` (``--ignore-alarms``) covers the whole deployment: no alarm gates its start or stops it.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ class DeploymentRunner:
         self.verify_interval = verify_interval
         self.verify_timeout = verify_timeout
         self._shifts = 0  # traffic shifts started; a shift overtaken by a later one (a promotion) stays silent
+        self._shift_tasks: set[asyncio.Future[None]] = set()
         self._unverifiable_noted = False
         self.inbox: asyncio.Queue[Event] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -146,7 +150,9 @@ class DeploymentRunner:
             else:
                 blocked = await self._alarms_before_start()
                 await self._step(StartBlocked(ErrorCode.ALARM_ACTIVE, blocked) if blocked else Started())
-            if self.alarms is not None:
+            if self.alarms is not None and self.spec.get("ignore_alarms"):
+                await self._log("alarms.ignored", reason="deployed with --ignore-alarms: no alarm is watched")
+            elif self.alarms is not None:
                 self._spawn(self._watch_alarms())
             while not self.machine.state.status.is_final:
                 batch = [await self.inbox.get()]
@@ -252,7 +258,7 @@ class DeploymentRunner:
         elif isinstance(command, ShiftTraffic) and command.rollback:
             await self._reroute(command.percent)
         elif isinstance(command, ShiftTraffic):
-            self._spawn(self._shift(command.percent))
+            self._spawn_shift(command.percent)
         elif isinstance(command, StartTimer):
             self.timers[command.name] = self.clock.now() + command.seconds
             await self.store.update_deployment(self.deployment_id, state=self.snapshot())
@@ -262,10 +268,20 @@ class DeploymentRunner:
         elif isinstance(command, Finish):
             await self._on_finish(self.deployment_id)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Future[None]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _spawn_shift(self, percent: int) -> None:
+        """A shift overtakes any still in flight (a promotion during a health wait): the older one must not land
+        its weights after this one."""
+        for older in self._shift_tasks:
+            older.cancel()
+        task = self._spawn(self._shift(percent))
+        self._shift_tasks.add(task)
+        task.add_done_callback(self._shift_tasks.discard)
 
     def _arm(self, name: str) -> None:
         async def fire() -> None:
@@ -345,9 +361,15 @@ class DeploymentRunner:
         )
 
     async def _reroute(self, percent: int) -> None:
-        """Rollback of a traffic shift: done inline, before the deployment is finished, and timed."""
+        """Rollback of a traffic shift: done inline, before the deployment is finished, timed, then read back
+        (rule 5). A shift still in flight — waiting for health, verifying — is cancelled first."""
         if self.router is None:
             return
+        self._shifts += 1  # any verification loop of an earlier shift stops here
+        in_flight = list(self._shift_tasks)
+        for task in in_flight:
+            task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
         started = self.clock.monotonic()
         try:  # no health wait: the original fleet was serving a moment ago, and speed is the point
             await self.router.set_weight(self.group, percent, wait=False)
@@ -356,7 +378,13 @@ class DeploymentRunner:
             await self._log("traffic.reroute_failed", error=str(exc))
             return
         elapsed_ms = round((self.clock.monotonic() - started) * 1000, 1)
-        await self._log("traffic.rerouted", percent=percent, milliseconds=elapsed_ms)
+        try:
+            verified = await self.router.verify_weight(self.group, percent)
+        except EngineError:
+            verified = False
+        await self._log("traffic.rerouted", percent=percent, milliseconds=elapsed_ms, verified=verified)
+        if verified is False:
+            log.error("deployment %s: the router does not show the reroute to %d%%", self.deployment_id, percent)
 
     async def _route_target(self, target: str, event: LifecycleEvent) -> None:
         started = self.clock.now()
@@ -449,7 +477,7 @@ class DeploymentRunner:
                 log.warning("deployment %s: could not restore traffic weights: %s", self.deployment_id, exc)
         if isinstance(stage, TrafficStage) and state.timer is None and not state.paused:
             with contextlib.suppress(IndexError):
-                self._spawn(self._shift(stage.steps[state.traffic_step].percent))
+                self._spawn_shift(stage.steps[state.traffic_step].percent)
         if isinstance(stage, WaitStage) and state.timer and state.timer not in self.timers:
             self.post(TimerElapsed(state.timer))
         await self._on_change(self.deployment_id)

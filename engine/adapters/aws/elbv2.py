@@ -272,7 +272,8 @@ class ElbRouter:
         await self._call("modify_listener", ListenerArn=self.group.listener_arn, DefaultActions=actions)
 
     async def verify_weight(self, group: str, percent: int) -> bool | None:
-        """Is the replacement's share of the listener's weights within ±1 point of ``percent``? None: can't tell."""
+        """Does the listener send exactly ``percent`` % to the replacement (its weights are whole percentages, so
+        the percentage reported after a True is the read-back one)? None: can't tell."""
         if group != self.group.name or self._sides is None or not self.group.blue_green:
             return None
         try:
@@ -283,7 +284,7 @@ class ElbRouter:
         replacement = weights.get(self._sides.replacement_tg, 0)
         if original + replacement == 0:
             return False
-        return abs(Fraction(100 * replacement, original + replacement) - percent) <= 1
+        return Fraction(100 * replacement, original + replacement) == percent
 
     # -- in-place --------------------------------------------------------------------------------------------
 

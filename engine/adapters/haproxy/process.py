@@ -5,7 +5,8 @@ API (engine/adapters/haproxy/runtime.py), never through a reload. Choices that m
 
 - ``balance roundrobin``: the only algorithm whose weights can be changed at runtime *and* are honoured exactly.
 - ``option httpchk`` + ``http-check expect status 200`` with a short ``inter``: AllowTraffic waits for HAProxy's own
-  verdict, and a dead server is noticed in ``fall * inter`` (1 s by default here).
+  verdict, and a dead server is noticed in ``fall * inter`` (1 s by default here). ``health_verdict_seconds`` is how
+  long HAProxy may take to call a serving server DOWN; a restarted one gets as long to be seen UP before it is weighted.
 - ``retries 2`` + ``option redispatch`` + ``retry-on conn-failure empty-response``: a request that meets a server
   being stopped is retried on another one instead of failing.
 - ``stats socket ... level admin``: the runtime API, mode 600 so only this user can steer traffic; the run directory
@@ -32,6 +33,15 @@ _INSTALL_HINT = "haproxy is not installed: apt-get install haproxy (make run ins
 _SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 _PREFIX = re.compile(r"^\[(?:ALERT|WARNING)\]\s*\(\d+\)\s*:\s*")
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; HAProxy appends a suffix while binding
+CHECK_FALL = 2  # consecutive failed checks before HAProxy marks a server DOWN
+CHECK_RISE = 1  # passed checks before a DOWN server is UP again
+CHECK_TIMEOUT_SECONDS = 2  # ``timeout check``
+
+
+def health_verdict_seconds(check_interval_ms: int) -> float:
+    """The longest HAProxy takes to call a serving server DOWN: ``fall`` checks, each up to ``inter`` apart and
+    ``timeout check`` long. A restarted server that is still not UP after as long is failing by the same rule."""
+    return CHECK_FALL * (check_interval_ms / 1000 + CHECK_TIMEOUT_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +95,7 @@ def render_config(
         "    timeout http-request 10s",
         "    timeout http-keep-alive 5s",
         "    timeout queue 5s",
-        "    timeout check 2s",
+        f"    timeout check {CHECK_TIMEOUT_SECONDS}s",
         "    retries 2",
         "    option redispatch",
         "    retry-on conn-failure empty-response",
@@ -122,7 +132,7 @@ def _group_lines(name: str, group: HAProxyGroup, check_interval_ms: int) -> list
         disabled = " disabled" if AdminState(server.state) is AdminState.MAINT else ""
         lines.append(
             f"    server {server_name} {server.address}:{server.port} weight {server.weight}"
-            f" check inter {check_interval_ms}ms fall 2 rise 1{disabled}"
+            f" check inter {check_interval_ms}ms fall {CHECK_FALL} rise {CHECK_RISE}{disabled}"
         )
     return lines
 

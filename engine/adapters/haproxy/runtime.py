@@ -66,11 +66,21 @@ class ServerState:
     requests: int  # req_tot: HTTP requests sent to it since HAProxy started
     responses_5xx: int  # hrsp_5xx
     response_ms: int  # rtime: mean response time over its last 1024 requests
+    checked_up: bool = False  # check counter at its top (rise + fall - 1): UP with no failed check since, or no check
 
     @property
     def up(self) -> bool:
-        """Fully up by HAProxy's own health check ("UP 1/2" is a server on its way down, or not yet checked)."""
-        return self.status in _UP_STATUSES
+        """Fully up by HAProxy's own health check, whatever its admin state ("UP 1/2" — one failed check — is not;
+        a drained server reads "DRAIN" but is checked all the same)."""
+        return self.checked_up
+
+    @property
+    def serving(self) -> bool:
+        """Taking new requests right now: ready, weighted and UP."""
+        return self.admin is AdminState.READY and self.weight > 0 and self.up
+
+    def describe(self) -> str:
+        return f"status {self.status}, last health check {self.check}"
 
 
 def parse_stat_csv(text: str) -> list[dict[str, str]]:
@@ -95,6 +105,15 @@ def _admin_state(bits: int) -> AdminState:
     if bits & _MAINT_BITS:
         return AdminState.MAINT
     return AdminState.DRAIN if bits & _DRAIN_BITS else AdminState.READY
+
+
+def _checked_up(row: Mapping[str, str]) -> bool:
+    """HAProxy's check counter ``check_health`` runs 0 … rise + fall - 1: the server is UP from ``rise`` on and is
+    put at the top by each passed check; anything below the top is DOWN or on its way down."""
+    if row.get("status") in _UP_STATUSES and not row.get("check_health"):
+        return True  # "no check", or an HAProxy without the counter: its status is all there is
+    top = _int(row, "check_rise") + _int(row, "check_fall") - 1
+    return row.get("check_health") not in (None, "") and _int(row, "check_health") == top and top > 0
 
 
 def _int(row: Mapping[str, str], key: str) -> int:
@@ -162,6 +181,10 @@ class HAProxyRuntime:
     async def set_state(self, backend: str, server: str, state: AdminState | str) -> None:
         await self._change(f"set server {backend}/{server} state {AdminState(state)}")
 
+    async def reset_health(self, backend: str, server: str) -> None:
+        """Mark the server DOWN with its check counter at zero: only a check that passes after this brings it UP."""
+        await self._change(f"set server {backend}/{server} health down")
+
     async def server_states(self, backend: str) -> dict[str, ServerState]:
         """Every server of ``backend``: statistics from ``show stat``, admin state from ``show servers state``."""
         stat_text, state_text = await asyncio.gather(
@@ -186,6 +209,7 @@ class HAProxyRuntime:
                 requests=_int(row, "req_tot"),
                 responses_5xx=_int(row, "hrsp_5xx"),
                 response_ms=_int(row, "rtime"),
+                checked_up=_checked_up(row),
             )
         return states
 
@@ -319,9 +343,13 @@ class HAProxyRouter:
     async def set_weight(self, group: str, percent: int, *, wait: bool = True) -> None:
         """Give the replacement fleet ``percent`` % of requests (weights: see ``fleet_weights``).
 
-        Servers that are to take traffic are weighted and set ``ready`` first (a rollback must bring back an
-        original fleet that BlockTraffic drained), then the others get weight 0, so there is never a moment with
-        nowhere to send a request. About two commands per server, run concurrently: a reroute takes milliseconds.
+        Weights follow health, never lead it: with ``wait``, nothing changes until HAProxy has seen every
+        replacement server that is to take traffic healthy since this call (``_prove_healthy``); a replacement that
+        fails raises with every weight still where it was. Then the servers that are to take traffic are weighted
+        and set ``ready`` (a rollback must bring back an original fleet that BlockTraffic drained), then the others
+        get weight 0, so there is never a moment with nowhere to send a request. At 0 % the replacement fleet is
+        also drained: the state a blue/green group is in between deployments. About two commands per server, run
+        concurrently: a reroute (``wait=False``) takes milliseconds.
         """
         pool, roles = self._pool(group), self._roles_of(group)
         try:
@@ -336,12 +364,39 @@ class HAProxyRouter:
             await self.runtime.set_state(pool.backend, server, AdminState.READY)
 
         receiving = [s for s, w in wanted.items() if w > 0]
+        if wait:
+            await self._prove_healthy(pool, [s for s in receiving if s in roles.replacement])
         await asyncio.gather(*(open_up(s, wanted[s]) for s in receiving))
-        if wait and percent > 0:  # never move traffic onto a replacement HAProxy still thinks is DOWN
-            await self._until_up(pool, [s for s in receiving if s in roles.replacement])
         await asyncio.gather(*(self.runtime.set_weight(pool.backend, s, 0) for s, w in wanted.items() if w == 0))
+        if percent == 0:
+            await asyncio.gather(
+                *(self.runtime.set_state(pool.backend, s, AdminState.DRAIN) for s in roles.replacement)
+            )
 
-    async def _until_up(self, pool: GroupPool, servers: Sequence[str]) -> None:
+    async def _prove_healthy(self, pool: GroupPool, servers: Sequence[str]) -> None:
+        """Return once HAProxy has seen each of ``servers`` healthy *since this call*; raise if it has not within
+        ``allow_timeout``.
+
+        A server taking traffic right now only has to be UP (resetting it would take it out of rotation). Any other
+        one may still show the UP of the process it replaced — a drained server keeps being checked, and with
+        ``fall 2`` one failed check against the new process still reads "UP 1/2" — so its health is reset first
+        (``set server … health down`` zeroes HAProxy's check counter): only a check that passes after the reset,
+        hence after the host's restart, which came before this call, brings it UP. A server in maintenance is not
+        checked at all, so it is drained (checked, sent nothing) first.
+        """
+        if not servers:
+            return
+        states = await self.runtime.server_states(pool.backend)
+        missing = [s for s in servers if s not in states]
+        if missing:
+            raise AdapterError(COMPONENT, f"backend {pool.backend} has no server {', '.join(missing)}")
+
+        async def reset(server: str) -> None:
+            if states[server].admin is AdminState.MAINT:
+                await self.runtime.set_state(pool.backend, server, AdminState.DRAIN)
+            await self.runtime.reset_health(pool.backend, server)
+
+        await asyncio.gather(*(reset(s) for s in servers if not states[s].serving))
         deadline = self.clock.monotonic() + self.allow_timeout
         while True:
             states = await self.runtime.server_states(pool.backend)
@@ -349,16 +404,35 @@ class HAProxyRouter:
             if not down:
                 return
             if self.clock.monotonic() >= deadline:
-                detail = ", ".join(f"{s} ({states[s].status}, {states[s].check})" if s in states else s for s in down)
-                raise AdapterError(COMPONENT, f"{pool.backend}: not UP after {self.allow_timeout:g}s: {detail}")
+                detail = "; ".join(f"{pool.backend}/{s}: {states[s].describe()}" if s in states else s for s in down)
+                raise AdapterError(
+                    COMPONENT, f"not seen UP by HAProxy's health check within {self.allow_timeout:g}s: {detail}"
+                )
             await self.clock.sleep(self.poll_interval)
 
     async def verify_weight(self, group: str, percent: int) -> bool | None:
-        """Read the weights back: is the replacement share within ±1 point of ``percent``? None if unreadable.
+        """Read the weights back: does HAProxy send exactly ``percent`` % to the replacement? None if unreadable.
 
-        Counts configured weights of ``ready`` servers (drained or maintained ones get no new requests), not their
-        health: a replacement server that is DOWN is a health question, answered by AllowTraffic and alarms.
+        Exact, because ``fleet_weights`` is: a True here means the percentage deploybot then reports *is* the
+        read-back one, not a neighbour of it. Weights that send nothing anywhere are False.
         """
+        totals = await self._weight_totals(group)
+        if totals is None:
+            return None
+        replacement, original = totals
+        return replacement + original > 0 and Fraction(100 * replacement, replacement + original) == percent
+
+    async def read_share(self, group: str) -> Fraction | None:
+        """The replacement's share (0-100) of new requests by the weights HAProxy holds now; None if unreadable or
+        if no ready server has any weight."""
+        totals = await self._weight_totals(group)
+        if totals is None or sum(totals) == 0:
+            return None
+        return Fraction(100 * totals[0], sum(totals))
+
+    async def _weight_totals(self, group: str) -> tuple[int, int] | None:
+        """(replacement, original) summed weights of ``ready`` servers (drained or maintained ones get no new
+        requests); health is not counted: a replacement that is not UP never got its weight (``_prove_healthy``)."""
         roles = self._roles.get(group)
         if roles is None or group not in self.groups:
             return None
@@ -371,11 +445,7 @@ class HAProxyRouter:
             ready = (states[n] for n in names if n in states)
             return sum(s.weight for s in ready if s.admin is AdminState.READY)
 
-        replacement, original = total(roles.replacement), total(roles.original)
-        if replacement + original == 0:
-            return False
-        share = Fraction(100 * replacement, replacement + original)
-        return abs(share - percent) <= 1
+        return total(roles.replacement), total(roles.original)
 
     # -- in-place --------------------------------------------------------------------------------------------
 
@@ -393,22 +463,12 @@ class HAProxyRouter:
             await self.clock.sleep(self.poll_interval)
 
     async def allow(self, group: str, target: str) -> None:
-        """Set ``target`` ready, then wait until HAProxy's own health check reports it fully UP."""
+        """Set ``target`` ready once HAProxy's own health check has seen it UP since this call (the host was
+        restarted before AllowTraffic: an UP from before may be its old process's); until then it gets nothing."""
         pool = self._pool(group)
         server = pool.server(target)
+        await self._prove_healthy(pool, [server])
         await self.runtime.set_state(pool.backend, server, AdminState.READY)
-        deadline = self.clock.monotonic() + self.allow_timeout
-        while True:
-            state = await self._server_state(pool, server)
-            if state.up:
-                return
-            if self.clock.monotonic() >= deadline:
-                raise AdapterError(
-                    COMPONENT,
-                    f"server {pool.backend}/{server} (target {target}) was not UP after {self.allow_timeout:g}s: "
-                    f"status {state.status}, last health check {state.check}",
-                )
-            await self.clock.sleep(self.poll_interval)
 
     async def _server_state(self, pool: GroupPool, server: str) -> ServerState:
         states = await self.runtime.server_states(pool.backend)

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.adapters.alarms import AlarmCheck, AlarmSet, HAProxyStatsAlarm, HttpProbeAlarm
-from engine.adapters.haproxy.process import HAProxyGroup, HAProxyProcess, HAProxyServer, render_config
+from engine.adapters.haproxy.process import (
+    HAProxyGroup,
+    HAProxyProcess,
+    HAProxyServer,
+    health_verdict_seconds,
+    render_config,
+)
 from engine.adapters.haproxy.runtime import GroupPool, HAProxyRouter, HAProxyRuntime, haproxy_name
 from engine.core.config.model import DeploymentGroup, EngineConfig
 from engine.core.errors import AdapterError
@@ -118,7 +124,8 @@ async def start_haproxy(
         )
         for group in groups
     }
-    router = HAProxyRouter(runtime, pools, clock=clock)
+    # A restarted host gets as long to be seen UP as HAProxy takes to call a serving one DOWN, then it has failed.
+    router = HAProxyRouter(runtime, pools, clock=clock, allow_timeout=health_verdict_seconds(check_interval_ms))
     log.info("HAProxy (pid %s) in front of %s", handle.pid, ", ".join(g.name for g in groups))
     return HAProxyStack(handle, runtime, router)
 

@@ -69,6 +69,13 @@ class HelloHandler(BaseHTTPRequestHandler):
         """Stay quiet: health checks every few seconds would otherwise flood the log."""
 
 
+class HelloServer(ThreadingHTTPServer):
+    """``request_queue_size`` is the listen backlog: the stdlib's 5 drops connections under the few hundred requests
+    a second the README's traffic demo sends when the machine is busy; 128 is the usual system default (SOMAXCONN)."""
+
+    request_queue_size = 128
+
+
 def stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     """ApplicationStop sends SIGTERM; leaving serve_forever via SystemExit closes the socket cleanly."""
     raise SystemExit(0)
@@ -80,7 +87,7 @@ def main() -> int:
         print("hello: PORT is not set; deploybot passes the host's service port in PORT", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, stop_on_sigterm)
-    with ThreadingHTTPServer(("127.0.0.1", int(port)), HelloHandler) as server:
+    with HelloServer(("127.0.0.1", int(port)), HelloHandler) as server:
         server.serve_forever()
     return 0
 
