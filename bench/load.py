@@ -2,7 +2,9 @@
 use this one generator, so what the tests assert is what the bench measures.
 
 A few threads each keep one keep-alive connection (a fresh one after a failure) and record every answer as
-(monotonic time, status or 0 for a connection failure, body).
+(monotonic time, status or 0 for a connection failure, body), and beside it when the request was sent: an answer's
+own time is taken when its thread next holds the GIL, which can be after a moment another thread recorded, so "what
+was asked after X" is told by the send time.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class Load:
         self.interval = threads / rate
         self.max_seconds = max_seconds
         self.results: list[tuple[float, int, str]] = []
+        self.sent: list[float] = []  # when each request of ``results`` was sent, in the same order
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
@@ -42,6 +45,7 @@ class Load:
         deadline = time.monotonic() + self.max_seconds
         next_at = time.monotonic()
         while not self._stop.is_set() and time.monotonic() < deadline:
+            sent = time.monotonic()
             try:
                 connection = connection or http.client.HTTPConnection(self.host, self.parts.port, timeout=5)
                 connection.request("GET", self.parts.path or "/")
@@ -54,6 +58,7 @@ class Load:
                 connection = None
             with self._lock:
                 self.results.append(record)
+                self.sent.append(sent)
             next_at += self.interval
             time.sleep(max(0.0, next_at - time.monotonic()))
 
@@ -71,3 +76,12 @@ class Load:
 
     def bodies_after(self, moment: float) -> list[str]:
         return [body for at, status, body in self.results if at > moment and status == 200]
+
+    def sent_after(self, moment: float) -> list[tuple[int, str]]:
+        """(status, body) of the requests sent after ``moment`` (one in flight then may still be answered later)."""
+        with self._lock:
+            pairs = list(zip(self.sent, self.results, strict=True))
+        return [(status, body) for sent, (_, status, body) in pairs if sent > moment]
+
+    def bodies_sent_after(self, moment: float) -> list[str]:
+        return [body for status, body in self.sent_after(moment) if status == 200]
