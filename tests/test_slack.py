@@ -381,11 +381,15 @@ async def test_a_restarted_notifier_keeps_editing_the_same_message(tmp_path: Pat
     }
     async with FakeSlack() as slack:
         state = tmp_path / "var" / "slack-threads.json"
-        first = SlackNotifier(AsyncWebClient(token=BOT_TOKEN, base_url=slack.api_url), config, state)
+        first = SlackNotifier(
+            AsyncWebClient(token=BOT_TOKEN, base_url=slack.api_url), config, state, clock=FakeClock(auto=True)
+        )
         await first.deployment_changed(doc)
         await first.idle()
         await first.close()
-        second = SlackNotifier(AsyncWebClient(token=BOT_TOKEN, base_url=slack.api_url), config, state)
+        second = SlackNotifier(
+            AsyncWebClient(token=BOT_TOKEN, base_url=slack.api_url), config, state, clock=FakeClock(auto=True)
+        )
         await second.deployment_changed({**doc, "status": "Succeeded", "ended_at": 3.0})
         await second.idle()
         await second.close()

@@ -37,7 +37,6 @@ import contextlib
 import json
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,19 +77,6 @@ class Clock(Protocol):
     def monotonic(self) -> float: ...
 
     async def sleep(self, seconds: float) -> None: ...
-
-
-class LoopClock:
-    """Real time, for a notifier made without the engine's clock."""
-
-    def now(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
 
 
 class SlackDown(Exception):
@@ -149,7 +135,7 @@ class SlackNotifier:
         min_edit_interval: float = 1.0,
         channel_wait: float = 5.0,
         page_link: Callable[[str], str] | None = None,
-        clock: Clock | None = None,
+        clock: Clock,
         fetch: Callable[[str], Awaitable[Mapping[str, Any]]] | None = None,
     ) -> None:
         self.client = client
@@ -158,7 +144,7 @@ class SlackNotifier:
         self.store = ThreadStore(state_file)
         self.min_edit_interval = min_edit_interval
         self.channel_wait = channel_wait
-        self.clock: Clock = clock or LoopClock()
+        self.clock = clock  # the engine's: outbox backoff and edit pacing move with a test's FakeClock
         self.fetch = fetch  # deployment id -> its document now (DeploymentService.get)
         self.outage = Outage(self.clock)
         self.rate_limited = 0  # 429 answers seen (and waited out)
