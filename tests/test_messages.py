@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from slack_sdk.models.blocks import Block
+from slack_support import texts
 
 from bot.messages import (
     ButtonState,
@@ -60,23 +61,6 @@ def doc(status: str = "InProgress", **extra: Any) -> dict[str, Any]:
         ],
     }
     return {**base, **extra}
-
-
-def texts(blocks: list[dict[str, Any]]) -> str:
-    out: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            if isinstance(value.get("text"), str):
-                out.append(value["text"])
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(blocks)
-    return "\n".join(out)
 
 
 def test_parent_message_fields_and_round_trip() -> None:

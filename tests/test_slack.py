@@ -16,7 +16,7 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 from conftest import FakeClock
 from fake_slack import FakeSlack
-from slack_support import BOT_TOKEN, SECRET, ScriptedAgents, button_body, signed, slash_body
+from slack_support import BOT_TOKEN, SECRET, ScriptedAgents, button_body, buttons_of, signed, slash_body, texts
 
 from bot.app import create_app
 from bot.assembly import assemble_deployer
@@ -121,28 +121,6 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             await deployer.close()
 
 
-def texts(blocks: list[dict[str, Any]]) -> str:
-    """Every text in a Block Kit message, flattened, for assertions."""
-    out: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            if isinstance(value.get("text"), str):
-                out.append(value["text"])
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(blocks)
-    return "\n".join(out)
-
-
-def buttons(blocks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {e["action_id"]: e for b in blocks if b["type"] == "actions" for e in b["elements"]}
-
-
 async def test_bad_and_stale_signatures_are_refused_with_401(rig: Rig) -> None:
     body = slash_body("app to staging")
     assert (await rig.post(body, signed(body, secret="wrong-secret")))[0] == 401
@@ -185,14 +163,14 @@ async def test_slash_command_acks_fast_then_the_thread_tells_the_deployment(rig:
     last = updates[-1].payload
     assert "Succeeded" in last["text"] and ":white_check_mark: Succeeded" in texts(last["blocks"])
     assert "hosts 2/2 done" in texts(last["blocks"])
-    assert set(buttons(last["blocks"])) == {"deploy.promote", "deploy.rollback"}
-    promote = buttons(last["blocks"])["deploy.promote"]
+    assert set(buttons_of(last["blocks"])) == {"deploy.promote", "deploy.rollback"}
+    promote = buttons_of(last["blocks"])["deploy.promote"]
     assert promote["text"]["text"] == "Promote to production"
     assert ButtonState.from_value(promote["value"]) == ButtonState(
         doc["id"], "Succeeded", False, doc["revision"]["sha256"]
     )
     assert promote["confirm"]["confirm"]["text"] == "Promote"
-    assert buttons(last["blocks"])["deploy.rollback"]["confirm"]["confirm"]["text"] == "Roll back"
+    assert buttons_of(last["blocks"])["deploy.rollback"]["confirm"]["confirm"]["text"] == "Roll back"
     gaps = [b.at - a.at for a, b in itertools.pairwise(updates)]
     assert all(gap >= 0.95 for gap in gaps), gaps  # at most one edit per second per message
     ephemeral = rig.slack.responses[-1][1]

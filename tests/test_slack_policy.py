@@ -26,7 +26,7 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 from conftest import HANG_GUARD, eventually
 from fake_slack import FakeSlack
-from slack_support import BOT_TOKEN, SECRET, ScriptedAgents, button_body, signed, slash_body
+from slack_support import BOT_TOKEN, SECRET, ScriptedAgents, button_body, signed, slash_body, texts
 
 from bot.app import create_app
 from bot.assembly import assemble_deployer
@@ -585,23 +585,6 @@ applications:
 """
 
 
-def _texts(blocks: list[dict[str, Any]]) -> str:
-    out: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            if isinstance(value.get("text"), str):
-                out.append(value["text"])
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(blocks)
-    return "\n".join(out)
-
-
 async def test_threads_show_people_as_mentions_and_a_rollback_as_whoever_asked(tmp_path: Path) -> None:
     async with open_rig(tmp_path, SHOWN_CONFIG) as rig:
         notifier = rig.app[SLACK].notifier
@@ -634,7 +617,7 @@ async def test_threads_show_people_as_mentions_and_a_rollback_as_whoever_asked(t
             replies = [c.payload["text"] for c in posted if c.payload.get("thread_ts") == where[1]]
             edits = [c.payload for c in rig.slack.of("chat.update") if c.payload["ts"] == where[1]]
             assert edits, f"the parent message of {deployment_id} was never edited"
-            return replies, _texts(edits[-1]["blocks"])
+            return replies, texts(edits[-1]["blocks"])
 
         replies, parent = thread_of(mine["id"])
         assert "*Started by*\n<@U0MARK>" in parent  # a declared user with a Slack id: a mention
