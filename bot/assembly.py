@@ -12,17 +12,22 @@ import fcntl
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from engine.adapters.aws.accounts import AwsAccounts
 from engine.adapters.aws.runtime import AwsRuntime
 from engine.adapters.clock import SystemClock
 from engine.adapters.fleet import Fleet
+from engine.adapters.triggers.sns import SnsTriggerSender
+from engine.adapters.triggers.webhook import WebhookTriggerSender
 from engine.core.config.model import EngineConfig
 from engine.ports import Clock, TrafficRouter
 from engine.runtime.deployer import AlarmFactory, Deployer
+from engine.runtime.inventory import AgentHealth
 from engine.runtime.queue import GroupQueue
 from engine.runtime.results import CommandResults
 from engine.runtime.revisions import RevisionStore
+from engine.runtime.triggers import TriggerOutbox, TriggerSender
 from engine.store.sqlite import SqliteStore
 
 LOCK_FILE = "server.lock"
@@ -64,6 +69,51 @@ def lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
+class ServedDeployer(Deployer):
+    """The Deployer with the trigger outbox (a notifier when a group has triggers) and the agent-health watch,
+    started after it opens and stopped before it closes (engine/runtime/triggers.py, engine/runtime/inventory.py)."""
+
+    def __init__(self, *args: Any, trigger_senders: Mapping[str, TriggerSender], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trigger_senders = dict(trigger_senders)
+        self.triggers = TriggerOutbox(self.config, self.store, self.clock, self.trigger_senders, fetch=self.get)
+        if any(group.triggers for group in self.config.groups()):
+            self.notifiers.append(self.triggers)
+        self.agent_health = AgentHealth(self.inventory, self.triggers.agent_changed)
+
+    async def open(self) -> None:
+        await super().open()
+        self.triggers.start()
+        self.agent_health.start()
+
+    async def close(self) -> None:
+        await self.agent_health.close()
+        await self.triggers.close()
+        for sender in self.trigger_senders.values():
+            with contextlib.suppress(Exception):
+                await sender.close()  # type: ignore[attr-defined]
+        await super().close()
+
+
+def default_trigger_senders(config: EngineConfig, clock: Clock) -> dict[str, TriggerSender]:
+    """SNS through the config's AWS accounts, signed webhooks, and Slack when ``SLACK_BOT_TOKEN`` is set."""
+    senders: dict[str, TriggerSender] = {
+        "sns": SnsTriggerSender(dict(config.aws_accounts)),
+        "webhook": WebhookTriggerSender(clock.now),
+    }
+    from bot.settings import Settings
+
+    settings = Settings.from_env(os.environ)
+    if settings.slack_bot_token:
+        from slack_sdk.web.async_client import AsyncWebClient
+
+        from bot.slack.agent_health import SlackChannelSender
+
+        client = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url, retry_handlers=[])
+        senders["slack"] = SlackChannelSender(client)
+    return senders
+
+
 async def assemble_deployer(
     config: EngineConfig,
     *,
@@ -72,9 +122,11 @@ async def assemble_deployer(
     routers: Mapping[str, TrafficRouter] | None = None,
     alarm_factory: AlarmFactory | None = None,
     aws: AwsAccounts | None = None,
-) -> Deployer:
+    trigger_senders: Mapping[str, TriggerSender] | None = None,
+) -> ServedDeployer:
     """A Deployer over ``data_dir`` (SQLite, revision bundles, agent tokens), resumed where a previous server
-    left off. ``aws``: one set of AWS clients shared with the routers and alarms (made from the config if None)."""
+    left off. ``aws``: one set of AWS clients shared with the routers and alarms (made from the config if None).
+    ``trigger_senders``: by target kind; ``default_trigger_senders`` when None."""
     clock = clock or SystemClock()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = await SqliteStore.open(data_dir / "deploybot.db")
@@ -93,7 +145,7 @@ async def assemble_deployer(
             config, clock=clock, on_result=results.deliver, revisions=revisions, hook_records=store, accounts=aws
         )
         await platforms.open()
-        deployer = Deployer(
+        deployer = ServedDeployer(
             config,
             store=store,
             fleet=fleet,
@@ -104,6 +156,7 @@ async def assemble_deployer(
             queue=GroupQueue(),
             routers=routers,
             alarm_factory=alarm_factory,
+            trigger_senders=default_trigger_senders(config, clock) if trigger_senders is None else trigger_senders,
         )
     except BaseException:
         await store.close()

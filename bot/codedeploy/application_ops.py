@@ -30,6 +30,11 @@ from engine import (
 )
 
 _PLATFORM_NAMES = {name: platform for platform, name in PLATFORMS.items()}
+_CODEDEPLOY_TRIGGER_EVENTS = frozenset(
+    {f"Deployment{e}" for e in ("Start", "Success", "Failure", "Stop", "Rollback", "Ready")}
+    | {f"Instance{e}" for e in ("Start", "Success", "Failure", "Ready")}
+)
+"""botocore's TriggerEventType: what ``triggerEvents`` may hold."""
 _MHH_WORDS = ("minimum_healthy", "FLEET_PERCENT", "HOST_COUNT", "MOST_CONCURRENCY")
 
 
@@ -101,6 +106,17 @@ class ApplicationOperations(OperationsBase):
                 "alarms": [{"name": name} for name in group.alarms.names],
             },
             "computePlatform": PLATFORMS[group.platform],
+            # CodeDeploy's triggers are SNS topics: the group's sns triggers, with CodeDeploy's own event types
+            # (webhook and Slack triggers, and the agent-health events, are deploybot's: docs/triggers.md).
+            "triggerConfigurations": [
+                {
+                    "triggerName": trigger.name,
+                    "triggerTargetArn": trigger.target.address,
+                    "triggerEvents": sorted(str(e) for e in trigger.events if str(e) in _CODEDEPLOY_TRIGGER_EVENTS),
+                }
+                for trigger in group.triggers
+                if str(trigger.target.kind) == "sns"
+            ],
         }
 
     async def get_deployment_group(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:

@@ -34,6 +34,7 @@ class Snapshot:
     hosts: Counter[str] = field(default_factory=Counter)
     queue_length: int = 0
     traffic: dict[str, int] = field(default_factory=dict)
+    last_seen: dict[str, float] = field(default_factory=dict)  # host -> epoch seconds its agent was last heard from
 
 
 class EngineCollector(Collector):
@@ -57,6 +58,14 @@ class EngineCollector(Collector):
         for group, percent in sorted(s.traffic.items()):
             traffic.add_metric([group], percent)
         yield traffic
+        seen = GaugeMetricFamily(
+            "deploybot_agent_last_seen_timestamp_seconds",
+            "When each host's agent was last heard from (epoch seconds; alert on time() minus this)",
+            labels=["host"],
+        )
+        for host, at in sorted(s.last_seen.items()):
+            seen.add_metric([host], at)
+        yield seen
 
 
 class EventDurations:
@@ -119,7 +128,9 @@ async def refresh(snapshot: Snapshot, deployer: DeploymentService) -> None:
                 traffic[env["group"]] = latest[0]["traffic"]["percent"]
     snapshot.deployments = deployments
     snapshot.traffic = traffic
-    snapshot.hosts = Counter(h["agent"] for h in await deployer.hosts())
+    hosts = await deployer.hosts()
+    snapshot.hosts = Counter(h["agent"] for h in hosts)
+    snapshot.last_seen = {h["name"]: float(h["last_seen"]) for h in hosts if h.get("last_seen") is not None}
     snapshot.queue_length = len(await deployer.release.queue())
 
 

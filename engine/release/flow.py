@@ -23,7 +23,7 @@ from engine.core.model import ROLLBACK_CREATOR, DeploymentStatus, Revision
 from engine.core.requests import DeployRequest
 from engine.ports import Clock, DeploymentQueue, Deployments, RevisionArchive, Store
 from engine.release import views as release_views
-from engine.release.plan import release_plan
+from engine.release.plan import agents_gate, offline_targets, release_plan
 from engine.release.promotion import check_promotion, tenure
 from engine.release.rules import (
     EVERYWHERE,
@@ -113,6 +113,8 @@ class ReleaseFlow:
             approvals=approvals,
             now=now,
         )
+        if not decision.refused and not automatic:
+            decision = await self._admit_agents(group, decision, now)
         if decision.refused:
             await self._log(
                 "deployment.refused",
@@ -123,6 +125,22 @@ class ReleaseFlow:
                 source=str(source),
                 reason=decision.reason,
             )
+        return decision
+
+    async def _admit_agents(self, group: DeploymentGroup, decision: Admission, now: float) -> Admission:
+        """Targets whose agents are offline, before anything starts: refused (naming them) when the group says
+        ``offline_hosts: refuse``; otherwise the deployment proceeds and the audit log says which hosts were
+        offline (they fail at the heartbeat limit). Only the config's hosts are looked at here."""
+        targets = [h.name for h in self.config.targets(group)]
+        offline = await offline_targets(self.store, self.config.server.agent_offline_after_seconds, group, targets, now)
+        if not offline:
+            return decision
+        gate = agents_gate(group, offline, now)
+        if gate["state"] == "refuse":
+            return Admission(reason=gate["message"], details={"gate": "agents", "offline": gate["offline"]})
+        silent = [h for h in gate["offline"] if h["last_seen"] is not None]  # never seen: not yet set up, no news
+        if silent:
+            await self._log("deployment.offline_hosts", "deploybot", group=group.name, offline=silent)
         return decision
 
     async def startable(self, group_name: str, queued: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from engine.core.lifecycle import TRAFFIC_EVENTS, ScriptSource, script_source
 from engine.core.model import LifecycleEvent, Platform
 from engine.core.requests import DeployRequest
 from engine.core.s3_urls import checked_s3_revision_url
+from engine.core.triggers import offline_hosts
+from engine.ports import Store
 from engine.release.context import ReleaseContext
 from engine.release.promotion import Tenure, check_promotion, tenure
 from engine.release.rules import ETA_SAMPLE, LockPolicy, durations_of, lock_message, median_duration, minutes
@@ -48,6 +51,11 @@ async def release_plan(
     gates.append(await _lock_gate(flow, group, now))
     gates.append(await _approval_gate(flow, group, revision.get("sha256"), request.actor, now))
     gates.append(await _queue_gate(flow, group, rows, now))
+    targets = [t for batch in base.get("batches") or () for t in batch] or [h.name for h in flow.config.targets(group)]
+    offline = await offline_targets(flow.store, flow.config.server.agent_offline_after_seconds, group, targets, now)
+    agents = agents_gate(group, offline, now)
+    if agents["state"] == "refuse" or any(h["last_seen"] is not None for h in offline):
+        gates.append(agents)  # shown with the gates; hosts never seen under "proceed" only in "agents"
     durations = durations_of(r for r in rows if r["status"] == "Succeeded")
     return {
         **base,
@@ -55,6 +63,7 @@ async def release_plan(
         "current": await _current(store, current),
         "diff": await _diff(Path(flow.config.base_dir), current, revision, await _commit_of(store, current)),
         "gates": gates,
+        "agents": agents,
         "blocked": any(g["state"] == "refuse" for g in gates),
         "hooks": _hooks(base, appspec, running_appspec),
         "waits": [
@@ -71,7 +80,7 @@ async def release_plan(
         "eta": {
             "duration_seconds": median_duration(durations),
             "based_on": len(durations[:ETA_SAMPLE]),
-            "starts_in_seconds": gates[-1].get("eta_seconds"),
+            "starts_in_seconds": next(g for g in gates if g["gate"] == "queue").get("eta_seconds"),
         },
     }
 
@@ -196,6 +205,44 @@ async def _git_log(repo: Path, old: str, new: str) -> list[dict[str, str]] | Non
         sha, author, subject = [*line.split("\x1f"), "", ""][:3]
         commits.append({"sha": sha, "author": author, "subject": subject})
     return commits
+
+
+async def offline_targets(
+    store: Store, offline_after: float, group: DeploymentGroup, targets: Sequence[str], now: float
+) -> list[dict[str, Any]]:
+    """The target hosts whose agents are offline or never seen (the agents table's ``last_seen``, on the engine
+    Clock), each with when it was last heard from. Lambda and ECS targets have no agents: none."""
+    if group.platform is not Platform.SERVER:
+        return []
+    seen: dict[str, float | None] = {}
+    for name in dict.fromkeys(targets):
+        agent = await store.get_agent(name)
+        seen[name] = None if not agent or agent.get("last_seen") is None else float(agent["last_seen"])
+    return [{"host": name, "last_seen": seen[name]} for name in offline_hosts(list(seen), seen, now, offline_after)]
+
+
+def offline_message(offline: Sequence[Mapping[str, Any]], now: float) -> str:
+    """``web-2 (last seen 3 min ago), web-3 (never seen)``."""
+    return ", ".join(
+        f"{h['host']} (never seen)"
+        if h["last_seen"] is None
+        else f"{h['host']} (last seen {minutes(now - h['last_seen'])} ago)"
+        for h in offline
+    )
+
+
+def agents_gate(group: DeploymentGroup, offline: Sequence[Mapping[str, Any]], now: float) -> dict[str, Any]:
+    """The agents a deployment would meet: all online, or which are not and what the group does about it."""
+    if not offline:
+        return {"gate": "agents", "state": "clear", "message": "every target's agent is online", "offline": []}
+    hosts = offline_message(offline, now)
+    if group.offline_hosts == "refuse":
+        message = f"offline: {hosts}; this group refuses to deploy while a target is offline (offline_hosts: refuse)"
+        state = "refuse"
+    else:
+        message = f"offline: {hosts}; the deployment would proceed and fail those hosts (offline_hosts: proceed)"
+        state = "proceed"
+    return {"gate": "agents", "state": state, "message": message, "offline": [dict(h) for h in offline]}
 
 
 async def _lock_gate(flow: ReleaseContext, group: DeploymentGroup, now: float) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from engine.core.errors import ApplicationNotFound, EnvironmentNotFound
 from engine.core.model import AutoRollback, DeploymentType, Platform
+from engine.core.triggers import Trigger
 
 if TYPE_CHECKING:
     from engine.core.configs import DeploymentConfig
@@ -137,6 +138,10 @@ class DeploymentGroup:
     approval_ttl_minutes: float = 60
     min_soak_minutes: float = 0
     extra: Mapping[str, object] = field(default_factory=dict)
+    # Notifications of deployment and instance events (engine/core/triggers.py), and what a deployment meets when
+    # a target's agent is offline: "refuse" it (naming the hosts), or "proceed" (those hosts fail).
+    triggers: tuple[Trigger, ...] = ()
+    offline_hosts: str = "proceed"
 
     def group_id(self) -> str:
         """A stable id that survives renaming the group and case changes: ``hello-staging``; safe in file names."""
@@ -219,6 +224,8 @@ class ServerSettings:
     revision_roots: tuple[str, ...] = ()
     """Directories (resolved against the config file's) under which an API caller may name a server-side path as a
     revision, besides each application's own ``revision``; see engine/core/revision_paths.py."""
+    agent_offline_after_seconds: float = 60.0
+    """An agent not heard from for this long is offline: announced once, shown by plan, refused per group."""
 
     @property
     def scheme(self) -> str:
