@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
@@ -465,6 +466,14 @@ class NodeReader:
             self.report(node, "expected a non-empty string", path)
             return None
         return value if isinstance(value, str) else None
+
+    def url(self, node: Node, path: str) -> str | None:
+        """An http:// or https:// URL with a host."""
+        value = self.string(node, path)
+        if value is not None and not (urlsplit(value).scheme in ("http", "https") and urlsplit(value).netloc):
+            self.report(node, f"expected an http:// or https:// URL, got {value!r}", path)
+            return None
+        return value
 
     def integer(self, node: Node, path: str, low: int = 0, high: int = LARGEST_NUMBER) -> int | None:
         value = self.scalar(node, path, {"int"}, "an integer")

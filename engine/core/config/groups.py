@@ -26,6 +26,7 @@ from engine.core.config.model import (
     User,
     expand,
 )
+from engine.core.config.triggers import OFFLINE_HOSTS, read_triggers
 from engine.core.configs import (
     DeploymentConfig,
     IncompatibleDeploymentConfig,
@@ -69,7 +70,7 @@ _GROUP_KEYS = (
     *("name", "deployment_type", "deployment_config", "traffic_config", "targets", "load_balancer", "alarms"),
     *("auto_rollback", "blue_green", "file_exists_behavior", "ignore_application_stop_failures"),
     *("deployers", "approvers", "rollbackers", "required_approvals", "watch_minutes", *GROUP_EXTRA_KEYS),
-    *("lock_policy", "approval_ttl_minutes", "min_soak_minutes"),
+    *("lock_policy", "approval_ttl_minutes", "min_soak_minutes", "triggers", "offline_hosts"),
     *SLACK_GROUP_KEYS,
 )
 _LOCK_POLICIES = ("refuse", "queue")
@@ -268,6 +269,8 @@ def parse_group(
         lock_policy=reader.get(fields, "lock_policy", reader.choice, "refuse", _LOCK_POLICIES),
         approval_ttl_minutes=reader.get(fields, "approval_ttl_minutes", reader.number, 60.0, 0.01, _WEEK),
         min_soak_minutes=reader.get(fields, "min_soak_minutes", reader.number, 0.0, 0, _WEEK),
+        triggers=read_triggers(reader, fields.get("triggers")),
+        offline_hosts=reader.get(fields, "offline_hosts", reader.choice, "proceed", OFFLINE_HOSTS),
         extra=_aws_extra(reader, fields, platform, blue_green, load_balancer, entry, ctx)
         | ({"ec2_tags": ec2_tags} if ec2_tags else {}),
     )

@@ -13,10 +13,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Collection
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -58,15 +56,6 @@ from engine.core.configs import (
 from engine.core.errors import ConfigError, Problem
 from engine.core.model import Platform
 from engine.core.policy import BOOTSTRAP_ADMIN
-from engine.core.triggers import (
-    ENV_NAME,
-    SNS_TOPIC_ARN,
-    TRIGGER_NAME,
-    TargetKind,
-    Trigger,
-    TriggerEvent,
-    TriggerTarget,
-)
 from engine.core.yamlnode import NULL_TAG, Entry, NodeReader, YamlLimits, did_you_mean, is_null
 
 __all__ = [
@@ -101,10 +90,6 @@ _USER_IDS = {
 CONFIG_LIMITS = YamlLimits(what="config file", max_bytes=4 * 1024 * 1024, max_nodes=200_000, max_depth=100)
 """The most a config file may ask of the parser: room for thousands of hosts, refused before parsing past that."""
 _DAY_SECONDS = 24 * 60 * 60
-_GROUP_OWN_KEYS = ("triggers", "offline_hosts")
-"""Group keys read here rather than by config/groups.py: triggers and the agent-health setting."""
-_OFFLINE_HOSTS = ("refuse", "proceed")
-_TARGET_KEYS = ("sns", "webhook", "slack", "secret_env", "secret")
 _APPLICATION_KEYS = (
     *("platform", "revision", "slack_channel", "github", "environments", "deployment_groups"),
     *APPLICATION_EXTRA_KEYS,
@@ -185,14 +170,6 @@ def _listen(reader: NodeReader, node: Node, path: str) -> tuple[str, int] | None
     return host, int(port)
 
 
-def _url(reader: NodeReader, node: Node, path: str) -> str | None:
-    value = reader.string(node, path)
-    if value is not None and not (urlsplit(value).scheme in ("http", "https") and urlsplit(value).netloc):
-        reader.report(node, f"expected an http:// or https:// URL, got {value!r}", path)
-        return None
-    return value
-
-
 def _tls(reader: NodeReader, node: Node, path: str, base_dir: str) -> TlsSettings | None:
     """``server.tls: {cert: PATH, key: PATH, ca: PATH}``: cert and key together (ca optional), each resolved against
     the config file's directory. Their contents are checked when the server starts (reading them is I/O)."""
@@ -220,7 +197,7 @@ def _server(reader: NodeReader, node: Node, base_dir: str, people: People) -> Se
         listen_host=host,
         listen_port=port,
         data_dir=resolve_path(base_dir, reader.get(entries, "data_dir", reader.string, "var")),
-        public_url=reader.get(entries, "public_url", partial(_url, reader), None),
+        public_url=reader.get(entries, "public_url", reader.url, None),
         heartbeat_timeout=reader.get(entries, "heartbeat_timeout", reader.number, 60.0, 1, _DAY_SECONDS),
         agent_offline_after_seconds=reader.get(
             entries, "agent_offline_after_seconds", reader.number, 60.0, 1, _DAY_SECONDS
@@ -285,7 +262,7 @@ def _aws_accounts(reader: NodeReader, node: Node) -> dict[str, AwsAccount]:
             name=name,
             region=reader.get(fields, "region", reader.string, None),
             profile=reader.get(fields, "profile", reader.string, None),
-            endpoint_url=reader.get(fields, "endpoint_url", partial(_url, reader), None),
+            endpoint_url=reader.get(fields, "endpoint_url", reader.url, None),
         )
     return accounts
 
@@ -348,13 +325,7 @@ def _application(reader: NodeReader, name: str, entry: Entry, ctx: GroupContext)
             message = f"deployment group for undeclared environment {environment!r}{hint}"
             reader.report(group_entry.key, message, group_entry.path)
             continue
-        group_entry, own = _split_group_keys(group_entry)
-        group = parse_group(reader, name, environment, platform, group_entry, ctx)
-        groups[environment] = replace(
-            group,
-            triggers=_triggers(reader, own.get("triggers")),
-            offline_hosts=reader.get(own, "offline_hosts", reader.choice, "proceed", _OFFLINE_HOSTS),
-        )
+        groups[environment] = parse_group(reader, name, environment, platform, group_entry, ctx)
     for environment, (item, path) in declared.items():
         if environment not in group_entries:
             message = f"environment {environment!r} has no deployment group (add deployment_groups.{environment})"
@@ -426,91 +397,3 @@ def _deploy_as(reader: NodeReader, entry: Entry | None, people: People) -> str:
         reader.report(entry.value, problem, entry.path)
         return GITHUB_USER
     return name
-
-
-def _split_group_keys(entry: Entry) -> tuple[Entry, dict[str, Entry]]:
-    """The group's entry without the keys this module reads itself (``_GROUP_OWN_KEYS``), and those keys' entries."""
-    node = entry.value
-    if not isinstance(node, MappingNode):
-        return entry, {}
-    own: dict[str, Entry] = {}
-    kept = []
-    for key, value in node.value:
-        if isinstance(key, ScalarNode) and key.value in _GROUP_OWN_KEYS:
-            own[key.value] = Entry(key, value, f"{entry.path}.{key.value}")
-        else:
-            kept.append((key, value))
-    if not own:
-        return entry, {}
-    stripped = MappingNode(node.tag, kept, node.start_mark, node.end_mark, node.flow_style)
-    return Entry(entry.key, stripped, entry.path), own
-
-
-def _triggers(reader: NodeReader, entry: Entry | None) -> tuple[Trigger, ...]:
-    """``triggers: [{name, events: [...], target: {sns: ARN} | {webhook: URL, secret_env: NAME} | {slack: CH}}]``."""
-    if entry is None:
-        return ()
-    triggers: list[Trigger] = []
-    for item, path in reader.items(entry.value, entry.path):
-        fields = reader.fields(item, path, ("name", "events", "target"), required=("name", "events", "target"))
-        name = reader.get(fields, "name", reader.string, None)
-        if name is not None and not TRIGGER_NAME.match(name):
-            reader.report(
-                fields["name"].value, f"bad trigger name {name!r}: use letters, digits, '.', '_' or '-'", path
-            )
-            name = None
-        if name is not None and any(t.name == name for t in triggers):
-            reader.report(fields["name"].value, f"trigger {name!r} is declared twice in this group", path)
-            name = None
-        events: list[TriggerEvent] = []
-        if (listed := fields.get("events")) is not None:
-            for event_node, event_path in reader.items(listed.value, listed.path):
-                event = reader.choice(event_node, event_path, tuple(TriggerEvent))
-                if event is not None:
-                    events.append(TriggerEvent(event))
-            if not events and isinstance(listed.value, SequenceNode):
-                reader.report(listed.value, "list at least one event", listed.path)
-        target = _trigger_target(reader, fields.get("target"))
-        if name is not None and events and target is not None:
-            triggers.append(Trigger(name, frozenset(events), target))
-    return tuple(triggers)
-
-
-def _trigger_target(reader: NodeReader, entry: Entry | None) -> TriggerTarget | None:
-    if entry is None:
-        return None
-    fields = reader.fields(entry.value, entry.path, _TARGET_KEYS)
-    if (secret := fields.get("secret")) is not None:
-        message = "never write a secret in the config file: put it in an environment variable and name it (secret_env)"
-        reader.report(secret.key, message, secret.path)
-        return None
-    kinds = [kind for kind in TargetKind if str(kind) in fields]
-    if len(kinds) != 1:
-        reader.report(entry.value, "a trigger target is exactly one of sns, webhook or slack", entry.path)
-        return None
-    kind = kinds[0]
-    address = reader.get(fields, str(kind), reader.string, None)
-    secret_env = reader.get(fields, "secret_env", reader.string, None)
-    where = fields[str(kind)]
-    if address is None:
-        return None
-    if kind is TargetKind.SNS and not SNS_TOPIC_ARN.match(address):
-        reader.report(
-            where.value, f"expected an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME), got {address!r}", where.path
-        )
-        return None
-    if kind is TargetKind.WEBHOOK:
-        if _url(reader, where.value, where.path) is None:
-            return None
-        if secret_env is None:
-            reader.report(
-                entry.value, "a webhook needs secret_env: the environment variable holding its secret", entry.path
-            )
-            return None
-        if not ENV_NAME.match(secret_env):
-            reader.report(fields["secret_env"].value, f"{secret_env!r} is not an environment variable name", entry.path)
-            return None
-    elif secret_env is not None:
-        reader.report(fields["secret_env"].key, "secret_env applies only to a webhook", fields["secret_env"].path)
-        return None
-    return TriggerTarget(kind, address, secret_env)
