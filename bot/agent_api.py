@@ -36,11 +36,13 @@ HOST = web.RequestKey("agent_host", str)
 CLOSING = web.AppKey("agent_closing", asyncio.Event)
 
 _RESULT_USAGE = (
-    'POST /agent/v1/commands/{id}/result[?next=SECONDS] {"status": "Succeeded"|"Failed", "error_code": 0..7,'
-    ' "message": str, "log_tail": str, "started_at": epoch, "ended_at": epoch}'
+    'POST /agent/v1/commands/{id}/result[?next=SECONDS[&runs=1]|?then=ID] {"status": "Succeeded"|"Failed",'
+    ' "error_code": 0..7, "message": str, "log_tail": str, "started_at": epoch, "ended_at": epoch}'
 )
-_HEARTBEAT_USAGE = 'POST /agent/v1/heartbeat {"tags": {...}, "version": str, "running_command": int|null}'
-_POLL_USAGE = "GET /agent/v1/commands/next?wait=SECONDS (at most 60)"
+_HEARTBEAT_USAGE = (
+    'POST /agent/v1/heartbeat {"tags": {...}, "version": str, "running_command": int|null, "capabilities": [str]}'
+)
+_POLL_USAGE = "GET /agent/v1/commands/next?wait=SECONDS (at most 60)[&runs=1]"
 
 
 @web.middleware
@@ -98,9 +100,21 @@ def _seconds(request: web.Request, name: str, usage: str, *, default: float, lim
     return min(max(value, 0.0), limit) if value == value else default
 
 
+def _asks_for_runs(request: web.Request) -> bool:
+    """``runs=1``: the agent runs a host's consecutive events back to back (its commands carry ``then``)."""
+    return request.query.get("runs") == "1"
+
+
 async def _long_poll(request: web.Request, wait: float) -> CommandBody | None:
     """The host's next command within ``wait`` seconds, claimed for this request; None when there is none."""
-    poll = asyncio.ensure_future(request.app[FLEET].next_command(request[HOST], wait=wait))
+    fleet, host = request.app[FLEET], request[HOST]
+    # An agent of the first protocol version is served as before: no ``runs`` at all.
+    asked = (
+        fleet.next_command(host, wait=wait, runs=True)
+        if _asks_for_runs(request)
+        else fleet.next_command(host, wait=wait)
+    )
+    poll = asyncio.ensure_future(asked)
     closing = asyncio.ensure_future(request.app[CLOSING].wait())
     try:
         await asyncio.wait({poll, closing}, return_when=asyncio.FIRST_COMPLETED)
@@ -138,14 +152,33 @@ async def report_result(request: web.Request) -> web.Response:
     that time: the server usually queues it a few milliseconds after taking the result, and answering here saves
     the agent a long-poll round trip per lifecycle event. Only agents that ask get a ``command``, so an older
     agent never receives (and strands) a command it would not look for.
+
+    ``?then=ID`` (an agent running a run of events, see ``engine.core.agent_protocol``): ID is the next command of
+    the run, which the agent runs only on ``{"stop": false}``, the server having claimed it for it along with this
+    result; ``{"stop": true}`` when it must not (the deployment was stopped, or the command is no longer queued).
     """
     result = _result(await json_object(request, _RESULT_USAGE))
     wait = _seconds(request, "next", _RESULT_USAGE, default=0.0, limit=MAX_NEXT_SECONDS)
-    await request.app[FLEET].report_result(request[HOST], _command_id(request), result)
+    then = _then(request)
+    fleet, host, command_id = request.app[FLEET], request[HOST], _command_id(request)
+    if then is not None:
+        go_on = await fleet.report_result(host, command_id, result, then=then)
+        return json_response({"ok": True, "stop": not go_on})
+    await fleet.report_result(host, command_id, result)
     if "next" not in request.query:
         return json_response({"ok": True})
     command = await _long_poll(request, wait)
     return json_response({"ok": True} if command is None else {"ok": True, "command": command})
+
+
+def _then(request: web.Request) -> int | None:
+    """The ``then`` query parameter: the id of the command the agent would run next, or None."""
+    text = request.query.get("then")
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_COMMAND_ID)) or int(text) > MAX_COMMAND_ID:
+        raise bad_request(f"'then' must be a command id, got {text[:30]!r}", _RESULT_USAGE)
+    return int(text)
 
 
 def _command_id(request: web.Request) -> int:
@@ -178,7 +211,16 @@ async def heartbeat(request: web.Request) -> web.Response:
     running = body.get("running_command")
     if running is not None and (isinstance(running, bool) or not isinstance(running, int) or running < 0):
         raise bad_request("'running_command' must be a command id or null", _HEARTBEAT_USAGE)
+    capabilities = body.get("capabilities") or []
+    if (
+        not isinstance(capabilities, list)
+        or len(capabilities) > MAX_TAGS
+        or not all(isinstance(c, str) and len(c) <= MAX_TAG_LENGTH for c in capabilities)
+    ):
+        raise bad_request(f"'capabilities' must be a list of at most {MAX_TAGS} short strings", _HEARTBEAT_USAGE)
     info = HeartbeatBody(tags=dict(tags), version=version, running_command=running)
+    if capabilities:
+        info["capabilities"] = capabilities
     await request.app[FLEET].heartbeat(request[HOST], info)
     return json_response({"ok": True})
 

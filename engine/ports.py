@@ -212,9 +212,11 @@ class AgentFleet(Protocol):
     def has_token(self, host: str) -> bool:
         """Whether the host holds an agent token (which is never shown again once issued)."""
 
-    async def next_command(self, host: str, *, wait: float) -> CommandBody | None: ...
+    async def next_command(self, host: str, *, wait: float, runs: bool = False) -> CommandBody | None:
+        """Long poll; ``runs``: the agent runs a host's consecutive events back to back (the command says which)."""
 
-    async def report_result(self, host: str, command_id: int, result: ResultBody) -> None: ...
+    async def report_result(self, host: str, command_id: int, result: ResultBody, *, then: int | None = None) -> bool:
+        """Record a result; True when ``then`` (the next command of its run) was claimed for the agent: go on."""
 
     async def heartbeat(self, host: str, info: HeartbeatBody) -> None: ...
 
@@ -231,6 +233,12 @@ class HostFleet(HostExecutor, AgentFleet, Protocol):
     their heartbeats; the doors serve their protocol (AgentFleet)."""
 
     def last_seen(self, host: str) -> float | None: ...
+
+    async def dispatch_runs(
+        self, deployment_id: str, runs: Sequence[tuple[str, Sequence[LifecycleEvent]]], spec: Mapping[str, Any]
+    ) -> None:
+        """Queue each target's run of consecutive events (the first is the one asked for now), in one transaction;
+        resume-safe as ``dispatch``."""
 
     def start_monitor(self, interval: float = 1.0) -> None:
         """Start failing the commands of hosts whose agents stopped sending heartbeats."""
@@ -294,13 +302,26 @@ class DeploymentStore(Protocol):
     async def list_agents(self) -> list[Row]: ...
 
 
+QueuedRun = tuple[str, str, Sequence[str], Mapping[str, Any] | None]
+"""(host, deployment_id, events, payload): a host's consecutive events, queued together (a *run*)."""
+CommandReport = tuple[int, str, str, Mapping[str, Any] | None, int | None]
+"""(command_id, host, status, result, then): an agent's report, and the command it would run next (or None)."""
+FinishedReport = tuple[dict[str, Any] | None, bool, bool]
+"""(the command without payload or None, whether the report finished it, whether its ``then`` was claimed)."""
+
+
 class CommandQueue(Protocol):
     """Per-host command queues of the agent protocol, and what the agents last said of themselves."""
 
     async def enqueue_command_once(
         self, host: str, deployment_id: str, event: str, payload: Mapping[str, Any] | None, *, at: float
     ) -> Row | None: ...
-    async def claim_next_command(self, host: str, *, at: float) -> Row | None: ...
+    async def enqueue_command_runs(
+        self, runs: Sequence[QueuedRun], *, at: float, hand_to: Mapping[str, bool] | None = None
+    ) -> tuple[list[Row | None], dict[str, Row]]:
+        """Queue many runs in one transaction; claim the oldest command of each ``hand_to`` host that got one."""
+
+    async def claim_next_command(self, host: str, *, at: float, with_run: bool = False) -> Row | None: ...
     async def release_command(self, command_id: int) -> bool: ...
     async def complete_command(
         self, command_id: int, status: str, result: Mapping[str, Any] | None, *, at: float, host: str | None = None
@@ -308,6 +329,9 @@ class CommandQueue(Protocol):
     async def finish_command(
         self, command_id: int, host: str, status: str, result: Mapping[str, Any] | None, *, at: float
     ) -> tuple[Row | None, bool]: ...
+    async def finish_commands(self, reports: Sequence[CommandReport], *, at: float) -> list[FinishedReport]:
+        """Many agents' reports in one transaction; a failure cancels the rest of its run."""
+
     async def list_commands(
         self, *, host: str | None = None, deployment_id: str | None = None, status: str | Sequence[str] | None = None
     ) -> list[Row]: ...

@@ -95,7 +95,7 @@ class FakeFleet:
     def revoke_token(self, host: str) -> bool:
         return self.tokens.pop(f"token-{host}", None) is not None
 
-    async def next_command(self, host: str, *, wait: float) -> dict[str, Any] | None:
+    async def next_command(self, host: str, *, wait: float, runs: bool = False) -> dict[str, Any] | None:
         self.waits.append(wait)
         queue = self._queue(host)
         if not queue.empty():  # like the real Fleet: claim first, then wait
@@ -108,13 +108,17 @@ class FakeFleet:
     async def release(self, host: str, command_id: int) -> None:
         self.released.append(command_id)
 
-    async def report_result(self, host: str, command_id: int, result: dict[str, Any]) -> None:
+    async def report_result(
+        self, host: str, command_id: int, result: dict[str, Any], *, then: int | None = None
+    ) -> bool:
+        """Record a result; never hands on a run's next command (False: the agent polls for it)."""
         if self.owners.get(command_id) != host:
             raise NotFound(f"no command {command_id} for host {host}")
         if command_id in self.finished:
-            return
+            return False
         self.finished.add(command_id)
         self.results.append((host, command_id, result))
+        return False
 
     async def heartbeat(self, host: str, info: Mapping[str, Any]) -> None:
         self.heartbeats.append((host, dict(info)))

@@ -1,14 +1,21 @@
 """Server side of the agent protocol: per-host command queues in the store, long-poll wake-ups, heartbeats.
 
 Each host has its own queue (rows of ``host_commands``) and its own token; an agent sees only its own commands.
-A long poll parks on an ``asyncio.Event`` for its host, so a command enqueued for an idle agent is handed over in
-the same event-loop turn — that is where the sub-50 ms pickup comes from. A host whose agent stops talking while it
-owns work is failed after ``heartbeat_timeout`` seconds, so nothing waits "Pending" forever.
+A long poll parks on a future for its host, and a command queued for a host whose poll is parked is claimed in the
+transaction that queues it and handed straight to that poll — that is where the sub-50 ms pickup comes from. A host
+whose agent stops talking while it owns work is failed after ``heartbeat_timeout`` seconds, so nothing waits
+"Pending" forever.
 
 Every interval here (an agent's silence, a claim's grace) is measured on ``clock.monotonic()``, kept in memory: a
 wall-clock step (NTP, a VM resumed) must neither fail live agents nor keep dead ones alive. Wall time (``now()``)
 is only what the store records and ``deploybot hosts`` shows. Nothing monotonic survives a restart, so a host or a
 claim this server has not seen yet counts from when it first noticed it (the server's start, a monitor round).
+
+Less per event: a host's consecutive events up to the next server-side step are queued together as one *run*
+(``dispatch_runs``, for agents that said they can run them back to back: ``RUNS_CAPABILITY``), a whole engine
+step's runs in one transaction; results that arrive together are recorded in one transaction (``report_result``
+joins the batch being written), which also claims the next command of a run for its agent (``then``) and, for a
+failure, cancels the rest of the run. A poll skips the claim while its host's queue is known to be empty.
 
 An agent downloads only the bundles of its own host's deployments (``bundle_for``), and a token is handed out once:
 the doors issue one for a host without (``has_token``) and otherwise only rotate it (``revoke_token``, then
@@ -24,14 +31,14 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.core.agent_protocol import CommandBody, HeartbeatBody, ResultBody
+from engine.core.agent_protocol import RUNS_CAPABILITY, CommandBody, HeartbeatBody, ResultBody, RunStep
 from engine.core.errors import NotFound
 from engine.core.model import LifecycleEvent, ScriptErrorCode
-from engine.ports import Clock, CommandQueue, OnResult
+from engine.ports import Clock, CommandQueue, CommandReport, FinishedReport, OnResult, QueuedRun
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +65,18 @@ class Fleet:
         self._token_file = data_dir / "agent-tokens.json"
         _private_dir(data_dir)
         self._tokens: dict[str, str] = self._load_tokens()
-        self._wakeups: dict[str, asyncio.Event] = {}
+        # Per host: the parked long polls, each a future that gets the row claimed for it (or None: claim again)
+        # and whether that poll asked for the run.
+        self._waiters: dict[str, list[tuple[asyncio.Future[dict[str, Any] | None], bool]]] = {}
+        self._runs_ok: set[str] = set()  # hosts whose agent last said it runs consecutive events back to back
+        self._reports: list[tuple[CommandReport, asyncio.Future[FinishedReport]]] = []
+        self._reporting: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        # (host, deployment, event) of the later events of runs this server queued: when the engine dispatches one
+        # of them, it is queued already (or its agent ran it ahead, and its result went to the engine then), so the
+        # dispatch needs nothing of the store and delivers nothing. A failure or a cancellation forgets the rest of
+        # the run, so that a dispatch of it goes to the store again.
+        self._queued_ahead: set[tuple[str, str, str]] = set()
         # Per host: a counter bumped whenever a command may have become Pending, and the value it had when a claim
         # last found nothing. While the two agree the queue is known empty and a poll skips the (write) claim.
         self._queue_changes: dict[str, int] = {}
@@ -116,29 +134,87 @@ class Fleet:
 
     async def dispatch(self, deployment_id: str, target: str, event: LifecycleEvent, spec: Mapping[str, Any]) -> None:
         """Queue ``event`` for ``target``; a command that already exists is not queued twice (resume-safe)."""
-        now = self.clock.now()
-        command = await self.store.enqueue_command_once(target, deployment_id, str(event), dict(spec), at=now)
-        if command is None:
-            self._queued(target)
-        elif command["status"] in ("Succeeded", "Failed") and command.get("result"):
-            await self._on_result(command, command["result"])
+        await self.dispatch_runs(deployment_id, [(target, (event,))], spec)
+
+    async def dispatch_runs(
+        self, deployment_id: str, runs: Sequence[tuple[str, Sequence[LifecycleEvent]]], spec: Mapping[str, Any]
+    ) -> None:
+        """Queue each target's run of consecutive events (its first event is the one the machine asks for now), all
+        in one transaction. A host whose agent has not said it runs events back to back gets the first one only.
+
+        Resume-safe as ``dispatch``: a run whose first event has a command already queues nothing, and when that
+        command has finished, its stored result is handed over again instead of running it twice."""
+        payload = dict(spec)
+        queued: list[QueuedRun] = []
+        for target, events in runs:
+            key = (target, deployment_id, str(events[0]))
+            if key in self._queued_ahead:
+                self._queued_ahead.discard(key)
+                continue  # queued with its run: its agent runs it (or ran it, and its result went to the engine)
+            run = [str(e) for e in (events if target in self._runs_ok else events[:1])]
+            queued.append((target, deployment_id, run, payload))
+        if not queued:
+            return
+        parked = {target: self._parked_wants_run(target) for target, *_ in queued}
+        hand_to = {host: wants_run for host, wants_run in parked.items() if wants_run is not None}
+        existing, claimed = await self.store.enqueue_command_runs(queued, at=self.clock.now(), hand_to=hand_to)
+        for (target, _, queued_events, _), command in zip(queued, existing, strict=True):
+            if command is None:
+                self._queue_changes[target] = self._queue_changes.get(target, 0) + 1
+                self._queued_ahead.update((target, deployment_id, event) for event in queued_events[1:])
+            elif command["status"] in ("Succeeded", "Failed") and command.get("result"):
+                await self._on_result(command, command["result"])
+        for host in {target for (target, *_), command in zip(queued, existing, strict=True) if command is None}:
+            row = claimed.get(host)
+            if row is None:
+                self._wake(host)
+            elif not self._hand(host, row):
+                await self.release(host, row["id"])  # its poll ended meanwhile: the next one claims it
 
     async def cancel(self, deployment_id: str) -> None:
         await self.store.cancel_commands(deployment_id, at=self.clock.now())
+        # The deployment ends: the engine will not reach the commands its agents ran ahead of it.
+        self._queued_ahead = {key for key in self._queued_ahead if key[1] != deployment_id}
 
-    def _wakeup(self, host: str) -> asyncio.Event:
-        return self._wakeups.setdefault(host, asyncio.Event())
+    def _run_ended(self, failed: Mapping[str, Any]) -> None:
+        """A command failed: the store cancelled the rest of its run, which must be queued anew should the engine
+        still ask for it (a failure it may ignore). The failed one itself stays known: its result is delivered."""
+        host, deployment_id, event = failed["host"], failed["deployment_id"], failed["event"]
+        self._queued_ahead = {key for key in self._queued_ahead if key[:2] != (host, deployment_id) or key[2] == event}
+
+    def is_parked(self, host: str) -> bool:
+        """Whether a long poll of ``host`` waits to be handed a command."""
+        return self._parked_wants_run(host) is not None
+
+    def _parked_wants_run(self, host: str) -> bool | None:
+        """Whether the host's first parked poll asked for runs; None when no poll of it is parked."""
+        return next((runs for waiter, runs in self._waiters.get(host, ()) if not waiter.done()), None)
+
+    def _hand(self, host: str, row: dict[str, Any]) -> bool:
+        """Give a command claimed for ``host`` to its first parked poll; False when none is parked any more."""
+        for waiter, runs in self._waiters.get(host, ()):
+            if not waiter.done():
+                self._claimed[row["id"]] = self.clock.monotonic()
+                waiter.set_result(row if runs else {k: v for k, v in row.items() if k != "then"})
+                return True
+        return False
+
+    def _wake(self, host: str) -> None:
+        """Wake the host's parked polls to claim again."""
+        for waiter, _ in self._waiters.get(host, ()):
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _queued(self, host: str) -> None:
         """A command may be Pending for ``host`` now (call after the store has it): claim again, wake its poll."""
         self._queue_changes[host] = self._queue_changes.get(host, 0) + 1
-        self._wakeup(host).set()
+        self._wake(host)
 
-    async def _claim(self, host: str) -> dict[str, Any] | None:
+    async def _claim(self, host: str, *, with_run: bool) -> dict[str, Any] | None:
         changes = self._queue_changes.get(host, 0)
         if self._empty_at.get(host) == changes:
             return None  # nothing was queued since a claim found the queue empty
-        row = await self.store.claim_next_command(host, at=self.clock.now())
+        row = await self.store.claim_next_command(host, at=self.clock.now(), with_run=with_run)
         if row is None:
             self._empty_at[host] = changes  # read before the claim: a command queued meanwhile bumped it
         else:
@@ -149,14 +225,27 @@ class Fleet:
         self._heard[host] = self.clock.monotonic()
         self._last_seen[host] = self.clock.now()
 
-    async def next_command(self, host: str, *, wait: float) -> CommandBody | None:
-        """Long poll: the host's next command, as soon as there is one, or None after ``wait`` seconds."""
+    def runs_events(self, host: str) -> bool:
+        """Whether the host's agent said (last heartbeat or poll) that it runs consecutive events back to back."""
+        return host in self._runs_ok
+
+    def _can_run(self, host: str, runs: bool) -> None:
+        """Note whether the host's agent runs consecutive events back to back (what it said last counts)."""
+        if runs:
+            self._runs_ok.add(host)
+        else:
+            self._runs_ok.discard(host)
+
+    async def next_command(self, host: str, *, wait: float, runs: bool = False) -> CommandBody | None:
+        """Long poll: the host's next command, as soon as there is one, or None after ``wait`` seconds.
+
+        ``runs``: the agent runs consecutive events back to back, and the command carries the rest of its run."""
         self._heard_from(host)
+        self._can_run(host, runs)
         deadline = self.clock.monotonic() + wait
         while True:
-            wakeup = self._wakeup(host)
-            wakeup.clear()
-            row = await self._claim(host)
+            changes = self._queue_changes.get(host, 0)
+            row = await self._claim(host, with_run=runs)
             if row is not None:
                 self._heard_from(host)
                 return _command_object(row)
@@ -164,21 +253,86 @@ class Fleet:
             if remaining <= 0:
                 self._heard_from(host)
                 return None
+            if self._queue_changes.get(host, 0) != changes:
+                continue  # queued while the claim ran, before this poll was parked to be woken
+            row = await self._park(host, runs, remaining)
+            if row is not None:
+                self._heard_from(host)
+                return _command_object(row)
+
+    async def _park(self, host: str, runs: bool, seconds: float) -> dict[str, Any] | None:
+        """Wait up to ``seconds`` for a command handed to this poll (returned), or a wake-up (None)."""
+        waiter: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        entry = (waiter, runs)
+        self._waiters.setdefault(host, []).append(entry)
+        try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for returns normally when the poll is cancelled just as
             # its wake-up arrives, and the cancelled poller would then go on polling for ever.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await wakeup.wait()
+                async with asyncio.timeout(seconds):
+                    await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and (row := waiter.result()) is not None:
+                self._spawn(self.release(host, row["id"]))  # handed just as the poll ended: nobody will run it
+            raise
+        finally:
+            waiting = self._waiters.get(host, [])
+            waiting.remove(entry)
+            if not waiting:
+                self._waiters.pop(host, None)
+        return waiter.result() if waiter.done() and not waiter.cancelled() else None
 
-    async def report_result(self, host: str, command_id: int, result: ResultBody) -> None:
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def report_result(self, host: str, command_id: int, result: ResultBody, *, then: int | None = None) -> bool:
+        """Record an agent's result (a repeat is harmless) and deliver it; True when ``then``, the next command of
+        its run, was claimed for the agent in the same transaction (go on), False when it must not run it (stop).
+
+        Reports arriving together are written in one transaction, and delivered in the order they arrived."""
         self._heard_from(host)
         status = "Succeeded" if result.get("status") == "Succeeded" else "Failed"
-        command, finished = await self.store.finish_command(command_id, host, status, result, at=self.clock.now())
+        outcome: asyncio.Future[FinishedReport] = asyncio.get_running_loop().create_future()
+        self._reports.append(((command_id, host, status, result, then), outcome))
+        if self._reporting is None or self._reporting.done():
+            self._reporting = asyncio.ensure_future(self._record_reports())
+        command, _, go_on = await asyncio.shield(outcome)
         if command is None:
             raise NotFound(f"no command {command_id} for host {host}")
-        self._claimed.pop(command_id, None)
-        if finished:
-            await self._on_result(command, result)
+        return go_on
+
+    async def _record_reports(self) -> None:
+        """Write every waiting report in one transaction, then deliver the results in order; again while more
+        arrived meanwhile. Delivery happens here, not in the requests: a request cut short cannot lose a result."""
+        while self._reports:
+            batch, self._reports = self._reports, []
+            try:
+                outcomes = await self.store.finish_commands([report for report, _ in batch], at=self.clock.now())
+            except Exception as exc:  # the agents retry: their results are not recorded
+                for _, outcome in batch:
+                    outcome.set_exception(exc)
+                continue
+            delivered: list[tuple[int, dict[str, Any], Mapping[str, Any]]] = []
+            for ((command_id, _, status, result, then), outcome), (command, finished, go_on) in zip(
+                batch, outcomes, strict=True
+            ):
+                if command is not None:
+                    self._claimed.pop(command_id, None)
+                    if go_on and then is not None:
+                        self._claimed[then] = self.clock.monotonic()
+                    if finished and status == "Failed":
+                        self._run_ended(command)
+                    if finished:
+                        delivered.append((command_id, command, result or {}))
+                # Answered first: an agent going on with its run need not wait for the engine to take the result.
+                outcome.set_result((command, finished, go_on))
+            for command_id, command, result in delivered:
+                try:
+                    await self._on_result(command, result)
+                except Exception:
+                    log.exception("delivering the result of command %s failed", command_id)
 
     async def release(self, host: str, command_id: int) -> None:
         """The agent that claimed ``command_id`` is gone before it got it: queue it again for the next poll."""
@@ -189,6 +343,7 @@ class Fleet:
 
     async def heartbeat(self, host: str, info: HeartbeatBody) -> None:
         self._heard_from(host)
+        self._can_run(host, RUNS_CAPABILITY in (info.get("capabilities") or ()))
         await self.store.upsert_agent(
             host,
             last_seen=self._last_seen[host],
@@ -277,6 +432,7 @@ class Fleet:
                     ended_at=ended_at,
                 )
                 if await self.store.complete_command(command["id"], "Failed", result, at=ended_at):
+                    self._run_ended(command)
                     failed.append(command["id"])
                     await self._on_result(command, result)
         # Forget finished commands, so the maps stay as small as the queue; a claim made during this round was not
@@ -298,4 +454,8 @@ def _private_dir(path: Path) -> None:
 
 
 def _command_object(row: Mapping[str, Any]) -> CommandBody:
-    return CommandBody(id=row["id"], deployment_id=row["deployment_id"], event=row["event"], spec=row["payload"])
+    """The command as its agent gets it; with ``then`` when it was claimed with its run (for a poll with runs)."""
+    body = CommandBody(id=row["id"], deployment_id=row["deployment_id"], event=row["event"], spec=row["payload"])
+    if "then" in row:
+        body["then"] = [RunStep(id=step["id"], event=step["event"]) for step in row["then"]]
+    return body

@@ -6,6 +6,13 @@ Theory of operation:
   - A result is POSTed with ``?next=S``: the server answers with the host's next command when it queues one within
     S seconds (it usually does, milliseconds after taking the result), which saves one round trip per lifecycle
     event. A server that does not know ``next`` answers without a command, and the agent simply polls.
+  - Runs: the agent polls with ``runs=1`` and names ``"runs"`` in its heartbeats' ``capabilities``, so the server
+    may hand it a host's consecutive events at once (a command whose ``then`` lists the ones queued behind it, up to
+    the next server-side step). It runs them back to back: each result is POSTed as it finishes with
+    ``?then=<next id>``, and the next event starts only when the answer says ``"stop": false`` (the server claimed
+    it for this agent); anything else (``"stop": true``: the deployment was stopped, a refused or failed result)
+    ends the run there, and the agent polls. Each event of a run has its own ``ongoing-command`` record, so a crash
+    mid-run reports that event with code 7 and the server cancels the rest of the run: nothing runs twice.
   - Connection errors and unexpected answers back off 0.5 s, doubling to 5 s; any good answer resets the delay.
   - Before a command runs, ``ongoing-command/<id>`` is written; once it has run, the result is stored there too and
     POSTed until the server accepts it (it may be restarting). While a hook script runs, its process group is
@@ -47,6 +54,7 @@ from engine.agent.hooks import HookGroup, HookOutcome, HookRunner
 from engine.agent.layout import AgentLayout, OngoingCommand, StoredResult
 from engine.core.agent_protocol import (
     RESTART_MESSAGE,
+    RUNS_CAPABILITY,
     Command,
     CommandResult,
     HeartbeatBody,
@@ -284,7 +292,7 @@ class Agent:
     async def _poll(self) -> dict[str, Any] | None:
         wait = self.options.poll_wait
         timeout = aiohttp.ClientTimeout(total=wait + 15, sock_connect=10)
-        url = self._url(f"/agent/v1/commands/next?wait={wait}")
+        url = self._url(f"/agent/v1/commands/next?wait={wait}&runs=1")
         async with self._session.get(url, headers=self._headers, timeout=timeout) as response:
             if response.status == 204:
                 return None
@@ -296,16 +304,40 @@ class Agent:
     # --- running a command --------------------------------------------------------------------------------------
 
     async def _handle(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Run one command and report it; the next command when the server handed one over with the answer."""
+        """Run one command, or a run of them back to back, reporting each; the next command when the server handed
+        one over with the last answer."""
         started = time.time()
         try:
-            command = Command.from_json(body)
+            command: Command | None = Command.from_json(body)
         except MalformedCommand as bad:
             log.error("%s", bad.reason)
             if bad.command_id is not None:
                 refused = CommandResult.of(ScriptErrorCode.UNKNOWN_ERROR, bad.reason, "", started, time.time())
                 await self._post_result(bad.command_id, refused.to_json())
             return None
+        while command is not None:
+            result = await self._run_command(command)
+            following = command.following() if result["status"] == "Succeeded" else None
+            if following is None:
+                handed_over: list[dict[str, Any]] = []
+                await self._post_result(command.id, result, handed_over=handed_over)
+                self._done_with(command.id)
+                return handed_over[0] if handed_over else None
+            answer: list[object] = []
+            accepted = await self._post_result(command.id, result, then=following.id, answer=answer)
+            go_on = accepted and isinstance(answer[-1], dict) and answer[-1].get("stop") is False
+            if go_on:
+                # Named from now on: the server claimed it for us, and must not hand it to anyone else.
+                self.running_command = following.id
+            self._done_with(command.id)
+            if not go_on:
+                log.info("command %s: the server stopped the run before %s", following.id, following.event)
+            command = following if go_on else None
+        return None
+
+    async def _run_command(self, command: Command) -> ResultBody:
+        """Run one command under its crash record; the result, also stored in that record until it is accepted."""
+        started = time.time()
         record = OngoingCommand(command.id, command.deployment_id, command.event, started)
         self.layout.mark_ongoing(record)
         self.running_command = command.id
@@ -330,13 +362,16 @@ class Agent:
             outcome.message,
         )
         self.layout.mark_ongoing(record, result=result)
-        handed_over: list[dict[str, Any]] = []
-        await self._post_result(command.id, result, handed_over=handed_over)
-        self.layout.clear_ongoing(command.id)
-        # Only now is the command off our hands: heartbeats name it until the server has its result, so the
-        # server never mistakes a finished-but-unreported command for one this agent never received.
-        self.running_command = None
-        return handed_over[0] if handed_over else None
+        return result
+
+    def _done_with(self, command_id: int) -> None:
+        """Its result was accepted (or refused for good): forget its crash record and stop naming it.
+
+        Only now is the command off our hands: heartbeats name it until the server has its result, so the server
+        never mistakes a finished-but-unreported command for one this agent never received."""
+        self.layout.clear_ongoing(command_id)
+        if self.running_command == command_id:
+            self.running_command = None
 
     def _record_group(self, command_id: int, group: HookGroup | None) -> None:
         """Keep the running script's process group in the crash record; a failure to write it stops nothing."""
@@ -362,6 +397,8 @@ class Agent:
         body: ResultBody | StoredResult,
         *,
         handed_over: list[dict[str, Any]] | None = None,
+        then: int | None = None,
+        answer: list[object] | None = None,
     ) -> bool:
         """POST until accepted; False when the server refuses it for good (a 4xx other than auth/throttling).
 
@@ -369,20 +406,26 @@ class Agent:
         here, the server does).
 
         Given ``handed_over``, the server may answer with the host's next command, which is appended to it: from
-        then on that command is this agent's to run (the server has claimed it for us).
+        then on that command is this agent's to run (the server has claimed it for us). Given ``then`` (the next
+        command of a run), the accepted answer's JSON is appended to ``answer``: it says whether to go on.
         """
         url = self._url(f"/agent/v1/commands/{command_id}/result")
-        if handed_over is not None:
-            url += f"?next={NEXT_WAIT:g}"
+        if then is not None:
+            url += f"?then={then}"
+        elif handed_over is not None:
+            url += f"?next={NEXT_WAIT:g}&runs=1"
         delay = _FIRST_DELAY
         while True:
             try:
                 timeout = aiohttp.ClientTimeout(total=30, sock_connect=10)
                 async with self._session.post(url, json=body, headers=self._headers, timeout=timeout) as response:
                     if response.status < 300:
-                        if handed_over is not None:
-                            command = _command_in(await _json_or_none(response))
-                            if command is not None:
+                        if handed_over is not None or answer is not None:
+                            payload = await _json_or_none(response)
+                            if answer is not None:
+                                answer.append(payload)
+                            command = _command_in(payload) if handed_over is not None else None
+                            if handed_over is not None and command is not None:
                                 handed_over.append(command)
                         return True
                     text = await response.text()
@@ -439,6 +482,7 @@ class Agent:
                 "tags": dict(self.options.tags),
                 "version": _version(),
                 "running_command": self.running_command,
+                "capabilities": [RUNS_CAPABILITY],
             }
             try:
                 timeout = aiohttp.ClientTimeout(total=10)

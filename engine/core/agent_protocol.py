@@ -5,15 +5,23 @@ On the wire (``/agent/v1``), one TypedDict per body:
     with ``?next=``); the agent reads it with ``Command.from_json``, which checks it.
   - ``ResultBody``: what the agent POSTs to ``commands/<id>/result`` (``CommandResult.to_json`` makes it).
   - ``HeartbeatBody``: what the agent POSTs to ``heartbeat``.
+
+Runs (capability ``"runs"``): an agent that names it in its heartbeats' ``capabilities`` and polls with ``runs=1``
+is handed a host's consecutive events at once: the command (with the spec) carries ``then``, the ids and events of
+the commands queued behind it up to the next server-side step (``agent_run``). It reports each result as it
+finishes with ``?then=<next id>``; the answer ``{"stop": false}`` means the server has claimed that command for it,
+``{"stop": true}`` that it must not run it (the deployment stopped, or the command is gone): then it polls. An
+agent without the capability is handed one event at a time, as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
-from engine.core.model import ROLLBACK_CREATOR, DeploymentType, EventStatus, ScriptErrorCode
+from engine.core.lifecycle import TRAFFIC_EVENTS
+from engine.core.model import ROLLBACK_CREATOR, DeploymentType, EventStatus, LifecycleEvent, ScriptErrorCode
 
 RESTART_MESSAGE = "Failed: Failing in-progress lifecycle event after an agent restart."
 LOG_TAIL_BYTES = 4096
@@ -29,6 +37,30 @@ _EndStatus = Literal[EventStatus.SUCCEEDED, EventStatus.FAILED]
 """The same as an EventStatus."""
 
 
+RUNS_CAPABILITY = "runs"
+"""What an agent that runs a host's consecutive events back to back names in its heartbeats' ``capabilities``."""
+
+
+def agent_run(events: Sequence[LifecycleEvent], start: int) -> tuple[LifecycleEvent, ...]:
+    """The events an agent may run back to back from ``events[start]``: up to the next server-side step (a traffic
+    event: BlockTraffic, AllowTraffic), which the server does itself between two runs. Never empty."""
+    run: list[LifecycleEvent] = []
+    for event in events[start:]:
+        if run and event in TRAFFIC_EVENTS:
+            break
+        run.append(event)
+        if event in TRAFFIC_EVENTS:
+            break
+    return tuple(run)
+
+
+class RunStep(TypedDict):
+    """A command queued behind another of the same deployment (its spec is the first command's)."""
+
+    id: int
+    event: str
+
+
 class CommandBody(TypedDict):
     """A command, as the server sends it."""
 
@@ -40,6 +72,8 @@ class CommandBody(TypedDict):
     """The deployment's spec, the same for every command of a deployment: the JSON object ``DeploymentSpec`` reads
     (its field names; ``revision`` an object with ``sha256``, ``url``, ``size``, ``commit``, ``location``), plus
     whatever else the server keeps there, which the agent ignores (``DeploymentSpec.raw``)."""
+    then: NotRequired[list[RunStep]]
+    """Only to an agent that polled with ``runs=1``: the rest of the run, in order (see the module docstring)."""
 
 
 class ResultBody(TypedDict):
@@ -65,6 +99,8 @@ class HeartbeatBody(TypedDict):
     running_command: int | None
     """The command the agent has not yet seen accepted (running or being reported); the server hands out again a
     claimed command its agent does not name."""
+    capabilities: NotRequired[list[str]]
+    """What this agent can do beyond the first version of the protocol: ``RUNS_CAPABILITY``."""
 
 
 class MalformedCommand(ValueError):
@@ -114,6 +150,15 @@ class Command:
     deployment_id: str
     event: str
     spec: DeploymentSpec
+    then: tuple[tuple[int, str], ...] = ()
+    """(id, event) of the commands queued behind this one, to run after it once the server says go on."""
+
+    def following(self) -> Command | None:
+        """The next command of the run (the same deployment and spec), or None at its end."""
+        if not self.then:
+            return None
+        (command_id, event), *rest = self.then
+        return Command(command_id, self.deployment_id, event, self.spec, tuple(rest))
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Command:
@@ -148,9 +193,17 @@ class Command:
                     appspec_filename=str(spec.get("appspec_filename") or "appspec.yml"),
                     raw=dict(spec),
                 ),
+                then=tuple((_run_step_id(step), str(step["event"])) for step in body.get("then") or ()),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedCommand(f"malformed command {command_id}: missing or invalid {exc}", command_id) from exc
+
+
+def _run_step_id(step: Mapping[str, Any]) -> int:
+    command_id = step["id"]
+    if not isinstance(command_id, int) or isinstance(command_id, bool):
+        raise ValueError(f"a run step without an integer id: {command_id!r}")
+    return command_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -319,6 +319,7 @@ class Deployer:
             else None,
             alarm_config=group.alarms if group else None,
             roles=blue_green_roles(stages),
+            fleet=None if driver and group else self.fleet,
         )
         self.queue.occupy(row["group_name"], row["id"])
         self._runners[row["id"]] = runner

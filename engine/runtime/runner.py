@@ -13,6 +13,10 @@ Rules:
 5. A shift or a reroute (``ShiftTraffic(rollback=True)``) first cancels the shift in flight, so no late weight lands
    after it; a reroute is read back too: the log says whether the original fleet holds all the traffic again.
 6. ``ignore_alarms`` (``--ignore-alarms``) covers the whole deployment: no alarm gates its start or stops it.
+7. The agents' fleet gets a step's lifecycle events together, each with the rest of its target's run (the events
+   that follow it up to the next server-side step, ``agent_run``): one transaction queues them all, and an agent
+   runs a run back to back. The machine still hears each result in order and dispatches each next event as usual;
+   that dispatch finds the command already queued (rule 2's idempotent dispatch).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from engine.core.agent_protocol import agent_run
 from engine.core.config.model import AlarmConfiguration
 from engine.core.errors import EngineError, InvalidTransition
 from engine.core.events import (
@@ -48,7 +53,7 @@ from engine.core.machine import DeploymentMachine
 from engine.core.model import DeploymentStatus, ErrorCode, EventStatus, LifecycleEvent, ScriptErrorCode
 from engine.core.snapshot import stages_to_json, state_to_json
 from engine.core.stages import TrafficStage, WaitStage
-from engine.ports import AlarmSource, Clock, DeploymentStore, HostExecutor, TrafficRouter
+from engine.ports import AlarmSource, Clock, DeploymentStore, HostExecutor, HostFleet, TrafficRouter
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +83,10 @@ class DeploymentRunner:
         roles: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
         verify_interval: float = VERIFY_INTERVAL_SECONDS,
         verify_timeout: float = VERIFY_TIMEOUT_SECONDS,
+        fleet: HostFleet | None = None,
     ) -> None:
+        """``fleet``: the agents' fleet when it is the ``executor`` (rule 7); other executors get one event at a
+        time."""
         self.deployment_id = deployment_id
         self.machine = machine
         self.store = store
@@ -96,6 +104,7 @@ class DeploymentRunner:
         self.roles = roles  # (original, replacement) of a blue/green deployment
         self.verify_interval = verify_interval
         self.verify_timeout = verify_timeout
+        self.fleet = fleet
         self._shifts = 0  # traffic shifts started; a shift overtaken by a later one (a promotion) stays silent
         self._shift_tasks: set[asyncio.Future[None]] = set()
         self._unverifiable_noted = False
@@ -185,8 +194,7 @@ class DeploymentRunner:
                 await self.store.save_progress(self.deployment_id, self._take_details())
             return
         await self._persist()
-        for command in commands:
-            await self._execute(command)
+        await self._execute_all(commands)
         await self._on_change(self.deployment_id)
 
     async def _persist(self) -> None:
@@ -246,6 +254,33 @@ class DeploymentRunner:
         return rows
 
     # -- commands --------------------------------------------------------------------------------------------
+
+    async def _execute_all(self, commands: list[Command]) -> None:
+        """Execute in order; consecutive lifecycle events for the agents go to the fleet together (rule 7)."""
+        events: list[RunEvent] = []
+        for command in commands:
+            if self.fleet is not None and isinstance(command, RunEvent) and command.event not in TRAFFIC_EVENTS:
+                events.append(command)
+                continue
+            await self._dispatch_runs(events)
+            events = []
+            await self._execute(command)
+        await self._dispatch_runs(events)
+
+    async def _dispatch_runs(self, events: list[RunEvent]) -> None:
+        if not events or self.fleet is None:
+            return
+        runs = [(event.target, self._run_from(event)) for event in events]
+        await self.fleet.dispatch_runs(self.deployment_id, runs, self.spec)
+
+    def _run_from(self, command: RunEvent) -> tuple[LifecycleEvent, ...]:
+        """The target's events from ``command.event`` up to the next server-side step (just it, should the machine's
+        record of the target not show it as the current event)."""
+        progress = self.machine.state.targets.get(command.target)
+        # The machine may have moved past it in the same step (results of a run arriving together), even to the end.
+        if progress is None or progress.position >= len(progress.events) or progress.current != command.event:
+            return (command.event,)
+        return agent_run(progress.events, progress.position)
 
     async def _execute(self, command: Command) -> None:
         if isinstance(command, RunEvent):
@@ -461,9 +496,13 @@ class DeploymentRunner:
         for key, progress in state.targets.items():
             for event, status in progress.statuses.items():
                 self._synced[(key, str(event))] = str(status)
-        for target, progress in state.targets.items():
-            if progress.status is EventStatus.IN_PROGRESS:
-                await self._execute(RunEvent(target, progress.current))
+        await self._execute_all(
+            [
+                RunEvent(target, progress.current)
+                for target, progress in state.targets.items()
+                if progress.status is EventStatus.IN_PROGRESS
+            ]
+        )
         stage = self.machine.stage
         for name in list(self.timers):
             if name == state.timer:

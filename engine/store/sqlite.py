@@ -28,6 +28,7 @@ from sqlite_utils import Database
 
 from engine.core.errors import EngineError
 from engine.core.model import FINAL_STATUSES
+from engine.ports import CommandReport, FinishedReport, QueuedRun
 from engine.store.hook_records import HookExecutionRecords
 from engine.store.intent_records import IntentRecords
 from engine.store.migrations import JSON_COLUMNS, applied_migrations, apply_migrations
@@ -77,6 +78,39 @@ def _write(db: Database) -> Iterator[sqlite3.Connection]:
         if db.conn.in_transaction:
             db.conn.execute("ROLLBACK")
         raise
+
+
+_CLAIM_OLDEST = (
+    "UPDATE host_commands SET status = 'InProgress', claimed_at = ? WHERE id = ("
+    " SELECT id FROM host_commands WHERE host = ? AND status = 'Pending' ORDER BY id LIMIT 1"
+    ") RETURNING *"
+)
+_REST_OF_RUN = (
+    "SELECT id, event FROM host_commands WHERE host = ? AND deployment_id = ? AND status = 'Pending' AND id > ?"
+    " ORDER BY id"
+)
+
+
+def _claim_oldest(conn: sqlite3.Connection, host: str, at: float, *, with_run: bool) -> Row | None:
+    """Claim the host's oldest Pending command (inside a write transaction); with ``then`` when ``with_run``."""
+    rows = _rows("host_commands", conn.execute(_CLAIM_OLDEST, (at, host)))
+    if not rows:
+        return None
+    row = rows[0]
+    if with_run:
+        rest = conn.execute(_REST_OF_RUN, (host, row["deployment_id"], row["id"])).fetchall()
+        row["then"] = [{"id": command_id, "event": event} for command_id, event in rest]
+    return row
+
+
+def _cancel_rest_of_run(conn: sqlite3.Connection, host: str, deployment_id: str, at: float) -> None:
+    """A host's event failed: its Pending commands of that deployment (the rest of its run) will never be asked
+    for. The machine keeps one event per target outstanding, so nothing else of that host and deployment waits."""
+    conn.execute(
+        "UPDATE host_commands SET status = 'Cancelled', finished_at = ?"
+        " WHERE host = ? AND deployment_id = ? AND status = 'Pending'",
+        (at, host, deployment_id),
+    )
 
 
 class DatabaseUnusable(EngineError):
@@ -458,14 +492,61 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords, 
 
         return await self._run(enqueue)
 
-    async def claim_next_command(self, host: str, *, at: float) -> Row | None:
-        """Hand out the host's oldest Pending command, marking it InProgress in the same statement."""
-        sql = (
-            "UPDATE host_commands SET status = 'InProgress', claimed_at = ? WHERE id = ("
-            " SELECT id FROM host_commands WHERE host = ? AND status = 'Pending' ORDER BY id LIMIT 1"
-            ") RETURNING *"
+    async def enqueue_command_runs(
+        self,
+        runs: Sequence[QueuedRun],
+        *,
+        at: float,
+        hand_to: Mapping[str, bool] | None = None,
+    ) -> tuple[list[Row | None], dict[str, Row]]:
+        """Queue each run of a host's consecutive events, all in one transaction; ``enqueue_command_once`` per run.
+
+        A run whose first event already has a command queues nothing (a re-issued dispatch: its later events were
+        queued with it, or will be dispatched as the machine reaches them), and that command comes back in the first
+        list, in the order of ``runs`` (None for a run queued now). For each host of ``hand_to`` (a long poll waits
+        for it), the oldest Pending command is claimed in the same transaction and returned by host, with the
+        ``then`` of ``claim_next_command`` when its value is True.
+        """
+        insert = (
+            f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
         )
-        return await self._fetch_one("host_commands", sql, (at, host), write=True)
+
+        def enqueue(db: Database) -> tuple[list[Row | None], dict[str, Row]]:
+            existing: list[Row | None] = []
+            claimed: dict[str, Row] = {}
+            queued_hosts: set[str] = set()
+            with _write(db) as conn:
+                for host, deployment_id, events, payload in runs:
+                    first = _rows("host_commands", conn.execute(_LATEST_COMMAND, (host, deployment_id, events[0])))
+                    existing.append(first[0] if first else None)
+                    if first:
+                        continue
+                    encoded = to_json(payload)
+                    for index, event in enumerate(events):
+                        if index and conn.execute(_LATEST_COMMAND, (host, deployment_id, event)).fetchone():
+                            break  # never queue an event behind one already there: commands run in id order
+                        conn.execute(insert, (host, deployment_id, event, encoded, at))
+                    queued_hosts.add(host)
+                for host, with_run in (hand_to or {}).items():
+                    if host in queued_hosts:
+                        row = _claim_oldest(conn, host, at, with_run=with_run)
+                        if row is not None:
+                            claimed[host] = row
+            return existing, claimed
+
+        return await self._run(enqueue)
+
+    async def claim_next_command(self, host: str, *, at: float, with_run: bool = False) -> Row | None:
+        """Hand out the host's oldest Pending command, marking it InProgress in the same statement.
+
+        ``with_run``: the row also carries ``then``, the ids and events of the host's Pending commands of the same
+        deployment queued after it (the rest of its run), read in the same transaction."""
+
+        def claim(db: Database) -> Row | None:
+            with _write(db) as conn:
+                return _claim_oldest(conn, host, at, with_run=with_run)
+
+        return await self._run(claim)
 
     async def release_command(self, command_id: int) -> bool:
         """Put a claimed command back in the queue (its claimant never received it); False if not InProgress."""
@@ -482,35 +563,73 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords, 
         host: str | None = None,
     ) -> bool:
         """Finish a command; False (and no change) when it is unknown, already finished, or (given ``host``)
-        another host's. That makes repeated agent reports harmless."""
+        another host's. That makes repeated agent reports harmless. Failing it cancels the rest of its run (see
+        ``finish_commands``)."""
         if status not in FINAL_COMMAND_STATUSES:
             raise ValueError(f"not a final command status: {status!r}")
         where, params = where_clause(host=host)
         sql = (
             "UPDATE host_commands SET status = ?, result = ?, finished_at = ?"
-            f" WHERE id = ? AND status IN ('Pending', 'InProgress') AND {where}"
+            f" WHERE id = ? AND status IN ('Pending', 'InProgress') AND {where} RETURNING host, deployment_id"
         )
-        return await self._change(sql, (status, to_json(result), at, command_id, *params)) == 1
+
+        def complete(db: Database) -> bool:
+            with _write(db) as conn:
+                done = conn.execute(sql, (status, to_json(result), at, command_id, *params)).fetchall()
+                if done and status == "Failed":
+                    _cancel_rest_of_run(conn, done[0][0], done[0][1], at)
+            return bool(done)
+
+        return await self._run(complete)
 
     async def finish_command(
         self, command_id: int, host: str, status: str, result: Mapping[str, Any] | None, *, at: float
     ) -> tuple[Row | None, bool]:
         """An agent's report: (the command without payload, None when it is not ``host``'s; whether this report
-        finished it, as ``complete_command``), in one transaction."""
-        if status not in FINAL_COMMAND_STATUSES:
-            raise ValueError(f"not a final command status: {status!r}")
+        finished it, as ``complete_command``), in one transaction (``finish_commands`` of one report)."""
+        command, finished, _ = (await self.finish_commands([(command_id, host, status, result, None)], at=at))[0]
+        return command, finished
+
+    async def finish_commands(self, reports: Sequence[CommandReport], *, at: float) -> list[FinishedReport]:
+        """Agents' reports, all in one transaction: for each, as ``finish_command`` (the command without payload,
+        None when it is not that host's; whether this report finished it), and whether the command named as its
+        ``then`` was claimed for the reporting agent (still Pending, the same host and deployment, and this report
+        a success).
+
+        A report that fails its command cancels the host's other Pending commands of that deployment: they are the
+        rest of its run, which the machine will never ask for (it skips them, or dispatches them anew when the
+        failure may be ignored)."""
+        for report in reports:
+            if report[2] not in FINAL_COMMAND_STATUSES:
+                raise ValueError(f"not a final command status: {report[2]!r}")
         head = f"SELECT {_COMMAND_HEAD} FROM host_commands WHERE id = ? AND host = ?"
         update = (
             "UPDATE host_commands SET status = ?, result = ?, finished_at = ?"
             " WHERE id = ? AND status IN ('Pending', 'InProgress')"
         )
+        go_on = (
+            "UPDATE host_commands SET status = 'InProgress', claimed_at = ?"
+            " WHERE id = ? AND host = ? AND deployment_id = ? AND status = 'Pending'"
+        )
 
-        def finish(db: Database) -> tuple[Row | None, bool]:
+        def finish(db: Database) -> list[FinishedReport]:
+            outcomes: list[FinishedReport] = []
             with _write(db) as conn:
-                rows = _rows("host_commands", conn.execute(head, (command_id, host)))
-                if not rows:
-                    return None, False
-                return rows[0], conn.execute(update, (status, to_json(result), at, command_id)).rowcount == 1
+                for command_id, host, status, result, then in reports:
+                    rows = _rows("host_commands", conn.execute(head, (command_id, host)))
+                    if not rows:
+                        outcomes.append((None, False, False))
+                        continue
+                    command = rows[0]
+                    finished = conn.execute(update, (status, to_json(result), at, command_id)).rowcount == 1
+                    if finished and status == "Failed":
+                        _cancel_rest_of_run(conn, host, command["deployment_id"], at)
+                    claimed = False
+                    if then is not None and status == "Succeeded":
+                        params = (at, then, host, command["deployment_id"])
+                        claimed = conn.execute(go_on, params).rowcount == 1
+                    outcomes.append((command, finished, claimed))
+            return outcomes
 
         return await self._run(finish)
 

@@ -1,0 +1,413 @@
+"""A host's consecutive events in one command (a *run*), and less server work per event (issue 19, items 1 and 2).
+
+The real Fleet and agent routes on 127.0.0.1 over a real SQLite file, with real agents: in-process ones where the
+agent loop is the point, an agent process where it must be killed. A run is what the runner hands the fleet for a
+target (``agent_run``): here the in-place events, ApplicationStop to ValidateService.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from conftest import HANG_GUARD, eventually
+from test_agent_client import ROOT, _dead_or_zombie, command, options, running_agent
+
+from bot.agent_api import create_agent_app
+from engine.adapters.clock import SystemClock
+from engine.adapters.fleet import Fleet
+from engine.bundles import build_bundle
+from engine.core.agent_protocol import agent_run
+from engine.core.events import StartRollback
+from engine.core.lifecycle import SERVER_INSTALL_EVENTS
+from engine.core.machine import DeploymentMachine
+from engine.core.model import DeploymentStatus, DeploymentType, LifecycleEvent, Platform
+from engine.core.stages import ALL_AT_ONCE, StageOptions, deployment_stages
+from engine.ports import OnResult
+from engine.runtime.runner import DeploymentRunner
+from engine.store.sqlite import SqliteStore
+
+RUN = agent_run(SERVER_INSTALL_EVENTS, 0)
+HOOKED = ("BeforeInstall", "AfterInstall", "ApplicationStart", "ValidateService")
+
+
+@dataclass
+class Server:
+    """The agent side of a deploybot server: Fleet, routes, store; what it was asked and what it delivered."""
+
+    fleet: Fleet
+    store: SqliteStore
+    url: str
+    statements: list[str]
+    requests: list[str] = field(default_factory=list)  # "GET /agent/v1/commands/next?..." as each one arrives
+    answers: list[tuple[str, int]] = field(default_factory=list)  # (request, HTTP status) as each one is answered
+    results: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)  # as delivered (on_result)
+    delivered: asyncio.Condition = field(default_factory=asyncio.Condition)
+    engine: OnResult | None = None  # where results go on to, when a test runs the engine too
+
+    async def result_of(self, event: str) -> dict[str, Any]:
+        async with self.delivered:
+            await asyncio.wait_for(self.delivered.wait_for(lambda: self._result(event) is not None), HANG_GUARD)
+        found = self._result(event)
+        assert found is not None
+        return found
+
+    def _result(self, event: str) -> dict[str, Any] | None:
+        return next((result for command, result in self.results if command["event"] == event), None)
+
+    def transactions(self) -> int:
+        return sum(statement == "BEGIN IMMEDIATE" for statement in self.statements)
+
+    def polls_after(self, index: int) -> int:
+        return sum("/commands/next" in request for request in self.requests[index:])
+
+    async def commands(self) -> dict[str, str]:
+        """Each event's command status (the latest command of each event)."""
+        return {row["event"]: row["status"] for row in await self.store.list_commands(host="web-1")}
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    statements: list[str] = []
+    store = await SqliteStore.open(tmp_path / "deploybot.db", on_statement=statements.append)
+    bundles = tmp_path / "revisions"
+    bundles.mkdir()
+    holder: list[Server] = []
+
+    async def on_result(command: dict[str, Any], result: dict[str, Any]) -> None:
+        served = holder[0]
+        served.results.append((dict(command), dict(result)))
+        async with served.delivered:
+            served.delivered.notify_all()
+        if served.engine is not None:
+            await served.engine(command, result)
+
+    fleet = Fleet(store, data_dir=tmp_path / "data", clock=SystemClock(), bundle_dir=bundles, on_result=on_result)
+    requests: list[str] = []
+    answers: list[tuple[str, int]] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        line = f"{request.method} {request.path_qs}"
+        requests.append(line)
+        response = await handler(request)
+        answers.append((line, response.status))
+        return response
+
+    app = web.Application(middlewares=[record])
+    app.add_subapp("/agent/v1", create_agent_app(fleet))
+    runner = web.AppRunner(app, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    served = Server(fleet, store, f"http://127.0.0.1:{port}", statements, requests, answers)
+    holder.append(served)
+    try:
+        yield served
+    finally:
+        await runner.cleanup()
+        await store.close()
+
+
+async def a_revision(server: Server, tmp_path: Path, *, hook: str = "") -> dict[str, Any]:
+    """A bundle whose hooks append their event to ``ran.log`` (after ``hook``, a shell snippet run first), stored
+    for deployment d-1 of web-1; the spec of its commands."""
+    revision = tmp_path / "revision"
+    (revision / "scripts").mkdir(parents=True)
+    script = revision / "scripts" / "hook.sh"
+    script.write_text(f'#!/bin/sh\n{hook}\necho "$LIFECYCLE_EVENT" >> {tmp_path / "ran.log"}\n')
+    script.chmod(0o755)
+    hooks = "".join(f"  {event}:\n    - location: scripts/hook.sh\n" for event in HOOKED)
+    (revision / "appspec.yml").write_text(f"version: 0.0\nos: linux\nhooks:\n{hooks}")
+    built = build_bundle(revision, server.fleet.bundle_dir)
+    row = {"application": "hello", "environment": "staging", "group_name": "hello-staging", "status": "Created"}
+    await server.store.create_deployment({"id": "d-1", "revision_sha256": built.sha256, "created_at": 1.0, **row})
+    return dict(command(0, "DownloadBundle", sha=built.sha256)["spec"])
+
+
+def ran(tmp_path: Path) -> list[str]:
+    log = tmp_path / "ran.log"
+    return log.read_text().split() if log.exists() else []
+
+
+async def test_a_run_is_handed_over_once_and_each_result_is_delivered_in_order(server: Server, tmp_path: Path) -> None:
+    spec = await a_revision(server, tmp_path)
+    async with running_agent(options(server, tmp_path / "agent", token=server.fleet.token_for("web-1"))):
+        await eventually(lambda: server.fleet.runs_events("web-1"), "the agent said it runs events back to back")
+        await server.fleet.dispatch_runs("d-1", [("web-1", RUN)], spec)
+        await server.result_of("ValidateService")
+    assert [command["event"] for command, _ in server.results] == [str(event) for event in RUN]
+    assert all(result["status"] == "Succeeded" for _, result in server.results)
+    assert ran(tmp_path) == list(HOOKED)
+    # one poll handed the whole run over; each result but the last asked to go on to the next command of the run
+    assert [line for line, status in server.answers if "/commands/next" in line and status == 200] == [
+        "GET /agent/v1/commands/next?wait=5&runs=1"
+    ]
+    assert sum("/result?then=" in line for line in server.requests) == len(RUN) - 1
+    assert all(status == "Succeeded" for status in (await server.commands()).values())
+
+
+async def test_a_stop_between_two_events_of_a_run_prevents_the_next_one(server: Server, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    started = tmp_path / "started"
+    hook = (
+        f'if [ "$LIFECYCLE_EVENT" = BeforeInstall ]; then touch {started}; while [ ! -e {go} ]; do sleep 0.01; done; fi'
+    )
+    spec = await a_revision(server, tmp_path, hook=hook)
+    async with running_agent(options(server, tmp_path / "agent", token=server.fleet.token_for("web-1"))):
+        await eventually(lambda: server.fleet.runs_events("web-1"), "the agent said it runs events back to back")
+        await server.fleet.dispatch_runs("d-1", [("web-1", RUN)], spec)
+        await eventually(started.exists, "BeforeInstall runs")
+        await server.fleet.cancel("d-1")  # what the runner does when the deployment is stopped
+        seen = len(server.requests)
+        go.touch()
+        assert (await server.result_of("BeforeInstall"))["status"] == "Succeeded"
+        await eventually(lambda: server.polls_after(seen) > 0, "the agent went back to polling")
+    assert ran(tmp_path) == ["BeforeInstall"]
+    statuses = await server.commands()
+    assert statuses["BeforeInstall"] == "Succeeded"
+    assert {statuses[event] for event in ("Install", "AfterInstall", "ApplicationStart", "ValidateService")} == {
+        "Cancelled"
+    }
+    assert [command["event"] for command, _ in server.results] == ["ApplicationStop", "DownloadBundle", "BeforeInstall"]
+
+
+async def test_an_agent_killed_mid_run_reports_code_7_and_nothing_runs_twice(server: Server, tmp_path: Path) -> None:
+    pids = tmp_path / "hook.pid"
+    hook = f'if [ "$LIFECYCLE_EVENT" = AfterInstall ]; then echo $$ > {pids}; sleep 60 & wait; fi'
+    spec = await a_revision(server, tmp_path, hook=hook)
+    token_file = tmp_path / "agent.token"
+    token_file.write_text(server.fleet.token_for("web-1"))
+    token_file.chmod(0o600)
+    argv = [sys.executable, "-m", "bot", "agent", "--server", server.url, "--name", "web-1"]
+    argv += ["--token-file", str(token_file), "--root", str(tmp_path / "agent")]
+    log = (tmp_path / "agent.log").open("ab")
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start_agent() -> subprocess.Popen[bytes]:
+        agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+        started.append(agent)
+        return agent
+
+    try:
+        first = start_agent()
+        await eventually(lambda: server.fleet.runs_events("web-1"), "the agent said it runs events back to back")
+        await server.fleet.dispatch_runs("d-1", [("web-1", RUN)], spec)
+        await eventually(lambda: pids.exists() and pids.read_text(), "AfterInstall runs")
+        ongoing = tmp_path / "agent" / "ongoing-command"
+        await eventually(lambda: any(p.suffix == ".group" for p in ongoing.iterdir()), "the agent noted its group")
+        first.kill()  # kill -9, mid-run
+        await asyncio.to_thread(first.wait, HANG_GUARD)
+        start_agent()
+        result = await server.result_of("AfterInstall")
+        seen = len(server.requests)
+        await eventually(lambda: server.polls_after(seen) > 0, "the restarted agent polls")
+    finally:
+        for agent in started:
+            agent.kill()
+            await asyncio.to_thread(agent.wait, HANG_GUARD)
+        log.close()
+        with contextlib.suppress(ValueError, OSError):
+            os.kill(int(pids.read_text()), signal.SIGKILL)
+    assert result["status"] == "Failed" and result["error_code"] == 7
+    assert ran(tmp_path) == ["BeforeInstall"]  # AfterInstall was cut short before it wrote; nothing ran again
+    assert [command["event"] for command, _ in server.results] == [
+        "ApplicationStop",
+        "DownloadBundle",
+        "BeforeInstall",
+        "Install",
+        "AfterInstall",
+    ]
+    statuses = await server.commands()
+    assert statuses["AfterInstall"] == "Failed"
+    assert statuses["ApplicationStart"] == statuses["ValidateService"] == "Cancelled"
+    assert _dead_or_zombie(int(pids.read_text()))
+
+
+async def test_an_agent_without_the_capability_gets_one_event_at_a_time(server: Server, tmp_path: Path) -> None:
+    spec = await a_revision(server, tmp_path)
+    headers = {"Authorization": f"Bearer {server.fleet.token_for('web-1')}"}
+    base = f"{server.url}/agent/v1"
+    async with aiohttp.ClientSession(headers=headers) as session:
+        beat = {"tags": {}, "version": "0.9", "running_command": None}  # an agent of the first protocol version
+        async with session.post(f"{base}/heartbeat", json=beat) as response:
+            assert response.status == 200
+        assert not server.fleet.runs_events("web-1")
+        await server.fleet.dispatch_runs("d-1", [("web-1", RUN)], spec)
+        assert [row["event"] for row in await server.store.list_commands(host="web-1")] == ["ApplicationStop"]
+        async with session.get(f"{base}/commands/next?wait=5") as response:
+            first = (await response.json())["command"]
+        assert first["event"] == "ApplicationStop" and "then" not in first
+        done = {"status": "Succeeded", "error_code": 0, "message": "", "log_tail": "", "started_at": 1, "ended_at": 2}
+        async with session.post(f"{base}/commands/{first['id']}/result?next=0.05", json=done) as response:
+            assert await response.json() == {"ok": True}  # nothing queued behind it: the engine asks for each event
+        await server.fleet.dispatch_runs("d-1", [("web-1", RUN[1:])], spec)
+        assert len(await server.store.list_commands(host="web-1")) == 2
+
+
+async def test_results_arriving_together_are_recorded_in_one_transaction(server: Server) -> None:
+    hosts = [f"web-{n}" for n in range(1, 6)]
+    await server.fleet.dispatch_runs("d-1", [(host, (LifecycleEvent.INSTALL,)) for host in hosts], {})
+    claimed = [await server.fleet.next_command(host, wait=0) for host in hosts]
+    before = server.transactions()
+    done = {"status": "Succeeded", "error_code": 0, "message": "", "log_tail": "", "started_at": 1.0, "ended_at": 2.0}
+    reports = [server.fleet.report_result(host, c["id"], done) for host, c in zip(hosts, claimed, strict=True) if c]
+    await asyncio.gather(*reports)
+    assert server.transactions() - before == 1
+    assert [command["host"] for command, _ in server.results] == hosts  # delivered in the order they arrived
+
+
+async def test_a_whole_steps_commands_are_queued_in_one_transaction(server: Server) -> None:
+    before = server.transactions()
+    hosts = [f"web-{n}" for n in range(1, 21)]
+    await server.fleet.dispatch_runs("d-1", [(host, (LifecycleEvent.APPLICATION_STOP,)) for host in hosts], {})
+    assert server.transactions() - before == 1
+    assert len(await server.store.list_commands(status="Pending")) == 20
+
+
+async def test_a_queued_command_is_handed_straight_to_the_waiting_long_poll(server: Server) -> None:
+    poll = asyncio.ensure_future(server.fleet.next_command("web-1", wait=HANG_GUARD, runs=True))
+    await eventually(lambda: server.fleet.is_parked("web-1"), "the poll is parked")
+    before = server.transactions()
+    await server.fleet.dispatch_runs("d-1", [("web-1", RUN)], {"deployment_id": "d-1"})
+    handed = await asyncio.wait_for(poll, HANG_GUARD)
+    assert server.transactions() - before == 1  # queued and claimed for the poll in the same transaction
+    assert handed is not None and handed["event"] == "ApplicationStop"
+    assert [step["event"] for step in handed.get("then", [])] == [str(event) for event in RUN[1:]]
+
+
+async def test_no_claim_is_made_that_is_known_to_find_nothing(server: Server) -> None:
+    assert await server.fleet.next_command("web-1", wait=0) is None
+    before = server.transactions()
+    for _ in range(3):
+        assert await server.fleet.next_command("web-1", wait=0) is None
+    assert server.transactions() == before
+
+
+async def test_a_failed_event_cancels_the_rest_of_its_run_and_a_go_on_finds_it_gone(server: Server) -> None:
+    await server.fleet.heartbeat(
+        "web-1", {"tags": {}, "version": "1", "running_command": None, "capabilities": ["runs"]}
+    )
+    await server.fleet.dispatch_runs("d-1", [("web-1", RUN)], {"deployment_id": "d-1"})
+    first = await server.fleet.next_command("web-1", wait=0, runs=True)
+    assert first is not None
+    then = first.get("then", [])
+    failed = {"status": "Failed", "error_code": 4, "message": "no", "log_tail": "", "started_at": 1.0, "ended_at": 2.0}
+    assert await server.fleet.report_result("web-1", first["id"], failed, then=then[0]["id"]) is False
+    statuses = await server.commands()
+    assert statuses.pop("ApplicationStop") == "Failed"
+    assert set(statuses.values()) == {"Cancelled"}
+    assert await server.fleet.next_command("web-1", wait=0, runs=True) is None
+
+
+async def test_the_engine_applies_a_runs_results_in_order_when_they_arrive_in_one_step(server: Server) -> None:
+    """The agent runs ahead: the engine may take several of a run's results in one step, the target's last among
+    them while another target still works, and then dispatches events the machine has already moved past (they are
+    queued already: nothing new)."""
+    row = {"id": "d-1", "application": "app", "environment": "prod", "group_name": "app-prod", "status": "Created"}
+    await server.store.create_deployment(row | {"created_at": 1.0})
+    options = StageOptions(Platform.SERVER, DeploymentType.IN_PLACE, ALL_AT_ONCE)
+    engine_free, engine_held = asyncio.Event(), asyncio.Event()
+    engine_free.set()
+    web1: list[str] = []  # web-1's status as each step ends
+
+    async def changed(deployment_id: str) -> None:
+        web1.append(str(runner.machine.state.targets["web-1"].status) if runner.machine.state.targets else "-")
+        if not engine_free.is_set():
+            engine_held.set()
+            await engine_free.wait()
+
+    async def nothing(deployment_id: str, *_: StartRollback) -> None:
+        pass
+
+    runner = DeploymentRunner(
+        "d-1",
+        DeploymentMachine(deployment_stages(options, ("web-1", "web-2"))),
+        store=server.store,
+        executor=server.fleet,
+        router=None,
+        group="app-prod",
+        spec={"deployment_id": "d-1"},
+        clock=SystemClock(),
+        on_change=changed,
+        on_rollback=nothing,
+        on_finish=nothing,
+        fleet=server.fleet,
+    )
+
+    async def deliver(command: dict[str, Any], result: dict[str, Any]) -> None:
+        await runner.record_result(command["host"], LifecycleEvent(command["event"]), result)
+
+    server.engine = deliver
+    for host in ("web-1", "web-2"):
+        beat = {"tags": {}, "version": "1", "running_command": None, "capabilities": ["runs"]}
+        await server.fleet.heartbeat(host, beat)
+    running = asyncio.ensure_future(runner.run())
+    done = {"status": "Succeeded", "error_code": 0, "message": "", "log_tail": "", "started_at": 1.0, "ended_at": 2.0}
+
+    async def a_run(host: str) -> list[int]:
+        first = await server.fleet.next_command(host, wait=HANG_GUARD, runs=True)
+        assert first is not None and len(first.get("then", [])) == len(RUN) - 1  # the engine queued the whole run
+        return [first["id"], *(step["id"] for step in first.get("then", []))]
+
+    async def report(host: str, ids: list[int], last_then: int | None = None) -> None:
+        """Report ``ids`` in turn, each naming the next as its ``then`` (the last: ``last_then``)."""
+        for command_id, following in zip(ids, [*ids[1:], last_then], strict=True):
+            go_on = await server.fleet.report_result(host, command_id, done, then=following)
+            assert go_on is (following is not None)
+
+    ids = await a_run("web-1")
+    engine_free.clear()
+    await report("web-1", ids[:1], last_then=ids[1])
+    await asyncio.wait_for(engine_held.wait(), HANG_GUARD)  # the engine is busy with the first result's step
+    held_at = len(web1)
+    await report("web-1", ids[1:])
+    engine_free.set()
+    await report("web-2", await a_run("web-2"))
+    await asyncio.wait_for(running, HANG_GUARD)
+    assert web1[held_at] == "Succeeded"  # the next step took all of web-1's other results at once
+    assert runner.machine.state.status is DeploymentStatus.SUCCEEDED
+    for host in ("web-1", "web-2"):  # each result delivered once, in order
+        assert [command["event"] for command, _ in server.results if command["host"] == host] == [str(e) for e in RUN]
+    deployment = await server.store.get_deployment("d-1")
+    assert deployment is not None and deployment["status"] == "Succeeded"
+
+
+async def test_the_engine_reaching_a_queued_event_of_a_run_costs_no_transaction(server: Server) -> None:
+    beat = {"tags": {}, "version": "1", "running_command": None, "capabilities": ["runs"]}
+    await server.fleet.heartbeat("web-1", beat)
+    await server.fleet.dispatch_runs("d-1", [("web-1", RUN)], {"deployment_id": "d-1"})
+    before = server.transactions()
+    await server.fleet.dispatch_runs("d-1", [("web-1", RUN[1:])], {"deployment_id": "d-1"})
+    assert server.transactions() == before
+    assert len(await server.store.list_commands(host="web-1")) == len(RUN)
+
+
+async def test_after_an_ignored_failure_the_rest_of_the_run_is_queued_anew(server: Server) -> None:
+    """ApplicationStop may fail without failing the host (ignore_application_stop_failures): the machine goes on
+    with DownloadBundle, whose command the failure cancelled with the rest of the run."""
+    beat = {"tags": {}, "version": "1", "running_command": None, "capabilities": ["runs"]}
+    await server.fleet.heartbeat("web-1", beat)
+    await server.fleet.dispatch_runs("d-1", [("web-1", RUN)], {"deployment_id": "d-1"})
+    first = await server.fleet.next_command("web-1", wait=0, runs=True)
+    assert first is not None and first["event"] == "ApplicationStop"
+    failed = {"status": "Failed", "error_code": 1, "message": "", "log_tail": "", "started_at": 1.0, "ended_at": 2.0}
+    await server.fleet.report_result("web-1", first["id"], failed)
+    await server.fleet.dispatch_runs("d-1", [("web-1", RUN[1:])], {"deployment_id": "d-1"})
+    again = await server.fleet.next_command("web-1", wait=0, runs=True)
+    assert again is not None and again["event"] == "DownloadBundle"
+    assert [step["event"] for step in again.get("then", [])] == [str(event) for event in RUN[2:]]
+    pending = await server.store.list_commands(host="web-1", status="Pending")
+    assert [row["event"] for row in pending] == [str(event) for event in RUN[2:]]
