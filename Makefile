@@ -47,8 +47,9 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# A few minutes. The server-scale swarm runs 50, 200 and 1,000 simulated hosts; BENCH_SWARM_HOSTS=50,200,1000,2000 adds 2,000.
 bench: setup
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(if $(BENCH_SWARM_HOSTS),--swarm-hosts $(BENCH_SWARM_HOSTS))
 
 clean:
 	rm -rf $(VENV) var

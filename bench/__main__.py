@@ -1,4 +1,5 @@
-"""``python -m bench [--only NAME]... [--hosts-large N]``: run the scenarios, print one table, write results.json.
+"""``python -m bench [--only NAME]... [--hosts-large N] [--swarm-hosts N,N]``: run the scenarios, print one table,
+write results.json. ``BENCH_SWARM_HOSTS=50,200,1000,2000`` (or ``--swarm-hosts``) adds the 2,000-host swarm.
 
 Exit status: 0 when every scenario ran (targets missed or not: a missed target is a finding, not a crash),
 1 when a scenario could not be measured (the server did not start, a deployment failed or timed out).
@@ -16,9 +17,17 @@ from rich.console import Console
 
 from bench.figures import Figure, render, write_json
 from bench.scenarios import SCENARIOS
-from bench.settings import SCALE_TARGET_HOSTS, Settings
+from bench.settings import OVERHEAD_ROUNDS, SCALE_TARGET_HOSTS, SWARM_HOSTS, Settings
+from bench.swarm import swarm_hosts_from_env
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected sizes like 200,1000, not {text!r}")
+    return sizes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +36,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--only", action="append", choices=sorted(SCENARIOS), help="run only this scenario (repeat)")
     parser.add_argument("--hosts-large", type=int, default=SCALE_TARGET_HOSTS, metavar="N", help="hosts for 'scale'")
+    parser.add_argument(
+        "--swarm-hosts",
+        type=_sizes,
+        default=swarm_hosts_from_env(SWARM_HOSTS),
+        metavar="N,N",
+        help="simulated hosts for 'swarm' (default: BENCH_SWARM_HOSTS or %(default)s)",
+    )
+    parser.add_argument(
+        "--overhead-rounds", type=int, default=OVERHEAD_ROUNDS, metavar="N", help="interleaved rounds of 'overhead'"
+    )
     parser.add_argument("--pickup-runs", type=int, default=20, metavar="N", help="deployments timed by 'pickup'")
     parser.add_argument("--keep", action="store_true", help="keep each scenario's temporary directory")
     parser.add_argument("--profile", action="store_true", help="py-spy the server in 'overhead' and 'scale'")
@@ -36,13 +55,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.hosts_large < 1 or args.pickup_runs < 1:
-        _parser().error("--hosts-large and --pickup-runs must be at least 1")
+    if args.hosts_large < 1 or args.pickup_runs < 1 or args.overhead_rounds < 1:
+        _parser().error("--hosts-large, --pickup-runs and --overhead-rounds must be at least 1")
     console = Console(width=None if sys.stdout.isatty() else 150)
     settings = Settings(
         console,
         hosts_large=args.hosts_large,
         pickup_runs=args.pickup_runs,
+        overhead_runs=args.overhead_rounds,
+        swarm_hosts=args.swarm_hosts,
         keep=args.keep,
         profile_dir=args.output.parent if args.profile else None,
     )

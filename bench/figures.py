@@ -35,6 +35,11 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def spread(values: Sequence[float], unit: str) -> str:
+    """``range LOW-HIGH`` of ``values``, in the table's number style: the figure's spread next to its median."""
+    return f"range {_number(min(values), unit)}-{_number(max(values), unit)}"
+
+
 def percentile(values: Sequence[float], p: int) -> float:
     """Inclusive percentile (p in 1..99): with 20 samples p90 lies between the 18th and 19th smallest."""
     if len(values) == 1:
@@ -46,9 +51,11 @@ def _number(value: float, unit: str) -> str:
     if unit == "x":
         return f"{value:.2f}x"
     if unit == "ms":
-        return f"{value:.1f} ms"
+        return f"{value:.3f} ms" if value < 1 else f"{value:.1f} ms"
     if unit == "s":
         return f"{value:.2f} s"
+    if unit == "MiB":
+        return f"{value:.0f} MiB"
     return f"{value:g} {unit}".strip()
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import sqlite3
 import statistics
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,7 @@ class CpuTimes:
         return CpuTimes(self.server - earlier.server, self.agents - earlier.agents, self.hooks - earlier.hooks)
 
 
-def _stat_times(pid: int) -> tuple[float, float]:
+def stat_times(pid: int) -> tuple[float, float]:
     """(own CPU, reaped children's CPU) in seconds; zeros for a process that is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -47,9 +49,49 @@ def _stat_times(pid: int) -> tuple[float, float]:
     return (utime + stime) / _TICKS, (cutime + cstime) / _TICKS
 
 
+@dataclass(frozen=True, slots=True)
+class MachineSample:
+    """When, how busy the whole machine had been (CPU seconds over all cores) and how much of that was this
+    process and the children it reaped: two samples tell our load from anyone else's in between."""
+
+    at: float
+    busy: float
+    own: float
+
+
+def machine_sample() -> MachineSample:
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    own = sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
+    return MachineSample(time.monotonic(), (user + nice + system + irq + softirq + steal) / _TICKS, own)
+
+
+def foreign_share(start: MachineSample, end: MachineSample, ours_elsewhere: float = 0.0) -> float:
+    """The share of the machine (0..1 of all cores) that processes not ours used between the samples;
+    ``ours_elsewhere`` is CPU of ours outside this process (the server, its agents and their hooks)."""
+    seconds = (end.at - start.at) * (os.cpu_count() or 1)
+    foreign = (end.busy - start.busy) - (end.own - start.own) - ours_elsewhere
+    return max(0.0, foreign) / seconds if seconds > 0 else 0.0
+
+
+def wait_quiet(share: float, *, within: float, window: float = 0.5) -> float:
+    """Wait until processes not ours use at most ``share`` of the machine over ``window`` seconds, for at most
+    ``within`` seconds; the share last seen (above ``share`` when the machine never got quiet)."""
+    deadline = time.monotonic() + within
+    while True:
+        start = machine_sample()
+        time.sleep(window)
+        seen = foreign_share(start, machine_sample())
+        if seen <= share or time.monotonic() >= deadline:
+            return seen
+
+
 def cpu_times(server_pid: int, agent_pids: Iterable[int]) -> CpuTimes:
-    own = [_stat_times(pid) for pid in agent_pids]
-    return CpuTimes(_stat_times(server_pid)[0], sum(o for o, _ in own), sum(c for _, c in own))
+    own = [stat_times(pid) for pid in agent_pids]
+    return CpuTimes(stat_times(server_pid)[0], sum(o for o, _ in own), sum(c for _, c in own))
 
 
 def command_times(database: Path, deployment_id: str) -> dict[tuple[str, str], tuple[float, float, float]]:

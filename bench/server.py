@@ -22,6 +22,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from engine.bundles import build_bundle
+
 FINAL = frozenset({"Succeeded", "Failed", "Stopped"})
 APPLICATION = "bench"
 ENVIRONMENT = "prod"
@@ -35,9 +37,13 @@ def host_names(count: int) -> list[str]:
     return [f"bench-{index:03d}" for index in range(1, count + 1)]
 
 
-def fleet_config(hosts: list[str], *, deployment_config: str = "CodeDeployDefault.AllAtOnce") -> str:
-    """One application, one group targeting every host (all ``local: true``, tagged ``role: bench``)."""
-    lines = "\n".join(f"  - {{name: {name}, local: true, tags: {{role: bench}}}}" for name in hosts)
+def fleet_config(
+    hosts: list[str], *, deployment_config: str = "CodeDeployDefault.AllAtOnce", local: bool = True
+) -> str:
+    """One application, one group targeting every host (tagged ``role: bench``; ``local``: the server starts their
+    agents, else their agents are someone else's, e.g. bench/swarm.py's)."""
+    local_key = "local: true, " if local else ""
+    lines = "\n".join(f"  - {{name: {name}, {local_key}tags: {{role: bench}}}}" for name in hosts)
     return f"""server: {{data_dir: var}}
 hosts:
 {lines}
@@ -81,6 +87,7 @@ class BenchServer:
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []
         self._token: str | None = None
+        self._uploaded: dict[Path, str] = {}
 
     def __enter__(self) -> BenchServer:
         self.start()
@@ -142,21 +149,49 @@ class BenchServer:
 
     # -- the API -----------------------------------------------------------------------------------------------
 
-    def api(self, method: str, path: str, body: Any = None, *, timeout: float = 60) -> tuple[int, Any]:
+    def api(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout: float = 60,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """One request to ``/api/v1``: ``body`` is sent as JSON, or as it is when it is bytes."""
         if self._token is None:
             self._token = (self.data_dir / "api-token").read_text().strip()
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"}
-        request = urllib.request.Request(self.url + "/api/v1" + path, data=data, method=method, headers=headers)
+        data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
+        sent = {"Authorization": f"Bearer {self._token}", "Content-Type": content_type, **(headers or {})}
+        request = urllib.request.Request(self.url + "/api/v1" + path, data=data, method=method, headers=sent)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"null")
 
+    def upload(self, revision: Path) -> str:
+        """``sha256:...`` of ``revision``'s bundle, built and uploaded once as `deploybot deploy --revision DIR` does
+        (a path on the server is no revision unless ``server.revision_roots`` names it)."""
+        if revision not in self._uploaded:
+            built = build_bundle(revision, self.workdir / "bundles")
+            status, answer = self.api(
+                "POST",
+                "/revisions",
+                built.path.read_bytes(),
+                content_type="application/gzip",
+                headers={"X-Deploybot-Source": str(revision), "X-Deploybot-Application": APPLICATION},
+            )
+            if status >= 300:
+                raise BenchError(f"POST /revisions answered {status}: {answer}")
+            self._uploaded[revision] = f"sha256:{answer['sha256']}"
+        return self._uploaded[revision]
+
     def deploy(self, revision: Path) -> tuple[float, str]:
-        """POST a deployment; returns (epoch time just before the request, deployment id)."""
-        body = {"application": APPLICATION, "environment": ENVIRONMENT, "revision": str(revision)}
+        """POST a deployment (the revision uploaded first, untimed); returns (epoch time just before the POST of
+        the deployment, deployment id)."""
+        body = {"application": APPLICATION, "environment": ENVIRONMENT, "revision": self.upload(revision)}
         t0 = time.time()
         status, answer = self.api("POST", "/deployments", body)
         if status != 201:

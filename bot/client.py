@@ -11,19 +11,20 @@ what failed and how to give the CA; there is no option to skip verification.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import ssl
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import aiohttp
+# aiohttp, asyncio and ssl load when a request is made: the CLI's parser reads the constants here at every start.
+if TYPE_CHECKING:
+    import ssl
+
+    import aiohttp
 
 DEFAULT_SERVER_URL = "http://127.0.0.1:8080"
 EXAMPLE_CONFIG = Path("config") / "deploybot.example.yml"
@@ -93,6 +94,8 @@ class BadCaFile(ClientError):
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
     """Certificates and host names verified, TLS 1.2 or later, trusting ``ca_file`` (PEM) if given, else the system
     CAs; BadCaFile naming the file when it cannot be read or holds no certificate."""
+    import ssl
+
     try:
         context = ssl.create_default_context(cafile=ca_file)
     except ssl.SSLError:  # before OSError, its base class
@@ -204,6 +207,8 @@ class ApiClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ApiClient:
+        import aiohttp
+
         headers: dict[str, str] = {}
         if self.token.token:
             headers["Authorization"] = f"Bearer {self.token.token}"
@@ -223,6 +228,9 @@ class ApiClient:
         """One API call. A call that changes something carries a fresh ``Idempotency-Key`` and is sent again with
         the same key when the connection drops before the answer, or while the first is still running: the server
         answers a repeat with the first one's answer (bot/idempotency.py), so nothing is done twice."""
+        import asyncio
+        import uuid
+
         if method in ("GET", "HEAD"):
             return await self._send(method, path, **kwargs)
         headers = {**kwargs.pop("headers", {}), IDEMPOTENCY_HEADER: uuid.uuid4().hex}
@@ -239,6 +247,8 @@ class ApiClient:
         raise AssertionError("unreachable: the last try returns or raises")
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> Any:
+        import aiohttp
+
         assert self._session is not None, "use ApiClient as an async context manager"
         url = self.base_url + path
         try:

@@ -12,29 +12,57 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# Each module registers its own sub-commands; a command sets ``func(args) -> int`` as its handler.
-_COMMAND_MODULES = (
-    "bot.cli.appspec_cmd",
-    "bot.cli.configs_cmd",
-    "bot.cli.config_cmd",
-    "bot.cli.server_cmd",
-    "bot.cli.deploy_cmd",
-    "bot.cli.hosts_cmd",
-    "bot.cli.push_cmd",
-    "bot.cli.hooks_cmd",
-    "bot.cli.release_cmd",
-    "bot.cli.token_cmd",
-)
+# Each module registers its own sub-commands; a command sets ``func(args) -> int`` as its handler. The words each
+# module registers are listed so that running one command imports only its module: a command's start pays for
+# what it uses, not for every command (tests/test_cli_startup.py checks the lists against what each registers).
+_COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "bot.cli.appspec_cmd": ("appspec",),
+    "bot.cli.configs_cmd": ("configs",),
+    "bot.cli.config_cmd": ("config",),
+    "bot.cli.server_cmd": ("serve", "agent"),
+    "bot.cli.deploy_cmd": (
+        "deploy",
+        "plan",
+        "status",
+        "wait",
+        "history",
+        "stop",
+        "rollback",
+        "pause",
+        "resume",
+        "continue",
+        "promote-now",
+    ),
+    "bot.cli.hosts_cmd": ("hosts", "agent-token"),
+    "bot.cli.push_cmd": ("push",),
+    "bot.cli.hooks_cmd": ("hooks", "hook-status"),
+    "bot.cli.release_cmd": (
+        "promote",
+        "where",
+        "lock",
+        "unlock",
+        "locks",
+        "freeze",
+        "unfreeze",
+        "approve",
+        "reject",
+        "queue",
+    ),
+    "bot.cli.token_cmd": ("token",),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``command`` (a word of _COMMAND_MODULES), only the module registering it."""
     parser = argparse.ArgumentParser(
         prog="deploybot",
         description="A CodeDeploy-style deployment engine: applications, deployment groups, revisions, agents.",
         epilog="Start with `make run`, then `deploybot deploy hello --to staging --wait`. See README.md.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
+    for name, words in _COMMAND_MODULES.items():
+        if command is not None and command not in words:
+            continue
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -46,8 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # `deploybot agent ...` builds the agent's parser alone; `--help`, no command or an unknown one get them all.
+    known = arguments[0] if arguments and any(arguments[0] in words for words in _COMMAND_MODULES.values()) else None
+    parser = build_parser(known)
+    args = parser.parse_args(arguments)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

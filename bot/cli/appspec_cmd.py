@@ -11,12 +11,12 @@ import json
 import sys
 from pathlib import Path
 
-from engine import AppSpec, AppSpecInvalid, Platform, Problem, normalized, parse_appspec
-
 _USAGE_ERROR = 2
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from engine import Platform
+
     parser = subparsers.add_parser("appspec", help="check AppSpec files", description="Check AppSpec files.")
     parser.set_defaults(func=lambda _args: _usage(parser))
     actions = parser.add_subparsers(dest="appspec_action", metavar="ACTION")
@@ -42,6 +42,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    from engine import AppSpec, AppSpecInvalid, Platform, Problem, normalized, parse_appspec
+
     platform = Platform(args.platform)
     try:
         data = Path(args.file).read_bytes()

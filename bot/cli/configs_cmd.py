@@ -17,20 +17,15 @@ from engine import (
     BUILTIN_CONFIGS,
     BUILTIN_PREFIX,
     DeploymentConfig,
-    DeploymentType,
-    LifecycleEvent,
     MinimumHealthyHosts,
     MinimumHealthyHostsType,
     Platform,
-    StageOptions,
     TrafficRouting,
     TrafficRoutingType,
     UnknownDeploymentConfig,
     close_config_names,
     default_config_name,
-    deployment_stages,
     describe_config,
-    simulate,
     traffic_span_minutes,
     validate_custom_config,
 )
@@ -238,6 +233,8 @@ def _parse_traffic(text: str) -> TrafficRouting:
 
 def predict_outcome(args: argparse.Namespace, config: DeploymentConfig) -> Mapping[str, Any] | None:
     """Run the real state machine on ``--hosts`` hosts with the ``--fail`` positions failing ValidateService."""
+    from engine import DeploymentType, LifecycleEvent, StageOptions, deployment_stages, simulate
+
     if args.fail is None:
         return None
     mhh = config.minimum_healthy_hosts

@@ -8,28 +8,30 @@ Exit codes: 0 done (a followed deployment Succeeded), 1 refused / failed / stopp
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from rich.console import Console
+# Imports that cost time (rich, aiohttp through bot.client, the engine) load inside the functions that use them, so
+# building the parser (`deploybot --help`, `deploybot agent`) stays cheap; tests/test_cli_startup.py checks.
+if TYPE_CHECKING:
+    from rich.console import Console
 
-from bot.cli import deploy_view as view
-from bot.client import DEFAULT_SERVER_URL, ApiClient, ApiError, ClientError, find_api_token
-from engine import FINAL_STATUSES, EngineError
+    from bot.client import ApiClient
 
-Command = Callable[[argparse.Namespace, ApiClient], Awaitable[int]]
+    Command = Callable[[argparse.Namespace, ApiClient], Awaitable[int]]
+
 GITHUB_PREFIX = "github:"  # github:OWNER/REPO@SHA: the server downloads the commit from GitHub
 _IDLE_WATCH_PAUSE = 1.0  # a watch answered without a change (e.g. queued): don't spin
 
 
 def _console(file: TextIO) -> Console:
     """A terminal gets its real width; a pipe or file gets wide lines, so tables never truncate ids."""
+    from rich.console import Console
+
     console = Console(file=file, highlight=False)
     if not console.is_terminal:
         console = Console(file=file, highlight=False, width=200)
@@ -53,6 +55,11 @@ def _run(command: Command) -> Callable[[argparse.Namespace], int]:
     """Wrap an async command: one client, one event loop, errors turned into one readable stderr message."""
 
     def handler(args: argparse.Namespace) -> int:
+        import asyncio
+
+        from bot.client import ApiClient, ApiError, ClientError, find_api_token
+        from engine import EngineError
+
         async def main() -> int:
             token = find_api_token(os.environ, Path.cwd())
             async with ApiClient(args.server, token=token, ca_file=args.ca_file) as api:
@@ -84,6 +91,9 @@ async def _upload(api: ApiClient, source: str, application: str) -> str:
 
     ``sha256:`` and ``s3://`` revisions are already where the server can reach them, and ``github:`` ones are
     downloaded by the server (it holds the GitHub credentials): they pass through unchanged."""
+    import asyncio
+    import tempfile
+
     from engine import build_bundle
 
     if source.startswith(("sha256:", "s3://", GITHUB_PREFIX)):
@@ -100,6 +110,11 @@ async def _upload(api: ApiClient, source: str, application: str) -> str:
 
 async def follow(api: ApiClient, deployment: Mapping[str, Any], *, as_json: bool) -> int:
     """Long-poll the deployment until it ends; 0 if it Succeeded, else 1 with the error and failed log tails."""
+    import asyncio
+
+    from bot.cli import deploy_view as view
+    from engine import FINAL_STATUSES
+
     current = dict(deployment)
     with view.Progress(_stderr() if as_json else _stdout()) as progress:
         progress.update(current)
@@ -140,6 +155,9 @@ async def _deploy(args: argparse.Namespace, api: ApiClient) -> int:
 
 
 async def _plan(args: argparse.Namespace, api: ApiClient) -> int:
+    from bot.cli import deploy_view as view
+    from bot.client import ClientError
+
     if args.revision and args.revision.startswith(GITHUB_PREFIX):
         raise ClientError("plan takes no github: revision (only deploy fetches one); plan the same commit as git:SHA")
     revision = await _upload(api, args.revision, args.app) if args.revision else None
@@ -153,6 +171,9 @@ async def _plan(args: argparse.Namespace, api: ApiClient) -> int:
 
 
 def _show(deployment: Mapping[str, Any], as_json: bool) -> None:
+    from bot.cli import deploy_view as view
+    from engine import FINAL_STATUSES
+
     if as_json:
         _print_json(deployment)
         return
@@ -165,6 +186,8 @@ def _show(deployment: Mapping[str, Any], as_json: bool) -> None:
 
 
 async def _status(args: argparse.Namespace, api: ApiClient) -> int:
+    from bot.cli import deploy_view as view
+
     if args.id:
         _show(await api.get(args.id), args.json)
         return 0
@@ -179,6 +202,8 @@ async def _status(args: argparse.Namespace, api: ApiClient) -> int:
 
 
 def _show_list(deployments: list[dict[str, Any]], as_json: bool) -> None:
+    from bot.cli import deploy_view as view
+
     if as_json:
         _print_json(deployments)
     elif deployments:
@@ -221,6 +246,8 @@ def _control(action: str) -> Command:
 
 
 def _common(parser: argparse.ArgumentParser, *, json_help: str = "print one JSON document") -> None:
+    from bot.client import DEFAULT_SERVER_URL
+
     default = os.environ.get("DEPLOYBOT_URL") or DEFAULT_SERVER_URL
     parser.add_argument("--server", default=default, help=f"server URL (default $DEPLOYBOT_URL or {default})")
     parser.add_argument(

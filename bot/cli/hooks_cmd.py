@@ -10,15 +10,18 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from bot.cli.deploy_cmd import _common, _print_json, _run
-from bot.client import ApiClient
+
+if TYPE_CHECKING:
+    from bot.client import ApiClient
 
 
 async def _hooks(args: argparse.Namespace, api: ApiClient) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     executions = await api.hook_executions(args.deployment)
     if args.json:
         _print_json(executions)
@@ -40,6 +43,8 @@ async def _hooks(args: argparse.Namespace, api: ApiClient) -> int:
 
 
 async def _hook_status(args: argparse.Namespace, api: ApiClient) -> int:
+    from rich.console import Console
+
     result = await api.put_hook_status(args.execution_id, args.status)
     if args.json:
         _print_json(result)

@@ -1,7 +1,7 @@
 """``deploybot hosts`` (which agents are online, and what they run) and ``deploybot agent-token NAME``.
 
 ``agent-token`` reads the token file the server keeps in its data directory, so it runs on the server's machine:
-it is how you start an agent on a real host (``deploybot agent --server URL --name NAME --token TOKEN``).
+it is how you start an agent on a real host (``deploybot agent --server URL --name NAME --token-file FILE``).
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from bot.cli.deploy_cmd import _common, _print_json, _run
-from bot.client import ApiClient
-from engine import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from bot.client import ApiClient
 
 
 async def _hosts(args: argparse.Namespace, api: ApiClient) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     hosts = await api.hosts()
     if args.json:
         _print_json(hosts)
@@ -41,6 +42,7 @@ async def _hosts(args: argparse.Namespace, api: ApiClient) -> int:
 
 def _agent_token(args: argparse.Namespace) -> int:
     from bot.cli.server_cmd import default_config_path
+    from engine import ConfigError, load_config
 
     path = Path(args.config) if args.config else default_config_path(Path.cwd())
     try:

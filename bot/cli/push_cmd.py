@@ -16,11 +16,13 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.cli.deploy_cmd import _common, _print_json, _run, _stderr, _stdout
-from bot.client import ApiClient
-from engine import AwsAccount, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from bot.client import ApiClient
+    from engine import AwsAccount
 
 
 class _Usage(Exception):
@@ -37,6 +39,8 @@ def _bucket_and_prefix(uri: str) -> tuple[str, str]:
 
 
 def _account(args: argparse.Namespace) -> AwsAccount:
+    from engine import AwsAccount, ConfigError, load_config
+
     if args.config is None:
         if args.account not in (None, "default"):
             raise _Usage("--account names an account of a config file's `aws` section: give --config FILE too")

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.table import Table
-from rich.text import Text
-
-from bot.cli import deploy_view as view
 from bot.cli.deploy_cmd import _common, _print_json, _run, _show, _stdout, follow
-from bot.client import ApiClient
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from bot.client import ApiClient
 
 FREEZE = "*"
 
 
 def _expiry(lock: Mapping[str, Any]) -> str:
+    from bot.cli import deploy_view as view
+
     return f"until {view.when(lock['expires_at'])}" if lock.get("expires_at") else "until unlocked"
 
 
@@ -61,6 +63,11 @@ async def _where(args: argparse.Namespace, api: ApiClient) -> int:
 
 
 def where_table(environments: Sequence[Mapping[str, Any]]) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
+    from bot.cli import deploy_view as view
+
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("environment", "revision", "since", "by", "deployment", "now", "lock"):
         table.add_column(column, no_wrap=True)
@@ -141,6 +148,8 @@ async def _reject(args: argparse.Namespace, api: ApiClient) -> int:
 
 
 async def _queue(args: argparse.Namespace, api: ApiClient) -> int:
+    from bot.cli import deploy_view as view
+
     waiting = await api.queue(args.app, args.env)
     github = [entry for entry in waiting if entry.get("kind") in view.GITHUB_KINDS]
     deployments = [entry for entry in waiting if entry.get("kind") not in view.GITHUB_KINDS]
@@ -159,6 +168,10 @@ async def _queue(args: argparse.Namespace, api: ApiClient) -> int:
 
 
 def queue_table(deployments: Sequence[Mapping[str, Any]]) -> Table:
+    from rich.table import Table
+
+    from bot.cli import deploy_view as view
+
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("#", "id", "environment", "status", "revision", "by", "requested", "starts in", "waiting for"):
         table.add_column(column, no_wrap=True)

@@ -16,24 +16,22 @@ file, never a traceback or a crash-looping agent. Local agents get ``--ca-file``
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import socket
-import ssl
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.assembly import DataDirInUse, assemble_deployer, lock_data_dir
-from bot.settings import Settings, ensure_api_token_file
-
 if TYPE_CHECKING:
+    import asyncio
+    import ssl
     from collections.abc import Iterator, Sequence
 
+    from bot.settings import Settings
     from engine.core.config.model import DeploymentGroup, EngineConfig, TlsSettings
     from engine.ports import AlarmSource
 
@@ -106,6 +104,8 @@ def _no_password() -> bytes:
 def server_tls_context(tls: TlsSettings) -> ssl.SSLContext:
     """The server's SSLContext (TLS 1.2 or later) from ``server.tls``; TlsFileError naming the file that is
     unreadable, not PEM, encrypted or not the certificate's key."""
+    import ssl
+
     _read_pem("cert", tls.cert, b"-----BEGIN CERTIFICATE-----", "certificate")
     key = _read_pem("key", tls.key, b"PRIVATE KEY-----", "private key")
     if b"ENCRYPTED" in key:
@@ -138,6 +138,8 @@ def server_tls_context(tls: TlsSettings) -> ssl.SSLContext:
 def check_local_trust(server: ssl.SSLContext, tls: TlsSettings, host: str | None) -> None:
     """TlsFileError unless a client trusting ``server.tls.ca`` (else the system CAs) accepts the certificate for
     ``host`` (where local agents connect; None: the chain alone). A TLS handshake in memory: no socket involved."""
+    import ssl
+
     from engine.agent.client import tls_context
 
     client = tls_context(Path(tls.ca) if tls.ca else None)
@@ -172,6 +174,8 @@ def check_local_trust(server: ssl.SSLContext, tls: TlsSettings, host: str | None
 def _stop_signals() -> Iterator[asyncio.Event]:
     """An event SIGINT or SIGTERM sets, handled from before "listening on" is printed: whoever reads that line and
     signals at once gets a clean stop, not the default handler's kill."""
+    import asyncio
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -198,6 +202,7 @@ async def _serve(
     from aiohttp import web
 
     from bot.app import create_app
+    from bot.assembly import assemble_deployer
     from bot.github import describe as describe_github
     from bot.localfleet import LocalFleet, agent_processes
     from engine.adapters.aws.accounts import AwsAccounts
@@ -319,6 +324,10 @@ def _tls_for(config: EngineConfig) -> ssl.SSLContext | None:
 
 
 def _serve_command(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bot.assembly import DataDirInUse, lock_data_dir
+    from bot.settings import Settings, ensure_api_token_file
     from engine.core.config.parse import load_config
     from engine.core.errors import ConfigError, EngineError
 
@@ -386,6 +395,8 @@ def _agent_token(args: argparse.Namespace) -> str:
 
 
 def _agent_command(args: argparse.Namespace) -> int:
+    import asyncio
+
     from engine.agent import AgentOptions, run_agent
     from engine.agent.client import ServerNotTrusted, tls_context
 

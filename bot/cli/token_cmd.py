@@ -11,18 +11,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.table import Table
-
-from bot.cli import deploy_view as view
 from bot.cli.deploy_cmd import _common, _print_json, _run, _stderr, _stdout
-from bot.client import ApiClient
-from bot.http import DURATION_FORMAT, parse_duration
+
+if TYPE_CHECKING:
+    from bot.client import ApiClient
 
 
 def _lifetime(text: str) -> float:
     """argparse's reading of ``--expires``: a bad value is a usage error (exit 2) before any request."""
+    from bot.durations import parse_duration
+
     try:
         return parse_duration(text)
     except ValueError as exc:
@@ -30,6 +30,8 @@ def _lifetime(text: str) -> float:
 
 
 def _describe(token: Mapping[str, Any]) -> str:
+    from bot.cli import deploy_view as view
+
     expires = f"expires {view.when(token['expires_at'])}" if token.get("expires_at") else "never expires"
     return f"{token['id']} of {token['user']} ({token['name']}, {token['status']}, {expires})"
 
@@ -47,6 +49,10 @@ async def _create(args: argparse.Namespace, api: ApiClient) -> int:
 
 
 async def _list(args: argparse.Namespace, api: ApiClient) -> int:
+    from rich.table import Table
+
+    from bot.cli import deploy_view as view
+
     tokens = await api.tokens(args.user)
     if args.json:
         _print_json(tokens)
@@ -78,6 +84,8 @@ async def _revoke(args: argparse.Namespace, api: ApiClient) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from bot.durations import DURATION_FORMAT
+
     parser = subparsers.add_parser(
         "token",
         help="per-user API tokens: create, list, revoke (admins)",

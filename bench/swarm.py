@@ -1,0 +1,373 @@
+"""The server alone at 50 to 2,000 hosts: a swarm of simulated agents in one process against a real server.
+
+Theory of operation: 1,000 real agents are 1,000 processes (each ~40 MiB), which a 2-core machine cannot run
+beside the server it is measuring. On the wire, though, an agent is little: its own token, a heartbeat every few
+seconds naming the command it holds, a long poll (``GET /agent/v1/commands/next``) and one result POST per event
+(``?next=`` lets the answer carry the host's next command). The swarm is exactly that, for every host, in one
+asyncio process with one connection pool: real HTTP against the real ``deploybot serve`` (its ``/agent/v1``
+endpoints, the tokens it issued in ``agent-tokens.json``), but every event Succeeds the moment it arrives and
+nothing is downloaded or run (DownloadBundle included). What the deployment then costs is the server's: HTTP,
+state machine, SQLite, dispatch. The swarm speaks the "runs" capability (``engine.core.agent_protocol``) when
+``runs`` is set: a command that carries ``then`` is answered event by event with ``?then=``; a server that does
+not offer runs hands out one event at a time, as to an agent of the previous version.
+
+Per size: a server with that many configured (non-local) hosts, the swarm online, one untimed deployment (so
+every later one has a previous revision, like the other scenarios), then one timed AllAtOnce deployment. The
+bench asks for the deployment's JSON once, after the swarm has answered every host's last event (a GET of a
+2,000-host deployment is itself a measurable share of the server's CPU). Figures: wall time (the server's
+``ended_at - created_at``), the server's CPU per host-event (``/proc/<pid>/stat`` before and after, divided by
+the events the swarm answered; heartbeats and that one GET included), its RSS (now and peak), time per host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import resource
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.figures import Figure
+from bench.phases import stat_times
+from bench.revisions import write_revision
+from bench.server import BenchError, BenchServer, fleet_config, host_names
+from bench.settings import Settings
+
+SWARM_TARGET_HOSTS = 1000  # issue 19: 1,000 simulated hosts AllAtOnce in 10 s, server RSS 250 MiB
+SWARM_TARGET_S = 10.0
+CPU_PER_EVENT_TARGET_MS = 0.3
+SERVER_RSS_TARGET_MIB = 250.0
+LAST_EVENT = "ValidateService"  # the bench's group is in place, without a load balancer
+NEXT_WAIT = 0.25  # what the real agent asks for (engine.agent.client.NEXT_WAIT)
+HEARTBEAT_SECONDS = 5.0  # the real agent's default
+POLL_SECONDS = 25.0
+RETRY_PAUSE = 0.5
+START_SPREAD_S = 0.002  # one simulated agent starts every 2 ms: 2,000 connect within 4 s, not in one burst
+
+
+@dataclass
+class _Host:
+    name: str
+    headers: dict[str, str]
+    running: int | None = None  # what its heartbeats name: the command it holds until the server has the result
+
+
+@dataclass
+class SwarmCounts:
+    """What the swarm did; read from the bench's thread while the swarm's loop runs (plain ints and dicts)."""
+
+    requests: int = 0
+    errors: int = 0
+    events: Counter[str] = field(default_factory=Counter)  # deployment id -> events answered
+    done: Counter[str] = field(default_factory=Counter)  # deployment id -> hosts that answered LAST_EVENT
+    last_error: str = ""
+
+
+class Swarm:
+    """``tokens`` (host -> agent token) as simulated agents of ``url``, on their own event loop in a thread."""
+
+    def __init__(self, url: str, tokens: Mapping[str, str], *, runs: bool = True) -> None:
+        self.url = url
+        self.tokens = dict(tokens)
+        self.runs = runs
+        self.counts = SwarmCounts()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="bench-swarm", daemon=True)
+        self._started = threading.Event()
+
+    def __enter__(self) -> Swarm:
+        self._thread.start()
+        self._started.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._started.set()
+        connector = aiohttp.TCPConnector(limit=0, force_close=False)
+        async with aiohttp.ClientSession(self.url, connector=connector) as session:
+            agents = []
+            for name, token in sorted(self.tokens.items()):
+                host = _Host(name, {"Authorization": f"Bearer {token}"})
+                agents.append(asyncio.create_task(self._agent(session, host)))
+                await asyncio.sleep(START_SPREAD_S)
+            await self._stopping.wait()
+            for agent in agents:
+                agent.cancel()
+            await asyncio.gather(*agents, return_exceptions=True)
+
+    # -- one simulated agent -----------------------------------------------------------------------------------
+
+    async def _agent(self, session: aiohttp.ClientSession, host: _Host) -> None:
+        heartbeats = asyncio.create_task(self._heartbeats(session, host))
+        try:
+            command: dict[str, Any] | None = None
+            while True:
+                if command is None:
+                    command = await self._poll(session, host)
+                else:
+                    command = await self._answer(session, host, command)
+        finally:
+            heartbeats.cancel()
+
+    async def _heartbeats(self, session: aiohttp.ClientSession, host: _Host) -> None:
+        first = True
+        while True:
+            body: dict[str, Any] = {
+                "tags": {"role": "bench"},
+                "version": "bench-swarm",
+                "running_command": host.running,
+            }
+            if self.runs:
+                body["capabilities"] = ["runs"]
+            await self._request(session, "POST", "/agent/v1/heartbeat", host, body)
+            # The first right away (to come online); then every HEARTBEAT_SECONDS, spread like agents started apart.
+            await asyncio.sleep(HEARTBEAT_SECONDS * (random.random() if first else 1.0))
+            first = False
+
+    async def _poll(self, session: aiohttp.ClientSession, host: _Host) -> dict[str, Any] | None:
+        query = f"?wait={POLL_SECONDS:g}" + ("&runs=1" if self.runs else "")
+        status, answer = await self._request(session, "GET", "/agent/v1/commands/next" + query, host)
+        if status not in (200, 204):
+            await asyncio.sleep(RETRY_PAUSE)  # refused (a 4xx): ask again later, as the agent does
+        return _command_in(answer) if status == 200 else None
+
+    async def _answer(
+        self, session: aiohttp.ClientSession, host: _Host, command: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Succeed ``command`` (and the run behind it, if any) at once; the next command if the answer has one."""
+        steps: list[tuple[int, str]] = [(int(command["id"]), str(command["event"]))]
+        steps += [(int(step["id"]), str(step["event"])) for step in command.get("then") or ()]
+        deployment = str(command["deployment_id"])
+        for index, (command_id, event) in enumerate(steps):
+            host.running = command_id
+            now = time.time()
+            result = {"status": "Succeeded", "error_code": 0, "message": "", "log_tail": ""}
+            result |= {"started_at": now, "ended_at": now}
+            last = index == len(steps) - 1
+            if last:
+                query = f"?next={NEXT_WAIT:g}" + ("&runs=1" if self.runs else "")
+            else:
+                query = f"?then={steps[index + 1][0]}"
+            status, answer = await self._request(
+                session, "POST", f"/agent/v1/commands/{command_id}/result{query}", host, result
+            )
+            host.running = None
+            if status >= 300:
+                return None
+            self._count(deployment, event)
+            if not last and (not isinstance(answer, dict) or answer.get("stop") is not False):
+                return None  # the server says not to run the rest (stopped, or the command is gone): poll
+            if last:
+                return _command_in(answer)
+        return None
+
+    def _count(self, deployment: str, event: str) -> None:
+        self.counts.events[deployment] += 1
+        if event == LAST_EVENT:
+            self.counts.done[deployment] += 1
+
+    async def _request(
+        self, session: aiohttp.ClientSession, method: str, path: str, host: _Host, body: object = None
+    ) -> tuple[int, Any]:
+        """One request, retried on network errors and 5xx like the agent does; (status, JSON answer or None)."""
+        timeout = aiohttp.ClientTimeout(total=POLL_SECONDS + 15, sock_connect=10)
+        while True:
+            self.counts.requests += 1
+            try:
+                async with session.request(method, path, json=body, headers=host.headers, timeout=timeout) as response:
+                    data = await response.read()
+                    if response.status < 500:
+                        if response.status >= 400:
+                            self._error(f"{method} {path}: HTTP {response.status} {data[:200]!r}")
+                        return response.status, json.loads(data) if data else None
+                    self._error(f"{method} {path}: HTTP {response.status}")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self._error(f"{method} {path}: {type(exc).__name__}: {exc}")
+            await asyncio.sleep(RETRY_PAUSE)
+
+    def _error(self, what: str) -> None:
+        self.counts.errors += 1
+        self.counts.last_error = what
+
+
+def _command_in(answer: Any) -> dict[str, Any] | None:
+    command = answer.get("command") if isinstance(answer, dict) else None
+    return command if isinstance(command, dict) else None
+
+
+# -- the scenario --------------------------------------------------------------------------------------------------
+
+
+def _rss_mib(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of ``pid`` in MiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def _raise_file_limit(needed: int) -> None:
+    """Each simulated host holds up to two connections, and so does the server (which inherits the limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY else min(needed, hard), hard)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmRun:
+    hosts: int
+    wall_s: float
+    host_events: int  # events the swarm answered in the timed deployment
+    server_events: int  # events the deployment's JSON shows (the same, unless an answer went missing)
+    server_cpu_s: float
+    swarm_cpu_s: float  # this process (the swarm's thread and the bench's): it shares the 2 cores with the server
+    rss_mib: float
+    peak_rss_mib: float
+    online_s: float
+    requests: int
+    errors: int
+
+    @property
+    def cpu_per_event_ms(self) -> float:
+        return self.server_cpu_s / self.host_events * 1000 if self.host_events else float("nan")
+
+    @property
+    def per_host_ms(self) -> float:
+        return self.wall_s / self.hosts * 1000
+
+
+def _wait_hosts_done(swarm: Swarm, server: BenchServer, deployment_id: str, hosts: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while swarm.counts.done[deployment_id] < hosts:
+        if server.process is not None and server.process.poll() is not None:
+            raise BenchError("deploybot serve exited:\n" + "".join(server.output[-30:]))
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"{swarm.counts.done[deployment_id]} of {hosts} hosts done after {timeout} s "
+                f"(swarm errors: {swarm.counts.errors}, last: {swarm.counts.last_error})"
+            )
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def _with_server_log(server: BenchServer) -> Iterator[None]:
+    """A BenchError says what the server logged last (an internal error is explained there, not in the JSON)."""
+    try:
+        yield
+    except BenchError as error:
+        raise BenchError(f"{error}\nserver log:\n" + "".join(server.output[-15:])) from None
+
+
+def run_swarm(workdir: Path, hosts: int, *, runs: bool = True, timeout: float = 600) -> SwarmRun:
+    """One server with ``hosts`` configured hosts and the swarm as their agents; the timed deployment's figures."""
+    _raise_file_limit(4 * hosts + 256)
+    revision = write_revision(workdir / "revision", hooks=False)
+    names = host_names(hosts)
+    with BenchServer(workdir / "server", fleet_config(names, local=False), hosts=names) as server:
+        assert server.process is not None
+        tokens: dict[str, str] = json.loads((server.data_dir / "agent-tokens.json").read_text())
+        missing = set(names) - set(tokens)
+        if missing:
+            raise BenchError(f"no agent token for {len(missing)} hosts, e.g. {sorted(missing)[0]}")
+        with Swarm(server.url, {name: tokens[name] for name in names}, runs=runs) as swarm, _with_server_log(server):
+            started = time.monotonic()
+            server.wait_agents_online(hosts, timeout=timeout)
+            online = time.monotonic() - started
+            _, warm_up = server.deploy(revision)
+            _wait_hosts_done(swarm, server, warm_up, hosts, timeout)
+            server.wait_final(warm_up, timeout=timeout, poll=0.5)
+            requests, errors = swarm.counts.requests, swarm.counts.errors
+            cpu_before, own_before = stat_times(server.process.pid)[0], time.process_time()
+            _, deployment_id = server.deploy(revision)
+            _wait_hosts_done(swarm, server, deployment_id, hosts, timeout)
+            doc = server.wait_final(deployment_id, timeout=timeout, poll=0.2)
+            cpu, own = stat_times(server.process.pid)[0] - cpu_before, time.process_time() - own_before
+            rss, peak = _rss_mib(server.process.pid)
+            return SwarmRun(
+                hosts=hosts,
+                wall_s=float(doc["ended_at"]) - float(doc["created_at"]),
+                host_events=swarm.counts.events[deployment_id],
+                server_events=sum(len(target["events"]) for target in doc["targets"]),
+                server_cpu_s=cpu,
+                swarm_cpu_s=own,
+                rss_mib=rss,
+                peak_rss_mib=peak,
+                online_s=online,
+                requests=swarm.counts.requests - requests,
+                errors=swarm.counts.errors - errors,
+            )
+
+
+def swarm_hosts_from_env(default: Sequence[int]) -> tuple[int, ...]:
+    """BENCH_SWARM_HOSTS=50,200,1000,2000 picks the sizes (``make bench BENCH_SWARM_HOSTS=...``)."""
+    text = os.environ.get("BENCH_SWARM_HOSTS", "").strip()
+    if not text:
+        return tuple(default)
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+def swarm(settings: Settings) -> list[Figure]:
+    """The server alone at each of ``settings.swarm_hosts`` simulated hosts (module docstring)."""
+    console = settings.console
+    figures: list[Figure] = []
+    for hosts in settings.swarm_hosts:
+        workdir = Path(tempfile.mkdtemp(prefix=f"deploybot-bench-swarm{hosts}-"))
+        try:
+            run = run_swarm(workdir, hosts)
+        finally:
+            if settings.keep:
+                console.print(f"  [dim]kept {workdir}[/dim]")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+        console.print(
+            f"  {hosts} simulated hosts: {run.wall_s:.2f} s, {run.per_host_ms:.1f} ms/host; server CPU "
+            f"{run.server_cpu_s:.2f} s for {run.host_events} host-events = {run.cpu_per_event_ms:.3f} ms each "
+            f"(the swarm used {run.swarm_cpu_s:.2f} s); "
+            f"RSS {run.rss_mib:.0f} MiB (peak {run.peak_rss_mib:.0f}); {run.requests} requests, {run.errors} errors; "
+            f"online in {run.online_s:.1f} s"
+        )
+        target = hosts == SWARM_TARGET_HOSTS
+        note = f"{run.host_events} host-events, one timed deployment"
+        figures += [
+            Figure(
+                f"swarm {hosts} hosts AllAtOnce, server only", run.wall_s, "s", SWARM_TARGET_S if target else None, note
+            ),
+            Figure(
+                f"swarm {hosts}: server CPU per host-event",
+                run.cpu_per_event_ms,
+                "ms",
+                CPU_PER_EVENT_TARGET_MS,
+                "heartbeats included",
+            ),
+            Figure(
+                f"swarm {hosts}: server RSS (peak)",
+                run.peak_rss_mib,
+                "MiB",
+                SERVER_RSS_TARGET_MIB if target else None,
+                f"now {run.rss_mib:.0f} MiB",
+            ),
+            Figure(f"swarm {hosts}: time per host", run.per_host_ms, "ms", None, "target: flat from 50 to 1,000 hosts"),
+        ]
+    return figures
