@@ -30,6 +30,7 @@ from bot.app import create_app
 from bot.codedeploy import CODEDEPLOY, sigv4
 from bot.settings import Settings
 from engine.core.requests import DeployRequest
+from engine.ports import Clock
 from engine.runtime.deployer import Deployer
 
 KEYS = "AKIDEPLOYBOT:s3cret:alice,AKIOTHER:other:bob"
@@ -73,17 +74,20 @@ async def serving(
     hosts: tuple[str, ...] = HOSTS,
     keys: str = KEYS,
     admins: tuple[str, ...] = ("alice",),
+    clock: Clock | None = None,
     **settings: Any,
 ) -> AsyncIterator[Served]:
     """The whole app on 127.0.0.1 with a real Deployer (test_service's config unless ``config`` is given) and
     scripted agents for ``hosts``; ``settings`` go to Settings (e.g. github_token, github_api_url).
 
     ``keys`` is DEPLOYBOT_AWS_KEYS. Every CodeDeploy call asks the policy, so the key these tests sign with (alice's)
-    belongs to an admin: ``admins`` replaces the config's ``server.admins`` (empty: the config's own are kept)."""
+    belongs to an admin: ``admins`` replaces the config's ``server.admins`` (empty: the config's own are kept).
+    ``clock``: the Deployer's clock (the system's unless given)."""
     make_revision(tmp_path, "rev-a", "1")
     make_revision(tmp_path, "rev-b", "2")
     text = CONFIG % {"heartbeat": 60} if config is None else config
-    deployer = await (deployer_from(text, tmp_path, admins=admins) if admins else deployer_from(text, tmp_path))
+    server = {"admins": admins} if admins else {}
+    deployer = await deployer_from(text, tmp_path, clock=clock, **server)
     agents = ScriptedFleet(deployer, list(hosts), never_fails)
     app = create_app(Settings(data_dir=tmp_path / "var", aws_keys=keys, **settings), deployer=deployer)
     runner = web.AppRunner(app)

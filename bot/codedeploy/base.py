@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bot.codedeploy.access import Access, Target
-from bot.codedeploy.shapes import ApiError
+from bot.codedeploy.shapes import ApiError, spec_platform
 from bot.github.client import GitHubClient
 from engine import (
     Application,
@@ -23,6 +23,7 @@ from engine import (
     DeploymentGroup,
     DeploymentService,
     EngineError,
+    Platform,
     Registrations,
     UnknownDeploymentConfig,
     resolve_config,
@@ -201,9 +202,17 @@ class OperationsBase:
             return await self.group_of_deployment(deployment)
         return None
 
-    async def group_of_deployment(self, deployment: str) -> DeploymentGroup | None:
-        row = await self.deployment_row(deployment)
+    def group_of_row(self, row: Mapping[str, Any]) -> DeploymentGroup | None:
+        """The stored deployment's group (None: one the config no longer has)."""
         try:
             return self.deployer.config.group(row["application"], row["environment"])
         except EngineError:
             return None
+
+    def platform_of_row(self, row: Mapping[str, Any]) -> Platform:
+        """The stored deployment's compute platform: its group's, else what its stored spec was made for."""
+        group = self.group_of_row(row)
+        return group.platform if group is not None else spec_platform((row.get("state") or {}).get("spec") or {})
+
+    async def group_of_deployment(self, deployment: str) -> DeploymentGroup | None:
+        return self.group_of_row(await self.deployment_row(deployment))

@@ -7,6 +7,7 @@ Slack, GitHub and the CLI like any other.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -27,8 +28,10 @@ from engine import (
     GroupOverrides,
     InvalidLifecycleHookStatus,
     LifecycleHookNotFound,
+    Platform,
 )
 
+DEPLOYMENTS_BATCH_LIMIT = 25  # BatchGetDeployments' deploymentIds, per the service model
 LISTABLE_STATUSES = ("Created", "Queued", "InProgress", "Baking", "Succeeded", "Failed", "Stopped", "Ready")
 WAIT_TYPES = ("READY_WAIT", "TERMINATION_WAIT")
 NOT_STARTED = ("Queued", "WaitingApproval")
@@ -82,18 +85,35 @@ class DeploymentOperations(RevisionFetching):
             await self.registry.mark_used(app.name, location, sha256=deployment["revision"]["sha256"])
         return {"deploymentId": deployment["id"]}
 
-    async def _deployment_info(self, deployment: str) -> dict[str, Any]:
-        doc = await self.deployer.get(checked_id(deployment))
+    async def _deployment_info(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """``DeploymentInfo`` with the settings kept with the deployment: its platform, fileExistsBehavior and
+        ignoreApplicationStopFailures from its stored spec, and the automatic rollback it runs with
+        (CreateDeployment's override, else its group's, as the engine decides it)."""
+        doc = await self.deployer.get(str(row["id"]))
         sha256 = doc["revision"]["sha256"]
         location = self.registry.location_of(doc["application"], sha256) or stored_location(sha256)
-        return deployment_info(doc, location)
+        spec = (row.get("state") or {}).get("spec") or {}
+        overridden = GroupOverrides.from_json(spec.get("overrides")).auto_rollback
+        group = self.group_of_row(row)
+        rollback = overridden or (group.auto_rollback if group is not None else None)
+        return deployment_info(doc, location, platform=self.platform_of_row(row), spec=spec, auto_rollback=rollback)
 
     async def get_deployment(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
-        return {"deploymentInfo": await self._deployment_info(deployment_id(body))}
+        return {"deploymentInfo": await self._deployment_info(await self.deployment_row(deployment_id(body)))}
 
     async def batch_get_deployments(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
-        ids = string_list(body, "deploymentIds", "DeploymentIdRequired")
-        return {"deploymentsInfo": [await self._deployment_info(i) for i in ids]}
+        """The known deployments of ``deploymentIds``, in order; an unknown id is left out (the operation has no
+        DeploymentDoesNotExist error), a malformed one is InvalidDeploymentId; at most 25 ids."""
+        ids = [
+            checked_id(i)
+            for i in string_list(body, "deploymentIds", "DeploymentIdRequired", limit=DEPLOYMENTS_BATCH_LIMIT)
+        ]
+        answer = []
+        for deployment in dict.fromkeys(ids):
+            row = await self.deployer.store.get_deployment(deployment)
+            if row is not None:
+                answer.append(await self._deployment_info(row))
+        return {"deploymentsInfo": answer}
 
     async def list_deployments(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
         application = group_name = None
@@ -111,10 +131,12 @@ class DeploymentOperations(RevisionFetching):
             )
         if "Queued" in statuses:
             statuses.append("WaitingApproval")
+        start, end = create_time_range(body.get("createTimeRange"))
         rows = await self.deployer.store.list_deployments(
             application=application, group_name=group_name, status=statuses or None, limit=None
         )
-        return self.paged([row["id"] for row in rows], body, "deployments")
+        chosen = [row["id"] for row in rows if start <= float(row.get("created_at") or 0) <= end]
+        return self.paged(chosen, body, "deployments")
 
     async def stop_deployment(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
         deployment = deployment_id(body)
@@ -180,7 +202,7 @@ class DeploymentOperations(RevisionFetching):
     async def put_lifecycle_event_hook_execution_status(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
         execution_id, status, deployment = hook_request(body)
         row = await self.deployment_row(deployment) if deployment else None
-        if row is not None and self._platform_of(row) == "server":
+        if row is not None and self.platform_of_row(row) is Platform.SERVER:
             raise ApiError(
                 "UnsupportedActionForDeploymentType",
                 f"Deployment {deployment} deploys to hosts, whose agents report hooks themselves",
@@ -193,11 +215,27 @@ class DeploymentOperations(RevisionFetching):
             raise hook_not_waiting(execution_id, deployment) from None
         return {"lifecycleEventHookExecutionId": answer["lifecycleEventHookExecutionId"]}
 
-    def _platform_of(self, row: Mapping[str, Any]) -> str | None:
-        try:
-            return str(self.deployer.config.group(row["application"], row["environment"]).platform)
-        except EngineError:
-            return None
+
+def create_time_range(value: object) -> tuple[float, float]:
+    """ListDeployments' ``createTimeRange`` as (start, end) epoch seconds, both included; a missing bound (or
+    range) is open. boto3 sends timestamps as epoch seconds."""
+    if value is None:
+        return -math.inf, math.inf
+    if not isinstance(value, Mapping):
+        raise ApiError("InvalidTimeRange", "createTimeRange must be {start, end}")
+    bounds = []
+    for name, open_end in (("start", -math.inf), ("end", math.inf)):
+        bound = value.get(name)
+        if bound is None:
+            bounds.append(open_end)
+        elif isinstance(bound, int | float) and not isinstance(bound, bool) and math.isfinite(bound):
+            bounds.append(float(bound))
+        else:
+            raise ApiError("InvalidTimeRange", f"createTimeRange.{name} {bound!r} is not a time")
+    start, end = bounds
+    if start > end:
+        raise ApiError("InvalidTimeRange", "createTimeRange starts after it ends")
+    return start, end
 
 
 def group_overrides(body: Mapping[str, Any]) -> GroupOverrides | None:

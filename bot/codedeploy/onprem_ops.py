@@ -2,8 +2,8 @@
 
 A registered instance is a deploybot host: ``deploybot hosts`` shows it, and deployment groups selecting hosts by
 tag deploy to it. CodeDeploy's agent authenticates with IAM; deploybot's agent with a token, so registering answers
-the instance's agent token in the ``x-deploybot-agent-token`` header (and ``deploybotAgentToken`` in the body,
-which botocore drops because the operation has no output): ``deploybot agent --server URL --name NAME --token T``.
+the instance's agent token in the ``x-deploybot-agent-token`` header; the body is the operation's empty output, as
+the service model has it: ``deploybot agent --server URL --name NAME --token-file FILE``.
 Hosts of the config file are listed too, as registered instances, but are read-only here.
 """
 
@@ -95,7 +95,7 @@ class OnPremOperations(OperationsBase):
         self.deployer.fleet.revoke_token(name)
         token = self.deployer.fleet.token_for(name)
         await self.audit("instance.registered", actor, instance=name)
-        return Answer({"deploybotAgentToken": token}, {TOKEN_HEADER: token})
+        return Answer({}, {TOKEN_HEADER: token})
 
     async def deregister_on_premises_instance(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
         name = _instance_name(body)

@@ -1,17 +1,24 @@
 """CodeDeploy's service-model shapes built from deploybot's own documents (pure: no I/O, no engine calls).
 
-A deploybot deployment document (engine.core.document) becomes ``DeploymentInfo``, its targets ``InstanceTarget``s (and
-the legacy ``InstanceSummary``s) with ``lifecycleEvents``; configurations become ``DeploymentConfigInfo``;
-registered revisions ``GenericRevisionInfo`` and on-premises hosts ``InstanceInfo``.
+A deploybot deployment document (engine.core.document) becomes ``DeploymentInfo``, its targets ``InstanceTarget``s
+(hosts), ``LambdaTarget``s (a Lambda function's alias) or ``ECSTarget``s (an ECS service), and the legacy
+``InstanceSummary``s, with ``lifecycleEvents``; configurations become ``DeploymentConfigInfo``; registered revisions
+``GenericRevisionInfo`` and on-premises hosts ``InstanceInfo``.
+
+What a deployment keeps in its stored state (``row["state"]``) and these shapes read: ``spec`` (what every target
+was told: for Lambda and ECS the AppSpec, for ECS also ``ecs``; the effective ``file_exists_behavior`` and
+``ignore_application_stop_failures``; CreateDeployment's ``overrides``) and ``machine.traffic_percent``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from engine import (
     ROLLBACK_CREATOR,
+    AutoRollback,
     DeploymentConfig,
     MinimumHealthyHostsType,
     OnPremInstance,
@@ -34,6 +41,22 @@ _LIFECYCLE_ERRORS = {
         ScriptErrorCode.SCRIPT_FAILED,
         ScriptErrorCode.UNKNOWN_ERROR,
     )
+}
+
+
+# Where the agent's failure messages (engine/agent/hooks.py, worded like CodeDeploy's agent) name the script: its
+# AppSpec ``location``, except "does not exist", which names the full path inside the unpacked revision.
+_SCRIPT_IN_MESSAGE = (
+    re.compile(r"^Script at specified location: (?P<script>.+?)(?: run as user \S+)? (?:failed|succeeded)\b"),
+    re.compile(r"^Unable to set script at specified location: (?P<script>.+) as executable$"),
+    re.compile(r"^Script location (?P<script>.+?) resolves to "),
+    re.compile(r"^Script does not exist at specified location: (?:.*/deployment-archive/)?(?P<script>.+)$"),
+)
+# Each platform's DeploymentTarget: its member and its deploymentTargetType.
+_TARGET_SHAPES = {
+    Platform.SERVER: ("instanceTarget", "InstanceTarget"),
+    Platform.LAMBDA: ("lambdaTarget", "LambdaTarget"),
+    Platform.ECS: ("ecsTarget", "ECSTarget"),
 }
 
 
@@ -81,11 +104,22 @@ def event_json(event: Mapping[str, Any]) -> dict[str, Any]:
     if event["status"] in ("Succeeded", "Failed"):
         out["diagnostics"] = {
             "errorCode": "Success" if event["status"] == "Succeeded" else lifecycle_error(event.get("error_code")),
-            "scriptName": "",
+            "scriptName": script_name(event.get("message") or ""),
             "message": event.get("message") or "",
             "logTail": event.get("log_tail") or "",
         }
     return out
+
+
+def script_name(message: str) -> str:
+    """The script an agent's event message names (its AppSpec location), or "" when it names none (several scripts
+    that all succeeded, a Lambda/ECS hook function, an error before any script ran)."""
+    first_line = message.splitlines()[0] if message else ""
+    for pattern in _SCRIPT_IN_MESSAGE:
+        found = pattern.match(first_line)
+        if found:
+            return found["script"].strip()
+    return ""
 
 
 def lifecycle_error(code: object) -> str:
@@ -97,8 +131,31 @@ def lifecycle_error(code: object) -> str:
     return label if label in _LIFECYCLE_ERRORS else ScriptErrorCode.UNKNOWN_ERROR.label
 
 
-def deployment_info(doc: Mapping[str, Any], revision: Mapping[str, Any]) -> dict[str, Any]:
-    """``revision``: the RevisionLocation the deployment was made from (its stored bundle when none is known)."""
+def spec_platform(spec: Mapping[str, Any]) -> Platform:
+    """The compute platform a stored deployment's spec was made for: Lambda and ECS specs carry the AppSpec (ECS
+    also its service), a server spec neither."""
+    if spec.get("ecs") is not None:
+        return Platform.ECS
+    if spec.get("appspec") is not None:
+        return Platform.LAMBDA
+    return Platform.SERVER
+
+
+def auto_rollback_json(rollback: AutoRollback) -> dict[str, Any]:
+    return {"enabled": rollback.enabled, "events": sorted(str(e) for e in rollback.events)}
+
+
+def deployment_info(
+    doc: Mapping[str, Any],
+    revision: Mapping[str, Any],
+    *,
+    platform: Platform = Platform.SERVER,
+    spec: Mapping[str, Any] | None = None,
+    auto_rollback: AutoRollback | None = None,
+) -> dict[str, Any]:
+    """``revision``: the RevisionLocation the deployment was made from (its stored bundle when none is known);
+    ``spec``: the deployment's stored spec (its own fileExistsBehavior, ignoreApplicationStopFailures);
+    ``auto_rollback``: the rollback settings it runs with (CreateDeployment's override, else its group's)."""
     overview = dict.fromkeys(_OVERVIEW_KEYS, 0)
     for target in doc["targets"]:
         if target["status"] in overview:
@@ -113,7 +170,14 @@ def deployment_info(doc: Mapping[str, Any], revision: Mapping[str, Any]) -> dict
         "description": doc["description"],
         "deploymentOverview": overview,
         "revision": dict(revision),
+        "computePlatform": PLATFORMS[platform],
     }
+    spec = spec or {}
+    info["ignoreApplicationStopFailures"] = bool(spec.get("ignore_application_stop_failures"))
+    if platform is Platform.SERVER and spec.get("file_exists_behavior"):
+        info["fileExistsBehavior"] = str(spec["file_exists_behavior"])
+    if auto_rollback is not None:
+        info["autoRollbackConfiguration"] = auto_rollback_json(auto_rollback)
     if doc.get("deployment_type"):
         info["deploymentStyle"] = {"deploymentType": doc["deployment_type"]}
     for key, field in (("createTime", "created_at"), ("startTime", "started_at"), ("completeTime", "ended_at")):
@@ -135,16 +199,42 @@ def deployment_info(doc: Mapping[str, Any], revision: Mapping[str, Any]) -> dict
 
 
 def target_json(
-    doc: Mapping[str, Any], names: list[str], target_id: str, labels: Mapping[str, str] | None = None
+    doc: Mapping[str, Any],
+    names: list[str],
+    target_id: str,
+    labels: Mapping[str, str] | None = None,
+    *,
+    platform: Platform = Platform.SERVER,
+    state: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``labels``: Blue (original) / Green (replacement) per target of a blue/green deployment."""
+    """The ``DeploymentTarget`` of one target in its platform's shape: a host is an ``instanceTarget`` (labelled
+    Blue/Green per ``labels`` in a blue/green deployment), a Lambda function's alias a ``lambdaTarget`` with its
+    versions and the target version's share of traffic (percent), an ECS service an ``ecsTarget`` with the traffic
+    of its original (Blue) and replacement (Green) task sets. ``state``: the deployment's stored state."""
     if target_id not in names:
         raise ApiError("DeploymentTargetDoesNotExist", f"Deployment {doc['id']} has no target {target_id!r}")
-    instance: dict[str, Any] = {"deploymentId": doc["id"], "targetId": target_id, "targetArn": target_id}
-    instance.update(_progress(doc, target_id))
-    if labels and target_id in labels:
-        instance["instanceLabel"] = labels[target_id]
-    return {"deploymentTargetType": "InstanceTarget", "instanceTarget": instance}
+    member, kind = _TARGET_SHAPES[platform]
+    target: dict[str, Any] = {"deploymentId": doc["id"], "targetId": target_id, "targetArn": target_id}
+    target.update(_progress(doc, target_id))
+    state = state or {}
+    weight = float((state.get("machine") or {}).get("traffic_percent") or 0)
+    if platform is Platform.LAMBDA:
+        appspec = (state.get("spec") or {}).get("appspec") or {}
+        target["lambdaFunctionInfo"] = {
+            "functionName": str(appspec.get("function_name", "")),
+            "functionAlias": str(appspec.get("alias", "")),
+            "currentVersion": str(appspec.get("current_version", "")),
+            "targetVersion": str(appspec.get("target_version", "")),
+            "targetVersionWeight": weight,
+        }
+    elif platform is Platform.ECS:
+        target["taskSetsInfo"] = [
+            {"taskSetLabel": "Blue", "trafficWeight": 100.0 - weight},
+            {"taskSetLabel": "Green", "trafficWeight": weight},
+        ]
+    elif labels and target_id in labels:
+        target["instanceLabel"] = labels[target_id]
+    return {"deploymentTargetType": kind, member: target}
 
 
 def instance_summary(doc: Mapping[str, Any], instance_id: str, labels: Mapping[str, str]) -> dict[str, Any]:

@@ -1,21 +1,39 @@
 """What a deployment did on each target: the current ``DeploymentTarget`` operations and the legacy
 ``DeploymentInstance`` ones (``InstanceSummary``), both with lifecycle events and diagnostics.
 
-A blue/green deployment labels its original fleet Blue and its replacement Green.
+A blue/green deployment labels its original fleet Blue and its replacement Green. Each target comes back in its
+platform's shape (``instanceTarget``, ``lambdaTarget``, ``ecsTarget``; see shapes.target_json).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bot.codedeploy.access import READ, Access
 from bot.codedeploy.base import OperationsBase, deployment_id, required, string_list
 from bot.codedeploy.shapes import ApiError, blue_green_labels, instance_summary, target_json
-from engine import EngineError
+from engine import Platform
 
 INSTANCE_STATUSES = ("Pending", "InProgress", "Succeeded", "Failed", "Skipped", "Unknown", "Ready")
 INSTANCE_TYPES = ("Blue", "Green")
+# ListDeploymentTargets' targetFilters: the model's TargetFilterName → the values each takes.
+TARGET_FILTERS = {"TargetStatus": INSTANCE_STATUSES, "ServerInstanceLabel": INSTANCE_TYPES}
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentTargets:
+    """What the target operations read of one deployment."""
+
+    doc: dict[str, Any]
+    names: list[str]  # every target, in stage order
+    labels: dict[str, str]  # Blue/Green of a server blue/green deployment
+    platform: Platform
+    state: dict[str, Any]  # the stored state (spec, machine)
+
+    def target(self, name: str) -> dict[str, Any]:
+        return target_json(self.doc, self.names, name, self.labels, platform=self.platform, state=self.state)
 
 
 class TargetOperations(OperationsBase):
@@ -28,45 +46,52 @@ class TargetOperations(OperationsBase):
         "BatchGetDeploymentInstances": READ,
     }
 
-    async def _targets(self, deployment: str) -> tuple[dict[str, Any], list[str], dict[str, str]]:
-        """(document, every target name in stage order, Blue/Green labels)."""
+    async def _deployment_targets(self, deployment: str) -> DeploymentTargets:
+        row = await self.deployment_row(deployment)
         doc = await self.deployer.get(deployment)
-        row = await self.deployer.store.get_deployment(deployment) or {}
-        state = row.get("state") or {}
+        state = dict(row.get("state") or {})
         names: list[str] = []
         for stage in state.get("stages", []):
             names.extend(t for t in stage.get("targets", []) if t not in names)
         names.extend(t["name"] for t in doc["targets"] if t["name"] not in names)
-        return doc, names, blue_green_labels(state)
+        return DeploymentTargets(doc, names, blue_green_labels(state), self.platform_of_row(row), state)
 
     async def list_deployment_targets(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
-        _, names, _ = await self._targets(deployment_id(body))
-        return self.paged(names, body, "targetIds")
+        """``targetFilters``: TargetStatus (a target's status) and ServerInstanceLabel (Blue, Green); a target is
+        listed when it matches every filter given, and one value of each."""
+        filters = target_filters(body.get("targetFilters"))
+        found = await self._deployment_targets(deployment_id(body))
+        chosen = []
+        for name in found.names:
+            summary = instance_summary(found.doc, name, found.labels)
+            if "TargetStatus" in filters and summary["status"] not in filters["TargetStatus"]:
+                continue
+            if "ServerInstanceLabel" in filters and summary.get("instanceType") not in filters["ServerInstanceLabel"]:
+                continue
+            chosen.append(name)
+        return self.paged(chosen, body, "targetIds")
 
     async def batch_get_deployment_targets(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
-        doc, names, labels = await self._targets(deployment_id(body))
+        found = await self._deployment_targets(deployment_id(body))
         wanted = string_list(body, "targetIds", "DeploymentTargetIdRequired", limit=25)
-        return {"deploymentTargets": [target_json(doc, names, t, labels) for t in wanted]}
+        return {"deploymentTargets": [found.target(t) for t in wanted]}
 
     async def get_deployment_target(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
-        doc, names, labels = await self._targets(deployment_id(body))
+        found = await self._deployment_targets(deployment_id(body))
         target = required(body, "targetId", "DeploymentTargetIdRequired")
-        return {"deploymentTarget": target_json(doc, names, target, labels)}
+        return {"deploymentTarget": found.target(target)}
 
     # -- the legacy instance operations (EC2/on-premises deployments only) -------------------------------------
 
     async def _instances(self, deployment: str) -> tuple[dict[str, Any], list[str], dict[str, str]]:
-        doc, names, labels = await self._targets(deployment)
-        try:
-            platform = self.deployer.config.group(doc["application"], doc["environment"]).platform
-        except EngineError:
-            platform = None
-        if platform is not None and str(platform) != "server":
+        found = await self._deployment_targets(deployment)
+        if found.platform is not Platform.SERVER:
             raise ApiError(
                 "InvalidComputePlatform",
-                f"Deployment {deployment} is a {platform} deployment: use ListDeploymentTargets / GetDeploymentTarget",
+                f"Deployment {deployment} is a {found.platform} deployment: "
+                "use ListDeploymentTargets / GetDeploymentTarget",
             )
-        return doc, names, labels
+        return found.doc, found.names, found.labels
 
     async def list_deployment_instances(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
         doc, names, labels = await self._instances(deployment_id(body))
@@ -103,3 +128,27 @@ class TargetOperations(OperationsBase):
         if missing:
             answer["errorMessage"] = f"Deployment {deployment} has no instance {', '.join(missing)}"
         return answer
+
+
+def target_filters(value: object) -> dict[str, set[str]]:
+    """ListDeploymentTargets' ``targetFilters`` (TargetFilterName → values), checked against the model's names and
+    the values each takes: InvalidTargetFilterName, InvalidInstanceStatus, InvalidInstanceType otherwise."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ApiError("InvalidTargetFilterName", f"targetFilters takes {', '.join(TARGET_FILTERS)}")
+    filters: dict[str, set[str]] = {}
+    for name, values in value.items():
+        allowed = TARGET_FILTERS.get(str(name))
+        if allowed is None:
+            raise ApiError(
+                "InvalidTargetFilterName", f"unknown target filter {name!r}; use {', '.join(TARGET_FILTERS)}"
+            )
+        chosen = {str(v) for v in values or ()} if isinstance(values, list) else {str(values)}
+        wrong = sorted(chosen - set(allowed))
+        if wrong:
+            error = "InvalidInstanceStatus" if name == "TargetStatus" else "InvalidInstanceType"
+            raise ApiError(error, f"{name} takes {', '.join(allowed)}, not {wrong[0]!r}")
+        if chosen:
+            filters[str(name)] = chosen
+    return filters

@@ -71,6 +71,7 @@ from engine.core.model import (
     ErrorCode,
     EventStatus,
     LifecycleEvent,
+    Platform,
     ScriptErrorCode,
 )
 from engine.core.stages import Stage, TargetStage, TrafficStage, WaitKind, WaitStage, has_original_fleet
@@ -113,6 +114,15 @@ class MachineOptions:
     auto_rollback: AutoRollback = field(default_factory=AutoRollback)
     ignore_application_stop_failures: bool = False
     is_rollback: bool = False
+    platform: Platform = Platform.SERVER  # only for the words: what the deployment's targets are called
+
+
+# What each platform's targets are called in messages (one, several): a Lambda or ECS deployment has one target.
+_TARGET_WORDS = {
+    Platform.SERVER: ("host", "hosts"),
+    Platform.LAMBDA: ("Lambda function", "Lambda functions"),
+    Platform.ECS: ("ECS task set", "ECS task sets"),
+}
 
 
 _STOP_FAILURE_TOLERANT = frozenset(
@@ -429,11 +439,14 @@ class DeploymentMachine:
 
     def _health_message(self, counts: dict[str, int]) -> str:
         n, minimum = len(self.state.targets), self.state.minimum_healthy
+        one, several = _TARGET_WORDS[self.options.platform]
+        if self.options.platform is not Platform.SERVER and n == 1:
+            return f"the {one} did not succeed"
         if counts["pending"] == 0:
-            return f"{counts['succeeded']} of {n} hosts succeeded; at least {max(minimum, 1)} must"
+            return f"{counts['succeeded']} of {n} {several} succeeded; at least {max(minimum, 1)} must"
         return (
-            f"{counts['failed']} of {n} hosts failed; deploying to the other {counts['pending']} would leave "
-            f"fewer than the minimum of {minimum} healthy hosts"
+            f"{counts['failed']} of {n} {several} failed; deploying to the other {counts['pending']} would leave "
+            f"fewer than the minimum of {minimum} healthy {several}"
         )
 
     def _reroutable(self) -> bool:

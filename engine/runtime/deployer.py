@@ -296,6 +296,7 @@ class Deployer:
                 auto_rollback=group.auto_rollback if group else MachineOptions().auto_rollback,
                 ignore_application_stop_failures=bool(spec.get("ignore_application_stop_failures")),
                 is_rollback=is_rollback,
+                platform=group.platform if group else Platform.SERVER,
             ),
             machine_state,
         )
