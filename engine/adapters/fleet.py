@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
@@ -65,6 +66,10 @@ class Fleet:
         self._token_file = data_dir / "agent-tokens.json"
         _private_dir(data_dir)
         self._tokens: dict[str, str] = self._load_tokens()
+        # Digest of each token -> its host: a request's token is found in O(1), not by comparing it with every host's
+        # (which cost a 1,000-host fleet a millisecond per request). A digest keys the index, so the lookup's timing
+        # says nothing about the tokens; the token itself is then compared in constant time.
+        self._hosts_by_digest: dict[bytes, str] = {_digest(token): host for host, token in self._tokens.items()}
         # Per host: the parked long polls, each a future that gets the row claimed for it (or None: claim again)
         # and whether that poll asked for the run.
         self._waiters: dict[str, list[tuple[asyncio.Future[dict[str, Any] | None], bool]]] = {}
@@ -105,13 +110,16 @@ class Fleet:
         if host not in self._tokens:
             # A fixed prefix: a token_urlsafe value may start with "-", which a command line takes for an option.
             self._tokens[host] = "dbt_" + secrets.token_urlsafe(24)
+            self._hosts_by_digest[_digest(self._tokens[host])] = host
             self._save_tokens()
         return self._tokens[host]
 
     def revoke_token(self, host: str) -> bool:
         """Forget the host's token (a deregistered instance): its agent is refused from now on."""
-        if self._tokens.pop(host, None) is None:
+        token = self._tokens.pop(host, None)
+        if token is None:
             return False
+        self._hosts_by_digest.pop(_digest(token), None)
         self._save_tokens()
         return True
 
@@ -124,11 +132,11 @@ class Fleet:
         os.replace(tmp, self._token_file)
 
     def authenticate(self, token: str) -> str | None:
-        found = None
-        for host, known in self._tokens.items():
-            if hmac.compare_digest(known.encode(), token.encode()):
-                found = host
-        return found
+        host = self._hosts_by_digest.get(_digest(token))
+        known = self._tokens.get(host) if host is not None else None
+        if known is None or not hmac.compare_digest(known.encode(), token.encode()):
+            return None
+        return host
 
     # -- the queue -------------------------------------------------------------------------------------------
 
@@ -459,3 +467,7 @@ def _command_object(row: Mapping[str, Any]) -> CommandBody:
     if "then" in row:
         body["then"] = [RunStep(id=step["id"], event=step["event"]) for step in row["then"]]
     return body
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()

@@ -148,6 +148,7 @@ class DeploymentMachine:
         self.stages = stages
         self.options = options
         self.state = state if state is not None else DeploymentState()
+        self._in_flight_hint: str | None = None  # a target seen in flight last time (a cache, not state)
 
     # -- the one entry point ---------------------------------------------------------------------------------
 
@@ -309,9 +310,9 @@ class DeploymentMachine:
         """Start the next wave, finish the stage, or fail it — whichever the counts call for."""
         stage = self.stage
         assert isinstance(stage, TargetStage)
-        counts = self._counts()
-        if counts["in_flight"]:
+        if self._any_in_flight():
             return []
+        counts = self._counts()
         if counts["pending"]:
             if self.state.paused:
                 return []
@@ -424,6 +425,20 @@ class DeploymentMachine:
         if progress is None or progress.status is not EventStatus.IN_PROGRESS or progress.current != event:
             raise InvalidTransition(str(self.state.status), f"result of {event} on {target}")
         return progress
+
+    def _any_in_flight(self) -> bool:
+        """Whether a target of the stage still runs. Asked as each target finishes, so it must not count the whole
+        stage (that made a 1,000-host stage O(N²)): the target found last time is looked at first, else the scan
+        starts from the most recently started targets, the last to finish."""
+        targets = self.state.targets
+        hint = targets.get(self._in_flight_hint) if self._in_flight_hint is not None else None
+        if hint is not None and hint.status is EventStatus.IN_PROGRESS:
+            return True
+        for name in reversed(targets):
+            if targets[name].status is EventStatus.IN_PROGRESS:
+                self._in_flight_hint = name
+                return True
+        return False
 
     def _counts(self) -> dict[str, int]:
         counts = {"pending": 0, "in_flight": 0, "succeeded": 0, "failed": 0}
