@@ -19,7 +19,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -28,94 +28,19 @@ from sqlite_utils import Database
 
 from engine.core.errors import EngineError
 from engine.core.model import FINAL_STATUSES
-from engine.ports import CommandReport, FinishedReport, QueuedRun
+from engine.store.command_records import CommandRecords
 from engine.store.hook_records import HookExecutionRecords
 from engine.store.intent_records import IntentRecords
-from engine.store.migrations import JSON_COLUMNS, applied_migrations, apply_migrations
+from engine.store.migrations import applied_migrations, apply_migrations
 from engine.store.registry_records import RegistryRecords
 from engine.store.release_records import ReleaseRecords
-from engine.store.statements import placeholders, to_json, where_clause
+from engine.store.statements import encode_fields, placeholders, read_rows, to_json, where_clause, write_transaction
 from engine.store.token_records import TokenRecords
 
 T = TypeVar("T")
 Row = dict[str, Any]
 
-FINAL_COMMAND_STATUSES = frozenset({"Succeeded", "Failed", "Cancelled"})
 _TARGET_EVENT_KEY = ("deployment_id", "target", "event")
-_COMMAND_HEAD = "id, host, deployment_id, event, status, created_at, claimed_at, finished_at"
-# Queries of one host's commands of one deployment write ``+deployment_id``: the unary plus keeps SQLite off the
-# ``host_commands_by_deployment`` index, which it would otherwise pick, and which holds every command of the
-# deployment (5,000 for 1,000 hosts, scanned per host: O(N²) to queue a step). The host's own commands
-# (``host_commands_queue``) are a handful.
-_LATEST_COMMAND = (
-    f"SELECT {_COMMAND_HEAD}, result FROM host_commands"
-    " WHERE host = ? AND +deployment_id = ? AND event = ? AND status != 'Cancelled' ORDER BY id DESC LIMIT 1"
-)
-
-
-def _encoded(table: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-    json_columns = JSON_COLUMNS.get(table, frozenset())
-    return {k: to_json(v) if k in json_columns else v for k, v in fields.items()}
-
-
-def _rows(table: str, cursor: sqlite3.Cursor) -> list[Row]:
-    names = [d[0] for d in cursor.description]
-    json_columns = JSON_COLUMNS.get(table, frozenset())
-    decoded = [name for name in dict.fromkeys(names) if name in json_columns]  # found once, not per row
-    rows = []
-    for values in cursor.fetchall():
-        row = dict(zip(names, values, strict=True))
-        for column in decoded:
-            if row[column] is not None:
-                row[column] = json.loads(row[column])
-        rows.append(row)
-    return rows
-
-
-@contextlib.contextmanager
-def _write(db: Database) -> Iterator[sqlite3.Connection]:
-    """One write transaction; IMMEDIATE takes the write lock up front, so read-then-write cannot go stale."""
-    db.conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield db.conn
-        db.conn.execute("COMMIT")
-    except BaseException:
-        if db.conn.in_transaction:
-            db.conn.execute("ROLLBACK")
-        raise
-
-
-_CLAIM_OLDEST = (
-    "UPDATE host_commands SET status = 'InProgress', claimed_at = ? WHERE id = ("
-    " SELECT id FROM host_commands WHERE host = ? AND status = 'Pending' ORDER BY id LIMIT 1"
-    ") RETURNING *"
-)
-_REST_OF_RUN = (
-    "SELECT id, event FROM host_commands WHERE host = ? AND +deployment_id = ? AND status = 'Pending' AND id > ?"
-    " ORDER BY id"
-)
-
-
-def _claim_oldest(conn: sqlite3.Connection, host: str, at: float, *, with_run: bool) -> Row | None:
-    """Claim the host's oldest Pending command (inside a write transaction); with ``then`` when ``with_run``."""
-    rows = _rows("host_commands", conn.execute(_CLAIM_OLDEST, (at, host)))
-    if not rows:
-        return None
-    row = rows[0]
-    if with_run:
-        rest = conn.execute(_REST_OF_RUN, (host, row["deployment_id"], row["id"])).fetchall()
-        row["then"] = [{"id": command_id, "event": event} for command_id, event in rest]
-    return row
-
-
-def _cancel_rest_of_run(conn: sqlite3.Connection, host: str, deployment_id: str, at: float) -> None:
-    """A host's event failed: its Pending commands of that deployment (the rest of its run) will never be asked
-    for. The machine keeps one event per target outstanding, so nothing else of that host and deployment waits."""
-    conn.execute(
-        "UPDATE host_commands SET status = 'Cancelled', finished_at = ?"
-        " WHERE host = ? AND +deployment_id = ? AND status = 'Pending'",
-        (at, host, deployment_id),
-    )
 
 
 class DatabaseUnusable(EngineError):
@@ -170,7 +95,7 @@ def _check_columns(table: str, given: Iterable[str], known: Iterable[str]) -> No
         raise ValueError(f"unknown {table} columns: {', '.join(unknown)}")
 
 
-class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords, HookExecutionRecords):
+class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords, HookExecutionRecords, CommandRecords):
     """The persistence port of the engine; see the module docstring for the threading model."""
 
     def __init__(
@@ -278,9 +203,9 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords, 
 
         def fetch(db: Database) -> list[Row]:
             if not write:
-                return _rows(table, db.conn.execute(sql, params))
-            with _write(db) as conn:
-                return _rows(table, conn.execute(sql, params))
+                return read_rows(table, db.conn.execute(sql, params))
+            with write_transaction(db) as conn:
+                return read_rows(table, conn.execute(sql, params))
 
         return await self._run(fetch)
 
@@ -292,7 +217,7 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords, 
         """Run one write statement in its own transaction; the number of rows it changed."""
 
         def change(db: Database) -> int:
-            with _write(db) as conn:
+            with write_transaction(db) as conn:
                 return conn.execute(sql, params).rowcount
 
         return await self._run(change)
@@ -301,7 +226,7 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords, 
         """Insert rows in one transaction; their rowids."""
 
         def insert(db: Database) -> list[int]:
-            with _write(db) as conn:
+            with write_transaction(db) as conn:
                 return [conn.execute(sql, row).lastrowid or 0 for row in rows]
 
         return await self._run(insert)
@@ -353,7 +278,7 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords, 
     async def create_deployment(self, record: Mapping[str, Any]) -> None:
         """Insert a new deployment; a duplicate id raises ``sqlite3.IntegrityError``."""
         _check_columns("deployments", record, self._columns["deployments"])
-        row = _encoded("deployments", record)
+        row = encode_fields("deployments", record)
         columns = ", ".join(f'"{c}"' for c in row)
         await self._insert(f"INSERT INTO deployments ({columns}) VALUES ({placeholders(len(row))})", [[*row.values()]])
 
@@ -368,7 +293,7 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords, 
 
     def _deployment_update(self, deployment_id: str, fields: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
         _check_columns("deployments", fields, self._columns["deployments"] - {"id"})
-        row = _encoded("deployments", fields)
+        row = encode_fields("deployments", fields)
         assignments = ", ".join(f'"{c}" = ?' for c in row)
         return f"UPDATE deployments SET {assignments} WHERE id = ?", (*row.values(), deployment_id)
 
@@ -425,7 +350,7 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords, 
             statements.append(self._deployment_update(deployment_id, deployment))
 
         def write(db: Database) -> bool | None:
-            with _write(db) as conn:
+            with write_transaction(db) as conn:
                 changed = [conn.execute(sql, params).rowcount for sql, params in statements]
             return changed[-1] == 1 if deployment else None
 
@@ -470,226 +395,3 @@ class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords, 
         where, params = where_clause(deployment_id=deployment_id)
         sql = f"SELECT * FROM event_log WHERE id > ? AND {where} ORDER BY id LIMIT ?"
         return await self._fetch("event_log", sql, (after_id, *params, limit))
-
-    # -- host commands (the agents' work queue)
-
-    async def enqueue_command(
-        self, host: str, deployment_id: str, event: str, payload: Mapping[str, Any] | None, *, at: float
-    ) -> int:
-        sql = f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
-        return (await self._insert(sql, [(host, deployment_id, event, to_json(payload), at)]))[0]
-
-    async def enqueue_command_once(
-        self, host: str, deployment_id: str, event: str, payload: Mapping[str, Any] | None, *, at: float
-    ) -> Row | None:
-        """``enqueue_command`` unless a command for the event is already there (then that one, and nothing is queued): a
-        re-issued dispatch after a restart costs one transaction, not a read and a write."""
-        insert = (
-            f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
-        )
-
-        def enqueue(db: Database) -> Row | None:
-            with _write(db) as conn:
-                existing = _rows("host_commands", conn.execute(_LATEST_COMMAND, (host, deployment_id, event)))
-                if not existing:
-                    conn.execute(insert, (host, deployment_id, event, to_json(payload), at))
-            return existing[0] if existing else None
-
-        return await self._run(enqueue)
-
-    async def enqueue_command_runs(
-        self,
-        runs: Sequence[QueuedRun],
-        *,
-        at: float,
-        hand_to: Mapping[str, bool] | None = None,
-    ) -> tuple[list[Row | None], dict[str, Row]]:
-        """Queue each run of a host's consecutive events, all in one transaction; ``enqueue_command_once`` per run.
-
-        A run whose first event already has a command queues nothing (a re-issued dispatch: its later events were
-        queued with it, or will be dispatched as the machine reaches them), and that command comes back in the first
-        list, in the order of ``runs`` (None for a run queued now). For each host of ``hand_to`` (a long poll waits
-        for it), the oldest Pending command is claimed in the same transaction and returned by host, with the
-        ``then`` of ``claim_next_command`` when its value is True.
-        """
-        insert = (
-            f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
-        )
-
-        def enqueue(db: Database) -> tuple[list[Row | None], dict[str, Row]]:
-            existing: list[Row | None] = []
-            claimed: dict[str, Row] = {}
-            queued_hosts: set[str] = set()
-            with _write(db) as conn:
-                for host, deployment_id, events, payload in runs:
-                    first = _rows("host_commands", conn.execute(_LATEST_COMMAND, (host, deployment_id, events[0])))
-                    existing.append(first[0] if first else None)
-                    if first:
-                        continue
-                    encoded = to_json(payload)
-                    for index, event in enumerate(events):
-                        if index and conn.execute(_LATEST_COMMAND, (host, deployment_id, event)).fetchone():
-                            break  # never queue an event behind one already there: commands run in id order
-                        conn.execute(insert, (host, deployment_id, event, encoded, at))
-                    queued_hosts.add(host)
-                for host, with_run in (hand_to or {}).items():
-                    if host in queued_hosts:
-                        row = _claim_oldest(conn, host, at, with_run=with_run)
-                        if row is not None:
-                            claimed[host] = row
-            return existing, claimed
-
-        return await self._run(enqueue)
-
-    async def claim_next_command(self, host: str, *, at: float, with_run: bool = False) -> Row | None:
-        """Hand out the host's oldest Pending command, marking it InProgress in the same statement.
-
-        ``with_run``: the row also carries ``then``, the ids and events of the host's Pending commands of the same
-        deployment queued after it (the rest of its run), read in the same transaction."""
-
-        def claim(db: Database) -> Row | None:
-            with _write(db) as conn:
-                return _claim_oldest(conn, host, at, with_run=with_run)
-
-        return await self._run(claim)
-
-    async def release_command(self, command_id: int) -> bool:
-        """Put a claimed command back in the queue (its claimant never received it); False if not InProgress."""
-        sql = "UPDATE host_commands SET status = 'Pending', claimed_at = NULL WHERE id = ? AND status = 'InProgress'"
-        return await self._change(sql, (command_id,)) == 1
-
-    async def complete_command(
-        self,
-        command_id: int,
-        status: str,
-        result: Mapping[str, Any] | None,
-        *,
-        at: float,
-        host: str | None = None,
-    ) -> bool:
-        """Finish a command; False (and no change) when it is unknown, already finished, or (given ``host``)
-        another host's. That makes repeated agent reports harmless. Failing it cancels the rest of its run (see
-        ``finish_commands``)."""
-        if status not in FINAL_COMMAND_STATUSES:
-            raise ValueError(f"not a final command status: {status!r}")
-        where, params = where_clause(host=host)
-        sql = (
-            "UPDATE host_commands SET status = ?, result = ?, finished_at = ?"
-            f" WHERE id = ? AND status IN ('Pending', 'InProgress') AND {where} RETURNING host, deployment_id"
-        )
-
-        def complete(db: Database) -> bool:
-            with _write(db) as conn:
-                done = conn.execute(sql, (status, to_json(result), at, command_id, *params)).fetchall()
-                if done and status == "Failed":
-                    _cancel_rest_of_run(conn, done[0][0], done[0][1], at)
-            return bool(done)
-
-        return await self._run(complete)
-
-    async def finish_command(
-        self, command_id: int, host: str, status: str, result: Mapping[str, Any] | None, *, at: float
-    ) -> tuple[Row | None, bool]:
-        """An agent's report: (the command without payload, None when it is not ``host``'s; whether this report
-        finished it, as ``complete_command``), in one transaction (``finish_commands`` of one report)."""
-        command, finished, _ = (await self.finish_commands([(command_id, host, status, result, None)], at=at))[0]
-        return command, finished
-
-    async def finish_commands(self, reports: Sequence[CommandReport], *, at: float) -> list[FinishedReport]:
-        """Agents' reports, all in one transaction: for each, as ``finish_command`` (the command without payload,
-        None when it is not that host's; whether this report finished it), and whether the command named as its
-        ``then`` was claimed for the reporting agent (still Pending, the same host and deployment, and this report
-        a success).
-
-        A report that fails its command cancels the host's other Pending commands of that deployment: they are the
-        rest of its run, which the machine will never ask for (it skips them, or dispatches them anew when the
-        failure may be ignored)."""
-        for report in reports:
-            if report[2] not in FINAL_COMMAND_STATUSES:
-                raise ValueError(f"not a final command status: {report[2]!r}")
-        head = f"SELECT {_COMMAND_HEAD} FROM host_commands WHERE id = ? AND host = ?"
-        update = (
-            "UPDATE host_commands SET status = ?, result = ?, finished_at = ?"
-            " WHERE id = ? AND status IN ('Pending', 'InProgress')"
-        )
-        go_on = (
-            "UPDATE host_commands SET status = 'InProgress', claimed_at = ?"
-            " WHERE id = ? AND host = ? AND deployment_id = ? AND status = 'Pending'"
-        )
-
-        def finish(db: Database) -> list[FinishedReport]:
-            outcomes: list[FinishedReport] = []
-            with _write(db) as conn:
-                for command_id, host, status, result, then in reports:
-                    rows = _rows("host_commands", conn.execute(head, (command_id, host)))
-                    if not rows:
-                        outcomes.append((None, False, False))
-                        continue
-                    command = rows[0]
-                    finished = conn.execute(update, (status, to_json(result), at, command_id)).rowcount == 1
-                    if finished and status == "Failed":
-                        _cancel_rest_of_run(conn, host, command["deployment_id"], at)
-                    claimed = False
-                    if then is not None and status == "Succeeded":
-                        params = (at, then, host, command["deployment_id"])
-                        claimed = conn.execute(go_on, params).rowcount == 1
-                    outcomes.append((command, finished, claimed))
-            return outcomes
-
-        return await self._run(finish)
-
-    async def get_command(self, command_id: int) -> Row | None:
-        return await self._fetch_one("host_commands", "SELECT * FROM host_commands WHERE id = ?", (command_id,))
-
-    async def list_commands(
-        self,
-        *,
-        host: str | None = None,
-        deployment_id: str | None = None,
-        status: str | Sequence[str] | None = None,
-    ) -> list[Row]:
-        where, params = where_clause(host=host, deployment_id=deployment_id, status=status)
-        return await self._fetch("host_commands", f"SELECT * FROM host_commands WHERE {where} ORDER BY id", params)
-
-    async def cancel_commands(self, deployment_id: str, *, at: float) -> int:
-        """Cancel the deployment's Pending commands (InProgress ones are the agent's to finish): how many."""
-        sql = (
-            "UPDATE host_commands SET status = 'Cancelled', finished_at = ?"
-            " WHERE deployment_id = ? AND status = 'Pending'"
-        )
-        return await self._change(sql, (at, deployment_id))
-
-    async def host_uses_revision(self, host: str, sha256: str) -> bool:
-        """Whether ``host`` has (or had) a command of a deployment of revision ``sha256``: the bundles its agent
-        may download."""
-        sql = (
-            "SELECT 1 FROM host_commands JOIN deployments ON deployments.id = host_commands.deployment_id"
-            " WHERE host_commands.host = ? AND deployments.revision_sha256 = ? LIMIT 1"
-        )
-        return bool(await self._run(lambda db: db.conn.execute(sql, (host, sha256)).fetchone()))
-
-    # -- agents
-
-    async def upsert_agent(
-        self,
-        name: str,
-        *,
-        last_seen: float,
-        tags: Mapping[str, str] | None = None,
-        version: str | None = None,
-        state: str | None = None,
-    ) -> None:
-        """Record a heartbeat; fields given as None keep their stored value."""
-        sql = (
-            "INSERT INTO agents (name, tags, version, last_seen, state) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen,"
-            " tags = COALESCE(excluded.tags, tags), version = COALESCE(excluded.version, version),"
-            " state = COALESCE(excluded.state, state)"
-        )
-        await self._change(sql, (name, to_json(tags), version, last_seen, state))
-
-    async def get_agent(self, name: str) -> Row | None:
-        return await self._fetch_one("agents", "SELECT * FROM agents WHERE name = ?", (name,))
-
-    async def list_agents(self) -> list[Row]:
-        return await self._fetch("agents", "SELECT * FROM agents ORDER BY name")
