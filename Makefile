@@ -8,17 +8,20 @@ CONFIG ?= config/deploybot.example.yml
 .PHONY: run test lint format bench system-deps setup clean
 
 # Debian packages the real components need (HAProxy for traffic, git for git: revisions, Chromium for the browser
-# test of the deployment pages).
+# test of the deployment pages, PostgreSQL for the replicated store's tests, systemd for `systemd-analyze verify` of
+# the agent's unit).
 system-deps:
 	@missing=""; \
 	command -v haproxy >/dev/null 2>&1 || missing="$$missing haproxy"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
 			echo "installing$$missing (apt)"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy git chromium >/dev/null; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy git chromium postgresql systemd >/dev/null; \
 		else \
-			echo "warning: not installed:$$missing, and this is not root: apt-get install$$missing (haproxy for load-balanced groups, chromium for the pages browser test)"; \
+			echo "warning: not installed:$$missing, and this is not root: apt-get install$$missing (haproxy for load-balanced groups, chromium for the pages browser test, postgresql for the PostgreSQL store tests, systemd for the agent unit check)"; \
 		fi; \
 	fi
 
