@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from conftest import HANG_GUARD, FakeClock, eventually
@@ -25,6 +24,7 @@ from engine.agent import Agent, AgentOptions, parse_assignments, read_token_file
 from engine.agent import client as agent_client
 from engine.agent.hooks import HookGroup, HookRunner
 from engine.agent.layout import AgentLayout, OngoingCommand
+from engine.agent.transport import HttpClient
 from engine.bundles import build_bundle
 
 TOKEN = "agent-token-1"
@@ -174,15 +174,16 @@ def options(fleet: FakeFleet, root: Path, **overrides: Any) -> AgentOptions:
 
 @contextlib.asynccontextmanager
 async def running_agent(opts: AgentOptions) -> AsyncIterator[Agent]:
-    async with aiohttp.ClientSession() as session:
-        agent = Agent(opts, session, hook_runner=HookRunner(kill_grace=0.2, output_grace=0.5))
-        task = asyncio.create_task(agent.run())
-        try:
-            yield agent
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    http = HttpClient(opts.server)
+    agent = Agent(opts, http, hook_runner=HookRunner(kill_grace=0.2, output_grace=0.5))
+    task = asyncio.create_task(agent.run())
+    try:
+        yield agent
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await http.close()
 
 
 def command(command_id: int, event: str, *, sha: str = "0" * 64, deployment: str = "d-1", **spec: Any) -> dict:

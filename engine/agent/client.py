@@ -47,11 +47,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from engine.agent.executor import TOKEN_VARIABLE, CommandExecutor
 from engine.agent.hooks import HookGroup, HookOutcome, HookRunner
 from engine.agent.layout import AgentLayout, OngoingCommand, StoredResult
+from engine.agent.transport import HttpClient
 from engine.core.agent_protocol import (
     RESTART_MESSAGE,
     RUNS_CAPABILITY,
@@ -69,7 +68,7 @@ _FIRST_DELAY = 0.5
 NEXT_WAIT = 0.25
 """Seconds the server may hold a result POST to hand over the next command (see the module docstring)."""
 _MAX_DELAY = 5.0
-_NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+_NETWORK_ERRORS = (TimeoutError, OSError)  # OSError covers refused, reset, TLS and broken answers
 
 
 def _version() -> str:
@@ -139,11 +138,9 @@ class ServerNotTrusted(Exception):
     """The server's TLS certificate failed verification (wrong or missing CA, a name the certificate does not
     cover, an expired certificate): fatal to the agent, since retrying cannot fix it."""
 
-    def __init__(
-        self, server: str, error: aiohttp.ClientConnectorCertificateError, ca_file: Path | None = None
-    ) -> None:
+    def __init__(self, server: str, error: ssl.SSLCertVerificationError, ca_file: Path | None = None) -> None:
         self.server = server
-        detail = getattr(error.certificate_error, "verify_message", "") or str(error.certificate_error)
+        detail = error.verify_message or str(error)
         trusted = f"the CA file {ca_file}" if ca_file is not None else "the system CAs"
         super().__init__(
             f"cannot trust the server {server}: certificate verify failed: {detail} (checked against {trusted}; "
@@ -173,15 +170,13 @@ class _Refused(Exception):
 
 
 class Agent:
-    """One host's agent, bound to an open aiohttp session."""
+    """One host's agent, talking to its server through ``http`` (a client bound to ``options.server``)."""
 
-    def __init__(
-        self, options: AgentOptions, session: aiohttp.ClientSession, *, hook_runner: HookRunner | None = None
-    ) -> None:
+    def __init__(self, options: AgentOptions, http: HttpClient, *, hook_runner: HookRunner | None = None) -> None:
         self.options = options
         self.layout = AgentLayout(options.agent_root)
         self.running_command: int | None = None
-        self._session = session
+        self._http = http
         self._base = options.server.rstrip("/")
         token = options.token or (read_token_file(options.token_file) if options.token_file else "")
         if not token:
@@ -198,8 +193,13 @@ class Agent:
             hook_runner=self.hook_runner,
         )
 
-    def _url(self, path: str) -> str:
-        return path if "://" in path else self._base + path
+    def _path(self, url: str) -> str:
+        """A server path; a full URL is accepted only on this agent's own server (bundles are served there)."""
+        if "://" not in url:
+            return url
+        if url.startswith(self._base + "/"):
+            return url[len(self._base) :]
+        raise ValueError(f"{url} is not on this agent's server {self._base}")
 
     def _refused(self, status: int) -> bool:
         """After a refusal: on a 401, read the token file again; True when it held a new token (retry at once)."""
@@ -219,7 +219,7 @@ class Agent:
 
     def _check_trusted(self, error: BaseException) -> None:
         """Raise ServerNotTrusted for a certificate that failed verification (any other error is retried)."""
-        if isinstance(error, aiohttp.ClientConnectorCertificateError):
+        if isinstance(error, ssl.SSLCertVerificationError):
             raise ServerNotTrusted(self._base, error, self.options.ca_file) from None
 
     async def run(self) -> None:
@@ -291,15 +291,13 @@ class Agent:
 
     async def _poll(self) -> dict[str, Any] | None:
         wait = self.options.poll_wait
-        timeout = aiohttp.ClientTimeout(total=wait + 15, sock_connect=10)
-        url = self._url(f"/agent/v1/commands/next?wait={wait}&runs=1")
-        async with self._session.get(url, headers=self._headers, timeout=timeout) as response:
-            if response.status == 204:
-                return None
-            if response.status != 200:
-                raise _Refused(response.status, await response.text())
-            payload = await response.json()
-        return _command_in(payload)
+        path = f"/agent/v1/commands/next?wait={wait}&runs=1"
+        response = await self._http.request("GET", path, headers=self._headers, total=wait + 15)
+        if response.status == 204:
+            return None
+        if response.status != 200:
+            raise _Refused(response.status, response.text())
+        return _command_in(response.json())
 
     # --- running a command --------------------------------------------------------------------------------------
 
@@ -385,11 +383,10 @@ class Agent:
         message = "Failed: the agent was stopped while the lifecycle event was running."
         body = CommandResult.of(ScriptErrorCode.FAILED_AFTER_RESTART, message, "", started, time.time()).to_json()
         with contextlib.suppress(Exception):
-            url = self._url(f"/agent/v1/commands/{command_id}/result")
-            timeout = aiohttp.ClientTimeout(total=2)
-            async with self._session.post(url, json=body, headers=self._headers, timeout=timeout) as response:
-                if response.status < 300:
-                    self.layout.clear_ongoing(command_id)
+            path = f"/agent/v1/commands/{command_id}/result"
+            response = await self._http.request("POST", path, json_body=body, headers=self._headers, total=2)
+            if response.status < 300:
+                self.layout.clear_ongoing(command_id)
 
     async def _post_result(
         self,
@@ -409,34 +406,35 @@ class Agent:
         then on that command is this agent's to run (the server has claimed it for us). Given ``then`` (the next
         command of a run), the accepted answer's JSON is appended to ``answer``: it says whether to go on.
         """
-        url = self._url(f"/agent/v1/commands/{command_id}/result")
+        path = f"/agent/v1/commands/{command_id}/result"
         if then is not None:
-            url += f"?then={then}"
+            path += f"?then={then}"
         elif handed_over is not None:
-            url += f"?next={NEXT_WAIT:g}&runs=1"
+            path += f"?next={NEXT_WAIT:g}&runs=1"
         delay = _FIRST_DELAY
         while True:
             try:
-                timeout = aiohttp.ClientTimeout(total=30, sock_connect=10)
-                async with self._session.post(url, json=body, headers=self._headers, timeout=timeout) as response:
-                    if response.status < 300:
-                        if handed_over is not None or answer is not None:
-                            payload = await _json_or_none(response)
-                            if answer is not None:
-                                answer.append(payload)
-                            command = _command_in(payload) if handed_over is not None else None
-                            if handed_over is not None and command is not None:
-                                handed_over.append(command)
-                        return True
-                    text = await response.text()
-                    if 400 <= response.status < 500 and response.status not in (401, 403, 408, 429):
-                        log.error(
-                            "server refused the result of command %s: HTTP %s %s", command_id, response.status, text
-                        )
-                        return False
-                    if self._refused(response.status):
-                        continue
-                    log.warning("result of command %s not accepted: HTTP %s", command_id, response.status)
+                response = await self._http.request("POST", path, json_body=body, headers=self._headers, total=30)
+                if response.status < 300:
+                    if handed_over is not None or answer is not None:
+                        payload = response.json()
+                        if answer is not None:
+                            answer.append(payload)
+                        command = _command_in(payload) if handed_over is not None else None
+                        if handed_over is not None and command is not None:
+                            handed_over.append(command)
+                    return True
+                if 400 <= response.status < 500 and response.status not in (401, 403, 408, 429):
+                    log.error(
+                        "server refused the result of command %s: HTTP %s %s",
+                        command_id,
+                        response.status,
+                        response.text(),
+                    )
+                    return False
+                if self._refused(response.status):
+                    continue
+                log.warning("result of command %s not accepted: HTTP %s", command_id, response.status)
             except _NETWORK_ERRORS as exc:
                 self._check_trusted(exc)
                 log.warning("posting the result of command %s failed (%s); retrying", command_id, exc)
@@ -463,20 +461,21 @@ class Agent:
 
     async def _download(self, url: str, dest: Path) -> str:
         digest = hashlib.sha256()
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
-        async with self._session.get(self._url(url), headers=self._headers, timeout=timeout) as response:
-            if response.status != 200:
-                raise _Refused(response.status, await response.text())
-            with open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
-                async for chunk in response.content.iter_chunked(1024 * 1024):
-                    digest.update(chunk)
-                    out.write(chunk)
+        with open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+
+            def write(chunk: bytes) -> None:
+                digest.update(chunk)
+                out.write(chunk)
+
+            response = await self._http.download(self._path(url), write, headers=self._headers, read=60)
+        if response.status != 200:
+            raise _Refused(response.status, response.text())
         return digest.hexdigest()
 
     # --- heartbeats ---------------------------------------------------------------------------------------------
 
     async def _heartbeats(self) -> None:
-        url = self._url("/agent/v1/heartbeat")
+        path = "/agent/v1/heartbeat"
         while True:
             body: HeartbeatBody = {
                 "tags": dict(self.options.tags),
@@ -485,10 +484,9 @@ class Agent:
                 "capabilities": [RUNS_CAPABILITY],
             }
             try:
-                timeout = aiohttp.ClientTimeout(total=10)
-                async with self._session.post(url, json=body, headers=self._headers, timeout=timeout) as response:
-                    if response.status >= 300 and not self._refused(response.status):
-                        log.warning("heartbeat refused: HTTP %s", response.status)
+                response = await self._http.request("POST", path, json_body=body, headers=self._headers, total=10)
+                if response.status >= 300 and not self._refused(response.status):
+                    log.warning("heartbeat refused: HTTP %s", response.status)
             except Exception as exc:  # a heartbeat must never stop the agent
                 log.debug("heartbeat failed: %s", exc)
             await asyncio.sleep(self.options.heartbeat_interval)
@@ -498,13 +496,6 @@ def _command_in(payload: object) -> dict[str, Any] | None:
     """The ``command`` object of a poll or result answer, if it has one."""
     command = payload.get("command") if isinstance(payload, dict) else None
     return command if isinstance(command, dict) else None
-
-
-async def _json_or_none(response: aiohttp.ClientResponse) -> object:
-    """The answer's JSON; None for an empty or non-JSON body (an accepted result needs no body)."""
-    with contextlib.suppress(ValueError, aiohttp.ContentTypeError):
-        return await response.json()
-    return None
 
 
 async def run_agent(options: AgentOptions) -> None:
@@ -533,8 +524,11 @@ async def run_agent(options: AgentOptions) -> None:
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread: the caller cancels us instead
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
-            await Agent(options, session).run()
+        http = HttpClient(options.server, tls=context, user_agent=f"deploybot-agent/{_version()}")
+        try:
+            await Agent(options, http).run()
+        finally:
+            await http.close()
     except asyncio.CancelledError:
         if not stop_requested:
             raise

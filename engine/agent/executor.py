@@ -1,7 +1,7 @@
 """One command from the server, run on this host: DownloadBundle, Install or a hook event (I/O, reference §4.5, §5).
 
 Every outcome is a HookOutcome (code, message, log tail); nothing raises past ``execute`` except cancellation. The
-HTTP side (fetching the bundle) is injected as ``fetch`` so this module knows nothing of aiohttp.
+HTTP side (fetching the bundle) is injected as ``fetch`` so this module knows nothing of HTTP.
 """
 
 from __future__ import annotations

@@ -1,0 +1,227 @@
+"""The agent's HTTP/1.1 client (engine/agent/transport.py) against real servers: aiohttp's, and raw asyncio servers
+that misbehave on purpose (close a kept-alive connection, stall, answer garbage)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+from engine.agent.transport import HttpClient, ProtocolBroken
+
+
+@contextlib.asynccontextmanager
+async def aiohttp_server(app: web.Application) -> AsyncIterator[str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request's head (these tests send bodies only where they read them)."""
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+def answer(body: bytes = b"ok", status: str = "200 OK") -> bytes:
+    return f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+async def test_requests_reuse_one_kept_alive_connection_and_carry_json_and_headers() -> None:
+    peers: list[object] = []
+    seen: list[tuple[str, object, str | None]] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        body = await request.json() if request.can_read_body else None
+        seen.append((request.path_qs, body, request.headers.get("Authorization")))
+        return web.json_response({"got": body})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    async with aiohttp_server(app) as url:
+        client = HttpClient(url)
+        try:
+            first = await client.request("POST", "/a?x=1", json_body={"n": 1}, headers={"Authorization": "Bearer t"})
+            second = await client.request("GET", "/b")
+        finally:
+            await client.close()
+    assert (first.status, first.json()) == (200, {"got": {"n": 1}})
+    assert (second.status, second.json()) == (200, {"got": None})
+    assert seen == [("/a?x=1", {"n": 1}, "Bearer t"), ("/b", None, None)]
+    assert len(set(peers)) == 1  # the second request went over the first one's connection
+
+
+async def test_concurrent_requests_each_get_a_connection() -> None:
+    release = asyncio.Event()
+    arrived = 0
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 2:
+            release.set()
+        await release.wait()  # answers only once both requests are in: they cannot share one connection
+        return web.Response(text=request.path)
+
+    app = web.Application()
+    app.router.add_get("/{name}", slow)
+    async with aiohttp_server(app) as url:
+        client = HttpClient(url)
+        try:
+            one, two = await asyncio.gather(client.request("GET", "/one"), client.request("GET", "/two"))
+        finally:
+            await client.close()
+    assert (one.text(), two.text()) == ("/one", "/two")
+
+
+async def test_a_kept_alive_connection_the_server_closed_is_replaced_once() -> None:
+    connections = 0
+
+    async def first_answers_then_drops(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        number = connections
+        await read_request(reader)
+        writer.write(answer(f"connection {number}".encode()))
+        await writer.drain()
+        if number == 1:
+            await read_request(reader)  # the second request arrives on the kept-alive connection ...
+            writer.close()  # ... and the server drops it without a word (as after its idle timeout)
+            return
+        writer.close()
+
+    async with raw_server(first_answers_then_drops) as url:
+        client = HttpClient(url)
+        try:
+            first = await client.request("GET", "/")
+            second = await client.request("POST", "/result", json_body={"status": "Succeeded"})
+        finally:
+            await client.close()
+    assert (first.text(), second.text()) == ("connection 1", "connection 2")
+    assert connections == 2
+
+
+async def test_a_new_connection_that_drops_is_an_error_not_a_resend() -> None:
+    requests = 0
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        await read_request(reader)
+        requests += 1
+        writer.close()
+
+    async with raw_server(drop) as url:
+        client = HttpClient(url)
+        with pytest.raises(ProtocolBroken):
+            await client.request("POST", "/result", json_body={})
+        await client.close()
+    assert requests == 1
+
+
+async def test_garbage_is_a_broken_answer_and_an_os_error() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(garbage) as url:
+        client = HttpClient(url)
+        with pytest.raises(OSError, match="broken HTTP answer"):
+            await client.request("GET", "/healthz")
+        await client.close()
+
+
+async def test_a_download_streams_a_200_and_returns_another_answers_body() -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB, arriving in several pieces
+
+    async def bundle(request: web.Request) -> web.StreamResponse:
+        if request.match_info["name"] != "b":
+            return web.json_response({"error": "no such bundle"}, status=404)
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for start in range(0, len(payload), 100_000):
+            await response.write(payload[start : start + 100_000])
+        return response
+
+    app = web.Application()
+    app.router.add_get("/bundles/{name}", bundle)
+    async with aiohttp_server(app) as url:
+        client = HttpClient(url)
+        pieces: list[bytes] = []
+        try:
+            found = await client.download("/bundles/b", pieces.append)
+            missing = await client.download("/bundles/x", pieces.append)
+        finally:
+            await client.close()
+    assert found.status == 200 and b"".join(pieces) == payload and len(pieces) > 1
+    assert missing.status == 404 and json.loads(missing.body) == {"error": "no such bundle"}
+
+
+async def test_a_stalled_answer_ends_in_a_timeout() -> None:
+    stalled = asyncio.Event()
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await writer.drain()
+        stalled.set()
+        await reader.read()  # holds the connection open, sending nothing more, until the client goes
+        writer.close()
+
+    async with raw_server(stall) as url:
+        client = HttpClient(url)
+        with pytest.raises(TimeoutError):
+            await client.download("/bundle", lambda _: None, read=0.2)
+        with pytest.raises(TimeoutError):
+            await client.request("GET", "/next", total=0.2)
+        await client.close()
+    assert stalled.is_set()
+
+
+async def test_cancelling_a_waiting_request_cancels_it() -> None:
+    asked = asyncio.Event()
+
+    async def never(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        asked.set()
+        await reader.read()  # never answers
+        writer.close()
+
+    async with raw_server(never) as url:
+        client = HttpClient(url)
+        task = asyncio.create_task(client.request("GET", "/next", total=None))
+        await asyncio.wait_for(asked.wait(), 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await client.close()
+
+
+def test_only_http_and_https_urls() -> None:
+    with pytest.raises(ValueError, match="http:// or https://"):
+        HttpClient("ftp://example.com")
