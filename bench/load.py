@@ -25,6 +25,7 @@ class Load:
         self.sent: list[float] = []  # when each request of ``results`` was sent, in the same order
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._answered = threading.Condition(self._lock)
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
     def __enter__(self) -> Load:
@@ -59,6 +60,7 @@ class Load:
             with self._lock:
                 self.results.append(record)
                 self.sent.append(sent)
+                self._answered.notify_all()
             next_at += self.interval
             time.sleep(max(0.0, next_at - time.monotonic()))
 
@@ -82,6 +84,28 @@ class Load:
         with self._lock:
             pairs = list(zip(self.sent, self.results, strict=True))
         return [(status, body) for sent, (_, status, body) in pairs if sent > moment]
+
+    def wait_answered_after(self, moment: float, count: int, *, timeout: float = 60.0) -> None:
+        """Until ``count`` requests sent after ``moment`` were answered 200 (a condition, not a time window: a slow
+        machine only makes it take longer); TimeoutError after ``timeout`` seconds or once the load has ended."""
+
+        def enough() -> bool:
+            return (
+                sum(
+                    1
+                    for sent, (_, status, _) in zip(self.sent, self.results, strict=True)
+                    if sent > moment and status == 200
+                )
+                >= count
+            )
+
+        deadline = time.monotonic() + timeout
+        with self._answered:
+            while not enough():
+                left = deadline - time.monotonic()
+                if left <= 0 or not any(thread.is_alive() for thread in self._threads):
+                    raise TimeoutError(f"fewer than {count} requests sent after {moment:.3f} were answered 200")
+                self._answered.wait(min(left, 0.5))
 
     def bodies_sent_after(self, moment: float) -> list[str]:
         return [body for status, body in self.sent_after(moment) if status == 200]
