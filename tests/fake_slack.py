@@ -6,6 +6,13 @@ answer HTTP 429 with ``Retry-After``, as Slack does. ``go_down()`` is an outage:
 (recorded, with ``_answered``), or with ``refuse=True`` the port stops accepting connections; ``come_back()`` ends
 it. ``answered()`` are the calls Slack really took. It runs on the test's event loop (``async with``) or, for a bot
 running in another process, on its own thread (``start_in_thread``).
+
+Socket Mode, as Slack plays it: ``apps.connections.open`` with an app-level token (``xapp-…``; any other token is
+answered ``not_allowed_token_type``) answers a one-time ``ws://`` URL on this server; the websocket says ``hello``,
+then carries the envelopes a test sends (``send_envelope``, or ``send_envelope_from_thread`` when the fake runs on
+its own thread) and records each acknowledgement by its ``envelope_id`` (``acks``); ``ask_to_reconnect`` sends
+Slack's ``disconnect``. ``sockets`` are the connections in order, each with the close code the bot's client closed
+it with (1000 for a clean close).
 """
 
 from __future__ import annotations
@@ -15,12 +22,15 @@ import itertools
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 CHANNELS = {"#deploys": "C0DEPLOYS", "deploys": "C0DEPLOYS"}
+SOCKET_PATH = "/socket-mode"
+APP_ID = "A0APP"
 
 
 @dataclass
@@ -29,6 +39,21 @@ class Call:
     payload: dict[str, Any]
     authorization: str | None
     at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Socket:
+    """One Socket Mode connection from the bot: the app token its URL was issued to, and how the bot closed it
+    (``closed_with``: the websocket close code; None while open, or when the fake closed it first)."""
+
+    app_token: str
+    ws: web.WebSocketResponse
+    closed_with: int | None = None
+    closed_by_fake: bool = False
+
+    @property
+    def open(self) -> bool:
+        return not self.ws.closed
 
 
 class FakeSlack:
@@ -44,6 +69,11 @@ class FakeSlack:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
+        # Socket Mode
+        self._tickets: dict[str, str] = {}  # one-time ticket of an issued URL -> the app token it was issued to
+        self.sockets: list[Socket] = []
+        self.envelopes: list[dict[str, Any]] = []  # what was sent down the socket, in order
+        self.acks: dict[str, dict[str, Any]] = {}  # envelope_id -> the bot's acknowledgement
 
     # -- what tests use --------------------------------------------------------------------------------------
 
@@ -68,6 +98,85 @@ class FakeSlack:
         """Every chat.postMessage and chat.update, in order."""
         return [c for c in self.calls if c.method in ("chat.postMessage", "chat.update")]
 
+    # -- Socket Mode -----------------------------------------------------------------------------------------
+
+    def socket(self) -> Socket | None:
+        """The newest open Socket Mode connection."""
+        return next((s for s in reversed(self.sockets) if s.open), None)
+
+    async def send_envelope(self, kind: str, payload: dict[str, Any], *, accepts_response_payload: bool = False) -> str:
+        """Send ``payload`` down the newest open socket as Slack does (``kind``: ``slash_commands``,
+        ``interactive``, ``events_api``); its ``envelope_id``, under which ``acks`` will hold the answer."""
+        socket = self.socket()
+        if socket is None:
+            raise AssertionError("no open Socket Mode connection")
+        envelope = {
+            "envelope_id": str(uuid.uuid4()),
+            "type": kind,
+            "payload": payload,
+            "accepts_response_payload": accepts_response_payload,
+        }
+        self.envelopes.append(envelope)
+        await socket.ws.send_str(json.dumps(envelope))
+        return str(envelope["envelope_id"])
+
+    async def ask_to_reconnect(self, reason: str = "refresh_requested") -> None:
+        """Slack's ``disconnect`` message on the newest socket: the client is to open a new connection (Slack sends
+        it before it closes a connection for maintenance, and every few hours)."""
+        socket = self.socket()
+        if socket is None:
+            raise AssertionError("no open Socket Mode connection")
+        await socket.ws.send_json({"type": "disconnect", "reason": reason, "debug_info": {"host": "fake-slack"}})
+
+    def send_envelope_from_thread(
+        self, kind: str, payload: dict[str, Any], *, accepts_response_payload: bool = False
+    ) -> str:
+        """``send_envelope`` from another thread, when the fake runs on its own (``start_in_thread``)."""
+        assert self._loop is not None, "the fake runs on the caller's loop: await send_envelope"
+        sent = self.send_envelope(kind, payload, accepts_response_payload=accepts_response_payload)
+        return asyncio.run_coroutine_threadsafe(sent, self._loop).result(10)
+
+    async def _connections_open(self, call: Call) -> web.Response:
+        token = (call.authorization or "").removeprefix("Bearer ") or str(call.payload.get("token") or "")
+        if not token.startswith("xapp-"):
+            return web.json_response({"ok": False, "error": "not_allowed_token_type"})
+        ticket = uuid.uuid4().hex
+        self._tickets[ticket] = token
+        return web.json_response({"ok": True, "url": f"ws://127.0.0.1:{self.port}{SOCKET_PATH}?ticket={ticket}"})
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        token = self._tickets.pop(request.query.get("ticket", ""), None)
+        if token is None:  # Slack's URLs are for one connection
+            return web.json_response({"ok": False, "error": "invalid_ticket"}, status=401)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        socket = Socket(token, ws)
+        self.sockets.append(socket)
+        await ws.send_json(
+            {
+                "type": "hello",
+                "num_connections": sum(1 for s in self.sockets if s.open),
+                "debug_info": {"host": "fake-slack", "approximate_connection_time": 3600},
+                "connection_info": {"app_id": APP_ID},
+            }
+        )
+        async for message in ws:
+            if message.type is WSMsgType.TEXT:
+                answer = json.loads(message.data)
+                if isinstance(answer, dict) and "envelope_id" in answer:
+                    self.acks[str(answer["envelope_id"])] = answer
+        if not socket.closed_by_fake:
+            socket.closed_with = ws.close_code
+        return ws
+
+    async def _close_sockets(self, _app: web.Application) -> None:
+        for socket in self.sockets:
+            if socket.open:
+                socket.closed_by_fake = True
+                await socket.ws.close(code=WSCloseCode.GOING_AWAY)
+
+    # -- outages ---------------------------------------------------------------------------------------------
+
     async def go_down(self, *, refuse: bool = False) -> None:
         """An outage: 503 for every Web API call, or (``refuse``) no connections at all."""
         if refuse:
@@ -91,6 +200,8 @@ class FakeSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)  # a few Web API methods are GETs
         app.router.add_post("/response/{name}", self._response)
+        app.router.add_get(SOCKET_PATH, self._socket)
+        app.on_shutdown.append(self._close_sockets)
         return app
 
     async def _payload(self, request: web.Request) -> dict[str, Any]:
@@ -117,6 +228,8 @@ class FakeSlack:
             return web.json_response(
                 {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": str(retry_after)}
             )
+        if method == "apps.connections.open":
+            return await self._connections_open(self.calls[-1])
         if method == "auth.test":
             return web.json_response(
                 {"ok": True, "team_id": "T0TEAM", "user_id": "U0BOT", "bot_id": "B0BOT", "url": "https://x.slack.com/"}

@@ -9,11 +9,22 @@ Slack's 5-minute signature window, while the same words typed again are a new re
 start, intents a previous server took and did not finish are run, and deployments of the last day that have no
 thread get one (the notifier's outbox). Signatures are checked by bolt (401 for a bad or stale one).
 ``authorize=`` hands bolt the bot token directly, so no request waits for an ``auth.test`` round trip.
+
+Socket Mode (``SLACK_APP_TOKEN``, for a server Slack cannot reach): the bot connects out — ``apps.connections.open``
+with the app-level token on the same Web API base URL as every other call, then a websocket whose envelopes go
+through the same bolt app, acknowledged with their ``envelope_id``. The connection is made in the background, so a
+Slack that cannot be reached at start holds neither the server nor HTTP events (the client retries until it
+connects); at stop it is closed and every task it ran is awaited (``SocketModeLink``).
+
+The Web API methods called (``chat.postMessage``, ``chat.update``) and the ``/deploy`` command are what
+``slack/manifest.yml`` grants and declares; tests/test_slack_manifest.py keeps the two the same.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -38,6 +49,8 @@ from engine import DeploymentService
 log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
+COMMAND = "/deploy"  # exactly the command slack/manifest.yml declares
+APP_TOKEN_PREFIX = "xapp-"  # Socket Mode's app-level tokens (bot tokens are xoxb-)
 THREADS_FILE = "slack-threads.json"
 CATCH_UP_SECONDS = 24 * 3600.0  # at start, deployments this recent that have no thread get one
 CATCH_UP_LIMIT = 500  # ... looking at this many of the newest deployments at most
@@ -50,6 +63,7 @@ class SlackFront:
     notifier: SlackNotifier
     settings: Settings
     deployer: DeploymentService
+    socket_mode: SocketModeLink | None = None  # while the app runs, with SLACK_APP_TOKEN
 
 
 SLACK = web.AppKey("slack", SlackFront)
@@ -58,6 +72,14 @@ SLACK = web.AppKey("slack", SlackFront)
 def _header(request: AsyncBoltRequest, name: str) -> str | None:
     values = request.headers.get(name.lower()) or []
     return values[0] if values else None
+
+
+def _raw_body(request: AsyncBoltRequest) -> bytes:
+    """The request as Slack sent it: the signed HTTP body, or (Socket Mode: the envelope's payload is JSON, with no
+    body of its own) the payload in a canonical form, so a redelivery keys the same."""
+    if request.raw_body:
+        return request.raw_body.encode()
+    return json.dumps(request.body, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _ack_text(command: SlackCommand) -> str:
@@ -82,7 +104,7 @@ def _ack_text(command: SlackCommand) -> str:
 def build_bolt_app(
     settings: Settings, chatops: ChatOps, client: AsyncWebClient, deployer: DeploymentService
 ) -> AsyncApp:
-    """The bolt app with the ``/deploy`` command and the ``deploy.*`` buttons."""
+    """The bolt app with the ``/deploy`` command and the ``deploy.*`` buttons (and the page link's click)."""
     bot_token = settings.slack_bot_token
 
     async def authorize(enterprise_id: str | None, team_id: str | None, user_id: str | None) -> AuthorizeResult:
@@ -96,7 +118,7 @@ def build_bolt_app(
         process_before_response=False,
     )
 
-    @bolt.command(re.compile(r"^/deploy"))
+    @bolt.command(COMMAND)
     async def on_deploy(ack: Any, command: Mapping[str, Any], request: AsyncBoltRequest) -> None:
         text = str(command.get("text") or "")
         try:
@@ -115,7 +137,7 @@ def build_bolt_app(
             trigger_id=str(command.get("trigger_id") or "") or None,
             team_domain=str(command.get("team_domain") or "") or None,
             signed_at=_header(request, "X-Slack-Request-Timestamp"),
-            body=request.raw_body.encode(),
+            body=_raw_body(request),
         )
         again = await chatops.take_command(parsed, asked)  # stored before the ack; a replay gets what came of it
         await ack(text=again or _ack_text(parsed), response_type="ephemeral")
@@ -185,6 +207,51 @@ def setup_slack(app: web.Application, settings: Settings, deployer: DeploymentSe
     return True
 
 
+class SocketModeLink:
+    """Slack's Socket Mode for the app's lifetime: connect in the background, close and await every task at stop.
+
+    slack-sdk's client retries a failed connection on its own (every ping interval) and, on close, cancels its tasks
+    without awaiting them; awaiting them here is what lets the event loop end with nothing pending."""
+
+    def __init__(self, bolt: AsyncApp, app_token: str) -> None:
+        from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+
+        # The handler's Web API client is the bolt app's: apps.connections.open goes to SLACK_API_URL too.
+        self.handler = AsyncSocketModeHandler(bolt, app_token=app_token)
+        self.app_token = app_token
+        self.connected = asyncio.Event()
+        self._connecting: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if not self.app_token.startswith(APP_TOKEN_PREFIX):  # Slack would refuse it, and the client retry forever
+            log.error(
+                "Slack Socket Mode off: SLACK_APP_TOKEN is not an app-level token (%s…); make one under Basic "
+                "Information → App-Level Tokens with the scope connections:write",
+                APP_TOKEN_PREFIX,
+            )
+            return
+        self._connecting = asyncio.ensure_future(self._connect())
+
+    async def _connect(self) -> None:
+        await self.handler.connect_async()  # returns once connected (or the client was closed)
+        if not self.handler.client.closed:
+            self.connected.set()
+            log.info("Slack Socket Mode connected")
+
+    async def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
+        client = self.handler.client
+        try:
+            await self.handler.close_async()  # sends the websocket's close frame, closes the HTTP session
+        except Exception as exc:  # a connection already broken: nothing left to say goodbye to
+            log.info("Slack Socket Mode closed uncleanly: %s: %s", type(exc).__name__, exc)
+        running = [client.message_processor, client.current_session_monitor, client.message_receiver]
+        await asyncio.gather(*(task for task in running if task is not None), return_exceptions=True)
+
+
 async def _slack_lifetime(app: web.Application) -> AsyncIterator[None]:
     front = app[SLACK]
     notifiers = front.deployer.notifiers
@@ -193,22 +260,15 @@ async def _slack_lifetime(app: web.Application) -> AsyncIterator[None]:
     front.chatops.spawn(_catch_up_later(front))
     socket_mode = None
     if front.settings.slack_app_token:
-        from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
-
-        socket_mode = AsyncSocketModeHandler(front.bolt, app_token=front.settings.slack_app_token)
-        try:
-            await socket_mode.connect_async()
-        except Exception as exc:  # Slack unreachable: HTTP events (if any) still work; say why
-            log.error("Slack Socket Mode could not connect: %s", exc)
-            socket_mode = None
+        socket_mode = front.socket_mode = SocketModeLink(front.bolt, front.settings.slack_app_token)
+        socket_mode.start()
     try:
         yield
     finally:
         with contextlib.suppress(ValueError):
             notifiers.remove(front.notifier)
         if socket_mode is not None:
-            with contextlib.suppress(Exception):
-                await socket_mode.close_async()
+            await socket_mode.close()  # no new requests from here on
         await front.chatops.close()
         await front.notifier.close()
 
