@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.http import HttpProblem, bad_request, bearer_token, json_errors, json_object, json_response
+from bot.logs import annotate as annotate_log
 from engine import AgentFleet, CommandBody, HeartbeatBody, ResultBody, ScriptErrorCode
 
 MAX_POLL_SECONDS = 60.0
@@ -54,6 +55,7 @@ async def _require_agent_token(
     if host is None:
         raise HttpProblem(401, "Unauthorized", "unknown agent token: use the token `deploybot serve` issued")
     request[HOST] = host
+    annotate_log(host=host)
     return await handler(request)
 
 

@@ -28,6 +28,7 @@ from aiohttp import web
 from bot.durations import DURATION_FORMAT as DURATION_FORMAT
 from bot.durations import MAX_DURATION_SECONDS as MAX_DURATION_SECONDS
 from bot.durations import parse_duration as parse_duration
+from bot.logs import REQUEST_ID_HEADER, request_scope
 from engine import (
     VERBS,
     Action,
@@ -131,7 +132,18 @@ def json_response(data: object, *, status: int = 200) -> web.Response:
 async def json_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Turn every failure into the JSON error shape, so clients never have to parse HTML or plain text."""
+    """Turn every failure into the JSON error shape, so clients never have to parse HTML or plain text; every log
+    line of the request names its ``request_id`` (bot/logs.py), which the answer carries as ``X-Request-Id``."""
+    with request_scope(request.headers.get(REQUEST_ID_HEADER)) as ident:
+        response = await _errors_as_json(request, handler)
+    if not response.prepared:
+        response.headers.setdefault(REQUEST_ID_HEADER, ident)
+    return response
+
+
+async def _errors_as_json(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     try:
         return await handler(request)
     except EngineError as exc:

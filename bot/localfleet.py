@@ -72,14 +72,16 @@ def agent_processes(
     token_for: Callable[[str], str],
     python: str = sys.executable,
     ca_file: Path | None = None,
+    log_format: str = "text",
 ) -> tuple[AgentProcess, ...]:
     """The agent command line of every local host: ``python -m bot agent --server URL --name NAME ...``; writes each
-    host's token file (``--token-file``). ``ca_file`` (``server.tls.ca``) is passed as ``--ca-file``: an https://
-    server's certificate is then verified against it, else against the system CAs.
+        host's token file (``--token-file``). ``ca_file`` (``server.tls.ca``) is passed as ``--ca-file``: an https://
+        server's certificate is then verified against it, else against the system CAs. ``log_format`` is the server's
+    (``--log-format``): local agents' logs read as the server's do.
 
-    Each host gets ``<data>/hosts/NAME`` as its agent root and ``.../fs`` as the prefix that absolute appspec
-    destinations are placed under, so the local fleet never writes outside the data directory. ``PORT`` tells the
-    deployed application where to listen; ``DEPLOYBOT_PYTHON`` lets hook scripts run the server's interpreter.
+        Each host gets ``<data>/hosts/NAME`` as its agent root and ``.../fs`` as the prefix that absolute appspec
+        destinations are placed under, so the local fleet never writes outside the data directory. ``PORT`` tells the
+        deployed application where to listen; ``DEPLOYBOT_PYTHON`` lets hook scripts run the server's interpreter.
     """
     processes = []
     for host in hosts:
@@ -91,6 +93,8 @@ def agent_processes(
         argv += ["--token-file", str(token_file), "--root", str(root), "--prefix", str(root / "fs")]
         if ca_file is not None:
             argv += ["--ca-file", str(ca_file.absolute())]
+        if log_format != "text":
+            argv += ["--log-format", log_format]
         if host.port is not None:
             argv += ["--env", f"PORT={host.port}"]
         argv += ["--env", f"DEPLOYBOT_PYTHON={python}"]

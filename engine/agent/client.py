@@ -51,6 +51,7 @@ from engine.agent.executor import TOKEN_VARIABLE, CommandExecutor
 from engine.agent.hooks import HookGroup, HookOutcome, HookRunner
 from engine.agent.layout import AgentLayout, OngoingCommand, StoredResult
 from engine.agent.transport import HttpClient
+from engine.core import log_context
 from engine.core.agent_protocol import (
     RESTART_MESSAGE,
     RUNS_CAPABILITY,
@@ -223,7 +224,11 @@ class Agent:
             raise ServerNotTrusted(self._base, error, self.options.ca_file) from None
 
     async def run(self) -> None:
-        """Recover, then poll and run commands until cancelled."""
+        """Recover, then poll and run commands until cancelled (each log line names this host)."""
+        with log_context.bind(host=self.options.name):
+            await self._run()
+
+    async def _run(self) -> None:
         self.layout.root.mkdir(parents=True, exist_ok=True)
         heartbeats = asyncio.create_task(self._heartbeats(), name="agent-heartbeats")
         try:
@@ -335,6 +340,12 @@ class Agent:
 
     async def _run_command(self, command: Command) -> ResultBody:
         """Run one command under its crash record; the result, also stored in that record until it is accepted."""
+        with log_context.bind(
+            deployment=command.deployment_id, application=command.spec.application_name, event=command.event
+        ):
+            return await self._run_recorded(command)
+
+    async def _run_recorded(self, command: Command) -> ResultBody:
         started = time.time()
         record = OngoingCommand(command.id, command.deployment_id, command.event, started)
         self.layout.mark_ongoing(record)
