@@ -74,7 +74,15 @@ from engine.core.model import (
     Platform,
     ScriptErrorCode,
 )
-from engine.core.stages import Stage, TargetStage, TrafficStage, WaitKind, WaitStage, has_original_fleet
+from engine.core.stages import (
+    Stage,
+    TargetStage,
+    TrafficStage,
+    WaitKind,
+    WaitStage,
+    has_original_fleet,
+    with_fleets,
+)
 
 # -- state --------------------------------------------------------------------------------------------------
 
@@ -157,6 +165,13 @@ class DeploymentMachine:
         if handler is None:
             raise InvalidTransition(str(self.state.status), type(event).__name__)
         return handler(self, event)
+
+    def name_fleets(self, original: tuple[str, ...], replacement: tuple[str, ...]) -> None:
+        """Name a provisioned green fleet and the original it replaces (blue/green copy_auto_scaling_group): they
+        exist only once the deployment runs, so they are named just before it starts, never after."""
+        if self.state.status is not DeploymentStatus.CREATED:
+            raise InvalidTransition(str(self.state.status), "name_fleets")
+        self.stages = with_fleets(self.stages, original, replacement)
 
     @property
     def stage(self) -> Stage | None:

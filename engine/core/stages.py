@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine.core.configs import MinimumHealthyHosts, MinimumHealthyHostsType, TrafficStep
 from engine.core.lifecycle import FleetRole, event_order
@@ -70,6 +70,7 @@ class StageOptions:
     ready_wait_seconds: float | None = None  # None: continue at once (CONTINUE_DEPLOYMENT)
     termination_wait_seconds: float = 0.0
     stop_original: bool = False  # blue/green TERMINATE: stop the original fleet's application after the wait
+    provisioned_fleet: bool = False  # blue/green copy_auto_scaling_group: both fleets are named when it starts
     watch_seconds: float = 0.0
 
 
@@ -99,7 +100,7 @@ def _server_blue_green(options: StageOptions, green: tuple[str, ...], blue: tupl
         stages.append(WaitStage("ready", WaitKind.READY, options.ready_wait_seconds, stop_on_timeout=True))
     stages.append(TrafficStage("traffic", options.traffic_steps))
     stages.append(TargetStage("after-allow", green, after_allow))
-    if blue:
+    if blue or options.provisioned_fleet:
         stages.append(
             TargetStage(
                 "block-original",
@@ -110,7 +111,7 @@ def _server_blue_green(options: StageOptions, green: tuple[str, ...], blue: tupl
         )
     if options.termination_wait_seconds > 0:
         stages.append(WaitStage("termination", WaitKind.TERMINATION, options.termination_wait_seconds))
-    if options.stop_original and blue:
+    if options.stop_original and blue and not options.provisioned_fleet:
         # On hosts "terminate" means stopping the old application: ApplicationStop runs the original fleet's own
         # (last successful) scripts. After this a rollback has to redeploy.
         stop = (LifecycleEvent.APPLICATION_STOP,)
@@ -132,6 +133,23 @@ def _serverless(options: StageOptions, targets: tuple[str, ...]) -> list[Stage]:
             WaitStage("termination", WaitKind.TERMINATION, options.termination_wait_seconds, ends_reroute=True)
         )
     return stages
+
+
+REPLACEMENT_STAGES = ("install", "after-allow")
+ORIGINAL_STAGES = ("block-original",)
+
+
+def with_fleets(stages: Sequence[Stage], original: Sequence[str], replacement: Sequence[str]) -> tuple[Stage, ...]:
+    """A server blue/green deployment's stages with its two fleets named: a provisioned green fleet
+    (copy_auto_scaling_group) is only known once its instances run, after the stages were stored."""
+    named: list[Stage] = []
+    for stage in stages:
+        if isinstance(stage, TargetStage) and stage.name in REPLACEMENT_STAGES:
+            stage = replace(stage, targets=tuple(replacement))
+        elif isinstance(stage, TargetStage) and stage.name in ORIGINAL_STAGES:
+            stage = replace(stage, targets=tuple(original))
+        named.append(stage)
+    return tuple(named)
 
 
 def has_original_fleet(stages: Sequence[Stage]) -> bool:

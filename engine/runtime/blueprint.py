@@ -2,6 +2,17 @@
 
 Everything here is decided from the config and the group's history when a deployment is created; the result is
 stored with the deployment, so a config edited later never changes a deployment under way.
+
+A blue/green group with ``green_fleet_provisioning: copy_auto_scaling_group`` is the exception: its fleets exist
+only once the deployment runs. Its stages are stored with each fleet named by what it will be (``copy of web-asg``
+and ``web-asg``, as a plan shows them), and ``spec["green_fleet"]`` holds what the runner needs to name them when
+the deployment starts (``auto_scaling_group``: the configured group; ``terminate``: the terminate action). The
+runner adds ``source`` (the Auto Scaling group copied: the copy made by the group's newest successful deployment,
+else the configured one, ``current_auto_scaling_group``) and ``copy`` (``CodeDeploy_<group>_<deployment id>``,
+``green_fleet_name``) before it makes the copy, so a restart or a failure finds it; the ``copy`` of the newest
+successful deployment is the group's Auto Scaling group from then on. Once the original is retired or the copy
+discarded, ``settled`` is set; a deployment that ended unsettled (the server died in between) is settled by the
+group's next deployment before it copies anything (``unsettled_green_fleets``).
 """
 
 from __future__ import annotations
@@ -54,6 +65,8 @@ class Blueprint:
 
     async def resolve_targets(self, group: DeploymentGroup, appspec: Mapping[str, Any] | None) -> tuple[str, ...]:
         """The targets of a new deployment; raises DeploymentRefused when there are none."""
+        if _copies_fleet(group):
+            return ()  # the Auto Scaling group's copy, made when the deployment starts
         if group.platform is Platform.LAMBDA:
             assert appspec is not None
             return (serverless_target(group, appspec),)
@@ -72,6 +85,10 @@ class Blueprint:
     ) -> tuple[Stage, ...]:
         """The stages of a new deployment; blue/green installs on the pool's idle side and shifts to it."""
         options = self.stage_options(group, config)
+        if _copies_fleet(group):
+            # Named by the runner once the copy's instances run; until then (and in a plan) by what they will be.
+            source = await current_auto_scaling_group(self.store, group.name, str(group.blue_green.auto_scaling_group))
+            return deployment_stages(options, (provisioned_placeholder(source),), (source,))
         if group.platform is Platform.SERVER and group.deployment_type is DeploymentType.BLUE_GREEN:
             live, idle = await self.sides(group)
             return deployment_stages(options, idle, live)
@@ -86,8 +103,8 @@ class Blueprint:
         for row in await self.store.list_deployments(group_name=group.name, status="Succeeded", limit=1):
             stages = row["state"].get("stages", [])
             installed = next((s["targets"] for s in stages if s["kind"] == "targets"), None)
-            if installed and set(installed) <= set(pool):
-                live = tuple(installed)
+            if installed and (set(installed) <= set(pool) or _copies_fleet(group)):
+                live = tuple(installed)  # a provisioned fleet: the instances of the copy that succeeded last
         return live, tuple(t for t in pool if t not in live)
 
     def stage_options(self, group: DeploymentGroup, config: Any) -> StageOptions:
@@ -114,6 +131,7 @@ class Blueprint:
             termination_wait_seconds=options.termination_wait_minutes * 60.0,
             stop_original=options.terminate_action == "TERMINATE",
             watch_seconds=group.watch_minutes * 60.0,
+            provisioned_fleet=_copies_fleet(group),
         )
 
     def agent_spec(
@@ -125,6 +143,11 @@ class Blueprint:
     ) -> dict[str, Any]:
         """What every target of the deployment is told (agents; Lambda/ECS drivers get the AppSpec and AWS bits)."""
         spec = self._common_spec(deployment_id, group, revision)
+        if _copies_fleet(group):
+            spec["green_fleet"] = {
+                "auto_scaling_group": group.blue_green.auto_scaling_group,
+                "terminate": group.blue_green.terminate_action == "TERMINATE",
+            }
         if group.platform is Platform.SERVER:
             return spec
         spec["appspec"] = dict(appspec or {})
@@ -163,6 +186,54 @@ class Blueprint:
         }
 
     # -- the queue -------------------------------------------------------------------------------------------
+
+
+def _copies_fleet(group: DeploymentGroup) -> bool:
+    return (
+        group.platform is Platform.SERVER
+        and group.deployment_type is DeploymentType.BLUE_GREEN
+        and group.blue_green.copies_auto_scaling_group
+    )
+
+
+def provisioned_placeholder(source: str) -> str:
+    """What a stored deployment and a plan call the green fleet before it exists (never a host's name: spaces)."""
+    return f"copy of {source}"
+
+
+def green_fleet_name(group_name: str, deployment_id: str) -> str:
+    """The Auto Scaling group a deployment's green fleet is copied into, named as CodeDeploy names it."""
+    return f"CodeDeploy_{group_name}_{deployment_id}"
+
+
+async def current_auto_scaling_group(store: DeploymentStore, group_name: str, configured: str) -> str:
+    """The Auto Scaling group a new deployment of ``group_name`` copies: the copy its newest successful deployment
+    made (traffic is there; a failed one discarded its copy), else ``configured``."""
+    for row in await store.list_deployments(group_name=group_name, status="Succeeded", limit=50):
+        made = ((row.get("state") or {}).get("spec") or {}).get("green_fleet") or {}
+        if made.get("copy"):
+            return str(made["copy"])
+    return configured
+
+
+async def unsettled_green_fleets(store: DeploymentStore, group_name: str) -> list[dict[str, Any]]:
+    """The group's ended deployments whose copy was never settled (the server died between storing the outcome and
+    retiring the original or discarding the copy), newest first: rows whose ``state.spec.green_fleet`` has a
+    ``copy`` and no ``settled``."""
+    ended = await store.list_deployments(group_name=group_name, status=["Succeeded", "Failed", "Stopped"], limit=20)
+    return [
+        row
+        for row in ended
+        if (made := ((row.get("state") or {}).get("spec") or {}).get("green_fleet") or {}).get("copy")
+        and not made.get("settled")
+    ]
+
+
+def settled_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored deployment ``state`` whose green fleet is marked settled (retired or discarded)."""
+    spec = dict(state.get("spec") or {})
+    spec["green_fleet"] = {**(spec.get("green_fleet") or {}), "settled": True}
+    return {**state, "spec": spec}
 
 
 def installed_targets(stages: tuple[Stage, ...]) -> tuple[str, ...]:

@@ -68,12 +68,18 @@ class Rollbacks:
             deployment_id=deployment_id,
             data={"trigger": str(command.trigger), "rerouted": command.rerouted},
         )
-        if group.platform is not Platform.SERVER:
+        copied_fleet = bool(((row.get("state") or {}).get("spec") or {}).get("green_fleet"))
+        if group.platform is not Platform.SERVER or copied_fleet:
             # Lambda and ECS: the alias or listener is already back on the original version (the machine rerouted
             # before this) and the driver removes the replacement task set when the deployment ends: nothing to
-            # redeploy.
+            # redeploy. A group that copies its Auto Scaling group likewise: the original instances never changed,
+            # the listener is back on them, and the runner deletes the copy with its instances.
             what = (
-                "alias back on CurrentVersion" if group.platform is Platform.LAMBDA else "listener back on the original"
+                "alias back on CurrentVersion"
+                if group.platform is Platform.LAMBDA
+                else "listener back on the original Auto Scaling group"
+                if copied_fleet
+                else "listener back on the original"
             )
             await self.store.append_log(
                 "rollback.rerouted",

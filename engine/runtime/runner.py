@@ -17,6 +17,11 @@ Rules:
    that follow it up to the next server-side step, ``agent_run``): one transaction queues them all, and an agent
    runs a run back to back. The machine still hears each result in order and dispatches each next event as usual;
    that dispatch finds the command already queued (rule 2's idempotent dispatch).
+8. A provisioned green fleet (blue/green ``copy_auto_scaling_group``: the router is a ``GreenFleet`` and the spec
+   has ``green_fleet``) is made before the machine starts: the copy is named in the stored spec first, then made,
+   then its agents must come online within ``agent_wait``; the machine then hears the fleets' names and
+   ``Started`` (or ``StartBlocked`` when the copy or its agents failed). A stop request is heard meanwhile. When
+   the deployment ends the original is retired (success: terminated or kept alive) or the copy discarded.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from engine.core import log_context
 from engine.core.agent_protocol import agent_run
 from engine.core.config.model import AlarmConfiguration
 from engine.core.errors import EngineError, InvalidTransition
@@ -44,6 +50,7 @@ from engine.core.events import (
     Started,
     StartRollback,
     StartTimer,
+    StopRequested,
     TimerElapsed,
     TrafficShifted,
     TrafficShiftFailed,
@@ -53,13 +60,22 @@ from engine.core.machine import DeploymentMachine
 from engine.core.model import DeploymentStatus, ErrorCode, EventStatus, LifecycleEvent, ScriptErrorCode
 from engine.core.snapshot import stages_to_json, state_to_json
 from engine.core.stages import TrafficStage, WaitStage
-from engine.ports import AlarmSource, Clock, DeploymentStore, HostExecutor, HostFleet, TrafficRouter
+from engine.ports import AlarmSource, Clock, DeploymentStore, GreenFleet, HostExecutor, HostFleet, TrafficRouter
+from engine.runtime.blueprint import (
+    blue_green_roles,
+    current_auto_scaling_group,
+    green_fleet_name,
+    settled_state,
+    unsettled_green_fleets,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 VERIFY_INTERVAL_SECONDS = 10.0  # argo-rollouts' default retry interval for an unverified weight
 VERIFY_TIMEOUT_SECONDS = 600.0  # argo-rollouts' default progressDeadlineSeconds
+AGENT_WAIT_SECONDS = 600.0  # how long a provisioned green fleet's agents have to come online (rule 8)
+AGENT_POLL_SECONDS = 1.0
 
 
 class DeploymentRunner:
@@ -84,6 +100,7 @@ class DeploymentRunner:
         verify_interval: float = VERIFY_INTERVAL_SECONDS,
         verify_timeout: float = VERIFY_TIMEOUT_SECONDS,
         fleet: HostFleet | None = None,
+        agent_wait: float = AGENT_WAIT_SECONDS,
     ) -> None:
         """``fleet``: the agents' fleet when it is the ``executor`` (rule 7); other executors get one event at a
         time."""
@@ -105,6 +122,7 @@ class DeploymentRunner:
         self.verify_interval = verify_interval
         self.verify_timeout = verify_timeout
         self.fleet = fleet
+        self.agent_wait = agent_wait  # rule 8
         self._shifts = 0  # traffic shifts started; a shift overtaken by a later one (a promotion) stays silent
         self._shift_tasks: set[asyncio.Future[None]] = set()
         self._unverifiable_noted = False
@@ -151,14 +169,33 @@ class DeploymentRunner:
     # -- the loop --------------------------------------------------------------------------------------------
 
     async def run(self, *, resume: bool = False) -> None:
+        """Drive the deployment to its end; each log line of it (and of the tasks it starts) names it."""
+        row = await self.store.get_deployment(self.deployment_id)  # its environment and creator, for the log alone
+        with log_context.bind(
+            deployment=self.deployment_id,
+            application=self.spec.get("application_name"),
+            environment=row.get("environment") if row else None,
+            deployment_group=self.group,
+            actor=row.get("created_by") if row else None,
+        ):
+            log.info("deployment %s %s", self.deployment_id, "resumed" if resume else "started")
+            await self._drive(resume=resume)
+            log.info("deployment %s ended: %s", self.deployment_id, self.machine.state.status)
+
+    async def _drive(self, *, resume: bool) -> None:
         try:
-            if self.roles is not None and self.router is not None:
+            starting = not (resume and self.machine.state.status is not DeploymentStatus.CREATED)
+            provisions = starting and self._provisions_green_fleet()
+            if self.roles is not None and self.router is not None and not provisions:
                 await self.router.prepare(self.group, *self.roles)
-            if resume and self.machine.state.status is not DeploymentStatus.CREATED:
+            if not starting:
                 await self._resume()
             else:
                 blocked = await self._alarms_before_start()
-                await self._step(StartBlocked(ErrorCode.ALARM_ACTIVE, blocked) if blocked else Started())
+                start: Event = StartBlocked(ErrorCode.ALARM_ACTIVE, blocked) if blocked else Started()
+                if provisions and not blocked:
+                    start = await self._provision_green_fleet()
+                await self._step(start)
             if self.alarms is not None and self.spec.get("ignore_alarms"):
                 await self._log("alarms.ignored", reason="deployed with --ignore-alarms: no alarm is watched")
             elif self.alarms is not None:
@@ -301,6 +338,7 @@ class DeploymentRunner:
         elif isinstance(command, StartRollback):
             await self._on_rollback(self.deployment_id, command)
         elif isinstance(command, Finish):
+            await self._settle_green_fleet(command.status)
             await self._on_finish(self.deployment_id)
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Future[None]:
@@ -439,6 +477,113 @@ class DeploymentRunner:
                 }
         result["ended_at"] = self.clock.now()
         await self.record_result(target, event, result)
+
+    # -- a provisioned green fleet (rule 8) -------------------------------------------------------------------
+
+    def _provisions_green_fleet(self) -> bool:
+        """Whether this deployment makes its green fleet (a rollback's stages shift no traffic: it makes none)."""
+        return "green_fleet" in self.spec and blue_green_roles(self.machine.stages) is not None
+
+    def _green_fleet(self) -> GreenFleet | None:
+        """The router, when it provisions this deployment's green fleet."""
+        wanted = self._provisions_green_fleet()
+        return self.router if wanted and isinstance(self.router, GreenFleet) else None
+
+    async def _provision_green_fleet(self) -> Event:
+        """Copy the group's Auto Scaling group and wait for its agents, hearing a stop request meanwhile; the event
+        the machine starts with (``Started`` with both fleets named, or why it cannot start)."""
+        provisioning = asyncio.ensure_future(self._provision())
+        held: list[Event] = []
+        try:
+            while not provisioning.done():
+                getting = asyncio.ensure_future(self.inbox.get())
+                await asyncio.wait({provisioning, getting}, return_when=asyncio.FIRST_COMPLETED)
+                if not getting.done():
+                    getting.cancel()
+                    continue
+                event = getting.result()
+                if isinstance(event, StopRequested):
+                    provisioning.cancel()
+                    await asyncio.gather(provisioning, return_exceptions=True)
+                    return event
+                held.append(event)
+            return provisioning.result()
+        finally:
+            for event in held:
+                self.post(event)
+
+    async def _provision(self) -> Event:
+        fleet = self._green_fleet()
+        if fleet is None:  # e.g. a server started without the group's ELBv2 router
+            return StartBlocked(ErrorCode.INTERNAL_ERROR, f"{self.group} has no router that can copy its fleet")
+        for row in await unsettled_green_fleets(self.store, self.group):  # left by a server that died, or failed
+            state = row["state"]
+            try:
+                await self._settle(fleet, state["spec"]["green_fleet"], row["status"] == DeploymentStatus.SUCCEEDED)
+            except EngineError as exc:  # still unsettled: the next deployment tries again
+                await self._log("green_fleet.settle_failed", deployment=row["id"], error=str(exc))
+                continue
+            await self.store.update_deployment(row["id"], state=settled_state(state))
+        plan = self.spec["green_fleet"] = dict(self.spec["green_fleet"])
+        if not plan.get("copy"):
+            plan["source"] = await current_auto_scaling_group(self.store, self.group, str(plan["auto_scaling_group"]))
+            plan["copy"] = green_fleet_name(self.group, self.deployment_id)
+            await self.store.update_deployment(self.deployment_id, state=self.snapshot())  # named before it exists
+        await self._log("green_fleet.provisioning", source=plan["source"], copy=plan["copy"])
+        await self._on_change(self.deployment_id)
+        try:
+            original, replacement = await fleet.provision(self.group, plan["source"], plan["copy"])
+        except EngineError as exc:
+            return StartBlocked(ErrorCode.INTERNAL_ERROR, f"the green fleet could not be provisioned: {exc}")
+        await self._log("green_fleet.provisioned", copy=plan["copy"], instances=list(replacement))
+        silent = await self._agents_online(replacement)
+        if silent:
+            return StartBlocked(
+                ErrorCode.AGENT_ISSUE,
+                f"the agents of {', '.join(silent)} ({plan['copy']}) did not come online within {self.agent_wait:g} s",
+            )
+        try:
+            await fleet.prepare(self.group, original, replacement)  # each side in its own target group
+        except EngineError as exc:
+            return StartBlocked(ErrorCode.INTERNAL_ERROR, f"the green fleet could not be registered: {exc}")
+        self.machine.name_fleets(original, replacement)
+        self.roles = (original, replacement)
+        return Started()
+
+    async def _agents_online(self, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        """Wait until every host's agent has talked to the server; the ones still silent after ``agent_wait``."""
+        started = self.clock.monotonic()
+        while True:
+            silent = tuple(h for h in hosts if self.fleet is not None and self.fleet.last_seen(h) is None)
+            if not silent or self.clock.monotonic() - started >= self.agent_wait:
+                return silent
+            await self.clock.sleep(AGENT_POLL_SECONDS)
+
+    async def _settle_green_fleet(self, status: DeploymentStatus) -> None:
+        """The deployment ended: retire the original Auto Scaling group, or discard the copy (rule 8), then mark it
+        settled. Failures are logged, never raised: the deployment's outcome is already stored; the group's next
+        deployment settles what is left unsettled."""
+        fleet = self._green_fleet()
+        plan = self.spec.get("green_fleet") or {}
+        if fleet is None or not plan.get("copy"):
+            return
+        try:
+            await self._settle(fleet, plan, status is DeploymentStatus.SUCCEEDED)
+        except EngineError as exc:
+            log.error("deployment %s: green fleet not settled: %s", self.deployment_id, exc)
+            await self._log("green_fleet.settle_failed", error=str(exc))
+            return
+        self.spec["green_fleet"] = {**plan, "settled": True}
+        await self.store.update_deployment(self.deployment_id, state=self.snapshot())
+
+    async def _settle(self, fleet: GreenFleet, plan: Mapping[str, Any], succeeded: bool) -> None:
+        if succeeded:
+            terminate = bool(plan.get("terminate"))
+            await fleet.retire(self.group, plan["source"], terminate=terminate)
+            await self._log("green_fleet.retired", original=plan["source"], copy=plan["copy"], terminated=terminate)
+        else:
+            await fleet.discard(self.group, plan["copy"])
+            await self._log("green_fleet.discarded", copy=plan["copy"])
 
     # -- alarms ----------------------------------------------------------------------------------------------
 

@@ -10,12 +10,13 @@ waiting, before any deployment resumes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from engine.adapters.aws.accounts import AwsAccounts
 from engine.adapters.aws.hook_executions import HookExecutions
 from engine.core.config.model import DeploymentGroup, EngineConfig
 from engine.core.model import Platform, Revision
-from engine.ports import Clock, HookExecutionRecords, OnResult, PlatformDriver, RevisionArchive
+from engine.ports import Clock, HookExecutionRecords, OnResult, PlatformDriver, RevisionArchive, TrafficRouter
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,20 @@ class AwsRuntime:
         tags = group.extra.get("ec2_tags") or {}
         clients = self.accounts.clients(str(group.extra.get("aws_account", "default")))
         return await instances_with_tags(clients, dict(tags))  # type: ignore[call-overload]
+
+    def with_green_fleets(self, routers: Mapping[str, TrafficRouter]) -> dict[str, TrafficRouter]:
+        """``routers`` with each blue/green group that copies its Auto Scaling group (``green_fleet_provisioning:
+        copy_auto_scaling_group``) given an ``AutoScalingGreenFleet`` around its ELBv2 router."""
+        from engine.adapters.aws.autoscaling import AutoScalingGreenFleet
+
+        wrapped = dict(routers)
+        for group in self.config.groups():
+            router = wrapped.get(group.name)
+            if router is None or not group.blue_green.copies_auto_scaling_group:
+                continue
+            clients = self.accounts.clients(str(group.extra.get("aws_account", "default")))
+            wrapped[group.name] = AutoScalingGreenFleet(clients, router, clock=self.clock)
+        return wrapped
 
     async def fetch_s3_revision(
         self,

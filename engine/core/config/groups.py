@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import NamedTuple
 
@@ -66,6 +66,10 @@ _MAX_WAIT_MINUTES = 2880
 _FILE_EXISTS = ("DISALLOW", "OVERWRITE", "RETAIN")
 _READY_ACTIONS = ("CONTINUE_DEPLOYMENT", "STOP_DEPLOYMENT")
 _TERMINATE_ACTIONS = ("TERMINATE", "KEEP_ALIVE")
+# greenFleetProvisioningOption, in the file's spelling (CodeDeploy's upper-case names are accepted too)
+_GREEN_FLEET_PROVISIONING = ("discover_existing", "copy_auto_scaling_group")
+COPY_AUTO_SCALING_GROUP = "copy_auto_scaling_group"
+_ASG_NAME = re.compile(r"^[^:\x00-\x1f]{1,255}$")  # EC2 Auto Scaling's ResourceName (no ':' in a plain name)
 _GROUP_KEYS = (
     *("name", "deployment_type", "deployment_config", "traffic_config", "targets", "load_balancer", "alarms"),
     *("auto_rollback", "blue_green", "file_exists_behavior", "ignore_application_stop_failures"),
@@ -196,8 +200,16 @@ def parse_group(
     reader: NodeReader, app: str, environment: str, platform: Platform, entry: Entry, ctx: GroupContext
 ) -> DeploymentGroup:
     """The deployment group of ``app`` in ``environment``, checked against the rest of the file (``ctx``)."""
-    required = ("targets",) if platform is Platform.SERVER else ()
+    # A group that copies its Auto Scaling group deploys to the copy's instances: it names no targets.
+    copies = platform is Platform.SERVER and _copies_auto_scaling_group(entry.value)
+    required = ("targets",) if platform is Platform.SERVER and not copies else ()
     fields = reader.fields(entry.value, entry.path, _GROUP_KEYS, required=required)
+    if copies and (where := fields.get("targets")) is not None:
+        message = (
+            "a group with green_fleet_provisioning: copy_auto_scaling_group deploys to the instances of its Auto "
+            "Scaling group's copy; leave targets out"
+        )
+        reader.report(where.key, message, where.path)
     name = reader.get(fields, "name", partial(read_name, reader), f"{app}-{environment}", "deployment group")
     if name in ctx.group_names:
         where = fields.get("name") or Entry(entry.key, entry.key, entry.path)
@@ -258,7 +270,7 @@ def parse_group(
         load_balancer=load_balancer,
         alarms=_alarms(reader, fields.get("alarms"), load_balancer),
         auto_rollback=_auto_rollback(reader, fields.get("auto_rollback")),
-        blue_green=_blue_green_options(reader, fields.get("blue_green"), blue_green),
+        blue_green=_blue_green_options(reader, fields.get("blue_green"), blue_green, load_balancer),
         file_exists_behavior=reader.get(fields, "file_exists_behavior", reader.choice, "DISALLOW", _FILE_EXISTS),
         ignore_application_stop_failures=reader.get(fields, "ignore_application_stop_failures", reader.boolean, False),
         deployers=reader.get(fields, "deployers", read_list, (), ctx.people),
@@ -509,17 +521,88 @@ def _auto_rollback(reader: NodeReader, entry: Entry | None) -> AutoRollback:
     return AutoRollback(enabled, frozenset(AutoRollbackEvent(event) for event in events if event is not None))
 
 
-def _blue_green_options(reader: NodeReader, entry: Entry | None, blue_green: bool) -> BlueGreenOptions:
+def _blue_green_options(
+    reader: NodeReader, entry: Entry | None, blue_green: bool, load_balancer: LoadBalancer | None = None
+) -> BlueGreenOptions:
     if entry is None or is_null(entry.value):
         return BlueGreenOptions()
     if not blue_green:
         reader.report(entry.key, "blue_green options apply only to blue-green deployments", entry.path)
-    keys = ("ready_action", "ready_wait_minutes", "terminate_action", "termination_wait_minutes")
+    keys = (
+        *("ready_action", "ready_wait_minutes", "terminate_action", "termination_wait_minutes"),
+        *("green_fleet_provisioning", "auto_scaling_group"),
+    )
     fields = reader.fields(entry.value, entry.path, keys)
     minutes = (reader.number, 0, 0, _MAX_WAIT_MINUTES)  # fractions allowed (deploybot extension)
-    return BlueGreenOptions(
+    options = BlueGreenOptions(
         ready_action=reader.get(fields, "ready_action", reader.choice, "CONTINUE_DEPLOYMENT", _READY_ACTIONS),
         ready_wait_minutes=reader.get(fields, "ready_wait_minutes", *minutes),
-        terminate_action=reader.get(fields, "terminate_action", reader.choice, "KEEP_ALIVE", _TERMINATE_ACTIONS),
+        terminate_action=reader.get(fields, "terminate_action", _either_case(reader), "KEEP_ALIVE", _TERMINATE_ACTIONS),
         termination_wait_minutes=reader.get(fields, "termination_wait_minutes", *minutes),
+        green_fleet_provisioning=reader.get(
+            fields,
+            "green_fleet_provisioning",
+            _either_case(reader, lower=True),
+            "discover_existing",
+            _GREEN_FLEET_PROVISIONING,
+        ),
+        auto_scaling_group=reader.get(fields, "auto_scaling_group", reader.string, None),
     )
+    _check_green_fleet(reader, entry, fields, options, load_balancer)
+    return options
+
+
+def _either_case(reader: NodeReader, *, lower: bool = False) -> Callable[[Node, str, tuple[str, ...]], str | None]:
+    """``reader.choice`` that takes CodeDeploy's upper-case spelling and the file's lower-case one alike."""
+
+    def read(node: Node, path: str, choices: tuple[str, ...]) -> str | None:
+        if isinstance(node, ScalarNode) and isinstance(node.value, str):
+            wanted = node.value.lower() if lower else node.value.upper()
+            if wanted in choices:
+                return wanted
+        return reader.choice(node, path, choices)
+
+    return read
+
+
+def _check_green_fleet(
+    reader: NodeReader,
+    entry: Entry,
+    fields: dict[str, Entry],
+    options: BlueGreenOptions,
+    load_balancer: LoadBalancer | None,
+) -> None:
+    """Copying an Auto Scaling group needs the group to copy and an ELBv2 listener to move to the copy; naming a
+    group without copying it would be a setting that silently does nothing."""
+    asg = fields.get("auto_scaling_group")
+    if asg is not None and options.auto_scaling_group is not None and not _ASG_NAME.match(options.auto_scaling_group):
+        reader.report(asg.value, f"bad Auto Scaling group name {options.auto_scaling_group!r}", asg.path)
+    if not options.copies_auto_scaling_group:
+        if asg is not None:
+            message = "auto_scaling_group applies only with green_fleet_provisioning: copy_auto_scaling_group"
+            reader.report(asg.key, message, asg.path)
+        return
+    where = fields["green_fleet_provisioning"]
+    if asg is None:
+        message = (
+            "green_fleet_provisioning: copy_auto_scaling_group needs auto_scaling_group: the name of the Auto "
+            "Scaling group each deployment copies"
+        )
+        reader.report(where.value, message, f"{entry.path}.auto_scaling_group")
+    if load_balancer is None or load_balancer.type != "elbv2":
+        message = (
+            "green_fleet_provisioning: copy_auto_scaling_group needs a load_balancer of type elbv2 (two target groups "
+            "and a listener) to move the traffic to the copy"
+        )
+        reader.report(where.value, message, where.path)
+
+
+def _copies_auto_scaling_group(group: Node) -> bool:
+    """Whether a group's mapping says ``blue_green: {green_fleet_provisioning: copy_auto_scaling_group}`` (read
+    before the group's keys are, because it decides whether ``targets`` is required)."""
+    for key, value in group.value if isinstance(group, MappingNode) else ():
+        if isinstance(key, ScalarNode) and key.value == "blue_green" and isinstance(value, MappingNode):
+            for option, setting in value.value:
+                if isinstance(option, ScalarNode) and option.value == "green_fleet_provisioning":
+                    return isinstance(setting, ScalarNode) and str(setting.value).lower() == COPY_AUTO_SCALING_GROUP
+    return False
