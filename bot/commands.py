@@ -1,6 +1,8 @@
 """The chat grammar (pure): ``/deploy ...`` text in, one typed command value out, or a ParseError.
 
-Shared by Slack slash commands and (later) GitHub pull-request comments, so both fronts accept the same words.
+Shared by Slack slash commands and GitHub pull-request comments (bot/github/comment_commands.py), so both fronts
+accept the same words. A front that knows which application is meant (a comment on a repository that feeds exactly
+one) passes it as ``default_application``: then ``to ENV``, ``plan to ENV`` and ``rollback in ENV`` name it.
 Verbs and keywords ignore case; application and environment names ignore case too and, when a ``Catalog`` of the
 configured names is given, come back in their declared spelling — an unknown one is named in the error with the
 closest known name. A malformed line gets the verb's usage line and, when one can be guessed, the closest valid
@@ -143,9 +145,12 @@ def help_text() -> str:
     return "\n".join(f"`{line}`" for line in USAGE.values())
 
 
-def parse_command(text: str, catalog: Catalog | None = None) -> Command:
-    """Parse the text after ``/deploy``; raises ParseError. ``catalog`` checks and normalizes names."""
+def parse_command(text: str, catalog: Catalog | None = None, *, default_application: str | None = None) -> Command:
+    """Parse the text after ``/deploy``; raises ParseError. ``catalog`` checks and normalizes names;
+    ``default_application`` is the application a command without one means."""
     words = text.split()
+    if default_application is not None:
+        words = with_default_application(words, default_application)
     if not words:
         raise ParseError("say what to deploy where", USAGE["deploy"], "/deploy help")
     verb = words[0].casefold()
@@ -153,6 +158,19 @@ def parse_command(text: str, catalog: Catalog | None = None) -> Command:
     if parser is not None:
         return parser(words[1:], _Names(catalog))
     return _deploy_or_unknown(words, _Names(catalog))
+
+
+def with_default_application(words: Sequence[str], application: str) -> list[str]:
+    """``to ENV`` → ``APP to ENV``, ``plan to ENV`` → ``plan APP to ENV``, ``rollback in ENV`` →
+    ``rollback APP in ENV``; any other words as they are."""
+    words = list(words)
+    if len(words) == 2 and _keyword(words[0], "to"):
+        return [application, *words]
+    if len(words) == 3 and (words[0].casefold(), words[1].casefold()) in (("plan", "to"), ("rollback", "in")):
+        return [words[0], application, *words[1:]]
+    if len(words) == 4 and _keyword(words[0], "to") and _keyword(words[2], "with"):
+        return [application, *words]
+    return words
 
 
 # -- names ---------------------------------------------------------------------------------------------------

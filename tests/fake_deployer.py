@@ -638,7 +638,13 @@ class FakeDeployer:
             task.cancel()
 
     async def store_revision(
-        self, path: Path, *, source: str, commit: str | None = None, application: str | None = None
+        self,
+        path: Path,
+        *,
+        source: str,
+        commit: str | None = None,
+        application: str | None = None,
+        location: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         data = path.read_bytes()
         self.calls.append(("store_revision", source, data))

@@ -4,7 +4,10 @@ It serves what deploybot uses: commit tarballs (``/repos/o/r/tarball/REF`` answe
 host, which returns a gzip tarball with one top directory, like codeload; 404 for a commit it does not hold),
 commits by full or short SHA, combined statuses and check runs with configurable colours, deployments and their
 statuses, check runs (or 403 when ``check_runs_allowed`` is False), commit statuses, pull request files, file
-contents, and GitHub App installation tokens (the JWT is verified against the app's public key). A tarball can be
+contents, and GitHub App installation tokens (the JWT is verified against the app's public key). For pull-request
+comment deploys: pull requests (``pulls``), collaborators' permissions (``permissions``, login -> role; 404 for
+anyone else), reactions on comments, and issue comments created, listed and edited (``comments``, with every
+version of each body in ``comment_bodies``). A tarball can be
 held back until the test sets its ``tarball_gates`` event (a slow download, without time). ``signed`` builds a
 webhook request the way GitHub signs it; the ``*_payload`` helpers build the events' bodies.
 """
@@ -39,6 +42,7 @@ class Call:
 @dataclass
 class FakeGitHub:
     commits: dict[str, dict[str, str | bytes]] = field(default_factory=dict)  # sha -> {path: content}
+    commit_dates: dict[str, str] = field(default_factory=dict)  # sha -> the committer date GitHub reports (ISO 8601)
     executable: set[str] = field(default_factory=set)  # paths written with mode 0755
     statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # sha -> [{context, state}]
     check_runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # sha -> [{name, status, conclusion}]
@@ -55,6 +59,11 @@ class FakeGitHub:
     calls: list[Call] = field(default_factory=list)
     deployments: dict[int, dict[str, Any]] = field(default_factory=dict)
     tokens_issued: int = 0
+    pulls: dict[int, dict[str, Any]] = field(default_factory=dict)  # number -> {"head": {"sha"}, "state"}
+    permissions: dict[str, str] = field(default_factory=dict)  # login -> admin | maintain | write | triage | read
+    reactions: list[tuple[int, str]] = field(default_factory=list)  # (comment id, content)
+    comments: dict[int, dict[str, Any]] = field(default_factory=dict)  # id -> {"id", "number", "body"}
+    comment_bodies: dict[int, list[str]] = field(default_factory=dict)  # id -> each body it had, in order
     _runner: web.AppRunner | None = None
     url: str = ""
 
@@ -139,7 +148,8 @@ class FakeGitHub:
             matches = [sha for sha in self.commits if sha.startswith(rest[1].lower())]
             if len(matches) != 1:
                 return _error(404 if not matches else 422, "No commit found for SHA: " + rest[1])
-            return web.json_response({"sha": matches[0]})
+            date = self.commit_dates.get(matches[0], "2026-01-01T00:00:00Z")
+            return web.json_response({"sha": matches[0], "commit": {"committer": {"date": date}}})
         if rest[:1] == ["commits"] and rest[2:] == ["status"]:
             statuses = list(reversed(self.statuses.get(rest[1], [])))
             return web.json_response({"state": "pending", "statuses": statuses})
@@ -161,6 +171,32 @@ class FakeGitHub:
         if rest[:1] == ["statuses"] and method == "POST":
             self.statuses.setdefault(rest[1], []).append(body)
             return web.json_response(body, status=201)
+        if rest[:1] == ["pulls"] and len(rest) == 2 and method == "GET":
+            pull = self.pulls.get(int(rest[1]))
+            return web.json_response({"number": int(rest[1]), **pull}) if pull else _error(404, "Not Found")
+        if rest[:1] == ["collaborators"] and rest[2:] == ["permission"]:
+            role = self.permissions.get(rest[1])
+            if role is None:
+                return _error(404, f"{rest[1]} is not a user")
+            legacy = {"maintain": "write", "triage": "read"}.get(role, role)
+            return web.json_response({"permission": legacy, "role_name": role, "user": {"login": rest[1]}})
+        if rest[:2] == ["issues", "comments"] and rest[3:] == ["reactions"] and method == "POST":
+            self.reactions.append((int(rest[2]), body["content"]))
+            return web.json_response({"id": len(self.reactions), "content": body["content"]}, status=201)
+        if rest[:2] == ["issues", "comments"] and len(rest) == 3 and method == "PATCH":
+            comment = self.comments.get(int(rest[2]))
+            if comment is None:
+                return _error(404, "Not Found")
+            comment["body"] = body["body"]
+            self.comment_bodies[comment["id"]].append(body["body"])
+            return web.json_response(comment)
+        if rest[:1] == ["issues"] and rest[2:] == ["comments"] and method == "POST":
+            comment_id = 9000 + len(self.comments) + 1
+            self.comments[comment_id] = {"id": comment_id, "number": int(rest[1]), "body": body["body"]}
+            self.comment_bodies[comment_id] = [body["body"]]
+            return web.json_response(self.comments[comment_id], status=201)
+        if rest[:1] == ["issues"] and rest[2:] == ["comments"] and method == "GET":
+            return web.json_response([c for c in self.comments.values() if c["number"] == int(rest[1])])
         if rest[:1] == ["pulls"] and rest[2:] == ["files"]:
             return web.json_response(self.pull_files.get(int(rest[1]), []))
         if rest[:1] == ["contents"]:
@@ -250,6 +286,31 @@ def check_run_payload(repository: str, sha: str, name: str, conclusion: str | No
         "action": "completed" if conclusion else "created",
         "check_run": run,
         "repository": {"full_name": repository},
+    }
+
+
+def issue_comment_payload(
+    repository: str,
+    number: int,
+    body: str,
+    *,
+    login: str = "alice",
+    comment_id: int = 501,
+    on_pull: bool = True,
+    action: str = "created",
+    sender_type: str = "User",
+) -> dict[str, Any]:
+    """An ``issue_comment`` event: ``login`` commented ``body`` on pull request (or issue) ``number``."""
+    issue: dict[str, Any] = {"number": number, "title": f"#{number}"}
+    if on_pull:
+        issue["pull_request"] = {"url": f"https://api.github.test/repos/{repository}/pulls/{number}"}
+    user = {"login": login, "type": sender_type}
+    return {
+        "action": action,
+        "issue": issue,
+        "comment": {"id": comment_id, "body": body, "user": user},
+        "repository": {"full_name": repository},
+        "sender": user,
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tarfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +77,20 @@ async def test_a_missing_tarball_is_an_error_with_the_status(
 class Sink:
     def __init__(self) -> None:
         self.stored: list[tuple[Path, str, str | None, list[str]]] = []
+        self.locations: list[Mapping[str, Any] | None] = []
 
     async def store_revision(
-        self, path: Path, *, source: str, commit: str | None = None, application: str | None = None
+        self,
+        path: Path,
+        *,
+        source: str,
+        commit: str | None = None,
+        application: str | None = None,
+        location: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*"))
         self.stored.append((path, source, commit, names))
+        self.locations.append(location)
         assert (path / "bin" / "run").stat().st_mode & 0o111  # modes survive
         return {"sha256": "0" * 64, "size": 1, "source": source}
 
@@ -92,9 +100,12 @@ async def test_a_commit_becomes_a_revision_without_the_top_directory(
 ) -> None:
     client = GitHubClient(session, GitHubAuth(token="ghp_x"), base_url=github.url)
     sink = Sink()
+    github.commit_dates[SHA] = "2026-03-01T12:00:00Z"
     await revision_from_commit(client, sink, "acme/api", SHA, scratch=tmp_path / "scratch")
     [(_, source, commit, names)] = sink.stored
     assert (source, commit) == (f"github:acme/api@{SHA[:12]}", SHA)
+    # where it came from, with the commit's time: the start of its lead time (docs/pages.md)
+    assert sink.locations == [{"github": {"repository": "acme/api", "commit": SHA, "committed_at": 1772366400.0}}]
     assert names == ["app.py", "appspec.yml", "bin", "bin/run"]
     assert list((tmp_path / "scratch").iterdir()) == []  # nothing left behind
 
@@ -178,3 +189,30 @@ def test_auth_from_the_environment(environ: dict[str, str], expected: tuple[bool
         assert auth.private_key == "-----BEGIN\nX"
     assert GitHubAuth.from_environment(environ, token="t").usable
     assert "s3cr3t" not in repr(GitHubAuth(token="s3cr3t"))
+
+
+async def test_the_commit_time_is_kept_with_the_revision_in_the_real_store(
+    github: FakeGitHub, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    from engine.core.config.parse import parse_config
+
+    github.commit_dates[SHA] = "2026-03-01T13:00:00+01:00"
+    config = parse_config("hosts: []\napplications: {}\n", base_dir=str(tmp_path))
+    deployer = await assemble_deployer(config, data_dir=tmp_path / "var")
+    try:
+        client = GitHubClient(session, GitHubAuth(token="ghp_x"), base_url=github.url)
+        stored = await revision_from_commit(client, deployer, "acme/api", SHA, scratch=tmp_path / "s")
+        revision = await deployer.revisions.get(stored["sha256"])
+        assert revision.location is not None and revision.location["github"]["committed_at"] == 1772366400.0
+    finally:
+        await deployer.close()
+
+
+async def test_a_commit_github_says_nothing_about_is_stored_without_a_time(
+    github: FakeGitHub, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    github.commit_dates[SHA] = "not a date"
+    client = GitHubClient(session, GitHubAuth(token="ghp_x"), base_url=github.url)
+    sink = Sink()
+    await revision_from_commit(client, sink, "acme/api", SHA, scratch=tmp_path / "scratch")
+    assert sink.locations == [{"github": {"repository": "acme/api", "commit": SHA}}]

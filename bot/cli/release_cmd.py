@@ -69,7 +69,7 @@ def where_table(environments: Sequence[Mapping[str, Any]]) -> Table:
     from bot.cli import deploy_view as view
 
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("environment", "revision", "since", "by", "deployment", "now", "lock"):
+    for column in ("environment", "revision", "since", "by", "deployment", "what", "now", "lock"):
         table.add_column(column, no_wrap=True)
     for env in environments:
         now: list[str] = []
@@ -87,6 +87,7 @@ def where_table(environments: Sequence[Mapping[str, Any]]) -> Table:
             view.when(env.get("since")),
             str(env.get("deployed_by") or "-"),
             str(env.get("deployment_id") or "-"),
+            str(env.get("description") or "-"),
             ", ".join(now) or "-",
             Text(f"{lock['owner']}: {lock.get('reason') or '-'}", style="red") if lock else Text("-"),
         )

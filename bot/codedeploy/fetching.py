@@ -28,11 +28,19 @@ class _PlatformSink:
         self.deployer, self.platform, self.repository = deployer, platform, repository
 
     async def store_revision(
-        self, path: Path, *, source: str, commit: str | None = None, application: str | None = None
+        self,
+        path: Path,
+        *,
+        source: str,
+        commit: str | None = None,
+        application: str | None = None,
+        location: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        location = {"github": {"repository": self.repository, "commit": commit}}
+        committed = ((location or {}).get("github") or {}).get("committed_at")
+        where = {"repository": self.repository, "commit": commit}
+        stored = {"github": where | ({"committed_at": committed} if committed is not None else {})}
         revision = await self.deployer.revisions.add(
-            path, label=source, commit=commit, platform=self.platform, location=location
+            path, label=source, commit=commit, platform=self.platform, location=stored
         )
         return {"sha256": revision.sha256, "size": revision.size, "source": revision.source}
 

@@ -1,11 +1,12 @@
 """The GitHub front as one object on the aiohttp app: webhook intake, API client, triggers, workers and notifier.
 
-``receive`` runs inside the webhook request: it stores the delivery's intents (bot/github/intents.py) and the
-delivery itself, re-opens what a redelivery or a green check asks to try again, and wakes the scope workers
-(bot/github/worker.py) — all before GitHub gets its answer. The aiohttp client session (and so everything that
-talks to GitHub) exists only while the app runs: it is made and closed in a ``cleanup_ctx`` pair, which also
-registers the GitHubNotifier with the Deployer, resumes the open intents a previous server left, and stops the
-workers (their intents stay in the store for the next start).
+``receive`` runs inside the webhook request: it stores the delivery's intents (bot/github/intents.py: merges,
+GitHub deployments, ``/deploy`` comments) and the delivery itself, re-opens what a redelivery or a green check asks
+to try again, and wakes the scope workers (bot/github/worker.py) — all before GitHub gets its answer. A comment's
+steps are bot/github/comments.py; its 👀 comes from the background worker right after. The aiohttp client session
+(and so everything that talks to GitHub) exists only while the app runs: it is made and closed in a
+``cleanup_ctx`` pair, which also registers the GitHubNotifier with the Deployer, resumes the open intents a
+previous server left, and stops the workers (their intents stay in the store for the next start).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from aiohttp import web
 from gidgethub import BadRequest, sansio
 
 from bot.github.client import GitHubAuth, GitHubClient, GitHubUnavailable
+from bot.github.comments import CommentSteps
 from bot.github.intents import (
     CHECK_FAILURES,
     SOURCE,
@@ -35,6 +37,7 @@ from bot.github.intents import (
     scope_of,
 )
 from bot.github.notifier import GitHubNotifier
+from bot.github.pr_comments import deployment_reply
 from bot.github.revisions import (
     CommitNotFound,
     CommitRef,
@@ -45,7 +48,7 @@ from bot.github.revisions import (
 from bot.github.rules import CHECKS_TIMEOUT_SECONDS, merge_rules
 from bot.github.triggers import DeployTriggers
 from bot.github.webhooks import Receipt, Received, router, webhook_handler
-from bot.github.worker import IntentWorkers
+from bot.github.worker import IntentWorkers, StepsByKind
 from bot.pages.links import page_url
 from bot.settings import Settings
 from engine import OPEN_INTENT_STATES, DeploymentService, EngineConfig, IntentState
@@ -70,6 +73,7 @@ class GitHubFront:
         # Made at start-up (they need the running loop's client session):
         self.client: GitHubClient
         self.triggers: DeployTriggers
+        self.comments: CommentSteps
         self.workers: IntentWorkers
         self.notifier: GitHubNotifier | None = None
         self._running = False
@@ -88,7 +92,7 @@ class GitHubFront:
         if seen is not None:
             return await self._redelivered(seen, now)
         keys = []
-        for new in intents_of_event(self.config, event.event, event.data, now=now):
+        for new in intents_of_event(self.config, event.event, event.data, now=now, delivery=event.delivery_id):
             row, added = await store.add_intent(
                 new.key,
                 source=SOURCE,
@@ -118,11 +122,14 @@ class GitHubFront:
         return Received(Receipt.QUEUED, tuple(keys))
 
     async def _redelivered(self, delivery: Mapping[str, Any], now: float) -> Received:
-        """The same delivery again (GitHub's Redeliver): what it asked for and failed is tried again."""
+        """The same delivery again (GitHub's Redeliver): the merges and GitHub deployments it asked for and that
+        failed are tried again (a comment was answered: commenting again asks again)."""
         retried = []
         for key in delivery["payload"].get("intents") or []:
             row = await self.deployer.store.get_intent(str(key))
-            if row is not None and row["state"] == IntentState.FAILED and await self._reopen(row, now, retry=True):
+            if row is None or row["kind"] == Kind.COMMENT:
+                continue
+            if row["state"] == IntentState.FAILED and await self._reopen(row, now, retry=True):
                 retried.append(str(key))
         return Received(Receipt.RETRYING if retried else Receipt.DUPLICATE, tuple(retried))
 
@@ -156,6 +163,13 @@ class GitHubFront:
         """A check reported on a commit: its waiting merges look again now, and a green one re-opens a merge that
         failed on its checks. Returns the keys re-opened."""
         reopened = []
+        comments = await self.deployer.store.list_intents(
+            source=SOURCE, kind=Kind.COMMENT, states=[IntentState.WAITING]
+        )
+        for row in comments:
+            same_repository = str(row["payload"].get("repository")).lower() == report.repository.lower()
+            if same_repository and (row["outcome"] or {}).get("sha") == report.sha:
+                self.workers.wake(str(row["scope"]), recheck=True)
         for rule in merge_rules(self.config, report.repository):
             scope = scope_of(rule.application, rule.environment)
             rows = await self.deployer.store.list_intents(
@@ -251,15 +265,18 @@ class GitHubFront:
                 state_file=self.settings.data_dir / STATE_FILENAME,
                 public_url=self.config.server.url,
                 page_link=lambda deployment_id: page_url(self.settings, deployment_id, base_url=self.config.server.url),
+                comment_body=deployment_reply,
             )
             self.notifier.start()
             self.deployer.notifiers.append(self.notifier)
         self.triggers = DeployTriggers(
             self.client, self.deployer, self.notifier, scratch=self.scratch, poll_seconds=self.poll_seconds
         )
-        self.workers = IntentWorkers(
-            self.deployer.store, self.deployer.clock, self.triggers, retry_seconds=self.poll_seconds
+        self.comments = CommentSteps(
+            self.client, self.deployer, self.notifier, scratch=self.scratch, poll_seconds=self.poll_seconds
         )
+        steps = StepsByKind(self.triggers, {Kind.COMMENT: self.comments})
+        self.workers = IntentWorkers(self.deployer.store, self.deployer.clock, steps, retry_seconds=self.poll_seconds)
         worker = asyncio.ensure_future(self._work())
         self._running = True
         resumed = await self.workers.resume()

@@ -12,6 +12,10 @@ Keys (source ``github``; the repository in lower case):
                                                   auto_deploy branch (its push and its merged pull request are one)
     github:deployment:<owner/repo>:<id>           kind "deployment", scope "<app>/<env>": a deployment created on
                                                   GitHub, by its GitHub id
+    github:comment:<owner/repo>:<comment id>      kind "comment": a ``/deploy`` comment on a pull request (or an
+                                                  issue), by its comment id, so neither a redelivery nor GitHub
+                                                  sending it in another delivery acts twice; scope "<app>/<env>"
+                                                  for deploy, rollback and plan, else "comments:<owner/repo>#<n>"
 
 A merge's payload keeps what was decided when it arrived: repository, branch, sha, who pushed, the rule's required
 checks, their timeout and the deadline. Its ``outcome`` says what it waits for or how it ended:
@@ -25,6 +29,13 @@ checks, their timeout and the deadline. Its ``outcome`` says what it waits for o
 
 and ``"posted"``: what the commit's status ``deploybot/auto-deploy/<env>`` says now, so each step says only what
 changed (a pending wait, then ``deploying as <id>``).
+
+A comment's payload keeps the repository, the issue or pull request number, ``is_pull``, the comment id, the
+commenter's login, the words after ``/deploy``, the delivery and the installation; its actor is the deploybot user
+of the login (None: not mapped). Its ``outcome`` (bot/github/comments.py) carries ``reply_id`` (the one reply
+comment, ``"reply": "creating"`` while it is being made), ``sha`` (the pull request's head, read once) and, like a
+merge, ``phase``/``deployment`` or ``reason``/``message``. A failed comment is not re-opened by a redelivery: the
+reply said why, and commenting again asks again.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from enum import StrEnum
 from typing import Any
 
 from bot.github.notifier import PAYLOAD_KEY
+from bot.github.pr_comments import command_line, parse_comment, scope_of_comment
 from bot.github.rules import GREEN_CONCLUSIONS, OWN_CONTEXT_PREFIX, applications_of, merge_rules
 from bot.policy import actor_from_github
 from engine import EngineConfig, IntentState
@@ -48,6 +60,7 @@ class Kind(StrEnum):
     DELIVERY = "delivery"
     MERGE = "merge"
     DEPLOYMENT = "deployment"
+    COMMENT = "comment"
 
 
 class Failure(StrEnum):
@@ -60,6 +73,7 @@ class Failure(StrEnum):
     INVALID = "invalid"  # the commit is not a deployable revision (AppSpec, bundle)
     ENGINE = "engine"  # the engine refused (a lock, a freeze, an unknown configuration)
     ERROR = "error"  # deploybot itself failed (logged)
+    COMMAND = "command"  # a comment deploybot cannot take as a command (the reply says why)
 
 
 CHECK_FAILURES = frozenset({Failure.RED, Failure.TIMEOUT})
@@ -76,6 +90,10 @@ def merge_key(repository: str, application: str, environment: str, sha: str) -> 
 
 def deployment_key(repository: str, github_id: int) -> str:
     return f"github:deployment:{repository.lower()}:{github_id}"
+
+
+def comment_key(repository: str, comment_id: int) -> str:
+    return f"github:comment:{repository.lower()}:{comment_id}"
 
 
 def scope_of(application: str, environment: str) -> str:
@@ -134,8 +152,10 @@ def _sender(data: Mapping[str, Any]) -> str:
     return _text(_object(data.get("sender")).get("login"))
 
 
-def intents_of_event(config: EngineConfig, event: str, data: Mapping[str, Any], *, now: float) -> list[NewIntent]:
-    """The merges and GitHub deployments a delivery asks for (none for anything else)."""
+def intents_of_event(
+    config: EngineConfig, event: str, data: Mapping[str, Any], *, now: float, delivery: str = ""
+) -> list[NewIntent]:
+    """The merges, GitHub deployments and comment commands a delivery asks for (none for anything else)."""
     repository = repository_of(data)
     installation = _object(data.get("installation")).get("id")
     if not repository:
@@ -161,7 +181,45 @@ def intents_of_event(config: EngineConfig, event: str, data: Mapping[str, Any], 
             config, repository, _object(data.get("deployment")), _sender(data) or None, installation=installation
         )
         return [one] if one is not None else []
+    if event == "issue_comment":
+        comment = comment_intent(config, data, delivery=delivery)
+        return [comment] if comment is not None else []
     return []
+
+
+def comment_intent(config: EngineConfig, data: Mapping[str, Any], *, delivery: str = "") -> NewIntent | None:
+    """A ``/deploy`` comment just created on a repository that feeds an application (None for anything else: an
+    edit, another comment, a bot's comment, a repository deploybot does not deploy)."""
+    repository = repository_of(data)
+    comment, issue = _object(data.get("comment")), _object(data.get("issue"))
+    if data.get("action") != "created" or not repository or not applications_of(config, repository):
+        return None
+    sender = _object(data.get("sender")) or _object(comment.get("user"))
+    if _text(sender.get("type")) == "Bot":
+        return None  # deploybot's own replies, and other bots: never commands
+    text = command_line(_text(comment.get("body")))
+    comment_id, number = comment.get("id"), issue.get("number")
+    if text is None or not isinstance(comment_id, int) or not isinstance(number, int):
+        return None
+    login = _text(sender.get("login"))
+    asked = parse_comment(config, repository, text)
+    payload = {
+        "repository": repository,
+        "number": number,
+        "is_pull": bool(issue.get("pull_request")),
+        "comment_id": comment_id,
+        "login": login,
+        "text": text,
+        "delivery": delivery,
+        "installation": _object(data.get("installation")).get("id"),
+    }
+    return NewIntent(
+        comment_key(repository, comment_id),
+        Kind.COMMENT,
+        scope_of_comment(asked.command, repository, number),
+        actor_from_github(config, login) if login else None,
+        payload,
+    )
 
 
 def merge_intents(

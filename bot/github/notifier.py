@@ -8,6 +8,10 @@ dir, so a restarted server keeps reporting on the same ones. Nothing here ever r
 
 A GitHub deployment somebody else created (``deployment`` webhook) is *adopted*: ``expect`` is told before the
 Deployer starts it, and the first deployment of that application, environment and commit reports on it.
+
+A deployment started by a pull-request comment is *followed* (``follow_comment``): its one reply comment is edited
+with ``comment_body`` (bot/github/pr_comments.py) whenever what it would say changes. Which reply belongs to which
+deployment is kept in the same JSON file, so a restarted server goes on editing it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from engine import Application, EngineConfig
 log = logging.getLogger(__name__)
 
 DESCRIPTION_LIMIT = 140
+CommentBody = Callable[[Mapping[str, Any], Mapping[str, Any], str], str]
+"""(what the reply answers, the deployment, its page link) → the reply comment's text."""
 PAYLOAD_KEY = "deploybot"  # in the payload of the GitHub deployments deploybot creates (their webhooks are ignored)
 
 
@@ -89,6 +95,7 @@ class GitHubNotifier:
         state_file: Path,
         public_url: str,
         page_link: Callable[[str], str] | None = None,
+        comment_body: CommentBody | None = None,
     ) -> None:
         self.client = client
         self.config = config
@@ -96,6 +103,7 @@ class GitHubNotifier:
         self.public_url = public_url.rstrip("/")
         # The deployment's page (a signed link, so whoever reads the status can open it); the API URL otherwise.
         self.page_link = page_link or (lambda deployment_id: f"{self.public_url}/api/v1/deployments/{deployment_id}")
+        self.comment_body = comment_body
         self._state = _load(state_file)
         self._expected: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._queue: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
@@ -127,6 +135,15 @@ class GitHubNotifier:
         """The next deployment of this revision there reports on GitHub deployment ``github_id``."""
         self._expected[(application, environment, sha256)] = {"repository": repository, "github_id": github_id}
 
+    def follow_comment(
+        self, deployment_id: str, *, repository: str, reply_id: int, asked: Mapping[str, Any], body: str = ""
+    ) -> None:
+        """Edit reply comment ``reply_id`` as deployment ``deployment_id`` moves (``asked``: what it answers, for
+        ``comment_body``; ``body``: what it says now)."""
+        entry = {"repository": repository, "reply_id": reply_id, "asked": dict(asked), "body": body}
+        self._state["comments"][deployment_id] = entry
+        self._save()
+
     def forget(self, application: str, environment: str, sha256: str) -> None:
         self._expected.pop((application, environment, sha256), None)
 
@@ -154,6 +171,12 @@ class GitHubNotifier:
                 self._queue.task_done()
 
     async def _post(self, deployment: Mapping[str, Any]) -> None:
+        try:
+            await self._edit_reply(deployment)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the GitHub deployment's status still goes out
+            log.exception("could not edit the reply comment of deployment %s", deployment.get("id"))
         app = self.config.applications.get(str(deployment.get("application")))
         revision = deployment.get("revision") or {}
         entry = self._state["deployments"].get(deployment["id"])
@@ -200,6 +223,19 @@ class GitHubNotifier:
             await self._status(entry, GitHubStatus("queued", "queued"), deployment["id"])
         return entry
 
+    async def _edit_reply(self, deployment: Mapping[str, Any]) -> None:
+        followed = self._state["comments"].get(deployment["id"])
+        if followed is None or self.comment_body is None:
+            return
+        body = self.comment_body(followed["asked"], deployment, self.page_link(deployment["id"]))
+        if body == followed.get("body"):
+            return
+        repository = str(followed["repository"])
+        gh = await self.client.api(repository)
+        await gh.patch(f"/repos/{repository}/issues/comments/{followed['reply_id']}", data={"body": body})
+        followed["body"] = body
+        self._save()
+
     async def _status(self, entry: dict[str, Any], status: GitHubStatus, deployment_id: str) -> None:
         repository, environment = entry["repository"], entry["environment"]
         data: dict[str, Any] = {
@@ -241,4 +277,8 @@ def _load(path: Path) -> dict[str, Any]:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
         state = {}
-    return {"deployments": dict(state.get("deployments") or {}), "active": dict(state.get("active") or {})}
+    return {
+        "deployments": dict(state.get("deployments") or {}),
+        "active": dict(state.get("active") or {}),
+        "comments": dict(state.get("comments") or {}),
+    }

@@ -13,17 +13,27 @@ from __future__ import annotations
 import asyncio
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from bot.github.client import GitHubClient
+from gidgethub import GitHubException
+
+from bot.github.client import GitHubClient, GitHubUnavailable
 from engine import BundleError, safe_extract
 
 
 class RevisionSink(Protocol):
     async def store_revision(
-        self, path: Path, *, source: str, commit: str | None = None, application: str | None = None
+        self,
+        path: Path,
+        *,
+        source: str,
+        commit: str | None = None,
+        application: str | None = None,
+        location: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]: ...
 
 
@@ -97,7 +107,29 @@ async def revision_from_commit(
         archive = await client.download_tarball(repository, sha, work / "commit.tar.gz")
         root = await asyncio.to_thread(_unpack, archive, work / "tree")
         label = revision_label(repository, sha)
-        return await deployer.store_revision(root, source=label, commit=sha, application=application)
+        committed = await commit_time(client, repository, sha)
+        github = {"repository": repository, "commit": sha} | (
+            {"committed_at": committed} if committed is not None else {}
+        )
+        return await deployer.store_revision(
+            root, source=label, commit=sha, application=application, location={"github": github}
+        )
+
+
+async def commit_time(client: GitHubClient, repository: str, sha: str) -> float | None:
+    """When the commit was made (its committer date, epoch seconds): the start of its lead time on the pages and in
+    ``deploybot stats``. None when GitHub does not say; the revision is stored all the same."""
+    try:
+        commit = await (await client.api(repository)).getitem(f"/repos/{repository}/commits/{sha}")
+    except (GitHubUnavailable, GitHubException):
+        return None
+    details = commit.get("commit") if isinstance(commit, Mapping) else None
+    committer = details.get("committer") if isinstance(details, Mapping) else None
+    date = committer.get("date") if isinstance(committer, Mapping) else None
+    try:
+        return datetime.fromisoformat(str(date).replace("Z", "+00:00")).timestamp() if date else None
+    except ValueError:
+        return None
 
 
 def _unpack(archive: Path, dest: Path) -> Path:

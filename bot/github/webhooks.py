@@ -9,8 +9,9 @@ before the answer goes out:
     202 {"retrying": [keys]}            a redelivery of a delivery whose merge or deployment failed: tried again
     200 {"duplicate": true}             a redelivery of one that is done, or still going
 
-The gidgethub ``Router`` below handles what needs no durable record (the AppSpec check of a pull request) in the
-front's background worker, which hands itself to the handlers as a ``WebhookFront``.
+The gidgethub ``Router`` below handles what needs no durable record (the AppSpec check of a pull request, the 👀
+on a ``/deploy`` comment) in the front's background worker, which hands itself to the handlers as a
+``WebhookFront``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from gidgethub import BadRequest, ValidationFailure, routing, sansio
 
 from bot.github.checks import check_pull_request
 from bot.github.client import GitHubClient
-from bot.github.intents import repository_of
+from bot.github.comments import react
+from bot.github.intents import comment_intent, repository_of
 from bot.github.rules import applications_of
 from engine import EngineConfig, Platform
 
@@ -100,5 +102,12 @@ async def on_pull_request_changed(event: sansio.Event, front: WebhookFront, *arg
     await check_pull_request(gh, repository, event.data["pull_request"], platform=platform)
 
 
+async def on_comment_created(event: sansio.Event, front: WebhookFront, *args: Any, **kwargs: Any) -> None:
+    """👀 on a ``/deploy`` comment at once; its work runs from the intent ``receive`` stored."""
+    if comment_intent(front.config, event.data) is not None:
+        await react(front.client, repository_of(event.data), int(event.data["comment"]["id"]))
+
+
 for _action in ("opened", "reopened", "synchronize", "ready_for_review"):
     router.add(on_pull_request_changed, "pull_request", action=_action)
+router.add(on_comment_created, "issue_comment", action="created")

@@ -17,7 +17,13 @@ scope; everything slow happens here, and everything that must survive a restart 
   starts a new one. On start, ``resume`` wakes a worker for every scope with open intents.
 
 Only the worker moves an open intent; the webhook request moves failed ones back to pending (a redelivery, a
-green re-run), or supersedes them when a newer merge arrives. Every move names the states it may come from.
+green re-run), or supersedes them when a newer merge arrives. Every move names the states it may come from. The one
+exception is a step noting its own progress on its running intent (running → running: a pull-request comment's
+reply made, its head commit read; bot/github/comments.py), which ``claim`` keeps.
+
+``StepsByKind`` gives each kind its steps: merges and GitHub deployments bot/github/triggers.py, comments
+bot/github/comments.py. A comment shares the scope worker of the environment it names, so it is taken in line with
+that environment's merges; it is never superseded.
 """
 
 from __future__ import annotations
@@ -63,6 +69,22 @@ class Steps(Protocol):
 
     async def superseded(self, intent: Row, newer: Row) -> None:
         """Say on GitHub that ``intent`` will not be deployed because of ``newer``."""
+
+
+class StepsByKind:
+    """The steps of each kind of intent: ``by_kind`` for the kinds named there, ``default`` for the rest."""
+
+    def __init__(self, default: Steps, by_kind: dict[str, Steps]) -> None:
+        self.default, self.by_kind = default, by_kind
+
+    def _of(self, intent: Row) -> Steps:
+        return self.by_kind.get(str(intent["kind"]), self.default)
+
+    async def advance(self, intent: Row, claim: Claim) -> Next:
+        return await self._of(intent).advance(intent, claim)
+
+    async def superseded(self, intent: Row, newer: Row) -> None:
+        await self._of(intent).superseded(intent, newer)
 
 
 class ScopeWorker:
@@ -172,8 +194,9 @@ class ScopeWorker:
             if running["kind"] == Kind.MERGE and (newer := await self._newer_merge(running)) is not None:
                 raise SupersededBy(newer)
             claimed = True
+            latest = await self.store.get_intent(running["key"])  # a step may have noted progress (a reply id)
             outcome = {
-                **(running["outcome"] or {}),
+                **((latest or running)["outcome"] or {}),
                 "phase": "starting",
                 "sha256": sha256,
                 "asked_at": self.clock.now(),

@@ -131,6 +131,8 @@ def where_text(where: Mapping[str, Any]) -> str:
             line += f" by {who(env['deployed_by'])}"
         if env.get("deployment_id"):
             line += f" (`{env['deployment_id']}`)"
+        if env.get("description"):
+            line += f": {env['description']}"
         if env.get("in_flight"):
             line += f" · in flight: `{env['in_flight']['id']}` {env['in_flight']['status']}"
         if env.get("waiting"):

@@ -34,6 +34,7 @@ async def where(flow: ReleaseContext, application: str) -> dict[str, Any]:
         group = app.groups[env]
         rows = await flow.store.list_deployments(group_name=group.name, limit=HISTORY)
         held = tenure(rows)
+        held_row = next((r for r in rows if held is not None and r["id"] == held.deployment_id), None)
         revision = await flow.store.get_revision(held.revision) if held else None
         lock = blocking_lock(locks, app.name, env, now)
         in_flight = next((r for r in rows if r["status"] in ACTIVE_STATUSES), None)
@@ -52,6 +53,8 @@ async def where(flow: ReleaseContext, application: str) -> dict[str, Any]:
                 "since": held.since if held else None,
                 "deployed_by": held.by if held else None,
                 "deployment_id": held.deployment_id if held else None,
+                # what put it there, e.g. "PR #12 (head 1a2b3c4) by @alice"
+                "description": (held_row or {}).get("description") or None,
                 "last": _brief(latest),
                 "in_flight": _brief(in_flight),
                 "waiting": sum(1 for r in rows if r["status"] in WAITING_STATUSES),
