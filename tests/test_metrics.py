@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_pages import Site, open_site
+from test_stats_cli import serve_history
 
 from bot.pages.metrics import EngineCollector, Snapshot
 
@@ -69,3 +71,22 @@ def test_collector_reports_traffic_weight_per_group() -> None:
     assert value(samples, "deploybot_traffic_weight_percent", group="app-production") == 40
     assert value(samples, "deploybot_traffic_weight_percent", group="app-staging") == 100
     assert value(samples, "deploybot_queue_length") == 3
+
+
+async def test_metrics_carry_delivery_numbers_per_application_environment_and_window(tmp_path: Path) -> None:
+    """The history of tests/test_stats_cli.py: the same numbers as ``deploybot stats``, as gauges."""
+    async for url, _ in serve_history(tmp_path):
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
+            assert response.status == 200
+            samples = parse(await response.text())
+        production = {"application": "app", "environment": "production"}
+        assert value(samples, "deploybot_change_failure_rate", **production, window="30d") == 0.25
+        assert value(samples, "deploybot_change_failure_rate", **production, window="90d") == 2 / 6
+        assert value(samples, "deploybot_deployments_per_day", **production, window="30d") == 0.1
+        assert value(samples, "deploybot_time_to_restore_seconds", **production, window="90d") == 1200
+        assert value(samples, "deploybot_lead_time_seconds", **production, window="30d") == 7200
+        staging = {"application": "app", "environment": "staging", "window": "30d"}
+        assert value(samples, "deploybot_change_failure_rate", **staging) == 0
+        # unknown numbers are left out, not reported as 0 (which would read as perfect)
+        assert value(samples, "deploybot_lead_time_seconds", **staging) is None
+        assert value(samples, "deploybot_time_to_restore_seconds", **staging) is None

@@ -23,7 +23,10 @@ from test_service import ScriptedFleet, make_revision, open_deployer
 
 from bot.app import create_app
 from bot.pages.chart import chart_view, traffic_chart, traffic_svg_path
+from bot.pages.event_log import HOST_EVENT_FAILED, readable_log, sentence
 from bot.pages.links import deployment_path, signed_query
+from bot.pages.render import render_text
+from bot.pages.timeline import tick_step, timeline_layout
 from bot.settings import Settings
 from engine.core.requests import DeployRequest
 from engine.runtime.deployer import Deployer
@@ -128,7 +131,12 @@ async def test_page_shows_grid_with_failed_cell_and_escaped_log_tail(site: Site)
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; done" in html
     assert HOSTILE not in html
     assert "alice" in html and "CodeDeployDefault.OneAtATime" in html
-    assert "deployment.requested" in html  # the event log table
+    assert 'data-kind="deployment.requested"' in html  # the event log, in words, the raw entry behind a toggle
+    assert "deployment requested: revision" in html and "&#34;kind&#34;: &#34;deployment.requested&#34;" in html
+    assert "p2 AfterInstall failed (error 4): script exited 1" in html  # the host's failure joins the log
+    assert "automatic rollback triggered (DEPLOYMENT_FAILURE)" in html
+    assert 'data-rows="4"' in html and html.count('class="timeline-row"') == 4  # the timeline: a row per host
+    assert 'data-event="AfterInstall" data-outcome="failed"' in html
     assert "EventSource" not in html  # a finished page does not stream
     assert f'href="/deployments/{rollback_id}"' in html
     rollback_page = await (await site.client.get(f"/deployments/{rollback_id}", headers=AUTH)).text()
@@ -143,6 +151,20 @@ async def test_list_filters_by_status_and_application(site: Site) -> None:
         response = await site.client.get("/deployments", params=query, headers=AUTH)
         assert response.status == 200
         assert (f'href="/deployments/{deployment_id}"' in await response.text()) is listed, query
+
+
+async def test_list_shows_each_environments_delivery_numbers(site: Site) -> None:
+    assert (await site.finished(await site.deploy("rev-a")))["status"] == "Succeeded"
+    failed = await site.finished(await site.deploy())
+    await site.finished(failed["rollback"]["by"])  # the automatic rollback: it restores, it is no change of its own
+    html = await (await site.client.get("/deployments", headers=AUTH)).text()
+    for days in (30, 90):
+        row = f'data-application="app" data-environment="production" data-days="{days}"'
+        assert f'{row} data-successful="1" data-deployments="2" data-failed="1"' in html
+        assert f'data-application="app" data-environment="staging" data-days="{days}" data-successful="0"' in html
+    assert "50% <span" in html  # the change failure rate, 1 of 2
+    narrowed = await (await site.client.get("/deployments", params={"environment": "staging"}, headers=AUTH)).text()
+    assert 'data-environment="staging"' in narrowed and 'data-environment="production"' not in narrowed
 
 
 async def test_event_stream_pushes_updates_while_the_deployment_runs(slow_site: Site) -> None:
@@ -164,7 +186,13 @@ async def test_event_stream_pushes_updates_while_the_deployment_runs(slow_site: 
     assert [u["version"] for u in updates] == sorted({u["version"] for u in updates})
     assert 'data-status="Failed"' in updates[-1]["grid"]
     assert "<th>error</th>" in updates[-1]["summary"]  # the header, log and chart are live too
-    assert "<td>deployment.requested</td>" in updates[-1]["log"]
+    assert 'data-kind="deployment.requested"' in updates[-1]["log"]
+    assert "deployment failed" in updates[-1]["log"]
+    # the timeline is live too: a bar more as each event starts, a row per host, and p2's failed bar at the end
+    bars = [u["timeline"].count('<rect class="bar') for u in updates]
+    assert bars == sorted(bars) and bars[-1] > bars[0], bars
+    assert updates[-1]["timeline"].count('class="timeline-row"') == 4
+    assert 'data-event="AfterInstall" data-outcome="failed"' in updates[-1]["timeline"]
     assert all(u["chart"] is None for u in updates)  # an in-place deployment moves no traffic
 
 
@@ -363,3 +391,186 @@ def test_chart_view_places_a_dot_per_weight_change_and_a_line_per_mark() -> None
     stopped = _doc(traffic={"percent": 0}, error={"code": "ALARM_ACTIVE", "message": "m"}, ended_at=105.0)
     view = chart_view(traffic_chart(stopped, [*CANARY_LOG, _entry(110.0, "traffic.rerouted", percent=0)], now=0))
     assert view.percents == "0,20,0" and [(m.kind, m.x) for m in view.marks] == [("alarm", 280.0), ("rollback", 560.0)]
+
+
+# -- the timeline ---------------------------------------------------------------------------------------------------
+
+
+def _target(name: str, *events: tuple[str, str, float | None, float | None], status: str = "Succeeded") -> dict:
+    return {
+        "name": name,
+        "status": status,
+        "events": [{"name": n, "status": st, "started_at": a, "ended_at": b} for n, st, a, b in events],
+    }
+
+
+@pytest.mark.parametrize(
+    ("targets", "now", "ended_at", "rows", "seconds"),
+    [
+        # nothing started yet: no timeline
+        ([_target("h1", ("ApplicationStop", "Pending", None, None))], 10.0, None, None, None),
+        # two hosts one after the other over 10 s, on a 100 px plot: bars placed and sized by time
+        (
+            [
+                _target("h1", ("Install", "Succeeded", 0.0, 2.0), ("AfterInstall", "Succeeded", 2.0, 5.0)),
+                _target("h2", ("Install", "Succeeded", 5.0, 6.0), ("AfterInstall", "Failed", 6.0, 10.0)),
+            ],
+            99.0,
+            None,
+            [
+                ("h1", 0.0, [("Install", 0.0, 20.0, "succeeded"), ("AfterInstall", 20.0, 30.0, "succeeded")]),
+                ("h2", 16.0, [("Install", 50.0, 10.0, "succeeded"), ("AfterInstall", 60.0, 40.0, "failed")]),
+            ],
+            10.0,
+        ),
+        # a running event reaches now; events that never started (Pending, Skipped) are not drawn
+        (
+            [
+                _target(
+                    "h1",
+                    ("Install", "Succeeded", 100.0, 104.0),
+                    ("AfterInstall", "InProgress", 104.0, None),
+                    ("ValidateService", "Pending", None, None),
+                    status="InProgress",
+                ),
+                _target("h2", ("Install", "Skipped", None, None), status="Skipped"),
+            ],
+            108.0,
+            None,
+            [
+                ("h1", 0.0, [("Install", 0.0, 50.0, "succeeded"), ("AfterInstall", 50.0, 50.0, "running")]),
+                ("h2", 16.0, []),
+            ],
+            8.0,
+        ),
+        # a finished deployment's end stretches the axis; an instant event keeps a visible width
+        (
+            [_target("h1", ("BeforeAllowTraffic", "Skipped", 0.0, 0.0), ("Install", "Succeeded", 0.0, 5.0))],
+            50.0,
+            20.0,
+            [("h1", 0.0, [("BeforeAllowTraffic", 0.0, 1.5, "skipped"), ("Install", 0.0, 25.0, "succeeded")])],
+            20.0,
+        ),
+    ],
+)
+def test_timeline_layout_places_a_bar_per_event_from_its_times(targets, now, ended_at, rows, seconds) -> None:
+    view = timeline_layout(targets, now=now, ended_at=ended_at, width=100)
+    if rows is None:
+        assert view is None
+        return
+    assert view is not None and view.seconds == seconds and view.hidden_hosts == 0
+    got = [(r.host, r.y, [(b.event, b.x, b.width, b.outcome) for b in r.bars]) for r in view.rows]
+    assert got == rows
+
+
+def test_timeline_draws_at_most_max_rows_and_counts_the_rest() -> None:
+    targets = [_target(f"host-{i}", ("Install", "Succeeded", float(i), float(i + 1))) for i in range(7)]
+    view = timeline_layout(targets, now=10.0, max_rows=3)
+    assert view is not None
+    assert [r.host for r in view.rows] == ["host-0", "host-1", "host-2"] and view.hidden_hosts == 4
+    assert view.seconds == 7.0  # the axis still spans every host's events
+    html = render_text("timeline.html", timeline=view)
+    assert html.count('class="timeline-row"') == 3 and 'data-hidden="4"' in html
+    assert "and 4 more hosts" in html
+
+
+def test_timeline_svg_has_a_title_per_bar_and_a_time_axis() -> None:
+    targets = [_target("a-very-long-host-name-indeed", ("Install", "Failed", 0.0, 65.0), status="Failed")]
+    view = timeline_layout(targets, now=70.0)
+    assert view is not None and view.rows[0].label == "a-very-long-host-…"
+    html = render_text("timeline.html", timeline=view)
+    assert "<title>a-very-long-host-name-indeed Install: Failed (1m 05s)</title>" in html
+    assert [t.label for t in view.ticks] == ["0s", "15s", "30s", "45s", "1m"]
+    assert all(f">{t.label}</text>" in html for t in view.ticks)
+    assert render_text("timeline.html", timeline=None).strip().startswith('<p class="muted">No host has started')
+
+
+@pytest.mark.parametrize(
+    ("span", "step"),
+    [(0.0, 1), (5.0, 1), (7.0, 2), (65.0, 15), (600.0, 120), (3 * 3600.0, 1800), (4 * 3600.0, 3600), (10**6, 172800)],
+)
+def test_tick_step_keeps_the_axis_to_six_ticks(span: float, step: int) -> None:
+    assert tick_step(span) == step
+
+
+# -- the event log in words -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "data", "text"),
+    [
+        (
+            "deployment.requested",
+            {"group": "app-production", "revision": "ab" * 32, "rollback_of": None},
+            "deployment requested: revision abababababab to app-production",
+        ),
+        (
+            "deployment.requested",
+            {"group": "g", "revision": "cd" * 32, "rollback_of": "d-1"},
+            "deployment requested: revision cdcdcdcdcdcd to g (rollback of d-1)",
+        ),
+        (
+            "deployment.finished",
+            {"status": "Failed", "error_code": "HEALTH_CONSTRAINTS"},
+            "deployment failed (HEALTH_CONSTRAINTS)",
+        ),
+        ("deployment.finished", {"status": "Succeeded", "error_code": None}, "deployment succeeded"),
+        ("deployment.stop_requested", {"rollback": True}, "stop requested, with rollback"),
+        ("deployment.stop_requested", {"rollback": None}, "stop requested"),
+        ("traffic.shifted", {"percent": 10}, "traffic 10% → new side"),
+        (
+            "traffic.verified",
+            {"wanted_percent": 10, "checks": 3, "seconds": 0.42},
+            "traffic at 10% verified (3 checks, 0.4s)",
+        ),
+        (
+            "traffic.rerouted",
+            {"percent": 0, "milliseconds": 12.5},
+            "traffic rerouted to the original fleet (0%) in 12 ms",
+        ),
+        (
+            "rollback.triggered",
+            {"trigger": "DEPLOYMENT_STOP_ON_ALARM"},
+            "automatic rollback triggered (DEPLOYMENT_STOP_ON_ALARM)",
+        ),
+        (
+            "rollback.skipped",
+            {"reason": "no earlier successful revision"},
+            "rollback skipped: no earlier successful revision",
+        ),
+        ("deployment.offline_hosts", {"group": "g", "offline": ["p1", "p2"]}, "hosts offline when it started: p1, p2"),
+        (
+            HOST_EVENT_FAILED,
+            {"host": "production-1", "event": "AfterInstall", "error_code": 1, "message": "<script>"},
+            "production-1 AfterInstall failed (error 1): <script>",
+        ),
+        # an unknown kind: the kind and its short fields, empty ones left out
+        ("lock.set", {"lock": "x", "replaced": None, "n": 3}, "lock.set: lock=x, n=3"),
+        ("something.new", {}, "something.new"),
+        ("many.fields", {k: k for k in "abcdef"}, "many.fields: a=a, b=b, c=c, d=d, …"),
+    ],
+)
+def test_each_kind_reads_as_a_sentence(kind: str, data: dict, text: str) -> None:
+    assert sentence(kind, data) == text
+
+
+def test_readable_log_joins_host_failures_in_time_order_with_the_raw_entry() -> None:
+    log = [
+        _entry(100.0, "deployment.requested", group="g", revision="ab" * 32),
+        _entry(110.0, "deployment.finished", status="Failed"),
+    ]
+    targets = [
+        _target("p1", ("Install", "Succeeded", 101.0, 102.0)),
+        _target("p2", ("AfterInstall", "Failed", 103.0, 105.0), status="Failed"),
+    ]
+    targets[1]["events"][0] |= {"error_code": 4, "message": "script exited 1"}
+    lines = readable_log(log, targets)
+    assert [(line.at, line.kind, line.tone) for line in lines] == [
+        (100.0, "deployment.requested", ""),
+        (105.0, HOST_EVENT_FAILED, "failed"),
+        (110.0, "deployment.finished", "failed"),
+    ]
+    assert lines[1].sentence == "p2 AfterInstall failed (error 4): script exited 1" and lines[1].actor == "p2"
+    assert json.loads(lines[0].raw) == log[0]
+    html = render_text("log.html", log_lines=lines)
+    assert html.count("<details>") == 3 and '<summary class="sentence">deployment failed</summary>' in html

@@ -1,7 +1,10 @@
 """The live deployment page in a real browser: headless Chromium (Debian's package) opens the page of a running
-deployment on a real ``deploybot serve`` with real agents, and watches the host grid turn Succeeded without a reload.
+deployment on a real ``deploybot serve`` with real agents, and watches the host grid and the timeline turn Succeeded
+without a reload; then the list page, logged in, with the delivery numbers.
 
-A screenshot of the finished page is kept in var/test-artifacts/ (CI can upload it; var/ is not committed).
+Screenshots of the finished deployment page (pages-live-deployment.png: timeline, grid, event log) and of the list
+page (pages-list-delivery.png) are kept in var/test-artifacts/ (CI can upload them; var/ is not committed); the test
+prints their paths.
 """
 
 from __future__ import annotations
@@ -35,12 +38,19 @@ applications:
         deployment_config: CodeDeployDefault.AllAtOnce
         targets: {hosts: [h1, h2]}
 """
-# What the page's grid shows, read in the page itself: every cell's status and the deployment's status.
+# What the page's grid and timeline show, read in the page itself: every cell's status, the timeline's rows (hosts)
+# and its bars' outcomes, and the deployment's status.
 GRID = """({
   marker: window.__noReload === undefined ? null : window.__noReload,
   status: document.getElementById("status").textContent,
   cells: Array.from(document.querySelectorAll("#grid td[data-status]")).map(td => td.dataset.status),
+  rows: Array.from(document.querySelectorAll("#timeline-svg g.timeline-row")).map(g => g.dataset.host),
+  bars: Array.from(document.querySelectorAll("#timeline-svg rect.bar")).map(r => r.dataset.outcome),
 })"""
+# The list page's delivery rows, read in the page: (environment, window, successful deployments).
+DELIVERY = """Array.from(document.querySelectorAll("#delivery tr.delivery-row"))
+  .map(tr => [tr.dataset.environment, Number(tr.dataset.days), Number(tr.dataset.successful)])"""
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
@@ -87,13 +97,26 @@ async def test_live_page_turns_the_grid_succeeded_without_a_reload(
 
         seen = [first]
         async with asyncio.timeout(20):
-            while not (seen[-1]["status"] == "Succeeded" and set(seen[-1]["cells"]) == {"Succeeded"}):
+            while not (
+                seen[-1]["status"] == "Succeeded"
+                and set(seen[-1]["cells"]) == {"Succeeded"}
+                and set(seen[-1]["bars"]) == {"succeeded"}
+            ):
                 await asyncio.sleep(0.1)
                 now = await grid(page)
                 if now != seen[-1]:
                     seen.append(now)
         shot = await page.screenshot(ARTIFACTS / "pages-live-deployment.png")
-    print(f"\nscreenshot: {shot}")
+
+        token = (server.data_dir / "api-token").read_text().strip()
+        login = (
+            f"fetch('/login', {{method: 'POST', body: new URLSearchParams({{token: {token!r}}})}}).then(r => r.status)"
+        )
+        assert await page.evaluate(login) == 200  # the session cookie is set; the redirect lands on the list
+        await page.navigate(f"{server.url}/deployments")
+        delivery = await page.evaluate(DELIVERY)
+        listing = await page.screenshot(ARTIFACTS / "pages-list-delivery.png")
+    print(f"\nscreenshots: {shot} {listing}")
 
     done = seen[-1]
     assert done["marker"] == 1, "the page reloaded: the marker set after load is gone"
@@ -102,4 +125,11 @@ async def test_live_page_turns_the_grid_succeeded_without_a_reload(
     assert len(seen) >= 2 and seen[0]["cells"] != done["cells"], seen
     assert any("InProgress" in s["cells"] for s in seen)
     assert (await asyncio.to_thread(server.deployment, running["id"]))["status"] == "Succeeded"
-    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == PNG
+    # the timeline: one row per host in the SVG, a bar per event, all succeeded at the end; it was live as well
+    assert sorted(done["rows"]) == sorted(HOSTS), done["rows"]
+    assert len(done["bars"]) == len(HOSTS) * 7
+    assert any("running" in s["bars"] for s in seen) or seen[0]["bars"] != done["bars"], seen
+    # the list page: this deployment counted in both windows
+    assert [row for row in delivery if row[0] == "prod"] == [["prod", 30, 1], ["prod", 90, 1]], delivery
+    assert listing.stat().st_size > 10_000 and listing.read_bytes()[:8] == PNG

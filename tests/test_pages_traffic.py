@@ -139,7 +139,9 @@ def test_canary_chart_steps_then_alarm_and_rollback_marks(server: DeploybotServe
     done = page(server, first["id"])
     assert chart(done) == {"steps": "0,20,100", "marks": ""}
     assert re.findall(r'class="step" data-percent="(\d+)"', done) == ["0", "20", "100"]
-    assert done.count("<td>traffic.shifted</td>") == 2  # one event-log row per completed shift
+    assert done.count('data-kind="traffic.shifted"') == 2  # one event-log line per completed shift, in words:
+    assert "traffic 20% → new side" in done and "traffic 100% → new side" in done
+    assert 'id="timeline-svg"' in done  # the timeline next to the chart
     assert "EventSource" not in done
 
     bad = server.deploy("hello", "prod", revision(tmp_path, "2.0.0"))

@@ -1,7 +1,8 @@
 """``GET /metrics`` in Prometheus text format, from a private CollectorRegistry per app (tests never collide).
 
-Engine state (deployments by status, hosts by agent state, queue, traffic) is async to read while collectors are
-sync, so the scrape handler refreshes a snapshot first and the collector yields it. Event durations come from a
+Engine state (deployments by status, hosts by agent state, queue, traffic, each application and environment's
+delivery numbers over 30 and 90 days) is async to read while collectors are sync, so the scrape handler refreshes a
+snapshot first and the collector yields it. Event durations come from a
 Notifier that sees every finished event once; request latency of the chat/webhook fronts from a middleware.
 """
 
@@ -18,7 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from engine import DeploymentService
+from bot.pages.stats import environment_numbers
+from engine import DeliveryNumbers, DeploymentService
 
 TIMED_ROUTES = ("/slack/events", "/github/webhook")
 EVENT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -35,6 +37,29 @@ class Snapshot:
     queue_length: int = 0
     traffic: dict[str, int] = field(default_factory=dict)
     last_seen: dict[str, float] = field(default_factory=dict)  # host -> epoch seconds its agent was last heard from
+    delivery: list[DeliveryNumbers] = field(default_factory=list)
+
+
+# The delivery gauges: (name, help, the number); a number that is unknown (no deployment, no commit time) is left out
+# rather than reported as 0, which would read as "perfect".
+_DELIVERY_GAUGES: tuple[tuple[str, str, Any], ...] = (
+    ("deploybot_deployments_per_day", "Successful deployments per day over the window", lambda n: n.per_day),
+    (
+        "deploybot_change_failure_rate",
+        "Share of finished deployments that failed or were rolled back, over the window",
+        lambda n: n.change_failure_rate,
+    ),
+    (
+        "deploybot_time_to_restore_seconds",
+        "Median time from a failed deployment to the next successful one, over the window",
+        lambda n: n.time_to_restore_seconds,
+    ),
+    (
+        "deploybot_lead_time_seconds",
+        "Median time from commit to successful deployment (GitHub revisions with a commit time), over the window",
+        lambda n: n.lead_time_seconds,
+    ),
+)
 
 
 class EngineCollector(Collector):
@@ -66,6 +91,13 @@ class EngineCollector(Collector):
         for host, at in sorted(s.last_seen.items()):
             seen.add_metric([host], at)
         yield seen
+        for name, text, number in _DELIVERY_GAUGES:
+            gauge = GaugeMetricFamily(name, text, labels=["application", "environment", "window"])
+            for n in s.delivery:
+                value = number(n)
+                if value is not None:
+                    gauge.add_metric([n.application, n.environment, f"{n.days}d"], float(value))
+            yield gauge
 
 
 class EventDurations:
@@ -132,6 +164,14 @@ async def refresh(snapshot: Snapshot, deployer: DeploymentService) -> None:
     snapshot.hosts = Counter(h["agent"] for h in hosts)
     snapshot.last_seen = {h["name"]: float(h["last_seen"]) for h in hosts if h.get("last_seen") is not None}
     snapshot.queue_length = len(await deployer.release.queue())
+    now = deployer.clock.now()
+    snapshot.delivery = [
+        numbers
+        for app in deployer.applications()
+        for numbers in await environment_numbers(
+            deployer, str(app["name"]), [str(e["name"]) for e in app["environments"]], now=now
+        )
+    ]
 
 
 def timing_middleware(metrics: Metrics) -> Any:

@@ -34,9 +34,31 @@ def timestamp(value: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value)) if value is not None else ""
 
 
+DAY = 86400.0
+
+
+def seconds_text(seconds: float | None) -> str:
+    """``n/a``, ``45s``, ``12m``, ``3.5h``, ``2.1d``: a median duration at a glance."""
+    if seconds is None:
+        return "n/a"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < DAY:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / DAY:.1f}d"
+
+
+def rate_text(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate * 100:.0f}%"
+
+
 _ENV.filters["timestamp"] = timestamp
 _ENV.globals["duration"] = duration
 _ENV.globals["FINAL_STATUSES"] = FINAL_STATUSES
+_ENV.globals["seconds_text"] = seconds_text
+_ENV.globals["rate_text"] = rate_text
 
 
 def render_text(template: str, **context: Any) -> str:

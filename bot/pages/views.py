@@ -1,5 +1,6 @@
-"""The HTML pages: ``/deployments`` (filterable list) and ``/deployments/{id}`` (header, hosts-by-events grid,
-traffic chart, event log), plus ``/deployments/{id}/events``, a Server-Sent Events stream of the re-rendered summary,
+"""The HTML pages: ``/deployments`` (filterable list, with each environment's delivery numbers over 30 and 90 days)
+and ``/deployments/{id}`` (header, timeline of hosts x lifecycle events, traffic chart, hosts-by-events grid, event
+log in words), plus ``/deployments/{id}/events``, a Server-Sent Events stream of the re-rendered summary, timeline,
 grid, chart and log while the deployment runs. Everything comes from the same deployment JSON the API serves."""
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from typing import Any
 from aiohttp import web
 
 from bot.pages.chart import ChartView, chart_view, traffic_chart
+from bot.pages.event_log import LogLine, readable_log
 from bot.pages.render import render, render_text
-from engine import FINAL_STATUSES, DeploymentService, NotFound
+from bot.pages.stats import environment_numbers
+from bot.pages.timeline import TimelineView, timeline_layout
+from engine import FINAL_STATUSES, DeliveryNumbers, DeploymentService, NotFound
 
 PAGES_DEPLOYER = web.AppKey("pages_deployer", DeploymentService)
 LIST_LIMIT = 100
@@ -34,7 +38,39 @@ async def list_page(request: web.Request) -> web.StreamResponse:
     if wanted["status"]:
         rows = [r for r in rows if r["status"] == wanted["status"]]
     rows.sort(key=lambda r: r.get("created_at") or 0, reverse=True)
-    return render("list.html", deployments=rows[:LIST_LIMIT], filters=wanted, applications=applications)
+    return render(
+        "list.html",
+        deployments=rows[:LIST_LIMIT],
+        filters=wanted,
+        applications=applications,
+        delivery=await _delivery(deployer, wanted["application"], wanted["environment"]),
+    )
+
+
+async def _delivery(deployer: DeploymentService, application: str, environment: str) -> list[DeliveryNumbers]:
+    """Each (application, environment)'s numbers for 30 and 90 days, narrowed by the list's filters."""
+    numbers: list[DeliveryNumbers] = []
+    now = deployer.clock.now()
+    for app in deployer.applications():
+        if application and app["name"] != application:
+            continue
+        environments = [
+            str(e["name"])
+            for e in app["environments"]
+            if not environment or e["name"].casefold() == environment.casefold()
+        ]
+        numbers += await environment_numbers(deployer, str(app["name"]), environments, now=now)
+    return numbers
+
+
+def _timeline(document: dict[str, Any], now: float) -> TimelineView | None:
+    """The hosts x events timeline from the document's target event records (running bars reach ``now``, the
+    engine's clock: the records' times come from it)."""
+    return timeline_layout(document["targets"], now=now, ended_at=document.get("ended_at"))
+
+
+def _log_lines(document: dict[str, Any], log: list[dict[str, Any]]) -> list[LogLine]:
+    return readable_log(log, document["targets"])
 
 
 def _chart(document: dict[str, Any], log: list[dict[str, Any]]) -> ChartView | None:
@@ -54,8 +90,9 @@ async def detail_page(request: web.Request) -> web.StreamResponse:
     return render(
         "detail.html",
         d=document,
-        log=log,
+        log_lines=_log_lines(document, log),
         chart=_chart(document, log),
+        timeline=_timeline(document, deployer.clock.now()),
         live=document["status"] not in FINAL_STATUSES,
         query_string=request.query_string,
     )
@@ -72,7 +109,8 @@ async def _update(deployer: DeploymentService, document: dict[str, Any]) -> str:
         "summary": render_text("summary.html", d=document),
         "grid": render_text("grid.html", d=document),
         "chart": render_text("chart.html", chart=chart) if chart is not None else None,
-        "log": render_text("log.html", log=log),
+        "timeline": render_text("timeline.html", timeline=_timeline(document, deployer.clock.now())),
+        "log": render_text("log.html", log_lines=_log_lines(document, log)),
     }
     return f"event: deployment\ndata: {json.dumps(payload)}\n\n"
 
