@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+from postgres_support import postgres_server, store_database  # noqa: F401  (fixtures: a throwaway PostgreSQL)
 
 if TYPE_CHECKING:  # the builders import the engine when called: a test that uses only the clock does not load it
     from engine.core.config.model import EngineConfig

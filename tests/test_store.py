@@ -1,4 +1,7 @@
-"""SqliteStore against real SQLite files: schema, queue semantics, JSON, threading, event-loop behaviour."""
+"""The store's behaviour, against both stores: every test taking ``store`` or ``store_database`` runs once on a real
+SQLite file and once on a real PostgreSQL database (tests/postgres_support.py). SQLite's own matters (the file, WAL,
+its one thread, the event loop during a slow write) are tested on SQLite alone, PostgreSQL's in
+tests/test_postgres_store.py."""
 
 from __future__ import annotations
 
@@ -12,14 +15,24 @@ from typing import Any
 
 import pytest
 from conftest import HANG_GUARD
+from postgres_support import AnyStore, Opener, integrity_errors, raw_execute
+from sqlite_utils import Database
 
+from engine.store.migrations import MIGRATIONS
 from engine.store.sqlite import SqliteStore
 
 T0 = 1_700_000_000.0
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+async def store(store_database: Opener) -> AsyncIterator[AnyStore]:
+    opened = await store_database.open()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     opened = await SqliteStore.open(tmp_path / "state.db")
     yield opened
     await opened.close()
@@ -45,14 +58,7 @@ def raw(path: Path) -> sqlite3.Connection:
 # -- schema and file
 
 
-MIGRATION_NAMES = [
-    "0001_initial_schema",
-    "0002_approvals",
-    "0003_api_registry",
-    "0004_api_tokens",
-    "0005_intents",
-    "0006_hook_executions",
-]
+MIGRATION_NAMES = [migration.name for migration in MIGRATIONS.pending(Database(memory=True))]  # every one, in order
 
 
 async def test_open_creates_parent_dirs_and_migrations_are_idempotent_across_reopen(tmp_path: Path) -> None:
@@ -71,11 +77,11 @@ async def test_open_creates_parent_dirs_and_migrations_are_idempotent_across_reo
         assert conn.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone() == (len(MIGRATION_NAMES),)
 
 
-async def test_wal_mode_is_enabled_and_persists_in_the_file(store: SqliteStore) -> None:
-    assert await store.journal_mode() == "wal"
-    await store.append_log("opened", at=T0, actor="test")
-    assert store.path.with_name("state.db-wal").exists()
-    with raw(store.path) as conn:
+async def test_wal_mode_is_enabled_and_persists_in_the_file(sqlite_store: SqliteStore) -> None:
+    assert await sqlite_store.journal_mode() == "wal"
+    await sqlite_store.append_log("opened", at=T0, actor="test")
+    assert sqlite_store.path.with_name("state.db-wal").exists()
+    with raw(sqlite_store.path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
@@ -87,16 +93,16 @@ async def test_wal_mode_is_enabled_and_persists_in_the_file(store: SqliteStore) 
         "DELETE FROM event_log WHERE id = 1",
     ],
 )
-async def test_event_log_rejects_update_and_delete(store: SqliteStore, statement: str) -> None:
+async def test_event_log_rejects_update_and_delete(store: AnyStore, statement: str) -> None:
     await store.append_log("deployment.created", at=T0, actor="alice", deployment_id="d-1", data={"n": 1})
-    with raw(store.path) as conn, pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        conn.execute(statement)
+    with pytest.raises(integrity_errors(), match="append-only"):
+        await raw_execute(store, statement)
     [entry] = await store.read_log()
     assert (entry["kind"], entry["data"]) == ("deployment.created", {"n": 1})
 
 
-async def test_closed_store_refuses_calls(tmp_path: Path) -> None:
-    closed = await SqliteStore.open(tmp_path / "state.db")
+async def test_closed_store_refuses_calls(store_database: Opener) -> None:
+    closed = await store_database.open()
     await closed.close()
     await closed.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
@@ -169,7 +175,7 @@ async def test_event_loop_keeps_running_during_a_slow_batch_write(tmp_path: Path
 # -- host command queue
 
 
-async def test_concurrent_claims_hand_out_each_command_exactly_once(store: SqliteStore) -> None:
+async def test_concurrent_claims_hand_out_each_command_exactly_once(store: AnyStore) -> None:
     mine = [await store.enqueue_command("web-1", "d-1", "Install", {"n": i}, at=T0 + i) for i in range(20)]
     others = [await store.enqueue_command("web-2", "d-1", "Install", {"n": i}, at=T0) for i in range(5)]
 
@@ -182,16 +188,15 @@ async def test_concurrent_claims_hand_out_each_command_exactly_once(store: Sqlit
     assert [c["id"] for c in await store.list_commands(host="web-2", status="Pending")] == others
 
 
-async def test_claims_from_two_connections_on_one_file_never_double_hand_out(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    async with await SqliteStore.open(path) as a, await SqliteStore.open(path) as b:
+async def test_claims_from_two_connections_on_one_file_never_double_hand_out(store_database: Opener) -> None:
+    async with await store_database.open() as a, await store_database.open() as b:
         ids = [await a.enqueue_command("web-1", "d-1", "Install", None, at=T0) for _ in range(30)]
         claims = await asyncio.gather(*(s.claim_next_command("web-1", at=T0) for _ in range(25) for s in (a, b)))
     handed_out = [c["id"] for c in claims if c is not None]
     assert sorted(handed_out) == ids
 
 
-async def test_commands_of_one_host_are_invisible_to_another(store: SqliteStore) -> None:
+async def test_commands_of_one_host_are_invisible_to_another(store: AnyStore) -> None:
     command_id = await store.enqueue_command("web-1", "d-1", "Install", {"secret": "web-1 only"}, at=T0)
     assert await store.claim_next_command("web-2", at=T0) is None
     assert await store.list_commands(host="web-2") == []
@@ -201,7 +206,7 @@ async def test_commands_of_one_host_are_invisible_to_another(store: SqliteStore)
     assert (await store.get_command(command_id))["status"] == "InProgress"
 
 
-async def test_complete_command_is_idempotent(store: SqliteStore) -> None:
+async def test_complete_command_is_idempotent(store: AnyStore) -> None:
     command_id = await store.enqueue_command("web-1", "d-1", "AfterInstall", None, at=T0)
     await store.claim_next_command("web-1", at=T0 + 1)
 
@@ -220,7 +225,7 @@ async def test_complete_command_is_idempotent(store: SqliteStore) -> None:
         await store.complete_command(command_id, "InProgress", None, at=T0)
 
 
-async def test_cancel_commands_cancels_only_pending_ones_of_that_deployment(store: SqliteStore) -> None:
+async def test_cancel_commands_cancels_only_pending_ones_of_that_deployment(store: AnyStore) -> None:
     running = await store.enqueue_command("web-1", "d-1", "Install", None, at=T0)
     await store.claim_next_command("web-1", at=T0)
     pending = [await store.enqueue_command(h, "d-1", "Install", None, at=T0) for h in ("web-1", "web-2")]
@@ -239,7 +244,7 @@ async def test_cancel_commands_cancels_only_pending_ones_of_that_deployment(stor
 # -- revisions, deployments, target events, log
 
 
-async def test_revisions_are_stored_once_per_sha(store: SqliteStore) -> None:
+async def test_revisions_are_stored_once_per_sha(store: AnyStore) -> None:
     spec = {"files": [{"source": "/", "destination": "/srv/app"}], "hooks": {"BeforeInstall": []}}
     assert await store.put_revision("c" * 64, source="dir:a", commit=None, size=5, created_at=T0, appspec=spec)
     assert not await store.put_revision("c" * 64, source="dir:b", commit="x", size=5, created_at=T0 + 1)
@@ -252,7 +257,7 @@ async def test_revisions_are_stored_once_per_sha(store: SqliteStore) -> None:
     assert await store.get_revision("e" * 64) is None
 
 
-async def test_json_columns_round_trip(store: SqliteStore) -> None:
+async def test_json_columns_round_trip(store: AnyStore) -> None:
     request = {
         "revision": {"source": "git:main"},
         "hosts": ["web-1", "web-2"],
@@ -284,11 +289,11 @@ async def test_json_columns_round_trip(store: SqliteStore) -> None:
     assert (await store.read_log())[0]["data"] == {"list": [1, {"b": True}]}
 
 
-async def test_update_deployment_rejects_unknown_columns_and_reports_missing_rows(store: SqliteStore) -> None:
+async def test_update_deployment_rejects_unknown_columns_and_reports_missing_rows(store: AnyStore) -> None:
     with pytest.raises(ValueError, match="colour"):
         await store.create_deployment(deployment("d-1", colour="blue"))
     await store.create_deployment(deployment("d-1"))
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(integrity_errors()):
         await store.create_deployment(deployment("d-1"))
     with pytest.raises(ValueError, match="colour"):
         await store.update_deployment("d-1", colour="blue")
@@ -314,7 +319,7 @@ async def test_update_deployment_rejects_unknown_columns_and_reports_missing_row
         ({"application": "nope"}, []),
     ],
 )
-async def test_list_deployments_filters(store: SqliteStore, filters: dict[str, Any], expected: list[str]) -> None:
+async def test_list_deployments_filters(store: AnyStore, filters: dict[str, Any], expected: list[str]) -> None:
     rows = [
         ("d-1", "shop", "staging", "Succeeded"),
         ("d-2", "shop", "staging", "Failed"),
@@ -336,7 +341,7 @@ async def test_list_deployments_filters(store: SqliteStore, filters: dict[str, A
     assert [d["id"] for d in await store.list_deployments(**filters)] == expected
 
 
-async def test_last_successful_and_unfinished_deployments(store: SqliteStore) -> None:
+async def test_last_successful_and_unfinished_deployments(store: AnyStore) -> None:
     statuses = ["Succeeded", "Succeeded", "Failed", "Queued", "InProgress", "Stopped", "WaitingApproval"]
     for i, status in enumerate(statuses):
         ended = T0 + i + 0.5 if status in {"Succeeded", "Failed", "Stopped"} else None
@@ -348,7 +353,7 @@ async def test_last_successful_and_unfinished_deployments(store: SqliteStore) ->
     assert [d["id"] for d in await store.unfinished_deployments()] == ["d-3", "d-4", "d-6"]
 
 
-async def test_target_events_upsert_changes_only_given_fields_and_list_in_order(store: SqliteStore) -> None:
+async def test_target_events_upsert_changes_only_given_fields_and_list_in_order(store: AnyStore) -> None:
     for target in ("web-2", "web-1"):
         for seq, event in enumerate(["ApplicationStop", "DownloadBundle", "BeforeInstall"]):
             await store.upsert_target_event("d-1", target, event, seq=seq)
@@ -374,7 +379,7 @@ async def test_target_events_upsert_changes_only_given_fields_and_list_in_order(
         await store.upsert_target_event("d-1", "web-1", "Install", colour="red")
 
 
-async def test_read_log_pages_and_filters(store: SqliteStore) -> None:
+async def test_read_log_pages_and_filters(store: AnyStore) -> None:
     ids = [
         await store.append_log("e", at=T0 + i, actor="bot", deployment_id=f"d-{i % 2}", data={"i": i}) for i in range(6)
     ]
@@ -391,7 +396,7 @@ async def test_read_log_pages_and_filters(store: SqliteStore) -> None:
 # -- agents, locks, deliveries
 
 
-async def test_upsert_agent_keeps_fields_that_are_not_given(store: SqliteStore) -> None:
+async def test_upsert_agent_keeps_fields_that_are_not_given(store: AnyStore) -> None:
     await store.upsert_agent("web-2", last_seen=T0, tags={"role": "web"}, version="0.1.0", state="Idle")
     await store.upsert_agent("web-2", last_seen=T0 + 5)
     await store.upsert_agent("web-1", last_seen=T0 + 6, state="Busy")
@@ -402,7 +407,7 @@ async def test_upsert_agent_keeps_fields_that_are_not_given(store: SqliteStore) 
     assert await store.get_agent("web-3") is None
 
 
-async def test_locks_put_replace_delete(store: SqliteStore) -> None:
+async def test_locks_put_replace_delete(store: AnyStore) -> None:
     await store.put_lock("shop", "production", owner="alice", created_at=T0, reason="freeze")
     await store.put_lock("blog", "staging", owner="bob", created_at=T0, expires_at=T0 + 60)
     await store.put_lock("shop", "production", owner="carol", created_at=T0 + 1)
@@ -420,15 +425,14 @@ async def test_locks_put_replace_delete(store: SqliteStore) -> None:
     assert await store.get_lock("shop", "production") is None
 
 
-async def test_record_delivery_deduplicates(store: SqliteStore) -> None:
+async def test_record_delivery_deduplicates(store: AnyStore) -> None:
     assert await store.record_delivery("gh-1", "github", T0) is True
     assert await store.record_delivery("gh-1", "github", T0 + 1) is False
     assert await store.record_delivery("gh-2", "github", T0 + 1) is True
 
 
-async def test_reopening_after_close_keeps_every_kind_of_data(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    async with await SqliteStore.open(path) as first:
+async def test_reopening_after_close_keeps_every_kind_of_data(store_database: Opener) -> None:
+    async with await store_database.open() as first:
         await first.put_revision("f" * 64, source="dir", commit=None, size=3, created_at=T0)
         await first.create_deployment(deployment("d-1", state={"step": 3}))
         await first.upsert_target_event("d-1", "web-1", "Install", seq=4, status="Succeeded")
@@ -438,7 +442,7 @@ async def test_reopening_after_close_keeps_every_kind_of_data(tmp_path: Path) ->
         await first.put_lock("shop", "production", owner="alice", created_at=T0)
         await first.record_delivery("gh-1", "github", T0)
 
-    async with await SqliteStore.open(path) as second:
+    async with await store_database.open() as second:
         assert (await second.get_revision("f" * 64))["size"] == 3
         assert (await second.get_deployment("d-1"))["state"] == {"step": 3}
         assert [e["seq"] for e in await second.list_target_events("d-1")] == [4]
@@ -450,7 +454,7 @@ async def test_reopening_after_close_keeps_every_kind_of_data(tmp_path: Path) ->
         assert await second.append_log("later", at=T0, actor="bob") == 2
 
 
-async def test_save_progress_writes_target_events_and_the_deployment_in_one_go(store: SqliteStore) -> None:
+async def test_save_progress_writes_target_events_and_the_deployment_in_one_go(store: AnyStore) -> None:
     await store.create_deployment(
         {
             "id": "d-p",
@@ -471,7 +475,7 @@ async def test_save_progress_writes_target_events_and_the_deployment_in_one_go(s
     assert await store.save_progress("d-missing", [], status="Failed") is False
 
 
-async def test_enqueue_command_once_and_finish_command(store: SqliteStore) -> None:
+async def test_enqueue_command_once_and_finish_command(store: AnyStore) -> None:
     assert await store.enqueue_command_once("web-1", "d-1", "Install", {"n": 1}, at=T0) is None
     existing = await store.enqueue_command_once("web-1", "d-1", "Install", {"n": 2}, at=T0)
     assert existing is not None and "payload" not in existing and existing["status"] == "Pending"

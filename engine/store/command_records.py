@@ -1,64 +1,95 @@
 """The agents' work queue and the agents themselves in the store: ``host_commands`` and ``agents``.
 
-A mixin of ``SqliteStore`` (engine/store/sqlite.py) like ``ReleaseRecords``: the SQL of the CommandQueue port
-(engine/ports.py) lives here and runs on the store's one writer thread. A command is Pending until a host claims
-it (InProgress), then Succeeded, Failed or Cancelled; a host's run of events is its Pending commands of one
-deployment after the one it holds, claimed one by one in the transaction that records the previous result.
+A record mixin of both stores (engine/store/sqlite.py, engine/store/postgres.py) like ``ReleaseRecords``: the SQL
+of the CommandQueue port (engine/ports.py) lives here. A command is Pending until a host claims it (InProgress),
+then Succeeded, Failed or Cancelled; a host's run of events is its Pending commands of one deployment after the one
+it holds, claimed one by one in the transaction that records the previous result.
+
+The transactions that read and then write are programs (engine/store/statements.py): queueing serializes on the
+deployment (``Serialize``) before it looks for a command already there, so two servers dispatching the same event
+queue it once; a claim takes the oldest Pending command with ``_row_lock`` (PostgreSQL: ``FOR UPDATE SKIP LOCKED``)
+and re-checks that it is still Pending, so no command is handed out twice.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlite_utils import Database
-
 from engine.ports import CommandReport, FinishedReport, QueuedRun
-from engine.store.statements import Row, SqlAccess, placeholders, read_rows, to_json, where_clause, write_transaction
+from engine.store.statements import (
+    Change,
+    Fetch,
+    Notify,
+    Program,
+    Row,
+    Serialize,
+    SqlAccess,
+    placeholders,
+    to_json,
+    where_clause,
+)
 
 FINAL_COMMAND_STATUSES = frozenset({"Succeeded", "Failed", "Cancelled"})
 _COMMAND_HEAD = "id, host, deployment_id, event, status, created_at, claimed_at, finished_at"
-# Queries of one host's commands of one deployment write ``+deployment_id``: the unary plus keeps SQLite off the
-# ``host_commands_by_deployment`` index, which it would otherwise pick, and which holds every command of the
+# Queries of one host's commands of one deployment write ``deployment_id || ''``: the expression keeps SQLite off
+# the ``host_commands_by_deployment`` index, which it would otherwise pick, and which holds every command of the
 # deployment (5,000 for 1,000 hosts, scanned per host: O(N²) to queue a step). The host's own commands
-# (``host_commands_queue``) are a handful.
+# (``host_commands_queue``) are a handful. (It is SQLite's unary ``+`` in a form PostgreSQL reads too.)
+_OF_DEPLOYMENT = "deployment_id || '' = ?"
 _LATEST_COMMAND = (
     f"SELECT {_COMMAND_HEAD}, result FROM host_commands"
-    " WHERE host = ? AND +deployment_id = ? AND event = ? AND status != 'Cancelled' ORDER BY id DESC LIMIT 1"
+    f" WHERE host = ? AND {_OF_DEPLOYMENT} AND event = ? AND status != 'Cancelled' ORDER BY id DESC LIMIT 1"
 )
-
-_CLAIM_OLDEST = (
-    "UPDATE host_commands SET status = 'InProgress', claimed_at = ? WHERE id = ("
-    " SELECT id FROM host_commands WHERE host = ? AND status = 'Pending' ORDER BY id LIMIT 1"
-    ") RETURNING *"
+_INSERT_COMMAND = (
+    f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
 )
 _REST_OF_RUN = (
-    "SELECT id, event FROM host_commands WHERE host = ? AND +deployment_id = ? AND status = 'Pending' AND id > ?"
+    f"SELECT id, event FROM host_commands WHERE host = ? AND {_OF_DEPLOYMENT} AND status = 'Pending' AND id > ?"
     " ORDER BY id"
 )
 
 
-def _claim_oldest(conn: sqlite3.Connection, host: str, at: float, *, with_run: bool) -> Row | None:
-    """Claim the host's oldest Pending command (inside a write transaction); with ``then`` when ``with_run``."""
-    rows = read_rows("host_commands", conn.execute(_CLAIM_OLDEST, (at, host)))
+def _claim_sql(row_lock: str) -> str:
+    """Claim the host's oldest Pending command; ``row_lock`` as ``SqlAccess._row_lock``. The outer ``status``
+    test re-checks the row once it is locked (PostgreSQL re-reads a row another transaction changed meanwhile)."""
+    return (
+        "UPDATE host_commands SET status = 'InProgress', claimed_at = ? WHERE id = ("
+        f" SELECT id FROM host_commands WHERE host = ? AND status = 'Pending' ORDER BY id LIMIT 1{row_lock}"
+        ") AND status = 'Pending' RETURNING *"
+    )
+
+
+def _claim_oldest(row_lock: str, host: str, at: float, *, with_run: bool) -> Program[Row | None]:
+    """Claim the host's oldest Pending command (inside a program); with ``then`` when ``with_run``."""
+    rows = yield Fetch("host_commands", _claim_sql(row_lock), (at, host))
     if not rows:
         return None
-    row = rows[0]
+    row: Row = rows[0]
     if with_run:
-        rest = conn.execute(_REST_OF_RUN, (host, row["deployment_id"], row["id"])).fetchall()
-        row["then"] = [{"id": command_id, "event": event} for command_id, event in rest]
+        rest = yield Fetch("host_commands", _REST_OF_RUN, (host, row["deployment_id"], row["id"]))
+        row["then"] = [{"id": r["id"], "event": r["event"]} for r in rest]
     return row
 
 
-def _cancel_rest_of_run(conn: sqlite3.Connection, host: str, deployment_id: str, at: float) -> None:
+def _cancel_rest_of_run(host: str, deployment_id: str, at: float) -> Change:
     """A host's event failed: its Pending commands of that deployment (the rest of its run) will never be asked
     for. The machine keeps one event per target outstanding, so nothing else of that host and deployment waits."""
-    conn.execute(
-        "UPDATE host_commands SET status = 'Cancelled', finished_at = ?"
-        " WHERE host = ? AND +deployment_id = ? AND status = 'Pending'",
+    return Change(
+        f"UPDATE host_commands SET status = 'Cancelled', finished_at = ? WHERE host = ? AND {_OF_DEPLOYMENT}"
+        " AND status = 'Pending'",
         (at, host, deployment_id),
     )
+
+
+COMMANDS_QUEUED = "deploybot_commands_queued"
+"""The ``Notify`` channel of queueing: each payload is a host that got a Pending command (what wakes its long poll on
+whichever server holds it)."""
+
+
+def _queue_key(deployment_id: str) -> str:
+    """What queueing a deployment's commands serializes on (``Serialize``)."""
+    return f"host_commands:{deployment_id}"
 
 
 class CommandRecords(SqlAccess):
@@ -69,26 +100,23 @@ class CommandRecords(SqlAccess):
     async def enqueue_command(
         self, host: str, deployment_id: str, event: str, payload: Mapping[str, Any] | None, *, at: float
     ) -> int:
-        sql = f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
-        return (await self._insert(sql, [(host, deployment_id, event, to_json(payload), at)]))[0]
+        return (await self._insert(_INSERT_COMMAND, [(host, deployment_id, event, to_json(payload), at)]))[0]
 
     async def enqueue_command_once(
         self, host: str, deployment_id: str, event: str, payload: Mapping[str, Any] | None, *, at: float
     ) -> Row | None:
         """``enqueue_command`` unless a command for the event is already there (then that one, and nothing is queued): a
         re-issued dispatch after a restart costs one transaction, not a read and a write."""
-        insert = (
-            f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
-        )
 
-        def enqueue(db: Database) -> Row | None:
-            with write_transaction(db) as conn:
-                existing = read_rows("host_commands", conn.execute(_LATEST_COMMAND, (host, deployment_id, event)))
-                if not existing:
-                    conn.execute(insert, (host, deployment_id, event, to_json(payload), at))
+        def enqueue() -> Program[Row | None]:
+            yield Serialize([_queue_key(deployment_id)])
+            existing = yield Fetch("host_commands", _LATEST_COMMAND, (host, deployment_id, event))
+            if not existing:
+                yield Change(_INSERT_COMMAND, (host, deployment_id, event, to_json(payload), at))
+                yield Notify(COMMANDS_QUEUED, [host])
             return existing[0] if existing else None
 
-        return await self._run(enqueue)
+        return await self._transact(enqueue)
 
     async def enqueue_command_runs(
         self,
@@ -105,34 +133,34 @@ class CommandRecords(SqlAccess):
         for it), the oldest Pending command is claimed in the same transaction and returned by host, with the
         ``then`` of ``claim_next_command`` when its value is True.
         """
-        insert = (
-            f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
-        )
+        row_lock = self._row_lock
 
-        def enqueue(db: Database) -> tuple[list[Row | None], dict[str, Row]]:
+        def enqueue() -> Program[tuple[list[Row | None], dict[str, Row]]]:
             existing: list[Row | None] = []
             claimed: dict[str, Row] = {}
             queued_hosts: set[str] = set()
-            with write_transaction(db) as conn:
-                for host, deployment_id, events, payload in runs:
-                    first = read_rows("host_commands", conn.execute(_LATEST_COMMAND, (host, deployment_id, events[0])))
-                    existing.append(first[0] if first else None)
-                    if first:
-                        continue
-                    encoded = to_json(payload)
-                    for index, event in enumerate(events):
-                        if index and conn.execute(_LATEST_COMMAND, (host, deployment_id, event)).fetchone():
-                            break  # never queue an event behind one already there: commands run in id order
-                        conn.execute(insert, (host, deployment_id, event, encoded, at))
-                    queued_hosts.add(host)
-                for host, with_run in (hand_to or {}).items():
-                    if host in queued_hosts:
-                        row = _claim_oldest(conn, host, at, with_run=with_run)
-                        if row is not None:
-                            claimed[host] = row
+            yield Serialize(sorted({_queue_key(deployment_id) for _, deployment_id, _, _ in runs}))
+            for host, deployment_id, events, payload in runs:
+                first = yield Fetch("host_commands", _LATEST_COMMAND, (host, deployment_id, events[0]))
+                existing.append(first[0] if first else None)
+                if first:
+                    continue
+                encoded = to_json(payload)
+                for index, event in enumerate(events):
+                    if index and (yield Fetch("host_commands", _LATEST_COMMAND, (host, deployment_id, event))):
+                        break  # never queue an event behind one already there: commands run in id order
+                    yield Change(_INSERT_COMMAND, (host, deployment_id, event, encoded, at))
+                queued_hosts.add(host)
+            if queued_hosts:
+                yield Notify(COMMANDS_QUEUED, sorted(queued_hosts))
+            for host, with_run in (hand_to or {}).items():
+                if host in queued_hosts:
+                    row = yield from _claim_oldest(row_lock, host, at, with_run=with_run)
+                    if row is not None:
+                        claimed[host] = row
             return existing, claimed
 
-        return await self._run(enqueue)
+        return await self._transact(enqueue)
 
     async def claim_next_command(self, host: str, *, at: float, with_run: bool = False) -> Row | None:
         """Hand out the host's oldest Pending command, marking it InProgress in the same statement.
@@ -140,11 +168,8 @@ class CommandRecords(SqlAccess):
         ``with_run``: the row also carries ``then``, the ids and events of the host's Pending commands of the same
         deployment queued after it (the rest of its run), read in the same transaction."""
 
-        def claim(db: Database) -> Row | None:
-            with write_transaction(db) as conn:
-                return _claim_oldest(conn, host, at, with_run=with_run)
-
-        return await self._run(claim)
+        row_lock = self._row_lock
+        return await self._transact(lambda: _claim_oldest(row_lock, host, at, with_run=with_run))
 
     async def release_command(self, command_id: int) -> bool:
         """Put a claimed command back in the queue (its claimant never received it); False if not InProgress."""
@@ -171,14 +196,13 @@ class CommandRecords(SqlAccess):
             f" WHERE id = ? AND status IN ('Pending', 'InProgress') AND {where} RETURNING host, deployment_id"
         )
 
-        def complete(db: Database) -> bool:
-            with write_transaction(db) as conn:
-                done = conn.execute(sql, (status, to_json(result), at, command_id, *params)).fetchall()
-                if done and status == "Failed":
-                    _cancel_rest_of_run(conn, done[0][0], done[0][1], at)
+        def complete() -> Program[bool]:
+            done = yield Fetch("host_commands", sql, (status, to_json(result), at, command_id, *params))
+            if done and status == "Failed":
+                yield _cancel_rest_of_run(done[0]["host"], done[0]["deployment_id"], at)
             return bool(done)
 
-        return await self._run(complete)
+        return await self._transact(complete)
 
     async def finish_command(
         self, command_id: int, host: str, status: str, result: Mapping[str, Any] | None, *, at: float
@@ -210,26 +234,24 @@ class CommandRecords(SqlAccess):
             " WHERE id = ? AND host = ? AND deployment_id = ? AND status = 'Pending'"
         )
 
-        def finish(db: Database) -> list[FinishedReport]:
+        def finish() -> Program[list[FinishedReport]]:
             outcomes: list[FinishedReport] = []
-            with write_transaction(db) as conn:
-                for command_id, host, status, result, then in reports:
-                    rows = read_rows("host_commands", conn.execute(head, (command_id, host)))
-                    if not rows:
-                        outcomes.append((None, False, False))
-                        continue
-                    command = rows[0]
-                    finished = conn.execute(update, (status, to_json(result), at, command_id)).rowcount == 1
-                    if finished and status == "Failed":
-                        _cancel_rest_of_run(conn, host, command["deployment_id"], at)
-                    claimed = False
-                    if then is not None and status == "Succeeded":
-                        params = (at, then, host, command["deployment_id"])
-                        claimed = conn.execute(go_on, params).rowcount == 1
-                    outcomes.append((command, finished, claimed))
+            for command_id, host, status, result, then in reports:
+                rows = yield Fetch("host_commands", head, (command_id, host))
+                if not rows:
+                    outcomes.append((None, False, False))
+                    continue
+                command = rows[0]
+                finished = (yield Change(update, (status, to_json(result), at, command_id))) == 1
+                if finished and status == "Failed":
+                    yield _cancel_rest_of_run(host, command["deployment_id"], at)
+                claimed = False
+                if then is not None and status == "Succeeded":
+                    claimed = (yield Change(go_on, (at, then, host, command["deployment_id"]))) == 1
+                outcomes.append((command, finished, claimed))
             return outcomes
 
-        return await self._run(finish)
+        return await self._transact(finish)
 
     async def get_command(self, command_id: int) -> Row | None:
         return await self._fetch_one("host_commands", "SELECT * FROM host_commands WHERE id = ?", (command_id,))
@@ -259,7 +281,7 @@ class CommandRecords(SqlAccess):
             "SELECT 1 FROM host_commands JOIN deployments ON deployments.id = host_commands.deployment_id"
             " WHERE host_commands.host = ? AND deployments.revision_sha256 = ? LIMIT 1"
         )
-        return bool(await self._run(lambda db: db.conn.execute(sql, (host, sha256)).fetchone()))
+        return await self._fetch_one("host_commands", sql, (host, sha256)) is not None
 
     # -- agents
 
@@ -276,8 +298,8 @@ class CommandRecords(SqlAccess):
         sql = (
             "INSERT INTO agents (name, tags, version, last_seen, state) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen,"
-            " tags = COALESCE(excluded.tags, tags), version = COALESCE(excluded.version, version),"
-            " state = COALESCE(excluded.state, state)"
+            " tags = COALESCE(excluded.tags, agents.tags), version = COALESCE(excluded.version, agents.version),"
+            " state = COALESCE(excluded.state, agents.state)"
         )
         await self._change(sql, (name, to_json(tags), version, last_seen, state))
 

@@ -1,11 +1,12 @@
 """Lambda/ECS lifecycle hook executions in the store (the table of migration 0006): one row per (deployment, target,
 event, function), found by its execution id.
 
-A mixin of ``SqliteStore`` (engine/store/sqlite.py) like ``IntentRecords``. Every change is one statement on the
-store's single writer thread, so ``add_hook_execution`` (insert unless that hook already has an execution) and
-``move_hook_execution`` (change the state only from the states given) are atomic: a status callback racing the
-timeout, or two callbacks racing each other, see one winner. What the states mean, and which moves are allowed,
-is engine/adapters/aws/hook_executions.py's business; the table's triggers only keep an ended execution as it ended.
+A record mixin of both stores (engine/store/sqlite.py, engine/store/postgres.py) like ``IntentRecords``. Every
+change is one statement (re-checked against a concurrent change on PostgreSQL), so ``add_hook_execution`` (insert
+unless that hook already has an execution) and ``move_hook_execution`` (change the state only from the states given)
+are atomic: a status callback racing the timeout, or two callbacks racing each other, see one winner. What the
+states mean, and which moves are allowed, is engine/adapters/aws/hook_executions.py's business; the table's triggers
+only keep an ended execution as it ended.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from engine.core.model import FINAL_STATUSES
-from engine.store.statements import Row, SqlAccess, placeholders, where_clause
+from engine.store.statements import Row, SqlAccess, in_clause, placeholders, where_clause
 
 _COLUMNS = "execution_id, deployment_id, target, event, function, state, started_at, updated_at"
 _ENDED = tuple(sorted(str(status) for status in FINAL_STATUSES))
@@ -35,7 +36,7 @@ class HookExecutionRecords(SqlAccess):
     ) -> tuple[Row, bool]:
         """The execution of this (deployment, target, event, function) and whether this call added it (False: it
         was stored before, perhaps by an earlier server, and the row is that one's, untouched)."""
-        sql = f"INSERT OR IGNORE INTO hook_executions ({_COLUMNS}) VALUES ({placeholders(8)})"
+        sql = f"INSERT INTO hook_executions ({_COLUMNS}) VALUES ({placeholders(8)}) ON CONFLICT DO NOTHING"
         added = await self._change(sql, (execution_id, deployment_id, target, event, function, state, at, at)) == 1
         key = "deployment_id = ? AND target = ? AND event = ? AND function = ?"
         row = await self._fetch_one(
@@ -64,7 +65,7 @@ class HookExecutionRecords(SqlAccess):
         states = tuple(only_from)
         sql = (
             "UPDATE hook_executions SET state = ?, status = ?, detail = ?, updated_at = ?"
-            f" WHERE execution_id = ? AND state IN ({placeholders(len(states))}) RETURNING *"
+            f" WHERE execution_id = ? AND {in_clause('state', len(states))} RETURNING *"
         )
         params = (state, status, detail, at, execution_id, *states)
         return await self._fetch_one("hook_executions", sql, params, write=True)

@@ -1,9 +1,10 @@
 """Intents in the store (the table of migration 0005): one row per request a door took, found by its key.
 
-A mixin of ``SqliteStore`` (engine/store/sqlite.py) like ``ReleaseRecords``. Every change is one statement on the
-store's single writer thread, so ``add_intent`` (insert unless the key exists) and ``move_intent`` (change the state
-only from the states given) are atomic: two clicks, two deliveries or a request and its replay racing each other see
-one winner. What the states mean is engine/core/intents.py.
+A record mixin of both stores (engine/store/sqlite.py, engine/store/postgres.py) like ``ReleaseRecords``. Every
+change is one statement (SQLite: on the store's single writer thread; PostgreSQL: an ``UPDATE`` re-checks its
+``WHERE`` on a row another transaction changed meanwhile), so ``add_intent`` (insert unless the key exists) and
+``move_intent`` (change the state only from the states given) are atomic, across servers too: two clicks, two
+deliveries or a request and its replay racing each other see one winner. What the states mean is engine/core/intents.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from engine.store.statements import Row, SqlAccess, placeholders, to_json, where_clause
+from engine.store.statements import Row, SqlAccess, in_clause, placeholders, to_json, where_clause
 
 _MISSING: Any = object()
 
@@ -35,7 +36,7 @@ class IntentRecords(SqlAccess):
         """The intent stored under ``key`` and whether this call added it (False: a retry, replay or redelivery of
         one already taken; the row is the first one's, untouched)."""
         columns = "key, source, kind, scope, actor, state, payload, created_at, updated_at, not_before"
-        sql = f"INSERT OR IGNORE INTO intents ({columns}) VALUES ({placeholders(10)})"
+        sql = f"INSERT INTO intents ({columns}) VALUES ({placeholders(10)}) ON CONFLICT DO NOTHING"
         params = (key, source, kind, scope, actor, state, to_json(dict(payload)), at, at, not_before)
         added = await self._change(sql, params) == 1
         row = await self.get_intent(key)
@@ -72,7 +73,7 @@ class IntentRecords(SqlAccess):
         params.append(key)
         if only_from is not None:
             states = tuple(only_from)
-            sql += f" AND state IN ({placeholders(len(states))})"
+            sql += f" AND {in_clause('state', len(states))}"
             params.extend(states)
         if await self._change(sql, params) != 1:
             return None

@@ -24,7 +24,9 @@ JSON_COLUMNS: Mapping[str, frozenset[str]] = {
     "agents": frozenset({"tags"}),
     "registered_revisions": frozenset({"location"}),
     "onprem_instances": frozenset({"tags"}),
-    "api_deployment_configs": frozenset({"definition"}),
+    "api_deployment_configs": frozenset({"definition", "tags"}),
+    "api_applications": frozenset({"tags"}),
+    "api_deployment_groups": frozenset({"definition", "tags"}),
     "intents": frozenset({"payload", "outcome"}),
 }
 
@@ -361,6 +363,40 @@ _HOOK_EXECUTIONS = (
 @MIGRATIONS(name="0006_hook_executions")
 def _hook_executions(db: Database) -> None:
     for statement in _HOOK_EXECUTIONS:
+        db.execute(statement)
+
+
+_API_APPLICATIONS = (
+    # CreateApplication / CreateDeploymentGroup: applications and groups made through the CodeDeploy API (the config
+    # file's stay read-only). ``id`` is CreateApplication's applicationId, so a rename is one UPDATE; a group's
+    # ``definition`` is its CreateDeploymentGroup members (engine/core/api_groups.py). Group names are unique across
+    # deploybot, as deployments are kept by group name. ``tags`` (TagResource) live with their resource.
+    """
+    CREATE TABLE api_applications (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        compute_platform TEXT NOT NULL,
+        tags TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE api_deployment_groups (
+        name TEXT PRIMARY KEY,
+        application_id TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        tags TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX api_deployment_groups_by_application ON api_deployment_groups (application_id, created_at)",
+    "ALTER TABLE api_deployment_configs ADD COLUMN tags TEXT NOT NULL DEFAULT '{}'",
+)
+
+
+@MIGRATIONS(name="0007_api_applications")
+def _api_applications(db: Database) -> None:
+    for statement in _API_APPLICATIONS:
         db.execute(statement)
 
 

@@ -1,7 +1,8 @@
 """What the CodeDeploy API registers, in the store: application revisions, on-premises instances and deployment
 configurations (the tables of migration 0003).
 
-A mixin of ``SqliteStore`` (engine/store/sqlite.py) like ``ReleaseRecords``: the SQL lives here, and
+A record mixin of both stores (engine/store/sqlite.py, engine/store/postgres.py) like ``ReleaseRecords``: the SQL
+lives here, and
 engine/runtime/registry.py keeps the in-memory mirror and the rules on top of these rows.
 """
 
@@ -19,10 +20,10 @@ _UPSERT_REVISION = (
     " registered_at, first_used_at, last_used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (application, revision_key) DO UPDATE SET"
     " location = excluded.location,"
-    " revision_sha256 = COALESCE(excluded.revision_sha256, revision_sha256),"
-    " description = COALESCE(excluded.description, description),"
-    " first_used_at = COALESCE(first_used_at, excluded.first_used_at),"
-    " last_used_at = COALESCE(excluded.last_used_at, last_used_at) RETURNING *"
+    " revision_sha256 = COALESCE(excluded.revision_sha256, registered_revisions.revision_sha256),"
+    " description = COALESCE(excluded.description, registered_revisions.description),"
+    " first_used_at = COALESCE(registered_revisions.first_used_at, excluded.first_used_at),"
+    " last_used_at = COALESCE(excluded.last_used_at, registered_revisions.last_used_at) RETURNING *"
 )
 _REGISTER_INSTANCE = (
     "INSERT INTO onprem_instances (name, iam_arn, tags, registered_at, deregistered_at)"

@@ -1,7 +1,8 @@
 """The release flow's records in the store: environment locks, approvals (append only) and webhook deliveries.
 
-A mixin of ``SqliteStore`` (engine/store/sqlite.py), kept apart so each module holds one concern; it uses the store's
-``_fetch`` / ``_change`` / ``_insert`` and so shares its one writer thread.
+A record mixin of both stores (engine/store/sqlite.py, engine/store/postgres.py), kept apart so each module holds one
+concern; it uses the store's ``_fetch`` / ``_change`` / ``_insert`` (on SQLite, its one writer thread), with SQL both
+databases read alike (engine/store/statements.py).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ class ReleaseRecords(SqlAccess):
         """Set (or replace) the environment's lock; whether a lock may be replaced is policy, not ours.
         Expiry is data: the caller compares ``expires_at`` with its clock."""
         sql = (
-            "INSERT OR REPLACE INTO locks (application, environment, owner, reason, created_at, expires_at)"
-            f" VALUES ({placeholders(6)})"
+            "INSERT INTO locks (application, environment, owner, reason, created_at, expires_at)"
+            f" VALUES ({placeholders(6)}) ON CONFLICT (application, environment) DO UPDATE SET owner = excluded.owner,"
+            " reason = excluded.reason, created_at = excluded.created_at, expires_at = excluded.expires_at"
         )
         await self._change(sql, (application, environment, owner, reason, created_at, expires_at))
 
@@ -94,5 +96,5 @@ class ReleaseRecords(SqlAccess):
 
     async def record_delivery(self, delivery_id: str, source: str, at: float) -> bool:
         """Remember a webhook delivery id; False when it was seen before (a retry to ignore)."""
-        sql = "INSERT OR IGNORE INTO deliveries (id, source, received_at) VALUES (?, ?, ?)"
+        sql = "INSERT INTO deliveries (id, source, received_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
         return await self._change(sql, (delivery_id, source, at)) == 1

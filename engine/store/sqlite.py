@@ -28,6 +28,7 @@ from sqlite_utils import Database
 
 from engine.core.errors import EngineError
 from engine.core.model import FINAL_STATUSES
+from engine.store.application_records import ApplicationRecords
 from engine.store.command_records import CommandRecords
 from engine.store.hook_records import HookExecutionRecords
 from engine.store.intent_records import IntentRecords
@@ -95,7 +96,15 @@ def _check_columns(table: str, given: Iterable[str], known: Iterable[str]) -> No
         raise ValueError(f"unknown {table} columns: {', '.join(unknown)}")
 
 
-class SqliteStore(ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords, HookExecutionRecords, CommandRecords):
+class SqliteStore(
+    ReleaseRecords,
+    RegistryRecords,
+    ApplicationRecords,
+    TokenRecords,
+    IntentRecords,
+    HookExecutionRecords,
+    CommandRecords,
+):
     """The persistence port of the engine; see the module docstring for the threading model."""
 
     def __init__(

@@ -1,13 +1,29 @@
-"""What the store's record mixins share: the row type, WHERE-clause builders, and the SqliteStore accessors they
-call (declared here for type checkers; SqliteStore defines them and runs them on its one writer thread)."""
+"""What the store's record mixins share: the row type, WHERE-clause builders, the accessors they call, and
+*programs* (transactions of several statements written once for both databases).
+
+The accessors (``_fetch`` / ``_fetch_one`` / ``_change`` / ``_insert``) are declared here for type checkers;
+SqliteStore (engine/store/sqlite.py) defines them on its one writer thread, PostgresStore (engine/store/postgres.py)
+on its asyncpg pool. The SQL the mixins give them is written to mean the same on SQLite (>= 3.35) and PostgreSQL:
+``?`` placeholders (PostgresStore numbers them), ``INSERT ... ON CONFLICT ... DO ...`` (never ``INSERT OR``),
+``RETURNING``, no ``rowid``, no ``IN ()`` (``in_clause`` writes a false condition instead), reserved words quoted
+(``"user"``).
+
+A transaction that reads and then writes is a *program*: a generator that yields ``Fetch`` / ``Change`` /
+``Serialize`` / ``Notify`` steps and gets each one's result back, so its logic is written once and each store
+drives it (sans-I/O, as h11 does). ``_transact`` runs one: here for SQLite (on the writer thread, in
+``BEGIN IMMEDIATE``: SQLite's one writer already serializes it, so ``Serialize`` costs nothing); PostgresStore runs
+it in one transaction on one connection, where ``Serialize(keys)`` takes transaction-scoped advisory locks so two
+replicas' read-then-write on the same keys cannot interleave, as they cannot on SQLite.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 
 from sqlite_utils import Database
 
@@ -66,17 +82,97 @@ def where_clause(**equal: str | Sequence[str] | None) -> tuple[str, list[Any]]:
         if value is None:
             continue
         values = (value,) if isinstance(value, str) else tuple(value)
-        where.append(f"{column} IN ({placeholders(len(values))})")
+        where.append(in_clause(column, len(values)))
         params.extend(values)
     return " AND ".join(where), params
+
+
+def in_clause(column: str, n: int) -> str:
+    """``column IN (?, ...)`` for ``n`` values; for none, a condition that is always false (PostgreSQL refuses
+    ``IN ()``)."""
+    return f"{column} IN ({placeholders(n)})" if n else "1 = 0"
 
 
 def placeholders(n: int) -> str:
     return ", ".join("?" * n)
 
 
+# -- programs: read-then-write transactions, written once, driven by each store
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Run ``sql``; its rows (``table``'s JSON columns decoded)."""
+
+    table: str
+    sql: str
+    params: Sequence[Any] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Run one write statement; the number of rows it changed."""
+
+    sql: str
+    params: Sequence[Any] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Serialize:
+    """What follows reads rows of these keys and writes depending on what it read: no other program serializing on
+    one of them may run in between (SQLite: its one writer does that already; PostgreSQL: advisory locks)."""
+
+    keys: Collection[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Tell the other servers on the same database, once the transaction commits: each of ``payloads`` on
+    ``channel`` (PostgreSQL NOTIFY, heard through ``PostgresStore.listen``). SQLite: nothing (one server)."""
+
+    channel: str
+    payloads: Collection[str]
+
+
+Step: TypeAlias = Fetch | Change | Serialize | Notify
+Program: TypeAlias = Generator[Step, Any, T]
+"""A transaction: yields steps, is sent each step's result (rows, a row count, None), returns its value."""
+
+
+def run_program(conn: sqlite3.Connection, program: Program[T]) -> T:
+    """Drive ``program`` on SQLite inside the caller's write transaction."""
+    try:
+        step = next(program)
+        while True:
+            result: Any
+            if isinstance(step, Fetch):
+                result = read_rows(step.table, conn.execute(step.sql, step.params))
+            elif isinstance(step, Change):
+                result = conn.execute(step.sql, step.params).rowcount
+            else:
+                result = None  # Serialize: one writer, nothing runs in between anyway; Notify: no other server
+            step = program.send(result)
+    except StopIteration as done:
+        return done.value
+
+
 class SqlAccess:
-    """The base of every record mixin of SqliteStore (releases, registry, tokens, intents, hooks, commands)."""
+    """The base of every record mixin of the stores (releases, registry, tokens, intents, hooks, commands)."""
+
+    _row_lock: ClassVar[str] = ""
+    """Appended to a ``SELECT`` that picks one row to take from a queue (a command to claim). SQLite: nothing (its
+    one writer takes them in turn); PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so concurrent claimers each get
+    another row instead of waiting for, then re-taking, the same one."""
+
+    async def _transact(self, program: Callable[[], Program[T]]) -> T:
+        """Run the program made by ``program`` in one write transaction; its value. (SQLite; PostgresStore overrides
+        this, and may call ``program`` again to retry a transaction PostgreSQL aborted for a deadlock.)"""
+
+        def run(db: Database) -> T:
+            with write_transaction(db) as conn:
+                return run_program(conn, program())
+
+        return await self._run(run)
 
     if TYPE_CHECKING:
 

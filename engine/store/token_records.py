@@ -1,6 +1,7 @@
 """Per-user API tokens in the store (the table of migration 0004): rows keyed by id, found by the token's sha256.
 
-A mixin of ``SqliteStore`` (engine/store/sqlite.py) like ``ReleaseRecords``: the SQL lives here; the rules (expiry,
+A record mixin of both stores (engine/store/sqlite.py, engine/store/postgres.py) like ``ReleaseRecords``: the SQL
+lives here (``"user"`` quoted: a reserved word in PostgreSQL); the rules (expiry,
 revocation, the bootstrap token, how a token is made and hashed) live in engine/runtime/tokens.py. The plaintext of
 a token never reaches this module.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from engine.store.statements import Row, SqlAccess, placeholders
 
-_COLUMNS = "id, user, name, token_sha256, created_at, expires_at, revoked_at, last_used_at"
+_COLUMNS = 'id, "user", name, token_sha256, created_at, expires_at, revoked_at, last_used_at'
 
 
 class TokenRecords(SqlAccess):
@@ -27,7 +28,7 @@ class TokenRecords(SqlAccess):
     ) -> bool:
         """Add a token; False (and nothing changed) when a token with this hash is already known, revoked or not,
         so two servers registering the same bootstrap token at once agree on one row."""
-        sql = f"INSERT OR IGNORE INTO api_tokens ({_COLUMNS}) VALUES ({placeholders(8)})"
+        sql = f"INSERT INTO api_tokens ({_COLUMNS}) VALUES ({placeholders(8)}) ON CONFLICT DO NOTHING"
         params = (token_id, user, name, token_sha256, created_at, expires_at, None, None)
         return await self._change(sql, params) == 1
 
@@ -41,7 +42,7 @@ class TokenRecords(SqlAccess):
         """Every token (revoked and expired ones too), oldest first; only ``user``'s when given."""
         if user is None:
             return await self._fetch("api_tokens", "SELECT * FROM api_tokens ORDER BY created_at, id")
-        sql = "SELECT * FROM api_tokens WHERE user = ? ORDER BY created_at, id"
+        sql = 'SELECT * FROM api_tokens WHERE "user" = ? ORDER BY created_at, id'
         return await self._fetch("api_tokens", sql, (user,))
 
     async def revoke_api_token(self, token_id: str, *, at: float) -> Row | None:

@@ -1,0 +1,510 @@
+"""PostgresStore: all of deploybot's state in a PostgreSQL database, behind the same Store port as SqliteStore.
+
+Theory of operation: an asyncpg pool; every public method is a coroutine, as on SqliteStore. The record mixins
+(releases, registry, tokens, intents, hook executions, the agents' command queue) are SqliteStore's own, unchanged:
+their SQL is written to mean the same on both databases (engine/store/statements.py), and this class gives them the
+accessors they call:
+
+- ``_fetch`` / ``_fetch_one`` / ``_change`` / ``_insert`` number the ``?`` placeholders (``$1..$n``), decode the
+  table's JSON columns (migrations.JSON_COLUMNS) and leave out the columns SQLite does not have
+  (pg_migrations.HIDDEN_COLUMNS). ``_insert`` returns each row's identity (SQLite's rowid), one transaction for all.
+- ``_transact`` runs a *program* (a read-then-write transaction) on one connection in one transaction. SQLite's
+  single writer makes such a transaction atomic for free; here ``Serialize(keys)`` takes transaction-scoped advisory
+  locks (in key order), single statements re-check their ``WHERE`` on rows changed meanwhile (READ COMMITTED), and a
+  command is claimed ``FOR UPDATE SKIP LOCKED`` (``_row_lock``). A transaction PostgreSQL aborts for a deadlock or a
+  serialization failure is run again, from the start, a few times.
+
+Differences a caller may see: a duplicate deployment id raises ``asyncpg.UniqueViolationError`` (an
+``IntegrityConstraintViolationError``) where SQLite raises ``sqlite3.IntegrityError``; PostgreSQL text cannot hold
+NUL, so a NUL character in a value is stored as U+FFFD. The store never reads the clock (timestamps come from the
+caller). ``listen`` hears what other servers ``Notify`` (e.g. that a host got a command: command_records'
+COMMANDS_QUEUED), for waking long polls across replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import json
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from engine.core.errors import EngineError
+from engine.core.model import FINAL_STATUSES
+from engine.store.application_records import ApplicationRecords
+from engine.store.command_records import CommandRecords
+from engine.store.hook_records import HookExecutionRecords
+from engine.store.intent_records import IntentRecords
+from engine.store.migrations import JSON_COLUMNS
+from engine.store.pg_migrations import HIDDEN_COLUMNS, applied_migrations, apply_migrations
+from engine.store.registry_records import RegistryRecords
+from engine.store.release_records import ReleaseRecords
+from engine.store.statements import (
+    Change,
+    Fetch,
+    Notify,
+    Program,
+    Serialize,
+    Step,
+    encode_fields,
+    placeholders,
+    to_json,
+    where_clause,
+)
+from engine.store.token_records import TokenRecords
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+_TARGET_EVENT_KEY = ("deployment_id", "target", "event")
+_RETRIES = 5  # runs of a transaction PostgreSQL aborted for a deadlock or a serialization failure
+_INSERT_INTO = re.compile(r'^\s*INSERT\s+INTO\s+"?(\w+)"?', re.IGNORECASE)
+
+
+class PostgresUnusable(EngineError):
+    """The PostgreSQL database cannot be used (.url without any password, .reason, .fix); one line for the
+    operator."""
+
+    def __init__(self, url: str, reason: str, fix: str) -> None:
+        self.url, self.reason, self.fix = url, reason, fix
+        super().__init__(f"cannot use the PostgreSQL database {url}: {reason}; {fix}")
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its password, if it has one (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+
+
+@functools.lru_cache(maxsize=2048)
+def numbered(sql: str) -> str:
+    """``sql`` with its ``?`` placeholders numbered ``$1..$n`` as PostgreSQL wants them (none inside quotes)."""
+    out: list[str] = []
+    quote: str | None = None
+    n = 0
+    for char in sql:
+        if quote is not None:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "?":
+            n += 1
+            out.append(f"${n}")
+            continue
+        out.append(char)
+    return "".join(out)
+
+
+def _param(value: Any) -> Any:
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
+    return value
+
+
+def _params(params: Sequence[Any]) -> list[Any]:
+    return [_param(value) for value in params]
+
+
+def _rows(table: str, records: Iterable[Any]) -> list[Row]:
+    """asyncpg records as dicts: hidden columns left out, the table's JSON columns decoded."""
+    json_columns = JSON_COLUMNS.get(table, frozenset())
+    rows = []
+    for record in records:
+        row = {key: value for key, value in record.items() if key not in HIDDEN_COLUMNS}
+        for column in json_columns:
+            if isinstance(row.get(column), str):
+                row[column] = json.loads(row[column])
+        rows.append(row)
+    return rows
+
+
+def _count(status: str) -> int:
+    """The row count of a command status (``UPDATE 3``, ``INSERT 0 1``)."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+def _check_columns(table: str, given: Iterable[str], known: Iterable[str]) -> None:
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {table} columns: {', '.join(unknown)}")
+
+
+_UNREACHABLE_FIX = (
+    "check store.url (host, port, database, user), that PostgreSQL is running and reachable, and the password "
+    "(PGPASSWORD, or the variable store.password_env names)"
+)
+
+
+class PostgresStore(
+    ReleaseRecords,
+    RegistryRecords,
+    ApplicationRecords,
+    TokenRecords,
+    IntentRecords,
+    HookExecutionRecords,
+    CommandRecords,
+):
+    """The persistence port of the engine on PostgreSQL; see the module docstring."""
+
+    _row_lock = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(
+        self,
+        pool: Any,
+        url: str,
+        password: str | None,
+        columns: Mapping[str, frozenset[str]],
+        identities: Mapping[str, str],
+    ) -> None:
+        self._pool = pool
+        self._url = url
+        self._password = password
+        self._columns = columns  # read from the migrated schema, so a new column needs no code change here
+        self._identities = identities  # table -> its identity column (what _insert returns)
+        self._listeners: list[Any] = []
+        self._closed = False
+
+    # -- lifecycle
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        password: str | None = None,
+        init: bool = False,
+        min_size: int = 1,
+        max_size: int = 10,
+    ) -> PostgresStore:
+        """Connect and migrate (pg_migrations: every pending script in one transaction, under an advisory lock, so
+        replicas starting together take turns). ``password`` is used when the server asks for one (else asyncpg's
+        PGPASSWORD and ~/.pgpass). ``init`` is accepted as ``SqliteStore.open``'s: an empty PostgreSQL database
+        is what a new server starts on (the operator created it), so there is no lost-file case to guard here.
+
+        Raises ``PostgresUnusable`` (one sentence: which database, what is wrong, what to do) when the database
+        cannot be reached, does not exist, or refuses the user.
+        """
+        del init
+        shown = shown_url(url)
+        try:
+            pool = await asyncpg.create_pool(url, password=password, min_size=min_size, max_size=max_size, timeout=10)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise PostgresUnusable(shown, str(exc) or type(exc).__name__, _UNREACHABLE_FIX) from exc
+        try:
+            async with pool.acquire() as conn:
+                await apply_migrations(conn)
+                columns: dict[str, set[str]] = {}
+                identities: dict[str, str] = {}
+                for record in await conn.fetch(
+                    "SELECT table_name, column_name, is_identity FROM information_schema.columns"
+                    " WHERE table_schema = current_schema()"
+                ):
+                    table, column = record["table_name"], record["column_name"]
+                    if record["is_identity"] == "YES":
+                        identities[table] = column
+                    if column not in HIDDEN_COLUMNS:
+                        columns.setdefault(table, set()).add(column)
+        except asyncpg.PostgresError as exc:
+            await pool.close()
+            raise PostgresUnusable(shown, str(exc), "check that the user may create tables in it") from exc
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, url, password, {t: frozenset(c) for t, c in columns.items()}, identities)
+
+    async def close(self) -> None:
+        """Close the pool (waiting for calls in flight); later calls raise RuntimeError."""
+        if self._closed:
+            return
+        self._closed = True
+        for conn in self._listeners:
+            await conn.close()
+        self._listeners.clear()
+        await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    async def applied_migrations(self) -> list[str]:
+        async with self._acquire() as conn:
+            return await applied_migrations(conn)
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback(payload)`` for each NOTIFY on ``channel`` (from any server, once its transaction has
+        committed) until the store closes; on a connection of its own, which the pool would otherwise hand out."""
+        self._check_open()
+        conn = await asyncpg.connect(self._url, password=self._password, timeout=10)
+        self._listeners.append(conn)
+        await conn.add_listener(channel, lambda _conn, _pid, _channel, payload: callback(payload))
+
+    # -- the accessors of the record mixins
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"PostgresStore({shown_url(self._url)}) is closed")
+
+    def _acquire(self) -> Any:
+        self._check_open()
+        return self._pool.acquire()
+
+    async def _write(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """``work(conn)`` on a pooled connection, run again when PostgreSQL aborted it for a deadlock or a
+        serialization failure; a full disk is an OSError(ENOSPC), as on SQLite (the doors answer it as such)."""
+        for attempt in range(_RETRIES):
+            try:
+                async with self._acquire() as conn:
+                    return await work(conn)
+            except asyncpg.exceptions.TransactionRollbackError:
+                if attempt == _RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.005 * (attempt + 1))
+            except asyncpg.exceptions.DiskFullError as exc:
+                raise OSError(errno.ENOSPC, f"{exc} ({shown_url(self._url)})") from exc
+        raise AssertionError("unreachable")
+
+    async def _fetch(self, table: str, sql: str, params: Sequence[Any] = (), *, write: bool = False) -> list[Row]:
+        """Rows of ``sql``, ``table``'s JSON columns decoded; ``write`` for ``... RETURNING`` statements."""
+        if not write:
+            async with self._acquire() as conn:
+                return _rows(table, await conn.fetch(numbered(sql), *_params(params)))
+
+        async def fetch(conn: Any) -> list[Row]:
+            return _rows(table, await conn.fetch(numbered(sql), *_params(params)))
+
+        return await self._write(fetch)
+
+    async def _fetch_one(self, table: str, sql: str, params: Sequence[Any] = (), *, write: bool = False) -> Row | None:
+        rows = await self._fetch(table, sql, params, write=write)
+        return rows[0] if rows else None
+
+    async def _change(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one write statement (its own transaction); the number of rows it changed."""
+
+        async def change(conn: Any) -> int:
+            return _count(await conn.execute(numbered(sql), *_params(params)))
+
+        return await self._write(change)
+
+    async def _insert(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[int]:
+        """Insert rows in one transaction; their identities (0 for a table without one, or a row not inserted)."""
+        match = _INSERT_INTO.match(sql)
+        identity = self._identities.get(match.group(1)) if match and "RETURNING" not in sql.upper() else None
+        statement = numbered(sql) + (f" RETURNING {identity}" if identity else "")
+
+        async def insert(conn: Any) -> list[int]:
+            ids: list[int] = []
+            async with conn.transaction():
+                for row in rows:
+                    if identity:
+                        ids.append(int(await conn.fetchval(statement, *_params(row)) or 0))
+                    else:
+                        await conn.execute(statement, *_params(row))
+                        ids.append(0)
+            return ids
+
+        return await self._write(insert)
+
+    async def _transact(self, program: Callable[[], Program[T]]) -> T:
+        """Run the program made by ``program`` in one transaction on one connection (see the module docstring)."""
+
+        async def run(conn: Any) -> T:
+            async with conn.transaction():
+                steps = program()
+                try:
+                    step = next(steps)
+                    while True:
+                        step = steps.send(await self._step(conn, step))
+                except StopIteration as done:
+                    return done.value
+
+        return await self._write(run)
+
+    async def _step(self, conn: Any, step: Step) -> Any:
+        if isinstance(step, Fetch):
+            return _rows(step.table, await conn.fetch(numbered(step.sql), *_params(step.params)))
+        if isinstance(step, Change):
+            return _count(await conn.execute(numbered(step.sql), *_params(step.params)))
+        if isinstance(step, Serialize):
+            for key in sorted(set(step.keys)):  # one order for every transaction: no deadlock between them
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+            return None
+        if isinstance(step, Notify):
+            if step.payloads:
+                sql = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload"
+                await conn.execute(sql, step.channel, list(step.payloads))
+            return None
+        raise TypeError(f"not a program step: {step!r}")
+
+    # -- revisions
+
+    async def put_revision(
+        self,
+        sha256: str,
+        *,
+        source: str,
+        commit: str | None,
+        size: int,
+        created_at: float,
+        appspec: Mapping[str, Any] | None = None,
+        platform: str = "server",
+        location: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Store a revision once per content hash; True when it was new. A ``location`` (where it was fetched
+        from) replaces the stored one even when the content was already known: the latest fetch is where it is."""
+        sql = (
+            'INSERT INTO revisions (sha256, source, "commit", size, created_at, appspec, platform, location)'
+            f" VALUES ({placeholders(8)}) ON CONFLICT DO NOTHING"
+        )
+        params = (sha256, source, commit, size, created_at, to_json(appspec), platform, to_json(location))
+        new = await self._change(sql, params) == 1
+        if not new and location is not None:
+            await self._change("UPDATE revisions SET location = ? WHERE sha256 = ?", (to_json(location), sha256))
+        return new
+
+    async def get_revision(self, sha256: str) -> Row | None:
+        return await self._fetch_one("revisions", "SELECT * FROM revisions WHERE sha256 = ?", (sha256,))
+
+    async def list_revisions(self, limit: int = 50) -> list[Row]:
+        sql = "SELECT * FROM revisions ORDER BY created_at DESC, row_order DESC LIMIT ?"
+        return await self._fetch("revisions", sql, (limit,))
+
+    # -- deployments
+
+    async def create_deployment(self, record: Mapping[str, Any]) -> None:
+        """Insert a new deployment; a duplicate id raises ``asyncpg.UniqueViolationError``."""
+        _check_columns("deployments", record, self._columns["deployments"])
+        row = encode_fields("deployments", record)
+        columns = ", ".join(f'"{c}"' for c in row)
+        await self._change(f"INSERT INTO deployments ({columns}) VALUES ({placeholders(len(row))})", [*row.values()])
+
+    async def get_deployment(self, deployment_id: str) -> Row | None:
+        return await self._fetch_one("deployments", "SELECT * FROM deployments WHERE id = ?", (deployment_id,))
+
+    async def update_deployment(self, deployment_id: str, **fields: Any) -> bool:
+        """Set the given columns; False when no such deployment exists."""
+        if not fields:
+            return await self.get_deployment(deployment_id) is not None
+        return await self._change(*self._deployment_update(deployment_id, fields)) == 1
+
+    def _deployment_update(self, deployment_id: str, fields: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        _check_columns("deployments", fields, self._columns["deployments"] - {"id"})
+        row = encode_fields("deployments", fields)
+        assignments = ", ".join(f'"{c}" = ?' for c in row)
+        return f"UPDATE deployments SET {assignments} WHERE id = ?", (*row.values(), deployment_id)
+
+    async def list_deployments(
+        self,
+        *,
+        application: str | None = None,
+        environment: str | None = None,
+        group_name: str | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = 50,
+        newest_first: bool = True,
+    ) -> list[Row]:
+        where, params = where_clause(
+            application=application, environment=environment, group_name=group_name, status=status
+        )
+        order = "DESC" if newest_first else "ASC"
+        sql = f"SELECT * FROM deployments WHERE {where} ORDER BY created_at {order}, row_order {order}"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return await self._fetch("deployments", sql, params)
+
+    async def last_successful(self, group_name: str) -> Row | None:
+        """The group's most recently finished Succeeded deployment (its revision is "last successful")."""
+        sql = (
+            "SELECT * FROM deployments WHERE group_name = ? AND status = 'Succeeded'"
+            " ORDER BY COALESCE(ended_at, created_at) DESC, row_order DESC LIMIT 1"
+        )
+        return await self._fetch_one("deployments", sql, (group_name,))
+
+    async def unfinished_deployments(self) -> list[Row]:
+        """Deployments to resume after a restart, oldest first."""
+        sql = (
+            f"SELECT * FROM deployments WHERE status NOT IN ({placeholders(len(FINAL_STATUSES))})"
+            " ORDER BY created_at, row_order"
+        )
+        return await self._fetch("deployments", sql, sorted(FINAL_STATUSES))
+
+    # -- target events
+
+    async def upsert_target_event(self, deployment_id: str, target: str, event: str, **fields: Any) -> None:
+        """Create the (deployment, target, event) row or change only the given fields of it."""
+        await self._change(*self._target_event_upsert(deployment_id, {"target": target, "event": event, **fields}))
+
+    async def save_progress(
+        self, deployment_id: str, rows: Sequence[Mapping[str, Any]], **deployment: Any
+    ) -> bool | None:
+        """the target rows and ``update_deployment(**deployment)`` in one transaction: a step of a
+        deployment is one write, not one per table. False when the deployment row is missing, None without
+        ``deployment``."""
+        statements = [self._target_event_upsert(deployment_id, row) for row in rows]
+        if deployment:
+            statements.append(self._deployment_update(deployment_id, deployment))
+
+        def write() -> Program[bool | None]:
+            changed = []
+            for sql, params in statements:
+                changed.append((yield Change(sql, params)))
+            return changed[-1] == 1 if deployment else None
+
+        return await self._transact(write)
+
+    def _target_event_upsert(self, deployment_id: str, row: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        fields = {k: v for k, v in row.items() if k not in ("target", "event")}
+        _check_columns("target_events", fields, self._columns["target_events"] - {*_TARGET_EVENT_KEY})
+        columns = [*_TARGET_EVENT_KEY, *fields]
+        on_conflict = "UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in fields) if fields else "NOTHING"
+        sql = (
+            f"INSERT INTO target_events ({', '.join(columns)}) VALUES ({placeholders(len(columns))})"
+            f" ON CONFLICT (deployment_id, target, event) DO {on_conflict}"
+        )
+        return sql, (deployment_id, row["target"], row["event"], *fields.values())
+
+    async def list_target_events(self, deployment_id: str) -> list[Row]:
+        sql = "SELECT * FROM target_events WHERE deployment_id = ? ORDER BY target, seq, row_order"
+        return await self._fetch("target_events", sql, (deployment_id,))
+
+    # -- event log (append only: its triggers refuse UPDATE, DELETE and TRUNCATE)
+
+    async def append_log(
+        self,
+        kind: str,
+        *,
+        at: float,
+        actor: str,
+        deployment_id: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> int:
+        entry = {"kind": kind, "at": at, "actor": actor, "deployment_id": deployment_id, "data": data}
+        return (await self.append_logs([entry]))[0]
+
+    async def append_logs(self, entries: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Append many entries (keys as ``append_log``'s arguments) in one transaction; returns their ids."""
+        rows = [(e.get("deployment_id"), e["at"], e["actor"], e["kind"], to_json(e.get("data"))) for e in entries]
+        sql = f"INSERT INTO event_log (deployment_id, at, actor, kind, data) VALUES ({placeholders(5)})"
+        return await self._insert(sql, rows)
+
+    async def read_log(self, *, deployment_id: str | None = None, after_id: int = 0, limit: int = 1000) -> list[Row]:
+        where, params = where_clause(deployment_id=deployment_id)
+        sql = f"SELECT * FROM event_log WHERE id > ? AND {where} ORDER BY id LIMIT ?"
+        return await self._fetch("event_log", sql, (after_id, *params, limit))
