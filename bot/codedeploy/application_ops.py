@@ -1,7 +1,9 @@
-"""Applications, deployment groups and deployment configurations through the CodeDeploy API.
+"""Reading applications and deployment groups, and deployment configurations, through the CodeDeploy API.
 
-Applications and groups are the config file's (read-only here). Configurations are the built-ins, the config
-file's and those made with CreateDeploymentConfig; only the last can be deleted, and only while nothing uses them.
+Applications and groups are the config file's (read-only here) and those made with CreateApplication and
+CreateDeploymentGroup (resource_ops.py); a group made through the API is shown as it was defined (its
+CreateDeploymentGroup members) with what deploybot made of it. Configurations are the built-ins, the config file's
+and those made with CreateDeploymentConfig; only the last can be deleted, and only while nothing uses them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from bot.codedeploy.shapes import PLATFORMS, ApiError, config_info
 from engine import (
     BUILTIN_CONFIGS,
     BUILTIN_PREFIX,
+    FROM_API,
     MAX_CONFIG_NAME_LENGTH,
     Application,
     DeploymentConfig,
@@ -36,6 +39,20 @@ _CODEDEPLOY_TRIGGER_EVENTS = frozenset(
 )
 """botocore's TriggerEventType: what ``triggerEvents`` may hold."""
 _MHH_WORDS = ("minimum_healthy", "FLEET_PERCENT", "HOST_COUNT", "MOST_CONCURRENCY")
+# The members of an API-made group's definition GetDeploymentGroup shows as given (the others are read back from
+# the group: its configuration, style, rollback, alarms and triggers, with deploybot's defaults filled in).
+_ECHOED_MEMBERS = (
+    "onPremisesInstanceTagFilters",
+    "onPremisesTagSet",
+    "ec2TagFilters",
+    "ec2TagSet",
+    "autoScalingGroups",
+    "serviceRoleArn",
+    "loadBalancerInfo",
+    "blueGreenDeploymentConfiguration",
+    "outdatedInstancesStrategy",
+    "terminationHookEnabled",
+)
 
 
 class ApplicationOperations(OperationsBase):
@@ -63,6 +80,10 @@ class ApplicationOperations(OperationsBase):
         }
         if app.github_repository:
             info["gitHubAccountName"] = app.github_repository.split("/")[0]
+        made = self.registry.api_application(app.name) if app.origin == FROM_API else None
+        if made is not None:
+            info["applicationId"] = made.id
+            info["createTime"] = made.created_at
         return info
 
     async def list_applications(self, body: Mapping[str, Any], actor: str) -> dict[str, Any]:
@@ -81,6 +102,17 @@ class ApplicationOperations(OperationsBase):
         return {"applicationName": app.name, **answer}
 
     def _group_info(self, group: DeploymentGroup) -> dict[str, Any]:
+        info = self._built_group_info(group)
+        from_api = self.deployer.config.application(group.application).origin == FROM_API
+        made = self.registry.api_group(group.name) if from_api else None
+        if made is not None:  # what was given, as it was given, where deploybot's reading would differ in form
+            for member in _ECHOED_MEMBERS:
+                info.pop(member, None)
+                if member in made.definition:
+                    info[member] = made.definition[member]
+        return info
+
+    def _built_group_info(self, group: DeploymentGroup) -> dict[str, Any]:
         if group.hosts:  # named hosts have no tag; show them as Name filters so the target list is visible
             filters = [{"Key": "Name", "Value": host, "Type": "KEY_AND_VALUE"} for host in group.hosts]
         else:

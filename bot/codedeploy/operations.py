@@ -16,13 +16,19 @@ from bot.codedeploy.application_ops import ApplicationOperations
 from bot.codedeploy.base import Operation, OperationsBase, operation_method
 from bot.codedeploy.deployment_ops import DeploymentOperations
 from bot.codedeploy.onprem_ops import OnPremOperations
+from bot.codedeploy.resource_ops import ResourceOperations
 from bot.codedeploy.revision_ops import RevisionOperations
 from bot.codedeploy.target_ops import TargetOperations
 from engine import Action, Decision, may
 
 
 class CodeDeployOperations(
-    ApplicationOperations, DeploymentOperations, TargetOperations, RevisionOperations, OnPremOperations
+    ApplicationOperations,
+    ResourceOperations,
+    DeploymentOperations,
+    TargetOperations,
+    RevisionOperations,
+    OnPremOperations,
 ):
     """``table``: operation name → ``async (body, actor) -> response``; failures raise ApiError/EngineError.
     ``access``: operation name → what the caller needs (see ``authorize``)."""

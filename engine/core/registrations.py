@@ -10,6 +10,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from engine.core.configs import (
@@ -87,7 +88,75 @@ class InvalidDeploymentConfig(EngineError):
         super().__init__(f"deployment configuration {name!r}: {'; '.join(problems)}")
 
 
+class ApplicationExists(EngineError):
+    """CreateApplication/UpdateApplication: the name is taken (``in_config``: by an application of the config file)."""
+
+    def __init__(self, name: str, *, in_config: bool = False) -> None:
+        self.name, self.in_config = name, in_config
+        super().__init__(f"application {name!r} already exists" + (" in the config file" if in_config else ""))
+
+
+class DeploymentGroupExists(EngineError):
+    """Deployment group names are unique across deploybot (deployments are kept by group name): ``holder`` is the
+    application that has one called ``name``."""
+
+    def __init__(self, name: str, holder: str) -> None:
+        self.name, self.holder = name, holder
+        super().__init__(f"deployment group {name!r} already exists in application {holder!r}")
+
+
+class ConfiguredResourceReadOnly(EngineError):
+    """An application or group of the config file cannot be changed, deleted or tagged through the API, and no
+    group can be added to such an application: ``group`` None means the application itself; ``source`` is the
+    config file."""
+
+    def __init__(self, application: str, group: str | None, source: str) -> None:
+        self.application, self.group, self.source = application, group, source
+        what = f"deployment group {group} of application {application}" if group else f"application {application}"
+        super().__init__(f"{what} comes from the config file {source}; change it there")
+
+
+class ResourceBusy(EngineError):
+    """An application or group with deployments that have not ended cannot be renamed or deleted."""
+
+    def __init__(self, what: str, deployments: tuple[str, ...]) -> None:
+        self.what, self.deployments = what, deployments
+        super().__init__(f"{what} has deployments that have not ended: {', '.join(deployments)}")
+
+
+class TagsInvalid(EngineError):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
 # -- values ------------------------------------------------------------------------------------------------------
+
+
+MAX_RESOURCE_TAGS = 50  # CodeDeploy's limit per application, deployment group or configuration
+
+
+@dataclass(frozen=True, slots=True)
+class ApiApplication:
+    """An application created through the API; its groups are ``ApiGroup``s."""
+
+    id: str  # CreateApplication's applicationId; kept across renames
+    name: str
+    platform: Platform
+    created_at: float
+    tags: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiGroup:
+    """A deployment group created through the API: ``definition`` is its CreateDeploymentGroup members
+    (engine/core/api_groups.py), as last given."""
+
+    application: str
+    name: str
+    definition: Mapping[str, Any]
+    created_at: float
+    tags: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,3 +249,45 @@ def instance_from_row(row: Mapping[str, Any]) -> OnPremInstance:
     return OnPremInstance(
         row["name"], row["iam_arn"], dict(row["tags"] or {}), row["registered_at"], row["deregistered_at"]
     )
+
+
+class ResourceKind(StrEnum):
+    """What TagResource and friends may name (the resource type of a CodeDeploy ARN)."""
+
+    APPLICATION = "application"
+    DEPLOYMENT_GROUP = "deploymentgroup"
+    DEPLOYMENT_CONFIG = "deploymentconfig"
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceRef:
+    """One taggable resource: an application (``name``), a group (``group`` of application ``name``) or a
+    deployment configuration (``name``)."""
+
+    kind: ResourceKind
+    name: str
+    group: str | None = None
+
+
+def application_from_row(row: Mapping[str, Any]) -> ApiApplication:
+    return ApiApplication(
+        row["id"], row["name"], Platform(row["compute_platform"]), row["created_at"], dict(row["tags"] or {})
+    )
+
+
+def group_from_row(row: Mapping[str, Any]) -> ApiGroup:
+    return ApiGroup(
+        row["application"], row["name"], dict(row["definition"] or {}), row["created_at"], dict(row["tags"] or {})
+    )
+
+
+def tags_problem(tags: Mapping[str, str]) -> str | None:
+    """Why these tags cannot be kept on a resource (CodeDeploy's limits), or None."""
+    if len(tags) > MAX_RESOURCE_TAGS:
+        return f"a resource holds at most {MAX_RESOURCE_TAGS} tags; this would have {len(tags)}"
+    for key, value in tags.items():
+        if not 1 <= len(key) <= 128 or key.lower().startswith("aws:"):
+            return f"tag key {key!r}: 1-128 characters, not starting with aws:"
+        if len(value) > 256:
+            return f"tag {key!r}: values are at most 256 characters"
+    return None
