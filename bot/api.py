@@ -52,6 +52,8 @@ from bot.http import (
     unauthorized,
 )
 from bot.idempotency import idempotent_requests
+from bot.logs import annotate as annotate_log
+from bot.pages.stats import environment_numbers
 from engine import (
     BOOTSTRAP_ADMIN,
     Action,
@@ -93,6 +95,7 @@ async def _require_api_token(
     if check.user is None:
         raise unauthorized(check)
     request[ACTOR] = check.user
+    annotate_log(actor=check.user)
     return await handler(request)
 
 
@@ -153,6 +156,7 @@ _LOCK_USAGE = (
 _UNLOCK_USAGE = 'DELETE /api/v1/locks {"application": APP|"*", "environment": ENV} or ?application=APP&environment=ENV'
 _REJECT_USAGE = 'POST /api/v1/deployments/{id}/reject {"reason"?: str}'
 _QUEUE_USAGE = "GET /api/v1/queue?application=APP&environment=ENV"
+_STATS_USAGE = "GET /api/v1/applications/{app}/stats?env=ENV&days=N (N from 1 to 365, default 30)"
 
 
 def _deploy_request(request: web.Request, body: Mapping[str, Any], usage: str) -> DeployRequest:
@@ -406,6 +410,20 @@ async def where_application(request: web.Request) -> web.Response:
     return json_response(await request.app[DEPLOYER].release.where(request.match_info["app"]))
 
 
+async def application_stats(request: web.Request) -> web.Response:
+    """Delivery numbers (engine/core/delivery.py) of each environment of the application, or of ``env``, over the last
+    ``days`` days: what ``deploybot stats`` prints."""
+    deployer = request.app[DEPLOYER]
+    days = int(_number(request, "days", 30, 1, 365, _STATS_USAGE))
+    app = deployer.config.application(request.match_info["app"])
+    wanted = request.query.get("env") or None
+    environments = [app.environment(wanted)] if wanted else list(app.environments)
+    now = deployer.clock.now()
+    numbers = await environment_numbers(deployer, app.name, environments, windows=(days,), now=now)
+    environments_json = [n.as_json() for n in numbers]
+    return json_response({"application": app.name, "days": days, "at": now, "environments": environments_json})
+
+
 async def list_locks(request: web.Request) -> web.Response:
     return json_response({"locks": await request.app[DEPLOYER].release.locks()})
 
@@ -550,7 +568,12 @@ async def list_hosts(request: web.Request) -> web.Response:
 
 
 async def list_applications(request: web.Request) -> web.Response:
-    return json_response({"applications": request.app[DEPLOYER].applications()})
+    """Each application with ``source``: where it (and its groups) comes from, "config file" or "API"."""
+    deployer = request.app[DEPLOYER]
+    applications = [
+        {**app, "source": deployer.config.application(app["name"]).origin} for app in deployer.applications()
+    ]
+    return json_response({"applications": applications})
 
 
 def create_api_app(
@@ -585,6 +608,7 @@ def create_api_app(
             web.post("/plan", plan_deployment),
             web.post("/applications/{app}/promote", promote_application),
             web.get("/applications/{app}/where", where_application),
+            web.get("/applications/{app}/stats", application_stats),
             web.get("/locks", list_locks),
             web.post("/locks", create_lock),
             web.delete("/locks", delete_lock),

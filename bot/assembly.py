@@ -21,7 +21,7 @@ from engine.adapters.fleet import Fleet
 from engine.adapters.triggers.sns import SnsTriggerSender
 from engine.adapters.triggers.webhook import WebhookTriggerSender
 from engine.core.config.model import EngineConfig
-from engine.ports import Clock, TrafficRouter
+from engine.ports import Clock, Store, TrafficRouter
 from engine.runtime.deployer import AlarmFactory, Deployer
 from engine.runtime.inventory import AgentHealth
 from engine.runtime.queue import GroupQueue
@@ -29,6 +29,28 @@ from engine.runtime.results import CommandResults
 from engine.runtime.revisions import RevisionStore
 from engine.runtime.triggers import TriggerOutbox, TriggerSender
 from engine.store.sqlite import SqliteStore
+
+DATABASE_FILE = "deploybot.db"
+"""The SQLite database in the data directory (when the config names no ``store``)."""
+
+
+async def open_store(config: EngineConfig, data_dir: Path, *, init: bool = False) -> Store:
+    """The store the config names: the PostgreSQL database of ``store.url``, its password (if any) from the
+    environment variable ``store.password_env`` (else PGPASSWORD or ~/.pgpass, as PostgreSQL's own tools), or by
+    default SQLite in ``data_dir``. ``init`` as ``SqliteStore.open``'s. Raises DatabaseUnusable / PostgresUnusable
+    (EngineErrors: one line for the operator)."""
+    if config.store is None:
+        return await SqliteStore.open(data_dir / DATABASE_FILE, init=init)
+    from engine.store.postgres import PostgresStore, PostgresUnusable, shown_url
+
+    password = None
+    if config.store.password_env is not None:
+        password = os.environ.get(config.store.password_env)
+        if password is None:
+            reason = f"store.password_env names {config.store.password_env}, which is not set"
+            raise PostgresUnusable(shown_url(config.store.url), reason, "set it in the server's environment")
+    return await PostgresStore.open(config.store.url, password=password, init=init)
+
 
 LOCK_FILE = "server.lock"
 """The file in the data directory that ``deploybot serve`` holds an exclusive flock on, holding its pid."""
@@ -124,12 +146,13 @@ async def assemble_deployer(
     aws: AwsAccounts | None = None,
     trigger_senders: Mapping[str, TriggerSender] | None = None,
 ) -> ServedDeployer:
-    """A Deployer over ``data_dir`` (SQLite, revision bundles, agent tokens), resumed where a previous server
-    left off. ``aws``: one set of AWS clients shared with the routers and alarms (made from the config if None).
+    """A Deployer over ``data_dir`` (revision bundles, agent tokens; the database unless ``config.store`` names a
+    PostgreSQL one: ``open_store``), resumed where a previous server left off. ``aws``: one set of AWS clients
+    shared with the routers and alarms (made from the config if None).
     ``trigger_senders``: by target kind; ``default_trigger_senders`` when None."""
     clock = clock or SystemClock()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    store = await SqliteStore.open(data_dir / "deploybot.db")
+    store = await open_store(config, data_dir)
     try:
         revisions = RevisionStore(store, data_dir / "revisions", clock)
         results = CommandResults()
@@ -145,6 +168,7 @@ async def assemble_deployer(
             config, clock=clock, on_result=results.deliver, revisions=revisions, hook_records=store, accounts=aws
         )
         await platforms.open()
+        routers = platforms.with_green_fleets(routers or {})  # blue/green groups that copy an Auto Scaling group
         deployer = ServedDeployer(
             config,
             store=store,

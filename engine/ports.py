@@ -4,10 +4,10 @@ Each real component gets one adapter in engine/adapters/ (or engine/store/) impl
 composition root (bot/assembly.py) picks the implementations and hands them to the Deployer, and tests use fakes
 at this seam. Nothing in engine/runtime/ or engine/release/ names a concrete store or adapter.
 
-    store        DeploymentStore, CommandQueue, ReleaseRecords, RegistryRecords, TokenRecords, IntentRecords,
-                 HookExecutionRecords (together: Store)
+    store        DeploymentStore, CommandQueue, ReleaseRecords, RegistryRecords, ApplicationRecords, TokenRecords,
+                 IntentRecords, HookExecutionRecords (together: Store)
     hosts        HostExecutor (run lifecycle events), HostFleet (the agents behind it)
-    traffic      TrafficRouter (set_weight / verify_weight), AlarmSource
+    traffic      TrafficRouter (set_weight / verify_weight), GreenFleet (a provisioned replacement), AlarmSource
     platforms    PlatformDriver (Lambda, ECS), PlatformRuntime (the AWS side as a whole), RevisionArchive
     people       Notifier
     time         Clock
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from engine.core.agent_protocol import CommandBody, HeartbeatBody, ResultBody
 from engine.core.config.model import DeploymentGroup
@@ -74,6 +74,24 @@ class TrafficRouter(Protocol):
 
     async def allow(self, group: str, target: str) -> None:
         """Send traffic to ``target`` again once the balancer's own health check sees it up (AllowTraffic)."""
+
+
+@runtime_checkable
+class GreenFleet(TrafficRouter, Protocol):
+    """A blue/green group's router that also provisions the replacement fleet each deployment (CodeDeploy's
+    ``COPY_AUTO_SCALING_GROUP``): it copies the group's current fleet, and after the deployment retires the
+    original (success) or discards the copy (anything else). Fleets are named by the caller; every call is
+    idempotent, so a resumed deployment asks again."""
+
+    async def provision(self, group: str, source: str, copy: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Copy fleet ``source`` as ``copy`` (an existing ``copy`` is reused) and wait until its instances run:
+        (the original's instance ids, the copy's). Raises AdapterError when it cannot."""
+
+    async def retire(self, group: str, name: str, *, terminate: bool) -> None:
+        """The deployment succeeded: ``terminate`` fleet ``name`` with its instances, or keep it running."""
+
+    async def discard(self, group: str, name: str) -> None:
+        """The deployment did not succeed: delete the copy ``name`` with its instances (nothing when gone)."""
 
 
 class AlarmSource(Protocol):
@@ -419,6 +437,28 @@ class RegistryRecords(Protocol):
     ) -> Row: ...
 
 
+class ApplicationRecords(Protocol):
+    """Applications and deployment groups made through the CodeDeploy API, and the tags of API-made resources
+    (engine/store/application_records.py)."""
+
+    async def list_api_applications(self) -> list[Row]: ...
+    async def insert_api_application(
+        self, app_id: str, name: str, compute_platform: str, *, tags: Mapping[str, str], at: float
+    ) -> Row: ...
+    async def rename_api_application(self, app_id: str, name: str) -> Row | None: ...
+    async def set_api_application_tags(self, app_id: str, tags: Mapping[str, str]) -> Row | None: ...
+    async def delete_api_application(self, app_id: str) -> None: ...
+    async def list_api_groups(self) -> list[Row]: ...
+    async def insert_api_group(
+        self, name: str, application_id: str, definition: Mapping[str, Any], *, tags: Mapping[str, str], at: float
+    ) -> Row: ...
+    async def update_api_group(self, name: str, *, new_name: str, definition: Mapping[str, Any]) -> Row | None: ...
+    async def set_api_group_tags(self, name: str, tags: Mapping[str, str]) -> Row | None: ...
+    async def delete_api_group(self, name: str) -> None: ...
+    async def set_api_config_tags(self, name: str, tags: Mapping[str, str]) -> Row | None: ...
+    async def unfinished_deployments_in(self, application: str, environments: Sequence[str]) -> list[str]: ...
+
+
 class TokenRecords(Protocol):
     """Per-user API tokens, kept by the sha256 of the token (never the token): engine/runtime/tokens.py's rows."""
 
@@ -527,12 +567,13 @@ class Store(
     CommandQueue,
     ReleaseRecords,
     RegistryRecords,
+    ApplicationRecords,
     TokenRecords,
     IntentRecords,
     HookExecutionRecords,
     Protocol,
 ):
-    """All of deploybot's state (engine/store/sqlite.py today)."""
+    """All of deploybot's state: engine/store/sqlite.py (the embedded default) or engine/store/postgres.py."""
 
 
 # -- the runtime's own seams, for the release layer ---------------------------------------------------------------

@@ -20,10 +20,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.core.config.model import EngineConfig
+from engine.core.config.model import DeploymentGroup, EngineConfig
 from engine.core.configs import DeploymentConfig
 from engine.core.model import Platform, Revision
-from engine.core.registrations import OnPremInstance, RegisteredRevision
+from engine.core.registrations import ApiApplication, ApiGroup, OnPremInstance, RegisteredRevision, ResourceRef
 from engine.core.requests import DeployRequest
 from engine.ports import AgentFleet, Clock, HookCallbacks, IntentRecords, Notifier, RevisionArchive
 from engine.runtime.tokens import ApiToken, BootstrapChange, TokenCheck
@@ -138,6 +138,34 @@ class Registrations(Protocol):
 
     async def mark_used(self, application: str, location: Mapping[str, Any], *, sha256: str) -> RegisteredRevision: ...
 
+    def api_application(self, name: str) -> ApiApplication | None: ...
+
+    def api_group(self, name: str) -> ApiGroup | None: ...
+
+    async def create_application(
+        self, name: str, platform: Platform, *, tags: Mapping[str, str] | None = None
+    ) -> ApiApplication: ...
+
+    async def rename_application(self, name: str, new_name: str) -> ApiApplication: ...
+
+    async def delete_application(self, name: str) -> bool: ...
+
+    async def create_group(
+        self, application: str, name: str, definition: Mapping[str, Any], *, tags: Mapping[str, str] | None = None
+    ) -> DeploymentGroup: ...
+
+    async def update_group(
+        self, application: str, name: str, request: Mapping[str, Any], *, new_name: str | None = None
+    ) -> DeploymentGroup: ...
+
+    async def delete_group(self, application: str, name: str) -> bool: ...
+
+    def tags_of(self, resource: ResourceRef) -> Mapping[str, str]: ...
+
+    async def tag_resource(self, resource: ResourceRef, tags: Mapping[str, str]) -> None: ...
+
+    async def untag_resource(self, resource: ResourceRef, keys: Iterable[str]) -> None: ...
+
     async def store_inline_appspec(self, content: str, platform: Platform) -> Revision: ...
 
 
@@ -205,7 +233,13 @@ class DeploymentService(Protocol):
     # -- revisions
 
     async def store_revision(
-        self, path: Path, *, source: str, commit: str | None = None, application: str | None = None
+        self,
+        path: Path,
+        *,
+        source: str,
+        commit: str | None = None,
+        application: str | None = None,
+        location: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]: ...
 
     async def fetch_s3_revision(

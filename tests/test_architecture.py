@@ -20,7 +20,17 @@ import engine
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("engine", "bot", "bench")
 
-IO_LIBRARIES = {"aiohttp", "aioboto3", "aiobotocore", "boto3", "botocore", "sqlite3", "sqlite_utils", "asyncio"}
+IO_LIBRARIES = {
+    "aiohttp",
+    "aioboto3",
+    "aiobotocore",
+    "boto3",
+    "botocore",
+    "sqlite3",
+    "sqlite_utils",
+    "asyncpg",
+    "asyncio",
+}
 CHAT_LIBRARIES = {"slack_bolt", "slack_sdk", "gidgethub"}
 # The composition root picks the store and the adapters; push_cmd uploads to S3 itself (like `aws deploy push`).
 COMPOSITION_ROOT = {"bot.app", "bot.assembly", "bot.cli.server_cmd", "bot.cli.push_cmd"}

@@ -196,7 +196,7 @@ TOP_CASES = {
                 1,
                 1,
                 "unknown key 'colour'; expected one of: applications, aws, deployment_configs, hosts, roles, server, "
-                "users",
+                "store, users",
                 "colour",
             )
         ],

@@ -34,6 +34,7 @@ _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
         "promote-now",
     ),
     "bot.cli.hosts_cmd": ("hosts", "agent-token"),
+    "bot.cli.groups_cmd": ("groups",),
     "bot.cli.push_cmd": ("push",),
     "bot.cli.hooks_cmd": ("hooks", "hook-status"),
     "bot.cli.release_cmd": (
@@ -49,6 +50,7 @@ _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
         "queue",
     ),
     "bot.cli.token_cmd": ("token",),
+    "bot.cli.stats_cmd": ("stats",),
 }
 
 

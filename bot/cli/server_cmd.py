@@ -197,7 +197,12 @@ def _slack_line(settings: Settings) -> str:
 
 
 async def _serve(
-    config: EngineConfig, settings: Settings, config_path: Path, tls: ssl.SSLContext | None = None
+    config: EngineConfig,
+    settings: Settings,
+    config_path: Path,
+    tls: ssl.SSLContext | None = None,
+    *,
+    log_format: str = "text",
 ) -> None:
     from aiohttp import web
 
@@ -250,6 +255,7 @@ async def _serve(
             data_dir=settings.data_dir,
             token_for=deployer.fleet.token_for,
             ca_file=ca_file,
+            log_format=log_format,
         )
         app = create_app(settings, deployer=deployer, local_fleet=LocalFleet(agents) if agents else None)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
@@ -293,13 +299,15 @@ DATABASE_FILE = "deploybot.db"
 """The database in the data directory (bot.assembly opens the same file)."""
 
 
-async def _check_database(path: Path, *, init: bool) -> None:
-    """Open and close the database before anything else starts, so a damaged, unreadable or empty (without
-    ``--init``) file stops ``serve`` with the store's one line (DatabaseUnusable) instead of a traceback later."""
-    from engine.store.sqlite import SqliteStore
+async def _check_database(config: EngineConfig, data_dir: Path, *, init: bool) -> None:
+    """Open and close the store before anything else starts, so a damaged, unreadable or empty (without ``--init``)
+    SQLite file, or a PostgreSQL server out of reach, stops ``serve`` with the store's one line instead of a traceback
+    later. With ``store.url`` no SQLite file is opened or made."""
+    from bot.assembly import open_store
 
-    empty = path.is_file() and path.stat().st_size == 0
-    store = await SqliteStore.open(path, init=init)
+    path = data_dir / DATABASE_FILE
+    empty = config.store is None and path.is_file() and path.stat().st_size == 0
+    store = await open_store(config, data_dir, init=init)
     await store.close()
     if empty:
         print(f"initialized an empty database in {path} (--init)", flush=True)
@@ -343,7 +351,8 @@ def _serve_command(args: argparse.Namespace) -> int:
         return 1
     if args.port is not None:
         config = dataclasses.replace(config, server=dataclasses.replace(config.server, listen_port=args.port))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if (chosen_log_format := _configure_logging(args)) is None:
+        return 2
     try:
         tls = _tls_for(config)
     except TlsFileError as exc:
@@ -362,8 +371,8 @@ def _serve_command(args: argparse.Namespace) -> int:
         if ensure_api_token_file(settings.api_token_file):
             print(f"created API token {settings.api_token_file}", flush=True)
         try:
-            asyncio.run(_check_database(settings.data_dir / DATABASE_FILE, init=args.init))
-            asyncio.run(_serve(config, settings, config_path, tls))
+            asyncio.run(_check_database(config, settings.data_dir, init=args.init))
+            asyncio.run(_serve(config, settings, config_path, tls, log_format=chosen_log_format))
         except (EngineError, ValueError) as exc:  # HAProxy missing or its port taken; a malformed setting
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -374,6 +383,29 @@ def _serve_command(args: argparse.Namespace) -> int:
     finally:
         os.close(lock)  # the data directory is free again (the kernel drops the lock at any exit anyway)
     return 0
+
+
+def _configure_logging(args: argparse.Namespace) -> str | None:
+    """Logs to stderr as ``--log-format`` or $DEPLOYBOT_LOG_FORMAT says (bot/logs.py), with the engine's fields on
+    JSON lines; the format chosen, or None (said on stderr) for an unknown one."""
+    from bot.logs import configure, log_format
+    from engine.core import log_context
+
+    try:
+        chosen = log_format(args.log_format, os.environ)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    configure(chosen, sources=[log_context.current])
+    return chosen
+
+
+def _log_format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines on stderr: text, or one JSON object a line (default: $DEPLOYBOT_LOG_FORMAT, else text)",
+    )
 
 
 def _agent_token(args: argparse.Namespace) -> str:
@@ -399,8 +431,13 @@ def _agent_command(args: argparse.Namespace) -> int:
 
     from engine.agent import AgentOptions, run_agent
     from engine.agent.client import ServerNotTrusted, tls_context
+    from engine.core import log_context
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.server or not args.name:
+        print("error: deploybot agent needs --server URL and --name NAME", file=sys.stderr)
+        return 2
+    if _configure_logging(args) is None:
+        return 2
     try:
         token = _agent_token(args)
         if args.ca_file:
@@ -423,7 +460,8 @@ def _agent_command(args: argparse.Namespace) -> int:
     if args.ca_file:
         options["ca_file"] = Path(args.ca_file)
     try:
-        asyncio.run(run_agent(AgentOptions(**options)))
+        with log_context.bind(host=args.name):  # every line of this agent names its host
+            asyncio.run(run_agent(AgentOptions(**options)))
     except ServerNotTrusted as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -441,11 +479,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="start on a zero-byte database file as an empty database (refused without it: it may be a lost one)",
     )
+    _log_format_option(serve)
     serve.set_defaults(func=_serve_command)
 
     agent = subparsers.add_parser("agent", help="run a host agent (long-polls the server for lifecycle events)")
-    agent.add_argument("--server", required=True, metavar="URL", help="the deploybot server")
-    agent.add_argument("--name", required=True, help="this host's name in the config")
+    agent.add_argument("--server", metavar="URL", help="the deploybot server (required)")
+    agent.add_argument("--name", help="this host's name in the config (required)")
     agent.add_argument("--token-file", metavar="PATH", help="file holding this host's agent token (mode 0600)")
     agent.add_argument("--token", help=argparse.SUPPRESS)  # refused with a message saying what to use instead
     agent.add_argument("--root", metavar="DIR", help="the agent's working directory (deployments, logs)")
@@ -461,4 +500,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     agent.add_argument(
         "--env", type=_key_value, action="append", default=[], metavar="K=V", help="hook environment (repeatable)"
     )
+    _log_format_option(agent)
     agent.set_defaults(func=_agent_command)
+    from bot.cli import agent_service  # `deploybot agent install` / `uninstall`: the agent as a systemd service
+
+    agent_service.register(agent)

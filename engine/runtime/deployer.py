@@ -153,11 +153,18 @@ class Deployer:
     # -- revisions -------------------------------------------------------------------------------------------
 
     async def store_revision(
-        self, path: Path, *, source: str, commit: str | None = None, application: str | None = None
+        self,
+        path: Path,
+        *,
+        source: str,
+        commit: str | None = None,
+        application: str | None = None,
+        location: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Keep an uploaded bundle; its AppSpec is checked for ``application``'s platform (server by default)."""
+        """Keep an uploaded bundle; its AppSpec is checked for ``application``'s platform (server by default).
+        ``location``: where it was fetched from (``{"github": {repository, commit, committed_at}}``)."""
         platform = self.config.application(application).platform if application else Platform.SERVER
-        revision = await self.revisions.add(path, label=source, commit=commit, platform=platform)
+        revision = await self.revisions.add(path, label=source, commit=commit, platform=platform, location=location)
         return {"sha256": revision.sha256, "size": revision.size, "source": revision.source}
 
     async def _revision_for(self, request: DeployRequest, group: DeploymentGroup) -> Revision:

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 _UNSAFE_ID_CHARS = re.compile(r"[^a-z0-9._-]+")
 ROLE_PREFIX = "@"
 """How a permission list names a role rather than a user: ``@release``."""
+FROM_CONFIG_FILE = "config file"
+FROM_API = "API"
+"""Where an application (and its groups) comes from: ``Application.origin``."""
 GITHUB_USER = "github"
 """Who merge-triggered deployments act as unless an application's ``github.deploy_as`` names another user: a
 group whose ``deployers`` list is set must list it for merges to deploy there (with a ``users`` section, it must be
@@ -104,6 +107,14 @@ class BlueGreenOptions:
     ready_wait_minutes: float = 0
     terminate_action: str = "KEEP_ALIVE"
     termination_wait_minutes: float = 0
+    # greenFleetProvisioningOption: "discover_existing" (the group's own hosts, in halves) or
+    # "copy_auto_scaling_group" (each deployment copies ``auto_scaling_group``, the current copy after the first)
+    green_fleet_provisioning: str = "discover_existing"
+    auto_scaling_group: str | None = None
+
+    @property
+    def copies_auto_scaling_group(self) -> bool:
+        return self.green_fleet_provisioning == "copy_auto_scaling_group"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +180,10 @@ class Application:
     auto_deploy: Mapping[str, object] | None = None
     github_environment_urls: Mapping[str, str] = field(default_factory=dict)  # environment -> its public URL
     github_deploy_as: str = GITHUB_USER  # the user merges into ``auto_deploy.branch`` deploy as
+    # The least repository permission (write | maintain | admin) a commenter needs to deploy from a PR comment.
+    github_comment_permission: str = "write"
     extra: Mapping[str, object] = field(default_factory=dict)
+    origin: str = FROM_CONFIG_FILE  # or FROM_API: created through the CodeDeploy API (engine/runtime/registry.py)
 
     def environment(self, name: str) -> str:
         """The declared spelling of environment ``name`` (case-insensitive); raises EnvironmentNotFound."""
@@ -183,6 +197,27 @@ class Application:
         """The environment after ``environment`` in promotion order, None for the last one."""
         index = self.environments.index(self.environment(environment))
         return self.environments[index + 1] if index + 1 < len(self.environments) else None
+
+
+class Applications(Mapping[str, Application]):
+    """``EngineConfig.applications``: the config file's applications (``declared``), then those created through the
+    CodeDeploy API (``api``, which engine/runtime/registry.py keeps current), so everything holding the config sees
+    both without being told. A name both use is the file's (the registry refuses to create one anyway)."""
+
+    def __init__(self, declared: Mapping[str, Application]) -> None:
+        self.declared = declared
+        self.api: Mapping[str, Application] = {}
+
+    def __getitem__(self, name: str) -> Application:
+        found = self.declared.get(name)
+        return found if found is not None else self.api[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.declared
+        yield from (name for name in self.api if name not in self.declared)
+
+    def __len__(self) -> int:
+        return len(self.declared) + sum(1 for name in self.api if name not in self.declared)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +242,17 @@ class TlsSettings:
     cert: str
     key: str
     ca: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """The ``store`` section: deploybot's state in the PostgreSQL database at ``url``
+    (``postgresql://USER@HOST:PORT/DATABASE``), which several servers may share; without the section, SQLite in
+    ``server.data_dir``. The password is never in the file (the loader refuses a URL holding one): ``password_env``
+    names the environment variable that holds it; otherwise PostgreSQL's own PGPASSWORD or ~/.pgpass apply."""
+
+    url: str
+    password_env: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,12 +305,15 @@ class EngineConfig:
     aws_accounts: Mapping[str, AwsAccount] = field(default_factory=dict)
     users: Mapping[str, User] | None = None
     roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # role name (without "@") -> user names
+    store: StoreSettings | None = None  # None: SQLite in server.data_dir
     # Door identities -> user name, built once here so every request's lookup is one dict access.
     _by_slack: Mapping[str, str] = field(init=False, repr=False, compare=False)
     _by_github: Mapping[str, str] = field(init=False, repr=False, compare=False)  # casefolded login
     _by_access_key: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.applications, Applications):
+            object.__setattr__(self, "applications", Applications(self.applications))
         users = tuple((self.users or {}).values())
         object.__setattr__(self, "_by_slack", {u.slack: u.name for u in users if u.slack})
         object.__setattr__(self, "_by_github", {u.github.casefold(): u.name for u in users if u.github})

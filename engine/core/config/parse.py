@@ -15,6 +15,7 @@ import re
 from collections.abc import Collection
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -42,6 +43,7 @@ from engine.core.config.model import (
     DeploymentGroup,
     EngineConfig,
     ServerSettings,
+    StoreSettings,
     TlsSettings,
     User,
 )
@@ -75,6 +77,7 @@ APPLICATION_EXTRA_KEYS = ("description",)
 """Application keys of later features, kept verbatim in ``Application.extra`` (the group's are GROUP_EXTRA_KEYS)."""
 _HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
 _REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+COMMENT_PERMISSIONS = ("write", "maintain", "admin")  # github.comment_permission, the default first
 PERSON_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 """A user or role name: lower-case, so that one person never has two spellings; matched exactly."""
 # What each door knows a user by: (label in messages, pattern, what a bad value is told).
@@ -107,12 +110,13 @@ def parse_config(text: str, *, filename: str = "<config>", base_dir: str = ".") 
     # Top-level "x-..." keys are ignored, so they can hold YAML anchors shared by groups (as in docker compose).
     pairs = root.value if isinstance(root, MappingNode) else []
     keys = [k.value for k, _ in pairs if isinstance(k, ScalarNode) and str(k.value).startswith("x-")]
-    sections = ("server", "users", "roles", "aws", "deployment_configs", "hosts", "applications")
+    sections = ("server", "store", "users", "roles", "aws", "deployment_configs", "hosts", "applications")
     top = reader.fields(root, "", (*sections, *keys))
     users = _users(reader, top["users"].value) if "users" in top else None
     roles = _roles(reader, top["roles"].value if "roles" in top else null, People(users))
     people = People(users, roles)
     server = _server(reader, top["server"].value if "server" in top else null, base_dir, people)
+    store = _store(reader, top["store"].value) if "store" in top else None
     configs = _deployment_configs(reader, top["deployment_configs"].value if "deployment_configs" in top else null)
     fleet = parse_hosts(reader, top["hosts"].value if "hosts" in top else null, server.listen_port)
     accounts = _aws_accounts(reader, top["aws"].value if "aws" in top else null)
@@ -128,7 +132,9 @@ def parse_config(text: str, *, filename: str = "<config>", base_dir: str = ".") 
         applications[name] = _application(reader, name, entry, ctx)
     if reader.problems:
         raise ConfigError(reader.sorted_problems())
-    return EngineConfig(filename, server, applications, fleet.hosts, configs, base_dir, accounts, users, roles)
+    return EngineConfig(
+        filename, server, applications, fleet.hosts, configs, base_dir, accounts, users, roles, store=store
+    )
 
 
 def load_config(path: str | Path) -> EngineConfig:
@@ -184,6 +190,45 @@ def _tls(reader: NodeReader, node: Node, path: str, base_dir: str) -> TlsSetting
         key=resolve_path(base_dir, key),
         ca=resolve_path(base_dir, ca) if ca is not None else None,
     )
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _store(reader: NodeReader, node: Node) -> StoreSettings | None:
+    """``store: {url: postgresql://USER@HOST:PORT/DATABASE, password_env: NAME}``; a URL holding a password is
+    refused: the file is read by more people than the database's password should be."""
+    entries = reader.fields(node, "store", ("url", "password_env"), required=("url",))
+    url = reader.get(entries, "url", partial(_postgres_url, reader), None)
+    password_env = reader.get(entries, "password_env", reader.string, None)
+    if password_env is not None and not _ENV_NAME.match(password_env):
+        message = f"bad environment variable name {password_env!r}: use letters, digits and '_'"
+        reader.report(entries["password_env"].value, message, "store.password_env")
+        return None
+    return None if url is None else StoreSettings(url=url, password_env=password_env)
+
+
+def _postgres_url(reader: NodeReader, node: Node, path: str) -> str | None:
+    value = reader.string(node, path)
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (a bad port raises here)
+    except ValueError as exc:
+        reader.report(node, f"bad PostgreSQL URL ({exc}): expected postgresql://USER@HOST:PORT/DATABASE", path)
+        return None
+    if parts.scheme not in ("postgresql", "postgres"):
+        reader.report(node, f"expected a postgresql://USER@HOST:PORT/DATABASE URL, got {value!r}", path)
+        return None
+    if parts.password is not None:
+        message = (
+            "the URL holds a password, which must not be in the config file: remove it and set PGPASSWORD in "
+            "the server's environment, or name the variable holding it with store.password_env"
+        )
+        reader.report(node, message, path)  # the value itself is not repeated: it holds the secret
+        return None
+    return value
 
 
 def _server(reader: NodeReader, node: Node, base_dir: str, people: People) -> ServerSettings:
@@ -330,7 +375,9 @@ def _application(reader: NodeReader, name: str, entry: Entry, ctx: GroupContext)
         if environment not in group_entries:
             message = f"environment {environment!r} has no deployment group (add deployment_groups.{environment})"
             reader.report(item, message, path)
-    repository, auto_deploy, environment_urls, deploy_as = _github(reader, fields, declared, ctx.people)
+    repository, auto_deploy, environment_urls, deploy_as, comment_permission = _github(
+        reader, fields, declared, ctx.people
+    )
     revision = reader.get(fields, "revision", reader.string, None)
     return Application(
         name=name,
@@ -343,18 +390,24 @@ def _application(reader: NodeReader, name: str, entry: Entry, ctx: GroupContext)
         auto_deploy=auto_deploy,
         github_environment_urls=environment_urls,
         github_deploy_as=deploy_as,
+        github_comment_permission=comment_permission,
         extra=extra_values(reader, fields, APPLICATION_EXTRA_KEYS),
     )
 
 
 def _github(
     reader: NodeReader, fields: dict[str, Entry], environments: Collection[str], people: People
-) -> tuple[str | None, dict[str, object] | None, dict[str, str], str]:
+) -> tuple[str | None, dict[str, object] | None, dict[str, str], str, str]:
     if (entry := fields.get("github")) is None:
-        return None, None, {}, GITHUB_USER
-    allowed = ("repository", "auto_deploy", "environment_urls", "deploy_as")
+        return None, None, {}, GITHUB_USER, COMMENT_PERMISSIONS[0]
+    allowed = ("repository", "auto_deploy", "environment_urls", "deploy_as", "comment_permission")
     github = reader.fields(entry.value, entry.path, allowed, required=("repository",))
     deploy_as = _deploy_as(reader, github.get("deploy_as"), people)
+    comment_permission = reader.get(github, "comment_permission", reader.string, None) or COMMENT_PERMISSIONS[0]
+    if comment_permission not in COMMENT_PERMISSIONS:
+        where = github["comment_permission"]
+        reader.report(where.value, f"expected one of {', '.join(COMMENT_PERMISSIONS)}", where.path)
+        comment_permission = COMMENT_PERMISSIONS[0]
     repository = reader.get(github, "repository", reader.string, None)
     if repository is not None and not _REPOSITORY.match(repository):
         where = github["repository"]
@@ -366,7 +419,7 @@ def _github(
             hint = did_you_mean(env, environments, list_known=True)
             reader.report(where.value, f"unknown environment {env!r}{hint}", f"{where.path}.{env}")
     if (auto := github.get("auto_deploy")) is None or is_null(auto.value):
-        return repository, None, urls, deploy_as
+        return repository, None, urls, deploy_as, comment_permission
     keys = ("branch", "to", "require_checks", "checks_timeout_minutes")
     rule = reader.fields(auto.value, auto.path, keys, required=("branch", "to"))
     target = rule.get("to")
@@ -381,7 +434,7 @@ def _github(
     elif "checks_timeout_minutes" in rule:
         where = rule["checks_timeout_minutes"]
         reader.report(where.key, "checks_timeout_minutes needs require_checks", where.path)
-    return repository, values, urls, deploy_as
+    return repository, values, urls, deploy_as, comment_permission
 
 
 def _deploy_as(reader: NodeReader, entry: Entry | None, people: People) -> str:
