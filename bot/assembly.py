@@ -98,9 +98,16 @@ class ServedDeployer(Deployer):
     def __init__(self, *args: Any, trigger_senders: Mapping[str, TriggerSender], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.trigger_senders = dict(trigger_senders)
-        self.triggers = TriggerOutbox(self.config, self.store, self.clock, self.trigger_senders, fetch=self.get)
-        if any(group.triggers for group in self.config.groups()):
-            self.notifiers.append(self.triggers)
+        self.triggers = TriggerOutbox(
+            self.config,
+            self.store,
+            self.clock,
+            self.trigger_senders,
+            fetch=self.get,
+            target_names=self.blueprint.target_names,
+        )
+        # Always told: a group the CodeDeploy API creates later may have triggers (a group without returns at once).
+        self.notifiers.append(self.triggers)
         self.agent_health = AgentHealth(self.inventory, self.triggers.agent_changed)
 
     async def open(self) -> None:

@@ -245,3 +245,37 @@ async def test_a_server_that_was_down_does_not_announce_agents_that_talk_again(
     finally:
         await second.close()
     assert posted(slack) == []
+
+
+TAGGED = """
+server: {data_dir: var, agent_offline_after_seconds: 30}
+applications:
+  api:
+    revision: rev-a
+    slack_channel: "#api"
+    environments: [production]
+    deployment_groups:
+      production:
+        targets: {tags: {role: api}}
+"""
+
+
+async def test_an_instance_the_codedeploy_api_registered_is_announced_in_its_groups_channel(
+    tmp_path: Path, fake_clock: FakeClock, slack: FakeSlack
+) -> None:
+    make_revision(tmp_path, "rev-a", "1")
+    deployer = await deployer_from(TAGGED, tmp_path, clock=fake_clock)
+    assert isinstance(deployer, ServedDeployer)
+    client = AsyncWebClient(token="xoxb-test", base_url=slack.api_url, retry_handlers=[])
+    deployer.trigger_senders["slack"] = SlackChannelSender(client)
+    try:
+        await deployer.registry.register_instance("onprem-1", tags={"role": "api"})  # not in the config file
+        await deployer.registry.register_instance("onprem-2", tags={"role": "db"})  # no group of api targets it
+        await heartbeat(deployer, "onprem-1")
+        await heartbeat(deployer, "onprem-2")
+        await fake_clock.advance(40)
+        await eventually(lambda: len(posted(slack)) == 1, "the announcement in #api")
+        await fake_clock.advance(10)
+    finally:
+        await deployer.close()
+    assert posted(slack) == [("#api", ":red_circle: The agent on `onprem-1` has gone silent (offline).")]

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from engine.core.config.model import DeploymentGroup, EngineConfig
@@ -81,9 +81,13 @@ class TriggerOutbox:
         senders: Mapping[str, TriggerSender],
         *,
         fetch: Callable[[str], Awaitable[Mapping[str, Any]]] | None = None,
+        target_names: Callable[[DeploymentGroup], Sequence[str]] | None = None,
         concurrency: int = 8,
     ) -> None:
         self.config = config
+        # A group's hosts as deployments see them (Blueprint.target_names: the config's, plus on-premises instances
+        # the CodeDeploy API registered whose tags match); the config's alone without it.
+        self._target_names = target_names or (lambda group: [h.name for h in config.targets(group)])
         self.store = store
         self.clock = clock
         self.senders = senders  # by target kind; the composition root may add one later (kept by reference)
@@ -134,7 +138,7 @@ class TriggerOutbox:
         listening to ``event`` are sent."""
         subject = agent_subject(last_seen)
         for application in self.config.applications.values():
-            groups = [g for g in application.groups.values() if host in {h.name for h in self.config.targets(g)}]
+            groups = [g for g in application.groups.values() if host in self._target_names(g)]
             if not groups:
                 continue
             if application.slack_channel and str(TargetKind.SLACK) in self.senders:  # Slack is configured
