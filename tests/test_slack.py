@@ -329,7 +329,9 @@ async def test_slack_off_without_settings(tmp_path: Path) -> None:
 def test_serve_says_whether_slack_is_on() -> None:
     from bot.cli.server_cmd import _slack_line
 
-    assert _slack_line(Settings()) == "Slack: off (set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET)"
+    assert _slack_line(Settings()) == (
+        "Slack: off (set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET, or SLACK_APP_TOKEN for Socket Mode)"
+    )
     on = Settings(slack_bot_token="xoxb", slack_signing_secret="s")
     assert _slack_line(on) == "Slack: on (events at /slack/events)"
 

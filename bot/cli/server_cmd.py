@@ -189,7 +189,7 @@ def _stop_signals() -> Iterator[asyncio.Event]:
 
 def _slack_line(settings: Settings) -> str:
     if not settings.slack_enabled:
-        return "Slack: off (set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET)"
+        return "Slack: off (set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET, or SLACK_APP_TOKEN for Socket Mode)"
     ways = (["events at /slack/events"] if settings.slack_signing_secret else []) + (
         ["Socket Mode"] if settings.slack_app_token else []
     )
