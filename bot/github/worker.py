@@ -34,6 +34,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from bot import logs
 from bot.github.intents import SOURCE, Failure, Kind, Next
 from engine import OPEN_INTENT_STATES, DeploymentRecords, IntentState
 
@@ -184,6 +185,10 @@ class ScopeWorker:
     # -- acting
 
     async def _act(self, row: Row) -> None:
+        with logs.bind(actor=row.get("actor")):  # the log lines of this step name who asked (the GitHub login)
+            await self._act_on(row)
+
+    async def _act_on(self, row: Row) -> None:
         running = await self.store.move_intent(row["key"], IntentState.RUNNING, at=self.clock.now(), only_from=_OPEN)
         if running is None:
             return

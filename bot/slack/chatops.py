@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot import commands as cmd
+from bot import logs
 from bot.messages import ButtonState, deployment_line, history_text
 from bot.slack.clicks import DONE_BY_LOG, Now, Stale, staleness
 from bot.slack.grammar import Freeze, SlackCommand, Unfreeze, help_text, parse
@@ -272,7 +273,12 @@ class ChatOps:
     # -- running an intent -----------------------------------------------------------------------------------
 
     async def run_intent(self, row: Mapping[str, Any], *, resumed: bool = False) -> None:
-        """Act on a stored intent once: claim it (pending → running), act, record the outcome, answer."""
+        """Act on a stored intent once: claim it (pending → running), act, record the outcome, answer; the log lines
+        of all it does name who asked (``actor``, their Slack user id)."""
+        with logs.bind(actor=row.get("actor")):
+            await self._run_intent(row, resumed=resumed)
+
+    async def _run_intent(self, row: Mapping[str, Any], *, resumed: bool) -> None:
         key = str(row["key"])
         was_running = row["state"] == "running"
         if not was_running:
