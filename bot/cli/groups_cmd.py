@@ -7,14 +7,13 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from bot.cli.deploy_cmd import _common, _print_json, _run
+from bot.cli.deploy_cmd import _common, _print_json, _run, _stdout
 
 if TYPE_CHECKING:
     from bot.client import ApiClient
 
 
 async def _groups(args: argparse.Namespace, api: ApiClient) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     applications = await api.applications()
@@ -37,7 +36,10 @@ async def _groups(args: argparse.Namespace, api: ApiClient) -> int:
     if args.json:
         _print_json(rows)
         return 0
-    table = Table("application", "group", "platform", "type", "configuration", "targets", "source", box=None)
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("application", "group", "platform", "type", "configuration", "source"):
+        table.add_column(column, no_wrap=True)  # names are read whole; the targets list wraps instead
+    table.add_column("targets", overflow="fold")
     for row in rows:
         targets = ", ".join(row["targets"]) or "-"
         table.add_row(
@@ -46,10 +48,10 @@ async def _groups(args: argparse.Namespace, api: ApiClient) -> int:
             row["platform"],
             row["deployment_type"],
             row["deployment_config"],
-            targets,
             row["source"],
+            targets,
         )
-    Console(soft_wrap=True).print(table)
+    _stdout().print(table)  # a pipe gets wide lines, a terminal its width
     return 0
 
 
