@@ -25,6 +25,7 @@ from bench.aws import aws_reroute
 from bench.baseline import canonical_bundle, run_baseline
 from bench.figures import Figure, median, percentile, spread
 from bench.profile import Profiler
+from bench.replicas import replicas_scenario
 from bench.revisions import write_revision
 from bench.server import BenchServer, fleet_config, host_names
 from bench.settings import SCALE_TARGET_HOSTS, Settings
@@ -233,4 +234,5 @@ SCENARIOS: dict[str, Callable[[Settings], list[Figure]]] = {
     "traffic": traffic,
     "slack": slack_ack,
     "aws": aws_reroute,
+    "replicas": replicas_scenario,
 }

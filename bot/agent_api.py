@@ -16,7 +16,7 @@ from aiohttp import web
 
 from bot.http import HttpProblem, bad_request, bearer_token, json_errors, json_object, json_response
 from bot.logs import annotate as annotate_log
-from engine import AgentFleet, CommandBody, HeartbeatBody, ResultBody, ScriptErrorCode
+from engine import AgentFleet, CommandBody, HeartbeatBody, ResultBody, RevisionArchive, ScriptErrorCode
 
 MAX_POLL_SECONDS = 60.0
 DEFAULT_POLL_SECONDS = 25.0
@@ -33,6 +33,7 @@ MAX_TAG_LENGTH = 256
 """What a heartbeat may carry: an agent reports a handful of short tags and its version."""
 
 FLEET = web.AppKey("agent_fleet", AgentFleet)
+BUNDLES = web.AppKey("agent_bundles", RevisionArchive)
 HOST = web.RequestKey("agent_host", str)
 CLOSING = web.AppKey("agent_closing", asyncio.Event)
 
@@ -233,6 +234,9 @@ async def download_bundle(request: web.Request) -> web.StreamResponse:
     sha256 = request.match_info["sha256"]
     fleet = request.app[FLEET]
     path = await fleet.bundle_for(request[HOST], sha256)
+    bundles = request.app.get(BUNDLES)
+    if path is None and bundles is not None and await bundles.fetch(sha256):  # a replica without it: from the database
+        path = await fleet.bundle_for(request[HOST], sha256)
     if path is None:
         raise HttpProblem(404, "RevisionNotFound", f"no stored revision {sha256}", sha256=sha256)
     headers = {"Content-Type": "application/gzip", "X-Deploybot-Sha256": sha256}
@@ -243,10 +247,13 @@ async def _end_long_polls(app: web.Application) -> None:
     app[CLOSING].set()
 
 
-def create_agent_app(fleet: AgentFleet) -> web.Application:
-    """The ``/agent/v1`` sub-application (mount it with ``app.add_subapp("/agent/v1", ...)``)."""
+def create_agent_app(fleet: AgentFleet, *, bundles: RevisionArchive | None = None) -> web.Application:
+    """The ``/agent/v1`` sub-application (mount it with ``app.add_subapp("/agent/v1", ...)``); ``bundles``: the
+    revision archive a replica fetches a bundle it lacks through (from the database) before serving it."""
     app = web.Application(middlewares=[json_errors, _require_agent_token], client_max_size=1024**2)
     app[FLEET] = fleet
+    if bundles is not None:
+        app[BUNDLES] = bundles
     app[CLOSING] = asyncio.Event()
     app.on_shutdown.append(_end_long_polls)
     command = "/commands/{id:\\d+}"

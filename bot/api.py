@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import metadata
@@ -60,6 +61,7 @@ from engine import (
     DeploymentService,
     DeployRequest,
     EngineConfig,
+    ReplicaRegistry,
     names_server_path,
     path_within,
 )
@@ -80,6 +82,8 @@ except metadata.PackageNotFoundError:  # pragma: no cover - running from a plain
 BOOTSTRAP_TOKENS = web.AppKey("api_bootstrap_tokens", frozenset[str])
 UPLOAD_DIR = web.AppKey("api_upload_dir", Path)
 MAX_BUNDLE = web.AppKey("api_max_bundle_bytes", int)
+REPLICA = web.AppKey("replica", ReplicaRegistry)
+"""This server among the replicas on its database (bot/app.py sets it on the root app and on /api/v1)."""
 MAX_LABEL_LENGTH = 100
 
 
@@ -102,7 +106,11 @@ async def _require_api_token(
 async def _register_bootstrap_tokens(app: web.Application) -> None:
     """At start: the configured bootstrap secrets become the bootstrap admin's tokens (once each, by hash)."""
     bootstrap: frozenset[str] = app[BOOTSTRAP_TOKENS]
-    change = await app[DEPLOYER].tokens.register_bootstrap(bootstrap)
+    deployer = app[DEPLOYER]
+    # Servers sharing a store each keep their own bootstrap file: each retires only its own old values.
+    shared = deployer.config.store is not None
+    source = f"{socket.gethostname()}:{app[UPLOAD_DIR].parent.resolve()}" if shared else None  # host:data dir
+    change = await deployer.tokens.register_bootstrap(bootstrap, source=source)
     for token in change.registered:
         log.info("registered a bootstrap API token of %s as %s", token.user, token.id)
     for token in change.revoked:
@@ -203,8 +211,24 @@ def _check_server_path(config: EngineConfig, application: str, revision: str) ->
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness for load balancers and the CLI's "is the server running?" check; no auth, no engine call."""
-    return json_response({"ok": True, "version": VERSION})
+    """Health for load balancers and the CLI's "is the server running?" check; no auth. With the replica registry:
+    ``store`` (reachable, backend, migrations) and ``leases`` (the groups this replica drives); 503 and ``ok: false``
+    when the store cannot be reached, so a load balancer takes this replica out."""
+    replica = request.app.get(REPLICA)
+    if replica is None:
+        return json_response({"ok": True, "version": VERSION})
+    healthy, report = await replica.health()
+    return json_response({"ok": healthy, "version": VERSION, **report}, status=200 if healthy else 503)
+
+
+async def list_replicas(request: web.Request) -> web.Response:
+    """The servers on this database: alive or not, and the groups each holds the lease of (its expiry)."""
+    replica = request.app.get(REPLICA)
+    if replica is None:
+        raise HttpProblem(404, "NotFound", "this server keeps no replica registry")
+    return json_response(
+        {"this": replica.replica_id, "leases": replica.has_leases, "replicas": await replica.replicas()}
+    )
 
 
 async def upload_revision(request: web.Request) -> web.Response:
@@ -617,6 +641,7 @@ def create_api_app(
             web.get("/queue", list_queue),
             web.get("/applications", list_applications),
             web.get("/hosts", list_hosts),
+            web.get("/replicas", list_replicas),
             web.post("/tokens", create_token),
             web.get("/tokens", list_tokens),
             web.delete("/tokens/{id}", revoke_token),

@@ -115,9 +115,7 @@ async def issue_agent_token(request: web.Request) -> web.Response:
             f'{{"name": "{name}", "rotate": true}}: a new token is issued and the old one stops working at once',
             name=name,
         )
-    if rotate:
-        fleet.revoke_token(name)
-    token = fleet.token_for(name)
+    token = await fleet.issue_token(name, rotate=rotate)  # stored before it is shown: every replica accepts it
     kind = "agent_token.rotated" if rotate else "agent_token.issued"
     await deployer.store.append_log(kind, at=deployer.clock.now(), actor=actor_of(request), data={"host": name})
     return json_response({"name": name, "token": token, "rotated": rotate}, status=201)

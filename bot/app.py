@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from bot.agent_api import create_agent_app
-from bot.api import create_api_app, healthz
+from bot.api import REPLICA, create_api_app, healthz
 from bot.codedeploy import setup_codedeploy
 from bot.github import setup_github
 from bot.http import json_errors
@@ -72,8 +72,12 @@ def create_app(
     app[SETTINGS] = settings
     app[DEPLOYER] = deployer
     app.router.add_get("/healthz", healthz)
-    app.add_subapp("/api/v1", create_api_app(deployer, tokens=tokens, upload_dir=settings.upload_dir))
-    app.add_subapp("/agent/v1", create_agent_app(deployer.fleet))
+    api = create_api_app(deployer, tokens=tokens, upload_dir=settings.upload_dir)
+    replica = getattr(deployer, "replica", None)  # the served Deployer's (bot/assembly.py); a test's fake has none
+    if replica is not None:
+        app[REPLICA] = api[REPLICA] = replica
+    app.add_subapp("/api/v1", api)
+    app.add_subapp("/agent/v1", create_agent_app(deployer.fleet, bundles=deployer.revisions))
     app.cleanup_ctx.append(_uploads)
     setup_slack(app, settings, deployer)
     setup_github(app, settings, deployer)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from engine.adapters.agent_tokens import TOKEN_FILE, AgentTokens
 from engine.adapters.aws.accounts import AwsAccounts
 from engine.adapters.aws.runtime import AwsRuntime
 from engine.adapters.clock import SystemClock
@@ -25,6 +26,7 @@ from engine.ports import Clock, Store, TrafficRouter
 from engine.runtime.deployer import AlarmFactory, Deployer
 from engine.runtime.inventory import AgentHealth
 from engine.runtime.queue import GroupQueue
+from engine.runtime.replicas import ReplicaRegistry
 from engine.runtime.results import CommandResults
 from engine.runtime.revisions import RevisionStore
 from engine.runtime.triggers import TriggerOutbox, TriggerSender
@@ -95,8 +97,27 @@ class ServedDeployer(Deployer):
     """The Deployer with the trigger outbox (a notifier when a group has triggers) and the agent-health watch,
     started after it opens and stopped before it closes (engine/runtime/triggers.py, engine/runtime/inventory.py)."""
 
-    def __init__(self, *args: Any, trigger_senders: Mapping[str, TriggerSender], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        trigger_senders: Mapping[str, TriggerSender],
+        agent_tokens: AgentTokens,
+        replica_url: str,
+        shared: bool,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        # This server's row among the replicas on its database (/healthz, GET /api/v1/replicas), named as its leases.
+        self.replica = ReplicaRegistry(
+            self.store,
+            self.clock,
+            replica_id=self.replica_id,
+            url=replica_url,
+            version=_version(),
+            leases=lambda: self.store.list_leases(now=self.clock.now()),
+            shared=shared,
+        )
+        self.agent_tokens = agent_tokens
         self.trigger_senders = dict(trigger_senders)
         self.triggers = TriggerOutbox(
             self.config,
@@ -114,14 +135,26 @@ class ServedDeployer(Deployer):
         await super().open()
         self.triggers.start()
         self.agent_health.start()
+        await self.replica.start()
 
     async def close(self) -> None:
+        await self.replica.close()
+        await self.agent_tokens.close()
         await self.agent_health.close()
         await self.triggers.close()
         for sender in self.trigger_senders.values():
             with contextlib.suppress(Exception):
                 await sender.close()  # type: ignore[attr-defined]
         await super().close()
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("deploybot")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a plain checkout
+        return "0+unknown"
 
 
 def default_trigger_senders(config: EngineConfig, clock: Clock) -> dict[str, TriggerSender]:
@@ -152,16 +185,33 @@ async def assemble_deployer(
     alarm_factory: AlarmFactory | None = None,
     aws: AwsAccounts | None = None,
     trigger_senders: Mapping[str, TriggerSender] | None = None,
+    replica_url: str | None = None,
+    replica_id: str | None = None,
 ) -> ServedDeployer:
     """A Deployer over ``data_dir`` (revision bundles, agent tokens; the database unless ``config.store`` names a
     PostgreSQL one: ``open_store``), resumed where a previous server left off. ``aws``: one set of AWS clients
     shared with the routers and alarms (made from the config if None).
-    ``trigger_senders``: by target kind; ``default_trigger_senders`` when None."""
+    ``trigger_senders``: by target kind; ``default_trigger_senders`` when None. ``replica_url``: where this server
+    listens (its row among the replicas; default ``server.url``), ``replica_id``: its name there and on its leases
+    (the Deployer makes one up when None).
+
+    With ``store.url`` (replicas on PostgreSQL) revision bundles are also written to the database and fetched from it
+    by a replica that lacks one, and the agent tokens live in the database; with SQLite they stay in ``data_dir``."""
     clock = clock or SystemClock()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = await open_store(config, data_dir)
+    agent_tokens: AgentTokens | None = None
     try:
-        revisions = RevisionStore(store, data_dir / "revisions", clock)
+        shared = config.store is not None  # replicas share the database: bundles and agent tokens go there too
+        revisions = RevisionStore(store, data_dir / "revisions", clock, shared=store if shared else None)
+        if shared:
+            from engine.store.postgres import PostgresStore
+
+            listen = store.listen if isinstance(store, PostgresStore) else None
+            agent_tokens = AgentTokens.in_store(store, clock, listen=listen)
+        else:
+            agent_tokens = AgentTokens.in_file(data_dir / TOKEN_FILE)
+        await agent_tokens.open(config.hosts)
         results = CommandResults()
         fleet = Fleet(
             store,
@@ -170,6 +220,7 @@ async def assemble_deployer(
             bundle_dir=revisions.directory,
             on_result=results.deliver,
             heartbeat_timeout=config.server.heartbeat_timeout,
+            tokens=agent_tokens,
         )
         platforms = AwsRuntime(
             config, clock=clock, on_result=results.deliver, revisions=revisions, hook_records=store, accounts=aws
@@ -188,8 +239,14 @@ async def assemble_deployer(
             routers=routers,
             alarm_factory=alarm_factory,
             trigger_senders=default_trigger_senders(config, clock) if trigger_senders is None else trigger_senders,
+            agent_tokens=agent_tokens,
+            replica_url=replica_url or config.server.url,
+            shared=shared,
+            replica_id=replica_id,
         )
     except BaseException:
+        if agent_tokens is not None:
+            await agent_tokens.close()
         await store.close()
         raise
     try:

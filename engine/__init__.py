@@ -116,6 +116,7 @@ if TYPE_CHECKING:
     from engine.core.stages import StageOptions, deployment_stages
     from engine.ports import AgentFleet, HookCallbacks, RevisionArchive
     from engine.processes import ProcessIdentity
+    from engine.runtime.replicas import ReplicaRegistry
     from engine.runtime.tokens import ApiToken, TokenCheck, TokenRefusal
     from engine.service import (
         ApiTokenService,
@@ -203,6 +204,7 @@ _SOURCES: dict[str, str] = {
     "RegisteredRevision": "engine.core.registrations",
     "Registrations": "engine.service",
     "ReleaseService": "engine.service",
+    "ReplicaRegistry": "engine.runtime.replicas",
     "ResourceBusy": "engine.core.registrations",
     "ResourceKind": "engine.core.registrations",
     "ResourceRef": "engine.core.registrations",
@@ -321,6 +323,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "RegisteredRevision",
     "Registrations",
     "ReleaseService",
+    "ReplicaRegistry",
     "ResourceBusy",
     "ResourceKind",
     "ResourceRef",

@@ -5,7 +5,8 @@ composition root (bot/assembly.py) picks the implementations and hands them to t
 at this seam. Nothing in engine/runtime/ or engine/release/ names a concrete store or adapter.
 
     store        DeploymentStore, CommandQueue, ReleaseRecords, RegistryRecords, ApplicationRecords, TokenRecords,
-                 IntentRecords, HookExecutionRecords (together: Store)
+                 IntentRecords, HookExecutionRecords, BundleRecords, AgentTokenRecords, ReplicaRecords, LeaseRecords
+                 (together: Store)
     hosts        HostExecutor (run lifecycle events), HostFleet (the agents behind it)
     traffic      TrafficRouter (set_weight / verify_weight), GreenFleet (a provisioned replacement), AlarmSource
     platforms    PlatformDriver (Lambda, ECS), PlatformRuntime (the AWS side as a whole), RevisionArchive
@@ -16,12 +17,14 @@ at this seam. Nothing in engine/runtime/ or engine/release/ names a concrete sto
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from engine.core.agent_protocol import CommandBody, HeartbeatBody, ResultBody
 from engine.core.config.model import DeploymentGroup
+from engine.core.leases import Lease
 from engine.core.model import LifecycleEvent, Platform, Revision
 from engine.core.requests import DeployRequest
 
@@ -212,6 +215,10 @@ class RevisionArchive(Protocol):
 
     async def get(self, sha256: str) -> Revision: ...
 
+    async def fetch(self, sha256: str) -> bool:
+        """Make sure the bundle is in this server's directory (a replica brings it from the database); False when
+        it is stored nowhere."""
+
 
 # -- hosts --------------------------------------------------------------------------------------------------------
 
@@ -229,6 +236,13 @@ class AgentFleet(Protocol):
 
     def has_token(self, host: str) -> bool:
         """Whether the host holds an agent token (which is never shown again once issued)."""
+
+    async def issue_token(self, host: str, *, rotate: bool = False) -> str:
+        """``token_for`` (after ``revoke_token`` when ``rotate``), stored before it returns: with replicas, every one
+        accepts the token once this returns."""
+
+    async def withdraw_token(self, host: str) -> bool:
+        """``revoke_token``, stored before it returns."""
 
     async def next_command(self, host: str, *, wait: float, runs: bool = False) -> CommandBody | None:
         """Long poll; ``runs``: the agent runs a host's consecutive events back to back (the command says which)."""
@@ -353,6 +367,9 @@ class CommandQueue(Protocol):
     async def list_commands(
         self, *, host: str | None = None, deployment_id: str | None = None, status: str | Sequence[str] | None = None
     ) -> list[Row]: ...
+    async def finished_commands(self, deployment_id: str) -> list[Row]:
+        """The deployment's commands with a result, oldest first, without payload."""
+
     async def cancel_commands(self, deployment_id: str, *, at: float) -> int: ...
     async def host_uses_revision(self, host: str, sha256: str) -> bool:
         """Whether ``host`` has (or had) a command of a deployment of revision ``sha256``."""
@@ -366,6 +383,17 @@ class CommandQueue(Protocol):
         version: str | None = None,
         state: str | None = None,
     ) -> None: ...
+    async def get_agent(self, name: str) -> Row | None: ...
+    @property
+    def shared(self) -> bool:
+        """Whether other servers may share this database (PostgreSQL): leases are renewed and taken over, signals
+        sent, agents heard by another replica."""
+
+    async def listen(
+        self, channel: str, callback: Callable[[str], None], *, reopened: Callable[[], None] | None = None
+    ) -> None:
+        """Hear what other replicas ``notify`` on ``channel`` (engine/core/leases.py's channels); ``reopened`` after
+        a dropped connection came back (look once for what was missed). Nothing on an unshared store."""
 
 
 class ReleaseRecords(Protocol):
@@ -562,7 +590,70 @@ class HookExecutionRecords(Protocol):
         """Oldest first; ``running_only`` leaves out the executions of deployments that have ended."""
 
 
+class BundleRecords(Protocol):
+    """Revision bundles in the database, for replicas that lack one in their own data directory
+    (engine/store/bundle_records.py; used on PostgreSQL only, by engine/runtime/revisions.py)."""
+
+    async def put_bundle(
+        self, sha256: str, size: int, chunks: Callable[[], Iterator[bytes]], *, created_at: float
+    ) -> bool:
+        """Store the bytes ``chunks()`` yields (called again should a retry need them); True when this call did."""
+
+    async def get_bundle(self, sha256: str) -> Row | None: ...
+    async def bundle_chunk(self, sha256: str, seq: int) -> bytes | None: ...
+
+
+class AgentTokenRecords(Protocol):
+    """Agents' tokens in the database, shared by the replicas (engine/store/agent_token_records.py)."""
+
+    async def put_agent_token(
+        self, host: str, *, token: str, token_sha256: str, at: float, replace: bool = False
+    ) -> Row:
+        """The host's row after the call: the given token if it had none (or ``replace``), else the one it holds."""
+
+    async def delete_agent_token(self, host: str) -> bool: ...
+    async def agent_token_of(self, host: str) -> Row | None: ...
+    async def agent_token_by_hash(self, token_sha256: str) -> Row | None: ...
+    async def list_agent_tokens(self) -> list[Row]: ...
+
+
+class ReplicaRecords(Protocol):
+    """The servers on one database and what they say of it (engine/store/replica_records.py)."""
+
+    @property
+    def backend(self) -> str:
+        """The database kind: "sqlite" or "postgresql"."""
+
+    async def applied_migrations(self) -> list[str]: ...
+    async def register_replica(self, replica_id: str, *, url: str, version: str, at: float) -> None: ...
+    async def touch_replica(self, replica_id: str, *, at: float) -> bool: ...
+    async def list_replicas(self) -> list[Row]: ...
+    async def forget_replica(self, replica_id: str) -> bool: ...
+    async def forget_replicas_seen_before(self, at: float) -> int: ...
+
+
+class LeaseRecords(Protocol):
+    """Deployment groups' leases and the fencing of their owners' writes (engine/store/lease_records.py; the rules
+    in engine/core/leases.py), and the signals replicas send each other through the store."""
+
+    async def acquire_lease(self, group: str, owner: str, *, seconds: float, now: float) -> Lease | None: ...
+    async def renew_lease(self, lease: Lease, *, seconds: float, now: float) -> Lease | None: ...
+    async def release_lease(self, lease: Lease) -> bool: ...
+    async def list_leases(self, *, now: float | None = None) -> list[Row]:
+        """Every group's lease: group_name, owner, generation, expires_at (the store's clock), held."""
+
+    async def groups_to_take_over(self, *, now: float) -> list[Row]:
+        """Groups with a deployment queued or in flight: group_name, owner (of the lease, or None), free_in (seconds
+        until the lease runs out by the store's clock; 0 or less: free now)."""
+
+    def fencing(self, lease: Lease) -> AbstractContextManager[None]:
+        """Every store write made inside is refused (``LeaseLost``) unless ``lease`` still holds."""
+
+    async def notify(self, channel: str, payloads: Collection[str]) -> None: ...
+
+
 class Store(
+    LeaseRecords,
     DeploymentStore,
     CommandQueue,
     ReleaseRecords,
@@ -571,6 +662,9 @@ class Store(
     TokenRecords,
     IntentRecords,
     HookExecutionRecords,
+    BundleRecords,
+    AgentTokenRecords,
+    ReplicaRecords,
     Protocol,
 ):
     """All of deploybot's state: engine/store/sqlite.py (the embedded default) or engine/store/postgres.py."""

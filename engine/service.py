@@ -190,8 +190,9 @@ class ApiTokenService(Protocol):
     async def revoke(self, token_id: str, *, actor: str = "api") -> ApiToken:
         """Raises TokenNotFound (a NotFound) for an unknown id; revoking twice keeps the first time."""
 
-    async def register_bootstrap(self, tokens: Iterable[str]) -> BootstrapChange:
-        """Register var/api-token's and DEPLOYBOT_TOKEN's secrets once, revoke bootstrap tokens no longer there."""
+    async def register_bootstrap(self, tokens: Iterable[str], *, source: str | None = None) -> BootstrapChange:
+        """Register var/api-token's and DEPLOYBOT_TOKEN's secrets once, revoke this server's bootstrap tokens no
+        longer there (``source``: this server's name among servers sharing the store)."""
 
 
 class DeploymentService(Protocol):

@@ -443,3 +443,20 @@ async def test_cli_token_usage_errors_exit_2(cli: Any, capsys: pytest.CaptureFix
     assert main(["token"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: deploybot token") and "name an action" in err
+
+
+async def test_servers_sharing_a_store_never_retire_each_others_bootstrap_token(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "shared.db")  # the rule is the store's; PostgreSQL runs the same SQL
+    try:
+        clock = FakeClock()
+        first, second = ApiTokens(store, clock), ApiTokens(store, clock)  # two replicas, each with its own file
+        await first.register_bootstrap({"dbt_first-1"}, source="a:/srv/one")
+        started = await second.register_bootstrap({"dbt_second-1"}, source="b:/srv/two")
+        assert started.revoked == ()  # the second's start leaves the first's token alone
+        assert (await first.authenticate("dbt_first-1")).ok and (await second.authenticate("dbt_second-1")).ok
+        rotated = await first.register_bootstrap({"dbt_first-2"}, source="a:/srv/one")
+        assert [t.name for t in rotated.revoked] == ["bootstrap@a:/srv/one"]  # only its own old value
+        assert (await first.authenticate("dbt_first-1")).refusal is TokenRefusal.REVOKED
+        assert (await second.authenticate("dbt_second-1")).ok
+    finally:
+        await store.close()

@@ -51,6 +51,7 @@ _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     ),
     "bot.cli.token_cmd": ("token",),
     "bot.cli.stats_cmd": ("stats",),
+    "bot.cli.replicas_cmd": ("replicas",),
 }
 
 

@@ -1,6 +1,7 @@
 """``deploybot hosts`` (which agents are online, and what they run) and ``deploybot agent-token NAME``.
 
-``agent-token`` reads the token file the server keeps in its data directory, so it runs on the server's machine:
+``agent-token`` reads the token file the server keeps in its data directory (or, with ``store.url``, the database the
+replicas share), so it runs on the server's machine:
 it is how you start an agent on a real host (``deploybot agent --server URL --name NAME --token-file FILE``).
 """
 
@@ -50,13 +51,28 @@ def _agent_token(args: argparse.Namespace) -> int:
     except (OSError, ConfigError) as exc:
         print(f"error: cannot read {path}: {exc}", file=sys.stderr)
         return 2
-    tokens_file = Path(config.server.data_dir) / "agent-tokens.json"
-    try:
-        tokens: dict[str, Any] = json.loads(tokens_file.read_text())
-    except OSError:
-        print(f"error: no {tokens_file} yet: start the server once (`make run`) to issue agent tokens", file=sys.stderr)
-        return 1
-    token = tokens.get(args.name)  # a config host, or an instance registered through the API or an agent-tokens call
+    if config.store is not None:  # replicas: the tokens are in the database (docs/postgresql.md)
+        from bot.cli.server_cmd import stored_agent_token
+        from engine import EngineError
+
+        try:
+            token = stored_agent_token(config, args.name)
+        except EngineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    else:
+        tokens_file = Path(config.server.data_dir) / "agent-tokens.json"
+        try:
+            tokens: dict[str, Any] = json.loads(tokens_file.read_text())
+        except OSError:
+            print(
+                f"error: no {tokens_file} yet: start the server once (`make run`) to issue agent tokens",
+                file=sys.stderr,
+            )
+            return 1
+        token = tokens.get(
+            args.name
+        )  # a config host, or an instance registered through the API or an agent-tokens call
     if token is None and args.name not in config.hosts:
         print(
             f"error: {args.name!r} is not a host in {path} (hosts: {', '.join(config.hosts)}) and has no token: "

@@ -240,6 +240,7 @@ async def _serve(
             routers=routers,
             alarm_factory=alarms,
             aws=aws,
+            replica_url=url,
         )
     except BaseException:
         sock.close()
@@ -313,6 +314,24 @@ async def _check_database(config: EngineConfig, data_dir: Path, *, init: bool) -
         print(f"initialized an empty database in {path} (--init)", flush=True)
 
 
+def stored_agent_token(config: EngineConfig, name: str) -> str | None:
+    """The agent token of host ``name`` in the database of ``store.url`` (replicas keep them there, not in a data
+    directory's agent-tokens.json), or None when it has none: for ``deploybot agent-token NAME``."""
+    import asyncio
+
+    from bot.assembly import open_store
+
+    async def read() -> str | None:
+        store = await open_store(config, Path(config.server.data_dir))
+        try:
+            row = await store.agent_token_of(name)
+        finally:
+            await store.close()
+        return None if row is None else str(row["token"])
+
+    return asyncio.run(read())
+
+
 def _tls_line(tls: TlsSettings) -> str:
     if tls.ca:
         return f"TLS: certificate {tls.cert}; agents and the CLI elsewhere need --ca-file {tls.ca}"
@@ -351,6 +370,9 @@ def _serve_command(args: argparse.Namespace) -> int:
         return 1
     if args.port is not None:
         config = dataclasses.replace(config, server=dataclasses.replace(config.server, listen_port=args.port))
+    if args.data_dir is not None:  # replicas: one config, one database, a data directory (and lock) each
+        data_dir = str(Path(args.data_dir).absolute())
+        config = dataclasses.replace(config, server=dataclasses.replace(config.server, data_dir=data_dir))
     if (chosen_log_format := _configure_logging(args)) is None:
         return 2
     try:
@@ -474,6 +496,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve = subparsers.add_parser("serve", help="run the server (HTTP API, agent protocol, engine, local fleet)")
     serve.add_argument("--config", metavar="FILE", help=f"config file (default: {EXAMPLE_CONFIG} of the checkout)")
     serve.add_argument("--port", type=int, metavar="N", help="listen on this port (0: any free one)")
+    serve.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="this server's data directory instead of server.data_dir (each replica on one store.url has its own)",
+    )
     serve.add_argument(
         "--init",
         action="store_true",

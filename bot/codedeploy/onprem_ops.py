@@ -92,8 +92,7 @@ class OnPremOperations(OperationsBase):
             raise ApiError(kind, f"{exc.arn} is already registered for {exc.holder}") from None
         # Always a new token: one the name may hold already (from POST /agent-tokens, or a host since removed from
         # the config) is revoked, never handed out again.
-        self.deployer.fleet.revoke_token(name)
-        token = self.deployer.fleet.token_for(name)
+        token = await self.deployer.fleet.issue_token(name, rotate=True)
         await self.audit("instance.registered", actor, instance=name)
         return Answer({}, {TOKEN_HEADER: token})
 
@@ -105,7 +104,7 @@ class OnPremOperations(OperationsBase):
             raise ApiError("InvalidOperation", f"{name} is a host of the config file; remove it there") from None
         except InstanceNotRegistered:
             raise ApiError("InstanceNotRegistered", f"No registered instance named {name}") from None
-        self.deployer.fleet.revoke_token(name)  # its agent is refused from now on
+        await self.deployer.fleet.withdraw_token(name)  # its agent is refused from now on, by every replica
         await self.audit("instance.deregistered", actor, instance=name)
         return {}
 

@@ -19,25 +19,23 @@ failure, cancels the rest of the run. A poll skips the claim while its host's qu
 
 An agent downloads only the bundles of its own host's deployments (``bundle_for``), and a token is handed out once:
 the doors issue one for a host without (``has_token``) and otherwise only rotate it (``revoke_token``, then
-``token_for``). The tokens live in ``<data>/agent-tokens.json`` (0600) in a data directory kept 0700.
+``token_for``). The tokens are engine/adapters/agent_tokens.py's: ``<data>/agent-tokens.json`` (0600) in a data
+directory kept 0700, or the database when replicas share one (``tokens=AgentTokens.in_store(...)``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import json
 import logging
-import os
-import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from engine.adapters.agent_tokens import TOKEN_FILE, AgentTokens
 from engine.core.agent_protocol import RUNS_CAPABILITY, CommandBody, HeartbeatBody, ResultBody, RunStep
 from engine.core.errors import NotFound
+from engine.core.leases import COMMANDS_QUEUED
 from engine.core.model import LifecycleEvent, ScriptErrorCode
 from engine.ports import Clock, CommandQueue, CommandReport, FinishedReport, OnResult, QueuedRun
 
@@ -57,19 +55,15 @@ class Fleet:
         bundle_dir: Path,
         on_result: OnResult,
         heartbeat_timeout: float = 60.0,
+        tokens: AgentTokens | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.bundle_dir = bundle_dir
         self.heartbeat_timeout = heartbeat_timeout
         self._on_result = on_result
-        self._token_file = data_dir / "agent-tokens.json"
         _private_dir(data_dir)
-        self._tokens: dict[str, str] = self._load_tokens()
-        # Digest of each token -> its host: a request's token is found in O(1), not by comparing it with every host's
-        # (which cost a 1,000-host fleet a millisecond per request). A digest keys the index, so the lookup's timing
-        # says nothing about the tokens; the token itself is then compared in constant time.
-        self._hosts_by_digest: dict[bytes, str] = {_digest(token): host for host, token in self._tokens.items()}
+        self.tokens = tokens if tokens is not None else AgentTokens.in_file(data_dir / TOKEN_FILE)
         # Per host: the parked long polls, each a future that gets the row claimed for it (or None: claim again)
         # and whether that poll asked for the run.
         self._waiters: dict[str, list[tuple[asyncio.Future[dict[str, Any] | None], bool]]] = {}
@@ -92,51 +86,33 @@ class Fleet:
         self._noticed: dict[int, float] = {}  # monotonic: the first monitor round that saw each open command
         self._started = clock.monotonic()
         self._monitor: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._handing: set[str] = set()  # hosts whose parked polls a dispatch in flight will hand a command
 
     # -- tokens ----------------------------------------------------------------------------------------------
 
-    def _load_tokens(self) -> dict[str, str]:
-        if not self._token_file.exists():
-            return {}
-        data: dict[str, str] = json.loads(self._token_file.read_text())
-        return data
-
     def has_token(self, host: str) -> bool:
         """Whether ``host`` holds a token: the doors issue one only to a host without, and otherwise rotate it."""
-        return host in self._tokens
+        return self.tokens.has(host)
 
     def token_for(self, host: str) -> str:
         """The host's agent token, created (and written with mode 0600) on first use."""
-        if host not in self._tokens:
-            # A fixed prefix: a token_urlsafe value may start with "-", which a command line takes for an option.
-            self._tokens[host] = "dbt_" + secrets.token_urlsafe(24)
-            self._hosts_by_digest[_digest(self._tokens[host])] = host
-            self._save_tokens()
-        return self._tokens[host]
+        return self.tokens.token_for(host)
 
     def revoke_token(self, host: str) -> bool:
         """Forget the host's token (a deregistered instance): its agent is refused from now on."""
-        token = self._tokens.pop(host, None)
-        if token is None:
-            return False
-        self._hosts_by_digest.pop(_digest(token), None)
-        self._save_tokens()
-        return True
-
-    def _save_tokens(self) -> None:
-        _private_dir(self._token_file.parent)
-        tmp = self._token_file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self._tokens, f, indent=1)
-        os.replace(tmp, self._token_file)
+        return self.tokens.revoke(host)
 
     def authenticate(self, token: str) -> str | None:
-        host = self._hosts_by_digest.get(_digest(token))
-        known = self._tokens.get(host) if host is not None else None
-        if known is None or not hmac.compare_digest(known.encode(), token.encode()):
-            return None
-        return host
+        return self.tokens.authenticate(token)
+
+    async def issue_token(self, host: str, *, rotate: bool = False) -> str:
+        """The host's token (a new one when ``rotate``), stored (for every replica) before it is returned."""
+        return await self.tokens.issue(host, rotate=rotate)
+
+    async def withdraw_token(self, host: str) -> bool:
+        """``revoke_token``, stored (for every replica) before it returns."""
+        return await self.tokens.withdraw(host)
 
     # -- the queue -------------------------------------------------------------------------------------------
 
@@ -165,7 +141,11 @@ class Fleet:
             return
         parked = {target: self._parked_wants_run(target) for target, *_ in queued}
         hand_to = {host: wants_run for host, wants_run in parked.items() if wants_run is not None}
-        existing, claimed = await self.store.enqueue_command_runs(queued, at=self.clock.now(), hand_to=hand_to)
+        self._handing.update(hand_to)  # our own notice of this queueing must not wake the polls we hand it to
+        try:
+            existing, claimed = await self.store.enqueue_command_runs(queued, at=self.clock.now(), hand_to=hand_to)
+        finally:
+            self._handing.difference_update(hand_to)
         for (target, _, queued_events, _), command in zip(queued, existing, strict=True):
             if command is None:
                 self._queue_changes[target] = self._queue_changes.get(target, 0) + 1
@@ -228,6 +208,17 @@ class Fleet:
         else:
             self._claimed[row["id"]] = self.clock.monotonic()
         return row
+
+    async def _heard_elsewhere(self, host: str, seen: float) -> float:
+        """When ``host``'s agent last talked to any server on this store, on this server's monotonic clock: its
+        heartbeats may go to another replica, which records them (``agents.last_seen``, wall clock)."""
+        if not self.store.shared:  # one server: it hears every agent itself
+            return seen
+        agent = await self.store.get_agent(host)
+        if agent is None or agent.get("last_seen") is None:
+            return seen
+        ago = max(0.0, self.clock.now() - float(agent["last_seen"]))
+        return max(seen, self.clock.monotonic() - ago)
 
     def _heard_from(self, host: str) -> None:
         self._heard[host] = self.clock.monotonic()
@@ -370,7 +361,11 @@ class Fleet:
         """
         now = self.clock.monotonic()
         for command in await self.store.list_commands(host=host, status="InProgress"):
-            claimed = self._claimed.get(command["id"], self._started)
+            claimed = self._claimed.get(command["id"])
+            if claimed is None:  # claimed before this server started, or by another replica: the store says when
+                stamped = command.get("claimed_at")
+                ago = self.clock.now() - float(stamped) if stamped is not None else now - self._started
+                claimed = now - max(0.0, min(ago, now - self._started))
             if command["id"] != running and now - claimed > CLAIM_GRACE:
                 await self.release(host, command["id"])
 
@@ -397,12 +392,34 @@ class Fleet:
 
     def start_monitor(self, interval: float = 1.0) -> None:
         self._monitor = asyncio.ensure_future(self._watch_heartbeats(interval))
+        self._listener = asyncio.ensure_future(self._listen())
 
     async def stop_monitor(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
+        for task in (self._monitor, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _listen(self) -> None:
+        """Hear commands queued by other replicas (nothing on an unshared store): a poll of that host parked here
+        claims at once. Should the listening connection drop and come back, every parked poll claims once."""
+        try:
+            await self.store.listen(COMMANDS_QUEUED, self._heard_queued, reopened=self._recheck_parked)
+        except Exception:  # this replica's polls still claim at each poll's end; the log says why pickup is slow
+            log.exception("cannot listen for commands queued by other replicas")
+
+    def _heard_queued(self, host: str) -> None:
+        """A command was queued for ``host`` (by any replica, this one included): its polls here claim again, but
+        for the ones this replica is handing a command to right now (its own notice, heard before it hands it)."""
+        if host in self._handing:
+            self._queue_changes[host] = self._queue_changes.get(host, 0) + 1
+        else:
+            self._queued(host)
+
+    def _recheck_parked(self) -> None:
+        for host in list(self._waiters):
+            self._queued(host)
 
     async def _watch_heartbeats(self, interval: float) -> None:
         while True:
@@ -426,6 +443,9 @@ class Fleet:
                 open_ids.add(command["id"])
                 noticed = self._noticed.setdefault(command["id"], now)
                 seen = self._heard.get(command["host"], noticed)
+                if now - seen < self.heartbeat_timeout:
+                    continue
+                seen = await self._heard_elsewhere(command["host"], seen)
                 if now - seen < self.heartbeat_timeout:
                     continue
                 silent = int(now - seen)
@@ -467,7 +487,3 @@ def _command_object(row: Mapping[str, Any]) -> CommandBody:
     if "then" in row:
         body["then"] = [RunStep(id=step["id"], event=step["event"]) for step in row["then"]]
     return body
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()

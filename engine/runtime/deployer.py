@@ -4,12 +4,24 @@ It is given its parts — the store, the agents' fleet, the AWS platforms, the r
 group queue — by the composition root (bot/assembly.py), and owns one runner per active deployment, rollbacks
 (a new deployment of the last good revision, linked both ways), and resuming unfinished deployments after a
 restart. At most one deployment is in flight per group; the rest wait in the GroupQueue.
-"""
+
+Replicas (several servers on one PostgreSQL store): a replica drives a group's deployments only while it holds the
+group's lease (engine/runtime/ownership.py, engine/core/leases.py), and its runner there gets the store and the
+executors *fenced* by that lease, so nothing it writes lands once another replica has taken the group over. Every
+decision to start or resume a group's work (``_start_next``) first takes the lease; a replica that cannot (another
+one holds it) tells the owner through the store (``GROUP_WORK``). On a shared store a loop renews the leases every
+third of the lease time, steps down from lost groups (``_step_down``: the runner cancelled, nothing stopped or rolled
+back) and takes over groups whose owner died, resuming them as a restart does. Agents' results stored by another
+replica reach the runner from the store (``RESULTS_RECORDED``, and each round as a safety net), and a stop or a
+control action asked of a replica that does not drive the deployment is passed to the one that does
+(``DEPLOYMENT_CONTROL``). SQLite is the same code with one replica: leases are taken (and kept) and writes fenced,
+with no loop (nobody else to take over)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import string
@@ -32,8 +44,10 @@ from engine.core.events import (
     StartRollback,
     StopRequested,
 )
+from engine.core.leases import DEPLOYMENT_CONTROL, GROUP_WORK, RESULTS_RECORDED, Lease, LeaseLost
 from engine.core.machine import DeploymentMachine, MachineOptions
 from engine.core.model import (
+    FINAL_STATUSES,
     ROLLBACK_CREATOR,
     DeploymentType,
     LifecycleEvent,
@@ -52,6 +66,7 @@ from engine.runtime.blueprint import Blueprint, blue_green_roles, installed_targ
 from engine.runtime.dry_run import dry_run
 from engine.runtime.inventory import Inventory
 from engine.runtime.notifications import Notifications
+from engine.runtime.ownership import Ownership, new_replica_id
 from engine.runtime.queue import GroupQueue
 from engine.runtime.registry import Registry
 from engine.runtime.results import CommandResults
@@ -63,6 +78,10 @@ from engine.runtime.tokens import ApiTokens
 log = logging.getLogger(__name__)
 
 _ACTIVE = ("Created", "InProgress", "Ready", "Baking")
+_STOP_WAIT = 30.0  # how long a stop asked of another replica is waited for (as a local one)
+_STOP_ASK_AGAIN = 2.0
+_STOP_POLL = 0.1
+_AFTER_EXPIRY = 0.05  # seconds past another replica's lease expiry before looking (the store's clock may lag ours)
 _CONTROL_EVENTS: dict[str, type[ContinueRequested | PauseRequested | ResumeRequested | PromoteRequested]] = {
     "continue": ContinueRequested,
     "pause": PauseRequested,
@@ -95,7 +114,11 @@ class Deployer:
         queue: GroupQueue,
         routers: Mapping[str, TrafficRouter] | None = None,
         alarm_factory: AlarmFactory | None = None,
+        replica_id: str | None = None,
+        lease_seconds: float | None = None,
     ) -> None:
+        """``replica_id`` names this server among the replicas on one store (made up when not given);
+        ``lease_seconds`` is the groups' lease time (``server.lease_seconds`` when not given)."""
         self.config = config
         self.store = store
         self.fleet = fleet
@@ -120,6 +143,12 @@ class Deployer:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._versions: dict[str, int] = {}
         self._changed: dict[str, asyncio.Event] = {}
+        self.replica_id = replica_id or new_replica_id(config.server.listen_port or None)
+        self.ownership = Ownership(store, clock, self.replica_id, lease_seconds or config.server.lease_seconds)
+        self._leases: dict[str, Lease] = {}  # deployment id -> the lease its runner writes under
+        self._delivered: dict[str, set[int]] = {}  # deployment id -> commands whose results its runner was given
+        self._reading_results: dict[str, bool] = {}  # deployment id -> whether to read its stored results again
+        self._keeper: asyncio.Task[None] | None = None
         # Locks, approvals, promotion; consulted when a deployment is created and when a group's next one starts.
         self.release = ReleaseFlow(config, store, clock, queue=queue, documents=self, revisions=revisions)
         self.rollbacks = Rollbacks(config, store, clock, revisions, self.registry, create=self._create)
@@ -136,8 +165,17 @@ class Deployer:
         await self.restore_traffic()
         await self.resume_unfinished()
         self.fleet.start_monitor()
+        if self.store.shared:
+            await self.store.listen(GROUP_WORK, self._heard_group_work, reopened=self._heard_anything)
+            await self.store.listen(RESULTS_RECORDED, self._heard_results, reopened=self._heard_anything)
+            await self.store.listen(DEPLOYMENT_CONTROL, self._heard_control)
+            self._keeper = asyncio.ensure_future(self._keep_leases())
 
     async def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
         await self.fleet.stop_monitor()
         await self._notifications.close()
         await self.queue.close()
@@ -147,6 +185,9 @@ class Deployer:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for group in self.ownership.held():  # another replica may take them over at once, not after the lease time
+            with contextlib.suppress(Exception):
+                await self.ownership.release(group)
         await self.aws.close()
         await self.store.close()
 
@@ -271,22 +312,46 @@ class Deployer:
         return None
 
     async def _start_next(self, group_name: str, *, prefer: str | None = None) -> None:
-        """Start the oldest queued deployment of a free group (a rollback jumps the queue)."""
+        """Drive a free group's work: resume the deployment a previous owner left in flight, else start the oldest
+        queued one (a rollback jumps the queue). Taking the group's lease first; when another replica holds it, that
+        one is told instead. A group left with nothing to do is let go."""
         if self.queue.in_flight(group_name) is not None:
             return
-        waiting = await self.store.list_deployments(group_name=group_name, status="Queued", newest_first=False)
-        queued = await self.release.startable(group_name, waiting)  # a lock holds all but automatic rollbacks
-        if not queued:
+        rows = await self.store.list_deployments(
+            group_name=group_name, status=["Queued", *_ACTIVE], limit=None, newest_first=False
+        )
+        in_flight = [r for r in rows if r["status"] != "Queued"]
+        waiting = [r for r in rows if r["status"] == "Queued"]
+        queued = [] if in_flight else await self.release.startable(group_name, waiting)  # a lock holds the queue
+        if not in_flight and not queued:
+            if self.store.shared:  # another replica may take the group at once (one server keeps what it took)
+                await self.ownership.release(group_name)
+            return
+        lease = await self.ownership.acquire(group_name)
+        if lease is None:  # another replica drives the group: it starts this (or whoever takes the lease next)
+            await self.store.notify(GROUP_WORK, [group_name])
+            return
+        store = self.ownership.fenced(self.store, lease)
+        if in_flight:  # its owner died (or a previous server): resume it where it stopped, as after a restart
+            row = in_flight[0]
+            await store.append_log(
+                "deployment.resumed",
+                at=self.clock.now(),
+                actor="deploybot",
+                deployment_id=row["id"],
+                data={"status": row["status"], "replica": self.replica_id, "lease_generation": lease.generation},
+            )
+            self._launch(row, resume=True, lease=lease)
             return
         chosen = next((r for r in queued if r["id"] == prefer), None) or next(
             (r for r in queued if r["created_by"] == ROLLBACK_CREATOR), queued[0]
         )
-        await self.store.update_deployment(chosen["id"], status="Created", started_at=self.clock.now())
+        await store.update_deployment(chosen["id"], status="Created", started_at=self.clock.now())
         started = await self.store.get_deployment(chosen["id"])
         assert started is not None
-        self._launch(started, resume=False)
+        self._launch(started, resume=False, lease=lease)
 
-    def _launch(self, row: Mapping[str, Any], *, resume: bool) -> None:
+    def _launch(self, row: Mapping[str, Any], *, resume: bool, lease: Lease) -> None:
         state = row["state"]
         group = self._group_of(row)
         if group is not None and state["spec"].get("overrides"):
@@ -308,11 +373,13 @@ class Deployer:
             machine_state,
         )
         driver = self.aws.driver(group.platform) if group else None
+        executor = driver.executor(row["id"], group, spec) if driver and group else self.fleet
+        fleet = self.ownership.fenced(self.fleet, lease)
         runner = DeploymentRunner(
             row["id"],
             machine,
-            store=self.store,
-            executor=driver.executor(row["id"], group, spec) if driver and group else self.fleet,
+            store=self.ownership.fenced(self.store, lease),
+            executor=self.ownership.fenced(executor, lease),
             router=driver.router(row["id"], group, spec) if driver and group else self.routers.get(row["group_name"]),
             group=row["group_name"],
             spec=spec,
@@ -327,9 +394,10 @@ class Deployer:
             else None,
             alarm_config=group.alarms if group else None,
             roles=blue_green_roles(stages),
-            fleet=None if driver and group else self.fleet,
+            fleet=None if driver and group else fleet,
         )
         self.queue.occupy(row["group_name"], row["id"])
+        self._leases[row["id"]] = lease
         self._runners[row["id"]] = runner
         self._tasks[row["id"]] = asyncio.ensure_future(self._run(runner, resume=resume))
 
@@ -338,15 +406,23 @@ class Deployer:
             await runner.run(resume=resume)
         except asyncio.CancelledError:
             raise
+        except LeaseLost as lost:
+            await self._step_down(lost.group, f"a write of deployment {runner.deployment_id} was refused: {lost}")
         except Exception:
             log.exception("deployment %s crashed in the runner", runner.deployment_id)
-            await self.store.update_deployment(
-                runner.deployment_id,
-                status="Failed",
-                ended_at=self.clock.now(),
-                error_code="INTERNAL_ERROR",
-                error_message="deploybot hit an internal error; see the server log",
-            )
+            lease = self._leases.get(runner.deployment_id)
+            store = self.ownership.fenced(self.store, lease) if lease is not None else self.store
+            try:  # only while this replica still drives it: a crash after losing the group must not fail it
+                await store.update_deployment(
+                    runner.deployment_id,
+                    status="Failed",
+                    ended_at=self.clock.now(),
+                    error_code="INTERNAL_ERROR",
+                    error_message="deploybot hit an internal error; see the server log",
+                )
+            except LeaseLost as lost:
+                await self._step_down(lost.group, f"deployment {runner.deployment_id} crashed after it: {lost}")
+                return
             await self._on_finish(runner.deployment_id)
 
     def _group_of(self, row: Mapping[str, Any]) -> DeploymentGroup | None:
@@ -358,10 +434,13 @@ class Deployer:
     async def _on_finish(self, deployment_id: str) -> None:
         self._runners.pop(deployment_id, None)
         self._tasks.pop(deployment_id, None)
+        self._delivered.pop(deployment_id, None)
+        lease = self._leases.pop(deployment_id, None)
         row = await self.store.get_deployment(deployment_id)
         if row is None:
             return
-        await self.store.append_log(
+        store = self.ownership.fenced(self.store, lease) if lease is not None else self.store
+        await store.append_log(
             "deployment.finished",
             at=self.clock.now(),
             actor="deploybot",
@@ -386,8 +465,121 @@ class Deployer:
     async def _on_command_result(self, command: Mapping[str, Any], result: Mapping[str, Any]) -> None:
         runner = self._runners.get(command["deployment_id"])
         if runner is None:
-            return  # the deployment ended (stopped, failed); the late result is kept in host_commands
+            return  # the deployment ended, or another replica drives it; the result is kept in host_commands
+        command_id = command.get("id")
+        if command_id is not None:  # heard in-process and read back from the store: the runner gets it once
+            delivered = self._delivered.setdefault(command["deployment_id"], set())
+            if command_id in delivered:
+                return
+            delivered.add(command_id)
         await runner.record_result(command["host"], LifecycleEvent(command["event"]), result)
+
+    async def _read_stored_results(self, deployment_id: str) -> None:
+        """Give the runner the results stored for its commands that it has not had (recorded by another replica,
+        or while this one was not listening). Calls arriving while one reads make it read once more."""
+        if deployment_id in self._reading_results:
+            self._reading_results[deployment_id] = True
+            return
+        self._reading_results[deployment_id] = False
+        try:
+            while True:
+                runner = self._runners.get(deployment_id)
+                if runner is None:
+                    return
+                delivered = self._delivered.get(deployment_id, set())
+                for command in await self.store.finished_commands(deployment_id):
+                    if command["id"] not in delivered and not runner.has_outcome(command["host"], command["event"]):
+                        await self._on_command_result(command, command.get("result") or {})
+                if not self._reading_results[deployment_id]:
+                    return
+                self._reading_results[deployment_id] = False
+        finally:
+            self._reading_results.pop(deployment_id, None)
+
+    # -- replicas --------------------------------------------------------------------------------------------
+
+    async def _keep_leases(self) -> None:
+        """Every third of the lease time: renew, step down from lost groups, take over abandoned ones; and at the
+        moment another replica's lease on a group with work runs out, so a dead owner is replaced within the lease
+        time, not a round later."""
+        interval = self.ownership.interval
+        next_renewal = self.clock.monotonic() + interval
+        free_in: float | None = None
+        while True:
+            wait = next_renewal - self.clock.monotonic()
+            if free_in is not None:
+                wait = min(wait, free_in + _AFTER_EXPIRY)
+            await self.clock.sleep(max(wait, 0.0))
+            try:
+                if self.clock.monotonic() >= next_renewal:
+                    next_renewal = self.clock.monotonic() + interval
+                    for group, why in (await self.ownership.renew()).items():
+                        await self._step_down(group, why)
+                free_in = await self._pick_up()
+            except Exception:  # the next round tries again (the store may be back by then)
+                log.exception("the lease round of %s failed", self.replica_id)
+                free_in = None
+
+    async def _pick_up(self) -> float | None:
+        """Take over the groups with work and no live owner; read the results stored for this replica's runners.
+        Seconds until the next lease of another replica on a group with work runs out (None: there is none)."""
+        next_free: float | None = None
+        for row in await self.store.groups_to_take_over(now=self.clock.now()):
+            if self.ownership.lease(row["group_name"]) is not None:
+                continue  # ours: driven here
+            if row["free_in"] > 0 and row["owner"] != self.replica_id:  # ours in the store only: take it anew
+                next_free = row["free_in"] if next_free is None else min(next_free, row["free_in"])
+                continue
+            async with self.queue.lock:
+                await self._start_next(row["group_name"])
+        for deployment_id in list(self._runners):
+            await self._read_stored_results(deployment_id)
+        return next_free
+
+    async def _step_down(self, group: str, why: str) -> None:
+        """This replica lost ``group``: cancel its runner there, with no side effect (nothing stopped, nothing rolled
+        back, nothing written: the new owner resumes the stored state)."""
+        self.ownership.forget(group)
+        for deployment_id, runner in list(self._runners.items()):
+            if runner.group != group:
+                continue
+            log.warning(
+                "%s steps down from deployment group %s: %s; deployment %s is left to the replica that holds the "
+                "lease now",
+                self.replica_id,
+                group,
+                why,
+                deployment_id,
+            )
+            self._runners.pop(deployment_id, None)
+            self._leases.pop(deployment_id, None)
+            self._delivered.pop(deployment_id, None)
+            task = self._tasks.pop(deployment_id, None)
+            self.queue.vacate(group, deployment_id)
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    def _heard_group_work(self, group: str) -> None:
+        """Another replica queued work for ``group``: start it if this one owns the group (or may take it)."""
+
+        async def start() -> None:
+            async with self.queue.lock:
+                await self._start_next(group)
+
+        self.queue.spawn(start())
+
+    def _heard_results(self, deployment_id: str) -> None:
+        if deployment_id in self._runners:
+            self.queue.spawn(self._read_stored_results(deployment_id))
+
+    def _heard_anything(self) -> None:
+        """A listening connection came back: what was said meanwhile is lost, so look once."""
+
+        async def pick_up() -> None:
+            await self._pick_up()
+
+        self.queue.spawn(pick_up())
 
     # -- control ---------------------------------------------------------------------------------------------
 
@@ -412,6 +604,8 @@ class Deployer:
             await self.changed(deployment_id)
             return await self.get(deployment_id)
         runner = self._runners.get(deployment_id)
+        if runner is None and self.store.shared and row["status"] in _ACTIVE:
+            return await self._stop_elsewhere(deployment_id, rollback=rollback, actor=actor)
         if runner is None:
             raise InvalidTransition(row["status"], "StopRequested")
         runner.post(StopRequested(rollback=rollback, actor=actor))
@@ -424,12 +618,16 @@ class Deployer:
             raise DeploymentRefused(f"unknown action {action!r}; use one of {', '.join(_CONTROL_EVENTS)}")
         row = await self._row(deployment_id)
         runner = self._runners.get(deployment_id)
-        if runner is None:
+        elsewhere = runner is None and self.store.shared and row["status"] in _ACTIVE
+        if runner is None and not elsewhere:
             raise InvalidTransition(row["status"], event_type.__name__)
         await self.store.append_log(
             f"deployment.{action}", at=self.clock.now(), actor=actor, deployment_id=deployment_id
         )
-        runner.post(event_type())
+        if runner is not None:
+            runner.post(event_type())
+        else:  # another replica drives it
+            await self._ask_owner(deployment_id, action, actor=actor)
         return await self.get(deployment_id)
 
     async def put_hook_status(
@@ -457,9 +655,48 @@ class Deployer:
         """Manual rollback: stop a running deployment with rollback, or redeploy the previous good revision."""
         group = self.config.group(application, environment)
         running = self.queue.in_flight(group.name)
+        if running is None and self.store.shared:  # driven by another replica, maybe
+            active = await self.store.list_deployments(group_name=group.name, status=list(_ACTIVE), limit=1)
+            running = active[0]["id"] if active else None
         if running is not None:
             return await self.stop(running, rollback=True, actor=actor)
         return await self.rollbacks.manual(group, actor=actor)
+
+    async def _ask_owner(self, deployment_id: str, action: str, **details: Any) -> None:
+        """Ask the replica driving the deployment to act on it (``DEPLOYMENT_CONTROL``)."""
+        payload = json.dumps({"deployment": deployment_id, "action": action, **details})
+        await self.store.notify(DEPLOYMENT_CONTROL, [payload])
+
+    async def _stop_elsewhere(self, deployment_id: str, *, rollback: bool | None, actor: str) -> dict[str, Any]:
+        """Stop a deployment another replica drives: ask it, again every couple of seconds (a notice may be lost, or
+        the group may be changing hands), until the deployment has ended or 30 s have passed; then its document."""
+        deadline = self.clock.monotonic() + _STOP_WAIT
+        while self.clock.monotonic() < deadline:
+            await self._ask_owner(deployment_id, "stop", rollback=rollback, actor=actor)
+            asked = self.clock.monotonic()
+            while self.clock.monotonic() - asked < _STOP_ASK_AGAIN:
+                row = await self._row(deployment_id)
+                if row["status"] in FINAL_STATUSES:
+                    return await self.get(deployment_id)
+                await self.clock.sleep(_STOP_POLL)
+        return await self.get(deployment_id)
+
+    def _heard_control(self, payload: str) -> None:
+        """Another replica was asked to stop or control a deployment this one drives."""
+        try:
+            asked = json.loads(payload)
+            runner = self._runners.get(str(asked["deployment"]))
+            action, actor = str(asked["action"]), str(asked.get("actor") or "deploybot")
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed control notice: %r", payload)
+            return
+        if runner is None:
+            return
+        if action == "stop":
+            rollback = asked.get("rollback")
+            runner.post(StopRequested(rollback=rollback if isinstance(rollback, bool) else None, actor=actor))
+        elif (event_type := _CONTROL_EVENTS.get(action)) is not None:
+            runner.post(event_type())
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -556,18 +793,8 @@ class Deployer:
                 log.error("could not route %s to its live side %s: %s", group.name, ", ".join(live), exc)
 
     async def resume_unfinished(self) -> None:
-        """Pick up what a previous server left: running deployments resume, queued ones wait their turn."""
+        """Pick up what a previous server left: running deployments resume, queued ones wait their turn (per group,
+        where this replica gets the lease: ``_start_next``)."""
         rows = await self.store.unfinished_deployments()
-        for row in sorted(rows, key=lambda r: r["created_at"]):
-            if row["status"] in ("Queued", "WaitingApproval") or self.queue.in_flight(row["group_name"]):
-                continue
-            await self.store.append_log(
-                "deployment.resumed",
-                at=self.clock.now(),
-                actor="deploybot",
-                deployment_id=row["id"],
-                data={"status": row["status"]},
-            )
-            self._launch(row, resume=True)
-        for group_name in {r["group_name"] for r in rows}:
+        for group_name in dict.fromkeys(r["group_name"] for r in sorted(rows, key=lambda r: r["created_at"])):
             await self._start_next(group_name)

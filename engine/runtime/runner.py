@@ -166,6 +166,15 @@ class DeploymentRunner:
         else:
             self.post(EventFailed(target, event, error_code, message))
 
+    def has_outcome(self, target: str, event: str) -> bool:
+        """Whether the machine already knows how ``event`` ended on ``target`` (or will: its result is on the way
+        in), so a stored result read again must not be fed to it twice."""
+        if (target, event) in self._recorded:
+            return True
+        progress = self.machine.state.targets.get(target)
+        status = progress.statuses.get(LifecycleEvent(event)) if progress is not None else None
+        return status in (EventStatus.SUCCEEDED, EventStatus.FAILED, EventStatus.SKIPPED)
+
     # -- the loop --------------------------------------------------------------------------------------------
 
     async def run(self, *, resume: bool = False) -> None:

@@ -10,7 +10,9 @@ comparison is constant-time anyway.)
 Bootstrap: the secret in ``var/api-token`` (and ``DEPLOYBOT_TOKEN``) is the first admin's credential. At start the
 server registers each one by hash, once, as a token of BOOTSTRAP_ADMIN named "bootstrap", and revokes the bootstrap
 tokens that are no longer configured (a rotated file revokes its old value). A hash already known is never registered
-again, so a revoked bootstrap token stays refused while the file still holds it.
+again, so a revoked bootstrap token stays refused while the file still holds it. Servers sharing one store (replicas,
+each with its own data directory and file) name theirs ``bootstrap@<host>:<data dir>`` and revoke only their own, so
+a replica's start never retires another's credential.
 
 Page sessions: the pages' cookie names the token it came from (``<id>.<issued>.<mac>``), MACed with the token's
 stored hash, so it is worth nothing once the token is revoked or expired, or SESSION_SECONDS after login. Whoever can
@@ -260,24 +262,28 @@ class ApiTokens:
             await self._store.append_log("token.revoked", at=now, actor=actor, data=data)
         return record
 
-    async def register_bootstrap(self, tokens: Iterable[str]) -> BootstrapChange:
+    async def register_bootstrap(self, tokens: Iterable[str], *, source: str | None = None) -> BootstrapChange:
         """Make the configured bootstrap secrets (var/api-token, DEPLOYBOT_TOKEN) the bootstrap admin's tokens.
 
         Each hash not yet known is registered; one already known (revoked or not) is left alone, so a revocation
-        sticks. Bootstrap tokens no longer configured are revoked: rotating the file retires its old value."""
+        sticks. This server's bootstrap tokens no longer configured are revoked: rotating the file retires its old
+        value. ``source`` (a server sharing its store: its host and data directory) names them, so only this
+        server's own — and unnamed ones of a single server before — are retired here."""
+        name = BOOTSTRAP_NAME if source is None else f"{BOOTSTRAP_NAME}@{source}"
         digests = {token_digest(token.strip()) for token in tokens if token.strip()}
         now = self._clock.now()
         registered: list[ApiToken] = []
         for digest in sorted(digests):
             token_id = new_token_id()
             if await self._store.insert_api_token(
-                token_id, user=BOOTSTRAP_ADMIN, name=BOOTSTRAP_NAME, token_sha256=digest, created_at=now
+                token_id, user=BOOTSTRAP_ADMIN, name=name, token_sha256=digest, created_at=now
             ):
-                registered.append(ApiToken(token_id, BOOTSTRAP_ADMIN, BOOTSTRAP_NAME, now))
-                data = {"token_id": token_id, "user": BOOTSTRAP_ADMIN, "name": BOOTSTRAP_NAME, "expires_at": None}
+                registered.append(ApiToken(token_id, BOOTSTRAP_ADMIN, name, now))
+                data = {"token_id": token_id, "user": BOOTSTRAP_ADMIN, "name": name, "expires_at": None}
                 await self._store.append_log("token.created", at=now, actor="deploybot", data=data)
         revoked: list[ApiToken] = []
         for row in await self._store.list_api_tokens(user=BOOTSTRAP_ADMIN):
-            if row["name"] == BOOTSTRAP_NAME and row["revoked_at"] is None and row["token_sha256"] not in digests:
+            ours = row["name"] in (BOOTSTRAP_NAME, name)
+            if ours and row["revoked_at"] is None and row["token_sha256"] not in digests:
                 revoked.append(await self.revoke(str(row["id"]), actor="deploybot"))
         return BootstrapChange(tuple(registered), tuple(revoked))

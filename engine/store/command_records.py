@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from engine.core.leases import COMMANDS_QUEUED, RESULTS_RECORDED
 from engine.ports import CommandReport, FinishedReport, QueuedRun
 from engine.store.statements import (
     Change,
@@ -27,6 +28,7 @@ from engine.store.statements import (
     SqlAccess,
     placeholders,
     to_json,
+    unfenced,
     where_clause,
 )
 
@@ -80,11 +82,6 @@ def _cancel_rest_of_run(host: str, deployment_id: str, at: float) -> Change:
         " AND status = 'Pending'",
         (at, host, deployment_id),
     )
-
-
-COMMANDS_QUEUED = "deploybot_commands_queued"
-"""The ``Notify`` channel of queueing: each payload is a host that got a Pending command (what wakes its long poll on
-whichever server holds it)."""
 
 
 def _queue_key(deployment_id: str) -> str:
@@ -172,9 +169,24 @@ class CommandRecords(SqlAccess):
         return await self._transact(lambda: _claim_oldest(row_lock, host, at, with_run=with_run))
 
     async def release_command(self, command_id: int) -> bool:
-        """Put a claimed command back in the queue (its claimant never received it); False if not InProgress."""
-        sql = "UPDATE host_commands SET status = 'Pending', claimed_at = NULL WHERE id = ? AND status = 'InProgress'"
-        return await self._change(sql, (command_id,)) == 1
+        """Put a claimed command back in the queue (its claimant never received it); False if not InProgress.
+
+        Never fenced (statements.fencing), even when the owner's dispatch that claimed it for a poll gives it back:
+        it undoes a claim rather than deciding anything, and a refused release would strand the command claimed by
+        nobody."""
+        sql = (
+            "UPDATE host_commands SET status = 'Pending', claimed_at = NULL WHERE id = ? AND status = 'InProgress'"
+            " RETURNING host"
+        )
+
+        def release() -> Program[bool]:
+            released = yield Fetch("host_commands", sql, (command_id,))
+            if released:  # its host's poll may be parked on another replica
+                yield Notify(COMMANDS_QUEUED, [released[0]["host"]])
+            return bool(released)
+
+        with unfenced():
+            return await self._transact(release)
 
     async def complete_command(
         self,
@@ -200,6 +212,8 @@ class CommandRecords(SqlAccess):
             done = yield Fetch("host_commands", sql, (status, to_json(result), at, command_id, *params))
             if done and status == "Failed":
                 yield _cancel_rest_of_run(done[0]["host"], done[0]["deployment_id"], at)
+            if done:
+                yield Notify(RESULTS_RECORDED, [done[0]["deployment_id"]])
             return bool(done)
 
         return await self._transact(complete)
@@ -249,6 +263,9 @@ class CommandRecords(SqlAccess):
                 if then is not None and status == "Succeeded":
                     claimed = (yield Change(go_on, (at, then, host, command["deployment_id"]))) == 1
                 outcomes.append((command, finished, claimed))
+            finished_deployments = {c["deployment_id"] for (c, finished, _) in outcomes if c is not None and finished}
+            if finished_deployments:  # the owner of each, maybe another replica, feeds the results to its runner
+                yield Notify(RESULTS_RECORDED, sorted(finished_deployments))
             return outcomes
 
         return await self._transact(finish)
@@ -265,6 +282,15 @@ class CommandRecords(SqlAccess):
     ) -> list[Row]:
         where, params = where_clause(host=host, deployment_id=deployment_id, status=status)
         return await self._fetch("host_commands", f"SELECT * FROM host_commands WHERE {where} ORDER BY id", params)
+
+    async def finished_commands(self, deployment_id: str) -> list[Row]:
+        """The deployment's commands that have a result (Succeeded or Failed), oldest first, without their payload:
+        what its owner reads back when another replica recorded the results (``RESULTS_RECORDED``)."""
+        sql = (
+            f"SELECT {_COMMAND_HEAD}, result FROM host_commands WHERE deployment_id = ?"
+            " AND status IN ('Succeeded', 'Failed') ORDER BY id"
+        )
+        return await self._fetch("host_commands", sql, (deployment_id,))
 
     async def cancel_commands(self, deployment_id: str, *, at: float) -> int:
         """Cancel the deployment's Pending commands (InProgress ones are the agent's to finish): how many."""

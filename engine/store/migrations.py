@@ -400,6 +400,77 @@ def _api_applications(db: Database) -> None:
         db.execute(statement)
 
 
+_REPLICA_SHARED_STATE = (
+    # What replicas on one database share besides the deployments (engine/store/bundle_records.py,
+    # agent_token_records.py, replica_records.py). Revision bundles: ``revision_bundles`` is written last, in the
+    # transaction that wrote every chunk, so a row there means the whole bundle is in the database. On SQLite (one
+    # server) bundles stay in the data directory only and agent tokens in its 0600 file; the tables exist on both so
+    # that the schema (and the Store port) is one.
+    """
+    CREATE TABLE revision_bundles (
+        sha256 TEXT PRIMARY KEY CHECK (length(sha256) = 64),
+        size INTEGER NOT NULL,
+        chunks INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE revision_bundle_chunks (
+        sha256 TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (sha256, seq)
+    )
+    """,
+    # An agent's token, as the server must be able to print it again (`deploybot agent-token NAME`); found by its
+    # sha256 on each request.
+    """
+    CREATE TABLE agent_tokens (
+        host TEXT PRIMARY KEY,
+        token TEXT NOT NULL,
+        token_sha256 TEXT NOT NULL UNIQUE CHECK (length(token_sha256) = 64),
+        created_at REAL NOT NULL
+    )
+    """,
+    # Each running `deploybot serve` on this database: written at start, ``last_seen`` refreshed every few seconds.
+    """
+    CREATE TABLE replicas (
+        id TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        version TEXT NOT NULL
+    )
+    """,
+)
+
+
+@MIGRATIONS(name="0008_replica_shared_state")
+def _replica_shared_state(db: Database) -> None:
+    for statement in _REPLICA_SHARED_STATE:
+        db.execute(statement)
+
+
+_GROUP_LEASES = (
+    # One row per deployment group that has ever had an owner (engine/core/leases.py): who drives its deployments,
+    # the tenure's fencing token (``generation``: only grows, bumped by every take) and when the lease runs out.
+    """
+    CREATE TABLE group_leases (
+        group_name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        generation INTEGER NOT NULL CHECK (generation > 0),
+        expires_at REAL NOT NULL
+    )
+    """,
+)
+
+
+@MIGRATIONS(name="0009_group_leases")
+def _group_leases(db: Database) -> None:
+    for statement in _GROUP_LEASES:
+        db.execute(statement)
+
+
 def apply_migrations(db: Database) -> list[str]:
     """Bring ``db`` up to the newest schema; returns the names of the migrations applied just now."""
     pending = [migration.name for migration in MIGRATIONS.pending(db)]

@@ -323,6 +323,48 @@ _API_APPLICATIONS = """
     ALTER TABLE api_deployment_configs ADD COLUMN tags json NOT NULL DEFAULT '{}';
 """
 
+_REPLICA_SHARED_STATE = """
+    CREATE TABLE revision_bundles (
+        sha256 text COLLATE "C" PRIMARY KEY CHECK (length(sha256) = 64),
+        size bigint NOT NULL,
+        chunks bigint NOT NULL,
+        created_at double precision NOT NULL
+    );
+
+    CREATE TABLE revision_bundle_chunks (
+        sha256 text COLLATE "C" NOT NULL,
+        seq bigint NOT NULL,
+        data bytea NOT NULL,
+        PRIMARY KEY (sha256, seq)
+    );
+
+    CREATE TABLE agent_tokens (
+        host text COLLATE "C" PRIMARY KEY,
+        token text COLLATE "C" NOT NULL,
+        token_sha256 text COLLATE "C" NOT NULL UNIQUE CHECK (length(token_sha256) = 64),
+        created_at double precision NOT NULL
+    );
+    -- The tokens themselves: only the role that owns the schema (deploybot's) may read them (docs/postgresql.md).
+    REVOKE ALL ON agent_tokens FROM PUBLIC;
+
+    CREATE TABLE replicas (
+        id text COLLATE "C" PRIMARY KEY,
+        url text COLLATE "C" NOT NULL,
+        started_at double precision NOT NULL,
+        last_seen double precision NOT NULL,
+        version text COLLATE "C" NOT NULL
+    );
+"""
+
+_GROUP_LEASES = """
+    CREATE TABLE group_leases (
+        group_name text COLLATE "C" PRIMARY KEY,
+        owner text COLLATE "C" NOT NULL,
+        generation bigint NOT NULL CHECK (generation > 0),
+        expires_at double precision NOT NULL
+    );
+"""
+
 SCRIPTS: dict[str, str] = {
     "0001_initial_schema": _INITIAL_SCHEMA,
     "0002_approvals": _APPROVALS,
@@ -331,6 +373,8 @@ SCRIPTS: dict[str, str] = {
     "0005_intents": _INTENTS,
     "0006_hook_executions": _HOOK_EXECUTIONS,
     "0007_api_applications": _API_APPLICATIONS,
+    "0008_replica_shared_state": _REPLICA_SHARED_STATE,
+    "0009_group_leases": _GROUP_LEASES,
 }
 """Migration name -> its PostgreSQL script, in the order they apply (the names of engine/store/migrations.py)."""
 

@@ -24,9 +24,12 @@ COMMANDS_QUEUED), for waking long polls across replicas.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
+import itertools
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Self, TypeVar
@@ -35,16 +38,23 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from engine.core.errors import EngineError
+from engine.core.leases import Lease, LeaseLost
 from engine.core.model import FINAL_STATUSES
+from engine.store.agent_token_records import AgentTokenRecords
 from engine.store.application_records import ApplicationRecords
+from engine.store.bundle_records import BundleRecords
 from engine.store.command_records import CommandRecords
 from engine.store.hook_records import HookExecutionRecords
 from engine.store.intent_records import IntentRecords
+from engine.store.lease_records import LeaseRecords
 from engine.store.migrations import JSON_COLUMNS
 from engine.store.pg_migrations import HIDDEN_COLUMNS, applied_migrations, apply_migrations
 from engine.store.registry_records import RegistryRecords
 from engine.store.release_records import ReleaseRecords
+from engine.store.replica_records import ReplicaRecords
 from engine.store.statements import (
+    FENCE,
+    FENCE_CHECK,
     Change,
     Fetch,
     Notify,
@@ -52,6 +62,7 @@ from engine.store.statements import (
     Serialize,
     Step,
     encode_fields,
+    fence_params,
     placeholders,
     to_json,
     where_clause,
@@ -60,6 +71,7 @@ from engine.store.token_records import TokenRecords
 
 T = TypeVar("T")
 Row = dict[str, Any]
+log = logging.getLogger(__name__)
 
 _TARGET_EVENT_KEY = ("deployment_id", "target", "event")
 _RETRIES = 5  # runs of a transaction PostgreSQL aborted for a deadlock or a serialization failure
@@ -139,6 +151,18 @@ def _check_columns(table: str, given: Iterable[str], known: Iterable[str]) -> No
         raise ValueError(f"unknown {table} columns: {', '.join(unknown)}")
 
 
+async def _check_fence(conn: Any, lease: Lease) -> None:
+    """The fence of a write (statements.FENCE_CHECK), in its transaction. ``FOR SHARE`` holds the lease row until the
+    write commits: a takeover (which updates the row) waits for it, so no write of an old tenure lands after one."""
+    if await conn.fetchval(numbered(FENCE_CHECK) + " FOR SHARE", *fence_params(lease)) is None:
+        raise LeaseLost(lease.group, lease.owner, lease.generation)
+
+
+LISTEN_APPLICATION = "deploybot-listen"
+"""The ``application_name`` of LISTEN connections (as pg_stat_activity shows them)."""
+_LISTEN_CHECK_SECONDS = 5.0  # how often an idle LISTEN connection is asked whether it is still there
+_RECONNECT_SECONDS = (0.1, 0.5, 1.0, 2.0)  # waits between attempts to reopen one (the last repeats)
+
 _UNREACHABLE_FIX = (
     "check store.url (host, port, database, user), that PostgreSQL is running and reachable, and the password "
     "(PGPASSWORD, or the variable store.password_env names)"
@@ -146,6 +170,7 @@ _UNREACHABLE_FIX = (
 
 
 class PostgresStore(
+    LeaseRecords,
     ReleaseRecords,
     RegistryRecords,
     ApplicationRecords,
@@ -153,10 +178,17 @@ class PostgresStore(
     IntentRecords,
     HookExecutionRecords,
     CommandRecords,
+    BundleRecords,
+    AgentTokenRecords,
+    ReplicaRecords,
 ):
     """The persistence port of the engine on PostgreSQL; see the module docstring."""
 
+    backend = "postgresql"  # what /healthz and `deploybot replicas` report
+
     _row_lock = " FOR UPDATE SKIP LOCKED"
+    _lease_clock = "extract(epoch from clock_timestamp())::double precision"  # one clock for every replica
+    shared = True
 
     def __init__(
         self,
@@ -171,7 +203,9 @@ class PostgresStore(
         self._password = password
         self._columns = columns  # read from the migrated schema, so a new column needs no code change here
         self._identities = identities  # table -> its identity column (what _insert returns)
-        self._listeners: list[Any] = []
+        self._listeners: dict[int, Any] = {}  # listen() number -> its current connection
+        self._listening: list[asyncio.Task[None]] = []
+        self._listen_numbers = itertools.count()
         self._closed = False
 
     # -- lifecycle
@@ -227,8 +261,12 @@ class PostgresStore(
         if self._closed:
             return
         self._closed = True
-        for conn in self._listeners:
-            await conn.close()
+        for task in self._listening:
+            task.cancel()
+        await asyncio.gather(*self._listening, return_exceptions=True)
+        for conn in self._listeners.values():
+            with contextlib.suppress(Exception):
+                await conn.close()
         self._listeners.clear()
         await self._pool.close()
 
@@ -246,13 +284,61 @@ class PostgresStore(
         async with self._acquire() as conn:
             return await applied_migrations(conn)
 
-    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+    async def listen(
+        self, channel: str, callback: Callable[[str], None], *, reopened: Callable[[], None] | None = None
+    ) -> None:
         """Call ``callback(payload)`` for each NOTIFY on ``channel`` (from any server, once its transaction has
-        committed) until the store closes; on a connection of its own, which the pool would otherwise hand out."""
+        committed) until the store closes; on a connection of its own, which the pool would otherwise hand out.
+
+        A LISTEN connection that drops (the server restarted, a proxy cut it, an idle timeout) is reopened, retrying
+        until it is back; what was notified meanwhile is lost, so ``reopened()`` is called then: look once for what
+        may have been missed. The first connection is made before this returns (an unreachable database raises)."""
         self._check_open()
-        conn = await asyncpg.connect(self._url, password=self._password, timeout=10)
-        self._listeners.append(conn)
-        await conn.add_listener(channel, lambda _conn, _pid, _channel, payload: callback(payload))
+        number = next(self._listen_numbers)
+        self._listeners[number] = await self._listen_on(channel, callback)
+        self._listening.append(asyncio.ensure_future(self._keep_listening(number, channel, callback, reopened)))
+
+    async def _listen_on(self, channel: str, callback: Callable[[str], None]) -> Any:
+        conn = await asyncpg.connect(
+            self._url, password=self._password, timeout=10, server_settings={"application_name": LISTEN_APPLICATION}
+        )
+        try:
+            await conn.add_listener(channel, lambda _conn, _pid, _channel, payload: callback(payload))
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _keep_listening(
+        self, number: int, channel: str, callback: Callable[[str], None], reopened: Callable[[], None] | None
+    ) -> None:
+        """Watch listen connection ``number``; reopen it when it drops (see ``listen``)."""
+        while not self._closed:
+            conn = self._listeners[number]
+            dropped = asyncio.Event()
+            conn.add_termination_listener(lambda _conn, event=dropped: event.set())
+            while not dropped.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(dropped.wait(), _LISTEN_CHECK_SECONDS)
+                    break
+                try:
+                    await asyncio.wait_for(conn.execute("SELECT 1"), _LISTEN_CHECK_SECONDS)
+                except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    break
+            with contextlib.suppress(Exception):
+                await conn.close()
+            log.warning("the LISTEN connection for %s dropped; reopening it", channel)
+            for attempt in itertools.count():
+                try:
+                    self._listeners[number] = await self._listen_on(channel, callback)
+                    break
+                except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    wait = _RECONNECT_SECONDS[min(attempt, len(_RECONNECT_SECONDS) - 1)]
+                    log.warning("reopening the LISTEN connection for %s failed (%s); again in %g s", channel, exc, wait)
+                    await asyncio.sleep(wait)
+            log.info("listening on %s again", channel)
+            if reopened is not None:
+                reopened()
 
     # -- the accessors of the record mixins
 
@@ -267,10 +353,15 @@ class PostgresStore(
     async def _write(self, work: Callable[[Any], Awaitable[T]]) -> T:
         """``work(conn)`` on a pooled connection, run again when PostgreSQL aborted it for a deadlock or a
         serialization failure; a full disk is an OSError(ENOSPC), as on SQLite (the doors answer it as such)."""
+        lease = FENCE.get()
         for attempt in range(_RETRIES):
             try:
                 async with self._acquire() as conn:
-                    return await work(conn)
+                    if lease is None:
+                        return await work(conn)
+                    async with conn.transaction():  # the work's own transaction becomes a savepoint in this one
+                        await _check_fence(conn, lease)
+                        return await work(conn)
             except asyncpg.exceptions.TransactionRollbackError:
                 if attempt == _RETRIES - 1:
                     raise

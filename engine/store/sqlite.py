@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import json
 import os
@@ -28,13 +29,17 @@ from sqlite_utils import Database
 
 from engine.core.errors import EngineError
 from engine.core.model import FINAL_STATUSES
+from engine.store.agent_token_records import AgentTokenRecords
 from engine.store.application_records import ApplicationRecords
+from engine.store.bundle_records import BundleRecords
 from engine.store.command_records import CommandRecords
 from engine.store.hook_records import HookExecutionRecords
 from engine.store.intent_records import IntentRecords
+from engine.store.lease_records import LeaseRecords
 from engine.store.migrations import applied_migrations, apply_migrations
 from engine.store.registry_records import RegistryRecords
 from engine.store.release_records import ReleaseRecords
+from engine.store.replica_records import ReplicaRecords
 from engine.store.statements import encode_fields, placeholders, read_rows, to_json, where_clause, write_transaction
 from engine.store.token_records import TokenRecords
 
@@ -97,6 +102,7 @@ def _check_columns(table: str, given: Iterable[str], known: Iterable[str]) -> No
 
 
 class SqliteStore(
+    LeaseRecords,
     ReleaseRecords,
     RegistryRecords,
     ApplicationRecords,
@@ -104,8 +110,13 @@ class SqliteStore(
     IntentRecords,
     HookExecutionRecords,
     CommandRecords,
+    BundleRecords,
+    AgentTokenRecords,
+    ReplicaRecords,
 ):
     """The persistence port of the engine; see the module docstring for the threading model."""
+
+    backend = "sqlite"  # what /healthz and `deploybot replicas` report
 
     def __init__(
         self,
@@ -201,7 +212,9 @@ class SqliteStore(
         if self._closed:
             raise RuntimeError(f"SqliteStore({self._path}) is closed")
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._db)
+            # The caller's context goes along: a fenced write (statements.fencing) is checked on the store's thread.
+            context = contextvars.copy_context()
+            return await asyncio.get_running_loop().run_in_executor(self._executor, context.run, fn, self._db)
         except sqlite3.OperationalError as exc:
             if "disk is full" in str(exc):  # the doors answer a full disk as such (bot/http.py: 507)
                 raise OSError(errno.ENOSPC, f"{exc} ({self._path})") from exc

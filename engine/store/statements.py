@@ -19,6 +19,7 @@ replicas' read-then-write on the same keys cannot interleave, as they cannot on 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import sqlite3
 from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 
 from sqlite_utils import Database
 
+from engine.core.leases import Lease, LeaseLost
 from engine.store.migrations import JSON_COLUMNS
 
 T = TypeVar("T")
@@ -60,11 +62,54 @@ def read_rows(table: str, cursor: sqlite3.Cursor) -> list[Row]:
     return rows
 
 
+# -- fencing: a write made for a lease holder is done only while the lease still says so (engine/core/leases.py)
+
+FENCE: contextvars.ContextVar[Lease | None] = contextvars.ContextVar("deploybot_fence", default=None)
+"""The lease the writes of the running code are made under (set by ``fencing``); None: not fenced."""
+
+FENCE_CHECK = "SELECT 1 FROM group_leases WHERE group_name = ? AND owner = ? AND generation = ?"
+"""The guard each fenced write transaction runs first: no row, and the write is refused (``LeaseLost``)."""
+
+
+@contextlib.contextmanager
+def fencing(lease: Lease) -> Iterator[None]:
+    """Every store write made inside (by this task, and tasks it starts meanwhile) runs ``FENCE_CHECK`` for ``lease``
+    first, in its own transaction."""
+    token = FENCE.set(lease)
+    try:
+        yield
+    finally:
+        FENCE.reset(token)
+
+
+@contextlib.contextmanager
+def unfenced() -> Iterator[None]:
+    """Writes made inside are not fenced, whatever the caller's fence (a store method that must never be refused)."""
+    token = FENCE.set(None)
+    try:
+        yield
+    finally:
+        FENCE.reset(token)
+
+
+def fence_params(lease: Lease) -> tuple[str, str, int]:
+    return (lease.group, lease.owner, lease.generation)
+
+
+def check_fence(conn: sqlite3.Connection) -> None:
+    """Refuse the write transaction open on ``conn`` (SQLite) when the fence of the running code no longer holds."""
+    lease = FENCE.get()
+    if lease is not None and conn.execute(FENCE_CHECK, fence_params(lease)).fetchone() is None:
+        raise LeaseLost(lease.group, lease.owner, lease.generation)
+
+
 @contextlib.contextmanager
 def write_transaction(db: Database) -> Iterator[sqlite3.Connection]:
-    """One write transaction; IMMEDIATE takes the write lock up front, so read-then-write cannot go stale."""
+    """One write transaction; IMMEDIATE takes the write lock up front, so read-then-write cannot go stale. Fenced
+    (``fencing``): refused with ``LeaseLost`` unless the lease still holds, checked under that same lock."""
     db.conn.execute("BEGIN IMMEDIATE")
     try:
+        check_fence(db.conn)
         yield db.conn
         db.conn.execute("COMMIT")
     except BaseException:

@@ -272,6 +272,9 @@ class ServerSettings:
     revision, besides each application's own ``revision``; see engine/core/revision_paths.py."""
     agent_offline_after_seconds: float = 60.0
     """An agent not heard from for this long is offline: announced once, shown by plan, refused per group."""
+    lease_seconds: float = 10.0
+    """How long a replica's lease on a deployment group lasts unrenewed (renewed every third of it): a replica that
+    dies is taken over within this time (engine/core/leases.py; docs/postgresql.md "Replicas")."""
 
     @property
     def scheme(self) -> str:

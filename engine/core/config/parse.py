@@ -235,6 +235,7 @@ def _server(reader: NodeReader, node: Node, base_dir: str, people: People) -> Se
     keys = (
         *("listen", "data_dir", "public_url", "heartbeat_timeout", "agent_offline_after_seconds", "admins", "tls"),
         "revision_roots",
+        "lease_seconds",
     )
     entries = reader.fields(node, "server", keys)
     host, port = reader.get(entries, "listen", partial(_listen, reader), ("127.0.0.1", 8080))
@@ -252,6 +253,7 @@ def _server(reader: NodeReader, node: Node, base_dir: str, people: People) -> Se
         revision_roots=tuple(
             resolve_path(base_dir, root) for root in reader.get(entries, "revision_roots", reader.strings, ())
         ),
+        lease_seconds=reader.get(entries, "lease_seconds", reader.number, 10.0, 1, 3600),
     )
 
 
