@@ -39,11 +39,11 @@ import asyncpg
 
 from engine.core.errors import EngineError
 from engine.core.leases import Lease, LeaseLost
-from engine.core.model import FINAL_STATUSES
 from engine.store.agent_token_records import AgentTokenRecords
 from engine.store.application_records import ApplicationRecords
 from engine.store.bundle_records import BundleRecords
 from engine.store.command_records import CommandRecords
+from engine.store.deployment_records import DeploymentRows
 from engine.store.hook_records import HookExecutionRecords
 from engine.store.intent_records import IntentRecords
 from engine.store.lease_records import LeaseRecords
@@ -61,11 +61,7 @@ from engine.store.statements import (
     Program,
     Serialize,
     Step,
-    encode_fields,
     fence_params,
-    placeholders,
-    to_json,
-    where_clause,
 )
 from engine.store.token_records import TokenRecords
 
@@ -73,7 +69,6 @@ T = TypeVar("T")
 Row = dict[str, Any]
 log = logging.getLogger(__name__)
 
-_TARGET_EVENT_KEY = ("deployment_id", "target", "event")
 _RETRIES = 5  # runs of a transaction PostgreSQL aborted for a deadlock or a serialization failure
 _INSERT_INTO = re.compile(r'^\s*INSERT\s+INTO\s+"?(\w+)"?', re.IGNORECASE)
 
@@ -145,12 +140,6 @@ def _count(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
-def _check_columns(table: str, given: Iterable[str], known: Iterable[str]) -> None:
-    unknown = sorted(set(given) - set(known))
-    if unknown:
-        raise ValueError(f"unknown {table} columns: {', '.join(unknown)}")
-
-
 async def _check_fence(conn: Any, lease: Lease) -> None:
     """The fence of a write (statements.FENCE_CHECK), in its transaction. ``FOR SHARE`` holds the lease row until the
     write commits: a takeover (which updates the row) waits for it, so no write of an old tenure lands after one."""
@@ -170,6 +159,7 @@ _UNREACHABLE_FIX = (
 
 
 class PostgresStore(
+    DeploymentRows,
     LeaseRecords,
     ReleaseRecords,
     RegistryRecords,
@@ -187,6 +177,7 @@ class PostgresStore(
     backend = "postgresql"  # what /healthz and `deploybot replicas` report
 
     _row_lock = " FOR UPDATE SKIP LOCKED"
+    _row_order = "row_order"  # the hidden identity that keeps insertion order (SQLite: rowid)
     _lease_clock = "extract(epoch from clock_timestamp())::double precision"  # one clock for every replica
     shared = True
 
@@ -442,160 +433,3 @@ class PostgresStore(
                 await conn.execute(sql, step.channel, list(step.payloads))
             return None
         raise TypeError(f"not a program step: {step!r}")
-
-    # -- revisions
-
-    async def put_revision(
-        self,
-        sha256: str,
-        *,
-        source: str,
-        commit: str | None,
-        size: int,
-        created_at: float,
-        appspec: Mapping[str, Any] | None = None,
-        platform: str = "server",
-        location: Mapping[str, Any] | None = None,
-    ) -> bool:
-        """Store a revision once per content hash; True when it was new. A ``location`` (where it was fetched
-        from) replaces the stored one even when the content was already known: the latest fetch is where it is."""
-        sql = (
-            'INSERT INTO revisions (sha256, source, "commit", size, created_at, appspec, platform, location)'
-            f" VALUES ({placeholders(8)}) ON CONFLICT DO NOTHING"
-        )
-        params = (sha256, source, commit, size, created_at, to_json(appspec), platform, to_json(location))
-        new = await self._change(sql, params) == 1
-        if not new and location is not None:
-            await self._change("UPDATE revisions SET location = ? WHERE sha256 = ?", (to_json(location), sha256))
-        return new
-
-    async def get_revision(self, sha256: str) -> Row | None:
-        return await self._fetch_one("revisions", "SELECT * FROM revisions WHERE sha256 = ?", (sha256,))
-
-    async def list_revisions(self, limit: int = 50) -> list[Row]:
-        sql = "SELECT * FROM revisions ORDER BY created_at DESC, row_order DESC LIMIT ?"
-        return await self._fetch("revisions", sql, (limit,))
-
-    # -- deployments
-
-    async def create_deployment(self, record: Mapping[str, Any]) -> None:
-        """Insert a new deployment; a duplicate id raises ``asyncpg.UniqueViolationError``."""
-        _check_columns("deployments", record, self._columns["deployments"])
-        row = encode_fields("deployments", record)
-        columns = ", ".join(f'"{c}"' for c in row)
-        await self._change(f"INSERT INTO deployments ({columns}) VALUES ({placeholders(len(row))})", [*row.values()])
-
-    async def get_deployment(self, deployment_id: str) -> Row | None:
-        return await self._fetch_one("deployments", "SELECT * FROM deployments WHERE id = ?", (deployment_id,))
-
-    async def update_deployment(self, deployment_id: str, **fields: Any) -> bool:
-        """Set the given columns; False when no such deployment exists."""
-        if not fields:
-            return await self.get_deployment(deployment_id) is not None
-        return await self._change(*self._deployment_update(deployment_id, fields)) == 1
-
-    def _deployment_update(self, deployment_id: str, fields: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
-        _check_columns("deployments", fields, self._columns["deployments"] - {"id"})
-        row = encode_fields("deployments", fields)
-        assignments = ", ".join(f'"{c}" = ?' for c in row)
-        return f"UPDATE deployments SET {assignments} WHERE id = ?", (*row.values(), deployment_id)
-
-    async def list_deployments(
-        self,
-        *,
-        application: str | None = None,
-        environment: str | None = None,
-        group_name: str | None = None,
-        status: str | Sequence[str] | None = None,
-        limit: int | None = 50,
-        newest_first: bool = True,
-    ) -> list[Row]:
-        where, params = where_clause(
-            application=application, environment=environment, group_name=group_name, status=status
-        )
-        order = "DESC" if newest_first else "ASC"
-        sql = f"SELECT * FROM deployments WHERE {where} ORDER BY created_at {order}, row_order {order}"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        return await self._fetch("deployments", sql, params)
-
-    async def last_successful(self, group_name: str) -> Row | None:
-        """The group's most recently finished Succeeded deployment (its revision is "last successful")."""
-        sql = (
-            "SELECT * FROM deployments WHERE group_name = ? AND status = 'Succeeded'"
-            " ORDER BY COALESCE(ended_at, created_at) DESC, row_order DESC LIMIT 1"
-        )
-        return await self._fetch_one("deployments", sql, (group_name,))
-
-    async def unfinished_deployments(self) -> list[Row]:
-        """Deployments to resume after a restart, oldest first."""
-        sql = (
-            f"SELECT * FROM deployments WHERE status NOT IN ({placeholders(len(FINAL_STATUSES))})"
-            " ORDER BY created_at, row_order"
-        )
-        return await self._fetch("deployments", sql, sorted(FINAL_STATUSES))
-
-    # -- target events
-
-    async def upsert_target_event(self, deployment_id: str, target: str, event: str, **fields: Any) -> None:
-        """Create the (deployment, target, event) row or change only the given fields of it."""
-        await self._change(*self._target_event_upsert(deployment_id, {"target": target, "event": event, **fields}))
-
-    async def save_progress(
-        self, deployment_id: str, rows: Sequence[Mapping[str, Any]], **deployment: Any
-    ) -> bool | None:
-        """the target rows and ``update_deployment(**deployment)`` in one transaction: a step of a
-        deployment is one write, not one per table. False when the deployment row is missing, None without
-        ``deployment``."""
-        statements = [self._target_event_upsert(deployment_id, row) for row in rows]
-        if deployment:
-            statements.append(self._deployment_update(deployment_id, deployment))
-
-        def write() -> Program[bool | None]:
-            changed = []
-            for sql, params in statements:
-                changed.append((yield Change(sql, params)))
-            return changed[-1] == 1 if deployment else None
-
-        return await self._transact(write)
-
-    def _target_event_upsert(self, deployment_id: str, row: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
-        fields = {k: v for k, v in row.items() if k not in ("target", "event")}
-        _check_columns("target_events", fields, self._columns["target_events"] - {*_TARGET_EVENT_KEY})
-        columns = [*_TARGET_EVENT_KEY, *fields]
-        on_conflict = "UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in fields) if fields else "NOTHING"
-        sql = (
-            f"INSERT INTO target_events ({', '.join(columns)}) VALUES ({placeholders(len(columns))})"
-            f" ON CONFLICT (deployment_id, target, event) DO {on_conflict}"
-        )
-        return sql, (deployment_id, row["target"], row["event"], *fields.values())
-
-    async def list_target_events(self, deployment_id: str) -> list[Row]:
-        sql = "SELECT * FROM target_events WHERE deployment_id = ? ORDER BY target, seq, row_order"
-        return await self._fetch("target_events", sql, (deployment_id,))
-
-    # -- event log (append only: its triggers refuse UPDATE, DELETE and TRUNCATE)
-
-    async def append_log(
-        self,
-        kind: str,
-        *,
-        at: float,
-        actor: str,
-        deployment_id: str | None = None,
-        data: Mapping[str, Any] | None = None,
-    ) -> int:
-        entry = {"kind": kind, "at": at, "actor": actor, "deployment_id": deployment_id, "data": data}
-        return (await self.append_logs([entry]))[0]
-
-    async def append_logs(self, entries: Iterable[Mapping[str, Any]]) -> list[int]:
-        """Append many entries (keys as ``append_log``'s arguments) in one transaction; returns their ids."""
-        rows = [(e.get("deployment_id"), e["at"], e["actor"], e["kind"], to_json(e.get("data"))) for e in entries]
-        sql = f"INSERT INTO event_log (deployment_id, at, actor, kind, data) VALUES ({placeholders(5)})"
-        return await self._insert(sql, rows)
-
-    async def read_log(self, *, deployment_id: str | None = None, after_id: int = 0, limit: int = 1000) -> list[Row]:
-        where, params = where_clause(deployment_id=deployment_id)
-        sql = f"SELECT * FROM event_log WHERE id > ? AND {where} ORDER BY id LIMIT ?"
-        return await self._fetch("event_log", sql, (after_id, *params, limit))

@@ -22,7 +22,7 @@ import contextlib
 import contextvars
 import json
 import sqlite3
-from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 
@@ -140,6 +140,13 @@ def in_clause(column: str, n: int) -> str:
 
 def placeholders(n: int) -> str:
     return ", ".join("?" * n)
+
+
+def check_columns(table: str, given: Iterable[str], known: Iterable[str]) -> None:
+    """ValueError naming the columns of ``given`` that ``table`` does not have (a caller's typo, not user input)."""
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {table} columns: {', '.join(unknown)}")
 
 
 # -- programs: read-then-write transactions, written once, driven by each store

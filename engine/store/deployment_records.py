@@ -1,0 +1,191 @@
+"""Revisions, deployments, their target events and the append-only event log: the DeploymentStore port's SQL, one
+copy for both stores (SQLite and PostgreSQL run it through the same accessors; see statements.SqlAccess).
+
+Rows come back in the order they were written where timestamps tie: ``_row_order`` names the column that tells
+(SQLite's ``rowid``; PostgreSQL's hidden ``row_order`` identity, never returned in rows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from engine.core.model import FINAL_STATUSES
+from engine.store.statements import (
+    Change,
+    Program,
+    Row,
+    SqlAccess,
+    check_columns,
+    encode_fields,
+    placeholders,
+    to_json,
+    where_clause,
+)
+
+_TARGET_EVENT_KEY = ("deployment_id", "target", "event")
+
+
+class DeploymentRows(SqlAccess):
+    """The deployments' own tables (revisions, deployments, target_events, event_log)."""
+
+    _row_order: ClassVar[str] = "rowid"
+
+    if TYPE_CHECKING:
+        _columns: Mapping[str, frozenset[str]]  # each table's columns, read from the migrated schema
+
+    # -- revisions
+
+    async def put_revision(
+        self,
+        sha256: str,
+        *,
+        source: str,
+        commit: str | None,
+        size: int,
+        created_at: float,
+        appspec: Mapping[str, Any] | None = None,
+        platform: str = "server",
+        location: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Store a revision once per content hash; True when it was new. A ``location`` (where it was fetched
+        from) replaces the stored one even when the content was already known: the latest fetch is where it is."""
+        sql = (
+            'INSERT INTO revisions (sha256, source, "commit", size, created_at, appspec, platform, location)'
+            f" VALUES ({placeholders(8)}) ON CONFLICT DO NOTHING"
+        )
+        params = (sha256, source, commit, size, created_at, to_json(appspec), platform, to_json(location))
+        new = await self._change(sql, params) == 1
+        if not new and location is not None:
+            await self._change("UPDATE revisions SET location = ? WHERE sha256 = ?", (to_json(location), sha256))
+        return new
+
+    async def get_revision(self, sha256: str) -> Row | None:
+        return await self._fetch_one("revisions", "SELECT * FROM revisions WHERE sha256 = ?", (sha256,))
+
+    async def list_revisions(self, limit: int = 50) -> list[Row]:
+        sql = f"SELECT * FROM revisions ORDER BY created_at DESC, {self._row_order} DESC LIMIT ?"
+        return await self._fetch("revisions", sql, (limit,))
+
+    # -- deployments
+
+    async def create_deployment(self, record: Mapping[str, Any]) -> None:
+        """Insert a new deployment; a duplicate id raises the database's integrity error."""
+        check_columns("deployments", record, self._columns["deployments"])
+        row = encode_fields("deployments", record)
+        columns = ", ".join(f'"{c}"' for c in row)
+        await self._change(f"INSERT INTO deployments ({columns}) VALUES ({placeholders(len(row))})", [*row.values()])
+
+    async def get_deployment(self, deployment_id: str) -> Row | None:
+        return await self._fetch_one("deployments", "SELECT * FROM deployments WHERE id = ?", (deployment_id,))
+
+    async def update_deployment(self, deployment_id: str, **fields: Any) -> bool:
+        """Set the given columns; False when no such deployment exists."""
+        if not fields:
+            return await self.get_deployment(deployment_id) is not None
+        return await self._change(*self._deployment_update(deployment_id, fields)) == 1
+
+    def _deployment_update(self, deployment_id: str, fields: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        check_columns("deployments", fields, self._columns["deployments"] - {"id"})
+        row = encode_fields("deployments", fields)
+        assignments = ", ".join(f'"{c}" = ?' for c in row)
+        return f"UPDATE deployments SET {assignments} WHERE id = ?", (*row.values(), deployment_id)
+
+    async def list_deployments(
+        self,
+        *,
+        application: str | None = None,
+        environment: str | None = None,
+        group_name: str | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = 50,
+        newest_first: bool = True,
+    ) -> list[Row]:
+        where, params = where_clause(
+            application=application, environment=environment, group_name=group_name, status=status
+        )
+        order = "DESC" if newest_first else "ASC"
+        sql = f"SELECT * FROM deployments WHERE {where} ORDER BY created_at {order}, {self._row_order} {order}"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return await self._fetch("deployments", sql, params)
+
+    async def last_successful(self, group_name: str) -> Row | None:
+        """The group's most recently finished Succeeded deployment (its revision is "last successful")."""
+        sql = (
+            "SELECT * FROM deployments WHERE group_name = ? AND status = 'Succeeded'"
+            f" ORDER BY COALESCE(ended_at, created_at) DESC, {self._row_order} DESC LIMIT 1"
+        )
+        return await self._fetch_one("deployments", sql, (group_name,))
+
+    async def unfinished_deployments(self) -> list[Row]:
+        """Deployments to resume after a restart, oldest first."""
+        sql = (
+            f"SELECT * FROM deployments WHERE status NOT IN ({placeholders(len(FINAL_STATUSES))})"
+            f" ORDER BY created_at, {self._row_order}"
+        )
+        return await self._fetch("deployments", sql, sorted(FINAL_STATUSES))
+
+    # -- target events
+
+    async def upsert_target_event(self, deployment_id: str, target: str, event: str, **fields: Any) -> None:
+        """Create the (deployment, target, event) row or change only the given fields of it."""
+        await self._change(*self._target_event_upsert(deployment_id, {"target": target, "event": event, **fields}))
+
+    async def save_progress(
+        self, deployment_id: str, rows: Sequence[Mapping[str, Any]], **deployment: Any
+    ) -> bool | None:
+        """The target rows and ``update_deployment(**deployment)`` in one transaction: a step of a deployment is one
+        write, not one per table. False when the deployment row is missing, None without ``deployment``."""
+        statements = [self._target_event_upsert(deployment_id, row) for row in rows]
+        if deployment:
+            statements.append(self._deployment_update(deployment_id, deployment))
+
+        def write() -> Program[bool | None]:
+            changed = []
+            for sql, params in statements:
+                changed.append((yield Change(sql, params)))
+            return changed[-1] == 1 if deployment else None
+
+        return await self._transact(write)
+
+    def _target_event_upsert(self, deployment_id: str, row: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        fields = {k: v for k, v in row.items() if k not in ("target", "event")}
+        check_columns("target_events", fields, self._columns["target_events"] - {*_TARGET_EVENT_KEY})
+        columns = [*_TARGET_EVENT_KEY, *fields]
+        on_conflict = "UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in fields) if fields else "NOTHING"
+        sql = (
+            f"INSERT INTO target_events ({', '.join(columns)}) VALUES ({placeholders(len(columns))})"
+            f" ON CONFLICT (deployment_id, target, event) DO {on_conflict}"
+        )
+        return sql, (deployment_id, row["target"], row["event"], *fields.values())
+
+    async def list_target_events(self, deployment_id: str) -> list[Row]:
+        sql = f"SELECT * FROM target_events WHERE deployment_id = ? ORDER BY target, seq, {self._row_order}"
+        return await self._fetch("target_events", sql, (deployment_id,))
+
+    # -- event log (append only: the database refuses UPDATE and DELETE of it)
+
+    async def append_log(
+        self,
+        kind: str,
+        *,
+        at: float,
+        actor: str,
+        deployment_id: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> int:
+        entry = {"kind": kind, "at": at, "actor": actor, "deployment_id": deployment_id, "data": data}
+        return (await self.append_logs([entry]))[0]
+
+    async def append_logs(self, entries: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Append many entries (keys as ``append_log``'s arguments) in one transaction; returns their ids."""
+        rows = [(e.get("deployment_id"), e["at"], e["actor"], e["kind"], to_json(e.get("data"))) for e in entries]
+        sql = f"INSERT INTO event_log (deployment_id, at, actor, kind, data) VALUES ({placeholders(5)})"
+        return await self._insert(sql, rows)
+
+    async def read_log(self, *, deployment_id: str | None = None, after_id: int = 0, limit: int = 1000) -> list[Row]:
+        where, params = where_clause(deployment_id=deployment_id)
+        sql = f"SELECT * FROM event_log WHERE id > ? AND {where} ORDER BY id LIMIT ?"
+        return await self._fetch("event_log", sql, (after_id, *params, limit))
