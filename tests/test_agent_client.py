@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -324,6 +325,29 @@ async def test_polls_back_off_while_the_server_refuses(
     assert fleet.poll_times == [0.0, 0.5, 1.5]
 
 
+async def test_a_heartbeat_that_found_no_server_is_retried_soon_not_after_the_interval(
+    fleet: FakeFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(agent_client, "asyncio", _AsyncioOnClock(clock))
+    nothing_listens = f"http://127.0.0.1:{_closed_port()}"
+    async with running_agent(options(fleet, tmp_path / "agent", server=nothing_listens, heartbeat_interval=3600)):
+        await clock.sleeping(2)  # the poll loop and the heartbeats, both refused a connection
+        assert clock.sleepers == [0.5, 0.5]
+        await clock.advance(0.5)
+        await clock.sleeping(2)
+        assert clock.sleepers == [1.0, 1.0]  # both back off the same way, far below the 3600 s interval
+    assert fleet.heartbeats == []
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
 async def test_commands_left_by_a_crashed_agent_are_failed_with_code_7(fleet: FakeFleet, tmp_path: Path) -> None:
     root = tmp_path / "agent"
     layout = AgentLayout(root)
@@ -339,19 +363,77 @@ async def test_commands_left_by_a_crashed_agent_are_failed_with_code_7(fleet: Fa
     assert layout.ongoing() == []
 
 
-def test_ongoing_records_torn_or_written_by_an_older_agent(tmp_path: Path) -> None:
+def test_ongoing_records_written_by_an_older_agent_are_reported_and_removed(tmp_path: Path) -> None:
+    records = tmp_path / "ongoing-command"
+    records.mkdir()
+    old = {"command_id": 3, "deployment_id": "d-1", "event": "Install", "started_at": 7.0, "result": {"status": "x"}}
+    (records / "3").write_text(json.dumps(old))  # one file, as agents before .result wrote
+    (records / "4").write_text(json.dumps(old | {"command_id": 4, "result": None}))
+    (records / "4.result").write_text('{"status": "Succ')  # killed while writing it
+    (records / "5").write_text(json.dumps(old | {"command_id": 5, "event": "AfterInstall", "result": None}))
+    (records / "5.result").write_text('{"status": "Succeeded", "message": "ok"}')
+    layout = AgentLayout(tmp_path)
+    found = {record.command_id: (record.event, record.result) for record in layout.ongoing()}
+    assert found == {3: ("Install", {"status": "x"}), 4: ("Install", None), 5: ("AfterInstall", found[5][1])}
+    assert found[5][1] == {"status": "Succeeded", "message": "ok"}
+    for command_id in found:
+        layout.clear_ongoing(command_id)
+    assert layout.ongoing() == [] and list(records.iterdir()) == []
+
+
+def test_a_journal_line_torn_mid_write_reads_as_what_it_could_not_finish(tmp_path: Path) -> None:
     layout = AgentLayout(tmp_path)
     layout.mark_ongoing(OngoingCommand(1, "d-1", "Install", 5.0))
     layout.mark_ongoing(OngoingCommand(1, "d-1", "Install", 5.0), result={"status": "Succeeded", "message": "ok"})
     layout.mark_ongoing(OngoingCommand(2, "d-1", "AfterInstall", 6.0))
-    (tmp_path / "ongoing-command" / "2.result").write_text('{"status": "Succ')  # killed while writing it
-    old = {"command_id": 3, "deployment_id": "d-1", "event": "Install", "started_at": 7.0, "result": {"status": "x"}}
-    (tmp_path / "ongoing-command" / "3").write_text(json.dumps(old))  # one file, as agents before .result wrote
-    found = {record.command_id: record.result for record in layout.ongoing()}
-    assert found == {1: {"status": "Succeeded", "message": "ok"}, 2: None, 3: {"status": "x"}}
-    for command_id in found:
-        layout.clear_ongoing(command_id)
-    assert layout.ongoing() == [] and list((tmp_path / "ongoing-command").iterdir()) == []
+    journal = tmp_path / "ongoing-command" / "journal"
+    with journal.open("a") as torn:
+        torn.write('2 result {"status": "Succ')  # killed while writing 2's result
+    found = {record.command_id: (record.event, record.result) for record in AgentLayout(tmp_path).ongoing()}
+    assert found == {1: ("Install", {"status": "Succeeded", "message": "ok"}), 2: ("AfterInstall", None)}
+
+    restarted = AgentLayout(tmp_path)  # a new agent appends after the torn line, never glued to it
+    assert [record.command_id for record in restarted.ongoing()] == [1, 2]
+    restarted.mark_ongoing(OngoingCommand(3, "d-2", "ApplicationStop", 8.0))
+    with journal.open("a") as torn:
+        torn.write('3 result {"status": "Succeeded", "message": "stopped"}\n4 start {"deployment_id": "d-')
+    found = {record.command_id: (record.event, record.result) for record in AgentLayout(tmp_path).ongoing()}
+    assert found[3] == ("ApplicationStop", {"status": "Succeeded", "message": "stopped"})
+    assert found[4] == ("", None)  # its start cut short still names the command: it is reported with code 7
+    assert list(found) == [1, 2, 3, 4]
+    for command_id in (1, 2, 3, 4):
+        restarted.clear_ongoing(command_id)
+    assert restarted.ongoing() == [] and journal.read_bytes() == b""
+
+
+async def test_a_crash_record_torn_mid_write_is_reported_with_code_7(fleet: FakeFleet, tmp_path: Path) -> None:
+    root = tmp_path / "agent"
+    layout = AgentLayout(root)
+    layout.mark_ongoing(OngoingCommand(7, "d-9", "AfterInstall", 1.0))
+    finished = {"status": "Succeeded", "error_code": 0, "message": "done", "log_tail": "", "started_at": 1.0}
+    layout.mark_ongoing(OngoingCommand(7, "d-9", "AfterInstall", 1.0), result=finished | {"ended_at": 2.0})
+    layout.mark_ongoing(OngoingCommand(8, "d-9", "ApplicationStart", 3.0))
+    with (root / "ongoing-command" / "journal").open("a") as torn:
+        torn.write('8 result {"status": "Succeeded", "error_co')  # the agent was killed mid-write
+    async with running_agent(options(fleet, root)) as agent:
+        unreported, torn_result = await fleet.result(7), await fleet.result(8)
+        await fleet.enqueue(command(9, "ApplicationStop"))  # and it goes on running commands afterwards
+        assert (await fleet.result(9))["status"] == "Succeeded"
+        await eventually(lambda: agent.running_command is None, "the agent is done with 9")
+    assert unreported["status"] == "Succeeded" and unreported["message"] == "done"
+    assert torn_result["status"] == "Failed" and torn_result["error_code"] == 7
+    assert AgentLayout(root).ongoing() == []
+
+
+async def test_crash_records_create_no_file_per_event(fleet: FakeFleet, tmp_path: Path) -> None:
+    root = tmp_path / "agent"
+    async with running_agent(options(fleet, root)) as agent:
+        for command_id in range(1, 4):
+            await fleet.enqueue(command(command_id, "ApplicationStop"))
+            assert (await fleet.result(command_id))["status"] == "Succeeded"
+        await eventually(lambda: agent.running_command is None, "the agent is done with 3")
+    records = root / "ongoing-command"
+    assert [path.name for path in records.iterdir()] == ["journal"] and (records / "journal").read_bytes() == b""
 
 
 async def test_heartbeats_carry_tags_and_the_running_command(fleet: FakeFleet, tmp_path: Path) -> None:
@@ -471,7 +553,8 @@ async def test_a_recorded_hook_group_that_is_no_longer_the_script_is_never_signa
         assert crashed["error_code"] == 7
         assert unrelated.poll() is None
         assert fleet.heartbeats[0]["running_command"] == 42  # named until its result is in, as a command run now
-        assert layout.ongoing() == [] and list((tmp_path / "agent" / "ongoing-command").iterdir()) == []
+        records = tmp_path / "agent" / "ongoing-command"
+        assert layout.ongoing() == [] and [path.name for path in records.iterdir()] == ["journal"]  # no 42.group
     finally:
         unrelated.kill()
         unrelated.wait(HANG_GUARD)

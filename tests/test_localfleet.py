@@ -19,6 +19,7 @@ import pytest
 from conftest import HANG_GUARD, eventually
 
 from bot.localfleet import AGENT_ENV, TOKEN_DIR, AgentProcess, LocalFleet, RestartPolicy, agent_processes
+from engine import ProcessIdentity
 from engine.core.config.model import Host
 
 FAST = RestartPolicy(initial_delay=0.05, max_delay=0.2, stable_after=30.0, stop_timeout=0.5)
@@ -274,3 +275,116 @@ async def test_a_stale_pid_file_never_signals_the_process_that_now_has_the_pid(
     assert stale == [
         f"local agent web-1: ignoring stale agent.pid: pid {unrelated.pid} is another process now (the pid was reused)"
     ]
+
+
+def _real_agent(tmp_path: Path, name: str) -> AgentProcess:
+    """The real agent command, as agent_processes builds it, against a server that is not there (it polls on)."""
+    token = tmp_path / f"{name}.token"
+    token.write_text("agent-token\n")
+    token.chmod(0o600)
+    root = tmp_path / "hosts" / name
+    argv = (sys.executable, "-m", "bot", "agent", "--server", "http://127.0.0.1:9", "--name", name)
+    return AgentProcess(name, (*argv, "--token-file", str(token), "--root", str(root)), root / "agent.log")
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _cmdline_of(pid: int) -> list[str]:
+    return [part for part in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0") if part]
+
+
+async def test_real_agents_are_forked_from_one_warm_interpreter_holding_no_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "secret")
+    agents = [_real_agent(tmp_path, "web-1"), _real_agent(tmp_path, "web-2")]
+    fleet = LocalFleet(agents, FAST)
+    await fleet.start()
+    try:
+        await eventually(lambda: all("poll failed" in _text(agent.log_path) for agent in agents), "both agents poll")
+        pids = fleet.pids()
+        (fork_server,) = {_parent(pid) for pid in pids.values()}  # one parent for both: not the server
+        fork_server_argv = _cmdline_of(fork_server)
+        fork_server_environ = Path(f"/proc/{fork_server}/environ").read_bytes().decode()
+        recorded = json.loads((agents[0].log_path.parent / "agent.process").read_text())
+        shown = [_cmdline_of(pid) for pid in pids.values()]
+    finally:
+        await fleet.stop()
+    assert fork_server != os.getpid() and fork_server_argv[:3] == [sys.executable, "-m", "bot.localfleet"]
+    assert shown == [list(agent.argv) for agent in agents]  # what ps shows: each agent's own command line
+    assert "SLACK_BOT_TOKEN" not in fork_server_environ
+    assert recorded["pid"] == pids["web-1"] and recorded["argv"] == list(agents[0].argv)
+    assert all(f"agent {agent.name} stopped" in _text(agent.log_path) for agent in agents)  # SIGTERM, as exec'd
+    await eventually(lambda: not _running(fork_server), "the fork server ends with the fleet")
+
+
+async def test_a_forked_agent_that_dies_is_restarted_with_its_exit_code_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="bot.localfleet")
+    agent = _real_agent(tmp_path, "web-1")
+    fleet = LocalFleet([agent], FAST)
+    await fleet.start()
+    try:
+        await eventually(lambda: "poll failed" in _text(agent.log_path), "the agent polls")
+        first = fleet.pids()["web-1"]
+        os.kill(first, signal.SIGKILL)
+        await eventually(lambda: fleet.pids().get("web-1") not in (None, first), "a new agent runs")
+    finally:
+        await fleet.stop()
+    assert fleet.restarts["web-1"] == 1
+    assert "local agent web-1 exited (code -9)" in caplog.text  # as the fork server saw it
+
+
+async def test_a_forked_agent_left_by_a_dead_server_is_adopted(
+    tmp_path: Path, processes: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="bot.localfleet")
+    agent = _real_agent(tmp_path, "web-1")
+    argv = [sys.executable, "-c", PREVIOUS_SERVER, agent.name, str(agent.log_path), *agent.argv]
+    server = subprocess.Popen(argv, cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
+    processes.append(server.pid)
+    pid_file = agent.log_path.parent / "agent.pid"
+    await eventually(lambda: pid_file.exists() and "poll failed" in _text(agent.log_path), "the agent polls")
+    left = int(pid_file.read_text())
+    processes.append(left)
+    server.kill()  # kill -9: its fork server sees its stdin close and exits; the agent lives on
+    server.wait(HANG_GUARD)
+    assert _running(left)
+    fleet = LocalFleet([agent], FAST)
+    await fleet.start()
+    try:
+        await eventually(lambda: fleet.pids() == {"web-1": left}, "the agent left running is adopted")
+    finally:
+        await fleet.stop()
+    assert f"adopted local agent web-1 (pid {left})" in caplog.text
+    await eventually(lambda: not _running(left), "the adopted agent is stopped with the fleet")
+
+
+async def test_an_agent_whose_command_line_is_not_its_own_is_adopted_by_the_argv_recorded_for_it(
+    tmp_path: Path, processes: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="bot.localfleet")
+    # A forked agent whose command line could not be rewritten shows the fork server's: its record says what it runs.
+    forked = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    processes.append(forked.pid)
+    agent = _python(tmp_path, "web-1", SLEEPER)
+    identity = ProcessIdentity.of(forked.pid)
+    assert identity is not None
+    agent.log_path.parent.mkdir(parents=True)
+    record = {"pid": forked.pid, "start_time": identity.start_time, "argv": list(agent.argv)}
+    (agent.log_path.parent / "agent.process").write_text(json.dumps(record))
+    fleet = LocalFleet([agent], FAST)
+    await fleet.start()
+    try:
+        await eventually(lambda: fleet.pids() == {"web-1": forked.pid}, "the recorded agent is adopted")
+    finally:
+        await fleet.stop()
+    assert f"adopted local agent web-1 (pid {forked.pid})" in caplog.text
+    assert forked.wait(HANG_GUARD) == -signal.SIGTERM  # stopped with the fleet, as its own agent

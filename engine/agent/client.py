@@ -11,15 +11,16 @@ Theory of operation:
     the next server-side step). It runs them back to back: each result is POSTed as it finishes with
     ``?then=<next id>``, and the next event starts only when the answer says ``"stop": false`` (the server claimed
     it for this agent); anything else (``"stop": true``: the deployment was stopped, a refused or failed result)
-    ends the run there, and the agent polls. Each event of a run has its own ``ongoing-command`` record, so a crash
-    mid-run reports that event with code 7 and the server cancels the rest of the run: nothing runs twice.
+    ends the run there, and the agent polls. Each event of a run has its own crash record, so a crash mid-run
+    reports that event with code 7 and the server cancels the rest of the run: nothing runs twice.
   - Connection errors and unexpected answers back off 0.5 s, doubling to 5 s; any good answer resets the delay.
-  - Before a command runs, ``ongoing-command/<id>`` is written; once it has run, the result is stored there too and
-    POSTed until the server accepts it (it may be restarting). While a hook script runs, its process group is
-    recorded next to it. On start, every leftover record is reported: its stored result if it had one, else Failed
-    with code 7 (the command was cut short by an agent restart) — but first the script a killed agent left running
-    is ended (its group SIGTERMed, then SIGKILLed), if it is still that script, so an orphaned hook never runs on
-    into the rollback the failure starts.
+  - Before a command runs, its start is appended to the crash-record journal (``ongoing-command/journal``, see
+    layout.py); once it has run, its result is appended too and POSTed until the server accepts it (it may be
+    restarting), and only then is the command marked done. While a hook script runs, its process group is recorded
+    in ``ongoing-command/<id>.group``. On start, every leftover record is reported: its stored result if it had one,
+    else Failed with code 7 (the command was cut short by an agent restart) — but first the script a killed agent
+    left running is ended (its group SIGTERMed, then SIGKILLed), if it is still that script, so an orphaned hook
+    never runs on into the rollback the failure starts.
   - Heartbeats go out every ``heartbeat_interval`` seconds from their own task, whatever the poll loop is doing.
   - The token comes from a file (``--token-file``) or DEPLOYBOT_AGENT_TOKEN, never a command line (``ps`` shows
     those). A 401 makes the agent read its token file again, so a token rotated on the server and written to the
@@ -35,15 +36,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
 import os
 import signal
 import ssl
+import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +72,58 @@ _MAX_DELAY = 5.0
 _NETWORK_ERRORS = (TimeoutError, OSError)  # OSError covers refused, reset, TLS and broken answers
 
 
-def _version() -> str:
+@functools.cache
+def agent_version() -> str:
+    """deploybot's installed version, read once: what ``importlib.metadata.version("deploybot")`` answers.
+
+    The distribution's metadata is found as importlib.metadata finds it (the first ``.dist-info``/``.egg-info`` of
+    the project along ``sys.path``) without importing importlib.metadata, which costs an idle agent more CPU at
+    start (~12 ms, paid by each of a local fleet's agents) than everything else it needs for its first heartbeat
+    but asyncio. Any other kind of install (a zip, a custom finder) is asked through importlib.metadata.
+    """
+    for entry in sys.path:
+        try:
+            with os.scandir(entry or ".") as names:
+                found = [item.path for item in names if _is_deploybot_metadata(item.name)]
+        except OSError:  # a zip or a path hook: importlib.metadata below knows those
+            continue
+        for path in sorted(found):
+            version = _metadata_version(path)
+            if version:
+                return version
+    from importlib import metadata
+
     try:
         return metadata.version("deploybot")
     except metadata.PackageNotFoundError:
         return "0.0.0"
+
+
+def _is_deploybot_metadata(name: str) -> bool:
+    """``deploybot-1.2.dist-info``, ``deploybot.egg-info`` and the like (names normalized as importlib.metadata
+    does: case, ``-``, ``_`` and ``.`` do not matter)."""
+    stem, dot, kind = name.rpartition(".")
+    if not dot or kind.lower() not in ("dist-info", "egg-info"):
+        return False
+    project = stem.partition("-")[0]
+    return project.lower().replace(".", "_").replace("-", "_") == "deploybot"
+
+
+def _metadata_version(path: str) -> str:
+    """The ``Version:`` header of a metadata directory (METADATA, else PKG-INFO) or file; "" when it has none."""
+    for candidate in (os.path.join(path, "METADATA"), os.path.join(path, "PKG-INFO"), path):
+        try:
+            with open(candidate, encoding="utf-8", errors="replace") as file:
+                for line in file:
+                    if not line.strip():  # the headers end at the first blank line
+                        break
+                    key, _, value = line.partition(":")
+                    if key.strip().lower() == "version":
+                        return value.strip()
+        except OSError:  # missing, or a directory
+            continue
+        return ""
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +230,7 @@ class Agent:
         if not token:
             raise ValueError(f"no agent token: give a token file or set {TOKEN_VARIABLE}")
         self._token = token
-        self._headers = {"Authorization": f"Bearer {token}", "User-Agent": f"deploybot-agent/{_version()}"}
+        self._headers = {"Authorization": f"Bearer {token}", "User-Agent": f"deploybot-agent/{agent_version()}"}
         self.hook_runner = hook_runner or HookRunner()
         self.executor = CommandExecutor(
             self.layout,
@@ -238,6 +285,7 @@ class Agent:
             heartbeats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeats
+            self.layout.close()
 
     async def recover(self) -> None:
         """Report the commands a previous agent process left unfinished (§8), after ending their orphaned scripts.
@@ -471,6 +519,8 @@ class Agent:
         raise AssertionError("unreachable")
 
     async def _download(self, url: str, dest: Path) -> str:
+        import hashlib  # only DownloadBundle needs it
+
         digest = hashlib.sha256()
         with open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
 
@@ -486,21 +536,27 @@ class Agent:
     # --- heartbeats ---------------------------------------------------------------------------------------------
 
     async def _heartbeats(self) -> None:
+        """Every ``heartbeat_interval``; after a network error sooner (0.5 s, doubling up to the interval): a server
+        still starting (a local fleet's agents start with it) hears from every agent as soon as it listens."""
         path = "/agent/v1/heartbeat"
+        delay = _FIRST_DELAY
         while True:
             body: HeartbeatBody = {
                 "tags": dict(self.options.tags),
-                "version": _version(),
+                "version": agent_version(),
                 "running_command": self.running_command,
                 "capabilities": [RUNS_CAPABILITY],
             }
+            wait = self.options.heartbeat_interval
             try:
                 response = await self._http.request("POST", path, json_body=body, headers=self._headers, total=10)
+                delay = _FIRST_DELAY
                 if response.status >= 300 and not self._refused(response.status):
                     log.warning("heartbeat refused: HTTP %s", response.status)
             except Exception as exc:  # a heartbeat must never stop the agent
                 log.debug("heartbeat failed: %s", exc)
-            await asyncio.sleep(self.options.heartbeat_interval)
+                wait, delay = min(delay, wait), min(delay * 2, _MAX_DELAY)
+            await asyncio.sleep(wait)
 
 
 def _command_in(payload: object) -> dict[str, Any] | None:
@@ -514,8 +570,10 @@ async def run_agent(options: AgentOptions) -> None:
 
     Raises ServerNotTrusted when the server's certificate fails verification, ValueError for an unusable CA file.
     """
-    context = tls_context(options.ca_file)
-    if options.ca_file is not None and not options.server.lower().startswith("https://"):
+    https = options.server.lower().startswith("https://")
+    # Only an https:// server needs the context: loading the system CAs costs an agent ~20 ms of CPU at start.
+    context = tls_context(options.ca_file) if https else None
+    if options.ca_file is not None and not https:
         log.warning("--ca-file %s is not used: the server URL %s is not https://", options.ca_file, options.server)
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -527,6 +585,7 @@ async def run_agent(options: AgentOptions) -> None:
         stop_requested = True
         task.cancel()
 
+    restore_watcher = _watch_hooks_by_pidfd(loop)
     installed = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -535,7 +594,7 @@ async def run_agent(options: AgentOptions) -> None:
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread: the caller cancels us instead
     try:
-        http = HttpClient(options.server, tls=context, user_agent=f"deploybot-agent/{_version()}")
+        http = HttpClient(options.server, tls=context, user_agent=f"deploybot-agent/{agent_version()}")
         try:
             await Agent(options, http).run()
         finally:
@@ -547,3 +606,23 @@ async def run_agent(options: AgentOptions) -> None:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+        restore_watcher()
+
+
+def _watch_hooks_by_pidfd(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """On Python 3.11, learn of each hook script's exit from a pidfd on the event loop instead of asyncio's default
+    (a thread per script, started and joined for every lifecycle event); returns what puts the default back.
+
+    Python 3.12 already does this by itself (and deprecates choosing), as does any Linux without pidfds: nothing
+    changes there."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open") or sys.platform != "linux":
+        return lambda: None
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:  # a kernel before 5.3, or a sandbox refusing the call
+        return lambda: None
+    previous = asyncio.get_child_watcher()
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(loop)
+    asyncio.set_child_watcher(watcher)
+    return functools.partial(asyncio.set_child_watcher, previous)

@@ -12,17 +12,21 @@ import os
 import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.agent.hooks import HookOutcome, HookRunner, OnGroup
-from engine.agent.installer import InstallError, install
 from engine.agent.layout import AgentLayout
 from engine.agent.output import ScriptLog
-from engine.bundles import safe_extract
 from engine.core.agent_protocol import BASIC_ENV, Command, DeploymentSpec
-from engine.core.appspec import ServerAppSpec, parse_appspec
 from engine.core.errors import AppSpecInvalid, BundleError
 from engine.core.lifecycle import SERVER_HOOKABLE, ScriptSource, script_source
 from engine.core.model import LifecycleEvent, Platform, ScriptErrorCode
+
+if TYPE_CHECKING:
+    from engine.core.appspec import ServerAppSpec
+
+# The AppSpec parser (yaml), the installer and the bundle extractor are imported by the command that needs them:
+# an idle agent (most of them, most of the time) never loads them.
 
 BundleFetcher = Callable[[str, Path], Awaitable[str]]
 """``fetch(url, dest) -> sha256 hex`` of what was written to ``dest``."""
@@ -162,6 +166,8 @@ class CommandExecutor:
             raise _Failed("Install: the revision is not on this host (DownloadBundle did not run here)")
         names = dict.fromkeys((spec.appspec_filename, "appspec.yaml", "appspec.yml"))
         appspec = _load_appspec(archive, tuple(names))
+        from engine.agent.installer import InstallError, install
+
         try:
             report = await asyncio.to_thread(
                 install,
@@ -224,6 +230,8 @@ class CommandExecutor:
 
 
 def _extract_fresh(bundle: Path, archive: Path) -> None:
+    from engine.bundles import safe_extract
+
     if archive.exists():
         shutil.rmtree(archive)
     safe_extract(bundle, archive)
@@ -232,6 +240,8 @@ def _extract_fresh(bundle: Path, archive: Path) -> None:
 @functools.lru_cache(maxsize=16)
 def _parse_server_appspec(text: str, name: str) -> object:
     """Every event of a deployment reads the same AppSpec; parse each distinct text once (values are frozen)."""
+    from engine.core.appspec import parse_appspec
+
     return parse_appspec(text, platform=Platform.SERVER, filename=name)
 
 
@@ -253,6 +263,8 @@ def _load_appspec(archive: Path, names: tuple[str, ...]) -> ServerAppSpec:
         spec = _parse_server_appspec(path.read_text(errors="replace"), name)
     except AppSpecInvalid as exc:
         raise _Failed("invalid AppSpec file:\n" + "\n".join(str(problem) for problem in exc.problems)) from exc
+    from engine.core.appspec import ServerAppSpec
+
     if not isinstance(spec, ServerAppSpec):
         raise _Failed(f"{name} is not a server AppSpec")
     return spec

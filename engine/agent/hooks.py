@@ -36,12 +36,14 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from engine.agent.output import ScriptLog, TailBuffer
-from engine.core.appspec import HookScript
 from engine.core.model import LifecycleEvent, ScriptErrorCode
 from engine.processes import ProcessIdentity
+
+if TYPE_CHECKING:  # the AppSpec parser (and yaml) loads with the first command, not with an idle agent
+    from engine.core.appspec import HookScript
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +117,11 @@ class HookRunner:
         """Run ``scripts`` in order; the first failure ends the event. ``log_tail`` covers the whole event."""
         tail = TailBuffer()
         log.header(f"LifecycleEvent - {event}")
+        revision = os.path.realpath(archive_dir)  # once per event: resolving a path costs a syscall per component
         for script in scripts:
             log.header(f"Script - {script.location}")
             try:
-                outcome = await self._run_script(script, archive_dir, env, log, tail, on_group)
+                outcome = await self._run_script(script, archive_dir, revision, env, log, tail, on_group)
             finally:
                 log.end_script()
             if not outcome.succeeded:
@@ -130,24 +133,29 @@ class HookRunner:
         self,
         script: HookScript,
         archive_dir: Path,
+        revision: str,
         env: Mapping[str, str],
         log: ScriptLog,
         tail: TailBuffer,
         on_group: OnGroup | None,
     ) -> HookOutcome:
+        """Run one script of ``archive_dir`` (``revision``: that directory, resolved)."""
         location = script.location.strip()
         path = Path(os.path.abspath(os.path.join(archive_dir, location.lstrip("/"))))
         resolved = os.path.realpath(path)
-        if not is_inside(resolved, os.path.realpath(archive_dir)):
+        if not is_inside(resolved, revision):
             return HookOutcome(
                 ScriptErrorCode.UNKNOWN_ERROR,
                 f"Script location {location} resolves to {resolved}, outside the revision ({archive_dir}): "
                 "refused, nothing was changed or run",
             )
-        if not path.is_file():
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = 0
+        if not stat.S_ISREG(mode):
             return HookOutcome(ScriptErrorCode.SCRIPT_MISSING, f"Script does not exist at specified location: {path}")
         try:
-            mode = path.stat().st_mode
             if not mode & 0o111:  # the agent's own "chmod +x" when the script is not executable at all
                 os.chmod(path, stat.S_IMODE(mode) | 0o111)
         except OSError:

@@ -57,11 +57,16 @@ class ScriptLog:
     """
 
     def __init__(self, path: Path, cap: int = LOG_CAP_BYTES) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.cap = cap
         # 0600: script output may hold whatever a hook printed; only the agent's user reads it.
-        self._file: BinaryIO = open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")  # noqa: SIM115
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileNotFoundError:  # the first event of a deployment: its logs directory is made then (once)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, flags, 0o600)
+        self._file: BinaryIO = open(fd, "ab")  # noqa: SIM115
         self._size = self._file.tell()
         self._at_line_start = True
         self.dropped = 0
