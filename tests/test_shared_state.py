@@ -418,3 +418,20 @@ def test_deploybot_replicas_says_what_each_owns_and_how_long_its_lease_has_left(
     assert owns_text(owns, 100.0) == "shop-prod (lease 7 s), web (lease 0 s)"
     assert owns_text([], 100.0) == "-"
     assert owns_text(None, 100.0) == "n/a (no group leases)"
+
+
+async def test_a_plan_on_a_replica_without_the_bundle_finds_it_stored(database: str, tmp_path: Path) -> None:
+    """Replica A stored the revision; a plan naming it on replica B (which never saw the bundle) says it is stored,
+    as a deployment there would find it, and B has it from then on."""
+    first = await _replica(database, tmp_path / "a")
+    second = await _replica(database, tmp_path / "b")
+    try:
+        revision = await first.revisions.add(tmp_path / "a" / "rev-a")
+        sha = revision.sha256
+        assert not second.revisions.path(sha).exists()
+        plan = await second.plan(DeployRequest("app", "staging", revision=f"sha256:{sha}"))
+        assert (plan["revision"]["sha256"], plan["revision"]["stored"]) == (sha, True), plan["revision"]
+        assert second.revisions.path(sha).read_bytes() == first.revisions.path(sha).read_bytes()
+    finally:
+        await second.close()
+        await first.close()

@@ -125,7 +125,7 @@ async def _revision(flow: ReleaseContext, group: DeploymentGroup, wanted: str | 
         row = await flow.store.get_revision(sha)
         if row is None:
             raise RevisionNotFound(sha)
-        stored = flow.revisions.path(sha).exists()
+        stored = await flow.revisions.fetch(sha)  # a replica that lacks it brings it from the shared store
         return {"sha256": sha, "source": row["source"], "commit": row.get("commit"), "stored": stored}, row["appspec"]
     if wanted.startswith("s3://"):
         checked_s3_revision_url(wanted)
@@ -136,7 +136,7 @@ async def _revision(flow: ReleaseContext, group: DeploymentGroup, wanted: str | 
     platform = group.platform
     sha, commit, appspec = await asyncio.to_thread(_inspect, source, base, platform)
     row = await flow.store.get_revision(sha)
-    stored = row is not None and flow.revisions.path(sha).exists()
+    stored = row is not None and await flow.revisions.fetch(sha)
     return {"sha256": sha, "source": wanted, "commit": commit, "stored": stored}, appspec
 
 
@@ -327,6 +327,6 @@ async def _rollback_target(
     result: dict[str, Any] = {"enabled": auto.enabled, "events": sorted(str(e) for e in auto.events), "to": None}
     if target is not None:
         sha = target["revision_sha256"]
-        stored = await flow.store.get_revision(sha) is not None and flow.revisions.path(sha).exists()
+        stored = await flow.store.get_revision(sha) is not None and await flow.revisions.fetch(sha)
         result["to"] = {"sha256": sha, "deployment_id": target["id"], "bundle_stored": stored}
     return result
