@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -36,7 +35,6 @@ from gidgethub import BadRequest, GitHubException
 from bot import commands as cmd
 from bot.github.client import GitHubClient, GitHubUnavailable
 from bot.github.intents import Failure, Next
-from bot.github.notifier import GitHubNotifier
 from bot.github.pr_comments import (
     Asked,
     CommentCommand,
@@ -54,15 +52,13 @@ from bot.github.pr_comments import (
 )
 from bot.github.revisions import revision_from_commit
 from bot.github.rules import Verdict, checks_verdict, merge_rules
-from bot.github.triggers import DOWNLOAD_RETRY_SECONDS, download_problem, transient
+from bot.github.triggers import DOWNLOAD_RETRY_SECONDS, GitHubSteps, download_problem, transient
 from bot.github.worker import Claim
 from engine import (
     ROLLBACK_CREATOR,
     Action,
     AppSpecInvalid,
-    DeploymentService,
     DeployRequest,
-    EngineConfig,
     EngineError,
     IntentState,
     may,
@@ -91,27 +87,8 @@ class _Refused(Exception):
         self.what, self.why, self.reason = what, why, reason
 
 
-class CommentSteps:
+class CommentSteps(GitHubSteps):
     """The steps of comment intents (the worker's ``Steps`` for kind "comment")."""
-
-    def __init__(
-        self,
-        client: GitHubClient,
-        deployer: DeploymentService,
-        notifier: GitHubNotifier | None,
-        *,
-        scratch: Path,
-        poll_seconds: float = 15.0,
-    ) -> None:
-        self.client = client
-        self.deployer = deployer
-        self.notifier = notifier
-        self.scratch = scratch
-        self.poll_seconds = poll_seconds
-
-    @property
-    def config(self) -> EngineConfig:
-        return self.deployer.config
 
     async def superseded(self, intent: dict[str, Any], newer: dict[str, Any]) -> None:
         """Comments are never superseded (only merges are)."""

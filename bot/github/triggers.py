@@ -76,8 +76,9 @@ def download_problem(repository: str, sha: str, exc: BaseException) -> str:
     return f"could not download the commit ({type(exc).__name__}: {exc})"
 
 
-class DeployTriggers:
-    """The steps of GitHub's intents (the worker's ``Steps``)."""
+class GitHubSteps:
+    """What the steps of GitHub's intents work with: the GitHub client, the Deployer, the notifier (deployment
+    statuses), a scratch directory for downloaded commits, and how often to look at pending checks again."""
 
     def __init__(
         self,
@@ -97,6 +98,10 @@ class DeployTriggers:
     @property
     def config(self) -> EngineConfig:
         return self.deployer.config
+
+
+class DeployTriggers(GitHubSteps):
+    """The steps of GitHub's intents (the worker's ``Steps``)."""
 
     async def advance(self, intent: dict[str, Any], claim: Claim) -> Next:
         payload = intent["payload"]
