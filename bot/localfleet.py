@@ -157,6 +157,7 @@ class LocalFleet:
         self._stopping = asyncio.Event()
         self._adopted: dict[str, ProcessIdentity] = {}
         self._forks: _ForkServer | None = None
+        self._up: dict[str, asyncio.Event] = {}  # set once each agent was first started (or adopted, or failed to)
 
     def pids(self) -> dict[str, int]:
         """The process id of every agent currently running (started or adopted)."""
@@ -164,11 +165,19 @@ class LocalFleet:
         return {**{name: p.pid for name, p in self._adopted.items()}, **running}
 
     async def start(self) -> None:
+        """Start (or adopt) every agent, and return once each is running with its pid recorded (or failed to
+        start, and is being retried): the server says it listens only then, as when agents were exec'd in turn."""
         self._stopping.clear()
         if self._forks is None and any(_forkable(agent) for agent in self.agents):
             self._forks = _ForkServer()
+        self._up = {agent.name: asyncio.Event() for agent in self.agents}
         for agent in self.agents:
             self._tasks.append(asyncio.create_task(self._supervise(agent), name=f"local-agent-{agent.name}"))
+        await asyncio.gather(*(up.wait() for up in self._up.values()))
+
+    def _is_up(self, agent: AgentProcess) -> None:
+        if (up := self._up.get(agent.name)) is not None:
+            up.set()
 
     async def stop(self) -> None:
         """SIGTERM every agent, SIGKILL the process groups of those still alive after the grace period."""
@@ -212,6 +221,7 @@ class LocalFleet:
                 returncode = await self._run_once(agent)
             except OSError as exc:  # a missing interpreter or an unwritable log: retried like a crash
                 log.error("cannot start local agent %s: %s", agent.name, exc)
+                self._is_up(agent)
                 returncode = None
             if self._stopping.is_set():
                 return
@@ -256,6 +266,7 @@ class LocalFleet:
                     _record(agent, started)
                 except OSError as exc:  # the agent runs all the same; a restarted server just cannot adopt it
                     log.warning("cannot record local agent %s's pid in %s: %s", agent.name, _pid_file(agent), exc)
+            self._is_up(agent)
             return await process.wait()
         finally:
             if process.returncode is not None:  # a pid file names a running agent only
@@ -276,6 +287,7 @@ class LocalFleet:
         self._adopted[agent.name] = process
         with contextlib.suppress(OSError):
             _record(agent, process)  # an older server's bare agent.pid gains the start time
+        self._is_up(agent)
         while not self._stopping.is_set() and process.running():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), 0.5)
