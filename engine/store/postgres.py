@@ -39,19 +39,9 @@ import asyncpg
 
 from engine.core.errors import EngineError
 from engine.core.leases import Lease, LeaseLost
-from engine.store.agent_token_records import AgentTokenRecords
-from engine.store.application_records import ApplicationRecords
-from engine.store.bundle_records import BundleRecords
-from engine.store.command_records import CommandRecords
-from engine.store.deployment_records import DeploymentRows
-from engine.store.hook_records import HookExecutionRecords
-from engine.store.intent_records import IntentRecords
-from engine.store.lease_records import LeaseRecords
 from engine.store.migrations import JSON_COLUMNS
 from engine.store.pg_migrations import HIDDEN_COLUMNS, applied_migrations, apply_migrations
-from engine.store.registry_records import RegistryRecords
-from engine.store.release_records import ReleaseRecords
-from engine.store.replica_records import ReplicaRecords
+from engine.store.records import Records
 from engine.store.statements import (
     FENCE,
     FENCE_CHECK,
@@ -63,7 +53,6 @@ from engine.store.statements import (
     Step,
     fence_params,
 )
-from engine.store.token_records import TokenRecords
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -158,20 +147,7 @@ _UNREACHABLE_FIX = (
 )
 
 
-class PostgresStore(
-    DeploymentRows,
-    LeaseRecords,
-    ReleaseRecords,
-    RegistryRecords,
-    ApplicationRecords,
-    TokenRecords,
-    IntentRecords,
-    HookExecutionRecords,
-    CommandRecords,
-    BundleRecords,
-    AgentTokenRecords,
-    ReplicaRecords,
-):
+class PostgresStore(Records):
     """The persistence port of the engine on PostgreSQL; see the module docstring."""
 
     backend = "postgresql"  # what /healthz and `deploybot replicas` report

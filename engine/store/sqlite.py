@@ -31,20 +31,9 @@ from typing import Any, Self, TypeVar
 from sqlite_utils import Database
 
 from engine.core.errors import EngineError
-from engine.store.agent_token_records import AgentTokenRecords
-from engine.store.application_records import ApplicationRecords
-from engine.store.bundle_records import BundleRecords
-from engine.store.command_records import CommandRecords
-from engine.store.deployment_records import DeploymentRows
-from engine.store.hook_records import HookExecutionRecords
-from engine.store.intent_records import IntentRecords
-from engine.store.lease_records import LeaseRecords
 from engine.store.migrations import applied_migrations, apply_migrations
-from engine.store.registry_records import RegistryRecords
-from engine.store.release_records import ReleaseRecords
-from engine.store.replica_records import ReplicaRecords
+from engine.store.records import Records
 from engine.store.statements import read_rows, write_transaction
-from engine.store.token_records import TokenRecords
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -96,20 +85,7 @@ def _owner_only(path: Path) -> None:
             os.chmod(file, 0o600)
 
 
-class SqliteStore(
-    DeploymentRows,
-    LeaseRecords,
-    ReleaseRecords,
-    RegistryRecords,
-    ApplicationRecords,
-    TokenRecords,
-    IntentRecords,
-    HookExecutionRecords,
-    CommandRecords,
-    BundleRecords,
-    AgentTokenRecords,
-    ReplicaRecords,
-):
+class SqliteStore(Records):
     """The persistence port of the engine; see the module docstring for the threading model."""
 
     backend = "sqlite"  # what /healthz and `deploybot replicas` report
