@@ -93,6 +93,38 @@ async def test_dispatch_is_idempotent(fleet) -> None:
     assert len(results) == 2 and results[1][1]["error_code"] == 4
 
 
+async def test_a_dispatch_cancelled_after_the_store_claimed_its_command_still_hands_it_to_the_parked_poll(
+    fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runner that steps down (another replica took its group) is cancelled at whatever await it is in. Once the
+    store has claimed the command for a parked poll, that poll must still get it: else the command sits claimed by
+    nobody, and with an agent that sends no heartbeat naming what it runs, for ever."""
+    fleet, _, _ = fleet
+    parked = tell_when_a_claim_finds_nothing(fleet, monkeypatch)
+    poll = asyncio.ensure_future(fleet.next_command("web-1", wait=3600))
+    await asyncio.wait_for(parked.wait(), HANG_GUARD)
+    committed, go_on = asyncio.Event(), asyncio.Event()
+    enqueue = fleet.store.enqueue_command_runs
+
+    async def enqueue_then_wait(*args: Any, **kwargs: Any) -> Any:
+        outcome = await enqueue(*args, **kwargs)
+        committed.set()  # the claim for the parked poll is written; the dispatch is cancelled before it hands it
+        await go_on.wait()
+        return outcome
+
+    monkeypatch.setattr(fleet.store, "enqueue_command_runs", enqueue_then_wait)
+    dispatch = asyncio.ensure_future(fleet.dispatch("d-1", "web-1", LifecycleEvent.INSTALL, SPEC))
+    await asyncio.wait_for(committed.wait(), HANG_GUARD)
+    dispatch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await dispatch
+    go_on.set()
+    command = await asyncio.wait_for(poll, HANG_GUARD)
+    assert command is not None and command["event"] == "Install"
+    [stored] = await fleet.store.list_commands(host="web-1")
+    assert stored["status"] == "InProgress" and stored["id"] == command["id"]
+
+
 async def test_claim_the_agent_never_got_is_handed_out_again(fleet) -> None:
     fleet, _, clock = fleet
     await fleet.dispatch("d-1", "web-1", LifecycleEvent.INSTALL, SPEC)

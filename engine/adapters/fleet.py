@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,12 @@ class Fleet:
             queued.append((target, deployment_id, run, payload))
         if not queued:
             return
+        # Shielded: a caller cancelled (a runner stepping down) once the store claimed a command for a parked poll
+        # must still hand it over (or give it back), else it sits claimed by nobody until the agent's heartbeats
+        # show it never arrived (CLAIM_GRACE later).
+        await asyncio.shield(self._spawn(self._queue_runs(deployment_id, queued)))
+
+    async def _queue_runs(self, deployment_id: str, queued: list[QueuedRun]) -> None:
         parked = {target: self._parked_wants_run(target) for target, *_ in queued}
         hand_to = {host: wants_run for host, wants_run in parked.items() if wants_run is not None}
         self._handing.update(hand_to)  # our own notice of this queueing must not wake the polls we hand it to
@@ -281,10 +287,11 @@ class Fleet:
                 self._waiters.pop(host, None)
         return waiter.result() if waiter.done() and not waiter.cancelled() else None
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def report_result(self, host: str, command_id: int, result: ResultBody, *, then: int | None = None) -> bool:
         """Record an agent's result (a repeat is harmless) and deliver it; True when ``then``, the next command of
