@@ -60,7 +60,17 @@ from engine.core.snapshot import stages_from_json, stages_to_json, state_from_js
 from engine.core.stages import (
     Stage,
 )
-from engine.ports import AlarmSource, Clock, HostFleet, Notifier, PlatformRuntime, RevisionArchive, Store, TrafficRouter
+from engine.ports import (
+    AlarmSource,
+    Clock,
+    HostFleet,
+    Notifier,
+    PlatformRuntime,
+    RevisionArchive,
+    Row,
+    Store,
+    TrafficRouter,
+)
 from engine.release.flow import ReleaseFlow
 from engine.runtime.blueprint import Blueprint, blue_green_roles, installed_targets
 from engine.runtime.dry_run import dry_run
@@ -317,20 +327,24 @@ class Deployer:
         one is told instead. A group left with nothing to do is let go."""
         if self.queue.in_flight(group_name) is not None:
             return
-        rows = await self.store.list_deployments(
-            group_name=group_name, status=["Queued", *_ACTIVE], limit=None, newest_first=False
-        )
-        in_flight = [r for r in rows if r["status"] != "Queued"]
-        waiting = [r for r in rows if r["status"] == "Queued"]
-        queued = [] if in_flight else await self.release.startable(group_name, waiting)  # a lock holds the queue
+        in_flight, queued = await self._work_of(group_name)
         if not in_flight and not queued:
             if self.store.shared:  # another replica may take the group at once (one server keeps what it took)
                 await self.ownership.release(group_name)
             return
+        held = self.ownership.lease(group_name) is not None
         lease = await self.ownership.acquire(group_name)
         if lease is None:  # another replica drives the group: it starts this (or whoever takes the lease next)
             await self.store.notify(GROUP_WORK, [group_name])
             return
+        if not held:
+            # A new tenure: read again. The previous owner could write until this take (its writes are fenced by
+            # the lease), so what was read before it may be stale: a resume from an older step would not expect
+            # the results of the events dispatched since, and a queued deployment may have been run meanwhile.
+            in_flight, queued = await self._work_of(group_name)
+            if not in_flight and not queued:
+                await self.ownership.release(group_name)
+                return
         store = self.ownership.fenced(self.store, lease)
         if in_flight:  # its owner died (or a previous server): resume it where it stopped, as after a restart
             row = in_flight[0]
@@ -346,10 +360,24 @@ class Deployer:
         chosen = next((r for r in queued if r["id"] == prefer), None) or next(
             (r for r in queued if r["created_by"] == ROLLBACK_CREATOR), queued[0]
         )
-        await store.update_deployment(chosen["id"], status="Created", started_at=self.clock.now())
+        if not await store.update_deployment(
+            chosen["id"], status="Created", started_at=self.clock.now(), if_status=["Queued"]
+        ):  # cancelled (by any replica) since it was read: the next one, if any
+            await self._start_next(group_name)
+            return
         started = await self.store.get_deployment(chosen["id"])
         assert started is not None
         self._launch(started, resume=False, lease=lease)
+
+    async def _work_of(self, group_name: str) -> tuple[list[Row], list[Mapping[str, Any]]]:
+        """The group's deployment in flight (if any; oldest first), and the queued ones that may start now."""
+        rows = await self.store.list_deployments(
+            group_name=group_name, status=["Queued", *_ACTIVE], limit=None, newest_first=False
+        )
+        in_flight = [r for r in rows if r["status"] != "Queued"]
+        waiting = [r for r in rows if r["status"] == "Queued"]
+        queued = [] if in_flight else await self.release.startable(group_name, waiting)  # a lock holds the queue
+        return in_flight, queued
 
     def _launch(self, row: Mapping[str, Any], *, resume: bool, lease: Lease) -> None:
         state = row["state"]
@@ -593,16 +621,18 @@ class Deployer:
             data={"rollback": rollback},
         )
         if row["status"] in ("Queued", "WaitingApproval"):
-            await self.store.update_deployment(
+            if await self.store.update_deployment(
                 deployment_id,
                 status="Stopped",
                 ended_at=self.clock.now(),
                 error_code="MANUAL_STOP",
                 error_message=f"cancelled by {actor} while "
                 + ("queued" if row["status"] == "Queued" else "waiting for approval"),
-            )
-            await self.changed(deployment_id)
-            return await self.get(deployment_id)
+                if_status=[row["status"]],
+            ):
+                await self.changed(deployment_id)
+                return await self.get(deployment_id)
+            row = await self._row(deployment_id)  # it started since it was read: stopped where it runs
         runner = self._runners.get(deployment_id)
         if runner is None and self.store.shared and row["status"] in _ACTIVE:
             return await self._stop_elsewhere(deployment_id, rollback=rollback, actor=actor)

@@ -18,6 +18,7 @@ from engine.store.statements import (
     SqlAccess,
     check_columns,
     encode_fields,
+    in_clause,
     placeholders,
     to_json,
     where_clause,
@@ -79,17 +80,26 @@ class DeploymentRows(SqlAccess):
     async def get_deployment(self, deployment_id: str) -> Row | None:
         return await self._fetch_one("deployments", "SELECT * FROM deployments WHERE id = ?", (deployment_id,))
 
-    async def update_deployment(self, deployment_id: str, **fields: Any) -> bool:
-        """Set the given columns; False when no such deployment exists."""
+    async def update_deployment(
+        self, deployment_id: str, *, if_status: Sequence[str] | None = None, **fields: Any
+    ) -> bool:
+        """Set the given columns; False when no such deployment exists, or (``if_status``) when its status is not one
+        of those: a change decided on a status read earlier is made only while that status still holds."""
         if not fields:
             return await self.get_deployment(deployment_id) is not None
-        return await self._change(*self._deployment_update(deployment_id, fields)) == 1
+        return await self._change(*self._deployment_update(deployment_id, fields, if_status=if_status)) == 1
 
-    def _deployment_update(self, deployment_id: str, fields: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    def _deployment_update(
+        self, deployment_id: str, fields: Mapping[str, Any], *, if_status: Sequence[str] | None = None
+    ) -> tuple[str, tuple[Any, ...]]:
         check_columns("deployments", fields, self._columns["deployments"] - {"id"})
         row = encode_fields("deployments", fields)
         assignments = ", ".join(f'"{c}" = ?' for c in row)
-        return f"UPDATE deployments SET {assignments} WHERE id = ?", (*row.values(), deployment_id)
+        sql, params = f"UPDATE deployments SET {assignments} WHERE id = ?", (*row.values(), deployment_id)
+        if if_status is not None:
+            sql += f" AND {in_clause('status', len(if_status))}"
+            params = (*params, *if_status)
+        return sql, params
 
     async def list_deployments(
         self,
