@@ -482,7 +482,9 @@ class Deployer:
             await driver.finished(deployment_id, group, row["state"]["spec"], row["status"])
         self.queue.vacate(row["group_name"], deployment_id)
         await self.changed(deployment_id)
-        await self._start_next(row["group_name"])
+        # Under the queue's lock, as every start: a start heard meanwhile (GROUP_WORK) that read the group before
+        # this one launched the next deployment would otherwise resume it beside the runner already driving it.
+        await self.queue.start_held(row["group_name"])
 
     async def _on_rollback(self, deployment_id: str, command: StartRollback) -> None:
         row = await self.store.get_deployment(deployment_id)
@@ -827,4 +829,4 @@ class Deployer:
         where this replica gets the lease: ``_start_next``)."""
         rows = await self.store.unfinished_deployments()
         for group_name in dict.fromkeys(r["group_name"] for r in sorted(rows, key=lambda r: r["created_at"])):
-            await self._start_next(group_name)
+            await self.queue.start_held(group_name)
