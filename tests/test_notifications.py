@@ -86,3 +86,31 @@ async def test_without_notifiers_nothing_is_read() -> None:
         raise AssertionError("read without a notifier")
 
     await Notifications([], fetch).changed("d-1", "x")
+
+
+async def test_progress_of_a_deployment_dear_to_read_is_spaced_by_what_a_delivery_costs() -> None:
+    """A 1,000-host document takes ~10 ms to read: progress deliveries every 50 ms would take a fifth of the
+    server, so they are spaced by COST_SHARE times what the last one took."""
+    recorder = Recorder()
+    clock = FakeClock()
+    version = {"d-1": 0}
+
+    async def dear_fetch(deployment_id: str) -> dict[str, Any]:
+        await clock.advance(0.02)  # reading this document takes 20 ms
+        return {"id": deployment_id, "version": version[deployment_id]}
+
+    notifications = Notifications([recorder], dear_fetch, interval=0.05, timer=clock)
+    version["d-1"] = 1
+    await notifications.changed("d-1", "InProgress")
+    for step in range(2, 6):
+        version["d-1"] = step
+        await notifications.changed("d-1", "InProgress")
+    assert [d["version"] for d in recorder.documents] == [1]
+    await clock.sleeping(1)
+    await clock.advance(0.05)  # the plain interval is not enough: 20 ms x COST_SHARE from the last delivery
+    assert [d["version"] for d in recorder.documents] == [1]
+    await clock.advance(0.15)
+    assert [d["version"] for d in recorder.documents] == [1, 5]
+    version["d-1"] = 6
+    await notifications.changed("d-1", "Failed on web-1")  # a milestone is never held back
+    assert [d["version"] for d in recorder.documents] == [1, 5, 6]
