@@ -342,6 +342,8 @@ CommandReport = tuple[int, str, str, Mapping[str, Any] | None, int | None]
 """(command_id, host, status, result, then): an agent's report, and the command it would run next (or None)."""
 FinishedReport = tuple[dict[str, Any] | None, bool, bool]
 """(the command without payload or None, whether the report finished it, whether its ``then`` was claimed)."""
+AgentBeat = tuple[str, float, Mapping[str, str] | None, str | None, str | None]
+"""(host, last_seen, tags, version, state): an agent's heartbeat as stored (``upsert_agent``'s fields)."""
 
 
 class CommandQueue(Protocol):
@@ -385,6 +387,9 @@ class CommandQueue(Protocol):
         version: str | None = None,
         state: str | None = None,
     ) -> None: ...
+    async def record_heartbeats(self, beats: Sequence[AgentBeat]) -> list[Row]:
+        """Several ``upsert_agent`` in one transaction; the InProgress commands of their hosts, without payload."""
+
     async def get_agent(self, name: str) -> Row | None: ...
     @property
     def shared(self) -> bool:

@@ -407,6 +407,25 @@ async def test_upsert_agent_keeps_fields_that_are_not_given(store: AnyStore) -> 
     assert await store.get_agent("web-3") is None
 
 
+async def test_heartbeats_are_recorded_together_with_their_hosts_claims(store: AnyStore) -> None:
+    await store.upsert_agent("web-1", last_seen=T0, tags={"role": "web"}, version="0.1.0")
+    held = await store.enqueue_command("web-1", "d-1", "Install", {"big": "payload"}, at=T0)
+    await store.enqueue_command("web-1", "d-1", "AfterInstall", None, at=T0)  # Pending: not a claim
+    elsewhere = await store.enqueue_command("web-3", "d-1", "Install", None, at=T0)
+    assert (await store.claim_next_command("web-1", at=T0 + 1))["id"] == held
+    assert (await store.claim_next_command("web-3", at=T0 + 1))["id"] == elsewhere
+
+    claims = await store.record_heartbeats(
+        [("web-1", T0 + 5, None, None, "online"), ("web-2", T0 + 6, {"role": "db"}, "0.2.0", "online")]
+    )
+    assert [(c["id"], c["host"], c["claimed_at"]) for c in claims] == [(held, "web-1", T0 + 1)]  # not web-3's
+    assert "payload" not in claims[0]
+    assert await store.get_agent("web-1") == {
+        "name": "web-1", "tags": {"role": "web"}, "version": "0.1.0", "last_seen": T0 + 5, "state": "online"
+    }  # fmt: skip
+    assert (await store.get_agent("web-2"))["tags"] == {"role": "db"}
+
+
 async def test_locks_put_replace_delete(store: AnyStore) -> None:
     await store.put_lock("shop", "production", owner="alice", created_at=T0, reason="freeze")
     await store.put_lock("blog", "staging", owner="bob", created_at=T0, expires_at=T0 + 60)

@@ -37,7 +37,7 @@ from engine.core.agent_protocol import RUNS_CAPABILITY, CommandBody, HeartbeatBo
 from engine.core.errors import NotFound
 from engine.core.leases import COMMANDS_QUEUED
 from engine.core.model import LifecycleEvent, ScriptErrorCode
-from engine.ports import Clock, CommandQueue, CommandReport, FinishedReport, OnResult, QueuedRun
+from engine.ports import AgentBeat, Clock, CommandQueue, CommandReport, FinishedReport, OnResult, QueuedRun
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ class Fleet:
         self._runs_ok: set[str] = set()  # hosts whose agent last said it runs consecutive events back to back
         self._reports: list[tuple[CommandReport, asyncio.Future[FinishedReport]]] = []
         self._reporting: asyncio.Task[None] | None = None
+        self._beats: list[tuple[AgentBeat, object, asyncio.Future[None]]] = []  # heartbeats waiting to be written
+        self._beating: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         # (host, deployment, event) of the later events of runs this server queued: when the engine dispatches one
         # of them, it is queued already (or its agent ran it ahead, and its result went to the engine then), so the
@@ -348,32 +350,49 @@ class Fleet:
             self._queued(host)
 
     async def heartbeat(self, host: str, info: HeartbeatBody) -> None:
+        """Record the heartbeat, then hand out again the host's claims its agent does not name. Heartbeats arriving
+        together are written in one transaction (1,000 agents send 200 a second), answered once it has committed."""
         self._heard_from(host)
         self._can_run(host, RUNS_CAPABILITY in (info.get("capabilities") or ()))
-        await self.store.upsert_agent(
-            host,
-            last_seen=self._last_seen[host],
-            tags=dict(info.get("tags") or {}),
-            version=info.get("version"),
-            state="online",
-        )
-        await self._requeue_lost_claims(host, info.get("running_command"))
+        beat: AgentBeat = (host, self._last_seen[host], dict(info.get("tags") or {}), info.get("version"), "online")
+        recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._beats.append((beat, info.get("running_command"), recorded))
+        if self._beating is None or self._beating.done():
+            self._beating = asyncio.ensure_future(self._record_beats())
+        await asyncio.shield(recorded)
 
-    async def _requeue_lost_claims(self, host: str, running: object) -> None:
+    async def _record_beats(self) -> None:
+        """Write every waiting heartbeat in one transaction, then check their hosts' claims; again while more
+        arrived meanwhile."""
+        while self._beats:
+            batch, self._beats = self._beats, []
+            try:
+                claims = await self.store.record_heartbeats([beat for beat, _, _ in batch])
+                await self._requeue_lost_claims(claims, {beat[0]: running for beat, running, _ in batch})
+            except Exception as exc:  # the agents send the next heartbeat all the same
+                for _, _, recorded in batch:
+                    recorded.set_exception(exc)
+                continue
+            for _, _, recorded in batch:
+                recorded.set_result(None)
+
+    async def _requeue_lost_claims(self, claims: Sequence[Mapping[str, Any]], running: Mapping[str, object]) -> None:
         """A claim the live agent does not know about was lost in transit (e.g. a poll answered to a dead agent).
 
         Agents name their command in every heartbeat until its result is accepted, so a claim older than
         ``CLAIM_GRACE`` that the agent does not name never reached it and is safe to hand out again. A claim made
-        before this server started counts from its start.
+        before this server started counts from its start. ``claims``: the InProgress commands of the hosts that
+        sent a heartbeat; ``running``: what each of them named.
         """
         now = self.clock.monotonic()
-        for command in await self.store.list_commands(host=host, status="InProgress"):
+        for command in claims:
+            host = command["host"]
             claimed = self._claimed.get(command["id"])
             if claimed is None:  # claimed before this server started, or by another replica: the store says when
                 stamped = command.get("claimed_at")
                 ago = self.clock.now() - float(stamped) if stamped is not None else now - self._started
                 claimed = now - max(0.0, min(ago, now - self._started))
-            if command["id"] != running and now - claimed > CLAIM_GRACE:
+            if command["id"] != running.get(host) and now - claimed > CLAIM_GRACE:
                 await self.release(host, command["id"])
 
     def last_seen(self, host: str) -> float | None:

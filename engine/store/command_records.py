@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engine.core.leases import COMMANDS_QUEUED, RESULTS_RECORDED
-from engine.ports import CommandReport, FinishedReport, QueuedRun
+from engine.ports import AgentBeat, CommandReport, FinishedReport, QueuedRun
 from engine.store.statements import (
     Change,
     Fetch,
@@ -26,6 +26,7 @@ from engine.store.statements import (
     Row,
     Serialize,
     SqlAccess,
+    in_clause,
     placeholders,
     to_json,
     unfenced,
@@ -34,6 +35,12 @@ from engine.store.statements import (
 
 FINAL_COMMAND_STATUSES = frozenset({"Succeeded", "Failed", "Cancelled"})
 _COMMAND_HEAD = "id, host, deployment_id, event, status, created_at, claimed_at, finished_at"
+_UPSERT_AGENT = (
+    "INSERT INTO agents (name, tags, version, last_seen, state) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen,"
+    " tags = COALESCE(excluded.tags, agents.tags), version = COALESCE(excluded.version, agents.version),"
+    " state = COALESCE(excluded.state, agents.state)"
+)
 # Queries of one host's commands of one deployment write ``deployment_id || ''``: the expression keeps SQLite off
 # the ``host_commands_by_deployment`` index, which it would otherwise pick, and which holds every command of the
 # deployment (5,000 for 1,000 hosts, scanned per host: O(N²) to queue a step). The host's own commands
@@ -321,13 +328,24 @@ class CommandRecords(SqlAccess):
         state: str | None = None,
     ) -> None:
         """Record a heartbeat; fields given as None keep their stored value."""
-        sql = (
-            "INSERT INTO agents (name, tags, version, last_seen, state) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen,"
-            " tags = COALESCE(excluded.tags, agents.tags), version = COALESCE(excluded.version, agents.version),"
-            " state = COALESCE(excluded.state, agents.state)"
+        await self._change(_UPSERT_AGENT, (name, to_json(tags), version, last_seen, state))
+
+    async def record_heartbeats(self, beats: Sequence[AgentBeat]) -> list[Row]:
+        """Heartbeats of several agents in one transaction (each as ``upsert_agent``); the InProgress commands of
+        their hosts without payload, oldest first: the claims the fleet checks against what each agent runs."""
+        hosts = sorted({host for host, *_ in beats})
+        claims = (
+            f"SELECT {_COMMAND_HEAD} FROM host_commands WHERE status = 'InProgress'"
+            f" AND {in_clause('host', len(hosts))} ORDER BY id"
         )
-        await self._change(sql, (name, to_json(tags), version, last_seen, state))
+
+        def record() -> Program[list[Row]]:
+            for host, last_seen, tags, version, state in beats:
+                yield Change(_UPSERT_AGENT, (host, to_json(tags), version, last_seen, state))
+            rows: list[Row] = yield Fetch("host_commands", claims, hosts)
+            return rows
+
+        return await self._transact(record)
 
     async def get_agent(self, name: str) -> Row | None:
         return await self._fetch_one("agents", "SELECT * FROM agents WHERE name = ?", (name,))
