@@ -1,8 +1,9 @@
 """The yardstick for orchestration overhead: the same per-host work done by a plain asyncio script, no deploybot.
 
-For each of N "hosts", concurrently: extract the canonical bundle with ``engine.bundles.safe_extract`` into the
-host's own directory, copy the appspec's files the way Install would (shutil), then run the four hook scripts one
-after another as subprocesses (stdin from /dev/null, output captured). Whatever deploybot takes beyond this is
+For each of N "hosts", concurrently (or one after another, the yardstick of OneAtATime): extract the canonical
+bundle with ``engine.bundles.safe_extract`` into the host's own directory, copy the appspec's files the way Install
+would (shutil), then run the four hook scripts one after another as subprocesses (stdin from /dev/null, output
+captured). Whatever deploybot takes beyond this is
 orchestration: HTTP round trips, the state machine, SQLite writes, bundle download and agent bookkeeping.
 """
 
@@ -43,9 +44,14 @@ async def _one_host(bundle: Path, host_dir: Path) -> None:
             raise RuntimeError(f"{event} exited {process.returncode} on {host_dir.name}")
 
 
-async def _all_hosts(bundle: Path, root: Path, hosts: int) -> float:
+async def _all_hosts(bundle: Path, root: Path, hosts: int, sequential: bool) -> float:
     started = time.perf_counter()
-    await asyncio.gather(*(_one_host(bundle, root / f"host-{index:03d}") for index in range(hosts)))
+    host_dirs = [root / f"host-{index:03d}" for index in range(hosts)]
+    if sequential:  # what OneAtATime does: each host after the one before
+        for host_dir in host_dirs:
+            await _one_host(bundle, host_dir)
+    else:
+        await asyncio.gather(*(_one_host(bundle, host_dir) for host_dir in host_dirs))
     return time.perf_counter() - started
 
 
@@ -54,6 +60,6 @@ def canonical_bundle(revision: Path, dest_dir: Path) -> Path:
     return build_bundle(revision, dest_dir).path
 
 
-def run_baseline(bundle: Path, root: Path, *, hosts: int) -> float:
-    """Seconds for one run of all ``hosts``, into fresh directories under ``root``."""
-    return asyncio.run(_all_hosts(bundle, root, hosts))
+def run_baseline(bundle: Path, root: Path, *, hosts: int, sequential: bool = False) -> float:
+    """Seconds for one run of all ``hosts`` (at once, or one after another), into fresh directories under ``root``."""
+    return asyncio.run(_all_hosts(bundle, root, hosts, sequential))

@@ -27,7 +27,7 @@ from bench.figures import Figure, median, percentile, spread
 from bench.profile import Profiler
 from bench.replicas import replicas_scenario
 from bench.revisions import write_revision
-from bench.server import BenchServer, fleet_config, host_names
+from bench.server import ENVIRONMENT, SINGLE_HOST, BenchServer, fleet_config, host_names
 from bench.settings import SCALE_TARGET_HOSTS, Settings
 from bench.slack import slack_ack
 from bench.swarm import swarm
@@ -35,6 +35,7 @@ from bench.traffic import traffic
 
 PICKUP_TARGET_MS = 50.0
 OVERHEAD_TARGET_RATIO = 1.5
+ONE_HOST_TARGET_MS = 15.0
 QUIET_SHARE = 0.10  # a round in which other processes used more of the machine than this is not a quiet one
 QUIET_WAIT_S = 20.0  # each overhead round waits up to this long for the machine to be quiet before it starts
 SCALE_TARGET_S = 10.0
@@ -63,7 +64,15 @@ class _Run:
         return float(self.doc["ended_at"]) - float(self.doc["created_at"])
 
 
-def _timed_deployment(server: BenchServer, revision: Path, *, poll: float, profiler: Profiler | None = None) -> _Run:
+def _timed_deployment(
+    server: BenchServer,
+    revision: Path,
+    *,
+    poll: float,
+    profiler: Profiler | None = None,
+    environment: str = ENVIRONMENT,
+    config: str | None = None,
+) -> _Run:
     """Deploy and wait; the final deployment JSON, the CPU each kind of process used, where the time went.
 
     ``poll`` only sets how often the bench asks (each GET of a 200-host deployment costs the server ~15 ms of
@@ -73,7 +82,7 @@ def _timed_deployment(server: BenchServer, revision: Path, *, poll: float, profi
     agents = server.agent_pids()
     before = phases.cpu_times(server.process.pid, agents)
     with profiler or contextlib.nullcontext():
-        _, deployment_id = server.deploy(revision)
+        _, deployment_id = server.deploy(revision, environment=environment, config=config)
         doc = server.wait_final(deployment_id, timeout=300, poll=poll)
     cpu = phases.cpu_times(server.process.pid, agents).minus(before)
     commands = phases.command_times(server.data_dir / "deploybot.db", deployment_id)
@@ -119,81 +128,134 @@ def pickup(settings: Settings) -> list[Figure]:
     ]
 
 
-def overhead(settings: Settings) -> list[Figure]:
-    """N hosts AllAtOnce with trivial hooks vs. the plain script, in ``overhead_runs`` interleaved rounds.
+@dataclass(frozen=True, slots=True)
+class _Pair:
+    """One comparison of ``overhead``: a deployment, and the plain script doing the same hosts' work the same way."""
 
-    Each round runs both sides back to back, the plain script first in even rounds and deploybot first in odd
-    ones (the server's agents idle during the plain run), so drift and a load spike from something else on the
-    machine hit both sides alike. The ratio is the median of the rounds' own ratios (each deploybot run over the
+    name: str
+    hosts: int
+    environment: str = ENVIRONMENT
+    config: str | None = None  # the group's own (AllAtOnce) when None
+    sequential: bool = False  # the plain script's hosts one after another (the yardstick of OneAtATime)
+    ratio_target: float | None = OVERHEAD_TARGET_RATIO
+    time_target_ms: float | None = None
+
+
+def overhead(settings: Settings) -> list[Figure]:
+    """Deployments with trivial hooks vs. the plain script doing the same work, in ``overhead_runs`` interleaved
+    rounds: N hosts AllAtOnce vs. the script's hosts at once, N hosts OneAtATime vs. its hosts one after another, and
+    one host alone.
+
+    Each round runs every pair's two sides back to back, the plain script first in even rounds and deploybot first
+    in odd ones (the server's agents idle during the plain run), so drift and a load spike from something else on
+    the machine hit both sides alike. A ratio is the median of the rounds' own ratios (each deploybot run over the
     plain run next to it), shown with its range: one number from 3 runs jumped between 1.57x and 2.39x from one
     invocation to the next, which no one could believe. On a shared 2-core machine a test suite running beside the
     bench moves the ratio more than anything measured, so each round first waits (up to QUIET_WAIT_S) until other
     processes use at most QUIET_SHARE of the machine, says how much they used while it ran (/proc/stat less our own
-    CPU), and the ratio over the quiet rounds alone is shown too.
+    CPU), and the AllAtOnce ratio over the quiet rounds alone is shown too.
     """
     console = settings.console
     hosts, runs = settings.overhead_hosts, settings.overhead_runs
+    pairs = [
+        _Pair(f"{hosts} hosts AllAtOnce", hosts),
+        _Pair(f"{hosts} hosts OneAtATime", hosts, config="CodeDeployDefault.OneAtATime", sequential=True),
+        _Pair("one host", 1, environment=SINGLE_HOST, ratio_target=None, time_target_ms=ONE_HOST_TARGET_MS),
+    ]
+    plain: dict[str, list[float]] = {pair.name: [] for pair in pairs}
+    measured: dict[str, list[_Run]] = {pair.name: [] for pair in pairs}
+    others: list[float] = []  # per round: the larger share of the machine other processes used
+    profiler = None
     with _scenario_dir("overhead", settings.keep, console) as workdir:
         revision = write_revision(workdir / "revision", hooks=True)
         bundle = canonical_bundle(revision, workdir / "bundle")
-        with _server(workdir / "server", hosts) as server:
-            server.wait_agents_online(hosts)
-            server.wait_final(server.deploy(revision)[1])
-            run_baseline(bundle, workdir / "baseline" / "warm-up", hosts=hosts)  # untimed, like the deployment above
-            plain: list[float] = []
-            measured: list[_Run] = []
-            profiler = None
-            others: list[float] = []  # per round: the larger share of the machine other processes used
+        with _server(workdir / "server", hosts, single=True) as server:
+            server.wait_agents_online(hosts + 1)
+            for environment in (ENVIRONMENT, SINGLE_HOST):  # untimed: every timed run has a previous install
+                server.wait_final(server.deploy(revision, environment=environment)[1])
+            run_baseline(bundle, workdir / "baseline" / "warm-up", hosts=hosts)  # untimed, like the deployments
             for run in range(runs):
-                if run == runs - 1:
-                    profiler = _profiler(settings, server, "overhead")
                 phases.wait_quiet(QUIET_SHARE, within=QUIET_WAIT_S)
                 shares = []
-                for side in ("plain", "deploybot") if run % 2 == 0 else ("deploybot", "plain"):
-                    start = phases.machine_sample()
-                    if side == "plain":
-                        plain.append(run_baseline(bundle, workdir / "baseline" / str(run), hosts=hosts))
-                        shares.append(phases.foreign_share(start, phases.machine_sample()))
-                    else:
-                        measured.append(_timed_deployment(server, revision, poll=0.1, profiler=profiler))
-                        cpu = measured[-1].cpu
-                        ours = cpu.server + cpu.agents + cpu.hooks
-                        shares.append(phases.foreign_share(start, phases.machine_sample(), ours))
+                for pair in pairs:
+                    if run == runs - 1 and pair is pairs[0]:
+                        profiler = _profiler(settings, server, "overhead")
+                    for side in ("plain", "deploybot") if run % 2 == 0 else ("deploybot", "plain"):
+                        start = phases.machine_sample()
+                        if side == "plain":
+                            root = workdir / "baseline" / f"{run}-{pairs.index(pair)}"
+                            plain[pair.name].append(
+                                run_baseline(bundle, root, hosts=pair.hosts, sequential=pair.sequential)
+                            )
+                            shares.append(phases.foreign_share(start, phases.machine_sample()))
+                        else:
+                            done = _timed_deployment(
+                                server,
+                                revision,
+                                poll=0.1 if pair.hosts > 1 else 0.01,
+                                profiler=profiler if pair is pairs[0] else None,
+                                environment=pair.environment,
+                                config=pair.config,
+                            )
+                            measured[pair.name].append(done)
+                            ours = done.cpu.server + done.cpu.agents + done.cpu.hooks
+                            shares.append(phases.foreign_share(start, phases.machine_sample(), ours))
                 others.append(max(shares))
-    durations = [run.duration for run in measured]
-    ratios = [ours / theirs for ours, theirs in zip(durations, plain, strict=True)]
-    console.print(f"  plain script (s): {' '.join(f'{value:.3f}' for value in plain)}")
-    console.print(f"  deploybot (s):    {' '.join(f'{value:.3f}' for value in durations)}")
-    console.print(f"  ratio per round:  {' '.join(f'{value:.2f}' for value in ratios)}")
+    figures: list[Figure] = []
+    for pair in pairs:
+        figures += _pair_figures(pair, measured[pair.name], plain[pair.name], others, console)
     console.print(
         f"  others' load (%): {' '.join(f'{value * 100:.0f}' for value in others)}  (of the machine, per round)"
     )
-    quiet = [ratio for ratio, other in zip(ratios, others, strict=True) if other <= QUIET_SHARE]
-    middle = sorted(measured, key=lambda run: run.duration)[len(measured) // 2]
-    phases.render(f"overhead: the median {hosts}-host deployment", middle.breakdown, middle.cpu, console)
     if profiler is not None:
         profiler.summary()
-    rounds = f"median of {runs} interleaved rounds"
+    return figures
+
+
+def _pair_figures(
+    pair: _Pair, measured: list[_Run], plain: list[float], others: list[float], console: Console
+) -> list[Figure]:
+    durations = [run.duration for run in measured]
+    ratios = [ours / theirs for ours, theirs in zip(durations, plain, strict=True)]
+    console.print(f"  [bold]{pair.name}[/bold]")
+    console.print(f"    plain script (s): {' '.join(f'{value:.3f}' for value in plain)}")
+    console.print(f"    deploybot (s):    {' '.join(f'{value:.3f}' for value in durations)}")
+    console.print(f"    ratio per round:  {' '.join(f'{value:.2f}' for value in ratios)}")
+    middle = sorted(measured, key=lambda run: run.duration)[len(measured) // 2]
+    phases.render(f"overhead: the median deployment of {pair.name}", middle.breakdown, middle.cpu, console)
+    rounds = f"median of {len(durations)} interleaved rounds"
+    script = "plain asyncio script" + (", hosts one after another" if pair.sequential else "")
+    if pair.time_target_ms is not None:
+        ms = [value * 1000 for value in durations]
+        ours = Figure(f"{pair.name}, deploybot", median(ms), "ms", pair.time_target_ms, f"{rounds}, {spread(ms, 'ms')}")
+    else:
+        ours = Figure(f"{pair.name}, deploybot", median(durations), "s", None, f"{rounds}, {spread(durations, 's')}")
     figures = [
+        ours,
+        Figure(f"{pair.name}, {script}", median(plain), "s", None, f"{rounds}, {spread(plain, 's')}"),
         Figure(
-            f"{hosts} hosts AllAtOnce, deploybot", median(durations), "s", None, f"{rounds}, {spread(durations, 's')}"
-        ),
-        Figure(f"{hosts} hosts, plain asyncio script", median(plain), "s", None, f"{rounds}, {spread(plain, 's')}"),
-        Figure(
-            "orchestration overhead (ratio)",
+            f"{pair.name}: overhead ratio",
             median(ratios),
             "x",
-            OVERHEAD_TARGET_RATIO,
+            pair.ratio_target,
             f"deploybot / plain, per round; {spread(ratios, 'x')}",
         ),
     ]
-    quiet_note = f"{len(quiet)} of {runs} rounds had other processes below {QUIET_SHARE:.0%} of the machine"
-    if quiet:
-        figures.append(
-            Figure("overhead ratio, quiet rounds only", median(quiet), "x", None, f"{quiet_note}; {spread(quiet, 'x')}")
-        )
-    else:
-        console.print(f"  [red]{quiet_note}: the ratio says more about the other load than about deploybot[/red]")
+    if pair.ratio_target is not None and pair.sequential is False:
+        quiet = [ratio for ratio, other in zip(ratios, others, strict=True) if other <= QUIET_SHARE]
+        quiet_note = f"{len(quiet)} of {len(ratios)} rounds had other processes below {QUIET_SHARE:.0%} of the machine"
+        if quiet:
+            figures.append(
+                Figure(
+                    f"{pair.name}: ratio, quiet rounds only",
+                    median(quiet),
+                    "x",
+                    None,
+                    f"{quiet_note}; {spread(quiet, 'x')}",
+                )
+            )
+        else:
+            console.print(f"  [red]{quiet_note}: the ratio says more about the other load than about deploybot[/red]")
     return figures
 
 
@@ -221,9 +283,11 @@ def scale(settings: Settings) -> list[Figure]:
     ]
 
 
-def _server(workdir: Path, hosts: int) -> BenchServer:
+def _server(workdir: Path, hosts: int, *, single: bool = False) -> BenchServer:
+    """A server with ``hosts`` local agents in the group; ``single``: and one more alone in a group of its own."""
     names = host_names(hosts)
-    return BenchServer(workdir, fleet_config(names), hosts=names)
+    extra = [f"bench-{SINGLE_HOST}"] if single else []
+    return BenchServer(workdir, fleet_config(names, single=extra[0] if extra else None), hosts=names + extra)
 
 
 SCENARIOS: dict[str, Callable[[Settings], list[Figure]]] = {

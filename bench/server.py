@@ -27,6 +27,7 @@ from engine.bundles import build_bundle
 FINAL = frozenset({"Succeeded", "Failed", "Stopped"})
 APPLICATION = "bench"
 ENVIRONMENT = "prod"
+SINGLE_HOST = "single"  # a second environment of the application: the fleet's first host alone
 
 
 class BenchError(Exception):
@@ -38,25 +39,38 @@ def host_names(count: int) -> list[str]:
 
 
 def fleet_config(
-    hosts: list[str], *, deployment_config: str = "CodeDeployDefault.AllAtOnce", local: bool = True
+    hosts: list[str],
+    *,
+    deployment_config: str = "CodeDeployDefault.AllAtOnce",
+    local: bool = True,
+    single: str | None = None,
 ) -> str:
     """One application, one group targeting every host (tagged ``role: bench``; ``local``: the server starts their
-    agents, else their agents are someone else's, e.g. bench/swarm.py's)."""
+    agents, else their agents are someone else's, e.g. bench/swarm.py's); with ``single``, one more host and a group
+    (environment ``SINGLE_HOST``) with it alone (a host of its own: the two groups install the same files)."""
     local_key = "local: true, " if local else ""
     lines = "\n".join(f"  - {{name: {name}, {local_key}tags: {{role: bench}}}}" for name in hosts)
+    if single is not None:
+        lines += f"\n  - {{name: {single}, {local_key}tags: {{role: single}}}}"
+    single_group = f"""
+      {SINGLE_HOST}:
+        deployment_config: CodeDeployDefault.AllAtOnce
+        targets: {{hosts: [{single}]}}
+        load_balancer: none
+        auto_rollback: {{enabled: false}}"""
     return f"""server: {{data_dir: var}}
 hosts:
 {lines}
 applications:
   {APPLICATION}:
     platform: server
-    environments: [{ENVIRONMENT}]
+    environments: [{ENVIRONMENT}{f", {SINGLE_HOST}" if single else ""}]
     deployment_groups:
       {ENVIRONMENT}:
         deployment_config: {deployment_config}
         targets: {{tags: {{role: bench}}}}
         load_balancer: none
-        auto_rollback: {{enabled: false}}
+        auto_rollback: {{enabled: false}}{single_group if single else ""}
 """
 
 
@@ -188,10 +202,12 @@ class BenchServer:
             self._uploaded[revision] = f"sha256:{answer['sha256']}"
         return self._uploaded[revision]
 
-    def deploy(self, revision: Path) -> tuple[float, str]:
-        """POST a deployment (the revision uploaded first, untimed); returns (epoch time just before the POST of
-        the deployment, deployment id)."""
-        body = {"application": APPLICATION, "environment": ENVIRONMENT, "revision": self.upload(revision)}
+    def deploy(self, revision: Path, *, environment: str = ENVIRONMENT, config: str | None = None) -> tuple[float, str]:
+        """POST a deployment (the revision uploaded first, untimed), with the group's deployment configuration or
+        ``config``; returns (epoch time just before the POST of the deployment, deployment id)."""
+        body = {"application": APPLICATION, "environment": environment, "revision": self.upload(revision)}
+        if config is not None:
+            body["config"] = config
         t0 = time.time()
         status, answer = self.api("POST", "/deployments", body)
         if status != 201:
