@@ -622,7 +622,7 @@ class Deployer:
             deployment_id=deployment_id,
             data={"rollback": rollback},
         )
-        if row["status"] in ("Queued", "WaitingApproval"):
+        while row["status"] in ("Queued", "WaitingApproval"):  # statuses only move on: this ends
             if await self.store.update_deployment(
                 deployment_id,
                 status="Stopped",
@@ -634,7 +634,7 @@ class Deployer:
             ):
                 await self.changed(deployment_id)
                 return await self.get(deployment_id)
-            row = await self._row(deployment_id)  # it started since it was read: stopped where it runs
+            row = await self._row(deployment_id)  # it moved on since it was read (approved, started): again
         runner = self._runners.get(deployment_id)
         if runner is None and self.store.shared and row["status"] in _ACTIVE:
             return await self._stop_elsewhere(deployment_id, rollback=rollback, actor=actor)
