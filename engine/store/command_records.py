@@ -340,7 +340,9 @@ class CommandRecords(SqlAccess):
         )
 
         def record() -> Program[list[Row]]:
-            for host, last_seen, tags, version, state in beats:
+            # In host order (stable: a host's later beat still lands last), so that two replicas writing
+            # overlapping batches lock the rows in one order and never deadlock.
+            for host, last_seen, tags, version, state in sorted(beats, key=lambda beat: beat[0]):
                 yield Change(_UPSERT_AGENT, (host, to_json(tags), version, last_seen, state))
             rows: list[Row] = yield Fetch("host_commands", claims, hosts)
             return rows
