@@ -4,14 +4,12 @@ Each notification reads the whole deployment document (row, every target event, 
 the transition that caused it: with 20 hosts AllAtOnce a deployment takes ~50 steps, and building ~50 documents
 was a sizeable share of the server's CPU. So:
 
-  - A change of a milestone — the deployment's status, stage, traffic, pause, error, or a host failing — is
-    delivered at once.
-  - Progress — a host starting, moving from one lifecycle event to the next, finishing — is delivered at once too,
-    unless another delivery was less than ``interval`` seconds ago (longer for a large deployment, whose documents
-    are dear to read: ``COST_SHARE``); then one delivery of the latest document follows when the interval is up.
-    Progress inside a burst thus arrives merged, never lost, and at most that late. (With 1,000 hosts nearly every
-    step starts or finishes one: delivering each at once read the whole deployment per step, the largest cost of a
-    step that grew with the fleet.)
+  - A change of anything a notifier reacts to — the deployment's status, stage, traffic, pause, error, or any
+    host's overall status (started, failed, done) — is delivered at once.
+  - A change that only moves a host from one lifecycle event to the next is delivered at once too, unless another
+    was delivered less than ``interval`` seconds ago (longer for a large deployment, whose documents are dear to
+    read: ``COST_SHARE``); then one delivery of the latest document follows when the interval is up. Per-host
+    progress inside a burst thus arrives merged, never lost, and at most that late.
 
 Deliveries for one deployment are serialized, so notifiers see its documents in order. The interval is the event
 loop's time by default, not the engine's Clock: it is a throttle on our own work, not part of any deployment (tests
@@ -64,11 +62,11 @@ class _Deployment:
     changes: int = 0  # changed() calls so far
     delivered: int = 0  # changes shown by the last delivery (its document is read after they happened)
     trailing: asyncio.Task[None] | None = None
-    cost: float = 0.0  # seconds the last delivery took (reading the document, every notifier)
+    cost: float = 0.0  # seconds the last delivery took to read the document
 
     def progress_interval(self, interval: float) -> float:
-        """``interval``, or longer for a deployment whose deliveries are dear: they take at most 1/COST_SHARE of
-        the time, however many hosts the document holds."""
+        """``interval``, or longer for a deployment whose documents are dear to read: reading them takes at most
+        1/COST_SHARE of the time, however many hosts they hold."""
         return max(interval, self.cost * COST_SHARE)
 
 
@@ -118,12 +116,12 @@ class Notifications:
             state.delivered_at = self._timer.monotonic()
             state.delivered = state.changes
             document = await self._fetch(deployment_id)
+            state.cost = self._timer.monotonic() - state.delivered_at  # the read alone: notifiers may wait on the net
             for notifier in self.notifiers:
                 try:
                     await notifier.deployment_changed(document)
                 except Exception:  # a broken notifier must never break a deployment
                     log.exception("notifier %r failed", notifier)
-            state.cost = self._timer.monotonic() - state.delivered_at
         if milestones is None and state.trailing is None and not state.lock.locked():
             # Unknown to the runner (finished, queued, stopped): nothing to coalesce with any more.
             self._deployments.pop(deployment_id, None)

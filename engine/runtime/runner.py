@@ -259,15 +259,9 @@ class DeploymentRunner:
         return details
 
     def milestones(self) -> tuple[Any, ...]:
-        """What notifiers must hear at once, as a comparable value: the deployment's own state and the hosts that
-        failed. A host starting or finishing is progress (merged within the notifier interval): with 1,000 hosts
-        nearly every step starts or finishes one, and each delivery reads the whole deployment."""
+        """What notifiers react to, as a comparable value: everything but which lifecycle event each host is at."""
         state = self.machine.state
-        hosts = tuple(
-            target
-            for target, progress in state.targets.items()
-            if progress.status in (EventStatus.FAILED, EventStatus.UNKNOWN)
-        )
+        hosts = tuple(progress.status for progress in state.targets.values())
         return (
             state.status,
             state.stage_index,
