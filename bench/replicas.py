@@ -257,20 +257,13 @@ def _range(values: Sequence[float]) -> str:
 
 def replicas_scenario(settings: Settings) -> list[Figure]:
     console = settings.console
-    workdir = Path(tempfile.mkdtemp(prefix="deploybot-bench-replicas-"))
-    try:
-        with postgres_cluster(workdir) as (bindir, port):
-            one = throughput(workdir / "one", new_database(bindir, port, "bench_one"), 1)
-            three = throughput(workdir / "three", new_database(bindir, port, "bench_three"), 3)
-            runs = min(settings.pickup_runs, 20)
-            latencies, left_out = pickup_through_non_owner(
-                workdir / "pickup", new_database(bindir, port, "bench_pickup"), runs
-            )
-    finally:
-        if settings.keep:
-            console.print(f"  [dim]kept {workdir}[/dim]")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    with settings.scenario_dir("replicas") as workdir, postgres_cluster(workdir) as (bindir, port):
+        one = throughput(workdir / "one", new_database(bindir, port, "bench_one"), 1)
+        three = throughput(workdir / "three", new_database(bindir, port, "bench_three"), 3)
+        runs = min(settings.pickup_runs, 20)
+        latencies, left_out = pickup_through_non_owner(
+            workdir / "pickup", new_database(bindir, port, "bench_pickup"), runs
+        )
     console.print(
         f"  deployments/s, 1 replica: {' '.join(f'{v:.2f}' for v in one)}; 3: {' '.join(f'{v:.2f}' for v in three)}"
     )

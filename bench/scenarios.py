@@ -10,10 +10,8 @@ previous install, as in every later run), then measures. A deployment that does 
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,18 +37,6 @@ ONE_HOST_TARGET_MS = 15.0
 QUIET_SHARE = 0.10  # a round in which other processes used more of the machine than this is not a quiet one
 QUIET_WAIT_S = 20.0  # each overhead round waits up to this long for the machine to be quiet before it starts
 SCALE_TARGET_S = 10.0
-
-
-@contextlib.contextmanager
-def _scenario_dir(name: str, keep: bool, console: Console) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=f"deploybot-bench-{name}-"))
-    try:
-        yield path
-    finally:
-        if keep:
-            console.print(f"  [dim]kept {path}[/dim]")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +84,7 @@ def _profiler(settings: Settings, server: BenchServer, name: str) -> Profiler | 
 def pickup(settings: Settings) -> list[Figure]:
     """One idle agent: POST → ``started_at`` of ApplicationStop, ``pickup_runs`` times, one deployment at a time."""
     console = settings.console
-    with _scenario_dir("pickup", settings.keep, console) as workdir:
+    with settings.scenario_dir("pickup") as workdir:
         revision = write_revision(workdir / "revision", hooks=False)
         with _server(workdir, 1) as server:
             server.wait_agents_online(1)
@@ -166,7 +152,7 @@ def overhead(settings: Settings) -> list[Figure]:
     measured: dict[str, list[_Run]] = {pair.name: [] for pair in pairs}
     others: list[float] = []  # per round: the larger share of the machine other processes used
     profiler = None
-    with _scenario_dir("overhead", settings.keep, console) as workdir:
+    with settings.scenario_dir("overhead") as workdir:
         revision = write_revision(workdir / "revision", hooks=True)
         bundle = canonical_bundle(revision, workdir / "bundle")
         with _server(workdir / "server", hosts, single=True) as server:
@@ -263,7 +249,7 @@ def scale(settings: Settings) -> list[Figure]:
     """``hosts_large`` local agents, AllAtOnce, trivial hooks: one timed deployment after all agents are up."""
     console = settings.console
     hosts = settings.hosts_large
-    with _scenario_dir("scale", settings.keep, console) as workdir:
+    with settings.scenario_dir("scale") as workdir:
         revision = write_revision(workdir / "revision", hooks=True)
         with _server(workdir / "server", hosts) as server:
             started = time.monotonic()

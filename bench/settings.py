@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,3 +26,15 @@ class Settings:
     swarm_hosts: tuple[int, ...] = SWARM_HOSTS
     keep: bool = False
     profile_dir: Path | None = None  # set: py-spy the server during the last timed deployment, files go here
+
+    @contextlib.contextmanager
+    def scenario_dir(self, name: str) -> Iterator[Path]:
+        """A fresh temporary directory for one scenario (or one size of it), removed afterwards unless ``keep``."""
+        path = Path(tempfile.mkdtemp(prefix=f"deploybot-bench-{name}-"))
+        try:
+            yield path
+        finally:
+            if self.keep:
+                self.console.print(f"  [dim]kept {path}[/dim]")
+            else:
+                shutil.rmtree(path, ignore_errors=True)

@@ -10,12 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlencode
 
 from aiohttp import ClientSession, TCPConnector, web
@@ -138,21 +135,17 @@ async def _burst(url: str, response_url: str, round_: int) -> list[float]:
 
 def slack_ack(settings: Settings) -> list[Figure]:
     console = settings.console
-    workdir = Path(tempfile.mkdtemp(prefix="deploybot-bench-slack-"))
-    try:
-        with _Sink() as sink:
-            api = f"http://127.0.0.1:{sink.port}/api/"
-            names = host_names(1)
-            server = BenchServer(workdir, fleet_config(names), hosts=names)
-            with _environ(SLACK_BOT_TOKEN="xoxb-bench", SLACK_SIGNING_SECRET=SECRET, SLACK_API_URL=api), server:
-                response_url = f"http://127.0.0.1:{sink.port}/response"
-                asyncio.run(_burst(server.url, response_url, 0))  # warm-up, not counted
-                latencies: list[float] = []
-                for round_ in range(1, ROUNDS + 1):
-                    latencies += asyncio.run(_burst(server.url, response_url, round_))
-                    time.sleep(0.5)  # let the background work of the burst finish
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with settings.scenario_dir("slack") as workdir, _Sink() as sink:
+        api = f"http://127.0.0.1:{sink.port}/api/"
+        names = host_names(1)
+        server = BenchServer(workdir, fleet_config(names), hosts=names)
+        with _environ(SLACK_BOT_TOKEN="xoxb-bench", SLACK_SIGNING_SECRET=SECRET, SLACK_API_URL=api), server:
+            response_url = f"http://127.0.0.1:{sink.port}/response"
+            asyncio.run(_burst(server.url, response_url, 0))  # warm-up, not counted
+            latencies: list[float] = []
+            for round_ in range(1, ROUNDS + 1):
+                latencies += asyncio.run(_burst(server.url, response_url, round_))
+                time.sleep(0.5)  # let the background work of the burst finish
     console.print(f"  {len(latencies)} acks ({ROUNDS} bursts of {CONCURRENT}), max {max(latencies):.1f} ms")
     note = f"{ROUNDS} bursts of {CONCURRENT} concurrent signed commands"
     return [

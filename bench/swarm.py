@@ -27,8 +27,6 @@ import json
 import os
 import random
 import resource
-import shutil
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -333,14 +331,8 @@ def swarm(settings: Settings) -> list[Figure]:
     console = settings.console
     figures: list[Figure] = []
     for hosts in settings.swarm_hosts:
-        workdir = Path(tempfile.mkdtemp(prefix=f"deploybot-bench-swarm{hosts}-"))
-        try:
+        with settings.scenario_dir(f"swarm{hosts}") as workdir:
             run = run_swarm(workdir, hosts)
-        finally:
-            if settings.keep:
-                console.print(f"  [dim]kept {workdir}[/dim]")
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
         console.print(
             f"  {hosts} simulated hosts: {run.wall_s:.2f} s, {run.per_host_ms:.1f} ms/host; server CPU "
             f"{run.server_cpu_s:.2f} s for {run.host_events} host-events = {run.cpu_per_event_ms:.3f} ms each "

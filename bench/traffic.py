@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,10 +140,6 @@ def _first_all_old(results: list[tuple[float, int, str]], requested: float) -> f
 def traffic(settings: Settings) -> list[Figure]:
     figures: list[Figure] = []
     for name, scenario in (("in-place", in_place), ("blue-green", blue_green)):
-        workdir = Path(tempfile.mkdtemp(prefix=f"deploybot-bench-traffic-{name}-"))
-        try:
+        with settings.scenario_dir(f"traffic-{name}") as workdir:
             figures += scenario(workdir, settings.console)
-        finally:
-            if not settings.keep:
-                shutil.rmtree(workdir, ignore_errors=True)
     return figures
