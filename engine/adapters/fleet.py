@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.adapters.agent_tokens import TOKEN_FILE, AgentTokens
+from engine.adapters.batches import WriteBatches
 from engine.core.agent_protocol import RUNS_CAPABILITY, CommandBody, HeartbeatBody, ResultBody, RunStep
 from engine.core.errors import NotFound
 from engine.core.leases import COMMANDS_QUEUED
@@ -68,10 +69,9 @@ class Fleet:
         # and whether that poll asked for the run.
         self._waiters: dict[str, list[tuple[asyncio.Future[dict[str, Any] | None], bool]]] = {}
         self._runs_ok: set[str] = set()  # hosts whose agent last said it runs consecutive events back to back
-        self._reports: list[tuple[CommandReport, asyncio.Future[FinishedReport]]] = []
-        self._reporting: asyncio.Task[None] | None = None
-        self._beats: list[tuple[AgentBeat, object, asyncio.Future[None]]] = []  # heartbeats waiting to be written
-        self._beating: asyncio.Task[None] | None = None
+        # Results and heartbeats arriving together are written in one transaction each (engine/adapters/batches.py).
+        self._reports = WriteBatches(self._finish_reports, after=self._deliver_results)
+        self._beats = WriteBatches(self._record_beats)
         self._background: set[asyncio.Task[None]] = set()
         # (host, deployment, event) of the later events of runs this server queued: when the engine dispatches one
         # of them, it is queued already (or its agent ran it ahead, and its result went to the engine then), so the
@@ -302,45 +302,36 @@ class Fleet:
         Reports arriving together are written in one transaction, and delivered in the order they arrived."""
         self._heard_from(host)
         status = "Succeeded" if result.get("status") == "Succeeded" else "Failed"
-        outcome: asyncio.Future[FinishedReport] = asyncio.get_running_loop().create_future()
-        self._reports.append(((command_id, host, status, result, then), outcome))
-        if self._reporting is None or self._reporting.done():
-            self._reporting = asyncio.ensure_future(self._record_reports())
-        command, _, go_on = await asyncio.shield(outcome)
+        command, _, go_on = await self._reports.submit((command_id, host, status, result, then))
         if command is None:
             raise NotFound(f"no command {command_id} for host {host}")
         return go_on
 
-    async def _record_reports(self) -> None:
-        """Write every waiting report in one transaction, then deliver the results in order; again while more
-        arrived meanwhile. Delivery happens here, not in the requests: a request cut short cannot lose a result."""
-        while self._reports:
-            batch, self._reports = self._reports, []
-            try:
-                outcomes = await self.store.finish_commands([report for report, _ in batch], at=self.clock.now())
-            except Exception as exc:  # the agents retry: their results are not recorded
-                for _, outcome in batch:
-                    outcome.set_exception(exc)
+    async def _finish_reports(self, reports: list[CommandReport]) -> list[FinishedReport]:
+        """Write a batch of reports in one transaction and note what they change here; the agents are answered
+        next, before the results are delivered (an agent going on with its run need not wait for the engine).
+        Should the write fail, the agents retry: their results are not recorded."""
+        outcomes = await self.store.finish_commands(reports, at=self.clock.now())
+        for (command_id, _, status, _, then), (command, finished, go_on) in zip(reports, outcomes, strict=True):
+            if command is None:
                 continue
-            delivered: list[tuple[int, dict[str, Any], Mapping[str, Any]]] = []
-            for ((command_id, _, status, result, then), outcome), (command, finished, go_on) in zip(
-                batch, outcomes, strict=True
-            ):
-                if command is not None:
-                    self._claimed.pop(command_id, None)
-                    if go_on and then is not None:
-                        self._claimed[then] = self.clock.monotonic()
-                    if finished and status == "Failed":
-                        self._run_ended(command)
-                    if finished:
-                        delivered.append((command_id, command, result or {}))
-                # Answered first: an agent going on with its run need not wait for the engine to take the result.
-                outcome.set_result((command, finished, go_on))
-            for command_id, command, result in delivered:
-                try:
-                    await self._on_result(command, result)
-                except Exception:
-                    log.exception("delivering the result of command %s failed", command_id)
+            self._claimed.pop(command_id, None)
+            if go_on and then is not None:
+                self._claimed[then] = self.clock.monotonic()
+            if finished and status == "Failed":
+                self._run_ended(command)
+        return outcomes
+
+    async def _deliver_results(self, reports: list[CommandReport], outcomes: list[FinishedReport]) -> None:
+        """Deliver the results a batch finished, in the order they arrived. Here, not in the requests: a request
+        cut short cannot lose a result."""
+        for (command_id, _, _, result, _), (command, finished, _) in zip(reports, outcomes, strict=True):
+            if command is None or not finished:
+                continue
+            try:
+                await self._on_result(command, result or {})
+            except Exception:
+                log.exception("delivering the result of command %s failed", command_id)
 
     async def release(self, host: str, command_id: int) -> None:
         """The agent that claimed ``command_id`` is gone before it got it: queue it again for the next poll."""
@@ -355,26 +346,14 @@ class Fleet:
         self._heard_from(host)
         self._can_run(host, RUNS_CAPABILITY in (info.get("capabilities") or ()))
         beat: AgentBeat = (host, self._last_seen[host], dict(info.get("tags") or {}), info.get("version"), "online")
-        recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._beats.append((beat, info.get("running_command"), recorded))
-        if self._beating is None or self._beating.done():
-            self._beating = asyncio.ensure_future(self._record_beats())
-        await asyncio.shield(recorded)
+        await self._beats.submit((beat, info.get("running_command")))
 
-    async def _record_beats(self) -> None:
-        """Write every waiting heartbeat in one transaction, then check their hosts' claims; again while more
-        arrived meanwhile."""
-        while self._beats:
-            batch, self._beats = self._beats, []
-            try:
-                claims = await self.store.record_heartbeats([beat for beat, _, _ in batch])
-                await self._requeue_lost_claims(claims, {beat[0]: running for beat, running, _ in batch})
-            except Exception as exc:  # the agents send the next heartbeat all the same
-                for _, _, recorded in batch:
-                    recorded.set_exception(exc)
-                continue
-            for _, _, recorded in batch:
-                recorded.set_result(None)
+    async def _record_beats(self, beats: list[tuple[AgentBeat, object]]) -> list[None]:
+        """Write a batch of heartbeats in one transaction, then check their hosts' claims (a failure: the agents
+        send the next heartbeat all the same)."""
+        claims = await self.store.record_heartbeats([beat for beat, _ in beats])
+        await self._requeue_lost_claims(claims, {beat[0]: running for beat, running in beats})
+        return [None] * len(beats)
 
     async def _requeue_lost_claims(self, claims: Sequence[Mapping[str, Any]], running: Mapping[str, object]) -> None:
         """A claim the live agent does not know about was lost in transit (e.g. a poll answered to a dead agent).

@@ -1,0 +1,62 @@
+"""Writes that arrive together go to the store together: one transaction for all the callers waiting meanwhile.
+
+An agent's result POST and its heartbeat each need one write, and a fleet of hundreds sends them in bursts. A
+``WriteBatches`` keeps one writer task: a caller's item waits while a batch is being written, and everything that
+arrived meanwhile is written next, in arrival order, in one ``write`` call. Each caller gets the result ``write``
+returned for its item (or its exception); ``after`` then runs once for the batch, with the callers already answered,
+before the next batch is written. A caller cancelled while waiting does not cancel the write: its item is written
+and ``after`` runs all the same (what it says happened, happens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+log = logging.getLogger(__name__)
+
+
+class WriteBatches(Generic[T, R]):
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        write: Callable[[list[T]], Awaitable[list[R]]],
+        *,
+        after: Callable[[list[T], list[R]], Awaitable[None]] | None = None,
+    ) -> None:
+        self._write = write
+        self._after = after
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        """Write ``item`` with whatever else waits; its result."""
+        written: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, written))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._drain())
+        return await asyncio.shield(written)
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            items = [item for item, _ in batch]
+            try:
+                results = await self._write(items)
+            except Exception as exc:  # every caller of the batch hears it; the next batch is tried all the same
+                for _, written in batch:
+                    written.set_exception(exc)
+                continue
+            for (_, written), result in zip(batch, results, strict=True):
+                written.set_result(result)
+            if self._after is not None:
+                try:
+                    await self._after(items, results)
+                except Exception:  # the writer must outlive it: callers are waiting for the next batch
+                    log.exception("after a batch of %d writes", len(items))

@@ -1,0 +1,80 @@
+"""WriteBatches: what arrives while a batch is written goes together into the next one, each caller answered."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from conftest import HANG_GUARD
+
+from engine.adapters.batches import WriteBatches
+
+
+class Store:
+    """A write that holds each batch until the test lets it go, recording what each batch held."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.started = asyncio.Event()
+        self.go_on = asyncio.Event()
+        self.fail_next = False
+
+    async def write(self, items: list[str]) -> list[str]:
+        self.batches.append(items)
+        self.started.set()
+        await self.go_on.wait()
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError("disk full")
+        return [item.upper() for item in items]
+
+
+async def test_items_arriving_during_a_write_go_together_into_the_next_one() -> None:
+    store = Store()
+    delivered: list[tuple[list[str], list[str]]] = []
+
+    async def after(items: list[str], results: list[str]) -> None:
+        delivered.append((items, results))
+
+    batches = WriteBatches(store.write, after=after)
+    first = asyncio.ensure_future(batches.submit("a"))
+    await asyncio.wait_for(store.started.wait(), HANG_GUARD)
+    later = [asyncio.ensure_future(batches.submit(item)) for item in ("b", "c", "d")]
+    await asyncio.sleep(0)  # the three are queued behind the write in progress
+    store.go_on.set()
+    assert await asyncio.wait_for(asyncio.gather(first, *later), HANG_GUARD) == ["A", "B", "C", "D"]
+    assert store.batches == [["a"], ["b", "c", "d"]]  # two writes for four callers, in arrival order
+    assert delivered == [(["a"], ["A"]), (["b", "c", "d"], ["B", "C", "D"])]
+
+
+async def test_a_failed_write_reaches_every_caller_of_its_batch_and_the_next_batch_is_written() -> None:
+    store = Store()
+    batches: WriteBatches[str, str] = WriteBatches(store.write)
+    store.fail_next = True
+    failing = [asyncio.ensure_future(batches.submit(item)) for item in ("a", "b")]
+    await asyncio.wait_for(store.started.wait(), HANG_GUARD)
+    after = asyncio.ensure_future(batches.submit("c"))
+    await asyncio.sleep(0)
+    store.go_on.set()
+    for caller in failing:
+        with pytest.raises(OSError, match="disk full"):
+            await asyncio.wait_for(caller, HANG_GUARD)
+    assert await asyncio.wait_for(after, HANG_GUARD) == "C"
+
+
+async def test_a_caller_cancelled_while_waiting_still_has_its_item_written_and_followed_up() -> None:
+    store = Store()
+    delivered: list[list[str]] = []
+
+    async def after(items: list[str], results: list[str]) -> None:
+        delivered.append(items)
+
+    batches = WriteBatches(store.write, after=after)
+    caller = asyncio.ensure_future(batches.submit("a"))
+    await asyncio.wait_for(store.started.wait(), HANG_GUARD)
+    caller.cancel()  # e.g. the agent's request was cut short
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    store.go_on.set()
+    assert await asyncio.wait_for(batches.submit("b"), HANG_GUARD) == "B"
+    assert delivered == [["a"], ["b"]]
