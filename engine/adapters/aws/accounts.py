@@ -48,6 +48,15 @@ class AwsClients:
                 self._clients[service] = await self._stack.enter_async_context(client)
             return self._clients[service]
 
+    async def call(self, service: str, operation: str, **params: Any) -> dict[str, Any]:
+        """``operation`` of ``service``'s client; an AWS failure raised as ``aws_error`` naming the service."""
+        client = await self.get(service)
+        try:
+            result: dict[str, Any] = await getattr(client, operation)(**params)
+        except (ClientError, BotoCoreError) as exc:
+            raise aws_error(service, exc) from exc
+        return result
+
     async def close(self) -> None:
         self._clients.clear()
         await self._stack.aclose()

@@ -21,9 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from engine.adapters.aws.accounts import AwsClients, aws_error
+from engine.adapters.aws.accounts import AwsClients
 from engine.core.errors import AdapterError
 from engine.ports import Clock, TrafficRouter
 
@@ -110,18 +108,10 @@ class AutoScalingGreenFleet:
 
     # -- plumbing --------------------------------------------------------------------------------------------
 
-    async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
-        client = await self.clients.get("autoscaling")
-        try:
-            result: dict[str, Any] = await getattr(client, operation)(**params)
-        except (ClientError, BotoCoreError) as exc:
-            raise aws_error(COMPONENT, exc) from exc
-        return result
-
     async def describe(self, name: str) -> dict[str, Any] | None:
         """The Auto Scaling group ``name`` as AWS describes it, or None when there is none (or it is being
         deleted)."""
-        answer = await self._call("describe_auto_scaling_groups", AutoScalingGroupNames=[name])
+        answer = await self.clients.call(COMPONENT, "describe_auto_scaling_groups", AutoScalingGroupNames=[name])
         for group in answer.get("AutoScalingGroups", []):
             if group.get("AutoScalingGroupName") == name and not group.get("Status"):
                 return dict(group)
@@ -141,7 +131,7 @@ class AutoScalingGreenFleet:
         original = await self._existing(source)
         made = await self.describe(copy)
         if made is None:
-            await self._call("create_auto_scaling_group", **copy_request(original, copy))
+            await self.clients.call(COMPONENT, "create_auto_scaling_group", **copy_request(original, copy))
         deadline = self.clock.monotonic() + self.ready_timeout
         while True:
             made = await self._existing(copy)
@@ -167,7 +157,7 @@ class AutoScalingGreenFleet:
 
     async def _delete(self, name: str) -> None:
         try:
-            await self._call("delete_auto_scaling_group", AutoScalingGroupName=name, ForceDelete=True)
+            await self.clients.call(COMPONENT, "delete_auto_scaling_group", AutoScalingGroupName=name, ForceDelete=True)
         except AdapterError as exc:
             if await self.describe(name) is not None:  # gone already (a second settle, or deleted by hand): done
                 raise exc from None

@@ -29,9 +29,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from engine.adapters.aws.accounts import AwsAccounts, AwsClients, aws_error
+from engine.adapters.aws.accounts import AwsAccounts, AwsClients
 from engine.adapters.clock import SystemClock
 from engine.core.config.model import EngineConfig, Host
 from engine.core.errors import AdapterError
@@ -143,14 +141,6 @@ class ElbRouter:
 
     # -- plumbing --------------------------------------------------------------------------------------------
 
-    async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
-        client = await self.clients.get("elbv2")
-        try:
-            result: dict[str, Any] = await getattr(client, operation)(**params)
-        except (ClientError, BotoCoreError) as exc:
-            raise aws_error(COMPONENT, exc) from exc
-        return result
-
     def _check_group(self, group: str) -> None:
         if group != self.group.name:
             raise AdapterError(COMPONENT, f"this router drives group {self.group.name!r}, not {group!r}")
@@ -160,17 +150,23 @@ class ElbRouter:
 
     async def _register(self, target_group: str, names: Sequence[str]) -> None:
         if names:
-            await self._call("register_targets", TargetGroupArn=target_group, Targets=self._targets(names))
+            await self.clients.call(
+                COMPONENT, "register_targets", TargetGroupArn=target_group, Targets=self._targets(names)
+            )
 
     async def _deregister(self, target_group: str, names: Sequence[str]) -> None:
         if names:
-            await self._call("deregister_targets", TargetGroupArn=target_group, Targets=self._targets(names))
+            await self.clients.call(
+                COMPONENT, "deregister_targets", TargetGroupArn=target_group, Targets=self._targets(names)
+            )
 
     async def _health(self, target_group: str, names: Sequence[str]) -> dict[str, dict[str, Any]]:
         """``TargetHealth`` of each target as the balancer sees it (``unused`` when not registered), in one call."""
         targets = self._targets(names)
         try:
-            answer = await self._call("describe_target_health", TargetGroupArn=target_group, Targets=targets)
+            answer = await self.clients.call(
+                COMPONENT, "describe_target_health", TargetGroupArn=target_group, Targets=targets
+            )
         except AdapterError as exc:
             if "InvalidTarget" not in exc.detail:
                 raise
@@ -185,11 +181,11 @@ class ElbRouter:
         return {name: by_id.get(target["Id"], missing) for name, target in zip(names, targets, strict=True)}
 
     async def _registered(self, target_group: str) -> set[str]:
-        answer = await self._call("describe_target_health", TargetGroupArn=target_group)
+        answer = await self.clients.call(COMPONENT, "describe_target_health", TargetGroupArn=target_group)
         return {d["Target"]["Id"] for d in answer.get("TargetHealthDescriptions", [])}
 
     async def _listener(self) -> dict[str, Any]:
-        answer = await self._call("describe_listeners", ListenerArns=[self.group.listener_arn])
+        answer = await self.clients.call(COMPONENT, "describe_listeners", ListenerArns=[self.group.listener_arn])
         listeners = answer.get("Listeners") or []
         if not listeners:
             raise AdapterError(COMPONENT, f"listener {self.group.listener_arn} not found")
@@ -269,7 +265,9 @@ class ElbRouter:
             await self.until_healthy(sides.replacement_tg, sides.replacement)
         listener = await self._listener()
         actions = _with_weights(listener.get("DefaultActions", []), weights)
-        await self._call("modify_listener", ListenerArn=self.group.listener_arn, DefaultActions=actions)
+        await self.clients.call(
+            COMPONENT, "modify_listener", ListenerArn=self.group.listener_arn, DefaultActions=actions
+        )
 
     async def verify_weight(self, group: str, percent: int) -> bool | None:
         """Does the listener send exactly ``percent`` % to the replacement (its weights are whole percentages, so
