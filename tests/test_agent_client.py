@@ -24,7 +24,7 @@ from conftest import HANG_GUARD, FakeClock, eventually
 from engine.agent import Agent, AgentOptions, parse_assignments, read_token_file, run_agent
 from engine.agent import client as agent_client
 from engine.agent.hooks import HookGroup, HookRunner
-from engine.agent.layout import AgentLayout, OngoingCommand
+from engine.agent.layout import KEPT_REVISIONS, AgentLayout, OngoingCommand
 from engine.agent.transport import HttpClient
 from engine.bundles import build_bundle
 
@@ -267,6 +267,24 @@ async def test_download_install_and_hooks_end_to_end(fleet: FakeFleet, tmp_path:
     assert mismatch["status"] == "Failed" and mismatch["error_code"] == 5
     assert f"sha256 is {built.sha256} but the revision is {wrong}" in mismatch["message"]
     assert unsupported["error_code"] == 5 and unsupported["message"] == "Unsupported command type: BlockTraffic"
+
+
+async def test_old_revisions_are_deleted_between_commands(fleet: FakeFleet, tmp_path: Path) -> None:
+    revision = tmp_path / "revision"
+    revision.mkdir()
+    (revision / "appspec.yml").write_text("version: 0.0\nos: linux\n")
+    built = build_bundle(revision, tmp_path / "bundles")
+    fleet.bundles[built.sha256] = built.path.read_bytes()
+    root = tmp_path / "agent"
+    async with running_agent(options(fleet, root)):
+        for command_id in range(1, KEPT_REVISIONS + 4):
+            await fleet.enqueue(command(command_id, "DownloadBundle", sha=built.sha256, deployment=f"d-{command_id}"))
+            assert (await fleet.result(command_id))["status"] == "Succeeded"
+        await fleet.polls(KEPT_REVISIONS + 4)  # the poll after the last command: the agent tidied before it
+
+    kept = {path.name for path in AgentLayout(root).group_dir("hello-staging").iterdir()}
+    newest = f"d-{KEPT_REVISIONS + 3}"
+    assert newest in kept and len(kept) == KEPT_REVISIONS + 1  # the current one and the five before it
 
 
 async def test_a_command_handed_over_with_a_result_runs_without_a_poll(fleet: FakeFleet, tmp_path: Path) -> None:

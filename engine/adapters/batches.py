@@ -41,7 +41,9 @@ class WriteBatches(Generic[T, R]):
         self._waiting.append((item, written))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._drain())
-        return await asyncio.shield(written)
+        # Not shielded: a shield's extra hop would let whatever ``after`` wakes run before this caller answers.
+        # A cancelled caller cancels ``written`` alone; the writer skips it (below) and still writes the item.
+        return await written
 
     async def _drain(self) -> None:
         while self._waiting:
@@ -51,10 +53,12 @@ class WriteBatches(Generic[T, R]):
                 results = await self._write(items)
             except Exception as exc:  # every caller of the batch hears it; the next batch is tried all the same
                 for _, written in batch:
-                    written.set_exception(exc)
+                    if not written.done():  # done: its caller was cancelled
+                        written.set_exception(exc)
                 continue
             for (_, written), result in zip(batch, results, strict=True):
-                written.set_result(result)
+                if not written.done():
+                    written.set_result(result)
             if self._after is not None:
                 try:
                     await self._after(items, results)

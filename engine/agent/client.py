@@ -341,6 +341,7 @@ class Agent:
                 log.exception("could not handle command %s", command.get("id"))
                 body = None
                 await asyncio.sleep(_FIRST_DELAY)
+            await self.executor.tidy()  # between commands: old revisions go while no event waits on it
 
     async def _poll(self) -> dict[str, Any] | None:
         wait = self.options.poll_wait

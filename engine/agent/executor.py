@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import shutil
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
 # The AppSpec parser (yaml), the installer and the bundle extractor are imported by the command that needs them:
 # an idle agent (most of them, most of the time) never loads them.
+
+log = logging.getLogger(__name__)
 
 BundleFetcher = Callable[[str, Path], Awaitable[str]]
 """``fetch(url, dest) -> sha256 hex`` of what was written to ``dest``."""
@@ -103,6 +106,7 @@ class CommandExecutor:
         self._fetch = fetch
         self._runner = hook_runner or HookRunner()
         self._ensured: tuple[tuple[str, str], Path] | None = None  # the deployment directory made last
+        self._prune_due: dict[str, Path] = {}  # group id -> its newest download, whose old revisions go (tidy)
 
     async def execute(self, command: Command, *, on_group: OnGroup | None = None) -> HookOutcome:
         """Run ``command``; ``on_group`` is told the process group of each hook script it runs (HookRunner)."""
@@ -153,9 +157,21 @@ class CommandExecutor:
         except BundleError as exc:
             raise _Failed(f"DownloadBundle: unsafe or unreadable bundle: {exc}") from exc
         self.layout.record_most_recent_install(spec.deployment_group_id, deployment_dir)
-        removed = await asyncio.to_thread(self.layout.prune_revisions, spec.deployment_group_id, deployment_dir)
-        note = f"; removed {len(removed)} old revision(s)" if removed else ""
-        return HookOutcome(_OK, f"downloaded and extracted revision {revision.sha256[:12]}{note}")
+        self._prune_due[spec.deployment_group_id] = deployment_dir
+        return HookOutcome(_OK, f"downloaded and extracted revision {revision.sha256[:12]}")
+
+    async def tidy(self) -> None:
+        """Delete old revisions of the groups that downloaded one. Called between commands, not inside
+        DownloadBundle: deleting a directory tree is no part of the deployment, and its time is not the host's."""
+        while self._prune_due:
+            group_id, current = self._prune_due.popitem()
+            try:
+                removed = await asyncio.to_thread(self.layout.prune_revisions, group_id, current)
+            except OSError as exc:  # a later download tries again
+                log.warning("could not delete old revisions of %s: %s", group_id, exc)
+                continue
+            if removed:
+                log.info("deleted %d old revision(s) of %s", len(removed), group_id)
 
     # --- Install ------------------------------------------------------------------------------------------------
 
