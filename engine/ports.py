@@ -369,8 +369,16 @@ class CommandQueue(Protocol):
         """Many agents' reports in one transaction; a failure cancels the rest of its run."""
 
     async def list_commands(
-        self, *, host: str | None = None, deployment_id: str | None = None, status: str | Sequence[str] | None = None
-    ) -> list[Row]: ...
+        self,
+        *,
+        host: str | None = None,
+        deployment_id: str | None = None,
+        status: str | Sequence[str] | None = None,
+        payload: bool = True,
+    ) -> list[Row]:
+        """Oldest first; ``payload=False`` leaves out the spec and the result (a monitor that reads every open
+        command each second need not decode a thousand deployment specs)."""
+
     async def finished_commands(self, deployment_id: str) -> list[Row]:
         """The deployment's commands with a result, oldest first, without payload."""
 

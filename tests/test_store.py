@@ -426,6 +426,20 @@ async def test_heartbeats_are_recorded_together_with_their_hosts_claims(store: A
     assert (await store.get_agent("web-2"))["tags"] == {"role": "db"}
 
 
+async def test_open_commands_can_be_listed_without_their_payload(store: AnyStore) -> None:
+    first = await store.enqueue_command("web-1", "d-1", "Install", {"big": "payload"}, at=T0)
+    second = await store.enqueue_command("web-2", "d-1", "Install", {"big": "payload"}, at=T0)
+    assert (await store.claim_next_command("web-2", at=T0 + 1))["id"] == second
+
+    heads = await store.list_commands(status=["InProgress", "Pending"], payload=False)
+    assert [(c["id"], c["host"], c["deployment_id"], c["event"], c["status"]) for c in heads] == [
+        (first, "web-1", "d-1", "Install", "Pending"),
+        (second, "web-2", "d-1", "Install", "InProgress"),
+    ]
+    assert all("payload" not in c and "result" not in c for c in heads)
+    assert (await store.list_commands(host="web-1"))[0]["payload"] == {"big": "payload"}
+
+
 async def test_locks_put_replace_delete(store: AnyStore) -> None:
     await store.put_lock("shop", "production", owner="alice", created_at=T0, reason="freeze")
     await store.put_lock("blog", "staging", owner="bob", created_at=T0, expires_at=T0 + 60)

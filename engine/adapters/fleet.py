@@ -444,7 +444,7 @@ class Fleet:
         failed: list[int] = []
         open_ids: set[int] = set()
         for status in ("InProgress", "Pending"):
-            for command in await self.store.list_commands(status=status):
+            for command in await self.store.list_commands(status=status, payload=False):
                 open_ids.add(command["id"])
                 noticed = self._noticed.setdefault(command["id"], now)
                 seen = self._heard.get(command["host"], noticed)

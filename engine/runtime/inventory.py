@@ -53,7 +53,7 @@ class Inventory:
         """Every configured or registered host with its agent's state: online while heard from within the
         heartbeat limit."""
         now = self.clock.now()
-        running = {c["host"]: c for c in await self.store.list_commands(status="InProgress")}
+        running = {c["host"]: c for c in await self.store.list_commands(status="InProgress", payload=False)}
         known: list[tuple[str, dict[str, str], bool, str]] = [
             (host.name, dict(host.tags), host.local, "config") for host in self.config.hosts.values()
         ]

@@ -286,9 +286,13 @@ class CommandRecords(SqlAccess):
         host: str | None = None,
         deployment_id: str | None = None,
         status: str | Sequence[str] | None = None,
+        payload: bool = True,
     ) -> list[Row]:
         where, params = where_clause(host=host, deployment_id=deployment_id, status=status)
-        return await self._fetch("host_commands", f"SELECT * FROM host_commands WHERE {where} ORDER BY id", params)
+        columns = "*" if payload else _COMMAND_HEAD
+        return await self._fetch(
+            "host_commands", f"SELECT {columns} FROM host_commands WHERE {where} ORDER BY id", params
+        )
 
     async def finished_commands(self, deployment_id: str) -> list[Row]:
         """The deployment's commands that have a result (Succeeded or Failed), oldest first, without their payload:
