@@ -59,7 +59,7 @@ from engine.core.lifecycle import TRAFFIC_EVENTS
 from engine.core.machine import DeploymentMachine
 from engine.core.model import DeploymentStatus, ErrorCode, EventStatus, LifecycleEvent, ScriptErrorCode
 from engine.core.snapshot import stages_to_json, state_to_json
-from engine.core.stages import TrafficStage, WaitStage
+from engine.core.stages import Stage, TrafficStage, WaitStage
 from engine.ports import AlarmSource, Clock, DeploymentStore, GreenFleet, HostExecutor, HostFleet, TrafficRouter
 from engine.runtime.blueprint import (
     blue_green_roles,
@@ -129,6 +129,8 @@ class DeploymentRunner:
         self.inbox: asyncio.Queue[Event] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._synced: dict[tuple[str, str], str] = {}
+        self._looked_at: dict[str, tuple[EventStatus, ...]] = {}  # per target: its statuses when _target_rows last ran
+        self._stages_json: tuple[tuple[Stage, ...], list[dict[str, Any]]] | None = None  # stages, as JSON
         self._recorded: set[tuple[str, str]] = set()
         self._details: list[dict[str, Any]] = []  # results recorded since the last write, saved with the next step
         self.finished = asyncio.Event()
@@ -177,9 +179,11 @@ class DeploymentRunner:
 
     # -- the loop --------------------------------------------------------------------------------------------
 
-    async def run(self, *, resume: bool = False) -> None:
-        """Drive the deployment to its end; each log line of it (and of the tasks it starts) names it."""
-        row = await self.store.get_deployment(self.deployment_id)  # its environment and creator, for the log alone
+    async def run(self, *, resume: bool = False, row: Mapping[str, Any] | None = None) -> None:
+        """Drive the deployment to its end; each log line of it (and of the tasks it starts) names it. ``row``, its
+        stored row when the caller has it, gives the log its environment and creator."""
+        if row is None:
+            row = await self.store.get_deployment(self.deployment_id)
         with log_context.bind(
             deployment=self.deployment_id,
             application=self.spec.get("application_name"),
@@ -275,8 +279,11 @@ class DeploymentRunner:
         )
 
     def snapshot(self) -> dict[str, Any]:
+        stages = self.machine.stages  # fixed, but for a green fleet replacing its hosts: converted once per value
+        if self._stages_json is None or self._stages_json[0] is not stages:
+            self._stages_json = (stages, stages_to_json(stages))
         return {
-            "stages": stages_to_json(self.machine.stages),
+            "stages": self._stages_json[1],
             "machine": state_to_json(self.machine.state),
             "timers": self.timers,
             "spec": self.spec,
@@ -287,6 +294,11 @@ class DeploymentRunner:
         rows: list[dict[str, Any]] = []
         now = self.clock.now()
         for target, progress in self.machine.state.targets.items():
+            # Each step changes a few targets of many: one whose statuses are as they were has nothing to write.
+            statuses = tuple(progress.statuses.values())
+            if self._looked_at.get(target) == statuses:
+                continue
+            self._looked_at[target] = statuses
             for seq, event in enumerate(progress.events):
                 status = str(progress.statuses[event])
                 key = (target, str(event))
