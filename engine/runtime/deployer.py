@@ -360,14 +360,12 @@ class Deployer:
         chosen = next((r for r in queued if r["id"] == prefer), None) or next(
             (r for r in queued if r["created_by"] == ROLLBACK_CREATOR), queued[0]
         )
-        if not await store.update_deployment(
-            chosen["id"], status="Created", started_at=self.clock.now(), if_status=["Queued"]
-        ):  # cancelled (by any replica) since it was read: the next one, if any
-            await self._start_next(group_name)
+        now = self.clock.now()
+        if not await store.update_deployment(chosen["id"], status="Created", started_at=now, if_status=["Queued"]):
+            await self._start_next(group_name)  # cancelled (by any replica) since it was read: the next one, if any
             return
-        started = await self.store.get_deployment(chosen["id"])
-        assert started is not None
-        self._launch(started, resume=False, lease=lease)
+        # As read, but started: the update changed nothing else, and it was still Queued, so no one else had.
+        self._launch({**chosen, "status": "Created", "started_at": now}, resume=False, lease=lease)
 
     async def _work_of(self, group_name: str) -> tuple[list[Row], list[Mapping[str, Any]]]:
         """The group's deployment in flight (if any; oldest first), and the queued ones that may start now."""
@@ -427,11 +425,11 @@ class Deployer:
         self.queue.occupy(row["group_name"], row["id"])
         self._leases[row["id"]] = lease
         self._runners[row["id"]] = runner
-        self._tasks[row["id"]] = asyncio.ensure_future(self._run(runner, resume=resume))
+        self._tasks[row["id"]] = asyncio.ensure_future(self._run(runner, row, resume=resume))
 
-    async def _run(self, runner: DeploymentRunner, *, resume: bool) -> None:
+    async def _run(self, runner: DeploymentRunner, row: Mapping[str, Any], *, resume: bool) -> None:
         try:
-            await runner.run(resume=resume)
+            await runner.run(resume=resume, row=row)
         except asyncio.CancelledError:
             raise
         except LeaseLost as lost:
