@@ -104,9 +104,16 @@ class AlarmSource(Protocol):
 
 class Notifier(Protocol):
     async def deployment_changed(self, deployment: Mapping[str, Any]) -> None:
-        """Told after persisted transitions (Slack thread, GitHub status, metrics); must not raise. Status, stage,
-        traffic and per-host outcomes come at once; mere per-host event progress may be merged into the latest
-        document within 50 ms (engine/runtime/notifications.py)."""
+        """Told after persisted transitions (Slack thread, GitHub status); must not raise. Status, stage, traffic
+        and per-host outcomes come at once; mere per-host event progress may be merged into the latest document
+        within 50 ms (engine/runtime/notifications.py)."""
+
+
+class EventListener(Protocol):
+    def event_finished(self, event: str, status: str, seconds: float) -> None:
+        """A lifecycle event's result was recorded, once per host and event: ``status`` Succeeded or Failed after
+        ``seconds``. Told as it is recorded, without reading the deployment's document (whose size grows with its
+        hosts): what a duration histogram needs. Must not raise."""
 
 
 # -- platforms ----------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from engine.core.configs import DeploymentConfig
 from engine.core.model import Platform, Revision
 from engine.core.registrations import ApiApplication, ApiGroup, OnPremInstance, RegisteredRevision, ResourceRef
 from engine.core.requests import DeployRequest
-from engine.ports import AgentFleet, Clock, HookCallbacks, IntentRecords, Notifier, RevisionArchive
+from engine.ports import AgentFleet, Clock, EventListener, HookCallbacks, IntentRecords, Notifier, RevisionArchive
 from engine.runtime.tokens import ApiToken, BootstrapChange, TokenCheck
 
 
@@ -199,7 +199,8 @@ class DeploymentService(Protocol):
     """What every door needs from the Deployer (engine.runtime.deployer.Deployer).
 
     Its parts are read-only members, so the Deployer may hold any implementation of them. ``notifiers`` is the list
-    a front adds its Notifier to for the app's lifetime (Slack threads, GitHub statuses, the pages' metrics)."""
+    a front adds its Notifier to for the app's lifetime (Slack threads, GitHub statuses), ``event_listeners`` the
+    one for an EventListener (the pages' metrics)."""
 
     @property
     def config(self) -> EngineConfig: ...
@@ -215,6 +216,9 @@ class DeploymentService(Protocol):
 
     @property
     def notifiers(self) -> list[Notifier]: ...
+
+    @property
+    def event_listeners(self) -> list[EventListener]: ...
 
     @property
     def clock(self) -> Clock: ...

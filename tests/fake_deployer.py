@@ -38,7 +38,7 @@ from engine import (
     UnknownDeploymentConfig,
     parse_config,
 )
-from engine.ports import Notifier
+from engine.ports import EventListener, Notifier
 from engine.runtime.tokens import ApiTokens
 
 EVENTS = ("ApplicationStop", "DownloadBundle", "BeforeInstall", "Install", "ApplicationStart", "ValidateService")
@@ -530,6 +530,7 @@ class FakeDeployer:
         self.hooks = FakeHooks()
         self.registry = FakeRegistry()
         self.notifiers: list[Notifier] = []
+        self.event_listeners: list[EventListener] = []
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 

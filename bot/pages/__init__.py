@@ -23,16 +23,16 @@ __all__ = ["page_url", "setup_pages", "sign", "verify"]
 async def _observe_events(
     app: web.Application, *, deployer: DeploymentService, durations: EventDurations
 ) -> AsyncIterator[None]:
-    """The duration Notifier listens for the app's lifetime only (paired start/stop, like the other fronts)."""
-    deployer.notifiers.append(durations)
+    """The duration listener listens for the app's lifetime only (paired start/stop, like the other fronts)."""
+    deployer.event_listeners.append(durations)
     try:
         yield
     finally:
-        deployer.notifiers.remove(durations)
+        deployer.event_listeners.remove(durations)
 
 
 def setup_pages(app: web.Application, settings: Settings, deployer: DeploymentService) -> None:
-    """Add the pages, ``/login`` and ``/metrics`` to ``app`` and register the event-duration Notifier."""
+    """Add the pages, ``/login`` and ``/metrics`` to ``app`` and register the event-duration listener."""
     metrics = create_metrics(deployer)
     app[PAGES_SETTINGS] = settings
     app[PAGES_DEPLOYER] = deployer

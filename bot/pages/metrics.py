@@ -9,8 +9,8 @@ Notifier that sees every finished event once; request latency of the chat/webhoo
 from __future__ import annotations
 
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +24,6 @@ from engine import DeliveryNumbers, DeploymentService
 
 TIMED_ROUTES = ("/slack/events", "/github/webhook")
 EVENT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
-REMEMBERED_DEPLOYMENTS = 256
-_FINISHED_EVENT = frozenset({"Succeeded", "Failed", "Skipped"})
 
 
 @dataclass(slots=True)
@@ -101,7 +99,7 @@ class EngineCollector(Collector):
 
 
 class EventDurations:
-    """A Notifier: observes each lifecycle event's duration once, when the event reaches a final status."""
+    """An EventListener: observes each lifecycle event's duration once, as its result is recorded."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.histogram = Histogram(
@@ -111,23 +109,9 @@ class EventDurations:
             registry=registry,
             buckets=EVENT_BUCKETS,
         )
-        # (target, event) already observed, per recent deployment; notifications keep coming after a deployment
-        # turns final, so the oldest deployments are forgotten by count rather than by status
-        self._seen: OrderedDict[str, set[tuple[str, str]]] = OrderedDict()
 
-    async def deployment_changed(self, deployment: Mapping[str, Any]) -> None:
-        seen = self._seen.setdefault(deployment["id"], set())
-        self._seen.move_to_end(deployment["id"])
-        while len(self._seen) > REMEMBERED_DEPLOYMENTS:
-            self._seen.popitem(last=False)
-        for target in deployment.get("targets", []):
-            for event in target["events"]:
-                key = (target["name"], event["name"])
-                started, ended = event.get("started_at"), event.get("ended_at")
-                if key in seen or event["status"] not in _FINISHED_EVENT or started is None or ended is None:
-                    continue
-                seen.add(key)
-                self.histogram.labels(event["name"], event["status"]).observe(max(0.0, ended - started))
+    def event_finished(self, event: str, status: str, seconds: float) -> None:
+        self.histogram.labels(event, status).observe(seconds)
 
 
 @dataclass(slots=True)

@@ -63,6 +63,7 @@ from engine.core.stages import (
 from engine.ports import (
     AlarmSource,
     Clock,
+    EventListener,
     HostFleet,
     Notifier,
     PlatformRuntime,
@@ -148,6 +149,7 @@ class Deployer:
         self.sources = RevisionSources(config, store, revisions, platforms)
         self.inventory = Inventory(config, store, fleet, clock, self.blueprint, self.registry)
         self.notifiers: list[Notifier] = []
+        self.event_listeners: list[EventListener] = []
         self._notifications = Notifications(self.notifiers, self.get)
         self._runners: dict[str, DeploymentRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -413,6 +415,7 @@ class Deployer:
             on_change=self.changed,
             on_rollback=self._on_rollback,
             on_finish=self._on_finish,
+            on_event_finished=self._event_finished,
             timers=state.get("timers") if resume else None,
             # A rollback is never gated or stopped by alarms: the alarm that caused it may well still be firing.
             alarms=self.alarm_factory(group, installed_targets(stages))
@@ -426,6 +429,13 @@ class Deployer:
         self._leases[row["id"]] = lease
         self._runners[row["id"]] = runner
         self._tasks[row["id"]] = asyncio.ensure_future(self._run(runner, row, resume=resume))
+
+    def _event_finished(self, event: str, status: str, seconds: float) -> None:
+        for listener in self.event_listeners:
+            try:
+                listener.event_finished(event, status, seconds)
+            except Exception:  # a broken listener must never break a deployment
+                log.exception("event listener %r failed", listener)
 
     async def _run(self, runner: DeploymentRunner, row: Mapping[str, Any], *, resume: bool) -> None:
         try:

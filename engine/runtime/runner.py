@@ -93,6 +93,7 @@ class DeploymentRunner:
         on_change: Callable[[str], Awaitable[None]],
         on_rollback: Callable[[str, StartRollback], Awaitable[None]],
         on_finish: Callable[[str], Awaitable[None]],
+        on_event_finished: Callable[[str, str, float], None] | None = None,
         timers: dict[str, float] | None = None,
         alarms: AlarmSource | None = None,
         alarm_config: AlarmConfiguration | None = None,
@@ -115,6 +116,7 @@ class DeploymentRunner:
         self._on_change = on_change
         self._on_rollback = on_rollback
         self._on_finish = on_finish
+        self._on_event_finished = on_event_finished  # (event, status, seconds) of each result, once
         self.timers: dict[str, float] = dict(timers or {})
         self.alarms = alarms
         self.alarm_config = alarm_config or AlarmConfiguration()
@@ -132,6 +134,7 @@ class DeploymentRunner:
         self._looked_at: dict[str, tuple[EventStatus, ...]] = {}  # per target: its statuses when _target_rows last ran
         self._stages_json: tuple[tuple[Stage, ...], list[dict[str, Any]]] | None = None  # stages, as JSON
         self._recorded: set[tuple[str, str]] = set()
+        self._started_at: dict[tuple[str, str], float] = {}  # (target, event) in progress -> when it was marked so
         self._details: list[dict[str, Any]] = []  # results recorded since the last write, saved with the next step
         self.finished = asyncio.Event()
 
@@ -150,17 +153,27 @@ class DeploymentRunner:
         succeeded = result.get("status") == "Succeeded"
         error_code = int(result.get("error_code", 0 if succeeded else ScriptErrorCode.UNKNOWN_ERROR))
         message = str(result.get("message", ""))
+        status = EventStatus.SUCCEEDED if succeeded else EventStatus.FAILED
+        ended_at = float(result.get("ended_at") or self.clock.now())
         fields = {
-            "status": str(EventStatus.SUCCEEDED if succeeded else EventStatus.FAILED),
+            "status": str(status),
             "started_at": result.get("started_at"),
-            "ended_at": result.get("ended_at") or self.clock.now(),
+            "ended_at": ended_at,
             "error_code": error_code,
             "message": message,
             "log_tail": str(result.get("log_tail", "")),
         }
         details = {k: v for k, v in fields.items() if v is not None}
         self._details.append({"target": target, "event": str(event), **details})
-        self._recorded.add((target, str(event)))
+        key = (target, str(event))
+        if key not in self._recorded and self._on_event_finished is not None:
+            # The agent's own start, else when this server marked it in progress (as the deployment's document does)
+            started = result.get("started_at")
+            started = float(started) if started is not None else self._started_at.get(key)
+            if started is not None:
+                self._on_event_finished(str(event), str(status), max(0.0, ended_at - started))
+        self._started_at.pop(key, None)
+        self._recorded.add(key)
         if self.machine.state.status.is_final:  # no step will come to write them: a late result is kept all the same
             await self.store.save_progress(self.deployment_id, self._take_details())
         if succeeded:
@@ -307,7 +320,7 @@ class DeploymentRunner:
                 self._synced[key] = status
                 row: dict[str, Any] = {"target": target, "event": str(event), "status": status, "seq": seq}
                 if status == EventStatus.IN_PROGRESS:
-                    row["started_at"] = now
+                    row["started_at"] = self._started_at[key] = now
                 rows.append(row)
         return rows
 
