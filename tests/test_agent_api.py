@@ -235,7 +235,10 @@ async def test_an_agent_downloads_only_the_bundles_of_its_own_hosts_deployments(
         (bundles / f"{sha[name]}.tar.gz").write_bytes(data)
         row = {"application": "hello", "environment": "staging", "group_name": "hello-staging", "status": "Created"}
         await store.create_deployment({"id": f"d-{name}", "revision_sha256": sha[name], "created_at": 1.0, **row})
-        await fleet.dispatch(f"d-{name}", host, LifecycleEvent.DOWNLOAD_BUNDLE, {"deployment_id": f"d-{name}"})
+        spec: dict[str, Any] = {"deployment_id": f"d-{name}"}
+        if name == "two":  # named in the command: the fleet knows without asking the store (both ways are checked)
+            spec["revision"] = {"sha256": sha[name], "url": f"/agent/v1/bundles/{sha[name]}"}
+        await fleet.dispatch(f"d-{name}", host, LifecycleEvent.DOWNLOAD_BUNDLE, spec)
     headers = {host: {"Authorization": f"Bearer {fleet.token_for(host)}"} for host in ("web-1", "web-2", "web-3")}
     app = web.Application()
     app.add_subapp("/agent/v1", create_agent_app(fleet))

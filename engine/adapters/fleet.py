@@ -78,6 +78,7 @@ class Fleet:
         # dispatch needs nothing of the store and delivers nothing. A failure or a cancellation forgets the rest of
         # the run, so that a dispatch of it goes to the store again.
         self._queued_ahead: set[tuple[str, str, str]] = set()
+        self._revision_sent: dict[str, str] = {}  # host -> sha256 of the revision its latest queued command names
         # Per host: a counter bumped whenever a command may have become Pending, and the value it had when a claim
         # last found nothing. While the two agree the queue is known empty and a poll skips the (write) claim.
         self._queue_changes: dict[str, int] = {}
@@ -154,7 +155,10 @@ class Fleet:
             existing, claimed = await self.store.enqueue_command_runs(queued, at=self.clock.now(), hand_to=hand_to)
         finally:
             self._handing.difference_update(hand_to)
-        for (target, _, queued_events, _), command in zip(queued, existing, strict=True):
+        for (target, _, queued_events, payload), command in zip(queued, existing, strict=True):
+            revision = payload.get("revision") if payload is not None else None
+            if isinstance(revision, Mapping) and isinstance(revision.get("sha256"), str):
+                self._revision_sent[target] = revision["sha256"]
             if command is None:
                 self._queue_changes[target] = self._queue_changes.get(target, 0) + 1
                 self._queued_ahead.update((target, deployment_id, event) for event in queued_events[1:])
@@ -389,7 +393,11 @@ class Fleet:
         """The stored bundle ``sha256`` if ``host`` has (or had) a command of a deployment of it, else None: an
         agent fetches its own deployments' revisions only, and cannot tell another's from one that does not exist."""
         path = self.bundle_path(sha256)
-        if path is None or not await self.store.host_uses_revision(host, sha256):
+        if path is None:
+            return None
+        # Known here when this server queued the host's command (the usual case: no store round trip on the way to
+        # DownloadBundle); asked of the store otherwise (an older deployment, or one another replica queued).
+        if self._revision_sent.get(host) != sha256 and not await self.store.host_uses_revision(host, sha256):
             return None
         return path
 
