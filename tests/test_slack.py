@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
-from conftest import FakeClock
+from conftest import FakeClock, eventually
 from fake_slack import FakeSlack
 from slack_support import BOT_TOKEN, SECRET, ScriptedAgents, button_body, buttons_of, signed, slash_body, texts
 
@@ -86,6 +87,22 @@ class Rig:
                 doc = await self.deployer.watch(deployment_id, after=0, timeout=0.2)
                 if doc["status"] in ("Succeeded", "Failed", "Stopped"):
                     return doc
+
+    async def final_in_slack(self, deployment_id: str) -> dict[str, Any]:
+        """``final``, then until Slack was sent that status for it and nothing more is queued. The store has the
+        final status before the notifiers hear of it (a runner persists a step, acts on it, then notifies), so a
+        test that looks at the thread once the deployment is final must wait for the thread."""
+        doc = await self.final(deployment_id)
+
+        def shown() -> bool:
+            return any(
+                deployment_id in json.dumps(call.payload) and doc["status"] in str(call.payload.get("text", ""))
+                for call in self.slack.calls
+            )
+
+        await eventually(shown, f"{deployment_id} shown {doc['status']} in Slack")
+        await self.notifier.idle(15)
+        return doc
 
 
 def make_revision(root: Path, name: str, version: str) -> None:
@@ -186,8 +203,7 @@ def page_link(blocks: list[dict[str, Any]]) -> str:
 
 async def test_parent_message_links_to_the_deployment_page_with_a_signed_link(rig: Rig) -> None:
     started = await rig.deployer.start(DeployRequest("app", "staging", actor="cli"))
-    doc = await rig.final(started["id"])
-    await rig.notifier.idle(15)
+    doc = await rig.final_in_slack(started["id"])
     parent = rig.slack.of("chat.postMessage")[0].payload
     url = page_link(parent["blocks"])
     edits = [u.payload["blocks"] for u in rig.slack.of("chat.update")]
@@ -259,8 +275,7 @@ async def test_production_refuses_users_not_listed_and_admits_a_role_member(rig:
 
 async def test_buttons_on_a_finished_deployment_are_answered_and_shown(rig: Rig) -> None:
     started = await rig.deployer.start(DeployRequest("app", "staging", actor="cli-user"))
-    await rig.final(started["id"])
-    await rig.notifier.idle(15)  # CLI deployments get their thread too
+    await rig.final_in_slack(started["id"])  # CLI deployments get their thread too
     assert rig.slack.of("chat.postMessage")[0].payload["channel"] == "#deploys"
     edits = len(rig.slack.of("chat.update"))
     status, body, seconds = await rig.click("stop", started["id"], user="U0BOB")  # an old message: a bare id
@@ -282,8 +297,7 @@ async def test_rollback_button_starts_a_rollback_shown_in_both_threads(rig: Rig)
     first = await rig.deployer.start(DeployRequest("app", "staging", revision="rev-a", actor="cli"))
     await rig.final(first["id"])
     second = await rig.deployer.start(DeployRequest("app", "staging", revision="rev-b", actor="cli"))
-    await rig.final(second["id"])
-    await rig.notifier.idle(15)
+    await rig.final_in_slack(second["id"])
     await rig.click("rollback", second["id"])
     await rig.settle()
     rollback_id = (await rig.deployer.get(second["id"]))["rollback"]["by"]
@@ -304,8 +318,7 @@ async def test_rollback_button_starts_a_rollback_shown_in_both_threads(rig: Rig)
 async def test_a_429_is_waited_out_and_the_edit_still_lands(rig: Rig) -> None:
     rig.slack.rate_limit_once("chat.update", retry_after=1)
     started = await rig.deployer.start(DeployRequest("app", "staging", actor="cli"))
-    await rig.final(started["id"])
-    await rig.notifier.idle(15)
+    await rig.final_in_slack(started["id"])
     updates = rig.slack.of("chat.update")
     assert updates[0].payload.get("_answered") == 429
     assert updates[1].at - updates[0].at >= 0.95  # Retry-After honoured
