@@ -17,14 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import quote, urlencode
 
-# aiohttp, asyncio and ssl load when a request is made: the CLI's parser reads the constants here at every start.
+# asyncio, ssl and the HTTP client load when a request is made: the CLI's parser reads the constants here at every
+# start.
 if TYPE_CHECKING:
     import ssl
 
-    import aiohttp
+    from engine import HttpClient
 
 DEFAULT_SERVER_URL = "http://127.0.0.1:8080"
 EXAMPLE_CONFIG = Path("config") / "deploybot.example.yml"
@@ -33,12 +34,6 @@ CA_FILE_VARIABLE = "DEPLOYBOT_CA_FILE"
 """The environment variable naming the CA file (PEM) that signed an https:// server's certificate."""
 IDEMPOTENCY_HEADER = "Idempotency-Key"  # bot/idempotency.py: a repeat with the same key gets the first answer
 RESEND_PAUSES = (0.5, 2.0)  # seconds before sending a changing request again (same key) after a dropped connection
-
-
-def _resendable(kwargs: Mapping[str, Any]) -> bool:
-    """A request whose body is a stream (an uploaded bundle) was consumed by the first try."""
-    body = kwargs.get("data")
-    return body is None or isinstance(body, bytes | str)
 
 
 class ClientError(Exception):
@@ -54,7 +49,7 @@ class ServerUnreachable(ClientError):
 
 class ConnectionDropped(ServerUnreachable):
     """No HTTP answer: the server closed the connection (``detail`` empty) or sent something else (``detail``:
-    aiohttp's words for it). Often a plain http:// URL for an HTTPS server."""
+    what was wrong with it). Often a plain http:// URL for an HTTPS server."""
 
     def __init__(self, url: str, detail: str = "") -> None:
         self.url = url
@@ -185,11 +180,15 @@ def find_api_token(environ: Mapping[str, str], cwd: Path) -> TokenLookup:
 
 
 class ApiClient:
-    """One aiohttp session against one server; use as ``async with ApiClient(url, token=...) as api:``.
+    """Keep-alive connections to one server (engine's HttpClient); use as ``async with ApiClient(url, token=...) as
+    api:``.
 
     ``ca_file`` (``--ca-file``) is the PEM file of the CA that signed an https:// server's certificate; without it,
     $DEPLOYBOT_CA_FILE of ``environ`` (default: the process environment), else the system CAs.
     """
+
+    CONNECT_SECONDS = 5.0
+    READ_SECONDS = 120.0  # each read: long polls last up to 60 s
 
     def __init__(
         self,
@@ -204,41 +203,57 @@ class ApiClient:
         environ = os.environ if environ is None else environ
         chosen = ca_file if ca_file is not None else environ.get(CA_FILE_VARIABLE, "").strip()
         self.ca_file: str | None = str(chosen) if chosen else None
-        self._session: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
 
     async def __aenter__(self) -> ApiClient:
-        import aiohttp
+        from engine import HttpClient
 
-        headers: dict[str, str] = {}
-        if self.token.token:
-            headers["Authorization"] = f"Bearer {self.token.token}"
-        # Long polls last up to 60 s; only connecting has a short limit.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=120)
-        connector = aiohttp.TCPConnector(ssl=tls_context(self.ca_file))
-        self._session = aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector)
+        # Loading the system CAs costs ~20 ms: a plain http:// server needs none (a CA file given is still read, so a
+        # bad one is said whatever the URL).
+        https = self.base_url.lower().startswith("https://")
+        tls = tls_context(self.ca_file) if https or self.ca_file else None
+        try:
+            self._http = HttpClient(self.base_url, tls=tls, user_agent="deploybot-cli")
+        except ValueError as exc:  # not an http(s):// URL
+            raise ServerUnreachable(self.base_url, str(exc)) from None
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._http is not None:
+            await self._http.close()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: object = None,
+        data: BinaryIO | None = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
         """One API call. A call that changes something carries a fresh ``Idempotency-Key`` and is sent again with
         the same key when the connection drops before the answer, or while the first is still running: the server
-        answers a repeat with the first one's answer (bot/idempotency.py), so nothing is done twice."""
+        answers a repeat with the first one's answer (bot/idempotency.py), so nothing is done twice. An uploaded
+        file is sent again from where it stood."""
         import asyncio
         import uuid
 
+        if params:
+            path += "?" + urlencode(params)
         if method in ("GET", "HEAD"):
-            return await self._send(method, path, **kwargs)
-        headers = {**kwargs.pop("headers", {}), IDEMPOTENCY_HEADER: uuid.uuid4().hex}
+            return await self._send(method, path, json, data, headers or {})
+        sent = {**(headers or {}), IDEMPOTENCY_HEADER: uuid.uuid4().hex}
+        start = data.tell() if data is not None else 0
         for pause in (*RESEND_PAUSES, None):
+            if data is not None:
+                data.seek(start)
             try:
-                return await self._send(method, path, headers=headers, **kwargs)
+                return await self._send(method, path, json, data, sent)
             except ConnectionDropped:
-                if pause is None or not _resendable(kwargs):
+                if pause is None:
                     raise
             except ApiError as exc:
                 if pause is None or exc.error != "RequestInProgress":
@@ -246,26 +261,43 @@ class ApiClient:
             await asyncio.sleep(pause)
         raise AssertionError("unreachable: the last try returns or raises")
 
-    async def _send(self, method: str, path: str, **kwargs: Any) -> Any:
-        import aiohttp
+    async def _send(
+        self, method: str, path: str, json_body: object, data: BinaryIO | None, headers: Mapping[str, str]
+    ) -> Any:
+        import ssl
 
-        assert self._session is not None, "use ApiClient as an async context manager"
+        from engine import ConnectionEnded, ProtocolBroken
+
+        assert self._http is not None, "use ApiClient as an async context manager"
         url = self.base_url + path
+        sent = dict(headers)
+        if self.token.token:
+            sent["Authorization"] = f"Bearer {self.token.token}"
+        content_type = sent.pop("Content-Type", "application/json")
         try:
-            async with self._session.request(method, url, **kwargs) as response:
-                raw = await response.read()
-                status = response.status
-        except aiohttp.ClientConnectorCertificateError as exc:
-            reason = getattr(exc.certificate_error, "verify_message", "") or str(exc.certificate_error)
+            response = await self._http.request(
+                method,
+                path,
+                json_body=json_body,
+                body=data,
+                content_type=content_type,
+                headers=sent,
+                total=None,
+                connect=self.CONNECT_SECONDS,
+                read=self.READ_SECONDS,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            reason = exc.verify_message or str(exc)
             raise ServerNotTrusted(self.base_url, reason, ca_file=self.ca_file) from None
-        except aiohttp.ClientSSLError as exc:  # e.g. an https:// URL for a plain-HTTP server
-            raise TlsFailed(self.base_url, getattr(exc.os_error, "reason", None) or str(exc.os_error)) from None
-        except aiohttp.ServerDisconnectedError:
+        except ssl.SSLError as exc:  # e.g. an https:// URL for a plain-HTTP server
+            raise TlsFailed(self.base_url, exc.reason or str(exc)) from None
+        except (ConnectionEnded, ConnectionResetError, BrokenPipeError):
             raise ConnectionDropped(self.base_url) from None
-        except aiohttp.ClientResponseError as exc:  # a status line that is not HTTP
-            raise ConnectionDropped(self.base_url, exc.message or "malformed") from None
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise ServerUnreachable(self.base_url, str(exc)) from exc
+        except ProtocolBroken as exc:  # something that is not HTTP
+            raise ConnectionDropped(self.base_url, str(exc)) from None
+        except (OSError, TimeoutError) as exc:
+            raise ServerUnreachable(self.base_url, str(exc) or type(exc).__name__) from exc
+        status, raw = response.status, response.body
         if status == 204:
             return None
         try:

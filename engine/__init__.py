@@ -114,6 +114,7 @@ if TYPE_CHECKING:
     from engine.core.revision_paths import names_server_path, path_within
     from engine.core.simulate import simulate
     from engine.core.stages import StageOptions, deployment_stages
+    from engine.http11 import ConnectionEnded, HttpClient, ProtocolBroken
     from engine.ports import AgentFleet, HookCallbacks, RevisionArchive
     from engine.processes import ProcessIdentity
     from engine.runtime.replicas import ReplicaRegistry
@@ -152,6 +153,7 @@ _SOURCES: dict[str, str] = {
     "ConfigError": "engine.core.errors",
     "ConfiguredHostReadOnly": "engine.core.registrations",
     "ConfiguredResourceReadOnly": "engine.core.registrations",
+    "ConnectionEnded": "engine.http11",
     "DELIVERY_WINDOWS": "engine.core.delivery",
     "Decision": "engine.core.policy",
     "DeliveryNumbers": "engine.core.delivery",
@@ -179,6 +181,7 @@ _SOURCES: dict[str, str] = {
     "GroupDefinitionInvalid": "engine.core.api_groups",
     "GroupOverrides": "engine.core.overrides",
     "HeartbeatBody": "engine.core.agent_protocol",
+    "HttpClient": "engine.http11",
     "HookCallbacks": "engine.ports",
     "Host": "engine.core.config.model",
     "IamArnAlreadyRegistered": "engine.core.registrations",
@@ -200,6 +203,7 @@ _SOURCES: dict[str, str] = {
     "Platform": "engine.core.model",
     "Problem": "engine.core.errors",
     "ProcessIdentity": "engine.processes",
+    "ProtocolBroken": "engine.http11",
     "ROLLBACK_CREATOR": "engine.core.model",
     "RegisteredRevision": "engine.core.registrations",
     "Registrations": "engine.service",
@@ -271,6 +275,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "ConfigError",
     "ConfiguredHostReadOnly",
     "ConfiguredResourceReadOnly",
+    "ConnectionEnded",
     "DELIVERY_WINDOWS",
     "Decision",
     "DeliveryNumbers",
@@ -300,6 +305,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "HeartbeatBody",
     "HookCallbacks",
     "Host",
+    "HttpClient",
     "IamArnAlreadyRegistered",
     "InstanceAlreadyRegistered",
     "InstanceNotRegistered",
@@ -319,6 +325,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which the test checks
     "Platform",
     "Problem",
     "ProcessIdentity",
+    "ProtocolBroken",
     "ROLLBACK_CREATOR",
     "RegisteredRevision",
     "Registrations",

@@ -25,8 +25,8 @@ from engine.agent import Agent, AgentOptions, parse_assignments, read_token_file
 from engine.agent import client as agent_client
 from engine.agent.hooks import HookGroup, HookRunner
 from engine.agent.layout import KEPT_REVISIONS, AgentLayout, OngoingCommand
-from engine.agent.transport import HttpClient
 from engine.bundles import build_bundle
+from engine.http11 import HttpClient
 
 TOKEN = "agent-token-1"
 ROOT = Path(__file__).resolve().parent.parent

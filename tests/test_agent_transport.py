@@ -1,4 +1,4 @@
-"""The agent's HTTP/1.1 client (engine/agent/transport.py) against real servers: aiohttp's, and raw asyncio servers
+"""The agent's HTTP/1.1 client (engine/http11.py) against real servers: aiohttp's, and raw asyncio servers
 that misbehave on purpose (close a kept-alive connection, stall, answer garbage)."""
 
 from __future__ import annotations
@@ -7,11 +7,12 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from engine.agent.transport import HttpClient, ProtocolBroken
+from engine.http11 import ConnectionEnded, HttpClient, ProtocolBroken
 
 
 @contextlib.asynccontextmanager
@@ -136,10 +137,63 @@ async def test_a_new_connection_that_drops_is_an_error_not_a_resend() -> None:
 
     async with raw_server(drop) as url:
         client = HttpClient(url)
-        with pytest.raises(ProtocolBroken):
+        with pytest.raises(ConnectionEnded) as ended:  # the server hung up, nothing more
             await client.request("POST", "/result", json_body={})
         await client.close()
-    assert requests == 1
+    assert isinstance(ended.value, ProtocolBroken) and requests == 1
+
+
+async def test_a_file_body_is_sent_in_pieces_and_again_from_its_start_on_a_resend(tmp_path: Path) -> None:
+    payload = bytes(range(256)) * 4096 + b"end"  # 1 MiB and a bit: several pieces
+    upload = tmp_path / "bundle.tar.gz"
+    upload.write_bytes(b"skipped" + payload)
+    received: list[tuple[str, str | None, bytes]] = []
+    connections = 0
+
+    async def store(request: web.Request) -> web.Response:
+        received.append((request.content_type, request.headers.get("Content-Length"), await request.read()))
+        return web.json_response({"size": len(received[-1][2])})
+
+    async def first_drops_the_second_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        head = await read_request(reader)
+        lengths = [h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")]
+        body = await reader.readexactly(int(lengths[0]) if lengths else 0)
+        if connections == 1:
+            writer.write(answer(b"first"))
+            await writer.drain()
+            await read_request(reader)  # the upload arrives on the kept-alive connection, which the server drops
+            writer.close()
+            return
+        writer.write(answer(str(len(body)).encode() + b" " + body[-3:]))
+        await writer.drain()
+        writer.close()
+
+    app = web.Application(client_max_size=4 * 1024**2)
+    app.router.add_post("/revisions", store)
+    async with aiohttp_server(app) as url:
+        client = HttpClient(url)
+        try:
+            with upload.open("rb") as file:
+                file.seek(len(b"skipped"))
+                stored = await client.request("POST", "/revisions", body=file, content_type="application/gzip")
+        finally:
+            await client.close()
+    assert (stored.status, stored.json()) == (200, {"size": len(payload)})
+    assert received == [("application/gzip", str(len(payload)), payload)]
+
+    async with raw_server(first_drops_the_second_request) as url:
+        client = HttpClient(url)
+        try:
+            await client.request("GET", "/")
+            with upload.open("rb") as file:
+                file.seek(len(b"skipped"))
+                again = await client.request("POST", "/revisions", body=file, content_type="application/gzip")
+        finally:
+            await client.close()
+    assert again.text() == f"{len(payload)} end"  # sent whole on the new connection, from where the file stood
+    assert connections == 2
 
 
 async def test_garbage_is_a_broken_answer_and_an_os_error() -> None:

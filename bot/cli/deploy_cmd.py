@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-# Imports that cost time (rich, aiohttp through bot.client, the engine) load inside the functions that use them, so
-# building the parser (`deploybot --help`, `deploybot agent`) stays cheap; tests/test_cli_startup.py checks.
+# Imports that cost time (rich, the HTTP client through bot.client, the engine) load inside the functions that use
+# them, so building the parser (`deploybot --help`, `deploybot agent`) stays cheap; tests/test_cli_startup.py checks.
 if TYPE_CHECKING:
     from rich.console import Console
 

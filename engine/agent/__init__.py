@@ -1,7 +1,7 @@
 """deploybot's host agent (the CodeDeploy agent's counterpart): polls the server, installs revisions, runs hooks.
 
-Modules: client (HTTP long poll, results, heartbeats; ``run_agent``), transport (its HTTP/1.1 client, h11 over
-asyncio streams), executor (one command; the hooks' environment), installer (Install), hooks (script runner), output
+Modules: client (HTTP long poll, results, heartbeats; ``run_agent``; its HTTP/1.1 client is engine/http11.py, shared
+with the CLI), executor (one command; the hooks' environment), installer (Install), hooks (script runner), output
 (capped log and tail), layout (on-disk records); the JSON bodies are typed in engine/core/agent_protocol.py.
 """
 

@@ -50,7 +50,6 @@ from typing import Any
 from engine.agent.executor import TOKEN_VARIABLE, CommandExecutor
 from engine.agent.hooks import HookGroup, HookOutcome, HookRunner
 from engine.agent.layout import AgentLayout, OngoingCommand, StoredResult
-from engine.agent.transport import HttpClient
 from engine.core import log_context
 from engine.core.agent_protocol import (
     RESTART_MESSAGE,
@@ -62,6 +61,7 @@ from engine.core.agent_protocol import (
     ResultBody,
 )
 from engine.core.model import ScriptErrorCode
+from engine.http11 import HttpClient
 
 log = logging.getLogger("deploybot.agent")
 

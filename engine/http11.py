@@ -1,8 +1,10 @@
-"""The agent's HTTP/1.1 client: h11 (the sans-I/O protocol library httpx builds on) over asyncio streams (I/O).
+"""deploybot's HTTP/1.1 client, for the agent and the CLI: h11 (the sans-I/O protocol library httpx builds on) over
+asyncio streams (I/O).
 
 Why not aiohttp: the agent makes four kinds of request to one server (a long poll, result POSTs, heartbeats,
-bundle downloads) and runs on every host, idle nearly all the time. aiohttp's client costs ~12 MiB of resident
-memory and ~0.2 s of CPU to import per agent; this client needs h11 and the standard library only.
+bundle downloads) and runs on every host, idle nearly all the time; every CLI command is a fresh interpreter. aiohttp's
+client costs ~12 MiB of resident memory and 0.15-0.2 s of CPU to import, per agent and per command; this client
+needs h11 and the standard library only.
 
 Theory of operation:
   - One server, so one pool of keep-alive connections: a request takes an idle connection (or opens one) and puts
@@ -11,8 +13,10 @@ Theory of operation:
   - A reused connection may have been closed by the server while idle (it cannot tell us before we write). When a
     reused connection fails before the first byte of an answer, the request is sent once more on a new connection;
     every agent request may be repeated (results and heartbeats are idempotent on the server).
-  - Timeouts: ``connect`` bounds opening a connection (TCP and TLS), ``total`` the whole exchange; a download bounds
-    each read instead (``read``), however large the bundle.
+  - Timeouts: ``connect`` bounds opening a connection (TCP and TLS), ``total`` the whole exchange, ``read`` each
+    read (a download or an upload of any size, a long poll).
+  - Bodies: JSON, or bytes or a file of a given content type; a file is sent in pieces (never read whole), from
+    where it stood when the request began (so the one resend sends it all again).
   - TLS: the given context verifies the certificate and the server's name; a refusal surfaces as
     ``ssl.SSLCertVerificationError`` for the caller to treat as fatal.
   - Timeouts use ``asyncio.timeout``, never ``wait_for``: on Python 3.11 ``wait_for`` loses a cancellation that
@@ -26,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import h11
@@ -38,6 +44,10 @@ _READ_SIZE = 256 * 1024
 
 class ProtocolBroken(ConnectionError):
     """The server's bytes were not valid HTTP/1.1, or the connection ended mid-answer."""
+
+
+class ConnectionEnded(ProtocolBroken):
+    """The server closed the connection before its answer was whole (or began)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +72,8 @@ class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.protocol = h11.Connection(h11.CLIENT)
+        self.received = 0  # bytes of the current answer so far
+        self.ended = False  # the server closed its side
 
     async def send(self, *events: h11.Event) -> None:
         for event in events:
@@ -75,6 +87,10 @@ class _Connection:
             try:
                 event = self.protocol.next_event()
             except h11.RemoteProtocolError as exc:
+                if self.ended and not self.received:
+                    raise ConnectionEnded("the server closed the connection without answering") from None
+                if self.ended:
+                    raise ConnectionEnded("the connection ended in the middle of the answer") from None
                 raise ProtocolBroken(f"a broken HTTP answer: {exc}") from None
             if event is h11.PAUSED:  # only after a whole answer, and we never read past one
                 raise ProtocolBroken("the server sent more than one answer")
@@ -83,6 +99,8 @@ class _Connection:
                 return event
             async with asyncio.timeout(read_timeout):
                 data = await self.reader.read(_READ_SIZE)
+            self.received += len(data)
+            self.ended = not data
             self.protocol.receive_data(data)  # b"" marks the end of the stream
 
     @property
@@ -91,6 +109,28 @@ class _Connection:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class _FileBody:
+    """A request body read from a binary file in pieces, from where the file stood when the request began."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.start = file.tell()
+        self.size = os.fstat(file.fileno()).st_size - self.start
+
+    def pieces(self) -> Iterator[bytes]:
+        self.file.seek(self.start)
+        left = self.size
+        while left > 0:
+            piece = self.file.read(min(_READ_SIZE, left))
+            if not piece:
+                raise ProtocolBroken("the file being sent ended before its size")
+            left -= len(piece)
+            yield piece
+
+
+_Body = bytes | _FileBody
 
 
 class HttpClient:
@@ -115,15 +155,22 @@ class HttpClient:
         path: str,
         *,
         json_body: object = None,
+        body: bytes | BinaryIO | None = None,
+        content_type: str = "application/json",
         headers: Mapping[str, str] = {},
         total: float | None = 30.0,
         connect: float = 10.0,
+        read: float | None = None,
     ) -> Response:
-        """Send one request and read its whole answer (see the module docstring for timeouts and the one resend)."""
-        body = b"" if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
+        """Send one request and read its whole answer (see the module docstring for timeouts and the one resend).
+        The body is ``json_body`` as JSON, else ``body`` (bytes, or a binary file sent from where it stands) as
+        ``content_type``."""
+        payload: _Body = json.dumps(json_body, separators=(",", ":")).encode() if json_body is not None else b""
+        if json_body is None and body is not None:
+            payload = body if isinstance(body, bytes) else _FileBody(body)
         chunks: list[bytes] = []
         async with asyncio.timeout(total):
-            status = await self._exchange(method, path, body, headers, connect, chunks.append, None)
+            status = await self._exchange(method, path, payload, content_type, headers, connect, chunks.append, read)
         return Response(status, b"".join(chunks))
 
     async def download(
@@ -147,7 +194,7 @@ class HttpClient:
             nonlocal status
             status = code
 
-        await self._exchange("GET", path, b"", headers, connect, route, read, on_status=seen)
+        await self._exchange("GET", path, b"", "", headers, connect, route, read, on_status=seen)
         return Response(status, b"".join(other))
 
     async def close(self) -> None:
@@ -159,7 +206,8 @@ class HttpClient:
         self,
         method: str,
         path: str,
-        body: bytes,
+        body: _Body,
+        content_type: str,
         headers: Mapping[str, str],
         connect: float,
         on_data: Callable[[bytes], object],
@@ -172,10 +220,19 @@ class HttpClient:
             status: int | None = None
             try:
                 target = self._prefix + path
-                await connection.send(self._request(method, target, body, headers), *self._body(body))
+                await connection.send(self._request(method, target, body, content_type, headers))
+                if isinstance(body, _FileBody):
+                    for piece in body.pieces():
+                        async with asyncio.timeout(read_timeout):
+                            await connection.send(h11.Data(data=piece))
+                    await connection.send(h11.EndOfMessage())
+                else:
+                    await connection.send(*self._body(body))
                 event = await connection.next_event(read_timeout)
                 while isinstance(event, h11.InformationalResponse):
                     event = await connection.next_event(read_timeout)
+                if isinstance(event, h11.ConnectionClosed):
+                    raise ConnectionEnded("the server closed the connection without answering")
                 if not isinstance(event, h11.Response):
                     raise ProtocolBroken(f"expected an HTTP answer, got {type(event).__name__}")
                 status = event.status_code
@@ -185,7 +242,7 @@ class HttpClient:
                     if isinstance(event, h11.Data):
                         on_data(bytes(event.data))
                     elif isinstance(event, h11.ConnectionClosed):
-                        raise ProtocolBroken("the connection ended in the middle of the answer")
+                        raise ConnectionEnded("the connection ended in the middle of the answer")
             except (OSError, h11.LocalProtocolError) as exc:
                 connection.close()
                 if reused and status is None and not isinstance(exc, ssl.SSLError):
@@ -198,16 +255,20 @@ class HttpClient:
                 raise
             if connection.reusable:
                 connection.protocol.start_next_cycle()
+                connection.received = 0
                 self._idle.append(connection)
             else:
                 connection.close()
             return status
 
-    def _request(self, method: str, target: str, body: bytes, headers: Mapping[str, str]) -> h11.Request:
+    def _request(
+        self, method: str, target: str, body: _Body, content_type: str, headers: Mapping[str, str]
+    ) -> h11.Request:
         fields = [("Host", self._host_header), ("User-Agent", self._user_agent), ("Accept-Encoding", "identity")]
-        if body:
-            fields += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-        elif method in ("POST", "PUT"):
+        length = body.size if isinstance(body, _FileBody) else len(body)
+        if length or isinstance(body, _FileBody):
+            fields += [("Content-Type", content_type), ("Content-Length", str(length))]
+        elif method in ("POST", "PUT", "DELETE"):
             fields.append(("Content-Length", "0"))
         fields += [(name, value) for name, value in headers.items() if name.lower() != "user-agent"]
         return h11.Request(method=method, target=target, headers=fields)
