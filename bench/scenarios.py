@@ -28,6 +28,7 @@ from bench.revisions import write_revision
 from bench.server import ENVIRONMENT, SINGLE_HOST, BenchServer, fleet_config, host_names
 from bench.settings import SCALE_TARGET_HOSTS, Settings
 from bench.slack import slack_ack
+from bench.startup import startup
 from bench.swarm import swarm
 from bench.traffic import traffic
 
@@ -298,4 +299,5 @@ SCENARIOS: dict[str, Callable[[Settings], list[Figure]]] = {
     "slack": slack_ack,
     "aws": aws_reroute,
     "replicas": replicas_scenario,
+    "startup": startup,
 }
