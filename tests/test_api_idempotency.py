@@ -197,6 +197,35 @@ async def test_a_bad_key_is_a_400_with_usage(door: Door) -> None:
     assert (status, body["error"]) == (400, "BadIdempotencyKey") and "Idempotency-Key:" in body["usage"]
 
 
+async def test_the_cli_client_sends_an_upload_again_whole_under_its_key_when_the_connection_drops(
+    tmp_path: Path,
+) -> None:
+    bundle = tmp_path / "bundle.tar.gz"
+    bundle.write_bytes(bytes(range(256)) * 2048)  # 512 KiB: sent in pieces
+    seen: list[tuple[str, str, bytes]] = []
+
+    async def flaky(request: web.Request) -> web.StreamResponse:
+        seen.append((request.headers.get(IDEMPOTENCY_HEADER, ""), request.content_type, await request.read()))
+        if len(seen) == 1:
+            assert request.transport is not None
+            request.transport.close()  # read whole, never answered: the client cannot know whether it was stored
+            return web.Response()
+        return web.json_response({"sha256": "f" * 64}, status=201)
+
+    app = web.Application(client_max_size=2 * 1024**2)
+    app.router.add_post("/api/v1/revisions", flaky)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        async with ApiClient(str(server.make_url("")), token=TokenLookup("t", ())) as api:
+            answer = await api.upload_revision(bundle, source="build/")
+    finally:
+        await server.close()
+    assert answer == {"sha256": "f" * 64}
+    assert len(seen) == 2 and seen[0][0] == seen[1][0] and len(seen[0][0]) == 32  # one key, sent twice
+    assert seen[0][1:] == seen[1][1:] == ("application/gzip", bundle.read_bytes())  # the whole file both times
+
+
 async def test_the_cli_client_sends_a_key_and_resends_it_when_the_connection_drops() -> None:
     seen: list[str] = []
 
