@@ -130,8 +130,7 @@ class DeploymentRunner:
         self._unverifiable_noted = False
         self.inbox: asyncio.Queue[Event] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._synced: dict[tuple[str, str], str] = {}
-        self._looked_at: dict[str, tuple[EventStatus, ...]] = {}  # per target: its statuses when _target_rows last ran
+        self._looked_at: dict[str, tuple[EventStatus, ...]] = {}  # per target: its statuses as last written
         self._stages_json: tuple[tuple[Stage, ...], list[dict[str, Any]]] | None = None  # stages, as JSON
         self._recorded: set[tuple[str, str]] = set()
         self._started_at: dict[tuple[str, str], float] = {}  # (target, event) in progress -> when it was marked so
@@ -308,17 +307,16 @@ class DeploymentRunner:
         now = self.clock.now()
         for target, progress in self.machine.state.targets.items():
             # Each step changes a few targets of many: one whose statuses are as they were has nothing to write.
-            statuses = tuple(progress.statuses.values())
-            if self._looked_at.get(target) == statuses:
+            statuses = tuple(progress.statuses[event] for event in progress.events)
+            before = self._looked_at.get(target)
+            if before == statuses:
                 continue
             self._looked_at[target] = statuses
-            for seq, event in enumerate(progress.events):
-                status = str(progress.statuses[event])
+            for seq, (event, status) in enumerate(zip(progress.events, statuses, strict=True)):
                 key = (target, str(event))
-                if self._synced.get(key) == status or key in self._recorded:
+                if (before is not None and before[seq] is status) or key in self._recorded:
                     continue  # unchanged, or written with its details by record_result
-                self._synced[key] = status
-                row: dict[str, Any] = {"target": target, "event": str(event), "status": status, "seq": seq}
+                row: dict[str, Any] = {"target": target, "event": str(event), "status": str(status), "seq": seq}
                 if status == EventStatus.IN_PROGRESS:
                     row["started_at"] = self._started_at[key] = now
                 rows.append(row)
@@ -672,9 +670,8 @@ class DeploymentRunner:
     async def _resume(self) -> None:
         """Re-issue whatever the persisted state is waiting on (rule 2: every re-issue is idempotent)."""
         state = self.machine.state
-        for key, progress in state.targets.items():
-            for event, status in progress.statuses.items():
-                self._synced[(key, str(event))] = str(status)
+        for target, progress in state.targets.items():  # as persisted: written already
+            self._looked_at[target] = tuple(progress.statuses[event] for event in progress.events)
         await self._execute_all(
             [
                 RunEvent(target, progress.current)
