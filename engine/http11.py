@@ -32,7 +32,7 @@ import asyncio
 import json
 import os
 import ssl
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -119,11 +119,12 @@ class _FileBody:
         self.start = file.tell()
         self.size = os.fstat(file.fileno()).st_size - self.start
 
-    def pieces(self) -> Iterator[bytes]:
+    async def pieces(self) -> AsyncIterator[bytes]:
+        """Read off the event loop: a bundle may be large, and its disk slow."""
         self.file.seek(self.start)
         left = self.size
         while left > 0:
-            piece = self.file.read(min(_READ_SIZE, left))
+            piece = await asyncio.to_thread(self.file.read, min(_READ_SIZE, left))
             if not piece:
                 raise ProtocolBroken("the file being sent ended before its size")
             left -= len(piece)
@@ -222,7 +223,7 @@ class HttpClient:
                 target = self._prefix + path
                 await connection.send(self._request(method, target, body, content_type, headers))
                 if isinstance(body, _FileBody):
-                    for piece in body.pieces():
+                    async for piece in body.pieces():
                         async with asyncio.timeout(read_timeout):
                             await connection.send(h11.Data(data=piece))
                     await connection.send(h11.EndOfMessage())
@@ -231,8 +232,6 @@ class HttpClient:
                 event = await connection.next_event(read_timeout)
                 while isinstance(event, h11.InformationalResponse):
                     event = await connection.next_event(read_timeout)
-                if isinstance(event, h11.ConnectionClosed):
-                    raise ConnectionEnded("the server closed the connection without answering")
                 if not isinstance(event, h11.Response):
                     raise ProtocolBroken(f"expected an HTTP answer, got {type(event).__name__}")
                 status = event.status_code
