@@ -39,6 +39,12 @@ class CpuTimes:
         return CpuTimes(self.server - earlier.server, self.agents - earlier.agents, self.hooks - earlier.hooks)
 
 
+def memory_mib(pid: int) -> tuple[float, float]:
+    """(resident now, resident at its peak) of ``pid`` in MiB: VmRSS and VmHWM of ``/proc/PID/status``."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
 def stat_times(pid: int) -> tuple[float, float]:
     """(own CPU, reaped children's CPU) in seconds; zeros for a process that is gone."""
     try:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from bench.figures import Figure, median, spread
+from bench.phases import memory_mib
 from bench.revisions import write_revision
 from bench.server import BenchServer, fleet_config, host_names
 from bench.settings import Settings
@@ -48,14 +49,6 @@ def first_output(argv: list[str], env: dict[str, str]) -> float:
     if process.wait() != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {process.returncode}")
     return elapsed
-
-
-def rss_mib(pid: int) -> float:
-    """VmRSS of ``pid`` in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def _compile_sources() -> None:
@@ -134,11 +127,11 @@ def _agent_rss(server: BenchServer, workdir: Path, host: str, env: dict[str, str
     try:
         server.wait_agents_online(1)
         time.sleep(0.5)  # its first heartbeat is answered: idle in its long poll
-        idle = rss_mib(agent.pid)
+        idle = memory_mib(agent.pid)[0]
         revision = write_revision(workdir / "revision", hooks=True)
         server.wait_final(server.deploy(revision)[1])
         time.sleep(0.5)
-        return idle, rss_mib(agent.pid)
+        return idle, memory_mib(agent.pid)[0]
     finally:
         agent.terminate()
         agent.wait(30)

@@ -38,7 +38,7 @@ from typing import Any
 import aiohttp
 
 from bench.figures import Figure
-from bench.phases import stat_times
+from bench.phases import memory_mib, stat_times
 from bench.revisions import write_revision
 from bench.server import BenchError, BenchServer, fleet_config, host_names
 from bench.settings import Settings
@@ -218,12 +218,6 @@ def _command_in(answer: Any) -> dict[str, Any] | None:
 # -- the scenario --------------------------------------------------------------------------------------------------
 
 
-def _rss_mib(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of ``pid`` in MiB."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-
-
 def _raise_file_limit(needed: int) -> None:
     """Each simulated host holds up to two connections, and so does the server (which inherits the limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -302,7 +296,7 @@ def run_swarm(workdir: Path, hosts: int, *, runs: bool = True, timeout: float = 
             _wait_hosts_done(swarm, server, deployment_id, hosts, timeout)
             doc = server.wait_final(deployment_id, timeout=timeout, poll=0.2)
             cpu, own = stat_times(server.process.pid)[0] - cpu_before, time.process_time() - own_before
-            rss, peak = _rss_mib(server.process.pid)
+            rss, peak = memory_mib(server.process.pid)
             return SwarmRun(
                 hosts=hosts,
                 wall_s=float(doc["ended_at"]) - float(doc["created_at"]),
