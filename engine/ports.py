@@ -105,8 +105,8 @@ class AlarmSource(Protocol):
 class Notifier(Protocol):
     async def deployment_changed(self, deployment: Mapping[str, Any]) -> None:
         """Told after persisted transitions (Slack thread, GitHub status); must not raise. Status, stage, traffic
-        and per-host outcomes come at once; mere per-host event progress may be merged into the latest document
-        within 50 ms (engine/runtime/notifications.py)."""
+        and per-host outcomes come at once; mere per-host event progress may be merged into a later document (50 ms
+        later, or more for a deployment whose document is dear to read: engine/runtime/notifications.py)."""
 
 
 class EventListener(Protocol):
