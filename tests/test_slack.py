@@ -157,7 +157,7 @@ async def test_slash_command_acks_fast_then_the_thread_tells_the_deployment(rig:
     assert seconds < 3.0, f"ack took {seconds:.3f} s"
     await rig.app[SLACK].chatops.drain()
     [started] = await rig.deployer.history("app")
-    doc = await rig.final(started["id"])
+    doc = await rig.final_in_slack(started["id"])
     assert doc["status"] == "Succeeded" and doc["created_by"] == "U0ALICE"
     await rig.settle()
 
@@ -302,9 +302,8 @@ async def test_rollback_button_starts_a_rollback_shown_in_both_threads(rig: Rig)
     await rig.settle()
     rollback_id = (await rig.deployer.get(second["id"]))["rollback"]["by"]
     assert rollback_id
-    rollback = await rig.final(rollback_id)
+    rollback = await rig.final_in_slack(rollback_id)
     assert rollback["status"] == "Succeeded" and rollback["revision"]["sha256"] == first["revision"]["sha256"]
-    await rig.notifier.idle(15)
     thread = rig.notifier.thread_of(second["id"])
     assert thread is not None
     in_thread = [c.payload["text"] for c in rig.slack.of("chat.postMessage") if c.payload.get("thread_ts") == thread[1]]
