@@ -11,8 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class FakeFleet:
     token: str = TOKEN  # the one token accepted (a rotation changes it)
     observe: Callable[[int], object] | None = None  # called as each command's first result arrives
     observed: dict[int, object] = field(default_factory=dict)  # what it returned, by command id
+    before_answer: Callable[[int], Awaitable[object]] | None = None  # awaited before a result is answered
     refused: int = 0  # requests answered 401
     url: str = ""
 
@@ -104,6 +106,8 @@ class FakeFleet:
         self.polls_before_result.setdefault(command_id, len(self.poll_times))
         async with self.result_arrived:
             self.result_arrived.notify_all()
+        if self.before_answer is not None:
+            await self.before_answer(command_id)
         if command_id in self.hand_over and "next" in request.query:
             return web.json_response({"ok": True, "command": self.hand_over.pop(command_id)})
         return web.json_response({"ok": True})
@@ -285,6 +289,44 @@ async def test_old_revisions_are_deleted_between_commands(fleet: FakeFleet, tmp_
     kept = {path.name for path in AgentLayout(root).group_dir("hello-staging").iterdir()}
     newest = f"d-{KEPT_REVISIONS + 3}"
     assert newest in kept and len(kept) == KEPT_REVISIONS + 1  # the current one and the five before it
+
+
+async def test_old_revisions_go_while_the_last_result_is_posted_and_before_the_next_command(
+    fleet: FakeFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deletion neither holds up the result that ends a run nor runs beside the command handed over with it."""
+    revision = tmp_path / "revision"
+    revision.mkdir()
+    (revision / "appspec.yml").write_text("version: 0.0\nos: linux\n")
+    built = build_bundle(revision, tmp_path / "bundles")
+    fleet.bundles[built.sha256] = built.path.read_bytes()
+    deleting, may_finish = threading.Event(), threading.Event()
+    order: list[object] = []
+    prune = AgentLayout.prune_revisions
+
+    def held_prune(layout: AgentLayout, *args: Any, **kwargs: Any) -> list[Path]:
+        deleting.set()
+        assert may_finish.wait(HANG_GUARD)
+        order.append("deleted")
+        return prune(layout, *args, **kwargs)
+
+    monkeypatch.setattr(AgentLayout, "prune_revisions", held_prune)
+    fleet.observe = order.append
+
+    async def answer_once_deleting(command_id: int) -> None:
+        if command_id == 1:  # the agent waits for this answer: the deletion must be under way meanwhile
+            await eventually(deleting.is_set, "the deletion started while the run's last result was posted")
+
+    fleet.before_answer = answer_once_deleting
+    fleet.hand_over[1] = command(2, "ApplicationStop", deployment="d-2")
+    async with running_agent(options(fleet, tmp_path / "agent")):
+        await fleet.enqueue(command(1, "DownloadBundle", sha=built.sha256, deployment="d-1"))
+        assert (await fleet.result(1))["status"] == "Succeeded"
+        await eventually(deleting.is_set)
+        assert order == [1]
+        may_finish.set()
+        assert (await fleet.result(2))["status"] == "Succeeded"
+    assert order == [1, "deleted", 2]  # the handed-over command waited for the deletion to end
 
 
 async def test_a_command_handed_over_with_a_result_runs_without_a_poll(fleet: FakeFleet, tmp_path: Path) -> None:

@@ -283,6 +283,7 @@ class Agent:
             await self._poll_loop()
         finally:
             heartbeats.cancel()
+            self.executor.stop_tidying()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeats
             self.layout.close()
@@ -319,6 +320,7 @@ class Agent:
         body: dict[str, Any] | None = None
         while True:
             if body is None:
+                await self.executor.tidy()  # before polling: old revisions go while no command is in hand
                 try:
                     body = await self._poll()
                 except (*_NETWORK_ERRORS, _Refused, ValueError) as exc:
@@ -341,7 +343,6 @@ class Agent:
                 log.exception("could not handle command %s", command.get("id"))
                 body = None
                 await asyncio.sleep(_FIRST_DELAY)
-            await self.executor.tidy()  # between commands: old revisions go while no event waits on it
 
     async def _poll(self) -> dict[str, Any] | None:
         wait = self.options.poll_wait
@@ -371,6 +372,8 @@ class Agent:
             result = await self._run_command(command)
             following = command.following() if result["status"] == "Succeeded" else None
             if following is None:
+                # The run is over: old revisions go while the server records it and finds the next command.
+                self.executor.tidy_soon()
                 handed_over: list[dict[str, Any]] = []
                 await self._post_result(command.id, result, handed_over=handed_over)
                 self._done_with(command.id)

@@ -107,9 +107,11 @@ class CommandExecutor:
         self._runner = hook_runner or HookRunner()
         self._ensured: tuple[tuple[str, str], Path] | None = None  # the deployment directory made last
         self._prune_due: dict[str, Path] = {}  # group id -> its newest download, whose old revisions go (tidy)
+        self._tidying: asyncio.Future[None] | None = None  # tidy_soon's deletion, until a command or tidy waits on it
 
     async def execute(self, command: Command, *, on_group: OnGroup | None = None) -> HookOutcome:
         """Run ``command``; ``on_group`` is told the process group of each hook script it runs (HookRunner)."""
+        await self._tidied()  # no event runs beside a deletion of revisions
         try:
             if command.event == LifecycleEvent.DOWNLOAD_BUNDLE:
                 return await self._download(command.spec)
@@ -160,9 +162,32 @@ class CommandExecutor:
         self._prune_due[spec.deployment_group_id] = deployment_dir
         return HookOutcome(_OK, f"downloaded and extracted revision {revision.sha256[:12]}")
 
+    def tidy_soon(self) -> None:
+        """Start deleting old revisions in the background, while the agent waits on the server (a run's last result,
+        a poll): the next command waits for it to end first, and a command handed over meanwhile is not delayed by
+        it unless it arrives sooner than the deletion ends."""
+        if self._prune_due and self._tidying is None:
+            self._tidying = asyncio.ensure_future(self._prune())
+
     async def tidy(self) -> None:
-        """Delete old revisions of the groups that downloaded one. Called between commands, not inside
-        DownloadBundle: deleting a directory tree is no part of the deployment, and its time is not the host's."""
+        """Delete old revisions of the groups that downloaded one: what tidy_soon started, then any still due.
+        Between commands, not inside DownloadBundle: deleting a directory tree is no part of the deployment, and
+        its time is not the host's."""
+        await self._tidied()
+        await self._prune()
+
+    def stop_tidying(self) -> None:
+        """The agent is stopping: a deletion under way is left to its thread, which finishes it."""
+        if self._tidying is not None:
+            self._tidying.cancel()
+            self._tidying = None
+
+    async def _tidied(self) -> None:
+        tidying, self._tidying = self._tidying, None
+        if tidying is not None:
+            await tidying
+
+    async def _prune(self) -> None:
         while self._prune_due:
             group_id, current = self._prune_due.popitem()
             try:
