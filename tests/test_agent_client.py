@@ -57,6 +57,7 @@ class FakeFleet:
     observe: Callable[[int], object] | None = None  # called as each command's first result arrives
     observed: dict[int, object] = field(default_factory=dict)  # what it returned, by command id
     before_answer: Callable[[int], Awaitable[object]] | None = None  # awaited before a result is answered
+    bundle_gets: int = 0
     refused: int = 0  # requests answered 401
     url: str = ""
 
@@ -119,6 +120,7 @@ class FakeFleet:
         return web.json_response({"ok": True})
 
     async def _bundle(self, request: web.Request) -> web.Response:
+        self.bundle_gets += 1
         data = self.bundles.get(request.match_info["sha"])
         if data is None:
             return web.Response(status=404)
@@ -289,6 +291,31 @@ async def test_old_revisions_are_deleted_between_commands(fleet: FakeFleet, tmp_
     kept = {path.name for path in AgentLayout(root).group_dir("hello-staging").iterdir()}
     newest = f"d-{KEPT_REVISIONS + 3}"
     assert newest in kept and len(kept) == KEPT_REVISIONS + 1  # the current one and the five before it
+
+
+async def test_a_revision_the_host_still_holds_is_not_downloaded_again(fleet: FakeFleet, tmp_path: Path) -> None:
+    revision = tmp_path / "revision"
+    revision.mkdir()
+    (revision / "appspec.yml").write_text("version: 0.0\nos: linux\n")
+    built = build_bundle(revision, tmp_path / "bundles")
+    fleet.bundles[built.sha256] = built.path.read_bytes()
+    root = tmp_path / "agent"
+    layout = AgentLayout(root)
+    async with running_agent(options(fleet, root)):
+        await fleet.enqueue(command(1, "DownloadBundle", sha=built.sha256, deployment="d-1"))
+        assert (await fleet.result(1))["message"].startswith("downloaded and extracted")
+        await fleet.enqueue(command(2, "DownloadBundle", sha=built.sha256, deployment="d-2"))
+        second = await fleet.result(2)
+        assert second["status"] == "Succeeded" and "reused the bundle already on this host" in second["message"]
+        assert fleet.bundle_gets == 1
+        assert (layout.archive_dir(layout.deployment_dir("hello-staging", "d-2")) / "appspec.yml").is_file()
+        # A held copy that no longer matches the revision (edited on the host) is never used: it is downloaded.
+        layout.bundle_path(layout.deployment_dir("hello-staging", "d-2")).write_bytes(b"not the revision")
+        await fleet.enqueue(command(3, "DownloadBundle", sha=built.sha256, deployment="d-3"))
+        third = await fleet.result(3)
+        assert third["status"] == "Succeeded" and third["message"].startswith("downloaded and extracted")
+        assert fleet.bundle_gets == 2
+        assert (layout.archive_dir(layout.deployment_dir("hello-staging", "d-3")) / "appspec.yml").is_file()
 
 
 async def test_old_revisions_go_while_the_last_result_is_posted_and_before_the_next_command(

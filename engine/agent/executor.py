@@ -36,6 +36,9 @@ BundleFetcher = Callable[[str, Path], Awaitable[str]]
 
 _OK = ScriptErrorCode.SUCCEEDED
 _UNKNOWN = ScriptErrorCode.UNKNOWN_ERROR
+HELD_BUNDLES = 2
+"""Revisions whose last bundle an agent remembers: a redeploy of the revision on the host, or a rollback to the one
+before it, extracts that bundle again instead of downloading it (after checking its sha256)."""
 TOKEN_VARIABLE = "DEPLOYBOT_AGENT_TOKEN"
 """The agent token's environment variable (``deploybot agent``): never handed to a hook, not even through ``--env``."""
 
@@ -108,6 +111,7 @@ class CommandExecutor:
         self._ensured: tuple[tuple[str, str], Path] | None = None  # the deployment directory made last
         self._prune_due: dict[str, Path] = {}  # group id -> its newest download, whose old revisions go (tidy)
         self._tidying: asyncio.Future[None] | None = None  # tidy_soon's deletion, until a command or tidy waits on it
+        self._held: dict[str, Path] = {}  # sha256 -> the bundle of this process's last download of that revision
 
     async def execute(self, command: Command, *, on_group: OnGroup | None = None) -> HookOutcome:
         """Run ``command``; ``on_group`` is told the process group of each hook script it runs (HookRunner)."""
@@ -141,8 +145,10 @@ class CommandExecutor:
         deployment_dir = self._deployment_dir(spec)
         bundle = self.layout.bundle_path(deployment_dir)
         partial = bundle.with_name(bundle.name + ".part")
+        held = self._held.pop(revision.sha256, None)
+        reused = held is not None and await asyncio.to_thread(_reuse, held, partial, revision.sha256)
         try:
-            sha256 = await self._fetch(revision.url, partial)
+            sha256 = revision.sha256 if reused else await self._fetch(revision.url, partial)
         except Exception as exc:
             partial.unlink(missing_ok=True)
             raise _Failed(f"DownloadBundle: could not download {revision.url}: {exc}") from exc
@@ -160,7 +166,11 @@ class CommandExecutor:
             raise _Failed(f"DownloadBundle: unsafe or unreadable bundle: {exc}") from exc
         self.layout.record_most_recent_install(spec.deployment_group_id, deployment_dir)
         self._prune_due[spec.deployment_group_id] = deployment_dir
-        return HookOutcome(_OK, f"downloaded and extracted revision {revision.sha256[:12]}")
+        self._held[revision.sha256] = bundle
+        while len(self._held) > HELD_BUNDLES:
+            del self._held[next(iter(self._held))]  # the oldest: its directory is likely pruned by now
+        how = "reused the bundle already on this host for" if reused else "downloaded"
+        return HookOutcome(_OK, f"{how} and extracted revision {revision.sha256[:12]}")
 
     def tidy_soon(self) -> None:
         """Start deleting old revisions in the background, while the agent waits on the server (a run's last result,
@@ -268,6 +278,27 @@ class CommandExecutor:
         if earlier is None or not self.layout.archive_dir(earlier).is_dir():
             return None
         return earlier
+
+
+def _reuse(held: Path, dest: Path, sha256: str) -> bool:
+    """Link ``held``, an earlier download of the revision, to ``dest`` when its content still hashes to ``sha256``
+    (it was not pruned, truncated or edited since); False, with nothing left at ``dest``, when it cannot be used."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        dest.unlink(missing_ok=True)
+        os.link(held, dest)
+        with open(dest, "rb") as file:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        dest.unlink(missing_ok=True)
+        return False
+    if digest.hexdigest() != sha256:
+        dest.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def _extract_fresh(bundle: Path, archive: Path) -> None:
