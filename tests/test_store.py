@@ -6,6 +6,7 @@ tests/test_postgres_store.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import sqlite3
 import threading
@@ -438,6 +439,22 @@ async def test_open_commands_can_be_listed_without_their_payload(store: AnyStore
     ]
     assert all("payload" not in c and "result" not in c for c in heads)
     assert (await store.list_commands(host="web-1"))[0]["payload"] == {"big": "payload"}
+
+
+async def test_the_open_commands_are_found_without_reading_the_history(tmp_path: Path) -> None:
+    """The heartbeat monitor lists them every second: through an index led by status, not a scan of every command
+    ever queued (which grows with the history)."""
+    statements: list[str] = []
+    async with await SqliteStore.open(tmp_path / "state.db", on_statement=statements.append) as traced:
+        await traced.enqueue_command("web-1", "d-1", "Install", {"x": 1}, at=T0)
+        statements.clear()
+        await traced.list_commands(status="Pending", payload=False)
+    (query,) = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        plan = " ".join(
+            str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {query}", ("Pending",) * query.count("?"))
+        )
+    assert "USING INDEX host_commands_by_status" in plan, plan
 
 
 async def test_locks_put_replace_delete(store: AnyStore) -> None:

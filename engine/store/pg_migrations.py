@@ -365,6 +365,10 @@ _GROUP_LEASES = """
     );
 """
 
+_COMMANDS_BY_STATUS = """
+    CREATE INDEX host_commands_by_status ON host_commands (status, id);
+"""
+
 SCRIPTS: dict[str, str] = {
     "0001_initial_schema": _INITIAL_SCHEMA,
     "0002_approvals": _APPROVALS,
@@ -375,6 +379,7 @@ SCRIPTS: dict[str, str] = {
     "0007_api_applications": _API_APPLICATIONS,
     "0008_replica_shared_state": _REPLICA_SHARED_STATE,
     "0009_group_leases": _GROUP_LEASES,
+    "0010_commands_by_status": _COMMANDS_BY_STATUS,
 }
 """Migration name -> its PostgreSQL script, in the order they apply (the names of engine/store/migrations.py)."""
 
