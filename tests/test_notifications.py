@@ -12,8 +12,12 @@ from engine.runtime.notifications import Notifications
 
 
 class Recorder:
-    def __init__(self) -> None:
+    def __init__(self, groups: frozenset[str] | None = None) -> None:
         self.documents: list[dict[str, Any]] = []
+        self.groups = groups  # the groups it follows; None: every group
+
+    def follows(self, group: str) -> bool:
+        return self.groups is None or group in self.groups
 
     async def deployment_changed(self, deployment: Mapping[str, Any]) -> None:
         self.documents.append(dict(deployment))
@@ -30,6 +34,23 @@ def setup(interval: float = 0.05) -> tuple[Notifications, Recorder, dict[str, in
 
     clock = FakeClock()
     return Notifications([recorder], fetch, interval=interval, timer=clock), recorder, version, clock
+
+
+async def test_a_deployment_no_notifier_follows_is_never_read() -> None:
+    """Told its group, a change that concerns no notifier costs no read of the (large) document."""
+    reads: list[str] = []
+
+    async def fetch(deployment_id: str) -> dict[str, Any]:
+        reads.append(deployment_id)
+        return {"id": deployment_id}
+
+    recorder = Recorder(groups=frozenset({"shop-prod"}))
+    notifications = Notifications([recorder], fetch, interval=0, timer=FakeClock())
+    await notifications.changed("d-1", "InProgress", group="blog-staging")
+    assert reads == [] and recorder.documents == []
+    await notifications.changed("d-2", "InProgress", group="shop-prod")
+    await notifications.changed("d-3")  # group unknown (no runner): read, as any notifier may follow it
+    assert reads == ["d-2", "d-3"] and [d["id"] for d in recorder.documents] == ["d-2", "d-3"]
 
 
 async def test_milestone_changes_are_delivered_at_once_every_time() -> None:

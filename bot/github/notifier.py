@@ -111,6 +111,9 @@ class GitHubNotifier:
 
     # -- the Notifier port -----------------------------------------------------------------------------------
 
+    def follows(self, group: str) -> bool:
+        return True  # which deployments came from GitHub shows in their documents
+
     async def deployment_changed(self, deployment: Mapping[str, Any]) -> None:
         self._queue.put_nowait(dict(deployment))
 

@@ -160,6 +160,9 @@ class SlackNotifier:
 
     # -- the engine's side (engine.ports.Notifier) -----------------------------------------------------------
 
+    def follows(self, group: str) -> bool:
+        return True  # every deployment has its thread
+
     async def deployment_changed(self, deployment: Mapping[str, Any]) -> None:
         try:
             self._record(dict(deployment))

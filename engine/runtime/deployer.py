@@ -812,7 +812,10 @@ class Deployer:
         if event is not None:
             event.set()
         runner = self._runners.get(deployment_id)
-        await self._notifications.changed(deployment_id, runner.milestones() if runner is not None else None)
+        if runner is None:
+            await self._notifications.changed(deployment_id)
+        else:
+            await self._notifications.changed(deployment_id, runner.milestones(), group=runner.group)
 
     # -- restart ---------------------------------------------------------------------------------------------
 

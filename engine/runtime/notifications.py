@@ -87,9 +87,12 @@ class Notifications:
         self._timer = timer or _LoopTime()
         self._deployments: dict[str, _Deployment] = {}
 
-    async def changed(self, deployment_id: str, milestones: Hashable | None = None) -> None:
-        """``milestones``: a signature of what notifiers react to, None when unknown (always delivered at once)."""
-        if not self.notifiers:
+    async def changed(
+        self, deployment_id: str, milestones: Hashable | None = None, *, group: str | None = None
+    ) -> None:
+        """``milestones``: a signature of what notifiers react to, None when unknown (always delivered at once).
+        ``group``: the deployment's group, when known; no notifier following it, nothing is read or delivered."""
+        if not self.notifiers or (group is not None and not any(n.follows(group) for n in self.notifiers)):
             return
         state = self._deployments.setdefault(deployment_id, _Deployment())
         state.changes += 1

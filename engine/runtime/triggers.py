@@ -112,6 +112,11 @@ class TriggerOutbox:
         account = self.config.aws_account(str(group.extra.get("aws_account", "default")))
         return account.region or "local", ""
 
+    def follows(self, group: str) -> bool:
+        """Only groups with triggers: a server without any never reads a deployment's document for them."""
+        found = self._group(group)
+        return found is not None and bool(found.triggers)
+
     async def deployment_changed(self, document: Mapping[str, Any]) -> None:
         """Store an outbox entry for every new (event, trigger) the document shows. Never raises."""
         group = self._group(str(document.get("group")))
