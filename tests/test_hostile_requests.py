@@ -101,6 +101,15 @@ async def test_a_deeply_nested_json_body_is_a_400(door: Door, path: str, agent: 
     assert body["message"] == "the body is refused: nested more than 32 levels deep"
 
 
+async def test_one_level_past_the_limit_is_a_400_and_many_shallow_brackets_are_not(door: Door) -> None:
+    too_deep = {"application": "app", "environment": "staging", "reason": json.loads("[" * 32 + "]" * 32)}
+    status, body = await door.call("POST", "/api/v1/locks", json=too_deep)
+    assert (status, body["message"]) == (400, "the body is refused: nested more than 32 levels deep")
+    wide = {"application": "app", "environment": "staging", "reason": [{} for _ in range(100)]}
+    status, body = await door.call("POST", "/api/v1/locks", json=wide)
+    assert (status, body["message"]) == (400, "'reason' must be a string")  # walked, and shallow enough
+
+
 async def test_nesting_within_the_limit_reaches_the_route(door: Door) -> None:
     shallow = {"application": "app", "environment": "staging", "reason": [[[[["x"]]]]]}
     status, body = await door.call("POST", "/api/v1/locks", json=shallow)
