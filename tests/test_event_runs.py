@@ -33,6 +33,7 @@ from engine.core.events import StartRollback
 from engine.core.lifecycle import SERVER_INSTALL_EVENTS
 from engine.core.machine import DeploymentMachine
 from engine.core.model import DeploymentStatus, DeploymentType, LifecycleEvent, Platform
+from engine.core.snapshot import state_to_json
 from engine.core.stages import ALL_AT_ONCE, StageOptions, deployment_stages
 from engine.ports import OnResult
 from engine.runtime.runner import DeploymentRunner
@@ -322,9 +323,13 @@ async def test_the_engine_applies_a_runs_results_in_order_when_they_arrive_in_on
     engine_free, engine_held = asyncio.Event(), asyncio.Event()
     engine_free.set()
     web1: list[str] = []  # web-1's status as each step ends
+    stored_states: list[tuple[object, object]] = []  # (as persisted, as converted afresh) after each step
 
     async def changed(deployment_id: str) -> None:
         web1.append(str(runner.machine.state.targets["web-1"].status) if runner.machine.state.targets else "-")
+        stored = await server.store.get_deployment("d-1")
+        assert stored is not None
+        stored_states.append((stored["state"]["machine"], state_to_json(runner.machine.state)))
         if not engine_free.is_set():
             engine_held.set()
             await engine_free.wait()
@@ -383,6 +388,8 @@ async def test_the_engine_applies_a_runs_results_in_order_when_they_arrive_in_on
         assert [command["event"] for command, _ in server.results if command["host"] == host] == [str(e) for e in RUN]
     deployment = await server.store.get_deployment("d-1")
     assert deployment is not None and deployment["status"] == "Succeeded"
+    # Each step persisted the machine as a full conversion would, though it converts only the targets that changed.
+    assert len(stored_states) == len(web1) and all(stored == fresh for stored, fresh in stored_states)
 
 
 async def test_the_engine_reaching_a_queued_event_of_a_run_costs_no_transaction(server: Server) -> None:

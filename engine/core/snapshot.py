@@ -77,19 +77,21 @@ def stages_from_json(data: list[dict[str, Any]]) -> tuple[Stage, ...]:
     return tuple(stages)
 
 
-def state_to_json(state: DeploymentState) -> dict[str, Any]:
+def target_to_json(progress: TargetProgress) -> dict[str, Any]:
+    return {
+        "events": [str(e) for e in progress.events],
+        "statuses": {str(e): str(s) for e, s in progress.statuses.items()},
+        "status": str(progress.status),
+        "position": progress.position,
+    }
+
+
+def state_to_json(state: DeploymentState, targets: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``targets``: each target's ``target_to_json``, when the caller keeps them (most steps change few targets)."""
     return {
         "status": str(state.status),
         "stage_index": state.stage_index,
-        "targets": {
-            name: {
-                "events": [str(e) for e in p.events],
-                "statuses": {str(e): str(s) for e, s in p.statuses.items()},
-                "status": str(p.status),
-                "position": p.position,
-            }
-            for name, p in state.targets.items()
-        },
+        "targets": targets if targets is not None else {name: target_to_json(p) for name, p in state.targets.items()},
         "minimum_healthy": state.minimum_healthy,
         "traffic_step": state.traffic_step,
         "traffic_percent": state.traffic_percent,
