@@ -26,7 +26,7 @@ from engine.agent import Agent, AgentOptions, parse_assignments, read_token_file
 from engine.agent import client as agent_client
 from engine.agent.hooks import HookGroup, HookRunner
 from engine.agent.layout import KEPT_REVISIONS, AgentLayout, OngoingCommand
-from engine.bundles import build_bundle
+from engine.bundles import BuiltBundle, build_bundle
 from engine.http11 import HttpClient
 
 TOKEN = "agent-token-1"
@@ -275,12 +275,18 @@ async def test_download_install_and_hooks_end_to_end(fleet: FakeFleet, tmp_path:
     assert unsupported["error_code"] == 5 and unsupported["message"] == "Unsupported command type: BlockTraffic"
 
 
-async def test_old_revisions_are_deleted_between_commands(fleet: FakeFleet, tmp_path: Path) -> None:
+def _serve_empty_revision(fleet: FakeFleet, tmp_path: Path) -> BuiltBundle:
+    """A revision with only an AppSpec, built as the server would and served by ``fleet``."""
     revision = tmp_path / "revision"
     revision.mkdir()
     (revision / "appspec.yml").write_text("version: 0.0\nos: linux\n")
     built = build_bundle(revision, tmp_path / "bundles")
     fleet.bundles[built.sha256] = built.path.read_bytes()
+    return built
+
+
+async def test_old_revisions_are_deleted_between_commands(fleet: FakeFleet, tmp_path: Path) -> None:
+    built = _serve_empty_revision(fleet, tmp_path)
     root = tmp_path / "agent"
     async with running_agent(options(fleet, root)):
         for command_id in range(1, KEPT_REVISIONS + 4):
@@ -294,11 +300,7 @@ async def test_old_revisions_are_deleted_between_commands(fleet: FakeFleet, tmp_
 
 
 async def test_a_revision_the_host_still_holds_is_not_downloaded_again(fleet: FakeFleet, tmp_path: Path) -> None:
-    revision = tmp_path / "revision"
-    revision.mkdir()
-    (revision / "appspec.yml").write_text("version: 0.0\nos: linux\n")
-    built = build_bundle(revision, tmp_path / "bundles")
-    fleet.bundles[built.sha256] = built.path.read_bytes()
+    built = _serve_empty_revision(fleet, tmp_path)
     root = tmp_path / "agent"
     layout = AgentLayout(root)
     async with running_agent(options(fleet, root)):
@@ -322,11 +324,7 @@ async def test_old_revisions_go_while_the_last_result_is_posted_and_before_the_n
     fleet: FakeFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The deletion neither holds up the result that ends a run nor runs beside the command handed over with it."""
-    revision = tmp_path / "revision"
-    revision.mkdir()
-    (revision / "appspec.yml").write_text("version: 0.0\nos: linux\n")
-    built = build_bundle(revision, tmp_path / "bundles")
-    fleet.bundles[built.sha256] = built.path.read_bytes()
+    built = _serve_empty_revision(fleet, tmp_path)
     deleting, may_finish = threading.Event(), threading.Event()
     order: list[object] = []
     prune = AgentLayout.prune_revisions
