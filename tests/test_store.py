@@ -443,18 +443,26 @@ async def test_open_commands_can_be_listed_without_their_payload(store: AnyStore
 
 async def test_the_open_commands_are_found_without_reading_the_history(tmp_path: Path) -> None:
     """The heartbeat monitor lists them every second: through an index led by status, not a scan of every command
-    ever queued (which grows with the history)."""
+    ever queued (which grows with the history). A batch of heartbeats still finds its own hosts' claims by host,
+    not by reading every InProgress command of a 1,000-host deployment."""
     statements: list[str] = []
     async with await SqliteStore.open(tmp_path / "state.db", on_statement=statements.append) as traced:
         await traced.enqueue_command("web-1", "d-1", "Install", {"x": 1}, at=T0)
         statements.clear()
         await traced.list_commands(status="Pending", payload=False)
-    (query,) = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
-    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
-        plan = " ".join(
-            str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {query}", ("Pending",) * query.count("?"))
-        )
-    assert "USING INDEX host_commands_by_status" in plan, plan
+        (monitor,) = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
+        statements.clear()
+        await traced.record_heartbeats([("web-1", T0, {}, "1", "online"), ("web-2", T0, {}, "1", "online")])
+        (claims,) = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
+
+    def plan(query: str, value: str) -> str:
+        with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
+            return " ".join(
+                str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {query}", (value,) * query.count("?"))
+            )
+
+    assert "USING INDEX host_commands_by_status" in plan(monitor, "Pending"), plan(monitor, "Pending")
+    assert "host_commands_queue (host=? AND status=?)" in plan(claims, "web-1"), plan(claims, "web-1")
 
 
 async def test_locks_put_replace_delete(store: AnyStore) -> None:
