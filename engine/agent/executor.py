@@ -169,8 +169,9 @@ class CommandExecutor:
         self._held[revision.sha256] = bundle
         while len(self._held) > HELD_BUNDLES:
             del self._held[next(iter(self._held))]  # the oldest: its directory is likely pruned by now
-        how = "reused the bundle already on this host for" if reused else "downloaded"
-        return HookOutcome(_OK, f"{how} and extracted revision {revision.sha256[:12]}")
+        if reused:
+            return HookOutcome(_OK, f"extracted revision {revision.sha256[:12]} from its bundle already on this host")
+        return HookOutcome(_OK, f"downloaded and extracted revision {revision.sha256[:12]}")
 
     def tidy_soon(self) -> None:
         """Start deleting old revisions in the background, while the agent waits on the server (a run's last result,
