@@ -56,10 +56,10 @@ from engine.core.events import (
     TrafficShiftFailed,
 )
 from engine.core.lifecycle import TRAFFIC_EVENTS
-from engine.core.machine import DeploymentMachine, TargetProgress
+from engine.core.machine import DeploymentMachine
 from engine.core.model import DeploymentStatus, ErrorCode, EventStatus, LifecycleEvent, ScriptErrorCode
-from engine.core.snapshot import stages_to_json, state_to_json, target_to_json
-from engine.core.stages import Stage, TrafficStage, WaitStage
+from engine.core.stages import TrafficStage, WaitStage
+from engine.core.step_record import StepRecord
 from engine.ports import AlarmSource, Clock, DeploymentStore, GreenFleet, HostExecutor, HostFleet, TrafficRouter
 from engine.runtime.blueprint import (
     blue_green_roles,
@@ -130,12 +130,7 @@ class DeploymentRunner:
         self._unverifiable_noted = False
         self.inbox: asyncio.Queue[Event] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._looked_at: dict[str, tuple[EventStatus, ...]] = {}  # per target: its statuses as last written
-        self._stages_json: tuple[tuple[Stage, ...], list[dict[str, Any]]] | None = None  # stages, as JSON
-        self._targets_json: dict[str, tuple[TargetProgress, tuple[Any, ...], dict[str, Any]]] = {}  # see snapshot
-        self._recorded: set[tuple[str, str]] = set()
-        self._started_at: dict[tuple[str, str], float] = {}  # (target, event) in progress -> when it was marked so
-        self._details: list[dict[str, Any]] = []  # results recorded since the last write, saved with the next step
+        self._record = StepRecord()  # what the steps wrote, so each writes only what changed
         self.finished = asyncio.Event()
 
     # -- inputs ----------------------------------------------------------------------------------------------
@@ -164,18 +159,15 @@ class DeploymentRunner:
             "log_tail": str(result.get("log_tail", "")),
         }
         details = {k: v for k, v in fields.items() if v is not None}
-        self._details.append({"target": target, "event": str(event), **details})
-        key = (target, str(event))
-        if key not in self._recorded and self._on_event_finished is not None:
+        first, marked_at = self._record.take_result(target, str(event), details)
+        if first and self._on_event_finished is not None:
             # The agent's own start, else when this server marked it in progress (as the deployment's document does)
             started = result.get("started_at")
-            started = float(started) if started is not None else self._started_at.get(key)
+            started = float(started) if started is not None else marked_at
             if started is not None:
                 self._on_event_finished(str(event), str(status), max(0.0, ended_at - started))
-        self._started_at.pop(key, None)
-        self._recorded.add(key)
         if self.machine.state.status.is_final:  # no step will come to write them: a late result is kept all the same
-            await self.store.save_progress(self.deployment_id, self._take_details())
+            await self.store.save_progress(self.deployment_id, self._record.take_details())
         if succeeded:
             self.post(EventSucceeded(target, event))
         else:
@@ -184,7 +176,7 @@ class DeploymentRunner:
     def has_outcome(self, target: str, event: str) -> bool:
         """Whether the machine already knows how ``event`` ended on ``target`` (or will: its result is on the way
         in), so a stored result read again must not be fed to it twice."""
-        if (target, event) in self._recorded:
+        if self._record.has_taken(target, event):
             return True
         progress = self.machine.state.targets.get(target)
         status = progress.statuses.get(LifecycleEvent(event)) if progress is not None else None
@@ -253,8 +245,8 @@ class DeploymentRunner:
             except InvalidTransition as exc:
                 log.info("deployment %s ignored %s: %s", self.deployment_id, type(event).__name__, exc)
         if not accepted:
-            if self._details:  # results the machine had no use for (it has ended): still kept with their details
-                await self.store.save_progress(self.deployment_id, self._take_details())
+            if self._record.has_details:  # results the machine had no use for (it ended): kept with their details
+                await self.store.save_progress(self.deployment_id, self._record.take_details())
             return
         await self._persist()
         await self._execute_all(commands)
@@ -269,11 +261,8 @@ class DeploymentRunner:
                 error_code=str(state.error_code) if state.error_code else None,
                 error_message=state.message or None,
             )
-        await self.store.save_progress(self.deployment_id, self._take_details() + self._target_rows(), **fields)
-
-    def _take_details(self) -> list[dict[str, Any]]:
-        details, self._details = self._details, []
-        return details
+        rows = self._record.take_details() + self._record.rows(state, self.clock.now())
+        await self.store.save_progress(self.deployment_id, rows, **fields)
 
     def milestones(self) -> tuple[Any, ...]:
         """What notifiers react to, as a comparable value: everything but which lifecycle event each host is at."""
@@ -292,49 +281,12 @@ class DeploymentRunner:
         )
 
     def snapshot(self) -> dict[str, Any]:
-        stages = self.machine.stages  # fixed, but for a green fleet replacing its hosts: converted once per value
-        if self._stages_json is None or self._stages_json[0] is not stages:
-            self._stages_json = (stages, stages_to_json(stages))
         return {
-            "stages": self._stages_json[1],
-            "machine": state_to_json(self.machine.state, self._targets_as_json()),
+            "stages": self._record.stages_json(self.machine.stages),
+            "machine": self._record.state_json(self.machine.state),
             "timers": self.timers,
             "spec": self.spec,
         }
-
-    def _targets_as_json(self) -> dict[str, dict[str, Any]]:
-        """Each target's JSON, converted again only when its progress changed: a step of a 1,000-host deployment
-        changes a few targets, and converting all of them was a tenth of the server's work (the swarm bench)."""
-        converted: dict[str, tuple[TargetProgress, tuple[Any, ...], dict[str, Any]]] = {}
-        for name, progress in self.machine.state.targets.items():
-            signature = (progress.status, progress.position, *progress.statuses.values())
-            known = self._targets_json.get(name)
-            if known is None or known[0] is not progress or known[1] != signature:
-                known = (progress, signature, target_to_json(progress))
-            converted[name] = known
-        self._targets_json = converted  # targets of an earlier stage are forgotten
-        return {name: known[2] for name, known in converted.items()}
-
-    def _target_rows(self) -> list[dict[str, Any]]:
-        """The per-target event statuses the machine changed (Pending rows, Skipped, Unknown), to write in one go."""
-        rows: list[dict[str, Any]] = []
-        now = self.clock.now()
-        for target, progress in self.machine.state.targets.items():
-            # Each step changes a few targets of many: one whose statuses are as they were has nothing to write.
-            statuses = tuple(progress.statuses[event] for event in progress.events)
-            before = self._looked_at.get(target)
-            if before == statuses:
-                continue
-            self._looked_at[target] = statuses
-            for seq, (event, status) in enumerate(zip(progress.events, statuses, strict=True)):
-                key = (target, str(event))
-                if (before is not None and before[seq] is status) or key in self._recorded:
-                    continue  # unchanged, or written with its details by record_result
-                row: dict[str, Any] = {"target": target, "event": str(event), "status": str(status), "seq": seq}
-                if status == EventStatus.IN_PROGRESS:
-                    row["started_at"] = self._started_at[key] = now
-                rows.append(row)
-        return rows
 
     # -- commands --------------------------------------------------------------------------------------------
 
@@ -684,8 +636,7 @@ class DeploymentRunner:
     async def _resume(self) -> None:
         """Re-issue whatever the persisted state is waiting on (rule 2: every re-issue is idempotent)."""
         state = self.machine.state
-        for target, progress in state.targets.items():  # as persisted: written already
-            self._looked_at[target] = tuple(progress.statuses[event] for event in progress.events)
+        self._record.seed(state)  # as persisted: written already
         await self._execute_all(
             [
                 RunEvent(target, progress.current)
