@@ -286,13 +286,11 @@ def _reuse(held: Path, dest: Path, sha256: str) -> bool:
     (it was not pruned, truncated or edited since); False, with nothing left at ``dest``, when it cannot be used."""
     import hashlib
 
-    digest = hashlib.sha256()
     try:
         dest.unlink(missing_ok=True)
         os.link(held, dest)
         with open(dest, "rb") as file:
-            while chunk := file.read(1 << 20):
-                digest.update(chunk)
+            digest = hashlib.file_digest(file, "sha256")
     except OSError:
         dest.unlink(missing_ok=True)
         return False
