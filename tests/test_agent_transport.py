@@ -9,10 +9,11 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import h11
 import pytest
 from aiohttp import web
 
-from engine.http11 import ConnectionEnded, HttpClient, ProtocolBroken
+from engine.http11 import ConnectionEnded, HttpClient, ProtocolBroken, _Connection
 
 
 @contextlib.asynccontextmanager
@@ -279,3 +280,26 @@ async def test_cancelling_a_waiting_request_cancels_it() -> None:
 def test_only_http_and_https_urls() -> None:
     with pytest.raises(ValueError, match="http:// or https://"):
         HttpClient("ftp://example.com")
+
+
+async def test_a_request_and_its_small_body_go_out_in_one_write() -> None:
+    """One write, so one segment: the server wakes once per request, not once for the head and again for the body
+    (a result POST is most of an agent's traffic)."""
+
+    class Recording:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+        async def drain(self) -> None:
+            return None
+
+    writer = Recording()
+    connection = _Connection(asyncio.StreamReader(), writer)  # type: ignore[arg-type]
+    body = json.dumps({"status": "Succeeded"}).encode()
+    head = h11.Request(method="POST", target="/r", headers=[("Host", "x"), ("Content-Length", str(len(body)))])
+    await connection.send(head, h11.Data(data=body), h11.EndOfMessage())
+    assert len(writer.writes) == 1
+    assert writer.writes[0].startswith(b"POST /r HTTP/1.1\r\n") and writer.writes[0].endswith(b"\r\n\r\n" + body)
