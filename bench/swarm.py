@@ -17,6 +17,8 @@ bench asks for the deployment's JSON once, after the swarm has answered every ho
 2,000-host deployment is itself a measurable share of the server's CPU). Figures: wall time (the server's
 ``ended_at - created_at``), the server's CPU per host-event (``/proc/<pid>/stat`` before and after, divided by
 the events the swarm answered; heartbeats and that one GET included), its RSS (now and peak), time per host.
+Right after each size, ``bench.floor`` measures what the same result POSTs cost a bare server (no deploybot code),
+so the CPU figure can be read against the floor any server built this way has on this machine.
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ from typing import Any
 
 import aiohttp
 
+from bench import floor
 from bench.figures import Figure
 from bench.phases import memory_mib, stat_times
 from bench.revisions import write_revision
-from bench.server import BenchError, BenchServer, fleet_config, host_names
+from bench.server import BenchError, BenchServer, fleet_config, free_port, host_names
 from bench.settings import Settings
 
 SWARM_TARGET_HOSTS = 1000  # issue 19: 1,000 simulated hosts AllAtOnce in 10 s, server RSS 250 MiB
@@ -48,6 +51,7 @@ SWARM_TARGET_S = 10.0
 CPU_PER_EVENT_TARGET_MS = 0.3
 SERVER_RSS_TARGET_MIB = 250.0
 LAST_EVENT = "ValidateService"  # the bench's group is in place, without a load balancer
+FLOOR_NAMES = {"http": "bare aiohttp", "http+write": "bare aiohttp + 1 SQLite write"}
 NEXT_WAIT = 0.25  # what the real agent asks for (engine.agent.client.NEXT_WAIT)
 HEARTBEAT_SECONDS = 5.0  # the real agent's default
 POLL_SECONDS = 25.0
@@ -327,6 +331,8 @@ def swarm(settings: Settings) -> list[Figure]:
     for hosts in settings.swarm_hosts:
         with settings.scenario_dir(f"swarm{hosts}") as workdir:
             run = run_swarm(workdir, hosts)
+            # Right after, on the same machine state: what the same hosts' result POSTs cost a bare server.
+            floors = [floor.measure(workdir / "floor", hosts, mode, free_port()) for mode in floor.MODES]
         console.print(
             f"  {hosts} simulated hosts: {run.wall_s:.2f} s, {run.per_host_ms:.1f} ms/host; server CPU "
             f"{run.server_cpu_s:.2f} s for {run.host_events} host-events = {run.cpu_per_event_ms:.3f} ms each "
@@ -356,4 +362,19 @@ def swarm(settings: Settings) -> list[Figure]:
             ),
             Figure(f"swarm {hosts}: time per host", run.per_host_ms, "ms", None, "target: flat from 50 to 1,000 hosts"),
         ]
+        for measured in floors:
+            ratio = run.cpu_per_event_ms / measured.cpu_per_request_ms
+            console.print(
+                f"  floor ({measured.mode}), {hosts} hosts x {floor.EVENTS_PER_HOST} result POSTs: server CPU "
+                f"{measured.server_cpu_s:.2f} s = {measured.cpu_per_request_ms:.3f} ms each, in {measured.wall_s:.2f} s"
+            )
+            figures.append(
+                Figure(
+                    f"swarm {hosts}: floor, {FLOOR_NAMES[measured.mode]}",
+                    measured.cpu_per_request_ms,
+                    "ms",
+                    None,
+                    f"server CPU per result POST, no deploybot code; deploybot {ratio:.1f}x",
+                )
+            )
     return figures

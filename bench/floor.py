@@ -1,0 +1,130 @@
+"""The floor under the swarm's "server CPU per host-event": what the same requests cost a server that does nothing else.
+
+A bare aiohttp server (this Python, this machine, no deploybot code) takes each simulated host's 7 result POSTs, one
+after another as an agent running its events sends them, from the same number of hosts at once. Two floors:
+
+- ``http``: the handler reads the JSON body and answers ``{"ok": true, "stop": false}``;
+- ``http+write``: it also records the result in an SQLite table (WAL, ``synchronous=NORMAL``, one transaction per
+  result on one store thread, as deploybot's store runs): one read, two updates, a commit.
+
+deploybot does more per event than either (tokens, the engine's step, persisting the deployment, heartbeats, long
+polls), so its figure can only approach these; a target below the second floor is out of reach for any server built
+this way on this machine. ``python -m bench.floor serve PORT DB MODE`` is the server; ``measure`` drives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+EVENTS_PER_HOST = 7  # ApplicationStop .. ValidateService: one result POST each
+MODES = ("http", "http+write")
+_READY = "floor server ready"
+
+
+@dataclass(frozen=True)
+class Floor:
+    mode: str
+    hosts: int
+    requests: int
+    server_cpu_s: float
+    wall_s: float
+
+    @property
+    def cpu_per_request_ms(self) -> float:
+        return self.server_cpu_s / self.requests * 1000
+
+
+def _serve(port: int, db_path: str, mode: str) -> None:
+    from aiohttp import web
+
+    store = ThreadPoolExecutor(max_workers=1, thread_name_prefix="floor-store")
+    db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("CREATE TABLE IF NOT EXISTS results (id INTEGER PRIMARY KEY, status TEXT, result TEXT)")
+
+    def record(command_id: int, text: str) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("SELECT id, status FROM results WHERE id = ?", (command_id,)).fetchall()
+        db.execute("INSERT OR REPLACE INTO results VALUES (?, 'Succeeded', ?)", (command_id, text))
+        db.execute("UPDATE results SET status = 'InProgress' WHERE id = ?", (command_id + 1,))
+        db.execute("COMMIT")
+
+    async def result(request: web.Request) -> web.Response:
+        text = await request.text()
+        await request.json()
+        if mode == "http+write":
+            command_id = int(request.match_info["id"])
+            await asyncio.get_running_loop().run_in_executor(store, record, command_id, text)
+        return web.json_response({"ok": True, "stop": False})
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/agent/v1/commands/{id:\\d+}/result", result)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        print(_READY, flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _hosts(url: str, hosts: int) -> None:
+    import aiohttp
+
+    now = time.time()
+    body = {"status": "Succeeded", "error_code": 0, "message": "", "log_tail": "", "started_at": now, "ended_at": now}
+    headers = {"Authorization": "Bearer floor"}
+    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def host(index: int) -> None:
+            for event in range(EVENTS_PER_HOST):
+                command = index * EVENTS_PER_HOST + event
+                path = f"/agent/v1/commands/{command}/result?then={command + 1}"
+                async with session.post(path, json=body, headers=headers) as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"floor server answered {response.status}")
+
+        await asyncio.gather(*(host(index) for index in range(hosts)))
+
+
+def measure(workdir: Path, hosts: int, mode: str, port: int) -> Floor:
+    """Start the floor server, warm it up, then time ``hosts`` hosts' result POSTs (its CPU from /proc)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "bench.floor", "serve", str(port), str(workdir / f"floor-{mode}.db"), mode]
+    cwd = Path(__file__).resolve().parent.parent
+    with subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as server:
+        try:
+            assert server.stdout is not None
+            line = server.stdout.readline()
+            if _READY not in line:
+                raise RuntimeError(f"the floor server did not start: {line}{server.stdout.read()}")
+            url = f"http://127.0.0.1:{port}"
+            asyncio.run(_hosts(url, min(hosts, 50)))  # warm-up: imports, first connections
+            before, started = _cpu_seconds(server.pid), time.perf_counter()
+            asyncio.run(_hosts(url, hosts))
+            wall, cpu = time.perf_counter() - started, _cpu_seconds(server.pid) - before
+        finally:
+            server.kill()
+    return Floor(mode, hosts, hosts * EVENTS_PER_HOST, cpu, wall)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 5 or sys.argv[1] != "serve" or sys.argv[4] not in MODES:
+        sys.exit(f"usage: python -m bench.floor serve PORT DB {{{','.join(MODES)}}}")
+    _serve(int(sys.argv[2]), sys.argv[3], sys.argv[4])
