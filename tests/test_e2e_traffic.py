@@ -162,7 +162,11 @@ def test_rollback_during_the_termination_wait_is_a_sub_second_reroute(servers, t
     server = start(
         servers, tmp_path, config(2, lb, BLUE_GREEN.format(traffic="CodeDeployDefault.ECSAllAtOnce", termination=0.5))
     )
-    assert deploy_and_wait(server, revision(tmp_path, "1.0.0"))["status"] == "Succeeded"
+    first = server.deploy("hello", "prod", revision(tmp_path, "1.0.0"))
+    server.wait_for(first["id"], lambda d: d["status"] == "Baking")
+    # Setup only: the first deployment's original fleet is released now, not after its 30 s wait.
+    assert server.api("POST", f"/api/v1/deployments/{first['id']}/continue")[0] == 200
+    assert server.wait_final(first["id"])["status"] == "Succeeded"
     started = server.deploy("hello", "prod", revision(tmp_path, "2.0.0"))
     server.wait_for(started["id"], lambda d: d["status"] == "Baking")
     with Load(f"http://127.0.0.1:{lb}/", rate=200) as load:
