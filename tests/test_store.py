@@ -290,6 +290,20 @@ async def test_json_columns_round_trip(store: AnyStore) -> None:
     assert (await store.read_log())[0]["data"] == {"list": [1, {"b": True}]}
 
 
+async def test_a_deployment_and_its_first_log_entry_are_written_together_or_not_at_all(store: AnyStore) -> None:
+    requested = {"kind": "deployment.requested", "at": T0, "actor": "ana", "data": {"group": "shop-staging"}}
+    await store.create_deployment(deployment("d-1"), log=requested)
+    assert await store.get_deployment("d-1") is not None
+    entries = await store.read_log(deployment_id="d-1")
+    assert [(e["kind"], e["actor"], e["at"], e["data"]) for e in entries] == [
+        ("deployment.requested", "ana", T0, {"group": "shop-staging"})
+    ]
+    with pytest.raises(integrity_errors()):  # the same id again: neither the row nor its entry is written
+        await store.create_deployment(deployment("d-1", status="Queued"), log=requested | {"actor": "bob"})
+    assert [e["actor"] for e in await store.read_log(deployment_id="d-1")] == ["ana"]
+    assert (await store.get_deployment("d-1"))["status"] == "Created"
+
+
 async def test_update_deployment_rejects_unknown_columns_and_reports_missing_rows(store: AnyStore) -> None:
     with pytest.raises(ValueError, match="colour"):
         await store.create_deployment(deployment("d-1", colour="blue"))

@@ -299,14 +299,13 @@ class Deployer:
                         "from": request.promoted_from,
                     },
                     "state": state,
-                }
-            )
-            await self.store.append_log(
-                "deployment.requested",
-                at=now,
-                actor=actor,
-                deployment_id=deployment_id,
-                data={"group": group.name, "revision": revision.sha256, "rollback_of": rollback_of},
+                },
+                log={
+                    "kind": "deployment.requested",
+                    "at": now,
+                    "actor": actor,
+                    "data": {"group": group.name, "revision": revision.sha256, "rollback_of": rollback_of},
+                },
             )
             if rollback_of is not None:
                 await self.store.update_deployment(rollback_of, rolled_back_by=deployment_id)

@@ -25,6 +25,7 @@ from engine.store.statements import (
 )
 
 _TARGET_EVENT_KEY = ("deployment_id", "target", "event")
+_LOG_INSERT = f"INSERT INTO event_log (deployment_id, at, actor, kind, data) VALUES ({placeholders(5)})"
 
 
 class DeploymentRows(SqlAccess):
@@ -70,12 +71,23 @@ class DeploymentRows(SqlAccess):
 
     # -- deployments
 
-    async def create_deployment(self, record: Mapping[str, Any]) -> None:
-        """Insert a new deployment; a duplicate id raises the database's integrity error."""
+    async def create_deployment(self, record: Mapping[str, Any], *, log: Mapping[str, Any] | None = None) -> None:
+        """Insert a new deployment, and ``log``, its first event-log entry (keys as ``append_log``'s arguments; its
+        ``deployment_id`` is the new one's), in the same transaction: a deployment never exists without the entry
+        that says who asked for it, and starting one costs one write less. A duplicate id raises the database's
+        integrity error."""
         check_columns("deployments", record, self._columns["deployments"])
         row = encode_fields("deployments", record)
         columns = ", ".join(f'"{c}"' for c in row)
-        await self._change(f"INSERT INTO deployments ({columns}) VALUES ({placeholders(len(row))})", [*row.values()])
+        insert = f"INSERT INTO deployments ({columns}) VALUES ({placeholders(len(row))})"
+
+        def create() -> Program[None]:
+            yield Change(insert, [*row.values()])
+            if log is not None:
+                entry = (record["id"], log["at"], log["actor"], log["kind"], to_json(log.get("data")))
+                yield Change(_LOG_INSERT, entry)
+
+        await self._transact(create)
 
     async def get_deployment(self, deployment_id: str) -> Row | None:
         return await self._fetch_one("deployments", "SELECT * FROM deployments WHERE id = ?", (deployment_id,))
@@ -192,8 +204,7 @@ class DeploymentRows(SqlAccess):
     async def append_logs(self, entries: Iterable[Mapping[str, Any]]) -> list[int]:
         """Append many entries (keys as ``append_log``'s arguments) in one transaction; returns their ids."""
         rows = [(e.get("deployment_id"), e["at"], e["actor"], e["kind"], to_json(e.get("data"))) for e in entries]
-        sql = f"INSERT INTO event_log (deployment_id, at, actor, kind, data) VALUES ({placeholders(5)})"
-        return await self._insert(sql, rows)
+        return await self._insert(_LOG_INSERT, rows)
 
     async def read_log(self, *, deployment_id: str | None = None, after_id: int = 0, limit: int = 1000) -> list[Row]:
         where, params = where_clause(deployment_id=deployment_id)
