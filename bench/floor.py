@@ -5,7 +5,7 @@ after another as an agent running its events sends them, from the same number of
 
 - ``http``: the handler reads the JSON body and answers ``{"ok": true, "stop": false}``;
 - ``http+write``: it also records the result in an SQLite table (WAL, ``synchronous=NORMAL``, one transaction per
-  result on one store thread, as deploybot's store runs): one read, two updates, a commit.
+  result on one store thread, as deploybot's store runs): one read, two writes, a commit.
 
 deploybot does more per event than either (tokens, the engine's step, persisting the deployment, heartbeats, long
 polls), so its figure can only approach these; a target below the second floor is out of reach for any server built
