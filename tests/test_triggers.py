@@ -531,3 +531,30 @@ async def test_a_delivery_cut_short_by_the_server_going_away_is_sent_again(
         await second.close()
         await receiver.stop()
     assert sorted(a["delivery"] for a in receiver.accepted) == sorted(receiver.held)  # each event id once more
+
+
+async def test_a_cancelled_outbox_wait_is_never_swallowed_at_whatever_point_it_lands(
+    workdir: Path, slack: FakeSlack, fake_clock: FakeClock
+) -> None:
+    """The outbox worker waits for a wake-up or for an entry's next try on its clock, then tidies both waits away. A
+    cancellation (the server closing) landing while it tidies must still end the wait with CancelledError: swallowed
+    there, the worker went on to wait on a clock nobody moves, and the server's shutdown hung (seen once in the
+    suite under load). Every interleaving of the wake-up and the cancellation up to 12 loop turns apart is tried."""
+    deployer = await open_deployer(workdir, Receiver(free_port()).url, slack, clock=fake_clock)
+    outbox = deployer.triggers
+    await outbox.close()  # its own worker stays out of the way: this drives the wait directly
+    try:
+        for turns in range(12):
+            parked = len(fake_clock.sleepers)
+            wait = asyncio.ensure_future(outbox._until(60.0))
+            await fake_clock.sleeping(parked + 1)
+            outbox._wake.set()
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            if wait.done():  # it ended on the wake-up before the cancellation: nothing to lose
+                continue
+            wait.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await wait
+    finally:
+        await deployer.close()

@@ -175,8 +175,7 @@ class ScopeWorker:
         finally:
             if alarm is not None:
                 alarm.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await alarm
+                await asyncio.wait({alarm})  # not suppress(CancelledError): it would swallow our own cancellation too
 
     async def _wake_after(self, delay: float) -> None:
         await self.clock.sleep(max(delay, 0.0))

@@ -240,9 +240,9 @@ class TriggerOutbox:
         finally:
             for wait in waits:
                 wait.cancel()
-            for wait in waits:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await wait
+            # asyncio.wait, not ``await wait`` under suppress(CancelledError): that would also swallow a cancellation
+            # of this task landing meanwhile (the server closing), and the worker would go on waiting for ever.
+            await asyncio.wait(waits)
 
     async def deliver_due(self) -> float | None:
         """Start delivering every entry that is due and not being delivered; the earliest ``not_before`` of the
