@@ -15,7 +15,6 @@ this way on this machine. ``python -m bench.floor serve PORT DB MODE`` is the se
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.phases import stat_times
 
 EVENTS_PER_HOST = 7  # ApplicationStop .. ValidateService: one result POST each
 MODES = ("http", "http+write")
@@ -78,11 +79,6 @@ def _serve(port: int, db_path: str, mode: str) -> None:
     asyncio.run(main())
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _hosts(url: str, hosts: int) -> None:
     import aiohttp
 
@@ -116,9 +112,9 @@ def measure(workdir: Path, hosts: int, mode: str, port: int) -> Floor:
                 raise RuntimeError(f"the floor server did not start: {line}{server.stdout.read()}")
             url = f"http://127.0.0.1:{port}"
             asyncio.run(_hosts(url, min(hosts, 50)))  # warm-up: imports, first connections
-            before, started = _cpu_seconds(server.pid), time.perf_counter()
+            before, started = stat_times(server.pid)[0], time.perf_counter()
             asyncio.run(_hosts(url, hosts))
-            wall, cpu = time.perf_counter() - started, _cpu_seconds(server.pid) - before
+            wall, cpu = time.perf_counter() - started, stat_times(server.pid)[0] - before
         finally:
             server.kill()
     return Floor(mode, hosts, hosts * EVENTS_PER_HOST, cpu, wall)
