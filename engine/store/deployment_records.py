@@ -28,6 +28,11 @@ _TARGET_EVENT_KEY = ("deployment_id", "target", "event")
 _LOG_INSERT = f"INSERT INTO event_log (deployment_id, at, actor, kind, data) VALUES ({placeholders(5)})"
 
 
+def _log_row(entry: Mapping[str, Any]) -> tuple[Any, ...]:
+    """An event-log entry (keys as ``append_log``'s arguments) as ``_LOG_INSERT``'s parameters."""
+    return (entry.get("deployment_id"), entry["at"], entry["actor"], entry["kind"], to_json(entry.get("data")))
+
+
 class DeploymentRows(SqlAccess):
     """The deployments' own tables (revisions, deployments, target_events, event_log)."""
 
@@ -84,8 +89,7 @@ class DeploymentRows(SqlAccess):
         def create() -> Program[None]:
             yield Change(insert, [*row.values()])
             if log is not None:
-                entry = (record["id"], log["at"], log["actor"], log["kind"], to_json(log.get("data")))
-                yield Change(_LOG_INSERT, entry)
+                yield Change(_LOG_INSERT, _log_row({**log, "deployment_id": record["id"]}))
 
         await self._transact(create)
 
@@ -203,8 +207,7 @@ class DeploymentRows(SqlAccess):
 
     async def append_logs(self, entries: Iterable[Mapping[str, Any]]) -> list[int]:
         """Append many entries (keys as ``append_log``'s arguments) in one transaction; returns their ids."""
-        rows = [(e.get("deployment_id"), e["at"], e["actor"], e["kind"], to_json(e.get("data"))) for e in entries]
-        return await self._insert(_LOG_INSERT, rows)
+        return await self._insert(_LOG_INSERT, [_log_row(entry) for entry in entries])
 
     async def read_log(self, *, deployment_id: str | None = None, after_id: int = 0, limit: int = 1000) -> list[Row]:
         where, params = where_clause(deployment_id=deployment_id)
