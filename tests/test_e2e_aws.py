@@ -328,12 +328,9 @@ async def test_a_manual_rollback_shifts_the_alias_back_to_the_version_it_served_
 ) -> None:
     setup = await create_lambda_function(aws)
     server = await server_for(lambda_config(moto_reset))
-    deployment = await asyncio.to_thread(server.deploy, "api", "prod", lambda_appspec(tmp_path, setup))
     # Setup only: promoted at its first step rather than shifted through the whole linear schedule.
-    await asyncio.to_thread(server.wait_for, deployment["id"], lambda d: (d["traffic"] or {}).get("percent", 0) > 0)
-    status, answer = await asyncio.to_thread(server.api, "POST", f"/api/v1/deployments/{deployment['id']}/promote")
-    first = await asyncio.to_thread(server.wait_final, deployment["id"])
-    assert first["status"] == "Succeeded" and (status == 200 or first["traffic"]["percent"] == 100), answer
+    deployment = await asyncio.to_thread(server.deploy_promoted, "api", "prod", lambda_appspec(tmp_path, setup))
+    assert deployment["status"] == "Succeeded", deployment
     assert await alias_now(aws, setup) == ("2", {})
 
     async def reversed_alias() -> tuple[str, float]:

@@ -73,18 +73,6 @@ def deploy_and_wait(server: DeploybotServer, source: Path, timeout: float = 90) 
     return server.wait_final(server.deploy("hello", "prod", source)["id"], timeout=timeout)
 
 
-def deploy_promoted(server: DeploybotServer, source: Path) -> dict:
-    """A setup deployment of a canary or linear group: promoted at its first traffic step, so the test does not sit
-    out the intervals (what it checks is a later deployment)."""
-    started = server.deploy("hello", "prod", source)
-    server.wait_for(started["id"], lambda d: (d["traffic"] or {}).get("percent", 0) > 0)
-    status, answer = server.api("POST", f"/api/v1/deployments/{started['id']}/promote")
-    done = server.wait_final(started["id"])
-    # Refused only when a stalled machine let the schedule finish first: then there was nothing left to promote.
-    assert status == 200 or done["status"] == "Succeeded", answer
-    return done
-
-
 BLUE_GREEN = """        deployment_type: blue-green
         deployment_config: CodeDeployDefault.AllAtOnce
         traffic_config: {traffic}
@@ -123,7 +111,7 @@ def test_in_place_one_at_a_time_drains_each_host_and_loses_no_request(servers, t
 def test_canary_with_failing_green_is_stopped_by_the_alarm_and_rerouted(servers, tmp_path) -> None:
     lb = free_port()
     server = start(servers, tmp_path, config(4, lb, BLUE_GREEN.format(traffic="QuickCanary", termination=0)))
-    first = deploy_promoted(server, revision(tmp_path, "1.0.0"))
+    first = server.deploy_promoted("hello", "prod", revision(tmp_path, "1.0.0"))
     assert first["status"] == "Succeeded"
     with Load(f"http://127.0.0.1:{lb}/", rate=200) as load:
         bad = server.deploy("hello", "prod", revision(tmp_path, "2.0.0", "fail-requests"))
@@ -151,7 +139,7 @@ def test_canary_with_failing_green_is_stopped_by_the_alarm_and_rerouted(servers,
 def test_linear_shift_paused_resumed_and_promoted(servers, tmp_path) -> None:
     lb = free_port()
     server = start(servers, tmp_path, config(2, lb, BLUE_GREEN.format(traffic="QuickLinear", termination=0)))
-    assert deploy_promoted(server, revision(tmp_path, "1.0.0"))["status"] == "Succeeded"
+    assert server.deploy_promoted("hello", "prod", revision(tmp_path, "1.0.0"))["status"] == "Succeeded"
     started = server.deploy("hello", "prod", revision(tmp_path, "2.0.0"))
     server.wait_for(started["id"], lambda d: (d["traffic"] or {}).get("percent") == 25)
     status, paused = server.api("POST", f"/api/v1/deployments/{started['id']}/pause")
@@ -213,7 +201,7 @@ def test_haproxy_gone_fails_clearly_and_leaves_traffic(servers, tmp_path, breaka
     lb = free_port()
     group = (BLUE_GREEN if alarms else NO_ALARMS).format(traffic="QuickCanary", termination=0)
     server = start(servers, tmp_path, config(2, lb, group))
-    assert deploy_promoted(server, revision(tmp_path, "1.0.0"))["status"] == "Succeeded"
+    assert server.deploy_promoted("hello", "prod", revision(tmp_path, "1.0.0"))["status"] == "Succeeded"
     slow = revision(tmp_path, "2.0.0")
     hooks = (slow / "scripts" / "before_install.sh").read_text()
     (slow / "scripts" / "before_install.sh").write_text(hooks + "\nsleep 1\n")

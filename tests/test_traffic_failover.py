@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 from e2e_support import DeploybotServer, Load, free_port
-from test_e2e_traffic import NO_ALARMS, config, deploy_promoted, revision, servers, start
+from test_e2e_traffic import NO_ALARMS, config, revision, servers, start
 
 from engine.adapters.haproxy.runtime import AdminState, HAProxyRuntime
 
@@ -65,7 +65,7 @@ def share(results: list[tuple[float, int, str]], version: str, start: float, end
 def test_reported_weights_are_haproxys_and_an_unhealthy_replacement_never_gets_traffic(servers, tmp_path) -> None:
     lb = free_port()
     server = start(servers, tmp_path, config(4, lb, GROUP, extra_configs=CANARY))
-    first = deploy_promoted(server, revision(tmp_path, "1.0.0"))
+    first = server.deploy_promoted("hello", "prod", revision(tmp_path, "1.0.0"))
     assert first["status"] == "Succeeded", first["error"]
 
     with Load(f"http://127.0.0.1:{lb}/", rate=200) as load:
