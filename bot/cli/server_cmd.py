@@ -209,6 +209,7 @@ async def _serve(
     from bot.app import create_app
     from bot.assembly import assemble_deployer
     from bot.github import describe as describe_github
+    from bot.heap import settle as settle_heap
     from bot.localfleet import LocalFleet, agent_processes
     from engine.adapters.aws.accounts import AwsAccounts
     from engine.adapters.aws.elbv2 import build_elb_routers
@@ -261,6 +262,7 @@ async def _serve(
         app = create_app(settings, deployer=deployer, local_fleet=LocalFleet(agents) if agents else None)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
         await runner.setup()
+        settle_heap()  # startup is over: what it built lives as long as the process (bot/heap.py)
         try:
             await web.SockSite(runner, sock, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, ssl_context=tls).start()
             with _stop_signals() as stopped:
