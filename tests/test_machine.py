@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
@@ -34,7 +35,7 @@ from engine.core.machine import DeploymentMachine, MachineOptions
 from engine.core.model import AutoRollback, AutoRollbackEvent, DeploymentStatus, DeploymentType, ErrorCode, Platform
 from engine.core.model import LifecycleEvent as E
 from engine.core.simulate import simulate
-from engine.core.snapshot import stages_from_json, stages_to_json, state_from_json, state_to_json
+from engine.core.snapshot import EncodedJson, stages_from_json, stages_to_json, state_from_json, state_to_json
 from engine.core.stages import (
     StageOptions,
     TargetStage,
@@ -44,6 +45,7 @@ from engine.core.stages import (
     blue_green_rollback_stages,
     deployment_stages,
 )
+from engine.core.step_record import StepRecord
 
 ONE = BUILTIN_CONFIGS["CodeDeployDefault.OneAtATime"].minimum_healthy_hosts
 HALF = BUILTIN_CONFIGS["CodeDeployDefault.HalfAtATime"].minimum_healthy_hosts
@@ -454,6 +456,33 @@ def test_illegal_transitions_leave_state_unchanged(before, event) -> None:
 
 
 # -- snapshots ------------------------------------------------------------------------------------------------
+
+
+def test_the_step_records_encoded_snapshot_is_the_whole_document_encoded_after_every_step() -> None:
+    """The runner persists text joined from parts encoded once (engine/core/step_record.py): after each step it
+    must read back as the stages, state, timers and spec encoded whole, including targets that did not change."""
+    stages = in_place(5, ONE)
+    machine = DeploymentMachine(stages)
+    record = StepRecord()
+    spec = {"application_name": "web", "appspec": {"hooks": {"BeforeInstall": ['a "quoted" script']}}}
+    snapshots = []
+
+    def check(timers: dict[str, object]) -> None:
+        text = record.snapshot(machine.stages, machine.state, timers, spec)
+        assert isinstance(text, EncodedJson)
+        whole = {"stages": stages_to_json(stages), "machine": state_to_json(machine.state), "timers": timers}
+        assert json.loads(text) == {**whole, "spec": spec}
+        snapshots.append(text)
+
+    commands = machine.send(Started())
+    check({})
+    while runs := [c for c in commands if isinstance(c, RunEvent)]:
+        commands = []
+        for run in runs:
+            commands += machine.send(EventSucceeded(run.target, run.event))
+            check({"1:wait": 12.5})
+    assert machine.state.status == DeploymentStatus.SUCCEEDED
+    assert len(set(snapshots)) > 30  # every step's text differs: each changed target was encoded again
 
 
 def test_snapshot_round_trip_resumes_identically() -> None:

@@ -6,12 +6,26 @@ deployment under its feet.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from engine.core.configs import MinimumHealthyHosts, MinimumHealthyHostsType, TrafficStep
 from engine.core.machine import DeploymentState, TargetProgress
 from engine.core.model import DeploymentStatus, ErrorCode, EventStatus, LifecycleEvent
 from engine.core.stages import Stage, TargetStage, TrafficStage, WaitKind, WaitStage
+
+
+class EncodedJson(str):
+    """A JSON value already encoded: a store writes it to a JSON column as it is, where any other value is encoded
+    there. For a document rewritten every step whose large parts rarely change (engine/core/step_record.py): they
+    are kept encoded and only joined, instead of encoding the whole document again."""
+
+    __slots__ = ()
+
+
+def encode(value: Any) -> str:
+    """Compact JSON text, as the stores write it."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 def stages_to_json(stages: tuple[Stage, ...]) -> list[dict[str, Any]]:
@@ -86,12 +100,24 @@ def target_to_json(progress: TargetProgress) -> dict[str, Any]:
     }
 
 
-def state_to_json(state: DeploymentState, targets: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """``targets``: each target's ``target_to_json``, when the caller keeps them (most steps change few targets)."""
+def state_to_json(state: DeploymentState) -> dict[str, Any]:
     return {
         "status": str(state.status),
         "stage_index": state.stage_index,
-        "targets": targets if targets is not None else {name: target_to_json(p) for name, p in state.targets.items()},
+        "targets": {name: target_to_json(p) for name, p in state.targets.items()},
+        **_state_fields(state),
+    }
+
+
+def encode_state(state: DeploymentState, targets: str) -> EncodedJson:
+    """``state_to_json`` encoded, given its targets already encoded as one JSON object (``targets``)."""
+    head = encode({"status": str(state.status), "stage_index": state.stage_index})
+    return EncodedJson(f'{head[:-1]},"targets":{targets},{encode(_state_fields(state))[1:]}')
+
+
+def _state_fields(state: DeploymentState) -> dict[str, Any]:
+    """The state's fields after its targets."""
+    return {
         "minimum_healthy": state.minimum_healthy,
         "traffic_step": state.traffic_step,
         "traffic_percent": state.traffic_percent,

@@ -8,9 +8,12 @@ record keeps, per target, what was last written and what was last converted, and
     (a result's own row carries its details: the status change it causes is not written again as a bare row);
   - when each event was marked in progress (the start of a result whose agent did not say when it started);
   - each target's statuses as last written, seeded from the persisted state on resume (``written``);
-  - each target's JSON as last converted, with the progress object and signature it came from. This is a second
+  - each target's JSON text as last encoded, with the progress object and signature it came from. This is a second
     per-target record on purpose: the state is also converted alone (timers, a green fleet's name), without rows
     being written, so the two cannot share one "last seen".
+
+The snapshot itself is JSON text joined from those parts (``snapshot``): encoding the whole state of 1,000 hosts
+again took about 5 ms a step, joining the parts about 0.3 ms.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 from engine.core.machine import DeploymentState, TargetProgress
 from engine.core.model import EventStatus
-from engine.core.snapshot import stages_to_json, state_to_json, target_to_json
+from engine.core.snapshot import EncodedJson, encode, encode_state, stages_to_json, target_to_json
 from engine.core.stages import Stage
 
 Row = dict[str, Any]
@@ -34,8 +37,8 @@ class StepRecord:
         self._taken: set[tuple[str, str]] = set()  # (target, event) whose result was taken
         self._started_at: dict[tuple[str, str], float] = {}  # (target, event) in progress -> when marked so
         self._written: dict[str, tuple[EventStatus, ...]] = {}  # per target: its statuses as last written
-        self._stages_json: tuple[tuple[Stage, ...], list[dict[str, Any]]] | None = None
-        self._targets_json: dict[str, tuple[TargetProgress, tuple[Any, ...], dict[str, Any]]] = {}
+        self._stages_json: tuple[tuple[Stage, ...], str] | None = None
+        self._targets_json: dict[str, tuple[TargetProgress, tuple[Any, ...], str]] = {}
 
     # -- results
 
@@ -87,24 +90,25 @@ class StepRecord:
                 rows.append(row)
         return rows
 
-    def stages_json(self, stages: tuple[Stage, ...]) -> list[dict[str, Any]]:
-        """``stages_to_json``, converted again only for another value (a green fleet replacing its hosts)."""
+    def snapshot(
+        self, stages: tuple[Stage, ...], state: DeploymentState, timers: Mapping[str, Any], spec: Mapping[str, Any]
+    ) -> EncodedJson:
+        """The runner's snapshot ``{"stages", "machine", "timers", "spec"}`` as JSON text: the stages encoded again
+        only for another value (a green fleet replacing its hosts), each target only when its progress changed."""
         if self._stages_json is None or self._stages_json[0] is not stages:
-            self._stages_json = (stages, stages_to_json(stages))
-        return self._stages_json[1]
-
-    def state_json(self, state: DeploymentState) -> dict[str, Any]:
-        """``state_to_json``, each target converted again only when its progress changed (converting them all each
-        step was a tenth of the server's work at 1,000 hosts, in the swarm bench)."""
-        converted: dict[str, tuple[TargetProgress, tuple[Any, ...], dict[str, Any]]] = {}
+            self._stages_json = (stages, encode(stages_to_json(stages)))
+        encoded: dict[str, tuple[TargetProgress, tuple[Any, ...], str]] = {}
         for name, progress in state.targets.items():
             signature = (progress.status, progress.position, *progress.statuses.values())
             known = self._targets_json.get(name)
             if known is None or known[0] is not progress or known[1] != signature:
-                known = (progress, signature, target_to_json(progress))
-            converted[name] = known
-        self._targets_json = converted  # targets of an earlier stage are forgotten
-        return state_to_json(state, {name: known[2] for name, known in converted.items()})
+                known = (progress, signature, f"{encode(name)}:{encode(target_to_json(progress))}")
+            encoded[name] = known
+        self._targets_json = encoded  # targets of an earlier stage are forgotten
+        machine = encode_state(state, "{" + ",".join(known[2] for known in encoded.values()) + "}")
+        return EncodedJson(
+            f'{{"stages":{self._stages_json[1]},"machine":{machine},"timers":{encode(timers)},"spec":{encode(spec)}}}'
+        )
 
 
 def _statuses(progress: TargetProgress) -> tuple[EventStatus, ...]:

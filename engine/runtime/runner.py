@@ -58,6 +58,7 @@ from engine.core.events import (
 from engine.core.lifecycle import TRAFFIC_EVENTS
 from engine.core.machine import DeploymentMachine
 from engine.core.model import DeploymentStatus, ErrorCode, EventStatus, LifecycleEvent, ScriptErrorCode
+from engine.core.snapshot import EncodedJson
 from engine.core.stages import TrafficStage, WaitStage
 from engine.core.step_record import StepRecord
 from engine.ports import AlarmSource, Clock, DeploymentStore, GreenFleet, HostExecutor, HostFleet, TrafficRouter
@@ -280,13 +281,9 @@ class DeploymentRunner:
             hosts,
         )
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "stages": self._record.stages_json(self.machine.stages),
-            "machine": self._record.state_json(self.machine.state),
-            "timers": self.timers,
-            "spec": self.spec,
-        }
+    def snapshot(self) -> EncodedJson:
+        """What is persisted of the deployment: its stages, its machine's state, timers and spec, as JSON text."""
+        return self._record.snapshot(self.machine.stages, self.machine.state, self.timers, self.spec)
 
     # -- commands --------------------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 from sqlite_utils import Database
 
 from engine.core.leases import Lease, LeaseLost
+from engine.core.snapshot import EncodedJson
 from engine.store.migrations import JSON_COLUMNS
 
 T = TypeVar("T")
@@ -37,7 +38,9 @@ Row = dict[str, Any]
 
 
 def to_json(value: Any) -> str | None:
-    """A JSON column's text (None stays NULL)."""
+    """A JSON column's text (None stays NULL; text already encoded goes as it is)."""
+    if isinstance(value, EncodedJson):
+        return str(value)
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
