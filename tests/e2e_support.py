@@ -28,9 +28,16 @@ from conftest import free_port
 from bench.load import Load
 from engine import build_bundle, names_server_path
 
-__all__ = ["DeploybotServer", "Load", "event", "free_port", "statuses", "write_revision"]
+__all__ = ["DeploybotServer", "Load", "event", "free_port", "short_workdir", "statuses", "write_revision"]
 
 FINAL = ("Succeeded", "Failed", "Stopped")
+
+
+def short_workdir(prefix: str = "e2e-") -> Path:
+    """A new directory with a short path, for a server whose data directory will hold HAProxy's stats socket; the
+    caller removes it. HAProxy refuses a socket path over 97 bytes: ``tmp_path/var/haproxy/haproxy.sock`` is 88 in a
+    serial run (/tmp/pytest-of-root/pytest-NNNN/NAME0/...) and 98 under pytest-xdist, which adds ``popen-gwN/``."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
 def write_revision(root: Path, name: str, hooks: dict[str, str], *, timeout: int = 60) -> Path:

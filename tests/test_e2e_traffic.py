@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import DeploybotServer, Load, event, free_port
+from e2e_support import DeploybotServer, Load, event, free_port, short_workdir
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello"
 
@@ -60,10 +60,13 @@ def servers() -> Iterator[list[DeploybotServer]]:
     yield started
     for server in started:
         server.cleanup()
+        shutil.rmtree(server.workdir, ignore_errors=True)
 
 
-def start(servers: list[DeploybotServer], tmp_path: Path, text: str) -> DeploybotServer:
-    server = DeploybotServer(tmp_path, text)
+def start(servers: list[DeploybotServer], text: str) -> DeploybotServer:
+    """A running server in a short directory of its own (HAProxy's stats socket is in its data directory: tmp_path
+    is too long for it under pytest-xdist); the ``servers`` fixture stops it and removes the directory."""
+    server = DeploybotServer(short_workdir(), text)
     servers.append(server)
     server.start()
     return server
@@ -89,7 +92,7 @@ BLUE_GREEN = """        deployment_type: blue-green
 def test_in_place_one_at_a_time_drains_each_host_and_loses_no_request(servers, tmp_path) -> None:
     lb = free_port()
     group = "        deployment_config: CodeDeployDefault.OneAtATime"
-    server = start(servers, tmp_path, config(3, lb, group))
+    server = start(servers, config(3, lb, group))
     assert deploy_and_wait(server, revision(tmp_path, "1.0.0"))["status"] == "Succeeded"
     with Load(f"http://127.0.0.1:{lb}/", rate=200) as load:
         time.sleep(1)
@@ -110,7 +113,7 @@ def test_in_place_one_at_a_time_drains_each_host_and_loses_no_request(servers, t
 
 def test_canary_with_failing_green_is_stopped_by_the_alarm_and_rerouted(servers, tmp_path) -> None:
     lb = free_port()
-    server = start(servers, tmp_path, config(4, lb, BLUE_GREEN.format(traffic="QuickCanary", termination=0)))
+    server = start(servers, config(4, lb, BLUE_GREEN.format(traffic="QuickCanary", termination=0)))
     first = server.deploy_promoted("hello", "prod", revision(tmp_path, "1.0.0"))
     assert first["status"] == "Succeeded"
     with Load(f"http://127.0.0.1:{lb}/", rate=200) as load:
@@ -138,7 +141,7 @@ def test_canary_with_failing_green_is_stopped_by_the_alarm_and_rerouted(servers,
 
 def test_linear_shift_paused_resumed_and_promoted(servers, tmp_path) -> None:
     lb = free_port()
-    server = start(servers, tmp_path, config(2, lb, BLUE_GREEN.format(traffic="QuickLinear", termination=0)))
+    server = start(servers, config(2, lb, BLUE_GREEN.format(traffic="QuickLinear", termination=0)))
     assert server.deploy_promoted("hello", "prod", revision(tmp_path, "1.0.0"))["status"] == "Succeeded"
     started = server.deploy("hello", "prod", revision(tmp_path, "2.0.0"))
     server.wait_for(started["id"], lambda d: (d["traffic"] or {}).get("percent") == 25)
@@ -159,9 +162,7 @@ def test_linear_shift_paused_resumed_and_promoted(servers, tmp_path) -> None:
 
 def test_rollback_during_the_termination_wait_is_a_sub_second_reroute(servers, tmp_path) -> None:
     lb = free_port()
-    server = start(
-        servers, tmp_path, config(2, lb, BLUE_GREEN.format(traffic="CodeDeployDefault.ECSAllAtOnce", termination=0.5))
-    )
+    server = start(servers, config(2, lb, BLUE_GREEN.format(traffic="CodeDeployDefault.ECSAllAtOnce", termination=0.5)))
     first = server.deploy("hello", "prod", revision(tmp_path, "1.0.0"))
     server.wait_for(first["id"], lambda d: d["status"] == "Baking")
     # Setup only: the first deployment's original fleet is released now, not after its 30 s wait.
@@ -200,7 +201,7 @@ NO_ALARMS = BLUE_GREEN.split("        alarms:")[0].rstrip()
 def test_haproxy_gone_fails_clearly_and_leaves_traffic(servers, tmp_path, breakage, alarms, status, message) -> None:
     lb = free_port()
     group = (BLUE_GREEN if alarms else NO_ALARMS).format(traffic="QuickCanary", termination=0)
-    server = start(servers, tmp_path, config(2, lb, group))
+    server = start(servers, config(2, lb, group))
     assert server.deploy_promoted("hello", "prod", revision(tmp_path, "1.0.0"))["status"] == "Succeeded"
     slow = revision(tmp_path, "2.0.0")
     hooks = (slow / "scripts" / "before_install.sh").read_text()

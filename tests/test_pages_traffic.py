@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import DeploybotServer, free_port
+from e2e_support import DeploybotServer, free_port, short_workdir
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello"
 
@@ -92,13 +92,15 @@ def probe() -> Iterator[Probe]:
 
 
 @pytest.fixture
-def server(tmp_path: Path, probe: Probe) -> Iterator[DeploybotServer]:
-    running = DeploybotServer(tmp_path, config(probe.url))
+def server(probe: Probe) -> Iterator[DeploybotServer]:
+    # A short directory: HAProxy's stats socket is in the data directory, and tmp_path is too long for it under xdist.
+    running = DeploybotServer(short_workdir(), config(probe.url))
     try:
         running.start()
         yield running
     finally:
         running.cleanup()
+        shutil.rmtree(running.workdir, ignore_errors=True)
 
 
 def get(server: DeploybotServer, path: str) -> HTTPResponse:

@@ -21,7 +21,7 @@ GROUP = """        deployment_type: blue-green
 
 def test_ignore_alarms_bootstraps_a_group_past_its_own_probe(servers, tmp_path) -> None:
     lb = free_port()
-    server = start(servers, tmp_path, config(2, lb, GROUP.format(lb=lb)))
+    server = start(servers, config(2, lb, GROUP.format(lb=lb)))
     source = revision(tmp_path, "1.0.0")
 
     blocked = server.wait_final(server.deploy("hello", "prod", source)["id"])

@@ -64,7 +64,7 @@ def share(results: list[tuple[float, int, str]], version: str, start: float, end
 
 def test_reported_weights_are_haproxys_and_an_unhealthy_replacement_never_gets_traffic(servers, tmp_path) -> None:
     lb = free_port()
-    server = start(servers, tmp_path, config(4, lb, GROUP, extra_configs=CANARY))
+    server = start(servers, config(4, lb, GROUP, extra_configs=CANARY))
     first = server.deploy_promoted("hello", "prod", revision(tmp_path, "1.0.0"))
     assert first["status"] == "Succeeded", first["error"]
 
