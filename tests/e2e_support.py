@@ -89,9 +89,10 @@ class DeploybotServer:
                 self.output.append(line)
                 if "listening on" in line:
                     listening.set()
+            listening.set()  # the output ended: a server that exited before listening fails now, not at the timeout
 
         threading.Thread(target=read, daemon=True).start()
-        if not listening.wait(timeout):
+        if not listening.wait(timeout) or not any("listening on" in line for line in self.output):
             raise AssertionError("server did not start:\n" + "".join(self.output))
 
     def kill9(self) -> None:
