@@ -18,7 +18,7 @@ import heapq
 import inspect
 import itertools
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -215,11 +215,33 @@ async def eventually(condition: Callable[[], object], what: str = "the condition
 # -- ports -------------------------------------------------------------------------------------------------------
 
 
+_reserved_ports: list[socket.socket] = []
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago, for a server that must be told its port up front."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 for a server that must be told its port up front, reserved until the test ends.
+
+    The port stays bound by this process (SO_REUSEADDR, never listening) until the end of the current test, so the
+    kernel gives it to no other bind to port 0 and to no other free_port(): not in this process, not in another
+    pytest-xdist worker, not in anything else on the machine. A port that was merely free a moment ago could be
+    taken in the meantime, most likely by the other worker, between this call and the server's own bind (a server
+    start, or a whole deployment for a host's application port). The server can still bind it and listen, as every
+    server the tests start sets SO_REUSEADDR (socket.create_server, aiohttp, http.server, HAProxy, PostgreSQL); one
+    that did not would fail on the first run, not now and then. Connecting to the port is refused until a server
+    listens on it (a test's "nothing listens there")."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    _reserved_ports.append(sock)
+    return int(sock.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def _release_reserved_ports() -> Iterator[None]:
+    """Ends free_port()'s reservations after the test's other fixtures are torn down (autouse: set up first)."""
+    yield
+    while _reserved_ports:
+        _reserved_ports.pop().close()
 
 
 # -- config builders ---------------------------------------------------------------------------------------------
