@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import ssl
 import subprocess
@@ -28,16 +29,34 @@ from conftest import free_port
 from bench.load import Load
 from engine import build_bundle, names_server_path
 
-__all__ = ["DeploybotServer", "Load", "event", "free_port", "short_workdir", "statuses", "write_revision"]
+__all__ = [
+    "DeploybotServer",
+    "Load",
+    "event",
+    "free_port",
+    "keep_workdir",
+    "short_workdir",
+    "statuses",
+    "write_revision",
+]
 
 FINAL = ("Succeeded", "Failed", "Stopped")
 
 
 def short_workdir(prefix: str = "e2e-") -> Path:
-    """A new directory with a short path, for a server whose data directory will hold HAProxy's stats socket; the
-    caller removes it. HAProxy refuses a socket path over 97 bytes: ``tmp_path/var/haproxy/haproxy.sock`` is 88 in a
-    serial run (/tmp/pytest-of-root/pytest-NNNN/NAME0/...) and 98 under pytest-xdist, which adds ``popen-gwN/``."""
+    """A new directory with a short path, for a server whose data directory will hold HAProxy's stats socket (moved
+    into tmp_path afterwards by keep_workdir). HAProxy refuses a socket path over 97 bytes: with the data directory
+    in tmp_path, ``var/haproxy/haproxy.sock`` is at 88 bytes in a serial run (/tmp/pytest-of-root/pytest-NNNN/NAME0/)
+    and at 98 under pytest-xdist, which adds ``popen-gwN/``."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def keep_workdir(server: DeploybotServer, into: Path) -> None:
+    """After ``cleanup()``: the server's short working directory (see short_workdir) moved to ``into``, in the test's
+    tmp_path, kept for a failure's post-mortem like the rest of tmp_path; and the output it printed, which pytest
+    shows for a failed test only."""
+    print(f"--- output of the server in {into}:\n" + "".join(server.output))
+    shutil.move(server.workdir, into)
 
 
 def write_revision(root: Path, name: str, hooks: dict[str, str], *, timeout: int = 60) -> Path:

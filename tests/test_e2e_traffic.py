@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import DeploybotServer, Load, event, free_port, short_workdir
+from e2e_support import DeploybotServer, Load, event, free_port, keep_workdir, short_workdir
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello"
 
@@ -55,17 +55,18 @@ applications:
 
 
 @pytest.fixture
-def servers() -> Iterator[list[DeploybotServer]]:
+def servers(tmp_path: Path) -> Iterator[list[DeploybotServer]]:
     started: list[DeploybotServer] = []
     yield started
-    for server in started:
+    for index, server in enumerate(started):
         server.cleanup()
-        shutil.rmtree(server.workdir, ignore_errors=True)
+        keep_workdir(server, tmp_path / f"server-{index}")
 
 
 def start(servers: list[DeploybotServer], text: str) -> DeploybotServer:
     """A running server in a short directory of its own (HAProxy's stats socket is in its data directory: tmp_path
-    is too long for it under pytest-xdist); the ``servers`` fixture stops it and removes the directory."""
+    is too long for it under pytest-xdist); the ``servers`` fixture stops it and moves the directory into
+    tmp_path."""
     server = DeploybotServer(short_workdir(), text)
     servers.append(server)
     server.start()

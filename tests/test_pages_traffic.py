@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import DeploybotServer, free_port, short_workdir
+from e2e_support import DeploybotServer, free_port, keep_workdir, short_workdir
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello"
 
@@ -92,7 +92,7 @@ def probe() -> Iterator[Probe]:
 
 
 @pytest.fixture
-def server(probe: Probe) -> Iterator[DeploybotServer]:
+def server(probe: Probe, tmp_path: Path) -> Iterator[DeploybotServer]:
     # A short directory: HAProxy's stats socket is in the data directory, and tmp_path is too long for it under xdist.
     running = DeploybotServer(short_workdir(), config(probe.url))
     try:
@@ -100,7 +100,7 @@ def server(probe: Probe) -> Iterator[DeploybotServer]:
         yield running
     finally:
         running.cleanup()
-        shutil.rmtree(running.workdir, ignore_errors=True)
+        keep_workdir(running, tmp_path / "server")
 
 
 def get(server: DeploybotServer, path: str) -> HTTPResponse:
