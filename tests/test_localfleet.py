@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -37,7 +38,7 @@ def _python(tmp_path: Path, name: str, code: str) -> AgentProcess:
     return AgentProcess(name, (sys.executable, "-c", code), tmp_path / "hosts" / name / "agent.log")
 
 
-async def _eventually(condition: object, timeout: float = 5.0) -> None:
+async def _eventually(condition: object, timeout: float = HANG_GUARD) -> None:
     deadline = time.monotonic() + timeout
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, "condition not reached in time"
@@ -139,14 +140,15 @@ async def test_stop_terminates_running_agents_with_sigterm(tmp_path: Path) -> No
         "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: (print('bye', flush=True), sys.exit(0)));"
         " print('up', flush=True); time.sleep(60)"
     )
-    fleet = LocalFleet([_python(tmp_path, "a", code), _python(tmp_path, "b", code)], FAST)
+    # No SIGKILL within the hang guard: stop() ends only if SIGTERM ended both agents (not on how fast they went).
+    patient = dataclasses.replace(FAST, stop_timeout=3600.0)
+    fleet = LocalFleet([_python(tmp_path, "a", code), _python(tmp_path, "b", code)], patient)
     await fleet.start()
     log_a = tmp_path / "hosts" / "a" / "agent.log"
     await _eventually(lambda: len(fleet.pids()) == 2 and log_a.exists() and "up" in log_a.read_text())
     pids = list(fleet.pids().values())
-    started = time.monotonic()
-    await fleet.stop()
-    assert time.monotonic() - started < FAST.stop_timeout
+    async with asyncio.timeout(HANG_GUARD):
+        await fleet.stop()
     assert not any(_alive(pid) for pid in pids)
     assert "bye" in log_a.read_text()
     assert fleet.restarts == {"a": 0, "b": 0}
@@ -161,8 +163,8 @@ async def test_stop_kills_an_agent_that_ignores_sigterm(tmp_path: Path) -> None:
     (pid,) = fleet.pids().values()
     started = time.monotonic()
     await fleet.stop()
-    assert FAST.stop_timeout <= time.monotonic() - started < FAST.stop_timeout + 2
-    assert not _alive(pid)
+    assert time.monotonic() - started >= FAST.stop_timeout  # SIGTERM's grace first (a lower bound: load cannot fail it)
+    assert not _alive(pid)  # then SIGKILL: the agent itself would have slept a minute
 
 
 async def test_an_agent_that_cannot_start_is_retried_not_fatal(tmp_path: Path) -> None:
