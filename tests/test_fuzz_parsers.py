@@ -6,7 +6,8 @@ characters) and each mutant goes through the entry points users reach: ``deployb
 ``deploybot config check --json`` (their ``run_*`` functions, in process, reading the file from disk), and for
 AppSpecs the revision store the API's upload and ``plan`` use (a real bundle, a real SQLite store). Any exception
 other than the format's own error fails the test, and so does any reported problem without a line and column inside
-the file. The count and the time are printed (``pytest -s``) and bounded.
+the file. The count and the time are printed (``pytest -s``); the count is bounded below, the time is reported,
+not asserted (a loaded machine is slower, not wrong; pytest-timeout ends a hang).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from engine.store.sqlite import SqliteStore
 ROOT = Path(__file__).resolve().parent.parent
 CASES_PER_FILE = 25
 """Mutants per corpus file: 63 files, so 1,575 mutants and 3,000 cases (each AppSpec mutant goes through two doors)."""
-TIME_LIMIT_SECONDS = 60.0
 
 TAGS = (
     "!!bool ",
@@ -227,9 +227,8 @@ async def test_mutated_appspecs_and_configs_give_located_problems_never_a_traceb
     finally:
         await store.close()
     elapsed = time.perf_counter() - started
-    print(f"\nfuzzed {count} cases in {elapsed:.1f} s")
+    print(f"\nfuzzed {count} cases in {elapsed:.1f} s")  # reported, not asserted
     assert count >= 2000
-    assert elapsed < TIME_LIMIT_SECONDS
 
 
 @pytest.mark.parametrize("mutation", sorted(set(MUTATIONS), key=lambda m: m.__name__), ids=lambda m: m.__name__[1:])
