@@ -9,7 +9,6 @@ import random
 import shutil
 import subprocess
 import tarfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -20,12 +19,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from test_appspec_cli import never_parsed
 from test_store_open import serve, stop
 
 from bot.app import create_app
 from bot.assembly import assemble_deployer
 from bot.http import json_response
 from bot.settings import Settings
+from engine.core import yamlnode
 from engine.core.config.parse import parse_config
 from engine.runtime.deployer import Deployer
 
@@ -225,12 +226,13 @@ async def test_uploading_a_hostile_appspec_is_a_422_with_the_located_problem(
     assert [(p["line"], p["column"], p["message"]) for p in body["problems"]] == [problem]
 
 
-async def test_uploading_a_4_mb_appspec_of_300000_keys_is_a_quick_422_naming_the_limit(door: Door) -> None:
+async def test_uploading_a_4_mb_appspec_of_300000_keys_is_a_quick_422_naming_the_limit(
+    door: Door, monkeypatch: pytest.MonkeyPatch
+) -> None:
     appspec = "version: 0.0\nos: linux\nhooks:\n" + "".join(f"  Key{index}: value\n" for index in range(300_000))
     data = bundle(appspec)
-    started = time.perf_counter()
+    monkeypatch.setattr(yamlnode, "_LimitedLoader", never_parsed)  # quick because refused before any parsing
     status, body = await door.call("POST", "/api/v1/revisions", data=data)
-    assert time.perf_counter() - started < 1.0
     assert (status, body["error"]) == (422, "AppSpecInvalid")
     [problem] = body["problems"]
     assert (
