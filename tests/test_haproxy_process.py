@@ -151,8 +151,31 @@ async def test_stop_after_the_process_died_on_its_own(run_dir: Path) -> None:
     assert process.pid is None and not process.socket_path.exists()
 
 
-async def test_a_long_socket_path_is_refused_up_front(tmp_path: Path) -> None:
-    deep = tmp_path / ("d" * 120)
-    process = HAProxyProcess([web_group(free_port())], run_dir=deep)
-    with pytest.raises(AdapterError, match="too long"):
-        await process.start()
+def _run_dir_with_socket_path_of(length: int) -> Path:
+    """A run directory under /tmp whose ``haproxy.sock`` path is ``length`` bytes long."""
+    base = Path(tempfile.mkdtemp(prefix="hp-", dir="/tmp"))
+    padding = length - len(os.fsencode(base / "x" / "haproxy.sock")) + 1
+    return base / ("d" * padding)
+
+
+async def test_a_long_socket_path_is_refused_up_front_with_the_limit_and_the_fix() -> None:
+    run_dir = _run_dir_with_socket_path_of(98)  # one byte over: HAProxy itself would refuse it ("max 97")
+    try:
+        process = HAProxyProcess([web_group(free_port())], run_dir=run_dir)
+        assert len(os.fsencode(process.socket_path)) == 98
+        with pytest.raises(AdapterError, match=r"is 98 bytes, HAProxy takes at most 97; .*shorter data directory"):
+            await process.start()
+        assert not run_dir.exists()  # refused before anything was written
+    finally:
+        shutil.rmtree(run_dir.parent, ignore_errors=True)
+
+
+async def test_a_socket_path_at_haproxys_limit_starts() -> None:
+    run_dir = _run_dir_with_socket_path_of(97)
+    try:
+        process = HAProxyProcess([web_group(free_port())], run_dir=run_dir)
+        assert len(os.fsencode(process.socket_path)) == 97
+        async with process:
+            assert process.running and process.socket_path.exists()
+    finally:
+        shutil.rmtree(run_dir.parent, ignore_errors=True)

@@ -32,7 +32,7 @@ from engine.core.errors import AdapterError
 _INSTALL_HINT = "haproxy is not installed: apt-get install haproxy (make run installs it)"
 _SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 _PREFIX = re.compile(r"^\[(?:ALERT|WARNING)\]\s*\(\d+\)\s*:\s*")
-_MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; HAProxy appends a suffix while binding
+_MAX_SOCKET_PATH = 97  # bytes: HAProxy's own limit ("socket path ... too long (max 97)"), below sun_path's 108
 CHECK_FALL = 2  # consecutive failed checks before HAProxy marks a server DOWN
 CHECK_RISE = 1  # passed checks before a DOWN server is UP again
 CHECK_TIMEOUT_SECONDS = 2  # ``timeout check``
@@ -206,8 +206,13 @@ class HAProxyProcess:
         if self.running:
             return
         binary = find_haproxy(self.binary)
-        if len(str(self.socket_path)) > _MAX_SOCKET_PATH:
-            raise AdapterError(COMPONENT, f"socket path too long for a unix socket: {self.socket_path}")
+        if len(os.fsencode(self.socket_path)) > _MAX_SOCKET_PATH:
+            raise AdapterError(
+                COMPONENT,
+                f"socket path too long for HAProxy: {self.socket_path} is {len(os.fsencode(self.socket_path))} bytes,"
+                f" HAProxy takes at most {_MAX_SOCKET_PATH}; give the server a shorter data directory"
+                " (server.data_dir in the config, or DEPLOYBOT_DATA_DIR)",
+            )
         # 0700/0600: the runtime socket steers traffic, and the config and log name every backend.
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.run_dir.stat().st_mode & 0o777 != 0o700:
