@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import deployer_from
 
 from bot.assembly import assemble_deployer
 from engine.core.config.parse import parse_config
-from engine.core.errors import AppSpecInvalid, DeploymentNotFound, DeploymentRefused
+from engine.core.errors import AdapterError, AppSpecInvalid, DeploymentNotFound, DeploymentRefused
 from engine.core.requests import DeployRequest
+from engine.runtime import runner as runner_module
 from engine.runtime.deployer import Deployer
 
 CONFIG = """
@@ -337,3 +339,134 @@ async def test_a_group_whose_tags_match_no_host_is_refused_naming_the_tags(workd
         assert await deployer.store.list_deployments(group_name="app-staging") == []
     finally:
         await deployer.close()
+
+
+BLUE_GREEN_HAPROXY = """
+server: {data_dir: var}
+hosts: [{name: b1, port: 9901}, {name: b2, port: 9902}]
+applications:
+  app:
+    platform: server
+    revision: rev-a
+    environments: [prod]
+    deployment_groups:
+      prod:
+        deployment_type: blue-green
+        deployment_config: CodeDeployDefault.AllAtOnce
+        targets: {hosts: [b1, b2]}
+        load_balancer: {type: haproxy, port: 9910}
+"""
+
+
+class UnpreparedRouter:
+    """A balancer that cannot take the two fleets' names (its API unreachable, a target group deleted), or, with a
+    non-EngineError, a router with a bug in it. Nothing of it is ever asked to move traffic."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.failing = False  # from the deployment on: the server's start (restoring traffic) goes through
+        self.moves: list[str] = []
+
+    async def prepare(self, group: str, original: Sequence[str], replacement: Sequence[str]) -> None:
+        if self.failing:
+            raise self.error
+
+    async def set_weight(self, group: str, percent: int, *, wait: bool = True) -> None:
+        self.moves.append(f"weight {percent}")
+
+    async def verify_weight(self, group: str, percent: int) -> bool | None:
+        return None
+
+    async def block(self, group: str, target: str) -> None:
+        self.moves.append(f"block {target}")
+
+    async def allow(self, group: str, target: str) -> None:
+        self.moves.append(f"allow {target}")
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "message"),
+    [
+        (
+            AdapterError("elbv2", "target group tg-green not found"),
+            "Stopped",  # blocked at its start, as by an alarm already firing: nothing was changed
+            "the traffic router could not be given the original and replacement fleets: "
+            "elbv2: target group tg-green not found",
+        ),
+        (
+            RuntimeError("a bug quoting data: hunter2"),
+            "Failed",
+            "deploybot hit an internal error (RuntimeError at engine/runtime/runner.py:%d); see the server log",
+        ),
+    ],
+)
+async def test_a_router_that_cannot_name_the_fleets_fails_the_deployment_saying_why(
+    tmp_path: Path, error: Exception, status: str, message: str
+) -> None:
+    # The balancer's failure is the deployment's reason; a bug is an internal error that names its type and where it
+    # came from, so a report can be matched to the server log, but never its message, which may quote anything.
+    make_revision(tmp_path, "rev-a", "1")
+    router = UnpreparedRouter(error)
+    config = parse_config(BLUE_GREEN_HAPROXY, base_dir=str(tmp_path))
+    deployer = await assemble_deployer(config, data_dir=tmp_path / "var", routers={"app-prod": router})
+    router.failing, router.moves = True, []
+    try:
+        started = await deployer.start(DeployRequest("app", "prod"))
+        doc = await wait_final(deployer, started["id"])
+    finally:
+        await deployer.close()
+    if "%d" in message:
+        source = Path(runner_module.__file__).read_text().splitlines()
+        message %= 1 + next(i for i, line in enumerate(source) if "await self.router.prepare(" in line)
+    assert doc["status"] == status and doc["error"] == {"code": "INTERNAL_ERROR", "message": message}
+    assert router.moves == [] and doc["targets"] == []  # no host was touched, no traffic moved
+
+
+class HeldNotifier:
+    """Holds the notification of a deployment's end until released, and notes whether it was cancelled."""
+
+    def __init__(self) -> None:
+        self.ended = asyncio.Event()
+        self.release = asyncio.Event()
+        self.cancelled = False
+
+    def follows(self, group: str) -> bool:
+        return True
+
+    async def deployment_changed(self, deployment: Mapping[str, Any]) -> None:
+        if deployment["status"] not in ("Succeeded", "Failed", "Stopped"):
+            return
+        self.ended.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+
+async def test_closing_while_a_deployment_finishes_ends_that_work_before_the_store_closes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A deployment's end is logged, notified and starts the group's next one after its runner is done. A shutdown in
+    # that moment must end this work, not close the store under it (which failed the ended deployment again as a
+    # crash, with a traceback, and left a task whose exception nobody retrieved).
+    make_revision(tmp_path, "rev-a", "1")
+    router = UnpreparedRouter(AdapterError("elbv2", "target group tg-green not found"))
+    config = parse_config(BLUE_GREEN_HAPROXY, base_dir=str(tmp_path))
+    deployer = await assemble_deployer(config, data_dir=tmp_path / "var", routers={"app-prod": router})
+    notifier = HeldNotifier()
+    deployer.notifiers.append(notifier)
+    router.failing = True
+    started = await deployer.start(DeployRequest("app", "prod"))
+    await notifier.ended.wait()
+    await deployer.close()
+    notifier.release.set()
+    for _ in range(10):  # had the finishing task outlived close, this is where it would reach the closed store
+        await asyncio.sleep(0)
+    assert notifier.cancelled
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
+    reopened = await assemble_deployer(config, data_dir=tmp_path / "var")
+    try:
+        assert (await reopened.get(started["id"]))["status"] == "Stopped"
+    finally:
+        await reopened.close()

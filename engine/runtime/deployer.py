@@ -25,6 +25,7 @@ import json
 import logging
 import secrets
 import string
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -443,7 +444,7 @@ class Deployer:
             raise
         except LeaseLost as lost:
             await self._step_down(lost.group, f"a write of deployment {runner.deployment_id} was refused: {lost}")
-        except Exception:
+        except Exception as exc:
             log.exception("deployment %s crashed in the runner", runner.deployment_id)
             lease = self._leases.get(runner.deployment_id)
             store = self.ownership.fenced(self.store, lease) if lease is not None else self.store
@@ -453,7 +454,7 @@ class Deployer:
                     status="Failed",
                     ended_at=self.clock.now(),
                     error_code="INTERNAL_ERROR",
-                    error_message="deploybot hit an internal error; see the server log",
+                    error_message=f"deploybot hit an internal error ({crash_site(exc)}); see the server log",
                 )
             except LeaseLost as lost:
                 await self._step_down(lost.group, f"deployment {runner.deployment_id} crashed after it: {lost}")
@@ -467,8 +468,16 @@ class Deployer:
             return None
 
     async def _on_finish(self, deployment_id: str) -> None:
+        """Log the end, tell the driver and notifiers, start the group's next deployment. Its task stays in
+        ``_tasks`` until this is done, so ``close`` ends it before closing the store instead of pulling the store
+        from under it."""
         self._runners.pop(deployment_id, None)
-        self._tasks.pop(deployment_id, None)
+        try:
+            await self._finish(deployment_id)
+        finally:
+            self._tasks.pop(deployment_id, None)
+
+    async def _finish(self, deployment_id: str) -> None:
         self._delivered.pop(deployment_id, None)
         lease = self._leases.pop(deployment_id, None)
         row = await self.store.get_deployment(deployment_id)
@@ -840,3 +849,23 @@ class Deployer:
         rows = await self.store.unfinished_deployments()
         for group_name in dict.fromkeys(r["group_name"] for r in sorted(rows, key=lambda r: r["created_at"])):
             await self.queue.start_held(group_name)
+
+
+def crash_site(exc: BaseException) -> str:
+    """``KeyError at engine/runtime/runner.py:412``: the exception's type and the innermost line of deploybot's own
+    code it came through. Enough to match a report to the server log's traceback; nothing of the exception's message,
+    which may quote data that is not the reader's to see."""
+    ours = [frame for frame in traceback.extract_tb(exc.__traceback__) if _is_ours(frame.filename)]
+    if not ours:
+        return type(exc).__name__
+    where = Path(ours[-1].filename).relative_to(_PROJECT_ROOT).as_posix()
+    return f"{type(exc).__name__} at {where}:{ours[-1].lineno}"
+
+
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_OWN_PACKAGES = tuple(_PROJECT_ROOT / package for package in ("engine", "bot", "slack"))
+
+
+def _is_ours(filename: str) -> bool:
+    path = Path(filename)
+    return any(path.is_relative_to(package) for package in _OWN_PACKAGES)

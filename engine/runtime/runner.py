@@ -205,13 +205,18 @@ class DeploymentRunner:
         try:
             starting = not (resume and self.machine.state.status is not DeploymentStatus.CREATED)
             provisions = starting and self._provisions_green_fleet()
+            unprepared = None
             if self.roles is not None and self.router is not None and not provisions:
-                await self.router.prepare(self.group, *self.roles)
+                unprepared = await self._prepare_router(self.roles)
             if not starting:
+                if unprepared is not None:  # a shift or BlockTraffic that needs the fleets fails with its own reason
+                    log.warning("deployment %s resumed: %s", self.deployment_id, unprepared)
                 await self._resume()
             else:
                 blocked = await self._alarms_before_start()
                 start: Event = StartBlocked(ErrorCode.ALARM_ACTIVE, blocked) if blocked else Started()
+                if unprepared is not None and not blocked:
+                    start = StartBlocked(ErrorCode.INTERNAL_ERROR, unprepared)
                 if provisions and not blocked:
                     start = await self._provision_green_fleet()
                 await self._step(start)
@@ -228,6 +233,16 @@ class DeploymentRunner:
             for task in self._tasks:
                 task.cancel()
             self.finished.set()
+
+    async def _prepare_router(self, roles: tuple[tuple[str, ...], tuple[str, ...]]) -> str | None:
+        """Name the two fleets to the router (an ELBv2 router registers each side in its target group): None when
+        done, else why not. A balancer that cannot be reached is a deployment failure with its reason, not a crash."""
+        assert self.router is not None
+        try:
+            await self.router.prepare(self.group, *roles)
+        except EngineError as exc:
+            return f"the traffic router could not be given the original and replacement fleets: {exc}"
+        return None
 
     async def _step(self, *events: Event) -> None:
         """Feed the machine every event that is waiting, persist the result once, then act on it (rule 2).
