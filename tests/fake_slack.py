@@ -65,6 +65,7 @@ class FakeSlack:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self.unavailable = False  # every Web API call answers 503
+        self._held: asyncio.Event | None = None  # set: every Web API call and response_url POST waits for it (hold)
         self._refusing = False  # the port is closed
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -175,6 +176,29 @@ class FakeSlack:
                 socket.closed_by_fake = True
                 await socket.ws.close(code=WSCloseCode.GOING_AWAY)
 
+    # -- holding every answer --------------------------------------------------------------------------------
+
+    def hold(self) -> None:
+        """From now on every Web API call and response_url POST is recorded and then left unanswered until
+        ``release``. Whatever the bot answers meanwhile did not wait on Slack: that is how a test shows an ack is
+        quick on any machine, with no stopwatch (an ack that waited on Slack would hang, and the test's guard fail)."""
+        self._held = asyncio.Event()
+
+    def release(self) -> None:
+        """Answer every held call, and hold none from now on (callable from the test's thread or loop)."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(held.set)
+        else:
+            held.set()
+
+    async def _wait_if_held(self) -> None:
+        held = self._held
+        if held is not None:
+            await held.wait()
+
     # -- outages ---------------------------------------------------------------------------------------------
 
     async def go_down(self, *, refuse: bool = False) -> None:
@@ -219,6 +243,7 @@ class FakeSlack:
         method = request.match_info["method"]
         payload = await self._payload(request)
         self.calls.append(Call(method, payload, request.headers.get("Authorization")))
+        await self._wait_if_held()
         if self.unavailable:
             self.calls[-1].payload["_answered"] = 503
             return web.json_response({"ok": False, "error": "service_unavailable"}, status=503)
@@ -249,6 +274,7 @@ class FakeSlack:
 
     async def _response(self, request: web.Request) -> web.Response:
         self.responses.append((request.match_info["name"], dict(await request.json())))
+        await self._wait_if_held()
         return web.json_response({"ok": True})
 
     async def start(self) -> None:

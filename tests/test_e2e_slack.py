@@ -68,11 +68,16 @@ def server(tmp_path: Path, slack: FakeSlack, monkeypatch: pytest.MonkeyPatch) ->
         running.cleanup()
 
 
-def post(server: DeploybotServer, body: str) -> tuple[int, str, float]:
+def acked(server: DeploybotServer, slack: FakeSlack, body: str) -> tuple[int, str]:
+    """POST ``body`` as Slack does, while Slack holds every call the server makes: what comes back was answered
+    without waiting on Slack, as its 3 s limit needs on any machine (an ack that waited would hang until the guard)."""
     request = urllib.request.Request(server.url + "/slack/events", data=body.encode(), headers=signed(body))
-    started = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.status, response.read().decode(), time.perf_counter() - started
+    slack.hold()
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    finally:
+        slack.release()
 
 
 def wait(predicate: Any, timeout: float = 60) -> Any:
@@ -90,8 +95,8 @@ def test_deploy_from_slack_then_roll_back_with_the_button(server: DeploybotServe
     first = server.deploy("hello", "staging", server.workdir / "rev-1")  # something to roll back to
     assert server.wait_final(first["id"])["status"] == "Succeeded"
 
-    status, text, seconds = post(server, slash_body("hello to staging"))
-    assert status == 200 and "Deploying hello to staging" in text and seconds < 3.0
+    status, text = acked(server, slack, slash_body("hello to staging"))
+    assert status == 200 and "Deploying hello to staging" in text
     history = wait(
         lambda: [
             d
@@ -118,8 +123,8 @@ def test_deploy_from_slack_then_roll_back_with_the_button(server: DeploybotServe
     ]
 
     body = button_body("rollback", rollback_button["value"], response_url=slack.response_url("rb"), message_ts=ts)
-    status, _, seconds = post(server, body)
-    assert status == 200 and seconds < 3.0
+    status, _ = acked(server, slack, body)
+    assert status == 200
     rollback_id = wait(lambda: server.deployment(deployment_id)["rollback"]["by"])
     rollback = server.wait_final(rollback_id)
     assert rollback["status"] == "Succeeded"
@@ -142,8 +147,8 @@ def test_deploy_from_slack_then_roll_back_with_the_button(server: DeploybotServe
 
 
 def test_unauthorized_user_is_refused_with_the_reason(server: DeploybotServer, slack: FakeSlack) -> None:
-    status, _, _ = post(
-        server, slash_body("hello to production", user="U0MALLORY", response_url=slack.response_url("x"))
+    status, _ = acked(
+        server, slack, slash_body("hello to production", user="U0MALLORY", response_url=slack.response_url("x"))
     )
     assert status == 200
     refusal = wait(lambda: next((body["text"] for name, body in slack.responses if name == "x"), None))
