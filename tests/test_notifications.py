@@ -39,10 +39,11 @@ def setup(interval: float = 0.05) -> tuple[Notifications, Recorder, dict[str, in
 async def test_a_deployment_no_notifier_follows_is_never_read() -> None:
     """Told its group, a change that concerns no notifier costs no read of the (large) document."""
     reads: list[str] = []
+    groups = {"d-1": "blog-staging", "d-2": "shop-prod", "d-3": "shop-prod", "d-4": "blog-staging"}
 
     async def fetch(deployment_id: str) -> dict[str, Any]:
         reads.append(deployment_id)
-        return {"id": deployment_id}
+        return {"id": deployment_id, "group": groups[deployment_id]}
 
     recorder = Recorder(groups=frozenset({"shop-prod"}))
     notifications = Notifications([recorder], fetch, interval=0, timer=FakeClock())
@@ -50,7 +51,8 @@ async def test_a_deployment_no_notifier_follows_is_never_read() -> None:
     assert reads == [] and recorder.documents == []
     await notifications.changed("d-2", "InProgress", group="shop-prod")
     await notifications.changed("d-3")  # group unknown (no runner): read, as any notifier may follow it
-    assert reads == ["d-2", "d-3"] and [d["id"] for d in recorder.documents] == ["d-2", "d-3"]
+    await notifications.changed("d-4")  # read, and then of no concern to the notifier: not handed to it
+    assert reads == ["d-2", "d-3", "d-4"] and [d["id"] for d in recorder.documents] == ["d-2", "d-3"]
 
 
 async def test_milestone_changes_are_delivered_at_once_every_time() -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -313,7 +314,7 @@ class Deployer:
             await self._start_next(group.name, prefer=deployment_id if rollback_of else None)
         if deployment_id not in self._runners:
             # It waits (for approval, or in the queue): no runner reports it, so tell the notifiers it exists.
-            await self.changed(deployment_id)
+            await self.changed(deployment_id, group=group.name)
         return await self.get(deployment_id)
 
     async def _duplicate(self, group: DeploymentGroup, revision: Revision) -> str | None:
@@ -412,7 +413,7 @@ class Deployer:
             group=row["group_name"],
             spec=spec,
             clock=self.clock,
-            on_change=self.changed,
+            on_change=functools.partial(self.changed, group=row["group_name"]),
             on_rollback=self._on_rollback,
             on_finish=self._on_finish,
             on_event_finished=self._event_finished,
@@ -497,7 +498,7 @@ class Deployer:
             self.hooks.cancel(deployment_id)
             await driver.finished(deployment_id, group, row["state"]["spec"], row["status"])
         self.queue.vacate(row["group_name"], deployment_id)
-        await self.changed(deployment_id)
+        await self.changed(deployment_id, group=row["group_name"])
         # Under the queue's lock, as every start: a start heard meanwhile (GROUP_WORK) that read the group before
         # this one launched the next deployment would otherwise resume it beside the runner already driving it.
         await self.queue.start_held(row["group_name"])
@@ -648,7 +649,7 @@ class Deployer:
                 + ("queued" if row["status"] == "Queued" else "waiting for approval"),
                 if_status=[row["status"]],
             ):
-                await self.changed(deployment_id)
+                await self.changed(deployment_id, group=row["group_name"])
                 return await self.get(deployment_id)
             row = await self._row(deployment_id)  # it moved on since it was read (approved, started): again
         runner = self._runners.get(deployment_id)
@@ -813,15 +814,16 @@ class Deployer:
     def applications(self) -> list[dict[str, Any]]:
         return self.inventory.applications()
 
-    async def changed(self, deployment_id: str) -> None:
-        """Something about the deployment changed: wake its watchers and tell the notifiers."""
+    async def changed(self, deployment_id: str, *, group: str | None = None) -> None:
+        """Something about the deployment changed: wake its watchers and tell the notifiers. ``group``, its group's
+        name when no runner drives it (queued, ended): with it, a deployment no notifier follows is not read."""
         self._versions[deployment_id] = self._versions.get(deployment_id, 0) + 1
         event = self._changed.pop(deployment_id, None)
         if event is not None:
             event.set()
         runner = self._runners.get(deployment_id)
         if runner is None:
-            await self._notifications.changed(deployment_id)
+            await self._notifications.changed(deployment_id, group=group)
         else:
             await self._notifications.changed(deployment_id, runner.milestones(), group=runner.group)
 

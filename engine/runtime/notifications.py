@@ -120,7 +120,10 @@ class Notifications:
             state.delivered = state.changes
             document = await self._fetch(deployment_id)
             state.cost = self._timer.monotonic() - state.delivered_at  # the read alone: notifiers may wait on the net
+            group = str(document.get("group"))
             for notifier in self.notifiers:
+                if not notifier.follows(group):  # e.g. the triggers of another group: not its business
+                    continue
                 try:
                     await notifier.deployment_changed(document)
                 except Exception:  # a broken notifier must never break a deployment
