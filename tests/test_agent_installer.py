@@ -309,3 +309,28 @@ def test_retention_keeps_five_revisions_besides_the_current_and_the_last_success
     assert layout.last_successful_install("group/1") == dirs[0]
     assert layout.group_dir("group/1").parent == layout.root / "deployments"  # "/" cannot leave the root
     assert layout.deployment_dir("g", "..").name == "%2E%2E"
+
+
+def test_the_plans_remembered_realpath_agrees_with_os_realpath_through_every_kind_of_link(tmp_path: Path) -> None:
+    # The plan resolves a path from its directory's remembered resolution (one lstat per new component). It must
+    # answer exactly what os.path.realpath does: links to directories, relative and absolute, chained, dangling,
+    # looping, and paths through "..", through a link, and that do not exist yet.
+    from engine.agent.installer import _Plan
+
+    (tmp_path / "real" / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "real" / "file").write_text("x")
+    (tmp_path / "rel").symlink_to("real/deep")
+    (tmp_path / "abs").symlink_to(tmp_path / "real")
+    (tmp_path / "chain").symlink_to("rel")
+    (tmp_path / "real" / "deep" / "up").symlink_to("../..")
+    (tmp_path / "dangling").symlink_to("nowhere/at/all")
+    (tmp_path / "loop-a").symlink_to("loop-b")
+    (tmp_path / "loop-b").symlink_to("loop-a")
+    tails = ["", "er", "er/new/dirs", "file", "up", "up/real/deep/up/abs", "../real", "./er", "x/../y"]
+    heads = ["real", "real/deep", "rel", "abs", "chain", "real/deep/up", "dangling", "loop-a", "missing"]
+    plan = _Plan()
+    for head in heads:
+        for tail in tails:
+            path = str(tmp_path / head / tail) if tail else str(tmp_path / head)
+            assert plan.real(path) == os.path.realpath(path), path
+            assert plan.real(Path(path)) == os.path.realpath(path), path  # remembered: asked again

@@ -99,12 +99,6 @@ def replay_cleanup(cleanup_file: Path) -> int:
     return removed
 
 
-def _resolved(path: Path) -> str:
-    """Where ``path`` would be written: its directory with every existing link resolved, then its own name (a link
-    at ``path`` itself is replaced, never written through)."""
-    return os.path.join(os.path.realpath(path.parent), path.name)
-
-
 @dataclass
 class _Plan:
     prefix: Path | None = None
@@ -112,6 +106,30 @@ class _Plan:
     steps: list[tuple[Path, Path | None]] = field(default_factory=list)  # (target, source or None for mkdir)
     mkdirs: set[Path] = field(default_factory=set)
     copies: dict[Path, Path] = field(default_factory=dict)
+    _real: dict[str, str] = field(default_factory=dict)
+
+    def real(self, path: str | Path) -> str:
+        """``os.path.realpath(path)``, built from its directory's, which is remembered for the rest of the plan.
+
+        Planning changes nothing on disk, and the paths it checks share most of their directories: resolved one by
+        one, each cost a lstat per component (an install of two files did 213 of them, three quarters of its time).
+        """
+        key = os.fspath(path)
+        found = self._real.get(key)
+        if found is None:
+            head, name = os.path.split(key)
+            if name in ("", ".", "..") or not head:
+                found = os.path.realpath(key)
+            else:
+                joined = os.path.join(self.real(head), name)
+                found = os.path.realpath(joined) if os.path.islink(joined) else joined
+            self._real[key] = found
+        return found
+
+    def resolved(self, path: Path) -> str:
+        """Where ``path`` would be written: its directory with every existing link resolved, then its own name (a
+        link at ``path`` itself is replaced, never written through)."""
+        return os.path.join(self.real(path.parent), path.name)
 
     def contain(self, path: Path, what: str, *, follow: bool = False) -> None:
         """Refuse ``path`` (``what`` names it in the AppSpec's terms) when it resolves outside the prefix.
@@ -119,8 +137,8 @@ class _Plan:
         ``follow``: ``path`` is a directory written into, so a link there is followed too."""
         if self.prefix is None:
             return
-        resolved = os.path.realpath(path) if follow else _resolved(path)
-        if not is_inside(resolved, os.path.realpath(self.prefix)):
+        resolved = self.real(path) if follow else self.resolved(path)
+        if not is_inside(resolved, self.real(self.prefix)):
             raise InstallError(
                 f"{what} resolves to {resolved}, outside this host's prefix ({self.prefix}): refused, nothing "
                 "was installed",
@@ -219,10 +237,10 @@ def install(
 
 def _plan(spec: ServerAppSpec, archive_dir: Path, prefix: Path | None) -> _Plan:
     plan = _Plan(prefix)
-    real_archive = os.path.realpath(archive_dir)
+    real_archive = plan.real(archive_dir)
     for mapping in spec.files:
         source = Path(os.path.normpath(os.path.join(archive_dir, mapping.source.lstrip("/"))))
-        if not is_inside(os.path.realpath(source), real_archive):
+        if not is_inside(plan.real(source), real_archive):
             raise InstallError(f"the files source {mapping.source} is outside the revision", mapping.source)
         destination = map_destination(mapping.destination, prefix)
         plan.contain(destination, f"the files destination {mapping.destination}", follow=True)
@@ -256,7 +274,7 @@ def _plan_entry(plan: _Plan, source: Path, target: Path, destination: Path) -> N
     if os.path.islink(source):
         text = os.readlink(source)
         pointed = os.path.realpath(os.path.join(target.parent, text))
-        if os.path.isabs(text) or not is_inside(pointed, os.path.realpath(destination)):
+        if os.path.isabs(text) or not is_inside(pointed, plan.real(destination)):
             raise InstallError(
                 f"the link {target} -> {text} would point to {pointed}, outside its destination ({destination}): "
                 "refused, nothing was installed",
