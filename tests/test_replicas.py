@@ -33,6 +33,7 @@ from e2e_support import DeploybotServer, statuses, write_revision
 from postgres_support import PostgresServer
 
 from bot.assembly import assemble_deployer
+from engine.agent.client import POLL_WAIT
 from engine.core.leases import GROUP_WORK
 from engine.core.requests import DeployRequest
 from engine.runtime.deployer import Deployer
@@ -177,6 +178,11 @@ class Replicas:
         finally:
             await conn.close()
 
+    async def lease_expiry(self, group: str = "app-prod") -> float:
+        """When the group's lease runs out unless its owner renews it (epoch seconds)."""
+        async with self.db() as conn:
+            return float(await conn.fetchval("SELECT expires_at FROM group_leases WHERE group_name = $1", group))
+
     async def lease(self, group: str = "app-prod") -> tuple[str, int] | None:
         async with self.db() as conn:
             row = await conn.fetchrow("SELECT owner, generation FROM group_leases WHERE group_name = $1", group)
@@ -260,6 +266,7 @@ async def test_killing_the_owner_mid_deployment_hands_it_to_another_replica_that
     doomed = replicas.server_of(owner)
     killed_at = time.time()
     doomed.kill9()
+    expiry = await replicas.lease_expiry()  # the dead owner's last renewal: nobody renews it any more
     (tmp_path / "gate").touch()  # h3 finishes while nobody owns the group: its result waits in the store
 
     survivor = live(replicas, doomed)
@@ -274,7 +281,9 @@ async def test_killing_the_owner_mid_deployment_hands_it_to_another_replica_that
     assert new_generation > generation and new_owner != owner
     takeover = resumed[0]["at"] - killed_at
     print(f"\ntakeover: {takeover:.2f} s from kill -9 of {owner} to {resumed[0]['data']['replica']}'s first write")
-    assert 0 < takeover <= 10 + 5, f"takeover took {takeover:.2f} s (lease 10 s)"  # generous: a loaded machine
+    # Taken over only once the dead owner's lease had run out, never while it still held it; that it is taken over
+    # at all is the deployment finishing above. How soon after the expiry: `make bench` (replicas).
+    assert resumed[0]["at"] >= expiry > killed_at
 
     assert_ran_once(replicas, hosts)
     assert_queued_once(await replicas.commands(deployment))
@@ -369,7 +378,9 @@ async def test_a_deployment_started_through_a_non_owner_runs_on_the_owner_and_wa
     h2_first = next(c for c in await replicas.commands(first) if c["host"] == "h2")
     pickup = h2_first["claimed_at"] - h2_first["created_at"]
     print(f"\npickup through a replica that does not own the deployment: {pickup * 1000:.1f} ms")
-    assert pickup < 2.0, f"pickup took {pickup:.3f} s"
+    # Not a speed limit (that is `make bench`): a poll no notification woke is answered empty when its wait runs out
+    # and only the agent's next poll could claim the command, so a claim inside the first wait was a wake-up.
+    assert pickup < POLL_WAIT, f"pickup took {pickup:.3f} s: the poll was not woken"
 
 
 # -- two replicas racing ----------------------------------------------------------------------------------------

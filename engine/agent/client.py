@@ -126,6 +126,10 @@ def _metadata_version(path: str) -> str:
     return ""
 
 
+POLL_WAIT = 25
+"""Seconds an idle agent's long poll asks the server to hold it open; a command queued meanwhile answers it at once."""
+
+
 @dataclass(frozen=True, slots=True)
 class AgentOptions:
     """What ``deploybot agent`` was given. ``prefix`` maps absolute install paths under a directory (local fleets);
@@ -143,7 +147,7 @@ class AgentOptions:
     tags: Mapping[str, str] = field(default_factory=dict)
     prefix: Path | None = None
     env: Mapping[str, str] = field(default_factory=dict)
-    poll_wait: int = 25
+    poll_wait: int = POLL_WAIT
     heartbeat_interval: float = 5.0
     ca_file: Path | None = None
 
