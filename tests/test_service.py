@@ -49,6 +49,23 @@ applications:
 
 APPSPEC = "version: 0.0\nos: linux\nfiles:\n  - source: VERSION\n    destination: /opt/app\n"
 
+BLUE_GREEN_HAPROXY = """
+server: {data_dir: var}
+hosts: [{name: b1, port: 9901}, {name: b2, port: 9902}, {name: b3, port: 9903}, {name: b4, port: 9904}]
+applications:
+  app:
+    platform: server
+    revision: rev-a
+    environments: [prod]
+    deployment_groups:
+      prod:
+        deployment_type: blue-green
+        deployment_config: CodeDeployDefault.AllAtOnce
+        traffic_config: CodeDeployDefault.LambdaCanary10Percent5Minutes
+        targets: {hosts: [b1, b2, b3, b4]}
+        load_balancer: {type: haproxy, port: 9910}
+"""
+
 Behaviour = Callable[[str, str, str], str | None]  # (host, event, sha256) -> failure message or None
 
 
@@ -340,23 +357,8 @@ async def test_errors_name_what_is_missing(deployer: Deployer) -> None:
 
 async def test_plan_of_a_blue_green_group_shows_the_idle_half(tmp_path: Path) -> None:
     make_revision(tmp_path, "rev-a", "1")
-    text = """
-server: {data_dir: var}
-hosts: [{name: b1, port: 9901}, {name: b2, port: 9902}, {name: b3, port: 9903}, {name: b4, port: 9904}]
-applications:
-  app:
-    platform: server
-    revision: rev-a
-    environments: [prod]
-    deployment_groups:
-      prod:
-        deployment_type: blue-green
-        deployment_config: CodeDeployDefault.AllAtOnce
-        traffic_config: CodeDeployDefault.LambdaCanary10Percent5Minutes
-        targets: {hosts: [b1, b2, b3, b4]}
-        load_balancer: {type: haproxy, port: 9910}
-"""
-    deployer = await assemble_deployer(parse_config(text, base_dir=str(tmp_path)), data_dir=tmp_path / "var")
+    config = parse_config(BLUE_GREEN_HAPROXY, base_dir=str(tmp_path))
+    deployer = await assemble_deployer(config, data_dir=tmp_path / "var")
     try:
         plan = await deployer.plan(DeployRequest("app", "prod"))
         started = await deployer.start(DeployRequest("app", "prod"))
@@ -380,23 +382,6 @@ async def test_a_group_whose_tags_match_no_host_is_refused_naming_the_tags(workd
         assert await deployer.store.list_deployments(group_name="app-staging") == []
     finally:
         await deployer.close()
-
-
-BLUE_GREEN_HAPROXY = """
-server: {data_dir: var}
-hosts: [{name: b1, port: 9901}, {name: b2, port: 9902}]
-applications:
-  app:
-    platform: server
-    revision: rev-a
-    environments: [prod]
-    deployment_groups:
-      prod:
-        deployment_type: blue-green
-        deployment_config: CodeDeployDefault.AllAtOnce
-        targets: {hosts: [b1, b2]}
-        load_balancer: {type: haproxy, port: 9910}
-"""
 
 
 class UnpreparedRouter:
