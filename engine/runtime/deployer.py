@@ -455,7 +455,7 @@ class Deployer:
                     status="Failed",
                     ended_at=self.clock.now(),
                     error_code="INTERNAL_ERROR",
-                    error_message=f"deploybot hit an internal error ({crash_site(exc)}); see the server log",
+                    error_message=f"deploybot hit an internal error ({_crash_site(exc)}); see the server log",
                 )
             except LeaseLost as lost:
                 await self._step_down(lost.group, f"deployment {runner.deployment_id} crashed after it: {lost}")
@@ -853,21 +853,16 @@ class Deployer:
             await self.queue.start_held(group_name)
 
 
-def crash_site(exc: BaseException) -> str:
-    """``KeyError at engine/runtime/runner.py:412``: the exception's type and the innermost line of deploybot's own
-    code it came through. Enough to match a report to the server log's traceback; nothing of the exception's message,
+def _crash_site(exc: BaseException) -> str:
+    """``KeyError at engine/runtime/runner.py:412``: the exception's type and the innermost line of the engine's code
+    it came through. Enough to match a report to the server log's traceback; nothing of the exception's message,
     which may quote data that is not the reader's to see."""
-    ours = [frame for frame in traceback.extract_tb(exc.__traceback__) if _is_ours(frame.filename)]
+    ours = [frame for frame in traceback.extract_tb(exc.__traceback__) if Path(frame.filename).is_relative_to(_ENGINE)]
     if not ours:
         return type(exc).__name__
-    where = Path(ours[-1].filename).relative_to(_PROJECT_ROOT).as_posix()
+    where = Path(ours[-1].filename).relative_to(_ENGINE.parent).as_posix()
     return f"{type(exc).__name__} at {where}:{ours[-1].lineno}"
 
 
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]
-_OWN_PACKAGES = tuple(_PROJECT_ROOT / package for package in ("engine", "bot", "slack"))
-
-
-def _is_ours(filename: str) -> bool:
-    path = Path(filename)
-    return any(path.is_relative_to(package) for package in _OWN_PACKAGES)
+_ENGINE = Path(__file__).resolve().parents[1]
+"""The engine package's directory: a frame in a file under it is the engine's own."""
