@@ -178,10 +178,11 @@ class Replicas:
         finally:
             await conn.close()
 
-    async def lease_expiry(self, group: str = "app-prod") -> float:
-        """When the group's lease runs out unless its owner renews it (epoch seconds)."""
+    async def lease_expiry(self, group: str = "app-prod") -> tuple[str, float]:
+        """The group's owner, and when its lease runs out unless the owner renews it (epoch seconds)."""
         async with self.db() as conn:
-            return float(await conn.fetchval("SELECT expires_at FROM group_leases WHERE group_name = $1", group))
+            row = await conn.fetchrow("SELECT owner, expires_at FROM group_leases WHERE group_name = $1", group)
+        return str(row["owner"]), float(row["expires_at"])
 
     async def lease(self, group: str = "app-prod") -> tuple[str, int] | None:
         async with self.db() as conn:
@@ -266,7 +267,8 @@ async def test_killing_the_owner_mid_deployment_hands_it_to_another_replica_that
     doomed = replicas.server_of(owner)
     killed_at = time.time()
     doomed.kill9()
-    expiry = await replicas.lease_expiry()  # the dead owner's last renewal: nobody renews it any more
+    held_by, expiry = await replicas.lease_expiry()  # the dead owner's last renewal: nobody renews it any more
+    assert held_by == owner  # it died holding the group
     (tmp_path / "gate").touch()  # h3 finishes while nobody owns the group: its result waits in the store
 
     survivor = live(replicas, doomed)
@@ -283,7 +285,7 @@ async def test_killing_the_owner_mid_deployment_hands_it_to_another_replica_that
     print(f"\ntakeover: {takeover:.2f} s from kill -9 of {owner} to {resumed[0]['data']['replica']}'s first write")
     # Taken over only once the dead owner's lease had run out, never while it still held it; that it is taken over
     # at all is the deployment finishing above. How soon after the expiry: `make bench` (replicas).
-    assert resumed[0]["at"] >= expiry > killed_at
+    assert resumed[0]["at"] >= expiry
 
     assert_ran_once(replicas, hosts)
     assert_queued_once(await replicas.commands(deployment))
