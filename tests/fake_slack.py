@@ -66,6 +66,7 @@ class FakeSlack:
         self._site: web.TCPSite | None = None
         self.unavailable = False  # every Web API call answers 503
         self._held: asyncio.Event | None = None  # set: every Web API call and response_url POST waits for it (hold)
+        self.waiting = 0  # calls held unanswered right now
         self._refusing = False  # the port is closed
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -197,7 +198,11 @@ class FakeSlack:
     async def _wait_if_held(self) -> None:
         held = self._held
         if held is not None:
-            await held.wait()
+            self.waiting += 1
+            try:
+                await held.wait()
+            finally:
+                self.waiting -= 1
 
     # -- outages ---------------------------------------------------------------------------------------------
 

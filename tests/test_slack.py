@@ -152,6 +152,7 @@ async def test_bad_and_stale_signatures_are_refused_with_401(rig: Rig) -> None:
 async def test_slash_command_acks_fast_then_the_thread_tells_the_deployment(rig: Rig) -> None:
     rig.slack.hold()  # Slack wants the ack within 3 s: it must not wait on any Slack call, which is held until it came
     status, text = await rig.command("APP to Staging")
+    await eventually(lambda: rig.slack.waiting, "the deployment's thread waiting on Slack")  # the hold was tested
     rig.slack.release()
     assert status == 200 and "Deploying app to staging" in text
     await rig.app[SLACK].chatops.drain()
