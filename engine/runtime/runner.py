@@ -214,11 +214,15 @@ class DeploymentRunner:
                 await self._resume()
             else:
                 blocked = await self._alarms_before_start()
-                start: Event = StartBlocked(ErrorCode.ALARM_ACTIVE, blocked) if blocked else Started()
-                if unprepared is not None and not blocked:
+                start: Event
+                if blocked:
+                    start = StartBlocked(ErrorCode.ALARM_ACTIVE, blocked)
+                elif unprepared is not None:
                     start = StartBlocked(ErrorCode.INTERNAL_ERROR, unprepared)
-                if provisions and not blocked:
+                elif provisions:
                     start = await self._provision_green_fleet()
+                else:
+                    start = Started()
                 await self._step(start)
             if self.alarms is not None and self.spec.get("ignore_alarms"):
                 await self._log("alarms.ignored", reason="deployed with --ignore-alarms: no alarm is watched")
