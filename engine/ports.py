@@ -724,5 +724,6 @@ class Deployments(Protocol):
 
     async def get(self, deployment_id: str) -> dict[str, Any]: ...
 
-    async def changed(self, deployment_id: str) -> None:
-        """Wake the deployment's watchers and tell the notifiers (Slack thread, GitHub status)."""
+    async def changed(self, deployment_id: str, *, group: str) -> None:
+        """Wake the deployment's watchers and tell the notifiers (Slack thread, GitHub status) that follow ``group``,
+        the deployment's group."""

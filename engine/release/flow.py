@@ -314,7 +314,7 @@ class ReleaseFlow:
             expires_at=expires_at,
         )
         await self._queue_if_approved(deployment_id, group, requester)
-        await self.deployments.changed(deployment_id)
+        await self.deployments.changed(deployment_id, group=group.name)
         return await self.deployments.get(deployment_id)
 
     async def _row(self, deployment_id: str) -> dict[str, Any]:
@@ -365,7 +365,7 @@ class ReleaseFlow:
                 deployment_id, status="Stopped", ended_at=now, error_code="MANUAL_STOP", error_message=message
             )
             await self._log("approval.rejected", actor, deployment_id=deployment_id, reason=reason)
-        await self.deployments.changed(deployment_id)
+        await self.deployments.changed(deployment_id, group=group.name)
         return await self.deployments.get(deployment_id)
 
     # -- promotion -----------------------------------------------------------------------------------------------

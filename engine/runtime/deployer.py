@@ -814,18 +814,17 @@ class Deployer:
     def applications(self) -> list[dict[str, Any]]:
         return self.inventory.applications()
 
-    async def changed(self, deployment_id: str, *, group: str | None = None) -> None:
-        """Something about the deployment changed: wake its watchers and tell the notifiers. ``group``, its group's
-        name when no runner drives it (queued, ended): with it, a deployment no notifier follows is not read."""
+    async def changed(self, deployment_id: str, *, group: str) -> None:
+        """Something about the deployment changed: wake its watchers and tell the notifiers that follow ``group``, its
+        group (a deployment no notifier follows is not read). What the runner says has changed, when one drives it,
+        lets progress be merged; without one (queued, ended) every change is delivered."""
         self._versions[deployment_id] = self._versions.get(deployment_id, 0) + 1
         event = self._changed.pop(deployment_id, None)
         if event is not None:
             event.set()
         runner = self._runners.get(deployment_id)
-        if runner is None:
-            await self._notifications.changed(deployment_id, group=group)
-        else:
-            await self._notifications.changed(deployment_id, runner.milestones(), group=runner.group)
+        milestones = runner.milestones() if runner is not None else None
+        await self._notifications.changed(deployment_id, milestones, group=group)
 
     # -- restart ---------------------------------------------------------------------------------------------
 
