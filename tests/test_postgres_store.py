@@ -72,6 +72,22 @@ async def test_replicas_starting_together_migrate_once(postgres_server: Postgres
             await opened.close()
 
 
+async def test_a_hosts_commands_of_a_deployment_are_indexed_by_deployment_then_host(
+    postgres_server: PostgresServer,
+) -> None:
+    """The twin of test_store's plan test: migration 0011 gives PostgreSQL the same index as SQLite."""
+    url = postgres_server.new_database()
+    await (await PostgresStore.open(url)).close()
+    conn = await asyncpg.connect(url)
+    try:
+        definition = await conn.fetchval(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'host_commands_by_deployment'"
+        )
+    finally:
+        await conn.close()
+    assert definition.endswith("(deployment_id, host, status)"), definition
+
+
 # -- what the database enforces
 
 

@@ -479,6 +479,52 @@ async def test_the_open_commands_are_found_without_reading_the_history(tmp_path:
     assert "host_commands_queue (host=? AND status=?)" in plan(claims, "web-1"), plan(claims, "web-1")
 
 
+async def test_a_run_is_queued_up_to_the_first_event_its_host_already_has_in_that_deployment(store: AnyStore) -> None:
+    """Commands run in id order, so nothing is queued behind an event already there; what the host has in another
+    deployment, or had cancelled, does not count. A run whose first event is there queues nothing and returns it."""
+    events = ["BeforeInstall", "Install", "AfterInstall"]
+    await store.enqueue_command_runs([("web-1", "d-old", events, {"n": 0})], at=T0)
+    await store.enqueue_command_once("web-1", "d-1", "AfterInstall", {"n": 1}, at=T0)
+    cancelled = await store.enqueue_command("web-1", "d-1", "Install", {"n": 1}, at=T0)
+    await store.complete_command(cancelled, "Cancelled", None, at=T0)
+
+    existing, _ = await store.enqueue_command_runs([("web-1", "d-1", events, {"n": 2})], at=T0 + 1)
+    assert existing == [None]
+    queued = [(c["event"], c["status"]) for c in await store.list_commands(host="web-1", deployment_id="d-1")]
+    assert queued == [("AfterInstall", "Pending"), ("Install", "Cancelled"), ("BeforeInstall", "Pending"),
+                      ("Install", "Pending")]  # fmt: skip
+
+    first = (await store.list_commands(host="web-1", deployment_id="d-1", status="Pending"))[1]
+    assert await store.complete_command(first["id"], "Succeeded", {"ok": 1}, at=T0 + 2)
+    again, _ = await store.enqueue_command_runs([("web-1", "d-1", events, {"n": 3})], at=T0 + 3)
+    assert again[0] is not None and again[0]["id"] == first["id"] and again[0]["result"] == {"ok": 1}
+    assert len(await store.list_commands(host="web-1", deployment_id="d-1")) == 4  # nothing more was queued
+
+
+async def test_a_hosts_commands_of_a_deployment_are_found_without_reading_its_other_deployments(
+    tmp_path: Path,
+) -> None:
+    """Queueing a stage reads each host's commands of that deployment: through the index led by deployment and host,
+    not the host's whole history (which grows with every deployment; migration 0011)."""
+    statements: list[str] = []
+    async with await SqliteStore.open(tmp_path / "state.db", on_statement=statements.append) as traced:
+        events = ["BeforeInstall", "Install", "AfterInstall"]
+        await traced.enqueue_command_runs([("web-1", "d-old", events, {})], at=T0)
+        statements.clear()
+        await traced.enqueue_command_runs([("web-1", "d-1", events, {})], at=T0, hand_to={"web-1": True})
+        await traced.enqueue_command_runs([("web-1", "d-1", events, {})], at=T0)  # the first event is there now
+        reads = {sql for sql in statements if sql.lstrip().upper().startswith("SELECT")}
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        plans = {
+            sql: " ".join(str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", (1,) * sql.count("?")))
+            for sql in reads
+        }
+    assert len(plans) == 3, plans  # what is there, the first event's command, the rest of the run handed over
+    for sql, plan in plans.items():
+        assert "host_commands_by_deployment (deployment_id=? AND host=?" in plan, (sql, plan)
+
+
 async def test_locks_put_replace_delete(store: AnyStore) -> None:
     await store.put_lock("shop", "production", owner="alice", created_at=T0, reason="freeze")
     await store.put_lock("blog", "staging", owner="bob", created_at=T0, expires_at=T0 + 60)

@@ -41,15 +41,16 @@ _UPSERT_AGENT = (
     " tags = COALESCE(excluded.tags, agents.tags), version = COALESCE(excluded.version, agents.version),"
     " state = COALESCE(excluded.state, agents.state)"
 )
-# Queries of one host's commands of one deployment write ``deployment_id || ''``: the expression keeps SQLite off
-# the ``host_commands_by_deployment`` index, which it would otherwise pick, and which holds every command of the
-# deployment (5,000 for 1,000 hosts, scanned per host: O(N²) to queue a step). The host's own commands
-# (``host_commands_queue``) are a handful. (It is SQLite's unary ``+`` in a form PostgreSQL reads too.)
-_OF_DEPLOYMENT = "deployment_id || '' = ?"
+# One host's commands of one deployment are found through ``host_commands_by_deployment`` (deployment, host,
+# status): exactly those rows, however many deployments the host had before (migration 0011).
+_OF_DEPLOYMENT = "deployment_id = ?"
 _LATEST_COMMAND = (
     f"SELECT {_COMMAND_HEAD}, result FROM host_commands"
     f" WHERE host = ? AND {_OF_DEPLOYMENT} AND event = ? AND status != 'Cancelled' ORDER BY id DESC LIMIT 1"
 )
+# The events a host already has a command for in a deployment (Cancelled ones aside): read once per queued run,
+# instead of once per event of it, and the full row of its first event only when that one is there.
+_EVENTS_QUEUED = f"SELECT event FROM host_commands WHERE host = ? AND {_OF_DEPLOYMENT} AND status != 'Cancelled'"
 _INSERT_COMMAND = (
     f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
 )
@@ -145,13 +146,16 @@ class CommandRecords(SqlAccess):
             queued_hosts: set[str] = set()
             yield Serialize(sorted({_queue_key(deployment_id) for _, deployment_id, _, _ in runs}))
             for host, deployment_id, events, payload in runs:
-                first = yield Fetch("host_commands", _LATEST_COMMAND, (host, deployment_id, events[0]))
-                existing.append(first[0] if first else None)
-                if first:
+                there = {row["event"] for row in (yield Fetch("host_commands", _EVENTS_QUEUED, (host, deployment_id)))}
+                first = None
+                if events[0] in there:
+                    first = (yield Fetch("host_commands", _LATEST_COMMAND, (host, deployment_id, events[0])))[0]
+                existing.append(first)
+                if first is not None:
                     continue
                 encoded = to_json(payload)
-                for index, event in enumerate(events):
-                    if index and (yield Fetch("host_commands", _LATEST_COMMAND, (host, deployment_id, event))):
+                for event in events:
+                    if event in there:
                         break  # never queue an event behind one already there: commands run in id order
                     yield Change(_INSERT_COMMAND, (host, deployment_id, event, encoded, at))
                 queued_hosts.add(host)

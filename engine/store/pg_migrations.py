@@ -369,6 +369,11 @@ _COMMANDS_BY_STATUS = """
     CREATE INDEX host_commands_by_status ON host_commands (status, id);
 """
 
+_COMMANDS_BY_DEPLOYMENT_HOST = """
+    DROP INDEX host_commands_by_deployment;
+    CREATE INDEX host_commands_by_deployment ON host_commands (deployment_id, host, status);
+"""
+
 SCRIPTS: dict[str, str] = {
     "0001_initial_schema": _INITIAL_SCHEMA,
     "0002_approvals": _APPROVALS,
@@ -380,6 +385,7 @@ SCRIPTS: dict[str, str] = {
     "0008_replica_shared_state": _REPLICA_SHARED_STATE,
     "0009_group_leases": _GROUP_LEASES,
     "0010_commands_by_status": _COMMANDS_BY_STATUS,
+    "0011_commands_by_deployment_host": _COMMANDS_BY_DEPLOYMENT_HOST,
 }
 """Migration name -> its PostgreSQL script, in the order they apply (the names of engine/store/migrations.py)."""
 
