@@ -19,20 +19,13 @@ def deployment_json(
 ) -> dict[str, Any]:
     state = row.get("state") or {}
     machine = state.get("machine") or {}
-    targets: dict[str, list[dict[str, Any]]] = {}
     order = _target_order(state)
+    stored: dict[str, list[Mapping[str, Any]]] = {}
     for event in sorted(events, key=lambda e: (order.get(e["target"], len(order)), e.get("seq") or 0)):
-        targets.setdefault(event["target"], []).append(
-            {
-                "name": event["event"],
-                "status": event["status"],
-                "started_at": event.get("started_at"),
-                "ended_at": event.get("ended_at"),
-                "error_code": event.get("error_code"),
-                "message": event.get("message") or "",
-                "log_tail": event.get("log_tail") or "",
-            }
-        )
+        stored.setdefault(event["target"], []).append(event)
+    current: Mapping[str, Any] = machine.get("targets") or {}
+    names = sorted(dict.fromkeys([*stored, *current]), key=lambda name: order.get(name, len(order)))
+    targets = {name: _target_events(stored.get(name, []), current.get(name)) for name in names}
     error = None
     if row.get("error_code") or row.get("error_message"):
         error = {"code": row.get("error_code"), "message": row.get("error_message") or ""}
@@ -62,6 +55,37 @@ def deployment_json(
         "paused": bool(machine.get("paused")),
         "targets": [{"name": name, "status": _target_status(evs), "events": evs} for name, evs in targets.items()],
         "traffic": {"percent": machine.get("traffic_percent", 0)} if has_traffic else None,
+    }
+
+
+def _target_events(stored: Sequence[Mapping[str, Any]], current: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """One target's events: its stored rows; and while its stage runs (``current``, the target in the machine's
+    state), every event of that stage after the rows of its earlier ones, each with the state's status unless a row
+    holds its result (a result recorded after the deployment ended included), and the start the state keeps of an
+    event in progress (engine/core/step_record.py)."""
+    if current is None:
+        return [_event_json(row) for row in stored]
+    names: Sequence[str] = current["events"]
+    started: Mapping[str, Any] = current.get("started") or {}
+    rows = {row["event"]: row for row in stored}
+    events = [_event_json(row) for row in stored if row["event"] not in names]
+    for name in names:
+        row = rows.get(name) or {"event": name}
+        if row.get("ended_at") is None:
+            row = {**row, "status": current["statuses"][name], "started_at": row.get("started_at") or started.get(name)}
+        events.append(_event_json(row))
+    return events
+
+
+def _event_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "name": row["event"],
+        "status": row["status"],
+        "started_at": row.get("started_at"),
+        "ended_at": row.get("ended_at"),
+        "error_code": row.get("error_code"),
+        "message": row.get("message") or "",
+        "log_tail": row.get("log_tail") or "",
     }
 
 

@@ -1,13 +1,21 @@
 """What a deployment's steps have written of it, so that each step writes only what changed (pure).
 
 A runner persists after every step (engine/runtime/runner.py, rule 2): the machine's state as JSON, and a row per
-(target, lifecycle event) whose status changed. A step of a 1,000-host deployment changes a few targets, so this
-record keeps, per target, what was last written and what was last converted, and works out the rest from there:
+(target, lifecycle event) that the state alone does not keep. The state holds the targets of the current stage with
+each event's status; ``target_events`` holds what it lacks: results with their details (times, code, message, log
+tail), the statuses the machine gave without a result (Skipped, Unknown), and, once a stage is left, whatever its
+targets' events still said (Pending, InProgress), since the next stage's state no longer names them. An event
+marked in progress keeps its start in the snapshot, beside its target (``"started"``). So a step writes rows for
+results and for the few events the machine ended itself, not one per event queued or started: the document
+(engine/core/document.py) reads the current stage from the state and the rest from the rows.
+
+This record keeps, per target, what was last written and what was last converted, and works out the rest from there:
 
   - the results taken since the last write (their details go with the next one) and which results were taken
     (a result's own row carries its details: the status change it causes is not written again as a bare row);
-  - when each event was marked in progress (the start of a result whose agent did not say when it started);
-  - each target's statuses as last written, seeded from the persisted state on resume (``written``);
+  - when each event was marked in progress (the start of a result whose agent did not say when it started, and the
+    ``"started"`` of its target in the snapshot);
+  - each target's events and statuses as last seen, seeded from the persisted state on resume (``written``);
   - each target's JSON text as last encoded, with the progress object and signature it came from. This is a second
     per-target record on purpose: the state is also converted alone (timers, a green fleet's name), without rows
     being written, so the two cannot share one "last seen".
@@ -22,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.core.machine import DeploymentState, TargetProgress
-from engine.core.model import EventStatus
+from engine.core.model import EventStatus, LifecycleEvent
 from engine.core.snapshot import EncodedJson, encode, encode_state, stages_to_json, target_to_json
 from engine.core.stages import Stage
 
@@ -36,7 +44,9 @@ class StepRecord:
         self._details: list[Row] = []  # results taken since the last write, saved with the next step
         self._taken: set[tuple[str, str]] = set()  # (target, event) whose result was taken
         self._started_at: dict[tuple[str, str], float] = {}  # (target, event) in progress -> when marked so
-        self._written: dict[str, tuple[EventStatus, ...]] = {}  # per target: its statuses as last written
+        self._written: dict[str, tuple[EventStatus, ...]] = {}  # per target: its statuses as last seen
+        self._events: dict[str, list[LifecycleEvent]] = {}  # per target: its events, in order (their ``seq``)
+        self._targets: dict[str, TargetProgress] | None = None  # the state's targets as last seen (a stage's)
         self._stages_json: tuple[tuple[Stage, ...], str] | None = None
         self._targets_json: dict[str, tuple[TargetProgress, tuple[Any, ...], str]] = {}
 
@@ -45,11 +55,18 @@ class StepRecord:
     def take_result(self, target: str, event: str, details: Mapping[str, Any]) -> tuple[bool, float | None]:
         """Keep a result's details for the next write; (whether it is the first result of the event, when the
         event was marked in progress here)."""
-        self._details.append({"target": target, "event": event, **details})
+        row = {"target": target, "event": event, **details}
+        events = self._events.get(target)
+        if events is not None and event in events:
+            row["seq"] = events.index(LifecycleEvent(event))  # no row of the event may be there to give it
         key = (target, event)
+        marked_at = self._started_at.pop(key, None)
+        if "started_at" not in row and marked_at is not None:
+            row["started_at"] = marked_at  # the agent did not say: when it was marked in progress here
+        self._details.append(row)
         first = key not in self._taken
         self._taken.add(key)
-        return first, self._started_at.pop(key, None)
+        return first, marked_at
 
     def has_taken(self, target: str, event: str) -> bool:
         return (target, event) in self._taken
@@ -65,28 +82,61 @@ class StepRecord:
 
     # -- rows and JSON
 
-    def seed(self, state: DeploymentState) -> None:
-        """A resumed deployment: its state as persisted is written already."""
+    def seed(self, state: DeploymentState, targets_json: Mapping[str, Any] | None = None) -> None:
+        """A resumed deployment: its state as persisted is written already; ``targets_json``, the persisted
+        machine's ``targets``, gives back when its events in progress started."""
+        self._targets = state.targets
         for target, progress in state.targets.items():
             self._written[target] = _statuses(progress)
+            self._events[target] = progress.events
+            started = ((targets_json or {}).get(target) or {}).get("started") or {}
+            for event, at in started.items():
+                if isinstance(at, int | float):
+                    self._started_at[(target, event)] = float(at)
 
     def rows(self, state: DeploymentState, now: float) -> list[Row]:
-        """The per-target event statuses the machine changed since the last write (Pending rows, Skipped,
-        Unknown), an event marked in progress with ``now`` as its start; counted as written."""
+        """The rows to write for what the machine changed since the last write: the statuses it gave without a
+        result (Skipped, Unknown; results come with their details), and the events of targets whose stage was
+        left still Pending or InProgress. An event marked in progress gets ``now`` as its start, kept for the
+        snapshot."""
         rows: list[Row] = []
+        if state.targets is not self._targets:  # a new stage: the targets it replaced are no longer in the state
+            rows += self._left(state.targets)
+            self._targets = state.targets
         for target, progress in state.targets.items():
             statuses = _statuses(progress)
             before = self._written.get(target)
             if before == statuses:
                 continue  # most targets of a step: nothing to write
             self._written[target] = statuses
+            self._events[target] = progress.events
             for seq, (event, status) in enumerate(zip(progress.events, statuses, strict=True)):
                 key = (target, str(event))
                 if (before is not None and before[seq] is status) or key in self._taken:
                     continue  # unchanged, or written with its details as a result
+                if status is EventStatus.IN_PROGRESS:
+                    self._started_at[key] = now
+                if status in _KEPT_IN_STATE:
+                    continue
+                rows.append({"target": target, "event": str(event), "status": str(status), "seq": seq})
+        return rows
+
+    def _left(self, targets: Mapping[str, TargetProgress]) -> list[Row]:
+        """Rows for the targets of a stage just left (no longer in ``targets``, or there with other events): their
+        events the state said were Pending or InProgress, which only the state had recorded."""
+        rows: list[Row] = []
+        for target in list(self._written):
+            progress = targets.get(target)
+            if progress is not None and progress.events == self._events[target]:
+                continue
+            statuses, events = self._written.pop(target), self._events.pop(target)
+            for seq, (event, status) in enumerate(zip(events, statuses, strict=True)):
+                key = (target, str(event))
+                if status not in _KEPT_IN_STATE or key in self._taken:
+                    continue
                 row: Row = {"target": target, "event": str(event), "status": str(status), "seq": seq}
-                if status == EventStatus.IN_PROGRESS:
-                    row["started_at"] = self._started_at[key] = now
+                if key in self._started_at:
+                    row["started_at"] = self._started_at[key]
                 rows.append(row)
         return rows
 
@@ -102,13 +152,29 @@ class StepRecord:
             signature = (progress.status, progress.position, *progress.statuses.values())
             known = self._targets_json.get(name)
             if known is None or known[0] is not progress or known[1] != signature:
-                known = (progress, signature, f"{encode(name)}:{encode(target_to_json(progress))}")
+                known = (progress, signature, f"{encode(name)}:{encode(self._target_json(name, progress))}")
             encoded[name] = known
         self._targets_json = encoded  # targets of an earlier stage are forgotten
         machine = encode_state(state, "{" + ",".join(known[2] for known in encoded.values()) + "}")
         return EncodedJson(
             f'{{"stages":{self._stages_json[1]},"machine":{machine},"timers":{encode(timers)},"spec":{encode(spec)}}}'
         )
+
+    def _target_json(self, name: str, progress: TargetProgress) -> dict[str, Any]:
+        """``target_to_json``, with ``"started"`` (event -> when it was marked in progress) while one is."""
+        value = target_to_json(progress)
+        started = {
+            str(event): self._started_at[(name, str(event))]
+            for event, status in progress.statuses.items()
+            if status is EventStatus.IN_PROGRESS and (name, str(event)) in self._started_at
+        }
+        if started:
+            value["started"] = started
+        return value
+
+
+_KEPT_IN_STATE = (EventStatus.PENDING, EventStatus.IN_PROGRESS)
+"""The statuses the snapshot records for the current stage's targets: written as rows only once a stage is left."""
 
 
 def _statuses(progress: TargetProgress) -> tuple[EventStatus, ...]:

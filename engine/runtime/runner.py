@@ -198,10 +198,10 @@ class DeploymentRunner:
             actor=row.get("created_by") if row else None,
         ):
             log.info("deployment %s %s", self.deployment_id, "resumed" if resume else "started")
-            await self._drive(resume=resume)
+            await self._drive(resume=resume, row=row)
             log.info("deployment %s ended: %s", self.deployment_id, self.machine.state.status)
 
-    async def _drive(self, *, resume: bool) -> None:
+    async def _drive(self, *, resume: bool, row: Mapping[str, Any] | None) -> None:
         try:
             starting = not (resume and self.machine.state.status is not DeploymentStatus.CREATED)
             provisions = starting and self._provisions_green_fleet()
@@ -211,7 +211,7 @@ class DeploymentRunner:
             if not starting:
                 if unprepared is not None:  # a shift or BlockTraffic that needs the fleets fails with its own reason
                     log.warning("deployment %s resumed: %s", self.deployment_id, unprepared)
-                await self._resume()
+                await self._resume(row)
             else:
                 blocked = await self._alarms_before_start()
                 start: Event
@@ -274,14 +274,14 @@ class DeploymentRunner:
 
     async def _persist(self) -> None:
         state = self.machine.state
-        fields: dict[str, Any] = {"status": str(state.status), "state": self.snapshot()}
+        rows = self._record.take_details() + self._record.rows(state, self.clock.now())  # first: the starts it notes
+        fields: dict[str, Any] = {"status": str(state.status), "state": self.snapshot()}  # go into the snapshot
         if state.status.is_final:  # the outcome lands in one write, never a "Failed" without its reason
             fields.update(
                 ended_at=self.clock.now(),
                 error_code=str(state.error_code) if state.error_code else None,
                 error_message=state.message or None,
             )
-        rows = self._record.take_details() + self._record.rows(state, self.clock.now())
         await self.store.save_progress(self.deployment_id, rows, **fields)
 
     def milestones(self) -> tuple[Any, ...]:
@@ -649,10 +649,11 @@ class DeploymentRunner:
             self.machine.state.traffic_step >= 0 or not isinstance(self.machine.stage, TrafficStage)
         )
 
-    async def _resume(self) -> None:
+    async def _resume(self, row: Mapping[str, Any] | None) -> None:
         """Re-issue whatever the persisted state is waiting on (rule 2: every re-issue is idempotent)."""
         state = self.machine.state
-        self._record.seed(state)  # as persisted: written already
+        persisted = ((row or {}).get("state") or {}).get("machine") or {}
+        self._record.seed(state, persisted.get("targets"))  # as persisted: written already
         await self._execute_all(
             [
                 RunEvent(target, progress.current)
