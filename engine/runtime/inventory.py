@@ -58,9 +58,10 @@ class Inventory:
             (host.name, dict(host.tags), host.local, "config") for host in self.config.hosts.values()
         ]
         known += [(i.name, dict(i.tags), False, "api") for i in self.registry.instances() if i.registered]
+        agents = {str(a["name"]): a for a in await self.store.list_agents()}  # one read, not one per host
         out = []
         for name, tags, local, source in known:
-            agent = await self.store.get_agent(name) or {}
+            agent = agents.get(name) or {}
             seen = self.fleet.last_seen(name) or agent.get("last_seen")
             online = seen is not None and not agent_offline(seen, now, self.config.server.agent_offline_after_seconds)
             command = running.get(name)
