@@ -377,7 +377,9 @@ class CommandQueue(Protocol):
     async def finish_command(
         self, command_id: int, host: str, status: str, result: Mapping[str, Any] | None, *, at: float
     ) -> tuple[Row | None, bool]: ...
-    async def finish_commands(self, reports: Sequence[CommandReport], *, at: float) -> list[FinishedReport]:
+    async def finish_commands(
+        self, reports: Sequence[CommandReport], *, at: float, heads: Mapping[int, Row] | None = None
+    ) -> list[FinishedReport]:
         """Many agents' reports in one transaction; a failure cancels the rest of its run."""
 
     async def list_commands(

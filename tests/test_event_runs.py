@@ -270,6 +270,27 @@ async def test_results_arriving_together_are_recorded_in_one_transaction(server:
     assert [command["host"] for command, _ in server.results] == hosts  # delivered in the order they arrived
 
 
+async def test_the_results_of_a_run_handed_out_here_are_recorded_without_reading_the_commands_back(
+    server: Server,
+) -> None:
+    """The fleet keeps the heads of the commands it handed out, the rest of each run included: recording a result
+    and going on to the next event is two UPDATEs, with no SELECT of the command first."""
+    assert await server.fleet.next_command("web-1", wait=0, runs=True) is None  # the agent runs events back to back
+    await server.fleet.dispatch_runs("d-1", [("web-1", RUN)], {"deployment_id": "d-1"})
+    first = await server.fleet.next_command("web-1", wait=0, runs=True)
+    assert first is not None and len(first["then"]) == len(RUN) - 1
+    ids = [first["id"], *(step["id"] for step in first["then"])]
+    done = {"status": "Succeeded", "error_code": 0, "message": "", "log_tail": "", "started_at": 1.0, "ended_at": 2.0}
+    server.statements.clear()
+    for command_id, following in zip(ids, [*ids[1:], None], strict=True):
+        assert await server.fleet.report_result("web-1", command_id, done, then=following) is (following is not None)
+    reads = [sql for sql in server.statements if sql.lstrip().upper().startswith("SELECT")]
+    assert not any("host_commands" in sql for sql in reads), reads
+    statuses = [c["status"] for c in await server.store.list_commands(host="web-1")]
+    assert statuses == ["Succeeded"] * len(RUN)
+    assert [command["event"] for command, _ in server.results] == [str(event) for event in RUN]
+
+
 async def test_a_whole_steps_commands_are_queued_in_one_transaction(server: Server) -> None:
     before = server.transactions()
     hosts = [f"web-{n}" for n in range(1, 21)]

@@ -525,6 +525,32 @@ async def test_a_hosts_commands_of_a_deployment_are_found_without_reading_its_ot
         assert "host_commands_by_deployment (deployment_id=? AND host=?" in plan, (sql, plan)
 
 
+async def test_a_report_of_a_command_whose_head_is_known_finishes_it_in_one_statement(tmp_path: Path) -> None:
+    """The fleet knows the heads of the commands it handed out (they never change): a report that finishes one is
+    its UPDATE alone; a repeat, or a head that names another host, is read as without one."""
+    statements: list[str] = []
+    async with await SqliteStore.open(tmp_path / "state.db", on_statement=statements.append) as traced:
+        first = await traced.enqueue_command("web-1", "d-1", "Install", {"n": 1}, at=T0)
+        head = {"id": first, "host": "web-1", "deployment_id": "d-1", "event": "Install"}
+        statements.clear()
+        [(command, finished, _)] = await traced.finish_commands(
+            [(first, "web-1", "Succeeded", {"ok": 1}, None)], at=T0 + 1, heads={first: head}
+        )
+        assert (command, finished) == (head, True)
+        assert [sql.split()[0] for sql in statements] == ["BEGIN", "UPDATE", "COMMIT"]
+
+        [(again, finished_again, _)] = await traced.finish_commands(
+            [(first, "web-1", "Failed", None, None)], at=T0 + 2, heads={first: head}
+        )
+        assert again is not None and again["event"] == "Install" and finished_again is False  # a repeat
+        [(other, _, _)] = await traced.finish_commands(
+            [(first, "web-2", "Succeeded", None, None)], at=T0 + 2, heads={first: {**head, "host": "web-2"}}
+        )
+        assert other is None  # web-1's command, whatever the head said
+        [stored] = await traced.list_commands(host="web-1")
+        assert (stored["status"], stored["result"], stored["finished_at"]) == ("Succeeded", {"ok": 1}, T0 + 1)
+
+
 async def test_locks_put_replace_delete(store: AnyStore) -> None:
     await store.put_lock("shop", "production", owner="alice", created_at=T0, reason="freeze")
     await store.put_lock("blog", "staging", owner="bob", created_at=T0, expires_at=T0 + 60)

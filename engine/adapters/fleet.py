@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 CLAIM_GRACE = 10.0
 """Seconds a claimed command may go unmentioned by its agent's heartbeats before it is handed out again."""
+HEADS_KEPT = 50_000
+"""Heads of handed-out commands kept to record reports without reading them (about 20 MB at most)."""
 
 
 class Fleet:
@@ -86,6 +88,9 @@ class Fleet:
         self._last_seen: dict[str, float] = {}  # wall clock, for display only
         self._heard: dict[str, float] = {}  # monotonic: when each host's agent last talked to us
         self._claimed: dict[int, float] = {}  # monotonic: when this server handed out each InProgress command
+        # The heads (id, host, deployment, event) of the commands handed out here and of the rest of their runs:
+        # facts that never change, so a report of one is recorded without reading them back (finish_commands).
+        self._heads: dict[int, dict[str, Any]] = {}
         self._noticed: dict[int, float] = {}  # monotonic: the first monitor round that saw each open command
         self._started = clock.monotonic()
         self._monitor: asyncio.Task[None] | None = None
@@ -195,6 +200,7 @@ class Fleet:
         for waiter, runs in self._waiters.get(host, ()):
             if not waiter.done():
                 self._claimed[row["id"]] = self.clock.monotonic()
+                self._remember_heads(row)
                 waiter.set_result(row if runs else {k: v for k, v in row.items() if k != "then"})
                 return True
         return False
@@ -219,7 +225,18 @@ class Fleet:
             self._empty_at[host] = changes  # read before the claim: a command queued meanwhile bumped it
         else:
             self._claimed[row["id"]] = self.clock.monotonic()
+            self._remember_heads(row)
         return row
+
+    def _remember_heads(self, row: Mapping[str, Any]) -> None:
+        """Keep the head of a claimed command and of each command of the rest of its run (``then``); the oldest go
+        past ``HEADS_KEPT`` (a run cut short by a failure is never reported)."""
+        host, deployment_id = row["host"], row["deployment_id"]
+        for command in (row, *row.get("then", ())):
+            head = {"id": command["id"], "host": host, "deployment_id": deployment_id, "event": command["event"]}
+            self._heads[int(command["id"])] = head
+        while len(self._heads) > HEADS_KEPT:
+            del self._heads[next(iter(self._heads))]
 
     async def _heard_elsewhere(self, host: str, seen: float) -> float:
         """When ``host``'s agent last talked to any server on this store, on this server's monotonic clock: its
@@ -315,11 +332,13 @@ class Fleet:
         """Write a batch of reports in one transaction and note what they change here; the agents are answered
         next, before the results are delivered (an agent going on with its run need not wait for the engine).
         Should the write fail, the agents retry: their results are not recorded."""
-        outcomes = await self.store.finish_commands(reports, at=self.clock.now())
+        heads = {report[0]: self._heads[report[0]] for report in reports if report[0] in self._heads}
+        outcomes = await self.store.finish_commands(reports, at=self.clock.now(), heads=heads)
         for (command_id, _, status, _, then), (command, finished, go_on) in zip(reports, outcomes, strict=True):
             if command is None:
                 continue
             self._claimed.pop(command_id, None)
+            self._heads.pop(command_id, None)
             if go_on and then is not None:
                 self._claimed[then] = self.clock.monotonic()
             if finished and status == "Failed":

@@ -237,11 +237,18 @@ class CommandRecords(SqlAccess):
         command, finished, _ = (await self.finish_commands([(command_id, host, status, result, None)], at=at))[0]
         return command, finished
 
-    async def finish_commands(self, reports: Sequence[CommandReport], *, at: float) -> list[FinishedReport]:
+    async def finish_commands(
+        self, reports: Sequence[CommandReport], *, at: float, heads: Mapping[int, Row] | None = None
+    ) -> list[FinishedReport]:
         """Agents' reports, all in one transaction: for each, as ``finish_command`` (the command without payload,
         None when it is not that host's; whether this report finished it), and whether the command named as its
         ``then`` was claimed for the reporting agent (still Pending, the same host and deployment, and this report
         a success).
+
+        ``heads``: what the caller knows of commands it handed out (``id``, ``host``, ``deployment_id``, ``event``,
+        which never change). A report of a known command that finishes it costs one statement, not a read of its
+        head and then the write; the head is read only for a report that finished nothing (a repeat, an unknown
+        command, another host's).
 
         A report that fails its command cancels the host's other Pending commands of that deployment: they are the
         rest of its run, which the machine will never ask for (it skips them, or dispatches them anew when the
@@ -252,8 +259,9 @@ class CommandRecords(SqlAccess):
         head = f"SELECT {_COMMAND_HEAD} FROM host_commands WHERE id = ? AND host = ?"
         update = (
             "UPDATE host_commands SET status = ?, result = ?, finished_at = ?"
-            " WHERE id = ? AND status IN ('Pending', 'InProgress')"
+            " WHERE id = ? AND host = ? AND status IN ('Pending', 'InProgress')"
         )
+        known = heads or {}
         go_on = (
             "UPDATE host_commands SET status = 'InProgress', claimed_at = ?"
             " WHERE id = ? AND host = ? AND deployment_id = ? AND status = 'Pending'"
@@ -262,12 +270,17 @@ class CommandRecords(SqlAccess):
         def finish() -> Program[list[FinishedReport]]:
             outcomes: list[FinishedReport] = []
             for command_id, host, status, result, then in reports:
-                rows = yield Fetch("host_commands", head, (command_id, host))
-                if not rows:
-                    outcomes.append((None, False, False))
-                    continue
-                command = rows[0]
-                finished = (yield Change(update, (status, to_json(result), at, command_id))) == 1
+                finish_it = (status, to_json(result), at, command_id, host)
+                cached = known.get(command_id)
+                if cached is not None and cached["host"] == host and (yield Change(update, finish_it)) == 1:
+                    command, finished = cached, True
+                else:  # unknown here, another host's, or a repeat (which still gets its command back)
+                    rows = yield Fetch("host_commands", head, (command_id, host))
+                    if not rows:
+                        outcomes.append((None, False, False))
+                        continue
+                    command = rows[0]
+                    finished = cached is None and (yield Change(update, finish_it)) == 1
                 if finished and status == "Failed":
                     yield _cancel_rest_of_run(host, command["deployment_id"], at)
                 claimed = False
