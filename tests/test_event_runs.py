@@ -32,7 +32,7 @@ from engine.core.agent_protocol import agent_run
 from engine.core.events import StartRollback
 from engine.core.lifecycle import SERVER_INSTALL_EVENTS
 from engine.core.machine import DeploymentMachine
-from engine.core.model import DeploymentStatus, DeploymentType, LifecycleEvent, Platform
+from engine.core.model import DeploymentStatus, DeploymentType, EventStatus, LifecycleEvent, Platform
 from engine.core.snapshot import state_to_json
 from engine.core.stages import ALL_AT_ONCE, StageOptions, deployment_stages
 from engine.ports import OnResult
@@ -418,6 +418,53 @@ async def test_the_engine_applies_a_runs_results_in_order_when_they_arrive_in_on
         for name, target in fresh["targets"].items():
             running = [event for event, status in target["statuses"].items() if status == "InProgress"]
             assert sorted(started[name]) == running, (name, started[name], running)
+
+
+async def test_a_result_delivered_before_the_one_it_follows_waits_for_it_and_is_applied_once(server: Server) -> None:
+    """With several replicas, a result recorded elsewhere is read back later than the next one, recorded here, is
+    delivered: the engine keeps the early one until the host reaches its event, and loses nothing."""
+    row = {"id": "d-1", "application": "app", "environment": "prod", "group_name": "app-prod", "status": "Created"}
+    await server.store.create_deployment(row | {"created_at": 1.0})
+    options = StageOptions(Platform.SERVER, DeploymentType.IN_PLACE, ALL_AT_ONCE)
+    steps = asyncio.Queue[None]()
+
+    async def changed(deployment_id: str) -> None:
+        steps.put_nowait(None)
+
+    async def nothing(deployment_id: str, *_: StartRollback) -> None:
+        pass
+
+    runner = DeploymentRunner(
+        "d-1",
+        DeploymentMachine(deployment_stages(options, ("web-1",))),
+        store=server.store,
+        executor=server.fleet,
+        router=None,
+        group="app-prod",
+        spec={"deployment_id": "d-1"},
+        clock=SystemClock(),
+        on_change=changed,
+        on_rollback=nothing,
+        on_finish=nothing,
+        fleet=server.fleet,
+    )
+    running = asyncio.ensure_future(runner.run())
+    await asyncio.wait_for(steps.get(), HANG_GUARD)  # started: web-1 runs its first event
+    done = {"status": "Succeeded", "error_code": 0, "message": "", "log_tail": "", "started_at": 1.0, "ended_at": 2.0}
+    # Twice a result comes before the one it follows; the step that takes the late one applies both, in order.
+    for delivered in [(RUN[1], RUN[0]), (RUN[3], RUN[2]), *((event,) for event in RUN[4:])]:
+        for event in delivered:
+            await runner.record_result("web-1", event, done)
+        await asyncio.wait_for(steps.get(), HANG_GUARD)
+        if not runner.machine.state.status.is_final:
+            statuses = runner.machine.state.targets["web-1"].statuses
+            assert all(statuses[event] is EventStatus.SUCCEEDED for event in delivered), statuses
+    await asyncio.wait_for(running, HANG_GUARD)
+    assert runner.machine.state.status is DeploymentStatus.SUCCEEDED
+    final = runner.machine.state.targets
+    assert final == {} or all(status is EventStatus.SUCCEEDED for status in final["web-1"].statuses.values())
+    stored = await server.store.get_deployment("d-1")
+    assert stored is not None and stored["status"] == "Succeeded"
 
 
 async def test_the_engine_reaching_a_queued_event_of_a_run_costs_no_transaction(server: Server) -> None:
