@@ -382,6 +382,11 @@ class CommandQueue(Protocol):
     ) -> list[FinishedReport]:
         """Many agents' reports in one transaction; a failure cancels the rest of its run."""
 
+    async def open_commands(self, status: str) -> list[Row]:
+        """The commands in ``status``, oldest first, as ``id`` and ``host`` alone (the heartbeat monitor's read)."""
+
+    async def get_command(self, command_id: int) -> Row | None: ...
+
     async def list_commands(
         self,
         *,

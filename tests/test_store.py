@@ -463,7 +463,7 @@ async def test_the_open_commands_are_found_without_reading_the_history(tmp_path:
     async with await SqliteStore.open(tmp_path / "state.db", on_statement=statements.append) as traced:
         await traced.enqueue_command("web-1", "d-1", "Install", {"x": 1}, at=T0)
         statements.clear()
-        await traced.list_commands(status="Pending", payload=False)
+        assert await traced.open_commands("Pending") == [{"id": 1, "host": "web-1"}]  # all the monitor reads
         (monitor,) = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
         statements.clear()
         await traced.record_heartbeats([("web-1", T0, {}, "1", "online"), ("web-2", T0, {}, "1", "online")])

@@ -471,14 +471,18 @@ class Fleet:
         failed: list[int] = []
         open_ids: set[int] = set()
         for status in ("InProgress", "Pending"):
-            for command in await self.store.list_commands(status=status, payload=False):
-                open_ids.add(command["id"])
-                noticed = self._noticed.setdefault(command["id"], now)
-                seen = self._heard.get(command["host"], noticed)
+            for open_command in await self.store.open_commands(status):
+                command_id, host = open_command["id"], open_command["host"]
+                open_ids.add(command_id)
+                noticed = self._noticed.setdefault(command_id, now)
+                seen = self._heard.get(host, noticed)
                 if now - seen < self.heartbeat_timeout:
                     continue
-                seen = await self._heard_elsewhere(command["host"], seen)
+                seen = await self._heard_elsewhere(host, seen)
                 if now - seen < self.heartbeat_timeout:
+                    continue
+                command = await self.store.get_command(command_id)
+                if command is None:
                     continue
                 silent = int(now - seen)
                 ended_at = self.clock.now()

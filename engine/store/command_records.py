@@ -311,6 +311,13 @@ class CommandRecords(SqlAccess):
             "host_commands", f"SELECT {columns} FROM host_commands WHERE {where} ORDER BY id", params
         )
 
+    async def open_commands(self, status: str) -> list[Row]:
+        """The commands in ``status`` (Pending or InProgress), oldest first, as ``id`` and ``host`` alone: what the
+        heartbeat monitor reads every second. A 1,000-host deployment has 7,000 open, and building their whole heads
+        cost the monitor more than the rest of its round."""
+        sql = "SELECT id, host FROM host_commands WHERE status = ? ORDER BY id"
+        return await self._fetch("host_commands", sql, (status,))
+
     async def finished_commands(self, deployment_id: str) -> list[Row]:
         """The deployment's commands that have a result (Succeeded or Failed), oldest first, without their payload:
         what its owner reads back when another replica recorded the results (``RESULTS_RECORDED``)."""
