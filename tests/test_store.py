@@ -453,6 +453,9 @@ async def test_open_commands_can_be_listed_without_their_payload(store: AnyStore
     ]
     assert all("payload" not in c and "result" not in c for c in heads)
     assert (await store.list_commands(host="web-1"))[0]["payload"] == {"big": "payload"}
+    # the heartbeat monitor's read: id and host alone, per status
+    assert await store.open_commands("Pending") == [{"id": first, "host": "web-1"}]
+    assert await store.open_commands("InProgress") == [{"id": second, "host": "web-2"}]
 
 
 async def test_the_open_commands_are_found_without_reading_the_history(tmp_path: Path) -> None:
