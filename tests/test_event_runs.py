@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,8 @@ from engine.store.sqlite import SqliteStore
 
 RUN = agent_run(SERVER_INSTALL_EVENTS, 0)
 HOOKED = ("BeforeInstall", "AfterInstall", "ApplicationStart", "ValidateService")
+DONE = {"status": "Succeeded", "error_code": 0, "message": "", "log_tail": "", "started_at": 1.0, "ended_at": 2.0}
+"""An agent's report of an event that succeeded."""
 
 
 @dataclass
@@ -136,6 +138,31 @@ async def a_revision(server: Server, tmp_path: Path, *, hook: str = "") -> dict[
     row = {"application": "hello", "environment": "staging", "group_name": "hello-staging", "status": "Created"}
     await server.store.create_deployment({"id": "d-1", "revision_sha256": built.sha256, "created_at": 1.0, **row})
     return dict(command(0, "DownloadBundle", sha=built.sha256)["spec"])
+
+
+async def runner_for(server: Server, on_change: Callable[[str], Awaitable[None]], *hosts: str) -> DeploymentRunner:
+    """A runner of a new in-place AllAtOnce deployment ``d-1`` of ``hosts`` on the server's store and fleet."""
+    row = {"id": "d-1", "application": "app", "environment": "prod", "group_name": "app-prod", "status": "Created"}
+    await server.store.create_deployment(row | {"created_at": 1.0})
+    options = StageOptions(Platform.SERVER, DeploymentType.IN_PLACE, ALL_AT_ONCE)
+
+    async def nothing(deployment_id: str, *_: StartRollback) -> None:
+        pass
+
+    return DeploymentRunner(
+        "d-1",
+        DeploymentMachine(deployment_stages(options, hosts)),
+        store=server.store,
+        executor=server.fleet,
+        router=None,
+        group="app-prod",
+        spec={"deployment_id": "d-1"},
+        clock=SystemClock(),
+        on_change=on_change,
+        on_rollback=nothing,
+        on_finish=nothing,
+        fleet=server.fleet,
+    )
 
 
 def ran(tmp_path: Path) -> list[str]:
@@ -263,8 +290,7 @@ async def test_results_arriving_together_are_recorded_in_one_transaction(server:
     await server.fleet.dispatch_runs("d-1", [(host, (LifecycleEvent.INSTALL,)) for host in hosts], {})
     claimed = [await server.fleet.next_command(host, wait=0) for host in hosts]
     before = server.transactions()
-    done = {"status": "Succeeded", "error_code": 0, "message": "", "log_tail": "", "started_at": 1.0, "ended_at": 2.0}
-    reports = [server.fleet.report_result(host, c["id"], done) for host, c in zip(hosts, claimed, strict=True) if c]
+    reports = [server.fleet.report_result(host, c["id"], DONE) for host, c in zip(hosts, claimed, strict=True) if c]
     await asyncio.gather(*reports)
     assert server.transactions() - before == 1
     assert [command["host"] for command, _ in server.results] == hosts  # delivered in the order they arrived
@@ -280,10 +306,9 @@ async def test_the_results_of_a_run_handed_out_here_are_recorded_without_reading
     first = await server.fleet.next_command("web-1", wait=0, runs=True)
     assert first is not None and len(first["then"]) == len(RUN) - 1
     ids = [first["id"], *(step["id"] for step in first["then"])]
-    done = {"status": "Succeeded", "error_code": 0, "message": "", "log_tail": "", "started_at": 1.0, "ended_at": 2.0}
     server.statements.clear()
     for command_id, following in zip(ids, [*ids[1:], None], strict=True):
-        assert await server.fleet.report_result("web-1", command_id, done, then=following) is (following is not None)
+        assert await server.fleet.report_result("web-1", command_id, DONE, then=following) is (following is not None)
     reads = [sql for sql in server.statements if sql.lstrip().upper().startswith("SELECT")]
     assert not any("host_commands" in sql for sql in reads), reads
     statuses = [c["status"] for c in await server.store.list_commands(host="web-1")]
@@ -338,9 +363,6 @@ async def test_the_engine_applies_a_runs_results_in_order_when_they_arrive_in_on
     """The agent runs ahead: the engine may take several of a run's results in one step, the target's last among
     them while another target still works, and then dispatches events the machine has already moved past (they are
     queued already: nothing new)."""
-    row = {"id": "d-1", "application": "app", "environment": "prod", "group_name": "app-prod", "status": "Created"}
-    await server.store.create_deployment(row | {"created_at": 1.0})
-    options = StageOptions(Platform.SERVER, DeploymentType.IN_PLACE, ALL_AT_ONCE)
     engine_free, engine_held = asyncio.Event(), asyncio.Event()
     engine_free.set()
     web1: list[str] = []  # web-1's status as each step ends
@@ -355,23 +377,7 @@ async def test_the_engine_applies_a_runs_results_in_order_when_they_arrive_in_on
             engine_held.set()
             await engine_free.wait()
 
-    async def nothing(deployment_id: str, *_: StartRollback) -> None:
-        pass
-
-    runner = DeploymentRunner(
-        "d-1",
-        DeploymentMachine(deployment_stages(options, ("web-1", "web-2"))),
-        store=server.store,
-        executor=server.fleet,
-        router=None,
-        group="app-prod",
-        spec={"deployment_id": "d-1"},
-        clock=SystemClock(),
-        on_change=changed,
-        on_rollback=nothing,
-        on_finish=nothing,
-        fleet=server.fleet,
-    )
+    runner = await runner_for(server, changed, "web-1", "web-2")
 
     async def deliver(command: dict[str, Any], result: dict[str, Any]) -> None:
         await runner.record_result(command["host"], LifecycleEvent(command["event"]), result)
@@ -381,7 +387,6 @@ async def test_the_engine_applies_a_runs_results_in_order_when_they_arrive_in_on
         beat = {"tags": {}, "version": "1", "running_command": None, "capabilities": ["runs"]}
         await server.fleet.heartbeat(host, beat)
     running = asyncio.ensure_future(runner.run())
-    done = {"status": "Succeeded", "error_code": 0, "message": "", "log_tail": "", "started_at": 1.0, "ended_at": 2.0}
 
     async def a_run(host: str) -> list[int]:
         first = await server.fleet.next_command(host, wait=HANG_GUARD, runs=True)
@@ -391,7 +396,7 @@ async def test_the_engine_applies_a_runs_results_in_order_when_they_arrive_in_on
     async def report(host: str, ids: list[int], last_then: int | None = None) -> None:
         """Report ``ids`` in turn, each naming the next as its ``then`` (the last: ``last_then``)."""
         for command_id, following in zip(ids, [*ids[1:], last_then], strict=True):
-            go_on = await server.fleet.report_result(host, command_id, done, then=following)
+            go_on = await server.fleet.report_result(host, command_id, DONE, then=following)
             assert go_on is (following is not None)
 
     ids = await a_run("web-1")
@@ -423,38 +428,18 @@ async def test_the_engine_applies_a_runs_results_in_order_when_they_arrive_in_on
 async def test_a_result_delivered_before_the_one_it_follows_waits_for_it_and_is_applied_once(server: Server) -> None:
     """With several replicas, a result recorded elsewhere is read back later than the next one, recorded here, is
     delivered: the engine keeps the early one until the host reaches its event, and loses nothing."""
-    row = {"id": "d-1", "application": "app", "environment": "prod", "group_name": "app-prod", "status": "Created"}
-    await server.store.create_deployment(row | {"created_at": 1.0})
-    options = StageOptions(Platform.SERVER, DeploymentType.IN_PLACE, ALL_AT_ONCE)
     steps = asyncio.Queue[None]()
 
     async def changed(deployment_id: str) -> None:
         steps.put_nowait(None)
 
-    async def nothing(deployment_id: str, *_: StartRollback) -> None:
-        pass
-
-    runner = DeploymentRunner(
-        "d-1",
-        DeploymentMachine(deployment_stages(options, ("web-1",))),
-        store=server.store,
-        executor=server.fleet,
-        router=None,
-        group="app-prod",
-        spec={"deployment_id": "d-1"},
-        clock=SystemClock(),
-        on_change=changed,
-        on_rollback=nothing,
-        on_finish=nothing,
-        fleet=server.fleet,
-    )
+    runner = await runner_for(server, changed, "web-1")
     running = asyncio.ensure_future(runner.run())
     await asyncio.wait_for(steps.get(), HANG_GUARD)  # started: web-1 runs its first event
-    done = {"status": "Succeeded", "error_code": 0, "message": "", "log_tail": "", "started_at": 1.0, "ended_at": 2.0}
     # Twice a result comes before the one it follows; the step that takes the late one applies both, in order.
     for delivered in [(RUN[1], RUN[0]), (RUN[3], RUN[2]), *((event,) for event in RUN[4:])]:
         for event in delivered:
-            await runner.record_result("web-1", event, done)
+            await runner.record_result("web-1", event, DONE)
         await asyncio.wait_for(steps.get(), HANG_GUARD)
         if not runner.machine.state.status.is_final:
             statuses = runner.machine.state.targets["web-1"].statuses
