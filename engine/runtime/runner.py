@@ -35,6 +35,7 @@ from typing import Any
 from engine.core import log_context
 from engine.core.agent_protocol import agent_run
 from engine.core.config.model import AlarmConfiguration
+from engine.core.early_results import EarlyResults
 from engine.core.errors import EngineError, InvalidTransition
 from engine.core.events import (
     AlarmFired,
@@ -132,7 +133,7 @@ class DeploymentRunner:
         self.inbox: asyncio.Queue[Event] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._record = StepRecord()  # what the steps wrote, so each writes only what changed
-        self._ahead: dict[str, dict[LifecycleEvent, EventSucceeded | EventFailed]] = {}  # see _hold_if_ahead
+        self._early = EarlyResults()  # results that came before the one they follow (engine/core/early_results.py)
         self.finished = asyncio.Event()
 
     # -- inputs ----------------------------------------------------------------------------------------------
@@ -264,11 +265,20 @@ class DeploymentRunner:
                 commands += self.machine.send(event)
                 accepted = True
             except InvalidTransition as exc:
-                if not self._hold_if_ahead(event):
+                result = event if isinstance(event, EventSucceeded | EventFailed) else None
+                if result is not None and (waits_for := self._early.hold(self.machine.state, result)) is not None:
+                    log.info(
+                        "deployment %s: the result of %s on %s came before the one of %s; it is applied after it",
+                        self.deployment_id,
+                        result.event,
+                        result.target,
+                        waits_for,
+                    )
+                else:
                     log.info("deployment %s ignored %s: %s", self.deployment_id, type(event).__name__, exc)
                 continue
-            if self._ahead:
-                commands += self._results_now_due()
+            if self._early:
+                commands += self._early.feed_due(self.machine)
         if not accepted:
             if self._record.has_details:  # results the machine had no use for (it ended): kept with their details
                 await self.store.save_progress(self.deployment_id, self._record.take_details())
@@ -276,46 +286,6 @@ class DeploymentRunner:
         await self._persist()
         await self._execute_all(commands)
         await self._on_change(self.deployment_id)
-
-    def _hold_if_ahead(self, event: Event) -> bool:
-        """Keep the result of a later event of a target still busy with an earlier one (True): it came first.
-
-        Results of one host's run are delivered in the order they were recorded by this server, but with several
-        replicas, one recorded elsewhere is read back later (RESULTS_RECORDED) and the next one, recorded here, may
-        be delivered before it. The machine takes only the event each target runs now, so the later result waits
-        here until the target reaches its event (``_results_now_due``), instead of being lost."""
-        if not isinstance(event, EventSucceeded | EventFailed):
-            return False
-        progress = self.machine.state.targets.get(event.target)
-        if progress is None or progress.status is not EventStatus.IN_PROGRESS:
-            return False
-        if event.event not in progress.events[progress.position + 1 :]:
-            return False
-        self._ahead.setdefault(event.target, {})[event.event] = event
-        log.info(
-            "deployment %s: the result of %s on %s came before the one of %s; it is applied after it",
-            self.deployment_id,
-            event.event,
-            event.target,
-            progress.current,
-        )
-        return True
-
-    def _results_now_due(self) -> list[Command]:
-        """Feed the machine the results kept by ``_hold_if_ahead`` whose target has reached their event, in turn."""
-        commands: list[Command] = []
-        for target in list(self._ahead):
-            held = self._ahead[target]
-            while (progress := self.machine.state.targets.get(target)) is not None and (
-                progress.status is EventStatus.IN_PROGRESS and progress.current in held
-            ):
-                try:
-                    commands += self.machine.send(held.pop(progress.current))
-                except InvalidTransition:  # the deployment ended meanwhile
-                    break
-            if not held or progress is None or progress.status is not EventStatus.IN_PROGRESS:
-                del self._ahead[target]  # all applied, or the target is done with: the rest will never be due
-        return commands
 
     async def _persist(self) -> None:
         state = self.machine.state
