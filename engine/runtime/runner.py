@@ -289,8 +289,9 @@ class DeploymentRunner:
 
     async def _persist(self) -> None:
         state = self.machine.state
-        rows = self._record.take_details() + self._record.rows(state, self.clock.now())  # first: the starts it notes
-        fields: dict[str, Any] = {"status": str(state.status), "state": self.snapshot()}  # go into the snapshot
+        # The rows first: the start of each event marked in progress now is noted there, and the snapshot keeps it.
+        rows = self._record.take_details() + self._record.rows(state, self.clock.now())
+        fields: dict[str, Any] = {"status": str(state.status), "state": self.snapshot()}
         if state.status.is_final:  # the outcome lands in one write, never a "Failed" without its reason
             fields.update(
                 ended_at=self.clock.now(),
