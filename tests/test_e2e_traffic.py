@@ -156,6 +156,9 @@ def test_linear_shift_paused_resumed_and_promoted(servers, tmp_path) -> None:
     server.api("POST", f"/api/v1/deployments/{started['id']}/promote")
     done = server.wait_final(started["id"])
     assert done["status"] == "Succeeded" and done["traffic"]["percent"] == 100
+    # A green host's events are listed stage by stage: its install, then what allowed traffic to it.
+    green = [[e["name"] for e in t["events"]] for t in done["targets"] if "Install" in str(t["events"])]
+    assert green and all(n[n.index("ValidateService") + 1 :] == [e for e in n if "AllowTraffic" in e] for n in green)
     with Load(f"http://127.0.0.1:{lb}/", rate=100, max_seconds=1) as load:
         time.sleep(0.5)
     assert load.results and all("hello 2.0.0" in b for _, _, b in load.results)

@@ -139,6 +139,8 @@ def test_a_target_in_two_stages_lists_its_earlier_stages_events_first_and_each_o
     assert seen_later_stage and str(deployment.machine.state.status) == "Succeeded"
     document = deployment.document()
     assert [t["name"] for t in document["targets"]] == ["green-1", "green-2", "blue-1", "blue-2"]
+    # Finished, the document reads rows alone: still the install stage's events first, then traffic's.
+    assert [name for name, _, _ in events_of(document, "green-1")] == install + later
     for target in document["targets"]:
         names = [e["name"] for e in target["events"]]
         assert len(names) == len(set(names)) and {e["status"] for e in target["events"]} == {"Succeeded"}, target

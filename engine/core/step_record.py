@@ -36,6 +36,14 @@ from engine.core.stages import Stage
 
 Row = dict[str, Any]
 
+_PLACES_PER_STAGE = len(LifecycleEvent)
+"""A row's ``seq`` is its event's place in the deployment: its stage's index, then its position in that stage. The
+document lists a target's events in that order; a position alone would interleave a green host's two stages."""
+
+
+def _place(stage_index: int, position: int) -> int:
+    return max(stage_index, 0) * _PLACES_PER_STAGE + position
+
 
 class StepRecord:
     """See the module docstring. One per runner; it never reads a clock (times are handed in)."""
@@ -45,7 +53,8 @@ class StepRecord:
         self._taken: set[tuple[str, str]] = set()  # (target, event) whose result was taken
         self._started_at: dict[tuple[str, str], float] = {}  # (target, event) in progress -> when marked so
         self._written: dict[str, tuple[EventStatus, ...]] = {}  # per target: its statuses as last seen
-        self._events: dict[str, list[LifecycleEvent]] = {}  # per target: its events, in order (their ``seq``)
+        self._events: dict[str, list[LifecycleEvent]] = {}  # per target: its events, in order (their positions)
+        self._stage_of: dict[str, int] = {}  # per target: the index of the stage those events are of
         self._targets: dict[str, TargetProgress] | None = None  # the state's targets as last seen (a stage's)
         self._stages_json: tuple[tuple[Stage, ...], str] | None = None
         self._targets_json: dict[str, tuple[TargetProgress, tuple[Any, ...], str]] = {}
@@ -58,7 +67,8 @@ class StepRecord:
         row = {"target": target, "event": event, **details}
         events = self._events.get(target)
         if events is not None and event in events:
-            row["seq"] = events.index(LifecycleEvent(event))  # no row of the event may be there to give it
+            # no row of the event may be there to give its place
+            row["seq"] = _place(self._stage_of[target], events.index(LifecycleEvent(event)))
         key = (target, event)
         marked_at = self._started_at.pop(key, None)
         if "started_at" not in row and marked_at is not None:
@@ -89,6 +99,7 @@ class StepRecord:
         for target, progress in state.targets.items():
             self._written[target] = _statuses(progress)
             self._events[target] = progress.events
+            self._stage_of[target] = state.stage_index
             started = ((targets_json or {}).get(target) or {}).get("started") or {}
             for event, at in started.items():
                 if isinstance(at, int | float):
@@ -103,6 +114,8 @@ class StepRecord:
         if state.targets is not self._targets:  # a new stage: the targets it replaced are no longer in the state
             rows += self._left(state.targets)
             self._targets = state.targets
+            for target in state.targets:
+                self._stage_of[target] = state.stage_index
         for target, progress in state.targets.items():
             statuses = _statuses(progress)
             before = self._written.get(target)
@@ -110,15 +123,16 @@ class StepRecord:
                 continue  # most targets of a step: nothing to write
             self._written[target] = statuses
             self._events[target] = progress.events
-            for seq, (event, status) in enumerate(zip(progress.events, statuses, strict=True)):
+            for position, (event, status) in enumerate(zip(progress.events, statuses, strict=True)):
                 key = (target, str(event))
-                if (before is not None and before[seq] is status) or key in self._taken:
+                if (before is not None and before[position] is status) or key in self._taken:
                     continue  # unchanged, or written with its details as a result
                 if status is EventStatus.IN_PROGRESS:
                     self._started_at[key] = now
                 if status in _KEPT_IN_STATE:
                     continue
-                rows.append({"target": target, "event": str(event), "status": str(status), "seq": seq})
+                place = _place(state.stage_index, position)
+                rows.append({"target": target, "event": str(event), "status": str(status), "seq": place})
         return rows
 
     def _left(self, targets: Mapping[str, TargetProgress]) -> list[Row]:
@@ -130,11 +144,13 @@ class StepRecord:
             if progress is not None and progress.events == self._events[target]:
                 continue
             statuses, events = self._written.pop(target), self._events.pop(target)
-            for seq, (event, status) in enumerate(zip(events, statuses, strict=True)):
+            stage_index = self._stage_of.pop(target)
+            for position, (event, status) in enumerate(zip(events, statuses, strict=True)):
                 key = (target, str(event))
                 if status not in _KEPT_IN_STATE or key in self._taken:
                     continue
-                row: Row = {"target": target, "event": str(event), "status": str(status), "seq": seq}
+                place = _place(stage_index, position)
+                row: Row = {"target": target, "event": str(event), "status": str(status), "seq": place}
                 if key in self._started_at:
                     row["started_at"] = self._started_at[key]
                 rows.append(row)
