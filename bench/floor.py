@@ -10,15 +10,22 @@ after another as an agent running its events sends them, from the same number of
 deploybot does more per event than either (tokens, the engine's step, persisting the deployment, heartbeats, long
 polls), so its figure can only approach these; a target below the second floor is out of reach for any server built
 this way on this machine. ``python -m bench.floor serve PORT DB MODE`` is the server; ``measure`` drives it.
+
+``round_trip_ms`` is the floor under one event's latency instead: one host's result POSTs one after another, each
+answered after its commit (``http+write``), sent with the agent's own HTTP client. An agent waits that long between
+two events of a run at the very least (it starts the next one only once the server has recorded the last one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,8 +106,9 @@ async def _hosts(url: str, hosts: int) -> None:
         await asyncio.gather(*(host(index) for index in range(hosts)))
 
 
-def measure(workdir: Path, hosts: int, mode: str, port: int) -> Floor:
-    """Start the floor server, warm it up, then time ``hosts`` hosts' result POSTs (its CPU from /proc)."""
+@contextlib.contextmanager
+def floor_server(workdir: Path, mode: str, port: int) -> Iterator[tuple[str, int]]:
+    """The floor server in a process of its own, until the block ends: (its URL, its pid)."""
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "bench.floor", "serve", str(port), str(workdir / f"floor-{mode}.db"), mode]
     cwd = Path(__file__).resolve().parent.parent
@@ -110,14 +118,55 @@ def measure(workdir: Path, hosts: int, mode: str, port: int) -> Floor:
             line = server.stdout.readline()
             if _READY not in line:
                 raise RuntimeError(f"the floor server did not start: {line}{server.stdout.read()}")
-            url = f"http://127.0.0.1:{port}"
-            asyncio.run(_hosts(url, min(hosts, 50)))  # warm-up: imports, first connections
-            before, started = stat_times(server.pid)[0], time.perf_counter()
-            asyncio.run(_hosts(url, hosts))
-            wall, cpu = time.perf_counter() - started, stat_times(server.pid)[0] - before
+            yield f"http://127.0.0.1:{port}", server.pid
         finally:
             server.kill()
+
+
+def measure(workdir: Path, hosts: int, mode: str, port: int) -> Floor:
+    """Start the floor server, warm it up, then time ``hosts`` hosts' result POSTs (its CPU from /proc)."""
+    with floor_server(workdir, mode, port) as (url, pid):
+        asyncio.run(_hosts(url, min(hosts, 50)))  # warm-up: imports, first connections
+        before, started = stat_times(pid)[0], time.perf_counter()
+        asyncio.run(_hosts(url, hosts))
+        wall, cpu = time.perf_counter() - started, stat_times(pid)[0] - before
     return Floor(mode, hosts, hosts * EVENTS_PER_HOST, cpu, wall)
+
+
+ROUND_TRIPS = 300  # result POSTs per measure of ``round_trip_ms``: about a third of a second
+
+
+def round_trip_ms(url: str, requests: int = ROUND_TRIPS) -> float:
+    """The median milliseconds of one result POST, sent one after another by the agent's own client to the floor
+    server at ``url`` (``floor_server``): the first tenth are a warm-up, not counted."""
+    from engine.http11 import HttpClient
+
+    async def post_all() -> list[float]:
+        now = time.time()
+        body = {
+            "status": "Succeeded",
+            "error_code": 0,
+            "message": "",
+            "log_tail": "",
+            "started_at": now,
+            "ended_at": now,
+        }
+        client = HttpClient(url)
+        took = []
+        try:
+            for command in range(requests):
+                path = f"/agent/v1/commands/{command}/result?then={command + 1}"
+                started = time.perf_counter()
+                response = await client.request("POST", path, json_body=body, headers={"Authorization": "Bearer floor"})
+                response.json()
+                took.append((time.perf_counter() - started) * 1000)
+                if response.status != 200:
+                    raise RuntimeError(f"floor server answered {response.status}")
+        finally:
+            await client.close()
+        return took[requests // 10 :]
+
+    return statistics.median(asyncio.run(post_all()))
 
 
 if __name__ == "__main__":

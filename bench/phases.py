@@ -12,6 +12,7 @@ processes the agents reaped) say whether the 2 cores were saturated, and by whom
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import resource
 import sqlite3
@@ -162,6 +163,17 @@ def breakdown(doc: dict[str, Any], commands: dict[tuple[str, str], tuple[float, 
         )
         events.append(EventTiming(name, medians, ends[name]))
     return Breakdown(tuple(events), (float(doc["ended_at"]) - last_end) * 1000, float(doc["ended_at"]) - created)
+
+
+def between_events_ms(doc: dict[str, Any]) -> float:
+    """The median time, over every host and every two consecutive events of it, from one event's end to the next
+    one's start: what the agent waited on the server (and did for its own records) between the two."""
+    gaps = [
+        (float(later["started_at"]) - float(earlier["ended_at"])) * 1000
+        for target in doc["targets"]
+        for earlier, later in itertools.pairwise(target["events"])
+    ]
+    return statistics.median(gaps)
 
 
 def render(title: str, result: Breakdown, cpu: CpuTimes | None, console: Console) -> None:

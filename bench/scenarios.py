@@ -18,14 +18,14 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import phases
+from bench import floor, phases
 from bench.aws import aws_reroute
 from bench.baseline import canonical_bundle, run_baseline
 from bench.figures import Figure, median, percentile, spread
 from bench.profile import Profiler
 from bench.replicas import replicas_scenario
 from bench.revisions import write_revision
-from bench.server import ENVIRONMENT, SINGLE_HOST, BenchServer, fleet_config, host_names
+from bench.server import ENVIRONMENT, SINGLE_HOST, BenchServer, fleet_config, free_port, host_names
 from bench.settings import SCALE_TARGET_HOSTS, Settings
 from bench.slack import slack_ack
 from bench.startup import startup
@@ -142,6 +142,11 @@ def overhead(settings: Settings) -> list[Figure]:
     bench moves the ratio more than anything measured, so each round first waits (up to QUIET_WAIT_S) until other
     processes use at most QUIET_SHARE of the machine, says how much they used while it ran (/proc/stat less our own
     CPU), and the AllAtOnce ratio over the quiet rounds alone is shown too.
+
+    Each round also measures the floor under the time between two events of a host (bench/floor.py,
+    ``round_trip_ms``): a result POST answered after an SQLite commit by a server that does nothing else. The one
+    host's own time between events is shown next to it, which says how much of its orchestration is the round trip
+    every event must make and how much is deploybot's work around it.
     """
     console = settings.console
     hosts, runs = settings.overhead_hosts, settings.overhead_runs
@@ -153,8 +158,12 @@ def overhead(settings: Settings) -> list[Figure]:
     plain: dict[str, list[float]] = {pair.name: [] for pair in pairs}
     measured: dict[str, list[_Run]] = {pair.name: [] for pair in pairs}
     others: list[float] = []  # per round: the larger share of the machine other processes used
+    floors: list[float] = []  # per round: one event's round trip at the floor (ms)
     profiler = None
-    with settings.scenario_dir("overhead") as workdir:
+    with (
+        settings.scenario_dir("overhead") as workdir,
+        floor.floor_server(workdir / "floor", "http+write", free_port()) as (floor_url, _),
+    ):
         revision = write_revision(workdir / "revision", hooks=True)
         bundle = canonical_bundle(revision, workdir / "bundle")
         with _server(workdir / "server", hosts, single=True) as server:
@@ -188,10 +197,12 @@ def overhead(settings: Settings) -> list[Figure]:
                             measured[pair.name].append(done)
                             ours = done.cpu.server + done.cpu.agents + done.cpu.hooks
                             shares.append(phases.foreign_share(start, phases.machine_sample(), ours))
+                floors.append(floor.round_trip_ms(floor_url))
                 others.append(max(shares))
     figures: list[Figure] = []
     for pair in pairs:
         figures += _pair_figures(pair, measured[pair.name], plain[pair.name], others, console)
+    figures += _between_events_figures(measured[pairs[-1].name], floors, console)
     console.print(
         f"  others' load (%): {' '.join(f'{value * 100:.0f}' for value in others)}  (of the machine, per round)"
     )
@@ -258,6 +269,31 @@ def _pair_figures(
         else:
             console.print(f"  [red]{quiet_note}: the ratio says more about the other load than about deploybot[/red]")
     return figures
+
+
+def _between_events_figures(one_host: list[_Run], floors: list[float], console: Console) -> list[Figure]:
+    """The one host's time between two events against the floor under it, both per round."""
+    ours = [phases.between_events_ms(run.doc) for run in one_host]
+    console.print(f"  one host, between two events (ms): {' '.join(f'{value:.2f}' for value in ours)}")
+    console.print(f"  floor, one event's round trip (ms): {' '.join(f'{value:.2f}' for value in floors)}")
+    rounds = f"median of {len(ours)} rounds"
+    return [
+        Figure(
+            "one host: between two events",
+            median(ours),
+            "ms",
+            None,
+            f"an event's end to the next one's start, {rounds}; {spread(ours, 'ms')}; "
+            f"{median(ours) / median(floors):.1f}x the floor",
+        ),
+        Figure(
+            "floor: one event's round trip",
+            median(floors),
+            "ms",
+            None,
+            f"a result POST answered after an SQLite commit, no deploybot code; {spread(floors, 'ms')}",
+        ),
+    ]
 
 
 def scale(settings: Settings) -> list[Figure]:
