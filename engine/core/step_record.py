@@ -54,7 +54,7 @@ class StepRecord:
         self._started_at: dict[tuple[str, str], float] = {}  # (target, event) in progress -> when marked so
         self._written: dict[str, tuple[EventStatus, ...]] = {}  # per target: its statuses as last seen
         self._events: dict[str, list[LifecycleEvent]] = {}  # per target: its events, in order (their positions)
-        self._stage_of: dict[str, int] = {}  # per target: the index of the stage those events are of
+        self._stage_index = 0  # the stage of the targets in ``_events`` (a stage left, until the next one's rows)
         self._targets: dict[str, TargetProgress] | None = None  # the state's targets as last seen (a stage's)
         self._stages_json: tuple[tuple[Stage, ...], str] | None = None
         self._targets_json: dict[str, tuple[TargetProgress, tuple[Any, ...], str]] = {}
@@ -68,7 +68,7 @@ class StepRecord:
         events = self._events.get(target)
         if events is not None and event in events:
             # no row of the event may be there to give its place
-            row["seq"] = _place(self._stage_of[target], events.index(LifecycleEvent(event)))
+            row["seq"] = _place(self._stage_index, events.index(LifecycleEvent(event)))
         key = (target, event)
         marked_at = self._started_at.pop(key, None)
         if "started_at" not in row and marked_at is not None:
@@ -96,10 +96,10 @@ class StepRecord:
         """A resumed deployment: its state as persisted is written already; ``targets_json``, the persisted
         machine's ``targets``, gives back when its events in progress started."""
         self._targets = state.targets
+        self._stage_index = state.stage_index
         for target, progress in state.targets.items():
             self._written[target] = _statuses(progress)
             self._events[target] = progress.events
-            self._stage_of[target] = state.stage_index
             started = ((targets_json or {}).get(target) or {}).get("started") or {}
             for event, at in started.items():
                 if isinstance(at, int | float):
@@ -114,8 +114,7 @@ class StepRecord:
         if state.targets is not self._targets:  # a new stage: the targets it replaced are no longer in the state
             rows += self._left(state.targets)
             self._targets = state.targets
-            for target in state.targets:
-                self._stage_of[target] = state.stage_index
+            self._stage_index = state.stage_index
         for target, progress in state.targets.items():
             statuses = _statuses(progress)
             before = self._written.get(target)
@@ -144,12 +143,11 @@ class StepRecord:
             if progress is not None and progress.events == self._events[target]:
                 continue
             statuses, events = self._written.pop(target), self._events.pop(target)
-            stage_index = self._stage_of.pop(target)
             for position, (event, status) in enumerate(zip(events, statuses, strict=True)):
                 key = (target, str(event))
                 if status not in _KEPT_IN_STATE or key in self._taken:
                     continue
-                place = _place(stage_index, position)
+                place = _place(self._stage_index, position)
                 row: Row = {"target": target, "event": str(event), "status": str(status), "seq": place}
                 if key in self._started_at:
                     row["started_at"] = self._started_at[key]
