@@ -86,19 +86,30 @@ def _serve(port: int, db_path: str, mode: str) -> None:
     asyncio.run(main())
 
 
+_HEADERS = {"Authorization": "Bearer floor"}
+
+
+def _result_body() -> dict[str, object]:
+    """What an agent POSTs for an event that succeeded."""
+    now = time.time()
+    return {"status": "Succeeded", "error_code": 0, "message": "", "log_tail": "", "started_at": now, "ended_at": now}
+
+
+def _result_path(command: int) -> str:
+    """The result POST of ``command``, the next one of its run after it (as an agent running a run sends it)."""
+    return f"/agent/v1/commands/{command}/result?then={command + 1}"
+
+
 async def _hosts(url: str, hosts: int) -> None:
     import aiohttp
 
-    now = time.time()
-    body = {"status": "Succeeded", "error_code": 0, "message": "", "log_tail": "", "started_at": now, "ended_at": now}
-    headers = {"Authorization": "Bearer floor"}
+    body = _result_body()
     async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=0)) as session:
 
         async def host(index: int) -> None:
             for event in range(EVENTS_PER_HOST):
-                command = index * EVENTS_PER_HOST + event
-                path = f"/agent/v1/commands/{command}/result?then={command + 1}"
-                async with session.post(path, json=body, headers=headers) as response:
+                path = _result_path(index * EVENTS_PER_HOST + event)
+                async with session.post(path, json=body, headers=_HEADERS) as response:
                     await response.read()
                     if response.status != 200:
                         raise RuntimeError(f"floor server answered {response.status}")
@@ -142,22 +153,13 @@ def round_trip_ms(url: str, requests: int = ROUND_TRIPS) -> float:
     from engine.http11 import HttpClient
 
     async def post_all() -> list[float]:
-        now = time.time()
-        body = {
-            "status": "Succeeded",
-            "error_code": 0,
-            "message": "",
-            "log_tail": "",
-            "started_at": now,
-            "ended_at": now,
-        }
+        body = _result_body()
         client = HttpClient(url)
         took = []
         try:
             for command in range(requests):
-                path = f"/agent/v1/commands/{command}/result?then={command + 1}"
                 started = time.perf_counter()
-                response = await client.request("POST", path, json_body=body, headers={"Authorization": "Bearer floor"})
+                response = await client.request("POST", _result_path(command), json_body=body, headers=_HEADERS)
                 response.json()
                 took.append((time.perf_counter() - started) * 1000)
                 if response.status != 200:
