@@ -14,6 +14,10 @@ this way on this machine. ``python -m bench.floor serve PORT DB MODE`` is the se
 ``round_trip_ms`` is the floor under one event's latency instead: one host's result POSTs one after another, each
 answered after its commit (``http+write``), sent with the agent's own HTTP client. An agent waits that long between
 two events of a run at the very least (it starts the next one only once the server has recorded the last one).
+Back to back, that is the floor of a server kept busy. An agent's POSTs are not back to back: each comes after an
+event, during which the server has nothing to do, and a process that has been idle is slower to answer (on this
+2-core VM, the same POST took 1.2 ms back to back, 1.4 ms after a 2 ms pause and 2.3 ms after 20 ms). So
+``round_trip_ms(..., pause_ms=...)`` also measures it at an agent's pace: each POST after a pause as long as an event.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,9 +151,16 @@ def measure(workdir: Path, hosts: int, mode: str, port: int) -> Floor:
 ROUND_TRIPS = 300  # result POSTs per measure of ``round_trip_ms``: about a third of a second
 
 
-def round_trip_ms(url: str, requests: int = ROUND_TRIPS) -> float:
+def round_trip_ms(
+    url: str,
+    requests: int = ROUND_TRIPS,
+    *,
+    pause_ms: float = 0.0,
+    pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> float:
     """The median milliseconds of one result POST, sent one after another by the agent's own client to the floor
-    server at ``url`` (``floor_server``): the first tenth are a warm-up, not counted."""
+    server at ``url`` (``floor_server``): the first tenth are a warm-up, not counted. With ``pause_ms``, each POST
+    waits that long first (``pause``, in seconds), as an agent's waits for its event to run."""
     from engine.http11 import HttpClient
 
     async def post_all() -> list[float]:
@@ -158,6 +169,8 @@ def round_trip_ms(url: str, requests: int = ROUND_TRIPS) -> float:
         took = []
         try:
             for command in range(requests):
+                if pause_ms > 0:
+                    await pause(pause_ms / 1000)
                 started = time.perf_counter()
                 response = await client.request("POST", _result_path(command), json_body=body, headers=_HEADERS)
                 response.json()

@@ -176,6 +176,16 @@ def between_events_ms(doc: dict[str, Any]) -> float:
     return statistics.median(gaps)
 
 
+def event_ms(doc: dict[str, Any]) -> float:
+    """The median time one event took on its host, over every host and event: how long an agent is away between two
+    of its round trips (the pause ``bench.floor`` measures the floor at)."""
+    return statistics.median(
+        (float(event["ended_at"]) - float(event["started_at"])) * 1000
+        for target in doc["targets"]
+        for event in target["events"]
+    )
+
+
 def render(title: str, result: Breakdown, cpu: CpuTimes | None, console: Console) -> None:
     table = Table(title=title + " (medians over hosts, ms)", title_justify="left")
     table.add_column("event")

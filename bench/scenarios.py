@@ -37,6 +37,7 @@ OVERHEAD_TARGET_RATIO = 1.5
 ONE_HOST_TARGET_MS = 15.0
 QUIET_SHARE = 0.10  # a round in which other processes used more of the machine than this is not a quiet one
 QUIET_WAIT_S = 20.0  # each overhead round waits up to this long for the machine to be quiet before it starts
+PACED_ROUND_TRIPS = 150  # result POSTs per floor at the agent's pace: each waits an event first (about half a second)
 SCALE_TARGET_S = 10.0
 AGENTS_ONLINE_TARGET_S = 10.0  # issue 19: 200 local agents online in 10 s
 
@@ -144,9 +145,11 @@ def overhead(settings: Settings) -> list[Figure]:
     CPU), and the AllAtOnce ratio over the quiet rounds alone is shown too.
 
     Each round also measures the floor under the time between two events of a host (bench/floor.py,
-    ``round_trip_ms``): a result POST answered after an SQLite commit by a server that does nothing else. The one
-    host's own time between events is shown next to it, which says how much of its orchestration is the round trip
-    every event must make and how much is deploybot's work around it.
+    ``round_trip_ms``): a result POST answered after an SQLite commit by a server that does nothing else, back to
+    back and at the agent's pace (each POST after a pause as long as the round's median event of the one host: a
+    server idle meanwhile answers more slowly). The one host's own time between events is shown next to them, which
+    says how much of its orchestration is the round trip every event must make and how much is deploybot's work
+    around it.
     """
     console = settings.console
     hosts, runs = settings.overhead_hosts, settings.overhead_runs
@@ -158,7 +161,8 @@ def overhead(settings: Settings) -> list[Figure]:
     plain: dict[str, list[float]] = {pair.name: [] for pair in pairs}
     measured: dict[str, list[_Run]] = {pair.name: [] for pair in pairs}
     others: list[float] = []  # per round: the larger share of the machine other processes used
-    floors: list[float] = []  # per round: one event's round trip at the floor (ms)
+    floors: list[float] = []  # per round: one event's round trip at the floor, back to back (ms)
+    paced: list[float] = []  # per round: the same at the agent's pace (ms)
     profiler = None
     with (
         settings.scenario_dir("overhead") as workdir,
@@ -198,11 +202,13 @@ def overhead(settings: Settings) -> list[Figure]:
                             ours = done.cpu.server + done.cpu.agents + done.cpu.hooks
                             shares.append(phases.foreign_share(start, phases.machine_sample(), ours))
                 floors.append(floor.round_trip_ms(floor_url))
+                pause_ms = phases.event_ms(measured[pairs[-1].name][-1].doc)
+                paced.append(floor.round_trip_ms(floor_url, PACED_ROUND_TRIPS, pause_ms=pause_ms))
                 others.append(max(shares))
     figures: list[Figure] = []
     for pair in pairs:
         figures += _pair_figures(pair, measured[pair.name], plain[pair.name], others, console)
-    figures += _between_events_figures(measured[pairs[-1].name], floors, console)
+    figures += _between_events_figures(measured[pairs[-1].name], floors, paced, console)
     console.print(
         f"  others' load (%): {' '.join(f'{value * 100:.0f}' for value in others)}  (of the machine, per round)"
     )
@@ -271,11 +277,15 @@ def _pair_figures(
     return figures
 
 
-def _between_events_figures(one_host: list[_Run], floors: list[float], console: Console) -> list[Figure]:
-    """The one host's time between two events against the floor under it, both per round."""
+def _between_events_figures(
+    one_host: list[_Run], floors: list[float], paced: list[float], console: Console
+) -> list[Figure]:
+    """The one host's time between two events against the floor under it (back to back, and at its pace), all per
+    round."""
     ours = [phases.between_events_ms(run.doc) for run in one_host]
     console.print(f"  one host, between two events (ms): {' '.join(f'{value:.2f}' for value in ours)}")
     console.print(f"  floor, one event's round trip (ms): {' '.join(f'{value:.2f}' for value in floors)}")
+    console.print(f"  floor at the agent's pace (ms):     {' '.join(f'{value:.2f}' for value in paced)}")
     rounds = f"median of {len(ours)} rounds"
     return [
         Figure(
@@ -284,14 +294,22 @@ def _between_events_figures(one_host: list[_Run], floors: list[float], console: 
             "ms",
             None,
             f"an event's end to the next one's start, {rounds}; {spread(ours, 'ms')}; "
-            f"{median(ours) / median(floors):.1f}x the floor",
+            f"{median(ours) / median(paced):.1f}x the floor at its pace, {median(ours) / median(floors):.1f}x back "
+            "to back",
         ),
         Figure(
             "floor: one event's round trip",
             median(floors),
             "ms",
             None,
-            f"a result POST answered after an SQLite commit, no deploybot code; {spread(floors, 'ms')}",
+            f"a result POST answered after an SQLite commit, no deploybot code; back to back; {spread(floors, 'ms')}",
+        ),
+        Figure(
+            "floor at the agent's pace",
+            median(paced),
+            "ms",
+            None,
+            f"the same, each POST after a pause as long as the one host's median event; {spread(paced, 'ms')}",
         ),
     ]
 

@@ -30,3 +30,27 @@ def test_the_floor_round_trip_answers_each_result_after_recording_it(tmp_path: P
     with sqlite3.connect(tmp_path / "floor-http+write.db") as db:
         recorded = db.execute("SELECT count(*) FROM results WHERE status = 'Succeeded'").fetchone()[0]
     assert recorded == 40  # every POST was committed before it was answered
+
+
+def test_an_events_time_is_the_median_over_every_host_and_event() -> None:
+    doc = {
+        "targets": [
+            {"name": "a", "events": [{"started_at": 0.0, "ended_at": 0.002}, {"started_at": 0.003, "ended_at": 0.006}]},
+            {"name": "b", "events": [{"started_at": 0.0, "ended_at": 0.010}]},
+        ]
+    }
+    assert round(phases.event_ms(doc), 6) == 3.0  # 2, 3 and 10 ms
+
+
+def test_the_floor_at_an_agents_pace_pauses_before_every_post(tmp_path: Path) -> None:
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> None:  # instead of the wait itself: what matters is when the POSTs are sent
+        pauses.append(seconds)
+
+    with floor.floor_server(tmp_path, "http+write", free_port()) as (url, _):
+        took = floor.round_trip_ms(url, requests=20, pause_ms=2.5, pause=pause)
+    assert took > 0
+    assert pauses == [0.0025] * 20
+    with sqlite3.connect(tmp_path / "floor-http+write.db") as db:
+        assert db.execute("SELECT count(*) FROM results WHERE status = 'Succeeded'").fetchone()[0] == 20
