@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from bench import floor, phases
+from bench.agent_floor import AgentFloor, FloorDeployment
 from bench.aws import aws_reroute
 from bench.baseline import canonical_bundle, run_baseline
 from bench.figures import Figure, median, percentile, spread
@@ -149,7 +150,9 @@ def overhead(settings: Settings) -> list[Figure]:
     back and at the agent's pace (each POST after a pause as long as the round's median event of the one host: a
     server idle meanwhile answers more slowly). The one host's own time between events is shown next to them, which
     says how much of its orchestration is the round trip every event must make and how much is deploybot's work
-    around it.
+    around it. And each round deploys the one host once more against the floor under its whole deployment
+    (bench/agent_floor.py: the real agent, a server with no deploybot code): that deployment less the plain script
+    is the orchestration any server costs with this protocol and this agent; deploybot less it, its server's own.
     """
     console = settings.console
     hosts, runs = settings.overhead_hosts, settings.overhead_runs
@@ -163,6 +166,7 @@ def overhead(settings: Settings) -> list[Figure]:
     others: list[float] = []  # per round: the larger share of the machine other processes used
     floors: list[float] = []  # per round: one event's round trip at the floor, back to back (ms)
     paced: list[float] = []  # per round: the same at the agent's pace (ms)
+    at_floor: list[FloorDeployment] = []  # per round: the one host's deployment against the floor server
     profiler = None
     with (
         settings.scenario_dir("overhead") as workdir,
@@ -170,7 +174,11 @@ def overhead(settings: Settings) -> list[Figure]:
     ):
         revision = write_revision(workdir / "revision", hooks=True)
         bundle = canonical_bundle(revision, workdir / "bundle")
-        with _server(workdir / "server", hosts, single=True) as server:
+        with (
+            AgentFloor(workdir / "agent-floor", bundle, free_port()) as agent_floor,
+            _server(workdir / "server", hosts, single=True) as server,
+        ):
+            agent_floor.deploy()  # untimed, like the deployments: the agent online, a previous install there
             server.wait_agents_online(hosts + 1)
             for environment in (ENVIRONMENT, SINGLE_HOST):  # untimed: every timed run has a previous install
                 server.wait_final(server.deploy(revision, environment=environment)[1])
@@ -204,11 +212,13 @@ def overhead(settings: Settings) -> list[Figure]:
                 floors.append(floor.round_trip_ms(floor_url))
                 pause_ms = phases.event_ms(measured[pairs[-1].name][-1].doc)
                 paced.append(floor.round_trip_ms(floor_url, PACED_ROUND_TRIPS, pause_ms=pause_ms))
+                at_floor.append(agent_floor.deploy())
                 others.append(max(shares))
     figures: list[Figure] = []
     for pair in pairs:
         figures += _pair_figures(pair, measured[pair.name], plain[pair.name], others, console)
     figures += _between_events_figures(measured[pairs[-1].name], floors, paced, console)
+    figures += _one_host_floor_figures(measured[pairs[-1].name], plain[pairs[-1].name], at_floor, console)
     console.print(
         f"  others' load (%): {' '.join(f'{value * 100:.0f}' for value in others)}  (of the machine, per round)"
     )
@@ -310,6 +320,44 @@ def _between_events_figures(
             "ms",
             None,
             f"the same, each POST after a pause as long as the one host's median event; {spread(paced, 'ms')}",
+        ),
+    ]
+
+
+def _one_host_floor_figures(
+    one_host: list[_Run], plain: list[float], at_floor: list[FloorDeployment], console: Console
+) -> list[Figure]:
+    """The one host against the floor server, per round: its time, its orchestration (less the plain script run in
+    the same round) and deploybot's time over it."""
+    floor_ms = [run.duration_ms for run in at_floor]
+    orchestration = [ms - script * 1000 for ms, script in zip(floor_ms, plain, strict=True)]
+    server_share = [run.duration * 1000 - ms for run, ms in zip(one_host, floor_ms, strict=True)]
+    gaps = [phases.between_events_ms(run.as_document()) for run in at_floor]
+    console.print(f"  one host against the floor server (ms): {' '.join(f'{value:.1f}' for value in floor_ms)}")
+    rounds = f"median of {len(floor_ms)} rounds"
+    return [
+        Figure(
+            "one host against a floor server",
+            median(floor_ms),
+            "ms",
+            None,
+            f"the real agent, a server with no deploybot code (bench/agent_floor.py), {rounds}; "
+            f"{spread(floor_ms, 'ms')}; between two events {median(gaps):.2f} ms",
+        ),
+        Figure(
+            "one host: orchestration at the floor",
+            median(orchestration),
+            "ms",
+            None,
+            f"that less the plain script, per round: what any server costs with this protocol and agent "
+            f"(deploybot's target: {ONE_HOST_TARGET_MS:g} ms); {spread(orchestration, 'ms')}",
+        ),
+        Figure(
+            "one host: deploybot's server over the floor",
+            median(server_share),
+            "ms",
+            None,
+            f"deploybot's one host less the floor's, per round; {spread(server_share, 'ms')}",
         ),
     ]
 

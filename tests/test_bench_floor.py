@@ -1,12 +1,15 @@
-"""The bench's floor under one event's round trip (bench/floor.py) and the one host's time between events
-(bench/phases.py) that `make bench` shows next to it."""
+"""The bench's floors: under one event's round trip (bench/floor.py), under one host's whole deployment
+(bench/agent_floor.py), and the one host's times (bench/phases.py) that `make bench` shows next to them."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
-from bench import floor, phases
+from bench import agent_floor, floor, phases
+from bench.agent_floor import AgentFloor
+from bench.baseline import canonical_bundle
+from bench.revisions import FILES, write_revision
 from bench.server import free_port
 
 
@@ -54,3 +57,23 @@ def test_the_floor_at_an_agents_pace_pauses_before_every_post(tmp_path: Path) ->
     assert pauses == [0.0025] * 20
     with sqlite3.connect(tmp_path / "floor-http+write.db") as db:
         assert db.execute("SELECT count(*) FROM results WHERE status = 'Succeeded'").fetchone()[0] == 20
+
+
+def test_the_agent_floor_runs_a_whole_deployment_on_the_real_agent_and_records_every_result(tmp_path: Path) -> None:
+    revision = write_revision(tmp_path / "revision", hooks=True)
+    bundle = canonical_bundle(revision, tmp_path / "bundle")
+    with AgentFloor(tmp_path / "floor", bundle, free_port()) as floor_server:
+        first, second = floor_server.deploy(), floor_server.deploy()
+    for deployment in (first, second):
+        assert [event["event"] for event in deployment.events] == list(agent_floor.EVENTS)
+        starts = [float(event["started_at"]) for event in deployment.events]
+        ends = [float(event["ended_at"]) for event in deployment.events]
+        assert deployment.created_at <= starts[0] and ends[-1] <= deployment.ended_at
+        assert all(end <= start for end, start in zip(ends, starts[1:], strict=False))  # one after another
+        assert deployment.duration_ms > 0
+        assert phases.between_events_ms(deployment.as_document()) >= 0
+    with sqlite3.connect(tmp_path / "floor" / "floor.db") as db:
+        assert db.execute("SELECT count(*) FROM results WHERE status = 'Succeeded'").fetchone()[0] == 14
+    for source, destination in FILES:  # the agent's executor installed the revision under its prefix
+        installed = tmp_path / "floor" / "host" / destination.lstrip("/") / Path(source).name
+        assert installed.read_text() == (revision / source).read_text()
