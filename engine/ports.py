@@ -20,7 +20,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from engine.core.agent_protocol import CommandBody, HeartbeatBody, ResultBody
 from engine.core.config.model import DeploymentGroup
@@ -29,6 +29,16 @@ from engine.core.model import LifecycleEvent, Platform, Revision
 from engine.core.requests import DeployRequest
 
 Row = dict[str, Any]
+
+
+class DeploymentView(NamedTuple):
+    """What a deployment's document is made of, read together (``DeploymentStore.get_deployment_view``)."""
+
+    deployment: Row
+    target_events: list[Row]
+    revision: Row | None
+
+
 """A stored row: column name -> value, JSON columns decoded."""
 
 OnResult = Callable[[Mapping[str, Any], Mapping[str, Any]], Awaitable[None]]
@@ -331,6 +341,10 @@ class DeploymentStore(Protocol):
         self, deployment_id: str, rows: Sequence[Mapping[str, Any]], **deployment: Any
     ) -> bool | None: ...
     async def list_target_events(self, deployment_id: str) -> list[Row]: ...
+    async def get_deployment_view(self, deployment_id: str) -> DeploymentView | None:
+        """The deployment, its targets' events and its revision in one read; None when there is no such
+        deployment."""
+
     async def append_log(
         self,
         kind: str,

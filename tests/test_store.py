@@ -394,6 +394,25 @@ async def test_target_events_upsert_changes_only_given_fields_and_list_in_order(
         await store.upsert_target_event("d-1", "web-1", "Install", colour="red")
 
 
+async def test_a_deployments_view_is_its_row_its_events_and_its_revision_read_together(store: AnyStore) -> None:
+    await store.put_revision("f" * 64, source="dir:a", commit="abc", size=7, created_at=T0)
+    await store.create_deployment(deployment("d-1", revision_sha256="f" * 64))
+    await store.create_deployment(deployment("d-2", revision_sha256="0" * 64))  # its revision is not stored
+    for seq, event in enumerate(["ApplicationStop", "DownloadBundle"]):
+        await store.upsert_target_event("d-1", "web-1", event, seq=seq, status="Succeeded")
+    await store.upsert_target_event("d-2", "web-1", "Install", seq=0)
+
+    view = await store.get_deployment_view("d-1")
+    assert view is not None
+    assert view.deployment == await store.get_deployment("d-1")
+    assert view.target_events == await store.list_target_events("d-1")
+    assert [e["event"] for e in view.target_events] == ["ApplicationStop", "DownloadBundle"]
+    assert view.revision == await store.get_revision("f" * 64) and view.revision is not None
+    other = await store.get_deployment_view("d-2")
+    assert other is not None and other.revision is None and [e["event"] for e in other.target_events] == ["Install"]
+    assert await store.get_deployment_view("d-404") is None
+
+
 async def test_read_log_pages_and_filters(store: AnyStore) -> None:
     ids = [
         await store.append_log("e", at=T0 + i, actor="bot", deployment_id=f"d-{i % 2}", data={"i": i}) for i in range(6)

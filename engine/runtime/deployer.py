@@ -756,9 +756,10 @@ class Deployer:
         return row
 
     async def get(self, deployment_id: str) -> dict[str, Any]:
-        row = await self._row(deployment_id)
-        events = await self.store.list_target_events(deployment_id)
-        revision = await self.store.get_revision(row["revision_sha256"])
+        view = await self.store.get_deployment_view(deployment_id)  # one read: each costs a trip to the store
+        if view is None:
+            raise DeploymentNotFound(deployment_id)
+        row, events, revision = view
         position = None
         if row["status"] == "Queued":
             queued = await self.store.list_deployments(

@@ -11,8 +11,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from engine.core.model import FINAL_STATUSES
+from engine.ports import DeploymentView
 from engine.store.statements import (
     Change,
+    Fetch,
     Program,
     Row,
     SqlAccess,
@@ -188,8 +190,26 @@ class DeploymentRows(SqlAccess):
         return sql, (deployment_id, row["target"], row["event"], *fields.values())
 
     async def list_target_events(self, deployment_id: str) -> list[Row]:
-        sql = f"SELECT * FROM target_events WHERE deployment_id = ? ORDER BY target, seq, {self._row_order}"
-        return await self._fetch("target_events", sql, (deployment_id,))
+        return await self._fetch("target_events", self._target_events_sql, (deployment_id,))
+
+    @property
+    def _target_events_sql(self) -> str:
+        return f"SELECT * FROM target_events WHERE deployment_id = ? ORDER BY target, seq, {self._row_order}"
+
+    async def get_deployment_view(self, deployment_id: str) -> DeploymentView | None:
+        """The deployment, its targets' events and its revision, read together (one trip to the store; one
+        snapshot): what its document is made of. None when there is no such deployment."""
+        revision = "SELECT * FROM revisions WHERE sha256 = (SELECT revision_sha256 FROM deployments WHERE id = ?)"
+        rows, events, revisions = await self._fetch_all(
+            [
+                Fetch("deployments", "SELECT * FROM deployments WHERE id = ?", (deployment_id,)),
+                Fetch("target_events", self._target_events_sql, (deployment_id,)),
+                Fetch("revisions", revision, (deployment_id,)),
+            ]
+        )
+        if not rows:
+            return None
+        return DeploymentView(rows[0], events, revisions[0] if revisions else None)
 
     # -- event log (append only: the database refuses UPDATE and DELETE of it)
 

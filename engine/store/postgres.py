@@ -352,6 +352,12 @@ class PostgresStore(Records):
         rows = await self._fetch(table, sql, params, write=write)
         return rows[0] if rows else None
 
+    async def _fetch_all(self, reads: Sequence[Fetch]) -> list[list[Row]]:
+        """The rows of each read, on one connection and one snapshot (another replica's write lands before all of
+        them or after)."""
+        async with self._acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            return [_rows(read.table, await conn.fetch(numbered(read.sql), *_params(read.params))) for read in reads]
+
     async def _change(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one write statement (its own transaction); the number of rows it changed."""
 
