@@ -9,8 +9,8 @@ one-host in-place deployment against it:
   answered once the last result is recorded, with the server's times (created, ended) and the agent's per event;
 - ``GET /agent/v1/commands/next``: the long poll, answered with the run (its first command, ``then`` the rest) as
   soon as there is one;
-- ``POST /agent/v1/commands/{id}/result``: each result recorded in SQLite (WAL, one transaction on one store
-  thread, as deploybot's store runs) before it is answered ``{"ok": true, "stop": false}``;
+- ``POST /agent/v1/commands/{id}/result``: each result recorded in SQLite (``bench.floor.results_store``: one
+  transaction on one store thread, as deploybot's store runs) before it is answered ``{"ok": true, "stop": false}``;
 - the heartbeat and the bundle download, answered at once.
 
 What is left between that deployment and the plain script is what any server must cost with this protocol and this
@@ -26,24 +26,17 @@ import contextlib
 import hashlib
 import itertools
 import json
-import sqlite3
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-EVENTS = (
-    "ApplicationStop",
-    "DownloadBundle",
-    "BeforeInstall",
-    "Install",
-    "AfterInstall",
-    "ApplicationStart",
-    "ValidateService",
-)
+from bench.floor import results_store, serve_app
+from engine.core.lifecycle import SERVER_INSTALL_EVENTS
+
+EVENTS = tuple(str(event) for event in SERVER_INSTALL_EVENTS)  # in place, without a load balancer
 HOST = "floor-1"
 _READY = "agent floor server ready"
 _TOKEN = "floor-agent-token"  # the floor server checks nothing: any agent may talk to it
@@ -93,11 +86,7 @@ def _spec(deployment_id: str, sha256: str, size: int) -> dict[str, Any]:
 def _serve(port: int, db_path: str, bundle: str) -> None:
     from aiohttp import web
 
-    store = ThreadPoolExecutor(max_workers=1, thread_name_prefix="floor-store")
-    db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("CREATE TABLE IF NOT EXISTS results (id INTEGER PRIMARY KEY, status TEXT, result TEXT)")
+    store, record = results_store(db_path)
     data = Path(bundle).read_bytes()
     sha256, size = hashlib.sha256(data).hexdigest(), len(data)
     ids = itertools.count(1)
@@ -106,12 +95,6 @@ def _serve(port: int, db_path: str, bundle: str) -> None:
     arrived = asyncio.Event()  # set when a run is queued
     # The deployment under way: its last command's id, when it was created, the agent's results, and its end.
     current: dict[str, Any] = {}
-
-    def record(command_id: int, text: str) -> None:
-        db.execute("BEGIN IMMEDIATE")
-        db.execute("INSERT OR REPLACE INTO results VALUES (?, 'Succeeded', ?)", (command_id, text))
-        db.execute("UPDATE results SET status = 'InProgress' WHERE id = ?", (command_id + 1,))
-        db.execute("COMMIT")
 
     async def deploy(request: web.Request) -> web.Response:
         created_at = time.time()
@@ -160,20 +143,13 @@ def _serve(port: int, db_path: str, bundle: str) -> None:
     async def download(request: web.Request) -> web.StreamResponse:
         return web.FileResponse(bundle)
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_post("/deploy", deploy)
-        app.router.add_get("/agent/v1/commands/next", next_command)
-        app.router.add_post("/agent/v1/commands/{id:\\d+}/result", result)
-        app.router.add_post("/agent/v1/heartbeat", heartbeat)
-        app.router.add_get("/agent/v1/bundles/{sha256:[0-9a-f]{64}}", download)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        print(_READY, flush=True)
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
+    app = web.Application()
+    app.router.add_post("/deploy", deploy)
+    app.router.add_get("/agent/v1/commands/next", next_command)
+    app.router.add_post("/agent/v1/commands/{id:\\d+}/result", result)
+    app.router.add_post("/agent/v1/heartbeat", heartbeat)
+    app.router.add_get("/agent/v1/bundles/{sha256:[0-9a-f]{64}}", download)
+    serve_app(app, port, _READY)
 
 
 class AgentFloor:

@@ -33,8 +33,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.phases import stat_times
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 EVENTS_PER_HOST = 7  # ApplicationStop .. ValidateService: one result POST each
 MODES = ("http", "http+write")
@@ -54,9 +58,9 @@ class Floor:
         return self.server_cpu_s / self.requests * 1000
 
 
-def _serve(port: int, db_path: str, mode: str) -> None:
-    from aiohttp import web
-
+def results_store(db_path: str) -> tuple[ThreadPoolExecutor, Callable[[int, str], None]]:
+    """A floor server's store: its one thread, and what records a result there (WAL, ``synchronous=NORMAL``, one
+    transaction per result: one read, two writes, a commit)."""
     store = ThreadPoolExecutor(max_workers=1, thread_name_prefix="floor-store")
     db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
@@ -70,6 +74,14 @@ def _serve(port: int, db_path: str, mode: str) -> None:
         db.execute("UPDATE results SET status = 'InProgress' WHERE id = ?", (command_id + 1,))
         db.execute("COMMIT")
 
+    return store, record
+
+
+def _serve(port: int, db_path: str, mode: str) -> None:
+    from aiohttp import web
+
+    store, record = results_store(db_path)
+
     async def result(request: web.Request) -> web.Response:
         text = await request.text()
         await request.json()
@@ -78,13 +90,20 @@ def _serve(port: int, db_path: str, mode: str) -> None:
             await asyncio.get_running_loop().run_in_executor(store, record, command_id, text)
         return web.json_response({"ok": True, "stop": False})
 
+    app = web.Application()
+    app.router.add_post("/agent/v1/commands/{id:\\d+}/result", result)
+    serve_app(app, port, _READY)
+
+
+def serve_app(app: web.Application, port: int, ready: str) -> None:
+    """Serve ``app`` on 127.0.0.1:``port`` until the process is killed, printing ``ready`` once it listens."""
+    from aiohttp import web
+
     async def main() -> None:
-        app = web.Application()
-        app.router.add_post("/agent/v1/commands/{id:\\d+}/result", result)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        print(_READY, flush=True)
+        print(ready, flush=True)
         await asyncio.Event().wait()
 
     asyncio.run(main())
