@@ -1,22 +1,27 @@
-"""The floor under one host's whole deployment: the real agent against a server that does nothing but the protocol.
+"""The floor under a whole deployment: real agents against a server that does nothing but the protocol.
 
-``bench.floor`` measures the floor under one round trip; this measures it under the figure DESIGN §5 sets a target
-for, "one host <= 15 ms of orchestration in all". A bare aiohttp server (no deploybot code) speaks the agent
-protocol, and a real ``deploybot agent`` process, with its executor, its crash journal and its HTTP client, runs a
-one-host in-place deployment against it:
+``bench.floor`` measures the floor under one round trip; this measures it under the figures DESIGN §5 sets targets
+for: 20 hosts at once or one after another against the plain script, one host's orchestration. A bare aiohttp
+server (no deploybot code) speaks the agent protocol, and real ``deploybot agent`` processes, with their executor,
+crash journal and HTTP client, run an in-place deployment against it:
 
-- ``POST /deploy`` (the bench's): the deployment is created, its seven lifecycle events queued as one run; it is
-  answered once the last result is recorded, with the server's times (created, ended) and the agent's per event;
-- ``GET /agent/v1/commands/next``: the long poll, answered with the run (its first command, ``then`` the rest) as
-  soon as there is one;
+- ``POST /deploy?hosts=N[&sequential=1]`` (the bench's): the deployment is created, each host's seven lifecycle
+  events queued as one run (the next host's only once the one before has finished, with ``sequential``); it is
+  answered once the last result is recorded, with the server's times (created, ended) and each event's as its
+  agent reported it;
+- ``GET /agent/v1/commands/next``: the long poll, answered with the host's run (its first command, ``then`` the
+  rest) as soon as there is one. An agent's token is its host's name: nothing is checked;
 - ``POST /agent/v1/commands/{id}/result``: each result recorded in SQLite (``bench.floor.results_store``: one
   transaction on one store thread, as deploybot's store runs) before it is answered ``{"ok": true, "stop": false}``;
 - the heartbeat and the bundle download, answered at once.
 
-What is left between that deployment and the plain script is what any server must cost with this protocol and this
-agent: one answered round trip per event, the agent's records and the executor's CodeDeploy rules (the previous
-install undone, its records kept). deploybot's own time over this floor is its server's doing.
-``python -m bench.agent_floor serve PORT DB BUNDLE`` is the server; ``AgentFloor`` starts it and the agent.
+What is left between such a deployment and the plain script is what any server must cost with this protocol and
+this agent: one answered round trip per event, the agents' records and the executor's CodeDeploy rules (the
+previous install undone, its records kept). deploybot's own time over this floor is its server's doing.
+The agents are started as ``deploybot serve`` starts its local ones (bot/localfleet.py: forked from one warm
+interpreter), so that they cost what the agents of the deployments they are compared with cost.
+``python -m bench.agent_floor serve PORT DB BUNDLE`` is the server, ``python -m bench.agent_floor agents URL DIR N``
+runs the agents until its input closes; ``AgentFloor`` starts both.
 """
 
 from __future__ import annotations
@@ -29,34 +34,39 @@ import json
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from bench.floor import results_store, serve_app
 from engine.core.lifecycle import SERVER_INSTALL_EVENTS
 
 EVENTS = tuple(str(event) for event in SERVER_INSTALL_EVENTS)  # in place, without a load balancer
-HOST = "floor-1"
 _READY = "agent floor server ready"
-_TOKEN = "floor-agent-token"  # the floor server checks nothing: any agent may talk to it
+
+
+def host_name(index: int) -> str:
+    """The floor's hosts are ``floor-1`` .. ``floor-N``; a deployment of N hosts takes the first N."""
+    return f"floor-{index}"
 
 
 @dataclass(frozen=True)
 class FloorDeployment:
-    """One deployment against the floor server: the server's times, and each event's as the agent reported it."""
+    """One deployment against the floor server: the server's times, and each host's events as its agent reported
+    them (``{"name": host, "events": [{"event", "started_at", "ended_at"}, ...]}``)."""
 
     created_at: float
     ended_at: float
-    events: tuple[dict[str, Any], ...]
+    targets: tuple[dict[str, Any], ...]
 
     @property
-    def duration_ms(self) -> float:
-        return (self.ended_at - self.created_at) * 1000
+    def duration(self) -> float:
+        return self.ended_at - self.created_at
 
     def as_document(self) -> dict[str, Any]:
-        """Shaped as deploybot's deployment document where ``bench.phases`` reads it (one target)."""
-        return {"targets": [{"name": HOST, "events": list(self.events)}]}
+        """Shaped as deploybot's deployment document where ``bench.phases`` reads it."""
+        return {"targets": list(self.targets)}
 
 
 def _spec(deployment_id: str, sha256: str, size: int) -> dict[str, Any]:
@@ -91,35 +101,48 @@ def _serve(port: int, db_path: str, bundle: str) -> None:
     sha256, size = hashlib.sha256(data).hexdigest(), len(data)
     ids = itertools.count(1)
     deployments = itertools.count(1)
-    queued: list[dict[str, Any]] = []  # the run waiting for the agent's poll
-    arrived = asyncio.Event()  # set when a run is queued
-    # The deployment under way: its last command's id, when it was created, the agent's results, and its end.
+    queued: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)  # per host: the run waiting for its poll
+    arrived: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)  # per host: set when a run is queued
+    # The deployment under way: its runs by host, the hosts still to hand theirs (one after another), the last
+    # command of each run, the agents' results, and its end.
     current: dict[str, Any] = {}
+
+    def hand(host: str) -> None:
+        deployment_id, run = current["id"], current["runs"][host]
+        first = {**run[0], "deployment_id": deployment_id, "spec": _spec(deployment_id, sha256, size)}
+        queued[host].append({**first, "then": run[1:]})
+        arrived[host].set()
 
     async def deploy(request: web.Request) -> web.Response:
         created_at = time.time()
-        deployment_id = f"d-floor-{next(deployments)}"
-        commands = [{"id": next(ids), "event": event} for event in EVENTS]
+        hosts = [host_name(index) for index in range(1, int(request.query.get("hosts", "1")) + 1)]
+        runs = {host: [{"id": next(ids), "event": event} for event in EVENTS] for host in hosts}
         ended: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         current.clear()
-        current.update(last=commands[-1]["id"], ended=ended, results={})
-        first = {**commands[0], "deployment_id": deployment_id, "spec": _spec(deployment_id, sha256, size)}
-        queued.append({**first, "then": commands[1:]})
-        arrived.set()
+        current.update(id=f"d-floor-{next(deployments)}", runs=runs, ended=ended, results={})
+        current.update(last={run[-1]["id"]: host for host, run in runs.items()}, left=set(hosts))
+        sequential = request.query.get("sequential") == "1"
+        current["later"] = hosts[1:] if sequential else []
+        for host in hosts[:1] if sequential else hosts:
+            hand(host)
         ended_at = await ended
-        times = {c["id"]: current["results"][c["id"]] for c in commands}
-        events = [{"event": c["event"], **{k: times[c["id"]][k] for k in ("started_at", "ended_at")}} for c in commands]
-        return web.json_response({"created_at": created_at, "ended_at": ended_at, "events": events})
+        results = current["results"]
+        targets = [
+            {"name": host, "events": [{"event": c["event"], **_times(results[c["id"]])} for c in runs[host]]}
+            for host in hosts
+        ]
+        return web.json_response({"created_at": created_at, "ended_at": ended_at, "targets": targets})
 
     async def next_command(request: web.Request) -> web.Response:
+        host = request.headers.get("Authorization", "").removeprefix("Bearer ")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(float(request.query.get("wait", "25"))):
-                while not queued:
-                    arrived.clear()
-                    await arrived.wait()
-        if not queued:
+                while not queued[host]:
+                    arrived[host].clear()
+                    await arrived[host].wait()
+        if not queued[host]:
             return web.Response(status=204)
-        return web.json_response({"command": queued.pop(0)})
+        return web.json_response({"command": queued[host].pop(0)})
 
     async def result(request: web.Request) -> web.Response:
         text = await request.text()
@@ -128,10 +151,15 @@ def _serve(port: int, db_path: str, bundle: str) -> None:
         await asyncio.get_running_loop().run_in_executor(store, record, command_id, text)
         current["results"][command_id] = body
         failed = body.get("status") != "Succeeded"
+        finished = current["last"].get(command_id)
         if failed and not current["ended"].done():  # the bench's deployment fails, and says why
             current["ended"].set_exception(RuntimeError(f"command {command_id} failed on the agent: {text}"))
-        elif command_id == current.get("last"):
-            current["ended"].set_result(time.time())
+        elif finished is not None:
+            current["left"].discard(finished)
+            if current["later"]:
+                hand(current["later"].pop(0))
+            elif not current["left"]:
+                current["ended"].set_result(time.time())
         if "then" in request.query:
             return web.json_response({"ok": True, "stop": failed})
         return web.json_response({"ok": True})
@@ -152,67 +180,97 @@ def _serve(port: int, db_path: str, bundle: str) -> None:
     serve_app(app, port, _READY)
 
 
-class AgentFloor:
-    """``with AgentFloor(workdir, bundle, port) as floor:`` the floor server and a real agent polling it;
-    ``floor.deploy()`` runs one deployment and returns it."""
+def _run_agents(server_url: str, workdir: Path, hosts: int) -> None:
+    """The floor's agents, ``floor-1`` .. ``floor-N``, run as a local fleet until standard input closes. An agent's
+    token is its host's name (the floor server tells hosts by it)."""
+    from bot.localfleet import AgentProcess, LocalFleet, write_token_file
 
-    def __init__(self, workdir: Path, bundle: Path, port: int) -> None:
-        self.workdir, self.bundle, self.port = workdir, bundle, port
+    agents = []
+    for index in range(1, hosts + 1):
+        host = host_name(index)
+        token_file = write_token_file(workdir / "tokens", host, host)
+        root = workdir / "agents" / host
+        argv = [sys.executable, "-m", "bot", "agent", "--server", server_url, "--name", host]
+        argv += ["--token-file", str(token_file), "--root", str(root), "--prefix", str(workdir / "hosts" / host)]
+        agents.append(AgentProcess(host, tuple(argv), root / "agent.log"))  # its pid files go beside the log
+
+    async def main() -> None:
+        fleet = LocalFleet(agents)
+        await fleet.start()
+        print(_READY, flush=True)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        finally:
+            await fleet.stop()
+
+    asyncio.run(main())
+
+
+def _times(result: dict[str, Any]) -> dict[str, Any]:
+    return {"started_at": result["started_at"], "ended_at": result["ended_at"]}
+
+
+class AgentFloor:
+    """``with AgentFloor(workdir, bundle, port, hosts=N) as floor:`` the floor server and N real agents polling it
+    (``floor-1`` .. ``floor-N``); ``floor.deploy(hosts)`` runs one deployment of the first ``hosts`` and returns it."""
+
+    def __init__(self, workdir: Path, bundle: Path, port: int, *, hosts: int = 1) -> None:
+        self.workdir, self.bundle, self.port, self.hosts = workdir, bundle, port, hosts
         self._processes: list[subprocess.Popen[str]] = []
-        self._logs: list[IO[str]] = []
 
     def __enter__(self) -> AgentFloor:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        root = Path(__file__).resolve().parent.parent
+        url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "bench.agent_floor", "serve", str(self.port), str(self.workdir / "floor.db")]
-        server = self._start([*argv, str(self.bundle)], root)
-        assert server.stdout is not None
-        line = server.stdout.readline()
-        if _READY not in line:
-            self.__exit__()
-            raise RuntimeError(f"the agent floor server did not start: {line}{server.stdout.read()}")
-        token_file = self.workdir / "agent-token"
-        token_file.write_text(_TOKEN)
-        token_file.chmod(0o600)
-        agent = [sys.executable, "-m", "bot", "agent", "--server", f"http://127.0.0.1:{self.port}", "--name", HOST]
-        agent += ["--token-file", str(token_file), "--root", str(self.workdir / "agent")]
-        agent += ["--prefix", str(self.workdir / "host")]
-        self._start(agent, root, log=self.workdir / "agent.log")
+        self._start([*argv, str(self.bundle)])
+        self._start([sys.executable, "-m", "bench.agent_floor", "agents", url, str(self.workdir), str(self.hosts)])
         return self
 
-    def _start(self, argv: list[str], cwd: Path, *, log: Path | None = None) -> subprocess.Popen[str]:
-        output: IO[str] | int = subprocess.PIPE
-        if log is not None:
-            output = open(log, "w")  # noqa: SIM115 (closed in __exit__, with the process)
-            self._logs.append(output)
-        process = subprocess.Popen(argv, cwd=cwd, stdout=output, stderr=subprocess.STDOUT, text=True)
+    def _start(self, argv: list[str]) -> None:
+        """Start a process of the floor and wait until it says it is ready."""
+        cwd = Path(__file__).resolve().parent.parent
+        process = subprocess.Popen(
+            argv, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self._processes.append(process)
-        return process
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if _READY not in line:
+            self.__exit__()
+            raise RuntimeError(f"{' '.join(argv[1:4])} did not start: {line}{process.stdout.read()}")
 
-    def deploy(self, timeout: float = 60.0) -> FloorDeployment:
-        """One deployment, once the agent has run it (its first poll included: the agent may still be starting)."""
+    def deploy(self, hosts: int = 1, *, sequential: bool = False, timeout: float = 120.0) -> FloorDeployment:
+        """One deployment of the first ``hosts``, at once or (``sequential``) one after another, once their agents
+        have run it (their first polls included: the agents may still be starting)."""
         import urllib.request
 
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/deploy", method="POST", data=b"")
+        if not 1 <= hosts <= self.hosts:
+            raise ValueError(f"the floor has {self.hosts} host(s), not {hosts}")
+        query = f"hosts={hosts}" + ("&sequential=1" if sequential else "")
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/deploy?{query}", method="POST", data=b"")
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             body = json.load(answer)
-        return FloorDeployment(float(body["created_at"]), float(body["ended_at"]), tuple(body["events"]))
+        return FloorDeployment(float(body["created_at"]), float(body["ended_at"]), tuple(body["targets"]))
 
     def __exit__(self, *exc_info: object) -> None:
-        for process in reversed(self._processes):
-            process.terminate()
+        for process in reversed(self._processes):  # the agents first: closing their input stops them in order
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.close()
+            if process is self._processes[0]:
+                process.terminate()  # the server: it does not read its input
             with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=10)
+                process.wait(timeout=30)
             if process.poll() is None:
                 process.kill()
                 process.wait()
-            if process.stdout is not None:
-                process.stdout.close()
-        for log in self._logs:
-            log.close()
+            process.stdout.close()
+        self._processes.clear()
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5 or sys.argv[1] != "serve":
-        sys.exit("usage: python -m bench.agent_floor serve PORT DB BUNDLE")
-    _serve(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    if len(sys.argv) == 5 and sys.argv[1] == "serve":
+        _serve(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    elif len(sys.argv) == 5 and sys.argv[1] == "agents":
+        _run_agents(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]))
+    else:
+        sys.exit("usage: python -m bench.agent_floor serve PORT DB BUNDLE | agents URL DIR N")

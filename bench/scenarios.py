@@ -150,9 +150,9 @@ def overhead(settings: Settings) -> list[Figure]:
     back and at the agent's pace (each POST after a pause as long as the round's median event of the one host: a
     server idle meanwhile answers more slowly). The one host's own time between events is shown next to them, which
     says how much of its orchestration is the round trip every event must make and how much is deploybot's work
-    around it. And each round deploys the one host once more against the floor under its whole deployment
-    (bench/agent_floor.py: the real agent, a server with no deploybot code): that deployment less the plain script
-    is the orchestration any server costs with this protocol and this agent; deploybot less it, its server's own.
+    around it. And each round runs every pair's deployment once more against the floor under it
+    (bench/agent_floor.py: real agents, a server with no deploybot code): that deployment against the plain script
+    is what any server costs with this protocol and this agent; deploybot against it, its server's own.
     """
     console = settings.console
     hosts, runs = settings.overhead_hosts, settings.overhead_runs
@@ -166,7 +166,7 @@ def overhead(settings: Settings) -> list[Figure]:
     others: list[float] = []  # per round: the larger share of the machine other processes used
     floors: list[float] = []  # per round: one event's round trip at the floor, back to back (ms)
     paced: list[float] = []  # per round: the same at the agent's pace (ms)
-    at_floor: list[FloorDeployment] = []  # per round: the one host's deployment against the floor server
+    at_floor: dict[str, list[FloorDeployment]] = {pair.name: [] for pair in pairs}  # per round, against the floor
     profiler = None
     with (
         settings.scenario_dir("overhead") as workdir,
@@ -175,10 +175,10 @@ def overhead(settings: Settings) -> list[Figure]:
         revision = write_revision(workdir / "revision", hooks=True)
         bundle = canonical_bundle(revision, workdir / "bundle")
         with (
-            AgentFloor(workdir / "agent-floor", bundle, free_port()) as agent_floor,
+            AgentFloor(workdir / "agent-floor", bundle, free_port(), hosts=hosts) as agent_floor,
             _server(workdir / "server", hosts, single=True) as server,
         ):
-            agent_floor.deploy()  # untimed, like the deployments: the agent online, a previous install there
+            agent_floor.deploy(hosts)  # untimed, like the deployments: the agents online, a previous install there
             server.wait_agents_online(hosts + 1)
             for environment in (ENVIRONMENT, SINGLE_HOST):  # untimed: every timed run has a previous install
                 server.wait_final(server.deploy(revision, environment=environment)[1])
@@ -212,13 +212,14 @@ def overhead(settings: Settings) -> list[Figure]:
                 floors.append(floor.round_trip_ms(floor_url))
                 pause_ms = phases.event_ms(measured[pairs[-1].name][-1].doc)
                 paced.append(floor.round_trip_ms(floor_url, PACED_ROUND_TRIPS, pause_ms=pause_ms))
-                at_floor.append(agent_floor.deploy())
+                for pair in pairs:
+                    at_floor[pair.name].append(agent_floor.deploy(pair.hosts, sequential=pair.sequential))
                 others.append(max(shares))
     figures: list[Figure] = []
     for pair in pairs:
         figures += _pair_figures(pair, measured[pair.name], plain[pair.name], others, console)
+        figures += _floor_figures(pair, measured[pair.name], plain[pair.name], at_floor[pair.name], console)
     figures += _between_events_figures(measured[pairs[-1].name], floors, paced, console)
-    figures += _one_host_floor_figures(measured[pairs[-1].name], plain[pairs[-1].name], at_floor, console)
     console.print(
         f"  others' load (%): {' '.join(f'{value * 100:.0f}' for value in others)}  (of the machine, per round)"
     )
@@ -324,40 +325,63 @@ def _between_events_figures(
     ]
 
 
-def _one_host_floor_figures(
-    one_host: list[_Run], plain: list[float], at_floor: list[FloorDeployment], console: Console
+def _floor_figures(
+    pair: _Pair, measured: list[_Run], plain: list[float], at_floor: list[FloorDeployment], console: Console
 ) -> list[Figure]:
-    """The one host against the floor server, per round: its time, its orchestration (less the plain script run in
-    the same round) and deploybot's time over it."""
-    floor_ms = [run.duration_ms for run in at_floor]
-    orchestration = [ms - script * 1000 for ms, script in zip(floor_ms, plain, strict=True)]
-    server_share = [run.duration * 1000 - ms for run, ms in zip(one_host, floor_ms, strict=True)]
+    """The pair's deployment against the floor server, per round: its time, against the plain script run in the
+    same round (what any server costs with this protocol and agent) and under deploybot's (its server's share)."""
+    floor_s = [run.duration for run in at_floor]
+    durations = [run.duration for run in measured]
     gaps = [phases.between_events_ms(run.as_document()) for run in at_floor]
-    console.print(f"  one host against the floor server (ms): {' '.join(f'{value:.1f}' for value in floor_ms)}")
-    rounds = f"median of {len(floor_ms)} rounds"
+    console.print(f"    against the floor server (s): {' '.join(f'{value:.3f}' for value in floor_s)}")
+    rounds = f"median of {len(floor_s)} rounds"
+    where = "real agents, a server with no deploybot code (bench/agent_floor.py)"
+    if pair.time_target_ms is not None:  # one host: its orchestration, in ms, as deploybot's figure
+        ms = [value * 1000 for value in floor_s]
+        extra = [(ours - theirs) * 1000 for ours, theirs in zip(floor_s, plain, strict=True)]
+        over = [(ours - theirs) * 1000 for ours, theirs in zip(durations, floor_s, strict=True)]
+        return [
+            Figure(
+                f"{pair.name} against a floor server",
+                median(ms),
+                "ms",
+                None,
+                f"{where}, {rounds}; {spread(ms, 'ms')}; between two events {median(gaps):.2f} ms",
+            ),
+            Figure(
+                f"{pair.name}: orchestration at the floor",
+                median(extra),
+                "ms",
+                None,
+                f"that less the plain script, per round: what any server costs with this protocol and agent "
+                f"(deploybot's target: {pair.time_target_ms:g} ms); {spread(extra, 'ms')}",
+            ),
+            Figure(
+                f"{pair.name}: deploybot's server over the floor",
+                median(over),
+                "ms",
+                None,
+                f"deploybot's time less the floor's, per round; {spread(over, 'ms')}",
+            ),
+        ]
+    at_plain = [ours / theirs for ours, theirs in zip(floor_s, plain, strict=True)]
+    over_floor = [ours / theirs for ours, theirs in zip(durations, floor_s, strict=True)]
     return [
+        Figure(f"{pair.name} against a floor server", median(floor_s), "s", None, f"{where}, {rounds}"),
         Figure(
-            "one host against a floor server",
-            median(floor_ms),
-            "ms",
+            f"{pair.name}: ratio at the floor",
+            median(at_plain),
+            "x",
             None,
-            f"the real agent, a server with no deploybot code (bench/agent_floor.py), {rounds}; "
-            f"{spread(floor_ms, 'ms')}; between two events {median(gaps):.2f} ms",
+            f"the floor server's deployment / plain, per round: what any server costs with this protocol and agent "
+            f"(deploybot's target: {pair.ratio_target:g}x); {spread(at_plain, 'x')}",
         ),
         Figure(
-            "one host: orchestration at the floor",
-            median(orchestration),
-            "ms",
+            f"{pair.name}: deploybot over the floor",
+            median(over_floor),
+            "x",
             None,
-            f"that less the plain script, per round: what any server costs with this protocol and agent "
-            f"(deploybot's target: {ONE_HOST_TARGET_MS:g} ms); {spread(orchestration, 'ms')}",
-        ),
-        Figure(
-            "one host: deploybot's server over the floor",
-            median(server_share),
-            "ms",
-            None,
-            f"deploybot's one host less the floor's, per round; {spread(server_share, 'ms')}",
+            f"deploybot / the floor server's deployment, per round; {spread(over_floor, 'x')}",
         ),
     ]
 

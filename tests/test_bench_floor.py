@@ -6,6 +6,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from bench import agent_floor, floor, phases
 from bench.agent_floor import AgentFloor
 from bench.baseline import canonical_bundle
@@ -59,21 +61,30 @@ def test_the_floor_at_an_agents_pace_pauses_before_every_post(tmp_path: Path) ->
         assert db.execute("SELECT count(*) FROM results WHERE status = 'Succeeded'").fetchone()[0] == 20
 
 
-def test_the_agent_floor_runs_a_whole_deployment_on_the_real_agent_and_records_every_result(tmp_path: Path) -> None:
+def test_the_agent_floor_runs_whole_deployments_on_real_agents_and_records_every_result(tmp_path: Path) -> None:
     revision = write_revision(tmp_path / "revision", hooks=True)
     bundle = canonical_bundle(revision, tmp_path / "bundle")
-    with AgentFloor(tmp_path / "floor", bundle, free_port()) as floor_server:
-        first, second = floor_server.deploy(), floor_server.deploy()
-    for deployment in (first, second):
-        assert [event["event"] for event in deployment.events] == list(agent_floor.EVENTS)
-        starts = [float(event["started_at"]) for event in deployment.events]
-        ends = [float(event["ended_at"]) for event in deployment.events]
-        assert deployment.created_at <= starts[0] and ends[-1] <= deployment.ended_at
-        assert all(end <= start for end, start in zip(ends, starts[1:], strict=False))  # one after another
-        assert deployment.duration_ms > 0
+    with AgentFloor(tmp_path / "floor", bundle, free_port(), hosts=2) as floor_server:
+        one = floor_server.deploy(1)
+        at_once = floor_server.deploy(2)
+        in_turn = floor_server.deploy(2, sequential=True)
+        with pytest.raises(ValueError, match="2 host"):
+            floor_server.deploy(3)
+    assert [target["name"] for target in one.targets] == ["floor-1"]
+    for deployment in (one, at_once, in_turn):
+        for target in deployment.targets:
+            assert [event["event"] for event in target["events"]] == list(agent_floor.EVENTS)
+            starts = [float(event["started_at"]) for event in target["events"]]
+            ends = [float(event["ended_at"]) for event in target["events"]]
+            assert deployment.created_at <= starts[0] and ends[-1] <= deployment.ended_at
+            assert all(end <= start for end, start in zip(ends, starts[1:], strict=False))  # one after another
+        assert deployment.duration > 0
         assert phases.between_events_ms(deployment.as_document()) >= 0
-    with sqlite3.connect(tmp_path / "floor" / "floor.db") as db:
-        assert db.execute("SELECT count(*) FROM results WHERE status = 'Succeeded'").fetchone()[0] == 14
-    for source, destination in FILES:  # the agent's executor installed the revision under its prefix
-        installed = tmp_path / "floor" / "host" / destination.lstrip("/") / Path(source).name
-        assert installed.read_text() == (revision / source).read_text()
+    first, second = in_turn.targets
+    assert float(first["events"][-1]["ended_at"]) <= float(second["events"][0]["started_at"])  # host after host
+    with sqlite3.connect(tmp_path / "floor" / "floor.db") as db:  # every result committed before it was answered
+        assert db.execute("SELECT count(*) FROM results WHERE result IS NOT NULL").fetchone()[0] == 5 * 7
+    for host in ("floor-1", "floor-2"):  # each agent's executor installed the revision under its own prefix
+        for source, destination in FILES:
+            installed = tmp_path / "floor" / "hosts" / host / destination.lstrip("/") / Path(source).name
+            assert installed.read_text() == (revision / source).read_text()
