@@ -160,6 +160,11 @@ async def test_in_place_deployment_succeeds_and_records_every_event(deployer: De
         "ValidateService",
     ]
     assert all(e["status"] == "Succeeded" and e["log_tail"] for t in doc["targets"] for e in t["events"])
+
+    async def logged_end() -> bool:  # the final status is stored first; its end is logged as it is wound up
+        return any(e["kind"] == "deployment.finished" for e in await deployer.store.read_log(deployment_id=doc["id"]))
+
+    await eventually(logged_end, "the deployment's end logged")
     log = await deployer.store.read_log(deployment_id=doc["id"])
     assert log[0]["kind"] == "deployment.requested"
     assert log[-1]["kind"] == "deployment.finished"
@@ -346,6 +351,41 @@ async def test_manual_rollback_redeploys_previous_revision(deployer: Deployer) -
     assert done["status"] == "Succeeded"
     assert done["revision"]["sha256"] == a["revision"]["sha256"]
     assert done["rollback"]["of"] == b["id"]
+
+
+async def test_a_rollback_asked_while_the_last_deployment_is_wound_up_redeploys_the_one_before(
+    deployer: Deployer,
+) -> None:
+    """Between a deployment's final status being stored and its group being let go (its end logged), a rollback has
+    nothing left to stop: it redeploys the revision before, queued until the group is free (it used to ask the
+    ended deployment to stop, and fail)."""
+    agents = ScriptedFleet(deployer, ["s1", "s2"], never_fails)
+    winding_up, go_on = asyncio.Event(), asyncio.Event()
+    append_log = deployer.store.append_log
+    first: list[str] = []
+
+    async def held(kind: str, **entry: Any) -> int:  # the second deployment's wind-up (the first may still be in its)
+        if kind == "deployment.finished" and entry.get("deployment_id") not in first and not go_on.is_set():
+            winding_up.set()
+            await go_on.wait()
+        return await append_log(kind, **entry)
+
+    try:
+        a = await wait_final(deployer, (await deployer.start(DeployRequest("app", "staging")))["id"])
+        first.append(a["id"])
+        deployer.store.append_log = held  # type: ignore[method-assign]
+        b = await deployer.start(DeployRequest("app", "staging", revision="rev-b"))
+        await winding_up.wait()
+        assert (await deployer.get(b["id"]))["status"] == "Succeeded"
+        rollback = await deployer.rollback("app", "staging", actor="dave")
+        assert rollback["status"] == "Queued" and rollback["rollback"]["of"] == b["id"]
+        go_on.set()
+        done = await wait_final(deployer, rollback["id"])
+    finally:
+        go_on.set()
+        await agents.close()
+    assert done["status"] == "Succeeded"
+    assert done["revision"]["sha256"] == a["revision"]["sha256"]
 
 
 async def test_errors_name_what_is_missing(deployer: Deployer) -> None:
