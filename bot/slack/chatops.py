@@ -548,6 +548,7 @@ class ChatOps:
                 last = entries[-1]
                 done = done_phrase(str(last["kind"]), shown_user(self.config, str(last["actor"])))
         links = []
+        await self.notifier.opened(str(pointed["id"]))  # e.g. a rollback created a moment ago by another click
         permalink = self.notifier.permalink(str(pointed["id"]), run.team_domain)
         if permalink:
             links.append(f"<{permalink}|thread of `{pointed['id']}`>")

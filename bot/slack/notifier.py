@@ -103,6 +103,10 @@ def _transient(exc: Exception) -> bool:
     return isinstance(exc, aiohttp.ClientError | OSError | TimeoutError)
 
 
+THREAD_OPEN_WAIT = 2.0
+"""Seconds an answer waits for the thread it links to, when that thread is being opened right now."""
+
+
 @dataclass
 class _Thread:
     deployment_id: str
@@ -118,6 +122,7 @@ class _Thread:
     posted: str | None = None  # JSON of the blocks last sent
     last_edit: float = float("-inf")
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    opened: asyncio.Event = field(default_factory=asyncio.Event)  # its first message is posted, or never will be
     working: bool = False
     abandoned: bool = False  # no channel to post in: stay quiet
     task: asyncio.Task[None] | None = None
@@ -306,6 +311,16 @@ class SlackNotifier:
     def has_thread(self, deployment_id: str) -> bool:
         return deployment_id in self._threads or deployment_id in self.store
 
+    async def opened(self, deployment_id: str, timeout: float = THREAD_OPEN_WAIT) -> None:
+        """Until the thread of a deployment this notifier is opening has its first message (or never will), at most
+        ``timeout`` seconds: an answer made just after the deployment was created can then link to its thread. At
+        once for a thread already open, one this notifier does not know, or while Slack is down."""
+        thread = self._threads.get(deployment_id)
+        if thread is None or thread.ts is not None or thread.abandoned or self.outage.down:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(thread.opened.wait(), timeout)
+
     def permalink(self, deployment_id: str, team_domain: str | None) -> str | None:
         """A link to the deployment's thread (Slack's permalink shape), when it has one and the workspace is known."""
         where = self.thread_of(deployment_id)
@@ -402,6 +417,7 @@ class SlackNotifier:
                 try:
                     if thread.ts is None and not await self._open(thread):
                         thread.abandoned = True
+                        thread.opened.set()
                         thread.replies.clear()
                         return
                     await self._post_replies(thread)
@@ -456,6 +472,7 @@ class SlackNotifier:
         if answer is None:
             return False
         thread.channel, thread.ts = str(answer["channel"]), str(answer["ts"])
+        thread.opened.set()
         thread.posted, thread.last_edit = json.dumps(blocks), self.clock.monotonic()
         self.store.put(thread.deployment_id, thread.channel, thread.ts)
         return True
