@@ -232,6 +232,19 @@ class DeploybotServer:
     def wait_final(self, deployment_id: str, timeout: float = 60) -> dict[str, Any]:
         return self.wait_for(deployment_id, lambda d: d["status"] in FINAL, timeout)
 
+    def wait_logged(self, deployment_id: str, kind: str, timeout: float = 60) -> list[dict[str, Any]]:
+        """The deployment's audit log once it has an entry of ``kind``: a final status is stored before the end is
+        logged (``deployment.finished`` comes with the deployment's wind-up, a moment later)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, entries = self.api("GET", f"/api/v1/deployments/{deployment_id}/log")
+            assert status == 200, entries
+            if any(entry["kind"] == kind for entry in entries):
+                return list(entries)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {kind} logged for {deployment_id}: {entries}")
+            time.sleep(0.05)
+
 
 def event(doc: dict[str, Any], target: str, name: str) -> dict[str, Any]:
     host = next(t for t in doc["targets"] if t["name"] == target)

@@ -161,8 +161,7 @@ def test_server_killed_mid_deployment_resumes(servers, tmp_path) -> None:
     assert statuses(doc) == {"h1": "Succeeded", "h2": "Succeeded"}
     assert "adopted local agent" in "".join(restarted.output)
 
-    status, entries = restarted.api("GET", f"/api/v1/deployments/{started['id']}/log")
-    assert status == 200
+    entries = restarted.wait_logged(started["id"], "deployment.finished")
     kinds = [e["kind"] for e in entries]
     assert kinds[0] == "deployment.requested" and "deployment.resumed" in kinds
     assert kinds[-1] == "deployment.finished"
