@@ -350,15 +350,10 @@ def test_serve_says_whether_slack_is_on() -> None:
     assert _slack_line(on) == "Slack: on (events at /slack/events)"
 
 
-async def test_a_restarted_notifier_keeps_editing_the_same_message(tmp_path: Path) -> None:
-    from slack_sdk.web.async_client import AsyncWebClient
-
-    from bot.slack.notifier import SlackNotifier
-
-    make_revision(tmp_path, "rev-a", "1")
-    config = parse_config(CONFIG, filename="test.yml", base_dir=str(tmp_path))
-    doc = {
-        "id": "d-RESTART01",
+def _running_doc(deployment_id: str) -> dict[str, Any]:
+    """A deployment's document as the notifier hears it, in progress."""
+    return {
+        "id": deployment_id,
         "application": "app",
         "environment": "staging",
         "status": "InProgress",
@@ -373,6 +368,16 @@ async def test_a_restarted_notifier_keeps_editing_the_same_message(tmp_path: Pat
         "targets": [],
         "traffic": None,
     }
+
+
+async def test_a_restarted_notifier_keeps_editing_the_same_message(tmp_path: Path) -> None:
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    from bot.slack.notifier import SlackNotifier
+
+    make_revision(tmp_path, "rev-a", "1")
+    config = parse_config(CONFIG, filename="test.yml", base_dir=str(tmp_path))
+    doc = _running_doc("d-RESTART01")
     async with FakeSlack() as slack:
         state = tmp_path / "var" / "slack-threads.json"
         first = SlackNotifier(
@@ -391,6 +396,27 @@ async def test_a_restarted_notifier_keeps_editing_the_same_message(tmp_path: Pat
     _parent, edit = slack.messages()
     assert edit.payload["ts"] == "1700000000.000001" and edit.payload["channel"] == "C0DEPLOYS"
     assert "Succeeded" in edit.payload["text"]
+
+
+async def test_an_answer_can_wait_for_the_thread_being_opened_to_link_to_it(tmp_path: Path) -> None:
+    """A thread the notifier has just heard of has no message yet, so no link; ``opened`` waits for its first."""
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    from bot.slack.notifier import SlackNotifier
+
+    make_revision(tmp_path, "rev-a", "1")
+    config = parse_config(CONFIG, filename="test.yml", base_dir=str(tmp_path))
+    doc = _running_doc("d-OPENING01")
+    async with FakeSlack() as slack:
+        client = AsyncWebClient(token=BOT_TOKEN, base_url=slack.api_url)
+        notifier = SlackNotifier(client, config, tmp_path / "threads.json", clock=FakeClock(auto=True))
+        notifier.know(doc)
+        assert notifier.permalink(doc["id"], "acme") is None  # being opened: its first message is not posted yet
+        await notifier.opened(doc["id"])
+        link = notifier.permalink(doc["id"], "acme")
+        await notifier.opened("d-UNKNOWN")  # a deployment it has no thread of: at once
+        await notifier.close()
+    assert link == "https://acme.slack.com/archives/C0DEPLOYS/p1700000000000001"
 
 
 async def test_a_broken_slack_never_reaches_the_engine(tmp_path: Path, fake_clock: FakeClock) -> None:
