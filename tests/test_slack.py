@@ -25,6 +25,7 @@ from bot.messages import ButtonState
 from bot.pages.links import LinkCheck, deployment_path, verify
 from bot.settings import Settings
 from bot.slack.app import SLACK
+from engine import ROLLBACK_CREATOR
 from engine.core.config.parse import parse_config
 from engine.core.requests import DeployRequest
 from engine.runtime.deployer import Deployer
@@ -417,6 +418,36 @@ async def test_an_answer_can_wait_for_the_thread_being_opened_to_link_to_it(tmp_
         await notifier.opened("d-UNKNOWN")  # a deployment it has no thread of: at once
         await notifier.close()
     assert link == "https://acme.slack.com/archives/C0DEPLOYS/p1700000000000001"
+
+
+async def test_a_rollback_heard_of_first_from_the_deployment_it_rolls_back_is_announced_with_who_asked(
+    tmp_path: Path,
+) -> None:
+    """The rolled-back deployment's document (naming its rollback) can reach the notifier before the rollback's own:
+    the thread still says who asked for it, once."""
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    from bot.slack.notifier import SlackNotifier
+
+    make_revision(tmp_path, "rev-a", "1")
+    config = parse_config(CONFIG, filename="test.yml", base_dir=str(tmp_path))
+    original = {**_running_doc("d-ORIGINAL1"), "status": "Succeeded", "ended_at": 2.0, "version": 1}
+    rollback = {**_running_doc("d-ROLLBACK1"), "created_by": ROLLBACK_CREATOR, "version": 1}
+    rollback["rollback"] = {"of": original["id"], "by": None}
+    async with FakeSlack() as slack:
+        client = AsyncWebClient(token=BOT_TOKEN, base_url=slack.api_url)
+        notifier = SlackNotifier(client, config, tmp_path / "threads.json", clock=FakeClock(auto=True))
+        await notifier.deployment_changed(original)
+        notifier.expect_rollback("app", "staging", "U0ROB")  # a click asks the engine for the rollback
+        await notifier.deployment_changed({**original, "rollback": {"of": None, "by": rollback["id"]}, "version": 2})
+        await notifier.deployment_changed(rollback)
+        notifier.forget_rollback("app", "staging")
+        await notifier.idle()
+        await notifier.close()
+    replies = [c.payload["text"] for c in slack.of("chat.postMessage") if c.payload.get("thread_ts")]
+    assert [text for text in replies if "Rollback started" in text] == [
+        f":rewind: Rollback started: `{rollback['id']}` by <@U0ROB>"
+    ]
 
 
 async def test_a_broken_slack_never_reaches_the_engine(tmp_path: Path, fake_clock: FakeClock) -> None:

@@ -103,6 +103,11 @@ def _transient(exc: Exception) -> bool:
     return isinstance(exc, aiohttp.ClientError | OSError | TimeoutError)
 
 
+def _rollback_started(rollback_id: str, shown_actor: str | None) -> str:
+    """The reply in the rolled-back deployment's thread that its rollback started, and who asked for it."""
+    return f":rewind: Rollback started: `{rollback_id}` by {who(shown_actor)}"
+
+
 THREAD_OPEN_WAIT = 2.0
 """Seconds an answer waits for the thread it links to, when that thread is being opened right now."""
 
@@ -198,12 +203,15 @@ class SlackNotifier:
             return  # read before a version already recorded: nothing new in it
         before = thread.seen
         for milestone in milestones(self._people(before), self._people(doc) or doc):
+            text = milestone.text
             if milestone.kind is MilestoneKind.ROLLBACK_STARTED:
                 rollback_id = str(doc["rollback"]["by"])  # the milestone exists because the rollback has an id
                 if rollback_id in thread.rollbacks_announced:
                     continue
                 thread.rollbacks_announced.add(rollback_id)
-            thread.replies.append(milestone.text)
+                # Heard before the rollback's own document (which says who asked): say who asked all the same.
+                text = _rollback_started(rollback_id, self._shown(self._requester_of(rollback_id, doc)))
+            thread.replies.append(text)
         thread.seen = thread.doc = doc
         if doc["status"] == "Succeeded" and (doc.get("revision") or {}).get("commit"):
             self._last_commit[(doc["application"], doc["environment"])] = doc["revision"]["commit"]
@@ -229,7 +237,7 @@ class SlackNotifier:
             return
         original.rollbacks_announced.add(doc["id"])
         original.doc = {**original.doc, "rollback": {**(original.doc.get("rollback") or {}), "by": doc["id"]}}
-        original.replies.append(f":rewind: Rollback started: `{doc['id']}` by {who(self._shown_actor(doc))}")
+        original.replies.append(_rollback_started(doc["id"], self._shown_actor(doc)))
         self._wake(original)
 
     def _rollback_finished(self, original_id: str, rollback: Mapping[str, Any]) -> None:
@@ -255,8 +263,20 @@ class SlackNotifier:
     def _shown_actor(self, doc: Mapping[str, Any]) -> str | None:
         """Who started the deployment, as the thread shows them: the Slack requester of a rollback, and a declared
         user as their Slack id (a mention) when they have one."""
-        actor = self.store.requester(doc["id"]) or doc.get("created_by")
+        return self._shown(self.store.requester(doc["id"]) or doc.get("created_by"))
+
+    def _shown(self, actor: str | None) -> str | None:
         return slack_name(self.config, actor)
+
+    def _requester_of(self, rollback_id: str, original: Mapping[str, Any]) -> str:
+        """Who asked in Slack for the rollback of ``original`` (as ``_claim_rollback`` finds them, without claiming),
+        else the engine, which creates every rollback."""
+        return (
+            self.store.requester(rollback_id)
+            or self._requesters_of.get(str(original["id"]))
+            or self._expected_rollbacks.get((original["application"], original["environment"]))
+            or ROLLBACK_CREATOR
+        )
 
     # -- the Slack app's side --------------------------------------------------------------------------------
 
