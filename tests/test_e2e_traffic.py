@@ -213,6 +213,8 @@ def test_haproxy_gone_fails_clearly_and_leaves_traffic(servers, tmp_path, breaka
     hooks = (slow / "scripts" / "before_install.sh").read_text()
     (slow / "scripts" / "before_install.sh").write_text(hooks + "\nsleep 1\n")
     started = server.deploy("hello", "prod", slow)
+    # Started, so its alarms were read before it began: what breaks now breaks a deployment under way.
+    server.wait_for(started["id"], lambda d: d["status"] == "InProgress")
     run_dir = server.data_dir / "haproxy"
     if breakage == "socket missing":
         (run_dir / "haproxy.sock").unlink()
