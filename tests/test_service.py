@@ -283,7 +283,9 @@ async def test_notifiers_only_hear_of_the_groups_they_follow_from_a_deployments_
         await deployer.stop(queued["id"], actor="bob")
         agents.gate.set()
         doc = await wait_final(deployer, first["id"])
-        await eventually(lambda: staging.documents and staging.documents[-1]["id"] == first["id"])
+        # Stored final before the notifiers are told (the runner's step, then its wind-up): wait for their word.
+        told = {"id": first["id"], "status": "Succeeded"}
+        await eventually(lambda: staging.documents and {k: staging.documents[-1][k] for k in told} == told)
     finally:
         await agents.close()
     assert doc["status"] == "Succeeded"
