@@ -29,6 +29,7 @@ from engine.core.model import LifecycleEvent, Platform, Revision
 from engine.core.requests import DeployRequest
 
 Row = dict[str, Any]
+"""A stored row: column name -> value, JSON columns decoded."""
 
 
 class DeploymentView(NamedTuple):
@@ -38,8 +39,6 @@ class DeploymentView(NamedTuple):
     target_events: list[Row]
     revision: Row | None
 
-
-"""A stored row: column name -> value, JSON columns decoded."""
 
 OnResult = Callable[[Mapping[str, Any], Mapping[str, Any]], Awaitable[None]]
 """Where executors deliver a lifecycle event's outcome: command {"deployment_id", "host", "event"} and result

@@ -704,9 +704,9 @@ class Deployer:
         """Manual rollback: stop a running deployment with rollback, or redeploy the previous good revision."""
         group = self.config.group(application, environment)
         running = self.queue.in_flight(group.name)
-        if running is not None and running not in self._runners:
-            # It has ended, and is being wound up (_finish: logged, its group let go). Nothing is left to stop: the
-            # rollback redeploys the revision before it, and starts once the group is free.
+        if running not in self._runners:
+            # None, or one that has ended and is being wound up (_finish: logged, its group let go): nothing to stop.
+            # The rollback redeploys the revision before, and starts once the group is free.
             running = None
         if running is None and self.store.shared:  # driven by another replica, maybe
             active = await self.store.list_deployments(group_name=group.name, status=list(_ACTIVE), limit=1)
