@@ -216,23 +216,25 @@ class AgentFloor:
 
     def __init__(self, workdir: Path, bundle: Path, port: int, *, hosts: int = 1) -> None:
         self.workdir, self.bundle, self.port, self.hosts = workdir, bundle, port, hosts
-        self._processes: list[subprocess.Popen[str]] = []
+        # The server, then the agents; and whether the process stops when its input closes (the agents do).
+        self._processes: list[tuple[subprocess.Popen[str], bool]] = []
 
     def __enter__(self) -> AgentFloor:
         self.workdir.mkdir(parents=True, exist_ok=True)
         url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "bench.agent_floor", "serve", str(self.port), str(self.workdir / "floor.db")]
-        self._start([*argv, str(self.bundle)])
-        self._start([sys.executable, "-m", "bench.agent_floor", "agents", url, str(self.workdir), str(self.hosts)])
+        self._start([*argv, str(self.bundle)], stops_on_eof=False)
+        agents = [sys.executable, "-m", "bench.agent_floor", "agents", url, str(self.workdir), str(self.hosts)]
+        self._start(agents, stops_on_eof=True)
         return self
 
-    def _start(self, argv: list[str]) -> None:
+    def _start(self, argv: list[str], *, stops_on_eof: bool) -> None:
         """Start a process of the floor and wait until it says it is ready."""
         cwd = Path(__file__).resolve().parent.parent
         process = subprocess.Popen(
             argv, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        self._processes.append(process)
+        self._processes.append((process, stops_on_eof))
         assert process.stdout is not None
         line = process.stdout.readline()
         if _READY not in line:
@@ -253,11 +255,11 @@ class AgentFloor:
         return FloorDeployment(float(body["created_at"]), float(body["ended_at"]), tuple(body["targets"]))
 
     def __exit__(self, *exc_info: object) -> None:
-        for process in reversed(self._processes):  # the agents first: closing their input stops them in order
+        for process, stops_on_eof in reversed(self._processes):  # the agents first, then the server
             assert process.stdin is not None and process.stdout is not None
             process.stdin.close()
-            if process is self._processes[0]:
-                process.terminate()  # the server: it does not read its input
+            if not stops_on_eof:
+                process.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=30)
             if process.poll() is None:

@@ -332,7 +332,6 @@ def _floor_figures(
     same round (what any server costs with this protocol and agent) and under deploybot's (its server's share)."""
     floor_s = [run.duration for run in at_floor]
     durations = [run.duration for run in measured]
-    gaps = [phases.between_events_ms(run.as_document()) for run in at_floor]
     console.print(f"    against the floor server (s): {' '.join(f'{value:.3f}' for value in floor_s)}")
     rounds = f"median of {len(floor_s)} rounds"
     where = "real agents, a server with no deploybot code (bench/agent_floor.py)"
@@ -340,6 +339,7 @@ def _floor_figures(
         ms = [value * 1000 for value in floor_s]
         extra = [(ours - theirs) * 1000 for ours, theirs in zip(floor_s, plain, strict=True)]
         over = [(ours - theirs) * 1000 for ours, theirs in zip(durations, floor_s, strict=True)]
+        gaps = [phases.between_events_ms(run.as_document()) for run in at_floor]
         return [
             Figure(
                 f"{pair.name} against a floor server",
