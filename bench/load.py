@@ -4,7 +4,8 @@ use this one generator, so what the tests assert is what the bench measures.
 A few threads each keep one keep-alive connection (a fresh one after a failure) and record every answer as
 (monotonic time, status or 0 for a connection failure, body), and beside it when the request was sent: an answer's
 own time is taken when its thread next holds the GIL, which can be after a moment another thread recorded, so "what
-was asked after X" is told by the send time.
+was asked after X" is told by the send time. Each answer's wall-clock time is kept too, to set against times another
+process logged: the two clocks' difference is not constant (NTP steps it, a paused VM stops the monotonic clock).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Load:
         self.max_seconds = max_seconds
         self.results: list[tuple[float, int, str]] = []
         self.sent: list[float] = []  # when each request of ``results`` was sent, in the same order
+        self.wall: list[float] = []  # when each answer of ``results`` came, by the wall clock, in the same order
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._answered = threading.Condition(self._lock)
@@ -57,9 +59,11 @@ class Load:
                 if connection is not None:
                     connection.close()
                 connection = None
+            wall = time.time()
             with self._lock:
                 self.results.append(record)
                 self.sent.append(sent)
+                self.wall.append(wall)
                 self._answered.notify_all()
             next_at += self.interval
             time.sleep(max(0.0, next_at - time.monotonic()))
@@ -78,6 +82,12 @@ class Load:
 
     def bodies_after(self, moment: float) -> list[str]:
         return [body for at, status, body in self.results if at > moment and status == 200]
+
+    def bodies_between_wall(self, start: float, end: float) -> list[str]:
+        """The bodies of the 200 answers that came between two wall-clock times (say, two moments a server logged)."""
+        with self._lock:
+            pairs = list(zip(self.wall, self.results, strict=True))
+        return [body for wall, (_, status, body) in pairs if start < wall < end and status == 200]
 
     def sent_after(self, moment: float) -> list[tuple[int, str]]:
         """(status, body) of the requests sent after ``moment`` (one in flight then may still be answered later)."""
