@@ -336,6 +336,12 @@ class DeploymentStore(Protocol):
         newest_first: bool = True,
     ) -> list[Row]: ...
     async def unfinished_deployments(self) -> list[Row]: ...
+    async def owing_wind_up(self, group_name: str | None = None) -> list[Row]:
+        """Ended deployments whose wind-up was cut short (their ``wind_up`` is still set), oldest first."""
+
+    async def wound_up(self, deployment_id: str, *, log: Mapping[str, Any]) -> None:
+        """Clear the deployment's ``wind_up`` and append ``log``, the entry of its end, in one transaction."""
+
     async def save_progress(
         self, deployment_id: str, rows: Sequence[Mapping[str, Any]], **deployment: Any
     ) -> bool | None: ...
@@ -690,8 +696,8 @@ class LeaseRecords(Protocol):
         """Every group's lease: group_name, owner, generation, expires_at (the store's clock), held."""
 
     async def groups_to_take_over(self, *, now: float) -> list[Row]:
-        """Groups with a deployment queued or in flight: group_name, owner (of the lease, or None), free_in (seconds
-        until the lease runs out by the store's clock; 0 or less: free now)."""
+        """Groups with a deployment queued or in flight, or owing its wind-up: group_name, owner (of the lease, or
+        None), free_in (seconds until the lease runs out by the store's clock; 0 or less: free now)."""
 
     def fencing(self, lease: Lease) -> AbstractContextManager[None]:
         """Every store write made inside is refused (``LeaseLost``) unless ``lease`` still holds."""

@@ -175,10 +175,13 @@ async def test_groups_with_work_are_listed_with_their_lease(store_database: Open
             [("running", "InProgress"), ("queued", "Queued"), ("approval", "WaitingApproval"), ("done", "Succeeded")]
         ):
             await store.create_deployment(_deployment(f"d-GROUPS00{number}", group, status))
+        await store.create_deployment(_deployment("d-GROUPS009", "ended", "Failed"))
+        await store.update_deployment("d-GROUPS009", wind_up=[{"command": "Finish", "status": "Failed"}])
         held = await store.acquire_lease("running", "a", seconds=30, now=T0)
         assert held is not None
         rows = {row["group_name"]: row for row in await store.groups_to_take_over(now=T0)}
-        assert sorted(rows) == ["queued", "running"]  # waiting for an approval or ended: no work for an owner
+        # waiting for an approval or ended: no work for an owner, unless the end's wind-up is still owed
+        assert sorted(rows) == ["ended", "queued", "running"]
         assert rows["queued"]["owner"] is None and rows["queued"]["free_in"] <= 0
         assert rows["running"]["owner"] == "a" and 0 < rows["running"]["free_in"] <= 30
     finally:

@@ -271,7 +271,7 @@ async def test_json_columns_round_trip(store: AnyStore) -> None:
     assert await store.get_deployment("d-1") == deployment("d-1", request=request, state=state) | {
         k: None
         for k in ("revision_sha256", "config_name", "deployment_type", "created_by", "started_at", "ended_at",
-                  "error_code", "error_message", "rollback_of", "rolled_back_by", "description")
+                  "error_code", "error_message", "rollback_of", "rolled_back_by", "description", "wind_up")
     }  # fmt: skip
 
     assert await store.update_deployment("d-1", state={"batches": []}, status="InProgress", started_at=T0 + 1)
@@ -366,6 +366,24 @@ async def test_last_successful_and_unfinished_deployments(store: AnyStore) -> No
     assert (await store.last_successful("shop-staging"))["id"] == "d-1"
     assert await store.last_successful("other") is None
     assert [d["id"] for d in await store.unfinished_deployments()] == ["d-3", "d-4", "d-6"]
+
+
+async def test_a_wind_up_is_owed_from_the_final_write_until_the_end_is_logged(store: AnyStore) -> None:
+    owed = [{"command": "Finish", "status": "Failed", "error_code": "HEALTH_CONSTRAINTS", "message": "boom"}]
+    for number, group in enumerate(["shop-staging", "shop-staging", "other"]):
+        await store.create_deployment(deployment(f"d-{number}", group_name=group, created_at=T0 + number))
+        await store.save_progress(f"d-{number}", [], status="Failed", ended_at=T0 + 9, wind_up=owed)
+    assert (await store.get_deployment("d-0"))["wind_up"] == owed
+    assert [d["id"] for d in await store.owing_wind_up()] == ["d-0", "d-1", "d-2"]
+    assert [d["id"] for d in await store.owing_wind_up("shop-staging")] == ["d-0", "d-1"]
+    assert await store.unfinished_deployments() == []  # ended: not resumed as a deployment in flight
+
+    await store.wound_up("d-0", log={"kind": "deployment.finished", "at": T0 + 10, "actor": "deploybot", "data": {}})
+    assert [d["id"] for d in await store.owing_wind_up("shop-staging")] == ["d-1"]
+    assert (await store.get_deployment("d-0"))["wind_up"] is None
+    assert [(e["kind"], e["deployment_id"]) for e in await store.read_log(deployment_id="d-0")] == [
+        ("deployment.finished", "d-0")
+    ]
 
 
 async def test_target_events_upsert_changes_only_given_fields_and_list_in_order(store: AnyStore) -> None:

@@ -155,6 +155,29 @@ class DeploymentRows(SqlAccess):
         )
         return await self._fetch("deployments", sql, sorted(FINAL_STATUSES))
 
+    async def owing_wind_up(self, group_name: str | None = None) -> list[Row]:
+        """Ended deployments whose wind-up was cut short (``wind_up`` still set; of one group, or all), oldest
+        first: what a restart, or the group's next owner, finishes."""
+        where, params = (
+            ("wind_up IS NOT NULL", [])
+            if group_name is None
+            else ("wind_up IS NOT NULL AND group_name = ?", [group_name])
+        )
+        return await self._fetch(
+            "deployments", f"SELECT * FROM deployments WHERE {where} ORDER BY created_at, {self._row_order}", params
+        )
+
+    async def wound_up(self, deployment_id: str, *, log: Mapping[str, Any]) -> None:
+        """The deployment's wind-up is done: clear what it owed and append ``log``, the entry of its end (keys as
+        ``append_log``'s), in one transaction, so the end is logged exactly when nothing is owed any more."""
+        clear = self._deployment_update(deployment_id, {"wind_up": None})
+
+        def write() -> Program[None]:
+            yield Change(*clear)
+            yield Change(_LOG_INSERT, _log_row({**log, "deployment_id": deployment_id}))
+
+        await self._transact(write)
+
     # -- target events
 
     async def upsert_target_event(self, deployment_id: str, target: str, event: str, **fields: Any) -> None:

@@ -92,15 +92,16 @@ class LeaseRecords(SqlAccess):
         return rows
 
     async def groups_to_take_over(self, *, now: float) -> list[Row]:
-        """The groups with work for an owner (a deployment queued or in flight): ``group_name``, ``owner`` (the
-        lease's holder, None when it never had one) and ``free_in``, the seconds until its lease runs out by the
-        store's clock (0 or less: free now, for the taking)."""
+        """The groups with work for an owner (a deployment queued or in flight, or one owing its wind-up):
+        ``group_name``, ``owner`` (the lease's holder, None when it never had one) and ``free_in``, the seconds until
+        its lease runs out by the store's clock (0 or less: free now, for the taking)."""
         clock, at = self._now(now)
         sql = (
             "SELECT deployments.group_name AS group_name, MIN(group_leases.owner) AS owner,"
             f" MIN(COALESCE(group_leases.expires_at - {clock}, 0)) AS free_in"
             " FROM deployments LEFT JOIN group_leases ON group_leases.group_name = deployments.group_name"
             f" WHERE NOT ({in_clause('deployments.status', len(_NOT_TAKEN_OVER))})"
+            " OR deployments.wind_up IS NOT NULL"
             " GROUP BY deployments.group_name ORDER BY deployments.group_name"
         )
         rows = await self._fetch("group_leases", sql, (*at, *_NOT_TAKEN_OVER))

@@ -18,7 +18,7 @@ MIGRATIONS = Migrations("deploybot")
 # The TEXT columns that hold JSON documents (the store encodes and decodes them); keep in step with the DDL.
 JSON_COLUMNS: Mapping[str, frozenset[str]] = {
     "revisions": frozenset({"appspec", "location"}),
-    "deployments": frozenset({"request", "state"}),
+    "deployments": frozenset({"request", "state", "wind_up"}),
     "event_log": frozenset({"data"}),
     "host_commands": frozenset({"payload", "result"}),
     "agents": frozenset({"tags"}),
@@ -496,6 +496,22 @@ _COMMANDS_BY_DEPLOYMENT_HOST = (
 @MIGRATIONS(name="0011_commands_by_deployment_host")
 def _commands_by_deployment_host(db: Database) -> None:
     for statement in _COMMANDS_BY_DEPLOYMENT_HOST:
+        db.execute(statement)
+
+
+# A deployment's wind-up (its end logged, the AWS platforms' clean-up, an automatic rollback started, traffic put
+# back) runs after its final status is stored. A server that stopped in between restarted with the deployment final,
+# so nothing resumed it and the wind-up never ran: ``wind_up`` holds what is owed, written with the final status and
+# cleared by the same write that logs the end. The partial index finds the few rows that owe one.
+_WIND_UP = (
+    "ALTER TABLE deployments ADD COLUMN wind_up TEXT",
+    "CREATE INDEX deployments_owing_wind_up ON deployments (group_name, created_at) WHERE wind_up IS NOT NULL",
+)
+
+
+@MIGRATIONS(name="0012_wind_up")
+def _wind_up(db: Database) -> None:
+    for statement in _WIND_UP:
         db.execute(statement)
 
 

@@ -374,6 +374,11 @@ _COMMANDS_BY_DEPLOYMENT_HOST = """
     CREATE INDEX host_commands_by_deployment ON host_commands (deployment_id, host, status);
 """
 
+_WIND_UP = """
+    ALTER TABLE deployments ADD COLUMN wind_up text COLLATE "C";
+    CREATE INDEX deployments_owing_wind_up ON deployments (group_name, created_at) WHERE wind_up IS NOT NULL;
+"""
+
 SCRIPTS: dict[str, str] = {
     "0001_initial_schema": _INITIAL_SCHEMA,
     "0002_approvals": _APPROVALS,
@@ -386,6 +391,7 @@ SCRIPTS: dict[str, str] = {
     "0009_group_leases": _GROUP_LEASES,
     "0010_commands_by_status": _COMMANDS_BY_STATUS,
     "0011_commands_by_deployment_host": _COMMANDS_BY_DEPLOYMENT_HOST,
+    "0012_wind_up": _WIND_UP,
 }
 """Migration name -> its PostgreSQL script, in the order they apply (the names of engine/store/migrations.py)."""
 
