@@ -4,12 +4,14 @@ through moto's non-Docker backend and answered through ``HookExecutions`` as the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import FakeClock
+from conftest import FakeClock, deployer_from, eventually
 
 from engine.adapters.aws.accounts import AwsClients
 from engine.adapters.aws.hook_executions import HookExecutions
@@ -19,6 +21,7 @@ from engine.adapters.clock import SystemClock
 from engine.core.config.model import AwsAccount
 from engine.core.errors import AdapterError, LifecycleHookNotFound
 from engine.core.model import LifecycleEvent, ScriptErrorCode
+from engine.core.requests import DeployRequest
 from engine.store.sqlite import SqliteStore
 from tests.aws_fixtures import (
     LambdaSetup,
@@ -231,3 +234,74 @@ async def test_finished_changes_nothing(world: World) -> None:
     spec = lambda_spec(world.setup)
     await world.driver.finished("d-1", lambda_group(world.setup), spec, "Succeeded")
     assert await alias_now(world.clients, world.setup) == ("2", {})
+
+
+# -- a deployment's end across a restart --------------------------------------------------------------------------
+
+
+def canary_config(endpoint: str) -> str:
+    return (
+        "server: {data_dir: var}\n"
+        f"aws:\n  default: {{region: us-east-1, endpoint_url: '{endpoint}'}}\n"
+        "applications:\n  api:\n    platform: lambda\n    environments: [prod]\n"
+        "    deployment_groups:\n      prod: {deployment_config: CodeDeployDefault.LambdaCanary10Percent5Minutes}\n"
+    )
+
+
+def canary_appspec(tmp_path: Path, setup: LambdaSetup) -> Path:
+    path = tmp_path / "appspec.yml"
+    path.write_text(
+        "version: 0.0\nResources:\n  - api:\n      Type: AWS::Lambda::Function\n      Properties:\n"
+        f"        Name: {setup.function_name}\n        Alias: {setup.alias}\n"
+        f'        CurrentVersion: "{setup.current_version}"\n        TargetVersion: "{setup.target_version}"\n'
+    )
+    return path
+
+
+async def test_an_alias_left_split_by_a_restart_goes_back_when_the_server_starts_again(
+    tmp_path: Path,
+    aws: AwsClients,  # noqa: F811
+    moto_reset: str,  # noqa: F811
+) -> None:
+    """A canary stopped at 10 %: the write that stores "Stopped" lands, and the server goes away before traffic
+    goes back. The alias used to stay split between the two versions for good; the next server puts it back."""
+    setup = await create_lambda_function(aws)
+    clock = FakeClock()
+    first = await deployer_from(canary_config(moto_reset), tmp_path, clock=clock)
+    save_progress, crash = first.store.save_progress, asyncio.Event()
+
+    async def last_write(deployment_id: str, rows: Any, **fields: Any) -> bool | None:
+        written = await save_progress(deployment_id, rows, **fields)
+        if fields.get("status") == "Stopped":
+            crash.set()
+            await asyncio.Event().wait()  # nothing after this write runs
+        return written
+
+    try:
+        started = await first.start(DeployRequest("api", "prod", revision=str(canary_appspec(tmp_path, setup))))
+        await eventually(lambda: 300 in clock.sleepers, "the canary's five-minute wait")
+        assert await alias_now(aws, setup) == ("1", {"2": 0.1})
+        first.store.save_progress = last_write  # type: ignore[method-assign]
+        stopping = asyncio.ensure_future(first.stop(started["id"], rollback=False, actor="erin"))
+        await crash.wait()
+    finally:
+        await first.close()
+    with contextlib.suppress(Exception):
+        await stopping
+    assert await alias_now(aws, setup) == ("1", {"2": 0.1})  # the server went away with the alias split
+
+    second = await deployer_from(canary_config(moto_reset), tmp_path, clock=FakeClock(start=clock.now() + 60))
+
+    async def logged_end() -> bool:
+        return "deployment.finished" in [e["kind"] for e in await second.event_log(started["id"])]
+
+    try:
+        await eventually(logged_end, "the stopped canary's end logged")
+        doc = await second.get(started["id"])
+        log = [e["kind"] for e in await second.store.read_log(deployment_id=started["id"])]
+        owed = await second.store.owing_wind_up()
+    finally:
+        await second.close()
+    assert await alias_now(aws, setup) == ("1", {}) and owed == []
+    assert doc["status"] == "Stopped" and doc["traffic"]["percent"] == 0
+    assert log.count("traffic.rerouted") == 1 and log[-1] == "deployment.finished"

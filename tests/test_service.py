@@ -341,6 +341,108 @@ async def test_restart_resumes_unfinished_deployment(workdir: Path) -> None:
     assert len(commands) == len(set(commands))
 
 
+PRODUCTION = ["p1", "p2", "p3", "p4"]
+
+
+def fails_on_p1_after(good: list[str]) -> Behaviour:
+    """Once ``good`` names a revision, p1's Install fails for every other one."""
+    return lambda host, event, sha: "boom" if host == "p1" and event == "Install" and good and sha not in good else None
+
+
+async def fail_then_stop_the_server(workdir: Path, cut: Callable[[Deployer, asyncio.Event], None]) -> tuple[str, str]:
+    """Deploy rev-a to production, then rev-b, whose Install fails on p1 (automatic rollback on failure); ``cut``
+    patches the server so that it sets the event where it is to go away, and stops there. rev-a's sha256, and the
+    id of rev-b's deployment."""
+    good: list[str] = []
+    first = await open_deployer(workdir)
+    agents = ScriptedFleet(first, PRODUCTION, fails_on_p1_after(good))
+    crash = asyncio.Event()
+    try:
+        a = await wait_final(first, (await first.start(DeployRequest("app", "production")))["id"])
+        good.append(a["revision"]["sha256"])
+        cut(first, crash)
+        b = await first.start(DeployRequest("app", "production", revision="rev-b"))
+        await crash.wait()
+    finally:
+        await agents.close()
+        await first.close()  # the server goes away: whatever it was doing after the cut is cancelled
+    return a["revision"]["sha256"], b["id"]
+
+
+async def restart_until_wound_up(workdir: Path, failed: str) -> tuple[dict, dict, list[str], list[str]]:
+    """A new server on the same database: the failed deployment's document once its rollback exists, the rollback's
+    once it ended, the failed one's log once nothing is owed, and the ids of every rollback of it."""
+    second = await open_deployer(workdir)
+    agents = ScriptedFleet(second, PRODUCTION, never_fails)
+
+    async def rolled_back() -> bool:
+        return bool((await second.get(failed))["rollback"]["by"])
+
+    async def nothing_owed() -> bool:
+        return await second.store.owing_wind_up() == []
+
+    try:
+        await eventually(rolled_back, "the failed deployment's rollback")
+        doc = await second.get(failed)
+        rollback = await wait_final(second, doc["rollback"]["by"])
+        await eventually(nothing_owed, "no wind-up owed")
+        log = [e["kind"] for e in await second.store.read_log(deployment_id=failed)]
+        rollbacks = [d["id"] for d in await second.store.list_deployments(limit=None) if d["rollback_of"] == failed]
+    finally:
+        await agents.close()
+        await second.close()
+    return doc, rollback, log, rollbacks
+
+
+async def test_a_wind_up_cut_short_by_a_restart_is_done_when_the_server_starts_again(workdir: Path) -> None:
+    """A server that stopped between a deployment's final write and its wind-up used to restart with the deployment
+    ended and nothing owed: its automatic rollback never started, its end was never logged. Here the server goes
+    away right after the write that stores "Failed" (the write itself lands)."""
+
+    def after_the_final_write(first: Deployer, crash: asyncio.Event) -> None:
+        save_progress = first.store.save_progress
+
+        async def write(deployment_id: str, rows: Sequence[Mapping[str, Any]], **fields: Any) -> bool | None:
+            written = await save_progress(deployment_id, rows, **fields)
+            if fields.get("status") == "Failed":
+                crash.set()
+                await asyncio.Event().wait()  # nothing after this write runs
+            return written
+
+        first.store.save_progress = write  # type: ignore[method-assign]
+
+    a, b = await fail_then_stop_the_server(workdir, after_the_final_write)
+    doc, rollback, log, rollbacks = await restart_until_wound_up(workdir, b)
+    assert doc["status"] == "Failed" and rollbacks == [rollback["id"]]
+    assert rollback["status"] == "Succeeded" and rollback["rollback"]["of"] == b
+    assert rollback["revision"]["sha256"] == a  # the last good revision
+    assert log.count("deployment.winding_up") == 1 and log.count("rollback.triggered") == 1
+    assert log.count("deployment.finished") == 1 and log[-1] == "deployment.finished"
+
+
+async def test_a_wind_up_done_again_after_a_restart_does_not_roll_back_twice(workdir: Path) -> None:
+    """The server goes away after the rollback was queued but before the end was logged: the wind-up is done again
+    when it starts, and the rollback that exists is the one that runs."""
+
+    def before_the_end_is_logged(first: Deployer, crash: asyncio.Event) -> None:
+        wound_up = first.store.wound_up
+
+        async def write(deployment_id: str, **entry: Any) -> None:
+            if entry["log"]["data"]["status"] == "Failed":
+                crash.set()
+                await asyncio.Event().wait()  # the end is never logged
+            await wound_up(deployment_id, **entry)
+
+        first.store.wound_up = write  # type: ignore[method-assign]
+
+    a, b = await fail_then_stop_the_server(workdir, before_the_end_is_logged)
+    doc, rollback, log, rollbacks = await restart_until_wound_up(workdir, b)
+    assert doc["status"] == "Failed" and doc["rollback"]["by"] == rollback["id"] == rollbacks[0]
+    assert len(rollbacks) == 1 and rollback["status"] == "Succeeded" and rollback["revision"]["sha256"] == a
+    assert log.count("rollback.triggered") == 1  # the wind-up again found the rollback made before the stop
+    assert log.count("deployment.winding_up") == 1 and log.count("deployment.finished") == 1
+
+
 async def test_manual_rollback_redeploys_previous_revision(deployer: Deployer) -> None:
     agents = ScriptedFleet(deployer, ["s1", "s2"], never_fails)
     try:
@@ -363,19 +465,19 @@ async def test_a_rollback_asked_while_the_last_deployment_is_wound_up_redeploys_
     ended deployment to stop, and fail)."""
     agents = ScriptedFleet(deployer, ["s1", "s2"], never_fails)
     winding_up, go_on = asyncio.Event(), asyncio.Event()
-    append_log = deployer.store.append_log
+    wound_up = deployer.store.wound_up
     first: list[str] = []
 
-    async def held(kind: str, **entry: Any) -> int:  # the second deployment's wind-up (the first may still be in its)
-        if kind == "deployment.finished" and entry.get("deployment_id") not in first and not go_on.is_set():
+    async def held(deployment_id: str, **entry: Any) -> None:  # the second one's wind-up (the first may be in its)
+        if deployment_id not in first and not go_on.is_set():
             winding_up.set()
             await go_on.wait()
-        return await append_log(kind, **entry)
+        await wound_up(deployment_id, **entry)
 
     try:
         a = await wait_final(deployer, (await deployer.start(DeployRequest("app", "staging")))["id"])
         first.append(a["id"])
-        deployer.store.append_log = held  # type: ignore[method-assign]
+        deployer.store.wound_up = held  # type: ignore[method-assign]
         b = await deployer.start(DeployRequest("app", "staging", revision="rev-b"))
         await winding_up.wait()
         assert (await deployer.get(b["id"]))["status"] == "Succeeded"

@@ -98,6 +98,10 @@ def _resumed(d: Data) -> str:
     return f"resumed after a server restart (was {d.get('status', '?')})"
 
 
+def _winding_up(d: Data) -> str:
+    return f"its end was cut short by a server restart ({d.get('status', '?')}): winding it up"
+
+
 def _offline(d: Data) -> str:
     offline = d.get("offline") or []
     names = ", ".join(str(h) for h in offline) if isinstance(offline, list) else _short(offline)
@@ -127,6 +131,7 @@ SENTENCES: Mapping[str, Callable[[Data], str]] = {
     "deployment.continue": lambda d: "told to continue",
     "deployment.promote": lambda d: "promoted: the wait was cut short",
     "deployment.resumed": _resumed,
+    "deployment.winding_up": _winding_up,
     "deployment.offline_hosts": _offline,
     "traffic.shifted": _shifted,
     "traffic.verified": _verified,

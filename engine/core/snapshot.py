@@ -1,4 +1,5 @@
-"""JSON snapshots of a deployment's stages and machine state, so a restarted server resumes where it was (pure).
+"""JSON snapshots of a deployment's stages and machine state, and of what its end still owes, so a restarted server
+resumes where it was (pure).
 
 The stages are stored with the deployment when it starts: a config edited while it runs must not change the
 deployment under its feet.
@@ -10,8 +11,9 @@ import json
 from typing import Any
 
 from engine.core.configs import MinimumHealthyHosts, MinimumHealthyHostsType, TrafficStep
+from engine.core.events import CancelTargets, Command, Finish, ShiftTraffic, StartRollback
 from engine.core.machine import DeploymentState, TargetProgress
-from engine.core.model import DeploymentStatus, ErrorCode, EventStatus, LifecycleEvent
+from engine.core.model import AutoRollbackEvent, DeploymentStatus, ErrorCode, EventStatus, LifecycleEvent
 from engine.core.stages import Stage, TargetStage, TrafficStage, WaitKind, WaitStage
 
 
@@ -150,3 +152,49 @@ def state_from_json(data: dict[str, Any]) -> DeploymentState:
         error_code=ErrorCode(data["error_code"]) if data["error_code"] else None,
         message=data["message"],
     )
+
+
+WindUp = CancelTargets | ShiftTraffic | StartRollback | Finish
+"""A command of a deployment's end (engine/core/machine.py ``_end``): what is still owed once its final status is
+stored, and so is stored with it (``wind_up``), to be done by whoever resumes it should the server stop first."""
+
+
+def wind_up_to_json(commands: list[Command]) -> list[dict[str, Any]]:
+    """The end's commands among ``commands``, as stored in ``wind_up``; a command to run an event or start a timer
+    is dropped, since it no longer matters to an ended deployment."""
+    encoded: list[dict[str, Any]] = []
+    for command in commands:
+        if isinstance(command, CancelTargets):
+            encoded.append({"command": "CancelTargets", "targets": list(command.targets)})
+        elif isinstance(command, ShiftTraffic):
+            encoded.append({"command": "ShiftTraffic", "percent": command.percent, "rollback": command.rollback})
+        elif isinstance(command, StartRollback):
+            encoded.append({"command": "StartRollback", "trigger": str(command.trigger), "rerouted": command.rerouted})
+        elif isinstance(command, Finish):
+            encoded.append(
+                {
+                    "command": "Finish",
+                    "status": str(command.status),
+                    "error_code": str(command.error_code) if command.error_code else None,
+                    "message": command.message,
+                }
+            )
+    return encoded
+
+
+def wind_up_from_json(data: list[dict[str, Any]]) -> list[WindUp]:
+    commands: list[WindUp] = []
+    for item in data:
+        kind = item["command"]
+        if kind == "CancelTargets":
+            commands.append(CancelTargets(tuple(item["targets"])))
+        elif kind == "ShiftTraffic":
+            commands.append(ShiftTraffic(int(item["percent"]), rollback=bool(item["rollback"])))
+        elif kind == "StartRollback":
+            commands.append(StartRollback(AutoRollbackEvent(item["trigger"]), rerouted=bool(item["rerouted"])))
+        elif kind == "Finish":
+            code = ErrorCode(item["error_code"]) if item["error_code"] else None
+            commands.append(Finish(DeploymentStatus(item["status"]), code, item["message"]))
+        else:
+            raise ValueError(f"unknown wind-up command {kind!r}")
+    return commands

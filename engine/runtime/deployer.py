@@ -95,6 +95,7 @@ _STOP_WAIT = 30.0  # how long a stop asked of another replica is waited for (as 
 _STOP_ASK_AGAIN = 2.0
 _STOP_POLL = 0.1
 _AFTER_EXPIRY = 0.05  # seconds past another replica's lease expiry before looking (the store's clock may lag ours)
+_NEWEST_FOR_ROLLBACK = 20  # how many of a group's newest deployments are searched for a rollback of one ended just now
 _CONTROL_EVENTS: dict[str, type[ContinueRequested | PauseRequested | ResumeRequested | PromoteRequested]] = {
     "continue": ContinueRequested,
     "pause": PauseRequested,
@@ -330,12 +331,13 @@ class Deployer:
         one is told instead. A group left with nothing to do is let go."""
         if self.queue.in_flight(group_name) is not None:
             return
-        in_flight, queued = await self._work_of(group_name)
-        if not in_flight and not queued:
+        held = self.ownership.lease(group_name) is not None
+        # Only a server that stopped, or an owner that died, leaves a wind-up owed: looked for when a tenure starts.
+        in_flight, queued, owed = await self._work_of(group_name, owed=not held)
+        if not in_flight and not queued and not owed:
             if self.store.shared:  # another replica may take the group at once (one server keeps what it took)
                 await self.ownership.release(group_name)
             return
-        held = self.ownership.lease(group_name) is not None
         lease = await self.ownership.acquire(group_name)
         if lease is None:  # another replica drives the group: it starts this (or whoever takes the lease next)
             await self.store.notify(GROUP_WORK, [group_name])
@@ -344,11 +346,22 @@ class Deployer:
             # A new tenure: read again. The previous owner could write until this take (its writes are fenced by
             # the lease), so what was read before it may be stale: a resume from an older step would not expect
             # the results of the events dispatched since, and a queued deployment may have been run meanwhile.
-            in_flight, queued = await self._work_of(group_name)
-            if not in_flight and not queued:
+            in_flight, queued, owed = await self._work_of(group_name, owed=True)
+            if not in_flight and not queued and not owed:
                 await self.ownership.release(group_name)
                 return
         store = self.ownership.fenced(self.store, lease)
+        if owed:  # it ended, but the server stopped before its wind-up was done: that first, then the group's next
+            row = owed[0]
+            await store.append_log(
+                "deployment.winding_up",
+                at=self.clock.now(),
+                actor="deploybot",
+                deployment_id=row["id"],
+                data={"status": row["status"], "replica": self.replica_id, "lease_generation": lease.generation},
+            )
+            self._launch(row, resume=True, lease=lease)
+            return
         if in_flight:  # its owner died (or a previous server): resume it where it stopped, as after a restart
             row = in_flight[0]
             await store.append_log(
@@ -370,15 +383,16 @@ class Deployer:
         # As read, but started: the update changed nothing else, and it was still Queued, so no one else had.
         self._launch({**chosen, "status": "Created", "started_at": now}, resume=False, lease=lease)
 
-    async def _work_of(self, group_name: str) -> tuple[list[Row], list[Mapping[str, Any]]]:
-        """The group's deployment in flight (if any; oldest first), and the queued ones that may start now."""
+    async def _work_of(self, group_name: str, *, owed: bool) -> tuple[list[Row], list[Mapping[str, Any]], list[Row]]:
+        """The group's deployment in flight (if any; oldest first), the queued ones that may start now, and (when
+        ``owed``) the ended ones whose wind-up is still owed."""
         rows = await self.store.list_deployments(
             group_name=group_name, status=["Queued", *_ACTIVE], limit=None, newest_first=False
         )
         in_flight = [r for r in rows if r["status"] != "Queued"]
         waiting = [r for r in rows if r["status"] == "Queued"]
         queued = [] if in_flight else await self.release.startable(group_name, waiting)  # a lock holds the queue
-        return in_flight, queued
+        return in_flight, queued, await self.store.owing_wind_up(group_name) if owed else []
 
     def _launch(self, row: Mapping[str, Any], *, resume: bool, lease: Lease) -> None:
         state = row["state"]
@@ -485,18 +499,18 @@ class Deployer:
         if row is None:
             return
         store = self.ownership.fenced(self.store, lease) if lease is not None else self.store
-        await store.append_log(
-            "deployment.finished",
-            at=self.clock.now(),
-            actor="deploybot",
-            deployment_id=deployment_id,
-            data={"status": row["status"], "error_code": row.get("error_code")},
-        )
         group = self._group_of(row)
         driver = self.aws.driver(group.platform) if group else None
         if driver is not None and group is not None:
             self.hooks.cancel(deployment_id)
             await driver.finished(deployment_id, group, row["state"]["spec"], row["status"])
+        # The end is logged by the write that says nothing is owed any more: a server that stops before it
+        # winds the deployment up again when it starts (``_start_next``), then logs it once.
+        finished = {"status": row["status"], "error_code": row.get("error_code")}
+        await store.wound_up(
+            deployment_id,
+            log={"kind": "deployment.finished", "at": self.clock.now(), "actor": "deploybot", "data": finished},
+        )
         self.queue.vacate(row["group_name"], deployment_id)
         await self.changed(deployment_id, group=row["group_name"])
         # Under the queue's lock, as every start: a start heard meanwhile (GROUP_WORK) that read the group before
@@ -506,8 +520,18 @@ class Deployer:
     async def _on_rollback(self, deployment_id: str, command: StartRollback) -> None:
         row = await self.store.get_deployment(deployment_id)
         group = self._group_of(row) if row else None
-        if row is not None and group is not None:
-            await self.rollbacks.automatic(row, group, command)
+        if row is None or group is None or await self._rolled_back(row):
+            return
+        await self.rollbacks.automatic(row, group, command)
+
+    async def _rolled_back(self, row: Mapping[str, Any]) -> bool:
+        """Whether the deployment's rollback exists already: a wind-up done again after a restart must not queue a
+        second one. The link is written just after the rollback is created, so a rollback made just before the
+        server stopped may not be linked yet: the group's newest deployments tell."""
+        if row.get("rolled_back_by"):
+            return True
+        newest = await self.store.list_deployments(group_name=row["group_name"], limit=_NEWEST_FOR_ROLLBACK)
+        return any(r.get("rollback_of") == row["id"] and r["created_by"] == ROLLBACK_CREATOR for r in newest)
 
     async def _on_command_result(self, command: Mapping[str, Any], result: Mapping[str, Any]) -> None:
         runner = self._runners.get(command["deployment_id"])
@@ -704,9 +728,10 @@ class Deployer:
         """Manual rollback: stop a running deployment with rollback, or redeploy the previous good revision."""
         group = self.config.group(application, environment)
         running = self.queue.in_flight(group.name)
-        if running not in self._runners:
-            # None, or one that has ended and is being wound up (_finish: logged, its group let go): nothing to stop.
-            # The rollback redeploys the revision before, and starts once the group is free.
+        runner = self._runners.get(running) if running is not None else None
+        if runner is None or runner.ended:
+            # None, or one that has ended and is being wound up (its end's commands, or _finish: logged, its group
+            # let go): nothing to stop. The rollback redeploys the revision before, and starts once the group is free.
             running = None
         if running is None and self.store.shared:  # driven by another replica, maybe
             active = await self.store.list_deployments(group_name=group.name, status=list(_ACTIVE), limit=1)
@@ -850,9 +875,10 @@ class Deployer:
                 log.error("could not route %s to its live side %s: %s", group.name, ", ".join(live), exc)
 
     async def resume_unfinished(self) -> None:
-        """Pick up what a previous server left: running deployments resume, queued ones wait their turn (per group,
-        where this replica gets the lease: ``_start_next``)."""
-        rows = await self.store.unfinished_deployments()
+        """Pick up what a previous server left: ended deployments whose wind-up it did not finish are wound up,
+        running ones resume, queued ones wait their turn (per group, where this replica gets the lease:
+        ``_start_next``)."""
+        rows = [*await self.store.owing_wind_up(), *await self.store.unfinished_deployments()]
         for group_name in dict.fromkeys(r["group_name"] for r in sorted(rows, key=lambda r: r["created_at"])):
             await self.queue.start_held(group_name)
 

@@ -59,7 +59,7 @@ from engine.core.events import (
 from engine.core.lifecycle import TRAFFIC_EVENTS
 from engine.core.machine import DeploymentMachine
 from engine.core.model import DeploymentStatus, ErrorCode, EventStatus, LifecycleEvent, ScriptErrorCode
-from engine.core.snapshot import EncodedJson
+from engine.core.snapshot import EncodedJson, WindUp, wind_up_from_json, wind_up_to_json
 from engine.core.stages import TrafficStage, WaitStage
 from engine.core.step_record import StepRecord
 from engine.ports import AlarmSource, Clock, DeploymentStore, GreenFleet, HostExecutor, HostFleet, TrafficRouter
@@ -138,6 +138,11 @@ class DeploymentRunner:
 
     # -- inputs ----------------------------------------------------------------------------------------------
 
+    @property
+    def ended(self) -> bool:
+        """Its final status is stored: what is left is its wind-up, which no event changes."""
+        return self.machine.state.status.is_final
+
     def post(self, event: Event) -> None:
         self.inbox.put_nowait(event)
 
@@ -199,12 +204,16 @@ class DeploymentRunner:
             deployment_group=self.group,
             actor=row.get("created_by") if row else None,
         ):
-            log.info("deployment %s %s", self.deployment_id, "resumed" if resume else "started")
+            how = "started" if not resume else "resumed to be wound up" if self.ended else "resumed"
+            log.info("deployment %s %s", self.deployment_id, how)
             await self._drive(resume=resume, row=row)
             log.info("deployment %s ended: %s", self.deployment_id, self.machine.state.status)
 
     async def _drive(self, *, resume: bool, row: Mapping[str, Any] | None) -> None:
         try:
+            if resume and self.machine.state.status.is_final:
+                await self._wind_up(wind_up_from_json((row or {}).get("wind_up") or []))
+                return
             starting = not (resume and self.machine.state.status is not DeploymentStatus.CREATED)
             provisions = starting and self._provisions_green_fleet()
             unprepared = None
@@ -239,6 +248,20 @@ class DeploymentRunner:
             for task in self._tasks:
                 task.cancel()
             self.finished.set()
+
+    async def _wind_up(self, owed: list[WindUp]) -> None:
+        """Finish the end of a deployment that was stored final but whose server stopped before it was wound up:
+        each of its end's commands again (each is idempotent: a cancel, a reroute, a rollback that exists already is
+        not made again), then the wind-up itself (``Finish``)."""
+        state = self.machine.state
+        if not any(isinstance(command, Finish) for command in owed):
+            owed = [*owed, Finish(state.status, state.error_code, state.message)]
+        if self.roles is not None and self.router is not None and any(isinstance(c, ShiftTraffic) for c in owed):
+            unprepared = await self._prepare_router(self.roles)
+            if unprepared is not None:
+                log.warning("deployment %s is wound up: %s", self.deployment_id, unprepared)
+        commands: list[Command] = [*owed]
+        await self._execute_all(commands)
 
     async def _prepare_router(self, roles: tuple[tuple[str, ...], tuple[str, ...]]) -> str | None:
         """Name the two fleets to the router (an ELBv2 router registers each side in its target group): None when
@@ -283,11 +306,11 @@ class DeploymentRunner:
             if self._record.has_details:  # results the machine had no use for (it ended): kept with their details
                 await self.store.save_progress(self.deployment_id, self._record.take_details())
             return
-        await self._persist()
+        await self._persist(commands)
         await self._execute_all(commands)
         await self._on_change(self.deployment_id)
 
-    async def _persist(self) -> None:
+    async def _persist(self, commands: list[Command]) -> None:
         state = self.machine.state
         # The rows first: the start of each event marked in progress now is noted there, and the snapshot keeps it.
         rows = self._record.take_details() + self._record.rows(state, self.clock.now())
@@ -297,6 +320,9 @@ class DeploymentRunner:
                 ended_at=self.clock.now(),
                 error_code=str(state.error_code) if state.error_code else None,
                 error_message=state.message or None,
+                # What the end still owes (hosts cancelled, traffic back, a rollback, the wind-up): owed from this
+                # write on, so a server that stops before it is done does it when it resumes the deployment.
+                wind_up=wind_up_to_json(commands),
             )
         await self.store.save_progress(self.deployment_id, rows, **fields)
 
