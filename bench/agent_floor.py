@@ -125,7 +125,10 @@ def _serve(port: int, db_path: str, bundle: str) -> None:
         current["later"] = hosts[1:] if sequential else []
         for host in hosts[:1] if sequential else hosts:
             hand(host)
-        ended_at = await ended
+        try:
+            ended_at = await ended
+        except RuntimeError as failed:  # the bench reports why, not a bare 500
+            return web.json_response({"error": str(failed)}, status=502)
         results = current["results"]
         targets = [
             {"name": host, "events": [{"event": c["event"], **_times(results[c["id"]])} for c in runs[host]]}
@@ -244,14 +247,18 @@ class AgentFloor:
     def deploy(self, hosts: int = 1, *, sequential: bool = False, timeout: float = 120.0) -> FloorDeployment:
         """One deployment of the first ``hosts``, at once or (``sequential``) one after another, once their agents
         have run it (their first polls included: the agents may still be starting)."""
+        import urllib.error
         import urllib.request
 
         if not 1 <= hosts <= self.hosts:
             raise ValueError(f"the floor has {self.hosts} host(s), not {hosts}")
         query = f"hosts={hosts}" + ("&sequential=1" if sequential else "")
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}/deploy?{query}", method="POST", data=b"")
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            body = json.load(answer)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
+                body = json.load(answer)
+        except urllib.error.HTTPError as error:
+            raise RuntimeError(f"the floor's deployment failed ({error.code}): {error.read().decode()}") from None
         return FloorDeployment(float(body["created_at"]), float(body["ended_at"]), tuple(body["targets"]))
 
     def __exit__(self, *exc_info: object) -> None:
