@@ -351,27 +351,18 @@ class Deployer:
                 await self.ownership.release(group_name)
                 return
         store = self.ownership.fenced(self.store, lease)
-        if owed:  # it ended, but the server stopped before its wind-up was done: that first, then the group's next
-            row = owed[0]
+        # Its owner died (or a previous server stopped): resume it where it stopped. One that ended but whose end's
+        # wind-up was cut short comes first (it still holds the group), then the one in flight.
+        left = owed[0] if owed else in_flight[0] if in_flight else None
+        if left is not None:
             await store.append_log(
-                "deployment.winding_up",
+                "deployment.winding_up" if owed else "deployment.resumed",
                 at=self.clock.now(),
                 actor="deploybot",
-                deployment_id=row["id"],
-                data={"status": row["status"], "replica": self.replica_id, "lease_generation": lease.generation},
+                deployment_id=left["id"],
+                data={"status": left["status"], "replica": self.replica_id, "lease_generation": lease.generation},
             )
-            self._launch(row, resume=True, lease=lease)
-            return
-        if in_flight:  # its owner died (or a previous server): resume it where it stopped, as after a restart
-            row = in_flight[0]
-            await store.append_log(
-                "deployment.resumed",
-                at=self.clock.now(),
-                actor="deploybot",
-                deployment_id=row["id"],
-                data={"status": row["status"], "replica": self.replica_id, "lease_generation": lease.generation},
-            )
-            self._launch(row, resume=True, lease=lease)
+            self._launch(left, resume=True, lease=lease)
             return
         chosen = next((r for r in queued if r["id"] == prefer), None) or next(
             (r for r in queued if r["created_by"] == ROLLBACK_CREATOR), queued[0]
