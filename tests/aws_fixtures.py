@@ -18,6 +18,7 @@ import json
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from engine.adapters.aws.accounts import AwsAccounts, AwsClients
@@ -387,3 +388,29 @@ async def task_sets_now(clients: AwsClients, setup: EcsSetup) -> list[dict[str, 
     """The service's task sets as moto describes them."""
     ecs = await clients.get("ecs")
     return list((await ecs.describe_task_sets(cluster=setup.cluster, service=setup.service))["taskSets"])
+
+
+def lambda_appspec_text(setup: LambdaSetup, hooks: Mapping[str, str] | None = None) -> str:
+    """A Lambda AppSpec moving ``setup``'s alias from its current to its target version, with ``hooks`` (event ->
+    function)."""
+    lines = [
+        "version: 0.0",
+        "Resources:",
+        f"  - {setup.function_name}:",
+        "      Type: AWS::Lambda::Function",
+        "      Properties:",
+        f"        Name: {setup.function_name}",
+        f"        Alias: {setup.alias}",
+        f'        CurrentVersion: "{setup.current_version}"',
+        f'        TargetVersion: "{setup.target_version}"',
+    ]
+    if hooks:
+        lines += ["Hooks:", *(f"  - {event}: {function}" for event, function in hooks.items())]
+    return "\n".join(lines) + "\n"
+
+
+def lambda_appspec(tmp_path: Path, setup: LambdaSetup, hooks: Mapping[str, str] | None = None) -> Path:
+    """``lambda_appspec_text`` written to ``tmp_path/appspec.yml``."""
+    path = tmp_path / "appspec.yml"
+    path.write_text(lambda_appspec_text(setup, hooks))
+    return path

@@ -32,6 +32,7 @@ from tests.aws_fixtures import (
     create_ecs_service,
     create_hook_function,
     create_lambda_function,
+    lambda_appspec_text,
 )
 from tests.moto_support import REGION, aws, aws_env, moto_endpoint, moto_reset  # noqa: F401
 
@@ -165,23 +166,6 @@ LAMBDA_APP = """  fn:
 """
 
 
-def lambda_appspec(setup: LambdaSetup, hooks: dict[str, str]) -> str:
-    lines = [
-        "version: 0.0",
-        "Resources:",
-        "  - fn:",
-        "      Type: AWS::Lambda::Function",
-        "      Properties:",
-        f"        Name: {setup.function_name}",
-        f"        Alias: {setup.alias}",
-        f'        CurrentVersion: "{setup.current_version}"',
-        f'        TargetVersion: "{setup.target_version}"',
-    ]
-    if hooks:
-        lines += ["Hooks:", *(f"  - {event}: {function}" for event, function in hooks.items())]
-    return "\n".join(lines) + "\n"
-
-
 def lambda_config(endpoint: str) -> str:
     return (
         CONFIG % {"heartbeat": 60} + LAMBDA_APP + f"aws:\n  default: {{region: {REGION}, endpoint_url: '{endpoint}'}}\n"
@@ -189,7 +173,7 @@ def lambda_config(endpoint: str) -> str:
 
 
 async def deploy_lambda(oracle: ModelOracle, setup: LambdaSetup, hooks: dict[str, str]) -> str:
-    content = lambda_appspec(setup, hooks)
+    content = lambda_appspec_text(setup, hooks)
     revision = {"revisionType": "AppSpecContent", "appSpecContent": {"content": content}}
     created = await call(
         oracle.client.create_deployment, applicationName="fn", deploymentGroupName="live", revision=revision

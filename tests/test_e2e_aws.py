@@ -26,6 +26,7 @@ from tests.aws_fixtures import (
     create_ecs_service,
     create_hook_function,
     create_lambda_function,
+    lambda_appspec,
     listener_weights_now,
     task_sets_now,
 )
@@ -58,25 +59,6 @@ def lambda_config(endpoint: str, *, alarms: bool = False, hook_timeout_minutes: 
         "        deployment_config: Linear25Fast\n"
         f"        hook_timeout_minutes: {hook_timeout_minutes}\n" + alarm_block
     )
-
-
-def lambda_appspec(tmp_path: Path, setup: LambdaSetup, hooks: dict[str, str] | None = None) -> Path:
-    lines = [
-        "version: 0.0",
-        "Resources:",
-        f"  - {setup.function_name}:",
-        "      Type: AWS::Lambda::Function",
-        "      Properties:",
-        f"        Name: {setup.function_name}",
-        f"        Alias: {setup.alias}",
-        f'        CurrentVersion: "{setup.current_version}"',
-        f'        TargetVersion: "{setup.target_version}"',
-    ]
-    if hooks:
-        lines += ["Hooks:", *(f"  - {event}: {function}" for event, function in hooks.items())]
-    path = tmp_path / "appspec.yml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from engine.core.model import ScriptErrorCode
 from engine.core.requests import DeployRequest
 from engine.runtime.deployer import Deployer
 from engine.store.sqlite import SqliteStore
-from tests.aws_fixtures import LambdaSetup, alias_now, create_hook_function, create_lambda_function
+from tests.aws_fixtures import alias_now, create_hook_function, create_lambda_function, lambda_appspec
 from tests.moto_support import REGION, aws, aws_env, moto_endpoint, moto_reset  # noqa: F401
 
 BEFORE, AFTER = "BeforeAllowTraffic", "AfterAllowTraffic"
@@ -111,25 +111,6 @@ def lambda_config(endpoint: str) -> str:
     )
 
 
-def appspec(tmp_path: Path, setup: LambdaSetup, hooks: dict[str, str]) -> Path:
-    lines = [
-        "version: 0.0",
-        "Resources:",
-        "  - api:",
-        "      Type: AWS::Lambda::Function",
-        "      Properties:",
-        f"        Name: {setup.function_name}",
-        f"        Alias: {setup.alias}",
-        f'        CurrentVersion: "{setup.current_version}"',
-        f'        TargetVersion: "{setup.target_version}"',
-        "Hooks:",
-        *(f"  - {event}: {function}" for event, function in hooks.items()),
-    ]
-    path = tmp_path / "appspec.yml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 async def hook_waiting(deployer: Deployer, deployment_id: str, event: str) -> dict[str, Any]:
     """The deployment's execution of ``event`` once its function took the invocation and it waits for its status."""
 
@@ -165,7 +146,7 @@ async def test_a_restarted_server_waits_for_the_same_execution_and_takes_its_sta
 ) -> None:
     setup = await create_lambda_function(aws)
     await create_hook_function(aws, "check-before")
-    spec = appspec(tmp_path, setup, {BEFORE: "check-before"})
+    spec = lambda_appspec(tmp_path, setup, {BEFORE: "check-before"})
     first_clock = FakeClock()
     first = await deployer_from(lambda_config(counter.url), tmp_path, clock=first_clock)
     try:
@@ -205,7 +186,7 @@ async def test_the_same_status_twice_is_taken_once_and_moves_the_deployment_once
     setup = await create_lambda_function(aws)
     await create_hook_function(aws, "check-before")
     await create_hook_function(aws, "check-after")
-    spec = appspec(tmp_path, setup, {BEFORE: "check-before", AFTER: "check-after"})
+    spec = lambda_appspec(tmp_path, setup, {BEFORE: "check-before", AFTER: "check-after"})
     deployer = await deployer_from(lambda_config(counter.url), tmp_path, clock=FakeClock())
     try:
         deployment_id = (await deployer.start(DeployRequest("api", "prod", revision=str(spec))))["id"]
@@ -241,7 +222,7 @@ async def test_a_different_status_for_a_reported_execution_is_refused(
 ) -> None:
     setup = await create_lambda_function(aws)
     await create_hook_function(aws, "check-before")
-    spec = appspec(tmp_path, setup, {BEFORE: "check-before"})
+    spec = lambda_appspec(tmp_path, setup, {BEFORE: "check-before"})
     deployer = await deployer_from(lambda_config(counter.url), tmp_path, clock=FakeClock())
     try:
         deployment_id = (await deployer.start(DeployRequest("api", "prod", revision=str(spec))))["id"]

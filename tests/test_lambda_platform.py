@@ -30,6 +30,7 @@ from tests.aws_fixtures import (
     alias_now,
     create_hook_function,
     create_lambda_function,
+    lambda_appspec,
     lambda_group,
     lambda_spec,
     pending_hooks,
@@ -248,16 +249,6 @@ def canary_config(endpoint: str) -> str:
     )
 
 
-def canary_appspec(tmp_path: Path, setup: LambdaSetup) -> Path:
-    path = tmp_path / "appspec.yml"
-    path.write_text(
-        "version: 0.0\nResources:\n  - api:\n      Type: AWS::Lambda::Function\n      Properties:\n"
-        f"        Name: {setup.function_name}\n        Alias: {setup.alias}\n"
-        f'        CurrentVersion: "{setup.current_version}"\n        TargetVersion: "{setup.target_version}"\n'
-    )
-    return path
-
-
 async def test_an_alias_left_split_by_a_restart_goes_back_when_the_server_starts_again(
     tmp_path: Path,
     aws: AwsClients,  # noqa: F811
@@ -278,7 +269,7 @@ async def test_an_alias_left_split_by_a_restart_goes_back_when_the_server_starts
         return written
 
     try:
-        started = await first.start(DeployRequest("api", "prod", revision=str(canary_appspec(tmp_path, setup))))
+        started = await first.start(DeployRequest("api", "prod", revision=str(lambda_appspec(tmp_path, setup))))
         await eventually(lambda: 300 in clock.sleepers, "the canary's five-minute wait")
         assert await alias_now(aws, setup) == ("1", {"2": 0.1})
         first.store.save_progress = last_write  # type: ignore[method-assign]
