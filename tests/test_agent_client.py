@@ -602,7 +602,10 @@ async def test_an_agent_restarted_after_kill_9_ends_the_orphaned_hook_before_rep
         await fleet.result(1)
         await fleet.enqueue(command(2, "ValidateService", sha=built.sha256))
         await eventually(lambda: all(path.exists() and path.read_text() for path in pids.values()), "the hook runs")
-        await eventually((tmp_path / "agent" / "ongoing-command" / "2.group").exists, "the agent noted its group")
+        group = tmp_path / "agent" / "ongoing-command" / "2.group"
+        # Written, not only created: the agent creates the record, then writes it, and a record killed between the
+        # two reads as none (layout.mark_group), so the orphan would not be the restarted agent's to end.
+        await eventually(lambda: group.exists() and group.read_text(), "the agent noted its group")
         first.kill()  # kill -9: the agent cannot end its hook
         await asyncio.to_thread(first.wait, HANG_GUARD)
         assert running("script") and running("child")  # orphaned: its own session outlives the agent
