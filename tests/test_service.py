@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import deployer_from, eventually
+from postgres_support import PostgresServer
 
 from bot.assembly import assemble_deployer
 from engine.core.config.parse import parse_config
@@ -441,6 +442,62 @@ async def test_a_wind_up_done_again_after_a_restart_does_not_roll_back_twice(wor
     assert len(rollbacks) == 1 and rollback["status"] == "Succeeded" and rollback["revision"]["sha256"] == a
     assert log.count("rollback.triggered") == 1  # the wind-up again found the rollback made before the stop
     assert log.count("deployment.winding_up") == 1 and log.count("deployment.finished") == 1
+
+
+async def test_a_wind_up_a_dead_replica_left_is_done_by_the_replica_that_takes_the_group(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """Two replicas on one PostgreSQL database: the one driving production goes away right after the write that
+    stores "Failed"; the other takes the group over when its lease is free, and winds the deployment up (its
+    rollback runs there)."""
+    url = postgres_server.new_database()
+
+    async def replica(name: str) -> Deployer:
+        workdir = tmp_path / name
+        workdir.mkdir()
+        make_revision(workdir, "rev-a", "1")
+        make_revision(workdir, "rev-b", "2")
+        config = CONFIG % {"heartbeat": 60} + f"store:\n  url: {url}\n"
+        return await deployer_from(config, workdir, lease_seconds=1.0)
+
+    good: list[str] = []
+    first, second = await replica("a"), await replica("b")
+    agents = ScriptedFleet(first, PRODUCTION, fails_on_p1_after(good))
+    save_progress, crash = first.store.save_progress, asyncio.Event()
+
+    async def last_write(deployment_id: str, rows: Sequence[Mapping[str, Any]], **fields: Any) -> bool | None:
+        written = await save_progress(deployment_id, rows, **fields)
+        if fields.get("status") == "Failed":
+            crash.set()
+            await asyncio.Event().wait()  # nothing after this write runs
+        return written
+
+    try:
+        a = await wait_final(first, (await first.start(DeployRequest("app", "production")))["id"])
+        good.append(a["revision"]["sha256"])
+        first.store.save_progress = last_write  # type: ignore[method-assign]
+        b = await first.start(DeployRequest("app", "production", revision="rev-b"))
+        await crash.wait()
+    finally:
+        await agents.close()
+        await first.close()  # replica a is gone (its leases let go: b need not wait for them to run out)
+
+    agents = ScriptedFleet(second, PRODUCTION, never_fails)
+
+    async def rolled_back() -> bool:
+        return bool((await second.get(b["id"]))["rollback"]["by"])
+
+    try:
+        await eventually(rolled_back, "replica b queues the rollback")
+        rollback = await wait_final(second, (await second.get(b["id"]))["rollback"]["by"])
+        log = await second.store.read_log(deployment_id=b["id"])
+    finally:
+        await agents.close()
+        await second.close()
+    assert rollback["status"] == "Succeeded" and rollback["revision"]["sha256"] == a["revision"]["sha256"]
+    [winding_up] = [e for e in log if e["kind"] == "deployment.winding_up"]
+    assert winding_up["data"]["replica"] == second.replica_id != first.replica_id
+    assert [e["kind"] for e in log].count("deployment.finished") == 1
 
 
 async def test_manual_rollback_redeploys_previous_revision(deployer: Deployer) -> None:
