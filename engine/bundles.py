@@ -421,8 +421,12 @@ class _Extraction:
         self.links: list[tuple[str, str, int]] = []
         self.dir_attrs: list[tuple[str, int, int]] = []
 
-    def _target(self, name: str) -> str:
-        """Absolute path for ``name`` after checking that no existing parent is a symlink or a file."""
+    def _target(self, name: str, mtime: int) -> str:
+        """Absolute path for ``name`` after checking that no existing parent is a symlink or a file.
+
+        A parent the archive has no entry for (a zip or tar may list only files) is made here, with mode 755 and the
+        mtime of the member that needs it: not the time of the extraction, which the canonical bundle would keep, so
+        the same archive would give another sha256 each second."""
         path = self.real_dest
         parts = name.split("/")
         for part in parts[:-1]:
@@ -431,6 +435,7 @@ class _Extraction:
                 st = os.lstat(path)
             except FileNotFoundError:
                 os.mkdir(path, 0o755)
+                self.dir_attrs.append((path, 0o755, mtime))  # an entry of its own, later, wins
                 continue
             if not stat.S_ISDIR(st.st_mode):
                 raise BundleError("member would be written through a link or a file", name)
@@ -444,7 +449,7 @@ class _Extraction:
             raise BundleError(f"bundle content exceeds the limit of {self.max_bytes} bytes unpacked {limit}", name)
 
     def add_dir(self, name: str, mode: int, mtime: int) -> None:
-        path = self._target(name)
+        path = self._target(name, mtime)
         if os.path.lexists(path):
             if not stat.S_ISDIR(os.lstat(path).st_mode):
                 raise BundleError("directory member conflicts with another member", name)
@@ -454,7 +459,7 @@ class _Extraction:
 
     def add_file(self, name: str, stream: IO[bytes], size: int, mode: int, mtime: int) -> None:
         self._reserve(name, size)
-        path = self._target(name)
+        path = self._target(name, mtime)
         if os.path.lexists(path):
             if stat.S_ISDIR(os.lstat(path).st_mode):
                 raise BundleError("file member conflicts with a directory member", name)
@@ -471,7 +476,7 @@ class _Extraction:
         os.utime(path, (mtime, mtime))
 
     def add_copy(self, name: str, of: str, mode: int, mtime: int) -> None:
-        source = self._target(of)
+        source = self._target(of, mtime)
         if not os.path.lexists(source) or not stat.S_ISREG(os.lstat(source).st_mode):
             raise BundleError("hard link to a member that is not an extracted file", f"{name} -> {of}")
         with open(source, "rb") as stream:
@@ -485,7 +490,7 @@ class _Extraction:
         created: list[str] = []
         try:
             for name, target, mtime in self.links:
-                path = self._target(name)
+                path = self._target(name, mtime)
                 if os.path.lexists(path):
                     raise BundleError("symlink member conflicts with another member", name)
                 os.symlink(target, path)

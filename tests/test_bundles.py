@@ -113,6 +113,27 @@ def test_zip_source_keeps_unix_modes_and_links(tmp_path: Path) -> None:
     assert build_bundle(archive_path, tmp_path / "again").sha256 == built.sha256
 
 
+def test_a_directory_an_archive_only_implies_takes_its_members_time_not_the_build_s(tmp_path: Path) -> None:
+    """A zip or tar may list files alone ("scripts/run.sh", no "scripts/"): the directory made for them used to keep
+    the time it was made, which the canonical bundle stored, so the same archive gave another sha256 each second
+    (test_zip_source_keeps_unix_modes_and_links failed so once in a fresh clone)."""
+    at = (2024, 1, 2, 3, 4, 6)
+    zipped = tmp_path / "rev.zip"
+    with zipfile.ZipFile(zipped, "w") as archive:
+        for name in ("appspec.yml", "scripts/deep/run.sh"):
+            archive.writestr(zipfile.ZipInfo(name, date_time=at), b"version: 0.0\n")
+    tarred = tmp_path / "rev.tar.gz"
+    with tarfile.open(tarred, "w:gz") as archive:
+        for name in ("appspec.yml", "scripts/deep/run.sh"):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = 13, 1_704_164_646
+            archive.addfile(info, io.BytesIO(b"version: 0.0\n"))
+    for source in (zipped, tarred):
+        with tarfile.open(build_bundle(source, tmp_path / "out" / source.name).path) as bundle:
+            made = {m.name: (m.mtime, stat.S_IMODE(m.mode)) for m in bundle.getmembers() if m.isdir()}
+        assert made == {"scripts": (1_704_164_646, 0o755), "scripts/deep": (1_704_164_646, 0o755)}, source.name
+
+
 @pytest.mark.parametrize(
     ("names", "expected"),
     [
