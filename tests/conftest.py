@@ -267,3 +267,19 @@ async def deployer_from(
     return await assemble_deployer(
         engine_config(text, workdir, filename=filename, **server), data_dir=workdir / "var", clock=clock
     )
+
+
+def gone_after_the_write_of(deployer: Deployer, status: str) -> asyncio.Event:
+    """From now on, the write that stores a deployment's ``status`` lands and nothing after it runs, as when the
+    server dies right after it; the event is set at that moment (the test then closes the deployer)."""
+    save_progress, gone = deployer.store.save_progress, asyncio.Event()
+
+    async def write(deployment_id: str, rows: Any, **fields: Any) -> bool | None:
+        written = await save_progress(deployment_id, rows, **fields)
+        if fields.get("status") == status:
+            gone.set()
+            await asyncio.Event().wait()
+        return written
+
+    deployer.store.save_progress = write  # type: ignore[method-assign]
+    return gone

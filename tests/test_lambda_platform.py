@@ -8,10 +8,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import FakeClock, deployer_from, eventually
+from conftest import FakeClock, deployer_from, eventually, gone_after_the_write_of
 
 from engine.adapters.aws.accounts import AwsClients
 from engine.adapters.aws.hook_executions import HookExecutions
@@ -259,20 +258,11 @@ async def test_an_alias_left_split_by_a_restart_goes_back_when_the_server_starts
     setup = await create_lambda_function(aws)
     clock = FakeClock()
     first = await deployer_from(canary_config(moto_reset), tmp_path, clock=clock)
-    save_progress, crash = first.store.save_progress, asyncio.Event()
-
-    async def last_write(deployment_id: str, rows: Any, **fields: Any) -> bool | None:
-        written = await save_progress(deployment_id, rows, **fields)
-        if fields.get("status") == "Stopped":
-            crash.set()
-            await asyncio.Event().wait()  # nothing after this write runs
-        return written
-
     try:
         started = await first.start(DeployRequest("api", "prod", revision=str(lambda_appspec(tmp_path, setup))))
         await eventually(lambda: 300 in clock.sleepers, "the canary's five-minute wait")
         assert await alias_now(aws, setup) == ("1", {"2": 0.1})
-        first.store.save_progress = last_write  # type: ignore[method-assign]
+        crash = gone_after_the_write_of(first, "Stopped")
         stopping = asyncio.ensure_future(first.stop(started["id"], rollback=False, actor="erin"))
         await crash.wait()
     finally:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import deployer_from, eventually
+from conftest import deployer_from, eventually, gone_after_the_write_of
 from postgres_support import PostgresServer
 
 from bot.assembly import assemble_deployer
@@ -350,18 +350,17 @@ def fails_on_p1_after(good: list[str]) -> Behaviour:
     return lambda host, event, sha: "boom" if host == "p1" and event == "Install" and good and sha not in good else None
 
 
-async def fail_then_stop_the_server(workdir: Path, cut: Callable[[Deployer, asyncio.Event], None]) -> tuple[str, str]:
+async def fail_then_stop_the_server(workdir: Path, cut: Callable[[Deployer], asyncio.Event]) -> tuple[str, str]:
     """Deploy rev-a to production, then rev-b, whose Install fails on p1 (automatic rollback on failure); ``cut``
-    patches the server so that it sets the event where it is to go away, and stops there. rev-a's sha256, and the
-    id of rev-b's deployment."""
+    patches the server so that it stops where it is to go away, setting the event it returns. rev-a's sha256, and
+    the id of rev-b's deployment."""
     good: list[str] = []
     first = await open_deployer(workdir)
     agents = ScriptedFleet(first, PRODUCTION, fails_on_p1_after(good))
-    crash = asyncio.Event()
     try:
         a = await wait_final(first, (await first.start(DeployRequest("app", "production")))["id"])
         good.append(a["revision"]["sha256"])
-        cut(first, crash)
+        crash = cut(first)
         b = await first.start(DeployRequest("app", "production", revision="rev-b"))
         await crash.wait()
     finally:
@@ -400,19 +399,7 @@ async def test_a_wind_up_cut_short_by_a_restart_is_done_when_the_server_starts_a
     ended and nothing owed: its automatic rollback never started, its end was never logged. Here the server goes
     away right after the write that stores "Failed" (the write itself lands)."""
 
-    def after_the_final_write(first: Deployer, crash: asyncio.Event) -> None:
-        save_progress = first.store.save_progress
-
-        async def write(deployment_id: str, rows: Sequence[Mapping[str, Any]], **fields: Any) -> bool | None:
-            written = await save_progress(deployment_id, rows, **fields)
-            if fields.get("status") == "Failed":
-                crash.set()
-                await asyncio.Event().wait()  # nothing after this write runs
-            return written
-
-        first.store.save_progress = write  # type: ignore[method-assign]
-
-    a, b = await fail_then_stop_the_server(workdir, after_the_final_write)
+    a, b = await fail_then_stop_the_server(workdir, lambda first: gone_after_the_write_of(first, "Failed"))
     doc, rollback, log, rollbacks = await restart_until_wound_up(workdir, b)
     assert doc["status"] == "Failed" and rollbacks == [rollback["id"]]
     assert rollback["status"] == "Succeeded" and rollback["rollback"]["of"] == b
@@ -425,8 +412,8 @@ async def test_a_wind_up_done_again_after_a_restart_does_not_roll_back_twice(wor
     """The server goes away after the rollback was queued but before the end was logged: the wind-up is done again
     when it starts, and the rollback that exists is the one that runs."""
 
-    def before_the_end_is_logged(first: Deployer, crash: asyncio.Event) -> None:
-        wound_up = first.store.wound_up
+    def before_the_end_is_logged(first: Deployer) -> asyncio.Event:
+        wound_up, crash = first.store.wound_up, asyncio.Event()
 
         async def write(deployment_id: str, **entry: Any) -> None:
             if entry["log"]["data"]["status"] == "Failed":
@@ -435,6 +422,7 @@ async def test_a_wind_up_done_again_after_a_restart_does_not_roll_back_twice(wor
             await wound_up(deployment_id, **entry)
 
         first.store.wound_up = write  # type: ignore[method-assign]
+        return crash
 
     a, b = await fail_then_stop_the_server(workdir, before_the_end_is_logged)
     doc, rollback, log, rollbacks = await restart_until_wound_up(workdir, b)
@@ -463,19 +451,10 @@ async def test_a_wind_up_a_dead_replica_left_is_done_by_the_replica_that_takes_t
     good: list[str] = []
     first, second = await replica("a"), await replica("b")
     agents = ScriptedFleet(first, PRODUCTION, fails_on_p1_after(good))
-    save_progress, crash = first.store.save_progress, asyncio.Event()
-
-    async def last_write(deployment_id: str, rows: Sequence[Mapping[str, Any]], **fields: Any) -> bool | None:
-        written = await save_progress(deployment_id, rows, **fields)
-        if fields.get("status") == "Failed":
-            crash.set()
-            await asyncio.Event().wait()  # nothing after this write runs
-        return written
-
     try:
         a = await wait_final(first, (await first.start(DeployRequest("app", "production")))["id"])
         good.append(a["revision"]["sha256"])
-        first.store.save_progress = last_write  # type: ignore[method-assign]
+        crash = gone_after_the_write_of(first, "Failed")
         b = await first.start(DeployRequest("app", "production", revision="rev-b"))
         await crash.wait()
     finally:
