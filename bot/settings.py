@@ -24,6 +24,10 @@ def _get(environ: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+_TOKEN_FILE_OF_DATA_DIR = Path("var") / API_TOKEN_FILENAME
+"""The default of ``Settings.api_token_file``, told apart by identity: it stands for ``data_dir``'s token file."""
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the HTTP server needs besides the engine configuration.
@@ -35,7 +39,7 @@ class Settings:
     """
 
     data_dir: Path = Path("var")
-    api_token_file: Path = Path("var") / API_TOKEN_FILENAME
+    api_token_file: Path = _TOKEN_FILE_OF_DATA_DIR  # unless given: ``data_dir``'s (``__post_init__``)
     api_token: str | None = field(default=None, repr=False)
     slack_bot_token: str | None = field(default=None, repr=False)
     slack_signing_secret: str | None = field(default=None, repr=False)
@@ -46,6 +50,12 @@ class Settings:
     github_api_url: str = DEFAULT_GITHUB_API_URL
     aws_keys: str | None = field(default=None, repr=False)  # DEPLOYBOT_AWS_KEYS: ACCESS_KEY:SECRET:ACTOR[,...]
     pages_secret: str | None = field(default=None, repr=False)  # DEPLOYBOT_PAGES_SECRET: signs page links
+
+    def __post_init__(self) -> None:
+        # Settings(data_dir=X) reads X/api-token, not ./var/api-token: the latter is the token file of whatever
+        # server last ran in the current directory (`make run` in a checkout, then `make test` there).
+        if self.api_token_file is _TOKEN_FILE_OF_DATA_DIR:
+            object.__setattr__(self, "api_token_file", self.data_dir / API_TOKEN_FILENAME)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, data_dir: Path | str | None = None) -> Settings:

@@ -55,6 +55,16 @@ def test_data_dir_and_token_file_location(
     assert settings.upload_dir == Path(expected_dir) / "uploads"
 
 
+def test_the_token_file_is_the_data_directory_s_unless_given(tmp_path: Path) -> None:
+    """Settings(data_dir=X) used to keep ./var/api-token: the tests that build Settings so read the token file of a
+    server run in the checkout (`make run`, then `make test`), and registered it as a bootstrap token."""
+    assert Settings(data_dir=tmp_path).api_token_file == tmp_path / "api-token"
+    assert Settings().api_token_file == Path("var/api-token")
+    given = tmp_path / "elsewhere" / "token"
+    assert Settings(data_dir=tmp_path, api_token_file=given).api_token_file == given
+    assert Settings(data_dir=tmp_path, api_token_file=Path("var/api-token")).api_token_file == Path("var/api-token")
+
+
 def test_repr_leaks_no_secret() -> None:
     environ = {
         name: f"secret-{name}"
