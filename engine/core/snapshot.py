@@ -154,14 +154,11 @@ def state_from_json(data: dict[str, Any]) -> DeploymentState:
     )
 
 
-WindUp = CancelTargets | ShiftTraffic | StartRollback | Finish
-"""A command of a deployment's end (engine/core/machine.py ``_end``): what is still owed once its final status is
-stored, and so is stored with it (``wind_up``), to be done by whoever resumes it should the server stop first."""
-
-
 def wind_up_to_json(commands: list[Command]) -> list[dict[str, Any]]:
-    """The end's commands among ``commands``, as stored in ``wind_up``; a command to run an event or start a timer
-    is dropped, since it no longer matters to an ended deployment."""
+    """The end's commands among ``commands`` (engine/core/machine.py ``_end``: CancelTargets, ShiftTraffic,
+    StartRollback, Finish), as stored in ``wind_up`` with the final status: what is still owed, to be done by
+    whoever resumes the deployment should the server stop first. A command to run an event or start a timer is
+    dropped, since it no longer matters to an ended deployment."""
     encoded: list[dict[str, Any]] = []
     for command in commands:
         if isinstance(command, CancelTargets):
@@ -182,8 +179,8 @@ def wind_up_to_json(commands: list[Command]) -> list[dict[str, Any]]:
     return encoded
 
 
-def wind_up_from_json(data: list[dict[str, Any]]) -> list[WindUp]:
-    commands: list[WindUp] = []
+def wind_up_from_json(data: list[dict[str, Any]]) -> list[Command]:
+    commands: list[Command] = []
     for item in data:
         kind = item["command"]
         if kind == "CancelTargets":

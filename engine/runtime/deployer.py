@@ -95,7 +95,6 @@ _STOP_WAIT = 30.0  # how long a stop asked of another replica is waited for (as 
 _STOP_ASK_AGAIN = 2.0
 _STOP_POLL = 0.1
 _AFTER_EXPIRY = 0.05  # seconds past another replica's lease expiry before looking (the store's clock may lag ours)
-_NEWEST_FOR_ROLLBACK = 20  # how many of a group's newest deployments are searched for a rollback of one ended just now
 _CONTROL_EVENTS: dict[str, type[ContinueRequested | PauseRequested | ResumeRequested | PromoteRequested]] = {
     "continue": ContinueRequested,
     "pause": PauseRequested,
@@ -511,18 +510,8 @@ class Deployer:
     async def _on_rollback(self, deployment_id: str, command: StartRollback) -> None:
         row = await self.store.get_deployment(deployment_id)
         group = self._group_of(row) if row else None
-        if row is None or group is None or await self._rolled_back(row):
-            return
-        await self.rollbacks.automatic(row, group, command)
-
-    async def _rolled_back(self, row: Mapping[str, Any]) -> bool:
-        """Whether the deployment's rollback exists already: a wind-up done again after a restart must not queue a
-        second one. The link is written just after the rollback is created, so a rollback made just before the
-        server stopped may not be linked yet: the group's newest deployments tell."""
-        if row.get("rolled_back_by"):
-            return True
-        newest = await self.store.list_deployments(group_name=row["group_name"], limit=_NEWEST_FOR_ROLLBACK)
-        return any(r.get("rollback_of") == row["id"] and r["created_by"] == ROLLBACK_CREATOR for r in newest)
+        if row is not None and group is not None:
+            await self.rollbacks.automatic(row, group, command)
 
     async def _on_command_result(self, command: Mapping[str, Any], result: Mapping[str, Any]) -> None:
         runner = self._runners.get(command["deployment_id"])

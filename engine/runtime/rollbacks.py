@@ -23,6 +23,8 @@ from engine.ports import Clock, DeploymentStore, RevisionArchive
 from engine.runtime.blueprint import blue_green_roles
 from engine.runtime.registry import Registry
 
+_NEWEST_FOR_ROLLBACK = 20  # how many of a group's newest deployments are searched for a rollback of one just ended
+
 
 class CreateDeployment(Protocol):
     """How the Deployer creates (and queues) a deployment: the one path every deployment takes."""
@@ -59,7 +61,10 @@ class Rollbacks:
         self.create = create
 
     async def automatic(self, row: Mapping[str, Any], group: DeploymentGroup, command: StartRollback) -> None:
-        """The machine decided to roll back: queue a deployment of the last good revision, first in line."""
+        """The machine decided to roll back: queue a deployment of the last good revision, first in line. Once: a
+        deployment's end done again after a restart finds the rollback it queued before and does nothing."""
+        if await self._rolled_back(row):
+            return
         deployment_id = row["id"]
         await self.store.append_log(
             "rollback.triggered",
@@ -112,6 +117,15 @@ class Rollbacks:
             rollback_of=deployment_id,
             stages=blue_green_rollback_stages(*roles) if roles else None,
         )
+
+    async def _rolled_back(self, row: Mapping[str, Any]) -> bool:
+        """Whether the deployment's rollback exists already. The link is written just after the rollback is
+        created, so one made just before the server stopped may not be linked yet: the group's newest deployments
+        tell."""
+        if row.get("rolled_back_by"):
+            return True
+        newest = await self.store.list_deployments(group_name=row["group_name"], limit=_NEWEST_FOR_ROLLBACK)
+        return any(r.get("rollback_of") == row["id"] and r["created_by"] == ROLLBACK_CREATOR for r in newest)
 
     async def last_good_revision(self, group_name: str, *, exclude: str | None = None) -> Revision | None:
         """The newest revision that succeeded in the group (other than ``exclude``) whose bundle is still stored."""

@@ -59,7 +59,7 @@ from engine.core.events import (
 from engine.core.lifecycle import TRAFFIC_EVENTS
 from engine.core.machine import DeploymentMachine
 from engine.core.model import DeploymentStatus, ErrorCode, EventStatus, LifecycleEvent, ScriptErrorCode
-from engine.core.snapshot import EncodedJson, WindUp, wind_up_from_json, wind_up_to_json
+from engine.core.snapshot import EncodedJson, wind_up_from_json, wind_up_to_json
 from engine.core.stages import TrafficStage, WaitStage
 from engine.core.step_record import StepRecord
 from engine.ports import AlarmSource, Clock, DeploymentStore, GreenFleet, HostExecutor, HostFleet, TrafficRouter
@@ -249,7 +249,7 @@ class DeploymentRunner:
                 task.cancel()
             self.finished.set()
 
-    async def _wind_up(self, owed: list[WindUp]) -> None:
+    async def _wind_up(self, owed: list[Command]) -> None:
         """Finish the end of a deployment that was stored final but whose server stopped before it was wound up:
         each of its end's commands again (each is idempotent: a cancel, a reroute, a rollback that exists already is
         not made again), then the wind-up itself (``Finish``)."""
@@ -260,8 +260,7 @@ class DeploymentRunner:
             unprepared = await self._prepare_router(self.roles)
             if unprepared is not None:
                 log.warning("deployment %s is wound up: %s", self.deployment_id, unprepared)
-        commands: list[Command] = [*owed]
-        await self._execute_all(commands)
+        await self._execute_all(owed)
 
     async def _prepare_router(self, roles: tuple[tuple[str, ...], tuple[str, ...]]) -> str | None:
         """Name the two fleets to the router (an ELBv2 router registers each side in its target group): None when
