@@ -1,8 +1,8 @@
 """SqliteStore: all of deploybot's state in one SQLite file (WAL), behind an async API.
 
-Theory of operation: the store owns exactly one connection, created inside — and only ever used from — a
-single-thread ``ThreadPoolExecutor``. Every public method is a coroutine that ships a small closure to that
-thread, so SQL never blocks the event loop, writes are serialized without any Python lock, and SQLite's
+Theory of operation: the store owns exactly one connection, created inside — and only ever used from — one
+thread (``OwnerThread``). Every public method is a coroutine that ships a small closure to that thread, so SQL never
+blocks the event loop, writes are serialized without any Python lock, and SQLite's
 threading rules are kept by construction. Writes run in ``BEGIN IMMEDIATE`` transactions so a second process
 (a CLI reading the same file, a test) can only make us wait, never corrupt a read-modify-write.
 
@@ -16,15 +16,11 @@ thread and the accessors they run through.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import contextvars
 import errno
 import os
 import sqlite3
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -32,6 +28,7 @@ from sqlite_utils import Database
 
 from engine.core.errors import EngineError
 from engine.store.migrations import applied_migrations, apply_migrations
+from engine.store.owner_thread import OwnerThread
 from engine.store.records import Records
 from engine.store.statements import Fetch, read_rows, write_transaction
 
@@ -93,15 +90,13 @@ class SqliteStore(Records):
     def __init__(
         self,
         path: Path,
-        executor: ThreadPoolExecutor,
+        thread: OwnerThread,
         db: Database,
-        thread_ident: int,
         columns: Mapping[str, frozenset[str]],
     ) -> None:
         self._path = path
-        self._executor = executor
+        self._thread = thread
         self._db = db
-        self._thread_ident = thread_ident
         self._columns = columns  # read from the migrated schema, so a new column needs no code change here
         self._closed = False
 
@@ -120,9 +115,9 @@ class SqliteStore(Records):
         has no file at all), so starting afresh on it must be asked for (``deploybot serve --init``).
         """
         path = Path(path)
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deploybot-store")
+        thread = OwnerThread("deploybot-store")
 
-        def connect() -> tuple[Database, int, dict[str, frozenset[str]]]:
+        def connect() -> tuple[Database, dict[str, frozenset[str]]]:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 _refuse_empty(path, init)
@@ -148,22 +143,24 @@ class SqliteStore(Records):
             except BaseException:
                 conn.close()
                 raise
-            return db, threading.get_ident(), columns
+            return db, columns
 
         try:
-            db, ident, columns = await asyncio.get_running_loop().run_in_executor(executor, connect)
+            db, columns = await thread.run(connect)
         except BaseException:
-            executor.shutdown(wait=False)
+            thread.stop()
             raise
-        return cls(path, executor, db, ident, columns)
+        return cls(path, thread, db, columns)
 
     async def close(self) -> None:
         """Close after every call already submitted has finished; later calls raise RuntimeError."""
         if self._closed:
             return
         self._closed = True
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
-        self._executor.shutdown(wait=False)
+        try:
+            await self._thread.run(self._db.close)
+        finally:
+            self._thread.stop()
 
     async def __aenter__(self) -> Self:
         return self
@@ -178,15 +175,14 @@ class SqliteStore(Records):
     @property
     def thread_ident(self) -> int:
         """``threading.get_ident()`` of the one thread that owns the connection."""
-        return self._thread_ident
+        return self._thread.ident
 
     async def _run(self, fn: Callable[[Database], T]) -> T:
         if self._closed:
             raise RuntimeError(f"SqliteStore({self._path}) is closed")
         try:
             # The caller's context goes along: a fenced write (statements.fencing) is checked on the store's thread.
-            context = contextvars.copy_context()
-            return await asyncio.get_running_loop().run_in_executor(self._executor, context.run, fn, self._db)
+            return await self._thread.run(fn, self._db)
         except sqlite3.OperationalError as exc:
             if "disk is full" in str(exc):  # the doors answer a full disk as such (bot/http.py: 507)
                 raise OSError(errno.ENOSPC, f"{exc} ({self._path})") from exc
