@@ -288,10 +288,15 @@ class HostFleet(HostExecutor, AgentFleet, Protocol):
     def last_seen(self, host: str) -> float | None: ...
 
     async def dispatch_runs(
-        self, deployment_id: str, runs: Sequence[tuple[str, Sequence[LifecycleEvent]]], spec: Mapping[str, Any]
+        self,
+        deployment_id: str,
+        runs: Sequence[tuple[str, Sequence[LifecycleEvent]]],
+        spec: Mapping[str, Any],
+        *,
+        step: StepWrite | None = None,
     ) -> None:
-        """Queue each target's run of consecutive events (the first is the one asked for now), in one transaction;
-        resume-safe as ``dispatch``."""
+        """Queue each target's run of consecutive events (the first is the one asked for now), in one transaction
+        that writes ``step`` first (written alone when nothing is queued); resume-safe as ``dispatch``."""
 
     def start_monitor(self, interval: float = 1.0) -> None:
         """Start failing the commands of hosts whose agents stopped sending heartbeats."""
@@ -369,6 +374,18 @@ class DeploymentStore(Protocol):
 
 QueuedRun = tuple[str, str, Sequence[str], Mapping[str, Any] | None]
 """(host, deployment_id, events, payload): a host's consecutive events, queued together (a *run*)."""
+
+
+class StepWrite(NamedTuple):
+    """A deployment's step as ``save_progress`` writes it (its target rows, then ``update_deployment(**fields)``),
+    handed to ``enqueue_command_runs`` to be written in the transaction that queues the commands it decided on: the
+    step is stored before its commands can reach an agent, in one trip instead of two."""
+
+    deployment_id: str
+    rows: Sequence[Mapping[str, Any]]
+    fields: Mapping[str, Any]
+
+
 CommandReport = tuple[int, str, str, Mapping[str, Any] | None, int | None]
 """(command_id, host, status, result, then): an agent's report, and the command it would run next (or None)."""
 FinishedReport = tuple[dict[str, Any] | None, bool, bool]
@@ -384,9 +401,15 @@ class CommandQueue(Protocol):
         self, host: str, deployment_id: str, event: str, payload: Mapping[str, Any] | None, *, at: float
     ) -> Row | None: ...
     async def enqueue_command_runs(
-        self, runs: Sequence[QueuedRun], *, at: float, hand_to: Mapping[str, bool] | None = None
+        self,
+        runs: Sequence[QueuedRun],
+        *,
+        at: float,
+        hand_to: Mapping[str, bool] | None = None,
+        step: StepWrite | None = None,
     ) -> tuple[list[Row | None], dict[str, Row]]:
-        """Queue many runs in one transaction; claim the oldest command of each ``hand_to`` host that got one."""
+        """Queue many runs in one transaction, ``step`` written first in it; claim the oldest command of each
+        ``hand_to`` host that got one."""
 
     async def claim_next_command(self, host: str, *, at: float, with_run: bool = False) -> Row | None: ...
     async def release_command(self, command_id: int) -> bool: ...

@@ -359,6 +359,41 @@ async def test_a_failed_event_cancels_the_rest_of_its_run_and_a_go_on_finds_it_g
     assert await server.fleet.next_command("web-1", wait=0, runs=True) is None
 
 
+async def test_a_step_and_the_runs_it_queues_are_written_in_one_transaction(server: Server) -> None:
+    """The runner's first step (web-1 to start its run): the deployment's state and the run's commands go to the
+    store together, so the step is stored before the agent can be handed the run, in one trip instead of two."""
+
+    async def nothing(deployment_id: str) -> None:
+        pass
+
+    runner = await runner_for(server, nothing, "web-1")
+    beat = {"tags": {}, "version": "1", "running_command": None, "capabilities": ["runs"]}
+    await server.fleet.heartbeat("web-1", beat)
+    before = len(server.statements)
+    running = asyncio.ensure_future(runner.run())
+    try:
+        first = await server.fleet.next_command("web-1", wait=HANG_GUARD, runs=True)
+        assert first is not None and first["event"] == "ApplicationStop"
+        transactions: list[list[str]] = []
+        for statement in server.statements[before:]:
+            if statement == "BEGIN IMMEDIATE":
+                transactions.append([])
+            elif transactions:
+                transactions[-1].append(statement)
+        queueing = [t for t in transactions if any(s.startswith("INSERT INTO host_commands") for s in t)]
+        assert len(queueing) == 1
+        assert any(s.startswith("UPDATE deployments") for s in queueing[0])  # the step, in the same transaction
+        steps = [t for t in transactions if any(s.startswith("UPDATE deployments") for s in t)]
+        assert steps == queueing  # and written nowhere else
+        stored = await server.store.get_deployment("d-1")
+        assert stored is not None and stored["status"] == "InProgress"
+        assert stored["state"]["machine"]["targets"]["web-1"]["statuses"]["ApplicationStop"] == "InProgress"
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
 async def test_the_engine_applies_a_runs_results_in_order_when_they_arrive_in_one_step(server: Server) -> None:
     """The agent runs ahead: the engine may take several of a run's results in one step, the target's last among
     them while another target still works, and then dispatches events the machine has already moved past (they are

@@ -27,6 +27,7 @@ from engine.core.events import StartRollback, StopRequested
 from engine.core.machine import DeploymentMachine
 from engine.core.model import DeploymentStatus, DeploymentType, ErrorCode, LifecycleEvent, Platform
 from engine.core.stages import ALL_AT_ONCE, StageOptions, TargetStage, deployment_stages, with_fleets
+from engine.ports import StepWrite
 from engine.runtime.blueprint import (
     Blueprint,
     blue_green_roles,
@@ -509,6 +510,7 @@ class FakeAgents:
     def __init__(self, online: set[str] | None = None) -> None:
         self.online = online  # None: everyone
         self.runner: DeploymentRunner | None = None
+        self.store: SqliteStore | None = None
         self.ran: list[tuple[str, LifecycleEvent]] = []
         self._tasks: set[asyncio.Future[None]] = set()
 
@@ -523,8 +525,16 @@ class FakeAgents:
         task.add_done_callback(self._tasks.discard)
 
     async def dispatch_runs(
-        self, deployment_id: str, runs: Sequence[tuple[str, Sequence[LifecycleEvent]]], spec: Mapping[str, Any]
+        self,
+        deployment_id: str,
+        runs: Sequence[tuple[str, Sequence[LifecycleEvent]]],
+        spec: Mapping[str, Any],
+        *,
+        step: StepWrite | None = None,
     ) -> None:
+        if step is not None:  # as the fleet does: the step that decided on the runs is written before they run
+            assert self.store is not None
+            await self.store.save_progress(step.deployment_id, step.rows, **step.fields)
         for target, run in runs:
             await self.dispatch(deployment_id, target, run[0], spec)
 
@@ -593,7 +603,7 @@ async def provisioning_runner(
         fleet=agents,  # type: ignore[arg-type]
         agent_wait=agent_wait,
     )
-    agents.runner = runner
+    agents.runner, agents.store = runner, store
     return runner
 
 

@@ -19,6 +19,7 @@ from engine.core.leases import (
     next_generation,
     renew_interval,
 )
+from engine.ports import StepWrite
 
 T0 = 1_700_000_000.0
 
@@ -138,6 +139,14 @@ async def test_a_fenced_write_of_a_lost_tenure_is_refused_and_leaves_nothing(sto
                 await store.enqueue_command_once("web-2", "d-FENCED001", "BeforeInstall", {}, at=T0)
             with pytest.raises(LeaseLost):
                 await store.cancel_commands("d-FENCED001", at=T0)
+            with pytest.raises(LeaseLost):  # a step and the runs it queues: neither
+                await store.enqueue_command_runs(
+                    [("web-3", "d-FENCED001", ["BeforeInstall"], {})],
+                    at=T0,
+                    step=StepWrite(
+                        "d-FENCED001", [{"target": "web-3", "event": "BeforeInstall"}], {"status": "Failed"}
+                    ),
+                )
         assert (refused.value.group, refused.value.owner, refused.value.generation) == ("web-prod", "a", 1)
         row = await store.get_deployment("d-FENCED001")
         assert row is not None and row["status"] == "InProgress"

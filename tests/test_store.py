@@ -19,6 +19,7 @@ from conftest import HANG_GUARD
 from postgres_support import AnyStore, Opener, integrity_errors, raw_execute
 from sqlite_utils import Database
 
+from engine.ports import StepWrite
 from engine.store.migrations import MIGRATIONS
 from engine.store.sqlite import SqliteStore
 
@@ -539,6 +540,39 @@ async def test_a_run_is_queued_up_to_the_first_event_its_host_already_has_in_tha
     again, _ = await store.enqueue_command_runs([("web-1", "d-1", events, {"n": 3})], at=T0 + 3)
     assert again[0] is not None and again[0]["id"] == first["id"] and again[0]["result"] == {"ok": 1}
     assert len(await store.list_commands(host="web-1", deployment_id="d-1")) == 4  # nothing more was queued
+
+
+async def test_a_step_is_written_in_the_transaction_that_queues_its_runs(store: AnyStore) -> None:
+    """The runner's step and the commands it decided on: one transaction, so the step is stored before an agent can
+    see its commands, and neither lands without the other."""
+    await store.create_deployment(deployment("d-1", status="Created"))
+    row = {"target": "web-1", "event": "ApplicationStop", "status": "InProgress", "seq": 1}
+    step = StepWrite("d-1", [row], {"status": "InProgress", "state": {"step": 1}})
+
+    existing, _ = await store.enqueue_command_runs(
+        [("web-1", "d-1", ["ApplicationStop", "Install"], {})], at=T0, step=step
+    )
+
+    assert existing == [None]
+    stored = await store.get_deployment("d-1")
+    assert stored is not None and (stored["status"], stored["state"]) == ("InProgress", {"step": 1})
+    assert [(r["target"], r["event"], r["status"]) for r in await store.list_target_events("d-1")] == [
+        ("web-1", "ApplicationStop", "InProgress")
+    ]
+    assert [c["event"] for c in await store.list_commands(deployment_id="d-1")] == ["ApplicationStop", "Install"]
+
+    # A queueing that fails part-way (a payload that is not JSON) leaves no trace of its step either.
+    later = StepWrite("d-1", [], {"status": "Failed", "state": {"step": 2}})
+    with pytest.raises(TypeError):
+        await store.enqueue_command_runs([("web-2", "d-1", ["Install"], {"x": object()})], at=T0, step=later)
+    stored = await store.get_deployment("d-1")
+    assert stored is not None and (stored["status"], stored["state"]) == ("InProgress", {"step": 1})
+    assert len(await store.list_commands(deployment_id="d-1")) == 2
+
+    # With nothing to queue, the step is written alone.
+    await store.enqueue_command_runs([], at=T0, step=StepWrite("d-1", [], {"state": {"step": 3}}))
+    stored = await store.get_deployment("d-1")
+    assert stored is not None and stored["state"] == {"step": 3}
 
 
 async def test_a_hosts_commands_of_a_deployment_are_found_without_reading_its_other_deployments(

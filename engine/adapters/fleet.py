@@ -38,7 +38,16 @@ from engine.core.agent_protocol import RUNS_CAPABILITY, CommandBody, HeartbeatBo
 from engine.core.errors import NotFound
 from engine.core.leases import COMMANDS_QUEUED
 from engine.core.model import LifecycleEvent, ScriptErrorCode
-from engine.ports import AgentBeat, Clock, CommandQueue, CommandReport, FinishedReport, OnResult, QueuedRun
+from engine.ports import (
+    AgentBeat,
+    Clock,
+    CommandQueue,
+    CommandReport,
+    FinishedReport,
+    OnResult,
+    QueuedRun,
+    StepWrite,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +138,17 @@ class Fleet:
         await self.dispatch_runs(deployment_id, [(target, (event,))], spec)
 
     async def dispatch_runs(
-        self, deployment_id: str, runs: Sequence[tuple[str, Sequence[LifecycleEvent]]], spec: Mapping[str, Any]
+        self,
+        deployment_id: str,
+        runs: Sequence[tuple[str, Sequence[LifecycleEvent]]],
+        spec: Mapping[str, Any],
+        *,
+        step: StepWrite | None = None,
     ) -> None:
         """Queue each target's run of consecutive events (its first event is the one the machine asks for now), all
-        in one transaction. A host whose agent has not said it runs events back to back gets the first one only.
+        in one transaction, which writes ``step`` first (the deployment's step that decided on them; written all the
+        same when nothing is queued). A host whose agent has not said it runs events back to back gets the first one
+        only.
 
         Resume-safe as ``dispatch``: a run whose first event has a command already queues nothing, and when that
         command has finished, its stored result is handed over again instead of running it twice."""
@@ -146,18 +162,21 @@ class Fleet:
             run = [str(e) for e in (events if target in self._runs_ok else events[:1])]
             queued.append((target, deployment_id, run, payload))
         if not queued:
+            if step is not None:
+                await self.store.enqueue_command_runs([], at=self.clock.now(), step=step)
             return
         # Shielded: a caller cancelled (a runner stepping down) once the store claimed a command for a parked poll
         # must still hand it over (or give it back), else it sits claimed by nobody until the agent's heartbeats
         # show it never arrived (CLAIM_GRACE later).
-        await asyncio.shield(self._spawn(self._queue_runs(deployment_id, queued)))
+        await asyncio.shield(self._spawn(self._queue_runs(deployment_id, queued, step)))
 
-    async def _queue_runs(self, deployment_id: str, queued: list[QueuedRun]) -> None:
+    async def _queue_runs(self, deployment_id: str, queued: list[QueuedRun], step: StepWrite | None = None) -> None:
         parked = {target: self._parked_wants_run(target) for target, *_ in queued}
         hand_to = {host: wants_run for host, wants_run in parked.items() if wants_run is not None}
         self._handing.update(hand_to)  # our own notice of this queueing must not wake the polls we hand it to
         try:
-            existing, claimed = await self.store.enqueue_command_runs(queued, at=self.clock.now(), hand_to=hand_to)
+            at = self.clock.now()
+            existing, claimed = await self.store.enqueue_command_runs(queued, at=at, hand_to=hand_to, step=step)
         finally:
             self._handing.difference_update(hand_to)
         for (target, _, queued_events, payload), command in zip(queued, existing, strict=True):

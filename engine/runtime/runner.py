@@ -62,7 +62,16 @@ from engine.core.model import DeploymentStatus, ErrorCode, EventStatus, Lifecycl
 from engine.core.snapshot import EncodedJson, wind_up_from_json, wind_up_to_json
 from engine.core.stages import TrafficStage, WaitStage
 from engine.core.step_record import StepRecord
-from engine.ports import AlarmSource, Clock, DeploymentStore, GreenFleet, HostExecutor, HostFleet, TrafficRouter
+from engine.ports import (
+    AlarmSource,
+    Clock,
+    DeploymentStore,
+    GreenFleet,
+    HostExecutor,
+    HostFleet,
+    StepWrite,
+    TrafficRouter,
+)
 from engine.runtime.blueprint import (
     blue_green_roles,
     current_auto_scaling_group,
@@ -305,11 +314,11 @@ class DeploymentRunner:
             if self._record.has_details:  # results the machine had no use for (it ended): kept with their details
                 await self.store.save_progress(self.deployment_id, self._record.take_details())
             return
-        await self._persist(commands)
-        await self._execute_all(commands)
+        await self._execute_all(commands, step=self._step_write(commands))
         await self._on_change(self.deployment_id)
 
-    async def _persist(self, commands: list[Command]) -> None:
+    def _step_write(self, commands: list[Command]) -> StepWrite:
+        """What this step writes before any of its ``commands`` is executed (rule 2)."""
         state = self.machine.state
         # The rows first: the start of each event marked in progress now is noted there, and the snapshot keeps it.
         rows = self._record.take_details() + self._record.rows(state, self.clock.now())
@@ -323,7 +332,7 @@ class DeploymentRunner:
                 # write on, so a server that stops before it is done does it when it resumes the deployment.
                 wind_up=wind_up_to_json(commands),
             )
-        await self.store.save_progress(self.deployment_id, rows, **fields)
+        return StepWrite(self.deployment_id, rows, fields)
 
     def milestones(self) -> tuple[Any, ...]:
         """What notifiers react to, as a comparable value: everything but which lifecycle event each host is at."""
@@ -347,23 +356,32 @@ class DeploymentRunner:
 
     # -- commands --------------------------------------------------------------------------------------------
 
-    async def _execute_all(self, commands: list[Command]) -> None:
-        """Execute in order; consecutive lifecycle events for the agents go to the fleet together (rule 7)."""
+    async def _execute_all(self, commands: list[Command], *, step: StepWrite | None = None) -> None:
+        """Execute in order; consecutive lifecycle events for the agents go to the fleet together (rule 7). ``step``
+        is written first: in the transaction that queues the first runs when the commands start with them (one trip
+        to the store, not two), else alone."""
         events: list[RunEvent] = []
         for command in commands:
             if self.fleet is not None and isinstance(command, RunEvent) and command.event not in TRAFFIC_EVENTS:
                 events.append(command)
                 continue
-            await self._dispatch_runs(events)
+            step = await self._dispatch_runs(events, step)
             events = []
+            if step is not None:
+                await self.store.save_progress(step.deployment_id, step.rows, **step.fields)
+                step = None
             await self._execute(command)
-        await self._dispatch_runs(events)
+        step = await self._dispatch_runs(events, step)
+        if step is not None:
+            await self.store.save_progress(step.deployment_id, step.rows, **step.fields)
 
-    async def _dispatch_runs(self, events: list[RunEvent]) -> None:
+    async def _dispatch_runs(self, events: list[RunEvent], step: StepWrite | None) -> StepWrite | None:
+        """Queue ``events``' runs, with ``step`` written in that transaction; the step when it is still to write."""
         if not events or self.fleet is None:
-            return
+            return step
         runs = [(event.target, self._run_from(event)) for event in events]
-        await self.fleet.dispatch_runs(self.deployment_id, runs, self.spec)
+        await self.fleet.dispatch_runs(self.deployment_id, runs, self.spec, step=step)
+        return None
 
     def _run_from(self, command: RunEvent) -> tuple[LifecycleEvent, ...]:
         """The target's events from ``command.event`` up to the next server-side step (just it, should the machine's

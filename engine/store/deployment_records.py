@@ -7,11 +7,11 @@ Rows come back in the order they were written where timestamps tie: ``_row_order
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from engine.core.model import FINAL_STATUSES
-from engine.ports import DeploymentView
+from engine.ports import DeploymentView, StepWrite
 from engine.store.statements import (
     Change,
     Fetch,
@@ -189,17 +189,21 @@ class DeploymentRows(SqlAccess):
     ) -> bool | None:
         """The target rows and ``update_deployment(**deployment)`` in one transaction: a step of a deployment is one
         write, not one per table. False when the deployment row is missing, None without ``deployment``."""
-        statements = [self._target_event_upsert(deployment_id, row) for row in rows]
-        if deployment:
-            statements.append(self._deployment_update(deployment_id, deployment))
+        return await self._transact(self._step_program(StepWrite(deployment_id, rows, deployment)))
+
+    def _step_program(self, step: StepWrite) -> Callable[[], Program[bool | None]]:
+        """``save_progress``'s statements, as a program of their own: ``enqueue_command_runs`` runs them first."""
+        statements = [self._target_event_upsert(step.deployment_id, row) for row in step.rows]
+        if step.fields:
+            statements.append(self._deployment_update(step.deployment_id, step.fields))
 
         def write() -> Program[bool | None]:
             changed = []
             for sql, params in statements:
                 changed.append((yield Change(sql, params)))
-            return changed[-1] == 1 if deployment else None
+            return changed[-1] == 1 if step.fields else None
 
-        return await self._transact(write)
+        return write
 
     def _target_event_upsert(self, deployment_id: str, row: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
         fields = {k: v for k, v in row.items() if k not in ("target", "event")}
