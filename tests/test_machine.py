@@ -16,6 +16,7 @@ from engine.core.events import (
     EventFailed,
     EventSucceeded,
     Finish,
+    InternalError,
     PauseRequested,
     PromoteRequested,
     ResumeRequested,
@@ -504,6 +505,35 @@ def test_start_blocked_stops_without_rollback() -> None:
     assert commands == [Finish(DeploymentStatus.STOPPED, ErrorCode.ALARM_ACTIVE, "alarm api-5xx was already firing")]
     with pytest.raises(InvalidTransition):
         machine.send(Started())
+
+
+def test_an_internal_error_fails_the_deployment_as_any_failure_does() -> None:
+    """deploybot failing mid-deployment: the unfinished hosts are cancelled, traffic goes back (rule 5) and the
+    automatic rollback for failures starts; before the start nothing was changed, so nothing is rolled back."""
+    machine = DeploymentMachine(in_place(2, ONE), MachineOptions(auto_rollback=ROLLBACK_ALL))
+    assert isinstance(machine.send(Started())[0], RunEvent)  # web-1 started, web-2 waits its turn
+    commands = machine.send(InternalError("deploybot hit an internal error (RuntimeError at x.py:1)"))
+    assert commands == [
+        CancelTargets(("web-1", "web-2")),
+        StartRollback(AutoRollbackEvent.DEPLOYMENT_FAILURE, rerouted=False),
+        Finish(
+            DeploymentStatus.FAILED,
+            ErrorCode.INTERNAL_ERROR,
+            "deploybot hit an internal error (RuntimeError at x.py:1)",
+        ),
+    ]
+    with pytest.raises(InvalidTransition):  # it has ended
+        machine.send(InternalError("again"))
+
+    shifted = DeploymentMachine(blue_green(), MachineOptions(auto_rollback=ROLLBACK_ALL))
+    _to_traffic_stage(shifted)
+    shifted.send(TrafficShifted(10))
+    commands = shifted.send(InternalError("bug"))
+    assert commands[0] == ShiftTraffic(0, rollback=True)
+    assert StartRollback(AutoRollbackEvent.DEPLOYMENT_FAILURE, rerouted=True) in commands
+
+    unstarted = DeploymentMachine(in_place(2, ONE), MachineOptions(auto_rollback=ROLLBACK_ALL))
+    assert unstarted.send(InternalError("bug")) == [Finish(DeploymentStatus.FAILED, ErrorCode.INTERNAL_ERROR, "bug")]
 
 
 def test_blue_green_rollback_stages() -> None:

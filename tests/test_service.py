@@ -432,6 +432,50 @@ async def test_a_wind_up_done_again_after_a_restart_does_not_roll_back_twice(wor
     assert log.count("deployment.winding_up") == 1 and log.count("deployment.finished") == 1
 
 
+async def test_a_deployment_whose_runner_crashes_fails_and_is_rolled_back_as_any_failure(workdir: Path) -> None:
+    """A bug in deploybot mid-deployment (here: queueing the second host's run raises) used to leave only a Failed
+    status: the automatic rollback never started and the end's work was skipped. It now ends as any failure: the
+    failure written with what its end owes, the hosts not reached cancelled, the rollback run, the end logged once."""
+    deployer = await open_deployer(workdir)
+    agents = ScriptedFleet(deployer, PRODUCTION, never_fails)
+    try:
+        a = await wait_final(deployer, (await deployer.start(DeployRequest("app", "production")))["id"])
+        dispatch_runs, crashed = deployer.fleet.dispatch_runs, asyncio.Event()
+
+        async def second_host_crashes(deployment_id: str, runs: Any, spec: Any, **step: Any) -> None:
+            if [target for target, _ in runs] == ["p2"] and not crashed.is_set():
+                crashed.set()
+                raise RuntimeError("a bug, quoting hunter2")
+            await dispatch_runs(deployment_id, runs, spec, **step)
+
+        deployer.fleet.dispatch_runs = second_host_crashes  # type: ignore[method-assign]
+        b = await wait_final(
+            deployer, (await deployer.start(DeployRequest("app", "production", revision="rev-b")))["id"]
+        )
+        assert crashed.is_set()
+
+        async def rolled_back() -> bool:
+            return bool((await deployer.get(b["id"]))["rollback"]["by"])
+
+        await eventually(rolled_back, "the crashed deployment's rollback")
+        b = await deployer.get(b["id"])
+        rollback = await wait_final(deployer, b["rollback"]["by"])
+        log = [e["kind"] for e in await deployer.store.read_log(deployment_id=b["id"])]
+        left = await deployer.store.list_commands(deployment_id=b["id"], status=["Pending", "InProgress"])
+    finally:
+        await agents.close()
+        await deployer.close()
+    assert b["status"] == "Failed" and b["error"]["code"] == "INTERNAL_ERROR"
+    assert b["error"]["message"].startswith("deploybot hit an internal error (RuntimeError at ")
+    assert "hunter2" not in b["error"]["message"]
+    statuses = {t["name"]: t["status"] for t in b["targets"]}
+    assert statuses == {"p1": "Succeeded", "p2": "Unknown", "p3": "Skipped", "p4": "Skipped"}
+    assert rollback["status"] == "Succeeded" and rollback["revision"]["sha256"] == a["revision"]["sha256"]
+    assert log.count("rollback.triggered") == 1 and log.count("deployment.finished") == 1
+    assert log[-1] == "deployment.finished" and "deployment.winding_up" not in log
+    assert left == []  # nothing of it is left for an agent to run
+
+
 async def test_a_wind_up_a_dead_replica_left_is_done_by_the_replica_that_takes_the_group(
     postgres_server: PostgresServer, tmp_path: Path
 ) -> None:

@@ -64,6 +64,15 @@ class StartBlocked:
 
 
 @dataclass(frozen=True, slots=True)
+class InternalError:
+    """deploybot itself failed while driving the deployment (an exception none of its rules expects): the deployment
+    fails as any failure does, its unfinished hosts cancelled, traffic back on the original fleet (rule 5) and the
+    automatic rollback for DEPLOYMENT_FAILURE; one that had not started changed nothing and is not rolled back."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class StopRequested:
     rollback: bool | None = None  # None: follow the group's auto-rollback setting
     actor: str = ""
@@ -97,6 +106,7 @@ class PromoteRequested:
 Event = (
     Started
     | StartBlocked
+    | InternalError
     | EventSucceeded
     | EventFailed
     | TargetLost

@@ -49,6 +49,7 @@ from engine.core.events import (
     EventFailed,
     EventSucceeded,
     Finish,
+    InternalError,
     PauseRequested,
     PromoteRequested,
     ResumeRequested,
@@ -240,6 +241,11 @@ class DeploymentMachine:
     def _on_start_blocked(self, ev: StartBlocked) -> list[Command]:
         self.state.error_code, self.state.message = ev.code, ev.message
         return self._finish(DeploymentStatus.STOPPED)
+
+    def _on_internal_error(self, ev: InternalError) -> list[Command]:
+        self.state.error_code, self.state.message = ErrorCode.INTERNAL_ERROR, ev.message
+        started = self.state.status is not DeploymentStatus.CREATED
+        return self._end(DeploymentStatus.FAILED, AutoRollbackEvent.DEPLOYMENT_FAILURE, None if started else False)
 
     def _on_stop_requested(self, ev: StopRequested) -> list[Command]:
         who = f" by {ev.actor}" if ev.actor else ""
@@ -511,6 +517,7 @@ _ACTIVE_HANDLERS: dict[type, Handler] = {
     TrafficShiftFailed: DeploymentMachine._on_traffic_shift_failed,
     TimerElapsed: DeploymentMachine._on_timer_elapsed,
     StopRequested: DeploymentMachine._on_stop_requested,
+    InternalError: DeploymentMachine._on_internal_error,
     AlarmFired: DeploymentMachine._on_alarm_fired,
     ContinueRequested: DeploymentMachine._on_continue,
     PauseRequested: DeploymentMachine._on_pause,
@@ -523,6 +530,7 @@ _TRANSITIONS: dict[DeploymentStatus, dict[type, Handler]] = {
         Started: DeploymentMachine._on_started,
         StartBlocked: DeploymentMachine._on_start_blocked,
         StopRequested: DeploymentMachine._on_stop_requested,
+        InternalError: DeploymentMachine._on_internal_error,
     },
     **{status: _ACTIVE_HANDLERS for status in _ACTIVE},
 }

@@ -451,6 +451,15 @@ class Deployer:
             await self._step_down(lost.group, f"a write of deployment {runner.deployment_id} was refused: {lost}")
         except Exception as exc:
             log.exception("deployment %s crashed in the runner", runner.deployment_id)
+            message = f"deploybot hit an internal error ({_crash_site(exc)}); see the server log"
+            try:  # failed as any failure is: its hosts, its traffic, its rollback and its end taken care of
+                if await runner.fail_internally(message):
+                    return
+            except LeaseLost as lost:
+                await self._step_down(lost.group, f"deployment {runner.deployment_id} crashed after it: {lost}")
+                return
+            except Exception:
+                log.exception("deployment %s: its runner could not fail it; only its status is", runner.deployment_id)
             lease = self._leases.get(runner.deployment_id)
             store = self.ownership.fenced(self.store, lease) if lease is not None else self.store
             try:  # only while this replica still drives it: a crash after losing the group must not fail it
@@ -459,7 +468,7 @@ class Deployer:
                     status="Failed",
                     ended_at=self.clock.now(),
                     error_code="INTERNAL_ERROR",
-                    error_message=f"deploybot hit an internal error ({_crash_site(exc)}); see the server log",
+                    error_message=message,
                 )
             except LeaseLost as lost:
                 await self._step_down(lost.group, f"deployment {runner.deployment_id} crashed after it: {lost}")

@@ -45,6 +45,7 @@ from engine.core.events import (
     EventFailed,
     EventSucceeded,
     Finish,
+    InternalError,
     RunEvent,
     ShiftTraffic,
     StartBlocked,
@@ -217,6 +218,17 @@ class DeploymentRunner:
             log.info("deployment %s %s", self.deployment_id, how)
             await self._drive(resume=resume, row=row)
             log.info("deployment %s ended: %s", self.deployment_id, self.machine.state.status)
+
+    async def fail_internally(self, message: str) -> bool:
+        """End the deployment after ``run`` raised (deploybot failed, not one of its rules): as any failure ends, in
+        one step, its failure written with what its end owes, then its unfinished hosts cancelled, traffic back on
+        the original fleet, the automatic rollback and the wind-up. False when it had ended already (the crash came
+        while its end was being done: that end is stored as owed, and is not decided again)."""
+        if self.machine.state.status.is_final:
+            return False
+        with log_context.bind(deployment=self.deployment_id, deployment_group=self.group):
+            await self._step(InternalError(message))
+        return True
 
     async def _drive(self, *, resume: bool, row: Mapping[str, Any] | None) -> None:
         try:
