@@ -405,10 +405,11 @@ class ChatOps:
         self.notifier.expect_rollback(application, environment, caller.user)
         try:
             result = await self.deployer.rollback(application, environment, actor=caller.user)
+            # Told before anything else can run: the notifier may hear of the rollback at any await from here on.
+            self.notifier.rollback_requested(result, caller.user)
         finally:
             self.notifier.forget_rollback(application, environment)
         await run.started(self, result)
-        self.notifier.rollback_requested(result, caller.user)
         return result
 
     async def _started(self, doc: Mapping[str, Any], channel: str) -> Outcome:

@@ -22,8 +22,9 @@ approval's lifetime ends the notifier reads the deployment again (``fetch``) so 
 
 People are shown as Slack mentions: a ``created_by`` or approver that is a declared user with a ``slack:`` id is
 rendered as that id (``<@U…>``). A rollback is created by ``codeDeployRollback``; when someone asked for it in
-Slack, ChatOps tells the notifier (``expect_rollback`` before the engine call, ``rollback_requested`` after), the
-threads show that person as who started it, and the thread store keeps it across restarts.
+Slack, ChatOps tells the notifier (``expect_rollback`` before the engine call, ``rollback_requested`` as soon as it
+returns, before anything else may run), the threads show that person as who started it, and the thread store keeps
+it across restarts.
 
 The parent message ends with a "View deployment" button to the deployment's page (a signed, expiring link from
 ``page_link``). The link is made once per thread: a fresh expiry on every render would make every edit look like a
