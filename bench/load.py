@@ -24,6 +24,7 @@ class Load:
         self.max_seconds = max_seconds
         self.results: list[tuple[float, int, str]] = []
         self.sent: list[float] = []  # when each request of ``results`` was sent, in the same order
+        self.sent_wall: list[float] = []  # the same, by the wall clock
         self.wall: list[float] = []  # when each answer of ``results`` came, by the wall clock, in the same order
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -48,7 +49,7 @@ class Load:
         deadline = time.monotonic() + self.max_seconds
         next_at = time.monotonic()
         while not self._stop.is_set() and time.monotonic() < deadline:
-            sent = time.monotonic()
+            sent, sent_wall = time.monotonic(), time.time()
             try:
                 connection = connection or http.client.HTTPConnection(self.host, self.parts.port, timeout=5)
                 connection.request("GET", self.parts.path or "/")
@@ -63,6 +64,7 @@ class Load:
             with self._lock:
                 self.results.append(record)
                 self.sent.append(sent)
+                self.sent_wall.append(sent_wall)
                 self.wall.append(wall)
                 self._answered.notify_all()
             next_at += self.interval
@@ -93,6 +95,12 @@ class Load:
         """(status, body) of the requests sent after ``moment`` (one in flight then may still be answered later)."""
         with self._lock:
             pairs = list(zip(self.sent, self.results, strict=True))
+        return [(status, body) for sent, (_, status, body) in pairs if sent > moment]
+
+    def sent_after_wall(self, moment: float) -> list[tuple[int, str]]:
+        """``sent_after`` for a wall-clock ``moment`` (one another process logged)."""
+        with self._lock:
+            pairs = list(zip(self.sent_wall, self.results, strict=True))
         return [(status, body) for sent, (_, status, body) in pairs if sent > moment]
 
     def wait_answered_after(self, moment: float, count: int, *, timeout: float = 60.0) -> None:
