@@ -56,6 +56,8 @@ def _number(value: float, unit: str) -> str:
         return f"{value:.2f} s"
     if unit == "MiB":
         return f"{value:.0f} MiB"
+    if unit == "µs":
+        return f"{value:.1f} µs"
     return f"{value:g} {unit}".strip()
 
 

@@ -30,6 +30,7 @@ from bench.server import ENVIRONMENT, SINGLE_HOST, BenchServer, fleet_config, fr
 from bench.settings import SCALE_TARGET_HOSTS, Settings
 from bench.slack import slack_ack
 from bench.startup import startup
+from bench.store_hop import store_hop
 from bench.swarm import swarm
 from bench.traffic import traffic
 
@@ -433,4 +434,5 @@ SCENARIOS: dict[str, Callable[[Settings], list[Figure]]] = {
     "aws": aws_reroute,
     "replicas": replicas_scenario,
     "startup": startup,
+    "store": store_hop,
 }
