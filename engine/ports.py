@@ -460,6 +460,9 @@ class CommandQueue(Protocol):
         """Several ``upsert_agent`` in one transaction; the InProgress commands of their hosts, without payload."""
 
     async def get_agent(self, name: str) -> Row | None: ...
+    async def get_agents(self, names: Sequence[str]) -> list[Row]:
+        """The rows of those of ``names`` that have one, in one trip to the store (by name)."""
+
     @property
     def shared(self) -> bool:
         """Whether other servers may share this database (PostgreSQL): leases are renewed and taken over, signals

@@ -460,6 +460,19 @@ async def test_upsert_agent_keeps_fields_that_are_not_given(store: AnyStore) -> 
     assert await store.get_agent("web-3") is None
 
 
+async def test_many_agents_are_read_in_one_trip_whatever_their_number(store: AnyStore) -> None:
+    """A group's start checks all its hosts' agents: one read, chunked past 500 names (the parameter limits)."""
+    names = [f"web-{n:04d}" for n in range(1, 1201)]
+    await store.record_heartbeats([(name, T0 + i, None, None, "online") for i, name in enumerate(names)])
+    asked = [*names[::-1], "web-0001", "db-1"]  # any order, a name twice, one that never sent a heartbeat
+
+    rows = await store.get_agents(asked)
+
+    assert sorted(row["name"] for row in rows) == names  # each once; none for db-1
+    assert {row["name"]: row["last_seen"] for row in rows}["web-1200"] == T0 + 1199
+    assert await store.get_agents([]) == []
+
+
 async def test_heartbeats_are_recorded_together_with_their_hosts_claims(store: AnyStore) -> None:
     await store.upsert_agent("web-1", last_seen=T0, tags={"role": "web"}, version="0.1.0")
     held = await store.enqueue_command("web-1", "d-1", "Install", {"big": "payload"}, at=T0)

@@ -214,10 +214,12 @@ async def offline_targets(
     Clock), each with when it was last heard from. Lambda and ECS targets have no agents: none."""
     if group.platform is not Platform.SERVER:
         return []
-    seen: dict[str, float | None] = {}
-    for name in dict.fromkeys(targets):
-        agent = await store.get_agent(name)
-        seen[name] = None if not agent or agent.get("last_seen") is None else float(agent["last_seen"])
+    heard = {
+        row["name"]: row["last_seen"] for row in await store.get_agents(targets) if row.get("last_seen") is not None
+    }
+    seen: dict[str, float | None] = {
+        name: float(heard[name]) if name in heard else None for name in dict.fromkeys(targets)
+    }
     return [{"host": name, "last_seen": seen[name]} for name in offline_hosts(list(seen), seen, now, offline_after)]
 
 
