@@ -222,13 +222,14 @@ class DeploymentRunner:
     async def fail_internally(self, message: str) -> bool:
         """End the deployment after ``run`` raised (deploybot failed, not one of its rules): as any failure ends, in
         one step, its failure written with what its end owes, then its unfinished hosts cancelled, traffic back on
-        the original fleet, the automatic rollback and the wind-up. False when it had ended already (the crash came
-        while its end was being done: that end is stored as owed, and is not decided again)."""
+        the original fleet, the automatic rollback and the wind-up. False when that did not end it: it had ended
+        already (the crash came while its end was being done: that end is stored as owed, and is not decided again),
+        or its machine did not take the failure."""
         if self.machine.state.status.is_final:
             return False
         with log_context.bind(deployment=self.deployment_id, deployment_group=self.group):
             await self._step(InternalError(message))
-        return True
+        return self.machine.state.status.is_final
 
     async def _drive(self, *, resume: bool, row: Mapping[str, Any] | None) -> None:
         try:
