@@ -476,6 +476,50 @@ async def test_a_deployment_whose_runner_crashes_fails_and_is_rolled_back_as_any
     assert left == []  # nothing of it is left for an agent to run
 
 
+async def test_an_end_cut_short_by_a_crash_is_wound_up_again_and_keeps_its_outcome(workdir: Path) -> None:
+    """The runner crashes while doing a deployment's end (here: queueing its automatic rollback raises, once). The
+    end is owed from the final write on, so it is done again from what is stored, as a restart would, and the
+    deployment keeps its own outcome instead of being marked an internal error with its rollback never started."""
+    good: list[str] = []
+    deployer = await open_deployer(workdir)
+    agents = ScriptedFleet(deployer, PRODUCTION, fails_on_p1_after(good))
+    try:
+        a = await wait_final(deployer, (await deployer.start(DeployRequest("app", "production")))["id"])
+        good.append(a["revision"]["sha256"])
+        automatic, crashed = deployer.rollbacks.automatic, asyncio.Event()
+
+        async def crashes_once(*args: Any) -> Any:
+            if not crashed.is_set():
+                crashed.set()
+                raise RuntimeError("a bug in the rollback")
+            return await automatic(*args)
+
+        deployer.rollbacks.automatic = crashes_once  # type: ignore[method-assign]
+        started = await deployer.start(DeployRequest("app", "production", revision="rev-b"))
+
+        async def rolled_back() -> bool:
+            return bool((await deployer.get(started["id"]))["rollback"]["by"])
+
+        await eventually(rolled_back, "the rollback, queued by the second wind-up")
+        b = await deployer.get(started["id"])
+        rollback = await wait_final(deployer, b["rollback"]["by"])
+
+        async def nothing_owed() -> bool:
+            return await deployer.store.owing_wind_up() == []
+
+        await eventually(nothing_owed, "no wind-up owed")
+        log = await deployer.store.read_log(deployment_id=b["id"])
+    finally:
+        await agents.close()
+        await deployer.close()
+    assert crashed.is_set()
+    assert b["status"] == "Failed" and b["error"]["code"] == "HEALTH_CONSTRAINTS"  # its own failure, not a crash
+    assert rollback["status"] == "Succeeded" and rollback["revision"]["sha256"] == a["revision"]["sha256"]
+    kinds = [entry["kind"] for entry in log]
+    assert kinds.count("rollback.triggered") == 1 and kinds.count("deployment.finished") == 1
+    assert [e["data"]["after"] for e in log if e["kind"] == "deployment.winding_up"] == ["a crash of its runner"]
+
+
 async def test_a_wind_up_a_dead_replica_left_is_done_by_the_replica_that_takes_the_group(
     postgres_server: PostgresServer, tmp_path: Path
 ) -> None:

@@ -99,7 +99,8 @@ def _resumed(d: Data) -> str:
 
 
 def _winding_up(d: Data) -> str:
-    return f"its end was cut short by a server restart ({d.get('status', '?')}): winding it up"
+    cause = _short(d.get("after", "")) or "a server restart"
+    return f"its end was cut short by {cause} ({d.get('status', '?')}): winding it up"
 
 
 def _offline(d: Data) -> str:

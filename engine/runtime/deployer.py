@@ -160,6 +160,7 @@ class Deployer:
         self.replica_id = replica_id or new_replica_id(config.server.listen_port or None)
         self.ownership = Ownership(store, clock, self.replica_id, lease_seconds or config.server.lease_seconds)
         self._leases: dict[str, Lease] = {}  # deployment id -> the lease its runner writes under
+        self._wound_up_again: set[str] = set()  # deployments whose wind-up a crash cut short, done again once
         self._delivered: dict[str, set[int]] = {}  # deployment id -> commands whose results its runner was given
         self._reading_results: dict[str, bool] = {}  # deployment id -> whether to read its stored results again
         self._keeper: asyncio.Task[None] | None = None
@@ -453,13 +454,15 @@ class Deployer:
             log.exception("deployment %s crashed in the runner", runner.deployment_id)
             message = f"deploybot hit an internal error ({_crash_site(exc)}); see the server log"
             try:  # failed as any failure is: its hosts, its traffic, its rollback and its end taken care of
-                if await runner.fail_internally(message):
+                if not runner.ended and await runner.fail_internally(message):
                     return
             except LeaseLost as lost:
                 await self._step_down(lost.group, f"deployment {runner.deployment_id} crashed after it: {lost}")
                 return
             except Exception:
-                log.exception("deployment %s: its runner could not fail it; only its status is", runner.deployment_id)
+                log.exception("deployment %s: its runner could not fail it", runner.deployment_id)
+            if await self._wind_up_again(runner.deployment_id):
+                return
             lease = self._leases.get(runner.deployment_id)
             store = self.ownership.fenced(self.store, lease) if lease is not None else self.store
             try:  # only while this replica still drives it: a crash after losing the group must not fail it
@@ -474,6 +477,25 @@ class Deployer:
                 await self._step_down(lost.group, f"deployment {runner.deployment_id} crashed after it: {lost}")
                 return
             await self._on_finish(runner.deployment_id)
+
+    async def _wind_up_again(self, deployment_id: str) -> bool:
+        """A crash cut the deployment's end short (its final status and what the end owes are stored): wind it up
+        again in a fresh runner, from what is stored, as a restart would; once per deployment and server. False when
+        nothing is owed, the group has moved on, or this was tried already."""
+        lease = self._leases.get(deployment_id)
+        if deployment_id in self._wound_up_again or lease is None:
+            return False
+        row = await self.store.get_deployment(deployment_id)
+        if row is None or row.get("wind_up") is None or self.queue.in_flight(row["group_name"]) != deployment_id:
+            return False
+        self._wound_up_again.add(deployment_id)
+        store = self.ownership.fenced(self.store, lease)
+        data = {"status": row["status"], "replica": self.replica_id, "after": "a crash of its runner"}
+        await store.append_log(
+            "deployment.winding_up", at=self.clock.now(), actor="deploybot", deployment_id=deployment_id, data=data
+        )
+        self._launch(row, resume=True, lease=lease)
+        return True
 
     def _group_of(self, row: Mapping[str, Any]) -> DeploymentGroup | None:
         try:
