@@ -13,11 +13,12 @@ and re-checks that it is still Pending, so no command is handed out twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engine.core.leases import COMMANDS_QUEUED, RESULTS_RECORDED
 from engine.ports import AgentBeat, CommandReport, FinishedReport, QueuedRun, StepWrite
+from engine.store.deployment_records import step_program
 from engine.store.statements import (
     Change,
     Fetch,
@@ -103,10 +104,6 @@ def _queue_key(deployment_id: str) -> str:
 class CommandRecords(SqlAccess):
     """Host commands (queued, claimed, finished, cancelled) and agent rows."""
 
-    def _step_program(self, step: StepWrite) -> Callable[[], Program[bool | None]]:
-        """A deployment step's statements (``DeploymentRows``' own, which ``Records`` joins with these)."""
-        raise NotImplementedError
-
     # -- host commands (the agents' work queue)
 
     async def enqueue_command(
@@ -148,15 +145,15 @@ class CommandRecords(SqlAccess):
         ``then`` of ``claim_next_command`` when its value is True.
         """
         row_lock = self._row_lock
-        step_program = self._step_program(step) if step is not None else None
+        written_first = step_program(self._columns, step) if step is not None else None
 
         def enqueue() -> Program[tuple[list[Row | None], dict[str, Row]]]:
             existing: list[Row | None] = []
             claimed: dict[str, Row] = {}
             queued_hosts: set[str] = set()
             yield Serialize(sorted({_queue_key(deployment_id) for _, deployment_id, _, _ in runs}))
-            if step_program is not None:
-                yield from step_program()
+            if written_first is not None:
+                yield from written_first()
             for host, deployment_id, events, payload in runs:
                 there = {row["event"] for row in (yield Fetch("host_commands", _EVENTS_QUEUED, (host, deployment_id)))}
                 first = None

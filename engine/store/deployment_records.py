@@ -8,7 +8,7 @@ Rows come back in the order they were written where timestamps tie: ``_row_order
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from engine.core.model import FINAL_STATUSES
 from engine.ports import DeploymentView, StepWrite
@@ -39,9 +39,6 @@ class DeploymentRows(SqlAccess):
     """The deployments' own tables (revisions, deployments, target_events, event_log)."""
 
     _row_order: ClassVar[str] = "rowid"
-
-    if TYPE_CHECKING:
-        _columns: Mapping[str, frozenset[str]]  # each table's columns, read from the migrated schema
 
     # -- revisions
 
@@ -105,19 +102,7 @@ class DeploymentRows(SqlAccess):
         of those: a change decided on a status read earlier is made only while that status still holds."""
         if not fields:
             return await self.get_deployment(deployment_id) is not None
-        return await self._change(*self._deployment_update(deployment_id, fields, if_status=if_status)) == 1
-
-    def _deployment_update(
-        self, deployment_id: str, fields: Mapping[str, Any], *, if_status: Sequence[str] | None = None
-    ) -> tuple[str, tuple[Any, ...]]:
-        check_columns("deployments", fields, self._columns["deployments"] - {"id"})
-        row = encode_fields("deployments", fields)
-        assignments = ", ".join(f'"{c}" = ?' for c in row)
-        sql, params = f"UPDATE deployments SET {assignments} WHERE id = ?", (*row.values(), deployment_id)
-        if if_status is not None:
-            sql += f" AND {in_clause('status', len(if_status))}"
-            params = (*params, *if_status)
-        return sql, params
+        return await self._change(*deployment_update(self._columns, deployment_id, fields, if_status=if_status)) == 1
 
     async def list_deployments(
         self,
@@ -170,7 +155,7 @@ class DeploymentRows(SqlAccess):
     async def wound_up(self, deployment_id: str, *, log: Mapping[str, Any]) -> None:
         """The deployment's wind-up is done: clear what it owed and append ``log``, the entry of its end (keys as
         ``append_log``'s), in one transaction, so the end is logged exactly when nothing is owed any more."""
-        clear = self._deployment_update(deployment_id, {"wind_up": None})
+        clear = deployment_update(self._columns, deployment_id, {"wind_up": None})
 
         def write() -> Program[None]:
             yield Change(*clear)
@@ -182,39 +167,16 @@ class DeploymentRows(SqlAccess):
 
     async def upsert_target_event(self, deployment_id: str, target: str, event: str, **fields: Any) -> None:
         """Create the (deployment, target, event) row or change only the given fields of it."""
-        await self._change(*self._target_event_upsert(deployment_id, {"target": target, "event": event, **fields}))
+        await self._change(
+            *target_event_upsert(self._columns, deployment_id, {"target": target, "event": event, **fields})
+        )
 
     async def save_progress(
         self, deployment_id: str, rows: Sequence[Mapping[str, Any]], **deployment: Any
     ) -> bool | None:
         """The target rows and ``update_deployment(**deployment)`` in one transaction: a step of a deployment is one
         write, not one per table. False when the deployment row is missing, None without ``deployment``."""
-        return await self._transact(self._step_program(StepWrite(deployment_id, rows, deployment)))
-
-    def _step_program(self, step: StepWrite) -> Callable[[], Program[bool | None]]:
-        """``save_progress``'s statements, as a program of their own: ``enqueue_command_runs`` runs them first."""
-        statements = [self._target_event_upsert(step.deployment_id, row) for row in step.rows]
-        if step.fields:
-            statements.append(self._deployment_update(step.deployment_id, step.fields))
-
-        def write() -> Program[bool | None]:
-            changed = []
-            for sql, params in statements:
-                changed.append((yield Change(sql, params)))
-            return changed[-1] == 1 if step.fields else None
-
-        return write
-
-    def _target_event_upsert(self, deployment_id: str, row: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
-        fields = {k: v for k, v in row.items() if k not in ("target", "event")}
-        check_columns("target_events", fields, self._columns["target_events"] - {*_TARGET_EVENT_KEY})
-        columns = [*_TARGET_EVENT_KEY, *fields]
-        on_conflict = "UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in fields) if fields else "NOTHING"
-        sql = (
-            f"INSERT INTO target_events ({', '.join(columns)}) VALUES ({placeholders(len(columns))})"
-            f" ON CONFLICT (deployment_id, target, event) DO {on_conflict}"
-        )
-        return sql, (deployment_id, row["target"], row["event"], *fields.values())
+        return await self._transact(step_program(self._columns, StepWrite(deployment_id, rows, deployment)))
 
     async def list_target_events(self, deployment_id: str) -> list[Row]:
         return await self._fetch("target_events", self._target_events_sql, (deployment_id,))
@@ -260,3 +222,50 @@ class DeploymentRows(SqlAccess):
         where, params = where_clause(deployment_id=deployment_id)
         sql = f"SELECT * FROM event_log WHERE id > ? AND {where} ORDER BY id LIMIT ?"
         return await self._fetch("event_log", sql, (after_id, *params, limit))
+
+
+# -- a deployment's step as statements: ``save_progress`` runs them alone, ``enqueue_command_runs`` (command_records)
+# first in its own transaction
+
+Columns = Mapping[str, frozenset[str]]
+"""Each table's columns, read from the migrated schema (the stores' ``_columns``)."""
+
+
+def step_program(columns: Columns, step: StepWrite) -> Callable[[], Program[bool | None]]:
+    """``save_progress``'s statements as a program: False when the deployment row is missing, None without fields."""
+    statements = [target_event_upsert(columns, step.deployment_id, row) for row in step.rows]
+    if step.fields:
+        statements.append(deployment_update(columns, step.deployment_id, step.fields))
+
+    def write() -> Program[bool | None]:
+        changed = []
+        for sql, params in statements:
+            changed.append((yield Change(sql, params)))
+        return changed[-1] == 1 if step.fields else None
+
+    return write
+
+
+def deployment_update(
+    columns: Columns, deployment_id: str, fields: Mapping[str, Any], *, if_status: Sequence[str] | None = None
+) -> tuple[str, tuple[Any, ...]]:
+    check_columns("deployments", fields, columns["deployments"] - {"id"})
+    row = encode_fields("deployments", fields)
+    assignments = ", ".join(f'"{c}" = ?' for c in row)
+    sql, params = f"UPDATE deployments SET {assignments} WHERE id = ?", (*row.values(), deployment_id)
+    if if_status is not None:
+        sql += f" AND {in_clause('status', len(if_status))}"
+        params = (*params, *if_status)
+    return sql, params
+
+
+def target_event_upsert(columns: Columns, deployment_id: str, row: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    fields = {k: v for k, v in row.items() if k not in ("target", "event")}
+    check_columns("target_events", fields, columns["target_events"] - {*_TARGET_EVENT_KEY})
+    names = [*_TARGET_EVENT_KEY, *fields]
+    on_conflict = "UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in fields) if fields else "NOTHING"
+    sql = (
+        f"INSERT INTO target_events ({', '.join(names)}) VALUES ({placeholders(len(names))})"
+        f" ON CONFLICT (deployment_id, target, event) DO {on_conflict}"
+    )
+    return sql, (deployment_id, row["target"], row["event"], *fields.values())

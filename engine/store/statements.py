@@ -230,6 +230,7 @@ class SqlAccess:
         return await self._run(run)
 
     if TYPE_CHECKING:
+        _columns: Mapping[str, frozenset[str]]  # each table's columns, read from the migrated schema
 
         async def _run(self, fn: Callable[[Database], T]) -> T: ...
         async def _fetch(
