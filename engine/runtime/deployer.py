@@ -350,24 +350,18 @@ class Deployer:
             if not in_flight and not queued and not owed:
                 await self.ownership.release(group_name)
                 return
-        store = self.ownership.fenced(self.store, lease)
         # Its owner died (or a previous server stopped): resume it where it stopped. One that ended but whose end's
         # wind-up was cut short comes first (it still holds the group), then the one in flight.
         left = owed[0] if owed else in_flight[0] if in_flight else None
         if left is not None:
-            await store.append_log(
-                "deployment.winding_up" if owed else "deployment.resumed",
-                at=self.clock.now(),
-                actor="deploybot",
-                deployment_id=left["id"],
-                data={"status": left["status"], "replica": self.replica_id, "lease_generation": lease.generation},
-            )
-            self._launch(left, resume=True, lease=lease)
+            kind = "deployment.winding_up" if owed else "deployment.resumed"
+            await self._take_up(left, lease, kind, lease_generation=lease.generation)
             return
         chosen = next((r for r in queued if r["id"] == prefer), None) or next(
             (r for r in queued if r["created_by"] == ROLLBACK_CREATOR), queued[0]
         )
         now = self.clock.now()
+        store = self.ownership.fenced(self.store, lease)
         if not await store.update_deployment(chosen["id"], status="Created", started_at=now, if_status=["Queued"]):
             await self._start_next(group_name)  # cancelled (by any replica) since it was read: the next one, if any
             return
@@ -489,13 +483,16 @@ class Deployer:
         if row is None or row.get("wind_up") is None or self.queue.in_flight(row["group_name"]) != deployment_id:
             return False
         self._wound_up_again.add(deployment_id)
-        store = self.ownership.fenced(self.store, lease)
-        data = {"status": row["status"], "replica": self.replica_id, "after": "a crash of its runner"}
-        await store.append_log(
-            "deployment.winding_up", at=self.clock.now(), actor="deploybot", deployment_id=deployment_id, data=data
-        )
-        self._launch(row, resume=True, lease=lease)
+        await self._take_up(row, lease, "deployment.winding_up", after="a crash of its runner")
         return True
+
+    async def _take_up(self, row: Mapping[str, Any], lease: Lease, kind: str, **why: Any) -> None:
+        """Drive a stored deployment again from what is stored (``kind``: ``deployment.resumed`` or, for one whose
+        end is owed, ``deployment.winding_up``), logged first with ``why``."""
+        data = {"status": row["status"], "replica": self.replica_id, **why}
+        store = self.ownership.fenced(self.store, lease)
+        await store.append_log(kind, at=self.clock.now(), actor="deploybot", deployment_id=row["id"], data=data)
+        self._launch(row, resume=True, lease=lease)
 
     def _group_of(self, row: Mapping[str, Any]) -> DeploymentGroup | None:
         try:
