@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from engine.core import log_context
 from engine.core.agent_protocol import agent_run
@@ -373,28 +373,29 @@ class DeploymentRunner:
         """Execute in order; consecutive lifecycle events for the agents go to the fleet together (rule 7). ``step``
         is written first: in the transaction that queues the first runs when the commands start with them (one trip
         to the store, not two), else alone."""
+        if step is not None and not (commands and self._for_the_fleet(commands[0])):
+            await self.store.save_progress(step.deployment_id, step.rows, **step.fields)
+            step = None
         events: list[RunEvent] = []
         for command in commands:
-            if self.fleet is not None and isinstance(command, RunEvent) and command.event not in TRAFFIC_EVENTS:
+            if self._for_the_fleet(command):
                 events.append(command)
                 continue
-            step = await self._dispatch_runs(events, step)
-            events = []
-            if step is not None:
-                await self.store.save_progress(step.deployment_id, step.rows, **step.fields)
-                step = None
+            await self._dispatch_runs(events, step)
+            step, events = None, []
             await self._execute(command)
-        step = await self._dispatch_runs(events, step)
-        if step is not None:
-            await self.store.save_progress(step.deployment_id, step.rows, **step.fields)
+        await self._dispatch_runs(events, step)
 
-    async def _dispatch_runs(self, events: list[RunEvent], step: StepWrite | None) -> StepWrite | None:
-        """Queue ``events``' runs, with ``step`` written in that transaction; the step when it is still to write."""
+    def _for_the_fleet(self, command: Command) -> TypeGuard[RunEvent]:
+        """A lifecycle event the agents run (not a traffic event, which the router does)."""
+        return self.fleet is not None and isinstance(command, RunEvent) and command.event not in TRAFFIC_EVENTS
+
+    async def _dispatch_runs(self, events: list[RunEvent], step: StepWrite | None) -> None:
+        """Queue ``events``' runs, ``step`` written first in that transaction."""
         if not events or self.fleet is None:
-            return step
+            return
         runs = [(event.target, self._run_from(event)) for event in events]
         await self.fleet.dispatch_runs(self.deployment_id, runs, self.spec, step=step)
-        return None
 
     def _run_from(self, command: RunEvent) -> tuple[LifecycleEvent, ...]:
         """The target's events from ``command.event`` up to the next server-side step (just it, should the machine's
