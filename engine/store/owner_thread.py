@@ -6,8 +6,8 @@ lease there), and settles the future through ``call_soon_threadsafe``. That is t
 
 Why not ``loop.run_in_executor`` on a one-thread ``ThreadPoolExecutor``: the store makes a trip per transaction,
 tens per deployment and one or two per host-event, and the pool's bookkeeping (a work item, an idle semaphore, a
-thread-count check, a concurrent future whose state is copied into an asyncio one) doubles what a trip costs. Measured
-on this machine (20,000 trivial calls, three rounds): 68 µs of CPU per round trip through the pool, 34 µs here.
+thread-count check, a concurrent future whose state is copied into an asyncio one) doubles what a trip costs:
+``make bench`` (its "store" part, bench/store_hop.py) measured 70 µs of CPU per round trip through the pool, 38 here.
 
 A caller cancelled while its call waits or runs does not stop the call: it runs, and its outcome is dropped (as
 with the pool). The thread is a daemon: a store never closed must not hang the interpreter's exit, and SQLite's

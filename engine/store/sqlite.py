@@ -2,9 +2,9 @@
 
 Theory of operation: the store owns exactly one connection, created inside — and only ever used from — one
 thread (``OwnerThread``). Every public method is a coroutine that ships a small closure to that thread, so SQL never
-blocks the event loop, writes are serialized without any Python lock, and SQLite's
-threading rules are kept by construction. Writes run in ``BEGIN IMMEDIATE`` transactions so a second process
-(a CLI reading the same file, a test) can only make us wait, never corrupt a read-modify-write.
+blocks the event loop, writes are serialized without any Python lock, and SQLite's threading rules are kept by
+construction. Writes run in ``BEGIN IMMEDIATE`` transactions so a second process (a CLI reading the same file, a
+test) can only make us wait, never corrupt a read-modify-write.
 
 The store never reads the clock: every timestamp (float epoch seconds) comes from the caller, which owns time.
 Structured fields are JSON columns: dicts in, dicts out. Rows come back as plain dicts keyed by column name.
