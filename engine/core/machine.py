@@ -243,9 +243,8 @@ class DeploymentMachine:
         return self._finish(DeploymentStatus.STOPPED)
 
     def _on_internal_error(self, ev: InternalError) -> list[Command]:
-        self.state.error_code, self.state.message = ErrorCode.INTERNAL_ERROR, ev.message
-        started = self.state.status is not DeploymentStatus.CREATED
-        return self._end(DeploymentStatus.FAILED, AutoRollbackEvent.DEPLOYMENT_FAILURE, None if started else False)
+        started = self.state.status is not DeploymentStatus.CREATED  # before it, nothing changed: no rollback
+        return self._fail(ErrorCode.INTERNAL_ERROR, ev.message, rollback=None if started else False)
 
     def _on_stop_requested(self, ev: StopRequested) -> list[Command]:
         who = f" by {ev.actor}" if ev.actor else ""
@@ -391,9 +390,9 @@ class DeploymentMachine:
 
     # -- endings ---------------------------------------------------------------------------------------------
 
-    def _fail(self, code: ErrorCode, message: str) -> list[Command]:
+    def _fail(self, code: ErrorCode, message: str, *, rollback: bool | None = None) -> list[Command]:
         self.state.error_code, self.state.message = code, message
-        return self._end(DeploymentStatus.FAILED, AutoRollbackEvent.DEPLOYMENT_FAILURE, None)
+        return self._end(DeploymentStatus.FAILED, AutoRollbackEvent.DEPLOYMENT_FAILURE, rollback)
 
     def _stop(
         self,
