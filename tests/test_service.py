@@ -350,16 +350,28 @@ def fails_on_p1_after(good: list[str]) -> Behaviour:
     return lambda host, event, sha: "boom" if host == "p1" and event == "Install" and good and sha not in good else None
 
 
+async def rev_a_on_production(workdir: Path) -> tuple[Deployer, ScriptedFleet, dict]:
+    """A server whose production runs rev-a, its agents failing p1's Install for any other revision (automatic
+    rollback on failure): the deployer and its agents, for the caller to close, and rev-a's deployment."""
+    good: list[str] = []
+    deployer = await open_deployer(workdir)
+    agents = ScriptedFleet(deployer, PRODUCTION, fails_on_p1_after(good))
+    try:
+        a = await wait_final(deployer, (await deployer.start(DeployRequest("app", "production")))["id"])
+    except BaseException:
+        await agents.close()
+        await deployer.close()
+        raise
+    good.append(a["revision"]["sha256"])
+    return deployer, agents, a
+
+
 async def fail_then_stop_the_server(workdir: Path, cut: Callable[[Deployer], asyncio.Event]) -> tuple[str, str]:
     """Deploy rev-a to production, then rev-b, whose Install fails on p1 (automatic rollback on failure); ``cut``
     patches the server so that it stops where it is to go away, setting the event it returns. rev-a's sha256, and
     the id of rev-b's deployment."""
-    good: list[str] = []
-    first = await open_deployer(workdir)
-    agents = ScriptedFleet(first, PRODUCTION, fails_on_p1_after(good))
+    first, agents, a = await rev_a_on_production(workdir)
     try:
-        a = await wait_final(first, (await first.start(DeployRequest("app", "production")))["id"])
-        good.append(a["revision"]["sha256"])
         crash = cut(first)
         b = await first.start(DeployRequest("app", "production", revision="rev-b"))
         await crash.wait()
@@ -480,12 +492,8 @@ async def test_an_end_cut_short_by_a_crash_is_wound_up_again_and_keeps_its_outco
     """The runner crashes while doing a deployment's end (here: queueing its automatic rollback raises, once). The
     end is owed from the final write on, so it is done again from what is stored, as a restart would, and the
     deployment keeps its own outcome instead of being marked an internal error with its rollback never started."""
-    good: list[str] = []
-    deployer = await open_deployer(workdir)
-    agents = ScriptedFleet(deployer, PRODUCTION, fails_on_p1_after(good))
+    deployer, agents, a = await rev_a_on_production(workdir)
     try:
-        a = await wait_final(deployer, (await deployer.start(DeployRequest("app", "production")))["id"])
-        good.append(a["revision"]["sha256"])
         automatic, crashed = deployer.rollbacks.automatic, asyncio.Event()
 
         async def crashes_once(*args: Any) -> Any:
