@@ -528,6 +528,39 @@ async def test_an_end_cut_short_by_a_crash_is_wound_up_again_and_keeps_its_outco
     assert [e["data"]["after"] for e in log if e["kind"] == "deployment.winding_up"] == ["a crash of its runner"]
 
 
+async def test_a_crash_after_the_end_was_stored_keeps_the_outcome_and_lets_the_group_go_on(workdir: Path) -> None:
+    """The runner crashes after the deployment's end was stored and logged (here: starting the group's next
+    deployment raises, once). That used to overwrite its outcome with an internal error, log its end a second time,
+    and could leave the deployment queued behind it waiting; now its outcome stands and the next one starts."""
+    deployer = await open_deployer(workdir)
+    agents = ScriptedFleet(deployer, PRODUCTION, never_fails)
+    try:
+        start_held, first_id, crashed = deployer.queue.start_held, "", asyncio.Event()
+
+        async def crashes_once_after_the_end(group_name: str) -> None:
+            row = await deployer.store.get_deployment(first_id) if first_id else None
+            if row is not None and row["status"] == "Succeeded" and not crashed.is_set():
+                crashed.set()
+                raise RuntimeError("a bug after the end")
+            await start_held(group_name)
+
+        deployer.queue.start_held = crashes_once_after_the_end  # type: ignore[method-assign]
+        first = await deployer.start(DeployRequest("app", "production"))
+        first_id = first["id"]
+        queued = await deployer.start(DeployRequest("app", "production", revision="rev-b"))
+        assert queued["status"] == "Queued"  # behind the first: started when the first lets the group go on
+        second = await wait_final(deployer, queued["id"])
+        first = await deployer.get(first_id)
+        log = [entry["kind"] for entry in await deployer.store.read_log(deployment_id=first_id)]
+    finally:
+        await agents.close()
+        await deployer.close()
+    assert crashed.is_set()
+    assert first["status"] == "Succeeded" and first["error"] is None  # not overwritten as an internal error
+    assert log.count("deployment.finished") == 1
+    assert second["status"] == "Succeeded"
+
+
 async def test_a_wind_up_a_dead_replica_left_is_done_by_the_replica_that_takes_the_group(
     postgres_server: PostgresServer, tmp_path: Path
 ) -> None:

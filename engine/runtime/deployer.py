@@ -455,7 +455,7 @@ class Deployer:
                 return
             except Exception:
                 log.exception("deployment %s: its runner could not fail it", runner.deployment_id)
-            if await self._wind_up_again(runner.deployment_id):
+            if await self._wind_up_again(runner.deployment_id) or await self._ended_before(runner.deployment_id):
                 return
             lease = self._leases.get(runner.deployment_id)
             store = self.ownership.fenced(self.store, lease) if lease is not None else self.store
@@ -484,6 +484,21 @@ class Deployer:
             return False
         self._wound_up_again.add(deployment_id)
         await self._take_up(row, lease, "deployment.winding_up", after="a crash of its runner")
+        return True
+
+    async def _ended_before(self, deployment_id: str) -> bool:
+        """The crash came after the deployment's end was stored and logged (its final status, nothing owed): its
+        outcome stands, and only letting its group go on may be left undone, which is done now. False otherwise."""
+        row = await self.store.get_deployment(deployment_id)
+        if row is None or row["status"] not in FINAL_STATUSES or row.get("wind_up") is not None:
+            return False
+        log.warning("deployment %s had ended (%s) before the crash; its outcome stands", deployment_id, row["status"])
+        self._runners.pop(deployment_id, None)
+        self._leases.pop(deployment_id, None)
+        try:
+            await self._let_group_go_on(row)
+        finally:
+            self._tasks.pop(deployment_id, None)
         return True
 
     async def _take_up(self, row: Mapping[str, Any], lease: Lease, kind: str, **why: Any) -> None:
@@ -529,8 +544,13 @@ class Deployer:
             deployment_id,
             log={"kind": "deployment.finished", "at": self.clock.now(), "actor": "deploybot", "data": finished},
         )
-        self.queue.vacate(row["group_name"], deployment_id)
-        await self.changed(deployment_id, group=row["group_name"])
+        await self._let_group_go_on(row)
+
+    async def _let_group_go_on(self, row: Mapping[str, Any]) -> None:
+        """After a deployment's end is stored: free its group, tell its watchers, start the group's next one. Each
+        step may be done twice (after a crash among them, ``_ended_before``)."""
+        self.queue.vacate(row["group_name"], row["id"])
+        await self.changed(row["id"], group=row["group_name"])
         # Under the queue's lock, as every start: a start heard meanwhile (GROUP_WORK) that read the group before
         # this one launched the next deployment would otherwise resume it beside the runner already driving it.
         await self.queue.start_held(row["group_name"])
