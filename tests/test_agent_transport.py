@@ -9,7 +9,6 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import h11
 import pytest
 from aiohttp import web
 
@@ -286,20 +285,112 @@ async def test_a_request_and_its_small_body_go_out_in_one_write() -> None:
     """One write, so one segment: the server wakes once per request, not once for the head and again for the body
     (a result POST is most of an agent's traffic)."""
 
-    class Recording:
-        def __init__(self) -> None:
+    class Recording(asyncio.Transport):
+        """A transport that keeps what is written and answers each request at once."""
+
+        def __init__(self, connection: _Connection) -> None:
+            super().__init__()
+            self.connection = connection
             self.writes: list[bytes] = []
 
-        def write(self, data: bytes) -> None:
-            self.writes.append(data)
+        def write(self, data: bytes) -> None:  # type: ignore[override]
+            self.writes.append(bytes(data))
+            self.connection.data_received(answer(b"{}"))
 
-        async def drain(self) -> None:
+        def is_closing(self) -> bool:
+            return False
+
+        def close(self) -> None:
             return None
 
-    writer = Recording()
-    connection = _Connection(asyncio.StreamReader(), writer)  # type: ignore[arg-type]
-    body = json.dumps({"status": "Succeeded"}).encode()
-    head = h11.Request(method="POST", target="/r", headers=[("Host", "x"), ("Content-Length", str(len(body)))])
-    await connection.send(head, h11.Data(data=body), h11.EndOfMessage())
-    assert len(writer.writes) == 1
-    assert writer.writes[0].startswith(b"POST /r HTTP/1.1\r\n") and writer.writes[0].endswith(b"\r\n\r\n" + body)
+    client = HttpClient("http://x")
+    connection = _Connection()
+    transport = Recording(connection)
+    connection.connection_made(transport)
+
+    async def recording(connect: float) -> tuple[_Connection, bool]:
+        return connection, True
+
+    client._connection = recording  # type: ignore[method-assign]
+    response = await client.request("POST", "/r", json_body={"status": "Succeeded"})
+    body = json.dumps({"status": "Succeeded"}, separators=(",", ":")).encode()
+    assert response.status == 200 and len(transport.writes) == 1
+    assert transport.writes[0].startswith(b"POST /r HTTP/1.1\r\n") and transport.writes[0].endswith(b"\r\n\r\n" + body)
+
+
+async def test_an_informational_answer_is_skipped_and_a_body_may_run_until_the_connection_ends() -> None:
+    async def continue_then_close_delimited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(continue_then_close_delimited) as url:
+        client = HttpClient(url)
+        try:
+            response = await client.request("GET", "/")
+        finally:
+            await client.close()
+    assert (response.status, response.text()) == (200, "all of it")
+
+
+async def test_an_answer_cut_short_is_a_broken_answer() -> None:
+    async def cut_short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(cut_short) as url:
+        client = HttpClient(url)
+        with pytest.raises(ConnectionEnded, match="in the middle of the answer"):
+            await client.request("GET", "/")
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [("/r", {"X-Token": "a\r\nX-Injected: 1"}), ("/r x", {}), ("/r", {"Bad Name": "v"}), ("/r", {"X": "caf\u00e9"})],
+)
+async def test_a_request_that_is_not_valid_http_is_refused_before_anything_is_sent(
+    path: str, headers: dict[str, str]
+) -> None:
+    received: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.read(1024))
+        writer.close()
+
+    async with raw_server(record) as url:
+        client = HttpClient(url)
+        with pytest.raises(ProtocolBroken, match="cannot send"):
+            await client.request("GET", path, headers=headers)
+        await client.close()
+    assert received == []  # not even a connection was opened
+
+
+async def test_bytes_no_request_asked_for_make_the_connection_unusable() -> None:
+    connections = 0
+
+    async def answers_twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await read_request(reader)
+        writer.write(answer(b"one") + answer(b"unasked"))
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            await read_request(reader)
+            writer.write(answer(b"two"))
+            await writer.drain()
+        writer.close()
+
+    async with raw_server(answers_twice) as url:
+        client = HttpClient(url)
+        try:
+            first = await client.request("GET", "/")
+            await asyncio.sleep(0)  # let the unasked answer arrive
+            second = await client.request("GET", "/")
+        finally:
+            await client.close()
+    assert (first.text(), second.text()) == ("one", "one")
+    assert connections == 2
