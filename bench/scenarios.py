@@ -22,6 +22,7 @@ from bench import floor, phases
 from bench.agent_floor import AgentFloor, FloorDeployment
 from bench.aws import aws_reroute
 from bench.baseline import canonical_bundle, run_baseline
+from bench.client_hop import client_hop
 from bench.figures import Figure, median, percentile, spread
 from bench.profile import Profiler
 from bench.replicas import replicas_scenario
@@ -435,4 +436,5 @@ SCENARIOS: dict[str, Callable[[Settings], list[Figure]]] = {
     "replicas": replicas_scenario,
     "startup": startup,
     "store": store_hop,
+    "client": client_hop,
 }
