@@ -86,6 +86,10 @@ class Response:
             return None
 
 
+def _discard(data: bytes) -> None:
+    return None
+
+
 class _Answer:
     """The parser's callbacks for one answer: its status, its body's pieces (to ``on_data``) and its end."""
 
@@ -100,6 +104,11 @@ class _Answer:
         self.keep_alive = False  # both sides keep the connection open after it
         self.stray = False  # more arrived after it: no request asked for that
         self.received = 0  # bytes of it so far
+
+    def forget(self) -> None:
+        """Drop the caller's callbacks: the answer is whole, and nothing more of it is passed on."""
+        self.on_data = _discard
+        self.on_status = None
 
     def on_message_begin(self) -> None:
         if self.complete:  # a second answer behind the first: bytes no request asked for
@@ -212,9 +221,10 @@ class _Connection(asyncio.Protocol):
         if self.ended:
             raise self.failure if isinstance(self.failure, OSError) else ConnectionEnded("the connection ended")
 
-    def expect(self, on_data: Callable[[bytes], object], on_status: Callable[[int], None] | None = None) -> None:
+    def expect(self, on_data: Callable[[bytes], object], on_status: Callable[[int], None] | None = None) -> _Answer:
         """Read what arrives from now on as the answer to the request about to be sent."""
         self.answer = _Answer(on_data, on_status)
+        return self.answer
 
     async def answered(self, read_timeout: float | None) -> int:
         """Wait until the answer is whole (each wait for more at most ``read_timeout``); its status."""
@@ -373,7 +383,7 @@ class HttpClient:
         head = self._head(method, self._prefix + path, body, content_type, headers)
         while True:
             connection, reused = await self._connection(connect)
-            connection.expect(on_data, on_status)
+            answer = connection.expect(on_data, on_status)
             try:
                 try:
                     if isinstance(body, _FileBody):
@@ -383,21 +393,20 @@ class HttpClient:
                     else:
                         await connection.send(head + body, read_timeout)
                 except OSError:
-                    if connection.answer is None or connection.answer.status is None:
+                    if answer.status is None:
                         raise
                     # The server answered before taking the whole body (a refusal, say): that answer is the one.
                 status = await connection.answered(read_timeout)
             except OSError as exc:
                 connection.close()
-                answer = connection.answer
-                began = answer is not None and answer.status is not None
-                if reused and not began and not isinstance(exc, ssl.SSLError):
+                if reused and answer.status is None and not isinstance(exc, ssl.SSLError):
                     continue  # the server closed it while idle: once more on a new connection
                 raise
             except BaseException:
                 connection.close()
                 raise
             if connection.reusable:
+                answer.forget()  # an idle connection keeps nothing of its caller's (a body, a sink)
                 self._idle.append(connection)
             else:
                 connection.close()

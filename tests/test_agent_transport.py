@@ -394,3 +394,41 @@ async def test_bytes_no_request_asked_for_make_the_connection_unusable() -> None
             await client.close()
     assert (first.text(), second.text()) == ("one", "one")
     assert connections == 2
+
+
+async def test_an_answer_before_the_whole_body_was_taken_is_the_answer(tmp_path: Path) -> None:
+    """A server may refuse an upload as soon as it has read the head (413, say) and close the connection: the write
+    of the next piece then fails, and the refusal is what the caller gets, not that failure."""
+
+    class RefusesAfterTheHead(asyncio.Transport):
+        def __init__(self, connection: _Connection) -> None:
+            super().__init__()
+            self.connection = connection
+            self.writes = 0
+
+        def write(self, data: bytes) -> None:  # type: ignore[override]
+            self.writes += 1
+            self.connection.data_received(answer(b"too large", "413 Payload Too Large"))
+            self.connection.connection_lost(ConnectionResetError("reset by peer"))
+
+        def is_closing(self) -> bool:
+            return self.writes > 0
+
+        def close(self) -> None:
+            return None
+
+    upload = tmp_path / "bundle.tar.gz"
+    upload.write_bytes(b"x" * (3 * 256 * 1024))  # three pieces
+    client = HttpClient("http://x")
+    connection = _Connection()
+    transport = RefusesAfterTheHead(connection)
+    connection.connection_made(transport)
+
+    async def refusing(connect: float) -> tuple[_Connection, bool]:
+        return connection, False
+
+    client._connection = refusing  # type: ignore[method-assign]
+    with upload.open("rb") as file:
+        refused = await client.request("POST", "/revisions", body=file, content_type="application/gzip")
+    assert (refused.status, refused.text()) == (413, "too large")
+    assert transport.writes == 1  # the head: nothing more was sent once the answer came
