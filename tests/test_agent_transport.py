@@ -51,6 +51,18 @@ def answer(body: bytes = b"ok", status: str = "200 OK") -> bytes:
     return f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
 
 
+def says_then_closes(sent: bytes) -> Handler:
+    """A raw server's handler: it reads one request's head, sends ``sent`` and closes the connection."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(sent)
+        await writer.drain()
+        writer.close()
+
+    return handler
+
+
 async def test_requests_reuse_one_kept_alive_connection_and_carry_json_and_headers() -> None:
     peers: list[object] = []
     seen: list[tuple[str, object, str | None]] = []
@@ -196,18 +208,22 @@ async def test_a_file_body_is_sent_in_pieces_and_again_from_its_start_on_a_resen
     assert connections == 2
 
 
-async def test_garbage_is_a_broken_answer_and_an_os_error() -> None:
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    async with raw_server(garbage) as url:
+@pytest.mark.parametrize(
+    ("sent", "error", "match"),
+    [
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", ProtocolBroken, "broken HTTP answer"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", ConnectionEnded, "in the middle of the answer"),
+    ],
+)
+async def test_garbage_or_an_answer_cut_short_is_a_broken_answer_and_an_os_error(
+    sent: bytes, error: type[ProtocolBroken], match: str
+) -> None:
+    async with raw_server(says_then_closes(sent)) as url:
         client = HttpClient(url)
-        with pytest.raises(OSError, match="broken HTTP answer"):
+        with pytest.raises(error, match=match) as raised:
             await client.request("GET", "/healthz")
         await client.close()
+    assert isinstance(raised.value, OSError)
 
 
 async def test_a_download_streams_a_200_and_returns_another_answers_body() -> None:
@@ -281,71 +297,57 @@ def test_only_http_and_https_urls() -> None:
         HttpClient("ftp://example.com")
 
 
+class ScriptedTransport(asyncio.Transport):
+    """A connection's transport that the test scripts: what is written is kept and handed to ``react``."""
+
+    def __init__(self, react: Callable[[_Connection, bytes], None]) -> None:
+        super().__init__()
+        self.connection = _Connection()
+        self.connection.connection_made(self)
+        self.react = react
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.writes.append(bytes(data))
+        self.react(self.connection, bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.connection.ended
+
+    def close(self) -> None:
+        return None
+
+
+def client_over(transport: ScriptedTransport) -> HttpClient:
+    """A client whose every request goes over ``transport``'s connection."""
+    client = HttpClient("http://x")
+
+    async def connection(connect: float) -> tuple[_Connection, bool]:
+        return transport.connection, False
+
+    client._connection = connection  # type: ignore[method-assign]
+    return client
+
+
 async def test_a_request_and_its_small_body_go_out_in_one_write() -> None:
     """One write, so one segment: the server wakes once per request, not once for the head and again for the body
     (a result POST is most of an agent's traffic)."""
-
-    class Recording(asyncio.Transport):
-        """A transport that keeps what is written and answers each request at once."""
-
-        def __init__(self, connection: _Connection) -> None:
-            super().__init__()
-            self.connection = connection
-            self.writes: list[bytes] = []
-
-        def write(self, data: bytes) -> None:  # type: ignore[override]
-            self.writes.append(bytes(data))
-            self.connection.data_received(answer(b"{}"))
-
-        def is_closing(self) -> bool:
-            return False
-
-        def close(self) -> None:
-            return None
-
-    client = HttpClient("http://x")
-    connection = _Connection()
-    transport = Recording(connection)
-    connection.connection_made(transport)
-
-    async def recording(connect: float) -> tuple[_Connection, bool]:
-        return connection, True
-
-    client._connection = recording  # type: ignore[method-assign]
-    response = await client.request("POST", "/r", json_body={"status": "Succeeded"})
+    transport = ScriptedTransport(lambda connection, _: connection.data_received(answer(b"{}")))
+    response = await client_over(transport).request("POST", "/r", json_body={"status": "Succeeded"})
     body = json.dumps({"status": "Succeeded"}, separators=(",", ":")).encode()
     assert response.status == 200 and len(transport.writes) == 1
     assert transport.writes[0].startswith(b"POST /r HTTP/1.1\r\n") and transport.writes[0].endswith(b"\r\n\r\n" + body)
 
 
 async def test_an_informational_answer_is_skipped_and_a_body_may_run_until_the_connection_ends() -> None:
-    async def continue_then_close_delimited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
-        await writer.drain()
-        writer.close()
-
-    async with raw_server(continue_then_close_delimited) as url:
+    sent = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it"
+    async with raw_server(says_then_closes(sent)) as url:
         client = HttpClient(url)
         try:
             response = await client.request("GET", "/")
         finally:
             await client.close()
     assert (response.status, response.text()) == (200, "all of it")
-
-
-async def test_an_answer_cut_short_is_a_broken_answer() -> None:
-    async def cut_short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-        await writer.drain()
-        writer.close()
-
-    async with raw_server(cut_short) as url:
-        client = HttpClient(url)
-        with pytest.raises(ConnectionEnded, match="in the middle of the answer"):
-            await client.request("GET", "/")
-        await client.close()
 
 
 @pytest.mark.parametrize(
@@ -400,35 +402,14 @@ async def test_an_answer_before_the_whole_body_was_taken_is_the_answer(tmp_path:
     """A server may refuse an upload as soon as it has read the head (413, say) and close the connection: the write
     of the next piece then fails, and the refusal is what the caller gets, not that failure."""
 
-    class RefusesAfterTheHead(asyncio.Transport):
-        def __init__(self, connection: _Connection) -> None:
-            super().__init__()
-            self.connection = connection
-            self.writes = 0
-
-        def write(self, data: bytes) -> None:  # type: ignore[override]
-            self.writes += 1
-            self.connection.data_received(answer(b"too large", "413 Payload Too Large"))
-            self.connection.connection_lost(ConnectionResetError("reset by peer"))
-
-        def is_closing(self) -> bool:
-            return self.writes > 0
-
-        def close(self) -> None:
-            return None
+    def refuse_and_reset(connection: _Connection, _: bytes) -> None:
+        connection.data_received(answer(b"too large", "413 Payload Too Large"))
+        connection.connection_lost(ConnectionResetError("reset by peer"))
 
     upload = tmp_path / "bundle.tar.gz"
     upload.write_bytes(b"x" * (3 * 256 * 1024))  # three pieces
-    client = HttpClient("http://x")
-    connection = _Connection()
-    transport = RefusesAfterTheHead(connection)
-    connection.connection_made(transport)
-
-    async def refusing(connect: float) -> tuple[_Connection, bool]:
-        return connection, False
-
-    client._connection = refusing  # type: ignore[method-assign]
+    transport = ScriptedTransport(refuse_and_reset)
     with upload.open("rb") as file:
-        refused = await client.request("POST", "/revisions", body=file, content_type="application/gzip")
+        refused = await client_over(transport).request("POST", "/revisions", body=file, content_type="application/gzip")
     assert (refused.status, refused.text()) == (413, "too large")
-    assert transport.writes == 1  # the head: nothing more was sent once the answer came
+    assert len(transport.writes) == 1  # the head: nothing more was sent once the answer came
