@@ -261,10 +261,15 @@ async def test_download_install_and_hooks_end_to_end(fleet: FakeFleet, tmp_path:
     assert after["status"] == "Succeeded"
     deployment = AgentLayout(root).deployment_dir("hello-staging", "d-1")
     written = [deployment / "bundle.tar.gz", deployment / "deployment.json", deployment / "logs" / "scripts.log"]
-    written += (root / "deployment-instructions").iterdir()
+    instructions = root / "deployment-instructions"
+    written += [path for path in instructions.iterdir() if not path.is_symlink()]  # the cleanup record
     assert {str(path.relative_to(root)): oct(path.stat().st_mode & 0o777) for path in written} == {
         str(path.relative_to(root)): "0o600" for path in written
     }
+    # The install records are links to the deployment's directory, whose name its group's directory lists anyway.
+    links = {path.name: os.readlink(path) for path in instructions.iterdir() if path.is_symlink()}
+    to_d1 = os.path.join("..", "deployments", "hello-staging", "d-1")
+    assert links == {"hello-staging_last_successful_install": to_d1, "hello-staging_most_recent_install": to_d1}
     assert f"after install on web-1 in {prefix} for d-1 (blue)" in after["log_tail"]
     layout = AgentLayout(root)
     assert layout.last_successful_install("hello-staging") == layout.deployment_dir("hello-staging", "d-1")

@@ -311,6 +311,30 @@ def test_retention_keeps_five_revisions_besides_the_current_and_the_last_success
     assert layout.deployment_dir("g", "..").name == "%2E%2E"
 
 
+def test_install_records_are_links_and_an_older_agents_files_still_read(tmp_path: Path) -> None:
+    layout = AgentLayout(tmp_path / "agent")
+    first = layout.ensure_deployment_dir("g", "d-1", {})
+    second = layout.ensure_deployment_dir("g", "d-2", {})
+    instructions = layout.root / "deployment-instructions"
+    instructions.mkdir()
+    (instructions / "g_last_successful_install").write_text("g/d-1\n")  # as an agent before the links wrote it
+    (instructions / "g_most_recent_install").write_text("../../elsewhere\n")  # never outside the deployments
+    assert layout.last_successful_install("g") == first
+    assert layout.most_recent_install("g") is None
+
+    layout.record_last_successful_install("g", second)  # replaces the file
+    layout.record_most_recent_install("g", first)
+    assert (instructions / "g_last_successful_install").is_symlink()
+    assert (layout.last_successful_install("g"), layout.most_recent_install("g")) == (second, first)
+    assert sorted(path.name for path in instructions.iterdir()) == [
+        "g_last_successful_install",
+        "g_most_recent_install",
+    ]
+
+    shutil.rmtree(second)
+    assert layout.last_successful_install("g") is None  # a record of a directory pruned since reads as none
+
+
 def test_the_plans_remembered_realpath_agrees_with_os_realpath_through_every_kind_of_link(tmp_path: Path) -> None:
     # The plan resolves a path from its directory's remembered resolution (one lstat per new component). It must
     # answer exactly what os.path.realpath does: links to directories, relative and absolute, chained, dangling,
