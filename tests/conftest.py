@@ -212,6 +212,15 @@ async def eventually(condition: Callable[[], object], what: str = "the condition
         raise AssertionError(f"not reached after {HANG_GUARD:g} s: {what}") from None
 
 
+def group_noted(agent_root: Path, command_id: int | None = None) -> bool:
+    """Whether the agent at ``agent_root`` has noted the process group of a hook script it runs (of ``command_id``,
+    when given): the whole line in its journal that an agent restarted after a kill reads to end the orphan."""
+    from engine.agent.layout import AgentLayout
+
+    ongoing = AgentLayout(agent_root).ongoing()
+    return any(record.group is not None for record in ongoing if command_id in (None, record.command_id))
+
+
 # -- ports -------------------------------------------------------------------------------------------------------
 
 

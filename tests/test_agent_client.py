@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import HANG_GUARD, FakeClock, eventually
+from conftest import HANG_GUARD, FakeClock, eventually, group_noted
 
 from engine.agent import Agent, AgentOptions, parse_assignments, read_token_file, run_agent
 from engine.agent import client as agent_client
@@ -496,6 +496,31 @@ def test_a_journal_line_torn_mid_write_reads_as_what_it_could_not_finish(tmp_pat
     assert restarted.ongoing() == [] and journal.read_bytes() == b""
 
 
+def test_a_scripts_process_group_is_a_journal_line_the_last_of_which_counts(tmp_path: Path) -> None:
+    layout = AgentLayout(tmp_path)
+    layout.mark_ongoing(OngoingCommand(1, "d-1", "AfterInstall", 5.0))
+    layout.mark_group(1, HookGroup(1234, start_time=99))  # its first script
+    layout.mark_group(1, None)  # ... exited
+    layout.mark_ongoing(OngoingCommand(2, "d-1", "ApplicationStart", 6.0))
+    layout.mark_group(2, HookGroup(2345, start_time=100))
+    layout.mark_group(2, None)
+    layout.mark_group(2, HookGroup(3456, start_time=101))  # its second script runs now
+    groups = {record.command_id: record.group for record in AgentLayout(tmp_path).ongoing()}
+    assert groups == {1: None, 2: HookGroup(3456, 101)}
+
+    journal = tmp_path / "ongoing-command" / "journal"
+    with journal.open("a") as torn:
+        torn.write('2 group {"pgid": 4567, "start_time": 1')  # killed while noting a third script
+    assert [record.group for record in AgentLayout(tmp_path).ongoing()] == [None, None]  # never a guessed group
+    (tmp_path / "ongoing-command" / "2.group").write_text('{"pgid": 5678, "start_time": 102}')  # an older agent's
+    restarted = AgentLayout(tmp_path)
+    assert [record.group for record in restarted.ongoing()] == [None, HookGroup(5678, 102)]
+    for command_id in (1, 2):
+        restarted.clear_ongoing(command_id)
+    assert restarted.ongoing() == [] and journal.read_bytes() == b""
+    assert [path.name for path in journal.parent.iterdir()] == ["journal"]  # the older agent's file went with it
+
+
 async def test_a_crash_record_torn_mid_write_is_reported_with_code_7(fleet: FakeFleet, tmp_path: Path) -> None:
     root = tmp_path / "agent"
     layout = AgentLayout(root)
@@ -607,10 +632,9 @@ async def test_an_agent_restarted_after_kill_9_ends_the_orphaned_hook_before_rep
         await fleet.result(1)
         await fleet.enqueue(command(2, "ValidateService", sha=built.sha256))
         await eventually(lambda: all(path.exists() and path.read_text() for path in pids.values()), "the hook runs")
-        group = tmp_path / "agent" / "ongoing-command" / "2.group"
-        # Written, not only created: the agent creates the record, then writes it, and a record killed between the
-        # two reads as none (layout.mark_group), so the orphan would not be the restarted agent's to end.
-        await eventually(lambda: group.exists() and group.read_text(), "the agent noted its group")
+        # Its journal line whole: a line cut short by the kill reads as none (layout.mark_group), and the orphan
+        # would not be the restarted agent's to end.
+        await eventually(lambda: group_noted(tmp_path / "agent", 2), "the agent noted its group")
         first.kill()  # kill -9: the agent cannot end its hook
         await asyncio.to_thread(first.wait, HANG_GUARD)
         assert running("script") and running("child")  # orphaned: its own session outlives the agent
@@ -647,7 +671,7 @@ async def test_a_recorded_hook_group_that_is_no_longer_the_script_is_never_signa
         assert unrelated.poll() is None
         assert fleet.heartbeats[0]["running_command"] == 42  # named until its result is in, as a command run now
         records = tmp_path / "agent" / "ongoing-command"
-        assert layout.ongoing() == [] and [path.name for path in records.iterdir()] == ["journal"]  # no 42.group
+        assert layout.ongoing() == [] and [path.name for path in records.iterdir()] == ["journal"]
     finally:
         unrelated.kill()
         unrelated.wait(HANG_GUARD)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import group_noted
 from e2e_support import FINAL, DeploybotServer, event, statuses, write_revision
 
 
@@ -121,8 +122,7 @@ def test_agent_killed_mid_hook_fails_host_within_heartbeat_limit_and_rolls_back(
     hang = {"BeforeInstall": f'if [ "$DEPLOYBOT_HOST" = h2 ]; then echo $$ > {pid_file}; sleep 60; fi'}
     bad = server.deploy("app", "prod", write_revision(tmp_path, "hangs", hang))
     server.wait_for(bad["id"], lambda d: event(d, "h2", "BeforeInstall")["status"] == "InProgress")
-    record = server.data_dir / "hosts" / "h2" / "ongoing-command"
-    while not pid_file.exists() or not list(record.glob("[0-9]*.group")):  # the agent has noted the script's group
+    while not pid_file.exists() or not group_noted(server.data_dir / "hosts" / "h2"):
         time.sleep(0.02)
     agent.send_signal(signal.SIGKILL)
     # The failure is written before the rollback it causes is created (write-ahead), so a poller may see "Failed"

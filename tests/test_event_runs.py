@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import HANG_GUARD, eventually
+from conftest import HANG_GUARD, eventually, group_noted
 from test_agent_client import ROOT, _dead_or_zombie, command, options, running_agent
 
 from bot.agent_api import create_agent_app
@@ -234,8 +234,7 @@ async def test_an_agent_killed_mid_run_reports_code_7_and_nothing_runs_twice(ser
         await eventually(lambda: server.fleet.runs_events("web-1"), "the agent said it runs events back to back")
         await server.fleet.dispatch_runs("d-1", [("web-1", RUN)], spec)
         await eventually(lambda: pids.exists() and pids.read_text(), "AfterInstall runs")
-        ongoing = tmp_path / "agent" / "ongoing-command"
-        await eventually(lambda: any(p.suffix == ".group" for p in ongoing.iterdir()), "the agent noted its group")
+        await eventually(lambda: group_noted(tmp_path / "agent"), "the agent noted its group")
         first.kill()  # kill -9, mid-run
         await asyncio.to_thread(first.wait, HANG_GUARD)
         start_agent()

@@ -17,7 +17,7 @@ Theory of operation:
   - Before a command runs, its start is appended to the crash-record journal (``ongoing-command/journal``, see
     layout.py); once it has run, its result is appended too and POSTed until the server accepts it (it may be
     restarting), and only then is the command marked done. While a hook script runs, its process group is recorded
-    in ``ongoing-command/<id>.group``. On start, every leftover record is reported: its stored result if it had one,
+    there too. On start, every leftover record is reported: its stored result if it had one,
     else Failed with code 7 (the command was cut short by an agent restart) — but first the script a killed agent
     left running is ended (its group SIGTERMed, then SIGKILLed), if it is still that script, so an orphaned hook
     never runs on into the rollback the failure starts.

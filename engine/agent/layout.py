@@ -8,15 +8,16 @@
     <root>/deployment-instructions/<group-id>_last_successful_install -> ../deployments/<group-id>/<deployment-id>,
                                                                       a link made at the end of Install
     <root>/deployment-instructions/<group-id>_most_recent_install     -> the same, made at the end of Download
-    <root>/ongoing-command/journal                                    commands being run and their results until
-                                                                      the server has them (crash recovery, §8)
-    <root>/ongoing-command/<command-id>.group                         the process group of its running script
+    <root>/ongoing-command/journal                                    commands being run, the process group of the
+                                                                      script each runs, and their results until the
+                                                                      server has them (crash recovery, §8)
 
 Crash records cost an agent per lifecycle event one line appended to the journal when the command starts, one when
-it has run, and one truncate once the server has the result: creating a file costs this filesystem ~0.35 ms, more
-than everything else the agent does for an event but the hook's own process. The journal stays open; the group file
-is written once per script. Agents before the journal kept ``<command-id>`` and ``<command-id>.result`` files; those
-are still read and reported.
+it has run, and one truncate once the server has the result, and per hook script one line when it starts and one
+when it has exited: creating a file costs this filesystem ~0.35 ms, more than everything else the agent does for an
+event but the hook's own process, and a line appended to a file kept open a few microseconds. Agents before the
+journal kept ``<command-id>`` and ``<command-id>.result`` files, and agents before its group lines a
+``<command-id>.group`` file per script; those are still read and reported.
 
 Ids from the server become single path components (percent-encoded), so no id can name a path outside the root.
 Records and bundles are written 0600 (only the agent's user reads them); directories keep the umask's mode, so a
@@ -78,7 +79,8 @@ class AgentLayout:
         self._ongoing = root / "ongoing-command"
         self._journal: int | None = None  # the journal's file descriptor, opened by the first record
         self._started: set[int] = set()  # commands with a start line and no done line in the journal
-        self._grouped: set[int] = set()  # commands whose <id>.group file may exist
+        self._commands: dict[int, OngoingCommand] = {}  # started by this agent process, until done
+        self._grouped: set[int] = set()  # commands whose <id>.group file (an older agent's) may exist
         self._legacy: set[int] = set()  # commands recorded by an older agent (<id> files)
 
     # --- deployment directories ---------------------------------------------------------------------------------
@@ -186,6 +188,7 @@ class AgentLayout:
         if result is None:
             self._check_journal()
             self._started.add(command.command_id)
+            self._commands[command.command_id] = command
             self._append(command.command_id, _START, _start_body(command))
             return
         lines = b""
@@ -195,25 +198,20 @@ class AgentLayout:
         self._write(lines + _line(command.command_id, _RESULT, json.dumps(dict(result))))
 
     def mark_group(self, command_id: int, group: HookGroup | None) -> None:
-        """Record the process group of the script ``command_id`` runs now, or (None) that no script of it runs.
+        """Record the process group of the script ``command_id`` runs now, or (None) that no script of it runs: one
+        journal line, ``<id> group {"pgid", "start_time"}`` or ``<id> group null``; the last one counts.
 
-        Its own file, ``<id>.group`` (once per script, not per event): it is what an agent restarted after a crash
-        signals, so a torn record must read as none rather than as another group. It is one JSON object written
-        with one write, not renamed into place (a rename costs as much as the write): a record cut short is not a
-        JSON object, and reads as none.
+        It is what an agent restarted after a crash signals, so a torn line must read as none rather than as another
+        group: a JSON object cut short is not one, and reads as none.
         """
-        path = self._ongoing / f"{command_id}.group"
-        if group is None:
-            path.unlink(missing_ok=True)
-            self._grouped.discard(command_id)
-            return
-        text = json.dumps({"pgid": group.pgid, "start_time": group.start_time})
-        try:
-            _write_fresh(path, text)
-        except FileNotFoundError:  # the directory was removed under us: make it again
-            self._ongoing.mkdir(parents=True, exist_ok=True)
-            _write_fresh(path, text)
-        self._grouped.add(command_id)
+        body = "null" if group is None else json.dumps({"pgid": group.pgid, "start_time": group.start_time})
+        self._check_journal()
+        lines = b""
+        command = self._commands.get(command_id)
+        if command_id not in self._started and command is not None:  # the journal was lost: the line needs a start
+            self._started.add(command_id)
+            lines = _line(command_id, _START, _start_body(command))
+        self._write(lines + _line(command_id, _GROUP, body))
 
     def clear_ongoing(self, command_id: int) -> None:
         """Forget a command's records (its result was accepted). Once no command is left open, the journal is
@@ -225,6 +223,7 @@ class AgentLayout:
             self._legacy.discard(command_id)
             for suffix in ("", ".result", ".group"):
                 (self._ongoing / f"{command_id}{suffix}").unlink(missing_ok=True)
+        self._commands.pop(command_id, None)
         if command_id not in self._started:
             return
         self._started.discard(command_id)
@@ -241,8 +240,9 @@ class AgentLayout:
         recorded, else as cut short (code 7). A line torn by a kill mid-write reads as what it could not finish: a
         start whose JSON is cut short still names its command (reported with code 7, its event unknown), a torn
         result as no result (code 7), a torn ``done`` as not done (the result is sent again; the server takes a
-        result once). The running script's process group is read from ``<id>.group``. Records of agents before the
-        journal (``<id>`` and ``<id>.result`` files) are read too."""
+        result once), and ``<id> group {"pgid", "start_time"}`` or ``<id> group null`` for the script it runs (the last
+        such line counts; a torn one reads as none). Records of agents before the journal (``<id>``, ``<id>.result``
+        and ``<id>.group`` files) are read too."""
         if not self._ongoing.is_dir():
             return []
         found: dict[int, OngoingCommand] = {}
@@ -259,6 +259,8 @@ class AgentLayout:
             elif kind == _RESULT and command_id in found:
                 result = _parse_object(payload)
                 found[command_id] = replace(found[command_id], result=result or None)
+            elif kind == _GROUP and command_id in found:
+                found[command_id] = replace(found[command_id], group=_group_in(_parse_object(payload)))
             elif kind == _DONE:
                 found.pop(command_id, None)
         journaled = set(found)
@@ -269,10 +271,11 @@ class AgentLayout:
         self._started.update(journaled)
         commands = []
         for command_id, command in found.items():
-            group = _read_group(self._ongoing / f"{command_id}.group")
+            group = _read_group(self._ongoing / f"{command_id}.group")  # an older agent's record
             if group is not None:
                 self._grouped.add(command_id)
-            commands.append(replace(command, group=group))
+                command = replace(command, group=group)
+            commands.append(command)
         return commands
 
     # --- the journal --------------------------------------------------------------------------------------------
@@ -313,7 +316,7 @@ class AgentLayout:
 
 JOURNAL = "journal"
 """The crash-record journal in ``ongoing-command/`` (see ``AgentLayout.ongoing``)."""
-_START, _RESULT, _DONE = "start", "result", "done"
+_START, _RESULT, _GROUP, _DONE = "start", "result", "group", "done"
 
 
 def _line(command_id: int, kind: str, body: str) -> bytes:
@@ -336,7 +339,7 @@ def _journal_lines(path: Path) -> list[tuple[int, str, str]]:
     for line in text.split("\n"):
         head, _, payload = line.partition(" ")
         kind, sep, payload = payload.partition(" ")
-        if head.isascii() and head.isdigit() and (sep or kind == _DONE) and kind in (_START, _RESULT, _DONE):
+        if head.isascii() and head.isdigit() and (sep or kind == _DONE) and kind in (_START, _RESULT, _GROUP, _DONE):
             lines.append((int(head), kind, payload))
     return lines
 
@@ -376,8 +379,12 @@ def _legacy_record(path: Path) -> OngoingCommand:
 
 
 def _read_group(path: Path) -> HookGroup | None:
-    """The process group recorded in ``path``; None when there is none or it is not one (never guess a pid)."""
-    body = _read_object(path)
+    """The process group recorded in the file ``path`` (an older agent's); None when there is none."""
+    return _group_in(_read_object(path))
+
+
+def _group_in(body: Mapping[str, Any]) -> HookGroup | None:
+    """The process group a record holds; None when it holds none or not one (never guess a pid)."""
     pgid, start_time = body.get("pgid"), body.get("start_time")
     if type(pgid) is not int or type(start_time) is not int or pgid <= 1:
         return None
@@ -427,12 +434,3 @@ def _link_atomic(path: Path, target: str) -> None:
     except OSError:
         os.unlink(partial)
         raise
-
-
-def _write_fresh(path: Path, text: str) -> None:
-    """Create (or truncate) ``path`` and write ``text`` with one write: for a record whose torn state reads as none."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
