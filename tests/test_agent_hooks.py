@@ -338,3 +338,31 @@ async def test_an_orphaned_script_is_ended_only_while_it_is_still_that_script(tm
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(orphan.pid, signal.SIGKILL)
+
+
+def test_an_appspec_is_read_and_parsed_once_per_version_of_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.agent import executor
+    from engine.core import appspec
+
+    parsed: list[str] = []
+    real = appspec.parse_appspec
+
+    def counted(text: str, **kwargs: object) -> object:
+        parsed.append(text)
+        return real(text, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(appspec, "parse_appspec", counted)
+    path = tmp_path / "appspec.yml"
+    path.write_text("version: 0.0\nos: linux\nhooks:\n  BeforeInstall:\n    - location: a.sh\n")
+    first = executor._load_appspec(tmp_path, ("appspec.yml",))
+    assert executor._load_appspec(tmp_path, ("appspec.yml",)) is first and len(parsed) == 1  # a stat, no read
+
+    path.write_text("version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n    - location: scripts/b.sh\n")  # edited
+    edited = executor._load_appspec(tmp_path, ("appspec.yml",))
+    assert [str(event) for event in edited.hooks] == ["AfterInstall"] and len(parsed) == 2
+
+    path.unlink()
+    with pytest.raises(executor._Failed, match="did not find an AppSpec file"):
+        executor._load_appspec(tmp_path, ("appspec.yml",))

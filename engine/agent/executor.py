@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -309,18 +310,24 @@ def _extract_fresh(bundle: Path, archive: Path) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _parse_server_appspec(text: str, name: str) -> object:
-    """Every event of a deployment reads the same AppSpec; parse each distinct text once (values are frozen)."""
+def _parse_server_appspec(path: str, version: tuple[int, int, int], name: str) -> object:
+    """Every event of a deployment reads the same AppSpec: each version of a file (``version``: its inode, size and
+    modification time) is read and parsed once (values are frozen); a stat tells the next event it is unchanged."""
     from engine.core.appspec import parse_appspec
 
-    return parse_appspec(text, platform=Platform.SERVER, filename=name)
+    with open(path, encoding="utf-8", errors="replace") as file:
+        return parse_appspec(file.read(), platform=Platform.SERVER, filename=name)
 
 
 def _load_appspec(archive: Path, names: tuple[str, ...]) -> ServerAppSpec:
     """The first of ``names`` found in ``archive``, parsed strictly for the server platform."""
     for name in names:
-        path = archive / name
-        if path.is_file():
+        path = os.path.join(archive, name)
+        try:
+            found = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(found.st_mode):
             break
     else:
         raise _Failed(
@@ -331,9 +338,11 @@ def _load_appspec(archive: Path, names: tuple[str, ...]) -> ServerAppSpec:
             "http://docs.aws.amazon.com/codedeploy/latest/userguide/reference-appspec-file.html"
         )
     try:
-        spec = _parse_server_appspec(path.read_text(errors="replace"), name)
+        spec = _parse_server_appspec(path, (found.st_ino, found.st_size, found.st_mtime_ns), name)
     except AppSpecInvalid as exc:
         raise _Failed("invalid AppSpec file:\n" + "\n".join(str(problem) for problem in exc.problems)) from exc
+    except OSError as exc:  # removed or made unreadable since the stat
+        raise _Failed(f"cannot read the AppSpec file {path}: {exc.strerror or exc}") from exc
     from engine.core.appspec import ServerAppSpec
 
     if not isinstance(spec, ServerAppSpec):
