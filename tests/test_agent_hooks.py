@@ -358,6 +358,9 @@ def test_an_appspec_is_read_and_parsed_once_per_version_of_its_file(
     path.write_text("version: 0.0\nos: linux\nhooks:\n  BeforeInstall:\n    - location: a.sh\n")
     first = executor._load_appspec(tmp_path, ("appspec.yml",))
     assert executor._load_appspec(tmp_path, ("appspec.yml",)) is first and len(parsed) == 1  # a stat, no read
+    (tmp_path / "next").mkdir()  # the next deployment of the revision, extracted anew: read, not parsed again
+    shutil.copy(path, tmp_path / "next" / "appspec.yml")
+    assert executor._load_appspec(tmp_path / "next", ("appspec.yml",)) is first and len(parsed) == 1
 
     path.write_text("version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n    - location: scripts/b.sh\n")  # edited
     edited = executor._load_appspec(tmp_path, ("appspec.yml",))

@@ -310,13 +310,20 @@ def _extract_fresh(bundle: Path, archive: Path) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _parse_server_appspec(path: str, version: tuple[int, int, int], name: str) -> object:
+def _appspec_text(path: str, version: tuple[int, int, int]) -> str:
     """Every event of a deployment reads the same AppSpec: each version of a file (``version``: its inode, size and
-    modification time) is read and parsed once (values are frozen); a stat tells the next event it is unchanged."""
+    modification time) is read once; a stat tells the next event it is unchanged."""
+    with open(path, encoding="utf-8", errors="replace") as file:
+        return file.read()
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_server_appspec(text: str, name: str) -> object:
+    """Each distinct text is parsed once (values are frozen): the next deployment of a revision reads its AppSpec
+    from a new directory, and parsing it again would cost more than the rest of its event."""
     from engine.core.appspec import parse_appspec
 
-    with open(path, encoding="utf-8", errors="replace") as file:
-        return parse_appspec(file.read(), platform=Platform.SERVER, filename=name)
+    return parse_appspec(text, platform=Platform.SERVER, filename=name)
 
 
 def _load_appspec(archive: Path, names: tuple[str, ...]) -> ServerAppSpec:
@@ -338,7 +345,8 @@ def _load_appspec(archive: Path, names: tuple[str, ...]) -> ServerAppSpec:
             "http://docs.aws.amazon.com/codedeploy/latest/userguide/reference-appspec-file.html"
         )
     try:
-        spec = _parse_server_appspec(path, (found.st_ino, found.st_size, found.st_mtime_ns), name)
+        text = _appspec_text(path, (found.st_ino, found.st_size, found.st_mtime_ns))
+        spec = _parse_server_appspec(text, name)
     except AppSpecInvalid as exc:
         raise _Failed("invalid AppSpec file:\n" + "\n".join(str(problem) for problem in exc.problems)) from exc
     except OSError as exc:  # removed or made unreadable since the stat
