@@ -140,14 +140,15 @@ async def a_revision(server: Server, tmp_path: Path, *, hook: str = "") -> dict[
     return dict(command(0, "DownloadBundle", sha=built.sha256)["spec"])
 
 
+async def unfollowed(deployment_id: str, *_: StartRollback) -> None:
+    """A callback of the runner's that a test does not follow (a change, a rollback, the end)."""
+
+
 async def runner_for(server: Server, on_change: Callable[[str], Awaitable[None]], *hosts: str) -> DeploymentRunner:
     """A runner of a new in-place AllAtOnce deployment ``d-1`` of ``hosts`` on the server's store and fleet."""
     row = {"id": "d-1", "application": "app", "environment": "prod", "group_name": "app-prod", "status": "Created"}
     await server.store.create_deployment(row | {"created_at": 1.0})
     options = StageOptions(Platform.SERVER, DeploymentType.IN_PLACE, ALL_AT_ONCE)
-
-    async def nothing(deployment_id: str, *_: StartRollback) -> None:
-        pass
 
     return DeploymentRunner(
         "d-1",
@@ -159,8 +160,8 @@ async def runner_for(server: Server, on_change: Callable[[str], Awaitable[None]]
         spec={"deployment_id": "d-1"},
         clock=SystemClock(),
         on_change=on_change,
-        on_rollback=nothing,
-        on_finish=nothing,
+        on_rollback=unfollowed,
+        on_finish=unfollowed,
         fleet=server.fleet,
     )
 
@@ -362,10 +363,7 @@ async def test_a_step_and_the_runs_it_queues_are_written_in_one_transaction(serv
     """The runner's first step (web-1 to start its run): the deployment's state and the run's commands go to the
     store together, so the step is stored before the agent can be handed the run, in one trip instead of two."""
 
-    async def nothing(deployment_id: str) -> None:
-        pass
-
-    runner = await runner_for(server, nothing, "web-1")
+    runner = await runner_for(server, unfollowed, "web-1")
     beat = {"tags": {}, "version": "1", "running_command": None, "capabilities": ["runs"]}
     await server.fleet.heartbeat("web-1", beat)
     before = len(server.statements)
