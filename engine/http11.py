@@ -150,7 +150,6 @@ class _Connection(asyncio.Protocol):
         self.answer: _Answer | None = None  # of the request in flight, or of the last one
         self.ended = False  # the server closed its side, or the connection was lost
         self.failure: Exception | None = None  # why it ended, when an error did (reset, a broken answer)
-        self.stray = False  # bytes arrived that no request asked for: never reuse it
         self._progress: asyncio.Future[None] | None = None  # woken by any news of the answer
         self._writable: asyncio.Future[None] | None = None  # while writing is paused
         self._paused = False
@@ -163,8 +162,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         answer = self.answer
-        if answer is None or answer.complete:
-            self.stray = True
+        if answer is None or answer.complete:  # bytes no request asked for: this connection is not reused
             self.close()
             return
         answer.received += len(data)
@@ -174,6 +172,8 @@ class _Connection(asyncio.Protocol):
             self._fail(ProtocolBroken("the server switched protocols"))
         except httptools.HttpParserError as exc:
             self._fail(ProtocolBroken(f"a broken HTTP answer: {exc}"))
+        if answer.stray:  # a second answer came with this one
+            self.close()
         self._wake()
 
     def eof_received(self) -> bool:
@@ -202,8 +202,6 @@ class _Connection(asyncio.Protocol):
             and answer.complete
             and answer.keep_alive
             and not self.ended
-            and not self.stray
-            and not answer.stray
             and self.transport is not None
             and not self.transport.is_closing()
         )
