@@ -191,11 +191,8 @@ class AgentLayout:
             self._commands[command.command_id] = command
             self._append(command.command_id, _START, _start_body(command))
             return
-        lines = b""
-        if command.command_id not in self._started:  # the journal was lost meanwhile: the result needs its start
-            self._started.add(command.command_id)
-            lines = _line(command.command_id, _START, _start_body(command))
-        self._write(lines + _line(command.command_id, _RESULT, json.dumps(dict(result))))
+        result_line = _line(command.command_id, _RESULT, json.dumps(dict(result)))
+        self._write(self._start_again(command.command_id, command) + result_line)
 
     def mark_group(self, command_id: int, group: HookGroup | None) -> None:
         """Record the process group of the script ``command_id`` runs now, or (None) that no script of it runs: one
@@ -206,12 +203,15 @@ class AgentLayout:
         """
         body = "null" if group is None else json.dumps({"pgid": group.pgid, "start_time": group.start_time})
         self._check_journal()
-        lines = b""
-        command = self._commands.get(command_id)
-        if command_id not in self._started and command is not None:  # the journal was lost: the line needs a start
-            self._started.add(command_id)
-            lines = _line(command_id, _START, _start_body(command))
-        self._write(lines + _line(command_id, _GROUP, body))
+        self._write(self._start_again(command_id, self._commands.get(command_id)) + _line(command_id, _GROUP, body))
+
+    def _start_again(self, command_id: int, command: OngoingCommand | None) -> bytes:
+        """The start line a record of ``command_id`` must follow when the journal was lost since its start (a later
+        line of a command with no start is not read); nothing when its start is there, or is not known."""
+        if command_id in self._started or command is None:
+            return b""
+        self._started.add(command_id)
+        return _line(command_id, _START, _start_body(command))
 
     def clear_ongoing(self, command_id: int) -> None:
         """Forget a command's records (its result was accepted). Once no command is left open, the journal is
@@ -414,8 +414,7 @@ def _write_atomic(path: Path, text: str) -> None:
     file object costs more than the write itself.
     """
     target = os.fspath(path)
-    head, name = os.path.split(target)
-    partial = os.path.join(head, f".{name}.{os.getpid()}.{time.monotonic_ns()}")
+    partial = _partial_beside(target)
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, text.encode())
@@ -426,11 +425,16 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _link_atomic(path: Path, target: str) -> None:
     """Make ``path`` a symbolic link to ``target``, replacing whatever was there with one rename."""
-    head, name = os.path.split(os.fspath(path))
-    partial = os.path.join(head, f".{name}.{os.getpid()}.{time.monotonic_ns()}")
+    partial = _partial_beside(os.fspath(path))
     os.symlink(target, partial)
     try:
         os.replace(partial, path)
     except OSError:
         os.unlink(partial)
         raise
+
+
+def _partial_beside(path: str) -> str:
+    """A name in ``path``'s directory for what is renamed onto it: hidden, and this process's alone."""
+    head, name = os.path.split(path)
+    return os.path.join(head, f".{name}.{os.getpid()}.{time.monotonic_ns()}")
