@@ -2,7 +2,8 @@
 
 Modules: client (HTTP long poll, results, heartbeats; ``run_agent``; its HTTP/1.1 client is engine/http11.py, shared
 with the CLI), executor (one command; the hooks' environment), installer (Install), hooks (script runner), output
-(capped log and tail), layout (on-disk records); the JSON bodies are typed in engine/core/agent_protocol.py.
+(capped log and tail), layout (on-disk records), version (the installed version it reports); the JSON bodies are
+typed in engine/core/agent_protocol.py.
 """
 
 from engine.agent.client import (
