@@ -298,6 +298,9 @@ class HostFleet(HostExecutor, AgentFleet, Protocol):
         """Queue each target's run of consecutive events (the first is the one asked for now), in one transaction
         that writes ``step`` first (written alone when nothing is queued); resume-safe as ``dispatch``."""
 
+    def queued_ahead(self, deployment_id: str, target: str, event: LifecycleEvent) -> bool:
+        """Whether ``event`` was queued for ``target`` with an earlier event's run (its dispatch queues nothing)."""
+
     def start_monitor(self, interval: float = 1.0) -> None:
         """Start failing the commands of hosts whose agents stopped sending heartbeats."""
 

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import HANG_GUARD, eventually, group_noted
+from conftest import HANG_GUARD, FakeClock, eventually, group_noted
 from test_agent_client import ROOT, _dead_or_zombie, command, options, running_agent
 
 from bot.agent_api import create_agent_app
@@ -31,12 +31,12 @@ from engine.bundles import build_bundle
 from engine.core.agent_protocol import agent_run
 from engine.core.events import StartRollback
 from engine.core.lifecycle import SERVER_INSTALL_EVENTS
-from engine.core.machine import DeploymentMachine
+from engine.core.machine import DeploymentMachine, MachineOptions
 from engine.core.model import DeploymentStatus, DeploymentType, EventStatus, LifecycleEvent, Platform
-from engine.core.snapshot import state_to_json
+from engine.core.snapshot import state_from_json, state_to_json
 from engine.core.stages import ALL_AT_ONCE, StageOptions, deployment_stages
-from engine.ports import OnResult
-from engine.runtime.runner import DeploymentRunner
+from engine.ports import Clock, OnResult
+from engine.runtime.runner import QUIET_WRITE_SECONDS, DeploymentRunner
 from engine.store.sqlite import SqliteStore
 
 RUN = agent_run(SERVER_INSTALL_EVENTS, 0)
@@ -144,26 +144,68 @@ async def unfollowed(deployment_id: str, *_: StartRollback) -> None:
     """A callback of the runner's that a test does not follow (a change, a rollback, the end)."""
 
 
-async def runner_for(server: Server, on_change: Callable[[str], Awaitable[None]], *hosts: str) -> DeploymentRunner:
+async def runner_for(
+    server: Server, on_change: Callable[[str], Awaitable[None]], *hosts: str, clock: Clock | None = None
+) -> DeploymentRunner:
     """A runner of a new in-place AllAtOnce deployment ``d-1`` of ``hosts`` on the server's store and fleet."""
     row = {"id": "d-1", "application": "app", "environment": "prod", "group_name": "app-prod", "status": "Created"}
     await server.store.create_deployment(row | {"created_at": 1.0})
-    options = StageOptions(Platform.SERVER, DeploymentType.IN_PLACE, ALL_AT_ONCE)
+    return a_runner(server.store, server.fleet, on_change, hosts, clock=clock or SystemClock())
 
+
+def a_runner(
+    store: SqliteStore,
+    fleet: Fleet,
+    on_change: Callable[[str], Awaitable[None]],
+    hosts: tuple[str, ...],
+    *,
+    clock: Clock,
+    state: dict[str, Any] | None = None,
+) -> DeploymentRunner:
+    """The runner of ``d-1`` (in place, AllAtOnce, ``hosts``); from ``state``, its machine as stored, to resume."""
+    options = StageOptions(Platform.SERVER, DeploymentType.IN_PLACE, ALL_AT_ONCE)
+    machine = DeploymentMachine(
+        deployment_stages(options, hosts), MachineOptions(), state_from_json(state) if state is not None else None
+    )
     return DeploymentRunner(
         "d-1",
-        DeploymentMachine(deployment_stages(options, hosts)),
-        store=server.store,
-        executor=server.fleet,
+        machine,
+        store=store,
+        executor=fleet,
         router=None,
         group="app-prod",
         spec={"deployment_id": "d-1"},
-        clock=SystemClock(),
+        clock=clock,
         on_change=on_change,
         on_rollback=unfollowed,
         on_finish=unfollowed,
-        fleet=server.fleet,
+        fleet=fleet,
     )
+
+
+async def runs_for(fleet: Fleet, *hosts: str) -> None:
+    """Each of ``hosts`` has an agent that said it runs events back to back."""
+    for host in hosts:
+        await fleet.heartbeat(host, {"tags": {}, "version": "1", "running_command": None, "capabilities": ["runs"]})
+
+
+async def a_run(fleet: Fleet, host: str) -> list[int]:
+    """The command ids of the run ``host``'s agent is handed (its long poll), in order."""
+    first = await fleet.next_command(host, wait=HANG_GUARD, runs=True)
+    assert first is not None and len(first.get("then", [])) == len(RUN) - 1  # the engine queued the whole run
+    return [first["id"], *(step["id"] for step in first.get("then", []))]
+
+
+async def report(fleet: Fleet, host: str, ids: list[int], last_then: int | None = None) -> None:
+    """``host``'s agent reports ``ids`` in turn, each naming the next as its ``then`` (the last: ``last_then``)."""
+    for command_id, following in zip(ids, [*ids[1:], last_then], strict=True):
+        go_on = await fleet.report_result(host, command_id, DONE, then=following)
+        assert go_on is (following is not None)
+
+
+def stored_statuses(stored: dict[str, Any] | None, host: str) -> dict[str, str]:
+    assert stored is not None
+    return dict(stored["state"]["machine"]["targets"][host]["statuses"])
 
 
 def ran(tmp_path: Path) -> list[str]:
@@ -415,30 +457,16 @@ async def test_the_engine_applies_a_runs_results_in_order_when_they_arrive_in_on
         await runner.record_result(command["host"], LifecycleEvent(command["event"]), result)
 
     server.engine = deliver
-    for host in ("web-1", "web-2"):
-        beat = {"tags": {}, "version": "1", "running_command": None, "capabilities": ["runs"]}
-        await server.fleet.heartbeat(host, beat)
+    await runs_for(server.fleet, "web-1", "web-2")
     running = asyncio.ensure_future(runner.run())
-
-    async def a_run(host: str) -> list[int]:
-        first = await server.fleet.next_command(host, wait=HANG_GUARD, runs=True)
-        assert first is not None and len(first.get("then", [])) == len(RUN) - 1  # the engine queued the whole run
-        return [first["id"], *(step["id"] for step in first.get("then", []))]
-
-    async def report(host: str, ids: list[int], last_then: int | None = None) -> None:
-        """Report ``ids`` in turn, each naming the next as its ``then`` (the last: ``last_then``)."""
-        for command_id, following in zip(ids, [*ids[1:], last_then], strict=True):
-            go_on = await server.fleet.report_result(host, command_id, DONE, then=following)
-            assert go_on is (following is not None)
-
-    ids = await a_run("web-1")
+    ids = await a_run(server.fleet, "web-1")
     engine_free.clear()
-    await report("web-1", ids[:1], last_then=ids[1])
+    await report(server.fleet, "web-1", ids[:1], last_then=ids[1])
     await asyncio.wait_for(engine_held.wait(), HANG_GUARD)  # the engine is busy with the first result's step
     held_at = len(web1)
-    await report("web-1", ids[1:])
+    await report(server.fleet, "web-1", ids[1:])
     engine_free.set()
-    await report("web-2", await a_run("web-2"))
+    await report(server.fleet, "web-2", await a_run(server.fleet, "web-2"))
     await asyncio.wait_for(running, HANG_GUARD)
     assert web1[held_at] == "Succeeded"  # the next step took all of web-1's other results at once
     assert runner.machine.state.status is DeploymentStatus.SUCCEEDED
@@ -510,3 +538,135 @@ async def test_after_an_ignored_failure_the_rest_of_the_run_is_queued_anew(serve
     assert [step["event"] for step in again.get("then", [])] == [str(event) for event in RUN[2:]]
     pending = await server.store.list_commands(host="web-1", status="Pending")
     assert [row["event"] for row in pending] == [str(event) for event in RUN[2:]]
+
+
+async def test_the_steps_between_a_runs_results_are_written_when_their_time_is_up_or_a_milestone_comes(
+    server: Server,
+) -> None:
+    """A step that takes a result in the middle of a run acts on nothing (the agent has its next event already): it is
+    written with the next step that writes or ``QUIET_WRITE_SECONDS`` later, and announced then; meanwhile each
+    result costs its own transaction alone. A host finishing its run changes a milestone: written at once."""
+    clock = FakeClock()
+    announced: list[str] = []
+
+    async def changed(deployment_id: str) -> None:
+        announced.append(deployment_id)
+
+    runner = await runner_for(server, changed, "web-1", "web-2", clock=clock)
+
+    async def deliver(command: dict[str, Any], result: dict[str, Any]) -> None:
+        await runner.record_result(command["host"], LifecycleEvent(command["event"]), result)
+
+    server.engine = deliver
+    await runs_for(server.fleet, "web-1", "web-2")
+    running = asyncio.ensure_future(runner.run())
+    try:
+        web1, web2 = await a_run(server.fleet, "web-1"), await a_run(server.fleet, "web-2")
+        started, before = len(announced), len(server.statements)
+        await report(server.fleet, "web-1", web1[:2], last_then=web1[2])  # ApplicationStop, DownloadBundle
+
+        def took(host: str, event: LifecycleEvent) -> bool:
+            return runner.machine.state.targets[host].statuses[event] is EventStatus.SUCCEEDED
+
+        await eventually(lambda: took("web-1", LifecycleEvent.DOWNLOAD_BUNDLE), "the engine took both results")
+        since = server.statements[before:]
+        assert sum(statement == "BEGIN IMMEDIATE" for statement in since) == 2  # the results' own, nothing else
+        assert not any(statement.startswith("UPDATE deployments") for statement in since)
+        stored = await server.store.get_deployment("d-1")
+        assert stored_statuses(stored, "web-1")["ApplicationStop"] == "InProgress"  # as the first step wrote it
+        assert len(announced) == started
+
+        await clock.advance(QUIET_WRITE_SECONDS)
+        await eventually(lambda: len(announced) > started, "the steps written and announced")
+        view = await server.store.get_deployment_view("d-1")
+        assert view is not None
+        stored, events, _ = view
+        assert stored_statuses(stored, "web-1") == {
+            **{str(event): "Succeeded" for event in RUN[:2]},
+            **{str(event): "InProgress" if event == RUN[2] else "Pending" for event in RUN[2:]},
+        }
+        assert {(row["event"], row["status"]) for row in events if row["target"] == "web-1"} == {
+            ("ApplicationStop", "Succeeded"),
+            ("DownloadBundle", "Succeeded"),
+        }
+        assert len(announced) == started + 1
+        assert sum(statement.startswith("UPDATE deployments") for statement in server.statements[before:]) == 1
+
+        await report(server.fleet, "web-1", web1[2:])  # the rest of web-1's run: the last one ends the host
+        await eventually(lambda: runner.machine.state.targets["web-1"].status is EventStatus.SUCCEEDED, "web-1 done")
+        stored = await server.store.get_deployment("d-1")  # the clock has not moved: written by that step itself
+        assert set(stored_statuses(stored, "web-1").values()) == {"Succeeded"}
+
+        await report(server.fleet, "web-2", web2)
+        await asyncio.wait_for(running, HANG_GUARD)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    view = await server.store.get_deployment_view("d-1")
+    assert view is not None
+    stored, events, _ = view
+    assert stored["status"] == "Succeeded"
+    # every result's row, with the details the agent gave, whether its step was written late or at once
+    assert sorted((row["target"], row["event"]) for row in events) == sorted(
+        (host, str(event)) for host in ("web-1", "web-2") for event in RUN
+    )
+    assert {(row["status"], row["ended_at"]) for row in events} == {("Succeeded", DONE["ended_at"])}
+
+
+async def test_a_server_gone_with_steps_unwritten_resumes_from_the_last_written_one_and_runs_nothing_twice(
+    server: Server, tmp_path: Path
+) -> None:
+    """The server dies after the engine took three results of a run without writing their steps: the next one
+    resumes from the state written before them, is handed their stored results again, and the agent's run goes on
+    where it is; each event is run and delivered once."""
+    clock = FakeClock()
+    first = await runner_for(server, unfollowed, "web-1", clock=clock)
+
+    async def to_first(command: dict[str, Any], result: dict[str, Any]) -> None:
+        await first.record_result(command["host"], LifecycleEvent(command["event"]), result)
+
+    server.engine = to_first
+    await runs_for(server.fleet, "web-1")
+    running = asyncio.ensure_future(first.run())
+    ids = await a_run(server.fleet, "web-1")
+    await report(server.fleet, "web-1", ids[:3], last_then=ids[3])  # the agent goes on to Install
+    await eventually(
+        lambda: first.machine.state.targets["web-1"].statuses[LifecycleEvent.BEFORE_INSTALL] is EventStatus.SUCCEEDED,
+        "the engine took three results",
+    )
+    running.cancel()  # the server goes away
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    stored = await server.store.get_deployment("d-1")
+    assert stored is not None and stored_statuses(stored, "web-1")["ApplicationStop"] == "InProgress"
+
+    delivered: list[str] = []
+    seen: set[int] = set()
+
+    async def to_second(command: dict[str, Any], result: dict[str, Any]) -> None:
+        """As the deployer does: a result heard from the agent and handed over from the store goes in once."""
+        if command["id"] not in seen:
+            seen.add(command["id"])
+            delivered.append(str(command["event"]))
+            await second.record_result(command["host"], LifecycleEvent(command["event"]), result)
+
+    fleet = Fleet(
+        server.store, data_dir=tmp_path / "data-2", clock=SystemClock(), bundle_dir=tmp_path, on_result=to_second
+    )
+    await runs_for(fleet, "web-1")
+    second = a_runner(server.store, fleet, unfollowed, ("web-1",), clock=FakeClock(), state=stored["state"]["machine"])
+    resumed = asyncio.ensure_future(second.run(resume=True, row=stored))
+    try:
+        await eventually(lambda: delivered == [str(event) for event in RUN[:3]], "the stored results handed over")
+        await report(fleet, "web-1", ids[3:])  # the agent reports the rest of its run to the new server
+        await asyncio.wait_for(resumed, HANG_GUARD)
+    finally:
+        resumed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await resumed
+    assert delivered == [str(event) for event in RUN]
+    assert second.machine.state.status is DeploymentStatus.SUCCEEDED
+    commands = await server.store.list_commands(host="web-1")
+    assert sorted(row["id"] for row in commands) == sorted(ids)  # nothing queued again
+    assert {row["status"] for row in commands} == {"Succeeded"}

@@ -538,6 +538,9 @@ class FakeAgents:
         for target, run in runs:
             await self.dispatch(deployment_id, target, run[0], spec)
 
+    def queued_ahead(self, deployment_id: str, target: str, event: LifecycleEvent) -> bool:
+        return False  # one event at a time (dispatch_runs above): nothing is queued ahead
+
     async def cancel(self, deployment_id: str) -> None:
         pass
 

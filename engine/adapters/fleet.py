@@ -195,6 +195,10 @@ class Fleet:
             elif not self._hand(host, row):
                 await self.release(host, row["id"])  # its poll ended meanwhile: the next one claims it
 
+    def queued_ahead(self, deployment_id: str, target: str, event: LifecycleEvent) -> bool:
+        """Whether ``event`` was queued for ``target`` with an earlier event's run: dispatching it queues nothing."""
+        return (target, deployment_id, str(event)) in self._queued_ahead
+
     async def cancel(self, deployment_id: str) -> None:
         await self.store.cancel_commands(deployment_id, at=self.clock.now())
         # The deployment ends: the engine will not reach the commands its agents ran ahead of it.

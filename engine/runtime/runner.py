@@ -6,6 +6,13 @@ Rules:
 2. Persist, then act: the machine's new state is written before any of its commands runs. A server killed between
    the two re-executes the commands on resume; every command is idempotent (dispatch skips a command that already
    exists, weights are absolute, timers keep their absolute deadline).
+   A *quiet* step acts on nothing, so nothing waits for its write: it changes no milestone (only which lifecycle
+   event a host is at) and its only commands are events its agent already has, queued with their run (rule 7).
+   Its rows and state go with the next step that writes, or within ``QUIET_WRITE_SECONDS`` (a ``_WriteUnwritten``
+   in the inbox), and its change is announced then: an agent's run costs one write per result (the result's own,
+   which also claims the next event) instead of two. A server killed meanwhile resumes from the step before, and
+   the results stored since are handed over again by the idempotent dispatch, as when it dies between a result and
+   the step that takes it.
 3. The runner never decides anything; it only translates commands to ports and results to events.
 4. A traffic shift is done when the router reads its weights back as asked (argo-rollouts' VerifyWeight): until then
    the machine does not hear ``TrafficShifted``, so the step holds; a router that cannot tell is trusted (noted once),
@@ -88,6 +95,11 @@ VERIFY_INTERVAL_SECONDS = 10.0  # argo-rollouts' default retry interval for an u
 VERIFY_TIMEOUT_SECONDS = 600.0  # argo-rollouts' default progressDeadlineSeconds
 AGENT_WAIT_SECONDS = 600.0  # how long a provisioned green fleet's agents have to come online (rule 8)
 AGENT_POLL_SECONDS = 1.0
+QUIET_WRITE_SECONDS = 0.05  # rule 2: the pages and notifiers show progress every 50 ms at most anyway
+
+
+class _WriteUnwritten:
+    """In the inbox: the time a quiet step may stay unwritten is up (rule 2)."""
 
 
 class DeploymentRunner:
@@ -140,9 +152,12 @@ class DeploymentRunner:
         self._shifts = 0  # traffic shifts started; a shift overtaken by a later one (a promotion) stays silent
         self._shift_tasks: set[asyncio.Future[None]] = set()
         self._unverifiable_noted = False
-        self.inbox: asyncio.Queue[Event] = asyncio.Queue()
+        self.inbox: asyncio.Queue[Event | _WriteUnwritten] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._record = StepRecord()  # what the steps wrote, so each writes only what changed
+        self._unwritten: list[dict[str, Any]] | None = None  # quiet steps' rows, while there are any (rule 2)
+        self._write_due = False  # a _WriteUnwritten is on its way
+        self._milestones_written: tuple[Any, ...] | None = None  # as of the last step written
         self._early = EarlyResults()  # results that came before the one they follow (engine/core/early_results.py)
         self.finished = asyncio.Event()
 
@@ -294,11 +309,15 @@ class DeploymentRunner:
             return f"the traffic router could not be given the original and replacement fleets: {exc}"
         return None
 
-    async def _step(self, *events: Event) -> None:
+    async def _step(self, *inputs: Event | _WriteUnwritten) -> None:
         """Feed the machine every event that is waiting, persist the result once, then act on it (rule 2).
 
         Batching is what keeps a 200-host deployment cheap: results that arrive together cost one write.
         """
+        events = [event for event in inputs if not isinstance(event, _WriteUnwritten)]
+        due = len(events) < len(inputs)
+        if due:
+            self._write_due = False
         commands: list[Command] = []
         accepted = False
         for event in events:
@@ -323,18 +342,52 @@ class DeploymentRunner:
                 continue
             if self._early:
                 commands += self._early.feed_due(self.machine)
-        if not accepted:
-            if self._record.has_details:  # results the machine had no use for (it ended): kept with their details
-                await self.store.save_progress(self.deployment_id, self._record.take_details())
-            return
-        await self._execute_all(commands, step=self._step_write(commands))
-        await self._on_change(self.deployment_id)
+        if accepted and not self._is_quiet(commands):
+            await self._execute_all(commands, step=self._step_write(commands))
+            await self._on_change(self.deployment_id)
+        elif accepted:
+            taken = self._record.take_details() + self._record.rows(self.machine.state, self.clock.now())
+            self._unwritten = (self._unwritten or []) + taken
+            await self._execute_all(commands)
+        elif self._unwritten is not None:
+            self._unwritten += self._record.take_details()
+        elif self._record.has_details:  # results the machine had no use for (it ended): kept with their details
+            await self.store.save_progress(self.deployment_id, self._record.take_details())
+        if self._unwritten is not None:
+            await self._write_unwritten(now=due)
+
+    async def _write_unwritten(self, *, now: bool) -> None:
+        """What quiet steps left unwritten: written ``now`` (their time is up), else once it is (rule 2)."""
+        if now:
+            write = self._step_write([])
+            await self.store.save_progress(write.deployment_id, write.rows, **write.fields)
+            await self._on_change(self.deployment_id)
+        elif not self._write_due:
+            self._write_due = True
+            self._spawn(self._write_later())
+
+    def _is_quiet(self, commands: list[Command]) -> bool:
+        """Whether the step just taken need not be written now (rule 2): the same milestones as the last step
+        written, and no command but events already queued with their agent's run."""
+        fleet = self.fleet
+        if fleet is None or self.machine.state.status.is_final or self.milestones() != self._milestones_written:
+            return False
+        return all(
+            self._for_the_fleet(command) and fleet.queued_ahead(self.deployment_id, command.target, command.event)
+            for command in commands
+        )
+
+    async def _write_later(self) -> None:
+        await self.clock.sleep(QUIET_WRITE_SECONDS)
+        self.inbox.put_nowait(_WriteUnwritten())
 
     def _step_write(self, commands: list[Command]) -> StepWrite:
         """What this step writes before any of its ``commands`` is executed (rule 2)."""
         state = self.machine.state
         # The rows first: the start of each event marked in progress now is noted there, and the snapshot keeps it.
-        rows = self._record.take_details() + self._record.rows(state, self.clock.now())
+        rows = (self._unwritten or []) + self._record.take_details() + self._record.rows(state, self.clock.now())
+        self._unwritten = None
+        self._milestones_written = self.milestones()
         fields: dict[str, Any] = {"status": str(state.status), "state": self.snapshot()}
         if state.status.is_final:  # the outcome lands in one write, never a "Failed" without its reason
             fields.update(
@@ -589,6 +642,8 @@ class DeploymentRunner:
                     getting.cancel()
                     continue
                 event = getting.result()
+                if isinstance(event, _WriteUnwritten):  # no step has been taken yet: nothing is unwritten
+                    continue
                 if isinstance(event, StopRequested):
                     provisioning.cancel()
                     await asyncio.gather(provisioning, return_exceptions=True)
