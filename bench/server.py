@@ -244,10 +244,12 @@ class BenchServer:
         with self._output_grew:
             while not any(marker in line for line in self.output[seen:]):
                 seen = len(self.output)
+                if self.process is not None and self.process.poll() is not None:
+                    raise BenchError("deploybot serve exited:\n" + "".join(self.output[-30:]))
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.process is not None and self.process.poll() is not None):
+                if remaining <= 0:
                     raise BenchError(f"deployment {deployment_id}: no end logged within {timeout} s")
-                self._output_grew.wait(min(remaining, 1.0))
+                self._output_grew.wait(min(remaining, 1.0))  # and look again whether the server is still there
         return self.wait_final(deployment_id, timeout=timeout)
 
     def wait_agents_online(self, count: int, *, timeout: float = 180) -> float:
