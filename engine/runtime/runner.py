@@ -156,7 +156,6 @@ class DeploymentRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._record = StepRecord()  # what the steps wrote, so each writes only what changed
         self._unwritten: list[dict[str, Any]] | None = None  # quiet steps' rows, while there are any (rule 2)
-        self._write_due = False  # a _WriteUnwritten is on its way
         self._milestones_written: tuple[Any, ...] | None = None  # as of the last step written
         self._early = EarlyResults()  # results that came before the one they follow (engine/core/early_results.py)
         self.finished = asyncio.Event()
@@ -315,9 +314,7 @@ class DeploymentRunner:
         Batching is what keeps a 200-host deployment cheap: results that arrive together cost one write.
         """
         events = [event for event in inputs if not isinstance(event, _WriteUnwritten)]
-        due = len(events) < len(inputs)
-        if due:
-            self._write_due = False
+        due = len(events) < len(inputs)  # what quiet steps left unwritten is written by this one, quiet or not
         commands: list[Command] = []
         accepted = False
         for event in events:
@@ -342,29 +339,19 @@ class DeploymentRunner:
                 continue
             if self._early:
                 commands += self._early.feed_due(self.machine)
-        if accepted and not self._is_quiet(commands):
+        if accepted and not due and self._is_quiet(commands):
+            if self._unwritten is None:  # the first step left unwritten since the last write: its time starts now
+                self._unwritten = []
+                self._spawn(self._write_later())
+            self._unwritten += self._record.take_details() + self._record.rows(self.machine.state, self.clock.now())
+            await self._execute_all(commands)
+        elif accepted or (due and self._unwritten is not None):
             await self._execute_all(commands, step=self._step_write(commands))
             await self._on_change(self.deployment_id)
-        elif accepted:
-            taken = self._record.take_details() + self._record.rows(self.machine.state, self.clock.now())
-            self._unwritten = (self._unwritten or []) + taken
-            await self._execute_all(commands)
-        elif self._unwritten is not None:
+        elif self._unwritten is not None:  # results the machine had no use for, while steps wait to be written
             self._unwritten += self._record.take_details()
         elif self._record.has_details:  # results the machine had no use for (it ended): kept with their details
             await self.store.save_progress(self.deployment_id, self._record.take_details())
-        if self._unwritten is not None:
-            await self._write_unwritten(now=due)
-
-    async def _write_unwritten(self, *, now: bool) -> None:
-        """What quiet steps left unwritten: written ``now`` (their time is up), else once it is (rule 2)."""
-        if now:
-            write = self._step_write([])
-            await self.store.save_progress(write.deployment_id, write.rows, **write.fields)
-            await self._on_change(self.deployment_id)
-        elif not self._write_due:
-            self._write_due = True
-            self._spawn(self._write_later())
 
     def _is_quiet(self, commands: list[Command]) -> bool:
         """Whether the step just taken need not be written now (rule 2): the same milestones as the last step
