@@ -493,8 +493,7 @@ class Deployer:
         if row is None or row["status"] not in FINAL_STATUSES or row.get("wind_up") is not None:
             return False
         log.warning("deployment %s had ended (%s) before the crash; its outcome stands", deployment_id, row["status"])
-        self._runners.pop(deployment_id, None)
-        self._leases.pop(deployment_id, None)
+        self._forget_runner(deployment_id)
         try:
             await self._let_group_go_on(row)
         finally:
@@ -519,15 +518,20 @@ class Deployer:
         """Log the end, tell the driver and notifiers, start the group's next deployment. Its task stays in
         ``_tasks`` until this is done, so ``close`` ends it before closing the store instead of pulling the store
         from under it."""
-        self._runners.pop(deployment_id, None)
+        lease = self._forget_runner(deployment_id)
         try:
-            await self._finish(deployment_id)
+            await self._finish(deployment_id, lease)
         finally:
             self._tasks.pop(deployment_id, None)
 
-    async def _finish(self, deployment_id: str) -> None:
+    def _forget_runner(self, deployment_id: str) -> Lease | None:
+        """The deployment's runner is done with (ended, or stepped down from): forget it and what it was given; the
+        lease it wrote under."""
+        self._runners.pop(deployment_id, None)
         self._delivered.pop(deployment_id, None)
-        lease = self._leases.pop(deployment_id, None)
+        return self._leases.pop(deployment_id, None)
+
+    async def _finish(self, deployment_id: str, lease: Lease | None) -> None:
         row = await self.store.get_deployment(deployment_id)
         if row is None:
             return
@@ -650,9 +654,7 @@ class Deployer:
                 why,
                 deployment_id,
             )
-            self._runners.pop(deployment_id, None)
-            self._leases.pop(deployment_id, None)
-            self._delivered.pop(deployment_id, None)
+            self._forget_runner(deployment_id)
             task = self._tasks.pop(deployment_id, None)
             self.queue.vacate(group, deployment_id)
             if task is not None and task is not asyncio.current_task():
