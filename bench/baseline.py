@@ -19,29 +19,45 @@ from bench.revisions import FILES, HOOK_EVENTS, hook_script
 from engine.bundles import build_bundle, safe_extract
 
 
-def _extract_and_copy(bundle: Path, host_dir: Path) -> Path:
+def extract(bundle: Path, host_dir: Path) -> Path:
+    """The bundle unpacked into ``host_dir``'s own ``archive`` (what DownloadBundle leaves on a host)."""
     archive = host_dir / "archive"
     safe_extract(bundle, archive)
+    return archive
+
+
+def copy_files(archive: Path, host_dir: Path) -> None:
+    """The revision's files copied where the appspec sends them, under ``host_dir`` (what Install does)."""
     for source, destination in FILES:
         target = host_dir / "fs" / destination.lstrip("/")
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy2(archive / source, target / os.path.basename(source))
+
+
+async def run_hook(archive: Path, event: str, host: str) -> None:
+    """``event``'s script as a subprocess, stdin from /dev/null, its output captured; it must succeed."""
+    process = await asyncio.create_subprocess_exec(
+        str(archive / hook_script(event)),
+        cwd=archive,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"{event} exited {process.returncode} on {host}")
+
+
+def _extract_and_copy(bundle: Path, host_dir: Path) -> Path:
+    archive = extract(bundle, host_dir)
+    copy_files(archive, host_dir)
     return archive
 
 
 async def _one_host(bundle: Path, host_dir: Path) -> None:
     archive = await asyncio.to_thread(_extract_and_copy, bundle, host_dir)
     for event in HOOK_EVENTS:
-        process = await asyncio.create_subprocess_exec(
-            str(archive / hook_script(event)),
-            cwd=archive,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        await process.communicate()
-        if process.returncode != 0:
-            raise RuntimeError(f"{event} exited {process.returncode} on {host_dir.name}")
+        await run_hook(archive, event, host_dir.name)
 
 
 async def _all_hosts(bundle: Path, root: Path, hosts: int, sequential: bool) -> float:
