@@ -19,7 +19,8 @@ What is left between such a deployment and the plain script is what any server m
 this agent: one answered round trip per event, the agents' records and the executor's CodeDeploy rules (the
 previous install undone, its records kept). deploybot's own time over this floor is its server's doing.
 The agents are started as ``deploybot serve`` starts its local ones (bot/localfleet.py: forked from one warm
-interpreter), so that they cost what the agents of the deployments they are compared with cost.
+interpreter), so that they cost what the agents of the deployments they are compared with cost. With ``minimal``,
+bench/minimal_agent.py's agents take their place: what is then left over the plain script is the protocol alone.
 ``python -m bench.agent_floor serve PORT DB BUNDLE`` is the server, ``python -m bench.agent_floor agents URL DIR N``
 runs the agents until its input closes; ``AgentFloor`` starts both.
 """
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.floor import results_store, serve_app
+from bench.minimal_agent import READY as MINIMAL_READY
 from engine.core.lifecycle import SERVER_INSTALL_EVENTS
 
 EVENTS = tuple(str(event) for event in SERVER_INSTALL_EVENTS)  # in place, without a load balancer
@@ -215,10 +217,12 @@ def _times(result: dict[str, Any]) -> dict[str, Any]:
 
 class AgentFloor:
     """``with AgentFloor(workdir, bundle, port, hosts=N) as floor:`` the floor server and N real agents polling it
-    (``floor-1`` .. ``floor-N``); ``floor.deploy(hosts)`` runs one deployment of the first ``hosts`` and returns it."""
+    (``floor-1`` .. ``floor-N``); ``floor.deploy(hosts)`` runs one deployment of the first ``hosts`` and returns it.
+    ``minimal=True``: bench/minimal_agent.py's agents instead of ours (one process per host all the same), the floor
+    of the protocol itself."""
 
-    def __init__(self, workdir: Path, bundle: Path, port: int, *, hosts: int = 1) -> None:
-        self.workdir, self.bundle, self.port, self.hosts = workdir, bundle, port, hosts
+    def __init__(self, workdir: Path, bundle: Path, port: int, *, hosts: int = 1, minimal: bool = False) -> None:
+        self.workdir, self.bundle, self.port, self.hosts, self.minimal = workdir, bundle, port, hosts, minimal
         # The server, then the agents; and whether the process stops when its input closes (the agents do).
         self._processes: list[tuple[subprocess.Popen[str], bool]] = []
 
@@ -227,11 +231,18 @@ class AgentFloor:
         url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "bench.agent_floor", "serve", str(self.port), str(self.workdir / "floor.db")]
         self._start([*argv, str(self.bundle)], stops_on_eof=False)
-        agents = [sys.executable, "-m", "bench.agent_floor", "agents", url, str(self.workdir), str(self.hosts)]
-        self._start(agents, stops_on_eof=True)
+        if not self.minimal:
+            agents = [sys.executable, "-m", "bench.agent_floor", "agents", url, str(self.workdir), str(self.hosts)]
+            self._start(agents, stops_on_eof=True)
+            return self
+        for index in range(1, self.hosts + 1):
+            host = host_name(index)
+            root = self.workdir / "minimal" / host
+            agent = [sys.executable, "-m", "bench.minimal_agent", url, host, str(root), str(self.bundle)]
+            self._start(agent, stops_on_eof=True, ready=MINIMAL_READY)
         return self
 
-    def _start(self, argv: list[str], *, stops_on_eof: bool) -> None:
+    def _start(self, argv: list[str], *, stops_on_eof: bool, ready: str = _READY) -> None:
         """Start a process of the floor and wait until it says it is ready."""
         cwd = Path(__file__).resolve().parent.parent
         process = subprocess.Popen(
@@ -240,7 +251,7 @@ class AgentFloor:
         self._processes.append((process, stops_on_eof))
         assert process.stdout is not None
         line = process.stdout.readline()
-        if _READY not in line:
+        if ready not in line:
             self.__exit__()
             raise RuntimeError(f"{' '.join(argv[1:4])} did not start: {line}{process.stdout.read()}")
 

@@ -18,7 +18,7 @@ import resource
 import sqlite3
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,6 +184,20 @@ def event_ms(doc: dict[str, Any]) -> float:
         for target in doc["targets"]
         for event in target["events"]
     )
+
+
+def event_medians_ms(docs: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Each lifecycle event's median time on its host, over every host of every deployment in ``docs``, in the
+    order the events ran (a deployment document names an event ``name``; the floor server's, ``event``)."""
+    times: dict[str, list[float]] = {}
+    for doc in docs:
+        for target in doc["targets"]:
+            for event in target["events"]:
+                if event.get("started_at") is None or event.get("ended_at") is None:
+                    continue  # an event that did not run on the host (e.g. traffic events without a load balancer)
+                name = str(event.get("name") or event.get("event"))
+                times.setdefault(name, []).append((float(event["ended_at"]) - float(event["started_at"])) * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def render(title: str, result: Breakdown, cpu: CpuTimes | None, console: Console) -> None:

@@ -154,7 +154,11 @@ def overhead(settings: Settings) -> list[Figure]:
     says how much of its orchestration is the round trip every event must make and how much is deploybot's work
     around it. And each round runs every pair's deployment once more against the floor under it
     (bench/agent_floor.py: real agents, a server with no deploybot code): that deployment against the plain script
-    is what any server costs with this protocol and this agent; deploybot against it, its server's own.
+    is what any server costs with this protocol and this agent; deploybot against it, its server's own. Last, the
+    same deployment once more on the floor server with a minimal agent in place of ours (bench/minimal_agent.py: the
+    plain script's work and an answered round trip per event, one process per host): the floor of the protocol
+    itself, below which no agent that reports each event and waits for its answer can go; ours against it, our
+    agent's own share.
     """
     console = settings.console
     hosts, runs = settings.overhead_hosts, settings.overhead_runs
@@ -169,6 +173,7 @@ def overhead(settings: Settings) -> list[Figure]:
     floors: list[float] = []  # per round: one event's round trip at the floor, back to back (ms)
     paced: list[float] = []  # per round: the same at the agent's pace (ms)
     at_floor: dict[str, list[FloorDeployment]] = {pair.name: [] for pair in pairs}  # per round, against the floor
+    minimal: dict[str, list[FloorDeployment]] = {pair.name: [] for pair in pairs}  # per round, the minimal agent's
     profiler = None
     with (
         settings.scenario_dir("overhead") as workdir,
@@ -178,9 +183,11 @@ def overhead(settings: Settings) -> list[Figure]:
         bundle = canonical_bundle(revision, workdir / "bundle")
         with (
             AgentFloor(workdir / "agent-floor", bundle, free_port(), hosts=hosts) as agent_floor,
+            AgentFloor(workdir / "minimal-floor", bundle, free_port(), hosts=hosts, minimal=True) as minimal_floor,
             _server(workdir / "server", hosts, single=True) as server,
         ):
-            agent_floor.deploy(hosts)  # untimed, like the deployments: the agents online, a previous install there
+            for warming in (agent_floor, minimal_floor):  # untimed, like the deployments: a previous install there
+                warming.deploy(hosts)
             server.wait_agents_online(hosts + 1)
             for environment in (ENVIRONMENT, SINGLE_HOST):  # untimed: every timed run has a previous install
                 server.wait_final(server.deploy(revision, environment=environment)[1])
@@ -215,11 +222,15 @@ def overhead(settings: Settings) -> list[Figure]:
                 paced.append(floor.round_trip_ms(floor_url, PACED_ROUND_TRIPS, pause_ms=pause_ms))
                 for pair in pairs:
                     at_floor[pair.name].append(agent_floor.deploy(pair.hosts, sequential=pair.sequential))
+                    minimal[pair.name].append(minimal_floor.deploy(pair.hosts, sequential=pair.sequential))
                 others.append(max(shares))
     figures: list[Figure] = []
     for pair in pairs:
         figures += _pair_figures(pair, measured[pair.name], plain[pair.name], others, console)
         figures += _floor_figures(pair, measured[pair.name], plain[pair.name], at_floor[pair.name], console)
+        figures += _protocol_floor_figures(pair, plain[pair.name], at_floor[pair.name], minimal[pair.name], console)
+    one_host = pairs[-1].name
+    _show_events(measured[one_host], at_floor[one_host], minimal[one_host], console)
     figures += _between_events_figures(measured[pairs[-1].name], floors, paced, console)
     console.print(
         f"  others' load (%): {' '.join(f'{value * 100:.0f}' for value in others)}  (of the machine, per round)"
@@ -385,6 +396,77 @@ def _floor_figures(
             f"deploybot / the floor server's deployment, per round; {spread(over_floor, 'x')}",
         ),
     ]
+
+
+def _protocol_floor_figures(
+    pair: _Pair, plain: list[float], at_floor: list[FloorDeployment], minimal: list[FloorDeployment], console: Console
+) -> list[Figure]:
+    """The pair's deployment on the floor server with the minimal agent, per round: against the plain script run in
+    the same round (the protocol's own floor, which a target below cannot be met by any agent), and under the same
+    deployment with our agents (our agent's share)."""
+    minimal_s = [run.duration for run in minimal]
+    ours_s = [run.duration for run in at_floor]
+    console.print(f"    with a minimal agent (s):     {' '.join(f'{value:.3f}' for value in minimal_s)}")
+    where = "the floor server with a minimal agent (bench/minimal_agent.py: the plain script's work and one answered"
+    where += f" round trip per event), median of {len(minimal_s)} rounds"
+    if pair.time_target_ms is not None:
+        extra = [(ours - theirs) * 1000 for ours, theirs in zip(minimal_s, plain, strict=True)]
+        over = [(ours - theirs) * 1000 for ours, theirs in zip(ours_s, minimal_s, strict=True)]
+        return [
+            Figure(
+                f"{pair.name}: orchestration at the protocol's floor",
+                median(extra),
+                "ms",
+                None,
+                f"{where}, less the plain script per round: no agent reporting each event can do with less "
+                f"(deploybot's target: {pair.time_target_ms:g} ms); {spread(extra, 'ms')}",
+            ),
+            Figure(
+                f"{pair.name}: our agent over the minimal one",
+                median(over),
+                "ms",
+                None,
+                f"the floor server's deployment with our agents less with the minimal one, per round; "
+                f"{spread(over, 'ms')}",
+            ),
+        ]
+    at_plain = [ours / theirs for ours, theirs in zip(minimal_s, plain, strict=True)]
+    over_minimal = [ours / theirs for ours, theirs in zip(ours_s, minimal_s, strict=True)]
+    return [
+        Figure(
+            f"{pair.name}: ratio at the protocol's floor",
+            median(at_plain),
+            "x",
+            None,
+            f"{where} / plain, per round: no agent reporting each event can do better "
+            f"(deploybot's target: {pair.ratio_target:g}x); {spread(at_plain, 'x')}",
+        ),
+        Figure(
+            f"{pair.name}: our agent over the minimal one",
+            median(over_minimal),
+            "x",
+            None,
+            f"the floor server's deployment with our agents / with the minimal one, per round; "
+            f"{spread(over_minimal, 'x')}",
+        ),
+    ]
+
+
+def _show_events(
+    ours: list[_Run], at_floor: list[FloorDeployment], minimal: list[FloorDeployment], console: Console
+) -> None:
+    """The one host's events, each its median over the rounds: deploybot's, our agent's on the floor server and
+    the minimal agent's there. Where ours take longer than the minimal one's is where our agent's share is."""
+    sides = {
+        "deploybot": phases.event_medians_ms([run.doc for run in ours]),
+        "our agent, floor server": phases.event_medians_ms([run.as_document() for run in at_floor]),
+        "minimal agent": phases.event_medians_ms([run.as_document() for run in minimal]),
+    }
+    names = list(sides["minimal agent"])
+    console.print(f"  one host, each event (ms, median of the rounds): {', '.join(names)}")
+    for side, medians in sides.items():
+        cells = " ".join("     -" if name not in medians else f"{medians[name]:6.2f}" for name in names)
+        console.print(f"    {side + ':':25s} {cells}")
 
 
 def scale(settings: Settings) -> list[Figure]:

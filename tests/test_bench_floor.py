@@ -88,3 +88,50 @@ def test_the_agent_floor_runs_whole_deployments_on_real_agents_and_records_every
         for source, destination in FILES:
             installed = tmp_path / "floor" / "hosts" / host / destination.lstrip("/") / Path(source).name
             assert installed.read_text() == (revision / source).read_text()
+
+
+def test_the_minimal_agent_runs_the_same_deployments_with_the_plain_scripts_work_only(tmp_path: Path) -> None:
+    revision = write_revision(tmp_path / "revision", hooks=True)
+    bundle = canonical_bundle(revision, tmp_path / "bundle")
+    with AgentFloor(tmp_path / "floor", bundle, free_port(), hosts=2, minimal=True) as floor_server:
+        first = floor_server.deploy(1)
+        at_once = floor_server.deploy(2)
+        in_turn = floor_server.deploy(2, sequential=True)
+    for deployment in (first, at_once, in_turn):
+        for target in deployment.targets:
+            assert [event["event"] for event in target["events"]] == list(agent_floor.EVENTS)
+            starts = [float(event["started_at"]) for event in target["events"]]
+            ends = [float(event["ended_at"]) for event in target["events"]]
+            assert deployment.created_at <= starts[0] and ends[-1] <= deployment.ended_at
+            assert all(end <= start for end, start in zip(ends, starts[1:], strict=False))  # each after the answer
+    first_host, second_host = in_turn.targets
+    assert float(first_host["events"][-1]["ended_at"]) <= float(second_host["events"][0]["started_at"])
+    with sqlite3.connect(tmp_path / "floor" / "floor.db") as db:  # every event reported, and every one succeeded
+        statuses = [row[0] for row in db.execute("SELECT json_extract(result, '$.status') FROM results")]
+    assert statuses == ["Succeeded"] * 5 * 7
+    for host in ("floor-1", "floor-2"):  # only the last deployment's directories are left, with the files copied
+        (deployment_dir,) = (tmp_path / "floor" / "minimal" / host).iterdir()
+        assert deployment_dir.name == "d-floor-3"
+        for source, destination in FILES:
+            installed = deployment_dir / "fs" / destination.lstrip("/") / Path(source).name
+            assert installed.read_text() == (revision / source).read_text()
+
+
+def test_each_events_median_is_taken_over_every_host_of_every_deployment_in_order() -> None:
+    def deployment(*hosts: list[tuple[str, float | None, float | None]]) -> dict[str, object]:
+        return {
+            "targets": [
+                {"events": [{"name": name, "started_at": start, "ended_at": end} for name, start, end in events]}
+                for events in hosts
+            ]
+        }
+
+    docs = [
+        deployment([("Stop", 0.0, 0.001), ("Install", 0.002, 0.006)], [("Stop", 0.0, 0.003)]),
+        deployment([("Stop", 0.0, 0.002), ("Traffic", None, None), ("Install", 0.002, 0.004)]),
+    ]
+    floor_doc = {"targets": [{"events": [{"event": "Stop", "started_at": 1.0, "ended_at": 1.005}]}]}
+    medians = phases.event_medians_ms(docs)
+    assert list(medians) == ["Stop", "Install"]  # an event that did not run on its host is no time
+    assert [round(value, 6) for value in medians.values()] == [2.0, 3.0]
+    assert {name: round(value, 6) for name, value in phases.event_medians_ms([floor_doc]).items()} == {"Stop": 5.0}
