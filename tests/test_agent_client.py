@@ -290,18 +290,18 @@ def _serve_empty_revision(fleet: FakeFleet, tmp_path: Path) -> BuiltBundle:
     return built
 
 
-async def test_old_revisions_are_deleted_between_commands(fleet: FakeFleet, tmp_path: Path) -> None:
+async def test_old_revisions_are_deleted_once_the_agent_waits_for_a_command(fleet: FakeFleet, tmp_path: Path) -> None:
     built = _serve_empty_revision(fleet, tmp_path)
     root = tmp_path / "agent"
-    async with running_agent(options(fleet, root)):
+    group = AgentLayout(root).group_dir("hello-staging")
+    async with running_agent(options(fleet, root, tidy_after=0)):
         for command_id in range(1, KEPT_REVISIONS + 4):
             await fleet.enqueue(command(command_id, "DownloadBundle", sha=built.sha256, deployment=f"d-{command_id}"))
             assert (await fleet.result(command_id))["status"] == "Succeeded"
-        await fleet.polls(KEPT_REVISIONS + 4)  # the poll after the last command: the agent tidied before it
+        await eventually(lambda: len(list(group.iterdir())) == KEPT_REVISIONS + 1, "the old revisions deleted")
 
-    kept = {path.name for path in AgentLayout(root).group_dir("hello-staging").iterdir()}
-    newest = f"d-{KEPT_REVISIONS + 3}"
-    assert newest in kept and len(kept) == KEPT_REVISIONS + 1  # the current one and the five before it
+    kept = {path.name for path in group.iterdir()}
+    assert f"d-{KEPT_REVISIONS + 3}" in kept and len(kept) == KEPT_REVISIONS + 1  # the current one and five before
 
 
 async def test_a_revision_the_host_still_holds_is_not_downloaded_again(fleet: FakeFleet, tmp_path: Path) -> None:
@@ -325,16 +325,18 @@ async def test_a_revision_the_host_still_holds_is_not_downloaded_again(fleet: Fa
         assert (layout.archive_dir(layout.deployment_dir("hello-staging", "d-3")) / "appspec.yml").is_file()
 
 
-async def test_old_revisions_go_while_the_last_result_is_posted_and_before_the_next_command(
+async def test_old_revisions_go_only_while_the_agent_waits_and_the_next_command_waits_for_them(
     fleet: FakeFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The deletion neither holds up the result that ends a run nor runs beside the command handed over with it."""
+    """No deletion beside a run (a command handed over with a result included): it takes the CPU from the hosts still
+    busy with the deployment. Once the agent polls it starts, and a command that arrives meanwhile waits for it."""
     built = _serve_empty_revision(fleet, tmp_path)
     deleting, may_finish = threading.Event(), threading.Event()
     order: list[object] = []
     prune = AgentLayout.prune_revisions
 
     def held_prune(layout: AgentLayout, *args: Any, **kwargs: Any) -> list[Path]:
+        order.append("deleting")
         deleting.set()
         assert may_finish.wait(HANG_GUARD)
         order.append("deleted")
@@ -342,21 +344,18 @@ async def test_old_revisions_go_while_the_last_result_is_posted_and_before_the_n
 
     monkeypatch.setattr(AgentLayout, "prune_revisions", held_prune)
     fleet.observe = order.append
-
-    async def answer_once_deleting(command_id: int) -> None:
-        if command_id == 1:  # the agent waits for this answer: the deletion must be under way meanwhile
-            await eventually(deleting.is_set, "the deletion started while the run's last result was posted")
-
-    fleet.before_answer = answer_once_deleting
     fleet.hand_over[1] = command(2, "ApplicationStop", deployment="d-2")
-    async with running_agent(options(fleet, tmp_path / "agent")):
+    async with running_agent(options(fleet, tmp_path / "agent", tidy_after=0)):
         await fleet.enqueue(command(1, "DownloadBundle", sha=built.sha256, deployment="d-1"))
-        assert (await fleet.result(1))["status"] == "Succeeded"
-        await eventually(deleting.is_set)
-        assert order == [1]
-        may_finish.set()
         assert (await fleet.result(2))["status"] == "Succeeded"
-    assert order == [1, "deleted", 2]  # the handed-over command waited for the deletion to end
+        await eventually(deleting.is_set, "the deletion started once the agent polled")
+        assert order == [1, 2, "deleting"]  # not while the run (1, then 2 handed over with its answer) went on
+        await fleet.enqueue(command(3, "ApplicationStop", deployment="d-3"))
+        await fleet.heartbeat_naming(3)  # the agent has command 3 in hand: it waits for the deletion to end
+        assert 3 not in fleet.results
+        may_finish.set()
+        assert (await fleet.result(3))["status"] == "Succeeded"
+    assert order == [1, 2, "deleting", "deleted", 3]
 
 
 async def test_a_command_handed_over_with_a_result_runs_without_a_poll(fleet: FakeFleet, tmp_path: Path) -> None:

@@ -75,6 +75,8 @@ _NETWORK_ERRORS = (TimeoutError, OSError)  # OSError covers refused, reset, TLS 
 
 POLL_WAIT = 25
 """Seconds an idle agent's long poll asks the server to hold it open; a command queued meanwhile answers it at once."""
+TIDY_AFTER = 1.0
+"""Seconds an agent waits for a command before it deletes old revisions: never on a deployment's clock."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +85,8 @@ class AgentOptions:
     ``ca_file`` is the PEM file of the CA that signed an https:// server's certificate (default: the system CAs).
 
     ``token`` is the agent token as read at start; ``token_file``, when given, is where it came from and is read
-    again after a 401. The token is left out of the repr, so logging the options never logs it.
+    again after a 401. The token is left out of the repr, so logging the options never logs it. ``tidy_after``: how
+    long a poll waits for a command before old revisions are deleted.
     """
 
     server: str
@@ -97,6 +100,7 @@ class AgentOptions:
     poll_wait: int = POLL_WAIT
     heartbeat_interval: float = 5.0
     ca_file: Path | None = None
+    tidy_after: float = TIDY_AFTER
 
     @property
     def agent_root(self) -> Path:
@@ -271,7 +275,9 @@ class Agent:
         body: dict[str, Any] | None = None
         while True:
             if body is None:
-                await self.executor.tidy()  # before polling: old revisions go while no command is in hand
+                # Old revisions go once the host has waited a while for a command. Deleted as soon as a run ended,
+                # they took the CPU from the hosts (and the server) still busy with the same deployment.
+                idle = asyncio.get_running_loop().call_later(self.options.tidy_after, self.executor.tidy_soon)
                 try:
                     body = await self._poll()
                 except (*_NETWORK_ERRORS, _Refused, ValueError) as exc:
@@ -282,6 +288,8 @@ class Agent:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _MAX_DELAY)
                     continue
+                finally:
+                    idle.cancel()
                 delay = _FIRST_DELAY
                 if body is None:
                     continue
@@ -323,8 +331,6 @@ class Agent:
             result = await self._run_command(command)
             following = command.following() if result["status"] == "Succeeded" else None
             if following is None:
-                # The run is over: old revisions go while the server records it and finds the next command.
-                self.executor.tidy_soon()
                 handed_over: list[dict[str, Any]] = []
                 await self._post_result(command.id, result, handed_over=handed_over)
                 self._done_with(command.id)

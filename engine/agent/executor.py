@@ -111,7 +111,7 @@ class CommandExecutor:
         self._runner = hook_runner or HookRunner()
         self._ensured: tuple[tuple[str, str], Path] | None = None  # the deployment directory made last
         self._prune_due: dict[str, Path] = {}  # group id -> its newest download, whose old revisions go (tidy)
-        self._tidying: asyncio.Future[None] | None = None  # tidy_soon's deletion, until a command or tidy waits on it
+        self._tidying: asyncio.Future[None] | None = None  # tidy_soon's deletion, until the next command waits on it
         self._held: dict[str, Path] = {}  # sha256 -> the bundle of this process's last download of that revision
 
     async def execute(self, command: Command, *, on_group: OnGroup | None = None) -> HookOutcome:
@@ -175,18 +175,11 @@ class CommandExecutor:
         return HookOutcome(_OK, f"downloaded and extracted revision {revision.sha256[:12]}")
 
     def tidy_soon(self) -> None:
-        """Start deleting old revisions in the background, while the agent waits on the server (a run's last result,
-        a poll): the next command waits for it to end first, and a command handed over meanwhile is not delayed by
-        it unless it arrives sooner than the deletion ends."""
+        """Start deleting old revisions in the background; the agent calls it once it has been idle a while (see
+        ``AgentOptions.tidy_after``). Deleting a directory tree is no part of any deployment: the next command waits
+        for a deletion under way to end first, and none starts while a command or a run of them is in hand."""
         if self._prune_due and self._tidying is None:
             self._tidying = asyncio.ensure_future(self._prune())
-
-    async def tidy(self) -> None:
-        """Delete old revisions of the groups that downloaded one: what tidy_soon started, then any still due.
-        Between commands, not inside DownloadBundle: deleting a directory tree is no part of the deployment, and
-        its time is not the host's."""
-        await self._tidied()
-        await self._prune()
 
     def stop_tidying(self) -> None:
         """The agent is stopping: a deletion under way is left to its thread, which finishes it."""
