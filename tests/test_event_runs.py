@@ -385,6 +385,59 @@ async def test_no_claim_is_made_that_is_known_to_find_nothing(server: Server) ->
     assert server.transactions() == before
 
 
+@pytest.mark.parametrize("handed", [False, True], ids=["claimed by a poll", "handed to a parked poll"])
+async def test_after_a_run_claimed_whole_the_agents_next_claim_is_known_to_find_nothing(
+    server: Server, handed: bool
+) -> None:
+    """The last result of a run waits for the host's next command: nothing else of the host was Pending when its
+    run was claimed, and nothing was queued since, so that claim needs no transaction (it would come just as the
+    engine queues the next host's run, on the same store thread)."""
+    await runs_for(server.fleet, "web-1")
+    if handed:
+        poll = asyncio.ensure_future(server.fleet.next_command("web-1", wait=HANG_GUARD, runs=True))
+        await eventually(lambda: server.fleet.is_parked("web-1"), "the poll is parked")
+        await server.fleet.dispatch_runs("d-1", [("web-1", RUN)], {"deployment_id": "d-1"})
+        first = await asyncio.wait_for(poll, HANG_GUARD)
+        assert first is not None
+        ids = [first["id"], *(step["id"] for step in first.get("then", []))]
+    else:
+        await server.fleet.dispatch_runs("d-1", [("web-1", RUN)], {"deployment_id": "d-1"})
+        ids = await a_run(server.fleet, "web-1")
+    await report(server.fleet, "web-1", ids)
+    before = server.transactions()
+    assert await server.fleet.next_command("web-1", wait=0, runs=True) is None
+    assert server.transactions() == before
+    await server.fleet.dispatch_runs("d-2", [("web-1", RUN)], {"deployment_id": "d-2"})  # queued: claimed again
+    again = await server.fleet.next_command("web-1", wait=0, runs=True)
+    assert again is not None and again["deployment_id"] == "d-2" and len(again.get("then", [])) == len(RUN) - 1
+
+
+async def test_a_run_with_more_of_its_host_pending_or_cut_short_still_claims_what_is_left(server: Server) -> None:
+    """Nothing is taken for empty that is not: a command of another deployment queued behind the run, one queued
+    while the run went on, the rest of a run its agent reported without claiming (an agent restarted mid-run)."""
+    await runs_for(server.fleet, "web-1")
+    await server.fleet.dispatch_runs("d-1", [("web-1", RUN)], {"deployment_id": "d-1"})
+    await server.fleet.dispatch_runs("d-2", [("web-1", RUN[:1])], {"deployment_id": "d-2"})
+    await report(server.fleet, "web-1", await a_run(server.fleet, "web-1"))
+    behind = await server.fleet.next_command("web-1", wait=0, runs=True)
+    assert behind is not None and behind["deployment_id"] == "d-2"
+    await report(server.fleet, "web-1", [behind["id"]])
+
+    await server.fleet.dispatch_runs("d-3", [("web-1", RUN)], {"deployment_id": "d-3"})
+    ids = await a_run(server.fleet, "web-1")
+    await server.fleet.dispatch_runs("d-4", [("web-1", RUN[:1])], {"deployment_id": "d-4"})  # while the run goes on
+    await report(server.fleet, "web-1", ids)
+    queued_since = await server.fleet.next_command("web-1", wait=0, runs=True)
+    assert queued_since is not None and queued_since["deployment_id"] == "d-4"
+    await report(server.fleet, "web-1", [queued_since["id"]])
+
+    await server.fleet.dispatch_runs("d-5", [("web-1", RUN)], {"deployment_id": "d-5"})
+    ids = await a_run(server.fleet, "web-1")
+    await report(server.fleet, "web-1", ids[:3])  # the third without its then: the agent stopped there
+    rest = await server.fleet.next_command("web-1", wait=0, runs=True)
+    assert rest is not None and [rest["id"], *(step["id"] for step in rest.get("then", []))] == ids[3:]
+
+
 async def test_a_failed_event_cancels_the_rest_of_its_run_and_a_go_on_finds_it_gone(server: Server) -> None:
     await server.fleet.heartbeat(
         "web-1", {"tags": {}, "version": "1", "running_command": None, "capabilities": ["runs"]}

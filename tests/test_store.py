@@ -592,7 +592,9 @@ async def test_a_hosts_commands_of_a_deployment_are_found_without_reading_its_ot
     tmp_path: Path,
 ) -> None:
     """Queueing a stage reads each host's commands of that deployment: through the index led by deployment and host,
-    not the host's whole history (which grows with every deployment; migration 0011)."""
+    not the host's whole history (which grows with every deployment; migration 0011). The run handed over with a
+    claim is read from the host's Pending commands after it (the queue's index): what is still to run, never what
+    ran before."""
     statements: list[str] = []
     async with await SqliteStore.open(tmp_path / "state.db", on_statement=statements.append) as traced:
         events = ["BeforeInstall", "Install", "AfterInstall"]
@@ -608,6 +610,9 @@ async def test_a_hosts_commands_of_a_deployment_are_found_without_reading_its_ot
             for sql in reads
         }
     assert len(plans) == 3, plans  # what is there, the first event's command, the rest of the run handed over
+    pending_after = [sql for sql in plans if "status = 'Pending' AND id >" in sql]
+    assert len(pending_after) == 1, plans
+    assert "host_commands_queue (host=? AND status=? AND id>?)" in plans.pop(pending_after[0])
     for sql, plan in plans.items():
         assert "host_commands_by_deployment (deployment_id=? AND host=?" in plan, (sql, plan)
 

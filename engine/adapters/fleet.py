@@ -15,7 +15,8 @@ Less per event: a host's consecutive events up to the next server-side step are 
 (``dispatch_runs``, for agents that said they can run them back to back: ``RUNS_CAPABILITY``), a whole engine
 step's runs in one transaction; results that arrive together are recorded in one transaction (``report_result``
 joins the batch being written), which also claims the next command of a run for its agent (``then``) and, for a
-failure, cancels the rest of the run. A poll skips the claim while its host's queue is known to be empty.
+failure, cancels the rest of the run. A poll skips the claim while its host's queue is known to be empty: a claim
+found nothing, or the host's run was claimed whole with nothing else of it Pending (``run_ends_queue``).
 
 An agent downloads only the bundles of its own host's deployments (``bundle_for``), and a token is handed out once:
 the doors issue one for a host without (``has_token``) and otherwise only rotate it (``revoke_token``, then
@@ -94,6 +95,9 @@ class Fleet:
         # last found nothing. While the two agree the queue is known empty and a poll skips the (write) claim.
         self._queue_changes: dict[str, int] = {}
         self._empty_at: dict[str, int] = {}
+        # Per host: a run claimed with nothing else of the host Pending, as (its last command, the counter then):
+        # once that command is claimed too (a result's ``then``), with the counter unchanged, the queue is empty.
+        self._queue_ends: dict[str, tuple[int, int]] = {}
         self._last_seen: dict[str, float] = {}  # wall clock, for display only
         self._heard: dict[str, float] = {}  # monotonic: when each host's agent last talked to us
         self._claimed: dict[int, float] = {}  # monotonic: when this server handed out each InProgress command
@@ -173,6 +177,7 @@ class Fleet:
     async def _queue_runs(self, deployment_id: str, queued: list[QueuedRun], step: StepWrite | None = None) -> None:
         parked = {target: self._parked_wants_run(target) for target, *_ in queued}
         hand_to = {host: wants_run for host, wants_run in parked.items() if wants_run is not None}
+        changes = {host: self._queue_changes.get(host, 0) + 1 for host in hand_to}  # once this queueing is counted
         self._handing.update(hand_to)  # our own notice of this queueing must not wake the polls we hand it to
         try:
             at = self.clock.now()
@@ -192,7 +197,9 @@ class Fleet:
             row = claimed.get(host)
             if row is None:
                 self._wake(host)
-            elif not self._hand(host, row):
+            elif self._hand(host, row):
+                self._note_run(host, row, changes[host])
+            else:
                 await self.release(host, row["id"])  # its poll ended meanwhile: the next one claims it
 
     def queued_ahead(self, deployment_id: str, target: str, event: LifecycleEvent) -> bool:
@@ -249,7 +256,21 @@ class Fleet:
         else:
             self._claimed[row["id"]] = self.clock.monotonic()
             self._remember_heads(row)
+            self._note_run(host, row, changes)
         return row
+
+    def _note_run(self, host: str, row: Mapping[str, Any], changes: int) -> None:
+        """A run was claimed for ``host`` when its queue counter was ``changes``. With nothing else of the host
+        Pending (``run_ends_queue``), the queue is empty once the run's last command is claimed too: after a run,
+        its agent's next claim (the last result's wait for a command) would find nothing, and it would cost a
+        store trip just as the engine queues the next host's run. A counter that moved meanwhile proves nothing."""
+        if not row.get("run_ends_queue") or self._queue_changes.get(host, 0) != changes:
+            return
+        rest = row.get("then") or ()
+        if rest:
+            self._queue_ends[host] = (int(rest[-1]["id"]), changes)
+        else:
+            self._empty_at[host] = changes
 
     def _remember_heads(self, row: Mapping[str, Any]) -> None:
         """Keep the head of a claimed command and of each command of the rest of its run (``then``); the oldest go
@@ -357,13 +378,18 @@ class Fleet:
         Should the write fail, the agents retry: their results are not recorded."""
         heads = {report[0]: self._heads[report[0]] for report in reports if report[0] in self._heads}
         outcomes = await self.store.finish_commands(reports, at=self.clock.now(), heads=heads)
-        for (command_id, _, status, _, then), (command, finished, go_on) in zip(reports, outcomes, strict=True):
+        for (command_id, host, status, _, then), (command, finished, go_on) in zip(reports, outcomes, strict=True):
             if command is None:
                 continue
             self._claimed.pop(command_id, None)
             self._heads.pop(command_id, None)
             if go_on and then is not None:
                 self._claimed[then] = self.clock.monotonic()
+                ends = self._queue_ends.get(host)
+                if ends is not None and ends[0] == then:  # the run's last command: nothing of the host is Pending
+                    del self._queue_ends[host]
+                    if self._queue_changes.get(host, 0) == ends[1]:
+                        self._empty_at[host] = ends[1]
             if finished and status == "Failed":
                 self._run_ended(command)
         return outcomes

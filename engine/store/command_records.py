@@ -58,9 +58,10 @@ _NAMES_PER_READ = 500
 _INSERT_COMMAND = (
     f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
 )
-_REST_OF_RUN = (
-    f"SELECT id, event FROM host_commands WHERE host = ? AND {_OF_DEPLOYMENT} AND status = 'Pending' AND id > ?"
-    " ORDER BY id"
+# Every Pending command of the host after the one claimed (``host_commands_queue``: host, status, id): the rest of
+# its run, and whether anything else waits behind it.
+_PENDING_AFTER = (
+    "SELECT id, event, deployment_id FROM host_commands WHERE host = ? AND status = 'Pending' AND id > ? ORDER BY id"
 )
 
 
@@ -75,14 +76,18 @@ def _claim_sql(row_lock: str) -> str:
 
 
 def _claim_oldest(row_lock: str, host: str, at: float, *, with_run: bool) -> Program[Row | None]:
-    """Claim the host's oldest Pending command (inside a program); with ``then`` when ``with_run``."""
+    """Claim the host's oldest Pending command (inside a program); with ``then`` and ``run_ends_queue`` when
+    ``with_run`` (see ``claim_next_command``)."""
     rows = yield Fetch("host_commands", _claim_sql(row_lock), (at, host))
     if not rows:
         return None
     row: Row = rows[0]
     if with_run:
-        rest = yield Fetch("host_commands", _REST_OF_RUN, (host, row["deployment_id"], row["id"]))
-        row["then"] = [{"id": r["id"], "event": r["event"]} for r in rest]
+        pending = yield Fetch("host_commands", _PENDING_AFTER, (host, row["id"]))
+        row["then"] = [
+            {"id": r["id"], "event": r["event"]} for r in pending if r["deployment_id"] == row["deployment_id"]
+        ]
+        row["run_ends_queue"] = len(row["then"]) == len(pending)
     return row
 
 
@@ -142,7 +147,7 @@ class CommandRecords(SqlAccess):
         queued with it, or will be dispatched as the machine reaches them), and that command comes back in the first
         list, in the order of ``runs`` (None for a run queued now). For each host of ``hand_to`` (a long poll waits
         for it), the oldest Pending command is claimed in the same transaction and returned by host, with the
-        ``then`` of ``claim_next_command`` when its value is True.
+        ``then`` and ``run_ends_queue`` of ``claim_next_command`` when its value is True.
         """
         row_lock = self._row_lock
         written_first = step_program(self._columns, step) if step is not None else None
@@ -183,7 +188,8 @@ class CommandRecords(SqlAccess):
         """Hand out the host's oldest Pending command, marking it InProgress in the same statement.
 
         ``with_run``: the row also carries ``then``, the ids and events of the host's Pending commands of the same
-        deployment queued after it (the rest of its run), read in the same transaction."""
+        deployment queued after it (the rest of its run), and ``run_ends_queue``, whether no other command of the
+        host is Pending (once the run is claimed, a claim would find nothing), read in the same transaction."""
 
         row_lock = self._row_lock
         return await self._transact(lambda: _claim_oldest(row_lock, host, at, with_run=with_run))
