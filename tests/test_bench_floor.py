@@ -61,6 +61,22 @@ def test_the_floor_at_an_agents_pace_pauses_before_every_post(tmp_path: Path) ->
         assert db.execute("SELECT count(*) FROM results WHERE status = 'Succeeded'").fetchone()[0] == 20
 
 
+def _each_host_ran_its_events_in_turn(
+    one: agent_floor.FloorDeployment, at_once: agent_floor.FloorDeployment, in_turn: agent_floor.FloorDeployment
+) -> None:
+    """Every host ran the seven events, each after the one before was answered, inside its deployment; ``in_turn``'s
+    second host only after the first had finished."""
+    for deployment in (one, at_once, in_turn):
+        for target in deployment.targets:
+            assert [event["event"] for event in target["events"]] == list(agent_floor.EVENTS)
+            starts = [float(event["started_at"]) for event in target["events"]]
+            ends = [float(event["ended_at"]) for event in target["events"]]
+            assert deployment.created_at <= starts[0] and ends[-1] <= deployment.ended_at
+            assert all(end <= start for end, start in zip(ends, starts[1:], strict=False))  # one after another
+    first, second = in_turn.targets
+    assert float(first["events"][-1]["ended_at"]) <= float(second["events"][0]["started_at"])  # host after host
+
+
 def test_the_agent_floor_runs_whole_deployments_on_real_agents_and_records_every_result(tmp_path: Path) -> None:
     revision = write_revision(tmp_path / "revision", hooks=True)
     bundle = canonical_bundle(revision, tmp_path / "bundle")
@@ -71,17 +87,10 @@ def test_the_agent_floor_runs_whole_deployments_on_real_agents_and_records_every
         with pytest.raises(ValueError, match="2 host"):
             floor_server.deploy(3)
     assert [target["name"] for target in one.targets] == ["floor-1"]
+    _each_host_ran_its_events_in_turn(one, at_once, in_turn)
     for deployment in (one, at_once, in_turn):
-        for target in deployment.targets:
-            assert [event["event"] for event in target["events"]] == list(agent_floor.EVENTS)
-            starts = [float(event["started_at"]) for event in target["events"]]
-            ends = [float(event["ended_at"]) for event in target["events"]]
-            assert deployment.created_at <= starts[0] and ends[-1] <= deployment.ended_at
-            assert all(end <= start for end, start in zip(ends, starts[1:], strict=False))  # one after another
         assert deployment.duration > 0
         assert phases.between_events_ms(deployment.as_document()) >= 0
-    first, second = in_turn.targets
-    assert float(first["events"][-1]["ended_at"]) <= float(second["events"][0]["started_at"])  # host after host
     with sqlite3.connect(tmp_path / "floor" / "floor.db") as db:  # every result committed before it was answered
         assert db.execute("SELECT count(*) FROM results WHERE result IS NOT NULL").fetchone()[0] == 5 * 7
     for host in ("floor-1", "floor-2"):  # each agent's executor installed the revision under its own prefix
@@ -97,15 +106,7 @@ def test_the_minimal_agent_runs_the_same_deployments_with_the_plain_scripts_work
         first = floor_server.deploy(1)
         at_once = floor_server.deploy(2)
         in_turn = floor_server.deploy(2, sequential=True)
-    for deployment in (first, at_once, in_turn):
-        for target in deployment.targets:
-            assert [event["event"] for event in target["events"]] == list(agent_floor.EVENTS)
-            starts = [float(event["started_at"]) for event in target["events"]]
-            ends = [float(event["ended_at"]) for event in target["events"]]
-            assert deployment.created_at <= starts[0] and ends[-1] <= deployment.ended_at
-            assert all(end <= start for end, start in zip(ends, starts[1:], strict=False))  # each after the answer
-    first_host, second_host = in_turn.targets
-    assert float(first_host["events"][-1]["ended_at"]) <= float(second_host["events"][0]["started_at"])
+    _each_host_ran_its_events_in_turn(first, at_once, in_turn)
     with sqlite3.connect(tmp_path / "floor" / "floor.db") as db:  # every event reported, and every one succeeded
         statuses = [row[0] for row in db.execute("SELECT json_extract(result, '$.status') FROM results")]
     assert statuses == ["Succeeded"] * 5 * 7
