@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
 import pwd
 import shutil
 import stat
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -160,6 +164,137 @@ def test_next_install_of_the_group_removes_the_previous_one(archive: Path, host:
     other_group = tmp_path / "group-2-cleanup"
     with pytest.raises(InstallError, match="already exists"):
         run(archive, host, [("app", "/srv/www")], cleanup=other_group)
+
+
+@contextlib.contextmanager
+def _opened(paths: list[Path]) -> Iterator[list[tuple[int, Path]]]:
+    """Each directory held open: what it is afterwards tells whether it was kept (the same, still linked) or
+    removed (no links left), whatever inode number a new one gets."""
+    fds = [(os.open(path, os.O_RDONLY | os.O_DIRECTORY), path) for path in paths]
+    try:
+        yield fds
+    finally:
+        for fd, _ in fds:
+            os.close(fd)
+
+
+def _fresh_mode() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
+def test_a_directory_made_again_is_kept_when_it_is_as_mkdir_would_make_it(
+    archive: Path, host: Path, tmp_path: Path
+) -> None:
+    """Removing the previous install's directories and making them again leaves the host as it was; kept, they cost
+    no removal and no creation. The new record still names them, so the install after removes them as before."""
+    cleanup = tmp_path / "group-1-cleanup"
+    run(archive, host, [("app", "/srv/www"), ("config/app.conf", "/etc/app")], cleanup=cleanup)
+    www = host / "srv" / "www"
+    dirs = [host / "srv", www, www / "static", www / "static" / "css", host / "etc" / "app"]
+    (archive / "app" / "index.html").write_text("<h1>v2</h1>\n")
+
+    with _opened(dirs) as before:
+        report = run(archive, host, [("app", "/srv/www"), ("config/app.conf", "/etc/app")], cleanup=cleanup)
+        kept = [os.path.samestat(os.fstat(fd), os.stat(path)) and os.fstat(fd).st_nlink > 0 for fd, path in before]
+    assert kept == [True] * len(dirs)  # the very directories, never removed
+    assert (www / "index.html").read_text() == "<h1>v2</h1>\n"
+    assert all(mode_of(path) == _fresh_mode() for path in dirs)
+    assert set(dirs) <= set(report.created_dirs)  # type: ignore[attr-defined]
+    recorded = [Path(json.loads(line)) for line in cleanup.read_text().splitlines()]
+    assert set(dirs) <= set(recorded) and www / "index.html" in recorded
+
+    run(archive, host, [("config/app.conf", "/etc/app")], cleanup=cleanup)  # the next one without /srv/www
+    assert not (host / "srv").exists()
+
+
+def test_a_directory_the_last_install_changed_is_made_afresh(archive: Path, host: Path, tmp_path: Path) -> None:
+    """A mode the previous install's permissions set (or anyone's chmod) is not what mkdir makes: the directory is
+    removed and made again, as CodeDeploy's agent does, and nothing of the old one is left."""
+    cleanup = tmp_path / "group-1-cleanup"
+    perm = Permission(object="/srv", mode="700", types=frozenset({"directory"}))
+    run(archive, host, [("app", "/srv/www")], cleanup=cleanup, permissions=[perm])
+    www, static = host / "srv" / "www", host / "srv" / "www" / "static"
+    assert mode_of(www) == mode_of(static) == 0o700
+
+    with _opened([www, static]) as before:
+        run(archive, host, [("app", "/srv/www")], cleanup=cleanup)
+        assert [os.fstat(fd).st_nlink for fd, _ in before] == [0, 0]  # the old ones were removed
+
+    assert mode_of(www) == mode_of(static) == _fresh_mode()
+    assert (static / "site.css").read_text() == "body {}\n"
+
+
+def test_the_previous_installs_directories_not_made_again_go_and_a_file_may_take_the_place_of_one(
+    archive: Path, host: Path, tmp_path: Path
+) -> None:
+    cleanup = tmp_path / "group-1-cleanup"
+    run(archive, host, [("app", "/srv/www"), ("config/app.conf", "/etc/app")], cleanup=cleanup)
+    assert (host / "srv" / "www" / "static" / "css").is_dir()
+
+    # /srv/www/static becomes a file, /etc/app is not installed any more: neither directory is left
+    report = run(archive, host, [("extra/static", "/srv/www")], cleanup=cleanup, file_exists_behavior="DISALLOW")
+
+    assert tree(host) == ["srv/", "srv/www/", "srv/www/static"]
+    assert (host / "srv" / "www" / "static").read_text() == "a file named like a directory of app/\n"
+    assert report.copied == (host / "srv" / "www" / "static",)  # type: ignore[attr-defined]
+
+
+_CRASHING_INSTALL = """
+import os, shutil, sys
+from pathlib import Path
+from engine.agent.installer import install
+from engine.core.appspec import FileMapping, ServerAppSpec
+
+archive, host, cleanup = (Path(arg) for arg in sys.argv[1:4])
+copy, copies = shutil.copy2, []
+
+def die_at_the_second_file(source, target, **kwargs):
+    copies.append(target)
+    if len(copies) == 2:
+        os._exit(9)  # killed with one file copied (and recorded): no finally runs
+    return copy(source, target, **kwargs)
+
+shutil.copy2 = die_at_the_second_file
+spec = ServerAppSpec(os="linux", files=(FileMapping("app", "/srv/www"), FileMapping("config/app.conf", "/opt/new")))
+install(spec, archive_dir=archive, cleanup_file=cleanup, prefix=host)
+"""
+
+
+def test_an_install_killed_midway_leaves_a_record_of_all_it_may_leave_behind(
+    archive: Path, host: Path, tmp_path: Path
+) -> None:
+    """The previous install's directories are named first in the new record, before this one plans anything: a
+    crash before they are kept or removed leaves them in a record, and the next install removes them with what the
+    crashed one made."""
+    cleanup = tmp_path / "group-1-cleanup"
+    run(archive, host, [("app", "/srv/www"), ("config/app.conf", "/etc/app")], cleanup=cleanup)
+    script = tmp_path / "crash.py"
+    script.write_text(_CRASHING_INSTALL)
+    root = Path(__file__).resolve().parent.parent
+    argv = [sys.executable, str(script), str(archive), str(host), str(cleanup)]
+    crashed = subprocess.run(argv, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert crashed.returncode == 9
+    recorded = {Path(json.loads(line)) for line in cleanup.read_text().splitlines()}
+    assert host / "etc" / "app" in recorded  # the previous install's, still there, waiting
+    assert (host / "etc" / "app").is_dir()
+
+    run(archive, host, [("app/run.sh", "/srv/bin")], cleanup=cleanup)
+
+    assert tree(host) == ["srv/", "srv/bin/", "srv/bin/run.sh"]
+    assert [Path(json.loads(line)) for line in cleanup.read_text().splitlines()][-1] == host / "srv" / "bin" / "run.sh"
+
+
+def test_an_install_refused_by_its_plan_still_removes_the_previous_one(
+    archive: Path, host: Path, tmp_path: Path
+) -> None:
+    cleanup = tmp_path / "group-1-cleanup"
+    run(archive, host, [("app", "/srv/www")], cleanup=cleanup)
+    with pytest.raises(InstallError, match="does not exist in the revision"):
+        run(archive, host, [("missing", "/srv/www")], cleanup=cleanup)
+    assert not (host / "srv").exists()  # its files and its directories, as the replay always removed them
+    assert not cleanup.exists()
 
 
 def test_cleanup_replay_ignores_missing_paths_and_a_cut_last_line(tmp_path: Path) -> None:

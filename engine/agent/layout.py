@@ -5,6 +5,8 @@
                                                  /deployment-archive/ the extracted revision
                                                  /logs/scripts.log    hook output (see output.py)
     <root>/deployment-instructions/<group-id>-cleanup                 what the last Install created (§1.3)
+    <root>/deployment-instructions/<group-id>-cleanup.new             what an Install under way has created; it
+                                                                      replaces -cleanup as the Install ends
     <root>/deployment-instructions/<group-id>_last_successful_install -> ../deployments/<group-id>/<deployment-id>,
                                                                       a link made at the end of Install
     <root>/deployment-instructions/<group-id>_most_recent_install     -> the same, made at the end of Download
