@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.agent.installer import InstallError, install, map_destination, replay_cleanup
+from engine.agent.cleanup import replay_cleanup
+from engine.agent.installer import InstallError, install, map_destination
 from engine.agent.layout import AgentLayout
 from engine.core.appspec import FileMapping, Permission, SELinuxContext, ServerAppSpec
 

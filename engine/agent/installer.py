@@ -11,13 +11,7 @@ Theory of operation:
      Never through a link: a link in a permissions entry is left as it is, and so is its target (CodeDeploy's
      agent changes the target).
 
-The previous install's directories that would be removed in step 1 (empty once its files are gone) are removed
-only at the end, and one that this install makes again is kept instead when it is exactly what ``mkdir`` would make
-now (ours, the mode the umask gives, no ACL or SELinux label: ``_as_made_now``): what the host ends with is the
-same, without a removal and a creation per directory, each a journaled change on disk. Until then the planner takes
-them for gone. The new record names them first, before anything is planned, so an install cut short by a crash
-still has every path it may leave behind in its record; should one of them be removed in the end (not made again,
-or changed since), the record is written anew without it.
+Step 1 is engine/agent/cleanup.py's: there, the previous install's directories that this one makes again are kept.
 
 ``prefix`` (deploybot's extension for simulated fleets on one machine) maps every absolute ``destination`` and
 permission ``object`` under a directory, so two local hosts never write the same paths.
@@ -30,20 +24,16 @@ where it lands, stays inside its mapping's destination; otherwise the install is
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import grp
-import json
 import os
 import pwd
 import re
 import shutil
-import stat
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
+from engine.agent.cleanup import CleanupRecord, PreviousInstall
 from engine.agent.hooks import is_inside
 from engine.core.appspec import Permission, ServerAppSpec
 from engine.core.errors import EngineError
@@ -83,161 +73,11 @@ def map_destination(path: str, prefix: Path | None) -> Path:
     return Path(os.path.abspath(path))
 
 
-def replay_cleanup(cleanup_file: Path) -> int:
-    """Remove what the previous install of the group created, and its record; returns how many paths went."""
-    previous = _Previous.undo(cleanup_file, keep_dirs=False)
-    cleanup_file.unlink(missing_ok=True)
-    return previous.undone
-
-
-def _record_lines(record: Path) -> list[str]:
-    """The paths of a cleanup record, in the order they were created (a last line cut short is dropped)."""
-    try:
-        text = record.read_text()
-    except FileNotFoundError:
-        return []
-    paths = []
-    for line in text.split("\n")[:-1]:  # the piece after the last newline is empty or cut short
-        try:
-            path = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(path, str):
-            paths.append(path)
-    return paths
-
-
-@dataclass
-class _Previous:
-    """The previous install of the group, undone: its files and links removed; its directories left to remove
-    (``waiting``, children before parents), each empty once its files are gone."""
-
-    undone: int = 0
-    waiting: dict[Path, None] = field(default_factory=dict)
-    removed: set[Path] = field(default_factory=set)  # the waiting ones removed in the end (not kept)
-    _fresh: tuple[int, int] | None = None  # (umask, euid) once read; see _as_made_now
-
-    @classmethod
-    def undo(cls, record: Path, *, keep_dirs: bool) -> _Previous:
-        """Replay ``record`` in reverse; ``keep_dirs``: leave the directories to ``reuse`` and ``finish`` instead of
-        removing them now."""
-        previous = cls()
-        for name in reversed(_record_lines(record)):
-            previous._undo(Path(name), keep_dirs)
-        return previous
-
-    def _undo(self, path: Path, keep_dirs: bool) -> None:
-        try:
-            found = os.lstat(path)
-        except OSError:
-            return  # missing
-        if not stat.S_ISDIR(found.st_mode):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-                self.undone += 1
-            return
-        if path in self.waiting:
-            return
-        if keep_dirs:
-            try:
-                names = os.listdir(path)
-            except OSError:
-                names = None  # unreadable: try the removal, as without keep_dirs
-            if names is not None:
-                if all(path / name in self.waiting for name in names):
-                    self.waiting[path] = None
-                    self.undone += 1
-                return  # else it holds files the install did not create: it stays
-        with contextlib.suppress(OSError):  # a directory that still holds files the install did not create stays
-            os.rmdir(path)
-            self.undone += 1
-
-    def gone(self, path: Path) -> bool:
-        """Whether ``path`` is a directory of the previous install that is no longer there as far as the plan goes."""
-        return path in self.waiting
-
-    def reuse(self, path: Path) -> bool:
-        """``path``, one of ``waiting``, made again by this install: True when it is kept as it is (as ``mkdir``
-        would make it now); else it is removed (with what waits under it), and the caller makes it afresh."""
-        del self.waiting[path]
-        if self._as_made_now(path):
-            return True
-        self.remove_under(path)
-        self.removed.add(path)
-        with contextlib.suppress(OSError):  # (something of someone else's got in: it stays, as in step 1)
-            os.rmdir(path)
-        return False
-
-    def remove_under(self, path: Path) -> None:
-        """Remove the waiting directories at and under ``path`` (something else goes there), children first."""
-        for below in [waiting for waiting in self.waiting if waiting == path or waiting.is_relative_to(path)]:
-            del self.waiting[below]
-            self.removed.add(below)
-            with contextlib.suppress(OSError):
-                os.rmdir(below)
-
-    def finish(self) -> None:
-        """Remove the directories this install did not make again, children first (as step 1 would have)."""
-        for path in list(self.waiting):
-            del self.waiting[path]
-            self.removed.add(path)
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
-
-    def _as_made_now(self, path: Path) -> bool:
-        """Whether the directory is what ``os.mkdir`` would make now: owned by us with our group (the parent's when
-        it is setgid), its mode the umask's (and setgid with the parent's), no extended attributes (ACLs, an SELinux
-        label). Anything else (permissions the last install set, someone's chown) and it is made afresh."""
-        if self._fresh is None:
-            umask = _umask()
-            if umask is None:
-                return False
-            self._fresh = (umask, os.geteuid())
-        umask, euid = self._fresh
-        try:
-            found, parent = os.lstat(path), os.stat(path.parent)
-            if _xattrs(path):
-                return False
-        except OSError:
-            return False
-        setgid = parent.st_mode & stat.S_ISGID
-        group = parent.st_gid if setgid else os.getegid()
-        mode = (0o777 & ~umask) | setgid
-        return (
-            stat.S_ISDIR(found.st_mode)
-            and found.st_uid == euid
-            and found.st_gid == group
-            and stat.S_IMODE(found.st_mode) == mode
-        )
-
-
-def _umask() -> int | None:
-    """This process's umask, read without changing it (``os.umask`` sets it, racing other threads); None when the
-    kernel does not say (Linux before 4.7)."""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _xattrs(path: Path) -> list[str]:
-    try:
-        return os.listxattr(path, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return []  # a file system without extended attributes: none can be set
-        raise
-
-
 @dataclass
 class _Plan:
     prefix: Path | None = None
     """Under a prefix, everything planned must resolve inside it."""
-    previous: _Previous = field(default_factory=_Previous)
+    previous: PreviousInstall = field(default_factory=PreviousInstall)
     """The previous install's directories still there but gone as far as the plan goes."""
     steps: list[tuple[Path, Path | None]] = field(default_factory=list)  # (target, source or None for mkdir)
     mkdirs: set[Path] = field(default_factory=set)
@@ -349,7 +189,7 @@ def install(
             f"The deployment failed because an invalid option was specified for fileExistsBehavior: {behavior}. "
             "Valid options include OVERWRITE, RETAIN, and DISALLOW."
         )
-    previous = _Previous.undo(cleanup_file, keep_dirs=True)
+    previous = PreviousInstall.undo(cleanup_file, keep_dirs=True)
     cleanup_file.unlink(missing_ok=True)
     copied: list[Path] = []
     created: list[Path] = []
@@ -357,7 +197,7 @@ def install(
     cleanup_file.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     with open(os.open(cleanup_file, flags, 0o600), "a") as record:
-        recorded = _Recorded(record, list(reversed(previous.waiting)))  # (parents first, as they were made)
+        recorded = CleanupRecord(record, list(reversed(previous.waiting)))  # (parents first, as they were made)
         try:
             plan = _plan(spec, archive_dir, prefix, previous)
             if behavior == "DISALLOW":
@@ -390,7 +230,7 @@ def install(
     return InstallReport(tuple(copied), tuple(created), tuple(retained), count, previous.undone)
 
 
-def _plan(spec: ServerAppSpec, archive_dir: Path, prefix: Path | None, previous: _Previous) -> _Plan:
+def _plan(spec: ServerAppSpec, archive_dir: Path, prefix: Path | None, previous: PreviousInstall) -> _Plan:
     plan = _Plan(prefix, previous)
     real_archive = plan.real(archive_dir)
     for mapping in spec.files:
@@ -447,7 +287,7 @@ def _make_dir(path: Path) -> bool:
     return True
 
 
-def _copy(source: Path, target: Path, behavior: str, previous: _Previous) -> bool:
+def _copy(source: Path, target: Path, behavior: str, previous: PreviousInstall) -> bool:
     """Copy one file or link; False when an existing file was retained."""
     if previous.gone(target):
         previous.remove_under(target)  # the previous install's directory, where this one puts a file
@@ -466,40 +306,6 @@ def _copy(source: Path, target: Path, behavior: str, previous: _Previous) -> boo
     else:
         shutil.copy2(source, target)
     return True
-
-
-@dataclass
-class _Recorded:
-    """The new cleanup record as it is written: the previous install's directories first (they may be kept), then
-    each path as this install makes it (a crash mid-install still leaves an accurate record)."""
-
-    record: TextIO
-    lines: list[Path]
-    started: bool = False  # the plan was accepted: something of this install may be on the host
-    added: set[Path] = field(default_factory=set)  # made by this install (a removed directory may be made again)
-
-    def __post_init__(self) -> None:
-        if self.lines:
-            self.record.write("".join(json.dumps(str(path)) + "\n" for path in self.lines))
-            self.record.flush()
-
-    def add(self, path: Path) -> None:
-        self.lines.append(path)
-        self.added.add(path)
-        self.record.write(json.dumps(str(path)) + "\n")
-        self.record.flush()
-
-    def gone(self, removed: set[Path]) -> set[Path]:
-        """Of the previous install's directories ``removed`` in the end, those this install did not make again."""
-        return removed - self.added
-
-    def write_anew(self, cleanup_file: Path, gone: set[Path]) -> None:
-        """The record without ``gone``, replacing the one written: a later replay must not remove a directory
-        someone else makes there meanwhile."""
-        partial = cleanup_file.with_name(cleanup_file.name + ".tmp")
-        with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as record:
-            record.write("".join(json.dumps(str(path)) + "\n" for path in self.lines if path not in gone))
-        os.replace(partial, cleanup_file)
 
 
 # --- permissions ------------------------------------------------------------------------------------------------
