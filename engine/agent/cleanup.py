@@ -57,7 +57,7 @@ class PreviousInstall:
 
     undone: int = 0
     waiting: dict[Path, None] = field(default_factory=dict)
-    removed: set[Path] = field(default_factory=set)  # the waiting ones removed in the end (not kept)
+    kept: set[Path] = field(default_factory=set)  # the waiting ones this install made again by keeping them
     _fresh: tuple[int, int] | None = None  # (umask, euid) once read; see _as_made_now
 
     @classmethod
@@ -104,9 +104,9 @@ class PreviousInstall:
         would make it now); else it is removed (with what waits under it), and the caller makes it afresh."""
         del self.waiting[path]
         if self._as_made_now(path):
+            self.kept.add(path)
             return True
         self.remove_under(path)
-        self.removed.add(path)
         with contextlib.suppress(OSError):  # (something of someone else's got in: it stays, as in step 1)
             os.rmdir(path)
         return False
@@ -115,7 +115,6 @@ class PreviousInstall:
         """Remove the waiting directories at and under ``path`` (something else goes there), children first."""
         for below in [waiting for waiting in self.waiting if waiting == path or waiting.is_relative_to(path)]:
             del self.waiting[below]
-            self.removed.add(below)
             with contextlib.suppress(OSError):
                 os.rmdir(below)
 
@@ -123,7 +122,6 @@ class PreviousInstall:
         """Remove the directories this install did not make again, children first (as step 1 would have)."""
         for path in list(self.waiting):
             del self.waiting[path]
-            self.removed.add(path)
             with contextlib.suppress(OSError):
                 os.rmdir(path)
 
@@ -183,10 +181,10 @@ class CleanupRecord:
 
     record: TextIO
     lines: list[Path]
-    started: bool = False  # the plan was accepted: something of this install may be on the host
     added: set[Path] = field(default_factory=set)  # made by this install (a removed directory may be made again)
 
     def __post_init__(self) -> None:
+        self._previous = set(self.lines)
         if self.lines:
             self.record.write("".join(json.dumps(str(path)) + "\n" for path in self.lines))
             self.record.flush()
@@ -197,9 +195,10 @@ class CleanupRecord:
         self.record.write(json.dumps(str(path)) + "\n")
         self.record.flush()
 
-    def gone(self, removed: set[Path]) -> set[Path]:
-        """Of the previous install's directories ``removed`` in the end, those this install did not make again."""
-        return removed - self.added
+    def gone(self, kept: set[Path]) -> set[Path]:
+        """The previous install's directories named first that are not this install's in the end: neither ``kept``
+        nor made again."""
+        return self._previous - kept - self.added
 
     def write_anew(self, cleanup_file: Path, gone: set[Path]) -> None:
         """The record without ``gone``, replacing the one written: a later replay must not remove a directory

@@ -198,6 +198,7 @@ def install(
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     with open(os.open(cleanup_file, flags, 0o600), "a") as record:
         recorded = CleanupRecord(record, list(reversed(previous.waiting)))  # (parents first, as they were made)
+        planned = False  # once True, something of this install may be on the host
         try:
             plan = _plan(spec, archive_dir, prefix, previous)
             if behavior == "DISALLOW":
@@ -207,7 +208,7 @@ def install(
                             f"The deployment failed because a specified file already exists at this location: {target}",
                             target,
                         )
-            recorded.started = True
+            planned = True
             for target, source in plan.steps:
                 if source is None:
                     if previous.gone(target) and previous.reuse(target):
@@ -223,9 +224,9 @@ def install(
             count = _apply_permissions(spec.permissions, copied, created, prefix)
         finally:
             previous.finish()
-            if not recorded.started:
+            if not planned:
                 cleanup_file.unlink()  # refused before anything was made: nothing of it to undo
-            elif gone := recorded.gone(previous.removed):
+            elif gone := recorded.gone(previous.kept):
                 recorded.write_anew(cleanup_file, gone)
     return InstallReport(tuple(copied), tuple(created), tuple(retained), count, previous.undone)
 
