@@ -343,57 +343,27 @@ def _floor_figures(
     """The pair's deployment against the floor server, per round: its time, against the plain script run in the
     same round (what any server costs with this protocol and agent) and under deploybot's (its server's share)."""
     floor_s = [run.duration for run in at_floor]
-    durations = [run.duration for run in measured]
     console.print(f"    against the floor server (s): {' '.join(f'{value:.3f}' for value in floor_s)}")
-    rounds = f"median of {len(floor_s)} rounds"
-    where = "real agents, a server with no deploybot code (bench/agent_floor.py)"
-    if pair.time_target_ms is not None:  # one host: its orchestration, in ms, as deploybot's figure
+    where = f"real agents, a server with no deploybot code (bench/agent_floor.py), median of {len(floor_s)} rounds"
+    if pair.time_target_ms is not None:
         ms = [value * 1000 for value in floor_s]
-        extra = [(ours - theirs) * 1000 for ours, theirs in zip(floor_s, plain, strict=True)]
-        over = [(ours - theirs) * 1000 for ours, theirs in zip(durations, floor_s, strict=True)]
         gaps = [phases.between_events_ms(run.as_document()) for run in at_floor]
-        return [
-            Figure(
-                f"{pair.name} against a floor server",
-                median(ms),
-                "ms",
-                None,
-                f"{where}, {rounds}; {spread(ms, 'ms')}; between two events {median(gaps):.2f} ms",
-            ),
-            Figure(
-                f"{pair.name}: orchestration at the floor",
-                median(extra),
-                "ms",
-                None,
-                f"that less the plain script, per round: what any server costs with this protocol and agent "
-                f"(deploybot's target: {pair.time_target_ms:g} ms); {spread(extra, 'ms')}",
-            ),
-            Figure(
-                f"{pair.name}: deploybot's server over the floor",
-                median(over),
-                "ms",
-                None,
-                f"deploybot's time less the floor's, per round; {spread(over, 'ms')}",
-            ),
-        ]
-    at_plain = [ours / theirs for ours, theirs in zip(floor_s, plain, strict=True)]
-    over_floor = [ours / theirs for ours, theirs in zip(durations, floor_s, strict=True)]
+        detail = f"{where}; {spread(ms, 'ms')}; between two events {median(gaps):.2f} ms"
+        time = Figure(f"{pair.name} against a floor server", median(ms), "ms", None, detail)
+    else:
+        time = Figure(f"{pair.name} against a floor server", median(floor_s), "s", None, where)
     return [
-        Figure(f"{pair.name} against a floor server", median(floor_s), "s", None, f"{where}, {rounds}"),
-        Figure(
-            f"{pair.name}: ratio at the floor",
-            median(at_plain),
-            "x",
-            None,
-            f"the floor server's deployment / plain, per round: what any server costs with this protocol and agent "
-            f"(deploybot's target: {pair.ratio_target:g}x); {spread(at_plain, 'x')}",
-        ),
-        Figure(
-            f"{pair.name}: deploybot over the floor",
-            median(over_floor),
-            "x",
-            None,
-            f"deploybot / the floor server's deployment, per round; {spread(over_floor, 'x')}",
+        time,
+        *_on_a_floor(
+            pair,
+            floor_s,
+            plain,
+            [run.duration for run in measured],
+            at=("the floor", "the floor server's deployment: what any server costs with this protocol and agent"),
+            over=(
+                "deploybot's server over the floor" if pair.time_target_ms is not None else "deploybot over the floor",
+                "deploybot's deployment against the floor server's",
+            ),
         ),
     ]
 
@@ -405,50 +375,44 @@ def _protocol_floor_figures(
     the same round (the protocol's own floor, which a target below cannot be met by any agent), and under the same
     deployment with our agents (our agent's share)."""
     minimal_s = [run.duration for run in minimal]
-    ours_s = [run.duration for run in at_floor]
     console.print(f"    with a minimal agent (s):     {' '.join(f'{value:.3f}' for value in minimal_s)}")
     where = "the floor server with a minimal agent (bench/minimal_agent.py: the plain script's work and one answered"
-    where += f" round trip per event), median of {len(minimal_s)} rounds"
+    where += f" round trip per event), median of {len(minimal_s)} rounds: no agent reporting each event can do better"
+    return _on_a_floor(
+        pair,
+        minimal_s,
+        plain,
+        [run.duration for run in at_floor],
+        at=("the protocol's floor", where),
+        over=("our agent over the minimal one", "the floor server's deployment with our agents against the minimal's"),
+    )
+
+
+def _on_a_floor(
+    pair: _Pair,
+    floor_s: list[float],
+    plain: list[float],
+    above_s: list[float],
+    *,
+    at: tuple[str, str],
+    over: tuple[str, str],
+) -> list[Figure]:
+    """Two figures per round's pair of a floor: the floor against the plain script (for the one host, its
+    orchestration in ms; else a ratio), with deploybot's target beside it, and what stands on the floor over it
+    (``above_s``: ms more, or a ratio). ``at`` and ``over``: each figure's name after the pair's, and what it is."""
+    (at_name, at_what), (over_name, over_what) = at, over
     if pair.time_target_ms is not None:
-        extra = [(ours - theirs) * 1000 for ours, theirs in zip(minimal_s, plain, strict=True)]
-        over = [(ours - theirs) * 1000 for ours, theirs in zip(ours_s, minimal_s, strict=True)]
-        return [
-            Figure(
-                f"{pair.name}: orchestration at the protocol's floor",
-                median(extra),
-                "ms",
-                None,
-                f"{where}, less the plain script per round: no agent reporting each event can do with less "
-                f"(deploybot's target: {pair.time_target_ms:g} ms); {spread(extra, 'ms')}",
-            ),
-            Figure(
-                f"{pair.name}: our agent over the minimal one",
-                median(over),
-                "ms",
-                None,
-                f"the floor server's deployment with our agents less with the minimal one, per round; "
-                f"{spread(over, 'ms')}",
-            ),
-        ]
-    at_plain = [ours / theirs for ours, theirs in zip(minimal_s, plain, strict=True)]
-    over_minimal = [ours / theirs for ours, theirs in zip(ours_s, minimal_s, strict=True)]
+        extra = [(ours - theirs) * 1000 for ours, theirs in zip(floor_s, plain, strict=True)]
+        more = [(ours - theirs) * 1000 for ours, theirs in zip(above_s, floor_s, strict=True)]
+        kind, target, unit = "orchestration", f"{pair.time_target_ms:g} ms", "ms"
+    else:
+        extra = [ours / theirs for ours, theirs in zip(floor_s, plain, strict=True)]
+        more = [ours / theirs for ours, theirs in zip(above_s, floor_s, strict=True)]
+        kind, target, unit = "ratio", f"{pair.ratio_target:g}x", "x"
+    against = f"{at_what}; against the plain script, per round (deploybot's target: {target}); {spread(extra, unit)}"
     return [
-        Figure(
-            f"{pair.name}: ratio at the protocol's floor",
-            median(at_plain),
-            "x",
-            None,
-            f"{where} / plain, per round: no agent reporting each event can do better "
-            f"(deploybot's target: {pair.ratio_target:g}x); {spread(at_plain, 'x')}",
-        ),
-        Figure(
-            f"{pair.name}: our agent over the minimal one",
-            median(over_minimal),
-            "x",
-            None,
-            f"the floor server's deployment with our agents / with the minimal one, per round; "
-            f"{spread(over_minimal, 'x')}",
-        ),
+        Figure(f"{pair.name}: {kind} at {at_name}", median(extra), unit, None, against),
+        Figure(f"{pair.name}: {over_name}", median(more), unit, None, f"{over_what}, per round; {spread(more, unit)}"),
     ]
 
 
