@@ -298,6 +298,28 @@ def test_an_install_refused_by_its_plan_still_removes_the_previous_one(
     assert not cleanup.exists()
 
 
+def test_a_directory_made_by_someone_else_just_before_our_mkdir_is_used_and_not_recorded(
+    archive: Path, host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Local hosts' prefixes share a parent: two agents installing at once both see it missing, and the second
+    mkdir finds it there. That is not a failure, and the directory is not the second one's to remove."""
+    shared = host / "srv"
+    mkdir = os.mkdir
+
+    def beaten_to_it(path: object, *args: object, **kwargs: object) -> None:
+        if Path(str(path)) == shared and not shared.exists():
+            mkdir(shared)  # another agent's, between this one's check and its mkdir
+        mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "mkdir", beaten_to_it)
+    cleanup = tmp_path / "group-1-cleanup"
+    report = run(archive, host, [("app", "/srv/www")], cleanup=cleanup)
+
+    assert (shared / "www" / "index.html").read_text() == "<h1>v1</h1>\n"
+    assert shared not in report.created_dirs  # type: ignore[attr-defined]
+    assert shared not in [Path(json.loads(line)) for line in cleanup.read_text().splitlines()]
+
+
 def test_cleanup_replay_ignores_missing_paths_and_a_cut_last_line(tmp_path: Path) -> None:
     kept = tmp_path / "kept.txt"
     kept.write_text("x")
