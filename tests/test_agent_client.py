@@ -815,6 +815,68 @@ async def test_pre_download_hooks_run_the_right_earlier_revision(tmp_path: Path)
     assert (await run("BeforeInstall", "d-7", "v1")).code == 5  # a current-revision hook with no download
 
 
+class _HeldLayout(AgentLayout):
+    """An agent layout whose deployment directories are made only once ``made`` is set (or fail with ``error``)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.made = threading.Event()
+        self.error: OSError | None = None
+
+    def ensure_deployment_dir(self, group_id: str, deployment_id: str, spec: object) -> Path:
+        if not self.made.wait(HANG_GUARD):
+            raise AssertionError("the deployment directory was never let be made")
+        if self.error is not None:
+            raise self.error
+        return super().ensure_deployment_dir(group_id, deployment_id, spec)
+
+
+async def test_an_application_stop_with_no_script_reports_while_the_deployment_directory_is_made(
+    tmp_path: Path,
+) -> None:
+    # The directory is made in a worker thread from the deployment's first command: an ApplicationStop with nothing
+    # to run answers at once (its result's round trip overlaps the making), the commands that use it wait for it.
+    from engine.agent.executor import CommandExecutor
+    from engine.core.agent_protocol import Command
+
+    built = {v: build_bundle(write_revision(tmp_path / v, v), tmp_path / "bundles") for v in ("v1", "v2")}
+
+    async def fetch(url: str, dest: Path) -> str:
+        sha = url.rsplit("/", 1)[1]
+        dest.write_bytes(next(b for b in built.values() if b.sha256 == sha).path.read_bytes())
+        return sha
+
+    layout = _HeldLayout(tmp_path / "agent")
+    executor = CommandExecutor(layout, host="web-1", fetch=fetch)
+
+    async def run(event: str, deployment: str, version: str) -> Any:
+        body = command(1, event, sha=built[version].sha256, deployment=deployment)
+        return await asyncio.wait_for(executor.execute(Command.from_json(body)), HANG_GUARD)
+
+    stopped = await run("ApplicationStop", "d-1", "v1")  # the group's first deployment here: no script
+    assert stopped.succeeded and stopped.message.startswith("no scripts")
+    assert not layout.deployment_dir("hello-staging", "d-1").exists()  # still held: it did not wait for it
+    downloading = asyncio.ensure_future(run("DownloadBundle", "d-1", "v1"))
+    layout.made.set()
+    assert (await downloading).succeeded  # it waited: its bundle is written in that directory
+    assert (layout.deployment_dir("hello-staging", "d-1") / "deployment.json").is_file()
+    assert (await run("Install", "d-1", "v1")).succeeded
+
+    # A directory that cannot be made fails the first command that needs it; the next one tries again.
+    layout.error = OSError(28, "No space left on device")
+    assert (await run("AfterBlockTraffic", "d-2", "v2")).message == "no scripts"  # v1 hooks none: no wait
+    with pytest.raises(OSError, match="No space left"):
+        await run("DownloadBundle", "d-2", "v2")
+    layout.error = None
+    assert (await run("DownloadBundle", "d-2", "v2")).succeeded
+    # With a script to run, ApplicationStop waits for the directory: its scripts' log is kept there.
+    layout.made.clear()
+    stopping = asyncio.ensure_future(run("ApplicationStop", "d-3", "v2"))
+    layout.made.set()
+    assert "stop v1" in (await stopping).log_tail  # the last successful install's script, v1's
+    assert "stop v1" in (layout.deployment_dir("hello-staging", "d-3") / "logs" / "scripts.log").read_text()
+
+
 async def test_invalid_appspec_and_install_conflicts_are_code_5(tmp_path: Path) -> None:
     from engine.agent.executor import CommandExecutor
     from engine.core.agent_protocol import Command

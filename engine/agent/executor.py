@@ -109,7 +109,8 @@ class CommandExecutor:
         self.extra_env = dict(extra_env or {})
         self._fetch = fetch
         self._runner = hook_runner or HookRunner()
-        self._ensured: tuple[tuple[str, str], Path] | None = None  # the deployment directory made last
+        # The deployment directory made last (or being made, in a worker thread): its (group id, deployment id).
+        self._ensured: tuple[tuple[str, str], asyncio.Future[Path]] | None = None
         self._prune_due: dict[str, Path] = {}  # group id -> its newest download, whose old revisions go (tidy)
         self._tidying: asyncio.Future[None] | None = None  # tidy_soon's deletion, until the next command waits on it
         self._held: dict[str, Path] = {}  # sha256 -> the bundle of this process's last download of that revision
@@ -128,14 +129,24 @@ class CommandExecutor:
         except _Failed as failed:
             return HookOutcome(_UNKNOWN, failed.message)
 
-    def _deployment_dir(self, spec: DeploymentSpec) -> Path:
+    async def _deployment_dir(self, spec: DeploymentSpec) -> Path:
         """The deployment's directory, made by its first command; the next ones only check it is still there."""
+        return await asyncio.shield(self._deployment_dir_made(spec))
+
+    def _deployment_dir_made(self, spec: DeploymentSpec) -> asyncio.Future[Path]:
+        """The deployment's directory once it is made: by a worker thread when this is its first command, so that
+        an ApplicationStop with no script to run (the first deployment of a group on a host, or a revision without
+        that hook) reports at once while the directory is made; DownloadBundle waits for it. Its failure is the
+        failure of the first command that needs the directory, as when it was made in line."""
         key = (spec.deployment_group_id, spec.deployment_id)
-        if self._ensured is not None and self._ensured[0] == key and self._ensured[1].is_dir():
-            return self._ensured[1]
-        path = self.layout.ensure_deployment_dir(*key, dict(spec.raw))
-        self._ensured = (key, path)
-        return path
+        if self._ensured is not None and self._ensured[0] == key:
+            made = self._ensured[1]
+            if not made.done() or (not made.cancelled() and made.exception() is None and made.result().is_dir()):
+                return made
+        made = asyncio.ensure_future(asyncio.to_thread(self.layout.ensure_deployment_dir, *key, dict(spec.raw)))
+        made.add_done_callback(_retrieved)
+        self._ensured = (key, made)
+        return made
 
     # --- DownloadBundle -----------------------------------------------------------------------------------------
 
@@ -143,7 +154,7 @@ class CommandExecutor:
         revision = spec.revision
         if revision is None:
             raise _Failed("DownloadBundle: the command names no revision")
-        deployment_dir = self._deployment_dir(spec)
+        deployment_dir = await self._deployment_dir(spec)
         bundle = self.layout.bundle_path(deployment_dir)
         partial = bundle.with_name(bundle.name + ".part")
         held = self._held.pop(revision.sha256, None)
@@ -206,7 +217,7 @@ class CommandExecutor:
     # --- Install ------------------------------------------------------------------------------------------------
 
     async def _install(self, spec: DeploymentSpec) -> HookOutcome:
-        deployment_dir = self._deployment_dir(spec)
+        deployment_dir = await self._deployment_dir(spec)
         archive = self.layout.archive_dir(deployment_dir)
         if not archive.is_dir():
             raise _Failed("Install: the revision is not on this host (DownloadBundle did not run here)")
@@ -242,7 +253,8 @@ class CommandExecutor:
     # --- hook events --------------------------------------------------------------------------------------------
 
     async def _hook(self, event: LifecycleEvent, spec: DeploymentSpec, on_group: OnGroup | None) -> HookOutcome:
-        deployment_dir = self._deployment_dir(spec)
+        made = self._deployment_dir_made(spec)
+        deployment_dir = self.layout.deployment_dir(spec.deployment_group_id, spec.deployment_id)
         source_dir = self._script_source_dir(event, spec, deployment_dir)
         if source_dir is None:
             return HookOutcome(_OK, "no scripts: no earlier install of this deployment group on this host")
@@ -251,6 +263,7 @@ class CommandExecutor:
         scripts = appspec.hooks.get(event, ())
         if not scripts:
             return HookOutcome(_OK, "no scripts")
+        await asyncio.shield(made)  # the scripts' log is written there
         env = hook_environment(spec, event, host=self.host, prefix=self.prefix, extra=self.extra_env)
         with ScriptLog(self.layout.script_log_path(deployment_dir)) as log:
             # A failure is reported as it is even with ignore_application_stop_failures: the server decides to go on.
@@ -273,6 +286,12 @@ class CommandExecutor:
         if earlier is None or not self.layout.archive_dir(earlier).is_dir():
             return None
         return earlier
+
+
+def _retrieved(made: asyncio.Future[Path]) -> None:
+    """A deployment directory's making that failed after its run stopped: its error is no command's, and goes."""
+    if not made.cancelled():
+        made.exception()
 
 
 def _reuse(held: Path, dest: Path, sha256: str) -> bool:
