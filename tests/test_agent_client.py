@@ -869,12 +869,15 @@ async def test_an_application_stop_with_no_script_reports_while_the_deployment_d
         await run("DownloadBundle", "d-2", "v2")
     layout.error = None
     assert (await run("DownloadBundle", "d-2", "v2")).succeeded
-    # With a script to run, ApplicationStop waits for the directory: its scripts' log is kept there.
-    layout.made.clear()
-    stopping = asyncio.ensure_future(run("ApplicationStop", "d-3", "v2"))
-    layout.made.set()
-    assert "stop v1" in (await stopping).log_tail  # the last successful install's script, v1's
-    assert "stop v1" in (layout.deployment_dir("hello-staging", "d-3") / "logs" / "scripts.log").read_text()
+    # With a script to run, ApplicationStop waits for the directory (its scripts' log is kept there): it fails when
+    # the directory cannot be made, rather than run the script.
+    layout.error = OSError(28, "No space left on device")
+    with pytest.raises(OSError, match="No space left"):
+        await run("ApplicationStop", "d-3", "v2")
+    layout.error = None
+    assert "stop v1" in (await run("ApplicationStop", "d-4", "v2")).log_tail  # the last successful install's: v1
+    assert "stop v1" in (layout.deployment_dir("hello-staging", "d-4") / "logs" / "scripts.log").read_text()
+    assert not (layout.deployment_dir("hello-staging", "d-3") / "logs").exists()  # d-3's script never ran
 
 
 async def test_invalid_appspec_and_install_conflicts_are_code_5(tmp_path: Path) -> None:
