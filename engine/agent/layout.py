@@ -4,9 +4,11 @@
                                                  /bundle.tar.gz       the downloaded canonical bundle
                                                  /deployment-archive/ the extracted revision
                                                  /logs/scripts.log    hook output (see output.py)
-    <root>/deployment-instructions/<group-id>-cleanup                 what the last Install created (§1.3)
-    <root>/deployment-instructions/<group-id>-cleanup.new             what an Install under way has created; it
-                                                                      replaces -cleanup as the Install ends
+    <root>/deployment-instructions/<group-id>-cleanup                 what the last Install created (§1.3), written
+                                                                      as an Install goes (cleanup.py)
+    <root>/deployment-instructions/<group-id>-cleanup.tmp             that record written anew, renamed onto it, when
+                                                                      the previous install's directories it names
+                                                                      first are not all this install's in the end
     <root>/deployment-instructions/<group-id>_last_successful_install -> ../deployments/<group-id>/<deployment-id>,
                                                                       a link made at the end of Install
     <root>/deployment-instructions/<group-id>_most_recent_install     -> the same, made at the end of Download
