@@ -280,15 +280,12 @@ def _plan_entry(plan: _Plan, source: Path, target: Path, destination: Path) -> N
 
 
 def _make_dir(path: Path) -> bool:
-    """Make a directory of the plan; False when it is there already, and so not this install's."""
-    if os.path.isdir(path):
-        return False
-    if os.path.lexists(path):
-        raise InstallError(f"cannot create the directory {path}: a file exists there", path)
+    """Make a directory of the plan; False when it is there already (made before, or since the plan by someone else:
+    local hosts share their prefixes' parent), and so not this install's."""
     try:
         os.mkdir(path)
     except FileExistsError:
-        if os.path.isdir(path):  # made since the plan by someone else (local hosts share their prefixes' parent)
+        if os.path.isdir(path):
             return False
         raise InstallError(f"cannot create the directory {path}: a file exists there", path) from None
     return True
