@@ -139,10 +139,8 @@ class CommandExecutor:
         that hook) reports at once while the directory is made; DownloadBundle waits for it. Its failure is the
         failure of the first command that needs the directory, as when it was made in line."""
         key = (spec.deployment_group_id, spec.deployment_id)
-        if self._ensured is not None and self._ensured[0] == key:
-            made = self._ensured[1]
-            if not made.done() or (not made.cancelled() and made.exception() is None and made.result().is_dir()):
-                return made
+        if self._ensured is not None and self._ensured[0] == key and _still_made(self._ensured[1]):
+            return self._ensured[1]
         made = asyncio.ensure_future(asyncio.to_thread(self.layout.ensure_deployment_dir, *key, dict(spec.raw)))
         made.add_done_callback(_retrieved)
         self._ensured = (key, made)
@@ -286,6 +284,14 @@ class CommandExecutor:
         if earlier is None or not self.layout.archive_dir(earlier).is_dir():
             return None
         return earlier
+
+
+def _still_made(made: asyncio.Future[Path]) -> bool:
+    """A deployment directory being made, or made and still there; a making that failed (or was cancelled) and a
+    directory removed since are made again."""
+    if not made.done():
+        return True
+    return not made.cancelled() and made.exception() is None and made.result().is_dir()
 
 
 def _retrieved(made: asyncio.Future[Path]) -> None:
