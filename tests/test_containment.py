@@ -177,6 +177,32 @@ def test_a_destination_through_a_link_out_of_the_prefix_is_refused(tmp_path: Pat
     assert list(outside.iterdir()) == []
 
 
+def test_an_empty_directory_beneath_a_link_out_of_the_prefix_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    (archive / "app" / "cache" / "empty").mkdir(parents=True)  # no file under it: only a directory is made there
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "host" / "srv" / "app").mkdir(parents=True)
+    (tmp_path / "host" / "srv" / "app" / "cache").symlink_to(outside)  # left by an earlier hook script, say
+    with pytest.raises(InstallError, match=r"the directory .*/host/srv/app/cache/empty resolves to .*/outside/empty"):
+        install_into(archive, tmp_path / "host", [("app", "/srv/app")])
+    assert list(outside.iterdir()) == []
+
+
+def test_the_first_install_makes_the_prefix_and_its_missing_parents(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "index.html").write_text("<h1>hi</h1>\n")
+    host = tmp_path / "var" / "hosts" / "web-1" / "fs"  # none of it there yet: a new local host
+    install(
+        ServerAppSpec("linux", (FileMapping("index.html", "/srv/www"),), ()),
+        archive_dir=archive,
+        cleanup_file=tmp_path / "cleanup",
+        prefix=host,
+    )
+    assert (host / "srv" / "www" / "index.html").read_text() == "<h1>hi</h1>\n"
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
 def test_permissions_change_neither_a_link_nor_what_it_points_to(tmp_path: Path) -> None:
     archive = tmp_path / "archive"
