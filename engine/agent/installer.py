@@ -83,6 +83,14 @@ class _Plan:
     mkdirs: set[Path] = field(default_factory=set)
     copies: dict[Path, Path] = field(default_factory=dict)
     _real: dict[str, str] = field(default_factory=dict)
+    _prefix_and_parents: frozenset[Path] = frozenset()
+    """The prefix and its parents, which the plan may make without a containment check (a prefix is made where
+    the host's files go the first time)."""
+
+    def __post_init__(self) -> None:
+        if self.prefix is not None:
+            prefix = Path(os.path.abspath(self.prefix))
+            self._prefix_and_parents = frozenset((prefix, *prefix.parents))
 
     def real(self, path: str | Path) -> str:
         """``os.path.realpath(path)``, built from its directory's, which is remembered for the rest of the plan.
@@ -122,8 +130,8 @@ class _Plan:
             )
 
     def mkdir(self, path: Path) -> None:
-        if self.prefix is None or not Path(os.path.abspath(self.prefix)).is_relative_to(path):
-            self.contain(path, f"the directory {path}")  # (the prefix itself, and its parents, may be made)
+        if path not in self._prefix_and_parents:
+            self.contain(path, f"the directory {path}")
         if path in self.copies:
             raise InstallError(
                 f"The deployment failed because the application specification file calls for creating the "
@@ -142,10 +150,10 @@ class _Plan:
 
     def mkdir_parents(self, path: Path) -> None:
         missing = []
-        for parent in (path, *path.parents):
-            if self.is_dir(parent):
-                break
+        parent = path
+        while not self.is_dir(parent) and parent not in missing:  # (the root is its own parent)
             missing.append(parent)
+            parent = parent.parent
         for parent in reversed(missing):
             self.mkdir(parent)
 
