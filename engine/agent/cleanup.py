@@ -33,6 +33,11 @@ def replay_cleanup(cleanup_file: Path) -> int:
     return previous.undone
 
 
+def _record_line(path: Path) -> str:
+    """One path of a cleanup record: a JSON string and a newline (``_record_lines`` reads them back)."""
+    return json.dumps(str(path)) + "\n"
+
+
 def _record_lines(record: Path) -> list[str]:
     """The paths of a cleanup record, in the order they were created (a last line cut short is dropped)."""
     try:
@@ -186,13 +191,13 @@ class CleanupRecord:
     def __post_init__(self) -> None:
         self._previous = set(self.lines)
         if self.lines:
-            self.record.write("".join(json.dumps(str(path)) + "\n" for path in self.lines))
+            self.record.write("".join(map(_record_line, self.lines)))
             self.record.flush()
 
     def add(self, path: Path) -> None:
         self.lines.append(path)
         self.added.add(path)
-        self.record.write(json.dumps(str(path)) + "\n")
+        self.record.write(_record_line(path))
         self.record.flush()
 
     def gone(self, kept: set[Path]) -> set[Path]:
@@ -205,5 +210,5 @@ class CleanupRecord:
         someone else makes there meanwhile."""
         partial = cleanup_file.with_name(cleanup_file.name + ".tmp")
         with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as record:
-            record.write("".join(json.dumps(str(path)) + "\n" for path in self.lines if path not in gone))
+            record.write("".join(_record_line(path) for path in self.lines if path not in gone))
         os.replace(partial, cleanup_file)
