@@ -42,8 +42,9 @@ async def run_event(event: str, bundle: Path, host_dir: Path) -> None:
         await run_hook(host_dir / "archive", event, host_dir.name)
 
 
-async def serve(url: str, host: str, root: Path, bundle: Path) -> None:
-    """Poll for runs of events and run them, reporting each, until cancelled."""
+async def serve(url: str, host: str, root: Path, bundle: Path, busy: asyncio.Lock) -> None:
+    """Poll for runs of events and run them, reporting each, until cancelled; ``busy`` is held from a run's start
+    until its tidying is done, so that a stop waits for both."""
     http = HttpClient(url)
     headers = {"Authorization": f"Bearer {host}"}
     while True:
@@ -57,8 +58,9 @@ async def serve(url: str, host: str, root: Path, bundle: Path) -> None:
             raise RuntimeError(f"{host}: the poll was answered {answer.status}: {answer.text()}")
         command: dict[str, Any] = body["command"]
         host_dir = root / str(command["deployment_id"])
-        await _run(http, headers, [command, *command.get("then", [])], bundle, host_dir)
-        await asyncio.to_thread(_tidy, root, keep=host_dir)
+        async with busy:
+            await _run(http, headers, [command, *command.get("then", [])], bundle, host_dir)
+            await asyncio.to_thread(_tidy, root, keep=host_dir)
 
 
 async def _run(
@@ -90,17 +92,21 @@ def _tidy(root: Path, *, keep: Path) -> None:
 
 
 async def _main(url: str, host: str, root: Path, bundle: Path) -> None:
-    """Serve until standard input closes (the bench is done) or the agent fails (which ends the process)."""
+    """Serve until standard input closes (the bench is done) or the agent fails (which ends the process). A run
+    under way when the input closes is finished, tidying included: the deployment it belongs to has been answered
+    to the bench already, which may look at the host's directories as soon as the agent has exited."""
     root.mkdir(parents=True, exist_ok=True)
     loop = asyncio.get_running_loop()
     closed = asyncio.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(closed.set)), daemon=True).start()
-    agent = asyncio.create_task(serve(url, host, root, bundle))
+    busy = asyncio.Lock()
+    agent = asyncio.create_task(serve(url, host, root, bundle, busy))
     print(READY, flush=True)
     await asyncio.wait([agent, asyncio.create_task(closed.wait())], return_when=asyncio.FIRST_COMPLETED)
     if agent.done():
         raise SystemExit(f"{host}: {agent.exception()}")
-    agent.cancel()
+    async with busy:
+        agent.cancel()
 
 
 if __name__ == "__main__":
