@@ -47,13 +47,25 @@ def memory_mib(pid: int) -> tuple[float, float]:
 
 
 def stat_times(pid: int) -> tuple[float, float]:
-    """(own CPU, reaped children's CPU) in seconds; zeros for a process that is gone."""
+    """(own CPU, reaped children's CPU) in seconds; zeros for a process that is gone. Its own CPU comes from the
+    process's CPU-time clock (nanoseconds, every thread it ever ran) where Linux offers it: /proc counts in ticks of
+    10 ms, a tenth of what 50 hosts' deployment costs the server."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return 0.0, 0.0
     utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
-    return (utime + stime) / _TICKS, (cutime + cstime) / _TICKS
+    try:
+        own = time.clock_gettime(_process_cpu_clock(pid))
+    except OSError:  # gone since, or a kernel without the clock
+        own = (utime + stime) / _TICKS
+    return own, (cutime + cstime) / _TICKS
+
+
+def _process_cpu_clock(pid: int) -> int:
+    """The clock id of ``pid``'s CPU time, all its threads (what glibc's ``clock_getcpuclockid`` returns; Python
+    does not wrap it): Linux encodes it as ``~pid << 3 | CPUCLOCK_SCHED``."""
+    return ((~pid) << 3) | 2
 
 
 @dataclass(frozen=True, slots=True)
