@@ -17,7 +17,7 @@ from rich.console import Console
 
 from bench.figures import Figure, render, write_json
 from bench.scenarios import SCENARIOS
-from bench.settings import OVERHEAD_ROUNDS, SCALE_TARGET_HOSTS, SWARM_HOSTS, Settings
+from bench.settings import OVERHEAD_ROUNDS, SCALE_TARGET_HOSTS, SWARM_HOSTS, SWARM_ROUNDS, Settings
 from bench.swarm import swarm_hosts_from_env
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overhead-rounds", type=int, default=OVERHEAD_ROUNDS, metavar="N", help="interleaved rounds of 'overhead'"
     )
+    parser.add_argument(
+        "--swarm-rounds", type=int, default=SWARM_ROUNDS, metavar="N", help="timed deployments per size of 'swarm'"
+    )
     parser.add_argument("--pickup-runs", type=int, default=20, metavar="N", help="deployments timed by 'pickup'")
     parser.add_argument("--keep", action="store_true", help="keep each scenario's temporary directory")
     parser.add_argument("--profile", action="store_true", help="py-spy the server in 'overhead' and 'scale'")
@@ -55,8 +58,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.hosts_large < 1 or args.pickup_runs < 1 or args.overhead_rounds < 1:
-        _parser().error("--hosts-large, --pickup-runs and --overhead-rounds must be at least 1")
+    if min(args.hosts_large, args.pickup_runs, args.overhead_rounds, args.swarm_rounds) < 1:
+        _parser().error("--hosts-large, --pickup-runs, --overhead-rounds and --swarm-rounds must be at least 1")
     console = Console(width=None if sys.stdout.isatty() else 150)
     settings = Settings(
         console,
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         pickup_runs=args.pickup_runs,
         overhead_runs=args.overhead_rounds,
         swarm_hosts=args.swarm_hosts,
+        swarm_rounds=args.swarm_rounds,
         keep=args.keep,
         profile_dir=args.output.parent if args.profile else None,
     )

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from bench.phases import stat_times
 
 if TYPE_CHECKING:
+    import aiohttp
     from aiohttp import web
 
 EVENTS_PER_HOST = 7  # ApplicationStop .. ValidateService: one result POST each
@@ -56,6 +57,10 @@ class Floor:
     @property
     def cpu_per_request_ms(self) -> float:
         return self.server_cpu_s / self.requests * 1000
+
+    @property
+    def per_host_ms(self) -> float:
+        return self.wall_s / self.hosts * 1000
 
 
 def results_store(db_path: str) -> tuple[ThreadPoolExecutor, Callable[[int, str], None]]:
@@ -123,21 +128,19 @@ def _result_path(command: int) -> str:
     return f"/agent/v1/commands/{command}/result?then={command + 1}"
 
 
-async def _hosts(url: str, hosts: int) -> None:
-    import aiohttp
-
+async def _hosts(session: aiohttp.ClientSession, hosts: int) -> None:
+    """``hosts`` hosts at once, each sending its events' result POSTs one after another."""
     body = _result_body()
-    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=0)) as session:
 
-        async def host(index: int) -> None:
-            for event in range(EVENTS_PER_HOST):
-                path = _result_path(index * EVENTS_PER_HOST + event)
-                async with session.post(path, json=body, headers=_HEADERS) as response:
-                    await response.read()
-                    if response.status != 200:
-                        raise RuntimeError(f"floor server answered {response.status}")
+    async def host(index: int) -> None:
+        for event in range(EVENTS_PER_HOST):
+            path = _result_path(index * EVENTS_PER_HOST + event)
+            async with session.post(path, json=body, headers=_HEADERS) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"floor server answered {response.status}")
 
-        await asyncio.gather(*(host(index) for index in range(hosts)))
+    await asyncio.gather(*(host(index) for index in range(hosts)))
 
 
 @contextlib.contextmanager
@@ -157,14 +160,34 @@ def floor_server(workdir: Path, mode: str, port: int) -> Iterator[tuple[str, int
             server.kill()
 
 
-def measure(workdir: Path, hosts: int, mode: str, port: int) -> Floor:
-    """Start the floor server, warm it up, then time ``hosts`` hosts' result POSTs (its CPU from /proc)."""
-    with floor_server(workdir, mode, port) as (url, pid):
-        asyncio.run(_hosts(url, min(hosts, 50)))  # warm-up: imports, first connections
-        before, started = stat_times(pid)[0], time.perf_counter()
-        asyncio.run(_hosts(url, hosts))
-        wall, cpu = time.perf_counter() - started, stat_times(pid)[0] - before
-    return Floor(mode, hosts, hosts * EVENTS_PER_HOST, cpu, wall)
+def measure(workdir: Path, hosts: int, free_port: Callable[[], int], rounds: int = 1) -> dict[str, list[Floor]]:
+    """Both floors' servers side by side (each on a port ``free_port`` gives as it starts), warmed up, then ``rounds``
+    times ``hosts`` hosts' result POSTs to each, taken in turn and the order swapped every round; CPU from /proc."""
+    with contextlib.ExitStack() as servers:
+        running = {mode: servers.enter_context(floor_server(workdir, mode, free_port())) for mode in MODES}
+        return asyncio.run(_measure(running, hosts, rounds))
+
+
+async def _measure(running: dict[str, tuple[str, int]], hosts: int, rounds: int) -> dict[str, list[Floor]]:
+    """Each host keeps its connection from the warm-up on, as the swarm's simulated agents do."""
+    import aiohttp
+
+    measured: dict[str, list[Floor]] = {mode: [] for mode in MODES}
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = {
+            mode: await stack.enter_async_context(aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=0)))
+            for mode, (url, _) in running.items()
+        }
+        for session in sessions.values():
+            await _hosts(session, hosts)  # warm-up: imports, a connection for every host
+        for index in range(rounds):
+            for mode in MODES if index % 2 == 0 else MODES[::-1]:
+                pid = running[mode][1]
+                before, started = stat_times(pid)[0], time.perf_counter()
+                await _hosts(sessions[mode], hosts)
+                wall, cpu = time.perf_counter() - started, stat_times(pid)[0] - before
+                measured[mode].append(Floor(mode, hosts, hosts * EVENTS_PER_HOST, cpu, wall))
+    return measured
 
 
 ROUND_TRIPS = 300  # result POSTs per measure of ``round_trip_ms``: about a third of a second

@@ -14,6 +14,7 @@ from rich.console import Console
 SCALE_TARGET_HOSTS = 200  # DESIGN §5: 200 hosts AllAtOnce in 10 s
 SWARM_HOSTS = (50, 200, 1000)  # bench/swarm.py's sizes by default; 2,000 on request (BENCH_SWARM_HOSTS, --swarm-hosts)
 OVERHEAD_ROUNDS = 7  # issue 19: at least 7 interleaved rounds each side, median and range
+SWARM_ROUNDS = 7  # timed deployments per swarm size, and rounds of each floor after them: median and range
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,7 @@ class Settings:
     overhead_hosts: int = 20
     overhead_runs: int = OVERHEAD_ROUNDS
     swarm_hosts: tuple[int, ...] = SWARM_HOSTS
+    swarm_rounds: int = SWARM_ROUNDS
     keep: bool = False
     profile_dir: Path | None = None  # set: py-spy the server during the last timed deployment, files go here
 

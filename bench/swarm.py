@@ -12,13 +12,15 @@ state machine, SQLite, dispatch. The swarm speaks the "runs" capability (``engin
 not offer runs hands out one event at a time, as to an agent of the previous version.
 
 Per size: a server with that many configured (non-local) hosts, the swarm online, one untimed deployment (so
-every later one has a previous revision, like the other scenarios), then one timed AllAtOnce deployment. The
-bench asks for the deployment's JSON once, after the swarm has answered every host's last event (a GET of a
-2,000-host deployment is itself a measurable share of the server's CPU). Figures: wall time (the server's
-``ended_at - created_at``), the server's CPU per host-event (``/proc/<pid>/stat`` before and after, divided by
-the events the swarm answered; heartbeats and that one GET included), its RSS (now and peak), time per host.
-Right after each size, ``bench.floor`` measures what the same result POSTs cost a bare server (no deploybot code),
-so the CPU figure can be read against the floor any server built this way has on this machine.
+every later one has a previous revision, like the other scenarios), then ``rounds`` timed AllAtOnce deployments
+(7 in ``make bench``). The bench asks for each deployment's JSON once, after the swarm has answered every host's
+last event (a GET of a 2,000-host deployment is itself a measurable share of the server's CPU). Figures, each the
+median of the rounds with their range: wall time (the server's ``ended_at - created_at``), the server's CPU per
+host-event (its CPU-time clock before and after, divided by the events the swarm answered; heartbeats and that
+one GET included), time per host; and its RSS (peak). Right after each size, ``bench.floor`` measures what the
+same result POSTs cost a bare server (no deploybot code), as many rounds, so the CPU figure and the time per host
+can be read against the floor any server built this way has on this machine. Last, each size's time per host over
+the smallest size's: flat is 1.00x, and the bare server's own ratio stands beside it.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from rich.console import Console
 
 from bench import floor
-from bench.figures import Figure
+from bench.figures import Figure, median, spread
 from bench.phases import memory_mib, stat_times
 from bench.revisions import write_revision
 from bench.server import BenchError, BenchServer, fleet_config, free_port, host_names
@@ -50,6 +53,7 @@ SWARM_TARGET_HOSTS = 1000  # issue 19: 1,000 simulated hosts AllAtOnce in 10 s, 
 SWARM_TARGET_S = 10.0
 CPU_PER_EVENT_TARGET_MS = 0.3
 SERVER_RSS_TARGET_MIB = 250.0
+FLAT = 1.0  # issue 19: time per host flat (not growing) from 50 to 1,000 hosts
 LAST_EVENT = "ValidateService"  # the bench's group is in place, without a load balancer
 FLOOR_NAMES = {"http": "bare aiohttp", "http+write": "bare aiohttp + 1 SQLite write"}
 NEXT_WAIT = 0.25  # what the real agent asks for (engine.agent.client.NEXT_WAIT)
@@ -57,6 +61,7 @@ HEARTBEAT_SECONDS = 5.0  # the real agent's default
 POLL_SECONDS = 25.0
 RETRY_PAUSE = 0.5
 START_SPREAD_S = 0.002  # one simulated agent starts every 2 ms: 2,000 connect within 4 s, not in one burst
+SETTLE_S = 0.3  # between two timed deployments: what the last one's end set off (its log, the pages) is done
 
 
 @dataclass
@@ -253,6 +258,10 @@ class SwarmRun:
     def per_host_ms(self) -> float:
         return self.wall_s / self.hosts * 1000
 
+    @property
+    def swarm_cpu_per_event_ms(self) -> float:
+        return self.swarm_cpu_s / self.host_events * 1000 if self.host_events else float("nan")
+
 
 def _wait_hosts_done(swarm: Swarm, server: BenchServer, deployment_id: str, hosts: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
@@ -276,8 +285,9 @@ def _with_server_log(server: BenchServer) -> Iterator[None]:
         raise BenchError(f"{error}\nserver log:\n" + "".join(server.output[-15:])) from None
 
 
-def run_swarm(workdir: Path, hosts: int, *, runs: bool = True, timeout: float = 600) -> SwarmRun:
-    """One server with ``hosts`` configured hosts and the swarm as their agents; the timed deployment's figures."""
+def run_swarm(workdir: Path, hosts: int, *, runs: bool = True, rounds: int = 1, timeout: float = 600) -> list[SwarmRun]:
+    """One server with ``hosts`` configured hosts and the swarm as their agents; each of ``rounds`` timed
+    deployments' figures, in order (after one untimed deployment)."""
     _raise_file_limit(4 * hosts + 256)
     revision = write_revision(workdir / "revision", hooks=False)
     names = host_names(hosts)
@@ -294,26 +304,35 @@ def run_swarm(workdir: Path, hosts: int, *, runs: bool = True, timeout: float = 
             _, warm_up = server.deploy(revision)
             _wait_hosts_done(swarm, server, warm_up, hosts, timeout)
             server.wait_final(warm_up, timeout=timeout, poll=0.5)
-            requests, errors = swarm.counts.requests, swarm.counts.errors
-            cpu_before, own_before = stat_times(server.process.pid)[0], time.process_time()
-            _, deployment_id = server.deploy(revision)
-            _wait_hosts_done(swarm, server, deployment_id, hosts, timeout)
-            doc = server.wait_final(deployment_id, timeout=timeout, poll=0.2)
-            cpu, own = stat_times(server.process.pid)[0] - cpu_before, time.process_time() - own_before
-            rss, peak = memory_mib(server.process.pid)
-            return SwarmRun(
-                hosts=hosts,
-                wall_s=float(doc["ended_at"]) - float(doc["created_at"]),
-                host_events=swarm.counts.events[deployment_id],
-                server_events=sum(len(target["events"]) for target in doc["targets"]),
-                server_cpu_s=cpu,
-                swarm_cpu_s=own,
-                rss_mib=rss,
-                peak_rss_mib=peak,
-                online_s=online,
-                requests=swarm.counts.requests - requests,
-                errors=swarm.counts.errors - errors,
-            )
+            return [_timed_deployment(server, swarm, revision, hosts, online, timeout) for _ in range(rounds)]
+
+
+def _timed_deployment(
+    server: BenchServer, swarm: Swarm, revision: Path, hosts: int, online: float, timeout: float
+) -> SwarmRun:
+    """One deployment of every host, timed from the server's own record; its CPU and the swarm's from /proc."""
+    assert server.process is not None
+    time.sleep(SETTLE_S)
+    requests, errors = swarm.counts.requests, swarm.counts.errors
+    cpu_before, own_before = stat_times(server.process.pid)[0], time.process_time()
+    _, deployment_id = server.deploy(revision)
+    _wait_hosts_done(swarm, server, deployment_id, hosts, timeout)
+    doc = server.wait_final(deployment_id, timeout=timeout, poll=0.2)
+    cpu, own = stat_times(server.process.pid)[0] - cpu_before, time.process_time() - own_before
+    rss, peak = memory_mib(server.process.pid)
+    return SwarmRun(
+        hosts=hosts,
+        wall_s=float(doc["ended_at"]) - float(doc["created_at"]),
+        host_events=swarm.counts.events[deployment_id],
+        server_events=sum(len(target["events"]) for target in doc["targets"]),
+        server_cpu_s=cpu,
+        swarm_cpu_s=own,
+        rss_mib=rss,
+        peak_rss_mib=peak,
+        online_s=online,
+        requests=swarm.counts.requests - requests,
+        errors=swarm.counts.errors - errors,
+    )
 
 
 def swarm_hosts_from_env(default: Sequence[int]) -> tuple[int, ...]:
@@ -328,53 +347,122 @@ def swarm(settings: Settings) -> list[Figure]:
     """The server alone at each of ``settings.swarm_hosts`` simulated hosts (module docstring)."""
     console = settings.console
     figures: list[Figure] = []
+    per_size: dict[int, _SizeMedians] = {}
     for hosts in settings.swarm_hosts:
         with settings.scenario_dir(f"swarm{hosts}") as workdir:
-            run = run_swarm(workdir, hosts)
+            runs = run_swarm(workdir, hosts, rounds=settings.swarm_rounds)
             # Right after, on the same machine state: what the same hosts' result POSTs cost a bare server.
-            floors = [floor.measure(workdir / "floor", hosts, mode, free_port()) for mode in floor.MODES]
-        console.print(
-            f"  {hosts} simulated hosts: {run.wall_s:.2f} s, {run.per_host_ms:.1f} ms/host; server CPU "
-            f"{run.server_cpu_s:.2f} s for {run.host_events} host-events = {run.cpu_per_event_ms:.3f} ms each "
-            f"(the swarm used {run.swarm_cpu_s:.2f} s); "
-            f"RSS {run.rss_mib:.0f} MiB (peak {run.peak_rss_mib:.0f}); {run.requests} requests, {run.errors} errors; "
-            f"online in {run.online_s:.1f} s"
+            floors = floor.measure(workdir / "floor", hosts, free_port, settings.swarm_rounds)
+        _show_size(console, runs, floors)
+        figures += _size_figures(runs, floors)
+        per_size[hosts] = _SizeMedians(
+            per_host_ms=median([run.per_host_ms for run in runs]),
+            floor_per_host_ms=median([f.per_host_ms for f in floors["http"]]),
+            cpu_per_event_ms=median([run.cpu_per_event_ms for run in runs]),
+            swarm_cpu_per_event_ms=median([run.swarm_cpu_per_event_ms for run in runs]),
         )
-        target = hosts == SWARM_TARGET_HOSTS
-        note = f"{run.host_events} host-events, one timed deployment"
-        figures += [
+    return figures + _growth_figures(per_size)
+
+
+@dataclass(frozen=True, slots=True)
+class _SizeMedians:
+    """One size's medians that the sizes are compared by."""
+
+    per_host_ms: float
+    floor_per_host_ms: float  # the bare aiohttp floor's
+    cpu_per_event_ms: float
+    swarm_cpu_per_event_ms: float  # the simulated agents' own: the same trivial work per event at every size
+
+
+def _show_size(console: Console, runs: Sequence[SwarmRun], floors: Mapping[str, Sequence[floor.Floor]]) -> None:
+    """One size's deployments and floors, each figure a median with its range."""
+    hosts, last = runs[0].hosts, runs[-1]
+    wall, per_host = [run.wall_s for run in runs], [run.per_host_ms for run in runs]
+    cpu = [run.cpu_per_event_ms for run in runs]
+    swarm_cpu = median([run.swarm_cpu_per_event_ms for run in runs])
+    console.print(
+        f"  {hosts} simulated hosts, {len(runs)} deployments: {median(wall):.2f} s ({spread(wall, 's')}), "
+        f"{median(per_host):.1f} ms/host ({spread(per_host, 'ms')}); server CPU per host-event "
+        f"{median(cpu):.3f} ms ({spread(cpu, 'ms')}), the swarm's {swarm_cpu:.3f} ms; "
+        f"RSS {last.rss_mib:.0f} MiB (peak {last.peak_rss_mib:.0f}); {median([run.requests for run in runs]):.0f} "
+        f"requests a deployment, {sum(run.errors for run in runs)} errors; online in {last.online_s:.1f} s"
+    )
+    for mode, measured in floors.items():
+        cpu, per_host = [f.cpu_per_request_ms for f in measured], [f.per_host_ms for f in measured]
+        console.print(
+            f"  floor ({mode}), {hosts} hosts x {floor.EVENTS_PER_HOST} result POSTs, {len(measured)} rounds: "
+            f"server CPU {median(cpu):.3f} ms each ({spread(cpu, 'ms')}), {median(per_host):.2f} ms/host "
+            f"({spread(per_host, 'ms')})"
+        )
+
+
+def _size_figures(runs: Sequence[SwarmRun], floors: Mapping[str, Sequence[floor.Floor]]) -> list[Figure]:
+    hosts, target = runs[0].hosts, runs[0].hosts == SWARM_TARGET_HOSTS
+    wall, per_host = [run.wall_s for run in runs], [run.per_host_ms for run in runs]
+    cpu = [run.cpu_per_event_ms for run in runs]
+    each = f"median of {len(runs)} deployments"
+    floor_per_host = median([f.per_host_ms for f in floors["http"]])
+    figures = [
+        Figure(
+            f"swarm {hosts} hosts AllAtOnce, server only",
+            median(wall),
+            "s",
+            SWARM_TARGET_S if target else None,
+            f"{runs[0].host_events} host-events; {each}, {spread(wall, 's')}",
+        ),
+        Figure(
+            f"swarm {hosts}: server CPU per host-event",
+            median(cpu),
+            "ms",
+            CPU_PER_EVENT_TARGET_MS,
+            f"heartbeats included; {each}, {spread(cpu, 'ms')}",
+        ),
+        Figure(
+            f"swarm {hosts}: server RSS (peak)",
+            max(run.peak_rss_mib for run in runs),
+            "MiB",
+            SERVER_RSS_TARGET_MIB if target else None,
+            f"now {runs[-1].rss_mib:.0f} MiB, after {len(runs) + 1} deployments",
+        ),
+        Figure(
+            f"swarm {hosts}: time per host",
+            median(per_host),
+            "ms",
+            None,
+            f"{each}, {spread(per_host, 'ms')}; {FLOOR_NAMES['http']} {floor_per_host:.2f} ms",
+        ),
+    ]
+    for mode, measured in floors.items():
+        floor_cpu = median([f.cpu_per_request_ms for f in measured])
+        figures.append(
             Figure(
-                f"swarm {hosts} hosts AllAtOnce, server only", run.wall_s, "s", SWARM_TARGET_S if target else None, note
-            ),
-            Figure(
-                f"swarm {hosts}: server CPU per host-event",
-                run.cpu_per_event_ms,
+                f"swarm {hosts}: floor, {FLOOR_NAMES[mode]}",
+                floor_cpu,
                 "ms",
-                CPU_PER_EVENT_TARGET_MS,
-                "heartbeats included",
-            ),
-            Figure(
-                f"swarm {hosts}: server RSS (peak)",
-                run.peak_rss_mib,
-                "MiB",
-                SERVER_RSS_TARGET_MIB if target else None,
-                f"now {run.rss_mib:.0f} MiB",
-            ),
-            Figure(f"swarm {hosts}: time per host", run.per_host_ms, "ms", None, "target: flat from 50 to 1,000 hosts"),
-        ]
-        for measured in floors:
-            ratio = run.cpu_per_event_ms / measured.cpu_per_request_ms
-            console.print(
-                f"  floor ({measured.mode}), {hosts} hosts x {floor.EVENTS_PER_HOST} result POSTs: server CPU "
-                f"{measured.server_cpu_s:.2f} s = {measured.cpu_per_request_ms:.3f} ms each, in {measured.wall_s:.2f} s"
+                None,
+                f"server CPU per result POST, no deploybot code; deploybot {median(cpu) / floor_cpu:.1f}x",
             )
-            figures.append(
-                Figure(
-                    f"swarm {hosts}: floor, {FLOOR_NAMES[measured.mode]}",
-                    measured.cpu_per_request_ms,
-                    "ms",
-                    None,
-                    f"server CPU per result POST, no deploybot code; deploybot {ratio:.1f}x",
-                )
-            )
+        )
     return figures
+
+
+def _growth_figures(per_size: Mapping[int, _SizeMedians]) -> list[Figure]:
+    """Each size's median time per host over the smallest size's: flat is 1.00x (issue 19: not growing from 50 to
+    1,000 hosts). Beside it, the same ratio for the bare floor, which no server built this way can do better than,
+    and for the server's CPU per host-event and the swarm's own: the swarm's work per event is the same at every
+    size, so where its CPU grows as much as the server's, the machine is what costs more, not the server's work."""
+    smallest = min(per_size)
+    base = per_size[smallest]
+    return [
+        Figure(
+            f"swarm {hosts}: time per host over {smallest} hosts'",
+            here.per_host_ms / base.per_host_ms,
+            "x",
+            FLAT if hosts <= SWARM_TARGET_HOSTS else None,
+            f"{FLOOR_NAMES['http']}: {here.floor_per_host_ms / base.floor_per_host_ms:.2f}x; CPU per host-event: "
+            f"server {here.cpu_per_event_ms / base.cpu_per_event_ms:.2f}x, "
+            f"swarm {here.swarm_cpu_per_event_ms / base.swarm_cpu_per_event_ms:.2f}x",
+        )
+        for hosts, here in per_size.items()
+        if hosts != smallest
+    ]

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,30 @@ def test_the_floor_round_trip_answers_each_result_after_recording_it(tmp_path: P
     with sqlite3.connect(tmp_path / "floor-http+write.db") as db:
         recorded = db.execute("SELECT count(*) FROM results WHERE status = 'Succeeded'").fetchone()[0]
     assert recorded == 40  # every POST was committed before it was answered
+
+
+def test_both_floors_are_measured_in_turn_every_round_and_each_post_is_recorded(tmp_path: Path) -> None:
+    measured = floor.measure(tmp_path, 3, free_port, rounds=2)
+    assert list(measured) == list(floor.MODES)
+    for mode, rounds in measured.items():
+        assert [(run.mode, run.hosts, run.requests) for run in rounds] == [(mode, 3, 3 * floor.EVENTS_PER_HOST)] * 2
+        assert all(run.server_cpu_s > 0 and run.wall_s > 0 for run in rounds)
+        assert rounds[0].per_host_ms == rounds[0].wall_s / 3 * 1000
+    with sqlite3.connect(tmp_path / "floor-http+write.db") as db:  # the same 21 commands each round, warm-up too
+        assert db.execute("SELECT count(*) FROM results").fetchone()[0] == 21
+
+
+def test_a_processs_own_cpu_is_read_to_the_microsecond_not_in_ticks_of_10_ms() -> None:
+    burn = "import sys, time\nwhile time.process_time() < 0.0437: pass\nprint(time.process_time(), flush=True)\n"
+    burn += "sys.stdin.readline()\n"
+    with subprocess.Popen(
+        [sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as child:
+        assert child.stdout is not None and child.stdin is not None
+        reported = float(child.stdout.readline())  # the child is now blocked on its input: its CPU stands still
+        own, _ = phases.stat_times(child.pid)
+        child.stdin.close()
+    assert reported <= own <= reported + 0.002  # /proc's ticks would say 0.04 or 0.05
 
 
 def test_an_events_time_is_the_median_over_every_host_and_event() -> None:
