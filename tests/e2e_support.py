@@ -89,8 +89,10 @@ class DeploybotServer:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 30) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("DEPLOYBOT_TOKEN", "DEPLOYBOT_URL")}
+    def start(self, timeout: float = 30, *, env: Mapping[str, str] | None = None) -> None:
+        """``deploybot serve`` in the working directory, once it says it listens; ``env`` is added to ours."""
+        inherited = {k: v for k, v in os.environ.items() if k not in ("DEPLOYBOT_TOKEN", "DEPLOYBOT_URL")}
+        env = inherited | dict(env or {})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bot", "serve", "--config", str(self.config), "--port", str(self.port)],
             cwd=self.workdir,

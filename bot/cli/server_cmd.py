@@ -208,6 +208,7 @@ async def _serve(
 
     from bot.app import create_app
     from bot.assembly import assemble_deployer
+    from bot.event_loop import running as running_loop
     from bot.github import describe as describe_github
     from bot.heap import settle as settle_heap
     from bot.localfleet import LocalFleet, agent_processes
@@ -286,6 +287,7 @@ async def _serve(
                     print(f"  {_tls_line(config.server.tls)}", flush=True)
                 print(f"  {_slack_line(settings)}", flush=True)
                 print(f"  {describe_github(settings)}", flush=True)
+                print(f"  event loop: {running_loop()}", flush=True)
                 print(f"deploybot listening on {url}", flush=True)  # last: everything above is ready by now
                 await stopped.wait()
                 print("deploybot shutting down", flush=True)
@@ -356,6 +358,8 @@ def _serve_command(args: argparse.Namespace) -> int:
     import asyncio
 
     from bot.assembly import DataDirInUse, lock_data_dir
+    from bot.event_loop import event_loop
+    from bot.event_loop import run as run_on
     from bot.settings import Settings, ensure_api_token_file
     from engine.core.config.parse import load_config
     from engine.core.errors import ConfigError, EngineError
@@ -378,6 +382,11 @@ def _serve_command(args: argparse.Namespace) -> int:
     if (chosen_log_format := _configure_logging(args)) is None:
         return 2
     try:
+        loop = event_loop(args.event_loop, os.environ)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         tls = _tls_for(config)
     except TlsFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -396,7 +405,7 @@ def _serve_command(args: argparse.Namespace) -> int:
             print(f"created API token {settings.api_token_file}", flush=True)
         try:
             asyncio.run(_check_database(config, settings.data_dir, init=args.init))
-            asyncio.run(_serve(config, settings, config_path, tls, log_format=chosen_log_format))
+            run_on(_serve(config, settings, config_path, tls, log_format=chosen_log_format), loop)
         except (EngineError, ValueError) as exc:  # HAProxy missing or its port taken; a malformed setting
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -509,6 +518,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="start on a zero-byte database file as an empty database (refused without it: it may be a lost one)",
     )
     _log_format_option(serve)
+    serve.add_argument(
+        "--event-loop",
+        choices=("uvloop", "asyncio"),
+        help="the server's event loop (default: $DEPLOYBOT_EVENT_LOOP, else uvloop; asyncio is Python's own)",
+    )
     serve.set_defaults(func=_serve_command)
 
     agent = subparsers.add_parser("agent", help="run a host agent (long-polls the server for lifecycle events)")

@@ -1,0 +1,45 @@
+"""Which event loop ``deploybot serve`` runs on: uvloop's by default, Python's own on request.
+
+Most of the server's CPU per agent request is HTTP and the event loop around it (one result POST per lifecycle
+event per host). uvloop runs the loop and the sockets' I/O in C on libuv: a bare aiohttp server took 0.125 ms of
+CPU per result POST on it against 0.159 ms on Python's loop, and deploybot's server under the bench's swarm 3-10 %
+less per host-event (docs/operations.md has the runs). One host's deployment is no faster: its time is the agent's.
+
+``--event-loop asyncio`` or ``DEPLOYBOT_EVENT_LOOP=asyncio`` runs Python's loop instead, for an operator who meets
+a difference between the two; the suite runs its servers on uvloop, and ``tests/test_event_loop.py`` a deployment
+on each. The agent and the CLI stay on Python's loop: their time goes to hooks, files and single requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
+
+LOOPS = ("uvloop", "asyncio")
+VARIABLE = "DEPLOYBOT_EVENT_LOOP"
+
+T = TypeVar("T")
+
+
+def event_loop(given: str | None, environ: Mapping[str, str]) -> str:
+    """``--event-loop`` when given, else $DEPLOYBOT_EVENT_LOOP, else uvloop; ValueError for a loop we do not know."""
+    chosen = (given or environ.get(VARIABLE, "").strip() or LOOPS[0]).lower()
+    if chosen not in LOOPS:
+        source = "--event-loop" if given else VARIABLE
+        raise ValueError(f"{source}={chosen!r} is not an event loop: use {' or '.join(LOOPS)}")
+    return chosen
+
+
+def running() -> str:
+    """The name (one of ``LOOPS``) of the loop this coroutine runs on: what the server's banner says."""
+    return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+
+
+def run(main: Coroutine[Any, Any, T], loop: str) -> T:
+    """``asyncio.run(main)`` on the loop named (see ``event_loop``)."""
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
