@@ -1,7 +1,8 @@
 """The floor under the swarm's "server CPU per host-event": what the same requests cost a server that does nothing else.
 
-A bare aiohttp server (this Python, this machine, no deploybot code) takes each simulated host's 7 result POSTs, one
-after another as an agent running its events sends them, from the same number of hosts at once. Two floors:
+A bare aiohttp server (this Python, this machine, the event loop deploybot's server runs on, no deploybot code)
+takes each simulated host's 7 result POSTs, one after another as an agent running its events sends them, from the
+same number of hosts at once. Two floors:
 
 - ``http``: the handler reads the JSON body and answers ``{"ok": true, "stop": false}``;
 - ``http+write``: it also records the result in an SQLite table (WAL, ``synchronous=NORMAL``, one transaction per
@@ -101,8 +102,13 @@ def _serve(port: int, db_path: str, mode: str) -> None:
 
 
 def serve_app(app: web.Application, port: int, ready: str) -> None:
-    """Serve ``app`` on 127.0.0.1:``port`` until the process is killed, printing ``ready`` once it listens."""
+    """Serve ``app`` on 127.0.0.1:``port`` until the process is killed, printing ``ready`` once it listens; on the
+    event loop deploybot's server would run on here (bot/event_loop.py), which a floor must not do without."""
+    import os
+
     from aiohttp import web
+
+    from bot.event_loop import event_loop, run
 
     async def main() -> None:
         runner = web.AppRunner(app, access_log=None)
@@ -111,7 +117,7 @@ def serve_app(app: web.Application, port: int, ready: str) -> None:
         print(ready, flush=True)
         await asyncio.Event().wait()
 
-    asyncio.run(main())
+    run(main(), event_loop(None, os.environ))
 
 
 _HEADERS = {"Authorization": "Bearer floor"}
