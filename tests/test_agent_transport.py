@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import uvloop
 from aiohttp import web
 
 from engine.http11 import ConnectionEnded, HttpClient, ProtocolBroken, _Connection
@@ -86,6 +87,12 @@ async def test_requests_reuse_one_kept_alive_connection_and_carry_json_and_heade
     assert (second.status, second.json()) == (200, {"got": None})
     assert seen == [("/a?x=1", {"n": 1}, "Bearer t"), ("/b", None, None)]
     assert len(set(peers)) == 1  # the second request went over the first one's connection
+
+
+def test_the_client_works_on_uvloop_as_well() -> None:
+    """uvloop's transports are not asyncio.Transport subclasses; the client needs only what they do (the server runs
+    on uvloop, bot/event_loop.py, and anything in it may use the client)."""
+    uvloop.run(test_requests_reuse_one_kept_alive_connection_and_carry_json_and_headers())
 
 
 async def test_concurrent_requests_each_get_a_connection() -> None:
