@@ -7,7 +7,9 @@ less per host-event (docs/operations.md has the runs). One host's deployment is 
 
 ``--event-loop asyncio`` or ``DEPLOYBOT_EVENT_LOOP=asyncio`` runs Python's loop instead, for an operator who meets
 a difference between the two; the suite runs its servers on uvloop, and ``tests/test_event_loop.py`` a deployment
-on each. The agent and the CLI stay on Python's loop: their time goes to hooks, files and single requests.
+on each. The agent and the CLI stay on Python's loop: their time goes to hooks, files and single requests, and an
+agent on uvloop ran each hook in about 7 ms against 2.2-2.7 on Python's loop (starting and reaping its process),
+which made a one-host deployment 1.66x as long (20 interleaved pairs).
 """
 
 from __future__ import annotations
