@@ -34,7 +34,7 @@ import resource
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -345,63 +345,72 @@ def swarm_hosts_from_env(default: Sequence[int]) -> tuple[int, ...]:
 
 def swarm(settings: Settings) -> list[Figure]:
     """The server alone at each of ``settings.swarm_hosts`` simulated hosts (module docstring)."""
-    console = settings.console
     figures: list[Figure] = []
-    per_size: dict[int, _SizeMedians] = {}
+    sizes: dict[int, _Size] = {}
     for hosts in settings.swarm_hosts:
         with settings.scenario_dir(f"swarm{hosts}") as workdir:
             runs = run_swarm(workdir, hosts, rounds=settings.swarm_rounds)
             # Right after, on the same machine state: what the same hosts' result POSTs cost a bare server.
             floors = floor.measure(workdir / "floor", hosts, free_port, settings.swarm_rounds)
-        _show_size(console, runs, floors)
-        figures += _size_figures(runs, floors)
-        per_size[hosts] = _SizeMedians(
-            per_host_ms=median([run.per_host_ms for run in runs]),
-            floor_per_host_ms=median([f.per_host_ms for f in floors["http"]]),
-            cpu_per_event_ms=median([run.cpu_per_event_ms for run in runs]),
-            swarm_cpu_per_event_ms=median([run.swarm_cpu_per_event_ms for run in runs]),
-        )
-    return figures + _growth_figures(per_size)
+        sizes[hosts] = size = _Size.of(runs, floors)
+        _show_size(settings.console, size)
+        figures += _size_figures(size)
+    return figures + _growth_figures(sizes)
 
 
 @dataclass(frozen=True, slots=True)
-class _SizeMedians:
-    """One size's medians that the sizes are compared by."""
+class _Size:
+    """One size's timed deployments and floors, as the per-round lists its figures are medians (and ranges) of."""
 
-    per_host_ms: float
-    floor_per_host_ms: float  # the bare aiohttp floor's
-    cpu_per_event_ms: float
-    swarm_cpu_per_event_ms: float  # the simulated agents' own: the same trivial work per event at every size
+    runs: Sequence[SwarmRun]
+    wall_s: list[float]
+    per_host_ms: list[float]
+    cpu_per_event_ms: list[float]
+    swarm_cpu_per_event_ms: list[float]  # the simulated agents' own: the same trivial work per event at every size
+    floor_cpu_ms: dict[str, list[float]]  # mode -> per round
+    floor_per_host_ms: dict[str, list[float]]
+
+    @classmethod
+    def of(cls, runs: Sequence[SwarmRun], floors: Mapping[str, Sequence[floor.Floor]]) -> _Size:
+        return cls(
+            runs,
+            wall_s=[run.wall_s for run in runs],
+            per_host_ms=[run.per_host_ms for run in runs],
+            cpu_per_event_ms=[run.cpu_per_event_ms for run in runs],
+            swarm_cpu_per_event_ms=[run.swarm_cpu_per_event_ms for run in runs],
+            floor_cpu_ms={mode: [f.cpu_per_request_ms for f in measured] for mode, measured in floors.items()},
+            floor_per_host_ms={mode: [f.per_host_ms for f in measured] for mode, measured in floors.items()},
+        )
+
+    @property
+    def hosts(self) -> int:
+        return self.runs[0].hosts
 
 
-def _show_size(console: Console, runs: Sequence[SwarmRun], floors: Mapping[str, Sequence[floor.Floor]]) -> None:
+def _show_size(console: Console, size: _Size) -> None:
     """One size's deployments and floors, each figure a median with its range."""
-    hosts, last = runs[0].hosts, runs[-1]
-    wall, per_host = [run.wall_s for run in runs], [run.per_host_ms for run in runs]
-    cpu = [run.cpu_per_event_ms for run in runs]
-    swarm_cpu = median([run.swarm_cpu_per_event_ms for run in runs])
+    last, wall, per_host, cpu = size.runs[-1], size.wall_s, size.per_host_ms, size.cpu_per_event_ms
     console.print(
-        f"  {hosts} simulated hosts, {len(runs)} deployments: {median(wall):.2f} s ({spread(wall, 's')}), "
+        f"  {size.hosts} simulated hosts, {len(size.runs)} deployments: {median(wall):.2f} s ({spread(wall, 's')}), "
         f"{median(per_host):.1f} ms/host ({spread(per_host, 'ms')}); server CPU per host-event "
-        f"{median(cpu):.3f} ms ({spread(cpu, 'ms')}), the swarm's {swarm_cpu:.3f} ms; "
-        f"RSS {last.rss_mib:.0f} MiB (peak {last.peak_rss_mib:.0f}); {median([run.requests for run in runs]):.0f} "
-        f"requests a deployment, {sum(run.errors for run in runs)} errors; online in {last.online_s:.1f} s"
+        f"{median(cpu):.3f} ms ({spread(cpu, 'ms')}), the swarm's {median(size.swarm_cpu_per_event_ms):.3f} ms; "
+        f"RSS {last.rss_mib:.0f} MiB (peak {last.peak_rss_mib:.0f}); "
+        f"{median([run.requests for run in size.runs]):.0f} requests a deployment, "
+        f"{sum(run.errors for run in size.runs)} errors; online in {last.online_s:.1f} s"
     )
-    for mode, measured in floors.items():
-        cpu, per_host = [f.cpu_per_request_ms for f in measured], [f.per_host_ms for f in measured]
+    for mode, cpu in size.floor_cpu_ms.items():
+        per_host = size.floor_per_host_ms[mode]
         console.print(
-            f"  floor ({mode}), {hosts} hosts x {floor.EVENTS_PER_HOST} result POSTs, {len(measured)} rounds: "
+            f"  floor ({mode}), {size.hosts} hosts x {floor.EVENTS_PER_HOST} result POSTs, {len(cpu)} rounds: "
             f"server CPU {median(cpu):.3f} ms each ({spread(cpu, 'ms')}), {median(per_host):.2f} ms/host "
             f"({spread(per_host, 'ms')})"
         )
 
 
-def _size_figures(runs: Sequence[SwarmRun], floors: Mapping[str, Sequence[floor.Floor]]) -> list[Figure]:
-    hosts, target = runs[0].hosts, runs[0].hosts == SWARM_TARGET_HOSTS
-    wall, per_host = [run.wall_s for run in runs], [run.per_host_ms for run in runs]
-    cpu = [run.cpu_per_event_ms for run in runs]
+def _size_figures(size: _Size) -> list[Figure]:
+    hosts, target, runs = size.hosts, size.hosts == SWARM_TARGET_HOSTS, size.runs
+    wall, per_host, cpu = size.wall_s, size.per_host_ms, size.cpu_per_event_ms
     each = f"median of {len(runs)} deployments"
-    floor_per_host = median([f.per_host_ms for f in floors["http"]])
     figures = [
         Figure(
             f"swarm {hosts} hosts AllAtOnce, server only",
@@ -429,40 +438,43 @@ def _size_figures(runs: Sequence[SwarmRun], floors: Mapping[str, Sequence[floor.
             median(per_host),
             "ms",
             None,
-            f"{each}, {spread(per_host, 'ms')}; {FLOOR_NAMES['http']} {floor_per_host:.2f} ms",
+            f"{each}, {spread(per_host, 'ms')}; {FLOOR_NAMES['http']} {median(size.floor_per_host_ms['http']):.2f} ms",
         ),
     ]
-    for mode, measured in floors.items():
-        floor_cpu = median([f.cpu_per_request_ms for f in measured])
+    for mode, floor_cpu in size.floor_cpu_ms.items():
         figures.append(
             Figure(
                 f"swarm {hosts}: floor, {FLOOR_NAMES[mode]}",
-                floor_cpu,
+                median(floor_cpu),
                 "ms",
                 None,
-                f"server CPU per result POST, no deploybot code; deploybot {median(cpu) / floor_cpu:.1f}x",
+                f"server CPU per result POST, no deploybot code; deploybot {median(cpu) / median(floor_cpu):.1f}x",
             )
         )
     return figures
 
 
-def _growth_figures(per_size: Mapping[int, _SizeMedians]) -> list[Figure]:
+def _growth_figures(sizes: Mapping[int, _Size]) -> list[Figure]:
     """Each size's median time per host over the smallest size's: flat is 1.00x (issue 19: not growing from 50 to
     1,000 hosts). Beside it, the same ratio for the bare floor, which no server built this way can do better than,
     and for the server's CPU per host-event and the swarm's own: the swarm's work per event is the same at every
     size, so where its CPU grows as much as the server's, the machine is what costs more, not the server's work."""
-    smallest = min(per_size)
-    base = per_size[smallest]
+    smallest = min(sizes)
+    base = sizes[smallest]
+
+    def grown(values: Callable[[_Size], list[float]], here: _Size) -> float:
+        return median(values(here)) / median(values(base))
+
     return [
         Figure(
             f"swarm {hosts}: time per host over {smallest} hosts'",
-            here.per_host_ms / base.per_host_ms,
+            grown(lambda size: size.per_host_ms, here),
             "x",
             FLAT if hosts <= SWARM_TARGET_HOSTS else None,
-            f"{FLOOR_NAMES['http']}: {here.floor_per_host_ms / base.floor_per_host_ms:.2f}x; CPU per host-event: "
-            f"server {here.cpu_per_event_ms / base.cpu_per_event_ms:.2f}x, "
-            f"swarm {here.swarm_cpu_per_event_ms / base.swarm_cpu_per_event_ms:.2f}x",
+            f"{FLOOR_NAMES['http']}: {grown(lambda size: size.floor_per_host_ms['http'], here):.2f}x; "
+            f"CPU per host-event: server {grown(lambda size: size.cpu_per_event_ms, here):.2f}x, "
+            f"swarm {grown(lambda size: size.swarm_cpu_per_event_ms, here):.2f}x",
         )
-        for hosts, here in per_size.items()
+        for hosts, here in sizes.items()
         if hosts != smallest
     ]
