@@ -26,11 +26,9 @@ T = TypeVar("T")
 
 def event_loop(given: str | None, environ: Mapping[str, str]) -> str:
     """``--event-loop`` when given, else $DEPLOYBOT_EVENT_LOOP, else uvloop; ValueError for a loop we do not know."""
-    chosen = (given or environ.get(VARIABLE, "").strip() or LOOPS[0]).lower()
-    if chosen not in LOOPS:
-        source = "--event-loop" if given else VARIABLE
-        raise ValueError(f"{source}={chosen!r} is not an event loop: use {' or '.join(LOOPS)}")
-    return chosen
+    from bot.settings import choice
+
+    return choice(given, environ, option="--event-loop", variable=VARIABLE, choices=LOOPS, what="an event loop")
 
 
 def running() -> str:

@@ -181,11 +181,9 @@ def _utc(created: float) -> str:
 
 def log_format(given: str | None, environ: Mapping[str, str]) -> str:
     """``--log-format`` when given, else $DEPLOYBOT_LOG_FORMAT, else text; ValueError for a format we do not know."""
-    chosen = (given or environ.get(FORMAT_VARIABLE, "").strip() or "text").lower()
-    if chosen not in FORMATS:
-        source = "--log-format" if given else FORMAT_VARIABLE
-        raise ValueError(f"{source}={chosen!r} is not a log format: use {' or '.join(FORMATS)}")
-    return chosen
+    from bot.settings import choice
+
+    return choice(given, environ, option="--log-format", variable=FORMAT_VARIABLE, choices=FORMATS, what="a log format")
 
 
 def configure(

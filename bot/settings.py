@@ -24,6 +24,18 @@ def _get(environ: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+def choice(
+    given: str | None, environ: Mapping[str, str], *, option: str, variable: str, choices: tuple[str, ...], what: str
+) -> str:
+    """``option``'s value when given, else $``variable``, else the first of ``choices`` (case does not matter);
+    ValueError, naming where it came from, for a value not among them (``what`` says what a choice is)."""
+    chosen = (given or _get(environ, variable) or choices[0]).lower()
+    if chosen not in choices:
+        source = option if given else variable
+        raise ValueError(f"{source}={chosen!r} is not {what}: use {' or '.join(choices)}")
+    return chosen
+
+
 _TOKEN_FILE_OF_DATA_DIR = Path("var") / API_TOKEN_FILENAME
 """The default of ``Settings.api_token_file``, told apart by identity: it stands for ``data_dir``'s token file."""
 
