@@ -187,6 +187,7 @@ class CleanupRecord:
     record: TextIO
     lines: list[Path]
     added: set[Path] = field(default_factory=set)  # made by this install (a removed directory may be made again)
+    _previous: set[Path] = field(init=False)  # the previous install's directories, the lines given at the start
 
     def __post_init__(self) -> None:
         self._previous = set(self.lines)
