@@ -4,7 +4,8 @@ Theory of operation: the store owns exactly one connection, created inside — a
 thread (``OwnerThread``). Every public method is a coroutine that ships a small closure to that thread, so SQL never
 blocks the event loop, writes are serialized without any Python lock, and SQLite's threading rules are kept by
 construction. Writes run in ``BEGIN IMMEDIATE`` transactions so a second process (a CLI reading the same file, a
-test) can only make us wait, never corrupt a read-modify-write.
+test) can only make us wait, never corrupt a read-modify-write. The write-ahead log is copied back into the file by
+a thread of its own (engine/store/checkpointer.py), so no commit on the store's thread stops to do it.
 
 The store never reads the clock: every timestamp (float epoch seconds) comes from the caller, which owns time.
 Structured fields are JSON columns: dicts in, dicts out. Rows come back as plain dicts keyed by column name.
@@ -16,8 +17,10 @@ thread and the accessors they run through.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import functools
 import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +30,7 @@ from typing import Any, Self, TypeVar
 from sqlite_utils import Database
 
 from engine.core.errors import EngineError
+from engine.store.checkpointer import AFTER_BYTES, BACKSTOP_PAGES, KEPT_BYTES, LOOK_EVERY, WalCheckpointer
 from engine.store.migrations import applied_migrations, apply_migrations
 from engine.store.owner_thread import OwnerThread
 from engine.store.records import Records
@@ -93,21 +97,30 @@ class SqliteStore(Records):
         thread: OwnerThread,
         db: Database,
         columns: Mapping[str, frozenset[str]],
+        checkpointer: WalCheckpointer,
     ) -> None:
         self._path = path
         self._thread = thread
         self._db = db
         self._columns = columns  # read from the migrated schema, so a new column needs no code change here
+        self._checkpointer = checkpointer
+        self._calls = 0  # since the last look at the log's size
         self._closed = False
 
     # -- lifecycle
 
     @classmethod
     async def open(
-        cls, path: str | Path, *, on_statement: Callable[[str], None] | None = None, init: bool = False
+        cls,
+        path: str | Path,
+        *,
+        on_statement: Callable[[str], None] | None = None,
+        init: bool = False,
+        checkpoint_after_bytes: int = AFTER_BYTES,
     ) -> SqliteStore:
         """Open (creating dirs and file as needed) and migrate. ``on_statement`` sees every SQL statement run,
-        on the store's thread (for tracing and for tests that check which thread touches the connection).
+        on the store's thread (for tracing and for tests that check which thread touches the connection);
+        ``checkpoint_after_bytes``: the write-ahead log's size from which it is copied back (WalCheckpointer).
 
         Raises ``DatabaseUnusable`` (one sentence: which file, what is wrong, what to do) for a file that is not
         an SQLite database or is damaged, one that cannot be read or written, and a zero-byte file unless
@@ -135,6 +148,9 @@ class SqliteStore(Records):
                 # WAL + NORMAL: a commit survives a crash of this process (kill -9); only power loss can drop
                 # the last few, which is the usual trade for not fsyncing every target event.
                 db.execute("PRAGMA synchronous=NORMAL")
+                # The checkpointer's thread copies the log back first; this connection's checkpoint is the backstop.
+                db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+                db.execute(f"PRAGMA journal_size_limit={KEPT_BYTES}")
                 apply_migrations(db)
                 columns = {t.name: frozenset(c.name for c in t.columns) for t in db.tables}
             except sqlite3.DatabaseError as exc:
@@ -150,7 +166,7 @@ class SqliteStore(Records):
         except BaseException:
             thread.stop()
             raise
-        return cls(path, thread, db, columns)
+        return cls(path, thread, db, columns, WalCheckpointer(path, after_bytes=checkpoint_after_bytes))
 
     async def close(self) -> None:
         """Close after every call already submitted has finished; later calls raise RuntimeError."""
@@ -161,6 +177,7 @@ class SqliteStore(Records):
             await self._thread.run(self._db.close)
         finally:
             self._thread.stop()
+            await asyncio.to_thread(self._checkpointer.stop)
 
     async def __aenter__(self) -> Self:
         return self
@@ -177,9 +194,17 @@ class SqliteStore(Records):
         """``threading.get_ident()`` of the one thread that owns the connection."""
         return self._thread.ident
 
+    @property
+    def checkpointer(self) -> WalCheckpointer:
+        return self._checkpointer
+
     async def _run(self, fn: Callable[[Database], T]) -> T:
         if self._closed:
             raise RuntimeError(f"SqliteStore({self._path}) is closed")
+        self._calls += 1
+        if self._calls == LOOK_EVERY:  # and after it, the store's thread looks at the log's size
+            self._calls = 0
+            fn = functools.partial(_then_look, fn, self._checkpointer)
         try:
             # The caller's context goes along: a fenced write (statements.fencing) is checked on the store's thread.
             return await self._thread.run(fn, self._db)
@@ -235,3 +260,11 @@ class SqliteStore(Records):
 
     async def journal_mode(self) -> str:
         return await self._run(lambda db: db.conn.execute("PRAGMA journal_mode").fetchone()[0])
+
+
+def _then_look(fn: Callable[[Database], T], checkpointer: WalCheckpointer, db: Database) -> T:
+    """``fn(db)``, then a look at the log's size (on the store's thread, which writes it)."""
+    try:
+        return fn(db)
+    finally:
+        checkpointer.look()
