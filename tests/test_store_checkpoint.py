@@ -1,19 +1,20 @@
-"""The SQLite store's write-ahead log is copied back by the checkpointer's thread (engine/store/checkpointer.py), not
-inside a commit on the store's thread: real SQLite files, the real store, its threads as they run."""
+"""The SQLite store's write-ahead log is copied back by the checkpointer's thread, a little at a time
+(engine/store/checkpointer.py), not inside a commit on the store's thread: real SQLite files, the real store, its
+threads as they run."""
 
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
+import sqlite3
 import threading
 from pathlib import Path
 
 from conftest import HANG_GUARD
 
-from engine.store.checkpointer import KEPT_BYTES, LOOK_EVERY
 from engine.store.sqlite import SqliteStore
 
-ENTRY = {"output": "x" * 2000}  # an audit-log entry: about 16 KiB of log with its pages and indexes
+ENTRY = {"output": "x" * 2000}  # an audit-log entry: a few pages of log with its indexes
 
 
 async def _write(store: SqliteStore, count: int) -> None:
@@ -36,49 +37,45 @@ async def _copied_all(store: SqliteStore) -> tuple[int, int, int]:
     return checkpointer.last
 
 
-def _wal_size(path: Path) -> int:
-    return os.stat(f"{path}-wal").st_size
+def _frames_in_log(path: Path) -> int:
+    """The frames the write-ahead log holds now, as SQLite reports them to a connection of the test's own."""
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        _, frames, _ = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(frames)
 
 
-async def test_the_checkpointer_copies_the_log_back_once_it_has_grown(tmp_path: Path) -> None:
-    path = tmp_path / "deploybot.db"
-    store = await SqliteStore.open(path, checkpoint_after_bytes=256 * 1024)
+async def test_the_checkpointer_is_woken_every_so_many_calls(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "deploybot.db", checkpoint_every=16)
     try:
-        await _write(store, LOOK_EVERY * 2)  # about 1.6 MiB of log, looked at twice
+        await _write(store, 15)
+        assert store.checkpointer.checkpoints == 0
+        await _write(store, 1)  # the 16th call
         assert await asyncio.to_thread(store.checkpointer.wait_for, 1, HANG_GUARD)
-        busy, frames, copied = await _copied_all(store)
-        assert (busy, copied) == (0, frames) and frames > 0
-        assert store.checkpointer.ident != store.thread_ident  # its own thread, on its own connection
+        busy, frames, copied = store.checkpointer.last or (None, None, None)
+        assert busy == 0 and frames and copied  # the entries' frames, copied on the checkpointer's own connection
+        assert store.checkpointer.ident != store.thread_ident
     finally:
         await store.close()
 
 
-async def test_a_log_copied_back_starts_again_and_its_file_is_cut_down(tmp_path: Path) -> None:
+async def test_a_log_copied_back_starts_again_from_its_beginning(tmp_path: Path) -> None:
     path = tmp_path / "deploybot.db"
-    store = await SqliteStore.open(path, checkpoint_after_bytes=64 * 1024 * 1024)  # only when woken
+    store = await SqliteStore.open(path, checkpoint_every=10_000)  # only when woken here
     try:
-        await _write(store, 60)  # about 1.5 MiB of log: past the size it is cut down to, short of the backstop
-        assert _wal_size(path) > KEPT_BYTES
-        await _copied_all(store)
-        await _write(store, 1)  # the next commit starts the log again from its beginning
-        assert _wal_size(path) <= KEPT_BYTES
+        await _write(store, 60)
+        before = _frames_in_log(path)
+        busy, frames, copied = await _copied_all(store)
+        assert (busy, copied) == (0, frames) and frames >= before
+        await _write(store, 1)  # the next commit starts the log again: it holds this entry's frames alone
+        assert _frames_in_log(path) < before / 10
         assert len(await store.read_log(limit=1000)) == 61  # nothing was lost on the way
     finally:
         await store.close()
 
 
-async def test_a_small_log_is_left_to_grow(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "deploybot.db")  # the default size: 2 MiB
-    try:
-        await _write(store, LOOK_EVERY)  # about 1 MiB
-        assert store.checkpointer.checkpoints == 0
-    finally:
-        await store.close()
-
-
 async def test_closing_the_store_ends_its_checkpointer(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "deploybot.db", checkpoint_after_bytes=1)
-    await _write(store, LOOK_EVERY)
+    store = await SqliteStore.open(tmp_path / "deploybot.db", checkpoint_every=1)
+    await _write(store, 1)
     assert await asyncio.to_thread(store.checkpointer.wait_for, 1, HANG_GUARD)
     ident = store.checkpointer.ident
     await store.close()

@@ -5,7 +5,8 @@ thread (``OwnerThread``). Every public method is a coroutine that ships a small 
 blocks the event loop, writes are serialized without any Python lock, and SQLite's threading rules are kept by
 construction. Writes run in ``BEGIN IMMEDIATE`` transactions so a second process (a CLI reading the same file, a
 test) can only make us wait, never corrupt a read-modify-write. The write-ahead log is copied back into the file by
-a thread of its own (engine/store/checkpointer.py), so no commit on the store's thread stops to do it.
+a thread of its own, a little at a time (engine/store/checkpointer.py), so no commit on the store's thread stops to
+do it.
 
 The store never reads the clock: every timestamp (float epoch seconds) comes from the caller, which owns time.
 Structured fields are JSON columns: dicts in, dicts out. Rows come back as plain dicts keyed by column name.
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +30,7 @@ from typing import Any, Self, TypeVar
 from sqlite_utils import Database
 
 from engine.core.errors import EngineError
-from engine.store.checkpointer import AFTER_BYTES, BACKSTOP_PAGES, KEPT_BYTES, LOOK_EVERY, WalCheckpointer
+from engine.store.checkpointer import BACKSTOP_PAGES, EVERY_CALLS, WalCheckpointer
 from engine.store.migrations import applied_migrations, apply_migrations
 from engine.store.owner_thread import OwnerThread
 from engine.store.records import Records
@@ -98,13 +98,15 @@ class SqliteStore(Records):
         db: Database,
         columns: Mapping[str, frozenset[str]],
         checkpointer: WalCheckpointer,
+        checkpoint_every: int = EVERY_CALLS,
     ) -> None:
         self._path = path
         self._thread = thread
         self._db = db
         self._columns = columns  # read from the migrated schema, so a new column needs no code change here
         self._checkpointer = checkpointer
-        self._calls = 0  # since the last look at the log's size
+        self._checkpoint_every = checkpoint_every
+        self._calls = 0  # since the checkpointer was last woken
         self._closed = False
 
     # -- lifecycle
@@ -116,11 +118,12 @@ class SqliteStore(Records):
         *,
         on_statement: Callable[[str], None] | None = None,
         init: bool = False,
-        checkpoint_after_bytes: int = AFTER_BYTES,
+        checkpoint_every: int = EVERY_CALLS,
     ) -> SqliteStore:
         """Open (creating dirs and file as needed) and migrate. ``on_statement`` sees every SQL statement run,
         on the store's thread (for tracing and for tests that check which thread touches the connection);
-        ``checkpoint_after_bytes``: the write-ahead log's size from which it is copied back (WalCheckpointer).
+        ``checkpoint_every``: the calls between two wake-ups of the thread that copies the write-ahead log back
+        (WalCheckpointer).
 
         Raises ``DatabaseUnusable`` (one sentence: which file, what is wrong, what to do) for a file that is not
         an SQLite database or is damaged, one that cannot be read or written, and a zero-byte file unless
@@ -150,7 +153,6 @@ class SqliteStore(Records):
                 db.execute("PRAGMA synchronous=NORMAL")
                 # The checkpointer's thread copies the log back first; this connection's checkpoint is the backstop.
                 db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
-                db.execute(f"PRAGMA journal_size_limit={KEPT_BYTES}")
                 apply_migrations(db)
                 columns = {t.name: frozenset(c.name for c in t.columns) for t in db.tables}
             except sqlite3.DatabaseError as exc:
@@ -166,7 +168,7 @@ class SqliteStore(Records):
         except BaseException:
             thread.stop()
             raise
-        return cls(path, thread, db, columns, WalCheckpointer(path, after_bytes=checkpoint_after_bytes))
+        return cls(path, thread, db, columns, WalCheckpointer(path), checkpoint_every)
 
     async def close(self) -> None:
         """Close after every call already submitted has finished; later calls raise RuntimeError."""
@@ -202,9 +204,9 @@ class SqliteStore(Records):
         if self._closed:
             raise RuntimeError(f"SqliteStore({self._path}) is closed")
         self._calls += 1
-        if self._calls == LOOK_EVERY:  # and after it, the store's thread looks at the log's size
+        if self._calls >= self._checkpoint_every:
             self._calls = 0
-            fn = functools.partial(_then_look, fn, self._checkpointer)
+            self._checkpointer.wake()
         try:
             # The caller's context goes along: a fenced write (statements.fencing) is checked on the store's thread.
             return await self._thread.run(fn, self._db)
@@ -260,11 +262,3 @@ class SqliteStore(Records):
 
     async def journal_mode(self) -> str:
         return await self._run(lambda db: db.conn.execute("PRAGMA journal_mode").fetchone()[0])
-
-
-def _then_look(fn: Callable[[Database], T], checkpointer: WalCheckpointer, db: Database) -> T:
-    """``fn(db)``, then a look at the log's size (on the store's thread, which writes it)."""
-    try:
-        return fn(db)
-    finally:
-        checkpointer.look()
