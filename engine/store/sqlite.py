@@ -198,6 +198,7 @@ class SqliteStore(Records):
 
     @property
     def checkpointer(self) -> WalCheckpointer:
+        """The thread that copies the write-ahead log back (engine/store/checkpointer.py)."""
         return self._checkpointer
 
     async def _run(self, fn: Callable[[Database], T]) -> T:
