@@ -5,11 +5,16 @@ threads as they run."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
 from conftest import HANG_GUARD
 
+from engine.store.checkpointer import WalCheckpointer
 from engine.store.sqlite import SqliteStore
 
 ENTRY = {"output": "x" * 2000}  # an audit-log entry: a few pages of log with its indexes
@@ -79,3 +84,33 @@ async def test_closing_the_store_ends_its_checkpointer(tmp_path: Path) -> None:
     ident = store.checkpointer.ident
     await store.close()
     assert ident not in {thread.ident for thread in threading.enumerate()}
+
+
+async def test_a_failing_checkpoint_is_logged_once_and_so_is_its_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "deploybot.db"
+    path.write_bytes(b"not a database at all\n" * 200)
+    checkpointer = WalCheckpointer(path)
+    try:
+        with caplog.at_level(logging.INFO, logger="engine.store.checkpointer"):
+            for attempt in (1, 2, 3):
+                checkpointer.wake()
+                assert await asyncio.to_thread(checkpointer.wait_for, 0, HANG_GUARD, failed=attempt)
+            reason = checkpointer.failing
+            assert reason is not None and "not a database" in reason
+            path.unlink()
+            with contextlib.closing(sqlite3.connect(path)) as database:  # the file made good again
+                database.execute("PRAGMA journal_mode=WAL")
+                database.execute("CREATE TABLE entries (text TEXT)")
+                database.commit()
+                checkpointer.wake()
+                assert await asyncio.to_thread(checkpointer.wait_for, 1, HANG_GUARD)
+        assert checkpointer.failing is None
+        said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "engine.store.checkpointer"]
+        assert said == [
+            ("WARNING", f"could not checkpoint {path} (tried again at the next wake-up): {reason}"),
+            ("INFO", f"checkpoints of {path} work again"),
+        ]
+    finally:
+        checkpointer.stop()

@@ -16,8 +16,9 @@ followed by the next, and SQLite's own at 1,000 pages (``BACKSTOP_PAGES``) is ke
 the log copied already. Measured on a bare SQLite file, commits a few milliseconds apart: the time commits spent
 over 2 ms fell from 674 ms to 5 ms in six seconds; committing without pause, from 3,081 to 1,491 ms.
 
-A checkpoint that fails (the disk, a lock held by another process) is logged and tried again at the next wake-up: it
-loses nothing, the log is only longer.
+A checkpoint that fails (the disk, a lock held by another process) is tried again at the next wake-up: it loses
+nothing, the log is only longer. It is logged once (a warning; again only when the reason changes), and its end
+once (checkpoints work again), not at every wake-up: a disk that stays broken must not flood the log.
 """
 
 from __future__ import annotations
@@ -45,8 +46,12 @@ class WalCheckpointer:
         self._done = threading.Condition()
         self.checkpoints = 0
         """How many checkpoints this thread has run."""
+        self.attempts_failed = 0
+        """How many of its attempts failed."""
         self.last: tuple[int, int, int] | None = None
         """The last checkpoint's (busy, frames in the log, frames copied), as SQLite reports it."""
+        self.failing: str | None = None
+        """Why the checkpoints fail, while they do."""
         self._thread = threading.Thread(target=self._serve, name="deploybot-checkpoint", daemon=True)
         self._thread.start()
 
@@ -60,10 +65,11 @@ class WalCheckpointer:
         """Checkpoint now (once the checkpoint under way, if any, has finished); from any thread."""
         self._due.set()
 
-    def wait_for(self, count: int, timeout: float) -> bool:
-        """Block until ``count`` checkpoints have run (False after ``timeout`` seconds): for tests."""
+    def wait_for(self, count: int, timeout: float, *, failed: int = 0) -> bool:
+        """Block until ``count`` checkpoints have run and ``failed`` attempts failed (False after ``timeout``
+        seconds): for tests."""
         with self._done:
-            return self._done.wait_for(lambda: self.checkpoints >= count, timeout)
+            return self._done.wait_for(lambda: self.checkpoints >= count and self.attempts_failed >= failed, timeout)
 
     def stop(self) -> None:
         """End the thread (a checkpoint under way finishes first)."""
@@ -84,12 +90,26 @@ class WalCheckpointer:
                         connection = sqlite3.connect(self._path, check_same_thread=False, timeout=10.0)
                     busy, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.Error as exc:
-                    log.warning("could not checkpoint %s (tried again at the next wake-up): %s", self._path, exc)
+                    if connection is not None:  # opened afresh next time: the file may have been replaced
+                        connection.close()
+                        connection = None
+                    self._failed(str(exc))
                     continue
+                if self.failing is not None:
+                    log.info("checkpoints of %s work again", self._path)
                 with self._done:
+                    self.failing = None
                     self.checkpoints += 1
                     self.last = (busy, frames, copied)
                     self._done.notify_all()
         finally:
             if connection is not None:
                 connection.close()
+
+    def _failed(self, reason: str) -> None:
+        if reason != self.failing:
+            log.warning("could not checkpoint %s (tried again at the next wake-up): %s", self._path, reason)
+        with self._done:
+            self.failing = reason
+            self.attempts_failed += 1
+            self._done.notify_all()
