@@ -6,16 +6,16 @@ log into the database file and fsyncs both. Measured here (one-host deployments,
 took 10-18 ms, once every 12 deployments or so, and every call queued behind it on the store's one thread waited as
 long: agents' results, their next commands, API requests.
 
-This thread gets there first, and often: the store wakes it every ``EVERY_CALLS`` calls (about one one-host
-deployment's, some 80 pages of log), and it runs ``PRAGMA wal_checkpoint(PASSIVE)`` on a connection of its own. That
-copies what no reader still needs without taking the writer's lock, so commits go on meanwhile, and the fsyncs are
-this thread's. A checkpoint that copied all of the log lets the next commit start the log again from its beginning
-(the file keeps its size, as SQLite leaves it: cutting it down cost that commit a millisecond per MiB). Small and
-frequent, checkpoints mostly catch up before the next commit; the few that cannot (writes that never pause) are
-followed by the next, and SQLite's own at 1,000 pages (``BACKSTOP_PAGES``) is kept as the backstop, finding most of
-the log copied already. Measured on a bare SQLite file for six seconds, commits of one 3 KB row in bursts of 30
-with 10 ms between bursts: the time commits spent over 2 ms fell from 674 ms to 5 ms; committing without pause,
-from 3,081 to 1,491 ms.
+This thread gets there first, and often: the store tells it of each of its calls, and every ``EVERY_CALLS``-th
+(about one one-host deployment's, some 80 pages of log) wakes it to run ``PRAGMA wal_checkpoint(PASSIVE)`` on a
+connection of its own. That copies what no reader still needs without taking the writer's lock, so commits go on
+meanwhile, and the fsyncs are this thread's. A checkpoint that copied all of the log lets the next commit start the
+log again from its beginning (the file keeps its size, as SQLite leaves it: cutting it down cost that commit a
+millisecond per MiB). Small and frequent, checkpoints mostly catch up before the next commit; the few that cannot
+(writes that never pause) are followed by the next, and SQLite's own at 1,000 pages (``BACKSTOP_PAGES``) is kept as
+the backstop, finding most of the log copied already. Measured on a bare SQLite file for six seconds, commits of one
+3 KB row in bursts of 30 with 10 ms between bursts: the time commits spent over 2 ms fell from 674 ms to 5 ms;
+committing without pause, from 3,081 to 1,491 ms.
 
 A checkpoint that fails (the disk, a lock held by another process) is tried again at the next wake-up: it loses
 nothing, the log is only longer. It is logged once (a warning; again only when the reason changes), and its end
@@ -38,10 +38,12 @@ BACKSTOP_PAGES = 1000
 
 
 class WalCheckpointer:
-    """See the module docstring. ``stop`` once the store is closed."""
+    """See the module docstring. ``called`` for each call to the store; ``stop`` once the store is closed."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, every_calls: int = EVERY_CALLS) -> None:
         self._path = path
+        self._every_calls = every_calls
+        self._calls = 0  # since the last wake-up, counted on the one thread that calls ``called``
         self._due = threading.Event()
         self._stopping = False
         self._done = threading.Condition()
@@ -61,6 +63,13 @@ class WalCheckpointer:
         """``threading.get_ident()`` of the thread."""
         assert self._thread.ident is not None  # started in __init__
         return self._thread.ident
+
+    def called(self) -> None:
+        """One more call to the store: every ``every_calls``-th wakes the thread."""
+        self._calls += 1
+        if self._calls >= self._every_calls:
+            self._calls = 0
+            self.wake()
 
     def wake(self) -> None:
         """Checkpoint now (once the checkpoint under way, if any, has finished); from any thread."""

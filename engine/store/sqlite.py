@@ -98,15 +98,12 @@ class SqliteStore(Records):
         db: Database,
         columns: Mapping[str, frozenset[str]],
         checkpointer: WalCheckpointer,
-        checkpoint_every: int = EVERY_CALLS,
     ) -> None:
         self._path = path
         self._thread = thread
         self._db = db
         self._columns = columns  # read from the migrated schema, so a new column needs no code change here
         self._checkpointer = checkpointer
-        self._checkpoint_every = checkpoint_every
-        self._calls = 0  # since the checkpointer was last woken
         self._closed = False
 
     # -- lifecycle
@@ -168,7 +165,7 @@ class SqliteStore(Records):
         except BaseException:
             thread.stop()
             raise
-        return cls(path, thread, db, columns, WalCheckpointer(path), checkpoint_every)
+        return cls(path, thread, db, columns, WalCheckpointer(path, every_calls=checkpoint_every))
 
     async def close(self) -> None:
         """Close after every call already submitted has finished; later calls raise RuntimeError."""
@@ -204,10 +201,7 @@ class SqliteStore(Records):
     async def _run(self, fn: Callable[[Database], T]) -> T:
         if self._closed:
             raise RuntimeError(f"SqliteStore({self._path}) is closed")
-        self._calls += 1
-        if self._calls >= self._checkpoint_every:
-            self._calls = 0
-            self._checkpointer.wake()
+        self._checkpointer.called()
         try:
             # The caller's context goes along: a fenced write (statements.fencing) is checked on the store's thread.
             return await self._thread.run(fn, self._db)
