@@ -155,26 +155,24 @@ class CommandExecutor:
         deployment_dir = await self._deployment_dir(spec)
         bundle = self.layout.bundle_path(deployment_dir)
         partial = bundle.with_name(bundle.name + ".part")
-        held = self._held.pop(revision.sha256, None)
-        reused = held is not None and await asyncio.to_thread(_reuse, held, partial, revision.sha256)
-        try:
-            sha256 = revision.sha256 if reused else await self._fetch(revision.url, partial)
-        except Exception as exc:
-            partial.unlink(missing_ok=True)
-            raise _Failed(f"DownloadBundle: could not download {revision.url}: {exc}") from exc
-        if sha256 != revision.sha256:
-            partial.unlink(missing_ok=True)
-            raise _Failed(
-                f"DownloadBundle: the bundle's sha256 is {sha256} but the revision is {revision.sha256} "
-                f"({revision.url}); the download was corrupted or the server sent another revision"
-            )
-        os.replace(partial, bundle)
         archive = self.layout.archive_dir(deployment_dir)
-        try:
-            await asyncio.to_thread(_extract_fresh, bundle, archive)
-        except BundleError as exc:
-            raise _Failed(f"DownloadBundle: unsafe or unreadable bundle: {exc}") from exc
-        self.layout.record_most_recent_install(spec.deployment_group_id, deployment_dir)
+        unpacked = functools.partial(self._unpack, partial, bundle, archive, spec.deployment_group_id, deployment_dir)
+        held = self._held.pop(revision.sha256, None)
+        # One worker thread's trip for an earlier download of the revision: checked, linked, unpacked, recorded.
+        reused = held is not None and await asyncio.to_thread(_reuse, held, partial, revision.sha256, then=unpacked)
+        if not reused:
+            try:
+                sha256 = await self._fetch(revision.url, partial)
+            except Exception as exc:
+                partial.unlink(missing_ok=True)
+                raise _Failed(f"DownloadBundle: could not download {revision.url}: {exc}") from exc
+            if sha256 != revision.sha256:
+                partial.unlink(missing_ok=True)
+                raise _Failed(
+                    f"DownloadBundle: the bundle's sha256 is {sha256} but the revision is {revision.sha256} "
+                    f"({revision.url}); the download was corrupted or the server sent another revision"
+                )
+            await asyncio.to_thread(unpacked)
         self._prune_due[spec.deployment_group_id] = deployment_dir
         self._held[revision.sha256] = bundle
         while len(self._held) > HELD_BUNDLES:
@@ -182,6 +180,16 @@ class CommandExecutor:
         if reused:
             return HookOutcome(_OK, f"extracted revision {revision.sha256[:12]} from its bundle already on this host")
         return HookOutcome(_OK, f"downloaded and extracted revision {revision.sha256[:12]}")
+
+    def _unpack(self, partial: Path, bundle: Path, archive: Path, group_id: str, deployment_dir: Path) -> None:
+        """In a worker thread: the downloaded bundle put in its place, unpacked afresh and recorded as the group's most
+        recent install; _Failed for a bundle unsafe to unpack."""
+        os.replace(partial, bundle)
+        try:
+            _extract_fresh(bundle, archive)
+        except BundleError as exc:
+            raise _Failed(f"DownloadBundle: unsafe or unreadable bundle: {exc}") from exc
+        self.layout.record_most_recent_install(group_id, deployment_dir)
 
     def tidy_soon(self) -> None:
         """Start deleting old revisions in the background; the agent calls it once it has been idle a while (see
@@ -300,9 +308,10 @@ def _retrieved(made: asyncio.Future[Path]) -> None:
         made.exception()
 
 
-def _reuse(held: Path, dest: Path, sha256: str) -> bool:
+def _reuse(held: Path, dest: Path, sha256: str, *, then: Callable[[], None]) -> bool:
     """Link ``held``, an earlier download of the revision, to ``dest`` when its content still hashes to ``sha256``
-    (it was not pruned, truncated or edited since); False, with nothing left at ``dest``, when it cannot be used."""
+    (it was not pruned, truncated or edited since), then call ``then``; False, with nothing left at ``dest`` and
+    ``then`` not called, when it cannot be used."""
     import hashlib
 
     try:
@@ -316,6 +325,7 @@ def _reuse(held: Path, dest: Path, sha256: str) -> bool:
     if digest.hexdigest() != sha256:
         dest.unlink(missing_ok=True)
         return False
+    then()
     return True
 
 
