@@ -326,19 +326,20 @@ async def test_a_revision_the_host_still_holds_is_not_downloaded_again(fleet: Fa
 
 
 @pytest.mark.parametrize(
-    ("payload_bytes", "acls", "unpacked_on_loop", "installed_on_loop"),
+    ("payload", "acls", "unpacked_on_loop", "installed_on_loop"),
     [
-        (1_000, False, True, True),  # a small revision: no worker thread's round trip for either
-        (1_200_000, False, False, False),  # a bundle over 1 MiB: heartbeats must keep their time meanwhile
-        (1_000, True, True, False),  # permissions with acls run setfacl per path
+        (("random", 1_000), False, True, True),  # a small revision: no worker thread's round trip for either
+        (("random", 300_000), False, False, False),  # over 256 KiB: heartbeats must keep their time meanwhile
+        (("zeros", 2_000_000), False, False, False),  # a small bundle, but 2 MB once unpacked (its gzip trailer says)
+        (("random", 1_000), True, True, False),  # permissions with acls run setfacl per path
     ],
-    ids=["small", "big", "small-with-acls"],
+    ids=["small", "big", "small-bundle-big-tar", "small-with-acls"],
 )
 async def test_a_small_revision_is_unpacked_and_installed_on_the_agents_loop_a_big_one_in_a_worker_thread(
     fleet: FakeFleet,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    payload_bytes: int,
+    payload: tuple[str, int],
     acls: bool,
     unpacked_on_loop: bool,
     installed_on_loop: bool,
@@ -348,7 +349,8 @@ async def test_a_small_revision_is_unpacked_and_installed_on_the_agents_loop_a_b
 
     revision = tmp_path / "revision"
     revision.mkdir()
-    (revision / "payload.bin").write_bytes(os.urandom(payload_bytes))  # random: the bundle is as big as its files
+    kind, size = payload
+    (revision / "payload.bin").write_bytes(os.urandom(size) if kind == "random" else bytes(size))
     permissions = "permissions:\n  - object: /srv/app/payload.bin\n    acls: ['u:nobody:r']\n" if acls else ""
     (revision / "appspec.yml").write_text(
         "version: 0.0\nos: linux\nfiles:\n  - source: payload.bin\n    destination: /srv/app\n" + permissions
@@ -378,6 +380,30 @@ async def test_a_small_revision_is_unpacked_and_installed_on_the_agents_loop_a_b
     loop_thread = threading.get_ident()
     assert (threads["unpacked"] == loop_thread) is unpacked_on_loop
     assert (threads["installed"] == loop_thread) is installed_on_loop
+
+
+def test_the_agent_reads_a_bundles_unpacked_size_from_its_gzip_trailer_or_a_plain_tars_size(tmp_path: Path) -> None:
+    import gzip
+    import tarfile
+
+    from engine.agent.executor import _tar_bytes
+
+    revision = tmp_path / "revision"
+    revision.mkdir()
+    (revision / "appspec.yml").write_text("version: 0.0\nos: linux\n")
+    (revision / "data").write_bytes(bytes(100_000))
+    built = build_bundle(revision, tmp_path / "bundles")
+    assert _tar_bytes(built.path) == len(gzip.decompress(built.path.read_bytes()))
+    plain = tmp_path / "plain.tar"
+    plain.write_bytes(gzip.decompress(built.path.read_bytes()))
+    assert _tar_bytes(plain) == plain.stat().st_size
+    other = tmp_path / "bundle.tar.bz2"
+    with tarfile.open(other, "w:bz2") as archive:
+        archive.add(revision / "appspec.yml", "appspec.yml")
+    short = tmp_path / "short.gz"
+    short.write_bytes(b"\x1f\x8b\x08")
+    # Unknown: unpacked and installed in a worker thread.
+    assert _tar_bytes(other) is None and _tar_bytes(short) is None and _tar_bytes(tmp_path / "missing") is None
 
 
 async def test_old_revisions_go_only_while_the_agent_waits_and_the_next_command_waits_for_them(
