@@ -193,8 +193,8 @@ class CommandExecutor:
         return HookOutcome(_OK, f"downloaded and extracted revision {revision.sha256[:12]}")
 
     def _unpack(self, partial: Path, bundle: Path, archive: Path, group_id: str, deployment_dir: Path) -> None:
-        """In a worker thread: the downloaded bundle put in its place, unpacked afresh and recorded as the group's most
-        recent install; _Failed for a bundle unsafe to unpack."""
+        """The downloaded bundle put in its place, unpacked afresh and recorded as the group's most recent install (on
+        the loop or in a worker thread, see ``_on_loop_if_small``); _Failed for a bundle unsafe to unpack."""
         os.replace(partial, bundle)
         try:
             _extract_fresh(bundle, archive)
@@ -319,7 +319,10 @@ async def _on_loop_if_small(bundle: Path | None, work: Callable[P, T], /, *args:
 
 def _tar_bytes(bundle: Path) -> int | None:
     """The size of the tar ``bundle`` holds, read without unpacking it: a plain tar's own size, a gzip's from its
-    trailer (ISIZE, RFC 1952: what ``deploybot`` builds); None for another compression or a file it cannot read."""
+    trailer (ISIZE, RFC 1952: what ``deploybot`` builds); None for another compression or a file it cannot read.
+
+    ISIZE is the size modulo 4 GiB: a tar that big, which the bundle limits refuse (2 GiB unpacked), would be read
+    for small and its headers checked on the loop before the refusal."""
     try:
         with open(bundle, "rb") as file:
             head = file.read(_USTAR_END)
