@@ -47,7 +47,7 @@ ON_LOOP_TAR_BYTES = 256 * 1024
 unpacked and installed on the agent's own event loop, which has nothing else to do meanwhile but a heartbeat every few
 seconds: milliseconds of work for an app's few files (at worst 0.07-0.23 s to unpack, as long to install: 500 empty
 files on the bench's VM), where handing it to a worker thread and back cost 0.2-0.3 ms per event there (a one-host
-deployment took 0.7-1.0 ms less on the loop). A bigger one, or one whose size the agent cannot read, is unpacked and
+deployment took 0.3-1.0 ms less on the loop). A bigger one, or one whose size the agent cannot read, is unpacked and
 installed in a worker thread, so that heartbeats keep their time whatever the revision holds."""
 TOKEN_VARIABLE = "DEPLOYBOT_AGENT_TOKEN"
 """The agent token's environment variable (``deploybot agent``): never handed to a hook, not even through ``--env``."""
