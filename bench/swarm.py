@@ -352,7 +352,7 @@ def swarm(settings: Settings) -> list[Figure]:
             runs = run_swarm(workdir, hosts, rounds=settings.swarm_rounds)
             # Right after, on the same machine state: what the same hosts' result POSTs cost a bare server.
             floors = floor.measure(workdir / "floor", hosts, free_port, settings.swarm_rounds)
-        sizes[hosts] = size = _Size.of(runs, floors)
+        sizes[hosts] = size = _Size(runs, floors)
         _show_size(settings.console, size)
         figures += _size_figures(size)
     return figures + _growth_figures(sizes)
@@ -360,31 +360,39 @@ def swarm(settings: Settings) -> list[Figure]:
 
 @dataclass(frozen=True, slots=True)
 class _Size:
-    """One size's timed deployments and floors, as the per-round lists its figures are medians (and ranges) of."""
+    """One size's timed deployments and floors; its figures are medians (and ranges) of the per-round lists below."""
 
     runs: Sequence[SwarmRun]
-    wall_s: list[float]
-    per_host_ms: list[float]
-    cpu_per_event_ms: list[float]
-    swarm_cpu_per_event_ms: list[float]  # the simulated agents' own: the same trivial work per event at every size
-    floor_cpu_ms: dict[str, list[float]]  # mode -> per round
-    floor_per_host_ms: dict[str, list[float]]
-
-    @classmethod
-    def of(cls, runs: Sequence[SwarmRun], floors: Mapping[str, Sequence[floor.Floor]]) -> _Size:
-        return cls(
-            runs,
-            wall_s=[run.wall_s for run in runs],
-            per_host_ms=[run.per_host_ms for run in runs],
-            cpu_per_event_ms=[run.cpu_per_event_ms for run in runs],
-            swarm_cpu_per_event_ms=[run.swarm_cpu_per_event_ms for run in runs],
-            floor_cpu_ms={mode: [f.cpu_per_request_ms for f in measured] for mode, measured in floors.items()},
-            floor_per_host_ms={mode: [f.per_host_ms for f in measured] for mode, measured in floors.items()},
-        )
+    floors: Mapping[str, Sequence[floor.Floor]]  # mode -> per round
 
     @property
     def hosts(self) -> int:
         return self.runs[0].hosts
+
+    @property
+    def wall_s(self) -> list[float]:
+        return [run.wall_s for run in self.runs]
+
+    @property
+    def per_host_ms(self) -> list[float]:
+        return [run.per_host_ms for run in self.runs]
+
+    @property
+    def cpu_per_event_ms(self) -> list[float]:
+        return [run.cpu_per_event_ms for run in self.runs]
+
+    @property
+    def swarm_cpu_per_event_ms(self) -> list[float]:
+        """The simulated agents' own: the same trivial work per event at every size."""
+        return [run.swarm_cpu_per_event_ms for run in self.runs]
+
+    @property
+    def floor_cpu_ms(self) -> dict[str, list[float]]:
+        return {mode: [f.cpu_per_request_ms for f in measured] for mode, measured in self.floors.items()}
+
+    @property
+    def floor_per_host_ms(self) -> dict[str, list[float]]:
+        return {mode: [f.per_host_ms for f in measured] for mode, measured in self.floors.items()}
 
 
 def _show_size(console: Console, size: _Size) -> None:
