@@ -332,7 +332,7 @@ def _tar_bytes(bundle: Path) -> int | None:
             if head[_USTAR_START:_USTAR_END] == b"ustar":
                 return os.fstat(file.fileno()).st_size
     except OSError:
-        pass
+        return None
     return None
 
 
