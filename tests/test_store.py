@@ -509,28 +509,69 @@ async def test_open_commands_can_be_listed_without_their_payload(store: AnyStore
     assert await store.open_commands("InProgress") == [{"id": second, "host": "web-2"}]
 
 
-async def test_the_open_commands_are_found_without_reading_the_history(tmp_path: Path) -> None:
-    """The heartbeat monitor lists them every second: through an index led by status, not a scan of every command
-    ever queued (which grows with the history). A batch of heartbeats still finds its own hosts' claims by host,
-    not by reading every InProgress command of a 1,000-host deployment."""
+async def test_every_read_and_write_of_the_commands_goes_through_an_index_not_the_history(tmp_path: Path) -> None:
+    """``host_commands`` keeps every command ever queued. Each statement a command's life runs (queued, claimed with
+    its run, finished, cancelled, released; the heartbeats' claims, the monitor's rounds, the hosts page's list, a
+    bundle's check, a replica's read-back) finds its rows through an index: a search, or the scan of a partial index
+    of open commands, never the table. A batch of heartbeats finds its own hosts' claims by host, not every
+    InProgress command of a 1,000-host deployment (migration 0013)."""
     statements: list[str] = []
     async with await SqliteStore.open(tmp_path / "state.db", on_statement=statements.append) as traced:
-        await traced.enqueue_command("web-1", "d-1", "Install", {"x": 1}, at=T0)
+        await traced.create_deployment(deployment("d-1", status="InProgress", revision_sha256="abc"))
+        await traced.enqueue_command_runs([("web-1", "d-old", ["Install"], {})], at=T0)
         statements.clear()
-        assert await traced.open_commands("Pending") == [{"id": 1, "host": "web-1"}]  # all the monitor reads
-        (monitor,) = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
-        statements.clear()
+        await traced.enqueue_command_runs(
+            [("web-1", "d-1", ["BeforeInstall", "Install", "AfterInstall"], {}), ("web-2", "d-1", ["Install"], {})],
+            at=T0,
+            hand_to={"web-2": True},
+        )
+        await traced.enqueue_command_once("web-2", "d-1", "Install", {}, at=T0)
+        claimed = await traced.claim_next_command("web-1", at=T0, with_run=True)
+        assert claimed is not None and claimed["event"] == "Install"  # d-old's, queued first
+        first = await traced.claim_next_command("web-1", at=T0, with_run=True)
+        assert first is not None and [step["event"] for step in first["then"]] == ["Install", "AfterInstall"]
+        reports = [(first["id"], "web-1", "Succeeded", {}, first["then"][0]["id"])]
+        [(_, _, go_on)] = await traced.finish_commands(reports, at=T0 + 1)
+        assert go_on
+        await traced.finish_commands([(first["then"][0]["id"], "web-1", "Failed", {}, None)], at=T0 + 2)
+        assert await traced.release_command(claimed["id"])
         await traced.record_heartbeats([("web-1", T0, {}, "1", "online"), ("web-2", T0, {}, "1", "online")])
-        (claims,) = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
+        assert [c["host"] for c in await traced.open_commands("Pending")] == ["web-1"]
+        assert [c["host"] for c in await traced.open_commands("InProgress")] == ["web-2"]
+        assert [c["host"] for c in await traced.list_commands(status="InProgress", payload=False)] == ["web-2"]
+        assert await traced.host_uses_revision("web-1", "abc")
+        assert not await traced.host_uses_revision("web-9", "abc")
+        assert len(await traced.finished_commands("d-1")) == 2
+        assert await traced.complete_command(claimed["id"], "Cancelled", None, at=T0 + 3)
+        await traced.cancel_commands("d-1", at=T0 + 3)
 
-    def plan(query: str, value: str) -> str:
-        with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
-            return " ".join(
-                str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {query}", (value,) * query.count("?"))
-            )
+    touching = {sql for sql in statements if "host_commands" in sql and not sql.startswith(("BEGIN", "COMMIT"))}
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        plans = {sql: [str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {sql}")] for sql in touching}
+    reads = [plan for plan in plans.values() if plan]  # an INSERT has no plan
+    assert len(reads) >= 14, plans
+    for sql, plan in plans.items():
+        for step in plan:
+            if step.startswith("SCAN host_commands"):  # a scan is only ever of the open commands' partial indexes
+                assert step.endswith(("INDEX host_commands_pending", "INDEX host_commands_in_progress")), (sql, plan)
+            if step.startswith("SCAN deployments"):
+                raise AssertionError((sql, plan))
+    heartbeat_claims = [p for sql, p in plans.items() if "status = 'InProgress' AND host IN" in sql]
+    assert heartbeat_claims == [["SEARCH host_commands USING INDEX host_commands_in_progress (host=?)"]]
 
-    assert "USING INDEX host_commands_by_status" in plan(monitor, "Pending"), plan(monitor, "Pending")
-    assert "host_commands_queue (host=? AND status=?)" in plan(claims, "web-1"), plan(claims, "web-1")
+
+async def test_the_indexes_of_open_commands_are_partial_and_the_deployments_index_has_no_status(tmp_path: Path) -> None:
+    """Migration 0013: a claim moves a command from one partial index to the other and a finish drops it, so both stay
+    the size of the queue; the index of a deployment's commands has no status, which a claim or a finish leaves alone.
+    Whether a host ever had a revision starts from the revision's deployments."""
+    await (await SqliteStore.open(tmp_path / "state.db")).close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        definitions = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
+    assert definitions["host_commands_pending"].endswith("(host, id) WHERE status = 'Pending'")
+    assert definitions["host_commands_in_progress"].endswith("(host, id) WHERE status = 'InProgress'")
+    assert definitions["host_commands_by_deployment"].endswith("(deployment_id, host)")
+    assert definitions["deployments_by_revision"].endswith("(revision_sha256)")
+    assert not {"host_commands_queue", "host_commands_by_status"} & set(definitions)
 
 
 async def test_a_run_is_queued_up_to_the_first_event_its_host_already_has_in_that_deployment(store: AnyStore) -> None:
@@ -612,7 +653,7 @@ async def test_a_hosts_commands_of_a_deployment_are_found_without_reading_its_ot
     assert len(plans) == 3, plans  # what is there, the first event's command, the rest of the run handed over
     pending_after = [sql for sql in plans if "status = 'Pending' AND id >" in sql]
     assert len(pending_after) == 1, plans
-    assert "host_commands_queue (host=? AND status=? AND id>?)" in plans.pop(pending_after[0])
+    assert "host_commands_pending (host=? AND id>?)" in plans.pop(pending_after[0])
     for sql, plan in plans.items():
         assert "host_commands_by_deployment (deployment_id=? AND host=?" in plan, (sql, plan)
 

@@ -35,6 +35,8 @@ from engine.store.statements import (
 )
 
 FINAL_COMMAND_STATUSES = frozenset({"Succeeded", "Failed", "Cancelled"})
+OPEN_COMMAND_STATUSES = ("Pending", "InProgress")
+COMMAND_STATUSES = frozenset({*OPEN_COMMAND_STATUSES, *FINAL_COMMAND_STATUSES})
 _COMMAND_HEAD = "id, host, deployment_id, event, status, created_at, claimed_at, finished_at"
 _UPSERT_AGENT = (
     "INSERT INTO agents (name, tags, version, last_seen, state) VALUES (?, ?, ?, ?, ?)"
@@ -42,8 +44,11 @@ _UPSERT_AGENT = (
     " tags = COALESCE(excluded.tags, agents.tags), version = COALESCE(excluded.version, agents.version),"
     " state = COALESCE(excluded.state, agents.state)"
 )
-# One host's commands of one deployment are found through ``host_commands_by_deployment`` (deployment, host,
-# status): exactly those rows, however many deployments the host had before (migration 0011).
+# The indexes (migration 0013): a host's commands of one deployment through ``host_commands_by_deployment``
+# (deployment, host), exactly those rows however many deployments the host had before; its open ones through
+# ``host_commands_pending`` and ``host_commands_in_progress`` (host, id), partial on their status, which every query
+# meant to use one names as a literal (``status = 'Pending'``): SQLite uses a partial index only for a term it can
+# match, never for a bound parameter.
 _OF_DEPLOYMENT = "deployment_id = ?"
 _LATEST_COMMAND = (
     f"SELECT {_COMMAND_HEAD}, result FROM host_commands"
@@ -58,8 +63,8 @@ _NAMES_PER_READ = 500
 _INSERT_COMMAND = (
     f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
 )
-# Every Pending command of the host after the one claimed (``host_commands_queue``: host, status, id): the rest of
-# its run, and whether anything else waits behind it.
+# Every Pending command of the host after the one claimed (``host_commands_pending``): the rest of its run, and
+# whether anything else waits behind it.
 _PENDING_AFTER = (
     "SELECT id, event, deployment_id FROM host_commands WHERE host = ? AND status = 'Pending' AND id > ? ORDER BY id"
 )
@@ -99,6 +104,21 @@ def _cancel_rest_of_run(host: str, deployment_id: str, at: float) -> Change:
         " AND status = 'Pending'",
         (at, host, deployment_id),
     )
+
+
+def _status_is(statuses: Sequence[str]) -> str:
+    """A condition that ``status`` is one of ``statuses``, written with literals: a single open status is then matched
+    to its partial index, which a bound parameter never is. A status the schema does not know is a caller's typo."""
+    if unknown := sorted(set(statuses) - COMMAND_STATUSES):
+        raise ValueError(f"unknown command statuses: {', '.join(unknown)}")
+    literals = [f"'{status}'" for status in statuses]
+    if len(literals) == 1:
+        return f"status = {literals[0]}"
+    return f"status IN ({', '.join(literals)})" if literals else "1 = 0"
+
+
+def _command_id(row: Row) -> int:
+    return int(row["id"])
 
 
 def _queue_key(deployment_id: str) -> str:
@@ -320,18 +340,25 @@ class CommandRecords(SqlAccess):
         status: str | Sequence[str] | None = None,
         payload: bool = True,
     ) -> list[Row]:
-        where, params = where_clause(host=host, deployment_id=deployment_id, status=status)
+        """The commands ``host``, ``deployment_id`` and ``status`` (one or several) select, oldest first."""
+        where, params = where_clause(host=host, deployment_id=deployment_id)
+        if status is not None:
+            where += " AND " + _status_is((status,) if isinstance(status, str) else tuple(status))
         columns = "*" if payload else _COMMAND_HEAD
-        return await self._fetch(
-            "host_commands", f"SELECT {columns} FROM host_commands WHERE {where} ORDER BY id", params
-        )
+        # Sorted here, not by the SQL: see ``open_commands``.
+        rows = await self._fetch("host_commands", f"SELECT {columns} FROM host_commands WHERE {where}", params)
+        return sorted(rows, key=_command_id)
 
     async def open_commands(self, status: str) -> list[Row]:
         """The commands in ``status`` (Pending or InProgress), oldest first, as ``id`` and ``host`` alone: what the
         heartbeat monitor reads every second. A 1,000-host deployment has 7,000 open, and building their whole heads
         cost the monitor more than the rest of its round."""
-        sql = "SELECT id, host FROM host_commands WHERE status = ? ORDER BY id"
-        return await self._fetch("host_commands", sql, (status,))
+        if status not in OPEN_COMMAND_STATUSES:
+            raise ValueError(f"not an open command status: {status!r}")
+        # Sorted here, not by the SQL: with ORDER BY id, SQLite's planner reads the table in id order (every command
+        # ever queued) rather than the status's partial index and then sorting the few open ones.
+        rows = await self._fetch("host_commands", f"SELECT id, host FROM host_commands WHERE {_status_is((status,))}")
+        return sorted(rows, key=_command_id)
 
     async def finished_commands(self, deployment_id: str) -> list[Row]:
         """The deployment's commands that have a result (Succeeded or Failed), oldest first, without their payload:
@@ -353,11 +380,13 @@ class CommandRecords(SqlAccess):
     async def host_uses_revision(self, host: str, sha256: str) -> bool:
         """Whether ``host`` has (or had) a command of a deployment of revision ``sha256``: the bundles its agent
         may download."""
+        # From the revision's deployments (``deployments_by_revision``) to the host's commands of each
+        # (``host_commands_by_deployment``): no index finds a host's commands of every status by host alone.
         sql = (
-            "SELECT 1 FROM host_commands JOIN deployments ON deployments.id = host_commands.deployment_id"
-            " WHERE host_commands.host = ? AND deployments.revision_sha256 = ? LIMIT 1"
+            "SELECT 1 FROM deployments JOIN host_commands ON host_commands.deployment_id = deployments.id"
+            " WHERE deployments.revision_sha256 = ? AND host_commands.host = ? LIMIT 1"
         )
-        return await self._fetch_one("host_commands", sql, (host, sha256)) is not None
+        return await self._fetch_one("host_commands", sql, (sha256, host)) is not None
 
     # -- agents
 
@@ -377,8 +406,8 @@ class CommandRecords(SqlAccess):
         """Heartbeats of several agents in one transaction (each as ``upsert_agent``); the InProgress commands of
         their hosts without payload, oldest first: the claims the fleet checks against what each agent runs."""
         hosts = sorted({host for host, *_ in beats})
-        # Sorted here, not by the SQL: with ORDER BY id, SQLite's planner prefers the status index and reads every
-        # InProgress command (a 1,000-host deployment's) for each batch, where the queue index finds these hosts'.
+        # Sorted here, not by the SQL: with ORDER BY id, SQLite's planner may read every InProgress command (a
+        # 1,000-host deployment's) in id order for each batch, where ``host_commands_in_progress`` finds these hosts'.
         claims = (
             f"SELECT {_COMMAND_HEAD} FROM host_commands WHERE status = 'InProgress' AND {in_clause('host', len(hosts))}"
         )

@@ -515,6 +515,33 @@ def _wind_up(db: Database) -> None:
         db.execute(statement)
 
 
+# Each lifecycle event's command changes status twice (claimed, then finished), and every index holding ``status``
+# moved its entry each time: three indexes, two moves per change, for a table that keeps every command ever queued.
+# Only the open commands are looked for by status (a host's oldest Pending one, the rest of its run, the InProgress
+# ones the heartbeats check, the monitor's rounds), so the two indexes that find them hold those alone, partial on
+# their status: a claim moves one entry from one to the other, a finish drops one, and both stay the size of the
+# queue, however long the history. A deployment's commands are found by deployment and host, without status (a
+# host has seven rows there), so no change of status touches that index. The queries name their status as a
+# literal, as a partial index requires (SQLite uses one only for a term it can match, never a bound parameter).
+# Finding whether a host ever had a command of a revision (the bundles its agent may download) was the one read by
+# host alone over all statuses: it now starts from the revision's deployments.
+_OPEN_COMMAND_INDEXES = (
+    "DROP INDEX host_commands_queue",
+    "DROP INDEX host_commands_by_status",
+    "DROP INDEX host_commands_by_deployment",
+    "CREATE INDEX host_commands_pending ON host_commands (host, id) WHERE status = 'Pending'",
+    "CREATE INDEX host_commands_in_progress ON host_commands (host, id) WHERE status = 'InProgress'",
+    "CREATE INDEX host_commands_by_deployment ON host_commands (deployment_id, host)",
+    "CREATE INDEX deployments_by_revision ON deployments (revision_sha256)",
+)
+
+
+@MIGRATIONS(name="0013_open_command_indexes")
+def _open_command_indexes(db: Database) -> None:
+    for statement in _OPEN_COMMAND_INDEXES:
+        db.execute(statement)
+
+
 def apply_migrations(db: Database) -> list[str]:
     """Bring ``db`` up to the newest schema; returns the names of the migrations applied just now."""
     pending = [migration.name for migration in MIGRATIONS.pending(db)]

@@ -379,6 +379,16 @@ _WIND_UP = """
     CREATE INDEX deployments_owing_wind_up ON deployments (group_name, created_at) WHERE wind_up IS NOT NULL;
 """
 
+_OPEN_COMMAND_INDEXES = """
+    DROP INDEX host_commands_queue;
+    DROP INDEX host_commands_by_status;
+    DROP INDEX host_commands_by_deployment;
+    CREATE INDEX host_commands_pending ON host_commands (host, id) WHERE status = 'Pending';
+    CREATE INDEX host_commands_in_progress ON host_commands (host, id) WHERE status = 'InProgress';
+    CREATE INDEX host_commands_by_deployment ON host_commands (deployment_id, host);
+    CREATE INDEX deployments_by_revision ON deployments (revision_sha256);
+"""
+
 SCRIPTS: dict[str, str] = {
     "0001_initial_schema": _INITIAL_SCHEMA,
     "0002_approvals": _APPROVALS,
@@ -392,6 +402,7 @@ SCRIPTS: dict[str, str] = {
     "0010_commands_by_status": _COMMANDS_BY_STATUS,
     "0011_commands_by_deployment_host": _COMMANDS_BY_DEPLOYMENT_HOST,
     "0012_wind_up": _WIND_UP,
+    "0013_open_command_indexes": _OPEN_COMMAND_INDEXES,
 }
 """Migration name -> its PostgreSQL script, in the order they apply (the names of engine/store/migrations.py)."""
 
