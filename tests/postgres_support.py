@@ -149,6 +149,23 @@ def store_database(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     return Opener("postgres", lambda: PostgresStore.open(url))
 
 
+async def raw_rows(store: AnyStore, sql: str) -> list[dict[str, Any]]:
+    """The rows of ``sql`` as dicts, read on a connection of its own to ``store``'s database, past the store."""
+    import asyncpg
+
+    from engine.store.sqlite import SqliteStore
+
+    if isinstance(store, SqliteStore):
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            conn.row_factory = sqlite3.Row
+            return [dict(row) for row in conn.execute(sql).fetchall()]
+    conn = await asyncpg.connect(store.url)
+    try:
+        return [dict(row) for row in await conn.fetch(sql)]
+    finally:
+        await conn.close()
+
+
 async def raw_execute(store: AnyStore, sql: str) -> Any:
     """Run ``sql`` on a connection of its own to ``store``'s database, past the store."""
     import asyncpg

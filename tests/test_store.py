@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import HANG_GUARD
-from postgres_support import AnyStore, Opener, integrity_errors, raw_execute
+from postgres_support import AnyStore, Opener, integrity_errors, raw_execute, raw_rows
 from sqlite_utils import Database
 
 from engine.ports import StepWrite
@@ -572,6 +572,38 @@ async def test_the_indexes_of_open_commands_are_partial_and_the_deployments_inde
     assert definitions["host_commands_by_deployment"].endswith("(deployment_id, host)")
     assert definitions["deployments_by_revision"].endswith("(revision_sha256)")
     assert not {"host_commands_queue", "host_commands_by_status"} & set(definitions)
+
+
+async def test_a_runs_spec_is_stored_once_and_every_command_of_it_is_read_with_it(store: AnyStore) -> None:
+    """A run's commands share the deployment's spec: its first command keeps it and the others name that one
+    (migration 0014), so a claim or a finish rewrites a row without it. Whoever reads a command gets its spec: a
+    later command handed out by itself (its claimant was gone), ``get_command``, ``list_commands``."""
+    spec = {"deployment_id": "d-1", "revision": {"sha256": "ab" * 32}, "hooks": ["x" * 300]}
+    events = ["BeforeInstall", "Install", "AfterInstall"]
+    await store.enqueue_command_runs([("web-1", "d-1", events, spec), ("web-2", "d-1", events, spec)], at=T0)
+
+    rows = await raw_rows(store, "SELECT id, host, payload, run_head FROM host_commands ORDER BY id")
+    heads = {row["host"]: row["id"] for row in rows if row["run_head"] is None}
+    assert [row["payload"] is None for row in rows] == [False, True, True, False, True, True]
+    assert [row["run_head"] for row in rows if row["run_head"] is not None] == [heads["web-1"]] * 2 + [
+        heads["web-2"]
+    ] * 2
+
+    listed = await store.list_commands(deployment_id="d-1")
+    assert [c["payload"] for c in listed] == [spec] * 6 and all("run_head" not in c for c in listed)
+    pending = await store.list_commands(host="web-2", status="Pending")  # the run's head among them or not
+    assert [c["payload"] for c in pending] == [spec] * 3
+    later = listed[1]["id"]
+    got = await store.get_command(later)
+    assert got is not None and got["payload"] == spec and "run_head" not in got
+
+    first = await store.claim_next_command("web-1", at=T0, with_run=True)
+    assert first is not None and first["payload"] == spec and [s["event"] for s in first["then"]] == events[1:]
+    [(_, _, go_on)] = await store.finish_commands([(first["id"], "web-1", "Succeeded", {}, later)], at=T0 + 1)
+    assert go_on
+    assert await store.release_command(later)  # its claimant never got it: handed out again, by itself
+    again = await store.claim_next_command("web-1", at=T0 + 2, with_run=True)
+    assert again is not None and again["id"] == later and again["payload"] == spec and "run_head" not in again
 
 
 async def test_a_run_is_queued_up_to_the_first_event_its_host_already_has_in_that_deployment(store: AnyStore) -> None:

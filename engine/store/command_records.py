@@ -3,7 +3,9 @@
 A record mixin of both stores (engine/store/sqlite.py, engine/store/postgres.py) like ``ReleaseRecords``: the SQL
 of the CommandQueue port (engine/ports.py) lives here. A command is Pending until a host claims it (InProgress),
 then Succeeded, Failed or Cancelled; a host's run of events is its Pending commands of one deployment after the one
-it holds, claimed one by one in the transaction that records the previous result.
+it holds, claimed one by one in the transaction that records the previous result. A run's commands share one spec
+(``payload``), stored on its first command alone: the others name that one (``run_head``), and every read that
+returns a command's payload (a claim, ``get_command``, ``list_commands``) gives each its run's.
 
 The transactions that read and then write are programs (engine/store/statements.py): queueing serializes on the
 deployment (``Serialize``) before it looks for a command already there, so two servers dispatching the same event
@@ -63,6 +65,14 @@ _NAMES_PER_READ = 500
 _INSERT_COMMAND = (
     f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
 )
+# A run's commands share its first command's payload (the deployment's spec): the first keeps it, the others name
+# the first in ``run_head`` and have none (migration 0014), so a claim or a finish rewrites a row without it.
+_INSERT_RUN_HEAD = _INSERT_COMMAND + " RETURNING id"
+_INSERT_IN_RUN = (
+    f"INSERT INTO host_commands (host, deployment_id, event, created_at, run_head) VALUES ({placeholders(5)})"
+)
+_PAYLOADS_PER_READ = 500
+"""Run heads per ``IN (...)`` read of their payloads, as ``_NAMES_PER_READ``."""
 # Every Pending command of the host after the one claimed (``host_commands_pending``): the rest of its run, and
 # whether anything else waits behind it.
 _PENDING_AFTER = (
@@ -87,6 +97,11 @@ def _claim_oldest(row_lock: str, host: str, at: float, *, with_run: bool) -> Pro
     if not rows:
         return None
     row: Row = rows[0]
+    head = row.get("run_head")
+    if head is not None:  # a run's later command, handed out by itself (its claimant was gone): the run's spec
+        found = yield Fetch("host_commands", _payloads_sql(1), (head,))
+        row = _with_payloads(rows, found)[0]
+    row.pop("run_head", None)
     if with_run:
         pending = yield Fetch("host_commands", _PENDING_AFTER, (host, row["id"]))
         row["then"] = [
@@ -115,6 +130,27 @@ def _status_is(statuses: Sequence[str]) -> str:
     if len(literals) == 1:
         return f"status = {literals[0]}"
     return f"status IN ({', '.join(literals)})" if literals else "1 = 0"
+
+
+def _payloads_sql(n: int) -> str:
+    return f"SELECT id, payload FROM host_commands WHERE {in_clause('id', n)}"
+
+
+def _run_heads_missing(rows: Sequence[Row]) -> list[int]:
+    """The run heads some of ``rows`` take their payload from, that are not among them."""
+    present = {row["id"] for row in rows}
+    return sorted({row["run_head"] for row in rows if row.get("run_head") is not None} - present)
+
+
+def _with_payloads(rows: list[Row], heads: Sequence[Row]) -> list[Row]:
+    """``rows`` (of ``SELECT *``) as callers know them: a run's later command with its run head's payload (found
+    among ``rows`` or ``heads``), and no ``run_head``."""
+    payloads = {row["id"]: row.get("payload") for row in [*heads, *rows] if row.get("run_head") is None}
+    for row in rows:
+        head = row.pop("run_head", None)
+        if head is not None:
+            row["payload"] = payloads.get(head)
+    return rows
 
 
 def _command_id(row: Row) -> int:
@@ -176,6 +212,8 @@ class CommandRecords(SqlAccess):
             existing: list[Row | None] = []
             claimed: dict[str, Row] = {}
             queued_hosts: set[str] = set()
+            last_payload: object = object()
+            encoded: str | None = None
             yield Serialize(sorted({_queue_key(deployment_id) for _, deployment_id, _, _ in runs}))
             if written_first is not None:
                 yield from written_first()
@@ -187,11 +225,17 @@ class CommandRecords(SqlAccess):
                 existing.append(first)
                 if first is not None:
                     continue
-                encoded = to_json(payload)
+                if payload is not last_payload:  # the runs of one step share their spec: encoded once
+                    last_payload, encoded = payload, to_json(payload)
+                head: int | None = None
                 for event in events:
                     if event in there:
                         break  # never queue an event behind one already there: commands run in id order
-                    yield Change(_INSERT_COMMAND, (host, deployment_id, event, encoded, at))
+                    if head is not None:
+                        yield Change(_INSERT_IN_RUN, (host, deployment_id, event, at, head))
+                        continue
+                    inserted = yield Fetch("host_commands", _INSERT_RUN_HEAD, (host, deployment_id, event, encoded, at))
+                    head = inserted[0]["id"]
                 queued_hosts.add(host)
             if queued_hosts:
                 yield Notify(COMMANDS_QUEUED, sorted(queued_hosts))
@@ -330,7 +374,17 @@ class CommandRecords(SqlAccess):
         return await self._transact(finish)
 
     async def get_command(self, command_id: int) -> Row | None:
-        return await self._fetch_one("host_commands", "SELECT * FROM host_commands WHERE id = ?", (command_id,))
+        row = await self._fetch_one("host_commands", "SELECT * FROM host_commands WHERE id = ?", (command_id,))
+        return None if row is None else (await self._with_run_payloads([row]))[0]
+
+    async def _with_run_payloads(self, rows: list[Row]) -> list[Row]:
+        """``_with_payloads``, the run heads not among ``rows`` read (a few hundred at a time)."""
+        missing = _run_heads_missing(rows)
+        heads: list[Row] = []
+        for start in range(0, len(missing), _PAYLOADS_PER_READ):
+            chunk = missing[start : start + _PAYLOADS_PER_READ]
+            heads += await self._fetch("host_commands", _payloads_sql(len(chunk)), chunk)
+        return _with_payloads(rows, heads)
 
     async def list_commands(
         self,
@@ -347,7 +401,7 @@ class CommandRecords(SqlAccess):
         columns = "*" if payload else _COMMAND_HEAD
         # Sorted here, not by the SQL: see ``open_commands``.
         rows = await self._fetch("host_commands", f"SELECT {columns} FROM host_commands WHERE {where}", params)
-        return sorted(rows, key=_command_id)
+        return sorted(await self._with_run_payloads(rows) if payload else rows, key=_command_id)
 
     async def open_commands(self, status: str) -> list[Row]:
         """The commands in ``status`` (Pending or InProgress), oldest first, as ``id`` and ``host`` alone: what the

@@ -542,6 +542,19 @@ def _open_command_indexes(db: Database) -> None:
         db.execute(statement)
 
 
+# A run's commands all carry the deployment's spec, and each claim and finish rewrites a command's whole row: the
+# spec (hundreds of bytes) was written three times per lifecycle event and kept seven times per host, about half of
+# what a deployment added to the database. A run's first command keeps it; the others name that command in
+# ``run_head`` and have no payload of their own (engine/store/command_records.py reads it from there).
+_RUN_HEADS = ("ALTER TABLE host_commands ADD COLUMN run_head INTEGER",)
+
+
+@MIGRATIONS(name="0014_run_heads")
+def _run_heads(db: Database) -> None:
+    for statement in _RUN_HEADS:
+        db.execute(statement)
+
+
 def apply_migrations(db: Database) -> list[str]:
     """Bring ``db`` up to the newest schema; returns the names of the migrations applied just now."""
     pending = [migration.name for migration in MIGRATIONS.pending(db)]

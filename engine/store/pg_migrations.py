@@ -389,6 +389,10 @@ _OPEN_COMMAND_INDEXES = """
     CREATE INDEX deployments_by_revision ON deployments (revision_sha256);
 """
 
+_RUN_HEADS = """
+    ALTER TABLE host_commands ADD COLUMN run_head bigint;
+"""
+
 SCRIPTS: dict[str, str] = {
     "0001_initial_schema": _INITIAL_SCHEMA,
     "0002_approvals": _APPROVALS,
@@ -403,6 +407,7 @@ SCRIPTS: dict[str, str] = {
     "0011_commands_by_deployment_host": _COMMANDS_BY_DEPLOYMENT_HOST,
     "0012_wind_up": _WIND_UP,
     "0013_open_command_indexes": _OPEN_COMMAND_INDEXES,
+    "0014_run_heads": _RUN_HEADS,
 }
 """Migration name -> its PostgreSQL script, in the order they apply (the names of engine/store/migrations.py)."""
 
