@@ -96,12 +96,9 @@ def _claim_oldest(row_lock: str, host: str, at: float, *, with_run: bool) -> Pro
     rows = yield Fetch("host_commands", _claim_sql(row_lock), (at, host))
     if not rows:
         return None
-    row: Row = rows[0]
-    head = row.get("run_head")
-    if head is not None:  # a run's later command, handed out by itself (its claimant was gone): the run's spec
-        found = yield Fetch("host_commands", _payloads_sql(1), (head,))
-        row = _with_payloads(rows, found)[0]
-    row.pop("run_head", None)
+    head = rows[0].get("run_head")  # a run's later command, handed out by itself (its claimant was gone)
+    heads = (yield Fetch("host_commands", _payloads_sql(1), (head,))) if head is not None else []
+    row: Row = _with_payloads(rows, heads)[0]
     if with_run:
         pending = yield Fetch("host_commands", _PENDING_AFTER, (host, row["id"]))
         row["then"] = [
