@@ -26,7 +26,7 @@ from engine.core.events import (
 )
 from engine.core.machine import DeploymentMachine, DeploymentState
 from engine.core.model import LifecycleEvent as E
-from engine.core.snapshot import state_from_json
+from engine.core.snapshot import state_from_json, state_to_json
 from engine.core.step_record import StepRecord
 
 
@@ -78,6 +78,24 @@ def test_no_row_is_written_for_an_event_queued_or_started_yet_the_document_shows
     assert events_of(document, run.target)[0] == (str(run.event), "InProgress", 10.0)
     assert {status for _, status, _ in events_of(document, run.target)[1:]} == {"Pending"}
     assert {status for _, status, _ in events_of(document, "web-2")} == {"Pending"}
+
+
+def test_targets_at_the_same_place_share_their_text_yet_each_keeps_its_own_start() -> None:
+    """The snapshot encodes a target's progress once per place (events, statuses, position) for all the targets
+    there: what each target reads back must still be its own, start included, after any number of steps."""
+    deployment = Persisted(DeploymentMachine(in_place(3, ALL)))
+    deployment.step(10.0, Started())
+    deployment.result("web-1", E.APPLICATION_STOP)
+    deployment.step(11.0, EventSucceeded("web-1", E.APPLICATION_STOP))
+    deployment.result("web-2", E.APPLICATION_STOP)
+    deployment.step(12.0, EventSucceeded("web-2", E.APPLICATION_STOP))
+    targets = deployment.state["machine"]["targets"]
+    whole = state_to_json(deployment.machine.state)["targets"]
+    assert {name: {k: v for k, v in t.items() if k != "started"} for name, t in targets.items()} == whole
+    assert targets["web-1"]["started"] == {"DownloadBundle": 11.0}
+    assert targets["web-2"]["started"] == {"DownloadBundle": 12.0}  # the same place as web-1, its own start
+    assert targets["web-3"]["started"] == {"ApplicationStop": 10.0}
+    assert targets["web-1"]["statuses"] == targets["web-2"]["statuses"] != targets["web-3"]["statuses"]
 
 
 def test_a_result_is_the_one_row_of_its_event_with_its_place_and_start() -> None:

@@ -58,6 +58,7 @@ class StepRecord:
         self._targets: dict[str, TargetProgress] | None = None  # the state's targets as last seen (a stage's)
         self._stages_json: tuple[tuple[Stage, ...], str] | None = None
         self._targets_json: dict[str, tuple[TargetProgress, tuple[Any, ...], str]] = {}
+        self._bodies: dict[tuple[Any, ...], str] = {}  # a target's JSON but its name and start, by its place
 
     # -- results
 
@@ -123,9 +124,11 @@ class StepRecord:
             self._written[target] = statuses
             self._events[target] = progress.events
             for position, (event, status) in enumerate(zip(progress.events, statuses, strict=True)):
+                if before is not None and before[position] is status:
+                    continue  # unchanged
                 key = (target, str(event))
-                if (before is not None and before[position] is status) or key in self._taken:
-                    continue  # unchanged, or written with its details as a result
+                if key in self._taken:
+                    continue  # written with its details as a result
                 if status is EventStatus.IN_PROGRESS:
                     self._started_at[key] = now
                 if status in _KEPT_IN_STATE:
@@ -166,7 +169,7 @@ class StepRecord:
             signature = (progress.status, progress.position, *progress.statuses.values())
             known = self._targets_json.get(name)
             if known is None or known[0] is not progress or known[1] != signature:
-                known = (progress, signature, f"{encode(name)}:{encode(self._target_json(name, progress))}")
+                known = (progress, signature, self._target_text(name, progress))
             encoded[name] = known
         self._targets_json = encoded  # targets of an earlier stage are forgotten
         machine = encode_state(state, "{" + ",".join(known[2] for known in encoded.values()) + "}")
@@ -174,22 +177,31 @@ class StepRecord:
             f'{{"stages":{self._stages_json[1]},"machine":{machine},"timers":{encode(timers)},"spec":{encode(spec)}}}'
         )
 
-    def _target_json(self, name: str, progress: TargetProgress) -> dict[str, Any]:
-        """``target_to_json``, with ``"started"`` (event -> when it was marked in progress) while one is."""
-        value = target_to_json(progress)
-        started = {
-            str(event): self._started_at[(name, str(event))]
+    def _target_text(self, name: str, progress: TargetProgress) -> str:
+        """``"name":`` and ``target_to_json``, with ``"started"`` (event -> when it was marked in progress) while one
+        is, as JSON text. Targets at the same place share all but their name and start, so that part is encoded
+        once per place (a handful per stage) rather than once per target: 1,000 hosts' snapshot took ~11 ms."""
+        place = (tuple(progress.events), progress.status, progress.position, tuple(progress.statuses.items()))
+        body = self._bodies.get(place)
+        if body is None:
+            if len(self._bodies) >= _MAX_PLACES:  # bounded whatever the fleet does (a stage has a few dozen)
+                self._bodies.clear()
+            body = self._bodies[place] = encode(target_to_json(progress))[:-1]  # open: "started" may follow
+        started = [
+            f"{encode(str(event))}:{float(at)!r}"  # repr is JSON's own text for a (finite) float
             for event, status in progress.statuses.items()
-            if status is EventStatus.IN_PROGRESS and (name, str(event)) in self._started_at
-        }
+            if status is EventStatus.IN_PROGRESS and (at := self._started_at.get((name, str(event)))) is not None
+        ]
         if started:
-            value["started"] = started
-        return value
+            return f'{encode(name)}:{body},"started":{{{",".join(started)}}}}}'
+        return f"{encode(name)}:{body}}}"
 
+
+_MAX_PLACES = 4096
 
 _KEPT_IN_STATE = (EventStatus.PENDING, EventStatus.IN_PROGRESS)
 """The statuses the snapshot records for the current stage's targets: written as rows only once a stage is left."""
 
 
 def _statuses(progress: TargetProgress) -> tuple[EventStatus, ...]:
-    return tuple(progress.statuses[event] for event in progress.events)
+    return tuple(map(progress.statuses.__getitem__, progress.events))
