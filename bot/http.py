@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import errno
-import functools
 import json
 import logging
 import time
@@ -120,8 +119,9 @@ def error_response(exc: EngineError) -> web.Response:
     return json_response(error_body(exc), status=error_status(exc))
 
 
-_dumps = functools.partial(json.dumps, default=str, allow_nan=False)
-"""``allow_nan=False``: NaN and Infinity are not JSON; a response holding one fails (500) rather than send it."""
+_dumps = json.JSONEncoder(default=str, allow_nan=False).encode
+"""``allow_nan=False``: NaN and Infinity are not JSON; a response holding one fails (500) rather than send it. One
+encoder for every response: ``json.dumps`` with any non-default argument builds a new one each time."""
 
 
 def json_response(data: object, *, status: int = 200) -> web.Response:

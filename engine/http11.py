@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 import httptools
 
 _READ_SIZE = 256 * 1024
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # one for every request: json.dumps would build one per call
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\0]")
 _FORBIDDEN_IN_TARGET = re.compile(r"[\s\0]")
@@ -328,7 +329,7 @@ class HttpClient:
         """Send one request and read its whole answer (see the module docstring for timeouts and the one resend).
         The body is ``json_body`` as JSON, else ``body`` (bytes, or a binary file sent from where it stands) as
         ``content_type``."""
-        payload: _Body = json.dumps(json_body, separators=(",", ":")).encode() if json_body is not None else b""
+        payload: _Body = _COMPACT.encode(json_body).encode() if json_body is not None else b""
         if json_body is None and body is not None:
             payload = body if isinstance(body, bytes) else _FileBody(body)
         chunks: list[bytes] = []

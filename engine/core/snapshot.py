@@ -25,9 +25,13 @@ class EncodedJson(str):
     __slots__ = ()
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+"""One encoder for every call: ``json.dumps`` with any non-default argument builds a new one each time."""
+
+
 def encode(value: Any) -> str:
     """Compact JSON text, as the stores write it."""
-    return json.dumps(value, separators=(",", ":"))
+    return _COMPACT.encode(value)
 
 
 def stages_to_json(stages: tuple[Stage, ...]) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 from sqlite_utils import Database
 
 from engine.core.leases import Lease, LeaseLost
-from engine.core.snapshot import EncodedJson
+from engine.core.snapshot import EncodedJson, encode
 from engine.store.migrations import JSON_COLUMNS
 
 T = TypeVar("T")
@@ -41,7 +41,7 @@ def to_json(value: Any) -> str | None:
     """A JSON column's text (None stays NULL; text already encoded goes as it is)."""
     if isinstance(value, EncodedJson):
         return str(value)
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+    return None if value is None else encode(value)
 
 
 def encode_fields(table: str, fields: Mapping[str, Any]) -> dict[str, Any]:
