@@ -28,7 +28,7 @@ from bench.profile import Profiler
 from bench.replicas import replicas_scenario
 from bench.revisions import write_revision
 from bench.server import ENVIRONMENT, SINGLE_HOST, BenchServer, fleet_config, free_port, host_names
-from bench.settings import SCALE_TARGET_HOSTS, Settings
+from bench.settings import QUIET_SHARE, QUIET_WAIT_S, SCALE_TARGET_HOSTS, Settings
 from bench.slack import slack_ack
 from bench.startup import startup
 from bench.store_hop import store_hop
@@ -38,8 +38,6 @@ from bench.traffic import traffic
 PICKUP_TARGET_MS = 50.0
 OVERHEAD_TARGET_RATIO = 1.5
 ONE_HOST_TARGET_MS = 15.0
-QUIET_SHARE = 0.10  # a round in which other processes used more of the machine than this is not a quiet one
-QUIET_WAIT_S = 20.0  # each overhead round waits up to this long for the machine to be quiet before it starts
 PACED_ROUND_TRIPS = 150  # result POSTs per floor at the agent's pace: each waits an event first (about half a second)
 SCALE_TARGET_S = 10.0
 AGENTS_ONLINE_TARGET_S = 10.0  # issue 19: 200 local agents online in 10 s

@@ -15,6 +15,8 @@ SCALE_TARGET_HOSTS = 200  # DESIGN §5: 200 hosts AllAtOnce in 10 s
 SWARM_HOSTS = (50, 200, 1000)  # bench/swarm.py's sizes by default; 2,000 on request (BENCH_SWARM_HOSTS, --swarm-hosts)
 OVERHEAD_ROUNDS = 7  # issue 19: at least 7 interleaved rounds each side, median and range
 SWARM_ROUNDS = 7  # timed deployments per swarm size, and rounds of each floor after them: median and range
+QUIET_SHARE = 0.10  # a round in which other processes used more of the machine than this is not a quiet one
+QUIET_WAIT_S = 20.0  # an overhead round, or a swarm size, waits up to this long for the machine to be quiet first
 
 
 @dataclass(frozen=True, slots=True)

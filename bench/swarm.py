@@ -11,7 +11,9 @@ state machine, SQLite, dispatch. The swarm speaks the "runs" capability (``engin
 ``runs`` is set: a command that carries ``then`` is answered event by event with ``?then=``; a server that does
 not offer runs hands out one event at a time, as to an agent of the previous version.
 
-Per size: a server with that many configured (non-local) hosts, the swarm online, one untimed deployment (so
+Per size, once other processes use at most ``QUIET_SHARE`` of the machine (waited for up to ``QUIET_WAIT_S``, as
+each overhead round does: the scale scenario's 200 agents may still be winding down): a server with that many
+configured (non-local) hosts, the swarm online, one untimed deployment (so
 every later one has a previous revision, like the other scenarios), then ``rounds`` timed AllAtOnce deployments
 (7 in ``make bench``). The bench asks for each deployment's JSON once, after the swarm has answered every host's
 last event (a GET of a 2,000-host deployment is itself a measurable share of the server's CPU). Figures, each the
@@ -42,12 +44,12 @@ from typing import Any
 import aiohttp
 from rich.console import Console
 
-from bench import floor
+from bench import floor, phases
 from bench.figures import Figure, median, spread
 from bench.phases import memory_mib, stat_times
 from bench.revisions import write_revision
 from bench.server import BenchError, BenchServer, fleet_config, free_port, host_names
-from bench.settings import Settings
+from bench.settings import QUIET_SHARE, QUIET_WAIT_S, Settings
 
 SWARM_TARGET_HOSTS = 1000  # issue 19: 1,000 simulated hosts AllAtOnce in 10 s, server RSS 250 MiB
 SWARM_TARGET_S = 10.0
@@ -348,6 +350,10 @@ def swarm(settings: Settings) -> list[Figure]:
     figures: list[Figure] = []
     sizes: dict[int, _Size] = {}
     for hosts in settings.swarm_hosts:
+        # What ran before (the scale scenario's 200 agents winding down) must not be timed as the server's own.
+        others = phases.wait_quiet(QUIET_SHARE, within=QUIET_WAIT_S)
+        if others > QUIET_SHARE:
+            settings.console.print(f"  other processes still used {others:.0%} of the machine after {QUIET_WAIT_S:g} s")
         with settings.scenario_dir(f"swarm{hosts}") as workdir:
             runs = run_swarm(workdir, hosts, rounds=settings.swarm_rounds)
             # Right after, on the same machine state: what the same hosts' result POSTs cost a bare server.
