@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING
 from bench.phases import stat_times
 
 if TYPE_CHECKING:
-    import aiohttp
     from aiohttp import web
+
+    from engine.http11 import HttpClient
 
 EVENTS_PER_HOST = 7  # ApplicationStop .. ValidateService: one result POST each
 MODES = ("http", "http+write")
@@ -134,17 +135,17 @@ def _result_path(command: int) -> str:
     return f"/agent/v1/commands/{command}/result?then={command + 1}"
 
 
-async def _hosts(session: aiohttp.ClientSession, hosts: int) -> None:
-    """``hosts`` hosts at once, each sending its events' result POSTs one after another."""
+async def _hosts(client: HttpClient, hosts: int) -> None:
+    """``hosts`` hosts at once, each sending its events' result POSTs one after another (the swarm's client)."""
     body = _result_body()
 
     async def host(index: int) -> None:
         for event in range(EVENTS_PER_HOST):
             path = _result_path(index * EVENTS_PER_HOST + event)
-            async with session.post(path, json=body, headers=_HEADERS) as response:
-                await response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"floor server answered {response.status}")
+            response = await client.request("POST", path, json_body=body, headers=_HEADERS)
+            response.json()
+            if response.status != 200:
+                raise RuntimeError(f"floor server answered {response.status}")
 
     await asyncio.gather(*(host(index) for index in range(hosts)))
 
@@ -171,28 +172,31 @@ def measure(workdir: Path, hosts: int, free_port: Callable[[], int], rounds: int
     times ``hosts`` hosts' result POSTs to each, taken in turn and the order swapped every round; CPU from /proc."""
     with contextlib.ExitStack() as servers:
         running = {mode: servers.enter_context(floor_server(workdir, mode, free_port())) for mode in MODES}
-        return asyncio.run(_measure(running, hosts, rounds))
+        import uvloop  # the swarm's loop, as deploybot's server and the floor server run on
+
+        return uvloop.run(_measure(running, hosts, rounds))
 
 
 async def _measure(running: dict[str, tuple[str, int]], hosts: int, rounds: int) -> dict[str, list[Floor]]:
-    """Each host keeps its connection from the warm-up on, as the swarm's simulated agents do."""
-    import aiohttp
+    """Each host keeps its connection from the warm-up on, as the swarm's simulated agents do (the same client, on
+    the same loop: what is left over the floor is the server's)."""
+    from engine.http11 import HttpClient
 
     measured: dict[str, list[Floor]] = {mode: [] for mode in MODES}
-    async with contextlib.AsyncExitStack() as stack:
-        sessions = {
-            mode: await stack.enter_async_context(aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=0)))
-            for mode, (url, _) in running.items()
-        }
-        for session in sessions.values():
-            await _hosts(session, hosts)  # warm-up: imports, a connection for every host
+    clients = {mode: HttpClient(url, user_agent="deploybot-bench-floor") for mode, (url, _) in running.items()}
+    try:
+        for client in clients.values():
+            await _hosts(client, hosts)  # warm-up: imports, a connection for every host
         for index in range(rounds):
             for mode in MODES if index % 2 == 0 else MODES[::-1]:
                 pid = running[mode][1]
                 before, started = stat_times(pid)[0], time.perf_counter()
-                await _hosts(sessions[mode], hosts)
+                await _hosts(clients[mode], hosts)
                 wall, cpu = time.perf_counter() - started, stat_times(pid)[0] - before
                 measured[mode].append(Floor(mode, hosts, hosts * EVENTS_PER_HOST, cpu, wall))
+    finally:
+        for client in clients.values():
+            await client.close()
     return measured
 
 

@@ -1,28 +1,30 @@
 """The server alone at 50 to 2,000 hosts: a swarm of simulated agents in one process against a real server.
 
-Theory of operation: 1,000 real agents are 1,000 processes (each ~40 MiB), which a 2-core machine cannot run
-beside the server it is measuring. On the wire, though, an agent is little: its own token, a heartbeat every few
-seconds naming the command it holds, a long poll (``GET /agent/v1/commands/next``) and one result POST per event
-(``?next=`` lets the answer carry the host's next command). The swarm is exactly that, for every host, in one
-asyncio process with one connection pool: real HTTP against the real ``deploybot serve`` (its ``/agent/v1``
-endpoints, the tokens it issued in ``agent-tokens.json``), but every event Succeeds the moment it arrives and
-nothing is downloaded or run (DownloadBundle included). What the deployment then costs is the server's: HTTP,
-state machine, SQLite, dispatch. The swarm speaks the "runs" capability (``engine.core.agent_protocol``) when
-``runs`` is set: a command that carries ``then`` is answered event by event with ``?then=``; a server that does
-not offer runs hands out one event at a time, as to an agent of the previous version.
+Theory of operation: 1,000 real agents are 1,000 processes (each ~40 MiB), which a 2-core machine cannot run beside
+the server it is measuring. On the wire, though, an agent is little: its own token, a heartbeat every few seconds
+naming the command it holds, a long poll (``GET /agent/v1/commands/next``) and one result POST per event (``?next=``
+lets the answer carry the host's next command). The swarm is exactly that, for every host, in one process on uvloop
+with the agent's own HTTP client (engine/http11.py) and one pool of connections (on Python's loop with aiohttp's
+client, the swarm's own CPU per event was as large as the server's at 1,000 hosts, on the same 2 cores, and grew
+with the hosts; the floors below use the same client and loop): real HTTP against the real ``deploybot serve`` (its
+``/agent/v1`` endpoints, the tokens it issued in ``agent-tokens.json``), but every event Succeeds the moment it
+arrives and nothing is downloaded or run (DownloadBundle included). What the deployment then costs is the server's:
+HTTP, state machine, SQLite, dispatch. The swarm speaks the "runs" capability (``engine.core.agent_protocol``) when
+``runs`` is set: a command that carries ``then`` is answered event by event with ``?then=``; a server that does not
+offer runs hands out one event at a time, as to an agent of the previous version.
 
 Per size, once other processes use at most ``QUIET_SHARE`` of the machine (waited for up to ``QUIET_WAIT_S``, as
 each overhead round does: the scale scenario's 200 agents may still be winding down): a server with that many
-configured (non-local) hosts, the swarm online, one untimed deployment (so
-every later one has a previous revision, like the other scenarios), then ``rounds`` timed AllAtOnce deployments
-(7 in ``make bench``). The bench asks for each deployment's JSON once, after the swarm has answered every host's
-last event (a GET of a 2,000-host deployment is itself a measurable share of the server's CPU). Figures, each the
-median of the rounds with their range: wall time (the server's ``ended_at - created_at``), the server's CPU per
-host-event (its CPU-time clock before and after, divided by the events the swarm answered; heartbeats and that
-one GET included), time per host; and its RSS (peak). Right after each size, ``bench.floor`` measures what the
-same result POSTs cost a bare server (no deploybot code), as many rounds, so the CPU figure and the time per host
-can be read against the floor any server built this way has on this machine. Last, each size's time per host over
-the smallest size's: flat is 1.00x, and the bare server's own ratio stands beside it.
+configured (non-local) hosts, the swarm online, one untimed deployment (so every later one has a previous revision,
+like the other scenarios), then ``rounds`` timed AllAtOnce deployments (7 in ``make bench``). The bench asks for
+each deployment's JSON once, after the swarm has answered every host's last event (a GET of a 2,000-host deployment
+is itself a measurable share of the server's CPU). Figures, each the median of the rounds with their range: wall
+time (the server's ``ended_at - created_at``), the server's CPU per host-event (its CPU-time clock before and after,
+divided by the events the swarm answered; heartbeats and that one GET included), time per host; and its RSS (peak).
+Right after each size, ``bench.floor`` measures what the same result POSTs cost a bare server (no deploybot code),
+as many rounds, so the CPU figure and the time per host can be read against the floor any server built this way has
+on this machine. Last, each size's time per host over the smallest size's: flat is 1.00x, and the bare server's own
+ratio stands beside it.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+import uvloop
 from rich.console import Console
 
 from bench import floor, phases
@@ -50,6 +52,7 @@ from bench.phases import memory_mib, stat_times
 from bench.revisions import write_revision
 from bench.server import BenchError, BenchServer, fleet_config, free_port, host_names
 from bench.settings import QUIET_SHARE, QUIET_WAIT_S, Settings
+from engine.http11 import HttpClient
 
 SWARM_TARGET_HOSTS = 1000  # issue 19: 1,000 simulated hosts AllAtOnce in 10 s, server RSS 250 MiB
 SWARM_TARGET_S = 10.0
@@ -108,14 +111,15 @@ class Swarm:
         self._thread.join(30)
 
     def _run(self) -> None:
-        asyncio.run(self._main())
+        # uvloop, as the server runs on: Python's loop made the swarm's own CPU grow past the server's at 1,000 hosts.
+        uvloop.run(self._main())
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         self._started.set()
-        connector = aiohttp.TCPConnector(limit=0, force_close=False)
-        async with aiohttp.ClientSession(self.url, connector=connector) as session:
+        session = HttpClient(self.url, user_agent="deploybot-bench-swarm")
+        try:
             agents = []
             for name, token in sorted(self.tokens.items()):
                 host = _Host(name, {"Authorization": f"Bearer {token}"})
@@ -125,10 +129,12 @@ class Swarm:
             for agent in agents:
                 agent.cancel()
             await asyncio.gather(*agents, return_exceptions=True)
+        finally:
+            await session.close()
 
     # -- one simulated agent -----------------------------------------------------------------------------------
 
-    async def _agent(self, session: aiohttp.ClientSession, host: _Host) -> None:
+    async def _agent(self, session: HttpClient, host: _Host) -> None:
         heartbeats = asyncio.create_task(self._heartbeats(session, host))
         try:
             command: dict[str, Any] | None = None
@@ -140,7 +146,7 @@ class Swarm:
         finally:
             heartbeats.cancel()
 
-    async def _heartbeats(self, session: aiohttp.ClientSession, host: _Host) -> None:
+    async def _heartbeats(self, session: HttpClient, host: _Host) -> None:
         first = True
         while True:
             body: dict[str, Any] = {
@@ -155,16 +161,14 @@ class Swarm:
             await asyncio.sleep(HEARTBEAT_SECONDS * (random.random() if first else 1.0))
             first = False
 
-    async def _poll(self, session: aiohttp.ClientSession, host: _Host) -> dict[str, Any] | None:
+    async def _poll(self, session: HttpClient, host: _Host) -> dict[str, Any] | None:
         query = f"?wait={POLL_SECONDS:g}" + ("&runs=1" if self.runs else "")
         status, answer = await self._request(session, "GET", "/agent/v1/commands/next" + query, host)
         if status not in (200, 204):
             await asyncio.sleep(RETRY_PAUSE)  # refused (a 4xx): ask again later, as the agent does
         return _command_in(answer) if status == 200 else None
 
-    async def _answer(
-        self, session: aiohttp.ClientSession, host: _Host, command: dict[str, Any]
-    ) -> dict[str, Any] | None:
+    async def _answer(self, session: HttpClient, host: _Host, command: dict[str, Any]) -> dict[str, Any] | None:
         """Succeed ``command`` (and the run behind it, if any) at once; the next command if the answer has one."""
         steps: list[tuple[int, str]] = [(int(command["id"]), str(command["event"]))]
         steps += [(int(step["id"]), str(step["event"])) for step in command.get("then") or ()]
@@ -198,21 +202,21 @@ class Swarm:
             self.counts.done[deployment] += 1
 
     async def _request(
-        self, session: aiohttp.ClientSession, method: str, path: str, host: _Host, body: object = None
+        self, session: HttpClient, method: str, path: str, host: _Host, body: object = None
     ) -> tuple[int, Any]:
         """One request, retried on network errors and 5xx like the agent does; (status, JSON answer or None)."""
-        timeout = aiohttp.ClientTimeout(total=POLL_SECONDS + 15, sock_connect=10)
         while True:
             self.counts.requests += 1
             try:
-                async with session.request(method, path, json=body, headers=host.headers, timeout=timeout) as response:
-                    data = await response.read()
-                    if response.status < 500:
-                        if response.status >= 400:
-                            self._error(f"{method} {path}: HTTP {response.status} {data[:200]!r}")
-                        return response.status, json.loads(data) if data else None
-                    self._error(f"{method} {path}: HTTP {response.status}")
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                response = await session.request(
+                    method, path, json_body=body, headers=host.headers, total=POLL_SECONDS + 15, connect=10
+                )
+                if response.status < 500:
+                    if response.status >= 400:
+                        self._error(f"{method} {path}: HTTP {response.status} {response.body[:200]!r}")
+                    return response.status, response.json()
+                self._error(f"{method} {path}: HTTP {response.status}")
+            except (OSError, TimeoutError) as exc:
                 self._error(f"{method} {path}: {type(exc).__name__}: {exc}")
             await asyncio.sleep(RETRY_PAUSE)
 
