@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from conftest import HANG_GUARD, FakeClock, eventually
 from fake_deployer import FakeDeployer, FakeFleet
 
-from bot.agent_api import MAX_LOG_TAIL_BYTES, create_agent_app
+from bot.agent_api import MAX_LOG_TAIL_BYTES, SmallBundles, create_agent_app
 from bot.app import create_app
 from bot.settings import Settings
 from engine.adapters.fleet import Fleet
@@ -267,6 +267,70 @@ async def test_an_agent_downloads_only_the_bundles_of_its_own_hosts_deployments(
                 assert response.status == 404
     finally:
         await store.close()
+
+
+async def test_a_small_bundle_is_served_from_memory_after_its_first_download_and_a_large_one_from_its_file(
+    tmp_path: Path, fake_clock: FakeClock
+) -> None:
+    """A stored bundle never changes (it is named by its sha256), so the hosts of a deployment get a small one from
+    memory. Rewriting the files under the server shows which answer came from where."""
+    store = await SqliteStore.open(tmp_path / "deploybot.db")
+
+    async def on_result(command: dict[str, Any], result: Any) -> None:
+        pass
+
+    bundles = tmp_path / "revisions"
+    bundles.mkdir()
+    fleet = Fleet(store, data_dir=tmp_path, clock=fake_clock, bundle_dir=bundles, on_result=on_result)
+    contents = {"small": b"s" * 1000, "large": b"L" * (SmallBundles().max_bundle + 1)}
+    sha = {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
+    for name, data in contents.items():
+        (bundles / f"{sha[name]}.tar.gz").write_bytes(data)
+        row = {"application": "hello", "environment": "staging", "group_name": "hello-staging", "status": "Created"}
+        await store.create_deployment({"id": f"d-{name}", "revision_sha256": sha[name], "created_at": 1.0, **row})
+        spec = {
+            "deployment_id": f"d-{name}",
+            "revision": {"sha256": sha[name], "url": f"/agent/v1/bundles/{sha[name]}"},
+        }
+        await fleet.dispatch(f"d-{name}", "web-1", LifecycleEvent.DOWNLOAD_BUNDLE, spec)
+    headers = {"Authorization": f"Bearer {fleet.token_for('web-1')}"}
+    app = web.Application()
+    app.add_subapp("/agent/v1", create_agent_app(fleet))
+    try:
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+
+            async def download(name: str) -> bytes:
+                async with client.get(f"/agent/v1/bundles/{sha[name]}", headers=headers) as response:
+                    assert response.status == 200
+                    assert response.headers["Content-Type"] == "application/gzip"
+                    assert response.headers["X-Deploybot-Sha256"] == sha[name]
+                    return await response.read()
+
+            assert [await download("small"), await download("large")] == [contents["small"], contents["large"]]
+            for name in contents:
+                (bundles / f"{sha[name]}.tar.gz").write_bytes(b"rewritten")
+            assert await download("small") == contents["small"]  # from memory
+            assert await download("large") == b"rewritten"  # from the file, as every time
+            async with client.get(f"/agent/v1/bundles/{sha['small']}") as refused:
+                assert refused.status == 401  # held or not, the token is asked for first
+    finally:
+        await store.close()
+
+
+async def test_the_small_bundles_held_are_bounded_the_least_recently_served_going_first(tmp_path: Path) -> None:
+    held = SmallBundles(max_bundle=10, max_total=25)
+    files = {name: tmp_path / name for name in ("a", "b", "c", "big")}
+    for name, path in files.items():
+        path.write_bytes(name.encode() * (11 if name == "big" else 10 // len(name)))
+    assert await held.read(files["a"]) == b"a" * 10
+    assert await held.read(files["b"]) == b"b" * 10
+    assert await held.read(files["a"]) == b"a" * 10  # served again: now the most recent
+    assert await held.read(files["c"]) == b"c" * 10  # 30 bytes > 25: "b" goes
+    assert await held.read(files["big"]) is None
+    for path in files.values():
+        path.write_bytes(b"new")
+    assert [await held.read(files[name]) for name in ("a", "b", "c")] == [b"a" * 10, b"new", b"c" * 10]
+    assert await held.read(files["big"]) is None  # known too large: not read again (it would fit now)
 
 
 async def test_server_shutdown_ends_idle_long_polls_at_once(agents: Agents) -> None:
