@@ -177,6 +177,34 @@ def test_deploy_serves_the_version_then_stop_leaves_nothing_running(host: Host) 
     assert "did not answer 200" in after.stderr
 
 
+def test_stop_returns_only_once_the_server_process_has_ended_not_when_its_command_line_changed(host: Host) -> None:
+    """An exiting process loses its command line before it has finished exiting, so stop.sh waits on the process
+    itself (its pid and start time). Here the "server" turns into another program under the same pid when told to
+    stop and ends 0.5 s later: stop.sh must not say it stopped before then."""
+    server = host.prefix / "server.py"
+    server.parent.mkdir(parents=True)
+    server.write_text("trap 'exec sleep 0.5' TERM\nwhile :; do sleep 0.05; done\n")
+    process = subprocess.Popen(["bash", str(server)], stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        host.pid_file.parent.mkdir(parents=True)
+        host.pid_file.write_text(f"{process.pid}\n")
+        for _ in range(200):  # until bash runs the script (its command line names it)
+            if b"server.py" in Path(f"/proc/{process.pid}/cmdline").read_bytes():
+                break
+            time.sleep(0.01)
+
+        stopped = host.run("stop.sh", "ApplicationStop")
+
+        assert stopped.returncode == 0, stopped.stderr
+        assert process.poll() is not None, "stop.sh returned while the server's process was still running"
+        assert f"stopped hello (pid {process.pid})" in stopped.stdout
+        assert not host.pid_file.exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
 def test_start_replaces_a_server_left_behind(host: Host) -> None:
     assert deploy(host).returncode == 0
     first = int(host.pid_file.read_text())
