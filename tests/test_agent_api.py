@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,105 +216,110 @@ async def test_malformed_heartbeats_are_a_400_and_not_recorded(
     assert agents.fleet.heartbeats == []
 
 
-async def test_an_agent_downloads_only_the_bundles_of_its_own_hosts_deployments(
-    tmp_path: Path, fake_clock: FakeClock
-) -> None:
+@dataclass(frozen=True, slots=True)
+class BundleFleet:
+    """A real Fleet on a real SQLite store, and the directory of its stored bundles."""
+
+    store: SqliteStore
+    fleet: Fleet
+    bundles: Path
+
+    async def store_bundle(self, name: str, data: bytes) -> str:
+        """``data`` stored as the bundle of a new deployment ``d-NAME``; its sha256."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        (self.bundles / f"{sha256}.tar.gz").write_bytes(data)
+        row = {"application": "hello", "environment": "staging", "group_name": "hello-staging", "status": "Created"}
+        await self.store.create_deployment({"id": f"d-{name}", "revision_sha256": sha256, "created_at": 1.0, **row})
+        return sha256
+
+    def client(self) -> TestClient[web.Request, web.Application]:
+        app = web.Application()
+        app.add_subapp("/agent/v1", create_agent_app(self.fleet))
+        return TestClient(TestServer(app, host="127.0.0.1"))
+
+
+@pytest.fixture
+async def bundle_fleet(tmp_path: Path, fake_clock: FakeClock) -> AsyncIterator[BundleFleet]:
     store = await SqliteStore.open(tmp_path / "deploybot.db")
 
-    async def on_result(command: dict[str, Any], result: Any) -> None:
+    async def on_result(command: Mapping[str, Any], result: Mapping[str, Any]) -> None:
         pass
 
     bundles = tmp_path / "revisions"
     bundles.mkdir()
     fleet = Fleet(store, data_dir=tmp_path, clock=fake_clock, bundle_dir=bundles, on_result=on_result)
+    try:
+        yield BundleFleet(store, fleet, bundles)
+    finally:
+        await store.close()
+
+
+async def test_an_agent_downloads_only_the_bundles_of_its_own_hosts_deployments(bundle_fleet: BundleFleet) -> None:
+    fleet = bundle_fleet.fleet
     sha = {}
     for name, host in (("one", "web-1"), ("two", "web-2")):
-        data = bytes(range(256)) * 1000 + name.encode()
-        sha[name] = hashlib.sha256(data).hexdigest()
-        (bundles / f"{sha[name]}.tar.gz").write_bytes(data)
-        row = {"application": "hello", "environment": "staging", "group_name": "hello-staging", "status": "Created"}
-        await store.create_deployment({"id": f"d-{name}", "revision_sha256": sha[name], "created_at": 1.0, **row})
+        sha[name] = await bundle_fleet.store_bundle(name, bytes(range(256)) * 1000 + name.encode())
         spec: dict[str, Any] = {"deployment_id": f"d-{name}"}
         if name == "two":  # named in the command: the fleet knows without asking the store (both ways are checked)
             spec["revision"] = {"sha256": sha[name], "url": f"/agent/v1/bundles/{sha[name]}"}
         await fleet.dispatch(f"d-{name}", host, LifecycleEvent.DOWNLOAD_BUNDLE, spec)
     headers = {host: {"Authorization": f"Bearer {fleet.token_for(host)}"} for host in ("web-1", "web-2", "web-3")}
-    app = web.Application()
-    app.add_subapp("/agent/v1", create_agent_app(fleet))
-    try:
-        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+    async with bundle_fleet.client() as client:
 
-            async def download(sha256: str, host: str) -> tuple[int, Any]:
-                async with client.get(f"/agent/v1/bundles/{sha256}", headers=headers[host]) as response:
-                    if response.status != 200:
-                        return response.status, await response.json()
-                    assert response.headers["Content-Type"] == "application/gzip"
-                    assert "Content-Encoding" not in response.headers
-                    return 200, hashlib.sha256(await response.read()).hexdigest()
+        async def download(sha256: str, host: str) -> tuple[int, Any]:
+            async with client.get(f"/agent/v1/bundles/{sha256}", headers=headers[host]) as response:
+                if response.status != 200:
+                    return response.status, await response.json()
+                assert response.headers["Content-Type"] == "application/gzip"
+                assert "Content-Encoding" not in response.headers
+                return 200, hashlib.sha256(await response.read()).hexdigest()
 
-            assert await download(sha["one"], "web-1") == (200, sha["one"])
-            assert await download(sha["two"], "web-2") == (200, sha["two"])
-            other, missing = await download(sha["two"], "web-1"), await download("0" * 64, "web-1")
-            assert other[0] == missing[0] == 404  # another host's bundle looks like one that does not exist
-            assert other[1]["error"] == missing[1]["error"] == "RevisionNotFound"
-            assert (await download(sha["one"], "web-3"))[0] == 404  # a host with no command at all
-            command = await fleet.next_command("web-1", wait=0)
-            assert command is not None
-            done = ResultBody(status="Succeeded", error_code=0, message="", log_tail="", started_at=1.0, ended_at=2.0)
-            await fleet.report_result("web-1", command["id"], done)
-            assert await download(sha["one"], "web-1") == (200, sha["one"])  # a host that had the command
-            async with client.get("/agent/v1/bundles/not-a-sha", headers=headers["web-1"]) as response:
-                assert response.status == 404
-    finally:
-        await store.close()
+        assert await download(sha["one"], "web-1") == (200, sha["one"])
+        assert await download(sha["two"], "web-2") == (200, sha["two"])
+        other, missing = await download(sha["two"], "web-1"), await download("0" * 64, "web-1")
+        assert other[0] == missing[0] == 404  # another host's bundle looks like one that does not exist
+        assert other[1]["error"] == missing[1]["error"] == "RevisionNotFound"
+        assert (await download(sha["one"], "web-3"))[0] == 404  # a host with no command at all
+        command = await fleet.next_command("web-1", wait=0)
+        assert command is not None
+        done = ResultBody(status="Succeeded", error_code=0, message="", log_tail="", started_at=1.0, ended_at=2.0)
+        await fleet.report_result("web-1", command["id"], done)
+        assert await download(sha["one"], "web-1") == (200, sha["one"])  # a host that had the command
+        async with client.get("/agent/v1/bundles/not-a-sha", headers=headers["web-1"]) as response:
+            assert response.status == 404
 
 
 async def test_a_small_bundle_is_served_from_memory_after_its_first_download_and_a_large_one_from_its_file(
-    tmp_path: Path, fake_clock: FakeClock
+    bundle_fleet: BundleFleet,
 ) -> None:
     """A stored bundle never changes (it is named by its sha256), so the hosts of a deployment get a small one from
     memory. Rewriting the files under the server shows which answer came from where."""
-    store = await SqliteStore.open(tmp_path / "deploybot.db")
-
-    async def on_result(command: dict[str, Any], result: Any) -> None:
-        pass
-
-    bundles = tmp_path / "revisions"
-    bundles.mkdir()
-    fleet = Fleet(store, data_dir=tmp_path, clock=fake_clock, bundle_dir=bundles, on_result=on_result)
+    fleet = bundle_fleet.fleet
     contents = {"small": b"s" * 1000, "large": b"L" * (SmallBundles().max_bundle + 1)}
-    sha = {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
+    sha = {}
     for name, data in contents.items():
-        (bundles / f"{sha[name]}.tar.gz").write_bytes(data)
-        row = {"application": "hello", "environment": "staging", "group_name": "hello-staging", "status": "Created"}
-        await store.create_deployment({"id": f"d-{name}", "revision_sha256": sha[name], "created_at": 1.0, **row})
-        spec = {
-            "deployment_id": f"d-{name}",
-            "revision": {"sha256": sha[name], "url": f"/agent/v1/bundles/{sha[name]}"},
-        }
-        await fleet.dispatch(f"d-{name}", "web-1", LifecycleEvent.DOWNLOAD_BUNDLE, spec)
+        sha[name] = await bundle_fleet.store_bundle(name, data)
+        revision = {"sha256": sha[name], "url": f"/agent/v1/bundles/{sha[name]}"}
+        await fleet.dispatch(
+            f"d-{name}", "web-1", LifecycleEvent.DOWNLOAD_BUNDLE, {"deployment_id": f"d-{name}", "revision": revision}
+        )
     headers = {"Authorization": f"Bearer {fleet.token_for('web-1')}"}
-    app = web.Application()
-    app.add_subapp("/agent/v1", create_agent_app(fleet))
-    try:
-        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+    async with bundle_fleet.client() as client:
 
-            async def download(name: str) -> bytes:
-                async with client.get(f"/agent/v1/bundles/{sha[name]}", headers=headers) as response:
-                    assert response.status == 200
-                    assert response.headers["Content-Type"] == "application/gzip"
-                    assert response.headers["X-Deploybot-Sha256"] == sha[name]
-                    return await response.read()
+        async def download(name: str) -> bytes:
+            async with client.get(f"/agent/v1/bundles/{sha[name]}", headers=headers) as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"] == "application/gzip"
+                assert response.headers["X-Deploybot-Sha256"] == sha[name]
+                return await response.read()
 
-            assert [await download("small"), await download("large")] == [contents["small"], contents["large"]]
-            for name in contents:
-                (bundles / f"{sha[name]}.tar.gz").write_bytes(b"rewritten")
-            assert await download("small") == contents["small"]  # from memory
-            assert await download("large") == b"rewritten"  # from the file, as every time
-            async with client.get(f"/agent/v1/bundles/{sha['small']}") as refused:
-                assert refused.status == 401  # held or not, the token is asked for first
-    finally:
-        await store.close()
+        assert [await download("small"), await download("large")] == [contents["small"], contents["large"]]
+        for name in contents:
+            (bundle_fleet.bundles / f"{sha[name]}.tar.gz").write_bytes(b"rewritten")
+        assert await download("small") == contents["small"]  # from memory
+        assert await download("large") == b"rewritten"  # from the file, as every time
+        async with client.get(f"/agent/v1/bundles/{sha['small']}") as refused:
+            assert refused.status == 401  # held or not, the token is asked for first
 
 
 async def test_the_small_bundles_held_are_bounded_the_least_recently_served_going_first(tmp_path: Path) -> None:
