@@ -188,7 +188,7 @@ class StepRecord:
                 self._bodies.clear()
             body = self._bodies[place] = encode(target_to_json(progress))[:-1]  # open: "started" may follow
         started = [
-            f"{encode(str(event))}:{float(at)!r}"  # repr is JSON's own text for a (finite) float
+            f"{encode(str(event))}:{at!r}"  # repr is JSON's own text for a number (a finite float, an int)
             for event, status in progress.statuses.items()
             if status is EventStatus.IN_PROGRESS and (at := self._started_at.get((name, str(event)))) is not None
         ]
