@@ -15,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import os
 import random
 import secrets
@@ -532,6 +533,57 @@ async def test_a_stop_asked_of_a_replica_that_does_not_drive_the_deployment_reac
         assert kinds.count("deployment.stop_requested") == 1 and kinds.count("deployment.finished") == 1
     finally:
         for deployer in deployers:
+            await deployer.close()
+
+
+async def test_a_replica_that_hears_of_work_for_a_busy_owner_does_not_tell_it_again(
+    tmp_path: Path, postgres_server: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica that cannot take a group tells its owner once, through the store. It hears its own word too (every
+    replica listens); told again on hearing, the word would echo between it and the store for as long as the owner
+    is busy, and one echo heard after the owner let the group go could start a needless tenure."""
+    caplog.set_level(logging.DEBUG, logger="engine.runtime.deployer")
+    for name in ("rev", "rev-2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "appspec.yml").write_text(f"version: 0.0\nos: linux\nfiles: []\n# {name}\n")
+    db_url = postgres_server.new_database()
+    text = RACE_CONFIG % {"url": db_url}
+    owner, other = [
+        await assemble_deployer(
+            engine_config(text, tmp_path, lease_seconds=60.0), data_dir=tmp_path / f"var-{name}", replica_id=name
+        )
+        for name in ("replica-a", "replica-b")
+    ]
+    heard: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    listener = await asyncpg.connect(db_url)
+    try:
+        for channel in (GROUP_WORK, "test_marker"):
+            await listener.add_listener(channel, lambda _c, _p, channel, payload: heard.put_nowait((channel, payload)))
+        first = await owner.start(DeployRequest("app", "prod", actor="alice"))  # no agent answers: it stays in flight
+        second = await other.start(DeployRequest("app", "prod", revision="rev-2", actor="bob"))
+        assert second["status"] == "Queued"
+
+        def looked() -> bool:
+            return any("replica-b looked at deployment group app-prod" in r.getMessage() for r in caplog.records)
+
+        await eventually(looked, "replica-b has acted on hearing its own word")
+        await listener.execute("SELECT pg_notify('test_marker', 'end')")  # delivered after all said before it
+        said = [await heard.get()]
+        while said[-1] != ("test_marker", "end"):
+            said.append(await heard.get())
+        assert said == [(GROUP_WORK, "app-prod"), ("test_marker", "end")]
+
+        # Not told again, the owner still starts the queued deployment when the one in flight ends.
+        assert (await other.stop(first["id"], actor="bob"))["status"] == "Stopped"
+
+        async def second_started() -> bool:
+            return (await other.get(second["id"]))["status"] != "Queued"
+
+        await eventually(second_started, "the owner starts the second deployment")
+        assert other.ownership.lease("app-prod") is None and owner.ownership.lease("app-prod") is not None
+    finally:
+        await listener.close()
+        for deployer in (owner, other):
             await deployer.close()
 
 

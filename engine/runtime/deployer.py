@@ -325,10 +325,13 @@ class Deployer:
                 return str(row["id"])
         return None
 
-    async def _start_next(self, group_name: str, *, prefer: str | None = None) -> None:
+    async def _start_next(self, group_name: str, *, prefer: str | None = None, tell_owner: bool = True) -> None:
         """Drive a free group's work: resume the deployment a previous owner left in flight, else start the oldest
         queued one (a rollback jumps the queue). Taking the group's lease first; when another replica holds it, that
-        one is told instead. A group left with nothing to do is let go."""
+        one is told instead, unless ``tell_owner`` is False: the work was heard of through the store (the owner
+        heard it too, and telling again would echo between this replica and the store while the owner is busy) or
+        found by the lease round (whoever took the lease meanwhile reads the group's work as its tenure starts).
+        A group left with nothing to do is let go."""
         if self.queue.in_flight(group_name) is not None:
             return
         held = self.ownership.lease(group_name) is not None
@@ -340,7 +343,8 @@ class Deployer:
             return
         lease = await self.ownership.acquire(group_name)
         if lease is None:  # another replica drives the group: it starts this (or whoever takes the lease next)
-            await self.store.notify(GROUP_WORK, [group_name])
+            if tell_owner:
+                await self.store.notify(GROUP_WORK, [group_name])
             return
         if not held:
             # A new tenure: read again. The previous owner could write until this take (its writes are fenced by
@@ -634,7 +638,7 @@ class Deployer:
                 next_free = row["free_in"] if next_free is None else min(next_free, row["free_in"])
                 continue
             async with self.queue.lock:
-                await self._start_next(row["group_name"])
+                await self._start_next(row["group_name"], tell_owner=False)
         for deployment_id in list(self._runners):
             await self._read_stored_results(deployment_id)
         return next_free
@@ -666,7 +670,8 @@ class Deployer:
 
         async def start() -> None:
             async with self.queue.lock:
-                await self._start_next(group)
+                await self._start_next(group, tell_owner=False)
+            log.debug("%s looked at deployment group %s, heard to have work", self.replica_id, group)
 
         self.queue.spawn(start())
 
