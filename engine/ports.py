@@ -472,10 +472,16 @@ class CommandQueue(Protocol):
         sent, agents heard by another replica."""
 
     async def listen(
-        self, channel: str, callback: Callable[[str], None], *, reopened: Callable[[], None] | None = None
+        self,
+        channel: str,
+        callback: Callable[[str], None],
+        *,
+        reopened: Callable[[], None] | None = None,
+        own: bool = True,
     ) -> None:
         """Hear what other replicas ``notify`` on ``channel`` (engine/core/leases.py's channels); ``reopened`` after
-        a dropped connection came back (look once for what was missed). Nothing on an unshared store."""
+        a dropped connection came back (look once for what was missed); ``own=False``: not what this store notified
+        itself (its caller has acted on that already). Nothing on an unshared store."""
 
 
 class ReleaseRecords(Protocol):

@@ -182,7 +182,8 @@ class Deployer:
         self.fleet.start_monitor()
         if self.store.shared:
             await self.store.listen(GROUP_WORK, self._heard_group_work, reopened=self._heard_anything)
-            await self.store.listen(RESULTS_RECORDED, self._heard_results, reopened=self._heard_anything)
+            # Not its own notices: what this replica recorded, it delivered to its runners as it did (Fleet).
+            await self.store.listen(RESULTS_RECORDED, self._heard_results, reopened=self._heard_anything, own=False)
             await self.store.listen(DEPLOYMENT_CONTROL, self._heard_control)
             self._keeper = asyncio.ensure_future(self._keep_leases())
 

@@ -125,7 +125,12 @@ class LeaseRecords(SqlAccess):
         await self._transact(send)
 
     async def listen(
-        self, channel: str, callback: Callable[[str], None], *, reopened: Callable[[], None] | None = None
+        self,
+        channel: str,
+        callback: Callable[[str], None],
+        *,
+        reopened: Callable[[], None] | None = None,
+        own: bool = True,
     ) -> None:
         """Hear ``notify`` of other replicas (PostgresStore); an unshared store has nobody to hear."""
-        del channel, callback, reopened
+        del channel, callback, reopened, own

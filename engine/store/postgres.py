@@ -18,7 +18,8 @@ Differences a caller may see: a duplicate deployment id raises ``asyncpg.UniqueV
 ``IntegrityConstraintViolationError``) where SQLite raises ``sqlite3.IntegrityError``; PostgreSQL text cannot hold
 NUL, so a NUL character in a value is stored as U+FFFD. The store never reads the clock (timestamps come from the
 caller). ``listen`` hears what other servers ``Notify`` (e.g. that a host got a command: command_records'
-COMMANDS_QUEUED), for waking long polls across replicas.
+COMMANDS_QUEUED), for waking long polls across replicas; with ``own=False``, not what this store's own pool sent
+(``OwnBackends``).
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ async def _check_fence(conn: Any, lease: Lease) -> None:
 
 LISTEN_APPLICATION = "deploybot-listen"
 """The ``application_name`` of LISTEN connections (as pg_stat_activity shows them)."""
+_Heard = Callable[[str, int], None]  # a notification's payload, and the server process id of the backend that sent it
 _LISTEN_CHECK_SECONDS = 5.0  # how often an idle LISTEN connection is asked whether it is still there
 _RECONNECT_SECONDS = (0.1, 0.5, 1.0, 2.0)  # waits between attempts to reopen one (the last repeats)
 
@@ -145,6 +147,23 @@ _UNREACHABLE_FIX = (
     "check store.url (host, port, database, user), that PostgreSQL is running and reachable, and the password "
     "(PGPASSWORD, or the variable store.password_env names)"
 )
+
+
+class OwnBackends:
+    """The server process ids of the pool's connections, as they come and go: PostgreSQL names the backend that sent
+    each notification, so a listener can tell what this store said itself from what other replicas said.
+
+    A connection's id is noted when the pool makes it (``note``, the pool's ``init``) and dropped when it closes. An
+    id the operating system gives again to another replica's new backend in the moment before a closed one is
+    dropped would hide that backend's notification: what it said is then found by the lease round instead."""
+
+    def __init__(self) -> None:
+        self.pids: set[int] = set()
+
+    async def note(self, conn: Any) -> None:
+        pid = conn.get_server_pid()
+        self.pids.add(pid)
+        conn.add_termination_listener(lambda _conn: self.pids.discard(pid))
 
 
 class PostgresStore(Records):
@@ -164,8 +183,10 @@ class PostgresStore(Records):
         password: str | None,
         columns: Mapping[str, frozenset[str]],
         identities: Mapping[str, str],
+        own_backends: OwnBackends | None = None,
     ) -> None:
         self._pool = pool
+        self._own_backends = own_backends or OwnBackends()
         self._url = url
         self._password = password
         self._columns = columns  # read from the migrated schema, so a new column needs no code change here
@@ -197,8 +218,11 @@ class PostgresStore(Records):
         """
         del init
         shown = shown_url(url)
+        own_backends = OwnBackends()
         try:
-            pool = await asyncpg.create_pool(url, password=password, min_size=min_size, max_size=max_size, timeout=10)
+            pool = await asyncpg.create_pool(
+                url, password=password, min_size=min_size, max_size=max_size, timeout=10, init=own_backends.note
+            )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise PostgresUnusable(shown, str(exc) or type(exc).__name__, _UNREACHABLE_FIX) from exc
         try:
@@ -221,7 +245,7 @@ class PostgresStore(Records):
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, url, password, {t: frozenset(c) for t, c in columns.items()}, identities)
+        return cls(pool, url, password, {t: frozenset(c) for t, c in columns.items()}, identities, own_backends)
 
     async def close(self) -> None:
         """Close the pool (waiting for calls in flight); later calls raise RuntimeError."""
@@ -252,32 +276,44 @@ class PostgresStore(Records):
             return await applied_migrations(conn)
 
     async def listen(
-        self, channel: str, callback: Callable[[str], None], *, reopened: Callable[[], None] | None = None
+        self,
+        channel: str,
+        callback: Callable[[str], None],
+        *,
+        reopened: Callable[[], None] | None = None,
+        own: bool = True,
     ) -> None:
         """Call ``callback(payload)`` for each NOTIFY on ``channel`` (from any server, once its transaction has
         committed) until the store closes; on a connection of its own, which the pool would otherwise hand out.
+        ``own=False``: not for what this store's pool sent (``OwnBackends``).
 
         A LISTEN connection that drops (the server restarted, a proxy cut it, an idle timeout) is reopened, retrying
         until it is back; what was notified meanwhile is lost, so ``reopened()`` is called then: look once for what
         may have been missed. The first connection is made before this returns (an unreachable database raises)."""
         self._check_open()
-        number = next(self._listen_numbers)
-        self._listeners[number] = await self._listen_on(channel, callback)
-        self._listening.append(asyncio.ensure_future(self._keep_listening(number, channel, callback, reopened)))
+        ours = None if own else self._own_backends.pids
 
-    async def _listen_on(self, channel: str, callback: Callable[[str], None]) -> Any:
+        def heard(payload: str, sender: int) -> None:
+            if ours is None or sender not in ours:
+                callback(payload)
+
+        number = next(self._listen_numbers)
+        self._listeners[number] = await self._listen_on(channel, heard)
+        self._listening.append(asyncio.ensure_future(self._keep_listening(number, channel, heard, reopened)))
+
+    async def _listen_on(self, channel: str, heard: _Heard) -> Any:
         conn = await asyncpg.connect(
             self._url, password=self._password, timeout=10, server_settings={"application_name": LISTEN_APPLICATION}
         )
         try:
-            await conn.add_listener(channel, lambda _conn, _pid, _channel, payload: callback(payload))
+            await conn.add_listener(channel, lambda _conn, sender, _channel, payload: heard(payload, sender))
         except BaseException:
             await conn.close()
             raise
         return conn
 
     async def _keep_listening(
-        self, number: int, channel: str, callback: Callable[[str], None], reopened: Callable[[], None] | None
+        self, number: int, channel: str, heard: _Heard, reopened: Callable[[], None] | None
     ) -> None:
         """Watch listen connection ``number``; reopen it when it drops (see ``listen``)."""
         while not self._closed:
@@ -297,7 +333,7 @@ class PostgresStore(Records):
             log.warning("the LISTEN connection for %s dropped; reopening it", channel)
             for attempt in itertools.count():
                 try:
-                    self._listeners[number] = await self._listen_on(channel, callback)
+                    self._listeners[number] = await self._listen_on(channel, heard)
                     break
                 except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     wait = _RECONNECT_SECONDS[min(attempt, len(_RECONNECT_SECONDS) - 1)]
