@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 from conftest import HANG_GUARD
-from postgres_support import AnyStore, Opener, integrity_errors, raw_execute, raw_rows
+from postgres_support import AnyStore, Opener, PostgresServer, integrity_errors, raw_execute, raw_rows
 from sqlite_utils import Database
 
 from engine.ports import StepWrite
 from engine.store.migrations import MIGRATIONS
+from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SqliteStore
 
 T0 = 1_700_000_000.0
@@ -714,6 +715,77 @@ async def test_a_report_of_a_command_whose_head_is_known_finishes_it_in_one_stat
         assert other is None  # web-1's command, whatever the head said
         [stored] = await traced.list_commands(host="web-1")
         assert (stored["status"], stored["result"], stored["finished_at"]) == ("Succeeded", {"ok": 1}, T0 + 1)
+
+
+async def test_a_batch_of_reports_is_recorded_as_one_by_one_with_one_statement_for_its_finishes_and_one_for_its_claims(
+    store: AnyStore,
+) -> None:
+    """600 hosts report the first event of their run together, as a burst of result POSTs is written (Fleet's
+    batches): each report comes out as it would alone, across the 500 rows of one statement, and with the cases
+    read one by one among them: a repeat in the same batch, a command the fleet did not hand out (no head), another
+    host's command, a failure (which cancels the rest of its run and claims nothing)."""
+    hosts = [f"web-{n}" for n in range(1, 601)]
+    await store.enqueue_command_runs([(host, "d-1", ["Install", "AfterInstall"], {}) for host in hosts], at=T0)
+    firsts = {host: await store.claim_next_command(host, at=T0, with_run=True) for host in hosts}
+    heads = {
+        c["id"]: {"id": c["id"], "host": host, "deployment_id": "d-1", "event": "Install"}
+        for host, c in firsts.items()
+        if c is not None and host != "web-2"  # web-2's was handed out by another server
+    }
+
+    def report(host: str, status: str = "Succeeded", *, by: str | None = None) -> Any:
+        first = firsts[host]
+        assert first is not None
+        return (first["id"], by or host, status, {"from": host}, first["then"][0]["id"])
+
+    reports = [report(host) for host in hosts if host not in ("web-3", "web-4")]
+    reports += [report("web-1"), report("web-3", "Failed"), report("web-4", by="web-5")]
+    outcomes = await store.finish_commands(reports, at=T0 + 1, heads=heads)
+
+    assert len(outcomes) == len(reports)
+    for (command_id, host, *_), (command, finished, went_on) in zip(reports[:598], outcomes, strict=False):
+        assert command is not None and (command["id"], command["host"], finished, went_on) == (
+            command_id,
+            host,
+            True,
+            True,
+        )
+    (again, finished, went_on), (failed, failed_finished, failed_went_on), (stranger, _, _) = outcomes[598:]
+    assert again is not None and again["id"] == firsts["web-1"]["id"] and (finished, went_on) == (False, False)
+    assert failed is not None and (failed_finished, failed_went_on) == (True, False)
+    assert stranger is None  # web-4's command, reported by web-5
+    commands = {(c["host"], c["event"]): c for c in await store.list_commands(deployment_id="d-1")}
+    assert commands[("web-1", "Install")]["result"] == {"from": "web-1"}  # the first report of it, not the repeat
+    assert commands[("web-2", "AfterInstall")]["status"] == "InProgress"  # claimed though its head was not known
+    assert commands[("web-3", "Install")]["status"] == "Failed"
+    assert commands[("web-3", "AfterInstall")]["status"] == "Cancelled"
+    assert (commands[("web-4", "Install")]["status"], commands[("web-4", "AfterInstall")]["status"]) == (
+        "InProgress",
+        "Pending",
+    )
+    assert sum(c["status"] == "Succeeded" for c in commands.values()) == 598
+    assert sum(c["status"] == "InProgress" for c in commands.values()) == 598 + 1  # the claims, and web-4's first
+
+
+async def test_on_postgresql_a_batch_of_reports_costs_a_statement_per_500_finishes_and_500_claims(
+    postgres_server: PostgresServer,
+) -> None:
+    """Each statement is a round trip to PostgreSQL: 1,000 reports written together are 4 UPDATEs, not 2,000 (on
+    SQLite, where a statement is a call into the library, they stay one each: ``SqlAccess._values``)."""
+    statements: list[str] = []
+    store = await PostgresStore.open(postgres_server.new_database(), on_statement=statements.append)
+    try:
+        hosts = [f"web-{n}" for n in range(1, 1001)]
+        await store.enqueue_command_runs([(host, "d-1", ["Install", "AfterInstall"], {}) for host in hosts], at=T0)
+        firsts = [await store.claim_next_command(host, at=T0, with_run=True) for host in hosts]
+        heads = {c["id"]: {"id": c["id"], "host": c["host"], "deployment_id": "d-1"} for c in firsts if c}
+        reports = [(c["id"], c["host"], "Succeeded", {}, c["then"][0]["id"]) for c in firsts if c]
+        statements.clear()
+        outcomes = await store.finish_commands(reports, at=T0 + 1, heads=heads)
+        assert len(outcomes) == 1000 and all(finished and went_on for _, finished, went_on in outcomes)
+        assert [sql.split()[0] for sql in statements if "host_commands" in sql] == ["UPDATE"] * 4
+    finally:
+        await store.close()
 
 
 async def test_locks_put_replace_delete(store: AnyStore) -> None:

@@ -15,7 +15,8 @@ and re-checks that it is still Pending, so no command is handed out twice.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from engine.core.leases import COMMANDS_QUEUED, RESULTS_RECORDED
@@ -23,12 +24,15 @@ from engine.ports import AgentBeat, CommandReport, FinishedReport, QueuedRun, St
 from engine.store.deployment_records import step_program
 from engine.store.statements import (
     Change,
+    Columns,
     Fetch,
     Notify,
     Program,
     Row,
     Serialize,
     SqlAccess,
+    ValuesTable,
+    chunks,
     in_clause,
     placeholders,
     to_json,
@@ -116,6 +120,66 @@ def _cancel_rest_of_run(host: str, deployment_id: str, at: float) -> Change:
         " AND status = 'Pending'",
         (at, host, deployment_id),
     )
+
+
+@dataclass(frozen=True)
+class _Update:
+    """An UPDATE of commands by id, two ways: ``one`` row per statement (its parameters: the time, then the row's
+    values), or ``many(table)``, joined to a table of parameters of such rows with ``columns``, which returns the ids
+    of the commands it changed."""
+
+    one: str
+    columns: Columns
+    many: Callable[[str], str]
+    id_at: int  # where a row holds its command's id
+
+
+_FINISH = _Update(
+    "UPDATE host_commands SET finished_at = ?, status = ?, result = ? WHERE id = ? AND host = ?"
+    " AND status IN ('Pending', 'InProgress')",
+    (("c_status", "text"), ("c_result", "json"), ("c_id", "bigint"), ("c_host", "text")),
+    lambda table: (
+        "UPDATE host_commands SET finished_at = ?, status = v.c_status, result = v.c_result"
+        f" FROM {table} AS v WHERE host_commands.id = v.c_id AND host_commands.host = v.c_host"
+        " AND host_commands.status IN ('Pending', 'InProgress') RETURNING id"
+    ),
+    id_at=2,
+)
+"""A report's command finished (status, result; id, host), if it is still open on that host."""
+_CLAIM = _Update(
+    "UPDATE host_commands SET claimed_at = ?, status = 'InProgress' WHERE id = ? AND host = ? AND deployment_id = ?"
+    " AND status = 'Pending'",
+    (("c_id", "bigint"), ("c_host", "text"), ("c_deployment", "text")),
+    lambda table: (
+        "UPDATE host_commands SET claimed_at = ?, status = 'InProgress'"
+        f" FROM {table} AS v WHERE host_commands.id = v.c_id AND host_commands.host = v.c_host"
+        " AND host_commands.deployment_id = v.c_deployment AND host_commands.status = 'Pending' RETURNING id"
+    ),
+    id_at=0,
+)
+"""The next command of a report's run claimed for its agent (id, host, deployment), if it is still Pending."""
+
+
+def _updated(
+    values: ValuesTable | None, update: _Update, rows: Sequence[tuple[Any, ...]], at: float
+) -> Program[list[int]]:
+    """The ids of the commands ``update`` changed, of ``rows``: a statement per row, or on a store that takes many
+    rows in one statement (``SqlAccess._values``), one per ``ROWS_PER_STATEMENT``."""
+    changed: list[int] = []
+    if values is None:
+        for row in rows:
+            if (yield Change(update.one, (at, *row))) == 1:
+                changed.append(row[update.id_at])
+        return changed
+    for chunk in chunks(rows):
+        table, params = values(update.columns, chunk)
+        changed += [done["id"] for done in (yield Fetch("host_commands", update.many(table), (at, *params)))]
+    return changed
+
+
+def _deployment_of(command: Row | None) -> str:
+    assert command is not None  # only commands found are claimed for
+    return str(command["deployment_id"])
 
 
 def _status_is(statuses: Sequence[str]) -> str:
@@ -323,8 +387,9 @@ class CommandRecords(SqlAccess):
 
         ``heads``: what the caller knows of commands it handed out (``id``, ``host``, ``deployment_id``, ``event``,
         which never change). A report of a known command that finishes it costs one statement, not a read of its
-        head and then the write; the head is read only for a report that finished nothing (a repeat, an unknown
-        command, another host's).
+        head and then the write; on a store that takes many rows in one statement (``_values``: PostgreSQL), all of
+        them together cost one (per 500), as do the claims of their runs' next commands. A head is read only for a
+        report that finished nothing that way (a repeat, an unknown command, another host's).
 
         A report that fails its command cancels the host's other Pending commands of that deployment: they are the
         rest of its run, which the machine will never ask for (it skips them, or dispatches them anew when the
@@ -333,36 +398,49 @@ class CommandRecords(SqlAccess):
             if report[2] not in FINAL_COMMAND_STATUSES:
                 raise ValueError(f"not a final command status: {report[2]!r}")
         head = f"SELECT {_COMMAND_HEAD} FROM host_commands WHERE id = ? AND host = ?"
-        update = (
-            "UPDATE host_commands SET status = ?, result = ?, finished_at = ?"
-            " WHERE id = ? AND host = ? AND status IN ('Pending', 'InProgress')"
-        )
         known = heads or {}
-        go_on = (
-            "UPDATE host_commands SET status = 'InProgress', claimed_at = ?"
-            " WHERE id = ? AND host = ? AND deployment_id = ? AND status = 'Pending'"
-        )
+        # The first report of each command known here, of the host it was handed to, is finished without reading the
+        # command (``_updated``); the others (a repeat within the batch, an unknown command) are read first.
+        first: dict[int, int] = {}
+        for index, (command_id, host, *_) in enumerate(reports):
+            cached = known.get(command_id)
+            if cached is not None and cached["host"] == host:
+                first.setdefault(command_id, index)
+        values = self._values()
 
         def finish() -> Program[list[FinishedReport]]:
-            outcomes: list[FinishedReport] = []
-            for command_id, host, status, result, then in reports:
-                finish_it = (status, to_json(result), at, command_id, host)
-                cached = known.get(command_id)
-                if cached is not None and cached["host"] == host and (yield Change(update, finish_it)) == 1:
-                    command, finished = cached, True
-                else:  # unknown here, another host's, or a repeat (which still gets its command back)
-                    rows = yield Fetch("host_commands", head, (command_id, host))
-                    if not rows:
-                        outcomes.append((None, False, False))
-                        continue
-                    command = rows[0]
-                    finished = cached is None and (yield Change(update, finish_it)) == 1
-                if finished and status == "Failed":
+            commands: list[Row | None] = [None] * len(reports)
+            finished = [False] * len(reports)
+            finishes = [
+                (reports[i][2], to_json(reports[i][3]), command_id, reports[i][1]) for command_id, i in first.items()
+            ]
+            for command_id in (yield from _updated(values, _FINISH, finishes, at)):
+                commands[first[command_id]], finished[first[command_id]] = known[command_id], True
+            for index, (command_id, host, status, result, _) in enumerate(reports):
+                if finished[index]:
+                    continue
+                rows = yield Fetch("host_commands", head, (command_id, host))
+                if not rows:
+                    continue  # not that host's command
+                commands[index] = rows[0]
+                if command_id not in known:  # a known one left open above was finished already
+                    finish_it = (at, status, to_json(result), command_id, host)
+                    finished[index] = (yield Change(_FINISH.one, finish_it)) == 1
+            for index, (_, host, status, _, _) in enumerate(reports):
+                command = commands[index]
+                if finished[index] and status == "Failed" and command is not None:
                     yield _cancel_rest_of_run(host, command["deployment_id"], at)
-                claimed = False
-                if then is not None and status == "Succeeded":
-                    claimed = (yield Change(go_on, (at, then, host, command["deployment_id"]))) == 1
-                outcomes.append((command, finished, claimed))
+            # Each report's next command of its run (``then``) claimed for it: for the first report naming it, a
+            # success whose command was found.
+            claims: dict[int, int] = {}
+            for index, (_, _, status, _, then) in enumerate(reports):
+                if then is not None and status == "Succeeded" and commands[index] is not None:
+                    claims.setdefault(then, index)
+            claimed = [False] * len(reports)
+            claim_rows = [(then, reports[i][1], _deployment_of(commands[i])) for then, i in claims.items()]
+            for then in (yield from _updated(values, _CLAIM, claim_rows, at)):
+                claimed[claims[then]] = True
+            outcomes: list[FinishedReport] = list(zip(commands, finished, claimed, strict=True))
             finished_deployments = {c["deployment_id"] for (c, finished, _) in outcomes if c is not None and finished}
             if finished_deployments:  # the owner of each, maybe another replica, feeds the results to its runner
                 yield Notify(RESULTS_RECORDED, sorted(finished_deployments))

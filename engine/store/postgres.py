@@ -47,11 +47,13 @@ from engine.store.statements import (
     FENCE,
     FENCE_CHECK,
     Change,
+    Columns,
     Fetch,
     Notify,
     Program,
     Serialize,
     Step,
+    ValuesTable,
     fence_params,
 )
 
@@ -104,7 +106,17 @@ def numbered(sql: str) -> str:
 def _param(value: Any) -> Any:
     if isinstance(value, str) and "\x00" in value:
         return value.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
+    if isinstance(value, list):  # an array (``_values``)
+        return [_param(item) for item in value]
     return value
+
+
+def _unnest_table(columns: Columns, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+    """``statements.values_table`` as PostgreSQL takes it best: one typed array per column, ``unnest``-ed: a fixed
+    statement whatever the number of rows (prepared once), and the types a ``VALUES`` of parameters lacks."""
+    arrays = ", ".join(f"?::{kind}[]" for _, kind in columns)
+    names = ", ".join(name for name, _ in columns)
+    return f"(SELECT * FROM unnest({arrays}) AS t({names}))", [list(column) for column in zip(*rows, strict=True)]
 
 
 def _params(params: Sequence[Any]) -> list[Any]:
@@ -157,13 +169,18 @@ class OwnBackends:
     id the operating system gives again to another replica's new backend in the moment before a closed one is
     dropped would hide that backend's notification: what it said is then found by the lease round instead."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_statement: Callable[[str], None] | None = None) -> None:
         self.pids: set[int] = set()
+        self._on_statement = on_statement
 
     async def note(self, conn: Any) -> None:
+        """The pool's ``init`` of each connection it makes (and, given ``on_statement``, its query logger)."""
         pid = conn.get_server_pid()
         self.pids.add(pid)
         conn.add_termination_listener(lambda _conn: self.pids.discard(pid))
+        if self._on_statement is not None:
+            tell = self._on_statement
+            conn.add_query_logger(lambda query: tell(query.query))
 
 
 class PostgresStore(Records):
@@ -207,18 +224,20 @@ class PostgresStore(Records):
         init: bool = False,
         min_size: int = 1,
         max_size: int = 10,
+        on_statement: Callable[[str], None] | None = None,
     ) -> PostgresStore:
         """Connect and migrate (pg_migrations: every pending script in one transaction, under an advisory lock, so
         replicas starting together take turns). ``password`` is used when the server asks for one (else asyncpg's
         PGPASSWORD and ~/.pgpass). ``init`` is accepted as ``SqliteStore.open``'s: an empty PostgreSQL database
         is what a new server starts on (the operator created it), so there is no lost-file case to guard here.
+        ``on_statement`` sees the SQL of every statement the pool's connections run (for tracing and tests).
 
         Raises ``PostgresUnusable`` (one sentence: which database, what is wrong, what to do) when the database
         cannot be reached, does not exist, or refuses the user.
         """
         del init
         shown = shown_url(url)
-        own_backends = OwnBackends()
+        own_backends = OwnBackends(on_statement)
         try:
             pool = await asyncpg.create_pool(
                 url, password=password, min_size=min_size, max_size=max_size, timeout=10, init=own_backends.note
@@ -420,6 +439,9 @@ class PostgresStore(Records):
             return ids
 
         return await self._write(insert)
+
+    def _values(self) -> ValuesTable:
+        return _unnest_table
 
     async def _transact(self, program: Callable[[], Program[T]]) -> T:
         """Run the program made by ``program`` in one transaction on one connection (see the module docstring)."""
