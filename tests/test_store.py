@@ -771,7 +771,8 @@ async def test_on_postgresql_a_batch_of_reports_costs_a_statement_per_500_finish
     postgres_server: PostgresServer,
 ) -> None:
     """Each statement is a round trip to PostgreSQL: 1,000 reports written together are 4 UPDATEs, not 2,000 (on
-    SQLite, where a statement is a call into the library, they stay one each: ``SqlAccess._values``)."""
+    SQLite, where a statement is a call into the library, they stay one each: ``SqlAccess._values``), and the pool
+    adds no reset query of its own when it takes the connection back."""
     statements: list[str] = []
     store = await PostgresStore.open(postgres_server.new_database(), on_statement=statements.append)
     try:
@@ -784,6 +785,7 @@ async def test_on_postgresql_a_batch_of_reports_costs_a_statement_per_500_finish
         outcomes = await store.finish_commands(reports, at=T0 + 1, heads=heads)
         assert len(outcomes) == 1000 and all(finished and went_on for _, finished, went_on in outcomes)
         assert [sql.split()[0] for sql in statements if "host_commands" in sql] == ["UPDATE"] * 4
+        assert not [sql for sql in statements if "RESET ALL" in sql]  # the pool takes a connection back as it is
     finally:
         await store.close()
 
