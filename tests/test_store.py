@@ -858,6 +858,31 @@ async def test_save_progress_writes_target_events_and_the_deployment_in_one_go(s
     assert await store.save_progress("d-missing", [], status="Failed") is False
 
 
+async def test_a_steps_rows_of_one_event_and_of_other_columns_leave_what_they_would_one_by_one(store: AnyStore) -> None:
+    """A step writes the rows its quiet steps left unwritten too: one event's can come twice (marked in progress,
+    then its result), and rows give different columns. PostgreSQL writes them by one upsert per set of columns
+    (``target_event_upserts``), SQLite one by one: both leave the same rows."""
+    await store.create_deployment(deployment("d-s", status="InProgress"))
+    await store.save_progress("d-s", [{"target": "web-1", "event": "Install", "status": "Succeeded", "message": "old"}])
+    rows = [
+        {"target": "web-1", "event": "Install", "status": "InProgress", "started_at": T0},  # over the stored row
+        {"target": "web-1", "event": "Install", "status": "Failed", "ended_at": T0 + 1, "error_code": 1},
+        {"target": "web-2", "event": "Install", "status": "InProgress", "started_at": T0, "seq": 4},
+        {"target": "web-2", "event": "Install", "status": "Succeeded", "ended_at": T0 + 2, "message": "ok"},
+        {"target": "web-3", "event": "AfterInstall", "status": "Pending", "seq": 5},  # the same columns twice
+        {"target": "web-3", "event": "AfterInstall", "status": "Skipped", "seq": 5},
+        *({"target": f"web-{n}", "event": "Install", "status": "Succeeded", "seq": 4} for n in range(4, 604)),
+    ]
+    assert await store.save_progress("d-s", rows, status="InProgress") is True
+    stored = {(r["target"], r["event"]): r for r in await store.list_target_events("d-s")}
+    assert len(stored) == 603
+    picked = ("status", "seq", "started_at", "ended_at", "error_code", "message")
+    assert [stored[("web-1", "Install")][c] for c in picked] == ["Failed", 0, T0, T0 + 1, 1, "old"]
+    assert [stored[("web-2", "Install")][c] for c in picked] == ["Succeeded", 4, T0, T0 + 2, None, "ok"]
+    assert [stored[("web-3", "AfterInstall")][c] for c in picked] == ["Skipped", 5, None, None, None, None]
+    assert {stored[(f"web-{n}", "Install")]["status"] for n in range(4, 604)} == {"Succeeded"}
+
+
 async def test_enqueue_command_once_and_finish_command(store: AnyStore) -> None:
     assert await store.enqueue_command_once("web-1", "d-1", "Install", {"n": 1}, at=T0) is None
     existing = await store.enqueue_command_once("web-1", "d-1", "Install", {"n": 2}, at=T0)

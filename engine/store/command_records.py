@@ -24,7 +24,6 @@ from engine.ports import AgentBeat, CommandReport, FinishedReport, QueuedRun, St
 from engine.store.deployment_records import step_program
 from engine.store.statements import (
     Change,
-    Columns,
     Fetch,
     Notify,
     Program,
@@ -125,11 +124,11 @@ def _cancel_rest_of_run(host: str, deployment_id: str, at: float) -> Change:
 @dataclass(frozen=True)
 class _Update:
     """An UPDATE of commands by id, two ways: ``one`` row per statement (its parameters: the time, then the row's
-    values), or ``many(table)``, joined to a table of parameters of such rows with ``columns``, which returns the ids
-    of the commands it changed."""
+    values, of ``host_commands``'s ``columns``), or ``many(table)``, joined to a table of such rows (``v``), which
+    returns the ids of the commands it changed."""
 
     one: str
-    columns: Columns
+    columns: tuple[str, ...]
     many: Callable[[str], str]
     id_at: int  # where a row holds its command's id
 
@@ -137,11 +136,11 @@ class _Update:
 _FINISH = _Update(
     "UPDATE host_commands SET finished_at = ?, status = ?, result = ? WHERE id = ? AND host = ?"
     " AND status IN ('Pending', 'InProgress')",
-    (("c_status", "text"), ("c_result", "json"), ("c_id", "bigint"), ("c_host", "text")),
+    ("status", "result", "id", "host"),
     lambda table: (
-        "UPDATE host_commands SET finished_at = ?, status = v.c_status, result = v.c_result"
-        f" FROM {table} AS v WHERE host_commands.id = v.c_id AND host_commands.host = v.c_host"
-        " AND host_commands.status IN ('Pending', 'InProgress') RETURNING id"
+        "UPDATE host_commands SET finished_at = ?, status = v.status, result = v.result"
+        f" FROM {table} AS v WHERE host_commands.id = v.id AND host_commands.host = v.host"
+        " AND host_commands.status IN ('Pending', 'InProgress') RETURNING host_commands.id"
     ),
     id_at=2,
 )
@@ -149,11 +148,12 @@ _FINISH = _Update(
 _CLAIM = _Update(
     "UPDATE host_commands SET claimed_at = ?, status = 'InProgress' WHERE id = ? AND host = ? AND deployment_id = ?"
     " AND status = 'Pending'",
-    (("c_id", "bigint"), ("c_host", "text"), ("c_deployment", "text")),
+    ("id", "host", "deployment_id"),
     lambda table: (
         "UPDATE host_commands SET claimed_at = ?, status = 'InProgress'"
-        f" FROM {table} AS v WHERE host_commands.id = v.c_id AND host_commands.host = v.c_host"
-        " AND host_commands.deployment_id = v.c_deployment AND host_commands.status = 'Pending' RETURNING id"
+        f" FROM {table} AS v WHERE host_commands.id = v.id AND host_commands.host = v.host"
+        " AND host_commands.deployment_id = v.deployment_id AND host_commands.status = 'Pending'"
+        " RETURNING host_commands.id"
     ),
     id_at=0,
 )
@@ -172,7 +172,7 @@ def _updated(
                 changed.append(row[update.id_at])
         return changed
     for chunk in chunks(rows):
-        table, params = values(update.columns, chunk)
+        table, params = values("host_commands", update.columns, chunk)
         changed += [done["id"] for done in (yield Fetch("host_commands", update.many(table), (at, *params)))]
     return changed
 
@@ -267,7 +267,7 @@ class CommandRecords(SqlAccess):
         ``then`` and ``run_ends_queue`` of ``claim_next_command`` when its value is True.
         """
         row_lock = self._row_lock
-        written_first = step_program(self._columns, step) if step is not None else None
+        written_first = step_program(self._columns, step, self._values()) if step is not None else None
 
         def enqueue() -> Program[tuple[list[Row | None], dict[str, Row]]]:
             existing: list[Row | None] = []

@@ -18,7 +18,9 @@ from engine.store.statements import (
     Program,
     Row,
     SqlAccess,
+    ValuesTable,
     check_columns,
+    chunks,
     encode_fields,
     in_clause,
     placeholders,
@@ -176,7 +178,8 @@ class DeploymentRows(SqlAccess):
     ) -> bool | None:
         """The target rows and ``update_deployment(**deployment)`` in one transaction: a step of a deployment is one
         write, not one per table. False when the deployment row is missing, None without ``deployment``."""
-        return await self._transact(step_program(self._columns, StepWrite(deployment_id, rows, deployment)))
+        step = StepWrite(deployment_id, rows, deployment)
+        return await self._transact(step_program(self._columns, step, self._values()))
 
     async def list_target_events(self, deployment_id: str) -> list[Row]:
         return await self._fetch("target_events", self._target_events_sql, (deployment_id,))
@@ -231,9 +234,16 @@ Columns = Mapping[str, frozenset[str]]
 """Each table's columns, read from the migrated schema (the stores' ``_columns``)."""
 
 
-def step_program(columns: Columns, step: StepWrite) -> Callable[[], Program[bool | None]]:
-    """``save_progress``'s statements as a program: False when the deployment row is missing, None without fields."""
-    statements = [target_event_upsert(columns, step.deployment_id, row) for row in step.rows]
+def step_program(
+    columns: Columns, step: StepWrite, values: ValuesTable | None = None
+) -> Callable[[], Program[bool | None]]:
+    """``save_progress``'s statements as a program: False when the deployment row is missing, None without fields.
+    A statement per row, or on a store that takes many rows in one statement (``values``: ``SqlAccess._values``),
+    one per set of columns the rows give (``target_event_upserts``)."""
+    if values is None:
+        statements = [target_event_upsert(columns, step.deployment_id, row) for row in step.rows]
+    else:
+        statements = target_event_upserts(columns, step.deployment_id, step.rows, values)
     if step.fields:
         statements.append(deployment_update(columns, step.deployment_id, step.fields))
 
@@ -257,6 +267,34 @@ def deployment_update(
         sql += f" AND {in_clause('status', len(if_status))}"
         params = (*params, *if_status)
     return sql, params
+
+
+def target_event_upserts(
+    columns: Columns, deployment_id: str, rows: Sequence[Mapping[str, Any]], values: ValuesTable
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """``target_event_upsert`` of every row, as an upsert per set of columns the rows give (per
+    ``ROWS_PER_STATEMENT``): each (target, event) once, with what all its rows say, a later one's value of a column
+    winning, which is what the upserts one by one leave (and one statement may not upsert a row twice)."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        merged.setdefault((row["target"], row["event"]), {}).update(row)
+    by_fields: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in merged.values():
+        by_fields.setdefault(tuple(sorted(row.keys() - {"target", "event"})), []).append(row)
+    statements = []
+    for fields, group in by_fields.items():
+        check_columns("target_events", fields, columns["target_events"] - {*_TARGET_EVENT_KEY})
+        names = [*_TARGET_EVENT_KEY, *fields]
+        on_conflict = "UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in fields) if fields else "NOTHING"
+        for chunk in chunks(group):
+            chunk_rows = [(deployment_id, row["target"], row["event"], *(row[f] for f in fields)) for row in chunk]
+            table, params = values("target_events", names, chunk_rows)
+            sql = (
+                f"INSERT INTO target_events ({', '.join(names)}) SELECT * FROM {table} AS v"
+                f" ON CONFLICT (deployment_id, target, event) DO {on_conflict}"
+            )
+            statements.append((sql, tuple(params)))
+    return statements
 
 
 def target_event_upsert(columns: Columns, deployment_id: str, row: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:

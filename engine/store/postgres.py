@@ -47,7 +47,6 @@ from engine.store.statements import (
     FENCE,
     FENCE_CHECK,
     Change,
-    Columns,
     Fetch,
     Notify,
     Program,
@@ -111,12 +110,15 @@ def _param(value: Any) -> Any:
     return value
 
 
-def _unnest_table(columns: Columns, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
-    """``statements.values_table`` as PostgreSQL takes it best: one typed array per column, ``unnest``-ed: a fixed
-    statement whatever the number of rows (prepared once), and the types a ``VALUES`` of parameters lacks."""
-    arrays = ", ".join(f"?::{kind}[]" for _, kind in columns)
-    names = ", ".join(name for name, _ in columns)
-    return f"(SELECT * FROM unnest({arrays}) AS t({names}))", [list(column) for column in zip(*rows, strict=True)]
+def _unnest_table(
+    types: Mapping[str, Mapping[str, str]], table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> tuple[str, list[Any]]:
+    """``rows`` as a table to join or insert (``SqlAccess._values``): one array per column, typed as ``table``'s
+    column (``types``, read from the schema), ``unnest``-ed: a fixed statement whatever the number of rows (prepared
+    once), with the types a ``VALUES`` list of parameters lacks."""
+    arrays = ", ".join(f"?::{types[table][column]}[]" for column in columns)
+    subquery = f"(SELECT * FROM unnest({arrays}) AS t({', '.join(columns)}))"
+    return subquery, [list(column) for column in zip(*rows, strict=True)]
 
 
 def _params(params: Sequence[Any]) -> list[Any]:
@@ -210,9 +212,11 @@ class PostgresStore(Records):
         columns: Mapping[str, frozenset[str]],
         identities: Mapping[str, str],
         own_backends: OwnBackends | None = None,
+        types: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self._pool = pool
         self._own_backends = own_backends or OwnBackends()
+        self._types = types or {}  # table -> column -> its type (information_schema's data_type)
         self._url = url
         self._password = password
         self._columns = columns  # read from the migrated schema, so a new column needs no code change here
@@ -264,11 +268,13 @@ class PostgresStore(Records):
                 await apply_migrations(conn)
                 columns: dict[str, set[str]] = {}
                 identities: dict[str, str] = {}
+                types: dict[str, dict[str, str]] = {}
                 for record in await conn.fetch(
-                    "SELECT table_name, column_name, is_identity FROM information_schema.columns"
+                    "SELECT table_name, column_name, is_identity, data_type FROM information_schema.columns"
                     " WHERE table_schema = current_schema()"
                 ):
                     table, column = record["table_name"], record["column_name"]
+                    types.setdefault(table, {})[column] = record["data_type"]
                     if record["is_identity"] == "YES":
                         identities[table] = column
                     if column not in HIDDEN_COLUMNS:
@@ -279,7 +285,7 @@ class PostgresStore(Records):
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, url, password, {t: frozenset(c) for t, c in columns.items()}, identities, own_backends)
+        return cls(pool, url, password, {t: frozenset(c) for t, c in columns.items()}, identities, own_backends, types)
 
     async def close(self) -> None:
         """Close the pool (waiting for calls in flight); later calls raise RuntimeError."""
@@ -456,7 +462,7 @@ class PostgresStore(Records):
         return await self._write(insert)
 
     def _values(self) -> ValuesTable:
-        return _unnest_table
+        return functools.partial(_unnest_table, self._types)
 
     async def _transact(self, program: Callable[[], Program[T]]) -> T:
         """Run the program made by ``program`` in one transaction on one connection (see the module docstring)."""

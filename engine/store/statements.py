@@ -145,10 +145,9 @@ def placeholders(n: int) -> str:
     return ", ".join("?" * n)
 
 
-Columns = Sequence[tuple[str, str]]
-"""A table of parameters' columns: each one's name and its PostgreSQL type (``bigint``, ``text``, ``json``)."""
-ValuesTable = Callable[[Columns, Sequence[Sequence[Any]]], tuple[str, list[Any]]]
-"""``(columns, rows) -> (sql, params)``: ``rows`` as a table one statement joins (``SqlAccess._values``)."""
+ValuesTable = Callable[[str, Sequence[str], Sequence[Sequence[Any]]], tuple[str, list[Any]]]
+"""``(table, columns, rows) -> (sql, params)``: ``rows`` as a subquery with those columns, typed as ``table``'s
+columns of the same names, that one statement joins or inserts (``SqlAccess._values``)."""
 ROWS_PER_STATEMENT = 500
 """Rows per table of parameters: a bound on one statement's parameters and size."""
 
