@@ -584,17 +584,16 @@ async def test_a_runs_spec_is_stored_once_and_every_command_of_it_is_read_with_i
     await store.enqueue_command_runs([("web-1", "d-1", events, spec), ("web-2", "d-1", events, spec)], at=T0)
 
     rows = await raw_rows(store, "SELECT id, host, payload, run_head FROM host_commands ORDER BY id")
-    heads = {row["host"]: row["id"] for row in rows if row["run_head"] is None}
-    assert [row["payload"] is None for row in rows] == [False, True, True, False, True, True]
-    assert [row["run_head"] for row in rows if row["run_head"] is not None] == [heads["web-1"]] * 2 + [
-        heads["web-2"]
-    ] * 2
+    for host in ("web-1", "web-2"):  # each host's in id order (the hosts' may interleave: PostgreSQL queues together)
+        its = [row for row in rows if row["host"] == host]
+        assert [row["payload"] is None for row in its] == [False, True, True]
+        assert [row["run_head"] for row in its] == [None, its[0]["id"], its[0]["id"]]
 
     listed = await store.list_commands(deployment_id="d-1")
     assert [c["payload"] for c in listed] == [spec] * 6 and all("run_head" not in c for c in listed)
     pending = await store.list_commands(host="web-2", status="Pending")  # the run's head among them or not
     assert [c["payload"] for c in pending] == [spec] * 3
-    later = listed[1]["id"]
+    later = next(row["id"] for row in rows if row["host"] == "web-1" and row["run_head"] is not None)
     got = await store.get_command(later)
     assert got is not None and got["payload"] == spec and "run_head" not in got
 
@@ -856,6 +855,32 @@ async def test_save_progress_writes_target_events_and_the_deployment_in_one_go(s
         ("web-1", "Install", "ok")
     ]
     assert await store.save_progress("d-missing", [], status="Failed") is False
+
+
+async def test_on_postgresql_a_steps_runs_are_queued_by_a_statement_per_place_in_the_run(
+    postgres_server: PostgresServer,
+) -> None:
+    """1,000 hosts' runs of three events: what the hosts have queued read by one statement per 500 hosts, then their
+    first events inserted, then their second, then their third (a run's commands must be in id order), not 4,000
+    statements; each host is then handed its run in order, one host that had its first event queued already
+    returns it and queues nothing."""
+    statements: list[str] = []
+    store = await PostgresStore.open(postgres_server.new_database(), on_statement=statements.append)
+    try:
+        hosts = [f"web-{n}" for n in range(1, 1001)]
+        events = ["BeforeInstall", "Install", "AfterInstall"]
+        await store.enqueue_command_once("web-7", "d-1", "BeforeInstall", {"n": 0}, at=T0)
+        statements.clear()
+        existing, _ = await store.enqueue_command_runs([(host, "d-1", events, {"n": 1}) for host in hosts], at=T0)
+        writes = [sql.split()[0] for sql in statements if "host_commands" in sql]
+        assert writes == ["SELECT"] * 3 + ["INSERT"] * 6  # the third read: web-7's command, there already
+        assert [row is not None for row in existing] == [host == "web-7" for host in hosts]
+        for host in ("web-1", "web-500", "web-501", "web-1000"):
+            first = await store.claim_next_command(host, at=T0, with_run=True)
+            assert first is not None and first["payload"] == {"n": 1}
+            assert [first["event"], *(step["event"] for step in first["then"])] == events
+    finally:
+        await store.close()
 
 
 async def test_a_steps_rows_of_one_event_and_of_other_columns_leave_what_they_would_one_by_one(store: AnyStore) -> None:

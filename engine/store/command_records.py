@@ -83,6 +83,102 @@ _PENDING_AFTER = (
 )
 
 
+def _queue_one_by_one(runs: Sequence[QueuedRun], at: float) -> Program[tuple[list[Row | None], set[str]]]:
+    """``enqueue_command_runs``'s queueing, a run at a time: what its host has queued read, then its commands
+    inserted one by one. A run whose first event is there queues nothing (that command is returned), and no event is
+    queued behind one already there. The runs queued: their first commands as ``existing`` (None: queued now), and
+    their hosts."""
+    existing: list[Row | None] = []
+    queued_hosts: set[str] = set()
+    last_payload: object = object()
+    encoded: str | None = None
+    for host, deployment_id, events, payload in runs:
+        there = {row["event"] for row in (yield Fetch("host_commands", _EVENTS_QUEUED, (host, deployment_id)))}
+        if events[0] in there:
+            existing.append((yield Fetch("host_commands", _LATEST_COMMAND, (host, deployment_id, events[0])))[0])
+            continue
+        existing.append(None)
+        if payload is not last_payload:  # the runs of one step share their spec: encoded once
+            last_payload, encoded = payload, to_json(payload)
+        head: int | None = None
+        for event in _before_any_of(events, there):
+            if head is not None:
+                yield Change(_INSERT_IN_RUN, (host, deployment_id, event, at, head))
+                continue
+            inserted = yield Fetch("host_commands", _INSERT_RUN_HEAD, (host, deployment_id, event, encoded, at))
+            head = inserted[0]["id"]
+        queued_hosts.add(host)
+    return existing, queued_hosts
+
+
+def _queue_together(
+    values: ValuesTable, runs: Sequence[QueuedRun], at: float
+) -> Program[tuple[list[Row | None], set[str]]]:
+    """``enqueue_command_runs``'s queueing on a store that takes many rows in one statement, for runs of distinct
+    hosts: what each host has queued read by one statement, the runs' first commands inserted by another, then their
+    second ones by a third, and so on (a run's commands must be in id order, which one statement's rows are not
+    promised to be). Per ``ROWS_PER_STATEMENT`` rows. The same rules as one run at a time: a run whose first event
+    is there queues nothing (that command is returned), and no event is queued behind one already there."""
+    there: dict[tuple[str, str], set[str]] = {}
+    pairs: list[tuple[str, str]] = [(host, deployment_id) for host, deployment_id, _, _ in runs]
+    for some in chunks(pairs):
+        table, params = values("host_commands", ("host", "deployment_id"), some)
+        sql = (
+            f"SELECT c.host, c.deployment_id, c.event FROM host_commands AS c JOIN {table} AS v"
+            " ON c.deployment_id = v.deployment_id AND c.host = v.host WHERE c.status != 'Cancelled'"
+        )
+        for row in (yield Fetch("host_commands", sql, params)):
+            there.setdefault((row["host"], row["deployment_id"]), set()).add(row["event"])
+    existing: list[Row | None] = []
+    queued: list[tuple[str, str, list[str], str | None]] = []
+    encoded: dict[int, str | None] = {}  # the runs of one step share their spec: encoded once
+    for host, deployment_id, events, payload in runs:
+        already = there.get((host, deployment_id), set())
+        if events[0] in already:
+            existing.append((yield Fetch("host_commands", _LATEST_COMMAND, (host, deployment_id, events[0])))[0])
+            continue
+        existing.append(None)
+        if id(payload) not in encoded:
+            encoded[id(payload)] = to_json(payload)
+        queued.append((host, deployment_id, _before_any_of(events, already), encoded[id(payload)]))
+    firsts = [(host, deployment_id, events[0], spec, at) for host, deployment_id, events, spec in queued]
+    inserted = yield from _inserted(values, ("host", "deployment_id", "event", "payload", "created_at"), firsts)
+    heads = {(row["host"], row["deployment_id"]): row["id"] for row in inserted}
+    for place in range(1, max((len(events) for _, _, events, _ in queued), default=0)):
+        later = [
+            (host, deployment_id, events[place], at, heads[(host, deployment_id)])
+            for host, deployment_id, events, _ in queued
+            if place < len(events)
+        ]
+        yield from _inserted(values, ("host", "deployment_id", "event", "created_at", "run_head"), later)
+    return existing, {host for host, _, _, _ in queued}
+
+
+def _inserted(values: ValuesTable, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]) -> Program[list[Row]]:
+    """``rows`` of ``columns`` inserted into ``host_commands``, by a statement per ``ROWS_PER_STATEMENT``; each
+    one's id, host and deployment."""
+    inserted: list[Row] = []
+    for some in chunks(rows):
+        table, params = values("host_commands", columns, some)
+        sql = (
+            f"INSERT INTO host_commands ({', '.join(columns)}) SELECT * FROM {table} AS v"
+            " RETURNING id, host, deployment_id"
+        )
+        inserted += yield Fetch("host_commands", sql, params)
+    return inserted
+
+
+def _before_any_of(events: Sequence[str], there: set[str]) -> list[str]:
+    """The events of a run up to the first one already there: never queue an event behind one already there
+    (commands run in id order)."""
+    ahead: list[str] = []
+    for event in events:
+        if event in there:
+            break
+        ahead.append(event)
+    return ahead
+
+
 def _claim_sql(row_lock: str) -> str:
     """Claim the host's oldest Pending command; ``row_lock`` as ``SqlAccess._row_lock``. The outer ``status``
     test re-checks the row once it is locked (PostgreSQL re-reads a row another transaction changed meanwhile)."""
@@ -267,37 +363,20 @@ class CommandRecords(SqlAccess):
         ``then`` and ``run_ends_queue`` of ``claim_next_command`` when its value is True.
         """
         row_lock = self._row_lock
-        written_first = step_program(self._columns, step, self._values()) if step is not None else None
+        values = self._values()
+        written_first = step_program(self._columns, step, values) if step is not None else None
+        if values is not None and len({(host, deployment_id) for host, deployment_id, _, _ in runs}) < len(runs):
+            values = None  # a host twice in one deployment: each run reads what the one before it queued
 
         def enqueue() -> Program[tuple[list[Row | None], dict[str, Row]]]:
-            existing: list[Row | None] = []
             claimed: dict[str, Row] = {}
-            queued_hosts: set[str] = set()
-            last_payload: object = object()
-            encoded: str | None = None
             yield Serialize(sorted({_queue_key(deployment_id) for _, deployment_id, _, _ in runs}))
             if written_first is not None:
                 yield from written_first()
-            for host, deployment_id, events, payload in runs:
-                there = {row["event"] for row in (yield Fetch("host_commands", _EVENTS_QUEUED, (host, deployment_id)))}
-                first = None
-                if events[0] in there:
-                    first = (yield Fetch("host_commands", _LATEST_COMMAND, (host, deployment_id, events[0])))[0]
-                existing.append(first)
-                if first is not None:
-                    continue
-                if payload is not last_payload:  # the runs of one step share their spec: encoded once
-                    last_payload, encoded = payload, to_json(payload)
-                head: int | None = None
-                for event in events:
-                    if event in there:
-                        break  # never queue an event behind one already there: commands run in id order
-                    if head is not None:
-                        yield Change(_INSERT_IN_RUN, (host, deployment_id, event, at, head))
-                        continue
-                    inserted = yield Fetch("host_commands", _INSERT_RUN_HEAD, (host, deployment_id, event, encoded, at))
-                    head = inserted[0]["id"]
-                queued_hosts.add(host)
+            if values is not None:
+                existing, queued_hosts = yield from _queue_together(values, runs, at)
+            else:
+                existing, queued_hosts = yield from _queue_one_by_one(runs, at)
             if queued_hosts:
                 yield Notify(COMMANDS_QUEUED, sorted(queued_hosts))
             for host, with_run in (hand_to or {}).items():
