@@ -492,6 +492,15 @@ async def test_heartbeats_are_recorded_together_with_their_hosts_claims(store: A
     }  # fmt: skip
     assert (await store.get_agent("web-2"))["tags"] == {"role": "db"}
 
+    # One agent twice in a batch (PostgreSQL writes a batch by one upsert, which may not touch a row twice): as one
+    # by one, the later beat's time and state, and the tags and version the earlier one gave and the later left out.
+    await store.record_heartbeats(
+        [("web-2", T0 + 7, {"role": "cache"}, "0.3.0", "online"), ("web-2", T0 + 8, None, None, "busy")]
+    )
+    assert await store.get_agent("web-2") == {
+        "name": "web-2", "tags": {"role": "cache"}, "version": "0.3.0", "last_seen": T0 + 8, "state": "busy"
+    }  # fmt: skip
+
 
 async def test_open_commands_can_be_listed_without_their_payload(store: AnyStore) -> None:
     first = await store.enqueue_command("web-1", "d-1", "Install", {"big": "payload"}, at=T0)

@@ -43,12 +43,13 @@ FINAL_COMMAND_STATUSES = frozenset({"Succeeded", "Failed", "Cancelled"})
 OPEN_COMMAND_STATUSES = ("Pending", "InProgress")
 COMMAND_STATUSES = frozenset({*OPEN_COMMAND_STATUSES, *FINAL_COMMAND_STATUSES})
 _COMMAND_HEAD = "id, host, deployment_id, event, status, created_at, claimed_at, finished_at"
-_UPSERT_AGENT = (
-    "INSERT INTO agents (name, tags, version, last_seen, state) VALUES (?, ?, ?, ?, ?)"
+_AGENT_COLUMNS = ("name", "tags", "version", "last_seen", "state")
+_ON_AGENT_CONFLICT = (
     " ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen,"
     " tags = COALESCE(excluded.tags, agents.tags), version = COALESCE(excluded.version, agents.version),"
     " state = COALESCE(excluded.state, agents.state)"
 )
+_UPSERT_AGENT = f"INSERT INTO agents ({', '.join(_AGENT_COLUMNS)}) VALUES (?, ?, ?, ?, ?)" + _ON_AGENT_CONFLICT
 # The indexes (migration 0013): a host's commands of one deployment through ``host_commands_by_deployment``
 # (deployment, host), exactly those rows however many deployments the host had before; its open ones through
 # ``host_commands_pending`` and ``host_commands_in_progress`` (host, id), partial on their status, which every query
@@ -177,6 +178,21 @@ def _before_any_of(events: Sequence[str], there: set[str]) -> list[str]:
             break
         ahead.append(event)
     return ahead
+
+
+def _one_beat_per_agent(beats: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Heartbeat rows (``_AGENT_COLUMNS``, in the order they arrived) folded to one per agent, as the upserts one by
+    one leave it: the last ``last_seen``, and of tags, version and state the last one given (a beat may leave one
+    out). One statement may not upsert a row twice."""
+    folded: dict[str, tuple[Any, ...]] = {}
+    for name, tags, version, last_seen, state in beats:
+        before = folded.get(name)
+        if before is not None:
+            tags = tags if tags is not None else before[1]
+            version = version if version is not None else before[2]
+            state = state if state is not None else before[4]
+        folded[name] = (name, tags, version, last_seen, state)
+    return list(folded.values())
 
 
 def _claim_sql(row_lock: str) -> str:
@@ -620,11 +636,23 @@ class CommandRecords(SqlAccess):
             f"SELECT {_COMMAND_HEAD} FROM host_commands WHERE status = 'InProgress' AND {in_clause('host', len(hosts))}"
         )
 
+        values = self._values()
+
         def record() -> Program[list[Row]]:
             # In host order (stable: a host's later beat still lands last), so that two replicas writing
             # overlapping batches lock the rows in one order and never deadlock.
-            for host, last_seen, tags, version, state in sorted(beats, key=lambda beat: beat[0]):
-                yield Change(_UPSERT_AGENT, (host, to_json(tags), version, last_seen, state))
+            ordered = [
+                (host, to_json(tags), version, last_seen, state)
+                for host, last_seen, tags, version, state in sorted(beats, key=lambda beat: beat[0])
+            ]
+            if values is None:
+                for row in ordered:
+                    yield Change(_UPSERT_AGENT, row)
+            else:  # an upsert per 500 agents, each agent once: what its beats one by one would leave
+                for some in chunks(_one_beat_per_agent(ordered)):
+                    table, params = values("agents", _AGENT_COLUMNS, some)
+                    upsert = f"INSERT INTO agents ({', '.join(_AGENT_COLUMNS)}) SELECT * FROM {table} AS v"
+                    yield Change(upsert + _ON_AGENT_CONFLICT, params)
             rows: list[Row] = yield Fetch("host_commands", claims, hosts)
             return sorted(rows, key=lambda row: int(row["id"]))
 
