@@ -283,7 +283,8 @@ def _updated(
             if (yield Change(update.one, (at, *row))) == 1:
                 changed.append(row[update.id_at])
         return changed
-    for chunk in chunks(rows):
+    # In id order: two replicas finishing overlapping batches lock the rows in one order and never deadlock.
+    for chunk in chunks(sorted(rows, key=lambda row: int(row[update.id_at]))):
         table, params = values("host_commands", update.columns, chunk)
         changed += [done["id"] for done in (yield Fetch("host_commands", update.many(table), (at, *params)))]
     return changed
