@@ -154,6 +154,9 @@ async def test_a_nul_character_is_stored_as_the_replacement_character(pg: Postgr
     await pg.upsert_target_event("d-1", "web-1", "Install", log_tail="binary\x00output")
     [event] = await pg.list_target_events("d-1")
     assert event["log_tail"] == "binary\ufffdoutput"
+    # also inside the arrays a batch of rows is written with (a step's rows: one upsert for all)
+    await pg.save_progress("d-1", [{"target": f"web-{n}", "event": "Install", "log_tail": "a\x00b"} for n in (2, 3)])
+    assert {e["log_tail"] for e in await pg.list_target_events("d-1")} == {"binary\ufffdoutput", "a\ufffdb"}
 
 
 # -- several servers on one database
