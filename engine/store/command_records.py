@@ -11,6 +11,10 @@ The transactions that read and then write are programs (engine/store/statements.
 deployment (``Serialize``) before it looks for a command already there, so two servers dispatching the same event
 queue it once; a claim takes the oldest Pending command with ``_row_lock`` (PostgreSQL: ``FOR UPDATE SKIP LOCKED``)
 and re-checks that it is still Pending, so no command is handed out twice.
+
+Where a write touches many rows (a burst of results, a step's runs, a batch of heartbeats), a store that takes many
+rows in one statement (``SqlAccess._values``: PostgreSQL, where each statement is a round trip) writes them by one
+statement per ``ROWS_PER_STATEMENT``; SQLite runs a statement per row, the same rules either way.
 """
 
 from __future__ import annotations
@@ -86,9 +90,9 @@ _PENDING_AFTER = (
 
 def _queue_one_by_one(runs: Sequence[QueuedRun], at: float) -> Program[tuple[list[Row | None], set[str]]]:
     """``enqueue_command_runs``'s queueing, a run at a time: what its host has queued read, then its commands
-    inserted one by one. A run whose first event is there queues nothing (that command is returned), and no event is
-    queued behind one already there. The runs queued: their first commands as ``existing`` (None: queued now), and
-    their hosts."""
+    inserted one by one. A run whose first event is there queues nothing, and no event is queued behind one already
+    there. Per run, the command of its first event that was there (None: the run was queued now); and the hosts that
+    got a run."""
     existing: list[Row | None] = []
     queued_hosts: set[str] = set()
     last_payload: object = object()

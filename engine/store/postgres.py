@@ -176,22 +176,17 @@ class OwnBackends:
     """The server process ids of the pool's connections, as they come and go: PostgreSQL names the backend that sent
     each notification, so a listener can tell what this store said itself from what other replicas said.
 
-    A connection's id is noted when the pool makes it (``note``, the pool's ``init``) and dropped when it closes. An
-    id the operating system gives again to another replica's new backend in the moment before a closed one is
+    A connection's id is noted when the pool makes it (``note``, from the pool's ``init``) and dropped when it
+    closes. An id the operating system gives again to another replica's new backend in the moment before a closed one is
     dropped would hide that backend's notification: what it said is then found by the lease round instead."""
 
-    def __init__(self, on_statement: Callable[[str], None] | None = None) -> None:
+    def __init__(self) -> None:
         self.pids: set[int] = set()
-        self._on_statement = on_statement
 
-    async def note(self, conn: Any) -> None:
-        """The pool's ``init`` of each connection it makes (and, given ``on_statement``, its query logger)."""
+    def note(self, conn: Any) -> None:
         pid = conn.get_server_pid()
         self.pids.add(pid)
         conn.add_termination_listener(lambda _conn: self.pids.discard(pid))
-        if self._on_statement is not None:
-            tell = self._on_statement
-            conn.add_query_logger(lambda query: tell(query.query))
 
 
 class PostgresStore(Records):
@@ -250,7 +245,15 @@ class PostgresStore(Records):
         """
         del init
         shown = shown_url(url)
-        own_backends = OwnBackends(on_statement)
+        own_backends = OwnBackends()
+
+        async def made(conn: Any) -> None:
+            """Each connection the pool makes: its backend noted as this store's, its statements traced if asked."""
+            own_backends.note(conn)
+            if on_statement is not None:
+                trace = on_statement
+                conn.add_query_logger(lambda query: trace(query.query))
+
         try:
             pool = await asyncpg.create_pool(
                 url,
@@ -258,7 +261,7 @@ class PostgresStore(Records):
                 min_size=min_size,
                 max_size=max_size,
                 timeout=10,
-                init=own_backends.note,
+                init=made,
                 reset=_nothing_to_reset,
             )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
