@@ -19,7 +19,8 @@ statement per ``ROWS_PER_STATEMENT``; SQLite runs a statement per row, the same 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -239,40 +240,47 @@ def _cancel_rest_of_run(host: str, deployment_id: str, at: float) -> Change:
 
 @dataclass(frozen=True)
 class _Update:
-    """An UPDATE of commands by id, two ways: ``one`` row per statement (its parameters: the time, then the row's
-    values, of ``host_commands``'s ``columns``), or ``many(table)``, joined to a table of such rows (``v``), which
-    returns the ids of the commands it changed."""
+    """An UPDATE of commands: ``stamp`` set to the time, ``fixed`` (SQL, or none) as it is, the ``copied`` columns
+    from each row, on the command whose ``keys`` (``id`` first) match the row's, if its status is one of
+    ``statuses``. A row is its keys, then its copied values. Run a row per statement (``one``, ``params``), or joined
+    to a table of rows (``many``), which returns the ids of the commands it changed."""
 
-    one: str
-    columns: tuple[str, ...]
-    many: Callable[[str], str]
-    id_at: int  # where a row holds its command's id
+    stamp: str
+    fixed: str
+    copied: tuple[str, ...]
+    keys: tuple[str, ...]
+    statuses: tuple[str, ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*self.keys, *self.copied)
+
+    @functools.cached_property
+    def one(self) -> str:
+        sets, where = self._sets(["?"] * len(self.copied)), " AND ".join(f"{key} = ?" for key in self.keys)
+        return f"UPDATE host_commands SET {sets} WHERE {where} AND {_status_is(self.statuses)}"
+
+    def params(self, at: float, row: Sequence[Any]) -> tuple[Any, ...]:
+        """``one``'s parameters for ``row``: the SET clause's come before the WHERE clause's."""
+        return (at, *row[len(self.keys) :], *row[: len(self.keys)])
+
+    def many(self, table: str) -> str:
+        where = " AND ".join(f"host_commands.{key} = v.{key}" for key in self.keys)
+        sets = self._sets([f"v.{column}" for column in self.copied])
+        return (
+            f"UPDATE host_commands SET {sets} FROM {table} AS v WHERE {where}"
+            f" AND host_commands.{_status_is(self.statuses)} RETURNING host_commands.id"
+        )
+
+    def _sets(self, sources: list[str]) -> str:
+        """The SET clause, each copied column from its source (``?``, or the joined table's column)."""
+        copied = [f"{column} = {source}" for column, source in zip(self.copied, sources, strict=True)]
+        return ", ".join([f"{self.stamp} = ?", *([self.fixed] if self.fixed else []), *copied])
 
 
-_FINISH = _Update(
-    "UPDATE host_commands SET finished_at = ?, status = ?, result = ? WHERE id = ? AND host = ?"
-    " AND status IN ('Pending', 'InProgress')",
-    ("status", "result", "id", "host"),
-    lambda table: (
-        "UPDATE host_commands SET finished_at = ?, status = v.status, result = v.result"
-        f" FROM {table} AS v WHERE host_commands.id = v.id AND host_commands.host = v.host"
-        " AND host_commands.status IN ('Pending', 'InProgress') RETURNING host_commands.id"
-    ),
-    id_at=2,
-)
-"""A report's command finished (status, result; id, host), if it is still open on that host."""
-_CLAIM = _Update(
-    "UPDATE host_commands SET claimed_at = ?, status = 'InProgress' WHERE id = ? AND host = ? AND deployment_id = ?"
-    " AND status = 'Pending'",
-    ("id", "host", "deployment_id"),
-    lambda table: (
-        "UPDATE host_commands SET claimed_at = ?, status = 'InProgress'"
-        f" FROM {table} AS v WHERE host_commands.id = v.id AND host_commands.host = v.host"
-        " AND host_commands.deployment_id = v.deployment_id AND host_commands.status = 'Pending'"
-        " RETURNING host_commands.id"
-    ),
-    id_at=0,
-)
+_FINISH = _Update("finished_at", "", ("status", "result"), ("id", "host"), OPEN_COMMAND_STATUSES)
+"""A report's command finished (id, host; status, result), if it is still open on that host."""
+_CLAIM = _Update("claimed_at", "status = 'InProgress'", (), ("id", "host", "deployment_id"), ("Pending",))
 """The next command of a report's run claimed for its agent (id, host, deployment), if it is still Pending."""
 
 
@@ -284,11 +292,11 @@ def _updated(
     changed: list[int] = []
     if values is None:
         for row in rows:
-            if (yield Change(update.one, (at, *row))) == 1:
-                changed.append(row[update.id_at])
+            if (yield Change(update.one, update.params(at, row))) == 1:
+                changed.append(row[0])
         return changed
     # In id order: two replicas finishing overlapping batches lock the rows in one order and never deadlock.
-    for chunk in chunks(sorted(rows, key=lambda row: int(row[update.id_at]))):
+    for chunk in chunks(sorted(rows, key=lambda row: int(row[0]))):
         table, params = values("host_commands", update.columns, chunk)
         changed += [done["id"] for done in (yield Fetch("host_commands", update.many(table), (at, *params)))]
     return changed
@@ -512,7 +520,7 @@ class CommandRecords(SqlAccess):
             commands: list[Row | None] = [None] * len(reports)
             finished = [False] * len(reports)
             finishes = [
-                (reports[i][2], to_json(reports[i][3]), command_id, reports[i][1]) for command_id, i in first.items()
+                (command_id, reports[i][1], reports[i][2], to_json(reports[i][3])) for command_id, i in first.items()
             ]
             for command_id in (yield from _updated(values, _FINISH, finishes, at)):
                 commands[first[command_id]], finished[first[command_id]] = known[command_id], True
@@ -524,7 +532,7 @@ class CommandRecords(SqlAccess):
                     continue  # not that host's command
                 commands[index] = rows[0]
                 if command_id not in known:  # a known one left open above was finished already
-                    finish_it = (at, status, to_json(result), command_id, host)
+                    finish_it = _FINISH.params(at, (command_id, host, status, to_json(result)))
                     finished[index] = (yield Change(_FINISH.one, finish_it)) == 1
             for index, (_, host, status, _, _) in enumerate(reports):
                 command = commands[index]
