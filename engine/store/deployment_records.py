@@ -283,27 +283,32 @@ def target_event_upserts(
         by_fields.setdefault(tuple(sorted(row.keys() - {"target", "event"})), []).append(row)
     statements = []
     for fields, group in by_fields.items():
-        check_columns("target_events", fields, columns["target_events"] - {*_TARGET_EVENT_KEY})
         names = [*_TARGET_EVENT_KEY, *fields]
-        on_conflict = "UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in fields) if fields else "NOTHING"
         for chunk in chunks(group):
             chunk_rows = [(deployment_id, row["target"], row["event"], *(row[f] for f in fields)) for row in chunk]
             table, params = values("target_events", names, chunk_rows)
-            sql = (
-                f"INSERT INTO target_events ({', '.join(names)}) SELECT * FROM {table} AS v"
-                f" ON CONFLICT (deployment_id, target, event) DO {on_conflict}"
-            )
-            statements.append((sql, tuple(params)))
+            statements.append((_target_events_upsert(columns, fields, f"SELECT * FROM {table} AS v"), tuple(params)))
     return statements
 
 
 def target_event_upsert(columns: Columns, deployment_id: str, row: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
     fields = {k: v for k, v in row.items() if k not in ("target", "event")}
+    source = f"VALUES ({placeholders(len(_TARGET_EVENT_KEY) + len(fields))})"
+    return _target_events_upsert(columns, fields, source), (
+        deployment_id,
+        row["target"],
+        row["event"],
+        *fields.values(),
+    )
+
+
+def _target_events_upsert(columns: Columns, fields: Iterable[str], source: str) -> str:
+    """Insert the rows of ``source`` (the key, then ``fields``) into target_events; a row there already takes their
+    ``fields`` and keeps the rest."""
+    fields = list(fields)
     check_columns("target_events", fields, columns["target_events"] - {*_TARGET_EVENT_KEY})
-    names = [*_TARGET_EVENT_KEY, *fields]
     on_conflict = "UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in fields) if fields else "NOTHING"
-    sql = (
-        f"INSERT INTO target_events ({', '.join(names)}) VALUES ({placeholders(len(names))})"
+    return (
+        f"INSERT INTO target_events ({', '.join([*_TARGET_EVENT_KEY, *fields])}) {source}"
         f" ON CONFLICT (deployment_id, target, event) DO {on_conflict}"
     )
-    return sql, (deployment_id, row["target"], row["event"], *fields.values())
