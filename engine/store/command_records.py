@@ -564,8 +564,7 @@ class CommandRecords(SqlAccess):
         """``_with_payloads``, the run heads not among ``rows`` read (a few hundred at a time)."""
         missing = _run_heads_missing(rows)
         heads: list[Row] = []
-        for start in range(0, len(missing), _PAYLOADS_PER_READ):
-            chunk = missing[start : start + _PAYLOADS_PER_READ]
+        for chunk in chunks(missing, _PAYLOADS_PER_READ):
             heads += await self._fetch("host_commands", _payloads_sql(len(chunk)), chunk)
         return _with_payloads(rows, heads)
 
@@ -677,9 +676,8 @@ class CommandRecords(SqlAccess):
     async def get_agents(self, names: Sequence[str]) -> list[Row]:
         """One trip, however many names: a group's start checks all its hosts' agents (it read them one by one, a trip
         each, 1,000 at the start of a 1,000-host deployment). Chunked under SQLite's and asyncpg's parameter limits."""
-        unique = sorted(set(names))
-        chunks = [unique[i : i + _NAMES_PER_READ] for i in range(0, len(unique), _NAMES_PER_READ)]
-        reads = [Fetch("agents", f"SELECT * FROM agents WHERE {in_clause('name', len(c))}", tuple(c)) for c in chunks]
+        some = chunks(sorted(set(names)), _NAMES_PER_READ)
+        reads = [Fetch("agents", f"SELECT * FROM agents WHERE {in_clause('name', len(c))}", tuple(c)) for c in some]
         return [row for rows in await self._fetch_all(reads) for row in rows] if reads else []
 
     async def list_agents(self) -> list[Row]:
