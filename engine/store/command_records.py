@@ -1,18 +1,19 @@
-"""The agents' work queue and the agents themselves in the store: ``host_commands`` and ``agents``.
+"""The agents' work queue in the store: ``host_commands`` (the agents' own rows are agent_records.py's).
 
-A record mixin of both stores (engine/store/sqlite.py, engine/store/postgres.py) like ``ReleaseRecords``: the SQL
-of the CommandQueue port (engine/ports.py) lives here. A command is Pending until a host claims it (InProgress),
-then Succeeded, Failed or Cancelled; a host's run of events is its Pending commands of one deployment after the one
-it holds, claimed one by one in the transaction that records the previous result. A run's commands share one spec
-(``payload``), stored on its first command alone: the others name that one (``run_head``), and every read that
-returns a command's payload (a claim, ``get_command``, ``list_commands``) gives each its run's.
+A record mixin of both stores (engine/store/sqlite.py, engine/store/postgres.py) like ``ReleaseRecords``: the SQL of
+the CommandQueue port (engine/ports.py) lives here, its agents' rows in agent_records.py. A command is Pending until
+a host claims it (InProgress), then Succeeded, Failed or Cancelled; a host's run of events is its Pending commands
+of one deployment after the one it holds, claimed one by one in the transaction that records the previous result. A
+run's commands share one spec (``payload``), stored on its first command alone: the others name that one
+(``run_head``), and every read that returns a command's payload (a claim, ``get_command``, ``list_commands``) gives
+each its run's.
 
 The transactions that read and then write are programs (engine/store/statements.py): queueing serializes on the
 deployment (``Serialize``) before it looks for a command already there, so two servers dispatching the same event
 queue it once; a claim takes the oldest Pending command with ``_row_lock`` (PostgreSQL: ``FOR UPDATE SKIP LOCKED``)
 and re-checks that it is still Pending, so no command is handed out twice.
 
-Where a write touches many rows (a burst of results, a step's runs, a batch of heartbeats), a store that takes many
+Where a write touches many rows (a burst of results, a step's runs), a store that takes many
 rows in one statement (``SqlAccess._values``: PostgreSQL, where each statement is a round trip) writes them by one
 statement per ``ROWS_PER_STATEMENT``; SQLite runs a statement per row, the same rules either way.
 """
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.core.leases import COMMANDS_QUEUED, RESULTS_RECORDED
-from engine.ports import AgentBeat, CommandReport, FinishedReport, QueuedRun, StepWrite
+from engine.ports import CommandReport, FinishedReport, QueuedRun, StepWrite
 from engine.store.deployment_records import step_program
 from engine.store.statements import (
     Change,
@@ -47,14 +48,8 @@ from engine.store.statements import (
 FINAL_COMMAND_STATUSES = frozenset({"Succeeded", "Failed", "Cancelled"})
 OPEN_COMMAND_STATUSES = ("Pending", "InProgress")
 COMMAND_STATUSES = frozenset({*OPEN_COMMAND_STATUSES, *FINAL_COMMAND_STATUSES})
-_COMMAND_HEAD = "id, host, deployment_id, event, status, created_at, claimed_at, finished_at"
-_AGENT_COLUMNS = ("name", "tags", "version", "last_seen", "state")
-_ON_AGENT_CONFLICT = (
-    " ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen,"
-    " tags = COALESCE(excluded.tags, agents.tags), version = COALESCE(excluded.version, agents.version),"
-    " state = COALESCE(excluded.state, agents.state)"
-)
-_UPSERT_AGENT = f"INSERT INTO agents ({', '.join(_AGENT_COLUMNS)}) VALUES (?, ?, ?, ?, ?)" + _ON_AGENT_CONFLICT
+COMMAND_HEAD = "id, host, deployment_id, event, status, created_at, claimed_at, finished_at"
+"""A command's columns but its payload and result (what never changes, and its status and times)."""
 # The indexes (migration 0013): a host's commands of one deployment through ``host_commands_by_deployment``
 # (deployment, host), exactly those rows however many deployments the host had before; its open ones through
 # ``host_commands_pending`` and ``host_commands_in_progress`` (host, id), partial on their status, which every query
@@ -62,14 +57,12 @@ _UPSERT_AGENT = f"INSERT INTO agents ({', '.join(_AGENT_COLUMNS)}) VALUES (?, ?,
 # match, never for a bound parameter.
 _OF_DEPLOYMENT = "deployment_id = ?"
 _LATEST_COMMAND = (
-    f"SELECT {_COMMAND_HEAD}, result FROM host_commands"
+    f"SELECT {COMMAND_HEAD}, result FROM host_commands"
     f" WHERE host = ? AND {_OF_DEPLOYMENT} AND event = ? AND status != 'Cancelled' ORDER BY id DESC LIMIT 1"
 )
 # The events a host already has a command for in a deployment (Cancelled ones aside): read once per queued run,
 # instead of once per event of it, and the full row of its first event only when that one is there.
 _EVENTS_QUEUED = f"SELECT event FROM host_commands WHERE host = ? AND {_OF_DEPLOYMENT} AND status != 'Cancelled'"
-_NAMES_PER_READ = 500
-"""Names per ``IN (...)`` of ``get_agents``: far under SQLite's 32,766 parameters and asyncpg's 32,767."""
 
 _INSERT_COMMAND = (
     f"INSERT INTO host_commands (host, deployment_id, event, payload, created_at) VALUES ({placeholders(5)})"
@@ -183,21 +176,6 @@ def _before_any_of(events: Sequence[str], there: set[str]) -> list[str]:
             break
         ahead.append(event)
     return ahead
-
-
-def _one_beat_per_agent(beats: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Heartbeat rows (``_AGENT_COLUMNS``, in the order they arrived) folded to one per agent, as the upserts one by
-    one leave it: the last ``last_seen``, and of tags, version and state the last one given (a beat may leave one
-    out). One statement may not upsert a row twice."""
-    folded: dict[str, tuple[Any, ...]] = {}
-    for name, tags, version, last_seen, state in beats:
-        before = folded.get(name)
-        if before is not None:
-            tags = tags if tags is not None else before[1]
-            version = version if version is not None else before[2]
-            state = state if state is not None else before[4]
-        folded[name] = (name, tags, version, last_seen, state)
-    return list(folded.values())
 
 
 def _claim_sql(row_lock: str) -> str:
@@ -505,7 +483,7 @@ class CommandRecords(SqlAccess):
         for report in reports:
             if report[2] not in FINAL_COMMAND_STATUSES:
                 raise ValueError(f"not a final command status: {report[2]!r}")
-        head = f"SELECT {_COMMAND_HEAD} FROM host_commands WHERE id = ? AND host = ?"
+        head = f"SELECT {COMMAND_HEAD} FROM host_commands WHERE id = ? AND host = ?"
         known = heads or {}
         # The first report of each command known here, of the host it was handed to, is finished without reading the
         # command (``_updated``); the others (a repeat within the batch, an unknown command) are read first.
@@ -580,7 +558,7 @@ class CommandRecords(SqlAccess):
         where, params = where_clause(host=host, deployment_id=deployment_id)
         if status is not None:
             where += " AND " + _status_is((status,) if isinstance(status, str) else tuple(status))
-        columns = "*" if payload else _COMMAND_HEAD
+        columns = "*" if payload else COMMAND_HEAD
         # Sorted here, not by the SQL: see ``open_commands``.
         rows = await self._fetch("host_commands", f"SELECT {columns} FROM host_commands WHERE {where}", params)
         return sorted(await self._with_run_payloads(rows) if payload else rows, key=_command_id)
@@ -600,7 +578,7 @@ class CommandRecords(SqlAccess):
         """The deployment's commands that have a result (Succeeded or Failed), oldest first, without their payload:
         what its owner reads back when another replica recorded the results (``RESULTS_RECORDED``)."""
         sql = (
-            f"SELECT {_COMMAND_HEAD}, result FROM host_commands WHERE deployment_id = ?"
+            f"SELECT {COMMAND_HEAD}, result FROM host_commands WHERE deployment_id = ?"
             " AND status IN ('Succeeded', 'Failed') ORDER BY id"
         )
         return await self._fetch("host_commands", sql, (deployment_id,))
@@ -625,60 +603,3 @@ class CommandRecords(SqlAccess):
         return await self._fetch_one("host_commands", sql, (sha256, host)) is not None
 
     # -- agents
-
-    async def upsert_agent(
-        self,
-        name: str,
-        *,
-        last_seen: float,
-        tags: Mapping[str, str] | None = None,
-        version: str | None = None,
-        state: str | None = None,
-    ) -> None:
-        """Record a heartbeat; fields given as None keep their stored value."""
-        await self._change(_UPSERT_AGENT, (name, to_json(tags), version, last_seen, state))
-
-    async def record_heartbeats(self, beats: Sequence[AgentBeat]) -> list[Row]:
-        """Heartbeats of several agents in one transaction (each as ``upsert_agent``); the InProgress commands of
-        their hosts without payload, oldest first: the claims the fleet checks against what each agent runs."""
-        hosts = sorted({host for host, *_ in beats})
-        # Sorted here, not by the SQL: with ORDER BY id, SQLite's planner may read every InProgress command (a
-        # 1,000-host deployment's) in id order for each batch, where ``host_commands_in_progress`` finds these hosts'.
-        claims = (
-            f"SELECT {_COMMAND_HEAD} FROM host_commands WHERE status = 'InProgress' AND {in_clause('host', len(hosts))}"
-        )
-
-        values = self._values()
-
-        def record() -> Program[list[Row]]:
-            # In host order (stable: a host's later beat still lands last), so that two replicas writing
-            # overlapping batches lock the rows in one order and never deadlock.
-            ordered = [
-                (host, to_json(tags), version, last_seen, state)
-                for host, last_seen, tags, version, state in sorted(beats, key=lambda beat: beat[0])
-            ]
-            if values is None:
-                for row in ordered:
-                    yield Change(_UPSERT_AGENT, row)
-            else:  # an upsert per 500 agents, each agent once: what its beats one by one would leave
-                for some in chunks(_one_beat_per_agent(ordered)):
-                    table, params = values("agents", _AGENT_COLUMNS, some)
-                    upsert = f"INSERT INTO agents ({', '.join(_AGENT_COLUMNS)}) SELECT * FROM {table} AS v"
-                    yield Change(upsert + _ON_AGENT_CONFLICT, params)
-            rows: list[Row] = yield Fetch("host_commands", claims, hosts)
-            return sorted(rows, key=lambda row: int(row["id"]))
-
-        return await self._transact(record)
-
-    async def get_agent(self, name: str) -> Row | None:
-        return await self._fetch_one("agents", "SELECT * FROM agents WHERE name = ?", (name,))
-
-    async def get_agents(self, names: Sequence[str]) -> list[Row]:
-        """One trip, however many names: a group's start checks all its hosts' agents (it read them one by one, a trip
-        each, 1,000 at the start of a 1,000-host deployment). Chunked under SQLite's and asyncpg's parameter limits."""
-        some = chunks(sorted(set(names)), _NAMES_PER_READ)
-        reads = [Fetch("agents", f"SELECT * FROM agents WHERE {in_clause('name', len(c))}", tuple(c)) for c in some]
-        return [row for rows in await self._fetch_all(reads) for row in rows] if reads else []
-
-    async def list_agents(self) -> list[Row]:
-        return await self._fetch("agents", "SELECT * FROM agents ORDER BY name")

@@ -3,6 +3,7 @@ new table's mixin cannot be given to one store and forgotten in the other."""
 
 from __future__ import annotations
 
+from engine.store.agent_records import AgentRecords
 from engine.store.agent_token_records import AgentTokenRecords
 from engine.store.application_records import ApplicationRecords
 from engine.store.bundle_records import BundleRecords
@@ -27,6 +28,7 @@ class Records(
     IntentRecords,
     HookExecutionRecords,
     CommandRecords,
+    AgentRecords,
     BundleRecords,
     AgentTokenRecords,
     ReplicaRecords,
