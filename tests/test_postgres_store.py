@@ -174,6 +174,31 @@ async def test_claims_from_two_servers_never_hand_one_command_twice(store_databa
         assert await a.list_commands(status="Pending") == []
 
 
+async def test_steps_and_claims_from_two_servers_never_hand_one_command_twice(store_database: Opener) -> None:
+    """Two servers' steps hand runs to the parked polls of the same hosts while agents' claims arrive at both: on
+    PostgreSQL a step claims all its hosts in one statement, passing over a row another transaction holds (as a
+    claim of its own does); no command is handed out twice, and none is lost."""
+    hosts = [f"web-{n}" for n in range(40)]
+    async with await store_database.open() as a, await store_database.open() as b:
+        for host in hosts:
+            await a.enqueue_command_runs([(host, "d-0", ["Install", "AfterInstall"], {})], at=T0)
+        steps = [
+            server.enqueue_command_runs(
+                [(host, deployment_id, ["Install", "AfterInstall"], {}) for host in hosts],
+                at=T0,
+                hand_to=dict.fromkeys(hosts, True),
+            )
+            for server, deployment_id in ((a, "d-1"), (b, "d-2"))
+        ]
+        claims = [server.claim_next_command(host, at=T0, with_run=True) for host in hosts for server in (a, b)]
+        done = await asyncio.gather(*steps, *claims)
+        handed_out = [row["id"] for _, claimed in done[:2] for row in claimed.values()]
+        handed_out += [row["id"] for row in done[2:] if row is not None]
+        assert len(handed_out) == len(set(handed_out))  # none twice
+        in_progress = {c["id"] for c in await a.list_commands(status="InProgress", payload=False)}
+        assert in_progress == set(handed_out)  # each claimed row was handed to someone
+
+
 async def test_two_servers_queueing_the_same_event_queue_it_once(store_database: Opener) -> None:
     async with await store_database.open() as a, await store_database.open() as b:
         await asyncio.gather(

@@ -892,6 +892,69 @@ async def test_on_postgresql_a_steps_runs_are_queued_by_a_statement_per_place_in
         await store.close()
 
 
+async def test_a_steps_parked_hosts_are_each_handed_their_oldest_pending_command_with_its_run(store: AnyStore) -> None:
+    """The claims made for parked long polls in the transaction that queues a step's runs give each host what a claim
+    of its own would (PostgreSQL claims 603 hosts by a statement per 500, SQLite one by one): its oldest Pending
+    command, a run's later command with its run's payload, the rest of the run only when asked for, and whether
+    anything else of the host waits behind the run."""
+    events = ["BeforeInstall", "Install", "AfterInstall"]
+    await store.enqueue_command_runs([("web-older", "d-0", ["Install"], {"n": 0})], at=T0)
+    await store.enqueue_command_runs([("web-later", "d-0", ["Install", "AfterInstall"], {"n": 0})], at=T0)
+    handed_alone = await store.claim_next_command("web-later", at=T0)  # its run's next command is left Pending
+    assert handed_alone is not None and handed_alone["event"] == "Install"
+    hosts = [f"web-{n:03d}" for n in range(600)]
+    hand_to = {host: True for host in [*hosts, "web-older", "web-later"]} | {"web-plain": False, "web-idle": True}
+    runs = [(host, "d-1", events, {"n": 1}) for host in [*hosts, "web-older", "web-later", "web-plain"]]
+
+    _, claimed = await store.enqueue_command_runs(runs, at=T0 + 1, hand_to=hand_to)
+
+    assert set(claimed) == {*hosts, "web-older", "web-later", "web-plain"}  # web-idle got no run
+    for host in hosts:
+        row = claimed[host]
+        assert (row["event"], row["status"], row["payload"], row["claimed_at"]) == (
+            "BeforeInstall",
+            "InProgress",
+            {"n": 1},
+            T0 + 1,
+        )
+        assert [step["event"] for step in row["then"]] == ["Install", "AfterInstall"] and row["run_ends_queue"]
+    older, later, plain = claimed["web-older"], claimed["web-later"], claimed["web-plain"]
+    assert (older["deployment_id"], older["event"], older["then"], older["run_ends_queue"]) == (
+        "d-0",
+        "Install",
+        [],
+        False,
+    )
+    assert (later["deployment_id"], later["event"], later["payload"], later["then"]) == (
+        "d-0",
+        "AfterInstall",
+        {"n": 0},
+        [],
+    )
+    assert (plain["event"], "then" in plain, plain["payload"]) == ("BeforeInstall", False, {"n": 1})
+    rest = [c for c in await store.list_commands(host="web-000", payload=False) if c["status"] == "Pending"]
+    assert [c["id"] for c in rest] == [step["id"] for step in claimed["web-000"]["then"]]
+
+
+async def test_on_postgresql_a_steps_parked_hosts_are_claimed_by_a_statement_per_500(
+    postgres_server: PostgresServer,
+) -> None:
+    """1,000 parked hosts handed their runs in the step's transaction: 2 claiming UPDATEs and 2 reads of the rest of
+    their runs, not 2,000 statements (each a round trip to PostgreSQL)."""
+    statements: list[str] = []
+    store = await PostgresStore.open(postgres_server.new_database(), on_statement=statements.append)
+    try:
+        hosts = [f"web-{n}" for n in range(1, 1001)]
+        runs = [(host, "d-1", ["Install", "AfterInstall"], {}) for host in hosts]
+        queued = len(statements)
+        _, claimed = await store.enqueue_command_runs(runs, at=T0, hand_to=dict.fromkeys(hosts, True))
+        assert len(claimed) == 1000 and all(row["then"] for row in claimed.values())
+        claims = [sql.split()[0] for sql in statements[queued:] if "host_commands" in sql and "INSERT" not in sql]
+        assert claims == ["SELECT"] * 2 + ["UPDATE"] * 2 + ["SELECT"] * 2  # what is there; claims; rest of runs
+    finally:
+        await store.close()
+
+
 async def test_a_steps_rows_of_one_event_and_of_other_columns_leave_what_they_would_one_by_one(store: AnyStore) -> None:
     """A step writes the rows its quiet steps left unwritten too: one event's can come twice (marked in progress,
     then its result), and rows give different columns. PostgreSQL writes them by one upsert per set of columns

@@ -13,9 +13,9 @@ deployment (``Serialize``) before it looks for a command already there, so two s
 queue it once; a claim takes the oldest Pending command with ``_row_lock`` (PostgreSQL: ``FOR UPDATE SKIP LOCKED``)
 and re-checks that it is still Pending, so no command is handed out twice.
 
-Where a write touches many rows (a burst of results, a step's runs), a store that takes many
-rows in one statement (``SqlAccess._values``: PostgreSQL, where each statement is a round trip) writes them by one
-statement per ``ROWS_PER_STATEMENT``; SQLite runs a statement per row, the same rules either way.
+Where a write touches many rows (a burst of results, a step's runs and its claims for parked polls), a store that
+takes many rows in one statement (``SqlAccess._values``: PostgreSQL, where each statement is a round trip) writes
+them by one statement per ``ROWS_PER_STATEMENT``; SQLite runs a statement per row, the same rules either way.
 """
 
 from __future__ import annotations
@@ -198,12 +198,57 @@ def _claim_oldest(row_lock: str, host: str, at: float, *, with_run: bool) -> Pro
     heads = (yield Fetch("host_commands", _payloads_sql(1), (head,))) if head is not None else []
     row: Row = _with_payloads(rows, heads)[0]
     if with_run:
-        pending = yield Fetch("host_commands", _PENDING_AFTER, (host, row["id"]))
-        row["then"] = [
-            {"id": r["id"], "event": r["event"]} for r in pending if r["deployment_id"] == row["deployment_id"]
-        ]
-        row["run_ends_queue"] = len(row["then"]) == len(pending)
+        _add_rest_of_run(row, (yield Fetch("host_commands", _PENDING_AFTER, (host, row["id"]))))
     return row
+
+
+def _claim_oldest_of_each(
+    values: ValuesTable, row_lock: str, hosts: Mapping[str, bool], at: float
+) -> Program[dict[str, Row]]:
+    """``_claim_oldest`` for each of ``hosts`` (with its run when its value is True), on a store that takes many rows
+    in one statement: the claims by one statement, the rest of the claimed runs read by another, and any run heads'
+    payloads by a third, per ``ROWS_PER_STATEMENT`` hosts; the rows a claim per host would give, by host.
+
+    Each host's oldest Pending command is locked as ``_claim_sql`` locks it (PostgreSQL: ``SKIP LOCKED``: a row
+    another transaction holds is passed over, so a step never waits on another replica's claims) and re-checked."""
+    rows: list[Row] = []
+    for some in chunks(sorted((host,) for host in hosts)):
+        table, params = values("host_commands", ("host",), some)
+        sql = (
+            "UPDATE host_commands SET status = 'InProgress', claimed_at = ? FROM ("
+            f"SELECT oldest.id FROM {table} AS v CROSS JOIN LATERAL ("
+            f"SELECT id FROM host_commands WHERE host = v.host AND status = 'Pending' ORDER BY id LIMIT 1{row_lock}"
+            ") AS oldest) AS picked"
+            " WHERE host_commands.id = picked.id AND host_commands.status = 'Pending' RETURNING host_commands.*"
+        )
+        rows += yield Fetch("host_commands", sql, (at, *params))
+    heads: list[Row] = []
+    for some_heads in chunks(_run_heads_missing(rows), _PAYLOADS_PER_READ):
+        heads += yield Fetch("host_commands", _payloads_sql(len(some_heads)), tuple(some_heads))
+    claimed = {row["host"]: row for row in _with_payloads(rows, heads)}
+    with_run = sorted(host for host in claimed if hosts[host])
+    pending: dict[str, list[Row]] = {host: [] for host in with_run}
+    for some in chunks([(host,) for host in with_run]):
+        table, params = values("host_commands", ("host",), some)
+        sql = (
+            f"SELECT c.id, c.event, c.deployment_id, c.host FROM host_commands AS c JOIN {table} AS v"
+            " ON c.host = v.host WHERE c.status = 'Pending' ORDER BY c.host, c.id"
+        )
+        for row in (yield Fetch("host_commands", sql, tuple(params))):
+            pending[row["host"]].append(row)
+    for host in with_run:
+        row = claimed[host]
+        _add_rest_of_run(row, [after for after in pending[host] if after["id"] > row["id"]])
+    return claimed
+
+
+def _add_rest_of_run(row: Row, pending_after: Sequence[Row]) -> None:
+    """``then`` and ``run_ends_queue`` of a claimed ``row`` (``claim_next_command``), from its host's Pending commands
+    after it, in id order."""
+    row["then"] = [
+        {"id": r["id"], "event": r["event"]} for r in pending_after if r["deployment_id"] == row["deployment_id"]
+    ]
+    row["run_ends_queue"] = len(row["then"]) == len(pending_after)
 
 
 def _cancel_rest_of_run(host: str, deployment_id: str, at: float) -> Change:
@@ -372,25 +417,27 @@ class CommandRecords(SqlAccess):
         row_lock = self._row_lock
         values = self._values()
         written_first = step_program(self._columns, step, values) if step is not None else None
-        if values is not None and len({(host, deployment_id) for host, deployment_id, _, _ in runs}) < len(runs):
-            values = None  # a host twice in one deployment: each run reads what the one before it queued
+        distinct = len({(host, deployment_id) for host, deployment_id, _, _ in runs}) == len(runs)
+        queue_values = values if distinct else None  # a host twice: each of its runs reads what the one before queued
 
         def enqueue() -> Program[tuple[list[Row | None], dict[str, Row]]]:
             claimed: dict[str, Row] = {}
             yield Serialize(sorted({_queue_key(deployment_id) for _, deployment_id, _, _ in runs}))
             if written_first is not None:
                 yield from written_first()
-            if values is not None:
-                existing, queued_hosts = yield from _queue_together(values, runs, at)
+            if queue_values is not None:
+                existing, queued_hosts = yield from _queue_together(queue_values, runs, at)
             else:
                 existing, queued_hosts = yield from _queue_one_by_one(runs, at)
             if queued_hosts:
                 yield Notify(COMMANDS_QUEUED, sorted(queued_hosts))
-            for host, with_run in (hand_to or {}).items():
-                if host in queued_hosts:
-                    row = yield from _claim_oldest(row_lock, host, at, with_run=with_run)
-                    if row is not None:
-                        claimed[host] = row
+            handed = {host: with_run for host, with_run in (hand_to or {}).items() if host in queued_hosts}
+            if values is not None and handed:
+                return existing, (yield from _claim_oldest_of_each(values, row_lock, handed, at))
+            for host, with_run in handed.items():
+                row = yield from _claim_oldest(row_lock, host, at, with_run=with_run)
+                if row is not None:
+                    claimed[host] = row
             return existing, claimed
 
         return await self._transact(enqueue)
