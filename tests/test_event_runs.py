@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from conftest import HANG_GUARD, FakeClock, eventually, group_noted
+from postgres_support import PostgresServer
 from test_agent_client import ROOT, _dead_or_zombie, command, options, running_agent
 
 from bot.agent_api import create_agent_app
@@ -30,6 +31,7 @@ from engine.adapters.fleet import Fleet
 from engine.bundles import build_bundle
 from engine.core.agent_protocol import agent_run
 from engine.core.events import StartRollback
+from engine.core.leases import COMMANDS_QUEUED
 from engine.core.lifecycle import SERVER_INSTALL_EVENTS
 from engine.core.machine import DeploymentMachine, MachineOptions
 from engine.core.model import DeploymentStatus, DeploymentType, EventStatus, LifecycleEvent, Platform
@@ -37,6 +39,7 @@ from engine.core.snapshot import state_from_json, state_to_json
 from engine.core.stages import ALL_AT_ONCE, StageOptions, deployment_stages
 from engine.ports import Clock, OnResult
 from engine.runtime.runner import QUIET_WRITE_SECONDS, DeploymentRunner
+from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SqliteStore
 
 RUN = agent_run(SERVER_INSTALL_EVENTS, 0)
@@ -410,6 +413,56 @@ async def test_after_a_run_claimed_whole_the_agents_next_claim_is_known_to_find_
     await server.fleet.dispatch_runs("d-2", [("web-1", RUN)], {"deployment_id": "d-2"})  # queued: claimed again
     again = await server.fleet.next_command("web-1", wait=0, runs=True)
     assert again is not None and again["deployment_id"] == "d-2" and len(again.get("then", [])) == len(RUN) - 1
+
+
+async def test_on_postgresql_a_replica_hearing_its_own_notice_of_a_run_still_knows_the_next_claim_finds_nothing(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """Each replica hears the commands any replica queues (a poll of that host parked on it claims at once), its
+    own included. One that took its own notice for news forgot what it knew of the host's queue: after each run, the
+    agent's next claim went to the database, a round trip per host per deployment (1,000 of them at 1,000 hosts).
+    What it queued itself, it knows: another replica's notice still wakes a poll parked here."""
+    statements: list[str] = []
+    database = postgres_server.new_database()
+    store = await PostgresStore.open(database, on_statement=statements.append)
+    other = await PostgresStore.open(database)
+    fleet = Fleet(store, data_dir=tmp_path / "data", clock=SystemClock(), bundle_dir=tmp_path, on_result=_ignore)
+    fleet.start_monitor(interval=HANG_GUARD)
+    try:
+        await runs_for(fleet, "web-1")
+        poll = asyncio.ensure_future(fleet.next_command("web-1", wait=HANG_GUARD, runs=True))
+        await eventually(lambda: fleet.is_parked("web-1"), "the poll is parked")
+        await fleet.dispatch_runs("d-1", [("web-1", RUN)], {"deployment_id": "d-1"})
+        first = await asyncio.wait_for(poll, HANG_GUARD)
+        assert first is not None
+        ids = [first["id"], *(step["id"] for step in first.get("then", []))]
+
+        # Notices arrive in the order they were sent: once another store's is heard (it wakes a poll parked here,
+        # which claims again), this replica's own notice of the run has been heard too, or left out.
+        marker = asyncio.ensure_future(fleet.next_command("web-9", wait=HANG_GUARD))
+        await eventually(lambda: fleet.is_parked("web-9"), "the other host's poll is parked")
+        claims = sum(statement.startswith("UPDATE host_commands SET status = 'InProgress'") for statement in statements)
+        await other.notify(COMMANDS_QUEUED, ["web-9"])
+        await eventually(
+            lambda: sum(s.startswith("UPDATE host_commands SET status = 'InProgress'") for s in statements) > claims,
+            "the parked poll claims again once another replica's notice is heard",
+        )
+
+        await report(fleet, "web-1", ids)
+        before = len(statements)
+        assert await fleet.next_command("web-1", wait=0, runs=True) is None
+        assert statements[before:] == []  # known to find nothing: no claim went to the database
+        marker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await marker
+    finally:
+        await fleet.stop_monitor()
+        await other.close()
+        await store.close()
+
+
+async def _ignore(command: dict[str, Any], result: dict[str, Any]) -> None:
+    """Results go nowhere: the test reads the fleet's claims."""
 
 
 async def test_a_run_with_more_of_its_host_pending_or_cut_short_still_claims_what_is_left(server: Server) -> None:

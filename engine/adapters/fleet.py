@@ -108,7 +108,6 @@ class Fleet:
         self._started = clock.monotonic()
         self._monitor: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._handing: set[str] = set()  # hosts whose parked polls a dispatch in flight will hand a command
 
     # -- tokens ----------------------------------------------------------------------------------------------
 
@@ -178,12 +177,9 @@ class Fleet:
         parked = {target: self._parked_wants_run(target) for target, *_ in queued}
         hand_to = {host: wants_run for host, wants_run in parked.items() if wants_run is not None}
         changes = {host: self._queue_changes.get(host, 0) + 1 for host in hand_to}  # once this queueing is counted
-        self._handing.update(hand_to)  # our own notice of this queueing must not wake the polls we hand it to
-        try:
-            at = self.clock.now()
-            existing, claimed = await self.store.enqueue_command_runs(queued, at=at, hand_to=hand_to, step=step)
-        finally:
-            self._handing.difference_update(hand_to)
+        existing, claimed = await self.store.enqueue_command_runs(
+            queued, at=self.clock.now(), hand_to=hand_to, step=step
+        )
         for (target, _, queued_events, payload), command in zip(queued, existing, strict=True):
             revision = payload.get("revision") if payload is not None else None
             if isinstance(revision, Mapping) and isinstance(revision.get("sha256"), str):
@@ -484,19 +480,15 @@ class Fleet:
 
     async def _listen(self) -> None:
         """Hear commands queued by other replicas (nothing on an unshared store): a poll of that host parked here
-        claims at once. Should the listening connection drop and come back, every parked poll claims once."""
+        claims at once. Should the listening connection drop and come back, every parked poll claims once.
+
+        Not this replica's own notices: what it queued, it counted (and handed to a parked poll, or woke it) as it
+        did. Taken for news, its own notice made the host's next claim after a run, known to find nothing, a round
+        trip to the database: one per host and deployment."""
         try:
-            await self.store.listen(COMMANDS_QUEUED, self._heard_queued, reopened=self._recheck_parked)
+            await self.store.listen(COMMANDS_QUEUED, self._queued, reopened=self._recheck_parked, own=False)
         except Exception:  # this replica's polls still claim at each poll's end; the log says why pickup is slow
             log.exception("cannot listen for commands queued by other replicas")
-
-    def _heard_queued(self, host: str) -> None:
-        """A command was queued for ``host`` (by any replica, this one included): its polls here claim again, but
-        for the ones this replica is handing a command to right now (its own notice, heard before it hands it)."""
-        if host in self._handing:
-            self._queue_changes[host] = self._queue_changes.get(host, 0) + 1
-        else:
-            self._queued(host)
 
     def _recheck_parked(self) -> None:
         for host in list(self._waiters):
