@@ -194,12 +194,22 @@ def _claim_oldest(row_lock: str, host: str, at: float, *, with_run: bool) -> Pro
     rows = yield Fetch("host_commands", _claim_sql(row_lock), (at, host))
     if not rows:
         return None
-    head = rows[0].get("run_head")  # a run's later command, handed out by itself (its claimant was gone)
-    heads = (yield Fetch("host_commands", _payloads_sql(1), (head,))) if head is not None else []
-    row: Row = _with_payloads(rows, heads)[0]
+    # A run's later command handed out by itself (its claimant was gone) carries its run's payload.
+    row: Row = (yield from _with_payloads_read(rows))[0]
     if with_run:
         _add_rest_of_run(row, (yield Fetch("host_commands", _PENDING_AFTER, (host, row["id"]))))
     return row
+
+
+def _claim_oldest_one_by_one(row_lock: str, hosts: Mapping[str, bool], at: float) -> Program[dict[str, Row]]:
+    """``_claim_oldest`` for each of ``hosts`` (with its run when its value is True), a statement or two per host;
+    the rows claimed, by host."""
+    claimed: dict[str, Row] = {}
+    for host, with_run in hosts.items():
+        row = yield from _claim_oldest(row_lock, host, at, with_run=with_run)
+        if row is not None:
+            claimed[host] = row
+    return claimed
 
 
 def _claim_oldest_of_each(
@@ -222,10 +232,7 @@ def _claim_oldest_of_each(
             " WHERE host_commands.id = picked.id AND host_commands.status = 'Pending' RETURNING host_commands.*"
         )
         rows += yield Fetch("host_commands", sql, (at, *params))
-    heads: list[Row] = []
-    for some_heads in chunks(_run_heads_missing(rows), _PAYLOADS_PER_READ):
-        heads += yield Fetch("host_commands", _payloads_sql(len(some_heads)), tuple(some_heads))
-    claimed = {row["host"]: row for row in _with_payloads(rows, heads)}
+    claimed = {row["host"]: row for row in (yield from _with_payloads_read(rows))}
     with_run = sorted(host for host in claimed if hosts[host])
     pending: dict[str, list[Row]] = {host: [] for host in with_run}
     for some in chunks([(host,) for host in with_run]):
@@ -341,14 +348,23 @@ def _status_is(statuses: Sequence[str]) -> str:
     return f"status IN ({', '.join(literals)})" if literals else "1 = 0"
 
 
-def _payloads_sql(n: int) -> str:
-    return f"SELECT id, payload FROM host_commands WHERE {in_clause('id', n)}"
-
-
-def _run_heads_missing(rows: Sequence[Row]) -> list[int]:
-    """The run heads some of ``rows`` take their payload from, that are not among them."""
+def _run_head_reads(rows: Sequence[Row]) -> list[Fetch]:
+    """The reads of the payloads of the run heads some of ``rows`` take theirs from and that are not among them, a
+    few hundred heads a read."""
     present = {row["id"] for row in rows}
-    return sorted({row["run_head"] for row in rows if row.get("run_head") is not None} - present)
+    missing = sorted({row["run_head"] for row in rows if row.get("run_head") is not None} - present)
+    return [
+        Fetch("host_commands", f"SELECT id, payload FROM host_commands WHERE {in_clause('id', len(some))}", some)
+        for some in chunks(missing, _PAYLOADS_PER_READ)
+    ]
+
+
+def _with_payloads_read(rows: list[Row]) -> Program[list[Row]]:
+    """``_with_payloads``, inside a program, the run heads not among ``rows`` read first."""
+    heads: list[Row] = []
+    for read in _run_head_reads(rows):
+        heads += yield read
+    return _with_payloads(rows, heads)
 
 
 def _with_payloads(rows: list[Row], heads: Sequence[Row]) -> list[Row]:
@@ -421,7 +437,6 @@ class CommandRecords(SqlAccess):
         queue_values = values if distinct else None  # a host twice: each of its runs reads what the one before queued
 
         def enqueue() -> Program[tuple[list[Row | None], dict[str, Row]]]:
-            claimed: dict[str, Row] = {}
             yield Serialize(sorted({_queue_key(deployment_id) for _, deployment_id, _, _ in runs}))
             if written_first is not None:
                 yield from written_first()
@@ -433,11 +448,9 @@ class CommandRecords(SqlAccess):
                 yield Notify(COMMANDS_QUEUED, sorted(queued_hosts))
             handed = {host: with_run for host, with_run in (hand_to or {}).items() if host in queued_hosts}
             if values is not None and handed:
-                return existing, (yield from _claim_oldest_of_each(values, row_lock, handed, at))
-            for host, with_run in handed.items():
-                row = yield from _claim_oldest(row_lock, host, at, with_run=with_run)
-                if row is not None:
-                    claimed[host] = row
+                claimed = yield from _claim_oldest_of_each(values, row_lock, handed, at)
+            else:
+                claimed = yield from _claim_oldest_one_by_one(row_lock, handed, at)
             return existing, claimed
 
         return await self._transact(enqueue)
@@ -586,11 +599,11 @@ class CommandRecords(SqlAccess):
         return None if row is None else (await self._with_run_payloads([row]))[0]
 
     async def _with_run_payloads(self, rows: list[Row]) -> list[Row]:
-        """``_with_payloads``, the run heads not among ``rows`` read (a few hundred at a time)."""
-        missing = _run_heads_missing(rows)
+        """``_with_payloads``, the run heads not among ``rows`` read first (``_with_payloads_read`` outside a
+        transaction)."""
         heads: list[Row] = []
-        for chunk in chunks(missing, _PAYLOADS_PER_READ):
-            heads += await self._fetch("host_commands", _payloads_sql(len(chunk)), chunk)
+        for read in _run_head_reads(rows):
+            heads += await self._fetch(read.table, read.sql, read.params)
         return _with_payloads(rows, heads)
 
     async def list_commands(
