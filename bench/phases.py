@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import resource
 import sqlite3
 import statistics
 import time
@@ -68,32 +67,81 @@ def _process_cpu_clock(pid: int) -> int:
     return ((~pid) << 3) | 2
 
 
+PF_KTHREAD = 0x00200000  # a kernel thread (``flags`` of /proc/PID/stat): never "another process"
+
+
 @dataclass(frozen=True, slots=True)
 class MachineSample:
-    """When, how busy the whole machine had been (CPU seconds over all cores) and how much of that was this
-    process and the children it reaped: two samples tell our load from anyone else's in between."""
+    """When, how much CPU each process not ours had used by then, and the machine's steal time (another VM's): two
+    samples tell anyone else's load in between from ours.
+
+    Ours are this process and its descendants (the server, its agents and their hooks, the floors, the swarm), and
+    kernel threads are no one's: what they do for us (writing our files back, say) would otherwise pass for someone
+    else's load, and so would the softirq time of our own loopback traffic, had the machine's busy time been used."""
 
     at: float
-    busy: float
-    own: float
+    others: dict[tuple[int, int], float]  # (pid, start time in ticks) -> CPU seconds, its reaped children's included
+    steal: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStat:
+    parent: int
+    started: int  # ticks after boot: with the pid, it names the process (pids are reused)
+    kernel_thread: bool
+    cpu: float  # seconds, its own and its reaped children's
+
+
+def process_stats() -> dict[int, ProcessStat]:
+    """Every process /proc shows now (those gone while it was read are left out)."""
+    stats: dict[int, ProcessStat] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
+        kernel_thread = bool(int(fields[6]) & PF_KTHREAD)
+        stats[int(entry.name)] = ProcessStat(
+            int(fields[1]), int(fields[19]), kernel_thread, (utime + stime + cutime + cstime) / _TICKS
+        )
+    return stats
+
+
+def descendants(root: int, parents: dict[int, int]) -> set[int]:
+    """``root`` and every process under it, given each process's parent."""
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = {root}, [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def machine_sample() -> MachineSample:
-    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    own = sum(
-        usage.ru_utime + usage.ru_stime
-        for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
-    )
-    return MachineSample(time.monotonic(), (user + nice + system + irq + softirq + steal) / _TICKS, own)
+    stats = process_stats()
+    ours = descendants(os.getpid(), {pid: stat.parent for pid, stat in stats.items()})
+    others = {
+        (pid, stat.started): stat.cpu for pid, stat in stats.items() if pid not in ours and not stat.kernel_thread
+    }
+    steal = int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[8]) / _TICKS
+    return MachineSample(time.monotonic(), others, steal)
 
 
-def foreign_share(start: MachineSample, end: MachineSample, ours_elsewhere: float = 0.0) -> float:
-    """The share of the machine (0..1 of all cores) that processes not ours used between the samples;
-    ``ours_elsewhere`` is CPU of ours outside this process (the server, its agents and their hooks)."""
+def foreign_share(start: MachineSample, end: MachineSample) -> float:
+    """The share of the machine (0..1 of all cores) that processes not ours, and other VMs, used between the samples.
+
+    A process seen only at the end started in between: all of its CPU counts. One that ended in between counts
+    through the parent that reaped it, when that parent is not ours either."""
     seconds = (end.at - start.at) * (os.cpu_count() or 1)
-    foreign = (end.busy - start.busy) - (end.own - start.own) - ours_elsewhere
-    return max(0.0, foreign) / seconds if seconds > 0 else 0.0
+    used = sum(cpu - start.others.get(key, 0.0) for key, cpu in end.others.items()) + (end.steal - start.steal)
+    return max(0.0, used) / seconds if seconds > 0 else 0.0
 
 
 def wait_quiet(share: float, *, within: float, window: float = 0.5) -> float:

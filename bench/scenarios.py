@@ -142,8 +142,9 @@ def overhead(settings: Settings) -> list[Figure]:
     plain run next to it), shown with its range: one number from 3 runs jumped between 1.57x and 2.39x from one
     invocation to the next, which no one could believe. On a shared 2-core machine a test suite running beside the
     bench moves the ratio more than anything measured, so each round first waits (up to QUIET_WAIT_S) until other
-    processes use at most QUIET_SHARE of the machine, says how much they used while it ran (/proc/stat less our own
-    CPU), and the AllAtOnce ratio over the quiet rounds alone is shown too.
+    processes use at most QUIET_SHARE of the machine, says how much they used while it ran (every process outside
+    the bench's own tree, from /proc, and other VMs' steal time), and the AllAtOnce ratio over the quiet rounds alone
+    is shown too.
 
     Each round also measures the floor under the time between two events of a host (bench/floor.py,
     ``round_trip_ms``): a result POST answered after an SQLite commit by a server that does nothing else, back to
@@ -213,8 +214,7 @@ def overhead(settings: Settings) -> list[Figure]:
                                 config=pair.config,
                             )
                             measured[pair.name].append(done)
-                            ours = done.cpu.server + done.cpu.agents + done.cpu.hooks
-                            shares.append(phases.foreign_share(start, phases.machine_sample(), ours))
+                            shares.append(phases.foreign_share(start, phases.machine_sample()))
                 floors.append(floor.round_trip_ms(floor_url))
                 pause_ms = phases.event_ms(measured[pairs[-1].name][-1].doc)
                 paced.append(floor.round_trip_ms(floor_url, PACED_ROUND_TRIPS, pause_ms=pause_ms))
