@@ -58,6 +58,7 @@ class FakeFleet:
     observed: dict[int, object] = field(default_factory=dict)  # what it returned, by command id
     before_answer: Callable[[int], Awaitable[object]] | None = None  # awaited before a result is answered
     bundle_gets: int = 0
+    bundle_answers: list[int] = field(default_factory=list)  # statuses the next bundle GETs get, before the bundle
     refused: int = 0  # requests answered 401
     url: str = ""
 
@@ -121,6 +122,8 @@ class FakeFleet:
 
     async def _bundle(self, request: web.Request) -> web.Response:
         self.bundle_gets += 1
+        if self.bundle_answers:
+            return web.json_response({"error": "not now"}, status=self.bundle_answers.pop(0))
         data = self.bundles.get(request.match_info["sha"])
         if data is None:
             return web.Response(status=404)
@@ -458,6 +461,64 @@ async def test_results_are_retried_until_the_server_accepts_them(fleet: FakeFlee
         await fleet.enqueue(command(12, "ApplicationStop"))  # and the agent goes on polling afterwards
         assert (await fleet.result(12))["status"] == "Succeeded"
         assert agent.layout.ongoing() == []
+
+
+def _two_file_bundle(tmp_path: Path) -> tuple[str, bytes]:
+    revision = tmp_path / "revision"
+    (revision / "site").mkdir(parents=True)
+    (revision / "site" / "index.html").write_text("hello\n")
+    (revision / "appspec.yml").write_text("version: 0.0\nos: linux\nfiles:\n  - source: site\n    destination: /srv\n")
+    built = build_bundle(revision, tmp_path / "bundles")
+    return built.sha256, built.path.read_bytes()
+
+
+async def test_a_bundle_the_server_cannot_serve_for_the_moment_is_fetched_again_not_failed(
+    fleet: FakeFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Replicas behind a load balancer: while one fails over, the balancer answers 503 (no healthy server) or 502.
+    # Results and polls are sent again; the bundle must be too, or the host fails for a moment's outage.
+    clock = FakeClock()
+    monkeypatch.setattr(agent_client, "asyncio", _AsyncioOnClock(clock))
+    sha, data = _two_file_bundle(tmp_path)
+    fleet.bundles[sha] = data
+    fleet.bundle_answers = [503, 502, 504, 429]
+    async with running_agent(options(fleet, tmp_path / "agent", heartbeat_interval=3600)):
+        await fleet.enqueue(command(1, "DownloadBundle", sha=sha))
+        for waited in (1.0, 2.0, 4.0, 5.0):  # doubling, at most _MAX_DELAY (5 s) apart
+            await clock.sleeping(2)  # the heartbeats' long sleep, and the bundle's next try
+            assert sorted(clock.sleepers) == sorted([waited, 3600 - clock.monotonic()])
+            await clock.advance(waited, settle=waited < 5)  # after the last, the agent reports: over HTTP
+        result = await fleet.result(1)
+    assert result["status"] == "Succeeded", result
+    assert fleet.bundle_gets == 5
+
+
+async def test_a_bundle_refused_for_good_fails_download_bundle_at_once(fleet: FakeFleet, tmp_path: Path) -> None:
+    sha, _ = _two_file_bundle(tmp_path)  # not served: the server answers 404, as for a revision not this host's
+    async with running_agent(options(fleet, tmp_path / "agent")):
+        await fleet.enqueue(command(1, "DownloadBundle", sha=sha))
+        result = await fleet.result(1)
+    assert result["status"] == "Failed" and "HTTP 404" in result["message"], result
+    assert fleet.bundle_gets == 1
+
+
+async def test_a_bundle_the_server_never_serves_fails_download_bundle_after_a_minute_of_tries(
+    fleet: FakeFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(agent_client, "asyncio", _AsyncioOnClock(clock))
+    sha, data = _two_file_bundle(tmp_path)
+    fleet.bundles[sha] = data
+    fleet.bundle_answers = [503] * 100
+    async with running_agent(options(fleet, tmp_path / "agent", heartbeat_interval=3600)):
+        await fleet.enqueue(command(1, "DownloadBundle", sha=sha))
+        for attempt in range(1, 15):  # each try after a pause; the last one's failure is reported over HTTP
+            await clock.sleeping(2)
+            await clock.advance(min(clock.sleepers), settle=attempt < 14)
+        result = await fleet.result(1)
+    assert result["status"] == "Failed" and "HTTP 503" in result["message"], result
+    # 1 + 2 + 4 + 5 x 11 s = 62 s of waiting: the try after the minute is the last one.
+    assert fleet.bundle_gets == 15 and clock.monotonic() == pytest.approx(62.0)
 
 
 class _AsyncioOnClock:

@@ -71,6 +71,15 @@ NEXT_WAIT = 0.25
 """Seconds the server may hold a result POST to hand over the next command (see the module docstring)."""
 _MAX_DELAY = 5.0
 _NETWORK_ERRORS = (TimeoutError, OSError)  # OSError covers refused, reset, TLS and broken answers
+_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+"""Answers that say "not now" (a load balancer with no healthy replica behind it answers 503, one whose replica
+died mid-answer 502): the request is sent again. Any other refusal stands."""
+BUNDLE_RETRY_SECONDS = 60.0
+"""How long DownloadBundle keeps asking for a bundle the server cannot serve for the moment (a network error, or an
+answer in ``_TRANSIENT_STATUSES``), 1 s after the first try and then doubling up to 5 s apart, before the event
+fails: long enough for replicas on PostgreSQL to hand a dead one's work over (10 s leases) behind a balancer. Results,
+polls and heartbeats are sent again for as long as it takes; a bundle's event is running, so its wait is bounded."""
+_BUNDLE_FIRST_DELAY = 1.0
 
 
 POLL_WAIT = 25
@@ -462,22 +471,26 @@ class Agent:
             delay = min(delay * 2, _MAX_DELAY)
 
     async def _fetch_bundle(self, url: str, dest: Path) -> str:
-        """Stream the bundle to ``dest`` (3 tries on network errors); returns the sha256 of what was written."""
-        delay = 1.0
-        for attempt in range(3):
+        """Stream the bundle to ``dest``; returns the sha256 of what was written. A server that cannot serve it for
+        the moment is asked again, for up to ``BUNDLE_RETRY_SECONDS`` (see there); a refusal for good fails now."""
+        delay, waited = _BUNDLE_FIRST_DELAY, 0.0
+        while True:
             try:
                 return await self._download(url, dest)
             except _Refused as refused:
-                if attempt == 2 or not self._refused(refused.status):
+                if self._refused(refused.status):
+                    continue  # a new token in the token file: at once
+                if refused.status not in _TRANSIENT_STATUSES or waited >= BUNDLE_RETRY_SECONDS:
                     raise
-                continue
+                log.warning("the bundle %s: HTTP %s; trying again in %.1f s", url, refused.status, delay)
             except _NETWORK_ERRORS as exc:
                 self._check_trusted(exc)
-                if attempt == 2:
+                if waited >= BUNDLE_RETRY_SECONDS:
                     raise
-                await asyncio.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+                log.warning("the bundle %s: %s; trying again in %.1f s", url, exc or type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, _MAX_DELAY)
 
     async def _download(self, url: str, dest: Path) -> str:
         import hashlib  # only DownloadBundle needs it
