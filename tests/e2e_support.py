@@ -257,6 +257,21 @@ def statuses(doc: dict[str, Any]) -> dict[str, str]:
     return {t["name"]: t["status"] for t in doc["targets"]}
 
 
+def why_not_succeeded(doc: dict[str, Any], *servers: DeploybotServer) -> str:
+    """What an assertion that ``doc`` Succeeded should say when it did not: the deployment's status and error, each
+    event that did not succeed with its message, and the servers' warnings and errors (a failure seen once must say
+    enough to be found without running it again)."""
+    lines = [f"{doc['id']}: {doc['status']} {doc.get('error') or ''}"]
+    for target in doc["targets"]:
+        for ev in target["events"]:
+            if ev["status"] != "Succeeded":
+                lines.append(f"  {target['name']} {ev['name']}: {ev['status']} ({ev['error_code']}) {ev['message']}")
+    for index, server in enumerate(servers):
+        noted = [line.rstrip() for line in server.output if " WARNING " in line or " ERROR " in line]
+        lines += [f"  server {index}: {line}" for line in noted[-20:]]
+    return "\n".join(lines)
+
+
 def listening_url(output: list[str]) -> str:
     match = re.search(r"listening on (\S+)", "".join(output))
     assert match, output

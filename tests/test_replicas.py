@@ -30,7 +30,7 @@ from typing import Any
 import asyncpg
 import pytest
 from conftest import engine_config, eventually, free_port
-from e2e_support import DeploybotServer, statuses, write_revision
+from e2e_support import DeploybotServer, statuses, why_not_succeeded, write_revision
 from postgres_support import PostgresServer
 
 from bot.assembly import assemble_deployer
@@ -274,7 +274,7 @@ async def test_killing_the_owner_mid_deployment_hands_it_to_another_replica_that
 
     survivor = live(replicas, doomed)
     doc = survivor.wait_final(deployment, timeout=120)
-    assert doc["status"] == "Succeeded", doc
+    assert doc["status"] == "Succeeded", why_not_succeeded(doc, *replicas.servers)
     assert set(statuses(doc).values()) == {"Succeeded"}
 
     new_owner, new_generation = await replicas.lease() or ("", 0)
@@ -324,7 +324,7 @@ async def test_an_owner_paused_past_its_lease_is_fenced_off_and_steps_down(repli
         doc = other.wait_final(deployment, timeout=60)  # taken over, resumed, its watch ended there
     finally:
         paused.process.send_signal(signal.SIGCONT)
-    assert doc["status"] == "Succeeded", doc
+    assert doc["status"] == "Succeeded", why_not_succeeded(doc, *replicas.servers)
     taken = await replicas.lease()
     assert taken is not None and taken[0] != owner and taken[1] > generation
 
