@@ -25,6 +25,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from engine.processes import every_process
+
 _TICKS = os.sysconf("SC_CLK_TCK")
 SEGMENTS = ("result to server", "server until queued", "queued until claimed", "claimed until started", "running")
 
@@ -95,18 +97,10 @@ class ProcessStat:
 def process_stats() -> dict[int, ProcessStat]:
     """Every process /proc shows now (those gone while it was read are left out)."""
     stats: dict[int, ProcessStat] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
+    for pid, fields in every_process():
         utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
-        kernel_thread = bool(int(fields[6]) & PF_KTHREAD)
-        stats[int(entry.name)] = ProcessStat(
-            int(fields[1]), int(fields[19]), kernel_thread, (utime + stime + cutime + cstime) / _TICKS
-        )
+        cpu = (utime + stime + cutime + cstime) / _TICKS
+        stats[pid] = ProcessStat(int(fields[1]), int(fields[19]), bool(int(fields[6]) & PF_KTHREAD), cpu)
     return stats
 
 

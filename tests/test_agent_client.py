@@ -472,18 +472,28 @@ def _two_file_bundle(tmp_path: Path) -> tuple[str, bytes]:
     return built.sha256, built.path.read_bytes()
 
 
+@contextlib.asynccontextmanager
+async def _downloading_on_a_fake_clock(
+    fleet: FakeFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answers: list[int]
+) -> AsyncIterator[FakeClock]:
+    """An agent running DownloadBundle of a bundle the server answers with ``answers`` before serving it, its pauses
+    on the clock yielded (its heartbeats sleep an hour on it too)."""
+    clock = FakeClock()
+    monkeypatch.setattr(agent_client, "asyncio", _AsyncioOnClock(clock))
+    sha, data = _two_file_bundle(tmp_path)
+    fleet.bundles[sha] = data
+    fleet.bundle_answers = answers
+    async with running_agent(options(fleet, tmp_path / "agent", heartbeat_interval=3600)):
+        await fleet.enqueue(command(1, "DownloadBundle", sha=sha))
+        yield clock
+
+
 async def test_a_bundle_the_server_cannot_serve_for_the_moment_is_fetched_again_not_failed(
     fleet: FakeFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Replicas behind a load balancer: while one fails over, the balancer answers 503 (no healthy server) or 502.
     # Results and polls are sent again; the bundle must be too, or the host fails for a moment's outage.
-    clock = FakeClock()
-    monkeypatch.setattr(agent_client, "asyncio", _AsyncioOnClock(clock))
-    sha, data = _two_file_bundle(tmp_path)
-    fleet.bundles[sha] = data
-    fleet.bundle_answers = [503, 502, 504, 429]
-    async with running_agent(options(fleet, tmp_path / "agent", heartbeat_interval=3600)):
-        await fleet.enqueue(command(1, "DownloadBundle", sha=sha))
+    async with _downloading_on_a_fake_clock(fleet, tmp_path, monkeypatch, [503, 502, 504, 429]) as clock:
         for waited in (1.0, 2.0, 4.0, 5.0):  # doubling, at most _MAX_DELAY (5 s) apart
             await clock.sleeping(2)  # the heartbeats' long sleep, and the bundle's next try
             assert sorted(clock.sleepers) == sorted([waited, 3600 - clock.monotonic()])
@@ -505,13 +515,7 @@ async def test_a_bundle_refused_for_good_fails_download_bundle_at_once(fleet: Fa
 async def test_a_bundle_the_server_never_serves_fails_download_bundle_after_a_minute_of_tries(
     fleet: FakeFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = FakeClock()
-    monkeypatch.setattr(agent_client, "asyncio", _AsyncioOnClock(clock))
-    sha, data = _two_file_bundle(tmp_path)
-    fleet.bundles[sha] = data
-    fleet.bundle_answers = [503] * 100
-    async with running_agent(options(fleet, tmp_path / "agent", heartbeat_interval=3600)):
-        await fleet.enqueue(command(1, "DownloadBundle", sha=sha))
+    async with _downloading_on_a_fake_clock(fleet, tmp_path, monkeypatch, [503] * 100) as clock:
         for attempt in range(1, 15):  # each try after a pause; the last one's failure is reported over HTTP
             await clock.sleeping(2)
             await clock.advance(min(clock.sleepers), settle=attempt < 14)

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 from engine.agent.output import ScriptLog, TailBuffer
 from engine.core.model import LifecycleEvent, ScriptErrorCode
-from engine.processes import ProcessIdentity
+from engine.processes import ProcessIdentity, every_process
 
 if TYPE_CHECKING:  # the AppSpec parser (and yaml) loads with the first command, not with an idle agent
     from engine.core.appspec import HookScript
@@ -327,14 +327,4 @@ def _group_alive(pgid: int) -> bool:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    with os.scandir("/proc") as entries:
-        for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            try:
-                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
+    return any(int(fields[2]) == pgid and fields[0] != b"Z" for _, fields in every_process())
