@@ -25,7 +25,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from engine.processes import every_process
+from engine.processes import every_process, stat_fields
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 SEGMENTS = ("result to server", "server until queued", "queued until claimed", "claimed until started", "running")
@@ -51,9 +51,8 @@ def stat_times(pid: int) -> tuple[float, float]:
     """(own CPU, reaped children's CPU) in seconds; zeros for a process that is gone. Its own CPU comes from the
     process's CPU-time clock (nanoseconds, every thread it ever ran) where Linux offers it: /proc counts in ticks of
     10 ms, a tenth of what 50 hosts' deployment costs the server."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    fields = stat_fields(pid)
+    if fields is None:
         return 0.0, 0.0
     utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
     try:

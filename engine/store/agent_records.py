@@ -22,8 +22,6 @@ _ON_AGENT_CONFLICT = (
     " state = COALESCE(excluded.state, agents.state)"
 )
 _UPSERT_AGENT = f"INSERT INTO agents ({', '.join(_AGENT_COLUMNS)}) VALUES (?, ?, ?, ?, ?)" + _ON_AGENT_CONFLICT
-_NAMES_PER_READ = 500
-"""Names per ``IN (...)`` of ``get_agents``: far under SQLite's 32,766 parameters and asyncpg's 32,767."""
 
 
 def _one_beat_per_agent(beats: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -94,7 +92,7 @@ class AgentRecords(SqlAccess):
     async def get_agents(self, names: Sequence[str]) -> list[Row]:
         """One trip, however many names: a group's start checks all its hosts' agents (it read them one by one, a trip
         each, 1,000 at the start of a 1,000-host deployment). Chunked under SQLite's and asyncpg's parameter limits."""
-        some = chunks(sorted(set(names)), _NAMES_PER_READ)
+        some = chunks(sorted(set(names)))
         reads = [Fetch("agents", f"SELECT * FROM agents WHERE {in_clause('name', len(c))}", tuple(c)) for c in some]
         return [row for rows in await self._fetch_all(reads) for row in rows] if reads else []
 

@@ -73,8 +73,6 @@ _INSERT_RUN_HEAD = _INSERT_COMMAND + " RETURNING id"
 _INSERT_IN_RUN = (
     f"INSERT INTO host_commands (host, deployment_id, event, created_at, run_head) VALUES ({placeholders(5)})"
 )
-_PAYLOADS_PER_READ = 500
-"""Run heads per ``IN (...)`` read of their payloads, as ``_NAMES_PER_READ``."""
 # Every Pending command of the host after the one claimed (``host_commands_pending``): the rest of its run, and
 # whether anything else waits behind it.
 _PENDING_AFTER = (
@@ -355,7 +353,7 @@ def _run_head_reads(rows: Sequence[Row]) -> list[Fetch]:
     missing = sorted({row["run_head"] for row in rows if row.get("run_head") is not None} - present)
     return [
         Fetch("host_commands", f"SELECT id, payload FROM host_commands WHERE {in_clause('id', len(some))}", some)
-        for some in chunks(missing, _PAYLOADS_PER_READ)
+        for some in chunks(missing)
     ]
 
 
@@ -661,5 +659,3 @@ class CommandRecords(SqlAccess):
             " WHERE deployments.revision_sha256 = ? AND host_commands.host = ? LIMIT 1"
         )
         return await self._fetch_one("host_commands", sql, (sha256, host)) is not None
-
-    # -- agents

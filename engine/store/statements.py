@@ -149,7 +149,8 @@ ValuesTable = Callable[[str, Sequence[str], Sequence[Sequence[Any]]], tuple[str,
 """``(table, columns, rows) -> (sql, params)``: ``rows`` as a subquery with those columns, typed as ``table``'s
 columns of the same names, that one statement joins or inserts (``SqlAccess._values``)."""
 ROWS_PER_STATEMENT = 500
-"""Rows per table of parameters: a bound on one statement's parameters and size."""
+"""Rows per table of parameters, and names or ids per ``IN (...)``: a bound on one statement's parameters and size,
+far under SQLite's 32,766 parameters and asyncpg's 32,767."""
 
 
 def chunks(items: Sequence[T], size: int = ROWS_PER_STATEMENT) -> list[Sequence[T]]:
