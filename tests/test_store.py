@@ -936,6 +936,29 @@ async def test_a_steps_parked_hosts_are_each_handed_their_oldest_pending_command
     assert [c["id"] for c in rest] == [step["id"] for step in claimed["web-000"]["then"]]
 
 
+async def test_a_parked_host_is_handed_its_runs_first_command_alone_once_the_database_has_statistics(
+    store: AnyStore,
+) -> None:
+    """With statistics on host_commands (ANALYZE, which autovacuum runs on a live database), PostgreSQL planned the
+    step's batched claim so that it picked again for each Pending row: it claimed the whole run and handed the poll
+    its last command (a replica takeover test failed so twice). Each parked host gets its run's first command,
+    and the rest of the run stays Pending."""
+    events = ["ApplicationStop", "DownloadBundle", "BeforeInstall", "Install", "AfterInstall", "ValidateService"]
+    await raw_execute(store, "ANALYZE host_commands")
+
+    _, claimed = await store.enqueue_command_runs(
+        [("web-1", "d-1", events, {"n": 1}), ("web-2", "d-1", events, {"n": 1})],
+        at=T0,
+        hand_to={"web-1": True, "web-2": True},
+    )
+
+    for host in ("web-1", "web-2"):
+        assert claimed[host]["event"] == "ApplicationStop"
+        assert [step["event"] for step in claimed[host]["then"]] == events[1:]
+        statuses = [c["status"] for c in await store.list_commands(host=host, payload=False)]
+        assert statuses == ["InProgress"] + ["Pending"] * 5
+
+
 async def test_on_postgresql_a_steps_parked_hosts_are_claimed_by_a_statement_per_500(
     postgres_server: PostgresServer,
 ) -> None:
@@ -950,7 +973,8 @@ async def test_on_postgresql_a_steps_parked_hosts_are_claimed_by_a_statement_per
         _, claimed = await store.enqueue_command_runs(runs, at=T0, hand_to=dict.fromkeys(hosts, True))
         assert len(claimed) == 1000 and all(row["then"] for row in claimed.values())
         claims = [sql.split()[0] for sql in statements[queued:] if "host_commands" in sql and "INSERT" not in sql]
-        assert claims == ["SELECT"] * 2 + ["UPDATE"] * 2 + ["SELECT"] * 2  # what is there; claims; rest of runs
+        # What is there; the claims (an UPDATE after its WITH of the picks); the rest of the runs.
+        assert claims == ["SELECT"] * 2 + ["WITH"] * 2 + ["SELECT"] * 2
     finally:
         await store.close()
 

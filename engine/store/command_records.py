@@ -218,18 +218,22 @@ def _claim_oldest_of_each(
     payloads by a third, per ``ROWS_PER_STATEMENT`` hosts; the rows a claim per host would give, by host.
 
     Each host's oldest Pending command is locked as ``_claim_sql`` locks it (PostgreSQL: ``SKIP LOCKED``: a row
-    another transaction holds is passed over, so a step never waits on another replica's claims) and re-checked."""
+    another transaction holds is passed over, so a step never waits on another replica's claims) and re-checked.
+
+    The picks are a ``MATERIALIZED`` CTE, made once before any row is claimed. Joined to the UPDATE as a subquery,
+    they were the inner side of a nested loop once the table had statistics (an ``ANALYZE``, which autovacuum runs):
+    picked again for each Pending row, after the UPDATE had claimed the oldest, so each pick took the next one, and
+    a host's whole run was claimed and its last command handed to its poll."""
     rows: list[Row] = []
     for some in chunks(sorted((host,) for host in hosts)):
         table, params = values("host_commands", ("host",), some)
         sql = (
-            "UPDATE host_commands SET status = 'InProgress', claimed_at = ? FROM ("
-            f"SELECT oldest.id FROM {table} AS v CROSS JOIN LATERAL ("
+            f"WITH picked AS MATERIALIZED (SELECT oldest.id FROM {table} AS v CROSS JOIN LATERAL ("
             f"SELECT id FROM host_commands WHERE host = v.host AND status = 'Pending' ORDER BY id LIMIT 1{row_lock}"
-            ") AS oldest) AS picked"
+            ") AS oldest) UPDATE host_commands SET status = 'InProgress', claimed_at = ? FROM picked"
             " WHERE host_commands.id = picked.id AND host_commands.status = 'Pending' RETURNING host_commands.*"
         )
-        rows += yield Fetch("host_commands", sql, (at, *params))
+        rows += yield Fetch("host_commands", sql, (*params, at))
     claimed = {row["host"]: row for row in (yield from _with_payloads_read(rows))}
     with_run = sorted(host for host in claimed if hosts[host])
     pending: dict[str, list[Row]] = {host: [] for host in with_run}
