@@ -58,6 +58,8 @@ def _number(value: float, unit: str) -> str:
         return f"{value:.0f} MiB"
     if unit == "µs":
         return f"{value:.1f} µs"
+    if unit == "%":
+        return f"{value:.1f} %"
     return f"{value:g} {unit}".strip()
 
 

@@ -28,6 +28,7 @@ class Settings:
     overhead_runs: int = OVERHEAD_ROUNDS
     swarm_hosts: tuple[int, ...] = SWARM_HOSTS
     swarm_rounds: int = SWARM_ROUNDS
+    swarm_idle_s: float = 5.0  # each size's idle fleet is measured over one heartbeat period (the agents' 5 s)
     keep: bool = False
     profile_dir: Path | None = None  # set: py-spy the server during the last timed deployment, files go here
 

@@ -24,13 +24,15 @@ divided by the events the swarm answered; heartbeats and that one GET included),
 Right after each size, ``bench.floor`` measures what the same result POSTs cost a bare server (no deploybot code),
 as many rounds, so the CPU figure and the time per host can be read against the floor any server built this way has
 on this machine. Last, each size's time per host over the smallest size's: flat is 1.00x, and the bare server's own
-ratio stands beside it.
+ratio stands beside it. Before its deployments, each size also measures what an idle fleet costs: the server's CPU
+over one heartbeat period with every agent online, its long poll parked, beating every ``HEARTBEAT_SECONDS``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -255,6 +257,7 @@ class SwarmRun:
     online_s: float
     requests: int
     errors: int
+    idle_cpu_share: float | None = None  # of one core, with every agent idle (``run_swarm``'s ``idle_s``)
 
     @property
     def cpu_per_event_ms(self) -> float:
@@ -291,9 +294,12 @@ def _with_server_log(server: BenchServer) -> Iterator[None]:
         raise BenchError(f"{error}\nserver log:\n" + "".join(server.output[-15:])) from None
 
 
-def run_swarm(workdir: Path, hosts: int, *, runs: bool = True, rounds: int = 1, timeout: float = 600) -> list[SwarmRun]:
+def run_swarm(
+    workdir: Path, hosts: int, *, runs: bool = True, rounds: int = 1, timeout: float = 600, idle_s: float = 0.0
+) -> list[SwarmRun]:
     """One server with ``hosts`` configured hosts and the swarm as their agents; each of ``rounds`` timed
-    deployments' figures, in order (after one untimed deployment)."""
+    deployments' figures, in order (after one untimed deployment). Given ``idle_s``, the server's CPU over that long
+    with every agent online and idle comes first (each run carries it)."""
     _raise_file_limit(4 * hosts + 256)
     revision = write_revision(workdir / "revision", hooks=False)
     names = host_names(hosts)
@@ -307,10 +313,21 @@ def run_swarm(workdir: Path, hosts: int, *, runs: bool = True, rounds: int = 1, 
             started = time.monotonic()
             server.wait_agents_online(hosts, timeout=timeout)
             online = time.monotonic() - started
+            idle = _idle_cpu_share(server, idle_s) if idle_s > 0 else None
             _, warm_up = server.deploy(revision)
             _wait_hosts_done(swarm, server, warm_up, hosts, timeout)
             server.wait_final(warm_up, timeout=timeout, poll=0.5)
-            return [_timed_deployment(server, swarm, revision, hosts, online, timeout) for _ in range(rounds)]
+            timed = [_timed_deployment(server, swarm, revision, hosts, online, timeout) for _ in range(rounds)]
+            return [dataclasses.replace(run, idle_cpu_share=idle) for run in timed]
+
+
+def _idle_cpu_share(server: BenchServer, seconds: float) -> float:
+    """The share of one core the server used over ``seconds`` with nothing to deploy: its agents' heartbeats and
+    parked long polls."""
+    assert server.process is not None
+    before, at = stat_times(server.process.pid)[0], time.monotonic()
+    time.sleep(seconds)
+    return (stat_times(server.process.pid)[0] - before) / (time.monotonic() - at)
 
 
 def _timed_deployment(
@@ -359,7 +376,7 @@ def swarm(settings: Settings) -> list[Figure]:
         if others > QUIET_SHARE:
             settings.console.print(f"  other processes still used {others:.0%} of the machine after {QUIET_WAIT_S:g} s")
         with settings.scenario_dir(f"swarm{hosts}") as workdir:
-            runs = run_swarm(workdir, hosts, rounds=settings.swarm_rounds)
+            runs = run_swarm(workdir, hosts, rounds=settings.swarm_rounds, idle_s=settings.swarm_idle_s)
             # Right after, on the same machine state: what the same hosts' result POSTs cost a bare server.
             floors = floor.measure(workdir / "floor", hosts, free_port, settings.swarm_rounds)
         sizes[hosts] = size = _Size(runs, floors)
@@ -416,6 +433,8 @@ def _show_size(console: Console, size: _Size) -> None:
         f"{median([run.requests for run in size.runs]):.0f} requests a deployment, "
         f"{sum(run.errors for run in size.runs)} errors; online in {last.online_s:.1f} s"
     )
+    if last.idle_cpu_share is not None:
+        console.print(f"  {size.hosts} idle agents: the server used {last.idle_cpu_share:.1%} of a core")
     for mode, cpu in size.floor_cpu_ms.items():
         per_host = size.floor_per_host_ms[mode]
         console.print(
@@ -459,6 +478,16 @@ def _size_figures(size: _Size) -> list[Figure]:
             f"{each}, {spread(per_host, 'ms')}; {FLOOR_NAMES['http']} {median(size.floor_per_host_ms['http']):.2f} ms",
         ),
     ]
+    if runs[0].idle_cpu_share is not None:
+        figures.append(
+            Figure(
+                f"swarm {hosts}: server CPU, agents idle",
+                runs[0].idle_cpu_share * 100,
+                "%",
+                None,
+                f"of one core, every agent online: heartbeats every {HEARTBEAT_SECONDS:g} s, polls parked",
+            )
+        )
     for mode, floor_cpu in size.floor_cpu_ms.items():
         figures.append(
             Figure(

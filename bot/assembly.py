@@ -18,7 +18,7 @@ from engine.adapters.agent_tokens import TOKEN_FILE, AgentTokens
 from engine.adapters.aws.accounts import AwsAccounts
 from engine.adapters.aws.runtime import AwsRuntime
 from engine.adapters.clock import SystemClock
-from engine.adapters.fleet import Fleet
+from engine.adapters.fleet import Fleet, gather_heartbeats
 from engine.adapters.triggers.sns import SnsTriggerSender
 from engine.adapters.triggers.webhook import WebhookTriggerSender
 from engine.core.config.model import EngineConfig
@@ -221,6 +221,7 @@ async def assemble_deployer(
             on_result=results.deliver,
             heartbeat_timeout=config.server.heartbeat_timeout,
             tokens=agent_tokens,
+            gather_beats=gather_heartbeats,
         )
         platforms = AwsRuntime(
             config, clock=clock, on_result=results.deliver, revisions=revisions, hook_records=store, accounts=aws

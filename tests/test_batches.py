@@ -78,3 +78,32 @@ async def test_a_caller_cancelled_while_waiting_still_has_its_item_written_and_f
     store.go_on.set()
     assert await asyncio.wait_for(batches.submit("b"), HANG_GUARD) == "B"
     assert delivered == [["a"], ["b"]]
+
+
+async def test_items_arriving_while_the_writer_gathers_share_its_first_write() -> None:
+    """``gather`` is awaited each time the writer wakes from idle, before it takes a batch: heartbeats that come a few
+    milliseconds apart share a transaction instead of each getting one."""
+    store = Store()
+    store.go_on.set()
+    gathering, gathered = asyncio.Event(), asyncio.Event()
+    gathers = 0
+
+    async def gather() -> None:
+        nonlocal gathers
+        gathers += 1
+        gathering.set()
+        await gathered.wait()
+
+    batches = WriteBatches(store.write, gather=gather)
+    first = asyncio.ensure_future(batches.submit("a"))
+    await asyncio.wait_for(gathering.wait(), HANG_GUARD)
+    later = [asyncio.ensure_future(batches.submit(item)) for item in ("b", "c")]
+    await asyncio.sleep(0)  # both are waiting, the writer still gathering
+    assert store.batches == []  # nothing is written while it gathers
+    gathered.set()
+    assert await asyncio.wait_for(asyncio.gather(first, *later), HANG_GUARD) == ["A", "B", "C"]
+    assert store.batches == [["a", "b", "c"]]
+    # Idle again: the next item wakes the writer, which gathers again before writing it.
+    gathering.clear()
+    assert await asyncio.wait_for(batches.submit("d"), HANG_GUARD) == "D"
+    assert gathers == 2 and store.batches == [["a", "b", "c"], ["d"]]

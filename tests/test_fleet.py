@@ -220,3 +220,46 @@ async def test_poll_abandoned_by_a_dead_agent_does_not_swallow_a_command(
             assert (await response.json())["command"]["event"] == "Install"
     finally:
         await runner.cleanup()
+
+
+async def test_heartbeats_arriving_while_a_batch_gathers_are_written_in_one_transaction(
+    tmp_path: Path, fake_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server gathers heartbeats (``gather_heartbeats``) before writing them: agents that beat a few
+    milliseconds apart share a transaction, each answered once it has committed."""
+    store = await SqliteStore.open(tmp_path / "db.sqlite")
+    gathering, gathered = asyncio.Event(), asyncio.Event()
+
+    async def gather() -> None:
+        gathering.set()
+        await gathered.wait()
+
+    async def on_result(command: dict[str, Any], result: dict[str, Any]) -> None:
+        raise AssertionError("no command runs here")
+
+    fleet = Fleet(
+        store, data_dir=tmp_path, clock=fake_clock, bundle_dir=tmp_path, on_result=on_result, gather_beats=gather
+    )
+    written: list[list[str]] = []
+    record = store.record_heartbeats
+
+    async def record_and_tell(beats: Any) -> Any:
+        written.append([beat[0] for beat in beats])
+        return await record(beats)
+
+    monkeypatch.setattr(store, "record_heartbeats", record_and_tell)
+    try:
+        first = asyncio.ensure_future(fleet.heartbeat("web-1", {"version": "2", "running_command": None}))
+        await asyncio.wait_for(gathering.wait(), HANG_GUARD)
+        second = asyncio.ensure_future(fleet.heartbeat("web-2", {"version": "2", "running_command": None}))
+        await asyncio.sleep(0)  # web-2's beat waits beside web-1's
+        assert not first.done() and written == []  # not answered before it is written
+        gathered.set()
+        await asyncio.wait_for(asyncio.gather(first, second), HANG_GUARD)
+        assert written == [["web-1", "web-2"]]
+        assert [(row["name"], row["version"], row["state"]) for row in await store.list_agents()] == [
+            ("web-1", "2", "online"),
+            ("web-2", "2", "online"),
+        ]
+    finally:
+        await store.close()

@@ -20,11 +20,12 @@ from bench.swarm import CPU_PER_EVENT_TARGET_MS, FLAT, Swarm, run_swarm, swarm
 
 @pytest.mark.parametrize("runs", [False, True], ids=["one-event-at-a-time", "runs"])
 def test_the_swarm_deploys_every_host_and_counts_each_event_once(tmp_path: Path, runs: bool) -> None:
-    (run,) = run_swarm(tmp_path, 3, runs=runs, timeout=60)
+    (run,) = run_swarm(tmp_path, 3, runs=runs, timeout=60, idle_s=0.1)
     assert run.errors == 0
     assert run.host_events == run.server_events == 3 * 7  # ApplicationStop ... ValidateService on each host
     assert run.wall_s > 0 and run.server_cpu_s > 0
     assert 0 < run.rss_mib <= run.peak_rss_mib
+    assert run.idle_cpu_share is not None and 0 <= run.idle_cpu_share < 2  # of one core: the server has two threads
 
 
 def test_a_swarm_agent_with_a_wrong_token_is_refused_and_counted(tmp_path: Path) -> None:
@@ -41,10 +42,8 @@ def test_a_swarm_agent_with_a_wrong_token_is_refused_and_counted(tmp_path: Path)
 
 def test_each_swarm_size_is_a_median_of_its_rounds_and_its_growth_is_read_against_the_smallest() -> None:
     output = io.StringIO()
-    figures = {
-        figure.name: figure
-        for figure in swarm(Settings(Console(file=output, width=300), swarm_hosts=(2, 3), swarm_rounds=2))
-    }
+    settings = Settings(Console(file=output, width=300), swarm_hosts=(2, 3), swarm_rounds=2, swarm_idle_s=0.1)
+    figures = {figure.name: figure for figure in swarm(settings)}
     printed = output.getvalue()
     assert "2 simulated hosts, 2 deployments" in printed and "3 simulated hosts, 2 deployments" in printed
     assert "0 errors" in printed and "floor (http+write), 3 hosts x 7 result POSTs, 2 rounds" in printed
@@ -56,3 +55,4 @@ def test_each_swarm_size_is_a_median_of_its_rounds_and_its_growth_is_read_agains
     assert (growth.value, growth.unit, growth.target) == (pytest.approx(per_host), "x", FLAT)
     assert "bare aiohttp: " in growth.note and "CPU per host-event: server " in growth.note and "swarm " in growth.note
     assert "swarm 2: time per host over 2 hosts'" not in figures
+    assert figures["swarm 3: server CPU, agents idle"].unit == "%" and "3 idle agents: the server used" in printed

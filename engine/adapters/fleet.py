@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,18 @@ CLAIM_GRACE = 10.0
 """Seconds a claimed command may go unmentioned by its agent's heartbeats before it is handed out again."""
 HEADS_KEPT = 50_000
 """Heads of handed-out commands kept to record reports without reading them (about 20 MB at most)."""
+BEAT_GATHER_SECONDS = 0.05
+"""How long a heartbeat waits for others to share its transaction (``gather_heartbeats``)."""
+
+
+async def gather_heartbeats() -> None:
+    """The server's ``gather_beats``: ``BEAT_GATHER_SECONDS`` on the loop's own time.
+
+    1,000 agents send 200 heartbeats a second, each on its own, so written as they came each was a transaction of
+    its own: 9-12 % of a core for an idle fleet. Gathered, about ten share one. No one waits on the answer (an agent
+    beats from a task of its own) and the host counts as heard at once. Not on the engine's clock: a pause for
+    batching measures nothing, and a test's clock need not move for a heartbeat to be written."""
+    await asyncio.sleep(BEAT_GATHER_SECONDS)
 
 
 class Fleet:
@@ -69,6 +81,7 @@ class Fleet:
         on_result: OnResult,
         heartbeat_timeout: float = 60.0,
         tokens: AgentTokens | None = None,
+        gather_beats: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -83,7 +96,8 @@ class Fleet:
         self._runs_ok: set[str] = set()  # hosts whose agent last said it runs consecutive events back to back
         # Results and heartbeats arriving together are written in one transaction each (engine/adapters/batches.py).
         self._reports = WriteBatches(self._finish_reports, after=self._deliver_results)
-        self._beats = WriteBatches(self._record_beats)
+        # ``gather_beats`` (the server's: ``gather_heartbeats``) is awaited before each batch of heartbeats is taken.
+        self._beats = WriteBatches(self._record_beats, gather=gather_beats)
         self._background: set[asyncio.Task[None]] = set()
         # (host, deployment, event) of the later events of runs this server queued: when the engine dispatches one
         # of them, it is queued already (or its agent ran it ahead, and its result went to the engine then), so the
@@ -410,7 +424,7 @@ class Fleet:
 
     async def heartbeat(self, host: str, info: HeartbeatBody) -> None:
         """Record the heartbeat, then hand out again the host's claims its agent does not name. Heartbeats arriving
-        together are written in one transaction (1,000 agents send 200 a second), answered once it has committed."""
+        while a batch gathers (``gather_beats``) or is written are written together, each answered once committed."""
         self._heard_from(host)
         self._can_run(host, RUNS_CAPABILITY in (info.get("capabilities") or ()))
         beat: AgentBeat = (host, self._last_seen[host], dict(info.get("tags") or {}), info.get("version"), "online")
