@@ -64,7 +64,7 @@ async def gather_heartbeats() -> None:
     """The server's ``gather_beats``: ``BEAT_GATHER_SECONDS`` on the loop's own time.
 
     1,000 agents send 200 heartbeats a second, each on its own, so written as they came each was a transaction of
-    its own: 9-12 % of a core for an idle fleet. Gathered, about ten share one. No one waits on the answer (an agent
+    its own: 9-14 % of a core for an idle fleet. Gathered, about ten share one. No one waits on the answer (an agent
     beats from a task of its own) and the host counts as heard at once. Not on the engine's clock: a pause for
     batching measures nothing, and a test's clock need not move for a heartbeat to be written."""
     await asyncio.sleep(BEAT_GATHER_SECONDS)
