@@ -107,3 +107,16 @@ async def test_items_arriving_while_the_writer_gathers_share_its_first_write() -
     gathering.clear()
     assert await asyncio.wait_for(batches.submit("d"), HANG_GUARD) == "D"
     assert gathers == 2 and store.batches == [["a", "b", "c"], ["d"]]
+
+
+async def test_a_gather_that_fails_still_lets_the_batch_be_written(caplog: pytest.LogCaptureFixture) -> None:
+    store = Store()
+    store.go_on.set()
+
+    async def gather() -> None:
+        raise RuntimeError("gathering broke")
+
+    batches = WriteBatches(store.write, gather=gather)
+    assert await asyncio.wait_for(batches.submit("a"), HANG_GUARD) == "A"
+    assert store.batches == [["a"]]
+    assert "while gathering a batch of 1 writes" in caplog.text

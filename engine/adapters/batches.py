@@ -53,7 +53,10 @@ class WriteBatches(Generic[T, R]):
 
     async def _drain(self) -> None:
         if self._gather is not None:
-            await self._gather()
+            try:
+                await self._gather()
+            except Exception:  # what waits is written all the same: its callers must not wait for ever
+                log.exception("while gathering a batch of %d writes", len(self._waiting))
         while self._waiting:
             batch, self._waiting = self._waiting, []
             items = [item for item, _ in batch]
