@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import random
@@ -257,7 +256,7 @@ class SwarmRun:
     online_s: float
     requests: int
     errors: int
-    idle_cpu_share: float | None = None  # of one core, with every agent idle (``run_swarm``'s ``idle_s``)
+    idle_cpu_share: float | None  # of one core, with every agent idle (``run_swarm``'s ``idle_s``); None: not measured
 
     @property
     def cpu_per_event_ms(self) -> float:
@@ -317,8 +316,10 @@ def run_swarm(
             _, warm_up = server.deploy(revision)
             _wait_hosts_done(swarm, server, warm_up, hosts, timeout)
             server.wait_final(warm_up, timeout=timeout, poll=0.5)
-            timed = [_timed_deployment(server, swarm, revision, hosts, online, timeout) for _ in range(rounds)]
-            return [dataclasses.replace(run, idle_cpu_share=idle) for run in timed]
+            return [
+                _timed_deployment(server, swarm, revision, hosts, timeout, online=online, idle=idle)
+                for _ in range(rounds)
+            ]
 
 
 def _idle_cpu_share(server: BenchServer, seconds: float) -> float:
@@ -331,9 +332,17 @@ def _idle_cpu_share(server: BenchServer, seconds: float) -> float:
 
 
 def _timed_deployment(
-    server: BenchServer, swarm: Swarm, revision: Path, hosts: int, online: float, timeout: float
+    server: BenchServer,
+    swarm: Swarm,
+    revision: Path,
+    hosts: int,
+    timeout: float,
+    *,
+    online: float,
+    idle: float | None,
 ) -> SwarmRun:
-    """One deployment of every host, timed from the server's own record; its CPU and the swarm's from /proc."""
+    """One deployment of every host, timed from the server's own record; its CPU and the swarm's from /proc.
+    ``online`` and ``idle`` were measured once for the size; each of its runs carries them."""
     assert server.process is not None
     time.sleep(SETTLE_S)
     requests, errors = swarm.counts.requests, swarm.counts.errors
@@ -355,6 +364,7 @@ def _timed_deployment(
         online_s=online,
         requests=swarm.counts.requests - requests,
         errors=swarm.counts.errors - errors,
+        idle_cpu_share=idle,
     )
 
 
