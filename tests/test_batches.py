@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from conftest import HANG_GUARD
@@ -45,6 +46,31 @@ async def test_items_arriving_during_a_write_go_together_into_the_next_one() -> 
     assert await asyncio.wait_for(asyncio.gather(first, *later), HANG_GUARD) == ["A", "B", "C", "D"]
     assert store.batches == [["a"], ["b", "c", "d"]]  # two writes for four callers, in arrival order
     assert delivered == [(["a"], ["A"]), (["b", "c", "d"], ["B", "C", "D"])]
+
+
+async def test_callers_go_on_before_after_runs() -> None:
+    """``after`` (the engine, for agents' results) must not stand between a caller and its answer."""
+    order: list[str] = []
+
+    async def write(items: list[str]) -> list[str]:
+        return items
+
+    async def after(items: list[str], results: list[str]) -> None:
+        order.append("after")  # no await: it would run to its end before anything else
+
+    async def caller() -> None:
+        await batches.submit("a")
+        order.append("answered")
+
+    batches = WriteBatches(write, after=after)
+    await asyncio.wait_for(caller(), HANG_GUARD)
+    await asyncio.wait_for(_until(lambda: len(order) == 2), HANG_GUARD)
+    assert order == ["answered", "after"]
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0)
 
 
 async def test_a_failed_write_reaches_every_caller_of_its_batch_and_the_next_batch_is_written() -> None:

@@ -71,6 +71,9 @@ class WriteBatches(Generic[T, R]):
                 if not written.done():
                     written.set_result(result)
             if self._after is not None:
+                # ``set_result`` only schedules the callers: one turn of the loop lets them answer before ``after``
+                # runs (the engine, for agents' results: no agent's answer waits for it).
+                await asyncio.sleep(0)
                 try:
                     await self._after(items, results)
                 except Exception:  # the writer must outlive it: callers are waiting for the next batch
