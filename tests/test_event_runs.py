@@ -233,29 +233,42 @@ async def test_a_run_is_handed_over_once_and_each_result_is_delivered_in_order(s
     assert all(status == "Succeeded" for status in (await server.commands()).values())
 
 
-async def test_a_stop_between_two_events_of_a_run_prevents_the_next_one(server: Server, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("held", "ran_before"),
+    [
+        ("BeforeInstall", ["BeforeInstall"]),  # the next event, Install, is no hook
+        # The next event, ApplicationStart, is a hook: none of its scripts runs, and the scripts' log never names it.
+        ("AfterInstall", ["BeforeInstall", "AfterInstall"]),
+    ],
+)
+async def test_a_stop_between_two_events_of_a_run_prevents_the_next_one(
+    server: Server, tmp_path: Path, held: str, ran_before: list[str]
+) -> None:
     go = tmp_path / "go"
     started = tmp_path / "started"
-    hook = (
-        f'if [ "$LIFECYCLE_EVENT" = BeforeInstall ]; then touch {started}; while [ ! -e {go} ]; do sleep 0.01; done; fi'
-    )
+    hook = f'if [ "$LIFECYCLE_EVENT" = {held} ]; then touch {started}; while [ ! -e {go} ]; do sleep 0.01; done; fi'
     spec = await a_revision(server, tmp_path, hook=hook)
     async with running_agent(options(server, tmp_path / "agent", token=server.fleet.token_for("web-1"))):
         await eventually(lambda: server.fleet.runs_events("web-1"), "the agent said it runs events back to back")
         await server.fleet.dispatch_runs("d-1", [("web-1", RUN)], spec)
-        await eventually(started.exists, "BeforeInstall runs")
+        await eventually(started.exists, f"{held} runs")
         await server.fleet.cancel("d-1")  # what the runner does when the deployment is stopped
         seen = len(server.requests)
         go.touch()
-        assert (await server.result_of("BeforeInstall"))["status"] == "Succeeded"
+        assert (await server.result_of(held))["status"] == "Succeeded"
         await eventually(lambda: server.polls_after(seen) > 0, "the agent went back to polling")
-    assert ran(tmp_path) == ["BeforeInstall"]
+    assert ran(tmp_path) == ran_before
     statuses = await server.commands()
-    assert statuses["BeforeInstall"] == "Succeeded"
-    assert {statuses[event] for event in ("Install", "AfterInstall", "ApplicationStart", "ValidateService")} == {
-        "Cancelled"
-    }
-    assert [command["event"] for command, _ in server.results] == ["ApplicationStop", "DownloadBundle", "BeforeInstall"]
+    events = [str(event) for event in RUN]
+    done, cancelled = events[: events.index(held) + 1], events[events.index(held) + 1 :]
+    assert {statuses[event] for event in done} == {"Succeeded"}
+    assert {statuses[event] for event in cancelled} == {"Cancelled"}
+    assert [command["event"] for command, _ in server.results] == done
+    (scripts_log,) = (tmp_path / "agent").rglob("scripts.log")
+    logged = [
+        line.split("LifecycleEvent - ")[1] for line in scripts_log.read_text().splitlines() if "Lifecycle" in line
+    ]
+    assert [event for event in logged if event in HOOKED] == ran_before
 
 
 async def test_an_agent_killed_mid_run_reports_code_7_and_nothing_runs_twice(server: Server, tmp_path: Path) -> None:
