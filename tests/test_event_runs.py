@@ -736,6 +736,57 @@ async def test_the_steps_between_a_runs_results_are_written_when_their_time_is_u
     assert {(row["status"], row["ended_at"]) for row in events} == {("Succeeded", DONE["ended_at"])}
 
 
+async def test_the_time_quiet_steps_may_stay_unwritten_counts_from_the_first_of_them_since_the_last_write(
+    server: Server,
+) -> None:
+    """A timer started for quiet steps that a step which wrote has taken since must not write the quiet steps that
+    came after that write: their own time is not up. (It did: a 20-host OneAtATime deployment wrote 44 steps of
+    their own, one about every host, where 4 were due.)"""
+    clock = FakeClock()
+    runner = await runner_for(server, unfollowed, "web-1", "web-2", clock=clock)
+
+    async def deliver(command: dict[str, Any], result: dict[str, Any]) -> None:
+        await runner.record_result(command["host"], LifecycleEvent(command["event"]), result)
+
+    def took(host: str, event: LifecycleEvent) -> bool:
+        return runner.machine.state.targets[host].statuses[event] is EventStatus.SUCCEEDED
+
+    def step_writes() -> int:
+        return sum(statement.startswith("UPDATE deployments") for statement in server.statements)
+
+    server.engine = deliver
+    await runs_for(server.fleet, "web-1", "web-2")
+    running = asyncio.ensure_future(runner.run())
+    try:
+        web1, web2 = await a_run(server.fleet, "web-1"), await a_run(server.fleet, "web-2")
+        await report(server.fleet, "web-1", web1[:2], last_then=web1[2])  # quiet: web-1's timer starts at 0
+        await eventually(lambda: took("web-1", LifecycleEvent.DOWNLOAD_BUNDLE), "the engine took both results")
+        await clock.advance(QUIET_WRITE_SECONDS / 2)
+        written = step_writes()
+        await report(server.fleet, "web-1", web1[2:])  # web-1 ends: a milestone, written at once with the above
+        await eventually(lambda: step_writes() > written, "web-1's end written by the step that took it")
+        await report(server.fleet, "web-2", web2[:2], last_then=web2[2])  # quiet: their time starts now
+        await eventually(lambda: took("web-2", LifecycleEvent.DOWNLOAD_BUNDLE), "the engine took web-2's results")
+        written = step_writes()
+
+        await clock.advance(QUIET_WRITE_SECONDS / 2)  # web-1's old timer is up; web-2's steps are half as old
+        await report(server.fleet, "web-2", web2[2:3], last_then=web2[3])  # quiet too, after the old timer's turn
+        await eventually(lambda: took("web-2", LifecycleEvent.BEFORE_INSTALL), "the engine took BeforeInstall")
+        assert step_writes() == written  # the old timer wrote nothing
+
+        await clock.advance(QUIET_WRITE_SECONDS / 2)  # web-2's own time is up
+        await eventually(lambda: step_writes() == written + 1, "web-2's quiet steps written when their time was up")
+        stored = await server.store.get_deployment("d-1")
+        assert stored_statuses(stored, "web-2")["BeforeInstall"] == "Succeeded"
+
+        await report(server.fleet, "web-2", web2[3:])
+        await asyncio.wait_for(running, HANG_GUARD)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
 async def test_a_server_gone_with_steps_unwritten_resumes_from_the_last_written_one_and_runs_nothing_twice(
     server: Server, tmp_path: Path
 ) -> None:

@@ -8,11 +8,11 @@ Rules:
    exists, weights are absolute, timers keep their absolute deadline).
    A *quiet* step acts on nothing, so nothing waits for its write: it changes no milestone (only which lifecycle
    event a host is at) and its only commands are events its agent already has, queued with their run (rule 7).
-   Its rows and state go with the next step that writes, or within ``QUIET_WRITE_SECONDS`` (a ``_WriteUnwritten``
-   in the inbox), and its change is announced then: an agent's run costs one write per result (the result's own,
-   which also claims the next event) instead of two. A server killed meanwhile resumes from the step before, and
-   the results stored since are handed over again by the idempotent dispatch, as when it dies between a result and
-   the step that takes it.
+   Its rows and state go with the next step that writes, or within ``QUIET_WRITE_SECONDS`` of the first step left
+   unwritten since the last write (a ``_WriteUnwritten`` in the inbox), and its change is announced then: an agent's
+   run costs one write per result (the result's own, which also claims the next event) instead of two. A server
+   killed meanwhile resumes from the step before, and the results stored since are handed over again by the
+   idempotent dispatch, as when it dies between a result and the step that takes it.
 3. The runner never decides anything; it only translates commands to ports and results to events.
 4. A traffic shift is done when the router reads its weights back as asked (argo-rollouts' VerifyWeight): until then
    the machine does not hear ``TrafficShifted``, so the step holds; a router that cannot tell is trusted (noted once),
@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from engine.core import log_context
@@ -98,8 +99,12 @@ AGENT_POLL_SECONDS = 1.0
 QUIET_WRITE_SECONDS = 0.05  # rule 2: the pages and notifiers show progress every 50 ms at most anyway
 
 
+@dataclass(frozen=True, slots=True)
 class _WriteUnwritten:
-    """In the inbox: the time a quiet step may stay unwritten is up (rule 2)."""
+    """In the inbox: the time a quiet step may stay unwritten is up (rule 2), for the steps its ``timer`` was started
+    for. A step that wrote since took them, and a later quiet step's time has not come: that timer counts no more."""
+
+    timer: int
 
 
 class DeploymentRunner:
@@ -156,6 +161,7 @@ class DeploymentRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._record = StepRecord()  # what the steps wrote, so each writes only what changed
         self._unwritten: list[dict[str, Any]] | None = None  # quiet steps' rows, while there are any (rule 2)
+        self._quiet_timer = 0  # the timer of the steps left unwritten now; a write ends it (rule 2)
         self._milestones_written: tuple[Any, ...] | None = None  # as of the last step written
         self._early = EarlyResults()  # results that came before the one they follow (engine/core/early_results.py)
         self.finished = asyncio.Event()
@@ -314,7 +320,9 @@ class DeploymentRunner:
         Batching is what keeps a 200-host deployment cheap: results that arrive together cost one write.
         """
         events = [event for event in inputs if not isinstance(event, _WriteUnwritten)]
-        due = len(events) < len(inputs)  # what quiet steps left unwritten is written by this one, quiet or not
+        # What quiet steps left unwritten is written by this one, quiet or not, when their time is up; not when an
+        # earlier timer's is (steps written since then took it): that would write steps taken a moment ago.
+        due = any(isinstance(given, _WriteUnwritten) and given.timer == self._quiet_timer for given in inputs)
         commands: list[Command] = []
         accepted = False
         for event in events:
@@ -342,7 +350,8 @@ class DeploymentRunner:
         if accepted and not due and self._is_quiet(commands):
             if self._unwritten is None:  # the first step left unwritten since the last write: its time starts now
                 self._unwritten = []
-                self._spawn(self._write_later())
+                self._quiet_timer += 1
+                self._spawn(self._write_later(self._quiet_timer))
             self._unwritten += self._record.take_details() + self._record.rows(self.machine.state, self.clock.now())
             await self._execute_all(commands)
         elif accepted or (due and self._unwritten is not None):
@@ -364,9 +373,9 @@ class DeploymentRunner:
             for command in commands
         )
 
-    async def _write_later(self) -> None:
+    async def _write_later(self, timer: int) -> None:
         await self.clock.sleep(QUIET_WRITE_SECONDS)
-        self.inbox.put_nowait(_WriteUnwritten())
+        self.inbox.put_nowait(_WriteUnwritten(timer))
 
     def _step_write(self, commands: list[Command]) -> StepWrite:
         """What this step writes before any of its ``commands`` is executed (rule 2)."""
@@ -374,6 +383,7 @@ class DeploymentRunner:
         # The rows first: the start of each event marked in progress now is noted there, and the snapshot keeps it.
         rows = (self._unwritten or []) + self._record.take_details() + self._record.rows(state, self.clock.now())
         self._unwritten = None
+        self._quiet_timer += 1  # the timer started for what this writes counts no more
         self._milestones_written = self.milestones()
         fields: dict[str, Any] = {"status": str(state.status), "state": self.snapshot()}
         if state.status.is_final:  # the outcome lands in one write, never a "Failed" without its reason
