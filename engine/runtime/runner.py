@@ -101,10 +101,10 @@ QUIET_WRITE_SECONDS = 0.05  # rule 2: the pages and notifiers show progress ever
 
 @dataclass(frozen=True, slots=True)
 class _WriteUnwritten:
-    """In the inbox: the time a quiet step may stay unwritten is up (rule 2), for the steps its ``timer`` was started
-    for. A step that wrote since took them, and a later quiet step's time has not come: that timer counts no more."""
+    """In the inbox: the time a quiet step may stay unwritten is up (rule 2), for the steps left unwritten when
+    ``since`` steps had been written. A step written since took them, and the quiet steps after it have time left."""
 
-    timer: int
+    since: int
 
 
 class DeploymentRunner:
@@ -161,7 +161,7 @@ class DeploymentRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._record = StepRecord()  # what the steps wrote, so each writes only what changed
         self._unwritten: list[dict[str, Any]] | None = None  # quiet steps' rows, while there are any (rule 2)
-        self._quiet_timer = 0  # the timer of the steps left unwritten now; a write ends it (rule 2)
+        self._steps_written = 0  # a quiet step's timer is due only while no step has been written since it started
         self._milestones_written: tuple[Any, ...] | None = None  # as of the last step written
         self._early = EarlyResults()  # results that came before the one they follow (engine/core/early_results.py)
         self.finished = asyncio.Event()
@@ -322,7 +322,7 @@ class DeploymentRunner:
         events = [event for event in inputs if not isinstance(event, _WriteUnwritten)]
         # What quiet steps left unwritten is written by this one, quiet or not, when their time is up; not when an
         # earlier timer's is (steps written since then took it): that would write steps taken a moment ago.
-        due = any(isinstance(given, _WriteUnwritten) and given.timer == self._quiet_timer for given in inputs)
+        due = any(isinstance(given, _WriteUnwritten) and given.since == self._steps_written for given in inputs)
         commands: list[Command] = []
         accepted = False
         for event in events:
@@ -350,8 +350,7 @@ class DeploymentRunner:
         if accepted and not due and self._is_quiet(commands):
             if self._unwritten is None:  # the first step left unwritten since the last write: its time starts now
                 self._unwritten = []
-                self._quiet_timer += 1
-                self._spawn(self._write_later(self._quiet_timer))
+                self._spawn(self._write_later(self._steps_written))
             self._unwritten += self._record.take_details() + self._record.rows(self.machine.state, self.clock.now())
             await self._execute_all(commands)
         elif accepted or (due and self._unwritten is not None):
@@ -373,9 +372,9 @@ class DeploymentRunner:
             for command in commands
         )
 
-    async def _write_later(self, timer: int) -> None:
+    async def _write_later(self, since: int) -> None:
         await self.clock.sleep(QUIET_WRITE_SECONDS)
-        self.inbox.put_nowait(_WriteUnwritten(timer))
+        self.inbox.put_nowait(_WriteUnwritten(since))
 
     def _step_write(self, commands: list[Command]) -> StepWrite:
         """What this step writes before any of its ``commands`` is executed (rule 2)."""
@@ -383,7 +382,7 @@ class DeploymentRunner:
         # The rows first: the start of each event marked in progress now is noted there, and the snapshot keeps it.
         rows = (self._unwritten or []) + self._record.take_details() + self._record.rows(state, self.clock.now())
         self._unwritten = None
-        self._quiet_timer += 1  # the timer started for what this writes counts no more
+        self._steps_written += 1  # a timer started for what this writes is due no more
         self._milestones_written = self.milestones()
         fields: dict[str, Any] = {"status": str(state.status), "state": self.snapshot()}
         if state.status.is_final:  # the outcome lands in one write, never a "Failed" without its reason
