@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 from conftest import HANG_GUARD
@@ -55,8 +54,11 @@ async def test_callers_go_on_before_after_runs() -> None:
     async def write(items: list[str]) -> list[str]:
         return items
 
+    after_ran = asyncio.Event()
+
     async def after(items: list[str], results: list[str]) -> None:
         order.append("after")  # no await: it would run to its end before anything else
+        after_ran.set()
 
     async def caller() -> None:
         await batches.submit("a")
@@ -64,13 +66,8 @@ async def test_callers_go_on_before_after_runs() -> None:
 
     batches = WriteBatches(write, after=after)
     await asyncio.wait_for(caller(), HANG_GUARD)
-    await asyncio.wait_for(_until(lambda: len(order) == 2), HANG_GUARD)
+    await asyncio.wait_for(after_ran.wait(), HANG_GUARD)
     assert order == ["answered", "after"]
-
-
-async def _until(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await asyncio.sleep(0)
 
 
 async def test_a_failed_write_reaches_every_caller_of_its_batch_and_the_next_batch_is_written() -> None:
