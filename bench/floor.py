@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,33 +167,40 @@ def floor_server(workdir: Path, mode: str, port: int) -> Iterator[tuple[str, int
             server.kill()
 
 
-def measure(workdir: Path, hosts: int, free_port: Callable[[], int], rounds: int = 1) -> dict[str, list[Floor]]:
+def measure(
+    workdir: Path, sizes: Sequence[int], free_port: Callable[[], int], rounds: int = 1
+) -> dict[int, dict[str, list[Floor]]]:
     """Both floors' servers side by side (each on a port ``free_port`` gives as it starts), warmed up, then ``rounds``
-    times ``hosts`` hosts' result POSTs to each, taken in turn and the order swapped every round; CPU from /proc."""
+    rounds of every size's result POSTs (``sizes``: hosts at once) to each: in a round every size and both modes in
+    turn, the order reversed every other round, so that the machine's drift weighs alike on each; CPU from /proc.
+    Returns size -> mode -> the rounds' floors."""
     with contextlib.ExitStack() as servers:
         running = {mode: servers.enter_context(floor_server(workdir, mode, free_port())) for mode in MODES}
         import uvloop  # the swarm's loop, as deploybot's server and the floor server run on
 
-        return uvloop.run(_measure(running, hosts, rounds))
+        return uvloop.run(_measure(running, sizes, rounds))
 
 
-async def _measure(running: dict[str, tuple[str, int]], hosts: int, rounds: int) -> dict[str, list[Floor]]:
+async def _measure(
+    running: dict[str, tuple[str, int]], sizes: Sequence[int], rounds: int
+) -> dict[int, dict[str, list[Floor]]]:
     """Each host keeps its connection from the warm-up on, as the swarm's simulated agents do (the same client, on
-    the same loop: what is left over the floor is the server's)."""
+    the same loop: what is left over the floor is the server's); a smaller size is the first of the hosts."""
     from engine.http11 import HttpClient
 
-    measured: dict[str, list[Floor]] = {mode: [] for mode in MODES}
+    measured: dict[int, dict[str, list[Floor]]] = {hosts: {mode: [] for mode in MODES} for hosts in sizes}
+    turns = [(hosts, mode) for hosts in sizes for mode in MODES]
     clients = {mode: HttpClient(url, user_agent="deploybot-bench-floor") for mode, (url, _) in running.items()}
     try:
         for client in clients.values():
-            await _hosts(client, hosts)  # warm-up: imports, a connection for every host
+            await _hosts(client, max(sizes))  # warm-up: imports, a connection for every host
         for index in range(rounds):
-            for mode in MODES if index % 2 == 0 else MODES[::-1]:
+            for hosts, mode in turns if index % 2 == 0 else turns[::-1]:
                 pid = running[mode][1]
                 before, started = stat_times(pid)[0], time.perf_counter()
                 await _hosts(clients[mode], hosts)
                 wall, cpu = time.perf_counter() - started, stat_times(pid)[0] - before
-                measured[mode].append(Floor(mode, hosts, hosts * EVENTS_PER_HOST, cpu, wall))
+                measured[hosts][mode].append(Floor(mode, hosts, hosts * EVENTS_PER_HOST, cpu, wall))
     finally:
         for client in clients.values():
             await client.close()

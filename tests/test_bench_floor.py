@@ -39,15 +39,18 @@ def test_the_floor_round_trip_answers_each_result_after_recording_it(tmp_path: P
     assert recorded == 40  # every POST was committed before it was answered
 
 
-def test_both_floors_are_measured_in_turn_every_round_and_each_post_is_recorded(tmp_path: Path) -> None:
-    measured = floor.measure(tmp_path, 3, free_port, rounds=2)
-    assert list(measured) == list(floor.MODES)
-    for mode, rounds in measured.items():
-        assert [(run.mode, run.hosts, run.requests) for run in rounds] == [(mode, 3, 3 * floor.EVENTS_PER_HOST)] * 2
-        assert all(run.server_cpu_s > 0 and run.wall_s > 0 for run in rounds)
-        assert rounds[0].per_host_ms == rounds[0].wall_s / 3 * 1000
-    with sqlite3.connect(tmp_path / "floor-http+write.db") as db:  # the same 21 commands each round, warm-up too
-        assert db.execute("SELECT count(*) FROM results").fetchone()[0] == 21
+def test_both_floors_are_measured_at_every_size_in_turn_every_round_and_each_post_is_recorded(tmp_path: Path) -> None:
+    measured = floor.measure(tmp_path, (2, 3), free_port, rounds=2)
+    assert list(measured) == [2, 3]
+    for hosts, modes in measured.items():
+        assert list(modes) == list(floor.MODES)
+        for mode, rounds in modes.items():
+            expected = (mode, hosts, hosts * floor.EVENTS_PER_HOST)
+            assert [(run.mode, run.hosts, run.requests) for run in rounds] == [expected] * 2
+            assert all(run.server_cpu_s > 0 and run.wall_s > 0 for run in rounds)
+            assert rounds[0].per_host_ms == rounds[0].wall_s / hosts * 1000
+    with sqlite3.connect(tmp_path / "floor-http+write.db") as db:  # 2 hosts are the first 2 of 3: the same commands
+        assert db.execute("SELECT count(*) FROM results").fetchone()[0] == 3 * floor.EVENTS_PER_HOST
 
 
 def test_a_processs_own_cpu_is_read_to_the_microsecond_not_in_ticks_of_10_ms() -> None:
