@@ -27,8 +27,8 @@ agents.
    deployment pays the background of a fleet its size, not the largest's.
 
 Why one server and rounds: with a server per size, the sizes ran minutes apart, and the machine's drift over those
-minutes read as growth. "Time per host flat" came out between 0.93x and 1.17x at 1,000 hosts in four runs of one
-morning.
+minutes read as growth. "Time per host flat" came out between 0.93x and 1.17x at 1,000 hosts in four runs of the
+swarm alone, one after another.
 
 The bench asks for each deployment's JSON once, after the swarm has answered every host's last event (a GET of a
 2,000-host deployment is itself a measurable share of the server's CPU). Figures, each the median of the rounds with
