@@ -4,8 +4,8 @@ per second across 3 replicas against 1 (many groups deploying at once).
 Theory of operation: a throwaway PostgreSQL cluster (``initdb`` + ``pg_ctl`` in a temp dir, as the ``postgres`` user
 when run as root, like the tests'), one database per measurement, and real ``deploybot serve`` replicas on it, each in
 its own directory (its own data directory and port) with one config file's content and one bootstrap API token. The
-hosts' agents are bench/swarm.py's simulated ones (real HTTP, every event Succeeds at once), their tokens read from
-the database the replicas share; each host's agent talks to one replica only.
+hosts' agents are bench/simulated_agents.py's (real HTTP, every event Succeeds at once), their tokens read from the
+database the replicas share; each host's agent talks to one replica only.
 
 - **deployments/s**: ``GROUPS`` applications of one group each (``HOSTS_PER_GROUP`` hosts), deployed all at once
   (the POSTs spread over the replicas in turn, the hosts' agents too), from the first POST to the last deployment's
@@ -35,7 +35,7 @@ from bench.figures import Figure, median, percentile
 from bench.revisions import write_revision
 from bench.server import FINAL, BenchError, BenchServer, free_port
 from bench.settings import Settings
-from bench.swarm import Swarm
+from bench.simulated_agents import Swarm
 from engine.bundles import build_bundle
 
 GROUPS = 12

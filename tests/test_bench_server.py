@@ -1,4 +1,5 @@
-"""bench/server.py's wait for a deployment's end, against a real `deploybot serve` with simulated agents (bench/swarm).
+"""bench/server.py's wait for a deployment's end, against a real `deploybot serve` with simulated agents
+(bench/simulated_agents.py).
 
 The overhead scenario waits for the server's own log line instead of asking for the deployment while it runs (a
 request every 10 ms was up to a seventh of a one-host deployment's time); these check that the wait ends with the
@@ -14,7 +15,7 @@ import pytest
 
 from bench.revisions import write_revision
 from bench.server import BenchError, BenchServer, fleet_config, host_names
-from bench.swarm import Swarm
+from bench.simulated_agents import Swarm
 
 
 def test_the_logged_end_is_waited_for_and_the_deployment_read_once_it_is_stored(tmp_path: Path) -> None:

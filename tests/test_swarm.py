@@ -1,4 +1,5 @@
-"""bench/swarm.py against a real `deploybot serve`: its simulated agents deploy, and what it counts is true.
+"""bench/swarm.py and its simulated agents (bench/simulated_agents.py) against a real `deploybot serve`: they deploy,
+and what they count is true.
 
 The swarm is the bench's stand-in for 1,000 agents; these check it on three hosts, in both protocol modes (one event
 per command, as an agent of the previous version; and runs of events, which the current agent asks for).
@@ -16,7 +17,8 @@ from rich.console import Console
 
 from bench.server import BenchServer, fleet_config, host_names
 from bench.settings import Settings
-from bench.swarm import CPU_PER_EVENT_TARGET_MS, FLAT, Swarm, run_swarm, swarm
+from bench.simulated_agents import Swarm
+from bench.swarm import CPU_PER_EVENT_TARGET_MS, FLAT, run_swarm, swarm
 
 
 @pytest.mark.parametrize("runs", [False, True], ids=["one-event-at-a-time", "runs"])
