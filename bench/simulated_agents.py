@@ -140,14 +140,11 @@ class Swarm:
     async def _heartbeats(self, session: HttpClient, host: _Host) -> None:
         first = True
         while True:
-            body: dict[str, Any] = {
-                "tags": {"role": "bench"},
-                "version": "bench-swarm",
-                "running_command": host.running,
-            }
-            if self.runs:
-                body["capabilities"] = ["runs"]
             if first or self._beating is None or host.name in self._beating:
+                body: dict[str, Any] = {"tags": {"role": "bench"}, "version": "bench-swarm"}
+                body["running_command"] = host.running
+                if self.runs:
+                    body["capabilities"] = ["runs"]
                 await self._request(session, "POST", "/agent/v1/heartbeat", host, body)
                 self.counts.beats[host.name] += 1
             # The first right away (to come online); then every heartbeat_seconds, spread like agents started apart.
